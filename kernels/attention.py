@@ -15,12 +15,323 @@ paged_attention:
 kv_append:
     K[slot // page_size, slot % page_size] = k[t], same for V, with slot = slot_mapping[t] (-1 = skip)
 
-This file holds the torch references; the Triton kernels implement the same signatures.
+Kernels: prefill (any max_q_len > 1) runs one program per (sequence, tile of its query tokens, query
+head), causal flash attention whose keys are gathered row by row through the page table; decode
+(max_q_len == 1) runs one program per (sequence, KV head[, partition of keys]) that serves the KV head's
+whole query group with one read of each K/V row, split over partitions of DECODE_PARTITION keys
+(flash-decoding, merged by a second small kernel) when sequences x KV heads would not fill the GPU.
+
+This file holds the Triton kernels, their launch wrappers (`paged_attention`, `kv_append`, same
+signatures as the references, no host synchronisation) and the torch references.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+DECODE_PARTITION = 512      # keys per program when decode splits a sequence (flash-decoding); multiple of 64
+_LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _kv_rows(pool_ptr, pt_row_ptr, kpos, kmask, kvh, d, dmask,
+             PAGE_SIZE: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """Pointers (and mask) to K of key positions `kpos` for KV head kvh: [BLOCK_N, BLOCK_D], or
+    [BLOCK_D, BLOCK_N] if TRANSPOSE. V is at + PAGE_SIZE * HKV * D."""
+    page = tl.load(pt_row_ptr + kpos // PAGE_SIZE, mask=kmask, other=0)
+    row = page.to(tl.int64) * (2 * PAGE_SIZE * HKV * D) + (kpos % PAGE_SIZE) * (HKV * D) + kvh * D
+    if TRANSPOSE:
+        return pool_ptr + row[None, :] + d[:, None], kmask[None, :] & dmask[:, None]
+    return pool_ptr + row[:, None] + d[None, :], kmask[:, None] & dmask[None, :]
+
+
+@triton.jit
+def _paged_attn_prefill_kernel(
+        q_ptr, pool_ptr, pt_ptr, seq_lens_ptr, q_indptr_ptr, out_ptr, sm_scale_log2,
+        stride_qt, stride_qh, stride_qd, stride_ot, stride_oh, stride_od, stride_pt,
+        PAGE_SIZE: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Program (sequence, tile of its query tokens, query head): causal flash attention over its pages."""
+    s = tl.program_id(0)
+    mt = tl.program_id(1)
+    h = tl.program_id(2)
+    q0 = tl.load(q_indptr_ptr + s)
+    q_len = tl.load(q_indptr_ptr + s + 1) - q0
+    if mt * BLOCK_M >= q_len:
+        return
+    L = tl.load(seq_lens_ptr + s)
+    kvh = h // GROUP
+    offs_m = mt * BLOCK_M + tl.arange(0, BLOCK_M)
+    qmask = offs_m < q_len
+    pos = L - q_len + offs_m                                   # absolute position of each query
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < D
+    tok = (q0 + offs_m).to(tl.int64)
+    q = tl.load(q_ptr + tok[:, None] * stride_qt + h * stride_qh + d[None, :] * stride_qd,
+                mask=qmask[:, None] & dmask[None, :], other=0.0)
+    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
+    end = tl.minimum(L, L - q_len + (mt + 1) * BLOCK_M)        # keys past the tile's last query: skipped
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for n0 in range(0, end, BLOCK_N):
+        kpos = n0 + tl.arange(0, BLOCK_N)
+        kmask = kpos < end
+        kt_ptrs, kt_mask = _kv_rows(pool_ptr, pt_row, kpos, kmask, kvh, d, dmask, PAGE_SIZE, HKV, D, True)
+        kt = tl.load(kt_ptrs, mask=kt_mask, other=0.0)
+        qk = tl.dot(q.to(kt.dtype), kt, input_precision=INPUT_PRECISION) * sm_scale_log2
+        visible = (kpos[None, :] <= pos[:, None]) & kmask[None, :]
+        qk = tl.where(visible, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v_ptrs, v_mask = _kv_rows(pool_ptr + PAGE_SIZE * HKV * D, pt_row, kpos, kmask, kvh, d, dmask,
+                                  PAGE_SIZE, HKV, D, False)
+        vv = tl.load(v_ptrs, mask=v_mask, other=0.0)
+        acc = tl.dot(p.to(vv.dtype), vv, acc * alpha[:, None], input_precision=INPUT_PRECISION)
+        m_i = m_new
+    acc = acc / l_i[:, None]
+    tl.store(out_ptr + tok[:, None] * stride_ot + h * stride_oh + d[None, :] * stride_od,
+             acc.to(out_ptr.dtype.element_ty), mask=qmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _paged_attn_decode_kernel(
+        q_ptr, pool_ptr, pt_ptr, seq_lens_ptr, q_indptr_ptr, out_ptr, part_o_ptr, part_ml_ptr,
+        sm_scale_log2, part_len, max_parts,
+        stride_qt, stride_qh, stride_qd, stride_ot, stride_oh, stride_od, stride_pt,
+        PAGE_SIZE: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr):
+    """Program (sequence, KV head, partition of keys): the GROUP query heads sharing the KV head read each
+    K/V row once (tl.dot with the heads as M). With SPLIT, partial results go to part_o / part_ml and
+    _paged_attn_reduce_kernel merges them (flash-decoding)."""
+    s = tl.program_id(0)
+    kvh = tl.program_id(1)
+    part = tl.program_id(2)
+    q0 = tl.load(q_indptr_ptr + s)
+    if tl.load(q_indptr_ptr + s + 1) <= q0:
+        return
+    L = tl.load(seq_lens_ptr + s)
+    start = part * part_len
+    if start >= L:
+        return
+    end = tl.minimum(L, start + part_len)
+    hi = tl.arange(0, BLOCK_H)
+    hmask = hi < GROUP
+    h = kvh * GROUP + hi
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < D
+    tq = q0.to(tl.int64)
+    q = tl.load(q_ptr + tq * stride_qt + h[:, None] * stride_qh + d[None, :] * stride_qd,
+                mask=hmask[:, None] & dmask[None, :], other=0.0)
+    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
+    m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        kpos = n0 + tl.arange(0, BLOCK_N)
+        kmask = kpos < end
+        kt_ptrs, kt_mask = _kv_rows(pool_ptr, pt_row, kpos, kmask, kvh, d, dmask, PAGE_SIZE, HKV, D, True)
+        kt = tl.load(kt_ptrs, mask=kt_mask, other=0.0)
+        qk = tl.dot(q.to(kt.dtype), kt, input_precision=INPUT_PRECISION) * sm_scale_log2
+        qk = tl.where(kmask[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v_ptrs, v_mask = _kv_rows(pool_ptr + PAGE_SIZE * HKV * D, pt_row, kpos, kmask, kvh, d, dmask,
+                                  PAGE_SIZE, HKV, D, False)
+        vv = tl.load(v_ptrs, mask=v_mask, other=0.0)
+        acc = tl.dot(p.to(vv.dtype), vv, acc * alpha[:, None], input_precision=INPUT_PRECISION)
+        m_i = m_new
+    acc = acc / l_i[:, None]
+    if SPLIT:
+        # part_o: [S, Hq, max_parts, D] fp32; part_ml: [S, Hq, max_parts, 2] fp32 (max, sum; log2 domain)
+        row = (s.to(tl.int64) * (HKV * GROUP) + h) * max_parts + part
+        tl.store(part_o_ptr + row[:, None] * D + d[None, :], acc, mask=hmask[:, None] & dmask[None, :])
+        tl.store(part_ml_ptr + row * 2, m_i, mask=hmask)
+        tl.store(part_ml_ptr + row * 2 + 1, l_i, mask=hmask)
+    else:
+        tl.store(out_ptr + tq * stride_ot + h[:, None] * stride_oh + d[None, :] * stride_od,
+                 acc.to(out_ptr.dtype.element_ty), mask=hmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _paged_attn_reduce_kernel(
+        part_o_ptr, part_ml_ptr, seq_lens_ptr, q_indptr_ptr, out_ptr, part_len, max_parts, HQ,
+        stride_ot, stride_oh, stride_od, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program (sequence, query head): merges the partitions written by the split decode kernel."""
+    s = tl.program_id(0)
+    h = tl.program_id(1)
+    q0 = tl.load(q_indptr_ptr + s)
+    if tl.load(q_indptr_ptr + s + 1) <= q0:
+        return
+    n_parts = tl.cdiv(tl.load(seq_lens_ptr + s), part_len)
+    base = (s.to(tl.int64) * HQ + h) * max_parts
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < D
+    m = tl.load(part_ml_ptr + base * 2)
+    for p in range(1, n_parts):
+        m = tl.maximum(m, tl.load(part_ml_ptr + (base + p) * 2))
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    den = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for p in range(0, n_parts):
+        w = tl.load(part_ml_ptr + (base + p) * 2 + 1) * tl.exp2(tl.load(part_ml_ptr + (base + p) * 2) - m)
+        acc += w * tl.load(part_o_ptr + (base + p) * D + d, mask=dmask, other=0.0)
+        den += w
+    tl.store(out_ptr + q0.to(tl.int64) * stride_ot + h * stride_oh + d * stride_od,
+             (acc / den).to(out_ptr.dtype.element_ty), mask=dmask)
+
+
+@triton.jit
+def _kv_append_kernel(pool_ptr, k_ptr, v_ptr, slot_ptr,
+                      stride_kt, stride_kh, stride_kd, stride_vt, stride_vh, stride_vd,
+                      PAGE_SIZE: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr):
+    """Program (token, block of its HKV * D elements): copies k[t] and v[t] into their page row."""
+    t = tl.program_id(0)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    if slot < 0:
+        return
+    idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < HKV * D
+    hh = idx // D
+    dd = idx % D
+    t64 = t.to(tl.int64)
+    kv = tl.load(k_ptr + t64 * stride_kt + hh * stride_kh + dd * stride_kd, mask=mask)
+    vv = tl.load(v_ptr + t64 * stride_vt + hh * stride_vh + dd * stride_vd, mask=mask)
+    dst = pool_ptr + (slot // PAGE_SIZE) * (2 * PAGE_SIZE * HKV * D) + (slot % PAGE_SIZE) * (HKV * D) + idx
+    tl.store(dst, kv.to(pool_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst + PAGE_SIZE * HKV * D, vv.to(pool_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launch wrappers (same signatures as the references; no host synchronisation)
+# ----------------------------------------------------------------------------------------------------
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_INT_DTYPES = (torch.int32, torch.int64)
+_SM_COUNT: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def _check_pool(name: str, pool: torch.Tensor, page_size: int, num_kv_heads: int) -> int:
+    if pool.dim() != 2 or pool.stride(1) != 1 or pool.stride(0) != pool.shape[1]:
+        raise ValueError(f"{name}: pool must be a contiguous [num_pages, page_elems] tensor")
+    if pool.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name}: pool dtype {pool.dtype} is not float16/bfloat16/float32")
+    if page_size <= 0 or num_kv_heads <= 0:
+        raise ValueError(f"{name}: page_size and num_kv_heads must be positive")
+    return kv_view(pool, page_size, num_kv_heads).shape[-1]
+
+
+def kv_append(pool: torch.Tensor, page_size: int, k: torch.Tensor, v: torch.Tensor,
+              slot_mapping: torch.Tensor) -> None:
+    """Triton `kv_append_ref`."""
+    if k.shape != v.shape or k.dim() != 3 or slot_mapping.dim() != 1 or slot_mapping.shape[0] != k.shape[0]:
+        raise ValueError("k, v must be [T, Hkv, D] and slot_mapping [T]")
+    T, Hkv, D = k.shape
+    if _check_pool("kv_append", pool, page_size, Hkv) != D:
+        raise ValueError(f"kv_append: head_dim {D} does not match the pool's page layout")
+    if slot_mapping.dtype not in _INT_DTYPES:
+        raise ValueError(f"kv_append: slot_mapping must be int32 or int64, got {slot_mapping.dtype}")
+    for what, t in (("k", k), ("v", v), ("slot_mapping", slot_mapping)):
+        if t.device != pool.device:
+            raise ValueError(f"kv_append: {what} is on {t.device}, pool on {pool.device}")
+    if T == 0:
+        return
+    block = min(triton.next_power_of_2(Hkv * D), 4096 if _INTERPRET else 1024)
+    grid = (T, triton.cdiv(Hkv * D, block))
+    _kv_append_kernel[grid](pool, k, v, slot_mapping.contiguous(), k.stride(0), k.stride(1), k.stride(2),
+                            v.stride(0), v.stride(1), v.stride(2),
+                            PAGE_SIZE=page_size, HKV=Hkv, D=D, BLOCK=block, num_warps=4)
+
+
+def paged_attention(q: torch.Tensor, pool: torch.Tensor, page_size: int, num_kv_heads: int,
+                    kv_page_table: torch.Tensor, seq_lens: torch.Tensor, q_indptr: torch.Tensor,
+                    scale: float, out: torch.Tensor, max_q_len: int | None = None) -> torch.Tensor:
+    """Triton `paged_attention_ref`: decode kernel (split-K when few programs would run) when
+    max_q_len == 1, else the causal prefill kernel (handles cached context and decode rows too)."""
+    if q.dim() != 3 or out.shape != q.shape:
+        raise ValueError("q and out must be [T, Hq, D]")
+    T, Hq, D = q.shape
+    if Hq % num_kv_heads:
+        raise ValueError(f"{Hq} query heads are not a multiple of {num_kv_heads} KV heads")
+    if _check_pool("paged_attention", pool, page_size, num_kv_heads) != D:
+        raise ValueError(f"paged_attention: head_dim {D} does not match the pool's page layout")
+    if q.dtype not in _FLOAT_DTYPES or out.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"paged_attention: q/out dtypes {q.dtype}/{out.dtype} are not float types")
+    for what, t in (("kv_page_table", kv_page_table), ("seq_lens", seq_lens), ("q_indptr", q_indptr)):
+        if t.dtype not in _INT_DTYPES:
+            raise ValueError(f"paged_attention: {what} must be int32 or int64, got {t.dtype}")
+    S = seq_lens.shape[0]
+    if kv_page_table.dim() != 2 or kv_page_table.shape[0] != S or seq_lens.dim() != 1:
+        raise ValueError(f"paged_attention: kv_page_table must be [S={S}, max_pages] and seq_lens [S]")
+    if q_indptr.dim() != 1 or q_indptr.shape[0] != S + 1:
+        raise ValueError(f"paged_attention: q_indptr must be [S+1={S + 1}], got {tuple(q_indptr.shape)}")
+    for what, t in (("q", q), ("out", out), ("kv_page_table", kv_page_table), ("seq_lens", seq_lens),
+                    ("q_indptr", q_indptr)):
+        if t.device != pool.device:
+            raise ValueError(f"paged_attention: {what} is on {t.device}, pool on {pool.device}")
+    if T == 0 or S == 0:
+        return out
+    table, seq_lens, q_indptr = kv_page_table.contiguous(), seq_lens.contiguous(), q_indptr.contiguous()
+    group = Hq // num_kv_heads
+    block_d = triton.next_power_of_2(D)
+    ip = "ieee" if pool.dtype == torch.float32 else "tf32"
+    sm_scale_log2 = float(scale) * _LOG2E
+    strides = (q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2), table.stride(0))
+    consts = dict(PAGE_SIZE=page_size, HKV=num_kv_heads, GROUP=group, D=D, BLOCK_D=block_d,
+                  INPUT_PRECISION=ip)
+    max_len = T if max_q_len is None else min(int(max_q_len), T)
+    if max_len <= 1:
+        block_n = 64 if not _INTERPRET else 256
+        part_len = max(DECODE_PARTITION // block_n, 1) * block_n
+        max_ctx = table.shape[1] * page_size
+        max_parts = triton.cdiv(max_ctx, part_len)
+        split = max_parts > 1 and S * num_kv_heads < 2 * _sm_count(pool.device) if not _INTERPRET \
+            else max_parts > 1
+        if split:
+            part_o = torch.empty(S, Hq, max_parts, D, device=q.device, dtype=torch.float32)
+            part_ml = torch.empty(S, Hq, max_parts, 2, device=q.device, dtype=torch.float32)
+        else:
+            part_len, max_parts = max(max_ctx, 1), 1
+            part_o = part_ml = out
+        _paged_attn_decode_kernel[(S, num_kv_heads, max_parts)](
+            q, pool, table, seq_lens, q_indptr, out, part_o, part_ml, sm_scale_log2, part_len, max_parts,
+            *strides, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, SPLIT=split,
+            num_warps=4, **consts)
+        if split:
+            _paged_attn_reduce_kernel[(S, Hq)](
+                part_o, part_ml, seq_lens, q_indptr, out, part_len, max_parts, Hq,
+                out.stride(0), out.stride(1), out.stride(2), D=D, BLOCK_D=block_d, num_warps=1)
+    else:
+        block_m = 16 if max_len <= 16 else (32 if _INTERPRET else 64)
+        block_n = 64 if not _INTERPRET else 128
+        grid = (S, triton.cdiv(max_len, block_m), Hq)
+        _paged_attn_prefill_kernel[grid](
+            q, pool, table, seq_lens, q_indptr, out, sm_scale_log2, *strides,
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, **consts)
+    return out
+
 
 
 def kv_view(pool: torch.Tensor, page_size: int, num_kv_heads: int) -> torch.Tensor:

@@ -26,12 +26,366 @@ expand (punica `lora_b`), fused scale and accumulation into the base output y:
 [tp_rank * r, (tp_rank + 1) * r) of A, writes them at that column offset, and a sum all-reduce of v
 assembles the full x @ A^T.
 
-This file holds the torch references; the Triton kernels implement the same signatures.
+Decode (every segment one token; picked with max_seg_len == 1) runs a BGMV-like kernel: one program per
+(segment, target g, block of rank columns), a dot product per row of A, no tensor cores. Prefill runs an
+SGMV-like kernel: one program per (segment, tile of its tokens x block of columns, g) with tl.dot.
+Rank blocks beyond a segment's rank do no work (shrink writes zeros there; expand loops only up to r).
+Rows of A / B^T are found element by element through the adapter's page table (no contiguous copy).
+
+This file holds the Triton kernels, their launch wrappers (`lora_shrink`, `lora_expand`, same
+signatures as the references, no host synchronisation) and the torch references.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+MAX_G = 8  # targets per launch (q/k/v = 3, gate/up = 2); out_offsets travel as scalar kernel arguments
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _virtual_ptrs(pool_ptr, pt_row_ptr, o, mask, PAGE_ELEMS: tl.constexpr):
+    """Pointers to virtual elements `o` of the adapter whose page-table row starts at `pt_row_ptr`."""
+    page = tl.load(pt_row_ptr + o // PAGE_ELEMS, mask=mask, other=0)
+    return pool_ptr + page.to(tl.int64) * PAGE_ELEMS + o % PAGE_ELEMS
+
+
+@triton.jit
+def _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8):
+    """out_offsets[g] from scalar arguments (no device copy of a host list: CUDA-graph safe)."""
+    return tl.where(g == 0, o0, tl.where(g == 1, o1, tl.where(g == 2, o2, tl.where(g == 3, o3, tl.where(
+        g == 4, o4, tl.where(g == 5, o5, tl.where(g == 6, o6, tl.where(g == 7, o7, o8))))))))
+
+
+@triton.jit
+def _segment_rank(slot_ptr, rank_ptr, off_ptr, pt_ptr, seg, g, G, stride_pt):
+    """(rank, virtual offset, page-table row pointer) of target g of segment `seg`; rank 0 if no LoRA."""
+    slot = tl.load(slot_ptr + seg)
+    s = tl.maximum(slot, 0)
+    r = tl.load(rank_ptr + s * G + g)
+    r = tl.where(slot >= 0, r, 0)
+    off = tl.load(off_ptr + s * G + g)
+    return r, off, pt_ptr + s.to(tl.int64) * stride_pt
+
+
+@triton.jit
+def _lora_shrink_decode_kernel(
+        x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, indptr_ptr, slot_ptr, out_ptr,
+        T, K, R, G, n_seg, col_mult,
+        stride_xt, stride_xk, stride_pt, stride_ot, stride_og, stride_or,
+        PAGE_ELEMS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """BGMV shrink: program (segment, g, block of output columns); one dot product per row of A."""
+    seg = tl.program_id(0)
+    g = tl.program_id(1)
+    pid_r = tl.program_id(2)
+    cols = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cmask = cols < R
+    out_cols = out_ptr + g * stride_og + cols * stride_or
+    if seg == n_seg:  # the extra program zeroes tokens outside every segment
+        zeros = tl.zeros([BLOCK_R], dtype=out_ptr.dtype.element_ty)
+        for t in range(0, tl.load(indptr_ptr)):
+            tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
+        for t in range(tl.load(indptr_ptr + n_seg), T):
+            tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
+        return
+    t0 = tl.load(indptr_ptr + seg)
+    t1 = tl.load(indptr_ptr + seg + 1)
+    r, a_off, pt_row = _segment_rank(slot_ptr, rank_ptr, off_ptr, pt_ptr, seg, g, G, stride_pt)
+    c0 = col_mult * r
+    j = cols - c0                                 # row of A behind each output column
+    jmask = (j >= 0) & (j < r)
+    live = (r > 0) & (pid_r * BLOCK_R < c0 + r) & (pid_r * BLOCK_R + BLOCK_R > c0)
+    k_end = tl.where(live, K, 0)                  # rank blocks outside [c0, c0 + r) do no work
+    for t in range(t0, t1):
+        acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for k0 in range(0, k_end, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            kmask = k < K
+            xv = tl.load(x_ptr + tl.cast(t, tl.int64) * stride_xt + k * stride_xk, mask=kmask, other=0.0)
+            m = jmask[:, None] & kmask[None, :]
+            a = tl.load(_virtual_ptrs(pool_ptr, pt_row, a_off + j[:, None] * K + k[None, :], m, PAGE_ELEMS),
+                        mask=m, other=0.0)
+            acc += tl.sum(a.to(tl.float32) * xv.to(tl.float32)[None, :], axis=1)
+        tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, acc.to(out_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _lora_shrink_prefill_kernel(
+        x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, indptr_ptr, slot_ptr, out_ptr,
+        T, K, R, G, n_seg, col_mult,
+        stride_xt, stride_xk, stride_pt, stride_ot, stride_og, stride_or,
+        PAGE_ELEMS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr):
+    """SGMV shrink: program (segment, token tile x column block, g); tl.dot of x tile and A^T tile."""
+    seg = tl.program_id(0)
+    pid1 = tl.program_id(1)
+    g = tl.program_id(2)
+    n_rb = tl.cdiv(R, BLOCK_R)
+    tile = pid1 // n_rb
+    pid_r = pid1 % n_rb
+    cols = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cmask = cols < R
+    out_cols = out_ptr + g * stride_og + cols * stride_or
+    if seg == n_seg:
+        if tile == 0:
+            zeros = tl.zeros([BLOCK_R], dtype=out_ptr.dtype.element_ty)
+            for t in range(0, tl.load(indptr_ptr)):
+                tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
+            for t in range(tl.load(indptr_ptr + n_seg), T):
+                tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
+        return
+    t0 = tl.load(indptr_ptr + seg)
+    t1 = tl.load(indptr_ptr + seg + 1)
+    if t0 + tile * BLOCK_T >= t1:
+        return
+    tok = t0 + tile * BLOCK_T + tl.arange(0, BLOCK_T)
+    tmask = tok < t1
+    r, a_off, pt_row = _segment_rank(slot_ptr, rank_ptr, off_ptr, pt_ptr, seg, g, G, stride_pt)
+    c0 = col_mult * r
+    j = cols - c0
+    jmask = (j >= 0) & (j < r)
+    live = (r > 0) & (pid_r * BLOCK_R < c0 + r) & (pid_r * BLOCK_R + BLOCK_R > c0)
+    k_end = tl.where(live, K, 0)
+    acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
+    for k0 in range(0, k_end, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        kmask = k < K
+        xv = tl.load(x_ptr + tok.to(tl.int64)[:, None] * stride_xt + k[None, :] * stride_xk,
+                     mask=tmask[:, None] & kmask[None, :], other=0.0)
+        m = kmask[:, None] & jmask[None, :]
+        a = tl.load(_virtual_ptrs(pool_ptr, pt_row, a_off + j[None, :] * K + k[:, None], m, PAGE_ELEMS),
+                    mask=m, other=0.0)                              # A^T tile [BLOCK_K, BLOCK_R]
+        acc = tl.dot(xv, a, acc, input_precision=INPUT_PRECISION)
+    tl.store(out_cols[None, :] + tok.to(tl.int64)[:, None] * stride_ot, acc.to(out_ptr.dtype.element_ty),
+             mask=tmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _lora_expand_decode_kernel(
+        y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, indptr_ptr, slot_ptr,
+        G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+        stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
+        PAGE_ELEMS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """BGMV expand: program (segment, g, block of output columns); loops over rank blocks up to r."""
+    seg = tl.program_id(0)
+    g = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    r, b_off, pt_row = _segment_rank(slot_ptr, rank_ptr, off_ptr, pt_ptr, seg, g, G, stride_pt)
+    if r == 0:
+        return
+    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
+    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
+    if pid_n * BLOCK_N >= n_g:
+        return
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = n < n_g
+    scale = tl.load(scale_ptr + tl.maximum(tl.load(slot_ptr + seg), 0)).to(tl.float32)
+    t0 = tl.load(indptr_ptr + seg)
+    t1 = tl.load(indptr_ptr + seg + 1)
+    for t in range(t0, t1):
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for j0 in range(0, r, BLOCK_R):
+            j = j0 + tl.arange(0, BLOCK_R)
+            jm = j < r
+            vv = tl.load(v_ptr + tl.cast(t, tl.int64) * stride_vt + g * stride_vg + j * stride_vr, mask=jm, other=0.0)
+            m = jm[:, None] & nmask[None, :]
+            bt = tl.load(_virtual_ptrs(pool_ptr, pt_row, b_off + j[:, None] * n_g + n[None, :], m, PAGE_ELEMS),
+                         mask=m, other=0.0)
+            acc += tl.sum(vv.to(tl.float32)[:, None] * bt.to(tl.float32), axis=0)
+        yp = y_ptr + tl.cast(t, tl.int64) * stride_yt + (n_lo + n) * stride_yn
+        yv = tl.load(yp, mask=nmask, other=0.0)
+        tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
+def _lora_expand_prefill_kernel(
+        y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, indptr_ptr, slot_ptr,
+        G, n_nb, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+        stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
+        PAGE_ELEMS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr):
+    """SGMV expand: program (segment, token tile x column block, g); tl.dot over rank blocks up to r."""
+    seg = tl.program_id(0)
+    pid1 = tl.program_id(1)
+    g = tl.program_id(2)
+    tile = pid1 // n_nb
+    pid_n = pid1 % n_nb
+    r, b_off, pt_row = _segment_rank(slot_ptr, rank_ptr, off_ptr, pt_ptr, seg, g, G, stride_pt)
+    if r == 0:
+        return
+    t0 = tl.load(indptr_ptr + seg)
+    t1 = tl.load(indptr_ptr + seg + 1)
+    if t0 + tile * BLOCK_T >= t1:
+        return
+    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
+    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
+    if pid_n * BLOCK_N >= n_g:
+        return
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = n < n_g
+    tok = t0 + tile * BLOCK_T + tl.arange(0, BLOCK_T)
+    tmask = tok < t1
+    scale = tl.load(scale_ptr + tl.maximum(tl.load(slot_ptr + seg), 0)).to(tl.float32)
+    acc = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
+    for j0 in range(0, r, BLOCK_R):
+        j = j0 + tl.arange(0, BLOCK_R)
+        jm = j < r
+        vv = tl.load(v_ptr + tok.to(tl.int64)[:, None] * stride_vt + g * stride_vg + j[None, :] * stride_vr,
+                     mask=tmask[:, None] & jm[None, :], other=0.0)
+        m = jm[:, None] & nmask[None, :]
+        bt = tl.load(_virtual_ptrs(pool_ptr, pt_row, b_off + j[:, None] * n_g + n[None, :], m, PAGE_ELEMS),
+                     mask=m, other=0.0)
+        acc = tl.dot(vv, bt, acc, input_precision=INPUT_PRECISION)
+    yp = y_ptr + tok.to(tl.int64)[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
+    ym = tmask[:, None] & nmask[None, :]
+    yv = tl.load(yp, mask=ym, other=0.0)
+    tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launch wrappers (same signatures as the references; no host synchronisation)
+# ----------------------------------------------------------------------------------------------------
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_INT_DTYPES = (torch.int32, torch.int64)
+
+
+def _check_triton_lora(name: str, dense: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
+                       offsets: torch.Tensor, ranks: torch.Tensor, seg_indptr: torch.Tensor,
+                       seg_slot: torch.Tensor, extra: dict[str, torch.Tensor]) -> None:
+    check_lora_args(dense, pool, page_table, offsets, ranks, seg_indptr, seg_slot)
+    if pool.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name}: pool dtype {pool.dtype} is not float16/bfloat16/float32")
+    if pool.stride(1) != 1 or pool.stride(0) != pool.shape[1]:
+        raise ValueError(f"{name}: pool must be contiguous [num_pages, page_elems]")
+    for what, t in (("page_table", page_table), ("offsets", offsets), ("ranks", ranks),
+                    ("seg_indptr", seg_indptr), ("seg_slot", seg_slot)):
+        if t.dtype not in _INT_DTYPES:
+            raise ValueError(f"{name}: {what} must be int32 or int64, got {t.dtype}")
+    if page_table.shape[0] != offsets.shape[0]:
+        raise ValueError(f"{name}: page_table has {page_table.shape[0]} slots, offsets {offsets.shape[0]}")
+    for what, t in (("page_table", page_table), ("offsets", offsets), ("ranks", ranks),
+                    ("seg_indptr", seg_indptr), ("seg_slot", seg_slot), *extra.items()):
+        if t.device != pool.device:
+            raise ValueError(f"{name}: {what} is on {t.device}, pool on {pool.device}")
+    if offsets.shape[1] > MAX_G:
+        raise ValueError(f"{name}: at most {MAX_G} targets per launch, got G={offsets.shape[1]}")
+
+
+def _npow2(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs
+
+
+def lora_shrink(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
+                a_offsets: torch.Tensor, ranks: torch.Tensor, seg_indptr: torch.Tensor,
+                seg_slot: torch.Tensor, out: torch.Tensor, col_mult: int = 0,
+                max_seg_len: int | None = None) -> torch.Tensor:
+    """Triton `lora_shrink_ref`: x [T, K] -> out [T, G, R], every element written."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be [T, K], got {tuple(x.shape)}")
+    _check_triton_lora("lora_shrink", x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, {"out": out})
+    T, K = x.shape
+    G = a_offsets.shape[1]
+    if out.dim() != 3 or out.shape[0] != T or out.shape[1] != G:
+        raise ValueError(f"out must be [T={T}, G={G}, R], got {tuple(out.shape)}")
+    if out.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"out dtype {out.dtype} is not a float type")
+    if col_mult < 0:
+        raise ValueError(f"col_mult must be >= 0, got {col_mult}")
+    R = out.shape[2]
+    n_seg = seg_slot.shape[0]
+    if T == 0 or R == 0:
+        return out
+    page_table, a_offsets, ranks = page_table.contiguous(), a_offsets.contiguous(), ranks.contiguous()
+    seg_indptr, seg_slot = seg_indptr.contiguous(), seg_slot.contiguous()
+    max_len = T if max_seg_len is None else min(int(max_seg_len), T)
+    common = (T, K, R, G, n_seg, col_mult, x.stride(0), x.stride(1), page_table.stride(0),
+              out.stride(0), out.stride(1), out.stride(2))
+    if max_len <= 1:
+        block_r = _npow2(R, 16, 32 if not _INTERPRET else 256)
+        block_k = 1024 if _INTERPRET else 256
+        grid = (n_seg + 1, G, triton.cdiv(R, block_r))
+        _lora_shrink_decode_kernel[grid](
+            x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, out, *common,
+            PAGE_ELEMS=pool.shape[1], BLOCK_R=block_r, BLOCK_K=block_k, num_warps=4)
+    else:
+        block_t = _npow2(max_len, 16, 64)
+        block_r = _npow2(R, 16, 64 if not _INTERPRET else 256)
+        block_k = 256 if _INTERPRET else 64
+        grid = (n_seg + 1, triton.cdiv(max_len, block_t) * triton.cdiv(R, block_r), G)
+        _lora_shrink_prefill_kernel[grid](
+            x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, out, *common,
+            PAGE_ELEMS=pool.shape[1], BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_K=block_k,
+            INPUT_PRECISION=_input_precision(pool.dtype), num_warps=4)
+    return out
+
+
+def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
+                b_offsets: torch.Tensor, ranks: torch.Tensor, scales: torch.Tensor,
+                seg_indptr: torch.Tensor, seg_slot: torch.Tensor, out_offsets: list[int],
+                max_seg_len: int | None = None) -> torch.Tensor:
+    """Triton `lora_expand_ref`: y[:, out_offsets[g]:out_offsets[g+1]] += scale * v[:, g, :r] @ B_g^T."""
+    if y.dim() != 2 or v.dim() != 3:
+        raise ValueError(f"y must be [T, N] and v [T, G, R], got {tuple(y.shape)} and {tuple(v.shape)}")
+    _check_triton_lora("lora_expand", v, pool, page_table, b_offsets, ranks, seg_indptr, seg_slot,
+                       {"y": y, "scales": scales})
+    G = b_offsets.shape[1]
+    out_offsets = [int(o) for o in out_offsets]
+    if len(out_offsets) != G + 1 or out_offsets[-1] > y.shape[1]:
+        raise ValueError(f"out_offsets must have G+1={G + 1} entries within y's {y.shape[1]} columns")
+    if any(b < a for a, b in zip(out_offsets, out_offsets[1:])) or out_offsets[0] < 0:
+        raise ValueError(f"out_offsets must be non-decreasing and >= 0, got {out_offsets}")
+    T = y.shape[0]
+    if v.shape[0] != T or v.shape[1] != G:
+        raise ValueError(f"v must be [T={T}, G={G}, R], got {tuple(v.shape)}")
+    if y.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"y dtype {y.dtype} is not a float type")
+    if scales.dim() != 1 or scales.shape[0] != page_table.shape[0]:
+        raise ValueError(f"scales must be [S={page_table.shape[0]}], got {tuple(scales.shape)}")
+    n_seg = seg_slot.shape[0]
+    if T == 0 or n_seg == 0:
+        return y
+    page_table, b_offsets, ranks = page_table.contiguous(), b_offsets.contiguous(), ranks.contiguous()
+    seg_indptr, seg_slot, scales = seg_indptr.contiguous(), seg_slot.contiguous(), scales.contiguous()
+    offs = out_offsets + [out_offsets[-1]] * (MAX_G + 1 - len(out_offsets))
+    n_max = max(b - a for a, b in zip(out_offsets, out_offsets[1:]))
+    if n_max == 0:
+        return y
+    R = v.shape[2]
+    max_len = T if max_seg_len is None else min(int(max_seg_len), T)
+    strides = (y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0))
+    if max_len <= 1:
+        block_n = _npow2(n_max, 16, 4096 if _INTERPRET else 256)
+        block_r = _npow2(R, 16, 256 if _INTERPRET else 16)
+        grid = (n_seg, G, triton.cdiv(n_max, block_n))
+        _lora_expand_decode_kernel[grid](
+            y, v, pool, page_table, b_offsets, ranks, scales, seg_indptr, seg_slot, G, *offs, *strides,
+            PAGE_ELEMS=pool.shape[1], BLOCK_R=block_r, BLOCK_N=block_n, num_warps=4)
+    else:
+        block_t = _npow2(max_len, 16, 64)
+        block_n = _npow2(n_max, 16, 1024 if _INTERPRET else 128)
+        block_r = _npow2(R, 16, 256 if _INTERPRET else 32)
+        n_nb = triton.cdiv(n_max, block_n)
+        grid = (n_seg, triton.cdiv(max_len, block_t) * n_nb, G)
+        _lora_expand_prefill_kernel[grid](
+            y, v, pool, page_table, b_offsets, ranks, scales, seg_indptr, seg_slot, G, n_nb, *offs, *strides,
+            PAGE_ELEMS=pool.shape[1], BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_N=block_n,
+            INPUT_PRECISION=_input_precision(pool.dtype), num_warps=4)
+    return y
+
 
 
 def check_lora_args(x_or_v: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,

@@ -1,0 +1,195 @@
+"""The engine: adapters registry, request queue and the step loop.
+
+    step():  out = scheduler.schedule()            # which tokens of which requests, adapter loads
+             tokens = executor.execute(out)        # every rank runs the forward pass; rank 0 samples
+             scheduler.update(out, tokens)         # advance requests; stop checks; free finished
+
+`executor` is this process's `ModelRunner` (one device), or anything with the same methods
+(`execute`, `add_adapter`, `remove_adapter`, `num_pages`, `page_size`), e.g. the Ray tensor-parallel
+group of deployments/.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.config import EngineConfig
+from app.lora.adapter import AdapterError, load_peft_adapter
+from app.model.llama import ModelArgs
+from app.pool import PagePool
+from app.request import Request, RequestOutput, SamplingParams
+from app.scheduler import Scheduler
+from app.tokenizer import IncrementalDetokenizer, Tokenizer
+
+
+@dataclass
+class AdapterInfo:
+    name: str
+    path: str
+    rank: int
+    scale: float
+    num_pages: int
+
+
+class Engine:
+    def __init__(self, cfg: EngineConfig, executor=None):
+        self.cfg = cfg
+        self.args = ModelArgs.from_dir(cfg.model)
+        self.tokenizer = Tokenizer(cfg.tokenizer or cfg.model)
+        if executor is None:
+            from app.runner import ModelRunner
+
+            executor = ModelRunner(cfg)
+        self.executor = executor
+        self.pool = PagePool(num_pages=executor.num_pages, page_size=executor.page_size)
+        self.adapters: dict[str, AdapterInfo] = {}
+        self.scheduler = Scheduler(cfg.scheduler, cfg.lora, self.pool, lambda n: self.adapters[n].num_pages)
+        self.requests: dict[str, Request] = {}
+        self.detok: dict[str, IncrementalDetokenizer] = {}
+        self.max_model_len = cfg.scheduler.max_model_len or self.args.max_position_embeddings
+        eos = set(self.args.eos_token_id)
+        if self.tokenizer.eos_token_id is not None:
+            eos.add(self.tokenizer.eos_token_id)
+        self.eos_token_ids = eos
+        self._ids = itertools.count()
+        self.steps = 0
+        self.last_step_adapters = 0
+
+    # ---- adapters --------------------------------------------------------------------------------
+    def add_adapter(self, name: str, path: str | Path) -> AdapterInfo:
+        """Validates and registers a PEFT adapter; raises AdapterError and changes nothing if refused."""
+        if not name or "/" in name or name == self.model_name:
+            raise AdapterError(f"invalid adapter name {name!r}")
+        if name in self.adapters:
+            raise AdapterError(f"adapter {name!r} is already loaded")
+        w = load_peft_adapter(name, path, self.args, self.cfg.lora.max_lora_rank)
+        num_pages = self.executor.add_adapter(name, w)
+        if num_pages > self.pool.num_pages:
+            self.executor.remove_adapter(name)
+            raise AdapterError(f"adapter {name!r} needs {num_pages} pool pages, the pool has {self.pool.num_pages}")
+        info = AdapterInfo(name=name, path=str(path), rank=w.rank, scale=w.scale, num_pages=num_pages)
+        self.adapters[name] = info
+        return info
+
+    def remove_adapter(self, name: str) -> None:
+        if name not in self.adapters:
+            raise KeyError(f"adapter {name!r} is not loaded")
+        busy = [r.request_id for r in self.requests.values() if r.adapter == name]
+        if busy:
+            raise AdapterError(f"adapter {name!r} is in use by {len(busy)} request(s)")
+        if self.pool.is_resident(name):
+            self.pool.evict(name)
+        self.executor.remove_adapter(name)
+        del self.adapters[name]
+
+    @property
+    def model_name(self) -> str:
+        return Path(self.cfg.model).name
+
+    # ---- requests --------------------------------------------------------------------------------
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
+                    adapter: str | None = None, request_id: str | None = None,
+                    arrival_time: float | None = None) -> str:
+        params = params or SamplingParams()
+        if adapter is not None and adapter not in self.adapters:
+            raise KeyError(f"adapter {adapter!r} is not loaded")
+        if isinstance(prompt, str):
+            ids, text = self.tokenizer.encode(prompt), prompt
+        else:
+            ids, text = [int(t) for t in prompt], None
+            bad = [t for t in ids if not 0 <= t < self.args.vocab_size]
+            if bad:
+                raise ValueError(f"token ids {bad[:5]} are outside the vocabulary (size {self.args.vocab_size})")
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) + params.max_tokens > self.max_model_len:
+            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                             f"maximum context length {self.max_model_len}")
+        rid = request_id if request_id is not None else str(next(self._ids))
+        if rid in self.requests:
+            raise ValueError(f"request id {rid!r} is already in use")
+        req = Request(request_id=rid, prompt_token_ids=ids, adapter=adapter, params=params, prompt=text)
+        if arrival_time is not None:
+            req.arrival_time = arrival_time
+        self.scheduler.add(req)
+        self.requests[rid] = req
+        self.detok[rid] = IncrementalDetokenizer(self.tokenizer)
+        return rid
+
+    def abort(self, request_id: str) -> None:
+        req = self.requests.pop(request_id, None)
+        if req is not None:
+            self.scheduler.abort(request_id)
+            self.detok.pop(request_id, None)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- the step --------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        out = self.scheduler.schedule()
+        tokens = self.executor.execute(out)
+        self.steps += 1
+        self.last_step_adapters = len({s.adapter for s in out.seqs if s.adapter})
+        now = time.monotonic()
+        outputs = []
+        for req in self.scheduler.update(out, self.requests, tokens):
+            if req.first_token_time is None:
+                req.first_token_time = now
+            reason = self._check_stop(req)
+            if reason:
+                self.scheduler.finish(req, reason)
+            outputs.append(self._output(req))
+        for req in [r for r in self.requests.values() if r.finished]:
+            del self.requests[req.request_id]
+            self.detok.pop(req.request_id, None)
+        return outputs
+
+    def _check_stop(self, req: Request) -> str | None:
+        tok = req.output_token_ids[-1]
+        p = req.params
+        d = self.detok[req.request_id]
+        d.add(req.output_token_ids)
+        req.text = d.text
+        if not p.ignore_eos and tok in self.eos_token_ids:
+            return "stop"
+        if tok in p.stop_token_ids:
+            return "stop"
+        if p.stop:
+            start = max(0, req.emitted_chars - max(len(s) for s in p.stop))
+            hits = [(i, s) for s in p.stop if (i := req.text.find(s, start)) >= 0]
+            if hits:
+                req.text = req.text[:min(hits)[0]]
+                return "stop"
+        if len(req.output_token_ids) >= p.max_tokens or req.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    def _output(self, req: Request) -> RequestOutput:
+        # While running, hold back text that could be the start of a stop string.
+        hold = 0 if req.finished or not req.params.stop else max(len(s) for s in req.params.stop) - 1
+        visible = len(req.text) - hold
+        delta_text = req.text[req.emitted_chars:visible] if visible > req.emitted_chars else ""
+        req.emitted_chars = max(req.emitted_chars, visible)
+        delta_ids = req.output_token_ids[req.emitted_tokens:]
+        req.emitted_tokens = len(req.output_token_ids)
+        return RequestOutput(
+            request_id=req.request_id, adapter=req.adapter, prompt=req.prompt,
+            prompt_token_ids=req.prompt_token_ids, token_ids=list(req.output_token_ids), text=req.text,
+            delta_token_ids=delta_ids, delta_text=delta_text, finished=req.finished,
+            finish_reason=req.finish_reason,
+            metrics={"arrival_time": req.arrival_time, "first_scheduled_time": req.first_scheduled_time,
+                     "first_token_time": req.first_token_time, "finish_time": req.finish_time,
+                     "num_preemptions": req.num_preemptions})
+
+    def pool_stats(self):
+        return self.pool.stats()
+
+    def is_idle_clean(self) -> bool:
+        """True when no request holds pages: only cached adapters remain (used by tests)."""
+        s = self.pool.stats()
+        return s.kv == 0 and s.adapter_pinned == 0 and not self.has_unfinished()
+

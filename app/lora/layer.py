@@ -1,0 +1,45 @@
+"""The LoRA step a model layer calls: y += scale * (x @ A^T) @ B^T for every token's adapter, through
+the kernel backend (shrink, then expand), with S-LoRA's tensor-parallel collectives.
+
+Column-parallel group (qkv, gate_up): each rank computes its rows of x @ A^T into its columns of v;
+a sum all-reduce of the small v [T, G, r] assembles it (an all-gather by another name); then each rank
+expands into its own output slice y (already this rank's columns).
+Row-parallel group (o, down): x is this rank's input shard, so x @ A_shard^T is a partial sum:
+all-reduce it, then expand into this rank's slice of the (not yet reduced) base output, so that the
+base model's all-reduce also sums LoRA's output slices.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from app.lora.adapter import LORA_GROUPS
+from app.model.context import ForwardContext
+
+ROW_PARALLEL_GROUPS = {"o", "down"}
+
+
+def apply_lora(ctx: ForwardContext, layer: int, group: str, x: torch.Tensor, y: torch.Tensor,
+               out_sizes: list[int]) -> None:
+    """x: [T, K] input of the group; y: [T, sum(out_sizes)] its base output on this rank (in place).
+    `out_sizes`: each target's output columns within y as this rank's LoRA B shard sees them."""
+    meta = ctx.lora
+    if meta is None:
+        return
+    g = meta.groups[group]
+    pool = ctx.pool[layer]
+    tp = ctx.tp
+    row_parallel = group in ROW_PARALLEL_GROUPS
+    v = torch.empty(x.shape[0], len(LORA_GROUPS[group]), meta.max_rank, dtype=x.dtype, device=x.device)
+    ctx.backend.lora_shrink(x, pool, meta.page_table, g.a_offsets, g.ranks_a, meta.seg_indptr,
+                            meta.seg_slot, v, col_mult=0 if row_parallel else tp.rank,
+                            max_seg_len=meta.max_seg_len)
+    tp.all_reduce(v)
+    if row_parallel and tp.world_size > 1:
+        width = out_sizes[0]
+        y = y[:, tp.rank * width:(tp.rank + 1) * width]
+    offsets = [0]
+    for n in out_sizes:
+        offsets.append(offsets[-1] + n)
+    ctx.backend.lora_expand(y, v, pool, meta.page_table, g.b_offsets, g.ranks_b, meta.scales,
+                            meta.seg_indptr, meta.seg_slot, offsets, max_seg_len=meta.max_seg_len)

@@ -1,0 +1,230 @@
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2) over the paged pool, tensor-parallel aware.
+
+In:  a Hugging Face model directory (config.json, safetensors single or sharded).
+     forward(input_ids [T], positions [T], ctx: ForwardContext) with all sequences' tokens flattened.
+Out: hidden states [T, H]; `logits(hidden)` -> [n, vocab] float32.
+
+Tensor parallelism as in Megatron: q/k/v and gate/up column-parallel (fused into one matmul each),
+o and down row-parallel with one all-reduce after each; embeddings and lm_head replicated.
+Every linear layer calls the LoRA step (app/lora/layer.py) on its output before any reduction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from app.lora.layer import apply_lora
+from app.model.context import ForwardContext, ParallelState
+
+SUPPORTED_ARCHS = {"llama", "mistral", "qwen2"}
+
+
+@dataclass
+class ModelArgs:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    torch_dtype: str | None
+    eos_token_id: list[int]
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> ModelArgs:
+        f = Path(path) / "config.json"
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} not found: model must be a Hugging Face model directory")
+        return cls.from_hf(json.loads(f.read_text()))
+
+    @classmethod
+    def from_hf(cls, c: dict) -> ModelArgs:
+        mt = c.get("model_type", "llama")
+        if mt not in SUPPORTED_ARCHS:
+            raise ValueError(f"model_type {mt!r} is not supported (supported: {sorted(SUPPORTED_ARCHS)})")
+        if c.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act {c.get('hidden_act')!r} is not supported (silu only)")
+        heads = c["num_attention_heads"]
+        rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
+        theta = rope.pop("rope_theta", c.get("rope_theta", 10000.0))
+        if rope.get("rope_type", rope.get("type", "default")) == "default":
+            rope = None
+        eos = c.get("eos_token_id")
+        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        attn_bias = bool(c.get("attention_bias", False))
+        return cls(
+            model_type=mt, vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
+            intermediate_size=c["intermediate_size"], num_layers=c["num_hidden_layers"],
+            num_heads=heads, num_kv_heads=c.get("num_key_value_heads") or heads,
+            head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+            rms_norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=rope,
+            max_position_embeddings=c.get("max_position_embeddings", 4096),
+            tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
+            qkv_bias=attn_bias or mt == "qwen2", o_bias=attn_bias, mlp_bias=bool(c.get("mlp_bias", False)),
+            torch_dtype=c.get("torch_dtype") or c.get("dtype"), eos_token_id=eos,
+        )
+
+
+def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
+    """Inverse frequencies, with linear or Llama-3 scaling when the config asks for it."""
+    d = args.head_dim
+    inv = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    rs = args.rope_scaling
+    if rs is None:
+        return inv.float()
+    kind = rs.get("rope_type", rs.get("type"))
+    if kind == "linear":
+        return (inv / rs["factor"]).float()
+    if kind == "llama3":
+        factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+        old = rs["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+        return torch.where(medium, smoothed, scaled).float()
+    raise ValueError(f"rope scaling {kind!r} is not supported (default, linear, llama3)")
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * w
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [T, heads, D]; cos/sin: [T, D/2] (rotate-half convention, as Hugging Face)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    c, s = cos[:, None], sin[:, None]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], -1).to(x.dtype)
+
+
+class LlamaForCausalLM(torch.nn.Module):
+    def __init__(self, args: ModelArgs, tp: ParallelState, dtype: torch.dtype, device: str):
+        super().__init__()
+        self.args, self.tp = args, tp
+        self.dtype, self.device = dtype, device
+        self.heads = tp.shard(args.num_heads, "num_attention_heads")
+        self.kv_heads = tp.shard(args.num_kv_heads, "num_key_value_heads")
+        self.inter = tp.shard(args.intermediate_size, "intermediate_size")
+        self.q_size = self.heads * args.head_dim
+        self.kv_size = self.kv_heads * args.head_dim
+        self.inv_freq = rope_inv_freq(args).to(device)
+        self.w: dict[str, torch.Tensor] = {}
+
+    # ---- weights -------------------------------------------------------------------------------
+    def load(self, path: str | Path) -> None:
+        """Reads this rank's shard of every weight from safetensors (single file or sharded)."""
+        path = Path(path)
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        elif (path / "model.safetensors").is_file():
+            files = ["model.safetensors"]
+        else:
+            raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path} "
+                                    "(pickle checkpoints are not loaded)")
+        handles = {}
+        key_file = {}
+        for fn in files:
+            h = safe_open(str(path / fn), framework="pt")
+            handles[fn] = h
+            for k in h.keys():
+                key_file[k] = fn
+
+        def get(name: str) -> torch.Tensor:
+            if name not in key_file:
+                raise KeyError(f"weight {name} not found in {path}")
+            return handles[key_file[name]].get_tensor(name)
+
+        def col(name: str) -> torch.Tensor:      # split the output rows
+            t = get(name)
+            n = t.shape[0] // self.tp.world_size
+            return t[self.tp.rank * n:(self.tp.rank + 1) * n]
+
+        def row(name: str) -> torch.Tensor:      # split the input columns
+            t = get(name)
+            n = t.shape[1] // self.tp.world_size
+            return t[:, self.tp.rank * n:(self.tp.rank + 1) * n]
+
+        a = self.args
+        w = {"embed": get("model.embed_tokens.weight"), "norm": get("model.norm.weight")}
+        w["lm_head"] = w["embed"] if a.tie_word_embeddings or "lm_head.weight" not in key_file \
+            else get("lm_head.weight")
+        for i in range(a.num_layers):
+            p = f"model.layers.{i}."
+            w[f"{i}.in_norm"] = get(p + "input_layernorm.weight")
+            w[f"{i}.post_norm"] = get(p + "post_attention_layernorm.weight")
+            w[f"{i}.qkv"] = torch.cat([col(p + f"self_attn.{m}_proj.weight") for m in "qkv"])
+            if a.qkv_bias:
+                w[f"{i}.qkv_b"] = torch.cat([col(p + f"self_attn.{m}_proj.bias") for m in "qkv"])
+            w[f"{i}.o"] = row(p + "self_attn.o_proj.weight")
+            if a.o_bias:  # added once, after the all-reduce
+                w[f"{i}.o_b"] = get(p + "self_attn.o_proj.bias")
+            w[f"{i}.gate_up"] = torch.cat([col(p + "mlp.gate_proj.weight"), col(p + "mlp.up_proj.weight")])
+            w[f"{i}.down"] = row(p + "mlp.down_proj.weight")
+            if a.mlp_bias:
+                w[f"{i}.gate_up_b"] = torch.cat([col(p + "mlp.gate_proj.bias"), col(p + "mlp.up_proj.bias")])
+                w[f"{i}.down_b"] = get(p + "mlp.down_proj.bias")
+        self.w = {k: v.to(device=self.device, dtype=self.dtype).contiguous() for k, v in w.items()}
+
+    # ---- forward -------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        a, w, tp = self.args, self.w, self.tp
+        D = a.head_dim
+        freqs = positions.float()[:, None] * self.inv_freq[None]
+        cos, sin = freqs.cos(), freqs.sin()
+        h = F.embedding(input_ids, w["embed"])
+        attn = ctx.attn
+        for i in range(a.num_layers):
+            x = rms_norm(h, w[f"{i}.in_norm"], a.rms_norm_eps)
+            qkv = F.linear(x, w[f"{i}.qkv"], w.get(f"{i}.qkv_b"))
+            apply_lora(ctx, i, "qkv", x, qkv, [self.q_size, self.kv_size, self.kv_size])
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], -1)
+            q = apply_rope(q.reshape(-1, self.heads, D), cos, sin)
+            k = apply_rope(k.reshape(-1, self.kv_heads, D), cos, sin)
+            v = v.reshape(-1, self.kv_heads, D)
+            pool = ctx.pool[i]
+            ctx.backend.kv_append(pool, ctx.page_size, k, v, attn.slot_mapping)
+            o = torch.empty_like(q)
+            ctx.backend.paged_attention(q, pool, ctx.page_size, self.kv_heads, attn.kv_page_table,
+                                        attn.seq_lens, attn.q_indptr, D ** -0.5, o, max_q_len=attn.max_q_len)
+            o = o.reshape(-1, self.q_size)
+            y = F.linear(o, w[f"{i}.o"])
+            apply_lora(ctx, i, "o", o, y, [a.hidden_size // tp.world_size])
+            tp.all_reduce(y)
+            if a.o_bias:
+                y = y + w[f"{i}.o_b"]
+            h = h + y
+            x = rms_norm(h, w[f"{i}.post_norm"], a.rms_norm_eps)
+            gu = F.linear(x, w[f"{i}.gate_up"], w.get(f"{i}.gate_up_b"))
+            apply_lora(ctx, i, "gate_up", x, gu, [self.inter, self.inter])
+            g, u = gu.split([self.inter, self.inter], -1)
+            m = F.silu(g) * u
+            y = F.linear(m, w[f"{i}.down"])
+            apply_lora(ctx, i, "down", m, y, [a.hidden_size // tp.world_size])
+            tp.all_reduce(y)
+            if a.mlp_bias:
+                y = y + w[f"{i}.down_b"]
+            h = h + y
+        return rms_norm(h, w["norm"], a.rms_norm_eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.w["lm_head"]).float()

@@ -1,0 +1,161 @@
+"""The unified paged pool: one set of equal pages per device shared by KV cache and adapter weights.
+
+This class is the bookkeeping (which page belongs to whom), kept by the scheduler; the page contents
+live in each rank's pool tensor `[num_layers, num_pages, page_elems]` (app/runner.py), and every
+tensor-parallel rank uses the same page ids. A page id is valid in every layer, so one allocation
+serves all layers (S-LoRA). A page holds either K and V of `page_size` tokens of one sequence
+(kernels/attention.py) or a run of one adapter's virtual weight buffer (kernels/lora.py). Any free page
+serves either; there is no static split.
+
+Invariants:
+  * every page is exactly one of: free, KV of one request, weights of one resident adapter;
+  * an adapter with pins > 0 (used by a running request) is never evicted;
+  * unpinned resident adapters are a cache: kept while pages are free, evicted LRU on demand, so
+    `free + evictable` is the one admission budget for both kinds.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ResidentAdapter:
+    pages: list[int]
+    pins: int = 0
+
+
+@dataclass
+class PoolStats:
+    total: int
+    free: int
+    kv: int
+    adapter: int
+    adapter_pinned: int
+    kv_fragmentation: float      # share of KV page slots allocated but holding no token
+    loads: int = 0
+    evictions: int = 0
+    hits: int = 0
+
+
+@dataclass
+class PagePool:
+    num_pages: int
+    page_size: int
+    _free: list[int] = field(init=False)
+    _kv: dict[str, list[int]] = field(init=False, default_factory=dict)
+    _kv_tokens: dict[str, int] = field(init=False, default_factory=dict)
+    _adapters: OrderedDict[str, ResidentAdapter] = field(init=False, default_factory=OrderedDict)
+    loads: int = 0
+    evictions: int = 0
+    hits: int = 0
+
+    def __post_init__(self):
+        self._free = list(range(self.num_pages - 1, -1, -1))
+
+    # ---- budget ----------------------------------------------------------------------------------
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def evictable(self, keep: set[str] = frozenset()) -> int:
+        return sum(len(r.pages) for n, r in self._adapters.items() if r.pins == 0 and n not in keep)
+
+    def available(self, keep: set[str] = frozenset()) -> int:
+        """Pages that an allocation may take: free ones plus those of unpinned cached adapters."""
+        return self.num_free + self.evictable(keep)
+
+    def _take(self, n: int, keep: set[str] = frozenset()) -> list[int] | None:
+        if n > self.available(keep):
+            return None
+        while len(self._free) < n:
+            victim = next(name for name, r in self._adapters.items() if r.pins == 0 and name not in keep)
+            self.evict(victim)
+        return [self._free.pop() for _ in range(n)]
+
+    # ---- KV --------------------------------------------------------------------------------------
+    def kv_pages_needed(self, req_id: str, num_tokens: int) -> int:
+        have = len(self._kv.get(req_id, ()))
+        return max(0, -(-num_tokens // self.page_size) - have)
+
+    def grow_kv(self, req_id: str, num_tokens: int, keep: set[str] = frozenset()) -> bool:
+        """Makes room for `num_tokens` cached tokens of a request; False (and nothing taken) if it can't."""
+        need = self.kv_pages_needed(req_id, num_tokens)
+        pages = self._take(need, keep) if need else []
+        if pages is None:
+            return False
+        self._kv.setdefault(req_id, []).extend(pages)
+        self._kv_tokens[req_id] = max(num_tokens, self._kv_tokens.get(req_id, 0))
+        return True
+
+    def kv_pages(self, req_id: str) -> list[int]:
+        return self._kv.get(req_id, [])
+
+    def free_kv(self, req_id: str) -> None:
+        self._free.extend(reversed(self._kv.pop(req_id, [])))
+        self._kv_tokens.pop(req_id, None)
+
+    # ---- adapters --------------------------------------------------------------------------------
+    def is_resident(self, name: str) -> bool:
+        return name in self._adapters
+
+    def adapter(self, name: str) -> ResidentAdapter:
+        return self._adapters[name]
+
+    def load_adapter(self, name: str, num_pages: int, keep: set[str] = frozenset()) -> list[int] | None:
+        """Gives an adapter `num_pages` pages; returns the pages its weights must be copied into ([] when
+        it is already resident: a cache hit, moved to the MRU end), or None if it does not fit."""
+        if name in self._adapters:
+            self._adapters.move_to_end(name)
+            self.hits += 1
+            return []
+        pages = self._take(num_pages, keep | {name})
+        if pages is None:
+            return None
+        self._adapters[name] = ResidentAdapter(pages=pages)
+        self.loads += 1
+        return pages
+
+    def pin(self, name: str) -> None:
+        r = self._adapters[name]
+        r.pins += 1
+        self._adapters.move_to_end(name)
+
+    def unpin(self, name: str) -> None:
+        r = self._adapters[name]
+        if r.pins <= 0:
+            raise RuntimeError(f"adapter {name!r} unpinned more often than pinned")
+        r.pins -= 1
+
+    def evict(self, name: str) -> None:
+        r = self._adapters[name]
+        if r.pins:
+            raise RuntimeError(f"adapter {name!r} is in use by {r.pins} request(s) and cannot be evicted")
+        del self._adapters[name]
+        self._free.extend(reversed(r.pages))
+        self.evictions += 1
+
+    def resident_adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    # ---- reporting -------------------------------------------------------------------------------
+    def stats(self) -> PoolStats:
+        kv = sum(len(p) for p in self._kv.values())
+        slots = kv * self.page_size
+        used = sum(self._kv_tokens.values())
+        adapter = sum(len(r.pages) for r in self._adapters.values())
+        pinned = sum(len(r.pages) for r in self._adapters.values() if r.pins)
+        return PoolStats(total=self.num_pages, free=self.num_free, kv=kv, adapter=adapter,
+                         adapter_pinned=pinned, kv_fragmentation=(1 - used / slots) if slots else 0.0,
+                         loads=self.loads, evictions=self.evictions, hits=self.hits)
+
+    def check(self) -> None:
+        """Asserts the invariants (used by tests): every page owned exactly once."""
+        owners = list(self._free)
+        for p in self._kv.values():
+            owners += p
+        for r in self._adapters.values():
+            owners += r.pages
+        if sorted(owners) != list(range(self.num_pages)):
+            raise AssertionError("pool pages are leaked or owned twice")

@@ -1,0 +1,184 @@
+"""Iteration-level scheduler (continuous batching) over the unified pool.
+
+Contract: each step is one forward pass; `schedule()` decides how many tokens of each request it
+computes (`{request: num_new_tokens}`), so prefill chunks and decodes share a step. A request's
+`num_computed_tokens` counts the tokens whose K/V are in the pool; it is scheduled
+`min(num_tokens - num_computed_tokens, token budget)` new tokens, and samples a token when they reach
+its end.
+
+Order: running requests first (admission order), then waiting ones (FCFS). A waiting request is admitted
+when its adapter is (or can be made) resident and pinned, its KV pages fit, the batch has room for one
+more distinct adapter and `max_num_seqs` is not reached. When a running request needs a KV page and
+none is free, the most recently admitted request is preempted by recompute: its pages are freed, its
+adapter unpinned, and it goes back to the front of the queue with its generated tokens kept, to be
+prefilled again later (same output for greedy and seeded sampling). A request that could never fit
+alone is refused when added, so preemption always makes progress.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from app.config import LoRAConfig, SchedulerConfig
+from app.pool import PagePool
+from app.request import Request, RequestStatus, SamplingParams
+
+
+@dataclass
+class ScheduledSeq:
+    """What a rank needs to run one request this step (plain data: it crosses process boundaries)."""
+    request_id: str
+    token_ids: list[int]        # the new tokens fed this step
+    start_pos: int              # position of token_ids[0] (= tokens already cached)
+    kv_pages: list[int]         # all KV pages of the request, in order
+    adapter: str | None
+    sample: bool                # this step reaches the end of the known tokens: emit one token
+    params: SamplingParams
+
+
+@dataclass
+class SchedulerOutput:
+    seqs: list[ScheduledSeq] = field(default_factory=list)
+    adapter_loads: list[tuple[str, list[int]]] = field(default_factory=list)  # fill these pages first
+    finished_ids: list[str] = field(default_factory=list)                     # drop per-request state
+    preempted_ids: list[str] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self.seqs)
+
+
+class Scheduler:
+    def __init__(self, cfg: SchedulerConfig, lora_cfg: LoRAConfig, pool: PagePool,
+                 adapter_pages: Callable[[str], int]):
+        self.cfg, self.lora_cfg, self.pool = cfg, lora_cfg, pool
+        self.adapter_pages = adapter_pages
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self._finished_ids: list[str] = []
+        self.num_preemptions = 0
+
+    # ---- queue -----------------------------------------------------------------------------------
+    def pages_to_fit(self, req: Request) -> int:
+        n = -(-(len(req.prompt_token_ids) + req.params.max_tokens) // self.pool.page_size)
+        return n + (self.adapter_pages(req.adapter) if req.adapter else 0)
+
+    def add(self, req: Request) -> None:
+        need = self.pages_to_fit(req)
+        if need > self.pool.num_pages:
+            raise ValueError(f"request needs {need} pool pages (prompt + max_tokens + adapter) but the pool "
+                             f"has {self.pool.num_pages}: lower max_tokens or shorten the prompt")
+        self.waiting.append(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def abort(self, request_id: str) -> Request | None:
+        for req in self.waiting:
+            if req.request_id == request_id:
+                self.waiting.remove(req)
+                self.finish(req, "abort")
+                return req
+        for req in self.running:
+            if req.request_id == request_id:
+                self.finish(req, "abort")
+                return req
+        return None
+
+    def finish(self, req: Request, reason: str) -> None:
+        if req.status == RequestStatus.RUNNING:
+            self.running.remove(req)
+            self._release(req)
+        req.status = RequestStatus.FINISHED
+        req.finish_reason = reason
+        req.finish_time = time.monotonic()
+        self._finished_ids.append(req.request_id)
+
+    def _release(self, req: Request) -> None:
+        self.pool.free_kv(req.request_id)
+        if req.adapter:
+            self.pool.unpin(req.adapter)
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self._release(req)
+        req.status = RequestStatus.WAITING
+        req.num_computed_tokens = 0
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+
+    # ---- one step --------------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput(finished_ids=self._finished_ids)
+        self._finished_ids = []
+        budget = self.cfg.max_num_batched_tokens
+        chosen: list[tuple[Request, int]] = []
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            while not self.pool.grow_kv(req.request_id, req.num_computed_tokens + n):
+                victim = self.running[-1]
+                self._preempt(victim)
+                out.preempted_ids.append(victim.request_id)
+                if victim is req:
+                    break
+            else:
+                chosen.append((req, n))
+                budget -= n
+                i += 1
+
+        adapters = {r.adapter for r in self.running if r.adapter}
+        while self.waiting and not out.preempted_ids and budget > 0 \
+                and len(self.running) < self.cfg.max_num_seqs:
+            req = self.waiting[0]
+            name = req.adapter
+            if name and name not in adapters and len(adapters) >= self.lora_cfg.max_loras_per_batch:
+                break
+            if name:
+                pages = self.pool.load_adapter(name, self.adapter_pages(name))
+                if pages is None:
+                    break
+                if pages:
+                    out.adapter_loads.append((name, pages))
+                self.pool.pin(name)
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if not self.pool.grow_kv(req.request_id, req.num_computed_tokens + n):
+                if name:
+                    self.pool.unpin(name)   # stays cached (its pages are filled this step anyway)
+                break
+            self.waiting.popleft()
+            req.status = RequestStatus.RUNNING
+            if req.first_scheduled_time is None:
+                req.first_scheduled_time = time.monotonic()
+            self.running.append(req)
+            if name:
+                adapters.add(name)
+            chosen.append((req, n))
+            budget -= n
+
+        for req, n in chosen:
+            start = req.num_computed_tokens
+            out.seqs.append(ScheduledSeq(
+                request_id=req.request_id, token_ids=req.all_token_ids[start:start + n], start_pos=start,
+                kv_pages=list(self.pool.kv_pages(req.request_id)), adapter=req.adapter,
+                sample=start + n == req.num_tokens, params=req.params))
+        return out
+
+    def update(self, out: SchedulerOutput, requests: dict[str, Request], tokens: list[int]) -> list[Request]:
+        """Advances the scheduled requests; appends the sampled tokens. Returns the requests that got a
+        token (the engine then checks their stop conditions)."""
+        it = iter(tokens)
+        got = []
+        for s in out.seqs:
+            req = requests[s.request_id]
+            req.num_computed_tokens = s.start_pos + len(s.token_ids)
+            if s.sample:
+                req.output_token_ids.append(next(it))
+                got.append(req)
+        return got

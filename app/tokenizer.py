@@ -1,0 +1,51 @@
+"""Tokenizer wrapper (a Hugging Face fast tokenizer read from local files) and incremental
+detokenization of a growing list of output tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class Tokenizer:
+    def __init__(self, path: str | Path):
+        from transformers import AutoTokenizer
+
+        self.hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.eos_token_id = self.hf.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=True)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=True)
+
+    def apply_chat_template(self, messages: list[dict]) -> list[int]:
+        """Token ids of a chat, with the tokenizer's template or a plain `role: content` fallback."""
+        if getattr(self.hf, "chat_template", None):
+            out = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return self.encode(text)
+
+
+class IncrementalDetokenizer:
+    """Text of output tokens as they arrive (vLLM's method): decode only a window from `prefix` on,
+    so that the cost per token stays constant, and hold back text that ends in an incomplete UTF-8
+    sequence until the next token completes it."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tok = tokenizer
+        self.text = ""
+        self.prefix = 0     # window start: one token of context before the unread ones
+        self.read = 0       # tokens already turned into text
+
+    def add(self, ids: list[int]) -> str:
+        """`ids`: all output tokens so far. Returns the text they add."""
+        prefix_text = self.tok.decode(ids[self.prefix:self.read])
+        new_text = self.tok.decode(ids[self.prefix:])
+        if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
+            return ""
+        delta = new_text[len(prefix_text):]
+        self.text += delta
+        self.prefix, self.read = self.read, len(ids)
+        return delta

@@ -1,0 +1,379 @@
+"""Triton kernels (run by Triton's interpreter on the CPU) against their torch references.
+
+Every test builds fresh random inputs: adapters of mixed ranks laid across pages of the pool in random,
+non-contiguous order (rows straddle page boundaries), batches where each segment uses an adapter drawn
+with a given popularity (distinct / uniform / zipf / identical), outputs pre-filled with NaN so that an
+element the kernel forgets to write fails the comparison.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels import get_backend
+from kernels.attention import kv_append, kv_append_ref, paged_attention, paged_attention_ref
+from kernels.lora import lora_expand, lora_expand_ref, lora_shrink, lora_shrink_ref
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=2e-2, rtol=2e-2)}
+
+
+# ------------------------------------------------------------------------------------------------
+# LoRA inputs
+# ------------------------------------------------------------------------------------------------
+
+def make_adapters(ranks: torch.Tensor, K: int, n_out: list[int], page_elems: int, dtype: torch.dtype,
+                  gen: torch.Generator, spare_pages: int = 3):
+    """Lays every slot's A_g [r, K] and B_g^T [r, N_g] into a virtual buffer (with random gaps) across
+    pages taken in random order from a shared pool. Returns pool, page_table, a_offsets, b_offsets."""
+    S, G = ranks.shape
+    layouts, n_pages = [], []
+    for s in range(S):
+        cur, a_off, b_off = 0, [], []
+        for g in range(G):
+            r = int(ranks[s, g])
+            cur += int(torch.randint(0, 5, (1,), generator=gen))
+            a_off.append(cur)
+            cur += r * K + int(torch.randint(0, 3, (1,), generator=gen))
+            b_off.append(cur)
+            cur += r * n_out[g]
+        layouts.append((a_off, b_off))
+        n_pages.append(max(1, math.ceil(cur / page_elems)))
+    total = sum(n_pages) + spare_pages
+    perm = torch.randperm(total, generator=gen)
+    pool = (torch.randn(total, page_elems, generator=gen) / math.sqrt(K)).to(dtype)
+    page_table = torch.zeros(S, max(n_pages), dtype=torch.int32)
+    used = 0
+    for s in range(S):
+        page_table[s, :n_pages[s]] = perm[used:used + n_pages[s]].to(torch.int32)
+        used += n_pages[s]
+    a_offsets = torch.tensor([l[0] for l in layouts], dtype=torch.int32).view(S, G)
+    b_offsets = torch.tensor([l[1] for l in layouts], dtype=torch.int32).view(S, G)
+    return pool, page_table, a_offsets, b_offsets
+
+
+def pick_slots(n_seg: int, n_slots: int, popularity: str, gen: torch.Generator) -> torch.Tensor:
+    if popularity == "distinct":
+        return torch.randperm(n_slots, generator=gen)[:n_seg] if n_seg <= n_slots else torch.arange(n_seg) % n_slots
+    if popularity == "uniform":
+        return torch.randint(0, n_slots, (n_seg,), generator=gen)
+    if popularity == "zipf":
+        w = 1.0 / torch.arange(1, n_slots + 1, dtype=torch.float64) ** 1.5
+        return torch.multinomial(w, n_seg, replacement=True, generator=gen)
+    if popularity == "identical":
+        return torch.zeros(n_seg, dtype=torch.long)
+    raise ValueError(popularity)
+
+
+def make_batch(seg_lens: list[int], n_slots: int, popularity: str, gen: torch.Generator, no_lora: float = 0.15):
+    slots = pick_slots(len(seg_lens), n_slots, popularity, gen)
+    drop = torch.rand(len(seg_lens), generator=gen) < no_lora
+    slots = torch.where(drop, torch.full_like(slots, -1), slots).to(torch.int32)
+    indptr = torch.zeros(len(seg_lens) + 1, dtype=torch.int32)
+    indptr[1:] = torch.cumsum(torch.tensor(seg_lens, dtype=torch.int32), 0)
+    return indptr, slots
+
+
+def random_ranks(n_slots: int, G: int, max_rank: int, gen: torch.Generator, absent: float = 0.1):
+    ranks = torch.randint(1, max_rank + 1, (n_slots, G), generator=gen, dtype=torch.int32)
+    ranks[torch.rand(n_slots, G, generator=gen) < absent] = 0
+    return ranks
+
+
+def run_lora_case(*, seg_lens, n_slots, popularity, max_rank, K, n_out, page_elems, dtype, seed,
+                  col_mult=0, R=None, y_extra_cols=0, max_seg_len="auto"):
+    gen = torch.Generator().manual_seed(seed)
+    G = len(n_out)
+    ranks = random_ranks(n_slots, G, max_rank, gen)
+    pool, page_table, a_off, b_off = make_adapters(ranks, K, n_out, page_elems, dtype, gen)
+    indptr, slots = make_batch(seg_lens, n_slots, popularity, gen)
+    T = int(indptr[-1])
+    x = torch.randn(T, K, generator=gen).to(dtype)
+    R = R or max(1, (col_mult + 1) * int(ranks.max()))
+    msl = max(seg_lens, default=0) if max_seg_len == "auto" else max_seg_len
+    args = (pool, page_table, a_off, ranks, indptr, slots)
+
+    out = torch.full((T, G, R), float("nan"), dtype=dtype)
+    want = torch.full((T, G, R), float("nan"), dtype=dtype)
+    lora_shrink(x, *args, out, col_mult=col_mult, max_seg_len=msl)
+    lora_shrink_ref(x, *args, want, col_mult=col_mult, max_seg_len=msl)
+    assert not out.isnan().any(), "shrink left elements unwritten"
+    torch.testing.assert_close(out, want, **TOL[dtype])
+
+    # expand into a column slice of a wider buffer: row stride != width
+    out_offsets = [0]
+    for n in n_out:
+        out_offsets.append(out_offsets[-1] + n)
+    wide = torch.randn(T, out_offsets[-1] + y_extra_cols + 3, generator=gen).to(dtype)
+    scales = torch.rand(n_slots, generator=gen) + 0.5
+    v = torch.randn(T, G, R, generator=gen).to(dtype)
+    y = wide.clone()[:, 2:2 + out_offsets[-1] + y_extra_cols]
+    want_y = wide.clone()[:, 2:2 + out_offsets[-1] + y_extra_cols]
+    before = y.clone()
+    lora_expand(y, v, pool, page_table, b_off, ranks, scales, indptr, slots, out_offsets, max_seg_len=msl)
+    lora_expand_ref(want_y, v, pool, page_table, b_off, ranks, scales, indptr, slots, out_offsets, max_seg_len=msl)
+    torch.testing.assert_close(y, want_y, **TOL[dtype])
+    # rows without LoRA and columns past out_offsets[-1] are bit-for-bit untouched
+    for i, s in enumerate(slots.tolist()):
+        if s < 0:
+            lo, hi = int(indptr[i]), int(indptr[i + 1])
+            assert torch.equal(y[lo:hi], before[lo:hi])
+    assert torch.equal(y[:, out_offsets[-1]:], before[:, out_offsets[-1]:])
+
+
+# ------------------------------------------------------------------------------------------------
+# LoRA tests
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("popularity", ["distinct", "uniform", "zipf", "identical"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_lora_decode_popularity(popularity, dtype):
+    run_lora_case(seg_lens=[1] * 24, n_slots=12, popularity=popularity, max_rank=64, K=64,
+                  n_out=[64, 32, 32], page_elems=200, dtype=dtype, seed=3 * len(popularity) + (dtype == torch.float16))
+
+
+@pytest.mark.parametrize("popularity", ["distinct", "uniform", "zipf", "identical"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_lora_prefill_popularity(popularity, dtype):
+    run_lora_case(seg_lens=[5, 17, 1, 40, 3, 33], n_slots=5, popularity=popularity, max_rank=48, K=48,
+                  n_out=[96, 32], page_elems=160, dtype=dtype, seed=7 + len(popularity))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64, 256])
+def test_lora_decode_batch_sizes(batch):
+    run_lora_case(seg_lens=[1] * batch, n_slots=min(batch, 32), popularity="uniform", max_rank=32, K=32,
+                  n_out=[32], page_elems=128, dtype=torch.float32, seed=batch)
+
+
+@pytest.mark.parametrize("max_rank", [1, 8, 16, 128])
+def test_lora_ranks(max_rank):
+    """Ranks 1..max_rank mixed in one batch, decode and prefill."""
+    run_lora_case(seg_lens=[1] * 9, n_slots=9, popularity="distinct", max_rank=max_rank, K=32,
+                  n_out=[48, 16, 16], page_elems=96, dtype=torch.float16, seed=max_rank)
+    run_lora_case(seg_lens=[20, 2, 9], n_slots=3, popularity="distinct", max_rank=max_rank, K=32,
+                  n_out=[48], page_elems=96, dtype=torch.float32, seed=max_rank + 1)
+
+
+@pytest.mark.parametrize("page_elems", [7, 64, 1000, 4096])
+def test_lora_page_sizes(page_elems):
+    """Tiny pages (rows straddle many pages) to pages larger than an adapter."""
+    run_lora_case(seg_lens=[1] * 6, n_slots=4, popularity="uniform", max_rank=24, K=40,
+                  n_out=[40, 24], page_elems=page_elems, dtype=torch.float32, seed=page_elems)
+    run_lora_case(seg_lens=[7, 19], n_slots=2, popularity="distinct", max_rank=24, K=40,
+                  n_out=[40, 24], page_elems=page_elems, dtype=torch.float32, seed=page_elems + 1)
+
+
+def test_lora_rank_256_and_wide_v():
+    """Rank up to 256; v and out wider than the largest rank (extra columns must be ignored/zeroed)."""
+    run_lora_case(seg_lens=[1, 1, 1], n_slots=3, popularity="distinct", max_rank=256, K=32, n_out=[32],
+                  page_elems=512, dtype=torch.float32, seed=3, R=300)
+    run_lora_case(seg_lens=[18, 3], n_slots=2, popularity="distinct", max_rank=256, K=32, n_out=[32],
+                  page_elems=512, dtype=torch.float16, seed=4, R=300)
+
+
+@pytest.mark.parametrize("col_mult", [1, 2])
+def test_lora_col_mult(col_mult):
+    """S-LoRA TP column offset: rank c writes its rows of x @ A^T at columns [c*r, c*r + r)."""
+    run_lora_case(seg_lens=[1] * 5, n_slots=5, popularity="distinct", max_rank=20, K=32, n_out=[32, 16],
+                  page_elems=100, dtype=torch.float32, seed=11, col_mult=col_mult)
+    run_lora_case(seg_lens=[9, 20], n_slots=2, popularity="distinct", max_rank=20, K=32, n_out=[32, 16],
+                  page_elems=100, dtype=torch.float32, seed=12, col_mult=col_mult)
+
+
+def test_lora_max_seg_len_none_and_empty_segments():
+    """max_seg_len=None (safe upper bound), empty segments, a segment without LoRA."""
+    run_lora_case(seg_lens=[0, 4, 0, 12, 1], n_slots=3, popularity="uniform", max_rank=16, K=32,
+                  n_out=[32], page_elems=64, dtype=torch.float32, seed=5, max_seg_len=None)
+
+
+def test_lora_uncovered_tokens_zeroed():
+    """Tokens outside every segment get zeros from shrink and are untouched by expand."""
+    gen = torch.Generator().manual_seed(0)
+    ranks = torch.tensor([[8], [16]], dtype=torch.int32)
+    pool, pt, a_off, b_off = make_adapters(ranks, 32, [32], 64, torch.float32, gen)
+    x = torch.randn(6, 32, generator=gen)
+    indptr = torch.tensor([1, 2, 4], dtype=torch.int32)
+    slots = torch.tensor([0, 1], dtype=torch.int32)
+    for msl in (1, 2):
+        out = torch.full((6, 1, 16), float("nan"))
+        want = torch.full((6, 1, 16), float("nan"))
+        lora_shrink(x, pool, pt, a_off, ranks, indptr, slots, out, max_seg_len=msl)
+        lora_shrink_ref(x, pool, pt, a_off, ranks, indptr, slots, want)
+        torch.testing.assert_close(out, want)
+
+
+def test_lora_wrapper_errors():
+    gen = torch.Generator().manual_seed(0)
+    ranks = torch.tensor([[8, 8]], dtype=torch.int32)
+    pool, pt, a_off, b_off = make_adapters(ranks, 32, [32, 32], 64, torch.float32, gen)
+    indptr = torch.tensor([0, 2], dtype=torch.int32)
+    slots = torch.tensor([0], dtype=torch.int32)
+    x = torch.randn(2, 32)
+    with pytest.raises(ValueError, match="out must be"):
+        lora_shrink(x, pool, pt, a_off, ranks, indptr, slots, torch.empty(2, 3, 8))
+    with pytest.raises(ValueError, match="dtype"):
+        lora_shrink(x.half(), pool, pt, a_off, ranks, indptr, slots, torch.empty(2, 2, 8))
+    with pytest.raises(ValueError, match="x must be"):
+        lora_shrink(x[None], pool, pt, a_off, ranks, indptr, slots, torch.empty(2, 2, 8))
+    with pytest.raises(ValueError, match="int32 or int64"):
+        lora_shrink(x, pool, pt.float(), a_off, ranks, indptr, slots, torch.empty(2, 2, 8))
+    with pytest.raises(ValueError, match="pool"):
+        lora_shrink(x, pool.t(), pt, a_off, ranks, indptr, slots, torch.empty(2, 2, 8))
+    with pytest.raises(ValueError, match="out_offsets"):
+        lora_expand(torch.zeros(2, 64), torch.zeros(2, 2, 8), pool, pt, b_off, ranks, torch.ones(1),
+                    indptr, slots, [0, 32])
+    with pytest.raises(ValueError, match="v must be"):
+        lora_expand(torch.zeros(2, 64), torch.zeros(3, 2, 8), pool, pt, b_off, ranks, torch.ones(1),
+                    indptr, slots, [0, 32, 64])
+    with pytest.raises(ValueError, match="scales"):
+        lora_expand(torch.zeros(2, 64), torch.zeros(2, 2, 8), pool, pt, b_off, ranks, torch.ones(3),
+                    indptr, slots, [0, 32, 64])
+
+
+# ------------------------------------------------------------------------------------------------
+# Attention inputs and tests
+# ------------------------------------------------------------------------------------------------
+
+def make_kv_cache(seq_lens: list[int], page_size: int, Hkv: int, D: int, dtype, gen, spare_pages: int = 2):
+    n_pages = [max(1, math.ceil(L / page_size)) for L in seq_lens]
+    total = sum(n_pages) + spare_pages
+    perm = torch.randperm(total, generator=gen)
+    pool = torch.randn(total, 2 * page_size * Hkv * D, generator=gen).to(dtype)
+    table = torch.zeros(len(seq_lens), max(n_pages) + 1, dtype=torch.int32)   # wider than needed
+    used = 0
+    for s, n in enumerate(n_pages):
+        table[s, :n] = perm[used:used + n].to(torch.int32)
+        used += n
+    return pool, table
+
+
+def run_attention_case(*, seq_lens, q_lens, page_size, Hq, Hkv, D, dtype, seed, max_q_len="auto"):
+    gen = torch.Generator().manual_seed(seed)
+    pool, table = make_kv_cache(seq_lens, page_size, Hkv, D, dtype, gen)
+    q_indptr = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
+    q_indptr[1:] = torch.cumsum(torch.tensor(q_lens, dtype=torch.int32), 0)
+    T = int(q_indptr[-1])
+    # q as a strided view, as after splitting a fused qkv projection
+    qkv = torch.randn(T, Hq + 2 * Hkv, D, generator=gen).to(dtype)
+    q = qkv[:, :Hq]
+    seq = torch.tensor(seq_lens, dtype=torch.int32)
+    mql = max(q_lens) if max_q_len == "auto" else max_q_len
+    out = torch.full((T, Hq, D), float("nan"), dtype=dtype)
+    want = torch.full((T, Hq, D), float("nan"), dtype=dtype)
+    scale = D ** -0.5
+    paged_attention(q, pool, page_size, Hkv, table, seq, q_indptr, scale, out, max_q_len=mql)
+    paged_attention_ref(q, pool, page_size, Hkv, table, seq, q_indptr, scale, want, max_q_len=mql)
+    assert not out.isnan().any()
+    torch.testing.assert_close(out, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("page_size,Hq,Hkv,D", [(16, 4, 4, 32), (4, 8, 2, 16), (5, 6, 1, 32), (32, 8, 2, 64)])
+def test_attention_decode(dtype, page_size, Hq, Hkv, D):
+    gen = torch.Generator().manual_seed(page_size)
+    seq_lens = torch.randint(1, 150, (7,), generator=gen).tolist() + [1]
+    run_attention_case(seq_lens=seq_lens, q_lens=[1] * len(seq_lens), page_size=page_size, Hq=Hq, Hkv=Hkv,
+                       D=D, dtype=dtype, seed=page_size + Hq)
+
+
+def test_attention_decode_split_k():
+    """Long contexts: the decode kernel splits each sequence's keys over several programs."""
+    from kernels import attention
+    old = attention.DECODE_PARTITION
+    attention.DECODE_PARTITION = 64
+    try:
+        for dtype in (torch.float32, torch.float16):
+            run_attention_case(seq_lens=[300, 65, 64, 1, 129], q_lens=[1] * 5, page_size=8, Hq=4, Hkv=2, D=16,
+                               dtype=dtype, seed=1)
+    finally:
+        attention.DECODE_PARTITION = old
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("page_size,Hq,Hkv,D", [(16, 4, 4, 32), (4, 8, 2, 16), (8, 4, 1, 64)])
+def test_attention_prefill_chunked_mixed(dtype, page_size, Hq, Hkv, D):
+    """Full prefill, chunked prefill over cached context, and decode in one batch."""
+    seq_lens = [37, 50, 9, 70, 1]
+    q_lens = [37, 13, 1, 64, 1]
+    run_attention_case(seq_lens=seq_lens, q_lens=q_lens, page_size=page_size, Hq=Hq, Hkv=Hkv, D=D,
+                       dtype=dtype, seed=page_size * 3 + D)
+
+
+def test_attention_max_q_len_none_and_empty():
+    run_attention_case(seq_lens=[20, 5, 33], q_lens=[20, 0, 2], page_size=4, Hq=4, Hkv=2, D=16,
+                       dtype=torch.float32, seed=2, max_q_len=None)
+
+
+def test_attention_batch_256_decode():
+    gen = torch.Generator().manual_seed(9)
+    seq_lens = torch.randint(1, 40, (256,), generator=gen).tolist()
+    run_attention_case(seq_lens=seq_lens, q_lens=[1] * 256, page_size=16, Hq=4, Hkv=2, D=16,
+                       dtype=torch.float16, seed=9)
+
+
+def test_attention_wrapper_errors():
+    pool = torch.zeros(4, 2 * 4 * 2 * 16)
+    table = torch.zeros(1, 2, dtype=torch.int32)
+    seq = torch.tensor([3], dtype=torch.int32)
+    ind = torch.tensor([0, 1], dtype=torch.int32)
+    q = torch.zeros(1, 4, 16)
+    with pytest.raises(ValueError, match="multiple"):
+        paged_attention(torch.zeros(1, 3, 16), pool, 4, 2, table, seq, ind, 1.0, torch.zeros(1, 3, 16))
+    with pytest.raises(ValueError, match="out must be"):
+        paged_attention(q, pool, 4, 2, table, seq, ind, 1.0, torch.zeros(1, 4, 8))
+    with pytest.raises(ValueError, match="page_elems"):
+        paged_attention(q, pool, 3, 2, table, seq, ind, 1.0, torch.zeros(1, 4, 16))
+    with pytest.raises(ValueError, match="head_dim"):
+        paged_attention(torch.zeros(1, 4, 8), pool, 4, 2, table, seq, ind, 1.0, torch.zeros(1, 4, 8))
+    with pytest.raises(ValueError, match="int32 or int64"):
+        paged_attention(q, pool, 4, 2, table.float(), seq, ind, 1.0, torch.zeros(1, 4, 16))
+    with pytest.raises(ValueError, match="q_indptr"):
+        paged_attention(q, pool, 4, 2, table, seq, ind[:1], 1.0, torch.zeros(1, 4, 16))
+    with pytest.raises(ValueError, match="slot_mapping"):
+        kv_append(pool, 4, torch.zeros(2, 2, 16), torch.zeros(2, 2, 16), torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="k, v"):
+        kv_append(pool, 4, torch.zeros(2, 2, 16), torch.zeros(2, 2, 8), torch.zeros(2, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("page_size,Hkv,D", [(16, 2, 32), (3, 4, 16), (8, 1, 64)])
+def test_kv_append(dtype, page_size, Hkv, D):
+    gen = torch.Generator().manual_seed(page_size * D)
+    n_pages, T = 9, 20
+    pool = torch.randn(n_pages, 2 * page_size * Hkv * D, generator=gen).to(dtype)
+    want = pool.clone()
+    slots = torch.randperm(n_pages * page_size, generator=gen)[:T]
+    slots[torch.rand(T, generator=gen) < 0.2] = -1
+    kv = torch.randn(T, 2 * Hkv + 3, D, generator=gen)       # strided views of a fused projection
+    k, v = kv[:, :Hkv], kv[:, Hkv + 3:]
+    kv_append(pool, page_size, k, v, slots)
+    kv_append_ref(want, page_size, k, v, slots)
+    assert torch.equal(pool, want)
+
+
+# ------------------------------------------------------------------------------------------------
+# Backend and benchmark smoke
+# ------------------------------------------------------------------------------------------------
+
+def test_triton_backend_signatures():
+    import inspect
+    tb, ref = get_backend("triton"), get_backend("torch")
+    assert tb.name == "triton"
+    for op in ("lora_shrink", "lora_expand", "paged_attention", "kv_append"):
+        assert list(inspect.signature(getattr(tb, op)).parameters) == \
+            list(inspect.signature(getattr(ref, op)).parameters), op
+
+
+def test_benchmark_smoke(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--smoke", "--out", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "kernels.json").exists() and (tmp_path / "kernels.md").exists()
