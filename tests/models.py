@@ -1,0 +1,109 @@
+"""Test assets made in the test: tiny random models written by transformers, adapters written by PEFT,
+and the reference greedy decoding of Hugging Face transformers + PEFT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from app.demo import write_model, write_tokenizer
+
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# name -> (rank, alpha, targets, use_rslora): ranks {1, 4, 8, 16, 64}, different target sets
+ADAPTERS = {
+    "a-r1-q": (1, 1.0, ["q_proj"], False),
+    "a-r4-qv": (4, 8.0, ["q_proj", "v_proj"], False),
+    "a-r8-attn": (8, 16.0, ["q_proj", "k_proj", "v_proj", "o_proj"], False),
+    "a-r16-mlp": (16, 16.0, ["gate_proj", "up_proj", "down_proj"], False),
+    "a-r64-all": (64, 64.0, ALL, False),
+    "a-r4-down": (4, 4.0, ["down_proj"], True),
+    "a-r16-ko-up": (16, 8.0, ["k_proj", "o_proj", "up_proj"], True),
+    "a-r8-all": (8, 32.0, ALL, False),
+}
+
+
+def make_model(root: Path, kind: str) -> Path:
+    """kind: 'gqa' (4 heads, 2 KV heads, Llama-3 rope scaling), 'mha' (4/4), 'qwen2' (q/k/v bias, GQA)."""
+    d = root / f"model-{kind}"
+    if (d / "config.json").exists():
+        return d
+    d.mkdir(parents=True)
+    vocab = write_tokenizer(d)
+    if kind == "gqa":
+        write_model(d, vocab, seed=1, num_kv_heads=2,
+                    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
+    elif kind == "mha":
+        write_model(d, vocab, seed=2, num_kv_heads=4)
+    elif kind == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        torch.manual_seed(3)
+        cfg = Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                          initializer_range=0.1, eos_token_id=1, tie_word_embeddings=True)
+        Qwen2ForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
+    else:
+        raise ValueError(kind)
+    return d
+
+
+def make_peft_adapters(root: Path, model_dir: Path, specs: dict = ADAPTERS) -> dict[str, Path]:
+    """Writes each adapter with PEFT itself (random non-zero A and B)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = {}
+    for i, (name, (r, alpha, targets, rs)) in enumerate(specs.items()):
+        d = root / f"{model_dir.name}-adapters" / name
+        out[name] = d
+        if (d / "adapter_config.json").exists():
+            continue
+        base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        torch.manual_seed(1000 + i)
+        cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, use_rslora=rs,
+                         init_lora_weights=False, lora_dropout=0.0)
+        m = get_peft_model(base, cfg)
+        with torch.no_grad():   # keep the adapters' effect moderate so that greedy tokens stay meaningful
+            for n, p in m.named_parameters():
+                if "lora_" in n:
+                    p.mul_(0.5)
+        m.save_pretrained(str(d))
+    return out
+
+
+class HFReference:
+    """Greedy decoding with transformers + PEFT, one request at a time (the ground truth)."""
+
+    def __init__(self, model_dir: Path, adapters: dict[str, Path]):
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        names = list(adapters)
+        self.model = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0]).eval()
+        for n in names[1:]:
+            self.model.load_adapter(str(adapters[n]), adapter_name=n)
+
+    @torch.no_grad()
+    def greedy(self, ids: list[int], adapter: str | None, max_tokens: int) -> list[int]:
+        x = torch.tensor([ids])
+        out = []
+        if adapter is None:
+            with self.model.disable_adapter():
+                return self._loop(x, max_tokens)
+        self.model.set_adapter(adapter)
+        return self._loop(x, max_tokens)
+
+    def _loop(self, x: torch.Tensor, n: int) -> list[int]:
+        out = []
+        past = None
+        inp = x
+        for _ in range(n):
+            r = self.model(input_ids=inp, past_key_values=past, use_cache=True)
+            past = r.past_key_values
+            t = int(r.logits[0, -1].argmax())
+            out.append(t)
+            inp = torch.tensor([[t]])
+        return out
