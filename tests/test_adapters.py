@@ -1,0 +1,196 @@
+"""Adapter validation: a bad adapter is refused with a clear error naming the file and the reason, and
+a refused adapter leaves the registry and the pool as they were."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from app import LLM, SamplingParams
+from app.demo import write_peft_adapter
+from app.lora.adapter import AdapterError, load_peft_adapter, pack_adapter
+from app.model.llama import ModelArgs
+from kernels.lora import gather_virtual
+from tests.models import make_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("ad"), "gqa")
+
+
+@pytest.fixture(scope="module")
+def llm(model):
+    return LLM(model=str(model), device="cpu", dtype="float32", lora={"max_lora_rank": 32})
+
+
+def good(tmp_path, model, name="good", rank=4, targets=("q_proj", "v_proj")):
+    d = tmp_path / name
+    write_peft_adapter(d, model, rank, 8.0, list(targets))
+    return d
+
+
+def edit_config(d, **kv):
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    cfg.update(kv)
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+
+
+def snapshot(llm):
+    e = llm.engine
+    return dict(adapters=dict(e.adapters), runner=set(e.executor.adapters), stats=e.pool_stats())
+
+
+def refused(llm, d, *needles):
+    before = snapshot(llm)
+    with pytest.raises(AdapterError) as ei:
+        llm.add_adapter("bad", str(d))
+    msg = str(ei.value)
+    for n in needles:
+        assert n in msg, msg
+    assert snapshot(llm) == before
+    llm.engine.pool.check()
+    return msg
+
+
+def test_pickle_is_refused(llm, model, tmp_path):
+    d = good(tmp_path, model)
+    (d / "adapter_model.safetensors").rename(d / "adapter_model.bin")
+    refused(llm, d, "adapter_model.bin", "pickle")
+
+
+def test_dora_modules_to_save_bias_refused(llm, model, tmp_path):
+    for key, val, needle in [("use_dora", True, "DoRA"), ("modules_to_save", ["lm_head"], "modules_to_save"),
+                             ("bias", "lora_only", "bias"), ("rank_pattern", {"q_proj": 2}, "rank_pattern"),
+                             ("layers_to_transform", [0], "layers_to_transform")]:
+        d = good(tmp_path, model, name=f"g-{key}")
+        edit_config(d, **{key: val})
+        refused(llm, d, "adapter_config.json", needle)
+
+
+def test_rank_above_max_refused(llm, model, tmp_path):
+    d = good(tmp_path, model, rank=64)
+    refused(llm, d, "rank 64", "max_lora_rank=32")
+
+
+def test_shape_and_target_mismatch_refused(llm, model, tmp_path):
+    d = good(tmp_path, model)
+    f = d / "adapter_model.safetensors"
+    t = load_file(str(f))
+    key = next(k for k in t if "q_proj.lora_B" in k)
+    t[key] = torch.zeros(t[key].shape[0] + 1, t[key].shape[1])
+    save_file(t, str(f))
+    refused(llm, d, "adapter_model.safetensors", "do not fit")
+
+    d = good(tmp_path, model, name="emb")
+    t = load_file(str(d / "adapter_model.safetensors"))
+    t["base_model.model.model.embed_tokens.lora_embedding_A"] = torch.zeros(4, 8)
+    save_file(t, str(d / "adapter_model.safetensors"))
+    refused(llm, d, "embed_tokens")
+
+    d = good(tmp_path, model, name="missing-layer")
+    t = load_file(str(d / "adapter_model.safetensors"))
+    save_file({k: v for k, v in t.items() if ".layers.1." not in k}, str(d / "adapter_model.safetensors"))
+    refused(llm, d, "missing for layers [1]")
+
+    d = good(tmp_path, model, name="corrupt")
+    (d / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    refused(llm, d, "could not be read")
+
+    d = good(tmp_path, model, name="nan")
+    t = load_file(str(d / "adapter_model.safetensors"))
+    t[next(iter(t))][0, 0] = float("nan")
+    save_file(t, str(d / "adapter_model.safetensors"))
+    refused(llm, d, "NaN")
+
+
+def test_missing_files_refused(llm, tmp_path):
+    refused(llm, tmp_path / "nope", "not a directory")
+    (tmp_path / "empty").mkdir()
+    refused(llm, tmp_path / "empty", "adapter_config.json is missing")
+
+
+def test_refused_adapter_does_not_disturb_running_requests(llm, model, tmp_path):
+    """Requests in flight keep going while a bad adapter is refused between steps."""
+    llm.add_adapter("ok", str(good(tmp_path, model, name="ok")))
+    e = llm.engine
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    rid = e.add_request([5, 6, 7], params, adapter="ok")
+    outs = e.step()
+    bad = good(tmp_path, model, name="bad2")
+    edit_config(bad, use_dora=True)
+    with pytest.raises(AdapterError):
+        e.add_adapter("bad2", str(bad))
+    while e.has_unfinished():
+        outs += e.step()
+    assert outs[-1].request_id == rid and outs[-1].finished and len(outs[-1].token_ids) == 6
+    alone = llm.generate([[5, 6, 7]], params, adapters=["ok"])[0]
+    assert alone.token_ids == outs[-1].token_ids
+    llm.remove_adapter("ok")
+    assert "ok" not in e.adapters and not e.pool.is_resident("ok")
+    e.pool.check()
+
+
+def test_duplicate_and_unknown_names(llm, model, tmp_path):
+    llm.add_adapter("dup", str(good(tmp_path, model, name="dup")))
+    with pytest.raises(AdapterError, match="already loaded"):
+        llm.add_adapter("dup", str(good(tmp_path, model, name="dup2")))
+    with pytest.raises(KeyError):
+        llm.engine.add_request([1, 2], adapter="nope")
+    with pytest.raises(KeyError):
+        llm.remove_adapter("nope")
+    llm.remove_adapter("dup")
+
+
+def test_rslora_scale_and_packing_layout(model, tmp_path):
+    """rsLoRA uses alpha/sqrt(r); the packed pages hold exactly A and B^T at the layout's offsets, also
+    for each tensor-parallel shard (column-parallel: A rows split, rank padded; row-parallel: A columns)."""
+    args = ModelArgs.from_dir(model)
+    d = tmp_path / "rs"
+    write_peft_adapter(d, model, 3, 6.0, ["q_proj", "o_proj", "down_proj"], use_rslora=True)
+    w = load_peft_adapter("rs", d, args, 64)
+    assert w.scale == pytest.approx(6.0 / 3 ** 0.5)
+    edit_config(d, use_rslora=False)
+    assert load_peft_adapter("rs", d, args, 64).scale == pytest.approx(2.0)
+    page_elems = 100   # rows straddle page boundaries
+    p = pack_adapter(w, page_elems, torch.float32)
+    pool = p.data[1].view(-1, page_elems)   # layer 1, pages in order
+    pages = torch.arange(p.layout.num_pages)
+    for m, (A, B) in w.targets.items():
+        t = p.layout.targets[m]
+        assert torch.equal(gather_virtual(pool, pages, t.a_off, 3, A.shape[2]), A[1])
+        assert torch.equal(gather_virtual(pool, pages, t.b_off, 3, B.shape[1]), B[1].t())
+    for rank in range(2):
+        p = pack_adapter(w, page_elems, torch.float32, tp_rank=rank, tp_size=2)
+        pool = p.data[0].view(-1, page_elems)
+        q, o = p.layout.targets["q_proj"], p.layout.targets["o_proj"]
+        A, B = w.targets["q_proj"]
+        A_pad = torch.cat([A[0], torch.zeros(1, A.shape[2])])          # rank 3 padded to 4
+        assert (q.rank_a, q.rank_b) == (2, 4)
+        assert torch.equal(gather_virtual(pool, pages, q.a_off, 2, A.shape[2]), A_pad[2 * rank:2 * rank + 2])
+        half = B.shape[1] // 2
+        Bt = torch.cat([B[0].t(), torch.zeros(1, B.shape[1])])[:, rank * half:(rank + 1) * half]
+        assert torch.equal(gather_virtual(pool, pages, q.b_off, 4, half), Bt)
+        A, B = w.targets["o_proj"]
+        cols = A.shape[2] // 2
+        assert (o.rank_a, o.rank_b) == (3, 3)
+        assert torch.equal(gather_virtual(pool, pages, o.a_off, 3, cols), A[0][:, rank * cols:(rank + 1) * cols])
+
+
+def test_demo_adapters_load_in_peft(tmp_path):
+    """The demo's adapter files are real PEFT checkpoints: PEFT itself loads them."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from app.demo import build_demo
+
+    root = build_demo(tmp_path / "demo")
+    base = AutoModelForCausalLM.from_pretrained(str(root / "model"))
+    names = sorted(p.name for p in (root / "adapters").iterdir())
+    m = PeftModel.from_pretrained(base, str(root / "adapters" / names[0]))
+    assert any("lora_A" in n for n, _ in m.named_parameters())
+    shutil.rmtree(root)
