@@ -151,9 +151,10 @@ class Engine:
     def _check_stop(self, req: Request) -> str | None:
         tok = req.output_token_ids[-1]
         p = req.params
-        d = self.detok[req.request_id]
-        d.add(req.output_token_ids)
-        req.text = d.text
+        if p.detokenize:
+            d = self.detok[req.request_id]
+            d.add(req.output_token_ids)
+            req.text = d.text
         if not p.ignore_eos and tok in self.eos_token_ids:
             return "stop"
         if tok in p.stop_token_ids:

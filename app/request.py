@@ -18,6 +18,7 @@ class SamplingParams:
     stop: list[str] | str | None = None
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    detokenize: bool = True     # False: token ids only (no text, no stop strings), as in vLLM
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -34,6 +35,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.stop and not self.detokenize:
+            raise ValueError("stop strings need detokenize=True")
 
 
 class RequestStatus(enum.Enum):
