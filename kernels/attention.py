@@ -43,15 +43,10 @@ _LOG2E = 1.4426950408889634
 # ----------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _kv_rows(pool_ptr, pt_row_ptr, kpos, kmask, kvh, d, dmask,
-             PAGE_SIZE: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, TRANSPOSE: tl.constexpr):
-    """Pointers (and mask) to K of key positions `kpos` for KV head kvh: [BLOCK_N, BLOCK_D], or
-    [BLOCK_D, BLOCK_N] if TRANSPOSE. V is at + PAGE_SIZE * HKV * D."""
+def _kv_rows(pt_row_ptr, kpos, kmask, kvh, PAGE_SIZE: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr):
+    """Element offsets in the pool of K[kpos, kvh, 0] (V is PAGE_SIZE * HKV * D further), via the page table."""
     page = tl.load(pt_row_ptr + kpos // PAGE_SIZE, mask=kmask, other=0)
-    row = page.to(tl.int64) * (2 * PAGE_SIZE * HKV * D) + (kpos % PAGE_SIZE) * (HKV * D) + kvh * D
-    if TRANSPOSE:
-        return pool_ptr + row[None, :] + d[:, None], kmask[None, :] & dmask[:, None]
-    return pool_ptr + row[:, None] + d[None, :], kmask[:, None] & dmask[None, :]
+    return page.to(tl.int64) * (2 * PAGE_SIZE * HKV * D) + (kpos % PAGE_SIZE) * (HKV * D) + kvh * D
 
 
 @triton.jit
@@ -86,8 +81,8 @@ def _paged_attn_prefill_kernel(
     for n0 in range(0, end, BLOCK_N):
         kpos = n0 + tl.arange(0, BLOCK_N)
         kmask = kpos < end
-        kt_ptrs, kt_mask = _kv_rows(pool_ptr, pt_row, kpos, kmask, kvh, d, dmask, PAGE_SIZE, HKV, D, True)
-        kt = tl.load(kt_ptrs, mask=kt_mask, other=0.0)
+        rows = _kv_rows(pt_row, kpos, kmask, kvh, PAGE_SIZE, HKV, D)
+        kt = tl.load(pool_ptr + rows[None, :] + d[:, None], mask=kmask[None, :] & dmask[:, None], other=0.0)
         qk = tl.dot(q.to(kt.dtype), kt, input_precision=INPUT_PRECISION) * sm_scale_log2
         visible = (kpos[None, :] <= pos[:, None]) & kmask[None, :]
         qk = tl.where(visible, qk, float("-inf"))
@@ -95,9 +90,8 @@ def _paged_attn_prefill_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v_ptrs, v_mask = _kv_rows(pool_ptr + PAGE_SIZE * HKV * D, pt_row, kpos, kmask, kvh, d, dmask,
-                                  PAGE_SIZE, HKV, D, False)
-        vv = tl.load(v_ptrs, mask=v_mask, other=0.0)
+        vv = tl.load(pool_ptr + PAGE_SIZE * HKV * D + rows[:, None] + d[None, :],
+                     mask=kmask[:, None] & dmask[None, :], other=0.0)
         acc = tl.dot(p.to(vv.dtype), vv, acc * alpha[:, None], input_precision=INPUT_PRECISION)
         m_i = m_new
     acc = acc / l_i[:, None]
@@ -142,17 +136,16 @@ def _paged_attn_decode_kernel(
     for n0 in range(start, end, BLOCK_N):
         kpos = n0 + tl.arange(0, BLOCK_N)
         kmask = kpos < end
-        kt_ptrs, kt_mask = _kv_rows(pool_ptr, pt_row, kpos, kmask, kvh, d, dmask, PAGE_SIZE, HKV, D, True)
-        kt = tl.load(kt_ptrs, mask=kt_mask, other=0.0)
+        rows = _kv_rows(pt_row, kpos, kmask, kvh, PAGE_SIZE, HKV, D)
+        kt = tl.load(pool_ptr + rows[None, :] + d[:, None], mask=kmask[None, :] & dmask[:, None], other=0.0)
         qk = tl.dot(q.to(kt.dtype), kt, input_precision=INPUT_PRECISION) * sm_scale_log2
         qk = tl.where(kmask[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v_ptrs, v_mask = _kv_rows(pool_ptr + PAGE_SIZE * HKV * D, pt_row, kpos, kmask, kvh, d, dmask,
-                                  PAGE_SIZE, HKV, D, False)
-        vv = tl.load(v_ptrs, mask=v_mask, other=0.0)
+        vv = tl.load(pool_ptr + PAGE_SIZE * HKV * D + rows[:, None] + d[None, :],
+                     mask=kmask[:, None] & dmask[None, :], other=0.0)
         acc = tl.dot(p.to(vv.dtype), vv, acc * alpha[:, None], input_precision=INPUT_PRECISION)
         m_i = m_new
     acc = acc / l_i[:, None]

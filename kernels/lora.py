@@ -60,6 +60,18 @@ def _virtual_ptrs(pool_ptr, pt_row_ptr, o, mask, PAGE_ELEMS: tl.constexpr):
 
 
 @triton.jit
+def _row_chunk_ptrs(pool_ptr, pt_row_ptr, o_row, kk, rmask, n_valid, PAGE_ELEMS: tl.constexpr):
+    """Pointers [rows, BLOCK] to virtual elements o_row[:, None] + kk[None, :] (kk < n_valid), where a
+    chunk (BLOCK <= PAGE_ELEMS) touches at most two pages: two page-table reads per row, not per element."""
+    p_i = o_row // PAGE_ELEMS
+    w0 = o_row % PAGE_ELEMS
+    p_lo = tl.load(pt_row_ptr + p_i, mask=rmask, other=0).to(tl.int64)
+    p_hi = tl.load(pt_row_ptr + p_i + 1, mask=rmask & (w0 + n_valid > PAGE_ELEMS), other=0).to(tl.int64)
+    w = w0[:, None] + kk[None, :]
+    return pool_ptr + tl.where(w < PAGE_ELEMS, p_lo[:, None] * PAGE_ELEMS + w, p_hi[:, None] * PAGE_ELEMS + (w - PAGE_ELEMS))
+
+
+@triton.jit
 def _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8):
     """out_offsets[g] from scalar arguments (no device copy of a host list: CUDA-graph safe)."""
     return tl.where(g == 0, o0, tl.where(g == 1, o1, tl.where(g == 2, o2, tl.where(g == 3, o3, tl.where(
@@ -112,8 +124,12 @@ def _lora_shrink_decode_kernel(
             kmask = k < K
             xv = tl.load(x_ptr + tl.cast(t, tl.int64) * stride_xt + k * stride_xk, mask=kmask, other=0.0)
             m = jmask[:, None] & kmask[None, :]
-            a = tl.load(_virtual_ptrs(pool_ptr, pt_row, a_off + j[:, None] * K + k[None, :], m, PAGE_ELEMS),
-                        mask=m, other=0.0)
+            if BLOCK_K <= PAGE_ELEMS:
+                a_ptrs = _row_chunk_ptrs(pool_ptr, pt_row, a_off + j * K + k0, tl.arange(0, BLOCK_K), jmask,
+                                         tl.minimum(K - k0, BLOCK_K), PAGE_ELEMS)
+            else:
+                a_ptrs = _virtual_ptrs(pool_ptr, pt_row, a_off + j[:, None] * K + k[None, :], m, PAGE_ELEMS)
+            a = tl.load(a_ptrs, mask=m, other=0.0)
             acc += tl.sum(a.to(tl.float32) * xv.to(tl.float32)[None, :], axis=1)
         tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, acc.to(out_ptr.dtype.element_ty), mask=cmask)
 
@@ -198,8 +214,12 @@ def _lora_expand_decode_kernel(
             jm = j < r
             vv = tl.load(v_ptr + tl.cast(t, tl.int64) * stride_vt + g * stride_vg + j * stride_vr, mask=jm, other=0.0)
             m = jm[:, None] & nmask[None, :]
-            bt = tl.load(_virtual_ptrs(pool_ptr, pt_row, b_off + j[:, None] * n_g + n[None, :], m, PAGE_ELEMS),
-                         mask=m, other=0.0)
+            if BLOCK_N <= PAGE_ELEMS:
+                b_ptrs = _row_chunk_ptrs(pool_ptr, pt_row, b_off + j * n_g + pid_n * BLOCK_N, tl.arange(0, BLOCK_N),
+                                         jm, tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), PAGE_ELEMS)
+            else:
+                b_ptrs = _virtual_ptrs(pool_ptr, pt_row, b_off + j[:, None] * n_g + n[None, :], m, PAGE_ELEMS)
+            bt = tl.load(b_ptrs, mask=m, other=0.0)
             acc += tl.sum(vv.to(tl.float32)[:, None] * bt.to(tl.float32), axis=0)
         yp = y_ptr + tl.cast(t, tl.int64) * stride_yt + (n_lo + n) * stride_yn
         yv = tl.load(yp, mask=nmask, other=0.0)
@@ -285,6 +305,13 @@ def _npow2(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
 
+def _fit_page(block: int, page_elems: int) -> int:
+    """Shrinks a decode block to fit in one page (>= 16), so a row chunk touches at most two pages."""
+    while block > 16 and block > page_elems:
+        block //= 2
+    return block
+
+
 def _input_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs
 
@@ -316,7 +343,7 @@ def lora_shrink(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
               out.stride(0), out.stride(1), out.stride(2))
     if max_len <= 1:
         block_r = _npow2(R, 16, 32 if not _INTERPRET else 256)
-        block_k = 1024 if _INTERPRET else 256
+        block_k = _fit_page(1024 if _INTERPRET else 256, pool.shape[1])
         grid = (n_seg + 1, G, triton.cdiv(R, block_r))
         _lora_shrink_decode_kernel[grid](
             x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, out, *common,
@@ -368,7 +395,7 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table
     max_len = T if max_seg_len is None else min(int(max_seg_len), T)
     strides = (y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0))
     if max_len <= 1:
-        block_n = _npow2(n_max, 16, 4096 if _INTERPRET else 256)
+        block_n = _fit_page(_npow2(n_max, 16, 4096 if _INTERPRET else 256), pool.shape[1])
         block_r = _npow2(R, 16, 256 if _INTERPRET else 16)
         grid = (n_seg, G, triton.cdiv(n_max, block_n))
         _lora_expand_decode_kernel[grid](
