@@ -1,0 +1,312 @@
+"""The TP-group deployment: one Serve replica owning one `Engine` (in-process for one device, or over a
+`TPExecutor` of N rank actors for tensor parallelism) and its single step loop.
+
+In:  `generate(request_id, prompt_token_ids, params, adapter)` (a streaming method: call it through
+     `handle.options(stream=True)`), `abort`, `add_adapter` / `remove_adapter`, `list_adapters`, `stats`.
+Out: a stream of items: first `{"accepted": True}` (or `{"error", "status"}` when the engine refuses the
+     request), then `RequestOutput`s whose `delta_text` / `delta_token_ids` are new since the previous
+     item; the last one (`finished=True`) also carries the cumulative `text` and `token_ids`.
+
+Concurrency: the engine is not thread-safe. Everything that touches it (new requests, aborts, adapter
+loads) is queued as a command by the event loop and applied by the step loop in its worker thread
+between two steps; one background task runs `engine.step()` in that thread while there is work. After
+each step the thread also takes a `stats()` snapshot, so the event loop never reads engine state
+while a step runs. When a stream's consumer goes away (client disconnect: Serve cancels the call),
+the generator's `finally` queues an abort, so the request's KV pages are freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from ray import serve
+
+from app.config import EngineConfig
+from app.engine import Engine
+from app.lora.adapter import AdapterError
+from app.request import RequestOutput, SamplingParams
+from deployments.metrics import GroupMetrics
+
+logger = logging.getLogger("ray.serve")
+
+EMA = 0.2                 # weight of the newest step in the step-time / prefill-rate averages
+MIN_RATE_TOKENS = 32      # steps with fewer tokens say little about the prefill rate
+
+
+@dataclass
+class _Cmd:
+    kind: str                                  # add | abort | add_adapter | remove_adapter
+    args: tuple
+    fut: asyncio.Future | None = None
+
+
+def _merge(a: RequestOutput, b: RequestOutput) -> RequestOutput:
+    """Two outputs of one request as one (when the consumer is slower than the step loop)."""
+    return dataclasses.replace(b, delta_text=a.delta_text + b.delta_text,
+                               delta_token_ids=a.delta_token_ids + b.delta_token_ids)
+
+
+class SLoRAGroup:
+    def __init__(self, name: str, cfg: EngineConfig | dict, adapters: dict[str, str] | None = None,
+                 tensor_parallel_size: int = 1, num_threads: int | None = None, ray_metrics: bool = True):
+        if isinstance(cfg, dict):
+            cfg = EngineConfig(**cfg)
+        if num_threads:
+            import torch
+
+            torch.set_num_threads(num_threads)
+        self.name = name
+        self.tensor_parallel_size = tensor_parallel_size
+        executor = None
+        if tensor_parallel_size > 1:
+            from deployments.tp import TPExecutor
+
+            executor = TPExecutor(cfg, tensor_parallel_size)
+        self.engine = Engine(cfg, executor=executor)
+        for adapter, path in (adapters or {}).items():
+            self.engine.add_adapter(adapter, path)
+        self.metrics = GroupMetrics(name, self.engine.model_name, ray_export=ray_metrics)
+        self._cmds: list[_Cmd] = []
+        self._queues: dict[str, asyncio.Queue] = {}
+        self._last_token_time: dict[str, float] = {}
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._failed: BaseException | None = None
+        self._step_time: float | None = None
+        self._prefill_tps: float | None = None
+        self._steps_adapters: int | None = None
+        self._snapshot = self._take_snapshot()
+
+    # ---- the step loop ---------------------------------------------------------------------------
+    def _ensure_loop(self) -> None:
+        if self._task is None:
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def _submit(self, cmd: _Cmd) -> None:
+        self._ensure_loop()
+        self._cmds.append(cmd)
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._cmds or self.engine.has_unfinished():
+                    cmds, self._cmds = self._cmds, []
+                    results, outputs, t_end = await asyncio.to_thread(self._run, cmds)
+                    for fut, value, exc in results:
+                        if fut is not None and not fut.done():
+                            fut.set_exception(exc) if exc is not None else fut.set_result(value)
+                    self._dispatch(outputs, t_end)
+        except BaseException as e:   # noqa: BLE001 - fail every waiting stream instead of hanging it
+            if not isinstance(e, asyncio.CancelledError):
+                logger.exception("group %s: step loop failed", self.name)
+            self._failed = e
+            for q in self._queues.values():
+                q.put_nowait({"error": f"engine failure: {e!r}", "status": 500})
+            for c in self._cmds:
+                if c.fut is not None and not c.fut.done():
+                    c.fut.set_exception(RuntimeError(f"engine failure: {e!r}"))
+            raise
+
+    def _run(self, cmds: list[_Cmd]):
+        """Worker thread: apply the queued commands, run one step if there is work, snapshot stats."""
+        results = []
+        for c in cmds:
+            try:
+                results.append((c.fut, self._apply(c), None))
+            except Exception as e:  # noqa: BLE001 - returned to the caller that queued the command
+                results.append((c.fut, None, e))
+        outputs: list[RequestOutput] = []
+        if self.engine.has_unfinished():
+            before = [(r, r.num_computed_tokens) for r in self.engine.requests.values()]
+            t0 = time.perf_counter()
+            outputs = self.engine.step()
+            dt = time.perf_counter() - t0
+            tokens = sum(max(0, r.num_computed_tokens - c) for r, c in before)
+            self._step_time = dt if self._step_time is None else (1 - EMA) * self._step_time + EMA * dt
+            if tokens >= MIN_RATE_TOKENS and dt > 0:
+                rate = tokens / dt
+                self._prefill_tps = rate if self._prefill_tps is None else (1 - EMA) * self._prefill_tps + EMA * rate
+            self._steps_adapters = self.engine.last_step_adapters
+        else:
+            self._steps_adapters = None
+        self._snapshot = self._take_snapshot()
+        return results, outputs, time.monotonic()
+
+    def _apply(self, c: _Cmd) -> Any:
+        e = self.engine
+        if c.kind == "add":
+            return e.add_request(*c.args)
+        if c.kind == "abort":
+            (rid,) = c.args
+            if rid in e.requests:
+                e.abort(rid)
+                return True
+            return False
+        if c.kind == "add_adapter":
+            info = e.add_adapter(*c.args)
+            return {"name": info.name, "path": info.path, "rank": info.rank, "num_pages": info.num_pages}
+        if c.kind == "remove_adapter":
+            return e.remove_adapter(*c.args)
+        raise ValueError(c.kind)
+
+    def _take_snapshot(self) -> dict:
+        """Engine figures read in the thread that owns the engine (between steps)."""
+        e = self.engine
+        sch = e.scheduler
+        queued = sum(max(0, r.num_tokens - r.num_computed_tokens - 1) for r in [*sch.waiting, *sch.running])
+        p = e.pool_stats()
+        return {
+            "queue": {"waiting": len(sch.waiting), "running": len(sch.running), "queued_prefill_tokens": queued,
+                      "max_num_seqs": e.cfg.scheduler.max_num_seqs},
+            "pool": {"total": p.total, "free": p.free, "kv": p.kv, "adapter": p.adapter,
+                     "adapter_pinned": p.adapter_pinned, "kv_fragmentation": p.kv_fragmentation,
+                     "loads": p.loads, "hits": p.hits, "evictions": p.evictions},
+            "resident_adapters": e.pool.resident_adapters(),
+            "adapters": {n: {"path": a.path, "rank": a.rank, "num_pages": a.num_pages}
+                         for n, a in e.adapters.items()},
+            "steps": e.steps,
+            "num_preemptions": sch.num_preemptions,
+        }
+
+    def _dispatch(self, outputs: list[RequestOutput], now: float) -> None:
+        """Event loop: route outputs to their streams and record latency metrics."""
+        m = self.metrics
+        if self._steps_adapters is not None:
+            m.inc("engine_steps")
+            m.observe("distinct_adapters_per_batch", self._steps_adapters)
+        for out in outputs:
+            rid = out.request_id
+            n_new = len(out.delta_token_ids)
+            m.inc("generation_tokens", n_new)
+            last = self._last_token_time.get(rid)
+            if last is not None and n_new:
+                m.observe("inter_token_latency_seconds", (now - last) / n_new)
+            if n_new:
+                self._last_token_time[rid] = now
+            if out.finished:
+                self._last_token_time.pop(rid, None)
+                t = out.metrics
+                if out.finish_reason != "abort":
+                    m.inc("request_success")
+                    if t.get("first_token_time") is not None:
+                        m.observe("time_to_first_token_seconds", t["first_token_time"] - t["arrival_time"])
+                    if t.get("first_scheduled_time") is not None:
+                        m.observe("request_queue_time_seconds", t["first_scheduled_time"] - t["arrival_time"])
+                    m.observe("e2e_request_latency_seconds", (t.get("finish_time") or now) - t["arrival_time"])
+            else:
+                out = dataclasses.replace(out, token_ids=[], text="", prompt_token_ids=[])
+            q = self._queues.get(rid)
+            if q is not None:
+                q.put_nowait(out)
+        s = self._snapshot
+        m.set_counter("adapter_loads", s["pool"]["loads"])
+        m.set_counter("adapter_hits", s["pool"]["hits"])
+        m.set_counter("adapter_evictions", s["pool"]["evictions"])
+        m.set_gauges(self._gauges(s), s["pool"])
+
+    @staticmethod
+    def _gauges(s: dict) -> dict[str, float]:
+        return {"num_requests_running": s["queue"]["running"], "num_requests_waiting": s["queue"]["waiting"],
+                "queued_prefill_tokens": s["queue"]["queued_prefill_tokens"],
+                "resident_adapters": len(s["resident_adapters"]), "registered_adapters": len(s["adapters"])}
+
+    async def _call(self, kind: str, *args) -> Any:
+        if self._failed is not None:
+            raise RuntimeError(f"group {self.name}: engine failed: {self._failed!r}")
+        fut = asyncio.get_running_loop().create_future()
+        self._submit(_Cmd(kind, args, fut))
+        return await fut
+
+    # ---- requests --------------------------------------------------------------------------------
+    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                       adapter: str | None = None) -> AsyncIterator[dict | RequestOutput]:
+        """Streams `{"accepted": True}` then RequestOutput deltas (see the module docstring)."""
+        q: asyncio.Queue = asyncio.Queue()
+        self._queues[request_id] = q
+        done = False
+        try:
+            try:
+                await self._call("add", prompt_token_ids, params, adapter, request_id, time.monotonic())
+            except KeyError as e:
+                done = True
+                yield {"error": str(e.args[0]) if e.args else str(e), "status": 404}
+                return
+            except ValueError as e:
+                done = True
+                yield {"error": str(e), "status": 400}
+                return
+            self.metrics.inc("prompt_tokens", len(prompt_token_ids))
+            yield {"accepted": True}
+            while True:
+                out = await q.get()
+                while isinstance(out, RequestOutput) and not out.finished and not q.empty():
+                    nxt = q.get_nowait()
+                    out = _merge(out, nxt) if isinstance(nxt, RequestOutput) else nxt
+                yield out
+                if not isinstance(out, RequestOutput) or out.finished:
+                    done = True
+                    return
+        finally:
+            self._queues.pop(request_id, None)
+            self._last_token_time.pop(request_id, None)
+            if not done:   # the consumer went away (disconnect, cancellation): free the request's pages
+                self.metrics.inc("requests_aborted")
+                if self._failed is None:
+                    self._submit(_Cmd("abort", (request_id,)))
+
+    async def abort(self, request_id: str) -> None:
+        self._submit(_Cmd("abort", (request_id,)))
+
+    async def note_rejected(self, n: int = 1) -> None:
+        """Admission control in an ingress refused `n` requests meant for this group (a counter)."""
+        self.metrics.inc("requests_rejected", n)
+
+    # ---- adapters --------------------------------------------------------------------------------
+    async def add_adapter(self, name: str, path: str) -> dict:
+        """Raises AdapterError (refused: nothing changed) or returns the adapter's info."""
+        return await self._call("add_adapter", name, path)
+
+    async def remove_adapter(self, name: str) -> None:
+        """Raises KeyError (unknown) or AdapterError (in use)."""
+        await self._call("remove_adapter", name)
+
+    async def list_adapters(self) -> dict[str, dict]:
+        return dict(self._snapshot["adapters"])
+
+    # ---- state -----------------------------------------------------------------------------------
+    async def stats(self) -> dict:
+        """Queue, pool, adapters and metrics of this group (plain data, polled by every ingress)."""
+        s = dict(self._snapshot)
+        s["queue"] = dict(s["queue"], step_time_s=self._step_time, prefill_tps=self._prefill_tps)
+        s["name"] = self.name
+        s["model"] = self.engine.model_name
+        s["tensor_parallel_size"] = self.tensor_parallel_size
+        s["gauges"] = self._gauges(s)
+        s["metrics"] = self.metrics.snapshot()
+        return s
+
+    async def check_health(self) -> None:
+        if self._failed is not None:
+            raise RuntimeError(f"group {self.name}: step loop failed: {self._failed!r}")
+
+    def __del__(self):
+        ex = getattr(getattr(self, "engine", None), "executor", None)
+        if ex is not None and hasattr(ex, "shutdown"):
+            try:
+                ex.shutdown()
+            except Exception:  # noqa: BLE001 - best effort at replica shutdown
+                pass
+
+
+GroupDeployment = serve.deployment(SLoRAGroup, name="SLoRAGroup", num_replicas=1, max_ongoing_requests=1024,
+                                   health_check_period_s=10)

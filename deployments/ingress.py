@@ -1,0 +1,433 @@
+"""The OpenAI-compatible HTTP ingress (FastAPI via `@serve.ingress`).
+
+In:  HTTP requests; handles of the TP-group deployments (one per group, injected by `build_app`).
+Out: OpenAI responses / SSE streams, error objects, `/v1/models`, `/metrics`.
+
+Per request: authenticate (Bearer key, when configured) -> validate (400) -> resolve `model` to the base
+model or an adapter (404) -> tokenize (chat template for chat) -> choose a group (adapter clustering,
+deployments/routing.py) -> admission control (429 + Retry-After when the predicted time to first token
+misses `ttft_slo_s`) -> stream from the group (`generate`, through `.options(stream=True)`).
+A background task polls every group's `stats()` a few times a second; routing, admission, `/v1/models`
+and `/metrics` read that shared state, so every ingress replica sees the whole service.
+"""
+
+# No `from __future__ import annotations` here: FastAPI must see the route annotations as classes
+# (with postponed annotations Serve's ingress wrapper loses them).
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.lora.adapter import AdapterError
+from app.protocol import (ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
+                          ChatCompletionResponse, ChatMessageOut, CompletionChoice, CompletionRequest,
+                          CompletionResponse, DeltaMessage, LoadLoRAAdapterRequest, ModelCard, ModelList,
+                          UnloadLoRAAdapterRequest, UsageInfo, error_body, random_id)
+from app.request import RequestOutput
+from app.tokenizer import Tokenizer
+from deployments.metrics import ServiceCollector
+from deployments.routing import GroupState, Router, confine_path
+
+logger = logging.getLogger("ray.serve")
+
+
+class IngressConfig(BaseModel):
+    """What the ingress needs (filled by build_app from BuildArgs / EngineConfig)."""
+    served_model_name: str
+    model_path: str
+    tokenizer_path: str
+    max_model_len: int
+    api_keys: list[str] | None = None
+    allowed_adapter_roots: list[str] = Field(default_factory=list)
+    ttft_slo_s: float | None = None
+    routing_eps: float = 0.25
+    poll_interval_s: float = 0.25
+    poll_timeout_s: float = 5.0
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.headers = status, message, param, headers
+
+
+def _error_response(status: int, message: str, param: str | None = None, headers: dict | None = None):
+    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+
+
+api = FastAPI(title="sloray", description="OpenAI-compatible multi-LoRA serving")
+
+
+@api.exception_handler(APIError)
+async def _api_error(_: Request, e: APIError):
+    return _error_response(e.status, e.message, e.param, e.headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, e: RequestValidationError):
+    errs = e.errors()
+    parts = []
+    for err in errs[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    param = next((str(err["loc"][-1]) for err in errs if err.get("loc") and err["loc"][-1] != "body"), None)
+    return _error_response(400, "; ".join(parts) or "invalid request", param)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, e: StarletteHTTPException):
+    return _error_response(e.status_code, str(e.detail))
+
+
+def _cause(e: BaseException) -> BaseException:
+    """The user exception behind a Ray task error (Ray re-raises it as a subclass carrying `.cause`)."""
+    return getattr(e, "cause", None) or e
+
+
+@dataclass
+class _Choice:
+    index: int
+    prompt_len: int
+    group: str
+    gen: Any = None                            # DeploymentResponseGenerator
+    text: str = ""
+    num_tokens: int = 0
+    finish_reason: str | None = None
+    parts: list[str] = field(default_factory=list)
+
+
+@serve.ingress(api)
+class OpenAIIngress:
+    def __init__(self, groups: list[DeploymentHandle], config: IngressConfig | dict):
+        self.cfg = config if isinstance(config, IngressConfig) else IngressConfig(**config)
+        self.groups = {h.deployment_name: h for h in groups}
+        self.streams = {n: h.options(stream=True) for n, h in self.groups.items()}
+        self.router = Router(list(self.groups), eps=self.cfg.routing_eps, ttft_slo_s=self.cfg.ttft_slo_s)
+        self.tokenizer = Tokenizer(self.cfg.tokenizer_path)
+        self.snapshots: dict[str, dict | None] = dict.fromkeys(self.groups)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(ServiceCollector(lambda: self.snapshots, self.cfg.served_model_name))
+        self._poller: asyncio.Task | None = None
+        self._first_poll: asyncio.Future | None = None
+
+    # ---- group state -----------------------------------------------------------------------------
+    async def _started(self) -> None:
+        if self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
+            self._first_poll = asyncio.ensure_future(self._poll_once())
+        await asyncio.shield(self._first_poll)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.poll_interval_s)
+            try:
+                await self._poll_once()
+            except Exception:  # noqa: BLE001 - keep polling
+                logger.exception("stats poll failed")
+
+    async def _poll_once(self) -> None:
+        async def one(name: str, h: DeploymentHandle):
+            try:
+                s = await asyncio.wait_for(self._await(h.stats.remote()), self.cfg.poll_timeout_s)
+            except Exception as e:  # noqa: BLE001 - an unreachable group is marked down, not fatal
+                logger.warning("group %s did not answer stats(): %r", name, e)
+                self.snapshots[name] = None
+                self.router.mark_unhealthy(name)
+                return
+            self.snapshots[name] = s
+            self.router.update(GroupState.from_stats(s))
+        await asyncio.gather(*(one(n, h) for n, h in self.groups.items()))
+
+    @staticmethod
+    async def _await(resp):
+        return await resp
+
+    async def _adapters(self, fresh: bool = False) -> dict[str, dict]:
+        """Registered adapters: from the last poll, or asked from a group (after a miss, or for listings)."""
+        if not fresh:
+            for s in self.snapshots.values():
+                if s:
+                    return s["adapters"]
+        errors = []
+        for h in self.groups.values():
+            try:
+                return await h.list_adapters.remote()
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        raise APIError(503, f"no group answered: {errors[:1]!r}")
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _auth(self, request: Request) -> None:
+        if not self.cfg.api_keys:
+            return
+        h = request.headers.get("authorization", "")
+        scheme, _, key = h.partition(" ")
+        if scheme.lower() != "bearer" or key.strip() not in self.cfg.api_keys:
+            raise APIError(401, "invalid or missing API key (use 'Authorization: Bearer <key>')")
+
+    async def _resolve_model(self, model: str) -> str | None:
+        """None for the base model, else the adapter name; 404 for an unknown model."""
+        if model == self.cfg.served_model_name:
+            return None
+        if model in await self._adapters() or model in await self._adapters(fresh=True):
+            return model
+        raise APIError(404, f"the model {model!r} does not exist (neither the base model "
+                            f"{self.cfg.served_model_name!r} nor a loaded adapter)", "model")
+
+    def _max_tokens(self, requested: int | None, prompt_len: int, default: int | None) -> int:
+        room = self.cfg.max_model_len - prompt_len
+        max_tokens = requested if requested is not None else (default if default is not None else room)
+        if room <= 0 or max_tokens > room:
+            raise APIError(400, f"this model's maximum context length is {self.cfg.max_model_len} tokens; the "
+                                f"prompt has {prompt_len} tokens and max_tokens is {max_tokens}", "max_tokens")
+        return max_tokens
+
+    async def _start(self, body, prompts: list[list[int]], adapter: str | None, default_max: int | None):
+        """Routes, admits and starts every choice (len(prompts) x n); returns them once each is accepted."""
+        n = body.n
+        params = []
+        for ids in prompts:
+            if not ids:
+                raise APIError(400, "the prompt is empty", "prompt")
+            max_tokens = self._max_tokens(body.max_tokens, len(ids), default_max)
+            try:
+                params.append([body.to_sampling_params(max_tokens, j) for j in range(n)])
+            except ValueError as e:
+                raise APIError(400, str(e)) from None
+        await self._started()
+        group = self.router.choose(adapter, n=len(prompts) * n)
+        tokens = sum(len(p) for p in prompts) * n
+        decision = self.router.admit(group, tokens)
+        if not decision.admitted:
+            self.groups[group].note_rejected.remote(len(prompts) * n)
+            raise APIError(429, f"overloaded: predicted time to first token {decision.predicted_ttft_s:.3f}s "
+                                f"exceeds the SLO of {self.cfg.ttft_slo_s}s; retry later",
+                           headers={"Retry-After": str(decision.retry_after_s)})
+        self.router.sent(group, tokens // max(1, len(prompts) * n), n=len(prompts) * n)
+        base = random_id("req")
+        choices = []
+        for i, ids in enumerate(prompts):
+            for j in range(n):
+                c = _Choice(index=i * n + j, prompt_len=len(ids), group=group)
+                c.gen = self.streams[group].generate.remote(f"{base}-{c.index}", ids, params[i][j], adapter)
+                choices.append(c)
+        try:
+            firsts = await asyncio.gather(*(c.gen.__anext__() for c in choices))
+        except BaseException:
+            self._cancel(choices)
+            raise
+        for first in firsts:
+            if "error" in first:
+                self._cancel(choices)
+                raise APIError(first["status"], first["error"])
+        return choices
+
+    @staticmethod
+    def _cancel(choices: list[_Choice]) -> None:
+        for c in choices:
+            if c.gen is not None:
+                c.gen.cancel()
+
+    async def _collect(self, choices: list[_Choice]) -> None:
+        async def one(c: _Choice):
+            async for out in c.gen:
+                self._absorb(c, out)
+        try:
+            await asyncio.gather(*(one(c) for c in choices))
+        finally:
+            self._cancel([c for c in choices if c.finish_reason is None])
+
+    @staticmethod
+    def _absorb(c: _Choice, out) -> str:
+        """Applies one streamed item to a choice; returns its new text."""
+        if not isinstance(out, RequestOutput):
+            raise APIError(out.get("status", 500), out.get("error", "engine error"))
+        c.num_tokens += len(out.delta_token_ids)
+        c.text += out.delta_text
+        if out.finished:
+            c.finish_reason = out.finish_reason
+            c.text = out.text
+        return out.delta_text
+
+    async def _stream(self, choices: list[_Choice], chunk, usage_chunk):
+        """Merges the choices' streams into SSE lines; `chunk(choice, delta_text)` makes one event."""
+        q: asyncio.Queue = asyncio.Queue()
+
+        async def pump(c: _Choice):
+            try:
+                async for out in c.gen:
+                    await q.put((c, out))
+            except BaseException as e:  # noqa: BLE001 - forwarded to the client as an error event
+                await q.put((c, e))
+            finally:
+                await q.put((c, None))
+
+        tasks = [asyncio.ensure_future(pump(c)) for c in choices]
+        open_ = len(choices)
+        try:
+            for c in choices:
+                first = chunk(c, None)
+                if first is not None:
+                    yield f"data: {json.dumps(first)}\n\n"
+            while open_:
+                c, out = await q.get()
+                if out is None:
+                    open_ -= 1
+                    continue
+                if isinstance(out, BaseException) or not isinstance(out, RequestOutput):
+                    msg = out.get("error") if isinstance(out, dict) else repr(_cause(out))
+                    yield f"data: {json.dumps(error_body(500, str(msg)))}\n\n"
+                    break
+                delta = self._absorb(c, out)
+                if delta or out.finished:
+                    yield f"data: {json.dumps(chunk(c, delta))}\n\n"
+            else:
+                if usage_chunk is not None:
+                    yield f"data: {json.dumps(usage_chunk())}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            for t in tasks:
+                t.cancel()
+            self._cancel(choices)
+
+    # ---- routes ----------------------------------------------------------------------------------
+    @api.post("/v1/completions")
+    async def completions(self, body: CompletionRequest, request: Request):
+        self._auth(request)
+        adapter = await self._resolve_model(body.model)
+        prompts = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in body.prompts()]
+        choices = await self._start(body, prompts, adapter, default_max=16)
+        rid, model, created = random_id("cmpl"), body.model, int(time.time())
+        usage = self._usage_for(prompts, body.n)
+        if body.stream:
+            def chunk(c: _Choice, delta: str | None):
+                if delta is None:
+                    return None
+                return CompletionResponse(id=rid, created=created, model=model, choices=[CompletionChoice(
+                    index=c.index, text=delta, finish_reason=c.finish_reason)]).model_dump(exclude={"usage"})
+
+            def usage_chunk():
+                u = usage(choices)
+                return CompletionResponse(id=rid, created=created, model=model, choices=[], usage=u).model_dump()
+            return StreamingResponse(self._stream(choices, chunk, usage_chunk if body.include_usage else None),
+                                     media_type="text/event-stream")
+        await self._collect(choices)
+        return CompletionResponse(id=rid, created=created, model=model, usage=usage(choices), choices=[
+            CompletionChoice(index=c.index, text=c.text, finish_reason=c.finish_reason) for c in choices])
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request):
+        self._auth(request)
+        adapter = await self._resolve_model(body.model)
+        try:
+            ids = self.tokenizer.apply_chat_template(body.chat())
+        except Exception as e:  # noqa: BLE001 - a template error is the request's fault
+            raise APIError(400, f"chat template failed: {e}", "messages") from None
+        prompts = [ids]
+        choices = await self._start(body, prompts, adapter, default_max=None)
+        rid, model, created = random_id("chatcmpl"), body.model, int(time.time())
+        usage = self._usage_for(prompts, body.n)
+        if body.stream:
+            def chunk(c: _Choice, delta: str | None):
+                d = DeltaMessage(role="assistant", content="") if delta is None else DeltaMessage(content=delta)
+                return ChatCompletionChunk(id=rid, created=created, model=model, choices=[ChatChunkChoice(
+                    index=c.index, delta=d, finish_reason=c.finish_reason)]).model_dump(exclude={"usage"})
+
+            def usage_chunk():
+                return ChatCompletionChunk(id=rid, created=created, model=model, choices=[],
+                                           usage=usage(choices)).model_dump()
+            return StreamingResponse(self._stream(choices, chunk, usage_chunk if body.include_usage else None),
+                                     media_type="text/event-stream")
+        await self._collect(choices)
+        return ChatCompletionResponse(id=rid, created=created, model=model, usage=usage(choices), choices=[
+            ChatChoice(index=c.index, message=ChatMessageOut(content=c.text), finish_reason=c.finish_reason)
+            for c in choices])
+
+    @staticmethod
+    def _usage_for(prompts: list[list[int]], n: int):
+        """OpenAI counts each prompt once, whatever n; completion tokens over all choices."""
+        prompt_tokens = sum(len(p) for p in prompts)
+
+        def usage(choices: list[_Choice]) -> UsageInfo:
+            done = sum(c.num_tokens for c in choices)
+            return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=done, total_tokens=prompt_tokens + done)
+        return usage
+
+    @api.get("/v1/models")
+    async def models(self, request: Request):
+        self._auth(request)
+        adapters = await self._adapters(fresh=True)
+        base = self.cfg.served_model_name
+        cards = [ModelCard(id=base, root=self.cfg.model_path, max_model_len=self.cfg.max_model_len)]
+        cards += [ModelCard(id=n, root=a["path"], parent=base, max_model_len=self.cfg.max_model_len)
+                  for n, a in sorted(adapters.items())]
+        return ModelList(data=cards)
+
+    @api.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(self, body: LoadLoRAAdapterRequest, request: Request):
+        """Registers an adapter on every group; all or nothing."""
+        self._auth(request)
+        name = body.lora_name
+        if name == self.cfg.served_model_name:
+            raise APIError(400, f"{name!r} is the base model's name", "lora_name")
+        try:
+            path = confine_path(body.lora_path, self.cfg.allowed_adapter_roots)
+        except PermissionError as e:
+            raise APIError(400, str(e), "lora_path") from None
+        results = await asyncio.gather(*(h.add_adapter.remote(name, str(path)) for h in self.groups.values()),
+                                       return_exceptions=True)
+        failed = [_cause(r) for r in results if isinstance(r, BaseException)]
+        if failed:
+            ok = [g for g, r in zip(self.groups, results) if not isinstance(r, BaseException)]
+            await asyncio.gather(*(self.groups[g].remove_adapter.remote(name) for g in ok), return_exceptions=True)
+            e = failed[0]
+            status = 400 if isinstance(e, (AdapterError, ValueError)) else 500
+            raise APIError(status, str(e) if status == 400 else f"loading {name!r} failed: {e!r}", "lora_path")
+        return Response(f"Success: LoRA adapter '{name}' added successfully.", media_type="text/plain")
+
+    @api.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(self, body: UnloadLoRAAdapterRequest, request: Request):
+        self._auth(request)
+        name = body.lora_name
+        results = await asyncio.gather(*(h.remove_adapter.remote(name) for h in self.groups.values()),
+                                       return_exceptions=True)
+        errors = [_cause(r) for r in results if isinstance(r, BaseException)]
+        if errors and all(isinstance(e, KeyError) for e in errors) and len(errors) == len(results):
+            raise APIError(404, f"the adapter {name!r} is not loaded", "lora_name")
+        busy = [e for e in errors if not isinstance(e, KeyError)]
+        if busy:
+            raise APIError(400, str(busy[0]), "lora_name")
+        return Response(f"Success: LoRA adapter '{name}' removed successfully.", media_type="text/plain")
+
+    @api.get("/health")
+    async def health(self):
+        await self._started()
+        await self._poll_once()
+        down = [n for n, s in self.snapshots.items() if s is None]
+        if down:
+            return _error_response(503, f"groups not answering: {down}")
+        return Response(status_code=200)
+
+    @api.get("/metrics")
+    async def metrics(self):
+        await self._started()
+        await self._poll_once()
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def __del__(self):
+        if self._poller is not None:
+            self._poller.cancel()
+
+
+IngressDeployment = serve.deployment(OpenAIIngress, name="OpenAIIngress", max_ongoing_requests=1024)
