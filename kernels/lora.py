@@ -118,7 +118,7 @@ def _lora_shrink_decode_kernel(
     live = (r > 0) & (pid_r * BLOCK_R < c0 + r) & (pid_r * BLOCK_R + BLOCK_R > c0)
     k_end = tl.where(live, K, 0)                  # rank blocks outside [c0, c0 + r) do no work
     for t in range(t0, t1):
-        acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)   # reduced once, after the K loop
         for k0 in range(0, k_end, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             kmask = k < K
@@ -130,7 +130,8 @@ def _lora_shrink_decode_kernel(
             else:
                 a_ptrs = _virtual_ptrs(pool_ptr, pt_row, a_off + j[:, None] * K + k[None, :], m, PAGE_ELEMS)
             a = tl.load(a_ptrs, mask=m, other=0.0)
-            acc += tl.sum(a.to(tl.float32) * xv.to(tl.float32)[None, :], axis=1)
+            acc2 += a.to(tl.float32) * xv.to(tl.float32)[None, :]
+        acc = tl.sum(acc2, axis=1)
         tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, acc.to(out_ptr.dtype.element_ty), mask=cmask)
 
 
@@ -208,7 +209,7 @@ def _lora_expand_decode_kernel(
     t0 = tl.load(indptr_ptr + seg)
     t1 = tl.load(indptr_ptr + seg + 1)
     for t in range(t0, t1):
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)   # reduced once, after the rank loop
         for j0 in range(0, r, BLOCK_R):
             j = j0 + tl.arange(0, BLOCK_R)
             jm = j < r
@@ -220,7 +221,8 @@ def _lora_expand_decode_kernel(
             else:
                 b_ptrs = _virtual_ptrs(pool_ptr, pt_row, b_off + j[:, None] * n_g + n[None, :], m, PAGE_ELEMS)
             bt = tl.load(b_ptrs, mask=m, other=0.0)
-            acc += tl.sum(vv.to(tl.float32)[:, None] * bt.to(tl.float32), axis=0)
+            acc2 += vv.to(tl.float32)[:, None] * bt.to(tl.float32)
+        acc = tl.sum(acc2, axis=0)
         yp = y_ptr + tl.cast(t, tl.int64) * stride_yt + (n_lo + n) * stride_yn
         yv = tl.load(yp, mask=nmask, other=0.0)
         tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=nmask)
@@ -342,8 +344,8 @@ def lora_shrink(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
     common = (T, K, R, G, n_seg, col_mult, x.stride(0), x.stride(1), page_table.stride(0),
               out.stride(0), out.stride(1), out.stride(2))
     if max_len <= 1:
-        block_r = _npow2(R, 16, 32 if not _INTERPRET else 256)
-        block_k = _fit_page(1024 if _INTERPRET else 256, pool.shape[1])
+        block_r = _npow2(R, 8, 256) if _INTERPRET else 8     # ranks are usually multiples of 8
+        block_k = _fit_page(1024 if _INTERPRET else 512, pool.shape[1])
         grid = (n_seg + 1, G, triton.cdiv(R, block_r))
         _lora_shrink_decode_kernel[grid](
             x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, out, *common,
@@ -395,8 +397,8 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table
     max_len = T if max_seg_len is None else min(int(max_seg_len), T)
     strides = (y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0))
     if max_len <= 1:
-        block_n = _fit_page(_npow2(n_max, 16, 4096 if _INTERPRET else 256), pool.shape[1])
-        block_r = _npow2(R, 16, 256 if _INTERPRET else 16)
+        block_n = _fit_page(_npow2(n_max, 16, 4096 if _INTERPRET else 512), pool.shape[1])
+        block_r = _npow2(R, 8, 256) if _INTERPRET else 8
         grid = (n_seg, G, triton.cdiv(n_max, block_n))
         _lora_expand_decode_kernel[grid](
             y, v, pool, page_table, b_offsets, ranks, scales, seg_indptr, seg_slot, G, *offs, *strides,
