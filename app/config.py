@@ -32,6 +32,8 @@ class LoRAConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_lora_rank: int = Field(256, ge=1, le=1024)
     max_loras_per_batch: int = Field(64, ge=1, description="distinct adapters in one step")
+    prefetch: bool = Field(True, description="copy adapters of queued requests into free pages ahead of "
+                                             "admission, overlapping the running step")
     allowed_adapter_roots: list[str] = Field(default_factory=list,
                                              description="run-time loads must come from under these roots")
 
@@ -43,6 +45,8 @@ class EngineConfig(BaseModel):
     dtype: DType = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     kernel_backend: Literal["auto", "torch", "triton"] = "auto"
+    cuda_graphs: bool = Field(True, description="replay captured CUDA graphs for decode-only steps "
+                                                "(Triton backend, one GPU)")
     seed: int = 0
     pool: PoolConfig = Field(default_factory=PoolConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)

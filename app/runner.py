@@ -10,6 +10,7 @@ Per step: (1) copy newly admitted adapters into their pool pages, (2) build atte
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 
 import torch
 
@@ -51,6 +52,13 @@ class ModelRunner:
         self.adapter_pages: dict[str, list[int]] = {}
         self.generators: dict[str, torch.Generator] = {}
         self._seed_rng = random.Random(cfg.seed)
+        self.copy_stream = torch.cuda.Stream() if self.device == "cuda" else None
+        self._prefetch_event = None
+        self.graphs = None
+        if cfg.cuda_graphs and self.device == "cuda" and self.backend.name == "triton" and self.tp.world_size == 1:
+            from app.cuda_graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(self)
 
     def _size_pool(self) -> int:
         page_bytes = self.args.num_layers * self.page_elems * torch.finfo(self.dtype).bits // 8
@@ -89,20 +97,43 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> list[int]:
         for rid in out.finished_ids + out.preempted_ids:
             self.generators.pop(rid, None)
-        for name, pages in out.adapter_loads:
-            self._fill(name, pages)
+        self._load_adapters(out)
         if not out.seqs:
             return []
-        ctx, input_ids, positions, sample_rows = self._prepare(out)
+        batch = self._host_batch(out)
         with torch.inference_mode():
-            hidden = self.model(input_ids, positions, ctx)
-            if self.tp.rank != 0 or not sample_rows:
+            graph = self.graphs.runnable(batch) if self.graphs else None
+            if graph is not None:
+                logits = graph.replay(batch)
+            else:
+                ctx, input_ids, positions = self._device_batch(batch)
+                hidden = self.model(input_ids, positions, ctx)
+                if self.tp.rank != 0 or not batch.sample_rows:
+                    return []
+                logits = self.model.logits(hidden[batch.sample_rows])
+            if self.tp.rank != 0:
                 return []
-            logits = self.model.logits(hidden[sample_rows])
             params = [s.params for s in out.seqs if s.sample]
             gens = [self._generator(s.request_id, s.params.seed) if s.params.temperature > 0 else None
                     for s in out.seqs if s.sample]
             return sample(logits, params, gens)
+
+    def _load_adapters(self, out: SchedulerOutput) -> None:
+        """Adapters this step uses are copied on the compute stream; prefetched ones (for queued
+        requests) on a side stream that the next step waits for, so their copy overlaps this step."""
+        if self.copy_stream is not None and self._prefetch_event is not None:
+            torch.cuda.current_stream().wait_event(self._prefetch_event)
+            self._prefetch_event = None
+        prefetch = set(out.prefetch)
+        for name, pages in out.adapter_loads:
+            if name in prefetch and self.copy_stream is not None:
+                with torch.cuda.stream(self.copy_stream):
+                    self._fill(name, pages)
+            else:
+                self._fill(name, pages)
+        if prefetch and self.copy_stream is not None:
+            self._prefetch_event = torch.cuda.Event()
+            self._prefetch_event.record(self.copy_stream)
 
     def _generator(self, rid: str, seed: int | None) -> torch.Generator:
         g = self.generators.get(rid)
@@ -112,58 +143,72 @@ class ModelRunner:
             self.generators[rid] = g
         return g
 
-    def _prepare(self, out: SchedulerOutput):
+    def _host_batch(self, out: SchedulerOutput) -> HostBatch:
+        """Everything the forward pass needs, as host lists (cheap to pad, copy once to the device)."""
         ps = self.page_size
-        ids, pos, slots, qptr, lens, sample_rows = [], [], [], [0], [], []
-        max_pages = max(len(s.kv_pages) for s in out.seqs)
-        table = []
+        b = HostBatch()
         for s in out.seqs:
             n = len(s.token_ids)
-            ids += s.token_ids
+            b.input_ids += s.token_ids
             p = range(s.start_pos, s.start_pos + n)
-            pos += p
-            slots += [s.kv_pages[i // ps] * ps + i % ps for i in p]
-            qptr.append(qptr[-1] + n)
-            lens.append(s.start_pos + n)
-            table.append(s.kv_pages + [0] * (max_pages - len(s.kv_pages)))
+            b.positions += p
+            b.slots += [s.kv_pages[i // ps] * ps + i % ps for i in p]
+            b.q_indptr.append(b.q_indptr[-1] + n)
+            b.seq_lens.append(s.start_pos + n)
+            b.kv_pages.append(s.kv_pages)
             if s.sample:
-                sample_rows.append(qptr[-1] - 1)
+                b.sample_rows.append(b.q_indptr[-1] - 1)
+        b.max_q_len = max(len(s.token_ids) for s in out.seqs)
+        slots: dict[str, int] = {}
+        for s in out.seqs:
+            b.seg_slot.append(-1 if s.adapter is None else slots.setdefault(s.adapter, len(slots)))
+        for name in slots:
+            packed = self.adapters[name]
+            b.lora_pages.append(self.adapter_pages[name])
+            b.lora_scales.append(packed.scale)
+            for g in LORA_GROUPS:
+                rows = packed.layout.group_rows(g)
+                for k in range(4):
+                    b.lora_groups.setdefault(g, ([], [], [], []))[k].append(rows[k])
+                b.max_rank = max(b.max_rank, max(rows[3]))
+        return b
+
+    def _device_batch(self, b: HostBatch):
         dev = self.device
         i32 = dict(dtype=torch.int32, device=dev)
-        q_indptr = torch.tensor(qptr, **i32)
-        attn = AttentionMeta(q_indptr=q_indptr, seq_lens=torch.tensor(lens, **i32),
-                             kv_page_table=torch.tensor(table, **i32),
-                             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-                             max_q_len=max(len(s.token_ids) for s in out.seqs))
-        ctx = ForwardContext(attn=attn, lora=self._lora_meta(out, q_indptr), pool=self.pool, page_size=ps,
+        q_indptr = torch.tensor(b.q_indptr, **i32)
+        width = max(len(p) for p in b.kv_pages)
+        attn = AttentionMeta(q_indptr=q_indptr, seq_lens=torch.tensor(b.seq_lens, **i32),
+                             kv_page_table=torch.tensor([p + [0] * (width - len(p)) for p in b.kv_pages], **i32),
+                             slot_mapping=torch.tensor(b.slots, dtype=torch.int64, device=dev),
+                             max_q_len=b.max_q_len)
+        lora = None
+        if b.lora_pages:
+            width = max(len(p) for p in b.lora_pages)
+            groups = {g: LoRAGroupMeta(*(torch.tensor(rows, **i32) for rows in b.lora_groups[g]))
+                      for g in LORA_GROUPS}
+            lora = LoRAMeta(page_table=torch.tensor([p + [0] * (width - len(p)) for p in b.lora_pages], **i32),
+                            scales=torch.tensor(b.lora_scales, dtype=torch.float32, device=dev),
+                            seg_indptr=q_indptr, seg_slot=torch.tensor(b.seg_slot, **i32),
+                            max_seg_len=b.max_q_len, max_rank=b.max_rank, groups=groups)
+        ctx = ForwardContext(attn=attn, lora=lora, pool=self.pool, page_size=self.page_size,
                              backend=self.backend, tp=self.tp)
-        return (ctx, torch.tensor(ids, dtype=torch.long, device=dev),
-                torch.tensor(pos, dtype=torch.long, device=dev), sample_rows)
+        return (ctx, torch.tensor(b.input_ids, dtype=torch.long, device=dev),
+                torch.tensor(b.positions, dtype=torch.long, device=dev))
 
-    def _lora_meta(self, out: SchedulerOutput, seg_indptr: torch.Tensor) -> LoRAMeta | None:
-        slots: dict[str, int] = {}
-        seg_slot = []
-        for s in out.seqs:
-            if s.adapter is None:
-                seg_slot.append(-1)
-            else:
-                seg_slot.append(slots.setdefault(s.adapter, len(slots)))
-        if not slots:
-            return None
-        names = list(slots)
-        packed = [self.adapters[n] for n in names]
-        max_pages = max(p.layout.num_pages for p in packed)
-        i32 = dict(dtype=torch.int32, device=self.device)
-        table = [self.adapter_pages[n] + [0] * (max_pages - len(self.adapter_pages[n])) for n in names]
-        groups = {}
-        max_rank = 1
-        for g in LORA_GROUPS:
-            rows = [p.layout.group_rows(g) for p in packed]
-            a_off, b_off, ra, rb = ([r[k] for r in rows] for k in range(4))
-            max_rank = max(max_rank, max(max(r) for r in rb))
-            groups[g] = LoRAGroupMeta(a_offsets=torch.tensor(a_off, **i32), b_offsets=torch.tensor(b_off, **i32),
-                                      ranks_a=torch.tensor(ra, **i32), ranks_b=torch.tensor(rb, **i32))
-        return LoRAMeta(page_table=torch.tensor(table, **i32),
-                        scales=torch.tensor([p.scale for p in packed], dtype=torch.float32, device=self.device),
-                        seg_indptr=seg_indptr, seg_slot=torch.tensor(seg_slot, **i32),
-                        max_seg_len=max(len(s.token_ids) for s in out.seqs), max_rank=max_rank, groups=groups)
+
+@dataclass
+class HostBatch:
+    input_ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    q_indptr: list[int] = field(default_factory=lambda: [0])
+    seq_lens: list[int] = field(default_factory=list)
+    kv_pages: list[list[int]] = field(default_factory=list)
+    sample_rows: list[int] = field(default_factory=list)
+    max_q_len: int = 0
+    seg_slot: list[int] = field(default_factory=list)
+    lora_pages: list[list[int]] = field(default_factory=list)
+    lora_scales: list[float] = field(default_factory=list)
+    lora_groups: dict[str, tuple[list, list, list, list]] = field(default_factory=dict)  # a_off, b_off, ra, rb
+    max_rank: int = 1

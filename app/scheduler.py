@@ -44,6 +44,7 @@ class SchedulerOutput:
     seqs: list[ScheduledSeq] = field(default_factory=list)
     adapter_loads: list[tuple[str, list[int]]] = field(default_factory=list)  # fill these pages first
     finished_ids: list[str] = field(default_factory=list)                     # drop per-request state
+    prefetch: list[str] = field(default_factory=list)     # loads for queued requests: may overlap the step
     preempted_ids: list[str] = field(default_factory=list)
 
     @property
@@ -60,6 +61,7 @@ class Scheduler:
         self.running: list[Request] = []
         self._finished_ids: list[str] = []
         self.num_preemptions = 0
+        self.num_prefetches = 0
 
     # ---- queue -----------------------------------------------------------------------------------
     def pages_to_fit(self, req: Request) -> int:
@@ -162,6 +164,9 @@ class Scheduler:
             chosen.append((req, n))
             budget -= n
 
+        if self.lora_cfg.prefetch and not out.preempted_ids:
+            self._prefetch(out)
+
         for req, n in chosen:
             start = req.num_computed_tokens
             out.seqs.append(ScheduledSeq(
@@ -169,6 +174,23 @@ class Scheduler:
                 kv_pages=list(self.pool.kv_pages(req.request_id)), adapter=req.adapter,
                 sample=start + n == req.num_tokens, params=req.params))
         return out
+
+    def _prefetch(self, out: SchedulerOutput) -> None:
+        """Loads the adapters of the next queued requests into pages that are free now (never evicting,
+        keeping a page per running request for its growth), so that their copy overlaps this step and they
+        are resident when the requests are admitted."""
+        reserve = len(self.running)
+        for req in list(self.waiting)[:self.lora_cfg.max_loras_per_batch]:
+            name = req.adapter
+            if not name or self.pool.is_resident(name):
+                continue
+            n = self.adapter_pages(name)
+            if self.pool.num_free < n + reserve:
+                break
+            pages = self.pool.load_adapter(name, n)
+            out.adapter_loads.append((name, pages))
+            out.prefetch.append(name)
+            self.num_prefetches += 1
 
     def update(self, out: SchedulerOutput, requests: dict[str, Request], tokens: list[int]) -> list[Request]:
         """Advances the scheduled requests; appends the sampled tokens. Returns the requests that got a

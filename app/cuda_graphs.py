@@ -1,0 +1,133 @@
+"""CUDA graphs for decode-only steps (one token per sequence), so that kernel-launch and Python overhead do
+not dominate small batches.
+
+One graph per batch-size bucket (1, 2, 4, ..., up to max_num_seqs), captured the first time a bucket is
+needed. Every per-step input lives in a static buffer that the graph reads: token ids, positions, KV slot
+mapping, KV page table (width: max_model_len / page_size), and the LoRA metadata (adapter page tables,
+offsets, ranks, scales for up to max_loras_per_batch adapters; the shrink output has max_lora_rank
+columns). A step copies its batch into the buffers (padding rows: no KV write, no adapter, a 1-token
+context) and replays. Batches that do not fit (prefill, more sequences, a longer context or a larger
+adapter than the buffers hold) run eagerly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from app.lora.adapter import LORA_GROUPS, module_shapes
+from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta
+
+
+def _bucket(n: int, buckets: list[int]) -> int:
+    return next(b for b in buckets if b >= n)
+
+
+class DecodeGraphs:
+    def __init__(self, runner):
+        self.r = runner
+        cfg, args = runner.cfg, runner.args
+        max_bs = min(cfg.scheduler.max_num_seqs, 512)
+        self.buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b < max_bs] + [max_bs]
+        max_len = cfg.scheduler.max_model_len or args.max_position_embeddings
+        self.kv_width = -(-max_len // runner.page_size)
+        self.max_loras = cfg.lora.max_loras_per_batch
+        self.max_rank = cfg.lora.max_lora_rank
+        per_rank = sum(i + o for i, o in module_shapes(args).values())
+        self.lora_width = -(-self.max_rank * per_rank // runner.page_elems)
+        B, M, dev = self.buckets[-1], self.max_loras, runner.device
+        i32 = dict(dtype=torch.int32, device=dev)
+        self.input_ids = torch.zeros(B, dtype=torch.long, device=dev)
+        self.positions = torch.zeros(B, dtype=torch.long, device=dev)
+        self.slots = torch.full((B,), -1, dtype=torch.int64, device=dev)
+        self.q_indptr = torch.arange(B + 1, **i32)
+        self.seq_lens = torch.ones(B, **i32)
+        self.kv_table = torch.zeros(B, self.kv_width, **i32)
+        self.seg_slot = torch.full((B,), -1, **i32)
+        self.lora_table = torch.zeros(M, self.lora_width, **i32)
+        self.scales = torch.zeros(M, dtype=torch.float32, device=dev)
+        self.groups = {g: LoRAGroupMeta(*(torch.zeros(M, len(t), **i32) for _ in range(4)))
+                       for g, t in LORA_GROUPS.items()}
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.mempool = None
+
+    def runnable(self, b) -> DecodeGraphs | None:
+        n = len(b.seq_lens)
+        if b.max_q_len != 1 or n > self.buckets[-1] or len(b.sample_rows) != n:
+            return None
+        if max(len(p) for p in b.kv_pages) > self.kv_width or len(b.lora_pages) > self.max_loras:
+            return None
+        if b.lora_pages and (max(len(p) for p in b.lora_pages) > self.lora_width or b.max_rank > self.max_rank):
+            return None
+        return self
+
+    def _ctx(self, bs: int) -> ForwardContext:
+        r = self.r
+        q_indptr = self.q_indptr[:bs + 1]
+        attn = AttentionMeta(q_indptr=q_indptr, seq_lens=self.seq_lens[:bs], kv_page_table=self.kv_table[:bs],
+                             slot_mapping=self.slots[:bs], max_q_len=1)
+        lora = LoRAMeta(page_table=self.lora_table, scales=self.scales, seg_indptr=q_indptr,
+                        seg_slot=self.seg_slot[:bs], max_seg_len=1, max_rank=self.max_rank, groups=self.groups)
+        return ForwardContext(attn=attn, lora=lora, pool=r.pool, page_size=r.page_size, backend=r.backend,
+                              tp=r.tp)
+
+    def _capture(self, bs: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        model = self.r.model
+        self._fill_padding(0, self.buckets[-1])
+        ctx = self._ctx(bs)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):   # warm-up: Triton compiles and autotunes outside the capture
+            for _ in range(2):
+                model.logits(model(self.input_ids[:bs], self.positions[:bs], ctx))
+        torch.cuda.current_stream().wait_stream(s)
+        if self.mempool is None:
+            self.mempool = torch.cuda.graph_pool_handle()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self.mempool):
+            logits = model.logits(model(self.input_ids[:bs], self.positions[:bs], ctx))
+        return g, logits
+
+    def _fill_padding(self, lo: int, hi: int) -> None:
+        self.input_ids[lo:hi] = 0
+        self.positions[lo:hi] = 0
+        self.slots[lo:hi] = -1
+        self.seq_lens[lo:hi] = 1
+        self.kv_table[lo:hi] = 0
+        self.seg_slot[lo:hi] = -1
+
+    def replay(self, b) -> torch.Tensor:
+        """Copies the batch into the static buffers, replays the bucket's graph; returns logits [n, V]."""
+        n = len(b.seq_lens)
+        bs = _bucket(n, self.buckets)
+        if bs not in self.graphs:
+            self.graphs[bs] = self._capture(bs)
+        g, logits = self.graphs[bs]
+        dev = self.r.device
+
+        def put(dst: torch.Tensor, values, dtype=torch.int32):
+            dst.copy_(torch.tensor(values, dtype=dtype).view(dst.shape), non_blocking=True)
+
+        put(self.input_ids[:n], b.input_ids, torch.long)
+        put(self.positions[:n], b.positions, torch.long)
+        put(self.slots[:n], b.slots, torch.int64)
+        put(self.seq_lens[:n], b.seq_lens)
+        table = torch.zeros(n, self.kv_width, dtype=torch.int32)
+        for i, p in enumerate(b.kv_pages):
+            table[i, :len(p)] = torch.tensor(p, dtype=torch.int32)
+        self.kv_table[:n].copy_(table.to(dev, non_blocking=True))
+        put(self.seg_slot[:n], b.seg_slot)
+        if n < bs:
+            self._fill_padding(n, bs)
+        if b.lora_pages:
+            S = len(b.lora_pages)
+            lt = torch.zeros(S, self.lora_width, dtype=torch.int32)
+            for i, p in enumerate(b.lora_pages):
+                lt[i, :len(p)] = torch.tensor(p, dtype=torch.int32)
+            self.lora_table[:S].copy_(lt.to(dev, non_blocking=True))
+            put(self.scales[:S], b.lora_scales, torch.float32)
+            for name, meta in self.groups.items():
+                for dst, rows in zip((meta.a_offsets, meta.b_offsets, meta.ranks_a, meta.ranks_b),
+                                     b.lora_groups[name]):
+                    put(dst[:S], rows)
+        g.replay()
+        return logits[:n]
