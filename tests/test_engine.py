@@ -150,6 +150,8 @@ def test_max_loras_per_batch(demo):
         assert e.last_step_adapters <= 2
         seen = max(seen, e.last_step_adapters)
     assert seen == 2
+    # the queued requests' adapters were prefetched into free pages before their admission
+    assert e.scheduler.num_prefetches >= 2 and e.pool.loads == 4
 
 
 def test_request_larger_than_pool_is_refused(demo):
