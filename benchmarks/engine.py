@@ -30,6 +30,7 @@ from app.config import EngineConfig  # noqa: E402
 from app.demo import write_peft_adapter, write_tokenizer  # noqa: E402
 from app.engine import AdapterInfo, Engine  # noqa: E402
 from app.request import SamplingParams  # noqa: E402
+from benchmarks.trace import synthetic_trace  # noqa: E402
 
 SHAPES = {
     "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
@@ -187,20 +188,6 @@ def bench_fixed(args, model_dir: Path, adapter_src: dict[str, str]) -> dict:
     t, _ = run_batch(engine, prompts, [None] * n_req, o_len)
     out["ours_base_only_tok_s"] = n_req * o_len / t
     return out
-
-
-def synthetic_trace(n_adapters, alpha, rate, cv, duration, seed, in_rng=(8, 512), out_rng=(8, 512)):
-    """S-LoRA trace.py: power-law adapter popularity, Gamma arrivals, uniform lengths."""
-    rng = random.Random(seed)
-    weights = [(i + 1) ** (-1.0 / alpha) if alpha < 1 else 1.0 for i in range(n_adapters)]
-    shape = 1.0 / (cv * cv)
-    t, reqs = 0.0, []
-    while True:
-        t += rng.gammavariate(shape, 1.0 / (rate * shape))
-        if t >= duration:
-            return reqs
-        reqs.append({"arrival_s": t, "adapter": rng.choices(range(n_adapters), weights)[0],
-                     "input_len": rng.randrange(*in_rng), "output_len": rng.randrange(*out_rng)})
 
 
 def bench_trace(args, model_dir: Path, adapter_src: dict[str, str]) -> dict:

@@ -1,0 +1,104 @@
+"""Load client: replays a trace (benchmarks/trace.py's JSONL) against an OpenAI-compatible
+`/v1/completions` endpoint with streaming, in real time, and reports the S-LoRA metrics.
+
+    python benchmarks/load.py --url http://127.0.0.1:8000 --trace trace.jsonl --adapter-prefix a --out res.json
+
+Each request sends `input_len` token ids as the prompt, `max_tokens = output_len`, `ignore_eos`, greedy,
+`model = <prefix><adapter index>`. Rejected requests (HTTP 429) count as SLO misses (satisfaction 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+async def send(client, url: str, r: dict, model: str, t0: float, headers: dict, rng: random.Random) -> dict:
+    await asyncio.sleep(max(0.0, t0 + r["arrival_s"] - time.perf_counter()))
+    prompt = [rng.randrange(3, 500) for _ in range(r["input_len"])]
+    body = {"model": model, "prompt": prompt, "max_tokens": r["output_len"], "temperature": 0,
+            "ignore_eos": True, "stream": True}
+    sent = time.perf_counter()
+    res = {"adapter": r["adapter"], "sent": sent, "status": None, "first": None, "chunks": 0}
+    try:
+        async with client.stream("POST", f"{url}/v1/completions", json=body, headers=headers) as resp:
+            res["status"] = resp.status_code
+            if resp.status_code != 200:
+                await resp.aread()
+                return res
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                now = time.perf_counter()
+                if res["first"] is None:
+                    res["first"] = now
+                res["chunks"] += 1
+                res["last"] = now
+    except Exception as e:  # noqa: BLE001 - a failed request is a result too
+        res["error"] = repr(e)
+    res["end"] = time.perf_counter()
+    return res
+
+
+def summarize(results: list[dict], trace: list[dict], elapsed: float, slo: float) -> dict:
+    ok = [r for r in results if r["status"] == 200 and r["first"] is not None and "error" not in r]
+    ttft = [r["first"] - r["sent"] for r in ok]
+    e2e = [r["end"] - r["sent"] for r in ok]
+    tpot = [(r["last"] - r["first"]) / (r["chunks"] - 1) for r in ok if r["chunks"] > 1]
+    out_tokens = sum(t["output_len"] for t, r in zip(trace, results) if r in ok)
+    sat = [max(0.0, 1 - (t / slo) ** 2) for t in ttft] + [0.0] * (len(results) - len(ok))
+    return {"requests": len(results), "ok": len(ok), "rejected_429": sum(r["status"] == 429 for r in results),
+            "errors": sum(1 for r in results if r["status"] not in (200, 429)),
+            "elapsed_s": elapsed, "req_s": len(ok) / elapsed, "out_tok_s": out_tokens / elapsed,
+            "ttft_mean_s": statistics.mean(ttft) if ttft else None, "ttft_p50_s": percentile(ttft, .5),
+            "ttft_p90_s": percentile(ttft, .9), "ttft_p99_s": percentile(ttft, .99),
+            "tpot_mean_s": statistics.mean(tpot) if tpot else None,
+            "e2e_mean_s": statistics.mean(e2e) if e2e else None, "slo_s": slo,
+            "slo_attainment": sum(t <= slo for t in ttft) / len(results) if results else None,
+            "user_satisfaction": statistics.mean(sat) if sat else None}
+
+
+async def replay(url: str, trace: list[dict], prefix: str, slo: float, api_key: str | None,
+                 timeout: float) -> dict:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    rng = random.Random(0)
+    limits = httpx.Limits(max_connections=4096, max_keepalive_connections=1024)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(send(client, url, r, f"{prefix}{r['adapter']}", t0, headers, rng)
+                                         for r in trace))
+        elapsed = time.perf_counter() - t0
+    return summarize(list(results), trace, elapsed, slo)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--trace", required=True)
+    ap.add_argument("--adapter-prefix", default="a")
+    ap.add_argument("--slo-s", type=float, default=6.0)
+    ap.add_argument("--api-key", default=None)
+    ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    trace = [json.loads(line) for line in open(a.trace) if line.strip()]
+    res = asyncio.run(replay(a.url, trace, a.adapter_prefix, a.slo_s, a.api_key, a.timeout))
+    print(json.dumps(res, indent=1))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
