@@ -103,6 +103,7 @@ class _Choice:
     gen: Any = None                            # DeploymentResponseGenerator
     text: str = ""
     num_tokens: int = 0
+    released: bool = False                     # counted back out of the router's local in-flight
     finish_reason: str | None = None
     parts: list[str] = field(default_factory=list)
 
@@ -214,12 +215,12 @@ class OpenAIIngress:
             raise APIError(429, f"overloaded: predicted time to first token {decision.predicted_ttft_s:.3f}s "
                                 f"exceeds the SLO of {self.cfg.ttft_slo_s}s; retry later",
                            headers={"Retry-After": str(decision.retry_after_s)})
-        self.router.sent(group, tokens // max(1, len(prompts) * n), n=len(prompts) * n)
         base = random_id("req")
         choices = []
         for i, ids in enumerate(prompts):
             for j in range(n):
                 c = _Choice(index=i * n + j, prompt_len=len(ids), group=group)
+                self.router.sent(group, len(ids))
                 c.gen = self.streams[group].generate.remote(f"{base}-{c.index}", ids, params[i][j], adapter)
                 choices.append(c)
         try:
@@ -233,11 +234,14 @@ class OpenAIIngress:
                 raise APIError(first["status"], first["error"])
         return choices
 
-    @staticmethod
-    def _cancel(choices: list[_Choice]) -> None:
+    def _cancel(self, choices: list[_Choice]) -> None:
+        """Stops the choices' streams (the group aborts unfinished requests) and releases them."""
         for c in choices:
-            if c.gen is not None:
+            if c.gen is not None and c.finish_reason is None:
                 c.gen.cancel()
+            if not c.released:
+                c.released = True
+                self.router.done(c.group, c.prompt_len)
 
     async def _collect(self, choices: list[_Choice]) -> None:
         async def one(c: _Choice):
@@ -246,7 +250,7 @@ class OpenAIIngress:
         try:
             await asyncio.gather(*(one(c) for c in choices))
         finally:
-            self._cancel([c for c in choices if c.finish_reason is None])
+            self._cancel(choices)
 
     @staticmethod
     def _absorb(c: _Choice, out) -> str:

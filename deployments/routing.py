@@ -98,6 +98,12 @@ class Router:
         self.pending_reqs[name] += n
         self.pending_tokens[name] += prompt_tokens * n
 
+    def done(self, name: str, prompt_tokens: int, n: int = 1) -> None:
+        """Requests sent since the last poll that already finished no longer count (clamped at zero:
+        a poll in between already dropped them)."""
+        self.pending_reqs[name] = max(0, self.pending_reqs[name] - n)
+        self.pending_tokens[name] = max(0, self.pending_tokens[name] - prompt_tokens * n)
+
     def load(self, name: str) -> int:
         s = self.states[name]
         return s.waiting + s.running + self.pending_reqs[name]
@@ -115,10 +121,10 @@ class Router:
 
     def choose(self, adapter: str | None, n: int = 1) -> str:
         """Bounded-load choice: the first candidate whose load after taking `n` more requests stays within
-        (1 + eps) x the mean load after the same addition."""
+        ceil((1 + eps) x the mean load after the same addition)."""
         order = self.candidates(adapter)
         total = sum(self.load(g) for g in order) + n
-        bound = (1 + self.eps) * total / len(order)
+        bound = math.ceil((1 + self.eps) * total / len(order))
         for g in order:
             if self.load(g) + n <= max(bound, n):
                 return g

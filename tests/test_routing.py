@@ -76,8 +76,22 @@ def test_poll_resets_local_increments():
     r = Router(["a", "b"])
     r.sent("a", 100, n=3)
     assert r.load("a") == 3 and r.pending_tokens["a"] == 300
+    r.done("a", 100)
+    assert r.load("a") == 2 and r.pending_tokens["a"] == 200
     r.update(GroupState(name="a", waiting=2))
     assert r.load("a") == 2 and r.pending_tokens["a"] == 0
+    r.done("a", 100, n=2)                      # finished after the poll: nothing below zero
+    assert r.load("a") == 2 and r.pending_tokens["a"] == 0
+
+
+def test_one_request_in_flight_does_not_move_an_adapter():
+    r = Router(["a", "b"])
+    first = r.choose("x")
+    r.sent(first, 10)
+    assert r.choose("x") == first              # 2 <= ceil(1.25 * 2 / 2)
+    r.sent(first, 10)
+    r.sent(first, 10)
+    assert r.choose("x") != first              # 4 > ceil(1.25 * 4 / 2)
 
 
 def test_predicted_ttft_from_queue_and_rate():

@@ -1,0 +1,325 @@
+"""The Ray Serve application with real Ray on the CPU, over HTTP (the official `openai` client and httpx).
+
+Two applications are started once for the module (in parallel, `serve.run_many`) on the embedded demo:
+  * "main" at /: two TP groups (TP=1), API keys required, run-time adapter loads confined to a temp root;
+  * "strict" at /strict: one group with an impossible TTFT SLO (every request is refused with 429).
+Greedy results are compared with the offline `app.LLM` on the same model and adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from app import LLM, SamplingParams
+from app.demo import build_demo, write_peft_adapter
+from app.tokenizer import Tokenizer
+from deployments.routing import rendezvous_order
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+PORT = 8431
+BASE = f"http://127.0.0.1:{PORT}"
+KEY = "sk-sloray-test"
+MODEL = "sloray-demo"
+GROUPS = ["SLoRAGroup-0", "SLoRAGroup-1"]
+PROMPTS = [("Hello, world!", "demo-r4-attn"), ("The quick brown fox", "demo-r16-all"),
+           ("Serving thousands of", None), ("def main():", "demo-r32-rslora")]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return build_demo()
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory, demo):
+    """An allowed root with a copy of a demo adapter, a pickle-only adapter, a rank-128 adapter and a
+    symlink to a directory outside the root."""
+    root = tmp_path_factory.mktemp("adapters")
+    shutil.copytree(demo / "adapters" / "demo-r8-mlp", root / "copy-r8")
+    shutil.copytree(demo / "adapters" / "demo-r1-qv", root / "routed")
+    pickled = root / "pickled"
+    shutil.copytree(demo / "adapters" / "demo-r4-attn", pickled)
+    (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
+    write_peft_adapter(root / "rank128", demo / "model", 128, 128.0, ["q_proj", "v_proj"])
+    outside = tmp_path_factory.mktemp("outside")
+    shutil.copytree(demo / "adapters" / "demo-r4-attn", outside / "a")
+    os.symlink(outside / "a", root / "link-out")
+    return root
+
+
+@pytest.fixture(scope="module")
+def service(demo, roots):
+    from ray.serve.api import RunTarget
+
+    from deployments.builder import build_app
+
+    repo = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = repo + os.pathsep + os.environ.get("PYTHONPATH", "")
+    ray.init(num_cpus=4, include_dashboard=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    main = build_app({"num_groups": 2, "api_keys": KEY, "allowed_adapter_roots": str(roots),
+                      "group_num_cpus": 1, "ingress_num_cpus": 0, "device": "cpu", "dtype": "float32",
+                      "stats_poll_interval_s": 0.1})
+    strict = build_app({"num_groups": 1, "ttft_slo_s": "1e-6", "group_num_cpus": 0.5, "ingress_num_cpus": 0})
+    serve.run_many([RunTarget(main, name="main", route_prefix="/"),
+                    RunTarget(strict, name="strict", route_prefix="/strict")])
+    yield
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def llm(demo):
+    return LLM(str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    return openai.OpenAI(base_url=f"{BASE}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def http(service):
+    with httpx.Client(base_url=BASE, timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        yield c
+
+
+def group_stats(name: str, app: str = "main") -> dict:
+    return serve.get_deployment_handle(name, app_name=app).stats.remote().result()
+
+
+def greedy(llm, prompt, adapter, max_tokens=12, **kw):
+    sp = SamplingParams(max_tokens=max_tokens, temperature=0.0, **kw)
+    return llm.generate([prompt], sp, adapters=[adapter])[0]
+
+
+# ---- generation equals the offline engine -------------------------------------------------------
+def test_completions_equal_offline(client, llm):
+    for prompt, adapter in PROMPTS:
+        r = client.completions.create(model=adapter or MODEL, prompt=prompt, max_tokens=12, temperature=0)
+        ref = greedy(llm, prompt, adapter)
+        assert r.choices[0].text == ref.text, (prompt, adapter)
+        assert r.choices[0].finish_reason == ref.finish_reason
+        assert r.usage.prompt_tokens == len(ref.prompt_token_ids)
+        assert r.usage.completion_tokens == len(ref.token_ids)
+        assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+        assert r.model == (adapter or MODEL)
+    # The adapters change the output (so the comparison above is not vacuous).
+    texts = {greedy(llm, "Hello, world!", a).text for a in (None, "demo-r4-attn", "demo-r16-all")}
+    assert len(texts) == 3
+
+
+def test_token_id_prompts_and_batches(client, llm):
+    tok = Tokenizer(llm.engine.cfg.model)
+    ids = tok.encode("The quick brown fox")
+    r = client.completions.create(model="demo-r8-mlp", prompt=[ids, tok.encode("Hello, world!")], max_tokens=6,
+                                  temperature=0)
+    assert [c.index for c in r.choices] == [0, 1]
+    assert r.choices[0].text == greedy(llm, ids, "demo-r8-mlp", 6).text
+    assert r.choices[1].text == greedy(llm, "Hello, world!", "demo-r8-mlp", 6).text
+    r = client.completions.create(model=MODEL, prompt=["Hello, world!", "def main():"], max_tokens=5, temperature=0)
+    assert [c.text for c in r.choices] == [greedy(llm, p, None, 5).text for p in ("Hello, world!", "def main():")]
+
+
+def test_streaming_completion_equals_offline(client, llm, http):
+    ref = greedy(llm, "The quick brown fox", "demo-r64-all", 16, ignore_eos=True)
+    chunks = list(client.completions.create(model="demo-r64-all", prompt="The quick brown fox", max_tokens=16,
+                                            temperature=0, stream=True, stream_options={"include_usage": True},
+                                            extra_body={"ignore_eos": True}))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == ref.text
+    assert len([c for c in chunks if c.choices]) > 2          # really streamed
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == ["length"]
+    # Raw SSE: data lines in OpenAI's format, ending with [DONE].
+    with http.stream("POST", "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 4,
+                                                      "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert all(ln.startswith("data: ") for ln in lines)
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[0][6:])["object"] == "text_completion"
+
+
+def test_chat_equals_offline_plain_and_streaming(client, llm):
+    tok = Tokenizer(llm.engine.cfg.model)
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello, world!"}]
+    ref = greedy(llm, tok.apply_chat_template(messages), "demo-r16-all", 10)
+    r = client.chat.completions.create(model="demo-r16-all", messages=messages, max_tokens=10, temperature=0)
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == ref.text
+    assert r.usage.prompt_tokens == len(ref.prompt_token_ids)
+    stream = client.chat.completions.create(model="demo-r16-all", messages=messages, max_tokens=10, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ref.text
+    assert chunks[-1].usage.total_tokens == r.usage.total_tokens
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+
+def test_n_seed_stop_top_k(client, llm):
+    r = client.completions.create(model="demo-r4-attn", prompt="Hello", max_tokens=8, temperature=1.0, seed=7,
+                                  n=3, extra_body={"top_k": 20})
+    again = client.completions.create(model="demo-r4-attn", prompt="Hello", max_tokens=8, temperature=1.0, seed=7,
+                                      n=3, extra_body={"top_k": 20})
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert [c.text for c in r.choices] == [c.text for c in again.choices]     # seeded: reproducible
+    assert len({c.text for c in r.choices}) > 1                               # n independent samples
+    assert 3 <= r.usage.completion_tokens <= 24 and r.usage.prompt_tokens == len(llm.engine.tokenizer.encode("Hello"))
+    # stop: cut at the first occurrence of a string that the greedy output contains
+    ref = greedy(llm, "The quick brown fox", "demo-r8-mlp", 16, ignore_eos=True).text
+    stop = ref[5:8]
+    r = client.completions.create(model="demo-r8-mlp", prompt="The quick brown fox", max_tokens=16, temperature=0,
+                                  stop=[stop], extra_body={"ignore_eos": True})
+    assert r.choices[0].text == ref[:ref.find(stop)]
+    assert r.choices[0].finish_reason == "stop"
+
+
+# ---- errors ------------------------------------------------------------------------------------
+def _err(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body["error"]) >= {"message", "type", "param", "code"} and body["error"]["code"] == status
+    return body["error"]
+
+
+def test_errors(http, client):
+    _err(http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 0}), 400)
+    _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "temperature": -1}), 400)
+    _err(http.post("/v1/completions", json={"model": MODEL}), 400)
+    e = _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "hello " * 600, "max_tokens": 8}), 400)
+    assert "context length" in e["message"]
+    _err(http.post("/v1/completions", json={"model": MODEL, "prompt": [10**6], "max_tokens": 2}), 400)
+    e = _err(http.post("/v1/chat/completions", json={"model": "no-such-adapter",
+                                                     "messages": [{"role": "user", "content": "hi"}]}), 404)
+    assert "no-such-adapter" in e["message"]
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x", max_tokens=2)
+    # 401 without / with a wrong key, on every /v1 route
+    _err(httpx.post(f"{BASE}/v1/completions", json={"model": MODEL, "prompt": "x"}), 401)
+    _err(httpx.get(f"{BASE}/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{BASE}/v1", api_key="wrong", max_retries=0).models.list()
+    assert httpx.get(f"{BASE}/health").status_code == 200
+
+
+def test_429_when_slo_cannot_be_met(service):
+    r = httpx.post(f"{BASE}/strict/v1/completions", json={"model": MODEL, "prompt": "Hello", "max_tokens": 4})
+    e = _err(r, 429)
+    assert "time to first token" in e["message"]
+    assert int(r.headers["Retry-After"]) >= 1
+    c = openai.OpenAI(base_url=f"{BASE}/strict/v1", api_key="none", max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    s = group_stats("SLoRAGroup-0", app="strict")
+    assert s["metrics"]["counters"]["requests_rejected"] >= 2
+    assert s["metrics"]["counters"]["prompt_tokens"] == 0      # nothing was queued
+    m = httpx.get(f"{BASE}/strict/metrics").text
+    assert 'sloray_requests_rejected_total{group="SLoRAGroup-0",model_name="sloray-demo"}' in m
+
+
+# ---- adapters ----------------------------------------------------------------------------------
+def _adapters_everywhere() -> list[set[str]]:
+    return [set(group_stats(g)["adapters"]) for g in GROUPS]
+
+
+def test_models_list(client, demo):
+    models = {m.id: m for m in client.models.list().data}
+    assert models[MODEL].parent is None and models[MODEL].root == str(demo / "model")
+    a = models["demo-r4-attn"]
+    assert a.parent == MODEL and a.root == str(demo / "adapters" / "demo-r4-attn")
+    assert {"demo-r1-qv", "demo-r64-all"} <= set(models)
+
+
+def test_load_use_unload(http, client, llm, roots):
+    r = http.post("/v1/load_lora_adapter", json={"lora_name": "loaded-r8", "lora_path": str(roots / "copy-r8")})
+    assert r.status_code == 200, r.text
+    assert all("loaded-r8" in s for s in _adapters_everywhere())
+    models = {m.id: m for m in client.models.list().data}
+    assert models["loaded-r8"].parent == MODEL and models["loaded-r8"].root == str((roots / "copy-r8").resolve())
+    out = client.completions.create(model="loaded-r8", prompt="Hello, world!", max_tokens=10, temperature=0)
+    assert out.choices[0].text == greedy(llm, "Hello, world!", "demo-r8-mlp", 10).text   # same weights
+    _err(http.post("/v1/load_lora_adapter", json={"lora_name": "loaded-r8", "lora_path": str(roots / "copy-r8")}),
+         400)                                                                            # already loaded
+    r = http.post("/v1/unload_lora_adapter", json={"lora_name": "loaded-r8"})
+    assert r.status_code == 200, r.text
+    assert not any("loaded-r8" in s for s in _adapters_everywhere())
+    _err(http.post("/v1/completions", json={"model": "loaded-r8", "prompt": "x", "max_tokens": 2}), 404)
+    _err(http.post("/v1/unload_lora_adapter", json={"lora_name": "loaded-r8"}), 404)
+
+
+@pytest.mark.parametrize("name,why", [("pickled", "pickle"), ("rank128", "max_lora_rank"),
+                                      ("link-out", "outside"), ("../outside", "outside")])
+def test_refused_adapters_leave_nothing(http, roots, demo, name, why):
+    path = str(roots / name)
+    e = _err(http.post("/v1/load_lora_adapter", json={"lora_name": f"bad-{name}", "lora_path": path}), 400)
+    assert why in e["message"]
+    assert not any(f"bad-{name}" in s for s in _adapters_everywhere())
+    # a demo adapter path is outside the configured roots too
+    _err(http.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(demo / "adapters" / "demo-r1-qv")}),
+         400)
+
+
+def test_adapter_clustered_on_its_affine_group(http, client, roots):
+    """While load is low, every request of one adapter goes to the group it hashes to."""
+    assert http.post("/v1/load_lora_adapter", json={"lora_name": "routed-x",
+                                                    "lora_path": str(roots / "routed")}).status_code == 200
+    want = rendezvous_order("routed-x", GROUPS)[0]
+    other = next(g for g in GROUPS if g != want)
+    before = {g: group_stats(g)["pool"]["loads"] + group_stats(g)["pool"]["hits"] for g in GROUPS}
+    for i in range(4):
+        client.completions.create(model="routed-x", prompt=f"request {i}", max_tokens=3, temperature=0)
+    stats = {g: group_stats(g) for g in GROUPS}
+    assert "routed-x" in stats[want]["resident_adapters"]
+    assert "routed-x" not in stats[other]["resident_adapters"]
+    assert stats[want]["pool"]["loads"] + stats[want]["pool"]["hits"] - before[want] == 4
+    assert stats[other]["pool"]["loads"] + stats[other]["pool"]["hits"] == before[other]
+
+
+def test_disconnect_aborts_and_frees_pages(http):
+    before = {g: group_stats(g)["metrics"]["counters"]["requests_aborted"] for g in GROUPS}
+    with http.stream("POST", "/v1/completions", json={"model": MODEL, "prompt": "Hello", "max_tokens": 1000,
+                                                      "ignore_eos": True, "stream": True}) as r:
+        assert r.status_code == 200
+        it = r.iter_lines()
+        next(ln for ln in it if ln.startswith("data: "))
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        stats = [group_stats(g) for g in GROUPS]
+        aborted = sum(s["metrics"]["counters"]["requests_aborted"] - before[s["name"]] for s in stats)
+        idle = all(s["queue"]["running"] == 0 and s["queue"]["waiting"] == 0 and s["pool"]["kv"] == 0 for s in stats)
+        if aborted >= 1 and idle:
+            break
+        time.sleep(0.2)
+    assert aborted >= 1 and idle, stats
+
+
+def test_metrics_after_traffic(http):
+    text = httpx.get(f"{BASE}/metrics").text      # open, like /health
+    for name in ("sloray_time_to_first_token_seconds_count", "sloray_inter_token_latency_seconds_bucket",
+                 "sloray_e2e_request_latency_seconds_sum", "sloray_request_queue_time_seconds_count",
+                 "sloray_num_requests_running", "sloray_num_requests_waiting", "sloray_requests_aborted_total",
+                 "sloray_adapter_loads_total", "sloray_adapter_hits_total", "sloray_adapter_evictions_total",
+                 "sloray_distinct_adapters_per_batch_bucket", "sloray_generation_tokens_total"):
+        assert name in text, name
+    for kind in ("kv", "adapter", "free"):
+        assert f'kind="{kind}"' in text
+    ttft = sum(float(ln.split()[-1]) for ln in text.splitlines()
+               if ln.startswith("sloray_time_to_first_token_seconds_count"))
+    assert ttft >= 10
+    # both groups served traffic and report it
+    for g in GROUPS:
+        assert f'sloray_group_up{{group="{g}",model_name="sloray-demo"}} 1.0' in text
