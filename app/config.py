@@ -26,6 +26,8 @@ class SchedulerConfig(BaseModel):
     max_num_seqs: int = Field(64, ge=1, description="requests running at once")
     max_num_batched_tokens: int = Field(2048, ge=16, description="tokens per step (prefill chunks + decodes)")
     max_model_len: int | None = Field(None, ge=2, description="prompt + output tokens; None = model's limit")
+    ttft_slo_s: float | None = Field(None, gt=0, description="early abort (S-LoRA): a queued request that has "
+                                     "produced no token and waited longer than this is dropped; None = FCFS")
 
 
 class LoRAConfig(BaseModel):

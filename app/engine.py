@@ -143,6 +143,8 @@ class Engine:
             if reason:
                 self.scheduler.finish(req, reason)
             outputs.append(self._output(req))
+        outputs += [self._output(req) for req in self.scheduler.early_aborted]
+        self.scheduler.early_aborted.clear()
         for req in [r for r in self.requests.values() if r.finished]:
             del self.requests[req.request_id]
             self.detok.pop(req.request_id, None)

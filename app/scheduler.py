@@ -62,6 +62,8 @@ class Scheduler:
         self._finished_ids: list[str] = []
         self.num_preemptions = 0
         self.num_prefetches = 0
+        self.num_early_aborts = 0
+        self.early_aborted: list[Request] = []   # drained by the engine, which reports them
 
     # ---- queue -----------------------------------------------------------------------------------
     def pages_to_fit(self, req: Request) -> int:
@@ -135,6 +137,8 @@ class Scheduler:
                 budget -= n
                 i += 1
 
+        if self.cfg.ttft_slo_s is not None:
+            self._early_abort()
         adapters = {r.adapter for r in self.running if r.adapter}
         while self.waiting and not out.preempted_ids and budget > 0 \
                 and len(self.running) < self.cfg.max_num_seqs:
@@ -174,6 +178,17 @@ class Scheduler:
                 kv_pages=list(self.pool.kv_pages(req.request_id)), adapter=req.adapter,
                 sample=start + n == req.num_tokens, params=req.params))
         return out
+
+    def _early_abort(self) -> None:
+        """Drops queued requests that can no longer meet their first-token deadline (S-LoRA's early
+        abort), so that the capacity goes to requests that still can."""
+        now = time.monotonic()
+        for req in list(self.waiting):
+            if not req.output_token_ids and now - req.arrival_time > self.cfg.ttft_slo_s:
+                self.waiting.remove(req)
+                self.finish(req, "abort")
+                self.early_aborted.append(req)
+                self.num_early_aborts += 1
 
     def _prefetch(self, out: SchedulerOutput) -> None:
         """Loads the adapters of the next queued requests into pages that are free now (never evicting,

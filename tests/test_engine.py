@@ -185,3 +185,20 @@ def test_incremental_detokenizer_matches_full_decode(llm):
     for i in range(1, len(ids) + 1):
         d.add(ids[:i])
     assert d.text == tok.decode(ids)
+
+
+def test_early_abort_drops_requests_past_their_deadline(demo):
+    llm = LLM(model=str(demo / "model"), device="cpu", dtype="float32",
+              scheduler={"ttft_slo_s": 5.0, "max_num_seqs": 1})
+    e = llm.engine
+    import time as _time
+
+    late = e.add_request([5, 6], greedy(3), arrival_time=_time.monotonic() - 10)
+    ok = e.add_request([5, 6], greedy(3))
+    outs = e.step()
+    aborted = [o for o in outs if o.request_id == late]
+    assert aborted and aborted[0].finished and aborted[0].finish_reason == "abort" and not aborted[0].token_ids
+    while e.has_unfinished():
+        outs += e.step()
+    assert [o for o in outs if o.request_id == ok][-1].finish_reason == "length"
+    assert e.scheduler.num_early_aborts == 1 and e.is_idle_clean()
