@@ -1,0 +1,368 @@
+"""Tensor-parallel executor: one `ModelRunner` shard per Ray actor, driven step by step from the TP-group
+replica over torch.distributed, not over Ray calls.
+
+    TPExecutor (driver = the Serve replica, control rank 0)
+        |  every step: broadcast the pickled SchedulerOutput        (CPU gloo "control" group, tp + 1 ranks)
+        v
+    RankActor tp-rank 0 .. N-1  (control ranks 1..N)  run ModelRunner.execute(out) in a loop started once
+        |  forward-pass collectives                                  (NCCL on GPU, gloo on CPU: ParallelState)
+        v
+    tp-rank 0 sends [status, execute_ns, tokens...] back to the driver (control send/recv)
+
+Adapters: `add_adapter` packs one S-LoRA-TP shard per rank, `ray.put`s each (the object store holds every
+adapter in host memory) and hands each actor only its own shard's ObjectRef; add/remove happen between
+steps as ordinary Ray calls. The executor keeps the ObjectRefs until the adapter is removed.
+
+Rendezvous: the driver hosts a TCPStore on a port the OS picks (port 0), so groups sharing a node never
+collide; the control group and the TP group use disjoint key prefixes of that store. No fixed ports, no
+fixed names, no process-global state in the driver (the control group is a bare ProcessGroupGloo that is
+never registered as torch.distributed's default group; only each actor process has a default group: its
+TP group).
+
+Per-step control overhead is measured in `ControlStats` (`executor.control`): time the driver spends in
+broadcast + waiting for the reply, against the time tp-rank 0 spent in `execute`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import ray
+import torch
+import torch.distributed as dist
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from app.config import EngineConfig
+from app.lora.adapter import LoRAWeights, PackedAdapter, pack_adapter
+from app.scheduler import SchedulerOutput
+
+HEAD_BYTES = 16 << 10            # first broadcast of a step: 8-byte length + the payload if it fits
+STATUS_OK, STATUS_ERROR = 0, 1
+_LOCALHOST = "127.0.0.1"
+
+
+def _gloo_group(store: dist.Store, prefix: str, rank: int, size: int, host: str,
+                timeout: timedelta) -> dist.ProcessGroupGloo:
+    """A stand-alone gloo group bound to `host` (not torch.distributed's default group)."""
+    opts = dist.ProcessGroupGloo._Options()
+    opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
+    opts._timeout = timeout
+    return dist.ProcessGroupGloo(dist.PrefixStore(prefix, store), rank, size, opts)
+
+
+class ControlChannel:
+    """Messages from control rank 0 to all, and tp-rank 0's replies, over a CPU gloo group.
+
+    A message is one broadcast of HEAD_BYTES (int64 length, then the pickle) plus, only when the pickle
+    does not fit, a second broadcast of the rest. `None` is the stop message."""
+
+    def __init__(self, pg: dist.ProcessGroupGloo):
+        self.pg = pg
+        self.head = torch.zeros(HEAD_BYTES, dtype=torch.uint8)
+        self._head_np = self.head.numpy()
+        self._bopts = dist.BroadcastOptions()
+        self._bopts.rootRank = 0
+        self._bopts.rootTensor = 0
+
+    def _bcast(self, t: torch.Tensor) -> None:
+        self.pg.broadcast([t], self._bopts).wait()
+
+    def send(self, obj) -> int:
+        """Root side: broadcasts `obj`; returns the pickle's size in bytes."""
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        n, cap = len(data), HEAD_BYTES - 8
+        k = min(n, cap)
+        self._head_np[:8].view(np.int64)[0] = n
+        self._head_np[8:8 + k] = np.frombuffer(data, dtype=np.uint8, count=k)
+        self._bcast(self.head)
+        if n > cap:
+            self._bcast(torch.frombuffer(bytearray(data[cap:]), dtype=torch.uint8))
+        return n
+
+    def recv(self):
+        """Non-root side: the next broadcast message."""
+        self._bcast(self.head)
+        n, cap = int(self._head_np[:8].view(np.int64)[0]), HEAD_BYTES - 8
+        data = self._head_np[8:8 + min(n, cap)].tobytes()
+        if n > cap:
+            tail = torch.empty(n - cap, dtype=torch.uint8)
+            self._bcast(tail)
+            data += tail.numpy().tobytes()
+        return pickle.loads(data)
+
+    def send_reply(self, status: int, execute_ns: int, tokens: list[int]) -> None:
+        self.pg.send([torch.tensor([status, execute_ns, *tokens], dtype=torch.int64)], 0, 0).wait()
+
+    def recv_reply(self, num_tokens: int) -> tuple[int, int, list[int]]:
+        t = torch.empty(2 + num_tokens, dtype=torch.int64)
+        self.pg.recv([t], 1, 0).wait()
+        v = t.tolist()
+        return v[0], v[1], v[2:]
+
+
+@dataclass
+class ControlStats:
+    """Per-step control cost seen by the driver (seconds, summed over `steps`)."""
+    steps: int = 0
+    broadcast_s: float = 0.0     # pickling + broadcasting the SchedulerOutput
+    reply_s: float = 0.0         # from the end of the broadcast to the tokens' arrival
+    execute_s: float = 0.0       # tp-rank 0's ModelRunner.execute (its own clock)
+    payload_bytes: int = 0
+
+    @property
+    def overhead_s(self) -> float:
+        """Driver-observed step time not spent in tp-rank 0's execute: the control path's cost."""
+        return self.broadcast_s + self.reply_s - self.execute_s
+
+    def summary(self) -> dict:
+        n = max(1, self.steps)
+        return {"steps": self.steps, "broadcast_us": 1e6 * self.broadcast_s / n,
+                "reply_wait_us": 1e6 * self.reply_s / n, "execute_us": 1e6 * self.execute_s / n,
+                "overhead_us": 1e6 * self.overhead_s / n, "payload_bytes": self.payload_bytes / n}
+
+
+# ---- the rank actor ---------------------------------------------------------------------------------
+class RankActor:
+    """One tensor-parallel rank: its TP process group (the process's default group), its ModelRunner
+    shard and a control-group endpoint. `run_loop` executes steps until the stop message; adapters are
+    added and removed by other calls between steps (the actor runs two calls at once)."""
+
+    def __init__(self, cfg: dict, rank: int, world_size: int, device: str):
+        self.cfg = EngineConfig(**cfg).model_copy(update={"device": device})
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.local_gpu = None
+        if device == "cuda":
+            gpu = str(ray.get_gpu_ids()[0])
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            self.local_gpu = visible.split(",").index(gpu) if visible else int(gpu)
+            torch.cuda.set_device(self.local_gpu)
+        self.runner = None
+        self.ctrl: ControlChannel | None = None
+
+    def _set_device(self) -> None:
+        if self.local_gpu is not None:   # the current device is per thread; Ray may switch threads
+            torch.cuda.set_device(self.local_gpu)
+
+    def node_ip(self) -> str:
+        return ray.util.get_node_ip_address()
+
+    def setup(self, store_host: str, store_port: int, bind_host: str, timeout_s: float) -> dict:
+        """Joins the control group (rank + 1), then the TP group, then loads this rank's shard."""
+        from app.model.context import ParallelState
+        from app.runner import ModelRunner
+
+        self._set_device()
+        timeout = timedelta(seconds=timeout_s)
+        store = dist.TCPStore(store_host, store_port, None, False, timeout=timeout)
+        self.ctrl = ControlChannel(_gloo_group(store, "ctrl/", self.rank + 1, self.world_size + 1,
+                                               bind_host, timeout))
+        backend = "nccl" if self.device == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.PrefixStore("tp/", store), rank=self.rank,
+                                world_size=self.world_size, timeout=timeout,
+                                device_id=torch.device("cuda", self.local_gpu) if self.device == "cuda" else None)
+        tp = ParallelState(rank=self.rank, world_size=self.world_size, group=dist.group.WORLD)
+        self.runner = ModelRunner(self.cfg, tp=tp, device=self.device)
+        r = self.runner
+        return {"num_pages": r.num_pages, "page_size": r.page_size, "page_elems": r.page_elems,
+                "dtype": str(r.dtype).removeprefix("torch.")}
+
+    def run_loop(self) -> dict:
+        """Receives and executes steps until the stop message. Returns this rank's step count."""
+        self._set_device()
+        steps = 0
+        while True:
+            out = self.ctrl.recv()
+            if out is None:
+                return {"steps": steps}
+            t0 = time.perf_counter_ns()
+            try:
+                tokens = self.runner.execute(out)
+            except BaseException:
+                if self.rank == 0:
+                    self.ctrl.send_reply(STATUS_ERROR, 0, [])
+                elif self.device == "cpu":
+                    dist.destroy_process_group()   # closes gloo pairs: tp-rank 0 fails instead of hanging
+                raise
+            steps += 1
+            if self.rank == 0:
+                self.ctrl.send_reply(STATUS_OK, time.perf_counter_ns() - t0, tokens)
+
+    def add_adapter(self, name: str, shard_ref: list) -> int:
+        """Fetches this rank's shard (and only it) from the object store; returns its page count."""
+        self._set_device()
+        packed: PackedAdapter = ray.get(shard_ref[0])
+        if self.device == "cuda":   # page fills copy from pinned memory (async, side stream)
+            pinned = torch.empty(packed.data.shape, dtype=packed.data.dtype, pin_memory=True)
+            pinned.copy_(packed.data)
+            packed = dataclasses.replace(packed, data=pinned)
+        self.runner.add_packed(name, packed)
+        return packed.layout.num_pages
+
+    def remove_adapter(self, name: str) -> None:
+        self.runner.remove_adapter(name)
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ---- the executor (driver side) ---------------------------------------------------------------------
+class TPExecutor:
+    """The `Engine` executor of a tensor-parallel group: `num_pages`, `page_size`, `execute`,
+    `add_adapter`, `remove_adapter`, `shutdown` (see app/engine.py)."""
+
+    def __init__(self, cfg: EngineConfig, tensor_parallel_size: int, placement_group: PlacementGroup | None = None,
+                 timeout_s: float = 600.0):
+        if tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+        self.cfg = cfg
+        self.tp_size = n = tensor_parallel_size
+        self.control = ControlStats()
+        self._adapter_refs: dict[str, list[ray.ObjectRef]] = {}
+        self._actors: list = []
+        self._loops: list[ray.ObjectRef] = []
+        self._ch: ControlChannel | None = None
+        self._store = None
+        self._failed: BaseException | None = None
+        self._closed = False
+
+        if placement_group is None:
+            gpu = self._wants_gpu(cfg, None)
+            bundle = {"GPU": 1, "CPU": 1} if gpu else {"CPU": 1}
+            self.pg, self._own_pg = placement_group_for(n, bundle), True
+        else:
+            gpu = self._wants_gpu(cfg, placement_group)
+            self.pg, self._own_pg = placement_group, False
+        self.device = "cuda" if gpu else "cpu"
+        try:
+            if not self.pg.wait(timeout_s):
+                raise RuntimeError(f"placement group of {n} bundles ({self.pg.bundle_specs[0]}) was not "
+                                   f"ready after {timeout_s:.0f} s: not enough resources in the cluster")
+            self._start(timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    @staticmethod
+    def _wants_gpu(cfg: EngineConfig, pg: PlacementGroup | None) -> bool:
+        if cfg.device != "auto":
+            return cfg.device == "cuda"
+        if pg is not None:
+            return all(b.get("GPU", 0) >= 1 for b in pg.bundle_specs)
+        return ray.cluster_resources().get("GPU", 0) >= 1
+
+    def _start(self, timeout_s: float) -> None:
+        n = self.tp_size
+        actor_cls = ray.remote(RankActor)
+        cfg = self.cfg.model_dump()
+        self._actors = [
+            actor_cls.options(
+                num_cpus=1, num_gpus=1 if self.device == "cuda" else 0, max_concurrency=2,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+            ).remote(cfg, i, n, self.device)
+            for i in range(n)
+        ]
+        # The actors are alive (their __init__ ran) before anyone blocks in a rendezvous.
+        ips = ray.get([a.node_ip.remote() for a in self._actors], timeout=timeout_s)
+        my_ip = ray.util.get_node_ip_address()
+        local = all(ip == my_ip for ip in ips)
+        host = _LOCALHOST if local else my_ip
+        timeout = timedelta(seconds=timeout_s)
+        self._store = dist.TCPStore(host, 0, None, True, timeout=timeout,
+                                    wait_for_workers=False)
+        setups = [a.setup.remote(host, self._store.port, _LOCALHOST if local else ip, timeout_s)
+                  for a, ip in zip(self._actors, ips)]
+        self._ch = ControlChannel(_gloo_group(self._store, "ctrl/", 0, n + 1, host, timeout))
+        infos = ray.get(setups, timeout=timeout_s)
+        # ModelRunner already agrees on min(num_pages) over the TP group; check it did.
+        if len({(i["num_pages"], i["page_elems"], i["dtype"]) for i in infos}) != 1:
+            raise RuntimeError(f"ranks disagree on the pool: {infos}")
+        self.num_pages = infos[0]["num_pages"]
+        self.page_size = infos[0]["page_size"]
+        self.page_elems = infos[0]["page_elems"]
+        self.dtype = getattr(torch, infos[0]["dtype"])
+        self._loops = [a.run_loop.remote() for a in self._actors]
+
+    # ---- the step --------------------------------------------------------------------------------
+    def execute(self, out: SchedulerOutput) -> list[int]:
+        if self._failed is not None or self._ch is None:
+            raise RuntimeError("the tensor-parallel group is not running") from self._failed
+        if not (out.seqs or out.adapter_loads or out.finished_ids or out.preempted_ids):
+            return []
+        num_tokens = sum(1 for s in out.seqs if s.sample)
+        t0 = time.perf_counter()
+        size = self._ch.send(out)
+        t1 = time.perf_counter()
+        try:
+            status, execute_ns, tokens = self._ch.recv_reply(num_tokens)
+        except Exception as e:   # tp-rank 0's process died: its pair closed
+            self._failed = e
+            raise RuntimeError("tensor-parallel rank 0 is gone") from e
+        t2 = time.perf_counter()
+        if status != STATUS_OK:
+            self._fail()
+        c = self.control
+        c.steps += 1
+        c.broadcast_s += t1 - t0
+        c.reply_s += t2 - t1
+        c.execute_s += execute_ns * 1e-9
+        c.payload_bytes += size
+        return tokens
+
+    def _fail(self) -> None:
+        """tp-rank 0 reported an exception: surface it (its loop call ended with it)."""
+        try:
+            ray.get(self._loops[0], timeout=60)
+            err: BaseException = RuntimeError("tensor-parallel rank 0 failed")
+        except Exception as e:  # noqa: BLE001 - the rank's exception, re-raised below
+            err = e
+        self._failed = err
+        raise RuntimeError(f"tensor-parallel step failed on rank 0: {err}") from err
+
+    # ---- adapters --------------------------------------------------------------------------------
+    def add_adapter(self, name: str, weights: LoRAWeights) -> int:
+        """Packs one shard per rank into the object store; each actor fetches its own. Returns the
+        adapter's page count (the same on every rank)."""
+        refs = [ray.put(pack_adapter(weights, self.page_elems, self.dtype, r, self.tp_size))
+                for r in range(self.tp_size)]
+        pages = ray.get([a.add_adapter.remote(name, [ref]) for a, ref in zip(self._actors, refs)])
+        if len(set(pages)) != 1:
+            raise RuntimeError(f"adapter {name!r}: ranks disagree on its page count {pages}")
+        self._adapter_refs[name] = refs
+        return pages[0]
+
+    def remove_adapter(self, name: str) -> None:
+        ray.get([a.remove_adapter.remote(name) for a in self._actors])
+        self._adapter_refs.pop(name, None)   # the last ObjectRefs: the object store frees the shards
+
+    # ---- teardown --------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stops the rank loops, kills the actors and (if it made it) removes the placement group."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._ch is not None and self._failed is None and self._loops:
+            try:
+                self._ch.send(None)
+                ray.get(self._loops, timeout=30)
+                ray.get([a.close.remote() for a in self._actors], timeout=30)
+            except Exception:  # noqa: BLE001 - best effort: the actors are killed below anyway
+                pass
+        for a in self._actors:
+            ray.kill(a)
+        self._actors, self._loops, self._ch, self._store = [], [], None, None
+        self._adapter_refs.clear()
+        if self._own_pg:
+            remove_placement_group(self.pg)
+
+
+def placement_group_for(tensor_parallel_size: int, bundle: dict) -> PlacementGroup:
+    """`tensor_parallel_size` bundles on one node (STRICT_PACK): NVLink/PCIe between the ranks."""
+    return placement_group([dict(bundle) for _ in range(tensor_parallel_size)], strategy="STRICT_PACK")
