@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 
 from app.config import EngineConfig
 from app.lora.adapter import LORA_GROUPS, LoRAWeights, PackedAdapter, pack_adapter
@@ -61,14 +62,22 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self)
 
     def _size_pool(self) -> int:
+        """Pages in this rank's pool. Under tensor parallelism every rank must hold the same page ids,
+        so the ranks agree on the smallest of the sizes each computed from its own free memory."""
         page_bytes = self.args.num_layers * self.page_elems * torch.finfo(self.dtype).bits // 8
         if self.cfg.pool.num_pages is not None:
             return self.cfg.pool.num_pages
         if self.device == "cuda":
             free, _ = torch.cuda.mem_get_info()
             reserve = 1 << 30   # activations and logits of one step
-            return max(2, int((free - reserve) * self.cfg.pool.gpu_memory_fraction) // page_bytes)
-        return max(2, self.cfg.pool.cpu_pool_bytes // page_bytes)
+            n = max(2, int((free - reserve) * self.cfg.pool.gpu_memory_fraction) // page_bytes)
+        else:
+            n = max(2, self.cfg.pool.cpu_pool_bytes // page_bytes)
+        if self.tp.world_size > 1:
+            t = torch.tensor([n], dtype=torch.int64, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.tp.group)
+            n = int(t.item())
+        return n
 
     # ---- adapters (this rank's shards) -----------------------------------------------------------
     def add_adapter(self, name: str, weights: LoRAWeights) -> int:
