@@ -3,7 +3,8 @@
 In:  a directory with `adapter_config.json` + `adapter_model.safetensors` (never pickle).
 Out: `LoRAWeights` (float32 A/B per target, all layers) and, per tensor-parallel rank,
      `PackedAdapter`: the adapter's virtual element buffer of every layer ([L, n_pages * page_elems],
-     the layout of kernels/lora.py) plus its `AdapterLayout` (offsets and ranks per target).
+     the layout of kernels/lora.py) plus its `AdapterLayout` (offsets and ranks per target). Every A and
+     B^T block starts at a multiple of ALIGN = 64 elements.
 
 Tensor parallelism (S-LoRA §6): column-parallel targets (q/k/v/gate/up) split A's rows (the rank,
 padded to a multiple of the TP size with zero rows) and B's output rows; row-parallel targets (o/down)
@@ -212,6 +213,13 @@ def shard_target(module: str, A: torch.Tensor, B: torch.Tensor, tp_rank: int, tp
     return A[:, :, tp_rank * ib:(tp_rank + 1) * ib], Bt[:, :, tp_rank * ob:(tp_rank + 1) * ob]
 
 
+ALIGN = 64   # every A / B^T block starts at a multiple of 64 virtual elements (kernels may vectorise)
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
 def pack_adapter(w: LoRAWeights, page_elems: int, dtype: torch.dtype, tp_rank: int = 0,
                  tp_size: int = 1, pin: bool = False) -> PackedAdapter:
     """Lays this TP rank's shard of every target into one virtual buffer per layer (kernels/lora.py)."""
@@ -222,13 +230,15 @@ def pack_adapter(w: LoRAWeights, page_elems: int, dtype: torch.dtype, tp_rank: i
         if module not in w.targets:
             continue
         a, bt = shard_target(module, *w.targets[module], tp_rank, tp_size)
-        layout.targets[module] = TargetLayout(rank_a=a.shape[1], rank_b=bt.shape[1], a_off=off,
-                                              b_off=off + a[0].numel())
-        off += a[0].numel() + bt[0].numel()
-        pieces += [a.reshape(a.shape[0], -1), bt.reshape(bt.shape[0], -1)]
+        a_off = off
+        b_off = _align(a_off + a[0].numel())
+        off = _align(b_off + bt[0].numel())
+        layout.targets[module] = TargetLayout(rank_a=a.shape[1], rank_b=bt.shape[1], a_off=a_off, b_off=b_off)
+        pieces += [(a_off, a.reshape(a.shape[0], -1)), (b_off, bt.reshape(bt.shape[0], -1))]
     layout.elems = off
     layout.num_pages = max(1, -(-off // page_elems))
-    L = pieces[0].shape[0]
+    L = pieces[0][1].shape[0]
     data = torch.zeros(L, layout.num_pages * page_elems, dtype=dtype, pin_memory=pin)
-    data[:, :off] = torch.cat(pieces, 1).to(dtype)
+    for start, t in pieces:
+        data[:, start:start + t.shape[1]] = t.to(dtype)
     return PackedAdapter(layout=layout, data=data, scale=w.scale, rank=w.rank)
