@@ -308,5 +308,6 @@ class SLoRAGroup:
                 pass
 
 
+# The ingresses poll stats() a few times a second: no access log line per call.
 GroupDeployment = serve.deployment(SLoRAGroup, name="SLoRAGroup", num_replicas=1, max_ongoing_requests=1024,
-                                   health_check_period_s=10)
+                                   health_check_period_s=10, logging_config={"enable_access_log": False})
