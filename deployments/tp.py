@@ -60,12 +60,13 @@ def _gloo_group(store: dist.Store, prefix: str, rank: int, size: int, host: str,
 class ControlChannel:
     """Messages from control rank 0 to all, and tp-rank 0's replies, over a CPU gloo group.
 
-    A message is one broadcast of HEAD_BYTES (int64 length, then the pickle) plus, only when the pickle
+    A message is one broadcast of `head_bytes` (int64 length, then the pickle) plus, only when the pickle
     does not fit, a second broadcast of the rest. `None` is the stop message."""
 
-    def __init__(self, pg: dist.ProcessGroupGloo):
+    def __init__(self, pg: dist.ProcessGroupGloo, head_bytes: int = HEAD_BYTES):
         self.pg = pg
-        self.head = torch.zeros(HEAD_BYTES, dtype=torch.uint8)
+        self.head_bytes = head_bytes
+        self.head = torch.zeros(head_bytes, dtype=torch.uint8)
         self._head_np = self.head.numpy()
         self._bopts = dist.BroadcastOptions()
         self._bopts.rootRank = 0
@@ -77,7 +78,7 @@ class ControlChannel:
     def send(self, obj) -> int:
         """Root side: broadcasts `obj`; returns the pickle's size in bytes."""
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        n, cap = len(data), HEAD_BYTES - 8
+        n, cap = len(data), self.head_bytes - 8
         k = min(n, cap)
         self._head_np[:8].view(np.int64)[0] = n
         self._head_np[8:8 + k] = np.frombuffer(data, dtype=np.uint8, count=k)
@@ -89,7 +90,7 @@ class ControlChannel:
     def recv(self):
         """Non-root side: the next broadcast message."""
         self._bcast(self.head)
-        n, cap = int(self._head_np[:8].view(np.int64)[0]), HEAD_BYTES - 8
+        n, cap = int(self._head_np[:8].view(np.int64)[0]), self.head_bytes - 8
         data = self._head_np[8:8 + min(n, cap)].tobytes()
         if n > cap:
             tail = torch.empty(n - cap, dtype=torch.uint8)
@@ -115,6 +116,7 @@ class ControlStats:
     reply_s: float = 0.0         # from the end of the broadcast to the tokens' arrival
     execute_s: float = 0.0       # tp-rank 0's ModelRunner.execute (its own clock)
     payload_bytes: int = 0
+    split_messages: int = 0      # steps whose SchedulerOutput took a second broadcast
 
     @property
     def overhead_s(self) -> float:
@@ -125,7 +127,8 @@ class ControlStats:
         n = max(1, self.steps)
         return {"steps": self.steps, "broadcast_us": 1e6 * self.broadcast_s / n,
                 "reply_wait_us": 1e6 * self.reply_s / n, "execute_us": 1e6 * self.execute_s / n,
-                "overhead_us": 1e6 * self.overhead_s / n, "payload_bytes": self.payload_bytes / n}
+                "overhead_us": 1e6 * self.overhead_s / n, "payload_bytes": self.payload_bytes / n,
+                "split_messages": self.split_messages}
 
 
 # ---- the rank actor ---------------------------------------------------------------------------------
@@ -153,7 +156,8 @@ class RankActor:
     def node_ip(self) -> str:
         return ray.util.get_node_ip_address()
 
-    def setup(self, store_host: str, store_port: int, bind_host: str, timeout_s: float) -> dict:
+    def setup(self, store_host: str, store_port: int, bind_host: str, timeout_s: float,
+              head_bytes: int = HEAD_BYTES) -> dict:
         """Joins the control group (rank + 1), then the TP group, then loads this rank's shard."""
         from app.model.context import ParallelState
         from app.runner import ModelRunner
@@ -162,7 +166,7 @@ class RankActor:
         timeout = timedelta(seconds=timeout_s)
         store = dist.TCPStore(store_host, store_port, None, False, timeout=timeout)
         self.ctrl = ControlChannel(_gloo_group(store, "ctrl/", self.rank + 1, self.world_size + 1,
-                                               bind_host, timeout))
+                                               bind_host, timeout), head_bytes)
         backend = "nccl" if self.device == "cuda" else "gloo"
         dist.init_process_group(backend, store=dist.PrefixStore("tp/", store), rank=self.rank,
                                 world_size=self.world_size, timeout=timeout,
@@ -219,12 +223,15 @@ class TPExecutor:
     `add_adapter`, `remove_adapter`, `shutdown` (see app/engine.py)."""
 
     def __init__(self, cfg: EngineConfig, tensor_parallel_size: int, placement_group: PlacementGroup | None = None,
-                 timeout_s: float = 600.0):
+                 timeout_s: float = 600.0, control_head_bytes: int = HEAD_BYTES):
+        """`control_head_bytes`: size of each step's first broadcast; larger SchedulerOutputs take a second
+        one. `timeout_s`: how long to wait for the placement group, the actors and every rendezvous."""
         if tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
         self.cfg = cfg
         self.tp_size = n = tensor_parallel_size
         self.control = ControlStats()
+        self.head_bytes = control_head_bytes
         self._adapter_refs: dict[str, list[ray.ObjectRef]] = {}
         self._actors: list = []
         self._loops: list[ray.ObjectRef] = []
@@ -277,9 +284,9 @@ class TPExecutor:
         timeout = timedelta(seconds=timeout_s)
         self._store = dist.TCPStore(host, 0, None, True, timeout=timeout,
                                     wait_for_workers=False)
-        setups = [a.setup.remote(host, self._store.port, _LOCALHOST if local else ip, timeout_s)
+        setups = [a.setup.remote(host, self._store.port, _LOCALHOST if local else ip, timeout_s, self.head_bytes)
                   for a, ip in zip(self._actors, ips)]
-        self._ch = ControlChannel(_gloo_group(self._store, "ctrl/", 0, n + 1, host, timeout))
+        self._ch = ControlChannel(_gloo_group(self._store, "ctrl/", 0, n + 1, host, timeout), self.head_bytes)
         infos = ray.get(setups, timeout=timeout_s)
         # ModelRunner already agrees on min(num_pages) over the TP group; check it did.
         if len({(i["num_pages"], i["page_elems"], i["dtype"]) for i in infos}) != 1:
@@ -314,6 +321,7 @@ class TPExecutor:
         c.reply_s += t2 - t1
         c.execute_s += execute_ns * 1e-9
         c.payload_bytes += size
+        c.split_messages += size > self.head_bytes - 8
         return tokens
 
     def _fail(self) -> None:

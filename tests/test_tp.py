@@ -1,0 +1,157 @@
+"""Tensor parallelism over Ray on the CPU: `Engine(cfg, executor=TPExecutor(cfg, 2))` (two rank actors,
+gloo TP group, gloo control group) gives exactly the greedy tokens of the single-process engine and of
+transformers + PEFT, in float32, for a mixed batch of adapters of several ranks (odd ones included:
+the column-parallel A/B are padded to a multiple of the TP size) and base-model requests; with a pool
+small enough to preempt; with an adapter added and removed at run time."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from app.config import EngineConfig  # noqa: E402
+from app.engine import Engine  # noqa: E402
+from app.lora.adapter import AdapterError  # noqa: E402
+from app.request import SamplingParams  # noqa: E402
+from deployments.tp import TPExecutor  # noqa: E402
+from tests.models import ADAPTERS, ALL, HFReference, make_model, make_peft_adapters  # noqa: E402
+
+# ranks 1 and 3 are odd (padded under TP=2); o/down are row-parallel, q/k/v/gate/up column-parallel
+SPECS = {
+    "a-r1-q": ADAPTERS["a-r1-q"],
+    "a-r3-all": (3, 6.0, ALL, False),
+    "a-r4-down": ADAPTERS["a-r4-down"],
+    "a-r16-ko-up": ADAPTERS["a-r16-ko-up"],
+    "a-r8-attn": ADAPTERS["a-r8-attn"],      # added and removed at run time
+}
+AT_START = ["a-r1-q", "a-r3-all", "a-r4-down", "a-r16-ko-up"]
+LATE = "a-r8-attn"
+
+
+@pytest.fixture(scope="module")
+def ray_cpu():
+    ray.init(num_cpus=4, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module", params=["gqa", "mha"])
+def setup(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"tp-{request.param}")
+    model = make_model(root, request.param)
+    adapters = make_peft_adapters(root, model, SPECS)
+    ref = HFReference(model, adapters)
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    rng = random.Random(5)
+    names = AT_START + [None]
+    reqs = []
+    for i in range(12):         # every adapter, 2 base-model requests, prompt lengths 1..33
+        ids = [rng.randrange(3, vocab) for _ in range(rng.choice([1, 3, 9, 17, 33]))]
+        reqs.append((ids, names[i % len(names)], rng.randint(4, 8)))
+    expected = [ref.greedy(ids, a, m) for ids, a, m in reqs]
+    return model, adapters, ref, reqs, expected
+
+
+def config(model, **kw) -> EngineConfig:
+    return EngineConfig(model=str(model), device="cpu", dtype="float32", **kw)
+
+
+def generate(engine: Engine, reqs) -> list[list[int]]:
+    ids = [engine.add_request(p, SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True), a)
+           for p, a, m in reqs]
+    done = {}
+    while engine.has_unfinished():
+        for o in engine.step():
+            if o.finished:
+                done[o.request_id] = o.token_ids
+    return [done[i] for i in ids]
+
+
+def make_engine(cfg: EngineConfig, adapters, names, tp: int | None = None, **executor_kw) -> Engine:
+    engine = Engine(cfg, executor=TPExecutor(cfg, tp, **executor_kw) if tp else None)
+    for n in names:
+        engine.add_adapter(n, adapters[n])
+    return engine
+
+
+def check(got, reqs, expected, what: str) -> None:
+    bad = [(i, reqs[i][1], g, e) for i, (g, e) in enumerate(zip(got, expected)) if g != e]
+    assert not bad, f"{what}: {len(bad)} of {len(reqs)} requests differ, first (i, adapter, got, want): {bad[0]}"
+
+
+@pytest.fixture(scope="module")
+def tp_engine(ray_cpu, setup):
+    model, adapters, *_ = setup
+    # pool sized from memory (num_pages None): the ranks agree on the smaller of their sizes
+    engine = make_engine(config(model, pool={"page_size": 4, "cpu_pool_bytes": 8 << 20}), adapters, AT_START, tp=2)
+    yield engine
+    engine.executor.shutdown()
+
+
+def test_tp2_equals_tp1_and_peft(setup, tp_engine):
+    model, adapters, ref, reqs, expected = setup
+    got = generate(tp_engine, reqs)
+    check(got, reqs, expected, "TP=2 vs transformers+PEFT")
+    tp1 = make_engine(tp_engine.cfg, adapters, AT_START)
+    check(generate(tp1, reqs), reqs, got, "TP=1 vs TP=2")
+    assert tp_engine.executor.num_pages == tp1.executor.num_pages * 2   # half the KV heads per rank
+    assert tp_engine.is_idle_clean()
+    tp_engine.pool.check()
+    c = tp_engine.executor.control
+    assert c.steps > 0 and c.execute_s > 0 and c.broadcast_s > 0
+    s = c.summary()
+    assert set(s) >= {"broadcast_us", "reply_wait_us", "execute_us", "overhead_us"}
+
+
+def test_adapter_added_and_removed_at_run_time(setup, tp_engine):
+    model, adapters, ref, reqs, expected = setup
+    ex = tp_engine.executor
+    info = tp_engine.add_adapter(LATE, adapters[LATE])
+    assert LATE in ex._adapter_refs and len(ex._adapter_refs[LATE]) == 2   # one shard per rank
+    late = [(ids, LATE, m) for ids, _, m in reqs[:3]] + reqs[3:6]
+    got = generate(tp_engine, late)
+    check(got, late, [ref.greedy(ids, a, m) for ids, a, m in late], "run-time adapter, TP=2")
+    assert info.num_pages > 0
+    tp_engine.remove_adapter(LATE)
+    assert LATE not in ex._adapter_refs and LATE not in tp_engine.adapters
+    with pytest.raises(KeyError):
+        tp_engine.add_request([5, 6, 7], SamplingParams(max_tokens=2), LATE)
+    with pytest.raises(AdapterError):
+        tp_engine.add_adapter("a-r1-q", adapters["a-r1-q"])   # already loaded: refused, nothing changes
+    # the others still serve, and the name can come back
+    check(generate(tp_engine, reqs[:5]), reqs[:5], expected[:5], "after removal, TP=2")
+    tp_engine.add_adapter(LATE, adapters[LATE])
+    check(generate(tp_engine, late[:2]), late[:2], [ref.greedy(ids, a, m) for ids, a, m in late[:2]], "re-added")
+    tp_engine.remove_adapter(LATE)
+
+
+def test_tp2_small_pool_preempts(ray_cpu, setup):
+    """A pool with room for the prompts but not the outputs: requests are preempted and recomputed, and
+    the adapters are evicted and reloaded; tokens still equal TP=1 and transformers+PEFT. The control
+    messages are made larger than the first broadcast, so they take the two-part path."""
+    model, adapters, ref, reqs, expected = setup
+    rng = random.Random(11)
+    small = ["a-r1-q", "a-r3-all", "a-r4-down", None]
+    extra = [([rng.randrange(3, 200) for _ in range(17)], small[i % 4], 10) for i in range(12)]
+    want = [ref.greedy(ids, a, m) for ids, a, m in extra]
+    names = [n for n in small if n]
+    probe = make_engine(config(model, pool={"page_size": 4, "num_pages": 4096}), adapters, names, tp=2)
+    sizes = {n: probe.adapters[n].num_pages for n in names}
+    probe.executor.shutdown()
+    pages = 12 * 5 + sum(sizes.values())      # 17-token prompts: 5 pages of 4 each
+    cfg = config(model, pool={"page_size": 4, "num_pages": pages}, scheduler={"max_num_batched_tokens": 512})
+    engine = make_engine(cfg, adapters, names, tp=2, control_head_bytes=256)
+    try:
+        got = generate(engine, extra)
+        check(got, extra, want, "TP=2 small pool vs transformers+PEFT")
+        assert engine.scheduler.num_preemptions > 0, "the pool was meant to be too small to avoid preemption"
+        assert engine.executor.control.split_messages > 0
+        assert engine.is_idle_clean()
+        engine.pool.check()
+    finally:
+        engine.executor.shutdown()
+    check(generate(make_engine(cfg, adapters, names), extra), extra, got, "TP=1 vs TP=2, small pool")
