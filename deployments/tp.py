@@ -131,6 +131,17 @@ class ControlStats:
                 "split_messages": self.split_messages}
 
 
+def forward_logits(runner, out: SchedulerOutput) -> torch.Tensor:
+    """One step's forward pass on this rank without sampling: float32 logits [sampled sequences, vocab]
+    (every TP rank calls it together; all ranks get the same, replicated lm_head). Test/debug path."""
+    runner._load_adapters(out)
+    batch = runner._host_batch(out)
+    with torch.inference_mode():
+        ctx, input_ids, positions = runner._device_batch(batch)
+        hidden = runner.model(input_ids, positions, ctx)
+        return runner.model.logits(hidden[batch.sample_rows])
+
+
 # ---- the rank actor ---------------------------------------------------------------------------------
 class RankActor:
     """One tensor-parallel rank: its TP process group (the process's default group), its ModelRunner
@@ -185,18 +196,26 @@ class RankActor:
             out = self.ctrl.recv()
             if out is None:
                 return {"steps": steps}
+            want_logits = isinstance(out, tuple)      # ("logits", out): the debug/test path
             t0 = time.perf_counter_ns()
             try:
-                tokens = self.runner.execute(out)
+                if want_logits:
+                    logits = forward_logits(self.runner, out[1])
+                    tokens = list(logits.shape)
+                else:
+                    tokens = self.runner.execute(out)
             except BaseException:
-                if self.rank == 0:
-                    self.ctrl.send_reply(STATUS_ERROR, 0, [])
+                if self.rank == 0:   # the reply has the size the driver expects
+                    n = 2 if want_logits else sum(1 for s in out.seqs if s.sample)
+                    self.ctrl.send_reply(STATUS_ERROR, 0, [0] * n)
                 elif self.device == "cpu":
                     dist.destroy_process_group()   # closes gloo pairs: tp-rank 0 fails instead of hanging
                 raise
             steps += 1
             if self.rank == 0:
                 self.ctrl.send_reply(STATUS_OK, time.perf_counter_ns() - t0, tokens)
+                if want_logits:
+                    self.ctrl.pg.send([logits.float().cpu().contiguous()], 0, 1).wait()
 
     def add_adapter(self, name: str, shard_ref: list) -> int:
         """Fetches this rank's shard (and only it) from the object store; returns its page count."""
@@ -323,6 +342,19 @@ class TPExecutor:
         c.payload_bytes += size
         c.split_messages += size > self.head_bytes - 8
         return tokens
+
+    def logits(self, out: SchedulerOutput) -> torch.Tensor:
+        """float32 logits [sequences with sample=True, vocab] of one step, from tp-rank 0, without sampling
+        (for tests and debugging; the step's KV and adapter loads happen as in `execute`)."""
+        if self._failed is not None or self._ch is None:
+            raise RuntimeError("the tensor-parallel group is not running") from self._failed
+        self._ch.send(("logits", out))
+        status, _, shape = self._ch.recv_reply(2)
+        if status != STATUS_OK:
+            self._fail()
+        logits = torch.empty(shape, dtype=torch.float32)
+        self._ch.pg.recv([logits], 1, 1).wait()
+        return logits
 
     def _fail(self) -> None:
         """tp-rank 0 reported an exception: surface it (its loop call ended with it)."""

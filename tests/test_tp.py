@@ -155,3 +155,21 @@ def test_tp2_small_pool_preempts(ray_cpu, setup):
     finally:
         engine.executor.shutdown()
     check(generate(make_engine(cfg, adapters, names), extra), extra, got, "TP=1 vs TP=2, small pool")
+
+
+def test_rank_error_surfaces(ray_cpu, setup):
+    """An exception in a rank's step (here: an adapter no rank knows) becomes a RuntimeError in the
+    driver instead of a hang; shutdown still cleans up."""
+    from app.scheduler import ScheduledSeq, SchedulerOutput
+
+    model, *_ = setup
+    ex = TPExecutor(config(model, pool={"page_size": 4, "num_pages": 64}), 2)
+    try:
+        seq = ScheduledSeq(request_id="x", token_ids=[5, 6], start_pos=0, kv_pages=[0], adapter="missing",
+                           sample=True, params=SamplingParams(max_tokens=1, temperature=0.0))
+        with pytest.raises(RuntimeError, match="rank 0"):
+            ex.execute(SchedulerOutput(seqs=[seq]))
+        with pytest.raises(RuntimeError, match="not running"):
+            ex.execute(SchedulerOutput(seqs=[seq]))
+    finally:
+        ex.shutdown()
