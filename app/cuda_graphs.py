@@ -28,7 +28,7 @@ class DecodeGraphs:
         cfg, args = runner.cfg, runner.args
         max_bs = min(cfg.scheduler.max_num_seqs, 512)
         self.buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b < max_bs] + [max_bs]
-        max_len = cfg.scheduler.max_model_len or args.max_position_embeddings
+        max_len = min(cfg.scheduler.max_model_len or args.max_len, args.max_len)
         self.kv_width = -(-max_len // runner.page_size)
         self.max_loras = cfg.lora.max_loras_per_batch
         self.max_rank = cfg.lora.max_lora_rank

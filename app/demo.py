@@ -54,7 +54,8 @@ def write_tokenizer(out: Path, vocab_size: int = 512) -> int:
     return tok.get_vocab_size()
 
 
-def write_model(out: Path, vocab_size: int, seed: int = 0, num_kv_heads: int = 2, **overrides) -> None:
+def write_model(out: Path, vocab_size: int, seed: int = 0, num_kv_heads: int = 2,
+                max_shard_size: str | None = None, **overrides) -> None:
     """A tiny random Llama written by transformers itself (config.json + model.safetensors)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -64,7 +65,8 @@ def write_model(out: Path, vocab_size: int, seed: int = 0, num_kv_heads: int = 2
     cfg.update(overrides)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
-    model.save_pretrained(str(out), safe_serialization=True)
+    kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(str(out), safe_serialization=True, **kw)
 
 
 def write_peft_adapter(out: Path, model_dir: Path, rank: int, alpha: float, targets: list[str],

@@ -49,7 +49,7 @@ class Engine:
         self.scheduler = Scheduler(cfg.scheduler, cfg.lora, self.pool, lambda n: self.adapters[n].num_pages)
         self.requests: dict[str, Request] = {}
         self.detok: dict[str, IncrementalDetokenizer] = {}
-        self.max_model_len = cfg.scheduler.max_model_len or self.args.max_position_embeddings
+        self.max_model_len = min(cfg.scheduler.max_model_len or self.args.max_len, self.args.max_len)
         eos = set(self.args.eos_token_id)
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)

@@ -24,7 +24,8 @@ ADAPTERS = {
 
 
 def make_model(root: Path, kind: str) -> Path:
-    """kind: 'gqa' (4 heads, 2 KV heads, Llama-3 rope scaling), 'mha' (4/4), 'qwen2' (q/k/v bias, GQA)."""
+    """kind: 'gqa' (4 heads, 2 KV heads, Llama-3 rope scaling), 'mha' (4/4, sharded safetensors with an
+    index), 'qwen2' (q/k/v bias, tied embeddings, GQA), 'mistral' (GQA, sliding window config)."""
     d = root / f"model-{kind}"
     if (d / "config.json").exists():
         return d
@@ -35,7 +36,8 @@ def make_model(root: Path, kind: str) -> Path:
                     rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
     elif kind == "mha":
-        write_model(d, vocab, seed=2, num_kv_heads=4)
+        write_model(d, vocab, seed=2, num_kv_heads=4, max_shard_size="100KB")
+        assert (d / "model.safetensors.index.json").exists()
     elif kind == "qwen2":
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -44,6 +46,14 @@ def make_model(root: Path, kind: str) -> Path:
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                           initializer_range=0.1, eos_token_id=1, tie_word_embeddings=True)
         Qwen2ForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
+    elif kind == "mistral":
+        from transformers import MistralConfig, MistralForCausalLM
+
+        torch.manual_seed(4)
+        cfg = MistralConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512,
+                            sliding_window=128, initializer_range=0.1, eos_token_id=1, head_dim=32)
+        MistralForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
     else:
         raise ValueError(kind)
     return d

@@ -202,3 +202,16 @@ def test_early_abort_drops_requests_past_their_deadline(demo):
         outs += e.step()
     assert [o for o in outs if o.request_id == ok][-1].finish_reason == "length"
     assert e.scheduler.num_early_aborts == 1 and e.is_idle_clean()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_runs_close_to_float32(demo, llm, dtype):
+    """float16 / bfloat16 weights, pool and adapters: the first greedy token mostly agrees with float32."""
+    half = LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype=dtype)
+    assert half.engine.executor.pool.dtype == getattr(__import__("torch"), dtype)
+    prompts = [[3 + i, 7 + 2 * i, 11 + i] for i in range(12)]
+    names = [None] + list(DEMO_ADAPTERS)
+    adapters = [names[i % len(names)] for i in range(12)]
+    a = [o.token_ids[0] for o in llm.generate(prompts, greedy(1), adapters)]
+    b = [o.token_ids[0] for o in half.generate(prompts, greedy(1), adapters)]
+    assert sum(x == y for x, y in zip(a, b)) >= 9, (a, b)

@@ -46,6 +46,7 @@ class ModelArgs:
     mlp_bias: bool
     torch_dtype: str | None
     eos_token_id: list[int]
+    sliding_window: int | None = None
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelArgs:
@@ -79,7 +80,14 @@ class ModelArgs:
             tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
             qkv_bias=attn_bias or mt == "qwen2", o_bias=attn_bias, mlp_bias=bool(c.get("mlp_bias", False)),
             torch_dtype=c.get("torch_dtype") or c.get("dtype"), eos_token_id=eos,
+            sliding_window=c.get("sliding_window") if c.get("use_sliding_window", mt == "mistral") else None,
         )
+
+    @property
+    def max_len(self) -> int:
+        """Longest context served exactly: a sliding-window model is served up to its window (where its
+        attention equals full attention)."""
+        return min(self.max_position_embeddings, self.sliding_window or self.max_position_embeddings)
 
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
