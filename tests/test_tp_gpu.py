@@ -1,0 +1,98 @@
+"""Tensor parallelism on GPUs (run on a machine with >= 2 CUDA GPUs: pytest -m gpu tests/test_tp_gpu.py):
+TP=2 over NCCL (two Ray rank actors in a STRICT_PACK placement group) gives the greedy tokens of TP=1
+and of transformers + PEFT in float32, and logits close to TP=1's in bfloat16 (step by step, both
+engines fed the same tokens)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+if torch.cuda.device_count() < 2:
+    pytest.skip("needs >= 2 CUDA GPUs", allow_module_level=True)
+ray = pytest.importorskip("ray")
+
+from app.config import EngineConfig  # noqa: E402
+from app.engine import Engine  # noqa: E402
+from app.request import SamplingParams  # noqa: E402
+from deployments.tp import TPExecutor, forward_logits  # noqa: E402
+from tests.test_tp import AT_START, SPECS, check, generate  # noqa: E402
+from tests.models import HFReference, make_model, make_peft_adapters  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_gpu():
+    ray.init(num_cpus=8, num_gpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module", params=["gqa", "mha"])
+def setup(request, tmp_path_factory):
+    import json
+    import random
+
+    root = tmp_path_factory.mktemp(f"tpgpu-{request.param}")
+    model = make_model(root, request.param)
+    adapters = make_peft_adapters(root, model, SPECS)
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    rng = random.Random(5)
+    names = AT_START + [None]
+    reqs = []
+    for i in range(15):
+        ids = [rng.randrange(3, vocab) for _ in range(rng.choice([1, 3, 9, 17, 33, 60]))]
+        reqs.append((ids, names[i % len(names)], rng.randint(4, 8)))
+    return model, adapters, reqs
+
+
+def engine(model, adapters, dtype: str, tp: int | None, **pool) -> Engine:
+    cfg = EngineConfig(model=str(model), device="cuda", dtype=dtype, pool={"page_size": 16, **pool})
+    e = Engine(cfg, executor=TPExecutor(cfg, tp) if tp else None)
+    for n in AT_START:
+        e.add_adapter(n, adapters[n])
+    return e
+
+
+def test_tp2_nccl_equals_tp1_and_peft_float32(ray_gpu, setup):
+    model, adapters, reqs = setup
+    # num_pages from free memory: the ranks take the minimum over NCCL
+    tp2 = engine(model, adapters, "float32", 2, gpu_memory_fraction=0.05)
+    try:
+        got = generate(tp2, reqs)
+        print("control per step:", tp2.executor.control.summary())
+    finally:
+        tp2.executor.shutdown()
+    tp1 = engine(model, adapters, "float32", None, num_pages=4096)
+    check(generate(tp1, reqs), reqs, got, "TP=1 vs TP=2 (NCCL), float32")
+    ref = HFReference(model, adapters)
+    check(got, reqs, [ref.greedy(ids, a, m) for ids, a, m in reqs], "TP=2 (NCCL) vs transformers+PEFT")
+
+
+def test_tp2_nccl_logits_close_bfloat16(ray_gpu, setup):
+    model, adapters, reqs = setup
+    tp1 = engine(model, adapters, "bfloat16", None, num_pages=4096)
+    tp2 = engine(model, adapters, "bfloat16", 2, num_pages=4096)
+    try:
+        for e in (tp1, tp2):
+            for p, a, _ in reqs:
+                e.add_request(p, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True), a)
+        worst = 0.0
+        for step in range(5):       # a prefill of every request, then decodes, both fed TP=1's tokens
+            o1, o2 = tp1.scheduler.schedule(), tp2.scheduler.schedule()
+            assert [s.request_id for s in o1.seqs] == [s.request_id for s in o2.seqs]
+            l1 = forward_logits(tp1.executor, o1).cpu()
+            l2 = tp2.executor.logits(o2)
+            assert l1.shape == l2.shape and l1.shape[0] == len(reqs)
+            err = ((l2 - l1).abs().max() / l1.abs().max()).item()
+            worst = max(worst, err)
+            assert err < 0.05, f"step {step}: max |TP2 - TP1| = {err:.3g} of max |logit| (bfloat16)"
+            cos = torch.nn.functional.cosine_similarity(l1, l2, dim=-1)
+            assert cos.min() > 0.999, f"step {step}: logits cosine similarity {cos.min():.5f}"
+            tokens = l1.argmax(-1).tolist()
+            tp1.scheduler.update(o1, tp1.requests, tokens)
+            tp2.scheduler.update(o2, tp2.requests, tokens)
+        print(f"bf16 logits: worst max|TP2-TP1| / max|logit| = {worst:.3g}")
+    finally:
+        tp2.executor.shutdown()
