@@ -273,6 +273,171 @@ def _lora_expand_prefill_kernel(
     tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
 
 
+@triton.jit
+def _decode_plan_kernel(indptr_ptr, slot_ptr, plan_ptr, n_seg, S, BLOCK: tl.constexpr):
+    """Counting sort of decode segments by adapter slot (no host sync). For segment i at sorted position
+    p (segments with a LoRA first, by slot; then the rest, in order):
+      plan[0, p] token of the segment (-1 if empty), plan[1, p] slot (-1: no LoRA or empty),
+      plan[2, p] / plan[3, p] first / end position of the run of positions with the same slot."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    im = i < n_seg
+    si = tl.load(slot_ptr + i, mask=im, other=-1)
+    lo = tl.load(indptr_ptr + i, mask=im, other=0)
+    hi = tl.load(indptr_ptr + i + 1, mask=im, other=0)
+    vi = im & (si >= 0) & (hi > lo)
+    key_i = tl.where(vi, si, S)
+    less = tl.zeros([BLOCK], dtype=tl.int32)
+    eqb = tl.zeros([BLOCK], dtype=tl.int32)
+    cnt = tl.zeros([BLOCK], dtype=tl.int32)
+    for j0 in range(0, n_seg, BLOCK):
+        j = j0 + tl.arange(0, BLOCK)
+        jm = j < n_seg
+        sj = tl.load(slot_ptr + j, mask=jm, other=-1)
+        loj = tl.load(indptr_ptr + j, mask=jm, other=0)
+        hij = tl.load(indptr_ptr + j + 1, mask=jm, other=0)
+        key_j = tl.where(jm, tl.where((sj >= 0) & (hij > loj), sj, S), S + 1)
+        lt = key_j[None, :] < key_i[:, None]
+        eq = key_j[None, :] == key_i[:, None]
+        less += tl.sum(lt.to(tl.int32), axis=1)
+        eqb += tl.sum((eq & (j[None, :] < i[:, None])).to(tl.int32), axis=1)
+        cnt += tl.sum(eq.to(tl.int32), axis=1)
+    pos = less + eqb
+    tl.store(plan_ptr + pos, tl.where(hi > lo, lo, -1), mask=im)
+    tl.store(plan_ptr + n_seg + pos, tl.where(vi, key_i, -1), mask=im)
+    tl.store(plan_ptr + 2 * n_seg + pos, less, mask=im)
+    tl.store(plan_ptr + 3 * n_seg + pos, less + cnt, mask=im)
+
+
+@triton.jit
+def _chunk_offsets(pt_row_ptr, o_row, rmask, n_valid, BLOCK: tl.constexpr, PAGE_ELEMS: tl.constexpr,
+                   ALIGNED: tl.constexpr):
+    """Pool offsets [rows, BLOCK] of virtual elements o_row[:, None] + arange(BLOCK) (BLOCK <= PAGE_ELEMS:
+    at most two pages per row, two page-table reads per row). ALIGNED: o_row and PAGE_ELEMS are
+    multiples of 64, so every 64-run is contiguous in one page and 64-aligned (vectorised loads)."""
+    p_i = o_row // PAGE_ELEMS
+    w0 = o_row % PAGE_ELEMS
+    p_lo = tl.load(pt_row_ptr + p_i, mask=rmask, other=0).to(tl.int64)
+    p_hi = tl.load(pt_row_ptr + p_i + 1, mask=rmask & (w0 + n_valid > PAGE_ELEMS), other=0).to(tl.int64)
+    w = w0[:, None] + tl.arange(0, BLOCK)[None, :]
+    off = tl.where(w < PAGE_ELEMS, p_lo[:, None] * PAGE_ELEMS + w, p_hi[:, None] * PAGE_ELEMS + (w - PAGE_ELEMS))
+    if ALIGNED:
+        off = tl.max_contiguous(tl.multiple_of(off, [1, 64]), [1, 64])
+    return off
+
+
+@triton.jit
+def _plan_tile(plan_ptr, n_seg, p, BLOCK_M: tl.constexpr):
+    """(slot, tokens [BLOCK_M], token mask, lead) of the tile of same-slot tokens starting at
+    sorted position p (a tile starts every BLOCK_M positions of a slot's run: where lead == 0)."""
+    slot = tl.load(plan_ptr + n_seg + p)
+    rs = tl.load(plan_ptr + 2 * n_seg + p)
+    re = tl.load(plan_ptr + 3 * n_seg + p)
+    m = p + tl.arange(0, BLOCK_M)
+    mm = m < re
+    tok = tl.load(plan_ptr + m, mask=mm, other=0)
+    return slot, tok.to(tl.int64), mm, (p - rs) % BLOCK_M
+
+
+@triton.jit
+def _lora_shrink_grouped_kernel(
+        x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, indptr_ptr, plan_ptr, out_ptr,
+        T, K, R, G, n_seg, col_mult,
+        stride_xt, stride_xk, stride_pt, stride_ot, stride_og, stride_or,
+        PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+        ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Decode shrink, tokens grouped by adapter: program (sorted position p, g, block of out columns)
+    handles the <= BLOCK_M tokens of one slot starting at p (if a tile starts there); A is read once per
+    tile, tl.dot of the gathered x tile [BLOCK_M, BLOCK_K] and A^T [BLOCK_K, BLOCK_R]."""
+    p = tl.program_id(0)
+    g = tl.program_id(1)
+    pid_r = tl.program_id(2)
+    cols = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cmask = cols < R
+    out_cols = out_ptr + g * stride_og + cols * stride_or
+    if p == n_seg:  # the extra program zeroes tokens outside every segment
+        zeros = tl.zeros([BLOCK_R], dtype=out_ptr.dtype.element_ty)
+        for t in range(0, tl.load(indptr_ptr)):
+            tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
+        for t in range(tl.load(indptr_ptr + n_seg), T):
+            tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
+        return
+    slot, tok, mm, lead = _plan_tile(plan_ptr, n_seg, p, BLOCK_M)
+    if slot < 0:    # no LoRA: zero this position's token (if the segment has one)
+        t = tl.load(plan_ptr + p)
+        if t >= 0:
+            tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot,
+                     tl.zeros([BLOCK_R], dtype=out_ptr.dtype.element_ty), mask=cmask)
+        return
+    if lead != 0:
+        return
+    r = tl.load(rank_ptr + slot * G + g)
+    a_off = tl.load(off_ptr + slot * G + g)
+    pt_row = pt_ptr + slot.to(tl.int64) * stride_pt
+    c0 = col_mult * r
+    j = cols - c0                                 # row of A behind each output column
+    jmask = (j >= 0) & (j < r)
+    live = (r > 0) & (pid_r * BLOCK_R < c0 + r) & (pid_r * BLOCK_R + BLOCK_R > c0)
+    k_end = tl.where(live, K, 0)                  # column blocks outside [c0, c0 + r) only write zeros
+    o_row = a_off + tl.where(jmask, j, 0) * K
+    acc = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
+    for k0 in range(0, k_end, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        kmask = k < K
+        xv = tl.load(x_ptr + tok[:, None] * stride_xt + k[None, :] * stride_xk,
+                     mask=mm[:, None] & kmask[None, :], other=0.0)
+        a_offs = _chunk_offsets(pt_row, o_row + k0, jmask, tl.minimum(K - k0, BLOCK_K), BLOCK_K, PAGE_ELEMS,
+                                ALIGNED)
+        a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0)   # A [BLOCK_R, BLOCK_K]
+        acc = tl.dot(xv, tl.trans(a), acc, input_precision=INPUT_PRECISION)
+    tl.store(out_cols[None, :] + tok[:, None] * stride_ot, acc.to(out_ptr.dtype.element_ty),
+             mask=mm[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _lora_expand_grouped_kernel(
+        y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
+        G, n_seg, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+        stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
+        PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+        ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Decode expand, tokens grouped by adapter: program (sorted position p, g, block of N) handles the
+    <= BLOCK_M tokens of one slot starting at p; B^T [BLOCK_R, BLOCK_N] tiles read once per tile."""
+    p = tl.program_id(0)
+    g = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    slot, tok, mm, lead = _plan_tile(plan_ptr, n_seg, p, BLOCK_M)
+    if slot < 0:
+        return
+    if lead != 0:
+        return
+    r = tl.load(rank_ptr + slot * G + g)
+    if r == 0:
+        return
+    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
+    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
+    if pid_n * BLOCK_N >= n_g:
+        return
+    b_off = tl.load(off_ptr + slot * G + g)
+    pt_row = pt_ptr + slot.to(tl.int64) * stride_pt
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = n < n_g
+    scale = tl.load(scale_ptr + slot).to(tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for j0 in range(0, r, BLOCK_R):
+        j = j0 + tl.arange(0, BLOCK_R)
+        jm = j < r
+        vv = tl.load(v_ptr + tok[:, None] * stride_vt + g * stride_vg + j[None, :] * stride_vr,
+                     mask=mm[:, None] & jm[None, :], other=0.0)
+        b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
+                                tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)
+        bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
+        acc = tl.dot(vv, bt, acc, input_precision=INPUT_PRECISION)
+    yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
+    ym = mm[:, None] & nmask[None, :]
+    yv = tl.load(yp, mask=ym, other=0.0)
+    tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Launch wrappers (same signatures as the references; no host synchronisation)
 # ----------------------------------------------------------------------------------------------------
@@ -318,11 +483,45 @@ def _input_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs
 
 
+# Decode fast path (tokens grouped by adapter, vectorised page reads) launch parameters; benchmarks may
+# override entries. GPU values were picked on an H100 (benchmarks/kernels.py).
+DECODE_CFG = dict(shrink_m=16, shrink_r=16, shrink_k=256, shrink_warps=4, shrink_stages=3,
+                  expand_m=16, expand_r=16, expand_n=256, expand_warps=4, expand_stages=2)
+
+
+def lora_decode_plan(seg_indptr: torch.Tensor, seg_slot: torch.Tensor, n_slots: int) -> torch.Tensor:
+    """Segments sorted by adapter slot, computed on the device (one launch, no host sync): int32
+    [4, n_seg] (see `_decode_plan_kernel`). Build it once per decode step and pass it as `plan=` to every
+    aligned decode `lora_shrink` / `lora_expand` call of that step (same seg_indptr / seg_slot / slots)."""
+    n_seg = seg_slot.shape[0]
+    plan = torch.empty(4, n_seg, dtype=torch.int32, device=seg_slot.device)
+    if n_seg:
+        block = 64 if n_seg <= 64 else 128
+        _decode_plan_kernel[(triton.cdiv(n_seg, block),)](seg_indptr, seg_slot, plan, n_seg, int(n_slots),
+                                                          BLOCK=block, num_warps=4)
+    return plan
+
+
+def _plan_for(plan, seg_indptr, seg_slot, n_slots):
+    if plan is None:
+        return lora_decode_plan(seg_indptr, seg_slot, n_slots)
+    if plan.shape != (4, seg_slot.shape[0]) or plan.dtype != torch.int32 or plan.device != seg_slot.device:
+        raise ValueError(f"plan must be int32 [4, n_seg={seg_slot.shape[0]}] on {seg_slot.device} "
+                         "(from lora_decode_plan)")
+    return plan
+
+
 def lora_shrink(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
                 a_offsets: torch.Tensor, ranks: torch.Tensor, seg_indptr: torch.Tensor,
                 seg_slot: torch.Tensor, out: torch.Tensor, col_mult: int = 0,
-                max_seg_len: int | None = None) -> torch.Tensor:
-    """Triton `lora_shrink_ref`: x [T, K] -> out [T, G, R], every element written."""
+                max_seg_len: int | None = None, *, aligned: bool = False,
+                plan: torch.Tensor | None = None) -> torch.Tensor:
+    """Triton `lora_shrink_ref`: x [T, K] -> out [T, G, R], every element written.
+
+    aligned=True promises every a_offsets entry is a multiple of 64 (app/lora/adapter.py ALIGN); with
+    K and page_elems multiples of 64 (checked here) decode then runs the fast path (tokens grouped by
+    adapter, vectorised page reads). plan: optional `lora_decode_plan(seg_indptr, seg_slot, S)` shared
+    by the calls of one decode step (computed here when absent)."""
     if x.dim() != 2:
         raise ValueError(f"x must be [T, K], got {tuple(x.shape)}")
     _check_triton_lora("lora_shrink", x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, {"out": out})
@@ -343,7 +542,19 @@ def lora_shrink(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
     max_len = T if max_seg_len is None else min(int(max_seg_len), T)
     common = (T, K, R, G, n_seg, col_mult, x.stride(0), x.stride(1), page_table.stride(0),
               out.stride(0), out.stride(1), out.stride(2))
-    if max_len <= 1:
+    P = pool.shape[1]
+    if max_len <= 1 and aligned and K % 64 == 0 and P % 64 == 0:
+        c = DECODE_CFG
+        plan = _plan_for(plan, seg_indptr, seg_slot, page_table.shape[0])
+        block_r = _npow2(R, 16, 256) if _INTERPRET else c["shrink_r"]
+        block_k = _fit_page(256 if _INTERPRET else c["shrink_k"], P)
+        grid = (n_seg + 1, G, triton.cdiv(R, block_r))
+        extra = {} if _INTERPRET else dict(num_warps=c["shrink_warps"], num_stages=c["shrink_stages"])
+        _lora_shrink_grouped_kernel[grid](
+            x, pool, page_table, a_offsets, ranks, seg_indptr, plan, out, *common,
+            PAGE_ELEMS=P, BLOCK_M=16 if _INTERPRET else c["shrink_m"], BLOCK_R=block_r, BLOCK_K=block_k,
+            ALIGNED=True, INPUT_PRECISION=_input_precision(pool.dtype), **extra)
+    elif max_len <= 1:
         block_r = _npow2(R, 8, 256) if _INTERPRET else 8     # ranks are usually multiples of 8
         block_k = _fit_page(1024 if _INTERPRET else 512, pool.shape[1])
         grid = (n_seg + 1, G, triton.cdiv(R, block_r))
@@ -365,8 +576,12 @@ def lora_shrink(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
 def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
                 b_offsets: torch.Tensor, ranks: torch.Tensor, scales: torch.Tensor,
                 seg_indptr: torch.Tensor, seg_slot: torch.Tensor, out_offsets: list[int],
-                max_seg_len: int | None = None) -> torch.Tensor:
-    """Triton `lora_expand_ref`: y[:, out_offsets[g]:out_offsets[g+1]] += scale * v[:, g, :r] @ B_g^T."""
+                max_seg_len: int | None = None, *, aligned: bool = False,
+                plan: torch.Tensor | None = None) -> torch.Tensor:
+    """Triton `lora_expand_ref`: y[:, out_offsets[g]:out_offsets[g+1]] += scale * v[:, g, :r] @ B_g^T.
+
+    aligned / plan: as in `lora_shrink` (aligned promises 64-aligned b_offsets; every N_g and
+    page_elems must be multiples of 64 for the fast path, checked here)."""
     if y.dim() != 2 or v.dim() != 3:
         raise ValueError(f"y must be [T, N] and v [T, G, R], got {tuple(y.shape)} and {tuple(v.shape)}")
     _check_triton_lora("lora_expand", v, pool, page_table, b_offsets, ranks, seg_indptr, seg_slot,
@@ -396,7 +611,19 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table
     R = v.shape[2]
     max_len = T if max_seg_len is None else min(int(max_seg_len), T)
     strides = (y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0))
-    if max_len <= 1:
+    P = pool.shape[1]
+    if max_len <= 1 and aligned and P % 64 == 0 and all((b - a) % 64 == 0 for a, b in zip(out_offsets, out_offsets[1:])):
+        c = DECODE_CFG
+        plan = _plan_for(plan, seg_indptr, seg_slot, page_table.shape[0])
+        block_n = _fit_page(_npow2(n_max, 64, 1024) if _INTERPRET else c["expand_n"], P)
+        block_r = _npow2(R, 16, 256) if _INTERPRET else c["expand_r"]
+        grid = (n_seg, G, triton.cdiv(n_max, block_n))
+        extra = {} if _INTERPRET else dict(num_warps=c["expand_warps"], num_stages=c["expand_stages"])
+        _lora_expand_grouped_kernel[grid](
+            y, v, pool, page_table, b_offsets, ranks, scales, plan, G, n_seg, *offs, *strides,
+            PAGE_ELEMS=P, BLOCK_M=16 if _INTERPRET else c["expand_m"], BLOCK_R=block_r, BLOCK_N=block_n,
+            ALIGNED=True, INPUT_PRECISION=_input_precision(pool.dtype), **extra)
+    elif max_len <= 1:
         block_n = _fit_page(_npow2(n_max, 16, 4096 if _INTERPRET else 512), pool.shape[1])
         block_r = _npow2(R, 8, 256) if _INTERPRET else 8
         grid = (n_seg, G, triton.cdiv(n_max, block_n))

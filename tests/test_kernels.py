@@ -19,7 +19,7 @@ import torch
 
 from kernels import get_backend
 from kernels.attention import kv_append, kv_append_ref, paged_attention, paged_attention_ref
-from kernels.lora import lora_expand, lora_expand_ref, lora_shrink, lora_shrink_ref
+from kernels.lora import lora_decode_plan, lora_expand, lora_expand_ref, lora_shrink, lora_shrink_ref
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=2e-2, rtol=2e-2)}
@@ -30,18 +30,21 @@ TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=2e-2,
 # ------------------------------------------------------------------------------------------------
 
 def make_adapters(ranks: torch.Tensor, K: int, n_out: list[int], page_elems: int, dtype: torch.dtype,
-                  gen: torch.Generator, spare_pages: int = 3):
+                  gen: torch.Generator, spare_pages: int = 3, align: int = 1):
     """Lays every slot's A_g [r, K] and B_g^T [r, N_g] into a virtual buffer (with random gaps) across
-    pages taken in random order from a shared pool. Returns pool, page_table, a_offsets, b_offsets."""
+    pages taken in random order from a shared pool. Returns pool, page_table, a_offsets, b_offsets.
+    align: every A / B^T block starts at a multiple of `align` virtual elements (the packer uses 64)."""
     S, G = ranks.shape
     layouts, n_pages = [], []
     for s in range(S):
         cur, a_off, b_off = 0, [], []
         for g in range(G):
             r = int(ranks[s, g])
-            cur += int(torch.randint(0, 5, (1,), generator=gen))
+            cur += int(torch.randint(0, 5, (1,), generator=gen)) * align
+            cur = -(-cur // align) * align
             a_off.append(cur)
-            cur += r * K + int(torch.randint(0, 3, (1,), generator=gen))
+            cur += r * K + int(torch.randint(0, 3, (1,), generator=gen)) * align
+            cur = -(-cur // align) * align
             b_off.append(cur)
             cur += r * n_out[g]
         layouts.append((a_off, b_off))
@@ -88,21 +91,24 @@ def random_ranks(n_slots: int, G: int, max_rank: int, gen: torch.Generator, abse
 
 
 def run_lora_case(*, seg_lens, n_slots, popularity, max_rank, K, n_out, page_elems, dtype, seed,
-                  col_mult=0, R=None, y_extra_cols=0, max_seg_len="auto"):
+                  col_mult=0, R=None, y_extra_cols=0, max_seg_len="auto", aligned=False, plan=False):
+    """aligned: 64-aligned offsets and the kernels' aligned decode path; plan: pass a precomputed
+    lora_decode_plan (else the wrappers build it)."""
     gen = torch.Generator().manual_seed(seed)
     G = len(n_out)
     ranks = random_ranks(n_slots, G, max_rank, gen)
-    pool, page_table, a_off, b_off = make_adapters(ranks, K, n_out, page_elems, dtype, gen)
+    pool, page_table, a_off, b_off = make_adapters(ranks, K, n_out, page_elems, dtype, gen, align=64 if aligned else 1)
     indptr, slots = make_batch(seg_lens, n_slots, popularity, gen)
     T = int(indptr[-1])
     x = torch.randn(T, K, generator=gen).to(dtype)
     R = R or max(1, (col_mult + 1) * int(ranks.max()))
     msl = max(seg_lens, default=0) if max_seg_len == "auto" else max_seg_len
     args = (pool, page_table, a_off, ranks, indptr, slots)
+    fast = dict(aligned=aligned, plan=lora_decode_plan(indptr, slots, n_slots) if plan else None)
 
     out = torch.full((T, G, R), float("nan"), dtype=dtype)
     want = torch.full((T, G, R), float("nan"), dtype=dtype)
-    lora_shrink(x, *args, out, col_mult=col_mult, max_seg_len=msl)
+    lora_shrink(x, *args, out, col_mult=col_mult, max_seg_len=msl, **fast)
     lora_shrink_ref(x, *args, want, col_mult=col_mult, max_seg_len=msl)
     assert not out.isnan().any(), "shrink left elements unwritten"
     torch.testing.assert_close(out, want, **TOL[dtype])
@@ -117,7 +123,7 @@ def run_lora_case(*, seg_lens, n_slots, popularity, max_rank, K, n_out, page_ele
     y = wide.clone()[:, 2:2 + out_offsets[-1] + y_extra_cols]
     want_y = wide.clone()[:, 2:2 + out_offsets[-1] + y_extra_cols]
     before = y.clone()
-    lora_expand(y, v, pool, page_table, b_off, ranks, scales, indptr, slots, out_offsets, max_seg_len=msl)
+    lora_expand(y, v, pool, page_table, b_off, ranks, scales, indptr, slots, out_offsets, max_seg_len=msl, **fast)
     lora_expand_ref(want_y, v, pool, page_table, b_off, ranks, scales, indptr, slots, out_offsets, max_seg_len=msl)
     torch.testing.assert_close(y, want_y, **TOL[dtype])
     # rows without LoRA and columns past out_offsets[-1] are bit-for-bit untouched
@@ -150,6 +156,57 @@ def test_lora_prefill_popularity(popularity, dtype):
 def test_lora_decode_batch_sizes(batch):
     run_lora_case(seg_lens=[1] * batch, n_slots=min(batch, 32), popularity="uniform", max_rank=32, K=32,
                   n_out=[32], page_elems=128, dtype=torch.float32, seed=batch)
+
+
+@pytest.mark.parametrize("popularity", ["distinct", "uniform", "zipf", "identical"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_lora_decode_aligned(popularity, dtype):
+    """Aligned decode fast path (tokens grouped by adapter, more than one tile per adapter, vectorised
+    page reads): 64-aligned offsets, K / N_g / page_elems multiples of 64, rows straddling pages."""
+    run_lora_case(seg_lens=[1] * 40, n_slots=10, popularity=popularity, max_rank=40, K=128,
+                  n_out=[128, 64, 64], page_elems=192, dtype=dtype, seed=5 * len(popularity) + (dtype == torch.float16),
+                  aligned=True, plan=popularity in ("uniform", "identical"))
+
+
+@pytest.mark.parametrize("case", ["col_mult", "wide_v", "page64", "empty_segments", "rank256"])
+def test_lora_decode_aligned_edges(case):
+    kw = dict(seg_lens=[1] * 9, n_slots=5, popularity="uniform", max_rank=24, K=64, n_out=[64, 128],
+              page_elems=128, dtype=torch.float32, seed=len(case), aligned=True)
+    if case == "col_mult":
+        kw.update(col_mult=2)
+    elif case == "wide_v":
+        kw.update(R=80, y_extra_cols=5)
+    elif case == "page64":
+        kw.update(page_elems=64, K=192, max_rank=9)
+    elif case == "empty_segments":
+        kw.update(seg_lens=[0, 1, 1, 0, 1, 1, 1, 0], max_seg_len=1)
+    elif case == "rank256":
+        kw.update(seg_lens=[1] * 3, n_slots=3, max_rank=256, n_out=[64], page_elems=1024)
+    run_lora_case(**kw)
+
+
+def test_lora_decode_aligned_unaligned_shapes_fall_back():
+    """aligned=True with K or N_g not a multiple of 64 (or an odd page size) takes the generic path."""
+    run_lora_case(seg_lens=[1] * 6, n_slots=3, popularity="uniform", max_rank=16, K=40, n_out=[40, 24],
+                  page_elems=100, dtype=torch.float32, seed=9, aligned=True)
+
+
+def test_lora_decode_plan():
+    gen = torch.Generator().manual_seed(0)
+    for n_seg, S in ((1, 1), (7, 3), (200, 9)):
+        lens = torch.randint(0, 2, (n_seg,), generator=gen)
+        indptr = torch.zeros(n_seg + 1, dtype=torch.int32)
+        indptr[1:] = lens.cumsum(0)
+        slots = torch.randint(-1, S, (n_seg,), generator=gen, dtype=torch.int32)
+        plan = lora_decode_plan(indptr, slots, S)
+        valid = (slots >= 0) & (lens > 0)
+        key = torch.where(valid, slots, S)
+        order = torch.sort(key, stable=True).indices
+        assert plan[0].tolist() == torch.where(lens[order] > 0, indptr[:-1][order], -1).tolist()
+        assert plan[1].tolist() == torch.where(valid[order], slots[order], -1).tolist()
+        ks = key[order]
+        assert plan[2].tolist() == [int((ks < k).sum()) for k in ks]
+        assert plan[3].tolist() == [int((ks <= k).sum()) for k in ks]
 
 
 @pytest.mark.parametrize("max_rank", [1, 8, 16, 128])
@@ -367,8 +424,11 @@ def test_triton_backend_signatures():
     tb, ref = get_backend("triton"), get_backend("torch")
     assert tb.name == "triton"
     for op in ("lora_shrink", "lora_expand", "paged_attention", "kv_append"):
-        assert list(inspect.signature(getattr(tb, op)).parameters) == \
-            list(inspect.signature(getattr(ref, op)).parameters), op
+        ours = inspect.signature(getattr(tb, op)).parameters
+        theirs = list(inspect.signature(getattr(ref, op)).parameters)
+        assert list(ours)[:len(theirs)] == theirs, op
+        for name in list(ours)[len(theirs):]:   # extras (aligned=, plan=): keyword-only, with defaults
+            assert ours[name].kind == inspect.Parameter.KEYWORD_ONLY and ours[name].default is not inspect.Parameter.empty
 
 
 def test_benchmark_smoke(tmp_path):
