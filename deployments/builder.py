@@ -48,8 +48,10 @@ class BuildArgs(BaseModel):
     routing_eps: float = Field(0.25, ge=0, description="bounded load: a group may take (1+eps) x the mean")
     stats_poll_interval_s: float = Field(0.25, gt=0)
     num_ingress_replicas: int = Field(1, ge=1)
-    ingress_num_cpus: float = Field(0.5, ge=0)
-    group_num_cpus: float | None = Field(None, ge=0, description="CPUs of a group replica (default 1)")
+    ingress_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved for an ingress replica (light: "
+                                                           "tokenization and HTTP)")
+    group_num_cpus: float | None = Field(None, ge=0, description="CPUs of a group replica (default: 1 for TP=1; "
+                                                                 "0 for TP>1, whose rank actors hold the CPUs)")
     engine: dict[str, Any] = Field(default_factory=dict, description="nested EngineConfig override")
 
     @field_validator("api_keys", "allowed_adapter_roots", mode="before")
@@ -136,12 +138,12 @@ def build_app(args: BuildArgs | dict) -> Application:
     gpu = _uses_gpu(cfg)
     # TP=1: the engine runs in the group replica itself, which takes the GPU. TP>1: the TPExecutor makes
     # its own STRICT_PACK placement group of `tp` GPU bundles and rank actors; the replica only schedules.
-    num_cpus = args.group_num_cpus if args.group_num_cpus is not None else 1.0
+    num_cpus = args.group_num_cpus if args.group_num_cpus is not None else (1.0 if tp == 1 else 0.0)
     actor_opts = {"num_cpus": num_cpus, "num_gpus": 1 if gpu and tp == 1 else 0}
     groups = [
         GroupDeployment.options(name=f"SLoRAGroup-{i}", num_replicas=1, ray_actor_options=actor_opts).bind(
             name=f"SLoRAGroup-{i}", cfg=cfg.model_dump(), adapters=adapters, tensor_parallel_size=tp,
-            num_threads=max(1, int(num_cpus)) if not gpu else None)
+            num_threads=max(1, int(num_cpus)) if not gpu and tp == 1 else None)
         for i in range(args.num_groups)
     ]
     max_model_len = cfg.scheduler.max_model_len or ModelArgs.from_dir(cfg.model).max_position_embeddings

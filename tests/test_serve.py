@@ -2,7 +2,8 @@
 
 Two applications are started once for the module (in parallel, `serve.run_many`) on the embedded demo:
   * "main" at /: two TP groups (TP=1), API keys required, run-time adapter loads confined to a temp root;
-  * "strict" at /strict: one group with an impossible TTFT SLO (every request is refused with 429).
+  * "strict" at /strict: one group with an impossible TTFT SLO (every request is refused with 429);
+  * "tp2" at /tp2: one group of tensor_parallel_size=2 (deployments/tp.py: two rank actors over gloo).
 Greedy results are compared with the offline `app.LLM` on the same model and adapters.
 """
 
@@ -68,11 +69,13 @@ def service(demo, roots):
     ray.init(num_cpus=4, include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     main = build_app({"num_groups": 2, "api_keys": KEY, "allowed_adapter_roots": str(roots),
-                      "group_num_cpus": 1, "ingress_num_cpus": 0, "device": "cpu", "dtype": "float32",
-                      "stats_poll_interval_s": 0.1})
-    strict = build_app({"num_groups": 1, "ttft_slo_s": "1e-6", "group_num_cpus": 0.5, "ingress_num_cpus": 0})
+                      "group_num_cpus": 0.5, "device": "cpu", "dtype": "float32", "stats_poll_interval_s": 0.1})
+    strict = build_app({"num_groups": 1, "ttft_slo_s": "1e-6", "group_num_cpus": 0.25})
+    tp2 = build_app({"model": str(demo / "model"), "adapter_dir": str(demo / "adapters"), "device": "cpu",
+                     "dtype": "float32", "tensor_parallel_size": "2"})      # ranks: 1 CPU each
     serve.run_many([RunTarget(main, name="main", route_prefix="/"),
-                    RunTarget(strict, name="strict", route_prefix="/strict")])
+                    RunTarget(strict, name="strict", route_prefix="/strict"),
+                    RunTarget(tp2, name="tp2", route_prefix="/tp2")])
     yield
     serve.shutdown()
     ray.shutdown()
@@ -185,6 +188,14 @@ def test_n_seed_stop_top_k(client, llm):
                                   stop=[stop], extra_body={"ignore_eos": True})
     assert r.choices[0].text == ref[:ref.find(stop)]
     assert r.choices[0].finish_reason == "stop"
+
+
+def test_tensor_parallel_group_equals_offline(llm, demo):
+    c = openai.OpenAI(base_url=f"{BASE}/tp2/v1", api_key="none", max_retries=0, timeout=60)
+    for prompt, adapter in PROMPTS:
+        r = c.completions.create(model=adapter or "model", prompt=prompt, max_tokens=12, temperature=0)
+        assert r.choices[0].text == greedy(llm, prompt, adapter).text, (prompt, adapter)
+    assert group_stats("SLoRAGroup-0", app="tp2")["tensor_parallel_size"] == 2
 
 
 # ---- errors ------------------------------------------------------------------------------------
