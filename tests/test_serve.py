@@ -300,13 +300,17 @@ def test_adapter_clustered_on_its_affine_group(http, client, roots):
     assert stats[other]["pool"]["loads"] + stats[other]["pool"]["hits"] == before[other]
 
 
-def test_disconnect_aborts_and_frees_pages(http):
+@pytest.mark.parametrize("stream", [True, False])
+def test_disconnect_aborts_and_frees_pages(http, stream):
     before = {g: group_stats(g)["metrics"]["counters"]["requests_aborted"] for g in GROUPS}
-    with http.stream("POST", "/v1/completions", json={"model": MODEL, "prompt": "Hello", "max_tokens": 1000,
-                                                      "ignore_eos": True, "stream": True}) as r:
-        assert r.status_code == 200
-        it = r.iter_lines()
-        next(ln for ln in it if ln.startswith("data: "))
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 1000, "ignore_eos": True, "stream": stream}
+    if stream:
+        with http.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            next(ln for ln in r.iter_lines() if ln.startswith("data: "))
+    else:   # the client gives up before the 1000 tokens are done and closes the connection
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/completions", json=body, timeout=0.5)
     deadline = time.time() + 20
     while time.time() < deadline:
         stats = [group_stats(g) for g in GROUPS]
