@@ -29,7 +29,6 @@ from ray import serve
 
 from app.config import EngineConfig
 from app.engine import Engine
-from app.lora.adapter import AdapterError
 from app.request import RequestOutput, SamplingParams
 from deployments.metrics import GroupMetrics
 
