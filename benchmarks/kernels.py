@@ -35,7 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels.attention import kv_view, paged_attention  # noqa: E402
-from kernels.lora import gather_virtual, lora_expand, lora_expand_ref, lora_shrink, lora_shrink_ref  # noqa: E402
+from kernels.lora import (gather_virtual, lora_decode_plan, lora_expand, lora_expand_ref, lora_shrink,  # noqa: E402
+                          lora_shrink_ref)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -124,8 +125,10 @@ def build_adapters(groups: list[Group], adapter_ranks: list[int], page_elems: in
         for grp in groups:
             a, b = [], []
             for n in grp.n_out:
+                cur = -(-cur // 64) * 64          # blocks start at multiples of 64 (app/lora/adapter.py)
                 a.append(cur)
                 cur += r * grp.K
+                cur = -(-cur // 64) * 64
                 b.append(cur)
                 cur += r * n
             lay.append((a, b))
@@ -165,16 +168,20 @@ def build_padded(groups: list[Group], pool, page_table, adapter_ranks: list[int]
             grp.wb.append(wb)
 
 
-def bench_lora(args, device, dtype, bw, gen) -> list[dict]:
+def bench_lora(args, device, dtype, bw, gen, small: bool = False) -> list[dict]:
+    """small=False: batch args.batch at 1/8/64/256 adapters; small=True: batches 8 and 32 at 1/8/32."""
     if args.smoke:
-        hidden, inter, batch, page_elems = 64, 96, 4, 1000
-        rank_choices, n_adapter_list = [4, 8], [1, 2]
+        hidden, inter, page_elems = 64, 96, 1024
+        rank_choices = [4, 8]
+        cases = [(4, 1), (4, 2)] if not small else [(2, 1)]
     else:
-        hidden, inter, batch, page_elems = 4096, 11008, args.batch, 2 * 16 * 32 * 128
-        rank_choices, n_adapter_list = [8, 16, 32, 64], [1, 8, 64, 256]
+        hidden, inter, page_elems = 4096, 11008, 2 * 16 * 32 * 128
+        rank_choices = [8, 16, 32, 64]
+        cases = ([(args.batch, n) for n in (1, 8, 64, 256)] if not small else
+                 [(b, n) for b in (8, 32) for n in (1, 8, 32)])
     r_max = max(rank_choices)
     rows = []
-    for n_ad in n_adapter_list:
+    for batch, n_ad in cases:
         groups = [Group("qkv", hidden, [hidden] * 3), Group("o", hidden, [hidden]),
                   Group("gate_up", hidden, [inter] * 2), Group("down", inter, [hidden])]
         adapter_ranks = [rank_choices[int(i)] for i in torch.randint(0, len(rank_choices), (n_ad,), generator=gen)]
@@ -193,6 +200,16 @@ def bench_lora(args, device, dtype, bw, gen) -> list[dict]:
         vs = {g.name: torch.empty(batch, len(g.n_out), r_max, device=device, dtype=dtype) for g in groups}
 
         def ours(ys=ys):
+            # the aligned fast path, as the engine calls it; the plan (segments sorted by adapter) is built
+            # here once per layer (the engine builds it once per decode step, for all layers)
+            plan = lora_decode_plan(indptr, seg_slot, n_ad)
+            for g in groups:
+                lora_shrink(xs[g.name], pool, page_table, g.a_off, g.ranks, indptr, seg_slot, vs[g.name],
+                            max_seg_len=1, aligned=True, plan=plan)
+                lora_expand(ys[g.name], vs[g.name], pool, page_table, g.b_off, g.ranks, scales, indptr, seg_slot,
+                            g.out_offsets, max_seg_len=1, aligned=True, plan=plan)
+
+        def generic(ys=ys):   # the generic (unaligned-offsets) decode kernels: the previous implementation
             for g in groups:
                 lora_shrink(xs[g.name], pool, page_table, g.a_off, g.ranks, indptr, seg_slot, vs[g.name],
                             max_seg_len=1)
@@ -219,15 +236,20 @@ def bench_lora(args, device, dtype, bw, gen) -> list[dict]:
 
         # check: ours and the bmm baseline on the same inputs
         y_ours = {k: v.clone() for k, v in ys.items()}
+        y_gen = {k: v.clone() for k, v in ys.items()}
         y_bmm = {k: v.clone() for k, v in ys.items()}
         ours(y_ours)
+        generic(y_gen)
         bmm(y_bmm)
         err = max(float((y_ours[k].float() - y_bmm[k].float()).abs().max()) for k in ys)
+        err_gen = max(float((y_gen[k].float() - y_bmm[k].float()).abs().max()) for k in ys)
         scale_ref = max(float((y_bmm[k].float() - ys[k].float()).abs().max()) for k in ys)
 
         t_ours = bench_ms(ours, device)
         t_graph = graph_ms(ours, device)
-        t_ref = bench_ms(ref, device, quick=True)
+        t_gen = bench_ms(generic, device)
+        t_gen_graph = graph_ms(generic, device)
+        t_ref = None if small else bench_ms(ref, device, quick=True)
         t_bmm = bench_ms(bmm, device)
         elem = torch.finfo(dtype).bits // 8
         adapter_bytes = sum(totals[s] for s in used) * elem
@@ -236,13 +258,18 @@ def bench_lora(args, device, dtype, bw, gen) -> list[dict]:
         bound_ms = (adapter_bytes + act_bytes) / bw * 1e3
         rows.append(dict(n_adapters=n_ad, distinct_used=len(used), batch=batch, ranks=adapter_ranks[:16],
                          adapter_mb=adapter_bytes / 1e6, activation_mb=act_bytes / 1e6,
-                         ours_ms=t_ours, ours_graph_ms=t_graph, ref_ms=t_ref, bmm_ms=t_bmm, bound_ms=bound_ms,
-                         ours_over_bound=t_ours / bound_ms, bmm_over_ours=t_bmm / t_ours,
-                         ref_over_ours=t_ref / t_ours, max_abs_err_vs_bmm=err, max_abs_delta=scale_ref))
-        print(f"lora n_adapters={n_ad:4d}: ours {t_ours:.3f} ms (graph {t_graph}), bound {bound_ms:.3f} ms "
+                         ours_ms=t_ours, ours_graph_ms=t_graph, generic_ms=t_gen, generic_graph_ms=t_gen_graph,
+                         ref_ms=t_ref, bmm_ms=t_bmm, bound_ms=bound_ms,
+                         ours_over_bound=t_ours / bound_ms,
+                         ours_graph_over_bound=None if t_graph is None else t_graph / bound_ms,
+                         bmm_over_ours=t_bmm / t_ours, generic_over_ours=t_gen / t_ours,
+                         ref_over_ours=None if t_ref is None else t_ref / t_ours, max_abs_err_vs_bmm=err,
+                         generic_max_abs_err_vs_bmm=err_gen, max_abs_delta=scale_ref))
+        print(f"lora batch={batch:4d} n_adapters={n_ad:4d}: ours {t_ours:.3f} ms (graph {t_graph}), "
+              f"generic {t_gen:.3f} ms (graph {t_gen_graph}), bound {bound_ms:.3f} ms "
               f"({t_ours / bound_ms:.2f}x), bmm {t_bmm:.3f} ms ({t_bmm / t_ours:.1f}x ours), "
-              f"ref {t_ref:.1f} ms, err {err:.2e}", flush=True)
-        del pool, groups, xs, ys, vs, y_ours, y_bmm
+              f"ref {t_ref} ms, err {err:.2e} (generic {err_gen:.2e})", flush=True)
+        del pool, groups, xs, ys, vs, y_ours, y_bmm, y_gen
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -314,12 +341,26 @@ def write_markdown(res: dict, path: Path) -> None:
              "bound = bytes that must move / that bandwidth.", "",
              f"## Multi-LoRA decode, one layer (qkv, o, gate/up, down: shrink + expand), batch "
              f"{res['lora'][0]['batch'] if res['lora'] else '-'}", "",
-             "| adapters | adapter MB | ours ms | ours ms (CUDA graph) | bound ms | ours / bound | padded bmm ms | bmm / ours | torch ref ms | max err vs bmm |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "ours = the aligned decode fast path (aligned=True, plan built once per layer inside the timed call); "
+             "generic = the generic decode kernels (aligned=False: the previous implementation).", "",
+             "| adapters | adapter MB | ours ms | ours ms (CUDA graph) | bound ms | ours / bound | ours graph / bound | generic ms | generic / ours | padded bmm ms | bmm / ours | torch ref ms | max err vs bmm |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
     for r in res["lora"]:
+        gb = r.get("ours_graph_over_bound")
         lines.append(f"| {r['n_adapters']} | {r['adapter_mb']:.1f} | {r['ours_ms']:.3f} | {_f(r['ours_graph_ms'])} | "
-                     f"{r['bound_ms']:.3f} | {r['ours_over_bound']:.2f}x | {r['bmm_ms']:.3f} | {r['bmm_over_ours']:.1f}x | "
-                     f"{r['ref_ms']:.1f} | {r['max_abs_err_vs_bmm']:.1e} |")
+                     f"{r['bound_ms']:.3f} | {r['ours_over_bound']:.2f}x | {'-' if gb is None else f'{gb:.2f}x'} | "
+                     f"{r['generic_ms']:.3f} | {r['generic_over_ours']:.1f}x | {r['bmm_ms']:.3f} | "
+                     f"{r['bmm_over_ours']:.1f}x | {_f(r['ref_ms'])} | {r['max_abs_err_vs_bmm']:.1e} |")
+    lines += ["", "## Multi-LoRA decode, small batches (same layer; one token per request)", "",
+              "| batch | adapters | distinct used | ours ms | ours ms (CUDA graph) | bound ms | ours / bound | ours graph / bound | generic ms | generic / ours | padded bmm ms | bmm / ours | max err vs bmm |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res.get("lora_small", []):
+        gb = r.get("ours_graph_over_bound")
+        lines.append(f"| {r['batch']} | {r['n_adapters']} | {r['distinct_used']} | {r['ours_ms']:.3f} | "
+                     f"{_f(r['ours_graph_ms'])} | {r['bound_ms']:.3f} | {r['ours_over_bound']:.2f}x | "
+                     f"{'-' if gb is None else f'{gb:.2f}x'} | {r['generic_ms']:.3f} | {r['generic_over_ours']:.1f}x | "
+                     f"{r['bmm_ms']:.3f} | {r['bmm_over_ours']:.1f}x | {r['max_abs_err_vs_bmm']:.1e} |")
     lines += ["", "## Paged decode attention (one query token per sequence)", "",
               "| batch | context | Hq/Hkv | KV MB | ours ms | ours ms (CUDA graph) | bound ms | % of bandwidth | SDPA (contiguous) ms | SDPA / ours |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -352,7 +393,8 @@ def main() -> None:
                torch=torch.__version__, triton=__import__("triton").__version__, dtype=str(dtype).split(".")[-1],
                smoke=args.smoke, copy_bandwidth_gbs=bw / 1e9)
     args.out.mkdir(parents=True, exist_ok=True)
-    for key, fn in (("lora", bench_lora), ("attention", bench_attention)):
+    lora_small = lambda *a: bench_lora(*a, small=True)  # noqa: E731
+    for key, fn in (("lora", bench_lora), ("lora_small", lora_small), ("attention", bench_attention)):
         try:
             res[key] = fn(args, device, dtype, bw, gen)
         except Exception as e:  # keep the other section's figures; the error is recorded

@@ -12,7 +12,7 @@ import torch
 
 from kernels import attention
 from kernels.attention import kv_append, kv_append_ref, paged_attention, paged_attention_ref
-from kernels.lora import lora_expand, lora_expand_ref, lora_shrink, lora_shrink_ref
+from kernels.lora import lora_decode_plan, lora_expand, lora_expand_ref, lora_shrink, lora_shrink_ref
 from test_kernels import make_adapters, make_batch, make_kv_cache, random_ranks
 
 pytestmark = [pytest.mark.gpu,
@@ -27,34 +27,38 @@ def _cuda(*ts):
     return [t.to(DEV) for t in ts]
 
 
-def lora_inputs(seg_lens, n_slots, popularity, max_rank, K, n_out, page_elems, dtype, seed):
+def lora_inputs(seg_lens, n_slots, popularity, max_rank, K, n_out, page_elems, dtype, seed, align=1):
     gen = torch.Generator().manual_seed(seed)
     ranks = random_ranks(n_slots, len(n_out), max_rank, gen)
-    pool, pt, a_off, b_off = make_adapters(ranks, K, n_out, page_elems, torch.float32, gen)
+    pool, pt, a_off, b_off = make_adapters(ranks, K, n_out, page_elems, torch.float32, gen, align=align)
     indptr, slots = make_batch(seg_lens, n_slots, popularity, gen)
     x = torch.randn(int(indptr[-1]), K, generator=gen)
     return _cuda(pool.to(dtype), pt, a_off, b_off, ranks, indptr, slots, x.to(dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("kind", ["decode", "prefill"])
+@pytest.mark.parametrize("kind", ["decode", "decode_aligned", "decode_aligned_small_pages", "prefill"])
 @pytest.mark.parametrize("popularity", ["distinct", "zipf", "identical"])
 def test_lora_cuda(dtype, kind, popularity):
-    seg_lens = [1] * 96 if kind == "decode" else [128, 1, 300, 17, 64]
+    seg_lens = [1] * 96 if kind.startswith("decode") else [128, 1, 300, 17, 64]
     n_out = [4096, 1024, 1024]
+    aligned = "aligned" in kind
     pool, pt, a_off, b_off, ranks, indptr, slots, x = lora_inputs(
-        seg_lens, 64, popularity, 64, 4096, n_out, 131072, dtype, seed=len(seg_lens))
+        seg_lens, 64, popularity, 64, 4096, n_out, 192 if "small_pages" in kind else 131072, dtype,
+        seed=len(seg_lens), align=64 if aligned else 1)
+    fast = dict(aligned=aligned)
     T, G, R = x.shape[0], len(n_out), 64
     msl = max(seg_lens)
     out = torch.full((T, G, R), float("nan"), device=DEV, dtype=dtype)
     want = out.clone()
-    lora_shrink(x, pool, pt, a_off, ranks, indptr, slots, out, max_seg_len=msl)
+    lora_shrink(x, pool, pt, a_off, ranks, indptr, slots, out, max_seg_len=msl, **fast)
     lora_shrink_ref(x, pool, pt, a_off, ranks, indptr, slots, want)
     torch.testing.assert_close(out, want, **TOL[dtype])
     base = torch.randn(T, 6200, device=DEV).to(dtype)
     y, want_y = base.clone()[:, 10:10 + 6144], base.clone()[:, 10:10 + 6144]
     scales = torch.rand(pt.shape[0], device=DEV) + 0.5
-    lora_expand(y, want, pool, pt, b_off, ranks, scales, indptr, slots, [0, 4096, 5120, 6144], max_seg_len=msl)
+    lora_expand(y, want, pool, pt, b_off, ranks, scales, indptr, slots, [0, 4096, 5120, 6144], max_seg_len=msl,
+                **fast)
     lora_expand_ref(want_y, want, pool, pt, b_off, ranks, scales, indptr, slots, [0, 4096, 5120, 6144])
     torch.testing.assert_close(y, want_y, **TOL[dtype])
 
@@ -110,14 +114,16 @@ def test_kv_append_cuda_bf16():
     assert torch.equal(pool, want)
 
 
-def test_cuda_graph_decode_step():
+@pytest.mark.parametrize("aligned", [False, True])
+def test_cuda_graph_decode_step(aligned):
     """Capture one decode step (kv_append -> paged_attention -> shrink -> expand) with static buffers,
-    then replay it with new contents (new tokens, adapters, sequence lengths) and check each replay."""
+    then replay it with new contents (new tokens, adapters, sequence lengths) and check each replay.
+    aligned: the LoRA fast path, its plan built inside the graph once and shared by shrink and expand."""
     dtype, B, Hq, Hkv, D, P = torch.bfloat16, 8, 8, 2, 64, 16
     K, n_out, n_slots, max_pages = Hq * D, [Hq * D, Hkv * D, Hkv * D], 6, 64
     gen = torch.Generator().manual_seed(1)
     ranks = random_ranks(n_slots, 3, 32, gen)
-    lpool, lpt, a_off, b_off = make_adapters(ranks, K, n_out, 65536, torch.float32, gen)
+    lpool, lpt, a_off, b_off = make_adapters(ranks, K, n_out, 65536, torch.float32, gen, align=64 if aligned else 1)
     lpool, lpt, a_off, b_off, ranks = _cuda(lpool.to(dtype), lpt, a_off, b_off, ranks)
     scales = torch.rand(n_slots, device=DEV) + 0.5
     kv_pool = torch.randn(B * max_pages, 2 * P * Hkv * D, generator=gen).to(dtype).to(DEV)
@@ -139,9 +145,10 @@ def test_cuda_graph_decode_step():
     def step():
         kv_append(kv_pool, P, k, v, slot_mapping)
         paged_attention(q, kv_pool, P, Hkv, table, seq_lens, q_indptr, D ** -0.5, attn_out, max_q_len=1)
-        lora_shrink(x, lpool, lpt, a_off, ranks, q_indptr, seg_slot, vbuf, max_seg_len=1)
+        fast = dict(aligned=True, plan=lora_decode_plan(q_indptr, seg_slot, n_slots)) if aligned else {}
+        lora_shrink(x, lpool, lpt, a_off, ranks, q_indptr, seg_slot, vbuf, max_seg_len=1, **fast)
         lora_expand(y[:, 4:4 + sum(n_out)], vbuf, lpool, lpt, b_off, ranks, scales, q_indptr, seg_slot, offs,
-                    max_seg_len=1)
+                    max_seg_len=1, **fast)
 
     def fill(seed):
         g = torch.Generator().manual_seed(seed)
