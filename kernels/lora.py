@@ -32,6 +32,14 @@ SGMV-like kernel: one program per (segment, tile of its tokens x block of column
 Rank blocks beyond a segment's rank do no work (shrink writes zeros there; expand loops only up to r).
 Rows of A / B^T are found element by element through the adapter's page table (no contiguous copy).
 
+Aligned decode fast path (`aligned=True`: every offset a multiple of 64, as app/lora/adapter.py packs
+them; K, every N_g and page_elems multiples of 64, checked by the wrappers; otherwise the generic kernels
+above run): `lora_decode_plan` sorts the segments by adapter slot on the device (one launch, no host
+sync; build it once per decode step and pass `plan=`); one program per (tile of <= BLOCK_M tokens of one
+slot, g, column block) reads that adapter's A / B^T rows once for the whole tile and multiplies with
+tl.dot. A 64-element run of a row never straddles a page, so each row chunk costs two page-table reads
+and the loads are 16-byte vectors (`tl.multiple_of` / `tl.max_contiguous` hints).
+
 This file holds the Triton kernels, their launch wrappers (`lora_shrink`, `lora_expand`, same
 signatures as the references, no host synchronisation) and the torch references.
 """
@@ -274,7 +282,7 @@ def _lora_expand_prefill_kernel(
 
 
 @triton.jit
-def _decode_plan_kernel(indptr_ptr, slot_ptr, plan_ptr, n_seg, S, BLOCK: tl.constexpr):
+def _decode_plan_kernel(indptr_ptr, slot_ptr, plan_ptr, n_seg, S, BLOCK: tl.constexpr, BLOCK_J: tl.constexpr):
     """Counting sort of decode segments by adapter slot (no host sync). For segment i at sorted position
     p (segments with a LoRA first, by slot; then the rest, in order):
       plan[0, p] token of the segment (-1 if empty), plan[1, p] slot (-1: no LoRA or empty),
@@ -289,8 +297,8 @@ def _decode_plan_kernel(indptr_ptr, slot_ptr, plan_ptr, n_seg, S, BLOCK: tl.cons
     less = tl.zeros([BLOCK], dtype=tl.int32)
     eqb = tl.zeros([BLOCK], dtype=tl.int32)
     cnt = tl.zeros([BLOCK], dtype=tl.int32)
-    for j0 in range(0, n_seg, BLOCK):
-        j = j0 + tl.arange(0, BLOCK)
+    for j0 in range(0, n_seg, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
         jm = j < n_seg
         sj = tl.load(slot_ptr + j, mask=jm, other=-1)
         loj = tl.load(indptr_ptr + j, mask=jm, other=0)
@@ -485,7 +493,7 @@ def _input_precision(dtype: torch.dtype) -> str:
 
 # Decode fast path (tokens grouped by adapter, vectorised page reads) launch parameters; benchmarks may
 # override entries. GPU values were picked on an H100 (benchmarks/kernels.py).
-DECODE_CFG = dict(shrink_m=16, shrink_r=16, shrink_k=256, shrink_warps=4, shrink_stages=3,
+DECODE_CFG = dict(shrink_m=16, shrink_r=16, shrink_k=1024, shrink_warps=4, shrink_stages=3,
                   expand_m=16, expand_r=16, expand_n=256, expand_warps=4, expand_stages=2)
 
 
@@ -496,9 +504,9 @@ def lora_decode_plan(seg_indptr: torch.Tensor, seg_slot: torch.Tensor, n_slots: 
     n_seg = seg_slot.shape[0]
     plan = torch.empty(4, n_seg, dtype=torch.int32, device=seg_slot.device)
     if n_seg:
-        block = 64 if n_seg <= 64 else 128
+        block, block_j = 32, _npow2(n_seg, 32, 256)      # many small programs: O(n_seg^2) compares
         _decode_plan_kernel[(triton.cdiv(n_seg, block),)](seg_indptr, seg_slot, plan, n_seg, int(n_slots),
-                                                          BLOCK=block, num_warps=4)
+                                                          BLOCK=block, BLOCK_J=block_j, num_warps=4)
     return plan
 
 
