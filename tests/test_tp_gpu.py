@@ -8,11 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytestmark = pytest.mark.gpu
+import ray  # noqa: E402
 
-if torch.cuda.device_count() < 2:
-    pytest.skip("needs >= 2 CUDA GPUs", allow_module_level=True)
-ray = pytest.importorskip("ray")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs >= 2 CUDA GPUs")]
 
 from app.config import EngineConfig  # noqa: E402
 from app.engine import Engine  # noqa: E402
