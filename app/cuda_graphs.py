@@ -1,5 +1,6 @@
 """CUDA graphs for decode-only steps (one token per sequence), so that kernel-launch and Python overhead do
-not dominate small batches.
+not dominate small batches. Under tensor parallelism every rank captures and replays the same graphs (the
+same batches reach every rank), NCCL collectives included.
 
 One graph per batch-size bucket (1, 2, 4, ..., up to max_num_seqs), captured the first time a bucket is
 needed. Every per-step input lives in a static buffer that the graph reads: token ids, positions, KV slot
@@ -60,6 +61,12 @@ class DecodeGraphs:
             return None
         return self
 
+    def _forward(self, bs: int, ctx: ForwardContext) -> torch.Tensor:
+        """The captured work: the decode plan (recomputed from seg_slot at every replay), the model, logits."""
+        r = self.r
+        ctx.lora.plan = r.backend.lora_decode_plan(ctx.lora.seg_indptr, ctx.lora.seg_slot, self.max_loras)
+        return r.model.logits(r.model(self.input_ids[:bs], self.positions[:bs], ctx))
+
     def _ctx(self, bs: int) -> ForwardContext:
         r = self.r
         q_indptr = self.q_indptr[:bs + 1]
@@ -71,20 +78,19 @@ class DecodeGraphs:
                               tp=r.tp)
 
     def _capture(self, bs: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        model = self.r.model
         self._fill_padding(0, self.buckets[-1])
         ctx = self._ctx(bs)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):   # warm-up: Triton compiles and autotunes outside the capture
             for _ in range(2):
-                model.logits(model(self.input_ids[:bs], self.positions[:bs], ctx))
+                self._forward(bs, ctx)
         torch.cuda.current_stream().wait_stream(s)
         if self.mempool is None:
             self.mempool = torch.cuda.graph_pool_handle()
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, pool=self.mempool):
-            logits = model.logits(model(self.input_ids[:bs], self.positions[:bs], ctx))
+            logits = self._forward(bs, ctx)
         return g, logits
 
     def _fill_padding(self, lo: int, hi: int) -> None:

@@ -56,7 +56,7 @@ class ModelRunner:
         self.copy_stream = torch.cuda.Stream() if self.device == "cuda" else None
         self._prefetch_event = None
         self.graphs = None
-        if cfg.cuda_graphs and self.device == "cuda" and self.backend.name == "triton" and self.tp.world_size == 1:
+        if cfg.cuda_graphs and self.device == "cuda" and self.backend.name == "triton":
             from app.cuda_graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(self)
@@ -200,6 +200,8 @@ class ModelRunner:
                             scales=torch.tensor(b.lora_scales, dtype=torch.float32, device=dev),
                             seg_indptr=q_indptr, seg_slot=torch.tensor(b.seg_slot, **i32),
                             max_seg_len=b.max_q_len, max_rank=b.max_rank, groups=groups)
+            if b.max_q_len == 1:
+                lora.plan = self.backend.lora_decode_plan(q_indptr, lora.seg_slot, len(b.lora_pages))
         ctx = ForwardContext(attn=attn, lora=lora, pool=self.pool, page_size=self.page_size,
                              backend=self.backend, tp=self.tp)
         return (ctx, torch.tensor(b.input_ids, dtype=torch.long, device=dev),

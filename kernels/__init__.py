@@ -2,6 +2,7 @@
 
 `get_backend(name)` returns a `KernelBackend`, the one object the engine calls:
     lora_shrink, lora_expand   (kernels/lora.py)
+    lora_decode_plan           (segments grouped by adapter for the decode kernels; None for torch)
     paged_attention, kv_append (kernels/attention.py)
 """
 
@@ -18,6 +19,7 @@ class KernelBackend:
     lora_expand: Callable
     paged_attention: Callable
     kv_append: Callable
+    lora_decode_plan: Callable = lambda seg_indptr, seg_slot, n_slots: None
 
 
 def get_backend(name: str) -> KernelBackend:

@@ -685,8 +685,10 @@ def _segments(seg_indptr: torch.Tensor, seg_slot: torch.Tensor):
 def lora_shrink_ref(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
                     a_offsets: torch.Tensor, ranks: torch.Tensor, seg_indptr: torch.Tensor,
                     seg_slot: torch.Tensor, out: torch.Tensor, col_mult: int = 0,
-                    max_seg_len: int | None = None) -> torch.Tensor:
-    """x: [T, K]; out: [T, G, R] (fully written). See the module docstring for the formula."""
+                    max_seg_len: int | None = None, *, aligned: bool = False,
+                    plan: torch.Tensor | None = None) -> torch.Tensor:
+    """x: [T, K]; out: [T, G, R] (fully written). See the module docstring for the formula.
+    `aligned` and `plan` are the Triton kernels' performance hints; the reference ignores them."""
     check_lora_args(x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot)
     T, K = x.shape
     G = a_offsets.shape[1]
@@ -709,8 +711,10 @@ def lora_shrink_ref(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tenso
 def lora_expand_ref(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
                     b_offsets: torch.Tensor, ranks: torch.Tensor, scales: torch.Tensor,
                     seg_indptr: torch.Tensor, seg_slot: torch.Tensor, out_offsets: list[int],
-                    max_seg_len: int | None = None) -> torch.Tensor:
-    """y: [T, N_total] (updated in place; may be a column-slice view); v: [T, G, R]."""
+                    max_seg_len: int | None = None, *, aligned: bool = False,
+                    plan: torch.Tensor | None = None) -> torch.Tensor:
+    """y: [T, N_total] (updated in place; may be a column-slice view); v: [T, G, R].
+    `aligned` and `plan` are the Triton kernels' performance hints; the reference ignores them."""
     check_lora_args(v, pool, page_table, b_offsets, ranks, seg_indptr, seg_slot)
     G = b_offsets.shape[1]
     if len(out_offsets) != G + 1 or out_offsets[-1] > y.shape[1]:

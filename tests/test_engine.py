@@ -215,3 +215,14 @@ def test_half_precision_runs_close_to_float32(demo, llm, dtype):
     a = [o.token_ids[0] for o in llm.generate(prompts, greedy(1), adapters)]
     b = [o.token_ids[0] for o in half.generate(prompts, greedy(1), adapters)]
     assert sum(x == y for x, y in zip(a, b)) >= 9, (a, b)
+
+
+def test_triton_backend_in_the_engine_equals_torch(demo, llm):
+    """The engine on the Triton kernels (the CPU runs them under TRITON_INTERPRET=1): prefill, decode,
+    mixed adapters and base requests give the torch backend's greedy tokens."""
+    tri = LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32",
+              kernel_backend="triton")
+    prompts = [[3, 4, 5, 6, 7, 8, 9, 10, 11], [12], [13, 14, 15, 16, 17], [18, 19]]
+    names = ["demo-r64-all", None, "demo-r8-mlp", "demo-r1-qv"]
+    want = [o.token_ids for o in llm.generate(prompts, greedy(4), names)]
+    assert [o.token_ids for o in tri.generate(prompts, greedy(4), names)] == want

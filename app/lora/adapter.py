@@ -8,7 +8,8 @@ Out: `LoRAWeights` (float32 A/B per target, all layers) and, per tensor-parallel
 
 Tensor parallelism (S-LoRA §6): column-parallel targets (q/k/v/gate/up) split A's rows (the rank,
 padded to a multiple of the TP size with zero rows) and B's output rows; row-parallel targets (o/down)
-split A's input columns and B's output rows (added into the rank's slice of the base partial sum).
+split A's input columns and keep the whole B (each rank's partial x@A goes through all of B into the
+base partial sum; see app/lora/layer.py).
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ def shard_target(module: str, A: torch.Tensor, B: torch.Tensor, tp_rank: int, tp
     if fin % tp_size:
         raise AdapterError(f"{module}: input size {fin} is not divisible by tensor_parallel_size {tp_size}")
     ib = fin // tp_size
-    return A[:, :, tp_rank * ib:(tp_rank + 1) * ib], Bt[:, :, tp_rank * ob:(tp_rank + 1) * ob]
+    return A[:, :, tp_rank * ib:(tp_rank + 1) * ib], Bt
 
 
 ALIGN = 64   # every A / B^T block starts at a multiple of 64 virtual elements (kernels may vectorise)

@@ -4,9 +4,11 @@ the kernel backend (shrink, then expand), with S-LoRA's tensor-parallel collecti
 Column-parallel group (qkv, gate_up): each rank computes its rows of x @ A^T into its columns of v;
 a sum all-reduce of the small v [T, G, r] assembles it (an all-gather by another name); then each rank
 expands into its own output slice y (already this rank's columns).
-Row-parallel group (o, down): x is this rank's input shard, so x @ A_shard^T is a partial sum:
-all-reduce it, then expand into this rank's slice of the (not yet reduced) base output, so that the
-base model's all-reduce also sums LoRA's output slices.
+Row-parallel group (o, down): x is this rank's input shard, so v_n = x_n @ A_n^T is a partial sum. Each
+rank expands its partial v_n through the whole B into its (not yet reduced) base partial sum; the base
+model's all-reduce then sums sum_n v_n @ B^T = v @ B^T. LoRA sends nothing of its own there: its
+communication rides entirely in the base all-reduce (S-LoRA all-reduces v first; on 2 x H200 a tiny
+all-reduce costs about as much as the base one, measured in benchmarks/results/tp.md).
 """
 
 from __future__ import annotations
@@ -31,15 +33,14 @@ def apply_lora(ctx: ForwardContext, layer: int, group: str, x: torch.Tensor, y: 
     tp = ctx.tp
     row_parallel = group in ROW_PARALLEL_GROUPS
     v = torch.empty(x.shape[0], len(LORA_GROUPS[group]), meta.max_rank, dtype=x.dtype, device=x.device)
+    hints = dict(aligned=True, plan=meta.plan)   # packed offsets are 64-aligned (app/lora/adapter.py)
     ctx.backend.lora_shrink(x, pool, meta.page_table, g.a_offsets, g.ranks_a, meta.seg_indptr,
                             meta.seg_slot, v, col_mult=0 if row_parallel else tp.rank,
-                            max_seg_len=meta.max_seg_len)
-    tp.all_reduce(v)
-    if row_parallel and tp.world_size > 1:
-        width = out_sizes[0]
-        y = y[:, tp.rank * width:(tp.rank + 1) * width]
+                            max_seg_len=meta.max_seg_len, **hints)
+    if not row_parallel:
+        tp.all_reduce(v)
     offsets = [0]
     for n in out_sizes:
         offsets.append(offsets[-1] + n)
     ctx.backend.lora_expand(y, v, pool, meta.page_table, g.b_offsets, g.ranks_b, meta.scales,
-                            meta.seg_indptr, meta.seg_slot, offsets, max_seg_len=meta.max_seg_len)
+                            meta.seg_indptr, meta.seg_slot, offsets, max_seg_len=meta.max_seg_len, **hints)

@@ -216,7 +216,7 @@ class LlamaForCausalLM(torch.nn.Module):
                                         attn.seq_lens, attn.q_indptr, D ** -0.5, o, max_q_len=attn.max_q_len)
             o = o.reshape(-1, self.q_size)
             y = F.linear(o, w[f"{i}.o"])
-            apply_lora(ctx, i, "o", o, y, [a.hidden_size // tp.world_size])
+            apply_lora(ctx, i, "o", o, y, [a.hidden_size])
             tp.all_reduce(y)
             if a.o_bias:
                 y = y + w[f"{i}.o_b"]
@@ -227,7 +227,7 @@ class LlamaForCausalLM(torch.nn.Module):
             g, u = gu.split([self.inter, self.inter], -1)
             m = F.silu(g) * u
             y = F.linear(m, w[f"{i}.down"])
-            apply_lora(ctx, i, "down", m, y, [a.hidden_size // tp.world_size])
+            apply_lora(ctx, i, "down", m, y, [a.hidden_size])
             tp.all_reduce(y)
             if a.mlp_bias:
                 y = y + w[f"{i}.down_b"]
