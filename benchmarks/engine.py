@@ -124,39 +124,44 @@ def copy_bandwidth() -> float:
     return 2 * (2 << 30) / statistics.median(ts)
 
 
-def peft_baselines(model_dir: Path, paths: dict[str, str], prompts, adapters, out_len) -> dict:
+def peft_baselines(model_dir: Path, path: str, prompts, distinct: list[int], out_len: int) -> dict:
+    """Hugging Face PEFT on the same GPU: mixed-adapter batches (`adapter_names=`) and one adapter at a
+    time (`set_adapter`, the paper's baseline), plus the HF base model; every adapter name a copy of
+    `path`. Returns {distinct: {name: seconds}}."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16).cuda().eval()
-    names = sorted(set(adapters))
-    m = PeftModel.from_pretrained(base, paths[names[0]], adapter_name=names[0])
+    names = [f"r16-{i}" for i in range(max(distinct))]
+    m = PeftModel.from_pretrained(base, path, adapter_name=names[0])
     for n in names[1:]:
-        m.load_adapter(paths[n], adapter_name=n)
+        m.load_adapter(path, adapter_name=n)
     m.eval()
     ids = torch.tensor(prompts, device="cuda")
     kw = dict(max_new_tokens=out_len, min_new_tokens=out_len, do_sample=False, pad_token_id=2)
-    res = {}
 
     def timed(fn):
-        fn()   # warm-up
         torch.cuda.synchronize()
         t = time.perf_counter()
         fn()
         torch.cuda.synchronize()
         return time.perf_counter() - t
 
+    res = {}
     with torch.no_grad():
+        m.generate(ids[:2], max_new_tokens=2, do_sample=False, pad_token_id=2)      # warm-up
         with m.disable_adapter():
-            res["hf_base"] = timed(lambda: m.generate(ids, **kw))
-        res["peft_mixed"] = timed(lambda: m.generate(ids, adapter_names=list(adapters), **kw))
+            hf_base = timed(lambda: m.generate(ids, **kw))
+        for n_ad in distinct:
+            adapters = [names[i % n_ad] for i in range(len(prompts))]
 
-        def one_at_a_time():
-            for n in names:
-                rows = [i for i, a in enumerate(adapters) if a == n]
-                m.set_adapter(n)
-                m.generate(ids[rows], **kw)
-        res["peft_one_at_a_time"] = timed(one_at_a_time)
+            def one_at_a_time():
+                for n in sorted(set(adapters)):
+                    m.set_adapter(n)
+                    m.generate(ids[[i for i, a in enumerate(adapters) if a == n]], **kw)
+            res[n_ad] = {"hf_base": hf_base,
+                         "peft_mixed": timed(lambda: m.generate(ids, adapter_names=adapters, **kw)),
+                         "peft_one_at_a_time": timed(one_at_a_time)}
     del m, base
     torch.cuda.empty_cache()
     return res
@@ -178,15 +183,17 @@ def bench_fixed(args, model_dir: Path, adapter_src: dict[str, str]) -> dict:
         run_batch(engine, prompts, adapters, 4)                   # warm-up: Triton compiles
         t, n = run_batch(engine, prompts, adapters, o_len)
         row = {"distinct_adapters": n_ad, "ours_s": t, "ours_tok_s": n_req * o_len / t,
-               "adapter_loads": engine.pool.loads}
-        if not args.no_peft:
-            paths = {k: adapter_src["src-r16"] for k in names}
-            pb = peft_baselines(model_dir, paths, prompts, adapters, o_len)
-            row.update({k + "_tok_s": n_req * o_len / v for k, v in pb.items()})
+               "adapter_loads": engine.pool.loads, "steps": engine.steps}
         out["runs"].append(row)
     run_batch(engine, prompts, [None] * n_req, 4)
     t, _ = run_batch(engine, prompts, [None] * n_req, o_len)
     out["ours_base_only_tok_s"] = n_req * o_len / t
+    del engine
+    torch.cuda.empty_cache()
+    if not args.no_peft:
+        pb = peft_baselines(model_dir, adapter_src["src-r16"], prompts, args.distinct, o_len)
+        for row in out["runs"]:
+            row.update({k + "_tok_s": n_req * o_len / v for k, v in pb[row["distinct_adapters"]].items()})
     return out
 
 

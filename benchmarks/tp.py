@@ -150,13 +150,40 @@ def bench_comm(hidden: int) -> dict:
         p.join()
     out = {"allreduce_us": times, "per_layer": []}
     for b, r in rows:
-        lora = times[str((b, 3, r))] + times[str((b, 1, r))] + times[str((b, 2, r))] + times[str((b, 1, r))]
+        # ours: one all-reduce of x@A per column-parallel group (qkv, gate_up); S-LoRA's: also o and down
+        lora = times[str((b, 3, r))] + times[str((b, 2, r))]
+        slora = lora + 2 * times[str((b, 1, r))]
         base = 2 * times[str((b, hidden))]
         out["per_layer"].append({"batch": b, "rank": r, "lora_us": lora, "base_us": base,
-                                 "lora_share": lora / (lora + base),
+                                 "lora_share": lora / (lora + base), "slora_scheme_lora_us": slora,
+                                 "slora_scheme_lora_share": slora / (slora + base),
                                  # S-LoRA's cost model, N=2: LoRA 5(N-1)Br/N vs base 2(N-1)Bh/N
                                  "model_lora_share": 5 * r / (5 * r + 2 * hidden)})
     return out
+
+
+def bench_equality_fp32(args, model_dir: Path, adapter_paths: list[str]) -> dict:
+    """float32, the same model shape: TP=2 greedy tokens against TP=1's, mixed adapters and base."""
+    from deployments.tp import TPExecutor
+
+    dev = "cpu" if args.smoke else "cuda"
+    cfg = EngineConfig(model=str(model_dir), device=dev, dtype="float32", pool={"num_pages": 400})
+    rng = random.Random(1)
+    prompts = [[rng.randrange(3, 500) for _ in range(rng.choice([1, 7, 40, 130]))] for _ in range(12)]
+    names = {f"e{i}": adapter_paths[i % len(adapter_paths)] for i in range(4)}
+    adapters = [(list(names) + [None])[i % 5] for i in range(12)]
+    outs = {}
+    for tp in (1, 2):
+        engine = Engine(cfg) if tp == 1 else Engine(cfg, executor=TPExecutor(cfg, 2))
+        register(engine, names)
+        _, outs[tp] = fixed_batch(engine, prompts, adapters, 16, lambda: None)
+        if tp == 2:
+            engine.executor.shutdown()
+        del engine
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+    return {"requests": len(prompts), "tokens_each": 16,
+            "greedy_equal": sum(a == b for a, b in zip(outs[1], outs[2])) / len(prompts)}
 
 
 def bench_serve(args, model_dir: Path, adapter_paths: list[str], work: Path) -> dict:
@@ -213,7 +240,7 @@ def main():
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--rate", type=float, default=2.0)
     ap.add_argument("--duration", type=float, default=20.0)
-    ap.add_argument("--skip", nargs="*", default=[], help="engine comm serve")
+    ap.add_argument("--skip", nargs="*", default=[], help="equality engine comm serve")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU (gloo), to test the script")
     args = ap.parse_args()
     import ray
@@ -235,6 +262,17 @@ def main():
            "shape": shape, "layers": args.layers or "all", "setup_s": time.time() - t0}
     ray.init(num_cpus=8, num_gpus=0 if args.smoke else 2, include_dashboard=False)
     try:
+        if "equality" not in args.skip:
+            small = write_random_llama(work / f"{shape}-2", shape, 2)
+            small_paths = []
+            for r in (8, 16):
+                d = work / f"adapter-2l-r{r}"
+                if not (d / "adapter_config.json").exists():
+                    write_peft_adapter(d, small, r, 2.0 * r, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                              "up_proj", "down_proj"], seed=r, std=0.05)
+                small_paths.append(str(d))
+            res["equality_fp32_2_layers"] = bench_equality_fp32(args, small, small_paths)
+            print(json.dumps(res["equality_fp32_2_layers"]), flush=True)
         if "engine" not in args.skip:
             res["engine"] = bench_engine(args, model_dir, paths[1:])
             print(json.dumps(res["engine"], indent=1), flush=True)
