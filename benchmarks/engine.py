@@ -84,7 +84,8 @@ def alias_adapters(engine: Engine, sources: dict[str, str], names: dict[str, str
     """Registers `names` (alias -> source name): the alias shares the source's packed host tensor
     (host-memory saving for benchmarks); in the pool it is a separate adapter with its own pages/loads."""
     for src, path in sources.items():
-        engine.add_adapter(src, path)
+        if src not in engine.adapters:
+            engine.add_adapter(src, path)
     for alias, src in names.items():
         if alias in engine.adapters:
             continue
