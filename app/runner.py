@@ -134,6 +134,10 @@ class ModelRunner:
             torch.cuda.current_stream().wait_event(self._prefetch_event)
             self._prefetch_event = None
         prefetch = set(out.prefetch)
+        if prefetch and self.copy_stream is not None:
+            # pages given to a prefetched adapter may have been read by work still queued on the
+            # compute stream (an evicted adapter of the last step): copy only after that work
+            self.copy_stream.wait_stream(torch.cuda.current_stream())
         for name, pages in out.adapter_loads:
             if name in prefetch and self.copy_stream is not None:
                 with torch.cuda.stream(self.copy_stream):
