@@ -37,6 +37,12 @@ SHAPES = {
                       num_hidden_layers=32, vocab_size=32000),
     "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                       num_hidden_layers=32, vocab_size=128256),
+    "llama2-13b": dict(hidden_size=5120, intermediate_size=13824, num_attention_heads=40, num_key_value_heads=40,
+                       num_hidden_layers=40, vocab_size=32000),
+    "llama-30b": dict(hidden_size=6656, intermediate_size=17920, num_attention_heads=52, num_key_value_heads=52,
+                      num_hidden_layers=60, vocab_size=32000),
+    "llama2-70b": dict(hidden_size=8192, intermediate_size=28672, num_attention_heads=64, num_key_value_heads=8,
+                       num_hidden_layers=80, vocab_size=32000),
     "tiny": dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
                  num_hidden_layers=2, vocab_size=512),
 }

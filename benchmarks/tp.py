@@ -76,27 +76,27 @@ def bench_engine(args, model_dir: Path, adapter_paths: list[str]) -> dict:
     adapters = [f"r16-{i % 32}" for i in range(args.requests)]
     res = {}
     outs = {}
-    for tp in (1, 2):
-        engine = Engine(cfg) if tp == 1 else Engine(cfg, executor=TPExecutor(cfg, 2))
+    for tp in (1, args.tp):
+        engine = Engine(cfg) if tp == 1 else Engine(cfg, executor=TPExecutor(cfg, tp))
         t0 = time.perf_counter()
         register(engine, names)
         res[f"tp{tp}_register_32_adapters_s"] = time.perf_counter() - t0
         fixed_batch(engine, prompts, adapters, 4, sync)          # warm-up (Triton compiles, graphs)
-        if tp == 2:
+        if tp > 1:
             engine.executor.control.__init__()                   # count the measured run only
         t, toks = fixed_batch(engine, prompts, adapters, args.output_len, sync)
         outs[tp] = toks
         res[f"tp{tp}_s"] = t
         res[f"tp{tp}_tok_s"] = args.requests * args.output_len / t
         res[f"tp{tp}_steps"] = engine.steps
-        if tp == 2:
-            res["tp2_control"] = engine.executor.control.summary()
+        if tp > 1:
+            res[f"tp{tp}_control"] = engine.executor.control.summary()
             engine.executor.shutdown()
         del engine
         if dev == "cuda":
             torch.cuda.empty_cache()
-    res["greedy_sequences_equal"] = sum(a == b for a, b in zip(outs[1], outs[2])) / len(outs[1])
-    res["first_token_equal"] = sum(a[0] == b[0] for a, b in zip(outs[1], outs[2])) / len(outs[1])
+    res["greedy_sequences_equal"] = sum(a == b for a, b in zip(outs[1], outs[args.tp])) / len(outs[1])
+    res["first_token_equal"] = sum(a[0] == b[0] for a, b in zip(outs[1], outs[args.tp])) / len(outs[1])
     return res
 
 
@@ -125,7 +125,7 @@ def _allreduce_worker(rank: int, world: int, port: int, shapes: list[tuple], q) 
     dist.destroy_process_group()
 
 
-def bench_comm(hidden: int) -> dict:
+def bench_comm(hidden: int, world: int = 2) -> dict:
     import socket
 
     import torch.multiprocessing as mp
@@ -142,7 +142,7 @@ def bench_comm(hidden: int) -> dict:
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_allreduce_worker, args=(i, 2, port, shapes, q)) for i in range(2)]
+    procs = [ctx.Process(target=_allreduce_worker, args=(i, world, port, shapes, q)) for i in range(world)]
     for p in procs:
         p.start()
     times = q.get(timeout=300)
@@ -157,7 +157,7 @@ def bench_comm(hidden: int) -> dict:
         out["per_layer"].append({"batch": b, "rank": r, "lora_us": lora, "base_us": base,
                                  "lora_share": lora / (lora + base), "slora_scheme_lora_us": slora,
                                  "slora_scheme_lora_share": slora / (slora + base),
-                                 # S-LoRA's cost model, N=2: LoRA 5(N-1)Br/N vs base 2(N-1)Bh/N
+                                 # S-LoRA's cost model: LoRA 5(N-1)Br/N vs base 2(N-1)Bh/N
                                  "model_lora_share": 5 * r / (5 * r + 2 * hidden)})
     return out
 
@@ -173,17 +173,17 @@ def bench_equality_fp32(args, model_dir: Path, adapter_paths: list[str]) -> dict
     names = {f"e{i}": adapter_paths[i % len(adapter_paths)] for i in range(4)}
     adapters = [(list(names) + [None])[i % 5] for i in range(12)]
     outs = {}
-    for tp in (1, 2):
-        engine = Engine(cfg) if tp == 1 else Engine(cfg, executor=TPExecutor(cfg, 2))
+    for tp in (1, args.tp):
+        engine = Engine(cfg) if tp == 1 else Engine(cfg, executor=TPExecutor(cfg, tp))
         register(engine, names)
         _, outs[tp] = fixed_batch(engine, prompts, adapters, 16, lambda: None)
-        if tp == 2:
+        if tp > 1:
             engine.executor.shutdown()
         del engine
         if dev == "cuda":
             torch.cuda.empty_cache()
-    return {"requests": len(prompts), "tokens_each": 16,
-            "greedy_equal": sum(a == b for a, b in zip(outs[1], outs[2])) / len(prompts)}
+    return {"requests": len(prompts), "tokens_each": 16, "tp": args.tp,
+            "greedy_equal": sum(a == b for a, b in zip(outs[1], outs[args.tp])) / len(prompts)}
 
 
 def bench_serve(args, model_dir: Path, adapter_paths: list[str], work: Path) -> dict:
@@ -207,7 +207,7 @@ def bench_serve(args, model_dir: Path, adapter_paths: list[str], work: Path) -> 
             for f in ("adapter_config.json", "adapter_model.safetensors"):
                 os.symlink(src / f, d / f)
     t0 = time.perf_counter()
-    app = build_app(BuildArgs(model=str(model_dir), adapter_dir=str(adir), tensor_parallel_size=2,
+    app = build_app(BuildArgs(model=str(model_dir), adapter_dir=str(adir), tensor_parallel_size=args.tp,
                               device="cpu" if args.smoke else "cuda",
                               dtype="float32" if args.smoke else "bfloat16", max_num_seqs=128,
                               gpu_memory_fraction=0.6, max_lora_rank=64,
@@ -231,6 +231,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--work", default="/tmp/sloray-tp")
+    ap.add_argument("--shape", default="llama2-7b", help="a key of benchmarks.engine.SHAPES")
+    ap.add_argument("--tp", type=int, default=2, help="tensor-parallel size compared against TP=1")
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--prompt-len", type=int, default=128)
@@ -248,7 +250,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work)
-    shape = "tiny" if args.smoke else "llama2-7b"
+    shape = "tiny" if args.smoke else args.shape
     t0 = time.time()
     model_dir = write_random_llama(work / f"{shape}-{args.layers or 'all'}", shape, args.layers)
     paths = []
@@ -260,7 +262,7 @@ def main():
         paths.append(str(d))
     res = {"gpu": "cpu (smoke)" if args.smoke else f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}",
            "shape": shape, "layers": args.layers or "all", "setup_s": time.time() - t0}
-    ray.init(num_cpus=8, num_gpus=0 if args.smoke else 2, include_dashboard=False)
+    ray.init(num_cpus=8, num_gpus=0 if args.smoke else torch.cuda.device_count(), include_dashboard=False)
     try:
         if "equality" not in args.skip:
             small = write_random_llama(work / f"{shape}-2", shape, 2)
@@ -277,7 +279,9 @@ def main():
             res["engine"] = bench_engine(args, model_dir, paths[1:])
             print(json.dumps(res["engine"], indent=1), flush=True)
         if "comm" not in args.skip and not args.smoke:
-            res["comm"] = bench_comm(4096)
+            from benchmarks.engine import SHAPES
+
+            res["comm"] = bench_comm(SHAPES[shape]["hidden_size"], args.tp)
             print(json.dumps(res["comm"]["per_layer"], indent=1), flush=True)
         if "serve" not in args.skip:
             res["serve"] = bench_serve(args, model_dir, paths, work)
