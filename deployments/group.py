@@ -175,6 +175,7 @@ class SLoRAGroup:
                          for n, a in e.adapters.items()},
             "steps": e.steps,
             "num_preemptions": sch.num_preemptions,
+            "num_prefetches": sch.num_prefetches,
         }
 
     def _dispatch(self, outputs: list[RequestOutput], now: float) -> None:
@@ -211,6 +212,8 @@ class SLoRAGroup:
         m.set_counter("adapter_loads", s["pool"]["loads"])
         m.set_counter("adapter_hits", s["pool"]["hits"])
         m.set_counter("adapter_evictions", s["pool"]["evictions"])
+        m.set_counter("adapter_prefetches", s["num_prefetches"])
+        m.set_counter("preemptions", s["num_preemptions"])
         m.set_gauges(self._gauges(s), s["pool"])
 
     @staticmethod

@@ -42,6 +42,8 @@ COUNTERS = {
     "adapter_loads": "Adapter weight copies into the pool (cache misses).",
     "adapter_hits": "Admissions whose adapter was already resident (cache hits).",
     "adapter_evictions": "Adapters evicted from the pool.",
+    "adapter_prefetches": "Adapters copied into free pages ahead of their requests' admission (prefetch).",
+    "preemptions": "Running requests preempted (recomputed later) because the pool ran out of pages.",
     "engine_steps": "Engine steps.",
 }
 GAUGES = {

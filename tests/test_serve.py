@@ -328,6 +328,7 @@ def test_metrics_after_traffic(http):
                  "sloray_e2e_request_latency_seconds_sum", "sloray_request_queue_time_seconds_count",
                  "sloray_num_requests_running", "sloray_num_requests_waiting", "sloray_requests_aborted_total",
                  "sloray_adapter_loads_total", "sloray_adapter_hits_total", "sloray_adapter_evictions_total",
+                 "sloray_adapter_prefetches_total", "sloray_preemptions_total",
                  "sloray_distinct_adapters_per_batch_bucket", "sloray_generation_tokens_total"):
         assert name in text, name
     for kind in ("kv", "adapter", "free"):
