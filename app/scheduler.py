@@ -174,7 +174,7 @@ class Scheduler:
         for req, n in chosen:
             start = req.num_computed_tokens
             out.seqs.append(ScheduledSeq(
-                request_id=req.request_id, token_ids=req.all_token_ids[start:start + n], start_pos=start,
+                request_id=req.request_id, token_ids=req.token_slice(start, n), start_pos=start,
                 kv_pages=list(self.pool.kv_pages(req.request_id)), adapter=req.adapter,
                 sample=start + n == req.num_tokens, params=req.params))
         return out

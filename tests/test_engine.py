@@ -226,3 +226,13 @@ def test_triton_backend_in_the_engine_equals_torch(demo, llm):
     names = ["demo-r64-all", None, "demo-r8-mlp", "demo-r1-qv"]
     want = [o.token_ids for o in llm.generate(prompts, greedy(4), names)]
     assert [o.token_ids for o in tri.generate(prompts, greedy(4), names)] == want
+
+
+def test_token_slice_matches_all_token_ids():
+    from app.request import Request
+
+    r = Request("x", [1, 2, 3, 4], None, SamplingParams())
+    r.output_token_ids = [5, 6, 7]
+    for start in range(8):
+        for n in range(8):
+            assert r.token_slice(start, n) == r.all_token_ids[start:start + n]
