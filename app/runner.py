@@ -31,7 +31,8 @@ def resolve_dtype(cfg: EngineConfig, args: ModelArgs, device: str) -> torch.dtyp
         return DTYPES[cfg.dtype]
     if device == "cpu":
         return torch.float32
-    return DTYPES.get(str(args.torch_dtype), torch.bfloat16) if args.torch_dtype != "float32" else torch.bfloat16
+    # the checkpoint's half-precision dtype on CUDA; float32 checkpoints are served in bfloat16
+    return DTYPES[args.torch_dtype] if args.torch_dtype in ("float16", "bfloat16") else torch.bfloat16
 
 
 class ModelRunner:
