@@ -1,7 +1,8 @@
 """The Ray Serve application with real Ray on the CPU, over HTTP (the official `openai` client and httpx).
 
 Two applications are started once for the module (in parallel, `serve.run_many`) on the embedded demo:
-  * "main" at /: two TP groups (TP=1), API keys required, run-time adapter loads confined to a temp root;
+  * "main" at /: two TP groups (TP=1) behind two ingress replicas (Serve's proxy balances between them, as
+    a load balancer would), API keys required, run-time adapter loads confined to a temp root;
   * "strict" at /strict: one group with an impossible TTFT SLO (every request is refused with 429);
   * "tp2" at /tp2: one group of tensor_parallel_size=2 (deployments/tp.py: two rank actors over gloo).
 Greedy results are compared with the offline `app.LLM` on the same model and adapters.
@@ -68,7 +69,7 @@ def service(demo, roots):
     os.environ["PYTHONPATH"] = repo + os.pathsep + os.environ.get("PYTHONPATH", "")
     ray.init(num_cpus=4, include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    main = build_app({"num_groups": 2, "api_keys": KEY, "allowed_adapter_roots": str(roots),
+    main = build_app({"num_groups": 2, "num_ingress_replicas": 2, "api_keys": KEY, "allowed_adapter_roots": str(roots),
                       "group_num_cpus": 0.5, "device": "cpu", "dtype": "float32", "stats_poll_interval_s": 0.1})
     strict = build_app({"num_groups": 1, "ttft_slo_s": "1e-6", "group_num_cpus": 0.25})
     tp2 = build_app({"model": str(demo / "model"), "adapter_dir": str(demo / "adapters"), "device": "cpu",
@@ -339,3 +340,11 @@ def test_metrics_after_traffic(http):
     # both groups served traffic and report it
     for g in GROUPS:
         assert f'sloray_group_up{{group="{g}",model_name="sloray-demo"}} 1.0' in text
+    # whichever ingress replica answers, the scrape shows the whole service (the same totals)
+    time.sleep(0.5)      # every replica has polled the groups since the last request
+
+    def success_total():
+        text = httpx.get(f"{BASE}/metrics").text
+        return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("sloray_request_success_total"))
+    totals = {success_total() for _ in range(8)}
+    assert len(totals) == 1 and totals.pop() >= 10, totals
