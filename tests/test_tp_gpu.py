@@ -46,27 +46,31 @@ def setup(request, tmp_path_factory):
     return model, adapters, reqs
 
 
-def engine(model, adapters, dtype: str, tp: int | None, **pool) -> Engine:
-    cfg = EngineConfig(model=str(model), device="cuda", dtype=dtype, pool={"page_size": 16, **pool})
+def engine(model, adapters, dtype: str, tp: int | None, cuda_graphs: bool = True, **pool) -> Engine:
+    cfg = EngineConfig(model=str(model), device="cuda", dtype=dtype, pool={"page_size": 16, **pool},
+                       cuda_graphs=cuda_graphs)
     e = Engine(cfg, executor=TPExecutor(cfg, tp) if tp else None)
     for n in AT_START:
         e.add_adapter(n, adapters[n])
     return e
 
 
-def test_tp2_nccl_equals_tp1_and_peft_float32(ray_gpu, setup):
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "graphs"])
+def test_tp2_nccl_equals_tp1_and_peft_float32(ray_gpu, setup, cuda_graphs):
+    """Decode steps eager, then replayed from CUDA graphs captured on both ranks (NCCL inside)."""
     model, adapters, reqs = setup
     # num_pages from free memory: the ranks take the minimum over NCCL
-    tp2 = engine(model, adapters, "float32", 2, gpu_memory_fraction=0.05)
+    tp2 = engine(model, adapters, "float32", 2, cuda_graphs=cuda_graphs, gpu_memory_fraction=0.05)
     try:
         got = generate(tp2, reqs)
         print("control per step:", tp2.executor.control.summary())
     finally:
         tp2.executor.shutdown()
-    tp1 = engine(model, adapters, "float32", None, num_pages=4096)
-    check(generate(tp1, reqs), reqs, got, "TP=1 vs TP=2 (NCCL), float32")
     ref = HFReference(model, adapters)
-    check(got, reqs, [ref.greedy(ids, a, m) for ids, a, m in reqs], "TP=2 (NCCL) vs transformers+PEFT")
+    want = [ref.greedy(ids, a, m) for ids, a, m in reqs]
+    check(got, reqs, want, "TP=2 (NCCL) vs transformers+PEFT, float32")
+    tp1 = engine(model, adapters, "float32", None, cuda_graphs=cuda_graphs, num_pages=4096)
+    check(generate(tp1, reqs), reqs, want, "TP=1 vs transformers+PEFT, float32")
 
 
 def test_tp2_nccl_logits_close_bfloat16(ray_gpu, setup):
