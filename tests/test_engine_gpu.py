@@ -16,10 +16,12 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+@pytest.fixture(scope="module", params=["gqa", "mha"])
+def setup(request, tmp_path_factory):
+    """gqa: the k/v LoRA outputs are 32 wide (generic decode kernels for q/k/v); mha: all 64 wide (the
+    aligned fast path for the q/k/v group too)."""
     root = tmp_path_factory.mktemp("gpu")
-    model = make_model(root, "gqa")
+    model = make_model(root, request.param)
     adapters = make_peft_adapters(root, model)
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     rng = random.Random(5)
