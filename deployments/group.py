@@ -70,6 +70,7 @@ class SLoRAGroup:
         self.engine = Engine(cfg, executor=executor)
         for adapter, path in (adapters or {}).items():
             self.engine.add_adapter(adapter, path)
+        self._adapter_table = self._adapters_now()
         self.metrics = GroupMetrics(name, self.engine.model_name, ray_export=ray_metrics)
         self._cmds: list[_Cmd] = []
         self._queues: dict[str, asyncio.Queue] = {}
@@ -153,10 +154,18 @@ class SLoRAGroup:
             return False
         if c.kind == "add_adapter":
             info = e.add_adapter(*c.args)
+            self._adapter_table = self._adapters_now()
             return {"name": info.name, "path": info.path, "rank": info.rank, "num_pages": info.num_pages}
         if c.kind == "remove_adapter":
-            return e.remove_adapter(*c.args)
+            e.remove_adapter(*c.args)
+            self._adapter_table = self._adapters_now()
+            return None
         raise ValueError(c.kind)
+
+    def _adapters_now(self) -> dict[str, dict]:
+        """The registered adapters' table, rebuilt only when one is added or removed (a new dict each
+        time, never mutated: snapshots share it), so a step's snapshot costs nothing per adapter."""
+        return {n: {"path": a.path, "rank": a.rank, "num_pages": a.num_pages} for n, a in self.engine.adapters.items()}
 
     def _take_snapshot(self) -> dict:
         """Engine figures read in the thread that owns the engine (between steps)."""
@@ -171,8 +180,7 @@ class SLoRAGroup:
                      "adapter_pinned": p.adapter_pinned, "kv_fragmentation": p.kv_fragmentation,
                      "loads": p.loads, "hits": p.hits, "evictions": p.evictions},
             "resident_adapters": e.pool.resident_adapters(),
-            "adapters": {n: {"path": a.path, "rank": a.rank, "num_pages": a.num_pages}
-                         for n, a in e.adapters.items()},
+            "adapters": self._adapter_table,
             "steps": e.steps,
             "num_preemptions": sch.num_preemptions,
             "num_prefetches": sch.num_prefetches,
