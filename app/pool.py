@@ -50,6 +50,7 @@ class PagePool:
     loads: int = 0
     evictions: int = 0
     hits: int = 0
+    _unpinned: int = 0          # pages of resident adapters with no pins (the evictable cache)
 
     def __post_init__(self):
         self._free = list(range(self.num_pages - 1, -1, -1))
@@ -60,14 +61,16 @@ class PagePool:
         return len(self._free)
 
     def evictable(self, keep: set[str] = frozenset()) -> int:
-        return sum(len(r.pages) for n, r in self._adapters.items() if r.pins == 0 and n not in keep)
+        """Pages of unpinned resident adapters not in `keep` (O(len(keep)): a running count)."""
+        kept = sum(len(r.pages) for n in keep if (r := self._adapters.get(n)) is not None and r.pins == 0)
+        return self._unpinned - kept
 
     def available(self, keep: set[str] = frozenset()) -> int:
         """Pages that an allocation may take: free ones plus those of unpinned cached adapters."""
         return self.num_free + self.evictable(keep)
 
     def _take(self, n: int, keep: set[str] = frozenset()) -> list[int] | None:
-        if n > self.available(keep):
+        if n > len(self._free) and n > self.available(keep):
             return None
         while len(self._free) < n:
             victim = next(name for name, r in self._adapters.items() if r.pins == 0 and name not in keep)
@@ -114,11 +117,14 @@ class PagePool:
         if pages is None:
             return None
         self._adapters[name] = ResidentAdapter(pages=pages)
+        self._unpinned += num_pages
         self.loads += 1
         return pages
 
     def pin(self, name: str) -> None:
         r = self._adapters[name]
+        if r.pins == 0:
+            self._unpinned -= len(r.pages)
         r.pins += 1
         self._adapters.move_to_end(name)
 
@@ -127,12 +133,15 @@ class PagePool:
         if r.pins <= 0:
             raise RuntimeError(f"adapter {name!r} unpinned more often than pinned")
         r.pins -= 1
+        if r.pins == 0:
+            self._unpinned += len(r.pages)
 
     def evict(self, name: str) -> None:
         r = self._adapters[name]
         if r.pins:
             raise RuntimeError(f"adapter {name!r} is in use by {r.pins} request(s) and cannot be evicted")
         del self._adapters[name]
+        self._unpinned -= len(r.pages)
         self._free.extend(reversed(r.pages))
         self.evictions += 1
 
@@ -159,3 +168,5 @@ class PagePool:
             owners += r.pages
         if sorted(owners) != list(range(self.num_pages)):
             raise AssertionError("pool pages are leaked or owned twice")
+        if self._unpinned != sum(len(r.pages) for r in self._adapters.values() if r.pins == 0):
+            raise AssertionError("the count of evictable adapter pages is off")
