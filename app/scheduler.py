@@ -17,6 +17,7 @@ alone is refused when added, so preemption always makes progress.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -195,7 +196,7 @@ class Scheduler:
         keeping a page per running request for its growth), so that their copy overlaps this step and they
         are resident when the requests are admitted."""
         reserve = len(self.running)
-        for req in list(self.waiting)[:self.lora_cfg.max_loras_per_batch]:
+        for req in list(itertools.islice(self.waiting, self.lora_cfg.max_loras_per_batch)):
             name = req.adapter
             if not name or self.pool.is_resident(name):
                 continue
