@@ -113,22 +113,29 @@ def run_batch(engine: Engine, prompts, adapters, out_len) -> tuple[float, int]:
     return time.perf_counter() - t, n
 
 
-def copy_bandwidth() -> float:
-    x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    for _ in range(3):
-        y.copy_(x)
+def cuda_median_s(fn, warmup: int = 3, iters: int = 10) -> float:
+    """Median GPU time of `fn()` in seconds, each call timed by CUDA events after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
     torch.cuda.synchronize()
     ts = []
-    for _ in range(10):
+    for _ in range(iters):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
-        y.copy_(x)
+        fn()
         e.record()
         torch.cuda.synchronize()
         ts.append(s.elapsed_time(e) / 1e3)
+    return statistics.median(ts)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy rate, bytes read + written per second."""
+    x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    t = cuda_median_s(lambda: y.copy_(x))
     del x, y
-    return 2 * (2 << 30) / statistics.median(ts)
+    return 2 * (2 << 30) / t
 
 
 def peft_baselines(model_dir: Path, path: str, prompts, distinct: list[int], out_len: int) -> dict:

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -105,21 +104,12 @@ def _allreduce_worker(rank: int, world: int, port: int, shapes: list[tuple], q) 
 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    from benchmarks.engine import cuda_median_s
+
     times = {}
     for shape in shapes:
         x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
-        for _ in range(10):
-            dist.all_reduce(x)
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(50):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            dist.all_reduce(x)
-            e.record()
-            torch.cuda.synchronize()
-            ts.append(s.elapsed_time(e) * 1e3)
-        times[str(shape)] = statistics.median(ts)
+        times[str(shape)] = cuda_median_s(lambda: dist.all_reduce(x), warmup=10, iters=50) * 1e6
     if rank == 0:
         q.put(times)
     dist.destroy_process_group()

@@ -99,7 +99,6 @@ class HFReference:
     @torch.no_grad()
     def greedy(self, ids: list[int], adapter: str | None, max_tokens: int) -> list[int]:
         x = torch.tensor([ids])
-        out = []
         if adapter is None:
             with self.model.disable_adapter():
                 return self._loop(x, max_tokens)
