@@ -157,9 +157,11 @@ class SLoRAGroup:
             self._adapter_table = self._adapters_now()
             return {"name": info.name, "path": info.path, "rank": info.rank, "num_pages": info.num_pages}
         if c.kind == "remove_adapter":
-            e.remove_adapter(*c.args)
+            (name,) = c.args
+            path = e.adapters[name].path if name in e.adapters else None
+            e.remove_adapter(name)
             self._adapter_table = self._adapters_now()
-            return None
+            return path
         raise ValueError(c.kind)
 
     def _adapters_now(self) -> dict[str, dict]:
@@ -286,9 +288,9 @@ class SLoRAGroup:
         """Raises AdapterError (refused: nothing changed) or returns the adapter's info."""
         return await self._call("add_adapter", name, path)
 
-    async def remove_adapter(self, name: str) -> None:
-        """Raises KeyError (unknown) or AdapterError (in use)."""
-        await self._call("remove_adapter", name)
+    async def remove_adapter(self, name: str) -> str:
+        """Returns the removed adapter's path; raises KeyError (unknown) or AdapterError (in use)."""
+        return await self._call("remove_adapter", name)
 
     async def list_adapters(self) -> dict[str, dict]:
         return dict(self._snapshot["adapters"])

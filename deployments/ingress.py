@@ -410,7 +410,10 @@ class OpenAIIngress:
         if errors and all(isinstance(e, KeyError) for e in errors) and len(errors) == len(results):
             raise APIError(404, f"the adapter {name!r} is not loaded", "lora_name")
         busy = [e for e in errors if not isinstance(e, KeyError)]
-        if busy:
+        if busy:   # all or nothing: put it back on the groups that had already dropped it
+            removed = [(g, r) for g, r in zip(self.groups, results) if isinstance(r, str)]
+            await asyncio.gather(*(self.groups[g].add_adapter.remote(name, path) for g, path in removed),
+                                 return_exceptions=True)
             raise APIError(400, str(busy[0]), "lora_name")
         return Response(f"Success: LoRA adapter '{name}' removed successfully.", media_type="text/plain")
 

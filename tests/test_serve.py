@@ -301,6 +301,29 @@ def test_adapter_clustered_on_its_affine_group(http, client, roots):
     assert stats[other]["pool"]["loads"] + stats[other]["pool"]["hits"] == before[other]
 
 
+def test_unload_of_an_adapter_in_use_changes_nothing(http, roots):
+    """The group serving a request refuses the unload (400); the other group, which had dropped the
+    adapter already, gets it back: the unload is all or nothing."""
+    assert http.post("/v1/load_lora_adapter", json={"lora_name": "busy-x",
+                                                    "lora_path": str(roots / "copy-r8")}).status_code == 200
+    body = {"model": "busy-x", "prompt": "Hello", "max_tokens": 1000, "ignore_eos": True, "stream": True}
+    with http.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()    # kept referenced: a dropped iterator closes the stream (a disconnect)
+        next(ln for ln in lines if ln.startswith("data: "))      # running on its group now
+        u = http.post("/v1/unload_lora_adapter", json={"lora_name": "busy-x"})
+        assert u.status_code == 400 and "in use" in u.json()["error"]["message"]
+        assert all("busy-x" in group_stats(g)["adapters"] for g in GROUPS)
+    deadline = time.time() + 20      # the closed stream aborts the request; then the unload goes through
+    while time.time() < deadline:
+        u = http.post("/v1/unload_lora_adapter", json={"lora_name": "busy-x"})
+        if u.status_code == 200:
+            break
+        time.sleep(0.2)
+    assert u.status_code == 200
+    assert not any("busy-x" in group_stats(g)["adapters"] for g in GROUPS)
+
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_disconnect_aborts_and_frees_pages(http, stream):
     before = {g: group_stats(g)["metrics"]["counters"]["requests_aborted"] for g in GROUPS}
