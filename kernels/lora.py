@@ -98,6 +98,17 @@ def _segment_rank(slot_ptr, rank_ptr, off_ptr, pt_ptr, seg, g, G, stride_pt):
 
 
 @triton.jit
+def _zero_outside_segments(out_cols, cmask, indptr_ptr, n_seg, T, stride_ot, BLOCK_R: tl.constexpr):
+    """Shrink writes every output element: zeroes these columns of the tokens before the first segment
+    and after the last one (run by one extra program per launch)."""
+    zeros = tl.zeros([BLOCK_R], dtype=out_cols.dtype.element_ty)
+    for t in range(0, tl.load(indptr_ptr)):
+        tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
+    for t in range(tl.load(indptr_ptr + n_seg), T):
+        tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
+
+
+@triton.jit
 def _lora_shrink_decode_kernel(
         x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, indptr_ptr, slot_ptr, out_ptr,
         T, K, R, G, n_seg, col_mult,
@@ -111,11 +122,7 @@ def _lora_shrink_decode_kernel(
     cmask = cols < R
     out_cols = out_ptr + g * stride_og + cols * stride_or
     if seg == n_seg:  # the extra program zeroes tokens outside every segment
-        zeros = tl.zeros([BLOCK_R], dtype=out_ptr.dtype.element_ty)
-        for t in range(0, tl.load(indptr_ptr)):
-            tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
-        for t in range(tl.load(indptr_ptr + n_seg), T):
-            tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
+        _zero_outside_segments(out_cols, cmask, indptr_ptr, n_seg, T, stride_ot, BLOCK_R)
         return
     t0 = tl.load(indptr_ptr + seg)
     t1 = tl.load(indptr_ptr + seg + 1)
@@ -162,11 +169,7 @@ def _lora_shrink_prefill_kernel(
     out_cols = out_ptr + g * stride_og + cols * stride_or
     if seg == n_seg:
         if tile == 0:
-            zeros = tl.zeros([BLOCK_R], dtype=out_ptr.dtype.element_ty)
-            for t in range(0, tl.load(indptr_ptr)):
-                tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
-            for t in range(tl.load(indptr_ptr + n_seg), T):
-                tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
+            _zero_outside_segments(out_cols, cmask, indptr_ptr, n_seg, T, stride_ot, BLOCK_R)
         return
     t0 = tl.load(indptr_ptr + seg)
     t1 = tl.load(indptr_ptr + seg + 1)
@@ -363,11 +366,7 @@ def _lora_shrink_grouped_kernel(
     cmask = cols < R
     out_cols = out_ptr + g * stride_og + cols * stride_or
     if p == n_seg:  # the extra program zeroes tokens outside every segment
-        zeros = tl.zeros([BLOCK_R], dtype=out_ptr.dtype.element_ty)
-        for t in range(0, tl.load(indptr_ptr)):
-            tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
-        for t in range(tl.load(indptr_ptr + n_seg), T):
-            tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
+        _zero_outside_segments(out_cols, cmask, indptr_ptr, n_seg, T, stride_ot, BLOCK_R)
         return
     slot, tok, mm, lead = _plan_tile(plan_ptr, n_seg, p, BLOCK_M)
     if slot < 0:    # no LoRA: zero this position's token (if the segment has one)

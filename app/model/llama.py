@@ -195,7 +195,7 @@ class LlamaForCausalLM(torch.nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        a, w, tp = self.args, self.w, self.tp
+        a, w = self.args, self.w
         D = a.head_dim
         freqs = positions.float()[:, None] * self.inv_freq[None]
         cos, sin = freqs.cos(), freqs.sin()
@@ -214,25 +214,22 @@ class LlamaForCausalLM(torch.nn.Module):
             o = torch.empty_like(q)
             ctx.backend.paged_attention(q, pool, ctx.page_size, self.kv_heads, attn.kv_page_table,
                                         attn.seq_lens, attn.q_indptr, D ** -0.5, o, max_q_len=attn.max_q_len)
-            o = o.reshape(-1, self.q_size)
-            y = F.linear(o, w[f"{i}.o"])
-            apply_lora(ctx, i, "o", o, y, [a.hidden_size])
-            tp.all_reduce(y)
-            if a.o_bias:
-                y = y + w[f"{i}.o_b"]
-            h = h + y
+            h = h + self._row_parallel(ctx, i, "o", o.reshape(-1, self.q_size))
             x = rms_norm(h, w[f"{i}.post_norm"], a.rms_norm_eps)
             gu = F.linear(x, w[f"{i}.gate_up"], w.get(f"{i}.gate_up_b"))
             apply_lora(ctx, i, "gate_up", x, gu, [self.inter, self.inter])
             g, u = gu.split([self.inter, self.inter], -1)
-            m = F.silu(g) * u
-            y = F.linear(m, w[f"{i}.down"])
-            apply_lora(ctx, i, "down", m, y, [a.hidden_size])
-            tp.all_reduce(y)
-            if a.mlp_bias:
-                y = y + w[f"{i}.down_b"]
-            h = h + y
+            h = h + self._row_parallel(ctx, i, "down", F.silu(g) * u)
         return rms_norm(h, w["norm"], a.rms_norm_eps)
+
+    def _row_parallel(self, ctx: ForwardContext, i: int, name: str, x: torch.Tensor) -> torch.Tensor:
+        """o / down: this rank's partial x @ W^T plus its LoRA partial, summed over the TP group by one
+        all-reduce, then the bias (added once, after the reduction)."""
+        y = F.linear(x, self.w[f"{i}.{name}"])
+        apply_lora(ctx, i, name, x, y, [self.args.hidden_size])
+        self.tp.all_reduce(y)
+        bias = self.w.get(f"{i}.{name}_b")
+        return y if bias is None else y + bias
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.w["lm_head"]).float()
