@@ -197,7 +197,8 @@ def bench_lora(args, device, dtype, bw, gen, small: bool = False) -> list[dict]:
         req_scale = scales[req_idx].to(dtype)[:, None]
         xs = {g.name: torch.randn(batch, g.K, device=device).to(dtype) for g in groups}
         ys = {g.name: torch.randn(batch, sum(g.n_out), device=device).to(dtype) for g in groups}
-        vs = {g.name: torch.empty(batch, len(g.n_out), r_max, device=device, dtype=dtype) for g in groups}
+        vs = {g.name: torch.empty(batch, len(g.n_out), r_max, device=device, dtype=torch.float32)  # as the engine
+              for g in groups}
 
         def ours(ys=ys):
             # the aligned fast path, as the engine calls it; the plan (segments sorted by adapter) is built

@@ -277,7 +277,7 @@ def _lora_expand_prefill_kernel(
         m = jm[:, None] & nmask[None, :]
         bt = tl.load(_virtual_ptrs(pool_ptr, pt_row, b_off + j[:, None] * n_g + n[None, :], m, PAGE_ELEMS),
                      mask=m, other=0.0)
-        acc = tl.dot(vv, bt, acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
     yp = y_ptr + tok.to(tl.int64)[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
     ym = tmask[:, None] & nmask[None, :]
     yv = tl.load(yp, mask=ym, other=0.0)
@@ -354,24 +354,30 @@ def _lora_shrink_grouped_kernel(
         x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, indptr_ptr, plan_ptr, out_ptr,
         T, K, R, G, n_seg, col_mult,
         stride_xt, stride_xk, stride_pt, stride_ot, stride_og, stride_or,
+        n_split,
         PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-        ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """Decode shrink, tokens grouped by adapter: program (sorted position p, g, block of out columns)
-    handles the <= BLOCK_M tokens of one slot starting at p (if a tile starts there); A is read once per
-    tile, tl.dot of the gathered x tile [BLOCK_M, BLOCK_K] and A^T [BLOCK_K, BLOCK_R]."""
+        ALIGNED: tl.constexpr, SPLIT_ATOMIC: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr):
+    """Decode shrink, tokens grouped by adapter: program (sorted position p, g, block of out columns x
+    K split) handles the <= BLOCK_M tokens of one slot starting at p (if a tile starts there); A is read
+    once per tile, tl.dot of the gathered x tile [BLOCK_M, BLOCK_K] and A^T [BLOCK_K, BLOCK_R].
+    Split-K (n_split > 1, SPLIT_ATOMIC): each program sums one K range and atomically adds it into `out`,
+    which the wrapper zeroed (float32); otherwise every program stores its columns, zeros included."""
     p = tl.program_id(0)
     g = tl.program_id(1)
-    pid_r = tl.program_id(2)
+    pid_r = tl.program_id(2) // n_split
+    ks = tl.program_id(2) % n_split
     cols = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     cmask = cols < R
     out_cols = out_ptr + g * stride_og + cols * stride_or
     if p == n_seg:  # the extra program zeroes tokens outside every segment
-        _zero_outside_segments(out_cols, cmask, indptr_ptr, n_seg, T, stride_ot, BLOCK_R)
+        if not SPLIT_ATOMIC:
+            _zero_outside_segments(out_cols, cmask, indptr_ptr, n_seg, T, stride_ot, BLOCK_R)
         return
     slot, tok, mm, lead = _plan_tile(plan_ptr, n_seg, p, BLOCK_M)
     if slot < 0:    # no LoRA: zero this position's token (if the segment has one)
         t = tl.load(plan_ptr + p)
-        if t >= 0:
+        if t >= 0 and not SPLIT_ATOMIC:
             tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot,
                      tl.zeros([BLOCK_R], dtype=out_ptr.dtype.element_ty), mask=cmask)
         return
@@ -384,20 +390,39 @@ def _lora_shrink_grouped_kernel(
     j = cols - c0                                 # row of A behind each output column
     jmask = (j >= 0) & (j < r)
     live = (r > 0) & (pid_r * BLOCK_R < c0 + r) & (pid_r * BLOCK_R + BLOCK_R > c0)
-    k_end = tl.where(live, K, 0)                  # column blocks outside [c0, c0 + r) only write zeros
+    if SPLIT_ATOMIC and not live:
+        return                                    # out is zero there already
+    k_per = tl.cdiv(tl.cdiv(K, BLOCK_K), n_split) * BLOCK_K
+    k_lo = ks * k_per
+    k_end = tl.where(live, tl.minimum(K, k_lo + k_per), k_lo)   # blocks outside [c0, c0 + r): zeros
     o_row = a_off + tl.where(jmask, j, 0) * K
+    if ROW_IN_TWO_PAGES:   # K <= PAGE_ELEMS: a whole row of A lies in <= 2 pages, looked up once
+        p_i = o_row // PAGE_ELEMS
+        w0 = o_row % PAGE_ELEMS
+        p_lo = tl.load(pt_row + p_i, mask=jmask, other=0).to(tl.int64) * PAGE_ELEMS
+        p_hi = tl.load(pt_row + p_i + 1, mask=jmask & (w0 + K > PAGE_ELEMS), other=0).to(tl.int64) * PAGE_ELEMS
     acc = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
-    for k0 in range(0, k_end, BLOCK_K):
+    for k0 in range(k_lo, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         kmask = k < K
         xv = tl.load(x_ptr + tok[:, None] * stride_xt + k[None, :] * stride_xk,
                      mask=mm[:, None] & kmask[None, :], other=0.0)
-        a_offs = _chunk_offsets(pt_row, o_row + k0, jmask, tl.minimum(K - k0, BLOCK_K), BLOCK_K, PAGE_ELEMS,
-                                ALIGNED)
+        if ROW_IN_TWO_PAGES:
+            w = w0[:, None] + k[None, :]
+            a_offs = tl.where(w < PAGE_ELEMS, p_lo[:, None] + w, p_hi[:, None] + (w - PAGE_ELEMS))
+            if ALIGNED:
+                a_offs = tl.max_contiguous(tl.multiple_of(a_offs, [1, 64]), [1, 64])
+        else:
+            a_offs = _chunk_offsets(pt_row, o_row + k0, jmask, tl.minimum(K - k0, BLOCK_K), BLOCK_K, PAGE_ELEMS,
+                                    ALIGNED)
         a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0)   # A [BLOCK_R, BLOCK_K]
         acc = tl.dot(xv, tl.trans(a), acc, input_precision=INPUT_PRECISION)
-    tl.store(out_cols[None, :] + tok[:, None] * stride_ot, acc.to(out_ptr.dtype.element_ty),
-             mask=mm[:, None] & cmask[None, :])
+    if SPLIT_ATOMIC:
+        tl.atomic_add(out_cols[None, :] + tok[:, None] * stride_ot, acc, mask=mm[:, None] & cmask[None, :],
+                      sem="relaxed")
+    else:
+        tl.store(out_cols[None, :] + tok[:, None] * stride_ot, acc.to(out_ptr.dtype.element_ty),
+                 mask=mm[:, None] & cmask[None, :])
 
 
 @triton.jit
@@ -438,7 +463,7 @@ def _lora_expand_grouped_kernel(
         b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
                                 tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)
         bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
-        acc = tl.dot(vv, bt, acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
     yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
     ym = mm[:, None] & nmask[None, :]
     yv = tl.load(yp, mask=ym, other=0.0)
@@ -455,8 +480,8 @@ _INT_DTYPES = (torch.int32, torch.int64)
 
 def _check_triton_lora(name: str, dense: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
                        offsets: torch.Tensor, ranks: torch.Tensor, seg_indptr: torch.Tensor,
-                       seg_slot: torch.Tensor, extra: dict[str, torch.Tensor]) -> None:
-    check_lora_args(dense, pool, page_table, offsets, ranks, seg_indptr, seg_slot)
+                       seg_slot: torch.Tensor, extra: dict[str, torch.Tensor], float32_ok: bool = False) -> None:
+    check_lora_args(dense, pool, page_table, offsets, ranks, seg_indptr, seg_slot, float32_ok)
     if pool.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"{name}: pool dtype {pool.dtype} is not float16/bfloat16/float32")
     if pool.stride(1) != 1 or pool.stride(0) != pool.shape[1]:
@@ -492,7 +517,7 @@ def _input_precision(dtype: torch.dtype) -> str:
 
 # Decode fast path (tokens grouped by adapter, vectorised page reads) launch parameters; benchmarks may
 # override entries. GPU values were picked on an H100 (benchmarks/kernels.py).
-DECODE_CFG = dict(shrink_m=16, shrink_r=16, shrink_k=1024, shrink_warps=4, shrink_stages=3,
+DECODE_CFG = dict(shrink_m=16, shrink_r=16, shrink_k=512, shrink_warps=4, shrink_stages=3, shrink_split=2,
                   expand_m=16, expand_r=16, expand_n=256, expand_warps=4, expand_stages=2)
 
 
@@ -554,13 +579,18 @@ def lora_shrink(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
         c = DECODE_CFG
         plan = _plan_for(plan, seg_indptr, seg_slot, page_table.shape[0])
         block_r = _npow2(R, 16, 256) if _INTERPRET else c["shrink_r"]
-        block_k = _fit_page(256 if _INTERPRET else c["shrink_k"], P)
-        grid = (n_seg + 1, G, triton.cdiv(R, block_r))
+        block_k = _fit_page(128 if _INTERPRET else c["shrink_k"], P)
+        # split-K (atomic float32 partial sums) when out is float32: more, shorter programs
+        n_split = min(c["shrink_split"], triton.cdiv(K, block_k)) if out.dtype == torch.float32 else 1
+        if n_split > 1:
+            out.zero_()
+        grid = (n_seg + 1, G, triton.cdiv(R, block_r) * n_split)
         extra = {} if _INTERPRET else dict(num_warps=c["shrink_warps"], num_stages=c["shrink_stages"])
         _lora_shrink_grouped_kernel[grid](
-            x, pool, page_table, a_offsets, ranks, seg_indptr, plan, out, *common,
+            x, pool, page_table, a_offsets, ranks, seg_indptr, plan, out, *common, n_split,
             PAGE_ELEMS=P, BLOCK_M=16 if _INTERPRET else c["shrink_m"], BLOCK_R=block_r, BLOCK_K=block_k,
-            ALIGNED=True, INPUT_PRECISION=_input_precision(pool.dtype), **extra)
+            ALIGNED=True, SPLIT_ATOMIC=n_split > 1, ROW_IN_TWO_PAGES=K <= P,
+            INPUT_PRECISION=_input_precision(pool.dtype), **extra)
     elif max_len <= 1:
         block_r = _npow2(R, 8, 256) if _INTERPRET else 8     # ranks are usually multiples of 8
         block_k = _fit_page(1024 if _INTERPRET else 512, pool.shape[1])
@@ -592,7 +622,7 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table
     if y.dim() != 2 or v.dim() != 3:
         raise ValueError(f"y must be [T, N] and v [T, G, R], got {tuple(y.shape)} and {tuple(v.shape)}")
     _check_triton_lora("lora_expand", v, pool, page_table, b_offsets, ranks, seg_indptr, seg_slot,
-                       {"y": y, "scales": scales})
+                       {"y": y, "scales": scales}, float32_ok=True)
     G = b_offsets.shape[1]
     out_offsets = [int(o) for o in out_offsets]
     if len(out_offsets) != G + 1 or out_offsets[-1] > y.shape[1]:
@@ -653,14 +683,15 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table
 
 def check_lora_args(x_or_v: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
                     offsets: torch.Tensor, ranks: torch.Tensor, seg_indptr: torch.Tensor,
-                    seg_slot: torch.Tensor) -> None:
+                    seg_slot: torch.Tensor, float32_ok: bool = False) -> None:
+    """float32_ok: x_or_v may be float32 whatever the pool dtype (the shrink output v, see lora_shrink)."""
     if pool.dim() != 2:
         raise ValueError(f"pool must be [num_pages, page_elems], got {tuple(pool.shape)}")
     if page_table.dim() != 2 or offsets.dim() != 2 or ranks.shape != offsets.shape:
         raise ValueError("page_table [S, P], offsets [S, G] and ranks [S, G] expected")
     if seg_indptr.dim() != 1 or seg_slot.shape[0] != seg_indptr.shape[0] - 1:
         raise ValueError("seg_indptr [n+1] and seg_slot [n] expected")
-    if x_or_v.dtype != pool.dtype:
+    if x_or_v.dtype != pool.dtype and not (float32_ok and x_or_v.dtype == torch.float32):
         raise ValueError(f"dtype mismatch: {x_or_v.dtype} vs pool {pool.dtype}")
 
 
@@ -714,7 +745,7 @@ def lora_expand_ref(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_t
                     plan: torch.Tensor | None = None) -> torch.Tensor:
     """y: [T, N_total] (updated in place; may be a column-slice view); v: [T, G, R].
     `aligned` and `plan` are the Triton kernels' performance hints; the reference ignores them."""
-    check_lora_args(v, pool, page_table, b_offsets, ranks, seg_indptr, seg_slot)
+    check_lora_args(v, pool, page_table, b_offsets, ranks, seg_indptr, seg_slot, float32_ok=True)
     G = b_offsets.shape[1]
     if len(out_offsets) != G + 1 or out_offsets[-1] > y.shape[1]:
         raise ValueError(f"out_offsets must have G+1={G + 1} entries within y's {y.shape[1]} columns")

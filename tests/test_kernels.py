@@ -91,9 +91,11 @@ def random_ranks(n_slots: int, G: int, max_rank: int, gen: torch.Generator, abse
 
 
 def run_lora_case(*, seg_lens, n_slots, popularity, max_rank, K, n_out, page_elems, dtype, seed,
-                  col_mult=0, R=None, y_extra_cols=0, max_seg_len="auto", aligned=False, plan=False):
+                  col_mult=0, R=None, y_extra_cols=0, max_seg_len="auto", aligned=False, plan=False,
+                  v_dtype=None):
     """aligned: 64-aligned offsets and the kernels' aligned decode path; plan: pass a precomputed
-    lora_decode_plan (else the wrappers build it)."""
+    lora_decode_plan (else the wrappers build it); v_dtype: dtype of the shrink output / expand input
+    (float32 lets the aligned decode shrink split K)."""
     gen = torch.Generator().manual_seed(seed)
     G = len(n_out)
     ranks = random_ranks(n_slots, G, max_rank, gen)
@@ -106,8 +108,9 @@ def run_lora_case(*, seg_lens, n_slots, popularity, max_rank, K, n_out, page_ele
     args = (pool, page_table, a_off, ranks, indptr, slots)
     fast = dict(aligned=aligned, plan=lora_decode_plan(indptr, slots, n_slots) if plan else None)
 
-    out = torch.full((T, G, R), float("nan"), dtype=dtype)
-    want = torch.full((T, G, R), float("nan"), dtype=dtype)
+    v_dtype = v_dtype or dtype
+    out = torch.full((T, G, R), float("nan"), dtype=v_dtype)
+    want = torch.full((T, G, R), float("nan"), dtype=v_dtype)
     lora_shrink(x, *args, out, col_mult=col_mult, max_seg_len=msl, **fast)
     lora_shrink_ref(x, *args, want, col_mult=col_mult, max_seg_len=msl)
     assert not out.isnan().any(), "shrink left elements unwritten"
@@ -119,7 +122,7 @@ def run_lora_case(*, seg_lens, n_slots, popularity, max_rank, K, n_out, page_ele
         out_offsets.append(out_offsets[-1] + n)
     wide = torch.randn(T, out_offsets[-1] + y_extra_cols + 3, generator=gen).to(dtype)
     scales = torch.rand(n_slots, generator=gen) + 0.5
-    v = torch.randn(T, G, R, generator=gen).to(dtype)
+    v = torch.randn(T, G, R, generator=gen).to(v_dtype)
     y = wide.clone()[:, 2:2 + out_offsets[-1] + y_extra_cols]
     want_y = wide.clone()[:, 2:2 + out_offsets[-1] + y_extra_cols]
     before = y.clone()
@@ -183,6 +186,16 @@ def test_lora_decode_aligned_edges(case):
     elif case == "rank256":
         kw.update(seg_lens=[1] * 3, n_slots=3, max_rank=256, n_out=[64], page_elems=1024)
     run_lora_case(**kw)
+
+
+@pytest.mark.parametrize("popularity,dtype", [("distinct", torch.float16), ("zipf", torch.float32),
+                                              ("identical", torch.float16)])
+def test_lora_decode_aligned_split_k(popularity, dtype):
+    """A float32 shrink output lets the aligned decode shrink split K over programs that add their
+    partial sums atomically (K = 4 blocks here); expand then reads the float32 v."""
+    run_lora_case(seg_lens=[1] * 20, n_slots=6, popularity=popularity, max_rank=40, K=512,
+                  n_out=[128, 64], page_elems=320, dtype=dtype, seed=11 + len(popularity),
+                  aligned=True, v_dtype=torch.float32)
 
 
 def test_lora_decode_aligned_unaligned_shapes_fall_back():

@@ -49,7 +49,8 @@ def test_lora_cuda(dtype, kind, popularity):
     fast = dict(aligned=aligned)
     T, G, R = x.shape[0], len(n_out), 64
     msl = max(seg_lens)
-    out = torch.full((T, G, R), float("nan"), device=DEV, dtype=dtype)
+    # the aligned decode path gets a float32 v, as the engine passes it (split-K shrink, atomic adds)
+    out = torch.full((T, G, R), float("nan"), device=DEV, dtype=torch.float32 if aligned else dtype)
     want = out.clone()
     lora_shrink(x, pool, pt, a_off, ranks, indptr, slots, out, max_seg_len=msl, **fast)
     lora_shrink_ref(x, pool, pt, a_off, ranks, indptr, slots, want)
@@ -119,7 +120,7 @@ def test_cuda_graph_decode_step(aligned):
     """Capture one decode step (kv_append -> paged_attention -> shrink -> expand) with static buffers,
     then replay it with new contents (new tokens, adapters, sequence lengths) and check each replay.
     aligned: the LoRA fast path, its plan built inside the graph once and shared by shrink and expand."""
-    dtype, B, Hq, Hkv, D, P = torch.bfloat16, 8, 8, 2, 64, 16
+    dtype, B, Hq, Hkv, D, P = torch.bfloat16, 8, 16, 2, 64, 16   # K = 1024: the aligned shrink splits K
     K, n_out, n_slots, max_pages = Hq * D, [Hq * D, Hkv * D, Hkv * D], 6, 64
     gen = torch.Generator().manual_seed(1)
     ranks = random_ranks(n_slots, 3, 32, gen)
@@ -138,7 +139,7 @@ def test_cuda_graph_decode_step(aligned):
     q_indptr = torch.arange(B + 1, dtype=torch.int32, device=DEV)
     seg_slot = torch.zeros(B, dtype=torch.int32, device=DEV)
     attn_out = torch.zeros(B, Hq, D, dtype=dtype, device=DEV)
-    vbuf = torch.zeros(B, 3, 32, dtype=dtype, device=DEV)
+    vbuf = torch.zeros(B, 3, 32, dtype=torch.float32 if aligned else dtype, device=DEV)   # as the engine
     y = torch.zeros(B, sum(n_out) + 8, dtype=dtype, device=DEV)
     offs = [0, n_out[0], n_out[0] + n_out[1], sum(n_out)]
 

@@ -32,7 +32,8 @@ def apply_lora(ctx: ForwardContext, layer: int, group: str, x: torch.Tensor, y: 
     pool = ctx.pool[layer]
     tp = ctx.tp
     row_parallel = group in ROW_PARALLEL_GROUPS
-    v = torch.empty(x.shape[0], len(LORA_GROUPS[group]), meta.max_rank, dtype=x.dtype, device=x.device)
+    # v in float32: the decode shrink may split K and add partial sums atomically (kernels/lora.py)
+    v = torch.empty(x.shape[0], len(LORA_GROUPS[group]), meta.max_rank, dtype=torch.float32, device=x.device)
     hints = dict(aligned=True, plan=meta.plan)   # packed offsets are 64-aligned (app/lora/adapter.py)
     ctx.backend.lora_shrink(x, pool, meta.page_table, g.a_offsets, g.ranks_a, meta.seg_indptr,
                             meta.seg_slot, v, col_mult=0 if row_parallel else tp.rank,
