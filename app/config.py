@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DType = Literal["float32", "float16", "bfloat16", "auto"]
 
@@ -49,10 +49,19 @@ class EngineConfig(BaseModel):
     kernel_backend: Literal["auto", "torch", "triton"] = "auto"
     cuda_graphs: bool = Field(True, description="replay captured CUDA graphs for decode-only steps "
                                                 "(Triton backend, one GPU)")
+    warmup: Literal["auto", "on", "off"] = Field(
+        "auto", description="run every kernel variant and capture every CUDA graph once at start (Engine.warmup), "
+                            "so that the first requests do not wait for Triton compiles; auto = on CUDA only")
     seed: int = 0
     pool: PoolConfig = Field(default_factory=PoolConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
+
+    @field_validator("warmup", mode="before")
+    @classmethod
+    def _warmup_from_yaml(cls, v):
+        """YAML reads a bare `on` / `off` as a boolean."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     def resolved_device(self) -> str:
         if self.device != "auto":

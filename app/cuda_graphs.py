@@ -19,6 +19,12 @@ from app.lora.adapter import LORA_GROUPS, module_shapes
 from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta
 
 
+def decode_buckets(max_num_seqs: int) -> list[int]:
+    """Batch sizes that get a graph: powers of two below max_num_seqs (at most 512), then that maximum."""
+    max_bs = min(max_num_seqs, 512)
+    return [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b < max_bs] + [max_bs]
+
+
 def _bucket(n: int, buckets: list[int]) -> int:
     return next(b for b in buckets if b >= n)
 
@@ -27,8 +33,7 @@ class DecodeGraphs:
     def __init__(self, runner):
         self.r = runner
         cfg, args = runner.cfg, runner.args
-        max_bs = min(cfg.scheduler.max_num_seqs, 512)
-        self.buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b < max_bs] + [max_bs]
+        self.buckets = decode_buckets(cfg.scheduler.max_num_seqs)
         max_len = min(cfg.scheduler.max_model_len or args.max_len, args.max_len)
         self.kv_width = -(-max_len // runner.page_size)
         self.max_loras = cfg.lora.max_loras_per_batch

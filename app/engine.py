@@ -5,24 +5,42 @@
              scheduler.update(out, tokens)         # advance requests; stop checks; free finished
 
 `executor` is this process's `ModelRunner` (one device), or anything with the same methods
-(`execute`, `add_adapter`, `remove_adapter`, `num_pages`, `page_size`), e.g. the Ray tensor-parallel
-group of deployments/.
+(`execute`, `add_adapter`, `remove_adapter`, `num_pages`, `page_size`, `device`), e.g. the Ray
+tensor-parallel group of deployments/.
+
+`warmup()` (at the end of `__init__` on CUDA, `EngineConfig.warmup`) runs every kernel variant and
+captures every decode CUDA graph before the first request, so that no request waits for a Triton compile.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from app.config import EngineConfig
-from app.lora.adapter import AdapterError, load_peft_adapter
+from app.cuda_graphs import decode_buckets
+from app.lora.adapter import AdapterError, LoRAWeights, load_peft_adapter, module_shapes
 from app.model.llama import ModelArgs
 from app.pool import PagePool
 from app.request import Request, RequestOutput, SamplingParams
 from app.scheduler import Scheduler
 from app.tokenizer import IncrementalDetokenizer, Tokenizer
+
+logger = logging.getLogger(__name__)
+
+# Warm-up requests' ids start with this, and it is the warm-up adapter's name: add_adapter refuses names
+# with a "/", so it never collides with a user's adapter.
+WARMUP_PREFIX = "sloray/warmup"
+# Prompt lengths of the warm-up prefills, one length per step (kernels pick their tiles from the longest
+# prompt of a step): 1 (decode kernels), <= 16 and > 16 query rows (attention prefill tiles), 16 / 32 /
+# 64-token LoRA tiles, several tiles, and > 512 keys (split decode attention).
+WARMUP_PROMPT_LENS = (1, 9, 17, 40, 100, 600)
+WARMUP_RANK = 16
 
 
 @dataclass
@@ -57,6 +75,10 @@ class Engine:
         self._ids = itertools.count()
         self.steps = 0
         self.last_step_adapters = 0
+        self.warmup_s: float | None = None
+        device = getattr(executor, "device", None) or cfg.resolved_device()
+        if cfg.warmup == "on" or (cfg.warmup == "auto" and device == "cuda"):
+            self.warmup()
 
     # ---- adapters --------------------------------------------------------------------------------
     def add_adapter(self, name: str, path: str | Path) -> AdapterInfo:
@@ -66,12 +88,15 @@ class Engine:
         if name in self.adapters:
             raise AdapterError(f"adapter {name!r} is already loaded")
         w = load_peft_adapter(name, path, self.args, self.cfg.lora.max_lora_rank)
-        num_pages = self.executor.add_adapter(name, w)
+        return self._register(w)
+
+    def _register(self, w: LoRAWeights) -> AdapterInfo:
+        num_pages = self.executor.add_adapter(w.name, w)
         if num_pages > self.pool.num_pages:
-            self.executor.remove_adapter(name)
-            raise AdapterError(f"adapter {name!r} needs {num_pages} pool pages, the pool has {self.pool.num_pages}")
-        info = AdapterInfo(name=name, path=str(path), rank=w.rank, scale=w.scale, num_pages=num_pages)
-        self.adapters[name] = info
+            self.executor.remove_adapter(w.name)
+            raise AdapterError(f"adapter {w.name!r} needs {num_pages} pool pages, the pool has {self.pool.num_pages}")
+        info = AdapterInfo(name=w.name, path=w.path, rank=w.rank, scale=w.scale, num_pages=num_pages)
+        self.adapters[w.name] = info
         return info
 
     def remove_adapter(self, name: str) -> None:
@@ -187,6 +212,66 @@ class Engine:
             metrics={"arrival_time": req.arrival_time, "first_scheduled_time": req.first_scheduled_time,
                      "first_token_time": req.first_token_time, "finish_time": req.finish_time,
                      "num_preemptions": req.num_preemptions})
+
+    # ---- warm-up ---------------------------------------------------------------------------------
+    def warmup(self) -> float:
+        """Runs every kernel variant once, and captures every decode CUDA graph, before serving: Triton
+        compiles a variant and a graph is captured the first time a step needs it, which would stall the
+        first requests for seconds. Registers a temporary all-zero adapter of rank 16 (at most
+        max_lora_rank), prefills prompts of WARMUP_PROMPT_LENS tokens with and without it (one length per
+        step), then runs one batch of every CUDA-graph batch size (1-token prompts, 2 tokens each: a
+        prefill and a decode step of that batch size). Greedy, so no random state is used; the adapter
+        is removed at the end. Needs an idle engine and leaves it idle: no requests, no pages held, the
+        step and pool counters as they were (cached adapters may have been evicted). Returns the seconds
+        it took (also in `warmup_s`)."""
+        if self.has_unfinished():
+            raise RuntimeError("warmup needs an idle engine (no requests)")
+        t0 = time.perf_counter()
+        pool, sch = self.pool, self.scheduler
+        counters = (self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits,
+                    sch.num_preemptions, sch.num_prefetches, sch.num_early_aborts)
+        slo, sch.cfg.ttft_slo_s = sch.cfg.ttft_slo_s, None    # no early abort of warm-up requests
+        name = WARMUP_PREFIX
+        adapter: str | None = None
+        try:
+            r = min(WARMUP_RANK, self.cfg.lora.max_lora_rank)
+            L = self.args.num_layers
+            w = LoRAWeights(name=name, path=WARMUP_PREFIX, rank=r, alpha=float(r), scale=1.0,
+                            targets={m: (torch.zeros(L, r, i), torch.zeros(L, o, r))
+                                     for m, (i, o) in module_shapes(self.args).items()})
+            try:
+                self._register(w)
+                adapter = name
+            except AdapterError as e:       # a pool too small for it: warm up the base model only
+                logger.warning("warmup without an adapter: %s", e)
+            max_tokens = min(2, self.max_model_len - 1)
+            lens = sorted({min(n, self.max_model_len - max_tokens) for n in WARMUP_PROMPT_LENS})
+            waves = [[(n, a) for a in (adapter, None)] for n in lens]
+            waves += [[(1, (adapter, None)[i % 2]) for i in range(b)]
+                      for b in decode_buckets(self.cfg.scheduler.max_num_seqs)]
+            params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
+            vocab = self.args.vocab_size
+            for k, wave in enumerate(waves):
+                for i, (n, a) in enumerate(wave):
+                    prompt = [(7 * i + j) % vocab for j in range(n)]
+                    try:
+                        self.add_request(prompt, params, a, request_id=f"{WARMUP_PREFIX}/{k}/{i}")
+                    except ValueError as e:     # larger than the whole pool: skip it
+                        logger.debug("warmup request skipped: %s", e)
+                while self.has_unfinished():
+                    self.step()
+        finally:
+            for rid in [rid for rid in self.requests if rid.startswith(WARMUP_PREFIX)]:
+                self.abort(rid)
+            if name in self.adapters:
+                self.remove_adapter(name)
+            sch.cfg.ttft_slo_s = slo
+            (self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits,
+             sch.num_preemptions, sch.num_prefetches, sch.num_early_aborts) = counters
+        self.warmup_s = time.perf_counter() - t0
+        logger.info("warmup: %d prefill lengths, decode batch sizes %s, %.2f s", len(lens),
+                    decode_buckets(self.cfg.scheduler.max_num_seqs), self.warmup_s)
+        return self.warmup_s
 
     def pool_stats(self):
         return self.pool.stats()

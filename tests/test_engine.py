@@ -7,6 +7,7 @@ import pytest
 
 from app import LLM, SamplingParams
 from app.demo import DEMO_ADAPTERS, build_demo
+from app.engine import WARMUP_PREFIX
 from app.pool import PagePool
 from app.tokenizer import IncrementalDetokenizer
 
@@ -267,3 +268,86 @@ def test_pool_invariants_under_random_operations():
         brute = sum(len(pool.adapter(n).pages) for n in pool.resident_adapters() if not pins.get(n))
         assert pool.available() == pool.num_free + brute
         assert all(pool.is_resident(n) for n, c in pins.items() if c)
+
+
+def _same_batch(llm) -> list[list[int]]:
+    """Greedy and unseeded sampled requests, mixed adapters and lengths: the engine's state shows in them
+    (page ids do not, random seeds drawn from the runner's seed stream do)."""
+    prompts = [[3, 4, 5, 6, 7, 8, 9, 10, 11] * 3, [12], [13, 14, 15, 16, 17], [18, 19]]
+    names = ["demo-r64-all", None, "demo-r8-mlp", None]
+    params = [greedy(6), greedy(6), SamplingParams(max_tokens=6, temperature=1.0, ignore_eos=True), greedy(6)]
+    return [o.token_ids for o in llm.generate(prompts, params, names)]
+
+
+def _assert_clean(e) -> None:
+    s = e.pool_stats()
+    assert not e.requests and not e.detok and not e.has_unfinished() and e.is_idle_clean()
+    assert (s.kv, s.adapter, s.free, s.loads, s.evictions, s.hits) == (0, 0, s.total, 0, 0, 0)
+    assert e.steps == 0 and e.scheduler.num_preemptions == 0 and e.scheduler.num_prefetches == 0
+    assert WARMUP_PREFIX not in e.adapters and WARMUP_PREFIX not in e.executor.adapters
+    e.pool.check()
+
+
+def test_warmup_leaves_the_engine_clean_and_outputs_unchanged(demo, llm):
+    """warmup="on" on the CPU (auto is CUDA only): the temporary adapter, the prefills and the decode
+    batches leave nothing behind, and a following batch gives an engine without warmup's tokens."""
+    assert llm.engine.warmup_s is None                      # auto: off on the CPU
+    warm = LLM(model=str(demo / "model"), device="cpu", dtype="float32", warmup="on")
+    e = warm.engine
+    assert e.warmup_s is not None and e.warmup_s > 0
+    _assert_clean(e)
+    cold = LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32",
+               warmup="off")
+    for name in DEMO_ADAPTERS:
+        warm.add_adapter(name, str(demo / "adapters" / name))
+    assert _same_batch(warm) == _same_batch(cold)
+    # again on a used engine (adapters cached in the pool): idle again, the next batch unchanged
+    before = e.pool_stats()
+    e.warmup()
+    assert e.is_idle_clean() and not e.requests and WARMUP_PREFIX not in e.adapters
+    assert e.pool_stats() == before and e.pool.resident_adapters()
+    e.pool.check()
+    assert _same_batch(warm) == _same_batch(cold)
+    e.add_request([5, 6], greedy(3))
+    with pytest.raises(RuntimeError, match="idle"):
+        e.warmup()
+
+
+def test_warmup_runs_every_request_despite_an_slo(demo):
+    """Early abort (ttft_slo_s) is off while warmup runs: every warm-up request runs to its length, one
+    wave per prompt length and one per decode batch size; the SLO is back afterwards."""
+    e = LLM(model=str(demo / "model"), device="cpu", dtype="float32", scheduler={"ttft_slo_s": 1e-6,
+            "max_num_seqs": 8}).engine
+    finished, batches, step = [], [], e.step
+
+    def spy():
+        batches.append(len(e.scheduler.running))
+        outs = step()
+        finished.extend((o.request_id, o.finish_reason, len(o.token_ids)) for o in outs if o.finished)
+        return outs
+    e.step = spy
+    e.warmup()
+    assert finished and all(rid.startswith(WARMUP_PREFIX) and reason == "length" and n == 2
+                            for rid, reason, n in finished)
+    assert len(finished) == 2 * 6 + 1 + 2 + 4 + 8            # 6 prompt lengths x (adapter, base) + buckets
+    assert {1, 2, 4, 8} <= set(batches)
+    assert e.scheduler.cfg.ttft_slo_s == 1e-6 and e.scheduler.num_early_aborts == 0
+
+
+def test_warmup_with_few_seqs_short_context_and_a_tight_pool(demo, caplog):
+    """max_num_seqs=3 (graph buckets 1, 2, 3), prompts capped by max_model_len, the warm-up adapter capped
+    by max_lora_rank and a pool that holds it and only a few requests; then a pool too small for the
+    adapter: warmup runs the base model only."""
+    kw = dict(device="cpu", dtype="float32", scheduler={"max_num_seqs": 3, "max_model_len": 40},
+              lora={"max_lora_rank": 8}, pool={"page_size": 8, "num_pages": 20})
+    warm = LLM(model=str(demo / "model"), warmup="on", **kw)
+    _assert_clean(warm.engine)
+    cold = LLM(model=str(demo / "model"), warmup="off", **kw)
+    prompts = [[3 + i, 7 + 2 * i, 11 + i] * (1 + i) for i in range(5)]
+    want = [o.token_ids for o in cold.generate(prompts, greedy(5))]
+    assert [o.token_ids for o in warm.generate(prompts, greedy(5))] == want
+    with caplog.at_level("WARNING", logger="app.engine"):
+        tiny = LLM(model=str(demo / "model"), warmup="on", **dict(kw, pool={"page_size": 8, "num_pages": 6}))
+    assert "warmup without an adapter" in caplog.text
+    _assert_clean(tiny.engine)
+    assert [o.token_ids for o in tiny.generate(prompts, greedy(5))] == want

@@ -79,3 +79,22 @@ def test_cuda_graphs_equal_eager(setup):
         res.append([o.token_ids for o in outs])
     assert res[0] == res[1]
     assert len(llm.engine.executor.graphs.graphs) >= 3      # several buckets were captured and replayed
+
+
+def test_warmup_captures_every_graph_and_changes_nothing(setup):
+    """warmup (auto: on with CUDA) compiles the kernels and captures every decode-graph bucket before the
+    first request, leaves the engine idle with no pages held, and the greedy tokens are an engine
+    without warmup's."""
+    model, adapters, reqs = setup
+    cfg = dict(dtype="float32", kernel_backend="triton", scheduler={"max_num_seqs": 16})
+    llm = LLM(model=str(model), adapters=adapters, device="cuda", **cfg)
+    e = llm.engine
+    graphs = e.executor.graphs
+    assert e.warmup_s is not None and sorted(graphs.graphs) == graphs.buckets == [1, 2, 4, 8, 16]
+    s = e.pool_stats()
+    assert e.is_idle_clean() and not e.requests and (s.kv, s.adapter, s.free, s.loads) == (0, 0, s.total, 0)
+    assert e.steps == 0 and "sloray/warmup" not in e.executor.adapters
+    e.pool.check()
+    outs = llm.generate([r[0] for r in reqs], adapters=[r[1] for r in reqs],
+                        sampling_params=SamplingParams(max_tokens=10, temperature=0, ignore_eos=True))
+    assert [o.token_ids for o in outs] == generate(model, adapters, reqs, warmup="off", **cfg)

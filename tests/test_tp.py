@@ -86,17 +86,21 @@ def check(got, reqs, expected, what: str) -> None:
 @pytest.fixture(scope="module")
 def tp_engine(ray_cpu, setup):
     model, adapters, *_ = setup
-    # pool sized from memory (num_pages None): the ranks agree on the smaller of their sizes
-    engine = make_engine(config(model, pool={"page_size": 4, "cpu_pool_bytes": 8 << 20}), adapters, AT_START, tp=2)
+    # pool sized from memory (num_pages None): the ranks agree on the smaller of their sizes; warmup (auto:
+    # CUDA only) runs here through the rank actors: the tests below check nothing was left behind
+    cfg = config(model, pool={"page_size": 4, "cpu_pool_bytes": 8 << 20}, warmup="on")
+    engine = make_engine(cfg, adapters, AT_START, tp=2)
     yield engine
     engine.executor.shutdown()
 
 
 def test_tp2_equals_tp1_and_peft(setup, tp_engine):
     model, adapters, ref, reqs, expected = setup
+    assert tp_engine.warmup_s is not None and tp_engine.steps == 0 and tp_engine.pool_stats().kv == 0
+    assert not any(name.startswith("sloray/") for name in tp_engine.executor._adapter_refs)
     got = generate(tp_engine, reqs)
     check(got, reqs, expected, "TP=2 vs transformers+PEFT")
-    tp1 = make_engine(tp_engine.cfg, adapters, AT_START)
+    tp1 = make_engine(tp_engine.cfg.model_copy(update={"warmup": "off"}), adapters, AT_START)
     check(generate(tp1, reqs), reqs, got, "TP=1 vs TP=2")
     assert tp_engine.executor.num_pages == tp1.executor.num_pages * 2   # half the KV heads per rank
     assert tp_engine.is_idle_clean()
