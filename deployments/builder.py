@@ -47,6 +47,9 @@ class BuildArgs(BaseModel):
                                                                       "these (default: [adapter_dir])")
     routing_eps: float = Field(0.25, ge=0, description="bounded load: a group may take (1+eps) x the mean")
     stats_poll_interval_s: float = Field(0.25, gt=0)
+    stream_interval_s: float = Field(0.05, ge=0, description="a response stream sends its new tokens at most "
+                                                             "this often (first tokens and the end at once); "
+                                                             "0 = one chunk per engine step")
     num_ingress_replicas: int = Field(1, ge=1)
     ingress_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved for an ingress replica (light: "
                                                            "tokenization and HTTP)")
@@ -143,7 +146,8 @@ def build_app(args: BuildArgs | dict) -> Application:
     groups = [
         GroupDeployment.options(name=f"SLoRAGroup-{i}", num_replicas=1, ray_actor_options=actor_opts).bind(
             name=f"SLoRAGroup-{i}", cfg=cfg.model_dump(), adapters=adapters, tensor_parallel_size=tp,
-            num_threads=max(1, int(num_cpus)) if not gpu and tp == 1 else None)
+            num_threads=max(1, int(num_cpus)) if not gpu and tp == 1 else None,
+            stream_interval_s=args.stream_interval_s)
         for i in range(args.num_groups)
     ]
     max_model_len = cfg.scheduler.max_model_len or ModelArgs.from_dir(cfg.model).max_position_embeddings

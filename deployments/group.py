@@ -7,6 +7,11 @@ Out: a stream of items: first `{"accepted": True}` (or `{"error", "status"}` whe
      request), then `RequestOutput`s whose `delta_text` / `delta_token_ids` are new since the previous
      item; the last one (`finished=True`) also carries the cumulative `text` and `token_ids`.
 
+Coalescing: every Serve streaming item costs CPU in this replica and in the ingress (~0.3 ms), so a stream
+does not send one item per engine step. Its first tokens (until the client has text to show) and its
+last output go out at once; in between, a stream sends what has accumulated at most every
+`stream_interval_s` (one merged item; 0 = every step).
+
 Concurrency: the engine is not thread-safe. Everything that touches it (new requests, aborts, adapter
 loads) is queued as a command by the event loop and applied by the step loop in its worker thread
 between two steps; one background task runs `engine.step()` in that thread while there is work. After
@@ -46,14 +51,71 @@ class _Cmd:
 
 
 def _merge(a: RequestOutput, b: RequestOutput) -> RequestOutput:
-    """Two outputs of one request as one (when the consumer is slower than the step loop)."""
+    """Two outputs of one request as one (coalescing, or a consumer slower than the step loop)."""
     return dataclasses.replace(b, delta_text=a.delta_text + b.delta_text,
                                delta_token_ids=a.delta_token_ids + b.delta_token_ids)
 
 
+class _Stream:
+    """One request's outputs on their way from the step loop (`put`, event loop) to its `generate` (`get`).
+
+    Outputs are merged as they arrive. `get` returns the pending output when it is due: at once until the
+    client has something to show (an output with text; with tokens when the request does not detokenize,
+    as text can be held back by a stop string or a partial character), and for a finished output or an
+    error dict (an error replaces tokens still pending; nothing follows a finished output or an error);
+    otherwise once `interval` seconds have passed since the last item went out. `ready` wakes the
+    consumer when an output arrives in an empty stream (it then sleeps until that output is due) or when
+    the pending output becomes due, so a stream costs a couple of wake-ups per item it sends, not one per
+    engine step."""
+
+    def __init__(self, interval: float, text: bool = True):
+        self.interval = interval
+        self.text = text
+        self.pending: RequestOutput | dict | None = None
+        self.due = float("-inf")          # a pending output may go out from this time on
+        self.started = False              # an output the client can show went out
+        self.ready = asyncio.Event()
+
+    @staticmethod
+    def _last(item: RequestOutput | dict) -> bool:
+        return not isinstance(item, RequestOutput) or item.finished
+
+    def put(self, item: RequestOutput | dict) -> None:
+        p = self.pending
+        if p is not None and self._last(p):
+            return
+        self.pending = _merge(p, item) if p is not None and isinstance(item, RequestOutput) else item
+        if p is None or self._last(item) or time.monotonic() >= self.due:
+            self.ready.set()
+
+    async def get(self) -> RequestOutput | dict:
+        while True:
+            p, now = self.pending, time.monotonic()
+            if p is not None and (self._last(p) or now >= self.due):
+                self.pending = None
+                if self.started or (isinstance(p, RequestOutput)
+                                    and (p.delta_text if self.text else p.delta_token_ids)):
+                    self.started = True
+                    self.due = now + self.interval
+                return p
+            self.ready.clear()
+            if p is None:
+                await self.ready.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self.ready.wait(), self.due - now)
+                except TimeoutError:
+                    pass
+
+
 class SLoRAGroup:
     def __init__(self, name: str, cfg: EngineConfig | dict, adapters: dict[str, str] | None = None,
-                 tensor_parallel_size: int = 1, num_threads: int | None = None, ray_metrics: bool = True):
+                 tensor_parallel_size: int = 1, num_threads: int | None = None, ray_metrics: bool = True,
+                 stream_interval_s: float = 0.05):
+        """`stream_interval_s`: a stream sends its new tokens at most this often (its first tokens and its
+        end at once); 0 = one item per engine step."""
+        if stream_interval_s < 0:
+            raise ValueError(f"stream_interval_s must be >= 0, got {stream_interval_s}")
         if isinstance(cfg, dict):
             cfg = EngineConfig(**cfg)
         if num_threads:
@@ -62,18 +124,22 @@ class SLoRAGroup:
             torch.set_num_threads(num_threads)
         self.name = name
         self.tensor_parallel_size = tensor_parallel_size
+        self.stream_interval_s = stream_interval_s
         executor = None
         if tensor_parallel_size > 1:
             from deployments.tp import TPExecutor
 
             executor = TPExecutor(cfg, tensor_parallel_size)
         self.engine = Engine(cfg, executor=executor)
+        if self.engine.warmup_s is not None:
+            logger.info("group %s: warmup (every kernel variant and CUDA graph) took %.1f s", name,
+                        self.engine.warmup_s)
         for adapter, path in (adapters or {}).items():
             self.engine.add_adapter(adapter, path)
         self._adapter_table = self._adapters_now()
         self.metrics = GroupMetrics(name, self.engine.model_name, ray_export=ray_metrics)
         self._cmds: list[_Cmd] = []
-        self._queues: dict[str, asyncio.Queue] = {}
+        self._streams: dict[str, _Stream] = {}
         self._last_token_time: dict[str, float] = {}
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -110,8 +176,8 @@ class SLoRAGroup:
             if not isinstance(e, asyncio.CancelledError):
                 logger.exception("group %s: step loop failed", self.name)
             self._failed = e
-            for q in self._queues.values():
-                q.put_nowait({"error": f"engine failure: {e!r}", "status": 500})
+            for st in self._streams.values():
+                st.put({"error": f"engine failure: {e!r}", "status": 500})
             for c in self._cmds:
                 if c.fut is not None and not c.fut.done():
                     c.fut.set_exception(RuntimeError(f"engine failure: {e!r}"))
@@ -215,9 +281,9 @@ class SLoRAGroup:
                     m.observe("e2e_request_latency_seconds", (t.get("finish_time") or now) - t["arrival_time"])
             else:
                 out = dataclasses.replace(out, token_ids=[], text="", prompt_token_ids=[])
-            q = self._queues.get(rid)
-            if q is not None:
-                q.put_nowait(out)
+            st = self._streams.get(rid)
+            if st is not None:
+                st.put(out)
         s = self._snapshot
         m.set_counter("adapter_loads", s["pool"]["loads"])
         m.set_counter("adapter_hits", s["pool"]["hits"])
@@ -242,9 +308,9 @@ class SLoRAGroup:
     # ---- requests --------------------------------------------------------------------------------
     async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                        adapter: str | None = None) -> AsyncIterator[dict | RequestOutput]:
-        """Streams `{"accepted": True}` then RequestOutput deltas (see the module docstring)."""
-        q: asyncio.Queue = asyncio.Queue()
-        self._queues[request_id] = q
+        """Streams `{"accepted": True}` then RequestOutput deltas, coalesced (see the module docstring)."""
+        st = _Stream(self.stream_interval_s, text=params.detokenize)
+        self._streams[request_id] = st
         done = False
         try:
             try:
@@ -260,16 +326,13 @@ class SLoRAGroup:
             self.metrics.inc("prompt_tokens", len(prompt_token_ids))
             yield {"accepted": True}
             while True:
-                out = await q.get()
-                while isinstance(out, RequestOutput) and not out.finished and not q.empty():
-                    nxt = q.get_nowait()
-                    out = _merge(out, nxt) if isinstance(nxt, RequestOutput) else nxt
+                out = await st.get()
                 yield out
                 if not isinstance(out, RequestOutput) or out.finished:
                     done = True
                     return
         finally:
-            self._queues.pop(request_id, None)
+            self._streams.pop(request_id, None)
             self._last_token_time.pop(request_id, None)
             if not done:   # the consumer went away (disconnect, cancellation): free the request's pages
                 self.metrics.inc("requests_aborted")

@@ -4,7 +4,9 @@ Two applications are started once for the module (in parallel, `serve.run_many`)
   * "main" at /: two TP groups (TP=1) behind two ingress replicas (Serve's proxy balances between them, as
     a load balancer would), API keys required, run-time adapter loads confined to a temp root;
   * "strict" at /strict: one group with an impossible TTFT SLO (every request is refused with 429);
-  * "tp2" at /tp2: one group of tensor_parallel_size=2 (deployments/tp.py: two rank actors over gloo).
+  * "tp2" at /tp2: one group of tensor_parallel_size=2 (deployments/tp.py: two rank actors over gloo);
+  * "every-step" at /every-step: one group that streams one item per engine step (stream_interval_s=0;
+    the others coalesce a stream's tokens, the default 0.05 s).
 Greedy results are compared with the offline `app.LLM` on the same model and adapters.
 """
 
@@ -74,9 +76,12 @@ def service(demo, roots):
     strict = build_app({"num_groups": 1, "ttft_slo_s": "1e-6", "group_num_cpus": 0.25})
     tp2 = build_app({"model": str(demo / "model"), "adapter_dir": str(demo / "adapters"), "device": "cpu",
                      "dtype": "float32", "tensor_parallel_size": "2"})      # ranks: 1 CPU each
+    every_step = build_app({"num_groups": 1, "group_num_cpus": 0.25, "device": "cpu", "dtype": "float32",
+                            "stream_interval_s": "0"})
     serve.run_many([RunTarget(main, name="main", route_prefix="/"),
                     RunTarget(strict, name="strict", route_prefix="/strict"),
-                    RunTarget(tp2, name="tp2", route_prefix="/tp2")])
+                    RunTarget(tp2, name="tp2", route_prefix="/tp2"),
+                    RunTarget(every_step, name="every-step", route_prefix="/every-step")])
     yield
     serve.shutdown()
     ray.shutdown()
@@ -189,6 +194,34 @@ def test_n_seed_stop_top_k(client, llm):
                                   stop=[stop], extra_body={"ignore_eos": True})
     assert r.choices[0].text == ref[:ref.find(stop)]
     assert r.choices[0].finish_reason == "stop"
+
+
+def test_group_stream_coalesces_tokens_without_changing_them(service, llm):
+    """Through Serve's streaming handle: a group with the default stream_interval_s (0.05 s) sends fewer
+    items than tokens, an every-step group (0) about one per token; the deltas add up to the same tokens
+    and text, the finish reason is the same, and the offline engine agrees."""
+    from app.request import RequestOutput
+
+    tok = Tokenizer(llm.engine.cfg.model)
+    ids = tok.encode("The quick brown fox")
+    params = SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True)
+    runs = {}
+    for app_name, rid in (("main", "coalesce-0"), ("every-step", "coalesce-1")):
+        h = serve.get_deployment_handle("SLoRAGroup-0", app_name=app_name).options(stream=True)
+        items = list(h.generate.remote(rid, ids, params, "demo-r16-all"))
+        assert items[0] == {"accepted": True} and all(isinstance(o, RequestOutput) for o in items[1:])
+        outs = items[1:]
+        assert outs[-1].finished and not any(o.finished for o in outs[:-1])
+        assert all(o.delta_token_ids for o in outs)
+        runs[app_name] = outs
+    ref = greedy(llm, ids, "demo-r16-all", 48, ignore_eos=True)
+    for outs in runs.values():
+        assert sum((o.delta_token_ids for o in outs), []) == outs[-1].token_ids == ref.token_ids
+        assert "".join(o.delta_text for o in outs) == outs[-1].text == ref.text
+        assert outs[-1].finish_reason == ref.finish_reason == "length"
+    coalesced, every = len(runs["main"]), len(runs["every-step"])
+    assert 2 <= coalesced < 48 and coalesced < every, (coalesced, every)
+    assert len(runs["main"][0].delta_token_ids) <= 2             # the first token went out at once
 
 
 def test_tensor_parallel_group_equals_offline(llm, demo):

@@ -1,0 +1,141 @@
+"""The TP-group replica's streams (deployments/group.py) in an event loop, without a Ray cluster: how a
+stream coalesces its outputs (`stream_interval_s`) and that coalescing changes nothing in what arrives.
+tests/test_serve.py streams through a real Serve deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+
+from app import SamplingParams
+from app.demo import build_demo
+from app.request import RequestOutput
+from deployments.group import SLoRAGroup, _Stream
+
+ADAPTER = "demo-r16-all"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return build_demo()
+
+
+def group(demo, interval: float) -> SLoRAGroup:
+    cfg = {"model": str(demo / "model"), "device": "cpu", "dtype": "float32"}
+    return SLoRAGroup("g", cfg, adapters={ADAPTER: str(demo / "adapters" / ADAPTER)}, ray_metrics=False,
+                      stream_interval_s=interval)
+
+
+def stream(g: SLoRAGroup, rid: str, ids: list[int], params: SamplingParams) -> list[tuple[float, object]]:
+    """(seconds since the call, item) of every item `generate` yields."""
+    async def run():
+        t0 = time.monotonic()
+        return [(time.monotonic() - t0, item) async for item in g.generate(rid, ids, params, ADAPTER)]
+    return asyncio.run(run())
+
+
+def joined(items) -> tuple[list[int], str, str | None, list[int], str]:
+    outs = [o for _, o in items[1:]]
+    return (sum((o.delta_token_ids for o in outs), []), "".join(o.delta_text for o in outs),
+            outs[-1].finish_reason, outs[-1].token_ids, outs[-1].text)
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_coalesced_stream_equals_every_step_stream(demo, stop):
+    """Intervals 0, 0.05 and 30 s: the same tokens, text and finish reason (also with a stop string,
+    whose text is held back while it could still match); fewer items with an interval; with 30 s (longer
+    than the whole generation) just the first token and the end, neither waiting for the interval."""
+    ids = [5, 9, 14, 3, 7, 22, 8]
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    runs = {}
+    for interval in (0.0, 0.05, 30.0):
+        if stop and not runs:   # a stop string from the middle of the greedy text: "stop", text cut
+            text = joined(stream(group(demo, 0.0), "probe", ids, params))[1]
+            params = dataclasses.replace(params, stop=[text[len(text) // 2:len(text) // 2 + 3]])
+        runs[interval] = stream(group(demo, interval), f"r-{interval}", ids, params)   # a group per loop
+    every, short, long = runs[0.0], runs[0.05], runs[30.0]
+    for items in runs.values():
+        assert items[0][1] == {"accepted": True}
+        assert all(isinstance(o, RequestOutput) and o.delta_token_ids for _, o in items[1:])
+        assert items[-1][1].finished and not any(o.finished for _, o in items[1:-1])
+        tokens, text, reason, all_tokens, all_text = joined(items)
+        assert tokens == all_tokens and text == all_text
+        assert joined(items) == joined(every)
+    assert joined(every)[2] == ("stop" if stop else "length")
+    n_tokens = len(joined(every)[0])
+    assert len(every) - 1 == n_tokens                      # interval 0: one item per step (a token each)
+    assert 2 <= len(short) - 1 < n_tokens
+    # 30 s: accepted, the first token (one per step until there is text to show), the end; none waited
+    held = next(i for i, (_, o) in enumerate(every[1:]) if o.delta_text)    # outputs whose text was held
+    assert 3 <= len(long) <= 3 + held and long[-1][0] < 15
+    assert long[-2][1].delta_text or len(long) == 3
+
+
+def test_stream_unit_semantics():
+    """_Stream alone: the first tokens at once; later ones merged and held until the interval since the
+    last item has passed; a finished output at once; an error replaces pending tokens; nothing follows a
+    finished output or an error."""
+    def out(i: int, finished: bool = False) -> RequestOutput:
+        return RequestOutput("r", None, None, [1], [], "", [i], f"<{i}>", finished, "length" if finished else None)
+
+    async def run():
+        s = _Stream(0.3)
+        s.put(out(1))
+        t0 = time.monotonic()
+        first = await s.get()
+        assert first.delta_token_ids == [1] and time.monotonic() - t0 < 0.1
+        s.put(out(2))
+        s.put(out(3))
+        second = await s.get()
+        waited = time.monotonic() - t0
+        assert second.delta_token_ids == [2, 3] and second.delta_text == "<2><3>" and 0.25 < waited < 2
+        s.put(out(4))
+        t1 = time.monotonic()
+        getter = asyncio.ensure_future(s.get())
+        await asyncio.sleep(0.05)
+        assert not getter.done()                           # held: 0.3 s have not passed
+        s.put(out(5, finished=True))
+        last = await getter
+        assert last.finished and last.delta_token_ids == [4, 5] and time.monotonic() - t1 < 0.25
+
+        f = _Stream(0.3)
+        f.put(out(1, finished=True))
+        f.put({"error": "engine failure", "status": 500})  # nothing follows the end
+        assert (await f.get()).finished
+
+        e = _Stream(0.3)
+        e.put(out(1))
+        await e.get()
+        e.put(out(2))
+        e.put({"error": "engine failure", "status": 500})
+        e.put(out(3))
+        t2 = time.monotonic()
+        assert await e.get() == {"error": "engine failure", "status": 500}
+        assert time.monotonic() - t2 < 0.1
+
+        h = _Stream(0.3)                # tokens whose text is held back (stop string): not started yet
+        h.put(dataclasses.replace(out(1), delta_text=""))
+        assert (await h.get()).delta_text == ""
+        h.put(out(2))
+        t3 = time.monotonic()
+        assert (await h.get()).delta_text == "<2>" and time.monotonic() - t3 < 0.1   # the first text at once
+        h.put(out(3))
+        assert (await h.get()).delta_token_ids == [3] and time.monotonic() - t3 > 0.25
+        n = _Stream(0.3, text=False)    # a request without detokenization: its first tokens start it
+        n.put(dataclasses.replace(out(1), delta_text=""))
+        await n.get()
+        n.put(dataclasses.replace(out(2), delta_text=""))
+        t4 = time.monotonic()
+        await n.get()
+        assert time.monotonic() - t4 > 0.25
+
+        z = _Stream(0.0)                                   # interval 0: whatever is queued, at once
+        z.put(out(1))
+        z.put(out(2))
+        assert (await z.get()).delta_token_ids == [1, 2]
+        z.put(out(3))
+        assert (await z.get()).delta_token_ids == [3]
+    asyncio.run(run())
