@@ -53,7 +53,11 @@ def summarize(results: list[dict], trace: list[dict], elapsed: float, slo: float
     ok = [r for r in results if r["status"] == 200 and r["first"] is not None and "error" not in r]
     ttft = [r["first"] - r["sent"] for r in ok]
     e2e = [r["end"] - r["sent"] for r in ok]
-    tpot = [(r["last"] - r["first"]) / (r["chunks"] - 1) for r in ok if r["chunks"] > 1]
+    # A chunk may carry several tokens (the server coalesces a stream's tokens): time per output token
+    # counts the tokens (ignore_eos: output_len each), and the chunk interval is reported beside it.
+    n_out = {id(r): t["output_len"] for t, r in zip(trace, results)}
+    tpot = [(r["last"] - r["first"]) / (n_out[id(r)] - 1) for r in ok if r["chunks"] > 1 and n_out[id(r)] > 1]
+    chunk_gap = [(r["last"] - r["first"]) / (r["chunks"] - 1) for r in ok if r["chunks"] > 1]
     out_tokens = sum(t["output_len"] for t, r in zip(trace, results) if r in ok)
     sat = [max(0.0, 1 - (t / slo) ** 2) for t in ttft] + [0.0] * (len(results) - len(ok))
     return {"requests": len(results), "ok": len(ok), "rejected_429": sum(r["status"] == 429 for r in results),
@@ -62,6 +66,8 @@ def summarize(results: list[dict], trace: list[dict], elapsed: float, slo: float
             "ttft_mean_s": statistics.mean(ttft) if ttft else None, "ttft_p50_s": percentile(ttft, .5),
             "ttft_p90_s": percentile(ttft, .9), "ttft_p99_s": percentile(ttft, .99),
             "tpot_mean_s": statistics.mean(tpot) if tpot else None,
+            "chunk_interval_mean_s": statistics.mean(chunk_gap) if chunk_gap else None,
+            "chunks_per_request_mean": statistics.mean(r["chunks"] for r in ok) if ok else None,
             "e2e_mean_s": statistics.mean(e2e) if e2e else None, "slo_s": slo,
             "slo_attainment": sum(t <= slo for t in ttft) / len(results) if results else None,
             "user_satisfaction": statistics.mean(sat) if sat else None}

@@ -9,7 +9,8 @@
     group per layer) against the base model's (batch x hidden, two per layer): LoRA's share of the
     communication time, next to S-LoRA's cost model.
 (c) the Ray Serve app with tensor_parallel_size=2 serving hundreds of adapters over HTTP, driven by the
-    load client on a synthetic trace.
+    load client on a synthetic trace (60 s at 2 req/s by default); the result keeps the groups' full
+    time-to-first-token and inter-token-latency histograms next to the client's figures.
 `--smoke` runs a tiny model on the CPU (gloo) to check the script itself.
 """
 
@@ -176,6 +177,9 @@ def bench_equality_fp32(args, model_dir: Path, adapter_paths: list[str]) -> dict
             "greedy_equal": sum(a == b for a, b in zip(outs[1], outs[args.tp])) / len(prompts)}
 
 
+SERVE_HISTOGRAMS = ("sloray_time_to_first_token_seconds", "sloray_inter_token_latency_seconds")
+
+
 def bench_serve(args, model_dir: Path, adapter_paths: list[str], work: Path) -> dict:
     """The Serve app (TP=2) with `--serve-adapters` adapter directories, driven over HTTP."""
     import asyncio
@@ -197,11 +201,13 @@ def bench_serve(args, model_dir: Path, adapter_paths: list[str], work: Path) -> 
             for f in ("adapter_config.json", "adapter_model.safetensors"):
                 os.symlink(src / f, d / f)
     t0 = time.perf_counter()
-    app = build_app(BuildArgs(model=str(model_dir), adapter_dir=str(adir), tensor_parallel_size=args.tp,
-                              device="cpu" if args.smoke else "cuda",
-                              dtype="float32" if args.smoke else "bfloat16", max_num_seqs=128,
-                              gpu_memory_fraction=0.6, max_lora_rank=64,
-                              engine={"pool": {"num_pages": args.pool_pages}} if args.smoke else {}))
+    stream = {} if args.stream_interval_s is None else {"stream_interval_s": args.stream_interval_s}
+    build_args = BuildArgs(model=str(model_dir), adapter_dir=str(adir), tensor_parallel_size=args.tp,
+                           device="cpu" if args.smoke else "cuda",
+                           dtype="float32" if args.smoke else "bfloat16", max_num_seqs=128,
+                           gpu_memory_fraction=0.6, max_lora_rank=64,
+                           engine={"pool": {"num_pages": args.pool_pages}} if args.smoke else {}, **stream)
+    app = build_app(build_args)
     serve.run(app, name="sloray", route_prefix="/", blocking=False)
     url = "http://127.0.0.1:8000"
     models = httpx.get(f"{url}/v1/models", timeout=60).json()
@@ -209,10 +215,13 @@ def bench_serve(args, model_dir: Path, adapter_paths: list[str], work: Path) -> 
     trace = synthetic_trace(args.serve_adapters, args.alpha, args.rate, 1.0, args.duration, 3,
                             in_range=(8, 256), out_range=(8, 128))
     res = asyncio.run(replay(url, trace, "a", 6.0, None, 300.0))
-    metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    metrics = httpx.get(f"{url}/metrics", timeout=30).text.splitlines()
     res.update(startup_s=startup, models_listed=len(models["data"]), trace_adapters=args.serve_adapters,
                alpha=args.alpha, rate=args.rate, duration_s=args.duration,
-               metrics_sample=[ln for ln in metrics.splitlines() if ln.startswith("sloray_")][:40])
+               stream_interval_s=build_args.stream_interval_s,
+               # the group-side latency histograms in full (buckets, sum, count), next to the client's view
+               histograms={name: [ln for ln in metrics if ln.startswith(name)] for name in SERVE_HISTOGRAMS},
+               metrics_sample=[ln for ln in metrics if ln.startswith("sloray_")][:40])
     serve.shutdown()
     return res
 
@@ -231,10 +240,14 @@ def main():
     ap.add_argument("--serve-adapters", type=int, default=200)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--rate", type=float, default=2.0)
-    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--duration", type=float, default=None, help="seconds of trace (default 60; 10 with --smoke)")
+    ap.add_argument("--stream-interval-s", type=float, default=None,
+                    help="BuildArgs.stream_interval_s of the Serve app (default: BuildArgs' default)")
     ap.add_argument("--skip", nargs="*", default=[], help="equality engine comm serve")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU (gloo), to test the script")
     args = ap.parse_args()
+    if args.duration is None:
+        args.duration = 10.0 if args.smoke else 60.0
     import ray
 
     out = Path(args.out)
@@ -275,8 +288,8 @@ def main():
             print(json.dumps(res["comm"]["per_layer"], indent=1), flush=True)
         if "serve" not in args.skip:
             res["serve"] = bench_serve(args, model_dir, paths, work)
-            print(json.dumps({k: v for k, v in res["serve"].items() if k != "metrics_sample"}, indent=1),
-                  flush=True)
+            print(json.dumps({k: v for k, v in res["serve"].items() if k not in ("metrics_sample", "histograms")},
+                             indent=1), flush=True)
     finally:
         (out / "tp.json").write_text(json.dumps(res, indent=2))
         ray.shutdown()
