@@ -33,14 +33,14 @@ from app.tokenizer import IncrementalDetokenizer, Tokenizer
 
 logger = logging.getLogger(__name__)
 
-# Warm-up requests' ids start with this, and it is the warm-up adapter's name: add_adapter refuses names
-# with a "/", so it never collides with a user's adapter.
+# Warm-up requests' ids and the warm-up adapters' names start with this: add_adapter refuses names
+# with a "/", so they never collide with a user's adapter.
 WARMUP_PREFIX = "sloray/warmup"
 # Prompt lengths of the warm-up prefills, one length per step (kernels pick their tiles from the longest
 # prompt of a step): 1 (decode kernels), <= 16 and > 16 query rows (attention prefill tiles), 16 / 32 /
 # 64-token LoRA tiles, several tiles, and > 512 keys (split decode attention).
 WARMUP_PROMPT_LENS = (1, 9, 17, 40, 100, 600)
-WARMUP_RANK = 16
+WARMUP_RANKS = (16, 32, 64)   # the prefill LoRA kernels' rank-block variants (kernels/lora.py)
 
 
 @dataclass
@@ -217,11 +217,11 @@ class Engine:
     def warmup(self) -> float:
         """Runs every kernel variant once, and captures every decode CUDA graph, before serving: Triton
         compiles a variant and a graph is captured the first time a step needs it, which would stall the
-        first requests for seconds. Registers a temporary all-zero adapter of rank 16 (at most
-        max_lora_rank), prefills prompts of WARMUP_PROMPT_LENS tokens with and without it (one length per
-        step), then runs one batch of every CUDA-graph batch size (1-token prompts, 2 tokens each: a
-        prefill and a decode step of that batch size). Greedy, so no random state is used; the adapter
-        is removed at the end. Needs an idle engine and leaves it idle: no requests, no pages held, the
+        first requests for seconds. Registers temporary all-zero adapters of WARMUP_RANKS (at most
+        max_lora_rank), prefills prompts of WARMUP_PROMPT_LENS tokens with each of them and without (one
+        length and one rank per step), then runs one batch of every CUDA-graph batch size (1-token prompts, 2 tokens each: a
+        prefill and a decode step of that batch size). Greedy, so no random state is used; the adapters
+        are removed at the end. Needs an idle engine and leaves it idle: no requests, no pages held, the
         step and pool counters as they were (cached adapters may have been evicted). Returns the seconds
         it took (also in `warmup_s`)."""
         if self.has_unfinished():
@@ -231,22 +231,24 @@ class Engine:
         counters = (self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits,
                     sch.num_preemptions, sch.num_prefetches, sch.num_early_aborts)
         slo, sch.cfg.ttft_slo_s = sch.cfg.ttft_slo_s, None    # no early abort of warm-up requests
-        name = WARMUP_PREFIX
-        adapter: str | None = None
+        adapters: list[str] = []
         try:
-            r = min(WARMUP_RANK, self.cfg.lora.max_lora_rank)
             L = self.args.num_layers
-            w = LoRAWeights(name=name, path=WARMUP_PREFIX, rank=r, alpha=float(r), scale=1.0,
-                            targets={m: (torch.zeros(L, r, i), torch.zeros(L, o, r))
-                                     for m, (i, o) in module_shapes(self.args).items()})
-            try:
-                self._register(w)
-                adapter = name
-            except AdapterError as e:       # a pool too small for it: warm up the base model only
-                logger.warning("warmup without an adapter: %s", e)
+            for r in sorted({min(r, self.cfg.lora.max_lora_rank) for r in WARMUP_RANKS}):
+                name = f"{WARMUP_PREFIX}-r{r}"
+                w = LoRAWeights(name=name, path=WARMUP_PREFIX, rank=r, alpha=float(r), scale=1.0,
+                                targets={m: (torch.zeros(L, r, i), torch.zeros(L, o, r))
+                                         for m, (i, o) in module_shapes(self.args).items()})
+                try:
+                    self._register(w)
+                    adapters.append(name)
+                except AdapterError as e:       # a pool too small for it: warm up without it
+                    logger.warning("warmup without a rank-%d adapter: %s", r, e)
             max_tokens = min(2, self.max_model_len - 1)
             lens = sorted({min(n, self.max_model_len - max_tokens) for n in WARMUP_PROMPT_LENS})
-            waves = [[(n, a) for a in (adapter, None)] for n in lens]
+            # one adapter rank per prefill step (the batch's largest rank picks the kernel variant)
+            waves = [[(n, a), (n, None)] for n in lens for a in (adapters or [None])]
+            adapter = adapters[0] if adapters else None
             waves += [[(1, (adapter, None)[i % 2]) for i in range(b)]
                       for b in decode_buckets(self.cfg.scheduler.max_num_seqs)]
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
@@ -263,8 +265,9 @@ class Engine:
         finally:
             for rid in [rid for rid in self.requests if rid.startswith(WARMUP_PREFIX)]:
                 self.abort(rid)
-            if name in self.adapters:
-                self.remove_adapter(name)
+            for name in adapters:
+                if name in self.adapters:
+                    self.remove_adapter(name)
             sch.cfg.ttft_slo_s = slo
             (self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits,
              sch.num_preemptions, sch.num_prefetches, sch.num_early_aborts) = counters

@@ -49,7 +49,7 @@ def _kv_rows(pt_row_ptr, kpos, kmask, kvh, PAGE_SIZE: tl.constexpr, HKV: tl.cons
     return page.to(tl.int64) * (2 * PAGE_SIZE * HKV * D) + (kpos % PAGE_SIZE) * (HKV * D) + kvh * D
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_pt"])
 def _paged_attn_prefill_kernel(
         q_ptr, pool_ptr, pt_ptr, seq_lens_ptr, q_indptr_ptr, out_ptr, sm_scale_log2,
         stride_qt, stride_qh, stride_qd, stride_ot, stride_oh, stride_od, stride_pt,
@@ -99,7 +99,7 @@ def _paged_attn_prefill_kernel(
              acc.to(out_ptr.dtype.element_ty), mask=qmask[:, None] & dmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["part_len", "max_parts", "stride_pt"])
 def _paged_attn_decode_kernel(
         q_ptr, pool_ptr, pt_ptr, seq_lens_ptr, q_indptr_ptr, out_ptr, part_o_ptr, part_ml_ptr,
         sm_scale_log2, part_len, max_parts,
@@ -160,7 +160,7 @@ def _paged_attn_decode_kernel(
                  acc.to(out_ptr.dtype.element_ty), mask=hmask[:, None] & dmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["part_len", "max_parts"])
 def _paged_attn_reduce_kernel(
         part_o_ptr, part_ml_ptr, seq_lens_ptr, q_indptr_ptr, out_ptr, part_len, max_parts, HQ,
         stride_ot, stride_oh, stride_od, D: tl.constexpr, BLOCK_D: tl.constexpr):

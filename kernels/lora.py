@@ -108,7 +108,7 @@ def _zero_outside_segments(out_cols, cmask, indptr_ptr, n_seg, T, stride_ot, BLO
         tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, zeros, mask=cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "R", "n_seg", "col_mult", "stride_pt", "stride_ot", "stride_og"])
 def _lora_shrink_decode_kernel(
         x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, indptr_ptr, slot_ptr, out_ptr,
         T, K, R, G, n_seg, col_mult,
@@ -150,7 +150,7 @@ def _lora_shrink_decode_kernel(
         tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot, acc.to(out_ptr.dtype.element_ty), mask=cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "R", "n_seg", "col_mult", "stride_pt", "stride_ot", "stride_og"])
 def _lora_shrink_prefill_kernel(
         x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, indptr_ptr, slot_ptr, out_ptr,
         T, K, R, G, n_seg, col_mult,
@@ -197,7 +197,7 @@ def _lora_shrink_prefill_kernel(
              mask=tmask[:, None] & cmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_vt", "stride_vg", "stride_pt"])
 def _lora_expand_decode_kernel(
         y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, indptr_ptr, slot_ptr,
         G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
@@ -239,7 +239,7 @@ def _lora_expand_decode_kernel(
         tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=nmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_nb", "stride_vt", "stride_vg", "stride_pt"])
 def _lora_expand_prefill_kernel(
         y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, indptr_ptr, slot_ptr,
         G, n_nb, o0, o1, o2, o3, o4, o5, o6, o7, o8,
@@ -284,7 +284,7 @@ def _lora_expand_prefill_kernel(
     tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_seg", "S"])
 def _decode_plan_kernel(indptr_ptr, slot_ptr, plan_ptr, n_seg, S, BLOCK: tl.constexpr, BLOCK_J: tl.constexpr):
     """Counting sort of decode segments by adapter slot (no host sync). For segment i at sorted position
     p (segments with a LoRA first, by slot; then the rest, in order):
@@ -349,7 +349,7 @@ def _plan_tile(plan_ptr, n_seg, p, BLOCK_M: tl.constexpr):
     return slot, tok.to(tl.int64), mm, (p - rs) % BLOCK_M
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "R", "n_seg", "col_mult", "stride_pt", "stride_ot", "stride_og"])
 def _lora_shrink_grouped_kernel(
         x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, indptr_ptr, plan_ptr, out_ptr,
         T, K, R, G, n_seg, col_mult,
@@ -425,7 +425,7 @@ def _lora_shrink_grouped_kernel(
                  mask=mm[:, None] & cmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_seg", "stride_vt", "stride_vg", "stride_pt"])
 def _lora_expand_grouped_kernel(
         y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
         G, n_seg, o0, o1, o2, o3, o4, o5, o6, o7, o8,

@@ -7,7 +7,7 @@ import pytest
 
 from app import LLM, SamplingParams
 from app.demo import DEMO_ADAPTERS, build_demo
-from app.engine import WARMUP_PREFIX
+from app.engine import WARMUP_PREFIX, WARMUP_RANKS
 from app.pool import PagePool
 from app.tokenizer import IncrementalDetokenizer
 
@@ -284,7 +284,7 @@ def _assert_clean(e) -> None:
     assert not e.requests and not e.detok and not e.has_unfinished() and e.is_idle_clean()
     assert (s.kv, s.adapter, s.free, s.loads, s.evictions, s.hits) == (0, 0, s.total, 0, 0, 0)
     assert e.steps == 0 and e.scheduler.num_preemptions == 0 and e.scheduler.num_prefetches == 0
-    assert WARMUP_PREFIX not in e.adapters and WARMUP_PREFIX not in e.executor.adapters
+    assert not any(n.startswith(WARMUP_PREFIX) for n in [*e.adapters, *e.executor.adapters])
     e.pool.check()
 
 
@@ -304,7 +304,7 @@ def test_warmup_leaves_the_engine_clean_and_outputs_unchanged(demo, llm):
     # again on a used engine (adapters cached in the pool): idle again, the next batch unchanged
     before = e.pool_stats()
     e.warmup()
-    assert e.is_idle_clean() and not e.requests and WARMUP_PREFIX not in e.adapters
+    assert e.is_idle_clean() and not e.requests and not any(n.startswith(WARMUP_PREFIX) for n in e.adapters)
     assert e.pool_stats() == before and e.pool.resident_adapters()
     e.pool.check()
     assert _same_batch(warm) == _same_batch(cold)
@@ -329,7 +329,8 @@ def test_warmup_runs_every_request_despite_an_slo(demo):
     e.warmup()
     assert finished and all(rid.startswith(WARMUP_PREFIX) and reason == "length" and n == 2
                             for rid, reason, n in finished)
-    assert len(finished) == 2 * 6 + 1 + 2 + 4 + 8            # 6 prompt lengths x (adapter, base) + buckets
+    # 6 prompt lengths x 3 adapter ranks x (adapter, base), then the decode buckets
+    assert len(finished) == 2 * 6 * len(WARMUP_RANKS) + 1 + 2 + 4 + 8
     assert {1, 2, 4, 8} <= set(batches)
     assert e.scheduler.cfg.ttft_slo_s == 1e-6 and e.scheduler.num_early_aborts == 0
 
@@ -348,6 +349,6 @@ def test_warmup_with_few_seqs_short_context_and_a_tight_pool(demo, caplog):
     assert [o.token_ids for o in warm.generate(prompts, greedy(5))] == want
     with caplog.at_level("WARNING", logger="app.engine"):
         tiny = LLM(model=str(demo / "model"), warmup="on", **dict(kw, pool={"page_size": 8, "num_pages": 6}))
-    assert "warmup without an adapter" in caplog.text
+    assert "warmup without a rank-8 adapter" in caplog.text
     _assert_clean(tiny.engine)
     assert [o.token_ids for o in tiny.generate(prompts, greedy(5))] == want
