@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.config import EngineConfig  # noqa: E402
-from app.demo import write_peft_adapter, write_tokenizer  # noqa: E402
+from app.demo import write_peft_adapter  # noqa: E402
 from app.engine import AdapterInfo, Engine  # noqa: E402
 from app.request import SamplingParams  # noqa: E402
 from benchmarks.trace import synthetic_trace  # noqa: E402
@@ -57,7 +57,7 @@ def write_random_llama(d: Path, shape: str, layers: int | None, dtype=torch.bflo
     if layers:
         cfg["num_hidden_layers"] = layers
     d.mkdir(parents=True, exist_ok=True)
-    vocab = write_tokenizer(d)
+    write_word_tokenizer(d, cfg["vocab_size"])
     H, I, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     D = H // cfg["num_attention_heads"]
     kv = cfg["num_key_value_heads"] * D
@@ -82,8 +82,21 @@ def write_random_llama(d: Path, shape: str, layers: int | None, dtype=torch.bflo
                max_position_embeddings=4096, hidden_act="silu", tie_word_embeddings=False, torch_dtype="bfloat16",
                bos_token_id=0, eos_token_id=1)
     (d / "config.json").write_text(json.dumps(cfg))
-    del vocab
     return d
+
+
+def write_word_tokenizer(d: Path, vocab_size: int) -> None:
+    """A word-level tokenizer with one visible word per id ("w0 w1 ..."): a random model's tokens all
+    decode to text, so streamed HTTP responses carry every token (a small trained BPE would leave most
+    of a 32k-vocabulary model's ids without text, and the ingress sends no empty chunks)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    vocab.update({"<s>": 0, "</s>": 1})
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w2"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>").save_pretrained(str(d))
 
 
 def alias_adapters(engine: Engine, sources: dict[str, str], names: dict[str, str]) -> None:

@@ -34,3 +34,16 @@ def test_trace_generator(tmp_path):
     assert rows == sorted(rows, key=lambda r: r["arrival_s"])
     top = max(sum(r["adapter"] == a for r in rows) for a in range(50))
     assert top > len(rows) / 10                                        # alpha 0.3: skewed popularity
+
+
+def test_random_model_tokenizer_gives_every_id_text(tmp_path):
+    """The benchmarks' random models get a tokenizer with a word per id, so every generated token
+    reaches an HTTP client as text (the ingress sends no empty chunks)."""
+    sys.path.insert(0, str(ROOT))
+    from app.tokenizer import Tokenizer
+    from benchmarks.engine import write_word_tokenizer
+
+    write_word_tokenizer(tmp_path, 1000)
+    tok = Tokenizer(str(tmp_path))
+    assert all(tok.decode([i]).strip() for i in range(2, 1000))
+    assert tok.decode([5, 999]).split() == ["w5", "w999"]
