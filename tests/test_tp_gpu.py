@@ -46,9 +46,12 @@ def setup(request, tmp_path_factory):
     return model, adapters, reqs
 
 
-def engine(model, adapters, dtype: str, tp: int | None, cuda_graphs: bool = True, **pool) -> Engine:
+def engine(model, adapters, dtype: str, tp: int | None, cuda_graphs: bool = True, warmup: str = "off",
+           **pool) -> Engine:
+    """warmup is off unless asked (it is slow; the graphs variant of the float32 test runs it on both
+    engines, through the TP executor and NCCL for TP=2, before the checked requests)."""
     cfg = EngineConfig(model=str(model), device="cuda", dtype=dtype, pool={"page_size": 16, **pool},
-                       cuda_graphs=cuda_graphs)
+                       cuda_graphs=cuda_graphs, warmup=warmup)
     e = Engine(cfg, executor=TPExecutor(cfg, tp) if tp else None)
     for n in AT_START:
         e.add_adapter(n, adapters[n])
@@ -60,7 +63,8 @@ def test_tp2_nccl_equals_tp1_and_peft_float32(ray_gpu, setup, cuda_graphs):
     """Decode steps eager, then replayed from CUDA graphs captured on both ranks (NCCL inside)."""
     model, adapters, reqs = setup
     # num_pages from free memory: the ranks take the minimum over NCCL
-    tp2 = engine(model, adapters, "float32", 2, cuda_graphs=cuda_graphs, gpu_memory_fraction=0.05)
+    warm = "on" if cuda_graphs else "off"
+    tp2 = engine(model, adapters, "float32", 2, cuda_graphs=cuda_graphs, warmup=warm, gpu_memory_fraction=0.05)
     try:
         got = generate(tp2, reqs)
         print("control per step:", tp2.executor.control.summary())
@@ -69,7 +73,7 @@ def test_tp2_nccl_equals_tp1_and_peft_float32(ray_gpu, setup, cuda_graphs):
     ref = HFReference(model, adapters)
     want = [ref.greedy(ids, a, m) for ids, a, m in reqs]
     check(got, reqs, want, "TP=2 (NCCL) vs transformers+PEFT, float32")
-    tp1 = engine(model, adapters, "float32", None, cuda_graphs=cuda_graphs, num_pages=4096)
+    tp1 = engine(model, adapters, "float32", None, cuda_graphs=cuda_graphs, warmup=warm, num_pages=4096)
     check(generate(tp1, reqs), reqs, want, "TP=1 vs transformers+PEFT, float32")
 
 
