@@ -188,14 +188,15 @@ def test_lora_decode_aligned_edges(case):
     run_lora_case(**kw)
 
 
-@pytest.mark.parametrize("popularity,dtype", [("distinct", torch.float16), ("zipf", torch.float32),
-                                              ("identical", torch.float16)])
-def test_lora_decode_aligned_split_k(popularity, dtype):
+@pytest.mark.parametrize("popularity,dtype,col_mult", [("distinct", torch.float16, 0), ("zipf", torch.float32, 0),
+                                                       ("identical", torch.float16, 0), ("uniform", torch.float16, 1)])
+def test_lora_decode_aligned_split_k(popularity, dtype, col_mult):
     """A float32 shrink output lets the aligned decode shrink split K over programs that add their
-    partial sums atomically (K = 4 blocks here); expand then reads the float32 v."""
+    partial sums atomically (K = 4 blocks here); expand then reads the float32 v. col_mult: the
+    column-parallel TP layout (rank 1 of 2 writes columns [r, 2r))."""
     run_lora_case(seg_lens=[1] * 20, n_slots=6, popularity=popularity, max_rank=40, K=512,
                   n_out=[128, 64], page_elems=320, dtype=dtype, seed=11 + len(popularity),
-                  aligned=True, v_dtype=torch.float32)
+                  aligned=True, v_dtype=torch.float32, col_mult=col_mult)
 
 
 def test_lora_decode_aligned_unaligned_shapes_fall_back():
