@@ -236,8 +236,9 @@ class Engine:
             L = self.args.num_layers
             for r in sorted({min(r, self.cfg.lora.max_lora_rank) for r in WARMUP_RANKS}):
                 name = f"{WARMUP_PREFIX}-r{r}"
+                zero = torch.zeros(())            # broadcast views: no host memory until packing
                 w = LoRAWeights(name=name, path=WARMUP_PREFIX, rank=r, alpha=float(r), scale=1.0,
-                                targets={m: (torch.zeros(L, r, i), torch.zeros(L, o, r))
+                                targets={m: (zero.expand(L, r, i), zero.expand(L, o, r))
                                          for m, (i, o) in module_shapes(self.args).items()})
                 try:
                     self._register(w)
