@@ -219,8 +219,8 @@ class Engine:
         compiles a variant and a graph is captured the first time a step needs it, which would stall the
         first requests for seconds. Registers temporary all-zero adapters of WARMUP_RANKS (at most
         max_lora_rank), prefills prompts of WARMUP_PROMPT_LENS tokens with each of them and without (one
-        length and one rank per step), then runs one batch of every CUDA-graph batch size (1-token prompts, 2 tokens each: a
-        prefill and a decode step of that batch size). Greedy, so no random state is used; the adapters
+        length and one rank per step), then runs one batch of every CUDA-graph batch size (1-token
+        prompts, 2 tokens each: a prefill and a decode step of that batch size). Greedy, so no random state is used; the adapters
         are removed at the end. Needs an idle engine and leaves it idle: no requests, no pages held, the
         step and pool counters as they were (cached adapters may have been evicted). Returns the seconds
         it took (also in `warmup_s`)."""
@@ -234,9 +234,9 @@ class Engine:
         adapters: list[str] = []
         try:
             L = self.args.num_layers
+            zero = torch.zeros(())                # broadcast views: no host memory until packing
             for r in sorted({min(r, self.cfg.lora.max_lora_rank) for r in WARMUP_RANKS}):
                 name = f"{WARMUP_PREFIX}-r{r}"
-                zero = torch.zeros(())            # broadcast views: no host memory until packing
                 w = LoRAWeights(name=name, path=WARMUP_PREFIX, rank=r, alpha=float(r), scale=1.0,
                                 targets={m: (zero.expand(L, r, i), zero.expand(L, o, r))
                                          for m, (i, o) in module_shapes(self.args).items()})

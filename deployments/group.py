@@ -328,7 +328,7 @@ class SLoRAGroup:
             while True:
                 out = await st.get()
                 yield out
-                if not isinstance(out, RequestOutput) or out.finished:
+                if _Stream._last(out):
                     done = True
                     return
         finally:

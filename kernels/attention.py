@@ -49,6 +49,38 @@ def _kv_rows(pt_row_ptr, kpos, kmask, kvh, PAGE_SIZE: tl.constexpr, HKV: tl.cons
     return page.to(tl.int64) * (2 * PAGE_SIZE * HKV * D) + (kpos % PAGE_SIZE) * (HKV * D) + kvh * D
 
 
+@triton.jit
+def _attend(q, pool_ptr, pt_row, start, end, pos, kvh, d, dmask, sm_scale_log2, CAUSAL: tl.constexpr,
+            PAGE_SIZE: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_Q: tl.constexpr,
+            BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Flash attention (online softmax, log2 domain) of the BLOCK_Q query rows q over the keys
+    [start, end) of one sequence's pages, KV head kvh. CAUSAL: key kpos is visible to the query at
+    absolute position pos only if kpos <= pos. Returns (out = softmax(q k^T) v, row max m, row sum l)."""
+    m_i = tl.full([BLOCK_Q], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        kpos = n0 + tl.arange(0, BLOCK_N)
+        kmask = kpos < end
+        rows = _kv_rows(pt_row, kpos, kmask, kvh, PAGE_SIZE, HKV, D)
+        kt = tl.load(pool_ptr + rows[None, :] + d[:, None], mask=kmask[None, :] & dmask[:, None], other=0.0)
+        qk = tl.dot(q.to(kt.dtype), kt, input_precision=INPUT_PRECISION) * sm_scale_log2
+        if CAUSAL:
+            visible = (kpos[None, :] <= pos[:, None]) & kmask[None, :]
+        else:
+            visible = kmask[None, :]
+        qk = tl.where(visible, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        vv = tl.load(pool_ptr + PAGE_SIZE * HKV * D + rows[:, None] + d[None, :],
+                     mask=kmask[:, None] & dmask[None, :], other=0.0)
+        acc = tl.dot(p.to(vv.dtype), vv, acc * alpha[:, None], input_precision=INPUT_PRECISION)
+        m_i = m_new
+    return acc / l_i[:, None], m_i, l_i
+
+
 @triton.jit(do_not_specialize=["stride_pt"])
 def _paged_attn_prefill_kernel(
         q_ptr, pool_ptr, pt_ptr, seq_lens_ptr, q_indptr_ptr, out_ptr, sm_scale_log2,
@@ -75,26 +107,8 @@ def _paged_attn_prefill_kernel(
                 mask=qmask[:, None] & dmask[None, :], other=0.0)
     pt_row = pt_ptr + s.to(tl.int64) * stride_pt
     end = tl.minimum(L, L - q_len + (mt + 1) * BLOCK_M)        # keys past the tile's last query: skipped
-    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for n0 in range(0, end, BLOCK_N):
-        kpos = n0 + tl.arange(0, BLOCK_N)
-        kmask = kpos < end
-        rows = _kv_rows(pt_row, kpos, kmask, kvh, PAGE_SIZE, HKV, D)
-        kt = tl.load(pool_ptr + rows[None, :] + d[:, None], mask=kmask[None, :] & dmask[:, None], other=0.0)
-        qk = tl.dot(q.to(kt.dtype), kt, input_precision=INPUT_PRECISION) * sm_scale_log2
-        visible = (kpos[None, :] <= pos[:, None]) & kmask[None, :]
-        qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        vv = tl.load(pool_ptr + PAGE_SIZE * HKV * D + rows[:, None] + d[None, :],
-                     mask=kmask[:, None] & dmask[None, :], other=0.0)
-        acc = tl.dot(p.to(vv.dtype), vv, acc * alpha[:, None], input_precision=INPUT_PRECISION)
-        m_i = m_new
-    acc = acc / l_i[:, None]
+    acc, _, _ = _attend(q, pool_ptr, pt_row, 0, end, pos, kvh, d, dmask, sm_scale_log2, True, PAGE_SIZE, HKV, D,
+                        BLOCK_M, BLOCK_D, BLOCK_N, INPUT_PRECISION)
     tl.store(out_ptr + tok[:, None] * stride_ot + h * stride_oh + d[None, :] * stride_od,
              acc.to(out_ptr.dtype.element_ty), mask=qmask[:, None] & dmask[None, :])
 
@@ -130,25 +144,8 @@ def _paged_attn_decode_kernel(
     q = tl.load(q_ptr + tq * stride_qt + h[:, None] * stride_qh + d[None, :] * stride_qd,
                 mask=hmask[:, None] & dmask[None, :], other=0.0)
     pt_row = pt_ptr + s.to(tl.int64) * stride_pt
-    m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        kpos = n0 + tl.arange(0, BLOCK_N)
-        kmask = kpos < end
-        rows = _kv_rows(pt_row, kpos, kmask, kvh, PAGE_SIZE, HKV, D)
-        kt = tl.load(pool_ptr + rows[None, :] + d[:, None], mask=kmask[None, :] & dmask[:, None], other=0.0)
-        qk = tl.dot(q.to(kt.dtype), kt, input_precision=INPUT_PRECISION) * sm_scale_log2
-        qk = tl.where(kmask[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        vv = tl.load(pool_ptr + PAGE_SIZE * HKV * D + rows[:, None] + d[None, :],
-                     mask=kmask[:, None] & dmask[None, :], other=0.0)
-        acc = tl.dot(p.to(vv.dtype), vv, acc * alpha[:, None], input_precision=INPUT_PRECISION)
-        m_i = m_new
-    acc = acc / l_i[:, None]
+    acc, m_i, l_i = _attend(q, pool_ptr, pt_row, start, end, hi, kvh, d, dmask, sm_scale_log2, False, PAGE_SIZE,
+                            HKV, D, BLOCK_H, BLOCK_D, BLOCK_N, INPUT_PRECISION)
     if SPLIT:
         # part_o: [S, Hq, max_parts, D] fp32; part_ml: [S, Hq, max_parts, 2] fp32 (max, sum; log2 domain)
         row = (s.to(tl.int64) * (HKV * GROUP) + h) * max_parts + part

@@ -624,11 +624,7 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table
     _check_triton_lora("lora_expand", v, pool, page_table, b_offsets, ranks, seg_indptr, seg_slot,
                        {"y": y, "scales": scales}, float32_ok=True)
     G = b_offsets.shape[1]
-    out_offsets = [int(o) for o in out_offsets]
-    if len(out_offsets) != G + 1 or out_offsets[-1] > y.shape[1]:
-        raise ValueError(f"out_offsets must have G+1={G + 1} entries within y's {y.shape[1]} columns")
-    if any(b < a for a, b in zip(out_offsets, out_offsets[1:])) or out_offsets[0] < 0:
-        raise ValueError(f"out_offsets must be non-decreasing and >= 0, got {out_offsets}")
+    out_offsets = check_out_offsets(out_offsets, G, y)
     T = y.shape[0]
     if v.shape[0] != T or v.shape[1] != G:
         raise ValueError(f"v must be [T={T}, G={G}, R], got {tuple(v.shape)}")
@@ -695,6 +691,16 @@ def check_lora_args(x_or_v: torch.Tensor, pool: torch.Tensor, page_table: torch.
         raise ValueError(f"dtype mismatch: {x_or_v.dtype} vs pool {pool.dtype}")
 
 
+def check_out_offsets(out_offsets: list[int], G: int, y: torch.Tensor) -> list[int]:
+    """The G+1 column offsets of the targets in y: non-decreasing, from >= 0 to <= y's width."""
+    out_offsets = [int(o) for o in out_offsets]
+    if len(out_offsets) != G + 1 or out_offsets[-1] > y.shape[1]:
+        raise ValueError(f"out_offsets must have G+1={G + 1} entries within y's {y.shape[1]} columns")
+    if any(b < a for a, b in zip(out_offsets, out_offsets[1:])) or out_offsets[0] < 0:
+        raise ValueError(f"out_offsets must be non-decreasing and >= 0, got {out_offsets}")
+    return out_offsets
+
+
 def gather_virtual(pool: torch.Tensor, pages: torch.Tensor, offset: int, rows: int, cols: int) -> torch.Tensor:
     """Reads a [rows, cols] row-major matrix starting at virtual element `offset` of an adapter whose
     pages are `pages` (reference helper; the Triton kernels never build this copy)."""
@@ -747,8 +753,7 @@ def lora_expand_ref(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_t
     `aligned` and `plan` are the Triton kernels' performance hints; the reference ignores them."""
     check_lora_args(v, pool, page_table, b_offsets, ranks, seg_indptr, seg_slot, float32_ok=True)
     G = b_offsets.shape[1]
-    if len(out_offsets) != G + 1 or out_offsets[-1] > y.shape[1]:
-        raise ValueError(f"out_offsets must have G+1={G + 1} entries within y's {y.shape[1]} columns")
+    out_offsets = check_out_offsets(out_offsets, G, y)
     offs = b_offsets.tolist()
     rks = ranks.tolist()
     scl = scales.tolist()

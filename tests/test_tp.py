@@ -45,15 +45,21 @@ def setup(request, tmp_path_factory):
     model = make_model(root, request.param)
     adapters = make_peft_adapters(root, model, SPECS)
     ref = HFReference(model, adapters)
-    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
-    rng = random.Random(5)
-    names = AT_START + [None]
-    reqs = []
-    for i in range(12):         # every adapter, 2 base-model requests, prompt lengths 1..33
-        ids = [rng.randrange(3, vocab) for _ in range(rng.choice([1, 3, 9, 17, 33]))]
-        reqs.append((ids, names[i % len(names)], rng.randint(4, 8)))
+    reqs = random_requests(model, 12, [1, 3, 9, 17, 33])   # every adapter, 2 base-model requests
     expected = [ref.greedy(ids, a, m) for ids, a, m in reqs]
     return model, adapters, ref, reqs, expected
+
+
+def random_requests(model, n: int, lengths: list[int], seed: int = 5) -> list[tuple[list[int], str | None, int]]:
+    """n (prompt ids, adapter of AT_START or None in turn, max_tokens 4..8), prompt lengths from `lengths`."""
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    rng = random.Random(seed)
+    names = AT_START + [None]
+    reqs = []
+    for i in range(n):
+        ids = [rng.randrange(3, vocab) for _ in range(rng.choice(lengths))]
+        reqs.append((ids, names[i % len(names)], rng.randint(4, 8)))
+    return reqs
 
 
 def config(model, **kw) -> EngineConfig:

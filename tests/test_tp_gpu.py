@@ -17,7 +17,7 @@ from app.config import EngineConfig  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.request import SamplingParams  # noqa: E402
 from deployments.tp import TPExecutor, forward_logits  # noqa: E402
-from tests.test_tp import AT_START, SPECS, check, generate  # noqa: E402
+from tests.test_tp import AT_START, SPECS, check, generate, random_requests  # noqa: E402
 from tests.models import HFReference, make_model, make_peft_adapters  # noqa: E402
 
 
@@ -30,19 +30,10 @@ def ray_gpu():
 
 @pytest.fixture(scope="module", params=["gqa", "mha"])
 def setup(request, tmp_path_factory):
-    import json
-    import random
-
     root = tmp_path_factory.mktemp(f"tpgpu-{request.param}")
     model = make_model(root, request.param)
     adapters = make_peft_adapters(root, model, SPECS)
-    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
-    rng = random.Random(5)
-    names = AT_START + [None]
-    reqs = []
-    for i in range(15):
-        ids = [rng.randrange(3, vocab) for _ in range(rng.choice([1, 3, 9, 17, 33, 60]))]
-        reqs.append((ids, names[i % len(names)], rng.randint(4, 8)))
+    reqs = random_requests(model, 15, [1, 3, 9, 17, 33, 60])
     return model, adapters, reqs
 
 
