@@ -8,6 +8,15 @@ shrink and expand kernels are timed alone (triton.testing.do_bench, L2 flushed) 
 configuration, next to their own bandwidth bound (bytes that kernel must move / measured copy bandwidth).
 Writes lora_tune.json (every measurement) and lora_tune.md (per kernel: default vs best configuration;
 the single configuration best over all kernels and adapter counts, which is what DECODE_CFG can hold).
+
+    python benchmarks/lora_tune.py --layer --out DIR [--adapters 64 256] [--v-width 64 256]
+
+--layer times the whole decode LoRA step of one layer (plan + 4 x shrink/expand, as benchmarks/kernels.py
+"ours") in a CUDA graph and eagerly, for each variant of DECODE_CFG in LAYER_VARIANTS (every variant's
+output checked against the torch reference), and profiles the default and the fastest variant with
+torch.profiler (GPU time per kernel inside the graph replay). --v-width: columns of the shrink output v
+(the engine's CUDA graphs use max_lora_rank, 256 by default, not the largest rank present).
+Writes lora_layer.json and lora_layer.md.
 """
 
 from __future__ import annotations
@@ -30,6 +39,17 @@ SHRINK_SPACE = dict(shrink_r=[16, 32], shrink_k=[512, 1024], shrink_warps=[4, 8]
 EXPAND_SPACE = dict(expand_r=[16, 32], expand_n=[128, 256, 512], expand_warps=[4, 8], expand_stages=[2, 3])
 
 
+LAYER_VARIANTS = [
+    dict(compact=False), dict(), dict(pdl=True),
+    dict(pdl=True, shrink_split=1), dict(pdl=True, shrink_split=4), dict(pdl=True, shrink_stages=4),
+    dict(pdl=True, shrink_r=32, shrink_k=256), dict(pdl=True, shrink_r=64, shrink_k=128),
+    dict(pdl=True, shrink_r=64, shrink_k=128, shrink_split=1), dict(pdl=True, shrink_r=64, shrink_k=256),
+    dict(pdl=True, shrink_k=256), dict(pdl=True, shrink_k=256, shrink_split=4),
+    dict(pdl=True, expand_n=512), dict(pdl=True, expand_n=128), dict(pdl=True, expand_r=32),
+    dict(pdl=True, expand_stages=3), dict(pdl=True, expand_warps=8, expand_n=512),
+]
+
+
 def grid(space: dict) -> list[dict]:
     return [dict(zip(space, vals)) for vals in itertools.product(*space.values())]
 
@@ -45,7 +65,11 @@ def main() -> None:
     ap.add_argument("--adapters", type=int, nargs="*", default=[64, 256])
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layer", action="store_true", help="whole-layer variants in a CUDA graph + profile")
+    ap.add_argument("--v-width", type=int, nargs="*", default=[64], help="--layer: columns of v")
     args = ap.parse_args()
+    if args.layer:
+        return layer_main(args)
     dev, dtype = torch.device("cuda"), torch.bfloat16
     gen = torch.Generator().manual_seed(args.seed)
     bw = copy_bandwidth(dev, 1 << 30)
@@ -141,6 +165,115 @@ def write_markdown(res: dict, path: Path) -> None:
             lines += ["", f"Best single {kind} configuration (sum over kernels and adapter counts): {best}: "
                       f"{total[best]:.4f} ms"]
     path.write_text("\n".join(lines) + "\n")
+
+
+def kernel_profile(fn, reps: int = 20) -> dict[str, float]:
+    """GPU microseconds per call of fn, per kernel name (torch.profiler, CUDA activities)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    out: dict[str, float] = {}
+    for ev in prof.key_averages():
+        if ev.device_type.name == "CUDA" and ev.device_time_total > 0:
+            out[ev.key[:60]] = out.get(ev.key[:60], 0.0) + ev.device_time_total / reps
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def layer_main(args) -> None:
+    from benchmarks.kernels import graph_ms
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    gen = torch.Generator().manual_seed(args.seed)
+    bw = copy_bandwidth(dev, 1 << 30)
+    default = dict(kl.DECODE_CFG)
+    hidden, inter, page_elems, rank_choices = 4096, 11008, 2 * 16 * 32 * 128, [8, 16, 32, 64]
+    rows, profiles = [], []
+    for n_ad in args.adapters:
+        groups = [Group("qkv", hidden, [hidden] * 3), Group("o", hidden, [hidden]),
+                  Group("gate_up", hidden, [inter] * 2), Group("down", inter, [hidden])]
+        ranks = [rank_choices[int(i)] for i in torch.randint(0, 4, (n_ad,), generator=gen)]
+        pool, page_table, totals = build_adapters(groups, ranks, page_elems, dtype, dev, gen)
+        slot = (torch.arange(args.batch) % n_ad)[torch.randperm(args.batch, generator=gen)]
+        used = sorted(set(slot.tolist()))
+        seg_slot = slot.to(torch.int32).to(dev)
+        indptr = torch.arange(args.batch + 1, dtype=torch.int32, device=dev)
+        scales = (torch.rand(n_ad, generator=gen) + 0.5).to(dev)
+        xs = {g.name: torch.randn(args.batch, g.K, device=dev).to(dtype) for g in groups}
+        ys = {g.name: torch.randn(args.batch, sum(g.n_out), device=dev).to(dtype) for g in groups}
+        bound_ms = (sum(totals[s] for s in used) * 2 + sum(
+            args.batch * g.K * 2 + 4 * args.batch * sum(g.n_out) + 4 * args.batch * len(g.n_out) * max(rank_choices)
+            for g in groups)) / bw * 1e3
+        for width in args.v_width:
+            vs = {g.name: torch.empty(args.batch, len(g.n_out), width, device=dev, dtype=torch.float32) for g in groups}
+
+            def layer(ys=ys, vs=vs, impl="triton"):
+                shrink, expand = (kl.lora_shrink, kl.lora_expand) if impl == "triton" else (
+                    kl.lora_shrink_ref, kl.lora_expand_ref)
+                plan = kl.lora_decode_plan(indptr, seg_slot, n_ad)
+                for g in groups:
+                    shrink(xs[g.name], pool, page_table, g.a_off, g.ranks, indptr, seg_slot, vs[g.name],
+                           max_seg_len=1, aligned=True, plan=plan)
+                    expand(ys[g.name], vs[g.name], pool, page_table, g.b_off, g.ranks, scales, indptr, seg_slot,
+                           g.out_offsets, max_seg_len=1, aligned=True, plan=plan)
+
+            y_ref = {k: v.clone() for k, v in ys.items()}
+            layer(y_ref, impl="ref")
+            timed = []
+            for var in LAYER_VARIANTS:
+                kl.DECODE_CFG.update(default)
+                kl.DECODE_CFG.update(var)
+                row = dict(n_adapters=n_ad, v_width=width, variant=var, bound_ms=bound_ms)
+                try:
+                    y_out = {k: v.clone() for k, v in ys.items()}
+                    layer(y_out)
+                    row["max_err_vs_ref"] = max(float((y_out[k].float() - y_ref[k].float()).abs().max()) for k in ys)
+                    row["graph_ms"] = graph_ms(layer, dev)
+                    row["eager_ms"] = time_ms(layer)
+                    timed.append(row)
+                except Exception as e:  # noqa: BLE001 - e.g. PDL unsupported: recorded, skipped
+                    row["error"] = repr(e)[:300]
+                rows.append(row)
+                print(f"n_ad={n_ad} v_width={width} {var}: graph {row.get('graph_ms')} eager {row.get('eager_ms')} "
+                      f"bound {bound_ms:.4f} err {row.get('max_err_vs_ref')} {row.get('error', '')}", flush=True)
+            best = min(timed, key=lambda r: r["graph_ms"]) if timed else None
+            for name, var in (("default", {}), ("fastest", best["variant"] if best else None)):
+                if var is None:
+                    continue
+                kl.DECODE_CFG.update(default)
+                kl.DECODE_CFG.update(var)
+                g = torch.cuda.CUDAGraph()
+                layer()
+                with torch.cuda.graph(g):
+                    layer()
+                profiles.append(dict(n_adapters=n_ad, v_width=width, which=name, variant=var,
+                                     kernels_us=kernel_profile(g.replay)))
+        kl.DECODE_CFG.update(default)
+        del pool
+        torch.cuda.empty_cache()
+    kl.DECODE_CFG.update(default)
+    res = dict(device=torch.cuda.get_device_name(), triton=__import__("triton").__version__,
+               copy_bandwidth_gbs=bw / 1e9, batch=args.batch, default_cfg=default, rows=rows, profiles=profiles)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "lora_layer.json").write_text(json.dumps(res, indent=1))
+    lines = [f"# Decode LoRA, one Llama-2-7B layer, whole-layer variants: {res['device']}", "",
+             f"bf16, batch {args.batch}, copy bandwidth {bw / 1e9:.0f} GB/s, Triton {res['triton']}; medians (ms). "
+             f"Variant = overrides of DECODE_CFG {default}.", "",
+             "| adapters | v width | variant | graph ms | graph / bound | eager ms | max err vs ref |",
+             "|---:|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        gm, em = r.get("graph_ms"), r.get("eager_ms")
+        g_txt = "-" if gm is None else f"{gm:.4f} | {gm / r['bound_ms']:.2f}x"
+        lines.append(f"| {r['n_adapters']} | {r['v_width']} | {r['variant']} | {g_txt if gm else '- | -'} | "
+                     f"{'-' if em is None else f'{em:.4f}'} | {r.get('max_err_vs_ref', r.get('error'))} |")
+    for pr in profiles:
+        lines += ["", f"Profile ({pr['which']}: {pr['variant']}), {pr['n_adapters']} adapters, v width {pr['v_width']}: "
+                  f"GPU us per graph replay, per kernel", ""]
+        lines += [f"- {k}: {v:.1f}" for k, v in pr["kernels_us"].items()]
+    (args.out / "lora_layer.md").write_text("\n".join(lines) + "\n")
+    print((args.out / "lora_layer.md").read_text())
 
 
 if __name__ == "__main__":

@@ -52,6 +52,11 @@ import torch
 import triton
 import triton.language as tl
 
+try:  # programmatic dependent launch (Hopper+): let a kernel's programs start while the previous one drains
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - older Triton: DECODE_CFG["pdl"] must stay False
+    gdc_launch_dependents = gdc_wait = None
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_G = 8  # targets per launch (q/k/v = 3, gate/up = 2); out_offsets travel as scalar kernel arguments
 
@@ -319,6 +324,26 @@ def _decode_plan_kernel(indptr_ptr, slot_ptr, plan_ptr, n_seg, S, BLOCK: tl.cons
     tl.store(plan_ptr + 3 * n_seg + pos, less + cnt, mask=im)
 
 
+@triton.jit(do_not_specialize=["n_seg"])
+def _decode_tiles_kernel(plan_ptr, n_seg, TILE_M: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: plan[4, :] = the sorted positions where a tile starts (a LoRA slot's run, cut every
+    TILE_M positions), in order, then -1. The decode kernels launch one program per tile (up to a static
+    bound), not one per position: programs that would exit at once still hold an SM slot while they run."""
+    carry = 0
+    for p0 in range(0, n_seg, BLOCK):
+        p = p0 + tl.arange(0, BLOCK)
+        pm = p < n_seg
+        slot = tl.load(plan_ptr + n_seg + p, mask=pm, other=-1)
+        rs = tl.load(plan_ptr + 2 * n_seg + p, mask=pm, other=0)
+        start = pm & (slot >= 0) & ((p - rs) % TILE_M == 0)
+        idx = carry + tl.cumsum(start.to(tl.int32), 0) - 1
+        tl.store(plan_ptr + 4 * n_seg + idx, p, mask=start)
+        carry += tl.sum(start.to(tl.int32), 0)
+    for k0 in range(0, n_seg, BLOCK):
+        k = k0 + tl.arange(0, BLOCK)
+        tl.store(plan_ptr + 4 * n_seg + k, tl.full([BLOCK], -1, tl.int32), mask=(k < n_seg) & (k >= carry))
+
+
 @triton.jit
 def _chunk_offsets(pt_row_ptr, o_row, rmask, n_valid, BLOCK: tl.constexpr, PAGE_ELEMS: tl.constexpr,
                    ALIGNED: tl.constexpr):
@@ -337,51 +362,67 @@ def _chunk_offsets(pt_row_ptr, o_row, rmask, n_valid, BLOCK: tl.constexpr, PAGE_
 
 
 @triton.jit
-def _plan_tile(plan_ptr, n_seg, p, BLOCK_M: tl.constexpr):
-    """(slot, tokens [BLOCK_M], token mask, lead) of the tile of same-slot tokens starting at
-    sorted position p (a tile starts every BLOCK_M positions of a slot's run: where lead == 0)."""
-    slot = tl.load(plan_ptr + n_seg + p)
-    rs = tl.load(plan_ptr + 2 * n_seg + p)
-    re = tl.load(plan_ptr + 3 * n_seg + p)
-    m = p + tl.arange(0, BLOCK_M)
+def _plan_tile(plan_ptr, n_seg, pid, USE_PDL: tl.constexpr, BLOCK_M: tl.constexpr):
+    """(slot, tokens [BLOCK_M], token mask) of the pid-th tile of the plan (slot -1: no such tile).
+    With USE_PDL the program first waits for the previous kernel (nothing is read before)."""
+    if USE_PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+    p = tl.load(plan_ptr + 4 * n_seg + pid)
+    ps = tl.maximum(p, 0)
+    slot = tl.where(p >= 0, tl.load(plan_ptr + n_seg + ps), -1)
+    re = tl.where(p >= 0, tl.load(plan_ptr + 3 * n_seg + ps), 0)
+    m = ps + tl.arange(0, BLOCK_M)
     mm = m < re
     tok = tl.load(plan_ptr + m, mask=mm, other=0)
-    return slot, tok.to(tl.int64), mm, (p - rs) % BLOCK_M
+    return slot, tok.to(tl.int64), mm
 
 
-@triton.jit(do_not_specialize=["T", "R", "n_seg", "col_mult", "stride_pt", "stride_ot", "stride_og"])
+@triton.jit
+def _zero_no_lora(plan_ptr, n_seg, out_cols, cmask, stride_ot, BLOCK_R: tl.constexpr):
+    """Zeroes these columns of the tokens of segments without a LoRA (the plan's last positions)."""
+    for p0 in range(0, n_seg, 64):
+        p = p0 + tl.arange(0, 64)
+        pm = p < n_seg
+        slot = tl.load(plan_ptr + n_seg + p, mask=pm, other=0)
+        tok = tl.load(plan_ptr + p, mask=pm, other=-1)
+        m = pm & (slot < 0) & (tok >= 0)
+        tl.store(out_cols[None, :] + tok.to(tl.int64)[:, None] * stride_ot,
+                 tl.zeros([64, BLOCK_R], dtype=out_cols.dtype.element_ty), mask=m[:, None] & cmask[None, :])
+
+
+@triton.jit(do_not_specialize=["T", "R", "n_seg", "col_mult", "stride_pt", "stride_ot", "stride_og", "n_tiles"])
 def _lora_shrink_grouped_kernel(
         x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, indptr_ptr, plan_ptr, out_ptr,
         T, K, R, G, n_seg, col_mult,
         stride_xt, stride_xk, stride_pt, stride_ot, stride_og, stride_or,
-        n_split,
+        n_split, n_tiles,
         PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
         ALIGNED: tl.constexpr, SPLIT_ATOMIC: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr):
-    """Decode shrink, tokens grouped by adapter: program (sorted position p, g, block of out columns x
-    K split) handles the <= BLOCK_M tokens of one slot starting at p (if a tile starts there); A is read
-    once per tile, tl.dot of the gathered x tile [BLOCK_M, BLOCK_K] and A^T [BLOCK_K, BLOCK_R].
+        INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
+    """Decode shrink, tokens grouped by adapter: program (tile of the plan, g, block of out columns x
+    K split) handles the <= BLOCK_M tokens of one slot; A is read once per tile, tl.dot of the gathered
+    x tile [BLOCK_M, BLOCK_K] and A^T [BLOCK_K, BLOCK_R]. Program n_tiles writes the zeros of tokens
+    without a LoRA or outside every segment.
     Split-K (n_split > 1, SPLIT_ATOMIC): each program sums one K range and atomically adds it into `out`,
     which the wrapper zeroed (float32); otherwise every program stores its columns, zeros included."""
-    p = tl.program_id(0)
+    pid = tl.program_id(0)
     g = tl.program_id(1)
     pid_r = tl.program_id(2) // n_split
     ks = tl.program_id(2) % n_split
     cols = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     cmask = cols < R
     out_cols = out_ptr + g * stride_og + cols * stride_or
-    if p == n_seg:  # the extra program zeroes tokens outside every segment
-        if not SPLIT_ATOMIC:
+    if pid == n_tiles:
+        if USE_PDL:
+            gdc_launch_dependents()
+            gdc_wait()
+        if not SPLIT_ATOMIC and ks == 0:
             _zero_outside_segments(out_cols, cmask, indptr_ptr, n_seg, T, stride_ot, BLOCK_R)
+            _zero_no_lora(plan_ptr, n_seg, out_cols, cmask, stride_ot, BLOCK_R)
         return
-    slot, tok, mm, lead = _plan_tile(plan_ptr, n_seg, p, BLOCK_M)
-    if slot < 0:    # no LoRA: zero this position's token (if the segment has one)
-        t = tl.load(plan_ptr + p)
-        if t >= 0 and not SPLIT_ATOMIC:
-            tl.store(out_cols + tl.cast(t, tl.int64) * stride_ot,
-                     tl.zeros([BLOCK_R], dtype=out_ptr.dtype.element_ty), mask=cmask)
-        return
-    if lead != 0:
+    slot, tok, mm = _plan_tile(plan_ptr, n_seg, pid, USE_PDL, BLOCK_M)
+    if slot < 0:
         return
     r = tl.load(rank_ptr + slot * G + g)
     a_off = tl.load(off_ptr + slot * G + g)
@@ -431,16 +472,13 @@ def _lora_expand_grouped_kernel(
         G, n_seg, o0, o1, o2, o3, o4, o5, o6, o7, o8,
         stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
         PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-        ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """Decode expand, tokens grouped by adapter: program (sorted position p, g, block of N) handles the
-    <= BLOCK_M tokens of one slot starting at p; B^T [BLOCK_R, BLOCK_N] tiles read once per tile."""
-    p = tl.program_id(0)
+        ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
+    """Decode expand, tokens grouped by adapter: program (tile of the plan, g, block of N) handles the
+    <= BLOCK_M tokens of one slot; B^T [BLOCK_R, BLOCK_N] tiles read once per tile."""
     g = tl.program_id(1)
     pid_n = tl.program_id(2)
-    slot, tok, mm, lead = _plan_tile(plan_ptr, n_seg, p, BLOCK_M)
+    slot, tok, mm = _plan_tile(plan_ptr, n_seg, tl.program_id(0), USE_PDL, BLOCK_M)
     if slot < 0:
-        return
-    if lead != 0:
         return
     r = tl.load(rank_ptr + slot * G + g)
     if r == 0:
@@ -517,28 +555,49 @@ def _input_precision(dtype: torch.dtype) -> str:
 
 # Decode fast path (tokens grouped by adapter, vectorised page reads) launch parameters; benchmarks may
 # override entries. GPU values were picked on an H100 (benchmarks/kernels.py).
-DECODE_CFG = dict(shrink_m=16, shrink_r=16, shrink_k=512, shrink_warps=4, shrink_stages=3, shrink_split=2,
-                  expand_m=16, expand_r=16, expand_n=256, expand_warps=4, expand_stages=2)
+DECODE_CFG = dict(shrink_r=16, shrink_k=512, shrink_warps=4, shrink_stages=3, shrink_split=2,
+                  expand_r=16, expand_n=256, expand_warps=4, expand_stages=2, compact=True, pdl=False)
+DECODE_TILE_M = 16   # tokens of one adapter per decode program (the plan's tiles)
+
+
+def _decode_tiles(n_seg: int, n_slots: int) -> int:
+    """Static bound on the plan's tiles (the grid size, CUDA-graph safe): each of the <= n_slots distinct
+    slots of a batch of n_seg tokens adds at most one partial tile."""
+    if not DECODE_CFG["compact"]:
+        return n_seg
+    return min(n_seg, (n_seg + n_slots * (DECODE_TILE_M - 1)) // DECODE_TILE_M)
+
+
+def _decode_launch(kind: str) -> dict:
+    if _INTERPRET:
+        return {}
+    c = DECODE_CFG
+    extra = dict(num_warps=c[f"{kind}_warps"], num_stages=c[f"{kind}_stages"])
+    if c["pdl"]:
+        extra["launch_pdl"] = True
+    return extra
 
 
 def lora_decode_plan(seg_indptr: torch.Tensor, seg_slot: torch.Tensor, n_slots: int) -> torch.Tensor:
-    """Segments sorted by adapter slot, computed on the device (one launch, no host sync): int32
-    [4, n_seg] (see `_decode_plan_kernel`). Build it once per decode step and pass it as `plan=` to every
-    aligned decode `lora_shrink` / `lora_expand` call of that step (same seg_indptr / seg_slot / slots)."""
+    """Segments sorted by adapter slot and cut into tiles, computed on the device (two launches, no host
+    sync): int32 [5, n_seg] (see `_decode_plan_kernel` and `_decode_tiles_kernel`). Build it once per
+    decode step and pass it as `plan=` to every aligned decode `lora_shrink` / `lora_expand` call of that
+    step (same seg_indptr / seg_slot / slots)."""
     n_seg = seg_slot.shape[0]
-    plan = torch.empty(4, n_seg, dtype=torch.int32, device=seg_slot.device)
+    plan = torch.empty(5, n_seg, dtype=torch.int32, device=seg_slot.device)
     if n_seg:
         block, block_j = 32, _npow2(n_seg, 32, 256)      # many small programs: O(n_seg^2) compares
         _decode_plan_kernel[(triton.cdiv(n_seg, block),)](seg_indptr, seg_slot, plan, n_seg, int(n_slots),
                                                           BLOCK=block, BLOCK_J=block_j, num_warps=4)
+        _decode_tiles_kernel[(1,)](plan, n_seg, TILE_M=DECODE_TILE_M, BLOCK=_npow2(n_seg, 32, 1024), num_warps=4)
     return plan
 
 
 def _plan_for(plan, seg_indptr, seg_slot, n_slots):
     if plan is None:
         return lora_decode_plan(seg_indptr, seg_slot, n_slots)
-    if plan.shape != (4, seg_slot.shape[0]) or plan.dtype != torch.int32 or plan.device != seg_slot.device:
-        raise ValueError(f"plan must be int32 [4, n_seg={seg_slot.shape[0]}] on {seg_slot.device} "
+    if plan.shape != (5, seg_slot.shape[0]) or plan.dtype != torch.int32 or plan.device != seg_slot.device:
+        raise ValueError(f"plan must be int32 [5, n_seg={seg_slot.shape[0]}] on {seg_slot.device} "
                          "(from lora_decode_plan)")
     return plan
 
@@ -584,13 +643,14 @@ def lora_shrink(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
         n_split = min(c["shrink_split"], triton.cdiv(K, block_k)) if out.dtype == torch.float32 else 1
         if n_split > 1:
             out.zero_()
-        grid = (n_seg + 1, G, triton.cdiv(R, block_r) * n_split)
-        extra = {} if _INTERPRET else dict(num_warps=c["shrink_warps"], num_stages=c["shrink_stages"])
+        n_tiles = _decode_tiles(n_seg, page_table.shape[0])
+        grid = (n_tiles + 1, G, triton.cdiv(R, block_r) * n_split)
         _lora_shrink_grouped_kernel[grid](
-            x, pool, page_table, a_offsets, ranks, seg_indptr, plan, out, *common, n_split,
-            PAGE_ELEMS=P, BLOCK_M=16 if _INTERPRET else c["shrink_m"], BLOCK_R=block_r, BLOCK_K=block_k,
+            x, pool, page_table, a_offsets, ranks, seg_indptr, plan, out, *common, n_split, n_tiles,
+            PAGE_ELEMS=P, BLOCK_M=DECODE_TILE_M, BLOCK_R=block_r, BLOCK_K=block_k,
             ALIGNED=True, SPLIT_ATOMIC=n_split > 1, ROW_IN_TWO_PAGES=K <= P,
-            INPUT_PRECISION=_input_precision(pool.dtype), **extra)
+            INPUT_PRECISION=_input_precision(pool.dtype), USE_PDL=c["pdl"] and not _INTERPRET,
+            **_decode_launch("shrink"))
     elif max_len <= 1:
         block_r = _npow2(R, 8, 256) if _INTERPRET else 8     # ranks are usually multiples of 8
         block_k = _fit_page(1024 if _INTERPRET else 512, pool.shape[1])
@@ -650,12 +710,12 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table
         plan = _plan_for(plan, seg_indptr, seg_slot, page_table.shape[0])
         block_n = _fit_page(_npow2(n_max, 64, 1024) if _INTERPRET else c["expand_n"], P)
         block_r = _npow2(R, 16, 256) if _INTERPRET else c["expand_r"]
-        grid = (n_seg, G, triton.cdiv(n_max, block_n))
-        extra = {} if _INTERPRET else dict(num_warps=c["expand_warps"], num_stages=c["expand_stages"])
+        grid = (_decode_tiles(n_seg, page_table.shape[0]), G, triton.cdiv(n_max, block_n))
         _lora_expand_grouped_kernel[grid](
             y, v, pool, page_table, b_offsets, ranks, scales, plan, G, n_seg, *offs, *strides,
-            PAGE_ELEMS=P, BLOCK_M=16 if _INTERPRET else c["expand_m"], BLOCK_R=block_r, BLOCK_N=block_n,
-            ALIGNED=True, INPUT_PRECISION=_input_precision(pool.dtype), **extra)
+            PAGE_ELEMS=P, BLOCK_M=DECODE_TILE_M, BLOCK_R=block_r, BLOCK_N=block_n,
+            ALIGNED=True, INPUT_PRECISION=_input_precision(pool.dtype), USE_PDL=c["pdl"] and not _INTERPRET,
+            **_decode_launch("expand"))
     elif max_len <= 1:
         block_n = _fit_page(_npow2(n_max, 16, 4096 if _INTERPRET else 512), pool.shape[1])
         block_r = _npow2(R, 8, 256) if _INTERPRET else 8

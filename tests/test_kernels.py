@@ -19,7 +19,7 @@ import torch
 
 from kernels import get_backend
 from kernels.attention import kv_append, kv_append_ref, paged_attention, paged_attention_ref
-from kernels.lora import lora_decode_plan, lora_expand, lora_expand_ref, lora_shrink, lora_shrink_ref
+from kernels.lora import DECODE_TILE_M, lora_decode_plan, lora_expand, lora_expand_ref, lora_shrink, lora_shrink_ref
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=2e-2, rtol=2e-2)}
@@ -207,7 +207,7 @@ def test_lora_decode_aligned_unaligned_shapes_fall_back():
 
 def test_lora_decode_plan():
     gen = torch.Generator().manual_seed(0)
-    for n_seg, S in ((1, 1), (7, 3), (200, 9)):
+    for n_seg, S in ((1, 1), (7, 3), (200, 9), (1500, 2)):
         lens = torch.randint(0, 2, (n_seg,), generator=gen)
         indptr = torch.zeros(n_seg + 1, dtype=torch.int32)
         indptr[1:] = lens.cumsum(0)
@@ -221,6 +221,9 @@ def test_lora_decode_plan():
         ks = key[order]
         assert plan[2].tolist() == [int((ks < k).sum()) for k in ks]
         assert plan[3].tolist() == [int((ks <= k).sum()) for k in ks]
+        # row 4: where each tile (<= DECODE_TILE_M positions of one LoRA slot's run) starts, then -1
+        starts = [p for p in range(n_seg) if plan[1, p] >= 0 and (p - plan[2, p]) % DECODE_TILE_M == 0]
+        assert plan[4].tolist() == starts + [-1] * (n_seg - len(starts))
 
 
 @pytest.mark.parametrize("max_rank", [1, 8, 16, 128])
