@@ -39,14 +39,17 @@ SHRINK_SPACE = dict(shrink_r=[16, 32], shrink_k=[512, 1024], shrink_warps=[4, 8]
 EXPAND_SPACE = dict(expand_r=[16, 32], expand_n=[128, 256, 512], expand_warps=[4, 8], expand_stages=[2, 3])
 
 
+_S16 = dict(shrink_r=16, shrink_k=512)    # the previous default shrink
+_S32 = dict(shrink_r=32, shrink_k=256)
 LAYER_VARIANTS = [
-    dict(compact=False), dict(), dict(pdl=True),
-    dict(pdl=True, shrink_split=1), dict(pdl=True, shrink_split=4), dict(pdl=True, shrink_stages=4),
-    dict(pdl=True, shrink_r=32, shrink_k=256), dict(pdl=True, shrink_r=64, shrink_k=128),
-    dict(pdl=True, shrink_r=64, shrink_k=128, shrink_split=1), dict(pdl=True, shrink_r=64, shrink_k=256),
-    dict(pdl=True, shrink_k=256), dict(pdl=True, shrink_k=256, shrink_split=4),
-    dict(pdl=True, expand_n=512), dict(pdl=True, expand_n=128), dict(pdl=True, expand_r=32),
-    dict(pdl=True, expand_stages=3), dict(pdl=True, expand_warps=8, expand_n=512),
+    dict(), _S16, dict(shrink_split=4), dict(_S32, shrink_split=4), dict(shrink_split=1),
+    dict(expand_stream=True), dict(expand_stream=True, stream_n=128), dict(expand_stream=True, stream_n=32),
+    dict(expand_stream=True, stream_per=512), dict(expand_stream=True, stream_per=2048),
+    dict(expand_stream=True, stream_per=512, stream_n=128), dict(expand_stream=True, stream_stages=2),
+    dict(expand_stream=True, stream_stages=4), dict(expand_stream=True, stream_warps=2),
+    dict(expand_stream=True, stream_warps=8), dict(expand_stream=True, stream_r=32),
+    dict(expand_stream=True, stream_r=16), dict(expand_stream=True, stream_per=256),
+    dict(expand_stream=True, stream_per=256, stream_n=128, stream_stages=2),
 ]
 
 
@@ -176,11 +179,14 @@ def kernel_profile(fn, reps: int = 20) -> dict[str, float]:
         for _ in range(reps):
             fn()
         torch.cuda.synchronize()
+    kern = sorted((ev for ev in prof.events() if ev.device_type.name == "CUDA" and ev.device_time_total > 0),
+                  key=lambda ev: ev.time_range.start)
+    per = len(kern) // reps     # kernels of one replay, in launch order: "i name" -> mean us
     out: dict[str, float] = {}
-    for ev in prof.key_averages():
-        if ev.device_type.name == "CUDA" and ev.device_time_total > 0:
-            out[ev.key[:60]] = out.get(ev.key[:60], 0.0) + ev.device_time_total / reps
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    for i, ev in enumerate(kern[:per * reps]):
+        key = f"{i % per:02d} {ev.name[:50]}"
+        out[key] = out.get(key, 0.0) + ev.device_time_total / reps
+    return out
 
 
 def layer_main(args) -> None:
@@ -230,8 +236,9 @@ def layer_main(args) -> None:
                     y_out = {k: v.clone() for k, v in ys.items()}
                     layer(y_out)
                     row["max_err_vs_ref"] = max(float((y_out[k].float() - y_ref[k].float()).abs().max()) for k in ys)
-                    row["graph_ms"] = graph_ms(layer, dev)
-                    row["eager_ms"] = time_ms(layer)
+                    y_t = {k: v.clone() for k, v in ys.items()}   # timed runs accumulate into a copy
+                    row["graph_ms"] = graph_ms(lambda: layer(y_t), dev)
+                    row["eager_ms"] = time_ms(lambda: layer(y_t))
                     timed.append(row)
                 except Exception as e:  # noqa: BLE001 - e.g. PDL unsupported: recorded, skipped
                     row["error"] = repr(e)[:300]
@@ -245,9 +252,10 @@ def layer_main(args) -> None:
                 kl.DECODE_CFG.update(default)
                 kl.DECODE_CFG.update(var)
                 g = torch.cuda.CUDAGraph()
-                layer()
+                y_t = {k: v.clone() for k, v in ys.items()}
+                layer(y_t)
                 with torch.cuda.graph(g):
-                    layer()
+                    layer(y_t)
                 profiles.append(dict(n_adapters=n_ad, v_width=width, which=name, variant=var,
                                      kernels_us=kernel_profile(g.replay)))
         kl.DECODE_CFG.update(default)

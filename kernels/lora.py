@@ -34,10 +34,11 @@ Rows of A / B^T are found element by element through the adapter's page table (n
 
 Aligned decode fast path (`aligned=True`: every offset a multiple of 64, as app/lora/adapter.py packs
 them; K, every N_g and page_elems multiples of 64, checked by the wrappers; otherwise the generic kernels
-above run): `lora_decode_plan` sorts the segments by adapter slot on the device (one launch, no host
-sync; build it once per decode step and pass `plan=`); one program per (tile of <= BLOCK_M tokens of one
-slot, g, column block) reads that adapter's A / B^T rows once for the whole tile and multiplies with
-tl.dot. A 64-element run of a row never straddles a page, so each row chunk costs two page-table reads
+above run): `lora_decode_plan` sorts the segments by adapter slot and lists the tiles (<= DECODE_TILE_M
+tokens of one slot) on the device (two launches, no host sync; build it once per decode step and pass
+`plan=`); one program per (tile, g, column block) reads that adapter's A / B^T rows once for the whole
+tile and multiplies with tl.dot. The grid holds a static bound on the tiles (CUDA-graph safe), not one
+program per token: on an H100 that made the 64-adapter layer 7-13% faster (benchmarks/results/tune/). A 64-element run of a row never straddles a page, so each row chunk costs two page-table reads
 and the loads are 16-byte vectors (`tl.multiple_of` / `tl.max_contiguous` hints).
 
 This file holds the Triton kernels, their launch wrappers (`lora_shrink`, `lora_expand`, same
@@ -51,11 +52,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-
-try:  # programmatic dependent launch (Hopper+): let a kernel's programs start while the previous one drains
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # pragma: no cover - older Triton: DECODE_CFG["pdl"] must stay False
-    gdc_launch_dependents = gdc_wait = None
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_G = 8  # targets per launch (q/k/v = 3, gate/up = 2); out_offsets travel as scalar kernel arguments
@@ -362,12 +358,8 @@ def _chunk_offsets(pt_row_ptr, o_row, rmask, n_valid, BLOCK: tl.constexpr, PAGE_
 
 
 @triton.jit
-def _plan_tile(plan_ptr, n_seg, pid, USE_PDL: tl.constexpr, BLOCK_M: tl.constexpr):
-    """(slot, tokens [BLOCK_M], token mask) of the pid-th tile of the plan (slot -1: no such tile).
-    With USE_PDL the program first waits for the previous kernel (nothing is read before)."""
-    if USE_PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+def _plan_tile(plan_ptr, n_seg, pid, BLOCK_M: tl.constexpr):
+    """(slot, tokens [BLOCK_M], token mask) of the pid-th tile of the plan (slot -1: no such tile)."""
     p = tl.load(plan_ptr + 4 * n_seg + pid)
     ps = tl.maximum(p, 0)
     slot = tl.where(p >= 0, tl.load(plan_ptr + n_seg + ps), -1)
@@ -399,7 +391,7 @@ def _lora_shrink_grouped_kernel(
         n_split, n_tiles,
         PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
         ALIGNED: tl.constexpr, SPLIT_ATOMIC: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
+        INPUT_PRECISION: tl.constexpr):
     """Decode shrink, tokens grouped by adapter: program (tile of the plan, g, block of out columns x
     K split) handles the <= BLOCK_M tokens of one slot; A is read once per tile, tl.dot of the gathered
     x tile [BLOCK_M, BLOCK_K] and A^T [BLOCK_K, BLOCK_R]. Program n_tiles writes the zeros of tokens
@@ -414,14 +406,11 @@ def _lora_shrink_grouped_kernel(
     cmask = cols < R
     out_cols = out_ptr + g * stride_og + cols * stride_or
     if pid == n_tiles:
-        if USE_PDL:
-            gdc_launch_dependents()
-            gdc_wait()
         if not SPLIT_ATOMIC and ks == 0:
             _zero_outside_segments(out_cols, cmask, indptr_ptr, n_seg, T, stride_ot, BLOCK_R)
             _zero_no_lora(plan_ptr, n_seg, out_cols, cmask, stride_ot, BLOCK_R)
         return
-    slot, tok, mm = _plan_tile(plan_ptr, n_seg, pid, USE_PDL, BLOCK_M)
+    slot, tok, mm = _plan_tile(plan_ptr, n_seg, pid, BLOCK_M)
     if slot < 0:
         return
     r = tl.load(rank_ptr + slot * G + g)
@@ -472,12 +461,12 @@ def _lora_expand_grouped_kernel(
         G, n_seg, o0, o1, o2, o3, o4, o5, o6, o7, o8,
         stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
         PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-        ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
+        ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """Decode expand, tokens grouped by adapter: program (tile of the plan, g, block of N) handles the
     <= BLOCK_M tokens of one slot; B^T [BLOCK_R, BLOCK_N] tiles read once per tile."""
     g = tl.program_id(1)
     pid_n = tl.program_id(2)
-    slot, tok, mm = _plan_tile(plan_ptr, n_seg, tl.program_id(0), USE_PDL, BLOCK_M)
+    slot, tok, mm = _plan_tile(plan_ptr, n_seg, tl.program_id(0), BLOCK_M)
     if slot < 0:
         return
     r = tl.load(rank_ptr + slot * G + g)
@@ -492,6 +481,9 @@ def _lora_expand_grouped_kernel(
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < n_g
     scale = tl.load(scale_ptr + slot).to(tl.float32)
+    yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
+    ym = mm[:, None] & nmask[None, :]
+    yv = tl.load(yp, mask=ym, other=0.0)   # issued before the B^T reads: its latency overlaps theirs
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for j0 in range(0, r, BLOCK_R):
         j = j0 + tl.arange(0, BLOCK_R)
@@ -502,10 +494,55 @@ def _lora_expand_grouped_kernel(
                                 tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)
         bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
         acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
-    yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
-    ym = mm[:, None] & nmask[None, :]
-    yv = tl.load(yp, mask=ym, other=0.0)
     tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
+
+
+@triton.jit(do_not_specialize=["n_seg", "stride_vt", "stride_vg", "stride_pt"])
+def _lora_expand_stream_kernel(
+        y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
+        G, n_seg, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+        stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
+        PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+        N_PER: tl.constexpr, ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Decode expand, tokens grouped by adapter, streaming over N: program (tile of the plan, g, range of
+    N_PER output columns) keeps the tile's v [BLOCK_M, BLOCK_R] in registers and walks its columns in
+    BLOCK_N steps (a pipelined loop: several B^T reads in flight), each step updating y. Ranks above
+    BLOCK_R take further passes over the columns (a barrier between passes: the next pass reads y back)."""
+    g = tl.program_id(1)
+    slot, tok, mm = _plan_tile(plan_ptr, n_seg, tl.program_id(0), BLOCK_M)
+    if slot < 0:
+        return
+    r = tl.load(rank_ptr + slot * G + g)
+    if r == 0:
+        return
+    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
+    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
+    n_start = tl.program_id(2) * N_PER
+    if n_start >= n_g:
+        return
+    n_stop = tl.minimum(n_g, n_start + N_PER)
+    b_off = tl.load(off_ptr + slot * G + g)
+    pt_row = pt_ptr + slot.to(tl.int64) * stride_pt
+    scale = tl.load(scale_ptr + slot).to(tl.float32)
+    for j0 in range(0, r, BLOCK_R):
+        j = j0 + tl.arange(0, BLOCK_R)
+        jm = j < r
+        vv = tl.load(v_ptr + tok[:, None] * stride_vt + g * stride_vg + j[None, :] * stride_vr,
+                     mask=mm[:, None] & jm[None, :], other=0.0)
+        vb = vv.to(pool_ptr.dtype.element_ty)
+        o_row = b_off + tl.where(jm, j, 0) * n_g
+        for n0 in range(n_start, n_stop, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            nmask = n < n_stop
+            b_offs = _chunk_offsets(pt_row, o_row + n0, jm, tl.minimum(n_g - n0, BLOCK_N), BLOCK_N, PAGE_ELEMS,
+                                    ALIGNED)
+            bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
+            acc = tl.dot(vb, bt, input_precision=INPUT_PRECISION)
+            yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
+            ym = mm[:, None] & nmask[None, :]
+            yv = tl.load(yp, mask=ym, other=0.0)
+            tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
+        tl.debug_barrier()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -555,16 +592,17 @@ def _input_precision(dtype: torch.dtype) -> str:
 
 # Decode fast path (tokens grouped by adapter, vectorised page reads) launch parameters; benchmarks may
 # override entries. GPU values were picked on an H100 (benchmarks/kernels.py).
-DECODE_CFG = dict(shrink_r=16, shrink_k=512, shrink_warps=4, shrink_stages=3, shrink_split=2,
-                  expand_r=16, expand_n=256, expand_warps=4, expand_stages=2, compact=True, pdl=False)
+DECODE_CFG = dict(shrink_r=64, shrink_k=128, shrink_warps=4, shrink_stages=3, shrink_split=2,
+                  expand_r=16, expand_n=256, expand_warps=4, expand_stages=2,
+                  expand_stream=False, stream_r=64, stream_n=64, stream_per=1024, stream_warps=4, stream_stages=3)
+# expand_stream: `_lora_expand_stream_kernel` instead of `_lora_expand_grouped_kernel` (checked on the CPU
+# interpreter, not yet timed on a GPU: off until `benchmarks/lora_tune.py --layer` shows it faster).
 DECODE_TILE_M = 16   # tokens of one adapter per decode program (the plan's tiles)
 
 
 def _decode_tiles(n_seg: int, n_slots: int) -> int:
     """Static bound on the plan's tiles (the grid size, CUDA-graph safe): each of the <= n_slots distinct
     slots of a batch of n_seg tokens adds at most one partial tile."""
-    if not DECODE_CFG["compact"]:
-        return n_seg
     return min(n_seg, (n_seg + n_slots * (DECODE_TILE_M - 1)) // DECODE_TILE_M)
 
 
@@ -572,10 +610,7 @@ def _decode_launch(kind: str) -> dict:
     if _INTERPRET:
         return {}
     c = DECODE_CFG
-    extra = dict(num_warps=c[f"{kind}_warps"], num_stages=c[f"{kind}_stages"])
-    if c["pdl"]:
-        extra["launch_pdl"] = True
-    return extra
+    return dict(num_warps=c[f"{kind}_warps"], num_stages=c[f"{kind}_stages"])
 
 
 def lora_decode_plan(seg_indptr: torch.Tensor, seg_slot: torch.Tensor, n_slots: int) -> torch.Tensor:
@@ -649,8 +684,7 @@ def lora_shrink(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
             x, pool, page_table, a_offsets, ranks, seg_indptr, plan, out, *common, n_split, n_tiles,
             PAGE_ELEMS=P, BLOCK_M=DECODE_TILE_M, BLOCK_R=block_r, BLOCK_K=block_k,
             ALIGNED=True, SPLIT_ATOMIC=n_split > 1, ROW_IN_TWO_PAGES=K <= P,
-            INPUT_PRECISION=_input_precision(pool.dtype), USE_PDL=c["pdl"] and not _INTERPRET,
-            **_decode_launch("shrink"))
+            INPUT_PRECISION=_input_precision(pool.dtype), **_decode_launch("shrink"))
     elif max_len <= 1:
         block_r = _npow2(R, 8, 256) if _INTERPRET else 8     # ranks are usually multiples of 8
         block_k = _fit_page(1024 if _INTERPRET else 512, pool.shape[1])
@@ -708,13 +742,24 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table
     if max_len <= 1 and aligned and P % 64 == 0 and all((b - a) % 64 == 0 for a, b in zip(out_offsets, out_offsets[1:])):
         c = DECODE_CFG
         plan = _plan_for(plan, seg_indptr, seg_slot, page_table.shape[0])
+        n_tiles = _decode_tiles(n_seg, page_table.shape[0])
+        if c["expand_stream"]:
+            block_n = _fit_page(64 if _INTERPRET else c["stream_n"], P)
+            block_r = 16 if _INTERPRET else c["stream_r"]     # the interpreter: several rank passes
+            n_per = 128 if _INTERPRET else c["stream_per"]
+            _lora_expand_stream_kernel[(n_tiles, G, triton.cdiv(n_max, n_per))](
+                y, v, pool, page_table, b_offsets, ranks, scales, plan, G, n_seg, *offs, *strides,
+                PAGE_ELEMS=P, BLOCK_M=DECODE_TILE_M, BLOCK_R=block_r, BLOCK_N=block_n, N_PER=n_per,
+                ALIGNED=True, INPUT_PRECISION=_input_precision(pool.dtype),
+                **_decode_launch("stream"))
+            return y
         block_n = _fit_page(_npow2(n_max, 64, 1024) if _INTERPRET else c["expand_n"], P)
         block_r = _npow2(R, 16, 256) if _INTERPRET else c["expand_r"]
-        grid = (_decode_tiles(n_seg, page_table.shape[0]), G, triton.cdiv(n_max, block_n))
+        grid = (n_tiles, G, triton.cdiv(n_max, block_n))
         _lora_expand_grouped_kernel[grid](
             y, v, pool, page_table, b_offsets, ranks, scales, plan, G, n_seg, *offs, *strides,
             PAGE_ELEMS=P, BLOCK_M=DECODE_TILE_M, BLOCK_R=block_r, BLOCK_N=block_n,
-            ALIGNED=True, INPUT_PRECISION=_input_precision(pool.dtype), USE_PDL=c["pdl"] and not _INTERPRET,
+            ALIGNED=True, INPUT_PRECISION=_input_precision(pool.dtype),
             **_decode_launch("expand"))
     elif max_len <= 1:
         block_n = _fit_page(_npow2(n_max, 16, 4096 if _INTERPRET else 512), pool.shape[1])

@@ -19,6 +19,7 @@ import torch
 
 from kernels import get_backend
 from kernels.attention import kv_append, kv_append_ref, paged_attention, paged_attention_ref
+import kernels.lora as kl  # noqa: E402
 from kernels.lora import DECODE_TILE_M, lora_decode_plan, lora_expand, lora_expand_ref, lora_shrink, lora_shrink_ref
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,6 +198,17 @@ def test_lora_decode_aligned_split_k(popularity, dtype, col_mult):
     run_lora_case(seg_lens=[1] * 20, n_slots=6, popularity=popularity, max_rank=40, K=512,
                   n_out=[128, 64], page_elems=320, dtype=dtype, seed=11 + len(popularity),
                   aligned=True, v_dtype=torch.float32, col_mult=col_mult)
+
+
+@pytest.mark.parametrize("popularity,dtype", [("zipf", torch.float16), ("identical", torch.float32),
+                                              ("distinct", torch.float32)])
+def test_lora_decode_aligned_stream_expand(popularity, dtype, monkeypatch):
+    """The streaming decode expand (DECODE_CFG expand_stream): a program walks a range of output columns,
+    ranks above its rank block take further passes (interpreter: 16-row blocks, ranks up to 72)."""
+    monkeypatch.setitem(kl.DECODE_CFG, "expand_stream", True)
+    run_lora_case(seg_lens=[1] * 30, n_slots=7, popularity=popularity, max_rank=72, K=128,
+                  n_out=[192, 64, 128], page_elems=192, dtype=dtype, seed=21 + len(popularity),
+                  aligned=True, v_dtype=torch.float32, y_extra_cols=3)
 
 
 def test_lora_decode_aligned_unaligned_shapes_fall_back():
