@@ -1,6 +1,8 @@
 """Kernel micro-benchmarks: multi-LoRA decode and paged decode attention, against baselines and the
 memory-bandwidth bound, all measured in one run on one GPU.
 
+LoRA prefill (bench_lora_prefill): segments of 64..1024 tokens, one adapter each, against a matmul pair
+per segment over contiguous weights and the max(bandwidth, matmul-rate) bound.
 LoRA (one decode step of one layer of a Llama-2-7B shape: qkv group G=3, o, gate/up group G=2, down;
 shrink + expand each, one token per request, adapters of ranks drawn from {8, 16, 32, 64}):
   * ours: the Triton kernels over paged adapter weights (kernels/lora.py);
@@ -252,6 +254,7 @@ def bench_lora(args, device, dtype, bw, gen, small: bool = False) -> list[dict]:
         t_gen_graph = graph_ms(generic, device)
         t_ref = None if small else bench_ms(ref, device, quick=True)
         t_bmm = bench_ms(bmm, device)
+        t_bmm_graph = graph_ms(bmm, device)
         elem = torch.finfo(dtype).bits // 8
         adapter_bytes = sum(totals[s] for s in used) * elem
         act_bytes = sum(batch * g.K * elem + 2 * batch * sum(g.n_out) * elem + 2 * batch * len(g.n_out) * r_max * elem
@@ -260,10 +263,11 @@ def bench_lora(args, device, dtype, bw, gen, small: bool = False) -> list[dict]:
         rows.append(dict(n_adapters=n_ad, distinct_used=len(used), batch=batch, ranks=adapter_ranks[:16],
                          adapter_mb=adapter_bytes / 1e6, activation_mb=act_bytes / 1e6,
                          ours_ms=t_ours, ours_graph_ms=t_graph, generic_ms=t_gen, generic_graph_ms=t_gen_graph,
-                         ref_ms=t_ref, bmm_ms=t_bmm, bound_ms=bound_ms,
+                         ref_ms=t_ref, bmm_ms=t_bmm, bmm_graph_ms=t_bmm_graph, bound_ms=bound_ms,
                          ours_over_bound=t_ours / bound_ms,
                          ours_graph_over_bound=None if t_graph is None else t_graph / bound_ms,
                          bmm_over_ours=t_bmm / t_ours, generic_over_ours=t_gen / t_ours,
+                         bmm_graph_over_ours_graph=None if t_graph is None else t_bmm_graph / t_graph,
                          ref_over_ours=None if t_ref is None else t_ref / t_ours, max_abs_err_vs_bmm=err,
                          generic_max_abs_err_vs_bmm=err_gen, max_abs_delta=scale_ref))
         print(f"lora batch={batch:4d} n_adapters={n_ad:4d}: ours {t_ours:.3f} ms (graph {t_graph}), "
@@ -271,6 +275,92 @@ def bench_lora(args, device, dtype, bw, gen, small: bool = False) -> list[dict]:
               f"({t_ours / bound_ms:.2f}x), bmm {t_bmm:.3f} ms ({t_bmm / t_ours:.1f}x ours), "
               f"ref {t_ref} ms, err {err:.2e} (generic {err_gen:.2e})", flush=True)
         del pool, groups, xs, ys, vs, y_ours, y_bmm, y_gen
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def matmul_flops(device: torch.device, dtype) -> float:
+    """Achieved dense matmul throughput (FLOP/s) of torch.mm on 4096^3 (the compute side of the prefill bound)."""
+    n = 4096 if device.type == "cuda" else 256
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    return 2 * n ** 3 / (bench_ms(lambda: torch.mm(a, b), device) * 1e-3)
+
+
+def bench_lora_prefill(args, device, dtype, bw, gen) -> list[dict]:
+    """Prefill (SGMV): segments of many tokens, each of its own adapter (ranks {8,16,32,64}), one layer.
+    Baseline: a matmul pair per segment and target over contiguous copies of its weights (made outside
+    the timing), i.e. looping over the requests; bound = max(bytes / copy bandwidth, FLOPs / torch.mm rate)."""
+    if args.smoke:
+        hidden, inter, page_elems, rank_choices, cases = 64, 96, 1024, [4, 8], [(2, 5, 2)]
+    else:
+        hidden, inter, page_elems, rank_choices = 4096, 11008, 2 * 16 * 32 * 128, [8, 16, 32, 64]
+        cases = [(8, 256, 8), (32, 64, 32), (2, 1024, 2)]     # (segments, tokens per segment, adapters)
+    flops_rate = matmul_flops(device, dtype)
+    elem = torch.finfo(dtype).bits // 8
+    rows = []
+    for n_seg, seg_len, n_ad in cases:
+        groups = [Group("qkv", hidden, [hidden] * 3), Group("o", hidden, [hidden]),
+                  Group("gate_up", hidden, [inter] * 2), Group("down", inter, [hidden])]
+        ranks = [rank_choices[int(i)] for i in torch.randint(0, len(rank_choices), (n_ad,), generator=gen)]
+        pool, page_table, totals = build_adapters(groups, ranks, page_elems, dtype, device, gen)
+        seg_slot_l = [i % n_ad for i in range(n_seg)]
+        seg_slot = torch.tensor(seg_slot_l, dtype=torch.int32, device=device)
+        indptr = torch.arange(0, (n_seg + 1) * seg_len, seg_len, dtype=torch.int32, device=device)
+        T = n_seg * seg_len
+        scales = (torch.rand(n_ad, generator=gen) + 0.5).to(device)
+        r_max = max(ranks)
+        xs = {g.name: torch.randn(T, g.K, device=device).to(dtype) for g in groups}
+        ys = {g.name: torch.randn(T, sum(g.n_out), device=device).to(dtype) for g in groups}
+        vs = {g.name: torch.empty(T, len(g.n_out), r_max, device=device, dtype=torch.float32) for g in groups}
+        dense = {}   # (group, g, slot) -> (A [r, K], B^T [r, N]) contiguous copies for the baseline
+        for grp in groups:
+            a_off, b_off = grp.a_off.tolist(), grp.b_off.tolist()
+            for gi, n in enumerate(grp.n_out):
+                for s_ in set(seg_slot_l):
+                    dense[grp.name, gi, s_] = (gather_virtual(pool, page_table[s_], a_off[s_][gi], ranks[s_], grp.K),
+                                               gather_virtual(pool, page_table[s_], b_off[s_][gi], ranks[s_], n))
+
+        def ours(ys=ys):
+            for g in groups:
+                lora_shrink(xs[g.name], pool, page_table, g.a_off, g.ranks, indptr, seg_slot, vs[g.name],
+                            max_seg_len=seg_len, aligned=True)
+                lora_expand(ys[g.name], vs[g.name], pool, page_table, g.b_off, g.ranks, scales, indptr, seg_slot,
+                            g.out_offsets, max_seg_len=seg_len, aligned=True)
+
+        def per_segment(ys=ys):
+            for g in groups:
+                for i, s_ in enumerate(seg_slot_l):
+                    rows_ = slice(i * seg_len, (i + 1) * seg_len)
+                    for gi in range(len(g.n_out)):
+                        a, bt = dense[g.name, gi, s_]
+                        o = g.out_offsets[gi]
+                        ys[g.name][rows_, o:o + g.n_out[gi]] += (xs[g.name][rows_] @ a.t()) @ bt * scales[s_]
+
+        y_ours = {k: v.clone() for k, v in ys.items()}
+        y_base = {k: v.clone() for k, v in ys.items()}
+        ours(y_ours)
+        per_segment(y_base)
+        err = max(float((y_ours[k].float() - y_base[k].float()).abs().max()) for k in ys)
+        delta = max(float((y_base[k].float() - ys[k].float()).abs().max()) for k in ys)   # the LoRA's size
+        y_t = {k: v.clone() for k, v in ys.items()}
+        t_ours = bench_ms(lambda: ours(y_t), device)
+        t_base = bench_ms(lambda: per_segment(y_t), device)
+        used = sorted(set(seg_slot_l))
+        byts = sum(totals[s_] for s_ in used) * elem + sum(
+            T * g.K * elem + 2 * T * sum(g.n_out) * elem + 2 * T * len(g.n_out) * r_max * 4 for g in groups)
+        flops = sum(2 * seg_len * ranks[s_] * (g.K * len(g.n_out) + sum(g.n_out)) for s_ in seg_slot_l for g in groups)
+        bound_ms = max(byts / bw, flops / flops_rate) * 1e3
+        rows.append(dict(segments=n_seg, seg_len=seg_len, n_adapters=n_ad, tokens=T, ranks=ranks[:16],
+                         ours_ms=t_ours, per_segment_ms=t_base, bound_ms=bound_ms, gflop=flops / 1e9,
+                         mm_tflops=flops_rate / 1e12, ours_over_bound=t_ours / bound_ms,
+                         per_segment_over_ours=t_base / t_ours, max_abs_err_vs_per_segment=err,
+                         max_abs_delta=delta))
+        print(f"prefill {n_seg}x{seg_len} tokens, {n_ad} adapters: ours {t_ours:.3f} ms, bound {bound_ms:.3f} ms "
+              f"({t_ours / bound_ms:.2f}x), per-segment matmuls {t_base:.3f} ms, err {err:.1e} (LoRA delta {delta:.1e})",
+              flush=True)
+        del pool, groups, xs, ys, vs, dense, y_ours, y_base, y_t
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -335,6 +425,10 @@ def _f(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def _x(x) -> str:
+    return "-" if x is None else f"{x:.1f}x"
+
+
 def write_markdown(res: dict, path: Path) -> None:
     lines = [f"# Kernel benchmarks: {res['device']}", "",
              f"dtype {res['dtype']}; device-to-device copy bandwidth {res['copy_bandwidth_gbs']:.0f} GB/s "
@@ -344,15 +438,16 @@ def write_markdown(res: dict, path: Path) -> None:
              f"{res['lora'][0]['batch'] if res['lora'] else '-'}", "",
              "ours = the aligned decode fast path (aligned=True, plan built once per layer inside the timed call); "
              "generic = the generic decode kernels (aligned=False: the previous implementation).", "",
-             "| adapters | adapter MB | ours ms | ours ms (CUDA graph) | bound ms | ours / bound | ours graph / bound | generic ms | generic / ours | padded bmm ms | bmm / ours | torch ref ms | max err vs bmm |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| adapters | adapter MB | ours ms | ours ms (CUDA graph) | bound ms | ours / bound | ours graph / bound | generic ms | generic / ours | padded bmm ms | bmm / ours | bmm / ours (both CUDA graphs) | torch ref ms | max err vs bmm |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     for r in res["lora"]:
         gb = r.get("ours_graph_over_bound")
         lines.append(f"| {r['n_adapters']} | {r['adapter_mb']:.1f} | {r['ours_ms']:.3f} | {_f(r['ours_graph_ms'])} | "
                      f"{r['bound_ms']:.3f} | {r['ours_over_bound']:.2f}x | {'-' if gb is None else f'{gb:.2f}x'} | "
                      f"{r['generic_ms']:.3f} | {r['generic_over_ours']:.1f}x | {r['bmm_ms']:.3f} | "
-                     f"{r['bmm_over_ours']:.1f}x | {_f(r['ref_ms'])} | {r['max_abs_err_vs_bmm']:.1e} |")
+                     f"{r['bmm_over_ours']:.1f}x | {_x(r.get('bmm_graph_over_ours_graph'))} | {_f(r['ref_ms'])} | "
+                     f"{r['max_abs_err_vs_bmm']:.1e} |")
     lines += ["", "## Multi-LoRA decode, small batches (same layer; one token per request)", "",
               "| batch | adapters | distinct used | ours ms | ours ms (CUDA graph) | bound ms | ours / bound | ours graph / bound | generic ms | generic / ours | padded bmm ms | bmm / ours | max err vs bmm |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -362,6 +457,15 @@ def write_markdown(res: dict, path: Path) -> None:
                      f"{_f(r['ours_graph_ms'])} | {r['bound_ms']:.3f} | {r['ours_over_bound']:.2f}x | "
                      f"{'-' if gb is None else f'{gb:.2f}x'} | {r['generic_ms']:.3f} | {r['generic_over_ours']:.1f}x | "
                      f"{r['bmm_ms']:.3f} | {r['bmm_over_ours']:.1f}x | {r['max_abs_err_vs_bmm']:.1e} |")
+    lines += ["", "## Multi-LoRA prefill (SGMV), one layer: segments of many tokens, an adapter each", "",
+              "per-segment = a matmul pair per segment and target over contiguous copies of the weights; "
+              "bound = max(bytes / copy bandwidth, FLOPs / torch.mm rate measured in this run).", "",
+              "| segments | tokens each | adapters | GFLOP | ours ms | bound ms | ours / bound | per-segment ms | per-segment / ours | max err |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res.get("lora_prefill", []):
+        lines.append(f"| {r['segments']} | {r['seg_len']} | {r['n_adapters']} | {r['gflop']:.1f} | {r['ours_ms']:.3f} | "
+                     f"{r['bound_ms']:.3f} | {r['ours_over_bound']:.2f}x | {r['per_segment_ms']:.3f} | "
+                     f"{r['per_segment_over_ours']:.1f}x | {r['max_abs_err_vs_per_segment']:.1e} |")
     lines += ["", "## Paged decode attention (one query token per sequence)", "",
               "| batch | context | Hq/Hkv | KV MB | ours ms | ours ms (CUDA graph) | bound ms | % of bandwidth | SDPA (contiguous) ms | SDPA / ours |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -395,7 +499,8 @@ def main() -> None:
                smoke=args.smoke, copy_bandwidth_gbs=bw / 1e9)
     args.out.mkdir(parents=True, exist_ok=True)
     lora_small = lambda *a: bench_lora(*a, small=True)  # noqa: E731
-    for key, fn in (("lora", bench_lora), ("lora_small", lora_small), ("attention", bench_attention)):
+    for key, fn in (("lora", bench_lora), ("lora_small", lora_small), ("lora_prefill", bench_lora_prefill),
+                    ("attention", bench_attention)):
         try:
             res[key] = fn(args, device, dtype, bw, gen)
         except Exception as e:  # keep the other section's figures; the error is recorded

@@ -8,6 +8,7 @@ element the kernel forgets to write fails the comparison.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -19,7 +20,7 @@ import torch
 
 from kernels import get_backend
 from kernels.attention import kv_append, kv_append_ref, paged_attention, paged_attention_ref
-import kernels.lora as kl  # noqa: E402
+import kernels.lora as kl
 from kernels.lora import DECODE_TILE_M, lora_decode_plan, lora_expand, lora_expand_ref, lora_shrink, lora_shrink_ref
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -465,3 +466,9 @@ def test_benchmark_smoke(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "kernels.json").exists() and (tmp_path / "kernels.md").exists()
+    res = json.loads((tmp_path / "kernels.json").read_text())
+    for key in ("lora", "lora_small", "lora_prefill"):   # every section ran and agrees with its baseline
+        assert res[key] and f"{key}_error" not in res, key
+    for r in res["lora_prefill"]:
+        assert r["max_abs_delta"] > 0 and r["max_abs_err_vs_per_segment"] <= 1e-4 * max(1.0, r["max_abs_delta"])
+    assert all(r["max_abs_err_vs_bmm"] <= 1e-4 for r in res["lora"] + res["lora_small"])
