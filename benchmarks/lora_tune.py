@@ -36,6 +36,7 @@ from benchmarks.kernels import Group, build_adapters, copy_bandwidth  # noqa: E4
 
 SHRINK_SPACE = dict(shrink_r=[16, 32], shrink_k=[512, 1024], shrink_warps=[4, 8], shrink_stages=[3, 4],
                     shrink_split=[1, 2, 4, 8])
+HIDDEN, INTER, PAGE_ELEMS, RANK_CHOICES = 4096, 11008, 2 * 16 * 32 * 128, [8, 16, 32, 64]
 EXPAND_SPACE = dict(expand_r=[16, 32], expand_n=[128, 256, 512], expand_warps=[4, 8], expand_stages=[2, 3])
 
 
@@ -51,6 +52,21 @@ LAYER_VARIANTS = [
     dict(expand_stream=True, stream_r=16), dict(expand_stream=True, stream_per=256),
     dict(expand_stream=True, stream_per=256, stream_n=128, stream_stages=2),
 ]
+
+
+def decode_case(n_ad: int, batch: int, gen, dev, dtype):
+    """One Llama-2-7B layer's adapters (ranks drawn from RANK_CHOICES) over random pool pages, and a decode
+    batch that spreads its tokens evenly over the adapters in random order."""
+    groups = [Group("qkv", HIDDEN, [HIDDEN] * 3), Group("o", HIDDEN, [HIDDEN]),
+              Group("gate_up", HIDDEN, [INTER] * 2), Group("down", INTER, [HIDDEN])]
+    ranks = [RANK_CHOICES[int(i)] for i in torch.randint(0, len(RANK_CHOICES), (n_ad,), generator=gen)]
+    pool, page_table, totals = build_adapters(groups, ranks, PAGE_ELEMS, dtype, dev, gen)
+    slot = (torch.arange(batch) % n_ad)[torch.randperm(batch, generator=gen)]
+    used = sorted(set(slot.tolist()))
+    seg_slot = slot.to(torch.int32).to(dev)
+    indptr = torch.arange(batch + 1, dtype=torch.int32, device=dev)
+    scales = (torch.rand(n_ad, generator=gen) + 0.5).to(dev)
+    return groups, ranks, pool, page_table, totals, used, seg_slot, indptr, scales
 
 
 def grid(space: dict) -> list[dict]:
@@ -77,18 +93,10 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     bw = copy_bandwidth(dev, 1 << 30)
     default = dict(kl.DECODE_CFG)
-    hidden, inter, page_elems, rank_choices = 4096, 11008, 2 * 16 * 32 * 128, [8, 16, 32, 64]
     rows = []
     for n_ad in args.adapters:
-        groups = [Group("qkv", hidden, [hidden] * 3), Group("o", hidden, [hidden]),
-                  Group("gate_up", hidden, [inter] * 2), Group("down", inter, [hidden])]
-        ranks = [rank_choices[int(i)] for i in torch.randint(0, 4, (n_ad,), generator=gen)]
-        pool, page_table, _ = build_adapters(groups, ranks, page_elems, dtype, dev, gen)
-        slot = (torch.arange(args.batch) % n_ad)[torch.randperm(args.batch, generator=gen)]
-        used = sorted(set(slot.tolist()))
-        seg_slot = slot.to(torch.int32).to(dev)
-        indptr = torch.arange(args.batch + 1, dtype=torch.int32, device=dev)
-        scales = (torch.rand(n_ad, generator=gen) + 0.5).to(dev)
+        groups, ranks, pool, page_table, _, used, seg_slot, indptr, scales = decode_case(n_ad, args.batch, gen,
+                                                                                         dev, dtype)
         plan = kl.lora_decode_plan(indptr, seg_slot, n_ad)
         t_plan = time_ms(lambda: kl.lora_decode_plan(indptr, seg_slot, n_ad))
         rows.append(dict(n_adapters=n_ad, kernel="plan", cfg={}, ms=t_plan, bound_ms=None))
@@ -96,7 +104,7 @@ def main() -> None:
             G, B = len(g.n_out), args.batch
             x = torch.randn(B, g.K, device=dev).to(dtype)
             y = torch.randn(B, sum(g.n_out), device=dev).to(dtype)
-            v = torch.empty(B, G, max(rank_choices), device=dev, dtype=torch.float32)
+            v = torch.empty(B, G, max(RANK_CHOICES), device=dev, dtype=torch.float32)
             a_bytes = sum(ranks[s] * g.K * G for s in used) * 2
             b_bytes = sum(ranks[s] * sum(g.n_out) for s in used) * 2
             shrink_bound = (a_bytes + x.numel() * 2 + v.numel() * 4) / bw * 1e3
@@ -195,22 +203,14 @@ def layer_main(args) -> None:
     gen = torch.Generator().manual_seed(args.seed)
     bw = copy_bandwidth(dev, 1 << 30)
     default = dict(kl.DECODE_CFG)
-    hidden, inter, page_elems, rank_choices = 4096, 11008, 2 * 16 * 32 * 128, [8, 16, 32, 64]
     rows, profiles = [], []
     for n_ad in args.adapters:
-        groups = [Group("qkv", hidden, [hidden] * 3), Group("o", hidden, [hidden]),
-                  Group("gate_up", hidden, [inter] * 2), Group("down", inter, [hidden])]
-        ranks = [rank_choices[int(i)] for i in torch.randint(0, 4, (n_ad,), generator=gen)]
-        pool, page_table, totals = build_adapters(groups, ranks, page_elems, dtype, dev, gen)
-        slot = (torch.arange(args.batch) % n_ad)[torch.randperm(args.batch, generator=gen)]
-        used = sorted(set(slot.tolist()))
-        seg_slot = slot.to(torch.int32).to(dev)
-        indptr = torch.arange(args.batch + 1, dtype=torch.int32, device=dev)
-        scales = (torch.rand(n_ad, generator=gen) + 0.5).to(dev)
+        groups, ranks, pool, page_table, totals, used, seg_slot, indptr, scales = decode_case(n_ad, args.batch, gen,
+                                                                                              dev, dtype)
         xs = {g.name: torch.randn(args.batch, g.K, device=dev).to(dtype) for g in groups}
         ys = {g.name: torch.randn(args.batch, sum(g.n_out), device=dev).to(dtype) for g in groups}
         bound_ms = (sum(totals[s] for s in used) * 2 + sum(
-            args.batch * g.K * 2 + 4 * args.batch * sum(g.n_out) + 4 * args.batch * len(g.n_out) * max(rank_choices)
+            args.batch * g.K * 2 + 4 * args.batch * sum(g.n_out) + 4 * args.batch * len(g.n_out) * max(RANK_CHOICES)
             for g in groups)) / bw * 1e3
         for width in args.v_width:
             vs = {g.name: torch.empty(args.batch, len(g.n_out), width, device=dev, dtype=torch.float32) for g in groups}

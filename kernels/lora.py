@@ -455,6 +455,17 @@ def _lora_shrink_grouped_kernel(
                  mask=mm[:, None] & cmask[None, :])
 
 
+@triton.jit
+def _expand_tile(plan_ptr, n_seg, rank_ptr, G, g, o0, o1, o2, o3, o4, o5, o6, o7, o8, BLOCK_M: tl.constexpr):
+    """(slot, tokens, token mask, rank r, first column n_lo, width n_g) of this decode expand program's
+    tile and target g; r = 0 when there is no tile or the adapter has no target g (nothing to do)."""
+    slot, tok, mm = _plan_tile(plan_ptr, n_seg, tl.program_id(0), BLOCK_M)
+    r = tl.where(slot >= 0, tl.load(rank_ptr + tl.maximum(slot, 0) * G + g), 0)
+    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
+    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
+    return slot, tok, mm, r, n_lo, n_g
+
+
 @triton.jit(do_not_specialize=["n_seg", "stride_vt", "stride_vg", "stride_pt"])
 def _lora_expand_grouped_kernel(
         y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
@@ -466,14 +477,10 @@ def _lora_expand_grouped_kernel(
     <= BLOCK_M tokens of one slot; B^T [BLOCK_R, BLOCK_N] tiles read once per tile."""
     g = tl.program_id(1)
     pid_n = tl.program_id(2)
-    slot, tok, mm = _plan_tile(plan_ptr, n_seg, tl.program_id(0), BLOCK_M)
-    if slot < 0:
-        return
-    r = tl.load(rank_ptr + slot * G + g)
+    slot, tok, mm, r, n_lo, n_g = _expand_tile(plan_ptr, n_seg, rank_ptr, G, g, o0, o1, o2, o3, o4, o5, o6, o7,
+                                               o8, BLOCK_M)
     if r == 0:
         return
-    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
-    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
     if pid_n * BLOCK_N >= n_g:
         return
     b_off = tl.load(off_ptr + slot * G + g)
@@ -509,14 +516,10 @@ def _lora_expand_stream_kernel(
     BLOCK_N steps (a pipelined loop: several B^T reads in flight), each step updating y. Ranks above
     BLOCK_R take further passes over the columns (a barrier between passes: the next pass reads y back)."""
     g = tl.program_id(1)
-    slot, tok, mm = _plan_tile(plan_ptr, n_seg, tl.program_id(0), BLOCK_M)
-    if slot < 0:
-        return
-    r = tl.load(rank_ptr + slot * G + g)
+    slot, tok, mm, r, n_lo, n_g = _expand_tile(plan_ptr, n_seg, rank_ptr, G, g, o0, o1, o2, o3, o4, o5, o6, o7,
+                                               o8, BLOCK_M)
     if r == 0:
         return
-    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
-    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
     n_start = tl.program_id(2) * N_PER
     if n_start >= n_g:
         return
