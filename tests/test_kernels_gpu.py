@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import kernels.lora as kl
 from kernels import attention
 from kernels.attention import kv_append, kv_append_ref, paged_attention, paged_attention_ref
 from kernels.lora import lora_decode_plan, lora_expand, lora_expand_ref, lora_shrink, lora_shrink_ref
@@ -61,6 +62,26 @@ def test_lora_cuda(dtype, kind, popularity):
     lora_expand(y, want, pool, pt, b_off, ranks, scales, indptr, slots, [0, 4096, 5120, 6144], max_seg_len=msl,
                 **fast)
     lora_expand_ref(want_y, want, pool, pt, b_off, ranks, scales, indptr, slots, [0, 4096, 5120, 6144])
+    torch.testing.assert_close(y, want_y, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("popularity", ["distinct", "zipf"])
+def test_lora_decode_stream_expand_cuda(dtype, popularity, monkeypatch):
+    """The streaming decode expand (DECODE_CFG expand_stream, off by default until timed): ranks up to 128,
+    so ranks above its 64-row block take a second pass over the columns."""
+    monkeypatch.setitem(kl.DECODE_CFG, "expand_stream", True)
+    n_out = [4096, 1024, 1024]
+    pool, pt, a_off, b_off, ranks, indptr, slots, x = lora_inputs(
+        [1] * 96, 40, popularity, 128, 4096, n_out, 131072, dtype, seed=5, align=64)
+    T, G, R = x.shape[0], len(n_out), 128
+    v = torch.randn(T, G, R, device=DEV)
+    base = torch.randn(T, 6200, device=DEV).to(dtype)
+    y, want_y = base.clone()[:, 10:10 + 6144], base.clone()[:, 10:10 + 6144]
+    scales = torch.rand(pt.shape[0], device=DEV) + 0.5
+    lora_expand(y, v, pool, pt, b_off, ranks, scales, indptr, slots, [0, 4096, 5120, 6144], max_seg_len=1,
+                aligned=True)
+    lora_expand_ref(want_y, v, pool, pt, b_off, ranks, scales, indptr, slots, [0, 4096, 5120, 6144])
     torch.testing.assert_close(y, want_y, **TOL[dtype])
 
 
