@@ -116,6 +116,12 @@ class Group:
         return o
 
 
+def llama_groups(hidden: int, inter: int) -> list[Group]:
+    """The LoRA groups of one Llama layer: q/k/v, o, gate/up, down."""
+    return [Group("qkv", hidden, [hidden] * 3), Group("o", hidden, [hidden]),
+            Group("gate_up", hidden, [inter] * 2), Group("down", inter, [hidden])]
+
+
 def build_adapters(groups: list[Group], adapter_ranks: list[int], page_elems: int, dtype, device, gen):
     """Lays each adapter's A and B^T of every target of every group into its virtual buffer, over pages
     drawn at random from one pool. Returns pool [num_pages, page_elems], page_table [S, max_pages],
@@ -184,8 +190,7 @@ def bench_lora(args, device, dtype, bw, gen, small: bool = False) -> list[dict]:
     r_max = max(rank_choices)
     rows = []
     for batch, n_ad in cases:
-        groups = [Group("qkv", hidden, [hidden] * 3), Group("o", hidden, [hidden]),
-                  Group("gate_up", hidden, [inter] * 2), Group("down", inter, [hidden])]
+        groups = llama_groups(hidden, inter)
         adapter_ranks = [rank_choices[int(i)] for i in torch.randint(0, len(rank_choices), (n_ad,), generator=gen)]
         pool, page_table, totals = build_adapters(groups, adapter_ranks, page_elems, dtype, device, gen)
         build_padded(groups, pool, page_table, adapter_ranks, r_max)
@@ -301,8 +306,7 @@ def bench_lora_prefill(args, device, dtype, bw, gen) -> list[dict]:
     elem = torch.finfo(dtype).bits // 8
     rows = []
     for n_seg, seg_len, n_ad in cases:
-        groups = [Group("qkv", hidden, [hidden] * 3), Group("o", hidden, [hidden]),
-                  Group("gate_up", hidden, [inter] * 2), Group("down", inter, [hidden])]
+        groups = llama_groups(hidden, inter)
         ranks = [rank_choices[int(i)] for i in torch.randint(0, len(rank_choices), (n_ad,), generator=gen)]
         pool, page_table, totals = build_adapters(groups, ranks, page_elems, dtype, device, gen)
         seg_slot_l = [i % n_ad for i in range(n_seg)]

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels.lora as kl  # noqa: E402
-from benchmarks.kernels import Group, build_adapters, copy_bandwidth  # noqa: E402
+from benchmarks.kernels import build_adapters, copy_bandwidth, llama_groups  # noqa: E402
 
 SHRINK_SPACE = dict(shrink_r=[16, 32], shrink_k=[512, 1024], shrink_warps=[4, 8], shrink_stages=[3, 4],
                     shrink_split=[1, 2, 4, 8])
@@ -57,8 +57,7 @@ LAYER_VARIANTS = [
 def decode_case(n_ad: int, batch: int, gen, dev, dtype):
     """One Llama-2-7B layer's adapters (ranks drawn from RANK_CHOICES) over random pool pages, and a decode
     batch that spreads its tokens evenly over the adapters in random order."""
-    groups = [Group("qkv", HIDDEN, [HIDDEN] * 3), Group("o", HIDDEN, [HIDDEN]),
-              Group("gate_up", HIDDEN, [INTER] * 2), Group("down", INTER, [HIDDEN])]
+    groups = llama_groups(HIDDEN, INTER)
     ranks = [RANK_CHOICES[int(i)] for i in torch.randint(0, len(RANK_CHOICES), (n_ad,), generator=gen)]
     pool, page_table, totals = build_adapters(groups, ranks, PAGE_ELEMS, dtype, dev, gen)
     slot = (torch.arange(batch) % n_ad)[torch.randperm(batch, generator=gen)]

@@ -38,8 +38,8 @@ above run): `lora_decode_plan` sorts the segments by adapter slot and lists the 
 tokens of one slot) on the device (two launches, no host sync; build it once per decode step and pass
 `plan=`); one program per (tile, g, column block) reads that adapter's A / B^T rows once for the whole
 tile and multiplies with tl.dot. The grid holds a static bound on the tiles (CUDA-graph safe), not one
-program per token: on an H100 that made the 64-adapter layer 7-13% faster (benchmarks/results/tune/). A 64-element run of a row never straddles a page, so each row chunk costs two page-table reads
-and the loads are 16-byte vectors (`tl.multiple_of` / `tl.max_contiguous` hints).
+program per token: on an H100 that made the 64-adapter layer 7-13% faster (benchmarks/results/tune/).
+A 64-element run of a row never straddles a page, so each row chunk costs two page-table reads and the loads are 16-byte vectors (`tl.multiple_of` / `tl.max_contiguous` hints).
 
 This file holds the Triton kernels, their launch wrappers (`lora_shrink`, `lora_expand`, same
 signatures as the references, no host synchronisation) and the torch references.
@@ -456,14 +456,19 @@ def _lora_shrink_grouped_kernel(
 
 
 @triton.jit
-def _expand_tile(plan_ptr, n_seg, rank_ptr, G, g, o0, o1, o2, o3, o4, o5, o6, o7, o8, BLOCK_M: tl.constexpr):
-    """(slot, tokens, token mask, rank r, first column n_lo, width n_g) of this decode expand program's
-    tile and target g; r = 0 when there is no tile or the adapter has no target g (nothing to do)."""
+def _expand_tile(plan_ptr, n_seg, rank_ptr, off_ptr, scale_ptr, pt_ptr, stride_pt, G, g,
+                 o0, o1, o2, o3, o4, o5, o6, o7, o8, BLOCK_M: tl.constexpr):
+    """(tokens, token mask, rank r, B^T offset, page-table row, scale, first column n_lo, width n_g) of this
+    decode expand program's tile and target g; r = 0 when there is no tile or the adapter has no target g
+    (nothing to do)."""
     slot, tok, mm = _plan_tile(plan_ptr, n_seg, tl.program_id(0), BLOCK_M)
-    r = tl.where(slot >= 0, tl.load(rank_ptr + tl.maximum(slot, 0) * G + g), 0)
+    s = tl.maximum(slot, 0)
+    r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
+    b_off = tl.load(off_ptr + s * G + g)
+    scale = tl.load(scale_ptr + s).to(tl.float32)
     n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
     n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
-    return slot, tok, mm, r, n_lo, n_g
+    return tok, mm, r, b_off, pt_ptr + s.to(tl.int64) * stride_pt, scale, n_lo, n_g
 
 
 @triton.jit(do_not_specialize=["n_seg", "stride_vt", "stride_vg", "stride_pt"])
@@ -477,17 +482,15 @@ def _lora_expand_grouped_kernel(
     <= BLOCK_M tokens of one slot; B^T [BLOCK_R, BLOCK_N] tiles read once per tile."""
     g = tl.program_id(1)
     pid_n = tl.program_id(2)
-    slot, tok, mm, r, n_lo, n_g = _expand_tile(plan_ptr, n_seg, rank_ptr, G, g, o0, o1, o2, o3, o4, o5, o6, o7,
-                                               o8, BLOCK_M)
+    tok, mm, r, b_off, pt_row, scale, n_lo, n_g = _expand_tile(
+        plan_ptr, n_seg, rank_ptr, off_ptr, scale_ptr, pt_ptr, stride_pt, G, g, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+        BLOCK_M)
     if r == 0:
         return
     if pid_n * BLOCK_N >= n_g:
         return
-    b_off = tl.load(off_ptr + slot * G + g)
-    pt_row = pt_ptr + slot.to(tl.int64) * stride_pt
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < n_g
-    scale = tl.load(scale_ptr + slot).to(tl.float32)
     yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
     ym = mm[:, None] & nmask[None, :]
     yv = tl.load(yp, mask=ym, other=0.0)   # issued before the B^T reads: its latency overlaps theirs
@@ -516,17 +519,15 @@ def _lora_expand_stream_kernel(
     BLOCK_N steps (a pipelined loop: several B^T reads in flight), each step updating y. Ranks above
     BLOCK_R take further passes over the columns (a barrier between passes: the next pass reads y back)."""
     g = tl.program_id(1)
-    slot, tok, mm, r, n_lo, n_g = _expand_tile(plan_ptr, n_seg, rank_ptr, G, g, o0, o1, o2, o3, o4, o5, o6, o7,
-                                               o8, BLOCK_M)
+    tok, mm, r, b_off, pt_row, scale, n_lo, n_g = _expand_tile(
+        plan_ptr, n_seg, rank_ptr, off_ptr, scale_ptr, pt_ptr, stride_pt, G, g, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+        BLOCK_M)
     if r == 0:
         return
     n_start = tl.program_id(2) * N_PER
     if n_start >= n_g:
         return
     n_stop = tl.minimum(n_g, n_start + N_PER)
-    b_off = tl.load(off_ptr + slot * G + g)
-    pt_row = pt_ptr + slot.to(tl.int64) * stride_pt
-    scale = tl.load(scale_ptr + slot).to(tl.float32)
     for j0 in range(0, r, BLOCK_R):
         j = j0 + tl.arange(0, BLOCK_R)
         jm = j < r
@@ -745,25 +746,19 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table
     if max_len <= 1 and aligned and P % 64 == 0 and all((b - a) % 64 == 0 for a, b in zip(out_offsets, out_offsets[1:])):
         c = DECODE_CFG
         plan = _plan_for(plan, seg_indptr, seg_slot, page_table.shape[0])
-        n_tiles = _decode_tiles(n_seg, page_table.shape[0])
-        if c["expand_stream"]:
+        if c["expand_stream"]:   # the interpreter: 16-row rank blocks, so several rank passes run
+            kind, kernel = "stream", _lora_expand_stream_kernel
             block_n = _fit_page(64 if _INTERPRET else c["stream_n"], P)
-            block_r = 16 if _INTERPRET else c["stream_r"]     # the interpreter: several rank passes
             n_per = 128 if _INTERPRET else c["stream_per"]
-            _lora_expand_stream_kernel[(n_tiles, G, triton.cdiv(n_max, n_per))](
-                y, v, pool, page_table, b_offsets, ranks, scales, plan, G, n_seg, *offs, *strides,
-                PAGE_ELEMS=P, BLOCK_M=DECODE_TILE_M, BLOCK_R=block_r, BLOCK_N=block_n, N_PER=n_per,
-                ALIGNED=True, INPUT_PRECISION=_input_precision(pool.dtype),
-                **_decode_launch("stream"))
-            return y
-        block_n = _fit_page(_npow2(n_max, 64, 1024) if _INTERPRET else c["expand_n"], P)
-        block_r = _npow2(R, 16, 256) if _INTERPRET else c["expand_r"]
-        grid = (n_tiles, G, triton.cdiv(n_max, block_n))
-        _lora_expand_grouped_kernel[grid](
+            consts = dict(BLOCK_R=16 if _INTERPRET else c["stream_r"], BLOCK_N=block_n, N_PER=n_per)
+        else:
+            kind, kernel = "expand", _lora_expand_grouped_kernel
+            n_per = _fit_page(_npow2(n_max, 64, 1024) if _INTERPRET else c["expand_n"], P)
+            consts = dict(BLOCK_R=_npow2(R, 16, 256) if _INTERPRET else c["expand_r"], BLOCK_N=n_per)
+        kernel[(_decode_tiles(n_seg, page_table.shape[0]), G, triton.cdiv(n_max, n_per))](
             y, v, pool, page_table, b_offsets, ranks, scales, plan, G, n_seg, *offs, *strides,
-            PAGE_ELEMS=P, BLOCK_M=DECODE_TILE_M, BLOCK_R=block_r, BLOCK_N=block_n,
-            ALIGNED=True, INPUT_PRECISION=_input_precision(pool.dtype),
-            **_decode_launch("expand"))
+            PAGE_ELEMS=P, BLOCK_M=DECODE_TILE_M, ALIGNED=True, INPUT_PRECISION=_input_precision(pool.dtype),
+            **consts, **_decode_launch(kind))
     elif max_len <= 1:
         block_n = _fit_page(_npow2(n_max, 16, 4096 if _INTERPRET else 512), pool.shape[1])
         block_r = _npow2(R, 8, 256) if _INTERPRET else 8
