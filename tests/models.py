@@ -60,12 +60,13 @@ def make_model(root: Path, kind: str) -> Path:
 
 
 def make_peft_adapters(root: Path, model_dir: Path, specs: dict = ADAPTERS) -> dict[str, Path]:
-    """Writes each adapter with PEFT itself (random non-zero A and B)."""
+    """Writes each adapter with PEFT itself (random non-zero A and B). A spec is (rank, alpha, targets,
+    use_rslora) with an optional fifth item: more LoraConfig arguments (rank_pattern, ...)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     out = {}
-    for i, (name, (r, alpha, targets, rs)) in enumerate(specs.items()):
+    for i, (name, (r, alpha, targets, rs, *more)) in enumerate(specs.items()):
         d = root / f"{model_dir.name}-adapters" / name
         out[name] = d
         if (d / "adapter_config.json").exists():
@@ -73,7 +74,7 @@ def make_peft_adapters(root: Path, model_dir: Path, specs: dict = ADAPTERS) -> d
         base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
         torch.manual_seed(1000 + i)
         cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, use_rslora=rs,
-                         init_lora_weights=False, lora_dropout=0.0)
+                         init_lora_weights=False, lora_dropout=0.0, **(more[0] if more else {}))
         m = get_peft_model(base, cfg)
         with torch.no_grad():   # keep the adapters' effect moderate so that greedy tokens stay meaningful
             for n, p in m.named_parameters():

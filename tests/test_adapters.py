@@ -15,7 +15,7 @@ from app.demo import write_peft_adapter
 from app.lora.adapter import AdapterError, load_peft_adapter, pack_adapter
 from app.model.llama import ModelArgs
 from kernels.lora import gather_virtual
-from tests.models import make_model
+from tests.models import ALL, HFReference, make_model, make_peft_adapters
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +64,52 @@ def test_pickle_is_refused(llm, model, tmp_path):
 
 
 def test_dora_modules_to_save_bias_refused(llm, model, tmp_path):
-    for key, val, needle in [("use_dora", True, "DoRA"), ("modules_to_save", ["lm_head"], "modules_to_save"),
-                             ("bias", "lora_only", "bias"), ("rank_pattern", {"q_proj": 2}, "rank_pattern"),
-                             ("layers_to_transform", [0], "layers_to_transform")]:
-        d = good(tmp_path, model, name=f"g-{key}")
+    """Config settings whose LoRA is not x @ A^T @ B^T * scale, or that contradict the file, are refused."""
+    cfg, st = "adapter_config.json", "adapter_model.safetensors"
+    for i, (key, val, file, needle) in enumerate([
+            ("use_dora", True, cfg, "DoRA"), ("modules_to_save", ["lm_head"], cfg, "modules_to_save"),
+            ("bias", "lora_only", cfg, "bias"), ("lora_bias", True, cfg, "lora_bias"),
+            ("alora_invocation_tokens", [5, 6], cfg, "aLoRA"), ("use_qalora", True, cfg, "QALoRA"),
+            ("layers_to_transform", [0, 7], cfg, "layers_to_transform"),
+            ("rank_pattern", {"q_proj": 2}, st, "do not fit"),     # the file has rank 4 everywhere
+            ("rank_pattern", {"q_pr(oj": 2}, cfg, "regular expression"),
+            ("alpha_pattern", {"q_proj": "x"}, cfg, "lora_alpha")]):
+        d = good(tmp_path, model, name=f"g-{i}")
         edit_config(d, **{key: val})
-        refused(llm, d, "adapter_config.json", needle)
+        refused(llm, d, file, needle)
+
+
+def test_rank_alpha_patterns_and_partial_layers_equal_peft(tmp_path):
+    """PEFT adapters whose ranks and alphas differ per module and per layer (rank_pattern, alpha_pattern,
+    also with rsLoRA), or that cover only some layers (layers_to_transform, a regex target_modules): the
+    engine's greedy tokens equal transformers + PEFT's, in one mixed batch with a plain adapter."""
+    model = make_model(tmp_path, "gqa")
+    specs = {
+        "ranks": (8, 16.0, ALL, False, {"rank_pattern": {"q_proj": 2, "model.layers.1.mlp.down_proj": 24},
+                                        "alpha_pattern": {"v_proj": 3.0, r"layers\.0\.mlp\.up_proj": 40.0}}),
+        "ranks-rs": (4, 8.0, ["k_proj", "o_proj", "gate_proj"], True,
+                     {"rank_pattern": {"layers.0.self_attn.o_proj": 12}, "alpha_pattern": {"gate_proj": 2.0}}),
+        "layer1": (6, 12.0, ["q_proj", "v_proj", "down_proj"], False, {"layers_to_transform": [1]}),
+        "regex": (5, 10.0, r".*\.layers\.0\.(self_attn\.(q|k)_proj|mlp\.up_proj)", False),
+        "plain": (4, 8.0, ["q_proj", "v_proj"], False),
+    }
+    adapters = make_peft_adapters(tmp_path, model, specs)
+    cfg = json.loads((adapters["ranks"] / "adapter_config.json").read_text())
+    assert cfg["rank_pattern"] and cfg["alpha_pattern"]
+    ref = HFReference(model, adapters)
+    llm = LLM(model=str(model), adapters={k: str(v) for k, v in adapters.items()}, device="cpu",
+              dtype="float32", lora={"max_lora_rank": 32})
+    assert llm.engine.adapters["ranks"].rank == 24      # the largest rank of any module
+    prompts = [[5, 9, 11, 40, 3, 17], [8, 2, 33], [61, 7, 7, 19, 4, 4, 30, 12, 9]]
+    reqs = [(ids, a) for a in [*specs, None] for ids in prompts[:2]] + [(prompts[2], a) for a in specs]
+    outs = llm.generate([ids for ids, _ in reqs], adapters=[a for _, a in reqs],
+                        sampling_params=SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    bad = [(a, o.token_ids, ref.greedy(ids, a, 8)) for (ids, a), o in zip(reqs, outs)
+           if o.token_ids != ref.greedy(ids, a, 8)]
+    assert not bad, bad
+    got = {(tuple(ids), a): o.token_ids for (ids, a), o in zip(reqs, outs)}
+    for a in specs:   # every adapter changes some output (so the comparison above can see it)
+        assert any(got[(tuple(ids), a)] != got[(tuple(ids), None)] for ids in prompts[:2]), a
 
 
 def test_rank_above_max_refused(llm, model, tmp_path):

@@ -33,6 +33,21 @@ LORA_GROUPS: dict[str, tuple[str, ...]] = {
     "gate_up": ("gate_proj", "up_proj"),
     "down": ("down_proj",),
 }
+# Config keys whose LoRA is not x @ A^T @ B^T * scale on q/k/v/o/gate/up/down (refused when set).
+_UNSUPPORTED = (
+    ("use_dora", "DoRA (weight-decomposed LoRA)"),
+    ("modules_to_save", "modules_to_save (it replaces base weights)"),
+    ("lora_bias", "a bias on lora_B"),
+    ("use_qalora", "QALoRA"),
+    ("alora_invocation_tokens", "activated LoRA (aLoRA)"),
+    ("layer_replication", "layer replication"),
+    ("target_parameters", "LoRA on parameters (target_parameters)"),
+    ("trainable_token_indices", "trainable tokens"),
+    ("use_bdlora", "block-diagonal LoRA"),
+    ("arrow_config", "Arrow routing"),
+    ("kasa_config", "KaSA"),
+    ("monteclora_config", "MonteCLoRA"),
+)
 _KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 
 
@@ -87,29 +102,38 @@ def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -
 
     if cfg.get("peft_type", "LORA") != "LORA":
         refuse(f"peft_type {cfg.get('peft_type')!r} is not LORA")
-    if cfg.get("use_dora"):
-        refuse("DoRA adapters (use_dora) are not supported")
-    if cfg.get("modules_to_save"):
-        refuse(f"modules_to_save {cfg['modules_to_save']} is not supported (it replaces base weights)")
+    for key, what in _UNSUPPORTED:
+        if cfg.get(key):
+            refuse(f"{key}={cfg[key]!r}: {what} is not supported")
     if cfg.get("bias", "none") != "none":
         refuse(f"bias={cfg['bias']!r} is not supported (only bias='none')")
-    for key in ("rank_pattern", "alpha_pattern"):
-        if cfg.get(key):
-            refuse(f"{key} (per-module ranks or alphas) is not supported")
-    if cfg.get("layers_to_transform") is not None:
-        refuse("layers_to_transform is not supported: LoRA must cover every layer")
     if cfg.get("fan_in_fan_out"):
         refuse("fan_in_fan_out is not supported")
     r = cfg.get("r")
     if not isinstance(r, int) or r < 1:
         refuse(f"r={r!r} must be a positive integer")
-    if r > max_rank:
-        refuse(f"rank {r} is above the configured maximum max_lora_rank={max_rank}")
-    alpha = float(cfg.get("lora_alpha", r))
-    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    alpha = cfg.get("lora_alpha", r)
+    rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+    if not isinstance(rank_pattern, dict) or not isinstance(alpha_pattern, dict):
+        refuse("rank_pattern and alpha_pattern must be objects (module pattern -> value)")
+    for v in (alpha, *alpha_pattern.values()):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            refuse(f"lora_alpha {v!r} must be a finite number")
+    for p in (*rank_pattern, *alpha_pattern):
+        try:
+            re.compile(p)
+        except re.error as e:
+            refuse(f"pattern {p!r} is not a valid regular expression ({e})")
+    for v in rank_pattern.values():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            refuse(f"rank_pattern value {v!r} must be a positive integer")
+    rslora = bool(cfg.get("use_rslora"))
+
+    def lora_scale(rank: int, a: float) -> float:
+        return a / math.sqrt(rank) if rslora else a / rank
 
     shapes = module_shapes(args)
-    found: dict[str, dict[str, dict[int, torch.Tensor]]] = {}
+    found: dict[str, dict[int, dict[str, tuple[str, torch.Tensor]]]] = {}   # module -> layer -> A/B
     try:
         with safe_open(str(st_file), framework="pt") as f:
             for key in f.keys():
@@ -124,7 +148,7 @@ def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -
                 if layer >= args.num_layers:
                     refuse(f"tensor {key!r} is for layer {layer} but the base model has {args.num_layers}",
                            st_file)
-                found.setdefault(module, {}).setdefault(ab, {})[layer] = f.get_tensor(key)
+                found.setdefault(module, {}).setdefault(layer, {})[ab] = (key, f.get_tensor(key))
     except AdapterError:
         raise
     except Exception as e:  # noqa: BLE001 - a corrupt file must become a clear refusal
@@ -132,28 +156,79 @@ def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -
     if not found:
         refuse("no LoRA weights found", st_file)
 
+    # Every (module, layer) may have its own rank and alpha (rank_pattern / alpha_pattern, matched as
+    # PEFT does) and a layer may have no LoRA at all (layers_to_transform, a regex target_modules). The
+    # pool keeps one rank per target: a target's A/B are padded with zero rows/columns to its largest
+    # rank, absent layers are zero, and a (module, layer) scale other than the adapter's is folded into
+    # its B. x @ A^T @ B^T * scale is unchanged by all three.
+    scale = lora_scale(r, alpha) or 1.0
+    try:
+        expected = _expected_layers(cfg, args.num_layers)
+    except ValueError as e:
+        refuse(str(e))
     targets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for module in TARGET_MODULES:
         if module not in found:
             continue
         fin, fout = shapes[module]
-        per = found[module]
-        for ab in "AB":
-            missing = sorted(set(range(args.num_layers)) - set(per.get(ab, {})))
-            if missing:
-                refuse(f"{module} lora_{ab} is missing for layers {missing[:8]}: LoRA must cover every layer",
-                       st_file)
-        for layer in range(args.num_layers):
-            a, b = per["A"][layer], per["B"][layer]
-            if tuple(a.shape) != (r, fin) or tuple(b.shape) != (fout, r):
+        missing = sorted(expected - set(found[module]))
+        if missing:
+            refuse(f"{module} is missing for layers {missing[:8]} (the config's target_modules and "
+                   "layers_to_transform say it covers them)", st_file)
+        blocks = {}
+        for layer, ab in sorted(found[module].items()):
+            if set(ab) != {"A", "B"}:
+                refuse(f"layer {layer} {module}: lora_{'B' if 'A' in ab else 'A'} is missing", st_file)
+            (key, a), (_, b) = ab["A"], ab["B"]
+            peft_key = _peft_module_key(key)
+            lr = rank_pattern.get(_pattern_key(rank_pattern, peft_key), r)
+            la = alpha_pattern.get(_pattern_key(alpha_pattern, peft_key), alpha)
+            if tuple(a.shape) != (lr, fin) or tuple(b.shape) != (fout, lr):
                 refuse(f"layer {layer} {module}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit "
-                       f"the base model (expected ({r}, {fin}) / ({fout}, {r}))", st_file)
+                       f"the base model and config (expected ({lr}, {fin}) / ({fout}, {lr}))", st_file)
             if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
                 refuse(f"layer {layer} {module}: weights contain NaN or Inf", st_file)
-        A = torch.stack([per["A"][i].float() for i in range(args.num_layers)])
-        B = torch.stack([per["B"][i].float() for i in range(args.num_layers)])
+            blocks[layer] = (a.float(), b.float() * (lora_scale(lr, la) / scale))
+        mr = max(a.shape[0] for a, _ in blocks.values())
+        A = torch.zeros(args.num_layers, mr, fin)
+        B = torch.zeros(args.num_layers, fout, mr)
+        for layer, (a, b) in blocks.items():
+            A[layer, :a.shape[0]] = a
+            B[layer, :, :a.shape[0]] = b
         targets[module] = (A, B)
-    return LoRAWeights(name=name, path=str(d), rank=r, alpha=alpha, scale=scale, targets=targets)
+    rank = max(A.shape[1] for A, _ in targets.values())
+    if rank > max_rank:
+        refuse(f"rank {rank} is above the configured maximum max_lora_rank={max_rank}")
+    return LoRAWeights(name=name, path=str(d), rank=rank, alpha=float(alpha), scale=scale, targets=targets)
+
+
+def _peft_module_key(tensor_key: str) -> str:
+    """'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' -> the module's name in the base
+    model ('model.layers.0.self_attn.q_proj'), which PEFT matches rank_pattern / alpha_pattern against."""
+    key = tensor_key.rsplit(".lora_", 1)[0]
+    return key.removeprefix("base_model.model.")
+
+
+def _expected_layers(cfg: dict, num_layers: int) -> set[int]:
+    """Layers every target in the file must cover: layers_to_transform when set; all layers when
+    target_modules is a list of names; none to check when it is a regex (it may pick any layers)."""
+    lt = cfg.get("layers_to_transform")
+    if lt is not None:
+        layers = {lt} if isinstance(lt, int) else set(lt)
+        if not all(isinstance(i, int) and 0 <= i < num_layers for i in layers):
+            raise ValueError(f"layers_to_transform {lt!r} names layers the base model ({num_layers} layers) "
+                             "does not have")
+        return layers
+    return set(range(num_layers)) if isinstance(cfg.get("target_modules"), list) else set()
+
+
+def _pattern_key(patterns: dict, module_key: str) -> str | None:
+    """The first pattern naming this module, as PEFT matches it: the pattern is a regex that must match
+    a dotted suffix of the module's name."""
+    for p in patterns:
+        if re.match(rf"(.*\.)?({p})$", module_key):
+            return p
+    return None
 
 
 @dataclass
