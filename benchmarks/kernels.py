@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels.attention import kv_view, paged_attention  # noqa: E402
-from kernels.lora import (gather_virtual, lora_decode_plan, lora_expand, lora_expand_ref, lora_shrink,  # noqa: E402
+from kernels.lora import (gather_virtual, lora_apply, lora_decode_plan, lora_expand, lora_expand_ref, lora_shrink,  # noqa: E402
                           lora_shrink_ref)
 
 
@@ -210,12 +210,11 @@ def bench_lora(args, device, dtype, bw, gen, small: bool = False) -> list[dict]:
         def ours(ys=ys):
             # the aligned fast path, as the engine calls it; the plan (segments sorted by adapter) is built
             # here once per layer (the engine builds it once per decode step, for all layers)
+            # (lora_apply: shrink + expand, or one fused launch when DECODE_CFG says so)
             plan = lora_decode_plan(indptr, seg_slot, n_ad)
             for g in groups:
-                lora_shrink(xs[g.name], pool, page_table, g.a_off, g.ranks, indptr, seg_slot, vs[g.name],
-                            max_seg_len=1, aligned=True, plan=plan)
-                lora_expand(ys[g.name], vs[g.name], pool, page_table, g.b_off, g.ranks, scales, indptr, seg_slot,
-                            g.out_offsets, max_seg_len=1, aligned=True, plan=plan)
+                lora_apply(ys[g.name], xs[g.name], vs[g.name], pool, page_table, g.a_off, g.b_off, g.ranks, scales,
+                           indptr, seg_slot, g.out_offsets, max_seg_len=1, aligned=True, plan=plan)
 
         def generic(ys=ys):   # the generic (unaligned-offsets) decode kernels: the previous implementation
             for g in groups:

@@ -51,6 +51,10 @@ LAYER_VARIANTS = [
     dict(expand_stream=True, stream_warps=8), dict(expand_stream=True, stream_r=32),
     dict(expand_stream=True, stream_r=16), dict(expand_stream=True, stream_per=256),
     dict(expand_stream=True, stream_per=256, stream_n=128, stream_stages=2),
+    dict(shrink_split=8), dict(_S32, shrink_split=8),
+    dict(fused=True), dict(fused=True, fused_stages=3), dict(fused=True, fused_k=256), dict(fused=True, fused_r=32),
+    dict(fused=True, fused_warps=8), dict(fused=True, expand_n=128), dict(fused=True, expand_n=512),
+    dict(fused=True, fused_r=32, fused_k=256, fused_stages=3),
 ]
 
 
@@ -215,14 +219,11 @@ def layer_main(args) -> None:
             vs = {g.name: torch.empty(args.batch, len(g.n_out), width, device=dev, dtype=torch.float32) for g in groups}
 
             def layer(ys=ys, vs=vs, impl="triton"):
-                shrink, expand = (kl.lora_shrink, kl.lora_expand) if impl == "triton" else (
-                    kl.lora_shrink_ref, kl.lora_expand_ref)
+                apply = kl.lora_apply if impl == "triton" else kl.lora_apply_ref   # shrink + expand, as the engine
                 plan = kl.lora_decode_plan(indptr, seg_slot, n_ad)
                 for g in groups:
-                    shrink(xs[g.name], pool, page_table, g.a_off, g.ranks, indptr, seg_slot, vs[g.name],
-                           max_seg_len=1, aligned=True, plan=plan)
-                    expand(ys[g.name], vs[g.name], pool, page_table, g.b_off, g.ranks, scales, indptr, seg_slot,
-                           g.out_offsets, max_seg_len=1, aligned=True, plan=plan)
+                    apply(ys[g.name], xs[g.name], vs[g.name], pool, page_table, g.a_off, g.b_off, g.ranks, scales,
+                          indptr, seg_slot, g.out_offsets, max_seg_len=1, aligned=True, plan=plan)
 
             y_ref = {k: v.clone() for k, v in ys.items()}
             layer(y_ref, impl="ref")

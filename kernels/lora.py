@@ -41,8 +41,14 @@ tile and multiplies with tl.dot. The grid holds a static bound on the tiles (CUD
 program per token: on an H100 that made the 64-adapter layer 7-13% faster (benchmarks/results/tune/).
 A 64-element run of a row never straddles a page, so each row chunk costs two page-table reads and the loads are 16-byte vectors (`tl.multiple_of` / `tl.max_contiguous` hints).
 
-This file holds the Triton kernels, their launch wrappers (`lora_shrink`, `lora_expand`, same
-signatures as the references, no host synchronisation) and the torch references.
+`lora_apply` is shrink then expand when no tensor-parallel collective sits between them (TP=1, or the
+row-parallel o/down). With DECODE_CFG["fused"] its aligned decode case is one launch,
+`_lora_decode_fused_kernel`: shrink programs first, then expand programs that each wait on a counter
+in the plan until their tile's shrink programs are done, so one group costs one launch instead of two
+and a tile's expand overlaps other tiles' shrinks. Off until timed on a GPU.
+
+This file holds the Triton kernels, their launch wrappers (`lora_shrink`, `lora_expand`, `lora_apply`,
+same signatures as the references, no host synchronisation) and the torch references.
 """
 
 from __future__ import annotations
@@ -321,10 +327,11 @@ def _decode_plan_kernel(indptr_ptr, slot_ptr, plan_ptr, n_seg, S, BLOCK: tl.cons
 
 
 @triton.jit(do_not_specialize=["n_seg"])
-def _decode_tiles_kernel(plan_ptr, n_seg, TILE_M: tl.constexpr, BLOCK: tl.constexpr):
+def _decode_tiles_kernel(plan_ptr, n_seg, TILE_M: tl.constexpr, BLOCK: tl.constexpr, N_COUNTERS: tl.constexpr):
     """One program: plan[4, :] = the sorted positions where a tile starts (a LoRA slot's run, cut every
     TILE_M positions), in order, then -1. The decode kernels launch one program per tile (up to a static
-    bound), not one per position: programs that would exit at once still hold an SM slot while they run."""
+    bound), not one per position: programs that would exit at once still hold an SM slot while they run.
+    plan[5:5 + N_COUNTERS, :] = 0 (the fused kernel's counters, per target g and tile)."""
     carry = 0
     for p0 in range(0, n_seg, BLOCK):
         p = p0 + tl.arange(0, BLOCK)
@@ -338,6 +345,9 @@ def _decode_tiles_kernel(plan_ptr, n_seg, TILE_M: tl.constexpr, BLOCK: tl.conste
     for k0 in range(0, n_seg, BLOCK):
         k = k0 + tl.arange(0, BLOCK)
         tl.store(plan_ptr + 4 * n_seg + k, tl.full([BLOCK], -1, tl.int32), mask=(k < n_seg) & (k >= carry))
+    for k0 in range(0, N_COUNTERS * n_seg, BLOCK):   # the fused kernel's per-(tile, g) counters start at 0
+        k = k0 + tl.arange(0, BLOCK)
+        tl.store(plan_ptr + 5 * n_seg + k, tl.zeros([BLOCK], tl.int32), mask=k < N_COUNTERS * n_seg)
 
 
 @triton.jit
@@ -383,6 +393,37 @@ def _zero_no_lora(plan_ptr, n_seg, out_cols, cmask, stride_ot, BLOCK_R: tl.const
                  tl.zeros([64, BLOCK_R], dtype=out_cols.dtype.element_ty), mask=m[:, None] & cmask[None, :])
 
 
+@triton.jit
+def _shrink_acc(x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
+                PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                ALIGNED: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """sum over k in [k_lo, k_end) of x[tok, k] * A[j, k] (A row j at virtual a_off + j * K; rows outside
+    jmask are zero): the [BLOCK_M, BLOCK_R] float32 block of a decode shrink tile."""
+    o_row = a_off + tl.where(jmask, j, 0) * K
+    if ROW_IN_TWO_PAGES:   # K <= PAGE_ELEMS: a whole row of A lies in <= 2 pages, looked up once
+        p_i = o_row // PAGE_ELEMS
+        w0 = o_row % PAGE_ELEMS
+        p_lo = tl.load(pt_row + p_i, mask=jmask, other=0).to(tl.int64) * PAGE_ELEMS
+        p_hi = tl.load(pt_row + p_i + 1, mask=jmask & (w0 + K > PAGE_ELEMS), other=0).to(tl.int64) * PAGE_ELEMS
+    acc = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
+    for k0 in range(k_lo, k_end, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        kmask = k < K
+        xv = tl.load(x_ptr + tok[:, None] * stride_xt + k[None, :] * stride_xk,
+                     mask=mm[:, None] & kmask[None, :], other=0.0)
+        if ROW_IN_TWO_PAGES:
+            w = w0[:, None] + k[None, :]
+            a_offs = tl.where(w < PAGE_ELEMS, p_lo[:, None] + w, p_hi[:, None] + (w - PAGE_ELEMS))
+            if ALIGNED:
+                a_offs = tl.max_contiguous(tl.multiple_of(a_offs, [1, 64]), [1, 64])
+        else:
+            a_offs = _chunk_offsets(pt_row, o_row + k0, jmask, tl.minimum(K - k0, BLOCK_K), BLOCK_K, PAGE_ELEMS,
+                                    ALIGNED)
+        a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0)   # A [BLOCK_R, BLOCK_K]
+        acc = tl.dot(xv, tl.trans(a), acc, input_precision=INPUT_PRECISION)
+    return acc
+
+
 @triton.jit(do_not_specialize=["T", "R", "n_seg", "col_mult", "stride_pt", "stride_ot", "stride_og", "n_tiles"])
 def _lora_shrink_grouped_kernel(
         x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, indptr_ptr, plan_ptr, out_ptr,
@@ -425,28 +466,8 @@ def _lora_shrink_grouped_kernel(
     k_per = tl.cdiv(tl.cdiv(K, BLOCK_K), n_split) * BLOCK_K
     k_lo = ks * k_per
     k_end = tl.where(live, tl.minimum(K, k_lo + k_per), k_lo)   # blocks outside [c0, c0 + r): zeros
-    o_row = a_off + tl.where(jmask, j, 0) * K
-    if ROW_IN_TWO_PAGES:   # K <= PAGE_ELEMS: a whole row of A lies in <= 2 pages, looked up once
-        p_i = o_row // PAGE_ELEMS
-        w0 = o_row % PAGE_ELEMS
-        p_lo = tl.load(pt_row + p_i, mask=jmask, other=0).to(tl.int64) * PAGE_ELEMS
-        p_hi = tl.load(pt_row + p_i + 1, mask=jmask & (w0 + K > PAGE_ELEMS), other=0).to(tl.int64) * PAGE_ELEMS
-    acc = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
-    for k0 in range(k_lo, k_end, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        kmask = k < K
-        xv = tl.load(x_ptr + tok[:, None] * stride_xt + k[None, :] * stride_xk,
-                     mask=mm[:, None] & kmask[None, :], other=0.0)
-        if ROW_IN_TWO_PAGES:
-            w = w0[:, None] + k[None, :]
-            a_offs = tl.where(w < PAGE_ELEMS, p_lo[:, None] + w, p_hi[:, None] + (w - PAGE_ELEMS))
-            if ALIGNED:
-                a_offs = tl.max_contiguous(tl.multiple_of(a_offs, [1, 64]), [1, 64])
-        else:
-            a_offs = _chunk_offsets(pt_row, o_row + k0, jmask, tl.minimum(K - k0, BLOCK_K), BLOCK_K, PAGE_ELEMS,
-                                    ALIGNED)
-        a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0)   # A [BLOCK_R, BLOCK_K]
-        acc = tl.dot(xv, tl.trans(a), acc, input_precision=INPUT_PRECISION)
+    acc = _shrink_acc(x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
+                      PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES, INPUT_PRECISION)
     if SPLIT_ATOMIC:
         tl.atomic_add(out_cols[None, :] + tok[:, None] * stride_ot, acc, mask=mm[:, None] & cmask[None, :],
                       sem="relaxed")
@@ -456,12 +477,12 @@ def _lora_shrink_grouped_kernel(
 
 
 @triton.jit
-def _expand_tile(plan_ptr, n_seg, rank_ptr, off_ptr, scale_ptr, pt_ptr, stride_pt, G, g,
+def _expand_tile(plan_ptr, n_seg, tile, rank_ptr, off_ptr, scale_ptr, pt_ptr, stride_pt, G, g,
                  o0, o1, o2, o3, o4, o5, o6, o7, o8, BLOCK_M: tl.constexpr):
-    """(tokens, token mask, rank r, B^T offset, page-table row, scale, first column n_lo, width n_g) of this
-    decode expand program's tile and target g; r = 0 when there is no tile or the adapter has no target g
-    (nothing to do)."""
-    slot, tok, mm = _plan_tile(plan_ptr, n_seg, tl.program_id(0), BLOCK_M)
+    """(tokens, token mask, rank r, B^T offset, page-table row, scale, first column n_lo, width n_g) of
+    tile `tile` of the plan and target g in a decode expand; r = 0 when there is no such tile or the
+    adapter has no target g (nothing to do)."""
+    slot, tok, mm = _plan_tile(plan_ptr, n_seg, tile, BLOCK_M)
     s = tl.maximum(slot, 0)
     r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
     b_off = tl.load(off_ptr + s * G + g)
@@ -469,6 +490,27 @@ def _expand_tile(plan_ptr, n_seg, rank_ptr, off_ptr, scale_ptr, pt_ptr, stride_p
     n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
     n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
     return tok, mm, r, b_off, pt_ptr + s.to(tl.int64) * stride_pt, scale, n_lo, n_g
+
+
+@triton.jit
+def _expand_acc(v_ptr, pool_ptr, pt_row, b_off, r, tok, mm, n_g, pid_n, stride_vt, stride_vr,
+                PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr, V_CACHE: tl.constexpr):
+    """sum over j < r of v[tok, j] * B^T[j, n] for the columns n of block pid_n (B^T row j at virtual
+    b_off + j * n_g): the [BLOCK_M, BLOCK_N] float32 block of a decode expand tile."""
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = n < n_g
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for j0 in range(0, r, BLOCK_R):
+        j = j0 + tl.arange(0, BLOCK_R)
+        jm = j < r
+        vv = tl.load(v_ptr + tok[:, None] * stride_vt + j[None, :] * stride_vr,
+                     mask=mm[:, None] & jm[None, :], other=0.0, cache_modifier=V_CACHE)
+        b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
+                                tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)
+        bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
+        acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
+    return acc
 
 
 @triton.jit(do_not_specialize=["n_seg", "stride_vt", "stride_vg", "stride_pt"])
@@ -483,7 +525,7 @@ def _lora_expand_grouped_kernel(
     g = tl.program_id(1)
     pid_n = tl.program_id(2)
     tok, mm, r, b_off, pt_row, scale, n_lo, n_g = _expand_tile(
-        plan_ptr, n_seg, rank_ptr, off_ptr, scale_ptr, pt_ptr, stride_pt, G, g, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+        plan_ptr, n_seg, tl.program_id(0), rank_ptr, off_ptr, scale_ptr, pt_ptr, stride_pt, G, g, o0, o1, o2, o3, o4, o5, o6, o7, o8,
         BLOCK_M)
     if r == 0:
         return
@@ -494,16 +536,8 @@ def _lora_expand_grouped_kernel(
     yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
     ym = mm[:, None] & nmask[None, :]
     yv = tl.load(yp, mask=ym, other=0.0)   # issued before the B^T reads: its latency overlaps theirs
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for j0 in range(0, r, BLOCK_R):
-        j = j0 + tl.arange(0, BLOCK_R)
-        jm = j < r
-        vv = tl.load(v_ptr + tok[:, None] * stride_vt + g * stride_vg + j[None, :] * stride_vr,
-                     mask=mm[:, None] & jm[None, :], other=0.0)
-        b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
-                                tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)
-        bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
-        acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
+    acc = _expand_acc(v_ptr + g * stride_vg, pool_ptr, pt_row, b_off, r, tok, mm, n_g, pid_n, stride_vt, stride_vr,
+                      PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_N, ALIGNED, INPUT_PRECISION, "")
     tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
 
 
@@ -520,7 +554,7 @@ def _lora_expand_stream_kernel(
     BLOCK_R take further passes over the columns (a barrier between passes: the next pass reads y back)."""
     g = tl.program_id(1)
     tok, mm, r, b_off, pt_row, scale, n_lo, n_g = _expand_tile(
-        plan_ptr, n_seg, rank_ptr, off_ptr, scale_ptr, pt_ptr, stride_pt, G, g, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+        plan_ptr, n_seg, tl.program_id(0), rank_ptr, off_ptr, scale_ptr, pt_ptr, stride_pt, G, g, o0, o1, o2, o3, o4, o5, o6, o7, o8,
         BLOCK_M)
     if r == 0:
         return
@@ -547,6 +581,75 @@ def _lora_expand_stream_kernel(
             yv = tl.load(yp, mask=ym, other=0.0)
             tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
         tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["K", "G", "n_seg", "n_tiles", "n_rb", "n_nb", "R", "stride_xt", "stride_yt",
+                                 "stride_vt", "stride_vg", "stride_pt"])
+def _lora_decode_fused_kernel(
+        x_ptr, y_ptr, v_ptr, pool_ptr, pt_ptr, a_off_ptr, b_off_ptr, rank_ptr, scale_ptr, plan_ptr,
+        K, G, n_seg, n_tiles, n_rb, n_nb, R, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+        stride_xt, stride_xk, stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
+        PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, SHRINK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+        EXPAND_R: tl.constexpr, BLOCK_N: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr, MAX_SPINS: tl.constexpr):
+    """Decode shrink and expand in one launch: y[tok, cols of g] += scale * (x[tok] @ A_g^T) @ B_g^T.
+
+    Programs [0, n_tiles * G * n_rb) are shrink items (tile, g, block of SHRINK_R rank rows): each sums
+    over all of K and stores its block of v (float32 scratch), then counts itself done in the plan's
+    counter for (tile, g) (a barrier, then a release atomic). The programs after them are expand items
+    (tile, g, block of BLOCK_N columns): each looks up its tile, target and pages, waits (acquire) until
+    all cdiv(r, SHRINK_R) shrink items of (tile, g) are done, and adds its block into y. The last expand
+    item of (tile, g) puts the counter back to 0 for the next launch. Waiting is safe because every
+    shrink item has a lower program id than every expand item: the GPU starts blocks in id order, so a
+    waiting program's producers are already running or done (the interpreter runs programs in order).
+    A wait longer than MAX_SPINS polls (never expected) writes NaN into y instead of hanging."""
+    pid = tl.program_id(0)
+    n_shrink = n_tiles * G * n_rb
+    if pid < n_shrink:
+        tile = pid // (G * n_rb)
+        g = (pid // n_rb) % G
+        pid_r = pid % n_rb
+        slot, tok, mm = _plan_tile(plan_ptr, n_seg, tile, BLOCK_M)
+        if slot >= 0:
+            r = tl.load(rank_ptr + slot * G + g)
+            if pid_r * SHRINK_R < r:
+                a_off = tl.load(a_off_ptr + slot * G + g)
+                j = pid_r * SHRINK_R + tl.arange(0, SHRINK_R)
+                jmask = j < r
+                acc = _shrink_acc(x_ptr, pool_ptr, pt_ptr + slot.to(tl.int64) * stride_pt, a_off, j, jmask, tok, mm,
+                                  0, K, K, stride_xt, stride_xk, PAGE_ELEMS, BLOCK_M, SHRINK_R, BLOCK_K, True,
+                                  ROW_IN_TWO_PAGES, INPUT_PRECISION)
+                tl.store(v_ptr + g * stride_vg + tok[:, None] * stride_vt + j[None, :] * stride_vr, acc,
+                         mask=mm[:, None] & (j < R)[None, :])
+                tl.debug_barrier()     # every thread's v stores happen before the release below
+                tl.atomic_add(plan_ptr + (5 + g) * n_seg + tile, 1, sem="release", scope="gpu")
+    else:
+        e = pid - n_shrink
+        tile = e // (G * n_nb)
+        g = (e // n_nb) % G
+        pid_n = e % n_nb
+        tok, mm, r, b_off, pt_row, scale, n_lo, n_g = _expand_tile(
+            plan_ptr, n_seg, tile, rank_ptr, b_off_ptr, scale_ptr, pt_ptr, stride_pt, G, g,
+            o0, o1, o2, o3, o4, o5, o6, o7, o8, BLOCK_M)
+        if (r > 0) & (pid_n * BLOCK_N < n_g):
+            n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
+            ym = mm[:, None] & (n < n_g)[None, :]
+            yv = tl.load(yp, mask=ym, other=0.0)
+            cnt = plan_ptr + (5 + g) * n_seg + tile
+            need = tl.cdiv(r, SHRINK_R)
+            done = tl.atomic_add(cnt, 0, sem="acquire", scope="gpu")
+            spins = 0
+            while (done < need) & (spins < MAX_SPINS):
+                done = tl.atomic_add(cnt, 0, sem="acquire", scope="gpu")
+                spins += 1
+            acc = _expand_acc(v_ptr + g * stride_vg, pool_ptr, pt_row, b_off, r, tok, mm, n_g, pid_n, stride_vt,
+                              stride_vr, PAGE_ELEMS, BLOCK_M, EXPAND_R, BLOCK_N, True, INPUT_PRECISION, ".cg")
+            if done < need:   # never expected: fail loudly (NaN) rather than hang the GPU
+                acc = tl.full([BLOCK_M, BLOCK_N], float("nan"), tl.float32)
+            tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
+            if tl.atomic_add(cnt, 1, sem="relaxed", scope="gpu") == need + tl.cdiv(n_g, BLOCK_N) - 1:
+                tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -598,10 +701,14 @@ def _input_precision(dtype: torch.dtype) -> str:
 # override entries. GPU values were picked on an H100 (benchmarks/kernels.py).
 DECODE_CFG = dict(shrink_r=64, shrink_k=128, shrink_warps=4, shrink_stages=3, shrink_split=2,
                   expand_r=16, expand_n=256, expand_warps=4, expand_stages=2,
-                  expand_stream=False, stream_r=64, stream_n=64, stream_per=1024, stream_warps=4, stream_stages=3)
-# expand_stream: `_lora_expand_stream_kernel` instead of `_lora_expand_grouped_kernel` (checked on the CPU
-# interpreter, not yet timed on a GPU: off until `benchmarks/lora_tune.py --layer` shows it faster).
+                  expand_stream=False, stream_r=64, stream_n=64, stream_per=1024, stream_warps=4, stream_stages=3,
+                  fused=False, fused_r=64, fused_k=128, fused_warps=4, fused_stages=2)
+# expand_stream: `_lora_expand_stream_kernel` instead of `_lora_expand_grouped_kernel`; fused: `lora_apply`
+# runs decode shrink + expand as one launch (`_lora_decode_fused_kernel`, shrink blocks of fused_r rank
+# rows x fused_k, expand blocks as expand_r / expand_n). Both are checked on the CPU interpreter and not yet
+# timed on a GPU: off until `benchmarks/lora_tune.py --layer` shows them faster.
 DECODE_TILE_M = 16   # tokens of one adapter per decode program (the plan's tiles)
+PLAN_ROWS = 5 + MAX_G   # lora_decode_plan: token, slot, run start, run end, tile starts; counters per g
 
 
 def _decode_tiles(n_seg: int, n_slots: int) -> int:
@@ -619,24 +726,26 @@ def _decode_launch(kind: str) -> dict:
 
 def lora_decode_plan(seg_indptr: torch.Tensor, seg_slot: torch.Tensor, n_slots: int) -> torch.Tensor:
     """Segments sorted by adapter slot and cut into tiles, computed on the device (two launches, no host
-    sync): int32 [5, n_seg] (see `_decode_plan_kernel` and `_decode_tiles_kernel`). Build it once per
+    sync): int32 [PLAN_ROWS, n_seg] (see `_decode_plan_kernel` and `_decode_tiles_kernel`; rows 5.. are the
+    fused kernel's counters). Build it once per
     decode step and pass it as `plan=` to every aligned decode `lora_shrink` / `lora_expand` call of that
     step (same seg_indptr / seg_slot / slots)."""
     n_seg = seg_slot.shape[0]
-    plan = torch.empty(5, n_seg, dtype=torch.int32, device=seg_slot.device)
+    plan = torch.empty(PLAN_ROWS, n_seg, dtype=torch.int32, device=seg_slot.device)
     if n_seg:
         block, block_j = 32, _npow2(n_seg, 32, 256)      # many small programs: O(n_seg^2) compares
         _decode_plan_kernel[(triton.cdiv(n_seg, block),)](seg_indptr, seg_slot, plan, n_seg, int(n_slots),
                                                           BLOCK=block, BLOCK_J=block_j, num_warps=4)
-        _decode_tiles_kernel[(1,)](plan, n_seg, TILE_M=DECODE_TILE_M, BLOCK=_npow2(n_seg, 32, 1024), num_warps=4)
+        _decode_tiles_kernel[(1,)](plan, n_seg, TILE_M=DECODE_TILE_M, BLOCK=_npow2(n_seg, 32, 1024),
+                                   N_COUNTERS=MAX_G, num_warps=4)
     return plan
 
 
 def _plan_for(plan, seg_indptr, seg_slot, n_slots):
     if plan is None:
         return lora_decode_plan(seg_indptr, seg_slot, n_slots)
-    if plan.shape != (5, seg_slot.shape[0]) or plan.dtype != torch.int32 or plan.device != seg_slot.device:
-        raise ValueError(f"plan must be int32 [5, n_seg={seg_slot.shape[0]}] on {seg_slot.device} "
+    if plan.shape != (PLAN_ROWS, seg_slot.shape[0]) or plan.dtype != torch.int32 or plan.device != seg_slot.device:
+        raise ValueError(f"plan must be int32 [{PLAN_ROWS}, n_seg={seg_slot.shape[0]}] on {seg_slot.device} "
                          "(from lora_decode_plan)")
     return plan
 
@@ -780,6 +889,59 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table
 
 
 
+def lora_apply(y: torch.Tensor, x: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
+               a_offsets: torch.Tensor, b_offsets: torch.Tensor, ranks: torch.Tensor, scales: torch.Tensor,
+               seg_indptr: torch.Tensor, seg_slot: torch.Tensor, out_offsets: list[int],
+               max_seg_len: int | None = None, *, aligned: bool = False,
+               plan: torch.Tensor | None = None) -> torch.Tensor:
+    """Triton `lora_apply_ref`: y[:, out_offsets[g]:out_offsets[g+1]] += scale * (x @ A_g^T) @ B_g^T.
+
+    `lora_shrink` into v (float32 [T, G, R]) then `lora_expand`, or, for decode on the aligned fast path
+    with DECODE_CFG["fused"], both in one launch (`_lora_decode_fused_kernel`; v is then scratch and holds
+    only the blocks the expand reads). aligned / plan: as in `lora_shrink`."""
+    K, G = x.shape[1], a_offsets.shape[1]
+    out_offsets = check_out_offsets(out_offsets, G, y)
+    T, n_seg, P = x.shape[0], seg_slot.shape[0], pool.shape[1]
+    max_len = T if max_seg_len is None else min(int(max_seg_len), T)
+    fused = (DECODE_CFG["fused"] and max_len <= 1 and aligned and T > 0 and n_seg > 0 and K % 64 == 0
+             and P % 64 == 0 and all((b - a) % 64 == 0 for a, b in zip(out_offsets, out_offsets[1:])))
+    if not fused:
+        lora_shrink(x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, v, max_seg_len=max_seg_len,
+                    aligned=aligned, plan=plan)
+        return lora_expand(y, v, pool, page_table, b_offsets, ranks, scales, seg_indptr, seg_slot, out_offsets,
+                           max_seg_len=max_seg_len, aligned=aligned, plan=plan)
+    _check_triton_lora("lora_apply", x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot,
+                       {"y": y, "scales": scales})
+    if b_offsets.shape != a_offsets.shape:
+        raise ValueError(f"b_offsets {tuple(b_offsets.shape)} must have the shape of a_offsets {tuple(a_offsets.shape)}")
+    if y.dim() != 2 or y.shape[0] != T or v.dim() != 3 or v.shape[:2] != (T, G) or v.dtype != torch.float32:
+        raise ValueError(f"y must be [T={T}, N] and v float32 [T, G={G}, R], got {tuple(y.shape)} and "
+                         f"{tuple(v.shape)} {v.dtype}")
+    if scales.dim() != 1 or scales.shape[0] != page_table.shape[0]:
+        raise ValueError(f"scales must be [S={page_table.shape[0]}], got {tuple(scales.shape)}")
+    n_max = max(b - a for a, b in zip(out_offsets, out_offsets[1:]))
+    R = v.shape[2]
+    if n_max == 0 or R == 0:
+        return y
+    c = DECODE_CFG
+    plan = _plan_for(plan, seg_indptr, seg_slot, page_table.shape[0])
+    page_table, a_offsets, b_offsets = page_table.contiguous(), a_offsets.contiguous(), b_offsets.contiguous()
+    ranks, scales = ranks.contiguous(), scales.contiguous()
+    shrink_r = _npow2(R, 16, 256) if _INTERPRET else c["fused_r"]
+    block_n = _fit_page(_npow2(n_max, 64, 1024) if _INTERPRET else c["expand_n"], P)
+    n_tiles, n_rb, n_nb = _decode_tiles(n_seg, page_table.shape[0]), triton.cdiv(R, shrink_r), triton.cdiv(n_max, block_n)
+    offs = out_offsets + [out_offsets[-1]] * (MAX_G + 1 - len(out_offsets))
+    launch = {} if _INTERPRET else dict(num_warps=c["fused_warps"], num_stages=c["fused_stages"])
+    _lora_decode_fused_kernel[(n_tiles * G * (n_rb + n_nb),)](
+        x, y, v, pool, page_table, a_offsets, b_offsets, ranks, scales, plan,
+        K, G, n_seg, n_tiles, n_rb, n_nb, R, *offs,
+        x.stride(0), x.stride(1), y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0),
+        PAGE_ELEMS=P, BLOCK_M=DECODE_TILE_M, SHRINK_R=shrink_r, BLOCK_K=_fit_page(128 if _INTERPRET else c["fused_k"], P),
+        EXPAND_R=16 if _INTERPRET else c["expand_r"], BLOCK_N=block_n, ROW_IN_TWO_PAGES=K <= P,
+        INPUT_PRECISION=_input_precision(pool.dtype), MAX_SPINS=100 if _INTERPRET else 1 << 22, **launch)
+    return y
+
+
 def check_lora_args(x_or_v: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
                     offsets: torch.Tensor, ranks: torch.Tensor, seg_indptr: torch.Tensor,
                     seg_slot: torch.Tensor, float32_ok: bool = False) -> None:
@@ -871,3 +1033,15 @@ def lora_expand_ref(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_t
             cols = slice(out_offsets[g], out_offsets[g + 1])
             y[lo:hi, cols] = (y[lo:hi, cols].float() + delta).to(y.dtype)
     return y
+
+
+def lora_apply_ref(y: torch.Tensor, x: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
+                   a_offsets: torch.Tensor, b_offsets: torch.Tensor, ranks: torch.Tensor, scales: torch.Tensor,
+                   seg_indptr: torch.Tensor, seg_slot: torch.Tensor, out_offsets: list[int],
+                   max_seg_len: int | None = None, *, aligned: bool = False,
+                   plan: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference of a whole LoRA step without tensor-parallel collectives in between: `lora_shrink_ref`
+    into v (float32 [T, G, R]), then `lora_expand_ref` into y (one ranks tensor for both)."""
+    lora_shrink_ref(x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, v, max_seg_len=max_seg_len)
+    return lora_expand_ref(y, v, pool, page_table, b_offsets, ranks, scales, seg_indptr, seg_slot, out_offsets,
+                           max_seg_len=max_seg_len)

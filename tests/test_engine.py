@@ -218,9 +218,14 @@ def test_half_precision_runs_close_to_float32(demo, llm, dtype):
     assert sum(x == y for x, y in zip(a, b)) >= 9, (a, b)
 
 
-def test_triton_backend_in_the_engine_equals_torch(demo, llm):
+@pytest.mark.parametrize("fused", [False, True])
+def test_triton_backend_in_the_engine_equals_torch(demo, llm, fused, monkeypatch):
     """The engine on the Triton kernels (the CPU runs them under TRITON_INTERPRET=1): prefill, decode,
-    mixed adapters and base requests give the torch backend's greedy tokens."""
+    mixed adapters and base requests give the torch backend's greedy tokens. fused: decode LoRA through
+    the one-launch shrink + expand (DECODE_CFG fused)."""
+    import kernels.lora as kl
+
+    monkeypatch.setitem(kl.DECODE_CFG, "fused", fused)
     tri = LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32",
               kernel_backend="triton")
     prompts = [[3, 4, 5, 6, 7, 8, 9, 10, 11], [12], [13, 14, 15, 16, 17], [18, 19]]

@@ -212,6 +212,41 @@ def test_lora_decode_aligned_stream_expand(popularity, dtype, monkeypatch):
                   aligned=True, v_dtype=torch.float32, y_extra_cols=3)
 
 
+@pytest.mark.parametrize("popularity,dtype", [("distinct", torch.float16), ("uniform", torch.float32),
+                                              ("zipf", torch.float16), ("identical", torch.float32)])
+def test_lora_apply_fused_decode(popularity, dtype, monkeypatch):
+    """`lora_apply` with DECODE_CFG fused: decode shrink + expand as one launch (shrink items, then expand
+    items that wait on per-(tile, target) counters in the plan) equals shrink_ref + expand_ref; rows
+    without a LoRA and columns outside the targets are untouched. One plan serves several launches of
+    different groups, as in the engine's decode step, so each launch must leave its counters at 0."""
+    monkeypatch.setitem(kl.DECODE_CFG, "fused", True)
+    gen = torch.Generator().manual_seed(31 + len(popularity))
+    n_slots, T, K, page_elems = 9, 40, 192, 256
+    indptr, slots = make_batch([1] * T, n_slots, popularity, gen)
+    plan = lora_decode_plan(indptr, slots, n_slots)
+    for n_out, max_rank in (([128, 64, 64], 72), ([192], 33), ([64, 256], 8), ([128, 64, 64], 72)):
+        G = len(n_out)
+        ranks = random_ranks(n_slots, G, max_rank, gen)
+        pool, page_table, a_off, b_off = make_adapters(ranks, K, n_out, page_elems, dtype, gen, align=64)
+        x = torch.randn(T, K, generator=gen).to(dtype)
+        offsets = [0]
+        for n in n_out:
+            offsets.append(offsets[-1] + n)
+        scales = torch.rand(n_slots, generator=gen) + 0.5
+        wide = torch.randn(T, offsets[-1] + 5, generator=gen).to(dtype)
+        y, want = wide.clone()[:, 1:-2], wide.clone()[:, 1:-2]
+        R = max_rank + 3
+        args = (pool, page_table, a_off, b_off, ranks, scales, indptr, slots, offsets)
+        kl.lora_apply(y, x, torch.empty(T, G, R), *args, max_seg_len=1, aligned=True, plan=plan)
+        kl.lora_apply_ref(want, x, torch.empty(T, G, R), *args, max_seg_len=1)
+        torch.testing.assert_close(y, want, **TOL[dtype])
+        lora_rows = slots >= 0
+        assert not torch.equal(y[lora_rows], wide[:, 1:-2][lora_rows])   # the LoRA did something
+        assert torch.equal(y[~lora_rows], wide[:, 1:-2][~lora_rows])
+        assert torch.equal(y[:, offsets[-1]:], wide[:, 1 + offsets[-1]:-2])
+        assert not plan[5:].any(), "a fused launch left its counters set"
+
+
 def test_lora_decode_aligned_unaligned_shapes_fall_back():
     """aligned=True with K or N_g not a multiple of 64 (or an odd page size) takes the generic path."""
     run_lora_case(seg_lens=[1] * 6, n_slots=3, popularity="uniform", max_rank=16, K=40, n_out=[40, 24],
@@ -453,7 +488,7 @@ def test_triton_backend_signatures():
     import inspect
     tb, ref = get_backend("triton"), get_backend("torch")
     assert tb.name == "triton"
-    for op in ("lora_shrink", "lora_expand", "paged_attention", "kv_append"):
+    for op in ("lora_shrink", "lora_expand", "lora_apply", "paged_attention", "kv_append"):
         ours = inspect.signature(getattr(tb, op)).parameters
         theirs = list(inspect.signature(getattr(ref, op)).parameters)
         assert list(ours) == theirs, op       # the same signature, performance hints (aligned=, plan=) included

@@ -85,6 +85,49 @@ def test_lora_decode_stream_expand_cuda(dtype, popularity, monkeypatch):
     torch.testing.assert_close(y, want_y, **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("popularity,batch", [("distinct", 256), ("zipf", 96), ("uniform", 7)])
+def test_lora_apply_fused_cuda(dtype, popularity, batch, monkeypatch):
+    """The fused decode shrink + expand (DECODE_CFG fused, off by default until timed): expand programs
+    really wait here for their tile's shrink programs (the GPU runs them concurrently). Several launches
+    share one plan and 20 CUDA-graph replays with new x each time: every one equals the reference, and the
+    counters are back at 0 after each."""
+    monkeypatch.setitem(kl.DECODE_CFG, "fused", True)
+    n_out = [4096, 1024, 1024]
+    pool, pt, a_off, b_off, ranks, indptr, slots, x = lora_inputs(
+        [1] * batch, 64, popularity, 128, 4096, n_out, 131072, dtype, seed=batch, align=64)
+    T, G, R = x.shape[0], len(n_out), 128
+    offsets = [0, 4096, 5120, 6144]
+    scales = torch.rand(pt.shape[0], device=DEV) + 0.5
+    base = torch.randn(T, 6200, device=DEV).to(dtype)
+    args = (pool, pt, a_off, b_off, ranks, scales, indptr, slots, offsets)
+    plan = lora_decode_plan(indptr, slots, pt.shape[0])
+    y = base.clone()[:, 10:10 + 6144]
+    kl.lora_apply(y, x, torch.empty(T, G, R, device=DEV), *args, max_seg_len=1, aligned=True, plan=plan)
+    want = base.clone()[:, 10:10 + 6144]
+    kl.lora_apply_ref(want, x, torch.empty(T, G, R, device=DEV), *args)
+    torch.testing.assert_close(y, want, **TOL[dtype])
+    assert not plan[5:].any()
+
+    xs, ys = x.clone(), base.clone()[:, 10:10 + 6144]
+    v = torch.empty(T, G, R, device=DEV)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        gplan = lora_decode_plan(indptr, slots, pt.shape[0])
+        for _ in range(3):   # three launches on one plan, as the layers of a decode step
+            kl.lora_apply(ys, xs, v, *args, max_seg_len=1, aligned=True, plan=gplan)
+    gen = torch.Generator(device=DEV).manual_seed(1)
+    for _ in range(20):
+        xs.copy_(torch.randn(T, 4096, device=DEV, generator=gen).to(dtype))
+        ys.copy_(base[:, 10:10 + 6144])
+        graph.replay()
+        want = base.clone()[:, 10:10 + 6144]
+        for _ in range(3):
+            kl.lora_apply_ref(want, xs, torch.empty(T, G, R, device=DEV), *args)
+        torch.testing.assert_close(ys, want, **TOL[dtype])
+        assert not gplan[5:].any()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("Hq,Hkv,D", [(32, 32, 128), (32, 8, 128), (16, 2, 64)])
 @pytest.mark.parametrize("batch,partition", [(8, 512), (8, 256), (160, 512)])

@@ -35,13 +35,16 @@ def apply_lora(ctx: ForwardContext, layer: int, group: str, x: torch.Tensor, y: 
     # v in float32: the decode shrink may split K and add partial sums atomically (kernels/lora.py)
     v = torch.empty(x.shape[0], len(LORA_GROUPS[group]), meta.max_rank, dtype=torch.float32, device=x.device)
     hints = dict(aligned=True, plan=meta.plan)   # packed offsets are 64-aligned (app/lora/adapter.py)
-    ctx.backend.lora_shrink(x, pool, meta.page_table, g.a_offsets, g.ranks_a, meta.seg_indptr,
-                            meta.seg_slot, v, col_mult=0 if row_parallel else tp.rank,
-                            max_seg_len=meta.max_seg_len, **hints)
-    if not row_parallel:
-        tp.all_reduce(v)
     offsets = [0]
     for n in out_sizes:
         offsets.append(offsets[-1] + n)
+    if row_parallel or tp.world_size == 1:   # no collective between shrink and expand (ranks_a == ranks_b)
+        ctx.backend.lora_apply(y, x, v, pool, meta.page_table, g.a_offsets, g.b_offsets, g.ranks_a, meta.scales,
+                               meta.seg_indptr, meta.seg_slot, offsets, max_seg_len=meta.max_seg_len, **hints)
+        return
+    ctx.backend.lora_shrink(x, pool, meta.page_table, g.a_offsets, g.ranks_a, meta.seg_indptr,
+                            meta.seg_slot, v, col_mult=tp.rank,
+                            max_seg_len=meta.max_seg_len, **hints)
+    tp.all_reduce(v)
     ctx.backend.lora_expand(y, v, pool, meta.page_table, g.b_offsets, g.ranks_b, meta.scales,
                             meta.seg_indptr, meta.seg_slot, offsets, max_seg_len=meta.max_seg_len, **hints)
