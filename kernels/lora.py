@@ -495,7 +495,7 @@ def _expand_tile(plan_ptr, n_seg, tile, rank_ptr, off_ptr, scale_ptr, pt_ptr, st
 @triton.jit
 def _expand_acc(v_ptr, pool_ptr, pt_row, b_off, r, tok, mm, n_g, pid_n, stride_vt, stride_vr,
                 PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr, V_CACHE: tl.constexpr):
+                ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """sum over j < r of v[tok, j] * B^T[j, n] for the columns n of block pid_n (B^T row j at virtual
     b_off + j * n_g): the [BLOCK_M, BLOCK_N] float32 block of a decode expand tile."""
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -505,7 +505,7 @@ def _expand_acc(v_ptr, pool_ptr, pt_row, b_off, r, tok, mm, n_g, pid_n, stride_v
         j = j0 + tl.arange(0, BLOCK_R)
         jm = j < r
         vv = tl.load(v_ptr + tok[:, None] * stride_vt + j[None, :] * stride_vr,
-                     mask=mm[:, None] & jm[None, :], other=0.0, cache_modifier=V_CACHE)
+                     mask=mm[:, None] & jm[None, :], other=0.0)
         b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
                                 tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)
         bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
@@ -537,7 +537,7 @@ def _lora_expand_grouped_kernel(
     ym = mm[:, None] & nmask[None, :]
     yv = tl.load(yp, mask=ym, other=0.0)   # issued before the B^T reads: its latency overlaps theirs
     acc = _expand_acc(v_ptr + g * stride_vg, pool_ptr, pt_row, b_off, r, tok, mm, n_g, pid_n, stride_vt, stride_vr,
-                      PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_N, ALIGNED, INPUT_PRECISION, "")
+                      PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_N, ALIGNED, INPUT_PRECISION)
     tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
 
 
@@ -602,6 +602,8 @@ def _lora_decode_fused_kernel(
     item of (tile, g) puts the counter back to 0 for the next launch. Waiting is safe because every
     shrink item has a lower program id than every expand item: the GPU starts blocks in id order, so a
     waiting program's producers are already running or done (the interpreter runs programs in order).
+    Memory order: producer stores, barrier, release add; consumer acquire load (PTX ld.acquire.gpu, which
+    also keeps its SM from reading stale L1 lines), barrier (Triton broadcasts the scalar), then v loads.
     A wait longer than MAX_SPINS polls (never expected) writes NaN into y instead of hanging."""
     pid = tl.program_id(0)
     n_shrink = n_tiles * G * n_rb
@@ -637,14 +639,14 @@ def _lora_decode_fused_kernel(
             ym = mm[:, None] & (n < n_g)[None, :]
             yv = tl.load(yp, mask=ym, other=0.0)
             cnt = plan_ptr + (5 + g) * n_seg + tile
-            need = tl.cdiv(r, SHRINK_R)
+            need = tl.minimum(tl.cdiv(r, SHRINK_R), n_rb)   # the live shrink items of (tile, g)
             done = tl.atomic_add(cnt, 0, sem="acquire", scope="gpu")
             spins = 0
             while (done < need) & (spins < MAX_SPINS):
                 done = tl.atomic_add(cnt, 0, sem="acquire", scope="gpu")
                 spins += 1
             acc = _expand_acc(v_ptr + g * stride_vg, pool_ptr, pt_row, b_off, r, tok, mm, n_g, pid_n, stride_vt,
-                              stride_vr, PAGE_ELEMS, BLOCK_M, EXPAND_R, BLOCK_N, True, INPUT_PRECISION, ".cg")
+                              stride_vr, PAGE_ELEMS, BLOCK_M, EXPAND_R, BLOCK_N, True, INPUT_PRECISION)
             if done < need:   # never expected: fail loudly (NaN) rather than hang the GPU
                 acc = tl.full([BLOCK_M, BLOCK_N], float("nan"), tl.float32)
             tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
