@@ -52,9 +52,9 @@ LAYER_VARIANTS = [
     dict(expand_stream=True, stream_r=16), dict(expand_stream=True, stream_per=256),
     dict(expand_stream=True, stream_per=256, stream_n=128, stream_stages=2),
     dict(shrink_split=8), dict(_S32, shrink_split=8),
-    dict(fused=True), dict(fused=True, fused_stages=3), dict(fused=True, fused_k=256), dict(fused=True, fused_r=32),
-    dict(fused=True, fused_warps=8), dict(fused=True, expand_n=128), dict(fused=True, expand_n=512),
-    dict(fused=True, fused_r=32, fused_k=256, fused_stages=3),
+    dict(fused=True), dict(fused=True, fused_stages=2), dict(fused=True, fused_k=256), dict(fused=True, fused_r=16),
+    dict(fused=True, fused_r=64), dict(fused=True, fused_n=256), dict(fused=True, fused_n=64),
+    dict(fused=True, fused_er=32), dict(fused=True, fused_warps=8), dict(fused=True, fused_r=16, fused_k=256),
 ]
 
 

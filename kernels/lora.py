@@ -704,11 +704,12 @@ def _input_precision(dtype: torch.dtype) -> str:
 DECODE_CFG = dict(shrink_r=64, shrink_k=128, shrink_warps=4, shrink_stages=3, shrink_split=2,
                   expand_r=16, expand_n=256, expand_warps=4, expand_stages=2,
                   expand_stream=False, stream_r=64, stream_n=64, stream_per=1024, stream_warps=4, stream_stages=3,
-                  fused=False, fused_r=64, fused_k=128, fused_warps=4, fused_stages=2)
+                  fused=False, fused_r=32, fused_k=128, fused_er=16, fused_n=128, fused_warps=4, fused_stages=3)
 # expand_stream: `_lora_expand_stream_kernel` instead of `_lora_expand_grouped_kernel`; fused: `lora_apply`
-# runs decode shrink + expand as one launch (`_lora_decode_fused_kernel`, shrink blocks of fused_r rank
-# rows x fused_k, expand blocks as expand_r / expand_n). Both are checked on the CPU interpreter and not yet
-# timed on a GPU: off until `benchmarks/lora_tune.py --layer` shows them faster.
+# runs decode shrink + expand as one launch (`_lora_decode_fused_kernel`: shrink blocks of fused_r rank rows
+# x fused_k, expand blocks of fused_er rank rows x fused_n columns; these defaults compile for sm_90 to 149
+# registers, no spills, both loops pipelined: benchmarks/kernel_compile.py). Both are checked on the CPU
+# interpreter and not yet timed on a GPU: off until `benchmarks/lora_tune.py --layer` shows them faster.
 DECODE_TILE_M = 16   # tokens of one adapter per decode program (the plan's tiles)
 PLAN_ROWS = 5 + MAX_G   # lora_decode_plan: token, slot, run start, run end, tile starts; counters per g
 
@@ -930,7 +931,7 @@ def lora_apply(y: torch.Tensor, x: torch.Tensor, v: torch.Tensor, pool: torch.Te
     page_table, a_offsets, b_offsets = page_table.contiguous(), a_offsets.contiguous(), b_offsets.contiguous()
     ranks, scales = ranks.contiguous(), scales.contiguous()
     shrink_r = _npow2(R, 16, 256) if _INTERPRET else c["fused_r"]
-    block_n = _fit_page(_npow2(n_max, 64, 1024) if _INTERPRET else c["expand_n"], P)
+    block_n = _fit_page(_npow2(n_max, 64, 1024) if _INTERPRET else c["fused_n"], P)
     n_tiles, n_rb, n_nb = _decode_tiles(n_seg, page_table.shape[0]), triton.cdiv(R, shrink_r), triton.cdiv(n_max, block_n)
     offs = out_offsets + [out_offsets[-1]] * (MAX_G + 1 - len(out_offsets))
     launch = {} if _INTERPRET else dict(num_warps=c["fused_warps"], num_stages=c["fused_stages"])
@@ -939,7 +940,7 @@ def lora_apply(y: torch.Tensor, x: torch.Tensor, v: torch.Tensor, pool: torch.Te
         K, G, n_seg, n_tiles, n_rb, n_nb, R, *offs,
         x.stride(0), x.stride(1), y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0),
         PAGE_ELEMS=P, BLOCK_M=DECODE_TILE_M, SHRINK_R=shrink_r, BLOCK_K=_fit_page(128 if _INTERPRET else c["fused_k"], P),
-        EXPAND_R=16 if _INTERPRET else c["expand_r"], BLOCK_N=block_n, ROW_IN_TWO_PAGES=K <= P,
+        EXPAND_R=16 if _INTERPRET else c["fused_er"], BLOCK_N=block_n, ROW_IN_TWO_PAGES=K <= P,
         INPUT_PRECISION=_input_precision(pool.dtype), MAX_SPINS=100 if _INTERPRET else 1 << 22, **launch)
     return y
 

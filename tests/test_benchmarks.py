@@ -47,3 +47,16 @@ def test_random_model_tokenizer_gives_every_id_text(tmp_path):
     tok = Tokenizer(str(tmp_path))
     assert all(tok.decode([i]).strip() for i in range(2, 1000))
     assert tok.decode([5, 999]).split() == ["w5", "w999"]
+
+
+def test_kernel_compile_report(tmp_path):
+    """benchmarks/kernel_compile.py compiles the decode layer's launches for sm_90 without a GPU: the
+    default shrink and expand compile, ptxas reports their registers, and their loops are pipelined."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_compile.py"), "--variants", "default",
+                           "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "kernel_compile.json").read_text())["rows"]
+    assert {r["kernel"] for r in rows} == {"_lora_shrink_grouped_kernel", "_lora_expand_grouped_kernel"}
+    assert all(0 < r["regs"] <= 255 and r["async_copies"] > 0 for r in rows), rows
