@@ -329,9 +329,11 @@ def _decode_plan_kernel(indptr_ptr, slot_ptr, plan_ptr, n_seg, S, BLOCK: tl.cons
 @triton.jit(do_not_specialize=["n_seg"])
 def _decode_tiles_kernel(plan_ptr, n_seg, TILE_M: tl.constexpr, BLOCK: tl.constexpr, N_COUNTERS: tl.constexpr):
     """One program: plan[4, :] = the sorted positions where a tile starts (a LoRA slot's run, cut every
-    TILE_M positions), in order, then -1. The decode kernels launch one program per tile (up to a static
-    bound), not one per position: programs that would exit at once still hold an SM slot while they run.
-    plan[5:5 + N_COUNTERS, :] = 0 (the fused kernel's counters, per target g and tile)."""
+    TILE_M positions), in order, then -1; plan[5, i] / plan[6, i] = tile i's slot (-1: no tile i) and the
+    end of its slot's run, so a decode program reads its slot without first reading its start. The decode
+    kernels launch one program per tile (up to a static bound), not one per position: programs that would
+    exit at once still hold an SM slot while they run.
+    plan[7:7 + N_COUNTERS, :] = 0 (the fused kernel's counters, per target g and tile)."""
     carry = 0
     for p0 in range(0, n_seg, BLOCK):
         p = p0 + tl.arange(0, BLOCK)
@@ -341,13 +343,16 @@ def _decode_tiles_kernel(plan_ptr, n_seg, TILE_M: tl.constexpr, BLOCK: tl.conste
         start = pm & (slot >= 0) & ((p - rs) % TILE_M == 0)
         idx = carry + tl.cumsum(start.to(tl.int32), 0) - 1
         tl.store(plan_ptr + 4 * n_seg + idx, p, mask=start)
+        tl.store(plan_ptr + 5 * n_seg + idx, slot, mask=start)
+        tl.store(plan_ptr + 6 * n_seg + idx, tl.load(plan_ptr + 3 * n_seg + p, mask=pm, other=0), mask=start)
         carry += tl.sum(start.to(tl.int32), 0)
     for k0 in range(0, n_seg, BLOCK):
         k = k0 + tl.arange(0, BLOCK)
         tl.store(plan_ptr + 4 * n_seg + k, tl.full([BLOCK], -1, tl.int32), mask=(k < n_seg) & (k >= carry))
+        tl.store(plan_ptr + 5 * n_seg + k, tl.full([BLOCK], -1, tl.int32), mask=(k < n_seg) & (k >= carry))
     for k0 in range(0, N_COUNTERS * n_seg, BLOCK):   # the fused kernel's per-(tile, g) counters start at 0
         k = k0 + tl.arange(0, BLOCK)
-        tl.store(plan_ptr + 5 * n_seg + k, tl.zeros([BLOCK], tl.int32), mask=k < N_COUNTERS * n_seg)
+        tl.store(plan_ptr + 7 * n_seg + k, tl.zeros([BLOCK], tl.int32), mask=k < N_COUNTERS * n_seg)
 
 
 @triton.jit
@@ -369,11 +374,11 @@ def _chunk_offsets(pt_row_ptr, o_row, rmask, n_valid, BLOCK: tl.constexpr, PAGE_
 
 @triton.jit
 def _plan_tile(plan_ptr, n_seg, pid, BLOCK_M: tl.constexpr):
-    """(slot, tokens [BLOCK_M], token mask) of the pid-th tile of the plan (slot -1: no such tile)."""
-    p = tl.load(plan_ptr + 4 * n_seg + pid)
-    ps = tl.maximum(p, 0)
-    slot = tl.where(p >= 0, tl.load(plan_ptr + n_seg + ps), -1)
-    re = tl.where(p >= 0, tl.load(plan_ptr + 3 * n_seg + ps), 0)
+    """(slot, tokens [BLOCK_M], token mask) of the pid-th tile of the plan (slot -1: no such tile). The
+    three plan reads are independent: the slot (first link of the weights' lookup chain) waits on none."""
+    ps = tl.maximum(tl.load(plan_ptr + 4 * n_seg + pid), 0)
+    slot = tl.load(plan_ptr + 5 * n_seg + pid)
+    re = tl.where(slot >= 0, tl.load(plan_ptr + 6 * n_seg + pid), 0)
     m = ps + tl.arange(0, BLOCK_M)
     mm = m < re
     tok = tl.load(plan_ptr + m, mask=mm, other=0)
@@ -624,7 +629,7 @@ def _lora_decode_fused_kernel(
                 tl.store(v_ptr + g * stride_vg + tok[:, None] * stride_vt + j[None, :] * stride_vr, acc,
                          mask=mm[:, None] & (j < R)[None, :])
                 tl.debug_barrier()     # every thread's v stores happen before the release below
-                tl.atomic_add(plan_ptr + (5 + g) * n_seg + tile, 1, sem="release", scope="gpu")
+                tl.atomic_add(plan_ptr + (7 + g) * n_seg + tile, 1, sem="release", scope="gpu")
     else:
         e = pid - n_shrink
         tile = e // (G * n_nb)
@@ -638,7 +643,7 @@ def _lora_decode_fused_kernel(
             yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
             ym = mm[:, None] & (n < n_g)[None, :]
             yv = tl.load(yp, mask=ym, other=0.0)
-            cnt = plan_ptr + (5 + g) * n_seg + tile
+            cnt = plan_ptr + (7 + g) * n_seg + tile
             need = tl.minimum(tl.cdiv(r, SHRINK_R), n_rb)   # the live shrink items of (tile, g)
             done = tl.atomic_add(cnt, 0, sem="acquire", scope="gpu")
             spins = 0
@@ -711,7 +716,7 @@ DECODE_CFG = dict(shrink_r=64, shrink_k=128, shrink_warps=4, shrink_stages=3, sh
 # registers, no spills, both loops pipelined: benchmarks/kernel_compile.py). Both are checked on the CPU
 # interpreter and not yet timed on a GPU: off until `benchmarks/lora_tune.py --layer` shows them faster.
 DECODE_TILE_M = 16   # tokens of one adapter per decode program (the plan's tiles)
-PLAN_ROWS = 5 + MAX_G   # lora_decode_plan: token, slot, run start, run end, tile starts; counters per g
+PLAN_ROWS = 7 + MAX_G   # lora_decode_plan: token, slot, run start, run end; tile start, slot, run end; counters
 
 
 def _decode_tiles(n_seg: int, n_slots: int) -> int:
@@ -729,7 +734,7 @@ def _decode_launch(kind: str) -> dict:
 
 def lora_decode_plan(seg_indptr: torch.Tensor, seg_slot: torch.Tensor, n_slots: int) -> torch.Tensor:
     """Segments sorted by adapter slot and cut into tiles, computed on the device (two launches, no host
-    sync): int32 [PLAN_ROWS, n_seg] (see `_decode_plan_kernel` and `_decode_tiles_kernel`; rows 5.. are the
+    sync): int32 [PLAN_ROWS, n_seg] (see `_decode_plan_kernel` and `_decode_tiles_kernel`; rows 7.. are the
     fused kernel's counters). Build it once per
     decode step and pass it as `plan=` to every aligned decode `lora_shrink` / `lora_expand` call of that
     step (same seg_indptr / seg_slot / slots)."""

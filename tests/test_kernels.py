@@ -244,7 +244,7 @@ def test_lora_apply_fused_decode(popularity, dtype, monkeypatch):
         assert not torch.equal(y[lora_rows], wide[:, 1:-2][lora_rows])   # the LoRA did something
         assert torch.equal(y[~lora_rows], wide[:, 1:-2][~lora_rows])
         assert torch.equal(y[:, offsets[-1]:], wide[:, 1 + offsets[-1]:-2])
-        assert not plan[5:].any(), "a fused launch left its counters set"
+        assert not plan[7:].any(), "a fused launch left its counters set"
 
 
 def test_lora_decode_aligned_unaligned_shapes_fall_back():
@@ -272,6 +272,11 @@ def test_lora_decode_plan():
         # row 4: where each tile (<= DECODE_TILE_M positions of one LoRA slot's run) starts, then -1
         starts = [p for p in range(n_seg) if plan[1, p] >= 0 and (p - plan[2, p]) % DECODE_TILE_M == 0]
         assert plan[4].tolist() == starts + [-1] * (n_seg - len(starts))
+        # rows 5 / 6: each tile's slot and the end of its slot's run; rows 7..: the fused kernel's counters
+        pad = [-1] * (n_seg - len(starts))
+        assert plan[5].tolist() == [int(plan[1, p]) for p in starts] + pad
+        assert plan[6, :len(starts)].tolist() == [int(plan[3, p]) for p in starts]
+        assert plan.shape == (kl.PLAN_ROWS, n_seg) and not plan[7:].any()
 
 
 @pytest.mark.parametrize("max_rank", [1, 8, 16, 128])
