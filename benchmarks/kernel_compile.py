@@ -8,9 +8,11 @@ those arguments (16-divisible ints and pointers, ints equal to 1 as constants, `
 honoured), then ptxas reports registers and spills. Per launch: registers per thread, spill bytes,
 shared memory, and how many global loads the software pipeliner turned into async copies (0: every
 loop iteration waits for its own loads). A compile-time view, not a timing: what it says about speed
-must be confirmed by `benchmarks/lora_tune.py --layer` on the GPU.
+must be confirmed by `benchmarks/lora_tune.py --layer` on the GPU. --all-kernels adds every other launch
+configuration of kernels/ (plan, prefill LoRA, generic decode LoRA, paged attention, KV append), so a
+kernel that would not compile for the GPU shows here (tests/test_benchmarks.py runs it).
 
-usage: python benchmarks/kernel_compile.py [--arch 90] [--out DIR] [--variants all|default]
+usage: python benchmarks/kernel_compile.py [--arch 90] [--out DIR] [--variants all|default] [--all-kernels]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,17 +34,22 @@ from triton.runtime.jit import native_specialize_impl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import kernels.attention as ka  # noqa: E402
 import kernels.lora as kl  # noqa: E402
 from benchmarks.lora_tune import LAYER_VARIANTS, decode_case  # noqa: E402
 
-KERNELS = [name for name in dir(kl) if name.startswith("_") and name.endswith("_kernel")]
+MODULES = (kl, ka)
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
 
 
-def capture_layer(batch: int = 256, v_width: int = 256) -> list[tuple[str, object, dict, dict]]:
-    """(kernel name, kernel, {param: value}, launch options) of every launch of one decode layer."""
-    gen = torch.Generator().manual_seed(0)
-    groups, _, pool, page_table, _, _, seg_slot, indptr, scales = decode_case(4, batch, gen, "cpu", torch.bfloat16)
+def kernel_names(module) -> list[str]:
+    return [n for n in dir(module) if n.startswith("_") and n.endswith("_kernel")]
+
+
+@contextmanager
+def captured():
+    """Within the block, every Triton kernel of kernels/lora.py and kernels/attention.py records its
+    launches (kernel name, kernel, {param: value}, launch options) in the yielded list instead of running."""
     launches = []
 
     class Capture:
@@ -56,21 +64,60 @@ def capture_layer(batch: int = 256, v_width: int = 256) -> list[tuple[str, objec
                 launches.append((self.name, self.fn, params, opts))
             return launch
 
-    saved = {name: getattr(kl, name) for name in KERNELS}
+    saved = [(m, n, getattr(m, n)) for m in MODULES for n in kernel_names(m)]
     try:
-        for name, fn in saved.items():
-            setattr(kl, name, Capture(name, fn))
-        plan = torch.zeros(kl.PLAN_ROWS, batch, dtype=torch.int32)
-        for g in groups:
-            x = torch.zeros(batch, g.K, dtype=torch.bfloat16)
-            y = torch.zeros(batch, sum(g.n_out), dtype=torch.bfloat16)
-            v = torch.zeros(batch, len(g.n_out), v_width)
-            kl.lora_apply(y, x, v, pool, page_table, g.a_off, g.b_off, g.ranks, scales, indptr, seg_slot,
-                          g.out_offsets, max_seg_len=1, aligned=True, plan=plan)
+        for m, n, fn in saved:
+            setattr(m, n, Capture(n, fn))
+        yield launches
     finally:
-        for name, fn in saved.items():
-            setattr(kl, name, fn)
-    return launches
+        for m, n, fn in saved:
+            setattr(m, n, fn)
+
+
+def decode_layer(batch: int = 256, v_width: int = 256) -> None:
+    """One Llama-2-7B decode layer's LoRA through lora_apply, as the engine calls it (plan given)."""
+    gen = torch.Generator().manual_seed(0)
+    groups, _, pool, page_table, _, _, seg_slot, indptr, scales = decode_case(4, batch, gen, "cpu", torch.bfloat16)
+    plan = torch.zeros(kl.PLAN_ROWS, batch, dtype=torch.int32)
+    for g in groups:
+        x = torch.zeros(batch, g.K, dtype=torch.bfloat16)
+        y = torch.zeros(batch, sum(g.n_out), dtype=torch.bfloat16)
+        v = torch.zeros(batch, len(g.n_out), v_width)
+        kl.lora_apply(y, x, v, pool, page_table, g.a_off, g.b_off, g.ranks, scales, indptr, seg_slot,
+                      g.out_offsets, max_seg_len=1, aligned=True, plan=plan)
+
+
+def other_paths() -> None:
+    """Every other GPU launch configuration: the decode plan, prefill LoRA (segments of tokens), the
+    generic (unaligned) decode LoRA, paged attention (decode one-pass and split, prefill), KV append."""
+    bf = torch.bfloat16
+    S, K, N, R, P = 6, 4096, [4096, 1024, 1024], 64, 131072
+    pool = torch.zeros(40, P, dtype=bf)
+    table = torch.zeros(S, 8, dtype=torch.int32)
+    offs = torch.zeros(S, 3, dtype=torch.int32)
+    ranks = torch.full((S, 3), 16, dtype=torch.int32)
+    scales = torch.ones(S)
+    out_offsets = [0, 4096, 5120, 6144]
+    for lens in ([64, 37, 128], [1] * 8):
+        T = sum(lens)
+        indptr = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+        slots = torch.arange(len(lens), dtype=torch.int32) % S
+        x, y, v = torch.zeros(T, K, dtype=bf), torch.zeros(T, 6144, dtype=bf), torch.zeros(T, 3, R)
+        kl.lora_apply(y, x, v, pool, table, offs, offs, ranks, scales, indptr, slots, out_offsets,
+                      max_seg_len=max(lens))          # aligned=False: prefill, or the generic decode kernels
+    kl.lora_decode_plan(indptr, slots, S)
+    Hq, Hkv, D, page = 32, 8, 128, 16
+    kv = torch.zeros(64, 2 * page * Hkv * D, dtype=bf)
+    for seqs, q_lens, hkv in (([300] * 8, [1] * 8, Hkv), ([5000], [1], 1), ([700, 33], [200, 33], Hkv)):
+        T = sum(q_lens)
+        q = torch.zeros(T, Hq, D, dtype=bf)
+        kvp = kv if hkv == Hkv else torch.zeros(64, 2 * page * hkv * D, dtype=bf)
+        seq = torch.tensor(seqs, dtype=torch.int32)
+        qind = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+        ka.paged_attention(q, kvp, page, hkv, torch.zeros(len(seqs), 320, dtype=torch.int32), seq, qind, D ** -0.5,
+                           torch.zeros_like(q), max_q_len=max(q_lens))
+    ka.kv_append(kv, page, torch.zeros(9, Hkv, D, dtype=bf), torch.zeros(9, Hkv, D, dtype=bf),
+                 torch.zeros(9, dtype=torch.int32))
 
 
 def compile_launch(fn, params: dict, opts: dict, arch: int) -> dict:
@@ -111,19 +158,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--variants", choices=["all", "default"], default="all")
+    ap.add_argument("--variants", choices=["all", "default"], default="all",
+                    help="DECODE_CFG variants of the decode layer: all of LAYER_VARIANTS, or the default")
+    ap.add_argument("--all-kernels", action="store_true",
+                    help="also every other launch configuration (plan, prefill, generic decode, attention)")
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("unset TRITON_INTERPRET: this compiles the GPU launch configuration")
     default = dict(kl.DECODE_CFG)
     variants = [{}] if args.variants == "default" else [{}] + [v for v in LAYER_VARIANTS if v]
     rows, seen = [], {}
-    for var in variants:
+    for var in variants + ([None] if args.all_kernels else []):
         kl.DECODE_CFG.update(default)
-        kl.DECODE_CFG.update(var)
-        for name, fn, params, opts in capture_layer():
-            if name in ("_decode_plan_kernel", "_decode_tiles_kernel"):
-                continue
+        kl.DECODE_CFG.update(var or {})
+        with captured() as launches:
+            decode_layer() if var is not None else other_paths()
+        for name, fn, params, opts in launches:
             consts = {p.name: params[p.name] for p in fn.params if p.is_constexpr}
             key = (name, json.dumps(consts, sort_keys=True, default=str), json.dumps(opts, sort_keys=True))
             if key not in seen:
