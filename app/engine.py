@@ -130,6 +130,9 @@ class Engine:
                 raise ValueError(f"token ids {bad[:5]} are outside the vocabulary (size {self.args.vocab_size})")
         if not ids:
             raise ValueError("the prompt is empty")
+        bad = [t for t in params.logit_bias or {} if t >= self.args.vocab_size]
+        if bad:
+            raise ValueError(f"logit_bias token ids {bad[:5]} are outside the vocabulary (size {self.args.vocab_size})")
         if len(ids) + params.max_tokens > self.max_model_len:
             raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                              f"maximum context length {self.max_model_len}")

@@ -59,6 +59,10 @@ class _SamplingFields(BaseModel):
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    logit_bias: dict[str, float] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -81,7 +85,9 @@ class _SamplingFields(BaseModel):
         seed = None if self.seed is None else self.seed + index
         return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
                               top_k=self.top_k, seed=seed, stop=self.stop,
-                              stop_token_ids=list(self.stop_token_ids or []), ignore_eos=self.ignore_eos)
+                              stop_token_ids=list(self.stop_token_ids or []), ignore_eos=self.ignore_eos,
+                              presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                              repetition_penalty=self.repetition_penalty, logit_bias=self.logit_bias)
 
     @property
     def include_usage(self) -> bool:

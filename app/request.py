@@ -19,12 +19,31 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     detokenize: bool = True     # False: token ids only (no text, no stop strings), as in vLLM
+    # Penalties and biases on the logits, before temperature / top-k / top-p (greedy too), as vLLM:
+    # repetition (HF / CTRL: a logit of a token seen in the prompt or output is divided by it if positive,
+    # else multiplied), then frequency (minus it times the token's count in the output) and presence
+    # (minus it once if the token is in the output), then logit_bias (token id -> added value).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = [s for s in (self.stop or []) if s]
+        if self.logit_bias is not None:
+            try:
+                self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+            except (TypeError, ValueError, AttributeError):
+                raise ValueError(f"logit_bias must map token ids to numbers, got {self.logit_bias!r}") from None
         self.validate()
+
+    @property
+    def penalized(self) -> bool:
+        """Whether sampling needs the request's tokens so far (penalties) or changes logits (bias)."""
+        return (self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
+                or bool(self.logit_bias))
 
     def validate(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -37,6 +56,14 @@ class SamplingParams:
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if self.stop and not self.detokenize:
             raise ValueError("stop strings need detokenize=True")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if not 0 < self.repetition_penalty < float("inf"):
+            raise ValueError(f"repetition_penalty must be a positive number, got {self.repetition_penalty}")
+        for tok, bias in (self.logit_bias or {}).items():
+            if tok < 0 or not -100.0 <= bias <= 100.0:
+                raise ValueError(f"logit_bias {tok}: {bias} needs a token id >= 0 and a bias in [-100, 100]")
 
 
 class RequestStatus(enum.Enum):

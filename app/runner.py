@@ -53,6 +53,7 @@ class ModelRunner:
         self.adapters: dict[str, PackedAdapter] = {}
         self.adapter_pages: dict[str, list[int]] = {}
         self.generators: dict[str, torch.Generator] = {}
+        self.history: dict[str, list[int]] = {}     # penalized requests' tokens so far (prompt + output)
         self._seed_rng = random.Random(cfg.seed)
         self.copy_stream = torch.cuda.Stream() if self.device == "cuda" else None
         self._prefetch_event = None
@@ -107,6 +108,10 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> list[int]:
         for rid in out.finished_ids + out.preempted_ids:
             self.generators.pop(rid, None)
+            self.history.pop(rid, None)
+        for s in out.seqs:   # the tokens so far of requests whose sampling looks at them (penalties)
+            if s.params.penalized:
+                self.history[s.request_id] = self.history.get(s.request_id, [])[:s.start_pos] + s.token_ids
         self._load_adapters(out)
         if not out.seqs:
             return []
@@ -123,10 +128,11 @@ class ModelRunner:
                 logits = self.model.logits(hidden[batch.sample_rows])
             if self.tp.rank != 0:
                 return []
-            params = [s.params for s in out.seqs if s.sample]
+            sampled = [s for s in out.seqs if s.sample]
             gens = [self._generator(s.request_id, s.params.seed) if s.params.temperature > 0 else None
-                    for s in out.seqs if s.sample]
-            return sample(logits, params, gens)
+                    for s in sampled]
+            seen = [(self.history[s.request_id], s.prompt_len) if s.params.penalized else None for s in sampled]
+            return sample(logits, [s.params for s in sampled], gens, seen)
 
     def _load_adapters(self, out: SchedulerOutput) -> None:
         """Adapters this step uses are copied on the compute stream; prefetched ones (for queued

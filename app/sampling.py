@@ -1,5 +1,5 @@
-"""Token sampling: greedy, temperature, top-k, top-p, each request with its own torch.Generator so
-that a seeded request gives the same tokens whatever else is in the batch."""
+"""Token sampling: penalties and logit bias, then greedy, temperature, top-k, top-p, each request with
+its own torch.Generator so that a seeded request gives the same tokens whatever else is in the batch."""
 
 from __future__ import annotations
 
@@ -8,14 +8,39 @@ import torch
 from app.request import SamplingParams
 
 
-def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:
-    """logits: [n, vocab] float32, one row per request that emits a token this step."""
-    greedy = logits.argmax(-1)
-    out = greedy.tolist()
+def apply_penalties(row: torch.Tensor, p: SamplingParams, tokens: list[int], prompt_len: int) -> torch.Tensor:
+    """One request's logits [vocab] after its penalties and bias (see SamplingParams), as vLLM:
+    repetition over prompt + output tokens, frequency / presence over output tokens, then logit_bias."""
+    row = row.clone()
+    if p.repetition_penalty != 1 and tokens:
+        ids = torch.tensor(sorted(set(tokens)), dtype=torch.long, device=row.device)
+        seen = row[ids]
+        row[ids] = torch.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
+    out = tokens[prompt_len:]
+    if out and (p.frequency_penalty or p.presence_penalty):
+        counts = torch.bincount(torch.tensor(out, dtype=torch.long, device=row.device),
+                                minlength=row.shape[-1])[:row.shape[-1]].to(row.dtype)
+        row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
+    if p.logit_bias:
+        ids = torch.tensor(list(p.logit_bias), dtype=torch.long, device=row.device)
+        row[ids] += torch.tensor(list(p.logit_bias.values()), dtype=row.dtype, device=row.device)
+    return row
+
+
+def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+           seen: list[tuple[list[int], int] | None] | None = None) -> list[int]:
+    """logits: [n, vocab] float32, one row per request that emits a token this step; seen[i]: request i's
+    (prompt + output tokens so far, prompt length) when its params are `penalized`, else None."""
+    seen = seen or [None] * len(params)
+    rows = {i: apply_penalties(logits[i], p, *seen[i]) for i, p in enumerate(params) if p.penalized}
+    out = logits.argmax(-1).tolist()
     for i, p in enumerate(params):
+        row = rows.get(i, logits[i])
         if p.temperature == 0:
+            if i in rows:
+                out[i] = int(row.argmax())
             continue
-        row = logits[i] / p.temperature
+        row = row / p.temperature
         if p.top_k > 0 and p.top_k < row.shape[-1]:
             kth = torch.topk(row, p.top_k).values[-1]
             row = row.masked_fill(row < kth, float("-inf"))

@@ -38,6 +38,7 @@ class ScheduledSeq:
     adapter: str | None
     sample: bool                # this step reaches the end of the known tokens: emit one token
     params: SamplingParams
+    prompt_len: int = 0         # tokens [0, prompt_len) are the prompt (the sampler's penalties need it)
 
 
 @dataclass
@@ -177,7 +178,7 @@ class Scheduler:
             out.seqs.append(ScheduledSeq(
                 request_id=req.request_id, token_ids=req.token_slice(start, n), start_pos=start,
                 kv_pages=list(self.pool.kv_pages(req.request_id)), adapter=req.adapter,
-                sample=start + n == req.num_tokens, params=req.params))
+                sample=start + n == req.num_tokens, params=req.params, prompt_len=len(req.prompt_token_ids)))
         return out
 
     def _early_abort(self) -> None:

@@ -357,3 +357,99 @@ def test_warmup_with_few_seqs_short_context_and_a_tight_pool(demo, caplog):
     assert "warmup without a rank-8 adapter" in caplog.text
     _assert_clean(tiny.engine)
     assert [o.token_ids for o in tiny.generate(prompts, greedy(5))] == want
+
+
+def _hf_penalized_greedy(ref, ids: list[int], adapter: str | None, n: int, p: SamplingParams) -> list[int]:
+    """transformers + PEFT greedy decoding with the penalties applied outside the engine: HF's own
+    RepetitionPenaltyLogitsProcessor over prompt + output, then frequency / presence over the output and
+    the logit bias, written out here (no KV cache: short sequences)."""
+    import contextlib
+
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    seq, out = list(ids), []
+    if adapter is not None:
+        ref.model.set_adapter(adapter)
+    with torch.no_grad(), (ref.model.disable_adapter() if adapter is None else contextlib.nullcontext()):
+        for _ in range(n):
+            logits = ref.model(input_ids=torch.tensor([seq])).logits[0, -1].float()
+            logits = RepetitionPenaltyLogitsProcessor(p.repetition_penalty)(torch.tensor([seq]), logits[None])[0]
+            for t in set(out):
+                logits[t] -= p.frequency_penalty * out.count(t) + p.presence_penalty
+            for t, b in (p.logit_bias or {}).items():
+                logits[t] += b
+            out.append(int(logits.argmax()))
+            seq.append(out[-1])
+    return out
+
+
+def test_penalties_and_logit_bias_equal_hf(demo, llm, monkeypatch):
+    """presence / frequency / repetition penalties and logit_bias (greedy, float32) give the tokens of
+    transformers + PEFT with the same penalties, in one batch with unpenalized requests (which keep their
+    own tokens), and again through a pool so small that requests are preempted and recomputed; at every
+    sampling the tokens the penalties see are exactly the request's prompt and output so far."""
+    import app.runner
+    from tests.models import HFReference
+
+    checked = []
+
+    def checking_sample(logits, params, gens, seen):
+        for p, s in zip(params, seen):
+            if p.penalized:
+                req = next(r for r in engine.engine.requests.values() if r.params is p)
+                assert s == (req.all_token_ids, len(req.prompt_token_ids)), (req.request_id, s)
+                checked.append(req.num_preemptions)
+        return sample(logits, params, gens, seen)
+
+    sample = app.runner.sample
+    monkeypatch.setattr(app.runner, "sample", checking_sample)
+
+    names = ["demo-r4-attn", None, "demo-r8-mlp"]
+    ref = HFReference(demo / "model", {n: demo / "adapters" / n for n in names if n})
+    prompts = [[5, 9, 11, 5, 9, 40, 3], [8, 2, 33, 2], [61, 7, 7, 19, 4, 4, 30]]
+    cases = [dict(repetition_penalty=1.5), dict(frequency_penalty=1.2), dict(presence_penalty=1.5),
+             dict(repetition_penalty=0.7, frequency_penalty=-0.5, presence_penalty=0.3, logit_bias={17: 4.0, 3: -100})]
+    reqs = [(ids, a, greedy(10, **kw)) for kw in cases for ids, a in zip(prompts, names)]
+    want = [_hf_penalized_greedy(ref, ids, a, 10, p) for ids, a, p in reqs]
+    plain = [o.token_ids for o in llm.generate(prompts, greedy(10), names)]
+    assert sum(w != plain[i % 3] for i, w in enumerate(want)) >= 6, "the penalties should change most outputs"
+    used = {n: str(demo / "adapters" / n) for n in names if n}
+    probe = LLM(model=str(demo / "model"), adapters=used, device="cpu", dtype="float32", pool={"page_size": 4})
+    pages = sum(i.num_pages for i in probe.engine.adapters.values()) + 30   # KV room for about 6 of 15 requests
+    small = LLM(model=str(demo / "model"), adapters=used, device="cpu", dtype="float32",
+                pool={"page_size": 4, "num_pages": pages}, scheduler={"max_num_batched_tokens": 64})
+    for engine in (llm, small):
+        outs = engine.generate([r[0] for r in reqs] + prompts, [r[2] for r in reqs] + [greedy(10)] * 3,
+                               [r[1] for r in reqs] + names)
+        assert [o.token_ids for o in outs[:len(reqs)]] == want
+        assert [o.token_ids for o in outs[len(reqs):]] == plain
+    assert engine.engine.scheduler.num_preemptions > 0, "the small pool was meant to preempt"
+    assert any(checked), "no penalized request was sampled after a preemption"
+    with pytest.raises(ValueError, match="logit_bias"):
+        llm.generate([[1, 2]], greedy(2, logit_bias={10 ** 6: 1.0}))
+
+
+def test_apply_penalties_matches_hf_processors():
+    """The penalty arithmetic on random logits of both signs against transformers' repetition-penalty
+    processor (prompt + output) and the OpenAI definition of frequency / presence (output counts)."""
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from app.sampling import apply_penalties
+
+    gen = torch.Generator().manual_seed(0)
+    for rp, fp, pp in ((1.3, 0.0, 0.0), (0.6, 0.0, 0.0), (1.0, 0.7, 0.0), (1.0, 0.0, -1.1), (1.8, -0.4, 0.9)):
+        logits = torch.randn(50, generator=gen) * 3
+        tokens = torch.randint(0, 50, (30,), generator=gen).tolist()
+        p = SamplingParams(temperature=0.0, repetition_penalty=rp, frequency_penalty=fp, presence_penalty=pp,
+                           logit_bias={4: 2.5, 9: -100})
+        want = RepetitionPenaltyLogitsProcessor(rp)(torch.tensor([tokens]), logits[None].clone())[0]
+        out = tokens[12:]
+        for t in set(out):
+            want[t] -= fp * out.count(t) + pp
+        want[4] += 2.5
+        want[9] -= 100
+        got = apply_penalties(logits, p, tokens, 12)
+        torch.testing.assert_close(got, want)
+        assert not torch.equal(got, logits)

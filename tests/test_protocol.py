@@ -21,13 +21,23 @@ def test_completion_request_maps_to_sampling_params():
     assert (sp.max_tokens, sp.temperature, sp.top_p, sp.top_k, sp.seed, sp.stop, sp.ignore_eos) == \
         (5, 0.5, 0.9, 4, 4, ["x"], True)
     assert r.to_sampling_params(5, index=0).seed == 3
+    r = CompletionRequest(model="m", prompt="hi", presence_penalty=0.5, frequency_penalty=-1, repetition_penalty=1.2,
+                          logit_bias={"7": -100, "12": 3.5})
+    sp = r.to_sampling_params(4)
+    assert (sp.presence_penalty, sp.frequency_penalty, sp.repetition_penalty, sp.logit_bias) == \
+        (0.5, -1.0, 1.2, {7: -100.0, 12: 3.5})
+    assert sp.penalized and not CompletionRequest(model="m", prompt="x").to_sampling_params(4).penalized
+    for bad in ({"12x": 1.0}, {"3": 101}, {"-1": 1.0}):   # refused when the engine's parameters are made
+        with pytest.raises(ValueError):
+            CompletionRequest(model="m", prompt="hi", logit_bias=bad).to_sampling_params(4)
     assert CompletionRequest(model="m", prompt=[1, 2]).prompts() == [[1, 2]]
     assert CompletionRequest(model="m", prompt=[[1], [2, 3]]).prompts() == [[1], [2, 3]]
     assert CompletionRequest(model="m", prompt=["a", "b"]).prompts() == ["a", "b"]
 
 
 @pytest.mark.parametrize("bad", [{"max_tokens": 0}, {"temperature": -0.1}, {"top_p": 0}, {"n": 0}, {"echo": True},
-                                 {"logprobs": 2}, {"prompt": []}, {"stream_options": {"include_usage": True}}])
+                                 {"logprobs": 2}, {"prompt": []}, {"stream_options": {"include_usage": True}},
+                                 {"presence_penalty": 2.5}, {"frequency_penalty": -3}, {"repetition_penalty": 0}])
 def test_completion_request_refuses(bad):
     with pytest.raises(ValidationError):
         CompletionRequest(**({"model": "m", "prompt": "x"} | bad))

@@ -194,6 +194,13 @@ def test_n_seed_stop_top_k(client, llm):
                                   stop=[stop], extra_body={"ignore_eos": True})
     assert r.choices[0].text == ref[:ref.find(stop)]
     assert r.choices[0].finish_reason == "stop"
+    # penalties and logit_bias, as the openai client sends them, give the offline engine's tokens
+    kw = dict(presence_penalty=1.5, frequency_penalty=0.8, logit_bias={"17": 3.0})
+    r = client.completions.create(model="demo-r8-mlp", prompt="The quick brown fox", max_tokens=12, temperature=0,
+                                  extra_body={"ignore_eos": True, "repetition_penalty": 1.3}, **kw)
+    want = greedy(llm, "The quick brown fox", "demo-r8-mlp", 12, ignore_eos=True, repetition_penalty=1.3,
+                  presence_penalty=1.5, frequency_penalty=0.8, logit_bias={17: 3.0}).text
+    assert r.choices[0].text == want != ref[:len(want)]
 
 
 def test_group_stream_coalesces_tokens_without_changing_them(service, llm):
@@ -248,6 +255,9 @@ def test_errors(http, client):
     e = _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "hello " * 600, "max_tokens": 8}), 400)
     assert "context length" in e["message"]
     _err(http.post("/v1/completions", json={"model": MODEL, "prompt": [10**6], "max_tokens": 2}), 400)
+    for bad in ({"logit_bias": {"1000000": 1}}, {"logit_bias": {"x": 1}}, {"presence_penalty": 3},
+                {"repetition_penalty": 0}):
+        _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2, **bad}), 400)
     e = _err(http.post("/v1/chat/completions", json={"model": "no-such-adapter",
                                                      "messages": [{"role": "user", "content": "hi"}]}), 404)
     assert "no-such-adapter" in e["message"]
