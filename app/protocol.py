@@ -149,6 +149,7 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     tools: list | None = None
+    response_format: dict | None = None
 
     @model_validator(mode="after")
     def _unsupported(self):
@@ -156,6 +157,9 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("logprobs is not supported")
         if self.tools:
             raise ValueError("tools are not supported")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise ValueError(f"response_format {self.response_format.get('type')!r} is not supported (only 'text': "
+                             "output is not constrained)")
         if self.max_tokens is None and self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self

@@ -53,6 +53,10 @@ def test_chat_request():
         ChatCompletionRequest(model="m", messages=[])
     with pytest.raises(ValidationError):
         ChatCompletionRequest(model="m", messages=[{"role": "wizard", "content": "x"}])
+    msgs = [{"role": "user", "content": "x"}]
+    assert ChatCompletionRequest(model="m", messages=msgs, response_format={"type": "text"}).chat() == msgs
+    with pytest.raises(ValidationError, match="json_object"):
+        ChatCompletionRequest(model="m", messages=msgs, response_format={"type": "json_object"})
 
 
 def test_error_body_shape():
