@@ -91,13 +91,13 @@ def other_paths() -> None:
     """Every other GPU launch configuration: the decode plan, prefill LoRA (segments of tokens), the
     generic (unaligned) decode LoRA, paged attention (decode one-pass and split, prefill), KV append."""
     bf = torch.bfloat16
-    S, K, N, R, P = 6, 4096, [4096, 1024, 1024], 64, 131072
+    S, K, R, P = 6, 4096, 64, 131072
     pool = torch.zeros(40, P, dtype=bf)
     table = torch.zeros(S, 8, dtype=torch.int32)
     offs = torch.zeros(S, 3, dtype=torch.int32)
     ranks = torch.full((S, 3), 16, dtype=torch.int32)
     scales = torch.ones(S)
-    out_offsets = [0, 4096, 5120, 6144]
+    out_offsets = [0, 4096, 5120, 6144]          # q / k / v of 32 query and 8 KV heads of 128
     for lens in ([64, 37, 128], [1] * 8):
         T = sum(lens)
         indptr = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
