@@ -1,7 +1,7 @@
 """The engine: adapters registry, request queue and the step loop.
 
     step():  out = scheduler.schedule()            # which tokens of which requests, adapter loads
-             tokens = executor.execute(out)        # every rank runs the forward pass; rank 0 samples
+             tokens, logprobs = executor.execute(out)   # every rank runs the forward pass; rank 0 samples
              scheduler.update(out, tokens)         # advance requests; stop checks; free finished
 
 `executor` is this process's `ModelRunner` (one device), or anything with the same methods
@@ -159,12 +159,12 @@ class Engine:
     # ---- the step --------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         out = self.scheduler.schedule()
-        tokens = self.executor.execute(out)
+        tokens, logprobs = self.executor.execute(out)
         self.steps += 1
         self.last_step_adapters = len({s.adapter for s in out.seqs if s.adapter})
         now = time.monotonic()
         outputs = []
-        for req in self.scheduler.update(out, self.requests, tokens):
+        for req in self.scheduler.update(out, self.requests, tokens, logprobs):
             if req.first_token_time is None:
                 req.first_token_time = now
             reason = self._check_stop(req)
@@ -206,6 +206,8 @@ class Engine:
         delta_text = req.text[req.emitted_chars:visible] if visible > req.emitted_chars else ""
         req.emitted_chars = max(req.emitted_chars, visible)
         delta_ids = req.output_token_ids[req.emitted_tokens:]
+        lps = list(req.output_logprobs) if req.params.logprobs is not None else None
+        delta_lps = None if lps is None else lps[req.emitted_tokens:]
         req.emitted_tokens = len(req.output_token_ids)
         return RequestOutput(
             request_id=req.request_id, adapter=req.adapter, prompt=req.prompt,
@@ -214,7 +216,8 @@ class Engine:
             finish_reason=req.finish_reason,
             metrics={"arrival_time": req.arrival_time, "first_scheduled_time": req.first_scheduled_time,
                      "first_token_time": req.first_token_time, "finish_time": req.finish_time,
-                     "num_preemptions": req.num_preemptions})
+                     "num_preemptions": req.num_preemptions},
+            logprobs=lps, delta_logprobs=delta_lps)
 
     # ---- warm-up ---------------------------------------------------------------------------------
     def warmup(self) -> float:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.request import SamplingParams
+from app.request import MAX_LOGPROBS, SamplingParams, TokenLogprobs
 
 
 def random_id(prefix: str) -> str:
@@ -87,7 +87,12 @@ class _SamplingFields(BaseModel):
                               top_k=self.top_k, seed=seed, stop=self.stop,
                               stop_token_ids=list(self.stop_token_ids or []), ignore_eos=self.ignore_eos,
                               presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-                              repetition_penalty=self.repetition_penalty, logit_bias=self.logit_bias)
+                              repetition_penalty=self.repetition_penalty, logit_bias=self.logit_bias,
+                              logprobs=self.num_logprobs())
+
+    def num_logprobs(self) -> int | None:
+        """Alternatives per token to return with log-probabilities (None: no logprobs)."""
+        return None
 
     @property
     def include_usage(self) -> bool:
@@ -97,16 +102,17 @@ class _SamplingFields(BaseModel):
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
     best_of: int | None = None
+
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
 
     @model_validator(mode="after")
     def _unsupported(self):
         if self.echo:
             raise ValueError("echo is not supported")
-        if self.logprobs is not None:
-            raise ValueError("logprobs is not supported")
         if self.suffix:
             raise ValueError("suffix is not supported")
         if self.best_of is not None and self.best_of != self.n:
@@ -148,13 +154,17 @@ class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     tools: list | None = None
     response_format: dict | None = None
 
+    def num_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     @model_validator(mode="after")
     def _unsupported(self):
-        if self.logprobs:
-            raise ValueError("logprobs is not supported")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs to be true")
         if self.tools:
             raise ValueError("tools are not supported")
         if self.response_format and self.response_format.get("type", "text") != "text":
@@ -188,7 +198,7 @@ class UsageInfo(BaseModel):
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: dict | None = None
     finish_reason: str | None = None
 
 
@@ -209,7 +219,7 @@ class ChatMessageOut(BaseModel):
 class ChatChoice(BaseModel):
     index: int
     message: ChatMessageOut
-    logprobs: None = None
+    logprobs: dict | None = None
     finish_reason: str | None = None
 
 
@@ -230,7 +240,7 @@ class DeltaMessage(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: dict | None = None
     finish_reason: str | None = None
 
 
@@ -256,3 +266,22 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# ---- logprobs in the OpenAI formats ------------------------------------------------------------------
+def completion_logprobs(ids: list[int], lps: list[TokenLogprobs], decode, offset: int = 0) -> dict:
+    """Legacy completions `logprobs`: tokens, token_logprobs, top_logprobs (token text -> logprob) and
+    text_offset (where each token's text starts, from `offset`)."""
+    tokens = [decode([t]) for t in ids]
+    starts = [offset + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in lps],
+            "top_logprobs": [{decode([t]): v for t, v in lp.top} for lp in lps], "text_offset": starts}
+
+
+def chat_logprobs(ids: list[int], lps: list[TokenLogprobs], decode) -> dict:
+    """Chat `logprobs`: content = one entry per token, with its UTF-8 bytes and its top_logprobs."""
+    def entry(t: int, v: float) -> dict:
+        text = decode([t])
+        return {"token": text, "logprob": v, "bytes": list(text.encode("utf-8"))}
+    return {"content": [entry(t, lp.logprob) | {"top_logprobs": [entry(a, v) for a, v in lp.top]}
+                        for t, lp in zip(ids, lps)]}

@@ -7,6 +7,16 @@ import time
 from dataclasses import dataclass, field
 
 
+MAX_LOGPROBS = 20   # most likely alternatives per token that a request may ask for (OpenAI's limit)
+
+
+@dataclass
+class TokenLogprobs:
+    """One output token's log-probability and the `logprobs` most likely tokens there (id, logprob)."""
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
 @dataclass
 class SamplingParams:
     """As in vLLM. temperature 0 = greedy; top_k <= 0 and top_p = 1 disable those filters."""
@@ -27,6 +37,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logit_bias: dict[int, float] | None = None
+    # Log-probabilities of each output token (raw model distribution, before penalties and temperature, as
+    # vLLM's default) and of the `logprobs` most likely tokens at its position; None: not computed.
+    logprobs: int | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -61,6 +74,8 @@ class SamplingParams:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
         if not 0 < self.repetition_penalty < float("inf"):
             raise ValueError(f"repetition_penalty must be a positive number, got {self.repetition_penalty}")
+        if self.logprobs is not None and not (isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_LOGPROBS):
+            raise ValueError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
         for tok, bias in (self.logit_bias or {}).items():
             if tok < 0 or not -100.0 <= bias <= 100.0:
                 raise ValueError(f"logit_bias {tok}: {bias} needs a token id >= 0 and a bias in [-100, 100]")
@@ -84,6 +99,7 @@ class Request:
     num_computed_tokens: int = 0      # tokens whose K/V are in the pool
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: str | None = None  # "stop" | "length" | "abort"
+    output_logprobs: list[TokenLogprobs] = field(default_factory=list)   # when params.logprobs is set
     text: str = ""                    # detokenized output (stop string removed)
     emitted_chars: int = 0            # text already returned by streaming outputs
     emitted_tokens: int = 0
@@ -128,3 +144,5 @@ class RequestOutput:
     finished: bool
     finish_reason: str | None
     metrics: dict[str, float | None] = field(default_factory=dict)
+    logprobs: list[TokenLogprobs] | None = None         # per token of token_ids, when requested
+    delta_logprobs: list[TokenLogprobs] | None = None   # per token of delta_token_ids

@@ -19,6 +19,7 @@ from app.config import EngineConfig
 from app.lora.adapter import LORA_GROUPS, LoRAWeights, PackedAdapter, pack_adapter
 from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta, ParallelState
 from app.model.llama import LlamaForCausalLM, ModelArgs
+from app.request import TokenLogprobs
 from app.sampling import sample
 from app.scheduler import SchedulerOutput
 from kernels import get_backend
@@ -105,7 +106,9 @@ class ModelRunner:
         self.adapter_pages[name] = pages
 
     # ---- one step --------------------------------------------------------------------------------
-    def execute(self, out: SchedulerOutput) -> list[int]:
+    def execute(self, out: SchedulerOutput) -> tuple[list[int], list[TokenLogprobs | None]]:
+        """The sampled tokens (one per sequence with `sample`, in order; on tp-rank 0) and their
+        TokenLogprobs where requested."""
         for rid in out.finished_ids + out.preempted_ids:
             self.generators.pop(rid, None)
             self.history.pop(rid, None)
@@ -114,7 +117,7 @@ class ModelRunner:
                 self.history[s.request_id] = self.history.get(s.request_id, [])[:s.start_pos] + s.token_ids
         self._load_adapters(out)
         if not out.seqs:
-            return []
+            return [], []
         batch = self._host_batch(out)
         with torch.inference_mode():
             graph = self.graphs.runnable(batch) if self.graphs else None
@@ -124,10 +127,10 @@ class ModelRunner:
                 ctx, input_ids, positions = self._device_batch(batch)
                 hidden = self.model(input_ids, positions, ctx)
                 if self.tp.rank != 0 or not batch.sample_rows:
-                    return []
+                    return [], []
                 logits = self.model.logits(hidden[batch.sample_rows])
             if self.tp.rank != 0:
-                return []
+                return [], []
             sampled = [s for s in out.seqs if s.sample]
             gens = [self._generator(s.request_id, s.params.seed) if s.params.temperature > 0 else None
                     for s in sampled]

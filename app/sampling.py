@@ -3,9 +3,11 @@ its own torch.Generator so that a seeded request gives the same tokens whatever 
 
 from __future__ import annotations
 
+import struct
+
 import torch
 
-from app.request import SamplingParams
+from app.request import SamplingParams, TokenLogprobs
 
 
 def apply_penalties(row: torch.Tensor, p: SamplingParams, tokens: list[int], prompt_len: int) -> torch.Tensor:
@@ -28,10 +30,56 @@ def apply_penalties(row: torch.Tensor, p: SamplingParams, tokens: list[int], pro
 
 
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
-           seen: list[tuple[list[int], int] | None] | None = None) -> list[int]:
+           seen: list[tuple[list[int], int] | None] | None = None) -> tuple[list[int], list[TokenLogprobs | None]]:
     """logits: [n, vocab] float32, one row per request that emits a token this step; seen[i]: request i's
-    (prompt + output tokens so far, prompt length) when its params are `penalized`, else None."""
-    seen = seen or [None] * len(params)
+    (prompt + output tokens so far, prompt length) when its params are `penalized`, else None.
+    Returns the tokens and, for requests with `logprobs` set, their TokenLogprobs (else None)."""
+    tokens = _sample(logits, params, generators, seen or [None] * len(params))
+    return tokens, [None if p.logprobs is None else token_logprobs(logits[i], tokens[i], p.logprobs)
+                    for i, p in enumerate(params)]
+
+
+def token_logprobs(row: torch.Tensor, token: int, k: int) -> TokenLogprobs:
+    """log-softmax of the raw logits row: the token's value and the k largest (id, value), best first."""
+    lp = torch.log_softmax(row.float(), -1)
+    top = torch.topk(lp, k) if k else None
+    return TokenLogprobs(float(lp[token]), [] if top is None else list(zip(top.indices.tolist(), top.values.tolist())))
+
+
+def logprob_words(params: list[SamplingParams]) -> int:
+    """int64 words that `pack_logprobs` gives for these sampled requests' TokenLogprobs."""
+    return sum(1 + 2 * p.logprobs for p in params if p.logprobs is not None)
+
+
+def pack_logprobs(lps: list[TokenLogprobs | None]) -> list[int]:
+    """TokenLogprobs as int64 words (float64 bit patterns), for the tensor-parallel reply channel."""
+    def bits(x: float) -> int:
+        return struct.unpack("<q", struct.pack("<d", x))[0]
+    words = []
+    for lp in lps:
+        if lp is not None:
+            words.append(bits(lp.logprob))
+            for tok, v in lp.top:
+                words += [tok, bits(v)]
+    return words
+
+
+def unpack_logprobs(words: list[int], params: list[SamplingParams]) -> list[TokenLogprobs | None]:
+    def val(w: int) -> float:
+        return struct.unpack("<d", struct.pack("<q", w))[0]
+    out, i = [], 0
+    for p in params:
+        if p.logprobs is None:
+            out.append(None)
+            continue
+        k = p.logprobs
+        out.append(TokenLogprobs(val(words[i]), [(words[i + 1 + 2 * j], val(words[i + 2 + 2 * j])) for j in range(k)]))
+        i += 1 + 2 * k
+    return out
+
+
+def _sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+            seen: list[tuple[list[int], int] | None]) -> list[int]:
     rows = {i: apply_penalties(logits[i], p, *seen[i]) for i, p in enumerate(params) if p.penalized}
     out = logits.argmax(-1).tolist()
     for i, p in enumerate(params):

@@ -209,15 +209,19 @@ class Scheduler:
             out.prefetch.append(name)
             self.num_prefetches += 1
 
-    def update(self, out: SchedulerOutput, requests: dict[str, Request], tokens: list[int]) -> list[Request]:
-        """Advances the scheduled requests; appends the sampled tokens. Returns the requests that got a
-        token (the engine then checks their stop conditions)."""
-        it = iter(tokens)
+    def update(self, out: SchedulerOutput, requests: dict[str, Request], tokens: list[int],
+               logprobs: list | None = None) -> list[Request]:
+        """Advances the scheduled requests; appends the sampled tokens (and their TokenLogprobs, where
+        requested). Returns the requests that got a token (the engine then checks their stop conditions)."""
+        it = iter(zip(tokens, logprobs or [None] * len(tokens)))
         got = []
         for s in out.seqs:
             req = requests[s.request_id]
             req.num_computed_tokens = s.start_pos + len(s.token_ids)
             if s.sample:
-                req.output_token_ids.append(next(it))
+                tok, lp = next(it)
+                req.output_token_ids.append(tok)
+                if lp is not None:
+                    req.output_logprobs.append(lp)
                 got.append(req)
         return got

@@ -52,8 +52,9 @@ class _Cmd:
 
 def _merge(a: RequestOutput, b: RequestOutput) -> RequestOutput:
     """Two outputs of one request as one (coalescing, or a consumer slower than the step loop)."""
+    lps = None if b.delta_logprobs is None else (a.delta_logprobs or []) + b.delta_logprobs
     return dataclasses.replace(b, delta_text=a.delta_text + b.delta_text,
-                               delta_token_ids=a.delta_token_ids + b.delta_token_ids)
+                               delta_token_ids=a.delta_token_ids + b.delta_token_ids, delta_logprobs=lps)
 
 
 class _Stream:

@@ -33,7 +33,8 @@ from app.lora.adapter import AdapterError
 from app.protocol import (ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
                           ChatCompletionResponse, ChatMessageOut, CompletionChoice, CompletionRequest,
                           CompletionResponse, DeltaMessage, LoadLoRAAdapterRequest, ModelCard, ModelList,
-                          UnloadLoRAAdapterRequest, UsageInfo, error_body, random_id)
+                          UnloadLoRAAdapterRequest, UsageInfo, chat_logprobs, completion_logprobs, error_body,
+                          random_id)
 from app.request import RequestOutput
 from app.tokenizer import Tokenizer
 from deployments.metrics import ServiceCollector
@@ -106,6 +107,16 @@ class _Choice:
     released: bool = False                     # counted back out of the router's local in-flight
     finish_reason: str | None = None
     parts: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)   # output tokens with logprobs (when requested) ...
+    lps: list = field(default_factory=list)        # ... and their TokenLogprobs
+    lp_sent: int = 0                               # of them already in stream chunks
+    text_sent: int = 0                             # characters already in stream chunks
+
+    def take_logprobs(self) -> tuple[list[int], list, int]:
+        """The tokens and logprobs not yet streamed, and the text offset where they start."""
+        ids, lps, offset = self.ids[self.lp_sent:], self.lps[self.lp_sent:], self.text_sent
+        self.lp_sent = len(self.ids)
+        return ids, lps, offset
 
 
 @serve.ingress(api)
@@ -258,6 +269,9 @@ class OpenAIIngress:
         if not isinstance(out, RequestOutput):
             raise APIError(out.get("status", 500), out.get("error", "engine error"))
         c.num_tokens += len(out.delta_token_ids)
+        if out.delta_logprobs is not None:
+            c.ids += out.delta_token_ids
+            c.lps += out.delta_logprobs
         c.text += out.delta_text
         if out.finished:
             c.finish_reason = out.finish_reason
@@ -313,13 +327,18 @@ class OpenAIIngress:
         prompts = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in body.prompts()]
         choices = await self._start(body, prompts, adapter, default_max=16)
         rid, model, created = random_id("cmpl"), body.model, int(time.time())
+        decode = self.tokenizer.decode
         usage = self._usage_for(prompts, body.n)
         if body.stream:
             def chunk(c: _Choice, delta: str | None):
                 if delta is None:
                     return None
+                ids, lps, offset = c.take_logprobs()
+                c.text_sent += len(delta)
+                lp = None if body.logprobs is None else completion_logprobs(ids, lps, decode, offset)
                 return CompletionResponse(id=rid, created=created, model=model, choices=[CompletionChoice(
-                    index=c.index, text=delta, finish_reason=c.finish_reason)]).model_dump(exclude={"usage"})
+                    index=c.index, text=delta, logprobs=lp, finish_reason=c.finish_reason)]).model_dump(
+                        exclude={"usage"})
 
             def usage_chunk():
                 u = usage(choices)
@@ -328,7 +347,9 @@ class OpenAIIngress:
                                      media_type="text/event-stream")
         await self._collect(choices)
         return CompletionResponse(id=rid, created=created, model=model, usage=usage(choices), choices=[
-            CompletionChoice(index=c.index, text=c.text, finish_reason=c.finish_reason) for c in choices])
+            CompletionChoice(index=c.index, text=c.text, finish_reason=c.finish_reason,
+                             logprobs=None if body.logprobs is None else completion_logprobs(c.ids, c.lps, decode))
+            for c in choices])
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest, request: Request):
@@ -341,12 +362,14 @@ class OpenAIIngress:
         prompts = [ids]
         choices = await self._start(body, prompts, adapter, default_max=None)
         rid, model, created = random_id("chatcmpl"), body.model, int(time.time())
+        decode = self.tokenizer.decode
         usage = self._usage_for(prompts, body.n)
         if body.stream:
             def chunk(c: _Choice, delta: str | None):
                 d = DeltaMessage(role="assistant", content="") if delta is None else DeltaMessage(content=delta)
+                lp = chat_logprobs(*c.take_logprobs()[:2], decode) if body.logprobs and delta is not None else None
                 return ChatCompletionChunk(id=rid, created=created, model=model, choices=[ChatChunkChoice(
-                    index=c.index, delta=d, finish_reason=c.finish_reason)]).model_dump(exclude={"usage"})
+                    index=c.index, delta=d, logprobs=lp, finish_reason=c.finish_reason)]).model_dump(exclude={"usage"})
 
             def usage_chunk():
                 return ChatCompletionChunk(id=rid, created=created, model=model, choices=[],
@@ -355,7 +378,8 @@ class OpenAIIngress:
                                      media_type="text/event-stream")
         await self._collect(choices)
         return ChatCompletionResponse(id=rid, created=created, model=model, usage=usage(choices), choices=[
-            ChatChoice(index=c.index, message=ChatMessageOut(content=c.text), finish_reason=c.finish_reason)
+            ChatChoice(index=c.index, message=ChatMessageOut(content=c.text), finish_reason=c.finish_reason,
+                       logprobs=chat_logprobs(c.ids, c.lps, decode) if body.logprobs else None)
             for c in choices])
 
     @staticmethod

@@ -7,7 +7,7 @@ replica over torch.distributed, not over Ray calls.
     RankActor tp-rank 0 .. N-1  (control ranks 1..N)  run ModelRunner.execute(out) in a loop started once
         |  forward-pass collectives                                  (NCCL on GPU, gloo on CPU: ParallelState)
         v
-    tp-rank 0 sends [status, execute_ns, tokens...] back to the driver (control send/recv)
+    tp-rank 0 sends [status, execute_ns, tokens..., packed logprobs...] back to the driver (control send/recv)
 
 Adapters: `add_adapter` packs one S-LoRA-TP shard per rank, `ray.put`s each (the object store holds every
 adapter in host memory) and hands each actor only its own shard's ObjectRef; add/remove happen between
@@ -41,6 +41,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from app.config import EngineConfig
 from app.lora.adapter import LoRAWeights, PackedAdapter, pack_adapter
+from app.request import TokenLogprobs
+from app.sampling import logprob_words, pack_logprobs, unpack_logprobs
 from app.scheduler import SchedulerOutput
 
 HEAD_BYTES = 16 << 10            # first broadcast of a step: 8-byte length + the payload if it fits
@@ -106,6 +108,13 @@ class ControlChannel:
         self.pg.recv([t], 1, 0).wait()
         v = t.tolist()
         return v[0], v[1], v[2:]
+
+
+def _reply_words(out: SchedulerOutput) -> int:
+    """int64 words after [status, execute_ns] in tp-rank 0's reply to a step: its sampled tokens, then
+    their packed logprobs (app/sampling.py)."""
+    sampled = [s.params for s in out.seqs if s.sample]
+    return len(sampled) + logprob_words(sampled)
 
 
 @dataclass
@@ -203,10 +212,11 @@ class RankActor:
                     logits = forward_logits(self.runner, out[1])
                     tokens = list(logits.shape)
                 else:
-                    tokens = self.runner.execute(out)
+                    tokens, logprobs = self.runner.execute(out)
+                    tokens = tokens + pack_logprobs(logprobs)   # empty unless a request asked for logprobs
             except BaseException:
                 if self.rank == 0:   # the reply has the size the driver expects
-                    n = 2 if want_logits else sum(1 for s in out.seqs if s.sample)
+                    n = 2 if want_logits else _reply_words(out)
                     self.ctrl.send_reply(STATUS_ERROR, 0, [0] * n)
                 elif self.device == "cpu":
                     dist.destroy_process_group()   # closes gloo pairs: tp-rank 0 fails instead of hanging
@@ -317,17 +327,16 @@ class TPExecutor:
         self._loops = [a.run_loop.remote() for a in self._actors]
 
     # ---- the step --------------------------------------------------------------------------------
-    def execute(self, out: SchedulerOutput) -> list[int]:
+    def execute(self, out: SchedulerOutput) -> tuple[list[int], list[TokenLogprobs | None]]:
         if self._failed is not None or self._ch is None:
             raise RuntimeError("the tensor-parallel group is not running") from self._failed
         if not (out.seqs or out.adapter_loads or out.finished_ids or out.preempted_ids):
-            return []
-        num_tokens = sum(1 for s in out.seqs if s.sample)
+            return [], []
         t0 = time.perf_counter()
         size = self._ch.send(out)
         t1 = time.perf_counter()
         try:
-            status, execute_ns, tokens = self._ch.recv_reply(num_tokens)
+            status, execute_ns, tokens = self._ch.recv_reply(_reply_words(out))
         except Exception as e:   # tp-rank 0's process died: its pair closed
             self._failed = e
             raise RuntimeError("tensor-parallel rank 0 is gone") from e
@@ -341,7 +350,8 @@ class TPExecutor:
         c.execute_s += execute_ns * 1e-9
         c.payload_bytes += size
         c.split_messages += size > self.head_bytes - 8
-        return tokens
+        sampled = [s.params for s in out.seqs if s.sample]
+        return tokens[:len(sampled)], unpack_logprobs(tokens[len(sampled):], sampled)
 
     def logits(self, out: SchedulerOutput) -> torch.Tensor:
         """float32 logits [sequences with sample=True, vocab] of one step, from tp-rank 0, without sampling

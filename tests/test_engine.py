@@ -106,7 +106,7 @@ def test_continuous_batching_mixes_prefill_decode_and_base(llm):
     out = e.scheduler.schedule()
     kinds = {(s.request_id, len(s.token_ids), s.adapter) for s in out.seqs}
     assert kinds == {(a, 1, "demo-r1-qv"), (b, 9, None)}
-    e.scheduler.update(out, e.requests, e.executor.execute(out))
+    e.scheduler.update(out, e.requests, *e.executor.execute(out))
     while e.has_unfinished():
         e.step()
     assert e.is_idle_clean()
@@ -453,3 +453,36 @@ def test_apply_penalties_matches_hf_processors():
         got = apply_penalties(logits, p, tokens, 12)
         torch.testing.assert_close(got, want)
         assert not torch.equal(got, logits)
+
+
+def test_logprobs_equal_hf(demo, llm):
+    """`logprobs=k`: each output token's log-probability and the k most likely tokens there equal the
+    log-softmax of transformers + PEFT's logits at that position (raw model distribution: penalties and
+    temperature do not change them), in a batch with requests that ask for none."""
+    import contextlib
+
+    import torch
+
+    from tests.models import HFReference
+
+    names = ["demo-r8-mlp", None]
+    ref = HFReference(demo / "model", {"demo-r8-mlp": demo / "adapters" / "demo-r8-mlp"})
+    prompts = [[5, 9, 11, 40, 3], [8, 2, 33, 2, 7, 7]]
+    params = [greedy(6, logprobs=3), SamplingParams(max_tokens=6, temperature=0.9, seed=5, logprobs=0, ignore_eos=True,
+                                                    frequency_penalty=1.0)]
+    outs = llm.generate(prompts + prompts, params + [greedy(6)] * 2, names + names)
+    assert outs[2].logprobs is None and outs[3].logprobs is None
+    for o, ids, name, p in zip(outs, prompts, names, params):
+        assert len(o.logprobs) == len(o.token_ids) == 6
+        seq = list(ids)
+        if name:
+            ref.model.set_adapter(name)
+        for tok, lp in zip(o.token_ids, o.logprobs):
+            with torch.no_grad(), (ref.model.disable_adapter() if name is None else contextlib.nullcontext()):
+                want = torch.log_softmax(ref.model(input_ids=torch.tensor([seq])).logits[0, -1].float(), -1)
+            assert abs(lp.logprob - float(want[tok])) < 1e-4
+            top = torch.topk(want, p.logprobs)
+            assert [t for t, _ in lp.top] == top.indices.tolist()
+            assert all(abs(v - w) < 1e-4 for (_, v), w in zip(lp.top, top.values.tolist()))
+            seq.append(tok)
+    assert outs[0].logprobs[0].logprob >= outs[0].logprobs[0].top[1][1]   # greedy: the top token

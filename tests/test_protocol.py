@@ -36,7 +36,7 @@ def test_completion_request_maps_to_sampling_params():
 
 
 @pytest.mark.parametrize("bad", [{"max_tokens": 0}, {"temperature": -0.1}, {"top_p": 0}, {"n": 0}, {"echo": True},
-                                 {"logprobs": 2}, {"prompt": []}, {"stream_options": {"include_usage": True}},
+                                 {"logprobs": 21}, {"prompt": []}, {"stream_options": {"include_usage": True}},
                                  {"presence_penalty": 2.5}, {"frequency_penalty": -3}, {"repetition_penalty": 0}])
 def test_completion_request_refuses(bad):
     with pytest.raises(ValidationError):
@@ -57,6 +57,29 @@ def test_chat_request():
     assert ChatCompletionRequest(model="m", messages=msgs, response_format={"type": "text"}).chat() == msgs
     with pytest.raises(ValidationError, match="json_object"):
         ChatCompletionRequest(model="m", messages=msgs, response_format={"type": "json_object"})
+    # logprobs: chat's bool + top_logprobs and completions' int both become SamplingParams.logprobs
+    assert ChatCompletionRequest(model="m", messages=msgs).to_sampling_params(3).logprobs is None
+    assert ChatCompletionRequest(model="m", messages=msgs, logprobs=True).to_sampling_params(3).logprobs == 0
+    assert ChatCompletionRequest(model="m", messages=msgs, logprobs=True, top_logprobs=4).to_sampling_params(3).logprobs == 4
+    assert CompletionRequest(model="m", prompt="x", logprobs=2).to_sampling_params(3).logprobs == 2
+    for bad in ({"top_logprobs": 2}, {"logprobs": True, "top_logprobs": 21}):
+        with pytest.raises(ValidationError):
+            ChatCompletionRequest(model="m", messages=msgs, **bad)
+
+
+def test_logprobs_formats():
+    from app.protocol import chat_logprobs, completion_logprobs
+    from app.request import TokenLogprobs
+
+    words = {1: "a", 2: "bc", 3: "é"}
+    decode = lambda ids: "".join(words[i] for i in ids)   # noqa: E731
+    lps = [TokenLogprobs(-0.5, [(1, -0.5), (3, -1.5)]), TokenLogprobs(-0.25, [(2, -0.25), (1, -2.0)])]
+    assert completion_logprobs([1, 2], lps, decode, offset=4) == {
+        "tokens": ["a", "bc"], "token_logprobs": [-0.5, -0.25],
+        "top_logprobs": [{"a": -0.5, "é": -1.5}, {"bc": -0.25, "a": -2.0}], "text_offset": [4, 5]}
+    c = chat_logprobs([3], [TokenLogprobs(-0.1, [(3, -0.1)])], decode)["content"]
+    assert c == [{"token": "é", "logprob": -0.1, "bytes": [195, 169],
+                  "top_logprobs": [{"token": "é", "logprob": -0.1, "bytes": [195, 169]}]}]
 
 
 def test_error_body_shape():

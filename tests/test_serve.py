@@ -178,6 +178,36 @@ def test_chat_equals_offline_plain_and_streaming(client, llm):
     assert all(c.object == "chat.completion.chunk" for c in chunks)
 
 
+def test_logprobs_completion_and_streamed_chat(client, llm):
+    """logprobs over HTTP (openai client) carry the offline engine's values: completions' logprobs=k
+    (tokens, token_logprobs, top_logprobs, text_offset) and chat's logprobs + top_logprobs, streamed and
+    not (the streamed chunks' entries, joined, are the non-streamed list)."""
+    want = greedy(llm, "Hello", "demo-r4-attn", 6, ignore_eos=True, logprobs=2)
+    r = client.completions.create(model="demo-r4-attn", prompt="Hello", max_tokens=6, temperature=0, logprobs=2,
+                                  extra_body={"ignore_eos": True})
+    lp = r.choices[0].logprobs
+    assert lp.token_logprobs == pytest.approx([x.logprob for x in want.logprobs], abs=1e-4)
+    assert [list(d.values()) for d in lp.top_logprobs] == \
+        [pytest.approx([v for _, v in x.top], abs=1e-4) for x in want.logprobs]
+    assert lp.tokens == [llm.engine.tokenizer.decode([t]) for t in want.token_ids]
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(6)]
+    assert client.completions.create(model="demo-r4-attn", prompt="Hello", max_tokens=2).choices[0].logprobs is None
+
+    tok = Tokenizer(llm.engine.cfg.model)
+    messages = [{"role": "user", "content": "Hello, world!"}]
+    ref = greedy(llm, tok.apply_chat_template(messages), "demo-r8-mlp", 8, ignore_eos=True, logprobs=3)
+    kw = dict(model="demo-r8-mlp", messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3,
+              extra_body={"ignore_eos": True})
+    content = client.chat.completions.create(**kw).choices[0].logprobs.content
+    assert [e.logprob for e in content] == pytest.approx([x.logprob for x in ref.logprobs], abs=1e-4)
+    assert [[a.token for a in e.top_logprobs] for e in content] == \
+        [[llm.engine.tokenizer.decode([t]) for t, _ in x.top] for x in ref.logprobs]
+    assert all(e.bytes == list(e.token.encode()) for e in content)
+    streamed = [e for ch in client.chat.completions.create(**kw, stream=True) for c in ch.choices
+                if c.logprobs for e in c.logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+
+
 def test_n_seed_stop_top_k(client, llm):
     r = client.completions.create(model="demo-r4-attn", prompt="Hello", max_tokens=8, temperature=1.0, seed=7,
                                   n=3, extra_body={"top_k": 20})
@@ -256,7 +286,7 @@ def test_errors(http, client):
     assert "context length" in e["message"]
     _err(http.post("/v1/completions", json={"model": MODEL, "prompt": [10**6], "max_tokens": 2}), 400)
     for bad in ({"logit_bias": {"1000000": 1}}, {"logit_bias": {"x": 1}}, {"presence_penalty": 3},
-                {"repetition_penalty": 0}):
+                {"repetition_penalty": 0}, {"logprobs": 21}, {"echo": True}):
         _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2, **bad}), 400)
     e = _err(http.post("/v1/chat/completions", json={"model": "no-such-adapter",
                                                      "messages": [{"role": "user", "content": "hi"}]}), 404)

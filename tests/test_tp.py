@@ -66,14 +66,15 @@ def config(model, **kw) -> EngineConfig:
     return EngineConfig(model=str(model), device="cpu", dtype="float32", **kw)
 
 
-def generate(engine: Engine, reqs) -> list[list[int]]:
-    ids = [engine.add_request(p, SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True), a)
+def generate(engine: Engine, reqs, outputs: bool = False, **params) -> list:
+    """Greedy token ids of each request (with outputs=True: the finished RequestOutputs)."""
+    ids = [engine.add_request(p, SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True, **params), a)
            for p, a, m in reqs]
     done = {}
     while engine.has_unfinished():
         for o in engine.step():
             if o.finished:
-                done[o.request_id] = o.token_ids
+                done[o.request_id] = o if outputs else o.token_ids
     return [done[i] for i in ids]
 
 
@@ -108,6 +109,12 @@ def test_tp2_equals_tp1_and_peft(setup, tp_engine):
     check(got, reqs, expected, "TP=2 vs transformers+PEFT")
     tp1 = make_engine(tp_engine.cfg.model_copy(update={"warmup": "off"}), adapters, AT_START)
     check(generate(tp1, reqs), reqs, got, "TP=1 vs TP=2")
+    # logprobs travel back from tp-rank 0 packed after the tokens: TP=2's equal TP=1's
+    two, one = (generate(e, reqs[:6], outputs=True, logprobs=3) for e in (tp_engine, tp1))
+    for a, b in zip(two, one):
+        assert a.token_ids == b.token_ids and len(a.logprobs) == len(a.token_ids)
+        for x, y in zip(a.logprobs, b.logprobs):
+            assert abs(x.logprob - y.logprob) < 1e-4 and [t for t, _ in x.top] == [t for t, _ in y.top]
     assert tp_engine.executor.num_pages == tp1.executor.num_pages * 2   # half the KV heads per rank
     assert tp_engine.is_idle_clean()
     tp_engine.pool.check()
