@@ -8,6 +8,7 @@ Unknown fields are ignored (as OpenAI clients send extras); supported ones are v
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from typing import Literal
@@ -273,7 +274,7 @@ def completion_logprobs(ids: list[int], lps: list[TokenLogprobs], decode, offset
     """Legacy completions `logprobs`: tokens, token_logprobs, top_logprobs (token text -> logprob) and
     text_offset (where each token's text starts, from `offset`)."""
     tokens = [decode([t]) for t in ids]
-    starts = [offset + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    starts = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=offset))[:len(tokens)]
     return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in lps],
             "top_logprobs": [{decode([t]): v for t, v in lp.top} for lp in lps], "text_offset": starts}
 

@@ -114,7 +114,9 @@ class ModelRunner:
             self.history.pop(rid, None)
         for s in out.seqs:   # the tokens so far of requests whose sampling looks at them (penalties)
             if s.params.penalized:
-                self.history[s.request_id] = self.history.get(s.request_id, [])[:s.start_pos] + s.token_ids
+                h = self.history.setdefault(s.request_id, [])
+                del h[s.start_pos:]          # a recomputed request feeds its tokens again from 0
+                h += s.token_ids
         self._load_adapters(out)
         if not out.seqs:
             return [], []

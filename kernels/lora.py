@@ -498,6 +498,17 @@ def _expand_tile(plan_ptr, n_seg, tile, rank_ptr, off_ptr, scale_ptr, pt_ptr, st
 
 
 @triton.jit
+def _y_block(y_ptr, tok, mm, n_lo, n_g, pid_n, stride_yt, stride_yn, BLOCK_N: tl.constexpr):
+    """Pointers, mask and current values of the [BLOCK_M, BLOCK_N] block of y that a decode expand program
+    updates (columns n_lo + block pid_n of a target n_g wide). The y read is issued before the B^T reads,
+    so its latency overlaps theirs."""
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
+    ym = mm[:, None] & (n < n_g)[None, :]
+    return yp, ym, tl.load(yp, mask=ym, other=0.0)
+
+
+@triton.jit
 def _expand_acc(v_ptr, pool_ptr, pt_row, b_off, r, tok, mm, n_g, pid_n, stride_vt, stride_vr,
                 PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                 ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
@@ -536,11 +547,7 @@ def _lora_expand_grouped_kernel(
         return
     if pid_n * BLOCK_N >= n_g:
         return
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = n < n_g
-    yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
-    ym = mm[:, None] & nmask[None, :]
-    yv = tl.load(yp, mask=ym, other=0.0)   # issued before the B^T reads: its latency overlaps theirs
+    yp, ym, yv = _y_block(y_ptr, tok, mm, n_lo, n_g, pid_n, stride_yt, stride_yn, BLOCK_N)
     acc = _expand_acc(v_ptr + g * stride_vg, pool_ptr, pt_row, b_off, r, tok, mm, n_g, pid_n, stride_vt, stride_vr,
                       PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_N, ALIGNED, INPUT_PRECISION)
     tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
@@ -639,10 +646,7 @@ def _lora_decode_fused_kernel(
             plan_ptr, n_seg, tile, rank_ptr, b_off_ptr, scale_ptr, pt_ptr, stride_pt, G, g,
             o0, o1, o2, o3, o4, o5, o6, o7, o8, BLOCK_M)
         if (r > 0) & (pid_n * BLOCK_N < n_g):
-            n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-            yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
-            ym = mm[:, None] & (n < n_g)[None, :]
-            yv = tl.load(yp, mask=ym, other=0.0)
+            yp, ym, yv = _y_block(y_ptr, tok, mm, n_lo, n_g, pid_n, stride_yt, stride_yn, BLOCK_N)
             cnt = plan_ptr + (7 + g) * n_seg + tile
             need = tl.minimum(tl.cdiv(r, SHRINK_R), n_rb)   # the live shrink items of (tile, g)
             done = tl.atomic_add(cnt, 0, sem="acquire", scope="gpu")
@@ -845,22 +849,20 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table
         raise ValueError(f"v must be [T={T}, G={G}, R], got {tuple(v.shape)}")
     if y.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"y dtype {y.dtype} is not a float type")
-    if scales.dim() != 1 or scales.shape[0] != page_table.shape[0]:
-        raise ValueError(f"scales must be [S={page_table.shape[0]}], got {tuple(scales.shape)}")
+    _check_scales(scales, page_table)
     n_seg = seg_slot.shape[0]
     if T == 0 or n_seg == 0:
         return y
     page_table, b_offsets, ranks = page_table.contiguous(), b_offsets.contiguous(), ranks.contiguous()
     seg_indptr, seg_slot, scales = seg_indptr.contiguous(), seg_slot.contiguous(), scales.contiguous()
-    offs = out_offsets + [out_offsets[-1]] * (MAX_G + 1 - len(out_offsets))
-    n_max = max(b - a for a, b in zip(out_offsets, out_offsets[1:]))
+    offs, n_max, widths_aligned = _targets_geometry(out_offsets)
     if n_max == 0:
         return y
     R = v.shape[2]
     max_len = T if max_seg_len is None else min(int(max_seg_len), T)
     strides = (y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0))
     P = pool.shape[1]
-    if max_len <= 1 and aligned and P % 64 == 0 and all((b - a) % 64 == 0 for a, b in zip(out_offsets, out_offsets[1:])):
+    if max_len <= 1 and aligned and P % 64 == 0 and widths_aligned:
         c = DECODE_CFG
         plan = _plan_for(plan, seg_indptr, seg_slot, page_table.shape[0])
         if c["expand_stream"]:   # the interpreter: 16-row rank blocks, so several rank passes run
@@ -911,8 +913,9 @@ def lora_apply(y: torch.Tensor, x: torch.Tensor, v: torch.Tensor, pool: torch.Te
     out_offsets = check_out_offsets(out_offsets, G, y)
     T, n_seg, P = x.shape[0], seg_slot.shape[0], pool.shape[1]
     max_len = T if max_seg_len is None else min(int(max_seg_len), T)
+    offs, n_max, widths_aligned = _targets_geometry(out_offsets)
     fused = (DECODE_CFG["fused"] and max_len <= 1 and aligned and T > 0 and n_seg > 0 and K % 64 == 0
-             and P % 64 == 0 and all((b - a) % 64 == 0 for a, b in zip(out_offsets, out_offsets[1:])))
+             and P % 64 == 0 and widths_aligned)
     if not fused:
         lora_shrink(x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, v, max_seg_len=max_seg_len,
                     aligned=aligned, plan=plan)
@@ -925,9 +928,7 @@ def lora_apply(y: torch.Tensor, x: torch.Tensor, v: torch.Tensor, pool: torch.Te
     if y.dim() != 2 or y.shape[0] != T or v.dim() != 3 or v.shape[:2] != (T, G) or v.dtype != torch.float32:
         raise ValueError(f"y must be [T={T}, N] and v float32 [T, G={G}, R], got {tuple(y.shape)} and "
                          f"{tuple(v.shape)} {v.dtype}")
-    if scales.dim() != 1 or scales.shape[0] != page_table.shape[0]:
-        raise ValueError(f"scales must be [S={page_table.shape[0]}], got {tuple(scales.shape)}")
-    n_max = max(b - a for a, b in zip(out_offsets, out_offsets[1:]))
+    _check_scales(scales, page_table)
     R = v.shape[2]
     if n_max == 0 or R == 0:
         return y
@@ -938,7 +939,6 @@ def lora_apply(y: torch.Tensor, x: torch.Tensor, v: torch.Tensor, pool: torch.Te
     shrink_r = _npow2(R, 16, 256) if _INTERPRET else c["fused_r"]
     block_n = _fit_page(_npow2(n_max, 64, 1024) if _INTERPRET else c["fused_n"], P)
     n_tiles, n_rb, n_nb = _decode_tiles(n_seg, page_table.shape[0]), triton.cdiv(R, shrink_r), triton.cdiv(n_max, block_n)
-    offs = out_offsets + [out_offsets[-1]] * (MAX_G + 1 - len(out_offsets))
     launch = {} if _INTERPRET else dict(num_warps=c["fused_warps"], num_stages=c["fused_stages"])
     _lora_decode_fused_kernel[(n_tiles * G * (n_rb + n_nb),)](
         x, y, v, pool, page_table, a_offsets, b_offsets, ranks, scales, plan,
@@ -962,6 +962,19 @@ def check_lora_args(x_or_v: torch.Tensor, pool: torch.Tensor, page_table: torch.
         raise ValueError("seg_indptr [n+1] and seg_slot [n] expected")
     if x_or_v.dtype != pool.dtype and not (float32_ok and x_or_v.dtype == torch.float32):
         raise ValueError(f"dtype mismatch: {x_or_v.dtype} vs pool {pool.dtype}")
+
+
+def _targets_geometry(out_offsets: list[int]) -> tuple[list[int], int, bool]:
+    """(out_offsets padded to the MAX_G + 1 scalar kernel arguments, the widest target's columns, whether
+    every target's width is a multiple of 64, as the aligned decode kernels need)."""
+    widths = [b - a for a, b in zip(out_offsets, out_offsets[1:])]
+    return (out_offsets + [out_offsets[-1]] * (MAX_G + 1 - len(out_offsets)), max(widths),
+            all(w % 64 == 0 for w in widths))
+
+
+def _check_scales(scales: torch.Tensor, page_table: torch.Tensor) -> None:
+    if scales.dim() != 1 or scales.shape[0] != page_table.shape[0]:
+        raise ValueError(f"scales must be [S={page_table.shape[0]}], got {tuple(scales.shape)}")
 
 
 def check_out_offsets(out_offsets: list[int], G: int, y: torch.Tensor) -> list[int]:
