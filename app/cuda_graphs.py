@@ -51,8 +51,9 @@ class DecodeGraphs:
         self.seg_slot = torch.full((B,), -1, **i32)
         self.lora_table = torch.zeros(M, self.lora_width, **i32)
         self.scales = torch.zeros(M, dtype=torch.float32, device=dev)
-        self.groups = {g: LoRAGroupMeta(*(torch.zeros(M, len(t), **i32) for _ in range(4)))
-                       for g, t in LORA_GROUPS.items()}
+        self.groups = {
+            g: LoRAGroupMeta(*(torch.zeros(M, len(t), **i32) for _ in range(4))) for g, t in LORA_GROUPS.items()
+        }
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.mempool = None
 
@@ -74,20 +75,31 @@ class DecodeGraphs:
 
     def _ctx(self, bs: int) -> ForwardContext:
         r = self.r
-        q_indptr = self.q_indptr[:bs + 1]
-        attn = AttentionMeta(q_indptr=q_indptr, seq_lens=self.seq_lens[:bs], kv_page_table=self.kv_table[:bs],
-                             slot_mapping=self.slots[:bs], max_q_len=1)
-        lora = LoRAMeta(page_table=self.lora_table, scales=self.scales, seg_indptr=q_indptr,
-                        seg_slot=self.seg_slot[:bs], max_seg_len=1, max_rank=self.max_rank, groups=self.groups)
-        return ForwardContext(attn=attn, lora=lora, pool=r.pool, page_size=r.page_size, backend=r.backend,
-                              tp=r.tp)
+        q_indptr = self.q_indptr[: bs + 1]
+        attn = AttentionMeta(
+            q_indptr=q_indptr,
+            seq_lens=self.seq_lens[:bs],
+            kv_page_table=self.kv_table[:bs],
+            slot_mapping=self.slots[:bs],
+            max_q_len=1,
+        )
+        lora = LoRAMeta(
+            page_table=self.lora_table,
+            scales=self.scales,
+            seg_indptr=q_indptr,
+            seg_slot=self.seg_slot[:bs],
+            max_seg_len=1,
+            max_rank=self.max_rank,
+            groups=self.groups,
+        )
+        return ForwardContext(attn=attn, lora=lora, pool=r.pool, page_size=r.page_size, backend=r.backend, tp=r.tp)
 
     def _capture(self, bs: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         self._fill_padding(0, self.buckets[-1])
         ctx = self._ctx(bs)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):   # warm-up: Triton compiles and autotunes outside the capture
+        with torch.cuda.stream(s):  # warm-up: Triton compiles and autotunes outside the capture
             for _ in range(2):
                 self._forward(bs, ctx)
         torch.cuda.current_stream().wait_stream(s)
@@ -124,7 +136,7 @@ class DecodeGraphs:
         put(self.seq_lens[:n], b.seq_lens)
         table = torch.zeros(n, self.kv_width, dtype=torch.int32)
         for i, p in enumerate(b.kv_pages):
-            table[i, :len(p)] = torch.tensor(p, dtype=torch.int32)
+            table[i, : len(p)] = torch.tensor(p, dtype=torch.int32)
         self.kv_table[:n].copy_(table.to(dev, non_blocking=True))
         put(self.seg_slot[:n], b.seg_slot)
         if n < bs:
@@ -133,12 +145,11 @@ class DecodeGraphs:
             S = len(b.lora_pages)
             lt = torch.zeros(S, self.lora_width, dtype=torch.int32)
             for i, p in enumerate(b.lora_pages):
-                lt[i, :len(p)] = torch.tensor(p, dtype=torch.int32)
+                lt[i, : len(p)] = torch.tensor(p, dtype=torch.int32)
             self.lora_table[:S].copy_(lt.to(dev, non_blocking=True))
             put(self.scales[:S], b.lora_scales, torch.float32)
             for name, meta in self.groups.items():
-                for dst, rows in zip((meta.a_offsets, meta.b_offsets, meta.ranks_a, meta.ranks_b),
-                                     b.lora_groups[name]):
+                for dst, rows in zip((meta.a_offsets, meta.b_offsets, meta.ranks_a, meta.ranks_b), b.lora_groups[name]):
                     put(dst[:S], rows)
         g.replay()
         return logits[:n]

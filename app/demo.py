@@ -33,8 +33,10 @@ DEMO_ADAPTERS = {
     "demo-r32-rslora": (32, 8.0, ["q_proj", "v_proj", "down_proj"], True),
     "demo-r64-all": (64, 32.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], False),
 }
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 def write_tokenizer(out: Path, vocab_size: int = 512) -> int:
@@ -45,8 +47,12 @@ def write_tokenizer(out: Path, vocab_size: int = 512) -> int:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     fast.chat_template = CHAT_TEMPLATE
@@ -54,14 +60,26 @@ def write_tokenizer(out: Path, vocab_size: int = 512) -> int:
     return tok.get_vocab_size()
 
 
-def write_model(out: Path, vocab_size: int, seed: int = 0, num_kv_heads: int = 2,
-                max_shard_size: str | None = None, **overrides) -> None:
+def write_model(
+    out: Path, vocab_size: int, seed: int = 0, num_kv_heads: int = 2, max_shard_size: str | None = None, **overrides
+) -> None:
     """A tiny random Llama written by transformers itself (config.json + model.safetensors)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=num_kv_heads, max_position_embeddings=1024,
-               initializer_range=0.1, bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False)
+    cfg = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=1024,
+        initializer_range=0.1,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        tie_word_embeddings=False,
+    )
     cfg.update(overrides)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
@@ -69,16 +87,31 @@ def write_model(out: Path, vocab_size: int, seed: int = 0, num_kv_heads: int = 2
     model.save_pretrained(str(out), safe_serialization=True, **kw)
 
 
-def write_peft_adapter(out: Path, model_dir: Path, rank: int, alpha: float, targets: list[str],
-                       use_rslora: bool = False, seed: int = 0, std: float = 0.15) -> None:
+def write_peft_adapter(
+    out: Path,
+    model_dir: Path,
+    rank: int,
+    alpha: float,
+    targets: list[str],
+    use_rslora: bool = False,
+    seed: int = 0,
+    std: float = 0.15,
+) -> None:
     """A PEFT LoRA directory with random (non-zero) A and B for every layer of the base model."""
     cfg = json.loads((model_dir / "config.json").read_text())
     H, I = cfg["hidden_size"], cfg["intermediate_size"]
     heads = cfg["num_attention_heads"]
     D = cfg.get("head_dim") or H // heads
     kv = cfg.get("num_key_value_heads", heads) * D
-    dims = {"q_proj": (H, heads * D), "k_proj": (H, kv), "v_proj": (H, kv), "o_proj": (heads * D, H),
-            "gate_proj": (H, I), "up_proj": (H, I), "down_proj": (I, H)}
+    dims = {
+        "q_proj": (H, heads * D),
+        "k_proj": (H, kv),
+        "v_proj": (H, kv),
+        "o_proj": (heads * D, H),
+        "gate_proj": (H, I),
+        "up_proj": (H, I),
+        "down_proj": (I, H),
+    }
     g = torch.Generator().manual_seed(seed)
     tensors = {}
     for layer in range(cfg["num_hidden_layers"]):
@@ -90,11 +123,26 @@ def write_peft_adapter(out: Path, model_dir: Path, rank: int, alpha: float, targ
             tensors[f"{key}.lora_B.weight"] = torch.randn(fout, rank, generator=g) * std
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "adapter_model.safetensors"))
-    (out / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(model_dir),
-        "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0, "target_modules": targets, "bias": "none",
-        "use_rslora": use_rslora, "use_dora": False, "modules_to_save": None, "fan_in_fan_out": False,
-        "inference_mode": True}, indent=2))
+    (out / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "base_model_name_or_path": str(model_dir),
+                "r": rank,
+                "lora_alpha": alpha,
+                "lora_dropout": 0.0,
+                "target_modules": targets,
+                "bias": "none",
+                "use_rslora": use_rslora,
+                "use_dora": False,
+                "modules_to_save": None,
+                "fan_in_fan_out": False,
+                "inference_mode": True,
+            },
+            indent=2,
+        )
+    )
 
 
 def build_demo(root: str | Path | None = None) -> Path:

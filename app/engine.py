@@ -40,7 +40,7 @@ WARMUP_PREFIX = "sloray/warmup"
 # prompt of a step): 1 (decode kernels), <= 16 and > 16 query rows (attention prefill tiles), 16 / 32 /
 # 64-token LoRA tiles, several tiles, and > 512 keys (split decode attention).
 WARMUP_PROMPT_LENS = (1, 9, 17, 40, 100, 600)
-WARMUP_RANKS = (16, 32, 64)   # the prefill LoRA kernels' rank-block variants (kernels/lora.py)
+WARMUP_RANKS = (16, 32, 64)  # the prefill LoRA kernels' rank-block variants (kernels/lora.py)
 
 
 @dataclass
@@ -115,9 +115,14 @@ class Engine:
         return Path(self.cfg.model).name
 
     # ---- requests --------------------------------------------------------------------------------
-    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
-                    adapter: str | None = None, request_id: str | None = None,
-                    arrival_time: float | None = None) -> str:
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        adapter: str | None = None,
+        request_id: str | None = None,
+        arrival_time: float | None = None,
+    ) -> str:
         params = params or SamplingParams()
         if adapter is not None and adapter not in self.adapters:
             raise KeyError(f"adapter {adapter!r} is not loaded")
@@ -134,8 +139,10 @@ class Engine:
         if bad:
             raise ValueError(f"logit_bias token ids {bad[:5]} are outside the vocabulary (size {self.args.vocab_size})")
         if len(ids) + params.max_tokens > self.max_model_len:
-            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
-                             f"maximum context length {self.max_model_len}")
+            raise ValueError(
+                f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                f"maximum context length {self.max_model_len}"
+            )
         rid = request_id if request_id is not None else str(next(self._ids))
         if rid in self.requests:
             raise ValueError(f"request id {rid!r} is already in use")
@@ -193,7 +200,7 @@ class Engine:
             start = max(0, req.emitted_chars - max(len(s) for s in p.stop))
             hits = [(i, s) for s in p.stop if (i := req.text.find(s, start)) >= 0]
             if hits:
-                req.text = req.text[:min(hits)[0]]
+                req.text = req.text[: min(hits)[0]]
                 return "stop"
         if len(req.output_token_ids) >= p.max_tokens or req.num_tokens >= self.max_model_len:
             return "length"
@@ -203,21 +210,33 @@ class Engine:
         # While running, hold back text that could be the start of a stop string.
         hold = 0 if req.finished or not req.params.stop else max(len(s) for s in req.params.stop) - 1
         visible = len(req.text) - hold
-        delta_text = req.text[req.emitted_chars:visible] if visible > req.emitted_chars else ""
+        delta_text = req.text[req.emitted_chars : visible] if visible > req.emitted_chars else ""
         req.emitted_chars = max(req.emitted_chars, visible)
-        delta_ids = req.output_token_ids[req.emitted_tokens:]
+        delta_ids = req.output_token_ids[req.emitted_tokens :]
         lps = list(req.output_logprobs) if req.params.logprobs is not None else None
-        delta_lps = None if lps is None else lps[req.emitted_tokens:]
+        delta_lps = None if lps is None else lps[req.emitted_tokens :]
         req.emitted_tokens = len(req.output_token_ids)
         return RequestOutput(
-            request_id=req.request_id, adapter=req.adapter, prompt=req.prompt,
-            prompt_token_ids=req.prompt_token_ids, token_ids=list(req.output_token_ids), text=req.text,
-            delta_token_ids=delta_ids, delta_text=delta_text, finished=req.finished,
+            request_id=req.request_id,
+            adapter=req.adapter,
+            prompt=req.prompt,
+            prompt_token_ids=req.prompt_token_ids,
+            token_ids=list(req.output_token_ids),
+            text=req.text,
+            delta_token_ids=delta_ids,
+            delta_text=delta_text,
+            finished=req.finished,
             finish_reason=req.finish_reason,
-            metrics={"arrival_time": req.arrival_time, "first_scheduled_time": req.first_scheduled_time,
-                     "first_token_time": req.first_token_time, "finish_time": req.finish_time,
-                     "num_preemptions": req.num_preemptions},
-            logprobs=lps, delta_logprobs=delta_lps)
+            metrics={
+                "arrival_time": req.arrival_time,
+                "first_scheduled_time": req.first_scheduled_time,
+                "first_token_time": req.first_token_time,
+                "finish_time": req.finish_time,
+                "num_preemptions": req.num_preemptions,
+            },
+            logprobs=lps,
+            delta_logprobs=delta_lps,
+        )
 
     # ---- warm-up ---------------------------------------------------------------------------------
     def warmup(self) -> float:
@@ -234,30 +253,47 @@ class Engine:
             raise RuntimeError("warmup needs an idle engine (no requests)")
         t0 = time.perf_counter()
         pool, sch = self.pool, self.scheduler
-        counters = (self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits,
-                    sch.num_preemptions, sch.num_prefetches, sch.num_early_aborts)
-        slo, sch.cfg.ttft_slo_s = sch.cfg.ttft_slo_s, None    # no early abort of warm-up requests
+        counters = (
+            self.steps,
+            self.last_step_adapters,
+            pool.loads,
+            pool.evictions,
+            pool.hits,
+            sch.num_preemptions,
+            sch.num_prefetches,
+            sch.num_early_aborts,
+        )
+        slo, sch.cfg.ttft_slo_s = sch.cfg.ttft_slo_s, None  # no early abort of warm-up requests
         adapters: list[str] = []
         try:
             L = self.args.num_layers
-            zero = torch.zeros(())                # broadcast views: no host memory until packing
+            zero = torch.zeros(())  # broadcast views: no host memory until packing
             for r in sorted({min(r, self.cfg.lora.max_lora_rank) for r in WARMUP_RANKS}):
                 name = f"{WARMUP_PREFIX}-r{r}"
-                w = LoRAWeights(name=name, path=WARMUP_PREFIX, rank=r, alpha=float(r), scale=1.0,
-                                targets={m: (zero.expand(L, r, i), zero.expand(L, o, r))
-                                         for m, (i, o) in module_shapes(self.args).items()})
+                w = LoRAWeights(
+                    name=name,
+                    path=WARMUP_PREFIX,
+                    rank=r,
+                    alpha=float(r),
+                    scale=1.0,
+                    targets={
+                        m: (zero.expand(L, r, i), zero.expand(L, o, r))
+                        for m, (i, o) in module_shapes(self.args).items()
+                    },
+                )
                 try:
                     self._register(w)
                     adapters.append(name)
-                except AdapterError as e:       # a pool too small for it: warm up without it
+                except AdapterError as e:  # a pool too small for it: warm up without it
                     logger.warning("warmup without a rank-%d adapter: %s", r, e)
             max_tokens = min(2, self.max_model_len - 1)
             lens = sorted({min(n, self.max_model_len - max_tokens) for n in WARMUP_PROMPT_LENS})
             # one adapter rank per prefill step (the batch's largest rank picks the kernel variant)
             waves = [[(n, a), (n, None)] for n in lens for a in (adapters or [None])]
             adapter = adapters[0] if adapters else None
-            waves += [[(1, (adapter, None)[i % 2]) for i in range(b)]
-                      for b in decode_buckets(self.cfg.scheduler.max_num_seqs)]
+            waves += [
+                [(1, (adapter, None)[i % 2]) for i in range(b)] for b in decode_buckets(self.cfg.scheduler.max_num_seqs)
+            ]
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
             vocab = self.args.vocab_size
             for k, wave in enumerate(waves):
@@ -265,7 +301,7 @@ class Engine:
                     prompt = [(7 * i + j) % vocab for j in range(n)]
                     try:
                         self.add_request(prompt, params, a, request_id=f"{WARMUP_PREFIX}/{k}/{i}")
-                    except ValueError as e:     # larger than the whole pool: skip it
+                    except ValueError as e:  # larger than the whole pool: skip it
                         logger.debug("warmup request skipped: %s", e)
                 while self.has_unfinished():
                     self.step()
@@ -276,11 +312,23 @@ class Engine:
                 if name in self.adapters:
                     self.remove_adapter(name)
             sch.cfg.ttft_slo_s = slo
-            (self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits,
-             sch.num_preemptions, sch.num_prefetches, sch.num_early_aborts) = counters
+            (
+                self.steps,
+                self.last_step_adapters,
+                pool.loads,
+                pool.evictions,
+                pool.hits,
+                sch.num_preemptions,
+                sch.num_prefetches,
+                sch.num_early_aborts,
+            ) = counters
         self.warmup_s = time.perf_counter() - t0
-        logger.info("warmup: %d prefill lengths, decode batch sizes %s, %.2f s", len(lens),
-                    decode_buckets(self.cfg.scheduler.max_num_seqs), self.warmup_s)
+        logger.info(
+            "warmup: %d prefill lengths, decode batch sizes %s, %.2f s",
+            len(lens),
+            decode_buckets(self.cfg.scheduler.max_num_seqs),
+            self.warmup_s,
+        )
         return self.warmup_s
 
     def pool_stats(self):
@@ -290,4 +338,3 @@ class Engine:
         """True when no request holds pages: only cached adapters remain (used by tests)."""
         s = self.pool.stats()
         return s.kv == 0 and s.adapter_pinned == 0 and not self.has_unfinished()
-

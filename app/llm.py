@@ -1,8 +1,8 @@
 """Offline API, as users of vLLM expect:
 
-    llm = LLM(model="dir", adapters="dir-of-adapter-dirs" or {"name": "path"}, device="cpu", dtype="float32")
-    outs = llm.generate(["a prompt", [1, 2, 3]], adapters=["some-adapter", None],
-                        sampling_params=SamplingParams(max_tokens=16, temperature=0.0))
+llm = LLM(model="dir", adapters="dir-of-adapter-dirs" or {"name": "path"}, device="cpu", dtype="float32")
+outs = llm.generate(["a prompt", [1, 2, 3]], adapters=["some-adapter", None],
+                    sampling_params=SamplingParams(max_tokens=16, temperature=0.0))
 """
 
 from __future__ import annotations
@@ -38,8 +38,12 @@ class LLM:
     def remove_adapter(self, name: str) -> None:
         self.engine.remove_adapter(name)
 
-    def generate(self, prompts: list[str | list[int]] | str, sampling_params: SamplingParams | list | None = None,
-                 adapters: list[str | None] | str | None = None) -> list[RequestOutput]:
+    def generate(
+        self,
+        prompts: list[str | list[int]] | str,
+        sampling_params: SamplingParams | list | None = None,
+        adapters: list[str | None] | str | None = None,
+    ) -> list[RequestOutput]:
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         n = len(prompts)

@@ -33,7 +33,7 @@ class PoolStats:
     kv: int
     adapter: int
     adapter_pinned: int
-    kv_fragmentation: float      # share of KV page slots allocated but holding no token
+    kv_fragmentation: float  # share of KV page slots allocated but holding no token
     loads: int = 0
     evictions: int = 0
     hits: int = 0
@@ -50,7 +50,7 @@ class PagePool:
     loads: int = 0
     evictions: int = 0
     hits: int = 0
-    _unpinned: int = 0          # pages of resident adapters with no pins (the evictable cache)
+    _unpinned: int = 0  # pages of resident adapters with no pins (the evictable cache)
 
     def __post_init__(self):
         self._free = list(range(self.num_pages - 1, -1, -1))
@@ -155,9 +155,17 @@ class PagePool:
         used = sum(self._kv_tokens.values())
         adapter = sum(len(r.pages) for r in self._adapters.values())
         pinned = sum(len(r.pages) for r in self._adapters.values() if r.pins)
-        return PoolStats(total=self.num_pages, free=self.num_free, kv=kv, adapter=adapter,
-                         adapter_pinned=pinned, kv_fragmentation=(1 - used / slots) if slots else 0.0,
-                         loads=self.loads, evictions=self.evictions, hits=self.hits)
+        return PoolStats(
+            total=self.num_pages,
+            free=self.num_free,
+            kv=kv,
+            adapter=adapter,
+            adapter_pinned=pinned,
+            kv_fragmentation=(1 - used / slots) if slots else 0.0,
+            loads=self.loads,
+            evictions=self.evictions,
+            hits=self.hits,
+        )
 
     def check(self) -> None:
         """Asserts the invariants (used by tests): every page owned exactly once."""

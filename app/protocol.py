@@ -34,13 +34,20 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
-ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
-               429: "RateLimitError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict:
-    return ErrorResponse(error=ErrorInfo(message=message, type=ERROR_TYPES.get(status, "APIError"),
-                                         param=param, code=status)).model_dump()
+    return ErrorResponse(
+        error=ErrorInfo(message=message, type=ERROR_TYPES.get(status, "APIError"), param=param, code=status)
+    ).model_dump()
 
 
 # ---- requests ---------------------------------------------------------------------------------------
@@ -84,12 +91,21 @@ class _SamplingFields(BaseModel):
     def to_sampling_params(self, max_tokens: int, index: int = 0) -> SamplingParams:
         """The engine's parameters for choice `index` (seeded choices get distinct seeds)."""
         seed = None if self.seed is None else self.seed + index
-        return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
-                              top_k=self.top_k, seed=seed, stop=self.stop,
-                              stop_token_ids=list(self.stop_token_ids or []), ignore_eos=self.ignore_eos,
-                              presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-                              repetition_penalty=self.repetition_penalty, logit_bias=self.logit_bias,
-                              logprobs=self.num_logprobs())
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=seed,
+            stop=self.stop,
+            stop_token_ids=list(self.stop_token_ids or []),
+            ignore_eos=self.ignore_eos,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            logit_bias=self.logit_bias,
+            logprobs=self.num_logprobs(),
+        )
 
     def num_logprobs(self) -> int | None:
         """Alternatives per token to return with log-probabilities (None: no logprobs)."""
@@ -169,8 +185,10 @@ class ChatCompletionRequest(_SamplingFields):
         if self.tools:
             raise ValueError("tools are not supported")
         if self.response_format and self.response_format.get("type", "text") != "text":
-            raise ValueError(f"response_format {self.response_format.get('type')!r} is not supported (only 'text': "
-                             "output is not constrained)")
+            raise ValueError(
+                f"response_format {self.response_format.get('type')!r} is not supported (only 'text': "
+                "output is not constrained)"
+            )
         if self.max_tokens is None and self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self
@@ -274,15 +292,24 @@ def completion_logprobs(ids: list[int], lps: list[TokenLogprobs], decode, offset
     """Legacy completions `logprobs`: tokens, token_logprobs, top_logprobs (token text -> logprob) and
     text_offset (where each token's text starts, from `offset`)."""
     tokens = [decode([t]) for t in ids]
-    starts = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=offset))[:len(tokens)]
-    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in lps],
-            "top_logprobs": [{decode([t]): v for t, v in lp.top} for lp in lps], "text_offset": starts}
+    starts = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=offset))[: len(tokens)]
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp.logprob for lp in lps],
+        "top_logprobs": [{decode([t]): v for t, v in lp.top} for lp in lps],
+        "text_offset": starts,
+    }
 
 
 def chat_logprobs(ids: list[int], lps: list[TokenLogprobs], decode) -> dict:
     """Chat `logprobs`: content = one entry per token, with its UTF-8 bytes and its top_logprobs."""
+
     def entry(t: int, v: float) -> dict:
         text = decode([t])
         return {"token": text, "logprob": v, "bytes": list(text.encode("utf-8"))}
-    return {"content": [entry(t, lp.logprob) | {"top_logprobs": [entry(a, v) for a, v in lp.top]}
-                        for t, lp in zip(ids, lps)]}
+
+    return {
+        "content": [
+            entry(t, lp.logprob) | {"top_logprobs": [entry(a, v) for a, v in lp.top]} for t, lp in zip(ids, lps)
+        ]
+    }

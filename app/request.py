@@ -7,12 +7,13 @@ import time
 from dataclasses import dataclass, field
 
 
-MAX_LOGPROBS = 20   # most likely alternatives per token that a request may ask for (OpenAI's limit)
+MAX_LOGPROBS = 20  # most likely alternatives per token that a request may ask for (OpenAI's limit)
 
 
 @dataclass
 class TokenLogprobs:
     """One output token's log-probability and the `logprobs` most likely tokens there (id, logprob)."""
+
     logprob: float
     top: list[tuple[int, float]] = field(default_factory=list)
 
@@ -20,6 +21,7 @@ class TokenLogprobs:
 @dataclass
 class SamplingParams:
     """As in vLLM. temperature 0 = greedy; top_k <= 0 and top_p = 1 disable those filters."""
+
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
@@ -28,7 +30,7 @@ class SamplingParams:
     stop: list[str] | str | None = None
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
-    detokenize: bool = True     # False: token ids only (no text, no stop strings), as in vLLM
+    detokenize: bool = True  # False: token ids only (no text, no stop strings), as in vLLM
     # Penalties and biases on the logits, before temperature / top-k / top-p (greedy too), as vLLM:
     # repetition (HF / CTRL: a logit of a token seen in the prompt or output is divided by it if positive,
     # else multiplied), then frequency (minus it times the token's count in the output) and presence
@@ -55,8 +57,12 @@ class SamplingParams:
     @property
     def penalized(self) -> bool:
         """Whether sampling needs the request's tokens so far (penalties) or changes logits (bias)."""
-        return (self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
-                or bool(self.logit_bias))
+        return (
+            self.presence_penalty != 0
+            or self.frequency_penalty != 0
+            or self.repetition_penalty != 1
+            or bool(self.logit_bias)
+        )
 
     def validate(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -96,12 +102,12 @@ class Request:
     prompt: str | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     output_token_ids: list[int] = field(default_factory=list)
-    num_computed_tokens: int = 0      # tokens whose K/V are in the pool
+    num_computed_tokens: int = 0  # tokens whose K/V are in the pool
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: str | None = None  # "stop" | "length" | "abort"
-    output_logprobs: list[TokenLogprobs] = field(default_factory=list)   # when params.logprobs is set
-    text: str = ""                    # detokenized output (stop string removed)
-    emitted_chars: int = 0            # text already returned by streaming outputs
+    output_logprobs: list[TokenLogprobs] = field(default_factory=list)  # when params.logprobs is set
+    text: str = ""  # detokenized output (stop string removed)
+    emitted_chars: int = 0  # text already returned by streaming outputs
     emitted_tokens: int = 0
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
@@ -116,9 +122,9 @@ class Request:
         """all_token_ids[start:start + n] without building the whole list (decode steps take one token)."""
         p = len(self.prompt_token_ids)
         if start >= p:
-            return self.output_token_ids[start - p:start - p + n]
-        head = self.prompt_token_ids[start:start + n]
-        return head + self.output_token_ids[:n - len(head)] if len(head) < n else head
+            return self.output_token_ids[start - p : start - p + n]
+        head = self.prompt_token_ids[start : start + n]
+        return head + self.output_token_ids[: n - len(head)] if len(head) < n else head
 
     @property
     def num_tokens(self) -> int:
@@ -133,6 +139,7 @@ class Request:
 class RequestOutput:
     """A snapshot of one request: cumulative `token_ids`/`text`, plus the `delta_*` since the last
     output of the same request (for streaming)."""
+
     request_id: str
     adapter: str | None
     prompt: str | None
@@ -144,5 +151,5 @@ class RequestOutput:
     finished: bool
     finish_reason: str | None
     metrics: dict[str, float | None] = field(default_factory=dict)
-    logprobs: list[TokenLogprobs] | None = None         # per token of token_ids, when requested
-    delta_logprobs: list[TokenLogprobs] | None = None   # per token of delta_token_ids
+    logprobs: list[TokenLogprobs] | None = None  # per token of token_ids, when requested
+    delta_logprobs: list[TokenLogprobs] | None = None  # per token of delta_token_ids

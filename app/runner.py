@@ -49,12 +49,13 @@ class ModelRunner:
         self.page_size = cfg.pool.page_size
         self.page_elems = 2 * self.page_size * self.model.kv_heads * self.args.head_dim
         self.num_pages = self._size_pool()
-        self.pool = torch.zeros(self.args.num_layers, self.num_pages, self.page_elems, dtype=self.dtype,
-                                device=self.device)
+        self.pool = torch.zeros(
+            self.args.num_layers, self.num_pages, self.page_elems, dtype=self.dtype, device=self.device
+        )
         self.adapters: dict[str, PackedAdapter] = {}
         self.adapter_pages: dict[str, list[int]] = {}
         self.generators: dict[str, torch.Generator] = {}
-        self.history: dict[str, list[int]] = {}     # penalized requests' tokens so far (prompt + output)
+        self.history: dict[str, list[int]] = {}  # penalized requests' tokens so far (prompt + output)
         self._seed_rng = random.Random(cfg.seed)
         self.copy_stream = torch.cuda.Stream() if self.device == "cuda" else None
         self._prefetch_event = None
@@ -72,7 +73,7 @@ class ModelRunner:
             return self.cfg.pool.num_pages
         if self.device == "cuda":
             free, _ = torch.cuda.mem_get_info()
-            reserve = 1 << 30   # activations and logits of one step
+            reserve = 1 << 30  # activations and logits of one step
             n = max(2, int((free - reserve) * self.cfg.pool.gpu_memory_fraction) // page_bytes)
         else:
             n = max(2, self.cfg.pool.cpu_pool_bytes // page_bytes)
@@ -85,8 +86,9 @@ class ModelRunner:
     # ---- adapters (this rank's shards) -----------------------------------------------------------
     def add_adapter(self, name: str, weights: LoRAWeights) -> int:
         """Packs this rank's shard; returns its page count (the same on every rank)."""
-        packed = pack_adapter(weights, self.page_elems, self.dtype, self.tp.rank, self.tp.world_size,
-                              pin=self.device == "cuda")
+        packed = pack_adapter(
+            weights, self.page_elems, self.dtype, self.tp.rank, self.tp.world_size, pin=self.device == "cuda"
+        )
         self.add_packed(name, packed)
         return packed.layout.num_pages
 
@@ -112,10 +114,10 @@ class ModelRunner:
         for rid in out.finished_ids + out.preempted_ids:
             self.generators.pop(rid, None)
             self.history.pop(rid, None)
-        for s in out.seqs:   # the tokens so far of requests whose sampling looks at them (penalties)
+        for s in out.seqs:  # the tokens so far of requests whose sampling looks at them (penalties)
             if s.params.penalized:
                 h = self.history.setdefault(s.request_id, [])
-                del h[s.start_pos:]          # a recomputed request feeds its tokens again from 0
+                del h[s.start_pos :]  # a recomputed request feeds its tokens again from 0
                 h += s.token_ids
         self._load_adapters(out)
         if not out.seqs:
@@ -134,8 +136,7 @@ class ModelRunner:
             if self.tp.rank != 0:
                 return [], []
             sampled = [s for s in out.seqs if s.sample]
-            gens = [self._generator(s.request_id, s.params.seed) if s.params.temperature > 0 else None
-                    for s in sampled]
+            gens = [self._generator(s.request_id, s.params.seed) if s.params.temperature > 0 else None for s in sampled]
             seen = [(self.history[s.request_id], s.prompt_len) if s.params.penalized else None for s in sampled]
             return sample(logits, [s.params for s in sampled], gens, seen)
 
@@ -203,25 +204,36 @@ class ModelRunner:
         i32 = dict(dtype=torch.int32, device=dev)
         q_indptr = torch.tensor(b.q_indptr, **i32)
         width = max(len(p) for p in b.kv_pages)
-        attn = AttentionMeta(q_indptr=q_indptr, seq_lens=torch.tensor(b.seq_lens, **i32),
-                             kv_page_table=torch.tensor([p + [0] * (width - len(p)) for p in b.kv_pages], **i32),
-                             slot_mapping=torch.tensor(b.slots, dtype=torch.int64, device=dev),
-                             max_q_len=b.max_q_len)
+        attn = AttentionMeta(
+            q_indptr=q_indptr,
+            seq_lens=torch.tensor(b.seq_lens, **i32),
+            kv_page_table=torch.tensor([p + [0] * (width - len(p)) for p in b.kv_pages], **i32),
+            slot_mapping=torch.tensor(b.slots, dtype=torch.int64, device=dev),
+            max_q_len=b.max_q_len,
+        )
         lora = None
         if b.lora_pages:
             width = max(len(p) for p in b.lora_pages)
-            groups = {g: LoRAGroupMeta(*(torch.tensor(rows, **i32) for rows in b.lora_groups[g]))
-                      for g in LORA_GROUPS}
-            lora = LoRAMeta(page_table=torch.tensor([p + [0] * (width - len(p)) for p in b.lora_pages], **i32),
-                            scales=torch.tensor(b.lora_scales, dtype=torch.float32, device=dev),
-                            seg_indptr=q_indptr, seg_slot=torch.tensor(b.seg_slot, **i32),
-                            max_seg_len=b.max_q_len, max_rank=b.max_rank, groups=groups)
+            groups = {g: LoRAGroupMeta(*(torch.tensor(rows, **i32) for rows in b.lora_groups[g])) for g in LORA_GROUPS}
+            lora = LoRAMeta(
+                page_table=torch.tensor([p + [0] * (width - len(p)) for p in b.lora_pages], **i32),
+                scales=torch.tensor(b.lora_scales, dtype=torch.float32, device=dev),
+                seg_indptr=q_indptr,
+                seg_slot=torch.tensor(b.seg_slot, **i32),
+                max_seg_len=b.max_q_len,
+                max_rank=b.max_rank,
+                groups=groups,
+            )
             if b.max_q_len == 1:
                 lora.plan = self.backend.lora_decode_plan(q_indptr, lora.seg_slot, len(b.lora_pages))
-        ctx = ForwardContext(attn=attn, lora=lora, pool=self.pool, page_size=self.page_size,
-                             backend=self.backend, tp=self.tp)
-        return (ctx, torch.tensor(b.input_ids, dtype=torch.long, device=dev),
-                torch.tensor(b.positions, dtype=torch.long, device=dev))
+        ctx = ForwardContext(
+            attn=attn, lora=lora, pool=self.pool, page_size=self.page_size, backend=self.backend, tp=self.tp
+        )
+        return (
+            ctx,
+            torch.tensor(b.input_ids, dtype=torch.long, device=dev),
+            torch.tensor(b.positions, dtype=torch.long, device=dev),
+        )
 
 
 @dataclass

@@ -20,8 +20,9 @@ def apply_penalties(row: torch.Tensor, p: SamplingParams, tokens: list[int], pro
         row[ids] = torch.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
     out = tokens[prompt_len:]
     if out and (p.frequency_penalty or p.presence_penalty):
-        counts = torch.bincount(torch.tensor(out, dtype=torch.long, device=row.device),
-                                minlength=row.shape[-1])[:row.shape[-1]].to(row.dtype)
+        counts = torch.bincount(torch.tensor(out, dtype=torch.long, device=row.device), minlength=row.shape[-1])[
+            : row.shape[-1]
+        ].to(row.dtype)
         row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
     if p.logit_bias:
         ids = torch.tensor(list(p.logit_bias), dtype=torch.long, device=row.device)
@@ -29,14 +30,19 @@ def apply_penalties(row: torch.Tensor, p: SamplingParams, tokens: list[int], pro
     return row
 
 
-def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
-           seen: list[tuple[list[int], int] | None] | None = None) -> tuple[list[int], list[TokenLogprobs | None]]:
+def sample(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+    seen: list[tuple[list[int], int] | None] | None = None,
+) -> tuple[list[int], list[TokenLogprobs | None]]:
     """logits: [n, vocab] float32, one row per request that emits a token this step; seen[i]: request i's
     (prompt + output tokens so far, prompt length) when its params are `penalized`, else None.
     Returns the tokens and, for requests with `logprobs` set, their TokenLogprobs (else None)."""
     tokens = _sample(logits, params, generators, seen or [None] * len(params))
-    return tokens, [None if p.logprobs is None else token_logprobs(logits[i], tokens[i], p.logprobs)
-                    for i, p in enumerate(params)]
+    return tokens, [
+        None if p.logprobs is None else token_logprobs(logits[i], tokens[i], p.logprobs) for i, p in enumerate(params)
+    ]
 
 
 def token_logprobs(row: torch.Tensor, token: int, k: int) -> TokenLogprobs:
@@ -53,8 +59,10 @@ def logprob_words(params: list[SamplingParams]) -> int:
 
 def pack_logprobs(lps: list[TokenLogprobs | None]) -> list[int]:
     """TokenLogprobs as int64 words (float64 bit patterns), for the tensor-parallel reply channel."""
+
     def bits(x: float) -> int:
         return struct.unpack("<q", struct.pack("<d", x))[0]
+
     words = []
     for lp in lps:
         if lp is not None:
@@ -67,6 +75,7 @@ def pack_logprobs(lps: list[TokenLogprobs | None]) -> list[int]:
 def unpack_logprobs(words: list[int], params: list[SamplingParams]) -> list[TokenLogprobs | None]:
     def val(w: int) -> float:
         return struct.unpack("<d", struct.pack("<q", w))[0]
+
     out, i = [], 0
     for p in params:
         if p.logprobs is None:
@@ -78,8 +87,12 @@ def unpack_logprobs(words: list[int], params: list[SamplingParams]) -> list[Toke
     return out
 
 
-def _sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
-            seen: list[tuple[list[int], int] | None]) -> list[int]:
+def _sample(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+    seen: list[tuple[list[int], int] | None],
+) -> list[int]:
     rows = {i: apply_penalties(logits[i], p, *seen[i]) for i, p in enumerate(params) if p.penalized}
     out = logits.argmax(-1).tolist()
     for i, p in enumerate(params):

@@ -31,22 +31,23 @@ from app.request import Request, RequestStatus, SamplingParams
 @dataclass
 class ScheduledSeq:
     """What a rank needs to run one request this step (plain data: it crosses process boundaries)."""
+
     request_id: str
-    token_ids: list[int]        # the new tokens fed this step
-    start_pos: int              # position of token_ids[0] (= tokens already cached)
-    kv_pages: list[int]         # all KV pages of the request, in order
+    token_ids: list[int]  # the new tokens fed this step
+    start_pos: int  # position of token_ids[0] (= tokens already cached)
+    kv_pages: list[int]  # all KV pages of the request, in order
     adapter: str | None
-    sample: bool                # this step reaches the end of the known tokens: emit one token
+    sample: bool  # this step reaches the end of the known tokens: emit one token
     params: SamplingParams
-    prompt_len: int = 0         # tokens [0, prompt_len) are the prompt (the sampler's penalties need it)
+    prompt_len: int = 0  # tokens [0, prompt_len) are the prompt (the sampler's penalties need it)
 
 
 @dataclass
 class SchedulerOutput:
     seqs: list[ScheduledSeq] = field(default_factory=list)
     adapter_loads: list[tuple[str, list[int]]] = field(default_factory=list)  # fill these pages first
-    finished_ids: list[str] = field(default_factory=list)                     # drop per-request state
-    prefetch: list[str] = field(default_factory=list)     # loads for queued requests: may overlap the step
+    finished_ids: list[str] = field(default_factory=list)  # drop per-request state
+    prefetch: list[str] = field(default_factory=list)  # loads for queued requests: may overlap the step
     preempted_ids: list[str] = field(default_factory=list)
 
     @property
@@ -55,8 +56,7 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, cfg: SchedulerConfig, lora_cfg: LoRAConfig, pool: PagePool,
-                 adapter_pages: Callable[[str], int]):
+    def __init__(self, cfg: SchedulerConfig, lora_cfg: LoRAConfig, pool: PagePool, adapter_pages: Callable[[str], int]):
         self.cfg, self.lora_cfg, self.pool = cfg, lora_cfg, pool
         self.adapter_pages = adapter_pages
         self.waiting: deque[Request] = deque()
@@ -65,7 +65,7 @@ class Scheduler:
         self.num_preemptions = 0
         self.num_prefetches = 0
         self.num_early_aborts = 0
-        self.early_aborted: list[Request] = []   # drained by the engine, which reports them
+        self.early_aborted: list[Request] = []  # drained by the engine, which reports them
 
     # ---- queue -----------------------------------------------------------------------------------
     def pages_to_fit(self, req: Request) -> int:
@@ -75,8 +75,10 @@ class Scheduler:
     def add(self, req: Request) -> None:
         need = self.pages_to_fit(req)
         if need > self.pool.num_pages:
-            raise ValueError(f"request needs {need} pool pages (prompt + max_tokens + adapter) but the pool "
-                             f"has {self.pool.num_pages}: lower max_tokens or shorten the prompt")
+            raise ValueError(
+                f"request needs {need} pool pages (prompt + max_tokens + adapter) but the pool "
+                f"has {self.pool.num_pages}: lower max_tokens or shorten the prompt"
+            )
         self.waiting.append(req)
 
     def has_unfinished(self) -> bool:
@@ -142,8 +144,7 @@ class Scheduler:
         if self.cfg.ttft_slo_s is not None:
             self._early_abort()
         adapters = {r.adapter for r in self.running if r.adapter}
-        while self.waiting and not out.preempted_ids and budget > 0 \
-                and len(self.running) < self.cfg.max_num_seqs:
+        while self.waiting and not out.preempted_ids and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
             req = self.waiting[0]
             name = req.adapter
             if name and name not in adapters and len(adapters) >= self.lora_cfg.max_loras_per_batch:
@@ -158,7 +159,7 @@ class Scheduler:
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             if not self.pool.grow_kv(req.request_id, req.num_computed_tokens + n):
                 if name:
-                    self.pool.unpin(name)   # stays cached (its pages are filled this step anyway)
+                    self.pool.unpin(name)  # stays cached (its pages are filled this step anyway)
                 break
             self.waiting.popleft()
             req.status = RequestStatus.RUNNING
@@ -175,10 +176,18 @@ class Scheduler:
 
         for req, n in chosen:
             start = req.num_computed_tokens
-            out.seqs.append(ScheduledSeq(
-                request_id=req.request_id, token_ids=req.token_slice(start, n), start_pos=start,
-                kv_pages=list(self.pool.kv_pages(req.request_id)), adapter=req.adapter,
-                sample=start + n == req.num_tokens, params=req.params, prompt_len=len(req.prompt_token_ids)))
+            out.seqs.append(
+                ScheduledSeq(
+                    request_id=req.request_id,
+                    token_ids=req.token_slice(start, n),
+                    start_pos=start,
+                    kv_pages=list(self.pool.kv_pages(req.request_id)),
+                    adapter=req.adapter,
+                    sample=start + n == req.num_tokens,
+                    params=req.params,
+                    prompt_len=len(req.prompt_token_ids),
+                )
+            )
         return out
 
     def _early_abort(self) -> None:
@@ -209,8 +218,9 @@ class Scheduler:
             out.prefetch.append(name)
             self.num_prefetches += 1
 
-    def update(self, out: SchedulerOutput, requests: dict[str, Request], tokens: list[int],
-               logprobs: list | None = None) -> list[Request]:
+    def update(
+        self, out: SchedulerOutput, requests: dict[str, Request], tokens: list[int], logprobs: list | None = None
+    ) -> list[Request]:
         """Advances the scheduled requests; appends the sampled tokens (and their TokenLogprobs, where
         requested). Returns the requests that got a token (the engine then checks their stop conditions)."""
         it = iter(zip(tokens, logprobs or [None] * len(tokens)))

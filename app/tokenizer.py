@@ -36,16 +36,16 @@ class IncrementalDetokenizer:
     def __init__(self, tokenizer: Tokenizer):
         self.tok = tokenizer
         self.text = ""
-        self.prefix = 0     # window start: one token of context before the unread ones
-        self.read = 0       # tokens already turned into text
+        self.prefix = 0  # window start: one token of context before the unread ones
+        self.read = 0  # tokens already turned into text
 
     def add(self, ids: list[int]) -> str:
         """`ids`: all output tokens so far. Returns the text they add."""
-        prefix_text = self.tok.decode(ids[self.prefix:self.read])
-        new_text = self.tok.decode(ids[self.prefix:])
+        prefix_text = self.tok.decode(ids[self.prefix : self.read])
+        new_text = self.tok.decode(ids[self.prefix :])
         if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
             return ""
-        delta = new_text[len(prefix_text):]
+        delta = new_text[len(prefix_text) :]
         self.text += delta
         self.prefix, self.read = self.read, len(ids)
         return delta

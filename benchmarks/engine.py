@@ -33,18 +33,54 @@ from app.request import SamplingParams  # noqa: E402
 from benchmarks.trace import synthetic_trace  # noqa: E402
 
 SHAPES = {
-    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
-                      num_hidden_layers=32, vocab_size=32000),
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
-                      num_hidden_layers=32, vocab_size=128256),
-    "llama2-13b": dict(hidden_size=5120, intermediate_size=13824, num_attention_heads=40, num_key_value_heads=40,
-                       num_hidden_layers=40, vocab_size=32000),
-    "llama-30b": dict(hidden_size=6656, intermediate_size=17920, num_attention_heads=52, num_key_value_heads=52,
-                      num_hidden_layers=60, vocab_size=32000),
-    "llama2-70b": dict(hidden_size=8192, intermediate_size=28672, num_attention_heads=64, num_key_value_heads=8,
-                       num_hidden_layers=80, vocab_size=32000),
-    "tiny": dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
-                 num_hidden_layers=2, vocab_size=512),
+    "llama2-7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        num_hidden_layers=32,
+        vocab_size=32000,
+    ),
+    "llama3-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        num_hidden_layers=32,
+        vocab_size=128256,
+    ),
+    "llama2-13b": dict(
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+        num_hidden_layers=40,
+        vocab_size=32000,
+    ),
+    "llama-30b": dict(
+        hidden_size=6656,
+        intermediate_size=17920,
+        num_attention_heads=52,
+        num_key_value_heads=52,
+        num_hidden_layers=60,
+        vocab_size=32000,
+    ),
+    "llama2-70b": dict(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        num_hidden_layers=80,
+        vocab_size=32000,
+    ),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        vocab_size=512,
+    ),
 }
 
 
@@ -67,20 +103,39 @@ def write_random_llama(d: Path, shape: str, layers: int | None, dtype=torch.bflo
     def rnd(*shape):
         return (torch.randn(*shape, generator=g, device=dev) * 0.02).to(dtype).cpu()
 
-    w = {"model.embed_tokens.weight": rnd(cfg["vocab_size"], H), "lm_head.weight": rnd(cfg["vocab_size"], H),
-         "model.norm.weight": torch.ones(H, dtype=dtype)}
+    w = {
+        "model.embed_tokens.weight": rnd(cfg["vocab_size"], H),
+        "lm_head.weight": rnd(cfg["vocab_size"], H),
+        "model.norm.weight": torch.ones(H, dtype=dtype),
+    }
     for i in range(L):
         p = f"model.layers.{i}."
-        w.update({p + "input_layernorm.weight": torch.ones(H, dtype=dtype),
-                  p + "post_attention_layernorm.weight": torch.ones(H, dtype=dtype),
-                  p + "self_attn.q_proj.weight": rnd(H, H), p + "self_attn.k_proj.weight": rnd(kv, H),
-                  p + "self_attn.v_proj.weight": rnd(kv, H), p + "self_attn.o_proj.weight": rnd(H, H),
-                  p + "mlp.gate_proj.weight": rnd(I, H), p + "mlp.up_proj.weight": rnd(I, H),
-                  p + "mlp.down_proj.weight": rnd(H, I)})
+        w.update(
+            {
+                p + "input_layernorm.weight": torch.ones(H, dtype=dtype),
+                p + "post_attention_layernorm.weight": torch.ones(H, dtype=dtype),
+                p + "self_attn.q_proj.weight": rnd(H, H),
+                p + "self_attn.k_proj.weight": rnd(kv, H),
+                p + "self_attn.v_proj.weight": rnd(kv, H),
+                p + "self_attn.o_proj.weight": rnd(H, H),
+                p + "mlp.gate_proj.weight": rnd(I, H),
+                p + "mlp.up_proj.weight": rnd(I, H),
+                p + "mlp.down_proj.weight": rnd(H, I),
+            }
+        )
     save_file(w, str(d / "model.safetensors"))
-    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"], rms_norm_eps=1e-5, rope_theta=10000.0,
-               max_position_embeddings=4096, hidden_act="silu", tie_word_embeddings=False, torch_dtype="bfloat16",
-               bos_token_id=0, eos_token_id=1)
+    cfg.update(
+        model_type="llama",
+        architectures=["LlamaForCausalLM"],
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_position_embeddings=4096,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+        bos_token_id=0,
+        eos_token_id=1,
+    )
     (d / "config.json").write_text(json.dumps(cfg))
     return d
 
@@ -176,7 +231,7 @@ def peft_baselines(model_dir: Path, path: str, prompts, distinct: list[int], out
 
     res = {}
     with torch.no_grad():
-        m.generate(ids[:2], max_new_tokens=2, do_sample=False, pad_token_id=2)      # warm-up
+        m.generate(ids[:2], max_new_tokens=2, do_sample=False, pad_token_id=2)  # warm-up
         with m.disable_adapter():
             hf_base = timed(lambda: m.generate(ids, **kw))
         for n_ad in distinct:
@@ -186,9 +241,12 @@ def peft_baselines(model_dir: Path, path: str, prompts, distinct: list[int], out
                 for n in sorted(set(adapters)):
                     m.set_adapter(n)
                     m.generate(ids[[i for i, a in enumerate(adapters) if a == n]], **kw)
-            res[n_ad] = {"hf_base": hf_base,
-                         "peft_mixed": timed(lambda: m.generate(ids, adapter_names=adapters, **kw)),
-                         "peft_one_at_a_time": timed(one_at_a_time)}
+
+            res[n_ad] = {
+                "hf_base": hf_base,
+                "peft_mixed": timed(lambda: m.generate(ids, adapter_names=adapters, **kw)),
+                "peft_one_at_a_time": timed(one_at_a_time),
+            }
     del m, base
     torch.cuda.empty_cache()
     return res
@@ -198,19 +256,29 @@ def bench_fixed(args, model_dir: Path, adapter_src: dict[str, str]) -> dict:
     n_req, p_len, o_len = args.requests, args.prompt_len, args.output_len
     rng = random.Random(0)
     prompts = [[rng.randrange(3, 500) for _ in range(p_len)] for _ in range(n_req)]
-    cfg = EngineConfig(model=str(model_dir), device="cuda", dtype="bfloat16", kernel_backend=args.backend,
-                       pool={"num_pages": args.pool_pages, "page_size": 16},
-                       scheduler={"max_num_seqs": 256, "max_num_batched_tokens": 8192})
+    cfg = EngineConfig(
+        model=str(model_dir),
+        device="cuda",
+        dtype="bfloat16",
+        kernel_backend=args.backend,
+        pool={"num_pages": args.pool_pages, "page_size": 16},
+        scheduler={"max_num_seqs": 256, "max_num_batched_tokens": 8192},
+    )
     engine = Engine(cfg)
     out = {"requests": n_req, "prompt_len": p_len, "output_len": o_len, "runs": []}
     for n_ad in args.distinct:
         names = {f"r16-{i}": "src-r16" for i in range(n_ad)}
         alias_adapters(engine, {"src-r16": adapter_src["src-r16"]}, names)
         adapters = [f"r16-{i % n_ad}" for i in range(n_req)]
-        run_batch(engine, prompts, adapters, 4)                   # warm-up: Triton compiles
+        run_batch(engine, prompts, adapters, 4)  # warm-up: Triton compiles
         t, n = run_batch(engine, prompts, adapters, o_len)
-        row = {"distinct_adapters": n_ad, "ours_s": t, "ours_tok_s": n_req * o_len / t,
-               "adapter_loads": engine.pool.loads, "steps": engine.steps}
+        row = {
+            "distinct_adapters": n_ad,
+            "ours_s": t,
+            "ours_tok_s": n_req * o_len / t,
+            "adapter_loads": engine.pool.loads,
+            "steps": engine.steps,
+        }
         out["runs"].append(row)
     run_batch(engine, prompts, [None] * n_req, 4)
     t, _ = run_batch(engine, prompts, [None] * n_req, o_len)
@@ -226,15 +294,20 @@ def bench_fixed(args, model_dir: Path, adapter_src: dict[str, str]) -> dict:
 
 def bench_trace(args, model_dir: Path, adapter_src: dict[str, str]) -> dict:
     ranks = [64, 32, 16, 8]
-    cfg = EngineConfig(model=str(model_dir), device="cuda", dtype="bfloat16", kernel_backend=args.backend,
-                       pool={"gpu_memory_fraction": 0.8, "page_size": 16},
-                       scheduler={"max_num_seqs": 256, "max_num_batched_tokens": 4096})
+    cfg = EngineConfig(
+        model=str(model_dir),
+        device="cuda",
+        dtype="bfloat16",
+        kernel_backend=args.backend,
+        pool={"gpu_memory_fraction": 0.8, "page_size": 16},
+        scheduler={"max_num_seqs": 256, "max_num_batched_tokens": 4096},
+    )
     engine = Engine(cfg)
     names = {f"a{i}": f"src-r{ranks[i % 4]}" for i in range(args.trace_adapters)}
     alias_adapters(engine, {k: v for k, v in adapter_src.items() if k in set(names.values())}, names)
     trace = synthetic_trace(args.trace_adapters, args.alpha, args.rate, args.cv, args.duration, 1)
     rng = random.Random(2)
-    run_batch(engine, [[5] * 64] * 8, [f"a{i}" for i in range(8)], 4)   # warm-up
+    run_batch(engine, [[5] * 64] * 8, [f"a{i}" for i in range(8)], 4)  # warm-up
     params = {}
     start = time.perf_counter()
     pending = list(trace)
@@ -247,8 +320,9 @@ def bench_trace(args, model_dir: Path, adapter_src: dict[str, str]) -> dict:
         while pending and pending[0]["arrival_s"] <= now:
             r = pending.pop(0)
             p = SamplingParams(max_tokens=r["output_len"], temperature=0, ignore_eos=True, detokenize=False)
-            rid = engine.add_request([rng.randrange(3, 500) for _ in range(r["input_len"])], p,
-                                     adapter=f"a{r['adapter']}")
+            rid = engine.add_request(
+                [rng.randrange(3, 500) for _ in range(r["input_len"])], p, adapter=f"a{r['adapter']}"
+            )
             rid_arrival[rid] = start + r["arrival_s"]
             params[rid] = r
         if not engine.has_unfinished():
@@ -267,17 +341,32 @@ def bench_trace(args, model_dir: Path, adapter_src: dict[str, str]) -> dict:
     out_tokens = sum(params[r]["output_len"] for r in done)
     slo = args.slo_s
     pct = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731
-    return {"adapters": args.trace_adapters, "alpha": args.alpha, "rate": args.rate, "cv": args.cv,
-            "duration_s": args.duration, "requests": len(trace), "finished": len(done),
-            "elapsed_s": elapsed, "req_s": len(done) / elapsed, "out_tok_s": out_tokens / elapsed,
-            "ttft_mean_s": statistics.mean(ttft), "ttft_p50_s": pct(ttft, .5), "ttft_p90_s": pct(ttft, .9),
-            "ttft_p99_s": pct(ttft, .99), "e2e_mean_s": statistics.mean(e2e),
-            "slo_s": slo, "slo_attainment": sum(t <= slo for t in ttft) / len(ttft),
-            "user_satisfaction": statistics.mean(max(0.0, 1 - (t / slo) ** 2) for t in ttft),
-            "distinct_adapters_per_step_mean": statistics.mean(adapters_per_step),
-            "adapter_loads": engine.pool.loads, "adapter_evictions": engine.pool.evictions,
-            "pool_pages": engine.pool.num_pages, "preemptions": engine.scheduler.num_preemptions,
-            "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 1e9}
+    return {
+        "adapters": args.trace_adapters,
+        "alpha": args.alpha,
+        "rate": args.rate,
+        "cv": args.cv,
+        "duration_s": args.duration,
+        "requests": len(trace),
+        "finished": len(done),
+        "elapsed_s": elapsed,
+        "req_s": len(done) / elapsed,
+        "out_tok_s": out_tokens / elapsed,
+        "ttft_mean_s": statistics.mean(ttft),
+        "ttft_p50_s": pct(ttft, 0.5),
+        "ttft_p90_s": pct(ttft, 0.9),
+        "ttft_p99_s": pct(ttft, 0.99),
+        "e2e_mean_s": statistics.mean(e2e),
+        "slo_s": slo,
+        "slo_attainment": sum(t <= slo for t in ttft) / len(ttft),
+        "user_satisfaction": statistics.mean(max(0.0, 1 - (t / slo) ** 2) for t in ttft),
+        "distinct_adapters_per_step_mean": statistics.mean(adapters_per_step),
+        "adapter_loads": engine.pool.loads,
+        "adapter_evictions": engine.pool.evictions,
+        "pool_pages": engine.pool.num_pages,
+        "preemptions": engine.scheduler.num_preemptions,
+        "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 1e9,
+    }
 
 
 def main():
@@ -310,14 +399,18 @@ def main():
     for r in (8, 16, 32, 64):
         d = work / f"adapter-r{r}"
         if not (d / "adapter_config.json").exists():
-            write_peft_adapter(d, model_dir, r, 2.0 * r, ["q_proj", "k_proj", "v_proj", "o_proj"], seed=r,
-                               std=0.02)
+            write_peft_adapter(d, model_dir, r, 2.0 * r, ["q_proj", "k_proj", "v_proj", "o_proj"], seed=r, std=0.02)
         adapter_src[f"src-r{r}"] = str(d)
-    res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "shape": args.shape,
-           "layers": args.layers or SHAPES[args.shape]["num_hidden_layers"], "backend": args.backend,
-           "setup_s": time.time() - t0,
-           "note": "adapter names share a few distinct weight sets in host memory (one per rank); "
-                   "each name gets its own pool pages and its own load on the GPU"}
+    res = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "shape": args.shape,
+        "layers": args.layers or SHAPES[args.shape]["num_hidden_layers"],
+        "backend": args.backend,
+        "setup_s": time.time() - t0,
+        "note": "adapter names share a few distinct weight sets in host memory (one per rank); "
+        "each name gets its own pool pages and its own load on the GPU",
+    }
     res["copy_bandwidth_GBs"] = copy_bandwidth() / 1e9
     weight_bytes = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
     res["decode_step_bound_ms"] = weight_bytes / (res["copy_bandwidth_GBs"] * 1e9 / 2) * 1e3
@@ -327,16 +420,22 @@ def main():
     if args.trace:
         res["trace"] = bench_trace(args, model_dir, adapter_src)
     (out / "engine.json").write_text(json.dumps(res, indent=2))
-    lines = [f"# Engine benchmark on {res['gpu']}", "",
-             f"{args.shape} shape ({res['layers']} layers), random bf16 weights, backend {args.backend}; "
-             f"{args.requests} requests, prompt {args.prompt_len}, output {args.output_len}, rank 16 q/k/v/o.",
-             f"Copy bandwidth {res['copy_bandwidth_GBs']:.0f} GB/s (read+write); decode-step bound "
-             f"{res['decode_step_bound_ms']:.2f} ms => {bound:.0f} tok/s at this batch.", "",
-             "| distinct adapters | ours tok/s | PEFT mixed tok/s | PEFT one-at-a-time tok/s | HF base tok/s |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# Engine benchmark on {res['gpu']}",
+        "",
+        f"{args.shape} shape ({res['layers']} layers), random bf16 weights, backend {args.backend}; "
+        f"{args.requests} requests, prompt {args.prompt_len}, output {args.output_len}, rank 16 q/k/v/o.",
+        f"Copy bandwidth {res['copy_bandwidth_GBs']:.0f} GB/s (read+write); decode-step bound "
+        f"{res['decode_step_bound_ms']:.2f} ms => {bound:.0f} tok/s at this batch.",
+        "",
+        "| distinct adapters | ours tok/s | PEFT mixed tok/s | PEFT one-at-a-time tok/s | HF base tok/s |",
+        "|---|---|---|---|---|",
+    ]
     for r in res["fixed"]["runs"]:
-        lines.append(f"| {r['distinct_adapters']} | {r['ours_tok_s']:.0f} | {r.get('peft_mixed_tok_s', 0):.0f} | "
-                     f"{r.get('peft_one_at_a_time_tok_s', 0):.0f} | {r.get('hf_base_tok_s', 0):.0f} |")
+        lines.append(
+            f"| {r['distinct_adapters']} | {r['ours_tok_s']:.0f} | {r.get('peft_mixed_tok_s', 0):.0f} | "
+            f"{r.get('peft_one_at_a_time_tok_s', 0):.0f} | {r.get('hf_base_tok_s', 0):.0f} |"
+        )
     lines += ["", f"Ours, base model only: {res['fixed']['ours_base_only_tok_s']:.0f} tok/s.", ""]
     if "trace" in res:
         lines += ["## Synthetic trace", "", "```", json.dumps(res["trace"], indent=1), "```"]

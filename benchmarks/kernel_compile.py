@@ -62,6 +62,7 @@ def captured():
                 params.update({k: v for k, v in kwargs.items() if k not in LAUNCH_OPTIONS})
                 opts = {k: kwargs[k] for k in LAUNCH_OPTIONS if k in kwargs}
                 launches.append((self.name, self.fn, params, opts))
+
             return launch
 
     saved = [(m, n, getattr(m, n)) for m in MODULES for n in kernel_names(m)]
@@ -83,8 +84,23 @@ def decode_layer(batch: int = 256, v_width: int = 256) -> None:
         x = torch.zeros(batch, g.K, dtype=torch.bfloat16)
         y = torch.zeros(batch, sum(g.n_out), dtype=torch.bfloat16)
         v = torch.zeros(batch, len(g.n_out), v_width)
-        kl.lora_apply(y, x, v, pool, page_table, g.a_off, g.b_off, g.ranks, scales, indptr, seg_slot,
-                      g.out_offsets, max_seg_len=1, aligned=True, plan=plan)
+        kl.lora_apply(
+            y,
+            x,
+            v,
+            pool,
+            page_table,
+            g.a_off,
+            g.b_off,
+            g.ranks,
+            scales,
+            indptr,
+            seg_slot,
+            g.out_offsets,
+            max_seg_len=1,
+            aligned=True,
+            plan=plan,
+        )
 
 
 def other_paths() -> None:
@@ -97,14 +113,15 @@ def other_paths() -> None:
     offs = torch.zeros(S, 3, dtype=torch.int32)
     ranks = torch.full((S, 3), 16, dtype=torch.int32)
     scales = torch.ones(S)
-    out_offsets = [0, 4096, 5120, 6144]          # q / k / v of 32 query and 8 KV heads of 128
+    out_offsets = [0, 4096, 5120, 6144]  # q / k / v of 32 query and 8 KV heads of 128
     for lens in ([64, 37, 128], [1] * 8):
         T = sum(lens)
         indptr = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
         slots = torch.arange(len(lens), dtype=torch.int32) % S
         x, y, v = torch.zeros(T, K, dtype=bf), torch.zeros(T, 6144, dtype=bf), torch.zeros(T, 3, R)
-        kl.lora_apply(y, x, v, pool, table, offs, offs, ranks, scales, indptr, slots, out_offsets,
-                      max_seg_len=max(lens))          # aligned=False: prefill, or the generic decode kernels
+        kl.lora_apply(
+            y, x, v, pool, table, offs, offs, ranks, scales, indptr, slots, out_offsets, max_seg_len=max(lens)
+        )  # aligned=False: prefill, or the generic decode kernels
     kl.lora_decode_plan(indptr, slots, S)
     Hq, Hkv, D, page = 32, 8, 128, 16
     kv = torch.zeros(64, 2 * page * Hkv * D, dtype=bf)
@@ -114,10 +131,21 @@ def other_paths() -> None:
         kvp = kv if hkv == Hkv else torch.zeros(64, 2 * page * hkv * D, dtype=bf)
         seq = torch.tensor(seqs, dtype=torch.int32)
         qind = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
-        ka.paged_attention(q, kvp, page, hkv, torch.zeros(len(seqs), 320, dtype=torch.int32), seq, qind, D ** -0.5,
-                           torch.zeros_like(q), max_q_len=max(q_lens))
-    ka.kv_append(kv, page, torch.zeros(9, Hkv, D, dtype=bf), torch.zeros(9, Hkv, D, dtype=bf),
-                 torch.zeros(9, dtype=torch.int32))
+        ka.paged_attention(
+            q,
+            kvp,
+            page,
+            hkv,
+            torch.zeros(len(seqs), 320, dtype=torch.int32),
+            seq,
+            qind,
+            D**-0.5,
+            torch.zeros_like(q),
+            max_q_len=max(q_lens),
+        )
+    ka.kv_append(
+        kv, page, torch.zeros(9, Hkv, D, dtype=bf), torch.zeros(9, Hkv, D, dtype=bf), torch.zeros(9, dtype=torch.int32)
+    )
 
 
 def compile_launch(fn, params: dict, opts: dict, arch: int) -> dict:
@@ -133,35 +161,54 @@ def compile_launch(fn, params: dict, opts: dict, arch: int) -> dict:
             constexprs[p.name] = key
         elif key == "D":
             attrs[(i,)] = [["tt.divisibility", 16]]
-    k = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
-                       target=GPUTarget("cuda", arch, 32), options=dict(opts))
+    k = triton.compile(
+        ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+        target=GPUTarget("cuda", arch, 32),
+        options=dict(opts),
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(k.asm["ptx"])
-    for exe in ("ptxas", "ptxas-blackwell"):     # the one that reads this Triton's PTX version
+    for exe in ("ptxas", "ptxas-blackwell"):  # the one that reads this Triton's PTX version
         ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", exe)
-        info = subprocess.run([ptxas, f"-arch=sm_{arch}a" if arch >= 90 else f"-arch=sm_{arch}", "-v", f.name,
-                               "-o", os.devnull], capture_output=True, text=True).stderr
+        info = subprocess.run(
+            [ptxas, f"-arch=sm_{arch}a" if arch >= 90 else f"-arch=sm_{arch}", "-v", f.name, "-o", os.devnull],
+            capture_output=True,
+            text=True,
+        ).stderr
         if "Used " in info:
             break
     os.unlink(f.name)
-    regs = next((int(line.split("Used ")[1].split(" registers")[0]) for line in info.splitlines() if "Used " in line),
-                None)
+    regs = next(
+        (int(line.split("Used ")[1].split(" registers")[0]) for line in info.splitlines() if "Used " in line), None
+    )
     spill = next((line.strip() for line in info.splitlines() if "spill stores" in line), "")
     spill_bytes = int(spill.split(" bytes spill stores")[0].split(",")[-1]) if spill else None
     ttgir = k.asm["ttgir"]
-    return dict(regs=regs, spill_store_bytes=spill_bytes, shared_bytes=k.metadata.shared,
-                async_copies=ttgir.count("async_copy_global_to_local"),
-                num_warps=opts.get("num_warps", 4), num_stages=opts.get("num_stages", 3))
+    return dict(
+        regs=regs,
+        spill_store_bytes=spill_bytes,
+        shared_bytes=k.metadata.shared,
+        async_copies=ttgir.count("async_copy_global_to_local"),
+        num_warps=opts.get("num_warps", 4),
+        num_stages=opts.get("num_stages", 3),
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--variants", choices=["all", "default"], default="all",
-                    help="DECODE_CFG variants of the decode layer: all of LAYER_VARIANTS, or the default")
-    ap.add_argument("--all-kernels", action="store_true",
-                    help="also every other launch configuration (plan, prefill, generic decode, attention)")
+    ap.add_argument(
+        "--variants",
+        choices=["all", "default"],
+        default="all",
+        help="DECODE_CFG variants of the decode layer: all of LAYER_VARIANTS, or the default",
+    )
+    ap.add_argument(
+        "--all-kernels",
+        action="store_true",
+        help="also every other launch configuration (plan, prefill, generic decode, attention)",
+    )
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("unset TRITON_INTERPRET: this compiles the GPU launch configuration")
@@ -182,22 +229,31 @@ def main() -> None:
             if row in rows:
                 continue
             rows.append(row)
-            print(f"{str(var):60s} {name:30s} regs {row['regs']:>3} spills {row['spill_store_bytes']:>5} B "
-                  f"smem {row['shared_bytes']:>6} async {row['async_copies']}", flush=True)
+            print(
+                f"{str(var):60s} {name:30s} regs {row['regs']:>3} spills {row['spill_store_bytes']:>5} B "
+                f"smem {row['shared_bytes']:>6} async {row['async_copies']}",
+                flush=True,
+            )
     kl.DECODE_CFG.update(default)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         res = dict(triton=triton.__version__, arch=args.arch, default_cfg=default, rows=rows)
         (args.out / "kernel_compile.json").write_text(json.dumps(res, indent=1, default=str))
-        lines = [f"# Decode-LoRA kernels as compiled for sm_{args.arch} (Triton {triton.__version__}, no GPU)", "",
-                 "One Llama-2-7B decode layer (batch 256) through lora_apply, each launch compiled with the "
-                 "launcher's argument specialization; registers per thread and spill stores from ptxas; async = "
-                 "global loads the software pipeliner made asynchronous. Not a timing.", "",
-                 "| variant | kernel | regs | spill store B | shared B | async copies | warps | stages |",
-                 "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines = [
+            f"# Decode-LoRA kernels as compiled for sm_{args.arch} (Triton {triton.__version__}, no GPU)",
+            "",
+            "One Llama-2-7B decode layer (batch 256) through lora_apply, each launch compiled with the "
+            "launcher's argument specialization; registers per thread and spill stores from ptxas; async = "
+            "global loads the software pipeliner made asynchronous. Not a timing.",
+            "",
+            "| variant | kernel | regs | spill store B | shared B | async copies | warps | stages |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in rows:
-            lines.append(f"| {r['variant']} | {r['kernel']} | {r['regs']} | {r['spill_store_bytes']} | "
-                         f"{r['shared_bytes']} | {r['async_copies']} | {r['num_warps']} | {r['num_stages']} |")
+            lines.append(
+                f"| {r['variant']} | {r['kernel']} | {r['regs']} | {r['spill_store_bytes']} | "
+                f"{r['shared_bytes']} | {r['async_copies']} | {r['num_warps']} | {r['num_stages']} |"
+            )
         (args.out / "kernel_compile.md").write_text("\n".join(lines) + "\n")
 
 

@@ -37,18 +37,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels.attention import kv_view, paged_attention  # noqa: E402
-from kernels.lora import (gather_virtual, lora_apply, lora_decode_plan, lora_expand, lora_expand_ref, lora_shrink,  # noqa: E402
-                          lora_shrink_ref)
+from kernels.lora import (
+    gather_virtual,
+    lora_apply,
+    lora_decode_plan,
+    lora_expand,
+    lora_expand_ref,
+    lora_shrink,  # noqa: E402
+    lora_shrink_ref,
+)
 
 
 # ----------------------------------------------------------------------------------------------------
 # timing
 # ----------------------------------------------------------------------------------------------------
 
+
 def bench_ms(fn, device: torch.device, quick: bool = False) -> float:
     """Median milliseconds of fn(). CUDA: triton.testing.do_bench (L2 flushed between calls)."""
     if device.type == "cuda":
-        if quick:   # slow baselines (the torch reference): a few synchronised wall-clock runs
+        if quick:  # slow baselines (the torch reference): a few synchronised wall-clock runs
             fn()
             torch.cuda.synchronize()
             times = []
@@ -59,6 +67,7 @@ def bench_ms(fn, device: torch.device, quick: bool = False) -> float:
                 times.append((time.perf_counter() - t0) * 1e3)
             return statistics.median(times)
         import triton.testing
+
         return float(triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median"))
     fn()
     times = []
@@ -97,16 +106,17 @@ def copy_bandwidth(device: torch.device, n_bytes: int) -> float:
 # LoRA
 # ----------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Group:
     name: str
     K: int
     n_out: list[int]
-    a_off: torch.Tensor = None      # [S, G] int32
+    a_off: torch.Tensor = None  # [S, G] int32
     b_off: torch.Tensor = None
-    ranks: torch.Tensor = None      # [S, G] int32
-    wa: list = None                 # per g: [S, r_max, K]   padded copies for the bmm baseline
-    wb: list = None                 # per g: [S, r_max, N_g]
+    ranks: torch.Tensor = None  # [S, G] int32
+    wa: list = None  # per g: [S, r_max, K]   padded copies for the bmm baseline
+    wb: list = None  # per g: [S, r_max, N_g]
 
     @property
     def out_offsets(self) -> list[int]:
@@ -118,8 +128,12 @@ class Group:
 
 def llama_groups(hidden: int, inter: int) -> list[Group]:
     """The LoRA groups of one Llama layer: q/k/v, o, gate/up, down."""
-    return [Group("qkv", hidden, [hidden] * 3), Group("o", hidden, [hidden]),
-            Group("gate_up", hidden, [inter] * 2), Group("down", inter, [hidden])]
+    return [
+        Group("qkv", hidden, [hidden] * 3),
+        Group("o", hidden, [hidden]),
+        Group("gate_up", hidden, [inter] * 2),
+        Group("down", inter, [hidden]),
+    ]
 
 
 def build_adapters(groups: list[Group], adapter_ranks: list[int], page_elems: int, dtype, device, gen):
@@ -133,7 +147,7 @@ def build_adapters(groups: list[Group], adapter_ranks: list[int], page_elems: in
         for grp in groups:
             a, b = [], []
             for n in grp.n_out:
-                cur = -(-cur // 64) * 64          # blocks start at multiples of 64 (app/lora/adapter.py)
+                cur = -(-cur // 64) * 64  # blocks start at multiples of 64 (app/lora/adapter.py)
                 a.append(cur)
                 cur += r * grp.K
                 cur = -(-cur // 64) * 64
@@ -148,7 +162,7 @@ def build_adapters(groups: list[Group], adapter_ranks: list[int], page_elems: in
     page_table = torch.zeros(S, max(n_pages), dtype=torch.int32)
     used = 0
     for s, n in enumerate(n_pages):
-        page_table[s, :n] = perm[used:used + n].to(torch.int32)
+        page_table[s, :n] = perm[used : used + n].to(torch.int32)
         used += n
     pool = (torch.randn(total_pages, page_elems, device=device) * 0.02).to(dtype)
     page_table = page_table.to(device)
@@ -185,8 +199,9 @@ def bench_lora(args, device, dtype, bw, gen, small: bool = False) -> list[dict]:
     else:
         hidden, inter, page_elems = 4096, 11008, 2 * 16 * 32 * 128
         rank_choices = [8, 16, 32, 64]
-        cases = ([(args.batch, n) for n in (1, 8, 64, 256)] if not small else
-                 [(b, n) for b in (8, 32) for n in (1, 8, 32)])
+        cases = (
+            [(args.batch, n) for n in (1, 8, 64, 256)] if not small else [(b, n) for b in (8, 32) for n in (1, 8, 32)]
+        )
     r_max = max(rank_choices)
     rows = []
     for batch, n_ad in cases:
@@ -204,8 +219,10 @@ def bench_lora(args, device, dtype, bw, gen, small: bool = False) -> list[dict]:
         req_scale = scales[req_idx].to(dtype)[:, None]
         xs = {g.name: torch.randn(batch, g.K, device=device).to(dtype) for g in groups}
         ys = {g.name: torch.randn(batch, sum(g.n_out), device=device).to(dtype) for g in groups}
-        vs = {g.name: torch.empty(batch, len(g.n_out), r_max, device=device, dtype=torch.float32)  # as the engine
-              for g in groups}
+        vs = {
+            g.name: torch.empty(batch, len(g.n_out), r_max, device=device, dtype=torch.float32)  # as the engine
+            for g in groups
+        }
 
         def ours(ys=ys):
             # the aligned fast path, as the engine calls it; the plan (segments sorted by adapter) is built
@@ -213,33 +230,70 @@ def bench_lora(args, device, dtype, bw, gen, small: bool = False) -> list[dict]:
             # (lora_apply: shrink + expand, or one fused launch when DECODE_CFG says so)
             plan = lora_decode_plan(indptr, seg_slot, n_ad)
             for g in groups:
-                lora_apply(ys[g.name], xs[g.name], vs[g.name], pool, page_table, g.a_off, g.b_off, g.ranks, scales,
-                           indptr, seg_slot, g.out_offsets, max_seg_len=1, aligned=True, plan=plan)
+                lora_apply(
+                    ys[g.name],
+                    xs[g.name],
+                    vs[g.name],
+                    pool,
+                    page_table,
+                    g.a_off,
+                    g.b_off,
+                    g.ranks,
+                    scales,
+                    indptr,
+                    seg_slot,
+                    g.out_offsets,
+                    max_seg_len=1,
+                    aligned=True,
+                    plan=plan,
+                )
 
-        def generic(ys=ys):   # the generic (unaligned-offsets) decode kernels: the previous implementation
+        def generic(ys=ys):  # the generic (unaligned-offsets) decode kernels: the previous implementation
             for g in groups:
-                lora_shrink(xs[g.name], pool, page_table, g.a_off, g.ranks, indptr, seg_slot, vs[g.name],
-                            max_seg_len=1)
-                lora_expand(ys[g.name], vs[g.name], pool, page_table, g.b_off, g.ranks, scales, indptr, seg_slot,
-                            g.out_offsets, max_seg_len=1)
+                lora_shrink(xs[g.name], pool, page_table, g.a_off, g.ranks, indptr, seg_slot, vs[g.name], max_seg_len=1)
+                lora_expand(
+                    ys[g.name],
+                    vs[g.name],
+                    pool,
+                    page_table,
+                    g.b_off,
+                    g.ranks,
+                    scales,
+                    indptr,
+                    seg_slot,
+                    g.out_offsets,
+                    max_seg_len=1,
+                )
 
         def ref(ys=ys):
             for g in groups:
-                lora_shrink_ref(xs[g.name], pool, page_table, g.a_off, g.ranks, indptr, seg_slot, vs[g.name],
-                                max_seg_len=1)
-                lora_expand_ref(ys[g.name], vs[g.name], pool, page_table, g.b_off, g.ranks, scales, indptr,
-                                seg_slot, g.out_offsets, max_seg_len=1)
+                lora_shrink_ref(
+                    xs[g.name], pool, page_table, g.a_off, g.ranks, indptr, seg_slot, vs[g.name], max_seg_len=1
+                )
+                lora_expand_ref(
+                    ys[g.name],
+                    vs[g.name],
+                    pool,
+                    page_table,
+                    g.b_off,
+                    g.ranks,
+                    scales,
+                    indptr,
+                    seg_slot,
+                    g.out_offsets,
+                    max_seg_len=1,
+                )
 
         def bmm(ys=ys):
             for g in groups:
                 x3 = xs[g.name][:, :, None]
                 for gi, n in enumerate(g.n_out):
-                    a = g.wa[gi].index_select(0, req_idx)                  # gather [B, r_max, K]
-                    v = torch.bmm(a, x3)                                   # [B, r_max, 1]
-                    bt = g.wb[gi].index_select(0, req_idx)                 # gather [B, r_max, N]
-                    d = torch.bmm(v.transpose(1, 2), bt)[:, 0]             # [B, N]
+                    a = g.wa[gi].index_select(0, req_idx)  # gather [B, r_max, K]
+                    v = torch.bmm(a, x3)  # [B, r_max, 1]
+                    bt = g.wb[gi].index_select(0, req_idx)  # gather [B, r_max, N]
+                    d = torch.bmm(v.transpose(1, 2), bt)[:, 0]  # [B, N]
                     o = g.out_offsets[gi]
-                    ys[g.name][:, o:o + n] += d * req_scale
+                    ys[g.name][:, o : o + n] += d * req_scale
 
         # check: ours and the bmm baseline on the same inputs
         y_ours = {k: v.clone() for k, v in ys.items()}
@@ -261,23 +315,45 @@ def bench_lora(args, device, dtype, bw, gen, small: bool = False) -> list[dict]:
         t_bmm_graph = graph_ms(bmm, device)
         elem = torch.finfo(dtype).bits // 8
         adapter_bytes = sum(totals[s] for s in used) * elem
-        act_bytes = sum(batch * g.K * elem + 2 * batch * sum(g.n_out) * elem + 2 * batch * len(g.n_out) * r_max * elem
-                        for g in groups)
+        act_bytes = sum(
+            batch * g.K * elem + 2 * batch * sum(g.n_out) * elem + 2 * batch * len(g.n_out) * r_max * elem
+            for g in groups
+        )
         bound_ms = (adapter_bytes + act_bytes) / bw * 1e3
-        rows.append(dict(n_adapters=n_ad, distinct_used=len(used), batch=batch, ranks=adapter_ranks[:16],
-                         adapter_mb=adapter_bytes / 1e6, activation_mb=act_bytes / 1e6,
-                         ours_ms=t_ours, ours_graph_ms=t_graph, generic_ms=t_gen, generic_graph_ms=t_gen_graph,
-                         ref_ms=t_ref, bmm_ms=t_bmm, bmm_graph_ms=t_bmm_graph, bound_ms=bound_ms,
-                         ours_over_bound=t_ours / bound_ms,
-                         ours_graph_over_bound=None if t_graph is None else t_graph / bound_ms,
-                         bmm_over_ours=t_bmm / t_ours, generic_over_ours=t_gen / t_ours,
-                         bmm_graph_over_ours_graph=None if t_graph is None else t_bmm_graph / t_graph,
-                         ref_over_ours=None if t_ref is None else t_ref / t_ours, max_abs_err_vs_bmm=err,
-                         generic_max_abs_err_vs_bmm=err_gen, max_abs_delta=scale_ref))
-        print(f"lora batch={batch:4d} n_adapters={n_ad:4d}: ours {t_ours:.3f} ms (graph {t_graph}), "
-              f"generic {t_gen:.3f} ms (graph {t_gen_graph}), bound {bound_ms:.3f} ms "
-              f"({t_ours / bound_ms:.2f}x), bmm {t_bmm:.3f} ms ({t_bmm / t_ours:.1f}x ours), "
-              f"ref {t_ref} ms, err {err:.2e} (generic {err_gen:.2e})", flush=True)
+        rows.append(
+            dict(
+                n_adapters=n_ad,
+                distinct_used=len(used),
+                batch=batch,
+                ranks=adapter_ranks[:16],
+                adapter_mb=adapter_bytes / 1e6,
+                activation_mb=act_bytes / 1e6,
+                ours_ms=t_ours,
+                ours_graph_ms=t_graph,
+                generic_ms=t_gen,
+                generic_graph_ms=t_gen_graph,
+                ref_ms=t_ref,
+                bmm_ms=t_bmm,
+                bmm_graph_ms=t_bmm_graph,
+                bound_ms=bound_ms,
+                ours_over_bound=t_ours / bound_ms,
+                ours_graph_over_bound=None if t_graph is None else t_graph / bound_ms,
+                bmm_over_ours=t_bmm / t_ours,
+                generic_over_ours=t_gen / t_ours,
+                bmm_graph_over_ours_graph=None if t_graph is None else t_bmm_graph / t_graph,
+                ref_over_ours=None if t_ref is None else t_ref / t_ours,
+                max_abs_err_vs_bmm=err,
+                generic_max_abs_err_vs_bmm=err_gen,
+                max_abs_delta=scale_ref,
+            )
+        )
+        print(
+            f"lora batch={batch:4d} n_adapters={n_ad:4d}: ours {t_ours:.3f} ms (graph {t_graph}), "
+            f"generic {t_gen:.3f} ms (graph {t_gen_graph}), bound {bound_ms:.3f} ms "
+            f"({t_ours / bound_ms:.2f}x), bmm {t_bmm:.3f} ms ({t_bmm / t_ours:.1f}x ours), "
+            f"ref {t_ref} ms, err {err:.2e} (generic {err_gen:.2e})",
+            flush=True,
+        )
         del pool, groups, xs, ys, vs, y_ours, y_bmm, y_gen
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -289,7 +365,7 @@ def matmul_flops(device: torch.device, dtype) -> float:
     n = 4096 if device.type == "cuda" else 256
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    return 2 * n ** 3 / (bench_ms(lambda: torch.mm(a, b), device) * 1e-3)
+    return 2 * n**3 / (bench_ms(lambda: torch.mm(a, b), device) * 1e-3)
 
 
 def bench_lora_prefill(args, device, dtype, bw, gen) -> list[dict]:
@@ -300,7 +376,7 @@ def bench_lora_prefill(args, device, dtype, bw, gen) -> list[dict]:
         hidden, inter, page_elems, rank_choices, cases = 64, 96, 1024, [4, 8], [(2, 5, 2)]
     else:
         hidden, inter, page_elems, rank_choices = 4096, 11008, 2 * 16 * 32 * 128, [8, 16, 32, 64]
-        cases = [(8, 256, 8), (32, 64, 32), (2, 1024, 2)]     # (segments, tokens per segment, adapters)
+        cases = [(8, 256, 8), (32, 64, 32), (2, 1024, 2)]  # (segments, tokens per segment, adapters)
     flops_rate = matmul_flops(device, dtype)
     elem = torch.finfo(dtype).bits // 8
     rows = []
@@ -317,20 +393,44 @@ def bench_lora_prefill(args, device, dtype, bw, gen) -> list[dict]:
         xs = {g.name: torch.randn(T, g.K, device=device).to(dtype) for g in groups}
         ys = {g.name: torch.randn(T, sum(g.n_out), device=device).to(dtype) for g in groups}
         vs = {g.name: torch.empty(T, len(g.n_out), r_max, device=device, dtype=torch.float32) for g in groups}
-        dense = {}   # (group, g, slot) -> (A [r, K], B^T [r, N]) contiguous copies for the baseline
+        dense = {}  # (group, g, slot) -> (A [r, K], B^T [r, N]) contiguous copies for the baseline
         for grp in groups:
             a_off, b_off = grp.a_off.tolist(), grp.b_off.tolist()
             for gi, n in enumerate(grp.n_out):
                 for s_ in set(seg_slot_l):
-                    dense[grp.name, gi, s_] = (gather_virtual(pool, page_table[s_], a_off[s_][gi], ranks[s_], grp.K),
-                                               gather_virtual(pool, page_table[s_], b_off[s_][gi], ranks[s_], n))
+                    dense[grp.name, gi, s_] = (
+                        gather_virtual(pool, page_table[s_], a_off[s_][gi], ranks[s_], grp.K),
+                        gather_virtual(pool, page_table[s_], b_off[s_][gi], ranks[s_], n),
+                    )
 
         def ours(ys=ys):
             for g in groups:
-                lora_shrink(xs[g.name], pool, page_table, g.a_off, g.ranks, indptr, seg_slot, vs[g.name],
-                            max_seg_len=seg_len, aligned=True)
-                lora_expand(ys[g.name], vs[g.name], pool, page_table, g.b_off, g.ranks, scales, indptr, seg_slot,
-                            g.out_offsets, max_seg_len=seg_len, aligned=True)
+                lora_shrink(
+                    xs[g.name],
+                    pool,
+                    page_table,
+                    g.a_off,
+                    g.ranks,
+                    indptr,
+                    seg_slot,
+                    vs[g.name],
+                    max_seg_len=seg_len,
+                    aligned=True,
+                )
+                lora_expand(
+                    ys[g.name],
+                    vs[g.name],
+                    pool,
+                    page_table,
+                    g.b_off,
+                    g.ranks,
+                    scales,
+                    indptr,
+                    seg_slot,
+                    g.out_offsets,
+                    max_seg_len=seg_len,
+                    aligned=True,
+                )
 
         def per_segment(ys=ys):
             for g in groups:
@@ -339,30 +439,46 @@ def bench_lora_prefill(args, device, dtype, bw, gen) -> list[dict]:
                     for gi in range(len(g.n_out)):
                         a, bt = dense[g.name, gi, s_]
                         o = g.out_offsets[gi]
-                        ys[g.name][rows_, o:o + g.n_out[gi]] += (xs[g.name][rows_] @ a.t()) @ bt * scales[s_]
+                        ys[g.name][rows_, o : o + g.n_out[gi]] += (xs[g.name][rows_] @ a.t()) @ bt * scales[s_]
 
         y_ours = {k: v.clone() for k, v in ys.items()}
         y_base = {k: v.clone() for k, v in ys.items()}
         ours(y_ours)
         per_segment(y_base)
         err = max(float((y_ours[k].float() - y_base[k].float()).abs().max()) for k in ys)
-        delta = max(float((y_base[k].float() - ys[k].float()).abs().max()) for k in ys)   # the LoRA's size
+        delta = max(float((y_base[k].float() - ys[k].float()).abs().max()) for k in ys)  # the LoRA's size
         y_t = {k: v.clone() for k, v in ys.items()}
         t_ours = bench_ms(lambda: ours(y_t), device)
         t_base = bench_ms(lambda: per_segment(y_t), device)
         used = sorted(set(seg_slot_l))
         byts = sum(totals[s_] for s_ in used) * elem + sum(
-            T * g.K * elem + 2 * T * sum(g.n_out) * elem + 2 * T * len(g.n_out) * r_max * 4 for g in groups)
+            T * g.K * elem + 2 * T * sum(g.n_out) * elem + 2 * T * len(g.n_out) * r_max * 4 for g in groups
+        )
         flops = sum(2 * seg_len * ranks[s_] * (g.K * len(g.n_out) + sum(g.n_out)) for s_ in seg_slot_l for g in groups)
         bound_ms = max(byts / bw, flops / flops_rate) * 1e3
-        rows.append(dict(segments=n_seg, seg_len=seg_len, n_adapters=n_ad, tokens=T, ranks=ranks[:16],
-                         ours_ms=t_ours, per_segment_ms=t_base, bound_ms=bound_ms, gflop=flops / 1e9,
-                         mm_tflops=flops_rate / 1e12, ours_over_bound=t_ours / bound_ms,
-                         per_segment_over_ours=t_base / t_ours, max_abs_err_vs_per_segment=err,
-                         max_abs_delta=delta))
-        print(f"prefill {n_seg}x{seg_len} tokens, {n_ad} adapters: ours {t_ours:.3f} ms, bound {bound_ms:.3f} ms "
-              f"({t_ours / bound_ms:.2f}x), per-segment matmuls {t_base:.3f} ms, err {err:.1e} (LoRA delta {delta:.1e})",
-              flush=True)
+        rows.append(
+            dict(
+                segments=n_seg,
+                seg_len=seg_len,
+                n_adapters=n_ad,
+                tokens=T,
+                ranks=ranks[:16],
+                ours_ms=t_ours,
+                per_segment_ms=t_base,
+                bound_ms=bound_ms,
+                gflop=flops / 1e9,
+                mm_tflops=flops_rate / 1e12,
+                ours_over_bound=t_ours / bound_ms,
+                per_segment_over_ours=t_base / t_ours,
+                max_abs_err_vs_per_segment=err,
+                max_abs_delta=delta,
+            )
+        )
+        print(
+            f"prefill {n_seg}x{seg_len} tokens, {n_ad} adapters: ours {t_ours:.3f} ms, bound {bound_ms:.3f} ms "
+            f"({t_ours / bound_ms:.2f}x), per-segment matmuls {t_base:.3f} ms, err {err:.1e} (LoRA delta {delta:.1e})",
+            flush=True,
+        )
         del pool, groups, xs, ys, vs, dense, y_ours, y_base, y_t
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -373,8 +489,10 @@ def bench_lora_prefill(args, device, dtype, bw, gen) -> list[dict]:
 # paged decode attention
 # ----------------------------------------------------------------------------------------------------
 
+
 def bench_attention(args, device, dtype, bw, gen) -> list[dict]:
     import torch.nn.functional as F
+
     if args.smoke:
         Hq, D, P, batch, ctxs, kv_heads = 4, 16, 8, 2, [32, 64], [4, 2]
     else:
@@ -390,18 +508,17 @@ def bench_attention(args, device, dtype, bw, gen) -> list[dict]:
             q_indptr = torch.arange(batch + 1, dtype=torch.int32, device=device)
             q = torch.randn(batch, Hq, D, device=device).to(dtype)
             out = torch.empty_like(q)
-            kv = kv_view(pool, P, Hkv)[table.long()]                     # [B, pages, 2, P, Hkv, D]
+            kv = kv_view(pool, P, Hkv)[table.long()]  # [B, pages, 2, P, Hkv, D]
             k_c = kv[:, :, 0].reshape(batch, -1, Hkv, D)[:, :L].transpose(1, 2).contiguous()
             v_c = kv[:, :, 1].reshape(batch, -1, Hkv, D)[:, :L].transpose(1, 2).contiguous()
             del kv
-            scale = D ** -0.5
+            scale = D**-0.5
 
             def ours():
                 paged_attention(q, pool, P, Hkv, table, seq_lens, q_indptr, scale, out, max_q_len=1)
 
             def sdpa():
-                return F.scaled_dot_product_attention(q[:, :, None], k_c, v_c, scale=scale,
-                                                      enable_gqa=Hkv != Hq)
+                return F.scaled_dot_product_attention(q[:, :, None], k_c, v_c, scale=scale, enable_gqa=Hkv != Hq)
 
             ours()
             err = float((out.float() - sdpa()[:, :, 0].float()).abs().max())
@@ -410,12 +527,29 @@ def bench_attention(args, device, dtype, bw, gen) -> list[dict]:
             t_sdpa = bench_ms(sdpa, device)
             kv_bytes = 2 * batch * L * Hkv * D * elem
             bound_ms = (kv_bytes + 2 * q.numel() * elem) / bw * 1e3
-            rows.append(dict(batch=batch, context=L, hq=Hq, hkv=Hkv, head_dim=D, page_size=P,
-                             kv_mb=kv_bytes / 1e6, ours_ms=t_ours, ours_graph_ms=t_graph, sdpa_ms=t_sdpa, bound_ms=bound_ms,
-                             bandwidth_fraction=bound_ms / t_ours, sdpa_over_ours=t_sdpa / t_ours,
-                             max_abs_err_vs_sdpa=err))
-            print(f"attn Hkv={Hkv:2d} L={L:5d}: ours {t_ours:.3f} ms (graph {t_graph}) ({bound_ms / t_ours:.0%} of bandwidth), "
-                  f"sdpa {t_sdpa:.3f} ms, err {err:.1e}", flush=True)
+            rows.append(
+                dict(
+                    batch=batch,
+                    context=L,
+                    hq=Hq,
+                    hkv=Hkv,
+                    head_dim=D,
+                    page_size=P,
+                    kv_mb=kv_bytes / 1e6,
+                    ours_ms=t_ours,
+                    ours_graph_ms=t_graph,
+                    sdpa_ms=t_sdpa,
+                    bound_ms=bound_ms,
+                    bandwidth_fraction=bound_ms / t_ours,
+                    sdpa_over_ours=t_sdpa / t_ours,
+                    max_abs_err_vs_sdpa=err,
+                )
+            )
+            print(
+                f"attn Hkv={Hkv:2d} L={L:5d}: ours {t_ours:.3f} ms (graph {t_graph}) ({bound_ms / t_ours:.0%} of bandwidth), "
+                f"sdpa {t_sdpa:.3f} ms, err {err:.1e}",
+                flush=True,
+            )
             del pool, k_c, v_c
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -423,6 +557,7 @@ def bench_attention(args, device, dtype, bw, gen) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------
+
 
 def _f(x) -> str:
     return "-" if x is None else f"{x:.3f}"
@@ -433,49 +568,76 @@ def _x(x) -> str:
 
 
 def write_markdown(res: dict, path: Path) -> None:
-    lines = [f"# Kernel benchmarks: {res['device']}", "",
-             f"dtype {res['dtype']}; device-to-device copy bandwidth {res['copy_bandwidth_gbs']:.0f} GB/s "
-             "(read + written), measured in this run. Times are medians (ms); ratios use the eager time (ours ms); "
-             "bound = bytes that must move / that bandwidth.", "",
-             f"## Multi-LoRA decode, one layer (qkv, o, gate/up, down: shrink + expand), batch "
-             f"{res['lora'][0]['batch'] if res['lora'] else '-'}", "",
-             "ours = the aligned decode fast path (aligned=True, plan built once per layer inside the timed call); "
-             "generic = the generic decode kernels (aligned=False: the previous implementation).", "",
-             "| adapters | adapter MB | ours ms | ours ms (CUDA graph) | bound ms | ours / bound | ours graph / bound | generic ms | generic / ours | padded bmm ms | bmm / ours | bmm / ours (both CUDA graphs) | torch ref ms | max err vs bmm |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Kernel benchmarks: {res['device']}",
+        "",
+        f"dtype {res['dtype']}; device-to-device copy bandwidth {res['copy_bandwidth_gbs']:.0f} GB/s "
+        "(read + written), measured in this run. Times are medians (ms); ratios use the eager time (ours ms); "
+        "bound = bytes that must move / that bandwidth.",
+        "",
+        f"## Multi-LoRA decode, one layer (qkv, o, gate/up, down: shrink + expand), batch "
+        f"{res['lora'][0]['batch'] if res['lora'] else '-'}",
+        "",
+        "ours = the aligned decode fast path (aligned=True, plan built once per layer inside the timed call); "
+        "generic = the generic decode kernels (aligned=False: the previous implementation).",
+        "",
+        "| adapters | adapter MB | ours ms | ours ms (CUDA graph) | bound ms | ours / bound | ours graph / bound | generic ms | generic / ours | padded bmm ms | bmm / ours | bmm / ours (both CUDA graphs) | torch ref ms | max err vs bmm |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
 
     for r in res["lora"]:
         gb = r.get("ours_graph_over_bound")
-        lines.append(f"| {r['n_adapters']} | {r['adapter_mb']:.1f} | {r['ours_ms']:.3f} | {_f(r['ours_graph_ms'])} | "
-                     f"{r['bound_ms']:.3f} | {r['ours_over_bound']:.2f}x | {'-' if gb is None else f'{gb:.2f}x'} | "
-                     f"{r['generic_ms']:.3f} | {r['generic_over_ours']:.1f}x | {r['bmm_ms']:.3f} | "
-                     f"{r['bmm_over_ours']:.1f}x | {_x(r.get('bmm_graph_over_ours_graph'))} | {_f(r['ref_ms'])} | "
-                     f"{r['max_abs_err_vs_bmm']:.1e} |")
-    lines += ["", "## Multi-LoRA decode, small batches (same layer; one token per request)", "",
-              "| batch | adapters | distinct used | ours ms | ours ms (CUDA graph) | bound ms | ours / bound | ours graph / bound | generic ms | generic / ours | padded bmm ms | bmm / ours | max err vs bmm |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['n_adapters']} | {r['adapter_mb']:.1f} | {r['ours_ms']:.3f} | {_f(r['ours_graph_ms'])} | "
+            f"{r['bound_ms']:.3f} | {r['ours_over_bound']:.2f}x | {'-' if gb is None else f'{gb:.2f}x'} | "
+            f"{r['generic_ms']:.3f} | {r['generic_over_ours']:.1f}x | {r['bmm_ms']:.3f} | "
+            f"{r['bmm_over_ours']:.1f}x | {_x(r.get('bmm_graph_over_ours_graph'))} | {_f(r['ref_ms'])} | "
+            f"{r['max_abs_err_vs_bmm']:.1e} |"
+        )
+    lines += [
+        "",
+        "## Multi-LoRA decode, small batches (same layer; one token per request)",
+        "",
+        "| batch | adapters | distinct used | ours ms | ours ms (CUDA graph) | bound ms | ours / bound | ours graph / bound | generic ms | generic / ours | padded bmm ms | bmm / ours | max err vs bmm |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in res.get("lora_small", []):
         gb = r.get("ours_graph_over_bound")
-        lines.append(f"| {r['batch']} | {r['n_adapters']} | {r['distinct_used']} | {r['ours_ms']:.3f} | "
-                     f"{_f(r['ours_graph_ms'])} | {r['bound_ms']:.3f} | {r['ours_over_bound']:.2f}x | "
-                     f"{'-' if gb is None else f'{gb:.2f}x'} | {r['generic_ms']:.3f} | {r['generic_over_ours']:.1f}x | "
-                     f"{r['bmm_ms']:.3f} | {r['bmm_over_ours']:.1f}x | {r['max_abs_err_vs_bmm']:.1e} |")
-    lines += ["", "## Multi-LoRA prefill (SGMV), one layer: segments of many tokens, an adapter each", "",
-              "per-segment = a matmul pair per segment and target over contiguous copies of the weights; "
-              "bound = max(bytes / copy bandwidth, FLOPs / torch.mm rate measured in this run).", "",
-              "| segments | tokens each | adapters | GFLOP | ours ms | bound ms | ours / bound | per-segment ms | per-segment / ours | max err |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['batch']} | {r['n_adapters']} | {r['distinct_used']} | {r['ours_ms']:.3f} | "
+            f"{_f(r['ours_graph_ms'])} | {r['bound_ms']:.3f} | {r['ours_over_bound']:.2f}x | "
+            f"{'-' if gb is None else f'{gb:.2f}x'} | {r['generic_ms']:.3f} | {r['generic_over_ours']:.1f}x | "
+            f"{r['bmm_ms']:.3f} | {r['bmm_over_ours']:.1f}x | {r['max_abs_err_vs_bmm']:.1e} |"
+        )
+    lines += [
+        "",
+        "## Multi-LoRA prefill (SGMV), one layer: segments of many tokens, an adapter each",
+        "",
+        "per-segment = a matmul pair per segment and target over contiguous copies of the weights; "
+        "bound = max(bytes / copy bandwidth, FLOPs / torch.mm rate measured in this run).",
+        "",
+        "| segments | tokens each | adapters | GFLOP | ours ms | bound ms | ours / bound | per-segment ms | per-segment / ours | max err |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in res.get("lora_prefill", []):
-        lines.append(f"| {r['segments']} | {r['seg_len']} | {r['n_adapters']} | {r['gflop']:.1f} | {r['ours_ms']:.3f} | "
-                     f"{r['bound_ms']:.3f} | {r['ours_over_bound']:.2f}x | {r['per_segment_ms']:.3f} | "
-                     f"{r['per_segment_over_ours']:.1f}x | {r['max_abs_err_vs_per_segment']:.1e} |")
-    lines += ["", "## Paged decode attention (one query token per sequence)", "",
-              "| batch | context | Hq/Hkv | KV MB | ours ms | ours ms (CUDA graph) | bound ms | % of bandwidth | SDPA (contiguous) ms | SDPA / ours |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['segments']} | {r['seg_len']} | {r['n_adapters']} | {r['gflop']:.1f} | {r['ours_ms']:.3f} | "
+            f"{r['bound_ms']:.3f} | {r['ours_over_bound']:.2f}x | {r['per_segment_ms']:.3f} | "
+            f"{r['per_segment_over_ours']:.1f}x | {r['max_abs_err_vs_per_segment']:.1e} |"
+        )
+    lines += [
+        "",
+        "## Paged decode attention (one query token per sequence)",
+        "",
+        "| batch | context | Hq/Hkv | KV MB | ours ms | ours ms (CUDA graph) | bound ms | % of bandwidth | SDPA (contiguous) ms | SDPA / ours |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in res["attention"]:
-        lines.append(f"| {r['batch']} | {r['context']} | {r['hq']}/{r['hkv']} | {r['kv_mb']:.0f} | {r['ours_ms']:.3f} | {_f(r['ours_graph_ms'])} | "
-                     f"{r['bound_ms']:.3f} | {r['bandwidth_fraction']:.0%} | {r['sdpa_ms']:.3f} | "
-                     f"{r['sdpa_over_ours']:.2f}x |")
+        lines.append(
+            f"| {r['batch']} | {r['context']} | {r['hq']}/{r['hkv']} | {r['kv_mb']:.0f} | {r['ours_ms']:.3f} | {_f(r['ours_graph_ms'])} | "
+            f"{r['bound_ms']:.3f} | {r['bandwidth_fraction']:.0%} | {r['sdpa_ms']:.3f} | "
+            f"{r['sdpa_over_ours']:.2f}x |"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -491,23 +653,36 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     if device.type == "cpu" and dtype == torch.bfloat16:
-        dtype = torch.float32          # Triton's interpreter gets bfloat16 wrong on the CPU
+        dtype = torch.float32  # Triton's interpreter gets bfloat16 wrong on the CPU
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.time()
     bw = copy_bandwidth(device, (1 << 30) if device.type == "cuda" else (1 << 22))
-    print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}: "
-          f"copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
-    res = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()})",
-               torch=torch.__version__, triton=__import__("triton").__version__, dtype=str(dtype).split(".")[-1],
-               smoke=args.smoke, copy_bandwidth_gbs=bw / 1e9)
+    print(
+        f"device {torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}: "
+        f"copy bandwidth {bw / 1e9:.0f} GB/s",
+        flush=True,
+    )
+    res = dict(
+        device=torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()})",
+        torch=torch.__version__,
+        triton=__import__("triton").__version__,
+        dtype=str(dtype).split(".")[-1],
+        smoke=args.smoke,
+        copy_bandwidth_gbs=bw / 1e9,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     lora_small = lambda *a: bench_lora(*a, small=True)  # noqa: E731
-    for key, fn in (("lora", bench_lora), ("lora_small", lora_small), ("lora_prefill", bench_lora_prefill),
-                    ("attention", bench_attention)):
+    for key, fn in (
+        ("lora", bench_lora),
+        ("lora_small", lora_small),
+        ("lora_prefill", bench_lora_prefill),
+        ("attention", bench_attention),
+    ):
         try:
             res[key] = fn(args, device, dtype, bw, gen)
         except Exception as e:  # keep the other section's figures; the error is recorded
             import traceback
+
             traceback.print_exc()
             res[key], res[f"{key}_error"] = [], repr(e)
             if args.smoke:

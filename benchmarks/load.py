@@ -25,8 +25,14 @@ def percentile(xs: list[float], q: float) -> float:
 async def send(client, url: str, r: dict, model: str, t0: float, headers: dict, rng: random.Random) -> dict:
     await asyncio.sleep(max(0.0, t0 + r["arrival_s"] - time.perf_counter()))
     prompt = [rng.randrange(3, 500) for _ in range(r["input_len"])]
-    body = {"model": model, "prompt": prompt, "max_tokens": r["output_len"], "temperature": 0,
-            "ignore_eos": True, "stream": True}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": r["output_len"],
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
     sent = time.perf_counter()
     res = {"adapter": r["adapter"], "sent": sent, "status": None, "first": None, "chunks": 0}
     try:
@@ -60,21 +66,29 @@ def summarize(results: list[dict], trace: list[dict], elapsed: float, slo: float
     chunk_gap = [(r["last"] - r["first"]) / (r["chunks"] - 1) for r in ok if r["chunks"] > 1]
     out_tokens = sum(t["output_len"] for t, r in zip(trace, results) if r in ok)
     sat = [max(0.0, 1 - (t / slo) ** 2) for t in ttft] + [0.0] * (len(results) - len(ok))
-    return {"requests": len(results), "ok": len(ok), "rejected_429": sum(r["status"] == 429 for r in results),
-            "errors": sum(1 for r in results if r["status"] not in (200, 429)),
-            "elapsed_s": elapsed, "req_s": len(ok) / elapsed, "out_tok_s": out_tokens / elapsed,
-            "ttft_mean_s": statistics.mean(ttft) if ttft else None, "ttft_p50_s": percentile(ttft, .5),
-            "ttft_p90_s": percentile(ttft, .9), "ttft_p99_s": percentile(ttft, .99),
-            "tpot_mean_s": statistics.mean(tpot) if tpot else None,
-            "chunk_interval_mean_s": statistics.mean(chunk_gap) if chunk_gap else None,
-            "chunks_per_request_mean": statistics.mean(r["chunks"] for r in ok) if ok else None,
-            "e2e_mean_s": statistics.mean(e2e) if e2e else None, "slo_s": slo,
-            "slo_attainment": sum(t <= slo for t in ttft) / len(results) if results else None,
-            "user_satisfaction": statistics.mean(sat) if sat else None}
+    return {
+        "requests": len(results),
+        "ok": len(ok),
+        "rejected_429": sum(r["status"] == 429 for r in results),
+        "errors": sum(1 for r in results if r["status"] not in (200, 429)),
+        "elapsed_s": elapsed,
+        "req_s": len(ok) / elapsed,
+        "out_tok_s": out_tokens / elapsed,
+        "ttft_mean_s": statistics.mean(ttft) if ttft else None,
+        "ttft_p50_s": percentile(ttft, 0.5),
+        "ttft_p90_s": percentile(ttft, 0.9),
+        "ttft_p99_s": percentile(ttft, 0.99),
+        "tpot_mean_s": statistics.mean(tpot) if tpot else None,
+        "chunk_interval_mean_s": statistics.mean(chunk_gap) if chunk_gap else None,
+        "chunks_per_request_mean": statistics.mean(r["chunks"] for r in ok) if ok else None,
+        "e2e_mean_s": statistics.mean(e2e) if e2e else None,
+        "slo_s": slo,
+        "slo_attainment": sum(t <= slo for t in ttft) / len(results) if results else None,
+        "user_satisfaction": statistics.mean(sat) if sat else None,
+    }
 
 
-async def replay(url: str, trace: list[dict], prefix: str, slo: float, api_key: str | None,
-                 timeout: float) -> dict:
+async def replay(url: str, trace: list[dict], prefix: str, slo: float, api_key: str | None, timeout: float) -> dict:
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -82,8 +96,9 @@ async def replay(url: str, trace: list[dict], prefix: str, slo: float, api_key: 
     limits = httpx.Limits(max_connections=4096, max_keepalive_connections=1024)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(send(client, url, r, f"{prefix}{r['adapter']}", t0, headers, rng)
-                                         for r in trace))
+        results = await asyncio.gather(
+            *(send(client, url, r, f"{prefix}{r['adapter']}", t0, headers, rng) for r in trace)
+        )
         elapsed = time.perf_counter() - t0
     return summarize(list(results), trace, elapsed, slo)
 

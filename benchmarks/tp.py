@@ -68,8 +68,13 @@ def bench_engine(args, model_dir: Path, adapter_paths: list[str]) -> dict:
     dev = "cpu" if args.smoke else "cuda"
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     dtype = "float32" if args.smoke else "bfloat16"
-    cfg = EngineConfig(model=str(model_dir), device=dev, dtype=dtype, pool={"num_pages": args.pool_pages},
-                       scheduler={"max_num_seqs": 256, "max_num_batched_tokens": 8192})
+    cfg = EngineConfig(
+        model=str(model_dir),
+        device=dev,
+        dtype=dtype,
+        pool={"num_pages": args.pool_pages},
+        scheduler={"max_num_seqs": 256, "max_num_batched_tokens": 8192},
+    )
     rng = random.Random(0)
     prompts = [[rng.randrange(3, 500) for _ in range(args.prompt_len)] for _ in range(args.requests)]
     names = {f"r16-{i}": adapter_paths[i % len(adapter_paths)] for i in range(32)}
@@ -81,9 +86,9 @@ def bench_engine(args, model_dir: Path, adapter_paths: list[str]) -> dict:
         t0 = time.perf_counter()
         register(engine, names)
         res[f"tp{tp}_register_32_adapters_s"] = time.perf_counter() - t0
-        fixed_batch(engine, prompts, adapters, 4, sync)          # warm-up (Triton compiles, graphs)
+        fixed_batch(engine, prompts, adapters, 4, sync)  # warm-up (Triton compiles, graphs)
         if tp > 1:
-            engine.executor.control.__init__()                   # count the measured run only
+            engine.executor.control.__init__()  # count the measured run only
         t, toks = fixed_batch(engine, prompts, adapters, args.output_len, sync)
         outs[tp] = toks
         res[f"tp{tp}_s"] = t
@@ -145,11 +150,19 @@ def bench_comm(hidden: int, world: int = 2) -> dict:
         lora = times[str((b, 3, r))] + times[str((b, 2, r))]
         slora = lora + 2 * times[str((b, 1, r))]
         base = 2 * times[str((b, hidden))]
-        out["per_layer"].append({"batch": b, "rank": r, "lora_us": lora, "base_us": base,
-                                 "lora_share": lora / (lora + base), "slora_scheme_lora_us": slora,
-                                 "slora_scheme_lora_share": slora / (slora + base),
-                                 # S-LoRA's cost model: LoRA 5(N-1)Br/N vs base 2(N-1)Bh/N
-                                 "model_lora_share": 5 * r / (5 * r + 2 * hidden)})
+        out["per_layer"].append(
+            {
+                "batch": b,
+                "rank": r,
+                "lora_us": lora,
+                "base_us": base,
+                "lora_share": lora / (lora + base),
+                "slora_scheme_lora_us": slora,
+                "slora_scheme_lora_share": slora / (slora + base),
+                # S-LoRA's cost model: LoRA 5(N-1)Br/N vs base 2(N-1)Bh/N
+                "model_lora_share": 5 * r / (5 * r + 2 * hidden),
+            }
+        )
     return out
 
 
@@ -173,8 +186,12 @@ def bench_equality_fp32(args, model_dir: Path, adapter_paths: list[str]) -> dict
         del engine
         if dev == "cuda":
             torch.cuda.empty_cache()
-    return {"requests": len(prompts), "tokens_each": 16, "tp": args.tp,
-            "greedy_equal": sum(a == b for a, b in zip(outs[1], outs[args.tp])) / len(prompts)}
+    return {
+        "requests": len(prompts),
+        "tokens_each": 16,
+        "tp": args.tp,
+        "greedy_equal": sum(a == b for a, b in zip(outs[1], outs[args.tp])) / len(prompts),
+    }
 
 
 SERVE_HISTOGRAMS = ("sloray_time_to_first_token_seconds", "sloray_inter_token_latency_seconds")
@@ -193,7 +210,7 @@ def bench_serve(args, model_dir: Path, adapter_paths: list[str], work: Path) -> 
 
     adir = work / f"serve-adapters-{args.serve_adapters}"
     adir.mkdir(parents=True, exist_ok=True)
-    for i in range(args.serve_adapters):           # each name its own directory (files linked)
+    for i in range(args.serve_adapters):  # each name its own directory (files linked)
         d = adir / f"a{i}"
         if not d.exists():
             d.mkdir()
@@ -202,26 +219,40 @@ def bench_serve(args, model_dir: Path, adapter_paths: list[str], work: Path) -> 
                 os.symlink(src / f, d / f)
     t0 = time.perf_counter()
     stream = {} if args.stream_interval_s is None else {"stream_interval_s": args.stream_interval_s}
-    build_args = BuildArgs(model=str(model_dir), adapter_dir=str(adir), tensor_parallel_size=args.tp,
-                           device="cpu" if args.smoke else "cuda",
-                           dtype="float32" if args.smoke else "bfloat16", max_num_seqs=128,
-                           gpu_memory_fraction=0.6, max_lora_rank=64,
-                           engine={"pool": {"num_pages": args.pool_pages}} if args.smoke else {}, **stream)
+    build_args = BuildArgs(
+        model=str(model_dir),
+        adapter_dir=str(adir),
+        tensor_parallel_size=args.tp,
+        device="cpu" if args.smoke else "cuda",
+        dtype="float32" if args.smoke else "bfloat16",
+        max_num_seqs=128,
+        gpu_memory_fraction=0.6,
+        max_lora_rank=64,
+        engine={"pool": {"num_pages": args.pool_pages}} if args.smoke else {},
+        **stream,
+    )
     app = build_app(build_args)
     serve.run(app, name="sloray", route_prefix="/", blocking=False)
     url = "http://127.0.0.1:8000"
     models = httpx.get(f"{url}/v1/models", timeout=60).json()
     startup = time.perf_counter() - t0
-    trace = synthetic_trace(args.serve_adapters, args.alpha, args.rate, 1.0, args.duration, 3,
-                            in_range=(8, 256), out_range=(8, 128))
+    trace = synthetic_trace(
+        args.serve_adapters, args.alpha, args.rate, 1.0, args.duration, 3, in_range=(8, 256), out_range=(8, 128)
+    )
     res = asyncio.run(replay(url, trace, "a", 6.0, None, 300.0))
     metrics = httpx.get(f"{url}/metrics", timeout=30).text.splitlines()
-    res.update(startup_s=startup, models_listed=len(models["data"]), trace_adapters=args.serve_adapters,
-               alpha=args.alpha, rate=args.rate, duration_s=args.duration,
-               stream_interval_s=build_args.stream_interval_s,
-               # the group-side latency histograms in full (buckets, sum, count), next to the client's view
-               histograms={name: [ln for ln in metrics if ln.startswith(name)] for name in SERVE_HISTOGRAMS},
-               metrics_sample=[ln for ln in metrics if ln.startswith("sloray_")][:40])
+    res.update(
+        startup_s=startup,
+        models_listed=len(models["data"]),
+        trace_adapters=args.serve_adapters,
+        alpha=args.alpha,
+        rate=args.rate,
+        duration_s=args.duration,
+        stream_interval_s=build_args.stream_interval_s,
+        # the group-side latency histograms in full (buckets, sum, count), next to the client's view
+        histograms={name: [ln for ln in metrics if ln.startswith(name)] for name in SERVE_HISTOGRAMS},
+        metrics_sample=[ln for ln in metrics if ln.startswith("sloray_")][:40],
+    )
     serve.shutdown()
     return res
 
@@ -241,8 +272,12 @@ def main():
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--rate", type=float, default=2.0)
     ap.add_argument("--duration", type=float, default=None, help="seconds of trace (default 60; 10 with --smoke)")
-    ap.add_argument("--stream-interval-s", type=float, default=None,
-                    help="BuildArgs.stream_interval_s of the Serve app (default: BuildArgs' default)")
+    ap.add_argument(
+        "--stream-interval-s",
+        type=float,
+        default=None,
+        help="BuildArgs.stream_interval_s of the Serve app (default: BuildArgs' default)",
+    )
     ap.add_argument("--skip", nargs="*", default=[], help="equality engine comm serve")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU (gloo), to test the script")
     args = ap.parse_args()
@@ -260,11 +295,14 @@ def main():
     for r in (8, 16):
         d = work / f"adapter-r{r}"
         if not (d / "adapter_config.json").exists():
-            write_peft_adapter(d, model_dir, r, 2.0 * r, ["q_proj", "k_proj", "v_proj", "o_proj"], seed=r,
-                               std=0.02)
+            write_peft_adapter(d, model_dir, r, 2.0 * r, ["q_proj", "k_proj", "v_proj", "o_proj"], seed=r, std=0.02)
         paths.append(str(d))
-    res = {"gpu": "cpu (smoke)" if args.smoke else f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}",
-           "shape": shape, "layers": args.layers or "all", "setup_s": time.time() - t0}
+    res = {
+        "gpu": "cpu (smoke)" if args.smoke else f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}",
+        "shape": shape,
+        "layers": args.layers or "all",
+        "setup_s": time.time() - t0,
+    }
     ray.init(num_cpus=8, num_gpus=0 if args.smoke else torch.cuda.device_count(), include_dashboard=False)
     try:
         if "equality" not in args.skip:
@@ -273,8 +311,15 @@ def main():
             for r in (8, 16):
                 d = work / f"adapter-2l-r{r}"
                 if not (d / "adapter_config.json").exists():
-                    write_peft_adapter(d, small, r, 2.0 * r, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                              "up_proj", "down_proj"], seed=r, std=0.05)
+                    write_peft_adapter(
+                        d,
+                        small,
+                        r,
+                        2.0 * r,
+                        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                        seed=r,
+                        std=0.05,
+                    )
                 small_paths.append(str(d))
             res["equality_fp32_2_layers"] = bench_equality_fp32(args, small, small_paths)
             print(json.dumps(res["equality_fp32_2_layers"]), flush=True)
@@ -288,8 +333,12 @@ def main():
             print(json.dumps(res["comm"]["per_layer"], indent=1), flush=True)
         if "serve" not in args.skip:
             res["serve"] = bench_serve(args, model_dir, paths, work)
-            print(json.dumps({k: v for k, v in res["serve"].items() if k not in ("metrics_sample", "histograms")},
-                             indent=1), flush=True)
+            print(
+                json.dumps(
+                    {k: v for k, v in res["serve"].items() if k not in ("metrics_sample", "histograms")}, indent=1
+                ),
+                flush=True,
+            )
     finally:
         (out / "tp.json").write_text(json.dumps(res, indent=2))
         ray.shutdown()

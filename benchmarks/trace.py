@@ -13,8 +13,16 @@ import json
 import random
 
 
-def synthetic_trace(n_adapters: int, alpha: float, rate: float, cv: float, duration: float, seed: int,
-                    in_range=(8, 512), out_range=(8, 512)) -> list[dict]:
+def synthetic_trace(
+    n_adapters: int,
+    alpha: float,
+    rate: float,
+    cv: float,
+    duration: float,
+    seed: int,
+    in_range=(8, 512),
+    out_range=(8, 512),
+) -> list[dict]:
     rng = random.Random(seed)
     weights = [(i + 1) ** (-1.0 / alpha) if alpha < 1 else 1.0 for i in range(n_adapters)]
     shape = 1.0 / (cv * cv)
@@ -23,8 +31,14 @@ def synthetic_trace(n_adapters: int, alpha: float, rate: float, cv: float, durat
         t += rng.gammavariate(shape, 1.0 / (rate * shape))
         if t >= duration:
             return reqs
-        reqs.append({"arrival_s": round(t, 6), "adapter": rng.choices(range(n_adapters), weights)[0],
-                     "input_len": rng.randrange(*in_range), "output_len": rng.randrange(*out_range)})
+        reqs.append(
+            {
+                "arrival_s": round(t, 6),
+                "adapter": rng.choices(range(n_adapters), weights)[0],
+                "input_len": rng.randrange(*in_range),
+                "output_len": rng.randrange(*out_range),
+            }
+        )
 
 
 def main():

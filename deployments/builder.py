@@ -28,8 +28,10 @@ class BuildArgs(BaseModel):
     model: str = Field(DEMO, description="Hugging Face model directory, or 'demo' for the embedded demo model")
     served_model_name: str | None = Field(None, description="the base model's `model` id (default: dir name)")
     tokenizer: str | None = None
-    adapter_dir: str | None = Field(None, description="directory of PEFT adapter dirs loaded at start "
-                                                      "(default: the demo's adapters for the demo model)")
+    adapter_dir: str | None = Field(
+        None,
+        description="directory of PEFT adapter dirs loaded at start (default: the demo's adapters for the demo model)",
+    )
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: DType = "auto"
     tensor_parallel_size: int = Field(1, ge=1)
@@ -40,21 +42,33 @@ class BuildArgs(BaseModel):
     gpu_memory_fraction: float = Field(0.85, gt=0, le=1, description="share of free GPU memory for the pool")
     max_lora_rank: int = Field(64, ge=1, le=1024)
     max_loras_per_batch: int | None = Field(None, ge=1)
-    ttft_slo_s: float | None = Field(None, gt=0, description="admission control: refuse (429) requests whose "
-                                                              "predicted time to first token exceeds this")
+    ttft_slo_s: float | None = Field(
+        None,
+        gt=0,
+        description="admission control: refuse (429) requests whose predicted time to first token exceeds this",
+    )
     api_keys: list[str] | None = Field(None, description="when set, require 'Authorization: Bearer <key>'")
-    allowed_adapter_roots: list[str] | None = Field(None, description="run-time loads must come from under "
-                                                                      "these (default: [adapter_dir])")
+    allowed_adapter_roots: list[str] | None = Field(
+        None, description="run-time loads must come from under these (default: [adapter_dir])"
+    )
     routing_eps: float = Field(0.25, ge=0, description="bounded load: a group may take (1+eps) x the mean")
     stats_poll_interval_s: float = Field(0.25, gt=0)
-    stream_interval_s: float = Field(0.05, ge=0, description="a response stream sends its new tokens at most "
-                                                             "this often (first tokens and the end at once); "
-                                                             "0 = one chunk per engine step")
+    stream_interval_s: float = Field(
+        0.05,
+        ge=0,
+        description="a response stream sends its new tokens at most "
+        "this often (first tokens and the end at once); "
+        "0 = one chunk per engine step",
+    )
     num_ingress_replicas: int = Field(1, ge=1)
-    ingress_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved for an ingress replica (light: "
-                                                           "tokenization and HTTP)")
-    group_num_cpus: float | None = Field(None, ge=0, description="CPUs of a group replica (default: 1 for TP=1; "
-                                                                 "0 for TP>1, whose rank actors hold the CPUs)")
+    ingress_num_cpus: float = Field(
+        0.0, ge=0, description="CPUs reserved for an ingress replica (light: tokenization and HTTP)"
+    )
+    group_num_cpus: float | None = Field(
+        None,
+        ge=0,
+        description="CPUs of a group replica (default: 1 for TP=1; 0 for TP>1, whose rank actors hold the CPUs)",
+    )
     engine: dict[str, Any] = Field(default_factory=dict, description="nested EngineConfig override")
 
     @field_validator("api_keys", "allowed_adapter_roots", mode="before")
@@ -99,10 +113,14 @@ def resolve(args: BuildArgs) -> tuple[EngineConfig, dict[str, str], str]:
         adapter_dir = adapter_dir or str(root / "adapters")
         served = served or "sloray-demo"
     served = served or Path(model).name
-    roots = args.allowed_adapter_roots if args.allowed_adapter_roots is not None else (
-        [adapter_dir] if adapter_dir else [])
+    roots = (
+        args.allowed_adapter_roots if args.allowed_adapter_roots is not None else ([adapter_dir] if adapter_dir else [])
+    )
     flat: dict[str, Any] = {
-        "model": model, "tokenizer": args.tokenizer, "dtype": args.dtype, "device": args.device,
+        "model": model,
+        "tokenizer": args.tokenizer,
+        "dtype": args.dtype,
+        "device": args.device,
         "pool": {"gpu_memory_fraction": args.gpu_memory_fraction},
         "scheduler": {"max_num_seqs": args.max_num_seqs},
         "lora": {"max_lora_rank": args.max_lora_rank, "allowed_adapter_roots": [str(Path(r)) for r in roots]},
@@ -145,17 +163,28 @@ def build_app(args: BuildArgs | dict) -> Application:
     actor_opts = {"num_cpus": num_cpus, "num_gpus": 1 if gpu and tp == 1 else 0}
     groups = [
         GroupDeployment.options(name=f"SLoRAGroup-{i}", num_replicas=1, ray_actor_options=actor_opts).bind(
-            name=f"SLoRAGroup-{i}", cfg=cfg.model_dump(), adapters=adapters, tensor_parallel_size=tp,
+            name=f"SLoRAGroup-{i}",
+            cfg=cfg.model_dump(),
+            adapters=adapters,
+            tensor_parallel_size=tp,
             num_threads=max(1, int(num_cpus)) if not gpu and tp == 1 else None,
-            stream_interval_s=args.stream_interval_s)
+            stream_interval_s=args.stream_interval_s,
+        )
         for i in range(args.num_groups)
     ]
     max_model_len = cfg.scheduler.max_model_len or ModelArgs.from_dir(cfg.model).max_position_embeddings
     ingress_cfg = IngressConfig(
-        served_model_name=served, model_path=cfg.model, tokenizer_path=cfg.tokenizer or cfg.model,
-        max_model_len=max_model_len, api_keys=args.api_keys,
-        allowed_adapter_roots=cfg.lora.allowed_adapter_roots, ttft_slo_s=args.ttft_slo_s,
-        routing_eps=args.routing_eps, poll_interval_s=args.stats_poll_interval_s)
+        served_model_name=served,
+        model_path=cfg.model,
+        tokenizer_path=cfg.tokenizer or cfg.model,
+        max_model_len=max_model_len,
+        api_keys=args.api_keys,
+        allowed_adapter_roots=cfg.lora.allowed_adapter_roots,
+        ttft_slo_s=args.ttft_slo_s,
+        routing_eps=args.routing_eps,
+        poll_interval_s=args.stats_poll_interval_s,
+    )
     return IngressDeployment.options(
-        num_replicas=args.num_ingress_replicas, ray_actor_options={"num_cpus": args.ingress_num_cpus},
+        num_replicas=args.num_ingress_replicas,
+        ray_actor_options={"num_cpus": args.ingress_num_cpus},
     ).bind(groups, ingress_cfg.model_dump())

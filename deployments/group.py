@@ -39,13 +39,13 @@ from deployments.metrics import GroupMetrics
 
 logger = logging.getLogger("ray.serve")
 
-EMA = 0.2                 # weight of the newest step in the step-time / prefill-rate averages
-MIN_RATE_TOKENS = 32      # steps with fewer tokens say little about the prefill rate
+EMA = 0.2  # weight of the newest step in the step-time / prefill-rate averages
+MIN_RATE_TOKENS = 32  # steps with fewer tokens say little about the prefill rate
 
 
 @dataclass
 class _Cmd:
-    kind: str                                  # add | abort | add_adapter | remove_adapter
+    kind: str  # add | abort | add_adapter | remove_adapter
     args: tuple
     fut: asyncio.Future | None = None
 
@@ -53,8 +53,12 @@ class _Cmd:
 def _merge(a: RequestOutput, b: RequestOutput) -> RequestOutput:
     """Two outputs of one request as one (coalescing, or a consumer slower than the step loop)."""
     lps = None if b.delta_logprobs is None else (a.delta_logprobs or []) + b.delta_logprobs
-    return dataclasses.replace(b, delta_text=a.delta_text + b.delta_text,
-                               delta_token_ids=a.delta_token_ids + b.delta_token_ids, delta_logprobs=lps)
+    return dataclasses.replace(
+        b,
+        delta_text=a.delta_text + b.delta_text,
+        delta_token_ids=a.delta_token_ids + b.delta_token_ids,
+        delta_logprobs=lps,
+    )
 
 
 class _Stream:
@@ -73,8 +77,8 @@ class _Stream:
         self.interval = interval
         self.text = text
         self.pending: RequestOutput | dict | None = None
-        self.due = float("-inf")          # a pending output may go out from this time on
-        self.started = False              # an output the client can show went out
+        self.due = float("-inf")  # a pending output may go out from this time on
+        self.started = False  # an output the client can show went out
         self.ready = asyncio.Event()
 
     @staticmethod
@@ -94,8 +98,9 @@ class _Stream:
             p, now = self.pending, time.monotonic()
             if p is not None and (self._last(p) or now >= self.due):
                 self.pending = None
-                if self.started or (isinstance(p, RequestOutput)
-                                    and (p.delta_text if self.text else p.delta_token_ids)):
+                if self.started or (
+                    isinstance(p, RequestOutput) and (p.delta_text if self.text else p.delta_token_ids)
+                ):
                     self.started = True
                     self.due = now + self.interval
                 return p
@@ -110,9 +115,16 @@ class _Stream:
 
 
 class SLoRAGroup:
-    def __init__(self, name: str, cfg: EngineConfig | dict, adapters: dict[str, str] | None = None,
-                 tensor_parallel_size: int = 1, num_threads: int | None = None, ray_metrics: bool = True,
-                 stream_interval_s: float = 0.05):
+    def __init__(
+        self,
+        name: str,
+        cfg: EngineConfig | dict,
+        adapters: dict[str, str] | None = None,
+        tensor_parallel_size: int = 1,
+        num_threads: int | None = None,
+        ray_metrics: bool = True,
+        stream_interval_s: float = 0.05,
+    ):
         """`stream_interval_s`: a stream sends its new tokens at most this often (its first tokens and its
         end at once); 0 = one item per engine step."""
         if stream_interval_s < 0:
@@ -133,8 +145,9 @@ class SLoRAGroup:
             executor = TPExecutor(cfg, tensor_parallel_size)
         self.engine = Engine(cfg, executor=executor)
         if self.engine.warmup_s is not None:
-            logger.info("group %s: warmup (every kernel variant and CUDA graph) took %.1f s", name,
-                        self.engine.warmup_s)
+            logger.info(
+                "group %s: warmup (every kernel variant and CUDA graph) took %.1f s", name, self.engine.warmup_s
+            )
         for adapter, path in (adapters or {}).items():
             self.engine.add_adapter(adapter, path)
         self._adapter_table = self._adapters_now()
@@ -173,7 +186,7 @@ class SLoRAGroup:
                         if fut is not None and not fut.done():
                             fut.set_exception(exc) if exc is not None else fut.set_result(value)
                     self._dispatch(outputs, t_end)
-        except BaseException as e:   # noqa: BLE001 - fail every waiting stream instead of hanging it
+        except BaseException as e:  # noqa: BLE001 - fail every waiting stream instead of hanging it
             if not isinstance(e, asyncio.CancelledError):
                 logger.exception("group %s: step loop failed", self.name)
             self._failed = e
@@ -243,11 +256,23 @@ class SLoRAGroup:
         queued = sum(max(0, r.num_tokens - r.num_computed_tokens - 1) for r in [*sch.waiting, *sch.running])
         p = e.pool_stats()
         return {
-            "queue": {"waiting": len(sch.waiting), "running": len(sch.running), "queued_prefill_tokens": queued,
-                      "max_num_seqs": e.cfg.scheduler.max_num_seqs},
-            "pool": {"total": p.total, "free": p.free, "kv": p.kv, "adapter": p.adapter,
-                     "adapter_pinned": p.adapter_pinned, "kv_fragmentation": p.kv_fragmentation,
-                     "loads": p.loads, "hits": p.hits, "evictions": p.evictions},
+            "queue": {
+                "waiting": len(sch.waiting),
+                "running": len(sch.running),
+                "queued_prefill_tokens": queued,
+                "max_num_seqs": e.cfg.scheduler.max_num_seqs,
+            },
+            "pool": {
+                "total": p.total,
+                "free": p.free,
+                "kv": p.kv,
+                "adapter": p.adapter,
+                "adapter_pinned": p.adapter_pinned,
+                "kv_fragmentation": p.kv_fragmentation,
+                "loads": p.loads,
+                "hits": p.hits,
+                "evictions": p.evictions,
+            },
             "resident_adapters": e.pool.resident_adapters(),
             "adapters": self._adapter_table,
             "steps": e.steps,
@@ -295,9 +320,13 @@ class SLoRAGroup:
 
     @staticmethod
     def _gauges(s: dict) -> dict[str, float]:
-        return {"num_requests_running": s["queue"]["running"], "num_requests_waiting": s["queue"]["waiting"],
-                "queued_prefill_tokens": s["queue"]["queued_prefill_tokens"],
-                "resident_adapters": len(s["resident_adapters"]), "registered_adapters": len(s["adapters"])}
+        return {
+            "num_requests_running": s["queue"]["running"],
+            "num_requests_waiting": s["queue"]["waiting"],
+            "queued_prefill_tokens": s["queue"]["queued_prefill_tokens"],
+            "resident_adapters": len(s["resident_adapters"]),
+            "registered_adapters": len(s["adapters"]),
+        }
 
     async def _call(self, kind: str, *args) -> Any:
         if self._failed is not None:
@@ -307,8 +336,9 @@ class SLoRAGroup:
         return await fut
 
     # ---- requests --------------------------------------------------------------------------------
-    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                       adapter: str | None = None) -> AsyncIterator[dict | RequestOutput]:
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, adapter: str | None = None
+    ) -> AsyncIterator[dict | RequestOutput]:
         """Streams `{"accepted": True}` then RequestOutput deltas, coalesced (see the module docstring)."""
         st = _Stream(self.stream_interval_s, text=params.detokenize)
         self._streams[request_id] = st
@@ -335,7 +365,7 @@ class SLoRAGroup:
         finally:
             self._streams.pop(request_id, None)
             self._last_token_time.pop(request_id, None)
-            if not done:   # the consumer went away (disconnect, cancellation): free the request's pages
+            if not done:  # the consumer went away (disconnect, cancellation): free the request's pages
                 self.metrics.inc("requests_aborted")
                 if self._failed is None:
                     self._submit(_Cmd("abort", (request_id,)))
@@ -385,5 +415,11 @@ class SLoRAGroup:
 
 
 # The ingresses poll stats() a few times a second: no access log line per call.
-GroupDeployment = serve.deployment(SLoRAGroup, name="SLoRAGroup", num_replicas=1, max_ongoing_requests=1024,
-                                   health_check_period_s=10, logging_config={"enable_access_log": False})
+GroupDeployment = serve.deployment(
+    SLoRAGroup,
+    name="SLoRAGroup",
+    num_replicas=1,
+    max_ongoing_requests=1024,
+    health_check_period_s=10,
+    logging_config={"enable_access_log": False},
+)

@@ -30,11 +30,27 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.lora.adapter import AdapterError
-from app.protocol import (ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
-                          ChatCompletionResponse, ChatMessageOut, CompletionChoice, CompletionRequest,
-                          CompletionResponse, DeltaMessage, LoadLoRAAdapterRequest, ModelCard, ModelList,
-                          UnloadLoRAAdapterRequest, UsageInfo, chat_logprobs, completion_logprobs, error_body,
-                          random_id)
+from app.protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessageOut,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    LoadLoRAAdapterRequest,
+    ModelCard,
+    ModelList,
+    UnloadLoRAAdapterRequest,
+    UsageInfo,
+    chat_logprobs,
+    completion_logprobs,
+    error_body,
+    random_id,
+)
 from app.request import RequestOutput
 from app.tokenizer import Tokenizer
 from deployments.metrics import ServiceCollector
@@ -45,6 +61,7 @@ logger = logging.getLogger("ray.serve")
 
 class IngressConfig(BaseModel):
     """What the ingress needs (filled by build_app from BuildArgs / EngineConfig)."""
+
     served_model_name: str
     model_path: str
     tokenizer_path: str
@@ -101,20 +118,20 @@ class _Choice:
     index: int
     prompt_len: int
     group: str
-    gen: Any = None                            # DeploymentResponseGenerator
+    gen: Any = None  # DeploymentResponseGenerator
     text: str = ""
     num_tokens: int = 0
-    released: bool = False                     # counted back out of the router's local in-flight
+    released: bool = False  # counted back out of the router's local in-flight
     finish_reason: str | None = None
     parts: list[str] = field(default_factory=list)
-    ids: list[int] = field(default_factory=list)   # output tokens with logprobs (when requested) ...
-    lps: list = field(default_factory=list)        # ... and their TokenLogprobs
-    lp_sent: int = 0                               # of them already in stream chunks
-    text_sent: int = 0                             # characters already in stream chunks
+    ids: list[int] = field(default_factory=list)  # output tokens with logprobs (when requested) ...
+    lps: list = field(default_factory=list)  # ... and their TokenLogprobs
+    lp_sent: int = 0  # of them already in stream chunks
+    text_sent: int = 0  # characters already in stream chunks
 
     def take_logprobs(self) -> tuple[list[int], list, int]:
         """The tokens and logprobs not yet streamed, and the text offset where they start."""
-        ids, lps, offset = self.ids[self.lp_sent:], self.lps[self.lp_sent:], self.text_sent
+        ids, lps, offset = self.ids[self.lp_sent :], self.lps[self.lp_sent :], self.text_sent
         self.lp_sent = len(self.ids)
         return ids, lps, offset
 
@@ -159,6 +176,7 @@ class OpenAIIngress:
                 return
             self.snapshots[name] = s
             self.router.update(GroupState.from_stats(s))
+
         await asyncio.gather(*(one(n, h) for n, h in self.groups.items()))
 
     @staticmethod
@@ -194,15 +212,23 @@ class OpenAIIngress:
             return None
         if model in await self._adapters() or model in await self._adapters(fresh=True):
             return model
-        raise APIError(404, f"the model {model!r} does not exist (neither the base model "
-                            f"{self.cfg.served_model_name!r} nor a loaded adapter)", "model")
+        raise APIError(
+            404,
+            f"the model {model!r} does not exist (neither the base model "
+            f"{self.cfg.served_model_name!r} nor a loaded adapter)",
+            "model",
+        )
 
     def _max_tokens(self, requested: int | None, prompt_len: int, default: int | None) -> int:
         room = self.cfg.max_model_len - prompt_len
         max_tokens = requested if requested is not None else (default if default is not None else room)
         if room <= 0 or max_tokens > room:
-            raise APIError(400, f"this model's maximum context length is {self.cfg.max_model_len} tokens; the "
-                                f"prompt has {prompt_len} tokens and max_tokens is {max_tokens}", "max_tokens")
+            raise APIError(
+                400,
+                f"this model's maximum context length is {self.cfg.max_model_len} tokens; the "
+                f"prompt has {prompt_len} tokens and max_tokens is {max_tokens}",
+                "max_tokens",
+            )
         return max_tokens
 
     async def _start(self, body, prompts: list[list[int]], adapter: str | None, default_max: int | None):
@@ -223,9 +249,12 @@ class OpenAIIngress:
         decision = self.router.admit(group, tokens)
         if not decision.admitted:
             self.groups[group].note_rejected.remote(len(prompts) * n)
-            raise APIError(429, f"overloaded: predicted time to first token {decision.predicted_ttft_s:.3f}s "
-                                f"exceeds the SLO of {self.cfg.ttft_slo_s}s; retry later",
-                           headers={"Retry-After": str(decision.retry_after_s)})
+            raise APIError(
+                429,
+                f"overloaded: predicted time to first token {decision.predicted_ttft_s:.3f}s "
+                f"exceeds the SLO of {self.cfg.ttft_slo_s}s; retry later",
+                headers={"Retry-After": str(decision.retry_after_s)},
+            )
         base = random_id("req")
         choices = []
         for i, ids in enumerate(prompts):
@@ -258,6 +287,7 @@ class OpenAIIngress:
         async def one(c: _Choice):
             async for out in c.gen:
                 self._absorb(c, out)
+
         try:
             await asyncio.gather(*(one(c) for c in choices))
         finally:
@@ -330,26 +360,44 @@ class OpenAIIngress:
         decode = self.tokenizer.decode
         usage = self._usage_for(prompts, body.n)
         if body.stream:
+
             def chunk(c: _Choice, delta: str | None):
                 if delta is None:
                     return None
                 ids, lps, offset = c.take_logprobs()
                 c.text_sent += len(delta)
                 lp = None if body.logprobs is None else completion_logprobs(ids, lps, decode, offset)
-                return CompletionResponse(id=rid, created=created, model=model, choices=[CompletionChoice(
-                    index=c.index, text=delta, logprobs=lp, finish_reason=c.finish_reason)]).model_dump(
-                        exclude={"usage"})
+                return CompletionResponse(
+                    id=rid,
+                    created=created,
+                    model=model,
+                    choices=[CompletionChoice(index=c.index, text=delta, logprobs=lp, finish_reason=c.finish_reason)],
+                ).model_dump(exclude={"usage"})
 
             def usage_chunk():
                 u = usage(choices)
                 return CompletionResponse(id=rid, created=created, model=model, choices=[], usage=u).model_dump()
-            return StreamingResponse(self._stream(choices, chunk, usage_chunk if body.include_usage else None),
-                                     media_type="text/event-stream")
+
+            return StreamingResponse(
+                self._stream(choices, chunk, usage_chunk if body.include_usage else None),
+                media_type="text/event-stream",
+            )
         await self._collect(choices)
-        return CompletionResponse(id=rid, created=created, model=model, usage=usage(choices), choices=[
-            CompletionChoice(index=c.index, text=c.text, finish_reason=c.finish_reason,
-                             logprobs=None if body.logprobs is None else completion_logprobs(c.ids, c.lps, decode))
-            for c in choices])
+        return CompletionResponse(
+            id=rid,
+            created=created,
+            model=model,
+            usage=usage(choices),
+            choices=[
+                CompletionChoice(
+                    index=c.index,
+                    text=c.text,
+                    finish_reason=c.finish_reason,
+                    logprobs=None if body.logprobs is None else completion_logprobs(c.ids, c.lps, decode),
+                )
+                for c in choices
+            ],
+        )
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest, request: Request):
@@ -365,22 +413,42 @@ class OpenAIIngress:
         decode = self.tokenizer.decode
         usage = self._usage_for(prompts, body.n)
         if body.stream:
+
             def chunk(c: _Choice, delta: str | None):
                 d = DeltaMessage(role="assistant", content="") if delta is None else DeltaMessage(content=delta)
                 lp = chat_logprobs(*c.take_logprobs()[:2], decode) if body.logprobs and delta is not None else None
-                return ChatCompletionChunk(id=rid, created=created, model=model, choices=[ChatChunkChoice(
-                    index=c.index, delta=d, logprobs=lp, finish_reason=c.finish_reason)]).model_dump(exclude={"usage"})
+                return ChatCompletionChunk(
+                    id=rid,
+                    created=created,
+                    model=model,
+                    choices=[ChatChunkChoice(index=c.index, delta=d, logprobs=lp, finish_reason=c.finish_reason)],
+                ).model_dump(exclude={"usage"})
 
             def usage_chunk():
-                return ChatCompletionChunk(id=rid, created=created, model=model, choices=[],
-                                           usage=usage(choices)).model_dump()
-            return StreamingResponse(self._stream(choices, chunk, usage_chunk if body.include_usage else None),
-                                     media_type="text/event-stream")
+                return ChatCompletionChunk(
+                    id=rid, created=created, model=model, choices=[], usage=usage(choices)
+                ).model_dump()
+
+            return StreamingResponse(
+                self._stream(choices, chunk, usage_chunk if body.include_usage else None),
+                media_type="text/event-stream",
+            )
         await self._collect(choices)
-        return ChatCompletionResponse(id=rid, created=created, model=model, usage=usage(choices), choices=[
-            ChatChoice(index=c.index, message=ChatMessageOut(content=c.text), finish_reason=c.finish_reason,
-                       logprobs=chat_logprobs(c.ids, c.lps, decode) if body.logprobs else None)
-            for c in choices])
+        return ChatCompletionResponse(
+            id=rid,
+            created=created,
+            model=model,
+            usage=usage(choices),
+            choices=[
+                ChatChoice(
+                    index=c.index,
+                    message=ChatMessageOut(content=c.text),
+                    finish_reason=c.finish_reason,
+                    logprobs=chat_logprobs(c.ids, c.lps, decode) if body.logprobs else None,
+                )
+                for c in choices
+            ],
+        )
 
     @staticmethod
     def _usage_for(prompts: list[list[int]], n: int):
@@ -390,6 +458,7 @@ class OpenAIIngress:
         def usage(choices: list[_Choice]) -> UsageInfo:
             done = sum(c.num_tokens for c in choices)
             return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=done, total_tokens=prompt_tokens + done)
+
         return usage
 
     @api.get("/v1/models")
@@ -398,8 +467,10 @@ class OpenAIIngress:
         adapters = await self._adapters(fresh=True)
         base = self.cfg.served_model_name
         cards = [ModelCard(id=base, root=self.cfg.model_path, max_model_len=self.cfg.max_model_len)]
-        cards += [ModelCard(id=n, root=a["path"], parent=base, max_model_len=self.cfg.max_model_len)
-                  for n, a in sorted(adapters.items())]
+        cards += [
+            ModelCard(id=n, root=a["path"], parent=base, max_model_len=self.cfg.max_model_len)
+            for n, a in sorted(adapters.items())
+        ]
         return ModelList(data=cards)
 
     @api.post("/v1/load_lora_adapter")
@@ -413,8 +484,9 @@ class OpenAIIngress:
             path = confine_path(body.lora_path, self.cfg.allowed_adapter_roots)
         except PermissionError as e:
             raise APIError(400, str(e), "lora_path") from None
-        results = await asyncio.gather(*(h.add_adapter.remote(name, str(path)) for h in self.groups.values()),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(h.add_adapter.remote(name, str(path)) for h in self.groups.values()), return_exceptions=True
+        )
         failed = [_cause(r) for r in results if isinstance(r, BaseException)]
         if failed:
             ok = [g for g, r in zip(self.groups, results) if not isinstance(r, BaseException)]
@@ -428,16 +500,18 @@ class OpenAIIngress:
     async def unload_lora_adapter(self, body: UnloadLoRAAdapterRequest, request: Request):
         self._auth(request)
         name = body.lora_name
-        results = await asyncio.gather(*(h.remove_adapter.remote(name) for h in self.groups.values()),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(h.remove_adapter.remote(name) for h in self.groups.values()), return_exceptions=True
+        )
         errors = [_cause(r) for r in results if isinstance(r, BaseException)]
         if errors and all(isinstance(e, KeyError) for e in errors) and len(errors) == len(results):
             raise APIError(404, f"the adapter {name!r} is not loaded", "lora_name")
         busy = [e for e in errors if not isinstance(e, KeyError)]
-        if busy:   # all or nothing: put it back on the groups that had already dropped it
+        if busy:  # all or nothing: put it back on the groups that had already dropped it
             removed = [(g, r) for g, r in zip(self.groups, results) if isinstance(r, str)]
-            await asyncio.gather(*(self.groups[g].add_adapter.remote(name, path) for g, path in removed),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                *(self.groups[g].add_adapter.remote(name, path) for g, path in removed), return_exceptions=True
+            )
             raise APIError(400, str(busy[0]), "lora_name")
         return Response(f"Success: LoRA adapter '{name}' removed successfully.", media_type="text/plain")
 

@@ -18,10 +18,48 @@ from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
-                   10.0, 20.0, 40.0, 80.0]
-ITL_BUCKETS = [0.001, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4,
-               0.5, 0.75, 1.0, 2.5]
+LATENCY_BUCKETS = [
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+]
+ITL_BUCKETS = [
+    0.001,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+]
 ADAPTERS_BUCKETS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
 
 # name -> (help, buckets)
@@ -58,7 +96,7 @@ GAUGES = {
 @dataclass
 class Hist:
     buckets: list[float]
-    counts: list[int] = field(default_factory=list)   # per bucket, plus +Inf last (not cumulative)
+    counts: list[int] = field(default_factory=list)  # per bucket, plus +Inf last (not cumulative)
     sum: float = 0.0
     count: int = 0
 
@@ -121,13 +159,15 @@ class _RayMetrics:
 
         tags = {"group": group, "model_name": model}
         keys = ("group", "model_name")
-        self.hists = {n: m.Histogram(f"sloray_{n}", description=h, boundaries=[b for b in bs if b > 0],
-                                     tag_keys=keys) for n, (h, bs) in HISTOGRAMS.items()}
-        self.counters = {n: m.Counter(f"sloray_{n}_total", description=h, tag_keys=keys)
-                         for n, h in COUNTERS.items()}
+        self.hists = {
+            n: m.Histogram(f"sloray_{n}", description=h, boundaries=[b for b in bs if b > 0], tag_keys=keys)
+            for n, (h, bs) in HISTOGRAMS.items()
+        }
+        self.counters = {n: m.Counter(f"sloray_{n}_total", description=h, tag_keys=keys) for n, h in COUNTERS.items()}
         self.gauges = {n: m.Gauge(f"sloray_{n}", description=h, tag_keys=keys) for n, h in GAUGES.items()}
-        self.pool = m.Gauge("sloray_pool_pages", description="Pool pages by kind (kv, adapter, free).",
-                            tag_keys=keys + ("kind",))
+        self.pool = m.Gauge(
+            "sloray_pool_pages", description="Pool pages by kind (kv, adapter, free).", tag_keys=keys + ("kind",)
+        )
         for x in [*self.hists.values(), *self.counters.values(), *self.gauges.values(), self.pool]:
             x.set_default_tags(tags)
 
@@ -164,10 +204,12 @@ class ServiceCollector:
                 fam.add_metric([self.model, s["name"]], s["metrics"]["counters"][n])
             yield fam
         gauges = {n: GaugeMetricFamily(f"sloray_{n}", h, labels=labels) for n, h in GAUGES.items()}
-        pool = GaugeMetricFamily("sloray_pool_pages", "Pool pages by kind (kv, adapter, adapter_pinned, free).",
-                                 labels=labels + ["kind"])
-        frag = GaugeMetricFamily("sloray_kv_fragmentation", "Share of allocated KV slots holding no token.",
-                                 labels=labels)
+        pool = GaugeMetricFamily(
+            "sloray_pool_pages", "Pool pages by kind (kv, adapter, adapter_pinned, free).", labels=labels + ["kind"]
+        )
+        frag = GaugeMetricFamily(
+            "sloray_kv_fragmentation", "Share of allocated KV slots holding no token.", labels=labels
+        )
         for s in snaps:
             lab = [self.model, s["name"]]
             for k, v in s["gauges"].items():

@@ -35,30 +35,39 @@ DEFAULT_PREFILL_TPS = 2000.0
 @dataclass
 class GroupState:
     """What the router knows about one TP group (from `SLoRAGroup.stats()`)."""
+
     name: str
     waiting: int = 0
     running: int = 0
     queued_prefill_tokens: int = 0
-    step_time_s: float | None = None         # recent (EMA) step time; None = not measured yet
-    prefill_tps: float | None = None         # recent (EMA) prefill tokens per second
+    step_time_s: float | None = None  # recent (EMA) step time; None = not measured yet
+    prefill_tps: float | None = None  # recent (EMA) prefill tokens per second
     max_num_seqs: int = 64
-    resident: frozenset[str] = frozenset()   # adapters whose weights are in the group's pool
+    resident: frozenset[str] = frozenset()  # adapters whose weights are in the group's pool
     healthy: bool = True
     updated_at: float = field(default_factory=time.monotonic)
 
     @classmethod
     def from_stats(cls, s: dict) -> GroupState:
         q = s["queue"]
-        return cls(name=s["name"], waiting=q["waiting"], running=q["running"],
-                   queued_prefill_tokens=q["queued_prefill_tokens"], step_time_s=q.get("step_time_s"),
-                   prefill_tps=q.get("prefill_tps"), max_num_seqs=q.get("max_num_seqs", 64),
-                   resident=frozenset(s.get("resident_adapters", ())))
+        return cls(
+            name=s["name"],
+            waiting=q["waiting"],
+            running=q["running"],
+            queued_prefill_tokens=q["queued_prefill_tokens"],
+            step_time_s=q.get("step_time_s"),
+            prefill_tps=q.get("prefill_tps"),
+            max_num_seqs=q.get("max_num_seqs", 64),
+            resident=frozenset(s.get("resident_adapters", ())),
+        )
 
 
 def rendezvous_order(key: str, groups: list[str]) -> list[str]:
     """Groups ordered by highest-random-weight hashing of `key` (stable across processes: no `hash()`)."""
+
     def weight(g: str) -> int:
         return int.from_bytes(hashlib.blake2b(f"{key}\0{g}".encode(), digest_size=8).digest(), "big")
+
     return sorted(groups, key=weight, reverse=True)
 
 

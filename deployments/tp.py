@@ -45,13 +45,14 @@ from app.request import TokenLogprobs
 from app.sampling import logprob_words, pack_logprobs, unpack_logprobs
 from app.scheduler import SchedulerOutput
 
-HEAD_BYTES = 16 << 10            # first broadcast of a step: 8-byte length + the payload if it fits
+HEAD_BYTES = 16 << 10  # first broadcast of a step: 8-byte length + the payload if it fits
 STATUS_OK, STATUS_ERROR = 0, 1
 _LOCALHOST = "127.0.0.1"
 
 
-def _gloo_group(store: dist.Store, prefix: str, rank: int, size: int, host: str,
-                timeout: timedelta) -> dist.ProcessGroupGloo:
+def _gloo_group(
+    store: dist.Store, prefix: str, rank: int, size: int, host: str, timeout: timedelta
+) -> dist.ProcessGroupGloo:
     """A stand-alone gloo group bound to `host` (not torch.distributed's default group)."""
     opts = dist.ProcessGroupGloo._Options()
     opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
@@ -83,7 +84,7 @@ class ControlChannel:
         n, cap = len(data), self.head_bytes - 8
         k = min(n, cap)
         self._head_np[:8].view(np.int64)[0] = n
-        self._head_np[8:8 + k] = np.frombuffer(data, dtype=np.uint8, count=k)
+        self._head_np[8 : 8 + k] = np.frombuffer(data, dtype=np.uint8, count=k)
         self._bcast(self.head)
         if n > cap:
             self._bcast(torch.frombuffer(bytearray(data[cap:]), dtype=torch.uint8))
@@ -93,7 +94,7 @@ class ControlChannel:
         """Non-root side: the next broadcast message."""
         self._bcast(self.head)
         n, cap = int(self._head_np[:8].view(np.int64)[0]), self.head_bytes - 8
-        data = self._head_np[8:8 + min(n, cap)].tobytes()
+        data = self._head_np[8 : 8 + min(n, cap)].tobytes()
         if n > cap:
             tail = torch.empty(n - cap, dtype=torch.uint8)
             self._bcast(tail)
@@ -120,12 +121,13 @@ def _reply_words(out: SchedulerOutput) -> int:
 @dataclass
 class ControlStats:
     """Per-step control cost seen by the driver (seconds, summed over `steps`)."""
+
     steps: int = 0
-    broadcast_s: float = 0.0     # pickling + broadcasting the SchedulerOutput
-    reply_s: float = 0.0         # from the end of the broadcast to the tokens' arrival
-    execute_s: float = 0.0       # tp-rank 0's ModelRunner.execute (its own clock)
+    broadcast_s: float = 0.0  # pickling + broadcasting the SchedulerOutput
+    reply_s: float = 0.0  # from the end of the broadcast to the tokens' arrival
+    execute_s: float = 0.0  # tp-rank 0's ModelRunner.execute (its own clock)
     payload_bytes: int = 0
-    split_messages: int = 0      # steps whose SchedulerOutput took a second broadcast
+    split_messages: int = 0  # steps whose SchedulerOutput took a second broadcast
 
     @property
     def overhead_s(self) -> float:
@@ -134,10 +136,15 @@ class ControlStats:
 
     def summary(self) -> dict:
         n = max(1, self.steps)
-        return {"steps": self.steps, "broadcast_us": 1e6 * self.broadcast_s / n,
-                "reply_wait_us": 1e6 * self.reply_s / n, "execute_us": 1e6 * self.execute_s / n,
-                "overhead_us": 1e6 * self.overhead_s / n, "payload_bytes": self.payload_bytes / n,
-                "split_messages": self.split_messages}
+        return {
+            "steps": self.steps,
+            "broadcast_us": 1e6 * self.broadcast_s / n,
+            "reply_wait_us": 1e6 * self.reply_s / n,
+            "execute_us": 1e6 * self.execute_s / n,
+            "overhead_us": 1e6 * self.overhead_s / n,
+            "payload_bytes": self.payload_bytes / n,
+            "split_messages": self.split_messages,
+        }
 
 
 def forward_logits(runner, out: SchedulerOutput) -> torch.Tensor:
@@ -170,14 +177,15 @@ class RankActor:
         self.ctrl: ControlChannel | None = None
 
     def _set_device(self) -> None:
-        if self.local_gpu is not None:   # the current device is per thread; Ray may switch threads
+        if self.local_gpu is not None:  # the current device is per thread; Ray may switch threads
             torch.cuda.set_device(self.local_gpu)
 
     def node_ip(self) -> str:
         return ray.util.get_node_ip_address()
 
-    def setup(self, store_host: str, store_port: int, bind_host: str, timeout_s: float,
-              head_bytes: int = HEAD_BYTES) -> dict:
+    def setup(
+        self, store_host: str, store_port: int, bind_host: str, timeout_s: float, head_bytes: int = HEAD_BYTES
+    ) -> dict:
         """Joins the control group (rank + 1), then the TP group, then loads this rank's shard."""
         from app.model.context import ParallelState
         from app.runner import ModelRunner
@@ -185,17 +193,27 @@ class RankActor:
         self._set_device()
         timeout = timedelta(seconds=timeout_s)
         store = dist.TCPStore(store_host, store_port, None, False, timeout=timeout)
-        self.ctrl = ControlChannel(_gloo_group(store, "ctrl/", self.rank + 1, self.world_size + 1,
-                                               bind_host, timeout), head_bytes)
+        self.ctrl = ControlChannel(
+            _gloo_group(store, "ctrl/", self.rank + 1, self.world_size + 1, bind_host, timeout), head_bytes
+        )
         backend = "nccl" if self.device == "cuda" else "gloo"
-        dist.init_process_group(backend, store=dist.PrefixStore("tp/", store), rank=self.rank,
-                                world_size=self.world_size, timeout=timeout,
-                                device_id=torch.device("cuda", self.local_gpu) if self.device == "cuda" else None)
+        dist.init_process_group(
+            backend,
+            store=dist.PrefixStore("tp/", store),
+            rank=self.rank,
+            world_size=self.world_size,
+            timeout=timeout,
+            device_id=torch.device("cuda", self.local_gpu) if self.device == "cuda" else None,
+        )
         tp = ParallelState(rank=self.rank, world_size=self.world_size, group=dist.group.WORLD)
         self.runner = ModelRunner(self.cfg, tp=tp, device=self.device)
         r = self.runner
-        return {"num_pages": r.num_pages, "page_size": r.page_size, "page_elems": r.page_elems,
-                "dtype": str(r.dtype).removeprefix("torch.")}
+        return {
+            "num_pages": r.num_pages,
+            "page_size": r.page_size,
+            "page_elems": r.page_elems,
+            "dtype": str(r.dtype).removeprefix("torch."),
+        }
 
     def run_loop(self) -> dict:
         """Receives and executes steps until the stop message. Returns this rank's step count."""
@@ -205,7 +223,7 @@ class RankActor:
             out = self.ctrl.recv()
             if out is None:
                 return {"steps": steps}
-            want_logits = isinstance(out, tuple)      # ("logits", out): the debug/test path
+            want_logits = isinstance(out, tuple)  # ("logits", out): the debug/test path
             t0 = time.perf_counter_ns()
             try:
                 if want_logits:
@@ -213,13 +231,13 @@ class RankActor:
                     tokens = list(logits.shape)
                 else:
                     tokens, logprobs = self.runner.execute(out)
-                    tokens = tokens + pack_logprobs(logprobs)   # empty unless a request asked for logprobs
+                    tokens = tokens + pack_logprobs(logprobs)  # empty unless a request asked for logprobs
             except BaseException:
-                if self.rank == 0:   # the reply has the size the driver expects
+                if self.rank == 0:  # the reply has the size the driver expects
                     n = 2 if want_logits else _reply_words(out)
                     self.ctrl.send_reply(STATUS_ERROR, 0, [0] * n)
                 elif self.device == "cpu":
-                    dist.destroy_process_group()   # closes gloo pairs: tp-rank 0 fails instead of hanging
+                    dist.destroy_process_group()  # closes gloo pairs: tp-rank 0 fails instead of hanging
                 raise
             steps += 1
             if self.rank == 0:
@@ -231,7 +249,7 @@ class RankActor:
         """Fetches this rank's shard (and only it) from the object store; returns its page count."""
         self._set_device()
         packed: PackedAdapter = ray.get(shard_ref[0])
-        if self.device == "cuda":   # page fills copy from pinned memory (async, side stream)
+        if self.device == "cuda":  # page fills copy from pinned memory (async, side stream)
             pinned = torch.empty(packed.data.shape, dtype=packed.data.dtype, pin_memory=True)
             pinned.copy_(packed.data)
             packed = dataclasses.replace(packed, data=pinned)
@@ -251,8 +269,14 @@ class TPExecutor:
     """The `Engine` executor of a tensor-parallel group: `num_pages`, `page_size`, `execute`,
     `add_adapter`, `remove_adapter`, `shutdown` (see app/engine.py)."""
 
-    def __init__(self, cfg: EngineConfig, tensor_parallel_size: int, placement_group: PlacementGroup | None = None,
-                 timeout_s: float = 600.0, control_head_bytes: int = HEAD_BYTES):
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        tensor_parallel_size: int,
+        placement_group: PlacementGroup | None = None,
+        timeout_s: float = 600.0,
+        control_head_bytes: int = HEAD_BYTES,
+    ):
         """`control_head_bytes`: size of each step's first broadcast; larger SchedulerOutputs take a second
         one. `timeout_s`: how long to wait for the placement group, the actors and every rendezvous."""
         if tensor_parallel_size < 1:
@@ -279,8 +303,10 @@ class TPExecutor:
         self.device = "cuda" if gpu else "cpu"
         try:
             if not self.pg.wait(timeout_s):
-                raise RuntimeError(f"placement group of {n} bundles ({self.pg.bundle_specs[0]}) was not "
-                                   f"ready after {timeout_s:.0f} s: not enough resources in the cluster")
+                raise RuntimeError(
+                    f"placement group of {n} bundles ({self.pg.bundle_specs[0]}) was not "
+                    f"ready after {timeout_s:.0f} s: not enough resources in the cluster"
+                )
             self._start(timeout_s)
         except BaseException:
             self.shutdown()
@@ -300,7 +326,9 @@ class TPExecutor:
         cfg = self.cfg.model_dump()
         self._actors = [
             actor_cls.options(
-                num_cpus=1, num_gpus=1 if self.device == "cuda" else 0, max_concurrency=2,
+                num_cpus=1,
+                num_gpus=1 if self.device == "cuda" else 0,
+                max_concurrency=2,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
             ).remote(cfg, i, n, self.device)
             for i in range(n)
@@ -311,10 +339,11 @@ class TPExecutor:
         local = all(ip == my_ip for ip in ips)
         host = _LOCALHOST if local else my_ip
         timeout = timedelta(seconds=timeout_s)
-        self._store = dist.TCPStore(host, 0, None, True, timeout=timeout,
-                                    wait_for_workers=False)
-        setups = [a.setup.remote(host, self._store.port, _LOCALHOST if local else ip, timeout_s, self.head_bytes)
-                  for a, ip in zip(self._actors, ips)]
+        self._store = dist.TCPStore(host, 0, None, True, timeout=timeout, wait_for_workers=False)
+        setups = [
+            a.setup.remote(host, self._store.port, _LOCALHOST if local else ip, timeout_s, self.head_bytes)
+            for a, ip in zip(self._actors, ips)
+        ]
         self._ch = ControlChannel(_gloo_group(self._store, "ctrl/", 0, n + 1, host, timeout), self.head_bytes)
         infos = ray.get(setups, timeout=timeout_s)
         # ModelRunner already agrees on min(num_pages) over the TP group; check it did.
@@ -337,7 +366,7 @@ class TPExecutor:
         t1 = time.perf_counter()
         try:
             status, execute_ns, tokens = self._ch.recv_reply(_reply_words(out))
-        except Exception as e:   # tp-rank 0's process died: its pair closed
+        except Exception as e:  # tp-rank 0's process died: its pair closed
             self._failed = e
             raise RuntimeError("tensor-parallel rank 0 is gone") from e
         t2 = time.perf_counter()
@@ -351,7 +380,7 @@ class TPExecutor:
         c.payload_bytes += size
         c.split_messages += size > self.head_bytes - 8
         sampled = [s.params for s in out.seqs if s.sample]
-        return tokens[:len(sampled)], unpack_logprobs(tokens[len(sampled):], sampled)
+        return tokens[: len(sampled)], unpack_logprobs(tokens[len(sampled) :], sampled)
 
     def logits(self, out: SchedulerOutput) -> torch.Tensor:
         """float32 logits [sequences with sample=True, vocab] of one step, from tp-rank 0, without sampling
@@ -380,8 +409,9 @@ class TPExecutor:
     def add_adapter(self, name: str, weights: LoRAWeights) -> int:
         """Packs one shard per rank into the object store; each actor fetches its own. Returns the
         adapter's page count (the same on every rank)."""
-        refs = [ray.put(pack_adapter(weights, self.page_elems, self.dtype, r, self.tp_size))
-                for r in range(self.tp_size)]
+        refs = [
+            ray.put(pack_adapter(weights, self.page_elems, self.dtype, r, self.tp_size)) for r in range(self.tp_size)
+        ]
         pages = ray.get([a.add_adapter.remote(name, [ref]) for a, ref in zip(self._actors, refs)])
         if len(set(pages)) != 1:
             raise RuntimeError(f"adapter {name!r}: ranks disagree on its page count {pages}")
@@ -390,7 +420,7 @@ class TPExecutor:
 
     def remove_adapter(self, name: str) -> None:
         ray.get([a.remove_adapter.remote(name) for a in self._actors])
-        self._adapter_refs.pop(name, None)   # the last ObjectRefs: the object store frees the shards
+        self._adapter_refs.pop(name, None)  # the last ObjectRefs: the object store frees the shards
 
     # ---- teardown --------------------------------------------------------------------------------
     def shutdown(self) -> None:

@@ -30,8 +30,9 @@ def get_backend(name: str) -> KernelBackend:
         from kernels.attention import kv_append_ref, paged_attention_ref
         from kernels.lora import lora_apply_ref, lora_expand_ref, lora_shrink_ref
 
-        return KernelBackend("torch", lora_shrink_ref, lora_expand_ref, paged_attention_ref, kv_append_ref,
-                             lora_apply_ref)
+        return KernelBackend(
+            "torch", lora_shrink_ref, lora_expand_ref, paged_attention_ref, kv_append_ref, lora_apply_ref
+        )
     if name == "triton":
         from kernels.triton_backend import triton_backend
 

@@ -34,13 +34,14 @@ import triton
 import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-DECODE_PARTITION = 512      # keys per program when decode splits a sequence (flash-decoding); multiple of 64
+DECODE_PARTITION = 512  # keys per program when decode splits a sequence (flash-decoding); multiple of 64
 _LOG2E = 1.4426950408889634
 
 
 # ----------------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------
+
 
 @triton.jit
 def _kv_rows(pt_row_ptr, kpos, kmask, kvh, PAGE_SIZE: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr):
@@ -50,9 +51,26 @@ def _kv_rows(pt_row_ptr, kpos, kmask, kvh, PAGE_SIZE: tl.constexpr, HKV: tl.cons
 
 
 @triton.jit
-def _attend(q, pool_ptr, pt_row, start, end, pos, kvh, d, dmask, sm_scale_log2, CAUSAL: tl.constexpr,
-            PAGE_SIZE: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_Q: tl.constexpr,
-            BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+def _attend(
+    q,
+    pool_ptr,
+    pt_row,
+    start,
+    end,
+    pos,
+    kvh,
+    d,
+    dmask,
+    sm_scale_log2,
+    CAUSAL: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    HKV: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """Flash attention (online softmax, log2 domain) of the BLOCK_Q query rows q over the keys
     [start, end) of one sequence's pages, KV head kvh. CAUSAL: key kpos is visible to the query at
     absolute position pos only if kpos <= pos. Returns (out = softmax(q k^T) v, row max m, row sum l)."""
@@ -74,8 +92,9 @@ def _attend(q, pool_ptr, pt_row, start, end, pos, kvh, d, dmask, sm_scale_log2, 
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vv = tl.load(pool_ptr + PAGE_SIZE * HKV * D + rows[:, None] + d[None, :],
-                     mask=kmask[:, None] & dmask[None, :], other=0.0)
+        vv = tl.load(
+            pool_ptr + PAGE_SIZE * HKV * D + rows[:, None] + d[None, :], mask=kmask[:, None] & dmask[None, :], other=0.0
+        )
         acc = tl.dot(p.to(vv.dtype), vv, acc * alpha[:, None], input_precision=INPUT_PRECISION)
         m_i = m_new
     return acc / l_i[:, None], m_i, l_i
@@ -83,10 +102,29 @@ def _attend(q, pool_ptr, pt_row, start, end, pos, kvh, d, dmask, sm_scale_log2, 
 
 @triton.jit(do_not_specialize=["stride_pt"])
 def _paged_attn_prefill_kernel(
-        q_ptr, pool_ptr, pt_ptr, seq_lens_ptr, q_indptr_ptr, out_ptr, sm_scale_log2,
-        stride_qt, stride_qh, stride_qd, stride_ot, stride_oh, stride_od, stride_pt,
-        PAGE_SIZE: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    q_ptr,
+    pool_ptr,
+    pt_ptr,
+    seq_lens_ptr,
+    q_indptr_ptr,
+    out_ptr,
+    sm_scale_log2,
+    stride_qt,
+    stride_qh,
+    stride_qd,
+    stride_ot,
+    stride_oh,
+    stride_od,
+    stride_pt,
+    PAGE_SIZE: tl.constexpr,
+    HKV: tl.constexpr,
+    GROUP: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """Program (sequence, tile of its query tokens, query head): causal flash attention over its pages."""
     s = tl.program_id(0)
     mt = tl.program_id(1)
@@ -99,28 +137,74 @@ def _paged_attn_prefill_kernel(
     kvh = h // GROUP
     offs_m = mt * BLOCK_M + tl.arange(0, BLOCK_M)
     qmask = offs_m < q_len
-    pos = L - q_len + offs_m                                   # absolute position of each query
+    pos = L - q_len + offs_m  # absolute position of each query
     d = tl.arange(0, BLOCK_D)
     dmask = d < D
     tok = (q0 + offs_m).to(tl.int64)
-    q = tl.load(q_ptr + tok[:, None] * stride_qt + h * stride_qh + d[None, :] * stride_qd,
-                mask=qmask[:, None] & dmask[None, :], other=0.0)
+    q = tl.load(
+        q_ptr + tok[:, None] * stride_qt + h * stride_qh + d[None, :] * stride_qd,
+        mask=qmask[:, None] & dmask[None, :],
+        other=0.0,
+    )
     pt_row = pt_ptr + s.to(tl.int64) * stride_pt
-    end = tl.minimum(L, L - q_len + (mt + 1) * BLOCK_M)        # keys past the tile's last query: skipped
-    acc, _, _ = _attend(q, pool_ptr, pt_row, 0, end, pos, kvh, d, dmask, sm_scale_log2, True, PAGE_SIZE, HKV, D,
-                        BLOCK_M, BLOCK_D, BLOCK_N, INPUT_PRECISION)
-    tl.store(out_ptr + tok[:, None] * stride_ot + h * stride_oh + d[None, :] * stride_od,
-             acc.to(out_ptr.dtype.element_ty), mask=qmask[:, None] & dmask[None, :])
+    end = tl.minimum(L, L - q_len + (mt + 1) * BLOCK_M)  # keys past the tile's last query: skipped
+    acc, _, _ = _attend(
+        q,
+        pool_ptr,
+        pt_row,
+        0,
+        end,
+        pos,
+        kvh,
+        d,
+        dmask,
+        sm_scale_log2,
+        True,
+        PAGE_SIZE,
+        HKV,
+        D,
+        BLOCK_M,
+        BLOCK_D,
+        BLOCK_N,
+        INPUT_PRECISION,
+    )
+    tl.store(
+        out_ptr + tok[:, None] * stride_ot + h * stride_oh + d[None, :] * stride_od,
+        acc.to(out_ptr.dtype.element_ty),
+        mask=qmask[:, None] & dmask[None, :],
+    )
 
 
 @triton.jit(do_not_specialize=["part_len", "max_parts", "stride_pt"])
 def _paged_attn_decode_kernel(
-        q_ptr, pool_ptr, pt_ptr, seq_lens_ptr, q_indptr_ptr, out_ptr, part_o_ptr, part_ml_ptr,
-        sm_scale_log2, part_len, max_parts,
-        stride_qt, stride_qh, stride_qd, stride_ot, stride_oh, stride_od, stride_pt,
-        PAGE_SIZE: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr):
+    q_ptr,
+    pool_ptr,
+    pt_ptr,
+    seq_lens_ptr,
+    q_indptr_ptr,
+    out_ptr,
+    part_o_ptr,
+    part_ml_ptr,
+    sm_scale_log2,
+    part_len,
+    max_parts,
+    stride_qt,
+    stride_qh,
+    stride_qd,
+    stride_ot,
+    stride_oh,
+    stride_od,
+    stride_pt,
+    PAGE_SIZE: tl.constexpr,
+    HKV: tl.constexpr,
+    GROUP: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """Program (sequence, KV head, partition of keys): the GROUP query heads sharing the KV head read each
     K/V row once (tl.dot with the heads as M). With SPLIT, partial results go to part_o / part_ml and
     _paged_attn_reduce_kernel merges them (flash-decoding)."""
@@ -141,11 +225,32 @@ def _paged_attn_decode_kernel(
     d = tl.arange(0, BLOCK_D)
     dmask = d < D
     tq = q0.to(tl.int64)
-    q = tl.load(q_ptr + tq * stride_qt + h[:, None] * stride_qh + d[None, :] * stride_qd,
-                mask=hmask[:, None] & dmask[None, :], other=0.0)
+    q = tl.load(
+        q_ptr + tq * stride_qt + h[:, None] * stride_qh + d[None, :] * stride_qd,
+        mask=hmask[:, None] & dmask[None, :],
+        other=0.0,
+    )
     pt_row = pt_ptr + s.to(tl.int64) * stride_pt
-    acc, m_i, l_i = _attend(q, pool_ptr, pt_row, start, end, hi, kvh, d, dmask, sm_scale_log2, False, PAGE_SIZE,
-                            HKV, D, BLOCK_H, BLOCK_D, BLOCK_N, INPUT_PRECISION)
+    acc, m_i, l_i = _attend(
+        q,
+        pool_ptr,
+        pt_row,
+        start,
+        end,
+        hi,
+        kvh,
+        d,
+        dmask,
+        sm_scale_log2,
+        False,
+        PAGE_SIZE,
+        HKV,
+        D,
+        BLOCK_H,
+        BLOCK_D,
+        BLOCK_N,
+        INPUT_PRECISION,
+    )
     if SPLIT:
         # part_o: [S, Hq, max_parts, D] fp32; part_ml: [S, Hq, max_parts, 2] fp32 (max, sum; log2 domain)
         row = (s.to(tl.int64) * (HKV * GROUP) + h) * max_parts + part
@@ -153,14 +258,29 @@ def _paged_attn_decode_kernel(
         tl.store(part_ml_ptr + row * 2, m_i, mask=hmask)
         tl.store(part_ml_ptr + row * 2 + 1, l_i, mask=hmask)
     else:
-        tl.store(out_ptr + tq * stride_ot + h[:, None] * stride_oh + d[None, :] * stride_od,
-                 acc.to(out_ptr.dtype.element_ty), mask=hmask[:, None] & dmask[None, :])
+        tl.store(
+            out_ptr + tq * stride_ot + h[:, None] * stride_oh + d[None, :] * stride_od,
+            acc.to(out_ptr.dtype.element_ty),
+            mask=hmask[:, None] & dmask[None, :],
+        )
 
 
 @triton.jit(do_not_specialize=["part_len", "max_parts"])
 def _paged_attn_reduce_kernel(
-        part_o_ptr, part_ml_ptr, seq_lens_ptr, q_indptr_ptr, out_ptr, part_len, max_parts, HQ,
-        stride_ot, stride_oh, stride_od, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    part_o_ptr,
+    part_ml_ptr,
+    seq_lens_ptr,
+    q_indptr_ptr,
+    out_ptr,
+    part_len,
+    max_parts,
+    HQ,
+    stride_ot,
+    stride_oh,
+    stride_od,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """Program (sequence, query head): merges the partitions written by the split decode kernel."""
     s = tl.program_id(0)
     h = tl.program_id(1)
@@ -180,14 +300,30 @@ def _paged_attn_reduce_kernel(
         w = tl.load(part_ml_ptr + (base + p) * 2 + 1) * tl.exp2(tl.load(part_ml_ptr + (base + p) * 2) - m)
         acc += w * tl.load(part_o_ptr + (base + p) * D + d, mask=dmask, other=0.0)
         den += w
-    tl.store(out_ptr + q0.to(tl.int64) * stride_ot + h * stride_oh + d * stride_od,
-             (acc / den).to(out_ptr.dtype.element_ty), mask=dmask)
+    tl.store(
+        out_ptr + q0.to(tl.int64) * stride_ot + h * stride_oh + d * stride_od,
+        (acc / den).to(out_ptr.dtype.element_ty),
+        mask=dmask,
+    )
 
 
 @triton.jit
-def _kv_append_kernel(pool_ptr, k_ptr, v_ptr, slot_ptr,
-                      stride_kt, stride_kh, stride_kd, stride_vt, stride_vh, stride_vd,
-                      PAGE_SIZE: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr):
+def _kv_append_kernel(
+    pool_ptr,
+    k_ptr,
+    v_ptr,
+    slot_ptr,
+    stride_kt,
+    stride_kh,
+    stride_kd,
+    stride_vt,
+    stride_vh,
+    stride_vd,
+    PAGE_SIZE: tl.constexpr,
+    HKV: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Program (token, block of its HKV * D elements): copies k[t] and v[t] into their page row."""
     t = tl.program_id(0)
     slot = tl.load(slot_ptr + t).to(tl.int64)
@@ -233,8 +369,7 @@ def _check_pool(name: str, pool: torch.Tensor, page_size: int, num_kv_heads: int
     return kv_view(pool, page_size, num_kv_heads).shape[-1]
 
 
-def kv_append(pool: torch.Tensor, page_size: int, k: torch.Tensor, v: torch.Tensor,
-              slot_mapping: torch.Tensor) -> None:
+def kv_append(pool: torch.Tensor, page_size: int, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """Triton `kv_append_ref`."""
     if k.shape != v.shape or k.dim() != 3 or slot_mapping.dim() != 1 or slot_mapping.shape[0] != k.shape[0]:
         raise ValueError("k, v must be [T, Hkv, D] and slot_mapping [T]")
@@ -250,14 +385,37 @@ def kv_append(pool: torch.Tensor, page_size: int, k: torch.Tensor, v: torch.Tens
         return
     block = min(triton.next_power_of_2(Hkv * D), 4096 if _INTERPRET else 1024)
     grid = (T, triton.cdiv(Hkv * D, block))
-    _kv_append_kernel[grid](pool, k, v, slot_mapping.contiguous(), k.stride(0), k.stride(1), k.stride(2),
-                            v.stride(0), v.stride(1), v.stride(2),
-                            PAGE_SIZE=page_size, HKV=Hkv, D=D, BLOCK=block, num_warps=4)
+    _kv_append_kernel[grid](
+        pool,
+        k,
+        v,
+        slot_mapping.contiguous(),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        PAGE_SIZE=page_size,
+        HKV=Hkv,
+        D=D,
+        BLOCK=block,
+        num_warps=4,
+    )
 
 
-def paged_attention(q: torch.Tensor, pool: torch.Tensor, page_size: int, num_kv_heads: int,
-                    kv_page_table: torch.Tensor, seq_lens: torch.Tensor, q_indptr: torch.Tensor,
-                    scale: float, out: torch.Tensor, max_q_len: int | None = None) -> torch.Tensor:
+def paged_attention(
+    q: torch.Tensor,
+    pool: torch.Tensor,
+    page_size: int,
+    num_kv_heads: int,
+    kv_page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    q_indptr: torch.Tensor,
+    scale: float,
+    out: torch.Tensor,
+    max_q_len: int | None = None,
+) -> torch.Tensor:
     """Triton `paged_attention_ref`: decode kernel (split-K when few programs would run) when
     max_q_len == 1, else the causal prefill kernel (handles cached context and decode rows too)."""
     if q.dim() != 3 or out.shape != q.shape:
@@ -277,8 +435,13 @@ def paged_attention(q: torch.Tensor, pool: torch.Tensor, page_size: int, num_kv_
         raise ValueError(f"paged_attention: kv_page_table must be [S={S}, max_pages] and seq_lens [S]")
     if q_indptr.dim() != 1 or q_indptr.shape[0] != S + 1:
         raise ValueError(f"paged_attention: q_indptr must be [S+1={S + 1}], got {tuple(q_indptr.shape)}")
-    for what, t in (("q", q), ("out", out), ("kv_page_table", kv_page_table), ("seq_lens", seq_lens),
-                    ("q_indptr", q_indptr)):
+    for what, t in (
+        ("q", q),
+        ("out", out),
+        ("kv_page_table", kv_page_table),
+        ("seq_lens", seq_lens),
+        ("q_indptr", q_indptr),
+    ):
         if t.device != pool.device:
             raise ValueError(f"paged_attention: {what} is on {t.device}, pool on {pool.device}")
     if T == 0 or S == 0:
@@ -289,16 +452,14 @@ def paged_attention(q: torch.Tensor, pool: torch.Tensor, page_size: int, num_kv_
     ip = "ieee" if pool.dtype == torch.float32 else "tf32"
     sm_scale_log2 = float(scale) * _LOG2E
     strides = (q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2), table.stride(0))
-    consts = dict(PAGE_SIZE=page_size, HKV=num_kv_heads, GROUP=group, D=D, BLOCK_D=block_d,
-                  INPUT_PRECISION=ip)
+    consts = dict(PAGE_SIZE=page_size, HKV=num_kv_heads, GROUP=group, D=D, BLOCK_D=block_d, INPUT_PRECISION=ip)
     max_len = T if max_q_len is None else min(int(max_q_len), T)
     if max_len <= 1:
         block_n = 64 if not _INTERPRET else 256
         part_len = max(DECODE_PARTITION // block_n, 1) * block_n
         max_ctx = table.shape[1] * page_size
         max_parts = triton.cdiv(max_ctx, part_len)
-        split = max_parts > 1 and S * num_kv_heads < 2 * _sm_count(pool.device) if not _INTERPRET \
-            else max_parts > 1
+        split = max_parts > 1 and S * num_kv_heads < 2 * _sm_count(pool.device) if not _INTERPRET else max_parts > 1
         if split:
             part_o = torch.empty(S, Hq, max_parts, D, device=q.device, dtype=torch.float32)
             part_ml = torch.empty(S, Hq, max_parts, 2, device=q.device, dtype=torch.float32)
@@ -306,22 +467,60 @@ def paged_attention(q: torch.Tensor, pool: torch.Tensor, page_size: int, num_kv_
             part_len, max_parts = max(max_ctx, 1), 1
             part_o = part_ml = out
         _paged_attn_decode_kernel[(S, num_kv_heads, max_parts)](
-            q, pool, table, seq_lens, q_indptr, out, part_o, part_ml, sm_scale_log2, part_len, max_parts,
-            *strides, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, SPLIT=split,
-            num_warps=4, **consts)
+            q,
+            pool,
+            table,
+            seq_lens,
+            q_indptr,
+            out,
+            part_o,
+            part_ml,
+            sm_scale_log2,
+            part_len,
+            max_parts,
+            *strides,
+            BLOCK_H=max(16, triton.next_power_of_2(group)),
+            BLOCK_N=block_n,
+            SPLIT=split,
+            num_warps=4,
+            **consts,
+        )
         if split:
             _paged_attn_reduce_kernel[(S, Hq)](
-                part_o, part_ml, seq_lens, q_indptr, out, part_len, max_parts, Hq,
-                out.stride(0), out.stride(1), out.stride(2), D=D, BLOCK_D=block_d, num_warps=1)
+                part_o,
+                part_ml,
+                seq_lens,
+                q_indptr,
+                out,
+                part_len,
+                max_parts,
+                Hq,
+                out.stride(0),
+                out.stride(1),
+                out.stride(2),
+                D=D,
+                BLOCK_D=block_d,
+                num_warps=1,
+            )
     else:
         block_m = 16 if max_len <= 16 else (32 if _INTERPRET else 64)
         block_n = 64 if not _INTERPRET else 128
         grid = (S, triton.cdiv(max_len, block_m), Hq)
         _paged_attn_prefill_kernel[grid](
-            q, pool, table, seq_lens, q_indptr, out, sm_scale_log2, *strides,
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, **consts)
+            q,
+            pool,
+            table,
+            seq_lens,
+            q_indptr,
+            out,
+            sm_scale_log2,
+            *strides,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            num_warps=4,
+            **consts,
+        )
     return out
-
 
 
 def kv_view(pool: torch.Tensor, page_size: int, num_kv_heads: int) -> torch.Tensor:
@@ -333,8 +532,9 @@ def kv_view(pool: torch.Tensor, page_size: int, num_kv_heads: int) -> torch.Tens
     return pool.view(num_pages, 2, page_size, num_kv_heads, head_dim)
 
 
-def kv_append_ref(pool: torch.Tensor, page_size: int, k: torch.Tensor, v: torch.Tensor,
-                  slot_mapping: torch.Tensor) -> None:
+def kv_append_ref(
+    pool: torch.Tensor, page_size: int, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
     """k, v: [T, Hkv, D]; slot_mapping: [T] int (page * page_size + row; -1 = skip)."""
     if k.shape != v.shape or k.dim() != 3 or slot_mapping.shape[0] != k.shape[0]:
         raise ValueError("k, v must be [T, Hkv, D] and slot_mapping [T]")
@@ -346,9 +546,18 @@ def kv_append_ref(pool: torch.Tensor, page_size: int, k: torch.Tensor, v: torch.
     kv[pages, 1, rows] = v[keep].to(pool.dtype)
 
 
-def paged_attention_ref(q: torch.Tensor, pool: torch.Tensor, page_size: int, num_kv_heads: int,
-                        kv_page_table: torch.Tensor, seq_lens: torch.Tensor, q_indptr: torch.Tensor,
-                        scale: float, out: torch.Tensor, max_q_len: int | None = None) -> torch.Tensor:
+def paged_attention_ref(
+    q: torch.Tensor,
+    pool: torch.Tensor,
+    page_size: int,
+    num_kv_heads: int,
+    kv_page_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    q_indptr: torch.Tensor,
+    scale: float,
+    out: torch.Tensor,
+    max_q_len: int | None = None,
+) -> torch.Tensor:
     """q, out: [T, Hq, D]; kv_page_table: [S, max_pages]; seq_lens: [S]; q_indptr: [S+1]."""
     if q.dim() != 3 or out.shape != q.shape:
         raise ValueError("q and out must be [T, Hq, D]")
@@ -366,14 +575,14 @@ def paged_attention_ref(q: torch.Tensor, pool: torch.Tensor, page_size: int, num
             continue
         n_pages = (L + page_size - 1) // page_size
         pages = kv_page_table[s, :n_pages].long()
-        k = kv[pages, 0].reshape(-1, num_kv_heads, D)[:L].float()   # [L, Hkv, D]
+        k = kv[pages, 0].reshape(-1, num_kv_heads, D)[:L].float()  # [L, Hkv, D]
         vv = kv[pages, 1].reshape(-1, num_kv_heads, D)[:L].float()
-        k = k.repeat_interleave(group, dim=1)                        # [L, Hq, D]
+        k = k.repeat_interleave(group, dim=1)  # [L, Hq, D]
         vv = vv.repeat_interleave(group, dim=1)
-        qs = q[lo:hi].float()                                        # [n_q, Hq, D]
+        qs = q[lo:hi].float()  # [n_q, Hq, D]
         scores = torch.einsum("qhd,khd->hqk", qs, k) * scale
         pos = torch.arange(L - n_q, L, device=q.device)[:, None]
-        mask = torch.arange(L, device=q.device)[None, :] > pos      # [n_q, L]
+        mask = torch.arange(L, device=q.device)[None, :] > pos  # [n_q, L]
         scores.masked_fill_(mask[None], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         out[lo:hi] = torch.einsum("hqk,khd->qhd", probs, vv).to(out.dtype)

@@ -67,6 +67,7 @@ MAX_G = 8  # targets per launch (q/k/v = 3, gate/up = 2); out_offsets travel as 
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------
 
+
 @triton.jit
 def _virtual_ptrs(pool_ptr, pt_row_ptr, o, mask, PAGE_ELEMS: tl.constexpr):
     """Pointers to virtual elements `o` of the adapter whose page-table row starts at `pt_row_ptr`."""
@@ -83,14 +84,31 @@ def _row_chunk_ptrs(pool_ptr, pt_row_ptr, o_row, kk, rmask, n_valid, PAGE_ELEMS:
     p_lo = tl.load(pt_row_ptr + p_i, mask=rmask, other=0).to(tl.int64)
     p_hi = tl.load(pt_row_ptr + p_i + 1, mask=rmask & (w0 + n_valid > PAGE_ELEMS), other=0).to(tl.int64)
     w = w0[:, None] + kk[None, :]
-    return pool_ptr + tl.where(w < PAGE_ELEMS, p_lo[:, None] * PAGE_ELEMS + w, p_hi[:, None] * PAGE_ELEMS + (w - PAGE_ELEMS))
+    return pool_ptr + tl.where(
+        w < PAGE_ELEMS, p_lo[:, None] * PAGE_ELEMS + w, p_hi[:, None] * PAGE_ELEMS + (w - PAGE_ELEMS)
+    )
 
 
 @triton.jit
 def _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8):
     """out_offsets[g] from scalar arguments (no device copy of a host list: CUDA-graph safe)."""
-    return tl.where(g == 0, o0, tl.where(g == 1, o1, tl.where(g == 2, o2, tl.where(g == 3, o3, tl.where(
-        g == 4, o4, tl.where(g == 5, o5, tl.where(g == 6, o6, tl.where(g == 7, o7, o8))))))))
+    return tl.where(
+        g == 0,
+        o0,
+        tl.where(
+            g == 1,
+            o1,
+            tl.where(
+                g == 2,
+                o2,
+                tl.where(
+                    g == 3,
+                    o3,
+                    tl.where(g == 4, o4, tl.where(g == 5, o5, tl.where(g == 6, o6, tl.where(g == 7, o7, o8)))),
+                ),
+            ),
+        ),
+    )
 
 
 @triton.jit
@@ -117,10 +135,30 @@ def _zero_outside_segments(out_cols, cmask, indptr_ptr, n_seg, T, stride_ot, BLO
 
 @triton.jit(do_not_specialize=["T", "R", "n_seg", "col_mult", "stride_pt", "stride_ot", "stride_og"])
 def _lora_shrink_decode_kernel(
-        x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, indptr_ptr, slot_ptr, out_ptr,
-        T, K, R, G, n_seg, col_mult,
-        stride_xt, stride_xk, stride_pt, stride_ot, stride_og, stride_or,
-        PAGE_ELEMS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    x_ptr,
+    pool_ptr,
+    pt_ptr,
+    off_ptr,
+    rank_ptr,
+    indptr_ptr,
+    slot_ptr,
+    out_ptr,
+    T,
+    K,
+    R,
+    G,
+    n_seg,
+    col_mult,
+    stride_xt,
+    stride_xk,
+    stride_pt,
+    stride_ot,
+    stride_og,
+    stride_or,
+    PAGE_ELEMS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """BGMV shrink: program (segment, g, block of output columns); one dot product per row of A."""
     seg = tl.program_id(0)
     g = tl.program_id(1)
@@ -135,20 +173,27 @@ def _lora_shrink_decode_kernel(
     t1 = tl.load(indptr_ptr + seg + 1)
     r, a_off, pt_row = _segment_rank(slot_ptr, rank_ptr, off_ptr, pt_ptr, seg, g, G, stride_pt)
     c0 = col_mult * r
-    j = cols - c0                                 # row of A behind each output column
+    j = cols - c0  # row of A behind each output column
     jmask = (j >= 0) & (j < r)
     live = (r > 0) & (pid_r * BLOCK_R < c0 + r) & (pid_r * BLOCK_R + BLOCK_R > c0)
-    k_end = tl.where(live, K, 0)                  # rank blocks outside [c0, c0 + r) do no work
+    k_end = tl.where(live, K, 0)  # rank blocks outside [c0, c0 + r) do no work
     for t in range(t0, t1):
-        acc2 = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)   # reduced once, after the K loop
+        acc2 = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)  # reduced once, after the K loop
         for k0 in range(0, k_end, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             kmask = k < K
             xv = tl.load(x_ptr + tl.cast(t, tl.int64) * stride_xt + k * stride_xk, mask=kmask, other=0.0)
             m = jmask[:, None] & kmask[None, :]
             if BLOCK_K <= PAGE_ELEMS:
-                a_ptrs = _row_chunk_ptrs(pool_ptr, pt_row, a_off + j * K + k0, tl.arange(0, BLOCK_K), jmask,
-                                         tl.minimum(K - k0, BLOCK_K), PAGE_ELEMS)
+                a_ptrs = _row_chunk_ptrs(
+                    pool_ptr,
+                    pt_row,
+                    a_off + j * K + k0,
+                    tl.arange(0, BLOCK_K),
+                    jmask,
+                    tl.minimum(K - k0, BLOCK_K),
+                    PAGE_ELEMS,
+                )
             else:
                 a_ptrs = _virtual_ptrs(pool_ptr, pt_row, a_off + j[:, None] * K + k[None, :], m, PAGE_ELEMS)
             a = tl.load(a_ptrs, mask=m, other=0.0)
@@ -159,11 +204,32 @@ def _lora_shrink_decode_kernel(
 
 @triton.jit(do_not_specialize=["T", "R", "n_seg", "col_mult", "stride_pt", "stride_ot", "stride_og"])
 def _lora_shrink_prefill_kernel(
-        x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, indptr_ptr, slot_ptr, out_ptr,
-        T, K, R, G, n_seg, col_mult,
-        stride_xt, stride_xk, stride_pt, stride_ot, stride_og, stride_or,
-        PAGE_ELEMS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr):
+    x_ptr,
+    pool_ptr,
+    pt_ptr,
+    off_ptr,
+    rank_ptr,
+    indptr_ptr,
+    slot_ptr,
+    out_ptr,
+    T,
+    K,
+    R,
+    G,
+    n_seg,
+    col_mult,
+    stride_xt,
+    stride_xk,
+    stride_pt,
+    stride_ot,
+    stride_og,
+    stride_or,
+    PAGE_ELEMS: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """SGMV shrink: program (segment, token tile x column block, g); tl.dot of x tile and A^T tile."""
     seg = tl.program_id(0)
     pid1 = tl.program_id(1)
@@ -194,22 +260,54 @@ def _lora_shrink_prefill_kernel(
     for k0 in range(0, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         kmask = k < K
-        xv = tl.load(x_ptr + tok.to(tl.int64)[:, None] * stride_xt + k[None, :] * stride_xk,
-                     mask=tmask[:, None] & kmask[None, :], other=0.0)
+        xv = tl.load(
+            x_ptr + tok.to(tl.int64)[:, None] * stride_xt + k[None, :] * stride_xk,
+            mask=tmask[:, None] & kmask[None, :],
+            other=0.0,
+        )
         m = kmask[:, None] & jmask[None, :]
-        a = tl.load(_virtual_ptrs(pool_ptr, pt_row, a_off + j[None, :] * K + k[:, None], m, PAGE_ELEMS),
-                    mask=m, other=0.0)                              # A^T tile [BLOCK_K, BLOCK_R]
+        a = tl.load(
+            _virtual_ptrs(pool_ptr, pt_row, a_off + j[None, :] * K + k[:, None], m, PAGE_ELEMS), mask=m, other=0.0
+        )  # A^T tile [BLOCK_K, BLOCK_R]
         acc = tl.dot(xv, a, acc, input_precision=INPUT_PRECISION)
-    tl.store(out_cols[None, :] + tok.to(tl.int64)[:, None] * stride_ot, acc.to(out_ptr.dtype.element_ty),
-             mask=tmask[:, None] & cmask[None, :])
+    tl.store(
+        out_cols[None, :] + tok.to(tl.int64)[:, None] * stride_ot,
+        acc.to(out_ptr.dtype.element_ty),
+        mask=tmask[:, None] & cmask[None, :],
+    )
 
 
 @triton.jit(do_not_specialize=["stride_vt", "stride_vg", "stride_pt"])
 def _lora_expand_decode_kernel(
-        y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, indptr_ptr, slot_ptr,
-        G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
-        stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
-        PAGE_ELEMS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    y_ptr,
+    v_ptr,
+    pool_ptr,
+    pt_ptr,
+    off_ptr,
+    rank_ptr,
+    scale_ptr,
+    indptr_ptr,
+    slot_ptr,
+    G,
+    o0,
+    o1,
+    o2,
+    o3,
+    o4,
+    o5,
+    o6,
+    o7,
+    o8,
+    stride_yt,
+    stride_yn,
+    stride_vt,
+    stride_vg,
+    stride_vr,
+    stride_pt,
+    PAGE_ELEMS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """BGMV expand: program (segment, g, block of output columns); loops over rank blocks up to r."""
     seg = tl.program_id(0)
     g = tl.program_id(1)
@@ -227,15 +325,22 @@ def _lora_expand_decode_kernel(
     t0 = tl.load(indptr_ptr + seg)
     t1 = tl.load(indptr_ptr + seg + 1)
     for t in range(t0, t1):
-        acc2 = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)   # reduced once, after the rank loop
+        acc2 = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)  # reduced once, after the rank loop
         for j0 in range(0, r, BLOCK_R):
             j = j0 + tl.arange(0, BLOCK_R)
             jm = j < r
             vv = tl.load(v_ptr + tl.cast(t, tl.int64) * stride_vt + g * stride_vg + j * stride_vr, mask=jm, other=0.0)
             m = jm[:, None] & nmask[None, :]
             if BLOCK_N <= PAGE_ELEMS:
-                b_ptrs = _row_chunk_ptrs(pool_ptr, pt_row, b_off + j * n_g + pid_n * BLOCK_N, tl.arange(0, BLOCK_N),
-                                         jm, tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), PAGE_ELEMS)
+                b_ptrs = _row_chunk_ptrs(
+                    pool_ptr,
+                    pt_row,
+                    b_off + j * n_g + pid_n * BLOCK_N,
+                    tl.arange(0, BLOCK_N),
+                    jm,
+                    tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N),
+                    PAGE_ELEMS,
+                )
             else:
                 b_ptrs = _virtual_ptrs(pool_ptr, pt_row, b_off + j[:, None] * n_g + n[None, :], m, PAGE_ELEMS)
             bt = tl.load(b_ptrs, mask=m, other=0.0)
@@ -248,11 +353,38 @@ def _lora_expand_decode_kernel(
 
 @triton.jit(do_not_specialize=["n_nb", "stride_vt", "stride_vg", "stride_pt"])
 def _lora_expand_prefill_kernel(
-        y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, indptr_ptr, slot_ptr,
-        G, n_nb, o0, o1, o2, o3, o4, o5, o6, o7, o8,
-        stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
-        PAGE_ELEMS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr):
+    y_ptr,
+    v_ptr,
+    pool_ptr,
+    pt_ptr,
+    off_ptr,
+    rank_ptr,
+    scale_ptr,
+    indptr_ptr,
+    slot_ptr,
+    G,
+    n_nb,
+    o0,
+    o1,
+    o2,
+    o3,
+    o4,
+    o5,
+    o6,
+    o7,
+    o8,
+    stride_yt,
+    stride_yn,
+    stride_vt,
+    stride_vg,
+    stride_vr,
+    stride_pt,
+    PAGE_ELEMS: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """SGMV expand: program (segment, token tile x column block, g); tl.dot over rank blocks up to r."""
     seg = tl.program_id(0)
     pid1 = tl.program_id(1)
@@ -279,11 +411,15 @@ def _lora_expand_prefill_kernel(
     for j0 in range(0, r, BLOCK_R):
         j = j0 + tl.arange(0, BLOCK_R)
         jm = j < r
-        vv = tl.load(v_ptr + tok.to(tl.int64)[:, None] * stride_vt + g * stride_vg + j[None, :] * stride_vr,
-                     mask=tmask[:, None] & jm[None, :], other=0.0)
+        vv = tl.load(
+            v_ptr + tok.to(tl.int64)[:, None] * stride_vt + g * stride_vg + j[None, :] * stride_vr,
+            mask=tmask[:, None] & jm[None, :],
+            other=0.0,
+        )
         m = jm[:, None] & nmask[None, :]
-        bt = tl.load(_virtual_ptrs(pool_ptr, pt_row, b_off + j[:, None] * n_g + n[None, :], m, PAGE_ELEMS),
-                     mask=m, other=0.0)
+        bt = tl.load(
+            _virtual_ptrs(pool_ptr, pt_row, b_off + j[:, None] * n_g + n[None, :], m, PAGE_ELEMS), mask=m, other=0.0
+        )
         acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
     yp = y_ptr + tok.to(tl.int64)[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
     ym = tmask[:, None] & nmask[None, :]
@@ -350,14 +486,15 @@ def _decode_tiles_kernel(plan_ptr, n_seg, TILE_M: tl.constexpr, BLOCK: tl.conste
         k = k0 + tl.arange(0, BLOCK)
         tl.store(plan_ptr + 4 * n_seg + k, tl.full([BLOCK], -1, tl.int32), mask=(k < n_seg) & (k >= carry))
         tl.store(plan_ptr + 5 * n_seg + k, tl.full([BLOCK], -1, tl.int32), mask=(k < n_seg) & (k >= carry))
-    for k0 in range(0, N_COUNTERS * n_seg, BLOCK):   # the fused kernel's per-(tile, g) counters start at 0
+    for k0 in range(0, N_COUNTERS * n_seg, BLOCK):  # the fused kernel's per-(tile, g) counters start at 0
         k = k0 + tl.arange(0, BLOCK)
         tl.store(plan_ptr + 7 * n_seg + k, tl.zeros([BLOCK], tl.int32), mask=k < N_COUNTERS * n_seg)
 
 
 @triton.jit
-def _chunk_offsets(pt_row_ptr, o_row, rmask, n_valid, BLOCK: tl.constexpr, PAGE_ELEMS: tl.constexpr,
-                   ALIGNED: tl.constexpr):
+def _chunk_offsets(
+    pt_row_ptr, o_row, rmask, n_valid, BLOCK: tl.constexpr, PAGE_ELEMS: tl.constexpr, ALIGNED: tl.constexpr
+):
     """Pool offsets [rows, BLOCK] of virtual elements o_row[:, None] + arange(BLOCK) (BLOCK <= PAGE_ELEMS:
     at most two pages per row, two page-table reads per row). ALIGNED: o_row and PAGE_ELEMS are
     multiples of 64, so every 64-run is contiguous in one page and 64-aligned (vectorised loads)."""
@@ -394,18 +531,40 @@ def _zero_no_lora(plan_ptr, n_seg, out_cols, cmask, stride_ot, BLOCK_R: tl.const
         slot = tl.load(plan_ptr + n_seg + p, mask=pm, other=0)
         tok = tl.load(plan_ptr + p, mask=pm, other=-1)
         m = pm & (slot < 0) & (tok >= 0)
-        tl.store(out_cols[None, :] + tok.to(tl.int64)[:, None] * stride_ot,
-                 tl.zeros([64, BLOCK_R], dtype=out_cols.dtype.element_ty), mask=m[:, None] & cmask[None, :])
+        tl.store(
+            out_cols[None, :] + tok.to(tl.int64)[:, None] * stride_ot,
+            tl.zeros([64, BLOCK_R], dtype=out_cols.dtype.element_ty),
+            mask=m[:, None] & cmask[None, :],
+        )
 
 
 @triton.jit
-def _shrink_acc(x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
-                PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                ALIGNED: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+def _shrink_acc(
+    x_ptr,
+    pool_ptr,
+    pt_row,
+    a_off,
+    j,
+    jmask,
+    tok,
+    mm,
+    k_lo,
+    k_end,
+    K,
+    stride_xt,
+    stride_xk,
+    PAGE_ELEMS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    ROW_IN_TWO_PAGES: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """sum over k in [k_lo, k_end) of x[tok, k] * A[j, k] (A row j at virtual a_off + j * K; rows outside
     jmask are zero): the [BLOCK_M, BLOCK_R] float32 block of a decode shrink tile."""
     o_row = a_off + tl.where(jmask, j, 0) * K
-    if ROW_IN_TWO_PAGES:   # K <= PAGE_ELEMS: a whole row of A lies in <= 2 pages, looked up once
+    if ROW_IN_TWO_PAGES:  # K <= PAGE_ELEMS: a whole row of A lies in <= 2 pages, looked up once
         p_i = o_row // PAGE_ELEMS
         w0 = o_row % PAGE_ELEMS
         p_lo = tl.load(pt_row + p_i, mask=jmask, other=0).to(tl.int64) * PAGE_ELEMS
@@ -414,30 +573,56 @@ def _shrink_acc(x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, 
     for k0 in range(k_lo, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         kmask = k < K
-        xv = tl.load(x_ptr + tok[:, None] * stride_xt + k[None, :] * stride_xk,
-                     mask=mm[:, None] & kmask[None, :], other=0.0)
+        xv = tl.load(
+            x_ptr + tok[:, None] * stride_xt + k[None, :] * stride_xk, mask=mm[:, None] & kmask[None, :], other=0.0
+        )
         if ROW_IN_TWO_PAGES:
             w = w0[:, None] + k[None, :]
             a_offs = tl.where(w < PAGE_ELEMS, p_lo[:, None] + w, p_hi[:, None] + (w - PAGE_ELEMS))
             if ALIGNED:
                 a_offs = tl.max_contiguous(tl.multiple_of(a_offs, [1, 64]), [1, 64])
         else:
-            a_offs = _chunk_offsets(pt_row, o_row + k0, jmask, tl.minimum(K - k0, BLOCK_K), BLOCK_K, PAGE_ELEMS,
-                                    ALIGNED)
-        a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0)   # A [BLOCK_R, BLOCK_K]
+            a_offs = _chunk_offsets(
+                pt_row, o_row + k0, jmask, tl.minimum(K - k0, BLOCK_K), BLOCK_K, PAGE_ELEMS, ALIGNED
+            )
+        a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0)  # A [BLOCK_R, BLOCK_K]
         acc = tl.dot(xv, tl.trans(a), acc, input_precision=INPUT_PRECISION)
     return acc
 
 
 @triton.jit(do_not_specialize=["T", "R", "n_seg", "col_mult", "stride_pt", "stride_ot", "stride_og", "n_tiles"])
 def _lora_shrink_grouped_kernel(
-        x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, indptr_ptr, plan_ptr, out_ptr,
-        T, K, R, G, n_seg, col_mult,
-        stride_xt, stride_xk, stride_pt, stride_ot, stride_og, stride_or,
-        n_split, n_tiles,
-        PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-        ALIGNED: tl.constexpr, SPLIT_ATOMIC: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr):
+    x_ptr,
+    pool_ptr,
+    pt_ptr,
+    off_ptr,
+    rank_ptr,
+    indptr_ptr,
+    plan_ptr,
+    out_ptr,
+    T,
+    K,
+    R,
+    G,
+    n_seg,
+    col_mult,
+    stride_xt,
+    stride_xk,
+    stride_pt,
+    stride_ot,
+    stride_og,
+    stride_or,
+    n_split,
+    n_tiles,
+    PAGE_ELEMS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    SPLIT_ATOMIC: tl.constexpr,
+    ROW_IN_TWO_PAGES: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """Decode shrink, tokens grouped by adapter: program (tile of the plan, g, block of out columns x
     K split) handles the <= BLOCK_M tokens of one slot; A is read once per tile, tl.dot of the gathered
     x tile [BLOCK_M, BLOCK_K] and A^T [BLOCK_K, BLOCK_R]. Program n_tiles writes the zeros of tokens
@@ -463,27 +648,71 @@ def _lora_shrink_grouped_kernel(
     a_off = tl.load(off_ptr + slot * G + g)
     pt_row = pt_ptr + slot.to(tl.int64) * stride_pt
     c0 = col_mult * r
-    j = cols - c0                                 # row of A behind each output column
+    j = cols - c0  # row of A behind each output column
     jmask = (j >= 0) & (j < r)
     live = (r > 0) & (pid_r * BLOCK_R < c0 + r) & (pid_r * BLOCK_R + BLOCK_R > c0)
     if SPLIT_ATOMIC and not live:
-        return                                    # out is zero there already
+        return  # out is zero there already
     k_per = tl.cdiv(tl.cdiv(K, BLOCK_K), n_split) * BLOCK_K
     k_lo = ks * k_per
-    k_end = tl.where(live, tl.minimum(K, k_lo + k_per), k_lo)   # blocks outside [c0, c0 + r): zeros
-    acc = _shrink_acc(x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
-                      PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES, INPUT_PRECISION)
+    k_end = tl.where(live, tl.minimum(K, k_lo + k_per), k_lo)  # blocks outside [c0, c0 + r): zeros
+    acc = _shrink_acc(
+        x_ptr,
+        pool_ptr,
+        pt_row,
+        a_off,
+        j,
+        jmask,
+        tok,
+        mm,
+        k_lo,
+        k_end,
+        K,
+        stride_xt,
+        stride_xk,
+        PAGE_ELEMS,
+        BLOCK_M,
+        BLOCK_R,
+        BLOCK_K,
+        ALIGNED,
+        ROW_IN_TWO_PAGES,
+        INPUT_PRECISION,
+    )
     if SPLIT_ATOMIC:
-        tl.atomic_add(out_cols[None, :] + tok[:, None] * stride_ot, acc, mask=mm[:, None] & cmask[None, :],
-                      sem="relaxed")
+        tl.atomic_add(
+            out_cols[None, :] + tok[:, None] * stride_ot, acc, mask=mm[:, None] & cmask[None, :], sem="relaxed"
+        )
     else:
-        tl.store(out_cols[None, :] + tok[:, None] * stride_ot, acc.to(out_ptr.dtype.element_ty),
-                 mask=mm[:, None] & cmask[None, :])
+        tl.store(
+            out_cols[None, :] + tok[:, None] * stride_ot,
+            acc.to(out_ptr.dtype.element_ty),
+            mask=mm[:, None] & cmask[None, :],
+        )
 
 
 @triton.jit
-def _expand_tile(plan_ptr, n_seg, tile, rank_ptr, off_ptr, scale_ptr, pt_ptr, stride_pt, G, g,
-                 o0, o1, o2, o3, o4, o5, o6, o7, o8, BLOCK_M: tl.constexpr):
+def _expand_tile(
+    plan_ptr,
+    n_seg,
+    tile,
+    rank_ptr,
+    off_ptr,
+    scale_ptr,
+    pt_ptr,
+    stride_pt,
+    G,
+    g,
+    o0,
+    o1,
+    o2,
+    o3,
+    o4,
+    o5,
+    o6,
+    o7,
+    o8,
+    BLOCK_M: tl.constexpr,
+):
     """(tokens, token mask, rank r, B^T offset, page-table row, scale, first column n_lo, width n_g) of
     tile `tile` of the plan and target g in a decode expand; r = 0 when there is no such tile or the
     adapter has no target g (nothing to do)."""
@@ -509,9 +738,25 @@ def _y_block(y_ptr, tok, mm, n_lo, n_g, pid_n, stride_yt, stride_yn, BLOCK_N: tl
 
 
 @triton.jit
-def _expand_acc(v_ptr, pool_ptr, pt_row, b_off, r, tok, mm, n_g, pid_n, stride_vt, stride_vr,
-                PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+def _expand_acc(
+    v_ptr,
+    pool_ptr,
+    pt_row,
+    b_off,
+    r,
+    tok,
+    mm,
+    n_g,
+    pid_n,
+    stride_vt,
+    stride_vr,
+    PAGE_ELEMS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """sum over j < r of v[tok, j] * B^T[j, n] for the columns n of block pid_n (B^T row j at virtual
     b_off + j * n_g): the [BLOCK_M, BLOCK_N] float32 block of a decode expand tile."""
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -520,10 +765,18 @@ def _expand_acc(v_ptr, pool_ptr, pt_row, b_off, r, tok, mm, n_g, pid_n, stride_v
     for j0 in range(0, r, BLOCK_R):
         j = j0 + tl.arange(0, BLOCK_R)
         jm = j < r
-        vv = tl.load(v_ptr + tok[:, None] * stride_vt + j[None, :] * stride_vr,
-                     mask=mm[:, None] & jm[None, :], other=0.0)
-        b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
-                                tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)
+        vv = tl.load(
+            v_ptr + tok[:, None] * stride_vt + j[None, :] * stride_vr, mask=mm[:, None] & jm[None, :], other=0.0
+        )
+        b_offs = _chunk_offsets(
+            pt_row,
+            b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N,
+            jm,
+            tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N),
+            BLOCK_N,
+            PAGE_ELEMS,
+            ALIGNED,
+        )
         bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
         acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
     return acc
@@ -531,43 +784,153 @@ def _expand_acc(v_ptr, pool_ptr, pt_row, b_off, r, tok, mm, n_g, pid_n, stride_v
 
 @triton.jit(do_not_specialize=["n_seg", "stride_vt", "stride_vg", "stride_pt"])
 def _lora_expand_grouped_kernel(
-        y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
-        G, n_seg, o0, o1, o2, o3, o4, o5, o6, o7, o8,
-        stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
-        PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-        ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    y_ptr,
+    v_ptr,
+    pool_ptr,
+    pt_ptr,
+    off_ptr,
+    rank_ptr,
+    scale_ptr,
+    plan_ptr,
+    G,
+    n_seg,
+    o0,
+    o1,
+    o2,
+    o3,
+    o4,
+    o5,
+    o6,
+    o7,
+    o8,
+    stride_yt,
+    stride_yn,
+    stride_vt,
+    stride_vg,
+    stride_vr,
+    stride_pt,
+    PAGE_ELEMS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """Decode expand, tokens grouped by adapter: program (tile of the plan, g, block of N) handles the
     <= BLOCK_M tokens of one slot; B^T [BLOCK_R, BLOCK_N] tiles read once per tile."""
     g = tl.program_id(1)
     pid_n = tl.program_id(2)
     tok, mm, r, b_off, pt_row, scale, n_lo, n_g = _expand_tile(
-        plan_ptr, n_seg, tl.program_id(0), rank_ptr, off_ptr, scale_ptr, pt_ptr, stride_pt, G, g, o0, o1, o2, o3, o4, o5, o6, o7, o8,
-        BLOCK_M)
+        plan_ptr,
+        n_seg,
+        tl.program_id(0),
+        rank_ptr,
+        off_ptr,
+        scale_ptr,
+        pt_ptr,
+        stride_pt,
+        G,
+        g,
+        o0,
+        o1,
+        o2,
+        o3,
+        o4,
+        o5,
+        o6,
+        o7,
+        o8,
+        BLOCK_M,
+    )
     if r == 0:
         return
     if pid_n * BLOCK_N >= n_g:
         return
     yp, ym, yv = _y_block(y_ptr, tok, mm, n_lo, n_g, pid_n, stride_yt, stride_yn, BLOCK_N)
-    acc = _expand_acc(v_ptr + g * stride_vg, pool_ptr, pt_row, b_off, r, tok, mm, n_g, pid_n, stride_vt, stride_vr,
-                      PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_N, ALIGNED, INPUT_PRECISION)
+    acc = _expand_acc(
+        v_ptr + g * stride_vg,
+        pool_ptr,
+        pt_row,
+        b_off,
+        r,
+        tok,
+        mm,
+        n_g,
+        pid_n,
+        stride_vt,
+        stride_vr,
+        PAGE_ELEMS,
+        BLOCK_M,
+        BLOCK_R,
+        BLOCK_N,
+        ALIGNED,
+        INPUT_PRECISION,
+    )
     tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
 
 
 @triton.jit(do_not_specialize=["n_seg", "stride_vt", "stride_vg", "stride_pt"])
 def _lora_expand_stream_kernel(
-        y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
-        G, n_seg, o0, o1, o2, o3, o4, o5, o6, o7, o8,
-        stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
-        PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-        N_PER: tl.constexpr, ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    y_ptr,
+    v_ptr,
+    pool_ptr,
+    pt_ptr,
+    off_ptr,
+    rank_ptr,
+    scale_ptr,
+    plan_ptr,
+    G,
+    n_seg,
+    o0,
+    o1,
+    o2,
+    o3,
+    o4,
+    o5,
+    o6,
+    o7,
+    o8,
+    stride_yt,
+    stride_yn,
+    stride_vt,
+    stride_vg,
+    stride_vr,
+    stride_pt,
+    PAGE_ELEMS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    N_PER: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """Decode expand, tokens grouped by adapter, streaming over N: program (tile of the plan, g, range of
     N_PER output columns) keeps the tile's v [BLOCK_M, BLOCK_R] in registers and walks its columns in
     BLOCK_N steps (a pipelined loop: several B^T reads in flight), each step updating y. Ranks above
     BLOCK_R take further passes over the columns (a barrier between passes: the next pass reads y back)."""
     g = tl.program_id(1)
     tok, mm, r, b_off, pt_row, scale, n_lo, n_g = _expand_tile(
-        plan_ptr, n_seg, tl.program_id(0), rank_ptr, off_ptr, scale_ptr, pt_ptr, stride_pt, G, g, o0, o1, o2, o3, o4, o5, o6, o7, o8,
-        BLOCK_M)
+        plan_ptr,
+        n_seg,
+        tl.program_id(0),
+        rank_ptr,
+        off_ptr,
+        scale_ptr,
+        pt_ptr,
+        stride_pt,
+        G,
+        g,
+        o0,
+        o1,
+        o2,
+        o3,
+        o4,
+        o5,
+        o6,
+        o7,
+        o8,
+        BLOCK_M,
+    )
     if r == 0:
         return
     n_start = tl.program_id(2) * N_PER
@@ -577,15 +940,17 @@ def _lora_expand_stream_kernel(
     for j0 in range(0, r, BLOCK_R):
         j = j0 + tl.arange(0, BLOCK_R)
         jm = j < r
-        vv = tl.load(v_ptr + tok[:, None] * stride_vt + g * stride_vg + j[None, :] * stride_vr,
-                     mask=mm[:, None] & jm[None, :], other=0.0)
+        vv = tl.load(
+            v_ptr + tok[:, None] * stride_vt + g * stride_vg + j[None, :] * stride_vr,
+            mask=mm[:, None] & jm[None, :],
+            other=0.0,
+        )
         vb = vv.to(pool_ptr.dtype.element_ty)
         o_row = b_off + tl.where(jm, j, 0) * n_g
         for n0 in range(n_start, n_stop, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             nmask = n < n_stop
-            b_offs = _chunk_offsets(pt_row, o_row + n0, jm, tl.minimum(n_g - n0, BLOCK_N), BLOCK_N, PAGE_ELEMS,
-                                    ALIGNED)
+            b_offs = _chunk_offsets(pt_row, o_row + n0, jm, tl.minimum(n_g - n0, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)
             bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
             acc = tl.dot(vb, bt, input_precision=INPUT_PRECISION)
             yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
@@ -595,15 +960,67 @@ def _lora_expand_stream_kernel(
         tl.debug_barrier()
 
 
-@triton.jit(do_not_specialize=["K", "G", "n_seg", "n_tiles", "n_rb", "n_nb", "R", "stride_xt", "stride_yt",
-                                 "stride_vt", "stride_vg", "stride_pt"])
+@triton.jit(
+    do_not_specialize=[
+        "K",
+        "G",
+        "n_seg",
+        "n_tiles",
+        "n_rb",
+        "n_nb",
+        "R",
+        "stride_xt",
+        "stride_yt",
+        "stride_vt",
+        "stride_vg",
+        "stride_pt",
+    ]
+)
 def _lora_decode_fused_kernel(
-        x_ptr, y_ptr, v_ptr, pool_ptr, pt_ptr, a_off_ptr, b_off_ptr, rank_ptr, scale_ptr, plan_ptr,
-        K, G, n_seg, n_tiles, n_rb, n_nb, R, o0, o1, o2, o3, o4, o5, o6, o7, o8,
-        stride_xt, stride_xk, stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
-        PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, SHRINK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-        EXPAND_R: tl.constexpr, BLOCK_N: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr,
-        INPUT_PRECISION: tl.constexpr, MAX_SPINS: tl.constexpr):
+    x_ptr,
+    y_ptr,
+    v_ptr,
+    pool_ptr,
+    pt_ptr,
+    a_off_ptr,
+    b_off_ptr,
+    rank_ptr,
+    scale_ptr,
+    plan_ptr,
+    K,
+    G,
+    n_seg,
+    n_tiles,
+    n_rb,
+    n_nb,
+    R,
+    o0,
+    o1,
+    o2,
+    o3,
+    o4,
+    o5,
+    o6,
+    o7,
+    o8,
+    stride_xt,
+    stride_xk,
+    stride_yt,
+    stride_yn,
+    stride_vt,
+    stride_vg,
+    stride_vr,
+    stride_pt,
+    PAGE_ELEMS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    SHRINK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    EXPAND_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    ROW_IN_TWO_PAGES: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    MAX_SPINS: tl.constexpr,
+):
     """Decode shrink and expand in one launch: y[tok, cols of g] += scale * (x[tok] @ A_g^T) @ B_g^T.
 
     Programs [0, n_tiles * G * n_rb) are shrink items (tile, g, block of SHRINK_R rank rows): each sums
@@ -630,12 +1047,34 @@ def _lora_decode_fused_kernel(
                 a_off = tl.load(a_off_ptr + slot * G + g)
                 j = pid_r * SHRINK_R + tl.arange(0, SHRINK_R)
                 jmask = j < r
-                acc = _shrink_acc(x_ptr, pool_ptr, pt_ptr + slot.to(tl.int64) * stride_pt, a_off, j, jmask, tok, mm,
-                                  0, K, K, stride_xt, stride_xk, PAGE_ELEMS, BLOCK_M, SHRINK_R, BLOCK_K, True,
-                                  ROW_IN_TWO_PAGES, INPUT_PRECISION)
-                tl.store(v_ptr + g * stride_vg + tok[:, None] * stride_vt + j[None, :] * stride_vr, acc,
-                         mask=mm[:, None] & (j < R)[None, :])
-                tl.debug_barrier()     # every thread's v stores happen before the release below
+                acc = _shrink_acc(
+                    x_ptr,
+                    pool_ptr,
+                    pt_ptr + slot.to(tl.int64) * stride_pt,
+                    a_off,
+                    j,
+                    jmask,
+                    tok,
+                    mm,
+                    0,
+                    K,
+                    K,
+                    stride_xt,
+                    stride_xk,
+                    PAGE_ELEMS,
+                    BLOCK_M,
+                    SHRINK_R,
+                    BLOCK_K,
+                    True,
+                    ROW_IN_TWO_PAGES,
+                    INPUT_PRECISION,
+                )
+                tl.store(
+                    v_ptr + g * stride_vg + tok[:, None] * stride_vt + j[None, :] * stride_vr,
+                    acc,
+                    mask=mm[:, None] & (j < R)[None, :],
+                )
+                tl.debug_barrier()  # every thread's v stores happen before the release below
                 tl.atomic_add(plan_ptr + (7 + g) * n_seg + tile, 1, sem="release", scope="gpu")
     else:
         e = pid - n_shrink
@@ -643,20 +1082,56 @@ def _lora_decode_fused_kernel(
         g = (e // n_nb) % G
         pid_n = e % n_nb
         tok, mm, r, b_off, pt_row, scale, n_lo, n_g = _expand_tile(
-            plan_ptr, n_seg, tile, rank_ptr, b_off_ptr, scale_ptr, pt_ptr, stride_pt, G, g,
-            o0, o1, o2, o3, o4, o5, o6, o7, o8, BLOCK_M)
+            plan_ptr,
+            n_seg,
+            tile,
+            rank_ptr,
+            b_off_ptr,
+            scale_ptr,
+            pt_ptr,
+            stride_pt,
+            G,
+            g,
+            o0,
+            o1,
+            o2,
+            o3,
+            o4,
+            o5,
+            o6,
+            o7,
+            o8,
+            BLOCK_M,
+        )
         if (r > 0) & (pid_n * BLOCK_N < n_g):
             yp, ym, yv = _y_block(y_ptr, tok, mm, n_lo, n_g, pid_n, stride_yt, stride_yn, BLOCK_N)
             cnt = plan_ptr + (7 + g) * n_seg + tile
-            need = tl.minimum(tl.cdiv(r, SHRINK_R), n_rb)   # the live shrink items of (tile, g)
+            need = tl.minimum(tl.cdiv(r, SHRINK_R), n_rb)  # the live shrink items of (tile, g)
             done = tl.atomic_add(cnt, 0, sem="acquire", scope="gpu")
             spins = 0
             while (done < need) & (spins < MAX_SPINS):
                 done = tl.atomic_add(cnt, 0, sem="acquire", scope="gpu")
                 spins += 1
-            acc = _expand_acc(v_ptr + g * stride_vg, pool_ptr, pt_row, b_off, r, tok, mm, n_g, pid_n, stride_vt,
-                              stride_vr, PAGE_ELEMS, BLOCK_M, EXPAND_R, BLOCK_N, True, INPUT_PRECISION)
-            if done < need:   # never expected: fail loudly (NaN) rather than hang the GPU
+            acc = _expand_acc(
+                v_ptr + g * stride_vg,
+                pool_ptr,
+                pt_row,
+                b_off,
+                r,
+                tok,
+                mm,
+                n_g,
+                pid_n,
+                stride_vt,
+                stride_vr,
+                PAGE_ELEMS,
+                BLOCK_M,
+                EXPAND_R,
+                BLOCK_N,
+                True,
+                INPUT_PRECISION,
+            )
+            if done < need:  # never expected: fail loudly (NaN) rather than hang the GPU
                 acc = tl.full([BLOCK_M, BLOCK_N], float("nan"), tl.float32)
             tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
             if tl.atomic_add(cnt, 1, sem="relaxed", scope="gpu") == need + tl.cdiv(n_g, BLOCK_N) - 1:
@@ -671,22 +1146,42 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _INT_DTYPES = (torch.int32, torch.int64)
 
 
-def _check_triton_lora(name: str, dense: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
-                       offsets: torch.Tensor, ranks: torch.Tensor, seg_indptr: torch.Tensor,
-                       seg_slot: torch.Tensor, extra: dict[str, torch.Tensor], float32_ok: bool = False) -> None:
+def _check_triton_lora(
+    name: str,
+    dense: torch.Tensor,
+    pool: torch.Tensor,
+    page_table: torch.Tensor,
+    offsets: torch.Tensor,
+    ranks: torch.Tensor,
+    seg_indptr: torch.Tensor,
+    seg_slot: torch.Tensor,
+    extra: dict[str, torch.Tensor],
+    float32_ok: bool = False,
+) -> None:
     check_lora_args(dense, pool, page_table, offsets, ranks, seg_indptr, seg_slot, float32_ok)
     if pool.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"{name}: pool dtype {pool.dtype} is not float16/bfloat16/float32")
     if pool.stride(1) != 1 or pool.stride(0) != pool.shape[1]:
         raise ValueError(f"{name}: pool must be contiguous [num_pages, page_elems]")
-    for what, t in (("page_table", page_table), ("offsets", offsets), ("ranks", ranks),
-                    ("seg_indptr", seg_indptr), ("seg_slot", seg_slot)):
+    for what, t in (
+        ("page_table", page_table),
+        ("offsets", offsets),
+        ("ranks", ranks),
+        ("seg_indptr", seg_indptr),
+        ("seg_slot", seg_slot),
+    ):
         if t.dtype not in _INT_DTYPES:
             raise ValueError(f"{name}: {what} must be int32 or int64, got {t.dtype}")
     if page_table.shape[0] != offsets.shape[0]:
         raise ValueError(f"{name}: page_table has {page_table.shape[0]} slots, offsets {offsets.shape[0]}")
-    for what, t in (("page_table", page_table), ("offsets", offsets), ("ranks", ranks),
-                    ("seg_indptr", seg_indptr), ("seg_slot", seg_slot), *extra.items()):
+    for what, t in (
+        ("page_table", page_table),
+        ("offsets", offsets),
+        ("ranks", ranks),
+        ("seg_indptr", seg_indptr),
+        ("seg_slot", seg_slot),
+        *extra.items(),
+    ):
         if t.device != pool.device:
             raise ValueError(f"{name}: {what} is on {t.device}, pool on {pool.device}")
     if offsets.shape[1] > MAX_G:
@@ -710,17 +1205,37 @@ def _input_precision(dtype: torch.dtype) -> str:
 
 # Decode fast path (tokens grouped by adapter, vectorised page reads) launch parameters; benchmarks may
 # override entries. GPU values were picked on an H100 (benchmarks/kernels.py).
-DECODE_CFG = dict(shrink_r=64, shrink_k=128, shrink_warps=4, shrink_stages=3, shrink_split=2,
-                  expand_r=16, expand_n=256, expand_warps=4, expand_stages=2,
-                  expand_stream=False, stream_r=64, stream_n=64, stream_per=1024, stream_warps=4, stream_stages=3,
-                  fused=False, fused_r=32, fused_k=128, fused_er=16, fused_n=128, fused_warps=4, fused_stages=3)
+DECODE_CFG = dict(
+    shrink_r=64,
+    shrink_k=128,
+    shrink_warps=4,
+    shrink_stages=3,
+    shrink_split=2,
+    expand_r=16,
+    expand_n=256,
+    expand_warps=4,
+    expand_stages=2,
+    expand_stream=False,
+    stream_r=64,
+    stream_n=64,
+    stream_per=1024,
+    stream_warps=4,
+    stream_stages=3,
+    fused=False,
+    fused_r=32,
+    fused_k=128,
+    fused_er=16,
+    fused_n=128,
+    fused_warps=4,
+    fused_stages=3,
+)
 # expand_stream: `_lora_expand_stream_kernel` instead of `_lora_expand_grouped_kernel`; fused: `lora_apply`
 # runs decode shrink + expand as one launch (`_lora_decode_fused_kernel`: shrink blocks of fused_r rank rows
 # x fused_k, expand blocks of fused_er rank rows x fused_n columns; these defaults compile for sm_90 to 149
 # registers, no spills, both loops pipelined: benchmarks/kernel_compile.py). Both are checked on the CPU
 # interpreter and not yet timed on a GPU: off until `benchmarks/lora_tune.py --layer` shows them faster.
-DECODE_TILE_M = 16   # tokens of one adapter per decode program (the plan's tiles)
-PLAN_ROWS = 7 + MAX_G   # lora_decode_plan: token, slot, run start, run end; tile start, slot, run end; counters
+DECODE_TILE_M = 16  # tokens of one adapter per decode program (the plan's tiles)
+PLAN_ROWS = 7 + MAX_G  # lora_decode_plan: token, slot, run start, run end; tile start, slot, run end; counters
 
 
 def _decode_tiles(n_seg: int, n_slots: int) -> int:
@@ -745,11 +1260,13 @@ def lora_decode_plan(seg_indptr: torch.Tensor, seg_slot: torch.Tensor, n_slots: 
     n_seg = seg_slot.shape[0]
     plan = torch.empty(PLAN_ROWS, n_seg, dtype=torch.int32, device=seg_slot.device)
     if n_seg:
-        block, block_j = 32, _npow2(n_seg, 32, 256)      # many small programs: O(n_seg^2) compares
-        _decode_plan_kernel[(triton.cdiv(n_seg, block),)](seg_indptr, seg_slot, plan, n_seg, int(n_slots),
-                                                          BLOCK=block, BLOCK_J=block_j, num_warps=4)
-        _decode_tiles_kernel[(1,)](plan, n_seg, TILE_M=DECODE_TILE_M, BLOCK=_npow2(n_seg, 32, 1024),
-                                   N_COUNTERS=MAX_G, num_warps=4)
+        block, block_j = 32, _npow2(n_seg, 32, 256)  # many small programs: O(n_seg^2) compares
+        _decode_plan_kernel[(triton.cdiv(n_seg, block),)](
+            seg_indptr, seg_slot, plan, n_seg, int(n_slots), BLOCK=block, BLOCK_J=block_j, num_warps=4
+        )
+        _decode_tiles_kernel[(1,)](
+            plan, n_seg, TILE_M=DECODE_TILE_M, BLOCK=_npow2(n_seg, 32, 1024), N_COUNTERS=MAX_G, num_warps=4
+        )
     return plan
 
 
@@ -757,16 +1274,27 @@ def _plan_for(plan, seg_indptr, seg_slot, n_slots):
     if plan is None:
         return lora_decode_plan(seg_indptr, seg_slot, n_slots)
     if plan.shape != (PLAN_ROWS, seg_slot.shape[0]) or plan.dtype != torch.int32 or plan.device != seg_slot.device:
-        raise ValueError(f"plan must be int32 [{PLAN_ROWS}, n_seg={seg_slot.shape[0]}] on {seg_slot.device} "
-                         "(from lora_decode_plan)")
+        raise ValueError(
+            f"plan must be int32 [{PLAN_ROWS}, n_seg={seg_slot.shape[0]}] on {seg_slot.device} (from lora_decode_plan)"
+        )
     return plan
 
 
-def lora_shrink(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
-                a_offsets: torch.Tensor, ranks: torch.Tensor, seg_indptr: torch.Tensor,
-                seg_slot: torch.Tensor, out: torch.Tensor, col_mult: int = 0,
-                max_seg_len: int | None = None, *, aligned: bool = False,
-                plan: torch.Tensor | None = None) -> torch.Tensor:
+def lora_shrink(
+    x: torch.Tensor,
+    pool: torch.Tensor,
+    page_table: torch.Tensor,
+    a_offsets: torch.Tensor,
+    ranks: torch.Tensor,
+    seg_indptr: torch.Tensor,
+    seg_slot: torch.Tensor,
+    out: torch.Tensor,
+    col_mult: int = 0,
+    max_seg_len: int | None = None,
+    *,
+    aligned: bool = False,
+    plan: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Triton `lora_shrink_ref`: x [T, K] -> out [T, G, R], every element written.
 
     aligned=True promises every a_offsets entry is a multiple of 64 (app/lora/adapter.py ALIGN); with
@@ -791,8 +1319,20 @@ def lora_shrink(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
     page_table, a_offsets, ranks = page_table.contiguous(), a_offsets.contiguous(), ranks.contiguous()
     seg_indptr, seg_slot = seg_indptr.contiguous(), seg_slot.contiguous()
     max_len = T if max_seg_len is None else min(int(max_seg_len), T)
-    common = (T, K, R, G, n_seg, col_mult, x.stride(0), x.stride(1), page_table.stride(0),
-              out.stride(0), out.stride(1), out.stride(2))
+    common = (
+        T,
+        K,
+        R,
+        G,
+        n_seg,
+        col_mult,
+        x.stride(0),
+        x.stride(1),
+        page_table.stride(0),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+    )
     P = pool.shape[1]
     if max_len <= 1 and aligned and K % 64 == 0 and P % 64 == 0:
         c = DECODE_CFG
@@ -806,42 +1346,105 @@ def lora_shrink(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
         n_tiles = _decode_tiles(n_seg, page_table.shape[0])
         grid = (n_tiles + 1, G, triton.cdiv(R, block_r) * n_split)
         _lora_shrink_grouped_kernel[grid](
-            x, pool, page_table, a_offsets, ranks, seg_indptr, plan, out, *common, n_split, n_tiles,
-            PAGE_ELEMS=P, BLOCK_M=DECODE_TILE_M, BLOCK_R=block_r, BLOCK_K=block_k,
-            ALIGNED=True, SPLIT_ATOMIC=n_split > 1, ROW_IN_TWO_PAGES=K <= P,
-            INPUT_PRECISION=_input_precision(pool.dtype), **_decode_launch("shrink"))
+            x,
+            pool,
+            page_table,
+            a_offsets,
+            ranks,
+            seg_indptr,
+            plan,
+            out,
+            *common,
+            n_split,
+            n_tiles,
+            PAGE_ELEMS=P,
+            BLOCK_M=DECODE_TILE_M,
+            BLOCK_R=block_r,
+            BLOCK_K=block_k,
+            ALIGNED=True,
+            SPLIT_ATOMIC=n_split > 1,
+            ROW_IN_TWO_PAGES=K <= P,
+            INPUT_PRECISION=_input_precision(pool.dtype),
+            **_decode_launch("shrink"),
+        )
     elif max_len <= 1:
-        block_r = _npow2(R, 8, 256) if _INTERPRET else 8     # ranks are usually multiples of 8
+        block_r = _npow2(R, 8, 256) if _INTERPRET else 8  # ranks are usually multiples of 8
         block_k = _fit_page(1024 if _INTERPRET else 512, pool.shape[1])
         grid = (n_seg + 1, G, triton.cdiv(R, block_r))
         _lora_shrink_decode_kernel[grid](
-            x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, out, *common,
-            PAGE_ELEMS=pool.shape[1], BLOCK_R=block_r, BLOCK_K=block_k, num_warps=4)
+            x,
+            pool,
+            page_table,
+            a_offsets,
+            ranks,
+            seg_indptr,
+            seg_slot,
+            out,
+            *common,
+            PAGE_ELEMS=pool.shape[1],
+            BLOCK_R=block_r,
+            BLOCK_K=block_k,
+            num_warps=4,
+        )
     else:
         block_t = _npow2(max_len, 16, 64)
         block_r = _npow2(R, 16, 64 if not _INTERPRET else 256)
         block_k = 256 if _INTERPRET else 64
         grid = (n_seg + 1, triton.cdiv(max_len, block_t) * triton.cdiv(R, block_r), G)
         _lora_shrink_prefill_kernel[grid](
-            x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, out, *common,
-            PAGE_ELEMS=pool.shape[1], BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_K=block_k,
-            INPUT_PRECISION=_input_precision(pool.dtype), num_warps=4)
+            x,
+            pool,
+            page_table,
+            a_offsets,
+            ranks,
+            seg_indptr,
+            seg_slot,
+            out,
+            *common,
+            PAGE_ELEMS=pool.shape[1],
+            BLOCK_T=block_t,
+            BLOCK_R=block_r,
+            BLOCK_K=block_k,
+            INPUT_PRECISION=_input_precision(pool.dtype),
+            num_warps=4,
+        )
     return out
 
 
-def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
-                b_offsets: torch.Tensor, ranks: torch.Tensor, scales: torch.Tensor,
-                seg_indptr: torch.Tensor, seg_slot: torch.Tensor, out_offsets: list[int],
-                max_seg_len: int | None = None, *, aligned: bool = False,
-                plan: torch.Tensor | None = None) -> torch.Tensor:
+def lora_expand(
+    y: torch.Tensor,
+    v: torch.Tensor,
+    pool: torch.Tensor,
+    page_table: torch.Tensor,
+    b_offsets: torch.Tensor,
+    ranks: torch.Tensor,
+    scales: torch.Tensor,
+    seg_indptr: torch.Tensor,
+    seg_slot: torch.Tensor,
+    out_offsets: list[int],
+    max_seg_len: int | None = None,
+    *,
+    aligned: bool = False,
+    plan: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Triton `lora_expand_ref`: y[:, out_offsets[g]:out_offsets[g+1]] += scale * v[:, g, :r] @ B_g^T.
 
     aligned / plan: as in `lora_shrink` (aligned promises 64-aligned b_offsets; every N_g and
     page_elems must be multiples of 64 for the fast path, checked here)."""
     if y.dim() != 2 or v.dim() != 3:
         raise ValueError(f"y must be [T, N] and v [T, G, R], got {tuple(y.shape)} and {tuple(v.shape)}")
-    _check_triton_lora("lora_expand", v, pool, page_table, b_offsets, ranks, seg_indptr, seg_slot,
-                       {"y": y, "scales": scales}, float32_ok=True)
+    _check_triton_lora(
+        "lora_expand",
+        v,
+        pool,
+        page_table,
+        b_offsets,
+        ranks,
+        seg_indptr,
+        seg_slot,
+        {"y": y, "scales": scales},
+        float32_ok=True,
+    )
     G = b_offsets.shape[1]
     out_offsets = check_out_offsets(out_offsets, G, y)
     T = y.shape[0]
@@ -865,7 +1468,7 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table
     if max_len <= 1 and aligned and P % 64 == 0 and widths_aligned:
         c = DECODE_CFG
         plan = _plan_for(plan, seg_indptr, seg_slot, page_table.shape[0])
-        if c["expand_stream"]:   # the interpreter: 16-row rank blocks, so several rank passes run
+        if c["expand_stream"]:  # the interpreter: 16-row rank blocks, so several rank passes run
             kind, kernel = "stream", _lora_expand_stream_kernel
             block_n = _fit_page(64 if _INTERPRET else c["stream_n"], P)
             n_per = 128 if _INTERPRET else c["stream_per"]
@@ -875,16 +1478,47 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table
             n_per = _fit_page(_npow2(n_max, 64, 1024) if _INTERPRET else c["expand_n"], P)
             consts = dict(BLOCK_R=_npow2(R, 16, 256) if _INTERPRET else c["expand_r"], BLOCK_N=n_per)
         kernel[(_decode_tiles(n_seg, page_table.shape[0]), G, triton.cdiv(n_max, n_per))](
-            y, v, pool, page_table, b_offsets, ranks, scales, plan, G, n_seg, *offs, *strides,
-            PAGE_ELEMS=P, BLOCK_M=DECODE_TILE_M, ALIGNED=True, INPUT_PRECISION=_input_precision(pool.dtype),
-            **consts, **_decode_launch(kind))
+            y,
+            v,
+            pool,
+            page_table,
+            b_offsets,
+            ranks,
+            scales,
+            plan,
+            G,
+            n_seg,
+            *offs,
+            *strides,
+            PAGE_ELEMS=P,
+            BLOCK_M=DECODE_TILE_M,
+            ALIGNED=True,
+            INPUT_PRECISION=_input_precision(pool.dtype),
+            **consts,
+            **_decode_launch(kind),
+        )
     elif max_len <= 1:
         block_n = _fit_page(_npow2(n_max, 16, 4096 if _INTERPRET else 512), pool.shape[1])
         block_r = _npow2(R, 8, 256) if _INTERPRET else 8
         grid = (n_seg, G, triton.cdiv(n_max, block_n))
         _lora_expand_decode_kernel[grid](
-            y, v, pool, page_table, b_offsets, ranks, scales, seg_indptr, seg_slot, G, *offs, *strides,
-            PAGE_ELEMS=pool.shape[1], BLOCK_R=block_r, BLOCK_N=block_n, num_warps=4)
+            y,
+            v,
+            pool,
+            page_table,
+            b_offsets,
+            ranks,
+            scales,
+            seg_indptr,
+            seg_slot,
+            G,
+            *offs,
+            *strides,
+            PAGE_ELEMS=pool.shape[1],
+            BLOCK_R=block_r,
+            BLOCK_N=block_n,
+            num_warps=4,
+        )
     else:
         block_t = _npow2(max_len, 16, 64)
         block_n = _npow2(n_max, 16, 1024 if _INTERPRET else 128)
@@ -892,18 +1526,47 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table
         n_nb = triton.cdiv(n_max, block_n)
         grid = (n_seg, triton.cdiv(max_len, block_t) * n_nb, G)
         _lora_expand_prefill_kernel[grid](
-            y, v, pool, page_table, b_offsets, ranks, scales, seg_indptr, seg_slot, G, n_nb, *offs, *strides,
-            PAGE_ELEMS=pool.shape[1], BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_N=block_n,
-            INPUT_PRECISION=_input_precision(pool.dtype), num_warps=4)
+            y,
+            v,
+            pool,
+            page_table,
+            b_offsets,
+            ranks,
+            scales,
+            seg_indptr,
+            seg_slot,
+            G,
+            n_nb,
+            *offs,
+            *strides,
+            PAGE_ELEMS=pool.shape[1],
+            BLOCK_T=block_t,
+            BLOCK_R=block_r,
+            BLOCK_N=block_n,
+            INPUT_PRECISION=_input_precision(pool.dtype),
+            num_warps=4,
+        )
     return y
 
 
-
-def lora_apply(y: torch.Tensor, x: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
-               a_offsets: torch.Tensor, b_offsets: torch.Tensor, ranks: torch.Tensor, scales: torch.Tensor,
-               seg_indptr: torch.Tensor, seg_slot: torch.Tensor, out_offsets: list[int],
-               max_seg_len: int | None = None, *, aligned: bool = False,
-               plan: torch.Tensor | None = None) -> torch.Tensor:
+def lora_apply(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    v: torch.Tensor,
+    pool: torch.Tensor,
+    page_table: torch.Tensor,
+    a_offsets: torch.Tensor,
+    b_offsets: torch.Tensor,
+    ranks: torch.Tensor,
+    scales: torch.Tensor,
+    seg_indptr: torch.Tensor,
+    seg_slot: torch.Tensor,
+    out_offsets: list[int],
+    max_seg_len: int | None = None,
+    *,
+    aligned: bool = False,
+    plan: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Triton `lora_apply_ref`: y[:, out_offsets[g]:out_offsets[g+1]] += scale * (x @ A_g^T) @ B_g^T.
 
     `lora_shrink` into v (float32 [T, G, R]) then `lora_expand`, or, for decode on the aligned fast path
@@ -914,20 +1577,56 @@ def lora_apply(y: torch.Tensor, x: torch.Tensor, v: torch.Tensor, pool: torch.Te
     T, n_seg, P = x.shape[0], seg_slot.shape[0], pool.shape[1]
     max_len = T if max_seg_len is None else min(int(max_seg_len), T)
     offs, n_max, widths_aligned = _targets_geometry(out_offsets)
-    fused = (DECODE_CFG["fused"] and max_len <= 1 and aligned and T > 0 and n_seg > 0 and K % 64 == 0
-             and P % 64 == 0 and widths_aligned)
+    fused = (
+        DECODE_CFG["fused"]
+        and max_len <= 1
+        and aligned
+        and T > 0
+        and n_seg > 0
+        and K % 64 == 0
+        and P % 64 == 0
+        and widths_aligned
+    )
     if not fused:
-        lora_shrink(x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, v, max_seg_len=max_seg_len,
-                    aligned=aligned, plan=plan)
-        return lora_expand(y, v, pool, page_table, b_offsets, ranks, scales, seg_indptr, seg_slot, out_offsets,
-                           max_seg_len=max_seg_len, aligned=aligned, plan=plan)
-    _check_triton_lora("lora_apply", x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot,
-                       {"y": y, "scales": scales})
+        lora_shrink(
+            x,
+            pool,
+            page_table,
+            a_offsets,
+            ranks,
+            seg_indptr,
+            seg_slot,
+            v,
+            max_seg_len=max_seg_len,
+            aligned=aligned,
+            plan=plan,
+        )
+        return lora_expand(
+            y,
+            v,
+            pool,
+            page_table,
+            b_offsets,
+            ranks,
+            scales,
+            seg_indptr,
+            seg_slot,
+            out_offsets,
+            max_seg_len=max_seg_len,
+            aligned=aligned,
+            plan=plan,
+        )
+    _check_triton_lora(
+        "lora_apply", x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, {"y": y, "scales": scales}
+    )
     if b_offsets.shape != a_offsets.shape:
-        raise ValueError(f"b_offsets {tuple(b_offsets.shape)} must have the shape of a_offsets {tuple(a_offsets.shape)}")
+        raise ValueError(
+            f"b_offsets {tuple(b_offsets.shape)} must have the shape of a_offsets {tuple(a_offsets.shape)}"
+        )
     if y.dim() != 2 or y.shape[0] != T or v.dim() != 3 or v.shape[:2] != (T, G) or v.dtype != torch.float32:
-        raise ValueError(f"y must be [T={T}, N] and v float32 [T, G={G}, R], got {tuple(y.shape)} and "
-                         f"{tuple(v.shape)} {v.dtype}")
+        raise ValueError(
+            f"y must be [T={T}, N] and v float32 [T, G={G}, R], got {tuple(y.shape)} and {tuple(v.shape)} {v.dtype}"
+        )
     _check_scales(scales, page_table)
     R = v.shape[2]
     if n_max == 0 or R == 0:
@@ -938,21 +1637,63 @@ def lora_apply(y: torch.Tensor, x: torch.Tensor, v: torch.Tensor, pool: torch.Te
     ranks, scales = ranks.contiguous(), scales.contiguous()
     shrink_r = _npow2(R, 16, 256) if _INTERPRET else c["fused_r"]
     block_n = _fit_page(_npow2(n_max, 64, 1024) if _INTERPRET else c["fused_n"], P)
-    n_tiles, n_rb, n_nb = _decode_tiles(n_seg, page_table.shape[0]), triton.cdiv(R, shrink_r), triton.cdiv(n_max, block_n)
+    n_tiles, n_rb, n_nb = (
+        _decode_tiles(n_seg, page_table.shape[0]),
+        triton.cdiv(R, shrink_r),
+        triton.cdiv(n_max, block_n),
+    )
     launch = {} if _INTERPRET else dict(num_warps=c["fused_warps"], num_stages=c["fused_stages"])
     _lora_decode_fused_kernel[(n_tiles * G * (n_rb + n_nb),)](
-        x, y, v, pool, page_table, a_offsets, b_offsets, ranks, scales, plan,
-        K, G, n_seg, n_tiles, n_rb, n_nb, R, *offs,
-        x.stride(0), x.stride(1), y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0),
-        PAGE_ELEMS=P, BLOCK_M=DECODE_TILE_M, SHRINK_R=shrink_r, BLOCK_K=_fit_page(128 if _INTERPRET else c["fused_k"], P),
-        EXPAND_R=16 if _INTERPRET else c["fused_er"], BLOCK_N=block_n, ROW_IN_TWO_PAGES=K <= P,
-        INPUT_PRECISION=_input_precision(pool.dtype), MAX_SPINS=100 if _INTERPRET else 1 << 22, **launch)
+        x,
+        y,
+        v,
+        pool,
+        page_table,
+        a_offsets,
+        b_offsets,
+        ranks,
+        scales,
+        plan,
+        K,
+        G,
+        n_seg,
+        n_tiles,
+        n_rb,
+        n_nb,
+        R,
+        *offs,
+        x.stride(0),
+        x.stride(1),
+        y.stride(0),
+        y.stride(1),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        page_table.stride(0),
+        PAGE_ELEMS=P,
+        BLOCK_M=DECODE_TILE_M,
+        SHRINK_R=shrink_r,
+        BLOCK_K=_fit_page(128 if _INTERPRET else c["fused_k"], P),
+        EXPAND_R=16 if _INTERPRET else c["fused_er"],
+        BLOCK_N=block_n,
+        ROW_IN_TWO_PAGES=K <= P,
+        INPUT_PRECISION=_input_precision(pool.dtype),
+        MAX_SPINS=100 if _INTERPRET else 1 << 22,
+        **launch,
+    )
     return y
 
 
-def check_lora_args(x_or_v: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
-                    offsets: torch.Tensor, ranks: torch.Tensor, seg_indptr: torch.Tensor,
-                    seg_slot: torch.Tensor, float32_ok: bool = False) -> None:
+def check_lora_args(
+    x_or_v: torch.Tensor,
+    pool: torch.Tensor,
+    page_table: torch.Tensor,
+    offsets: torch.Tensor,
+    ranks: torch.Tensor,
+    seg_indptr: torch.Tensor,
+    seg_slot: torch.Tensor,
+    float32_ok: bool = False,
+) -> None:
     """float32_ok: x_or_v may be float32 whatever the pool dtype (the shrink output v, see lora_shrink)."""
     if pool.dim() != 2:
         raise ValueError(f"pool must be [num_pages, page_elems], got {tuple(pool.shape)}")
@@ -968,8 +1709,11 @@ def _targets_geometry(out_offsets: list[int]) -> tuple[list[int], int, bool]:
     """(out_offsets padded to the MAX_G + 1 scalar kernel arguments, the widest target's columns, whether
     every target's width is a multiple of 64, as the aligned decode kernels need)."""
     widths = [b - a for a, b in zip(out_offsets, out_offsets[1:])]
-    return (out_offsets + [out_offsets[-1]] * (MAX_G + 1 - len(out_offsets)), max(widths),
-            all(w % 64 == 0 for w in widths))
+    return (
+        out_offsets + [out_offsets[-1]] * (MAX_G + 1 - len(out_offsets)),
+        max(widths),
+        all(w % 64 == 0 for w in widths),
+    )
 
 
 def _check_scales(scales: torch.Tensor, page_table: torch.Tensor) -> None:
@@ -1004,11 +1748,21 @@ def _segments(seg_indptr: torch.Tensor, seg_slot: torch.Tensor):
             yield bounds[i], bounds[i + 1], s
 
 
-def lora_shrink_ref(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
-                    a_offsets: torch.Tensor, ranks: torch.Tensor, seg_indptr: torch.Tensor,
-                    seg_slot: torch.Tensor, out: torch.Tensor, col_mult: int = 0,
-                    max_seg_len: int | None = None, *, aligned: bool = False,
-                    plan: torch.Tensor | None = None) -> torch.Tensor:
+def lora_shrink_ref(
+    x: torch.Tensor,
+    pool: torch.Tensor,
+    page_table: torch.Tensor,
+    a_offsets: torch.Tensor,
+    ranks: torch.Tensor,
+    seg_indptr: torch.Tensor,
+    seg_slot: torch.Tensor,
+    out: torch.Tensor,
+    col_mult: int = 0,
+    max_seg_len: int | None = None,
+    *,
+    aligned: bool = False,
+    plan: torch.Tensor | None = None,
+) -> torch.Tensor:
     """x: [T, K]; out: [T, G, R] (fully written). See the module docstring for the formula.
     `aligned` and `plan` are the Triton kernels' performance hints; the reference ignores them."""
     check_lora_args(x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot)
@@ -1026,15 +1780,26 @@ def lora_shrink_ref(x: torch.Tensor, pool: torch.Tensor, page_table: torch.Tenso
                 continue
             a = gather_virtual(pool, page_table[s], offs[s][g], r, K)
             c0 = col_mult * r
-            out[lo:hi, g, c0:c0 + r] = (x[lo:hi].float() @ a.float().t()).to(out.dtype)
+            out[lo:hi, g, c0 : c0 + r] = (x[lo:hi].float() @ a.float().t()).to(out.dtype)
     return out
 
 
-def lora_expand_ref(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
-                    b_offsets: torch.Tensor, ranks: torch.Tensor, scales: torch.Tensor,
-                    seg_indptr: torch.Tensor, seg_slot: torch.Tensor, out_offsets: list[int],
-                    max_seg_len: int | None = None, *, aligned: bool = False,
-                    plan: torch.Tensor | None = None) -> torch.Tensor:
+def lora_expand_ref(
+    y: torch.Tensor,
+    v: torch.Tensor,
+    pool: torch.Tensor,
+    page_table: torch.Tensor,
+    b_offsets: torch.Tensor,
+    ranks: torch.Tensor,
+    scales: torch.Tensor,
+    seg_indptr: torch.Tensor,
+    seg_slot: torch.Tensor,
+    out_offsets: list[int],
+    max_seg_len: int | None = None,
+    *,
+    aligned: bool = False,
+    plan: torch.Tensor | None = None,
+) -> torch.Tensor:
     """y: [T, N_total] (updated in place; may be a column-slice view); v: [T, G, R].
     `aligned` and `plan` are the Triton kernels' performance hints; the reference ignores them."""
     check_lora_args(v, pool, page_table, b_offsets, ranks, seg_indptr, seg_slot, float32_ok=True)
@@ -1056,13 +1821,27 @@ def lora_expand_ref(y: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_t
     return y
 
 
-def lora_apply_ref(y: torch.Tensor, x: torch.Tensor, v: torch.Tensor, pool: torch.Tensor, page_table: torch.Tensor,
-                   a_offsets: torch.Tensor, b_offsets: torch.Tensor, ranks: torch.Tensor, scales: torch.Tensor,
-                   seg_indptr: torch.Tensor, seg_slot: torch.Tensor, out_offsets: list[int],
-                   max_seg_len: int | None = None, *, aligned: bool = False,
-                   plan: torch.Tensor | None = None) -> torch.Tensor:
+def lora_apply_ref(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    v: torch.Tensor,
+    pool: torch.Tensor,
+    page_table: torch.Tensor,
+    a_offsets: torch.Tensor,
+    b_offsets: torch.Tensor,
+    ranks: torch.Tensor,
+    scales: torch.Tensor,
+    seg_indptr: torch.Tensor,
+    seg_slot: torch.Tensor,
+    out_offsets: list[int],
+    max_seg_len: int | None = None,
+    *,
+    aligned: bool = False,
+    plan: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Reference of a whole LoRA step without tensor-parallel collectives in between: `lora_shrink_ref`
     into v (float32 [T, G, R]), then `lora_expand_ref` into y (one ranks tensor for both)."""
     lora_shrink_ref(x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, v, max_seg_len=max_seg_len)
-    return lora_expand_ref(y, v, pool, page_table, b_offsets, ranks, scales, seg_indptr, seg_slot, out_offsets,
-                           max_seg_len=max_seg_len)
+    return lora_expand_ref(
+        y, v, pool, page_table, b_offsets, ranks, scales, seg_indptr, seg_slot, out_offsets, max_seg_len=max_seg_len
+    )

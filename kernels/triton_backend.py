@@ -9,5 +9,4 @@ from kernels.lora import lora_apply, lora_decode_plan, lora_expand, lora_shrink
 
 
 def triton_backend() -> KernelBackend:
-    return KernelBackend("triton", lora_shrink, lora_expand, paged_attention, kv_append, lora_apply,
-                         lora_decode_plan)
+    return KernelBackend("triton", lora_shrink, lora_expand, paged_attention, kv_append, lora_apply, lora_decode_plan)

@@ -32,9 +32,19 @@ def make_model(root: Path, kind: str) -> Path:
     d.mkdir(parents=True)
     vocab = write_tokenizer(d)
     if kind == "gqa":
-        write_model(d, vocab, seed=1, num_kv_heads=2,
-                    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
+        write_model(
+            d,
+            vocab,
+            seed=1,
+            num_kv_heads=2,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        )
     elif kind == "mha":
         write_model(d, vocab, seed=2, num_kv_heads=4, max_shard_size="100KB")
         assert (d / "model.safetensors.index.json").exists()
@@ -42,17 +52,36 @@ def make_model(root: Path, kind: str) -> Path:
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
         torch.manual_seed(3)
-        cfg = Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                          initializer_range=0.1, eos_token_id=1, tie_word_embeddings=True)
+        cfg = Qwen2Config(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            initializer_range=0.1,
+            eos_token_id=1,
+            tie_word_embeddings=True,
+        )
         Qwen2ForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
     elif kind == "mistral":
         from transformers import MistralConfig, MistralForCausalLM
 
         torch.manual_seed(4)
-        cfg = MistralConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512,
-                            sliding_window=128, initializer_range=0.1, eos_token_id=1, head_dim=32)
+        cfg = MistralConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            max_position_embeddings=512,
+            sliding_window=128,
+            initializer_range=0.1,
+            eos_token_id=1,
+            head_dim=32,
+        )
         MistralForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
     else:
         raise ValueError(kind)
@@ -73,10 +102,17 @@ def make_peft_adapters(root: Path, model_dir: Path, specs: dict = ADAPTERS) -> d
             continue
         base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
         torch.manual_seed(1000 + i)
-        cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, use_rslora=rs,
-                         init_lora_weights=False, lora_dropout=0.0, **(more[0] if more else {}))
+        cfg = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            target_modules=targets,
+            use_rslora=rs,
+            init_lora_weights=False,
+            lora_dropout=0.0,
+            **(more[0] if more else {}),
+        )
         m = get_peft_model(base, cfg)
-        with torch.no_grad():   # keep the adapters' effect moderate so that greedy tokens stay meaningful
+        with torch.no_grad():  # keep the adapters' effect moderate so that greedy tokens stay meaningful
             for n, p in m.named_parameters():
                 if "lora_" in n:
                     p.mul_(0.5)

@@ -66,14 +66,20 @@ def test_pickle_is_refused(llm, model, tmp_path):
 def test_dora_modules_to_save_bias_refused(llm, model, tmp_path):
     """Config settings whose LoRA is not x @ A^T @ B^T * scale, or that contradict the file, are refused."""
     cfg, st = "adapter_config.json", "adapter_model.safetensors"
-    for i, (key, val, file, needle) in enumerate([
-            ("use_dora", True, cfg, "DoRA"), ("modules_to_save", ["lm_head"], cfg, "modules_to_save"),
-            ("bias", "lora_only", cfg, "bias"), ("lora_bias", True, cfg, "lora_bias"),
-            ("alora_invocation_tokens", [5, 6], cfg, "aLoRA"), ("use_qalora", True, cfg, "QALoRA"),
+    for i, (key, val, file, needle) in enumerate(
+        [
+            ("use_dora", True, cfg, "DoRA"),
+            ("modules_to_save", ["lm_head"], cfg, "modules_to_save"),
+            ("bias", "lora_only", cfg, "bias"),
+            ("lora_bias", True, cfg, "lora_bias"),
+            ("alora_invocation_tokens", [5, 6], cfg, "aLoRA"),
+            ("use_qalora", True, cfg, "QALoRA"),
             ("layers_to_transform", [0, 7], cfg, "layers_to_transform"),
-            ("rank_pattern", {"q_proj": 2}, st, "do not fit"),     # the file has rank 4 everywhere
+            ("rank_pattern", {"q_proj": 2}, st, "do not fit"),  # the file has rank 4 everywhere
             ("rank_pattern", {"q_pr(oj": 2}, cfg, "regular expression"),
-            ("alpha_pattern", {"q_proj": "x"}, cfg, "lora_alpha")]):
+            ("alpha_pattern", {"q_proj": "x"}, cfg, "lora_alpha"),
+        ]
+    ):
         d = good(tmp_path, model, name=f"g-{i}")
         edit_config(d, **{key: val})
         refused(llm, d, file, needle)
@@ -85,10 +91,23 @@ def test_rank_alpha_patterns_and_partial_layers_equal_peft(tmp_path):
     engine's greedy tokens equal transformers + PEFT's, in one mixed batch with a plain adapter."""
     model = make_model(tmp_path, "gqa")
     specs = {
-        "ranks": (8, 16.0, ALL, False, {"rank_pattern": {"q_proj": 2, "model.layers.1.mlp.down_proj": 24},
-                                        "alpha_pattern": {"v_proj": 3.0, r"layers\.0\.mlp\.up_proj": 40.0}}),
-        "ranks-rs": (4, 8.0, ["k_proj", "o_proj", "gate_proj"], True,
-                     {"rank_pattern": {"layers.0.self_attn.o_proj": 12}, "alpha_pattern": {"gate_proj": 2.0}}),
+        "ranks": (
+            8,
+            16.0,
+            ALL,
+            False,
+            {
+                "rank_pattern": {"q_proj": 2, "model.layers.1.mlp.down_proj": 24},
+                "alpha_pattern": {"v_proj": 3.0, r"layers\.0\.mlp\.up_proj": 40.0},
+            },
+        ),
+        "ranks-rs": (
+            4,
+            8.0,
+            ["k_proj", "o_proj", "gate_proj"],
+            True,
+            {"rank_pattern": {"layers.0.self_attn.o_proj": 12}, "alpha_pattern": {"gate_proj": 2.0}},
+        ),
         "layer1": (6, 12.0, ["q_proj", "v_proj", "down_proj"], False, {"layers_to_transform": [1]}),
         "regex": (5, 10.0, r".*\.layers\.0\.(self_attn\.(q|k)_proj|mlp\.up_proj)", False),
         "plain": (4, 8.0, ["q_proj", "v_proj"], False),
@@ -97,18 +116,29 @@ def test_rank_alpha_patterns_and_partial_layers_equal_peft(tmp_path):
     cfg = json.loads((adapters["ranks"] / "adapter_config.json").read_text())
     assert cfg["rank_pattern"] and cfg["alpha_pattern"]
     ref = HFReference(model, adapters)
-    llm = LLM(model=str(model), adapters={k: str(v) for k, v in adapters.items()}, device="cpu",
-              dtype="float32", lora={"max_lora_rank": 32})
-    assert llm.engine.adapters["ranks"].rank == 24      # the largest rank of any module
+    llm = LLM(
+        model=str(model),
+        adapters={k: str(v) for k, v in adapters.items()},
+        device="cpu",
+        dtype="float32",
+        lora={"max_lora_rank": 32},
+    )
+    assert llm.engine.adapters["ranks"].rank == 24  # the largest rank of any module
     prompts = [[5, 9, 11, 40, 3, 17], [8, 2, 33], [61, 7, 7, 19, 4, 4, 30, 12, 9]]
     reqs = [(ids, a) for a in [*specs, None] for ids in prompts[:2]] + [(prompts[2], a) for a in specs]
-    outs = llm.generate([ids for ids, _ in reqs], adapters=[a for _, a in reqs],
-                        sampling_params=SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
-    bad = [(a, o.token_ids, ref.greedy(ids, a, 8)) for (ids, a), o in zip(reqs, outs)
-           if o.token_ids != ref.greedy(ids, a, 8)]
+    outs = llm.generate(
+        [ids for ids, _ in reqs],
+        adapters=[a for _, a in reqs],
+        sampling_params=SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True),
+    )
+    bad = [
+        (a, o.token_ids, ref.greedy(ids, a, 8))
+        for (ids, a), o in zip(reqs, outs)
+        if o.token_ids != ref.greedy(ids, a, 8)
+    ]
     assert not bad, bad
     got = {(tuple(ids), a): o.token_ids for (ids, a), o in zip(reqs, outs)}
-    for a in specs:   # every adapter changes some output (so the comparison above can see it)
+    for a in specs:  # every adapter changes some output (so the comparison above can see it)
         assert any(got[(tuple(ids), a)] != got[(tuple(ids), None)] for ids in prompts[:2]), a
 
 
@@ -193,12 +223,12 @@ def test_rslora_scale_and_packing_layout(model, tmp_path):
     d = tmp_path / "rs"
     write_peft_adapter(d, model, 3, 6.0, ["q_proj", "o_proj", "down_proj"], use_rslora=True)
     w = load_peft_adapter("rs", d, args, 64)
-    assert w.scale == pytest.approx(6.0 / 3 ** 0.5)
+    assert w.scale == pytest.approx(6.0 / 3**0.5)
     edit_config(d, use_rslora=False)
     assert load_peft_adapter("rs", d, args, 64).scale == pytest.approx(2.0)
-    page_elems = 100   # rows straddle page boundaries
+    page_elems = 100  # rows straddle page boundaries
     p = pack_adapter(w, page_elems, torch.float32)
-    pool = p.data[1].view(-1, page_elems)   # layer 1, pages in order
+    pool = p.data[1].view(-1, page_elems)  # layer 1, pages in order
     pages = torch.arange(p.layout.num_pages)
     for m, (A, B) in w.targets.items():
         t = p.layout.targets[m]
@@ -209,16 +239,16 @@ def test_rslora_scale_and_packing_layout(model, tmp_path):
         pool = p.data[0].view(-1, page_elems)
         q, o = p.layout.targets["q_proj"], p.layout.targets["o_proj"]
         A, B = w.targets["q_proj"]
-        A_pad = torch.cat([A[0], torch.zeros(1, A.shape[2])])          # rank 3 padded to 4
+        A_pad = torch.cat([A[0], torch.zeros(1, A.shape[2])])  # rank 3 padded to 4
         assert (q.rank_a, q.rank_b) == (2, 4)
-        assert torch.equal(gather_virtual(pool, pages, q.a_off, 2, A.shape[2]), A_pad[2 * rank:2 * rank + 2])
+        assert torch.equal(gather_virtual(pool, pages, q.a_off, 2, A.shape[2]), A_pad[2 * rank : 2 * rank + 2])
         half = B.shape[1] // 2
-        Bt = torch.cat([B[0].t(), torch.zeros(1, B.shape[1])])[:, rank * half:(rank + 1) * half]
+        Bt = torch.cat([B[0].t(), torch.zeros(1, B.shape[1])])[:, rank * half : (rank + 1) * half]
         assert torch.equal(gather_virtual(pool, pages, q.b_off, 4, half), Bt)
         A, B = w.targets["o_proj"]
         cols = A.shape[2] // 2
         assert (o.rank_a, o.rank_b) == (3, 3)
-        assert torch.equal(gather_virtual(pool, pages, o.a_off, 3, cols), A[0][:, rank * cols:(rank + 1) * cols])
+        assert torch.equal(gather_virtual(pool, pages, o.a_off, 3, cols), A[0][:, rank * cols : (rank + 1) * cols])
 
 
 def test_demo_adapters_load_in_peft(tmp_path):

@@ -13,27 +13,57 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_tp_benchmark_smoke(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "tp.py"), "--smoke", "--out", str(tmp_path / "out"),
-           "--work", str(tmp_path / "work"), "--pool-pages", "4000", "--requests", "4", "--output-len", "4",
-           "--skip", "serve"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "tp.py"),
+        "--smoke",
+        "--out",
+        str(tmp_path / "out"),
+        "--work",
+        str(tmp_path / "work"),
+        "--pool-pages",
+        "4000",
+        "--requests",
+        "4",
+        "--output-len",
+        "4",
+        "--skip",
+        "serve",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "tp.json").read_text())
-    assert res["equality_fp32_2_layers"]["greedy_equal"] == 1.0      # TP=2 == TP=1 on the CPU (gloo)
-    assert res["engine"]["greedy_sequences_equal"] == 1.0            # float32 on the CPU
+    assert res["equality_fp32_2_layers"]["greedy_equal"] == 1.0  # TP=2 == TP=1 on the CPU (gloo)
+    assert res["engine"]["greedy_sequences_equal"] == 1.0  # float32 on the CPU
     assert res["engine"]["tp2_control"]["steps"] > 0
 
 
 def test_trace_generator(tmp_path):
     out = tmp_path / "t.jsonl"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "trace.py"), "--adapters", "50", "--alpha", "0.3",
-                    "--rate", "5", "--duration", "20", "--out", str(out)], check=True, timeout=60)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "trace.py"),
+            "--adapters",
+            "50",
+            "--alpha",
+            "0.3",
+            "--rate",
+            "5",
+            "--duration",
+            "20",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        timeout=60,
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert 50 <= len(rows) <= 150                                      # ~ rate x duration
+    assert 50 <= len(rows) <= 150  # ~ rate x duration
     assert all(0 <= r["adapter"] < 50 and 8 <= r["input_len"] < 512 and 8 <= r["output_len"] < 512 for r in rows)
     assert rows == sorted(rows, key=lambda r: r["arrival_s"])
     top = max(sum(r["adapter"] == a for r in rows) for a in range(50))
-    assert top > len(rows) / 10                                        # alpha 0.3: skewed popularity
+    assert top > len(rows) / 10  # alpha 0.3: skewed popularity
 
 
 def test_random_model_tokenizer_gives_every_id_text(tmp_path):
@@ -61,13 +91,21 @@ def test_kernel_compile_report(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_compile.py"), "--all-kernels",
-                           "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "kernel_compile.py"), "--all-kernels", "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "kernel_compile.json").read_text())["rows"]
     assert {r["kernel"] for r in rows} == set(kernel_names(kl)) | set(kernel_names(ka))
     assert all(r["regs"] and 0 < r["regs"] <= 255 for r in rows), rows
     fast = [r for r in rows if r["variant"] in ({}, {"fused": True})]
-    assert {r["kernel"] for r in fast} == {"_lora_shrink_grouped_kernel", "_lora_expand_grouped_kernel",
-                                           "_lora_decode_fused_kernel"}
+    assert {r["kernel"] for r in fast} == {
+        "_lora_shrink_grouped_kernel",
+        "_lora_expand_grouped_kernel",
+        "_lora_decode_fused_kernel",
+    }
     assert all(r["async_copies"] > 0 and r["spill_store_bytes"] == 0 for r in fast), fast

@@ -43,22 +43,33 @@ def test_offline_api_text_and_ids(llm):
 def test_seeded_sampling_is_batch_independent(llm):
     p = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, top_k=50, seed=1234, ignore_eos=True)
     alone = llm.generate(["The quick brown"], sampling_params=p, adapters="demo-r8-mlp")[0].token_ids
-    crowd = llm.generate(["a", "The quick brown", "b c d", "e"], adapters="demo-r8-mlp",
-                         sampling_params=[SamplingParams(max_tokens=5, temperature=1.0, ignore_eos=True), p,
-                                          greedy(), SamplingParams(max_tokens=9, seed=3, ignore_eos=True)])
+    crowd = llm.generate(
+        ["a", "The quick brown", "b c d", "e"],
+        adapters="demo-r8-mlp",
+        sampling_params=[
+            SamplingParams(max_tokens=5, temperature=1.0, ignore_eos=True),
+            p,
+            greedy(),
+            SamplingParams(max_tokens=9, seed=3, ignore_eos=True),
+        ],
+    )
     assert crowd[1].token_ids == alone
-    other = llm.generate(["The quick brown"], adapters="demo-r8-mlp",
-                         sampling_params=SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, top_k=50,
-                                                        seed=99, ignore_eos=True))[0].token_ids
+    other = llm.generate(
+        ["The quick brown"],
+        adapters="demo-r8-mlp",
+        sampling_params=SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, top_k=50, seed=99, ignore_eos=True),
+    )[0].token_ids
     assert other != alone
 
 
 def test_topk1_and_tiny_topp_are_greedy(llm):
     g = llm.generate(["Hello"], sampling_params=greedy(10))[0].token_ids
-    k1 = llm.generate(["Hello"], sampling_params=SamplingParams(max_tokens=10, temperature=0.8, top_k=1,
-                                                                ignore_eos=True))[0].token_ids
-    p0 = llm.generate(["Hello"], sampling_params=SamplingParams(max_tokens=10, temperature=0.8, top_p=1e-6,
-                                                                ignore_eos=True))[0].token_ids
+    k1 = llm.generate(
+        ["Hello"], sampling_params=SamplingParams(max_tokens=10, temperature=0.8, top_k=1, ignore_eos=True)
+    )[0].token_ids
+    p0 = llm.generate(
+        ["Hello"], sampling_params=SamplingParams(max_tokens=10, temperature=0.8, top_p=1e-6, ignore_eos=True)
+    )[0].token_ids
     assert g == k1 == p0
 
 
@@ -68,10 +79,10 @@ def test_stop_strings_and_stop_tokens(llm):
     stop = full.text[3:5]
     out = llm.generate(["The quick brown"], sampling_params=greedy(16, stop=[stop]))[0]
     assert out.finish_reason == "stop"
-    assert out.text == full.text[:full.text.find(stop)]
+    assert out.text == full.text[: full.text.find(stop)]
     tok = full.token_ids[4]
     out = llm.generate(["The quick brown"], sampling_params=greedy(16, stop_token_ids=[tok]))[0]
-    assert out.finish_reason == "stop" and out.token_ids == full.token_ids[:full.token_ids.index(tok) + 1]
+    assert out.finish_reason == "stop" and out.token_ids == full.token_ids[: full.token_ids.index(tok) + 1]
 
 
 def test_eos_stops_unless_ignored(llm):
@@ -101,8 +112,8 @@ def test_streaming_deltas_add_up(llm):
 def test_continuous_batching_mixes_prefill_decode_and_base(llm):
     e = llm.engine
     a = e.add_request([3] * 5, greedy(6), adapter="demo-r1-qv")
-    e.step()                                         # a: prefill
-    b = e.add_request([4] * 9, greedy(6))            # base model joins while a decodes
+    e.step()  # a: prefill
+    b = e.add_request([4] * 9, greedy(6))  # base model joins while a decodes
     out = e.scheduler.schedule()
     kinds = {(s.request_id, len(s.token_ids), s.adapter) for s in out.seqs}
     assert kinds == {(a, 1, "demo-r1-qv"), (b, 9, None)}
@@ -129,9 +140,9 @@ def test_bad_requests_are_refused(llm):
     with pytest.raises(ValueError, match="empty"):
         e.add_request([], greedy())
     with pytest.raises(ValueError, match="vocabulary"):
-        e.add_request([10 ** 6], greedy())
+        e.add_request([10**6], greedy())
     with pytest.raises(ValueError, match="context length"):
-        e.add_request([1] * 10, greedy(10 ** 5))
+        e.add_request([1] * 10, greedy(10**5))
     with pytest.raises(ValueError, match="max_tokens"):
         SamplingParams(max_tokens=0)
     with pytest.raises(ValueError, match="top_p"):
@@ -140,8 +151,13 @@ def test_bad_requests_are_refused(llm):
 
 
 def test_max_loras_per_batch(demo):
-    llm = LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32",
-              lora={"max_loras_per_batch": 2})
+    llm = LLM(
+        model=str(demo / "model"),
+        adapters=str(demo / "adapters"),
+        device="cpu",
+        dtype="float32",
+        lora={"max_loras_per_batch": 2},
+    )
     e = llm.engine
     for name in list(DEMO_ADAPTERS)[:4]:
         e.add_request([5, 6], greedy(3), adapter=name)
@@ -165,10 +181,10 @@ def test_pool_lru_and_pins():
     pool = PagePool(num_pages=10, page_size=4)
     assert pool.load_adapter("a", 3) and pool.load_adapter("b", 3)
     pool.pin("a")
-    assert pool.load_adapter("a", 3) == []                  # hit
-    assert pool.grow_kv("r1", 16)                           # 4 pages: all free pages used
-    assert pool.num_free == 0 and pool.available() == 3     # only b is evictable
-    assert pool.load_adapter("c", 4) is None                # a is pinned, b is too small a victim
+    assert pool.load_adapter("a", 3) == []  # hit
+    assert pool.grow_kv("r1", 16)  # 4 pages: all free pages used
+    assert pool.num_free == 0 and pool.available() == 3  # only b is evictable
+    assert pool.load_adapter("c", 4) is None  # a is pinned, b is too small a victim
     assert pool.load_adapter("c", 3) is not None and not pool.is_resident("b")
     with pytest.raises(RuntimeError):
         pool.evict("a")
@@ -189,8 +205,9 @@ def test_incremental_detokenizer_matches_full_decode(llm):
 
 
 def test_early_abort_drops_requests_past_their_deadline(demo):
-    llm = LLM(model=str(demo / "model"), device="cpu", dtype="float32",
-              scheduler={"ttft_slo_s": 5.0, "max_num_seqs": 1})
+    llm = LLM(
+        model=str(demo / "model"), device="cpu", dtype="float32", scheduler={"ttft_slo_s": 5.0, "max_num_seqs": 1}
+    )
     e = llm.engine
     import time as _time
 
@@ -226,8 +243,13 @@ def test_triton_backend_in_the_engine_equals_torch(demo, llm, fused, monkeypatch
     import kernels.lora as kl
 
     monkeypatch.setitem(kl.DECODE_CFG, "fused", fused)
-    tri = LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32",
-              kernel_backend="triton")
+    tri = LLM(
+        model=str(demo / "model"),
+        adapters=str(demo / "adapters"),
+        device="cpu",
+        dtype="float32",
+        kernel_backend="triton",
+    )
     prompts = [[3, 4, 5, 6, 7, 8, 9, 10, 11], [12], [13, 14, 15, 16, 17], [18, 19]]
     names = ["demo-r64-all", None, "demo-r8-mlp", "demo-r1-qv"]
     want = [o.token_ids for o in llm.generate(prompts, greedy(4), names)]
@@ -241,7 +263,7 @@ def test_token_slice_matches_all_token_ids():
     r.output_token_ids = [5, 6, 7]
     for start in range(8):
         for n in range(8):
-            assert r.token_slice(start, n) == r.all_token_ids[start:start + n]
+            assert r.token_slice(start, n) == r.all_token_ids[start : start + n]
 
 
 def test_pool_invariants_under_random_operations():
@@ -296,13 +318,12 @@ def _assert_clean(e) -> None:
 def test_warmup_leaves_the_engine_clean_and_outputs_unchanged(demo, llm):
     """warmup="on" on the CPU (auto is CUDA only): the temporary adapter, the prefills and the decode
     batches leave nothing behind, and a following batch gives an engine without warmup's tokens."""
-    assert llm.engine.warmup_s is None                      # auto: off on the CPU
+    assert llm.engine.warmup_s is None  # auto: off on the CPU
     warm = LLM(model=str(demo / "model"), device="cpu", dtype="float32", warmup="on")
     e = warm.engine
     assert e.warmup_s is not None and e.warmup_s > 0
     _assert_clean(e)
-    cold = LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32",
-               warmup="off")
+    cold = LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32", warmup="off")
     for name in DEMO_ADAPTERS:
         warm.add_adapter(name, str(demo / "adapters" / name))
     assert _same_batch(warm) == _same_batch(cold)
@@ -321,8 +342,9 @@ def test_warmup_leaves_the_engine_clean_and_outputs_unchanged(demo, llm):
 def test_warmup_runs_every_request_despite_an_slo(demo):
     """Early abort (ttft_slo_s) is off while warmup runs: every warm-up request runs to its length, one
     wave per prompt length and one per decode batch size; the SLO is back afterwards."""
-    e = LLM(model=str(demo / "model"), device="cpu", dtype="float32", scheduler={"ttft_slo_s": 1e-6,
-            "max_num_seqs": 8}).engine
+    e = LLM(
+        model=str(demo / "model"), device="cpu", dtype="float32", scheduler={"ttft_slo_s": 1e-6, "max_num_seqs": 8}
+    ).engine
     finished, batches, step = [], [], e.step
 
     def spy():
@@ -330,10 +352,12 @@ def test_warmup_runs_every_request_despite_an_slo(demo):
         outs = step()
         finished.extend((o.request_id, o.finish_reason, len(o.token_ids)) for o in outs if o.finished)
         return outs
+
     e.step = spy
     e.warmup()
-    assert finished and all(rid.startswith(WARMUP_PREFIX) and reason == "length" and n == 2
-                            for rid, reason, n in finished)
+    assert finished and all(
+        rid.startswith(WARMUP_PREFIX) and reason == "length" and n == 2 for rid, reason, n in finished
+    )
     # 6 prompt lengths x 3 adapter ranks x (adapter, base), then the decode buckets
     assert len(finished) == 2 * 6 * len(WARMUP_RANKS) + 1 + 2 + 4 + 8
     assert {1, 2, 4, 8} <= set(batches)
@@ -344,8 +368,13 @@ def test_warmup_with_few_seqs_short_context_and_a_tight_pool(demo, caplog):
     """max_num_seqs=3 (graph buckets 1, 2, 3), prompts capped by max_model_len, the warm-up adapter capped
     by max_lora_rank and a pool that holds it and only a few requests; then a pool too small for the
     adapter: warmup runs the base model only."""
-    kw = dict(device="cpu", dtype="float32", scheduler={"max_num_seqs": 3, "max_model_len": 40},
-              lora={"max_lora_rank": 8}, pool={"page_size": 8, "num_pages": 20})
+    kw = dict(
+        device="cpu",
+        dtype="float32",
+        scheduler={"max_num_seqs": 3, "max_model_len": 40},
+        lora={"max_lora_rank": 8},
+        pool={"page_size": 8, "num_pages": 20},
+    )
     warm = LLM(model=str(demo / "model"), warmup="on", **kw)
     _assert_clean(warm.engine)
     cold = LLM(model=str(demo / "model"), warmup="off", **kw)
@@ -371,7 +400,7 @@ def _hf_penalized_greedy(ref, ids: list[int], adapter: str | None, n: int, p: Sa
     seq, out = list(ids), []
     if adapter is not None:
         ref.model.set_adapter(adapter)
-    with torch.no_grad(), (ref.model.disable_adapter() if adapter is None else contextlib.nullcontext()):
+    with torch.no_grad(), ref.model.disable_adapter() if adapter is None else contextlib.nullcontext():
         for _ in range(n):
             logits = ref.model(input_ids=torch.tensor([seq])).logits[0, -1].float()
             logits = RepetitionPenaltyLogitsProcessor(p.repetition_penalty)(torch.tensor([seq]), logits[None])[0]
@@ -408,26 +437,37 @@ def test_penalties_and_logit_bias_equal_hf(demo, llm, monkeypatch):
     names = ["demo-r4-attn", None, "demo-r8-mlp"]
     ref = HFReference(demo / "model", {n: demo / "adapters" / n for n in names if n})
     prompts = [[5, 9, 11, 5, 9, 40, 3], [8, 2, 33, 2], [61, 7, 7, 19, 4, 4, 30]]
-    cases = [dict(repetition_penalty=1.5), dict(frequency_penalty=1.2), dict(presence_penalty=1.5),
-             dict(repetition_penalty=0.7, frequency_penalty=-0.5, presence_penalty=0.3, logit_bias={17: 4.0, 3: -100})]
+    cases = [
+        dict(repetition_penalty=1.5),
+        dict(frequency_penalty=1.2),
+        dict(presence_penalty=1.5),
+        dict(repetition_penalty=0.7, frequency_penalty=-0.5, presence_penalty=0.3, logit_bias={17: 4.0, 3: -100}),
+    ]
     reqs = [(ids, a, greedy(10, **kw)) for kw in cases for ids, a in zip(prompts, names)]
     want = [_hf_penalized_greedy(ref, ids, a, 10, p) for ids, a, p in reqs]
     plain = [o.token_ids for o in llm.generate(prompts, greedy(10), names)]
     assert sum(w != plain[i % 3] for i, w in enumerate(want)) >= 6, "the penalties should change most outputs"
     used = {n: str(demo / "adapters" / n) for n in names if n}
     probe = LLM(model=str(demo / "model"), adapters=used, device="cpu", dtype="float32", pool={"page_size": 4})
-    pages = sum(i.num_pages for i in probe.engine.adapters.values()) + 30   # KV room for about 6 of 15 requests
-    small = LLM(model=str(demo / "model"), adapters=used, device="cpu", dtype="float32",
-                pool={"page_size": 4, "num_pages": pages}, scheduler={"max_num_batched_tokens": 64})
+    pages = sum(i.num_pages for i in probe.engine.adapters.values()) + 30  # KV room for about 6 of 15 requests
+    small = LLM(
+        model=str(demo / "model"),
+        adapters=used,
+        device="cpu",
+        dtype="float32",
+        pool={"page_size": 4, "num_pages": pages},
+        scheduler={"max_num_batched_tokens": 64},
+    )
     for engine in (llm, small):
-        outs = engine.generate([r[0] for r in reqs] + prompts, [r[2] for r in reqs] + [greedy(10)] * 3,
-                               [r[1] for r in reqs] + names)
-        assert [o.token_ids for o in outs[:len(reqs)]] == want
-        assert [o.token_ids for o in outs[len(reqs):]] == plain
+        outs = engine.generate(
+            [r[0] for r in reqs] + prompts, [r[2] for r in reqs] + [greedy(10)] * 3, [r[1] for r in reqs] + names
+        )
+        assert [o.token_ids for o in outs[: len(reqs)]] == want
+        assert [o.token_ids for o in outs[len(reqs) :]] == plain
     assert engine.engine.scheduler.num_preemptions > 0, "the small pool was meant to preempt"
     assert any(checked), "no penalized request was sampled after a preemption"
     with pytest.raises(ValueError, match="logit_bias"):
-        llm.generate([[1, 2]], greedy(2, logit_bias={10 ** 6: 1.0}))
+        llm.generate([[1, 2]], greedy(2, logit_bias={10**6: 1.0}))
 
 
 def test_apply_penalties_matches_hf_processors():
@@ -442,8 +482,13 @@ def test_apply_penalties_matches_hf_processors():
     for rp, fp, pp in ((1.3, 0.0, 0.0), (0.6, 0.0, 0.0), (1.0, 0.7, 0.0), (1.0, 0.0, -1.1), (1.8, -0.4, 0.9)):
         logits = torch.randn(50, generator=gen) * 3
         tokens = torch.randint(0, 50, (30,), generator=gen).tolist()
-        p = SamplingParams(temperature=0.0, repetition_penalty=rp, frequency_penalty=fp, presence_penalty=pp,
-                           logit_bias={4: 2.5, 9: -100})
+        p = SamplingParams(
+            temperature=0.0,
+            repetition_penalty=rp,
+            frequency_penalty=fp,
+            presence_penalty=pp,
+            logit_bias={4: 2.5, 9: -100},
+        )
         want = RepetitionPenaltyLogitsProcessor(rp)(torch.tensor([tokens]), logits[None].clone())[0]
         out = tokens[12:]
         for t in set(out):
@@ -468,8 +513,10 @@ def test_logprobs_equal_hf(demo, llm):
     names = ["demo-r8-mlp", None]
     ref = HFReference(demo / "model", {"demo-r8-mlp": demo / "adapters" / "demo-r8-mlp"})
     prompts = [[5, 9, 11, 40, 3], [8, 2, 33, 2, 7, 7]]
-    params = [greedy(6, logprobs=3), SamplingParams(max_tokens=6, temperature=0.9, seed=5, logprobs=0, ignore_eos=True,
-                                                    frequency_penalty=1.0)]
+    params = [
+        greedy(6, logprobs=3),
+        SamplingParams(max_tokens=6, temperature=0.9, seed=5, logprobs=0, ignore_eos=True, frequency_penalty=1.0),
+    ]
     outs = llm.generate(prompts + prompts, params + [greedy(6)] * 2, names + names)
     assert outs[2].logprobs is None and outs[3].logprobs is None
     for o, ids, name, p in zip(outs, prompts, names, params):
@@ -478,11 +525,11 @@ def test_logprobs_equal_hf(demo, llm):
         if name:
             ref.model.set_adapter(name)
         for tok, lp in zip(o.token_ids, o.logprobs):
-            with torch.no_grad(), (ref.model.disable_adapter() if name is None else contextlib.nullcontext()):
+            with torch.no_grad(), ref.model.disable_adapter() if name is None else contextlib.nullcontext():
                 want = torch.log_softmax(ref.model(input_ids=torch.tensor([seq])).logits[0, -1].float(), -1)
             assert abs(lp.logprob - float(want[tok])) < 1e-4
             top = torch.topk(want, p.logprobs)
             assert [t for t, _ in lp.top] == top.indices.tolist()
             assert all(abs(v - w) < 1e-4 for (_, v), w in zip(lp.top, top.values.tolist()))
             seq.append(tok)
-    assert outs[0].logprobs[0].logprob >= outs[0].logprobs[0].top[1][1]   # greedy: the top token
+    assert outs[0].logprobs[0].logprob >= outs[0].logprobs[0].top[1][1]  # greedy: the top token

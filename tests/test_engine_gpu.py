@@ -12,8 +12,7 @@ import torch
 from app import LLM, SamplingParams
 from tests.models import ADAPTERS, HFReference, make_model, make_peft_adapters
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 @pytest.fixture(scope="module", params=["gqa", "mha"])
@@ -26,15 +25,17 @@ def setup(request, tmp_path_factory):
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     rng = random.Random(5)
     names = list(ADAPTERS) + [None]
-    reqs = [([rng.randrange(3, vocab) for _ in range(rng.choice([1, 3, 17, 40, 90]))], names[i % 9])
-            for i in range(36)]
+    reqs = [([rng.randrange(3, vocab) for _ in range(rng.choice([1, 3, 17, 40, 90]))], names[i % 9]) for i in range(36)]
     return model, {k: str(v) for k, v in adapters.items()}, reqs
 
 
 def generate(model, adapters, reqs, n=10, **cfg):
     llm = LLM(model=str(model), adapters=adapters, device="cuda", **cfg)
-    outs = llm.generate([r[0] for r in reqs], adapters=[r[1] for r in reqs],
-                        sampling_params=SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
+    outs = llm.generate(
+        [r[0] for r in reqs],
+        adapters=[r[1] for r in reqs],
+        sampling_params=SamplingParams(max_tokens=n, temperature=0, ignore_eos=True),
+    )
     assert llm.engine.is_idle_clean()
     return [o.token_ids for o in outs]
 
@@ -51,8 +52,15 @@ def test_triton_equals_torch_and_peft_float32(setup):
 def test_triton_tiny_pool_float32(setup):
     model, adapters, reqs = setup
     ref = generate(model, adapters, reqs, dtype="float32", kernel_backend="torch")
-    small = generate(model, adapters, reqs, dtype="float32", kernel_backend="triton",
-                     pool={"page_size": 16, "num_pages": 120}, scheduler={"max_num_batched_tokens": 128})
+    small = generate(
+        model,
+        adapters,
+        reqs,
+        dtype="float32",
+        kernel_backend="triton",
+        pool={"page_size": 16, "num_pages": 120},
+        scheduler={"max_num_batched_tokens": 128},
+    )
     assert small == ref
 
 
@@ -73,12 +81,19 @@ def test_cuda_graphs_equal_eager(setup):
     params = [SamplingParams(max_tokens=2 + i % 12, temperature=0, ignore_eos=True) for i in range(len(reqs))]
     res = []
     for graphs in (False, True):
-        llm = LLM(model=str(model), adapters=adapters, device="cuda", dtype="float32", kernel_backend="triton",
-                  cuda_graphs=graphs, scheduler={"max_num_seqs": 64})
+        llm = LLM(
+            model=str(model),
+            adapters=adapters,
+            device="cuda",
+            dtype="float32",
+            kernel_backend="triton",
+            cuda_graphs=graphs,
+            scheduler={"max_num_seqs": 64},
+        )
         outs = llm.generate([r[0] for r in reqs], adapters=[r[1] for r in reqs], sampling_params=params)
         res.append([o.token_ids for o in outs])
     assert res[0] == res[1]
-    assert len(llm.engine.executor.graphs.graphs) >= 3      # several buckets were captured and replayed
+    assert len(llm.engine.executor.graphs.graphs) >= 3  # several buckets were captured and replayed
 
 
 def test_warmup_captures_every_graph_and_changes_nothing(setup):
@@ -95,6 +110,9 @@ def test_warmup_captures_every_graph_and_changes_nothing(setup):
     assert e.is_idle_clean() and not e.requests and (s.kv, s.adapter, s.free, s.loads) == (0, 0, s.total, 0)
     assert e.steps == 0 and "sloray/warmup" not in e.executor.adapters
     e.pool.check()
-    outs = llm.generate([r[0] for r in reqs], adapters=[r[1] for r in reqs],
-                        sampling_params=SamplingParams(max_tokens=10, temperature=0, ignore_eos=True))
+    outs = llm.generate(
+        [r[0] for r in reqs],
+        adapters=[r[1] for r in reqs],
+        sampling_params=SamplingParams(max_tokens=10, temperature=0, ignore_eos=True),
+    )
     assert [o.token_ids for o in outs] == generate(model, adapters, reqs, warmup="off", **cfg)

@@ -23,7 +23,7 @@ def setup(request, tmp_path_factory):
     rng = random.Random(7)
     names = list(ADAPTERS) + [None]
     reqs = []
-    for i in range(27):        # every adapter used, 3 base-model requests, prompt lengths 1..60
+    for i in range(27):  # every adapter used, 3 base-model requests, prompt lengths 1..60
         adapter = names[i % len(names)]
         n = rng.choice([1, 2, 5, 9, 17, 33, 60]) if i else 1
         ids = [rng.randrange(3, vocab) for _ in range(n)]
@@ -33,11 +33,12 @@ def setup(request, tmp_path_factory):
 
 
 def run(model, adapters, reqs, **cfg):
-    llm = LLM(model=str(model), adapters={k: str(v) for k, v in adapters.items()}, device="cpu",
-              dtype="float32", **cfg)
-    outs = llm.generate([ids for ids, _, _ in reqs], adapters=[a for _, a, _ in reqs],
-                        sampling_params=[SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True)
-                                         for _, _, m in reqs])
+    llm = LLM(model=str(model), adapters={k: str(v) for k, v in adapters.items()}, device="cpu", dtype="float32", **cfg)
+    outs = llm.generate(
+        [ids for ids, _, _ in reqs],
+        adapters=[a for _, a, _ in reqs],
+        sampling_params=[SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for _, _, m in reqs],
+    )
     return llm, outs
 
 
@@ -65,13 +66,23 @@ def test_tiny_pool_preempts_and_evicts(setup):
     rng = random.Random(11)
     small = ["a-r1-q", "a-r4-qv", "a-r4-down", None]
     extra = [([rng.randrange(3, 200) for _ in range(17)], small[i % 4], 10) for i in range(16)]
-    probe = LLM(model=str(model), adapters={k: str(v) for k, v in adapters.items()}, device="cpu",
-                dtype="float32", pool={"page_size": 4})
+    probe = LLM(
+        model=str(model),
+        adapters={k: str(v) for k, v in adapters.items()},
+        device="cpu",
+        dtype="float32",
+        pool={"page_size": 4},
+    )
     sizes = {n: i.num_pages for n, i in probe.engine.adapters.items()}
     # (a) preemption: room for the 16 prompts (5 pages each) and their adapters, not for their outputs
     pages = 16 * 5 + sum(sizes[n] for n in small if n)
-    llm, outs = run(model, {n: adapters[n] for n in small if n}, extra, pool={"page_size": 4, "num_pages": pages},
-                    scheduler={"max_num_batched_tokens": 512})
+    llm, outs = run(
+        model,
+        {n: adapters[n] for n in small if n},
+        extra,
+        pool={"page_size": 4, "num_pages": pages},
+        scheduler={"max_num_batched_tokens": 512},
+    )
     check(outs, extra, [ref.greedy(ids, a, m) for ids, a, m in extra])
     assert llm.engine.scheduler.num_preemptions > 0, "the pool was meant to be too small to avoid preemption"
     s = llm.engine.pool.stats()
@@ -80,8 +91,9 @@ def test_tiny_pool_preempts_and_evicts(setup):
     # (b) eviction: the largest adapter plus a few requests' KV; every adapter is used, so they evict
     # each other and come back
     pages = max(sizes.values()) + 24
-    llm, outs = run(model, adapters, reqs, pool={"page_size": 4, "num_pages": pages},
-                    scheduler={"max_num_batched_tokens": 64})
+    llm, outs = run(
+        model, adapters, reqs, pool={"page_size": 4, "num_pages": pages}, scheduler={"max_num_batched_tokens": 64}
+    )
     check(outs, reqs, expected)
     pool = llm.engine.pool
     assert pool.evictions > 0 and pool.loads > len(adapters), "adapters were meant to be evicted and reloaded"

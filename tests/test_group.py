@@ -25,22 +25,30 @@ def demo():
 
 def group(demo, interval: float) -> SLoRAGroup:
     cfg = {"model": str(demo / "model"), "device": "cpu", "dtype": "float32"}
-    return SLoRAGroup("g", cfg, adapters={ADAPTER: str(demo / "adapters" / ADAPTER)}, ray_metrics=False,
-                      stream_interval_s=interval)
+    return SLoRAGroup(
+        "g", cfg, adapters={ADAPTER: str(demo / "adapters" / ADAPTER)}, ray_metrics=False, stream_interval_s=interval
+    )
 
 
 def stream(g: SLoRAGroup, rid: str, ids: list[int], params: SamplingParams) -> list[tuple[float, object]]:
     """(seconds since the call, item) of every item `generate` yields."""
+
     async def run():
         t0 = time.monotonic()
         return [(time.monotonic() - t0, item) async for item in g.generate(rid, ids, params, ADAPTER)]
+
     return asyncio.run(run())
 
 
 def joined(items) -> tuple[list[int], str, str | None, list[int], str]:
     outs = [o for _, o in items[1:]]
-    return (sum((o.delta_token_ids for o in outs), []), "".join(o.delta_text for o in outs),
-            outs[-1].finish_reason, outs[-1].token_ids, outs[-1].text)
+    return (
+        sum((o.delta_token_ids for o in outs), []),
+        "".join(o.delta_text for o in outs),
+        outs[-1].finish_reason,
+        outs[-1].token_ids,
+        outs[-1].text,
+    )
 
 
 @pytest.mark.parametrize("stop", [False, True])
@@ -52,10 +60,10 @@ def test_coalesced_stream_equals_every_step_stream(demo, stop):
     params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
     runs = {}
     for interval in (0.0, 0.05, 30.0):
-        if stop and not runs:   # a stop string from the middle of the greedy text: "stop", text cut
+        if stop and not runs:  # a stop string from the middle of the greedy text: "stop", text cut
             text = joined(stream(group(demo, 0.0), "probe", ids, params))[1]
-            params = dataclasses.replace(params, stop=[text[len(text) // 2:len(text) // 2 + 3]])
-        runs[interval] = stream(group(demo, interval), f"r-{interval}", ids, params)   # a group per loop
+            params = dataclasses.replace(params, stop=[text[len(text) // 2 : len(text) // 2 + 3]])
+        runs[interval] = stream(group(demo, interval), f"r-{interval}", ids, params)  # a group per loop
     every, short, long = runs[0.0], runs[0.05], runs[30.0]
     for items in runs.values():
         assert items[0][1] == {"accepted": True}
@@ -66,10 +74,10 @@ def test_coalesced_stream_equals_every_step_stream(demo, stop):
         assert joined(items) == joined(every)
     assert joined(every)[2] == ("stop" if stop else "length")
     n_tokens = len(joined(every)[0])
-    assert len(every) - 1 == n_tokens                      # interval 0: one item per step (a token each)
+    assert len(every) - 1 == n_tokens  # interval 0: one item per step (a token each)
     assert 2 <= len(short) - 1 < n_tokens
     # 30 s: accepted, the first token (one per step until there is text to show), the end; none waited
-    held = next(i for i, (_, o) in enumerate(every[1:]) if o.delta_text)    # outputs whose text was held
+    held = next(i for i, (_, o) in enumerate(every[1:]) if o.delta_text)  # outputs whose text was held
     assert 3 <= len(long) <= 3 + held and long[-1][0] < 15
     assert long[-2][1].delta_text or len(long) == 3
 
@@ -78,6 +86,7 @@ def test_stream_unit_semantics():
     """_Stream alone: the first tokens at once; later ones merged and held until the interval since the
     last item has passed; a finished output at once; an error replaces pending tokens; nothing follows a
     finished output or an error."""
+
     def out(i: int, finished: bool = False) -> RequestOutput:
         return RequestOutput("r", None, None, [1], [], "", [i], f"<{i}>", finished, "length" if finished else None)
 
@@ -96,7 +105,7 @@ def test_stream_unit_semantics():
         t1 = time.monotonic()
         getter = asyncio.ensure_future(s.get())
         await asyncio.sleep(0.05)
-        assert not getter.done()                           # held: 0.3 s have not passed
+        assert not getter.done()  # held: 0.3 s have not passed
         s.put(out(5, finished=True))
         last = await getter
         assert last.finished and last.delta_token_ids == [4, 5] and time.monotonic() - t1 < 0.25
@@ -116,15 +125,15 @@ def test_stream_unit_semantics():
         assert await e.get() == {"error": "engine failure", "status": 500}
         assert time.monotonic() - t2 < 0.1
 
-        h = _Stream(0.3)                # tokens whose text is held back (stop string): not started yet
+        h = _Stream(0.3)  # tokens whose text is held back (stop string): not started yet
         h.put(dataclasses.replace(out(1), delta_text=""))
         assert (await h.get()).delta_text == ""
         h.put(out(2))
         t3 = time.monotonic()
-        assert (await h.get()).delta_text == "<2>" and time.monotonic() - t3 < 0.1   # the first text at once
+        assert (await h.get()).delta_text == "<2>" and time.monotonic() - t3 < 0.1  # the first text at once
         h.put(out(3))
         assert (await h.get()).delta_token_ids == [3] and time.monotonic() - t3 > 0.25
-        n = _Stream(0.3, text=False)    # a request without detokenization: its first tokens start it
+        n = _Stream(0.3, text=False)  # a request without detokenization: its first tokens start it
         n.put(dataclasses.replace(out(1), delta_text=""))
         await n.get()
         n.put(dataclasses.replace(out(2), delta_text=""))
@@ -132,10 +141,11 @@ def test_stream_unit_semantics():
         await n.get()
         assert time.monotonic() - t4 > 0.25
 
-        z = _Stream(0.0)                                   # interval 0: whatever is queued, at once
+        z = _Stream(0.0)  # interval 0: whatever is queued, at once
         z.put(out(1))
         z.put(out(2))
         assert (await z.get()).delta_token_ids == [1, 2]
         z.put(out(3))
         assert (await z.get()).delta_token_ids == [3]
+
     asyncio.run(run())

@@ -31,8 +31,17 @@ TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=2e-2,
 # LoRA inputs
 # ------------------------------------------------------------------------------------------------
 
-def make_adapters(ranks: torch.Tensor, K: int, n_out: list[int], page_elems: int, dtype: torch.dtype,
-                  gen: torch.Generator, spare_pages: int = 3, align: int = 1):
+
+def make_adapters(
+    ranks: torch.Tensor,
+    K: int,
+    n_out: list[int],
+    page_elems: int,
+    dtype: torch.dtype,
+    gen: torch.Generator,
+    spare_pages: int = 3,
+    align: int = 1,
+):
     """Lays every slot's A_g [r, K] and B_g^T [r, N_g] into a virtual buffer (with random gaps) across
     pages taken in random order from a shared pool. Returns pool, page_table, a_offsets, b_offsets.
     align: every A / B^T block starts at a multiple of `align` virtual elements (the packer uses 64)."""
@@ -57,7 +66,7 @@ def make_adapters(ranks: torch.Tensor, K: int, n_out: list[int], page_elems: int
     page_table = torch.zeros(S, max(n_pages), dtype=torch.int32)
     used = 0
     for s in range(S):
-        page_table[s, :n_pages[s]] = perm[used:used + n_pages[s]].to(torch.int32)
+        page_table[s, : n_pages[s]] = perm[used : used + n_pages[s]].to(torch.int32)
         used += n_pages[s]
     a_offsets = torch.tensor([l[0] for l in layouts], dtype=torch.int32).view(S, G)
     b_offsets = torch.tensor([l[1] for l in layouts], dtype=torch.int32).view(S, G)
@@ -92,9 +101,25 @@ def random_ranks(n_slots: int, G: int, max_rank: int, gen: torch.Generator, abse
     return ranks
 
 
-def run_lora_case(*, seg_lens, n_slots, popularity, max_rank, K, n_out, page_elems, dtype, seed,
-                  col_mult=0, R=None, y_extra_cols=0, max_seg_len="auto", aligned=False, plan=False,
-                  v_dtype=None):
+def run_lora_case(
+    *,
+    seg_lens,
+    n_slots,
+    popularity,
+    max_rank,
+    K,
+    n_out,
+    page_elems,
+    dtype,
+    seed,
+    col_mult=0,
+    R=None,
+    y_extra_cols=0,
+    max_seg_len="auto",
+    aligned=False,
+    plan=False,
+    v_dtype=None,
+):
     """aligned: 64-aligned offsets and the kernels' aligned decode path; plan: pass a precomputed
     lora_decode_plan (else the wrappers build it); v_dtype: dtype of the shrink output / expand input
     (float32 lets the aligned decode shrink split K)."""
@@ -125,8 +150,8 @@ def run_lora_case(*, seg_lens, n_slots, popularity, max_rank, K, n_out, page_ele
     wide = torch.randn(T, out_offsets[-1] + y_extra_cols + 3, generator=gen).to(dtype)
     scales = torch.rand(n_slots, generator=gen) + 0.5
     v = torch.randn(T, G, R, generator=gen).to(v_dtype)
-    y = wide.clone()[:, 2:2 + out_offsets[-1] + y_extra_cols]
-    want_y = wide.clone()[:, 2:2 + out_offsets[-1] + y_extra_cols]
+    y = wide.clone()[:, 2 : 2 + out_offsets[-1] + y_extra_cols]
+    want_y = wide.clone()[:, 2 : 2 + out_offsets[-1] + y_extra_cols]
     before = y.clone()
     lora_expand(y, v, pool, page_table, b_off, ranks, scales, indptr, slots, out_offsets, max_seg_len=msl, **fast)
     lora_expand_ref(want_y, v, pool, page_table, b_off, ranks, scales, indptr, slots, out_offsets, max_seg_len=msl)
@@ -136,47 +161,97 @@ def run_lora_case(*, seg_lens, n_slots, popularity, max_rank, K, n_out, page_ele
         if s < 0:
             lo, hi = int(indptr[i]), int(indptr[i + 1])
             assert torch.equal(y[lo:hi], before[lo:hi])
-    assert torch.equal(y[:, out_offsets[-1]:], before[:, out_offsets[-1]:])
+    assert torch.equal(y[:, out_offsets[-1] :], before[:, out_offsets[-1] :])
 
 
 # ------------------------------------------------------------------------------------------------
 # LoRA tests
 # ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("popularity", ["distinct", "uniform", "zipf", "identical"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_lora_decode_popularity(popularity, dtype):
-    run_lora_case(seg_lens=[1] * 24, n_slots=12, popularity=popularity, max_rank=64, K=64,
-                  n_out=[64, 32, 32], page_elems=200, dtype=dtype, seed=3 * len(popularity) + (dtype == torch.float16))
+    run_lora_case(
+        seg_lens=[1] * 24,
+        n_slots=12,
+        popularity=popularity,
+        max_rank=64,
+        K=64,
+        n_out=[64, 32, 32],
+        page_elems=200,
+        dtype=dtype,
+        seed=3 * len(popularity) + (dtype == torch.float16),
+    )
 
 
 @pytest.mark.parametrize("popularity", ["distinct", "uniform", "zipf", "identical"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_lora_prefill_popularity(popularity, dtype):
-    run_lora_case(seg_lens=[5, 17, 1, 40, 3, 33], n_slots=5, popularity=popularity, max_rank=48, K=48,
-                  n_out=[96, 32], page_elems=160, dtype=dtype, seed=7 + len(popularity))
+    run_lora_case(
+        seg_lens=[5, 17, 1, 40, 3, 33],
+        n_slots=5,
+        popularity=popularity,
+        max_rank=48,
+        K=48,
+        n_out=[96, 32],
+        page_elems=160,
+        dtype=dtype,
+        seed=7 + len(popularity),
+    )
 
 
 @pytest.mark.parametrize("batch", [1, 3, 64, 256])
 def test_lora_decode_batch_sizes(batch):
-    run_lora_case(seg_lens=[1] * batch, n_slots=min(batch, 32), popularity="uniform", max_rank=32, K=32,
-                  n_out=[32], page_elems=128, dtype=torch.float32, seed=batch)
+    run_lora_case(
+        seg_lens=[1] * batch,
+        n_slots=min(batch, 32),
+        popularity="uniform",
+        max_rank=32,
+        K=32,
+        n_out=[32],
+        page_elems=128,
+        dtype=torch.float32,
+        seed=batch,
+    )
 
 
-@pytest.mark.parametrize("popularity,dtype", [("distinct", torch.float16), ("uniform", torch.float32),
-                                              ("zipf", torch.float16), ("identical", torch.float32)])
+@pytest.mark.parametrize(
+    "popularity,dtype",
+    [("distinct", torch.float16), ("uniform", torch.float32), ("zipf", torch.float16), ("identical", torch.float32)],
+)
 def test_lora_decode_aligned(popularity, dtype):
     """Aligned decode fast path (tokens grouped by adapter, more than one tile per adapter, vectorised
     page reads): 64-aligned offsets, K / N_g / page_elems multiples of 64, rows straddling pages."""
-    run_lora_case(seg_lens=[1] * 34, n_slots=10, popularity=popularity, max_rank=40, K=128,
-                  n_out=[128, 64, 64], page_elems=192, dtype=dtype, seed=5 * len(popularity) + (dtype == torch.float16),
-                  aligned=True, plan=popularity in ("uniform", "identical"))
+    run_lora_case(
+        seg_lens=[1] * 34,
+        n_slots=10,
+        popularity=popularity,
+        max_rank=40,
+        K=128,
+        n_out=[128, 64, 64],
+        page_elems=192,
+        dtype=dtype,
+        seed=5 * len(popularity) + (dtype == torch.float16),
+        aligned=True,
+        plan=popularity in ("uniform", "identical"),
+    )
 
 
 @pytest.mark.parametrize("case", ["col_mult", "wide_v", "page64", "empty_segments", "rank256"])
 def test_lora_decode_aligned_edges(case):
-    kw = dict(seg_lens=[1] * 9, n_slots=5, popularity="uniform", max_rank=24, K=64, n_out=[64, 128],
-              page_elems=128, dtype=torch.float32, seed=len(case), aligned=True)
+    kw = dict(
+        seg_lens=[1] * 9,
+        n_slots=5,
+        popularity="uniform",
+        max_rank=24,
+        K=64,
+        n_out=[64, 128],
+        page_elems=128,
+        dtype=torch.float32,
+        seed=len(case),
+        aligned=True,
+    )
     if case == "col_mult":
         kw.update(col_mult=2)
     elif case == "wide_v":
@@ -190,30 +265,62 @@ def test_lora_decode_aligned_edges(case):
     run_lora_case(**kw)
 
 
-@pytest.mark.parametrize("popularity,dtype,col_mult", [("distinct", torch.float16, 0), ("zipf", torch.float32, 0),
-                                                       ("identical", torch.float16, 0), ("uniform", torch.float16, 1)])
+@pytest.mark.parametrize(
+    "popularity,dtype,col_mult",
+    [
+        ("distinct", torch.float16, 0),
+        ("zipf", torch.float32, 0),
+        ("identical", torch.float16, 0),
+        ("uniform", torch.float16, 1),
+    ],
+)
 def test_lora_decode_aligned_split_k(popularity, dtype, col_mult):
     """A float32 shrink output lets the aligned decode shrink split K over programs that add their
     partial sums atomically (K = 4 blocks here); expand then reads the float32 v. col_mult: the
     column-parallel TP layout (rank 1 of 2 writes columns [r, 2r))."""
-    run_lora_case(seg_lens=[1] * 20, n_slots=6, popularity=popularity, max_rank=40, K=512,
-                  n_out=[128, 64], page_elems=320, dtype=dtype, seed=11 + len(popularity),
-                  aligned=True, v_dtype=torch.float32, col_mult=col_mult)
+    run_lora_case(
+        seg_lens=[1] * 20,
+        n_slots=6,
+        popularity=popularity,
+        max_rank=40,
+        K=512,
+        n_out=[128, 64],
+        page_elems=320,
+        dtype=dtype,
+        seed=11 + len(popularity),
+        aligned=True,
+        v_dtype=torch.float32,
+        col_mult=col_mult,
+    )
 
 
-@pytest.mark.parametrize("popularity,dtype", [("zipf", torch.float16), ("identical", torch.float32),
-                                              ("distinct", torch.float32)])
+@pytest.mark.parametrize(
+    "popularity,dtype", [("zipf", torch.float16), ("identical", torch.float32), ("distinct", torch.float32)]
+)
 def test_lora_decode_aligned_stream_expand(popularity, dtype, monkeypatch):
     """The streaming decode expand (DECODE_CFG expand_stream): a program walks a range of output columns,
     ranks above its rank block take further passes (interpreter: 16-row blocks, ranks up to 72)."""
     monkeypatch.setitem(kl.DECODE_CFG, "expand_stream", True)
-    run_lora_case(seg_lens=[1] * 30, n_slots=7, popularity=popularity, max_rank=72, K=128,
-                  n_out=[192, 64, 128], page_elems=192, dtype=dtype, seed=21 + len(popularity),
-                  aligned=True, v_dtype=torch.float32, y_extra_cols=3)
+    run_lora_case(
+        seg_lens=[1] * 30,
+        n_slots=7,
+        popularity=popularity,
+        max_rank=72,
+        K=128,
+        n_out=[192, 64, 128],
+        page_elems=192,
+        dtype=dtype,
+        seed=21 + len(popularity),
+        aligned=True,
+        v_dtype=torch.float32,
+        y_extra_cols=3,
+    )
 
 
-@pytest.mark.parametrize("popularity,dtype", [("distinct", torch.float16), ("uniform", torch.float32),
-                                              ("zipf", torch.float16), ("identical", torch.float32)])
+@pytest.mark.parametrize(
+    "popularity,dtype",
+    [("distinct", torch.float16), ("uniform", torch.float32), ("zipf", torch.float16), ("identical", torch.float32)],
+)
 def test_lora_apply_fused_decode(popularity, dtype, monkeypatch):
     """`lora_apply` with DECODE_CFG fused: decode shrink + expand as one launch (shrink items, then expand
     items that wait on per-(tile, target) counters in the plan) equals shrink_ref + expand_ref; rows
@@ -241,16 +348,26 @@ def test_lora_apply_fused_decode(popularity, dtype, monkeypatch):
         kl.lora_apply_ref(want, x, torch.empty(T, G, R), *args, max_seg_len=1)
         torch.testing.assert_close(y, want, **TOL[dtype])
         lora_rows = slots >= 0
-        assert not torch.equal(y[lora_rows], wide[:, 1:-2][lora_rows])   # the LoRA did something
+        assert not torch.equal(y[lora_rows], wide[:, 1:-2][lora_rows])  # the LoRA did something
         assert torch.equal(y[~lora_rows], wide[:, 1:-2][~lora_rows])
-        assert torch.equal(y[:, offsets[-1]:], wide[:, 1 + offsets[-1]:-2])
+        assert torch.equal(y[:, offsets[-1] :], wide[:, 1 + offsets[-1] : -2])
         assert not plan[7:].any(), "a fused launch left its counters set"
 
 
 def test_lora_decode_aligned_unaligned_shapes_fall_back():
     """aligned=True with K or N_g not a multiple of 64 (or an odd page size) takes the generic path."""
-    run_lora_case(seg_lens=[1] * 6, n_slots=3, popularity="uniform", max_rank=16, K=40, n_out=[40, 24],
-                  page_elems=100, dtype=torch.float32, seed=9, aligned=True)
+    run_lora_case(
+        seg_lens=[1] * 6,
+        n_slots=3,
+        popularity="uniform",
+        max_rank=16,
+        K=40,
+        n_out=[40, 24],
+        page_elems=100,
+        dtype=torch.float32,
+        seed=9,
+        aligned=True,
+    )
 
 
 def test_lora_decode_plan():
@@ -275,49 +392,135 @@ def test_lora_decode_plan():
         # rows 5 / 6: each tile's slot and the end of its slot's run; rows 7..: the fused kernel's counters
         pad = [-1] * (n_seg - len(starts))
         assert plan[5].tolist() == [int(plan[1, p]) for p in starts] + pad
-        assert plan[6, :len(starts)].tolist() == [int(plan[3, p]) for p in starts]
+        assert plan[6, : len(starts)].tolist() == [int(plan[3, p]) for p in starts]
         assert plan.shape == (kl.PLAN_ROWS, n_seg) and not plan[7:].any()
 
 
 @pytest.mark.parametrize("max_rank", [1, 8, 16, 128])
 def test_lora_ranks(max_rank):
     """Ranks 1..max_rank mixed in one batch, decode and prefill."""
-    run_lora_case(seg_lens=[1] * 9, n_slots=9, popularity="distinct", max_rank=max_rank, K=32,
-                  n_out=[48, 16, 16], page_elems=96, dtype=torch.float16, seed=max_rank)
-    run_lora_case(seg_lens=[20, 2, 9], n_slots=3, popularity="distinct", max_rank=max_rank, K=32,
-                  n_out=[48], page_elems=96, dtype=torch.float32, seed=max_rank + 1)
+    run_lora_case(
+        seg_lens=[1] * 9,
+        n_slots=9,
+        popularity="distinct",
+        max_rank=max_rank,
+        K=32,
+        n_out=[48, 16, 16],
+        page_elems=96,
+        dtype=torch.float16,
+        seed=max_rank,
+    )
+    run_lora_case(
+        seg_lens=[20, 2, 9],
+        n_slots=3,
+        popularity="distinct",
+        max_rank=max_rank,
+        K=32,
+        n_out=[48],
+        page_elems=96,
+        dtype=torch.float32,
+        seed=max_rank + 1,
+    )
 
 
 @pytest.mark.parametrize("page_elems", [7, 64, 1000, 4096])
 def test_lora_page_sizes(page_elems):
     """Tiny pages (rows straddle many pages) to pages larger than an adapter."""
-    run_lora_case(seg_lens=[1] * 6, n_slots=4, popularity="uniform", max_rank=24, K=40,
-                  n_out=[40, 24], page_elems=page_elems, dtype=torch.float32, seed=page_elems)
-    run_lora_case(seg_lens=[7, 19], n_slots=2, popularity="distinct", max_rank=24, K=40,
-                  n_out=[40, 24], page_elems=page_elems, dtype=torch.float32, seed=page_elems + 1)
+    run_lora_case(
+        seg_lens=[1] * 6,
+        n_slots=4,
+        popularity="uniform",
+        max_rank=24,
+        K=40,
+        n_out=[40, 24],
+        page_elems=page_elems,
+        dtype=torch.float32,
+        seed=page_elems,
+    )
+    run_lora_case(
+        seg_lens=[7, 19],
+        n_slots=2,
+        popularity="distinct",
+        max_rank=24,
+        K=40,
+        n_out=[40, 24],
+        page_elems=page_elems,
+        dtype=torch.float32,
+        seed=page_elems + 1,
+    )
 
 
 def test_lora_rank_256_and_wide_v():
     """Rank up to 256; v and out wider than the largest rank (extra columns must be ignored/zeroed)."""
-    run_lora_case(seg_lens=[1, 1, 1], n_slots=3, popularity="distinct", max_rank=256, K=32, n_out=[32],
-                  page_elems=512, dtype=torch.float32, seed=3, R=300)
-    run_lora_case(seg_lens=[18, 3], n_slots=2, popularity="distinct", max_rank=256, K=32, n_out=[32],
-                  page_elems=512, dtype=torch.float16, seed=4, R=300)
+    run_lora_case(
+        seg_lens=[1, 1, 1],
+        n_slots=3,
+        popularity="distinct",
+        max_rank=256,
+        K=32,
+        n_out=[32],
+        page_elems=512,
+        dtype=torch.float32,
+        seed=3,
+        R=300,
+    )
+    run_lora_case(
+        seg_lens=[18, 3],
+        n_slots=2,
+        popularity="distinct",
+        max_rank=256,
+        K=32,
+        n_out=[32],
+        page_elems=512,
+        dtype=torch.float16,
+        seed=4,
+        R=300,
+    )
 
 
 @pytest.mark.parametrize("col_mult", [1, 2])
 def test_lora_col_mult(col_mult):
     """S-LoRA TP column offset: rank c writes its rows of x @ A^T at columns [c*r, c*r + r)."""
-    run_lora_case(seg_lens=[1] * 5, n_slots=5, popularity="distinct", max_rank=20, K=32, n_out=[32, 16],
-                  page_elems=100, dtype=torch.float32, seed=11, col_mult=col_mult)
-    run_lora_case(seg_lens=[9, 20], n_slots=2, popularity="distinct", max_rank=20, K=32, n_out=[32, 16],
-                  page_elems=100, dtype=torch.float32, seed=12, col_mult=col_mult)
+    run_lora_case(
+        seg_lens=[1] * 5,
+        n_slots=5,
+        popularity="distinct",
+        max_rank=20,
+        K=32,
+        n_out=[32, 16],
+        page_elems=100,
+        dtype=torch.float32,
+        seed=11,
+        col_mult=col_mult,
+    )
+    run_lora_case(
+        seg_lens=[9, 20],
+        n_slots=2,
+        popularity="distinct",
+        max_rank=20,
+        K=32,
+        n_out=[32, 16],
+        page_elems=100,
+        dtype=torch.float32,
+        seed=12,
+        col_mult=col_mult,
+    )
 
 
 def test_lora_max_seg_len_none_and_empty_segments():
     """max_seg_len=None (safe upper bound), empty segments, a segment without LoRA."""
-    run_lora_case(seg_lens=[0, 4, 0, 12, 1], n_slots=3, popularity="uniform", max_rank=16, K=32,
-                  n_out=[32], page_elems=64, dtype=torch.float32, seed=5, max_seg_len=None)
+    run_lora_case(
+        seg_lens=[0, 4, 0, 12, 1],
+        n_slots=3,
+        popularity="uniform",
+        max_rank=16,
+        K=32,
+        n_out=[32],
+        page_elems=64,
+        dtype=torch.float32,
+        seed=5,
+        max_seg_len=None,
+    )
 
 
 def test_lora_uncovered_tokens_zeroed():
@@ -354,29 +557,33 @@ def test_lora_wrapper_errors():
     with pytest.raises(ValueError, match="pool"):
         lora_shrink(x, pool.t(), pt, a_off, ranks, indptr, slots, torch.empty(2, 2, 8))
     with pytest.raises(ValueError, match="out_offsets"):
-        lora_expand(torch.zeros(2, 64), torch.zeros(2, 2, 8), pool, pt, b_off, ranks, torch.ones(1),
-                    indptr, slots, [0, 32])
+        lora_expand(
+            torch.zeros(2, 64), torch.zeros(2, 2, 8), pool, pt, b_off, ranks, torch.ones(1), indptr, slots, [0, 32]
+        )
     with pytest.raises(ValueError, match="v must be"):
-        lora_expand(torch.zeros(2, 64), torch.zeros(3, 2, 8), pool, pt, b_off, ranks, torch.ones(1),
-                    indptr, slots, [0, 32, 64])
+        lora_expand(
+            torch.zeros(2, 64), torch.zeros(3, 2, 8), pool, pt, b_off, ranks, torch.ones(1), indptr, slots, [0, 32, 64]
+        )
     with pytest.raises(ValueError, match="scales"):
-        lora_expand(torch.zeros(2, 64), torch.zeros(2, 2, 8), pool, pt, b_off, ranks, torch.ones(3),
-                    indptr, slots, [0, 32, 64])
+        lora_expand(
+            torch.zeros(2, 64), torch.zeros(2, 2, 8), pool, pt, b_off, ranks, torch.ones(3), indptr, slots, [0, 32, 64]
+        )
 
 
 # ------------------------------------------------------------------------------------------------
 # Attention inputs and tests
 # ------------------------------------------------------------------------------------------------
 
+
 def make_kv_cache(seq_lens: list[int], page_size: int, Hkv: int, D: int, dtype, gen, spare_pages: int = 2):
     n_pages = [max(1, math.ceil(L / page_size)) for L in seq_lens]
     total = sum(n_pages) + spare_pages
     perm = torch.randperm(total, generator=gen)
     pool = torch.randn(total, 2 * page_size * Hkv * D, generator=gen).to(dtype)
-    table = torch.zeros(len(seq_lens), max(n_pages) + 1, dtype=torch.int32)   # wider than needed
+    table = torch.zeros(len(seq_lens), max(n_pages) + 1, dtype=torch.int32)  # wider than needed
     used = 0
     for s, n in enumerate(n_pages):
-        table[s, :n] = perm[used:used + n].to(torch.int32)
+        table[s, :n] = perm[used : used + n].to(torch.int32)
         used += n
     return pool, table
 
@@ -394,7 +601,7 @@ def run_attention_case(*, seq_lens, q_lens, page_size, Hq, Hkv, D, dtype, seed, 
     mql = max(q_lens) if max_q_len == "auto" else max_q_len
     out = torch.full((T, Hq, D), float("nan"), dtype=dtype)
     want = torch.full((T, Hq, D), float("nan"), dtype=dtype)
-    scale = D ** -0.5
+    scale = D**-0.5
     paged_attention(q, pool, page_size, Hkv, table, seq, q_indptr, scale, out, max_q_len=mql)
     paged_attention_ref(q, pool, page_size, Hkv, table, seq, q_indptr, scale, want, max_q_len=mql)
     assert not out.isnan().any()
@@ -406,19 +613,29 @@ def run_attention_case(*, seq_lens, q_lens, page_size, Hq, Hkv, D, dtype, seed, 
 def test_attention_decode(dtype, page_size, Hq, Hkv, D):
     gen = torch.Generator().manual_seed(page_size)
     seq_lens = torch.randint(1, 150, (7,), generator=gen).tolist() + [1]
-    run_attention_case(seq_lens=seq_lens, q_lens=[1] * len(seq_lens), page_size=page_size, Hq=Hq, Hkv=Hkv,
-                       D=D, dtype=dtype, seed=page_size + Hq)
+    run_attention_case(
+        seq_lens=seq_lens,
+        q_lens=[1] * len(seq_lens),
+        page_size=page_size,
+        Hq=Hq,
+        Hkv=Hkv,
+        D=D,
+        dtype=dtype,
+        seed=page_size + Hq,
+    )
 
 
 def test_attention_decode_split_k():
     """Long contexts: the decode kernel splits each sequence's keys over several programs."""
     from kernels import attention
+
     old = attention.DECODE_PARTITION
     attention.DECODE_PARTITION = 64
     try:
         for dtype in (torch.float32, torch.float16):
-            run_attention_case(seq_lens=[300, 65, 64, 1, 129], q_lens=[1] * 5, page_size=8, Hq=4, Hkv=2, D=16,
-                               dtype=dtype, seed=1)
+            run_attention_case(
+                seq_lens=[300, 65, 64, 1, 129], q_lens=[1] * 5, page_size=8, Hq=4, Hkv=2, D=16, dtype=dtype, seed=1
+            )
     finally:
         attention.DECODE_PARTITION = old
 
@@ -429,20 +646,31 @@ def test_attention_prefill_chunked_mixed(dtype, page_size, Hq, Hkv, D):
     """Full prefill, chunked prefill over cached context, and decode in one batch."""
     seq_lens = [37, 50, 9, 70, 1]
     q_lens = [37, 13, 1, 64, 1]
-    run_attention_case(seq_lens=seq_lens, q_lens=q_lens, page_size=page_size, Hq=Hq, Hkv=Hkv, D=D,
-                       dtype=dtype, seed=page_size * 3 + D)
+    run_attention_case(
+        seq_lens=seq_lens, q_lens=q_lens, page_size=page_size, Hq=Hq, Hkv=Hkv, D=D, dtype=dtype, seed=page_size * 3 + D
+    )
 
 
 def test_attention_max_q_len_none_and_empty():
-    run_attention_case(seq_lens=[20, 5, 33], q_lens=[20, 0, 2], page_size=4, Hq=4, Hkv=2, D=16,
-                       dtype=torch.float32, seed=2, max_q_len=None)
+    run_attention_case(
+        seq_lens=[20, 5, 33],
+        q_lens=[20, 0, 2],
+        page_size=4,
+        Hq=4,
+        Hkv=2,
+        D=16,
+        dtype=torch.float32,
+        seed=2,
+        max_q_len=None,
+    )
 
 
 def test_attention_batch_256_decode():
     gen = torch.Generator().manual_seed(9)
     seq_lens = torch.randint(1, 40, (256,), generator=gen).tolist()
-    run_attention_case(seq_lens=seq_lens, q_lens=[1] * 256, page_size=16, Hq=4, Hkv=2, D=16,
-                       dtype=torch.float16, seed=9)
+    run_attention_case(
+        seq_lens=seq_lens, q_lens=[1] * 256, page_size=16, Hq=4, Hkv=2, D=16, dtype=torch.float16, seed=9
+    )
 
 
 def test_attention_wrapper_errors():
@@ -478,8 +706,8 @@ def test_kv_append(dtype, page_size, Hkv, D):
     want = pool.clone()
     slots = torch.randperm(n_pages * page_size, generator=gen)[:T]
     slots[torch.rand(T, generator=gen) < 0.2] = -1
-    kv = torch.randn(T, 2 * Hkv + 3, D, generator=gen)       # strided views of a fused projection
-    k, v = kv[:, :Hkv], kv[:, Hkv + 3:]
+    kv = torch.randn(T, 2 * Hkv + 3, D, generator=gen)  # strided views of a fused projection
+    k, v = kv[:, :Hkv], kv[:, Hkv + 3 :]
     kv_append(pool, page_size, k, v, slots)
     kv_append_ref(want, page_size, k, v, slots)
     assert torch.equal(pool, want)
@@ -489,25 +717,32 @@ def test_kv_append(dtype, page_size, Hkv, D):
 # Backend and benchmark smoke
 # ------------------------------------------------------------------------------------------------
 
+
 def test_triton_backend_signatures():
     import inspect
+
     tb, ref = get_backend("triton"), get_backend("torch")
     assert tb.name == "triton"
     for op in ("lora_shrink", "lora_expand", "lora_apply", "paged_attention", "kv_append"):
         ours = inspect.signature(getattr(tb, op)).parameters
         theirs = list(inspect.signature(getattr(ref, op)).parameters)
-        assert list(ours) == theirs, op       # the same signature, performance hints (aligned=, plan=) included
+        assert list(ours) == theirs, op  # the same signature, performance hints (aligned=, plan=) included
     assert ref.lora_decode_plan(None, None, 0) is None
 
 
 def test_benchmark_smoke(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--smoke", "--out", str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--smoke", "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "kernels.json").exists() and (tmp_path / "kernels.md").exists()
     res = json.loads((tmp_path / "kernels.json").read_text())
-    for key in ("lora", "lora_small", "lora_prefill"):   # every section ran and agrees with its baseline
+    for key in ("lora", "lora_small", "lora_prefill"):  # every section ran and agrees with its baseline
         assert res[key] and f"{key}_error" not in res, key
     for r in res["lora_prefill"]:
         assert r["max_abs_delta"] > 0 and r["max_abs_err_vs_per_segment"] <= 1e-4 * max(1.0, r["max_abs_delta"])

@@ -16,11 +16,13 @@ from kernels.attention import kv_append, kv_append_ref, paged_attention, paged_a
 from kernels.lora import lora_decode_plan, lora_expand, lora_expand_ref, lora_shrink, lora_shrink_ref
 from test_kernels import make_adapters, make_batch, make_kv_cache, random_ranks
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=1e-2, rtol=1e-2),
-       torch.bfloat16: dict(atol=5e-2, rtol=5e-2)}
+TOL = {
+    torch.float32: dict(atol=1e-4, rtol=1e-4),
+    torch.float16: dict(atol=1e-2, rtol=1e-2),
+    torch.bfloat16: dict(atol=5e-2, rtol=5e-2),
+}
 DEV = "cuda"
 
 
@@ -45,8 +47,17 @@ def test_lora_cuda(dtype, kind, popularity):
     n_out = [4096, 1024, 1024]
     aligned = "aligned" in kind
     pool, pt, a_off, b_off, ranks, indptr, slots, x = lora_inputs(
-        seg_lens, 64, popularity, 64, 4096, n_out, 192 if "small_pages" in kind else 131072, dtype,
-        seed=len(seg_lens), align=64 if aligned else 1)
+        seg_lens,
+        64,
+        popularity,
+        64,
+        4096,
+        n_out,
+        192 if "small_pages" in kind else 131072,
+        dtype,
+        seed=len(seg_lens),
+        align=64 if aligned else 1,
+    )
     fast = dict(aligned=aligned)
     T, G, R = x.shape[0], len(n_out), 64
     msl = max(seg_lens)
@@ -57,10 +68,9 @@ def test_lora_cuda(dtype, kind, popularity):
     lora_shrink_ref(x, pool, pt, a_off, ranks, indptr, slots, want)
     torch.testing.assert_close(out, want, **TOL[dtype])
     base = torch.randn(T, 6200, device=DEV).to(dtype)
-    y, want_y = base.clone()[:, 10:10 + 6144], base.clone()[:, 10:10 + 6144]
+    y, want_y = base.clone()[:, 10 : 10 + 6144], base.clone()[:, 10 : 10 + 6144]
     scales = torch.rand(pt.shape[0], device=DEV) + 0.5
-    lora_expand(y, want, pool, pt, b_off, ranks, scales, indptr, slots, [0, 4096, 5120, 6144], max_seg_len=msl,
-                **fast)
+    lora_expand(y, want, pool, pt, b_off, ranks, scales, indptr, slots, [0, 4096, 5120, 6144], max_seg_len=msl, **fast)
     lora_expand_ref(want_y, want, pool, pt, b_off, ranks, scales, indptr, slots, [0, 4096, 5120, 6144])
     torch.testing.assert_close(y, want_y, **TOL[dtype])
 
@@ -73,14 +83,14 @@ def test_lora_decode_stream_expand_cuda(dtype, popularity, monkeypatch):
     monkeypatch.setitem(kl.DECODE_CFG, "expand_stream", True)
     n_out = [4096, 1024, 1024]
     pool, pt, a_off, b_off, ranks, indptr, slots, x = lora_inputs(
-        [1] * 96, 40, popularity, 128, 4096, n_out, 131072, dtype, seed=5, align=64)
+        [1] * 96, 40, popularity, 128, 4096, n_out, 131072, dtype, seed=5, align=64
+    )
     T, G, R = x.shape[0], len(n_out), 128
     v = torch.randn(T, G, R, device=DEV)
     base = torch.randn(T, 6200, device=DEV).to(dtype)
-    y, want_y = base.clone()[:, 10:10 + 6144], base.clone()[:, 10:10 + 6144]
+    y, want_y = base.clone()[:, 10 : 10 + 6144], base.clone()[:, 10 : 10 + 6144]
     scales = torch.rand(pt.shape[0], device=DEV) + 0.5
-    lora_expand(y, v, pool, pt, b_off, ranks, scales, indptr, slots, [0, 4096, 5120, 6144], max_seg_len=1,
-                aligned=True)
+    lora_expand(y, v, pool, pt, b_off, ranks, scales, indptr, slots, [0, 4096, 5120, 6144], max_seg_len=1, aligned=True)
     lora_expand_ref(want_y, v, pool, pt, b_off, ranks, scales, indptr, slots, [0, 4096, 5120, 6144])
     torch.testing.assert_close(y, want_y, **TOL[dtype])
 
@@ -95,33 +105,34 @@ def test_lora_apply_fused_cuda(dtype, popularity, batch, monkeypatch):
     monkeypatch.setitem(kl.DECODE_CFG, "fused", True)
     n_out = [4096, 1024, 1024]
     pool, pt, a_off, b_off, ranks, indptr, slots, x = lora_inputs(
-        [1] * batch, 64, popularity, 128, 4096, n_out, 131072, dtype, seed=batch, align=64)
+        [1] * batch, 64, popularity, 128, 4096, n_out, 131072, dtype, seed=batch, align=64
+    )
     T, G, R = x.shape[0], len(n_out), 128
     offsets = [0, 4096, 5120, 6144]
     scales = torch.rand(pt.shape[0], device=DEV) + 0.5
     base = torch.randn(T, 6200, device=DEV).to(dtype)
     args = (pool, pt, a_off, b_off, ranks, scales, indptr, slots, offsets)
     plan = lora_decode_plan(indptr, slots, pt.shape[0])
-    y = base.clone()[:, 10:10 + 6144]
+    y = base.clone()[:, 10 : 10 + 6144]
     kl.lora_apply(y, x, torch.empty(T, G, R, device=DEV), *args, max_seg_len=1, aligned=True, plan=plan)
-    want = base.clone()[:, 10:10 + 6144]
+    want = base.clone()[:, 10 : 10 + 6144]
     kl.lora_apply_ref(want, x, torch.empty(T, G, R, device=DEV), *args)
     torch.testing.assert_close(y, want, **TOL[dtype])
     assert not plan[7:].any()
 
-    xs, ys = x.clone(), base.clone()[:, 10:10 + 6144]
+    xs, ys = x.clone(), base.clone()[:, 10 : 10 + 6144]
     v = torch.empty(T, G, R, device=DEV)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         gplan = lora_decode_plan(indptr, slots, pt.shape[0])
-        for _ in range(3):   # three launches on one plan, as the layers of a decode step
+        for _ in range(3):  # three launches on one plan, as the layers of a decode step
             kl.lora_apply(ys, xs, v, *args, max_seg_len=1, aligned=True, plan=gplan)
     gen = torch.Generator(device=DEV).manual_seed(1)
     for _ in range(20):
         xs.copy_(torch.randn(T, 4096, device=DEV, generator=gen).to(dtype))
-        ys.copy_(base[:, 10:10 + 6144])
+        ys.copy_(base[:, 10 : 10 + 6144])
         graph.replay()
-        want = base.clone()[:, 10:10 + 6144]
+        want = base.clone()[:, 10 : 10 + 6144]
         for _ in range(3):
             kl.lora_apply_ref(want, xs, torch.empty(T, G, R, device=DEV), *args)
         torch.testing.assert_close(ys, want, **TOL[dtype])
@@ -143,8 +154,8 @@ def test_attention_decode_cuda(dtype, Hq, Hkv, D, batch, partition, monkeypatch)
     ind = torch.arange(len(seq_lens) + 1, dtype=torch.int32, device=DEV)
     out = torch.full_like(q, float("nan"))
     want = out.clone()
-    paged_attention(q, pool, 16, Hkv, table, seq, ind, D ** -0.5, out, max_q_len=1)
-    paged_attention_ref(q, pool, 16, Hkv, table, seq, ind, D ** -0.5, want)
+    paged_attention(q, pool, 16, Hkv, table, seq, ind, D**-0.5, out, max_q_len=1)
+    paged_attention_ref(q, pool, 16, Hkv, table, seq, ind, D**-0.5, want)
     torch.testing.assert_close(out, want, **TOL[dtype])
 
 
@@ -161,8 +172,8 @@ def test_attention_prefill_cuda(dtype, Hq, Hkv, D):
     ind = torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32, device=DEV)
     out = torch.full_like(q, float("nan"))
     want = out.clone()
-    paged_attention(q, pool, 16, Hkv, table, seq, ind, D ** -0.5, out, max_q_len=max(q_lens))
-    paged_attention_ref(q, pool, 16, Hkv, table, seq, ind, D ** -0.5, want)
+    paged_attention(q, pool, 16, Hkv, table, seq, ind, D**-0.5, out, max_q_len=max(q_lens))
+    paged_attention_ref(q, pool, 16, Hkv, table, seq, ind, D**-0.5, want)
     torch.testing.assert_close(out, want, **(TOL[dtype] if dtype != torch.float32 else dict(atol=1e-3, rtol=1e-3)))
 
 
@@ -184,7 +195,7 @@ def test_cuda_graph_decode_step(aligned):
     """Capture one decode step (kv_append -> paged_attention -> shrink -> expand) with static buffers,
     then replay it with new contents (new tokens, adapters, sequence lengths) and check each replay.
     aligned: the LoRA fast path, its plan built inside the graph once and shared by shrink and expand."""
-    dtype, B, Hq, Hkv, D, P = torch.bfloat16, 8, 16, 2, 64, 16   # K = 1024: the aligned shrink splits K
+    dtype, B, Hq, Hkv, D, P = torch.bfloat16, 8, 16, 2, 64, 16  # K = 1024: the aligned shrink splits K
     K, n_out, n_slots, max_pages = Hq * D, [Hq * D, Hkv * D, Hkv * D], 6, 64
     gen = torch.Generator().manual_seed(1)
     ranks = random_ranks(n_slots, 3, 32, gen)
@@ -203,17 +214,29 @@ def test_cuda_graph_decode_step(aligned):
     q_indptr = torch.arange(B + 1, dtype=torch.int32, device=DEV)
     seg_slot = torch.zeros(B, dtype=torch.int32, device=DEV)
     attn_out = torch.zeros(B, Hq, D, dtype=dtype, device=DEV)
-    vbuf = torch.zeros(B, 3, 32, dtype=torch.float32 if aligned else dtype, device=DEV)   # as the engine
+    vbuf = torch.zeros(B, 3, 32, dtype=torch.float32 if aligned else dtype, device=DEV)  # as the engine
     y = torch.zeros(B, sum(n_out) + 8, dtype=dtype, device=DEV)
     offs = [0, n_out[0], n_out[0] + n_out[1], sum(n_out)]
 
     def step():
         kv_append(kv_pool, P, k, v, slot_mapping)
-        paged_attention(q, kv_pool, P, Hkv, table, seq_lens, q_indptr, D ** -0.5, attn_out, max_q_len=1)
+        paged_attention(q, kv_pool, P, Hkv, table, seq_lens, q_indptr, D**-0.5, attn_out, max_q_len=1)
         fast = dict(aligned=True, plan=lora_decode_plan(q_indptr, seg_slot, n_slots)) if aligned else {}
         lora_shrink(x, lpool, lpt, a_off, ranks, q_indptr, seg_slot, vbuf, max_seg_len=1, **fast)
-        lora_expand(y[:, 4:4 + sum(n_out)], vbuf, lpool, lpt, b_off, ranks, scales, q_indptr, seg_slot, offs,
-                    max_seg_len=1, **fast)
+        lora_expand(
+            y[:, 4 : 4 + sum(n_out)],
+            vbuf,
+            lpool,
+            lpt,
+            b_off,
+            ranks,
+            scales,
+            q_indptr,
+            seg_slot,
+            offs,
+            max_seg_len=1,
+            **fast,
+        )
 
     def fill(seed):
         g = torch.Generator().manual_seed(seed)
@@ -232,7 +255,7 @@ def test_cuda_graph_decode_step(aligned):
     fill(0)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):       # warm up: compile every kernel outside the capture
+    with torch.cuda.stream(s):  # warm up: compile every kernel outside the capture
         for _ in range(2):
             step()
     torch.cuda.current_stream().wait_stream(s)
@@ -247,10 +270,10 @@ def test_cuda_graph_decode_step(aligned):
         kv_append_ref(pool0, P, k, v, slot_mapping)
         assert torch.equal(kv_pool, pool0)
         want = torch.empty_like(attn_out)
-        paged_attention_ref(q, pool0, P, Hkv, table, seq_lens, q_indptr, D ** -0.5, want)
+        paged_attention_ref(q, pool0, P, Hkv, table, seq_lens, q_indptr, D**-0.5, want)
         torch.testing.assert_close(attn_out, want, **TOL[dtype])
         want_v = torch.empty_like(vbuf)
         lora_shrink_ref(x, lpool, lpt, a_off, ranks, q_indptr, seg_slot, want_v)
         torch.testing.assert_close(vbuf, want_v, **TOL[dtype])
-        lora_expand_ref(y0[:, 4:4 + sum(n_out)], want_v, lpool, lpt, b_off, ranks, scales, q_indptr, seg_slot, offs)
+        lora_expand_ref(y0[:, 4 : 4 + sum(n_out)], want_v, lpool, lpt, b_off, ranks, scales, q_indptr, seg_slot, offs)
         torch.testing.assert_close(y, y0, **TOL[dtype])

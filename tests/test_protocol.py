@@ -15,19 +15,47 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_completion_request_maps_to_sampling_params():
-    r = CompletionRequest(model="m", prompt="hi", max_tokens=5, temperature=0.5, top_p=0.9, top_k=4, seed=3,
-                          stop="x", ignore_eos=True, n=2, unknown_field=1)
+    r = CompletionRequest(
+        model="m",
+        prompt="hi",
+        max_tokens=5,
+        temperature=0.5,
+        top_p=0.9,
+        top_k=4,
+        seed=3,
+        stop="x",
+        ignore_eos=True,
+        n=2,
+        unknown_field=1,
+    )
     sp = r.to_sampling_params(5, index=1)
-    assert (sp.max_tokens, sp.temperature, sp.top_p, sp.top_k, sp.seed, sp.stop, sp.ignore_eos) == \
-        (5, 0.5, 0.9, 4, 4, ["x"], True)
+    assert (sp.max_tokens, sp.temperature, sp.top_p, sp.top_k, sp.seed, sp.stop, sp.ignore_eos) == (
+        5,
+        0.5,
+        0.9,
+        4,
+        4,
+        ["x"],
+        True,
+    )
     assert r.to_sampling_params(5, index=0).seed == 3
-    r = CompletionRequest(model="m", prompt="hi", presence_penalty=0.5, frequency_penalty=-1, repetition_penalty=1.2,
-                          logit_bias={"7": -100, "12": 3.5})
+    r = CompletionRequest(
+        model="m",
+        prompt="hi",
+        presence_penalty=0.5,
+        frequency_penalty=-1,
+        repetition_penalty=1.2,
+        logit_bias={"7": -100, "12": 3.5},
+    )
     sp = r.to_sampling_params(4)
-    assert (sp.presence_penalty, sp.frequency_penalty, sp.repetition_penalty, sp.logit_bias) == \
-        (0.5, -1.0, 1.2, {7: -100.0, 12: 3.5})
+    assert (sp.presence_penalty, sp.frequency_penalty, sp.repetition_penalty, sp.logit_bias) == (
+        0.5,
+        -1.0,
+        1.2,
+        {7: -100.0, 12: 3.5},
+    )
     assert sp.penalized and not CompletionRequest(model="m", prompt="x").to_sampling_params(4).penalized
-    for bad in ({"12x": 1.0}, {"3": 101}, {"-1": 1.0}):   # refused when the engine's parameters are made
+    for bad in ({"12x": 1.0}, {"3": 101}, {"-1": 1.0}):  # refused when the engine's parameters are made
         with pytest.raises(ValueError):
             CompletionRequest(model="m", prompt="hi", logit_bias=bad).to_sampling_params(4)
     assert CompletionRequest(model="m", prompt=[1, 2]).prompts() == [[1, 2]]
@@ -35,18 +63,35 @@ def test_completion_request_maps_to_sampling_params():
     assert CompletionRequest(model="m", prompt=["a", "b"]).prompts() == ["a", "b"]
 
 
-@pytest.mark.parametrize("bad", [{"max_tokens": 0}, {"temperature": -0.1}, {"top_p": 0}, {"n": 0}, {"echo": True},
-                                 {"logprobs": 21}, {"prompt": []}, {"stream_options": {"include_usage": True}},
-                                 {"presence_penalty": 2.5}, {"frequency_penalty": -3}, {"repetition_penalty": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_tokens": 0},
+        {"temperature": -0.1},
+        {"top_p": 0},
+        {"n": 0},
+        {"echo": True},
+        {"logprobs": 21},
+        {"prompt": []},
+        {"stream_options": {"include_usage": True}},
+        {"presence_penalty": 2.5},
+        {"frequency_penalty": -3},
+        {"repetition_penalty": 0},
+    ],
+)
 def test_completion_request_refuses(bad):
     with pytest.raises(ValidationError):
         CompletionRequest(**({"model": "m", "prompt": "x"} | bad))
 
 
 def test_chat_request():
-    r = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": [{"type": "text", "text": "a"},
-                                                                                  {"type": "text", "text": "b"}]}],
-                              max_completion_tokens=7, stream=True, stream_options={"include_usage": True})
+    r = ChatCompletionRequest(
+        model="m",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+        max_completion_tokens=7,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     assert r.chat() == [{"role": "user", "content": "ab"}]
     assert r.max_tokens == 7 and r.include_usage
     with pytest.raises(ValidationError):
@@ -60,7 +105,10 @@ def test_chat_request():
     # logprobs: chat's bool + top_logprobs and completions' int both become SamplingParams.logprobs
     assert ChatCompletionRequest(model="m", messages=msgs).to_sampling_params(3).logprobs is None
     assert ChatCompletionRequest(model="m", messages=msgs, logprobs=True).to_sampling_params(3).logprobs == 0
-    assert ChatCompletionRequest(model="m", messages=msgs, logprobs=True, top_logprobs=4).to_sampling_params(3).logprobs == 4
+    assert (
+        ChatCompletionRequest(model="m", messages=msgs, logprobs=True, top_logprobs=4).to_sampling_params(3).logprobs
+        == 4
+    )
     assert CompletionRequest(model="m", prompt="x", logprobs=2).to_sampling_params(3).logprobs == 2
     for bad in ({"top_logprobs": 2}, {"logprobs": True, "top_logprobs": 21}):
         with pytest.raises(ValidationError):
@@ -72,28 +120,53 @@ def test_logprobs_formats():
     from app.request import TokenLogprobs
 
     words = {1: "a", 2: "bc", 3: "é"}
-    decode = lambda ids: "".join(words[i] for i in ids)   # noqa: E731
+    decode = lambda ids: "".join(words[i] for i in ids)  # noqa: E731
     lps = [TokenLogprobs(-0.5, [(1, -0.5), (3, -1.5)]), TokenLogprobs(-0.25, [(2, -0.25), (1, -2.0)])]
     assert completion_logprobs([1, 2], lps, decode, offset=4) == {
-        "tokens": ["a", "bc"], "token_logprobs": [-0.5, -0.25],
-        "top_logprobs": [{"a": -0.5, "é": -1.5}, {"bc": -0.25, "a": -2.0}], "text_offset": [4, 5]}
+        "tokens": ["a", "bc"],
+        "token_logprobs": [-0.5, -0.25],
+        "top_logprobs": [{"a": -0.5, "é": -1.5}, {"bc": -0.25, "a": -2.0}],
+        "text_offset": [4, 5],
+    }
     c = chat_logprobs([3], [TokenLogprobs(-0.1, [(3, -0.1)])], decode)["content"]
-    assert c == [{"token": "é", "logprob": -0.1, "bytes": [195, 169],
-                  "top_logprobs": [{"token": "é", "logprob": -0.1, "bytes": [195, 169]}]}]
+    assert c == [
+        {
+            "token": "é",
+            "logprob": -0.1,
+            "bytes": [195, 169],
+            "top_logprobs": [{"token": "é", "logprob": -0.1, "bytes": [195, 169]}],
+        }
+    ]
 
 
 def test_error_body_shape():
-    assert error_body(429, "slow down") == {"error": {"message": "slow down", "type": "RateLimitError",
-                                                      "param": None, "code": 429}}
+    assert error_body(429, "slow down") == {
+        "error": {"message": "slow down", "type": "RateLimitError", "param": None, "code": 429}
+    }
 
 
 def test_build_args_from_cli_strings():
     """`serve run deployments.builder:build_app k=v` passes strings: pydantic coerces them."""
-    a = BuildArgs(**{"tensor_parallel_size": "2", "num_groups": "3", "ttft_slo_s": "0.5", "api_keys": "k1,k2",
-                     "allowed_adapter_roots": '["/a", "/b"]', "engine": '{"pool": {"page_size": 32}}',
-                     "gpu_memory_fraction": "0.5", "device": "cpu", "dtype": "float32"})
-    assert (a.tensor_parallel_size, a.num_groups, a.ttft_slo_s, a.api_keys, a.allowed_adapter_roots) == \
-        (2, 3, 0.5, ["k1", "k2"], ["/a", "/b"])
+    a = BuildArgs(
+        **{
+            "tensor_parallel_size": "2",
+            "num_groups": "3",
+            "ttft_slo_s": "0.5",
+            "api_keys": "k1,k2",
+            "allowed_adapter_roots": '["/a", "/b"]',
+            "engine": '{"pool": {"page_size": 32}}',
+            "gpu_memory_fraction": "0.5",
+            "device": "cpu",
+            "dtype": "float32",
+        }
+    )
+    assert (a.tensor_parallel_size, a.num_groups, a.ttft_slo_s, a.api_keys, a.allowed_adapter_roots) == (
+        2,
+        3,
+        0.5,
+        ["k1", "k2"],
+        ["/a", "/b"],
+    )
     assert BuildArgs(ttft_slo_s="none").ttft_slo_s is None
     with pytest.raises(ValidationError):
         BuildArgs(no_such_arg=1)
@@ -102,18 +175,32 @@ def test_build_args_from_cli_strings():
 
 
 def test_build_args_map_onto_engine_config():
-    cfg, adapters, served = resolve(BuildArgs(max_num_seqs="8", max_lora_rank="16", gpu_memory_fraction="0.5",
-                                              max_model_len="512", engine={"pool": {"page_size": 32}, "seed": 7}))
+    cfg, adapters, served = resolve(
+        BuildArgs(
+            max_num_seqs="8",
+            max_lora_rank="16",
+            gpu_memory_fraction="0.5",
+            max_model_len="512",
+            engine={"pool": {"page_size": 32}, "seed": 7},
+        )
+    )
     assert served == "sloray-demo" and "demo-r4-attn" in adapters
-    assert (cfg.scheduler.max_num_seqs, cfg.lora.max_lora_rank, cfg.pool.gpu_memory_fraction,
-            cfg.scheduler.max_model_len, cfg.pool.page_size, cfg.seed) == (8, 16, 0.5, 512, 32, 7)
+    assert (
+        cfg.scheduler.max_num_seqs,
+        cfg.lora.max_lora_rank,
+        cfg.pool.gpu_memory_fraction,
+        cfg.scheduler.max_model_len,
+        cfg.pool.page_size,
+        cfg.seed,
+    ) == (8, 16, 0.5, 512, 32, 7)
     assert cfg.lora.allowed_adapter_roots == [str(Path(next(iter(adapters.values()))).parent)]
     with pytest.raises(ValidationError):
         resolve(BuildArgs(engine={"pool": {"no_such_field": 1}}))
 
 
-@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in
-                                        [REPO / "serve_config.yaml", *(REPO / "configs").glob("*.yaml")]))
+@pytest.mark.parametrize(
+    "path", sorted(str(p.relative_to(REPO)) for p in [REPO / "serve_config.yaml", *(REPO / "configs").glob("*.yaml")])
+)
 def test_serve_configs_are_valid(path):
     doc = yaml.safe_load((REPO / path).read_text())
     for app in doc["applications"]:

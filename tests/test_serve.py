@@ -35,8 +35,12 @@ BASE = f"http://127.0.0.1:{PORT}"
 KEY = "sk-sloray-test"
 MODEL = "sloray-demo"
 GROUPS = ["SLoRAGroup-0", "SLoRAGroup-1"]
-PROMPTS = [("Hello, world!", "demo-r4-attn"), ("The quick brown fox", "demo-r16-all"),
-           ("Serving thousands of", None), ("def main():", "demo-r32-rslora")]
+PROMPTS = [
+    ("Hello, world!", "demo-r4-attn"),
+    ("The quick brown fox", "demo-r16-all"),
+    ("Serving thousands of", None),
+    ("def main():", "demo-r32-rslora"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +75,39 @@ def service(demo, roots):
     os.environ["PYTHONPATH"] = repo + os.pathsep + os.environ.get("PYTHONPATH", "")
     ray.init(num_cpus=4, include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    main = build_app({"num_groups": 2, "num_ingress_replicas": 2, "api_keys": KEY, "allowed_adapter_roots": str(roots),
-                      "group_num_cpus": 0.5, "device": "cpu", "dtype": "float32", "stats_poll_interval_s": 0.1})
+    main = build_app(
+        {
+            "num_groups": 2,
+            "num_ingress_replicas": 2,
+            "api_keys": KEY,
+            "allowed_adapter_roots": str(roots),
+            "group_num_cpus": 0.5,
+            "device": "cpu",
+            "dtype": "float32",
+            "stats_poll_interval_s": 0.1,
+        }
+    )
     strict = build_app({"num_groups": 1, "ttft_slo_s": "1e-6", "group_num_cpus": 0.25})
-    tp2 = build_app({"model": str(demo / "model"), "adapter_dir": str(demo / "adapters"), "device": "cpu",
-                     "dtype": "float32", "tensor_parallel_size": "2"})      # ranks: 1 CPU each
-    every_step = build_app({"num_groups": 1, "group_num_cpus": 0.25, "device": "cpu", "dtype": "float32",
-                            "stream_interval_s": "0"})
-    serve.run_many([RunTarget(main, name="main", route_prefix="/"),
-                    RunTarget(strict, name="strict", route_prefix="/strict"),
-                    RunTarget(tp2, name="tp2", route_prefix="/tp2"),
-                    RunTarget(every_step, name="every-step", route_prefix="/every-step")])
+    tp2 = build_app(
+        {
+            "model": str(demo / "model"),
+            "adapter_dir": str(demo / "adapters"),
+            "device": "cpu",
+            "dtype": "float32",
+            "tensor_parallel_size": "2",
+        }
+    )  # ranks: 1 CPU each
+    every_step = build_app(
+        {"num_groups": 1, "group_num_cpus": 0.25, "device": "cpu", "dtype": "float32", "stream_interval_s": "0"}
+    )
+    serve.run_many(
+        [
+            RunTarget(main, name="main", route_prefix="/"),
+            RunTarget(strict, name="strict", route_prefix="/strict"),
+            RunTarget(tp2, name="tp2", route_prefix="/tp2"),
+            RunTarget(every_step, name="every-step", route_prefix="/every-step"),
+        ]
+    )
     yield
     serve.shutdown()
     ray.shutdown()
@@ -131,8 +157,9 @@ def test_completions_equal_offline(client, llm):
 def test_token_id_prompts_and_batches(client, llm):
     tok = Tokenizer(llm.engine.cfg.model)
     ids = tok.encode("The quick brown fox")
-    r = client.completions.create(model="demo-r8-mlp", prompt=[ids, tok.encode("Hello, world!")], max_tokens=6,
-                                  temperature=0)
+    r = client.completions.create(
+        model="demo-r8-mlp", prompt=[ids, tok.encode("Hello, world!")], max_tokens=6, temperature=0
+    )
     assert [c.index for c in r.choices] == [0, 1]
     assert r.choices[0].text == greedy(llm, ids, "demo-r8-mlp", 6).text
     assert r.choices[1].text == greedy(llm, "Hello, world!", "demo-r8-mlp", 6).text
@@ -142,18 +169,27 @@ def test_token_id_prompts_and_batches(client, llm):
 
 def test_streaming_completion_equals_offline(client, llm, http):
     ref = greedy(llm, "The quick brown fox", "demo-r64-all", 16, ignore_eos=True)
-    chunks = list(client.completions.create(model="demo-r64-all", prompt="The quick brown fox", max_tokens=16,
-                                            temperature=0, stream=True, stream_options={"include_usage": True},
-                                            extra_body={"ignore_eos": True}))
+    chunks = list(
+        client.completions.create(
+            model="demo-r64-all",
+            prompt="The quick brown fox",
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+    )
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == ref.text
-    assert len([c for c in chunks if c.choices]) > 2          # really streamed
+    assert len([c for c in chunks if c.choices]) > 2  # really streamed
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finals == ["length"]
     # Raw SSE: data lines in OpenAI's format, ending with [DONE].
-    with http.stream("POST", "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 4,
-                                                      "stream": True}) as r:
+    with http.stream(
+        "POST", "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 4, "stream": True}
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = [ln for ln in r.iter_lines() if ln]
     assert all(ln.startswith("data: ") for ln in lines)
@@ -169,8 +205,14 @@ def test_chat_equals_offline_plain_and_streaming(client, llm):
     assert r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content == ref.text
     assert r.usage.prompt_tokens == len(ref.prompt_token_ids)
-    stream = client.chat.completions.create(model="demo-r16-all", messages=messages, max_tokens=10, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="demo-r16-all",
+        messages=messages,
+        max_tokens=10,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ref.text
@@ -183,12 +225,14 @@ def test_logprobs_completion_and_streamed_chat(client, llm):
     (tokens, token_logprobs, top_logprobs, text_offset) and chat's logprobs + top_logprobs, streamed and
     not (the streamed chunks' entries, joined, are the non-streamed list)."""
     want = greedy(llm, "Hello", "demo-r4-attn", 6, ignore_eos=True, logprobs=2)
-    r = client.completions.create(model="demo-r4-attn", prompt="Hello", max_tokens=6, temperature=0, logprobs=2,
-                                  extra_body={"ignore_eos": True})
+    r = client.completions.create(
+        model="demo-r4-attn", prompt="Hello", max_tokens=6, temperature=0, logprobs=2, extra_body={"ignore_eos": True}
+    )
     lp = r.choices[0].logprobs
     assert lp.token_logprobs == pytest.approx([x.logprob for x in want.logprobs], abs=1e-4)
-    assert [list(d.values()) for d in lp.top_logprobs] == \
-        [pytest.approx([v for _, v in x.top], abs=1e-4) for x in want.logprobs]
+    assert [list(d.values()) for d in lp.top_logprobs] == [
+        pytest.approx([v for _, v in x.top], abs=1e-4) for x in want.logprobs
+    ]
     assert lp.tokens == [llm.engine.tokenizer.decode([t]) for t in want.token_ids]
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(6)]
     assert client.completions.create(model="demo-r4-attn", prompt="Hello", max_tokens=2).choices[0].logprobs is None
@@ -196,41 +240,77 @@ def test_logprobs_completion_and_streamed_chat(client, llm):
     tok = Tokenizer(llm.engine.cfg.model)
     messages = [{"role": "user", "content": "Hello, world!"}]
     ref = greedy(llm, tok.apply_chat_template(messages), "demo-r8-mlp", 8, ignore_eos=True, logprobs=3)
-    kw = dict(model="demo-r8-mlp", messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3,
-              extra_body={"ignore_eos": True})
+    kw = dict(
+        model="demo-r8-mlp",
+        messages=messages,
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+        extra_body={"ignore_eos": True},
+    )
     content = client.chat.completions.create(**kw).choices[0].logprobs.content
     assert [e.logprob for e in content] == pytest.approx([x.logprob for x in ref.logprobs], abs=1e-4)
-    assert [[a.token for a in e.top_logprobs] for e in content] == \
-        [[llm.engine.tokenizer.decode([t]) for t, _ in x.top] for x in ref.logprobs]
+    assert [[a.token for a in e.top_logprobs] for e in content] == [
+        [llm.engine.tokenizer.decode([t]) for t, _ in x.top] for x in ref.logprobs
+    ]
     assert all(e.bytes == list(e.token.encode()) for e in content)
-    streamed = [e for ch in client.chat.completions.create(**kw, stream=True) for c in ch.choices
-                if c.logprobs for e in c.logprobs.content]
+    streamed = [
+        e
+        for ch in client.chat.completions.create(**kw, stream=True)
+        for c in ch.choices
+        if c.logprobs
+        for e in c.logprobs.content
+    ]
     assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
 
 
 def test_n_seed_stop_top_k(client, llm):
-    r = client.completions.create(model="demo-r4-attn", prompt="Hello", max_tokens=8, temperature=1.0, seed=7,
-                                  n=3, extra_body={"top_k": 20})
-    again = client.completions.create(model="demo-r4-attn", prompt="Hello", max_tokens=8, temperature=1.0, seed=7,
-                                      n=3, extra_body={"top_k": 20})
+    r = client.completions.create(
+        model="demo-r4-attn", prompt="Hello", max_tokens=8, temperature=1.0, seed=7, n=3, extra_body={"top_k": 20}
+    )
+    again = client.completions.create(
+        model="demo-r4-attn", prompt="Hello", max_tokens=8, temperature=1.0, seed=7, n=3, extra_body={"top_k": 20}
+    )
     assert [c.index for c in r.choices] == [0, 1, 2]
-    assert [c.text for c in r.choices] == [c.text for c in again.choices]     # seeded: reproducible
-    assert len({c.text for c in r.choices}) > 1                               # n independent samples
+    assert [c.text for c in r.choices] == [c.text for c in again.choices]  # seeded: reproducible
+    assert len({c.text for c in r.choices}) > 1  # n independent samples
     assert 3 <= r.usage.completion_tokens <= 24 and r.usage.prompt_tokens == len(llm.engine.tokenizer.encode("Hello"))
     # stop: cut at the first occurrence of a string that the greedy output contains
     ref = greedy(llm, "The quick brown fox", "demo-r8-mlp", 16, ignore_eos=True).text
     stop = ref[5:8]
-    r = client.completions.create(model="demo-r8-mlp", prompt="The quick brown fox", max_tokens=16, temperature=0,
-                                  stop=[stop], extra_body={"ignore_eos": True})
-    assert r.choices[0].text == ref[:ref.find(stop)]
+    r = client.completions.create(
+        model="demo-r8-mlp",
+        prompt="The quick brown fox",
+        max_tokens=16,
+        temperature=0,
+        stop=[stop],
+        extra_body={"ignore_eos": True},
+    )
+    assert r.choices[0].text == ref[: ref.find(stop)]
     assert r.choices[0].finish_reason == "stop"
     # penalties and logit_bias, as the openai client sends them, give the offline engine's tokens
     kw = dict(presence_penalty=1.5, frequency_penalty=0.8, logit_bias={"17": 3.0})
-    r = client.completions.create(model="demo-r8-mlp", prompt="The quick brown fox", max_tokens=12, temperature=0,
-                                  extra_body={"ignore_eos": True, "repetition_penalty": 1.3}, **kw)
-    want = greedy(llm, "The quick brown fox", "demo-r8-mlp", 12, ignore_eos=True, repetition_penalty=1.3,
-                  presence_penalty=1.5, frequency_penalty=0.8, logit_bias={17: 3.0}).text
-    assert r.choices[0].text == want != ref[:len(want)]
+    r = client.completions.create(
+        model="demo-r8-mlp",
+        prompt="The quick brown fox",
+        max_tokens=12,
+        temperature=0,
+        extra_body={"ignore_eos": True, "repetition_penalty": 1.3},
+        **kw,
+    )
+    want = greedy(
+        llm,
+        "The quick brown fox",
+        "demo-r8-mlp",
+        12,
+        ignore_eos=True,
+        repetition_penalty=1.3,
+        presence_penalty=1.5,
+        frequency_penalty=0.8,
+        logit_bias={17: 3.0},
+    ).text
+    assert r.choices[0].text == want != ref[: len(want)]
 
 
 def test_group_stream_coalesces_tokens_without_changing_them(service, llm):
@@ -258,7 +338,7 @@ def test_group_stream_coalesces_tokens_without_changing_them(service, llm):
         assert outs[-1].finish_reason == ref.finish_reason == "length"
     coalesced, every = len(runs["main"]), len(runs["every-step"])
     assert 2 <= coalesced < 48 and coalesced < every, (coalesced, every)
-    assert len(runs["main"][0].delta_token_ids) <= 2             # the first token went out at once
+    assert len(runs["main"][0].delta_token_ids) <= 2  # the first token went out at once
 
 
 def test_tensor_parallel_group_equals_offline(llm, demo):
@@ -285,11 +365,21 @@ def test_errors(http, client):
     e = _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "hello " * 600, "max_tokens": 8}), 400)
     assert "context length" in e["message"]
     _err(http.post("/v1/completions", json={"model": MODEL, "prompt": [10**6], "max_tokens": 2}), 400)
-    for bad in ({"logit_bias": {"1000000": 1}}, {"logit_bias": {"x": 1}}, {"presence_penalty": 3},
-                {"repetition_penalty": 0}, {"logprobs": 21}, {"echo": True}):
+    for bad in (
+        {"logit_bias": {"1000000": 1}},
+        {"logit_bias": {"x": 1}},
+        {"presence_penalty": 3},
+        {"repetition_penalty": 0},
+        {"logprobs": 21},
+        {"echo": True},
+    ):
         _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2, **bad}), 400)
-    e = _err(http.post("/v1/chat/completions", json={"model": "no-such-adapter",
-                                                     "messages": [{"role": "user", "content": "hi"}]}), 404)
+    e = _err(
+        http.post(
+            "/v1/chat/completions", json={"model": "no-such-adapter", "messages": [{"role": "user", "content": "hi"}]}
+        ),
+        404,
+    )
     assert "no-such-adapter" in e["message"]
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt="x", max_tokens=2)
@@ -311,7 +401,7 @@ def test_429_when_slo_cannot_be_met(service):
         c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     s = group_stats("SLoRAGroup-0", app="strict")
     assert s["metrics"]["counters"]["requests_rejected"] >= 2
-    assert s["metrics"]["counters"]["prompt_tokens"] == 0      # nothing was queued
+    assert s["metrics"]["counters"]["prompt_tokens"] == 0  # nothing was queued
     m = httpx.get(f"{BASE}/strict/metrics").text
     assert 'sloray_requests_rejected_total{group="SLoRAGroup-0",model_name="sloray-demo"}' in m
 
@@ -336,9 +426,10 @@ def test_load_use_unload(http, client, llm, roots):
     models = {m.id: m for m in client.models.list().data}
     assert models["loaded-r8"].parent == MODEL and models["loaded-r8"].root == str((roots / "copy-r8").resolve())
     out = client.completions.create(model="loaded-r8", prompt="Hello, world!", max_tokens=10, temperature=0)
-    assert out.choices[0].text == greedy(llm, "Hello, world!", "demo-r8-mlp", 10).text   # same weights
-    _err(http.post("/v1/load_lora_adapter", json={"lora_name": "loaded-r8", "lora_path": str(roots / "copy-r8")}),
-         400)                                                                            # already loaded
+    assert out.choices[0].text == greedy(llm, "Hello, world!", "demo-r8-mlp", 10).text  # same weights
+    _err(
+        http.post("/v1/load_lora_adapter", json={"lora_name": "loaded-r8", "lora_path": str(roots / "copy-r8")}), 400
+    )  # already loaded
     r = http.post("/v1/unload_lora_adapter", json={"lora_name": "loaded-r8"})
     assert r.status_code == 200, r.text
     assert not any("loaded-r8" in s for s in _adapters_everywhere())
@@ -346,22 +437,30 @@ def test_load_use_unload(http, client, llm, roots):
     _err(http.post("/v1/unload_lora_adapter", json={"lora_name": "loaded-r8"}), 404)
 
 
-@pytest.mark.parametrize("name,why", [("pickled", "pickle"), ("rank128", "max_lora_rank"),
-                                      ("link-out", "outside"), ("../outside", "outside")])
+@pytest.mark.parametrize(
+    "name,why",
+    [("pickled", "pickle"), ("rank128", "max_lora_rank"), ("link-out", "outside"), ("../outside", "outside")],
+)
 def test_refused_adapters_leave_nothing(http, roots, demo, name, why):
     path = str(roots / name)
     e = _err(http.post("/v1/load_lora_adapter", json={"lora_name": f"bad-{name}", "lora_path": path}), 400)
     assert why in e["message"]
     assert not any(f"bad-{name}" in s for s in _adapters_everywhere())
     # a demo adapter path is outside the configured roots too
-    _err(http.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(demo / "adapters" / "demo-r1-qv")}),
-         400)
+    _err(
+        http.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(demo / "adapters" / "demo-r1-qv")}),
+        400,
+    )
 
 
 def test_adapter_clustered_on_its_affine_group(http, client, roots):
     """While load is low, every request of one adapter goes to the group it hashes to."""
-    assert http.post("/v1/load_lora_adapter", json={"lora_name": "routed-x",
-                                                    "lora_path": str(roots / "routed")}).status_code == 200
+    assert (
+        http.post(
+            "/v1/load_lora_adapter", json={"lora_name": "routed-x", "lora_path": str(roots / "routed")}
+        ).status_code
+        == 200
+    )
     want = rendezvous_order("routed-x", GROUPS)[0]
     other = next(g for g in GROUPS if g != want)
     before = {g: group_stats(g)["pool"]["loads"] + group_stats(g)["pool"]["hits"] for g in GROUPS}
@@ -377,17 +476,21 @@ def test_adapter_clustered_on_its_affine_group(http, client, roots):
 def test_unload_of_an_adapter_in_use_changes_nothing(http, roots):
     """The group serving a request refuses the unload (400); the other group, which had dropped the
     adapter already, gets it back: the unload is all or nothing."""
-    assert http.post("/v1/load_lora_adapter", json={"lora_name": "busy-x",
-                                                    "lora_path": str(roots / "copy-r8")}).status_code == 200
+    assert (
+        http.post(
+            "/v1/load_lora_adapter", json={"lora_name": "busy-x", "lora_path": str(roots / "copy-r8")}
+        ).status_code
+        == 200
+    )
     body = {"model": "busy-x", "prompt": "Hello", "max_tokens": 1000, "ignore_eos": True, "stream": True}
     with http.stream("POST", "/v1/completions", json=body) as r:
         assert r.status_code == 200
-        lines = r.iter_lines()    # kept referenced: a dropped iterator closes the stream (a disconnect)
-        next(ln for ln in lines if ln.startswith("data: "))      # running on its group now
+        lines = r.iter_lines()  # kept referenced: a dropped iterator closes the stream (a disconnect)
+        next(ln for ln in lines if ln.startswith("data: "))  # running on its group now
         u = http.post("/v1/unload_lora_adapter", json={"lora_name": "busy-x"})
         assert u.status_code == 400 and "in use" in u.json()["error"]["message"]
         assert all("busy-x" in group_stats(g)["adapters"] for g in GROUPS)
-    deadline = time.time() + 20      # the closed stream aborts the request; then the unload goes through
+    deadline = time.time() + 20  # the closed stream aborts the request; then the unload goes through
     while time.time() < deadline:
         u = http.post("/v1/unload_lora_adapter", json={"lora_name": "busy-x"})
         if u.status_code == 200:
@@ -405,7 +508,7 @@ def test_disconnect_aborts_and_frees_pages(http, stream):
         with http.stream("POST", "/v1/completions", json=body) as r:
             assert r.status_code == 200
             next(ln for ln in r.iter_lines() if ln.startswith("data: "))
-    else:   # the client gives up before the 1000 tokens are done and closes the connection
+    else:  # the client gives up before the 1000 tokens are done and closes the connection
         with pytest.raises(httpx.ReadTimeout):
             http.post("/v1/completions", json=body, timeout=0.5)
     deadline = time.time() + 20
@@ -420,27 +523,39 @@ def test_disconnect_aborts_and_frees_pages(http, stream):
 
 
 def test_metrics_after_traffic(http):
-    text = httpx.get(f"{BASE}/metrics").text      # open, like /health
-    for name in ("sloray_time_to_first_token_seconds_count", "sloray_inter_token_latency_seconds_bucket",
-                 "sloray_e2e_request_latency_seconds_sum", "sloray_request_queue_time_seconds_count",
-                 "sloray_num_requests_running", "sloray_num_requests_waiting", "sloray_requests_aborted_total",
-                 "sloray_adapter_loads_total", "sloray_adapter_hits_total", "sloray_adapter_evictions_total",
-                 "sloray_adapter_prefetches_total", "sloray_preemptions_total",
-                 "sloray_distinct_adapters_per_batch_bucket", "sloray_generation_tokens_total"):
+    text = httpx.get(f"{BASE}/metrics").text  # open, like /health
+    for name in (
+        "sloray_time_to_first_token_seconds_count",
+        "sloray_inter_token_latency_seconds_bucket",
+        "sloray_e2e_request_latency_seconds_sum",
+        "sloray_request_queue_time_seconds_count",
+        "sloray_num_requests_running",
+        "sloray_num_requests_waiting",
+        "sloray_requests_aborted_total",
+        "sloray_adapter_loads_total",
+        "sloray_adapter_hits_total",
+        "sloray_adapter_evictions_total",
+        "sloray_adapter_prefetches_total",
+        "sloray_preemptions_total",
+        "sloray_distinct_adapters_per_batch_bucket",
+        "sloray_generation_tokens_total",
+    ):
         assert name in text, name
     for kind in ("kv", "adapter", "free"):
         assert f'kind="{kind}"' in text
-    ttft = sum(float(ln.split()[-1]) for ln in text.splitlines()
-               if ln.startswith("sloray_time_to_first_token_seconds_count"))
+    ttft = sum(
+        float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("sloray_time_to_first_token_seconds_count")
+    )
     assert ttft >= 10
     # both groups served traffic and report it
     for g in GROUPS:
         assert f'sloray_group_up{{group="{g}",model_name="sloray-demo"}} 1.0' in text
     # whichever ingress replica answers, the scrape shows the whole service (the same totals)
-    time.sleep(0.5)      # every replica has polled the groups since the last request
+    time.sleep(0.5)  # every replica has polled the groups since the last request
 
     def success_total():
         text = httpx.get(f"{BASE}/metrics").text
         return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("sloray_request_success_total"))
+
     totals = {success_total() for _ in range(8)}
     assert len(totals) == 1 and totals.pop() >= 10, totals

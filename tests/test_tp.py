@@ -26,7 +26,7 @@ SPECS = {
     "a-r3-all": (3, 6.0, ALL, False),
     "a-r4-down": ADAPTERS["a-r4-down"],
     "a-r16-ko-up": ADAPTERS["a-r16-ko-up"],
-    "a-r8-attn": ADAPTERS["a-r8-attn"],      # added and removed at run time
+    "a-r8-attn": ADAPTERS["a-r8-attn"],  # added and removed at run time
 }
 AT_START = ["a-r1-q", "a-r3-all", "a-r4-down", "a-r16-ko-up"]
 LATE = "a-r8-attn"
@@ -45,7 +45,7 @@ def setup(request, tmp_path_factory):
     model = make_model(root, request.param)
     adapters = make_peft_adapters(root, model, SPECS)
     ref = HFReference(model, adapters)
-    reqs = random_requests(model, 12, [1, 3, 9, 17, 33])   # every adapter, 2 base-model requests
+    reqs = random_requests(model, 12, [1, 3, 9, 17, 33])  # every adapter, 2 base-model requests
     expected = [ref.greedy(ids, a, m) for ids, a, m in reqs]
     return model, adapters, ref, reqs, expected
 
@@ -68,8 +68,10 @@ def config(model, **kw) -> EngineConfig:
 
 def generate(engine: Engine, reqs, outputs: bool = False, **params) -> list:
     """Greedy token ids of each request (with outputs=True: the finished RequestOutputs)."""
-    ids = [engine.add_request(p, SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True, **params), a)
-           for p, a, m in reqs]
+    ids = [
+        engine.add_request(p, SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True, **params), a)
+        for p, a, m in reqs
+    ]
     done = {}
     while engine.has_unfinished():
         for o in engine.step():
@@ -115,7 +117,7 @@ def test_tp2_equals_tp1_and_peft(setup, tp_engine):
         assert a.token_ids == b.token_ids and len(a.logprobs) == len(a.token_ids)
         for x, y in zip(a.logprobs, b.logprobs):
             assert abs(x.logprob - y.logprob) < 1e-4 and [t for t, _ in x.top] == [t for t, _ in y.top]
-    assert tp_engine.executor.num_pages == tp1.executor.num_pages * 2   # half the KV heads per rank
+    assert tp_engine.executor.num_pages == tp1.executor.num_pages * 2  # half the KV heads per rank
     assert tp_engine.is_idle_clean()
     tp_engine.pool.check()
     c = tp_engine.executor.control
@@ -128,7 +130,7 @@ def test_adapter_added_and_removed_at_run_time(setup, tp_engine):
     model, adapters, ref, reqs, expected = setup
     ex = tp_engine.executor
     info = tp_engine.add_adapter(LATE, adapters[LATE])
-    assert LATE in ex._adapter_refs and len(ex._adapter_refs[LATE]) == 2   # one shard per rank
+    assert LATE in ex._adapter_refs and len(ex._adapter_refs[LATE]) == 2  # one shard per rank
     late = [(ids, LATE, m) for ids, _, m in reqs[:3]] + reqs[3:6]
     got = generate(tp_engine, late)
     check(got, late, [ref.greedy(ids, a, m) for ids, a, m in late], "run-time adapter, TP=2")
@@ -138,7 +140,7 @@ def test_adapter_added_and_removed_at_run_time(setup, tp_engine):
     with pytest.raises(KeyError):
         tp_engine.add_request([5, 6, 7], SamplingParams(max_tokens=2), LATE)
     with pytest.raises(AdapterError):
-        tp_engine.add_adapter("a-r1-q", adapters["a-r1-q"])   # already loaded: refused, nothing changes
+        tp_engine.add_adapter("a-r1-q", adapters["a-r1-q"])  # already loaded: refused, nothing changes
     # the others still serve, and the name can come back
     check(generate(tp_engine, reqs[:5]), reqs[:5], expected[:5], "after removal, TP=2")
     tp_engine.add_adapter(LATE, adapters[LATE])
@@ -159,7 +161,7 @@ def test_tp2_small_pool_preempts(ray_cpu, setup):
     probe = make_engine(config(model, pool={"page_size": 4, "num_pages": 4096}), adapters, names, tp=2)
     sizes = {n: probe.adapters[n].num_pages for n in names}
     probe.executor.shutdown()
-    pages = 12 * 5 + sum(sizes.values())      # 17-token prompts: 5 pages of 4 each
+    pages = 12 * 5 + sum(sizes.values())  # 17-token prompts: 5 pages of 4 each
     cfg = config(model, pool={"page_size": 4, "num_pages": pages}, scheduler={"max_num_batched_tokens": 512})
     engine = make_engine(cfg, adapters, names, tp=2, control_head_bytes=256)
     try:
@@ -182,8 +184,15 @@ def test_rank_error_surfaces(ray_cpu, setup):
     model, *_ = setup
     ex = TPExecutor(config(model, pool={"page_size": 4, "num_pages": 64}), 2)
     try:
-        seq = ScheduledSeq(request_id="x", token_ids=[5, 6], start_pos=0, kv_pages=[0], adapter="missing",
-                           sample=True, params=SamplingParams(max_tokens=1, temperature=0.0))
+        seq = ScheduledSeq(
+            request_id="x",
+            token_ids=[5, 6],
+            start_pos=0,
+            kv_pages=[0],
+            adapter="missing",
+            sample=True,
+            params=SamplingParams(max_tokens=1, temperature=0.0),
+        )
         with pytest.raises(RuntimeError, match="rank 0"):
             ex.execute(SchedulerOutput(seqs=[seq]))
         with pytest.raises(RuntimeError, match="not running"):

@@ -10,8 +10,7 @@ import torch
 
 import ray  # noqa: E402
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs >= 2 CUDA GPUs")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs >= 2 CUDA GPUs")]
 
 from app.config import EngineConfig  # noqa: E402
 from app.engine import Engine  # noqa: E402
@@ -37,12 +36,19 @@ def setup(request, tmp_path_factory):
     return model, adapters, reqs
 
 
-def engine(model, adapters, dtype: str, tp: int | None, cuda_graphs: bool = True, warmup: str = "off",
-           **pool) -> Engine:
+def engine(
+    model, adapters, dtype: str, tp: int | None, cuda_graphs: bool = True, warmup: str = "off", **pool
+) -> Engine:
     """warmup is off unless asked (it is slow; the graphs variant of the float32 test runs it on both
     engines, through the TP executor and NCCL for TP=2, before the checked requests)."""
-    cfg = EngineConfig(model=str(model), device="cuda", dtype=dtype, pool={"page_size": 16, **pool},
-                       cuda_graphs=cuda_graphs, warmup=warmup)
+    cfg = EngineConfig(
+        model=str(model),
+        device="cuda",
+        dtype=dtype,
+        pool={"page_size": 16, **pool},
+        cuda_graphs=cuda_graphs,
+        warmup=warmup,
+    )
     e = Engine(cfg, executor=TPExecutor(cfg, tp) if tp else None)
     for n in AT_START:
         e.add_adapter(n, adapters[n])
@@ -77,7 +83,7 @@ def test_tp2_nccl_logits_close_bfloat16(ray_gpu, setup):
             for p, a, _ in reqs:
                 e.add_request(p, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True), a)
         worst = 0.0
-        for step in range(5):       # a prefill of every request, then decodes, both fed TP=1's tokens
+        for step in range(5):  # a prefill of every request, then decodes, both fed TP=1's tokens
             o1, o2 = tp1.scheduler.schedule(), tp2.scheduler.schedule()
             assert [s.request_id for s in o1.seqs] == [s.request_id for s in o2.seqs]
             l1 = forward_logits(tp1.executor, o1).cpu()

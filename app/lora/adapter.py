@@ -73,8 +73,15 @@ def module_shapes(args) -> dict[str, tuple[int, int]]:
     q_out = args.num_heads * args.head_dim
     kv_out = args.num_kv_heads * args.head_dim
     H, I = args.hidden_size, args.intermediate_size
-    return {"q_proj": (H, q_out), "k_proj": (H, kv_out), "v_proj": (H, kv_out), "o_proj": (q_out, H),
-            "gate_proj": (H, I), "up_proj": (H, I), "down_proj": (I, H)}
+    return {
+        "q_proj": (H, q_out),
+        "k_proj": (H, kv_out),
+        "v_proj": (H, kv_out),
+        "o_proj": (q_out, H),
+        "gate_proj": (H, I),
+        "up_proj": (H, I),
+        "down_proj": (I, H),
+    }
 
 
 def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -> LoRAWeights:
@@ -89,8 +96,10 @@ def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -
     if not st_file.is_file():
         pickles = sorted(p.name for p in d.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
         if pickles:
-            raise AdapterError(f"adapter {name!r}: {d / pickles[0]} is a pickle file; only "
-                               "adapter_model.safetensors is accepted (pickle files are never loaded)")
+            raise AdapterError(
+                f"adapter {name!r}: {d / pickles[0]} is a pickle file; only "
+                "adapter_model.safetensors is accepted (pickle files are never loaded)"
+            )
         raise AdapterError(f"adapter {name!r}: {st_file} is missing")
     try:
         cfg = json.loads(cfg_file.read_text())
@@ -133,21 +142,24 @@ def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -
         return a / math.sqrt(rank) if rslora else a / rank
 
     shapes = module_shapes(args)
-    found: dict[str, dict[int, dict[str, tuple[str, torch.Tensor]]]] = {}   # module -> layer -> A/B
+    found: dict[str, dict[int, dict[str, tuple[str, torch.Tensor]]]] = {}  # module -> layer -> A/B
     try:
         with safe_open(str(st_file), framework="pt") as f:
             for key in f.keys():
                 m = _KEY.search(key)
                 if m is None:
-                    refuse(f"tensor {key!r} is not a LoRA A/B weight of q/k/v/o/gate/up/down "
-                           "(embedding, bias, DoRA or modules_to_save tensors are not supported)", st_file)
+                    refuse(
+                        f"tensor {key!r} is not a LoRA A/B weight of q/k/v/o/gate/up/down "
+                        "(embedding, bias, DoRA or modules_to_save tensors are not supported)",
+                        st_file,
+                    )
                 layer, module, ab = int(m.group(1)), m.group(2), m.group(3)
                 if module not in shapes:
-                    refuse(f"tensor {key!r} targets {module!r}; supported targets: {', '.join(TARGET_MODULES)}",
-                           st_file)
+                    refuse(
+                        f"tensor {key!r} targets {module!r}; supported targets: {', '.join(TARGET_MODULES)}", st_file
+                    )
                 if layer >= args.num_layers:
-                    refuse(f"tensor {key!r} is for layer {layer} but the base model has {args.num_layers}",
-                           st_file)
+                    refuse(f"tensor {key!r} is for layer {layer} but the base model has {args.num_layers}", st_file)
                 found.setdefault(module, {}).setdefault(layer, {})[ab] = (key, f.get_tensor(key))
     except AdapterError:
         raise
@@ -173,8 +185,11 @@ def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -
         fin, fout = shapes[module]
         missing = sorted(expected - set(found[module]))
         if missing:
-            refuse(f"{module} is missing for layers {missing[:8]} (the config's target_modules and "
-                   "layers_to_transform say it covers them)", st_file)
+            refuse(
+                f"{module} is missing for layers {missing[:8]} (the config's target_modules and "
+                "layers_to_transform say it covers them)",
+                st_file,
+            )
         blocks = {}
         for layer, ab in sorted(found[module].items()):
             if set(ab) != {"A", "B"}:
@@ -184,8 +199,11 @@ def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -
             lr = rank_pattern.get(_pattern_key(rank_pattern, peft_key), r)
             la = alpha_pattern.get(_pattern_key(alpha_pattern, peft_key), alpha)
             if tuple(a.shape) != (lr, fin) or tuple(b.shape) != (fout, lr):
-                refuse(f"layer {layer} {module}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit "
-                       f"the base model and config (expected ({lr}, {fin}) / ({fout}, {lr}))", st_file)
+                refuse(
+                    f"layer {layer} {module}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit "
+                    f"the base model and config (expected ({lr}, {fin}) / ({fout}, {lr}))",
+                    st_file,
+                )
             if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
                 refuse(f"layer {layer} {module}: weights contain NaN or Inf", st_file)
             blocks[layer] = (a.float(), b.float() * (lora_scale(lr, la) / scale))
@@ -193,8 +211,8 @@ def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -
         A = torch.zeros(args.num_layers, mr, fin)
         B = torch.zeros(args.num_layers, fout, mr)
         for layer, (a, b) in blocks.items():
-            A[layer, :a.shape[0]] = a
-            B[layer, :, :a.shape[0]] = b
+            A[layer, : a.shape[0]] = a
+            B[layer, :, : a.shape[0]] = b
         targets[module] = (A, B)
     rank = max(A.shape[1] for A, _ in targets.values())
     if rank > max_rank:
@@ -216,8 +234,9 @@ def _expected_layers(cfg: dict, num_layers: int) -> set[int]:
     if lt is not None:
         layers = {lt} if isinstance(lt, int) else set(lt)
         if not all(isinstance(i, int) and 0 <= i < num_layers for i in layers):
-            raise ValueError(f"layers_to_transform {lt!r} names layers the base model ({num_layers} layers) "
-                             "does not have")
+            raise ValueError(
+                f"layers_to_transform {lt!r} names layers the base model ({num_layers} layers) does not have"
+            )
         return layers
     return set(range(num_layers)) if isinstance(cfg.get("target_modules"), list) else set()
 
@@ -233,8 +252,8 @@ def _pattern_key(patterns: dict, module_key: str) -> str | None:
 
 @dataclass
 class TargetLayout:
-    rank_a: int   # rows of A on this TP rank
-    rank_b: int   # rows of B^T (the full rank, padded to a multiple of the TP size)
+    rank_a: int  # rows of A on this TP rank
+    rank_b: int  # rows of B^T (the full rank, padded to a multiple of the TP size)
     a_off: int
     b_off: int
 
@@ -242,7 +261,7 @@ class TargetLayout:
 @dataclass
 class AdapterLayout:
     targets: dict[str, TargetLayout] = field(default_factory=dict)
-    elems: int = 0           # virtual elements per layer
+    elems: int = 0  # virtual elements per layer
     num_pages: int = 0
 
     def group_rows(self, group: str) -> tuple[list[int], list[int], list[int], list[int]]:
@@ -259,8 +278,9 @@ class AdapterLayout:
 @dataclass
 class PackedAdapter:
     """One TP rank's shard of an adapter, ready to be copied into `layout.num_pages` pool pages."""
+
     layout: AdapterLayout
-    data: torch.Tensor       # [L, num_pages * page_elems], the pool's dtype (pinned on CUDA hosts)
+    data: torch.Tensor  # [L, num_pages * page_elems], the pool's dtype (pinned on CUDA hosts)
     scale: float
     rank: int
 
@@ -268,7 +288,7 @@ class PackedAdapter:
 def shard_target(module: str, A: torch.Tensor, B: torch.Tensor, tp_rank: int, tp_size: int):
     """S-LoRA TP partition of one target: returns (A_shard [L, ra, in'], Bt_shard [L, rb, out'])."""
     r = A.shape[1]
-    Bt = B.transpose(1, 2)                      # [L, r, out]
+    Bt = B.transpose(1, 2)  # [L, r, out]
     if tp_size == 1:
         return A, Bt
     out = Bt.shape[2]
@@ -281,23 +301,24 @@ def shard_target(module: str, A: torch.Tensor, B: torch.Tensor, tp_rank: int, tp
             A = torch.cat([A, A.new_zeros(A.shape[0], r_pad - r, A.shape[2])], 1)
             Bt = torch.cat([Bt, Bt.new_zeros(Bt.shape[0], r_pad - r, Bt.shape[2])], 1)
         ra = r_pad // tp_size
-        return A[:, tp_rank * ra:(tp_rank + 1) * ra], Bt[:, :, tp_rank * ob:(tp_rank + 1) * ob]
+        return A[:, tp_rank * ra : (tp_rank + 1) * ra], Bt[:, :, tp_rank * ob : (tp_rank + 1) * ob]
     fin = A.shape[2]
     if fin % tp_size:
         raise AdapterError(f"{module}: input size {fin} is not divisible by tensor_parallel_size {tp_size}")
     ib = fin // tp_size
-    return A[:, :, tp_rank * ib:(tp_rank + 1) * ib], Bt
+    return A[:, :, tp_rank * ib : (tp_rank + 1) * ib], Bt
 
 
-ALIGN = 64   # every A / B^T block starts at a multiple of 64 virtual elements (kernels may vectorise)
+ALIGN = 64  # every A / B^T block starts at a multiple of 64 virtual elements (kernels may vectorise)
 
 
 def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def pack_adapter(w: LoRAWeights, page_elems: int, dtype: torch.dtype, tp_rank: int = 0,
-                 tp_size: int = 1, pin: bool = False) -> PackedAdapter:
+def pack_adapter(
+    w: LoRAWeights, page_elems: int, dtype: torch.dtype, tp_rank: int = 0, tp_size: int = 1, pin: bool = False
+) -> PackedAdapter:
     """Lays this TP rank's shard of every target into one virtual buffer per layer (kernels/lora.py)."""
     layout = AdapterLayout()
     pieces = []
@@ -316,5 +337,5 @@ def pack_adapter(w: LoRAWeights, page_elems: int, dtype: torch.dtype, tp_rank: i
     L = pieces[0][1].shape[0]
     data = torch.zeros(L, layout.num_pages * page_elems, dtype=dtype, pin_memory=pin)
     for start, t in pieces:
-        data[:, start:start + t.shape[1]] = t.to(dtype)
+        data[:, start : start + t.shape[1]] = t.to(dtype)
     return PackedAdapter(layout=layout, data=data, scale=w.scale, rank=w.rank)

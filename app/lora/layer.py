@@ -21,8 +21,9 @@ from app.model.context import ForwardContext
 ROW_PARALLEL_GROUPS = {"o", "down"}
 
 
-def apply_lora(ctx: ForwardContext, layer: int, group: str, x: torch.Tensor, y: torch.Tensor,
-               out_sizes: list[int]) -> None:
+def apply_lora(
+    ctx: ForwardContext, layer: int, group: str, x: torch.Tensor, y: torch.Tensor, out_sizes: list[int]
+) -> None:
     """x: [T, K] input of the group; y: [T, sum(out_sizes)] its base output on this rank (in place).
     `out_sizes`: each target's output columns within y as this rank's LoRA B shard sees them."""
     meta = ctx.lora
@@ -34,17 +35,53 @@ def apply_lora(ctx: ForwardContext, layer: int, group: str, x: torch.Tensor, y: 
     row_parallel = group in ROW_PARALLEL_GROUPS
     # v in float32: the decode shrink may split K and add partial sums atomically (kernels/lora.py)
     v = torch.empty(x.shape[0], len(LORA_GROUPS[group]), meta.max_rank, dtype=torch.float32, device=x.device)
-    hints = dict(aligned=True, plan=meta.plan)   # packed offsets are 64-aligned (app/lora/adapter.py)
+    hints = dict(aligned=True, plan=meta.plan)  # packed offsets are 64-aligned (app/lora/adapter.py)
     offsets = [0]
     for n in out_sizes:
         offsets.append(offsets[-1] + n)
-    if row_parallel or tp.world_size == 1:   # no collective between shrink and expand (ranks_a == ranks_b)
-        ctx.backend.lora_apply(y, x, v, pool, meta.page_table, g.a_offsets, g.b_offsets, g.ranks_a, meta.scales,
-                               meta.seg_indptr, meta.seg_slot, offsets, max_seg_len=meta.max_seg_len, **hints)
+    if row_parallel or tp.world_size == 1:  # no collective between shrink and expand (ranks_a == ranks_b)
+        ctx.backend.lora_apply(
+            y,
+            x,
+            v,
+            pool,
+            meta.page_table,
+            g.a_offsets,
+            g.b_offsets,
+            g.ranks_a,
+            meta.scales,
+            meta.seg_indptr,
+            meta.seg_slot,
+            offsets,
+            max_seg_len=meta.max_seg_len,
+            **hints,
+        )
         return
-    ctx.backend.lora_shrink(x, pool, meta.page_table, g.a_offsets, g.ranks_a, meta.seg_indptr,
-                            meta.seg_slot, v, col_mult=tp.rank,
-                            max_seg_len=meta.max_seg_len, **hints)
+    ctx.backend.lora_shrink(
+        x,
+        pool,
+        meta.page_table,
+        g.a_offsets,
+        g.ranks_a,
+        meta.seg_indptr,
+        meta.seg_slot,
+        v,
+        col_mult=tp.rank,
+        max_seg_len=meta.max_seg_len,
+        **hints,
+    )
     tp.all_reduce(v)
-    ctx.backend.lora_expand(y, v, pool, meta.page_table, g.b_offsets, g.ranks_b, meta.scales,
-                            meta.seg_indptr, meta.seg_slot, offsets, max_seg_len=meta.max_seg_len, **hints)
+    ctx.backend.lora_expand(
+        y,
+        v,
+        pool,
+        meta.page_table,
+        g.b_offsets,
+        g.ranks_b,
+        meta.scales,
+        meta.seg_indptr,
+        meta.seg_slot,
+        offsets,
+        max_seg_len=meta.max_seg_len,
+        **hints,
+    )

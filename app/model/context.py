@@ -14,6 +14,7 @@ from kernels import KernelBackend
 @dataclass
 class ParallelState:
     """Tensor-parallel rank of this process. `group` is None when world_size == 1."""
+
     rank: int = 0
     world_size: int = 1
     group: object | None = None
@@ -31,30 +32,30 @@ class ParallelState:
 
 @dataclass
 class AttentionMeta:
-    q_indptr: torch.Tensor       # [S+1] int32: query tokens of sequence s are q_indptr[s]:q_indptr[s+1]
-    seq_lens: torch.Tensor       # [S]   int32: cached tokens incl. this step's, per sequence
+    q_indptr: torch.Tensor  # [S+1] int32: query tokens of sequence s are q_indptr[s]:q_indptr[s+1]
+    seq_lens: torch.Tensor  # [S]   int32: cached tokens incl. this step's, per sequence
     kv_page_table: torch.Tensor  # [S, max_pages] int32: KV page ids per sequence
-    slot_mapping: torch.Tensor   # [T]   int64: page * page_size + row where token t's K/V go
-    max_q_len: int               # host copy of max(q_indptr diff): picks decode vs prefill kernels
+    slot_mapping: torch.Tensor  # [T]   int64: page * page_size + row where token t's K/V go
+    max_q_len: int  # host copy of max(q_indptr diff): picks decode vs prefill kernels
 
 
 @dataclass
 class LoRAGroupMeta:
-    a_offsets: torch.Tensor      # [S_a, G] int32: virtual element offset of A_g in the adapter's buffer
-    b_offsets: torch.Tensor      # [S_a, G] int32: offset of B_g^T
-    ranks_a: torch.Tensor        # [S_a, G] int32: rows of A_g on this rank (0 = target absent)
-    ranks_b: torch.Tensor        # [S_a, G] int32: rows of B_g^T (the full, TP-padded rank)
+    a_offsets: torch.Tensor  # [S_a, G] int32: virtual element offset of A_g in the adapter's buffer
+    b_offsets: torch.Tensor  # [S_a, G] int32: offset of B_g^T
+    ranks_a: torch.Tensor  # [S_a, G] int32: rows of A_g on this rank (0 = target absent)
+    ranks_b: torch.Tensor  # [S_a, G] int32: rows of B_g^T (the full, TP-padded rank)
 
 
 @dataclass
 class LoRAMeta:
-    page_table: torch.Tensor     # [S_a, max_pages] int32: pool pages of each adapter slot
-    scales: torch.Tensor         # [S_a] float32: alpha / r (or alpha / sqrt(r) for rsLoRA)
-    seg_indptr: torch.Tensor     # [S+1] int32: token segments (one per sequence)
-    seg_slot: torch.Tensor       # [S]   int32: adapter slot of each segment, -1 = base model
+    page_table: torch.Tensor  # [S_a, max_pages] int32: pool pages of each adapter slot
+    scales: torch.Tensor  # [S_a] float32: alpha / r (or alpha / sqrt(r) for rsLoRA)
+    seg_indptr: torch.Tensor  # [S+1] int32: token segments (one per sequence)
+    seg_slot: torch.Tensor  # [S]   int32: adapter slot of each segment, -1 = base model
     max_seg_len: int
-    max_rank: int                # columns of the shrink output buffer
-    plan: object | None = None   # decode: segments grouped by adapter (backend.lora_decode_plan), per step
+    max_rank: int  # columns of the shrink output buffer
+    plan: object | None = None  # decode: segments grouped by adapter (backend.lora_decode_plan), per step
     groups: dict[str, LoRAGroupMeta] = field(default_factory=dict)
 
 
@@ -62,7 +63,7 @@ class LoRAMeta:
 class ForwardContext:
     attn: AttentionMeta
     lora: LoRAMeta | None
-    pool: torch.Tensor           # [num_layers, num_pages, page_elems]
+    pool: torch.Tensor  # [num_layers, num_pages, page_elems]
     page_size: int
     backend: KernelBackend
     tp: ParallelState

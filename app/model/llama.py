@@ -71,15 +71,24 @@ class ModelArgs:
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         attn_bias = bool(c.get("attention_bias", False))
         return cls(
-            model_type=mt, vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
-            intermediate_size=c["intermediate_size"], num_layers=c["num_hidden_layers"],
-            num_heads=heads, num_kv_heads=c.get("num_key_value_heads") or heads,
+            model_type=mt,
+            vocab_size=c["vocab_size"],
+            hidden_size=c["hidden_size"],
+            intermediate_size=c["intermediate_size"],
+            num_layers=c["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=c.get("num_key_value_heads") or heads,
             head_dim=c.get("head_dim") or c["hidden_size"] // heads,
-            rms_norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=rope,
+            rms_norm_eps=c.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=rope,
             max_position_embeddings=c.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
-            qkv_bias=attn_bias or mt == "qwen2", o_bias=attn_bias, mlp_bias=bool(c.get("mlp_bias", False)),
-            torch_dtype=c.get("torch_dtype") or c.get("dtype"), eos_token_id=eos,
+            qkv_bias=attn_bias or mt == "qwen2",
+            o_bias=attn_bias,
+            mlp_bias=bool(c.get("mlp_bias", False)),
+            torch_dtype=c.get("torch_dtype") or c.get("dtype"),
+            eos_token_id=eos,
             sliding_window=c.get("sliding_window") if c.get("use_sliding_window", mt == "mistral") else None,
         )
 
@@ -147,8 +156,9 @@ class LlamaForCausalLM(torch.nn.Module):
         elif (path / "model.safetensors").is_file():
             files = ["model.safetensors"]
         else:
-            raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path} "
-                                    "(pickle checkpoints are not loaded)")
+            raise FileNotFoundError(
+                f"no model.safetensors or model.safetensors.index.json in {path} (pickle checkpoints are not loaded)"
+            )
         handles = {}
         key_file = {}
         for fn in files:
@@ -162,20 +172,21 @@ class LlamaForCausalLM(torch.nn.Module):
                 raise KeyError(f"weight {name} not found in {path}")
             return handles[key_file[name]].get_tensor(name)
 
-        def col(name: str) -> torch.Tensor:      # split the output rows
+        def col(name: str) -> torch.Tensor:  # split the output rows
             t = get(name)
             n = t.shape[0] // self.tp.world_size
-            return t[self.tp.rank * n:(self.tp.rank + 1) * n]
+            return t[self.tp.rank * n : (self.tp.rank + 1) * n]
 
-        def row(name: str) -> torch.Tensor:      # split the input columns
+        def row(name: str) -> torch.Tensor:  # split the input columns
             t = get(name)
             n = t.shape[1] // self.tp.world_size
-            return t[:, self.tp.rank * n:(self.tp.rank + 1) * n]
+            return t[:, self.tp.rank * n : (self.tp.rank + 1) * n]
 
         a = self.args
         w = {"embed": get("model.embed_tokens.weight"), "norm": get("model.norm.weight")}
-        w["lm_head"] = w["embed"] if a.tie_word_embeddings or "lm_head.weight" not in key_file \
-            else get("lm_head.weight")
+        w["lm_head"] = (
+            w["embed"] if a.tie_word_embeddings or "lm_head.weight" not in key_file else get("lm_head.weight")
+        )
         for i in range(a.num_layers):
             p = f"model.layers.{i}."
             w[f"{i}.in_norm"] = get(p + "input_layernorm.weight")
@@ -212,8 +223,18 @@ class LlamaForCausalLM(torch.nn.Module):
             pool = ctx.pool[i]
             ctx.backend.kv_append(pool, ctx.page_size, k, v, attn.slot_mapping)
             o = torch.empty_like(q)
-            ctx.backend.paged_attention(q, pool, ctx.page_size, self.kv_heads, attn.kv_page_table,
-                                        attn.seq_lens, attn.q_indptr, D ** -0.5, o, max_q_len=attn.max_q_len)
+            ctx.backend.paged_attention(
+                q,
+                pool,
+                ctx.page_size,
+                self.kv_heads,
+                attn.kv_page_table,
+                attn.seq_lens,
+                attn.q_indptr,
+                D**-0.5,
+                o,
+                max_q_len=attn.max_q_len,
+            )
             h = h + self._row_parallel(ctx, i, "o", o.reshape(-1, self.q_size))
             x = rms_norm(h, w[f"{i}.post_norm"], a.rms_norm_eps)
             gu = F.linear(x, w[f"{i}.gate_up"], w.get(f"{i}.gate_up_b"))
