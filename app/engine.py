@@ -5,7 +5,7 @@
              scheduler.update(out, tokens)         # advance requests; stop checks; free finished
 
 `executor` is this process's `ModelRunner` (one device), or anything with the same methods
-(`execute`, `add_adapter`, `remove_adapter`, `num_pages`, `page_size`, `device`), e.g. the Ray
+(`execute`, `add_adapter`, `remove_adapter`, `alive`, `num_pages`, `page_size`, `device`), e.g. the Ray
 tensor-parallel group of deployments/.
 
 `warmup()` (at the end of `__init__` on CUDA, `EngineConfig.warmup`) runs every kernel variant and
@@ -28,7 +28,8 @@ from app.lora.adapter import AdapterError, LoRAWeights, load_peft_adapter, modul
 from app.model.llama import ModelArgs
 from app.pool import PagePool
 from app.request import Request, RequestOutput, SamplingParams
-from app.scheduler import Scheduler
+from app.sampling import FAILED
+from app.scheduler import Scheduler, SchedulerOutput
 from app.tokenizer import IncrementalDetokenizer, Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,14 @@ WARMUP_PREFIX = "sloray/warmup"
 # 64-token LoRA tiles, several tiles, and > 512 keys (split decode attention).
 WARMUP_PROMPT_LENS = (1, 9, 17, 40, 100, 600)
 WARMUP_RANKS = (16, 32, 64)  # the prefill LoRA kernels' rank-block variants (kernels/lora.py)
+
+
+MAX_STEP_FAILURES = 3  # failed steps in a row after which the executor is taken for dead
+
+
+class EngineDeadError(RuntimeError):
+    """The executor can run no more steps (a tensor-parallel rank is gone, or steps keep failing): the
+    engine must be rebuilt. Executors raise it from `execute` when they know they are dead."""
 
 
 @dataclass
@@ -74,6 +83,7 @@ class Engine:
         self.eos_token_ids = eos
         self._ids = itertools.count()
         self.steps = 0
+        self.failed_steps = 0  # in a row
         self.last_step_adapters = 0
         self.warmup_s: float | None = None
         device = getattr(executor, "device", None) or cfg.resolved_device()
@@ -163,27 +173,91 @@ class Engine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    def queue_state(self) -> dict:
+        """The queues as admission control sees them: request counts, prompt tokens still to prefill, the
+        output tokens each running request may still produce (max_tokens left, within max_model_len) and
+        (tokens to prefill, output tokens) of each waiting request in queue order."""
+        sch = self.scheduler
+
+        def left(r: Request) -> int:
+            return max(0, min(r.params.max_tokens - len(r.output_token_ids), self.max_model_len - r.num_tokens))
+
+        return {
+            "waiting": len(sch.waiting),
+            "running": len(sch.running),
+            "queued_prefill_tokens": sum(
+                max(0, r.num_tokens - r.num_computed_tokens - 1) for r in [*sch.waiting, *sch.running]
+            ),
+            "running_remaining": [left(r) for r in sch.running],
+            "waiting_lengths": [(r.num_tokens - r.num_computed_tokens, left(r)) for r in sch.waiting],
+            "max_num_seqs": self.cfg.scheduler.max_num_seqs,
+        }
+
+    def executor_alive(self) -> bool:
+        """False once the executor can run no more steps (e.g. a tensor-parallel rank is gone); cheap."""
+        return self.executor.alive()
+
     # ---- the step --------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """One forward pass. A request that fails alone (its sampling, its stop check) finishes with
+        finish_reason "error" and `error` set; the others go on. If the executor raises, every request of
+        the step fails that way, the adapters loaded for the step are dropped from the pool (their pages
+        may be half filled) and the engine goes on, unless the executor is dead (`EngineDeadError`, or
+        MAX_STEP_FAILURES failed steps in a row), which this raises."""
         out = self.scheduler.schedule()
-        tokens, logprobs = self.executor.execute(out)
+        try:
+            tokens, logprobs = self.executor.execute(out)
+        except EngineDeadError:
+            raise
+        except Exception as e:  # noqa: BLE001 - this step's requests fail; the engine goes on
+            self.failed_steps += 1
+            if self.failed_steps >= MAX_STEP_FAILURES:
+                raise EngineDeadError(f"{self.failed_steps} steps in a row failed; the last: {e!r}") from e
+            logger.exception("step failed: its %d request(s) are failed, the engine goes on", len(out.seqs))
+            return self._fail_step(out, f"the engine step failed: {e!r}")
+        self.failed_steps = 0
         self.steps += 1
         self.last_step_adapters = len({s.adapter for s in out.seqs if s.adapter})
         now = time.monotonic()
         outputs = []
         for req in self.scheduler.update(out, self.requests, tokens, logprobs):
-            if req.first_token_time is None:
-                req.first_token_time = now
-            reason = self._check_stop(req)
-            if reason:
-                self.scheduler.finish(req, reason)
+            try:
+                if req.output_token_ids[-1] == FAILED:
+                    raise ValueError("sampling failed for this request")
+                if req.first_token_time is None:
+                    req.first_token_time = now
+                reason = self._check_stop(req)
+            except Exception as e:  # noqa: BLE001 - this request fails alone
+                req.output_token_ids.pop()
+                self._fail(req, str(e))
+            else:
+                if reason:
+                    self.scheduler.finish(req, reason)
             outputs.append(self._output(req))
         outputs += [self._output(req) for req in self.scheduler.early_aborted]
         self.scheduler.early_aborted.clear()
+        self._drop_finished()
+        return outputs
+
+    def _fail(self, req: Request, message: str) -> None:
+        req.error = message
+        self.scheduler.finish(req, "error")
+
+    def _fail_step(self, out: SchedulerOutput, message: str) -> list[RequestOutput]:
+        failed = [self.requests[s.request_id] for s in out.seqs if s.request_id in self.requests]
+        for req in failed:
+            self._fail(req, message)
+        for name, _ in out.adapter_loads:
+            if self.pool.is_resident(name) and not self.pool.is_pinned(name):
+                self.pool.evict(name)
+        outputs = [self._output(req) for req in failed]
+        self._drop_finished()
+        return outputs
+
+    def _drop_finished(self) -> None:
         for req in [r for r in self.requests.values() if r.finished]:
             del self.requests[req.request_id]
             self.detok.pop(req.request_id, None)
-        return outputs
 
     def _check_stop(self, req: Request) -> str | None:
         tok = req.output_token_ids[-1]
@@ -236,6 +310,7 @@ class Engine:
             },
             logprobs=lps,
             delta_logprobs=delta_lps,
+            error=req.error,
         )
 
     # ---- warm-up ---------------------------------------------------------------------------------

@@ -103,6 +103,9 @@ class PagePool:
     def is_resident(self, name: str) -> bool:
         return name in self._adapters
 
+    def is_pinned(self, name: str) -> bool:
+        return name in self._adapters and self._adapters[name].pins > 0
+
     def adapter(self, name: str) -> ResidentAdapter:
         return self._adapters[name]
 

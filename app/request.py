@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import enum
+import math
 import time
 from dataclasses import dataclass, field
 
 
 MAX_LOGPROBS = 20  # most likely alternatives per token that a request may ask for (OpenAI's limit)
+# Bounds of the sampling values (SamplingParams.validate): seeds are what torch.Generator takes (64 bits);
+# a positive temperature below MIN_TEMPERATURE is raised to it (as vLLM does), so that logits / temperature
+# stays finite; the repetition penalty divides or multiplies logits, so it is kept within two decades of 1.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 100.0
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
 
 
 @dataclass
@@ -47,6 +54,8 @@ class SamplingParams:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = [s for s in (self.stop or []) if s]
+        if isinstance(self.temperature, (int, float)) and 0 < self.temperature < MIN_TEMPERATURE:
+            self.temperature = MIN_TEMPERATURE
         if self.logit_bias is not None:
             try:
                 self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
@@ -65,21 +74,26 @@ class SamplingParams:
         )
 
     def validate(self) -> None:
+        """Raises ValueError for a value the sampler cannot honour. Everything accepted here samples without
+        error (tests/test_sampling.py drives the sampler with extreme values of every field)."""
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and 0 <= self.temperature <= MAX_TEMPERATURE):
+            raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE}], got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.top_k, int):
+            raise ValueError(f"top_k must be an integer, got {self.top_k!r}")
+        if self.seed is not None and not (isinstance(self.seed, int) and SEED_MIN <= self.seed <= SEED_MAX):
+            raise ValueError(f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}] (64 bits), got {self.seed!r}")
         if self.stop and not self.detokenize:
             raise ValueError("stop strings need detokenize=True")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
-        if not 0 < self.repetition_penalty < float("inf"):
-            raise ValueError(f"repetition_penalty must be a positive number, got {self.repetition_penalty}")
+        lo, hi = REPETITION_PENALTY_RANGE
+        if not lo <= self.repetition_penalty <= hi:
+            raise ValueError(f"repetition_penalty must be in [{lo}, {hi}], got {self.repetition_penalty}")
         if self.logprobs is not None and not (isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_LOGPROBS):
             raise ValueError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
         for tok, bias in (self.logit_bias or {}).items():
@@ -104,7 +118,8 @@ class Request:
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0  # tokens whose K/V are in the pool
     status: RequestStatus = RequestStatus.WAITING
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" (then `error` says why)
+    error: str | None = None
     output_logprobs: list[TokenLogprobs] = field(default_factory=list)  # when params.logprobs is set
     text: str = ""  # detokenized output (stop string removed)
     emitted_chars: int = 0  # text already returned by streaming outputs
@@ -153,3 +168,4 @@ class RequestOutput:
     metrics: dict[str, float | None] = field(default_factory=dict)
     logprobs: list[TokenLogprobs] | None = None  # per token of token_ids, when requested
     delta_logprobs: list[TokenLogprobs] | None = None  # per token of delta_token_ids
+    error: str | None = None  # finish_reason "error": what failed (this request alone failed)

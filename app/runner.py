@@ -107,6 +107,10 @@ class ModelRunner:
         self.pool.index_copy_(1, idx, src)
         self.adapter_pages[name] = pages
 
+    def alive(self) -> bool:
+        """An in-process runner is alive as long as its process is (a failed step raises from `execute`)."""
+        return True
+
     # ---- one step --------------------------------------------------------------------------------
     def execute(self, out: SchedulerOutput) -> tuple[list[int], list[TokenLogprobs | None]]:
         """The sampled tokens (one per sequence with `sample`, in order; on tp-rank 0) and their

@@ -3,11 +3,16 @@ its own torch.Generator so that a seeded request gives the same tokens whatever 
 
 from __future__ import annotations
 
+import logging
 import struct
 
 import torch
 
 from app.request import SamplingParams, TokenLogprobs
+
+logger = logging.getLogger(__name__)
+
+FAILED = -1  # the token of a request whose sampling raised; the engine fails that request alone
 
 
 def apply_penalties(row: torch.Tensor, p: SamplingParams, tokens: list[int], prompt_len: int) -> torch.Tensor:
@@ -38,10 +43,12 @@ def sample(
 ) -> tuple[list[int], list[TokenLogprobs | None]]:
     """logits: [n, vocab] float32, one row per request that emits a token this step; seen[i]: request i's
     (prompt + output tokens so far, prompt length) when its params are `penalized`, else None.
-    Returns the tokens and, for requests with `logprobs` set, their TokenLogprobs (else None)."""
+    Returns the tokens and, for requests with `logprobs` set, their TokenLogprobs (else None). A request
+    whose sampling raises gets the token FAILED (and no logprobs): the others are sampled as usual."""
     tokens = _sample(logits, params, generators, seen or [None] * len(params))
     return tokens, [
-        None if p.logprobs is None else token_logprobs(logits[i], tokens[i], p.logprobs) for i, p in enumerate(params)
+        None if p.logprobs is None or tokens[i] == FAILED else token_logprobs(logits[i], tokens[i], p.logprobs)
+        for i, p in enumerate(params)
     ]
 
 
@@ -93,24 +100,39 @@ def _sample(
     generators: list[torch.Generator | None],
     seen: list[tuple[list[int], int] | None],
 ) -> list[int]:
-    rows = {i: apply_penalties(logits[i], p, *seen[i]) for i, p in enumerate(params) if p.penalized}
     out = logits.argmax(-1).tolist()
     for i, p in enumerate(params):
-        row = rows.get(i, logits[i])
-        if p.temperature == 0:
-            if i in rows:
-                out[i] = int(row.argmax())
+        if p.temperature == 0 and not p.penalized:
             continue
-        row = row / p.temperature
-        if p.top_k > 0 and p.top_k < row.shape[-1]:
-            kth = torch.topk(row, p.top_k).values[-1]
-            row = row.masked_fill(row < kth, float("-inf"))
-        if p.top_p < 1.0:
-            sorted_logits, order = torch.sort(row, descending=True)
-            probs = torch.softmax(sorted_logits, -1)
-            # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-            drop = probs.cumsum(-1) - probs >= p.top_p
-            row = row.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
-        probs = torch.softmax(row, -1)
-        out[i] = int(torch.multinomial(probs, 1, generator=generators[i]).item())
+        try:
+            out[i] = _sample_row(logits[i], p, generators[i], seen[i])
+        except Exception:  # noqa: BLE001 - this request fails alone (the engine reports it); the batch goes on
+            logger.exception("sampling failed for one request (%s); it is failed alone", p)
+            out[i] = FAILED
     return out
+
+
+def _sample_row(
+    row: torch.Tensor, p: SamplingParams, generator: torch.Generator | None, seen: tuple[list[int], int] | None
+) -> int:
+    if p.penalized:
+        row = apply_penalties(row, p, *seen)
+    if p.temperature == 0:
+        return int(row.argmax())
+    # the largest logit becomes 0 before the division, so no temperature overflows it (others go to -inf)
+    row = (row - row.max()) / p.temperature
+    if 0 < p.top_k < row.shape[-1]:
+        kth = torch.topk(row, p.top_k).values[-1]
+        row = row.masked_fill(row < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_logits, order = torch.sort(row, descending=True)
+        probs = torch.softmax(sorted_logits, -1)
+        # keep the smallest prefix whose mass reaches top_p; the most likely token always stays
+        drop = probs.cumsum(-1) - probs >= p.top_p
+        drop[0] = False
+        row = row.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = torch.softmax(row, -1)
+    # a non-finite row (the model's own logits) must not reach multinomial: on CUDA that is a device assert
+    if not bool(torch.isfinite(probs).all()):
+        raise ValueError("the logits of this request are not finite")
+    return int(torch.multinomial(probs, 1, generator=generator).item())

@@ -33,7 +33,7 @@ from typing import Any
 from ray import serve
 
 from app.config import EngineConfig
-from app.engine import Engine
+from app.engine import Engine, EngineDeadError
 from app.request import RequestOutput, SamplingParams
 from deployments.metrics import GroupMetrics
 
@@ -41,6 +41,10 @@ logger = logging.getLogger("ray.serve")
 
 EMA = 0.2  # weight of the newest step in the step-time / prefill-rate averages
 MIN_RATE_TOKENS = 32  # steps with fewer tokens say little about the prefill rate
+
+
+class GroupUnavailable(RuntimeError):
+    """This group's engine is dead: the request was not run here and may be retried on another group."""
 
 
 @dataclass
@@ -175,27 +179,41 @@ class SLoRAGroup:
         self._wake.set()
 
     async def _loop(self) -> None:
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._cmds or self.engine.has_unfinished():
-                    cmds, self._cmds = self._cmds, []
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._cmds or self.engine.has_unfinished():
+                cmds, self._cmds = self._cmds, []
+                try:
                     results, outputs, t_end = await asyncio.to_thread(self._run, cmds)
-                    for fut, value, exc in results:
-                        if fut is not None and not fut.done():
-                            fut.set_exception(exc) if exc is not None else fut.set_result(value)
-                    self._dispatch(outputs, t_end)
-        except BaseException as e:  # noqa: BLE001 - fail every waiting stream instead of hanging it
-            if not isinstance(e, asyncio.CancelledError):
-                logger.exception("group %s: step loop failed", self.name)
-            self._failed = e
-            for st in self._streams.values():
-                st.put({"error": f"engine failure: {e!r}", "status": 500})
-            for c in self._cmds:
-                if c.fut is not None and not c.fut.done():
-                    c.fut.set_exception(RuntimeError(f"engine failure: {e!r}"))
-            raise
+                except BaseException as e:  # noqa: BLE001 - the engine is dead: fail everything waiting on it
+                    self._die(e, cmds)
+                    if isinstance(e, asyncio.CancelledError):
+                        raise
+                    return
+                for fut, value, exc in results:
+                    if fut is not None and not fut.done():
+                        fut.set_exception(exc) if exc is not None else fut.set_result(value)
+                self._dispatch(outputs, t_end)
+
+    def _die(self, e: BaseException, cmds: list[_Cmd]) -> None:
+        """The engine can run no more steps: from now on this group reports itself unhealthy (Serve replaces
+        the replica; the ingresses route around it), every open stream ends with a 503 error item and every
+        queued command's future fails, so that nothing waits on a dead engine."""
+        if not isinstance(e, asyncio.CancelledError):
+            logger.error("group %s: the engine failed, the group is unhealthy until replaced: %r", self.name, e)
+        self._failed = e
+        err = GroupUnavailable(f"group {self.name} failed: {e!r}")
+        for st in self._streams.values():
+            st.put(self._unavailable_item(err))
+        for c in [*cmds, *self._cmds]:
+            if c.fut is not None and not c.fut.done():
+                c.fut.set_exception(err)
+        self._cmds = []
+
+    @staticmethod
+    def _unavailable_item(err: BaseException) -> dict:
+        return {"error": str(err), "status": 503}
 
     def _run(self, cmds: list[_Cmd]):
         """Worker thread: apply the queued commands, run one step if there is work, snapshot stats."""
@@ -253,15 +271,9 @@ class SLoRAGroup:
         """Engine figures read in the thread that owns the engine (between steps)."""
         e = self.engine
         sch = e.scheduler
-        queued = sum(max(0, r.num_tokens - r.num_computed_tokens - 1) for r in [*sch.waiting, *sch.running])
         p = e.pool_stats()
         return {
-            "queue": {
-                "waiting": len(sch.waiting),
-                "running": len(sch.running),
-                "queued_prefill_tokens": queued,
-                "max_num_seqs": e.cfg.scheduler.max_num_seqs,
-            },
+            "queue": e.queue_state(),
             "pool": {
                 "total": p.total,
                 "free": p.free,
@@ -309,7 +321,7 @@ class SLoRAGroup:
                 out = dataclasses.replace(out, token_ids=[], text="", prompt_token_ids=[])
             st = self._streams.get(rid)
             if st is not None:
-                st.put(out)
+                st.put(out if out.error is None else {"error": out.error, "status": 500})
         s = self._snapshot
         m.set_counter("adapter_loads", s["pool"]["loads"])
         m.set_counter("adapter_hits", s["pool"]["hits"])
@@ -329,11 +341,18 @@ class SLoRAGroup:
         }
 
     async def _call(self, kind: str, *args) -> Any:
-        if self._failed is not None:
-            raise RuntimeError(f"group {self.name}: engine failed: {self._failed!r}")
+        self._check_alive()
         fut = asyncio.get_running_loop().create_future()
         self._submit(_Cmd(kind, args, fut))
         return await fut
+
+    def _check_alive(self) -> None:
+        """Raises GroupUnavailable when the engine has failed or its executor is dead (a rank actor gone:
+        checked without blocking, so a dead idle group is seen at once by `stats` and `check_health`)."""
+        if self._failed is None and not self.engine.executor_alive():
+            self._die(EngineDeadError("a tensor-parallel rank of the executor is gone"), [])
+        if self._failed is not None:
+            raise GroupUnavailable(f"group {self.name} failed: {self._failed!r}")
 
     # ---- requests --------------------------------------------------------------------------------
     async def generate(
@@ -353,6 +372,10 @@ class SLoRAGroup:
             except ValueError as e:
                 done = True
                 yield {"error": str(e), "status": 400}
+                return
+            except GroupUnavailable as e:
+                done = True
+                yield self._unavailable_item(e)
                 return
             self.metrics.inc("prompt_tokens", len(prompt_token_ids))
             yield {"accepted": True}
@@ -393,17 +416,23 @@ class SLoRAGroup:
     async def stats(self) -> dict:
         """Queue, pool, adapters and metrics of this group (plain data, polled by every ingress)."""
         s = dict(self._snapshot)
+        try:
+            self._check_alive()
+            s["healthy"] = True
+        except GroupUnavailable:
+            s["healthy"] = False
         s["queue"] = dict(s["queue"], step_time_s=self._step_time, prefill_tps=self._prefill_tps)
         s["name"] = self.name
         s["model"] = self.engine.model_name
         s["tensor_parallel_size"] = self.tensor_parallel_size
+        s["ranks"] = getattr(self.engine.executor, "ranks", [])  # tensor parallelism: the rank actors
         s["gauges"] = self._gauges(s)
         s["metrics"] = self.metrics.snapshot()
         return s
 
     async def check_health(self) -> None:
-        if self._failed is not None:
-            raise RuntimeError(f"group {self.name}: step loop failed: {self._failed!r}")
+        """Serve's health check: raises when the engine or any rank is dead (Serve then replaces us)."""
+        self._check_alive()
 
     def __del__(self):
         ex = getattr(getattr(self, "engine", None), "executor", None)
@@ -420,6 +449,6 @@ GroupDeployment = serve.deployment(
     name="SLoRAGroup",
     num_replicas=1,
     max_ongoing_requests=1024,
-    health_check_period_s=10,
+    health_check_period_s=2,
     logging_config={"enable_access_log": False},
 )

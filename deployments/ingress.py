@@ -103,9 +103,27 @@ async def _validation_error(_: Request, e: RequestValidationError):
     return _error_response(400, "; ".join(parts) or "invalid request", param)
 
 
+@api.exception_handler(Exception)
+async def _internal_error(_: Request, e: Exception):
+    """Whatever else fails reaches the client as an OpenAI error object, not plain text."""
+    logger.error("request failed: %r", e)
+    return _error_response(500, f"internal error: {type(e).__name__}")
+
+
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, e: StarletteHTTPException):
     return _error_response(e.status_code, str(e.detail))
+
+
+UNAVAILABLE_RETRY_AFTER_S = 1  # Retry-After of a 503: another group (or this one, replaced) takes it
+
+
+class _GroupDown(Exception):
+    """A group is dead or unreachable and did not run the request (so it may run elsewhere)."""
+
+
+def _unavailable(message: str) -> APIError:
+    return APIError(503, message, headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
 
 
 def _cause(e: BaseException) -> BaseException:
@@ -244,33 +262,51 @@ class OpenAIIngress:
             except ValueError as e:
                 raise APIError(400, str(e)) from None
         await self._started()
-        group = self.router.choose(adapter, n=len(prompts) * n)
-        tokens = sum(len(p) for p in prompts) * n
-        decision = self.router.admit(group, tokens)
-        if not decision.admitted:
-            self.groups[group].note_rejected.remote(len(prompts) * n)
-            raise APIError(
-                429,
-                f"overloaded: predicted time to first token {decision.predicted_ttft_s:.3f}s "
-                f"exceeds the SLO of {self.cfg.ttft_slo_s}s; retry later",
-                headers={"Retry-After": str(decision.retry_after_s)},
-            )
+        tried: set[str] = set()
+        while True:
+            group = self.router.choose(adapter, n=len(prompts) * n, exclude=tried)
+            if group is None:
+                raise _unavailable(f"no group can take the request (tried {sorted(tried)})")
+            decision = self.router.admit(group, sum(len(p) for p in prompts) * n)
+            if not decision.admitted:
+                self.groups[group].note_rejected.remote(len(prompts) * n)
+                raise APIError(
+                    429,
+                    f"overloaded: predicted time to first token {decision.predicted_ttft_s:.3f}s "
+                    f"exceeds the SLO of {self.cfg.ttft_slo_s}s; retry later",
+                    headers={"Retry-After": str(decision.retry_after_s)},
+                )
+            try:
+                return await self._launch(group, prompts, params, adapter)
+            except _GroupDown as e:  # nothing ran there: try another group
+                logger.warning("group %s is down, retrying the request elsewhere: %s", group, e)
+                self.router.mark_unhealthy(group)
+                tried.add(group)
+
+    async def _launch(self, group: str, prompts: list[list[int]], params, adapter: str | None) -> list["_Choice"]:
+        """Starts every choice on `group` and waits until each is accepted. Raises _GroupDown when the group
+        is dead or unreachable (no choice runs then), APIError when it refuses the request."""
         base = random_id("req")
         choices = []
         for i, ids in enumerate(prompts):
-            for j in range(n):
-                c = _Choice(index=i * n + j, prompt_len=len(ids), group=group)
+            for j, p in enumerate(params[i]):
+                c = _Choice(index=i * len(params[i]) + j, prompt_len=len(ids), group=group)
                 self.router.sent(group, len(ids))
-                c.gen = self.streams[group].generate.remote(f"{base}-{c.index}", ids, params[i][j], adapter)
+                c.gen = self.streams[group].generate.remote(f"{base}-{c.index}", ids, p, adapter)
                 choices.append(c)
         try:
             firsts = await asyncio.gather(*(c.gen.__anext__() for c in choices))
+        except Exception as e:  # noqa: BLE001 - the replica is gone or unreachable
+            self._cancel(choices)
+            raise _GroupDown(repr(_cause(e))) from None
         except BaseException:
             self._cancel(choices)
             raise
         for first in firsts:
             if "error" in first:
                 self._cancel(choices)
+                if first["status"] == 503:
+                    raise _GroupDown(first["error"])
                 raise APIError(first["status"], first["error"])
         return choices
 
@@ -285,8 +321,13 @@ class OpenAIIngress:
 
     async def _collect(self, choices: list[_Choice]) -> None:
         async def one(c: _Choice):
-            async for out in c.gen:
-                self._absorb(c, out)
+            try:
+                async for out in c.gen:
+                    self._absorb(c, out)
+            except APIError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the group died under a running request
+                raise _unavailable(f"group {c.group} failed while running the request: {_cause(e)!r}") from None
 
         try:
             await asyncio.gather(*(one(c) for c in choices))
@@ -297,7 +338,10 @@ class OpenAIIngress:
     def _absorb(c: _Choice, out) -> str:
         """Applies one streamed item to a choice; returns its new text."""
         if not isinstance(out, RequestOutput):
-            raise APIError(out.get("status", 500), out.get("error", "engine error"))
+            status = out.get("status", 500)
+            if status == 503:
+                raise _unavailable(out.get("error", "group unavailable"))
+            raise APIError(status, out.get("error", "engine error"))
         c.num_tokens += len(out.delta_token_ids)
         if out.delta_logprobs is not None:
             c.ids += out.delta_token_ids
@@ -334,8 +378,11 @@ class OpenAIIngress:
                     open_ -= 1
                     continue
                 if isinstance(out, BaseException) or not isinstance(out, RequestOutput):
-                    msg = out.get("error") if isinstance(out, dict) else repr(_cause(out))
-                    yield f"data: {json.dumps(error_body(500, str(msg)))}\n\n"
+                    if isinstance(out, dict):
+                        status, msg = out.get("status", 500), out.get("error")
+                    else:  # the group died under the request
+                        status, msg = 503, f"group {c.group} failed while running the request: {_cause(out)!r}"
+                    yield f"data: {json.dumps(error_body(status, str(msg)))}\n\n"
                     break
                 delta = self._absorb(c, out)
                 if delta or out.finished:

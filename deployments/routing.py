@@ -12,8 +12,11 @@ first group of that order whose load is within `(1 + eps) x` the mean load is ch
 consistent hashing), so each group's batches hold few distinct adapters while no group is swamped.
 
 Admission: predicted TTFT of a request on group g =
-    (prefill tokens queued on g + tokens sent there since the last poll + this prompt) / g's prefill rate
-    + one step time (+ a wait for a free slot when g already runs `max_num_seqs` requests).
+    max(wait for a free slot, (prefill tokens queued on g + tokens sent there since the last poll) / rate)
+    + this prompt / g's prefill rate + one step time,
+where the slot wait replays g's FCFS queue: the running requests free their slots after their remaining
+output tokens, each waiting request takes the earliest free slot and holds it for its output length
+(`GroupState.slot_heap`), in steps of g's measured step time.
 A request whose prediction exceeds `ttft_slo_s` is refused at once (429 + Retry-After) instead of being
 queued to miss its deadline.
 """
@@ -21,6 +24,7 @@ queued to miss its deadline.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import os
 import time
@@ -43,6 +47,10 @@ class GroupState:
     step_time_s: float | None = None  # recent (EMA) step time; None = not measured yet
     prefill_tps: float | None = None  # recent (EMA) prefill tokens per second
     max_num_seqs: int = 64
+    # decode steps each running request may still take (max_tokens left: an upper bound, EOS can end it sooner)
+    running_remaining: tuple[int, ...] = ()
+    # (tokens to prefill, max output tokens) of each waiting request, in queue order
+    waiting_lengths: tuple[tuple[int, int], ...] = ()
     resident: frozenset[str] = frozenset()  # adapters whose weights are in the group's pool
     healthy: bool = True
     updated_at: float = field(default_factory=time.monotonic)
@@ -58,8 +66,21 @@ class GroupState:
             step_time_s=q.get("step_time_s"),
             prefill_tps=q.get("prefill_tps"),
             max_num_seqs=q.get("max_num_seqs", 64),
+            running_remaining=tuple(q.get("running_remaining", ())),
+            waiting_lengths=tuple(tuple(w) for w in q.get("waiting_lengths", ())),
             resident=frozenset(s.get("resident_adapters", ())),
+            healthy=s.get("healthy", True),
         )
+
+    def slot_heap(self) -> list[int]:
+        """When (in steps from now) each of the `max_num_seqs` slots frees once every waiting request has
+        taken its turn (FCFS: the earliest free slot takes the next request, which holds it for its output
+        length), as a heap. Running requests without a reported remainder count one step."""
+        remaining = list(self.running_remaining) or [1] * self.running
+        heap = sorted(remaining + [0] * max(0, self.max_num_seqs - len(remaining)))
+        for _, out in self.waiting_lengths:
+            heapq.heapreplace(heap, heap[0] + max(1, out))
+        return heap
 
 
 def rendezvous_order(key: str, groups: list[str]) -> list[str]:
@@ -88,6 +109,7 @@ class Router:
         self.eps = eps
         self.ttft_slo_s = ttft_slo_s
         self.states = {n: GroupState(name=n) for n in self.names}
+        self._heaps: dict[str, list[int]] = {}  # GroupState.slot_heap() of the last poll, per group
         # Requests / prompt tokens this ingress sent to a group since its last poll.
         self.pending_reqs = dict.fromkeys(self.names, 0)
         self.pending_tokens = dict.fromkeys(self.names, 0)
@@ -97,6 +119,7 @@ class Router:
         """A fresh poll of a group: it now reports what this ingress sent before, so the local
         increments restart from zero."""
         self.states[state.name] = state
+        self._heaps.pop(state.name, None)
         self.pending_reqs[state.name] = 0
         self.pending_tokens[state.name] = 0
 
@@ -118,20 +141,24 @@ class Router:
         return s.waiting + s.running + self.pending_reqs[name]
 
     # ---- routing ---------------------------------------------------------------------------------
-    def candidates(self, adapter: str | None) -> list[str]:
+    def candidates(self, adapter: str | None, exclude: set[str] = frozenset()) -> list[str]:
         """Preference order for an adapter: groups holding it resident (in hash order), then the rest of
-        the hash order. Base-model requests (no adapter) prefer the least loaded group."""
-        healthy = [n for n in self.names if self.states[n].healthy] or list(self.names)
+        the hash order. Base-model requests (no adapter) prefer the least loaded group. Only healthy
+        groups, unless none is (then every group not in `exclude`: a poll may have missed a live one)."""
+        names = [n for n in self.names if n not in exclude]
+        healthy = [n for n in names if self.states[n].healthy] or names
         if adapter is None:
             return sorted(healthy, key=lambda n: (self.load(n), self.names.index(n)))
         order = rendezvous_order(adapter, healthy)
         resident = [n for n in order if adapter in self.states[n].resident]
         return resident + [n for n in order if n not in resident]
 
-    def choose(self, adapter: str | None, n: int = 1) -> str:
+    def choose(self, adapter: str | None, n: int = 1, exclude: set[str] = frozenset()) -> str | None:
         """Bounded-load choice: the first candidate whose load after taking `n` more requests stays within
-        ceil((1 + eps) x the mean load after the same addition)."""
-        order = self.candidates(adapter)
+        ceil((1 + eps) x the mean load after the same addition). None when every group is excluded."""
+        order = self.candidates(adapter, exclude)
+        if not order:
+            return None
         total = sum(self.load(g) for g in order) + n
         bound = math.ceil((1 + self.eps) * total / len(order))
         for g in order:
@@ -141,17 +168,25 @@ class Router:
 
     # ---- admission -------------------------------------------------------------------------------
     def predict_ttft(self, name: str, prompt_tokens: int) -> float:
+        """max(wait for a free slot, prefill queued ahead) + this prompt's prefill + one step, where the slot
+        wait simulates the group's FCFS queue: running requests free their slots after their remaining
+        tokens, waiting ones (and the requests sent since the last poll, at the mean output length of the
+        queue) take slots in order and hold them for their output length."""
         s = self.states[name]
         step = s.step_time_s if s.step_time_s is not None else DEFAULT_STEP_S
         rate = s.prefill_tps if s.prefill_tps else DEFAULT_PREFILL_TPS
-        tokens = s.queued_prefill_tokens + self.pending_tokens[name] + prompt_tokens
-        t = tokens / rate + step
-        # All slots taken: the request also waits for running ones to finish; assume the queue ahead of
-        # it drains one slot per step at best.
-        over = s.running + s.waiting + self.pending_reqs[name] - s.max_num_seqs
-        if over >= 0:
-            t += (over + 1) * step
-        return t
+        heap = self._heaps.get(name)
+        if heap is None:
+            heap = self._heaps[name] = s.slot_heap()
+        pending = self.pending_reqs[name]
+        if pending:
+            lengths = [out for _, out in s.waiting_lengths] + list(s.running_remaining)
+            mean_out = max(1, round(sum(lengths) / len(lengths))) if lengths else 1
+            heap = list(heap)
+            for _ in range(pending):
+                heapq.heapreplace(heap, heap[0] + mean_out)
+        ahead = s.queued_prefill_tokens + self.pending_tokens[name]
+        return max(heap[0] * step, ahead / rate) + prompt_tokens / rate + step
 
     def admit(self, name: str, prompt_tokens: int) -> Decision:
         t = self.predict_ttft(name, prompt_tokens)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,6 +41,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from app.config import EngineConfig
+from app.engine import EngineDeadError
 from app.lora.adapter import LoRAWeights, PackedAdapter, pack_adapter
 from app.request import TokenLogprobs
 from app.sampling import logprob_words, pack_logprobs, unpack_logprobs
@@ -209,6 +211,8 @@ class RankActor:
         self.runner = ModelRunner(self.cfg, tp=tp, device=self.device)
         r = self.runner
         return {
+            "actor_id": ray.get_runtime_context().get_actor_id(),
+            "pid": os.getpid(),
             "num_pages": r.num_pages,
             "page_size": r.page_size,
             "page_elems": r.page_elems,
@@ -286,6 +290,7 @@ class TPExecutor:
         self.control = ControlStats()
         self.head_bytes = control_head_bytes
         self._adapter_refs: dict[str, list[ray.ObjectRef]] = {}
+        self.ranks: list[dict] = []
         self._actors: list = []
         self._loops: list[ray.ObjectRef] = []
         self._ch: ControlChannel | None = None
@@ -353,22 +358,28 @@ class TPExecutor:
         self.page_size = infos[0]["page_size"]
         self.page_elems = infos[0]["page_elems"]
         self.dtype = getattr(torch, infos[0]["dtype"])
+        # who serves each tp-rank (for operators: `stats()["ranks"]` of the group)
+        self.ranks = [{"rank": i, "actor_id": info["actor_id"], "pid": info["pid"], "node_ip": ip}
+                      for i, (info, ip) in enumerate(zip(infos, ips))]  # fmt: skip
         self._loops = [a.run_loop.remote() for a in self._actors]
+        threading.Thread(target=self._watch, args=(list(self._loops),), name="tp-watch", daemon=True).start()
 
     # ---- the step --------------------------------------------------------------------------------
     def execute(self, out: SchedulerOutput) -> tuple[list[int], list[TokenLogprobs | None]]:
-        if self._failed is not None or self._ch is None:
-            raise RuntimeError("the tensor-parallel group is not running") from self._failed
+        """Runs one step on every rank; raises EngineDeadError when the group can run no more steps (a rank
+        died or raised: the rank loops have ended)."""
+        if not self.alive():
+            raise EngineDeadError("the tensor-parallel group is not running") from self._failed
         if not (out.seqs or out.adapter_loads or out.finished_ids or out.preempted_ids):
             return [], []
         t0 = time.perf_counter()
-        size = self._ch.send(out)
-        t1 = time.perf_counter()
         try:
+            size = self._ch.send(out)
+            t1 = time.perf_counter()
             status, execute_ns, tokens = self._ch.recv_reply(_reply_words(out))
-        except Exception as e:  # tp-rank 0's process died: its pair closed
-            self._failed = e
-            raise RuntimeError("tensor-parallel rank 0 is gone") from e
+        except Exception as e:  # a rank's process is gone (or was killed by `_watch`): its pair closed
+            self._failed = self._failed or e
+            raise EngineDeadError(f"a tensor-parallel rank is gone: {self._failed!r}") from e
         t2 = time.perf_counter()
         if status != STATUS_OK:
             self._fail()
@@ -381,6 +392,27 @@ class TPExecutor:
         c.split_messages += size > self.head_bytes - 8
         sampled = [s.params for s in out.seqs if s.sample]
         return tokens[: len(sampled)], unpack_logprobs(tokens[len(sampled) :], sampled)
+
+    def alive(self) -> bool:
+        """False once a rank's loop has ended (it raised, or its actor died: see `_watch`) or after shutdown."""
+        return self._failed is None and not self._closed and self._ch is not None
+
+    def _watch(self, loops: list[ray.ObjectRef]) -> None:
+        """Monitor thread: waits until any rank's step loop ends. Unless the executor is shutting down, that
+        rank raised or its actor died: the executor is marked dead and every rank actor is killed, so that a
+        driver blocked in the control channel fails at once (its gloo pair to tp-rank 0 closes) instead of
+        waiting for a collective that never completes (NCCL does not notice a dead peer before its timeout)."""
+        ready, _ = ray.wait(loops, num_returns=1)
+        if self._closed:
+            return
+        try:
+            ray.get(ready[0])
+            err: BaseException = RuntimeError("a tensor-parallel rank's step loop ended")
+        except Exception as e:  # noqa: BLE001 - the rank's failure, kept as the reason
+            err = e
+        self._failed = self._failed or err
+        for a in list(self._actors):
+            ray.kill(a)
 
     def logits(self, out: SchedulerOutput) -> torch.Tensor:
         """float32 logits [sequences with sample=True, vocab] of one step, from tp-rank 0, without sampling
@@ -396,14 +428,14 @@ class TPExecutor:
         return logits
 
     def _fail(self) -> None:
-        """tp-rank 0 reported an exception: surface it (its loop call ended with it)."""
+        """tp-rank 0 reported an exception: its loop call ended with it, and the group with it."""
         try:
             ray.get(self._loops[0], timeout=60)
             err: BaseException = RuntimeError("tensor-parallel rank 0 failed")
         except Exception as e:  # noqa: BLE001 - the rank's exception, re-raised below
             err = e
         self._failed = err
-        raise RuntimeError(f"tensor-parallel step failed on rank 0: {err}") from err
+        raise EngineDeadError(f"tensor-parallel step failed on rank 0: {err}") from err
 
     # ---- adapters --------------------------------------------------------------------------------
     def add_adapter(self, name: str, weights: LoRAWeights) -> int:

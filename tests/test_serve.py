@@ -391,6 +391,28 @@ def test_errors(http, client):
     assert httpx.get(f"{BASE}/health").status_code == 200
 
 
+def test_sampling_values_that_killed_a_group_get_400_and_the_group_serves_on(http, client, llm):
+    """Issue 11 finding 1: each of these passed validation and then ended the group's step loop (500s for
+    ~40 s). Now the out-of-range ones are refused with 400 and the tiny ones are served; the groups answer
+    every request after them as before."""
+    for bad in (
+        {"seed": 18446744073709551616},
+        {"seed": -9223372036854775809},
+        {"repetition_penalty": 1e-300, "temperature": 1},
+    ):
+        e = _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2, **bad}), 400)
+        assert next(iter(bad)) in e["message"]
+    for tiny in ({"temperature": 5e-324}, {"temperature": 1e-46}, {"top_p": 1e-300}):
+        for _ in range(len(GROUPS)):  # both groups
+            r = http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3, **tiny})
+            assert r.status_code == 200, r.text
+    prompt, adapter = PROMPTS[0]
+    ref = greedy(llm, prompt, adapter)
+    got = client.completions.create(model=adapter, prompt=prompt, max_tokens=12, temperature=0)
+    assert got.choices[0].text == ref.text
+    assert all(group_stats(g)["healthy"] for g in GROUPS)
+
+
 def test_429_when_slo_cannot_be_met(service):
     r = httpx.post(f"{BASE}/strict/v1/completions", json={"model": MODEL, "prompt": "Hello", "max_tokens": 4})
     e = _err(r, 429)
