@@ -176,26 +176,28 @@ class OpenAIIngress:
         await asyncio.shield(self._first_poll)
 
     async def _poll_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.poll_interval_s)
-            try:
-                await self._poll_once()
-            except Exception:  # noqa: BLE001 - keep polling
-                logger.exception("stats poll failed")
+        """One polling loop per group, so that a group that hangs (being replaced) delays no other's state."""
+
+        async def loop(name: str, h: DeploymentHandle):
+            while True:
+                await asyncio.sleep(self.cfg.poll_interval_s)
+                await self._poll_group(name, h)
+
+        await asyncio.gather(*(loop(n, h) for n, h in self.groups.items()))
 
     async def _poll_once(self) -> None:
-        async def one(name: str, h: DeploymentHandle):
-            try:
-                s = await asyncio.wait_for(self._await(h.stats.remote()), self.cfg.poll_timeout_s)
-            except Exception as e:  # noqa: BLE001 - an unreachable group is marked down, not fatal
-                logger.warning("group %s did not answer stats(): %r", name, e)
-                self.snapshots[name] = None
-                self.router.mark_unhealthy(name)
-                return
-            self.snapshots[name] = s
-            self.router.update(GroupState.from_stats(s))
+        await asyncio.gather(*(self._poll_group(n, h) for n, h in self.groups.items()))
 
-        await asyncio.gather(*(one(n, h) for n, h in self.groups.items()))
+    async def _poll_group(self, name: str, h: DeploymentHandle) -> None:
+        try:
+            s = await asyncio.wait_for(self._await(h.stats.remote()), self.cfg.poll_timeout_s)
+        except Exception as e:  # noqa: BLE001 - an unreachable group is marked down, not fatal
+            logger.warning("group %s did not answer stats(): %r", name, e)
+            self.snapshots[name] = None
+            self.router.mark_unhealthy(name)
+            return
+        self.snapshots[name] = s
+        self.router.update(GroupState.from_stats(s))
 
     @staticmethod
     async def _await(resp):
@@ -564,12 +566,18 @@ class OpenAIIngress:
 
     @api.get("/health")
     async def health(self):
+        """200 while at least one group is healthy (a load balancer keeps sending here: requests go to the
+        healthy groups), 503 + Retry-After when none is. The body lists each group's health."""
         await self._started()
         await self._poll_once()
-        down = [n for n, s in self.snapshots.items() if s is None]
-        if down:
-            return _error_response(503, f"groups not answering: {down}")
-        return Response(status_code=200)
+        groups = {n: bool(s and s.get("healthy", True)) for n, s in self.snapshots.items()}
+        if not any(groups.values()):
+            return JSONResponse(
+                {**error_body(503, f"no healthy group: {sorted(groups)}"), "groups": groups},
+                status_code=503,
+                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+            )
+        return JSONResponse({"status": "ok", "groups": groups})
 
     @api.get("/metrics")
     async def metrics(self):

@@ -93,6 +93,8 @@ def test_killed_rank_fails_only_its_requests_and_the_group_comes_back(service):
                 break
             time.sleep(0.1)
         assert seen_down is not None and seen_down < 5
+        h = httpx.get(f"{BASE}/health", timeout=30)  # the service still serves: 200, naming the dead group
+        assert h.status_code == 200 and h.json()["groups"] == {"SLoRAGroup-0": False, "SLoRAGroup-1": True}
 
         # Serve replaces it; the new replica (new rank actors) is healthy and takes traffic again
         back = None
