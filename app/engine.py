@@ -84,6 +84,7 @@ class Engine:
         self._ids = itertools.count()
         self.steps = 0
         self.failed_steps = 0  # in a row
+        self.last_step_tokens = 0  # tokens computed by the last step (prefill chunks + decodes)
         self.last_step_adapters = 0
         self.warmup_s: float | None = None
         device = getattr(executor, "device", None) or cfg.resolved_device()
@@ -217,6 +218,7 @@ class Engine:
             return self._fail_step(out, f"the engine step failed: {e!r}")
         self.failed_steps = 0
         self.steps += 1
+        self.last_step_tokens = out.num_tokens
         self.last_step_adapters = len({s.adapter for s in out.seqs if s.adapter})
         now = time.monotonic()
         outputs = []

@@ -22,9 +22,11 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
-async def send(client, url: str, r: dict, model: str, t0: float, headers: dict, rng: random.Random) -> dict:
+async def send(
+    client, url: str, r: dict, model: str, t0: float, headers: dict, rng: random.Random, vocab: int = 500
+) -> dict:
     await asyncio.sleep(max(0.0, t0 + r["arrival_s"] - time.perf_counter()))
-    prompt = [rng.randrange(3, 500) for _ in range(r["input_len"])]
+    prompt = [rng.randrange(3, vocab) for _ in range(r["input_len"])]
     body = {
         "model": model,
         "prompt": prompt,
@@ -88,7 +90,16 @@ def summarize(results: list[dict], trace: list[dict], elapsed: float, slo: float
     }
 
 
-async def replay(url: str, trace: list[dict], prefix: str, slo: float, api_key: str | None, timeout: float) -> dict:
+async def replay(
+    url: str,
+    trace: list[dict],
+    prefix: str,
+    slo: float,
+    api_key: str | None,
+    timeout: float,
+    model: str | None = None,
+    vocab: int = 500,
+) -> dict:
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -97,7 +108,7 @@ async def replay(url: str, trace: list[dict], prefix: str, slo: float, api_key: 
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         t0 = time.perf_counter()
         results = await asyncio.gather(
-            *(send(client, url, r, f"{prefix}{r['adapter']}", t0, headers, rng) for r in trace)
+            *(send(client, url, r, model or f"{prefix}{r['adapter']}", t0, headers, rng, vocab) for r in trace)
         )
         elapsed = time.perf_counter() - t0
     return summarize(list(results), trace, elapsed, slo)
@@ -108,13 +119,15 @@ def main():
     ap.add_argument("--url", default="http://127.0.0.1:8000")
     ap.add_argument("--trace", required=True)
     ap.add_argument("--adapter-prefix", default="a")
+    ap.add_argument("--model", default=None, help="send every request to this model (else prefix + adapter index)")
+    ap.add_argument("--vocab", type=int, default=500, help="prompt token ids are drawn from [3, vocab)")
     ap.add_argument("--slo-s", type=float, default=6.0)
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     trace = [json.loads(line) for line in open(a.trace) if line.strip()]
-    res = asyncio.run(replay(a.url, trace, a.adapter_prefix, a.slo_s, a.api_key, a.timeout))
+    res = asyncio.run(replay(a.url, trace, a.adapter_prefix, a.slo_s, a.api_key, a.timeout, a.model, a.vocab))
     print(json.dumps(res, indent=1))
     if a.out:
         with open(a.out, "w") as f:

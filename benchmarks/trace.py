@@ -49,10 +49,14 @@ def main():
     ap.add_argument("--cv", type=float, default=1.0)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--input-range", type=int, nargs=2, default=(8, 512), help="input lengths: U[lo, hi)")
+    ap.add_argument("--output-range", type=int, nargs=2, default=(8, 512), help="output lengths: U[lo, hi)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     with open(a.out, "w") as f:
-        for r in synthetic_trace(a.adapters, a.alpha, a.rate, a.cv, a.duration, a.seed):
+        for r in synthetic_trace(
+            a.adapters, a.alpha, a.rate, a.cv, a.duration, a.seed, tuple(a.input_range), tuple(a.output_range)
+        ):
             f.write(json.dumps(r) + "\n")
 
 

@@ -10,13 +10,15 @@ Out: a stream of items: first `{"accepted": True}` (or `{"error", "status"}` whe
 Coalescing: every Serve streaming item costs CPU in this replica and in the ingress (~0.3 ms), so a stream
 does not send one item per engine step. Its first tokens (until the client has text to show) and its
 last output go out at once; in between, a stream sends what has accumulated at most every
-`stream_interval_s` (one merged item; 0 = every step).
+`stream_interval_s` (one merged item; 0 = every step, merging only the steps that finished while the
+consumer was still busy with an earlier item).
 
-Concurrency: the engine is not thread-safe. Everything that touches it (new requests, aborts, adapter
-loads) is queued as a command by the event loop and applied by the step loop in its worker thread
-between two steps; one background task runs `engine.step()` in that thread while there is work. After
-each step the thread also takes a `stats()` snapshot, so the event loop never reads engine state
-while a step runs. When a stream's consumer goes away (client disconnect: Serve cancels the call),
+Concurrency: the engine is not thread-safe. One engine thread owns it: everything that touches it (new
+requests, aborts, adapter loads) is queued as a command by the event loop and applied by that thread
+between two steps; the thread runs `engine.step()` back to back while there is work and hands each step's
+outputs (and command results) to the event loop with `call_soon_threadsafe`, without waiting: streaming
+overlaps the next step. After each step the thread also takes a `stats()` snapshot, so the event loop
+never reads engine state while a step runs. When a stream's consumer goes away (client disconnect: Serve cancels the call),
 the generator's `finally` queues an abort, so the request's KV pages are freed.
 """
 
@@ -25,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +40,7 @@ from app.config import EngineConfig
 from app.engine import Engine, EngineDeadError
 from app.request import RequestOutput, SamplingParams
 from deployments.metrics import GroupMetrics
+from deployments.routing import LinearFit
 
 logger = logging.getLogger("ray.serve")
 
@@ -156,45 +161,53 @@ class SLoRAGroup:
             self.engine.add_adapter(adapter, path)
         self._adapter_table = self._adapters_now()
         self.metrics = GroupMetrics(name, self.engine.model_name, ray_export=ray_metrics)
-        self._cmds: list[_Cmd] = []
+        self._cmds: deque[_Cmd] = deque()  # appended by the event loop, taken by the engine thread
         self._streams: dict[str, _Stream] = {}
         self._last_token_time: dict[str, float] = {}
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._failed: BaseException | None = None
         self._step_time: float | None = None
         self._prefill_tps: float | None = None
-        self._steps_adapters: int | None = None
+        self._step_cost = LinearFit()  # step seconds over tokens computed in the step
         self._snapshot = self._take_snapshot()
 
     # ---- the step loop ---------------------------------------------------------------------------
     def _ensure_loop(self) -> None:
-        if self._task is None:
-            self._wake = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+        if self._thread is None:
+            self._event_loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(target=self._engine_thread, name=f"engine-{self.name}", daemon=True)
+            self._thread.start()
 
     def _submit(self, cmd: _Cmd) -> None:
         self._ensure_loop()
         self._cmds.append(cmd)
         self._wake.set()
 
-    async def _loop(self) -> None:
+    def _engine_thread(self) -> None:
+        """The only thread that touches the engine: applies queued commands, then runs steps back to back
+        while there is work, handing each step's outputs to the event loop without waiting for it (the
+        streams' work overlaps the next step). Ends when the engine dies (after handing that over too)."""
+        loop = self._event_loop
         while True:
-            await self._wake.wait()
+            self._wake.wait()
             self._wake.clear()
             while self._cmds or self.engine.has_unfinished():
-                cmds, self._cmds = self._cmds, []
+                cmds = [self._cmds.popleft() for _ in range(len(self._cmds))]
                 try:
-                    results, outputs, t_end = await asyncio.to_thread(self._run, cmds)
+                    results, outputs, t_end, adapters = self._run(cmds)
                 except BaseException as e:  # noqa: BLE001 - the engine is dead: fail everything waiting on it
-                    self._die(e, cmds)
-                    if isinstance(e, asyncio.CancelledError):
-                        raise
+                    loop.call_soon_threadsafe(self._die, e, cmds)
                     return
-                for fut, value, exc in results:
-                    if fut is not None and not fut.done():
-                        fut.set_exception(exc) if exc is not None else fut.set_result(value)
-                self._dispatch(outputs, t_end)
+                loop.call_soon_threadsafe(self._deliver, results, outputs, t_end, adapters)
+
+    def _deliver(self, results: list, outputs: list[RequestOutput], t_end: float, adapters: int | None) -> None:
+        """Event loop: resolve the applied commands' futures, route a step's outputs to their streams."""
+        for fut, value, exc in results:
+            if fut is not None and not fut.done():
+                fut.set_exception(exc) if exc is not None else fut.set_result(value)
+        self._dispatch(outputs, t_end, adapters)
 
     def _die(self, e: BaseException, cmds: list[_Cmd]) -> None:
         """The engine can run no more steps: from now on this group reports itself unhealthy (Serve replaces
@@ -209,14 +222,18 @@ class SLoRAGroup:
         for c in [*cmds, *self._cmds]:
             if c.fut is not None and not c.fut.done():
                 c.fut.set_exception(err)
-        self._cmds = []
+        self._cmds.clear()
 
     @staticmethod
     def _unavailable_item(err: BaseException) -> dict:
         return {"error": str(err), "status": 503}
 
     def _run(self, cmds: list[_Cmd]):
-        """Worker thread: apply the queued commands, run one step if there is work, snapshot stats."""
+        """Engine thread: apply the queued commands, run one step if there is work, snapshot stats. Returns
+        (command results, outputs, end time, distinct adapters of the step or None without a step). The
+        step's time, from the start of this call to its end, is what a client sees between two steps under
+        load: it feeds the step-time averages and fit that admission control uses."""
+        t0 = time.perf_counter()
         results = []
         for c in cmds:
             try:
@@ -224,21 +241,21 @@ class SLoRAGroup:
             except Exception as e:  # noqa: BLE001 - returned to the caller that queued the command
                 results.append((c.fut, None, e))
         outputs: list[RequestOutput] = []
+        adapters = None
         if self.engine.has_unfinished():
-            before = [(r, r.num_computed_tokens) for r in self.engine.requests.values()]
-            t0 = time.perf_counter()
             outputs = self.engine.step()
+            adapters = self.engine.last_step_adapters
+            self._snapshot = self._take_snapshot()
             dt = time.perf_counter() - t0
-            tokens = sum(max(0, r.num_computed_tokens - c) for r, c in before)
+            tokens = self.engine.last_step_tokens
+            self._step_cost.observe(tokens, dt)
             self._step_time = dt if self._step_time is None else (1 - EMA) * self._step_time + EMA * dt
             if tokens >= MIN_RATE_TOKENS and dt > 0:
                 rate = tokens / dt
                 self._prefill_tps = rate if self._prefill_tps is None else (1 - EMA) * self._prefill_tps + EMA * rate
-            self._steps_adapters = self.engine.last_step_adapters
         else:
-            self._steps_adapters = None
-        self._snapshot = self._take_snapshot()
-        return results, outputs, time.monotonic()
+            self._snapshot = self._take_snapshot()
+        return results, outputs, time.monotonic(), adapters
 
     def _apply(self, c: _Cmd) -> Any:
         e = self.engine
@@ -292,12 +309,13 @@ class SLoRAGroup:
             "num_prefetches": sch.num_prefetches,
         }
 
-    def _dispatch(self, outputs: list[RequestOutput], now: float) -> None:
-        """Event loop: route outputs to their streams and record latency metrics."""
+    def _dispatch(self, outputs: list[RequestOutput], now: float, adapters: int | None) -> None:
+        """Event loop: route outputs to their streams and record latency metrics (`adapters`: distinct
+        adapters of the step, None when no step ran)."""
         m = self.metrics
-        if self._steps_adapters is not None:
+        if adapters is not None:
             m.inc("engine_steps")
-            m.observe("distinct_adapters_per_batch", self._steps_adapters)
+            m.observe("distinct_adapters_per_batch", adapters)
         for out in outputs:
             rid = out.request_id
             n_new = len(out.delta_token_ids)
@@ -421,7 +439,18 @@ class SLoRAGroup:
             s["healthy"] = True
         except GroupUnavailable:
             s["healthy"] = False
-        s["queue"] = dict(s["queue"], step_time_s=self._step_time, prefill_tps=self._prefill_tps)
+        q = s["queue"]
+        # requests queued for the step loop but not yet in the engine: admission must count them too
+        adds = [c.args for c in self._cmds if c.kind == "add"]
+        s["queue"] = dict(
+            q,
+            waiting=q["waiting"] + len(adds),
+            waiting_lengths=q["waiting_lengths"] + [(len(ids), p.max_tokens) for ids, p, *_ in adds],
+            queued_prefill_tokens=q["queued_prefill_tokens"] + sum(len(ids) for ids, *_ in adds),
+            step_time_s=self._step_time,
+            prefill_tps=self._prefill_tps,
+            step_cost=self._step_cost.params(),
+        )
         s["name"] = self.name
         s["model"] = self.engine.model_name
         s["tensor_parallel_size"] = self.tensor_parallel_size

@@ -54,7 +54,7 @@ from app.protocol import (
 from app.request import RequestOutput
 from app.tokenizer import Tokenizer
 from deployments.metrics import ServiceCollector
-from deployments.routing import GroupState, Router, confine_path
+from deployments.routing import Decision, GroupState, Router, confine_path
 
 logger = logging.getLogger("ray.serve")
 
@@ -140,6 +140,8 @@ class _Choice:
     text: str = ""
     num_tokens: int = 0
     released: bool = False  # counted back out of the router's local in-flight
+    admitted_at: float = 0.0  # monotonic time of the admission decision
+    model_ttft_s: float = 0.0  # the router's model prediction for it (calibrated by the first token)
     finish_reason: str | None = None
     parts: list[str] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)  # output tokens with logprobs (when requested) ...
@@ -251,7 +253,9 @@ class OpenAIIngress:
             )
         return max_tokens
 
-    async def _start(self, body, prompts: list[list[int]], adapter: str | None, default_max: int | None):
+    async def _start(
+        self, body, prompts: list[list[int]], adapter: str | None, default_max: int | None, received: float
+    ):
         """Routes, admits and starts every choice (len(prompts) x n); returns them once each is accepted."""
         n = body.n
         params = []
@@ -269,7 +273,7 @@ class OpenAIIngress:
             group = self.router.choose(adapter, n=len(prompts) * n, exclude=tried)
             if group is None:
                 raise _unavailable(f"no group can take the request (tried {sorted(tried)})")
-            decision = self.router.admit(group, sum(len(p) for p in prompts) * n)
+            decision = self.router.admit(group, sum(len(p) for p in prompts) * n, elapsed_s=time.monotonic() - received)
             if not decision.admitted:
                 self.groups[group].note_rejected.remote(len(prompts) * n)
                 raise APIError(
@@ -279,20 +283,28 @@ class OpenAIIngress:
                     headers={"Retry-After": str(decision.retry_after_s)},
                 )
             try:
-                return await self._launch(group, prompts, params, adapter)
+                return await self._launch(group, prompts, params, adapter, decision)
             except _GroupDown as e:  # nothing ran there: try another group
                 logger.warning("group %s is down, retrying the request elsewhere: %s", group, e)
                 self.router.mark_unhealthy(group)
                 tried.add(group)
 
-    async def _launch(self, group: str, prompts: list[list[int]], params, adapter: str | None) -> list["_Choice"]:
+    async def _launch(
+        self, group: str, prompts: list[list[int]], params, adapter: str | None, decision: Decision
+    ) -> list["_Choice"]:
         """Starts every choice on `group` and waits until each is accepted. Raises _GroupDown when the group
         is dead or unreachable (no choice runs then), APIError when it refuses the request."""
         base = random_id("req")
         choices = []
         for i, ids in enumerate(prompts):
             for j, p in enumerate(params[i]):
-                c = _Choice(index=i * len(params[i]) + j, prompt_len=len(ids), group=group)
+                c = _Choice(
+                    index=i * len(params[i]) + j,
+                    prompt_len=len(ids),
+                    group=group,
+                    admitted_at=time.monotonic(),
+                    model_ttft_s=decision.model_ttft_s,
+                )
                 self.router.sent(group, len(ids))
                 c.gen = self.streams[group].generate.remote(f"{base}-{c.index}", ids, p, adapter)
                 choices.append(c)
@@ -336,14 +348,16 @@ class OpenAIIngress:
         finally:
             self._cancel(choices)
 
-    @staticmethod
-    def _absorb(c: _Choice, out) -> str:
-        """Applies one streamed item to a choice; returns its new text."""
+    def _absorb(self, c: _Choice, out) -> str:
+        """Applies one streamed item to a choice; returns its new text. The first tokens' arrival calibrates
+        admission control (Router.observe_ttft)."""
         if not isinstance(out, RequestOutput):
             status = out.get("status", 500)
             if status == 503:
                 raise _unavailable(out.get("error", "group unavailable"))
             raise APIError(status, out.get("error", "engine error"))
+        if c.num_tokens == 0 and out.delta_token_ids:
+            self.router.observe_ttft(c.group, c.model_ttft_s, time.monotonic() - c.admitted_at)
         c.num_tokens += len(out.delta_token_ids)
         if out.delta_logprobs is not None:
             c.ids += out.delta_token_ids
@@ -401,10 +415,11 @@ class OpenAIIngress:
     # ---- routes ----------------------------------------------------------------------------------
     @api.post("/v1/completions")
     async def completions(self, body: CompletionRequest, request: Request):
+        received = time.monotonic()
         self._auth(request)
         adapter = await self._resolve_model(body.model)
         prompts = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in body.prompts()]
-        choices = await self._start(body, prompts, adapter, default_max=16)
+        choices = await self._start(body, prompts, adapter, default_max=16, received=received)
         rid, model, created = random_id("cmpl"), body.model, int(time.time())
         decode = self.tokenizer.decode
         usage = self._usage_for(prompts, body.n)
@@ -450,6 +465,7 @@ class OpenAIIngress:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest, request: Request):
+        received = time.monotonic()
         self._auth(request)
         adapter = await self._resolve_model(body.model)
         try:
@@ -457,7 +473,7 @@ class OpenAIIngress:
         except Exception as e:  # noqa: BLE001 - a template error is the request's fault
             raise APIError(400, f"chat template failed: {e}", "messages") from None
         prompts = [ids]
-        choices = await self._start(body, prompts, adapter, default_max=None)
+        choices = await self._start(body, prompts, adapter, default_max=None, received=received)
         rid, model, created = random_id("chatcmpl"), body.model, int(time.time())
         decode = self.tokenizer.decode
         usage = self._usage_for(prompts, body.n)

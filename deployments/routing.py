@@ -34,6 +34,7 @@ from pathlib import Path
 # Priors used until a group has measured its own step time and prefill rate.
 DEFAULT_STEP_S = 0.02
 DEFAULT_PREFILL_TPS = 2000.0
+CALIBRATION_MIN = 5  # admitted requests' first tokens seen before their TTFTs correct the predictions
 
 
 @dataclass
@@ -46,6 +47,7 @@ class GroupState:
     queued_prefill_tokens: int = 0
     step_time_s: float | None = None  # recent (EMA) step time; None = not measured yet
     prefill_tps: float | None = None  # recent (EMA) prefill tokens per second
+    step_cost: tuple[float, float] | None = None  # (seconds per step, seconds per token): see LinearFit
     max_num_seqs: int = 64
     # decode steps each running request may still take (max_tokens left: an upper bound, EOS can end it sooner)
     running_remaining: tuple[int, ...] = ()
@@ -65,6 +67,7 @@ class GroupState:
             queued_prefill_tokens=q["queued_prefill_tokens"],
             step_time_s=q.get("step_time_s"),
             prefill_tps=q.get("prefill_tps"),
+            step_cost=tuple(q["step_cost"]) if q.get("step_cost") else None,
             max_num_seqs=q.get("max_num_seqs", 64),
             running_remaining=tuple(q.get("running_remaining", ())),
             waiting_lengths=tuple(tuple(w) for w in q.get("waiting_lengths", ())),
@@ -95,8 +98,9 @@ def rendezvous_order(key: str, groups: list[str]) -> list[str]:
 @dataclass
 class Decision:
     admitted: bool
-    predicted_ttft_s: float
+    predicted_ttft_s: float  # what the request will see: time already spent + the calibrated prediction
     retry_after_s: int = 0
+    model_ttft_s: float = 0.0  # predict_ttft's own figure (what calibration learns to correct)
 
 
 class Router:
@@ -110,6 +114,7 @@ class Router:
         self.ttft_slo_s = ttft_slo_s
         self.states = {n: GroupState(name=n) for n in self.names}
         self._heaps: dict[str, list[int]] = {}  # GroupState.slot_heap() of the last poll, per group
+        self._calibration = {n: LinearFit(decay=0.9) for n in self.names}  # actual TTFT over predicted
         # Requests / prompt tokens this ingress sent to a group since its last poll.
         self.pending_reqs = dict.fromkeys(self.names, 0)
         self.pending_tokens = dict.fromkeys(self.names, 0)
@@ -171,10 +176,11 @@ class Router:
         """max(wait for a free slot, prefill queued ahead) + this prompt's prefill + one step, where the slot
         wait simulates the group's FCFS queue: running requests free their slots after their remaining
         tokens, waiting ones (and the requests sent since the last poll, at the mean output length of the
-        queue) take slots in order and hold them for their output length."""
+        queue) take slots in order and hold them for their output length. A step while every slot is busy
+        costs the larger of the recent mean step time and the fitted cost of a full decode batch
+        (`step_cost`); prefill costs the fitted time per token. Before the group has measured a step, a
+        request that would have to wait for a slot gets an infinite prediction: its wait is unknown."""
         s = self.states[name]
-        step = s.step_time_s if s.step_time_s is not None else DEFAULT_STEP_S
-        rate = s.prefill_tps if s.prefill_tps else DEFAULT_PREFILL_TPS
         heap = self._heaps.get(name)
         if heap is None:
             heap = self._heaps[name] = s.slot_heap()
@@ -185,14 +191,77 @@ class Router:
             heap = list(heap)
             for _ in range(pending):
                 heapq.heapreplace(heap, heap[0] + mean_out)
+        rate = s.prefill_tps if s.prefill_tps else DEFAULT_PREFILL_TPS
+        if s.step_cost is not None:
+            fixed, per_token = max(0.0, s.step_cost[0]), max(0.0, s.step_cost[1])
+            step = max(s.step_time_s or 0.0, fixed + per_token * s.max_num_seqs)
+            if per_token > 0:
+                rate = 1.0 / per_token
+        elif s.step_time_s is not None:
+            step = s.step_time_s
+        else:
+            step = DEFAULT_STEP_S
+            if heap[0] > 0:
+                return math.inf
         ahead = s.queued_prefill_tokens + self.pending_tokens[name]
         return max(heap[0] * step, ahead / rate) + prompt_tokens / rate + step
 
-    def admit(self, name: str, prompt_tokens: int) -> Decision:
-        t = self.predict_ttft(name, prompt_tokens)
+    def admit(self, name: str, prompt_tokens: int, elapsed_s: float = 0.0) -> Decision:
+        """Admitted when `elapsed_s` (time the request already spent in this service) + the calibrated
+        prediction stays within the SLO."""
+        raw = self.predict_ttft(name, prompt_tokens)
+        t = elapsed_s + self.calibrated(name, raw)
         if self.ttft_slo_s is None or t <= self.ttft_slo_s:
-            return Decision(True, t)
-        return Decision(False, t, retry_after_s=max(1, math.ceil(t - self.ttft_slo_s)))
+            return Decision(True, t, model_ttft_s=raw)
+        wait = t - self.ttft_slo_s if math.isfinite(t) else self.ttft_slo_s
+        return Decision(False, t, retry_after_s=max(1, math.ceil(wait)), model_ttft_s=raw)
+
+    # ---- calibration -----------------------------------------------------------------------------
+    def observe_ttft(self, name: str, model_ttft_s: float, actual_s: float) -> None:
+        """An admitted request's first token came `actual_s` after its admission, predicted `model_ttft_s`."""
+        if math.isfinite(model_ttft_s):
+            self._calibration[name].observe(model_ttft_s, actual_s)
+
+    def calibrated(self, name: str, model_ttft_s: float) -> float:
+        """The prediction corrected by what this group's recent requests really got (a linear fit of actual
+        over predicted TTFT, after CALIBRATION_MIN requests): the model misses costs it cannot see (the
+        streaming and HTTP path, CPU contention, per-sequence host work), so an underestimate is raised;
+        an overestimate is kept (admission errs on the side of the SLO)."""
+        fit = self._calibration[name]
+        if fit.n < CALIBRATION_MIN or not math.isfinite(model_ttft_s):
+            return model_ttft_s
+        intercept, slope = fit.params(min_var=1e-4)
+        return max(model_ttft_s, intercept + slope * model_ttft_s)
+
+
+class LinearFit:
+    """y = intercept + slope x, fitted by exponentially weighted least squares over recent observations
+    (the newest weighs 1, older ones `decay` times less per observation). With too little spread in x, the
+    slope is 0 and the intercept the weighted mean. Used for a group's step time over the tokens of the
+    step (`step_cost`), and for the TTFT that requests really got over the one predicted (calibration)."""
+
+    def __init__(self, decay: float = 0.95):
+        self.decay = decay
+        self.w = self.sx = self.sy = self.sxx = self.sxy = 0.0
+        self.n = 0
+
+    def observe(self, x: float, y: float) -> None:
+        d = self.decay
+        self.w = d * self.w + 1.0
+        self.sx = d * self.sx + x
+        self.sy = d * self.sy + y
+        self.sxx = d * self.sxx + x * x
+        self.sxy = d * self.sxy + x * y
+        self.n += 1
+
+    def params(self, min_var: float = 1.0) -> tuple[float, float] | None:
+        """(intercept, slope), or None before the first observation; slope 0 when var(x) <= min_var."""
+        if self.w == 0:
+            return None
+        mx, my = self.sx / self.w, self.sy / self.w
+        var = self.sxx / self.w - mx * mx
+        slope = (self.sxy / self.w - mx * my) / var if var > min_var else 0.0
+        return my - slope * mx, slope
 
 
 def confine_path(path: str, roots: list[str]) -> Path:

@@ -74,7 +74,8 @@ def test_coalesced_stream_equals_every_step_stream(demo, stop):
         assert joined(items) == joined(every)
     assert joined(every)[2] == ("stop" if stop else "length")
     n_tokens = len(joined(every)[0])
-    assert len(every) - 1 == n_tokens  # interval 0: one item per step (a token each)
+    # interval 0: an item per step, unless the consumer falls behind the engine thread (then steps merge)
+    assert 2 <= len(every) - 1 <= n_tokens
     assert 2 <= len(short) - 1 < n_tokens
     # 30 s: accepted, the first token (one per step until there is text to show), the end; none waited
     held = next(i for i, (_, o) in enumerate(every[1:]) if o.delta_text)  # outputs whose text was held

@@ -243,3 +243,49 @@ def test_confine_path(tmp_path):
         confine_path(str(tmp_path / "rootx"), [str(root)])  # a sibling sharing the prefix
     with pytest.raises(PermissionError):
         confine_path(str(root / "a"), [])
+
+
+def test_step_cost_fits_fixed_plus_per_token_and_drives_the_prediction():
+    from deployments.routing import LinearFit
+
+    c = LinearFit()
+    assert c.params() is None
+    for tokens in (64, 2048, 64, 1000, 64, 64, 2048):
+        c.observe(tokens, 0.08 + 0.0002 * tokens)
+    fixed, per_token = c.params()
+    assert fixed == pytest.approx(0.08) and per_token == pytest.approx(0.0002)
+    d = LinearFit()
+    for _ in range(5):
+        d.observe(64, 0.1)  # decode steps of one batch size: the mean alone
+    assert d.params() == pytest.approx((0.1, 0.0))
+    # a full group: slot waits are costed at a full batch's step (64 decodes: 0.0928 s), prefill per token
+    r = Router(["a"])
+    r.update(GroupState(name="a", running=64, max_num_seqs=64, running_remaining=(10,) * 64,
+                        step_time_s=0.05, step_cost=(fixed, per_token)))  # fmt: skip
+    step = 0.08 + 0.0002 * 64
+    assert r.predict_ttft("a", 100) == pytest.approx(10 * step + 100 * 0.0002 + step)
+
+
+def test_unmeasured_group_admits_only_what_starts_at_once():
+    r = Router(["a"], ttft_slo_s=5.0)
+    r.update(GroupState(name="a", running=2, max_num_seqs=2, running_remaining=(3, 4)))
+    d = r.admit("a", 10)  # both slots busy and no step measured yet: the wait is unknown
+    assert not d.admitted and d.retry_after_s == 5
+    r.update(GroupState(name="a", running=1, max_num_seqs=2, running_remaining=(3,)))
+    assert r.admit("a", 10).admitted
+
+
+def test_calibration_raises_underestimates_and_counts_time_already_spent():
+    r = Router(["a"], ttft_slo_s=1.0)
+    r.update(GroupState(name="a", queued_prefill_tokens=100, prefill_tps=1000.0, step_time_s=0.05))
+    raw = r.predict_ttft("a", 100)  # 0.25 s
+    assert r.admit("a", 100).admitted and r.admit("a", 100, elapsed_s=0.8).admitted is False
+    for pred in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):  # requests really get 3x + 0.1 s of what was predicted
+        r.observe_ttft("a", pred, 3 * pred + 0.1)
+    assert r.calibrated("a", raw) == pytest.approx(3 * raw + 0.1)
+    d = r.admit("a", 100)  # 3 x 0.25 + 0.1 = 0.85 s: within the SLO, but not after 0.2 s already spent
+    assert d.admitted and d.predicted_ttft_s == pytest.approx(0.85) and d.model_ttft_s == pytest.approx(raw)
+    assert not r.admit("a", 100, elapsed_s=0.2).admitted
+    for pred in [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7] * 8:  # overestimates are not corrected downwards
+        r.observe_ttft("a", pred, pred / 2)
+    assert r.calibrated("a", raw) == raw
