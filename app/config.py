@@ -35,6 +35,31 @@ class SchedulerConfig(BaseModel):
     )
 
 
+class LoRAKernelOverrides(BaseModel):
+    """Overrides of the Triton LoRA kernels' launch configuration per regime (kernels/lora.py
+    LoRATileConfig fields: tile_m, shrink_r, shrink_k, shrink_split, expand_r, expand_n, *_warps, *_stages),
+    e.g. `{"mixed": {"tile_m": 32}}`; unset fields keep kernels/lora.py's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    decode: dict[str, int] = Field(default_factory=dict, description="steps whose segments are all one token")
+    mixed: dict[str, int] = Field(default_factory=dict, description="every other step")
+
+    def config(self):
+        """The kernels.lora.LoRAKernelConfig these overrides give (ValueError for an unknown field)."""
+        import dataclasses
+
+        from kernels.lora import DEFAULT_CONFIG
+
+        try:
+            return dataclasses.replace(
+                DEFAULT_CONFIG,
+                decode=dataclasses.replace(DEFAULT_CONFIG.decode, **self.decode),
+                mixed=dataclasses.replace(DEFAULT_CONFIG.mixed, **self.mixed),
+            )
+        except TypeError as e:
+            raise ValueError(f"lora.kernels: {e}") from None
+
+
 class LoRAConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_lora_rank: int = Field(256, ge=1, le=1024)
@@ -46,6 +71,7 @@ class LoRAConfig(BaseModel):
     allowed_adapter_roots: list[str] = Field(
         default_factory=list, description="run-time loads must come from under these roots"
     )
+    kernels: LoRAKernelOverrides = Field(default_factory=LoRAKernelOverrides)
 
 
 class EngineConfig(BaseModel):
@@ -80,6 +106,10 @@ class EngineConfig(BaseModel):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def lora_kernel_config(self):
+        """The Triton LoRA kernels' launch configuration (kernels.lora.LoRAKernelConfig)."""
+        return self.lora.kernels.config()
 
     def resolved_backend(self) -> str:
         if self.kernel_backend != "auto":

@@ -70,7 +70,7 @@ class DecodeGraphs:
     def _forward(self, bs: int, ctx: ForwardContext) -> torch.Tensor:
         """The captured work: the decode plan (recomputed from seg_slot at every replay), the model, logits."""
         r = self.r
-        ctx.lora.plan = r.backend.lora_decode_plan(ctx.lora.seg_indptr, ctx.lora.seg_slot, self.max_loras)
+        ctx.lora.plan = r.backend.lora_plan(ctx.lora.seg_indptr, ctx.lora.seg_slot, self.max_loras, bs, 1)
         return r.model.logits(r.model(self.input_ids[:bs], self.positions[:bs], ctx))
 
     def _ctx(self, bs: int) -> ForwardContext:

@@ -37,11 +37,11 @@ logger = logging.getLogger(__name__)
 # Warm-up requests' ids and the warm-up adapters' names start with this: add_adapter refuses names
 # with a "/", so they never collide with a user's adapter.
 WARMUP_PREFIX = "sloray/warmup"
-# Prompt lengths of the warm-up prefills, one length per step (kernels pick their tiles from the longest
-# prompt of a step): 1 (decode kernels), <= 16 and > 16 query rows (attention prefill tiles), 16 / 32 /
-# 64-token LoRA tiles, several tiles, and > 512 keys (split decode attention).
+# Prompt lengths of the warm-up prefills, one length per step (kernels pick their variants from the longest
+# prompt of a step): 1 (decode), <= 16 and > 16 query rows (attention prefill tiles), prompts of one and of
+# several LoRA tiles, and > 512 keys (split decode attention).
 WARMUP_PROMPT_LENS = (1, 9, 17, 40, 100, 600)
-WARMUP_RANKS = (16, 32, 64)  # the prefill LoRA kernels' rank-block variants (kernels/lora.py)
+WARMUP_RANKS = (16, 32, 64)  # the LoRA kernels' rank-block variants (kernels/lora.py: blocks of v's width)
 
 
 MAX_STEP_FAILURES = 3  # failed steps in a row after which the executor is taken for dead

@@ -43,7 +43,7 @@ class ModelRunner:
         self.device = device or cfg.resolved_device()
         self.args = ModelArgs.from_dir(cfg.model)
         self.dtype = resolve_dtype(cfg, self.args, self.device)
-        self.backend = get_backend(cfg.resolved_backend())
+        self.backend = get_backend(cfg.resolved_backend(), cfg.lora_kernel_config())
         self.model = LlamaForCausalLM(self.args, self.tp, self.dtype, self.device)
         self.model.load(cfg.model)
         self.page_size = cfg.pool.page_size
@@ -228,8 +228,8 @@ class ModelRunner:
                 max_rank=b.max_rank,
                 groups=groups,
             )
-            if b.max_q_len == 1:
-                lora.plan = self.backend.lora_decode_plan(q_indptr, lora.seg_slot, len(b.lora_pages))
+            lora.plan = self.backend.lora_plan(q_indptr, lora.seg_slot, len(b.lora_pages), len(b.input_ids),
+                                               b.max_q_len)  # fmt: skip
         ctx = ForwardContext(
             attn=attn, lora=lora, pool=self.pool, page_size=self.page_size, backend=self.backend, tp=self.tp
         )

@@ -1,18 +1,17 @@
-"""What the GPU compiler makes of the decode-LoRA kernels, on any machine (no GPU needed).
+"""What the GPU compiler makes of the Triton kernels, on any machine (no GPU needed).
+Runs one Llama-2-7B layer's LoRA (q/k/v, o, gate/up, down through `kernels.lora.lora_apply`, as the engine
+calls it) for a decode step (256 tokens) and a mixed step (254 decode tokens + 2 x 1024-token prefill
+chunks) with every kernel launch captured instead of run, under each configuration given (default: the
+default `LoRAKernelConfig`). Each captured launch is compiled for an NVIDIA target (default sm_90, the
+H100 / H200) with the argument specialization Triton's launcher would apply to those arguments (16-divisible
+ints and pointers, ints equal to 1 as constants, `do_not_specialize` honoured), then ptxas reports registers
+and spills. Per launch: registers per thread, spill bytes, shared memory, and how many global loads the
+software pipeliner turned into async copies (0: every loop iteration waits for its own loads). A
+compile-time view, not a timing (benchmarks/kernels.py times them). --all-kernels adds every other launch
+configuration of kernels/ (the plan, paged attention, KV append, LoRA over small pages), so a kernel that
+would not compile for the GPU shows here (tests/test_benchmarks.py runs it).
 
-Runs one Llama-2-7B decode layer (batch 256, q/k/v, o, gate/up, down, through `kernels.lora.lora_apply`
-as the engine calls it) with every kernel launch captured instead of run, for each variant of
-DECODE_CFG in `benchmarks/lora_tune.py` LAYER_VARIANTS. Each captured launch is compiled for an NVIDIA
-target (default sm_90, the H100) with the argument specialization Triton's launcher would apply to
-those arguments (16-divisible ints and pointers, ints equal to 1 as constants, `do_not_specialize`
-honoured), then ptxas reports registers and spills. Per launch: registers per thread, spill bytes,
-shared memory, and how many global loads the software pipeliner turned into async copies (0: every
-loop iteration waits for its own loads). A compile-time view, not a timing: what it says about speed
-must be confirmed by `benchmarks/lora_tune.py --layer` on the GPU. --all-kernels adds every other launch
-configuration of kernels/ (plan, prefill LoRA, generic decode LoRA, paged attention, KV append), so a
-kernel that would not compile for the GPU shows here (tests/test_benchmarks.py runs it).
-
-usage: python benchmarks/kernel_compile.py [--arch 90] [--out DIR] [--variants all|default] [--all-kernels]
+usage: python benchmarks/kernel_compile.py [--arch 90] [--out DIR] [--all-kernels]
 """
 
 from __future__ import annotations
@@ -30,20 +29,22 @@ import torch
 import triton
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
-from triton.runtime.jit import native_specialize_impl
+from triton.runtime.jit import KernelInterface, native_specialize_impl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels.attention as ka  # noqa: E402
 import kernels.lora as kl  # noqa: E402
-from benchmarks.lora_tune import LAYER_VARIANTS, decode_case  # noqa: E402
+import kernels.lora_plan as kp  # noqa: E402
+from benchmarks.kernels import build_adapters, llama_groups  # noqa: E402
 
-MODULES = (kl, ka)
+MODULES = (kl, kp, ka)  # the modules whose kernel globals the launches look up
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
 
 
 def kernel_names(module) -> list[str]:
-    return [n for n in dir(module) if n.startswith("_") and n.endswith("_kernel")]
+    """The Triton kernels a module launches (module globals ending in `_kernel`)."""
+    return [n for n in dir(module) if n.endswith("_kernel") and isinstance(getattr(module, n), KernelInterface)]
 
 
 @contextmanager
@@ -75,39 +76,38 @@ def captured():
             setattr(m, n, fn)
 
 
-def decode_layer(batch: int = 256, v_width: int = 256) -> None:
-    """One Llama-2-7B decode layer's LoRA through lora_apply, as the engine calls it (plan given)."""
+def lora_layer(steps: dict[str, tuple[int, list[int]]], config) -> None:
+    """One Llama-2-7B layer's LoRA through lora_apply, as the engine calls it (64 adapters of ranks cycling
+    over {8, 16, 32, 64}, aligned, float32 v of width 256, one plan per step), for each step
+    {name: (decode tokens, prefill chunk lengths)}."""
     gen = torch.Generator().manual_seed(0)
-    groups, _, pool, page_table, _, _, seg_slot, indptr, scales = decode_case(4, batch, gen, "cpu", torch.bfloat16)
-    plan = torch.zeros(kl.PLAN_ROWS, batch, dtype=torch.int32)
-    for g in groups:
-        x = torch.zeros(batch, g.K, dtype=torch.bfloat16)
-        y = torch.zeros(batch, sum(g.n_out), dtype=torch.bfloat16)
-        v = torch.zeros(batch, len(g.n_out), v_width)
-        kl.lora_apply(
-            y,
-            x,
-            v,
-            pool,
-            page_table,
-            g.a_off,
-            g.b_off,
-            g.ranks,
-            scales,
-            indptr,
-            seg_slot,
-            g.out_offsets,
-            max_seg_len=1,
-            aligned=True,
-            plan=plan,
-        )
+    groups = llama_groups(4096, 11008)
+    n_ad = 64
+    pool, page_table, _ = build_adapters(groups, [(8, 16, 32, 64)[i % 4] for i in range(n_ad)], 131072,
+                                         torch.bfloat16, "cpu", gen)  # fmt: skip
+    scales = torch.ones(n_ad)
+    for decode, prefill in steps.values():
+        lens = prefill + [1] * decode
+        indptr = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+        slots = torch.arange(len(lens), dtype=torch.int32) % n_ad
+        T = int(indptr[-1])
+        plan = kl.plan_for_step(indptr, slots, n_ad, T, max(lens), config)
+        for g in groups:
+            x = torch.zeros(T, g.K, dtype=torch.bfloat16)
+            y = torch.zeros(T, sum(g.n_out), dtype=torch.bfloat16)
+            v = torch.zeros(T, len(g.n_out), 256)
+            kl.lora_apply(y, x, v, pool, page_table, g.a_off, g.b_off, g.ranks, scales, indptr, slots,
+                          g.out_offsets, max_seg_len=max(lens), aligned=True, plan=plan, config=config)  # fmt: skip
+
+
+STEPS = {"decode": (256, []), "mixed": (254, [1024, 1024])}
 
 
 def other_paths() -> None:
-    """Every other GPU launch configuration: the decode plan, prefill LoRA (segments of tokens), the
-    generic (unaligned) decode LoRA, paged attention (decode one-pass and split, prefill), KV append."""
+    """Every other GPU launch configuration: LoRA over pages smaller than its blocks and unaligned offsets,
+    paged attention (decode one-pass and split, prefill), KV append."""
     bf = torch.bfloat16
-    S, K, R, P = 6, 4096, 64, 131072
+    S, K, R, P = 6, 4096, 64, 100
     pool = torch.zeros(40, P, dtype=bf)
     table = torch.zeros(S, 8, dtype=torch.int32)
     offs = torch.zeros(S, 3, dtype=torch.int32)
@@ -121,8 +121,7 @@ def other_paths() -> None:
         x, y, v = torch.zeros(T, K, dtype=bf), torch.zeros(T, 6144, dtype=bf), torch.zeros(T, 3, R)
         kl.lora_apply(
             y, x, v, pool, table, offs, offs, ranks, scales, indptr, slots, out_offsets, max_seg_len=max(lens)
-        )  # aligned=False: prefill, or the generic decode kernels
-    kl.lora_decode_plan(indptr, slots, S)
+        )  # aligned=False, 100-element pages
     Hq, Hkv, D, page = 32, 8, 128, 16
     kv = torch.zeros(64, 2 * page * Hkv * D, dtype=bf)
     for seqs, q_lens, hkv in (([300] * 8, [1] * 8, Hkv), ([5000], [1], 1), ([700, 33], [200, 33], Hkv)):
@@ -199,59 +198,50 @@ def main() -> None:
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument(
-        "--variants",
-        choices=["all", "default"],
-        default="all",
-        help="DECODE_CFG variants of the decode layer: all of LAYER_VARIANTS, or the default",
-    )
-    ap.add_argument(
         "--all-kernels",
         action="store_true",
-        help="also every other launch configuration (plan, prefill, generic decode, attention)",
+        help="also every other launch configuration (LoRA over small pages, attention, KV append)",
     )
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("unset TRITON_INTERPRET: this compiles the GPU launch configuration")
-    default = dict(kl.DECODE_CFG)
-    variants = [{}] if args.variants == "default" else [{}] + [v for v in LAYER_VARIANTS if v]
     rows, seen = [], {}
-    for var in variants + ([None] if args.all_kernels else []):
-        kl.DECODE_CFG.update(default)
-        kl.DECODE_CFG.update(var or {})
+    runs = [(step, lambda step=step: lora_layer({step: STEPS[step]}, kl.DEFAULT_CONFIG)) for step in STEPS]
+    for step, run in runs + ([("other", other_paths)] if args.all_kernels else []):
         with captured() as launches:
-            decode_layer() if var is not None else other_paths()
+            run()
         for name, fn, params, opts in launches:
             consts = {p.name: params[p.name] for p in fn.params if p.is_constexpr}
             key = (name, json.dumps(consts, sort_keys=True, default=str), json.dumps(opts, sort_keys=True))
             if key not in seen:
                 seen[key] = compile_launch(fn, params, opts, args.arch)
-            row = dict(variant=var, kernel=name, consts=consts, **seen[key])
+            row = dict(step=step, kernel=name, consts=consts, **seen[key])
             if row in rows:
                 continue
             rows.append(row)
             print(
-                f"{str(var):60s} {name:30s} regs {row['regs']:>3} spills {row['spill_store_bytes']:>5} B "
+                f"{step:8s} {name:30s} regs {row['regs']:>3} spills {row['spill_store_bytes']:>5} B "
                 f"smem {row['shared_bytes']:>6} async {row['async_copies']}",
                 flush=True,
             )
-    kl.DECODE_CFG.update(default)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        res = dict(triton=triton.__version__, arch=args.arch, default_cfg=default, rows=rows)
+        res = dict(triton=triton.__version__, arch=args.arch, config=str(kl.DEFAULT_CONFIG), rows=rows)
         (args.out / "kernel_compile.json").write_text(json.dumps(res, indent=1, default=str))
         lines = [
-            f"# Decode-LoRA kernels as compiled for sm_{args.arch} (Triton {triton.__version__}, no GPU)",
+            f"# Triton kernels as compiled for sm_{args.arch} (Triton {triton.__version__}, no GPU)",
             "",
-            "One Llama-2-7B decode layer (batch 256) through lora_apply, each launch compiled with the "
-            "launcher's argument specialization; registers per thread and spill stores from ptxas; async = "
-            "global loads the software pipeliner made asynchronous. Not a timing.",
+            "One Llama-2-7B layer's LoRA through lora_apply (decode: 256 tokens; mixed: 254 decode tokens + "
+            "2 x 1024-token chunks) with the default LoRAKernelConfig, each launch compiled with the launcher's "
+            "argument specialization; registers per thread and spill stores from ptxas; async = global loads "
+            "the software pipeliner made asynchronous. Not a timing.",
             "",
-            "| variant | kernel | regs | spill store B | shared B | async copies | warps | stages |",
+            "| step | kernel | regs | spill store B | shared B | async copies | warps | stages |",
             "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
             lines.append(
-                f"| {r['variant']} | {r['kernel']} | {r['regs']} | {r['spill_store_bytes']} | "
+                f"| {r['step']} | {r['kernel']} | {r['regs']} | {r['spill_store_bytes']} | "
                 f"{r['shared_bytes']} | {r['async_copies']} | {r['num_warps']} | {r['num_stages']} |"
             )
         (args.out / "kernel_compile.md").write_text("\n".join(lines) + "\n")

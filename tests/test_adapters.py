@@ -14,7 +14,7 @@ from app import LLM, SamplingParams
 from app.demo import write_peft_adapter
 from app.lora.adapter import AdapterError, load_peft_adapter, pack_adapter
 from app.model.llama import ModelArgs
-from kernels.lora import gather_virtual
+from kernels.lora_ref import gather_virtual
 from tests.models import ALL, HFReference, make_model, make_peft_adapters
 
 

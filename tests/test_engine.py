@@ -235,14 +235,9 @@ def test_half_precision_runs_close_to_float32(demo, llm, dtype):
     assert sum(x == y for x, y in zip(a, b)) >= 9, (a, b)
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_triton_backend_in_the_engine_equals_torch(demo, llm, fused, monkeypatch):
+def test_triton_backend_in_the_engine_equals_torch(demo, llm):
     """The engine on the Triton kernels (the CPU runs them under TRITON_INTERPRET=1): prefill, decode,
-    mixed adapters and base requests give the torch backend's greedy tokens. fused: decode LoRA through
-    the one-launch shrink + expand (DECODE_CFG fused)."""
-    import kernels.lora as kl
-
-    monkeypatch.setitem(kl.DECODE_CFG, "fused", fused)
+    mixed adapters and base requests give the torch backend's greedy tokens."""
     tri = LLM(
         model=str(demo / "model"),
         adapters=str(demo / "adapters"),

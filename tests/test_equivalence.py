@@ -107,3 +107,41 @@ def test_chunked_prefill_equals_peft(setup):
     kind, model, adapters, reqs, expected, ref = setup
     llm, outs = run(model, adapters, reqs[:9], scheduler={"max_num_batched_tokens": 16, "max_num_seqs": 4})
     check(outs, reqs[:9], expected[:9])
+
+
+def test_triton_mixed_steps_equal_peft(setup):
+    """The Triton kernels (interpreted on the CPU) in the engine on a loaded server's steps: a token budget
+    of 48 cuts prompts into chunks that share steps with other requests' decode tokens, and the mixed
+    regime's tiles are 16 tokens, so a chunk spans several tiles of its adapter next to decode tiles of
+    others (ranks 1..64, attention and MLP targets); greedy tokens equal transformers + PEFT's."""
+    kind, model, adapters, reqs, expected, ref = setup
+    if kind != "gqa":
+        pytest.skip("the interpreter is slow: the GQA model (attention and MLP targets) covers the kernels")
+    llm = LLM(
+        model=str(model),
+        adapters={k: str(v) for k, v in adapters.items()},
+        device="cpu",
+        dtype="float32",
+        kernel_backend="triton",
+        scheduler={"max_num_batched_tokens": 48, "max_num_seqs": 12},
+        lora={"kernels": {"mixed": {"tile_m": 16, "shrink_r": 32, "expand_n": 64}}},
+    )
+    e = llm.engine
+    steps: list[list[int]] = []  # tokens of each sequence in each step
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def execute(self, out):
+            steps.append([len(s.token_ids) for s in out.seqs])
+            return inner.execute(out)
+
+    inner, e.executor = e.executor, Recording()
+    outs = llm.generate(
+        [ids for ids, _, _ in reqs[:14]],
+        adapters=[a for _, a, _ in reqs[:14]],
+        sampling_params=[SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for _, _, m in reqs[:14]],
+    )
+    check(outs, reqs[:14], expected[:14])
+    assert any(max(lens) > 16 and 1 in lens for lens in steps), "no step mixed a multi-tile chunk with decodes"

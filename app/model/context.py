@@ -55,7 +55,7 @@ class LoRAMeta:
     seg_slot: torch.Tensor  # [S]   int32: adapter slot of each segment, -1 = base model
     max_seg_len: int
     max_rank: int  # columns of the shrink output buffer
-    plan: object | None = None  # decode: segments grouped by adapter (backend.lora_decode_plan), per step
+    plan: object | None = None  # the step's tokens grouped by adapter into tiles (backend.lora_plan)
     groups: dict[str, LoRAGroupMeta] = field(default_factory=dict)
 
 
