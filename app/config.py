@@ -90,6 +90,11 @@ class EngineConfig(BaseModel):
         "so that the first requests do not wait for Triton compiles; auto = on CUDA only",
     )
     seed: int = 0
+    load_format: Literal["safetensors", "dummy"] = Field(
+        "safetensors",
+        description="dummy: random weights (std 0.02) made on the device instead of read from the model "
+        "directory (which then needs only config.json and a tokenizer): benchmarks, as vLLM's --load-format dummy",
+    )
     pool: PoolConfig = Field(default_factory=PoolConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     lora: LoRAConfig = Field(default_factory=LoRAConfig)

@@ -45,7 +45,10 @@ class ModelRunner:
         self.dtype = resolve_dtype(cfg, self.args, self.device)
         self.backend = get_backend(cfg.resolved_backend(), cfg.lora_kernel_config())
         self.model = LlamaForCausalLM(self.args, self.tp, self.dtype, self.device)
-        self.model.load(cfg.model)
+        if cfg.load_format == "dummy":
+            self.model.init_dummy(cfg.seed + self.tp.rank)
+        else:
+            self.model.load(cfg.model)
         self.page_size = cfg.pool.page_size
         self.page_elems = 2 * self.page_size * self.model.kv_heads * self.args.head_dim
         self.num_pages = self._size_pool()

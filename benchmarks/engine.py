@@ -84,16 +84,42 @@ SHAPES = {
 }
 
 
+def model_config(shape: str, layers: int | None) -> dict:
+    """The Hugging Face config.json of a Llama shape of SHAPES (optionally with fewer layers)."""
+    cfg = dict(SHAPES[shape])
+    if layers:
+        cfg["num_hidden_layers"] = layers
+    cfg.update(
+        model_type="llama",
+        architectures=["LlamaForCausalLM"],
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_position_embeddings=4096,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+        bos_token_id=0,
+        eos_token_id=1,
+    )
+    return cfg
+
+
+def write_model_config(d: Path, shape: str, layers: int | None) -> Path:
+    """A model directory without weights: config.json and a word tokenizer (for `load_format="dummy"`)."""
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = model_config(shape, layers)
+    write_word_tokenizer(d, cfg["vocab_size"])
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
 def write_random_llama(d: Path, shape: str, layers: int | None, dtype=torch.bfloat16, seed=0) -> Path:
     """config.json + model.safetensors with random weights (std 0.02), written without transformers'
     slow init; the engine and transformers both load it as a normal checkpoint."""
     from safetensors.torch import save_file
 
-    cfg = dict(SHAPES[shape])
-    if layers:
-        cfg["num_hidden_layers"] = layers
-    d.mkdir(parents=True, exist_ok=True)
-    write_word_tokenizer(d, cfg["vocab_size"])
+    write_model_config(d, shape, layers)
+    cfg = model_config(shape, layers)
     H, I, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     D = H // cfg["num_attention_heads"]
     kv = cfg["num_key_value_heads"] * D
@@ -124,19 +150,6 @@ def write_random_llama(d: Path, shape: str, layers: int | None, dtype=torch.bflo
             }
         )
     save_file(w, str(d / "model.safetensors"))
-    cfg.update(
-        model_type="llama",
-        architectures=["LlamaForCausalLM"],
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        max_position_embeddings=4096,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        torch_dtype="bfloat16",
-        bos_token_id=0,
-        eos_token_id=1,
-    )
-    (d / "config.json").write_text(json.dumps(cfg))
     return d
 
 

@@ -223,13 +223,9 @@ SWEEP = {
         {},
         dict(tile_m=16, shrink_r=64, shrink_k=128, expand_r=16, expand_n=256),
         dict(tile_m=32),
-        dict(tile_m=32, expand_n=256, expand_r=16),
         dict(tile_m=64, shrink_k=128),
         dict(tile_m=64, expand_r=64),
-        dict(tile_m=64, expand_n=256, expand_warps=8),
         dict(tile_m=64, shrink_warps=8, expand_warps=8),
-        dict(tile_m=64, shrink_stages=4, expand_stages=3),
-        dict(tile_m=128, shrink_r=32, expand_n=64, shrink_warps=8, expand_warps=8),
         dict(tile_m=128, expand_n=128, shrink_warps=8, expand_warps=8),
     ],
 }

@@ -108,3 +108,23 @@ def test_kernel_compile_report(tmp_path):
         (s, k) for s in ("decode", "mixed") for k in ("lora_shrink_kernel", "lora_expand_kernel")
     }
     assert all(r["async_copies"] > 0 and r["spill_store_bytes"] == 0 for r in tiled), tiled
+
+
+def test_saturated_benchmark_smoke(tmp_path):
+    """benchmarks/saturated.py (the LoRA / engine end-to-end benchmark) runs its tiny setting on the CPU:
+    the base model and n adapters, with the floor and the share of the base run."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "saturated.py"), "--smoke", "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "saturated.json").read_text())
+    runs = res["settings"][0]["runs"]
+    assert [r["adapters"] for r in runs] == [0, 1, 3] and runs[0]["share_of_base"] == 1.0
+    assert all(r["steps"] > 0 and r["floor_s"] > 0 for r in runs)
+    assert [r["adapter_loads"] for r in runs] == [0, 1, 3]
+    assert (tmp_path / "saturated.md").exists()

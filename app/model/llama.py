@@ -204,6 +204,36 @@ class LlamaForCausalLM(torch.nn.Module):
                 w[f"{i}.down_b"] = get(p + "mlp.down_proj.bias")
         self.w = {k: v.to(device=self.device, dtype=self.dtype).contiguous() for k, v in w.items()}
 
+    def init_dummy(self, seed: int) -> None:
+        """Random weights of this rank's shard shapes (normal, std 0.02; norms 1, biases 0), made on the
+        device: what `load` would give for a random checkpoint, without reading one (benchmarks)."""
+        a, H = self.args, self.args.hidden_size
+        g = torch.Generator(device=self.device).manual_seed(seed)
+
+        def rnd(*shape):
+            return (torch.randn(*shape, generator=g, device=self.device) * 0.02).to(self.dtype)
+
+        def ones(n):
+            return torch.ones(n, dtype=self.dtype, device=self.device)
+
+        w = {"embed": rnd(a.vocab_size, H), "norm": ones(H)}
+        w["lm_head"] = w["embed"] if a.tie_word_embeddings else rnd(a.vocab_size, H)
+        qkv = self.q_size + 2 * self.kv_size
+        for i in range(a.num_layers):
+            w[f"{i}.in_norm"], w[f"{i}.post_norm"] = ones(H), ones(H)
+            w[f"{i}.qkv"] = rnd(qkv, H)
+            w[f"{i}.o"] = rnd(H, self.q_size)
+            w[f"{i}.gate_up"] = rnd(2 * self.inter, H)
+            w[f"{i}.down"] = rnd(H, self.inter)
+            if a.qkv_bias:
+                w[f"{i}.qkv_b"] = torch.zeros(qkv, dtype=self.dtype, device=self.device)
+            if a.o_bias:
+                w[f"{i}.o_b"] = torch.zeros(H, dtype=self.dtype, device=self.device)
+            if a.mlp_bias:
+                w[f"{i}.gate_up_b"] = torch.zeros(2 * self.inter, dtype=self.dtype, device=self.device)
+                w[f"{i}.down_b"] = torch.zeros(H, dtype=self.dtype, device=self.device)
+        self.w = w
+
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         a, w = self.args, self.w

@@ -1,0 +1,301 @@
+"""Saturated end-to-end throughput on S-LoRA's S2 workload: the engine under a load it cannot keep up with,
+with the base model alone and with n adapters, all in one run on one GPU (offline, no Ray).
+
+    python benchmarks/saturated.py --out DIR [--settings llama2-7b-qkvo llama3-8b-all] [--adapters 0 1 100 1000]
+    python benchmarks/saturated.py --smoke --out DIR          # tiny model on the CPU (the code path only)
+
+Per setting (a model shape and the LoRA targets; random bf16 weights made on the GPU, `load_format=dummy`):
+`--requests` requests are submitted at once, input and output lengths U[8, 512) (ignore EOS), adapters drawn
+uniformly over n (n = 0: the base model alone), ranks {64, 32, 16, 8} (S2), max_num_seqs 256, 4096 tokens
+per step, CUDA graphs on. Adapter names share four weight sets in host memory (one per rank); on the GPU every
+name gets its own pages and its own load. Reported per run: requests and output tokens per second, steps,
+mean batch, steps by kind (decode only / with prefill), adapter loads, the share of the base run's
+throughput, and the run's floor: every decode step reads the weights once (at least sum(output) /
+max_num_seqs steps), every decoded token reads its sequence's cached K/V once, both at the copy bandwidth
+measured in the run, and prefill costs its FLOPs at the measured bf16 matmul rate. --profile adds a
+torch.profiler breakdown of GPU time by kernel kind over a window of steps of each run.
+Writes saturated.json, saturated.md and saturated.png (throughput vs adapters) into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.config import EngineConfig  # noqa: E402
+from app.demo import write_peft_adapter  # noqa: E402
+from app.engine import Engine  # noqa: E402
+from app.request import SamplingParams  # noqa: E402
+from benchmarks.engine import SHAPES, alias_adapters, write_model_config  # noqa: E402
+
+QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ALL_LINEAR = QKVO + ["gate_proj", "up_proj", "down_proj"]
+SETTINGS = {
+    "llama2-7b-qkvo": ("llama2-7b", QKVO),
+    "llama3-8b-all": ("llama3-8b", ALL_LINEAR),
+    "llama2-13b-qkvo": ("llama2-13b", QKVO),
+    "tiny-all": ("tiny", ALL_LINEAR),
+}
+RANKS = (64, 32, 16, 8)
+
+
+def commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def measure_device(device: str) -> tuple[float, float]:
+    """(copy bandwidth in bytes/s counting read + written, bf16 matmul FLOP/s), measured now."""
+    if device != "cuda":
+        return 20e9, 50e9
+    from benchmarks.engine import cuda_median_s
+
+    n = 1 << 29
+    src = torch.empty(n // 2, dtype=torch.float16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    bw = 2 * n / cuda_median_s(lambda: dst.copy_(src))
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    rate = 2 * 8192**3 / cuda_median_s(lambda: a @ a)
+    del src, dst, a
+    torch.cuda.empty_cache()
+    return bw, rate
+
+
+def workload(
+    n_requests: int, n_adapters: int, seed: int, lo: int = 8, hi: int = 512
+) -> list[tuple[int, int, int | None]]:
+    """(input length, output length, adapter index or None) per request."""
+    rng = random.Random(seed)
+    return [
+        (rng.randrange(lo, hi), rng.randrange(lo, hi), rng.randrange(n_adapters) if n_adapters else None)
+        for _ in range(n_requests)
+    ]
+
+
+def floor_s(args_model, reqs, n_params: float, weight_bytes: float, max_num_seqs: int, bw: float, rate: float) -> dict:
+    """The run's floor (module docstring): weights once per decode step, K/V once per decoded token, prefill
+    FLOPs at the matmul rate."""
+    a = args_model
+    kv_bytes_per_token = 2 * a.num_layers * a.num_kv_heads * a.head_dim * 2  # K and V, bf16, all layers
+    out_total = sum(o for _, o, _ in reqs)
+    steps = out_total / max_num_seqs
+    weights = steps * weight_bytes / bw
+    kv = sum(sum(range(i, i + o)) for i, o, _ in reqs) * kv_bytes_per_token / bw
+    prefill = sum(2 * n_params * i for i, _, _ in reqs) / rate
+    return {"weights_s": weights, "kv_s": kv, "prefill_s": prefill, "floor_s": weights + kv + prefill}
+
+
+def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict:
+    rng = random.Random(seed)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for name in list(engine.pool.resident_adapters()):  # every run starts with no adapter on the GPU
+        engine.pool.evict(name)
+    loads0, steps0 = engine.pool.loads, engine.steps
+    sync()
+    t0 = time.perf_counter()
+    for i, o, a in reqs:
+        p = SamplingParams(max_tokens=o, temperature=0.0, ignore_eos=True, detokenize=False)
+        engine.add_request([rng.randrange(3, vocab) for _ in range(i)], p, adapter=None if a is None else f"a{a}")
+    batch, kinds, prof = [], {"decode": 0, "with_prefill": 0}, None
+    n = 0
+    while engine.has_unfinished():
+        running = len(engine.scheduler.running) + min(len(engine.scheduler.waiting), 1)
+        if profile and n == 40 and torch.cuda.is_available():
+            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            prof.__enter__()
+        engine.step()
+        n += 1
+        if prof is not None and n == 60:
+            sync()
+            prof.__exit__(None, None, None)
+            prof = kernel_breakdown(prof)
+        batch.append(len(engine.scheduler.running))
+        kinds["with_prefill" if engine.last_step_tokens > running else "decode"] += 1
+    sync()
+    elapsed = time.perf_counter() - t0
+    out_tokens = sum(o for _, o, _ in reqs)
+    return {
+        "elapsed_s": elapsed,
+        "req_s": len(reqs) / elapsed,
+        "out_tok_s": out_tokens / elapsed,
+        "steps": engine.steps - steps0,
+        "mean_batch": sum(batch) / max(1, len(batch)),
+        "steps_by_kind": kinds,
+        "adapter_loads": engine.pool.loads - loads0,
+        "preemptions": engine.scheduler.num_preemptions,
+        "profile": prof if isinstance(prof, dict) else None,
+    }
+
+
+def kernel_breakdown(prof) -> dict:
+    """GPU time (ms) over the profiled steps by kernel kind, from the kernels' names."""
+    kinds = {
+        "lora": ("lora_", "_plan_"),
+        "attention": ("paged_attn",),
+        "kv_append": ("kv_append",),
+        "gemm": ("gemm", "sm90", "cutlass", "nvjet", "ampere", "matmul"),
+        "norm_rope_act": ("elementwise", "vectorized", "reduce", "silu", "mul", "cat"),
+    }
+    out: dict[str, float] = {}
+    for e in prof.key_averages():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        name = e.key.lower()
+        kind = next((k for k, pats in kinds.items() if any(p in name for p in pats)), "other")
+        out[kind] = out.get(kind, 0.0) + e.device_time_total / 1e3
+    return {k: round(v, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
+def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
+    shape, targets = SETTINGS[name]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model_dir = write_model_config(work / shape, shape, args.layers)
+    srcs = {}
+    for r in RANKS:
+        d = work / f"{name}-r{r}"
+        if not (d / "adapter_config.json").exists():
+            write_peft_adapter(d, model_dir, r, 2.0 * r, targets, seed=r, std=0.02)
+        srcs[f"src-r{r}"] = str(d)
+    cfg = EngineConfig(
+        model=str(model_dir),
+        device=device,
+        dtype="bfloat16" if device == "cuda" else "float32",
+        load_format="dummy",
+        pool={"gpu_memory_fraction": 0.85, "page_size": 16},
+        scheduler={"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens},
+        **({"warmup": "on"} if device == "cuda" else {}),
+    )
+    t0 = time.perf_counter()
+    engine = Engine(cfg)
+    setup_s = time.perf_counter() - t0
+    n_max = max(args.adapters)
+    alias_adapters(engine, srcs, {f"a{i}": f"src-r{RANKS[i % 4]}" for i in range(n_max)})
+    a = engine.args
+    n_params = sum(w.numel() for k, w in engine.executor.model.w.items() if k not in ("embed",))
+    weight_bytes = n_params * 2
+    runs = []
+    for n in args.adapters:
+        reqs = workload(args.requests, n, args.seed, hi=args.max_len)
+        if n == args.adapters[0]:  # one untimed round first: compiles, graph captures, allocator
+            run_once(engine, workload(min(64, args.requests), n, args.seed + 1, hi=args.max_len), a.vocab_size, 1,
+                     False)  # fmt: skip
+        row = {"adapters": n, **run_once(engine, reqs, a.vocab_size, args.seed, args.profile)}
+        fl = floor_s(a, reqs, n_params, weight_bytes, args.max_num_seqs, bw, rate)
+        row.update(fl, floor_share=fl["floor_s"] / row["elapsed_s"])
+        runs.append(row)
+        print(f"{name} n={n}: {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
+              f"mean batch {row['mean_batch']:.0f}, loads {row['adapter_loads']}, "
+              f"{row['floor_share']:.0%} of the floor ({fl['floor_s']:.1f} s) {row['profile'] or ''}", flush=True)  # fmt: skip
+    base = next((r for r in runs if r["adapters"] == 0), None)
+    for r in runs:
+        r["share_of_base"] = None if base is None else r["req_s"] / base["req_s"]
+    del engine
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return {"setting": name, "shape": shape, "targets": targets, "layers": a.num_layers, "setup_s": setup_s,
+            "params_b": n_params / 1e9, "runs": runs}  # fmt: skip
+
+
+def write_report(res: dict, out: Path) -> None:
+    lines = [
+        f"# Saturated S2 throughput: {res['gpu']} (commit {res['commit']})",
+        "",
+        f"{res['requests']} requests submitted at once, input and output U[8, {res['max_len']}), ranks {{64, 32, 16, 8}}, "
+        f"adapters uniform over n; max_num_seqs {res['max_num_seqs']}, {res['max_num_batched_tokens']} tokens per step; "
+        f"random bf16 weights. Copy bandwidth {res['copy_bandwidth_gbs']:.0f} GB/s, bf16 matmul "
+        f"{res['matmul_tflops']:.0f} TFLOP/s (both measured in this run). Adapter names share four weight sets in "
+        "host memory; each name has its own pages and loads on the GPU.",
+        "",
+        "| setting | adapters | req/s | out tok/s | % of base | steps (decode / with prefill) | mean batch | "
+        "adapter loads | floor s | % of floor |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for s in res["settings"]:
+        for r in s["runs"]:
+            share = "-" if r["share_of_base"] is None else f"{r['share_of_base']:.0%}"
+            k = r["steps_by_kind"]
+            lines.append(
+                f"| {s['setting']} | {r['adapters']} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | {share} | "
+                f"{r['steps']} ({k['decode']} / {k['with_prefill']}) | {r['mean_batch']:.0f} | {r['adapter_loads']} | "
+                f"{r['floor_s']:.1f} | {r['floor_share']:.0%} |"
+            )
+    profiles = [(s["setting"], r["adapters"], r["profile"]) for s in res["settings"] for r in s["runs"] if r["profile"]]
+    if profiles:
+        lines += ["", "## GPU time by kernel kind over steps 40-60 of each run (ms)", ""]
+        for setting, n, p in profiles:
+            lines.append(f"- {setting}, n={n}: " + ", ".join(f"{k} {v:.1f}" for k, v in p.items()))
+    (out / "saturated.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in res["settings"]:
+        xs = [max(r["adapters"], 0.5) for r in s["runs"] if r["adapters"] > 0]
+        ys = [r["req_s"] for r in s["runs"] if r["adapters"] > 0]
+        (line,) = ax.plot(xs, ys, "o-", label=s["setting"])
+        base = next((r["req_s"] for r in s["runs"] if r["adapters"] == 0), None)
+        if base:
+            ax.axhline(base, ls="--", color=line.get_color(), alpha=0.6, label=f"{s['setting']} base only")
+    ax.set_xscale("log")
+    ax.set_xlabel("adapters (n)")
+    ax.set_ylabel("requests / s")
+    ax.set_title(f"Saturated S2 throughput, {res['gpu']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "saturated.png", dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--work", default="/tmp/sloray-saturated", type=Path)
+    ap.add_argument("--settings", nargs="+", default=["llama2-7b-qkvo", "llama3-8b-all"], choices=sorted(SETTINGS))
+    ap.add_argument("--adapters", nargs="+", type=int, default=[0, 1, 100, 1000, 2000])
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--max-len", type=int, default=512, help="input and output lengths are U[8, max_len)")
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=4096)
+    ap.add_argument("--layers", type=int, default=None, help="fewer layers than the shape (quick runs)")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="tiny model, few requests (the CPU)")
+    args = ap.parse_args()
+    if args.smoke:
+        args.settings, args.adapters, args.requests, args.max_len = ["tiny-all"], [0, 1, 3], 12, 24
+        args.max_num_seqs, args.max_num_batched_tokens = 8, 64
+    args.out.mkdir(parents=True, exist_ok=True)
+    bw, rate = measure_device("cuda" if torch.cuda.is_available() else "cpu")
+    res = dict(
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})",
+        commit=commit(), torch=torch.__version__, requests=args.requests, max_len=args.max_len,
+        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, settings=[],
+    )  # fmt: skip
+    for name in args.settings:
+        res["settings"].append(bench_setting(name, args, args.work, bw, rate))
+        (args.out / "saturated.json").write_text(json.dumps(res, indent=1))
+    write_report(res, args.out)
+    print((args.out / "saturated.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
