@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,16 +37,31 @@ def demo():
 
 
 @pytest.fixture(scope="module")
-def service(demo):
-    from deployments.builder import build_app
+def service(demo, tmp_path_factory):
+    """The demo at / and, at /llama3, the demo's base model under the name "model-llama3" with a chat
+    template that asks for Llama-3 JSON tool calls."""
+    from ray.serve.api import RunTarget
 
+    from deployments.builder import build_app
+    from tests.test_tools import LLAMA3_TEMPLATE
+
+    llama3 = tmp_path_factory.mktemp("llama3") / "model-llama3"
+    shutil.copytree(demo / "model", llama3)
+    cfg = json.loads((llama3 / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (llama3 / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (llama3 / "chat_template.jinja").write_text(LLAMA3_TEMPLATE)
     os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     ray.init(num_cpus=2, include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    serve.run(
-        build_app({"num_groups": 1, "group_num_cpus": 0.5, "device": "cpu", "dtype": "float32"}),
-        name="clients",
-        route_prefix="/",
+    args = {"num_groups": 1, "group_num_cpus": 0.5, "device": "cpu", "dtype": "float32"}
+    serve.run_many(
+        [
+            RunTarget(build_app(args), name="clients", route_prefix="/"),
+            RunTarget(
+                build_app(args | {"model": str(llama3), "group_num_cpus": 0.25}), name="llama3", route_prefix="/llama3"
+            ),
+        ]
     )
     yield
     serve.shutdown()
@@ -60,6 +76,11 @@ def llm(demo):
 @pytest.fixture(scope="module")
 def client(service):
     return openai.OpenAI(base_url=f"{BASE}/v1", api_key="none", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def llama3_client(service):
+    return openai.OpenAI(base_url=f"{BASE}/llama3/v1", api_key="none", max_retries=0, timeout=120)
 
 
 def offline(llm, prompt, adapter, **kw):
@@ -118,8 +139,8 @@ def test_prompt_logprobs_field_and_min_tokens(client, llm):
     assert plp[0] is None and len(plp) == len(ref.prompt_token_ids)
     for d, t, x in zip(plp[1:], ref.prompt_token_ids[1:], ref.prompt_logprobs[1:]):
         assert d[str(t)]["logprob"] == pytest.approx(x.logprob, abs=1e-4) and d[str(t)]["rank"] == x.rank
-        for r, (a, v) in enumerate(x.top, 1):
-            assert d[str(a)]["logprob"] == pytest.approx(v, abs=1e-4) and d[str(a)]["rank"] == r
+        for rank, (a, v) in enumerate(x.top, 1):
+            assert d[str(a)]["logprob"] == pytest.approx(v, abs=1e-4) and d[str(a)]["rank"] == rank
     assert r.choices[0].text == ref.text and r.choices[0].logprobs is None
     chat = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1, extra_body={"prompt_logprobs": 0}
@@ -248,11 +269,16 @@ def test_lm_eval_local_completions(service, demo, llm, tmp_path, adapter):
     for task in ("sloray_ll", "sloray_mc"):
         (samples,) = out.rglob(f"samples_{task}_*.jsonl")
         rows = [json.loads(line) for line in samples.read_text().splitlines()]
-        pairs = [(a["arg_0"], a["arg_1"]) if isinstance(a, dict) else a for r in rows for a in r["arguments"]]
-        got = [resp[0][0] for r in rows for resp in r["resps"]]
+        args = [
+            a for r in rows for a in (r["arguments"].values() if isinstance(r["arguments"], dict) else r["arguments"])
+        ]
+        pairs = [(a["arg_0"], a["arg_1"]) if isinstance(a, dict) else tuple(a) for a in args]
+        got = [float(resp[0][0]) for r in rows for resp in r["resps"]]
         assert len(got) == len(pairs) == (len(LL_DOCS) if task == "sloray_ll" else 9)
         want = [_loglikelihood(llm, adapter, c, x) for c, x in pairs]
         assert got == pytest.approx(want, abs=1e-3), task
+        if adapter is not None:  # an adapter changes the values: the comparison with its base model means something
+            assert all(abs(w - v) > 1e-3 for w, v in zip(want, [_loglikelihood(llm, None, c, x) for c, x in pairs]))
 
 
 # ---- structured output --------------------------------------------------------------------------
@@ -280,7 +306,10 @@ def test_openai_parse_with_a_pydantic_schema(client, llm):
         msg = r.choices[0].message
         assert r.choices[0].finish_reason == "stop", msg.content
         assert isinstance(msg.parsed, Person) and Person.model_validate_json(msg.content) == msg.parsed
-    schema = {"type": "json_schema", "json_schema": {"name": "Person", "schema": Person.model_json_schema()}}
+    strict = Person.model_json_schema()  # no other properties (else the random model could add them forever)
+    for obj in (strict, *strict["$defs"].values()):
+        obj["additionalProperties"] = False
+    schema = {"type": "json_schema", "json_schema": {"name": "Person", "schema": strict}}
     chunks = client.chat.completions.create(
         model=MODEL, messages=msgs, response_format=schema, max_tokens=300, temperature=0, stream=True
     )
@@ -338,3 +367,142 @@ def test_guided_regex_choice_grammar_and_completions(client):
     )
     assert bad.status_code == 400 and "regex" in bad.json()["error"]["message"], bad.text
     assert client.completions.create(model=MODEL, prompt="x", max_tokens=2).usage.completion_tokens == 2
+
+
+# ---- tools --------------------------------------------------------------------------------------
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 10}, "unit": {"enum": ["C", "F"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _args(call) -> dict:
+    import jsonschema
+
+    args = json.loads(call.function.arguments)
+    jsonschema.validate(args, {"get_weather": WEATHER, "get_time": TIME}[call.function.name]["function"]["parameters"])
+    return args
+
+
+def test_forced_tool_calls_named_and_required(client):
+    """tool_choice a function / "required": the random model's output is forced to valid calls, streamed or
+    not; tool_choice "none" leaves the output as text."""
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for model, kw in ((MODEL, dict(temperature=0)), ("demo-r4-attn", dict(temperature=1.0, seed=5))):
+        r = client.chat.completions.create(
+            model=model, messages=ASK, tools=[WEATHER, TIME], tool_choice=named, max_tokens=150, **kw
+        )
+        (call,) = r.choices[0].message.tool_calls
+        assert call.function.name == "get_weather" and r.choices[0].finish_reason == "stop"
+        assert set(_args(call)) == {"city", "unit"} and r.choices[0].message.content is None
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER, TIME],
+        tool_choice="required",
+        parallel_tool_calls=False,  # one call at most: the random model would add calls up to max_tokens
+        max_tokens=200,
+        temperature=0.7,
+        seed=1,
+    )
+    calls = r.choices[0].message.tool_calls
+    assert calls and r.choices[0].finish_reason == "tool_calls" and all(_args(c) is not None for c in calls)
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=ASK, tools=[WEATHER], tool_choice=named, max_tokens=150, temperature=0, stream=True
+        )
+    )
+    deltas = [tc for ch in chunks if ch.choices for tc in ch.choices[0].delta.tool_calls or []]
+    assert len(deltas) == 1 and deltas[0].index == 0 and deltas[0].id and deltas[0].function.name == "get_weather"
+    assert set(_args(deltas[0])) == {"city", "unit"}
+    assert not any(ch.choices[0].delta.content for ch in chunks if ch.choices)
+    plain = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="none", max_tokens=8, temperature=0
+    )
+    same = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, temperature=0)
+    assert (
+        plain.choices[0].message.content == same.choices[0].message.content and not plain.choices[0].message.tool_calls
+    )
+
+
+HERMES_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call>'
+
+
+def test_auto_tool_calls_parsed_from_the_template_format(client):
+    """tool_choice "auto": the output is parsed in the chat template's format (the demo: Hermes). The random
+    model would not call a tool by itself, so a guided_choice makes it write a call, or text."""
+    for text, stream in ((HERMES_CALL, False), ("Sure. " + HERMES_CALL, True), ("No tools needed.", True)):
+        kw = dict(model=MODEL, messages=ASK, tools=[WEATHER, TIME], max_tokens=200, temperature=0)
+        kw["extra_body"] = {"guided_choice": [text]}
+        if not stream:
+            msg = client.chat.completions.create(**kw).choices[0]
+            content, calls, reason = msg.message.content, msg.message.tool_calls or [], msg.finish_reason
+        else:
+            chunks = [ch for ch in client.chat.completions.create(**kw, stream=True) if ch.choices]
+            content = "".join(ch.choices[0].delta.content or "" for ch in chunks)
+            calls = [tc for ch in chunks for tc in ch.choices[0].delta.tool_calls or []]
+            reason = chunks[-1].choices[0].finish_reason
+        if "<tool_call>" in text:
+            assert [(c.function.name, _args(c)) for c in calls] == [("get_weather", {"city": "Paris", "unit": "C"})]
+            assert (content or "").strip() == text[: text.index("<tool_call>")].strip() and reason == "tool_calls"
+        else:
+            assert content == text and not calls and reason == "stop"
+
+
+def test_llama3_json_tool_calls(llama3_client):
+    """A model whose chat template asks for Llama-3 JSON calls: its output is parsed in that format."""
+    call = '{"name": "get_weather", "parameters": {"city": "Oslo", "unit": "F"}}'
+    kw = dict(model="model-llama3", messages=ASK, tools=[WEATHER], max_tokens=200, temperature=0)
+    r = llama3_client.chat.completions.create(**kw, extra_body={"guided_choice": [call]})
+    (c,) = r.choices[0].message.tool_calls
+    assert _args(c) == {"city": "Oslo", "unit": "F"} and r.choices[0].finish_reason == "tool_calls"
+    chunks = [
+        ch
+        for ch in llama3_client.chat.completions.create(**kw, stream=True, extra_body={"guided_choice": [call]})
+        if ch.choices
+    ]
+    (c,) = [tc for ch in chunks for tc in ch.choices[0].delta.tool_calls or []]
+    assert _args(c) == {"city": "Oslo", "unit": "F"} and not any(ch.choices[0].delta.content for ch in chunks)
+
+
+def test_langchain_bind_tools_and_structured_output(service):
+    """LangChain's ChatOpenAI against the demo: bind_tools with tool_choice forcing a tool returns a call whose
+    args validate; with_structured_output(pydantic model) returns the model. strict=True: the schemas allow
+    no other properties (without it the random model could add properties until max_tokens)."""
+    pytest.importorskip("langchain_openai")
+    from typing import Literal
+
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    class GetWeather(BaseModel):
+        """The weather in a city."""
+
+        city: str = Field(max_length=10)
+        unit: Literal["C", "F"]
+
+    class Answer(BaseModel):
+        verdict: Literal["yes", "no"]
+        confidence: int = Field(ge=0, le=100)
+
+    llm = ChatOpenAI(model=MODEL, base_url=f"{BASE}/v1", api_key="none", temperature=0, max_tokens=100, max_retries=0)
+    msg = llm.bind_tools([GetWeather], tool_choice="GetWeather", strict=True).invoke("Weather in Paris?")
+    (call,) = msg.tool_calls
+    assert call["name"] == "GetWeather" and GetWeather.model_validate(call["args"])
+    msg = llm.bind_tools([GetWeather], tool_choice="any", strict=True, parallel_tool_calls=False).invoke("Weather?")
+    assert msg.tool_calls and all(GetWeather.model_validate(c["args"]) for c in msg.tool_calls)
+    out = llm.with_structured_output(Answer, strict=True).invoke("Is the sky blue?")
+    assert isinstance(out, Answer)
+    out = llm.with_structured_output(Answer, method="function_calling", strict=True).invoke("Is the sky blue?")
+    assert isinstance(out, Answer)
