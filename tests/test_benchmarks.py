@@ -109,3 +109,14 @@ def test_kernel_compile_report(tmp_path):
         "_lora_decode_fused_kernel",
     }
     assert all(r["async_copies"] > 0 and r["spill_store_bytes"] == 0 for r in fast), fast
+
+
+def test_grammar_libs_smoke(tmp_path):
+    """The grammar-library comparison runs (demo tokenizer, 10 walks); llguidance's walks are all valid."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "grammar_libs.py"), "--smoke", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "grammar_libs.json").read_text())["tokenizers"]["demo (478)"]["llguidance"]
+    assert res["walks"] == 10 and res["invalid"] == 0 and res["fill_us_median"] > 0
+    assert "llguidance" in (tmp_path / "grammar_libs.md").read_text()
