@@ -115,9 +115,10 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> ModelOutput:
         """The sampled tokens (one per sequence with `sample`, in order; on tp-rank 0), their TokenLogprobs
         where requested and the prompt logprobs asked for (other ranks return an empty ModelOutput)."""
-        for rid in out.finished_ids + out.preempted_ids:
+        for rid in out.finished_ids:
             self.generators.pop(rid, None)
-            self.history.pop(rid, None)
+        for rid in out.finished_ids + out.preempted_ids:  # a preempted request keeps its generator: sampling
+            self.history.pop(rid, None)  # after its recompute goes on from the same random state
             if self.constraints is not None:
                 self.constraints.drop(rid)
         for s in out.seqs:  # the tokens so far of requests whose sampling looks at them (penalties, grammar)

@@ -626,3 +626,15 @@ def test_min_tokens_masks_eos_and_stop_tokens(llm):
     out = llm.generate(["Hello"], greedy(8, stop=[stop], min_tokens=8))[0]
     assert out.token_ids == free.token_ids and out.finish_reason == "length"
     assert llm.generate(["Hello"], greedy(8, stop=[stop]))[0].text == ""
+
+
+def test_seeded_sampling_survives_preemption(demo, llm):
+    """A seeded request preempted and recomputed samples the same tokens as without preemption (its
+    generator keeps its state; a fresh one would replay the first draws)."""
+    p = SamplingParams(max_tokens=40, temperature=1.0, seed=7, ignore_eos=True)
+    ref = llm.generate(["Hi"], p)[0].token_ids
+    small = LLM(model=str(demo / "model"), device="cpu", dtype="float32", pool={"page_size": 4, "num_pages": 30})
+    a = [(5 * j) % 300 + 3 for j in range(80)]  # with its 40 tokens: the whole pool
+    outs = small.generate([a, "Hi"], [greedy(40), p])
+    assert outs[1].metrics["num_preemptions"] > 0, "the seeded request was meant to be preempted"
+    assert outs[1].token_ids == ref
