@@ -291,9 +291,9 @@ class CompletionRequest(_SamplingFields):
     @model_validator(mode="after")
     def _unsupported(self):
         if self.suffix:
-            raise ValueError("suffix is not supported")
+            raise UnsupportedField("suffix")
         if self.best_of is not None and self.best_of != self.n:
-            raise ValueError("best_of other than n is not supported")
+            raise UnsupportedField("best_of", "other than n is not supported by this server")
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt must not be empty")
         return self

@@ -111,6 +111,8 @@ def test_echo_prompt_logprobs_min_tokens_and_vllm_fields():
     for req, bad in (
         (CompletionRequest, {"min_p": 0.05}),
         (CompletionRequest, {"truncate_prompt_tokens": 8}),
+        (CompletionRequest, {"suffix": "end"}),
+        (CompletionRequest, {"best_of": 3}),
         (ChatCompletionRequest, {"continue_final_message": True}),
         (ChatCompletionRequest, {"functions": [{"name": "f"}]}),
         (ChatCompletionRequest, {"prompt_logprobs": 1, "stream": True}),
