@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-DEFAULT_DIR = Path.home() / ".cache" / "sloray" / "demo-v1"
+DEFAULT_DIR = Path.home() / ".cache" / "sloray" / "demo-v2"  # v2: the chat template shows tools
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Serving thousands of concurrent LoRA adapters on one GPU with unified paging.",
@@ -33,8 +33,26 @@ DEMO_ADAPTERS = {
     "demo-r32-rslora": (32, 8.0, ["q_proj", "v_proj", "down_proj"], True),
     "demo-r64-all": (64, 32.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], False),
 }
+# `<|role|>content` lines; with `tools`, a Hermes-style tool section (the model calls a tool with
+# <tool_call>{"name": ..., "arguments": {...}}</tool_call>; results come back in <tool_response> blocks).
+# Jinja drops a newline right after a block tag in HF's templates (trim_blocks): those are {{ '\n' }}.
 CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if tools %}<|system|>"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n\n{% endif %}"
+    "# Tools\n\nYou may call one or more functions. Their signatures are within <tools></tools> XML tags:\n<tools>"
+    "{% for t in tools %}{{ '\\n' }}{{ t | tojson }}{% endfor %}{{ '\\n' }}</tools>\n\n"
+    "For each function call, return a json object with the function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}'
+    "\n</tool_call>\n{% endif %}"
+    "{% for m in messages %}"
+    "{% if tools and loop.first and m['role'] == 'system' %}"
+    "{% elif m['role'] == 'assistant' and m.tool_calls is defined and m.tool_calls %}<|assistant|>"
+    "{{ m['content'] or '' }}{% for c in m.tool_calls %}<tool_call>\n"
+    "{{ {'name': c['function']['name'], 'arguments': c['function']['arguments']} | tojson }}\n</tool_call>"
+    "{% endfor %}{{ '\\n' }}"
+    "{% elif m['role'] == 'tool' %}<|tool|><tool_response>\n{{ m['content'] }}\n</tool_response>\n"
+    "{% else %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endif %}"
+    "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 

@@ -1,8 +1,8 @@
 """The engine: adapters registry, request queue and the step loop.
 
     step():  out = scheduler.schedule()            # which tokens of which requests, adapter loads
-             tokens, logprobs = executor.execute(out)   # every rank runs the forward pass; rank 0 samples
-             scheduler.update(out, tokens)         # advance requests; stop checks; free finished
+             result = executor.execute(out)        # every rank runs the forward pass; rank 0 samples
+             scheduler.update(out, result)         # advance requests; stop checks; free finished
 
 `executor` is this process's `ModelRunner` (one device), or anything with the same methods
 (`execute`, `add_adapter`, `remove_adapter`, `alive`, `num_pages`, `page_size`, `device`), e.g. the Ray
@@ -82,6 +82,7 @@ class Engine:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_token_ids = eos
         self._ids = itertools.count()
+        self._grammars = None
         self.steps = 0
         self.failed_steps = 0  # in a row
         self.last_step_tokens = 0  # tokens computed by the last step (prefill chunks + decodes)
@@ -146,6 +147,8 @@ class Engine:
                 raise ValueError(f"token ids {bad[:5]} are outside the vocabulary (size {self.args.vocab_size})")
         if not ids:
             raise ValueError("the prompt is empty")
+        if params.structured is not None:
+            self.grammars().compile(params.structured)  # ValueError for a bad schema / regex / grammar
         bad = [t for t in params.logit_bias or {} if t >= self.args.vocab_size]
         if bad:
             raise ValueError(f"logit_bias token ids {bad[:5]} are outside the vocabulary (size {self.args.vocab_size})")
@@ -158,12 +161,26 @@ class Engine:
         if rid in self.requests:
             raise ValueError(f"request id {rid!r} is already in use")
         req = Request(request_id=rid, prompt_token_ids=ids, adapter=adapter, params=params, prompt=text)
+        if params.prompt_logprobs is not None:
+            req.prompt_logprobs = [None]
+        if params.min_tokens:
+            req.stop_ids_banned = sorted(
+                set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids)
+            )
         if arrival_time is not None:
             req.arrival_time = arrival_time
         self.scheduler.add(req)
         self.requests[rid] = req
         self.detok[rid] = IncrementalDetokenizer(self.tokenizer)
         return rid
+
+    def grammars(self):
+        """Compiled grammars of structured-output requests (app/structured.py), made on first use."""
+        if self._grammars is None:
+            from app.structured import Grammars
+
+            self._grammars = Grammars(self.tokenizer.hf, self.args.vocab_size, sorted(self.eos_token_ids))
+        return self._grammars
 
     def abort(self, request_id: str) -> None:
         req = self.requests.pop(request_id, None)
@@ -207,7 +224,7 @@ class Engine:
         MAX_STEP_FAILURES failed steps in a row), which this raises."""
         out = self.scheduler.schedule()
         try:
-            tokens, logprobs = self.executor.execute(out)
+            result = self.executor.execute(out)
         except EngineDeadError:
             raise
         except Exception as e:  # noqa: BLE001 - this step's requests fail; the engine goes on
@@ -222,15 +239,17 @@ class Engine:
         self.last_step_adapters = len({s.adapter for s in out.seqs if s.adapter})
         now = time.monotonic()
         outputs = []
-        for req in self.scheduler.update(out, self.requests, tokens, logprobs):
+        for req in self.scheduler.update(out, self.requests, result):
+            failed = bool(req.output_token_ids) and req.output_token_ids[-1] == FAILED
             try:
-                if req.output_token_ids[-1] == FAILED:
+                if failed:
                     raise ValueError("sampling failed for this request")
                 if req.first_token_time is None:
                     req.first_token_time = now
                 reason = self._check_stop(req)
             except Exception as e:  # noqa: BLE001 - this request fails alone
-                req.output_token_ids.pop()
+                if failed:
+                    req.output_token_ids.pop()
                 self._fail(req, str(e))
             else:
                 if reason:
@@ -262,13 +281,17 @@ class Engine:
             self.detok.pop(req.request_id, None)
 
     def _check_stop(self, req: Request) -> str | None:
-        tok = req.output_token_ids[-1]
         p = req.params
+        if not req.output_token_ids:  # max_tokens 0: the prompt is done
+            return "length"
+        tok = req.output_token_ids[-1]
         if p.detokenize:
             d = self.detok[req.request_id]
             d.add(req.output_token_ids)
             req.text = d.text
-        if not p.ignore_eos and tok in self.eos_token_ids:
+        if len(req.output_token_ids) < p.min_tokens:
+            return None  # EOS and stop tokens were masked; stop strings do not count yet
+        if (not p.ignore_eos or p.structured is not None) and tok in self.eos_token_ids:
             return "stop"
         if tok in p.stop_token_ids:
             return "stop"
@@ -291,6 +314,8 @@ class Engine:
         delta_ids = req.output_token_ids[req.emitted_tokens :]
         lps = list(req.output_logprobs) if req.params.logprobs is not None else None
         delta_lps = None if lps is None else lps[req.emitted_tokens :]
+        first = req.emitted_tokens == 0  # every output but an abort's carries a new token
+        prompt_lps = list(req.prompt_logprobs) if req.prompt_logprobs and (first or req.finished) else None
         req.emitted_tokens = len(req.output_token_ids)
         return RequestOutput(
             request_id=req.request_id,
@@ -312,6 +337,7 @@ class Engine:
             },
             logprobs=lps,
             delta_logprobs=delta_lps,
+            prompt_logprobs=prompt_lps,
             error=req.error,
         )
 

@@ -1,21 +1,28 @@
 """OpenAI-compatible request/response schemas (pydantic), as vLLM serves them.
 
-In:  JSON bodies of /v1/completions, /v1/chat/completions, /v1/load_lora_adapter, /v1/unload_lora_adapter.
+In:  JSON bodies of /v1/completions, /v1/chat/completions (with tools: app/tools.py), /v1/load_lora_adapter,
+     /v1/unload_lora_adapter.
 Out: response and streaming-chunk objects, model cards, error objects `{"error": {...}}`.
 `to_sampling_params` maps a request onto the engine's `SamplingParams` (one per choice of `n`).
-Unknown fields are ignored (as OpenAI clients send extras); supported ones are validated (400 when bad).
+Unknown fields are ignored (as OpenAI clients send extras); supported ones are validated (400 when bad);
+fields that vLLM knows and this server does not implement (`VLLM_UNSUPPORTED`) are refused with a 400
+naming the field when set to anything but their neutral value, so that a request never silently gets
+an output other than the one it asked for.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.request import MAX_LOGPROBS, SamplingParams, TokenLogprobs
+from app.structured import StructuredOutputs
+from app.tools import forced_constraint
 
 
 def random_id(prefix: str) -> str:
@@ -51,6 +58,102 @@ def error_body(status: int, message: str, param: str | None = None) -> dict:
 
 
 # ---- requests ---------------------------------------------------------------------------------------
+class UnsupportedField(ValueError):
+    """A request field this server knows but does not implement (a 400 whose `param` is the field)."""
+
+    def __init__(self, param: str, why: str = "is not supported by this server"):
+        super().__init__(f"{param} {why}")
+        self.param = param
+
+
+# name -> the values that mean "off" (accepted: the output is what the request asks for)
+VLLM_UNSUPPORTED: dict[str, tuple] = {
+    "use_beam_search": (False,),
+    "min_p": (0, 0.0),
+    "length_penalty": (1, 1.0),
+    "include_stop_str_in_output": (False,),
+    "skip_special_tokens": (True,),
+    "spaces_between_special_tokens": (True,),
+    "truncate_prompt_tokens": (None,),
+    "allowed_token_ids": (None,),
+    "bad_words": (None, []),
+    "logits_processors": (None,),
+    "return_tokens_as_token_ids": (False,),
+    "priority": (0,),
+    "prompt_embeds": (None,),
+    "kv_transfer_params": (None,),
+    "vllm_xargs": (None,),
+    "guided_whitespace_pattern": (None,),
+}
+# vLLM's structured_outputs keys that are not implemented (-> 400 unless neutral); json / regex / choice /
+# grammar / json_object are, and disable_any_whitespace is accepted (JSON is always compact here)
+STRUCTURED_UNSUPPORTED: dict[str, tuple] = {
+    "whitespace_pattern": (None,),
+    "structural_tag": (None,),
+    "disable_fallback": (None, False),
+    "disable_additional_properties": (None, False),
+}
+COMPLETION_UNSUPPORTED: dict[str, tuple] = {"add_special_tokens": (None, True)}
+CHAT_UNSUPPORTED: dict[str, tuple] = {
+    "add_special_tokens": (None, False),
+    "echo": (False,),
+    "continue_final_message": (False,),
+    "add_generation_prompt": (True,),
+    "documents": (None,),
+    "chat_template": (None,),
+    "chat_template_kwargs": (None, {}),
+    "mm_processor_kwargs": (None,),
+    "functions": (None,),
+    "function_call": (None,),
+    "reasoning_effort": (None,),
+    "modalities": (None, ["text"]),
+    "audio": (None,),
+    "prediction": (None,),
+    "web_search_options": (None,),
+}
+
+
+def refuse_unsupported(data: Any, table: dict[str, tuple]) -> None:
+    if isinstance(data, dict):
+        for name, neutral in table.items():
+            if name in data and not any(data[name] == v and type(data[name]) is type(v) for v in neutral):
+                raise UnsupportedField(name)
+
+
+GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice", "guided_grammar": "grammar"}
+
+
+def structured_outputs(field: str, json_object: bool = False, **spec) -> StructuredOutputs:
+    """StructuredOutputs from a request field's value (a JSON schema may be given as an object or text)."""
+    if isinstance(spec.get("json"), dict):
+        spec["json"] = json.dumps(spec["json"])
+    if isinstance(spec.get("choice"), list):
+        spec["choice"] = tuple(spec["choice"])
+    try:
+        return StructuredOutputs(json_object=json_object, **spec)
+    except (TypeError, ValueError) as e:
+        raise UnsupportedField(field, f"is invalid: {e}") from None
+
+
+def response_format_constraint(rf: dict) -> StructuredOutputs | None:
+    """OpenAI's response_format: text (none), json_object, json_schema ({"json_schema": {"name", "schema",
+    "strict"}})."""
+    kind = rf.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return StructuredOutputs(json_object=True)
+    if kind == "json_schema":
+        js = rf.get("json_schema")
+        schema = js.get("schema", js.get("json_schema")) if isinstance(js, dict) else None
+        if not isinstance(schema, dict):
+            raise UnsupportedField(
+                "response_format", "json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}"
+            )
+        return StructuredOutputs(json=json.dumps(schema))
+    raise UnsupportedField("response_format", f"type {kind!r} is not supported (text, json_object, json_schema)")
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -58,7 +161,7 @@ class StreamOptions(BaseModel):
 class _SamplingFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = -1
@@ -71,9 +174,25 @@ class _SamplingFields(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(1.0, gt=0.0)
     logit_bias: dict[str, float] | None = None
+    min_tokens: int = Field(0, ge=0)
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    # structured output: OpenAI's response_format, vLLM's structured_outputs and its older guided_* fields
+    response_format: dict | None = None
+    structured_outputs: dict | None = None
+    guided_json: str | dict | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None  # accepted and ignored: one backend (llguidance) here
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vllm_unsupported(cls, data):
+        refuse_unsupported(data, VLLM_UNSUPPORTED)
+        return data
 
     @field_validator("stop")
     @classmethod
@@ -86,6 +205,9 @@ class _SamplingFields(BaseModel):
     def _stream_options(self):
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
+        if self.max_tokens == 0 and self.num_prompt_logprobs() is None and not getattr(self, "echo", False):
+            raise UnsupportedField("max_tokens", "must be at least 1 (0 only with echo or prompt_logprobs)")
+        self.structured()  # a bad or conflicting constraint is a 400 naming its field
         return self
 
     def to_sampling_params(self, max_tokens: int, index: int = 0) -> SamplingParams:
@@ -105,11 +227,39 @@ class _SamplingFields(BaseModel):
             repetition_penalty=self.repetition_penalty,
             logit_bias=self.logit_bias,
             logprobs=self.num_logprobs(),
+            prompt_logprobs=self.num_prompt_logprobs(),
+            min_tokens=self.min_tokens,
+            structured=self.structured(),
         )
+
+    def structured(self) -> StructuredOutputs | None:
+        """The output constraint asked for, by whichever of the fields (at most one of them)."""
+        given = [
+            k
+            for k in ("response_format", "structured_outputs", *GUIDED)
+            if getattr(self, k) is not None and (k != "response_format" or self.response_format.get("type") != "text")
+        ]
+        if len(given) > 1:
+            raise UnsupportedField(given[1], f"cannot be combined with {given[0]}: give one output constraint")
+        if not given:
+            return None
+        name = given[0]
+        if name == "response_format":
+            return response_format_constraint(self.response_format)
+        if name == "structured_outputs":
+            so = self.structured_outputs
+            refuse_unsupported(so, STRUCTURED_UNSUPPORTED)
+            spec = {k: so.get(k) for k in ("json", "regex", "choice", "grammar") if so.get(k) is not None}
+            return structured_outputs(name, **spec, json_object=bool(so.get("json_object")))
+        return structured_outputs(name, **{GUIDED[name]: getattr(self, name)})
 
     def num_logprobs(self) -> int | None:
         """Alternatives per token to return with log-probabilities (None: no logprobs)."""
         return None
+
+    def num_prompt_logprobs(self) -> int | None:
+        """Alternatives per prompt token to compute log-probabilities for (None: none)."""
+        return self.prompt_logprobs
 
     @property
     def include_usage(self) -> bool:
@@ -126,14 +276,24 @@ class CompletionRequest(_SamplingFields):
     def num_logprobs(self) -> int | None:
         return self.logprobs
 
+    @model_validator(mode="before")
+    @classmethod
+    def _completion_unsupported(cls, data):
+        refuse_unsupported(data, COMPLETION_UNSUPPORTED)
+        return data
+
+    def num_prompt_logprobs(self) -> int | None:
+        """vLLM: `prompt_logprobs` if given, else `logprobs` with echo (the echoed prompt's logprobs)."""
+        if self.prompt_logprobs is not None:
+            return self.prompt_logprobs
+        return self.logprobs if self.echo else None
+
     @model_validator(mode="after")
     def _unsupported(self):
-        if self.echo:
-            raise ValueError("echo is not supported")
         if self.suffix:
-            raise ValueError("suffix is not supported")
+            raise UnsupportedField("suffix")
         if self.best_of is not None and self.best_of != self.n:
-            raise ValueError("best_of other than n is not supported")
+            raise UnsupportedField("best_of", "other than n is not supported by this server")
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt must not be empty")
         return self
@@ -154,10 +314,25 @@ class ContentPart(BaseModel):
     text: str
 
 
+class FunctionCallIn(BaseModel):
+    name: str
+    arguments: str = "{}"  # JSON text, as OpenAI sends it
+
+
+class ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message's call
+    name: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -166,14 +341,68 @@ class ChatMessage(BaseModel):
             return self.content
         return "".join(p.text for p in self.content)
 
+    def template_dict(self) -> dict:
+        """The message as chat templates read it (a call's arguments as an object, as HF templates expect)."""
+        d = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            d["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": c.type,
+                    "function": {"name": c.function.name, "arguments": _json_or_text(c.function.arguments)},
+                }
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            d["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            d["name"] = self.name
+        return d
+
+
+def _json_or_text(s: str):
+    try:
+        return json.loads(s)
+    except ValueError:
+        return s
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_.-]+$")
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class ToolDef(BaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class FunctionName(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionName
+
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    tools: list | None = None
-    response_format: dict | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _chat_unsupported(cls, data):
+        refuse_unsupported(data, CHAT_UNSUPPORTED)
+        return data
 
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
@@ -182,19 +411,44 @@ class ChatCompletionRequest(_SamplingFields):
     def _unsupported(self):
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs to be true")
-        if self.tools:
-            raise ValueError("tools are not supported")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise ValueError(
-                f"response_format {self.response_format.get('type')!r} is not supported (only 'text': "
-                "output is not constrained)"
-            )
+        if self.stream and self.prompt_logprobs is not None:
+            raise UnsupportedField("prompt_logprobs", "is not available with stream=true (as in vLLM)")
         if self.max_tokens is None and self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self
 
+    def tool_mode(self) -> str | dict:
+        """ "none" | "auto" | "required" | a named function's choice as a dict (app/tools.py)."""
+        choice = self.tool_choice
+        if not self.tools:
+            if choice not in (None, "none"):
+                raise UnsupportedField("tool_choice", "needs tools")
+            return "none"
+        if isinstance(choice, NamedToolChoice):
+            if choice.function.name not in [t.function.name for t in self.tools]:
+                raise UnsupportedField("tool_choice", f"names {choice.function.name!r}, which is not one of the tools")
+            return choice.model_dump()
+        return choice or "auto"
+
+    def tool_dicts(self) -> list[dict] | None:
+        """The tools shown to the model (none with tool_choice "none")."""
+        if self.tool_mode() == "none":
+            return None
+        return [t.model_dump(exclude_none=True) for t in self.tools]
+
+    def structured(self) -> StructuredOutputs | None:
+        """A forced tool call's grammar (tool_choice "required" or a function), or the request's own."""
+        own = super().structured()
+        tools = self.tool_dicts()
+        forced = tools and forced_constraint(tools, self.tool_mode(), self.parallel_tool_calls is not False)
+        if forced and own:
+            raise UnsupportedField(
+                "tool_choice", "forces a tool call: it cannot be combined with another output constraint"
+            )
+        return forced or own
+
     def chat(self) -> list[dict]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+        return [m.template_dict() for m in self.messages]
 
 
 class LoadLoRAAdapterRequest(BaseModel):
@@ -219,6 +473,7 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: dict | None = None
     finish_reason: str | None = None
+    prompt_logprobs: list[dict | None] | None = None  # vLLM's, when requested
 
 
 class CompletionResponse(BaseModel):
@@ -232,7 +487,8 @@ class CompletionResponse(BaseModel):
 
 class ChatMessageOut(BaseModel):
     role: str = "assistant"
-    content: str = ""
+    content: str | None = ""
+    tool_calls: list[dict] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -249,11 +505,13 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: UsageInfo
+    prompt_logprobs: list[dict | None] | None = None  # vLLM's, when requested
 
 
 class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[dict] | None = None
 
 
 class ChatChunkChoice(BaseModel):
@@ -288,17 +546,45 @@ class ModelList(BaseModel):
 
 
 # ---- logprobs in the OpenAI formats ------------------------------------------------------------------
-def completion_logprobs(ids: list[int], lps: list[TokenLogprobs], decode, offset: int = 0) -> dict:
+MIN_LOGPROB = -9999.0  # -inf is not JSON: vLLM and OpenAI send this instead
+
+
+def completion_logprobs(
+    ids: list[int], lps: list[TokenLogprobs | None], decode, offset: int = 0, prompt_len: int = 0
+) -> dict:
     """Legacy completions `logprobs`: tokens, token_logprobs, top_logprobs (token text -> logprob) and
-    text_offset (where each token's text starts, from `offset`)."""
+    text_offset (where each token's text starts, from `offset`). With echo the first `prompt_len` entries
+    are the prompt's (the first one None, as vLLM); a prompt token's top_logprobs also hold the token itself."""
     tokens = [decode([t]) for t in ids]
     starts = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=offset))[: len(tokens)]
+
+    def top(i: int, t: int, lp: TokenLogprobs) -> dict[str, float]:
+        d = {decode([a]): max(v, MIN_LOGPROB) for a, v in lp.top}
+        if i < prompt_len:
+            d.setdefault(tokens[i], max(lp.logprob, MIN_LOGPROB))
+        return d
+
     return {
         "tokens": tokens,
-        "token_logprobs": [lp.logprob for lp in lps],
-        "top_logprobs": [{decode([t]): v for t, v in lp.top} for lp in lps],
+        "token_logprobs": [None if lp is None else max(lp.logprob, MIN_LOGPROB) for lp in lps],
+        "top_logprobs": [None if lp is None else top(i, t, lp) for i, (t, lp) in enumerate(zip(ids, lps))],
         "text_offset": starts,
     }
+
+
+def vllm_prompt_logprobs(ids: list[int], lps: list[TokenLogprobs | None], decode) -> list[dict | None]:
+    """vLLM's `prompt_logprobs`: per prompt token None (the first) or {token id: {logprob, rank,
+    decoded_token}} for the token itself and the most likely tokens at its position."""
+    out: list[dict | None] = []
+    for t, lp in zip(ids, lps):
+        if lp is None:
+            out.append(None)
+            continue
+        d = {str(t): {"logprob": max(lp.logprob, MIN_LOGPROB), "rank": lp.rank, "decoded_token": decode([t])}}
+        for r, (a, v) in enumerate(lp.top, 1):
+            d.setdefault(str(a), {"logprob": max(v, MIN_LOGPROB), "rank": r, "decoded_token": decode([a])})
+        out.append(d)
+    return out
 
 
 def chat_logprobs(ids: list[int], lps: list[TokenLogprobs], decode) -> dict:

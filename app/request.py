@@ -7,6 +7,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from app.structured import StructuredOutputs
+
 
 MAX_LOGPROBS = 20  # most likely alternatives per token that a request may ask for (OpenAI's limit)
 # Bounds of the sampling values (SamplingParams.validate): seeds are what torch.Generator takes (64 bits);
@@ -19,15 +21,18 @@ REPETITION_PENALTY_RANGE = (0.01, 100.0)
 
 @dataclass
 class TokenLogprobs:
-    """One output token's log-probability and the `logprobs` most likely tokens there (id, logprob)."""
+    """One token's log-probability and the `logprobs` most likely tokens there (id, logprob), best first.
+    `rank`: the token's rank in that distribution (1 = most likely), given for prompt tokens."""
 
     logprob: float
     top: list[tuple[int, float]] = field(default_factory=list)
+    rank: int | None = None
 
 
 @dataclass
 class SamplingParams:
-    """As in vLLM. temperature 0 = greedy; top_k <= 0 and top_p = 1 disable those filters."""
+    """As in vLLM. temperature 0 = greedy; top_k <= 0 and top_p = 1 disable those filters.
+    max_tokens 0: the prompt is only prefilled (for its `prompt_logprobs`); no token is generated."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -49,6 +54,16 @@ class SamplingParams:
     # Log-probabilities of each output token (raw model distribution, before penalties and temperature, as
     # vLLM's default) and of the `logprobs` most likely tokens at its position; None: not computed.
     logprobs: int | None = None
+    # Log-probabilities of every prompt token after the first (log-softmax of the raw logits at the
+    # position before it, as vLLM's prompt_logprobs), with the `prompt_logprobs` most likely tokens there.
+    prompt_logprobs: int | None = None
+    # No EOS (unless ignore_eos) and no stop_token_ids are sampled, and stop strings are not checked,
+    # before the output has min_tokens tokens (vLLM's min_tokens).
+    min_tokens: int = 0
+    # The output constrained to a JSON schema / JSON object / regex / choice / grammar (app/structured.py):
+    # a token bitmask applied in the sampler; EOS (allowed once the grammar is complete) ends it, even
+    # with ignore_eos.
+    structured: StructuredOutputs | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -62,6 +77,23 @@ class SamplingParams:
             except (TypeError, ValueError, AttributeError):
                 raise ValueError(f"logit_bias must map token ids to numbers, got {self.logit_bias!r}") from None
         self.validate()
+        self._validate_extensions()
+
+    def _validate_extensions(self) -> None:
+        """prompt_logprobs and min_tokens."""
+        if self.prompt_logprobs is not None and not (
+            isinstance(self.prompt_logprobs, int) and 0 <= self.prompt_logprobs <= MAX_LOGPROBS
+        ):
+            raise ValueError(f"prompt_logprobs must be an integer in [0, {MAX_LOGPROBS}], got {self.prompt_logprobs!r}")
+        if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(
+                f"min_tokens must be an integer in [0, max_tokens={self.max_tokens}], got {self.min_tokens!r}"
+            )
+
+    @property
+    def needs_history(self) -> bool:
+        """Whether the runner keeps the request's tokens so far (penalties, grammar)."""
+        return self.penalized or self.structured is not None
 
     @property
     def penalized(self) -> bool:
@@ -76,8 +108,8 @@ class SamplingParams:
     def validate(self) -> None:
         """Raises ValueError for a value the sampler cannot honour. Everything accepted here samples without
         error (tests/test_sampling.py drives the sampler with extreme values of every field)."""
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be a non-negative integer, got {self.max_tokens!r}")
         if not (math.isfinite(self.temperature) and 0 <= self.temperature <= MAX_TEMPERATURE):
             raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE}], got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -121,6 +153,10 @@ class Request:
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" (then `error` says why)
     error: str | None = None
     output_logprobs: list[TokenLogprobs] = field(default_factory=list)  # when params.logprobs is set
+    # when params.prompt_logprobs is set: [None] (the first prompt token has none) + one per prompt token
+    # computed so far; the scheduler asks the runner for the next ones as the prompt is prefilled
+    prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+    stop_ids_banned: list[int] = field(default_factory=list)  # masked while the output is < min_tokens
     text: str = ""  # detokenized output (stop string removed)
     emitted_chars: int = 0  # text already returned by streaming outputs
     emitted_tokens: int = 0
@@ -168,4 +204,18 @@ class RequestOutput:
     metrics: dict[str, float | None] = field(default_factory=dict)
     logprobs: list[TokenLogprobs] | None = None  # per token of token_ids, when requested
     delta_logprobs: list[TokenLogprobs] | None = None  # per token of delta_token_ids
+    # per prompt token (the first is None), when requested: in a request's first output (the step that
+    # finished its prompt) and in its last one
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
     error: str | None = None  # finish_reason "error": what failed (this request alone failed)
+
+
+@dataclass
+class ModelOutput:
+    """What an executor returns for one step: one token per sequence with `sample` (in order), their
+    TokenLogprobs where requested, and prompt-token TokenLogprobs per request id for the sequences that
+    asked for them (one per entry of their `prompt_lp_targets`)."""
+
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+    prompt_logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)

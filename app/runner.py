@@ -1,10 +1,11 @@
 """The model runner of one (tensor-parallel) rank: owns the model shard, the pool tensor and this rank's
 adapter shards; turns a `SchedulerOutput` into tensors, runs the forward pass and samples.
 
-In:  SchedulerOutput (plain data). Out: one sampled token per sequence with `sample=True` (rank 0).
+In:  SchedulerOutput (plain data). Out (rank 0): a ModelOutput: one sampled token per sequence with
+`sample=True`, their logprobs where requested, and the prompt logprobs a sequence's `prompt_lp_targets` ask for.
 Per step: (1) copy newly admitted adapters into their pool pages, (2) build attention metadata
 (page tables, slot mapping) and LoRA metadata (adapter slots, page tables, offsets, ranks, scales),
-(3) forward, (4) logits of each sequence's last token, (5) sample.
+(3) forward, (4) logits of each sequence's last token (and of the prompt positions asked for), (5) sample.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from app.config import EngineConfig
 from app.lora.adapter import LORA_GROUPS, LoRAWeights, PackedAdapter, pack_adapter
 from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta, ParallelState
 from app.model.llama import LlamaForCausalLM, ModelArgs
-from app.request import TokenLogprobs
-from app.sampling import sample
-from app.scheduler import SchedulerOutput
+from app.request import ModelOutput
+from app.sampling import prompt_token_logprobs, sample
+from app.scheduler import ScheduledSeq, SchedulerOutput
+from app.tokenizer import Tokenizer
 from kernels import get_backend
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PROMPT_LOGPROB_ROWS = 256  # prompt positions whose [rows, vocab] logits are computed at once
 
 
 def resolve_dtype(cfg: EngineConfig, args: ModelArgs, device: str) -> torch.dtype:
@@ -58,7 +61,8 @@ class ModelRunner:
         self.adapters: dict[str, PackedAdapter] = {}
         self.adapter_pages: dict[str, list[int]] = {}
         self.generators: dict[str, torch.Generator] = {}
-        self.history: dict[str, list[int]] = {}  # penalized requests' tokens so far (prompt + output)
+        self.history: dict[str, list[int]] = {}  # penalized / constrained requests' tokens (prompt + output)
+        self.constraints = None  # app.structured.Constraints, made for the first constrained request
         self._seed_rng = random.Random(cfg.seed)
         self.copy_stream = torch.cuda.Stream() if self.device == "cuda" else None
         self._prefetch_event = None
@@ -115,37 +119,88 @@ class ModelRunner:
         return True
 
     # ---- one step --------------------------------------------------------------------------------
-    def execute(self, out: SchedulerOutput) -> tuple[list[int], list[TokenLogprobs | None]]:
-        """The sampled tokens (one per sequence with `sample`, in order; on tp-rank 0) and their
-        TokenLogprobs where requested."""
-        for rid in out.finished_ids + out.preempted_ids:
+    def execute(self, out: SchedulerOutput) -> ModelOutput:
+        """The sampled tokens (one per sequence with `sample`, in order; on tp-rank 0), their TokenLogprobs
+        where requested and the prompt logprobs asked for (other ranks return an empty ModelOutput)."""
+        for rid in out.finished_ids:
             self.generators.pop(rid, None)
-            self.history.pop(rid, None)
-        for s in out.seqs:  # the tokens so far of requests whose sampling looks at them (penalties)
-            if s.params.penalized:
+        for rid in out.finished_ids + out.preempted_ids:  # a preempted request keeps its generator: sampling
+            self.history.pop(rid, None)  # after its recompute goes on from the same random state
+            if self.constraints is not None:
+                self.constraints.drop(rid)
+        for s in out.seqs:  # the tokens so far of requests whose sampling looks at them (penalties, grammar)
+            if s.params.needs_history:
                 h = self.history.setdefault(s.request_id, [])
                 del h[s.start_pos :]  # a recomputed request feeds its tokens again from 0
                 h += s.token_ids
         self._load_adapters(out)
         if not out.seqs:
-            return [], []
+            return ModelOutput()
         batch = self._host_batch(out)
+        result = ModelOutput()
         with torch.inference_mode():
-            graph = self.graphs.runnable(batch) if self.graphs else None
+            graph = self.graphs.runnable(batch) if self.graphs and not batch.prompt_rows else None
             if graph is not None:
                 logits = graph.replay(batch)
             else:
                 ctx, input_ids, positions = self._device_batch(batch)
                 hidden = self.model(input_ids, positions, ctx)
-                if self.tp.rank != 0 or not batch.sample_rows:
-                    return [], []
+                if self.tp.rank != 0:
+                    return result
+                self._prompt_logprobs(out, batch, hidden, result)
+                if not batch.sample_rows:
+                    return result
                 logits = self.model.logits(hidden[batch.sample_rows])
             if self.tp.rank != 0:
-                return [], []
+                return result
             sampled = [s for s in out.seqs if s.sample]
+            allowed = self._grammar_bitmask(sampled)  # host work while the device runs the forward pass
             gens = [self._generator(s.request_id, s.params.seed) if s.params.temperature > 0 else None for s in sampled]
             seen = [(self.history[s.request_id], s.prompt_len) if s.params.penalized else None for s in sampled]
-            return sample(logits, [s.params for s in sampled], gens, seen)
+            banned = [s.banned_ids for s in sampled]
+            result.tokens, result.logprobs = sample(logits, [s.params for s in sampled], gens, seen, banned, allowed)
+            for s, tok in zip(sampled, result.tokens):
+                if s.params.structured is not None:
+                    self.constraints.accept(s.request_id, tok)
+            return result
+
+    def _grammar_bitmask(self, sampled: list[ScheduledSeq]) -> tuple[torch.Tensor, list[int]] | None:
+        """The constrained sequences' allowed next tokens (app/structured.py): a bitmask filled on the host
+        from each request's matcher, brought up to its output tokens so far, then copied to the device
+        (one copy per step); None when no sequence is constrained."""
+        rows = [i for i, s in enumerate(sampled) if s.params.structured is not None]
+        if not rows:
+            return None
+        if self.constraints is None:
+            from app.structured import Constraints, Grammars
+
+            eos = set(self.args.eos_token_id)
+            tok = Tokenizer(self.cfg.tokenizer or self.cfg.model)
+            if tok.eos_token_id is not None:
+                eos.add(tok.eos_token_id)
+            self.constraints = Constraints(Grammars(tok.hf, self.args.vocab_size, sorted(eos)))
+        bitmask = self.constraints.grammars.bitmask(len(rows))
+        specs = [sampled[i] for i in rows]
+        self.constraints.fill(
+            [(s.request_id, s.params.structured, self.history[s.request_id][s.prompt_len :]) for s in specs], bitmask
+        )
+        return bitmask.to(self.device), rows
+
+    def _prompt_logprobs(self, out: SchedulerOutput, batch: HostBatch, hidden: torch.Tensor, result: ModelOutput):
+        """Log-softmax at the prompt positions that sequences ask for (`prompt_lp_targets`), a bounded
+        number of rows at a time (the logits of a long prompt would be [tokens, vocab])."""
+        rows = iter(batch.prompt_rows)
+        for s in out.seqs:
+            if not s.prompt_lp_targets:
+                continue
+            lps = []
+            seq_rows = [next(rows) for _ in s.prompt_lp_targets]
+            for i in range(0, len(seq_rows), PROMPT_LOGPROB_ROWS):
+                logits = self.model.logits(hidden[seq_rows[i : i + PROMPT_LOGPROB_ROWS]])
+                lps += prompt_token_logprobs(
+                    logits, s.prompt_lp_targets[i : i + PROMPT_LOGPROB_ROWS], s.params.prompt_logprobs
+                )
+            result.prompt_logprobs[s.request_id] = lps
 
     def _load_adapters(self, out: SchedulerOutput) -> None:
         """Adapters this step uses are copied on the compute stream; prefetched ones (for queued
@@ -191,6 +246,9 @@ class ModelRunner:
             b.kv_pages.append(s.kv_pages)
             if s.sample:
                 b.sample_rows.append(b.q_indptr[-1] - 1)
+            if s.prompt_lp_targets:
+                first = b.q_indptr[-2] + s.prompt_lp_start - s.start_pos
+                b.prompt_rows += range(first, first + len(s.prompt_lp_targets))
         b.max_q_len = max(len(s.token_ids) for s in out.seqs)
         slots: dict[str, int] = {}
         for s in out.seqs:
@@ -252,6 +310,7 @@ class HostBatch:
     seq_lens: list[int] = field(default_factory=list)
     kv_pages: list[list[int]] = field(default_factory=list)
     sample_rows: list[int] = field(default_factory=list)
+    prompt_rows: list[int] = field(default_factory=list)  # rows whose logits give prompt logprobs
     max_q_len: int = 0
     seg_slot: list[int] = field(default_factory=list)
     lora_pages: list[list[int]] = field(default_factory=list)

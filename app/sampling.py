@@ -1,5 +1,7 @@
-"""Token sampling: penalties and logit bias, then greedy, temperature, top-k, top-p, each request with
-its own torch.Generator so that a seeded request gives the same tokens whatever else is in the batch."""
+"""Token sampling: penalties and logit bias, banned tokens (min_tokens), then greedy, temperature, top-k,
+top-p, each request with its own torch.Generator so that a seeded request gives the same tokens whatever
+else is in the batch. Log-probabilities (of sampled tokens and of prompt tokens) are those of the raw
+model distribution, as vLLM's default; they travel over the tensor-parallel reply as int64 words."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import struct
 import torch
 
 from app.request import SamplingParams, TokenLogprobs
+from app.structured import apply_token_bitmask
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +43,52 @@ def sample(
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
     seen: list[tuple[list[int], int] | None] | None = None,
+    banned: list[list[int]] | None = None,
+    allowed: tuple[torch.Tensor, list[int]] | None = None,
 ) -> tuple[list[int], list[TokenLogprobs | None]]:
     """logits: [n, vocab] float32, one row per request that emits a token this step; seen[i]: request i's
-    (prompt + output tokens so far, prompt length) when its params are `penalized`, else None.
+    (prompt + output tokens so far, prompt length) when its params are `penalized`, else None; banned[i]:
+    token ids request i must not get this step (min_tokens), if any; allowed: a grammar token bitmask (on
+    logits' device) and the rows it applies to (app/structured.py), if any. Rows with neither are sampled
+    from their logits as they are, so a request's tokens do not depend on the others in its batch.
     Returns the tokens and, for requests with `logprobs` set, their TokenLogprobs (else None). A request
     whose sampling raises gets the token FAILED (and no logprobs): the others are sampled as usual."""
+    raw = logits
+    if allowed is not None or (banned and any(banned)):
+        logits = logits.clone()
+    if allowed is not None:
+        apply_token_bitmask(logits, *allowed)
+    if banned and any(banned):
+        constrained = set(allowed[1]) if allowed is not None else set()
+        for i, b in enumerate(banned):
+            if b and i in constrained:  # a grammar that allows nothing but EOS wins over min_tokens
+                row = logits[i].index_fill(0, torch.tensor(b, device=logits.device), float("-inf"))
+                if bool(torch.isfinite(row).any()):
+                    logits[i] = row
+        rows = [i for i, b in enumerate(banned) if i not in constrained for _ in b]
+        cols = [t for i, b in enumerate(banned) if i not in constrained for t in b]
+        logits[rows, cols] = float("-inf")
     tokens = _sample(logits, params, generators, seen or [None] * len(params))
     return tokens, [
-        None if p.logprobs is None or tokens[i] == FAILED else token_logprobs(logits[i], tokens[i], p.logprobs)
+        None if p.logprobs is None or tokens[i] == FAILED else token_logprobs(raw[i], tokens[i], p.logprobs)
         for i, p in enumerate(params)
     ]
+
+
+def prompt_token_logprobs(logits: torch.Tensor, targets: list[int], k: int) -> list[TokenLogprobs]:
+    """logits: [m, vocab] of m prompt positions; targets: the prompt token after each. Their log-softmax
+    values, ranks (1 = most likely) and the k most likely (id, value) at each position."""
+    lp = torch.log_softmax(logits.float(), -1)
+    tgt = torch.tensor(targets, dtype=torch.long, device=lp.device)
+    vals = lp.gather(1, tgt[:, None])
+    ranks = (lp > vals).sum(-1) + 1
+    vals, ranks = vals[:, 0].tolist(), ranks.tolist()
+    if k:
+        top = torch.topk(lp, k, dim=-1)
+        ids, tv = top.indices.tolist(), top.values.tolist()
+    else:
+        ids = tv = [[]] * len(targets)
+    return [TokenLogprobs(v, list(zip(i, t)), r) for v, r, i, t in zip(vals, ranks, ids, tv)]
 
 
 def token_logprobs(row: torch.Tensor, token: int, k: int) -> TokenLogprobs:
@@ -66,30 +105,60 @@ def logprob_words(params: list[SamplingParams]) -> int:
 
 def pack_logprobs(lps: list[TokenLogprobs | None]) -> list[int]:
     """TokenLogprobs as int64 words (float64 bit patterns), for the tensor-parallel reply channel."""
-
-    def bits(x: float) -> int:
-        return struct.unpack("<q", struct.pack("<d", x))[0]
-
     words = []
     for lp in lps:
         if lp is not None:
-            words.append(bits(lp.logprob))
+            words.append(_bits(lp.logprob))
             for tok, v in lp.top:
-                words += [tok, bits(v)]
+                words += [tok, _bits(v)]
     return words
 
 
-def unpack_logprobs(words: list[int], params: list[SamplingParams]) -> list[TokenLogprobs | None]:
-    def val(w: int) -> float:
-        return struct.unpack("<d", struct.pack("<q", w))[0]
+def prompt_logprob_words(counts: list[tuple[int, int]]) -> int:
+    """int64 words of `pack_prompt_logprobs` for (positions, k) of each sequence."""
+    return sum(n * (2 + 2 * k) for n, k in counts)
 
+
+def pack_prompt_logprobs(lps: list[TokenLogprobs]) -> list[int]:
+    """Prompt-token TokenLogprobs (with their rank) as int64 words: value, rank, then (id, value) pairs."""
+    words = []
+    for lp in lps:
+        words += [_bits(lp.logprob), lp.rank]
+        for tok, v in lp.top:
+            words += [tok, _bits(v)]
+    return words
+
+
+def unpack_prompt_logprobs(words: list[int], counts: list[tuple[int, int]]) -> list[list[TokenLogprobs]]:
+    out, i = [], 0
+    for n, k in counts:
+        seq = []
+        for _ in range(n):
+            top = [(words[i + 2 + 2 * j], _val(words[i + 3 + 2 * j])) for j in range(k)]
+            seq.append(TokenLogprobs(_val(words[i]), top, words[i + 1]))
+            i += 2 + 2 * k
+        out.append(seq)
+    return out
+
+
+def _bits(x: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", x))[0]
+
+
+def _val(w: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", w))[0]
+
+
+def unpack_logprobs(words: list[int], params: list[SamplingParams]) -> list[TokenLogprobs | None]:
     out, i = [], 0
     for p in params:
         if p.logprobs is None:
             out.append(None)
             continue
         k = p.logprobs
-        out.append(TokenLogprobs(val(words[i]), [(words[i + 1 + 2 * j], val(words[i + 2 + 2 * j])) for j in range(k)]))
+        out.append(
+            TokenLogprobs(_val(words[i]), [(words[i + 1 + 2 * j], _val(words[i + 2 + 2 * j])) for j in range(k)])
+        )
         i += 1 + 2 * k
     return out
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 from app.config import LoRAConfig, SchedulerConfig
 from app.pool import PagePool
-from app.request import Request, RequestStatus, SamplingParams
+from app.request import ModelOutput, Request, RequestStatus, SamplingParams
 
 
 @dataclass
@@ -40,6 +40,11 @@ class ScheduledSeq:
     sample: bool  # this step reaches the end of the known tokens: emit one token
     params: SamplingParams
     prompt_len: int = 0  # tokens [0, prompt_len) are the prompt (the sampler's penalties need it)
+    # prompt logprobs wanted this step: the rows at positions prompt_lp_start, prompt_lp_start + 1, ... give
+    # the log-probabilities of these next prompt tokens (prompt[position + 1])
+    prompt_lp_start: int = 0
+    prompt_lp_targets: list[int] = field(default_factory=list)
+    banned_ids: list[int] = field(default_factory=list)  # tokens the sampler must not pick (min_tokens)
 
 
 @dataclass
@@ -176,18 +181,26 @@ class Scheduler:
 
         for req, n in chosen:
             start = req.num_computed_tokens
-            out.seqs.append(
-                ScheduledSeq(
-                    request_id=req.request_id,
-                    token_ids=req.token_slice(start, n),
-                    start_pos=start,
-                    kv_pages=list(self.pool.kv_pages(req.request_id)),
-                    adapter=req.adapter,
-                    sample=start + n == req.num_tokens,
-                    params=req.params,
-                    prompt_len=len(req.prompt_token_ids),
-                )
+            seq = ScheduledSeq(
+                request_id=req.request_id,
+                token_ids=req.token_slice(start, n),
+                start_pos=start,
+                kv_pages=list(self.pool.kv_pages(req.request_id)),
+                adapter=req.adapter,
+                sample=start + n == req.num_tokens,
+                params=req.params,
+                prompt_len=len(req.prompt_token_ids),
             )
+            if req.prompt_logprobs:  # positions whose next prompt token has no logprob yet (not again
+                # after a preemption: the recompute feeds the prompt a second time)
+                first = max(start, len(req.prompt_logprobs) - 1)
+                end = min(start + n, len(req.prompt_token_ids) - 1)
+                if first < end:
+                    seq.prompt_lp_start = first
+                    seq.prompt_lp_targets = req.prompt_token_ids[first + 1 : end + 1]
+            if seq.sample and len(req.output_token_ids) < req.params.min_tokens:
+                seq.banned_ids = req.stop_ids_banned
+            out.seqs.append(seq)
         return out
 
     def _early_abort(self) -> None:
@@ -218,20 +231,23 @@ class Scheduler:
             out.prefetch.append(name)
             self.num_prefetches += 1
 
-    def update(
-        self, out: SchedulerOutput, requests: dict[str, Request], tokens: list[int], logprobs: list | None = None
-    ) -> list[Request]:
+    def update(self, out: SchedulerOutput, requests: dict[str, Request], result: ModelOutput) -> list[Request]:
         """Advances the scheduled requests; appends the sampled tokens (and their TokenLogprobs, where
-        requested). Returns the requests that got a token (the engine then checks their stop conditions)."""
-        it = iter(zip(tokens, logprobs or [None] * len(tokens)))
+        requested) and the prompt logprobs computed this step. Returns the requests that reached the end
+        of their tokens (the engine then checks their stop conditions); a request with max_tokens 0 gets
+        no token then (its prompt is done)."""
+        it = iter(zip(result.tokens, result.logprobs or [None] * len(result.tokens)))
         got = []
         for s in out.seqs:
             req = requests[s.request_id]
             req.num_computed_tokens = s.start_pos + len(s.token_ids)
+            if s.prompt_lp_targets:
+                req.prompt_logprobs += result.prompt_logprobs[s.request_id]
             if s.sample:
                 tok, lp = next(it)
-                req.output_token_ids.append(tok)
-                if lp is not None:
-                    req.output_logprobs.append(lp)
+                if req.params.max_tokens > 0:
+                    req.output_token_ids.append(tok)
+                    if lp is not None:
+                        req.output_logprobs.append(lp)
                 got.append(req)
         return got

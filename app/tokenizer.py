@@ -19,10 +19,16 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=True)
 
-    def apply_chat_template(self, messages: list[dict]) -> list[int]:
-        """Token ids of a chat, with the tokenizer's template or a plain `role: content` fallback."""
-        if getattr(self.hf, "chat_template", None):
-            out = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    @property
+    def chat_template(self) -> str | None:
+        t = getattr(self.hf, "chat_template", None)
+        return t if isinstance(t, str) else None
+
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """Token ids of a chat, with the tokenizer's template (which receives `tools`, when given) or a plain
+        `role: content` fallback (which shows no tools)."""
+        if self.chat_template:
+            out = self.hf.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
             return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         return self.encode(text)

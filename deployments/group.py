@@ -67,6 +67,7 @@ def _merge(a: RequestOutput, b: RequestOutput) -> RequestOutput:
         delta_text=a.delta_text + b.delta_text,
         delta_token_ids=a.delta_token_ids + b.delta_token_ids,
         delta_logprobs=lps,
+        prompt_logprobs=b.prompt_logprobs if b.prompt_logprobs is not None else a.prompt_logprobs,
     )
 
 

@@ -50,9 +50,11 @@ from app.protocol import (
     completion_logprobs,
     error_body,
     random_id,
+    vllm_prompt_logprobs,
 )
 from app.request import RequestOutput
 from app.tokenizer import Tokenizer
+from app.tools import StreamingToolParser, ToolCall, forced_calls, function_names, parse_tool_calls, tool_format
 from deployments.metrics import ServiceCollector
 from deployments.routing import Decision, GroupState, Router, confine_path
 
@@ -100,6 +102,8 @@ async def _validation_error(_: Request, e: RequestValidationError):
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
         parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
     param = next((str(err["loc"][-1]) for err in errs if err.get("loc") and err["loc"][-1] != "body"), None)
+    # a field this server knows but does not implement names itself (app/protocol.py UnsupportedField)
+    param = next((p for err in errs if (p := getattr(err.get("ctx", {}).get("error"), "param", None))), param)
     return _error_response(400, "; ".join(parts) or "invalid request", param)
 
 
@@ -146,6 +150,8 @@ class _Choice:
     parts: list[str] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)  # output tokens with logprobs (when requested) ...
     lps: list = field(default_factory=list)  # ... and their TokenLogprobs
+    prompt_lps: list | None = None  # the prompt's TokenLogprobs (first None), when requested
+    started: bool = False  # a stream chunk of this choice went out (the first carries the prompt's parts)
     lp_sent: int = 0  # of them already in stream chunks
     text_sent: int = 0  # characters already in stream chunks
 
@@ -266,7 +272,7 @@ class OpenAIIngress:
             try:
                 params.append([body.to_sampling_params(max_tokens, j) for j in range(n)])
             except ValueError as e:
-                raise APIError(400, str(e)) from None
+                raise APIError(400, str(e), getattr(e, "param", None)) from None
         await self._started()
         tried: set[str] = set()
         while True:
@@ -363,6 +369,8 @@ class OpenAIIngress:
             c.ids += out.delta_token_ids
             c.lps += out.delta_logprobs
         c.text += out.delta_text
+        if out.prompt_logprobs is not None and c.prompt_lps is None:
+            c.prompt_lps = out.prompt_logprobs
         if out.finished:
             c.finish_reason = out.finish_reason
             c.text = out.text
@@ -402,7 +410,9 @@ class OpenAIIngress:
                     break
                 delta = self._absorb(c, out)
                 if delta or out.finished:
-                    yield f"data: {json.dumps(chunk(c, delta))}\n\n"
+                    event = chunk(c, delta)
+                    if event is not None:  # None: nothing to send yet (a held-back tool call)
+                        yield f"data: {json.dumps(event)}\n\n"
             else:
                 if usage_chunk is not None:
                     yield f"data: {json.dumps(usage_chunk())}\n\n"
@@ -418,25 +428,50 @@ class OpenAIIngress:
         received = time.monotonic()
         self._auth(request)
         adapter = await self._resolve_model(body.model)
-        prompts = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in body.prompts()]
+        texts = body.prompts()
+        prompts = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in texts]
         choices = await self._start(body, prompts, adapter, default_max=16, received=received)
         rid, model, created = random_id("cmpl"), body.model, int(time.time())
         decode = self.tokenizer.decode
         usage = self._usage_for(prompts, body.n)
+        n = body.n
+        # echo: the prompt as given (token-id prompts decoded) before each choice's text
+        echo = [(p if isinstance(p, str) else decode(ids)) if body.echo else "" for p, ids in zip(texts, prompts)]
+
+        def logprobs(c: _Choice, ids: list[int], lps: list, offset: int = 0, with_prompt: bool = False):
+            if body.logprobs is None:
+                return None
+            if not with_prompt:
+                return completion_logprobs(ids, lps, decode, offset)
+            prompt = prompts[c.index // n]
+            plps = c.prompt_lps or [None] * len(prompt)
+            return completion_logprobs(prompt + ids, plps + lps, decode, offset, prompt_len=len(prompt))
+
+        def prompt_logprobs(c: _Choice):
+            """vLLM's field, when asked for by name (echo's logprobs alone go into `logprobs`)."""
+            if body.prompt_logprobs is None or c.prompt_lps is None:
+                return None
+            return vllm_prompt_logprobs(prompts[c.index // n], c.prompt_lps, decode)
+
         if body.stream:
 
             def chunk(c: _Choice, delta: str | None):
                 if delta is None:
                     return None
                 ids, lps, offset = c.take_logprobs()
-                c.text_sent += len(delta)
-                lp = None if body.logprobs is None else completion_logprobs(ids, lps, decode, offset)
-                return CompletionResponse(
-                    id=rid,
-                    created=created,
-                    model=model,
-                    choices=[CompletionChoice(index=c.index, text=delta, logprobs=lp, finish_reason=c.finish_reason)],
-                ).model_dump(exclude={"usage"})
+                first, c.started = not c.started, True  # a choice's first chunk carries its prompt
+                text = echo[c.index // n] + delta if first else delta
+                choice = CompletionChoice(
+                    index=c.index,
+                    text=text,
+                    logprobs=logprobs(c, ids, lps, offset, with_prompt=first and body.echo),
+                    finish_reason=c.finish_reason,
+                    prompt_logprobs=prompt_logprobs(c) if first else None,
+                )
+                c.text_sent += len(text)
+                return CompletionResponse(id=rid, created=created, model=model, choices=[choice]).model_dump(
+                    exclude={"usage"}
+                )
 
             def usage_chunk():
                 u = usage(choices)
@@ -455,9 +490,10 @@ class OpenAIIngress:
             choices=[
                 CompletionChoice(
                     index=c.index,
-                    text=c.text,
+                    text=echo[c.index // n] + c.text,
                     finish_reason=c.finish_reason,
-                    logprobs=None if body.logprobs is None else completion_logprobs(c.ids, c.lps, decode),
+                    logprobs=logprobs(c, c.ids, c.lps, with_prompt=body.echo),
+                    prompt_logprobs=prompt_logprobs(c),
                 )
                 for c in choices
             ],
@@ -465,11 +501,22 @@ class OpenAIIngress:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest, request: Request):
+        """Chat; with `tools` (app/tools.py): the template shows them to the model, tool_choice "auto" parses
+        the output in the template's format, "required" and a named function force it by grammar."""
         received = time.monotonic()
         self._auth(request)
         adapter = await self._resolve_model(body.model)
+        mode, tools = body.tool_mode(), body.tool_dicts()
+        fmt = tool_format(self.tokenizer.chat_template)
+        if mode == "auto" and fmt is None:
+            raise APIError(
+                400,
+                "this model's chat template does not show tools to the model, so its output cannot be parsed "
+                "for tool calls: use tool_choice 'required' or a named function (the output is then forced)",
+                "tool_choice",
+            )
         try:
-            ids = self.tokenizer.apply_chat_template(body.chat())
+            ids = self.tokenizer.apply_chat_template(body.chat(), tools=tools)
         except Exception as e:  # noqa: BLE001 - a template error is the request's fault
             raise APIError(400, f"chat template failed: {e}", "messages") from None
         prompts = [ids]
@@ -477,17 +524,42 @@ class OpenAIIngress:
         rid, model, created = random_id("chatcmpl"), body.model, int(time.time())
         decode = self.tokenizer.decode
         usage = self._usage_for(prompts, body.n)
+        names = function_names(tools or [])
+        forced = mode not in ("none", "auto")
+
+        def final(c: _Choice, text: str) -> tuple[str | None, list[ToolCall], str | None]:
+            """(content, tool calls, finish reason) of a finished choice's text (as vLLM: "tool_calls"
+            when the model called tools, except for a named function, whose call is forced)."""
+            if mode == "none":
+                return text, [], c.finish_reason
+            content, calls = (None, forced_calls(text, mode)) if forced else parse_tool_calls(text, fmt, names)
+            if not calls:
+                return text, [], c.finish_reason
+            named = isinstance(mode, dict)
+            return content, calls, "tool_calls" if c.finish_reason == "stop" and not named else c.finish_reason
+
         if body.stream:
+            parsers = {c.index: StreamingToolParser(fmt, forced) for c in choices} if mode != "none" else {}
 
             def chunk(c: _Choice, delta: str | None):
-                d = DeltaMessage(role="assistant", content="") if delta is None else DeltaMessage(content=delta)
-                lp = chat_logprobs(*c.take_logprobs()[:2], decode) if body.logprobs and delta is not None else None
-                return ChatCompletionChunk(
-                    id=rid,
-                    created=created,
-                    model=model,
-                    choices=[ChatChunkChoice(index=c.index, delta=d, logprobs=lp, finish_reason=c.finish_reason)],
-                ).model_dump(exclude={"usage"})
+                if delta is None:
+                    d = DeltaMessage(role="assistant", content="")
+                elif c.index not in parsers:
+                    d = DeltaMessage(content=delta)
+                else:
+                    parser = parsers[c.index]
+                    d = DeltaMessage(content=parser.feed(delta) or None)
+                    if c.finish_reason is not None:
+                        _, calls, reason = final(c, parser.text)
+                        if calls:
+                            d.tool_calls = [call.openai(index=i) for i, call in enumerate(calls)]
+                        else:
+                            d.content = (d.content or "") + parser.rest() or None
+                            parser.sent = len(parser.text)
+                        return self._chat_chunk(rid, created, model, c, d, reason, body, decode)
+                    if d.content is None and not body.logprobs:
+                        return None  # held back (maybe a tool call): nothing to send yet
+                return self._chat_chunk(rid, created, model, c, d, c.finish_reason, body, decode)
 
             def usage_chunk():
                 return ChatCompletionChunk(
@@ -499,21 +571,36 @@ class OpenAIIngress:
                 media_type="text/event-stream",
             )
         await self._collect(choices)
+        plps = choices[0].prompt_lps
+        out = []
+        for c in choices:
+            content, calls, reason = final(c, c.text)
+            out.append(
+                ChatChoice(
+                    index=c.index,
+                    message=ChatMessageOut(content=content, tool_calls=[x.openai() for x in calls] or None),
+                    finish_reason=reason,
+                    logprobs=chat_logprobs(c.ids, c.lps, decode) if body.logprobs else None,
+                )
+            )
         return ChatCompletionResponse(
             id=rid,
             created=created,
             model=model,
             usage=usage(choices),
-            choices=[
-                ChatChoice(
-                    index=c.index,
-                    message=ChatMessageOut(content=c.text),
-                    finish_reason=c.finish_reason,
-                    logprobs=chat_logprobs(c.ids, c.lps, decode) if body.logprobs else None,
-                )
-                for c in choices
-            ],
+            prompt_logprobs=None if plps is None else vllm_prompt_logprobs(ids, plps, decode),
+            choices=out,
         )
+
+    @staticmethod
+    def _chat_chunk(rid, created, model, c: _Choice, d: DeltaMessage, reason, body, decode) -> dict:
+        lp = chat_logprobs(*c.take_logprobs()[:2], decode) if body.logprobs and d.role is None else None
+        return ChatCompletionChunk(
+            id=rid,
+            created=created,
+            model=model,
+            choices=[ChatChunkChoice(index=c.index, delta=d, logprobs=lp, finish_reason=reason)],
+        ).model_dump(exclude={"usage"})
 
     @staticmethod
     def _usage_for(prompts: list[list[int]], n: int):

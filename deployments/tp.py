@@ -7,7 +7,8 @@ replica over torch.distributed, not over Ray calls.
     RankActor tp-rank 0 .. N-1  (control ranks 1..N)  run ModelRunner.execute(out) in a loop started once
         |  forward-pass collectives                                  (NCCL on GPU, gloo on CPU: ParallelState)
         v
-    tp-rank 0 sends [status, execute_ns, tokens..., packed logprobs...] back to the driver (control send/recv)
+    tp-rank 0 sends [status, execute_ns, tokens..., packed logprobs..., packed prompt logprobs...] back to
+    the driver (control send/recv)
 
 Adapters: `add_adapter` packs one S-LoRA-TP shard per rank, `ray.put`s each (the object store holds every
 adapter in host memory) and hands each actor only its own shard's ObjectRef; add/remove happen between
@@ -43,8 +44,15 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from app.config import EngineConfig
 from app.engine import EngineDeadError
 from app.lora.adapter import LoRAWeights, PackedAdapter, pack_adapter
-from app.request import TokenLogprobs
-from app.sampling import logprob_words, pack_logprobs, unpack_logprobs
+from app.request import ModelOutput
+from app.sampling import (
+    logprob_words,
+    pack_logprobs,
+    pack_prompt_logprobs,
+    prompt_logprob_words,
+    unpack_logprobs,
+    unpack_prompt_logprobs,
+)
 from app.scheduler import SchedulerOutput
 
 HEAD_BYTES = 16 << 10  # first broadcast of a step: 8-byte length + the payload if it fits
@@ -115,9 +123,29 @@ class ControlChannel:
 
 def _reply_words(out: SchedulerOutput) -> int:
     """int64 words after [status, execute_ns] in tp-rank 0's reply to a step: its sampled tokens, then
-    their packed logprobs (app/sampling.py)."""
+    their packed logprobs, then the packed prompt logprobs (app/sampling.py)."""
     sampled = [s.params for s in out.seqs if s.sample]
-    return len(sampled) + logprob_words(sampled)
+    return len(sampled) + logprob_words(sampled) + prompt_logprob_words(_prompt_counts(out))
+
+
+def _prompt_counts(out: SchedulerOutput) -> list[tuple[int, int]]:
+    """(positions, k) of each sequence that asks for prompt logprobs this step, in order."""
+    return [(len(s.prompt_lp_targets), s.params.prompt_logprobs) for s in out.seqs if s.prompt_lp_targets]
+
+
+def _pack_reply(out: SchedulerOutput, result: ModelOutput) -> list[int]:
+    prompt = [
+        w for s in out.seqs if s.prompt_lp_targets for w in pack_prompt_logprobs(result.prompt_logprobs[s.request_id])
+    ]
+    return result.tokens + pack_logprobs(result.logprobs) + prompt
+
+
+def _unpack_reply(out: SchedulerOutput, words: list[int]) -> ModelOutput:
+    sampled = [s.params for s in out.seqs if s.sample]
+    n, m = len(sampled), len(sampled) + logprob_words(sampled)
+    ids = [s.request_id for s in out.seqs if s.prompt_lp_targets]
+    prompt = unpack_prompt_logprobs(words[m:], _prompt_counts(out))
+    return ModelOutput(words[:n], unpack_logprobs(words[n:m], sampled), dict(zip(ids, prompt)))
 
 
 @dataclass
@@ -234,8 +262,8 @@ class RankActor:
                     logits = forward_logits(self.runner, out[1])
                     tokens = list(logits.shape)
                 else:
-                    tokens, logprobs = self.runner.execute(out)
-                    tokens = tokens + pack_logprobs(logprobs)  # empty unless a request asked for logprobs
+                    result = self.runner.execute(out)
+                    tokens = _pack_reply(out, result) if self.rank == 0 else []  # tokens, then any logprobs
             except BaseException:
                 if self.rank == 0:  # the reply has the size the driver expects
                     n = 2 if want_logits else _reply_words(out)
@@ -365,13 +393,13 @@ class TPExecutor:
         threading.Thread(target=self._watch, args=(list(self._loops),), name="tp-watch", daemon=True).start()
 
     # ---- the step --------------------------------------------------------------------------------
-    def execute(self, out: SchedulerOutput) -> tuple[list[int], list[TokenLogprobs | None]]:
+    def execute(self, out: SchedulerOutput) -> ModelOutput:
         """Runs one step on every rank; raises EngineDeadError when the group can run no more steps (a rank
         died or raised: the rank loops have ended)."""
         if not self.alive():
             raise EngineDeadError("the tensor-parallel group is not running") from self._failed
         if not (out.seqs or out.adapter_loads or out.finished_ids or out.preempted_ids):
-            return [], []
+            return ModelOutput()
         t0 = time.perf_counter()
         try:
             size = self._ch.send(out)
@@ -390,8 +418,7 @@ class TPExecutor:
         c.execute_s += execute_ns * 1e-9
         c.payload_bytes += size
         c.split_messages += size > self.head_bytes - 8
-        sampled = [s.params for s in out.seqs if s.sample]
-        return tokens[: len(sampled)], unpack_logprobs(tokens[len(sampled) :], sampled)
+        return _unpack_reply(out, tokens)
 
     def alive(self) -> bool:
         """False once a rank's loop has ended (it raised, or its actor died: see `_watch`) or after shutdown."""

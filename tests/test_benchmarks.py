@@ -128,3 +128,31 @@ def test_saturated_benchmark_smoke(tmp_path):
     assert all(r["steps"] > 0 and r["floor_s"] > 0 for r in runs)
     assert [r["adapter_loads"] for r in runs] == [0, 1, 3]
     assert (tmp_path / "saturated.md").exists()
+
+
+def test_grammar_libs_smoke(tmp_path):
+    """The grammar-library comparison runs (demo tokenizer, 10 walks); llguidance's walks are all valid."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "grammar_libs.py"), "--smoke", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "grammar_libs.json").read_text())["tokenizers"]["demo (478)"]["llguidance"]
+    assert res["walks"] == 10 and res["invalid"] == 0 and res["fill_us_median"] > 0
+    assert "llguidance" in (tmp_path / "grammar_libs.md").read_text()
+
+
+def test_structured_benchmark_smoke(tmp_path):
+    """benchmarks/structured.py --smoke (tiny shape on the CPU): both batches run the same decode steps, the
+    constrained one fills bitmasks, and the result files are written."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "structured.py"), "--smoke", "--out", str(tmp_path / "out")]
+    proc = subprocess.run(
+        cmd + ["--work", str(tmp_path / "work")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "structured.json").read_text())
+    free, half = res["best"]["free"], res["best"]["half_constrained"]
+    assert res["constrained"] == 4 and free["decode_steps"] == half["decode_steps"] > 0
+    assert free["tokens"] == half["tokens"] == 8 * 12 and half["finished_early"] == 0
+    assert half["fill_ms_median"] > 0 and free["fill_ms_median"] == 0 and res["step_ratio_constrained_over_free"] > 0
+    assert "Per-step ratio" in (tmp_path / "out" / "structured.md").read_text()

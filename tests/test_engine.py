@@ -117,7 +117,7 @@ def test_continuous_batching_mixes_prefill_decode_and_base(llm):
     out = e.scheduler.schedule()
     kinds = {(s.request_id, len(s.token_ids), s.adapter) for s in out.seqs}
     assert kinds == {(a, 1, "demo-r1-qv"), (b, 9, None)}
-    e.scheduler.update(out, e.requests, *e.executor.execute(out))
+    e.scheduler.update(out, e.requests, e.executor.execute(out))
     while e.has_unfinished():
         e.step()
     assert e.is_idle_clean()
@@ -144,7 +144,11 @@ def test_bad_requests_are_refused(llm):
     with pytest.raises(ValueError, match="context length"):
         e.add_request([1] * 10, greedy(10**5))
     with pytest.raises(ValueError, match="max_tokens"):
-        SamplingParams(max_tokens=0)
+        SamplingParams(max_tokens=-1)
+    with pytest.raises(ValueError, match="min_tokens"):
+        SamplingParams(max_tokens=4, min_tokens=5)
+    with pytest.raises(ValueError, match="prompt_logprobs"):
+        SamplingParams(prompt_logprobs=21)
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0)
     assert not e.has_unfinished()
@@ -418,13 +422,13 @@ def test_penalties_and_logit_bias_equal_hf(demo, llm, monkeypatch):
 
     checked = []
 
-    def checking_sample(logits, params, gens, seen):
+    def checking_sample(logits, params, gens, seen, *rest):
         for p, s in zip(params, seen):
             if p.penalized:
                 req = next(r for r in engine.engine.requests.values() if r.params is p)
                 assert s == (req.all_token_ids, len(req.prompt_token_ids)), (req.request_id, s)
                 checked.append(req.num_preemptions)
-        return sample(logits, params, gens, seen)
+        return sample(logits, params, gens, seen, *rest)
 
     sample = app.runner.sample
     monkeypatch.setattr(app.runner, "sample", checking_sample)
@@ -528,3 +532,104 @@ def test_logprobs_equal_hf(demo, llm):
             assert all(abs(v - w) < 1e-4 for (_, v), w in zip(lp.top, top.values.tolist()))
             seq.append(tok)
     assert outs[0].logprobs[0].logprob >= outs[0].logprobs[0].top[1][1]  # greedy: the top token
+
+
+def _hf_prompt_logprobs(ref, ids: list[int], adapter: str | None):
+    """log-softmax (float32) of transformers + PEFT's logits at every prompt position but the last."""
+    import contextlib
+
+    import torch
+
+    if adapter is not None:
+        ref.model.set_adapter(adapter)
+    with torch.no_grad(), ref.model.disable_adapter() if adapter is None else contextlib.nullcontext():
+        return torch.log_softmax(ref.model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+
+
+def test_prompt_logprobs_equal_hf(demo, llm):
+    """`prompt_logprobs=k`: [None] then, for every later prompt token, its log-probability, its rank and
+    the k most likely tokens at the position before it equal transformers + PEFT's log-softmax (float32),
+    for adapters and the base model, with max_tokens 0 (prefill only, no token) and > 0 (the tokens are
+    those of a request without prompt logprobs); the same values when the prompts are prefilled in chunks
+    of 16 tokens, and when a request is preempted in the middle of its prompt and recomputed."""
+    from tests.models import HFReference
+
+    names = ["demo-r8-mlp", None, "demo-r4-attn"]
+    ref = HFReference(demo / "model", {n: demo / "adapters" / n for n in names if n})
+    prompts = [[(7 * i + 3 * j) % 400 + 3 for j in range(n)] for i, n in enumerate((5, 23, 40))]
+    want = [_hf_prompt_logprobs(ref, ids, a) for ids, a in zip(prompts, names)]
+
+    def check(o, ids, w, k):
+        assert o.prompt_logprobs[0] is None and len(o.prompt_logprobs) == len(ids)
+        for j, lp in enumerate(o.prompt_logprobs[1:]):
+            row = w[j]
+            assert abs(lp.logprob - float(row[ids[j + 1]])) < 1e-4
+            assert lp.rank == int((row > row[ids[j + 1]]).sum()) + 1
+            top = row.topk(k)
+            assert [t for t, _ in lp.top] == top.indices.tolist()
+            assert all(abs(v - x) < 1e-4 for (_, v), x in zip(lp.top, top.values.tolist()))
+
+    params = [greedy(0, prompt_logprobs=2), greedy(4, prompt_logprobs=0), greedy(6, prompt_logprobs=3)]
+    plain = llm.generate(prompts, [greedy(4), greedy(4), greedy(6)], names)
+    used = {n: str(demo / "adapters" / n) for n in names if n}
+    kw = dict(device="cpu", dtype="float32", scheduler={"max_num_batched_tokens": 16})
+    chunked = LLM(model=str(demo / "model"), adapters=used, pool={"page_size": 4}, **kw)
+    for engine, copies in ((llm, 1), (chunked, 2)):
+        outs = engine.generate(prompts * copies, params * copies, names * copies)
+        for o, ids, w, p in zip(outs, prompts * copies, want * copies, params * copies):
+            check(o, ids, w, p.prompt_logprobs)
+        assert outs[0].token_ids == [] and outs[0].finish_reason == "length" and outs[0].text == ""
+        assert [o.token_ids for o in outs[1:3]] == [o.token_ids for o in plain[1:]]
+        assert outs[1].prompt_logprobs[1].top == []  # k = 0: the token's own value and rank only
+    assert any(lp.rank > 1 for lp in outs[2].prompt_logprobs[1:])  # not all greedy: ranks are checked
+
+    # A long base-model request fills most of the pool; the adapter request behind it is admitted, gets
+    # its first prompt chunk's logprobs, is preempted at its second chunk, and is recomputed later.
+    a = [(5 * j) % 300 + 3 for j in range(60)]
+    one = {"demo-r4-attn": used["demo-r4-attn"]}
+    probe = LLM(model=str(demo / "model"), adapters=one, device="cpu", dtype="float32", pool={"page_size": 4})
+    pages = probe.engine.adapters["demo-r4-attn"].num_pages + 20  # A: 16 KV pages, B: 12
+    small = LLM(model=str(demo / "model"), adapters=one, pool={"page_size": 4, "num_pages": pages}, **kw)
+    outs = small.generate([a, prompts[2]], [greedy(4), params[2]], [None, "demo-r4-attn"])
+    assert outs[1].metrics["num_preemptions"] > 0, "the adapter request was meant to be preempted"
+    check(outs[1], prompts[2], want[2], 3)
+    assert outs[1].token_ids == plain[2].token_ids
+    assert outs[0].token_ids == llm.generate([a], greedy(4))[0].token_ids
+    assert small.engine.is_idle_clean()
+
+
+def test_min_tokens_masks_eos_and_stop_tokens(llm):
+    """min_tokens: EOS and stop_token_ids are not sampled, and stop strings not checked, before the output
+    has min_tokens tokens; then they stop it as usual. A bias makes EOS (then a stop token) the greedy
+    choice at every step."""
+    eos = llm.engine.tokenizer.eos_token_id
+    p = SamplingParams(max_tokens=12, temperature=0.0, logit_bias={eos: 100.0})
+    assert llm.generate(["Hello"], p)[0].token_ids == [eos]
+    for kw in (dict(min_tokens=5), dict(min_tokens=5, temperature=0.8, seed=3)):
+        out = llm.generate(
+            ["Hello"], SamplingParams(max_tokens=12, logit_bias={eos: 100.0}, **{"temperature": 0.0, **kw})
+        )[0]
+        assert len(out.token_ids) == 6 and eos not in out.token_ids[:5] and out.token_ids[5] == eos
+        assert out.finish_reason == "stop"
+    out = llm.generate(
+        ["Hello"],
+        SamplingParams(max_tokens=12, temperature=0.0, logit_bias={40: 100.0}, stop_token_ids=[40], min_tokens=3),
+    )[0]
+    assert len(out.token_ids) == 4 and 40 not in out.token_ids[:3] and out.token_ids[3] == 40
+    free = llm.generate(["Hello"], greedy(8))[0]
+    stop = free.text[:2]  # a stop string the output starts with: only checked from min_tokens on
+    out = llm.generate(["Hello"], greedy(8, stop=[stop], min_tokens=8))[0]
+    assert out.token_ids == free.token_ids and out.finish_reason == "length"
+    assert llm.generate(["Hello"], greedy(8, stop=[stop]))[0].text == ""
+
+
+def test_seeded_sampling_survives_preemption(demo, llm):
+    """A seeded request preempted and recomputed samples the same tokens as without preemption (its
+    generator keeps its state; a fresh one would replay the first draws)."""
+    p = SamplingParams(max_tokens=40, temperature=1.0, seed=7, ignore_eos=True)
+    ref = llm.generate(["Hi"], p)[0].token_ids
+    small = LLM(model=str(demo / "model"), device="cpu", dtype="float32", pool={"page_size": 4, "num_pages": 30})
+    a = [(5 * j) % 300 + 3 for j in range(80)]  # with its 40 tokens: the whole pool
+    outs = small.generate([a, "Hi"], [greedy(40), p])
+    assert outs[1].metrics["num_preemptions"] > 0, "the seeded request was meant to be preempted"
+    assert outs[1].token_ids == ref

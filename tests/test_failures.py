@@ -47,13 +47,14 @@ class Faulty:
 
     def execute(self, out):
         hit = [s.request_id for s in out.seqs if s.request_id in self.raise_for]
-        tokens, lps = self.inner.execute(out)
+        result = self.inner.execute(out)
         for rid in hit:
             self.skip[rid] = self.skip.get(rid, 0) - 1
             if self.skip[rid] < 0:
                 raise self.raise_for.pop(rid)
         sampled = [s for s in out.seqs if s.sample]
-        return [FAILED if s.request_id in self.bad_sampling else t for s, t in zip(sampled, tokens)], lps
+        result.tokens = [FAILED if s.request_id in self.bad_sampling else t for s, t in zip(sampled, result.tokens)]
+        return result
 
 
 def run(llm, prompts) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -67,11 +68,18 @@ def test_completion_request_maps_to_sampling_params():
     "bad",
     [
         {"max_tokens": 0},
+        {"max_tokens": -1, "echo": True},
         {"temperature": -0.1},
         {"top_p": 0},
         {"n": 0},
-        {"echo": True},
         {"logprobs": 21},
+        {"prompt_logprobs": 21},
+        {"min_tokens": -1},
+        {"min_p": 0.1},
+        {"use_beam_search": True},
+        {"bad_words": ["x"]},
+        {"add_special_tokens": False},
+        {"include_stop_str_in_output": True},
         {"prompt": []},
         {"stream_options": {"include_usage": True}},
         {"presence_penalty": 2.5},
@@ -82,6 +90,39 @@ def test_completion_request_maps_to_sampling_params():
 def test_completion_request_refuses(bad):
     with pytest.raises(ValidationError):
         CompletionRequest(**({"model": "m", "prompt": "x"} | bad))
+
+
+def test_echo_prompt_logprobs_min_tokens_and_vllm_fields():
+    """echo + logprobs asks for the prompt's logprobs (vLLM: prompt_logprobs = logprobs); max_tokens 0 only
+    with echo or prompt_logprobs; min_tokens passes through; vLLM fields at their neutral values pass, others
+    are refused naming the field."""
+    from app.protocol import UnsupportedField
+
+    sp = CompletionRequest(model="m", prompt="x", echo=True, logprobs=1, max_tokens=0).to_sampling_params(0)
+    assert (sp.prompt_logprobs, sp.logprobs, sp.max_tokens) == (1, 1, 0)
+    assert CompletionRequest(model="m", prompt="x", echo=True).to_sampling_params(3).prompt_logprobs is None
+    sp = CompletionRequest(model="m", prompt="x", prompt_logprobs=0, logprobs=2, echo=True).to_sampling_params(3)
+    assert sp.prompt_logprobs == 0 and sp.logprobs == 2
+    assert CompletionRequest(model="m", prompt="x", min_tokens=3).to_sampling_params(5).min_tokens == 3
+    neutral = dict(min_p=0.0, use_beam_search=False, skip_special_tokens=True, length_penalty=1.0, bad_words=[])
+    CompletionRequest(model="m", prompt="x", add_special_tokens=True, guided_json=None, **neutral)
+    msgs = [{"role": "user", "content": "x"}]
+    ChatCompletionRequest(model="m", messages=msgs, add_generation_prompt=True, echo=False, **neutral)
+    for req, bad in (
+        (CompletionRequest, {"min_p": 0.05}),
+        (CompletionRequest, {"truncate_prompt_tokens": 8}),
+        (CompletionRequest, {"suffix": "end"}),
+        (CompletionRequest, {"best_of": 3}),
+        (ChatCompletionRequest, {"continue_final_message": True}),
+        (ChatCompletionRequest, {"functions": [{"name": "f"}]}),
+        (ChatCompletionRequest, {"prompt_logprobs": 1, "stream": True}),
+        (ChatCompletionRequest, {"skip_special_tokens": False}),
+    ):
+        with pytest.raises(ValidationError) as e:
+            req(model="m", prompt="x", messages=msgs, **bad)
+        (err,) = e.value.errors()
+        assert isinstance(err["ctx"]["error"], UnsupportedField) and err["ctx"]["error"].param in bad
+        assert err["ctx"]["error"].param in err["msg"]
 
 
 def test_chat_request():
@@ -100,8 +141,7 @@ def test_chat_request():
         ChatCompletionRequest(model="m", messages=[{"role": "wizard", "content": "x"}])
     msgs = [{"role": "user", "content": "x"}]
     assert ChatCompletionRequest(model="m", messages=msgs, response_format={"type": "text"}).chat() == msgs
-    with pytest.raises(ValidationError, match="json_object"):
-        ChatCompletionRequest(model="m", messages=msgs, response_format={"type": "json_object"})
+    assert ChatCompletionRequest(model="m", messages=msgs, response_format={"type": "text"}).structured() is None
     # logprobs: chat's bool + top_logprobs and completions' int both become SamplingParams.logprobs
     assert ChatCompletionRequest(model="m", messages=msgs).to_sampling_params(3).logprobs is None
     assert ChatCompletionRequest(model="m", messages=msgs, logprobs=True).to_sampling_params(3).logprobs == 0
@@ -115,8 +155,52 @@ def test_chat_request():
             ChatCompletionRequest(model="m", messages=msgs, **bad)
 
 
+def test_structured_output_fields():
+    """response_format (chat and completions), vLLM's structured_outputs and guided_* all map onto one
+    StructuredOutputs; two at once, unknown kinds and unimplemented options are 400s naming the field."""
+    from app.protocol import UnsupportedField
+    from app.structured import StructuredOutputs
+
+    msgs = [{"role": "user", "content": "x"}]
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+
+    def so(**kw):
+        return ChatCompletionRequest(model="m", messages=msgs, **kw).to_sampling_params(8).structured
+
+    assert so(response_format={"type": "json_object"}) == StructuredOutputs(json_object=True)
+    rf = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}
+    assert so(response_format=rf) == StructuredOutputs(json=json.dumps(schema))
+    assert so(guided_json=schema) == so(guided_json=json.dumps(schema)) == StructuredOutputs(json=json.dumps(schema))
+    assert so(guided_regex="a+") == StructuredOutputs(regex="a+")
+    assert so(guided_choice=["a", "b"]) == StructuredOutputs(choice=("a", "b"))
+    assert so(guided_grammar='root ::= "a"', guided_decoding_backend="xgrammar") == StructuredOutputs(
+        grammar='root ::= "a"'
+    )
+    assert so(structured_outputs={"regex": "b+", "disable_any_whitespace": True}) == StructuredOutputs(regex="b+")
+    assert so(structured_outputs={"json_object": True}) == StructuredOutputs(json_object=True)
+    assert so() is None and so(response_format={"type": "text"}, guided_regex="c") == StructuredOutputs(regex="c")
+    c = CompletionRequest(model="m", prompt="x", response_format=rf).to_sampling_params(4)
+    assert c.structured == StructuredOutputs(json=json.dumps(schema))
+    for bad, field in (
+        ({"guided_regex": "a", "guided_choice": ["b"]}, "guided_choice"),
+        ({"response_format": {"type": "json_object"}, "guided_regex": "a"}, "guided_regex"),
+        ({"response_format": {"type": "structural_tag"}}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+        ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
+        ({"structured_outputs": {"whitespace_pattern": " *", "regex": "a"}}, "whitespace_pattern"),
+        ({"structured_outputs": {}}, "structured_outputs"),
+        ({"guided_choice": []}, "guided_choice"),
+        ({"guided_whitespace_pattern": " "}, "guided_whitespace_pattern"),
+    ):
+        with pytest.raises(ValidationError) as e:
+            ChatCompletionRequest(model="m", messages=msgs, **bad)
+        assert e.value.errors()[0]["ctx"]["error"].param == field and isinstance(
+            e.value.errors()[0]["ctx"]["error"], UnsupportedField
+        )
+
+
 def test_logprobs_formats():
-    from app.protocol import chat_logprobs, completion_logprobs
+    from app.protocol import chat_logprobs, completion_logprobs, vllm_prompt_logprobs
     from app.request import TokenLogprobs
 
     words = {1: "a", 2: "bc", 3: "é"}
@@ -128,6 +212,23 @@ def test_logprobs_formats():
         "top_logprobs": [{"a": -0.5, "é": -1.5}, {"bc": -0.25, "a": -2.0}],
         "text_offset": [4, 5],
     }
+    # echo: the prompt's entries first (None for its first token; its top_logprobs hold the token itself)
+    plps = [None, TokenLogprobs(-3.0, [(1, -0.5)], rank=3)]
+    assert completion_logprobs([3, 2, 1], plps + lps[:1], decode, prompt_len=2) == {
+        "tokens": ["é", "bc", "a"],
+        "token_logprobs": [None, -3.0, -0.5],
+        "top_logprobs": [None, {"a": -0.5, "bc": -3.0}, {"a": -0.5, "é": -1.5}],
+        "text_offset": [0, 1, 3],
+    }
+    assert vllm_prompt_logprobs(
+        [3, 2], [None, TokenLogprobs(float("-inf"), [(1, -0.5), (2, -9.0)], rank=2)], decode
+    ) == [
+        None,
+        {
+            "2": {"logprob": -9999.0, "rank": 2, "decoded_token": "bc"},
+            "1": {"logprob": -0.5, "rank": 1, "decoded_token": "a"},
+        },
+    ]
     c = chat_logprobs([3], [TokenLogprobs(-0.1, [(3, -0.1)])], decode)["content"]
     assert c == [
         {

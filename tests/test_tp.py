@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
@@ -111,12 +112,33 @@ def test_tp2_equals_tp1_and_peft(setup, tp_engine):
     check(got, reqs, expected, "TP=2 vs transformers+PEFT")
     tp1 = make_engine(tp_engine.cfg.model_copy(update={"warmup": "off"}), adapters, AT_START)
     check(generate(tp1, reqs), reqs, got, "TP=1 vs TP=2")
-    # logprobs travel back from tp-rank 0 packed after the tokens: TP=2's equal TP=1's
-    two, one = (generate(e, reqs[:6], outputs=True, logprobs=3) for e in (tp_engine, tp1))
+    # logprobs (and prompt logprobs) travel back from tp-rank 0 packed after the tokens: TP=2's equal TP=1's
+    two, one = (generate(e, reqs[:6], outputs=True, logprobs=3, prompt_logprobs=2) for e in (tp_engine, tp1))
     for a, b in zip(two, one):
         assert a.token_ids == b.token_ids and len(a.logprobs) == len(a.token_ids)
-        for x, y in zip(a.logprobs, b.logprobs):
+        assert len(a.prompt_logprobs) == len(b.prompt_logprobs) == len(a.prompt_token_ids)
+        for x, y in zip(a.logprobs + a.prompt_logprobs[1:], b.logprobs + b.prompt_logprobs[1:]):
             assert abs(x.logprob - y.logprob) < 1e-4 and [t for t, _ in x.top] == [t for t, _ in y.top]
+            assert x.rank == y.rank
+    # prompt only (max_tokens 0), as lm-eval's loglikelihood asks: the same values as TP=1
+    ids = [r[0] for r in reqs[:6]]
+    params = SamplingParams(max_tokens=0, prompt_logprobs=1)
+    two, one = ([e.add_request(p, params, a) for p, (_, a, _) in zip(ids, reqs)] for e in (tp_engine, tp1))
+    outs = []
+    for e, rids in ((tp_engine, two), (tp1, one)):
+        done = {o.request_id: o for _ in iter(e.has_unfinished, False) for o in e.step() if o.finished}
+        outs.append([done[r] for r in rids])
+    for a, b in zip(*outs):
+        assert a.token_ids == b.token_ids == [] and a.finish_reason == "length"
+        assert [x.rank for x in a.prompt_logprobs[1:]] == [y.rank for y in b.prompt_logprobs[1:]]
+        assert all(abs(x.logprob - y.logprob) < 1e-4 for x, y in zip(a.prompt_logprobs[1:], b.prompt_logprobs[1:]))
+    # structured output: only tp-rank 0 samples, with its grammar matchers; the same tokens as TP=1
+    from app.structured import StructuredOutputs
+
+    so = StructuredOutputs(regex=r"[a-c]\d")  # with EOS 3 tokens at most: within every request's max_tokens
+    two, one = (generate(e, reqs[:4], outputs=True, structured=so) for e in (tp_engine, tp1))
+    assert [o.token_ids for o in two] == [o.token_ids for o in one]
+    assert all(re.fullmatch(so.regex, o.text) and o.finish_reason == "stop" for o in two), [o.text for o in two]
     assert tp_engine.executor.num_pages == tp1.executor.num_pages * 2  # half the KV heads per rank
     assert tp_engine.is_idle_clean()
     tp_engine.pool.check()

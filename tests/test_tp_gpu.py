@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2,
 
 from app.config import EngineConfig  # noqa: E402
 from app.engine import Engine  # noqa: E402
-from app.request import SamplingParams  # noqa: E402
+from app.request import ModelOutput, SamplingParams  # noqa: E402
 from deployments.tp import TPExecutor, forward_logits  # noqa: E402
 from tests.test_tp import AT_START, SPECS, check, generate, random_requests  # noqa: E402
 from tests.models import HFReference, make_model, make_peft_adapters  # noqa: E402
@@ -95,8 +95,8 @@ def test_tp2_nccl_logits_close_bfloat16(ray_gpu, setup):
             cos = torch.nn.functional.cosine_similarity(l1, l2, dim=-1)
             assert cos.min() > 0.999, f"step {step}: logits cosine similarity {cos.min():.5f}"
             tokens = l1.argmax(-1).tolist()
-            tp1.scheduler.update(o1, tp1.requests, tokens)
-            tp2.scheduler.update(o2, tp2.requests, tokens)
+            tp1.scheduler.update(o1, tp1.requests, ModelOutput(tokens))
+            tp2.scheduler.update(o2, tp2.requests, ModelOutput(tokens))
         print(f"bf16 logits: worst max|TP2-TP1| / max|logit| = {worst:.3g}")
     finally:
         tp2.executor.shutdown()

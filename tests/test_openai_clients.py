@@ -1,0 +1,508 @@
+"""What users of vLLM reach for first, with the clients they use, against the Ray Serve app of the demo
+(real Ray on the CPU, one group, served on 127.0.0.1:8432): echo and prompt logprobs with the openai
+client, lm-evaluation-harness's `local-completions` on a loglikelihood and a multiple-choice task, and
+the 400s for vLLM fields this server does not implement. Values are compared with the offline engine
+(`app.LLM`), itself checked against transformers + PEFT in tests/test_engine.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from app import LLM, SamplingParams
+from app.demo import build_demo
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+PORT = 8432
+BASE = f"http://127.0.0.1:{PORT}"
+MODEL = "sloray-demo"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return build_demo()
+
+
+@pytest.fixture(scope="module")
+def service(demo, tmp_path_factory):
+    """The demo at / and, at /llama3, the demo's base model under the name "model-llama3" with a chat
+    template that asks for Llama-3 JSON tool calls."""
+    from ray.serve.api import RunTarget
+
+    from deployments.builder import build_app
+    from tests.test_tools import LLAMA3_TEMPLATE
+
+    llama3 = tmp_path_factory.mktemp("llama3") / "model-llama3"
+    shutil.copytree(demo / "model", llama3)
+    cfg = json.loads((llama3 / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (llama3 / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (llama3 / "chat_template.jinja").write_text(LLAMA3_TEMPLATE)
+    os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    ray.init(num_cpus=2, include_dashboard=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    args = {"num_groups": 1, "group_num_cpus": 0.5, "device": "cpu", "dtype": "float32"}
+    serve.run_many(
+        [
+            RunTarget(build_app(args), name="clients", route_prefix="/"),
+            RunTarget(
+                build_app(args | {"model": str(llama3), "group_num_cpus": 0.25}), name="llama3", route_prefix="/llama3"
+            ),
+        ]
+    )
+    yield
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def llm(demo):
+    return LLM(str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    return openai.OpenAI(base_url=f"{BASE}/v1", api_key="none", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def llama3_client(service):
+    return openai.OpenAI(base_url=f"{BASE}/llama3/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def offline(llm, prompt, adapter, **kw):
+    return llm.generate([prompt], SamplingParams(temperature=0.0, **kw), adapters=[adapter])[0]
+
+
+# ---- echo and prompt logprobs ---------------------------------------------------------------------
+@pytest.mark.parametrize("adapter", ["demo-r4-attn", None])
+def test_echo_logprobs_equal_offline(client, llm, adapter):
+    """echo + logprobs: text = prompt + completion; logprobs cover the prompt's tokens (the first None,
+    the others the offline engine's prompt logprobs, their top_logprobs holding the token itself) then the
+    completion's; max_tokens 0 gives the prompt alone (lm-eval's loglikelihood), streamed the same."""
+    prompt = "The quick brown fox jumps"
+    tok = llm.engine.tokenizer
+    ids = tok.encode(prompt)
+    for max_tokens in (0, 3):
+        ref = offline(llm, prompt, adapter, max_tokens=max_tokens, logprobs=2, prompt_logprobs=2, ignore_eos=True)
+        r = client.completions.create(
+            model=adapter or MODEL,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=0,
+            echo=True,
+            logprobs=2,
+            extra_body={"ignore_eos": True},
+        )
+        c = r.choices[0]
+        assert c.text == prompt + ref.text and c.finish_reason == "length"
+        lp = c.logprobs
+        assert lp.tokens == [tok.decode([t]) for t in ids + ref.token_ids]
+        assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+        want = [x.logprob for x in ref.prompt_logprobs[1:] + ref.logprobs]
+        assert lp.token_logprobs[1:] == pytest.approx(want, abs=1e-4)
+        for j, (top, x) in enumerate(zip(lp.top_logprobs[1:], ref.prompt_logprobs[1:])):
+            assert top[lp.tokens[j + 1]] == pytest.approx(x.logprob, abs=1e-4)  # the prompt token itself
+            assert {tok.decode([t]) for t, _ in x.top} <= set(top)
+        assert lp.text_offset[0] == 0 and r.usage.completion_tokens == max_tokens
+    streamed = list(
+        client.completions.create(
+            model=adapter or MODEL, prompt=prompt, max_tokens=0, temperature=0, echo=True, logprobs=1, stream=True
+        )
+    )
+    assert "".join(ch.choices[0].text for ch in streamed if ch.choices) == prompt
+    got = [v for ch in streamed if ch.choices and ch.choices[0].logprobs for v in ch.choices[0].logprobs.token_logprobs]
+    assert got[0] is None and got[1:] == pytest.approx([x.logprob for x in ref.prompt_logprobs[1:]], abs=1e-4)
+
+
+def test_prompt_logprobs_field_and_min_tokens(client, llm):
+    """vLLM's prompt_logprobs (completions and chat: {token id: {logprob, rank, decoded_token}}), and
+    min_tokens (a bias makes EOS the greedy choice: min_tokens holds it off)."""
+    ref = offline(llm, "Hello, world!", "demo-r8-mlp", max_tokens=2, prompt_logprobs=3)
+    r = client.completions.create(
+        model="demo-r8-mlp", prompt="Hello, world!", max_tokens=2, temperature=0, extra_body={"prompt_logprobs": 3}
+    )
+    plp = r.choices[0].model_extra["prompt_logprobs"]
+    assert plp[0] is None and len(plp) == len(ref.prompt_token_ids)
+    for d, t, x in zip(plp[1:], ref.prompt_token_ids[1:], ref.prompt_logprobs[1:]):
+        assert d[str(t)]["logprob"] == pytest.approx(x.logprob, abs=1e-4) and d[str(t)]["rank"] == x.rank
+        for rank, (a, v) in enumerate(x.top, 1):
+            assert d[str(a)]["logprob"] == pytest.approx(v, abs=1e-4) and d[str(a)]["rank"] == rank
+    assert r.choices[0].text == ref.text and r.choices[0].logprobs is None
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1, extra_body={"prompt_logprobs": 0}
+    )
+    plp = chat.model_extra["prompt_logprobs"]
+    assert plp[0] is None and len(plp) == chat.usage.prompt_tokens and all(len(d) == 1 for d in plp[1:])
+
+    eos = llm.engine.tokenizer.eos_token_id
+    kw = dict(model=MODEL, prompt="Hello", max_tokens=10, temperature=0, logit_bias={str(eos): 100})
+    assert client.completions.create(**kw).usage.completion_tokens == 1
+    r = client.completions.create(**kw, extra_body={"min_tokens": 4})
+    assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "stop"
+
+
+def test_unimplemented_vllm_fields_are_refused(service):
+    for route, body, field in (
+        ("/v1/completions", {"prompt": "x", "min_p": 0.1}, "min_p"),
+        ("/v1/completions", {"prompt": "x", "use_beam_search": True}, "use_beam_search"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "chat_template": "{{x}}"},
+            "chat_template",
+        ),
+    ):
+        r = httpx.post(BASE + route, json={"model": MODEL, **body}, timeout=60)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["param"] == field and field in err["message"] and err["code"] == 400
+    ok = {"model": MODEL, "prompt": "x", "max_tokens": 1, "min_p": 0.0, "skip_special_tokens": True}
+    assert httpx.post(BASE + "/v1/completions", json=ok, timeout=60).status_code == 200
+
+
+# ---- lm-evaluation-harness ----------------------------------------------------------------------
+LL_DOCS = [
+    {"context": "The quick brown", "continuation": " fox jumps"},
+    {"context": "Hello, world!", "continuation": " How are you today?"},
+    {"context": "Serving thousands of", "continuation": " concurrent LoRA adapters"},
+    {"context": "def main():", "continuation": "\n    print('hello')"},
+]
+MC_DOCS = [
+    {"question": "The quick brown fox jumps over the", "choices": [" lazy dog.", " red car.", " moon"], "answer": 0},
+    {"question": "Hello, world! How are", "choices": [" you today?", " trees", " 42"], "answer": 0},
+    {"question": "Ray Serve deploys the", "choices": [" ingress", " banana", " tensor"], "answer": 2},
+]
+TASKS = """
+task: sloray_ll
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {dir}/ll.jsonl
+test_split: test
+output_type: loglikelihood
+doc_to_text: "{{{{context}}}}"
+doc_to_target: "{{{{continuation}}}}"
+metric_list:
+  - metric: perplexity
+    aggregation: perplexity
+    higher_is_better: false
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+---
+task: sloray_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {dir}/mc.jsonl
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def _write_tasks(d: Path) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "ll.jsonl").write_text("".join(json.dumps(x) + "\n" for x in LL_DOCS))
+    (d / "mc.jsonl").write_text("".join(json.dumps(x) + "\n" for x in MC_DOCS))
+    ll, mc = TASKS.format(dir=d).split("---\n")
+    (d / "sloray_ll.yaml").write_text(ll)
+    (d / "sloray_mc.yaml").write_text(mc)
+
+
+def _loglikelihood(llm, adapter: str | None, context: str, continuation: str) -> float:
+    """lm-eval's encoding of a pair (whole string encoded, context split off; no special tokens), scored by
+    the offline engine's prompt logprobs of the continuation's tokens."""
+    hf = llm.engine.tokenizer.hf
+    whole = hf.encode(context + continuation, add_special_tokens=False)
+    ctx = hf.encode(context, add_special_tokens=False)
+    out = offline(llm, whole, adapter, max_tokens=0, prompt_logprobs=0)
+    return sum(lp.logprob for lp in out.prompt_logprobs[len(ctx) :])
+
+
+@pytest.mark.parametrize("adapter", ["demo-r16-all", None])
+def test_lm_eval_local_completions(service, demo, llm, tmp_path, adapter):
+    """`lm_eval --model local-completions` (echo + logprobs, token-id prompts, max_tokens 1) on a local
+    loglikelihood task and a multiple-choice task: every loglikelihood it records equals the offline
+    engine's, for an adapter and for the base model (which differ)."""
+    pytest.importorskip("lm_eval")
+    tasks, out = tmp_path / "tasks", tmp_path / "out"
+    _write_tasks(tasks)
+    args = ",".join(
+        [
+            f"model={adapter or MODEL}",
+            f"base_url={BASE}/v1/completions",
+            "tokenizer_backend=huggingface",
+            f"tokenizer={demo / 'model'}",
+            "num_concurrent=1",
+            "max_retries=1",
+        ]
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args", args]
+    cmd += ["--tasks", "sloray_ll,sloray_mc", "--include_path", str(tasks), "--output_path", str(out)]
+    proc = subprocess.run(cmd + ["--log_samples"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (results,) = out.rglob("results_*.json")
+    res = json.loads(results.read_text())["results"]
+    assert 0 <= res["sloray_mc"]["acc,none"] <= 1 and res["sloray_ll"]["perplexity,none"] > 1
+    for task in ("sloray_ll", "sloray_mc"):
+        (samples,) = out.rglob(f"samples_{task}_*.jsonl")
+        rows = [json.loads(line) for line in samples.read_text().splitlines()]
+        args = [
+            a for r in rows for a in (r["arguments"].values() if isinstance(r["arguments"], dict) else r["arguments"])
+        ]
+        pairs = [(a["arg_0"], a["arg_1"]) if isinstance(a, dict) else tuple(a) for a in args]
+        got = [float(resp[0][0]) for r in rows for resp in r["resps"]]
+        assert len(got) == len(pairs) == (len(LL_DOCS) if task == "sloray_ll" else 9)
+        want = [_loglikelihood(llm, adapter, c, x) for c, x in pairs]
+        assert got == pytest.approx(want, abs=1e-3), task
+        if adapter is not None:  # an adapter changes the values: the comparison with its base model means something
+            assert all(abs(w - v) > 1e-3 for w, v in zip(want, [_loglikelihood(llm, None, c, x) for c, x in pairs]))
+
+
+# ---- structured output --------------------------------------------------------------------------
+def test_openai_parse_with_a_pydantic_schema(client, llm):
+    """The openai SDK's `chat.completions.parse()` with a pydantic model (response_format json_schema, strict):
+    the random demo model's output is valid against the schema and parses, greedy and sampled, streamed
+    chat too; json_object gives a JSON object."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Pet(BaseModel):
+        name: str = Field(max_length=8)
+        kind: Literal["cat", "dog", "fish"]
+        age: int = Field(ge=0, le=30)
+
+    class Person(BaseModel):
+        name: str = Field(max_length=12)
+        adult: bool
+        pets: list[Pet] = Field(max_length=2)
+
+    msgs = [{"role": "user", "content": "Describe a person as JSON."}]
+    for model, kw in ((MODEL, dict(temperature=0)), ("demo-r16-all", dict(temperature=1.0, seed=3))):
+        r = client.chat.completions.parse(model=model, messages=msgs, response_format=Person, max_tokens=300, **kw)
+        msg = r.choices[0].message
+        assert r.choices[0].finish_reason == "stop", msg.content
+        assert isinstance(msg.parsed, Person) and Person.model_validate_json(msg.content) == msg.parsed
+    strict = Person.model_json_schema()  # no other properties (else the random model could add them forever)
+    for obj in (strict, *strict["$defs"].values()):
+        obj["additionalProperties"] = False
+    schema = {"type": "json_schema", "json_schema": {"name": "Person", "schema": strict}}
+    chunks = client.chat.completions.create(
+        model=MODEL, messages=msgs, response_format=schema, max_tokens=300, temperature=0, stream=True
+    )
+    Person.model_validate_json("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+    eos_free = client.chat.completions.create(
+        model=MODEL,
+        messages=msgs,
+        response_format={"type": "json_object"},
+        logit_bias={str(llm.engine.tokenizer.hf.convert_tokens_to_ids("}")): 100},
+        max_tokens=50,
+        temperature=0,
+    )
+    assert json.loads(eos_free.choices[0].message.content) == {} and eos_free.choices[0].finish_reason == "stop"
+
+
+def test_guided_regex_choice_grammar_and_completions(client):
+    """vLLM's guided_regex / guided_choice / guided_grammar and structured_outputs, on chat and completions;
+    a bad regex is a 400 and the next requests are served."""
+    msgs = [{"role": "user", "content": "Give me a code."}]
+    r = client.chat.completions.create(
+        model="demo-r8-mlp",
+        messages=msgs,
+        max_tokens=20,
+        temperature=1.0,
+        seed=1,
+        extra_body={"guided_regex": r"[A-Z]{3}-\d{4}"},
+    )
+    assert re.fullmatch(r"[A-Z]{3}-\d{4}", r.choices[0].message.content) and r.choices[0].finish_reason == "stop"
+    r = client.completions.create(
+        model=MODEL,
+        prompt="Is it?",
+        max_tokens=10,
+        temperature=0,
+        n=3,
+        extra_body={"guided_choice": ["yes", "no way"], "seed": 2},
+    )
+    assert all(c.text in ("yes", "no way") for c in r.choices)
+    r = client.completions.create(
+        model="demo-r1-qv",
+        prompt="Sum:",
+        max_tokens=20,
+        temperature=0.8,
+        seed=4,
+        extra_body={"guided_grammar": 'root ::= num " + " num\nnum ::= [1-9] [0-9]?'},
+    )
+    assert re.fullmatch(r"[1-9][0-9]? \+ [1-9][0-9]?", r.choices[0].text), r.choices[0].text
+    r = client.completions.create(
+        model=MODEL, prompt="x", max_tokens=10, temperature=0, extra_body={"structured_outputs": {"choice": ["A", "B"]}}
+    )
+    assert r.choices[0].text in ("A", "B")
+    bad = httpx.post(
+        f"{BASE}/v1/completions",
+        json={"model": MODEL, "prompt": "x", "guided_regex": "(ab", "max_tokens": 4},
+        timeout=60,
+    )
+    assert bad.status_code == 400 and "regex" in bad.json()["error"]["message"], bad.text
+    assert client.completions.create(model=MODEL, prompt="x", max_tokens=2).usage.completion_tokens == 2
+
+
+# ---- tools --------------------------------------------------------------------------------------
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 10}, "unit": {"enum": ["C", "F"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _args(call) -> dict:
+    import jsonschema
+
+    args = json.loads(call.function.arguments)
+    jsonschema.validate(args, {"get_weather": WEATHER, "get_time": TIME}[call.function.name]["function"]["parameters"])
+    return args
+
+
+def test_forced_tool_calls_named_and_required(client):
+    """tool_choice a function / "required": the random model's output is forced to valid calls, streamed or
+    not; tool_choice "none" leaves the output as text."""
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for model, kw in ((MODEL, dict(temperature=0)), ("demo-r4-attn", dict(temperature=1.0, seed=5))):
+        r = client.chat.completions.create(
+            model=model, messages=ASK, tools=[WEATHER, TIME], tool_choice=named, max_tokens=150, **kw
+        )
+        (call,) = r.choices[0].message.tool_calls
+        assert call.function.name == "get_weather" and r.choices[0].finish_reason == "stop"
+        assert set(_args(call)) == {"city", "unit"} and r.choices[0].message.content is None
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER, TIME],
+        tool_choice="required",
+        parallel_tool_calls=False,  # one call at most: the random model would add calls up to max_tokens
+        max_tokens=200,
+        temperature=0.7,
+        seed=1,
+    )
+    calls = r.choices[0].message.tool_calls
+    assert calls and r.choices[0].finish_reason == "tool_calls" and all(_args(c) is not None for c in calls)
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=ASK, tools=[WEATHER], tool_choice=named, max_tokens=150, temperature=0, stream=True
+        )
+    )
+    deltas = [tc for ch in chunks if ch.choices for tc in ch.choices[0].delta.tool_calls or []]
+    assert len(deltas) == 1 and deltas[0].index == 0 and deltas[0].id and deltas[0].function.name == "get_weather"
+    assert set(_args(deltas[0])) == {"city", "unit"}
+    assert not any(ch.choices[0].delta.content for ch in chunks if ch.choices)
+    plain = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="none", max_tokens=8, temperature=0
+    )
+    same = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, temperature=0)
+    assert (
+        plain.choices[0].message.content == same.choices[0].message.content and not plain.choices[0].message.tool_calls
+    )
+
+
+HERMES_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}\n</tool_call>'
+
+
+def test_auto_tool_calls_parsed_from_the_template_format(client):
+    """tool_choice "auto": the output is parsed in the chat template's format (the demo: Hermes). The random
+    model would not call a tool by itself, so a guided_choice makes it write a call, or text."""
+    for text, stream in ((HERMES_CALL, False), ("Sure. " + HERMES_CALL, True), ("No tools needed.", True)):
+        kw = dict(model=MODEL, messages=ASK, tools=[WEATHER, TIME], max_tokens=200, temperature=0)
+        kw["extra_body"] = {"guided_choice": [text]}
+        if not stream:
+            msg = client.chat.completions.create(**kw).choices[0]
+            content, calls, reason = msg.message.content, msg.message.tool_calls or [], msg.finish_reason
+        else:
+            chunks = [ch for ch in client.chat.completions.create(**kw, stream=True) if ch.choices]
+            content = "".join(ch.choices[0].delta.content or "" for ch in chunks)
+            calls = [tc for ch in chunks for tc in ch.choices[0].delta.tool_calls or []]
+            reason = chunks[-1].choices[0].finish_reason
+        if "<tool_call>" in text:
+            assert [(c.function.name, _args(c)) for c in calls] == [("get_weather", {"city": "Paris", "unit": "C"})]
+            assert (content or "").strip() == text[: text.index("<tool_call>")].strip() and reason == "tool_calls"
+        else:
+            assert content == text and not calls and reason == "stop"
+
+
+def test_llama3_json_tool_calls(llama3_client):
+    """A model whose chat template asks for Llama-3 JSON calls: its output is parsed in that format."""
+    call = '{"name": "get_weather", "parameters": {"city": "Oslo", "unit": "F"}}'
+    kw = dict(model="model-llama3", messages=ASK, tools=[WEATHER], max_tokens=200, temperature=0)
+    r = llama3_client.chat.completions.create(**kw, extra_body={"guided_choice": [call]})
+    (c,) = r.choices[0].message.tool_calls
+    assert _args(c) == {"city": "Oslo", "unit": "F"} and r.choices[0].finish_reason == "tool_calls"
+    chunks = [
+        ch
+        for ch in llama3_client.chat.completions.create(**kw, stream=True, extra_body={"guided_choice": [call]})
+        if ch.choices
+    ]
+    (c,) = [tc for ch in chunks for tc in ch.choices[0].delta.tool_calls or []]
+    assert _args(c) == {"city": "Oslo", "unit": "F"} and not any(ch.choices[0].delta.content for ch in chunks)
+
+
+def test_langchain_bind_tools_and_structured_output(service):
+    """LangChain's ChatOpenAI against the demo: bind_tools with tool_choice forcing a tool returns a call whose
+    args validate; with_structured_output(pydantic model) returns the model. strict=True: the schemas allow
+    no other properties (without it the random model could add properties until max_tokens)."""
+    pytest.importorskip("langchain_openai")
+    from typing import Literal
+
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    class GetWeather(BaseModel):
+        """The weather in a city."""
+
+        city: str = Field(max_length=10)
+        unit: Literal["C", "F"]
+
+    class Answer(BaseModel):
+        verdict: Literal["yes", "no"]
+        confidence: int = Field(ge=0, le=100)
+
+    llm = ChatOpenAI(model=MODEL, base_url=f"{BASE}/v1", api_key="none", temperature=0, max_tokens=100, max_retries=0)
+    msg = llm.bind_tools([GetWeather], tool_choice="GetWeather", strict=True).invoke("Weather in Paris?")
+    (call,) = msg.tool_calls
+    assert call["name"] == "GetWeather" and GetWeather.model_validate(call["args"])
+    msg = llm.bind_tools([GetWeather], tool_choice="any", strict=True, parallel_tool_calls=False).invoke("Weather?")
+    assert msg.tool_calls and all(GetWeather.model_validate(c["args"]) for c in msg.tool_calls)
+    out = llm.with_structured_output(Answer, strict=True).invoke("Is the sky blue?")
+    assert isinstance(out, Answer)
+    out = llm.with_structured_output(Answer, method="function_calling", strict=True).invoke("Is the sky blue?")
+    assert isinstance(out, Answer)
