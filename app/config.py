@@ -24,8 +24,12 @@ class PoolConfig(BaseModel):
 
 class SchedulerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_num_seqs: int = Field(64, ge=1, description="requests running at once")
-    max_num_batched_tokens: int = Field(2048, ge=16, description="tokens per step (prefill chunks + decodes)")
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="requests running at once; None: 256 on a GPU, 64 on the CPU"
+    )
+    max_num_batched_tokens: int | None = Field(
+        None, ge=16, description="tokens per step (prefill chunks + decodes); None: 4096 on a GPU, 2048 on the CPU"
+    )
     max_model_len: int | None = Field(None, ge=2, description="prompt + output tokens; None = model's limit")
     ttft_slo_s: float | None = Field(
         None,
@@ -63,7 +67,9 @@ class LoRAKernelOverrides(BaseModel):
 class LoRAConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_lora_rank: int = Field(256, ge=1, le=1024)
-    max_loras_per_batch: int = Field(64, ge=1, description="distinct adapters in one step")
+    max_loras_per_batch: int | None = Field(
+        None, ge=1, description="distinct adapters in one step; None: max_num_seqs (the kernels take any mix)"
+    )
     prefetch: bool = Field(
         True,
         description="copy adapters of queued requests into free pages ahead of admission, overlapping the running step",
@@ -111,6 +117,26 @@ class EngineConfig(BaseModel):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def with_device_defaults(self, device: str | None = None) -> "EngineConfig":
+        """This config with its unset sizes (None) filled for the device it runs on (`device`, default
+        `resolved_device()`): max_num_seqs 256 and max_num_batched_tokens 4096 on CUDA (an H200 keeps 256
+        7B-model sequences and a 4096-token prefill chunk busy without queueing decodes behind it), 64 and
+        2048 on the CPU; max_loras_per_batch = max_num_seqs. Engine, ModelRunner and the TP group apply it."""
+        gpu = (device or self.resolved_device()) == "cuda"
+        sch, lora = self.scheduler, self.lora
+        seqs = sch.max_num_seqs or (256 if gpu else 64)
+        return self.model_copy(
+            update={
+                "scheduler": sch.model_copy(
+                    update={
+                        "max_num_seqs": seqs,
+                        "max_num_batched_tokens": sch.max_num_batched_tokens or (4096 if gpu else 2048),
+                    }
+                ),
+                "lora": lora.model_copy(update={"max_loras_per_batch": lora.max_loras_per_batch or seqs}),
+            }
+        )
 
     def lora_kernel_config(self):
         """The Triton LoRA kernels' launch configuration (kernels.lora.LoRAKernelConfig)."""

@@ -63,6 +63,8 @@ class AdapterInfo:
 
 class Engine:
     def __init__(self, cfg: EngineConfig, executor=None):
+        device = getattr(executor, "device", None) or cfg.resolved_device()
+        cfg = cfg.with_device_defaults(device)
         self.cfg = cfg
         self.args = ModelArgs.from_dir(cfg.model)
         self.tokenizer = Tokenizer(cfg.tokenizer or cfg.model)
@@ -88,7 +90,6 @@ class Engine:
         self.last_step_tokens = 0  # tokens computed by the last step (prefill chunks + decodes)
         self.last_step_adapters = 0
         self.warmup_s: float | None = None
-        device = getattr(executor, "device", None) or cfg.resolved_device()
         if cfg.warmup == "on" or (cfg.warmup == "auto" and device == "cuda"):
             self.warmup()
 

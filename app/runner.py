@@ -41,9 +41,9 @@ def resolve_dtype(cfg: EngineConfig, args: ModelArgs, device: str) -> torch.dtyp
 
 class ModelRunner:
     def __init__(self, cfg: EngineConfig, tp: ParallelState | None = None, device: str | None = None):
-        self.cfg = cfg
         self.tp = tp or ParallelState()
         self.device = device or cfg.resolved_device()
+        self.cfg = cfg = cfg.with_device_defaults(self.device)
         self.args = ModelArgs.from_dir(cfg.model)
         self.dtype = resolve_dtype(cfg, self.args, self.device)
         self.backend = get_backend(cfg.resolved_backend(), cfg.lora_kernel_config())

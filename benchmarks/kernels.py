@@ -214,19 +214,19 @@ SMOKE_CASES = [
 SWEEP = {
     "decode": [
         {},
-        dict(tile_m=32),
+        dict(shrink_r=64, shrink_k=128),
         dict(shrink_split=1),
-        dict(shrink_r=32, shrink_k=256),
         dict(expand_r=32, expand_n=128),
+        dict(expand_n=512, expand_warps=8),
     ],
     "mixed": [
         {},
-        dict(tile_m=16, shrink_r=64, shrink_k=128, expand_r=16, expand_n=256),
+        dict(shrink_r=32, shrink_k=256),
+        dict(shrink_split=2),
         dict(tile_m=32),
-        dict(tile_m=64, shrink_k=128),
-        dict(tile_m=64, expand_r=64),
-        dict(tile_m=64, shrink_warps=8, expand_warps=8),
-        dict(tile_m=128, expand_n=128, shrink_warps=8, expand_warps=8),
+        dict(expand_n=512, expand_warps=8),
+        dict(shrink_warps=8, expand_warps=8),
+        dict(shrink_stages=4, expand_stages=3),
     ],
 }
 
@@ -523,7 +523,7 @@ def write_markdown(res: dict, path: Path) -> None:
         "| batch | context | Hq/Hkv | KV MB | ours ms | ours ms (CUDA graph) | bound ms | % of bandwidth | SDPA (contiguous) ms | SDPA / ours |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in res["attention"]:
+    for r in res.get("attention", []):
         lines.append(
             f"| {r['batch']} | {r['context']} | {r['hq']}/{r['hkv']} | {r['kv_mb']:.0f} | {r['ours_ms']:.3f} | {_f(r['ours_graph_ms'])} | "
             f"{r['bound_ms']:.3f} | {r['bandwidth_fraction']:.0%} | {r['sdpa_ms']:.3f} | "

@@ -20,8 +20,10 @@ Writes saturated.json, saturated.md and saturated.png (throughput vs adapters) i
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import platform
+import pstats
 import random
 import subprocess
 import sys
@@ -100,6 +102,17 @@ def floor_s(args_model, reqs, n_params: float, weight_bytes: float, max_num_seqs
     return {"weights_s": weights, "kv_s": kv, "prefill_s": prefill, "floor_s": weights + kv + prefill}
 
 
+PROFILE_STEPS = (40, 60)  # the window of steps --profile looks at (prefill chunks and decodes mixed)
+
+
+def host_top(host, n: int = 15) -> list[dict]:
+    """The host functions with the most own time in the profiled window (cProfile)."""
+    st = pstats.Stats(host)
+    rows = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:n]
+    return [{"own_ms": round(v[2] * 1e3, 2), "cum_ms": round(v[3] * 1e3, 2), "calls": v[1],
+             "fn": f"{Path(k[0]).name}:{k[1]}({k[2]})"} for k, v in rows]  # fmt: skip
+
+
 def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict:
     rng = random.Random(seed)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
@@ -115,15 +128,22 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict
     n = 0
     while engine.has_unfinished():
         running = len(engine.scheduler.running) + min(len(engine.scheduler.waiting), 1)
-        if profile and n == 40 and torch.cuda.is_available():
+        if profile and n == PROFILE_STEPS[0] and torch.cuda.is_available():
+            sync()
             prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
             prof.__enter__()
+            host = cProfile.Profile()
+            host.enable()
+            tw = time.perf_counter()
         engine.step()
         n += 1
-        if prof is not None and n == 60:
+        if prof is not None and n == PROFILE_STEPS[1]:
             sync()
+            host.disable()
+            wall = time.perf_counter() - tw
             prof.__exit__(None, None, None)
-            prof = kernel_breakdown(prof)
+            prof = kernel_breakdown(prof, wall)
+            prof["host_top"] = host_top(host)
         batch.append(len(engine.scheduler.running))
         kinds["with_prefill" if engine.last_step_tokens > running else "decode"] += 1
     sync()
@@ -142,23 +162,35 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict
     }
 
 
-def kernel_breakdown(prof) -> dict:
-    """GPU time (ms) over the profiled steps by kernel kind, from the kernels' names."""
+def kernel_breakdown(prof, wall_s: float) -> dict:
+    """GPU time (ms) over the profiled steps by kernel kind (from the kernels' names), the 12 costliest
+    kernels, and the GPU's busy share of the window's wall time."""
     kinds = {
         "lora": ("lora_", "_plan_"),
-        "attention": ("paged_attn",),
+        "attention_prefill": ("paged_attn_prefill",),
+        "attention_decode": ("paged_attn_decode", "paged_attn_reduce"),
         "kv_append": ("kv_append",),
-        "gemm": ("gemm", "sm90", "cutlass", "nvjet", "ampere", "matmul"),
-        "norm_rope_act": ("elementwise", "vectorized", "reduce", "silu", "mul", "cat"),
+        "norm_rope_act": ("rms_norm", "silu", "rope", "elementwise", "vectorized", "reduce", "mul", "cat"),
+        "gemm": ("gemm", "sm90", "cutlass", "nvjet", "ampere", "matmul", "splitk"),
     }
-    out: dict[str, float] = {}
+    by_kind: dict[str, float] = {}
+    top = []
     for e in prof.key_averages():
-        if e.device_type != torch.autograd.DeviceType.CUDA:
+        if e.device_type != torch.autograd.DeviceType.CUDA or e.device_time_total <= 0:
             continue
         name = e.key.lower()
         kind = next((k for k, pats in kinds.items() if any(p in name for p in pats)), "other")
-        out[kind] = out.get(kind, 0.0) + e.device_time_total / 1e3
-    return {k: round(v, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+        by_kind[kind] = by_kind.get(kind, 0.0) + e.device_time_total / 1e3
+        top.append((e.device_time_total / 1e3, e.count, e.key[:80]))
+    top.sort(reverse=True)
+    gpu = sum(by_kind.values())
+    return {
+        "kinds_ms": {k: round(v, 3) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        "top": [{"ms": round(ms, 3), "calls": n, "kernel": k} for ms, n, k in top[:12]],
+        "gpu_ms": round(gpu, 3),
+        "wall_ms": round(wall_s * 1e3, 3),
+        "gpu_busy_share": round(gpu / (wall_s * 1e3), 3) if wall_s else None,
+    }
 
 
 def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
@@ -236,9 +268,12 @@ def write_report(res: dict, out: Path) -> None:
             )
     profiles = [(s["setting"], r["adapters"], r["profile"]) for s in res["settings"] for r in s["runs"] if r["profile"]]
     if profiles:
-        lines += ["", "## GPU time by kernel kind over steps 40-60 of each run (ms)", ""]
+        lines += ["", f"## Steps {PROFILE_STEPS[0]}-{PROFILE_STEPS[1]} of each run: GPU time by kernel kind (ms)", ""]
         for setting, n, p in profiles:
-            lines.append(f"- {setting}, n={n}: " + ", ".join(f"{k} {v:.1f}" for k, v in p.items()))
+            lines.append(
+                f"- {setting}, n={n}: wall {p['wall_ms']:.0f} ms, GPU busy {p['gpu_busy_share']:.0%}; "
+                + ", ".join(f"{k} {v:.1f}" for k, v in p["kinds_ms"].items())
+            )
     (out / "saturated.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib

@@ -36,7 +36,7 @@ class BuildArgs(BaseModel):
     dtype: DType = "auto"
     tensor_parallel_size: int = Field(1, ge=1)
     num_groups: int = Field(1, ge=1, description="TP-group replicas (each a full copy of the model)")
-    max_num_seqs: int = Field(64, ge=1)
+    max_num_seqs: int | None = Field(None, ge=1, description="None: 256 on a GPU, 64 on the CPU")
     max_num_batched_tokens: int | None = Field(None, ge=16)
     max_model_len: int | None = Field(None, ge=2)
     gpu_memory_fraction: float = Field(0.85, gt=0, le=1, description="share of free GPU memory for the pool")
@@ -122,7 +122,7 @@ def resolve(args: BuildArgs) -> tuple[EngineConfig, dict[str, str], str]:
         "dtype": args.dtype,
         "device": args.device,
         "pool": {"gpu_memory_fraction": args.gpu_memory_fraction},
-        "scheduler": {"max_num_seqs": args.max_num_seqs},
+        "scheduler": {"max_num_seqs": args.max_num_seqs},  # None: sized for the device (EngineConfig)
         "lora": {"max_lora_rank": args.max_lora_rank, "allowed_adapter_roots": [str(Path(r)) for r in roots]},
     }
     if args.max_num_batched_tokens:

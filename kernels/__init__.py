@@ -6,6 +6,7 @@
     lora_plan                  (the step's tokens grouped by adapter into tiles, kernels/lora_plan.py; None
                                 for torch): lora_plan(seg_indptr, seg_slot, n_slots, num_tokens, max_seg_len)
     paged_attention, kv_append (kernels/attention.py)
+    rms_norm, add_rms_norm, silu_mul, rope   (kernels/elementwise.py: a Llama layer's elementwise work)
 The Triton backend carries its LoRA launch configuration (`kernels.lora.LoRAKernelConfig`), bound into its
 LoRA functions: chosen once, never changed behind the engine's back.
 """
@@ -28,6 +29,10 @@ class KernelBackend:
     paged_attention: Callable
     kv_append: Callable
     lora_apply: Callable
+    rms_norm: Callable
+    add_rms_norm: Callable
+    silu_mul: Callable
+    rope: Callable
     lora_plan: Callable = _no_plan
     lora_config: Any = None  # kernels.lora.LoRAKernelConfig of the Triton backend
 
@@ -37,10 +42,20 @@ def get_backend(name: str, lora_config: Any = None) -> KernelBackend:
     with `lora_config` (a kernels.lora.LoRAKernelConfig; default: its defaults)."""
     if name == "torch":
         from kernels.attention import kv_append_ref, paged_attention_ref
+        from kernels.elementwise import add_rms_norm_ref, rms_norm_ref, rope_ref, silu_mul_ref
         from kernels.lora_ref import lora_apply_ref, lora_expand_ref, lora_shrink_ref
 
         return KernelBackend(
-            "torch", lora_shrink_ref, lora_expand_ref, paged_attention_ref, kv_append_ref, lora_apply_ref
+            "torch",
+            lora_shrink_ref,
+            lora_expand_ref,
+            paged_attention_ref,
+            kv_append_ref,
+            lora_apply_ref,
+            rms_norm_ref,
+            add_rms_norm_ref,
+            silu_mul_ref,
+            rope_ref,
         )
     if name == "triton":
         from kernels.triton_backend import triton_backend

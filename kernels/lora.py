@@ -74,16 +74,17 @@ class LoRATileConfig:
 class LoRAKernelConfig:
     """The LoRA kernels' launch configuration: `decode` for steps whose segments are all one token, `mixed`
     for every other step (prefill chunks, with or without decode tokens). Values picked on an H200 with
-    benchmarks/lora_tune.py (benchmarks/results/); override from EngineConfig.lora_kernels."""
+    `benchmarks/kernels.py --sweep` (benchmarks/results/issue12/); override from EngineConfig.lora.kernels.
+    16-token tiles win in both regimes: the steps are memory-bound, and smaller tiles give more programs."""
 
     decode: LoRATileConfig = field(
         default_factory=lambda: LoRATileConfig(
-            tile_m=16, shrink_r=64, shrink_k=128, shrink_split=2, expand_r=16, expand_n=256
+            tile_m=16, shrink_r=32, shrink_k=256, shrink_split=2, expand_r=16, expand_n=256
         )
     )
     mixed: LoRATileConfig = field(
         default_factory=lambda: LoRATileConfig(
-            tile_m=64, shrink_r=64, shrink_k=64, shrink_split=1, expand_r=32, expand_n=128
+            tile_m=16, shrink_r=64, shrink_k=128, shrink_split=1, expand_r=16, expand_n=256
         )
     )
 

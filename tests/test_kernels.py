@@ -745,7 +745,8 @@ def test_triton_backend_signatures():
 
     tb, ref = get_backend("triton"), get_backend("torch")
     assert tb.name == "triton"
-    for op in ("lora_shrink", "lora_expand", "lora_apply", "paged_attention", "kv_append"):
+    for op in ("lora_shrink", "lora_expand", "lora_apply", "paged_attention", "kv_append", "rms_norm", "add_rms_norm",
+               "silu_mul", "rope"):  # fmt: skip
         ours = [p for p in inspect.signature(getattr(tb, op)).parameters if p != "config"]  # bound in the backend
         theirs = list(inspect.signature(getattr(ref, op)).parameters)
         assert ours == theirs, op  # the same signature, performance hints (aligned=, plan=) included
@@ -769,3 +770,47 @@ def test_benchmark_smoke(tmp_path):
     for r in steps:
         assert r["max_abs_delta"] > 0 and r["max_abs_err"] <= 1e-4 * max(1.0, r["max_abs_delta"])
     assert "parts_sum_ms" in steps[2] and res["attention"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Elementwise kernels (kernels/elementwise.py)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("T,H", [(1, 64), (7, 96), (33, 256)])
+def test_rms_norms_equal_reference(dtype, T, H):
+    from kernels.elementwise import add_rms_norm, add_rms_norm_ref, rms_norm, rms_norm_ref
+
+    gen = torch.Generator().manual_seed(T + H)
+    x = (torch.randn(T, H + 5, generator=gen) * 3).to(dtype)[:, 2 : 2 + H]  # rows strided, as views are
+    w = (torch.rand(H, generator=gen) + 0.5).to(dtype)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(rms_norm(x, w, 1e-5), rms_norm_ref(x, w, 1e-5), **tol)
+    h, h_ref = (torch.randn(T, H, generator=gen) * 2).to(dtype), None
+    y = torch.randn(T, H, generator=gen).to(dtype)
+    h_ref = h.clone()
+    out = add_rms_norm(h, y, w, 1e-6)
+    want = add_rms_norm_ref(h_ref, y, w, 1e-6)
+    assert torch.equal(h, h_ref)  # the residual stream gets exactly the reference's rounding
+    torch.testing.assert_close(out, want, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_silu_mul_and_rope_equal_reference(dtype):
+    from kernels.elementwise import rope, rope_ref, silu_mul, silu_mul_ref
+
+    gen = torch.Generator().manual_seed(1)
+    gu = (torch.randn(9, 2 * 80, generator=gen) * 4).to(dtype)
+    tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float32 else dict(atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(silu_mul(gu), silu_mul_ref(gu), **tol)
+    T, n_q, n_k, D = 11, 4, 2, 16  # GQA: 4 query heads, 2 KV heads, then V (left alone)
+    qkv = torch.randn(T, (n_q + 2 * n_k) * D + 3, generator=gen).to(dtype)[:, : (n_q + 2 * n_k) * D]
+    pos = torch.randint(0, 4000, (T,), generator=gen).float()
+    freqs = pos[:, None] * (1.0 / 10000 ** (torch.arange(0, D, 2).float() / D))[None]
+    want = qkv.clone()
+    rope(qkv, freqs.cos(), freqs.sin(), n_q, n_k, D)
+    rope_ref(want, freqs.cos(), freqs.sin(), n_q, n_k, D)
+    torch.testing.assert_close(qkv, want, **tol)
+    assert torch.equal(qkv[:, (n_q + n_k) * D :], want[:, (n_q + n_k) * D :])
+    assert not torch.equal(qkv[:, :D], torch.zeros_like(qkv[:, :D]))

@@ -218,3 +218,29 @@ def test_cuda_graph_decode_step(aligned):
         torch.testing.assert_close(vbuf[rows], want_v[rows], **TOL[dtype])
         lora_expand_ref(y0[:, 4 : 4 + sum(n_out)], want_v, lpool, lpt, b_off, ranks, scales, q_indptr, seg_slot, offs)
         torch.testing.assert_close(y, y0, **TOL[dtype])
+
+
+def test_elementwise_cuda_bf16():
+    """kernels/elementwise.py in bfloat16 on Llama-2-7B / Llama-3-8B row widths against the references."""
+    from kernels.elementwise import (add_rms_norm, add_rms_norm_ref, rms_norm, rms_norm_ref, rope, rope_ref,
+                                     silu_mul, silu_mul_ref)  # fmt: skip
+
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    bf = torch.bfloat16
+    for T in (1, 300, 4096):
+        x = torch.randn(T, 4096, device=DEV, generator=gen).to(bf)
+        w = (torch.rand(4096, device=DEV, generator=gen) + 0.5).to(bf)
+        torch.testing.assert_close(rms_norm(x, w, 1e-5), rms_norm_ref(x, w, 1e-5), atol=2e-2, rtol=2e-2)
+        h, y = x.clone(), torch.randn(T, 4096, device=DEV, generator=gen).to(bf)
+        h2 = h.clone()
+        torch.testing.assert_close(add_rms_norm(h, y, w, 1e-5), add_rms_norm_ref(h2, y, w, 1e-5), atol=2e-2, rtol=2e-2)
+        assert torch.equal(h, h2)
+        gu = torch.randn(T, 2 * 14336, device=DEV, generator=gen).to(bf)
+        torch.testing.assert_close(silu_mul(gu), silu_mul_ref(gu), atol=2e-2, rtol=2e-2)
+        qkv = torch.randn(T, 6144, device=DEV, generator=gen).to(bf)  # 32 q heads, 8 k, 8 v of 128
+        pos = torch.randint(0, 8000, (T,), device=DEV, generator=gen).float()
+        f = pos[:, None] * (1.0 / 500000 ** (torch.arange(0, 128, 2, device=DEV).float() / 128))[None]
+        want = qkv.clone()
+        rope(qkv, f.cos(), f.sin(), 32, 8, 128)
+        rope_ref(want, f.cos(), f.sin(), 32, 8, 128)
+        torch.testing.assert_close(qkv, want, atol=2e-2, rtol=2e-2)

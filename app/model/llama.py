@@ -121,18 +121,6 @@ def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
     raise ValueError(f"rope scaling {kind!r} is not supported (default, linear, llama3)")
 
 
-def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * w
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, heads, D]; cos/sin: [T, D/2] (rotate-half convention, as Hugging Face)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    c, s = cos[:, None], sin[:, None]
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], -1).to(x.dtype)
-
-
 class LlamaForCausalLM(torch.nn.Module):
     def __init__(self, args: ModelArgs, tp: ParallelState, dtype: torch.dtype, device: str):
         super().__init__()
@@ -236,42 +224,34 @@ class LlamaForCausalLM(torch.nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        a, w = self.args, self.w
-        D = a.head_dim
+        a, w, be = self.args, self.w, ctx.backend
+        D, eps = a.head_dim, a.rms_norm_eps
         freqs = positions.float()[:, None] * self.inv_freq[None]
         cos, sin = freqs.cos(), freqs.sin()
-        h = F.embedding(input_ids, w["embed"])
+        h = F.embedding(input_ids, w["embed"])  # the residual stream, updated in place by add_rms_norm
+        x = be.rms_norm(h, w["0.in_norm"], eps)
         attn = ctx.attn
         for i in range(a.num_layers):
-            x = rms_norm(h, w[f"{i}.in_norm"], a.rms_norm_eps)
             qkv = F.linear(x, w[f"{i}.qkv"], w.get(f"{i}.qkv_b"))
             apply_lora(ctx, i, "qkv", x, qkv, [self.q_size, self.kv_size, self.kv_size])
+            be.rope(qkv, cos, sin, self.heads, self.kv_heads, D)  # q and k, in place
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], -1)
-            q = apply_rope(q.reshape(-1, self.heads, D), cos, sin)
-            k = apply_rope(k.reshape(-1, self.kv_heads, D), cos, sin)
-            v = v.reshape(-1, self.kv_heads, D)
+            q = q.view(-1, self.heads, D)
+            k = k.view(-1, self.kv_heads, D)
+            v = v.view(-1, self.kv_heads, D)
             pool = ctx.pool[i]
-            ctx.backend.kv_append(pool, ctx.page_size, k, v, attn.slot_mapping)
-            o = torch.empty_like(q)
-            ctx.backend.paged_attention(
-                q,
-                pool,
-                ctx.page_size,
-                self.kv_heads,
-                attn.kv_page_table,
-                attn.seq_lens,
-                attn.q_indptr,
-                D**-0.5,
-                o,
+            be.kv_append(pool, ctx.page_size, k, v, attn.slot_mapping)
+            o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            be.paged_attention(
+                q, pool, ctx.page_size, self.kv_heads, attn.kv_page_table, attn.seq_lens, attn.q_indptr, D**-0.5, o,
                 max_q_len=attn.max_q_len,
-            )
-            h = h + self._row_parallel(ctx, i, "o", o.reshape(-1, self.q_size))
-            x = rms_norm(h, w[f"{i}.post_norm"], a.rms_norm_eps)
+            )  # fmt: skip
+            x = be.add_rms_norm(h, self._row_parallel(ctx, i, "o", o.view(-1, self.q_size)), w[f"{i}.post_norm"], eps)
             gu = F.linear(x, w[f"{i}.gate_up"], w.get(f"{i}.gate_up_b"))
             apply_lora(ctx, i, "gate_up", x, gu, [self.inter, self.inter])
-            g, u = gu.split([self.inter, self.inter], -1)
-            h = h + self._row_parallel(ctx, i, "down", F.silu(g) * u)
-        return rms_norm(h, w["norm"], a.rms_norm_eps)
+            nxt = w[f"{i + 1}.in_norm"] if i + 1 < a.num_layers else w["norm"]
+            x = be.add_rms_norm(h, self._row_parallel(ctx, i, "down", be.silu_mul(gu)), nxt, eps)
+        return x
 
     def _row_parallel(self, ctx: ForwardContext, i: int, name: str, x: torch.Tensor) -> torch.Tensor:
         """o / down: this rank's partial x @ W^T plus its LoRA partial, summed over the TP group by one
