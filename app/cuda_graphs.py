@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from app.lora.adapter import LORA_GROUPS, module_shapes
-from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta
+from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta, padded_table
 
 
 def decode_buckets(max_num_seqs: int) -> list[int]:
@@ -134,18 +134,13 @@ class DecodeGraphs:
         put(self.positions[:n], b.positions, torch.long)
         put(self.slots[:n], b.slots, torch.int64)
         put(self.seq_lens[:n], b.seq_lens)
-        table = torch.zeros(n, self.kv_width, dtype=torch.int32)
-        for i, p in enumerate(b.kv_pages):
-            table[i, : len(p)] = torch.tensor(p, dtype=torch.int32)
-        self.kv_table[:n].copy_(table.to(dev, non_blocking=True))
+        self.kv_table[:n].copy_(torch.from_numpy(padded_table(b.kv_pages, self.kv_width)).to(dev, non_blocking=True))
         put(self.seg_slot[:n], b.seg_slot)
         if n < bs:
             self._fill_padding(n, bs)
         if b.lora_pages:
             S = len(b.lora_pages)
-            lt = torch.zeros(S, self.lora_width, dtype=torch.int32)
-            for i, p in enumerate(b.lora_pages):
-                lt[i, : len(p)] = torch.tensor(p, dtype=torch.int32)
+            lt = torch.from_numpy(padded_table(b.lora_pages, self.lora_width))
             self.lora_table[:S].copy_(lt.to(dev, non_blocking=True))
             put(self.scales[:S], b.lora_scales, torch.float32)
             for name, meta in self.groups.items():

@@ -313,9 +313,10 @@ class Engine:
         delta_text = req.text[req.emitted_chars : visible] if visible > req.emitted_chars else ""
         req.emitted_chars = max(req.emitted_chars, visible)
         delta_ids = req.output_token_ids[req.emitted_tokens :]
-        lps = list(req.output_logprobs) if req.params.logprobs is not None else None
-        delta_lps = None if lps is None else lps[req.emitted_tokens :]
+        want_lps = req.params.logprobs is not None
+        delta_lps = req.output_logprobs[req.emitted_tokens :] if want_lps else None
         first = req.emitted_tokens == 0  # every output but an abort's carries a new token
+        done = req.finished  # the cumulative fields only in the last output: no O(length) copy per step
         prompt_lps = list(req.prompt_logprobs) if req.prompt_logprobs and (first or req.finished) else None
         req.emitted_tokens = len(req.output_token_ids)
         return RequestOutput(
@@ -323,8 +324,8 @@ class Engine:
             adapter=req.adapter,
             prompt=req.prompt,
             prompt_token_ids=req.prompt_token_ids,
-            token_ids=list(req.output_token_ids),
-            text=req.text,
+            token_ids=list(req.output_token_ids) if done else [],
+            text=req.text if done else "",
             delta_token_ids=delta_ids,
             delta_text=delta_text,
             finished=req.finished,
@@ -336,7 +337,7 @@ class Engine:
                 "finish_time": req.finish_time,
                 "num_preemptions": req.num_preemptions,
             },
-            logprobs=lps,
+            logprobs=list(req.output_logprobs) if want_lps and done else None,
             delta_logprobs=delta_lps,
             prompt_logprobs=prompt_lps,
             error=req.error,

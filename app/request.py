@@ -188,8 +188,9 @@ class Request:
 
 @dataclass
 class RequestOutput:
-    """A snapshot of one request: cumulative `token_ids`/`text`, plus the `delta_*` since the last
-    output of the same request (for streaming)."""
+    """One request's news from one step: the `delta_*` since its last output (for streaming); the last
+    output (`finished`) also carries the cumulative `token_ids`, `text` and `logprobs` (empty / None in
+    the others, so that a step costs nothing per token already generated)."""
 
     request_id: str
     adapter: str | None

@@ -10,15 +10,18 @@ Per step: (1) copy newly admitted adapters into their pool pages, (2) build atte
 
 from __future__ import annotations
 
+import gc
 import random
 from dataclasses import dataclass, field
+
+import numpy as np
 
 import torch
 import torch.distributed as dist
 
 from app.config import EngineConfig
 from app.lora.adapter import LORA_GROUPS, LoRAWeights, PackedAdapter, pack_adapter
-from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta, ParallelState
+from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta, ParallelState, padded_table
 from app.model.llama import LlamaForCausalLM, ModelArgs
 from app.request import ModelOutput
 from app.sampling import prompt_token_logprobs, sample
@@ -79,6 +82,8 @@ class ModelRunner:
         if self.cfg.pool.num_pages is not None:
             return self.cfg.pool.num_pages
         if self.device == "cuda":
+            gc.collect()  # engines dropped before this one still hold their pools until collected
+            torch.cuda.empty_cache()
             free, _ = torch.cuda.mem_get_info()
             reserve = 1 << 30  # activations and logits of one step
             n = max(2, int((free - reserve) * self.cfg.pool.gpu_memory_fraction) // page_bytes)
@@ -240,7 +245,11 @@ class ModelRunner:
             b.input_ids += s.token_ids
             p = range(s.start_pos, s.start_pos + n)
             b.positions += p
-            b.slots += [s.kv_pages[i // ps] * ps + i % ps for i in p]
+            if n == 1:
+                b.slots.append(s.kv_pages[s.start_pos // ps] * ps + s.start_pos % ps)
+            else:  # a prefill chunk: its tokens' slots at once
+                pos = np.arange(s.start_pos, s.start_pos + n)
+                b.slots += (np.asarray(s.kv_pages, dtype=np.int64)[pos // ps] * ps + pos % ps).tolist()
             b.q_indptr.append(b.q_indptr[-1] + n)
             b.seq_lens.append(s.start_pos + n)
             b.kv_pages.append(s.kv_pages)
@@ -268,20 +277,18 @@ class ModelRunner:
         dev = self.device
         i32 = dict(dtype=torch.int32, device=dev)
         q_indptr = torch.tensor(b.q_indptr, **i32)
-        width = max(len(p) for p in b.kv_pages)
         attn = AttentionMeta(
             q_indptr=q_indptr,
             seq_lens=torch.tensor(b.seq_lens, **i32),
-            kv_page_table=torch.tensor([p + [0] * (width - len(p)) for p in b.kv_pages], **i32),
+            kv_page_table=torch.from_numpy(padded_table(b.kv_pages)).to(dev),
             slot_mapping=torch.tensor(b.slots, dtype=torch.int64, device=dev),
             max_q_len=b.max_q_len,
         )
         lora = None
         if b.lora_pages:
-            width = max(len(p) for p in b.lora_pages)
             groups = {g: LoRAGroupMeta(*(torch.tensor(rows, **i32) for rows in b.lora_groups[g])) for g in LORA_GROUPS}
             lora = LoRAMeta(
-                page_table=torch.tensor([p + [0] * (width - len(p)) for p in b.lora_pages], **i32),
+                page_table=torch.from_numpy(padded_table(b.lora_pages)).to(dev),
                 scales=torch.tensor(b.lora_scales, dtype=torch.float32, device=dev),
                 seg_indptr=q_indptr,
                 seg_slot=torch.tensor(b.seg_slot, **i32),

@@ -162,6 +162,40 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict
     }
 
 
+def run_online(engine: Engine, n_adapters: int, rate: float, duration: float, vocab: int, seed: int) -> dict:
+    """S-LoRA's synthetic trace in real time (Poisson arrivals at `rate`, adapters uniform over n, lengths
+    U[8, 512)): time to first token (from arrival to the step that produced it) and throughput."""
+    from benchmarks.trace import synthetic_trace
+
+    trace = synthetic_trace(n_adapters, 1.0, rate, 1.0, duration, seed)
+    rng = random.Random(seed)
+    for name in list(engine.pool.resident_adapters()):
+        engine.pool.evict(name)
+    arrival, first, pending = {}, {}, list(trace)
+    start = time.perf_counter()
+    while pending or engine.has_unfinished():
+        now = time.perf_counter() - start
+        while pending and pending[0]["arrival_s"] <= now:
+            r = pending.pop(0)
+            p = SamplingParams(max_tokens=r["output_len"], temperature=0.0, ignore_eos=True, detokenize=False)
+            ids = [rng.randrange(3, vocab) for _ in range(r["input_len"])]
+            rid = engine.add_request(ids, p, adapter=f"a{r['adapter']}" if n_adapters else None)
+            arrival[rid] = start + r["arrival_s"]
+        if not engine.has_unfinished():
+            time.sleep(min(0.002, max(0.0, pending[0]["arrival_s"] - now)) if pending else 0)
+            continue
+        outs = engine.step()
+        t = time.perf_counter()
+        for o in outs:
+            first.setdefault(o.request_id, t)
+    elapsed = time.perf_counter() - start
+    ttft = sorted(first[r] - arrival[r] for r in arrival)
+    pct = lambda q: ttft[min(len(ttft) - 1, int(q * len(ttft)))]  # noqa: E731
+    return {"adapters": n_adapters, "rate": rate, "duration_s": duration, "requests": len(trace),
+            "req_s": len(trace) / elapsed, "ttft_p50_s": pct(0.5), "ttft_p90_s": pct(0.9), "ttft_p99_s": pct(0.99),
+            "slo_attainment_6s": sum(t <= 6.0 for t in ttft) / len(ttft)}  # fmt: skip
+
+
 def kernel_breakdown(prof, wall_s: float) -> dict:
     """GPU time (ms) over the profiled steps by kernel kind (from the kernels' names), the 12 costliest
     kernels, and the GPU's busy share of the window's wall time."""
@@ -233,6 +267,11 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         print(f"{name} n={n}: {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
               f"mean batch {row['mean_batch']:.0f}, loads {row['adapter_loads']}, "
               f"{row['floor_share']:.0%} of the floor ({fl['floor_s']:.1f} s) {row['profile'] or ''}", flush=True)  # fmt: skip
+    online = None
+    if args.online:
+        n_on = args.online_adapters if args.online_adapters is not None else n_max
+        online = run_online(engine, n_on, args.online, args.online_duration, a.vocab_size, args.seed)
+        print(f"{name} online {args.online} req/s, n={n_on}: {online}", flush=True)
     base = next((r for r in runs if r["adapters"] == 0), None)
     for r in runs:
         r["share_of_base"] = None if base is None else r["req_s"] / base["req_s"]
@@ -240,7 +279,7 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
     if device == "cuda":
         torch.cuda.empty_cache()
     return {"setting": name, "shape": shape, "targets": targets, "layers": a.num_layers, "setup_s": setup_s,
-            "params_b": n_params / 1e9, "runs": runs}  # fmt: skip
+            "params_b": n_params / 1e9, "runs": runs, "online": online}  # fmt: skip
 
 
 def write_report(res: dict, out: Path) -> None:
@@ -266,6 +305,13 @@ def write_report(res: dict, out: Path) -> None:
                 f"{r['steps']} ({k['decode']} / {k['with_prefill']}) | {r['mean_batch']:.0f} | {r['adapter_loads']} | "
                 f"{r['floor_s']:.1f} | {r['floor_share']:.0%} |"
             )
+    for s in res["settings"]:
+        o = s.get("online")
+        if o:
+            lines += ["", f"Online, {s['setting']}: Poisson {o['rate']} req/s for {o['duration_s']:.0f} s, {o['adapters']} "
+                      f"adapters: {o['requests']} requests, TTFT p50 {o['ttft_p50_s'] * 1e3:.0f} ms, p90 "
+                      f"{o['ttft_p90_s'] * 1e3:.0f} ms, p99 {o['ttft_p99_s'] * 1e3:.0f} ms, SLO (6 s) "
+                      f"{o['slo_attainment_6s']:.0%}."]  # fmt: skip
     profiles = [(s["setting"], r["adapters"], r["profile"]) for s in res["settings"] for r in s["runs"] if r["profile"]]
     if profiles:
         lines += ["", f"## Steps {PROFILE_STEPS[0]}-{PROFILE_STEPS[1]} of each run: GPU time by kernel kind (ms)", ""]
@@ -311,17 +357,29 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=4096)
     ap.add_argument("--layers", type=int, default=None, help="fewer layers than the shape (quick runs)")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument(
+        "--online",
+        type=float,
+        default=None,
+        help="also an online run at this rate (req/s) with the largest n of --adapters",
+    )
+    ap.add_argument("--online-duration", type=float, default=60.0)
+    ap.add_argument(
+        "--online-adapters", type=int, default=None, help="adapters of the online run (<= max of --adapters)"
+    )
+    ap.add_argument("--commit", default=None, help="the commit to name in the results (default: git's HEAD)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny model, few requests (the CPU)")
     args = ap.parse_args()
     if args.smoke:
         args.settings, args.adapters, args.requests, args.max_len = ["tiny-all"], [0, 1, 3], 12, 24
         args.max_num_seqs, args.max_num_batched_tokens = 8, 64
+        args.online, args.online_duration = args.online and 4.0, 3.0
     args.out.mkdir(parents=True, exist_ok=True)
     bw, rate = measure_device("cuda" if torch.cuda.is_available() else "cpu")
     res = dict(
         gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})",
-        commit=commit(), torch=torch.__version__, requests=args.requests, max_len=args.max_len,
+        commit=args.commit or commit(), torch=torch.__version__, requests=args.requests, max_len=args.max_len,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, settings=[],
     )  # fmt: skip

@@ -3,7 +3,7 @@ JSON schema against none constrained (offline engine, no Ray).
 
     python benchmarks/structured.py --out DIR [--requests 256] [--output-len 128] [--smoke]
 
-Model: a random Llama-2-7B shape (bf16, benchmarks/engine.py), with a 32k byte-level BPE tokenizer trained on
+Model: a random Llama-2-7B shape (bf16, load_format=dummy: made on the device), with a 32k byte-level BPE tokenizer trained on
 the Python standard library (benchmarks/grammar_libs.py) so that JSON has real tokens; rank-16 adapters
 (8 distinct by default) on every request. The constrained requests' schema (8 variants, so the grammar cache
 is used as in a service) is an object holding an array of at least 100000 records: no request can finish
@@ -34,7 +34,7 @@ from app.demo import write_peft_adapter, write_tokenizer  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.request import SamplingParams  # noqa: E402
 from app.structured import StructuredOutputs  # noqa: E402
-from benchmarks.engine import alias_adapters, write_random_llama  # noqa: E402
+from benchmarks.engine import alias_adapters, write_model_config  # noqa: E402
 from benchmarks.grammar_libs import write_bpe_tokenizer  # noqa: E402
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -69,9 +69,7 @@ def schema(variant: int) -> str:
 def build(work: Path, smoke: bool, layers: int | None) -> Path:
     """The random model with a tokenizer that can write JSON (the BPE, or the demo's for --smoke)."""
     shape = "tiny" if smoke else "llama2-7b"
-    model = write_random_llama(
-        work / f"{shape}-{layers or 'all'}-bpe", shape, layers, dtype=torch.float32 if smoke else torch.bfloat16
-    )
+    model = write_model_config(work / f"{shape}-{layers or 'all'}-bpe", shape, layers)  # weights: load_format=dummy
     if smoke:
         write_tokenizer(model)
     else:
@@ -151,6 +149,7 @@ def main() -> None:
         device=device,
         dtype="float32" if args.smoke else "bfloat16",
         kernel_backend="torch" if args.smoke else "triton",
+        load_format="dummy",
         scheduler={"max_num_seqs": args.requests, "max_num_batched_tokens": 8192},
     )
     engine = Engine(cfg)

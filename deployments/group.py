@@ -336,8 +336,8 @@ class SLoRAGroup:
                     if t.get("first_scheduled_time") is not None:
                         m.observe("request_queue_time_seconds", t["first_scheduled_time"] - t["arrival_time"])
                     m.observe("e2e_request_latency_seconds", (t.get("finish_time") or now) - t["arrival_time"])
-            else:
-                out = dataclasses.replace(out, token_ids=[], text="", prompt_token_ids=[])
+            else:  # only the last output carries the cumulative fields; the prompt goes back with it
+                out = dataclasses.replace(out, prompt_token_ids=[])
             st = self._streams.get(rid)
             if st is not None:
                 st.put(out if out.error is None else {"error": out.error, "status": 500})

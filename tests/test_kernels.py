@@ -575,8 +575,11 @@ def test_lora_wrapper_errors():
         lora_shrink(x, pool, pt.float(), a_off, ranks, indptr, slots, torch.empty(2, 2, 8))
     with pytest.raises(ValueError, match="pool"):
         lora_shrink(x, pool.t(), pt, a_off, ranks, indptr, slots, torch.empty(2, 2, 8))
-    with pytest.raises(ValueError, match="plan must be"):  # a plan of another regime
-        plan = kl.plan_for_step(indptr, slots, 1, 2, 1)
+    with pytest.raises(ValueError, match="plan must be"):  # a plan with other tiles than the regime's
+        plan = lora_plan(indptr, slots, 1, 2, 2 * kl.DEFAULT_CONFIG.mixed.tile_m)
+        lora_shrink(x, pool, pt, a_off, ranks, indptr, slots, torch.empty(2, 2, 8), max_seg_len=2, plan=plan)
+    with pytest.raises(ValueError, match="plan must be"):  # a plan over another token count
+        plan = kl.plan_for_step(indptr, slots, 1, 3, 2)
         lora_shrink(x, pool, pt, a_off, ranks, indptr, slots, torch.empty(2, 2, 8), max_seg_len=2, plan=plan)
     with pytest.raises(ValueError, match="out_offsets"):
         lora_expand(

@@ -3,7 +3,10 @@ kernel backend and the tensor-parallel state. Built by `app/runner.py` once per 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
+
+import numpy as np
 
 import torch
 import torch.distributed as dist
@@ -67,3 +70,14 @@ class ForwardContext:
     page_size: int
     backend: KernelBackend
     tp: ParallelState
+
+
+def padded_table(rows: list[list[int]], width: int | None = None) -> np.ndarray:
+    """int32 [len(rows), width] with each row's ids first, zeros after (page tables), built without a Python
+    loop over the ids (a decode step's tables hold thousands)."""
+    lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    width = int(lens.max(initial=0)) if width is None else width
+    out = np.zeros((len(rows), width), dtype=np.int32)
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lens.sum()))
+    out[np.arange(width)[None, :] < lens[:, None]] = flat
+    return out
