@@ -51,6 +51,13 @@ class BuildArgs(BaseModel):
     allowed_adapter_roots: list[str] | None = Field(
         None, description="run-time loads must come from under these (default: [adapter_dir])"
     )
+    max_body_bytes: int = Field(
+        8 << 20, ge=1, description="request bodies above this many bytes get 413 without being read"
+    )
+    max_choices_per_request: int = Field(256, ge=1, description="prompts x n of one request (400 above)")
+    max_request_tokens: int = Field(
+        1 << 20, ge=1, description="prompt tokens + max_tokens summed over a request's prompts x n (400 above)"
+    )
     routing_eps: float = Field(0.25, ge=0, description="bounded load: a group may take (1+eps) x the mean")
     stats_poll_interval_s: float = Field(0.25, gt=0)
     stream_interval_s: float = Field(
@@ -181,6 +188,9 @@ def build_app(args: BuildArgs | dict) -> Application:
         api_keys=args.api_keys,
         allowed_adapter_roots=cfg.lora.allowed_adapter_roots,
         ttft_slo_s=args.ttft_slo_s,
+        max_body_bytes=args.max_body_bytes,
+        max_choices_per_request=args.max_choices_per_request,
+        max_request_tokens=args.max_request_tokens,
         routing_eps=args.routing_eps,
         poll_interval_s=args.stats_poll_interval_s,
     )

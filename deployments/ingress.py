@@ -3,8 +3,11 @@
 In:  HTTP requests; handles of the TP-group deployments (one per group, injected by `build_app`).
 Out: OpenAI responses / SSE streams, error objects, `/v1/models`, `/metrics`.
 
-Per request: authenticate (Bearer key, when configured) -> validate (400) -> resolve `model` to the base
-model or an adapter (404) -> tokenize (chat template for chat) -> choose a group (adapter clustering,
+Per request: the guard (deployments/guard.py, in front of the FastAPI app: the key of the route's role
+(401 / 403) and the body size (413), both before the body is read) -> parse and validate (400) -> resolve
+`model` to the base model or an adapter (404) -> request limits (prompts x n, prompt length before
+tokenizing, total tokens: 400) -> tokenize in a worker thread (chat template for chat; the event loop
+keeps serving other requests and /health) -> choose a group (adapter clustering,
 deployments/routing.py) -> admission control (429 + Retry-After when the predicted time to first token
 misses `ttft_slo_s`) -> stream from the group (`generate`, through `.options(stream=True)`).
 A background task polls every group's `stats()` a few times a second; routing, admission, `/v1/models`
@@ -17,6 +20,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +57,7 @@ from app.protocol import (
 )
 from app.request import RequestOutput
 from app.tokenizer import Tokenizer
+from deployments.guard import AccessPolicy, RequestGuard
 from deployments.metrics import ServiceCollector
 from deployments.routing import GroupState, Router, confine_path
 
@@ -68,6 +73,11 @@ class IngressConfig(BaseModel):
     max_model_len: int
     api_keys: list[str] | None = None
     allowed_adapter_roots: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(8 << 20, ge=1, description="larger request bodies get 413 (never read in)")
+    max_choices_per_request: int = Field(256, ge=1, description="prompts x n of one request")
+    max_request_tokens: int = Field(
+        1 << 20, ge=1, description="prompt tokens + max_tokens, summed over a request's prompts x n"
+    )
     ttft_slo_s: float | None = None
     routing_eps: float = 0.25
     poll_interval_s: float = 0.25
@@ -197,15 +207,13 @@ class OpenAIIngress:
                 errors.append(e)
         raise APIError(503, f"no group answered: {errors[:1]!r}")
 
-    # ---- helpers ---------------------------------------------------------------------------------
-    def _auth(self, request: Request) -> None:
-        if not self.cfg.api_keys:
-            return
-        h = request.headers.get("authorization", "")
-        scheme, _, key = h.partition(" ")
-        if scheme.lower() != "bearer" or key.strip() not in self.cfg.api_keys:
-            raise APIError(401, "invalid or missing API key (use 'Authorization: Bearer <key>')")
+    def __serve_build_asgi_app__(self):
+        """Serve calls this once the replica is built: the routes' app (bound to this replica by
+        `@serve.ingress`) behind this replica's guard, which checks keys and body size before any parsing."""
+        policy = AccessPolicy.from_lists(self.cfg.api_keys)
+        return RequestGuard(self.app, policy, self.cfg.max_body_bytes)
 
+    # ---- helpers ---------------------------------------------------------------------------------
     async def _resolve_model(self, model: str) -> str | None:
         """None for the base model, else the adapter name; 404 for an unknown model."""
         if model == self.cfg.served_model_name:
@@ -219,14 +227,62 @@ class OpenAIIngress:
             "model",
         )
 
-    def _max_tokens(self, requested: int | None, prompt_len: int, default: int | None) -> int:
-        room = self.cfg.max_model_len - prompt_len
-        max_tokens = requested if requested is not None else (default if default is not None else room)
-        if room <= 0 or max_tokens > room:
+    def _check_prompt_sizes(self, num_prompts: int, n: int, text_chars: list[int], param: str) -> None:
+        """Cheap limits, before any tokenizing: prompts x n, and texts too long for the context whatever
+        their tokens (tokenizing costs ~200 bytes of memory per character)."""
+        if num_prompts * n > self.cfg.max_choices_per_request:
             raise APIError(
                 400,
-                f"this model's maximum context length is {self.cfg.max_model_len} tokens; the "
-                f"prompt has {prompt_len} tokens and max_tokens is {max_tokens}",
+                f"{num_prompts} prompt(s) x n={n} is {num_prompts * n} sequences, more than the limit of "
+                f"{self.cfg.max_choices_per_request} per request",
+                "n" if num_prompts == 1 else param,
+            )
+        for chars in text_chars:
+            if self.tokenizer.surely_longer_than(chars, self.cfg.max_model_len):
+                raise APIError(
+                    400,
+                    f"the prompt has {chars} characters, more tokens than this model's maximum context "
+                    f"length of {self.cfg.max_model_len} tokens",
+                    param,
+                )
+
+    async def _tokenize(self, body, encoded: Iterable[list[int]], default_max: int | None) -> list[list[int]]:
+        """Runs `encoded` (a generator that tokenizes one prompt per item) in a worker thread, so that the
+        event loop goes on serving while a long prompt is encoded. Each prompt is checked against the
+        context as soon as it is encoded, and the running total (prompt tokens + max_tokens of every
+        choice) against `max_request_tokens`: a request stops costing at its first prompt over a limit."""
+
+        def run() -> list[list[int]]:
+            prompts, total = [], 0
+            for ids in encoded:
+                total += body.n * (len(ids) + self._max_tokens(body.max_tokens, len(ids), default_max))
+                if total > self.cfg.max_request_tokens:
+                    raise APIError(
+                        400,
+                        f"the request asks for more than {self.cfg.max_request_tokens} tokens (prompt tokens + "
+                        "max_tokens over its prompts x n), the limit per request (max_request_tokens)",
+                        "max_tokens",
+                    )
+                prompts.append(ids)
+            return prompts
+
+        return await asyncio.to_thread(run)
+
+    def _max_tokens(self, requested: int | None, prompt_len: int, default: int | None) -> int:
+        limit = self.cfg.max_model_len
+        room = limit - prompt_len
+        if room <= 0:
+            raise APIError(
+                400,
+                f"the prompt has {prompt_len} tokens; this model's maximum context length is {limit} tokens "
+                "(prompt and output together), which leaves no room for output",
+            )
+        max_tokens = requested if requested is not None else (default if default is not None else room)
+        if max_tokens > room:
+            raise APIError(
+                400,
+                f"this model's maximum context length is {limit} tokens; the prompt has {prompt_len} tokens, "
+                f"so max_tokens can be at most {room} (it is {max_tokens})",
                 "max_tokens",
             )
         return max_tokens
@@ -351,10 +407,12 @@ class OpenAIIngress:
 
     # ---- routes ----------------------------------------------------------------------------------
     @api.post("/v1/completions")
-    async def completions(self, body: CompletionRequest, request: Request):
-        self._auth(request)
+    async def completions(self, body: CompletionRequest):
         adapter = await self._resolve_model(body.model)
-        prompts = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in body.prompts()]
+        texts = body.prompts()
+        self._check_prompt_sizes(len(texts), body.n, [len(t) for t in texts if isinstance(t, str)], "prompt")
+        encoded = (self.tokenizer.encode(t) if isinstance(t, str) else list(t) for t in texts)
+        prompts = await self._tokenize(body, encoded, default_max=16)
         choices = await self._start(body, prompts, adapter, default_max=16)
         rid, model, created = random_id("cmpl"), body.model, int(time.time())
         decode = self.tokenizer.decode
@@ -400,14 +458,19 @@ class OpenAIIngress:
         )
 
     @api.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatCompletionRequest, request: Request):
-        self._auth(request)
+    async def chat_completions(self, body: ChatCompletionRequest):
         adapter = await self._resolve_model(body.model)
-        try:
-            ids = self.tokenizer.apply_chat_template(body.chat())
-        except Exception as e:  # noqa: BLE001 - a template error is the request's fault
-            raise APIError(400, f"chat template failed: {e}", "messages") from None
-        prompts = [ids]
+        messages = body.chat()
+        self._check_prompt_sizes(1, body.n, [sum(len(m["content"]) for m in messages)], "messages")
+
+        def encoded():
+            try:
+                ids = self.tokenizer.apply_chat_template(messages)
+            except Exception as e:  # noqa: BLE001 - a template error is the request's fault
+                raise APIError(400, f"chat template failed: {e}", "messages") from None
+            yield ids
+
+        prompts = await self._tokenize(body, encoded(), default_max=None)
         choices = await self._start(body, prompts, adapter, default_max=None)
         rid, model, created = random_id("chatcmpl"), body.model, int(time.time())
         decode = self.tokenizer.decode
@@ -462,8 +525,7 @@ class OpenAIIngress:
         return usage
 
     @api.get("/v1/models")
-    async def models(self, request: Request):
-        self._auth(request)
+    async def models(self):
         adapters = await self._adapters(fresh=True)
         base = self.cfg.served_model_name
         cards = [ModelCard(id=base, root=self.cfg.model_path, max_model_len=self.cfg.max_model_len)]
@@ -474,9 +536,8 @@ class OpenAIIngress:
         return ModelList(data=cards)
 
     @api.post("/v1/load_lora_adapter")
-    async def load_lora_adapter(self, body: LoadLoRAAdapterRequest, request: Request):
+    async def load_lora_adapter(self, body: LoadLoRAAdapterRequest):
         """Registers an adapter on every group; all or nothing."""
-        self._auth(request)
         name = body.lora_name
         if name == self.cfg.served_model_name:
             raise APIError(400, f"{name!r} is the base model's name", "lora_name")
@@ -497,8 +558,7 @@ class OpenAIIngress:
         return Response(f"Success: LoRA adapter '{name}' added successfully.", media_type="text/plain")
 
     @api.post("/v1/unload_lora_adapter")
-    async def unload_lora_adapter(self, body: UnloadLoRAAdapterRequest, request: Request):
-        self._auth(request)
+    async def unload_lora_adapter(self, body: UnloadLoRAAdapterRequest):
         name = body.lora_name
         results = await asyncio.gather(
             *(h.remove_adapter.remote(name) for h in self.groups.values()), return_exceptions=True

@@ -2,8 +2,10 @@
 
 Two applications are started once for the module (in parallel, `serve.run_many`) on the embedded demo:
   * "main" at /: two TP groups (TP=1) behind two ingress replicas (Serve's proxy balances between them, as
-    a load balancer would), API keys required, run-time adapter loads confined to a temp root;
-  * "strict" at /strict: one group with an impossible TTFT SLO (every request is refused with 429);
+    a load balancer would), API keys required, run-time adapter loads confined to a temp root, small
+    request limits (1 MiB bodies, 16 sequences and 8192 tokens per request);
+  * "strict" at /strict: one group with an impossible TTFT SLO (every request is refused with 429, after
+    tokenizing), up to 1024 prompts per request;
   * "tp2" at /tp2: one group of tensor_parallel_size=2 (deployments/tp.py: two rank actors over gloo);
   * "every-step" at /every-step: one group that streams one item per engine step (stream_interval_s=0;
     the others coalesce a stream's tokens, the default 0.05 s).
@@ -33,6 +35,7 @@ serve = pytest.importorskip("ray.serve")
 PORT = 8431
 BASE = f"http://127.0.0.1:{PORT}"
 KEY = "sk-sloray-test"
+BODY_LIMIT = 1 << 20
 MODEL = "sloray-demo"
 GROUPS = ["SLoRAGroup-0", "SLoRAGroup-1"]
 PROMPTS = [
@@ -85,9 +88,14 @@ def service(demo, roots):
             "device": "cpu",
             "dtype": "float32",
             "stats_poll_interval_s": 0.1,
+            "max_body_bytes": BODY_LIMIT,
+            "max_choices_per_request": 16,
+            "max_request_tokens": 8192,
         }
     )
-    strict = build_app({"num_groups": 1, "ttft_slo_s": "1e-6", "group_num_cpus": 0.25})
+    strict = build_app(
+        {"num_groups": 1, "ttft_slo_s": "1e-6", "group_num_cpus": 0.25, "max_choices_per_request": "1024"}
+    )
     tp2 = build_app(
         {
             "model": str(demo / "model"),
@@ -389,6 +397,67 @@ def test_errors(http, client):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{BASE}/v1", api_key="wrong", max_retries=0).models.list()
     assert httpx.get(f"{BASE}/health").status_code == 200
+
+
+def test_request_limits(http):
+    """Bodies over max_body_bytes get 413 (announced by Content-Length or sent chunked); prompts x n and
+    the request's total tokens over their limits get 400; prompts too long for the context get 400 with the
+    prompt's length in the message (chat too)."""
+    e = _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "x" * BODY_LIMIT}), 413)
+    assert "max_body_bytes" in e["message"]
+
+    def chunked():  # no Content-Length: the limit holds while the body streams in
+        yield b'{"model": "' + MODEL.encode() + b'", "prompt": "'
+        for _ in range(40):
+            yield b"y" * (64 << 10)
+        yield b'"}'
+
+    _err(http.post("/v1/completions", content=chunked(), headers={"content-type": "application/json"}), 413)
+    e = _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "n": 17, "max_tokens": 1}), 400)
+    assert e["param"] == "n" and "17 sequences" in e["message"]
+    e = _err(http.post("/v1/completions", json={"model": MODEL, "prompt": ["hi"] * 6, "n": 3, "max_tokens": 1}), 400)
+    assert e["param"] == "prompt" and "18 sequences" in e["message"]
+    e = _err(http.post("/v1/completions", json={"model": MODEL, "prompt": ["hi"] * 10, "max_tokens": 1000}), 400)
+    assert "max_request_tokens" in e["message"]
+    e = _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "hello " * 100_000}), 400)
+    assert "600000 characters" in e["message"] and "context length" in e["message"]
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hello " * 600}]}
+    e = _err(http.post("/v1/chat/completions", json=chat), 400)
+    assert e["message"].startswith("the prompt has") and "maximum context length is 1024" in e["message"], e
+    assert http.post("/v1/completions", json={"model": MODEL, "prompt": ["hi"] * 4, "n": 4, "max_tokens": 1}).is_success
+
+
+def test_key_checked_before_the_body_is_read():
+    """A wrong key gets 401 at once, before a huge (and invalid) body is read, parsed or size-checked."""
+    body = b"{not json" + b"x" * (30 << 20)
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        t0 = time.monotonic()
+        r = httpx.post(f"{BASE}/v1/completions", content=body, headers=headers | {"content-type": "application/json"})
+        assert r.status_code == 401 and r.json()["error"]["type"] == "AuthenticationError"
+        assert time.monotonic() - t0 < 3.0
+
+
+def test_health_answers_while_prompts_are_tokenized():
+    """Tokenizing is off the event loop: /health answers at once while a request of 1000 long prompts is
+    being tokenized (seconds), after which the SLO app refuses it (429)."""
+    import concurrent.futures
+
+    prompts = ["hello world, this is a test. " * 60] * 1000  # ~900 tokens each
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        t0 = time.monotonic()
+        big = pool.submit(
+            httpx.post, f"{BASE}/strict/v1/completions", json={"model": MODEL, "prompt": prompts}, timeout=120
+        )
+        waits = []
+        while not big.done():
+            t = time.monotonic()
+            assert httpx.get(f"{BASE}/strict/health", timeout=60).status_code == 200
+            waits.append(time.monotonic() - t)
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+    assert big.result().status_code == 429, big.result().text
+    # before tokenizing moved off the loop, the one /health call waited for the whole tokenization
+    assert len(waits) >= 3 and max(waits) < min(0.5, took / 3), (took, waits)
 
 
 def test_429_when_slo_cannot_be_met(service):
