@@ -47,7 +47,21 @@ class BuildArgs(BaseModel):
         gt=0,
         description="admission control: refuse (429) requests whose predicted time to first token exceeds this",
     )
-    api_keys: list[str] | None = Field(None, description="when set, require 'Authorization: Bearer <key>'")
+    api_keys: list[str] | None = Field(
+        None,
+        description="inference keys: when set, /v1 completions, chat and models need 'Authorization: Bearer <key>'",
+    )
+    admin_api_keys: list[str] | None = Field(
+        None,
+        description="keys for /v1/load_lora_adapter and /v1/unload_lora_adapter (and every other route); "
+        "with api_keys set and no admin keys, run-time loads and unloads are refused (403)",
+    )
+    metrics_api_keys: list[str] | None = Field(
+        None, description="keys for /metrics (admin keys work too); needed once any key is configured"
+    )
+    metrics_open: bool = Field(
+        False, description="/metrics without a key even when keys are configured (a private scrape listener)"
+    )
     allowed_adapter_roots: list[str] | None = Field(
         None, description="run-time loads must come from under these (default: [adapter_dir])"
     )
@@ -78,7 +92,7 @@ class BuildArgs(BaseModel):
     )
     engine: dict[str, Any] = Field(default_factory=dict, description="nested EngineConfig override")
 
-    @field_validator("api_keys", "allowed_adapter_roots", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "metrics_api_keys", "allowed_adapter_roots", mode="before")
     @classmethod
     def _list_from_cli(cls, v):
         """`key=a,b` or `key=["a","b"]` on the command line."""
@@ -186,6 +200,9 @@ def build_app(args: BuildArgs | dict) -> Application:
         tokenizer_path=cfg.tokenizer or cfg.model,
         max_model_len=max_model_len,
         api_keys=args.api_keys,
+        admin_api_keys=args.admin_api_keys,
+        metrics_api_keys=args.metrics_api_keys,
+        metrics_open=args.metrics_open,
         allowed_adapter_roots=cfg.lora.allowed_adapter_roots,
         ttft_slo_s=args.ttft_slo_s,
         max_body_bytes=args.max_body_bytes,

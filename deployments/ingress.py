@@ -72,6 +72,9 @@ class IngressConfig(BaseModel):
     tokenizer_path: str
     max_model_len: int
     api_keys: list[str] | None = None
+    admin_api_keys: list[str] | None = None
+    metrics_api_keys: list[str] | None = None
+    metrics_open: bool = False
     allowed_adapter_roots: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(8 << 20, ge=1, description="larger request bodies get 413 (never read in)")
     max_choices_per_request: int = Field(256, ge=1, description="prompts x n of one request")
@@ -210,7 +213,13 @@ class OpenAIIngress:
     def __serve_build_asgi_app__(self):
         """Serve calls this once the replica is built: the routes' app (bound to this replica by
         `@serve.ingress`) behind this replica's guard, which checks keys and body size before any parsing."""
-        policy = AccessPolicy.from_lists(self.cfg.api_keys)
+        c = self.cfg
+        policy = AccessPolicy.from_lists(c.api_keys, c.admin_api_keys, c.metrics_api_keys, c.metrics_open)
+        if policy.open:
+            logger.warning(
+                "no API keys are configured: every route (adapter loading included) is open; keep the HTTP "
+                "listener private (http_options host 127.0.0.1) or set api_keys and admin_api_keys"
+            )
         return RequestGuard(self.app, policy, self.cfg.max_body_bytes)
 
     # ---- helpers ---------------------------------------------------------------------------------

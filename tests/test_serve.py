@@ -2,7 +2,7 @@
 
 Two applications are started once for the module (in parallel, `serve.run_many`) on the embedded demo:
   * "main" at /: two TP groups (TP=1) behind two ingress replicas (Serve's proxy balances between them, as
-    a load balancer would), API keys required, run-time adapter loads confined to a temp root, small
+    a load balancer would), inference, admin and metrics keys required, run-time adapter loads confined to a temp root, small
     request limits (1 MiB bodies, 16 sequences and 8192 tokens per request);
   * "strict" at /strict: one group with an impossible TTFT SLO (every request is refused with 429, after
     tokenizing), up to 1024 prompts per request;
@@ -35,6 +35,8 @@ serve = pytest.importorskip("ray.serve")
 PORT = 8431
 BASE = f"http://127.0.0.1:{PORT}"
 KEY = "sk-sloray-test"
+ADMIN_KEY = "sk-sloray-admin"
+METRICS_KEY = "sk-sloray-metrics"
 BODY_LIMIT = 1 << 20
 MODEL = "sloray-demo"
 GROUPS = ["SLoRAGroup-0", "SLoRAGroup-1"]
@@ -83,6 +85,8 @@ def service(demo, roots):
             "num_groups": 2,
             "num_ingress_replicas": 2,
             "api_keys": KEY,
+            "admin_api_keys": ADMIN_KEY,
+            "metrics_api_keys": METRICS_KEY,
             "allowed_adapter_roots": str(roots),
             "group_num_cpus": 0.5,
             "device": "cpu",
@@ -134,6 +138,12 @@ def client(service):
 @pytest.fixture(scope="module")
 def http(service):
     with httpx.Client(base_url=BASE, timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def admin(service):
+    with httpx.Client(base_url=BASE, timeout=60, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
         yield c
 
 
@@ -488,8 +498,8 @@ def test_models_list(client, demo):
     assert {"demo-r1-qv", "demo-r64-all"} <= set(models)
 
 
-def test_load_use_unload(http, client, llm, roots):
-    r = http.post("/v1/load_lora_adapter", json={"lora_name": "loaded-r8", "lora_path": str(roots / "copy-r8")})
+def test_load_use_unload(admin, http, client, llm, roots):
+    r = admin.post("/v1/load_lora_adapter", json={"lora_name": "loaded-r8", "lora_path": str(roots / "copy-r8")})
     assert r.status_code == 200, r.text
     assert all("loaded-r8" in s for s in _adapters_everywhere())
     models = {m.id: m for m in client.models.list().data}
@@ -497,35 +507,59 @@ def test_load_use_unload(http, client, llm, roots):
     out = client.completions.create(model="loaded-r8", prompt="Hello, world!", max_tokens=10, temperature=0)
     assert out.choices[0].text == greedy(llm, "Hello, world!", "demo-r8-mlp", 10).text  # same weights
     _err(
-        http.post("/v1/load_lora_adapter", json={"lora_name": "loaded-r8", "lora_path": str(roots / "copy-r8")}), 400
+        admin.post("/v1/load_lora_adapter", json={"lora_name": "loaded-r8", "lora_path": str(roots / "copy-r8")}), 400
     )  # already loaded
-    r = http.post("/v1/unload_lora_adapter", json={"lora_name": "loaded-r8"})
+    r = admin.post("/v1/unload_lora_adapter", json={"lora_name": "loaded-r8"})
     assert r.status_code == 200, r.text
     assert not any("loaded-r8" in s for s in _adapters_everywhere())
     _err(http.post("/v1/completions", json={"model": "loaded-r8", "prompt": "x", "max_tokens": 2}), 404)
-    _err(http.post("/v1/unload_lora_adapter", json={"lora_name": "loaded-r8"}), 404)
+    _err(admin.post("/v1/unload_lora_adapter", json={"lora_name": "loaded-r8"}), 404)
+
+
+def test_keys_by_role(roots):
+    """Load / unload need an admin key (an inference key gets 403, none 401) and change nothing when refused;
+    /metrics needs a metrics or admin key; the admin key also serves inference; /health stays open. An app
+    without keys (strict) is open, as the local demo."""
+    load = {"lora_name": "role-x", "lora_path": str(roots / "copy-r8")}
+    for key, status, metrics in ((KEY, 403, 403), (METRICS_KEY, 403, 200), ("wrong", 401, 401), (None, 401, 401)):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        e = _err(httpx.post(f"{BASE}/v1/load_lora_adapter", json=load, headers=headers), status)
+        assert e["type"] == ("PermissionDeniedError" if status == 403 else "AuthenticationError")
+        _err(httpx.post(f"{BASE}/v1/unload_lora_adapter", json={"lora_name": "demo-r1-qv"}, headers=headers), status)
+        assert httpx.get(f"{BASE}/metrics", headers=headers).status_code == metrics
+    assert all("role-x" not in s and "demo-r1-qv" in s for s in _adapters_everywhere())
+    assert httpx.get(f"{BASE}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
+    admin_client = openai.OpenAI(base_url=f"{BASE}/v1", api_key=ADMIN_KEY, max_retries=0, timeout=60)
+    assert admin_client.completions.create(model=MODEL, prompt="Hi", max_tokens=2).choices[0].text is not None
+    with pytest.raises(openai.PermissionDeniedError):
+        openai.OpenAI(base_url=f"{BASE}/v1", api_key=METRICS_KEY, max_retries=0).models.list()
+    assert httpx.get(f"{BASE}/health").status_code == 200
+    assert httpx.get(f"{BASE}/strict/metrics").status_code == 200
+    assert httpx.get(f"{BASE}/strict/v1/models").status_code == 200
 
 
 @pytest.mark.parametrize(
     "name,why",
     [("pickled", "pickle"), ("rank128", "max_lora_rank"), ("link-out", "outside"), ("../outside", "outside")],
 )
-def test_refused_adapters_leave_nothing(http, roots, demo, name, why):
+def test_refused_adapters_leave_nothing(admin, http, roots, demo, name, why):
     path = str(roots / name)
-    e = _err(http.post("/v1/load_lora_adapter", json={"lora_name": f"bad-{name}", "lora_path": path}), 400)
+    e = _err(admin.post("/v1/load_lora_adapter", json={"lora_name": f"bad-{name}", "lora_path": path}), 400)
     assert why in e["message"]
     assert not any(f"bad-{name}" in s for s in _adapters_everywhere())
     # a demo adapter path is outside the configured roots too
     _err(
-        http.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(demo / "adapters" / "demo-r1-qv")}),
+        admin.post(
+            "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(demo / "adapters" / "demo-r1-qv")}
+        ),
         400,
     )
 
 
-def test_adapter_clustered_on_its_affine_group(http, client, roots):
+def test_adapter_clustered_on_its_affine_group(admin, http, client, roots):
     """While load is low, every request of one adapter goes to the group it hashes to."""
     assert (
-        http.post(
+        admin.post(
             "/v1/load_lora_adapter", json={"lora_name": "routed-x", "lora_path": str(roots / "routed")}
         ).status_code
         == 200
@@ -542,11 +576,11 @@ def test_adapter_clustered_on_its_affine_group(http, client, roots):
     assert stats[other]["pool"]["loads"] + stats[other]["pool"]["hits"] == before[other]
 
 
-def test_unload_of_an_adapter_in_use_changes_nothing(http, roots):
+def test_unload_of_an_adapter_in_use_changes_nothing(admin, http, roots):
     """The group serving a request refuses the unload (400); the other group, which had dropped the
     adapter already, gets it back: the unload is all or nothing."""
     assert (
-        http.post(
+        admin.post(
             "/v1/load_lora_adapter", json={"lora_name": "busy-x", "lora_path": str(roots / "copy-r8")}
         ).status_code
         == 200
@@ -556,12 +590,12 @@ def test_unload_of_an_adapter_in_use_changes_nothing(http, roots):
         assert r.status_code == 200
         lines = r.iter_lines()  # kept referenced: a dropped iterator closes the stream (a disconnect)
         next(ln for ln in lines if ln.startswith("data: "))  # running on its group now
-        u = http.post("/v1/unload_lora_adapter", json={"lora_name": "busy-x"})
+        u = admin.post("/v1/unload_lora_adapter", json={"lora_name": "busy-x"})
         assert u.status_code == 400 and "in use" in u.json()["error"]["message"]
         assert all("busy-x" in group_stats(g)["adapters"] for g in GROUPS)
     deadline = time.time() + 20  # the closed stream aborts the request; then the unload goes through
     while time.time() < deadline:
-        u = http.post("/v1/unload_lora_adapter", json={"lora_name": "busy-x"})
+        u = admin.post("/v1/unload_lora_adapter", json={"lora_name": "busy-x"})
         if u.status_code == 200:
             break
         time.sleep(0.2)
@@ -591,8 +625,11 @@ def test_disconnect_aborts_and_frees_pages(http, stream):
     assert aborted >= 1 and idle, stats
 
 
+METRICS = {"Authorization": f"Bearer {METRICS_KEY}"}
+
+
 def test_metrics_after_traffic(http):
-    text = httpx.get(f"{BASE}/metrics").text  # open, like /health
+    text = httpx.get(f"{BASE}/metrics", headers=METRICS).text
     for name in (
         "sloray_time_to_first_token_seconds_count",
         "sloray_inter_token_latency_seconds_bucket",
@@ -623,7 +660,7 @@ def test_metrics_after_traffic(http):
     time.sleep(0.5)  # every replica has polled the groups since the last request
 
     def success_total():
-        text = httpx.get(f"{BASE}/metrics").text
+        text = httpx.get(f"{BASE}/metrics", headers=METRICS).text
         return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("sloray_request_success_total"))
 
     totals = {success_total() for _ in range(8)}
