@@ -24,7 +24,7 @@ import torch
 
 from app.config import EngineConfig
 from app.cuda_graphs import decode_buckets
-from app.lora.adapter import AdapterError, LoRAWeights, load_peft_adapter, module_shapes
+from app.lora.adapter import AdapterError, LoRAWeights, check_adapter_name, load_peft_adapter, module_shapes
 from app.model.llama import ModelArgs
 from app.pool import PagePool
 from app.request import Request, RequestOutput, SamplingParams
@@ -34,7 +34,7 @@ from app.tokenizer import IncrementalDetokenizer, Tokenizer
 logger = logging.getLogger(__name__)
 
 # Warm-up requests' ids and the warm-up adapters' names start with this: add_adapter refuses names
-# with a "/", so they never collide with a user's adapter.
+# with a "/" (check_adapter_name), so they never collide with a user's adapter.
 WARMUP_PREFIX = "sloray/warmup"
 # Prompt lengths of the warm-up prefills, one length per step (kernels pick their tiles from the longest
 # prompt of a step): 1 (decode kernels), <= 16 and > 16 query rows (attention prefill tiles), 16 / 32 /
@@ -81,13 +81,15 @@ class Engine:
             self.warmup()
 
     # ---- adapters --------------------------------------------------------------------------------
-    def add_adapter(self, name: str, path: str | Path) -> AdapterInfo:
-        """Validates and registers a PEFT adapter; raises AdapterError and changes nothing if refused."""
-        if not name or "/" in name or name == self.model_name:
-            raise AdapterError(f"invalid adapter name {name!r}")
+    def add_adapter(self, name: str, path: str | Path, roots: list[str] | None = None) -> AdapterInfo:
+        """Validates and registers a PEFT adapter; raises AdapterError and changes nothing if refused.
+        `roots`: every file read must resolve under one of them (run-time loads; see load_peft_adapter)."""
+        check_adapter_name(name)
+        if name == self.model_name:
+            raise AdapterError(f"invalid adapter name {name!r}: it is the base model's name")
         if name in self.adapters:
             raise AdapterError(f"adapter {name!r} is already loaded")
-        w = load_peft_adapter(name, path, self.args, self.cfg.lora.max_lora_rank)
+        w = load_peft_adapter(name, path, self.args, self.cfg.lora.max_lora_rank, roots)
         return self._register(w)
 
     def _register(self, w: LoRAWeights) -> AdapterInfo:

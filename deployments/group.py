@@ -378,9 +378,12 @@ class SLoRAGroup:
         self.metrics.inc("requests_rejected", n)
 
     # ---- adapters --------------------------------------------------------------------------------
-    async def add_adapter(self, name: str, path: str) -> dict:
-        """Raises AdapterError (refused: nothing changed) or returns the adapter's info."""
-        return await self._call("add_adapter", name, path)
+    async def add_adapter(self, name: str, path: str, confined: bool = True) -> dict:
+        """Raises AdapterError (refused: nothing changed) or returns the adapter's info. `confined`: every
+        file read must resolve under the allowed adapter roots (a run-time load; False only to put back
+        an adapter this group had registered before)."""
+        roots = self.engine.cfg.lora.allowed_adapter_roots if confined else None
+        return await self._call("add_adapter", name, path, roots)
 
     async def remove_adapter(self, name: str) -> str:
         """Returns the removed adapter's path; raises KeyError (unknown) or AdapterError (in use)."""

@@ -33,7 +33,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.lora.adapter import AdapterError
+from app.lora.adapter import AdapterError, confine_path
 from app.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -59,7 +59,7 @@ from app.request import RequestOutput
 from app.tokenizer import Tokenizer
 from deployments.guard import AccessPolicy, RequestGuard
 from deployments.metrics import ServiceCollector
-from deployments.routing import GroupState, Router, confine_path
+from deployments.routing import GroupState, Router
 
 logger = logging.getLogger("ray.serve")
 
@@ -107,13 +107,18 @@ async def _api_error(_: Request, e: APIError):
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, e: RequestValidationError):
-    errs = e.errors()
-    parts = []
-    for err in errs[:5]:
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-    param = next((str(err["loc"][-1]) for err in errs if err.get("loc") and err["loc"][-1] != "body"), None)
-    return _error_response(400, "; ".join(parts) or "invalid request", param)
+    parts, param = [], None
+    for err in e.errors():
+        loc = err.get("loc", ())
+        if err.get("type") == "json_invalid":  # loc is ("body", character position)
+            why = err.get("ctx", {}).get("error", "decode error")
+            parts.append(f"the body is not valid JSON: {why} at character {loc[-1]}")
+            continue
+        where = ".".join(str(x) for x in loc if x != "body")
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        if param is None and len(loc) > 1 and isinstance(loc[1], str):
+            param = loc[1]  # the top-level field of the first error that names one
+    return _error_response(400, "; ".join(parts[:5]) or "invalid request", param)
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -552,7 +557,7 @@ class OpenAIIngress:
             raise APIError(400, f"{name!r} is the base model's name", "lora_name")
         try:
             path = confine_path(body.lora_path, self.cfg.allowed_adapter_roots)
-        except PermissionError as e:
+        except AdapterError as e:
             raise APIError(400, str(e), "lora_path") from None
         results = await asyncio.gather(
             *(h.add_adapter.remote(name, str(path)) for h in self.groups.values()), return_exceptions=True
@@ -579,7 +584,8 @@ class OpenAIIngress:
         if busy:  # all or nothing: put it back on the groups that had already dropped it
             removed = [(g, r) for g, r in zip(self.groups, results) if isinstance(r, str)]
             await asyncio.gather(
-                *(self.groups[g].add_adapter.remote(name, path) for g, path in removed), return_exceptions=True
+                *(self.groups[g].add_adapter.remote(name, path, confined=False) for g, path in removed),
+                return_exceptions=True,
             )
             raise APIError(400, str(busy[0]), "lora_name")
         return Response(f"Success: LoRA adapter '{name}' removed successfully.", media_type="text/plain")

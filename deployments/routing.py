@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 # Priors used until a group has measured its own step time and prefill rate.
 DEFAULT_STEP_S = 0.02
@@ -158,16 +156,3 @@ class Router:
         if self.ttft_slo_s is None or t <= self.ttft_slo_s:
             return Decision(True, t)
         return Decision(False, t, retry_after_s=max(1, math.ceil(t - self.ttft_slo_s)))
-
-
-def confine_path(path: str, roots: list[str]) -> Path:
-    """The real path of `path` if it lies under one of `roots` after resolving symlinks and `..`;
-    raises PermissionError otherwise (and when no root is configured)."""
-    if not roots:
-        raise PermissionError("run-time adapter loading is disabled: no allowed_adapter_roots are configured")
-    real = Path(os.path.realpath(path))
-    for root in roots:
-        r = Path(os.path.realpath(root))
-        if real == r or r in real.parents:
-            return real
-    raise PermissionError(f"adapter path {path!r} is outside the allowed adapter roots")

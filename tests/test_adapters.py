@@ -4,6 +4,7 @@ a refused adapter leaves the registry and the pool as they were."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -11,8 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from app import LLM, SamplingParams
-from app.demo import write_peft_adapter
-from app.lora.adapter import AdapterError, load_peft_adapter, pack_adapter
+from app.demo import build_demo, write_peft_adapter
+from app.llm import adapter_dirs
+from app.lora.adapter import AdapterError, check_adapter_name, confine_path, load_peft_adapter, pack_adapter
 from app.model.llama import ModelArgs
 from kernels.lora import gather_virtual
 from tests.models import ALL, HFReference, make_model, make_peft_adapters
@@ -21,6 +23,11 @@ from tests.models import ALL, HFReference, make_model, make_peft_adapters
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return make_model(tmp_path_factory.mktemp("ad"), "gqa")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return build_demo()
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +221,80 @@ def test_duplicate_and_unknown_names(llm, model, tmp_path):
     with pytest.raises(KeyError):
         llm.remove_adapter("nope")
     llm.remove_adapter("dup")
+
+
+def test_confine_path(tmp_path):
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    assert confine_path(str(root / "a"), [str(root)]) == (root / "a").resolve()
+    os.symlink(outside, root / "link")
+    for bad in (root / ".." / "outside", root / "link", tmp_path / "rootx"):  # rootx: a sibling sharing the prefix
+        with pytest.raises(AdapterError, match="outside the allowed adapter roots"):
+            confine_path(str(bad), [str(root)])
+    with pytest.raises(AdapterError, match="disabled"):
+        confine_path(str(root / "a"), [])
+    with pytest.raises(AdapterError, match="control characters"):
+        confine_path(str(root / "a") + "\x00x", [str(root)])
+
+
+@pytest.mark.parametrize("which", ["adapter_model.safetensors", "adapter_config.json"])
+def test_file_symlink_out_of_the_roots_is_refused(llm, model, tmp_path, which):
+    """Run-time loads (with roots) read only files that resolve under the roots: a file symlink inside an
+    allowed adapter directory that points outside is refused; the same adapter loads without roots
+    (offline, startup adapters) and with a symlink that stays inside the root."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    src = good(outside, model, name="src")
+    d = root / "a"
+    d.mkdir(parents=True)
+    for f in ("adapter_model.safetensors", "adapter_config.json"):
+        shutil.copy(src / f, d / f)
+    (d / which).unlink()
+    os.symlink(src / which, d / which)
+    before = snapshot(llm)
+    with pytest.raises(AdapterError, match="outside the allowed adapter roots") as ei:
+        llm.engine.add_adapter("linked", str(d), roots=[str(root)])
+    assert str(src) not in str(ei.value)  # the link's target is not revealed
+    assert snapshot(llm) == before
+    inside = root / "real"
+    shutil.copytree(src, inside)
+    (d / which).unlink()
+    os.symlink(inside / which, d / which)
+    llm.engine.add_adapter("linked", str(d), roots=[str(root)])
+    llm.remove_adapter("linked")
+
+
+def test_adapter_names(llm, model, tmp_path):
+    """Names are ASCII letters, digits and . _ : - (not first), at most 128 characters, no '..'."""
+    for ok in ("demo-r4-attn", "a", "ft:llama:org:v1.2", "A_b.c-9", "x" * 128):
+        assert check_adapter_name(ok) == ok
+    for bad in ("", "..", "a..b", ".hidden", "-x", "a/b", "a b", "a\x00b", "a\u202eb", "é", "x" * 129, "x" * 100_000):
+        with pytest.raises(AdapterError, match="invalid adapter name") as ei:
+            check_adapter_name(bad)
+        assert len(str(ei.value)) < 300
+    d = good(tmp_path, model, name="named")
+    before = snapshot(llm)
+    for bad in ("a/b", "..", "sloray/warmup-x", "x" * 200):
+        with pytest.raises(AdapterError, match="invalid adapter name"):
+            llm.add_adapter(bad, str(d))
+    assert snapshot(llm) == before
+
+
+def test_startup_adapter_dir_with_a_bad_folder_name(model, tmp_path, demo):
+    """A folder whose name is not a valid adapter name stops the build (serve run) with an error naming it."""
+    from deployments.builder import BuildArgs, resolve
+
+    root = tmp_path / "adapters"
+    good(root, model, name="fine-1")
+    good(root, model, name="bad name")
+    with pytest.raises(AdapterError, match="bad name.*invalid adapter name"):
+        adapter_dirs(root)
+    with pytest.raises(AdapterError, match="bad name"):
+        resolve(BuildArgs(model=str(demo / "model"), adapter_dir=str(root), device="cpu"))
+    (root / "bad name").rename(root / "good-2")
+    assert set(adapter_dirs(root)) == {"fine-1", "good-2"}
+    assert set(adapter_dirs(demo / "adapters")) >= {"demo-r1-qv", "demo-r64-all"}
 
 
 def test_rslora_scale_and_packing_layout(model, tmp_path):

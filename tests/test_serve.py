@@ -55,8 +55,8 @@ def demo():
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory, demo):
-    """An allowed root with a copy of a demo adapter, a pickle-only adapter, a rank-128 adapter and a
-    symlink to a directory outside the root."""
+    """An allowed root with a copy of a demo adapter, a pickle-only adapter, a rank-128 adapter, a
+    symlink to a directory outside the root and a directory whose weights file links outside the root."""
     root = tmp_path_factory.mktemp("adapters")
     shutil.copytree(demo / "adapters" / "demo-r8-mlp", root / "copy-r8")
     shutil.copytree(demo / "adapters" / "demo-r1-qv", root / "routed")
@@ -67,6 +67,9 @@ def roots(tmp_path_factory, demo):
     outside = tmp_path_factory.mktemp("outside")
     shutil.copytree(demo / "adapters" / "demo-r4-attn", outside / "a")
     os.symlink(outside / "a", root / "link-out")
+    (root / "file-link").mkdir()
+    shutil.copy(outside / "a" / "adapter_config.json", root / "file-link")
+    os.symlink(outside / "a" / "adapter_model.safetensors", root / "file-link" / "adapter_model.safetensors")
     return root
 
 
@@ -376,7 +379,12 @@ def _err(r: httpx.Response, status: int) -> dict:
 
 
 def test_errors(http, client):
-    _err(http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    e = _err(http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    assert e["param"] is None and e["message"].startswith("the body is not valid JSON")
+    e = _err(
+        http.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "x", "content": "hi"}]}), 400
+    )
+    assert e["param"] == "messages" and "messages.0.role" in e["message"]
     _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 0}), 400)
     _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "temperature": -1}), 400)
     _err(http.post("/v1/completions", json={"model": MODEL}), 400)
@@ -540,13 +548,20 @@ def test_keys_by_role(roots):
 
 @pytest.mark.parametrize(
     "name,why",
-    [("pickled", "pickle"), ("rank128", "max_lora_rank"), ("link-out", "outside"), ("../outside", "outside")],
+    [
+        ("pickled", "pickle"),
+        ("rank128", "max_lora_rank"),
+        ("link-out", "outside"),
+        ("../outside", "outside"),
+        ("file-link", "outside"),
+        ("copy-r8\x00", "control characters"),
+    ],
 )
 def test_refused_adapters_leave_nothing(admin, http, roots, demo, name, why):
-    path = str(roots / name)
-    e = _err(admin.post("/v1/load_lora_adapter", json={"lora_name": f"bad-{name}", "lora_path": path}), 400)
+    path, lora_name = str(roots / name), f"bad-{len(name)}"
+    e = _err(admin.post("/v1/load_lora_adapter", json={"lora_name": lora_name, "lora_path": path}), 400)
     assert why in e["message"]
-    assert not any(f"bad-{name}" in s for s in _adapters_everywhere())
+    assert not any(lora_name in s for s in _adapters_everywhere())
     # a demo adapter path is outside the configured roots too
     _err(
         admin.post(
@@ -554,6 +569,16 @@ def test_refused_adapters_leave_nothing(admin, http, roots, demo, name, why):
         ),
         400,
     )
+
+
+def test_adapter_names_are_checked(admin, roots):
+    """Names outside the safe pattern (.., NUL, RTL, slashes, 100 KB) get 400 before anything is read."""
+    for bad in ("..", "a\x00b", "a\u202eb", "a/b", "x" * 100_000):
+        r = admin.post("/v1/load_lora_adapter", json={"lora_name": bad, "lora_path": str(roots / "copy-r8")})
+        e = _err(r, 400)
+        assert "invalid adapter name" in e["message"] and e["param"] == "lora_name" and len(r.content) < 1000
+    e = _err(admin.post("/v1/unload_lora_adapter", json={"lora_name": "a\x00b"}), 400)
+    assert "invalid adapter name" in e["message"]
 
 
 def test_adapter_clustered_on_its_affine_group(admin, http, client, roots):

@@ -49,10 +49,47 @@ _UNSUPPORTED = (
     ("monteclora_config", "MonteCLoRA"),
 )
 _KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
+# An adapter's name is an OpenAI `model` id, a log field and a metric label: ASCII letters, digits and
+# . _ : - (not first), at most 128 characters, no "..".
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+MAX_PATH_CHARS = 4096
 
 
 class AdapterError(ValueError):
     """An adapter that cannot be served; the message names the file and the reason."""
+
+
+def check_adapter_name(name: str) -> str:
+    """Returns `name`, or raises AdapterError when it is not a valid adapter name (ADAPTER_NAME)."""
+    if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name) or ".." in name:
+        shown = repr(name[:64]) + ("..." if isinstance(name, str) and len(name) > 64 else "")
+        raise AdapterError(
+            f"invalid adapter name {shown}: use 1 to 128 ASCII letters, digits and '.', '_', ':', '-' "
+            "(starting with a letter or digit, no '..')"
+        )
+    return name
+
+
+def check_adapter_path(path: str) -> str:
+    """Returns `path`, or raises AdapterError for a path no file system would take (NUL, control chars)."""
+    if len(path) > MAX_PATH_CHARS:
+        raise AdapterError(f"adapter path is longer than {MAX_PATH_CHARS} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise AdapterError("adapter path contains NUL or control characters")
+    return path
+
+
+def confine_path(path: str | os.PathLike, roots: list[str]) -> Path:
+    """The real path of `path` (symlinks and `..` resolved) if it lies under one of `roots`; raises
+    AdapterError otherwise (and when no root is configured). Callers read the returned path, not `path`."""
+    if not roots:
+        raise AdapterError("run-time adapter loading is disabled: no allowed_adapter_roots are configured")
+    real = Path(os.path.realpath(check_adapter_path(os.fspath(path))))
+    for root in roots:
+        r = Path(os.path.realpath(root))
+        if real == r or r in real.parents:
+            return real
+    raise AdapterError(f"adapter path {os.fspath(path)!r} is outside the allowed adapter roots")
 
 
 @dataclass
@@ -84,9 +121,13 @@ def module_shapes(args) -> dict[str, tuple[int, int]]:
     }
 
 
-def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -> LoRAWeights:
-    """Reads and validates a PEFT LoRA directory against the base model `args` (ModelArgs)."""
-    d = Path(path)
+def load_peft_adapter(
+    name: str, path: str | os.PathLike, args, max_rank: int, roots: list[str] | None = None
+) -> LoRAWeights:
+    """Reads and validates a PEFT LoRA directory against the base model `args` (ModelArgs). With `roots`
+    (run-time loads), the directory and every file read from it must resolve (symlinks followed) to a path
+    under one of them, and the resolved paths are what is read."""
+    d = Path(path) if roots is None else confine_path(path, roots)
     cfg_file = d / "adapter_config.json"
     st_file = d / "adapter_model.safetensors"
     if not d.is_dir():
@@ -101,6 +142,11 @@ def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -
                 "adapter_model.safetensors is accepted (pickle files are never loaded)"
             )
         raise AdapterError(f"adapter {name!r}: {st_file} is missing")
+    if roots is not None:
+        try:
+            cfg_file, st_file = confine_path(cfg_file, roots), confine_path(st_file, roots)
+        except AdapterError as e:
+            raise AdapterError(f"adapter {name!r}: {e} (a symbolic link out of them?)") from None
     try:
         cfg = json.loads(cfg_file.read_text())
     except (OSError, json.JSONDecodeError) as e:
