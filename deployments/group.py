@@ -13,8 +13,9 @@ last output go out at once; in between, a stream sends what has accumulated at m
 `stream_interval_s` (one merged item; 0 = every step).
 
 Concurrency: the engine is not thread-safe. Everything that touches it (new requests, aborts, adapter
-loads) is queued as a command by the event loop and applied by the step loop in its worker thread
-between two steps; one background task runs `engine.step()` in that thread while there is work. After
+registrations) is queued as a command by the event loop and applied by the step loop in its worker thread
+between two steps (an adapter is read, validated and packed before, in another thread:
+`Engine.prepare_adapter`, so a load never stalls running streams); one background task runs `engine.step()` in that thread while there is work. After
 each step the thread also takes a `stats()` snapshot, so the event loop never reads engine state
 while a step runs. When a stream's consumer goes away (client disconnect: Serve cancels the call),
 the generator's `finally` queues an abort, so the request's KV pages are freed.
@@ -233,7 +234,7 @@ class SLoRAGroup:
                 return True
             return False
         if c.kind == "add_adapter":
-            info = e.add_adapter(*c.args)
+            info = e.register_adapter(*c.args)
             self._adapter_table = self._adapters_now()
             return {"name": info.name, "path": info.path, "rank": info.rank, "num_pages": info.num_pages}
         if c.kind == "remove_adapter":
@@ -382,8 +383,12 @@ class SLoRAGroup:
         """Raises AdapterError (refused: nothing changed) or returns the adapter's info. `confined`: every
         file read must resolve under the allowed adapter roots (a run-time load; False only to put back
         an adapter this group had registered before)."""
-        roots = self.engine.cfg.lora.allowed_adapter_roots if confined else None
-        return await self._call("add_adapter", name, path, roots)
+        lora = self.engine.cfg.lora
+        roots = lora.allowed_adapter_roots if confined else None
+        # Reading, validating and packing take seconds for a large adapter: a worker thread does them while
+        # the step loop runs; the loop then only registers the packed adapter between two steps.
+        prepared = await asyncio.to_thread(self.engine.prepare_adapter, name, path, roots, lora.load_timeout_s)
+        return await self._call("add_adapter", prepared)
 
     async def remove_adapter(self, name: str) -> str:
         """Returns the removed adapter's path; raises KeyError (unknown) or AdapterError (in use)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -14,7 +15,14 @@ from safetensors.torch import load_file, save_file
 from app import LLM, SamplingParams
 from app.demo import build_demo, write_peft_adapter
 from app.llm import adapter_dirs
-from app.lora.adapter import AdapterError, check_adapter_name, confine_path, load_peft_adapter, pack_adapter
+from app.lora.adapter import (
+    AdapterError,
+    check_adapter_name,
+    confine_path,
+    load_peft_adapter,
+    max_adapter_bytes,
+    pack_adapter,
+)
 from app.model.llama import ModelArgs
 from kernels.lora import gather_virtual
 from tests.models import ALL, HFReference, make_model, make_peft_adapters
@@ -295,6 +303,54 @@ def test_startup_adapter_dir_with_a_bad_folder_name(model, tmp_path, demo):
     (root / "bad name").rename(root / "good-2")
     assert set(adapter_dirs(root)) == {"fine-1", "good-2"}
     assert set(adapter_dirs(demo / "adapters")) >= {"demo-r1-qv", "demo-r64-all"}
+
+
+def with_prefix(d, prefix: str) -> None:
+    """Renames the adapter's tensors to `<prefix>.layers.N...` (PEFT matches patterns against that name)."""
+    f = d / "adapter_model.safetensors"
+    tensors = load_file(str(f))
+    save_file({prefix + k[k.index(".layers.") :]: v for k, v in tensors.items()}, str(f))
+
+
+@pytest.mark.timeout(60)
+def test_catastrophic_patterns_are_matched_fast_or_refused(llm, model, tmp_path):
+    """rank_pattern / alpha_pattern are regexes matched against module names whose prefix the file sets:
+    nested quantifiers that backtrack for minutes in Python's `re` ((a+)+c froze streams for 18.5 s) are
+    matched at once, or refused within a second when they still take too long; so are oversized pattern
+    sets, patterns and tensor names."""
+    d = good(tmp_path, model, name="pat", rank=4)
+    with_prefix(d, "a" * 200)
+    edit_config(d, rank_pattern={"(a+)+c": 2, "(.*)*x": 3, "((\\w|\\.)*)*y": 5}, alpha_pattern={"(a+)+b": 1.0})
+    t0 = time.monotonic()
+    llm.add_adapter("pat", str(d))
+    assert time.monotonic() - t0 < 5 and llm.engine.adapters["pat"].rank == 4  # no pattern matched
+    llm.remove_adapter("pat")
+    edit_config(d, rank_pattern={"(a|aa)+c": 2})
+    t0 = time.monotonic()
+    msg = refused(llm, d, "(a|aa)+c", "too long")
+    assert time.monotonic() - t0 < 5, msg
+    edit_config(d, rank_pattern={f"p{i}": 4 for i in range(5000)})
+    refused(llm, d, "at most 4096 entries")
+    edit_config(d, rank_pattern={"q" * 600: 4})
+    refused(llm, d, "longer than 512 characters")
+    edit_config(d, rank_pattern={})
+    with_prefix(d, "b" * 300)
+    refused(llm, d, "tensor name", "longer than 256")
+
+
+def test_size_budgets(llm, model, tmp_path):
+    """A weights file larger than any valid adapter of the base model, a huge config and a config that
+    is not an object are refused before the weights are read."""
+    d = good(tmp_path, model, name="size", rank=4)
+    limit = max_adapter_bytes(ModelArgs.from_dir(model), 32)
+    with open(d / "adapter_model.safetensors", "ab") as f:
+        f.truncate(limit + 1)
+    refused(llm, d, "bytes, more than any adapter of this base model", "max_lora_rank=32")
+    d = good(tmp_path, model, name="size2", rank=4)
+    (d / "adapter_config.json").write_text(json.dumps({"r": 4, "pad": "x" * (1 << 20)}))
+    refused(llm, d, "larger than")
+    (d / "adapter_config.json").write_text("[1, 2]")
+    refused(llm, d, "JSON object")
 
 
 def test_rslora_scale_and_packing_layout(model, tmp_path):
