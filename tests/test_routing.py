@@ -140,4 +140,3 @@ def test_from_stats():
         }
     )
     assert (s.waiting, s.running, s.queued_prefill_tokens, s.max_num_seqs, s.resident) == (1, 2, 3, 8, {"x"})
-
