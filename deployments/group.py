@@ -2,7 +2,8 @@
 `TPExecutor` of N rank actors for tensor parallelism) and its single step loop.
 
 In:  `generate(request_id, prompt_token_ids, params, adapter)` (a streaming method: call it through
-     `handle.options(stream=True)`), `abort`, `add_adapter` / `remove_adapter`, `list_adapters`, `stats`.
+     `handle.options(stream=True)`), `abort`, `add_adapter` / `remove_adapter` (a refusal is a returned
+     `{"error", "status"}`), `list_adapters`, `stats`.
 Out: a stream of items: first `{"accepted": True}` (or `{"error", "status"}` when the engine refuses the
      request), then `RequestOutput`s whose `delta_text` / `delta_token_ids` are new since the previous
      item; the last one (`finished=True`) also carries the cumulative `text` and `token_ids`.
@@ -35,6 +36,7 @@ from ray import serve
 
 from app.config import EngineConfig
 from app.engine import Engine
+from app.lora.adapter import AdapterError
 from app.request import RequestOutput, SamplingParams
 from deployments.metrics import GroupMetrics
 
@@ -379,20 +381,30 @@ class SLoRAGroup:
         self.metrics.inc("requests_rejected", n)
 
     # ---- adapters --------------------------------------------------------------------------------
+    # A refusal is an answer ({"error", "status"}), not an exception: Serve logs a traceback for every
+    # exception a replica method raises, and a user's bad adapter or unknown name is not a failure here.
     async def add_adapter(self, name: str, path: str, confined: bool = True) -> dict:
-        """Raises AdapterError (refused: nothing changed) or returns the adapter's info. `confined`: every
-        file read must resolve under the allowed adapter roots (a run-time load; False only to put back
-        an adapter this group had registered before)."""
+        """The adapter's info, or {"error", "status": 400} when it is refused (nothing changed).
+        `confined`: every file read must resolve under the allowed adapter roots (a run-time load; False
+        only to put back an adapter this group had registered before)."""
         lora = self.engine.cfg.lora
         roots = lora.allowed_adapter_roots if confined else None
-        # Reading, validating and packing take seconds for a large adapter: a worker thread does them while
-        # the step loop runs; the loop then only registers the packed adapter between two steps.
-        prepared = await asyncio.to_thread(self.engine.prepare_adapter, name, path, roots, lora.load_timeout_s)
-        return await self._call("add_adapter", prepared)
+        try:
+            # Reading, validating and packing take seconds for a large adapter: a worker thread does them
+            # while the step loop runs; the loop then only registers the packed adapter between two steps.
+            prepared = await asyncio.to_thread(self.engine.prepare_adapter, name, path, roots, lora.load_timeout_s)
+            return await self._call("add_adapter", prepared)
+        except AdapterError as e:
+            return {"error": str(e), "status": 400}
 
-    async def remove_adapter(self, name: str) -> str:
-        """Returns the removed adapter's path; raises KeyError (unknown) or AdapterError (in use)."""
-        return await self._call("remove_adapter", name)
+    async def remove_adapter(self, name: str) -> dict:
+        """{"path": the removed adapter's path}, or {"error", "status"}: 404 not loaded, 400 in use."""
+        try:
+            return {"path": await self._call("remove_adapter", name)}
+        except KeyError as e:
+            return {"error": str(e.args[0]) if e.args else f"adapter {name!r} is not loaded", "status": 404}
+        except AdapterError as e:
+            return {"error": str(e), "status": 400}
 
     async def list_adapters(self) -> dict[str, dict]:
         return dict(self._snapshot["adapters"])

@@ -45,6 +45,7 @@ from app.protocol import (
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
+    ErrorResponse,
     LoadLoRAAdapterRequest,
     ModelCard,
     ModelList,
@@ -97,7 +98,21 @@ def _error_response(status: int, message: str, param: str | None = None, headers
     return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
 
 
-api = FastAPI(title="sloray", description="OpenAI-compatible multi-LoRA serving")
+# Every error is an OpenAI error object; the schema says so (and declaring "4XX" keeps FastAPI from
+# documenting its 422, which this service never answers: validation errors are 400).
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: {
+        "model": ErrorResponse,
+        "description": "invalid request (a body that does not validate, too large a request)",
+    },
+    "4XX": {
+        "model": ErrorResponse,
+        "description": "401 missing or wrong key, 403 a key of another role, 404 unknown model or adapter, "
+        "405 wrong method, 413 body over max_body_bytes, 429 overloaded (with Retry-After)",
+    },
+    "5XX": {"model": ErrorResponse, "description": "the service failed, or no group can serve (503)"},
+}
+api = FastAPI(title="sloray", description="OpenAI-compatible multi-LoRA serving", responses=ERROR_RESPONSES)
 
 
 @api.exception_handler(APIError)
@@ -123,7 +138,12 @@ async def _validation_error(_: Request, e: RequestValidationError):
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, e: StarletteHTTPException):
-    return _error_response(e.status_code, str(e.detail))
+    return _error_response(e.status_code, str(e.detail), headers=e.headers)  # 405 keeps its Allow header
+
+
+def _done(result) -> bool:
+    """A group's answer to add_adapter / remove_adapter that is not a refusal or an exception."""
+    return isinstance(result, dict) and "error" not in result
 
 
 def _cause(e: BaseException) -> BaseException:
@@ -562,11 +582,13 @@ class OpenAIIngress:
         results = await asyncio.gather(
             *(h.add_adapter.remote(name, str(path)) for h in self.groups.values()), return_exceptions=True
         )
-        failed = [_cause(r) for r in results if isinstance(r, BaseException)]
+        failed = [_cause(r) if isinstance(r, BaseException) else r for r in results if not _done(r)]
         if failed:
-            ok = [g for g, r in zip(self.groups, results) if not isinstance(r, BaseException)]
+            ok = [g for g, r in zip(self.groups, results) if _done(r)]
             await asyncio.gather(*(self.groups[g].remove_adapter.remote(name) for g in ok), return_exceptions=True)
             e = failed[0]
+            if isinstance(e, dict):  # refused by the group
+                raise APIError(e["status"], e["error"], "lora_path")
             status = 400 if isinstance(e, (AdapterError, ValueError)) else 500
             raise APIError(status, str(e) if status == 400 else f"loading {name!r} failed: {e!r}", "lora_path")
         return Response(f"Success: LoRA adapter '{name}' added successfully.", media_type="text/plain")
@@ -577,17 +599,19 @@ class OpenAIIngress:
         results = await asyncio.gather(
             *(h.remove_adapter.remote(name) for h in self.groups.values()), return_exceptions=True
         )
-        errors = [_cause(r) for r in results if isinstance(r, BaseException)]
-        if errors and all(isinstance(e, KeyError) for e in errors) and len(errors) == len(results):
+        if all(isinstance(r, dict) and r.get("status") == 404 for r in results):
             raise APIError(404, f"the adapter {name!r} is not loaded", "lora_name")
-        busy = [e for e in errors if not isinstance(e, KeyError)]
-        if busy:  # all or nothing: put it back on the groups that had already dropped it
-            removed = [(g, r) for g, r in zip(self.groups, results) if isinstance(r, str)]
+        failed = [r for r in results if not _done(r) and not (isinstance(r, dict) and r.get("status") == 404)]
+        if failed:  # all or nothing: put it back on the groups that had already dropped it
+            removed = [(g, r["path"]) for g, r in zip(self.groups, results) if _done(r)]
             await asyncio.gather(
                 *(self.groups[g].add_adapter.remote(name, path, confined=False) for g, path in removed),
                 return_exceptions=True,
             )
-            raise APIError(400, str(busy[0]), "lora_name")
+            e = failed[0]
+            if isinstance(e, dict):  # refused by the group (in use)
+                raise APIError(e["status"], e["error"], "lora_name")
+            raise APIError(500, f"unloading {name!r} failed: {_cause(e)!r}", "lora_name")
         return Response(f"Success: LoRA adapter '{name}' removed successfully.", media_type="text/plain")
 
     @api.get("/health")

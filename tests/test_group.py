@@ -210,3 +210,23 @@ def test_adapter_load_does_not_stall_running_streams(tmp_path):
     assert info["rank"] == 512 and after[-1].finished and len(after[-1].token_ids) == 4
     assert load_s > 0.3 and len(gaps) >= 3, (load_s, gaps)
     assert max(gaps) < load_s / 3, (load_s, max(gaps))
+
+
+def test_adapter_refusals_are_answers_not_exceptions(demo, tmp_path):
+    """An unknown unload and a refused load come back as {"error", "status"} (Serve logs a traceback for
+    every exception a replica method raises; these are the user's mistakes, not failures)."""
+    g = group(demo, 0.0)
+
+    async def run():
+        gone = await g.remove_adapter("no-such-adapter")
+        (tmp_path / "empty").mkdir()
+        bad = await g.add_adapter("bad-one", str(tmp_path / "empty"), confined=False)
+        outside = await g.add_adapter("outside-one", str(demo / "adapters" / ADAPTER))  # no allowed roots
+        ok = await g.remove_adapter(ADAPTER)
+        return gone, bad, outside, ok
+
+    gone, bad, outside, ok = asyncio.run(run())
+    assert gone["status"] == 404 and "no-such-adapter" in gone["error"]
+    assert bad["status"] == 400 and "adapter_config.json is missing" in bad["error"]
+    assert outside["status"] == 400 and "allowed_adapter_roots" in outside["error"]
+    assert ok == {"path": str(demo / "adapters" / ADAPTER)}

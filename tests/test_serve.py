@@ -415,6 +415,16 @@ def test_errors(http, client):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{BASE}/v1", api_key="wrong", max_retries=0).models.list()
     assert httpx.get(f"{BASE}/health").status_code == 200
+    # a wrong method: 405 as an error object, with Allow
+    r = http.get("/v1/completions")
+    assert _err(r, 405) and r.headers["allow"] == "POST"
+    # the schema documents what the service answers: 400 (never 422) and error objects
+    schema = httpx.get(f"{BASE}/openapi.json").json()
+    for path, ops in schema["paths"].items():
+        for op in ops.values():
+            assert "422" not in op["responses"] and "400" in op["responses"], (path, op["responses"])
+            ref = op["responses"]["4XX"]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/ErrorResponse")
 
 
 def test_request_limits(http):
