@@ -8,7 +8,9 @@ Two applications are started once for the module (in parallel, `serve.run_many`)
     tokenizing), up to 1024 prompts per request;
   * "tp2" at /tp2: one group of tensor_parallel_size=2 (deployments/tp.py: two rank actors over gloo);
   * "every-step" at /every-step: one group that streams one item per engine step (stream_interval_s=0;
-    the others coalesce a stream's tokens, the default 0.05 s).
+    the others coalesce a stream's tokens, the default 0.05 s);
+  * "fuzz" at /fuzz: one group with keys and a 64-token context (so that any generated request is cheap),
+    the target of schemathesis.
 Greedy results are compared with the offline `app.LLM` on the same model and adapters.
 """
 
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
+import hypothesis
 import openai
 import pytest
 
@@ -115,12 +118,25 @@ def service(demo, roots):
     every_step = build_app(
         {"num_groups": 1, "group_num_cpus": 0.25, "device": "cpu", "dtype": "float32", "stream_interval_s": "0"}
     )
+    fuzz = build_app(
+        {
+            "group_num_cpus": 0.25,
+            "device": "cpu",
+            "dtype": "float32",
+            "max_model_len": 64,
+            "api_keys": KEY,
+            "admin_api_keys": ADMIN_KEY,
+            "max_choices_per_request": 8,
+            "max_request_tokens": 1024,
+        }
+    )
     serve.run_many(
         [
             RunTarget(main, name="main", route_prefix="/"),
             RunTarget(strict, name="strict", route_prefix="/strict"),
             RunTarget(tp2, name="tp2", route_prefix="/tp2"),
             RunTarget(every_step, name="every-step", route_prefix="/every-step"),
+            RunTarget(fuzz, name="fuzz", route_prefix="/fuzz"),
         ]
     )
     yield
@@ -700,3 +716,39 @@ def test_metrics_after_traffic(http):
 
     totals = {success_total() for _ in range(8)}
     assert len(totals) == 1 and totals.pop() >= 10, totals
+
+
+# ---- schemathesis: generated requests from the app's own OpenAPI schema ---------------------------
+FUZZ_EXAMPLES = int(os.environ.get("SLORAY_FUZZ_EXAMPLES", "60"))  # per API operation and phase
+
+
+@pytest.fixture(scope="module")
+def fuzz_schema(service):
+    import schemathesis
+
+    import tests.schemathesis_hooks  # noqa: F401 - registers the hooks (known model names)
+
+    return schemathesis.openapi.from_url(f"{BASE}/fuzz/openapi.json")
+
+
+def _fuzz_parametrize():
+    import schemathesis
+
+    return schemathesis.pytest.from_fixture("fuzz_schema").parametrize()
+
+
+@_fuzz_parametrize()
+@hypothesis.settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+    derandomize=True,
+    database=None,
+)
+def test_schemathesis_no_server_errors(case):
+    """Every API operation, with bodies generated from the schema (valid, invalid, edge values, with the
+    admin key, which every route accepts): no answer is a 5xx, and every error is an OpenAI error object."""
+    r = case.call(base_url=f"{BASE}/fuzz", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60)
+    assert r.status_code < 500, (case.method, case.path, case.body, r.status_code, r.text[:500])
+    if r.status_code >= 400:
+        assert set(r.json()["error"]) >= {"message", "type", "param", "code"}, r.text[:500]
