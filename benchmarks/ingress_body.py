@@ -1,5 +1,6 @@
 """Large request bodies against a running service: the answer, its time, how long /health waited meanwhile,
-and the ingress replicas' memory (RSS) before, at peak and after (issue 11, finding 3).
+and the memory (RSS) of the ingress replicas and of Serve's HTTP proxy before, at peak and after (issue 11,
+finding 3).
 
     serve run serve_config.yaml &        # the demo on 127.0.0.1:8000
     python benchmarks/ingress_body.py [--url http://127.0.0.1:8000] [--key sk-...] [--mb 50] [--out file.json]
@@ -22,11 +23,12 @@ import httpx
 import psutil
 
 
-def ingress_processes() -> list[psutil.Process]:
+def processes(*words: str) -> list[psutil.Process]:
+    """Processes whose command line (Ray sets it to the actor's title) contains every word."""
     out = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "OpenAIIngress" in cmd and "ServeReplica" in cmd:
+        if all(w in cmd for w in words):
             out.append(p)
     return out
 
@@ -41,14 +43,15 @@ def rss(procs: list[psutil.Process]) -> int:
     return total
 
 
-def run_case(url: str, name: str, send, procs: list[psutil.Process]) -> dict:
+def run_case(url: str, name: str, send, procs: list[psutil.Process], proxies: list[psutil.Process]) -> dict:
     """Runs `send()` (returns an httpx.Response) while sampling RSS and timing /health."""
-    before = rss(procs)
-    peak, health, done = [before], [], threading.Event()
+    before, proxy_before = rss(procs), rss(proxies)
+    peak, proxy_peak, health, done = [before], [proxy_before], [], threading.Event()
 
     def sample():
         while not done.is_set():
             peak[0] = max(peak[0], rss(procs))
+            proxy_peak[0] = max(proxy_peak[0], rss(proxies))
             time.sleep(0.02)
 
     def probe():
@@ -83,6 +86,9 @@ def run_case(url: str, name: str, send, procs: list[psutil.Process]) -> dict:
         "rss_before_mb": round(before / 2**20),
         "rss_peak_mb": round(peak[0] / 2**20),
         "rss_after_mb": round(rss(procs) / 2**20),
+        "proxy_rss_before_mb": round(proxy_before / 2**20),
+        "proxy_rss_peak_mb": round(proxy_peak[0] / 2**20),
+        "proxy_rss_after_mb": round(rss(proxies) / 2**20),
     }
 
 
@@ -95,7 +101,7 @@ def main() -> None:
     ap.add_argument("--limit-mb", type=float, default=8.0, help="the service's max_body_bytes, in MiB")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    procs = ingress_processes()
+    procs, proxies = processes("ServeReplica", "OpenAIIngress"), processes("ProxyActor")
     if not procs:
         raise SystemExit("no ingress replica process (ray::ServeReplica:*:OpenAIIngress) on this machine")
     headers = {"content-type": "application/json"} | ({"Authorization": f"Bearer {a.key}"} if a.key else {})
@@ -134,7 +140,7 @@ def main() -> None:
                 lambda: client.post(f"{a.url}/v1/completions", content=b"{not json" + big, headers=wrong),
             ),
         )
-    results = [run_case(a.url, name, send, procs) for name, send in cases]
+    results = [run_case(a.url, name, send, procs, proxies) for name, send in cases]
     for r in results:
         print(json.dumps(r))
     if a.out:
