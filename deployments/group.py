@@ -332,11 +332,14 @@ class SLoRAGroup:
         }
 
     async def _call(self, kind: str, *args) -> Any:
-        if self._failed is not None:
-            raise RuntimeError(f"group {self.name}: engine failed: {self._failed!r}")
+        self._check_alive()
         fut = asyncio.get_running_loop().create_future()
         self._submit(_Cmd(kind, args, fut))
         return await fut
+
+    def _check_alive(self) -> None:
+        if self._failed is not None:
+            raise RuntimeError(f"group {self.name}: engine failed: {self._failed!r}")
 
     # ---- requests --------------------------------------------------------------------------------
     async def generate(
@@ -387,6 +390,7 @@ class SLoRAGroup:
         """The adapter's info, or {"error", "status": 400} when it is refused (nothing changed).
         `confined`: every file read must resolve under the allowed adapter roots (a run-time load; False
         only to put back an adapter this group had registered before)."""
+        self._check_alive()  # a failed group reads nothing
         lora = self.engine.cfg.lora
         roots = lora.allowed_adapter_roots if confined else None
         try:
