@@ -275,8 +275,8 @@ class OpenAIIngress:
             if self.tokenizer.surely_longer_than(chars, self.cfg.max_model_len):
                 raise APIError(
                     400,
-                    f"the prompt has {chars} characters, more tokens than this model's maximum context "
-                    f"length of {self.cfg.max_model_len} tokens",
+                    f"the prompt has {chars} characters, more than any prompt within this model's maximum "
+                    f"context length of {self.cfg.max_model_len} tokens can have",
                     param,
                 )
 
