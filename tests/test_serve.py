@@ -219,7 +219,8 @@ def test_streaming_completion_equals_offline(client, llm, http):
     )
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == ref.text
-    assert len([c for c in chunks if c.choices]) > 2  # really streamed
+    # really streamed: the first tokens go out at once, the end separately (the rest is coalesced)
+    assert len([c for c in chunks if c.choices]) >= 2
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finals == ["length"]
