@@ -745,11 +745,12 @@ def _fuzz_parametrize():
     suppress_health_check=list(hypothesis.HealthCheck),
     derandomize=True,
     database=None,
+    phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],  # no shrinking: a failing call may hang
 )
 def test_schemathesis_no_server_errors(case):
     """Every API operation, with bodies generated from the schema (valid, invalid, edge values, with the
     admin key, which every route accepts): no answer is a 5xx, and every error is an OpenAI error object."""
-    r = case.call(base_url=f"{BASE}/fuzz", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60)
+    r = case.call(base_url=f"{BASE}/fuzz", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
     assert r.status_code < 500, (case.method, case.path, case.body, r.status_code, r.text[:500])
     if r.status_code >= 400:
         assert set(r.json()["error"]) >= {"message", "type", "param", "code"}, r.text[:500]
