@@ -77,6 +77,9 @@ class LoRAConfig(BaseModel):
     allowed_adapter_roots: list[str] = Field(
         default_factory=list, description="run-time loads must come from under these roots"
     )
+    load_timeout_s: float = Field(
+        120.0, gt=0, description="time budget to read and validate one adapter loaded at run time"
+    )
     kernels: LoRAKernelOverrides = Field(default_factory=LoRAKernelOverrides)
 
 

@@ -5,8 +5,13 @@
              scheduler.update(out, result)         # advance requests; stop checks; free finished
 
 `executor` is this process's `ModelRunner` (one device), or anything with the same methods
-(`execute`, `add_adapter`, `remove_adapter`, `alive`, `num_pages`, `page_size`, `device`), e.g. the Ray
-tensor-parallel group of deployments/.
+(`execute`, `pack_adapter`, `add_packed`, `add_adapter`, `remove_adapter`, `alive`, `num_pages`,
+`page_size`, `device`), e.g. the Ray tensor-parallel group of deployments/.
+
+Adapters are added in two halves: `prepare_adapter` reads, validates and packs (seconds for a large
+adapter; thread-safe, it reads no state that steps change, so a server runs it beside the step loop) and
+`register_adapter` makes the packed adapter known to the executor and the scheduler (cheap; between steps).
+`add_adapter` is both at once.
 
 `warmup()` (at the end of `__init__` on CUDA, `EngineConfig.warmup`) runs every kernel variant and
 captures every decode CUDA graph before the first request, so that no request waits for a Triton compile.
@@ -19,12 +24,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from app.config import EngineConfig
 from app.cuda_graphs import decode_buckets
-from app.lora.adapter import AdapterError, LoRAWeights, load_peft_adapter, module_shapes
+from app.lora.adapter import AdapterError, LoRAWeights, check_adapter_name, load_peft_adapter, module_shapes
 from app.model.llama import ModelArgs
 from app.pool import PagePool
 from app.request import Request, RequestOutput, SamplingParams
@@ -35,7 +41,7 @@ from app.tokenizer import IncrementalDetokenizer, Tokenizer
 logger = logging.getLogger(__name__)
 
 # Warm-up requests' ids and the warm-up adapters' names start with this: add_adapter refuses names
-# with a "/", so they never collide with a user's adapter.
+# with a "/" (check_adapter_name), so they never collide with a user's adapter.
 WARMUP_PREFIX = "sloray/warmup"
 # Prompt lengths of the warm-up prefills, one length per step (kernels pick their variants from the longest
 # prompt of a step): 1 (decode), <= 16 and > 16 query rows (attention prefill tiles), prompts of one and of
@@ -50,6 +56,17 @@ MAX_STEP_FAILURES = 3  # failed steps in a row after which the executor is taken
 class EngineDeadError(RuntimeError):
     """The executor can run no more steps (a tensor-parallel rank is gone, or steps keep failing): the
     engine must be rebuilt. Executors raise it from `execute` when they know they are dead."""
+
+
+@dataclass
+class PreparedAdapter:
+    """An adapter read, validated and packed by `prepare_adapter`, not yet registered."""
+
+    name: str
+    path: str
+    rank: int
+    scale: float
+    packed: Any  # what the executor's add_packed takes (ModelRunner: a PackedAdapter)
 
 
 @dataclass
@@ -94,16 +111,41 @@ class Engine:
             self.warmup()
 
     # ---- adapters --------------------------------------------------------------------------------
-    def add_adapter(self, name: str, path: str | Path) -> AdapterInfo:
-        """Validates and registers a PEFT adapter; raises AdapterError and changes nothing if refused."""
-        if not name or "/" in name or name == self.model_name:
-            raise AdapterError(f"invalid adapter name {name!r}")
+    def add_adapter(self, name: str, path: str | Path, roots: list[str] | None = None) -> AdapterInfo:
+        """Validates and registers a PEFT adapter; raises AdapterError and changes nothing if refused.
+        `roots`: every file read must resolve under one of them (run-time loads; see load_peft_adapter)."""
+        return self.register_adapter(self.prepare_adapter(name, path, roots))
+
+    def prepare_adapter(
+        self, name: str, path: str | Path, roots: list[str] | None = None, timeout_s: float | None = None
+    ) -> PreparedAdapter:
+        """Reads, validates and packs an adapter without registering it (any thread; see the module
+        docstring). Raises AdapterError."""
+        self._check_new_name(name)
+        w = load_peft_adapter(name, path, self.args, self.cfg.lora.max_lora_rank, roots, timeout_s)
+        return PreparedAdapter(w.name, w.path, w.rank, w.scale, self.executor.pack_adapter(w))
+
+    def register_adapter(self, p: PreparedAdapter) -> AdapterInfo:
+        """Registers a prepared adapter (the engine's thread, between steps). Raises AdapterError (a name
+        taken meanwhile, or more pages than the pool has) and changes nothing then."""
+        self._check_new_name(p.name)
+        num_pages = self.executor.add_packed(p.name, p.packed)
+        if num_pages > self.pool.num_pages:
+            self.executor.remove_adapter(p.name)
+            raise AdapterError(f"adapter {p.name!r} needs {num_pages} pool pages, the pool has {self.pool.num_pages}")
+        info = AdapterInfo(name=p.name, path=p.path, rank=p.rank, scale=p.scale, num_pages=num_pages)
+        self.adapters[p.name] = info
+        return info
+
+    def _check_new_name(self, name: str) -> None:
+        check_adapter_name(name)
+        if name == self.model_name:
+            raise AdapterError(f"invalid adapter name {name!r}: it is the base model's name")
         if name in self.adapters:
             raise AdapterError(f"adapter {name!r} is already loaded")
-        w = load_peft_adapter(name, path, self.args, self.cfg.lora.max_lora_rank)
-        return self._register(w)
 
     def _register(self, w: LoRAWeights) -> AdapterInfo:
+        """Registers weights made in memory (warm-up adapters; their names are not user names)."""
         num_pages = self.executor.add_adapter(w.name, w)
         if num_pages > self.pool.num_pages:
             self.executor.remove_adapter(w.name)

@@ -11,19 +11,29 @@ from pathlib import Path
 
 from app.config import EngineConfig
 from app.engine import Engine
+from app.lora.adapter import AdapterError, check_adapter_name
 from app.request import RequestOutput, SamplingParams
 
 
 def adapter_dirs(adapters: str | Path | dict[str, str] | None) -> dict[str, str]:
-    """{name: path} from a mapping or a directory whose sub-directories are PEFT adapters."""
+    """{name: path} from a mapping or a directory whose sub-directories are PEFT adapters (name = folder
+    name). Raises AdapterError, naming the folder, when a name is not a valid adapter name: the service's
+    builder calls this, so a bad folder stops `serve run` before anything starts."""
     if adapters is None:
         return {}
     if isinstance(adapters, dict):
-        return {k: str(v) for k, v in adapters.items()}
-    root = Path(adapters)
-    if not root.is_dir():
-        raise FileNotFoundError(f"adapter directory {root} does not exist")
-    return {d.name: str(d) for d in sorted(root.iterdir()) if (d / "adapter_config.json").is_file()}
+        found = {k: str(v) for k, v in adapters.items()}
+    else:
+        root = Path(adapters)
+        if not root.is_dir():
+            raise FileNotFoundError(f"adapter directory {root} does not exist")
+        found = {d.name: str(d) for d in sorted(root.iterdir()) if (d / "adapter_config.json").is_file()}
+    for name, path in found.items():
+        try:
+            check_adapter_name(name)
+        except AdapterError as e:
+            raise AdapterError(f"adapter {path}: {e}") from None
+    return found
 
 
 class LLM:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.lora.adapter import MAX_PATH_CHARS, check_adapter_name, check_adapter_path
 from app.request import MAX_LOGPROBS, SamplingParams, TokenLogprobs
 from app.structured import StructuredOutputs
 from app.tools import forced_constraint
@@ -44,7 +45,10 @@ class ErrorResponse(BaseModel):
 ERROR_TYPES = {
     400: "BadRequestError",
     401: "AuthenticationError",
+    403: "PermissionDeniedError",
     404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    413: "RequestTooLargeError",
     429: "RateLimitError",
     500: "InternalServerError",
     503: "ServiceUnavailableError",
@@ -452,13 +456,28 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class LoadLoRAAdapterRequest(BaseModel):
-    lora_name: str = Field(..., min_length=1)
-    lora_path: str = Field(..., min_length=1)
+    lora_name: str = Field(..., min_length=1, description="ASCII letters, digits and . _ : - (at most 128)")
+    lora_path: str = Field(..., min_length=1, max_length=MAX_PATH_CHARS)
+
+    @field_validator("lora_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_adapter_name(v)
+
+    @field_validator("lora_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return check_adapter_path(v)
 
 
 class UnloadLoRAAdapterRequest(BaseModel):
     lora_name: str = Field(..., min_length=1)
     lora_int_id: int | None = None
+
+    @field_validator("lora_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_adapter_name(v)
 
 
 # ---- responses --------------------------------------------------------------------------------------

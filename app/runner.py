@@ -97,16 +97,20 @@ class ModelRunner:
 
     # ---- adapters (this rank's shards) -----------------------------------------------------------
     def add_adapter(self, name: str, weights: LoRAWeights) -> int:
-        """Packs this rank's shard; returns its page count (the same on every rank)."""
-        packed = pack_adapter(
+        """Packs and adds this rank's shard; returns its page count (the same on every rank)."""
+        return self.add_packed(name, self.pack_adapter(weights))
+
+    def pack_adapter(self, weights: LoRAWeights) -> PackedAdapter:
+        """This rank's shard, packed (any thread: reads only the runner's fixed page size, dtype and rank)."""
+        return pack_adapter(
             weights, self.page_elems, self.dtype, self.tp.rank, self.tp.world_size, pin=self.device == "cuda"
         )
-        self.add_packed(name, packed)
-        return packed.layout.num_pages
 
-    def add_packed(self, name: str, packed: PackedAdapter) -> None:
+    def add_packed(self, name: str, packed: PackedAdapter) -> int:
+        """Adds a packed shard; returns its page count."""
         self.adapters[name] = packed
         self.adapter_pages.pop(name, None)
+        return packed.layout.num_pages
 
     def remove_adapter(self, name: str) -> None:
         self.adapters.pop(name, None)

@@ -12,6 +12,14 @@ class Tokenizer:
 
         self.hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.eos_token_id = self.hf.eos_token_id
+        # The longest token's string: a byte-level token's string has one character per byte and a
+        # SentencePiece token's one per character, so no token stands for more text characters than this.
+        self.max_chars_per_token = max(1, *(len(t) for t in self.hf.get_vocab()))
+
+    def surely_longer_than(self, text_chars: int, max_tokens: int) -> bool:
+        """True when a text of `text_chars` characters must encode to more than `max_tokens` tokens, so that
+        it can be refused without tokenizing it (twice the bound: normalizers may merge a few characters)."""
+        return text_chars > 2 * max_tokens * self.max_chars_per_token
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=True)

@@ -47,9 +47,30 @@ class BuildArgs(BaseModel):
         gt=0,
         description="admission control: refuse (429) requests whose predicted time to first token exceeds this",
     )
-    api_keys: list[str] | None = Field(None, description="when set, require 'Authorization: Bearer <key>'")
+    api_keys: list[str] | None = Field(
+        None,
+        description="inference keys: when set, /v1 completions, chat and models need 'Authorization: Bearer <key>'",
+    )
+    admin_api_keys: list[str] | None = Field(
+        None,
+        description="keys for /v1/load_lora_adapter and /v1/unload_lora_adapter (and every other route); "
+        "with api_keys set and no admin keys, run-time loads and unloads are refused (403)",
+    )
+    metrics_api_keys: list[str] | None = Field(
+        None, description="keys for /metrics (admin keys work too); needed once any key is configured"
+    )
+    metrics_open: bool = Field(
+        False, description="/metrics without a key even when keys are configured (a private scrape listener)"
+    )
     allowed_adapter_roots: list[str] | None = Field(
         None, description="run-time loads must come from under these (default: [adapter_dir])"
+    )
+    max_body_bytes: int = Field(
+        8 << 20, ge=1, description="request bodies above this many bytes get 413 without being read"
+    )
+    max_choices_per_request: int = Field(256, ge=1, description="prompts x n of one request (400 above)")
+    max_request_tokens: int = Field(
+        1 << 20, ge=1, description="prompt tokens + max_tokens summed over a request's prompts x n (400 above)"
     )
     routing_eps: float = Field(0.25, ge=0, description="bounded load: a group may take (1+eps) x the mean")
     stats_poll_interval_s: float = Field(0.25, gt=0)
@@ -71,7 +92,7 @@ class BuildArgs(BaseModel):
     )
     engine: dict[str, Any] = Field(default_factory=dict, description="nested EngineConfig override")
 
-    @field_validator("api_keys", "allowed_adapter_roots", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "metrics_api_keys", "allowed_adapter_roots", mode="before")
     @classmethod
     def _list_from_cli(cls, v):
         """`key=a,b` or `key=["a","b"]` on the command line."""
@@ -179,8 +200,14 @@ def build_app(args: BuildArgs | dict) -> Application:
         tokenizer_path=cfg.tokenizer or cfg.model,
         max_model_len=max_model_len,
         api_keys=args.api_keys,
+        admin_api_keys=args.admin_api_keys,
+        metrics_api_keys=args.metrics_api_keys,
+        metrics_open=args.metrics_open,
         allowed_adapter_roots=cfg.lora.allowed_adapter_roots,
         ttft_slo_s=args.ttft_slo_s,
+        max_body_bytes=args.max_body_bytes,
+        max_choices_per_request=args.max_choices_per_request,
+        max_request_tokens=args.max_request_tokens,
         routing_eps=args.routing_eps,
         poll_interval_s=args.stats_poll_interval_s,
     )

@@ -2,7 +2,8 @@
 `TPExecutor` of N rank actors for tensor parallelism) and its single step loop.
 
 In:  `generate(request_id, prompt_token_ids, params, adapter)` (a streaming method: call it through
-     `handle.options(stream=True)`), `abort`, `add_adapter` / `remove_adapter`, `list_adapters`, `stats`.
+     `handle.options(stream=True)`), `abort`, `add_adapter` / `remove_adapter` (a refusal is a returned
+     `{"error", "status"}`), `list_adapters`, `stats`.
 Out: a stream of items: first `{"accepted": True}` (or `{"error", "status"}` when the engine refuses the
      request), then `RequestOutput`s whose `delta_text` / `delta_token_ids` are new since the previous
      item; the last one (`finished=True`) also carries the cumulative `text` and `token_ids`.
@@ -14,8 +15,9 @@ last output go out at once; in between, a stream sends what has accumulated at m
 consumer was still busy with an earlier item).
 
 Concurrency: the engine is not thread-safe. One engine thread owns it: everything that touches it (new
-requests, aborts, adapter loads) is queued as a command by the event loop and applied by that thread
-between two steps; the thread runs `engine.step()` back to back while there is work and hands each step's
+requests, aborts, adapter registrations) is queued as a command by the event loop and applied by that thread
+between two steps (an adapter is read, validated and packed before, in another thread:
+`Engine.prepare_adapter`, so a load never stalls running streams); the thread runs `engine.step()` back to back while there is work and hands each step's
 outputs (and command results) to the event loop with `call_soon_threadsafe`, without waiting: streaming
 overlaps the next step. After each step the thread also takes a `stats()` snapshot, so the event loop
 never reads engine state while a step runs. When a stream's consumer goes away (client disconnect: Serve cancels the call),
@@ -38,6 +40,7 @@ from ray import serve
 
 from app.config import EngineConfig
 from app.engine import Engine, EngineDeadError
+from app.lora.adapter import AdapterError
 from app.request import RequestOutput, SamplingParams
 from deployments.metrics import GroupMetrics
 from deployments.routing import LinearFit
@@ -269,7 +272,7 @@ class SLoRAGroup:
                 return True
             return False
         if c.kind == "add_adapter":
-            info = e.add_adapter(*c.args)
+            info = e.register_adapter(*c.args)
             self._adapter_table = self._adapters_now()
             return {"name": info.name, "path": info.path, "rank": info.rank, "num_pages": info.num_pages}
         if c.kind == "remove_adapter":
@@ -420,13 +423,31 @@ class SLoRAGroup:
         self.metrics.inc("requests_rejected", n)
 
     # ---- adapters --------------------------------------------------------------------------------
-    async def add_adapter(self, name: str, path: str) -> dict:
-        """Raises AdapterError (refused: nothing changed) or returns the adapter's info."""
-        return await self._call("add_adapter", name, path)
+    # A refusal is an answer ({"error", "status"}), not an exception: Serve logs a traceback for every
+    # exception a replica method raises, and a user's bad adapter or unknown name is not a failure here.
+    async def add_adapter(self, name: str, path: str, confined: bool = True) -> dict:
+        """The adapter's info, or {"error", "status": 400} when it is refused (nothing changed).
+        `confined`: every file read must resolve under the allowed adapter roots (a run-time load; False
+        only to put back an adapter this group had registered before)."""
+        self._check_alive()  # a failed group reads nothing
+        lora = self.engine.cfg.lora
+        roots = lora.allowed_adapter_roots if confined else None
+        try:
+            # Reading, validating and packing take seconds for a large adapter: a worker thread does them
+            # while the step loop runs; the loop then only registers the packed adapter between two steps.
+            prepared = await asyncio.to_thread(self.engine.prepare_adapter, name, path, roots, lora.load_timeout_s)
+            return await self._call("add_adapter", prepared)
+        except AdapterError as e:
+            return {"error": str(e), "status": 400}
 
-    async def remove_adapter(self, name: str) -> str:
-        """Returns the removed adapter's path; raises KeyError (unknown) or AdapterError (in use)."""
-        return await self._call("remove_adapter", name)
+    async def remove_adapter(self, name: str) -> dict:
+        """{"path": the removed adapter's path}, or {"error", "status"}: 404 not loaded, 400 in use."""
+        try:
+            return {"path": await self._call("remove_adapter", name)}
+        except KeyError as e:
+            return {"error": str(e.args[0]) if e.args else f"adapter {name!r} is not loaded", "status": 404}
+        except AdapterError as e:
+            return {"error": str(e), "status": 400}
 
     async def list_adapters(self) -> dict[str, dict]:
         return dict(self._snapshot["adapters"])

@@ -3,8 +3,11 @@
 In:  HTTP requests; handles of the TP-group deployments (one per group, injected by `build_app`).
 Out: OpenAI responses / SSE streams, error objects, `/v1/models`, `/metrics`.
 
-Per request: authenticate (Bearer key, when configured) -> validate (400) -> resolve `model` to the base
-model or an adapter (404) -> tokenize (chat template for chat) -> choose a group (adapter clustering,
+Per request: the guard (deployments/guard.py, in front of the FastAPI app: the key of the route's role
+(401 / 403) and the body size (413), both before the body is read) -> parse and validate (400) -> resolve
+`model` to the base model or an adapter (404) -> request limits (prompts x n, prompt length before
+tokenizing, total tokens: 400) -> tokenize in a worker thread (chat template for chat; the event loop
+keeps serving other requests and /health) -> choose a group (adapter clustering,
 deployments/routing.py) -> admission control (429 + Retry-After when the predicted time to first token
 misses `ttft_slo_s`) -> stream from the group (`generate`, through `.options(stream=True)`).
 A background task polls every group's `stats()` a few times a second; routing, admission, `/v1/models`
@@ -17,6 +20,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +33,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.lora.adapter import AdapterError
+from app.lora.adapter import AdapterError, confine_path
 from app.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -41,6 +45,7 @@ from app.protocol import (
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
+    ErrorResponse,
     LoadLoRAAdapterRequest,
     ModelCard,
     ModelList,
@@ -55,8 +60,9 @@ from app.protocol import (
 from app.request import RequestOutput
 from app.tokenizer import Tokenizer
 from app.tools import StreamingToolParser, ToolCall, forced_calls, function_names, parse_tool_calls, tool_format
+from deployments.guard import AccessPolicy, RequestGuard
 from deployments.metrics import ServiceCollector
-from deployments.routing import Decision, GroupState, Router, confine_path
+from deployments.routing import Decision, GroupState, Router
 
 logger = logging.getLogger("ray.serve")
 
@@ -69,7 +75,15 @@ class IngressConfig(BaseModel):
     tokenizer_path: str
     max_model_len: int
     api_keys: list[str] | None = None
+    admin_api_keys: list[str] | None = None
+    metrics_api_keys: list[str] | None = None
+    metrics_open: bool = False
     allowed_adapter_roots: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(8 << 20, ge=1, description="larger request bodies get 413 (never read in)")
+    max_choices_per_request: int = Field(256, ge=1, description="prompts x n of one request")
+    max_request_tokens: int = Field(
+        1 << 20, ge=1, description="prompt tokens + max_tokens, summed over a request's prompts x n"
+    )
     ttft_slo_s: float | None = None
     routing_eps: float = 0.25
     poll_interval_s: float = 0.25
@@ -86,7 +100,21 @@ def _error_response(status: int, message: str, param: str | None = None, headers
     return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
 
 
-api = FastAPI(title="sloray", description="OpenAI-compatible multi-LoRA serving")
+# Every error is an OpenAI error object; the schema says so (and declaring "4XX" keeps FastAPI from
+# documenting its 422, which this service never answers: validation errors are 400).
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: {
+        "model": ErrorResponse,
+        "description": "invalid request (a body that does not validate, too large a request)",
+    },
+    "4XX": {
+        "model": ErrorResponse,
+        "description": "401 missing or wrong key, 403 a key of another role, 404 unknown model or adapter, "
+        "405 wrong method, 413 body over max_body_bytes, 429 overloaded (with Retry-After)",
+    },
+    "5XX": {"model": ErrorResponse, "description": "the service failed, or no group can serve (503)"},
+}
+api = FastAPI(title="sloray", description="OpenAI-compatible multi-LoRA serving", responses=ERROR_RESPONSES)
 
 
 @api.exception_handler(APIError)
@@ -96,15 +124,20 @@ async def _api_error(_: Request, e: APIError):
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, e: RequestValidationError):
-    errs = e.errors()
-    parts = []
-    for err in errs[:5]:
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-    param = next((str(err["loc"][-1]) for err in errs if err.get("loc") and err["loc"][-1] != "body"), None)
+    parts, param = [], None
+    for err in e.errors():
+        loc = err.get("loc", ())
+        if err.get("type") == "json_invalid":  # loc is ("body", character position)
+            why = err.get("ctx", {}).get("error", "decode error")
+            parts.append(f"the body is not valid JSON: {why} at character {loc[-1]}")
+            continue
+        where = ".".join(str(x) for x in loc if x != "body")
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        if param is None and len(loc) > 1 and isinstance(loc[1], str):
+            param = loc[1]  # the top-level field of the first error that names one
     # a field this server knows but does not implement names itself (app/protocol.py UnsupportedField)
-    param = next((p for err in errs if (p := getattr(err.get("ctx", {}).get("error"), "param", None))), param)
-    return _error_response(400, "; ".join(parts) or "invalid request", param)
+    param = next((p for err in e.errors() if (p := getattr(err.get("ctx", {}).get("error"), "param", None))), param)
+    return _error_response(400, "; ".join(parts[:5]) or "invalid request", param)
 
 
 @api.exception_handler(Exception)
@@ -116,7 +149,12 @@ async def _internal_error(_: Request, e: Exception):
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, e: StarletteHTTPException):
-    return _error_response(e.status_code, str(e.detail))
+    return _error_response(e.status_code, str(e.detail), headers=e.headers)  # 405 keeps its Allow header
+
+
+def _done(result) -> bool:
+    """A group's answer to add_adapter / remove_adapter that is not a refusal or an exception."""
+    return isinstance(result, dict) and "error" not in result
 
 
 UNAVAILABLE_RETRY_AFTER_S = 1  # Retry-After of a 503: another group (or this one, replaced) takes it
@@ -225,15 +263,19 @@ class OpenAIIngress:
                 errors.append(e)
         raise APIError(503, f"no group answered: {errors[:1]!r}")
 
-    # ---- helpers ---------------------------------------------------------------------------------
-    def _auth(self, request: Request) -> None:
-        if not self.cfg.api_keys:
-            return
-        h = request.headers.get("authorization", "")
-        scheme, _, key = h.partition(" ")
-        if scheme.lower() != "bearer" or key.strip() not in self.cfg.api_keys:
-            raise APIError(401, "invalid or missing API key (use 'Authorization: Bearer <key>')")
+    def __serve_build_asgi_app__(self):
+        """Serve calls this once the replica is built: the routes' app (bound to this replica by
+        `@serve.ingress`) behind this replica's guard, which checks keys and body size before any parsing."""
+        c = self.cfg
+        policy = AccessPolicy.from_lists(c.api_keys, c.admin_api_keys, c.metrics_api_keys, c.metrics_open)
+        if policy.open:
+            logger.warning(
+                "no API keys are configured: every route (adapter loading included) is open; keep the HTTP "
+                "listener private (http_options host 127.0.0.1) or set api_keys and admin_api_keys"
+            )
+        return RequestGuard(self.app, policy, self.cfg.max_body_bytes)
 
+    # ---- helpers ---------------------------------------------------------------------------------
     async def _resolve_model(self, model: str) -> str | None:
         """None for the base model, else the adapter name; 404 for an unknown model."""
         if model == self.cfg.served_model_name:
@@ -247,14 +289,62 @@ class OpenAIIngress:
             "model",
         )
 
-    def _max_tokens(self, requested: int | None, prompt_len: int, default: int | None) -> int:
-        room = self.cfg.max_model_len - prompt_len
-        max_tokens = requested if requested is not None else (default if default is not None else room)
-        if room <= 0 or max_tokens > room:
+    def _check_prompt_sizes(self, num_prompts: int, n: int, text_chars: list[int], param: str) -> None:
+        """Cheap limits, before any tokenizing: prompts x n, and texts too long for the context whatever
+        their tokens (tokenizing costs ~200 bytes of memory per character)."""
+        if num_prompts * n > self.cfg.max_choices_per_request:
             raise APIError(
                 400,
-                f"this model's maximum context length is {self.cfg.max_model_len} tokens; the "
-                f"prompt has {prompt_len} tokens and max_tokens is {max_tokens}",
+                f"{num_prompts} prompt(s) x n={n} is {num_prompts * n} sequences, more than the limit of "
+                f"{self.cfg.max_choices_per_request} per request",
+                "n" if num_prompts == 1 else param,
+            )
+        for chars in text_chars:
+            if self.tokenizer.surely_longer_than(chars, self.cfg.max_model_len):
+                raise APIError(
+                    400,
+                    f"the prompt has {chars} characters, more than any prompt within this model's maximum "
+                    f"context length of {self.cfg.max_model_len} tokens can have",
+                    param,
+                )
+
+    async def _tokenize(self, body, encoded: Iterable[list[int]], default_max: int | None) -> list[list[int]]:
+        """Runs `encoded` (a generator that tokenizes one prompt per item) in a worker thread, so that the
+        event loop goes on serving while a long prompt is encoded. Each prompt is checked against the
+        context as soon as it is encoded, and the running total (prompt tokens + max_tokens of every
+        choice) against `max_request_tokens`: a request stops costing at its first prompt over a limit."""
+
+        def run() -> list[list[int]]:
+            prompts, total = [], 0
+            for ids in encoded:
+                total += body.n * (len(ids) + self._max_tokens(body.max_tokens, len(ids), default_max))
+                if total > self.cfg.max_request_tokens:
+                    raise APIError(
+                        400,
+                        f"the request asks for more than {self.cfg.max_request_tokens} tokens (prompt tokens + "
+                        "max_tokens over its prompts x n), the limit per request (max_request_tokens)",
+                        "max_tokens",
+                    )
+                prompts.append(ids)
+            return prompts
+
+        return await asyncio.to_thread(run)
+
+    def _max_tokens(self, requested: int | None, prompt_len: int, default: int | None) -> int:
+        limit = self.cfg.max_model_len
+        room = limit - prompt_len
+        if room <= 0:
+            raise APIError(
+                400,
+                f"the prompt has {prompt_len} tokens; this model's maximum context length is {limit} tokens "
+                "(prompt and output together), which leaves no room for output",
+            )
+        max_tokens = requested if requested is not None else (default if default is not None else room)
+        if max_tokens > room:
+            raise APIError(
+                400,
+                f"this model's maximum context length is {limit} tokens; the prompt has {prompt_len} tokens, "
+                f"so max_tokens can be at most {room} (it is {max_tokens})",
                 "max_tokens",
             )
         return max_tokens
@@ -424,12 +514,13 @@ class OpenAIIngress:
 
     # ---- routes ----------------------------------------------------------------------------------
     @api.post("/v1/completions")
-    async def completions(self, body: CompletionRequest, request: Request):
+    async def completions(self, body: CompletionRequest):
         received = time.monotonic()
-        self._auth(request)
         adapter = await self._resolve_model(body.model)
         texts = body.prompts()
-        prompts = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in texts]
+        self._check_prompt_sizes(len(texts), body.n, [len(t) for t in texts if isinstance(t, str)], "prompt")
+        encoded = (self.tokenizer.encode(t) if isinstance(t, str) else list(t) for t in texts)
+        prompts = await self._tokenize(body, encoded, default_max=16)
         choices = await self._start(body, prompts, adapter, default_max=16, received=received)
         rid, model, created = random_id("cmpl"), body.model, int(time.time())
         decode = self.tokenizer.decode
@@ -500,11 +591,10 @@ class OpenAIIngress:
         )
 
     @api.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatCompletionRequest, request: Request):
+    async def chat_completions(self, body: ChatCompletionRequest):
         """Chat; with `tools` (app/tools.py): the template shows them to the model, tool_choice "auto" parses
         the output in the template's format, "required" and a named function force it by grammar."""
         received = time.monotonic()
-        self._auth(request)
         adapter = await self._resolve_model(body.model)
         mode, tools = body.tool_mode(), body.tool_dicts()
         fmt = tool_format(self.tokenizer.chat_template)
@@ -515,11 +605,18 @@ class OpenAIIngress:
                 "for tool calls: use tool_choice 'required' or a named function (the output is then forced)",
                 "tool_choice",
             )
-        try:
-            ids = self.tokenizer.apply_chat_template(body.chat(), tools=tools)
-        except Exception as e:  # noqa: BLE001 - a template error is the request's fault
-            raise APIError(400, f"chat template failed: {e}", "messages") from None
-        prompts = [ids]
+        messages = body.chat()
+        chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
+        self._check_prompt_sizes(1, body.n, [chars], "messages")
+
+        def encoded():
+            try:
+                ids = self.tokenizer.apply_chat_template(messages, tools=tools)
+            except Exception as e:  # noqa: BLE001 - a template error is the request's fault
+                raise APIError(400, f"chat template failed: {e}", "messages") from None
+            yield ids
+
+        prompts = await self._tokenize(body, encoded(), default_max=None)
         choices = await self._start(body, prompts, adapter, default_max=None, received=received)
         rid, model, created = random_id("chatcmpl"), body.model, int(time.time())
         decode = self.tokenizer.decode
@@ -588,7 +685,7 @@ class OpenAIIngress:
             created=created,
             model=model,
             usage=usage(choices),
-            prompt_logprobs=None if plps is None else vllm_prompt_logprobs(ids, plps, decode),
+            prompt_logprobs=None if plps is None else vllm_prompt_logprobs(prompts[0], plps, decode),
             choices=out,
         )
 
@@ -614,8 +711,7 @@ class OpenAIIngress:
         return usage
 
     @api.get("/v1/models")
-    async def models(self, request: Request):
-        self._auth(request)
+    async def models(self):
         adapters = await self._adapters(fresh=True)
         base = self.cfg.served_model_name
         cards = [ModelCard(id=base, root=self.cfg.model_path, max_model_len=self.cfg.max_model_len)]
@@ -626,45 +722,48 @@ class OpenAIIngress:
         return ModelList(data=cards)
 
     @api.post("/v1/load_lora_adapter")
-    async def load_lora_adapter(self, body: LoadLoRAAdapterRequest, request: Request):
+    async def load_lora_adapter(self, body: LoadLoRAAdapterRequest):
         """Registers an adapter on every group; all or nothing."""
-        self._auth(request)
         name = body.lora_name
         if name == self.cfg.served_model_name:
             raise APIError(400, f"{name!r} is the base model's name", "lora_name")
         try:
             path = confine_path(body.lora_path, self.cfg.allowed_adapter_roots)
-        except PermissionError as e:
+        except AdapterError as e:
             raise APIError(400, str(e), "lora_path") from None
         results = await asyncio.gather(
             *(h.add_adapter.remote(name, str(path)) for h in self.groups.values()), return_exceptions=True
         )
-        failed = [_cause(r) for r in results if isinstance(r, BaseException)]
+        failed = [_cause(r) if isinstance(r, BaseException) else r for r in results if not _done(r)]
         if failed:
-            ok = [g for g, r in zip(self.groups, results) if not isinstance(r, BaseException)]
+            ok = [g for g, r in zip(self.groups, results) if _done(r)]
             await asyncio.gather(*(self.groups[g].remove_adapter.remote(name) for g in ok), return_exceptions=True)
             e = failed[0]
+            if isinstance(e, dict):  # refused by the group
+                raise APIError(e["status"], e["error"], "lora_path")
             status = 400 if isinstance(e, (AdapterError, ValueError)) else 500
             raise APIError(status, str(e) if status == 400 else f"loading {name!r} failed: {e!r}", "lora_path")
         return Response(f"Success: LoRA adapter '{name}' added successfully.", media_type="text/plain")
 
     @api.post("/v1/unload_lora_adapter")
-    async def unload_lora_adapter(self, body: UnloadLoRAAdapterRequest, request: Request):
-        self._auth(request)
+    async def unload_lora_adapter(self, body: UnloadLoRAAdapterRequest):
         name = body.lora_name
         results = await asyncio.gather(
             *(h.remove_adapter.remote(name) for h in self.groups.values()), return_exceptions=True
         )
-        errors = [_cause(r) for r in results if isinstance(r, BaseException)]
-        if errors and all(isinstance(e, KeyError) for e in errors) and len(errors) == len(results):
+        if all(isinstance(r, dict) and r.get("status") == 404 for r in results):
             raise APIError(404, f"the adapter {name!r} is not loaded", "lora_name")
-        busy = [e for e in errors if not isinstance(e, KeyError)]
-        if busy:  # all or nothing: put it back on the groups that had already dropped it
-            removed = [(g, r) for g, r in zip(self.groups, results) if isinstance(r, str)]
+        failed = [r for r in results if not _done(r) and not (isinstance(r, dict) and r.get("status") == 404)]
+        if failed:  # all or nothing: put it back on the groups that had already dropped it
+            removed = [(g, r["path"]) for g, r in zip(self.groups, results) if _done(r)]
             await asyncio.gather(
-                *(self.groups[g].add_adapter.remote(name, path) for g, path in removed), return_exceptions=True
+                *(self.groups[g].add_adapter.remote(name, path, confined=False) for g, path in removed),
+                return_exceptions=True,
             )
-            raise APIError(400, str(busy[0]), "lora_name")
+            e = failed[0]
+            if isinstance(e, dict):  # refused by the group (in use)
+                raise APIError(e["status"], e["error"], "lora_name")
+            raise APIError(500, f"unloading {name!r} failed: {_cause(e)!r}", "lora_name")
         return Response(f"Success: LoRA adapter '{name}' removed successfully.", media_type="text/plain")
 
     @api.get("/health")

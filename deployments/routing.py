@@ -26,10 +26,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 # Priors used until a group has measured its own step time and prefill rate.
 DEFAULT_STEP_S = 0.02
@@ -262,16 +260,3 @@ class LinearFit:
         var = self.sxx / self.w - mx * mx
         slope = (self.sxy / self.w - mx * my) / var if var > min_var else 0.0
         return my - slope * mx, slope
-
-
-def confine_path(path: str, roots: list[str]) -> Path:
-    """The real path of `path` if it lies under one of `roots` after resolving symlinks and `..`;
-    raises PermissionError otherwise (and when no root is configured)."""
-    if not roots:
-        raise PermissionError("run-time adapter loading is disabled: no allowed_adapter_roots are configured")
-    real = Path(os.path.realpath(path))
-    for root in roots:
-        r = Path(os.path.realpath(root))
-        if real == r or r in real.parents:
-            return real
-    raise PermissionError(f"adapter path {path!r} is outside the allowed adapter roots")

@@ -468,9 +468,16 @@ class TPExecutor:
     def add_adapter(self, name: str, weights: LoRAWeights) -> int:
         """Packs one shard per rank into the object store; each actor fetches its own. Returns the
         adapter's page count (the same on every rank)."""
-        refs = [
+        return self.add_packed(name, self.pack_adapter(weights))
+
+    def pack_adapter(self, weights: LoRAWeights) -> list:
+        """One packed shard per rank, put in the object store (any thread): their ObjectRefs."""
+        return [
             ray.put(pack_adapter(weights, self.page_elems, self.dtype, r, self.tp_size)) for r in range(self.tp_size)
         ]
+
+    def add_packed(self, name: str, refs: list) -> int:
+        """Each actor fetches its own shard (`pack_adapter`'s refs); returns the page count."""
         pages = ray.get([a.add_adapter.remote(name, [ref]) for a, ref in zip(self._actors, refs)])
         if len(set(pages)) != 1:
             raise RuntimeError(f"adapter {name!r}: ranks disagree on its page count {pages}")

@@ -4,15 +4,25 @@ a refused adapter leaves the registry and the pool as they were."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from app import LLM, SamplingParams
-from app.demo import write_peft_adapter
-from app.lora.adapter import AdapterError, load_peft_adapter, pack_adapter
+from app.demo import build_demo, write_peft_adapter
+from app.llm import adapter_dirs
+from app.lora.adapter import (
+    AdapterError,
+    check_adapter_name,
+    confine_path,
+    load_peft_adapter,
+    max_adapter_bytes,
+    pack_adapter,
+)
 from app.model.llama import ModelArgs
 from kernels.lora_ref import gather_virtual
 from tests.models import ALL, HFReference, make_model, make_peft_adapters
@@ -21,6 +31,11 @@ from tests.models import ALL, HFReference, make_model, make_peft_adapters
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return make_model(tmp_path_factory.mktemp("ad"), "gqa")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return build_demo()
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +229,128 @@ def test_duplicate_and_unknown_names(llm, model, tmp_path):
     with pytest.raises(KeyError):
         llm.remove_adapter("nope")
     llm.remove_adapter("dup")
+
+
+def test_confine_path(tmp_path):
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    assert confine_path(str(root / "a"), [str(root)]) == (root / "a").resolve()
+    os.symlink(outside, root / "link")
+    for bad in (root / ".." / "outside", root / "link", tmp_path / "rootx"):  # rootx: a sibling sharing the prefix
+        with pytest.raises(AdapterError, match="outside the allowed adapter roots"):
+            confine_path(str(bad), [str(root)])
+    with pytest.raises(AdapterError, match="disabled"):
+        confine_path(str(root / "a"), [])
+    with pytest.raises(AdapterError, match="control characters"):
+        confine_path(str(root / "a") + "\x00x", [str(root)])
+
+
+@pytest.mark.parametrize("which", ["adapter_model.safetensors", "adapter_config.json"])
+def test_file_symlink_out_of_the_roots_is_refused(llm, model, tmp_path, which):
+    """Run-time loads (with roots) read only files that resolve under the roots: a file symlink inside an
+    allowed adapter directory that points outside is refused; the same adapter loads without roots
+    (offline, startup adapters) and with a symlink that stays inside the root."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    src = good(outside, model, name="src")
+    d = root / "a"
+    d.mkdir(parents=True)
+    for f in ("adapter_model.safetensors", "adapter_config.json"):
+        shutil.copy(src / f, d / f)
+    (d / which).unlink()
+    os.symlink(src / which, d / which)
+    before = snapshot(llm)
+    with pytest.raises(AdapterError, match="outside the allowed adapter roots") as ei:
+        llm.engine.add_adapter("linked", str(d), roots=[str(root)])
+    assert str(src) not in str(ei.value)  # the link's target is not revealed
+    assert snapshot(llm) == before
+    inside = root / "real"
+    shutil.copytree(src, inside)
+    (d / which).unlink()
+    os.symlink(inside / which, d / which)
+    llm.engine.add_adapter("linked", str(d), roots=[str(root)])
+    llm.remove_adapter("linked")
+
+
+def test_adapter_names(llm, model, tmp_path):
+    """Names are ASCII letters, digits and . _ : - (not first), at most 128 characters, no '..'."""
+    for ok in ("demo-r4-attn", "a", "ft:llama:org:v1.2", "A_b.c-9", "x" * 128):
+        assert check_adapter_name(ok) == ok
+    for bad in ("", "..", "a..b", ".hidden", "-x", "a/b", "a b", "a\x00b", "a\u202eb", "é", "x" * 129, "x" * 100_000):
+        with pytest.raises(AdapterError, match="invalid adapter name") as ei:
+            check_adapter_name(bad)
+        assert len(str(ei.value)) < 300
+    d = good(tmp_path, model, name="named")
+    before = snapshot(llm)
+    for bad in ("a/b", "..", "sloray/warmup-x", "x" * 200):
+        with pytest.raises(AdapterError, match="invalid adapter name"):
+            llm.add_adapter(bad, str(d))
+    assert snapshot(llm) == before
+
+
+def test_startup_adapter_dir_with_a_bad_folder_name(model, tmp_path, demo):
+    """A folder whose name is not a valid adapter name stops the build (serve run) with an error naming it."""
+    from deployments.builder import BuildArgs, resolve
+
+    root = tmp_path / "adapters"
+    good(root, model, name="fine-1")
+    good(root, model, name="bad name")
+    with pytest.raises(AdapterError, match="bad name.*invalid adapter name"):
+        adapter_dirs(root)
+    with pytest.raises(AdapterError, match="bad name"):
+        resolve(BuildArgs(model=str(demo / "model"), adapter_dir=str(root), device="cpu"))
+    (root / "bad name").rename(root / "good-2")
+    assert set(adapter_dirs(root)) == {"fine-1", "good-2"}
+    assert set(adapter_dirs(demo / "adapters")) >= {"demo-r1-qv", "demo-r64-all"}
+
+
+def with_prefix(d, prefix: str) -> None:
+    """Renames the adapter's tensors to `<prefix>.layers.N...` (PEFT matches patterns against that name)."""
+    f = d / "adapter_model.safetensors"
+    tensors = load_file(str(f))
+    save_file({prefix + k[k.index(".layers.") :]: v for k, v in tensors.items()}, str(f))
+
+
+@pytest.mark.timeout(60)
+def test_catastrophic_patterns_are_matched_fast_or_refused(llm, model, tmp_path):
+    """rank_pattern / alpha_pattern are regexes matched against module names whose prefix the file sets:
+    nested quantifiers that backtrack for minutes in Python's `re` ((a+)+c froze streams for 18.5 s) are
+    matched at once, or refused within a second when they still take too long; so are oversized pattern
+    sets, patterns and tensor names."""
+    d = good(tmp_path, model, name="pat", rank=4)
+    with_prefix(d, "a" * 200)
+    edit_config(d, rank_pattern={"(a+)+c": 2, "(.*)*x": 3, "((\\w|\\.)*)*y": 5}, alpha_pattern={"(a+)+b": 1.0})
+    t0 = time.monotonic()
+    llm.add_adapter("pat", str(d))
+    assert time.monotonic() - t0 < 5 and llm.engine.adapters["pat"].rank == 4  # no pattern matched
+    llm.remove_adapter("pat")
+    edit_config(d, rank_pattern={"(a|aa)+c": 2})
+    t0 = time.monotonic()
+    msg = refused(llm, d, "(a|aa)+c", "too long")
+    assert time.monotonic() - t0 < 5, msg
+    edit_config(d, rank_pattern={f"p{i}": 4 for i in range(5000)})
+    refused(llm, d, "at most 4096 entries")
+    edit_config(d, rank_pattern={"q" * 600: 4})
+    refused(llm, d, "longer than 512 characters")
+    edit_config(d, rank_pattern={})
+    with_prefix(d, "b" * 300)
+    refused(llm, d, "tensor name", "longer than 256")
+
+
+def test_size_budgets(llm, model, tmp_path):
+    """A weights file larger than any valid adapter of the base model, a huge config and a config that
+    is not an object are refused before the weights are read."""
+    d = good(tmp_path, model, name="size", rank=4)
+    limit = max_adapter_bytes(ModelArgs.from_dir(model), 32)
+    with open(d / "adapter_model.safetensors", "ab") as f:
+        f.truncate(limit + 1)
+    refused(llm, d, "bytes, more than any adapter of this base model", "max_lora_rank=32")
+    d = good(tmp_path, model, name="size2", rank=4)
+    (d / "adapter_config.json").write_text(json.dumps({"r": 4, "pad": "x" * (1 << 20)}))
+    refused(llm, d, "larger than")
+    (d / "adapter_config.json").write_text("[1, 2]")
+    refused(llm, d, "JSON object")
 
 
 def test_rslora_scale_and_packing_layout(model, tmp_path):

@@ -150,3 +150,84 @@ def test_stream_unit_semantics():
         assert (await z.get()).delta_token_ids == [3]
 
     asyncio.run(run())
+
+
+def test_adapter_load_does_not_stall_running_streams(tmp_path):
+    """A large adapter is read, validated and packed beside the step loop: a stream running meanwhile keeps
+    getting tokens (its longest gap stays far below the load's duration; before, the whole load ran in the
+    step loop's thread between two steps, so the gap was at least the load). The adapter then serves."""
+    from app.demo import write_model, write_peft_adapter, write_tokenizer
+
+    model = tmp_path / "model"
+    model.mkdir()
+    write_model(
+        model,
+        write_tokenizer(model),
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+    )
+    write_peft_adapter(
+        tmp_path / "big",
+        model,
+        512,
+        512.0,
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )  # 142 MB
+    cfg = {
+        "model": str(model),
+        "device": "cpu",
+        "dtype": "float32",
+        "lora": {"max_lora_rank": 512},
+        "pool": {"cpu_pool_bytes": 512 << 20},
+    }
+    g = SLoRAGroup("g", cfg, ray_metrics=False, stream_interval_s=0.0)
+    params = SamplingParams(max_tokens=900, temperature=0.0, ignore_eos=True)
+
+    async def run():
+        times: list[float] = []
+        gen = g.generate("long", [5, 9, 14], params)
+
+        async def consume():
+            async for item in gen:
+                times.append(time.monotonic())
+
+        consumer = asyncio.ensure_future(consume())
+        while len(times) < 10:
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        info = await g.add_adapter("big", str(tmp_path / "big"), confined=False)
+        t1 = time.monotonic()
+        await asyncio.sleep(0.1)
+        consumer.cancel()  # the stream's generator ends with it: the request is aborted
+        await asyncio.gather(consumer, return_exceptions=True)
+        during = [b - a for a, b in zip(times, times[1:]) if b > t0 and a < t1]
+        after = [o async for o in g.generate("after", [5, 9, 14], SamplingParams(max_tokens=4), "big")]
+        return info, t1 - t0, during, after
+
+    info, load_s, gaps, after = asyncio.run(run())
+    assert info["rank"] == 512 and after[-1].finished and len(after[-1].token_ids) == 4
+    assert load_s > 0.3 and len(gaps) >= 3, (load_s, gaps)
+    assert max(gaps) < load_s / 3, (load_s, max(gaps))
+
+
+def test_adapter_refusals_are_answers_not_exceptions(demo, tmp_path):
+    """An unknown unload and a refused load come back as {"error", "status"} (Serve logs a traceback for
+    every exception a replica method raises; these are the user's mistakes, not failures)."""
+    g = group(demo, 0.0)
+
+    async def run():
+        gone = await g.remove_adapter("no-such-adapter")
+        (tmp_path / "empty").mkdir()
+        bad = await g.add_adapter("bad-one", str(tmp_path / "empty"), confined=False)
+        outside = await g.add_adapter("outside-one", str(demo / "adapters" / ADAPTER))  # no allowed roots
+        ok = await g.remove_adapter(ADAPTER)
+        return gone, bad, outside, ok
+
+    gone, bad, outside, ok = asyncio.run(run())
+    assert gone["status"] == 404 and "no-such-adapter" in gone["error"]
+    assert bad["status"] == 400 and "adapter_config.json is missing" in bad["error"]
+    assert outside["status"] == 400 and "allowed_adapter_roots" in outside["error"]
+    assert ok == {"path": str(demo / "adapters" / ADAPTER)}

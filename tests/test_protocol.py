@@ -269,6 +269,13 @@ def test_build_args_from_cli_strings():
         ["/a", "/b"],
     )
     assert BuildArgs(ttft_slo_s="none").ttft_slo_s is None
+    b = BuildArgs(admin_api_keys="a1", metrics_api_keys='["m1", "m2"]', metrics_open="true", max_body_bytes="1024")
+    assert (b.admin_api_keys, b.metrics_api_keys, b.metrics_open, b.max_body_bytes) == (
+        ["a1"],
+        ["m1", "m2"],
+        True,
+        1024,
+    )
     with pytest.raises(ValidationError):
         BuildArgs(no_such_arg=1)
     with pytest.raises(ValidationError):
@@ -304,6 +311,7 @@ def test_build_args_map_onto_engine_config():
 )
 def test_serve_configs_are_valid(path):
     doc = yaml.safe_load((REPO / path).read_text())
+    assert doc["http_options"]["host"] == "127.0.0.1"  # private; exposed through a load balancer
     for app in doc["applications"]:
         assert app["import_path"] == "deployments.builder:build_app"
         BuildArgs(**app["args"])

@@ -2,11 +2,15 @@
 
 Two applications are started once for the module (in parallel, `serve.run_many`) on the embedded demo:
   * "main" at /: two TP groups (TP=1) behind two ingress replicas (Serve's proxy balances between them, as
-    a load balancer would), API keys required, run-time adapter loads confined to a temp root;
-  * "strict" at /strict: one group with an impossible TTFT SLO (every request is refused with 429);
+    a load balancer would), inference, admin and metrics keys required, run-time adapter loads confined to a temp root, small
+    request limits (1 MiB bodies, 16 sequences and 8192 tokens per request);
+  * "strict" at /strict: one group with an impossible TTFT SLO (every request is refused with 429, after
+    tokenizing), up to 1024 prompts per request;
   * "tp2" at /tp2: one group of tensor_parallel_size=2 (deployments/tp.py: two rank actors over gloo);
   * "every-step" at /every-step: one group that streams one item per engine step (stream_interval_s=0;
-    the others coalesce a stream's tokens, the default 0.05 s).
+    the others coalesce a stream's tokens, the default 0.05 s);
+  * "fuzz" at /fuzz: one group with keys and a 64-token context (so that any generated request is cheap),
+    the target of schemathesis.
 Greedy results are compared with the offline `app.LLM` on the same model and adapters.
 """
 
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
+import hypothesis
 import openai
 import pytest
 
@@ -33,6 +38,9 @@ serve = pytest.importorskip("ray.serve")
 PORT = 8431
 BASE = f"http://127.0.0.1:{PORT}"
 KEY = "sk-sloray-test"
+ADMIN_KEY = "sk-sloray-admin"
+METRICS_KEY = "sk-sloray-metrics"
+BODY_LIMIT = 1 << 20
 MODEL = "sloray-demo"
 GROUPS = ["SLoRAGroup-0", "SLoRAGroup-1"]
 PROMPTS = [
@@ -50,8 +58,8 @@ def demo():
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory, demo):
-    """An allowed root with a copy of a demo adapter, a pickle-only adapter, a rank-128 adapter and a
-    symlink to a directory outside the root."""
+    """An allowed root with a copy of a demo adapter, a pickle-only adapter, a rank-128 adapter, a
+    symlink to a directory outside the root and a directory whose weights file links outside the root."""
     root = tmp_path_factory.mktemp("adapters")
     shutil.copytree(demo / "adapters" / "demo-r8-mlp", root / "copy-r8")
     shutil.copytree(demo / "adapters" / "demo-r1-qv", root / "routed")
@@ -62,6 +70,9 @@ def roots(tmp_path_factory, demo):
     outside = tmp_path_factory.mktemp("outside")
     shutil.copytree(demo / "adapters" / "demo-r4-attn", outside / "a")
     os.symlink(outside / "a", root / "link-out")
+    (root / "file-link").mkdir()
+    shutil.copy(outside / "a" / "adapter_config.json", root / "file-link")
+    os.symlink(outside / "a" / "adapter_model.safetensors", root / "file-link" / "adapter_model.safetensors")
     return root
 
 
@@ -80,14 +91,21 @@ def service(demo, roots):
             "num_groups": 2,
             "num_ingress_replicas": 2,
             "api_keys": KEY,
+            "admin_api_keys": ADMIN_KEY,
+            "metrics_api_keys": METRICS_KEY,
             "allowed_adapter_roots": str(roots),
             "group_num_cpus": 0.5,
             "device": "cpu",
             "dtype": "float32",
             "stats_poll_interval_s": 0.1,
+            "max_body_bytes": BODY_LIMIT,
+            "max_choices_per_request": 16,
+            "max_request_tokens": 8192,
         }
     )
-    strict = build_app({"num_groups": 1, "ttft_slo_s": "1e-6", "group_num_cpus": 0.25})
+    strict = build_app(
+        {"num_groups": 1, "ttft_slo_s": "1e-6", "group_num_cpus": 0.25, "max_choices_per_request": "1024"}
+    )
     tp2 = build_app(
         {
             "model": str(demo / "model"),
@@ -100,12 +118,25 @@ def service(demo, roots):
     every_step = build_app(
         {"num_groups": 1, "group_num_cpus": 0.25, "device": "cpu", "dtype": "float32", "stream_interval_s": "0"}
     )
+    fuzz = build_app(
+        {
+            "group_num_cpus": 0.25,
+            "device": "cpu",
+            "dtype": "float32",
+            "max_model_len": 64,
+            "api_keys": KEY,
+            "admin_api_keys": ADMIN_KEY,
+            "max_choices_per_request": 8,
+            "max_request_tokens": 1024,
+        }
+    )
     serve.run_many(
         [
             RunTarget(main, name="main", route_prefix="/"),
             RunTarget(strict, name="strict", route_prefix="/strict"),
             RunTarget(tp2, name="tp2", route_prefix="/tp2"),
             RunTarget(every_step, name="every-step", route_prefix="/every-step"),
+            RunTarget(fuzz, name="fuzz", route_prefix="/fuzz"),
         ]
     )
     yield
@@ -126,6 +157,12 @@ def client(service):
 @pytest.fixture(scope="module")
 def http(service):
     with httpx.Client(base_url=BASE, timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def admin(service):
+    with httpx.Client(base_url=BASE, timeout=60, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
         yield c
 
 
@@ -359,7 +396,12 @@ def _err(r: httpx.Response, status: int) -> dict:
 
 
 def test_errors(http, client):
-    _err(http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    e = _err(http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    assert e["param"] is None and e["message"].startswith("the body is not valid JSON")
+    e = _err(
+        http.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "x", "content": "hi"}]}), 400
+    )
+    assert e["param"] == "messages" and "messages.0.role" in e["message"]
     _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 0}), 400)
     _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "temperature": -1}), 400)
     _err(http.post("/v1/completions", json={"model": MODEL}), 400)
@@ -390,6 +432,77 @@ def test_errors(http, client):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{BASE}/v1", api_key="wrong", max_retries=0).models.list()
     assert httpx.get(f"{BASE}/health").status_code == 200
+    # a wrong method: 405 as an error object, with Allow
+    r = http.get("/v1/completions")
+    assert _err(r, 405) and r.headers["allow"] == "POST"
+    # the schema documents what the service answers: 400 (never 422) and error objects
+    schema = httpx.get(f"{BASE}/openapi.json").json()
+    for path, ops in schema["paths"].items():
+        for op in ops.values():
+            assert "422" not in op["responses"] and "400" in op["responses"], (path, op["responses"])
+            ref = op["responses"]["4XX"]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/ErrorResponse")
+
+
+def test_request_limits(http):
+    """Bodies over max_body_bytes get 413 (announced by Content-Length or sent chunked); prompts x n and
+    the request's total tokens over their limits get 400; prompts too long for the context get 400 with the
+    prompt's length in the message (chat too)."""
+    e = _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "x" * BODY_LIMIT}), 413)
+    assert "max_body_bytes" in e["message"]
+
+    def chunked():  # no Content-Length: the limit holds while the body streams in
+        yield b'{"model": "' + MODEL.encode() + b'", "prompt": "'
+        for _ in range(40):
+            yield b"y" * (64 << 10)
+        yield b'"}'
+
+    _err(http.post("/v1/completions", content=chunked(), headers={"content-type": "application/json"}), 413)
+    e = _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "n": 17, "max_tokens": 1}), 400)
+    assert e["param"] == "n" and "17 sequences" in e["message"]
+    e = _err(http.post("/v1/completions", json={"model": MODEL, "prompt": ["hi"] * 6, "n": 3, "max_tokens": 1}), 400)
+    assert e["param"] == "prompt" and "18 sequences" in e["message"]
+    e = _err(http.post("/v1/completions", json={"model": MODEL, "prompt": ["hi"] * 10, "max_tokens": 1000}), 400)
+    assert "max_request_tokens" in e["message"]
+    e = _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "hello " * 100_000}), 400)
+    assert "600000 characters" in e["message"] and "context length" in e["message"]
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hello " * 600}]}
+    e = _err(http.post("/v1/chat/completions", json=chat), 400)
+    assert e["message"].startswith("the prompt has") and "maximum context length is 1024" in e["message"], e
+    assert http.post("/v1/completions", json={"model": MODEL, "prompt": ["hi"] * 4, "n": 4, "max_tokens": 1}).is_success
+
+
+def test_key_checked_before_the_body_is_read():
+    """A wrong key gets 401 at once, before a huge (and invalid) body is read, parsed or size-checked."""
+    body = b"{not json" + b"x" * (30 << 20)
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        t0 = time.monotonic()
+        r = httpx.post(f"{BASE}/v1/completions", content=body, headers=headers | {"content-type": "application/json"})
+        assert r.status_code == 401 and r.json()["error"]["type"] == "AuthenticationError"
+        assert time.monotonic() - t0 < 3.0
+
+
+def test_health_answers_while_prompts_are_tokenized():
+    """Tokenizing is off the event loop: /health answers at once while a request of 1000 long prompts is
+    being tokenized (seconds), after which the SLO app refuses it (429)."""
+    import concurrent.futures
+
+    prompts = ["hello world, this is a test. " * 60] * 1000  # ~900 tokens each
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        t0 = time.monotonic()
+        big = pool.submit(
+            httpx.post, f"{BASE}/strict/v1/completions", json={"model": MODEL, "prompt": prompts}, timeout=120
+        )
+        waits = []
+        while not big.done():
+            t = time.monotonic()
+            assert httpx.get(f"{BASE}/strict/health", timeout=60).status_code == 200
+            waits.append(time.monotonic() - t)
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+    assert big.result().status_code == 429, big.result().text
+    # before tokenizing moved off the loop, the one /health call waited for the whole tokenization
+    assert len(waits) >= 3 and max(waits) < min(0.5, took / 3), (took, waits)
 
 
 def test_sampling_values_that_killed_a_group_get_400_and_the_group_serves_on(http, client, llm):
@@ -442,8 +555,8 @@ def test_models_list(client, demo):
     assert {"demo-r1-qv", "demo-r64-all"} <= set(models)
 
 
-def test_load_use_unload(http, client, llm, roots):
-    r = http.post("/v1/load_lora_adapter", json={"lora_name": "loaded-r8", "lora_path": str(roots / "copy-r8")})
+def test_load_use_unload(admin, http, client, llm, roots):
+    r = admin.post("/v1/load_lora_adapter", json={"lora_name": "loaded-r8", "lora_path": str(roots / "copy-r8")})
     assert r.status_code == 200, r.text
     assert all("loaded-r8" in s for s in _adapters_everywhere())
     models = {m.id: m for m in client.models.list().data}
@@ -451,35 +564,76 @@ def test_load_use_unload(http, client, llm, roots):
     out = client.completions.create(model="loaded-r8", prompt="Hello, world!", max_tokens=10, temperature=0)
     assert out.choices[0].text == greedy(llm, "Hello, world!", "demo-r8-mlp", 10).text  # same weights
     _err(
-        http.post("/v1/load_lora_adapter", json={"lora_name": "loaded-r8", "lora_path": str(roots / "copy-r8")}), 400
+        admin.post("/v1/load_lora_adapter", json={"lora_name": "loaded-r8", "lora_path": str(roots / "copy-r8")}), 400
     )  # already loaded
-    r = http.post("/v1/unload_lora_adapter", json={"lora_name": "loaded-r8"})
+    r = admin.post("/v1/unload_lora_adapter", json={"lora_name": "loaded-r8"})
     assert r.status_code == 200, r.text
     assert not any("loaded-r8" in s for s in _adapters_everywhere())
     _err(http.post("/v1/completions", json={"model": "loaded-r8", "prompt": "x", "max_tokens": 2}), 404)
-    _err(http.post("/v1/unload_lora_adapter", json={"lora_name": "loaded-r8"}), 404)
+    _err(admin.post("/v1/unload_lora_adapter", json={"lora_name": "loaded-r8"}), 404)
+
+
+def test_keys_by_role(roots):
+    """Load / unload need an admin key (an inference key gets 403, none 401) and change nothing when refused;
+    /metrics needs a metrics or admin key; the admin key also serves inference; /health stays open. An app
+    without keys (strict) is open, as the local demo."""
+    load = {"lora_name": "role-x", "lora_path": str(roots / "copy-r8")}
+    for key, status, metrics in ((KEY, 403, 403), (METRICS_KEY, 403, 200), ("wrong", 401, 401), (None, 401, 401)):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        e = _err(httpx.post(f"{BASE}/v1/load_lora_adapter", json=load, headers=headers), status)
+        assert e["type"] == ("PermissionDeniedError" if status == 403 else "AuthenticationError")
+        _err(httpx.post(f"{BASE}/v1/unload_lora_adapter", json={"lora_name": "demo-r1-qv"}, headers=headers), status)
+        assert httpx.get(f"{BASE}/metrics", headers=headers).status_code == metrics
+    assert all("role-x" not in s and "demo-r1-qv" in s for s in _adapters_everywhere())
+    assert httpx.get(f"{BASE}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
+    admin_client = openai.OpenAI(base_url=f"{BASE}/v1", api_key=ADMIN_KEY, max_retries=0, timeout=60)
+    assert admin_client.completions.create(model=MODEL, prompt="Hi", max_tokens=2).choices[0].text is not None
+    with pytest.raises(openai.PermissionDeniedError):
+        openai.OpenAI(base_url=f"{BASE}/v1", api_key=METRICS_KEY, max_retries=0).models.list()
+    assert httpx.get(f"{BASE}/health").status_code == 200
+    assert httpx.get(f"{BASE}/strict/metrics").status_code == 200
+    assert httpx.get(f"{BASE}/strict/v1/models").status_code == 200
 
 
 @pytest.mark.parametrize(
     "name,why",
-    [("pickled", "pickle"), ("rank128", "max_lora_rank"), ("link-out", "outside"), ("../outside", "outside")],
+    [
+        ("pickled", "pickle"),
+        ("rank128", "max_lora_rank"),
+        ("link-out", "outside"),
+        ("../outside", "outside"),
+        ("file-link", "outside"),
+        ("copy-r8\x00", "control characters"),
+    ],
 )
-def test_refused_adapters_leave_nothing(http, roots, demo, name, why):
-    path = str(roots / name)
-    e = _err(http.post("/v1/load_lora_adapter", json={"lora_name": f"bad-{name}", "lora_path": path}), 400)
+def test_refused_adapters_leave_nothing(admin, http, roots, demo, name, why):
+    path, lora_name = str(roots / name), f"bad-{len(name)}"
+    e = _err(admin.post("/v1/load_lora_adapter", json={"lora_name": lora_name, "lora_path": path}), 400)
     assert why in e["message"]
-    assert not any(f"bad-{name}" in s for s in _adapters_everywhere())
+    assert not any(lora_name in s for s in _adapters_everywhere())
     # a demo adapter path is outside the configured roots too
     _err(
-        http.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(demo / "adapters" / "demo-r1-qv")}),
+        admin.post(
+            "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(demo / "adapters" / "demo-r1-qv")}
+        ),
         400,
     )
 
 
-def test_adapter_clustered_on_its_affine_group(http, client, roots):
+def test_adapter_names_are_checked(admin, roots):
+    """Names outside the safe pattern (.., NUL, RTL, slashes, 100 KB) get 400 before anything is read."""
+    for bad in ("..", "a\x00b", "a\u202eb", "a/b", "x" * 100_000):
+        r = admin.post("/v1/load_lora_adapter", json={"lora_name": bad, "lora_path": str(roots / "copy-r8")})
+        e = _err(r, 400)
+        assert "invalid adapter name" in e["message"] and e["param"] == "lora_name" and len(r.content) < 1000
+    e = _err(admin.post("/v1/unload_lora_adapter", json={"lora_name": "a\x00b"}), 400)
+    assert "invalid adapter name" in e["message"]
+
+
+def test_adapter_clustered_on_its_affine_group(admin, http, client, roots):
     """While load is low, every request of one adapter goes to the group it hashes to."""
     assert (
-        http.post(
+        admin.post(
             "/v1/load_lora_adapter", json={"lora_name": "routed-x", "lora_path": str(roots / "routed")}
         ).status_code
         == 200
@@ -496,11 +650,11 @@ def test_adapter_clustered_on_its_affine_group(http, client, roots):
     assert stats[other]["pool"]["loads"] + stats[other]["pool"]["hits"] == before[other]
 
 
-def test_unload_of_an_adapter_in_use_changes_nothing(http, roots):
+def test_unload_of_an_adapter_in_use_changes_nothing(admin, http, roots):
     """The group serving a request refuses the unload (400); the other group, which had dropped the
     adapter already, gets it back: the unload is all or nothing."""
     assert (
-        http.post(
+        admin.post(
             "/v1/load_lora_adapter", json={"lora_name": "busy-x", "lora_path": str(roots / "copy-r8")}
         ).status_code
         == 200
@@ -510,12 +664,12 @@ def test_unload_of_an_adapter_in_use_changes_nothing(http, roots):
         assert r.status_code == 200
         lines = r.iter_lines()  # kept referenced: a dropped iterator closes the stream (a disconnect)
         next(ln for ln in lines if ln.startswith("data: "))  # running on its group now
-        u = http.post("/v1/unload_lora_adapter", json={"lora_name": "busy-x"})
+        u = admin.post("/v1/unload_lora_adapter", json={"lora_name": "busy-x"})
         assert u.status_code == 400 and "in use" in u.json()["error"]["message"]
         assert all("busy-x" in group_stats(g)["adapters"] for g in GROUPS)
     deadline = time.time() + 20  # the closed stream aborts the request; then the unload goes through
     while time.time() < deadline:
-        u = http.post("/v1/unload_lora_adapter", json={"lora_name": "busy-x"})
+        u = admin.post("/v1/unload_lora_adapter", json={"lora_name": "busy-x"})
         if u.status_code == 200:
             break
         time.sleep(0.2)
@@ -545,8 +699,11 @@ def test_disconnect_aborts_and_frees_pages(http, stream):
     assert aborted >= 1 and idle, stats
 
 
+METRICS = {"Authorization": f"Bearer {METRICS_KEY}"}
+
+
 def test_metrics_after_traffic(http):
-    text = httpx.get(f"{BASE}/metrics").text  # open, like /health
+    text = httpx.get(f"{BASE}/metrics", headers=METRICS).text
     for name in (
         "sloray_time_to_first_token_seconds_count",
         "sloray_inter_token_latency_seconds_bucket",
@@ -577,8 +734,45 @@ def test_metrics_after_traffic(http):
     time.sleep(0.5)  # every replica has polled the groups since the last request
 
     def success_total():
-        text = httpx.get(f"{BASE}/metrics").text
+        text = httpx.get(f"{BASE}/metrics", headers=METRICS).text
         return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("sloray_request_success_total"))
 
     totals = {success_total() for _ in range(8)}
     assert len(totals) == 1 and totals.pop() >= 10, totals
+
+
+# ---- schemathesis: generated requests from the app's own OpenAPI schema ---------------------------
+FUZZ_EXAMPLES = int(os.environ.get("SLORAY_FUZZ_EXAMPLES", "60"))  # per API operation and phase
+
+
+@pytest.fixture(scope="module")
+def fuzz_schema(service):
+    import schemathesis
+
+    import tests.schemathesis_hooks  # noqa: F401 - registers the hooks (known model names)
+
+    return schemathesis.openapi.from_url(f"{BASE}/fuzz/openapi.json")
+
+
+def _fuzz_parametrize():
+    import schemathesis
+
+    return schemathesis.pytest.from_fixture("fuzz_schema").parametrize()
+
+
+@_fuzz_parametrize()
+@hypothesis.settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+    derandomize=True,
+    database=None,
+    phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],  # no shrinking: a failing call may hang
+)
+def test_schemathesis_no_server_errors(case):
+    """Every API operation, with bodies generated from the schema (valid, invalid, edge values, with the
+    admin key, which every route accepts): no answer is a 5xx, and every error is an OpenAI error object."""
+    r = case.call(base_url=f"{BASE}/fuzz", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+    assert r.status_code < 500, (case.method, case.path, case.body, r.status_code, r.text[:500])
+    if r.status_code >= 400:
+        assert set(r.json()["error"]) >= {"message", "type", "param", "code"}, r.text[:500]

@@ -6,6 +6,13 @@ Out: `LoRAWeights` (float32 A/B per target, all layers) and, per tensor-parallel
      the layout of kernels/lora.py) plus its `AdapterLayout` (offsets and ranks per target). Every A and
      B^T block starts at a multiple of ALIGN = 64 elements.
 
+Budgets (an adapter comes from a user at run time): adapter_config.json of at most 1 MiB; a weights file no
+larger than the largest valid adapter of this base model at `max_rank` can be (in float64); at most one A and
+one B per target and layer, tensor names of at most 256 characters; at most 4096 rank / alpha patterns of at
+most 512 characters each, matched with the `regex` module under a per-match time limit (a pattern such as
+`(a|aa)+c` is refused, not run for minutes); and `timeout_s` for the whole read. Reading runs in any thread
+(it touches no engine state): the service reads and packs an adapter beside its step loop.
+
 Tensor parallelism (S-LoRA §6): column-parallel targets (q/k/v/gate/up) split A's rows (the rank,
 padded to a multiple of the TP size with zero rows) and B's output rows; row-parallel targets (o/down)
 split A's input columns and keep the whole B (each rank's partial x@A goes through all of B into the
@@ -18,9 +25,11 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import regex
 import torch
 from safetensors import safe_open
 
@@ -49,10 +58,52 @@ _UNSUPPORTED = (
     ("monteclora_config", "MonteCLoRA"),
 )
 _KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
+# An adapter's name is an OpenAI `model` id, a log field and a metric label: ASCII letters, digits and
+# . _ : - (not first), at most 128 characters, no "..".
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+MAX_PATH_CHARS = 4096
+MAX_CONFIG_BYTES = 1 << 20
+MAX_KEY_CHARS = 256  # a tensor name
+MAX_PATTERNS = 4096  # entries of rank_pattern / alpha_pattern, each
+MAX_PATTERN_CHARS = 512
+PATTERN_MATCH_TIMEOUT_S = 0.1  # one rank / alpha pattern against one module name
 
 
 class AdapterError(ValueError):
     """An adapter that cannot be served; the message names the file and the reason."""
+
+
+def check_adapter_name(name: str) -> str:
+    """Returns `name`, or raises AdapterError when it is not a valid adapter name (ADAPTER_NAME)."""
+    if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name) or ".." in name:
+        shown = repr(name[:64]) + ("..." if isinstance(name, str) and len(name) > 64 else "")
+        raise AdapterError(
+            f"invalid adapter name {shown}: use 1 to 128 ASCII letters, digits and '.', '_', ':', '-' "
+            "(starting with a letter or digit, no '..')"
+        )
+    return name
+
+
+def check_adapter_path(path: str) -> str:
+    """Returns `path`, or raises AdapterError for a path no file system would take (NUL, control chars)."""
+    if len(path) > MAX_PATH_CHARS:
+        raise AdapterError(f"adapter path is longer than {MAX_PATH_CHARS} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise AdapterError("adapter path contains NUL or control characters")
+    return path
+
+
+def confine_path(path: str | os.PathLike, roots: list[str]) -> Path:
+    """The real path of `path` (symlinks and `..` resolved) if it lies under one of `roots`; raises
+    AdapterError otherwise (and when no root is configured). Callers read the returned path, not `path`."""
+    if not roots:
+        raise AdapterError("run-time adapter loading is disabled: no allowed_adapter_roots are configured")
+    real = Path(os.path.realpath(check_adapter_path(os.fspath(path))))
+    for root in roots:
+        r = Path(os.path.realpath(root))
+        if real == r or r in real.parents:
+            return real
+    raise AdapterError(f"adapter path {os.fspath(path)!r} is outside the allowed adapter roots")
 
 
 @dataclass
@@ -84,9 +135,26 @@ def module_shapes(args) -> dict[str, tuple[int, int]]:
     }
 
 
-def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -> LoRAWeights:
-    """Reads and validates a PEFT LoRA directory against the base model `args` (ModelArgs)."""
-    d = Path(path)
+def max_adapter_bytes(args, max_rank: int) -> int:
+    """The largest valid weights file for this base model: every target of every layer at `max_rank`, in
+    float64 (PEFT saves float32 or narrower), plus 1 MiB for the safetensors header."""
+    elems = sum(max_rank * (fin + fout) for fin, fout in module_shapes(args).values())
+    return args.num_layers * elems * 8 + (1 << 20)
+
+
+def load_peft_adapter(
+    name: str,
+    path: str | os.PathLike,
+    args,
+    max_rank: int,
+    roots: list[str] | None = None,
+    timeout_s: float | None = None,
+) -> LoRAWeights:
+    """Reads and validates a PEFT LoRA directory against the base model `args` (ModelArgs). With `roots`
+    (run-time loads), the directory and every file read from it must resolve (symlinks followed) to a path
+    under one of them, and the resolved paths are what is read. Budgets: see the module docstring."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    d = Path(path) if roots is None else confine_path(path, roots)
     cfg_file = d / "adapter_config.json"
     st_file = d / "adapter_model.safetensors"
     if not d.is_dir():
@@ -101,13 +169,34 @@ def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -
                 "adapter_model.safetensors is accepted (pickle files are never loaded)"
             )
         raise AdapterError(f"adapter {name!r}: {st_file} is missing")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise AdapterError(f"adapter {name!r}: {cfg_file} is not valid JSON: {e}") from None
+    if roots is not None:
+        try:
+            cfg_file, st_file = confine_path(cfg_file, roots), confine_path(st_file, roots)
+        except AdapterError as e:
+            raise AdapterError(f"adapter {name!r}: {e} (a symbolic link out of them?)") from None
 
     def refuse(reason: str, file: Path = cfg_file):
         raise AdapterError(f"adapter {name!r}: {file}: {reason}")
+
+    def check_time() -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            refuse(f"reading the adapter took longer than its time budget of {timeout_s} s", st_file)
+
+    if cfg_file.stat().st_size > MAX_CONFIG_BYTES:
+        refuse(f"the file is larger than {MAX_CONFIG_BYTES} bytes")
+    limit = max_adapter_bytes(args, max_rank)
+    if st_file.stat().st_size > limit:
+        refuse(
+            f"the file has {st_file.stat().st_size} bytes, more than any adapter of this base model at "
+            f"max_lora_rank={max_rank} can have ({limit})",
+            st_file,
+        )
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise AdapterError(f"adapter {name!r}: {cfg_file} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        refuse("the file must hold a JSON object")
 
     if cfg.get("peft_type", "LORA") != "LORA":
         refuse(f"peft_type {cfg.get('peft_type')!r} is not LORA")
@@ -128,10 +217,14 @@ def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -
     for v in (alpha, *alpha_pattern.values()):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             refuse(f"lora_alpha {v!r} must be a finite number")
+    if len(rank_pattern) > MAX_PATTERNS or len(alpha_pattern) > MAX_PATTERNS:
+        refuse(f"rank_pattern and alpha_pattern may have at most {MAX_PATTERNS} entries each")
     for p in (*rank_pattern, *alpha_pattern):
+        if len(p) > MAX_PATTERN_CHARS:
+            refuse(f"pattern {p[:64]!r}... is longer than {MAX_PATTERN_CHARS} characters")
         try:
-            re.compile(p)
-        except re.error as e:
+            regex.compile(p)
+        except regex.error as e:
             refuse(f"pattern {p!r} is not a valid regular expression ({e})")
     for v in rank_pattern.values():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -145,7 +238,13 @@ def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -
     found: dict[str, dict[int, dict[str, tuple[str, torch.Tensor]]]] = {}  # module -> layer -> A/B
     try:
         with safe_open(str(st_file), framework="pt") as f:
-            for key in f.keys():
+            keys = f.keys()
+            if len(keys) > 2 * len(TARGET_MODULES) * args.num_layers:
+                refuse(f"{len(keys)} tensors: more than a LoRA A and B for every target of every layer", st_file)
+            for key in keys:
+                check_time()
+                if len(key) > MAX_KEY_CHARS:
+                    refuse(f"tensor name {key[:64]!r}... is longer than {MAX_KEY_CHARS} characters", st_file)
                 m = _KEY.search(key)
                 if m is None:
                     refuse(
@@ -196,8 +295,12 @@ def load_peft_adapter(name: str, path: str | os.PathLike, args, max_rank: int) -
                 refuse(f"layer {layer} {module}: lora_{'B' if 'A' in ab else 'A'} is missing", st_file)
             (key, a), (_, b) = ab["A"], ab["B"]
             peft_key = _peft_module_key(key)
-            lr = rank_pattern.get(_pattern_key(rank_pattern, peft_key), r)
-            la = alpha_pattern.get(_pattern_key(alpha_pattern, peft_key), alpha)
+            try:
+                lr = rank_pattern.get(_pattern_key(rank_pattern, peft_key, deadline), r)
+                la = alpha_pattern.get(_pattern_key(alpha_pattern, peft_key, deadline), alpha)
+            except TimeoutError as e:
+                refuse(str(e))
+            check_time()
             if tuple(a.shape) != (lr, fin) or tuple(b.shape) != (fout, lr):
                 refuse(
                     f"layer {layer} {module}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit "
@@ -241,12 +344,22 @@ def _expected_layers(cfg: dict, num_layers: int) -> set[int]:
     return set(range(num_layers)) if isinstance(cfg.get("target_modules"), list) else set()
 
 
-def _pattern_key(patterns: dict, module_key: str) -> str | None:
+def _pattern_key(patterns: dict, module_key: str, deadline: float | None = None) -> str | None:
     """The first pattern naming this module, as PEFT matches it: the pattern is a regex that must match
-    a dotted suffix of the module's name."""
+    a dotted suffix of the module's name. Matched by the `regex` module, each match within
+    PATTERN_MATCH_TIMEOUT_S (and the deadline): TimeoutError names a pattern that takes longer."""
     for p in patterns:
-        if re.match(rf"(.*\.)?({p})$", module_key):
-            return p
+        left = (
+            PATTERN_MATCH_TIMEOUT_S if deadline is None else min(PATTERN_MATCH_TIMEOUT_S, deadline - time.monotonic())
+        )
+        try:
+            if regex.match(rf"(.*\.)?({p})$", module_key, timeout=max(left, 1e-3)):
+                return p
+        except TimeoutError:
+            raise TimeoutError(
+                f"pattern {p!r} takes too long to match the module name {module_key!r} (a regular expression "
+                "that backtracks catastrophically?)"
+            ) from None
     return None
 
 
