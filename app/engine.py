@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,27 @@ class Engine:
         """Validates and registers a PEFT adapter; raises AdapterError and changes nothing if refused.
         `roots`: every file read must resolve under one of them (run-time loads; see load_peft_adapter)."""
         return self.register_adapter(self.prepare_adapter(name, path, roots))
+
+    def add_adapters(self, adapters: dict[str, str], workers: int | None = None) -> list[AdapterInfo]:
+        """Adds many adapters at start: read, validated and packed by `workers` threads at once (default: one
+        per CPU, at most 32: safetensors reads and tensor copies release the GIL), registered in the given
+        order, with a log line of progress every 10 s. Raises the first refusal (AdapterError, naming the
+        adapter); nothing is registered then."""
+        names = list(adapters)
+        if not names:
+            return []
+        workers = max(1, min(len(names), workers or min(32, os.cpu_count() or 1)))
+        t0 = last = time.perf_counter()
+        prepared: list[PreparedAdapter] = []
+        with ThreadPoolExecutor(workers, thread_name_prefix="adapter-load") as pool:
+            for p in pool.map(lambda n: self.prepare_adapter(n, adapters[n]), names):
+                prepared.append(p)
+                if time.perf_counter() - last > 10:
+                    last = time.perf_counter()
+                    logger.info("adapters: %d of %d read and packed (%.0f s)", len(prepared), len(names), last - t0)
+        infos = [self.register_adapter(p) for p in prepared]
+        logger.info("adapters: %d registered in %.1f s (%d threads)", len(infos), time.perf_counter() - t0, workers)
+        return infos
 
     def prepare_adapter(
         self, name: str, path: str | Path, roots: list[str] | None = None, timeout_s: float | None = None

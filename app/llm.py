@@ -39,8 +39,7 @@ def adapter_dirs(adapters: str | Path | dict[str, str] | None) -> dict[str, str]
 class LLM:
     def __init__(self, model: str, adapters: str | dict[str, str] | None = None, **config):
         self.engine = Engine(EngineConfig(model=str(model), **config))
-        for name, path in adapter_dirs(adapters).items():
-            self.engine.add_adapter(name, path)
+        self.engine.add_adapters(adapter_dirs(adapters))
 
     def add_adapter(self, name: str, path: str) -> None:
         self.engine.add_adapter(name, path)

@@ -161,8 +161,7 @@ class SLoRAGroup:
             logger.info(
                 "group %s: warmup (every kernel variant and CUDA graph) took %.1f s", name, self.engine.warmup_s
             )
-        for adapter, path in (adapters or {}).items():
-            self.engine.add_adapter(adapter, path)
+        self.engine.add_adapters(adapters or {})
         self._adapter_table = self._adapters_now()
         self.metrics = GroupMetrics(name, self.engine.model_name, ray_export=ray_metrics)
         self._cmds: deque[_Cmd] = deque()  # appended by the event loop, taken by the engine thread
