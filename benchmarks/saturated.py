@@ -124,7 +124,7 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict
     for i, o, a in reqs:
         p = SamplingParams(max_tokens=o, temperature=0.0, ignore_eos=True, detokenize=False)
         engine.add_request([rng.randrange(3, vocab) for _ in range(i)], p, adapter=None if a is None else f"a{a}")
-    batch, kinds, prof = [], {"decode": 0, "with_prefill": 0}, None
+    batch, kinds, prof, distinct = [], {"decode": 0, "with_prefill": 0}, None, []
     n = 0
     while engine.has_unfinished():
         running = len(engine.scheduler.running) + min(len(engine.scheduler.waiting), 1)
@@ -145,6 +145,7 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict
             prof = kernel_breakdown(prof, wall)
             prof["host_top"] = host_top(host)
         batch.append(len(engine.scheduler.running))
+        distinct.append(engine.last_step_adapters)
         kinds["with_prefill" if engine.last_step_tokens > running else "decode"] += 1
     sync()
     elapsed = time.perf_counter() - t0
@@ -155,6 +156,7 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict
         "out_tok_s": out_tokens / elapsed,
         "steps": engine.steps - steps0,
         "mean_batch": sum(batch) / max(1, len(batch)),
+        "mean_distinct_adapters": sum(distinct) / max(1, len(distinct)),
         "steps_by_kind": kinds,
         "adapter_loads": engine.pool.loads - loads0,
         "preemptions": engine.scheduler.num_preemptions,
@@ -254,6 +256,16 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
     a = engine.args
     n_params = sum(w.numel() for k, w in engine.executor.model.w.items() if k not in ("embed",))
     weight_bytes = n_params * 2
+    # bytes of one adapter's weights (all layers, the mean rank of S2), as the pool holds them (bf16)
+    adapter_bytes = (
+        sum(engine.adapters[f"a{i}"].num_pages for i in range(min(4, n_max)))
+        / max(1, min(4, n_max))
+        * engine.executor.page_elems
+        * a.num_layers
+        * 2
+        if n_max
+        else 0.0
+    )
     runs = []
     for n in args.adapters:
         reqs = workload(args.requests, n, args.seed, hi=args.max_len)
@@ -262,6 +274,10 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
                      False)  # fmt: skip
         row = {"adapters": n, **run_once(engine, reqs, a.vocab_size, args.seed, args.profile)}
         fl = floor_s(a, reqs, n_params, weight_bytes, args.max_num_seqs, bw, rate)
+        # with adapters, each decode step also reads the LoRA weights of its distinct adapters once
+        lora_bytes = row["mean_distinct_adapters"] * adapter_bytes
+        fl["lora_s"] = fl["weights_s"] * lora_bytes / weight_bytes
+        fl["floor_s"] += fl["lora_s"]
         row.update(fl, floor_share=fl["floor_s"] / row["elapsed_s"])
         runs.append(row)
         print(f"{name} n={n}: {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
@@ -292,8 +308,8 @@ def write_report(res: dict, out: Path) -> None:
         f"{res['matmul_tflops']:.0f} TFLOP/s (both measured in this run). Adapter names share four weight sets in "
         "host memory; each name has its own pages and loads on the GPU.",
         "",
-        "| setting | adapters | req/s | out tok/s | % of base | steps (decode / with prefill) | mean batch | "
-        "adapter loads | floor s | % of floor |",
+        "| setting | adapters | req/s | out tok/s | % of base | steps (decode / with prefill) | mean batch "
+        "(distinct adapters) | adapter loads | floor s | % of floor |",
         "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for s in res["settings"]:
@@ -302,7 +318,8 @@ def write_report(res: dict, out: Path) -> None:
             k = r["steps_by_kind"]
             lines.append(
                 f"| {s['setting']} | {r['adapters']} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | {share} | "
-                f"{r['steps']} ({k['decode']} / {k['with_prefill']}) | {r['mean_batch']:.0f} | {r['adapter_loads']} | "
+                f"{r['steps']} ({k['decode']} / {k['with_prefill']}) | {r['mean_batch']:.0f} "
+                f"({r.get('mean_distinct_adapters', 0):.0f}) | {r['adapter_loads']} | "
                 f"{r['floor_s']:.1f} | {r['floor_share']:.0%} |"
             )
     for s in res["settings"]:
