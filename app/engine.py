@@ -152,6 +152,9 @@ class Engine:
         """Registers a prepared adapter (the engine's thread, between steps). Raises AdapterError (a name
         taken meanwhile, or more pages than the pool has) and changes nothing then."""
         self._check_new_name(p.name)
+        return self._add_packed(p)
+
+    def _add_packed(self, p: PreparedAdapter) -> AdapterInfo:
         num_pages = self.executor.add_packed(p.name, p.packed)
         if num_pages > self.pool.num_pages:
             self.executor.remove_adapter(p.name)
@@ -169,13 +172,7 @@ class Engine:
 
     def _register(self, w: LoRAWeights) -> AdapterInfo:
         """Registers weights made in memory (warm-up adapters; their names are not user names)."""
-        num_pages = self.executor.add_adapter(w.name, w)
-        if num_pages > self.pool.num_pages:
-            self.executor.remove_adapter(w.name)
-            raise AdapterError(f"adapter {w.name!r} needs {num_pages} pool pages, the pool has {self.pool.num_pages}")
-        info = AdapterInfo(name=w.name, path=w.path, rank=w.rank, scale=w.scale, num_pages=num_pages)
-        self.adapters[w.name] = info
-        return info
+        return self._add_packed(PreparedAdapter(w.name, w.path, w.rank, w.scale, self.executor.pack_adapter(w)))
 
     def remove_adapter(self, name: str) -> None:
         if name not in self.adapters:
