@@ -92,7 +92,9 @@ class Engine:
 
             executor = ModelRunner(cfg)
         self.executor = executor
-        self.pool = PagePool(num_pages=executor.num_pages, page_size=executor.page_size)
+        self.pool = PagePool(
+            num_pages=executor.num_pages, page_size=executor.page_size, adapter_limit=cfg.lora.static_adapter_pages
+        )
         self.adapters: dict[str, AdapterInfo] = {}
         self.scheduler = Scheduler(cfg.scheduler, cfg.lora, self.pool, lambda n: self.adapters[n].num_pages)
         self.requests: dict[str, Request] = {}
@@ -156,9 +158,10 @@ class Engine:
 
     def _add_packed(self, p: PreparedAdapter) -> AdapterInfo:
         num_pages = self.executor.add_packed(p.name, p.packed)
-        if num_pages > self.pool.num_pages:
+        room = self.pool.adapter_limit or self.pool.num_pages
+        if num_pages > room:
             self.executor.remove_adapter(p.name)
-            raise AdapterError(f"adapter {p.name!r} needs {num_pages} pool pages, the pool has {self.pool.num_pages}")
+            raise AdapterError(f"adapter {p.name!r} needs {num_pages} pool pages, the pool has {room} for adapters")
         info = AdapterInfo(name=p.name, path=p.path, rank=p.rank, scale=p.scale, num_pages=num_pages)
         self.adapters[p.name] = info
         return info

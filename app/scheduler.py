@@ -6,13 +6,26 @@ computes (`{request: num_new_tokens}`), so prefill chunks and decodes share a st
 `min(num_tokens - num_computed_tokens, token budget)` new tokens, and samples a token when they reach
 its end.
 
-Order: running requests first (admission order), then waiting ones (FCFS). A waiting request is admitted
-when its adapter is (or can be made) resident and pinned, its KV pages fit, the batch has room for one
-more distinct adapter and `max_num_seqs` is not reached. When a running request needs a KV page and
-none is free, the most recently admitted request is preempted by recompute: its pages are freed, its
+Order: running requests first (admission order), then waiting ones in the order of the admission policies
+below. A waiting request is admitted when its adapter is (or can be made) resident and pinned, its KV pages
+fit, the batch has room for one more distinct adapter and `max_num_seqs` is not reached; admission stops at
+the first one that cannot be. When a running request needs a KV page and none is free, the most recently admitted request is preempted by recompute: its pages are freed, its
 adapter unpinned, and it goes back to the front of the queue with its generated tokens kept, to be
 prefilled again later (same output for greedy and seeded sampling). A request that could never fit
 alone is refused when added, so preemption always makes progress.
+
+Admission policies (SchedulerConfig / LoRAConfig; `_admission_order`, `_early_abort`):
+  * queue order: preempted requests first, then FCFS (oldest first) or LCFS (newest first);
+  * early abort (`ttft_slo_s`): a queued request without a token that can no longer meet its first-token
+    deadline (arrival + ttft_slo_s) is finished with reason "abort" before it takes GPU time. `expired`:
+    its deadline has passed. `predicted` (S-LoRA's early abort): its wait, predicted as its position in the
+    order over the admission rate measured in saturated steps (steps that left requests waiting) of the last
+    ttft_slo_s seconds, would pass it; and while the arrival rate of that window exceeds the admission rate,
+    the newest requests go first (the oldest would miss their deadline anyway);
+  * adapter clustering (`cluster_min_adapters`): once the batch holds that many distinct adapters, waiting
+    requests whose adapter is in it (or that need none) go before the others, except that a request that
+    has waited `cluster_max_wait_s` keeps its place (aging: nothing starves).
+`clock` (time.monotonic by default, a fake one in tests) gives the times these policies compare.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -61,9 +75,17 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, cfg: SchedulerConfig, lora_cfg: LoRAConfig, pool: PagePool, adapter_pages: Callable[[str], int]):
+    def __init__(
+        self,
+        cfg: SchedulerConfig,
+        lora_cfg: LoRAConfig,
+        pool: PagePool,
+        adapter_pages: Callable[[str], int],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.cfg, self.lora_cfg, self.pool = cfg, lora_cfg, pool
         self.adapter_pages = adapter_pages
+        self.clock = clock
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self._finished_ids: list[str] = []
@@ -71,6 +93,13 @@ class Scheduler:
         self.num_prefetches = 0
         self.num_early_aborts = 0
         self.early_aborted: list[Request] = []  # drained by the engine, which reports them
+        self.num_load_wait_steps = 0  # steps that copied the adapter of a request they admitted (no prefetch)
+        self.num_cluster_steps = 0  # steps whose admission order was clustered by adapter
+        # predicted early abort: arrival times, and (time, admitted, step seconds) of saturated steps, within
+        # the last ttft_slo_s seconds
+        self._arrivals: deque[float] = deque()
+        self._service: deque[tuple[float, int, float]] = deque()
+        self._last_schedule: float | None = None
 
     # ---- queue -----------------------------------------------------------------------------------
     def pages_to_fit(self, req: Request) -> int:
@@ -79,12 +108,15 @@ class Scheduler:
 
     def add(self, req: Request) -> None:
         need = self.pages_to_fit(req)
-        if need > self.pool.num_pages:
+        ad = self.adapter_pages(req.adapter) if req.adapter else 0
+        if need > self.pool.num_pages or need - ad > self.pool.kv_limit or ad > (self.pool.adapter_limit or need):
             raise ValueError(
                 f"request needs {need} pool pages (prompt + max_tokens + adapter) but the pool "
-                f"has {self.pool.num_pages}: lower max_tokens or shorten the prompt"
+                f"has {self.pool.num_pages} ({self.pool.kv_limit} for KV): lower max_tokens or shorten the prompt"
             )
         self.waiting.append(req)
+        if self._predicting:
+            self._arrivals.append(req.arrival_time)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -107,13 +139,15 @@ class Scheduler:
             self._release(req)
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
-        req.finish_time = time.monotonic()
+        req.finish_time = self.clock()
         self._finished_ids.append(req.request_id)
 
     def _release(self, req: Request) -> None:
         self.pool.free_kv(req.request_id)
         if req.adapter:
             self.pool.unpin(req.adapter)
+            if not self.lora_cfg.keep_idle_adapters and not self.pool.is_pinned(req.adapter):
+                self.pool.evict(req.adapter)  # S-LoRA: an adapter leaves the GPU with its last request
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
@@ -146,35 +180,8 @@ class Scheduler:
                 budget -= n
                 i += 1
 
-        if self.cfg.ttft_slo_s is not None:
-            self._early_abort()
-        adapters = {r.adapter for r in self.running if r.adapter}
-        while self.waiting and not out.preempted_ids and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
-            req = self.waiting[0]
-            name = req.adapter
-            if name and name not in adapters and len(adapters) >= self.lora_cfg.max_loras_per_batch:
-                break
-            if name:
-                pages = self.pool.load_adapter(name, self.adapter_pages(name))
-                if pages is None:
-                    break
-                if pages:
-                    out.adapter_loads.append((name, pages))
-                self.pool.pin(name)
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if not self.pool.grow_kv(req.request_id, req.num_computed_tokens + n):
-                if name:
-                    self.pool.unpin(name)  # stays cached (its pages are filled this step anyway)
-                break
-            self.waiting.popleft()
-            req.status = RequestStatus.RUNNING
-            if req.first_scheduled_time is None:
-                req.first_scheduled_time = time.monotonic()
-            self.running.append(req)
-            if name:
-                adapters.add(name)
-            chosen.append((req, n))
-            budget -= n
+        if not out.preempted_ids:
+            self._admit(out, chosen, budget)
 
         if self.lora_cfg.prefetch and not out.preempted_ids:
             self._prefetch(out)
@@ -203,16 +210,144 @@ class Scheduler:
             out.seqs.append(seq)
         return out
 
-    def _early_abort(self) -> None:
-        """Drops queued requests that can no longer meet their first-token deadline (S-LoRA's early
-        abort), so that the capacity goes to requests that still can."""
-        now = time.monotonic()
-        for req in list(self.waiting):
-            if not req.output_token_ids and now - req.arrival_time > self.cfg.ttft_slo_s:
-                self.waiting.remove(req)
-                self.finish(req, "abort")
-                self.early_aborted.append(req)
-                self.num_early_aborts += 1
+    # ---- admission (waiting queue) -----------------------------------------------------------------
+    def _admit(self, out: SchedulerOutput, chosen: list[tuple[Request, int]], budget: int) -> None:
+        """Admits waiting requests in the policies' order (module docstring) while the step has room."""
+        now = self.clock()
+        if self.cfg.ttft_slo_s is not None:
+            self._early_abort(now)
+        adapters = {r.adapter for r in self.running if r.adapter}
+        admitted, loads = 0, len(out.adapter_loads)
+        for req in self._admission_order(now, adapters):
+            if budget <= 0 or len(self.running) >= self.cfg.max_num_seqs:
+                break
+            name = req.adapter
+            if name and name not in adapters and len(adapters) >= self.lora_cfg.max_loras_per_batch:
+                break
+            if name:
+                pages = self.pool.load_adapter(name, self.adapter_pages(name))
+                if pages is None:
+                    break
+                if pages:
+                    out.adapter_loads.append((name, pages))
+                self.pool.pin(name)
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if not self.pool.grow_kv(req.request_id, req.num_computed_tokens + n):
+                if name:
+                    self.pool.unpin(name)  # stays cached (its pages are filled this step anyway)
+                break
+            self._take_waiting(req)
+            req.status = RequestStatus.RUNNING
+            if req.first_scheduled_time is None:
+                req.first_scheduled_time = now
+                admitted += 1
+            self.running.append(req)
+            if name:
+                adapters.add(name)
+            chosen.append((req, n))
+            budget -= n
+        if len(out.adapter_loads) > loads:
+            self.num_load_wait_steps += 1
+        if self._predicting:
+            if self.waiting and self._last_schedule is not None:
+                self._service.append((now, admitted, now - self._last_schedule))
+            self._last_schedule = now
+
+    def _take_waiting(self, req: Request) -> None:
+        if self.waiting[0] is req:
+            self.waiting.popleft()
+        elif self.waiting[-1] is req:
+            self.waiting.pop()
+        else:
+            self.waiting.remove(req)
+
+    @property
+    def _predicting(self) -> bool:
+        return self.cfg.ttft_slo_s is not None and self.cfg.early_abort == "predicted"
+
+    def rates(self, now: float | None = None) -> tuple[float | None, float | None]:
+        """(arrival rate, admission rate) in requests per second over the last ttft_slo_s seconds, as the
+        predicted early abort measures them (module docstring); None where not measured (yet)."""
+        if not self._predicting:
+            return None, None
+        now = self.clock() if now is None else now
+        window = self.cfg.ttft_slo_s
+        while self._arrivals and self._arrivals[0] < now - window:
+            self._arrivals.popleft()
+        while self._service and self._service[0][0] < now - window:
+            self._service.popleft()
+        arrival = len(self._arrivals) / window if self._arrivals else None
+        busy = sum(dt for _, _, dt in self._service)
+        admitted = sum(n for _, n, _ in self._service)
+        service = admitted / busy if busy > 0 and admitted > 0 else None
+        return arrival, service
+
+    def _newest_first(self, now: float) -> bool:
+        if self.cfg.ttft_slo_s is not None and self.cfg.early_abort == "predicted":
+            arrival, service = self.rates(now)
+            if arrival is not None and service is not None:
+                return arrival > service
+        return self.cfg.queue_order == "lcfs"
+
+    def _queue_order(self, newest_first: bool) -> list[Request]:
+        """The waiting queue with the preempted requests (at its front) first, then the others oldest or
+        newest first."""
+        queue = list(self.waiting)
+        resumed = sum(1 for _ in itertools.takewhile(lambda r: r.num_preemptions > 0, queue))
+        return queue[:resumed] + queue[resumed:][::-1] if newest_first else queue
+
+    def _admission_order(self, now: float, adapters: set[str]) -> Iterator[Request]:
+        """The waiting requests in the order admission tries them. `adapters` (the batch's, grown by the
+        caller as requests are admitted) is read when clustering starts. The caller may take each yielded
+        request out of the queue before asking for the next."""
+        newest_first = self._newest_first(now)
+        k_min = self.lora_cfg.cluster_min_adapters
+        if not newest_first and k_min is None:  # FCFS: the head, again after each admission
+            while self.waiting:
+                yield self.waiting[0]
+            return
+        order = self._queue_order(newest_first)
+        for i, req in enumerate(order):
+            if k_min is not None and len(adapters) >= k_min:
+                self.num_cluster_steps += 1
+                rest = order[i:]
+                max_wait = self.lora_cfg.cluster_max_wait_s
+                first = [
+                    r.adapter is None
+                    or r.adapter in adapters
+                    or r.num_preemptions > 0
+                    or now - r.arrival_time >= max_wait
+                    for r in rest
+                ]
+                yield from (r for r, f in zip(rest, first) if f)
+                yield from (r for r, f in zip(rest, first) if not f)
+                return
+            yield req
+
+    def _early_abort(self, now: float) -> None:
+        """Drops queued requests that can no longer meet their first-token deadline (S-LoRA's early abort,
+        module docstring), so that the capacity goes to requests that still can."""
+        slo = self.cfg.ttft_slo_s
+        service = self.rates(now)[1]
+        ahead = 0  # requests that will be admitted before the one looked at
+        dropped = []
+        for req in self._queue_order(self._newest_first(now)):
+            if req.output_token_ids:
+                ahead += 1
+                continue
+            wait = ahead / service if service else 0.0
+            if now - req.arrival_time + wait > slo:
+                dropped.append(req)
+            else:
+                ahead += 1
+        if not dropped:
+            return
+        gone = set(map(id, dropped))
+        self.waiting = deque(r for r in self.waiting if id(r) not in gone)
+        for req in dropped:
+            self.finish(req, "abort")
+            self.early_aborted.append(req)
+            self.num_early_aborts += 1
 
     def _prefetch(self, out: SchedulerOutput) -> None:
         """Loads the adapters of the next queued requests into pages that are free now (never evicting,
