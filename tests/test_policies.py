@@ -238,3 +238,33 @@ def test_prefetch_spares_steps_waiting_on_a_load():
         waits[prefetch] = sim.sch.num_load_wait_steps
         assert sim.pool.loads == 4
     assert waits == {True: 1, False: 4}
+
+
+# ---- early abort as a replica streams it (deployments/group.py, no Ray cluster) --------------------------
+def test_group_streams_an_early_abort_before_start_as_a_429_with_retry_after():
+    import asyncio
+
+    from app.demo import build_demo
+    from app.request import RequestOutput
+    from deployments.group import SLoRAGroup
+
+    demo = build_demo()
+    cfg = {"model": str(demo / "model"), "device": "cpu", "dtype": "float32"}
+    cfg["scheduler"] = {"max_num_seqs": 1, "ttft_slo_s": 0.2}
+    g = SLoRAGroup("g", cfg, ray_metrics=False, stream_interval_s=0.0)
+    params = SamplingParams(max_tokens=300, temperature=0.0, ignore_eos=True)
+
+    async def run():
+        async def one(rid):
+            return [item async for item in g.generate(rid, [5, 6, 7], params)]
+
+        first = asyncio.ensure_future(one("long"))
+        await asyncio.sleep(0.05)  # "long" holds the only seat for 300 steps
+        return await asyncio.gather(first, one("dropped"))
+
+    long, dropped = asyncio.run(run())
+    assert long[0] == {"accepted": True} and long[-1].finish_reason == "length"
+    assert dropped[0] == {"accepted": True} and len(dropped) == 2
+    err = dropped[1]
+    assert not isinstance(err, RequestOutput) and err["status"] == 429 and err["retry_after_s"] == 1
+    assert "early abort" in err["error"]
