@@ -501,6 +501,37 @@ class Engine:
         )
         return self.warmup_s
 
+    POLICY_FIELDS = {
+        "scheduler": {"ttft_slo_s", "early_abort", "queue_order"},
+        "lora": {
+            "prefetch",
+            "cluster_min_adapters",
+            "cluster_max_wait_s",
+            "keep_idle_adapters",
+            "static_adapter_pages",
+        },
+    }
+
+    def set_policies(self, scheduler: dict | None = None, lora: dict | None = None) -> None:
+        """Switches the scheduling policies of an idle engine (POLICY_FIELDS of SchedulerConfig / LoRAConfig;
+        sizes stay), so that a benchmark compares them on one loaded model: validates them, drops every cached
+        adapter from the pool and starts a new scheduler (its counters at zero). Raises ValueError for another
+        field or a bad value, RuntimeError if requests are unfinished."""
+        if self.has_unfinished():
+            raise RuntimeError("set_policies needs an idle engine (no requests)")
+        for part, given in (("scheduler", scheduler), ("lora", lora)):
+            bad = set(given or {}) - self.POLICY_FIELDS[part]
+            if bad:
+                raise ValueError(f"{part} fields {sorted(bad)} are not policies ({sorted(self.POLICY_FIELDS[part])})")
+        sch = type(self.cfg.scheduler).model_validate({**self.cfg.scheduler.model_dump(), **(scheduler or {})})
+        lo = type(self.cfg.lora).model_validate({**self.cfg.lora.model_dump(), **(lora or {})})
+        pool = PagePool(
+            num_pages=self.pool.num_pages, page_size=self.pool.page_size, adapter_limit=lo.static_adapter_pages
+        )
+        self.cfg = self.cfg.model_copy(update={"scheduler": sch, "lora": lo})
+        self.pool = pool
+        self.scheduler = Scheduler(sch, lo, pool, lambda n: self.adapters[n].num_pages)
+
     def pool_stats(self):
         return self.pool.stats()
 
