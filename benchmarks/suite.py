@@ -101,8 +101,8 @@ def engine_for(a, setting: str, n_max: int, **policies) -> Engine:
     return engine
 
 
-def free(engine: Engine | None) -> None:
-    del engine
+def free() -> None:
+    """Returns the memory of objects dropped by the caller (an engine: set its variable to None first)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -403,26 +403,29 @@ def suite_table(a) -> dict:
             ours = replay(engine, reqs, slo=math.inf, drain_s=1e9)
             log(f"{s} PEFT workload ({a.peft_requests} requests, {a.peft_adapters} adapters, lengths < {hi}): "
                 f"ours {ours['req_s']:.2f} req/s")  # fmt: skip
-            free(engine)
             engine = None
+            free()
             peft = peft_baseline(a, s, reqs, a.peft_adapters)
-            free(None)  # the Hugging Face model is gone with peft_baseline's frame
+            free()  # the Hugging Face model is gone with peft_baseline's frame
             best = max(peft["peft_one_at_a_time_req_s"], peft["peft_mixed_req_s"])
             entry["peft"] = {"requests": a.peft_requests, "adapters": a.peft_adapters, "max_len": hi,
                              "ours_req_s": ours["req_s"], **peft, "ours_over_best_peft": ours["req_s"] / best}  # fmt: skip
             log(f"{s} PEFT one adapter at a time {peft['peft_one_at_a_time_req_s']:.3f} req/s, mixed "
                 f"{peft['peft_mixed_req_s']:.3f} req/s: ours {entry['peft']['ours_over_best_peft']:.1f}x the better")  # fmt: skip
         out["settings"].append(entry)
-        free(engine)
+        engine = None
+        free()
     return out
 
 
-ABLATIONS = {  # name: Engine.set_policies arguments (on top of the defaults)
+DEFAULT_LORA_POLICIES = {"prefetch": True, "cluster_min_adapters": None, "keep_idle_adapters": True,
+                         "static_adapter_pages": None}  # fmt: skip
+ABLATIONS = {  # name: LoRAConfig policies changed from DEFAULT_LORA_POLICIES
     "default": {},
-    "no prefetch": {"lora": {"prefetch": False}},
-    "clustering": {"lora": {"cluster_min_adapters": None}},  # the threshold is set from --cluster-min-adapters
-    "free idle adapters": {"lora": {"keep_idle_adapters": False}},
-    "static split": {"lora": {"static_adapter_pages": None}},  # pages set from --static-adapter-share
+    "no prefetch": {"prefetch": False},
+    "clustering": {"cluster_min_adapters": "--cluster-min-adapters"},
+    "free idle adapters": {"keep_idle_adapters": False},
+    "static split": {"static_adapter_pages": "--static-adapter-share"},
 }
 
 
@@ -439,22 +442,21 @@ def suite_ablations(a) -> dict:
            "cluster_min_adapters": a.cluster_min_adapters, "runs": []}  # fmt: skip
     for alpha in alphas:
         trace = trace_for(a, n, rate, alpha=alpha)
-        for name, pol in ABLATIONS.items():
-            pol = json.loads(json.dumps(pol))
-            if name == "clustering":
-                pol["lora"]["cluster_min_adapters"] = a.cluster_min_adapters
-            if name == "static split":
-                pol["lora"]["static_adapter_pages"] = static
-            engine.set_policies(**pol)
-            r = replay(engine, trace, a.slo_s, drain_s=2 * a.slo_s)
+        for name, change in ABLATIONS.items():
+            flags = {"--cluster-min-adapters": a.cluster_min_adapters, "--static-adapter-share": static}
+            pol = {
+                **DEFAULT_LORA_POLICIES,
+                **{k: flags.get(v, v) if isinstance(v, str) else v for k, v in change.items()},
+            }
+            engine.set_policies(lora=pol)
+            r = replay(engine, trace, a.slo_s, drain_s=max(2 * a.slo_s, a.duration))
             r.update(ablation=name, alpha=alpha, policies=pol)
             out["runs"].append(r)
             log(f"alpha {alpha} {name}: {r['req_s']:.2f} req/s, TTFT p50 {ms(r['ttft_p50_s'])} p99 "
                 f"{ms(r['ttft_p99_s'])}, load-wait steps {r['load_wait_steps']}/{r['steps']}, distinct/step "
                 f"{r['distinct_adapters_per_step']:.1f}, hit rate {pc(r['adapter_hit_rate'])}, loads/s {f2(r['loads_per_s'])}")  # fmt: skip
-        engine.set_policies(scheduler={}, lora={"prefetch": True, "cluster_min_adapters": None,
-                                                "keep_idle_adapters": True, "static_adapter_pages": None})  # fmt: skip
-    free(engine)
+    engine = None
+    free()
     if not a.no_kernels:
         out["kernels"] = kernel_ablation(a)
         log("kernels: " + "; ".join(f"{r['case']}: ours {f2(r.get('ours_ms'))} ms, torch {f2(r.get('ref_ms'))} ms, "
@@ -484,9 +486,9 @@ def kernel_ablation(a) -> dict:
     return {"copy_bandwidth_gbs": bw / 1e9, "rows": rows}
 
 
-ADMISSION = {  # name: Engine.set_policies scheduler arguments (ttft_slo_s filled in)
-    "FCFS": {"queue_order": "fcfs", "ttft_slo_s": None},
-    "LCFS": {"queue_order": "lcfs", "ttft_slo_s": None},
+ADMISSION = {  # name: SchedulerConfig policies ("slo": --slo-s)
+    "FCFS": {"queue_order": "fcfs", "ttft_slo_s": None, "early_abort": "expired"},
+    "LCFS": {"queue_order": "lcfs", "ttft_slo_s": None, "early_abort": "expired"},
     "early abort": {"queue_order": "fcfs", "ttft_slo_s": "slo", "early_abort": "predicted"},
 }
 
@@ -504,12 +506,13 @@ def suite_admission(a) -> dict:
         trace = trace_for(a, n, rate, cv=cv)
         for name, sch in ADMISSION.items():
             engine.set_policies(scheduler={k: (a.slo_s if v == "slo" else v) for k, v in sch.items()})
-            r = replay(engine, trace, a.slo_s, drain_s=2 * a.slo_s)
+            r = replay(engine, trace, a.slo_s, drain_s=max(2 * a.slo_s, a.duration))
             r.update(policy=name, cv=cv)
             out["runs"].append(r)
             log(f"cv {cv} {name}: attainment {pc(r['slo_attainment'])}, satisfaction {f2(r['user_satisfaction'])}, "
                 f"aborted {r['aborted']}, {r['req_s']:.2f} req/s")  # fmt: skip
-    free(engine)
+    engine = None
+    free()
     return out
 
 
@@ -533,8 +536,8 @@ def suite_http(a) -> dict:
     log(f"in-process: {local['req_s']:.2f} req/s, TTFT p50 {ms(local['ttft_p50_s'])} p99 {ms(local['ttft_p99_s'])}")
     model_dir, cfg = engine.cfg.model, engine.cfg
     srcs = {name: engine.adapters[name].path for name in (f"a{i}" for i in range(min(n, 8)))}
-    free(engine)
     engine = None
+    free()
     adir = a.work / f"http-adapters-{n}"
     adir.mkdir(parents=True, exist_ok=True)
     for i in range(n):  # each name its own directory (files linked)
@@ -544,7 +547,12 @@ def suite_http(a) -> dict:
             src = Path(srcs[f"a{i % len(srcs)}"])
             for f in ("adapter_config.json", "adapter_model.safetensors"):
                 os.symlink(src / f, d / f)
+    import ray
+
     t0 = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(num_cpus=4 if a.smoke else None, include_dashboard=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": a.http_port})
     build = BuildArgs(
         model=model_dir,
         adapter_dir=str(adir),
@@ -573,6 +581,7 @@ def suite_http(a) -> dict:
         remote = asyncio.run(http_replay(url, trace, "a", a.slo_s, None, 600.0, vocab=min(500, 512)))
     finally:
         serve.shutdown()
+        ray.shutdown()
     log(f"HTTP: {remote['req_s']:.2f} req/s, TTFT p50 {ms(remote['ttft_p50_s'])} p99 {ms(remote['ttft_p99_s'])} "
         f"(Serve up in {startup:.0f} s)")  # fmt: skip
     return {
@@ -778,9 +787,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=None, help="s-lora-table settings")
     ap.add_argument("--adapters", nargs="+", type=int, default=None, help="n values (ablations/admission/http: n)")
     ap.add_argument("--layers", type=int, default=None, help="fewer layers than the shape (quicker, not the paper's)")
-    ap.add_argument("--duration", type=float, default=None, help="seconds of trace per run (60; --quick 20)")
+    ap.add_argument("--duration", type=float, default=None, help="seconds of trace per run (60; --quick 15)")
     ap.add_argument("--points", type=int, default=None, help="replays per rate search (5; --quick 3)")
-    ap.add_argument("--burst", type=int, default=None, help="requests of the saturated run (400; --quick 200)")
+    ap.add_argument("--burst", type=int, default=None, help="requests of the saturated run (400; --quick 160)")
     ap.add_argument("--max-len", type=int, default=512, help="input and output lengths U[8, max_len)")
     ap.add_argument("--slo-s", type=float, default=None, help="TTFT SLO (6 s; --smoke 0.5 s)")
     ap.add_argument("--rate", type=float, default=None, help="ablations/admission/http: this rate (req/s)")
@@ -802,7 +811,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     a.device = "cuda" if torch.cuda.is_available() and not a.smoke else "cpu"
     full = dict(duration=60.0, points=5, burst=400, slo_s=6.0, max_num_seqs=256, max_num_batched_tokens=4096)
-    quick = dict(full, duration=20.0, points=3, burst=200)
+    quick = dict(full, duration=15.0, points=3, burst=160)
     smoke = dict(duration=1.5, points=2, burst=12, slo_s=0.5, max_num_seqs=8, max_num_batched_tokens=64)
     for k, v in (smoke if a.smoke else quick if a.quick else full).items():
         if getattr(a, k) is None:
