@@ -19,8 +19,8 @@ Admission policies (SchedulerConfig / LoRAConfig; `_admission_order`, `_early_ab
   * early abort (`ttft_slo_s`): a queued request without a token that can no longer meet its first-token
     deadline (arrival + ttft_slo_s) is finished with reason "abort" before it takes GPU time. `expired`:
     its deadline has passed. `predicted` (S-LoRA's early abort): its wait, predicted as its position in the
-    order over the admission rate measured in saturated steps (steps that left requests waiting) of the last
-    ttft_slo_s seconds, would pass it; and while the arrival rate of that window exceeds the admission rate,
+    order over the admission rate measured in saturated steps (from a schedule that left requests waiting to
+    the next one that did too) of the last ttft_slo_s seconds, would pass it; and while the arrival rate of that window exceeds the admission rate,
     the newest requests go first (the oldest would miss their deadline anyway);
   * adapter clustering (`cluster_min_adapters`): once the batch holds that many distinct adapters, waiting
     requests whose adapter is in it (or that need none) go before the others, except that a request that
@@ -99,7 +99,7 @@ class Scheduler:
         # the last ttft_slo_s seconds
         self._arrivals: deque[float] = deque()
         self._service: deque[tuple[float, int, float]] = deque()
-        self._last_schedule: float | None = None
+        self._last_schedule: float | None = None  # the last schedule, if it left requests waiting
 
     # ---- queue -----------------------------------------------------------------------------------
     def pages_to_fit(self, req: Request) -> int:
@@ -248,10 +248,10 @@ class Scheduler:
             budget -= n
         if len(out.adapter_loads) > loads:
             self.num_load_wait_steps += 1
-        if self._predicting:
+        if self._predicting:  # a saturated step: one between two schedules that both left requests waiting
             if self.waiting and self._last_schedule is not None:
                 self._service.append((now, admitted, now - self._last_schedule))
-            self._last_schedule = now
+            self._last_schedule = now if self.waiting else None
 
     def _take_waiting(self, req: Request) -> None:
         if self.waiting[0] is req:

@@ -68,7 +68,7 @@ TARGET_ATTAINMENT = 0.9
 # ----------------------------------------------------------------------------------------------------
 # engine and workload
 # ----------------------------------------------------------------------------------------------------
-def engine_for(a, setting: str, n_max: int, **policies) -> Engine:
+def engine_for(a, setting: str, n_max: int) -> Engine:
     """An engine of `setting`'s shape (random weights) with adapters a0 .. a{n_max-1} (ranks cycled)."""
     shape, targets, ranks = SETTINGS[setting]
     if a.smoke:
@@ -94,8 +94,6 @@ def engine_for(a, setting: str, n_max: int, **policies) -> Engine:
     t0 = time.perf_counter()
     engine = Engine(cfg)
     alias_adapters(engine, srcs, {f"a{i}": f"src-r{ranks[i % len(ranks)]}" for i in range(n_max)})
-    if policies:
-        engine.set_policies(**policies)
     print(f"  engine {setting} ({shape}, {engine.args.num_layers} layers, {engine.pool.num_pages} pages, "
           f"{n_max} adapters) ready in {time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip
     return engine

@@ -268,3 +268,14 @@ def test_group_streams_an_early_abort_before_start_as_a_429_with_retry_after():
     err = dropped[1]
     assert not isinstance(err, RequestOutput) and err["status"] == 429 and err["retry_after_s"] == 1
     assert "early abort" in err["error"]
+
+
+def test_admission_rate_ignores_idle_time():
+    """An idle gap before a burst is not service time: only steps between two schedules that both left
+    requests waiting count."""
+    sim = Sim(seqs=1, ttft_slo_s=5.0, early_abort="predicted")
+    sim.run([(0.0, "alone", None, 2)])  # then idle until 3 s
+    sim.t = 3.0
+    sim.run([(3.0, f"r{i}", None, 4) for i in range(6)], until=4.5)
+    arrival, service = sim.sch.rates()
+    assert service == pytest.approx(1 / 0.5, rel=0.1)  # one admission per 5 steps of 0.1 s
