@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 # Priors used until a group has measured its own step time and prefill rate.
 DEFAULT_STEP_S = 0.02
 DEFAULT_PREFILL_TPS = 2000.0
-CALIBRATION_MIN = 5  # admitted requests' first tokens seen before their TTFTs correct the predictions
+CALIBRATION_MIN = 5
+MAX_REQUEST_START_AGE_S = 600.0  # admitted requests' first tokens seen before their TTFTs correct the predictions
 
 
 @dataclass
@@ -230,6 +231,30 @@ class Router:
             return model_ttft_s
         intercept, slope = fit.params(min_var=1e-4)
         return max(model_ttft_s, intercept + slope * model_ttft_s)
+
+
+def request_start_age_s(value: str | None, now: float) -> float:
+    """How long ago a load balancer stamped the request (the `X-Request-Start` convention of nginx, Heroku
+    and New Relic: `t=<time>` or a bare number, in seconds, milliseconds or microseconds since the epoch,
+    told apart by magnitude), given `now` (time.time()). 0 for a missing or malformed stamp, or one from
+    the future; at most MAX_REQUEST_START_AGE_S (a stamp older than that is a clock problem, not a queue).
+    Only the request's own admission reads it: a client that lies about it can only get itself refused."""
+    if not value:
+        return 0.0
+    v = value.strip()
+    if v.startswith("t="):
+        v = v[2:]
+    try:
+        t = float(v)
+    except ValueError:
+        return 0.0
+    if not math.isfinite(t) or t <= 0:
+        return 0.0
+    if t > 1e14:  # microseconds
+        t /= 1e6
+    elif t > 1e11:  # milliseconds
+        t /= 1e3
+    return min(max(0.0, now - t), MAX_REQUEST_START_AGE_S)
 
 
 class LinearFit:
