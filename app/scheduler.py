@@ -283,7 +283,7 @@ class Scheduler:
         return arrival, service
 
     def _newest_first(self, now: float) -> bool:
-        if self.cfg.ttft_slo_s is not None and self.cfg.early_abort == "predicted":
+        if self._predicting:
             arrival, service = self.rates(now)
             if arrival is not None and service is not None:
                 return arrival > service

@@ -38,6 +38,7 @@ import json
 import math
 import platform
 import random
+import signal
 import statistics
 import sys
 import time
@@ -258,10 +259,11 @@ def capacity(a, engine: Engine, n: int) -> dict:
     return replay(engine, burst_trace(a, n, a.burst), slo=math.inf, drain_s=1e9)
 
 
-def rate_search(a, engine: Engine, n: int, cap: float, log) -> dict:
+def rate_search(a, engine: Engine, n: int, cap: float, log, points: list) -> dict:
     """Bisection on [0, 1.25 cap] for the highest rate with SLO attainment >= TARGET_ATTAINMENT (module
-    docstring), --points replays; returns the best passing run (None if none passed) and every point."""
-    lo, hi, points, best = 0.0, 1.25 * cap, [], None
+    docstring), --points replays (appended to `points` as they run); returns the best passing run (None if
+    none passed) and every point."""
+    lo, hi, best = 0.0, 1.25 * cap, None
     for _ in range(a.points):
         rate = (lo + hi) / 2
         r = replay(engine, trace_for(a, n, rate), a.slo_s, stop_on_fail=True, drain_s=2 * a.slo_s)
@@ -290,14 +292,16 @@ def f2(x: float | None) -> str:
 
 
 class Progress:
-    """One line per run: `[suite i/total] label: text`, with the elapsed time."""
+    """One line per run: `[suite i/total elapsed] text`; after each, the results so far are saved (`save`), so
+    that a run cut short (a device command's time limit) still leaves its figures."""
 
-    def __init__(self, suite: str, total: int):
-        self.suite, self.total, self.i, self.t0 = suite, total, 0, time.perf_counter()
+    def __init__(self, a, total: int):
+        self.suite, self.total, self.i, self.t0, self.save = a.suite, total, 0, time.perf_counter(), a.save
 
-    def __call__(self, text: str, run: bool = True) -> None:
-        self.i += run
+    def __call__(self, text: str) -> None:
+        self.i += 1
         print(f"[{self.suite} {self.i}/{self.total} {time.perf_counter() - self.t0:6.0f}s] {text}", flush=True)
+        self.save()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -373,32 +377,36 @@ def peft_baseline(a, setting: str, work_reqs: list[dict], n_adapters: int) -> di
 # ----------------------------------------------------------------------------------------------------
 # suites
 # ----------------------------------------------------------------------------------------------------
-def suite_table(a) -> dict:
+def suite_table(a, out: dict) -> None:
     settings = a.settings or (["S2"] if a.quick or a.smoke else list(SETTINGS))
     ns = a.adapters or ([0, 3] if a.smoke else [0, 100, 1000, 2000] if a.quick else [0, 1, 100, 1000, 2000])
-    log = Progress("s-lora-table", len(settings) * len(ns) * (1 + a.points) + (0 if a.no_peft else 2))
-    out = {"settings": []}
+    log = Progress(a, len(settings) * len(ns) * (1 + a.points) + (0 if a.no_peft else 2))
+    out["settings"] = []
     for s in settings:
         engine = engine_for(a, s, max(ns))
-        rows = []
-        for n in ns:
-            cap = capacity(a, engine, n)
-            log(f"{s} n={n}: saturated {cap['req_s']:.2f} req/s ({cap['out_tok_s']:.0f} tok/s)")
-            row = {"adapters": n, "saturated": cap, **rate_search(a, engine, n, cap["req_s"], log)}
-            rows.append(row)
-        base = next((r for r in rows if r["adapters"] == 0), None)
-        for r in rows:
-            both = base is not None and r["max_rate"] and base["max_rate"]
-            r["share_of_base_max_rate"] = r["max_rate"] / base["max_rate"] if both else None
-            r["share_of_base_saturated"] = r["saturated"]["req_s"] / base["saturated"]["req_s"] if base else None
+        rows: list[dict] = []
         entry = {"setting": s, "shape": SETTINGS[s][0], "targets": SETTINGS[s][1], "ranks": SETTINGS[s][2],
                  "layers": engine.args.num_layers, "rows": rows}  # fmt: skip
+        out["settings"].append(entry)
+        for n in ns:
+            cap = capacity(a, engine, n)
+            row = {"adapters": n, "saturated": cap, "max_rate": None, "at_max": None, "points": []}
+            rows.append(row)
+            log(f"{s} n={n}: saturated {cap['req_s']:.2f} req/s ({cap['out_tok_s']:.0f} tok/s)")
+            row.update(rate_search(a, engine, n, cap["req_s"], log, row["points"]))
+            base = next((r for r in rows if r["adapters"] == 0), None)
+            for r in rows:
+                both = base is not None and r["max_rate"] and base["max_rate"]
+                r["share_of_base_max_rate"] = r["max_rate"] / base["max_rate"] if both else None
+                r["share_of_base_saturated"] = r["saturated"]["req_s"] / base["saturated"]["req_s"] if base else None
         if not a.no_peft and s == settings[0]:
             reqs = burst_trace(a, a.peft_adapters, a.peft_requests, seed=5)
             hi = 24 if a.smoke else a.peft_max_len
             for r in reqs:
                 r["input_len"], r["output_len"] = min(r["input_len"], hi), min(r["output_len"], hi)
             ours = replay(engine, reqs, slo=math.inf, drain_s=1e9)
+            entry["peft"] = {"requests": a.peft_requests, "adapters": a.peft_adapters, "max_len": hi,
+                             "ours_req_s": ours["req_s"]}  # fmt: skip
             log(f"{s} PEFT workload ({a.peft_requests} requests, {a.peft_adapters} adapters, lengths < {hi}): "
                 f"ours {ours['req_s']:.2f} req/s")  # fmt: skip
             engine = None
@@ -406,14 +414,11 @@ def suite_table(a) -> dict:
             peft = peft_baseline(a, s, reqs, a.peft_adapters)
             free()  # the Hugging Face model is gone with peft_baseline's frame
             best = max(peft["peft_one_at_a_time_req_s"], peft["peft_mixed_req_s"])
-            entry["peft"] = {"requests": a.peft_requests, "adapters": a.peft_adapters, "max_len": hi,
-                             "ours_req_s": ours["req_s"], **peft, "ours_over_best_peft": ours["req_s"] / best}  # fmt: skip
+            entry["peft"].update(peft, ours_over_best_peft=ours["req_s"] / best)
             log(f"{s} PEFT one adapter at a time {peft['peft_one_at_a_time_req_s']:.3f} req/s, mixed "
                 f"{peft['peft_mixed_req_s']:.3f} req/s: ours {entry['peft']['ours_over_best_peft']:.1f}x the better")  # fmt: skip
-        out["settings"].append(entry)
         engine = None
         free()
-    return out
 
 
 DEFAULT_LORA_POLICIES = {"prefetch": True, "cluster_min_adapters": None, "keep_idle_adapters": True,
@@ -427,17 +432,17 @@ ABLATIONS = {  # name: LoRAConfig policies changed from DEFAULT_LORA_POLICIES
 }
 
 
-def suite_ablations(a) -> dict:
+def suite_ablations(a, out: dict) -> None:
     n = a.adapters[0] if a.adapters else (3 if a.smoke else 1000)
     alphas = a.alphas or [1.0, 0.3]
     engine = engine_for(a, "S2", n)
-    log = Progress("ablations", 1 + len(alphas) * len(ABLATIONS) + (0 if a.no_kernels else 1))
+    log = Progress(a, 1 + len(alphas) * len(ABLATIONS) + (0 if a.no_kernels else 1))
     cap = capacity(a, engine, n)
     rate = a.rate or a.rate_share * cap["req_s"]
-    log(f"n={n}: saturated {cap['req_s']:.2f} req/s; ablations at {rate:.2f} req/s")
     static = max(1, int(a.static_adapter_share * engine.pool.num_pages))
-    out = {"adapters": n, "rate": rate, "saturated": cap, "static_adapter_pages": static,
-           "cluster_min_adapters": a.cluster_min_adapters, "runs": []}  # fmt: skip
+    out.update(adapters=n, rate=rate, saturated=cap, static_adapter_pages=static,
+               cluster_min_adapters=a.cluster_min_adapters, runs=[])  # fmt: skip
+    log(f"n={n}: saturated {cap['req_s']:.2f} req/s; ablations at {rate:.2f} req/s")
     for alpha in alphas:
         trace = trace_for(a, n, rate, alpha=alpha)
         for name, change in ABLATIONS.items():
@@ -459,7 +464,6 @@ def suite_ablations(a) -> dict:
         out["kernels"] = kernel_ablation(a)
         log("kernels: " + "; ".join(f"{r['case']}: ours {f2(r.get('ours_ms'))} ms, torch {f2(r.get('ref_ms'))} ms, "
                                      f"bmm {f2(r.get('bmm_ms'))} ms" for r in out["kernels"]["rows"]))  # fmt: skip
-    return out
 
 
 def kernel_ablation(a) -> dict:
@@ -491,15 +495,15 @@ ADMISSION = {  # name: SchedulerConfig policies ("slo": --slo-s)
 }
 
 
-def suite_admission(a) -> dict:
+def suite_admission(a, out: dict) -> None:
     n = a.adapters[0] if a.adapters else (3 if a.smoke else 1000)
     cvs = a.cvs or [1.0, 2.0, 4.0, 8.0]
     engine = engine_for(a, "S2", n)
-    log = Progress("admission", 1 + len(cvs) * len(ADMISSION))
+    log = Progress(a, 1 + len(cvs) * len(ADMISSION))
     cap = capacity(a, engine, n)
     rate = a.rate or a.rate_share * cap["req_s"]
+    out.update(adapters=n, rate=rate, saturated=cap, runs=[])
     log(f"n={n}: saturated {cap['req_s']:.2f} req/s; admission runs at {rate:.2f} req/s")
-    out = {"adapters": n, "rate": rate, "saturated": cap, "runs": []}
     for cv in cvs:
         trace = trace_for(a, n, rate, cv=cv)
         for name, sch in ADMISSION.items():
@@ -511,10 +515,9 @@ def suite_admission(a) -> dict:
                 f"aborted {r['aborted']}, {r['req_s']:.2f} req/s")  # fmt: skip
     engine = None
     free()
-    return out
 
 
-def suite_http(a) -> dict:
+def suite_http(a, out: dict) -> None:
     """In-process replay first (then the engine is freed), then the Serve app over HTTP with the same engine
     settings, adapters as directories (files linked to the few weight sets), the same trace."""
     import asyncio
@@ -527,10 +530,11 @@ def suite_http(a) -> dict:
 
     n = a.adapters[0] if a.adapters else (3 if a.smoke else 100)
     rate = a.rate or (4.0 if a.smoke else 8.0)
-    log = Progress("http", 2)
+    log = Progress(a, 2)
     trace = trace_for(a, n, rate)
     engine = engine_for(a, "S2", n)
     local = replay(engine, trace, a.slo_s, drain_s=4 * a.slo_s)
+    out.update(adapters=n, rate=rate, in_process=local)
     log(f"in-process: {local['req_s']:.2f} req/s, TTFT p50 {ms(local['ttft_p50_s'])} p99 {ms(local['ttft_p99_s'])}")
     model_dir, cfg = engine.cfg.model, engine.cfg
     srcs = {name: engine.adapters[name].path for name in (f"a{i}" for i in range(min(n, 8)))}
@@ -580,19 +584,15 @@ def suite_http(a) -> dict:
     finally:
         serve.shutdown()
         ray.shutdown()
+    both = remote.get("ttft_p50_s") is not None and local["ttft_p50_s"] is not None
+    out.update(
+        http=remote,
+        serve_startup_s=startup,
+        http_over_in_process_req_s=remote["req_s"] / local["req_s"] if local["req_s"] else None,
+        ttft_p50_delta_s=remote["ttft_p50_s"] - local["ttft_p50_s"] if both else None,
+    )
     log(f"HTTP: {remote['req_s']:.2f} req/s, TTFT p50 {ms(remote['ttft_p50_s'])} p99 {ms(remote['ttft_p99_s'])} "
         f"(Serve up in {startup:.0f} s)")  # fmt: skip
-    return {
-        "adapters": n,
-        "rate": rate,
-        "in_process": local,
-        "http": remote,
-        "serve_startup_s": startup,
-        "http_over_in_process_req_s": remote["req_s"] / local["req_s"] if local["req_s"] else None,
-        "ttft_p50_delta_s": (remote["ttft_p50_s"] - local["ttft_p50_s"])
-        if remote.get("ttft_p50_s") is not None and local["ttft_p50_s"] is not None
-        else None,
-    }
 
 
 SUITES = {"s-lora-table": suite_table, "ablations": suite_ablations, "admission": suite_admission, "http": suite_http}
@@ -621,8 +621,8 @@ def report_table(res: dict, out: Path) -> list[str]:
             m = r["at_max"] or {}
             lines.append(
                 f"| {s['setting']} | {r['adapters'] or 'base'} | {r['saturated']['req_s']:.2f} | {f2(r['max_rate'])} | "
-                f"{f2(m.get('req_s'))} | {m.get('out_tok_s', 0):.0f} | {pc(r['share_of_base_max_rate'])} | "
-                f"{pc(r['share_of_base_saturated'])} | {ms(m.get('ttft_p50_s'))} / {ms(m.get('ttft_p99_s'))} | "
+                f"{f2(m.get('req_s'))} | {m.get('out_tok_s', 0):.0f} | {pc(r.get('share_of_base_max_rate'))} | "
+                f"{pc(r.get('share_of_base_saturated'))} | {ms(m.get('ttft_p50_s'))} / {ms(m.get('ttft_p99_s'))} | "
                 f"{pc(m.get('slo_attainment'))} |"
             )
     for s in res["settings"]:
@@ -835,11 +835,23 @@ def main(argv: list[str] | None = None) -> None:
         "rank); on the GPU every name has its own pages and its own load",
     }
     t0 = time.perf_counter()
-    res.update(SUITES[a.suite](a))
-    res["wall_s"] = time.perf_counter() - t0
-    (a.out / f"{a.suite}.json").write_text(json.dumps(res, indent=1, default=str))
-    write_report(a.suite, res, a.out)
-    print((a.out / f"{a.suite}.md").read_text())
+
+    def save():
+        res["wall_s"] = time.perf_counter() - t0
+        (a.out / f"{a.suite}.json").write_text(json.dumps(res, indent=1, default=str))
+
+    a.save = save
+    # a time limit's SIGTERM (`timeout`) unwinds like an exception: what ran is saved and reported
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"{a.suite}: terminated; partial results saved"))
+    try:
+        SUITES[a.suite](a, res)
+    finally:
+        save()
+        try:
+            write_report(a.suite, res, a.out)
+            print((a.out / f"{a.suite}.md").read_text())
+        except Exception as e:  # noqa: BLE001 - a partial run may lack what a table needs; the JSON has it all
+            print(f"no report for the partial results: {e!r}")
 
 
 if __name__ == "__main__":
