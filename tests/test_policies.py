@@ -279,3 +279,29 @@ def test_admission_rate_ignores_idle_time():
     sim.run([(3.0, f"r{i}", None, 4) for i in range(6)], until=4.5)
     arrival, service = sim.sch.rates()
     assert service == pytest.approx(1 / 0.5, rel=0.1)  # one admission per 5 steps of 0.1 s
+
+
+def test_engine_set_policies_switches_an_idle_engine_only():
+    from app.config import EngineConfig
+    from app.demo import build_demo
+    from app.engine import Engine
+
+    demo = build_demo()
+    e = Engine(EngineConfig(model=str(demo / "model"), device="cpu", dtype="float32"))
+    sch = e.scheduler
+    e.set_policies(scheduler={"queue_order": "lcfs"}, lora={"static_adapter_pages": 40, "keep_idle_adapters": False})
+    assert e.scheduler is not sch and e.scheduler.cfg.queue_order == "lcfs" and e.pool.adapter_limit == 40
+    assert e.cfg.lora.static_adapter_pages == 40 and not e.scheduler.lora_cfg.keep_idle_adapters
+    e.set_policies(lora={"static_adapter_pages": None})  # the others stay as set
+    assert e.pool.adapter_limit is None and e.scheduler.cfg.queue_order == "lcfs"
+    with pytest.raises(ValueError, match="not policies"):
+        e.set_policies(scheduler={"max_num_seqs": 3})
+    with pytest.raises(ValueError):
+        e.set_policies(scheduler={"queue_order": "random"})
+    e.add_request([5, 6, 7], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+    with pytest.raises(RuntimeError, match="idle"):
+        e.set_policies(scheduler={"queue_order": "fcfs"})
+    while e.has_unfinished():
+        e.step()
+    e.set_policies(scheduler={"queue_order": "fcfs"})
+    assert e.is_idle_clean()
