@@ -835,7 +835,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gpu-memory-fraction", type=float, default=0.85)
     ap.add_argument("--http-port", type=int, default=8000)
     ap.add_argument("--commit", default=None, help="the commit to name in the results (default: git's HEAD)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite NAME.md and the plots from an existing DIR/NAME.json (e.g. where matplotlib is)")  # fmt: skip
     a = ap.parse_args(argv)
+    if a.report_only:
+        write_report(a.suite, json.loads((a.out / f"{a.suite}.json").read_text()), a.out)
+        print((a.out / f"{a.suite}.md").read_text())
+        return
     a.device = "cuda" if torch.cuda.is_available() and not a.smoke else "cpu"
     full = dict(duration=60.0, points=5, burst=400, slo_s=6.0, max_num_seqs=256, max_num_batched_tokens=4096)
     quick = dict(full, duration=15.0, points=3, burst=160)

@@ -213,6 +213,13 @@ def test_suite_admission_smoke(tmp_path):
     assert all(r["aborted"] == 0 for r in res["runs"] if r["policy"] != "early abort")
     assert all(0 <= r["slo_attainment"] <= 1 and r["requests"] > 0 for r in res["runs"])
     assert (tmp_path / "out" / "admission.png").exists()
+    (tmp_path / "out" / "admission.md").unlink()
+    (tmp_path / "out" / "admission.png").unlink()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "benchmarks.suite", "admission", "--report-only", "--out", str(tmp_path / "out")]
+    subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    assert "early abort" in (tmp_path / "out" / "admission.md").read_text()  # rewritten from the JSON
+    assert (tmp_path / "out" / "admission.png").exists()
 
 
 def test_suite_http_smoke(tmp_path):
