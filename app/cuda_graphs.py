@@ -7,7 +7,8 @@ needed. Every per-step input lives in a static buffer that the graph reads: toke
 mapping, KV page table (width: max_model_len / page_size), and the LoRA metadata (adapter page tables,
 offsets, ranks, scales for up to max_loras_per_batch adapters; the shrink output has max_lora_rank
 columns). A step copies its batch into the buffers (padding rows: no KV write, no adapter, a 1-token
-context) and replays. Batches that do not fit (prefill, more sequences, a longer context or a larger
+context) and replays; the tokens that asynchronous scheduling leaves on the device (`fill`) are copied into
+the token buffer there. Batches that do not fit (prefill, more sequences, a longer context or a larger
 adapter than the buffers hold) run eagerly.
 """
 
@@ -118,8 +119,9 @@ class DecodeGraphs:
         self.kv_table[lo:hi] = 0
         self.seg_slot[lo:hi] = -1
 
-    def replay(self, b) -> torch.Tensor:
-        """Copies the batch into the static buffers, replays the bucket's graph; returns logits [n, V]."""
+    def replay(self, b, fill: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Copies the batch into the static buffers, replays the bucket's graph; returns logits [n, V].
+        `fill`: (rows, token ids) on the device that replace those rows' placeholder input ids."""
         n = len(b.seq_lens)
         bs = _bucket(n, self.buckets)
         if bs not in self.graphs:
@@ -131,6 +133,8 @@ class DecodeGraphs:
             dst.copy_(torch.tensor(values, dtype=dtype).view(dst.shape), non_blocking=True)
 
         put(self.input_ids[:n], b.input_ids, torch.long)
+        if fill is not None:
+            self.input_ids.index_copy_(0, *fill)
         put(self.positions[:n], b.positions, torch.long)
         put(self.slots[:n], b.slots, torch.int64)
         put(self.seq_lens[:n], b.seq_lens)
