@@ -256,6 +256,8 @@ def token_logprobs_on_device(
             top = torch.topk(lp, k)
             top_ids.append(top.indices)
             top_vals.append(top.values)
-    dev = raw.device
-    cat = lambda xs, dtype: torch.cat(xs) if xs else torch.empty(0, dtype=dtype, device=dev)  # noqa: E731
+
+    def cat(xs: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        return torch.cat(xs) if xs else torch.empty(0, dtype=dtype, device=raw.device)
+
     return cat(vals, torch.float32), cat(top_ids, torch.int64), cat(top_vals, torch.float32)
