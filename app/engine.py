@@ -134,8 +134,9 @@ class Engine:
         self.steps = 0
         # the step launched but not read yet (asynchronous scheduling); may be switched while it is None
         self.async_scheduling = cfg.resolved_async_scheduling(device)
-        if self.async_scheduling and not hasattr(executor, "launch"):
-            logger.warning("async_scheduling: %s has no launch(): steps run synchronously", type(executor).__name__)
+        if self.async_scheduling and not hasattr(executor, "launch"):  # the tensor-parallel group
+            if cfg.async_scheduling:
+                logger.warning("async_scheduling: %s runs steps synchronously", type(executor).__name__)
             self.async_scheduling = False
         self.inflight: InFlightStep | None = None
         self.failed_steps = 0  # in a row

@@ -35,9 +35,8 @@ def setup(tmp_path_factory):
 
 def make_llm(setup, async_scheduling: bool, **cfg) -> LLM:
     model, adapters, _, _ = setup
-    return LLM(
-        model=str(model), adapters=adapters, device="cpu", dtype="float32", async_scheduling=async_scheduling, **cfg
-    )
+    cfg = {"device": "cpu", "dtype": "float32", **cfg}
+    return LLM(model=str(model), adapters=adapters, async_scheduling=async_scheduling, **cfg)
 
 
 @dataclass
@@ -149,13 +148,12 @@ def summary(seen: dict[str, Seen]) -> tuple[dict, dict]:
     return out, lps
 
 
-@pytest.mark.parametrize("pool", ["roomy", "tiny"])
-def test_async_equals_sync_and_peft(setup, pool):
+def compare_sync_async(setup, cfg: dict, tol: float) -> dict[bool, int]:
+    """Runs the workload with the synchronous and the asynchronous engine and checks that every request's
+    outputs are the same (logprobs within `tol`), the greedy ones transformers + PEFT's, and that every
+    case happened. Returns each run's preemptions."""
     ref = setup[2]
     plan, eos = workload(setup, ref.greedy)
-    cfg = {"scheduler": {"max_num_batched_tokens": 48}}
-    if pool == "tiny":  # room for a few requests' KV next to the adapters: preemption by recompute
-        cfg = {"scheduler": {"max_num_batched_tokens": 48}, "pool": {"page_size": 4, "num_pages": 48}}
     runs = {}
     for mode in (False, True):
         llm = make_llm(setup, mode, **cfg)
@@ -166,9 +164,7 @@ def test_async_equals_sync_and_peft(setup, pool):
     assert not diff, f"async differs from sync for {diff}: {[(sync[r], asyn[r]) for r in diff[:1]]}"
     for rid in plan:  # a token's logits come from a decode or a recompute's prefill: float32 rounding apart
         assert sync_lps[rid][1] == async_lps[rid][1], rid
-        assert sync_lps[rid][0] == pytest.approx(async_lps[rid][0], abs=1e-5), rid
-    if pool == "tiny":
-        assert sync_pre > 0 and async_pre > 0, "the pool was meant to be small enough to preempt"
+        assert sync_lps[rid][0] == pytest.approx(async_lps[rid][0], abs=tol), rid
     for rid, p in plan.items():
         if p.hf:
             assert asyn[rid][3][0] == ref.greedy(p.prompt, p.adapter, p.params.max_tokens), rid
@@ -181,6 +177,33 @@ def test_async_equals_sync_and_peft(setup, pool):
     assert asyn["abort"][2] and fin["abort"] is None and len(asyn["abort"][0]) == 3
     assert fin["prompt-only"][0] == [] and len(async_lps["prompt-only"][1]) == 7
     assert len(async_lps["logprobs"][1]) == 2 * 6 and len(async_lps["seeded"][1]) == 2 * 10
+    return {False: sync_pre, True: async_pre}
+
+
+@pytest.mark.parametrize("pool", ["roomy", "tiny"])
+def test_async_equals_sync_and_peft(setup, pool):
+    cfg = {"scheduler": {"max_num_batched_tokens": 48}}
+    if pool == "tiny":  # room for a few requests' KV next to the adapters: preemption by recompute
+        cfg["pool"] = {"page_size": 4, "num_pages": 48}
+    preemptions = compare_sync_async(setup, cfg, 1e-5)
+    if pool == "tiny":
+        assert preemptions[False] > 0 and preemptions[True] > 0, "the pool was meant to be small enough to preempt"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_async_on_the_gpu_with_cuda_graphs_equals_sync(setup):
+    """On the GPU (Triton kernels; decode steps replayed as CUDA graphs, whose token buffer takes the
+    placeholders' tokens on the device), float32: the same outputs with and without async scheduling."""
+    cfg = {"device": "cuda", "scheduler": {"max_num_batched_tokens": 48, "max_num_seqs": 16}}
+    compare_sync_async(setup, cfg, 1e-4)
+    greedy = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+    outs = {}
+    for mode in (False, True):  # decode-only steps: every step after the prefill is a graph replay
+        llm = make_llm(setup, mode, **cfg)
+        outs[mode] = [o.token_ids for o in llm.generate([[5, 6, 7], [8, 9], [10]], greedy)]
+        assert llm.engine.executor.graphs.graphs
+    assert outs[False] == outs[True]
 
 
 def test_steps_overlap_and_placeholders_come_from_the_last_step(setup):
