@@ -344,9 +344,12 @@ class Engine:
                 self.last_step_tokens = out.num_tokens
                 self.last_step_adapters = len({s.adapter for s in out.seqs if s.adapter})
                 outputs += self._read_inflight()
-                self.inflight = launched
-                if not self.async_scheduling:
-                    outputs += self._read_inflight()
+                if not out.seqs:  # no results to read
+                    self.failed_steps = 0
+                else:
+                    self.inflight = launched
+                    if not self.async_scheduling:
+                        outputs += self._read_inflight()
         outputs += [self._output(req) for req in self.scheduler.early_aborted]
         self.scheduler.early_aborted.clear()
         self._drop_finished()
