@@ -18,6 +18,7 @@ import torch
 
 from app.lora.adapter import LORA_GROUPS, module_shapes
 from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta, padded_table
+from app.runner import h2d
 
 
 def decode_buckets(max_num_seqs: int) -> list[int]:
@@ -130,7 +131,7 @@ class DecodeGraphs:
         dev = self.r.device
 
         def put(dst: torch.Tensor, values, dtype=torch.int32):
-            dst.copy_(torch.tensor(values, dtype=dtype).view(dst.shape), non_blocking=True)
+            dst.copy_(h2d(values, dtype, dev).view(dst.shape), non_blocking=True)
 
         put(self.input_ids[:n], b.input_ids, torch.long)
         if fill is not None:
@@ -138,14 +139,14 @@ class DecodeGraphs:
         put(self.positions[:n], b.positions, torch.long)
         put(self.slots[:n], b.slots, torch.int64)
         put(self.seq_lens[:n], b.seq_lens)
-        self.kv_table[:n].copy_(torch.from_numpy(padded_table(b.kv_pages, self.kv_width)).to(dev, non_blocking=True))
+        self.kv_table[:n].copy_(h2d(padded_table(b.kv_pages, self.kv_width), torch.int32, dev), non_blocking=True)
         put(self.seg_slot[:n], b.seg_slot)
         if n < bs:
             self._fill_padding(n, bs)
         if b.lora_pages:
             S = len(b.lora_pages)
-            lt = torch.from_numpy(padded_table(b.lora_pages, self.lora_width))
-            self.lora_table[:S].copy_(lt.to(dev, non_blocking=True))
+            lt = padded_table(b.lora_pages, self.lora_width)
+            self.lora_table[:S].copy_(h2d(lt, torch.int32, dev), non_blocking=True)
             put(self.scales[:S], b.lora_scales, torch.float32)
             for name, meta in self.groups.items():
                 for dst, rows in zip((meta.a_offsets, meta.b_offsets, meta.ranks_a, meta.ranks_b), b.lora_groups[name]):

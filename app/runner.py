@@ -124,7 +124,7 @@ class ModelRunner:
 
     def _fill(self, name: str, pages: list[int]) -> None:
         data = self.adapters[name].data
-        idx = torch.tensor(pages, dtype=torch.long, device=self.device)
+        idx = h2d(pages, torch.long, self.device)
         src = data.view(self.args.num_layers, len(pages), self.page_elems).to(self.device, non_blocking=True)
         self.pool.index_copy_(1, idx, src)
         self.adapter_pages[name] = pages
@@ -180,7 +180,7 @@ class ModelRunner:
                 self._prompt_logprobs(out, batch, hidden, result)
                 if not batch.sample_rows:
                     return StepHandle(result)
-                logits = self.model.logits(hidden[batch.sample_rows])
+                logits = self.model.logits(hidden.index_select(0, h2d(batch.sample_rows, torch.long, self.device)))
             if self.tp.rank != 0:
                 return StepHandle(result)
             sampled = [s for s in out.seqs if s.sample]
@@ -207,8 +207,8 @@ class ModelRunner:
         if last is None:
             raise ValueError("a sequence takes the last step's token, but the last step left none on the device")
         tokens, where = last
-        src = torch.tensor([where[s.request_id] for s in out.seqs if s.from_last_step], device=self.device)
-        return torch.tensor(rows, dtype=torch.long, device=self.device), tokens.index_select(0, src)
+        src = h2d([where[s.request_id] for s in out.seqs if s.from_last_step], torch.long, self.device)
+        return h2d(rows, torch.long, self.device), tokens.index_select(0, src)
 
     def _sample_on_device(self, sampled, logits, gens, banned, result: ModelOutput) -> StepHandle:
         """Samples without waiting for the device; keeps the tokens for the next step's placeholders and
@@ -331,23 +331,24 @@ class ModelRunner:
 
     def _device_batch(self, b: HostBatch):
         dev = self.device
-        i32 = dict(dtype=torch.int32, device=dev)
-        q_indptr = torch.tensor(b.q_indptr, **i32)
+        q_indptr = h2d(b.q_indptr, torch.int32, dev)
         attn = AttentionMeta(
             q_indptr=q_indptr,
-            seq_lens=torch.tensor(b.seq_lens, **i32),
-            kv_page_table=torch.from_numpy(padded_table(b.kv_pages)).to(dev),
-            slot_mapping=torch.tensor(b.slots, dtype=torch.int64, device=dev),
+            seq_lens=h2d(b.seq_lens, torch.int32, dev),
+            kv_page_table=h2d(padded_table(b.kv_pages), torch.int32, dev),
+            slot_mapping=h2d(b.slots, torch.int64, dev),
             max_q_len=b.max_q_len,
         )
         lora = None
         if b.lora_pages:
-            groups = {g: LoRAGroupMeta(*(torch.tensor(rows, **i32) for rows in b.lora_groups[g])) for g in LORA_GROUPS}
+            groups = {
+                g: LoRAGroupMeta(*(h2d(rows, torch.int32, dev) for rows in b.lora_groups[g])) for g in LORA_GROUPS
+            }
             lora = LoRAMeta(
-                page_table=torch.from_numpy(padded_table(b.lora_pages)).to(dev),
-                scales=torch.tensor(b.lora_scales, dtype=torch.float32, device=dev),
+                page_table=h2d(padded_table(b.lora_pages), torch.int32, dev),
+                scales=h2d(b.lora_scales, torch.float32, dev),
                 seg_indptr=q_indptr,
-                seg_slot=torch.tensor(b.seg_slot, **i32),
+                seg_slot=h2d(b.seg_slot, torch.int32, dev),
                 max_seg_len=b.max_q_len,
                 max_rank=b.max_rank,
                 groups=groups,
@@ -359,8 +360,8 @@ class ModelRunner:
         )
         return (
             ctx,
-            torch.tensor(b.input_ids, dtype=torch.long, device=dev),
-            torch.tensor(b.positions, dtype=torch.long, device=dev),
+            h2d(b.input_ids, torch.long, dev),
+            h2d(b.positions, torch.long, dev),
         )
 
 
@@ -380,6 +381,16 @@ class HostBatch:
     lora_scales: list[float] = field(default_factory=list)
     lora_groups: dict[str, tuple[list, list, list, list]] = field(default_factory=dict)  # a_off, b_off, ra, rb
     max_rank: int = 1
+
+
+def h2d(values, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """values (a list or a numpy array) as a `dtype` tensor on `device`. To a GPU through pinned memory,
+    queued on the current stream without waiting for it: `torch.tensor(values, device="cuda")` waits for
+    the stream (a synchronous copy), which would drain the queue that asynchronous scheduling keeps full."""
+    t = torch.from_numpy(values).to(dtype) if isinstance(values, np.ndarray) else torch.tensor(values, dtype=dtype)
+    if torch.device(device).type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:

@@ -192,7 +192,15 @@ def _sample_row(
     # a non-finite row (the model's own logits) must not reach multinomial: on CUDA that is a device assert
     if not bool(torch.isfinite(probs).all()):
         raise ValueError("the logits of this request are not finite")
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+    return int(_draw(probs, generator).item())
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token id [1] from `probs` (finite, >= 0): torch.multinomial(probs, 1)'s own algorithm for one
+    sample (an exponential race, argmax of probs / q with q ~ Exp(1)), the same draws from the same
+    generator state, without multinomial's check that reads the probabilities back to the host."""
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return torch.argmax(probs / q, -1, keepdim=True)
 
 
 def _probs(row: torch.Tensor, p: SamplingParams) -> torch.Tensor:
@@ -226,8 +234,10 @@ def sample_on_device(
         raise ValueError("sample_on_device takes no penalized or constrained requests")
     if banned and any(banned):
         logits = logits.clone()
-        rows = [i for i, b in enumerate(banned) for _ in b]
-        logits[rows, [t for b in banned for t in b]] = float("-inf")
+        idx = torch.tensor([[i for i, b in enumerate(banned) for _ in b], [t for b in banned for t in b]])
+        if logits.is_cuda:  # through pinned memory: a pageable copy would wait for the stream
+            idx = idx.pin_memory().to(logits.device, non_blocking=True)
+        logits[idx[0], idx[1]] = float("-inf")
     tokens = logits.argmax(-1)
     ok = torch.ones(len(params), dtype=torch.bool, device=logits.device)
     for i, p in enumerate(params):
@@ -235,8 +245,8 @@ def sample_on_device(
             continue
         probs = _probs(logits[i], p)
         finite = torch.isfinite(probs).all()
-        # a non-finite distribution must not reach multinomial (a device assert on CUDA): 1s instead
-        tokens[i : i + 1] = torch.multinomial(torch.where(finite, probs, 1.0), 1, generator=generators[i])
+        # a non-finite distribution is not drawn from: 1s instead
+        tokens[i : i + 1] = _draw(torch.where(finite, probs, 1.0), generators[i])
         ok[i] = finite
     return tokens, ok
 

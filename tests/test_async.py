@@ -206,6 +206,45 @@ def test_async_on_the_gpu_with_cuda_graphs_equals_sync(setup):
     assert outs[False] == outs[True]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_async_launch_does_not_wait_for_the_device(setup, monkeypatch):
+    """After warm-up, launching a step (graph-replayed decodes; eager steps with prefill chunks, adapter
+    loads, seeded sampling, min_tokens and logprobs) makes no synchronizing CUDA call, so the device's
+    queue never drains: torch.cuda.set_sync_debug_mode("error") raises on any."""
+    llm = make_llm(setup, True, device="cuda", scheduler={"max_num_batched_tokens": 48, "max_num_seqs": 16})
+    e = llm.engine
+    rng = random.Random(1)
+    names = SMALL + [None]
+    prompts = [[rng.randrange(3, 200) for _ in range(rng.choice([1, 5, 17, 40]))] for _ in range(12)]
+    params = [
+        SamplingParams(max_tokens=12, temperature=0.0 if i % 2 else 0.8, seed=i, ignore_eos=True,
+                       logprobs=2 if i % 3 == 0 else None, min_tokens=3 if i % 4 == 0 else 0)
+        for i in range(12)
+    ]  # fmt: skip
+    adapters = [names[i % 5] for i in range(12)]
+    want = [o.token_ids for o in llm.generate(prompts, params, adapters)]  # compiles everything once
+    for name in list(e.pool.resident_adapters()):
+        e.pool.evict(name)  # loaded again in the checked steps
+    launch, syncs = e.executor.launch, []
+
+    def strict(out):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return launch(out)
+        except RuntimeError as err:
+            syncs.append(repr(err))
+            raise
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(e.executor, "launch", strict)
+    loads = e.pool.loads
+    got = [o.token_ids for o in llm.generate(prompts, params, adapters)]
+    assert not syncs, syncs[:3]
+    assert got == want and e.pool.loads > loads
+
+
 def test_steps_overlap_and_placeholders_come_from_the_last_step(setup):
     """With async scheduling a step's tokens are read one step() later, the next step was scheduled with
     placeholders, and a request that finished has one extra token computed and dropped."""
@@ -314,5 +353,14 @@ def test_sample_on_device_equals_sample():
     assert vals.tolist() == [lp.logprob for lp in want_lps[:5] if lp is not None]
     assert list(zip(ids.tolist(), tv.tolist())) == [t for lp in want_lps[:5] if lp is not None for t in lp.top]
     assert want_lps[0] == token_logprobs(logits[0], want[0], 3)
+    draws = []  # the sampler's draws are torch.multinomial's (seeded outputs as before)
+    for i in range(10):
+        p, row = SamplingParams(temperature=2.0 + i / 10, seed=i), logits[i % 5 : i % 5 + 1]
+        probs = torch.softmax((row[0] - row[0].max()) / p.temperature, -1)
+        want = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(i)).item()
+        got = sample(row, [p], [torch.Generator().manual_seed(i)])[0][0]
+        got_device = sample_on_device(row, [p], [torch.Generator().manual_seed(i)])[0].item()
+        draws.append((want, got, got_device))
+    assert all(a == b == c for a, b, c in draws) and len({a for a, _, _ in draws}) > 3, draws
     with pytest.raises(ValueError):
         sample_on_device(logits, [SamplingParams(repetition_penalty=1.2)], [None])
