@@ -190,10 +190,9 @@ class ModelRunner:
                 return self._sample_on_device(sampled, logits, gens, banned, result)
             allowed = self._grammar_bitmask(sampled)  # host work while the device runs the forward pass
             seen = [(self.history[s.request_id], s.prompt_len) if s.params.penalized else None for s in sampled]
+            # a constrained request's matcher consumes this token in the next step's `fill`, which runs while
+            # the device computes that step (consuming here would hold the host after the sync)
             result.tokens, result.logprobs = sample(logits, [s.params for s in sampled], gens, seen, banned, allowed)
-            for s, tok in zip(sampled, result.tokens):
-                if s.params.structured is not None:
-                    self.constraints.accept(s.request_id, tok)
             return StepHandle(result)
 
     def _placeholders(
