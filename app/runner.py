@@ -419,10 +419,6 @@ class StepHandle:
             self._event = torch.cuda.Event()
             self._event.record()
 
-    def done(self) -> bool:
-        """Whether `result()` would return without waiting."""
-        return self._event is None or self._event.query()
-
     def result(self) -> ModelOutput:
         if self._ints is None:
             return self.output
