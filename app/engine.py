@@ -132,13 +132,13 @@ class Engine:
         self._ids = itertools.count()
         self._grammars = None
         self.steps = 0
-        # the step launched but not read yet (asynchronous scheduling); may be switched while it is None
+        # the step loop (module docstring); may be switched while no step is in flight (benchmarks do)
         self.async_scheduling = cfg.resolved_async_scheduling(device)
         if self.async_scheduling and not hasattr(executor, "launch"):  # the tensor-parallel group
             if cfg.async_scheduling:
                 logger.warning("async_scheduling: %s runs steps synchronously", type(executor).__name__)
             self.async_scheduling = False
-        self.inflight: InFlightStep | None = None
+        self.inflight: InFlightStep | None = None  # the step launched but not read yet
         self.failed_steps = 0  # in a row
         self.last_step_tokens = 0  # tokens computed by the last step (prefill chunks + decodes)
         self.last_step_adapters = 0
