@@ -17,6 +17,7 @@ import torch
 
 from app import LLM, SamplingParams
 from app.engine import EngineDeadError
+from app.request import RequestStatus
 from app.sampling import FAILED, sample, sample_on_device, token_logprobs, token_logprobs_on_device
 from tests.models import ADAPTERS, HFReference, make_model, make_peft_adapters
 
@@ -243,6 +244,32 @@ def test_async_launch_does_not_wait_for_the_device(setup, monkeypatch):
     got = [o.token_ids for o in llm.generate(prompts, params, adapters)]
     assert not syncs, syncs[:3]
     assert got == want and e.pool.loads > loads
+
+
+def test_a_preempted_request_whose_pending_token_ends_it_leaves_the_queue(setup, monkeypatch):
+    """A pool of 4 pages and 40 short requests: requests are preempted while their last token is pending
+    and finish from the queue when it is read (Scheduler.finish of a waiting request); the tokens equal
+    the synchronous engine's and the pool ends clean."""
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, 400) for _ in range(rng.randrange(2, 7))] for _ in range(40)]
+    params = [SamplingParams(max_tokens=rng.randrange(1, 5), temperature=0.0, ignore_eos=True) for _ in range(40)]
+    outs, from_queue = {}, []
+    for mode in (False, True):
+        llm = make_llm((setup[0], {}, None, None), mode, scheduler={"max_num_batched_tokens": 64},
+                       pool={"page_size": 4, "num_pages": 4})  # fmt: skip
+        sch, finish = llm.engine.scheduler, llm.engine.scheduler.finish
+
+        def recording(req, reason, finish=finish, mode=mode):
+            if mode and req.status == RequestStatus.WAITING:
+                from_queue.append(req.request_id)
+            finish(req, reason)
+
+        monkeypatch.setattr(sch, "finish", recording)
+        outs[mode] = [o.token_ids for o in llm.generate(prompts, params)]
+        assert llm.engine.is_idle_clean() and not sch.waiting and sch.num_preemptions > 0
+        llm.engine.pool.check()
+    assert outs[True] == outs[False]
+    assert from_queue, "no request was meant to finish from the queue"
 
 
 def test_steps_overlap_and_placeholders_come_from_the_last_step(setup):
