@@ -133,6 +133,13 @@ class EngineConfig(BaseModel):
         description="run every kernel variant and capture every CUDA graph once at start (Engine.warmup), "
         "so that the first requests do not wait for Triton compiles; auto = on CUDA only",
     )
+    async_scheduling: bool | None = Field(
+        None,
+        description="schedule and launch step N+1 before reading step N's sampled tokens (they stay on the device "
+        "and feed N+1's inputs there), so the GPU's queue does not drain while the host schedules; steps whose "
+        "next step needs token values on the host (penalties, logit bias, structured output) run synchronously; "
+        "tensor-parallel executors always do; None = on CUDA only",
+    )
     seed: int = 0
     load_format: Literal["safetensors", "dummy"] = Field(
         "safetensors",
@@ -175,6 +182,12 @@ class EngineConfig(BaseModel):
                 "lora": lora.model_copy(update={"max_loras_per_batch": lora.max_loras_per_batch or seqs}),
             }
         )
+
+    def resolved_async_scheduling(self, device: str | None = None) -> bool:
+        """`async_scheduling`, with None resolved for the device the engine runs on (on for CUDA)."""
+        if self.async_scheduling is not None:
+            return self.async_scheduling
+        return (device or self.resolved_device()) == "cuda"
 
     def lora_kernel_config(self):
         """The Triton LoRA kernels' launch configuration (kernels.lora.LoRAKernelConfig)."""

@@ -4,7 +4,17 @@ Contract: each step is one forward pass; `schedule()` decides how many tokens of
 computes (`{request: num_new_tokens}`), so prefill chunks and decodes share a step. A request's
 `num_computed_tokens` counts the tokens whose K/V are in the pool; it is scheduled
 `min(num_tokens - num_computed_tokens, token budget)` new tokens, and samples a token when they reach
-its end.
+its end. `schedule()` advances `num_computed_tokens` (the step will compute them) and counts the token the
+step samples in `num_pending` until `update()` appends it.
+
+Asynchronous scheduling (app/engine.py): step N+1 is scheduled before step N's sampled tokens are read.
+A request whose token is pending then gets one token that is a placeholder (`ScheduledSeq.from_last_step`:
+the runner feeds the token it sampled for the request in step N, on the device). A request is not
+scheduled while it has nothing to compute but its pending result, or when its pending token reaches
+max_tokens. A request that turns out to have finished at step N has one extra token computed by step N+1,
+which `update()` discards. Its pages are freed when the engine learns it finished; work still queued on
+the device may use them then, which is safe because every later use of those pages is queued after it
+on the same stream (adapter prefetches on the side stream wait for it, see ModelRunner._load_adapters).
 
 Order: running requests first (admission order), then waiting ones in the order of the admission policies
 below. A waiting request is admitted when its adapter is (or can be made) resident and pinned, its KV pages
@@ -59,6 +69,9 @@ class ScheduledSeq:
     prompt_lp_start: int = 0
     prompt_lp_targets: list[int] = field(default_factory=list)
     banned_ids: list[int] = field(default_factory=list)  # tokens the sampler must not pick (min_tokens)
+    # token_ids is [placeholder]: the runner feeds the token it sampled for this request in the last step
+    # it launched (asynchronous scheduling; see the module docstring)
+    from_last_step: bool = False
 
 
 @dataclass
@@ -137,6 +150,8 @@ class Scheduler:
         if req.status == RequestStatus.RUNNING:
             self.running.remove(req)
             self._release(req)
+        elif req.status == RequestStatus.WAITING and req in self.waiting:  # preempted with a token pending
+            self.waiting.remove(req)
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
         req.finish_time = self.clock()
@@ -168,7 +183,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            n = min(req.num_tokens + req.num_pending - req.num_computed_tokens, budget)
+            if n <= 0 or (req.num_pending and len(req.output_token_ids) + req.num_pending >= req.params.max_tokens):
+                i += 1  # its last launched step's result decides what comes next
+                continue
             while not self.pool.grow_kv(req.request_id, req.num_computed_tokens + n):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -188,16 +206,25 @@ class Scheduler:
 
         for req, n in chosen:
             start = req.num_computed_tokens
+            placeholder = start >= req.num_tokens
+            if placeholder and (n != 1 or start != req.num_tokens or req.num_pending != 1):
+                raise AssertionError(
+                    f"request {req.request_id}: {n} tokens from {start} with {req.num_pending} pending"
+                )
             seq = ScheduledSeq(
                 request_id=req.request_id,
-                token_ids=req.token_slice(start, n),
+                token_ids=[0] if placeholder else req.token_slice(start, n),
                 start_pos=start,
                 kv_pages=list(self.pool.kv_pages(req.request_id)),
                 adapter=req.adapter,
-                sample=start + n == req.num_tokens,
+                sample=start + n == req.num_tokens + req.num_pending,
                 params=req.params,
                 prompt_len=len(req.prompt_token_ids),
+                from_last_step=placeholder,
             )
+            req.num_computed_tokens = start + n
+            if seq.sample and req.params.max_tokens > 0:
+                req.num_pending += 1
             if req.prompt_logprobs:  # positions whose next prompt token has no logprob yet (not again
                 # after a preemption: the recompute feeds the prompt a second time)
                 first = max(start, len(req.prompt_logprobs) - 1)
@@ -205,7 +232,7 @@ class Scheduler:
                 if first < end:
                     seq.prompt_lp_start = first
                     seq.prompt_lp_targets = req.prompt_token_ids[first + 1 : end + 1]
-            if seq.sample and len(req.output_token_ids) < req.params.min_tokens:
+            if seq.sample and len(req.output_token_ids) + req.num_pending - 1 < req.params.min_tokens:
                 seq.banned_ids = req.stop_ids_banned
             out.seqs.append(seq)
         return out
@@ -367,20 +394,25 @@ class Scheduler:
             self.num_prefetches += 1
 
     def update(self, out: SchedulerOutput, requests: dict[str, Request], result: ModelOutput) -> list[Request]:
-        """Advances the scheduled requests; appends the sampled tokens (and their TokenLogprobs, where
-        requested) and the prompt logprobs computed this step. Returns the requests that reached the end
+        """Takes in a step's results: appends the sampled tokens (and their TokenLogprobs, where requested)
+        and the prompt logprobs computed by the step. `requests`: the step's requests by id, as they were
+        when it was scheduled (a finished one's results are dropped: an aborted request, or one that
+        finished at the step before, see the module docstring). Returns the requests that reached the end
         of their tokens (the engine then checks their stop conditions); a request with max_tokens 0 gets
         no token then (its prompt is done)."""
         it = iter(zip(result.tokens, result.logprobs or [None] * len(result.tokens)))
         got = []
         for s in out.seqs:
-            req = requests[s.request_id]
-            req.num_computed_tokens = s.start_pos + len(s.token_ids)
-            if s.prompt_lp_targets:
+            req = requests.get(s.request_id)
+            live = req is not None and not req.finished
+            if s.prompt_lp_targets and live:
                 req.prompt_logprobs += result.prompt_logprobs[s.request_id]
             if s.sample:
                 tok, lp = next(it)
+                if not live:
+                    continue
                 if req.params.max_tokens > 0:
+                    req.num_pending -= 1
                     req.output_token_ids.append(tok)
                     if lp is not None:
                         req.output_logprobs.append(lp)
