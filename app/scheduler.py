@@ -359,7 +359,7 @@ class Scheduler:
         ahead = 0  # requests that will be admitted before the one looked at
         dropped = []
         for req in self._queue_order(self._newest_first(now)):
-            if req.output_token_ids:
+            if req.output_token_ids or req.num_pending:  # it has its first token (a pending one, when async)
                 ahead += 1
                 continue
             wait = ahead / service if service else 0.0
