@@ -237,17 +237,15 @@ class Router:
         over predicted TTFT, after CALIBRATION_MIN requests): the model misses costs it cannot see (the
         streaming and HTTP path, CPU contention, per-sequence host work), so an underestimate is raised;
         an overestimate is kept (admission errs on the side of the SLO).
-        The correction describes the group under the load it had then. It is not applied to a group that
-        is idle (nothing running, waiting, queued for prefill or sent to it since its last poll), and it is dropped once no
-        first token has come for CALIBRATION_TTL_S: a correction learnt in an overload would otherwise
-        refuse every request, and with nothing admitted nothing would ever correct it back."""
+        The correction describes the service under the load it had then, wherever the time went (also in
+        front of an idle group: the HTTP path). It is dropped once no first token has come for
+        CALIBRATION_TTL_S: a correction learnt in an overload would otherwise refuse every request, and with
+        nothing admitted nothing would ever correct it back."""
         fit = self._calibration[name]
         if fit.n < CALIBRATION_MIN or not math.isfinite(model_ttft_s):
             return model_ttft_s
         if self.clock() - self._observed_at[name] > CALIBRATION_TTL_S:
             self._calibration[name] = LinearFit(decay=fit.decay)
-            return model_ttft_s
-        if self.load(name) == 0 and not self.states[name].queued_prefill_tokens:
             return model_ttft_s
         intercept, slope = fit.params(min_var=1e-4)
         return max(model_ttft_s, intercept + slope * model_ttft_s)
