@@ -27,7 +27,7 @@ from typing import Literal
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.protocol import error_body
+from deployments.protocol import error_body
 
 Role = Literal["inference", "admin", "metrics", "public"]
 

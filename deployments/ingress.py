@@ -34,7 +34,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.lora.adapter import AdapterError, confine_path
-from app.protocol import (
+from deployments.protocol import (
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -135,7 +135,7 @@ async def _validation_error(_: Request, e: RequestValidationError):
         parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         if param is None and len(loc) > 1 and isinstance(loc[1], str):
             param = loc[1]  # the top-level field of the first error that names one
-    # a field this server knows but does not implement names itself (app/protocol.py UnsupportedField)
+    # a field this server knows but does not implement names itself (deployments/protocol.py UnsupportedField)
     param = next((p for err in e.errors() if (p := getattr(err.get("ctx", {}).get("error"), "param", None))), param)
     return _error_response(400, "; ".join(parts[:5]) or "invalid request", param)
 

@@ -1,4 +1,4 @@
-"""OpenAI schemas (app/protocol.py) and the builder's typed arguments (no Ray cluster needed)."""
+"""OpenAI schemas (deployments/protocol.py) and the builder's typed arguments (no Ray cluster needed)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from app.protocol import ChatCompletionRequest, CompletionRequest, error_body
+from deployments.protocol import ChatCompletionRequest, CompletionRequest, error_body
 from deployments.builder import BuildArgs, resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_echo_prompt_logprobs_min_tokens_and_vllm_fields():
     """echo + logprobs asks for the prompt's logprobs (vLLM: prompt_logprobs = logprobs); max_tokens 0 only
     with echo or prompt_logprobs; min_tokens passes through; vLLM fields at their neutral values pass, others
     are refused naming the field."""
-    from app.protocol import UnsupportedField
+    from deployments.protocol import UnsupportedField
 
     sp = CompletionRequest(model="m", prompt="x", echo=True, logprobs=1, max_tokens=0).to_sampling_params(0)
     assert (sp.prompt_logprobs, sp.logprobs, sp.max_tokens) == (1, 1, 0)
@@ -158,7 +158,7 @@ def test_chat_request():
 def test_structured_output_fields():
     """response_format (chat and completions), vLLM's structured_outputs and guided_* all map onto one
     StructuredOutputs; two at once, unknown kinds and unimplemented options are 400s naming the field."""
-    from app.protocol import UnsupportedField
+    from deployments.protocol import UnsupportedField
     from app.structured import StructuredOutputs
 
     msgs = [{"role": "user", "content": "x"}]
@@ -200,7 +200,7 @@ def test_structured_output_fields():
 
 
 def test_logprobs_formats():
-    from app.protocol import chat_logprobs, completion_logprobs, vllm_prompt_logprobs
+    from deployments.protocol import chat_logprobs, completion_logprobs, vllm_prompt_logprobs
     from app.request import TokenLogprobs
 
     words = {1: "a", 2: "bc", 3: "é"}
