@@ -136,7 +136,7 @@ class SLoRAGroup:
         tensor_parallel_size: int = 1,
         num_threads: int | None = None,
         ray_metrics: bool = True,
-        stream_interval_s: float = 0.05,
+        stream_interval_s: float = 0.0,
     ):
         """`stream_interval_s`: a stream sends its new tokens at most this often (its first tokens and its
         end at once); 0 = one item per engine step."""
