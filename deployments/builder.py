@@ -196,6 +196,7 @@ def build_app(args: BuildArgs | dict) -> Application:
             tensor_parallel_size=tp,
             num_threads=max(1, int(num_cpus)) if not gpu and tp == 1 else None,
             stream_interval_s=args.stream_interval_s,
+            served_model_name=served,
         )
         for i in range(args.num_groups)
     ]

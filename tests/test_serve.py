@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -941,6 +942,118 @@ def test_503_with_retry_after_while_the_group_warms_up(service, tmp_path):
     finally:
         gate.touch()
         serve.delete("gated")
+
+
+# ---- metrics: both scrape paths and the Grafana dashboard ----------------------------------------------
+DASHBOARD = Path(__file__).resolve().parents[1] / "configs" / "grafana_dashboard.json"
+
+
+def _dashboard_names(prefix: str) -> dict[str, set[str]]:
+    """{PromQL query of the dashboard: the metric (sample) names it reads}, `${prefix}` set to `prefix`."""
+    d = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for p in d["panels"] for t in p["targets"]]
+    queries += [v["query"] for v in d["templating"]["list"] if v["type"] == "query"]
+    out = {}
+    for q in queries:
+        assert "${prefix}" in q, q  # every query reads sloray's series through the source variable
+        text = q.replace("${prefix}", prefix)
+        out[q] = set(re.findall(rf"\b{re.escape(prefix)}[a-zA-Z0-9_]+", text))
+        assert out[q], q
+    return out
+
+
+def _families(text: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def _traffic(http, client) -> None:
+    """Requests of several kinds: finished (stop and length), an aborted stream, a 429 on the strict app."""
+    client.completions.create(model="demo-r4-attn", prompt="Hello", max_tokens=4, temperature=0)
+    client.completions.create(model=f"{MODEL}:demo-r8-mlp", prompt="Hello", max_tokens=4, temperature=0)
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    with http.stream(
+        "POST", "/v1/completions", json={"model": "demo-r1-qv", "prompt": "x", "max_tokens": 500, "stream": True}
+    ) as r:
+        next(r.iter_lines())  # then hang up: the group aborts the request
+    assert httpx.post(f"{BASE}/strict/v1/completions", json={"model": MODEL, "prompt": "x"}).status_code == 429
+
+
+def test_metrics_parse_with_vllm_names_and_every_dashboard_query_resolves(http, client):
+    """The ingress /metrics parses (prometheus_client's parser); it has the sloray_ series and the vLLM
+    ones a vLLM dashboard reads, per-adapter counters with bounded labels, and a series for every metric
+    name in every query of configs/grafana_dashboard.json."""
+    _traffic(http, client)
+    time.sleep(0.5)  # polled since
+    fams = _families(httpx.get(f"{BASE}/metrics", headers=METRICS).text)
+    samples = {s.name: s for f in fams.values() for s in f.samples}
+    for q, names in _dashboard_names("sloray_").items():
+        assert names <= set(samples), (q, names - set(samples))
+    for name, kind in {
+        "vllm:num_requests_running": "gauge",
+        "vllm:num_requests_waiting": "gauge",
+        "vllm:kv_cache_usage_perc": "gauge",
+        "vllm:lora_requests_info": "gauge",
+        "vllm:time_to_first_token_seconds": "histogram",
+        "vllm:time_per_output_token_seconds": "histogram",
+        "vllm:e2e_request_latency_seconds": "histogram",
+        "vllm:request_queue_time_seconds": "histogram",
+        "vllm:prompt_tokens": "counter",
+        "vllm:generation_tokens": "counter",
+        "vllm:request_success": "counter",
+        "sloray_adapter_requests": "counter",
+        "sloray_adapter_generation_tokens": "counter",
+    }.items():
+        assert fams[name].type == kind, name
+        assert {s.labels["group"] for s in fams[name].samples} == set(GROUPS), name
+    kv = [s.value for s in fams["vllm:kv_cache_usage_perc"].samples]
+    assert all(0.0 <= v <= 1.0 for v in kv)
+    tpot = [s.value for s in fams["vllm:time_per_output_token_seconds"].samples if s.name.endswith("_count")]
+    assert sum(tpot) > 0
+    reasons = {}
+    for s in fams["vllm:request_success"].samples:
+        reasons[s.labels["finished_reason"]] = reasons.get(s.labels["finished_reason"], 0) + s.value
+    assert {"stop", "length", "abort"} <= set(reasons) and reasons["length"] > 0 and reasons["abort"] > 0, reasons
+    info = fams["vllm:lora_requests_info"].samples
+    assert {"running_lora_adapters", "waiting_lora_adapters", "max_lora"} <= set(info[0].labels)
+    assert all(int(s.labels["max_lora"]) >= 1 for s in info)
+    by_adapter = {}
+    for s in fams["sloray_adapter_requests"].samples:
+        by_adapter[s.labels["adapter"]] = by_adapter.get(s.labels["adapter"], 0) + s.value
+    assert by_adapter["demo-r4-attn"] >= 1 and by_adapter["demo-r8-mlp"] >= 1 and by_adapter[MODEL] >= 1
+    assert len(by_adapter) <= 33  # MAX_ADAPTER_LABELS + other, per group
+
+
+def test_ray_metrics_export_has_the_same_series(http, client):
+    """Ray's own Prometheus export (the node's metrics_export_port) has every series the dashboard reads under
+    Ray's `ray_` prefix, with the ingress's model_name and group labels. Ray shows a counter from its first
+    increment (it refuses to add 0), so a counter still at zero on the ingress may be missing there; every
+    gauge is there from the start."""
+    _traffic(http, client)
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    time.sleep(0.5)
+    ingress: dict[str, float] = {}  # sample name -> its largest value over the main app's groups
+    for f in _families(httpx.get(f"{BASE}/metrics", headers=METRICS).text).values():
+        for x in f.samples:
+            if x.labels.get("group") in GROUPS:
+                ingress[x.name] = max(ingress.get(x.name, 0.0), x.value)
+    # a name counts once any scrape showed it: under CPU load Ray may drop a gauge between two late reports
+    seen: dict[str, set[str]] = {}  # sample name -> the groups it was seen with
+    wanted = set().union(*_dashboard_names("ray_sloray_").values())
+    missing, deadline = wanted, time.monotonic() + 60
+    while missing and time.monotonic() < deadline:
+        time.sleep(2)  # Ray reports metrics every few seconds
+        for f in _families(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text).values():
+            for x in f.samples:
+                if x.labels.get("model_name") == MODEL:
+                    seen.setdefault(x.name, set()).add(x.labels.get("group"))
+        missing = {
+            n for n in wanted if n not in seen and not (n.endswith("_total") and ingress.get(n[len("ray_") :], 0) == 0)
+        }
+    assert not missing, (missing, sorted(seen))
+    assert set(GROUPS) <= seen["ray_sloray_num_requests_running"], seen["ray_sloray_num_requests_running"]
+    assert set(GROUPS) <= seen["ray_sloray_time_to_first_token_seconds_bucket"]
 
 
 # ---- schemathesis: generated requests from the app's own OpenAPI schema ---------------------------
