@@ -315,3 +315,34 @@ def test_serve_configs_are_valid(path):
     for app in doc["applications"]:
         assert app["import_path"] == "deployments.builder:build_app"
         BuildArgs(**app["args"])
+
+
+def test_tokenize_request_shapes():
+    from pydantic import TypeAdapter, ValidationError
+
+    from deployments.protocol import DetokenizeRequest, TokenizeChatRequest, TokenizeCompletionRequest, UnsupportedField
+
+    body = TypeAdapter(TokenizeCompletionRequest | TokenizeChatRequest)
+    r = body.validate_python({"model": "m", "prompt": "hi"})
+    assert isinstance(r, TokenizeCompletionRequest) and r.add_special_tokens and not r.return_token_strs
+    r = body.validate_python({"messages": [{"role": "user", "content": "hi"}], "tools": None})
+    assert isinstance(r, TokenizeChatRequest) and r.add_generation_prompt and not r.add_special_tokens
+    assert r.model is None and r.chat() == [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValidationError):
+        body.validate_python({"model": "m"})
+    with pytest.raises(ValidationError) as e:
+        TokenizeChatRequest(messages=[{"role": "user", "content": "hi"}], continue_final_message=True)
+    assert isinstance(e.value.errors()[0]["ctx"]["error"], UnsupportedField)
+    assert DetokenizeRequest(tokens=[1, 2]).tokens == [1, 2]
+    with pytest.raises(ValidationError):
+        DetokenizeRequest(tokens=["a"])
+
+
+def test_build_args_service_defaults():
+    from deployments.builder import BuildArgs
+
+    a = BuildArgs()
+    assert a.stream_interval_s == 0.0  # one chunk per engine step
+    assert a.access_log_exclude == ["/health", "/metrics"]
+    assert BuildArgs(access_log_exclude="").access_log_exclude is None
+    assert BuildArgs(access_log_exclude="/health").access_log_exclude == ["/health"]
