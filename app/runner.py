@@ -167,10 +167,9 @@ class ModelRunner:
             gens = [self._generator(s.request_id, s.params.seed) if s.params.temperature > 0 else None for s in sampled]
             seen = [(self.history[s.request_id], s.prompt_len) if s.params.penalized else None for s in sampled]
             banned = [s.banned_ids for s in sampled]
+            # a constrained request's matcher consumes this token in the next step's `fill`, which runs while
+            # the device computes that step (consuming here would hold the host after the sync)
             result.tokens, result.logprobs = sample(logits, [s.params for s in sampled], gens, seen, banned, allowed)
-            for s, tok in zip(sampled, result.tokens):
-                if s.params.structured is not None:
-                    self.constraints.accept(s.request_id, tok)
             return result
 
     def _grammar_bitmask(self, sampled: list[ScheduledSeq]) -> tuple[torch.Tensor, list[int]] | None:

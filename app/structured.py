@@ -6,9 +6,10 @@ In:  `StructuredOutputs` (in SamplingParams: plain data, pickled to the tensor-p
 Out: `Grammars.compile(so)` (validation: ValueError naming the problem; one parsed grammar per spec, kept
      in an LRU cache, each request's matcher a copy of it), and `Constraints`, the runner's per-request
      matcher state:
-       fill(rows, bitmask)  ->  bring each request's matcher to its output tokens so far, then write the
-                                tokens it allows next into its bitmask row (all rows at once, in threads)
-       accept(rid, token)   ->  advance the matcher with the sampled token
+       fill(rows, bitmask)  ->  bring each request's matcher to its output tokens so far (the token sampled
+                                last step included), then write the tokens it allows next into its bitmask
+                                row (all rows at once, in threads); the runner calls it while the device
+                                runs the step's forward pass, so the matchers' work hides under it
        drop(rid)            ->  forget it (finished, or preempted: rebuilt from the outputs on recompute)
 
 A bitmask row has ceil(vocab / 32) int32 words; bit j of word w allows token 32 w + j. `apply_token_bitmask`
@@ -158,11 +159,6 @@ class Constraints:
             self.state[rid] = (m, len(outputs))
             matchers.append((m, i))
         fill_next_token_bitmask_par(self.executor, matchers, bitmask)
-
-    def accept(self, rid: str, token: int) -> None:
-        m, n = self.state[rid]
-        self._consume(rid, m, token)
-        self.state[rid] = (m, n + 1)
 
     @staticmethod
     def _consume(rid: str, m, token: int) -> None:

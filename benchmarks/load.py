@@ -36,6 +36,7 @@ async def send(
         "stream": True,
     }
     sent = time.perf_counter()
+    headers = {**headers, "X-Request-Start": f"t={time.time():.6f}"}  # as a load balancer stamps it
     res = {"adapter": r["adapter"], "sent": sent, "status": None, "first": None, "chunks": 0}
     try:
         async with client.stream("POST", f"{url}/v1/completions", json=body, headers=headers) as resp:

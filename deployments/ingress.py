@@ -79,7 +79,7 @@ from deployments.protocol import (
     random_id,
     vllm_prompt_logprobs,
 )
-from deployments.routing import Decision, GroupState, Router
+from deployments.routing import Decision, GroupState, Router, request_start_age_s
 
 logger = logging.getLogger("ray.serve")
 
@@ -102,6 +102,12 @@ class IngressConfig(BaseModel):
         1 << 20, ge=1, description="prompt tokens + max_tokens, summed over a request's prompts x n"
     )
     ttft_slo_s: float | None = None
+    request_start_header: str | None = Field(
+        "X-Request-Start",
+        description="a load balancer's stamp of when it received the request (nginx: "
+        'proxy_set_header X-Request-Start "t=${msec}"); admission counts the time since then against '
+        "ttft_slo_s. None: count from the handler's start",
+    )
     routing_eps: float = 0.25
     poll_interval_s: float = 0.25
     poll_timeout_s: float = 5.0
@@ -476,6 +482,16 @@ class OpenAIIngress:
             )
         return max_tokens
 
+    def _received(self, request: Request) -> float:
+        """When the request reached the service (time.monotonic() scale): now, or earlier by the age of
+        the load balancer's `request_start_header` stamp, so that admission counts the time it queued in
+        front of this handler (the balancer, Serve's proxy, this replica's event loop)."""
+        now = time.monotonic()
+        header = self.cfg.request_start_header
+        if not header:
+            return now
+        return now - request_start_age_s(request.headers.get(header), time.time())
+
     async def _start(
         self, body, prompts: list[list[int]], adapter: str | None, default_max: int | None, received: float
     ):
@@ -642,8 +658,8 @@ class OpenAIIngress:
 
     # ---- routes ----------------------------------------------------------------------------------
     @api.post("/v1/completions")
-    async def completions(self, body: CompletionRequest):
-        received = time.monotonic()
+    async def completions(self, body: CompletionRequest, request: Request):
+        received = self._received(request)
         await self._require_group()
         adapter = await self._resolve_model(body.model)
         texts = body.prompts()
@@ -720,10 +736,10 @@ class OpenAIIngress:
         )
 
     @api.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatCompletionRequest):
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request):
         """Chat; with `tools` (app/tools.py): the template shows them to the model, tool_choice "auto" parses
         the output in the template's format, "required" and a named function force it by grammar."""
-        received = time.monotonic()
+        received = self._received(request)
         await self._require_group()
         adapter = await self._resolve_model(body.model)
         mode, tools = body.tool_mode(), body.tool_dicts()

@@ -27,12 +27,15 @@ import hashlib
 import heapq
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Priors used until a group has measured its own step time and prefill rate.
 DEFAULT_STEP_S = 0.02
 DEFAULT_PREFILL_TPS = 2000.0
 CALIBRATION_MIN = 5  # admitted requests' first tokens seen before their TTFTs correct the predictions
+CALIBRATION_TTL_S = 5.0  # a calibration with no new first token for this long is dropped (see calibrated)
+MAX_REQUEST_START_AGE_S = 600.0  # an X-Request-Start older than this is a clock problem (request_start_age_s)
 
 
 @dataclass
@@ -104,7 +107,13 @@ class Decision:
 class Router:
     """Per-ingress view of the groups: polled state + local in-flight increments between polls."""
 
-    def __init__(self, group_names: list[str], eps: float = 0.25, ttft_slo_s: float | None = None):
+    def __init__(
+        self,
+        group_names: list[str],
+        eps: float = 0.25,
+        ttft_slo_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if not group_names:
             raise ValueError("at least one group is needed")
         self.names = list(group_names)
@@ -112,7 +121,9 @@ class Router:
         self.ttft_slo_s = ttft_slo_s
         self.states = {n: GroupState(name=n) for n in self.names}
         self._heaps: dict[str, list[int]] = {}  # GroupState.slot_heap() of the last poll, per group
+        self.clock = clock
         self._calibration = {n: LinearFit(decay=0.9) for n in self.names}  # actual TTFT over predicted
+        self._observed_at = dict.fromkeys(self.names, 0.0)  # clock() of each calibration's last observation
         # Requests / prompt tokens this ingress sent to a group since its last poll.
         self.pending_reqs = dict.fromkeys(self.names, 0)
         self.pending_tokens = dict.fromkeys(self.names, 0)
@@ -219,17 +230,51 @@ class Router:
         """An admitted request's first token came `actual_s` after its admission, predicted `model_ttft_s`."""
         if math.isfinite(model_ttft_s):
             self._calibration[name].observe(model_ttft_s, actual_s)
+            self._observed_at[name] = self.clock()
 
     def calibrated(self, name: str, model_ttft_s: float) -> float:
         """The prediction corrected by what this group's recent requests really got (a linear fit of actual
         over predicted TTFT, after CALIBRATION_MIN requests): the model misses costs it cannot see (the
         streaming and HTTP path, CPU contention, per-sequence host work), so an underestimate is raised;
-        an overestimate is kept (admission errs on the side of the SLO)."""
+        an overestimate is kept (admission errs on the side of the SLO).
+        The correction describes the group under the load it had then. It is not applied to a group that
+        is idle (nothing running, waiting, queued for prefill or sent to it since its last poll), and it is dropped once no
+        first token has come for CALIBRATION_TTL_S: a correction learnt in an overload would otherwise
+        refuse every request, and with nothing admitted nothing would ever correct it back."""
         fit = self._calibration[name]
         if fit.n < CALIBRATION_MIN or not math.isfinite(model_ttft_s):
             return model_ttft_s
+        if self.clock() - self._observed_at[name] > CALIBRATION_TTL_S:
+            self._calibration[name] = LinearFit(decay=fit.decay)
+            return model_ttft_s
+        if self.load(name) == 0 and not self.states[name].queued_prefill_tokens:
+            return model_ttft_s
         intercept, slope = fit.params(min_var=1e-4)
         return max(model_ttft_s, intercept + slope * model_ttft_s)
+
+
+def request_start_age_s(value: str | None, now: float) -> float:
+    """How long ago a load balancer stamped the request (the `X-Request-Start` convention of nginx, Heroku
+    and New Relic: `t=<time>` or a bare number, in seconds, milliseconds or microseconds since the epoch,
+    told apart by magnitude), given `now` (time.time()). 0 for a missing or malformed stamp, or one from
+    the future; at most MAX_REQUEST_START_AGE_S (a stamp older than that is a clock problem, not a queue).
+    Only the request's own admission reads it: a client that lies about it can only get itself refused."""
+    if not value:
+        return 0.0
+    v = value.strip()
+    if v.startswith("t="):
+        v = v[2:]
+    try:
+        t = float(v)
+    except ValueError:
+        return 0.0
+    if not math.isfinite(t) or t <= 0:
+        return 0.0
+    if t > 1e14:  # microseconds
+        t /= 1e6
+    elif t > 1e11:  # milliseconds
+        t /= 1e3
+    return min(max(0.0, now - t), MAX_REQUEST_START_AGE_S)
 
 
 class LinearFit:

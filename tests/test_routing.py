@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from deployments.routing import GroupState, Router, rendezvous_order
+from deployments.routing import MAX_REQUEST_START_AGE_S, GroupState, Router, rendezvous_order, request_start_age_s
 
 GROUPS = [f"g{i}" for i in range(4)]
 
@@ -271,3 +271,38 @@ def test_calibration_raises_underestimates_and_counts_time_already_spent():
     for pred in [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7] * 8:  # overestimates are not corrected downwards
         r.observe_ttft("a", pred, pred / 2)
     assert r.calibrated("a", raw) == raw
+
+
+def test_request_start_stamp_of_a_load_balancer():
+    now = 1_800_000_000.0
+    for stamp in (f"t={now - 2.5:.3f}", f"{now - 2.5:.3f}", f"t={int((now - 2.5) * 1e3)}", f"t={int((now - 2.5) * 1e6)}"):
+        assert request_start_age_s(stamp, now) == pytest.approx(2.5, abs=1e-3), stamp
+    for bad in (None, "", "t=", "t=abc", "t=nan", "t=-5", "t=inf", f"t={now + 30}"):
+        assert request_start_age_s(bad, now) == 0.0, bad
+    assert request_start_age_s("t=1", now) == MAX_REQUEST_START_AGE_S  # a clock problem, not a queue
+    # the age counts against the SLO: a request that queued 0.99 s in front of the ingress is refused
+    r = Router(["g"], ttft_slo_s=1.0)
+    r.update(GroupState(name="g", step_time_s=0.02, prefill_tps=10_000, max_num_seqs=8))
+    assert r.admit("g", 100).admitted
+    assert not r.admit("g", 100, elapsed_s=request_start_age_s(f"t={now - 0.99}", now)).admitted
+
+
+def test_a_calibration_learnt_in_an_overload_does_not_refuse_forever():
+    """The GPU flood of 2026-12-02: after a flood had taught the calibration TTFTs far above the model's,
+    every request of the next one was refused (nothing admitted, so nothing corrected it)."""
+    now = [100.0]
+    r = Router(["a"], ttft_slo_s=1.0, clock=lambda: now[0])
+    busy = GroupState(name="a", running=4, max_num_seqs=8, running_remaining=(5,) * 4, step_time_s=0.02)
+    r.update(busy)
+    for pred in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3):  # the overload: 1.5 s more than predicted
+        r.observe_ttft("a", pred, pred + 1.5)
+    assert not r.admit("a", 50).admitted  # while the group is loaded, the correction holds
+    r.update(GroupState(name="a", max_num_seqs=8, step_time_s=0.02))  # idle: the model alone decides
+    assert r.admit("a", 50).admitted
+    r.update(busy)
+    now[0] += 4.0
+    assert not r.admit("a", 50).admitted
+    now[0] += 2.0  # no first token for more than CALIBRATION_TTL_S: the correction is dropped
+    assert r.admit("a", 50).admitted
+    r.update(busy)
+    assert r.admit("a", 50).admitted  # and it stays dropped until new first tokens come
