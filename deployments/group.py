@@ -488,6 +488,7 @@ class SLoRAGroup:
         s["ranks"] = getattr(self.engine.executor, "ranks", [])  # tensor parallelism: the rank actors
         s["gauges"] = self._gauges(s)
         s["metrics"] = self.metrics.snapshot()
+        self.metrics.keep_alive()
         return s
 
     async def check_health(self) -> None:

@@ -24,6 +24,7 @@ Every series a group reports exists (at zero) from the group's first stats poll 
 from __future__ import annotations
 
 import bisect
+import time
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -207,12 +208,13 @@ class GroupMetrics:
 
     def set_gauges(self, gauges: dict[str, float], pool: dict[str, float]) -> None:
         if self._ray:
-            for k, v in gauges.items():
-                self._ray.gauges[k].set(v)
-            for kind in POOL_KINDS:
-                self._ray.pool.set(pool[kind], tags={"kind": kind})
-            self._ray.fragmentation.set(pool["kv_fragmentation"])
-            self._ray.kv_usage.set(kv_cache_usage(pool))
+            self._ray.set_gauges(gauges, pool)
+
+    def keep_alive(self) -> None:
+        """Re-reports the Ray gauges' last values (at most once a second): Ray's export drops a gauge that has
+        not been set for a couple of report intervals, e.g. while the group is idle (call it from stats())."""
+        if self._ray:
+            self._ray.keep_alive()
 
     def snapshot(self) -> dict:
         return {
@@ -238,7 +240,7 @@ def kv_cache_usage(pool: dict) -> float:
 
 class _RayMetrics:
     """The `sloray_` figures through ray.util.metrics (shown by the Ray dashboard / Ray's Prometheus port,
-    which adds `ray_` in front), gauges at zero from the start; the per-adapter counters and the finish
+    which adds `ray_` in front), gauges at zero from the start and re-reported while idle (`keep_alive`); the per-adapter counters and the finish
     reasons as `sloray_adapter_*_total{adapter}` and `sloray_request_finished_total{finished_reason}`."""
 
     def __init__(self, group: str, model: str):
@@ -263,15 +265,30 @@ class _RayMetrics:
         self.fragmentation = m.Gauge("sloray_kv_fragmentation", description=HELP_FRAGMENTATION, tag_keys=keys)
         self.kv_usage = m.Gauge("sloray_kv_cache_usage_perc", description=HELP_KV_USAGE, tag_keys=keys)
         self.up = m.Gauge("sloray_group_up", description=HELP_UP, tag_keys=keys)
-        gauges = [*self.gauges.values(), self.fragmentation, self.kv_usage, self.up]
-        for x in [*self.hists.values(), *self.counters.values(), self.finished, *self.adapters.values(), self.pool]:
+        gauges = [*self.gauges.values(), self.pool, self.fragmentation, self.kv_usage, self.up]
+        for x in [*self.hists.values(), *self.counters.values(), self.finished, *self.adapters.values(), *gauges]:
             x.set_default_tags(tags)
-        for g in gauges:
-            g.set_default_tags(tags)
-            g.set(0.0)
+        self.last: tuple[dict[str, float], dict[str, float]] = (
+            dict.fromkeys(GAUGES, 0.0),
+            dict.fromkeys(POOL_KINDS, 0) | {"kv_fragmentation": 0.0, "total": 0},
+        )
+        self.reported = float("-inf")
+        self.keep_alive()
+
+    def set_gauges(self, gauges: dict[str, float], pool: dict[str, float]) -> None:
+        self.last = (gauges, pool)
+        self.reported = time.monotonic()
+        for k, v in gauges.items():
+            self.gauges[k].set(v)
         for kind in POOL_KINDS:
-            self.pool.set(0.0, tags={"kind": kind})
+            self.pool.set(pool[kind], tags={"kind": kind})
+        self.fragmentation.set(pool["kv_fragmentation"])
+        self.kv_usage.set(kv_cache_usage(pool))
         self.up.set(1.0)  # this group's own export: it is up while it exports
+
+    def keep_alive(self) -> None:
+        if time.monotonic() - self.reported >= 1.0:
+            self.set_gauges(*self.last)
 
 
 class ServiceCollector:
