@@ -10,7 +10,10 @@ Two applications are started once for the module (in parallel, `serve.run_many`)
   * "coalesced" at /coalesced: one group that coalesces a stream's tokens (stream_interval_s=0.05; the
     others stream one item per engine step, the default 0);
   * "fuzz" at /fuzz: one group with keys and a 64-token context (so that any generated request is cheap),
-    the target of schemathesis.
+    the target of schemathesis;
+  * "gated" at /gated, for one test only: a group held in its constructor (tests/gated_group.py) until the test
+    lets it warm up, to see the 503 + Retry-After answers of a service that is starting.
+The metrics tests scrape the ingress's /metrics and Ray's own export (the node's metrics_export_port).
 Greedy results are compared with the offline `app.LLM` on the same model and adapters.
 """
 
@@ -221,7 +224,7 @@ def test_streaming_completion_equals_offline(client, llm, http):
     )
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == ref.text
-    # really streamed: the first tokens go out at once, the end separately (the rest is coalesced)
+    # really streamed: one chunk per engine step (stream_interval_s 0), the end separately
     assert len([c for c in chunks if c.choices]) >= 2
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
