@@ -34,8 +34,20 @@ class SchedulerConfig(BaseModel):
     ttft_slo_s: float | None = Field(
         None,
         gt=0,
-        description="early abort (S-LoRA): a queued request that has "
-        "produced no token and waited longer than this is dropped; None = FCFS",
+        description="early abort (S-LoRA): the first-token deadline of a request, counted from its arrival; a "
+        "queued request that has produced no token and can no longer meet it is dropped (see early_abort); "
+        "None = no abort",
+    )
+    early_abort: Literal["expired", "predicted"] = Field(
+        "expired",
+        description="with ttft_slo_s: expired = drop queued requests whose deadline has passed; predicted = the "
+        "paper's early abort: also drop those whose wait predicted from the measured admission rate misses the "
+        "deadline, and serve the newest first while requests arrive faster than they are admitted",
+    )
+    queue_order: Literal["fcfs", "lcfs"] = Field(
+        "fcfs",
+        description="order in which waiting requests are admitted: first come first served, or last come "
+        "first served (preempted requests always go first)",
     )
 
 
@@ -74,6 +86,29 @@ class LoRAConfig(BaseModel):
         True,
         description="copy adapters of queued requests into free pages ahead of admission, overlapping the running step",
     )
+    cluster_min_adapters: int | None = Field(
+        None,
+        ge=1,
+        description="adapter clustering (S-LoRA): once the running batch holds this many distinct adapters, "
+        "waiting requests whose adapter is already in it are admitted before the others; None = off",
+    )
+    cluster_max_wait_s: float = Field(
+        2.0,
+        ge=0,
+        description="aging bound of clustering: a request that has waited this long keeps its place in the queue "
+        "order, so that no adapter starves",
+    )
+    keep_idle_adapters: bool = Field(
+        True,
+        description="keep an adapter's pages after its last request finishes (a cache, evicted LRU when pages "
+        "are needed); False frees them at once, as S-LoRA does",
+    )
+    static_adapter_pages: int | None = Field(
+        None,
+        ge=1,
+        description="a static split of the pool: adapters may hold at most this many pages and KV the rest; "
+        "None = one unified pool (any free page serves either)",
+    )
     allowed_adapter_roots: list[str] = Field(
         default_factory=list, description="run-time loads must come from under these roots"
     )
@@ -97,6 +132,13 @@ class EngineConfig(BaseModel):
         "auto",
         description="run every kernel variant and capture every CUDA graph once at start (Engine.warmup), "
         "so that the first requests do not wait for Triton compiles; auto = on CUDA only",
+    )
+    async_scheduling: bool | None = Field(
+        None,
+        description="schedule and launch step N+1 before reading step N's sampled tokens (they stay on the device "
+        "and feed N+1's inputs there), so the GPU's queue does not drain while the host schedules; steps whose "
+        "next step needs token values on the host (penalties, logit bias, structured output) run synchronously; "
+        "tensor-parallel executors always do; None = on CUDA only",
     )
     seed: int = 0
     load_format: Literal["safetensors", "dummy"] = Field(
@@ -140,6 +182,12 @@ class EngineConfig(BaseModel):
                 "lora": lora.model_copy(update={"max_loras_per_batch": lora.max_loras_per_batch or seqs}),
             }
         )
+
+    def resolved_async_scheduling(self, device: str | None = None) -> bool:
+        """`async_scheduling`, with None resolved for the device the engine runs on (on for CUDA)."""
+        if self.async_scheduling is not None:
+            return self.async_scheduling
+        return (device or self.resolved_device()) == "cuda"
 
     def lora_kernel_config(self):
         """The Triton LoRA kernels' launch configuration (kernels.lora.LoRAKernelConfig)."""

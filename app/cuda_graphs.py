@@ -7,7 +7,8 @@ needed. Every per-step input lives in a static buffer that the graph reads: toke
 mapping, KV page table (width: max_model_len / page_size), and the LoRA metadata (adapter page tables,
 offsets, ranks, scales for up to max_loras_per_batch adapters; the shrink output has max_lora_rank
 columns). A step copies its batch into the buffers (padding rows: no KV write, no adapter, a 1-token
-context) and replays. Batches that do not fit (prefill, more sequences, a longer context or a larger
+context) and replays; the tokens that asynchronous scheduling leaves on the device (`fill`) are copied into
+the token buffer there. Batches that do not fit (prefill, more sequences, a longer context or a larger
 adapter than the buffers hold) run eagerly.
 """
 
@@ -17,6 +18,7 @@ import torch
 
 from app.lora.adapter import LORA_GROUPS, module_shapes
 from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta, padded_table
+from app.runner import h2d
 
 
 def decode_buckets(max_num_seqs: int) -> list[int]:
@@ -118,8 +120,9 @@ class DecodeGraphs:
         self.kv_table[lo:hi] = 0
         self.seg_slot[lo:hi] = -1
 
-    def replay(self, b) -> torch.Tensor:
-        """Copies the batch into the static buffers, replays the bucket's graph; returns logits [n, V]."""
+    def replay(self, b, fill: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Copies the batch into the static buffers, replays the bucket's graph; returns logits [n, V].
+        `fill`: (rows, token ids) on the device that replace those rows' placeholder input ids."""
         n = len(b.seq_lens)
         bs = _bucket(n, self.buckets)
         if bs not in self.graphs:
@@ -128,20 +131,22 @@ class DecodeGraphs:
         dev = self.r.device
 
         def put(dst: torch.Tensor, values, dtype=torch.int32):
-            dst.copy_(torch.tensor(values, dtype=dtype).view(dst.shape), non_blocking=True)
+            dst.copy_(h2d(values, dtype, dev).view(dst.shape), non_blocking=True)
 
         put(self.input_ids[:n], b.input_ids, torch.long)
+        if fill is not None:
+            self.input_ids.index_copy_(0, *fill)
         put(self.positions[:n], b.positions, torch.long)
         put(self.slots[:n], b.slots, torch.int64)
         put(self.seq_lens[:n], b.seq_lens)
-        self.kv_table[:n].copy_(torch.from_numpy(padded_table(b.kv_pages, self.kv_width)).to(dev, non_blocking=True))
+        self.kv_table[:n].copy_(h2d(padded_table(b.kv_pages, self.kv_width), torch.int32, dev), non_blocking=True)
         put(self.seg_slot[:n], b.seg_slot)
         if n < bs:
             self._fill_padding(n, bs)
         if b.lora_pages:
             S = len(b.lora_pages)
-            lt = torch.from_numpy(padded_table(b.lora_pages, self.lora_width))
-            self.lora_table[:S].copy_(lt.to(dev, non_blocking=True))
+            lt = padded_table(b.lora_pages, self.lora_width)
+            self.lora_table[:S].copy_(h2d(lt, torch.int32, dev), non_blocking=True)
             put(self.scales[:S], b.lora_scales, torch.float32)
             for name, meta in self.groups.items():
                 for dst, rows in zip((meta.a_offsets, meta.b_offsets, meta.ranks_a, meta.ranks_b), b.lora_groups[name]):

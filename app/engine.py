@@ -8,6 +8,18 @@
 (`execute`, `pack_adapter`, `add_packed`, `add_adapter`, `remove_adapter`, `alive`, `num_pages`,
 `page_size`, `device`), e.g. the Ray tensor-parallel group of deployments/.
 
+Asynchronous scheduling (`EngineConfig.async_scheduling`; executors with `launch`, i.e. the ModelRunner):
+
+    step():  out = scheduler.schedule()            # step N+1, assuming step N's pending tokens
+             handle = executor.launch(out)         # queued on the device; N's tokens feed N+1 there
+             scheduler.update(N, handle_N.result())  # then step N's results, while N+1 runs
+
+so the device's queue never drains while the host schedules, builds the batch and launches kernels.
+Outputs come one step() later than in the synchronous loop; per request they are the same. Before
+scheduling, the engine reads the in-flight step's results first (the synchronous order) when the next
+step needs a pending token's value on the host: penalties, logit bias and structured output keep the
+request's tokens on the host (`SamplingParams.needs_history`).
+
 Adapters are added in two halves: `prepare_adapter` reads, validates and packs (seconds for a large
 adapter; thread-safe, it reads no state that steps change, so a server runs it beside the step loop) and
 `register_adapter` makes the packed adapter known to the executor and the scheduler (cheap; between steps).
@@ -35,7 +47,7 @@ from app.cuda_graphs import decode_buckets
 from app.lora.adapter import AdapterError, LoRAWeights, check_adapter_name, load_peft_adapter, module_shapes
 from app.model.llama import ModelArgs
 from app.pool import PagePool
-from app.request import Request, RequestOutput, SamplingParams
+from app.request import ModelOutput, Request, RequestOutput, SamplingParams
 from app.sampling import FAILED
 from app.scheduler import Scheduler, SchedulerOutput
 from app.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -72,6 +84,21 @@ class PreparedAdapter:
 
 
 @dataclass
+class InFlightStep:
+    """A launched step: its schedule, its requests by id as they were then, and its ModelOutput or the
+    executor's handle to it (`result()` waits for the device)."""
+
+    out: SchedulerOutput
+    requests: dict[str, Request]
+    result: Any  # ModelOutput | app.runner.StepHandle
+
+    @property
+    def needs_host_tokens(self) -> bool:
+        """Whether the next step needs this one's sampled tokens on the host before it is scheduled."""
+        return any(s.sample and s.params.needs_history for s in self.out.seqs)
+
+
+@dataclass
 class AdapterInfo:
     name: str
     path: str
@@ -92,7 +119,9 @@ class Engine:
 
             executor = ModelRunner(cfg)
         self.executor = executor
-        self.pool = PagePool(num_pages=executor.num_pages, page_size=executor.page_size)
+        self.pool = PagePool(
+            num_pages=executor.num_pages, page_size=executor.page_size, adapter_limit=cfg.lora.static_adapter_pages
+        )
         self.adapters: dict[str, AdapterInfo] = {}
         self.scheduler = Scheduler(cfg.scheduler, cfg.lora, self.pool, lambda n: self.adapters[n].num_pages)
         self.requests: dict[str, Request] = {}
@@ -105,6 +134,13 @@ class Engine:
         self._ids = itertools.count()
         self._grammars = None
         self.steps = 0
+        # the step loop (module docstring); may be switched while no step is in flight (benchmarks do)
+        self.async_scheduling = cfg.resolved_async_scheduling(device)
+        if self.async_scheduling and not hasattr(executor, "launch"):  # the tensor-parallel group
+            if cfg.async_scheduling:
+                logger.warning("async_scheduling: %s runs steps synchronously", type(executor).__name__)
+            self.async_scheduling = False
+        self.inflight: InFlightStep | None = None  # the step launched but not read yet
         self.failed_steps = 0  # in a row
         self.last_step_tokens = 0  # tokens computed by the last step (prefill chunks + decodes)
         self.last_step_adapters = 0
@@ -156,9 +192,10 @@ class Engine:
 
     def _add_packed(self, p: PreparedAdapter) -> AdapterInfo:
         num_pages = self.executor.add_packed(p.name, p.packed)
-        if num_pages > self.pool.num_pages:
+        room = self.pool.adapter_limit or self.pool.num_pages
+        if num_pages > room:
             self.executor.remove_adapter(p.name)
-            raise AdapterError(f"adapter {p.name!r} needs {num_pages} pool pages, the pool has {self.pool.num_pages}")
+            raise AdapterError(f"adapter {p.name!r} needs {num_pages} pool pages, the pool has {room} for adapters")
         info = AdapterInfo(name=p.name, path=p.path, rank=p.rank, scale=p.scale, num_pages=num_pages)
         self.adapters[p.name] = info
         return info
@@ -252,7 +289,8 @@ class Engine:
             self.detok.pop(request_id, None)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        """Requests queued or running, or a launched step whose results are not read yet."""
+        return self.scheduler.has_unfinished() or self.inflight is not None
 
     def queue_state(self) -> dict:
         """The queues as admission control sees them: request counts, prompt tokens still to prefill, the
@@ -280,29 +318,71 @@ class Engine:
 
     # ---- the step --------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """One forward pass. A request that fails alone (its sampling, its stop check) finishes with
+        """One forward pass (with asynchronous scheduling: launches one and reads the one before; the
+        module docstring). A request that fails alone (its sampling, its stop check) finishes with
         finish_reason "error" and `error` set; the others go on. If the executor raises, every request of
         the step fails that way, the adapters loaded for the step are dropped from the pool (their pages
         may be half filled) and the engine goes on, unless the executor is dead (`EngineDeadError`, or
         MAX_STEP_FAILURES failed steps in a row), which this raises."""
+        outputs: list[RequestOutput] = []
+        if self.inflight is not None and (not self.async_scheduling or self.inflight.needs_host_tokens):
+            outputs += self._read_inflight()
         out = self.scheduler.schedule()
-        try:
-            result = self.executor.execute(out)
-        except EngineDeadError:
-            raise
-        except Exception as e:  # noqa: BLE001 - this step's requests fail; the engine goes on
-            self.failed_steps += 1
-            if self.failed_steps >= MAX_STEP_FAILURES:
-                raise EngineDeadError(f"{self.failed_steps} steps in a row failed; the last: {e!r}") from e
-            logger.exception("step failed: its %d request(s) are failed, the engine goes on", len(out.seqs))
-            return self._fail_step(out, f"the engine step failed: {e!r}")
+        if self.async_scheduling and not (out.seqs or out.adapter_loads or out.finished_ids or out.preempted_ids):
+            outputs += self._read_inflight()  # nothing to launch: every running request awaits its result
+        else:
+            requests = {s.request_id: self.requests[s.request_id] for s in out.seqs}
+            try:
+                if self.async_scheduling:
+                    launched = InFlightStep(out, requests, self.executor.launch(out))
+                else:
+                    launched = InFlightStep(out, requests, self.executor.execute(out))
+            except EngineDeadError:
+                raise
+            except Exception as e:  # noqa: BLE001 - this step's requests fail; the engine goes on
+                outputs += self._read_inflight()
+                outputs += self._step_failed(out, requests, e)
+            else:
+                self.steps += 1
+                self.last_step_tokens = out.num_tokens
+                self.last_step_adapters = len({s.adapter for s in out.seqs if s.adapter})
+                outputs += self._read_inflight()
+                if not out.seqs:  # no results to read
+                    self.failed_steps = 0
+                else:
+                    self.inflight = launched
+                    if not self.async_scheduling:
+                        outputs += self._read_inflight()
+        outputs += [self._output(req) for req in self.scheduler.early_aborted]
+        self.scheduler.early_aborted.clear()
+        self._drop_finished()
+        return outputs
+
+    def _step_failed(self, out: SchedulerOutput, requests: dict[str, Request], e: Exception) -> list[RequestOutput]:
+        self.failed_steps += 1
+        if self.failed_steps >= MAX_STEP_FAILURES:
+            raise EngineDeadError(f"{self.failed_steps} steps in a row failed; the last: {e!r}") from e
+        logger.exception("step failed: its %d request(s) are failed, the engine goes on", len(out.seqs))
+        return self._fail_step(out, requests, f"the engine step failed: {e!r}")
+
+    def _read_inflight(self) -> list[RequestOutput]:
+        """Reads the in-flight step's results (waits for the device), advances its requests and checks
+        their stop conditions; its outputs. Nothing when no step is in flight."""
+        step, self.inflight = self.inflight, None
+        if step is None:
+            return []
+        result = step.result
+        if not isinstance(result, ModelOutput):
+            try:
+                result = result.result()
+            except EngineDeadError:
+                raise
+            except Exception as e:  # noqa: BLE001 - this step's requests fail; the engine goes on
+                return self._step_failed(step.out, step.requests, e)
         self.failed_steps = 0
-        self.steps += 1
-        self.last_step_tokens = out.num_tokens
-        self.last_step_adapters = len({s.adapter for s in out.seqs if s.adapter})
         now = time.monotonic()
         outputs = []
-        for req in self.scheduler.update(out, self.requests, result):
+        for req in self.scheduler.update(step.out, step.requests, result):
             failed = bool(req.output_token_ids) and req.output_token_ids[-1] == FAILED
             try:
                 if failed:
@@ -318,17 +398,14 @@ class Engine:
                 if reason:
                     self.scheduler.finish(req, reason)
             outputs.append(self._output(req))
-        outputs += [self._output(req) for req in self.scheduler.early_aborted]
-        self.scheduler.early_aborted.clear()
-        self._drop_finished()
         return outputs
 
     def _fail(self, req: Request, message: str) -> None:
         req.error = message
         self.scheduler.finish(req, "error")
 
-    def _fail_step(self, out: SchedulerOutput, message: str) -> list[RequestOutput]:
-        failed = [self.requests[s.request_id] for s in out.seqs if s.request_id in self.requests]
+    def _fail_step(self, out: SchedulerOutput, requests: dict[str, Request], message: str) -> list[RequestOutput]:
+        failed = [r for s in out.seqs if not (r := requests[s.request_id]).finished]
         for req in failed:
             self._fail(req, message)
         for name, _ in out.adapter_loads:
@@ -497,6 +574,37 @@ class Engine:
             self.warmup_s,
         )
         return self.warmup_s
+
+    POLICY_FIELDS = {
+        "scheduler": {"ttft_slo_s", "early_abort", "queue_order"},
+        "lora": {
+            "prefetch",
+            "cluster_min_adapters",
+            "cluster_max_wait_s",
+            "keep_idle_adapters",
+            "static_adapter_pages",
+        },
+    }
+
+    def set_policies(self, scheduler: dict | None = None, lora: dict | None = None) -> None:
+        """Switches the scheduling policies of an idle engine (POLICY_FIELDS of SchedulerConfig / LoRAConfig;
+        sizes stay), so that a benchmark compares them on one loaded model: validates them, drops every cached
+        adapter from the pool and starts a new scheduler (its counters at zero). Raises ValueError for another
+        field or a bad value, RuntimeError if requests are unfinished."""
+        if self.has_unfinished():
+            raise RuntimeError("set_policies needs an idle engine (no requests)")
+        for part, given in (("scheduler", scheduler), ("lora", lora)):
+            bad = set(given or {}) - self.POLICY_FIELDS[part]
+            if bad:
+                raise ValueError(f"{part} fields {sorted(bad)} are not policies ({sorted(self.POLICY_FIELDS[part])})")
+        sch = type(self.cfg.scheduler).model_validate({**self.cfg.scheduler.model_dump(), **(scheduler or {})})
+        lo = type(self.cfg.lora).model_validate({**self.cfg.lora.model_dump(), **(lora or {})})
+        pool = PagePool(
+            num_pages=self.pool.num_pages, page_size=self.pool.page_size, adapter_limit=lo.static_adapter_pages
+        )
+        self.cfg = self.cfg.model_copy(update={"scheduler": sch, "lora": lo})
+        self.pool = pool
+        self.scheduler = Scheduler(sch, lo, pool, lambda n: self.adapters[n].num_pages)
 
     def pool_stats(self):
         return self.pool.stats()

@@ -12,6 +12,10 @@ Invariants:
   * an adapter with pins > 0 (used by a running request) is never evicted;
   * unpinned resident adapters are a cache: kept while pages are free, evicted LRU on demand, so
     `free + evictable` is the one admission budget for both kinds.
+
+`adapter_limit` (an ablation, LoRAConfig.static_adapter_pages) turns this into a static split instead:
+adapters hold at most `adapter_limit` pages (evicting their own LRU cache to stay within it) and KV at most
+the rest, so KV never evicts an adapter.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class PoolStats:
 class PagePool:
     num_pages: int
     page_size: int
+    adapter_limit: int | None = None  # static split: pages adapters may hold (None: unified)
     _free: list[int] = field(init=False)
     _kv: dict[str, list[int]] = field(init=False, default_factory=dict)
     _kv_tokens: dict[str, int] = field(init=False, default_factory=dict)
@@ -51,9 +56,18 @@ class PagePool:
     evictions: int = 0
     hits: int = 0
     _unpinned: int = 0  # pages of resident adapters with no pins (the evictable cache)
+    _kv_total: int = 0  # pages held as KV
+    _adapter_total: int = 0  # pages held by resident adapters
 
     def __post_init__(self):
         self._free = list(range(self.num_pages - 1, -1, -1))
+        if self.adapter_limit is not None and not 0 < self.adapter_limit < self.num_pages:
+            raise ValueError(f"adapter_limit {self.adapter_limit} must be in [1, num_pages={self.num_pages})")
+
+    @property
+    def kv_limit(self) -> int:
+        """Pages KV may hold (all of them in a unified pool)."""
+        return self.num_pages - (self.adapter_limit or 0)
 
     # ---- budget ----------------------------------------------------------------------------------
     @property
@@ -85,10 +99,13 @@ class PagePool:
     def grow_kv(self, req_id: str, num_tokens: int, keep: set[str] = frozenset()) -> bool:
         """Makes room for `num_tokens` cached tokens of a request; False (and nothing taken) if it can't."""
         need = self.kv_pages_needed(req_id, num_tokens)
+        if self._kv_total + need > self.kv_limit:
+            return False
         pages = self._take(need, keep) if need else []
         if pages is None:
             return False
         self._kv.setdefault(req_id, []).extend(pages)
+        self._kv_total += len(pages)
         self._kv_tokens[req_id] = max(num_tokens, self._kv_tokens.get(req_id, 0))
         return True
 
@@ -96,7 +113,9 @@ class PagePool:
         return self._kv.get(req_id, [])
 
     def free_kv(self, req_id: str) -> None:
-        self._free.extend(reversed(self._kv.pop(req_id, [])))
+        pages = self._kv.pop(req_id, [])
+        self._kv_total -= len(pages)
+        self._free.extend(reversed(pages))
         self._kv_tokens.pop(req_id, None)
 
     # ---- adapters --------------------------------------------------------------------------------
@@ -116,13 +135,25 @@ class PagePool:
             self._adapters.move_to_end(name)
             self.hits += 1
             return []
+        if self.adapter_limit is not None and not self._fit_adapter(num_pages, keep | {name}):
+            return None
         pages = self._take(num_pages, keep | {name})
         if pages is None:
             return None
         self._adapters[name] = ResidentAdapter(pages=pages)
         self._unpinned += num_pages
+        self._adapter_total += num_pages
         self.loads += 1
         return pages
+
+    def _fit_adapter(self, n: int, keep: set[str]) -> bool:
+        """Static split: evicts LRU unpinned adapters until `n` more pages fit under adapter_limit; False (and
+        nothing evicted) if they cannot."""
+        if self._adapter_total + n - self.evictable(keep) > self.adapter_limit:
+            return False
+        while self._adapter_total + n > self.adapter_limit:
+            self.evict(next(k for k, r in self._adapters.items() if r.pins == 0 and k not in keep))
+        return True
 
     def pin(self, name: str) -> None:
         r = self._adapters[name]
@@ -145,6 +176,7 @@ class PagePool:
             raise RuntimeError(f"adapter {name!r} is in use by {r.pins} request(s) and cannot be evicted")
         del self._adapters[name]
         self._unpinned -= len(r.pages)
+        self._adapter_total -= len(r.pages)
         self._free.extend(reversed(r.pages))
         self.evictions += 1
 
@@ -181,3 +213,11 @@ class PagePool:
             raise AssertionError("pool pages are leaked or owned twice")
         if self._unpinned != sum(len(r.pages) for r in self._adapters.values() if r.pins == 0):
             raise AssertionError("the count of evictable adapter pages is off")
+        if self._kv_total != sum(map(len, self._kv.values())) or self._adapter_total != sum(
+            len(r.pages) for r in self._adapters.values()
+        ):
+            raise AssertionError("the counts of KV / adapter pages are off")
+        if self.adapter_limit is not None and (
+            self._kv_total > self.kv_limit or self._adapter_total > self.adapter_limit
+        ):
+            raise AssertionError("the static split is exceeded")

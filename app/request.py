@@ -148,7 +148,10 @@ class Request:
     prompt: str | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     output_token_ids: list[int] = field(default_factory=list)
-    num_computed_tokens: int = 0  # tokens whose K/V are in the pool
+    num_computed_tokens: int = 0  # tokens whose K/V are in the pool or computed by a launched step
+    # output tokens sampled by launched steps whose results the engine has not read yet (asynchronous
+    # scheduling: at most 1; always 0 between synchronous steps)
+    num_pending: int = 0
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" (then `error` says why)
     error: str | None = None

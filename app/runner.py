@@ -3,6 +3,10 @@ adapter shards; turns a `SchedulerOutput` into tensors, runs the forward pass an
 
 In:  SchedulerOutput (plain data). Out (rank 0): a ModelOutput: one sampled token per sequence with
 `sample=True`, their logprobs where requested, and the prompt logprobs a sequence's `prompt_lp_targets` ask for.
+`execute` returns it; `launch` (asynchronous scheduling, one rank) returns a StepHandle at once: the step
+is queued on the device, its sampled tokens stay there (the next launched step's placeholders,
+`ScheduledSeq.from_last_step`, are filled from them on the device) and are copied to pinned host memory
+behind a CUDA event.
 Per step: (1) copy newly admitted adapters into their pool pages, (2) build attention metadata
 (page tables, slot mapping) and LoRA metadata (adapter slots, page tables, offsets, ranks, scales),
 (3) forward, (4) logits of each sequence's last token (and of the prompt positions asked for), (5) sample.
@@ -23,8 +27,8 @@ from app.config import EngineConfig
 from app.lora.adapter import LORA_GROUPS, LoRAWeights, PackedAdapter, pack_adapter
 from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta, ParallelState, padded_table
 from app.model.llama import LlamaForCausalLM, ModelArgs
-from app.request import ModelOutput
-from app.sampling import prompt_token_logprobs, sample
+from app.request import ModelOutput, TokenLogprobs
+from app.sampling import FAILED, prompt_token_logprobs, sample, sample_on_device, token_logprobs_on_device
 from app.scheduler import ScheduledSeq, SchedulerOutput
 from app.tokenizer import Tokenizer
 from kernels import get_backend
@@ -69,6 +73,8 @@ class ModelRunner:
         self._seed_rng = random.Random(cfg.seed)
         self.copy_stream = torch.cuda.Stream() if self.device == "cuda" else None
         self._prefetch_event = None
+        # the last launched step's sampled tokens (on the device) and each request's row in them
+        self._last_tokens: tuple[torch.Tensor, dict[str, int]] | None = None
         self.graphs = None
         if cfg.cuda_graphs and self.device == "cuda" and self.backend.name == "triton":
             from app.cuda_graphs import DecodeGraphs
@@ -118,7 +124,7 @@ class ModelRunner:
 
     def _fill(self, name: str, pages: list[int]) -> None:
         data = self.adapters[name].data
-        idx = torch.tensor(pages, dtype=torch.long, device=self.device)
+        idx = h2d(pages, torch.long, self.device)
         src = data.view(self.args.num_layers, len(pages), self.page_elems).to(self.device, non_blocking=True)
         self.pool.index_copy_(1, idx, src)
         self.adapter_pages[name] = pages
@@ -131,6 +137,15 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> ModelOutput:
         """The sampled tokens (one per sequence with `sample`, in order; on tp-rank 0), their TokenLogprobs
         where requested and the prompt logprobs asked for (other ranks return an empty ModelOutput)."""
+        return self._run(out, overlap=False).result()
+
+    def launch(self, out: SchedulerOutput) -> StepHandle:
+        """Queues the step on the device and returns without waiting for it (one rank: tp-rank 0 alone);
+        `result()` of the handle is what `execute` returns. Steps with a penalized or constrained request
+        are sampled on the host, so their handle is done when this returns."""
+        return self._run(out, overlap=True)
+
+    def _run(self, out: SchedulerOutput, overlap: bool) -> StepHandle:
         for rid in out.finished_ids:
             self.generators.pop(rid, None)
         for rid in out.finished_ids + out.preempted_ids:  # a preempted request keeps its generator: sampling
@@ -139,38 +154,75 @@ class ModelRunner:
                 self.constraints.drop(rid)
         for s in out.seqs:  # the tokens so far of requests whose sampling looks at them (penalties, grammar)
             if s.params.needs_history:
+                if s.from_last_step:
+                    raise ValueError(f"request {s.request_id}: its history needs the last step's token on the host")
                 h = self.history.setdefault(s.request_id, [])
                 del h[s.start_pos :]  # a recomputed request feeds its tokens again from 0
                 h += s.token_ids
         self._load_adapters(out)
-        if not out.seqs:
-            return ModelOutput()
-        batch = self._host_batch(out)
+        last, self._last_tokens = self._last_tokens, None
         result = ModelOutput()
+        if not out.seqs:
+            return StepHandle(result)
+        batch = self._host_batch(out)
+        fill = self._placeholders(out, batch, last)
         with torch.inference_mode():
             graph = self.graphs.runnable(batch) if self.graphs and not batch.prompt_rows else None
             if graph is not None:
-                logits = graph.replay(batch)
+                logits = graph.replay(batch, fill)
             else:
                 ctx, input_ids, positions = self._device_batch(batch)
+                if fill is not None:
+                    input_ids.index_copy_(0, *fill)
                 hidden = self.model(input_ids, positions, ctx)
                 if self.tp.rank != 0:
-                    return result
+                    return StepHandle(result)
                 self._prompt_logprobs(out, batch, hidden, result)
                 if not batch.sample_rows:
-                    return result
-                logits = self.model.logits(hidden[batch.sample_rows])
+                    return StepHandle(result)
+                logits = self.model.logits(hidden.index_select(0, h2d(batch.sample_rows, torch.long, self.device)))
             if self.tp.rank != 0:
-                return result
+                return StepHandle(result)
             sampled = [s for s in out.seqs if s.sample]
-            allowed = self._grammar_bitmask(sampled)  # host work while the device runs the forward pass
             gens = [self._generator(s.request_id, s.params.seed) if s.params.temperature > 0 else None for s in sampled]
-            seen = [(self.history[s.request_id], s.prompt_len) if s.params.penalized else None for s in sampled]
             banned = [s.banned_ids for s in sampled]
+            if overlap and not any(s.params.needs_history for s in sampled):
+                return self._sample_on_device(sampled, logits, gens, banned, result)
+            allowed = self._grammar_bitmask(sampled)  # host work while the device runs the forward pass
+            seen = [(self.history[s.request_id], s.prompt_len) if s.params.penalized else None for s in sampled]
             # a constrained request's matcher consumes this token in the next step's `fill`, which runs while
             # the device computes that step (consuming here would hold the host after the sync)
             result.tokens, result.logprobs = sample(logits, [s.params for s in sampled], gens, seen, banned, allowed)
-            return result
+            return StepHandle(result)
+
+    def _placeholders(
+        self, out: SchedulerOutput, b: HostBatch, last: tuple[torch.Tensor, dict[str, int]] | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rows of the batch's input ids, their tokens on the device) for the sequences whose token is the
+        one they sampled in the last launched step; None when there are none."""
+        rows = [b.q_indptr[i] for i, s in enumerate(out.seqs) if s.from_last_step]
+        if not rows:
+            return None
+        if last is None:
+            raise ValueError("a sequence takes the last step's token, but the last step left none on the device")
+        tokens, where = last
+        src = h2d([where[s.request_id] for s in out.seqs if s.from_last_step], torch.long, self.device)
+        return h2d(rows, torch.long, self.device), tokens.index_select(0, src)
+
+    def _sample_on_device(self, sampled, logits, gens, banned, result: ModelOutput) -> StepHandle:
+        """Samples without waiting for the device; keeps the tokens for the next step's placeholders and
+        starts their copy (and the logprobs') to pinned host memory."""
+        tokens, ok = sample_on_device(logits, [s.params for s in sampled], gens, banned)
+        self._last_tokens = (tokens, {s.request_id: i for i, s in enumerate(sampled)})
+        ks = [s.params.logprobs for s in sampled]
+        ints, floats = [tokens, ok.long()], []
+        if any(k is not None for k in ks):
+            vals, top_ids, top_vals = token_logprobs_on_device(logits, tokens, ks)
+            ints.append(top_ids)
+            floats = [vals, top_vals]
+        return StepHandle(
+            result, _to_host(torch.cat(ints)), _to_host(torch.cat(floats)) if floats else None, ks, self.device
+        )
 
     def _grammar_bitmask(self, sampled: list[ScheduledSeq]) -> tuple[torch.Tensor, list[int]] | None:
         """The constrained sequences' allowed next tokens (app/structured.py): a bitmask filled on the host
@@ -278,23 +330,24 @@ class ModelRunner:
 
     def _device_batch(self, b: HostBatch):
         dev = self.device
-        i32 = dict(dtype=torch.int32, device=dev)
-        q_indptr = torch.tensor(b.q_indptr, **i32)
+        q_indptr = h2d(b.q_indptr, torch.int32, dev)
         attn = AttentionMeta(
             q_indptr=q_indptr,
-            seq_lens=torch.tensor(b.seq_lens, **i32),
-            kv_page_table=torch.from_numpy(padded_table(b.kv_pages)).to(dev),
-            slot_mapping=torch.tensor(b.slots, dtype=torch.int64, device=dev),
+            seq_lens=h2d(b.seq_lens, torch.int32, dev),
+            kv_page_table=h2d(padded_table(b.kv_pages), torch.int32, dev),
+            slot_mapping=h2d(b.slots, torch.int64, dev),
             max_q_len=b.max_q_len,
         )
         lora = None
         if b.lora_pages:
-            groups = {g: LoRAGroupMeta(*(torch.tensor(rows, **i32) for rows in b.lora_groups[g])) for g in LORA_GROUPS}
+            groups = {
+                g: LoRAGroupMeta(*(h2d(rows, torch.int32, dev) for rows in b.lora_groups[g])) for g in LORA_GROUPS
+            }
             lora = LoRAMeta(
-                page_table=torch.from_numpy(padded_table(b.lora_pages)).to(dev),
-                scales=torch.tensor(b.lora_scales, dtype=torch.float32, device=dev),
+                page_table=h2d(padded_table(b.lora_pages), torch.int32, dev),
+                scales=h2d(b.lora_scales, torch.float32, dev),
                 seg_indptr=q_indptr,
-                seg_slot=torch.tensor(b.seg_slot, **i32),
+                seg_slot=h2d(b.seg_slot, torch.int32, dev),
                 max_seg_len=b.max_q_len,
                 max_rank=b.max_rank,
                 groups=groups,
@@ -306,8 +359,8 @@ class ModelRunner:
         )
         return (
             ctx,
-            torch.tensor(b.input_ids, dtype=torch.long, device=dev),
-            torch.tensor(b.positions, dtype=torch.long, device=dev),
+            h2d(b.input_ids, torch.long, dev),
+            h2d(b.positions, torch.long, dev),
         )
 
 
@@ -327,3 +380,64 @@ class HostBatch:
     lora_scales: list[float] = field(default_factory=list)
     lora_groups: dict[str, tuple[list, list, list, list]] = field(default_factory=dict)  # a_off, b_off, ra, rb
     max_rank: int = 1
+
+
+def h2d(values, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """values (a list or a numpy array) as a `dtype` tensor on `device`. To a GPU through pinned memory,
+    queued on the current stream without waiting for it: `torch.tensor(values, device="cuda")` waits for
+    the stream (a synchronous copy), which would drain the queue that asynchronous scheduling keeps full."""
+    t = torch.from_numpy(values).to(dtype) if isinstance(values, np.ndarray) else torch.tensor(values, dtype=dtype)
+    if torch.device(device).type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """A copy of t in host memory, queued on the current stream (pinned memory: it does not wait)."""
+    if t.device.type == "cpu":
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return host.copy_(t, non_blocking=True)
+
+
+class StepHandle:
+    """A launched step's ModelOutput. Sampled on the device: the tokens, success flags and logprobs on
+    their way to pinned host memory behind a CUDA event, read by `result()` (which waits for the event);
+    else the ModelOutput itself."""
+
+    def __init__(
+        self,
+        output: ModelOutput,
+        ints: torch.Tensor | None = None,
+        floats: torch.Tensor | None = None,
+        ks: list[int | None] | None = None,
+        device: str = "cpu",
+    ):
+        self.output, self._ints, self._floats, self._ks = output, ints, floats, ks
+        self._event = None
+        if ints is not None and device == "cuda":
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def result(self) -> ModelOutput:
+        if self._ints is None:
+            return self.output
+        if self._event is not None:
+            self._event.synchronize()
+        ks, n = self._ks, len(self._ks)
+        ints = self._ints.tolist()
+        floats = self._floats.tolist() if self._floats is not None else []
+        tokens, ok, top_ids = ints[:n], ints[n : 2 * n], iter(ints[2 * n :])
+        m = sum(k is not None for k in ks)
+        vals, top_vals = iter(floats[:m]), iter(floats[m:])
+        logprobs: list[TokenLogprobs | None] = []
+        for i, k in enumerate(ks):
+            lp = None
+            if k is not None:
+                lp = TokenLogprobs(next(vals), [(next(top_ids), next(top_vals)) for _ in range(k)])
+            if not ok[i]:
+                tokens[i], lp = FAILED, None
+            logprobs.append(lp)
+        self.output.tokens, self.output.logprobs = tokens, logprobs
+        self._ints = None
+        return self.output

@@ -188,6 +188,23 @@ def _sample_row(
         row = apply_penalties(row, p, *seen)
     if p.temperature == 0:
         return int(row.argmax())
+    probs = _probs(row, p)
+    # a non-finite row (the model's own logits) must not reach multinomial: on CUDA that is a device assert
+    if not bool(torch.isfinite(probs).all()):
+        raise ValueError("the logits of this request are not finite")
+    return int(_draw(probs, generator).item())
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token id [1] from `probs` (finite, >= 0): torch.multinomial(probs, 1)'s own algorithm for one
+    sample (an exponential race, argmax of probs / q with q ~ Exp(1)), the same draws from the same
+    generator state, without multinomial's check that reads the probabilities back to the host."""
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return torch.argmax(probs / q, -1, keepdim=True)
+
+
+def _probs(row: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """The distribution a request with temperature > 0 samples from: temperature, then top-k, then top-p."""
     # the largest logit becomes 0 before the division, so no temperature overflows it (others go to -inf)
     row = (row - row.max()) / p.temperature
     if 0 < p.top_k < row.shape[-1]:
@@ -200,8 +217,57 @@ def _sample_row(
         drop = probs.cumsum(-1) - probs >= p.top_p
         drop[0] = False
         row = row.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = torch.softmax(row, -1)
-    # a non-finite row (the model's own logits) must not reach multinomial: on CUDA that is a device assert
-    if not bool(torch.isfinite(probs).all()):
-        raise ValueError("the logits of this request are not finite")
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+    return torch.softmax(row, -1)
+
+
+def sample_on_device(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+    banned: list[list[int]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample` for requests that are neither penalized nor constrained, reading nothing back to the host
+    (asynchronous scheduling): the tokens [n] (int64, on logits' device) and whether each row's sampling
+    succeeded [n] (bool; a row whose distribution is not finite gets False, where `sample` gives FAILED).
+    The same operations as `sample`, so the same tokens from the same generator states."""
+    if any(p.penalized or p.structured is not None for p in params):
+        raise ValueError("sample_on_device takes no penalized or constrained requests")
+    if banned and any(banned):
+        logits = logits.clone()
+        idx = torch.tensor([[i for i, b in enumerate(banned) for _ in b], [t for b in banned for t in b]])
+        if logits.is_cuda:  # through pinned memory: a pageable copy would wait for the stream
+            idx = idx.pin_memory().to(logits.device, non_blocking=True)
+        logits[idx[0], idx[1]] = float("-inf")
+    tokens = logits.argmax(-1)
+    ok = torch.ones(len(params), dtype=torch.bool, device=logits.device)
+    for i, p in enumerate(params):
+        if p.temperature == 0:
+            continue
+        probs = _probs(logits[i], p)
+        finite = torch.isfinite(probs).all()
+        # a non-finite distribution is not drawn from: 1s instead
+        tokens[i : i + 1] = _draw(torch.where(finite, probs, 1.0), generators[i])
+        ok[i] = finite
+    return tokens, ok
+
+
+def token_logprobs_on_device(
+    raw: torch.Tensor, tokens: torch.Tensor, ks: list[int | None]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`token_logprobs` of the rows i with ks[i] set, on the device: the tokens' log-probabilities [m]
+    (float32), then the ks[i] most likely ids [sum k] (int64) and their values [sum k], row after row."""
+    vals, top_ids, top_vals = [], [], []
+    for i, k in enumerate(ks):
+        if k is None:
+            continue
+        lp = torch.log_softmax(raw[i].float(), -1)
+        vals.append(lp.gather(0, tokens[i : i + 1]))
+        if k:
+            top = torch.topk(lp, k)
+            top_ids.append(top.indices)
+            top_vals.append(top.values)
+
+    def cat(xs: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        return torch.cat(xs) if xs else torch.empty(0, dtype=dtype, device=raw.device)
+
+    return cat(vals, torch.float32), cat(top_ids, torch.int64), cat(top_vals, torch.float32)

@@ -4,15 +4,38 @@ Contract: each step is one forward pass; `schedule()` decides how many tokens of
 computes (`{request: num_new_tokens}`), so prefill chunks and decodes share a step. A request's
 `num_computed_tokens` counts the tokens whose K/V are in the pool; it is scheduled
 `min(num_tokens - num_computed_tokens, token budget)` new tokens, and samples a token when they reach
-its end.
+its end. `schedule()` advances `num_computed_tokens` (the step will compute them) and counts the token the
+step samples in `num_pending` until `update()` appends it.
 
-Order: running requests first (admission order), then waiting ones (FCFS). A waiting request is admitted
-when its adapter is (or can be made) resident and pinned, its KV pages fit, the batch has room for one
-more distinct adapter and `max_num_seqs` is not reached. When a running request needs a KV page and
-none is free, the most recently admitted request is preempted by recompute: its pages are freed, its
+Asynchronous scheduling (app/engine.py): step N+1 is scheduled before step N's sampled tokens are read.
+A request whose token is pending then gets one token that is a placeholder (`ScheduledSeq.from_last_step`:
+the runner feeds the token it sampled for the request in step N, on the device). A request is not
+scheduled while it has nothing to compute but its pending result, or when its pending token reaches
+max_tokens. A request that turns out to have finished at step N has one extra token computed by step N+1,
+which `update()` discards. Its pages are freed when the engine learns it finished; work still queued on
+the device may use them then, which is safe because every later use of those pages is queued after it
+on the same stream (adapter prefetches on the side stream wait for it, see ModelRunner._load_adapters).
+
+Order: running requests first (admission order), then waiting ones in the order of the admission policies
+below. A waiting request is admitted when its adapter is (or can be made) resident and pinned, its KV pages
+fit, the batch has room for one more distinct adapter and `max_num_seqs` is not reached; admission stops at
+the first one that cannot be. When a running request needs a KV page and none is free, the most recently admitted request is preempted by recompute: its pages are freed, its
 adapter unpinned, and it goes back to the front of the queue with its generated tokens kept, to be
 prefilled again later (same output for greedy and seeded sampling). A request that could never fit
 alone is refused when added, so preemption always makes progress.
+
+Admission policies (SchedulerConfig / LoRAConfig; `_admission_order`, `_early_abort`):
+  * queue order: preempted requests first, then FCFS (oldest first) or LCFS (newest first);
+  * early abort (`ttft_slo_s`): a queued request without a token that can no longer meet its first-token
+    deadline (arrival + ttft_slo_s) is finished with reason "abort" before it takes GPU time. `expired`:
+    its deadline has passed. `predicted` (S-LoRA's early abort): its wait, predicted as its position in the
+    order over the admission rate measured in saturated steps (from a schedule that left requests waiting to
+    the next one that did too) of the last ttft_slo_s seconds, would pass it; and while the arrival rate of that window exceeds the admission rate,
+    the newest requests go first (the oldest would miss their deadline anyway);
+  * adapter clustering (`cluster_min_adapters`): once the batch holds that many distinct adapters, waiting
+    requests whose adapter is in it (or that need none) go before the others, except that a request that
+    has waited `cluster_max_wait_s` keeps its place (aging: nothing starves).
+`clock` (time.monotonic by default, a fake one in tests) gives the times these policies compare.
 """
 
 from __future__ import annotations
@@ -20,6 +43,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -45,6 +69,9 @@ class ScheduledSeq:
     prompt_lp_start: int = 0
     prompt_lp_targets: list[int] = field(default_factory=list)
     banned_ids: list[int] = field(default_factory=list)  # tokens the sampler must not pick (min_tokens)
+    # token_ids is [placeholder]: the runner feeds the token it sampled for this request in the last step
+    # it launched (asynchronous scheduling; see the module docstring)
+    from_last_step: bool = False
 
 
 @dataclass
@@ -61,9 +88,17 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, cfg: SchedulerConfig, lora_cfg: LoRAConfig, pool: PagePool, adapter_pages: Callable[[str], int]):
+    def __init__(
+        self,
+        cfg: SchedulerConfig,
+        lora_cfg: LoRAConfig,
+        pool: PagePool,
+        adapter_pages: Callable[[str], int],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.cfg, self.lora_cfg, self.pool = cfg, lora_cfg, pool
         self.adapter_pages = adapter_pages
+        self.clock = clock
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self._finished_ids: list[str] = []
@@ -71,6 +106,13 @@ class Scheduler:
         self.num_prefetches = 0
         self.num_early_aborts = 0
         self.early_aborted: list[Request] = []  # drained by the engine, which reports them
+        self.num_load_wait_steps = 0  # steps that copied the adapter of a request they admitted (no prefetch)
+        self.num_cluster_steps = 0  # steps whose admission order was clustered by adapter
+        # predicted early abort: arrival times, and (time, admitted, step seconds) of saturated steps, within
+        # the last ttft_slo_s seconds
+        self._arrivals: deque[float] = deque()
+        self._service: deque[tuple[float, int, float]] = deque()
+        self._last_schedule: float | None = None  # the last schedule, if it left requests waiting
 
     # ---- queue -----------------------------------------------------------------------------------
     def pages_to_fit(self, req: Request) -> int:
@@ -79,12 +121,15 @@ class Scheduler:
 
     def add(self, req: Request) -> None:
         need = self.pages_to_fit(req)
-        if need > self.pool.num_pages:
+        ad = self.adapter_pages(req.adapter) if req.adapter else 0
+        if need > self.pool.num_pages or need - ad > self.pool.kv_limit or ad > (self.pool.adapter_limit or need):
             raise ValueError(
                 f"request needs {need} pool pages (prompt + max_tokens + adapter) but the pool "
-                f"has {self.pool.num_pages}: lower max_tokens or shorten the prompt"
+                f"has {self.pool.num_pages} ({self.pool.kv_limit} for KV): lower max_tokens or shorten the prompt"
             )
         self.waiting.append(req)
+        if self._predicting:
+            self._arrivals.append(req.arrival_time)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -105,15 +150,19 @@ class Scheduler:
         if req.status == RequestStatus.RUNNING:
             self.running.remove(req)
             self._release(req)
+        elif req.status == RequestStatus.WAITING and req in self.waiting:  # preempted with a token pending
+            self.waiting.remove(req)
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
-        req.finish_time = time.monotonic()
+        req.finish_time = self.clock()
         self._finished_ids.append(req.request_id)
 
     def _release(self, req: Request) -> None:
         self.pool.free_kv(req.request_id)
         if req.adapter:
             self.pool.unpin(req.adapter)
+            if not self.lora_cfg.keep_idle_adapters and not self.pool.is_pinned(req.adapter):
+                self.pool.evict(req.adapter)  # S-LoRA: an adapter leaves the GPU with its last request
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
@@ -134,7 +183,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            n = min(req.num_tokens + req.num_pending - req.num_computed_tokens, budget)
+            if n <= 0 or (req.num_pending and len(req.output_token_ids) + req.num_pending >= req.params.max_tokens):
+                i += 1  # its last launched step's result decides what comes next
+                continue
             while not self.pool.grow_kv(req.request_id, req.num_computed_tokens + n):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -146,11 +198,56 @@ class Scheduler:
                 budget -= n
                 i += 1
 
+        if not out.preempted_ids:
+            self._admit(out, chosen, budget)
+
+        if self.lora_cfg.prefetch and not out.preempted_ids:
+            self._prefetch(out)
+
+        for req, n in chosen:
+            start = req.num_computed_tokens
+            placeholder = start >= req.num_tokens
+            if placeholder and (n != 1 or start != req.num_tokens or req.num_pending != 1):
+                raise AssertionError(
+                    f"request {req.request_id}: {n} tokens from {start} with {req.num_pending} pending"
+                )
+            seq = ScheduledSeq(
+                request_id=req.request_id,
+                token_ids=[0] if placeholder else req.token_slice(start, n),
+                start_pos=start,
+                kv_pages=list(self.pool.kv_pages(req.request_id)),
+                adapter=req.adapter,
+                sample=start + n == req.num_tokens + req.num_pending,
+                params=req.params,
+                prompt_len=len(req.prompt_token_ids),
+                from_last_step=placeholder,
+            )
+            req.num_computed_tokens = start + n
+            if seq.sample and req.params.max_tokens > 0:
+                req.num_pending += 1
+            if req.prompt_logprobs:  # positions whose next prompt token has no logprob yet (not again
+                # after a preemption: the recompute feeds the prompt a second time)
+                first = max(start, len(req.prompt_logprobs) - 1)
+                end = min(start + n, len(req.prompt_token_ids) - 1)
+                if first < end:
+                    seq.prompt_lp_start = first
+                    seq.prompt_lp_targets = req.prompt_token_ids[first + 1 : end + 1]
+            if seq.sample and len(req.output_token_ids) + req.num_pending - 1 < req.params.min_tokens:
+                seq.banned_ids = req.stop_ids_banned
+            out.seqs.append(seq)
+        return out
+
+    # ---- admission (waiting queue) -----------------------------------------------------------------
+    def _admit(self, out: SchedulerOutput, chosen: list[tuple[Request, int]], budget: int) -> None:
+        """Admits waiting requests in the policies' order (module docstring) while the step has room."""
+        now = self.clock()
         if self.cfg.ttft_slo_s is not None:
-            self._early_abort()
+            self._early_abort(now)
         adapters = {r.adapter for r in self.running if r.adapter}
-        while self.waiting and not out.preempted_ids and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
-            req = self.waiting[0]
+        admitted, loads = 0, len(out.adapter_loads)
+        for req in self._admission_order(now, adapters):
+            if budget <= 0 or len(self.running) >= self.cfg.max_num_seqs:
+                break
             name = req.adapter
             if name and name not in adapters and len(adapters) >= self.lora_cfg.max_loras_per_batch:
                 break
@@ -166,53 +263,118 @@ class Scheduler:
                 if name:
                     self.pool.unpin(name)  # stays cached (its pages are filled this step anyway)
                 break
-            self.waiting.popleft()
+            self._take_waiting(req)
             req.status = RequestStatus.RUNNING
             if req.first_scheduled_time is None:
-                req.first_scheduled_time = time.monotonic()
+                req.first_scheduled_time = now
+                admitted += 1
             self.running.append(req)
             if name:
                 adapters.add(name)
             chosen.append((req, n))
             budget -= n
+        if len(out.adapter_loads) > loads:
+            self.num_load_wait_steps += 1
+        if self._predicting:  # a saturated step: one between two schedules that both left requests waiting
+            if self.waiting and self._last_schedule is not None:
+                self._service.append((now, admitted, now - self._last_schedule))
+            self._last_schedule = now if self.waiting else None
 
-        if self.lora_cfg.prefetch and not out.preempted_ids:
-            self._prefetch(out)
+    def _take_waiting(self, req: Request) -> None:
+        if self.waiting[0] is req:
+            self.waiting.popleft()
+        elif self.waiting[-1] is req:
+            self.waiting.pop()
+        else:
+            self.waiting.remove(req)
 
-        for req, n in chosen:
-            start = req.num_computed_tokens
-            seq = ScheduledSeq(
-                request_id=req.request_id,
-                token_ids=req.token_slice(start, n),
-                start_pos=start,
-                kv_pages=list(self.pool.kv_pages(req.request_id)),
-                adapter=req.adapter,
-                sample=start + n == req.num_tokens,
-                params=req.params,
-                prompt_len=len(req.prompt_token_ids),
-            )
-            if req.prompt_logprobs:  # positions whose next prompt token has no logprob yet (not again
-                # after a preemption: the recompute feeds the prompt a second time)
-                first = max(start, len(req.prompt_logprobs) - 1)
-                end = min(start + n, len(req.prompt_token_ids) - 1)
-                if first < end:
-                    seq.prompt_lp_start = first
-                    seq.prompt_lp_targets = req.prompt_token_ids[first + 1 : end + 1]
-            if seq.sample and len(req.output_token_ids) < req.params.min_tokens:
-                seq.banned_ids = req.stop_ids_banned
-            out.seqs.append(seq)
-        return out
+    @property
+    def _predicting(self) -> bool:
+        return self.cfg.ttft_slo_s is not None and self.cfg.early_abort == "predicted"
 
-    def _early_abort(self) -> None:
-        """Drops queued requests that can no longer meet their first-token deadline (S-LoRA's early
-        abort), so that the capacity goes to requests that still can."""
-        now = time.monotonic()
-        for req in list(self.waiting):
-            if not req.output_token_ids and now - req.arrival_time > self.cfg.ttft_slo_s:
-                self.waiting.remove(req)
-                self.finish(req, "abort")
-                self.early_aborted.append(req)
-                self.num_early_aborts += 1
+    def rates(self, now: float | None = None) -> tuple[float | None, float | None]:
+        """(arrival rate, admission rate) in requests per second over the last ttft_slo_s seconds, as the
+        predicted early abort measures them (module docstring); None where not measured (yet)."""
+        if not self._predicting:
+            return None, None
+        now = self.clock() if now is None else now
+        window = self.cfg.ttft_slo_s
+        while self._arrivals and self._arrivals[0] < now - window:
+            self._arrivals.popleft()
+        while self._service and self._service[0][0] < now - window:
+            self._service.popleft()
+        arrival = len(self._arrivals) / window if self._arrivals else None
+        busy = sum(dt for _, _, dt in self._service)
+        admitted = sum(n for _, n, _ in self._service)
+        service = admitted / busy if busy > 0 and admitted > 0 else None
+        return arrival, service
+
+    def _newest_first(self, now: float) -> bool:
+        if self._predicting:
+            arrival, service = self.rates(now)
+            if arrival is not None and service is not None:
+                return arrival > service
+        return self.cfg.queue_order == "lcfs"
+
+    def _queue_order(self, newest_first: bool) -> list[Request]:
+        """The waiting queue with the preempted requests (at its front) first, then the others oldest or
+        newest first."""
+        queue = list(self.waiting)
+        resumed = sum(1 for _ in itertools.takewhile(lambda r: r.num_preemptions > 0, queue))
+        return queue[:resumed] + queue[resumed:][::-1] if newest_first else queue
+
+    def _admission_order(self, now: float, adapters: set[str]) -> Iterator[Request]:
+        """The waiting requests in the order admission tries them. `adapters` (the batch's, grown by the
+        caller as requests are admitted) is read when clustering starts. The caller may take each yielded
+        request out of the queue before asking for the next."""
+        newest_first = self._newest_first(now)
+        k_min = self.lora_cfg.cluster_min_adapters
+        if not newest_first and k_min is None:  # FCFS: the head, again after each admission
+            while self.waiting:
+                yield self.waiting[0]
+            return
+        order = self._queue_order(newest_first)
+        for i, req in enumerate(order):
+            if k_min is not None and len(adapters) >= k_min:
+                self.num_cluster_steps += 1
+                rest = order[i:]
+                max_wait = self.lora_cfg.cluster_max_wait_s
+                first = [
+                    r.adapter is None
+                    or r.adapter in adapters
+                    or r.num_preemptions > 0
+                    or now - r.arrival_time >= max_wait
+                    for r in rest
+                ]
+                yield from (r for r, f in zip(rest, first) if f)
+                yield from (r for r, f in zip(rest, first) if not f)
+                return
+            yield req
+
+    def _early_abort(self, now: float) -> None:
+        """Drops queued requests that can no longer meet their first-token deadline (S-LoRA's early abort,
+        module docstring), so that the capacity goes to requests that still can."""
+        slo = self.cfg.ttft_slo_s
+        service = self.rates(now)[1]
+        ahead = 0  # requests that will be admitted before the one looked at
+        dropped = []
+        for req in self._queue_order(self._newest_first(now)):
+            if req.output_token_ids or req.num_pending:  # it has its first token (a pending one, when async)
+                ahead += 1
+                continue
+            wait = ahead / service if service else 0.0
+            if now - req.arrival_time + wait > slo:
+                dropped.append(req)
+            else:
+                ahead += 1
+        if not dropped:
+            return
+        gone = set(map(id, dropped))
+        self.waiting = deque(r for r in self.waiting if id(r) not in gone)
+        for req in dropped:
+            self.finish(req, "abort")
+            self.early_aborted.append(req)
+            self.num_early_aborts += 1
 
     def _prefetch(self, out: SchedulerOutput) -> None:
         """Loads the adapters of the next queued requests into pages that are free now (never evicting,
@@ -232,20 +394,25 @@ class Scheduler:
             self.num_prefetches += 1
 
     def update(self, out: SchedulerOutput, requests: dict[str, Request], result: ModelOutput) -> list[Request]:
-        """Advances the scheduled requests; appends the sampled tokens (and their TokenLogprobs, where
-        requested) and the prompt logprobs computed this step. Returns the requests that reached the end
+        """Takes in a step's results: appends the sampled tokens (and their TokenLogprobs, where requested)
+        and the prompt logprobs computed by the step. `requests`: the step's requests by id, as they were
+        when it was scheduled (a finished one's results are dropped: an aborted request, or one that
+        finished at the step before, see the module docstring). Returns the requests that reached the end
         of their tokens (the engine then checks their stop conditions); a request with max_tokens 0 gets
         no token then (its prompt is done)."""
         it = iter(zip(result.tokens, result.logprobs or [None] * len(result.tokens)))
         got = []
         for s in out.seqs:
-            req = requests[s.request_id]
-            req.num_computed_tokens = s.start_pos + len(s.token_ids)
-            if s.prompt_lp_targets:
+            req = requests.get(s.request_id)
+            live = req is not None and not req.finished
+            if s.prompt_lp_targets and live:
                 req.prompt_logprobs += result.prompt_logprobs[s.request_id]
             if s.sample:
                 tok, lp = next(it)
+                if not live:
+                    continue
                 if req.params.max_tokens > 0:
+                    req.num_pending -= 1
                     req.output_token_ids.append(tok)
                     if lp is not None:
                         req.output_logprobs.append(lp)

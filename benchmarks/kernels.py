@@ -267,6 +267,7 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
         hidden, inter, page_elems, rank_choices, cases = 64, 128, 1024, [4, 8, 16, 32], SMOKE_CASES
     else:
         hidden, inter, page_elems, rank_choices, cases = 4096, 11008, 2 * 16 * 32 * 128, [8, 16, 32, 64], FULL_CASES
+    cases = getattr(args, "cases", None) or cases  # a caller's subset (benchmarks/suite.py)
     flops_rate = matmul_flops(device, dtype)
     elem = torch.finfo(dtype).bits // 8
     r_max = max(rank_choices)

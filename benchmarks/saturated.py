@@ -3,6 +3,7 @@ with the base model alone and with n adapters, all in one run on one GPU (offlin
 
     python benchmarks/saturated.py --out DIR [--settings llama2-7b-qkvo llama3-8b-all] [--adapters 0 1 100 1000]
     python benchmarks/saturated.py --smoke --out DIR          # tiny model on the CPU (the code path only)
+    python benchmarks/saturated.py --out DIR --async-scheduling off on   # each run in both step loops
 
 Per setting (a model shape and the LoRA targets; random bf16 weights made on the GPU, `load_format=dummy`):
 `--requests` requests are submitted at once, input and output lengths U[8, 512) (ignore EOS), adapters drawn
@@ -13,7 +14,9 @@ mean batch, steps by kind (decode only / with prefill), adapter loads, the share
 throughput, and the run's floor: every decode step reads the weights once (at least sum(output) /
 max_num_seqs steps), every decoded token reads its sequence's cached K/V once, both at the copy bandwidth
 measured in the run, and prefill costs its FLOPs at the measured bf16 matmul rate. --profile adds a
-torch.profiler breakdown of GPU time by kernel kind over a window of steps of each run.
+torch.profiler breakdown of GPU time by kernel kind over a window of steps of each run. --async-scheduling
+off on: every run (and the online one) twice on the same engine, with the synchronous step loop and with
+asynchronous scheduling (EngineConfig.async_scheduling), so that the before / after is one command.
 Writes saturated.json, saturated.md and saturated.png (throughput vs adapters) into --out.
 """
 
@@ -267,12 +270,14 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         else 0.0
     )
     runs = []
-    for n in args.adapters:
+    modes = [m == "on" for m in args.async_scheduling] if args.async_scheduling else [engine.async_scheduling]
+    for n, mode in [(n, m) for n in args.adapters for m in modes]:
+        engine.async_scheduling = mode  # the engine is idle between runs
         reqs = workload(args.requests, n, args.seed, hi=args.max_len)
-        if n == args.adapters[0]:  # one untimed round first: compiles, graph captures, allocator
+        if n == args.adapters[0] and mode == modes[0]:  # one untimed round first: compiles, graphs, allocator
             run_once(engine, workload(min(64, args.requests), n, args.seed + 1, hi=args.max_len), a.vocab_size, 1,
                      False)  # fmt: skip
-        row = {"adapters": n, **run_once(engine, reqs, a.vocab_size, args.seed, args.profile)}
+        row = {"adapters": n, "async_scheduling": mode, **run_once(engine, reqs, a.vocab_size, args.seed, args.profile)}
         fl = floor_s(a, reqs, n_params, weight_bytes, args.max_num_seqs, bw, rate)
         # with adapters, each decode step also reads the LoRA weights of its distinct adapters once
         lora_bytes = row["mean_distinct_adapters"] * adapter_bytes
@@ -280,16 +285,18 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         fl["floor_s"] += fl["lora_s"]
         row.update(fl, floor_share=fl["floor_s"] / row["elapsed_s"])
         runs.append(row)
-        print(f"{name} n={n}: {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
+        print(f"{name} n={n} async={mode}: {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
               f"mean batch {row['mean_batch']:.0f}, loads {row['adapter_loads']}, "
               f"{row['floor_share']:.0%} of the floor ({fl['floor_s']:.1f} s) {row['profile'] or ''}", flush=True)  # fmt: skip
-    online = None
-    if args.online:
+    online = []
+    for mode in modes if args.online else []:
+        engine.async_scheduling = mode
         n_on = args.online_adapters if args.online_adapters is not None else n_max
-        online = run_online(engine, n_on, args.online, args.online_duration, a.vocab_size, args.seed)
-        print(f"{name} online {args.online} req/s, n={n_on}: {online}", flush=True)
-    base = next((r for r in runs if r["adapters"] == 0), None)
+        o = run_online(engine, n_on, args.online, args.online_duration, a.vocab_size, args.seed)
+        online.append({"async_scheduling": mode, **o})
+        print(f"{name} online {args.online} req/s, n={n_on}, async={mode}: {o}", flush=True)
     for r in runs:
+        base = next((b for b in runs if b["adapters"] == 0 and b["async_scheduling"] == r["async_scheduling"]), None)
         r["share_of_base"] = None if base is None else r["req_s"] / base["req_s"]
     del engine
     if device == "cuda":
@@ -308,33 +315,32 @@ def write_report(res: dict, out: Path) -> None:
         f"{res['matmul_tflops']:.0f} TFLOP/s (both measured in this run). Adapter names share four weight sets in "
         "host memory; each name has its own pages and loads on the GPU.",
         "",
-        "| setting | adapters | req/s | out tok/s | % of base | steps (decode / with prefill) | mean batch "
+        "| setting | adapters | async | req/s | out tok/s | % of base | steps (decode / with prefill) | mean batch "
         "(distinct adapters) | adapter loads | floor s | % of floor |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for s in res["settings"]:
         for r in s["runs"]:
             share = "-" if r["share_of_base"] is None else f"{r['share_of_base']:.0%}"
             k = r["steps_by_kind"]
             lines.append(
-                f"| {s['setting']} | {r['adapters']} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | {share} | "
+                f"| {s['setting']} | {r['adapters']} | {'on' if r.get('async_scheduling') else 'off'} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | {share} | "
                 f"{r['steps']} ({k['decode']} / {k['with_prefill']}) | {r['mean_batch']:.0f} "
                 f"({r.get('mean_distinct_adapters', 0):.0f}) | {r['adapter_loads']} | "
                 f"{r['floor_s']:.1f} | {r['floor_share']:.0%} |"
             )
     for s in res["settings"]:
-        o = s.get("online")
-        if o:
-            lines += ["", f"Online, {s['setting']}: Poisson {o['rate']} req/s for {o['duration_s']:.0f} s, {o['adapters']} "
+        for o in s.get("online") or []:
+            lines += ["", f"Online, {s['setting']}, async scheduling {'on' if o['async_scheduling'] else 'off'}: Poisson {o['rate']} req/s for {o['duration_s']:.0f} s, {o['adapters']} "
                       f"adapters: {o['requests']} requests, TTFT p50 {o['ttft_p50_s'] * 1e3:.0f} ms, p90 "
                       f"{o['ttft_p90_s'] * 1e3:.0f} ms, p99 {o['ttft_p99_s'] * 1e3:.0f} ms, SLO (6 s) "
                       f"{o['slo_attainment_6s']:.0%}."]  # fmt: skip
-    profiles = [(s["setting"], r["adapters"], r["profile"]) for s in res["settings"] for r in s["runs"] if r["profile"]]
+    profiles = [(s["setting"], r, r["profile"]) for s in res["settings"] for r in s["runs"] if r["profile"]]
     if profiles:
         lines += ["", f"## Steps {PROFILE_STEPS[0]}-{PROFILE_STEPS[1]} of each run: GPU time by kernel kind (ms)", ""]
-        for setting, n, p in profiles:
+        for setting, r, p in profiles:
             lines.append(
-                f"- {setting}, n={n}: wall {p['wall_ms']:.0f} ms, GPU busy {p['gpu_busy_share']:.0%}; "
+                f"- {setting}, n={r['adapters']}, async {'on' if r.get('async_scheduling') else 'off'}: wall {p['wall_ms']:.0f} ms, GPU busy {p['gpu_busy_share']:.0%}; "
                 + ", ".join(f"{k} {v:.1f}" for k, v in p["kinds_ms"].items())
             )
     (out / "saturated.md").write_text("\n".join(lines) + "\n")
@@ -347,12 +353,15 @@ def write_report(res: dict, out: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in res["settings"]:
-        xs = [max(r["adapters"], 0.5) for r in s["runs"] if r["adapters"] > 0]
-        ys = [r["req_s"] for r in s["runs"] if r["adapters"] > 0]
-        (line,) = ax.plot(xs, ys, "o-", label=s["setting"])
-        base = next((r["req_s"] for r in s["runs"] if r["adapters"] == 0), None)
-        if base:
-            ax.axhline(base, ls="--", color=line.get_color(), alpha=0.6, label=f"{s['setting']} base only")
+        for mode in sorted({r.get("async_scheduling") for r in s["runs"]}, key=str):
+            runs = [r for r in s["runs"] if r.get("async_scheduling") == mode]
+            label = s["setting"] + ("" if mode is None else f" async {'on' if mode else 'off'}")
+            xs = [max(r["adapters"], 0.5) for r in runs if r["adapters"] > 0]
+            ys = [r["req_s"] for r in runs if r["adapters"] > 0]
+            (line,) = ax.plot(xs, ys, "o-", label=label)
+            base = next((r["req_s"] for r in runs if r["adapters"] == 0), None)
+            if base:
+                ax.axhline(base, ls="--", color=line.get_color(), alpha=0.6, label=f"{label} base only")
     ax.set_xscale("log")
     ax.set_xlabel("adapters (n)")
     ax.set_ylabel("requests / s")
@@ -383,6 +392,13 @@ def main() -> None:
     ap.add_argument("--online-duration", type=float, default=60.0)
     ap.add_argument(
         "--online-adapters", type=int, default=None, help="adapters of the online run (<= max of --adapters)"
+    )
+    ap.add_argument(
+        "--async-scheduling",
+        nargs="+",
+        choices=["off", "on"],
+        default=None,
+        help="step loops to run each run with, in this order (default: the engine's default, on for CUDA)",
     )
     ap.add_argument("--commit", default=None, help="the commit to name in the results (default: git's HEAD)")
     ap.add_argument("--seed", type=int, default=0)

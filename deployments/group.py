@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -351,7 +352,7 @@ class SLoRAGroup:
                 out = dataclasses.replace(out, prompt_token_ids=[])
             st = self._streams.get(rid)
             if st is not None:
-                st.put(out if out.error is None else {"error": out.error, "status": 500})
+                st.put(self._stream_item(out))
         s = self._snapshot
         m.set_counter("adapter_loads", s["pool"]["loads"])
         m.set_counter("adapter_hits", s["pool"]["hits"])
@@ -359,6 +360,22 @@ class SLoRAGroup:
         m.set_counter("adapter_prefetches", s["num_prefetches"])
         m.set_counter("preemptions", s["num_preemptions"])
         m.set_gauges(self._gauges(s), s["pool"])
+
+    def _stream_item(self, out: RequestOutput) -> RequestOutput | dict:
+        """What a stream sends for an output: an error dict for a failed request (500) and for one that the
+        scheduler's early abort dropped before it started (429 with `retry_after_s`: the client may retry;
+        one dropped after it started ends with finish_reason "abort")."""
+        if out.error is not None:
+            return {"error": out.error, "status": 500}
+        if out.finish_reason == "abort" and out.metrics.get("first_scheduled_time") is None:
+            slo = self.engine.cfg.scheduler.ttft_slo_s or 1.0
+            return {
+                "error": f"overloaded: the request could not start within its time-to-first-token SLO of {slo}s "
+                "and was dropped before it ran (early abort); retry later",
+                "status": 429,
+                "retry_after_s": math.ceil(slo),
+            }
+        return out
 
     @staticmethod
     def _gauges(s: dict) -> dict[str, float]:

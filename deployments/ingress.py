@@ -595,7 +595,10 @@ class OpenAIIngress:
             status = out.get("status", 500)
             if status == 503:
                 raise _unavailable(out.get("error", "group unavailable"))
-            raise APIError(status, out.get("error", "engine error"))
+            retry = out.get("retry_after_s")  # an early abort before the request started (deployments/group.py)
+            raise APIError(
+                status, out.get("error", "engine error"), headers={"Retry-After": str(retry)} if retry else None
+            )
         if c.num_tokens == 0 and out.delta_token_ids:
             self.router.observe_ttft(c.group, c.model_ttft_s, time.monotonic() - c.admitted_at)
         c.num_tokens += len(out.delta_token_ids)

@@ -156,3 +156,75 @@ def test_structured_benchmark_smoke(tmp_path):
     assert free["tokens"] == half["tokens"] == 8 * 12 and half["finished_early"] == 0
     assert half["fill_ms_median"] > 0 and free["fill_ms_median"] == 0 and res["step_ratio_constrained_over_free"] > 0
     assert "Per-step ratio" in (tmp_path / "out" / "structured.md").read_text()
+
+
+def run_suite(tmp_path, name: str, *extra: str) -> dict:
+    """`python -m benchmarks.suite NAME --smoke` (tiny random model on the CPU); returns its JSON."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "benchmarks.suite", name, "--smoke", "--out", str(tmp_path / "out")]
+    cmd += ["--work", str(tmp_path / "work"), *extra]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count(f"[{name} ") >= 2  # a progress line per run
+    res = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+    assert res["commit"] and res["gpu"].startswith("CPU") and res["settings_used"]["smoke"]
+    assert (tmp_path / "out" / f"{name}.md").read_text().startswith(f"# {name}")
+    return res
+
+
+def test_suite_s_lora_table_smoke(tmp_path):
+    res = run_suite(tmp_path, "s-lora-table")
+    (s,) = res["settings"]
+    assert s["setting"] == "S2" and [r["adapters"] for r in s["rows"]] == [0, 3]
+    for r in s["rows"]:
+        assert r["saturated"]["completed"] == r["saturated"]["requests"] == 12 and r["saturated"]["req_s"] > 0
+        assert len(r["points"]) == 2 and all(p["rate"] > 0 and "slo_attainment" in p for p in r["points"])
+        passed = [p["rate"] for p in r["points"] if not p["stopped"] and (p["slo_attainment"] or 0) >= 0.9]
+        assert r["max_rate"] == (max(passed) if passed else None)
+    assert s["rows"][0]["share_of_base_saturated"] == 1.0
+    p = s["peft"]
+    assert p["peft_one_at_a_time_req_s"] > 0 and p["peft_mixed_req_s"] > 0 and p["ours_req_s"] > 0
+    assert {f.name for f in (tmp_path / "out").glob("*.png")} == {
+        "s-lora-table_throughput.png",
+        "s-lora-table_latency.png",
+    }
+
+
+def test_suite_ablations_smoke(tmp_path):
+    res = run_suite(tmp_path, "ablations")
+    runs = {r["ablation"]: r for r in res["runs"]}
+    assert list(runs) == ["default", "no prefetch", "clustering", "free idle adapters", "static split"]
+    assert all(r["requests"] > 0 and r["ttft_p50_s"] is not None for r in runs.values())
+    assert runs["no prefetch"]["prefetches"] == 0 and not runs["no prefetch"]["policies"]["prefetch"]
+    assert runs["default"]["evictions"] == 0 and runs["free idle adapters"]["evictions"] > 0
+    assert runs["free idle adapters"]["loads"] > runs["default"]["loads"]
+    assert runs["static split"]["policies"]["static_adapter_pages"] == res["static_adapter_pages"]
+    assert runs["clustering"]["policies"]["cluster_min_adapters"] == 2
+    (k,) = res["kernels"]["rows"]  # TRITON_INTERPRET=1 (tests/conftest.py): ours vs torch vs padded bmm
+    assert k["ours_ms"] > 0 and k["ref_ms"] > 0 and k["bmm_ms"] > 0 and k["max_abs_err"] < 1e-3
+    assert (tmp_path / "out" / "ablations.png").exists()
+
+
+def test_suite_admission_smoke(tmp_path):
+    res = run_suite(tmp_path, "admission")
+    assert [(r["cv"], r["policy"]) for r in res["runs"]] == [
+        (cv, p) for cv in (1.0, 4.0) for p in ("FCFS", "LCFS", "early abort")
+    ]
+    assert all(r["aborted"] == 0 for r in res["runs"] if r["policy"] != "early abort")
+    assert all(0 <= r["slo_attainment"] <= 1 and r["requests"] > 0 for r in res["runs"])
+    assert (tmp_path / "out" / "admission.png").exists()
+    (tmp_path / "out" / "admission.md").unlink()
+    (tmp_path / "out" / "admission.png").unlink()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "benchmarks.suite", "admission", "--report-only", "--out", str(tmp_path / "out")]
+    subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    assert "early abort" in (tmp_path / "out" / "admission.md").read_text()  # rewritten from the JSON
+    assert (tmp_path / "out" / "admission.png").exists()
+
+
+def test_suite_http_smoke(tmp_path):
+    """Starts Ray and Serve: run under the shared Ray lock (flock /tmp/sloray-ray.lock)."""
+    res = run_suite(tmp_path, "http", "--http-port", "8131")
+    assert res["http"]["ok"] == res["http"]["requests"] == res["in_process"]["requests"] > 0
+    assert res["http_over_in_process_req_s"] > 0 and res["ttft_p50_delta_s"] is not None
+    assert (tmp_path / "out" / "http.png").exists()

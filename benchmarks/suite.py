@@ -1,0 +1,893 @@
+"""The paper's evaluation (S-LoRA §7) as one command per suite, in-process on one GPU unless said otherwise.
+
+    python -m benchmarks.suite NAME --out DIR [--quick] [--smoke] [options]
+
+Suites (NAME):
+  s-lora-table  per setting (S1, S2 and S4 of the paper's Table 1, and Llama-3-8B with LoRA on all seven linear
+                layers) and n adapters: the maximum sustainable request rate (SLO attainment >= 90%, TTFT SLO
+                6 s) found by a rate search on S-LoRA's synthetic trace (alpha 1, cv 1, lengths U[8, 512)),
+                and the throughput at it; the base model alone (n = 0) in the same run; and Hugging Face PEFT
+                both ways (one adapter at a time with `set_adapter`, and mixed batches with `adapter_names=`)
+                against our engine on a smaller workload of the same shape that PEFT can finish.
+  ablations     n = 1000, alpha in {1, 0.3}, one rate (near the saturated capacity): prefetch on / off,
+                adapter clustering on / off, idle adapters kept in the pool / freed at finish (S-LoRA), the
+                unified pool / a static KV-adapter split; and the LoRA kernels (one Llama-2-7B layer, per step):
+                ours vs the torch reference vs padded bmm (benchmarks/kernels.py's bench_lora_steps).
+  admission     the paper's early-abort experiment: SLO attainment and user satisfaction vs cv in {1, 2, 4, 8}
+                for FCFS, LCFS and early abort, at a rate near the maximum sustainable one.
+  http          the same trace through the Ray Serve app over HTTP (benchmarks/load.py's client) and in-process,
+                one after the other on the same GPU: the serving path's cost.
+
+Every suite writes DIR/NAME.json (every figure, the GPU, the commit, the settings), DIR/NAME.md (tables) and
+PNG plots (matplotlib), and prints a line per run. --quick is the reduced version that fits one ~8-minute
+device command (fewer settings and n, a 3-point rate search, shorter traces); --smoke runs the same code on a
+tiny random model on the CPU in seconds (the CPU test suite runs it).
+
+How the rate search works: a burst (all requests at once) gives the saturated capacity C; then a bisection on
+[0, 1.25 C] replays the trace at each rate for --duration seconds and keeps the highest rate whose SLO
+attainment is >= 90%. A replay stops early once more than 10% of the trace has certainly missed the SLO.
+Model weights are random (`load_format=dummy`); adapter names share a few weight sets in host memory (one per
+rank), while on the GPU every name gets its own pages and its own load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import random
+import signal
+import statistics
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.config import EngineConfig  # noqa: E402
+from app.demo import write_peft_adapter  # noqa: E402
+from app.engine import Engine  # noqa: E402
+from app.request import SamplingParams  # noqa: E402
+from benchmarks.engine import alias_adapters, write_model_config  # noqa: E402
+from benchmarks.saturated import ALL_LINEAR, QKVO, commit  # noqa: E402
+from benchmarks.trace import synthetic_trace  # noqa: E402
+
+SETTINGS = {  # name: (model shape, LoRA targets, ranks cycled over the adapters)
+    "S1": ("llama2-7b", QKVO, (8,)),
+    "S2": ("llama2-7b", QKVO, (64, 32, 16, 8)),
+    "S4": ("llama2-13b", QKVO, (64, 32, 16)),
+    "llama3-8b-all": ("llama3-8b", ALL_LINEAR, (64, 32, 16, 8)),
+}
+TARGET_ATTAINMENT = 0.9
+
+
+# ----------------------------------------------------------------------------------------------------
+# engine and workload
+# ----------------------------------------------------------------------------------------------------
+def engine_for(a, setting: str, n_max: int) -> Engine:
+    """An engine of `setting`'s shape (random weights) with adapters a0 .. a{n_max-1} (ranks cycled)."""
+    shape, targets, ranks = SETTINGS[setting]
+    if a.smoke:
+        shape, ranks = "tiny", tuple(min(r, 8) for r in ranks)
+    model_dir = write_model_config(a.work / f"{shape}-{a.layers or 'all'}", shape, a.layers)
+    srcs = {}
+    for r in sorted(set(ranks)):
+        d = a.work / f"{shape}-{'-'.join(t[0] for t in targets)}-r{r}"
+        if not (d / "adapter_config.json").exists():
+            write_peft_adapter(d, model_dir, r, 2.0 * r, targets, seed=r, std=0.02)
+        srcs[f"src-r{r}"] = str(d)
+    cuda = a.device == "cuda"
+    cfg = EngineConfig(
+        model=str(model_dir),
+        device=a.device,
+        dtype="bfloat16" if cuda else "float32",
+        load_format="dummy",
+        pool={"gpu_memory_fraction": a.gpu_memory_fraction, "page_size": 16},
+        scheduler={"max_num_seqs": a.max_num_seqs, "max_num_batched_tokens": a.max_num_batched_tokens},
+        lora={"max_lora_rank": max(ranks)},
+        warmup="on" if cuda else "off",
+    )
+    t0 = time.perf_counter()
+    engine = Engine(cfg)
+    alias_adapters(engine, srcs, {f"a{i}": f"src-r{ranks[i % len(ranks)]}" for i in range(n_max)})
+    print(f"  engine {setting} ({shape}, {engine.args.num_layers} layers, {engine.pool.num_pages} pages, "
+          f"{n_max} adapters) ready in {time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip
+    return engine
+
+
+def free() -> None:
+    """Returns the memory of objects dropped by the caller (an engine: set its variable to None first)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def lengths(a) -> tuple[tuple[int, int], tuple[int, int]]:
+    return ((4, 24), (4, 24)) if a.smoke else ((8, a.max_len), (8, a.max_len))
+
+
+def trace_for(a, n: int, rate: float, *, alpha: float = 1.0, cv: float = 1.0, duration: float | None = None, seed=1):
+    """S-LoRA's synthetic trace (n = 0: the base model, adapter None)."""
+    ins, outs = lengths(a)
+    t = synthetic_trace(max(n, 1), alpha, rate, cv, duration or a.duration, seed, ins, outs)
+    for r in t:
+        r["adapter"] = None if n == 0 else r["adapter"]
+    return t
+
+
+def burst_trace(a, n: int, count: int, seed: int = 2) -> list[dict]:
+    ins, outs = lengths(a)
+    rng = random.Random(seed)
+    return [{"arrival_s": 0.0, "adapter": rng.randrange(n) if n else None, "input_len": rng.randrange(*ins),
+             "output_len": rng.randrange(*outs)} for _ in range(count)]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------
+# replay and metrics
+# ----------------------------------------------------------------------------------------------------
+def pct(xs: list[float], q: float) -> float | None:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else None
+
+
+def replay(engine: Engine, trace: list[dict], slo: float, *, stop_on_fail: bool = False, drain_s: float = 30.0,
+           first_tokens_only: bool = False, seed: int = 0) -> dict:  # fmt: skip
+    """Replays `trace` in real time in this process: each request is added at its arrival (with that arrival
+    time, so early abort sees it), the engine steps back to back. Throughput: `req_s` / `out_tok_s` over the
+    whole run (the tail after the last arrival included), `*_window` over the arrival window only. Stops `drain_s` after the last arrival
+    (requests left count as missed) or, with `stop_on_fail`, as soon as more than 1 - TARGET_ATTAINMENT of
+    the trace has certainly missed the SLO. `first_tokens_only`: ends once every request has its first token
+    (or was aborted), the rest cut (TTFT, SLO attainment and the window's throughput need no more; the
+    latencies of completed requests then favour short ones). Returns the metrics of `summarize` plus the engine's counters."""
+    rng = random.Random(seed)
+    vocab = engine.args.vocab_size
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sch, pool = engine.scheduler, engine.pool
+    for name in list(pool.resident_adapters()):  # every run starts with no adapter on the GPU
+        if not pool.is_pinned(name):
+            pool.evict(name)
+    c0 = dict(steps=engine.steps, loads=pool.loads, hits=pool.hits, evictions=pool.evictions,
+              prefetches=sch.num_prefetches, load_wait_steps=sch.num_load_wait_steps,
+              preemptions=sch.num_preemptions, early_aborts=sch.num_early_aborts,
+              cluster_steps=sch.num_cluster_steps)  # fmt: skip
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    recs: dict[str, dict] = {}
+    pending = deque(trace)
+    distinct, batch, kv_pages, adapter_pages = [], [], [], []
+    last_arrival = trace[-1]["arrival_s"] if trace else 0.0
+    max_miss = (1 - TARGET_ATTAINMENT) * len(trace)
+    stopped = None
+    window_tokens = window_done = 0  # output tokens and completed requests while requests arrive
+    answered = 0  # requests with a first token or finished without one
+    sync()
+    start = time.monotonic()
+    while pending or engine.has_unfinished():
+        now = time.monotonic()
+        while pending and start + pending[0]["arrival_s"] <= now:
+            r = pending.popleft()
+            p = SamplingParams(max_tokens=r["output_len"], temperature=0.0, ignore_eos=True, detokenize=False)
+            ids = [rng.randrange(3, vocab) for _ in range(r["input_len"])]
+            adapter = None if r["adapter"] is None else f"a{r['adapter']}"
+            rid = engine.add_request(ids, p, adapter=adapter, arrival_time=start + r["arrival_s"])
+            recs[rid] = {"arrival": start + r["arrival_s"], "out": r["output_len"], "first": None, "end": None,
+                         "reason": None}  # fmt: skip
+        if first_tokens_only and not pending and answered == len(recs):
+            for rid in list(engine.requests):
+                engine.abort(rid)
+            break
+        if now - start > last_arrival + drain_s:
+            stopped = "drain limit"
+        elif stop_on_fail and engine.steps % 8 == 0:
+            missed = sum(1 for x in recs.values() if (x["first"] or now) - x["arrival"] > slo)
+            if missed > max_miss:
+                stopped = "SLO already missed"
+        if stopped:
+            for rid in list(engine.requests):
+                engine.abort(rid)
+            break
+        if not engine.has_unfinished():
+            if pending:
+                time.sleep(max(0.0, min(0.005, start + pending[0]["arrival_s"] - time.monotonic())))
+            continue
+        outs = engine.step()
+        t = time.monotonic()
+        in_window = t - start <= last_arrival
+        for o in outs:
+            x = recs.get(o.request_id)
+            if x is None:
+                continue
+            if in_window:
+                window_tokens += len(o.delta_token_ids)
+                window_done += o.finished and o.finish_reason == "length"
+            if x["first"] is None and o.delta_token_ids:
+                x["first"] = t
+                answered += 1
+            if o.finished:
+                x["end"], x["reason"] = t, o.finish_reason
+                answered += x["first"] is None
+        distinct.append(engine.last_step_adapters)
+        batch.append(len(sch.running))
+        if engine.steps % 16 == 0:
+            st = pool.stats()
+            kv_pages.append(st.kv)
+            adapter_pages.append(st.adapter)
+    sync()
+    elapsed = time.monotonic() - start
+    res = summarize(list(recs.values()), len(trace), elapsed, slo)
+    counters = {k: v - c0[k] for k, v in dict(
+        steps=engine.steps, loads=pool.loads, hits=pool.hits, evictions=pool.evictions,
+        prefetches=sch.num_prefetches, load_wait_steps=sch.num_load_wait_steps, preemptions=sch.num_preemptions,
+        early_aborts=sch.num_early_aborts, cluster_steps=sch.num_cluster_steps).items()}  # fmt: skip
+    lookups = counters["loads"] + counters["hits"]
+    res.update(
+        counters,
+        stopped=stopped,
+        window_s=last_arrival,
+        out_tok_s_window=window_tokens / last_arrival if last_arrival else None,
+        req_s_window=window_done / last_arrival if last_arrival else None,
+        adapter_hit_rate=counters["hits"] / lookups if lookups else None,
+        loads_per_s=counters["loads"] / elapsed if elapsed else None,
+        load_wait_step_share=counters["load_wait_steps"] / counters["steps"] if counters["steps"] else None,
+        distinct_adapters_per_step=statistics.mean(distinct) if distinct else 0.0,
+        batch_mean=statistics.mean(batch) if batch else 0.0,
+        pool_pages=pool.num_pages,
+        kv_pages_peak=max(kv_pages, default=0),
+        adapter_pages_peak=max(adapter_pages, default=0),
+        peak_gpu_mem_gb=torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None,
+    )
+    return res
+
+
+def summarize(recs: list[dict], n_trace: int, elapsed: float, slo: float) -> dict:
+    """The paper's metrics: throughput of completed requests, TTFT percentiles, time per output token,
+    end-to-end latency, SLO attainment (first token within `slo`; requests not served count as missed) and
+    user satisfaction (1 - (ttft / slo)^2, 0 when missed or aborted), over the `n_trace` requests."""
+    ok = [r for r in recs if r["reason"] == "length"]
+    ttft = [r["first"] - r["arrival"] for r in recs if r["first"] is not None]
+    tpot = [(r["end"] - r["first"]) / (r["out"] - 1) for r in ok if r["out"] > 1]
+    e2e = [r["end"] - r["arrival"] for r in ok]
+    sat = [max(0.0, 1 - (t / slo) ** 2) for t in ttft]
+    return {
+        "requests": n_trace,
+        "completed": len(ok),
+        "aborted": sum(r["reason"] == "abort" for r in recs),
+        "elapsed_s": elapsed,
+        "req_s": len(ok) / elapsed if elapsed else 0.0,
+        "out_tok_s": sum(r["out"] for r in ok) / elapsed if elapsed else 0.0,
+        "ttft_mean_s": statistics.mean(ttft) if ttft else None,
+        "ttft_p50_s": pct(ttft, 0.5),
+        "ttft_p90_s": pct(ttft, 0.9),
+        "ttft_p99_s": pct(ttft, 0.99),
+        "tpot_mean_s": statistics.mean(tpot) if tpot else None,
+        "e2e_mean_s": statistics.mean(e2e) if e2e else None,
+        "slo_s": slo,
+        "slo_attainment": sum(t <= slo for t in ttft) / n_trace if n_trace else None,
+        "user_satisfaction": sum(sat) / n_trace if n_trace else None,
+    }
+
+
+def capacity(a, engine: Engine, n: int) -> dict:
+    """Saturated throughput: a burst of --burst requests submitted at once."""
+    return replay(engine, burst_trace(a, n, a.burst), slo=math.inf, drain_s=1e9)
+
+
+def rate_search(a, engine: Engine, n: int, cap: float, log, points: list) -> dict:
+    """Bisection on [0, 1.25 cap] for the highest rate with SLO attainment >= TARGET_ATTAINMENT (module
+    docstring), --points replays (appended to `points` as they run); returns the best passing run (None if
+    none passed) and every point."""
+    lo, hi, best = 0.0, 1.25 * cap, None
+    for _ in range(a.points):
+        rate = (lo + hi) / 2
+        r = replay(engine, trace_for(a, n, rate), a.slo_s, stop_on_fail=True, drain_s=2 * a.slo_s,
+                   first_tokens_only=True)  # fmt: skip
+        r["rate"] = rate
+        ok = not r["stopped"] and (r["slo_attainment"] is None or r["slo_attainment"] >= TARGET_ATTAINMENT)
+        points.append(r)
+        log(f"n={n} rate {rate:.2f}: {r['requests']} requests, attainment {pc(r['slo_attainment'])}, {f2(r['out_tok_s_window'])} tok/s, "
+            f"TTFT p50 {ms(r['ttft_p50_s'])} p99 {ms(r['ttft_p99_s'])}{' (' + r['stopped'] + ')' if r['stopped'] else ''}")  # fmt: skip
+        if ok:
+            lo, best = rate, r
+        else:
+            hi = rate
+    return {"max_rate": best["rate"] if best else None, "at_max": best, "points": points}
+
+
+def ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:.0f} ms"
+
+
+def pc(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+def f2(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+class Progress:
+    """One line per run: `[suite i/total elapsed] text`; after each, the results so far are saved (`save`), so
+    that a run cut short (a device command's time limit) still leaves its figures."""
+
+    def __init__(self, a, total: int):
+        self.suite, self.total, self.i, self.t0, self.save = a.suite, total, 0, time.perf_counter(), a.save
+
+    def __call__(self, text: str) -> None:
+        self.i += 1
+        print(f"[{self.suite} {self.i}/{self.total} {time.perf_counter() - self.t0:6.0f}s] {text}", flush=True)
+        self.save()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hugging Face PEFT baseline
+# ----------------------------------------------------------------------------------------------------
+def peft_baseline(a, setting: str, work_reqs: list[dict], n_adapters: int) -> dict:
+    """Hugging Face transformers + PEFT on the same GPU and model shape (random weights), the same requests
+    (prompt lengths, output lengths, adapters): one adapter at a time (`set_adapter`, each adapter's requests
+    in one batch, left-padded: the paper's baseline) and mixed batches (`generate(adapter_names=...)`, all
+    requests in one batch). Every output has its length (min_new_tokens); a batch runs to its longest."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shape, targets, ranks = SETTINGS[setting]
+    if a.smoke:
+        shape, ranks = "tiny", tuple(min(r, 8) for r in ranks)
+    model_dir = write_model_config(a.work / f"{shape}-{a.layers or 'all'}", shape, a.layers)
+    dev = a.device
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    hf_cfg = AutoConfig.from_pretrained(str(model_dir))
+    with torch.device(dev):
+        base = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype).eval()
+    path = lambda r: str(a.work / f"{shape}-{'-'.join(t[0] for t in targets)}-r{r}")  # noqa: E731
+    names = [f"a{i}" for i in range(n_adapters)]
+    m = PeftModel.from_pretrained(base, path(ranks[0]), adapter_name=names[0])
+    for i, nm in enumerate(names[1:], 1):
+        m.load_adapter(path(ranks[i % len(ranks)]), adapter_name=nm)
+    m.eval()
+    rng = random.Random(3)
+    prompts = [[rng.randrange(3, hf_cfg.vocab_size) for _ in range(r["input_len"])] for r in work_reqs]
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+    def generate(idx: list[int], adapter_names=None):
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), width), 2, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(idx):
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]) :] = 1
+        out = max(work_reqs[i]["output_len"] for i in idx)
+        kw = dict(max_new_tokens=out, min_new_tokens=out, do_sample=False, pad_token_id=2)
+        if adapter_names is not None:
+            kw["adapter_names"] = adapter_names
+        m.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw)
+
+    def timed(fn) -> float:
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t
+
+    by_adapter: dict[int, list[int]] = {}
+    for i, r in enumerate(work_reqs):
+        by_adapter.setdefault(r["adapter"], []).append(i)
+
+    def one_at_a_time():
+        for ad, idx in sorted(by_adapter.items()):
+            m.set_adapter(names[ad])
+            generate(idx)
+
+    everyone = list(range(len(work_reqs)))
+    with torch.no_grad():
+        generate(everyone[:2], [names[0]] * 2)  # warm-up
+        res = {
+            "peft_one_at_a_time_s": timed(one_at_a_time),
+            "peft_mixed_s": timed(lambda: generate(everyone, [names[r["adapter"]] for r in work_reqs])),
+        }
+    n = len(work_reqs)
+    return {**res, **{k.replace("_s", "_req_s"): n / v for k, v in list(res.items())}}
+
+
+# ----------------------------------------------------------------------------------------------------
+# suites
+# ----------------------------------------------------------------------------------------------------
+def suite_table(a, out: dict) -> None:
+    settings = a.settings or (["S2"] if a.quick or a.smoke else list(SETTINGS))
+    ns = a.adapters or ([0, 3] if a.smoke else [0, 100, 1000, 2000] if a.quick else [0, 1, 100, 1000, 2000])
+    log = Progress(a, len(settings) * len(ns) * (1 + a.points) + (0 if a.no_peft else 2))
+    out["settings"] = []
+    for s in settings:
+        engine = engine_for(a, s, max(ns))
+        rows: list[dict] = []
+        entry = {"setting": s, "shape": SETTINGS[s][0], "targets": SETTINGS[s][1], "ranks": SETTINGS[s][2],
+                 "layers": engine.args.num_layers, "rows": rows}  # fmt: skip
+        out["settings"].append(entry)
+        for n in ns:
+            cap = capacity(a, engine, n)
+            row = {"adapters": n, "saturated": cap, "max_rate": None, "at_max": None, "points": []}
+            rows.append(row)
+            log(f"{s} n={n}: saturated {cap['req_s']:.2f} req/s ({cap['out_tok_s']:.0f} tok/s)")
+            row.update(rate_search(a, engine, n, cap["req_s"], log, row["points"]))
+            base = next((r for r in rows if r["adapters"] == 0), None)
+            for r in rows:
+                both = base is not None and r["max_rate"] and base["max_rate"]
+                r["share_of_base_max_rate"] = r["max_rate"] / base["max_rate"] if both else None
+                r["share_of_base_saturated"] = r["saturated"]["req_s"] / base["saturated"]["req_s"] if base else None
+        if not a.no_peft and s == settings[0]:
+            reqs = burst_trace(a, a.peft_adapters, a.peft_requests, seed=5)
+            hi = 24 if a.smoke else a.peft_max_len
+            for r in reqs:
+                r["input_len"], r["output_len"] = min(r["input_len"], hi), min(r["output_len"], hi)
+            ours = replay(engine, reqs, slo=math.inf, drain_s=1e9)
+            entry["peft"] = {"requests": a.peft_requests, "adapters": a.peft_adapters, "max_len": hi,
+                             "ours_req_s": ours["req_s"]}  # fmt: skip
+            log(f"{s} PEFT workload ({a.peft_requests} requests, {a.peft_adapters} adapters, lengths < {hi}): "
+                f"ours {ours['req_s']:.2f} req/s")  # fmt: skip
+            engine = None
+            free()
+            peft = peft_baseline(a, s, reqs, a.peft_adapters)
+            free()  # the Hugging Face model is gone with peft_baseline's frame
+            best = max(peft["peft_one_at_a_time_req_s"], peft["peft_mixed_req_s"])
+            entry["peft"].update(peft, ours_over_best_peft=ours["req_s"] / best)
+            log(f"{s} PEFT one adapter at a time {peft['peft_one_at_a_time_req_s']:.3f} req/s, mixed "
+                f"{peft['peft_mixed_req_s']:.3f} req/s: ours {entry['peft']['ours_over_best_peft']:.1f}x the better")  # fmt: skip
+        engine = None
+        free()
+
+
+DEFAULT_LORA_POLICIES = {"prefetch": True, "cluster_min_adapters": None, "keep_idle_adapters": True,
+                         "static_adapter_pages": None}  # fmt: skip
+ABLATIONS = {  # name: LoRAConfig policies changed from DEFAULT_LORA_POLICIES
+    "default": {},
+    "no prefetch": {"prefetch": False},
+    "clustering": {"cluster_min_adapters": "--cluster-min-adapters"},
+    "free idle adapters": {"keep_idle_adapters": False},
+    "static split": {"static_adapter_pages": "--static-adapter-share"},
+}
+
+
+def suite_ablations(a, out: dict) -> None:
+    n = a.adapters[0] if a.adapters else (3 if a.smoke else 1000)
+    alphas = a.alphas or [1.0, 0.3]
+    engine = engine_for(a, "S2", n)
+    log = Progress(a, 1 + len(alphas) * len(ABLATIONS) + (0 if a.no_kernels else 1))
+    cap = capacity(a, engine, n)
+    rate = a.rate or a.rate_share * cap["req_s"]
+    static = max(1, int(a.static_adapter_share * engine.pool.num_pages))
+    out.update(adapters=n, rate=rate, saturated=cap, static_adapter_pages=static,
+               cluster_min_adapters=a.cluster_min_adapters, runs=[])  # fmt: skip
+    log(f"n={n}: saturated {cap['req_s']:.2f} req/s; ablations at {rate:.2f} req/s")
+    for alpha in alphas:
+        trace = trace_for(a, n, rate, alpha=alpha)
+        for name, change in ABLATIONS.items():
+            flags = {"--cluster-min-adapters": a.cluster_min_adapters, "--static-adapter-share": static}
+            pol = {
+                **DEFAULT_LORA_POLICIES,
+                **{k: flags.get(v, v) if isinstance(v, str) else v for k, v in change.items()},
+            }
+            engine.set_policies(lora=pol)
+            r = replay(engine, trace, a.slo_s, drain_s=max(2 * a.slo_s, a.duration), first_tokens_only=True)
+            r.update(ablation=name, alpha=alpha, policies=pol)
+            out["runs"].append(r)
+            log(f"alpha {alpha} {name}: {f2(r['out_tok_s_window'])} tok/s, TTFT p50 {ms(r['ttft_p50_s'])} p99 "
+                f"{ms(r['ttft_p99_s'])}, load-wait steps {r['load_wait_steps']}/{r['steps']}, distinct/step "
+                f"{r['distinct_adapters_per_step']:.1f}, hit rate {pc(r['adapter_hit_rate'])}, loads/s {f2(r['loads_per_s'])}")  # fmt: skip
+    engine = None
+    free()
+    if not a.no_kernels:
+        out["kernels"] = kernel_ablation(a)
+        log("kernels: " + "; ".join(f"{r['case']}: ours {f2(r.get('ours_ms'))} ms, torch {f2(r.get('ref_ms'))} ms, "
+                                     f"bmm {f2(r.get('bmm_ms'))} ms" for r in out["kernels"]["rows"]))  # fmt: skip
+
+
+def kernel_ablation(a) -> dict:
+    """benchmarks/kernels.py's per-step LoRA comparison (one Llama-2-7B layer): ours (Triton) vs the torch
+    reference vs padded bmm (decode steps)."""
+    import os
+
+    import benchmarks.kernels as bk
+
+    if a.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return {"skipped": "the Triton kernels need a GPU, or TRITON_INTERPRET=1 on the CPU", "rows": []}
+    dev = torch.device(a.device)
+    dtype = torch.bfloat16 if a.device == "cuda" else torch.float32
+    cases = bk.SMOKE_CASES[:1] if a.smoke else bk.FULL_CASES[:2] if a.quick else bk.FULL_CASES
+    ns = argparse.Namespace(smoke=a.smoke, batch=256, sweep=False, seed=0, cases=cases)
+    gen = torch.Generator().manual_seed(0)
+    bw = bk.copy_bandwidth(dev, (1 << 30) if a.device == "cuda" else (1 << 22))
+    res = bk.bench_lora_steps(ns, dev, dtype, bw, gen)
+    rows = [{"case": r["case"], "ours_ms": r["graph_ms"] if r["graph_ms"] is not None else r["eager_ms"],
+             "ref_ms": r["ref_ms"], "bmm_ms": r.get("bmm_graph_ms") or r.get("bmm_ms"), "bound_ms": r["bound_ms"],
+             "max_abs_err": r["max_abs_err"]} for r in res["steps"]]  # fmt: skip
+    return {"copy_bandwidth_gbs": bw / 1e9, "rows": rows}
+
+
+ADMISSION = {  # name: SchedulerConfig policies ("slo": --slo-s)
+    "FCFS": {"queue_order": "fcfs", "ttft_slo_s": None, "early_abort": "expired"},
+    "LCFS": {"queue_order": "lcfs", "ttft_slo_s": None, "early_abort": "expired"},
+    "early abort": {"queue_order": "fcfs", "ttft_slo_s": "slo", "early_abort": "predicted"},
+}
+
+
+def suite_admission(a, out: dict) -> None:
+    n = a.adapters[0] if a.adapters else (3 if a.smoke else 1000)
+    cvs = a.cvs or [1.0, 2.0, 4.0, 8.0]
+    engine = engine_for(a, "S2", n)
+    log = Progress(a, 1 + len(cvs) * len(ADMISSION))
+    cap = capacity(a, engine, n)
+    rate = a.rate or a.rate_share * cap["req_s"]
+    out.update(adapters=n, rate=rate, saturated=cap, runs=[])
+    log(f"n={n}: saturated {cap['req_s']:.2f} req/s; admission runs at {rate:.2f} req/s")
+    for cv in cvs:
+        trace = trace_for(a, n, rate, cv=cv)
+        for name, sch in ADMISSION.items():
+            engine.set_policies(scheduler={k: (a.slo_s if v == "slo" else v) for k, v in sch.items()})
+            r = replay(engine, trace, a.slo_s, drain_s=max(2 * a.slo_s, a.duration), first_tokens_only=True)
+            r.update(policy=name, cv=cv)
+            out["runs"].append(r)
+            log(f"cv {cv} {name}: attainment {pc(r['slo_attainment'])}, satisfaction {f2(r['user_satisfaction'])}, "
+                f"aborted {r['aborted']}, {f2(r['req_s_window'])} req/s (window)")  # fmt: skip
+    engine = None
+    free()
+
+
+def suite_http(a, out: dict) -> None:
+    """In-process replay first (then the engine is freed), then the Serve app over HTTP with the same engine
+    settings, adapters as directories (files linked to the few weight sets), the same trace."""
+    import asyncio
+    import os
+
+    from ray import serve
+
+    from benchmarks.load import replay as http_replay
+    from deployments.builder import BuildArgs, build_app
+
+    n = a.adapters[0] if a.adapters else (3 if a.smoke else 100)
+    rate = a.rate or (4.0 if a.smoke else 8.0)
+    log = Progress(a, 2)
+    trace = trace_for(a, n, rate)
+    engine = engine_for(a, "S2", n)
+    local = replay(engine, trace, a.slo_s, drain_s=4 * a.slo_s)
+    out.update(adapters=n, rate=rate, in_process=local)
+    log(f"in-process: {local['req_s']:.2f} req/s, TTFT p50 {ms(local['ttft_p50_s'])} p99 {ms(local['ttft_p99_s'])}")
+    model_dir, cfg = engine.cfg.model, engine.cfg
+    srcs = {name: engine.adapters[name].path for name in (f"a{i}" for i in range(min(n, 8)))}
+    engine = None
+    free()
+    adir = a.work / f"http-adapters-{n}"
+    adir.mkdir(parents=True, exist_ok=True)
+    for i in range(n):  # each name its own directory (files linked)
+        d = adir / f"a{i}"
+        if not d.exists():
+            d.mkdir()
+            src = Path(srcs[f"a{i % len(srcs)}"])
+            for f in ("adapter_config.json", "adapter_model.safetensors"):
+                os.symlink(src / f, d / f)
+    import ray
+
+    t0 = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(num_cpus=4 if a.smoke else None, include_dashboard=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": a.http_port})
+    build = BuildArgs(
+        model=model_dir,
+        adapter_dir=str(adir),
+        device=a.device,
+        dtype=cfg.dtype,
+        max_num_seqs=cfg.scheduler.max_num_seqs,
+        max_num_batched_tokens=cfg.scheduler.max_num_batched_tokens,
+        gpu_memory_fraction=a.gpu_memory_fraction,
+        max_lora_rank=cfg.lora.max_lora_rank,
+        engine={"load_format": "dummy", "warmup": cfg.warmup},
+        **({"group_num_cpus": 0.5} if a.smoke else {}),
+    )
+    serve.run(build_app(build), name="sloray-suite", route_prefix="/", blocking=False)
+    import httpx
+
+    url = f"http://127.0.0.1:{a.http_port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=10).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    startup = time.perf_counter() - t0
+    try:
+        remote = asyncio.run(http_replay(url, trace, "a", a.slo_s, None, 600.0, vocab=min(500, 512)))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    both = remote.get("ttft_p50_s") is not None and local["ttft_p50_s"] is not None
+    out.update(
+        http=remote,
+        serve_startup_s=startup,
+        http_over_in_process_req_s=remote["req_s"] / local["req_s"] if local["req_s"] else None,
+        ttft_p50_delta_s=remote["ttft_p50_s"] - local["ttft_p50_s"] if both else None,
+    )
+    log(f"HTTP: {remote['req_s']:.2f} req/s, TTFT p50 {ms(remote['ttft_p50_s'])} p99 {ms(remote['ttft_p99_s'])} "
+        f"(Serve up in {startup:.0f} s)")  # fmt: skip
+
+
+SUITES = {"s-lora-table": suite_table, "ablations": suite_ablations, "admission": suite_admission, "http": suite_http}
+
+
+# ----------------------------------------------------------------------------------------------------
+# reports
+# ----------------------------------------------------------------------------------------------------
+def plt_or_none():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def report_table(res: dict, out: Path) -> list[str]:
+    lines = ["Maximum sustainable throughput = the highest offered rate with SLO attainment >= 90% (of the rates "
+             "tried); out tok/s there: output tokens per second while requests arrived.", "",
+             "| setting | n | saturated req/s | max sustainable rate (req/s) | out tok/s there | "
+             "% of base (max rate) | % of base (saturated) | TTFT p50 / p99 there | attainment there |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]  # fmt: skip
+    for s in res["settings"]:
+        for r in s["rows"]:
+            m = r["at_max"] or {}
+            lines.append(
+                f"| {s['setting']} | {r['adapters'] or 'base'} | {r['saturated']['req_s']:.2f} | {f2(r['max_rate'])} | "
+                f"{f2(m.get('out_tok_s_window'))} | {pc(r.get('share_of_base_max_rate'))} | "
+                f"{pc(r.get('share_of_base_saturated'))} | {ms(m.get('ttft_p50_s'))} / {ms(m.get('ttft_p99_s'))} | "
+                f"{pc(m.get('slo_attainment'))} |"
+            )
+    lines += ["", "Headline (maximum sustainable throughput; the issue's goals in brackets):", ""]
+    for s in res["settings"]:
+        at = {r["adapters"]: r["max_rate"] for r in s["rows"]}
+        ratio = lambda x, y: pc(at[x] / at[y]) if at.get(x) and at.get(y) else "-"  # noqa: E731
+        lines.append(f"- {s['setting']}: n = 1000 / base {ratio(1000, 0)} (>= 85%); n = 2000 / n = 100 "
+                     f"{ratio(2000, 100)} (>= 95%)")  # fmt: skip
+    for s in res["settings"]:
+        p = s.get("peft")
+        if p and "ours_over_best_peft" in p:
+            lines += ["", f"Hugging Face PEFT, {s['setting']} shape, {p['requests']} requests over {p['adapters']} "
+                      f"adapters, lengths < {p['max_len']}, all submitted at once: one adapter at a time "
+                      f"{p['peft_one_at_a_time_req_s']:.3f} req/s, mixed batch {p['peft_mixed_req_s']:.3f} req/s; "
+                      f"ours {p['ours_req_s']:.2f} req/s = **{p['ours_over_best_peft']:.1f}x** the better PEFT mode."]  # fmt: skip
+    plt = plt_or_none()
+    if plt:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for s in res["settings"]:
+            rows = [r for r in s["rows"] if r["adapters"] and r["max_rate"]]
+            (line,) = ax.plot([r["adapters"] for r in rows], [r["max_rate"] for r in rows], "o-",
+                              label=s["setting"])  # fmt: skip
+            base = next((r for r in s["rows"] if r["adapters"] == 0 and r["max_rate"]), None)
+            if base:
+                ax.axhline(base["max_rate"], ls="--", color=line.get_color(), alpha=0.6,
+                           label=f"{s['setting']} base only")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("adapters (n)")
+        ax.set_ylabel("max sustainable throughput (req/s)")
+        ax.set_title(f"Throughput vs adapters, {res['gpu']}", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "s-lora-table_throughput.png", dpi=120)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for s in res["settings"]:
+            for r in s["rows"]:
+                pts = sorted((p["rate"], p["ttft_p99_s"]) for p in r["points"] if p["ttft_p99_s"] is not None)
+                if pts:
+                    ax.plot(*zip(*pts), "o-", label=f"{s['setting']} n={r['adapters'] or 'base'}")
+        ax.axhline(res["slo_s"], ls=":", color="grey", label="SLO")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered rate (req/s)")
+        ax.set_ylabel("TTFT p99 (s)")
+        ax.set_title(f"Latency vs rate, {res['gpu']}", fontsize=9)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "s-lora-table_latency.png", dpi=120)
+    return lines
+
+
+def report_ablations(res: dict, out: Path) -> list[str]:
+    lines = [f"n = {res['adapters']}, {res['rate']:.2f} req/s (saturated: {res['saturated']['req_s']:.2f}); static split: "
+             f"{res['static_adapter_pages']} adapter pages; clustering from {res['cluster_min_adapters']} adapters.", "",
+             "| alpha | ablation | req/s (arrival window) | out tok/s (window) | TTFT p50 | TTFT p99 | attainment | steps waiting on a load | distinct adapters "
+             "/ step | hit rate | loads / s | evictions |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in res["runs"]:
+        lines.append(
+            f"| {r['alpha']} | {r['ablation']} | {f2(r['req_s_window'])} | {f2(r['out_tok_s_window'])} | {ms(r['ttft_p50_s'])} | {ms(r['ttft_p99_s'])} | "
+            f"{pc(r['slo_attainment'])} | {r['load_wait_steps']} / {r['steps']} | {r['distinct_adapters_per_step']:.1f} | "
+            f"{pc(r['adapter_hit_rate'])} | {f2(r['loads_per_s'])} | {r['evictions']} |"
+        )
+    k = res.get("kernels")
+    if k and k.get("rows"):
+        lines += ["", "LoRA kernels, one Llama-2-7B layer per step (benchmarks/kernels.py):", "",
+                  "| step | ours ms | torch reference ms | padded bmm ms | bound ms |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+        for r in k["rows"]:
+            lines.append(
+                f"| {r['case']} | {f2(r['ours_ms'])} | {f2(r['ref_ms'])} | {f2(r['bmm_ms'])} | {f2(r['bound_ms'])} |"
+            )
+    elif k:
+        lines += ["", f"LoRA kernels: skipped ({k.get('skipped')})."]
+    plt = plt_or_none()
+    if plt:
+        names = list(dict.fromkeys(r["ablation"] for r in res["runs"]))
+        alphas = list(dict.fromkeys(r["alpha"] for r in res["runs"]))
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for j, (key, label) in enumerate(
+            (("out_tok_s_window", "out tok/s (arrival window)"), ("ttft_p99_s", "TTFT p99 (s)"))
+        ):
+            ax = axes[j]
+            w = 0.8 / len(alphas)
+            for i, alpha in enumerate(alphas):
+                vals = [next((r[key] or 0 for r in res["runs"] if r["ablation"] == nm and r["alpha"] == alpha), 0)
+                        for nm in names]  # fmt: skip
+                ax.bar([x + i * w for x in range(len(names))], vals, w, label=f"alpha {alpha}")
+            ax.set_xticks([x + w * (len(alphas) - 1) / 2 for x in range(len(names))], names, rotation=20, fontsize=7)
+            ax.set_ylabel(label)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"Ablations, n = {res['adapters']}, {res['rate']:.1f} req/s, {res['gpu']}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "ablations.png", dpi=120)
+    return lines
+
+
+def report_admission(res: dict, out: Path) -> list[str]:
+    lines = [f"n = {res['adapters']}, {res['rate']:.2f} req/s (saturated: {res['saturated']['req_s']:.2f}), "
+             f"SLO {res['slo_s']} s.", "", "| cv | policy | SLO attainment | user satisfaction | aborted | req/s (arrival window) | "
+             "TTFT p50 | TTFT p99 |", "|---:|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in res["runs"]:
+        lines.append(
+            f"| {r['cv']} | {r['policy']} | {pc(r['slo_attainment'])} | {f2(r['user_satisfaction'])} | {r['aborted']} | "
+            f"{f2(r['req_s_window'])} | {ms(r['ttft_p50_s'])} | {ms(r['ttft_p99_s'])} |"
+        )
+    plt = plt_or_none()
+    if plt:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for policy in dict.fromkeys(r["policy"] for r in res["runs"]):
+            rs = [r for r in res["runs"] if r["policy"] == policy]
+            axes[0].plot([r["cv"] for r in rs], [r["slo_attainment"] for r in rs], "o-", label=policy)
+            axes[1].plot([r["cv"] for r in rs], [r["user_satisfaction"] for r in rs], "o-", label=policy)
+        for ax, label in zip(axes, ("SLO attainment", "user satisfaction")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("cv of the arrivals")
+            ax.set_ylabel(label)
+            ax.legend(fontsize=7)
+        fig.suptitle(
+            f"Admission vs burstiness, n = {res['adapters']}, {res['rate']:.1f} req/s, {res['gpu']}", fontsize=9
+        )
+        fig.tight_layout()
+        fig.savefig(out / "admission.png", dpi=120)
+    return lines
+
+
+def report_http(res: dict, out: Path) -> list[str]:
+    lines = [f"n = {res['adapters']} adapter directories, {res['rate']} req/s, the same trace; Serve up in "
+             f"{res['serve_startup_s']:.0f} s.", "", "| path | req/s | out tok/s | TTFT p50 | TTFT p99 | attainment |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, r in (("in-process", res["in_process"]), ("HTTP (Ray Serve)", res["http"])):
+        lines.append(f"| {name} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | {ms(r['ttft_p50_s'])} | "
+                     f"{ms(r['ttft_p99_s'])} | {pc(r['slo_attainment'])} |")  # fmt: skip
+    lines += ["", f"HTTP / in-process throughput: {pc(res['http_over_in_process_req_s'])}; TTFT p50 difference: "
+              f"{ms(res['ttft_p50_delta_s'])}."]  # fmt: skip
+    plt = plt_or_none()
+    if plt:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        paths = [("in-process", res["in_process"]), ("HTTP", res["http"])]
+        for i, q in enumerate(("ttft_p50_s", "ttft_p90_s", "ttft_p99_s")):
+            ax.bar([x + 0.25 * i for x in range(2)], [(r.get(q) or 0) * 1e3 for _, r in paths], 0.25, label=q[5:8])
+        ax.set_xticks([0.25, 1.25], [p for p, _ in paths])
+        ax.set_ylabel("TTFT (ms)")
+        ax.legend(fontsize=7)
+        ax.set_title(f"Serving path, {res['gpu']}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "http.png", dpi=120)
+    return lines
+
+
+REPORTS = {"s-lora-table": report_table, "ablations": report_ablations, "admission": report_admission,
+           "http": report_http}  # fmt: skip
+
+
+def write_report(name: str, res: dict, out: Path) -> None:
+    head = [f"# {name}: {res['gpu']} (commit {res['commit']})", "",
+            f"{'SMOKE (tiny random model, CPU): code path only, no figure to quote. ' if res['settings_used']['smoke'] else ''}"
+            "Random weights; adapter names share a few weight sets in host memory (one per rank), each name has its "
+            f"own pages and loads on the GPU. S-LoRA synthetic trace, lengths U[{res['lengths'][0]}, {res['lengths'][1]}), TTFT SLO "
+            f"{res['slo_s']} s.", ""]  # fmt: skip
+    (out / f"{name}.md").write_text("\n".join(head + REPORTS[name](res, out)) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("suite", choices=sorted(SUITES))
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--work", default=Path("/tmp/sloray-suite"), type=Path, help="model configs, adapters")
+    ap.add_argument("--quick", action="store_true", help="the reduced version for one ~8-minute device command")
+    ap.add_argument("--smoke", action="store_true", help="tiny random model on the CPU (the code path, seconds)")
+    ap.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=None, help="s-lora-table settings")
+    ap.add_argument("--adapters", nargs="+", type=int, default=None, help="n values (ablations/admission/http: n)")
+    ap.add_argument("--layers", type=int, default=None, help="fewer layers than the shape (quicker, not the paper's)")
+    ap.add_argument("--duration", type=float, default=None, help="seconds of trace per run (60; --quick 15)")
+    ap.add_argument("--points", type=int, default=None, help="replays per rate search (5; --quick 3)")
+    ap.add_argument("--burst", type=int, default=None, help="requests of the saturated run (400; --quick 160)")
+    ap.add_argument("--max-len", type=int, default=512, help="input and output lengths U[8, max_len)")
+    ap.add_argument("--slo-s", type=float, default=None, help="TTFT SLO (6 s; --smoke 0.5 s)")
+    ap.add_argument("--rate", type=float, default=None, help="ablations/admission/http: this rate (req/s)")
+    ap.add_argument("--rate-share", type=float, default=0.8, help="else this share of the saturated capacity")
+    ap.add_argument("--alphas", nargs="+", type=float, default=None, help="ablations: adapter popularity (1 0.3)")
+    ap.add_argument("--cvs", nargs="+", type=float, default=None, help="admission: arrival cv (1 2 4 8)")
+    ap.add_argument("--cluster-min-adapters", type=int, default=32, help="ablations: clustering threshold")
+    ap.add_argument("--static-adapter-share", type=float, default=0.1, help="ablations: pool share for adapters")
+    ap.add_argument("--no-peft", action="store_true", help="s-lora-table without the PEFT baseline")
+    ap.add_argument("--peft-requests", type=int, default=32)
+    ap.add_argument("--peft-adapters", type=int, default=8)
+    ap.add_argument("--peft-max-len", type=int, default=128, help="PEFT workload lengths U[8, this)")
+    ap.add_argument("--no-kernels", action="store_true", help="ablations without the kernel comparison")
+    ap.add_argument("--max-num-seqs", type=int, default=None, help="256 (--smoke 8)")
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None, help="4096 (--smoke 64)")
+    ap.add_argument("--gpu-memory-fraction", type=float, default=0.85)
+    ap.add_argument("--http-port", type=int, default=8000)
+    ap.add_argument("--commit", default=None, help="the commit to name in the results (default: git's HEAD)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite NAME.md and the plots from an existing DIR/NAME.json (e.g. where matplotlib is)")  # fmt: skip
+    a = ap.parse_args(argv)
+    if a.report_only:
+        write_report(a.suite, json.loads((a.out / f"{a.suite}.json").read_text()), a.out)
+        print((a.out / f"{a.suite}.md").read_text())
+        return
+    a.device = "cuda" if torch.cuda.is_available() and not a.smoke else "cpu"
+    full = dict(duration=60.0, points=5, burst=400, slo_s=6.0, max_num_seqs=256, max_num_batched_tokens=4096)
+    quick = dict(full, duration=15.0, points=3, burst=160)
+    smoke = dict(duration=1.5, points=2, burst=12, slo_s=0.5, max_num_seqs=8, max_num_batched_tokens=64)
+    for k, v in (smoke if a.smoke else quick if a.quick else full).items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    if a.smoke:
+        torch.set_num_threads(1)  # a tiny model gains nothing from threads, and a busy CPU stalls them
+        a.peft_requests, a.peft_adapters = min(a.peft_requests, 6), min(a.peft_adapters, 3)
+        a.cvs = a.cvs or [1.0, 4.0]
+        a.alphas = a.alphas or [1.0]
+        a.cluster_min_adapters = min(a.cluster_min_adapters, 2)
+    a.out.mkdir(parents=True, exist_ok=True)
+    a.work.mkdir(parents=True, exist_ok=True)
+    settings_used = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    res = {
+        "suite": a.suite,
+        "gpu": torch.cuda.get_device_name() if a.device == "cuda" else f"CPU ({platform.machine()})",
+        "commit": a.commit or commit(),
+        "torch": torch.__version__,
+        "slo_s": a.slo_s,
+        "lengths": lengths(a)[0],
+        "settings_used": settings_used,
+        "note": "random weights (load_format=dummy); adapter names share a few weight sets in host memory (one per "
+        "rank); on the GPU every name has its own pages and its own load",
+    }
+    t0 = time.perf_counter()
+
+    def save():
+        res["wall_s"] = time.perf_counter() - t0
+        (a.out / f"{a.suite}.json").write_text(json.dumps(res, indent=1, default=str))
+
+    a.save = save
+    # a time limit's SIGTERM (`timeout`) unwinds like an exception: what ran is saved and reported
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"{a.suite}: terminated; partial results saved"))
+    try:
+        SUITES[a.suite](a, res)
+    finally:
+        save()
+        try:
+            write_report(a.suite, res, a.out)
+            print((a.out / f"{a.suite}.md").read_text())
+        except Exception as e:  # noqa: BLE001 - a partial run may lack what a table needs; the JSON has it all
+            print(f"no report for the partial results: {e!r}")
+
+
+if __name__ == "__main__":
+    main()

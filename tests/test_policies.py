@@ -1,0 +1,307 @@
+"""The scheduler's admission policies (app/scheduler.py): queue order, early abort, adapter clustering, idle
+adapters freed or kept, the static pool split and prefetch, each on a deterministic trace with a fake clock.
+The scheduler runs alone: a fake executor returns one token per sampled sequence and each step takes
+`step_s` of fake time."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from app.config import LoRAConfig, SchedulerConfig
+from app.pool import PagePool
+from app.request import ModelOutput, Request, SamplingParams
+from app.scheduler import Scheduler
+
+
+class Sim:
+    def __init__(self, *, seqs=8, tokens=256, loras=8, pages=256, adapter_pages=2, step_s=0.1, limit=None, **kw):
+        sch = {k: kw.pop(k) for k in list(kw) if k in SchedulerConfig.model_fields}
+        self.t = 0.0
+        self.step_s = step_s
+        self.pool = PagePool(num_pages=pages, page_size=4, adapter_limit=limit)
+        self.sch = Scheduler(
+            SchedulerConfig(max_num_seqs=seqs, max_num_batched_tokens=tokens, **sch),
+            LoRAConfig(max_loras_per_batch=loras, **kw),
+            self.pool,
+            lambda name: adapter_pages,
+            clock=lambda: self.t,
+        )
+        self.reqs: dict[str, Request] = {}
+        self.admitted: list[str] = []  # request ids in the order they were first scheduled
+
+    def add(self, rid: str, adapter: str | None = None, prompt: int = 4, out: int = 2, at: float | None = None):
+        p = SamplingParams(max_tokens=out, temperature=0.0, ignore_eos=True, detokenize=False)
+        req = Request(rid, [5] * prompt, adapter, p, arrival_time=self.t if at is None else at)
+        self.sch.add(req)
+        self.reqs[rid] = req
+        return req
+
+    def step(self):
+        out = self.sch.schedule()
+        for s in out.seqs:
+            if s.start_pos == 0 and s.request_id not in self.admitted:
+                self.admitted.append(s.request_id)
+        n = sum(s.sample for s in out.seqs)
+        for req in self.sch.update(out, self.reqs, ModelOutput(tokens=[7] * n)):
+            if req.first_token_time is None:
+                req.first_token_time = self.t + self.step_s
+            if len(req.output_token_ids) >= req.params.max_tokens:
+                self.sch.finish(req, "length")
+        self.sch.early_aborted.clear()
+        self.t += self.step_s
+        self.pool.check()
+        return out
+
+    def run(self, arrivals: list[tuple[float, str, str | None, int]] = (), until: float = math.inf):
+        """Replays (arrival time, request id, adapter, output length) in fake time until all are done."""
+        pending = sorted(arrivals)
+        while (pending or self.sch.has_unfinished()) and self.t < until:
+            while pending and pending[0][0] <= self.t + 1e-9:
+                at, rid, adapter, out = pending.pop(0)
+                self.add(rid, adapter, out=out, at=at)
+            self.step()
+
+
+# ---- queue order ---------------------------------------------------------------------------------
+def test_fcfs_admits_oldest_and_lcfs_newest():
+    for order, first in (("fcfs", "r0"), ("lcfs", "r2")):
+        sim = Sim(seqs=1, queue_order=order)
+        for i in range(3):
+            sim.add(f"r{i}", at=float(i))
+        sim.step()
+        assert sim.admitted == [first], order
+    sim = Sim(seqs=1, queue_order="lcfs")
+    sim.run([(0.0, f"r{i}", None, 3) for i in range(4)])
+    assert sim.admitted == ["r3", "r2", "r1", "r0"]  # all there at once: newest first throughout
+
+
+def test_preempted_requests_go_first_in_either_order():
+    for order in ("fcfs", "lcfs"):
+        sim = Sim(seqs=1, queue_order=order)
+        for i in range(3):
+            sim.add(f"r{i}", at=float(i))
+        resumed = sim.reqs["r1"]
+        sim.sch.waiting.remove(resumed)
+        resumed.num_preemptions = 1  # as Scheduler._preempt leaves it: at the front, marked
+        sim.sch.waiting.appendleft(resumed)
+        sim.step()
+        assert sim.admitted == ["r1"], order
+
+
+# ---- early abort ---------------------------------------------------------------------------------
+def test_expired_early_abort_drops_only_requests_past_their_deadline():
+    sim = Sim(seqs=1, ttft_slo_s=1.0)
+    sim.add("long", out=30)
+    sim.step()
+    sim.add("late")
+    sim.t = 1.05  # "late" arrived at 0.1: 0.95 s waited
+    sim.step()
+    assert not sim.sch.early_aborted and not sim.reqs["late"].finished
+    sim.t = 1.2
+    sim.step()
+    late = sim.reqs["late"]
+    assert late.finished and late.finish_reason == "abort" and not late.output_token_ids
+    assert sim.sch.num_early_aborts == 1 and late.first_scheduled_time is None  # never took GPU time
+    assert not sim.reqs["long"].finished
+
+
+def overload(policy: dict, n=60, gap=0.1, out=5):
+    """n requests, one every `gap` s, each holding the only seat for 1 + `out` steps of 0.1 s (gap 0.1: arrivals
+    six times as fast as service)."""
+    sim = Sim(seqs=1, step_s=0.1, **policy)
+    sim.run([(round(i * gap, 6), f"r{i:03d}", None, out) for i in range(n)])
+    return sim
+
+
+def attainment(sim: Sim, slo: float) -> float:
+    ok = [r for r in sim.reqs.values() if r.first_token_time is not None and r.first_token_time - r.arrival_time <= slo]
+    return len(ok) / len(sim.reqs)
+
+
+def test_predicted_early_abort_drops_hopeless_requests_before_their_deadline_and_serves_newest_first():
+    slo = 2.0
+    sim = overload({"ttft_slo_s": slo, "early_abort": "predicted"})
+    aborted = [r for r in sim.reqs.values() if r.finish_reason == "abort"]
+    assert aborted and all(r.first_scheduled_time is None and not r.output_token_ids for r in aborted)
+    # predicted: some were dropped before their deadline passed (expired only drops after it)
+    assert any(r.finish_time - r.arrival_time < slo for r in aborted)
+    # more arrivals than admissions: the newest went first while overloaded
+    firsts = [sim.reqs[rid].arrival_time for rid in sim.admitted]
+    steps = list(zip(firsts, firsts[1:]))
+    assert any(b > a for a, b in steps) and any(b < a for a, b in steps)
+    fcfs = overload({})
+    expired = overload({"ttft_slo_s": slo})
+    lcfs = overload({"queue_order": "lcfs"})
+    att = {k: attainment(s, slo) for k, s in [("predicted", sim), ("fcfs", fcfs), ("expired", expired), ("lcfs", lcfs)]}
+    assert att["predicted"] > att["fcfs"] and att["predicted"] >= att["expired"], att
+    assert not any(r.finish_reason == "abort" for r in fcfs.reqs.values())
+
+
+def test_predicted_early_abort_keeps_fcfs_and_drops_nothing_under_light_load():
+    sim = overload({"ttft_slo_s": 2.0, "early_abort": "predicted"}, n=20, gap=0.6)
+    assert sim.admitted == sorted(sim.admitted) and sim.sch.num_early_aborts == 0
+    assert all(r.finish_reason == "length" for r in sim.reqs.values())
+
+
+def test_rates_are_measured_over_the_slo_window():
+    sim2 = Sim(seqs=1, ttft_slo_s=2.0, early_abort="predicted")
+    sim2.run([(round(i * 0.1, 6), f"r{i:03d}", None, 5) for i in range(40)], until=3.0)
+    arrival, service = sim2.sch.rates()
+    assert arrival == pytest.approx(10.0, rel=0.1)  # one request per 0.1 s
+    assert service == pytest.approx(1 / 0.6, rel=0.1)  # one admission per 6 steps of 0.1 s
+    assert Sim(seqs=1).sch.rates() == (None, None)  # not measured without the predicted abort
+
+
+# ---- adapter clustering --------------------------------------------------------------------------
+def clustered(on: bool, max_wait: float = 2.0):
+    sim = Sim(seqs=4, cluster_min_adapters=2 if on else None, cluster_max_wait_s=max_wait)
+    sim.add("a0", "a", out=50)
+    sim.add("b0", "b", out=50)
+    sim.step()  # the batch holds a and b
+    for i, ad in enumerate("cacb"):
+        sim.add(f"{ad}{i + 1}", ad, out=50)
+    sim.step()
+    return sim
+
+
+def test_clustering_prefers_requests_whose_adapter_is_in_the_batch():
+    assert clustered(False).admitted == ["a0", "b0", "c1", "a2"]  # FCFS: two seats left
+    on = clustered(True)
+    assert on.admitted == ["a0", "b0", "a2", "b4"] and on.sch.num_cluster_steps > 0
+
+
+def test_clustering_aging_bound_keeps_an_old_request_in_its_place():
+    sim = Sim(seqs=4, cluster_min_adapters=2, cluster_max_wait_s=1.0)
+    sim.add("a0", "a", out=50)
+    sim.add("b0", "b", out=50)
+    sim.step()
+    sim.add("c1", "c", out=50, at=sim.t - 1.5)  # has waited past the bound
+    sim.add("a2", "a", out=50)
+    sim.add("b3", "b", out=50)
+    sim.step()
+    assert sim.admitted == ["a0", "b0", "c1", "a2"]
+
+
+def test_clustering_does_not_starve_a_cold_adapter():
+    """Requests of a hot adapter arrive every step, faster than they are served, and always hold the batch;
+    one request of a cold adapter arrives early. With the aging bound it is admitted within the bound (plus
+    a step); with no bound it waits until the hot queue has drained."""
+    arrivals = [(round(0.1 * i, 6), f"h{i:03d}", "hot", 6) for i in range(200)]
+    arrivals.append((0.55, "cold", "cold", 3))
+    waits = {}
+    for bound in (1.0, math.inf):
+        sim = Sim(seqs=4, cluster_min_adapters=1, cluster_max_wait_s=bound)
+        sim.run(arrivals)
+        cold = sim.reqs["cold"]
+        waits[bound] = cold.first_scheduled_time - cold.arrival_time
+    assert waits[1.0] <= 1.0 + 0.7, waits  # the bound, then a seat freeing (a hot request is 7 steps)
+    assert waits[math.inf] > 10.0, waits
+
+
+# ---- idle adapters, static split, prefetch ---------------------------------------------------------
+def test_idle_adapters_are_kept_as_a_cache_or_freed_at_finish():
+    for keep in (True, False):
+        sim = Sim(keep_idle_adapters=keep)
+        sim.run([(0.0, "r0", "a", 2), (0.0, "r1", "a", 4), (0.0, "r2", "b", 2)])
+        assert sorted(sim.pool.resident_adapters()) == (["a", "b"] if keep else [])
+        sim.run([(sim.t, "r3", "a", 2)])
+        assert sim.pool.loads == (2 if keep else 3) and sim.pool.hits >= (2 if keep else 1)
+
+
+def test_static_split_bounds_adapters_and_kv_separately():
+    # unified: 10 pages, three adapters of 2 pages stay cached beside the KV
+    uni = Sim(pages=10, adapter_pages=2)
+    uni.run([(0.0, f"r{i}", ad, 2) for i, ad in enumerate("abc")])
+    assert sorted(uni.pool.resident_adapters()) == ["a", "b", "c"]
+    split = Sim(pages=10, adapter_pages=2, limit=4)
+    split.run([(0.0, f"r{i}", ad, 2) for i, ad in enumerate("abc")])
+    assert len(split.pool.resident_adapters()) == 2 and split.pool.evictions == 1  # LRU within its 4 pages
+    # KV holds at most 6 pages: a 5-token prompt + 2 outputs (2 pages) each: three fit, the fourth waits
+    kv = Sim(pages=10, adapter_pages=2, limit=4)
+    for i in range(4):
+        kv.add(f"k{i}", prompt=5, out=3)
+    kv.step()
+    assert kv.admitted == ["k0", "k1", "k2"] and kv.pool.stats().kv == 6 and kv.pool.num_free == 4
+    with pytest.raises(ValueError, match="for KV"):
+        kv.add("huge", prompt=30, out=1)  # 8 pages: fits the pool, not its KV part
+    with pytest.raises(ValueError):
+        PagePool(num_pages=10, page_size=4, adapter_limit=10)
+
+
+def test_prefetch_spares_steps_waiting_on_a_load():
+    waits = {}
+    for prefetch in (True, False):
+        sim = Sim(seqs=1, prefetch=prefetch)
+        sim.run([(0.0, f"r{i}", f"a{i}", 3) for i in range(4)])
+        waits[prefetch] = sim.sch.num_load_wait_steps
+        assert sim.pool.loads == 4
+    assert waits == {True: 1, False: 4}
+
+
+# ---- early abort as a replica streams it (deployments/group.py, no Ray cluster) --------------------------
+def test_group_streams_an_early_abort_before_start_as_a_429_with_retry_after():
+    import asyncio
+
+    from app.demo import build_demo
+    from app.request import RequestOutput
+    from deployments.group import SLoRAGroup
+
+    demo = build_demo()
+    cfg = {"model": str(demo / "model"), "device": "cpu", "dtype": "float32"}
+    cfg["scheduler"] = {"max_num_seqs": 1, "ttft_slo_s": 0.2}
+    g = SLoRAGroup("g", cfg, ray_metrics=False, stream_interval_s=0.0)
+    params = SamplingParams(max_tokens=300, temperature=0.0, ignore_eos=True)
+
+    async def run():
+        async def one(rid):
+            return [item async for item in g.generate(rid, [5, 6, 7], params)]
+
+        first = asyncio.ensure_future(one("long"))
+        await asyncio.sleep(0.05)  # "long" holds the only seat for 300 steps
+        return await asyncio.gather(first, one("dropped"))
+
+    long, dropped = asyncio.run(run())
+    assert long[0] == {"accepted": True} and long[-1].finish_reason == "length"
+    assert dropped[0] == {"accepted": True} and len(dropped) == 2
+    err = dropped[1]
+    assert not isinstance(err, RequestOutput) and err["status"] == 429 and err["retry_after_s"] == 1
+    assert "early abort" in err["error"]
+
+
+def test_admission_rate_ignores_idle_time():
+    """An idle gap before a burst is not service time: only steps between two schedules that both left
+    requests waiting count."""
+    sim = Sim(seqs=1, ttft_slo_s=5.0, early_abort="predicted")
+    sim.run([(0.0, "alone", None, 2)])  # then idle until 3 s
+    sim.t = 3.0
+    sim.run([(3.0, f"r{i}", None, 4) for i in range(6)], until=4.5)
+    arrival, service = sim.sch.rates()
+    assert service == pytest.approx(1 / 0.5, rel=0.1)  # one admission per 5 steps of 0.1 s
+
+
+def test_engine_set_policies_switches_an_idle_engine_only():
+    from app.config import EngineConfig
+    from app.demo import build_demo
+    from app.engine import Engine
+
+    demo = build_demo()
+    e = Engine(EngineConfig(model=str(demo / "model"), device="cpu", dtype="float32"))
+    sch = e.scheduler
+    e.set_policies(scheduler={"queue_order": "lcfs"}, lora={"static_adapter_pages": 40, "keep_idle_adapters": False})
+    assert e.scheduler is not sch and e.scheduler.cfg.queue_order == "lcfs" and e.pool.adapter_limit == 40
+    assert e.cfg.lora.static_adapter_pages == 40 and not e.scheduler.lora_cfg.keep_idle_adapters
+    e.set_policies(lora={"static_adapter_pages": None})  # the others stay as set
+    assert e.pool.adapter_limit is None and e.scheduler.cfg.queue_order == "lcfs"
+    with pytest.raises(ValueError, match="not policies"):
+        e.set_policies(scheduler={"max_num_seqs": 3})
+    with pytest.raises(ValueError):
+        e.set_policies(scheduler={"queue_order": "random"})
+    e.add_request([5, 6, 7], SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True))
+    with pytest.raises(RuntimeError, match="idle"):
+        e.set_policies(scheduler={"queue_order": "fcfs"})
+    while e.has_unfinished():
+        e.step()
+    e.set_policies(scheduler={"queue_order": "fcfs"})
+    assert e.is_idle_clean()
