@@ -32,13 +32,25 @@ class Tokenizer:
         t = getattr(self.hf, "chat_template", None)
         return t if isinstance(t, str) else None
 
-    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    def apply_chat_template(
+        self,
+        messages: list[dict],
+        tools: list[dict] | None = None,
+        add_generation_prompt: bool = True,
+        add_special_tokens: bool = False,
+    ) -> list[int]:
         """Token ids of a chat, with the tokenizer's template (which receives `tools`, when given) or a plain
-        `role: content` fallback (which shows no tools)."""
+        `role: content` fallback (which shows no tools). `add_special_tokens`: the tokenizer's own special
+        tokens on top of those the template writes (vLLM's /tokenize option; the fallback always has them)."""
         if self.chat_template:
-            out = self.hf.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
+            kw = {"tools": tools, "add_generation_prompt": add_generation_prompt}
+            if add_special_tokens:
+                return self.hf.encode(self.hf.apply_chat_template(messages, tokenize=False, **kw))
+            out = self.hf.apply_chat_template(messages, tokenize=True, **kw)
             return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + (
+            "assistant:" if add_generation_prompt else ""
+        )
         return self.encode(text)
 
 

@@ -137,7 +137,8 @@ class SLoRAGroup:
         tensor_parallel_size: int = 1,
         num_threads: int | None = None,
         ray_metrics: bool = True,
-        stream_interval_s: float = 0.05,
+        stream_interval_s: float = 0.0,
+        served_model_name: str | None = None,
     ):
         """`stream_interval_s`: a stream sends its new tokens at most this often (its first tokens and its
         end at once); 0 = one item per engine step."""
@@ -164,7 +165,8 @@ class SLoRAGroup:
             )
         self.engine.add_adapters(adapters or {})
         self._adapter_table = self._adapters_now()
-        self.metrics = GroupMetrics(name, self.engine.model_name, ray_export=ray_metrics)
+        # metrics carry the model name clients use (the ingress's), so both exports label alike
+        self.metrics = GroupMetrics(name, served_model_name or self.engine.model_name, ray_export=ray_metrics)
         self._cmds: deque[_Cmd] = deque()  # appended by the event loop, taken by the engine thread
         self._streams: dict[str, _Stream] = {}
         self._last_token_time: dict[str, float] = {}
@@ -311,6 +313,12 @@ class SLoRAGroup:
             "steps": e.steps,
             "num_preemptions": sch.num_preemptions,
             "num_prefetches": sch.num_prefetches,
+            "lora": {  # vllm:lora_requests_info
+                "running": sorted({r.adapter for r in sch.running if r.adapter}),
+                "waiting": sorted({r.adapter for r in sch.waiting if r.adapter}),
+                "max_lora": e.cfg.lora.max_loras_per_batch,
+            },
+            "time": time.time(),
         }
 
     def _dispatch(self, outputs: list[RequestOutput], now: float, adapters: int | None) -> None:
@@ -324,6 +332,7 @@ class SLoRAGroup:
             rid = out.request_id
             n_new = len(out.delta_token_ids)
             m.inc("generation_tokens", n_new)
+            m.adapter_tokens(out.adapter, n_new)
             last = self._last_token_time.get(rid)
             if last is not None and n_new:
                 m.observe("inter_token_latency_seconds", (now - last) / n_new)
@@ -333,7 +342,7 @@ class SLoRAGroup:
                 self._last_token_time.pop(rid, None)
                 t = out.metrics
                 if out.finish_reason != "abort":
-                    m.inc("request_success")
+                    m.request_finished(out.finish_reason)
                     if t.get("first_token_time") is not None:
                         m.observe("time_to_first_token_seconds", t["first_token_time"] - t["arrival_time"])
                     if t.get("first_scheduled_time") is not None:
@@ -416,6 +425,7 @@ class SLoRAGroup:
                 yield self._unavailable_item(e)
                 return
             self.metrics.inc("prompt_tokens", len(prompt_token_ids))
+            self.metrics.adapter_request(adapter, len(prompt_token_ids))
             yield {"accepted": True}
             while True:
                 out = await st.get()
@@ -495,6 +505,7 @@ class SLoRAGroup:
         s["ranks"] = getattr(self.engine.executor, "ranks", [])  # tensor parallelism: the rank actors
         s["gauges"] = self._gauges(s)
         s["metrics"] = self.metrics.snapshot()
+        self.metrics.keep_alive()
         return s
 
     async def check_health(self) -> None:

@@ -7,7 +7,8 @@ Out: a 401 / 403 / 413 OpenAI error object, sent without reading the body; or th
      with its body read in (never more than `max_body_bytes`) and replayed to the app as one message.
 
 Roles (`ROUTE_ROLES`; a key is sent as `Authorization: Bearer <key>`):
-  inference  /v1/completions, /v1/chat/completions, /v1/models    an `api_keys` or `admin_api_keys` key
+  inference  /v1/completions, /v1/chat/completions, /v1/models,  an `api_keys` or `admin_api_keys` key
+             /v1/models/{id}, /tokenize, /detokenize, /version
   admin      /v1/load_lora_adapter, /v1/unload_lora_adapter       an `admin_api_keys` key
   metrics    /metrics                                             a `metrics_api_keys` or admin key
   public     /health and every other path (the app answers them: 404 / 405 for unknown ones)
@@ -27,7 +28,7 @@ from typing import Literal
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.protocol import error_body
+from deployments.protocol import error_body
 
 Role = Literal["inference", "admin", "metrics", "public"]
 
@@ -35,10 +36,22 @@ ROUTE_ROLES: dict[str, Role] = {
     "/v1/completions": "inference",
     "/v1/chat/completions": "inference",
     "/v1/models": "inference",
+    "/tokenize": "inference",
+    "/detokenize": "inference",
+    "/version": "inference",
     "/v1/load_lora_adapter": "admin",
     "/v1/unload_lora_adapter": "admin",
     "/metrics": "metrics",
 }
+
+
+def route_role(path: str) -> Role:
+    """The role of a path inside the application (`route_path`): `ROUTE_ROLES`, and every
+    `/v1/models/{id}` is inference like `/v1/models`."""
+    role = ROUTE_ROLES.get(path)
+    if role is not None:
+        return role
+    return "inference" if path.startswith("/v1/models/") else "public"
 
 
 def _keys(keys: list[str] | None) -> tuple[bytes, ...]:
@@ -121,6 +134,16 @@ class RequestGuard:
         self.policy = policy
         self.max_body_bytes = max_body_bytes
 
+    @property
+    def routes(self):
+        """The app's routes (and `router`, below): Serve reads them to name access log lines and request
+        metrics after the matched route (`/v1/models/{model_id}`) instead of the application's prefix."""
+        return self.app.routes
+
+    @property
+    def router(self):
+        return self.app.router
+
     def add_exception_handler(self, exc_class, handler) -> None:
         """Serve registers its back-pressure handlers on the app it is given: they belong to the inner app."""
         self.app.add_exception_handler(exc_class, handler)
@@ -130,7 +153,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
-        denied = self.policy.check(ROUTE_ROLES.get(route_path(scope), "public"), headers.get("authorization"))
+        denied = self.policy.check(route_role(route_path(scope)), headers.get("authorization"))
         if denied is not None:
             await _reply(scope, receive, send, *denied)
             return

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP ingress (FastAPI via `@serve.ingress`).
 
 In:  HTTP requests; handles of the TP-group deployments (one per group, injected by `build_app`).
-Out: OpenAI responses / SSE streams, error objects, `/v1/models`, `/metrics`.
+Out: OpenAI responses / SSE streams, error objects, `/v1/models[/{id}]`, vLLM's `/tokenize`, `/detokenize` and
+     `/version`, `/health`, `/metrics`.
 
 Per request: the guard (deployments/guard.py, in front of the FastAPI app: the key of the route's role
 (401 / 403) and the body size (413), both before the body is read) -> parse and validate (400) -> resolve
@@ -12,11 +13,21 @@ deployments/routing.py) -> admission control (429 + Retry-After when the predict
 misses `ttft_slo_s`) -> stream from the group (`generate`, through `.options(stream=True)`).
 A background task polls every group's `stats()` a few times a second; routing, admission, `/v1/models`
 and `/metrics` read that shared state, so every ingress replica sees the whole service.
+
+Model ids: the base model's `served_model_name`, an adapter's name, or Ray Serve LLM's `base_model:adapter`.
+
+Readiness: a group is "starting" until it first answers a stats poll (its replica is still building and
+warming up its engine). While no group can serve, `/health` and every route that needs a group answer 503 +
+`Retry-After` at once (nothing waits on a group that is not up); once every group has answered, the replica
+logs one line with the service's URL, the base model and the number of adapters. Serve's access log lines of
+`access_log_exclude` routes (`/health` and `/metrics` by default: probes and scrapes) are dropped in this
+replica's logger.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the route annotations as classes
 # (with postponed annotations Serve's ingress wrapper loses them).
 import asyncio
+import importlib.metadata
 import json
 import logging
 import time
@@ -34,7 +45,12 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.lora.adapter import AdapterError, confine_path
-from app.protocol import (
+from app.request import RequestOutput
+from app.tokenizer import Tokenizer
+from app.tools import StreamingToolParser, ToolCall, forced_calls, function_names, parse_tool_calls, tool_format
+from deployments.guard import AccessPolicy, RequestGuard
+from deployments.metrics import ServiceCollector
+from deployments.protocol import (
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -45,23 +61,24 @@ from app.protocol import (
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorResponse,
     LoadLoRAAdapterRequest,
     ModelCard,
     ModelList,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    TokenizeResponse,
     UnloadLoRAAdapterRequest,
     UsageInfo,
+    VersionResponse,
     chat_logprobs,
     completion_logprobs,
     error_body,
     random_id,
     vllm_prompt_logprobs,
 )
-from app.request import RequestOutput
-from app.tokenizer import Tokenizer
-from app.tools import StreamingToolParser, ToolCall, forced_calls, function_names, parse_tool_calls, tool_format
-from deployments.guard import AccessPolicy, RequestGuard
-from deployments.metrics import ServiceCollector
 from deployments.routing import Decision, GroupState, Router, request_start_age_s
 
 logger = logging.getLogger("ray.serve")
@@ -94,6 +111,9 @@ class IngressConfig(BaseModel):
     routing_eps: float = 0.25
     poll_interval_s: float = 0.25
     poll_timeout_s: float = 5.0
+    access_log_exclude: list[str] = Field(
+        default_factory=lambda: ["/health", "/metrics"], description="routes without an access log line"
+    )
 
 
 class APIError(Exception):
@@ -141,7 +161,7 @@ async def _validation_error(_: Request, e: RequestValidationError):
         parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         if param is None and len(loc) > 1 and isinstance(loc[1], str):
             param = loc[1]  # the top-level field of the first error that names one
-    # a field this server knows but does not implement names itself (app/protocol.py UnsupportedField)
+    # a field this server knows but does not implement names itself (deployments/protocol.py UnsupportedField)
     param = next((p for err in e.errors() if (p := getattr(err.get("ctx", {}).get("error"), "param", None))), param)
     return _error_response(400, "; ".join(parts[:5]) or "invalid request", param)
 
@@ -164,6 +184,23 @@ def _done(result) -> bool:
 
 
 UNAVAILABLE_RETRY_AFTER_S = 1  # Retry-After of a 503: another group (or this one, replaced) takes it
+STARTING_RETRY_AFTER_S = 5  # Retry-After of a 503 while every group is still starting (warming up)
+READY_WAIT_S = 1.0  # a request that comes before any group has answered waits this long for one
+
+
+class QuietRoutes(logging.Filter):
+    """Drops Serve's access log records (`serve_access_log`) of the given application routes (matched at the
+    end of the record's route, whatever the application's route_prefix)."""
+
+    def __init__(self, routes: list[str]):
+        super().__init__()
+        self.routes = tuple(r.rstrip("/") for r in routes if r.strip("/"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "serve_access_log", False) or not self.routes:
+            return True
+        route = str(getattr(record, "route", "") or "").split("?")[0].rstrip("/")
+        return not route.endswith(self.routes)
 
 
 class _GroupDown(Exception):
@@ -177,6 +214,29 @@ def _unavailable(message: str) -> APIError:
 def _cause(e: BaseException) -> BaseException:
     """The user exception behind a Ray task error (Ray re-raises it as a subclass carrying `.cause`)."""
     return getattr(e, "cause", None) or e
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sloray")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that pip did not install
+        return "unknown (not installed)"
+
+
+async def _service_url() -> str:
+    """The URL this replica's application answers at, from the Serve controller's view of the instance (the
+    HTTP options and the application's route_prefix); "(unknown)" when it cannot be read."""
+    try:
+        import ray
+
+        app = serve.get_replica_context().app_name
+        controller = ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+        details = await controller.get_serve_instance_details.remote()
+        http = details.get("http_options") or {}
+        prefix = (details.get("applications", {}).get(app) or {}).get("route_prefix") or "/"
+        return f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}{prefix}"
+    except Exception as e:  # noqa: BLE001 - the line is informative; a Serve without that view is no error
+        return f"(unknown: {type(e).__name__})"
 
 
 @dataclass
@@ -217,57 +277,114 @@ class OpenAIIngress:
         self.snapshots: dict[str, dict | None] = dict.fromkeys(self.groups)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(ServiceCollector(lambda: self.snapshots, self.cfg.served_model_name))
+        self.answered: set[str] = set()  # groups that have answered a stats poll (the others are starting)
+        self._answer = asyncio.Event()  # set once any group has answered
         self._poller: asyncio.Task | None = None
-        self._first_poll: asyncio.Future | None = None
+        self.version = _version()
+        if self.cfg.access_log_exclude:
+            logging.getLogger("ray.serve").addFilter(QuietRoutes(self.cfg.access_log_exclude))
+        try:  # Serve builds the replica inside its event loop: start polling (and the ready line) now
+            asyncio.get_running_loop()
+            self._start_polling()
+        except RuntimeError:  # built outside an event loop: polling starts with the first request
+            pass
 
     # ---- group state -----------------------------------------------------------------------------
-    async def _started(self) -> None:
+    def _start_polling(self) -> None:
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
-            self._first_poll = asyncio.ensure_future(self._poll_once())
-        await asyncio.shield(self._first_poll)
+
+    def _serving(self) -> list[str]:
+        """Groups that answered their last poll and are healthy."""
+        return [n for n, s in self.snapshots.items() if s and s.get("healthy", True)]
+
+    async def _require_group(self) -> None:
+        """Returns once some group can serve; else 503 + Retry-After at once (after at most READY_WAIT_S for
+        a first answer): "starting" while groups have not answered yet, "unavailable" when all are down."""
+        self._start_polling()
+        if not self.answered:
+            try:
+                await asyncio.wait_for(self._answer.wait(), READY_WAIT_S)
+            except TimeoutError:
+                pass
+        if self._serving():
+            return
+        starting = sorted(set(self.groups) - self.answered)
+        if starting:
+            raise APIError(
+                503,
+                f"the service is starting: group(s) {starting} are still warming up; retry later",
+                headers={"Retry-After": str(STARTING_RETRY_AFTER_S)},
+            )
+        raise _unavailable(f"no healthy group: {sorted(self.groups)}")
 
     async def _poll_loop(self) -> None:
         """One polling loop per group, so that a group that hangs (being replaced) delays no other's state."""
 
         async def loop(name: str, h: DeploymentHandle):
             while True:
-                await asyncio.sleep(self.cfg.poll_interval_s)
                 await self._poll_group(name, h)
+                await asyncio.sleep(self.cfg.poll_interval_s)
 
         await asyncio.gather(*(loop(n, h) for n, h in self.groups.items()))
 
     async def _poll_once(self) -> None:
-        await asyncio.gather(*(self._poll_group(n, h) for n, h in self.groups.items()))
+        """A fresh poll of the groups that have answered before (a starting group is left to the background
+        loop: it would only make the caller wait for the poll's timeout)."""
+        await asyncio.gather(*(self._poll_group(n, h) for n, h in self.groups.items() if n in self.answered))
 
     async def _poll_group(self, name: str, h: DeploymentHandle) -> None:
         try:
             s = await asyncio.wait_for(self._await(h.stats.remote()), self.cfg.poll_timeout_s)
         except Exception as e:  # noqa: BLE001 - an unreachable group is marked down, not fatal
-            logger.warning("group %s did not answer stats(): %r", name, e)
+            if name in self.answered:
+                logger.warning("group %s did not answer stats(): %r", name, e)
+            else:
+                logger.info("group %s is still starting (no answer to stats() yet)", name)
             self.snapshots[name] = None
             self.router.mark_unhealthy(name)
             return
         self.snapshots[name] = s
         self.router.update(GroupState.from_stats(s))
+        if name not in self.answered:
+            self.answered.add(name)
+            self._answer.set()
+            if self.answered == set(self.groups):
+                await self._log_ready(s)
+
+    async def _log_ready(self, s: dict) -> None:
+        """The one line that says the service is up (every group has answered once)."""
+        tp = s.get("tensor_parallel_size", 1)
+        logger.info(
+            "sloray is ready at %s: base model %r, %d adapter(s), %d group(s) of tensor_parallel_size %d",
+            await _service_url(),
+            self.cfg.served_model_name,
+            len(s.get("adapters", {})),
+            len(self.groups),
+            tp,
+        )
 
     @staticmethod
     async def _await(resp):
         return await resp
 
     async def _adapters(self, fresh: bool = False) -> dict[str, dict]:
-        """Registered adapters: from the last poll, or asked from a group (after a miss, or for listings)."""
+        """Registered adapters: from the last poll, or asked from a serving group (after a miss, or for
+        listings); 503 at once while no group serves."""
         if not fresh:
             for s in self.snapshots.values():
                 if s:
                     return s["adapters"]
+        await self._require_group()
         errors = []
-        for h in self.groups.values():
+        for name in self._serving():
             try:
-                return await h.list_adapters.remote()
+                return await asyncio.wait_for(
+                    self._await(self.groups[name].list_adapters.remote()), self.cfg.poll_timeout_s
+                )
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
-        raise APIError(503, f"no group answered: {errors[:1]!r}")
+        raise _unavailable(f"no group answered: {errors[:1]!r}")
 
     def __serve_build_asgi_app__(self):
         """Serve calls this once the replica is built: the routes' app (bound to this replica by
@@ -282,16 +399,26 @@ class OpenAIIngress:
         return RequestGuard(self.app, policy, self.cfg.max_body_bytes)
 
     # ---- helpers ---------------------------------------------------------------------------------
-    async def _resolve_model(self, model: str) -> str | None:
-        """None for the base model, else the adapter name; 404 for an unknown model."""
-        if model == self.cfg.served_model_name:
-            return None
-        if model in await self._adapters() or model in await self._adapters(fresh=True):
-            return model
+    async def _resolve_model(self, model: str | None) -> str | None:
+        """None for the base model (also when `model` is None), else the adapter's name, for an adapter's
+        name or Ray Serve LLM's `base_model:adapter`; 404 for an unknown model."""
+        return (await self._find_model(model))[0]
+
+    async def _find_model(self, model: str | None) -> tuple[str | None, dict | None]:
+        """(adapter name, its registry entry) as `_resolve_model`; (None, None) for the base model."""
+        base = self.cfg.served_model_name
+        if model is None or model == base:
+            return None, None
+        short = model[len(base) + 1 :] if model.startswith(base + ":") else None
+        for fresh in (False, True):
+            adapters = await self._adapters(fresh=fresh)
+            for name in (model, short):
+                if name in adapters:
+                    return name, adapters[name]
         raise APIError(
             404,
-            f"the model {model!r} does not exist (neither the base model "
-            f"{self.cfg.served_model_name!r} nor a loaded adapter)",
+            f"the model {model!r} does not exist (neither the base model {base!r}, nor a loaded adapter, "
+            f"nor '{base}:<adapter>')",
             "model",
         )
 
@@ -379,10 +506,11 @@ class OpenAIIngress:
                 params.append([body.to_sampling_params(max_tokens, j) for j in range(n)])
             except ValueError as e:
                 raise APIError(400, str(e), getattr(e, "param", None)) from None
-        await self._started()
+        await self._require_group()
         tried: set[str] = set()
         while True:
-            group = self.router.choose(adapter, n=len(prompts) * n, exclude=tried)
+            starting = set(self.groups) - self.answered
+            group = self.router.choose(adapter, n=len(prompts) * n, exclude=tried | starting)
             if group is None:
                 raise _unavailable(f"no group can take the request (tried {sorted(tried)})")
             decision = self.router.admit(group, sum(len(p) for p in prompts) * n, elapsed_s=time.monotonic() - received)
@@ -535,6 +663,7 @@ class OpenAIIngress:
     @api.post("/v1/completions")
     async def completions(self, body: CompletionRequest, request: Request):
         received = self._received(request)
+        await self._require_group()
         adapter = await self._resolve_model(body.model)
         texts = body.prompts()
         self._check_prompt_sizes(len(texts), body.n, [len(t) for t in texts if isinstance(t, str)], "prompt")
@@ -614,6 +743,7 @@ class OpenAIIngress:
         """Chat; with `tools` (app/tools.py): the template shows them to the model, tool_choice "auto" parses
         the output in the template's format, "required" and a named function force it by grammar."""
         received = self._received(request)
+        await self._require_group()
         adapter = await self._resolve_model(body.model)
         mode, tools = body.tool_mode(), body.tool_dicts()
         fmt = tool_format(self.tokenizer.chat_template)
@@ -729,16 +859,63 @@ class OpenAIIngress:
 
         return usage
 
+    def _card(self, model_id: str, adapter: dict | None) -> ModelCard:
+        if adapter is None:
+            return ModelCard(id=model_id, root=self.cfg.model_path, max_model_len=self.cfg.max_model_len)
+        base = self.cfg.served_model_name
+        return ModelCard(id=model_id, root=adapter["path"], parent=base, max_model_len=self.cfg.max_model_len)
+
     @api.get("/v1/models")
     async def models(self):
         adapters = await self._adapters(fresh=True)
-        base = self.cfg.served_model_name
-        cards = [ModelCard(id=base, root=self.cfg.model_path, max_model_len=self.cfg.max_model_len)]
-        cards += [
-            ModelCard(id=n, root=a["path"], parent=base, max_model_len=self.cfg.max_model_len)
-            for n, a in sorted(adapters.items())
-        ]
+        cards = [self._card(self.cfg.served_model_name, None)]
+        cards += [self._card(n, a) for n, a in sorted(adapters.items())]
         return ModelList(data=cards)
+
+    @api.get("/v1/models/{model_id}")
+    async def model(self, model_id: str) -> ModelCard:
+        """One model's card (404 for an unknown id); `base_model:adapter` is answered under that id."""
+        return self._card(model_id, (await self._find_model(model_id))[1])
+
+    @api.post("/tokenize")
+    async def tokenize(self, body: TokenizeCompletionRequest | TokenizeChatRequest) -> TokenizeResponse:
+        """vLLM's /tokenize: the tokens the completions (`prompt`) or chat (`messages`) route would send to
+        the model, with the same limits on the prompt's size."""
+        await self._resolve_model(body.model)
+        tok = self.tokenizer
+        if isinstance(body, TokenizeCompletionRequest):
+            self._check_prompt_sizes(1, 1, [len(body.prompt)], "prompt")
+
+            def run() -> list[int]:
+                return tok.hf.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        else:
+            messages, tools = body.chat(), body.tool_dicts()
+            chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
+            self._check_prompt_sizes(1, 1, [chars], "messages")
+
+            def run() -> list[int]:
+                try:
+                    return tok.apply_chat_template(messages, tools, body.add_generation_prompt, body.add_special_tokens)
+                except Exception as e:  # noqa: BLE001 - a template error is the request's fault
+                    raise APIError(400, f"chat template failed: {e}", "messages") from None
+
+        ids = await asyncio.to_thread(run)
+        strs = tok.hf.convert_ids_to_tokens(ids) if body.return_token_strs else None
+        return TokenizeResponse(count=len(ids), max_model_len=self.cfg.max_model_len, tokens=ids, token_strs=strs)
+
+    @api.post("/detokenize")
+    async def detokenize(self, body: DetokenizeRequest) -> DetokenizeResponse:
+        """vLLM's /detokenize: the text of token ids (special tokens skipped, as in outputs)."""
+        await self._resolve_model(body.model)
+        vocab = len(self.tokenizer.hf)
+        bad = next((t for t in body.tokens if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} is not in the vocabulary (0 to {vocab - 1})", "tokens")
+        return DetokenizeResponse(prompt=await asyncio.to_thread(self.tokenizer.decode, body.tokens))
+
+    @api.get("/version")
+    async def get_version(self) -> VersionResponse:
+        return VersionResponse(version=self.version)
 
     @api.post("/v1/load_lora_adapter")
     async def load_lora_adapter(self, body: LoadLoRAAdapterRequest):
@@ -788,21 +965,24 @@ class OpenAIIngress:
     @api.get("/health")
     async def health(self):
         """200 while at least one group is healthy (a load balancer keeps sending here: requests go to the
-        healthy groups), 503 + Retry-After when none is. The body lists each group's health."""
-        await self._started()
+        healthy groups), 503 + Retry-After when none is (at once, also while every group is still starting).
+        The body lists each group's health and the groups still starting."""
+        self._start_polling()
         await self._poll_once()
         groups = {n: bool(s and s.get("healthy", True)) for n, s in self.snapshots.items()}
+        starting = sorted(set(self.groups) - self.answered)
         if not any(groups.values()):
+            why = f"the service is starting: {starting} still warming up" if starting else "no healthy group"
             return JSONResponse(
-                {**error_body(503, f"no healthy group: {sorted(groups)}"), "groups": groups},
+                {**error_body(503, f"{why}: {sorted(groups)}"), "groups": groups, "starting": starting},
                 status_code=503,
-                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+                headers={"Retry-After": str(STARTING_RETRY_AFTER_S if starting else UNAVAILABLE_RETRY_AFTER_S)},
             )
-        return JSONResponse({"status": "ok", "groups": groups})
+        return JSONResponse({"status": "ok", "groups": groups, "starting": starting})
 
     @api.get("/metrics")
     async def metrics(self):
-        await self._started()
+        self._start_polling()
         await self._poll_once()
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -121,3 +121,35 @@ def test_roles(policy, key, want):
     assert got == want
     assert call(g, "/v1/unload_lora_adapter", [b"{}"], bearer(key) if key else {})[0] == want["admin"]
     assert call(g, "/health", [b""])[0] == 200
+
+
+def test_route_roles_of_the_vllm_routes():
+    from deployments.guard import route_role
+
+    for path in ("/v1/models", "/v1/models/demo-r4-attn", "/v1/models/sloray-demo:demo-r4-attn", "/tokenize"):
+        assert route_role(path) == "inference", path
+    assert route_role("/detokenize") == route_role("/version") == "inference"
+    assert route_role("/v1/load_lora_adapter") == "admin" and route_role("/metrics") == "metrics"
+    assert route_role("/health") == route_role("/openapi.json") == route_role("/v1/modelsx") == "public"
+    policy = AccessPolicy.from_lists(api_keys=["k"])
+    assert policy.check(route_role("/v1/models/x"), None)[0] == 401
+    assert policy.check(route_role("/tokenize"), "Bearer k") is None
+
+
+def test_quiet_routes_drop_only_the_access_lines_of_their_routes():
+    import logging
+
+    from deployments.ingress import QuietRoutes
+
+    f = QuietRoutes(["/health", "/metrics"])
+
+    def record(route, access=True):
+        r = logging.LogRecord("ray.serve", logging.INFO, "x", 1, "GET", None, None)
+        if access:
+            r.serve_access_log, r.route = True, route
+        return r
+
+    assert not f.filter(record("/health")) and not f.filter(record("/strict/metrics"))
+    assert f.filter(record("/v1/models")) and f.filter(record("/v1/models/{model_id}"))
+    assert f.filter(record("/health", access=False))  # the app's own lines stay
+    assert QuietRoutes([]).filter(record("/health"))

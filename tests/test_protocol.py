@@ -1,4 +1,4 @@
-"""OpenAI schemas (app/protocol.py) and the builder's typed arguments (no Ray cluster needed)."""
+"""OpenAI schemas (deployments/protocol.py) and the builder's typed arguments (no Ray cluster needed)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from app.protocol import ChatCompletionRequest, CompletionRequest, error_body
+from deployments.protocol import ChatCompletionRequest, CompletionRequest, error_body
 from deployments.builder import BuildArgs, resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_echo_prompt_logprobs_min_tokens_and_vllm_fields():
     """echo + logprobs asks for the prompt's logprobs (vLLM: prompt_logprobs = logprobs); max_tokens 0 only
     with echo or prompt_logprobs; min_tokens passes through; vLLM fields at their neutral values pass, others
     are refused naming the field."""
-    from app.protocol import UnsupportedField
+    from deployments.protocol import UnsupportedField
 
     sp = CompletionRequest(model="m", prompt="x", echo=True, logprobs=1, max_tokens=0).to_sampling_params(0)
     assert (sp.prompt_logprobs, sp.logprobs, sp.max_tokens) == (1, 1, 0)
@@ -158,7 +158,7 @@ def test_chat_request():
 def test_structured_output_fields():
     """response_format (chat and completions), vLLM's structured_outputs and guided_* all map onto one
     StructuredOutputs; two at once, unknown kinds and unimplemented options are 400s naming the field."""
-    from app.protocol import UnsupportedField
+    from deployments.protocol import UnsupportedField
     from app.structured import StructuredOutputs
 
     msgs = [{"role": "user", "content": "x"}]
@@ -200,7 +200,7 @@ def test_structured_output_fields():
 
 
 def test_logprobs_formats():
-    from app.protocol import chat_logprobs, completion_logprobs, vllm_prompt_logprobs
+    from deployments.protocol import chat_logprobs, completion_logprobs, vllm_prompt_logprobs
     from app.request import TokenLogprobs
 
     words = {1: "a", 2: "bc", 3: "é"}
@@ -315,3 +315,34 @@ def test_serve_configs_are_valid(path):
     for app in doc["applications"]:
         assert app["import_path"] == "deployments.builder:build_app"
         BuildArgs(**app["args"])
+
+
+def test_tokenize_request_shapes():
+    from pydantic import TypeAdapter, ValidationError
+
+    from deployments.protocol import DetokenizeRequest, TokenizeChatRequest, TokenizeCompletionRequest, UnsupportedField
+
+    body = TypeAdapter(TokenizeCompletionRequest | TokenizeChatRequest)
+    r = body.validate_python({"model": "m", "prompt": "hi"})
+    assert isinstance(r, TokenizeCompletionRequest) and r.add_special_tokens and not r.return_token_strs
+    r = body.validate_python({"messages": [{"role": "user", "content": "hi"}], "tools": None})
+    assert isinstance(r, TokenizeChatRequest) and r.add_generation_prompt and not r.add_special_tokens
+    assert r.model is None and r.chat() == [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValidationError):
+        body.validate_python({"model": "m"})
+    with pytest.raises(ValidationError) as e:
+        TokenizeChatRequest(messages=[{"role": "user", "content": "hi"}], continue_final_message=True)
+    assert isinstance(e.value.errors()[0]["ctx"]["error"], UnsupportedField)
+    assert DetokenizeRequest(tokens=[1, 2]).tokens == [1, 2]
+    with pytest.raises(ValidationError):
+        DetokenizeRequest(tokens=["a"])
+
+
+def test_build_args_service_defaults():
+    from deployments.builder import BuildArgs
+
+    a = BuildArgs()
+    assert a.stream_interval_s == 0.0  # one chunk per engine step
+    assert a.access_log_exclude == ["/health", "/metrics"]
+    assert BuildArgs(access_log_exclude="").access_log_exclude is None
+    assert BuildArgs(access_log_exclude="/health").access_log_exclude == ["/health"]

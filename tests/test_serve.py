@@ -7,17 +7,22 @@ Two applications are started once for the module (in parallel, `serve.run_many`)
   * "strict" at /strict: one group with an impossible TTFT SLO (every request is refused with 429, after
     tokenizing), up to 1024 prompts per request;
   * "tp2" at /tp2: one group of tensor_parallel_size=2 (deployments/tp.py: two rank actors over gloo);
-  * "every-step" at /every-step: one group that streams one item per engine step (stream_interval_s=0;
-    the others coalesce a stream's tokens, the default 0.05 s);
+  * "coalesced" at /coalesced: one group that coalesces a stream's tokens (stream_interval_s=0.05; the
+    others stream one item per engine step, the default 0);
   * "fuzz" at /fuzz: one group with keys and a 64-token context (so that any generated request is cheap),
-    the target of schemathesis.
+    the target of schemathesis;
+  * "gated" at /gated, for one test only: a group held in its constructor (tests/gated_group.py) until the test
+    lets it warm up, to see the 503 + Retry-After answers of a service that is starting.
+The metrics tests scrape the ingress's /metrics and Ray's own export (the node's metrics_export_port).
 Greedy results are compared with the offline `app.LLM` on the same model and adapters.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -115,8 +120,8 @@ def service(demo, roots):
             "tensor_parallel_size": "2",
         }
     )  # ranks: 1 CPU each
-    every_step = build_app(
-        {"num_groups": 1, "group_num_cpus": 0.25, "device": "cpu", "dtype": "float32", "stream_interval_s": "0"}
+    coalesced = build_app(
+        {"num_groups": 1, "group_num_cpus": 0.25, "device": "cpu", "dtype": "float32", "stream_interval_s": "0.05"}
     )
     fuzz = build_app(
         {
@@ -135,7 +140,7 @@ def service(demo, roots):
             RunTarget(main, name="main", route_prefix="/"),
             RunTarget(strict, name="strict", route_prefix="/strict"),
             RunTarget(tp2, name="tp2", route_prefix="/tp2"),
-            RunTarget(every_step, name="every-step", route_prefix="/every-step"),
+            RunTarget(coalesced, name="coalesced", route_prefix="/coalesced"),
             RunTarget(fuzz, name="fuzz", route_prefix="/fuzz"),
         ]
     )
@@ -219,7 +224,7 @@ def test_streaming_completion_equals_offline(client, llm, http):
     )
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == ref.text
-    # really streamed: the first tokens go out at once, the end separately (the rest is coalesced)
+    # really streamed: one chunk per engine step (stream_interval_s 0), the end separately
     assert len([c for c in chunks if c.choices]) >= 2
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -352,8 +357,8 @@ def test_n_seed_stop_top_k(client, llm):
 
 
 def test_group_stream_coalesces_tokens_without_changing_them(service, llm):
-    """Through Serve's streaming handle: a group with the default stream_interval_s (0.05 s) sends fewer
-    items than tokens, an every-step group (0) about one per token; the deltas add up to the same tokens
+    """Through Serve's streaming handle: a group with stream_interval_s 0.05 s sends fewer items than tokens,
+    an every-step group (0, the default) about one per token; the deltas add up to the same tokens
     and text, the finish reason is the same, and the offline engine agrees."""
     from app.request import RequestOutput
 
@@ -361,7 +366,7 @@ def test_group_stream_coalesces_tokens_without_changing_them(service, llm):
     ids = tok.encode("The quick brown fox")
     params = SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True)
     runs = {}
-    for app_name, rid in (("main", "coalesce-0"), ("every-step", "coalesce-1")):
+    for app_name, rid in (("coalesced", "coalesce-0"), ("main", "coalesce-1")):
         h = serve.get_deployment_handle("SLoRAGroup-0", app_name=app_name).options(stream=True)
         items = list(h.generate.remote(rid, ids, params, "demo-r16-all"))
         assert items[0] == {"accepted": True} and all(isinstance(o, RequestOutput) for o in items[1:])
@@ -374,9 +379,9 @@ def test_group_stream_coalesces_tokens_without_changing_them(service, llm):
         assert sum((o.delta_token_ids for o in outs), []) == outs[-1].token_ids == ref.token_ids
         assert "".join(o.delta_text for o in outs) == outs[-1].text == ref.text
         assert outs[-1].finish_reason == ref.finish_reason == "length"
-    coalesced, every = len(runs["main"]), len(runs["every-step"])
+    coalesced, every = len(runs["coalesced"]), len(runs["main"])
     assert 2 <= coalesced < 48 and coalesced < every, (coalesced, every)
-    assert len(runs["main"][0].delta_token_ids) <= 2  # the first token went out at once
+    assert len(runs["coalesced"][0].delta_token_ids) <= 2  # the first token went out at once
 
 
 def test_tensor_parallel_group_equals_offline(llm, demo):
@@ -739,6 +744,319 @@ def test_metrics_after_traffic(http):
 
     totals = {success_total() for _ in range(8)}
     assert len(totals) == 1 and totals.pop() >= 10, totals
+
+
+# ---- what vLLM and Ray Serve LLM clients call besides generation -----------------------------------
+def test_model_by_id_and_the_base_model_adapter_form(client, http, llm, demo):
+    """GET /v1/models/{id} for the base model, an adapter and Ray Serve LLM's `base_model:adapter`; 404 (an
+    OpenAI error) for an unknown id; `base_model:adapter` is accepted by the generation routes too."""
+    m = client.models.retrieve(MODEL)
+    assert m.id == MODEL and m.parent is None and m.root == str(demo / "model") and m.max_model_len == 1024
+    for model_id in ("demo-r4-attn", f"{MODEL}:demo-r4-attn"):
+        m = client.models.retrieve(model_id)
+        assert m.id == model_id and m.parent == MODEL and m.root == str(demo / "adapters" / "demo-r4-attn")
+    for unknown in ("no-such-adapter", f"{MODEL}:no-such-adapter", "other-base:demo-r4-attn"):
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve(unknown)
+        assert _err(http.get(f"/v1/models/{unknown}"), 404)["param"] == "model"
+    assert httpx.get(f"{BASE}/v1/models/{MODEL}").status_code == 401  # an inference route: keys apply
+    r = client.completions.create(model=f"{MODEL}:demo-r4-attn", prompt="Hello, world!", max_tokens=12, temperature=0)
+    assert r.model == f"{MODEL}:demo-r4-attn" and r.choices[0].text == greedy(llm, "Hello, world!", "demo-r4-attn").text
+    r = client.chat.completions.create(
+        model=f"{MODEL}:demo-r16-all", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0
+    )
+    ref = client.chat.completions.create(
+        model="demo-r16-all", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0
+    )
+    assert r.choices[0].message.content == ref.choices[0].message.content
+    e = _err(http.post("/v1/completions", json={"model": f"{MODEL}:nope", "prompt": "x", "max_tokens": 1}), 404)
+    assert e["param"] == "model"
+
+
+def test_tokenize_and_detokenize(http, client, llm):
+    """vLLM's shapes; the tokens are those the completions and chat routes send to the model (their usage
+    counts agree), for the base model, an adapter (same tokenizer) and `base_model:adapter`."""
+    tok = Tokenizer(llm.engine.cfg.model)
+    prompt = "The quick brown fox"
+    usage = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1).usage
+    for model in (MODEL, "demo-r8-mlp", f"{MODEL}:demo-r8-mlp"):
+        r = http.post("/tokenize", json={"model": model, "prompt": prompt})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body == {
+            "count": usage.prompt_tokens,
+            "max_model_len": 1024,
+            "tokens": tok.encode(prompt),
+            "token_strs": None,
+        }
+    bare = http.post(
+        "/tokenize", json={"prompt": prompt, "add_special_tokens": False, "return_token_strs": True}
+    ).json()
+    assert bare["tokens"] == tok.hf.encode(prompt, add_special_tokens=False)
+    assert bare["token_strs"] == tok.hf.convert_ids_to_tokens(bare["tokens"])
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello, world!"}]
+    chat_usage = client.chat.completions.create(model="demo-r4-attn", messages=messages, max_tokens=1).usage
+    r = http.post("/tokenize", json={"model": "demo-r4-attn", "messages": messages}).json()
+    assert r["count"] == chat_usage.prompt_tokens and r["tokens"] == tok.apply_chat_template(messages)
+    r2 = http.post("/tokenize", json={"model": MODEL, "messages": messages, "add_generation_prompt": False}).json()
+    assert r2["count"] < r["count"] and r["tokens"][: r2["count"]] == r2["tokens"]
+    r = http.post("/detokenize", json={"model": MODEL, "tokens": tok.encode(prompt)})
+    assert r.status_code == 200 and r.json() == {"prompt": prompt}
+    assert _err(http.post("/detokenize", json={"model": MODEL, "tokens": [10**9]}), 400)["param"] == "tokens"
+    assert _err(http.post("/detokenize", json={"model": "nope", "tokens": [1]}), 404)["param"] == "model"
+    assert _err(http.post("/tokenize", json={"model": "nope", "prompt": "x"}), 404)["param"] == "model"
+    e = _err(http.post("/tokenize", json={"messages": messages, "continue_final_message": True}), 400)
+    assert e["param"] == "continue_final_message"
+    _err(http.post("/tokenize", json={"model": MODEL}), 400)  # neither prompt nor messages
+    e = _err(http.post("/tokenize", json={"prompt": "x" * 200_000}), 400)  # longer than any prompt in the context
+    assert "maximum context length" in e["message"]
+    for path in ("/tokenize", "/detokenize"):
+        assert httpx.post(f"{BASE}{path}", json={"prompt": "x", "tokens": [1]}).status_code == 401
+
+
+def test_version(http):
+    import importlib.metadata
+
+    r = http.get("/version")
+    assert r.status_code == 200 and r.json() == {"version": importlib.metadata.version("sloray")}
+
+
+def test_stream_sends_one_chunk_per_step_by_default(http):
+    """stream_interval_s defaults to 0: each engine step's token goes out in its own SSE chunk as soon as the
+    step ends, so the chunks' arrival times are the tokens' times (what guidellm and other token-latency
+    tools read); the coalescing app (0.05 s) sends several tokens per chunk."""
+
+    def chunks(prefix: str) -> tuple[list[int], list[float]]:
+        body = {
+            "model": "demo-r16-all",
+            "prompt": "The quick brown fox",
+            "max_tokens": 40,
+            "stream": True,
+            "logprobs": 0,
+            "ignore_eos": True,
+            "temperature": 0,
+        }
+        sizes, times = [], []
+        with httpx.stream(
+            "POST",
+            f"{BASE}{prefix}/v1/completions",
+            json=body,
+            timeout=60,
+            headers={"Authorization": f"Bearer {KEY}"} if not prefix else {},
+        ) as r:
+            assert r.status_code == 200, r.read()
+            for ln in r.iter_lines():
+                if ln.startswith("data: {"):
+                    choice = json.loads(ln[6:])["choices"][0]
+                    sizes.append(len(choice["logprobs"]["tokens"]))
+                    times.append(time.monotonic())
+        assert sum(sizes) == 40
+        return sizes, times
+
+    sizes, times = chunks("")
+    # one token per chunk, but for steps that ended while the consumer was still busy with the previous chunk
+    # (the tiny demo's steps take about a millisecond on the CPU): on average well under 1.5 tokens
+    assert sum(sizes) / len(sizes) <= 1.5 and sizes.count(1) >= len(sizes) / 2, sizes
+    gaps = [b - a for a, b in itertools.pairwise(times[1:])]  # after the first token
+    # evenly apart (one per step), not in bursts: a batched stream's median gap is ~0 beside its mean
+    assert sorted(gaps)[len(gaps) // 2] >= 0.2 * sum(gaps) / len(gaps), gaps
+    coalesced, _ = chunks("/coalesced")
+    assert 2 * len(coalesced) <= len(sizes) and max(coalesced) > 2, (coalesced, sizes)
+
+
+def _ingress_log_lines(app: str) -> list[str]:
+    """The ingress replicas' Serve log files of `app` (Ray's default session directory)."""
+    logs = Path("/tmp/ray/session_latest/logs/serve")
+    return [ln for f in sorted(logs.glob(f"replica_{app}_OpenAIIngress_*.log")) for ln in f.read_text().splitlines()]
+
+
+def test_access_log_leaves_out_health_and_metrics(http):
+    """Serve's access log lines of the ingress: /v1/models is logged, /health and /metrics (probes and
+    scrapes, several a second) are not (`access_log_exclude`); and each replica said once that it is ready."""
+    for _ in range(4):
+        assert http.get("/health").status_code == 200
+        assert httpx.get(f"{BASE}/metrics", headers=METRICS).status_code == 200
+        assert http.get("/v1/models").status_code == 200
+    time.sleep(1.0)  # Serve buffers log records before they reach the file
+    lines = _ingress_log_lines("main")
+    assert any("GET /v1/models 200" in ln for ln in lines), lines[-20:]
+    assert not any("GET /health" in ln or "GET /metrics" in ln for ln in lines), [
+        ln for ln in lines if "/health" in ln or "/metrics" in ln
+    ][:5]
+    ready = [ln for ln in lines if "sloray is ready at" in ln]
+    assert len(ready) == 2, ready  # one per ingress replica
+    assert (
+        f"sloray is ready at http://127.0.0.1:{PORT}/: base model 'sloray-demo', 6 adapter(s), 2 group(s)" in ready[0]
+    )
+
+
+def test_503_with_retry_after_while_the_group_warms_up(service, tmp_path):
+    """An application whose only group is still in its constructor: /health and the OpenAI routes answer 503
+    + Retry-After at once (an OpenAI error object) instead of waiting for the group; /tokenize of the base
+    model needs no group and answers; once the group is up, everything serves and the ready line is logged."""
+    from ray.serve.api import RunTarget
+
+    from deployments.builder import BuildArgs, resolve
+    from deployments.ingress import IngressConfig, IngressDeployment
+    from tests.gated_group import GatedGroup
+
+    gate = tmp_path / "open"
+    cfg, adapters, served = resolve(BuildArgs(device="cpu", dtype="float32"))
+    group = serve.deployment(GatedGroup, name="SLoRAGroup-0", ray_actor_options={"num_cpus": 0.25}).bind(
+        str(gate), name="SLoRAGroup-0", cfg=cfg.model_dump(), adapters=adapters
+    )
+    icfg = IngressConfig(served_model_name=served, model_path=cfg.model, tokenizer_path=cfg.model, max_model_len=1024)
+    app = IngressDeployment.options(ray_actor_options={"num_cpus": 0}).bind([group], icfg.model_dump())
+    serve.run_many([RunTarget(app, name="gated", route_prefix="/gated")], wait_for_applications_running=False)
+    try:
+        url = f"{BASE}/gated"
+        deadline = time.monotonic() + 60
+        while (r := httpx.get(f"{url}/health", timeout=30)).status_code == 404 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the route appears once the ingress replica runs
+        for _ in range(3):
+            t0 = time.monotonic()
+            r = httpx.get(f"{url}/health", timeout=30)
+            assert time.monotonic() - t0 < 3.0
+            assert r.status_code == 503 and r.headers["Retry-After"] == "5", r.text
+            assert r.json()["starting"] == ["SLoRAGroup-0"] and "starting" in r.json()["error"]["message"]
+        for method, path, body in (
+            ("POST", "/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 2}),
+            ("POST", "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}),
+            ("GET", "/v1/models", None),
+            ("GET", "/v1/models/demo-r4-attn", None),
+        ):
+            t0 = time.monotonic()
+            r = httpx.request(method, f"{url}{path}", json=body, timeout=30)
+            assert time.monotonic() - t0 < 3.0, path
+            e = _err(r, 503)
+            assert r.headers["Retry-After"] == "5" and "warming up" in e["message"], (path, e)
+        r = httpx.post(f"{url}/tokenize", json={"model": MODEL, "prompt": "Hi"}, timeout=30)
+        assert r.status_code == 200 and r.json()["count"] >= 1
+        gate.touch()
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{url}/health", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "the group never became ready"
+            time.sleep(0.2)
+        r = httpx.post(f"{url}/v1/completions", json={"model": "demo-r4-attn", "prompt": "Hi", "max_tokens": 2})
+        assert r.status_code == 200, r.text
+        time.sleep(1.0)
+        ready = [ln for ln in _ingress_log_lines("gated") if "sloray is ready at" in ln]
+        assert len(ready) == 1 and f"http://127.0.0.1:{PORT}/gated: base model 'sloray-demo', 6 adapter(s)" in ready[0]
+    finally:
+        gate.touch()
+        serve.delete("gated")
+
+
+# ---- metrics: both scrape paths and the Grafana dashboard ----------------------------------------------
+DASHBOARD = Path(__file__).resolve().parents[1] / "configs" / "grafana_dashboard.json"
+
+
+def _dashboard_names(prefix: str) -> dict[str, set[str]]:
+    """{PromQL query of the dashboard: the metric (sample) names it reads}, `${prefix}` set to `prefix`."""
+    d = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for p in d["panels"] for t in p["targets"]]
+    queries += [v["query"] for v in d["templating"]["list"] if v["type"] == "query"]
+    out = {}
+    for q in queries:
+        assert "${prefix}" in q, q  # every query reads sloray's series through the source variable
+        text = q.replace("${prefix}", prefix)
+        out[q] = set(re.findall(rf"\b{re.escape(prefix)}[a-zA-Z0-9_]+", text))
+        assert out[q], q
+    return out
+
+
+def _families(text: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def _traffic(http, client) -> None:
+    """Requests of several kinds: finished (stop and length), an aborted stream, a 429 on the strict app."""
+    client.completions.create(model="demo-r4-attn", prompt="Hello", max_tokens=4, temperature=0)
+    client.completions.create(model=f"{MODEL}:demo-r8-mlp", prompt="Hello", max_tokens=4, temperature=0)
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    with http.stream(
+        "POST", "/v1/completions", json={"model": "demo-r1-qv", "prompt": "x", "max_tokens": 500, "stream": True}
+    ) as r:
+        next(r.iter_lines())  # then hang up: the group aborts the request
+    assert httpx.post(f"{BASE}/strict/v1/completions", json={"model": MODEL, "prompt": "x"}).status_code == 429
+
+
+def test_metrics_parse_with_vllm_names_and_every_dashboard_query_resolves(http, client):
+    """The ingress /metrics parses (prometheus_client's parser); it has the sloray_ series and the vLLM
+    ones a vLLM dashboard reads, per-adapter counters with bounded labels, and a series for every metric
+    name in every query of configs/grafana_dashboard.json."""
+    _traffic(http, client)
+    time.sleep(0.5)  # polled since
+    fams = _families(httpx.get(f"{BASE}/metrics", headers=METRICS).text)
+    samples = {s.name: s for f in fams.values() for s in f.samples}
+    for q, names in _dashboard_names("sloray_").items():
+        assert names <= set(samples), (q, names - set(samples))
+    for name, kind in {
+        "vllm:num_requests_running": "gauge",
+        "vllm:num_requests_waiting": "gauge",
+        "vllm:kv_cache_usage_perc": "gauge",
+        "vllm:lora_requests_info": "gauge",
+        "vllm:time_to_first_token_seconds": "histogram",
+        "vllm:time_per_output_token_seconds": "histogram",
+        "vllm:e2e_request_latency_seconds": "histogram",
+        "vllm:request_queue_time_seconds": "histogram",
+        "vllm:prompt_tokens": "counter",
+        "vllm:generation_tokens": "counter",
+        "vllm:request_success": "counter",
+        "sloray_adapter_requests": "counter",
+        "sloray_adapter_generation_tokens": "counter",
+    }.items():
+        assert fams[name].type == kind, name
+        assert {s.labels["group"] for s in fams[name].samples} == set(GROUPS), name
+    kv = [s.value for s in fams["vllm:kv_cache_usage_perc"].samples]
+    assert all(0.0 <= v <= 1.0 for v in kv)
+    tpot = [s.value for s in fams["vllm:time_per_output_token_seconds"].samples if s.name.endswith("_count")]
+    assert sum(tpot) > 0
+    reasons = {}
+    for s in fams["vllm:request_success"].samples:
+        reasons[s.labels["finished_reason"]] = reasons.get(s.labels["finished_reason"], 0) + s.value
+    assert {"stop", "length", "abort"} <= set(reasons) and reasons["length"] > 0 and reasons["abort"] > 0, reasons
+    info = fams["vllm:lora_requests_info"].samples
+    assert {"running_lora_adapters", "waiting_lora_adapters", "max_lora"} <= set(info[0].labels)
+    assert all(int(s.labels["max_lora"]) >= 1 for s in info)
+    by_adapter = {}
+    for s in fams["sloray_adapter_requests"].samples:
+        by_adapter[s.labels["adapter"]] = by_adapter.get(s.labels["adapter"], 0) + s.value
+    assert by_adapter["demo-r4-attn"] >= 1 and by_adapter["demo-r8-mlp"] >= 1 and by_adapter[MODEL] >= 1
+    assert len(by_adapter) <= 33  # MAX_ADAPTER_LABELS + other, per group
+
+
+def test_ray_metrics_export_has_the_same_series(http, client):
+    """Ray's own Prometheus export (the node's metrics_export_port) has every series the dashboard reads under
+    Ray's `ray_` prefix, with the ingress's model_name and group labels. Ray shows a counter from its first
+    increment (it refuses to add 0), so a counter still at zero on the ingress may be missing there; every
+    gauge is there from the start."""
+    _traffic(http, client)
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    time.sleep(0.5)
+    ingress: dict[str, float] = {}  # sample name -> its largest value over the main app's groups
+    for f in _families(httpx.get(f"{BASE}/metrics", headers=METRICS).text).values():
+        for x in f.samples:
+            if x.labels.get("group") in GROUPS:
+                ingress[x.name] = max(ingress.get(x.name, 0.0), x.value)
+    # a name counts once any scrape showed it: under CPU load Ray may drop a gauge between two late reports
+    seen: dict[str, set[str]] = {}  # sample name -> the groups it was seen with
+    wanted = set().union(*_dashboard_names("ray_sloray_").values())
+    missing, deadline = wanted, time.monotonic() + 60
+    while missing and time.monotonic() < deadline:
+        time.sleep(2)  # Ray reports metrics every few seconds
+        for f in _families(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text).values():
+            for x in f.samples:
+                if x.labels.get("model_name") == MODEL:
+                    seen.setdefault(x.name, set()).add(x.labels.get("group"))
+        missing = {
+            n for n in wanted if n not in seen and not (n.endswith("_total") and ingress.get(n[len("ray_") :], 0) == 0)
+        }
+    assert not missing, (missing, sorted(seen))
+    assert set(GROUPS) <= seen["ray_sloray_num_requests_running"], seen["ray_sloray_num_requests_running"]
+    assert set(GROUPS) <= seen["ray_sloray_time_to_first_token_seconds_bucket"]
 
 
 # ---- schemathesis: generated requests from the app's own OpenAPI schema ---------------------------

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from app.demo import CHAT_TEMPLATE
-from app.protocol import ChatCompletionRequest
+from deployments.protocol import ChatCompletionRequest
 from app.tools import StreamingToolParser, forced_calls, forced_constraint, parse_tool_calls, tool_format
 
 WEATHER = {

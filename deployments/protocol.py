@@ -1,8 +1,8 @@
 """OpenAI-compatible request/response schemas (pydantic), as vLLM serves them.
 
 In:  JSON bodies of /v1/completions, /v1/chat/completions (with tools: app/tools.py), /v1/load_lora_adapter,
-     /v1/unload_lora_adapter.
-Out: response and streaming-chunk objects, model cards, error objects `{"error": {...}}`.
+     /v1/unload_lora_adapter, and vLLM's /tokenize and /detokenize.
+Out: response and streaming-chunk objects, model cards, token lists, error objects `{"error": {...}}`.
 `to_sampling_params` maps a request onto the engine's `SamplingParams` (one per choice of `n`).
 Unknown fields are ignored (as OpenAI clients send extras); supported ones are validated (400 when bad);
 fields that vLLM knows and this server does not implement (`VLLM_UNSUPPORTED`) are refused with a 400
@@ -562,6 +562,62 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# ---- vLLM's /tokenize and /detokenize -------------------------------------------------------------------
+class TokenizeCompletionRequest(BaseModel):
+    """A prompt's tokens as /v1/completions would send them to the model."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(BaseModel):
+    """A chat's tokens as /v1/chat/completions would send them to the model (with the defaults)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    tools: list[ToolDef] | None = None
+    add_generation_prompt: bool = True
+    add_special_tokens: bool = False
+    return_token_strs: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data):
+        refuse_unsupported(data, {"continue_final_message": (False,), "chat_template": (None,)})
+        return data
+
+    def chat(self) -> list[dict]:
+        return [m.template_dict() for m in self.messages]
+
+    def tool_dicts(self) -> list[dict] | None:
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    tokens: list[int] = Field(..., max_length=1 << 20)
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class VersionResponse(BaseModel):
+    version: str
 
 
 # ---- logprobs in the OpenAI formats ------------------------------------------------------------------
