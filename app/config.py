@@ -121,7 +121,7 @@ class EngineConfig(BaseModel):
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
-    def with_device_defaults(self, device: str | None = None) -> "EngineConfig":
+    def with_device_defaults(self, device: str | None = None) -> EngineConfig:
         """This config with its unset sizes (None) filled for the device it runs on (`device`, default
         `resolved_device()`): max_num_seqs 256 and max_num_batched_tokens 4096 on CUDA (an H200 keeps 256
         7B-model sequences and a 4096-token prefill chunk busy without queueing decodes behind it), 64 and

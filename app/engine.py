@@ -413,9 +413,9 @@ class Engine:
         max_lora_rank), prefills prompts of WARMUP_PROMPT_LENS tokens with each of them and without (one
         length and one rank per step), then runs one batch of every CUDA-graph batch size (1-token
         prompts, 2 tokens each: a prefill and a decode step of that batch size). Greedy, so no random
-        state is used; the adapters are removed at the end. Needs an idle engine and leaves it idle: no requests, no pages held, the
-        step and pool counters as they were (cached adapters may have been evicted). Returns the seconds
-        it took (also in `warmup_s`)."""
+        state is used; the adapters are removed at the end. Needs an idle engine and leaves it
+        idle: no requests, no pages held, the step and pool counters as they were (cached adapters may
+        have been evicted). Returns the seconds it took (also in `warmup_s`)."""
         if self.has_unfinished():
             raise RuntimeError("warmup needs an idle engine (no requests)")
         t0 = time.perf_counter()

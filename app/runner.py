@@ -15,7 +15,6 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
-
 import torch
 import torch.distributed as dist
 

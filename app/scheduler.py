@@ -20,8 +20,8 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from app.config import LoRAConfig, SchedulerConfig
 from app.pool import PagePool

@@ -38,7 +38,7 @@ from app.config import EngineConfig  # noqa: E402
 from app.demo import write_peft_adapter  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.request import SamplingParams  # noqa: E402
-from benchmarks.engine import SHAPES, alias_adapters, write_model_config  # noqa: E402
+from benchmarks.engine import alias_adapters, write_model_config  # noqa: E402
 
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ALL_LINEAR = QKVO + ["gate_proj", "up_proj", "down_proj"]
@@ -73,7 +73,7 @@ def measure_device(device: str) -> tuple[float, float]:
     bw = 2 * n / cuda_median_s(lambda: dst.copy_(src))
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     rate = 2 * 8192**3 / cuda_median_s(lambda: a @ a)
-    del src, dst, a
+    src = dst = a = None  # frees the tensors (the closures above hold the same cells)
     torch.cuda.empty_cache()
     return bw, rate
 
@@ -282,7 +282,8 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         runs.append(row)
         print(f"{name} n={n}: {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
               f"mean batch {row['mean_batch']:.0f}, loads {row['adapter_loads']}, "
-              f"{row['floor_share']:.0%} of the floor ({fl['floor_s']:.1f} s) {row['profile'] or ''}", flush=True)  # fmt: skip
+              f"{row['floor_share']:.0%} of the floor ({fl['floor_s']:.1f} s) {row['profile'] or ''}",
+              flush=True)  # fmt: skip
     online = None
     if args.online:
         n_on = args.online_adapters if args.online_adapters is not None else n_max
@@ -302,8 +303,9 @@ def write_report(res: dict, out: Path) -> None:
     lines = [
         f"# Saturated S2 throughput: {res['gpu']} (commit {res['commit']})",
         "",
-        f"{res['requests']} requests submitted at once, input and output U[8, {res['max_len']}), ranks {{64, 32, 16, 8}}, "
-        f"adapters uniform over n; max_num_seqs {res['max_num_seqs']}, {res['max_num_batched_tokens']} tokens per step; "
+        f"{res['requests']} requests submitted at once, input and output U[8, {res['max_len']}), "
+        f"ranks {{64, 32, 16, 8}}, adapters uniform over n; max_num_seqs {res['max_num_seqs']}, "
+        f"{res['max_num_batched_tokens']} tokens per step; "
         f"random bf16 weights. Copy bandwidth {res['copy_bandwidth_gbs']:.0f} GB/s, bf16 matmul "
         f"{res['matmul_tflops']:.0f} TFLOP/s (both measured in this run). Adapter names share four weight sets in "
         "host memory; each name has its own pages and loads on the GPU.",
@@ -325,7 +327,8 @@ def write_report(res: dict, out: Path) -> None:
     for s in res["settings"]:
         o = s.get("online")
         if o:
-            lines += ["", f"Online, {s['setting']}: Poisson {o['rate']} req/s for {o['duration_s']:.0f} s, {o['adapters']} "
+            lines += ["", f"Online, {s['setting']}: Poisson {o['rate']} req/s for {o['duration_s']:.0f} s, "
+                      f"{o['adapters']} "
                       f"adapters: {o['requests']} requests, TTFT p50 {o['ttft_p50_s'] * 1e3:.0f} ms, p90 "
                       f"{o['ttft_p90_s'] * 1e3:.0f} ms, p99 {o['ttft_p99_s'] * 1e3:.0f} ms, SLO (6 s) "
                       f"{o['slo_attainment_6s']:.0%}."]  # fmt: skip

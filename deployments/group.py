@@ -17,10 +17,12 @@ consumer was still busy with an earlier item).
 Concurrency: the engine is not thread-safe. One engine thread owns it: everything that touches it (new
 requests, aborts, adapter registrations) is queued as a command by the event loop and applied by that thread
 between two steps (an adapter is read, validated and packed before, in another thread:
-`Engine.prepare_adapter`, so a load never stalls running streams); the thread runs `engine.step()` back to back while there is work and hands each step's
+`Engine.prepare_adapter`, so a load never stalls running streams); the thread runs `engine.step()` back to
+back while there is work and hands each step's
 outputs (and command results) to the event loop with `call_soon_threadsafe`, without waiting: streaming
 overlaps the next step. After each step the thread also takes a `stats()` snapshot, so the event loop
-never reads engine state while a step runs. When a stream's consumer goes away (client disconnect: Serve cancels the call),
+never reads engine state while a step runs. When a stream's consumer goes away (client disconnect: Serve
+cancels the call),
 the generator's `finally` queues an abort, so the request's KV pages are freed.
 """
 

@@ -273,7 +273,7 @@ def test_pool_invariants_under_random_operations():
     rng = random.Random(0)
     pool = PagePool(num_pages=64, page_size=4)
     pins: dict[str, int] = {}
-    for step in range(3000):
+    for _ in range(3000):
         op = rng.random()
         name = f"a{rng.randrange(8)}"
         rid = f"r{rng.randrange(10)}"

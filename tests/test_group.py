@@ -191,7 +191,7 @@ def test_adapter_load_does_not_stall_running_streams(tmp_path):
         gen = g.generate("long", [5, 9, 14], params)
 
         async def consume():
-            async for item in gen:
+            async for _ in gen:
                 times.append(time.monotonic())
 
         consumer = asyncio.ensure_future(consume())

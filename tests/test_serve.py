@@ -2,7 +2,8 @@
 
 Two applications are started once for the module (in parallel, `serve.run_many`) on the embedded demo:
   * "main" at /: two TP groups (TP=1) behind two ingress replicas (Serve's proxy balances between them, as
-    a load balancer would), inference, admin and metrics keys required, run-time adapter loads confined to a temp root, small
+    a load balancer would), inference, admin and metrics keys required, run-time adapter loads confined to a
+    temp root, small
     request limits (1 MiB bodies, 16 sequences and 8192 tokens per request);
   * "strict" at /strict: one group with an impossible TTFT SLO (every request is refused with 429, after
     tokenizing), up to 1024 prompts per request;

@@ -6,9 +6,8 @@ engines fed the same tokens)."""
 from __future__ import annotations
 
 import pytest
-import torch
-
 import ray  # noqa: E402
+import torch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs >= 2 CUDA GPUs")]
 
@@ -16,8 +15,8 @@ from app.config import EngineConfig  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.request import ModelOutput, SamplingParams  # noqa: E402
 from deployments.tp import TPExecutor, forward_logits  # noqa: E402
-from tests.test_tp import AT_START, SPECS, check, generate, random_requests  # noqa: E402
 from tests.models import HFReference, make_model, make_peft_adapters  # noqa: E402
+from tests.test_tp import AT_START, SPECS, check, generate, random_requests  # noqa: E402
 
 
 @pytest.fixture(scope="module")
