@@ -69,8 +69,9 @@ class DecodeGraphs:
 
     def _forward(self, bs: int, ctx: ForwardContext) -> torch.Tensor:
         """The captured work: the decode plan (recomputed from seg_slot at every replay), the model, logits."""
-        r = self.r
-        ctx.lora.plan = r.backend.lora_plan(ctx.lora.seg_indptr, ctx.lora.seg_slot, self.max_loras, bs, 1)
+        r, lora = self.r, ctx.lora
+        assert lora is not None  # a captured step always carries LoRA metadata (`_ctx`)
+        lora.plan = r.backend.lora_plan(lora.seg_indptr, lora.seg_slot, self.max_loras, bs, 1)
         return r.model.logits(r.model(self.input_ids[:bs], self.positions[:bs], ctx))
 
     def _ctx(self, bs: int) -> ForwardContext:

@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,6 +39,9 @@ from app.request import Request, RequestOutput, SamplingParams
 from app.sampling import FAILED
 from app.scheduler import Scheduler, SchedulerOutput
 from app.tokenizer import IncrementalDetokenizer, Tokenizer
+
+if TYPE_CHECKING:
+    from app.structured import Grammars
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +106,7 @@ class Engine:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_token_ids = eos
         self._ids = itertools.count()
-        self._grammars = None
+        self._grammars: Grammars | None = None
         self.steps = 0
         self.failed_steps = 0  # in a row
         self.last_step_tokens = 0  # tokens computed by the last step (prefill chunks + decodes)
@@ -456,10 +459,11 @@ class Engine:
             max_tokens = min(2, self.max_model_len - 1)
             lens = sorted({min(n, self.max_model_len - max_tokens) for n in WARMUP_PROMPT_LENS})
             # one adapter rank per prefill step (the batch's largest rank picks the kernel variant)
-            waves = [[(n, a), (n, None)] for n in lens for a in (adapters or [None])]
+            choices: list[str | None] = [*adapters] or [None]
+            waves = [[(n, a), (n, None)] for n in lens for a in choices]
             adapter = adapters[0] if adapters else None
             waves += [
-                [(1, (adapter, None)[i % 2]) for i in range(b)] for b in decode_buckets(self.cfg.scheduler.max_num_seqs)
+                [(1, (adapter, None)[i % 2]) for i in range(b)] for b in decode_buckets(self.scheduler.max_num_seqs)
             ]
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
             vocab = self.args.vocab_size
@@ -493,7 +497,7 @@ class Engine:
         logger.info(
             "warmup: %d prefill lengths, decode batch sizes %s, %.2f s",
             len(lens),
-            decode_buckets(self.cfg.scheduler.max_num_seqs),
+            decode_buckets(self.scheduler.max_num_seqs),
             self.warmup_s,
         )
         return self.warmup_s

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from app.sampling import prompt_token_logprobs, sample
 from app.scheduler import ScheduledSeq, SchedulerOutput
 from app.tokenizer import Tokenizer
 from kernels import get_backend
+
+if TYPE_CHECKING:
+    from app.structured import Constraints
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PROMPT_LOGPROB_ROWS = 256  # prompt positions whose [rows, vocab] logits are computed at once
@@ -64,10 +68,10 @@ class ModelRunner:
         self.adapter_pages: dict[str, list[int]] = {}
         self.generators: dict[str, torch.Generator] = {}
         self.history: dict[str, list[int]] = {}  # penalized / constrained requests' tokens (prompt + output)
-        self.constraints = None  # app.structured.Constraints, made for the first constrained request
+        self.constraints: Constraints | None = None  # made for the first constrained request
         self._seed_rng = random.Random(cfg.seed)
         self.copy_stream = torch.cuda.Stream() if self.device == "cuda" else None
-        self._prefetch_event = None
+        self._prefetch_event: torch.cuda.Event | None = None
         self.graphs = None
         if cfg.cuda_graphs and self.device == "cuda" and self.backend.name == "triton":
             from app.cuda_graphs import DecodeGraphs
@@ -169,6 +173,7 @@ class ModelRunner:
             result.tokens, result.logprobs = sample(logits, [s.params for s in sampled], gens, seen, banned, allowed)
             for s, tok in zip(sampled, result.tokens):
                 if s.params.structured is not None:
+                    assert self.constraints is not None  # made by _grammar_bitmask above
                     self.constraints.accept(s.request_id, tok)
             return result
 
@@ -190,7 +195,12 @@ class ModelRunner:
         bitmask = self.constraints.grammars.bitmask(len(rows))
         specs = [sampled[i] for i in rows]
         self.constraints.fill(
-            [(s.request_id, s.params.structured, self.history[s.request_id][s.prompt_len :]) for s in specs], bitmask
+            [
+                (s.request_id, so, self.history[s.request_id][s.prompt_len :])
+                for s in specs
+                if (so := s.params.structured) is not None  # all of them (rows)
+            ],
+            bitmask,
         )
         return bitmask.to(self.device), rows
 
@@ -278,7 +288,7 @@ class ModelRunner:
 
     def _device_batch(self, b: HostBatch):
         dev = self.device
-        i32 = dict(dtype=torch.int32, device=dev)
+        i32: dict[str, Any] = dict(dtype=torch.int32, device=dev)
         q_indptr = torch.tensor(b.q_indptr, **i32)
         attn = AttentionMeta(
             q_indptr=q_indptr,

@@ -63,6 +63,11 @@ class SchedulerOutput:
 class Scheduler:
     def __init__(self, cfg: SchedulerConfig, lora_cfg: LoRAConfig, pool: PagePool, adapter_pages: Callable[[str], int]):
         self.cfg, self.lora_cfg, self.pool = cfg, lora_cfg, pool
+        if cfg.max_num_seqs is None or cfg.max_num_batched_tokens is None or lora_cfg.max_loras_per_batch is None:
+            raise ValueError("the scheduler needs resolved sizes (EngineConfig.with_device_defaults)")
+        self.max_num_seqs: int = cfg.max_num_seqs
+        self.max_num_batched_tokens: int = cfg.max_num_batched_tokens
+        self.max_loras_per_batch: int = lora_cfg.max_loras_per_batch
         self.adapter_pages = adapter_pages
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -128,7 +133,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(finished_ids=self._finished_ids)
         self._finished_ids = []
-        budget = self.cfg.max_num_batched_tokens
+        budget = self.max_num_batched_tokens
         chosen: list[tuple[Request, int]] = []
 
         i = 0
@@ -149,10 +154,10 @@ class Scheduler:
         if self.cfg.ttft_slo_s is not None:
             self._early_abort()
         adapters = {r.adapter for r in self.running if r.adapter}
-        while self.waiting and not out.preempted_ids and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
+        while self.waiting and not out.preempted_ids and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
             name = req.adapter
-            if name and name not in adapters and len(adapters) >= self.lora_cfg.max_loras_per_batch:
+            if name and name not in adapters and len(adapters) >= self.max_loras_per_batch:
                 break
             if name:
                 pages = self.pool.load_adapter(name, self.adapter_pages(name))
@@ -206,9 +211,12 @@ class Scheduler:
     def _early_abort(self) -> None:
         """Drops queued requests that can no longer meet their first-token deadline (S-LoRA's early
         abort), so that the capacity goes to requests that still can."""
+        slo = self.cfg.ttft_slo_s
+        if slo is None:
+            return
         now = time.monotonic()
         for req in list(self.waiting):
-            if not req.output_token_ids and now - req.arrival_time > self.cfg.ttft_slo_s:
+            if not req.output_token_ids and now - req.arrival_time > slo:
                 self.waiting.remove(req)
                 self.finish(req, "abort")
                 self.early_aborted.append(req)
@@ -219,7 +227,7 @@ class Scheduler:
         keeping a page per running request for its growth), so that their copy overlaps this step and they
         are resident when the requests are admitted."""
         reserve = len(self.running)
-        for req in list(itertools.islice(self.waiting, self.lora_cfg.max_loras_per_batch)):
+        for req in list(itertools.islice(self.waiting, self.max_loras_per_batch)):
             name = req.adapter
             if not name or self.pool.is_resident(name):
                 continue
@@ -227,6 +235,7 @@ class Scheduler:
             if self.pool.num_free < n + reserve:
                 break
             pages = self.pool.load_adapter(name, n)
+            assert pages is not None  # n free pages were checked above
             out.adapter_loads.append((name, pages))
             out.prefetch.append(name)
             self.num_prefetches += 1

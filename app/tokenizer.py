@@ -4,6 +4,7 @@ detokenization of a growing list of output tokens."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class Tokenizer:
@@ -25,7 +26,9 @@ class Tokenizer:
         return self.hf.encode(text, add_special_tokens=True)
 
     def decode(self, ids: list[int]) -> str:
-        return self.hf.decode(ids, skip_special_tokens=True)
+        text = self.hf.decode(ids, skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence of ids decodes to one string
+        return text
 
     @property
     def chat_template(self) -> str | None:
@@ -36,7 +39,10 @@ class Tokenizer:
         """Token ids of a chat, with the tokenizer's template (which receives `tools`, when given) or a plain
         `role: content` fallback (which shows no tools)."""
         if self.chat_template:
-            out = self.hf.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
+            # a list of ids, or a BatchEncoding holding them (transformers >= 5)
+            out: Any = self.hf.apply_chat_template(
+                messages, tools=list(tools) if tools else None, add_generation_prompt=True, tokenize=True
+            )
             return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         return self.encode(text)

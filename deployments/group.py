@@ -104,7 +104,7 @@ class _Stream:
         p = self.pending
         if p is not None and self._last(p):
             return
-        self.pending = _merge(p, item) if p is not None and isinstance(item, RequestOutput) else item
+        self.pending = _merge(p, item) if isinstance(p, RequestOutput) and isinstance(item, RequestOutput) else item
         if p is None or self._last(item) or time.monotonic() >= self.due:
             self.ready.set()
 
@@ -195,6 +195,7 @@ class SLoRAGroup:
         while there is work, handing each step's outputs to the event loop without waiting for it (the
         streams' work overlaps the next step). Ends when the engine dies (after handing that over too)."""
         loop = self._event_loop
+        assert loop is not None, "the thread is started from the event loop"
         while True:
             self._wake.wait()
             self._wake.clear()
@@ -239,7 +240,7 @@ class SLoRAGroup:
         step's time, from the start of this call to its end, is what a client sees between two steps under
         load: it feeds the step-time averages and fit that admission control uses."""
         t0 = time.perf_counter()
-        results = []
+        results: list[tuple[asyncio.Future | None, Any, Exception | None]] = []
         for c in cmds:
             try:
                 results.append((c.fut, self._apply(c), None))
@@ -335,11 +336,13 @@ class SLoRAGroup:
                 t = out.metrics
                 if out.finish_reason != "abort":
                     m.inc("request_success")
-                    if t.get("first_token_time") is not None:
-                        m.observe("time_to_first_token_seconds", t["first_token_time"] - t["arrival_time"])
-                    if t.get("first_scheduled_time") is not None:
-                        m.observe("request_queue_time_seconds", t["first_scheduled_time"] - t["arrival_time"])
-                    m.observe("e2e_request_latency_seconds", (t.get("finish_time") or now) - t["arrival_time"])
+                    arrival = t["arrival_time"]
+                    assert arrival is not None  # every request has one (Request.arrival_time)
+                    if (first := t.get("first_token_time")) is not None:
+                        m.observe("time_to_first_token_seconds", first - arrival)
+                    if (scheduled := t.get("first_scheduled_time")) is not None:
+                        m.observe("request_queue_time_seconds", scheduled - arrival)
+                    m.observe("e2e_request_latency_seconds", (t.get("finish_time") or now) - arrival)
             else:  # only the last output carries the cumulative fields; the prompt goes back with it
                 out = dataclasses.replace(out, prompt_token_ids=[])
             st = self._streams.get(rid)
@@ -497,10 +500,9 @@ class SLoRAGroup:
 
 # The ingresses poll stats() a few times a second: no access log line per call.
 GroupDeployment = serve.deployment(
-    SLoRAGroup,
     name="SLoRAGroup",
     num_replicas=1,
     max_ongoing_requests=1024,
     health_check_period_s=2,
     logging_config={"enable_access_log": False},
-)
+)(SLoRAGroup)

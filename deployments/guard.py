@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -122,8 +122,10 @@ class RequestGuard:
         self.max_body_bytes = max_body_bytes
 
     def add_exception_handler(self, exc_class, handler) -> None:
-        """Serve registers its back-pressure handlers on the app it is given: they belong to the inner app."""
-        self.app.add_exception_handler(exc_class, handler)
+        """Serve registers its back-pressure handlers on the app it is given: they belong to the inner app
+        (a Starlette / FastAPI app then: `@serve.ingress` gives one)."""
+        inner: Any = self.app
+        inner.add_exception_handler(exc_class, handler)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

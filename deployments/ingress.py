@@ -20,9 +20,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -96,7 +96,7 @@ class APIError(Exception):
         self.status, self.message, self.param, self.headers = status, message, param, headers
 
 
-def _error_response(status: int, message: str, param: str | None = None, headers: dict | None = None):
+def _error_response(status: int, message: str, param: str | None = None, headers: Mapping[str, str] | None = None):
     return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
 
 
@@ -152,7 +152,7 @@ async def _http_error(_: Request, e: StarletteHTTPException):
     return _error_response(e.status_code, str(e.detail), headers=e.headers)  # 405 keeps its Allow header
 
 
-def _done(result) -> bool:
+def _done(result: object) -> TypeGuard[dict]:
     """A group's answer to add_adapter / remove_adapter that is not a refusal or an exception."""
     return isinstance(result, dict) and "error" not in result
 
@@ -219,6 +219,7 @@ class OpenAIIngress:
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
             self._first_poll = asyncio.ensure_future(self._poll_once())
+        assert self._first_poll is not None  # made with the poller
         await asyncio.shield(self._first_poll)
 
     async def _poll_loop(self) -> None:
@@ -273,7 +274,7 @@ class OpenAIIngress:
                 "no API keys are configured: every route (adapter loading included) is open; keep the HTTP "
                 "listener private (http_options host 127.0.0.1) or set api_keys and admin_api_keys"
             )
-        return RequestGuard(self.app, policy, self.cfg.max_body_bytes)
+        return RequestGuard(self.app, policy, self.cfg.max_body_bytes)  # type: ignore[attr-defined]  # @serve.ingress
 
     # ---- helpers ---------------------------------------------------------------------------------
     async def _resolve_model(self, model: str) -> str | None:
@@ -738,11 +739,11 @@ class OpenAIIngress:
         if failed:
             ok = [g for g, r in zip(self.groups, results) if _done(r)]
             await asyncio.gather(*(self.groups[g].remove_adapter.remote(name) for g in ok), return_exceptions=True)
-            e = failed[0]
-            if isinstance(e, dict):  # refused by the group
-                raise APIError(e["status"], e["error"], "lora_path")
-            status = 400 if isinstance(e, (AdapterError, ValueError)) else 500
-            raise APIError(status, str(e) if status == 400 else f"loading {name!r} failed: {e!r}", "lora_path")
+            err = failed[0]
+            if isinstance(err, dict):  # refused by the group
+                raise APIError(err["status"], err["error"], "lora_path")
+            status = 400 if isinstance(err, (AdapterError, ValueError)) else 500
+            raise APIError(status, str(err) if status == 400 else f"loading {name!r} failed: {err!r}", "lora_path")
         return Response(f"Success: LoRA adapter '{name}' added successfully.", media_type="text/plain")
 
     @api.post("/v1/unload_lora_adapter")
@@ -792,4 +793,4 @@ class OpenAIIngress:
             self._poller.cancel()
 
 
-IngressDeployment = serve.deployment(OpenAIIngress, name="OpenAIIngress", max_ongoing_requests=1024)
+IngressDeployment = serve.deployment(name="OpenAIIngress", max_ongoing_requests=1024)(OpenAIIngress)

@@ -60,10 +60,10 @@ ITL_BUCKETS = [
     1.0,
     2.5,
 ]
-ADAPTERS_BUCKETS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
+ADAPTERS_BUCKETS: list[float] = [0, 1, 2, 4, 8, 16, 32, 64, 128]
 
 # name -> (help, buckets)
-HISTOGRAMS = {
+HISTOGRAMS: dict[str, tuple[str, list[float]]] = {
     "time_to_first_token_seconds": ("Time to first token (arrival at the group to first token).", LATENCY_BUCKETS),
     "inter_token_latency_seconds": ("Time between successive output tokens of a request.", ITL_BUCKETS),
     "e2e_request_latency_seconds": ("Arrival at the group to the last token.", LATENCY_BUCKETS),
@@ -119,7 +119,7 @@ class GroupMetrics:
     def __init__(self, group: str, model: str, ray_export: bool = True):
         self.group, self.model = group, model
         self.hists = {n: Hist(b) for n, (_, b) in HISTOGRAMS.items()}
-        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.counters: dict[str, float] = dict.fromkeys(COUNTERS, 0)
         self._ray = None
         if ray_export:
             self._ray = _RayMetrics(group, model)
@@ -189,15 +189,15 @@ class ServiceCollector:
             up.add_metric([self.model, name], 1.0 if s else 0.0)
         yield up
         for n, (help_, _) in HISTOGRAMS.items():
-            fam = HistogramMetricFamily(f"sloray_{n}", help_, labels=labels)
+            hist = HistogramMetricFamily(f"sloray_{n}", help_, labels=labels)
             for s in snaps:
                 h = s["metrics"]["histograms"][n]
                 cum, acc = [], 0
                 for b, c in zip(h["buckets"] + [float("inf")], h["counts"]):
                     acc += c
                     cum.append(("+Inf" if b == float("inf") else str(float(b)), acc))
-                fam.add_metric([self.model, s["name"]], cum, h["sum"])
-            yield fam
+                hist.add_metric([self.model, s["name"]], cum, h["sum"])
+            yield hist
         for n, help_ in COUNTERS.items():
             fam = CounterMetricFamily(f"sloray_{n}", help_, labels=labels)
             for s in snaps:

@@ -27,6 +27,7 @@ import hashlib
 import heapq
 import math
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 # Priors used until a group has measured its own step time and prefill rate.
@@ -144,7 +145,7 @@ class Router:
         return s.waiting + s.running + self.pending_reqs[name]
 
     # ---- routing ---------------------------------------------------------------------------------
-    def candidates(self, adapter: str | None, exclude: set[str] = frozenset()) -> list[str]:
+    def candidates(self, adapter: str | None, exclude: AbstractSet[str] = frozenset()) -> list[str]:
         """Preference order for an adapter: groups holding it resident (in hash order), then the rest of
         the hash order. Base-model requests (no adapter) prefer the least loaded group. Only healthy
         groups, unless none is (then every group not in `exclude`: a poll may have missed a live one)."""
@@ -156,7 +157,7 @@ class Router:
         resident = [n for n in order if adapter in self.states[n].resident]
         return resident + [n for n in order if n not in resident]
 
-    def choose(self, adapter: str | None, n: int = 1, exclude: set[str] = frozenset()) -> str | None:
+    def choose(self, adapter: str | None, n: int = 1, exclude: AbstractSet[str] = frozenset()) -> str | None:
         """Bounded-load choice: the first candidate whose load after taking `n` more requests stays within
         ceil((1 + eps) x the mean load after the same addition). None when every group is excluded."""
         order = self.candidates(adapter, exclude)
@@ -226,9 +227,10 @@ class Router:
         streaming and HTTP path, CPU contention, per-sequence host work), so an underestimate is raised;
         an overestimate is kept (admission errs on the side of the SLO)."""
         fit = self._calibration[name]
-        if fit.n < CALIBRATION_MIN or not math.isfinite(model_ttft_s):
+        params = fit.params(min_var=1e-4)
+        if fit.n < CALIBRATION_MIN or params is None or not math.isfinite(model_ttft_s):
             return model_ttft_s
-        intercept, slope = fit.params(min_var=1e-4)
+        intercept, slope = params
         return max(model_ttft_s, intercept + slope * model_ttft_s)
 
 

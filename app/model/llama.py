@@ -63,10 +63,9 @@ class ModelArgs:
         if c.get("hidden_act", "silu") != "silu":
             raise ValueError(f"hidden_act {c.get('hidden_act')!r} is not supported (silu only)")
         heads = c["num_attention_heads"]
-        rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
-        theta = rope.pop("rope_theta", c.get("rope_theta", 10000.0))
-        if rope.get("rope_type", rope.get("type", "default")) == "default":
-            rope = None
+        rope_cfg = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
+        theta = rope_cfg.pop("rope_theta", c.get("rope_theta", 10000.0))
+        rope = None if rope_cfg.get("rope_type", rope_cfg.get("type", "default")) == "default" else rope_cfg
         eos = c.get("eos_token_id")
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         attn_bias = bool(c.get("attention_bias", False))
