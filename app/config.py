@@ -31,11 +31,11 @@ class SchedulerConfig(BaseModel):
         None, ge=16, description="tokens per step (prefill chunks + decodes); None: 4096 on a GPU, 2048 on the CPU"
     )
     max_model_len: int | None = Field(None, ge=2, description="prompt + output tokens; None = model's limit")
-    ttft_slo_s: float | None = Field(
+    early_abort_ttft_slo_s: float | None = Field(
         None,
         gt=0,
-        description="early abort (S-LoRA): a queued request that has "
-        "produced no token and waited longer than this is dropped; None = FCFS",
+        description="early abort (S-LoRA): a queued request that has produced no token and waited longer than "
+        "this is dropped; None = FCFS (admission control at the ingress: ingress.admission_ttft_slo_s)",
     )
 
 
@@ -97,6 +97,17 @@ class EngineConfig(BaseModel):
         "auto",
         description="run every kernel variant and capture every CUDA graph once at start (Engine.warmup), "
         "so that the first requests do not wait for Triton compiles; auto = on CUDA only",
+    )
+    warmup_prompt_lens: tuple[int, ...] = Field(
+        (1, 9, 17, 40, 100, 600),
+        description="prompt lengths of the warm-up prefills, one length per step (kernels pick their variants "
+        "from a step's longest prompt): 1 (decode), <= 16 and > 16 query rows (attention prefill tiles), "
+        "prompts of one and of several LoRA tiles, > 512 keys (split decode attention)",
+    )
+    warmup_ranks: tuple[int, ...] = Field(
+        (16, 32, 64),
+        description="ranks of the warm-up adapters (capped at max_lora_rank): the LoRA kernels' rank-block "
+        "variants (kernels/lora.py: blocks of v's width)",
     )
     seed: int = 0
     load_format: Literal["safetensors", "dummy"] = Field(

@@ -34,7 +34,7 @@ class DecodeGraphs:
         self.r = runner
         cfg, args = runner.cfg, runner.args
         self.buckets = decode_buckets(cfg.scheduler.max_num_seqs)
-        max_len = min(cfg.scheduler.max_model_len or args.max_len, args.max_len)
+        max_len = args.max_model_len(cfg.scheduler.max_model_len)
         self.kv_width = -(-max_len // runner.page_size)
         self.max_loras = cfg.lora.max_loras_per_batch
         self.max_rank = cfg.lora.max_lora_rank

@@ -48,11 +48,6 @@ logger = logging.getLogger(__name__)
 # Warm-up requests' ids and the warm-up adapters' names start with this: add_adapter refuses names
 # with a "/" (check_adapter_name), so they never collide with a user's adapter.
 WARMUP_PREFIX = "sloray/warmup"
-# Prompt lengths of the warm-up prefills, one length per step (kernels pick their variants from the longest
-# prompt of a step): 1 (decode), <= 16 and > 16 query rows (attention prefill tiles), prompts of one and of
-# several LoRA tiles, and > 512 keys (split decode attention).
-WARMUP_PROMPT_LENS = (1, 9, 17, 40, 100, 600)
-WARMUP_RANKS = (16, 32, 64)  # the LoRA kernels' rank-block variants (kernels/lora.py: blocks of v's width)
 
 
 MAX_STEP_FAILURES = 3  # failed steps in a row after which the executor is taken for dead
@@ -100,7 +95,7 @@ class Engine:
         self.scheduler = Scheduler(cfg.scheduler, cfg.lora, self.pool, lambda n: self.adapters[n].num_pages)
         self.requests: dict[str, Request] = {}
         self.detok: dict[str, IncrementalDetokenizer] = {}
-        self.max_model_len = min(cfg.scheduler.max_model_len or self.args.max_len, self.args.max_len)
+        self.max_model_len = self.args.max_model_len(cfg.scheduler.max_model_len)
         eos = set(self.args.eos_token_id)
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
@@ -412,8 +407,8 @@ class Engine:
     def warmup(self) -> float:
         """Runs every kernel variant once, and captures every decode CUDA graph, before serving: Triton
         compiles a variant and a graph is captured the first time a step needs it, which would stall the
-        first requests for seconds. Registers temporary all-zero adapters of WARMUP_RANKS (at most
-        max_lora_rank), prefills prompts of WARMUP_PROMPT_LENS tokens with each of them and without (one
+        first requests for seconds. Registers temporary all-zero adapters of `warmup_ranks` (at most
+        max_lora_rank), prefills prompts of `warmup_prompt_lens` tokens with each of them and without (one
         length and one rank per step), then runs one batch of every CUDA-graph batch size (1-token
         prompts, 2 tokens each: a prefill and a decode step of that batch size). Greedy, so no random
         state is used; the adapters are removed at the end. Needs an idle engine and leaves it
@@ -433,12 +428,12 @@ class Engine:
             sch.num_prefetches,
             sch.num_early_aborts,
         )
-        slo, sch.cfg.ttft_slo_s = sch.cfg.ttft_slo_s, None  # no early abort of warm-up requests
+        slo, sch.cfg.early_abort_ttft_slo_s = sch.cfg.early_abort_ttft_slo_s, None  # no early abort of warm-up requests
         adapters: list[str] = []
         try:
             L = self.args.num_layers
             zero = torch.zeros(())  # broadcast views: no host memory until packing
-            for r in sorted({min(r, self.cfg.lora.max_lora_rank) for r in WARMUP_RANKS}):
+            for r in sorted({min(r, self.cfg.lora.max_lora_rank) for r in self.cfg.warmup_ranks}):
                 name = f"{WARMUP_PREFIX}-r{r}"
                 w = LoRAWeights(
                     name=name,
@@ -457,7 +452,7 @@ class Engine:
                 except AdapterError as e:  # a pool too small for it: warm up without it
                     logger.warning("warmup without a rank-%d adapter: %s", r, e)
             max_tokens = min(2, self.max_model_len - 1)
-            lens = sorted({min(n, self.max_model_len - max_tokens) for n in WARMUP_PROMPT_LENS})
+            lens = sorted({min(n, self.max_model_len - max_tokens) for n in self.cfg.warmup_prompt_lens})
             # one adapter rank per prefill step (the batch's largest rank picks the kernel variant)
             choices: list[str | None] = [*adapters] or [None]
             waves = [[(n, a), (n, None)] for n in lens for a in choices]
@@ -482,7 +477,7 @@ class Engine:
             for name in adapters:
                 if name in self.adapters:
                     self.remove_adapter(name)
-            sch.cfg.ttft_slo_s = slo
+            sch.cfg.early_abort_ttft_slo_s = slo
             (
                 self.steps,
                 self.last_step_adapters,

@@ -151,7 +151,7 @@ class Scheduler:
                 budget -= n
                 i += 1
 
-        if self.cfg.ttft_slo_s is not None:
+        if self.cfg.early_abort_ttft_slo_s is not None:
             self._early_abort()
         adapters = {r.adapter for r in self.running if r.adapter}
         while self.waiting and not out.preempted_ids and budget > 0 and len(self.running) < self.max_num_seqs:
@@ -211,7 +211,7 @@ class Scheduler:
     def _early_abort(self) -> None:
         """Drops queued requests that can no longer meet their first-token deadline (S-LoRA's early
         abort), so that the capacity goes to requests that still can."""
-        slo = self.cfg.ttft_slo_s
+        slo = self.cfg.early_abort_ttft_slo_s
         if slo is None:
             return
         now = time.monotonic()

@@ -44,6 +44,7 @@ from app.config import EngineConfig
 from app.engine import Engine, EngineDeadError
 from app.lora.adapter import AdapterError
 from app.request import RequestOutput, SamplingParams
+from deployments.config import GroupSettings
 from deployments.metrics import GroupMetrics
 from deployments.routing import LinearFit
 
@@ -135,24 +136,23 @@ class SLoRAGroup:
         name: str,
         cfg: EngineConfig | dict,
         adapters: dict[str, str] | None = None,
-        tensor_parallel_size: int = 1,
+        settings: GroupSettings | dict | None = None,
         num_threads: int | None = None,
         ray_metrics: bool = True,
-        stream_interval_s: float = 0.05,
     ):
-        """`stream_interval_s`: a stream sends its new tokens at most this often (its first tokens and its
-        end at once); 0 = one item per engine step."""
-        if stream_interval_s < 0:
-            raise ValueError(f"stream_interval_s must be >= 0, got {stream_interval_s}")
+        """A group named `name` running `cfg` with `settings` (deployments/config.py: TP size, stream
+        interval), the `adapters` {name: path} registered at start; `num_threads`: torch's CPU threads."""
         if isinstance(cfg, dict):
             cfg = EngineConfig(**cfg)
+        settings = GroupSettings.model_validate(settings or {})
+        tensor_parallel_size = settings.tensor_parallel_size
         if num_threads:
             import torch
 
             torch.set_num_threads(num_threads)
         self.name = name
         self.tensor_parallel_size = tensor_parallel_size
-        self.stream_interval_s = stream_interval_s
+        self.stream_interval_s = settings.stream_interval_s
         executor = None
         if tensor_parallel_size > 1:
             from deployments.tp import TPExecutor

@@ -9,7 +9,7 @@ Per request: the guard (deployments/guard.py, in front of the FastAPI app: the k
 tokenizing, total tokens: 400) -> tokenize in a worker thread (chat template for chat; the event loop
 keeps serving other requests and /health) -> choose a group (adapter clustering,
 deployments/routing.py) -> admission control (429 + Retry-After when the predicted time to first token
-misses `ttft_slo_s`) -> stream from the group (`generate`, through `.options(stream=True)`).
+misses `admission_ttft_slo_s`) -> stream from the group (`generate`, through `.options(stream=True)`).
 A background task polls every group's `stats()` a few times a second; routing, admission, `/v1/models`
 and `/metrics` read that shared state, so every ingress replica sees the whole service.
 """
@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -60,6 +60,7 @@ from app.protocol import (
 from app.request import RequestOutput
 from app.tokenizer import Tokenizer
 from app.tools import StreamingToolParser, ToolCall, forced_calls, function_names, parse_tool_calls, tool_format
+from deployments.config import IngressSettings
 from deployments.guard import AccessPolicy, RequestGuard
 from deployments.metrics import ServiceCollector
 from deployments.routing import Decision, GroupState, Router
@@ -67,27 +68,14 @@ from deployments.routing import Decision, GroupState, Router
 logger = logging.getLogger("ray.serve")
 
 
-class IngressConfig(BaseModel):
-    """What the ingress needs (filled by build_app from BuildArgs / EngineConfig)."""
+class IngressConfig(IngressSettings):
+    """What the ingress needs: its settings and what build_app derives from the engine's config and model."""
 
     served_model_name: str
     model_path: str
     tokenizer_path: str
-    max_model_len: int
-    api_keys: list[str] | None = None
-    admin_api_keys: list[str] | None = None
-    metrics_api_keys: list[str] | None = None
-    metrics_open: bool = False
-    allowed_adapter_roots: list[str] = Field(default_factory=list)
-    max_body_bytes: int = Field(8 << 20, ge=1, description="larger request bodies get 413 (never read in)")
-    max_choices_per_request: int = Field(256, ge=1, description="prompts x n of one request")
-    max_request_tokens: int = Field(
-        1 << 20, ge=1, description="prompt tokens + max_tokens, summed over a request's prompts x n"
-    )
-    ttft_slo_s: float | None = None
-    routing_eps: float = 0.25
-    poll_interval_s: float = 0.25
-    poll_timeout_s: float = 5.0
+    max_model_len: int = Field(description="the engine's (EngineConfig.max_model_len of the model)")
+    allowed_adapter_roots: list[str] = Field(default_factory=list, description="the engine's lora roots")
 
 
 class APIError(Exception):
@@ -206,7 +194,7 @@ class OpenAIIngress:
         self.cfg = config if isinstance(config, IngressConfig) else IngressConfig(**config)
         self.groups = {h.deployment_name: h for h in groups}
         self.streams = {n: h.options(stream=True) for n, h in self.groups.items()}
-        self.router = Router(list(self.groups), eps=self.cfg.routing_eps, ttft_slo_s=self.cfg.ttft_slo_s)
+        self.router = Router(list(self.groups), eps=self.cfg.routing_eps, ttft_slo_s=self.cfg.admission_ttft_slo_s)
         self.tokenizer = Tokenizer(self.cfg.tokenizer_path)
         self.snapshots: dict[str, dict | None] = dict.fromkeys(self.groups)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -227,7 +215,7 @@ class OpenAIIngress:
 
         async def loop(name: str, h: DeploymentHandle):
             while True:
-                await asyncio.sleep(self.cfg.poll_interval_s)
+                await asyncio.sleep(self.cfg.stats_poll_interval_s)
                 await self._poll_group(name, h)
 
         await asyncio.gather(*(loop(n, h) for n, h in self.groups.items()))
@@ -237,7 +225,7 @@ class OpenAIIngress:
 
     async def _poll_group(self, name: str, h: DeploymentHandle) -> None:
         try:
-            s = await asyncio.wait_for(self._await(h.stats.remote()), self.cfg.poll_timeout_s)
+            s = await asyncio.wait_for(self._await(h.stats.remote()), self.cfg.stats_poll_timeout_s)
         except Exception as e:  # noqa: BLE001 - an unreachable group is marked down, not fatal
             logger.warning("group %s did not answer stats(): %r", name, e)
             self.snapshots[name] = None
@@ -376,7 +364,7 @@ class OpenAIIngress:
                 raise APIError(
                     429,
                     f"overloaded: predicted time to first token {decision.predicted_ttft_s:.3f}s "
-                    f"exceeds the SLO of {self.cfg.ttft_slo_s}s; retry later",
+                    f"exceeds the SLO of {self.cfg.admission_ttft_slo_s}s; retry later",
                     headers={"Retry-After": str(decision.retry_after_s)},
                 )
             try:

@@ -17,7 +17,7 @@ Admission: predicted TTFT of a request on group g =
 where the slot wait replays g's FCFS queue: the running requests free their slots after their remaining
 output tokens, each waiting request takes the earliest free slot and holds it for its output length
 (`GroupState.slot_heap`), in steps of g's measured step time.
-A request whose prediction exceeds `ttft_slo_s` is refused at once (429 + Retry-After) instead of being
+A request whose prediction exceeds `admission_ttft_slo_s` is refused at once (429 + Retry-After) instead of being
 queued to miss its deadline.
 """
 

@@ -7,7 +7,7 @@ import pytest
 
 from app import LLM, SamplingParams
 from app.demo import DEMO_ADAPTERS, build_demo
-from app.engine import WARMUP_PREFIX, WARMUP_RANKS
+from app.engine import WARMUP_PREFIX
 from app.pool import PagePool
 from app.tokenizer import IncrementalDetokenizer
 
@@ -210,7 +210,10 @@ def test_incremental_detokenizer_matches_full_decode(llm):
 
 def test_early_abort_drops_requests_past_their_deadline(demo):
     llm = LLM(
-        model=str(demo / "model"), device="cpu", dtype="float32", scheduler={"ttft_slo_s": 5.0, "max_num_seqs": 1}
+        model=str(demo / "model"),
+        device="cpu",
+        dtype="float32",
+        scheduler={"early_abort_ttft_slo_s": 5.0, "max_num_seqs": 1},
     )
     e = llm.engine
     import time as _time
@@ -339,10 +342,13 @@ def test_warmup_leaves_the_engine_clean_and_outputs_unchanged(demo, llm):
 
 
 def test_warmup_runs_every_request_despite_an_slo(demo):
-    """Early abort (ttft_slo_s) is off while warmup runs: every warm-up request runs to its length, one
+    """Early abort (early_abort_ttft_slo_s) is off while warmup runs: every warm-up request runs to its length, one
     wave per prompt length and one per decode batch size; the SLO is back afterwards."""
     e = LLM(
-        model=str(demo / "model"), device="cpu", dtype="float32", scheduler={"ttft_slo_s": 1e-6, "max_num_seqs": 8}
+        model=str(demo / "model"),
+        device="cpu",
+        dtype="float32",
+        scheduler={"early_abort_ttft_slo_s": 1e-6, "max_num_seqs": 8},
     ).engine
     finished, batches, step = [], [], e.step
 
@@ -358,9 +364,9 @@ def test_warmup_runs_every_request_despite_an_slo(demo):
         rid.startswith(WARMUP_PREFIX) and reason == "length" and n == 2 for rid, reason, n in finished
     )
     # 6 prompt lengths x 3 adapter ranks x (adapter, base), then the decode buckets
-    assert len(finished) == 2 * 6 * len(WARMUP_RANKS) + 1 + 2 + 4 + 8
+    assert len(finished) == 2 * len(e.cfg.warmup_prompt_lens) * len(e.cfg.warmup_ranks) + 1 + 2 + 4 + 8
     assert {1, 2, 4, 8} <= set(batches)
-    assert e.scheduler.cfg.ttft_slo_s == 1e-6 and e.scheduler.num_early_aborts == 0
+    assert e.scheduler.cfg.early_abort_ttft_slo_s == 1e-6 and e.scheduler.num_early_aborts == 0
 
 
 def test_warmup_with_few_seqs_short_context_and_a_tight_pool(demo, caplog):

@@ -105,7 +105,7 @@ def service(demo, roots):
         }
     )
     strict = build_app(
-        {"num_groups": 1, "ttft_slo_s": "1e-6", "group_num_cpus": 0.25, "max_choices_per_request": "1024"}
+        {"num_groups": 1, "admission_ttft_slo_s": "1e-6", "group_num_cpus": 0.25, "max_choices_per_request": "1024"}
     )
     tp2 = build_app(
         {

@@ -97,6 +97,12 @@ class ModelArgs:
         attention equals full attention)."""
         return min(self.max_position_embeddings, self.sliding_window or self.max_position_embeddings)
 
+    def max_model_len(self, requested: int | None = None) -> int:
+        """The context limit (prompt + output tokens) served for this model: `requested`
+        (`scheduler.max_model_len`; None = no request) capped at `max_len`. The engine, the CUDA graphs
+        and the ingress all take it from here."""
+        return min(requested or self.max_len, self.max_len)
+
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
     """Inverse frequencies, with linear or Llama-3 scaling when the config asks for it."""
