@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from app.lora.adapter import LORA_GROUPS, module_shapes
+from app.lora.adapter import module_shapes
+from app.lora.layer import LORA_GROUPS
 from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta, padded_table
 
 

@@ -34,7 +34,7 @@ from app.config import EngineConfig
 from app.cuda_graphs import decode_buckets
 from app.lora.adapter import AdapterError, LoRAWeights, check_adapter_name, load_peft_adapter, module_shapes
 from app.model.llama import ModelArgs
-from app.pool import PagePool
+from app.pool import PagePool, PoolStats
 from app.request import Request, RequestOutput, SamplingParams
 from app.sampling import FAILED
 from app.scheduler import Scheduler, SchedulerOutput
@@ -76,6 +76,19 @@ class AdapterInfo:
     rank: int
     scale: float
     num_pages: int
+
+
+@dataclass
+class EngineStats:
+    """One snapshot of the engine (`Engine.stats`): everything its callers read of its state."""
+
+    queue: dict[str, Any]  # Engine.queue_state()
+    pool: PoolStats
+    resident_adapters: list[str]  # adapters whose weights are in the pool, LRU first
+    steps: int
+    num_preemptions: int
+    num_prefetches: int
+    num_early_aborts: int
 
 
 class Engine:
@@ -243,11 +256,13 @@ class Engine:
             self._grammars = Grammars(self.tokenizer.hf, self.args.vocab_size, sorted(self.eos_token_ids))
         return self._grammars
 
-    def abort(self, request_id: str) -> None:
+    def abort(self, request_id: str) -> bool:
+        """Drops the request (its pages are freed at the next step); False when it is not known (finished)."""
         req = self.requests.pop(request_id, None)
         if req is not None:
             self.scheduler.abort(request_id)
             self.detok.pop(request_id, None)
+        return req is not None
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -271,6 +286,19 @@ class Engine:
             "waiting_lengths": [(r.num_tokens - r.num_computed_tokens, left(r)) for r in sch.waiting],
             "max_num_seqs": self.cfg.scheduler.max_num_seqs,
         }
+
+    def stats(self) -> EngineStats:
+        """The engine's state as a caller between two steps sees it: queues, pool, counters."""
+        sch = self.scheduler
+        return EngineStats(
+            queue=self.queue_state(),
+            pool=self.pool.stats(),
+            resident_adapters=self.pool.resident_adapters(),
+            steps=self.steps,
+            num_preemptions=sch.num_preemptions,
+            num_prefetches=sch.num_prefetches,
+            num_early_aborts=sch.num_early_aborts,
+        )
 
     def executor_alive(self) -> bool:
         """False once the executor can run no more steps (e.g. a tensor-parallel rank is gone); cheap."""

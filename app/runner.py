@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 
 from app.config import EngineConfig
-from app.lora.adapter import LORA_GROUPS, LoRAWeights, PackedAdapter, pack_adapter
+from app.lora.adapter import LoRAWeights, PackedAdapter, pack_adapter
+from app.lora.layer import LORA_GROUPS
 from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta, ParallelState, padded_table
 from app.model.llama import LlamaForCausalLM, ModelArgs
 from app.request import ModelOutput
@@ -176,6 +177,17 @@ class ModelRunner:
                     assert self.constraints is not None  # made by _grammar_bitmask above
                     self.constraints.accept(s.request_id, tok)
             return result
+
+    def forward_logits(self, out: SchedulerOutput) -> torch.Tensor:
+        """One step's forward pass without sampling: the logits [sequences with sample=True, vocab]
+        (the step's adapter loads and KV writes happen as in `execute`; under TP every rank calls it
+        together and all get the same logits, the lm_head being replicated). Tests and debugging."""
+        self._load_adapters(out)
+        batch = self._host_batch(out)
+        with torch.inference_mode():
+            ctx, input_ids, positions = self._device_batch(batch)
+            hidden = self.model(input_ids, positions, ctx)
+            return self.model.logits(hidden[batch.sample_rows])
 
     def _grammar_bitmask(self, sampled: list[ScheduledSeq]) -> tuple[torch.Tensor, list[int]] | None:
         """The constrained sequences' allowed next tokens (app/structured.py): a bitmask filled on the host

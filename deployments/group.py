@@ -41,7 +41,7 @@ from typing import Any
 from ray import serve
 
 from app.config import EngineConfig
-from app.engine import Engine, EngineDeadError
+from app.engine import Engine, EngineDeadError, PreparedAdapter
 from app.lora.adapter import AdapterError
 from app.request import RequestOutput, SamplingParams
 from deployments.config import GroupSettings
@@ -58,10 +58,39 @@ class GroupUnavailable(RuntimeError):
     """This group's engine is dead: the request was not run here and may be retried on another group."""
 
 
+# Commands from the event loop to the engine thread, applied between two steps (`SLoRAGroup._apply`).
+@dataclass(frozen=True)
+class AddRequest:
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    adapter: str | None
+    request_id: str
+    arrival_time: float
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class RegisterAdapter:
+    prepared: PreparedAdapter
+
+
+@dataclass(frozen=True)
+class RemoveAdapter:
+    name: str
+
+
+Command = AddRequest | AbortRequest | RegisterAdapter | RemoveAdapter
+
+
 @dataclass
 class _Cmd:
-    kind: str  # add | abort | add_adapter | remove_adapter
-    args: tuple
+    """A queued command and the future its result goes to (None: nobody waits for it)."""
+
+    cmd: Command
     fut: asyncio.Future | None = None
 
 
@@ -264,26 +293,21 @@ class SLoRAGroup:
         return results, outputs, time.monotonic(), adapters
 
     def _apply(self, c: _Cmd) -> Any:
-        e = self.engine
-        if c.kind == "add":
-            return e.add_request(*c.args)
-        if c.kind == "abort":
-            (rid,) = c.args
-            if rid in e.requests:
-                e.abort(rid)
-                return True
-            return False
-        if c.kind == "add_adapter":
-            info = e.register_adapter(*c.args)
+        e, cmd = self.engine, c.cmd
+        if isinstance(cmd, AddRequest):
+            return e.add_request(cmd.prompt_token_ids, cmd.params, cmd.adapter, cmd.request_id, cmd.arrival_time)
+        if isinstance(cmd, AbortRequest):
+            return e.abort(cmd.request_id)
+        if isinstance(cmd, RegisterAdapter):
+            info = e.register_adapter(cmd.prepared)
             self._adapter_table = self._adapters_now()
             return {"name": info.name, "path": info.path, "rank": info.rank, "num_pages": info.num_pages}
-        if c.kind == "remove_adapter":
-            (name,) = c.args
-            path = e.adapters[name].path if name in e.adapters else None
-            e.remove_adapter(name)
+        if isinstance(cmd, RemoveAdapter):
+            path = e.adapters[cmd.name].path if cmd.name in e.adapters else None
+            e.remove_adapter(cmd.name)
             self._adapter_table = self._adapters_now()
             return path
-        raise ValueError(c.kind)
+        raise TypeError(f"not a command: {cmd!r}")
 
     def _adapters_now(self) -> dict[str, dict]:
         """The registered adapters' table, rebuilt only when one is added or removed (a new dict each
@@ -292,27 +316,15 @@ class SLoRAGroup:
 
     def _take_snapshot(self) -> dict:
         """Engine figures read in the thread that owns the engine (between steps)."""
-        e = self.engine
-        sch = e.scheduler
-        p = e.pool_stats()
+        s = self.engine.stats()
         return {
-            "queue": e.queue_state(),
-            "pool": {
-                "total": p.total,
-                "free": p.free,
-                "kv": p.kv,
-                "adapter": p.adapter,
-                "adapter_pinned": p.adapter_pinned,
-                "kv_fragmentation": p.kv_fragmentation,
-                "loads": p.loads,
-                "hits": p.hits,
-                "evictions": p.evictions,
-            },
-            "resident_adapters": e.pool.resident_adapters(),
+            "queue": s.queue,
+            "pool": dataclasses.asdict(s.pool),
+            "resident_adapters": s.resident_adapters,
             "adapters": self._adapter_table,
-            "steps": e.steps,
-            "num_preemptions": sch.num_preemptions,
-            "num_prefetches": sch.num_prefetches,
+            "steps": s.steps,
+            "num_preemptions": s.num_preemptions,
+            "num_prefetches": s.num_prefetches,
         }
 
     def _dispatch(self, outputs: list[RequestOutput], now: float, adapters: int | None) -> None:
@@ -366,10 +378,10 @@ class SLoRAGroup:
             "registered_adapters": len(s["adapters"]),
         }
 
-    async def _call(self, kind: str, *args) -> Any:
+    async def _call(self, cmd: Command) -> Any:
         self._check_alive()
         fut = asyncio.get_running_loop().create_future()
-        self._submit(_Cmd(kind, args, fut))
+        self._submit(_Cmd(cmd, fut))
         return await fut
 
     def _check_alive(self) -> None:
@@ -390,7 +402,7 @@ class SLoRAGroup:
         done = False
         try:
             try:
-                await self._call("add", prompt_token_ids, params, adapter, request_id, time.monotonic())
+                await self._call(AddRequest(prompt_token_ids, params, adapter, request_id, time.monotonic()))
             except KeyError as e:
                 done = True
                 yield {"error": str(e.args[0]) if e.args else str(e), "status": 404}
@@ -417,10 +429,10 @@ class SLoRAGroup:
             if not done:  # the consumer went away (disconnect, cancellation): free the request's pages
                 self.metrics.inc("requests_aborted")
                 if self._failed is None:
-                    self._submit(_Cmd("abort", (request_id,)))
+                    self._submit(_Cmd(AbortRequest(request_id)))
 
     async def abort(self, request_id: str) -> None:
-        self._submit(_Cmd("abort", (request_id,)))
+        self._submit(_Cmd(AbortRequest(request_id)))
 
     async def note_rejected(self, n: int = 1) -> None:
         """Admission control in an ingress refused `n` requests meant for this group (a counter)."""
@@ -440,14 +452,14 @@ class SLoRAGroup:
             # Reading, validating and packing take seconds for a large adapter: a worker thread does them
             # while the step loop runs; the loop then only registers the packed adapter between two steps.
             prepared = await asyncio.to_thread(self.engine.prepare_adapter, name, path, roots, lora.load_timeout_s)
-            return await self._call("add_adapter", prepared)
+            return await self._call(RegisterAdapter(prepared))
         except AdapterError as e:
             return {"error": str(e), "status": 400}
 
     async def remove_adapter(self, name: str) -> dict:
         """{"path": the removed adapter's path}, or {"error", "status"}: 404 not loaded, 400 in use."""
         try:
-            return {"path": await self._call("remove_adapter", name)}
+            return {"path": await self._call(RemoveAdapter(name))}
         except KeyError as e:
             return {"error": str(e.args[0]) if e.args else f"adapter {name!r} is not loaded", "status": 404}
         except AdapterError as e:
@@ -467,12 +479,12 @@ class SLoRAGroup:
             s["healthy"] = False
         q = s["queue"]
         # requests queued for the step loop but not yet in the engine: admission must count them too
-        adds = [c.args for c in self._cmds if c.kind == "add"]
+        adds = [c.cmd for c in self._cmds if isinstance(c.cmd, AddRequest)]
         s["queue"] = dict(
             q,
             waiting=q["waiting"] + len(adds),
-            waiting_lengths=q["waiting_lengths"] + [(len(ids), p.max_tokens) for ids, p, *_ in adds],
-            queued_prefill_tokens=q["queued_prefill_tokens"] + sum(len(ids) for ids, *_ in adds),
+            waiting_lengths=q["waiting_lengths"] + [(len(a.prompt_token_ids), a.params.max_tokens) for a in adds],
+            queued_prefill_tokens=q["queued_prefill_tokens"] + sum(len(a.prompt_token_ids) for a in adds),
             step_time_s=self._step_time,
             prefill_tps=self._prefill_tps,
             step_cost=self._step_cost.params(),

@@ -78,7 +78,7 @@ class ControlChannel:
     """Messages from control rank 0 to all, and tp-rank 0's replies, over a CPU gloo group.
 
     A message is one broadcast of `head_bytes` (int64 length, then the pickle) plus, only when the pickle
-    does not fit, a second broadcast of the rest. `None` is the stop message."""
+    does not fit, a second broadcast of the rest. The driver sends RankMessages."""
 
     def __init__(self, pg: Any, head_bytes: int = HEAD_BYTES):
         self.pg = pg
@@ -181,15 +181,28 @@ class ControlStats:
         }
 
 
-def forward_logits(runner, out: SchedulerOutput) -> torch.Tensor:
-    """One step's forward pass on this rank without sampling: float32 logits [sampled sequences, vocab]
-    (every TP rank calls it together; all ranks get the same, replicated lm_head). Test/debug path."""
-    runner._load_adapters(out)
-    batch = runner._host_batch(out)
-    with torch.inference_mode():
-        ctx, input_ids, positions = runner._device_batch(batch)
-        hidden = runner.model(input_ids, positions, ctx)
-        return runner.model.logits(hidden[batch.sample_rows])
+# ---- messages from the driver to every rank (over the control channel) -----------------------------
+@dataclass(frozen=True)
+class StepMessage:
+    """Run this step (`ModelRunner.execute`); tp-rank 0 replies with the sampled tokens."""
+
+    out: SchedulerOutput
+
+
+@dataclass(frozen=True)
+class LogitsMessage:
+    """Run this step's forward pass without sampling (`ModelRunner.forward_logits`); tp-rank 0 replies
+    with the logits' shape, then sends the logits (tests and debugging)."""
+
+    out: SchedulerOutput
+
+
+@dataclass(frozen=True)
+class StopMessage:
+    """End the rank's step loop."""
+
+
+RankMessage = StepMessage | LogitsMessage | StopMessage
 
 
 # ---- the rank actor ---------------------------------------------------------------------------------
@@ -257,14 +270,14 @@ class RankActor:
         assert ctrl is not None and runner is not None, "setup() first"
         steps = 0
         while True:
-            out = ctrl.recv()
-            if out is None:
+            msg: RankMessage = ctrl.recv()
+            if isinstance(msg, StopMessage):
                 return {"steps": steps}
-            want_logits = isinstance(out, tuple)  # ("logits", out): the debug/test path
+            out, want_logits = msg.out, isinstance(msg, LogitsMessage)
             t0 = time.perf_counter_ns()
             try:
                 if want_logits:
-                    logits = forward_logits(runner, out[1])
+                    logits = runner.forward_logits(out)
                     tokens = list(logits.shape)
                 else:
                     result = runner.execute(out)
@@ -410,7 +423,7 @@ class TPExecutor:
             return ModelOutput()
         t0 = time.perf_counter()
         try:
-            size = ch.send(out)
+            size = ch.send(StepMessage(out))
             t1 = time.perf_counter()
             status, execute_ns, tokens = ch.recv_reply(_reply_words(out))
         except Exception as e:  # a rank's process is gone (or was killed by `_watch`): its pair closed
@@ -454,7 +467,7 @@ class TPExecutor:
         (for tests and debugging; the step's KV and adapter loads happen as in `execute`)."""
         if self._failed is not None or self._ch is None:
             raise RuntimeError("the tensor-parallel group is not running") from self._failed
-        self._ch.send(("logits", out))
+        self._ch.send(LogitsMessage(out))
         status, _, shape = self._ch.recv_reply(2)
         if status != STATUS_OK:
             self._fail()
@@ -504,7 +517,7 @@ class TPExecutor:
         self._closed = True
         if self._ch is not None and self._failed is None and self._loops:
             try:
-                self._ch.send(None)
+                self._ch.send(StopMessage())
                 ray.get(self._loops, timeout=30)
                 ray.get([a.close.remote() for a in self._actors], timeout=30)
             except Exception:  # noqa: BLE001 - best effort: the actors are killed below anyway

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2,
 from app.config import EngineConfig  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.request import ModelOutput, SamplingParams  # noqa: E402
-from deployments.tp import TPExecutor, forward_logits  # noqa: E402
+from deployments.tp import TPExecutor  # noqa: E402
 from tests.models import HFReference, make_model, make_peft_adapters  # noqa: E402
 from tests.test_tp import AT_START, SPECS, check, generate, random_requests  # noqa: E402
 
@@ -85,7 +85,7 @@ def test_tp2_nccl_logits_close_bfloat16(ray_gpu, setup):
         for step in range(5):  # a prefill of every request, then decodes, both fed TP=1's tokens
             o1, o2 = tp1.scheduler.schedule(), tp2.scheduler.schedule()
             assert [s.request_id for s in o1.seqs] == [s.request_id for s in o2.seqs]
-            l1 = forward_logits(tp1.executor, o1).cpu()
+            l1 = tp1.executor.forward_logits(o1).cpu()
             l2 = tp2.executor.logits(o2)
             assert l1.shape == l2.shape and l1.shape[0] == len(reqs)
             err = ((l2 - l1).abs().max() / l1.abs().max()).item()

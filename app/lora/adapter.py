@@ -34,15 +34,10 @@ import regex
 import torch
 from safetensors import safe_open
 
+from app.lora.layer import LORA_GROUPS
+
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 COLUMN_PARALLEL = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}
-# Targets sharing one input, computed by one shrink/expand launch (and one fused base matmul).
-LORA_GROUPS: dict[str, tuple[str, ...]] = {
-    "qkv": ("q_proj", "k_proj", "v_proj"),
-    "o": ("o_proj",),
-    "gate_up": ("gate_proj", "up_proj"),
-    "down": ("down_proj",),
-}
 # Config keys whose LoRA is not x @ A^T @ B^T * scale on q/k/v/o/gate/up/down (refused when set).
 _UNSUPPORTED = (
     ("use_dora", "DoRA (weight-decomposed LoRA)"),
