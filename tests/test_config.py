@@ -13,7 +13,6 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from app.config import EngineConfig, LoRAConfig, PoolConfig, SchedulerConfig
-from app.demo import build_demo
 from app.engine import Engine
 from app.request import SamplingParams
 from deployments.builder import FLAT_KEYS, BuildArgs, ingress_config, resolve
@@ -21,11 +20,6 @@ from deployments.config import GroupSettings, IngressSettings
 from deployments.ingress import IngressConfig
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("demo"))
 
 
 def test_build_args_from_cli_strings():

@@ -15,8 +15,8 @@ from app.config import EngineConfig  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.request import ModelOutput, SamplingParams  # noqa: E402
 from deployments.tp import TPExecutor  # noqa: E402
-from tests.models import HFReference, make_model, make_peft_adapters  # noqa: E402
-from tests.test_tp import AT_START, SPECS, check, generate, random_requests  # noqa: E402
+from tests.models import HFReference  # noqa: E402
+from tests.tp_common import AT_START, check, generate, random_requests  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +26,10 @@ def ray_gpu():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module", params=["gqa", "mha"])
-def setup(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(f"tpgpu-{request.param}")
-    model = make_model(root, request.param)
-    adapters = make_peft_adapters(root, model, SPECS)
-    reqs = random_requests(model, 15, [1, 3, 9, 17, 33, 60])
-    return model, adapters, reqs
+@pytest.fixture(scope="module")
+def setup(tp_case):
+    model, adapters = tp_case
+    return model, adapters, random_requests(model, 15, [1, 3, 9, 17, 33, 60])
 
 
 def engine(
