@@ -2,8 +2,8 @@
 replica over torch.distributed, not over Ray calls.
 
     TPExecutor (driver = the Serve replica, control rank 0)
-        |  every step: broadcast the pickled SchedulerOutput        (CPU gloo "control" group, tp + 1 ranks)
-        v
+        |  every step: broadcast the pickled step as a diff          (CPU gloo "control" group, tp + 1 ranks)
+        v     (deployments/tp_messages.py: new requests whole, then new pages, tokens, finished ids)
     RankActor tp-rank 0 .. N-1  (control ranks 1..N)  run ModelRunner.execute(out) in a loop started once
         |  forward-pass collectives                                  (NCCL on GPU, gloo on CPU: ParallelState)
         v
@@ -55,6 +55,7 @@ from app.sampling import (
     unpack_prompt_logprobs,
 )
 from app.scheduler import SchedulerOutput
+from deployments.tp_messages import LogitsMessage, RankMessage, StepDecoder, StepEncoder, StepMessage, StopMessage
 
 if TYPE_CHECKING:
     from app.runner import ModelRunner
@@ -157,11 +158,11 @@ class ControlStats:
     """Per-step control cost seen by the driver (seconds, summed over `steps`)."""
 
     steps: int = 0
-    broadcast_s: float = 0.0  # pickling + broadcasting the SchedulerOutput
+    broadcast_s: float = 0.0  # encoding, pickling and broadcasting the step
     reply_s: float = 0.0  # from the end of the broadcast to the tokens' arrival
     execute_s: float = 0.0  # tp-rank 0's ModelRunner.execute (its own clock)
     payload_bytes: int = 0
-    split_messages: int = 0  # steps whose SchedulerOutput took a second broadcast
+    split_messages: int = 0  # steps whose message took a second broadcast
 
     @property
     def overhead_s(self) -> float:
@@ -179,30 +180,6 @@ class ControlStats:
             "payload_bytes": self.payload_bytes / n,
             "split_messages": self.split_messages,
         }
-
-
-# ---- messages from the driver to every rank (over the control channel) -----------------------------
-@dataclass(frozen=True)
-class StepMessage:
-    """Run this step (`ModelRunner.execute`); tp-rank 0 replies with the sampled tokens."""
-
-    out: SchedulerOutput
-
-
-@dataclass(frozen=True)
-class LogitsMessage:
-    """Run this step's forward pass without sampling (`ModelRunner.forward_logits`); tp-rank 0 replies
-    with the logits' shape, then sends the logits (tests and debugging)."""
-
-    out: SchedulerOutput
-
-
-@dataclass(frozen=True)
-class StopMessage:
-    """End the rank's step loop."""
-
-
-RankMessage = StepMessage | LogitsMessage | StopMessage
 
 
 # ---- the rank actor ---------------------------------------------------------------------------------
@@ -268,12 +245,13 @@ class RankActor:
         self._set_device()
         ctrl, runner = self.ctrl, self.runner
         assert ctrl is not None and runner is not None, "setup() first"
+        decoder = StepDecoder()  # the requests this rank was sent whole (deployments/tp_messages.py)
         steps = 0
         while True:
             msg: RankMessage = ctrl.recv()
             if isinstance(msg, StopMessage):
                 return {"steps": steps}
-            out, want_logits = msg.out, isinstance(msg, LogitsMessage)
+            out, want_logits = decoder.decode(msg.step), isinstance(msg, LogitsMessage)
             t0 = time.perf_counter_ns()
             try:
                 if want_logits:
@@ -343,6 +321,7 @@ class TPExecutor:
         self._loops: list[ray.ObjectRef] = []
         self._ch: ControlChannel | None = None
         self._store: dist.TCPStore | None = None
+        self._encoder = StepEncoder()  # what the ranks know of each request: steps are sent as diffs
         self._failed: BaseException | None = None
         self._closed = False
 
@@ -423,7 +402,7 @@ class TPExecutor:
             return ModelOutput()
         t0 = time.perf_counter()
         try:
-            size = ch.send(StepMessage(out))
+            size = ch.send(StepMessage(self._encoder.encode(out)))
             t1 = time.perf_counter()
             status, execute_ns, tokens = ch.recv_reply(_reply_words(out))
         except Exception as e:  # a rank's process is gone (or was killed by `_watch`): its pair closed
@@ -467,7 +446,7 @@ class TPExecutor:
         (for tests and debugging; the step's KV and adapter loads happen as in `execute`)."""
         if self._failed is not None or self._ch is None:
             raise RuntimeError("the tensor-parallel group is not running") from self._failed
-        self._ch.send(LogitsMessage(out))
+        self._ch.send(LogitsMessage(self._encoder.encode(out)))
         status, _, shape = self._ch.recv_reply(2)
         if status != STATUS_OK:
             self._fail()
