@@ -66,7 +66,9 @@ class LoRAKernelOverrides(BaseModel):
 
 class LoRAConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_lora_rank: int = Field(256, ge=1, le=1024)
+    max_lora_rank: int = Field(
+        64, ge=1, le=1024, description="largest adapter rank accepted (CUDA graphs and warm-up are sized by it)"
+    )
     max_loras_per_batch: int | None = Field(
         None, ge=1, description="distinct adapters in one step; None: max_num_seqs (the kernels take any mix)"
     )
