@@ -31,18 +31,18 @@ class SchedulerConfig(BaseModel):
         None, ge=16, description="tokens per step (prefill chunks + decodes); None: 4096 on a GPU, 2048 on the CPU"
     )
     max_model_len: int | None = Field(None, ge=2, description="prompt + output tokens; None = model's limit")
-    ttft_slo_s: float | None = Field(
+    early_abort_ttft_slo_s: float | None = Field(
         None,
         gt=0,
         description="early abort (S-LoRA): the first-token deadline of a request, counted from its arrival; a "
         "queued request that has produced no token and can no longer meet it is dropped (see early_abort); "
-        "None = no abort",
+        "None = no abort (admission control at the ingress: ingress.admission_ttft_slo_s)",
     )
     early_abort: Literal["expired", "predicted"] = Field(
         "expired",
-        description="with ttft_slo_s: expired = drop queued requests whose deadline has passed; predicted = the "
-        "paper's early abort: also drop those whose wait predicted from the measured admission rate misses the "
-        "deadline, and serve the newest first while requests arrive faster than they are admitted",
+        description="with early_abort_ttft_slo_s: expired = drop queued requests whose deadline has passed; "
+        "predicted = the paper's early abort: also drop those whose wait predicted from the measured admission "
+        "rate misses the deadline, and serve the newest first while requests arrive faster than they are admitted",
     )
     queue_order: Literal["fcfs", "lcfs"] = Field(
         "fcfs",
@@ -78,7 +78,9 @@ class LoRAKernelOverrides(BaseModel):
 
 class LoRAConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_lora_rank: int = Field(256, ge=1, le=1024)
+    max_lora_rank: int = Field(
+        64, ge=1, le=1024, description="largest adapter rank accepted (CUDA graphs and warm-up are sized by it)"
+    )
     max_loras_per_batch: int | None = Field(
         None, ge=1, description="distinct adapters in one step; None: max_num_seqs (the kernels take any mix)"
     )
@@ -140,6 +142,17 @@ class EngineConfig(BaseModel):
         "next step needs token values on the host (penalties, logit bias, structured output) run synchronously; "
         "tensor-parallel executors always do; None = on CUDA only",
     )
+    warmup_prompt_lens: tuple[int, ...] = Field(
+        (1, 9, 17, 40, 100, 600),
+        description="prompt lengths of the warm-up prefills, one length per step (kernels pick their variants "
+        "from a step's longest prompt): 1 (decode), <= 16 and > 16 query rows (attention prefill tiles), "
+        "prompts of one and of several LoRA tiles, > 512 keys (split decode attention)",
+    )
+    warmup_ranks: tuple[int, ...] = Field(
+        (16, 32, 64),
+        description="ranks of the warm-up adapters (capped at max_lora_rank): the LoRA kernels' rank-block "
+        "variants (kernels/lora.py: blocks of v's width)",
+    )
     seed: int = 0
     load_format: Literal["safetensors", "dummy"] = Field(
         "safetensors",
@@ -163,7 +176,7 @@ class EngineConfig(BaseModel):
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
-    def with_device_defaults(self, device: str | None = None) -> "EngineConfig":
+    def with_device_defaults(self, device: str | None = None) -> EngineConfig:
         """This config with its unset sizes (None) filled for the device it runs on (`device`, default
         `resolved_device()`): max_num_seqs 256 and max_num_batched_tokens 4096 on CUDA (an H200 keeps 256
         7B-model sequences and a 4096-token prefill chunk busy without queueing decodes behind it), 64 and

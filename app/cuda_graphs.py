@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from app.lora.adapter import LORA_GROUPS, module_shapes
+from app.lora.adapter import module_shapes
+from app.lora.layer import LORA_GROUPS
 from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta, padded_table
 from app.runner import h2d
 
@@ -36,7 +37,7 @@ class DecodeGraphs:
         self.r = runner
         cfg, args = runner.cfg, runner.args
         self.buckets = decode_buckets(cfg.scheduler.max_num_seqs)
-        max_len = min(cfg.scheduler.max_model_len or args.max_len, args.max_len)
+        max_len = args.max_model_len(cfg.scheduler.max_model_len)
         self.kv_width = -(-max_len // runner.page_size)
         self.max_loras = cfg.lora.max_loras_per_batch
         self.max_rank = cfg.lora.max_lora_rank
@@ -71,8 +72,9 @@ class DecodeGraphs:
 
     def _forward(self, bs: int, ctx: ForwardContext) -> torch.Tensor:
         """The captured work: the decode plan (recomputed from seg_slot at every replay), the model, logits."""
-        r = self.r
-        ctx.lora.plan = r.backend.lora_plan(ctx.lora.seg_indptr, ctx.lora.seg_slot, self.max_loras, bs, 1)
+        r, lora = self.r, ctx.lora
+        assert lora is not None  # a captured step always carries LoRA metadata (`_ctx`)
+        lora.plan = r.backend.lora_plan(lora.seg_indptr, lora.seg_slot, self.max_loras, bs, 1)
         return r.model.logits(r.model(self.input_ids[:bs], self.positions[:bs], ctx))
 
     def _ctx(self, bs: int) -> ForwardContext:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -84,7 +85,7 @@ def write_model(
     """A tiny random Llama written by transformers itself (config.json + model.safetensors)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = dict(
+    cfg: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,

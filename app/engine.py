@@ -38,7 +38,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -46,22 +46,20 @@ from app.config import EngineConfig
 from app.cuda_graphs import decode_buckets
 from app.lora.adapter import AdapterError, LoRAWeights, check_adapter_name, load_peft_adapter, module_shapes
 from app.model.llama import ModelArgs
-from app.pool import PagePool
+from app.pool import PagePool, PoolStats
 from app.request import ModelOutput, Request, RequestOutput, SamplingParams
 from app.sampling import FAILED
 from app.scheduler import Scheduler, SchedulerOutput
 from app.tokenizer import IncrementalDetokenizer, Tokenizer
+
+if TYPE_CHECKING:
+    from app.structured import Grammars
 
 logger = logging.getLogger(__name__)
 
 # Warm-up requests' ids and the warm-up adapters' names start with this: add_adapter refuses names
 # with a "/" (check_adapter_name), so they never collide with a user's adapter.
 WARMUP_PREFIX = "sloray/warmup"
-# Prompt lengths of the warm-up prefills, one length per step (kernels pick their variants from the longest
-# prompt of a step): 1 (decode), <= 16 and > 16 query rows (attention prefill tiles), prompts of one and of
-# several LoRA tiles, and > 512 keys (split decode attention).
-WARMUP_PROMPT_LENS = (1, 9, 17, 40, 100, 600)
-WARMUP_RANKS = (16, 32, 64)  # the LoRA kernels' rank-block variants (kernels/lora.py: blocks of v's width)
 
 
 MAX_STEP_FAILURES = 3  # failed steps in a row after which the executor is taken for dead
@@ -107,6 +105,22 @@ class AdapterInfo:
     num_pages: int
 
 
+@dataclass
+class EngineStats:
+    """One snapshot of the engine (`Engine.stats`): everything its callers read of its state."""
+
+    queue: dict[str, Any]  # Engine.queue_state()
+    pool: PoolStats
+    resident_adapters: list[str]  # adapters whose weights are in the pool, LRU first
+    steps: int
+    num_preemptions: int
+    num_prefetches: int
+    num_early_aborts: int
+    running_adapters: list[str]  # the distinct adapters of the running requests, sorted
+    waiting_adapters: list[str]  # ... and of the queued ones
+    max_loras_per_batch: int
+
+
 class Engine:
     def __init__(self, cfg: EngineConfig, executor=None):
         device = getattr(executor, "device", None) or cfg.resolved_device()
@@ -126,13 +140,13 @@ class Engine:
         self.scheduler = Scheduler(cfg.scheduler, cfg.lora, self.pool, lambda n: self.adapters[n].num_pages)
         self.requests: dict[str, Request] = {}
         self.detok: dict[str, IncrementalDetokenizer] = {}
-        self.max_model_len = min(cfg.scheduler.max_model_len or self.args.max_len, self.args.max_len)
+        self.max_model_len = self.args.max_model_len(cfg.scheduler.max_model_len)
         eos = set(self.args.eos_token_id)
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_token_ids = eos
         self._ids = itertools.count()
-        self._grammars = None
+        self._grammars: Grammars | None = None
         self.steps = 0
         # the step loop (module docstring); may be switched while no step is in flight (benchmarks do)
         self.async_scheduling = cfg.resolved_async_scheduling(device)
@@ -282,11 +296,13 @@ class Engine:
             self._grammars = Grammars(self.tokenizer.hf, self.args.vocab_size, sorted(self.eos_token_ids))
         return self._grammars
 
-    def abort(self, request_id: str) -> None:
+    def abort(self, request_id: str) -> bool:
+        """Drops the request (its pages are freed at the next step); False when it is not known (finished)."""
         req = self.requests.pop(request_id, None)
         if req is not None:
             self.scheduler.abort(request_id)
             self.detok.pop(request_id, None)
+        return req is not None
 
     def has_unfinished(self) -> bool:
         """Requests queued or running, or a launched step whose results are not read yet."""
@@ -311,6 +327,22 @@ class Engine:
             "waiting_lengths": [(r.num_tokens - r.num_computed_tokens, left(r)) for r in sch.waiting],
             "max_num_seqs": self.cfg.scheduler.max_num_seqs,
         }
+
+    def stats(self) -> EngineStats:
+        """The engine's state as a caller between two steps sees it: queues, pool, counters."""
+        sch = self.scheduler
+        return EngineStats(
+            queue=self.queue_state(),
+            pool=self.pool.stats(),
+            resident_adapters=self.pool.resident_adapters(),
+            steps=self.steps,
+            num_preemptions=sch.num_preemptions,
+            num_prefetches=sch.num_prefetches,
+            num_early_aborts=sch.num_early_aborts,
+            running_adapters=sorted({r.adapter for r in sch.running if r.adapter}),
+            waiting_adapters=sorted({r.adapter for r in sch.waiting if r.adapter}),
+            max_loras_per_batch=sch.max_loras_per_batch,
+        )
 
     def executor_alive(self) -> bool:
         """False once the executor can run no more steps (e.g. a tensor-parallel rank is gone); cheap."""
@@ -486,13 +518,13 @@ class Engine:
     def warmup(self) -> float:
         """Runs every kernel variant once, and captures every decode CUDA graph, before serving: Triton
         compiles a variant and a graph is captured the first time a step needs it, which would stall the
-        first requests for seconds. Registers temporary all-zero adapters of WARMUP_RANKS (at most
-        max_lora_rank), prefills prompts of WARMUP_PROMPT_LENS tokens with each of them and without (one
+        first requests for seconds. Registers temporary all-zero adapters of `warmup_ranks` (at most
+        max_lora_rank), prefills prompts of `warmup_prompt_lens` tokens with each of them and without (one
         length and one rank per step), then runs one batch of every CUDA-graph batch size (1-token
         prompts, 2 tokens each: a prefill and a decode step of that batch size). Greedy, so no random
-        state is used; the adapters are removed at the end. Needs an idle engine and leaves it idle: no requests, no pages held, the
-        step and pool counters as they were (cached adapters may have been evicted). Returns the seconds
-        it took (also in `warmup_s`)."""
+        state is used; the adapters are removed at the end. Needs an idle engine and leaves it
+        idle: no requests, no pages held, the step and pool counters as they were (cached adapters may
+        have been evicted). Returns the seconds it took (also in `warmup_s`)."""
         if self.has_unfinished():
             raise RuntimeError("warmup needs an idle engine (no requests)")
         t0 = time.perf_counter()
@@ -507,12 +539,12 @@ class Engine:
             sch.num_prefetches,
             sch.num_early_aborts,
         )
-        slo, sch.cfg.ttft_slo_s = sch.cfg.ttft_slo_s, None  # no early abort of warm-up requests
+        slo, sch.cfg.early_abort_ttft_slo_s = sch.cfg.early_abort_ttft_slo_s, None  # no early abort of warm-up requests
         adapters: list[str] = []
         try:
             L = self.args.num_layers
             zero = torch.zeros(())  # broadcast views: no host memory until packing
-            for r in sorted({min(r, self.cfg.lora.max_lora_rank) for r in WARMUP_RANKS}):
+            for r in sorted({min(r, self.cfg.lora.max_lora_rank) for r in self.cfg.warmup_ranks}):
                 name = f"{WARMUP_PREFIX}-r{r}"
                 w = LoRAWeights(
                     name=name,
@@ -531,12 +563,13 @@ class Engine:
                 except AdapterError as e:  # a pool too small for it: warm up without it
                     logger.warning("warmup without a rank-%d adapter: %s", r, e)
             max_tokens = min(2, self.max_model_len - 1)
-            lens = sorted({min(n, self.max_model_len - max_tokens) for n in WARMUP_PROMPT_LENS})
+            lens = sorted({min(n, self.max_model_len - max_tokens) for n in self.cfg.warmup_prompt_lens})
             # one adapter rank per prefill step (the batch's largest rank picks the kernel variant)
-            waves = [[(n, a), (n, None)] for n in lens for a in (adapters or [None])]
+            choices: list[str | None] = [*adapters] or [None]
+            waves = [[(n, a), (n, None)] for n in lens for a in choices]
             adapter = adapters[0] if adapters else None
             waves += [
-                [(1, (adapter, None)[i % 2]) for i in range(b)] for b in decode_buckets(self.cfg.scheduler.max_num_seqs)
+                [(1, (adapter, None)[i % 2]) for i in range(b)] for b in decode_buckets(self.scheduler.max_num_seqs)
             ]
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
             vocab = self.args.vocab_size
@@ -555,7 +588,7 @@ class Engine:
             for name in adapters:
                 if name in self.adapters:
                     self.remove_adapter(name)
-            sch.cfg.ttft_slo_s = slo
+            sch.cfg.early_abort_ttft_slo_s = slo
             (
                 self.steps,
                 self.last_step_adapters,
@@ -570,13 +603,13 @@ class Engine:
         logger.info(
             "warmup: %d prefill lengths, decode batch sizes %s, %.2f s",
             len(lens),
-            decode_buckets(self.cfg.scheduler.max_num_seqs),
+            decode_buckets(self.scheduler.max_num_seqs),
             self.warmup_s,
         )
         return self.warmup_s
 
     POLICY_FIELDS = {
-        "scheduler": {"ttft_slo_s", "early_abort", "queue_order"},
+        "scheduler": {"early_abort_ttft_slo_s", "early_abort", "queue_order"},
         "lora": {
             "prefetch",
             "cluster_min_adapters",

@@ -21,6 +21,7 @@ the rest, so KV never evicts an adapter.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 
@@ -74,16 +75,16 @@ class PagePool:
     def num_free(self) -> int:
         return len(self._free)
 
-    def evictable(self, keep: set[str] = frozenset()) -> int:
+    def evictable(self, keep: AbstractSet[str] = frozenset()) -> int:
         """Pages of unpinned resident adapters not in `keep` (O(len(keep)): a running count)."""
         kept = sum(len(r.pages) for n in keep if (r := self._adapters.get(n)) is not None and r.pins == 0)
         return self._unpinned - kept
 
-    def available(self, keep: set[str] = frozenset()) -> int:
+    def available(self, keep: AbstractSet[str] = frozenset()) -> int:
         """Pages that an allocation may take: free ones plus those of unpinned cached adapters."""
         return self.num_free + self.evictable(keep)
 
-    def _take(self, n: int, keep: set[str] = frozenset()) -> list[int] | None:
+    def _take(self, n: int, keep: AbstractSet[str] = frozenset()) -> list[int] | None:
         if n > len(self._free) and n > self.available(keep):
             return None
         while len(self._free) < n:
@@ -96,7 +97,7 @@ class PagePool:
         have = len(self._kv.get(req_id, ()))
         return max(0, -(-num_tokens // self.page_size) - have)
 
-    def grow_kv(self, req_id: str, num_tokens: int, keep: set[str] = frozenset()) -> bool:
+    def grow_kv(self, req_id: str, num_tokens: int, keep: AbstractSet[str] = frozenset()) -> bool:
         """Makes room for `num_tokens` cached tokens of a request; False (and nothing taken) if it can't."""
         need = self.kv_pages_needed(req_id, num_tokens)
         if self._kv_total + need > self.kv_limit:
@@ -128,7 +129,7 @@ class PagePool:
     def adapter(self, name: str) -> ResidentAdapter:
         return self._adapters[name]
 
-    def load_adapter(self, name: str, num_pages: int, keep: set[str] = frozenset()) -> list[int] | None:
+    def load_adapter(self, name: str, num_pages: int, keep: AbstractSet[str] = frozenset()) -> list[int] | None:
         """Gives an adapter `num_pages` pages; returns the pages its weights must be copied into ([] when
         it is already resident: a cache hit, moved to the MRU end), or None if it does not fit."""
         if name in self._adapters:
@@ -146,12 +147,14 @@ class PagePool:
         self.loads += 1
         return pages
 
-    def _fit_adapter(self, n: int, keep: set[str]) -> bool:
+    def _fit_adapter(self, n: int, keep: AbstractSet[str]) -> bool:
         """Static split: evicts LRU unpinned adapters until `n` more pages fit under adapter_limit; False (and
         nothing evicted) if they cannot."""
-        if self._adapter_total + n - self.evictable(keep) > self.adapter_limit:
+        limit = self.adapter_limit
+        assert limit is not None  # only called with a static split
+        if self._adapter_total + n - self.evictable(keep) > limit:
             return False
-        while self._adapter_total + n > self.adapter_limit:
+        while self._adapter_total + n > limit:
             self.evict(next(k for k, r in self._adapters.items() if r.pins == 0 and k not in keep))
         return True
 

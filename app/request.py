@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 from app.structured import StructuredOutputs
 
-
 MAX_LOGPROBS = 20  # most likely alternatives per token that a request may ask for (OpenAI's limit)
 # Bounds of the sampling values (SamplingParams.validate): seeds are what torch.Generator takes (64 bits);
 # a positive temperature below MIN_TEMPERATURE is raised to it (as vLLM does), so that logits / temperature

@@ -17,14 +17,15 @@ from __future__ import annotations
 import gc
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-
 import torch
 import torch.distributed as dist
 
 from app.config import EngineConfig
-from app.lora.adapter import LORA_GROUPS, LoRAWeights, PackedAdapter, pack_adapter
+from app.lora.adapter import LoRAWeights, PackedAdapter, pack_adapter
+from app.lora.layer import LORA_GROUPS
 from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta, ParallelState, padded_table
 from app.model.llama import LlamaForCausalLM, ModelArgs
 from app.request import ModelOutput, TokenLogprobs
@@ -32,6 +33,9 @@ from app.sampling import FAILED, prompt_token_logprobs, sample, sample_on_device
 from app.scheduler import ScheduledSeq, SchedulerOutput
 from app.tokenizer import Tokenizer
 from kernels import get_backend
+
+if TYPE_CHECKING:
+    from app.structured import Constraints
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PROMPT_LOGPROB_ROWS = 256  # prompt positions whose [rows, vocab] logits are computed at once
@@ -69,10 +73,10 @@ class ModelRunner:
         self.adapter_pages: dict[str, list[int]] = {}
         self.generators: dict[str, torch.Generator] = {}
         self.history: dict[str, list[int]] = {}  # penalized / constrained requests' tokens (prompt + output)
-        self.constraints = None  # app.structured.Constraints, made for the first constrained request
+        self.constraints: Constraints | None = None  # made for the first constrained request
         self._seed_rng = random.Random(cfg.seed)
         self.copy_stream = torch.cuda.Stream() if self.device == "cuda" else None
-        self._prefetch_event = None
+        self._prefetch_event: torch.cuda.Event | None = None
         # the last launched step's sampled tokens (on the device) and each request's row in them
         self._last_tokens: tuple[torch.Tensor, dict[str, int]] | None = None
         self.graphs = None
@@ -224,6 +228,17 @@ class ModelRunner:
             result, _to_host(torch.cat(ints)), _to_host(torch.cat(floats)) if floats else None, ks, self.device
         )
 
+    def forward_logits(self, out: SchedulerOutput) -> torch.Tensor:
+        """One step's forward pass without sampling: the logits [sequences with sample=True, vocab]
+        (the step's adapter loads and KV writes happen as in `execute`; under TP every rank calls it
+        together and all get the same logits, the lm_head being replicated). Tests and debugging."""
+        self._load_adapters(out)
+        batch = self._host_batch(out)
+        with torch.inference_mode():
+            ctx, input_ids, positions = self._device_batch(batch)
+            hidden = self.model(input_ids, positions, ctx)
+            return self.model.logits(hidden[batch.sample_rows])
+
     def _grammar_bitmask(self, sampled: list[ScheduledSeq]) -> tuple[torch.Tensor, list[int]] | None:
         """The constrained sequences' allowed next tokens (app/structured.py): a bitmask filled on the host
         from each request's matcher, brought up to its output tokens so far, then copied to the device
@@ -242,7 +257,12 @@ class ModelRunner:
         bitmask = self.constraints.grammars.bitmask(len(rows))
         specs = [sampled[i] for i in rows]
         self.constraints.fill(
-            [(s.request_id, s.params.structured, self.history[s.request_id][s.prompt_len :]) for s in specs], bitmask
+            [
+                (s.request_id, so, self.history[s.request_id][s.prompt_len :])
+                for s in specs
+                if (so := s.params.structured) is not None  # all of them (rows)
+            ],
+            bitmask,
         )
         return bitmask.to(self.device), rows
 
@@ -424,7 +444,9 @@ class StepHandle:
             return self.output
         if self._event is not None:
             self._event.synchronize()
-        ks, n = self._ks, len(self._ks)
+        ks = self._ks
+        assert ks is not None  # given with ints
+        n = len(ks)
         ints = self._ints.tolist()
         floats = self._floats.tolist() if self._floats is not None else []
         tokens, ok, top_ids = ints[:n], ints[n : 2 * n], iter(ints[2 * n :])

@@ -75,14 +75,13 @@ def sample(
     ]
 
 
-def prompt_token_logprobs(logits: torch.Tensor, targets: list[int], k: int) -> list[TokenLogprobs]:
+def prompt_token_logprobs(logits: torch.Tensor, targets: list[int], k: int | None) -> list[TokenLogprobs]:
     """logits: [m, vocab] of m prompt positions; targets: the prompt token after each. Their log-softmax
     values, ranks (1 = most likely) and the k most likely (id, value) at each position."""
     lp = torch.log_softmax(logits.float(), -1)
     tgt = torch.tensor(targets, dtype=torch.long, device=lp.device)
-    vals = lp.gather(1, tgt[:, None])
-    ranks = (lp > vals).sum(-1) + 1
-    vals, ranks = vals[:, 0].tolist(), ranks.tolist()
+    picked = lp.gather(1, tgt[:, None])
+    vals, ranks = picked[:, 0].tolist(), ((lp > picked).sum(-1) + 1).tolist()
     if k:
         top = torch.topk(lp, k, dim=-1)
         ids, tv = top.indices.tolist(), top.values.tolist()
@@ -121,8 +120,9 @@ def prompt_logprob_words(counts: list[tuple[int, int]]) -> int:
 
 def pack_prompt_logprobs(lps: list[TokenLogprobs]) -> list[int]:
     """Prompt-token TokenLogprobs (with their rank) as int64 words: value, rank, then (id, value) pairs."""
-    words = []
+    words: list[int] = []
     for lp in lps:
+        assert lp.rank is not None  # prompt_token_logprobs gives every prompt token its rank
         words += [_bits(lp.logprob), lp.rank]
         for tok, v in lp.top:
             words += [tok, _bits(v)]
@@ -150,7 +150,8 @@ def _val(w: int) -> float:
 
 
 def unpack_logprobs(words: list[int], params: list[SamplingParams]) -> list[TokenLogprobs | None]:
-    out, i = [], 0
+    out: list[TokenLogprobs | None] = []
+    i = 0
     for p in params:
         if p.logprobs is None:
             out.append(None)
@@ -185,6 +186,7 @@ def _sample_row(
     row: torch.Tensor, p: SamplingParams, generator: torch.Generator | None, seen: tuple[list[int], int] | None
 ) -> int:
     if p.penalized:
+        assert seen is not None  # the runner passes (history, prompt_len) for every penalized request
         row = apply_penalties(row, p, *seen)
     if p.temperature == 0:
         return int(row.argmax())

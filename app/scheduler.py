@@ -19,18 +19,19 @@ on the same stream (adapter prefetches on the side stream wait for it, see Model
 Order: running requests first (admission order), then waiting ones in the order of the admission policies
 below. A waiting request is admitted when its adapter is (or can be made) resident and pinned, its KV pages
 fit, the batch has room for one more distinct adapter and `max_num_seqs` is not reached; admission stops at
-the first one that cannot be. When a running request needs a KV page and none is free, the most recently admitted request is preempted by recompute: its pages are freed, its
-adapter unpinned, and it goes back to the front of the queue with its generated tokens kept, to be
-prefilled again later (same output for greedy and seeded sampling). A request that could never fit
-alone is refused when added, so preemption always makes progress.
+the first one that cannot be. When a running request needs a KV page and none is free, the most recently
+admitted request is preempted by recompute: its pages are freed, its adapter unpinned, and it goes back to
+the front of the queue with its generated tokens kept, to be prefilled again later (same output for greedy
+and seeded sampling). A request that could never fit alone is refused when added, so preemption always makes progress.
 
 Admission policies (SchedulerConfig / LoRAConfig; `_admission_order`, `_early_abort`):
   * queue order: preempted requests first, then FCFS (oldest first) or LCFS (newest first);
-  * early abort (`ttft_slo_s`): a queued request without a token that can no longer meet its first-token
-    deadline (arrival + ttft_slo_s) is finished with reason "abort" before it takes GPU time. `expired`:
+  * early abort (`early_abort_ttft_slo_s`): a queued request without a token that can no longer meet its first-token
+    deadline (arrival + early_abort_ttft_slo_s) is finished with reason "abort" before it takes GPU time. `expired`:
     its deadline has passed. `predicted` (S-LoRA's early abort): its wait, predicted as its position in the
     order over the admission rate measured in saturated steps (from a schedule that left requests waiting to
-    the next one that did too) of the last ttft_slo_s seconds, would pass it; and while the arrival rate of that window exceeds the admission rate,
+    the next one that did too) of the last early_abort_ttft_slo_s seconds, would pass it; and while the
+    arrival rate of that window exceeds the admission rate,
     the newest requests go first (the oldest would miss their deadline anyway);
   * adapter clustering (`cluster_min_adapters`): once the batch holds that many distinct adapters, waiting
     requests whose adapter is in it (or that need none) go before the others, except that a request that
@@ -43,9 +44,8 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable
 
 from app.config import LoRAConfig, SchedulerConfig
 from app.pool import PagePool
@@ -97,6 +97,11 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.cfg, self.lora_cfg, self.pool = cfg, lora_cfg, pool
+        if cfg.max_num_seqs is None or cfg.max_num_batched_tokens is None or lora_cfg.max_loras_per_batch is None:
+            raise ValueError("the scheduler needs resolved sizes (EngineConfig.with_device_defaults)")
+        self.max_num_seqs: int = cfg.max_num_seqs
+        self.max_num_batched_tokens: int = cfg.max_num_batched_tokens
+        self.max_loras_per_batch: int = lora_cfg.max_loras_per_batch
         self.adapter_pages = adapter_pages
         self.clock = clock
         self.waiting: deque[Request] = deque()
@@ -109,7 +114,7 @@ class Scheduler:
         self.num_load_wait_steps = 0  # steps that copied the adapter of a request they admitted (no prefetch)
         self.num_cluster_steps = 0  # steps whose admission order was clustered by adapter
         # predicted early abort: arrival times, and (time, admitted, step seconds) of saturated steps, within
-        # the last ttft_slo_s seconds
+        # the last early_abort_ttft_slo_s seconds
         self._arrivals: deque[float] = deque()
         self._service: deque[tuple[float, int, float]] = deque()
         self._last_schedule: float | None = None  # the last schedule, if it left requests waiting
@@ -177,7 +182,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(finished_ids=self._finished_ids)
         self._finished_ids = []
-        budget = self.cfg.max_num_batched_tokens
+        budget = self.max_num_batched_tokens
         chosen: list[tuple[Request, int]] = []
 
         i = 0
@@ -241,15 +246,15 @@ class Scheduler:
     def _admit(self, out: SchedulerOutput, chosen: list[tuple[Request, int]], budget: int) -> None:
         """Admits waiting requests in the policies' order (module docstring) while the step has room."""
         now = self.clock()
-        if self.cfg.ttft_slo_s is not None:
+        if self.cfg.early_abort_ttft_slo_s is not None:
             self._early_abort(now)
         adapters = {r.adapter for r in self.running if r.adapter}
         admitted, loads = 0, len(out.adapter_loads)
         for req in self._admission_order(now, adapters):
-            if budget <= 0 or len(self.running) >= self.cfg.max_num_seqs:
+            if budget <= 0 or len(self.running) >= self.max_num_seqs:
                 break
             name = req.adapter
-            if name and name not in adapters and len(adapters) >= self.lora_cfg.max_loras_per_batch:
+            if name and name not in adapters and len(adapters) >= self.max_loras_per_batch:
                 break
             if name:
                 pages = self.pool.load_adapter(name, self.adapter_pages(name))
@@ -290,15 +295,16 @@ class Scheduler:
 
     @property
     def _predicting(self) -> bool:
-        return self.cfg.ttft_slo_s is not None and self.cfg.early_abort == "predicted"
+        return self.cfg.early_abort_ttft_slo_s is not None and self.cfg.early_abort == "predicted"
 
     def rates(self, now: float | None = None) -> tuple[float | None, float | None]:
-        """(arrival rate, admission rate) in requests per second over the last ttft_slo_s seconds, as the
+        """(arrival rate, admission rate) in requests per second over the last early_abort_ttft_slo_s seconds, as the
         predicted early abort measures them (module docstring); None where not measured (yet)."""
         if not self._predicting:
             return None, None
         now = self.clock() if now is None else now
-        window = self.cfg.ttft_slo_s
+        window = self.cfg.early_abort_ttft_slo_s
+        assert window is not None  # _predicting
         while self._arrivals and self._arrivals[0] < now - window:
             self._arrivals.popleft()
         while self._service and self._service[0][0] < now - window:
@@ -354,7 +360,8 @@ class Scheduler:
     def _early_abort(self, now: float) -> None:
         """Drops queued requests that can no longer meet their first-token deadline (S-LoRA's early abort,
         module docstring), so that the capacity goes to requests that still can."""
-        slo = self.cfg.ttft_slo_s
+        slo = self.cfg.early_abort_ttft_slo_s
+        assert slo is not None  # called only with an early-abort deadline
         service = self.rates(now)[1]
         ahead = 0  # requests that will be admitted before the one looked at
         dropped = []
@@ -381,7 +388,7 @@ class Scheduler:
         keeping a page per running request for its growth), so that their copy overlaps this step and they
         are resident when the requests are admitted."""
         reserve = len(self.running)
-        for req in list(itertools.islice(self.waiting, self.lora_cfg.max_loras_per_batch)):
+        for req in list(itertools.islice(self.waiting, self.max_loras_per_batch)):
             name = req.adapter
             if not name or self.pool.is_resident(name):
                 continue
@@ -389,6 +396,8 @@ class Scheduler:
             if self.pool.num_free < n + reserve:
                 break
             pages = self.pool.load_adapter(name, n)
+            if pages is None:  # free pages, but a static split's adapter share is full
+                break
             out.adapter_loads.append((name, pages))
             out.prefetch.append(name)
             self.num_prefetches += 1
@@ -403,14 +412,15 @@ class Scheduler:
         it = iter(zip(result.tokens, result.logprobs or [None] * len(result.tokens)))
         got = []
         for s in out.seqs:
-            req = requests.get(s.request_id)
-            live = req is not None and not req.finished
-            if s.prompt_lp_targets and live:
+            maybe = requests.get(s.request_id)
+            tok, lp = next(it) if s.sample else (None, None)
+            if maybe is None or maybe.finished:
+                continue
+            req = maybe
+            if s.prompt_lp_targets:
                 req.prompt_logprobs += result.prompt_logprobs[s.request_id]
             if s.sample:
-                tok, lp = next(it)
-                if not live:
-                    continue
+                assert tok is not None
                 if req.params.max_tokens > 0:
                     req.num_pending -= 1
                     req.output_token_ids.append(tok)

@@ -25,13 +25,18 @@ import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
+    from llguidance._lib import JsonCompileOptions  # the options' TypedDict, not re-exported
 
 logger = logging.getLogger(__name__)
 
 GRAMMAR_CACHE_SIZE = 256  # parsed grammars kept per process (LRU)
-JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class Grammars:
             return M.grammar_from_regex(so.regex)
         if so.choice is not None:
             return M.grammar_from_lark("start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in so.choice))
+        assert so.grammar is not None  # __post_init__: exactly one field is given
         if "::=" in so.grammar:  # GBNF / EBNF (llama.cpp, xgrammar): converted to Lark
             from llguidance.gbnf_to_lark import gbnf_to_lark
 
@@ -124,7 +130,7 @@ class Grammars:
             self.cache.popitem(last=False)
         return m
 
-    def matcher(self, so: StructuredOutputs):
+    def matcher(self, so: StructuredOutputs) -> LLMatcher:
         return self.compile(so).deep_copy()
 
     def bitmask(self, rows: int) -> torch.Tensor:
@@ -141,7 +147,7 @@ class Constraints:
     def __init__(self, grammars: Grammars):
         self.grammars = grammars
         self.executor = grammars.llg.LLExecutor()  # fills many requests' rows at once, in its threads
-        self.state: dict[str, tuple[object, int]] = {}  # request id -> (matcher, output tokens consumed)
+        self.state: dict[str, tuple[LLMatcher, int]] = {}  # request id -> (matcher, output tokens consumed)
         self.rebuilds = 0  # matchers made for a request that had output tokens already (recompute)
 
     def fill(self, rows: list[tuple[str, StructuredOutputs, list[int]]], bitmask: torch.Tensor) -> None:

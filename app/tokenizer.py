@@ -4,6 +4,7 @@ detokenization of a growing list of output tokens."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class Tokenizer:
@@ -25,7 +26,9 @@ class Tokenizer:
         return self.hf.encode(text, add_special_tokens=True)
 
     def decode(self, ids: list[int]) -> str:
-        return self.hf.decode(ids, skip_special_tokens=True)
+        text = self.hf.decode(ids, skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence of ids decodes to one string
+        return text
 
     @property
     def chat_template(self) -> str | None:
@@ -43,10 +46,14 @@ class Tokenizer:
         `role: content` fallback (which shows no tools). `add_special_tokens`: the tokenizer's own special
         tokens on top of those the template writes (vLLM's /tokenize option; the fallback always has them)."""
         if self.chat_template:
-            kw = {"tools": tools, "add_generation_prompt": add_generation_prompt}
+            kw: dict[str, Any] = {
+                "tools": list(tools) if tools else None,
+                "add_generation_prompt": add_generation_prompt,
+            }
             if add_special_tokens:
                 return self.hf.encode(self.hf.apply_chat_template(messages, tokenize=False, **kw))
-            out = self.hf.apply_chat_template(messages, tokenize=True, **kw)
+            # a list of ids, or a BatchEncoding holding them (transformers >= 5)
+            out: Any = self.hf.apply_chat_template(messages, tokenize=True, **kw)
             return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + (
             "assistant:" if add_generation_prompt else ""

@@ -115,9 +115,10 @@ def parse_tool_calls(text: str, fmt: str | None, names: list[str]) -> tuple[str 
     elif fmt == "llama3_json":
         body = text.strip().removeprefix(PYTHON_TAG).strip()
         if body.startswith("{"):
-            calls = [_call(part, "parameters", names) for part in _split_json_objects(body)]
-            if calls and all(c is not None for c in calls):
-                return None, calls
+            parsed = [_call(part, "parameters", names) for part in _split_json_objects(body)]
+            json_calls = [c for c in parsed if c is not None]
+            if json_calls and len(json_calls) == len(parsed):
+                return None, json_calls
     return text, []
 
 

@@ -215,7 +215,6 @@ def copy_bandwidth() -> float:
     x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
     t = cuda_median_s(lambda: y.copy_(x))
-    del x, y
     return 2 * (2 << 30) / t
 
 
@@ -260,7 +259,7 @@ def peft_baselines(model_dir: Path, path: str, prompts, distinct: list[int], out
                 "peft_mixed": timed(lambda: m.generate(ids, adapter_names=adapters, **kw)),
                 "peft_one_at_a_time": timed(one_at_a_time),
             }
-    del m, base
+    m = base = None  # frees the model (the closures above hold the same cell)
     torch.cuda.empty_cache()
     return res
 

@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels.attention import kv_view, paged_attention  # noqa: E402
 from kernels.lora_ref import gather_virtual  # noqa: E402
 
-
 # ----------------------------------------------------------------------------------------------------
 # timing
 # ----------------------------------------------------------------------------------------------------
@@ -370,7 +369,11 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
         print(
             f"{case.name}: graph {_f(t_graph)} ms, eager {t_eager:.3f} ms, plan {t_plan:.3f} ms, bound {bound:.3f} ms "
             f"({row['over_bound']:.2f}x), ref {t_ref:.2f} ms, err {err:.1e} (delta {delta:.1e})"
-            + (f", parts {row['prefill_part_ms']:.3f} + {row['decode_part_ms']:.3f} ms" if "parts_sum_ms" in row else ""),
+            + (
+                f", parts {row['prefill_part_ms']:.3f} + {row['decode_part_ms']:.3f} ms"
+                if "parts_sum_ms" in row
+                else ""
+            ),
             flush=True,
         )  # fmt: skip
         if args.sweep:
@@ -390,7 +393,7 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
                 sweep_rows.append(dict(case=case.name, regime=regime, variant=over, ms=v_ms, max_abs_err=v_err,
                                        over_bound=None if v_ms is None else v_ms / bound))  # fmt: skip
                 print(f"  {regime} {over}: {_f(v_ms)} ms, err {v_err}", flush=True)
-        del pool, groups, xs, ys, vs
+        pool = groups = xs = ys = vs = None  # frees the tensors (closures above hold the same cells)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return {"steps": rows, "sweep": sweep_rows, "mm_tflops": flops_rate / 1e12}
@@ -457,11 +460,12 @@ def bench_attention(args, device, dtype, bw, gen) -> list[dict]:
                 )
             )
             print(
-                f"attn Hkv={Hkv:2d} L={L:5d}: ours {t_ours:.3f} ms (graph {t_graph}) ({bound_ms / t_ours:.0%} of bandwidth), "
+                f"attn Hkv={Hkv:2d} L={L:5d}: ours {t_ours:.3f} ms (graph {t_graph}) "
+                f"({bound_ms / t_ours:.0%} of bandwidth), "
                 f"sdpa {t_sdpa:.3f} ms, err {err:.1e}",
                 flush=True,
             )
-            del pool, k_c, v_c
+            pool = k_c = v_c = None  # frees the tensors (closures above hold the same cells)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows
@@ -521,12 +525,14 @@ def write_markdown(res: dict, path: Path) -> None:
         "",
         "## Paged decode attention (one query token per sequence)",
         "",
-        "| batch | context | Hq/Hkv | KV MB | ours ms | ours ms (CUDA graph) | bound ms | % of bandwidth | SDPA (contiguous) ms | SDPA / ours |",
+        "| batch | context | Hq/Hkv | KV MB | ours ms | ours ms (CUDA graph) | bound ms | % of bandwidth "
+        "| SDPA (contiguous) ms | SDPA / ours |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res.get("attention", []):
         lines.append(
-            f"| {r['batch']} | {r['context']} | {r['hq']}/{r['hkv']} | {r['kv_mb']:.0f} | {r['ours_ms']:.3f} | {_f(r['ours_graph_ms'])} | "
+            f"| {r['batch']} | {r['context']} | {r['hq']}/{r['hkv']} | {r['kv_mb']:.0f} | {r['ours_ms']:.3f} "
+            f"| {_f(r['ours_graph_ms'])} | "
             f"{r['bound_ms']:.3f} | {r['bandwidth_fraction']:.0%} | {r['sdpa_ms']:.3f} | "
             f"{r['sdpa_over_ours']:.2f}x |"
         )

@@ -127,7 +127,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    trace = [json.loads(line) for line in open(a.trace) if line.strip()]
+    with open(a.trace) as f:
+        trace = [json.loads(line) for line in f if line.strip()]
     res = asyncio.run(replay(a.url, trace, a.adapter_prefix, a.slo_s, a.api_key, a.timeout, a.model, a.vocab))
     print(json.dumps(res, indent=1))
     if a.out:

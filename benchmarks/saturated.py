@@ -41,7 +41,7 @@ from app.config import EngineConfig  # noqa: E402
 from app.demo import write_peft_adapter  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.request import SamplingParams  # noqa: E402
-from benchmarks.engine import SHAPES, alias_adapters, write_model_config  # noqa: E402
+from benchmarks.engine import alias_adapters, write_model_config  # noqa: E402
 
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ALL_LINEAR = QKVO + ["gate_proj", "up_proj", "down_proj"]
@@ -76,7 +76,7 @@ def measure_device(device: str) -> tuple[float, float]:
     bw = 2 * n / cuda_median_s(lambda: dst.copy_(src))
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     rate = 2 * 8192**3 / cuda_median_s(lambda: a @ a)
-    del src, dst, a
+    src = dst = a = None  # frees the tensors (the closures above hold the same cells)
     torch.cuda.empty_cache()
     return bw, rate
 
@@ -309,8 +309,9 @@ def write_report(res: dict, out: Path) -> None:
     lines = [
         f"# Saturated S2 throughput: {res['gpu']} (commit {res['commit']})",
         "",
-        f"{res['requests']} requests submitted at once, input and output U[8, {res['max_len']}), ranks {{64, 32, 16, 8}}, "
-        f"adapters uniform over n; max_num_seqs {res['max_num_seqs']}, {res['max_num_batched_tokens']} tokens per step; "
+        f"{res['requests']} requests submitted at once, input and output U[8, {res['max_len']}), "
+        f"ranks {{64, 32, 16, 8}}, adapters uniform over n; max_num_seqs {res['max_num_seqs']}, "
+        f"{res['max_num_batched_tokens']} tokens per step; "
         f"random bf16 weights. Copy bandwidth {res['copy_bandwidth_gbs']:.0f} GB/s, bf16 matmul "
         f"{res['matmul_tflops']:.0f} TFLOP/s (both measured in this run). Adapter names share four weight sets in "
         "host memory; each name has its own pages and loads on the GPU.",

@@ -3,11 +3,12 @@ JSON schema against none constrained (offline engine, no Ray).
 
     python benchmarks/structured.py --out DIR [--requests 256] [--output-len 128] [--smoke]
 
-Model: a random Llama-2-7B shape (bf16, load_format=dummy: made on the device), with a 32k byte-level BPE tokenizer trained on
-the Python standard library (benchmarks/grammar_libs.py) so that JSON has real tokens; rank-16 adapters
-(8 distinct by default) on every request. The constrained requests' schema (8 variants, so the grammar cache
-is used as in a service) is an object holding an array of at least 100000 records: no request can finish
-before `--output-len` tokens, so both runs have the same batches at every step (EOS is ignored by the others).
+Model: a random Llama-2-7B shape (bf16, load_format=dummy: made on the device), with a 32k byte-level BPE
+tokenizer trained on the Python standard library (benchmarks/grammar_libs.py) so that JSON has real tokens;
+rank-16 adapters (8 distinct by default) on every request. The constrained requests' schema (8 variants, so
+the grammar cache is used as in a service) is an object holding an array of at least 100000 records: no
+request can finish before `--output-len` tokens, so both runs have the same batches at every step (EOS is
+ignored by the others).
 Measured: each decode step with every request running (wall time; a step ends with its tokens on the
 host), the host time filling the grammar bitmask per step, tokens/s; the ratio constrained / free. The goal
 (issue 14): at most 10 % more per step on an H200 with 256 requests. `--smoke`: the tiny shape on the CPU.
@@ -202,7 +203,8 @@ def main() -> None:
     ]
     for k, r in best.items():
         lines.append(
-            f"| {k} | {r['step_ms_median']:.2f} | {r['step_ms_mean']:.2f} | {r['fill_ms_median']:.2f} | {r['tok_s']:.0f} |"
+            f"| {k} | {r['step_ms_median']:.2f} | {r['step_ms_mean']:.2f} | {r['fill_ms_median']:.2f} "
+            f"| {r['tok_s']:.0f} |"
         )
     lines += ["", f"Per-step ratio constrained / free: {ratio:.3f} (goal: at most 1.10 on an H200 with 256 requests)."]
     (out / "structured.md").write_text("\n".join(lines) + "\n")

@@ -508,9 +508,9 @@ def kernel_ablation(a) -> dict:
 
 
 ADMISSION = {  # name: SchedulerConfig policies ("slo": --slo-s)
-    "FCFS": {"queue_order": "fcfs", "ttft_slo_s": None, "early_abort": "expired"},
-    "LCFS": {"queue_order": "lcfs", "ttft_slo_s": None, "early_abort": "expired"},
-    "early abort": {"queue_order": "fcfs", "ttft_slo_s": "slo", "early_abort": "predicted"},
+    "FCFS": {"queue_order": "fcfs", "early_abort_ttft_slo_s": None, "early_abort": "expired"},
+    "LCFS": {"queue_order": "lcfs", "early_abort_ttft_slo_s": None, "early_abort": "expired"},
+    "early abort": {"queue_order": "fcfs", "early_abort_ttft_slo_s": "slo", "early_abort": "predicted"},
 }
 
 

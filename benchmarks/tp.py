@@ -248,7 +248,7 @@ def bench_serve(args, model_dir: Path, adapter_paths: list[str], work: Path) -> 
         alpha=args.alpha,
         rate=args.rate,
         duration_s=args.duration,
-        stream_interval_s=build_args.stream_interval_s,
+        stream_interval_s=build_args.group.stream_interval_s,
         # the group-side latency histograms in full (buckets, sum, count), next to the client's view
         histograms={name: [ln for ln in metrics if ln.startswith(name)] for name in SERVE_HISTOGRAMS},
         metrics_sample=[ln for ln in metrics if ln.startswith("sloray_")][:40],

@@ -4,87 +4,95 @@ In:  `BuildArgs` (typed; from serve_config.yaml `args:` or `serve run deployment
      where every value arrives as a string and pydantic coerces it).
 Out: the application: `num_groups` TP-group deployments (`SLoRAGroup-<i>`, one replica each, so that the
      ingress can route to a chosen group) bound into the OpenAI ingress (`OpenAIIngress`).
-The flat user-facing arguments map onto the one `EngineConfig` tree (app/config.py); `engine:` is a
-nested override of that tree for everything else (e.g. `engine: {pool: {page_size: 32}}`).
+
+`BuildArgs` declares only the deployment's shape; every other setting is declared once in the config tree
+it belongs to and nested here: `engine:` (EngineConfig, app/config.py), `ingress:` (IngressSettings) and
+`group:` (GroupSettings, deployments/config.py). A flat key that names a setting of one of those trees is
+a shorthand for it (`max_num_seqs: 64` = `engine: {scheduler: {max_num_seqs: 64}}`, `api_keys: [k]` =
+`ingress: {api_keys: [k]}`): `FLAT_KEYS` lists them, derived from the trees, so no setting has two names.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from ray.serve import Application
 
-from app.config import DType, EngineConfig
+from app.config import EngineConfig, LoRAConfig, PoolConfig, SchedulerConfig
+from deployments.config import GroupSettings, IngressSettings
+
+if TYPE_CHECKING:
+    from deployments.ingress import IngressConfig
 
 DEMO = "demo"
 
 
+def _flat_keys() -> dict[str, tuple[str, ...]]:
+    """{setting name: its path in BuildArgs}: the fields of EngineConfig (and of its pool, scheduler and
+    lora sections), IngressSettings and GroupSettings. A name in two trees would be ambiguous: refused."""
+    keys: dict[str, tuple[str, ...]] = {}
+    sections = {"pool", "scheduler", "lora"}
+    trees: list[tuple[tuple[str, ...], type[BaseModel]]] = [
+        (("engine",), EngineConfig),
+        (("engine", "pool"), PoolConfig),
+        (("engine", "scheduler"), SchedulerConfig),
+        (("engine", "lora"), LoRAConfig),
+        (("ingress",), IngressSettings),
+        (("group",), GroupSettings),
+    ]
+    for path, model in trees:
+        for name in model.model_fields:
+            if path == ("engine",) and (name in sections or name == "model"):
+                continue  # sections are listed field by field; `model` is BuildArgs' own (it may be "demo")
+            if name in keys:
+                raise RuntimeError(f"setting {name!r} is declared twice: {keys[name]} and {path}")
+            keys[name] = (*path, name)
+    return keys
+
+
+FLAT_KEYS = _flat_keys()
+# Values that `serve run ... k=v` passes as text: comma-separated or JSON lists, and "none" for None.
+_LIST_KEYS = {"api_keys", "admin_api_keys", "metrics_api_keys", "allowed_adapter_roots", "access_log_exclude"}
+_NONE_KEYS = {"admission_ttft_slo_s", "tokenizer", "request_start_header"}
+
+
+def _from_cli(key: str, v: Any) -> Any:
+    if not isinstance(v, str):
+        return v
+    if key in _LIST_KEYS:
+        v = v.strip()
+        if v.startswith("["):
+            return json.loads(v)
+        return [x for x in (s.strip() for s in v.split(",")) if x] or None
+    if key in _NONE_KEYS and v.strip().lower() in ("", "none", "null"):
+        return None
+    return v
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 class BuildArgs(BaseModel):
+    """The application's arguments: the deployment's shape, and the nested config trees (see the module
+    docstring for the flat shorthands)."""
+
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(DEMO, description="Hugging Face model directory, or 'demo' for the embedded demo model")
     served_model_name: str | None = Field(None, description="the base model's `model` id (default: dir name)")
-    tokenizer: str | None = None
     adapter_dir: str | None = Field(
         None,
-        description="directory of PEFT adapter dirs loaded at start (default: the demo's adapters for the demo model)",
+        description="directory of PEFT adapter dirs loaded at start (default: the demo's adapters for the demo "
+        "model); also the default of lora.allowed_adapter_roots",
     )
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    dtype: DType = "auto"
-    tensor_parallel_size: int = Field(1, ge=1)
     num_groups: int = Field(1, ge=1, description="TP-group replicas (each a full copy of the model)")
-    max_num_seqs: int | None = Field(None, ge=1, description="None: 256 on a GPU, 64 on the CPU")
-    max_num_batched_tokens: int | None = Field(None, ge=16)
-    max_model_len: int | None = Field(None, ge=2)
-    gpu_memory_fraction: float = Field(0.85, gt=0, le=1, description="share of free GPU memory for the pool")
-    max_lora_rank: int = Field(64, ge=1, le=1024)
-    max_loras_per_batch: int | None = Field(None, ge=1)
-    ttft_slo_s: float | None = Field(
-        None,
-        gt=0,
-        description="admission control: refuse (429) requests whose predicted time to first token exceeds this",
-    )
-    api_keys: list[str] | None = Field(
-        None,
-        description="inference keys: when set, /v1 completions, chat and models need 'Authorization: Bearer <key>'",
-    )
-    admin_api_keys: list[str] | None = Field(
-        None,
-        description="keys for /v1/load_lora_adapter and /v1/unload_lora_adapter (and every other route); "
-        "with api_keys set and no admin keys, run-time loads and unloads are refused (403)",
-    )
-    metrics_api_keys: list[str] | None = Field(
-        None, description="keys for /metrics (admin keys work too); needed once any key is configured"
-    )
-    metrics_open: bool = Field(
-        False, description="/metrics without a key even when keys are configured (a private scrape listener)"
-    )
-    allowed_adapter_roots: list[str] | None = Field(
-        None, description="run-time loads must come from under these (default: [adapter_dir])"
-    )
-    max_body_bytes: int = Field(
-        8 << 20, ge=1, description="request bodies above this many bytes get 413 without being read"
-    )
-    max_choices_per_request: int = Field(256, ge=1, description="prompts x n of one request (400 above)")
-    max_request_tokens: int = Field(
-        1 << 20, ge=1, description="prompt tokens + max_tokens summed over a request's prompts x n (400 above)"
-    )
-    routing_eps: float = Field(0.25, ge=0, description="bounded load: a group may take (1+eps) x the mean")
-    stats_poll_interval_s: float = Field(0.25, gt=0)
-    stream_interval_s: float = Field(
-        0.0,
-        ge=0,
-        description="0 (default): one chunk per engine step, so that token-latency tools read every token's time; "
-        "> 0: a stream sends its new tokens at most this often (first tokens and the end at once), which costs "
-        "less CPU per token in the group and the ingress",
-    )
-    access_log_exclude: list[str] | None = Field(
-        default_factory=lambda: ["/health", "/metrics"],
-        description="ingress routes without an access log line (probes and scrapes); none (or []) logs every route",
-    )
     num_ingress_replicas: int = Field(1, ge=1)
     ingress_num_cpus: float = Field(
         0.0, ge=0, description="CPUs reserved for an ingress replica (light: tokenization and HTTP)"
@@ -94,37 +102,49 @@ class BuildArgs(BaseModel):
         ge=0,
         description="CPUs of a group replica (default: 1 for TP=1; 0 for TP>1, whose rank actors hold the CPUs)",
     )
-    engine: dict[str, Any] = Field(default_factory=dict, description="nested EngineConfig override")
-
-    @field_validator(
-        "api_keys", "admin_api_keys", "metrics_api_keys", "allowed_adapter_roots", "access_log_exclude", mode="before"
+    engine: dict[str, Any] = Field(
+        default_factory=dict, description="EngineConfig (app/config.py) without `model`, nested; checked here"
     )
-    @classmethod
-    def _list_from_cli(cls, v):
-        """`key=a,b` or `key=["a","b"]` on the command line."""
-        if isinstance(v, str):
-            v = v.strip()
-            if v.startswith("["):
-                return json.loads(v)
-            return [x for x in (s.strip() for s in v.split(",")) if x] or None
-        return v
+    ingress: IngressSettings = Field(default_factory=IngressSettings)
+    group: GroupSettings = Field(default_factory=GroupSettings)
 
-    @field_validator("engine", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _engine_from_cli(cls, v):
-        return json.loads(v) if isinstance(v, str) else v
+    def _nest_flat_keys(cls, data: Any) -> Any:
+        """Moves each flat shorthand key (FLAT_KEYS) to its place in the nested trees (a setting given both
+        flat and nested is refused)."""
+        if not isinstance(data, dict):
+            return data
+        out = {k: v for k, v in data.items() if k not in FLAT_KEYS}
+        for key in ("engine", "ingress", "group"):
+            if isinstance(out.get(key), str):  # `engine='{"pool": ...}'` on the command line
+                out[key] = json.loads(out[key])
+            elif isinstance(out.get(key), BaseModel):
+                out[key] = out[key].model_dump(exclude_unset=True)
+        for key, value in data.items():
+            if key not in FLAT_KEYS:
+                continue
+            *parents, name = FLAT_KEYS[key]
+            node = out
+            for p in parents:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise ValueError(f"{key}: {p} is not a mapping")
+            if name in node:
+                raise ValueError(f"{key} is given twice (flat and in {'.'.join(parents)})")
+            node[name] = _from_cli(key, value)
+        return out
 
-    @field_validator("ttft_slo_s", "served_model_name", "adapter_dir", "tokenizer", mode="before")
+    @field_validator("served_model_name", "adapter_dir", mode="before")
     @classmethod
     def _none_from_cli(cls, v):
         return None if isinstance(v, str) and v.strip().lower() in ("", "none", "null") else v
 
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    @model_validator(mode="after")
+    def _check_engine(self) -> BuildArgs:
+        """The engine overrides must make a valid EngineConfig (the model directory is read later)."""
+        EngineConfig(**{**self.engine, "model": self.model})
+        return self
 
 
 def resolve(args: BuildArgs) -> tuple[EngineConfig, dict[str, str], str]:
@@ -140,25 +160,12 @@ def resolve(args: BuildArgs) -> tuple[EngineConfig, dict[str, str], str]:
         adapter_dir = adapter_dir or str(root / "adapters")
         served = served or "sloray-demo"
     served = served or Path(model).name
-    roots = (
-        args.allowed_adapter_roots if args.allowed_adapter_roots is not None else ([adapter_dir] if adapter_dir else [])
-    )
-    flat: dict[str, Any] = {
-        "model": model,
-        "tokenizer": args.tokenizer,
-        "dtype": args.dtype,
-        "device": args.device,
-        "pool": {"gpu_memory_fraction": args.gpu_memory_fraction},
-        "scheduler": {"max_num_seqs": args.max_num_seqs},  # None: sized for the device (EngineConfig)
-        "lora": {"max_lora_rank": args.max_lora_rank, "allowed_adapter_roots": [str(Path(r)) for r in roots]},
-    }
-    if args.max_num_batched_tokens:
-        flat["scheduler"]["max_num_batched_tokens"] = args.max_num_batched_tokens
-    if args.max_model_len:
-        flat["scheduler"]["max_model_len"] = args.max_model_len
-    if args.max_loras_per_batch:
-        flat["lora"]["max_loras_per_batch"] = args.max_loras_per_batch
-    cfg = EngineConfig(**_deep_merge(flat, args.engine))
+    lora = dict(args.engine.get("lora") or {})
+    roots = lora.get("allowed_adapter_roots")
+    if roots is None:
+        roots = [adapter_dir] if adapter_dir else []
+    lora["allowed_adapter_roots"] = [str(Path(r)) for r in roots]
+    cfg = EngineConfig(**{**args.engine, "lora": lora, "model": model})
     return cfg, adapter_dirs(adapter_dir), served
 
 
@@ -175,14 +182,13 @@ def _uses_gpu(cfg: EngineConfig) -> bool:
 
 
 def build_app(args: BuildArgs | dict) -> Application:
-    from app.model.llama import ModelArgs
     from deployments.group import GroupDeployment
-    from deployments.ingress import IngressConfig, IngressDeployment
+    from deployments.ingress import IngressDeployment
 
     if not isinstance(args, BuildArgs):
         args = BuildArgs(**args)
     cfg, adapters, served = resolve(args)
-    tp = args.tensor_parallel_size
+    tp = args.group.tensor_parallel_size
     gpu = _uses_gpu(cfg)
     # TP=1: the engine runs in the group replica itself, which takes the GPU. TP>1: the TPExecutor makes
     # its own STRICT_PACK placement group of `tp` GPU bundles and rank actors; the replica only schedules.
@@ -193,33 +199,29 @@ def build_app(args: BuildArgs | dict) -> Application:
             name=f"SLoRAGroup-{i}",
             cfg=cfg.model_dump(),
             adapters=adapters,
-            tensor_parallel_size=tp,
-            num_threads=max(1, int(num_cpus)) if not gpu and tp == 1 else None,
-            stream_interval_s=args.stream_interval_s,
+            settings=args.group.model_dump(),
             served_model_name=served,
+            num_threads=max(1, int(num_cpus)) if not gpu and tp == 1 else None,
         )
         for i in range(args.num_groups)
     ]
-    max_model_len = cfg.scheduler.max_model_len or ModelArgs.from_dir(cfg.model).max_position_embeddings
-    ingress_cfg = IngressConfig(
-        served_model_name=served,
-        model_path=cfg.model,
-        tokenizer_path=cfg.tokenizer or cfg.model,
-        max_model_len=max_model_len,
-        api_keys=args.api_keys,
-        admin_api_keys=args.admin_api_keys,
-        metrics_api_keys=args.metrics_api_keys,
-        metrics_open=args.metrics_open,
-        allowed_adapter_roots=cfg.lora.allowed_adapter_roots,
-        ttft_slo_s=args.ttft_slo_s,
-        max_body_bytes=args.max_body_bytes,
-        max_choices_per_request=args.max_choices_per_request,
-        max_request_tokens=args.max_request_tokens,
-        routing_eps=args.routing_eps,
-        poll_interval_s=args.stats_poll_interval_s,
-        access_log_exclude=args.access_log_exclude or [],
-    )
     return IngressDeployment.options(
         num_replicas=args.num_ingress_replicas,
         ray_actor_options={"num_cpus": args.ingress_num_cpus},
-    ).bind(groups, ingress_cfg.model_dump())
+    ).bind(groups, ingress_config(args, cfg, served).model_dump())
+
+
+def ingress_config(args: BuildArgs, cfg: EngineConfig, served: str) -> IngressConfig:
+    """The ingress's settings with what it takes from the engine: the model's context limit as the engine
+    computes it (ModelArgs.max_model_len: a sliding-window model's window included) and the adapter roots."""
+    from app.model.llama import ModelArgs
+    from deployments.ingress import IngressConfig
+
+    return IngressConfig(
+        **args.ingress.model_dump(),
+        served_model_name=served,
+        model_path=cfg.model,
+        tokenizer_path=cfg.tokenizer or cfg.model,
+        max_model_len=ModelArgs.from_dir(cfg.model).max_model_len(cfg.scheduler.max_model_len),
+        allowed_adapter_roots=cfg.lora.allowed_adapter_roots,
+    )

@@ -17,10 +17,12 @@ consumer was still busy with an earlier item).
 Concurrency: the engine is not thread-safe. One engine thread owns it: everything that touches it (new
 requests, aborts, adapter registrations) is queued as a command by the event loop and applied by that thread
 between two steps (an adapter is read, validated and packed before, in another thread:
-`Engine.prepare_adapter`, so a load never stalls running streams); the thread runs `engine.step()` back to back while there is work and hands each step's
+`Engine.prepare_adapter`, so a load never stalls running streams); the thread runs `engine.step()` back to
+back while there is work and hands each step's
 outputs (and command results) to the event loop with `call_soon_threadsafe`, without waiting: streaming
 overlaps the next step. After each step the thread also takes a `stats()` snapshot, so the event loop
-never reads engine state while a step runs. When a stream's consumer goes away (client disconnect: Serve cancels the call),
+never reads engine state while a step runs. When a stream's consumer goes away (client disconnect: Serve
+cancels the call),
 the generator's `finally` queues an abort, so the request's KV pages are freed.
 """
 
@@ -40,9 +42,10 @@ from typing import Any
 from ray import serve
 
 from app.config import EngineConfig
-from app.engine import Engine, EngineDeadError
+from app.engine import Engine, EngineDeadError, PreparedAdapter
 from app.lora.adapter import AdapterError
 from app.request import RequestOutput, SamplingParams
+from deployments.config import GroupSettings
 from deployments.metrics import GroupMetrics
 from deployments.routing import LinearFit
 
@@ -56,10 +59,39 @@ class GroupUnavailable(RuntimeError):
     """This group's engine is dead: the request was not run here and may be retried on another group."""
 
 
+# Commands from the event loop to the engine thread, applied between two steps (`SLoRAGroup._apply`).
+@dataclass(frozen=True)
+class AddRequest:
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    adapter: str | None
+    request_id: str
+    arrival_time: float
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class RegisterAdapter:
+    prepared: PreparedAdapter
+
+
+@dataclass(frozen=True)
+class RemoveAdapter:
+    name: str
+
+
+Command = AddRequest | AbortRequest | RegisterAdapter | RemoveAdapter
+
+
 @dataclass
 class _Cmd:
-    kind: str  # add | abort | add_adapter | remove_adapter
-    args: tuple
+    """A queued command and the future its result goes to (None: nobody waits for it)."""
+
+    cmd: Command
     fut: asyncio.Future | None = None
 
 
@@ -103,7 +135,7 @@ class _Stream:
         p = self.pending
         if p is not None and self._last(p):
             return
-        self.pending = _merge(p, item) if p is not None and isinstance(item, RequestOutput) else item
+        self.pending = _merge(p, item) if isinstance(p, RequestOutput) and isinstance(item, RequestOutput) else item
         if p is None or self._last(item) or time.monotonic() >= self.due:
             self.ready.set()
 
@@ -134,25 +166,24 @@ class SLoRAGroup:
         name: str,
         cfg: EngineConfig | dict,
         adapters: dict[str, str] | None = None,
-        tensor_parallel_size: int = 1,
+        settings: GroupSettings | dict | None = None,
         num_threads: int | None = None,
         ray_metrics: bool = True,
-        stream_interval_s: float = 0.0,
         served_model_name: str | None = None,
     ):
-        """`stream_interval_s`: a stream sends its new tokens at most this often (its first tokens and its
-        end at once); 0 = one item per engine step."""
-        if stream_interval_s < 0:
-            raise ValueError(f"stream_interval_s must be >= 0, got {stream_interval_s}")
+        """A group named `name` running `cfg` with `settings` (deployments/config.py: TP size, stream
+        interval), the `adapters` {name: path} registered at start; `num_threads`: torch's CPU threads."""
         if isinstance(cfg, dict):
             cfg = EngineConfig(**cfg)
+        settings = GroupSettings.model_validate(settings or {})
+        tensor_parallel_size = settings.tensor_parallel_size
         if num_threads:
             import torch
 
             torch.set_num_threads(num_threads)
         self.name = name
         self.tensor_parallel_size = tensor_parallel_size
-        self.stream_interval_s = stream_interval_s
+        self.stream_interval_s = settings.stream_interval_s
         executor = None
         if tensor_parallel_size > 1:
             from deployments.tp import TPExecutor
@@ -196,6 +227,7 @@ class SLoRAGroup:
         while there is work, handing each step's outputs to the event loop without waiting for it (the
         streams' work overlaps the next step). Ends when the engine dies (after handing that over too)."""
         loop = self._event_loop
+        assert loop is not None, "the thread is started from the event loop"
         while True:
             self._wake.wait()
             self._wake.clear()
@@ -240,7 +272,7 @@ class SLoRAGroup:
         step's time, from the start of this call to its end, is what a client sees between two steps under
         load: it feeds the step-time averages and fit that admission control uses."""
         t0 = time.perf_counter()
-        results = []
+        results: list[tuple[asyncio.Future | None, Any, Exception | None]] = []
         for c in cmds:
             try:
                 results.append((c.fut, self._apply(c), None))
@@ -264,26 +296,21 @@ class SLoRAGroup:
         return results, outputs, time.monotonic(), adapters
 
     def _apply(self, c: _Cmd) -> Any:
-        e = self.engine
-        if c.kind == "add":
-            return e.add_request(*c.args)
-        if c.kind == "abort":
-            (rid,) = c.args
-            if rid in e.requests:
-                e.abort(rid)
-                return True
-            return False
-        if c.kind == "add_adapter":
-            info = e.register_adapter(*c.args)
+        e, cmd = self.engine, c.cmd
+        if isinstance(cmd, AddRequest):
+            return e.add_request(cmd.prompt_token_ids, cmd.params, cmd.adapter, cmd.request_id, cmd.arrival_time)
+        if isinstance(cmd, AbortRequest):
+            return e.abort(cmd.request_id)
+        if isinstance(cmd, RegisterAdapter):
+            info = e.register_adapter(cmd.prepared)
             self._adapter_table = self._adapters_now()
             return {"name": info.name, "path": info.path, "rank": info.rank, "num_pages": info.num_pages}
-        if c.kind == "remove_adapter":
-            (name,) = c.args
-            path = e.adapters[name].path if name in e.adapters else None
-            e.remove_adapter(name)
+        if isinstance(cmd, RemoveAdapter):
+            path = e.adapters[cmd.name].path if cmd.name in e.adapters else None
+            e.remove_adapter(cmd.name)
             self._adapter_table = self._adapters_now()
             return path
-        raise ValueError(c.kind)
+        raise TypeError(f"not a command: {cmd!r}")
 
     def _adapters_now(self) -> dict[str, dict]:
         """The registered adapters' table, rebuilt only when one is added or removed (a new dict each
@@ -292,31 +319,19 @@ class SLoRAGroup:
 
     def _take_snapshot(self) -> dict:
         """Engine figures read in the thread that owns the engine (between steps)."""
-        e = self.engine
-        sch = e.scheduler
-        p = e.pool_stats()
+        s = self.engine.stats()
         return {
-            "queue": e.queue_state(),
-            "pool": {
-                "total": p.total,
-                "free": p.free,
-                "kv": p.kv,
-                "adapter": p.adapter,
-                "adapter_pinned": p.adapter_pinned,
-                "kv_fragmentation": p.kv_fragmentation,
-                "loads": p.loads,
-                "hits": p.hits,
-                "evictions": p.evictions,
-            },
-            "resident_adapters": e.pool.resident_adapters(),
+            "queue": s.queue,
+            "pool": dataclasses.asdict(s.pool),
+            "resident_adapters": s.resident_adapters,
             "adapters": self._adapter_table,
-            "steps": e.steps,
-            "num_preemptions": sch.num_preemptions,
-            "num_prefetches": sch.num_prefetches,
+            "steps": s.steps,
+            "num_preemptions": s.num_preemptions,
+            "num_prefetches": s.num_prefetches,
             "lora": {  # vllm:lora_requests_info
-                "running": sorted({r.adapter for r in sch.running if r.adapter}),
-                "waiting": sorted({r.adapter for r in sch.waiting if r.adapter}),
-                "max_lora": e.cfg.lora.max_loras_per_batch,
+                "running": s.running_adapters,
+                "waiting": s.waiting_adapters,
+                "max_lora": s.max_loras_per_batch,
             },
             "time": time.time(),
         }
@@ -342,12 +357,14 @@ class SLoRAGroup:
                 self._last_token_time.pop(rid, None)
                 t = out.metrics
                 if out.finish_reason != "abort":
-                    m.request_finished(out.finish_reason)
-                    if t.get("first_token_time") is not None:
-                        m.observe("time_to_first_token_seconds", t["first_token_time"] - t["arrival_time"])
-                    if t.get("first_scheduled_time") is not None:
-                        m.observe("request_queue_time_seconds", t["first_scheduled_time"] - t["arrival_time"])
-                    m.observe("e2e_request_latency_seconds", (t.get("finish_time") or now) - t["arrival_time"])
+                    m.request_finished(out.finish_reason or "stop")
+                    arrival = t["arrival_time"]
+                    assert arrival is not None  # every request has one (Request.arrival_time)
+                    if (first := t.get("first_token_time")) is not None:
+                        m.observe("time_to_first_token_seconds", first - arrival)
+                    if (scheduled := t.get("first_scheduled_time")) is not None:
+                        m.observe("request_queue_time_seconds", scheduled - arrival)
+                    m.observe("e2e_request_latency_seconds", (t.get("finish_time") or now) - arrival)
             else:  # only the last output carries the cumulative fields; the prompt goes back with it
                 out = dataclasses.replace(out, prompt_token_ids=[])
             st = self._streams.get(rid)
@@ -368,7 +385,7 @@ class SLoRAGroup:
         if out.error is not None:
             return {"error": out.error, "status": 500}
         if out.finish_reason == "abort" and out.metrics.get("first_scheduled_time") is None:
-            slo = self.engine.cfg.scheduler.ttft_slo_s or 1.0
+            slo = self.engine.cfg.scheduler.early_abort_ttft_slo_s or 1.0
             return {
                 "error": f"overloaded: the request could not start within its time-to-first-token SLO of {slo}s "
                 "and was dropped before it ran (early abort); retry later",
@@ -387,10 +404,10 @@ class SLoRAGroup:
             "registered_adapters": len(s["adapters"]),
         }
 
-    async def _call(self, kind: str, *args) -> Any:
+    async def _call(self, cmd: Command) -> Any:
         self._check_alive()
         fut = asyncio.get_running_loop().create_future()
-        self._submit(_Cmd(kind, args, fut))
+        self._submit(_Cmd(cmd, fut))
         return await fut
 
     def _check_alive(self) -> None:
@@ -411,7 +428,7 @@ class SLoRAGroup:
         done = False
         try:
             try:
-                await self._call("add", prompt_token_ids, params, adapter, request_id, time.monotonic())
+                await self._call(AddRequest(prompt_token_ids, params, adapter, request_id, time.monotonic()))
             except KeyError as e:
                 done = True
                 yield {"error": str(e.args[0]) if e.args else str(e), "status": 404}
@@ -439,10 +456,10 @@ class SLoRAGroup:
             if not done:  # the consumer went away (disconnect, cancellation): free the request's pages
                 self.metrics.inc("requests_aborted")
                 if self._failed is None:
-                    self._submit(_Cmd("abort", (request_id,)))
+                    self._submit(_Cmd(AbortRequest(request_id)))
 
     async def abort(self, request_id: str) -> None:
-        self._submit(_Cmd("abort", (request_id,)))
+        self._submit(_Cmd(AbortRequest(request_id)))
 
     async def note_rejected(self, n: int = 1) -> None:
         """Admission control in an ingress refused `n` requests meant for this group (a counter)."""
@@ -462,14 +479,14 @@ class SLoRAGroup:
             # Reading, validating and packing take seconds for a large adapter: a worker thread does them
             # while the step loop runs; the loop then only registers the packed adapter between two steps.
             prepared = await asyncio.to_thread(self.engine.prepare_adapter, name, path, roots, lora.load_timeout_s)
-            return await self._call("add_adapter", prepared)
+            return await self._call(RegisterAdapter(prepared))
         except AdapterError as e:
             return {"error": str(e), "status": 400}
 
     async def remove_adapter(self, name: str) -> dict:
         """{"path": the removed adapter's path}, or {"error", "status"}: 404 not loaded, 400 in use."""
         try:
-            return {"path": await self._call("remove_adapter", name)}
+            return {"path": await self._call(RemoveAdapter(name))}
         except KeyError as e:
             return {"error": str(e.args[0]) if e.args else f"adapter {name!r} is not loaded", "status": 404}
         except AdapterError as e:
@@ -489,12 +506,12 @@ class SLoRAGroup:
             s["healthy"] = False
         q = s["queue"]
         # requests queued for the step loop but not yet in the engine: admission must count them too
-        adds = [c.args for c in self._cmds if c.kind == "add"]
+        adds = [c.cmd for c in self._cmds if isinstance(c.cmd, AddRequest)]
         s["queue"] = dict(
             q,
             waiting=q["waiting"] + len(adds),
-            waiting_lengths=q["waiting_lengths"] + [(len(ids), p.max_tokens) for ids, p, *_ in adds],
-            queued_prefill_tokens=q["queued_prefill_tokens"] + sum(len(ids) for ids, *_ in adds),
+            waiting_lengths=q["waiting_lengths"] + [(len(a.prompt_token_ids), a.params.max_tokens) for a in adds],
+            queued_prefill_tokens=q["queued_prefill_tokens"] + sum(len(a.prompt_token_ids) for a in adds),
             step_time_s=self._step_time,
             prefill_tps=self._prefill_tps,
             step_cost=self._step_cost.params(),
@@ -523,10 +540,9 @@ class SLoRAGroup:
 
 # The ingresses poll stats() a few times a second: no access log line per call.
 GroupDeployment = serve.deployment(
-    SLoRAGroup,
     name="SLoRAGroup",
     num_replicas=1,
     max_ongoing_requests=1024,
     health_check_period_s=2,
     logging_config={"enable_access_log": False},
-)
+)(SLoRAGroup)

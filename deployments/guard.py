@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -138,15 +138,19 @@ class RequestGuard:
     def routes(self):
         """The app's routes (and `router`, below): Serve reads them to name access log lines and request
         metrics after the matched route (`/v1/models/{model_id}`) instead of the application's prefix."""
-        return self.app.routes
+        inner: Any = self.app  # a FastAPI app (Starlette's ASGI type does not declare its routes)
+        return inner.routes
 
     @property
     def router(self):
-        return self.app.router
+        inner: Any = self.app
+        return inner.router
 
     def add_exception_handler(self, exc_class, handler) -> None:
-        """Serve registers its back-pressure handlers on the app it is given: they belong to the inner app."""
-        self.app.add_exception_handler(exc_class, handler)
+        """Serve registers its back-pressure handlers on the app it is given: they belong to the inner app
+        (a Starlette / FastAPI app then: `@serve.ingress` gives one)."""
+        inner: Any = self.app
+        inner.add_exception_handler(exc_class, handler)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

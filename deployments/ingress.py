@@ -10,7 +10,7 @@ Per request: the guard (deployments/guard.py, in front of the FastAPI app: the k
 tokenizing, total tokens: 400) -> tokenize in a worker thread (chat template for chat; the event loop
 keeps serving other requests and /health) -> choose a group (adapter clustering,
 deployments/routing.py) -> admission control (429 + Retry-After when the predicted time to first token
-misses `ttft_slo_s`) -> stream from the group (`generate`, through `.options(stream=True)`).
+misses `admission_ttft_slo_s`) -> stream from the group (`generate`, through `.options(stream=True)`).
 A background task polls every group's `stats()` a few times a second; routing, admission, `/v1/models`
 and `/metrics` read that shared state, so every ingress replica sees the whole service.
 
@@ -31,15 +31,15 @@ import importlib.metadata
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -48,6 +48,7 @@ from app.lora.adapter import AdapterError, confine_path
 from app.request import RequestOutput
 from app.tokenizer import Tokenizer
 from app.tools import StreamingToolParser, ToolCall, forced_calls, function_names, parse_tool_calls, tool_format
+from deployments.config import IngressSettings
 from deployments.guard import AccessPolicy, RequestGuard
 from deployments.metrics import ServiceCollector
 from deployments.protocol import (
@@ -84,36 +85,14 @@ from deployments.routing import Decision, GroupState, Router, request_start_age_
 logger = logging.getLogger("ray.serve")
 
 
-class IngressConfig(BaseModel):
-    """What the ingress needs (filled by build_app from BuildArgs / EngineConfig)."""
+class IngressConfig(IngressSettings):
+    """What the ingress needs: its settings and what build_app derives from the engine's config and model."""
 
     served_model_name: str
     model_path: str
     tokenizer_path: str
-    max_model_len: int
-    api_keys: list[str] | None = None
-    admin_api_keys: list[str] | None = None
-    metrics_api_keys: list[str] | None = None
-    metrics_open: bool = False
-    allowed_adapter_roots: list[str] = Field(default_factory=list)
-    max_body_bytes: int = Field(8 << 20, ge=1, description="larger request bodies get 413 (never read in)")
-    max_choices_per_request: int = Field(256, ge=1, description="prompts x n of one request")
-    max_request_tokens: int = Field(
-        1 << 20, ge=1, description="prompt tokens + max_tokens, summed over a request's prompts x n"
-    )
-    ttft_slo_s: float | None = None
-    request_start_header: str | None = Field(
-        "X-Request-Start",
-        description="a load balancer's stamp of when it received the request (nginx: "
-        'proxy_set_header X-Request-Start "t=${msec}"); admission counts the time since then against '
-        "ttft_slo_s. None: count from the handler's start",
-    )
-    routing_eps: float = 0.25
-    poll_interval_s: float = 0.25
-    poll_timeout_s: float = 5.0
-    access_log_exclude: list[str] = Field(
-        default_factory=lambda: ["/health", "/metrics"], description="routes without an access log line"
-    )
+    max_model_len: int = Field(description="the engine's (EngineConfig.max_model_len of the model)")
+    allowed_adapter_roots: list[str] = Field(default_factory=list, description="the engine's lora roots")
 
 
 class APIError(Exception):
@@ -122,7 +101,7 @@ class APIError(Exception):
         self.status, self.message, self.param, self.headers = status, message, param, headers
 
 
-def _error_response(status: int, message: str, param: str | None = None, headers: dict | None = None):
+def _error_response(status: int, message: str, param: str | None = None, headers: Mapping[str, str] | None = None):
     return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
 
 
@@ -178,7 +157,7 @@ async def _http_error(_: Request, e: StarletteHTTPException):
     return _error_response(e.status_code, str(e.detail), headers=e.headers)  # 405 keeps its Allow header
 
 
-def _done(result) -> bool:
+def _done(result: object) -> TypeGuard[dict]:
     """A group's answer to add_adapter / remove_adapter that is not a refusal or an exception."""
     return isinstance(result, dict) and "error" not in result
 
@@ -272,7 +251,7 @@ class OpenAIIngress:
         self.cfg = config if isinstance(config, IngressConfig) else IngressConfig(**config)
         self.groups = {h.deployment_name: h for h in groups}
         self.streams = {n: h.options(stream=True) for n, h in self.groups.items()}
-        self.router = Router(list(self.groups), eps=self.cfg.routing_eps, ttft_slo_s=self.cfg.ttft_slo_s)
+        self.router = Router(list(self.groups), eps=self.cfg.routing_eps, ttft_slo_s=self.cfg.admission_ttft_slo_s)
         self.tokenizer = Tokenizer(self.cfg.tokenizer_path)
         self.snapshots: dict[str, dict | None] = dict.fromkeys(self.groups)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -324,7 +303,7 @@ class OpenAIIngress:
         async def loop(name: str, h: DeploymentHandle):
             while True:
                 await self._poll_group(name, h)
-                await asyncio.sleep(self.cfg.poll_interval_s)
+                await asyncio.sleep(self.cfg.stats_poll_interval_s)
 
         await asyncio.gather(*(loop(n, h) for n, h in self.groups.items()))
 
@@ -335,7 +314,7 @@ class OpenAIIngress:
 
     async def _poll_group(self, name: str, h: DeploymentHandle) -> None:
         try:
-            s = await asyncio.wait_for(self._await(h.stats.remote()), self.cfg.poll_timeout_s)
+            s = await asyncio.wait_for(self._await(h.stats.remote()), self.cfg.stats_poll_timeout_s)
         except Exception as e:  # noqa: BLE001 - an unreachable group is marked down, not fatal
             if name in self.answered:
                 logger.warning("group %s did not answer stats(): %r", name, e)
@@ -380,7 +359,7 @@ class OpenAIIngress:
         for name in self._serving():
             try:
                 return await asyncio.wait_for(
-                    self._await(self.groups[name].list_adapters.remote()), self.cfg.poll_timeout_s
+                    self._await(self.groups[name].list_adapters.remote()), self.cfg.stats_poll_timeout_s
                 )
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
@@ -396,7 +375,7 @@ class OpenAIIngress:
                 "no API keys are configured: every route (adapter loading included) is open; keep the HTTP "
                 "listener private (http_options host 127.0.0.1) or set api_keys and admin_api_keys"
             )
-        return RequestGuard(self.app, policy, self.cfg.max_body_bytes)
+        return RequestGuard(self.app, policy, self.cfg.max_body_bytes)  # type: ignore[attr-defined]  # @serve.ingress
 
     # ---- helpers ---------------------------------------------------------------------------------
     async def _resolve_model(self, model: str | None) -> str | None:
@@ -519,7 +498,7 @@ class OpenAIIngress:
                 raise APIError(
                     429,
                     f"overloaded: predicted time to first token {decision.predicted_ttft_s:.3f}s "
-                    f"exceeds the SLO of {self.cfg.ttft_slo_s}s; retry later",
+                    f"exceeds the SLO of {self.cfg.admission_ttft_slo_s}s; retry later",
                     headers={"Retry-After": str(decision.retry_after_s)},
                 )
             try:
@@ -934,11 +913,11 @@ class OpenAIIngress:
         if failed:
             ok = [g for g, r in zip(self.groups, results) if _done(r)]
             await asyncio.gather(*(self.groups[g].remove_adapter.remote(name) for g in ok), return_exceptions=True)
-            e = failed[0]
-            if isinstance(e, dict):  # refused by the group
-                raise APIError(e["status"], e["error"], "lora_path")
-            status = 400 if isinstance(e, (AdapterError, ValueError)) else 500
-            raise APIError(status, str(e) if status == 400 else f"loading {name!r} failed: {e!r}", "lora_path")
+            err = failed[0]
+            if isinstance(err, dict):  # refused by the group
+                raise APIError(err["status"], err["error"], "lora_path")
+            status = 400 if isinstance(err, (AdapterError, ValueError)) else 500
+            raise APIError(status, str(err) if status == 400 else f"loading {name!r} failed: {err!r}", "lora_path")
         return Response(f"Success: LoRA adapter '{name}' added successfully.", media_type="text/plain")
 
     @api.post("/v1/unload_lora_adapter")
@@ -991,4 +970,4 @@ class OpenAIIngress:
             self._poller.cancel()
 
 
-IngressDeployment = serve.deployment(OpenAIIngress, name="OpenAIIngress", max_ongoing_requests=1024)
+IngressDeployment = serve.deployment(name="OpenAIIngress", max_ongoing_requests=1024)(OpenAIIngress)

@@ -71,10 +71,10 @@ ITL_BUCKETS = [
     1.0,
     2.5,
 ]
-ADAPTERS_BUCKETS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
+ADAPTERS_BUCKETS: list[float] = [0, 1, 2, 4, 8, 16, 32, 64, 128]
 
 # name -> (help, buckets)
-HISTOGRAMS = {
+HISTOGRAMS: dict[str, tuple[str, list[float]]] = {
     "time_to_first_token_seconds": ("Time to first token (arrival at the group to first token).", LATENCY_BUCKETS),
     "inter_token_latency_seconds": ("Time between successive output tokens of a request.", ITL_BUCKETS),
     "e2e_request_latency_seconds": ("Arrival at the group to the last token.", LATENCY_BUCKETS),
@@ -152,7 +152,7 @@ class GroupMetrics:
     def __init__(self, group: str, model: str, ray_export: bool = True):
         self.group, self.model = group, model
         self.hists = {n: Hist(b) for n, (_, b) in HISTOGRAMS.items()}
-        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.counters: dict[str, float] = dict.fromkeys(COUNTERS, 0)
         self.finished = dict.fromkeys(FINISH_REASONS[:2], 0)  # by finish reason (abort: requests_aborted)
         self.adapters: dict[str, dict[str, int]] = {}  # adapter label -> ADAPTER_COUNTERS
         self._ray = None
@@ -240,8 +240,9 @@ def kv_cache_usage(pool: dict) -> float:
 
 class _RayMetrics:
     """The `sloray_` figures through ray.util.metrics (shown by the Ray dashboard / Ray's Prometheus port,
-    which adds `ray_` in front), gauges at zero from the start and re-reported while idle (`keep_alive`); the per-adapter counters and the finish
-    reasons as `sloray_adapter_*_total{adapter}` and `sloray_request_finished_total{finished_reason}`."""
+    which adds `ray_` in front), gauges at zero from the start and re-reported while idle (`keep_alive`); the
+    per-adapter counters and the finish reasons as `sloray_adapter_*_total{adapter}` and
+    `sloray_request_finished_total{finished_reason}`."""
 
     def __init__(self, group: str, model: str):
         from ray.util import metrics as m
@@ -309,10 +310,10 @@ class ServiceCollector:
         yield up
         for prefix, names in (("sloray_", {n: n for n in HISTOGRAMS}), ("vllm:", VLLM_HISTOGRAMS)):
             for name, ours in names.items():
-                fam = HistogramMetricFamily(prefix + name, HISTOGRAMS[ours][0], labels=labels)
+                hist = HistogramMetricFamily(prefix + name, HISTOGRAMS[ours][0], labels=labels)
                 for s in snaps:
-                    fam.add_metric([self.model, s["name"]], *_cumulative(s["metrics"]["histograms"][ours]))
-                yield fam
+                    hist.add_metric([self.model, s["name"]], *_cumulative(s["metrics"]["histograms"][ours]))
+                yield hist
         for prefix, names in (("sloray_", {n: n for n in COUNTERS}), ("vllm:", VLLM_COUNTERS)):
             for name, ours in names.items():
                 fam = CounterMetricFamily(prefix + name, COUNTERS[ours], labels=labels)

@@ -16,7 +16,7 @@ import itertools
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -229,7 +229,7 @@ class _SamplingFields(BaseModel):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty,
-            logit_bias=self.logit_bias,
+            logit_bias=self.logit_bias,  # type: ignore[arg-type]  # SamplingParams makes the JSON keys ints
             logprobs=self.num_logprobs(),
             prompt_logprobs=self.num_prompt_logprobs(),
             min_tokens=self.min_tokens,
@@ -238,20 +238,20 @@ class _SamplingFields(BaseModel):
 
     def structured(self) -> StructuredOutputs | None:
         """The output constraint asked for, by whichever of the fields (at most one of them)."""
+        rf, so = self.response_format, self.structured_outputs
         given = [
             k
             for k in ("response_format", "structured_outputs", *GUIDED)
-            if getattr(self, k) is not None and (k != "response_format" or self.response_format.get("type") != "text")
+            if getattr(self, k) is not None and (k != "response_format" or (rf or {}).get("type") != "text")
         ]
         if len(given) > 1:
             raise UnsupportedField(given[1], f"cannot be combined with {given[0]}: give one output constraint")
         if not given:
             return None
         name = given[0]
-        if name == "response_format":
-            return response_format_constraint(self.response_format)
-        if name == "structured_outputs":
-            so = self.structured_outputs
+        if name == "response_format" and rf is not None:
+            return response_format_constraint(rf)
+        if name == "structured_outputs" and so is not None:
             refuse_unsupported(so, STRUCTURED_UNSUPPORTED)
             spec = {k: so.get(k) for k in ("json", "regex", "choice", "grammar") if so.get(k) is not None}
             return structured_outputs(name, **spec, json_object=bool(so.get("json_object")))
@@ -308,8 +308,8 @@ class CompletionRequest(_SamplingFields):
         if isinstance(p, str):
             return [p]
         if all(isinstance(x, int) for x in p):
-            return [list(p)]
-        return list(p)
+            return [list(cast("list[int]", p))]
+        return list(cast("list[str] | list[list[int]]", p))
 
 
 class ContentPart(BaseModel):
@@ -347,7 +347,7 @@ class ChatMessage(BaseModel):
 
     def template_dict(self) -> dict:
         """The message as chat templates read it (a call's arguments as an object, as HF templates expect)."""
-        d = {"role": self.role, "content": self.text()}
+        d: dict[str, Any] = {"role": self.role, "content": self.text()}
         if self.tool_calls:
             d["tool_calls"] = [
                 {
@@ -438,7 +438,7 @@ class ChatCompletionRequest(_SamplingFields):
         """The tools shown to the model (none with tool_choice "none")."""
         if self.tool_mode() == "none":
             return None
-        return [t.model_dump(exclude_none=True) for t in self.tools]
+        return [t.model_dump(exclude_none=True) for t in self.tools or []]
 
     def structured(self) -> StructuredOutputs | None:
         """A forced tool call's grammar (tool_choice "required" or a function), or the request's own."""

@@ -17,7 +17,7 @@ Admission: predicted TTFT of a request on group g =
 where the slot wait replays g's FCFS queue: the running requests free their slots after their remaining
 output tokens, each waiting request takes the earliest free slot and holds it for its output length
 (`GroupState.slot_heap`), in steps of g's measured step time.
-A request whose prediction exceeds `ttft_slo_s` is refused at once (429 + Retry-After) instead of being
+A request whose prediction exceeds `admission_ttft_slo_s` is refused at once (429 + Retry-After) instead of being
 queued to miss its deadline.
 """
 
@@ -28,6 +28,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 # Priors used until a group has measured its own step time and prefill rate.
@@ -155,7 +156,7 @@ class Router:
         return s.waiting + s.running + self.pending_reqs[name]
 
     # ---- routing ---------------------------------------------------------------------------------
-    def candidates(self, adapter: str | None, exclude: set[str] = frozenset()) -> list[str]:
+    def candidates(self, adapter: str | None, exclude: AbstractSet[str] = frozenset()) -> list[str]:
         """Preference order for an adapter: groups holding it resident (in hash order), then the rest of
         the hash order. Base-model requests (no adapter) prefer the least loaded group. Only healthy
         groups, unless none is (then every group not in `exclude`: a poll may have missed a live one)."""
@@ -167,7 +168,7 @@ class Router:
         resident = [n for n in order if adapter in self.states[n].resident]
         return resident + [n for n in order if n not in resident]
 
-    def choose(self, adapter: str | None, n: int = 1, exclude: set[str] = frozenset()) -> str | None:
+    def choose(self, adapter: str | None, n: int = 1, exclude: AbstractSet[str] = frozenset()) -> str | None:
         """Bounded-load choice: the first candidate whose load after taking `n` more requests stays within
         ceil((1 + eps) x the mean load after the same addition). None when every group is excluded."""
         order = self.candidates(adapter, exclude)
@@ -242,12 +243,13 @@ class Router:
         CALIBRATION_TTL_S: a correction learnt in an overload would otherwise refuse every request, and with
         nothing admitted nothing would ever correct it back."""
         fit = self._calibration[name]
-        if fit.n < CALIBRATION_MIN or not math.isfinite(model_ttft_s):
+        params = fit.params(min_var=1e-4)
+        if fit.n < CALIBRATION_MIN or params is None or not math.isfinite(model_ttft_s):
             return model_ttft_s
         if self.clock() - self._observed_at[name] > CALIBRATION_TTL_S:
             self._calibration[name] = LinearFit(decay=fit.decay)
             return model_ttft_s
-        intercept, slope = fit.params(min_var=1e-4)
+        intercept, slope = params
         return max(model_ttft_s, intercept + slope * model_ttft_s)
 
 

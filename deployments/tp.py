@@ -2,8 +2,8 @@
 replica over torch.distributed, not over Ray calls.
 
     TPExecutor (driver = the Serve replica, control rank 0)
-        |  every step: broadcast the pickled SchedulerOutput        (CPU gloo "control" group, tp + 1 ranks)
-        v
+        |  every step: broadcast the pickled step as a diff          (CPU gloo "control" group, tp + 1 ranks)
+        v     (deployments/tp_messages.py: new requests whole, then new pages, tokens, finished ids)
     RankActor tp-rank 0 .. N-1  (control ranks 1..N)  run ModelRunner.execute(out) in a loop started once
         |  forward-pass collectives                                  (NCCL on GPU, gloo on CPU: ParallelState)
         v
@@ -33,6 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -54,29 +55,33 @@ from app.sampling import (
     unpack_prompt_logprobs,
 )
 from app.scheduler import SchedulerOutput
+from deployments.tp_messages import LogitsMessage, RankMessage, StepDecoder, StepEncoder, StepMessage, StopMessage
+
+if TYPE_CHECKING:
+    from app.runner import ModelRunner
 
 HEAD_BYTES = 16 << 10  # first broadcast of a step: 8-byte length + the payload if it fits
 STATUS_OK, STATUS_ERROR = 0, 1
 _LOCALHOST = "127.0.0.1"
 
 
-def _gloo_group(
-    store: dist.Store, prefix: str, rank: int, size: int, host: str, timeout: timedelta
-) -> dist.ProcessGroupGloo:
-    """A stand-alone gloo group bound to `host` (not torch.distributed's default group)."""
-    opts = dist.ProcessGroupGloo._Options()
-    opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
+def _gloo_group(store: dist.Store, prefix: str, rank: int, size: int, host: str, timeout: timedelta) -> Any:
+    """A stand-alone gloo group bound to `host` (not torch.distributed's default group): a
+    `ProcessGroupGloo`, typed Any because torch's stubs declare neither it nor its collectives."""
+    gloo: Any = dist.ProcessGroupGloo
+    opts = gloo._Options()
+    opts._devices = [gloo.create_device(hostname=host)]
     opts._timeout = timeout
-    return dist.ProcessGroupGloo(dist.PrefixStore(prefix, store), rank, size, opts)
+    return gloo(dist.PrefixStore(prefix, store), rank, size, opts)
 
 
 class ControlChannel:
     """Messages from control rank 0 to all, and tp-rank 0's replies, over a CPU gloo group.
 
     A message is one broadcast of `head_bytes` (int64 length, then the pickle) plus, only when the pickle
-    does not fit, a second broadcast of the rest. `None` is the stop message."""
+    does not fit, a second broadcast of the rest. The driver sends RankMessages."""
 
-    def __init__(self, pg: dist.ProcessGroupGloo, head_bytes: int = HEAD_BYTES):
+    def __init__(self, pg: Any, head_bytes: int = HEAD_BYTES):
         self.pg = pg
         self.head_bytes = head_bytes
         self.head = torch.zeros(head_bytes, dtype=torch.uint8)
@@ -130,7 +135,7 @@ def _reply_words(out: SchedulerOutput) -> int:
 
 def _prompt_counts(out: SchedulerOutput) -> list[tuple[int, int]]:
     """(positions, k) of each sequence that asks for prompt logprobs this step, in order."""
-    return [(len(s.prompt_lp_targets), s.params.prompt_logprobs) for s in out.seqs if s.prompt_lp_targets]
+    return [(len(s.prompt_lp_targets), s.params.prompt_logprobs or 0) for s in out.seqs if s.prompt_lp_targets]
 
 
 def _pack_reply(out: SchedulerOutput, result: ModelOutput) -> list[int]:
@@ -153,11 +158,11 @@ class ControlStats:
     """Per-step control cost seen by the driver (seconds, summed over `steps`)."""
 
     steps: int = 0
-    broadcast_s: float = 0.0  # pickling + broadcasting the SchedulerOutput
+    broadcast_s: float = 0.0  # encoding, pickling and broadcasting the step
     reply_s: float = 0.0  # from the end of the broadcast to the tokens' arrival
     execute_s: float = 0.0  # tp-rank 0's ModelRunner.execute (its own clock)
     payload_bytes: int = 0
-    split_messages: int = 0  # steps whose SchedulerOutput took a second broadcast
+    split_messages: int = 0  # steps whose message took a second broadcast
 
     @property
     def overhead_s(self) -> float:
@@ -177,17 +182,6 @@ class ControlStats:
         }
 
 
-def forward_logits(runner, out: SchedulerOutput) -> torch.Tensor:
-    """One step's forward pass on this rank without sampling: float32 logits [sampled sequences, vocab]
-    (every TP rank calls it together; all ranks get the same, replicated lm_head). Test/debug path."""
-    runner._load_adapters(out)
-    batch = runner._host_batch(out)
-    with torch.inference_mode():
-        ctx, input_ids, positions = runner._device_batch(batch)
-        hidden = runner.model(input_ids, positions, ctx)
-        return runner.model.logits(hidden[batch.sample_rows])
-
-
 # ---- the rank actor ---------------------------------------------------------------------------------
 class RankActor:
     """One tensor-parallel rank: its TP process group (the process's default group), its ModelRunner
@@ -197,13 +191,13 @@ class RankActor:
     def __init__(self, cfg: dict, rank: int, world_size: int, device: str):
         self.cfg = EngineConfig(**cfg).model_copy(update={"device": device})
         self.rank, self.world_size, self.device = rank, world_size, device
-        self.local_gpu = None
+        self.local_gpu: int | None = None
         if device == "cuda":
             gpu = str(ray.get_gpu_ids()[0])
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             self.local_gpu = visible.split(",").index(gpu) if visible else int(gpu)
             torch.cuda.set_device(self.local_gpu)
-        self.runner = None
+        self.runner: ModelRunner | None = None
         self.ctrl: ControlChannel | None = None
 
     def _set_device(self) -> None:
@@ -233,11 +227,10 @@ class RankActor:
             rank=self.rank,
             world_size=self.world_size,
             timeout=timeout,
-            device_id=torch.device("cuda", self.local_gpu) if self.device == "cuda" else None,
+            device_id=torch.device("cuda", self.local_gpu) if self.local_gpu is not None else None,
         )
         tp = ParallelState(rank=self.rank, world_size=self.world_size, group=dist.group.WORLD)
-        self.runner = ModelRunner(self.cfg, tp=tp, device=self.device)
-        r = self.runner
+        self.runner = r = ModelRunner(self.cfg, tp=tp, device=self.device)
         return {
             "actor_id": ray.get_runtime_context().get_actor_id(),
             "pid": os.getpid(),
@@ -250,32 +243,35 @@ class RankActor:
     def run_loop(self) -> dict:
         """Receives and executes steps until the stop message. Returns this rank's step count."""
         self._set_device()
+        ctrl, runner = self.ctrl, self.runner
+        assert ctrl is not None and runner is not None, "setup() first"
+        decoder = StepDecoder()  # the requests this rank was sent whole (deployments/tp_messages.py)
         steps = 0
         while True:
-            out = self.ctrl.recv()
-            if out is None:
+            msg: RankMessage = ctrl.recv()
+            if isinstance(msg, StopMessage):
                 return {"steps": steps}
-            want_logits = isinstance(out, tuple)  # ("logits", out): the debug/test path
+            out, want_logits = decoder.decode(msg.step), isinstance(msg, LogitsMessage)
             t0 = time.perf_counter_ns()
             try:
                 if want_logits:
-                    logits = forward_logits(self.runner, out[1])
+                    logits = runner.forward_logits(out)
                     tokens = list(logits.shape)
                 else:
-                    result = self.runner.execute(out)
+                    result = runner.execute(out)
                     tokens = _pack_reply(out, result) if self.rank == 0 else []  # tokens, then any logprobs
             except BaseException:
                 if self.rank == 0:  # the reply has the size the driver expects
                     n = 2 if want_logits else _reply_words(out)
-                    self.ctrl.send_reply(STATUS_ERROR, 0, [0] * n)
+                    ctrl.send_reply(STATUS_ERROR, 0, [0] * n)
                 elif self.device == "cpu":
                     dist.destroy_process_group()  # closes gloo pairs: tp-rank 0 fails instead of hanging
                 raise
             steps += 1
             if self.rank == 0:
-                self.ctrl.send_reply(STATUS_OK, time.perf_counter_ns() - t0, tokens)
+                ctrl.send_reply(STATUS_OK, time.perf_counter_ns() - t0, tokens)
                 if want_logits:
-                    self.ctrl.pg.send([logits.float().cpu().contiguous()], 0, 1).wait()
+                    ctrl.pg.send([logits.float().cpu().contiguous()], 0, 1).wait()
 
     def add_adapter(self, name: str, shard_ref: list) -> int:
         """Fetches this rank's shard (and only it) from the object store; returns its page count."""
@@ -285,10 +281,12 @@ class RankActor:
             pinned = torch.empty(packed.data.shape, dtype=packed.data.dtype, pin_memory=True)
             pinned.copy_(packed.data)
             packed = dataclasses.replace(packed, data=pinned)
+        assert self.runner is not None, "setup() first"
         self.runner.add_packed(name, packed)
         return packed.layout.num_pages
 
     def remove_adapter(self, name: str) -> None:
+        assert self.runner is not None, "setup() first"
         self.runner.remove_adapter(name)
 
     def close(self) -> None:
@@ -322,7 +320,8 @@ class TPExecutor:
         self._actors: list = []
         self._loops: list[ray.ObjectRef] = []
         self._ch: ControlChannel | None = None
-        self._store = None
+        self._store: dist.TCPStore | None = None
+        self._encoder = StepEncoder()  # what the ranks know of each request: steps are sent as diffs
         self._failed: BaseException | None = None
         self._closed = False
 
@@ -372,12 +371,12 @@ class TPExecutor:
         local = all(ip == my_ip for ip in ips)
         host = _LOCALHOST if local else my_ip
         timeout = timedelta(seconds=timeout_s)
-        self._store = dist.TCPStore(host, 0, None, True, timeout=timeout, wait_for_workers=False)
+        self._store = store = dist.TCPStore(host, 0, None, True, timeout=timeout, wait_for_workers=False)
         setups = [
-            a.setup.remote(host, self._store.port, _LOCALHOST if local else ip, timeout_s, self.head_bytes)
+            a.setup.remote(host, store.port, _LOCALHOST if local else ip, timeout_s, self.head_bytes)
             for a, ip in zip(self._actors, ips)
         ]
-        self._ch = ControlChannel(_gloo_group(self._store, "ctrl/", 0, n + 1, host, timeout), self.head_bytes)
+        self._ch = ControlChannel(_gloo_group(store, "ctrl/", 0, n + 1, host, timeout), self.head_bytes)
         infos = ray.get(setups, timeout=timeout_s)
         # ModelRunner already agrees on min(num_pages) over the TP group; check it did.
         if len({(i["num_pages"], i["page_elems"], i["dtype"]) for i in infos}) != 1:
@@ -396,15 +395,16 @@ class TPExecutor:
     def execute(self, out: SchedulerOutput) -> ModelOutput:
         """Runs one step on every rank; raises EngineDeadError when the group can run no more steps (a rank
         died or raised: the rank loops have ended)."""
-        if not self.alive():
+        ch = self._ch
+        if ch is None or not self.alive():
             raise EngineDeadError("the tensor-parallel group is not running") from self._failed
         if not (out.seqs or out.adapter_loads or out.finished_ids or out.preempted_ids):
             return ModelOutput()
         t0 = time.perf_counter()
         try:
-            size = self._ch.send(out)
+            size = ch.send(StepMessage(self._encoder.encode(out)))
             t1 = time.perf_counter()
-            status, execute_ns, tokens = self._ch.recv_reply(_reply_words(out))
+            status, execute_ns, tokens = ch.recv_reply(_reply_words(out))
         except Exception as e:  # a rank's process is gone (or was killed by `_watch`): its pair closed
             self._failed = self._failed or e
             raise EngineDeadError(f"a tensor-parallel rank is gone: {self._failed!r}") from e
@@ -446,7 +446,7 @@ class TPExecutor:
         (for tests and debugging; the step's KV and adapter loads happen as in `execute`)."""
         if self._failed is not None or self._ch is None:
             raise RuntimeError("the tensor-parallel group is not running") from self._failed
-        self._ch.send(("logits", out))
+        self._ch.send(LogitsMessage(self._encoder.encode(out)))
         status, _, shape = self._ch.recv_reply(2)
         if status != STATUS_OK:
             self._fail()
@@ -496,7 +496,7 @@ class TPExecutor:
         self._closed = True
         if self._ch is not None and self._failed is None and self._loops:
             try:
-                self._ch.send(None)
+                self._ch.send(StopMessage())
                 ray.get(self._loops, timeout=30)
                 ray.get([a.close.remote() for a in self._actors], timeout=30)
             except Exception:  # noqa: BLE001 - best effort: the actors are killed below anyway

@@ -13,8 +13,9 @@ LoRA functions: chosen once, never changed behind the engine's back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 def _no_plan(seg_indptr, seg_slot, n_slots, num_tokens, max_seg_len):

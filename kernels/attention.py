@@ -83,7 +83,7 @@ def _attend(
         rows = _kv_rows(pt_row, kpos, kmask, kvh, PAGE_SIZE, HKV, D)
         kt = tl.load(pool_ptr + rows[None, :] + d[:, None], mask=kmask[None, :] & dmask[:, None], other=0.0)
         qk = tl.dot(q.to(kt.dtype), kt, input_precision=INPUT_PRECISION) * sm_scale_log2
-        if CAUSAL:
+        if CAUSAL:  # noqa: SIM108 - a constexpr `if` statement, pruned when Triton compiles
             visible = (kpos[None, :] <= pos[:, None]) & kmask[None, :]
         else:
             visible = kmask[None, :]

@@ -307,10 +307,13 @@ def lora_apply(
 ) -> torch.Tensor:
     """Triton `lora_apply_ref`: y[:, out_offsets[g]:out_offsets[g+1]] += scale * (x @ A_g^T) @ B_g^T, as
     `lora_shrink` into v (float32 [T, G, R], scratch) then `lora_expand` (one ranks tensor for both)."""
-    hints = dict(max_seg_len=max_seg_len, aligned=aligned, config=config)
     if plan is None and x.shape[0] and seg_slot.shape[0]:
         plan = plan_for_step(seg_indptr, seg_slot, page_table.shape[0], x.shape[0], max_seg_len, config)
-    lora_shrink(x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, v, plan=plan, **hints)
+    lora_shrink(
+        x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, v,
+        max_seg_len=max_seg_len, aligned=aligned, plan=plan, config=config,
+    )  # fmt: skip
     return lora_expand(
-        y, v, pool, page_table, b_offsets, ranks, scales, seg_indptr, seg_slot, out_offsets, plan=plan, **hints
-    )
+        y, v, pool, page_table, b_offsets, ranks, scales, seg_indptr, seg_slot, out_offsets,
+        max_seg_len=max_seg_len, aligned=aligned, plan=plan, config=config,
+    )  # fmt: skip

@@ -1,6 +1,6 @@
 """The Triton kernel backend: the launch wrappers of kernels/lora.py (bound to one LoRAKernelConfig) and
-kernels/attention.py and kernels/elementwise.py, which take the same arguments as the torch references. Runs on CUDA, or on the CPU
-under TRITON_INTERPRET=1."""
+kernels/attention.py and kernels/elementwise.py, which take the same arguments as the torch references. Runs on
+CUDA, or on the CPU under TRITON_INTERPRET=1."""
 
 from __future__ import annotations
 

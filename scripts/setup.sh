@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs sloray and its test dependencies into the current Python. On a machine without an NVIDIA GPU
+# Installs sloray, its test dependencies and the pinned linters into the current Python. On a machine without an NVIDIA GPU
 # torch is pinned to the CPU build (2.13.0) first, so nothing pulls a multi-GB CUDA build.
 # Prints one line per stage (pip's own output stays quiet; pip's errors still show).
 set -euo pipefail
@@ -13,8 +13,8 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
 else
   step "NVIDIA GPU found: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); torch comes with sloray's dependencies"
 fi
-step "installing sloray and its test dependencies (ray[serve], transformers, peft, triton, ...; minutes on a fresh machine) ..."
-$PY -m pip install -q -e ".[test]"
+step "installing sloray, its test dependencies and the pinned linters (ray[serve], transformers, peft, triton, ruff, mypy, ...; minutes on a fresh machine) ..."
+$PY -m pip install -q -e ".[test,lint]"
 step "checking the imports ..."
 $PY -c "import torch, ray, transformers; print(f'torch {torch.__version__}, ray {ray.__version__}, transformers {transformers.__version__}, cuda {torch.cuda.is_available()}')"
 step "done: 'serve run serve_config.yaml' serves the demo, 'bash scripts/test.sh' runs the CPU tests"

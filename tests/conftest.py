@@ -1,6 +1,36 @@
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """The demo model and its adapters (app/demo.py), written once per session."""
+    from app.demo import build_demo
+
+    return build_demo(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def llm(demo):
+    """An offline LLM of the demo model with every demo adapter, float32 on the CPU (one per test module)."""
+    from app import LLM
+
+    return LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module", params=["gqa", "mha"])
+def tp_case(request, tmp_path_factory):
+    """The tensor-parallel tests' case (tests/test_tp.py on the CPU, tests/test_tp_gpu.py on GPUs): a tiny
+    model with grouped-query or multi-head attention and the PEFT adapters of tests/tp_common.py SPECS,
+    as (model dir, {adapter name: dir})."""
+    from tests.models import make_model, make_peft_adapters
+    from tests.tp_common import SPECS
+
+    root = tmp_path_factory.mktemp(f"tp-{request.param}")
+    model = make_model(root, request.param)
+    return model, make_peft_adapters(root, model, SPECS)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from app.demo import write_model, write_tokenizer
+from app.request import SamplingParams
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # name -> (rank, alpha, targets, use_rslora): ranks {1, 4, 8, 16, 64}, different target sets
@@ -153,3 +154,8 @@ class HFReference:
             out.append(t)
             inp = torch.tensor([[t]])
         return out
+
+
+def greedy(n: int = 8, **kw) -> SamplingParams:
+    """Greedy sampling of exactly n tokens (EOS ignored)."""
+    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, **kw)

@@ -116,8 +116,8 @@ def workload(setup, ref_tokens) -> tuple[dict[str, Planned], int]:
     stop_tok = ref_tokens(stop_prompt, None, 6)[2]
     plan["stop-token"] = Planned(3, stop_prompt, SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True,
                                                                 stop_token_ids=[stop_tok]), None)  # fmt: skip
-    plan["min-tokens"] = Planned(2, stop_prompt, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True,
-                                                                stop_token_ids=[stop_tok], min_tokens=5), None)  # fmt: skip
+    min_tokens = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, stop_token_ids=[stop_tok], min_tokens=5)
+    plan["min-tokens"] = Planned(2, stop_prompt, min_tokens, None)
     plan["stop-string"] = Planned(4, prompt(11), SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True,
                                                                 stop=["e", "a"]), "a-r4-down")  # fmt: skip
     plan["abort"] = Planned(0, prompt(20), SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True),

@@ -124,7 +124,7 @@ def test_steps_failing_in_a_row_or_a_dead_executor_raise_engine_dead(llm):
 
 def test_a_dead_engine_fails_the_group_streams_and_commands_and_reports_unhealthy(demo):
     cfg = {"model": str(demo / "model"), "device": "cpu", "dtype": "float32"}
-    g = SLoRAGroup("g", cfg, ray_metrics=False, stream_interval_s=0.0)
+    g = SLoRAGroup("g", cfg, settings={"stream_interval_s": 0.0}, ray_metrics=False)
     g.engine.executor = f = Faulty(g.engine.executor)
 
     async def scenario():

@@ -26,7 +26,11 @@ def demo():
 def group(demo, interval: float) -> SLoRAGroup:
     cfg = {"model": str(demo / "model"), "device": "cpu", "dtype": "float32"}
     return SLoRAGroup(
-        "g", cfg, adapters={ADAPTER: str(demo / "adapters" / ADAPTER)}, ray_metrics=False, stream_interval_s=interval
+        "g",
+        cfg,
+        adapters={ADAPTER: str(demo / "adapters" / ADAPTER)},
+        settings={"stream_interval_s": interval},
+        ray_metrics=False,
     )
 
 
@@ -183,7 +187,7 @@ def test_adapter_load_does_not_stall_running_streams(tmp_path):
         "lora": {"max_lora_rank": 512},
         "pool": {"cpu_pool_bytes": 512 << 20},
     }
-    g = SLoRAGroup("g", cfg, ray_metrics=False, stream_interval_s=0.0)
+    g = SLoRAGroup("g", cfg, settings={"stream_interval_s": 0.0}, ray_metrics=False)
     params = SamplingParams(max_tokens=900, temperature=0.0, ignore_eos=True)
 
     async def run():
@@ -191,7 +195,7 @@ def test_adapter_load_does_not_stall_running_streams(tmp_path):
         gen = g.generate("long", [5, 9, 14], params)
 
         async def consume():
-            async for item in gen:
+            async for _ in gen:
                 times.append(time.monotonic())
 
         consumer = asyncio.ensure_future(consume())

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import kernels.lora as kl
 from kernels import get_backend
 from kernels.attention import kv_append, kv_append_ref, paged_attention, paged_attention_ref
-import kernels.lora as kl
 from kernels.lora import lora_expand, lora_shrink
 from kernels.lora_plan import PLAN_ROWS, lora_plan, lora_plan_ref, max_tiles
 from kernels.lora_ref import lora_expand_ref, lora_shrink_ref

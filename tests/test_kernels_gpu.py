@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_kernels import make_adapters, make_batch, make_kv_cache, random_ranks
 
 import kernels.lora as kl
 from kernels import attention
 from kernels.attention import kv_append, kv_append_ref, paged_attention, paged_attention_ref
 from kernels.lora import lora_expand, lora_shrink
 from kernels.lora_ref import lora_expand_ref, lora_shrink_ref
-from test_kernels import make_adapters, make_batch, make_kv_cache, random_ranks
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -222,8 +222,16 @@ def test_cuda_graph_decode_step(aligned):
 
 def test_elementwise_cuda_bf16():
     """kernels/elementwise.py in bfloat16 on Llama-2-7B / Llama-3-8B row widths against the references."""
-    from kernels.elementwise import (add_rms_norm, add_rms_norm_ref, rms_norm, rms_norm_ref, rope, rope_ref,
-                                     silu_mul, silu_mul_ref)  # fmt: skip
+    from kernels.elementwise import (
+        add_rms_norm,
+        add_rms_norm_ref,
+        rms_norm,
+        rms_norm_ref,
+        rope,
+        rope_ref,
+        silu_mul,  # fmt: skip
+        silu_mul_ref,
+    )
 
     gen = torch.Generator(device=DEV).manual_seed(0)
     bf = torch.bfloat16

@@ -92,7 +92,7 @@ def test_preempted_requests_go_first_in_either_order():
 
 # ---- early abort ---------------------------------------------------------------------------------
 def test_expired_early_abort_drops_only_requests_past_their_deadline():
-    sim = Sim(seqs=1, ttft_slo_s=1.0)
+    sim = Sim(seqs=1, early_abort_ttft_slo_s=1.0)
     sim.add("long", out=30)
     sim.step()
     sim.add("late")
@@ -122,7 +122,7 @@ def attainment(sim: Sim, slo: float) -> float:
 
 def test_predicted_early_abort_drops_hopeless_requests_before_their_deadline_and_serves_newest_first():
     slo = 2.0
-    sim = overload({"ttft_slo_s": slo, "early_abort": "predicted"})
+    sim = overload({"early_abort_ttft_slo_s": slo, "early_abort": "predicted"})
     aborted = [r for r in sim.reqs.values() if r.finish_reason == "abort"]
     assert aborted and all(r.first_scheduled_time is None and not r.output_token_ids for r in aborted)
     # predicted: some were dropped before their deadline passed (expired only drops after it)
@@ -132,7 +132,7 @@ def test_predicted_early_abort_drops_hopeless_requests_before_their_deadline_and
     steps = list(zip(firsts, firsts[1:]))
     assert any(b > a for a, b in steps) and any(b < a for a, b in steps)
     fcfs = overload({})
-    expired = overload({"ttft_slo_s": slo})
+    expired = overload({"early_abort_ttft_slo_s": slo})
     lcfs = overload({"queue_order": "lcfs"})
     att = {k: attainment(s, slo) for k, s in [("predicted", sim), ("fcfs", fcfs), ("expired", expired), ("lcfs", lcfs)]}
     assert att["predicted"] > att["fcfs"] and att["predicted"] >= att["expired"], att
@@ -140,13 +140,13 @@ def test_predicted_early_abort_drops_hopeless_requests_before_their_deadline_and
 
 
 def test_predicted_early_abort_keeps_fcfs_and_drops_nothing_under_light_load():
-    sim = overload({"ttft_slo_s": 2.0, "early_abort": "predicted"}, n=20, gap=0.6)
+    sim = overload({"early_abort_ttft_slo_s": 2.0, "early_abort": "predicted"}, n=20, gap=0.6)
     assert sim.admitted == sorted(sim.admitted) and sim.sch.num_early_aborts == 0
     assert all(r.finish_reason == "length" for r in sim.reqs.values())
 
 
 def test_rates_are_measured_over_the_slo_window():
-    sim2 = Sim(seqs=1, ttft_slo_s=2.0, early_abort="predicted")
+    sim2 = Sim(seqs=1, early_abort_ttft_slo_s=2.0, early_abort="predicted")
     sim2.run([(round(i * 0.1, 6), f"r{i:03d}", None, 5) for i in range(40)], until=3.0)
     arrival, service = sim2.sch.rates()
     assert arrival == pytest.approx(10.0, rel=0.1)  # one request per 0.1 s
@@ -250,8 +250,8 @@ def test_group_streams_an_early_abort_before_start_as_a_429_with_retry_after():
 
     demo = build_demo()
     cfg = {"model": str(demo / "model"), "device": "cpu", "dtype": "float32"}
-    cfg["scheduler"] = {"max_num_seqs": 1, "ttft_slo_s": 0.2}
-    g = SLoRAGroup("g", cfg, ray_metrics=False, stream_interval_s=0.0)
+    cfg["scheduler"] = {"max_num_seqs": 1, "early_abort_ttft_slo_s": 0.2}
+    g = SLoRAGroup("g", cfg, ray_metrics=False, settings={"stream_interval_s": 0.0})
     params = SamplingParams(max_tokens=300, temperature=0.0, ignore_eos=True)
 
     async def run():
@@ -273,7 +273,7 @@ def test_group_streams_an_early_abort_before_start_as_a_429_with_retry_after():
 def test_admission_rate_ignores_idle_time():
     """An idle gap before a burst is not service time: only steps between two schedules that both left
     requests waiting count."""
-    sim = Sim(seqs=1, ttft_slo_s=5.0, early_abort="predicted")
+    sim = Sim(seqs=1, early_abort_ttft_slo_s=5.0, early_abort="predicted")
     sim.run([(0.0, "alone", None, 2)])  # then idle until 3 s
     sim.t = 3.0
     sim.run([(3.0, f"r{i}", None, 4) for i in range(6)], until=4.5)

@@ -1,18 +1,13 @@
-"""OpenAI schemas (deployments/protocol.py) and the builder's typed arguments (no Ray cluster needed)."""
+"""OpenAI schemas (deployments/protocol.py): request validation, mapping to sampling parameters, response shapes."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 from pydantic import ValidationError
 
 from deployments.protocol import ChatCompletionRequest, CompletionRequest, error_body
-from deployments.builder import BuildArgs, resolve
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_completion_request_maps_to_sampling_params():
@@ -158,8 +153,8 @@ def test_chat_request():
 def test_structured_output_fields():
     """response_format (chat and completions), vLLM's structured_outputs and guided_* all map onto one
     StructuredOutputs; two at once, unknown kinds and unimplemented options are 400s naming the field."""
-    from deployments.protocol import UnsupportedField
     from app.structured import StructuredOutputs
+    from deployments.protocol import UnsupportedField
 
     msgs = [{"role": "user", "content": "x"}]
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
@@ -200,8 +195,8 @@ def test_structured_output_fields():
 
 
 def test_logprobs_formats():
-    from deployments.protocol import chat_logprobs, completion_logprobs, vllm_prompt_logprobs
     from app.request import TokenLogprobs
+    from deployments.protocol import chat_logprobs, completion_logprobs, vllm_prompt_logprobs
 
     words = {1: "a", 2: "bc", 3: "é"}
     decode = lambda ids: "".join(words[i] for i in ids)  # noqa: E731
@@ -246,77 +241,6 @@ def test_error_body_shape():
     }
 
 
-def test_build_args_from_cli_strings():
-    """`serve run deployments.builder:build_app k=v` passes strings: pydantic coerces them."""
-    a = BuildArgs(
-        **{
-            "tensor_parallel_size": "2",
-            "num_groups": "3",
-            "ttft_slo_s": "0.5",
-            "api_keys": "k1,k2",
-            "allowed_adapter_roots": '["/a", "/b"]',
-            "engine": '{"pool": {"page_size": 32}}',
-            "gpu_memory_fraction": "0.5",
-            "device": "cpu",
-            "dtype": "float32",
-        }
-    )
-    assert (a.tensor_parallel_size, a.num_groups, a.ttft_slo_s, a.api_keys, a.allowed_adapter_roots) == (
-        2,
-        3,
-        0.5,
-        ["k1", "k2"],
-        ["/a", "/b"],
-    )
-    assert BuildArgs(ttft_slo_s="none").ttft_slo_s is None
-    b = BuildArgs(admin_api_keys="a1", metrics_api_keys='["m1", "m2"]', metrics_open="true", max_body_bytes="1024")
-    assert (b.admin_api_keys, b.metrics_api_keys, b.metrics_open, b.max_body_bytes) == (
-        ["a1"],
-        ["m1", "m2"],
-        True,
-        1024,
-    )
-    with pytest.raises(ValidationError):
-        BuildArgs(no_such_arg=1)
-    with pytest.raises(ValidationError):
-        BuildArgs(device="tpu")
-
-
-def test_build_args_map_onto_engine_config():
-    cfg, adapters, served = resolve(
-        BuildArgs(
-            max_num_seqs="8",
-            max_lora_rank="16",
-            gpu_memory_fraction="0.5",
-            max_model_len="512",
-            engine={"pool": {"page_size": 32}, "seed": 7},
-        )
-    )
-    assert served == "sloray-demo" and "demo-r4-attn" in adapters
-    assert (
-        cfg.scheduler.max_num_seqs,
-        cfg.lora.max_lora_rank,
-        cfg.pool.gpu_memory_fraction,
-        cfg.scheduler.max_model_len,
-        cfg.pool.page_size,
-        cfg.seed,
-    ) == (8, 16, 0.5, 512, 32, 7)
-    assert cfg.lora.allowed_adapter_roots == [str(Path(next(iter(adapters.values()))).parent)]
-    with pytest.raises(ValidationError):
-        resolve(BuildArgs(engine={"pool": {"no_such_field": 1}}))
-
-
-@pytest.mark.parametrize(
-    "path", sorted(str(p.relative_to(REPO)) for p in [REPO / "serve_config.yaml", *(REPO / "configs").glob("*.yaml")])
-)
-def test_serve_configs_are_valid(path):
-    doc = yaml.safe_load((REPO / path).read_text())
-    assert doc["http_options"]["host"] == "127.0.0.1"  # private; exposed through a load balancer
-    for app in doc["applications"]:
-        assert app["import_path"] == "deployments.builder:build_app"
-        BuildArgs(**app["args"])
-
-
 def test_tokenize_request_shapes():
     from pydantic import TypeAdapter, ValidationError
 
@@ -342,7 +266,9 @@ def test_build_args_service_defaults():
     from deployments.builder import BuildArgs
 
     a = BuildArgs()
-    assert a.stream_interval_s == 0.0  # one chunk per engine step
-    assert a.access_log_exclude == ["/health", "/metrics"]
-    assert BuildArgs(access_log_exclude="").access_log_exclude is None
-    assert BuildArgs(access_log_exclude="/health").access_log_exclude == ["/health"]
+    assert a.group.stream_interval_s == 0.0  # one chunk per engine step
+    assert a.ingress.access_log_exclude == ["/health", "/metrics"]
+    assert a.ingress.request_start_header == "X-Request-Start"
+    assert BuildArgs(access_log_exclude="").ingress.access_log_exclude is None
+    assert BuildArgs(access_log_exclude="/health").ingress.access_log_exclude == ["/health"]
+    assert BuildArgs(request_start_header="none").ingress.request_start_header is None

@@ -275,7 +275,12 @@ def test_calibration_raises_underestimates_and_counts_time_already_spent():
 
 def test_request_start_stamp_of_a_load_balancer():
     now = 1_800_000_000.0
-    for stamp in (f"t={now - 2.5:.3f}", f"{now - 2.5:.3f}", f"t={int((now - 2.5) * 1e3)}", f"t={int((now - 2.5) * 1e6)}"):
+    for stamp in (
+        f"t={now - 2.5:.3f}",
+        f"{now - 2.5:.3f}",
+        f"t={int((now - 2.5) * 1e3)}",
+        f"t={int((now - 2.5) * 1e6)}",
+    ):
         assert request_start_age_s(stamp, now) == pytest.approx(2.5, abs=1e-3), stamp
     for bad in (None, "", "t=", "t=abc", "t=nan", "t=-5", "t=inf", f"t={now + 30}"):
         assert request_start_age_s(bad, now) == 0.0, bad

@@ -2,7 +2,8 @@
 
 Two applications are started once for the module (in parallel, `serve.run_many`) on the embedded demo:
   * "main" at /: two TP groups (TP=1) behind two ingress replicas (Serve's proxy balances between them, as
-    a load balancer would), inference, admin and metrics keys required, run-time adapter loads confined to a temp root, small
+    a load balancer would), inference, admin and metrics keys required, run-time adapter loads confined to a
+    temp root, small
     request limits (1 MiB bodies, 16 sequences and 8192 tokens per request);
   * "strict" at /strict: one group with an impossible TTFT SLO (every request is refused with 429, after
     tokenizing), up to 1024 prompts per request;
@@ -109,7 +110,7 @@ def service(demo, roots):
         }
     )
     strict = build_app(
-        {"num_groups": 1, "ttft_slo_s": "1e-6", "group_num_cpus": 0.25, "max_choices_per_request": "1024"}
+        {"num_groups": 1, "admission_ttft_slo_s": "1e-6", "group_num_cpus": 0.25, "max_choices_per_request": "1024"}
     )
     tp2 = build_app(
         {

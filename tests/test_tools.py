@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 
 from app.demo import CHAT_TEMPLATE
-from deployments.protocol import ChatCompletionRequest
 from app.tools import StreamingToolParser, forced_calls, forced_constraint, parse_tool_calls, tool_format
+from deployments.protocol import ChatCompletionRequest
 
 WEATHER = {
     "type": "function",
@@ -47,7 +47,10 @@ def test_parse_hermes():
     assert content == "Let me check." and [(c.name, json.loads(c.arguments)) for c in calls] == [
         ("get_weather", {"city": "Paris"})
     ]
-    two = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call><tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}'
+    two = (
+        '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}'
+    )
     content, calls = parse_tool_calls(two, "hermes", NAMES)  # the last one unclosed (stopped by EOS)
     assert content is None and [c.name for c in calls] == ["get_time", "get_weather"]
     assert calls[0].id != calls[1].id and calls[0].id.startswith("call_")

@@ -6,7 +6,6 @@ small enough to preempt; with an adapter added and removed at run time."""
 
 from __future__ import annotations
 
-import json
 import random
 import re
 
@@ -14,23 +13,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from app.config import EngineConfig  # noqa: E402
-from app.engine import Engine  # noqa: E402
 from app.lora.adapter import AdapterError  # noqa: E402
 from app.request import SamplingParams  # noqa: E402
 from deployments.tp import TPExecutor  # noqa: E402
-from tests.models import ADAPTERS, ALL, HFReference, make_model, make_peft_adapters  # noqa: E402
-
-# ranks 1 and 3 are odd (padded under TP=2); o/down are row-parallel, q/k/v/gate/up column-parallel
-SPECS = {
-    "a-r1-q": ADAPTERS["a-r1-q"],
-    "a-r3-all": (3, 6.0, ALL, False),
-    "a-r4-down": ADAPTERS["a-r4-down"],
-    "a-r16-ko-up": ADAPTERS["a-r16-ko-up"],
-    "a-r8-attn": ADAPTERS["a-r8-attn"],  # added and removed at run time
-}
-AT_START = ["a-r1-q", "a-r3-all", "a-r4-down", "a-r16-ko-up"]
-LATE = "a-r8-attn"
+from tests.models import HFReference  # noqa: E402
+from tests.tp_common import AT_START, LATE, check, config, generate, make_engine, random_requests  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,57 +27,13 @@ def ray_cpu():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module", params=["gqa", "mha"])
-def setup(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(f"tp-{request.param}")
-    model = make_model(root, request.param)
-    adapters = make_peft_adapters(root, model, SPECS)
+@pytest.fixture(scope="module")
+def setup(tp_case):
+    model, adapters = tp_case
     ref = HFReference(model, adapters)
     reqs = random_requests(model, 12, [1, 3, 9, 17, 33])  # every adapter, 2 base-model requests
     expected = [ref.greedy(ids, a, m) for ids, a, m in reqs]
     return model, adapters, ref, reqs, expected
-
-
-def random_requests(model, n: int, lengths: list[int], seed: int = 5) -> list[tuple[list[int], str | None, int]]:
-    """n (prompt ids, adapter of AT_START or None in turn, max_tokens 4..8), prompt lengths from `lengths`."""
-    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
-    rng = random.Random(seed)
-    names = AT_START + [None]
-    reqs = []
-    for i in range(n):
-        ids = [rng.randrange(3, vocab) for _ in range(rng.choice(lengths))]
-        reqs.append((ids, names[i % len(names)], rng.randint(4, 8)))
-    return reqs
-
-
-def config(model, **kw) -> EngineConfig:
-    return EngineConfig(model=str(model), device="cpu", dtype="float32", **kw)
-
-
-def generate(engine: Engine, reqs, outputs: bool = False, **params) -> list:
-    """Greedy token ids of each request (with outputs=True: the finished RequestOutputs)."""
-    ids = [
-        engine.add_request(p, SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True, **params), a)
-        for p, a, m in reqs
-    ]
-    done = {}
-    while engine.has_unfinished():
-        for o in engine.step():
-            if o.finished:
-                done[o.request_id] = o if outputs else o.token_ids
-    return [done[i] for i in ids]
-
-
-def make_engine(cfg: EngineConfig, adapters, names, tp: int | None = None, **executor_kw) -> Engine:
-    engine = Engine(cfg, executor=TPExecutor(cfg, tp, **executor_kw) if tp else None)
-    for n in names:
-        engine.add_adapter(n, adapters[n])
-    return engine
-
-
-def check(got, reqs, expected, what: str) -> None:
-    bad = [(i, reqs[i][1], g, e) for i, (g, e) in enumerate(zip(got, expected)) if g != e]
-    assert not bad, f"{what}: {len(bad)} of {len(reqs)} requests differ, first (i, adapter, got, want): {bad[0]}"
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,17 @@ engines fed the same tokens)."""
 from __future__ import annotations
 
 import pytest
-import torch
-
 import ray  # noqa: E402
+import torch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs >= 2 CUDA GPUs")]
 
 from app.config import EngineConfig  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.request import ModelOutput, SamplingParams  # noqa: E402
-from deployments.tp import TPExecutor, forward_logits  # noqa: E402
-from tests.test_tp import AT_START, SPECS, check, generate, random_requests  # noqa: E402
-from tests.models import HFReference, make_model, make_peft_adapters  # noqa: E402
+from deployments.tp import TPExecutor  # noqa: E402
+from tests.models import HFReference  # noqa: E402
+from tests.tp_common import AT_START, check, generate, random_requests  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +26,10 @@ def ray_gpu():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module", params=["gqa", "mha"])
-def setup(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(f"tpgpu-{request.param}")
-    model = make_model(root, request.param)
-    adapters = make_peft_adapters(root, model, SPECS)
-    reqs = random_requests(model, 15, [1, 3, 9, 17, 33, 60])
-    return model, adapters, reqs
+@pytest.fixture(scope="module")
+def setup(tp_case):
+    model, adapters = tp_case
+    return model, adapters, random_requests(model, 15, [1, 3, 9, 17, 33, 60])
 
 
 def engine(
@@ -86,7 +82,7 @@ def test_tp2_nccl_logits_close_bfloat16(ray_gpu, setup):
         for step in range(5):  # a prefill of every request, then decodes, both fed TP=1's tokens
             o1, o2 = tp1.scheduler.schedule(), tp2.scheduler.schedule()
             assert [s.request_id for s in o1.seqs] == [s.request_id for s in o2.seqs]
-            l1 = forward_logits(tp1.executor, o1).cpu()
+            l1 = tp1.executor.forward_logits(o1).cpu()
             l2 = tp2.executor.logits(o2)
             assert l1.shape == l2.shape and l1.shape[0] == len(reqs)
             err = ((l2 - l1).abs().max() / l1.abs().max()).item()

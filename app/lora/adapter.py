@@ -28,20 +28,16 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import regex
 import torch
 from safetensors import safe_open
 
+from app.lora.layer import LORA_GROUPS
+
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 COLUMN_PARALLEL = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}
-# Targets sharing one input, computed by one shrink/expand launch (and one fused base matmul).
-LORA_GROUPS: dict[str, tuple[str, ...]] = {
-    "qkv": ("q_proj", "k_proj", "v_proj"),
-    "o": ("o_proj",),
-    "gate_up": ("gate_proj", "up_proj"),
-    "down": ("down_proj",),
-}
 # Config keys whose LoRA is not x @ A^T @ B^T * scale on q/k/v/o/gate/up/down (refused when set).
 _UNSUPPORTED = (
     ("use_dora", "DoRA (weight-decomposed LoRA)"),
@@ -175,7 +171,7 @@ def load_peft_adapter(
         except AdapterError as e:
             raise AdapterError(f"adapter {name!r}: {e} (a symbolic link out of them?)") from None
 
-    def refuse(reason: str, file: Path = cfg_file):
+    def refuse(reason: str, file: Path = cfg_file) -> NoReturn:
         raise AdapterError(f"adapter {name!r}: {file}: {reason}")
 
     def check_time() -> None:
@@ -211,7 +207,8 @@ def load_peft_adapter(
     if not isinstance(r, int) or r < 1:
         refuse(f"r={r!r} must be a positive integer")
     alpha = cfg.get("lora_alpha", r)
-    rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+    rank_pattern: dict[str, int] = cfg.get("rank_pattern") or {}
+    alpha_pattern: dict[str, float] = cfg.get("alpha_pattern") or {}
     if not isinstance(rank_pattern, dict) or not isinstance(alpha_pattern, dict):
         refuse("rank_pattern and alpha_pattern must be objects (module pattern -> value)")
     for v in (alpha, *alpha_pattern.values()):
@@ -296,8 +293,10 @@ def load_peft_adapter(
             (key, a), (_, b) = ab["A"], ab["B"]
             peft_key = _peft_module_key(key)
             try:
-                lr = rank_pattern.get(_pattern_key(rank_pattern, peft_key, deadline), r)
-                la = alpha_pattern.get(_pattern_key(alpha_pattern, peft_key, deadline), alpha)
+                rk = _pattern_key(rank_pattern, peft_key, deadline)
+                ak = _pattern_key(alpha_pattern, peft_key, deadline)
+                lr = r if rk is None else rank_pattern[rk]
+                la = alpha if ak is None else alpha_pattern[ak]
             except TimeoutError as e:
                 refuse(str(e))
             check_time()

@@ -15,9 +15,16 @@ from __future__ import annotations
 
 import torch
 
-from app.lora.adapter import LORA_GROUPS
 from app.model.context import ForwardContext
 
+# Targets sharing one input, computed by one shrink/expand launch (and one fused base matmul); adapters
+# are packed in this order (app/lora/adapter.py).
+LORA_GROUPS: dict[str, tuple[str, ...]] = {
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "o": ("o_proj",),
+    "gate_up": ("gate_proj", "up_proj"),
+    "down": ("down_proj",),
+}
 ROW_PARALLEL_GROUPS = {"o", "down"}
 
 

@@ -7,7 +7,6 @@ import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
-
 import torch
 import torch.distributed as dist
 

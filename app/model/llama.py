@@ -63,10 +63,9 @@ class ModelArgs:
         if c.get("hidden_act", "silu") != "silu":
             raise ValueError(f"hidden_act {c.get('hidden_act')!r} is not supported (silu only)")
         heads = c["num_attention_heads"]
-        rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
-        theta = rope.pop("rope_theta", c.get("rope_theta", 10000.0))
-        if rope.get("rope_type", rope.get("type", "default")) == "default":
-            rope = None
+        rope_cfg = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
+        theta = rope_cfg.pop("rope_theta", c.get("rope_theta", 10000.0))
+        rope = None if rope_cfg.get("rope_type", rope_cfg.get("type", "default")) == "default" else rope_cfg
         eos = c.get("eos_token_id")
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         attn_bias = bool(c.get("attention_bias", False))
@@ -97,6 +96,12 @@ class ModelArgs:
         """Longest context served exactly: a sliding-window model is served up to its window (where its
         attention equals full attention)."""
         return min(self.max_position_embeddings, self.sliding_window or self.max_position_embeddings)
+
+    def max_model_len(self, requested: int | None = None) -> int:
+        """The context limit (prompt + output tokens) served for this model: `requested`
+        (`scheduler.max_model_len`; None = no request) capped at `max_len`. The engine, the CUDA graphs
+        and the ingress all take it from here."""
+        return min(requested or self.max_len, self.max_len)
 
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
@@ -152,7 +157,7 @@ class LlamaForCausalLM(torch.nn.Module):
         for fn in files:
             h = safe_open(str(path / fn), framework="pt")
             handles[fn] = h
-            for k in h.keys():
+            for k in h.keys():  # noqa: SIM118 - a safetensors handle is not iterable
                 key_file[k] = fn
 
         def get(name: str) -> torch.Tensor:
