@@ -528,18 +528,17 @@ class Engine:
         if self.has_unfinished():
             raise RuntimeError("warmup needs an idle engine (no requests)")
         t0 = time.perf_counter()
-        pool, sch = self.pool, self.scheduler
-        counters = (
-            self.steps,
-            self.last_step_adapters,
-            pool.loads,
-            pool.evictions,
-            pool.hits,
-            sch.num_preemptions,
-            sch.num_prefetches,
-            sch.num_early_aborts,
+        pool, live = self.pool, self.scheduler
+        counters = (self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits)
+        # the warm-up requests go through a scheduler of their own (the live one's config, queues and
+        # counters stay untouched), on the same pool, without early abort (they must all run)
+        self.scheduler = Scheduler(
+            live.cfg.model_copy(update={"early_abort_ttft_slo_s": None}),
+            live.lora_cfg,
+            pool,
+            live.adapter_pages,
+            clock=live.clock,
         )
-        slo, sch.cfg.early_abort_ttft_slo_s = sch.cfg.early_abort_ttft_slo_s, None  # no early abort of warm-up requests
         adapters: list[str] = []
         try:
             L = self.args.num_layers
@@ -588,17 +587,8 @@ class Engine:
             for name in adapters:
                 if name in self.adapters:
                     self.remove_adapter(name)
-            sch.cfg.early_abort_ttft_slo_s = slo
-            (
-                self.steps,
-                self.last_step_adapters,
-                pool.loads,
-                pool.evictions,
-                pool.hits,
-                sch.num_preemptions,
-                sch.num_prefetches,
-                sch.num_early_aborts,
-            ) = counters
+            self.scheduler = live
+            self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits = counters
         self.warmup_s = time.perf_counter() - t0
         logger.info(
             "warmup: %d prefill lengths, decode batch sizes %s, %.2f s",

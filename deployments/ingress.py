@@ -251,7 +251,9 @@ class OpenAIIngress:
         self.cfg = config if isinstance(config, IngressConfig) else IngressConfig(**config)
         self.groups = {h.deployment_name: h for h in groups}
         self.streams = {n: h.options(stream=True) for n, h in self.groups.items()}
-        self.router = Router(list(self.groups), eps=self.cfg.routing_eps, ttft_slo_s=self.cfg.admission_ttft_slo_s)
+        self.router = Router(
+            list(self.groups), eps=self.cfg.routing_eps, admission_ttft_slo_s=self.cfg.admission_ttft_slo_s
+        )
         self.tokenizer = Tokenizer(self.cfg.tokenizer_path)
         self.snapshots: dict[str, dict | None] = dict.fromkeys(self.groups)
         self.registry = CollectorRegistry(auto_describe=True)

@@ -112,14 +112,14 @@ class Router:
         self,
         group_names: list[str],
         eps: float = 0.25,
-        ttft_slo_s: float | None = None,
+        admission_ttft_slo_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         if not group_names:
             raise ValueError("at least one group is needed")
         self.names = list(group_names)
         self.eps = eps
-        self.ttft_slo_s = ttft_slo_s
+        self.admission_ttft_slo_s = admission_ttft_slo_s
         self.states = {n: GroupState(name=n) for n in self.names}
         self._heaps: dict[str, list[int]] = {}  # GroupState.slot_heap() of the last poll, per group
         self.clock = clock
@@ -221,9 +221,9 @@ class Router:
         prediction stays within the SLO."""
         raw = self.predict_ttft(name, prompt_tokens)
         t = elapsed_s + self.calibrated(name, raw)
-        if self.ttft_slo_s is None or t <= self.ttft_slo_s:
+        if self.admission_ttft_slo_s is None or t <= self.admission_ttft_slo_s:
             return Decision(True, t, model_ttft_s=raw)
-        wait = t - self.ttft_slo_s if math.isfinite(t) else self.ttft_slo_s
+        wait = t - self.admission_ttft_slo_s if math.isfinite(t) else self.admission_ttft_slo_s
         return Decision(False, t, retry_after_s=max(1, math.ceil(wait)), model_ttft_s=raw)
 
     # ---- calibration -----------------------------------------------------------------------------

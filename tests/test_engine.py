@@ -162,8 +162,9 @@ def test_warmup_leaves_the_engine_clean_and_outputs_unchanged(demo, llm):
 
 
 def test_warmup_runs_every_request_despite_an_slo(demo):
-    """Early abort (early_abort_ttft_slo_s) is off while warmup runs: every warm-up request runs to its length, one
-    wave per prompt length and one per decode batch size; the SLO is back afterwards."""
+    """Early abort (early_abort_ttft_slo_s) is off for the warm-up requests, which go through a scheduler of
+    their own: every one runs to its length, one wave per prompt length and one per decode batch size; the
+    live scheduler, its config and its counters are never touched."""
     e = LLM(
         model=str(demo / "model"),
         device="cpu",
@@ -171,8 +172,10 @@ def test_warmup_runs_every_request_despite_an_slo(demo):
         scheduler={"early_abort_ttft_slo_s": 1e-6, "max_num_seqs": 8},
     ).engine
     finished, batches, step = [], [], e.step
+    live = e.scheduler
 
     def spy():
+        assert live.cfg.early_abort_ttft_slo_s == 1e-6 and not live.running  # the live scheduler is not touched
         batches.append(len(e.scheduler.running))
         outs = step()
         finished.extend((o.request_id, o.finish_reason, len(o.token_ids)) for o in outs if o.finished)
@@ -186,7 +189,7 @@ def test_warmup_runs_every_request_despite_an_slo(demo):
     # 6 prompt lengths x 3 adapter ranks x (adapter, base), then the decode buckets
     assert len(finished) == 2 * len(e.cfg.warmup_prompt_lens) * len(e.cfg.warmup_ranks) + 1 + 2 + 4 + 8
     assert {1, 2, 4, 8} <= set(batches)
-    assert e.scheduler.cfg.early_abort_ttft_slo_s == 1e-6 and e.scheduler.num_early_aborts == 0
+    assert e.scheduler is live and live.cfg.early_abort_ttft_slo_s == 1e-6 and live.num_early_aborts == 0
 
 
 def test_warmup_with_few_seqs_short_context_and_a_tight_pool(demo, caplog):

@@ -97,7 +97,7 @@ def test_one_request_in_flight_does_not_move_an_adapter():
 
 
 def test_predicted_ttft_from_queue_and_rate():
-    r = Router(["a"], ttft_slo_s=1.0)
+    r = Router(["a"], admission_ttft_slo_s=1.0)
     r.update(GroupState(name="a", queued_prefill_tokens=900, prefill_tps=1000.0, step_time_s=0.05))
     assert r.predict_ttft("a", 100) == pytest.approx(1000 / 1000 + 0.05)
     d = r.admit("a", 100)
@@ -109,7 +109,7 @@ def test_predicted_ttft_from_queue_and_rate():
 
 
 def test_full_batch_waits_for_the_slots_that_free_first_and_retry_after_grows():
-    r = Router(["a"], ttft_slo_s=0.5)
+    r = Router(["a"], admission_ttft_slo_s=0.5)
     state = GroupState(
         name="a", running=4, waiting=2, max_num_seqs=4, prefill_tps=1e6, step_time_s=0.1,
         running_remaining=(3, 5, 7, 9), waiting_lengths=((10, 4), (10, 6)),
@@ -185,7 +185,7 @@ def test_admitted_requests_meet_the_slo_in_a_simulated_flood():
     the SLO (plus the one step of arrival jitter), and requests are refused rather than queued past it."""
     rng = random.Random(1)
     slo, step = 2.0, 0.1
-    router = Router(["a"], ttft_slo_s=slo)
+    router = Router(["a"], admission_ttft_slo_s=slo)
     arrivals, t = [], 0.0
     for _ in range(400):
         t += rng.expovariate(30.0)
@@ -206,7 +206,7 @@ def test_admitted_requests_meet_the_slo_in_a_simulated_flood():
 def test_no_slo_admits_everything_and_tiny_slo_refuses():
     r = Router(["a"])
     assert r.admit("a", 10**6).admitted
-    assert not Router(["a"], ttft_slo_s=1e-6).admit("a", 1).admitted  # prior step time alone exceeds it
+    assert not Router(["a"], admission_ttft_slo_s=1e-6).admit("a", 1).admitted  # prior step time alone exceeds it
 
 
 def test_from_stats():
@@ -249,7 +249,7 @@ def test_step_cost_fits_fixed_plus_per_token_and_drives_the_prediction():
 
 
 def test_unmeasured_group_admits_only_what_starts_at_once():
-    r = Router(["a"], ttft_slo_s=5.0)
+    r = Router(["a"], admission_ttft_slo_s=5.0)
     r.update(GroupState(name="a", running=2, max_num_seqs=2, running_remaining=(3, 4)))
     d = r.admit("a", 10)  # both slots busy and no step measured yet: the wait is unknown
     assert not d.admitted and d.retry_after_s == 5
@@ -258,7 +258,7 @@ def test_unmeasured_group_admits_only_what_starts_at_once():
 
 
 def test_calibration_raises_underestimates_and_counts_time_already_spent():
-    r = Router(["a"], ttft_slo_s=1.0)
+    r = Router(["a"], admission_ttft_slo_s=1.0)
     r.update(GroupState(name="a", queued_prefill_tokens=100, prefill_tps=1000.0, step_time_s=0.05))
     raw = r.predict_ttft("a", 100)  # 0.25 s
     assert r.admit("a", 100).admitted and r.admit("a", 100, elapsed_s=0.8).admitted is False
@@ -286,7 +286,7 @@ def test_request_start_stamp_of_a_load_balancer():
         assert request_start_age_s(bad, now) == 0.0, bad
     assert request_start_age_s("t=1", now) == MAX_REQUEST_START_AGE_S  # a clock problem, not a queue
     # the age counts against the SLO: a request that queued 0.99 s in front of the ingress is refused
-    r = Router(["g"], ttft_slo_s=1.0)
+    r = Router(["g"], admission_ttft_slo_s=1.0)
     r.update(GroupState(name="g", step_time_s=0.02, prefill_tps=10_000, max_num_seqs=8))
     assert r.admit("g", 100).admitted
     assert not r.admit("g", 100, elapsed_s=request_start_age_s(f"t={now - 0.99}", now)).admitted
@@ -296,7 +296,7 @@ def test_a_calibration_learnt_in_an_overload_does_not_refuse_forever():
     """The GPU flood of 2026-12-02: after a flood had taught the calibration TTFTs far above the model's,
     every request of the next one was refused (nothing admitted, so nothing corrected it)."""
     now = [100.0]
-    r = Router(["a"], ttft_slo_s=1.0, clock=lambda: now[0])
+    r = Router(["a"], admission_ttft_slo_s=1.0, clock=lambda: now[0])
     busy = GroupState(name="a", running=4, max_num_seqs=8, running_remaining=(5,) * 4, step_time_s=0.02)
     r.update(busy)
     for pred in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3):  # the overload: 1.5 s more than predicted
