@@ -54,6 +54,7 @@ from app.demo import write_peft_adapter  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.request import SamplingParams  # noqa: E402
 from benchmarks.engine import alias_adapters, write_model_config  # noqa: E402
+from benchmarks.load import percentile  # noqa: E402
 from benchmarks.saturated import ALL_LINEAR, QKVO, commit  # noqa: E402
 from benchmarks.trace import synthetic_trace  # noqa: E402
 
@@ -131,8 +132,8 @@ def burst_trace(a, n: int, count: int, seed: int = 2) -> list[dict]:
 # replay and metrics
 # ----------------------------------------------------------------------------------------------------
 def pct(xs: list[float], q: float) -> float | None:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else None
+    """benchmarks/load.py's percentile, None (JSON null) for no values."""
+    return percentile(xs, q) if xs else None
 
 
 def replay(engine: Engine, trace: list[dict], slo: float, *, stop_on_fail: bool = False, drain_s: float = 30.0,
@@ -671,12 +672,8 @@ def report_table(res: dict, out: Path) -> list[str]:
                 ax.axhline(base["max_rate"], ls="--", color=line.get_color(), alpha=0.6,
                            label=f"{s['setting']} base only")  # fmt: skip
         ax.set_xscale("log")
-        ax.set_xlabel("adapters (n)")
-        ax.set_ylabel("max sustainable throughput (req/s)")
-        ax.set_title(f"Throughput vs adapters, {res['gpu']}", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "s-lora-table_throughput.png", dpi=120)
+        save_plot(fig, ax, out / "s-lora-table_throughput.png", "adapters (n)", "max sustainable throughput (req/s)",
+                  f"Throughput vs adapters, {res['gpu']}", legend_size=7)  # fmt: skip
         fig, ax = plt.subplots(figsize=(6, 4))
         for s in res["settings"]:
             for r in s["rows"]:
@@ -685,13 +682,19 @@ def report_table(res: dict, out: Path) -> list[str]:
                     ax.plot(*zip(*pts), "o-", label=f"{s['setting']} n={r['adapters'] or 'base'}")
         ax.axhline(res["slo_s"], ls=":", color="grey", label="SLO")
         ax.set_yscale("log")
-        ax.set_xlabel("offered rate (req/s)")
-        ax.set_ylabel("TTFT p99 (s)")
-        ax.set_title(f"Latency vs rate, {res['gpu']}", fontsize=9)
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "s-lora-table_latency.png", dpi=120)
+        save_plot(fig, ax, out / "s-lora-table_latency.png", "offered rate (req/s)", "TTFT p99 (s)",
+                  f"Latency vs rate, {res['gpu']}", legend_size=6)  # fmt: skip
     return lines
+
+
+def save_plot(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend_size: int) -> None:
+    """Labels, title and legend of a one-axes figure, then the PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def report_ablations(res: dict, out: Path) -> list[str]:

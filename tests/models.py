@@ -159,3 +159,15 @@ class HFReference:
 def greedy(n: int = 8, **kw) -> SamplingParams:
     """Greedy sampling of exactly n tokens (EOS ignored)."""
     return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, **kw)
+
+
+def llm_with_kv_room(demo: Path, adapters: dict[str, str], kv_pages: int, **kw):
+    """An offline LLM of the demo model (float32 on the CPU, pages of 4 tokens) with `adapters`, whose pool
+    holds exactly them plus `kv_pages` pages of KV cache: small enough for tests that preempt. `kw`: more
+    LLM options (scheduler, ...)."""
+    from app import LLM
+
+    base = {"model": str(demo / "model"), "adapters": adapters, "device": "cpu", "dtype": "float32"}
+    probe = LLM(**base, pool={"page_size": 4})
+    pages = sum(a.num_pages for a in probe.engine.adapters.values()) + kv_pages
+    return LLM(**base, pool={"page_size": 4, "num_pages": pages}, **kw)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from app import LLM
 from app.request import SEED_MAX, SEED_MIN, SamplingParams
 from app.sampling import FAILED, sample
-from tests.models import greedy
+from tests.models import greedy, llm_with_kv_room
 
 VOCAB = 64
 
@@ -197,16 +197,8 @@ def test_penalties_and_logit_bias_equal_hf(demo, llm, monkeypatch):
     plain = [o.token_ids for o in llm.generate(prompts, greedy(10), names)]
     assert sum(w != plain[i % 3] for i, w in enumerate(want)) >= 6, "the penalties should change most outputs"
     used = {n: str(demo / "adapters" / n) for n in names if n}
-    probe = LLM(model=str(demo / "model"), adapters=used, device="cpu", dtype="float32", pool={"page_size": 4})
-    pages = sum(i.num_pages for i in probe.engine.adapters.values()) + 30  # KV room for about 6 of 15 requests
-    small = LLM(
-        model=str(demo / "model"),
-        adapters=used,
-        device="cpu",
-        dtype="float32",
-        pool={"page_size": 4, "num_pages": pages},
-        scheduler={"max_num_batched_tokens": 64},
-    )
+    # KV room for about 6 of 15 requests
+    small = llm_with_kv_room(demo, used, 30, scheduler={"max_num_batched_tokens": 64})
     for engine in (llm, small):
         outs = engine.generate(
             [r[0] for r in reqs] + prompts, [r[2] for r in reqs] + [greedy(10)] * 3, [r[1] for r in reqs] + names
@@ -337,9 +329,7 @@ def test_prompt_logprobs_equal_hf(demo, llm):
     # its first prompt chunk's logprobs, is preempted at its second chunk, and is recomputed later.
     a = [(5 * j) % 300 + 3 for j in range(60)]
     one = {"demo-r4-attn": used["demo-r4-attn"]}
-    probe = LLM(model=str(demo / "model"), adapters=one, device="cpu", dtype="float32", pool={"page_size": 4})
-    pages = probe.engine.adapters["demo-r4-attn"].num_pages + 20  # A: 16 KV pages, B: 12
-    small = LLM(model=str(demo / "model"), adapters=one, pool={"page_size": 4, "num_pages": pages}, **kw)
+    small = llm_with_kv_room(demo, one, 20, scheduler=kw["scheduler"])  # A: 16 KV pages, B: 12
     outs = small.generate([a, prompts[2]], [greedy(4), params[2]], [None, "demo-r4-attn"])
     assert outs[1].metrics["num_preemptions"] > 0, "the adapter request was meant to be preempted"
     check(outs[1], prompts[2], want[2], 3)

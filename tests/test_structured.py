@@ -12,9 +12,9 @@ import jsonschema
 import pytest
 import torch
 
-from app import LLM, SamplingParams
-from app.demo import build_demo
+from app import SamplingParams
 from app.structured import StructuredOutputs, apply_token_bitmask
+from tests.models import llm_with_kv_room
 
 SCHEMA = {
     "type": "object",
@@ -32,16 +32,6 @@ REGEX = r"(\d{3})-([a-z]{2,5})"
 CHOICES = ("yes", "no", "maybe so")
 GRAMMAR = 'root ::= "(" expr ")"\nexpr ::= num | num op num\nop ::= "+" | "-"\nnum ::= [1-9] [0-9]?'  # GBNF
 LARK = 'start: "(" expr ")"\nexpr: NUM | NUM OP NUM\nOP: "+" | "-"\nNUM: /[1-9][0-9]?/'
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("demo"))
-
-
-@pytest.fixture(scope="module")
-def llm(demo):
-    return LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32")
 
 
 def params(so: StructuredOutputs | None = None, n: int = 200, **kw) -> SamplingParams:
@@ -111,15 +101,7 @@ def test_preempted_constrained_request_stays_valid(demo, llm):
     assert ref.finish_reason == "stop" and len(ref.token_ids) > 30
     a = [(5 * j) % 300 + 3 for j in range(80)]  # with its 40 tokens: 30 pages of 4, the whole KV room
     one = {"demo-r4-attn": str(demo / "adapters" / "demo-r4-attn")}
-    probe = LLM(model=str(demo / "model"), adapters=one, device="cpu", dtype="float32", pool={"page_size": 4})
-    pages = probe.engine.adapters["demo-r4-attn"].num_pages + 30
-    small = LLM(
-        model=str(demo / "model"),
-        adapters=one,
-        device="cpu",
-        dtype="float32",
-        pool={"page_size": 4, "num_pages": pages},
-    )
+    small = llm_with_kv_room(demo, one, 30)
     outs = small.generate([a, "Hi"], [params(n=40, ignore_eos=True), params(so, n=100)], [None, "demo-r4-attn"])
     assert outs[1].metrics["num_preemptions"] > 0, "the constrained request was meant to be preempted"
     assert small.engine.executor.constraints.rebuilds > 0

@@ -9,9 +9,10 @@ import pickle
 
 import pytest
 
-from app import LLM, SamplingParams
+from app import SamplingParams
 from app.scheduler import ScheduledSeq
 from deployments.tp_messages import SeqDelta, StepDecoder, StepEncoder, StepMessage
+from tests.models import llm_with_kv_room
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +21,7 @@ def steps(demo):
     abort, across three demo adapters and the base model."""
     names = ["demo-r1-qv", "demo-r4-attn", "demo-r8-mlp", None]
     adapters = {n: str(demo / "adapters" / n) for n in names if n}
-    probe = LLM(model=str(demo / "model"), adapters=adapters, device="cpu", dtype="float32", pool={"page_size": 4})
-    pages = sum(a.num_pages for a in probe.engine.adapters.values()) + 24  # KV room for a few requests
-    small = LLM(model=str(demo / "model"), adapters=adapters, device="cpu", dtype="float32",
-                pool={"page_size": 4, "num_pages": pages})  # fmt: skip
+    small = llm_with_kv_room(demo, adapters, 24)  # KV room for a few requests
     e = small.engine
     outs = []
     execute = e.executor.execute
