@@ -334,6 +334,7 @@ class ModelRunner:
                 first = b.q_indptr[-2] + s.prompt_lp_start - s.start_pos
                 b.prompt_rows += range(first, first + len(s.prompt_lp_targets))
         b.max_q_len = max(len(s.token_ids) for s in out.seqs)
+        b.num_decode = next((i for i, s in enumerate(out.seqs) if len(s.token_ids) != 1), len(out.seqs))
         slots: dict[str, int] = {}
         for s in out.seqs:
             b.seg_slot.append(-1 if s.adapter is None else slots.setdefault(s.adapter, len(slots)))
@@ -357,6 +358,7 @@ class ModelRunner:
             kv_page_table=h2d(padded_table(b.kv_pages), torch.int32, dev),
             slot_mapping=h2d(b.slots, torch.int64, dev),
             max_q_len=b.max_q_len,
+            num_decode=b.num_decode,
         )
         lora = None
         if b.lora_pages:
@@ -395,6 +397,7 @@ class HostBatch:
     sample_rows: list[int] = field(default_factory=list)
     prompt_rows: list[int] = field(default_factory=list)  # rows whose logits give prompt logprobs
     max_q_len: int = 0
+    num_decode: int = 0  # leading sequences with one query token (the scheduler orders decodes first)
     seg_slot: list[int] = field(default_factory=list)
     lora_pages: list[list[int]] = field(default_factory=list)
     lora_scales: list[float] = field(default_factory=list)

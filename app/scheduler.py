@@ -76,7 +76,7 @@ class ScheduledSeq:
 
 @dataclass
 class SchedulerOutput:
-    seqs: list[ScheduledSeq] = field(default_factory=list)
+    seqs: list[ScheduledSeq] = field(default_factory=list)  # one-token rows (decodes) first, then the rest
     adapter_loads: list[tuple[str, list[int]]] = field(default_factory=list)  # fill these pages first
     finished_ids: list[str] = field(default_factory=list)  # drop per-request state
     prefetch: list[str] = field(default_factory=list)  # loads for queued requests: may overlap the step
@@ -209,7 +209,8 @@ class Scheduler:
         if self.lora_cfg.prefetch and not out.preempted_ids:
             self._prefetch(out)
 
-        for req, n in chosen:
+        # one-token rows first: the runner sends that prefix of a mixed step to the decode attention kernel
+        for req, n in sorted(chosen, key=lambda c: c[1] != 1):
             start = req.num_computed_tokens
             placeholder = start >= req.num_tokens
             if placeholder and (n != 1 or start != req.num_tokens or req.num_pending != 1):

@@ -472,6 +472,172 @@ def bench_attention(args, device, dtype, bw, gen) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------
+# attention of a mixed step (decode rows and prefill chunks in one batch)
+# ----------------------------------------------------------------------------------------------------
+
+# (name, decode rows, prefill chunks as (new tokens, cached tokens before them))
+MIXED_ATTN_CASES = [
+    ("254 decode + 2 x 1024 prefill", 254, [(1024, 0)] * 2),
+    ("200 decode + 8 x 448 prefill (4 over 512 cached)", 200, [(448, 0)] * 4 + [(448, 512)] * 4),
+    ("prefill 16 x 128", 0, [(128, 0)] * 16),
+    ("prefill 2 x 2048", 0, [(2048, 0)] * 2),
+]
+SMOKE_MIXED_ATTN_CASES = [("5 decode + 2 x 33 prefill (one over 40 cached)", 5, [(33, 0), (33, 40)])]
+# prefill launch configurations tried by --sweep (PrefillLaunch fields)
+ATTN_SWEEP = [
+    dict(block_m=64, block_n=64, num_warps=4, num_stages=3),
+    dict(block_m=64, block_n=64, num_warps=4, num_stages=2),
+    dict(block_m=64, block_n=32, num_warps=4, num_stages=3),
+    dict(block_m=128, block_n=64, num_warps=8, num_stages=2),
+    dict(block_m=128, block_n=64, num_warps=8, num_stages=3),
+    dict(block_m=128, block_n=32, num_warps=8, num_stages=3),
+    dict(block_m=64, block_n=128, num_warps=8, num_stages=2),
+    dict(block_m=32, block_n=64, num_warps=4, num_stages=3),
+]
+
+
+def _flash_varlen():
+    """torch's FlashAttention varlen entry point, or None where this torch has none."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def bench_attention_mixed(args, device, dtype, bw, gen) -> list[dict]:
+    """One layer's attention of a mixed step, the way the engine runs it since decode rows come first
+    (num_decode of them to the decode kernel, the chunks to the prefill kernel) against the whole batch
+    through the prefill kernel (num_decode = 0, how mixed steps ran before), each part alone, the torch
+    reference, torch's FlashAttention varlen on contiguous K/V for the prefill part (a FlashAttention-class
+    yardstick) and the bound max(KV bytes / bandwidth, FLOPs / matmul rate)."""
+    from kernels.attention import PrefillLaunch, paged_attention_ref
+
+    if args.smoke:
+        shapes, P, cases, ctx_hi = [(4, 2, 16)], 8, SMOKE_MIXED_ATTN_CASES, 64
+    else:
+        shapes, P, cases, ctx_hi = [(32, 32, 128), (32, 8, 128)], 16, MIXED_ATTN_CASES, 1024
+    mm = matmul_flops(device, dtype)
+    elem = torch.finfo(dtype).bits // 8
+    flash = _flash_varlen() if device.type == "cuda" else None
+    rows = []
+    for Hq, Hkv, D in shapes:
+        for name, n_dec, chunks in cases:
+            dec_ctx = torch.randint(8, ctx_hi, (n_dec,), generator=gen).tolist()
+            seq_lens = dec_ctx + [new + old for new, old in chunks]
+            q_lens = [1] * n_dec + [new for new, _ in chunks]
+            n_pages = [math.ceil(L / P) for L in seq_lens]
+            pool = torch.randn(sum(n_pages) + 1, 2 * P * Hkv * D, generator=gen).to(dtype).to(device)
+            perm = torch.randperm(sum(n_pages), generator=gen)
+            table = torch.zeros(len(seq_lens), max(n_pages), dtype=torch.int32)
+            used = 0
+            for s_, n in enumerate(n_pages):
+                table[s_, :n] = perm[used : used + n].to(torch.int32)
+                used += n
+            table = table.to(device)
+            lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)
+            ind = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
+            ind[1:] = torch.cumsum(torch.tensor(q_lens, dtype=torch.int32), 0)
+            ind = ind.to(device)
+            T = int(ind[-1])
+            q = torch.randn(T, Hq, D, generator=gen).to(dtype).to(device)
+            out = torch.empty_like(q)
+            max_q, scale = max(q_lens), D**-0.5
+
+            def run(num_decode, launch=None, out=out):
+                paged_attention(q, pool, P, Hkv, table, lens, ind, scale, out, max_q_len=max_q,
+                                num_decode=num_decode, prefill_launch=launch)  # fmt: skip
+
+            want = torch.empty_like(q)
+            paged_attention_ref(q, pool, P, Hkv, table, lens, ind, scale, want)
+            run(n_dec)
+            err = float((out.float() - want.float()).abs().max())
+            t_split = bench_ms(lambda: run(n_dec), device)
+            t_whole = bench_ms(lambda: run(0), device)
+            pre_ind = ind[n_dec:] - ind[n_dec]
+            q_pre = q[int(ind[n_dec]) :]
+
+            def prefill_part(launch=None):
+                paged_attention(q_pre, pool, P, Hkv, table[n_dec:], lens[n_dec:], pre_ind, scale,
+                                out[int(ind[n_dec]) :], max_q_len=max_q, prefill_launch=launch)  # fmt: skip
+
+            t_pre = bench_ms(prefill_part, device) if chunks else 0.0
+            t_dec = 0.0
+            if n_dec:
+                dec_ind = ind[: n_dec + 1]
+                t_dec = bench_ms(
+                    lambda: paged_attention(
+                        q, pool, P, Hkv, table[:n_dec], lens[:n_dec], dec_ind, scale, out, max_q_len=1
+                    ),  # fmt: skip
+                    device,
+                )
+            t_flash = None
+            if flash is not None and chunks:
+                kv = kv_view(pool, P, Hkv)
+                ks, vs = [], []
+                for s_ in range(n_dec, len(seq_lens)):
+                    pages = table[s_, : n_pages[s_]].long()
+                    ks.append(kv[pages, 0].reshape(-1, Hkv, D)[: seq_lens[s_]])
+                    vs.append(kv[pages, 1].reshape(-1, Hkv, D)[: seq_lens[s_]])
+                k_c, v_c = torch.cat(ks), torch.cat(vs)
+                cu_k = torch.zeros(len(chunks) + 1, dtype=torch.int32)
+                cu_k[1:] = torch.cumsum(torch.tensor(seq_lens[n_dec:], dtype=torch.int32), 0)
+                cu_k = cu_k.to(device)
+                max_k = max(seq_lens[n_dec:])
+                try:
+                    fo = flash(q_pre, k_c, v_c, pre_ind, cu_k, max_q, max_k, scale=scale, window_size=(-1, 0),
+                               enable_gqa=Hkv != Hq)  # fmt: skip
+                    ferr = float((fo.float() - want[int(ind[n_dec]) :].float()).abs().max())
+                    t_flash = bench_ms(
+                        lambda: flash(
+                            q_pre,
+                            k_c,
+                            v_c,
+                            pre_ind,
+                            cu_k,
+                            max_q,
+                            max_k,
+                            scale=scale,
+                            window_size=(-1, 0),
+                            enable_gqa=Hkv != Hq,
+                        ),  # fmt: skip
+                        device,
+                    )
+                    print(f"  flash varlen: {t_flash:.3f} ms, max err vs reference {ferr:.1e}", flush=True)
+                except Exception as e:  # noqa: BLE001 - a yardstick only: its absence is recorded
+                    print(f"  flash varlen failed: {e!r}", flush=True)
+            kv_bytes = sum(seq_lens) * 2 * Hkv * D * elem + 2 * q.numel() * elem
+            flops = 4 * Hq * D * (sum(dec_ctx) + sum(new * (old + (new + 1) / 2) for new, old in chunks))
+            bound = max(kv_bytes / bw, flops / mm) * 1e3
+            row = dict(
+                case=name, hq=Hq, hkv=Hkv, head_dim=D, page_size=P, tokens=T, decode_rows=n_dec,
+                split_ms=t_split, whole_ms=t_whole, prefill_part_ms=t_pre, decode_part_ms=t_dec,
+                flash_prefill_ms=t_flash, bound_ms=bound, max_abs_err=err, sweep=[],
+            )  # fmt: skip
+            print(
+                f"mixed attn {name} Hq/Hkv {Hq}/{Hkv}: split {t_split:.3f} ms, whole {t_whole:.3f}, parts "
+                f"{t_pre:.3f} + {t_dec:.3f}, flash prefill {_f(t_flash)}, bound {bound:.3f}, err {err:.1e}",
+                flush=True,
+            )
+            if args.sweep and chunks:
+                for v in ATTN_SWEEP:
+                    launch = PrefillLaunch(**v)
+                    try:
+                        prefill_part(launch)
+                        t = bench_ms(lambda launch=launch: prefill_part(launch), device)
+                    except Exception as e:  # noqa: BLE001 - e.g. out of shared memory: recorded, not fatal
+                        print(f"  prefill {v}: failed {e!r}", flush=True)
+                        continue
+                    row["sweep"].append(dict(launch=v, ms=t))
+                    print(f"  prefill {v}: {t:.3f} ms", flush=True)
+            rows.append(row)
+            pool = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
 
 
 def _f(x) -> str:
@@ -493,14 +659,14 @@ def write_markdown(res: dict, path: Path) -> None:
         "",
         f"Ranks cycling over {{8, 16, 32, 64}}; one plan per step (built once for all layers: plan ms), "
         f"lora_apply per group with float32 v, as the engine calls them. bound = max(bytes / copy bandwidth, "
-        f"FLOPs / torch.mm rate ({res['lora_steps'].get('mm_tflops', 0):.0f} TFLOP/s in this run)). Every "
+        f"FLOPs / torch.mm rate ({res.get('lora_steps', {}).get('mm_tflops', 0):.0f} TFLOP/s in this run)). Every "
         "output checked against the torch reference (max abs error vs the size of the LoRA's change).",
         "",
         "| step | tokens | adapters | bound ms | ours ms (CUDA graph) | ours / bound | eager ms | plan ms | "
         "parts alone (prefill + decode) ms | padded bmm ms (graph) | torch ref ms | max err / delta |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in res["lora_steps"].get("steps", []):
+    for r in res.get("lora_steps", {}).get("steps", []):
         parts = "-" if "parts_sum_ms" not in r else (
             f"{r['prefill_part_ms']:.3f} + {r['decode_part_ms']:.3f} = {r['parts_sum_ms']:.3f}")  # fmt: skip
         lines.append(
@@ -508,7 +674,7 @@ def write_markdown(res: dict, path: Path) -> None:
             f"{r['over_bound']:.2f}x | {r['eager_ms']:.3f} | {r['plan_ms']:.3f} | {parts} | "
             f"{_f(r.get('bmm_graph_ms'))} | {r['ref_ms']:.2f} | {r['max_abs_err']:.1e} / {r['max_abs_delta']:.1e} |"
         )
-    if res["lora_steps"].get("sweep"):
+    if res.get("lora_steps", {}).get("sweep"):
         lines += [
             "",
             "### Launch configurations (--sweep): overrides of the regime's LoRATileConfig",
@@ -516,7 +682,7 @@ def write_markdown(res: dict, path: Path) -> None:
             "| step | regime | variant | ms (CUDA graph) | / bound | max err |",
             "|---|---|---|---:|---:|---:|",
         ]
-        for r in res["lora_steps"]["sweep"]:
+        for r in res.get("lora_steps", {})["sweep"]:
             lines.append(
                 f"| {r['case']} | {r['regime']} | {r['variant'] or 'default'} | {_f(r['ms'])} | "
                 f"{_x(r['over_bound'])} | {_f(r['max_abs_err'])} |"
@@ -536,6 +702,27 @@ def write_markdown(res: dict, path: Path) -> None:
             f"{r['bound_ms']:.3f} | {r['bandwidth_fraction']:.0%} | {r['sdpa_ms']:.3f} | "
             f"{r['sdpa_over_ours']:.2f}x |"
         )
+    if res.get("mixed_attention"):
+        lines += [
+            "",
+            "## Attention of a mixed step, one layer (decode rows with contexts U[8, 1024) and prefill chunks)",
+            "",
+            "split: decode rows to the decode kernel, chunks to the prefill kernel (the engine since this "
+            "change); whole: the whole batch through the prefill kernel (before). flash: torch's "
+            "FlashAttention varlen on contiguous K/V, prefill part only (a yardstick).",
+            "",
+            "| step | Hq/Hkv | bound ms | split ms | whole ms | prefill part | decode part | flash prefill | "
+            "best sweep (prefill part) | max err |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        ]
+        for r in res["mixed_attention"]:
+            best = min(r["sweep"], key=lambda v: v["ms"]) if r["sweep"] else None
+            best_s = "-" if best is None else f"{best['ms']:.3f} ({best['launch']})"
+            lines.append(
+                f"| {r['case']} | {r['hq']}/{r['hkv']} | {r['bound_ms']:.3f} | {r['split_ms']:.3f} | "
+                f"{r['whole_ms']:.3f} | {r['prefill_part_ms']:.3f} | {r['decode_part_ms']:.3f} | "
+                f"{_f(r['flash_prefill_ms'])} | {best_s} | {r['max_abs_err']:.1e} |"
+            )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -548,7 +735,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sweep", action="store_true", help="also time the LoRA launch configurations of SWEEP")
-    ap.add_argument("--lora-only", action="store_true", help="skip the attention section")
+    ap.add_argument("--lora-only", action="store_true", help="skip the attention sections")
+    ap.add_argument("--attention-only", action="store_true", help="only the mixed-step attention section")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
@@ -571,7 +759,11 @@ def main() -> None:
         copy_bandwidth_gbs=bw / 1e9,
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    sections = [("lora_steps", bench_lora_steps)] + ([] if args.lora_only else [("attention", bench_attention)])
+    sections = [("lora_steps", bench_lora_steps)] + (
+        [] if args.lora_only else [("attention", bench_attention), ("mixed_attention", bench_attention_mixed)]
+    )
+    if args.attention_only:
+        sections = [("mixed_attention", bench_attention_mixed)]
     for key, fn in sections:
         try:
             res[key] = fn(args, device, dtype, bw, gen)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import json
 import platform
 import pstats
@@ -116,6 +117,29 @@ def host_top(host, n: int = 15) -> list[dict]:
              "fn": f"{Path(k[0]).name}:{k[1]}({k[2]})"} for k, v in rows]  # fmt: skip
 
 
+class GcTimer:
+    """Wall time the garbage collector takes while it is installed (gc.callbacks), by generation."""
+
+    def __init__(self):
+        self.ms = 0.0
+        self.by_gen = [0, 0, 0]
+        self._t = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.ms += (time.perf_counter() - self._t) * 1e3
+            self.by_gen[info["generation"]] += 1
+
+    def __enter__(self):
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self)
+
+
 def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict:
     rng = random.Random(seed)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
@@ -129,6 +153,7 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict
         engine.add_request([rng.randrange(3, vocab) for _ in range(i)], p, adapter=None if a is None else f"a{a}")
     batch, kinds, prof, distinct = [], {"decode": 0, "with_prefill": 0}, None, []
     n = 0
+    gc_timer = GcTimer().__enter__()
     while engine.has_unfinished():
         running = len(engine.scheduler.running) + min(len(engine.scheduler.waiting), 1)
         if profile and n == PROFILE_STEPS[0] and torch.cuda.is_available():
@@ -152,6 +177,7 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict
         kinds["with_prefill" if engine.last_step_tokens > running else "decode"] += 1
     sync()
     elapsed = time.perf_counter() - t0
+    gc_timer.__exit__()
     out_tokens = sum(o for _, o, _ in reqs)
     return {
         "elapsed_s": elapsed,
@@ -163,6 +189,8 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict
         "steps_by_kind": kinds,
         "adapter_loads": engine.pool.loads - loads0,
         "preemptions": engine.scheduler.num_preemptions,
+        "gc_ms": round(gc_timer.ms, 1),
+        "gc_collections_by_generation": gc_timer.by_gen,
         "profile": prof if isinstance(prof, dict) else None,
     }
 
@@ -286,7 +314,8 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         row.update(fl, floor_share=fl["floor_s"] / row["elapsed_s"])
         runs.append(row)
         print(f"{name} n={n} async={mode}: {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
-              f"mean batch {row['mean_batch']:.0f}, loads {row['adapter_loads']}, "
+              f"mean batch {row['mean_batch']:.0f}, loads {row['adapter_loads']}, gc {row['gc_ms']:.0f} ms "
+              f"{row['gc_collections_by_generation']}, "
               f"{row['floor_share']:.0%} of the floor ({fl['floor_s']:.1f} s) {row['profile'] or ''}", flush=True)  # fmt: skip
     online = []
     for mode in modes if args.online else []:

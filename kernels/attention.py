@@ -28,6 +28,7 @@ signatures as the references, no host synchronisation) and the torch references.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -53,6 +54,9 @@ def _kv_rows(pt_row_ptr, kpos, kmask, kvh, PAGE_SIZE: tl.constexpr, HKV: tl.cons
 @triton.jit
 def _attend(
     q,
+    acc,
+    m_i,
+    l_i,
     pool_ptr,
     pt_row,
     start,
@@ -62,42 +66,50 @@ def _attend(
     d,
     dmask,
     sm_scale_log2,
+    MASKED: tl.constexpr,
     CAUSAL: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
     HKV: tl.constexpr,
     D: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    """Flash attention (online softmax, log2 domain) of the BLOCK_Q query rows q over the keys
-    [start, end) of one sequence's pages, KV head kvh. CAUSAL: key kpos is visible to the query at
-    absolute position pos only if kpos <= pos. Returns (out = softmax(q k^T) v, row max m, row sum l)."""
-    m_i = tl.full([BLOCK_Q], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
+    """Flash attention (online softmax, log2 domain) of the query rows q over the keys [start, end) of one
+    sequence's pages, KV head kvh, continuing the running state (acc = unnormalised output, row max m_i,
+    row sum l_i), which it returns. MASKED: keys past `end` (and, with CAUSAL, keys after a query's
+    absolute position `pos`) are masked; without it the caller guarantees [start, end) is whole blocks of
+    keys every query sees, and the masks are not computed."""
     for n0 in range(start, end, BLOCK_N):
         kpos = n0 + tl.arange(0, BLOCK_N)
-        kmask = kpos < end
-        rows = _kv_rows(pt_row, kpos, kmask, kvh, PAGE_SIZE, HKV, D)
-        kt = tl.load(pool_ptr + rows[None, :] + d[:, None], mask=kmask[None, :] & dmask[:, None], other=0.0)
-        qk = tl.dot(q.to(kt.dtype), kt, input_precision=INPUT_PRECISION) * sm_scale_log2
-        if CAUSAL:  # noqa: SIM108 - a constexpr `if` statement, pruned when Triton compiles
-            visible = (kpos[None, :] <= pos[:, None]) & kmask[None, :]
+        if MASKED:
+            kmask = kpos < end
+            rows = _kv_rows(pt_row, kpos, kmask, kvh, PAGE_SIZE, HKV, D)
+            kt = tl.load(pool_ptr + rows[None, :] + d[:, None], mask=kmask[None, :] & dmask[:, None], other=0.0)
         else:
-            visible = kmask[None, :]
-        qk = tl.where(visible, qk, float("-inf"))
+            rows = _kv_rows(pt_row, kpos, kpos >= 0, kvh, PAGE_SIZE, HKV, D)
+            kt = tl.load(pool_ptr + rows[None, :] + d[:, None], mask=dmask[:, None], other=0.0)
+        qk = tl.dot(q.to(kt.dtype), kt, input_precision=INPUT_PRECISION) * sm_scale_log2
+        if MASKED:
+            if CAUSAL:  # noqa: SIM108 - a constexpr `if` statement, pruned when Triton compiles
+                visible = (kpos[None, :] <= pos[:, None]) & kmask[None, :]
+            else:
+                visible = kmask[None, :]
+            qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vv = tl.load(
-            pool_ptr + PAGE_SIZE * HKV * D + rows[:, None] + d[None, :], mask=kmask[:, None] & dmask[None, :], other=0.0
-        )
+        if MASKED:
+            vv = tl.load(
+                pool_ptr + PAGE_SIZE * HKV * D + rows[:, None] + d[None, :],
+                mask=kmask[:, None] & dmask[None, :],
+                other=0.0,
+            )
+        else:
+            vv = tl.load(pool_ptr + PAGE_SIZE * HKV * D + rows[:, None] + d[None, :], mask=dmask[None, :], other=0.0)
         acc = tl.dot(p.to(vv.dtype), vv, acc * alpha[:, None], input_precision=INPUT_PRECISION)
         m_i = m_new
-    return acc / l_i[:, None], m_i, l_i
+    return acc, m_i, l_i
 
 
 @triton.jit(do_not_specialize=["stride_pt"])
@@ -148,26 +160,20 @@ def _paged_attn_prefill_kernel(
     )
     pt_row = pt_ptr + s.to(tl.int64) * stride_pt
     end = tl.minimum(L, L - q_len + (mt + 1) * BLOCK_M)  # keys past the tile's last query: skipped
-    acc, _, _ = _attend(
-        q,
-        pool_ptr,
-        pt_row,
-        0,
-        end,
-        pos,
-        kvh,
-        d,
-        dmask,
-        sm_scale_log2,
-        True,
-        PAGE_SIZE,
-        HKV,
-        D,
-        BLOCK_M,
-        BLOCK_D,
-        BLOCK_N,
-        INPUT_PRECISION,
-    )
+    # keys every query of the tile sees, in whole blocks: no masks; then the diagonal (and ragged) rest
+    full = ((L - q_len + mt * BLOCK_M) // BLOCK_N) * BLOCK_N
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc, m_i, l_i = _attend(
+        q, acc, m_i, l_i, pool_ptr, pt_row, 0, full, pos, kvh, d, dmask, sm_scale_log2,
+        False, True, PAGE_SIZE, HKV, D, BLOCK_N, INPUT_PRECISION,
+    )  # fmt: skip
+    acc, m_i, l_i = _attend(
+        q, acc, m_i, l_i, pool_ptr, pt_row, full, end, pos, kvh, d, dmask, sm_scale_log2,
+        True, True, PAGE_SIZE, HKV, D, BLOCK_N, INPUT_PRECISION,
+    )  # fmt: skip
+    acc = acc / l_i[:, None]
     tl.store(
         out_ptr + tok[:, None] * stride_ot + h * stride_oh + d[None, :] * stride_od,
         acc.to(out_ptr.dtype.element_ty),
@@ -231,26 +237,14 @@ def _paged_attn_decode_kernel(
         other=0.0,
     )
     pt_row = pt_ptr + s.to(tl.int64) * stride_pt
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc, m_i, l_i = _attend(
-        q,
-        pool_ptr,
-        pt_row,
-        start,
-        end,
-        hi,
-        kvh,
-        d,
-        dmask,
-        sm_scale_log2,
-        False,
-        PAGE_SIZE,
-        HKV,
-        D,
-        BLOCK_H,
-        BLOCK_D,
-        BLOCK_N,
-        INPUT_PRECISION,
-    )
+        q, acc, m_i, l_i, pool_ptr, pt_row, start, end, hi, kvh, d, dmask, sm_scale_log2,
+        True, False, PAGE_SIZE, HKV, D, BLOCK_N, INPUT_PRECISION,
+    )  # fmt: skip
+    acc = acc / l_i[:, None]
     if SPLIT:
         # part_o: [S, Hq, max_parts, D] fp32; part_ml: [S, Hq, max_parts, 2] fp32 (max, sum; log2 domain)
         row = (s.to(tl.int64) * (HKV * GROUP) + h) * max_parts + part
@@ -404,6 +398,17 @@ def kv_append(pool: torch.Tensor, page_size: int, k: torch.Tensor, v: torch.Tens
     )
 
 
+@dataclass(frozen=True)
+class PrefillLaunch:
+    """Launch configuration of the prefill kernel: query rows and keys per block, warps, pipeline stages.
+    None: chosen from the step's longest query run (16 rows for short runs, else 64)."""
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+
+
 def paged_attention(
     q: torch.Tensor,
     pool: torch.Tensor,
@@ -415,9 +420,14 @@ def paged_attention(
     scale: float,
     out: torch.Tensor,
     max_q_len: int | None = None,
+    num_decode: int = 0,
+    prefill_launch: PrefillLaunch | None = None,
 ) -> torch.Tensor:
-    """Triton `paged_attention_ref`: decode kernel (split-K when few programs would run) when
-    max_q_len == 1, else the causal prefill kernel (handles cached context and decode rows too)."""
+    """Triton `paged_attention_ref`. max_q_len (host int; None: the token count): 1 runs the decode kernel
+    (split-K when few programs would run) on every sequence, more the causal prefill kernel, which also
+    serves cached context and one-token rows. num_decode: the leading sequences that have one query token
+    each (a mixed step's decode rows, ordered first); they go to the decode kernel, which reads each K/V
+    row once per KV head, and only the rest to the prefill kernel."""
     if q.dim() != 3 or out.shape != q.shape:
         raise ValueError("q and out must be [T, Hq, D]")
     T, Hq, D = q.shape
@@ -435,6 +445,8 @@ def paged_attention(
         raise ValueError(f"paged_attention: kv_page_table must be [S={S}, max_pages] and seq_lens [S]")
     if q_indptr.dim() != 1 or q_indptr.shape[0] != S + 1:
         raise ValueError(f"paged_attention: q_indptr must be [S+1={S + 1}], got {tuple(q_indptr.shape)}")
+    if not 0 <= num_decode <= S:
+        raise ValueError(f"paged_attention: num_decode {num_decode} is not within [0, {S}]")
     for what, t in (
         ("q", q),
         ("out", out),
@@ -448,79 +460,96 @@ def paged_attention(
         return out
     table, seq_lens, q_indptr = kv_page_table.contiguous(), seq_lens.contiguous(), q_indptr.contiguous()
     group = Hq // num_kv_heads
-    block_d = triton.next_power_of_2(D)
     ip = "ieee" if pool.dtype == torch.float32 else "tf32"
     sm_scale_log2 = float(scale) * _LOG2E
     strides = (q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2), table.stride(0))
-    consts = dict(PAGE_SIZE=page_size, HKV=num_kv_heads, GROUP=group, D=D, BLOCK_D=block_d, INPUT_PRECISION=ip)
+    consts = dict(
+        PAGE_SIZE=page_size, HKV=num_kv_heads, GROUP=group, D=D, BLOCK_D=triton.next_power_of_2(D), INPUT_PRECISION=ip
+    )
+    args = (q, pool, sm_scale_log2, out, strides, consts)
     max_len = T if max_q_len is None else min(int(max_q_len), T)
     if max_len <= 1:
-        block_n = 64 if not _INTERPRET else 256
-        part_len = max(DECODE_PARTITION // block_n, 1) * block_n
-        max_ctx = table.shape[1] * page_size
-        max_parts = triton.cdiv(max_ctx, part_len)
-        split = max_parts > 1 and S * num_kv_heads < 2 * _sm_count(pool.device) if not _INTERPRET else max_parts > 1
-        if split:
-            part_o = torch.empty(S, Hq, max_parts, D, device=q.device, dtype=torch.float32)
-            part_ml = torch.empty(S, Hq, max_parts, 2, device=q.device, dtype=torch.float32)
-        else:
-            part_len, max_parts = max(max_ctx, 1), 1
-            part_o = part_ml = out
-        _paged_attn_decode_kernel[(S, num_kv_heads, max_parts)](
-            q,
-            pool,
-            table,
-            seq_lens,
-            q_indptr,
-            out,
+        _decode(*args, table, seq_lens, q_indptr)
+        return out
+    if num_decode:
+        _decode(*args, table[:num_decode], seq_lens[:num_decode], q_indptr[: num_decode + 1])
+    if num_decode < S:
+        _prefill(*args, table[num_decode:], seq_lens[num_decode:], q_indptr[num_decode:], max_len, prefill_launch)
+    return out
+
+
+def _decode(q, pool, sm_scale_log2, out, strides, consts, table, seq_lens, q_indptr) -> None:
+    S, Hkv, D, dev = seq_lens.shape[0], consts["HKV"], consts["D"], pool.device
+    block_n = 64 if not _INTERPRET else 256
+    part_len = max(DECODE_PARTITION // block_n, 1) * block_n
+    max_ctx = table.shape[1] * consts["PAGE_SIZE"]
+    max_parts = triton.cdiv(max_ctx, part_len)
+    split = max_parts > 1 and S * Hkv < 2 * _sm_count(dev) if not _INTERPRET else max_parts > 1
+    if split:
+        part_o = torch.empty(S, q.shape[1], max_parts, D, device=dev, dtype=torch.float32)
+        part_ml = torch.empty(S, q.shape[1], max_parts, 2, device=dev, dtype=torch.float32)
+    else:
+        part_len, max_parts = max(max_ctx, 1), 1
+        part_o = part_ml = out
+    _paged_attn_decode_kernel[(S, Hkv, max_parts)](
+        q,
+        pool,
+        table,
+        seq_lens,
+        q_indptr,
+        out,
+        part_o,
+        part_ml,
+        sm_scale_log2,
+        part_len,
+        max_parts,
+        *strides,
+        BLOCK_H=max(16, triton.next_power_of_2(consts["GROUP"])),
+        BLOCK_N=block_n,
+        SPLIT=split,
+        num_warps=4,
+        **consts,
+    )
+    if split:
+        _paged_attn_reduce_kernel[(S, q.shape[1])](
             part_o,
             part_ml,
-            sm_scale_log2,
-            part_len,
-            max_parts,
-            *strides,
-            BLOCK_H=max(16, triton.next_power_of_2(group)),
-            BLOCK_N=block_n,
-            SPLIT=split,
-            num_warps=4,
-            **consts,
-        )
-        if split:
-            _paged_attn_reduce_kernel[(S, Hq)](
-                part_o,
-                part_ml,
-                seq_lens,
-                q_indptr,
-                out,
-                part_len,
-                max_parts,
-                Hq,
-                out.stride(0),
-                out.stride(1),
-                out.stride(2),
-                D=D,
-                BLOCK_D=block_d,
-                num_warps=1,
-            )
-    else:
-        block_m = 16 if max_len <= 16 else (32 if _INTERPRET else 64)
-        block_n = 64 if not _INTERPRET else 128
-        grid = (S, triton.cdiv(max_len, block_m), Hq)
-        _paged_attn_prefill_kernel[grid](
-            q,
-            pool,
-            table,
             seq_lens,
             q_indptr,
             out,
-            sm_scale_log2,
-            *strides,
-            BLOCK_M=block_m,
-            BLOCK_N=block_n,
-            num_warps=4,
-            **consts,
+            part_len,
+            max_parts,
+            q.shape[1],
+            out.stride(0),
+            out.stride(1),
+            out.stride(2),
+            D=D,
+            BLOCK_D=consts["BLOCK_D"],
+            num_warps=1,
         )
-    return out
+
+
+def _prefill(q, pool, sm_scale_log2, out, strides, consts, table, seq_lens, q_indptr, max_len, launch) -> None:
+    if launch is None and _INTERPRET:  # fewer, larger blocks: the interpreter's cost is per block operation
+        launch = PrefillLaunch(block_m=16 if max_len <= 16 else 32, block_n=128)
+    elif launch is None:
+        launch = PrefillLaunch(block_m=16 if max_len <= 16 else 64, block_n=64)
+    grid = (seq_lens.shape[0], triton.cdiv(max_len, launch.block_m), q.shape[1])
+    _paged_attn_prefill_kernel[grid](
+        q,
+        pool,
+        table,
+        seq_lens,
+        q_indptr,
+        out,
+        sm_scale_log2,
+        *strides,
+        BLOCK_M=launch.block_m,
+        BLOCK_N=launch.block_n,
+        num_warps=launch.num_warps,
+        num_stages=launch.num_stages,
+        **consts,
+    )
 
 
 def kv_view(pool: torch.Tensor, page_size: int, num_kv_heads: int) -> torch.Tensor:
@@ -557,8 +586,11 @@ def paged_attention_ref(
     scale: float,
     out: torch.Tensor,
     max_q_len: int | None = None,
+    num_decode: int = 0,
+    prefill_launch: PrefillLaunch | None = None,
 ) -> torch.Tensor:
-    """q, out: [T, Hq, D]; kv_page_table: [S, max_pages]; seq_lens: [S]; q_indptr: [S+1]."""
+    """q, out: [T, Hq, D]; kv_page_table: [S, max_pages]; seq_lens: [S]; q_indptr: [S+1]. max_q_len,
+    num_decode and prefill_launch pick the Triton kernels; the result does not depend on them."""
     if q.dim() != 3 or out.shape != q.shape:
         raise ValueError("q and out must be [T, Hq, D]")
     T, Hq, D = q.shape

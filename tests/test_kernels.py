@@ -21,7 +21,7 @@ import torch
 
 import kernels.lora as kl
 from kernels import get_backend
-from kernels.attention import kv_append, kv_append_ref, paged_attention, paged_attention_ref
+from kernels.attention import PrefillLaunch, kv_append, kv_append_ref, paged_attention, paged_attention_ref
 from kernels.lora import lora_expand, lora_shrink
 from kernels.lora_plan import PLAN_ROWS, lora_plan, lora_plan_ref, max_tiles
 from kernels.lora_ref import lora_expand_ref, lora_shrink_ref
@@ -613,7 +613,9 @@ def make_kv_cache(seq_lens: list[int], page_size: int, Hkv: int, D: int, dtype, 
     return pool, table
 
 
-def run_attention_case(*, seq_lens, q_lens, page_size, Hq, Hkv, D, dtype, seed, max_q_len="auto"):
+def run_attention_case(
+    *, seq_lens, q_lens, page_size, Hq, Hkv, D, dtype, seed, max_q_len="auto", num_decode=0, prefill_launch=None
+):
     gen = torch.Generator().manual_seed(seed)
     pool, table = make_kv_cache(seq_lens, page_size, Hkv, D, dtype, gen)
     q_indptr = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
@@ -627,7 +629,10 @@ def run_attention_case(*, seq_lens, q_lens, page_size, Hq, Hkv, D, dtype, seed, 
     out = torch.full((T, Hq, D), float("nan"), dtype=dtype)
     want = torch.full((T, Hq, D), float("nan"), dtype=dtype)
     scale = D**-0.5
-    paged_attention(q, pool, page_size, Hkv, table, seq, q_indptr, scale, out, max_q_len=mql)
+    paged_attention(
+        q, pool, page_size, Hkv, table, seq, q_indptr, scale, out,
+        max_q_len=mql, num_decode=num_decode, prefill_launch=prefill_launch,
+    )  # fmt: skip
     paged_attention_ref(q, pool, page_size, Hkv, table, seq, q_indptr, scale, want, max_q_len=mql)
     assert not out.isnan().any()
     torch.testing.assert_close(out, want, **TOL[dtype])
@@ -674,6 +679,28 @@ def test_attention_prefill_chunked_mixed(dtype, page_size, Hq, Hkv, D):
     run_attention_case(
         seq_lens=seq_lens, q_lens=q_lens, page_size=page_size, Hq=Hq, Hkv=Hkv, D=D, dtype=dtype, seed=page_size * 3 + D
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("launch", [None, PrefillLaunch(block_m=16, block_n=32, num_warps=2, num_stages=2)])
+def test_attention_mixed_step_decode_prefix(dtype, launch):
+    """A mixed step as the scheduler orders it: one-token rows first (num_decode of them go to the decode
+    kernel), then prefill chunks long enough that whole blocks of keys skip the masks (fresh and over cached
+    context), then a one-token row the prefill kernel serves; any prefill launch configuration."""
+    seq_lens = [300, 1, 77, 140, 300, 200, 9, 260]
+    q_lens = [1, 1, 1, 140, 40, 200, 9, 1]
+    run_attention_case(
+        seq_lens=seq_lens, q_lens=q_lens, page_size=8, Hq=4, Hkv=2, D=16, dtype=dtype, seed=5,
+        num_decode=3, prefill_launch=launch,
+    )  # fmt: skip
+
+
+def test_attention_num_decode_out_of_range():
+    pool, table = make_kv_cache([5], 4, 2, 16, torch.float32, torch.Generator().manual_seed(0))
+    q = torch.zeros(1, 4, 16)
+    ind, seq = torch.tensor([0, 1], dtype=torch.int32), torch.tensor([5], dtype=torch.int32)
+    with pytest.raises(ValueError, match="num_decode"):
+        paged_attention(q, pool, 4, 2, table, seq, ind, 1.0, torch.zeros(1, 4, 16), max_q_len=2, num_decode=2)
 
 
 def test_attention_max_q_len_none_and_empty():

@@ -39,6 +39,7 @@ class AttentionMeta:
     kv_page_table: torch.Tensor  # [S, max_pages] int32: KV page ids per sequence
     slot_mapping: torch.Tensor  # [T]   int64: page * page_size + row where token t's K/V go
     max_q_len: int  # host copy of max(q_indptr diff): picks decode vs prefill kernels
+    num_decode: int = 0  # leading sequences with one query token each (decode kernel in a mixed step)
 
 
 @dataclass

@@ -249,7 +249,7 @@ class LlamaForCausalLM(torch.nn.Module):
             o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
             be.paged_attention(
                 q, pool, ctx.page_size, self.kv_heads, attn.kv_page_table, attn.seq_lens, attn.q_indptr, D**-0.5, o,
-                max_q_len=attn.max_q_len,
+                max_q_len=attn.max_q_len, num_decode=attn.num_decode,
             )  # fmt: skip
             x = be.add_rms_norm(h, self._row_parallel(ctx, i, "o", o.view(-1, self.q_size)), w[f"{i}.post_norm"], eps)
             gu = F.linear(x, w[f"{i}.gate_up"], w.get(f"{i}.gate_up_b"))
