@@ -342,11 +342,12 @@ class ModelRunner:
             packed = self.adapters[name]
             b.lora_pages.append(self.adapter_pages[name])
             b.lora_scales.append(packed.scale)
-            for g in LORA_GROUPS:
-                rows = packed.layout.group_rows(g)
+            rows_by_group, max_rank = packed.layout.slot_rows
+            for g, rows in rows_by_group.items():
+                dst = b.lora_groups.setdefault(g, ([], [], [], []))
                 for k in range(4):
-                    b.lora_groups.setdefault(g, ([], [], [], []))[k].append(rows[k])
-                b.max_rank = max(b.max_rank, max(rows[3]))
+                    dst[k].append(rows[k])
+            b.max_rank = max(b.max_rank, max_rank)
         return b
 
     def _device_batch(self, b: HostBatch):

@@ -27,6 +27,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import NoReturn
 
@@ -385,6 +386,13 @@ class AdapterLayout:
             for row, v in zip(rows, vals):
                 row.append(v)
         return rows
+
+    @cached_property
+    def slot_rows(self) -> tuple[dict[str, tuple[list[int], list[int], list[int], list[int]]], int]:
+        """group_rows of every LoRA group and the largest rank of B^T, computed once (the layout is complete
+        once packed): what each step that holds the adapter copies into its LoRA metadata."""
+        rows = {g: self.group_rows(g) for g in LORA_GROUPS}
+        return rows, max(max(r[3]) for r in rows.values())
 
 
 @dataclass
