@@ -112,7 +112,7 @@ def _attend(
     return acc, m_i, l_i
 
 
-@triton.jit(do_not_specialize=["stride_pt"])
+@triton.jit(do_not_specialize=["seq_offset", "stride_pt"])
 def _paged_attn_prefill_kernel(
     q_ptr,
     pool_ptr,
@@ -121,6 +121,7 @@ def _paged_attn_prefill_kernel(
     q_indptr_ptr,
     out_ptr,
     sm_scale_log2,
+    seq_offset,
     stride_qt,
     stride_qh,
     stride_qd,
@@ -137,8 +138,9 @@ def _paged_attn_prefill_kernel(
     BLOCK_N: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    """Program (sequence, tile of its query tokens, query head): causal flash attention over its pages."""
-    s = tl.program_id(0)
+    """Program (sequence seq_offset + program_id(0), tile of its query tokens, query head): causal flash
+    attention over its pages."""
+    s = tl.program_id(0) + seq_offset
     mt = tl.program_id(1)
     h = tl.program_id(2)
     q0 = tl.load(q_indptr_ptr + s)
@@ -406,7 +408,7 @@ class PrefillLaunch:
     block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
-    num_stages: int = 3
+    num_stages: int = 2  # 2 beat 3 (Triton's default) on an H200: benchmarks/results/issue13/attn1
 
 
 def paged_attention(
@@ -468,18 +470,21 @@ def paged_attention(
     )
     args = (q, pool, sm_scale_log2, out, strides, consts)
     max_len = T if max_q_len is None else min(int(max_q_len), T)
+    # whole tensors and a range of sequences, never slices: a sliced pointer loses its 16-byte alignment
+    # and would make Triton compile (mid-serving) another variant of the kernel
     if max_len <= 1:
-        _decode(*args, table, seq_lens, q_indptr)
+        _decode(*args, table, seq_lens, q_indptr, S)
         return out
     if num_decode:
-        _decode(*args, table[:num_decode], seq_lens[:num_decode], q_indptr[: num_decode + 1])
+        _decode(*args, table, seq_lens, q_indptr, num_decode)
     if num_decode < S:
-        _prefill(*args, table[num_decode:], seq_lens[num_decode:], q_indptr[num_decode:], max_len, prefill_launch)
+        _prefill(*args, table, seq_lens, q_indptr, num_decode, S, max_len, prefill_launch)
     return out
 
 
-def _decode(q, pool, sm_scale_log2, out, strides, consts, table, seq_lens, q_indptr) -> None:
-    S, Hkv, D, dev = seq_lens.shape[0], consts["HKV"], consts["D"], pool.device
+def _decode(q, pool, sm_scale_log2, out, strides, consts, table, seq_lens, q_indptr, S: int) -> None:
+    """The decode kernel on sequences [0, S) (one query token each)."""
+    Hkv, D, dev = consts["HKV"], consts["D"], pool.device
     block_n = 64 if not _INTERPRET else 256
     part_len = max(DECODE_PARTITION // block_n, 1) * block_n
     max_ctx = table.shape[1] * consts["PAGE_SIZE"]
@@ -529,12 +534,13 @@ def _decode(q, pool, sm_scale_log2, out, strides, consts, table, seq_lens, q_ind
         )
 
 
-def _prefill(q, pool, sm_scale_log2, out, strides, consts, table, seq_lens, q_indptr, max_len, launch) -> None:
+def _prefill(q, pool, sm_scale_log2, out, strides, consts, table, seq_lens, q_indptr, lo, hi, max_len, launch):
+    """The prefill kernel on sequences [lo, hi)."""
     if launch is None and _INTERPRET:  # fewer, larger blocks: the interpreter's cost is per block operation
         launch = PrefillLaunch(block_m=16 if max_len <= 16 else 32, block_n=128)
     elif launch is None:
         launch = PrefillLaunch(block_m=16 if max_len <= 16 else 64, block_n=64)
-    grid = (seq_lens.shape[0], triton.cdiv(max_len, launch.block_m), q.shape[1])
+    grid = (hi - lo, triton.cdiv(max_len, launch.block_m), q.shape[1])
     _paged_attn_prefill_kernel[grid](
         q,
         pool,
@@ -543,6 +549,7 @@ def _prefill(q, pool, sm_scale_log2, out, strides, consts, table, seq_lens, q_in
         q_indptr,
         out,
         sm_scale_log2,
+        lo,
         *strides,
         BLOCK_M=launch.block_m,
         BLOCK_N=launch.block_n,
