@@ -26,8 +26,9 @@ adapter; thread-safe, it reads no state that steps change, so a server runs it b
 `add_adapter` is both at once.
 
 `warmup()` (at the end of `__init__` on CUDA, `EngineConfig.warmup`) runs every kernel variant and
-captures every decode CUDA graph before the first request, so that no request waits for a Triton compile;
-then the objects made so far are frozen (`gc.freeze`), so the garbage collector's full passes skip them.
+captures every decode CUDA graph before the first request, so that no request waits for a Triton compile.
+`freeze_heap()` (a server, once its startup is done) takes what startup made out of the garbage collector's
+full passes.
 """
 
 from __future__ import annotations
@@ -163,11 +164,6 @@ class Engine:
         self.warmup_s: float | None = None
         if cfg.warmup == "on" or (cfg.warmup == "auto" and device == "cuda"):
             self.warmup()
-            # what startup made (imports, the model, compiled kernels) lives as long as the process: out
-            # of the collector's reach, a full collection no longer walks it between steps (it took ~1 s
-            # of a 17 s saturated run on an H200, benchmarks/results/issue13/run2)
-            gc.collect()
-            gc.freeze()
 
     # ---- adapters --------------------------------------------------------------------------------
     def add_adapter(self, name: str, path: str | Path, roots: list[str] | None = None) -> AdapterInfo:
@@ -522,6 +518,16 @@ class Engine:
         )
 
     # ---- warm-up ---------------------------------------------------------------------------------
+    @staticmethod
+    def freeze_heap() -> None:
+        """Collects, then freezes every object alive now (gc.freeze): the collector's full passes no longer
+        walk the model, the compiled kernels and the registered adapters between steps (they took ~1 s of
+        each 17-19 s saturated S2 run on an H200, benchmarks/results/issue13/run2). For a process that
+        keeps this engine for its whole life (a serving group): a frozen object is never collected, so a
+        program that makes and drops engines must not call it."""
+        gc.collect()
+        gc.freeze()
+
     def warmup(self) -> float:
         """Runs every kernel variant once, and captures every decode CUDA graph, before serving: Triton
         compiles a variant and a graph is captured the first time a step needs it, which would stall the

@@ -342,7 +342,8 @@ class ModelRunner:
             packed = self.adapters[name]
             b.lora_pages.append(self.adapter_pages[name])
             b.lora_scales.append(packed.scale)
-            rows_by_group, max_rank = packed.layout.slot_rows
+            rows_by_group, max_rank, targeted = packed.layout.slot_rows
+            b.lora_targeted |= targeted
             for g, rows in rows_by_group.items():
                 dst = b.lora_groups.setdefault(g, ([], [], [], []))
                 for k in range(4):
@@ -363,8 +364,10 @@ class ModelRunner:
         )
         lora = None
         if b.lora_pages:
-            groups = {
-                g: LoRAGroupMeta(*(h2d(rows, torch.int32, dev) for rows in b.lora_groups[g])) for g in LORA_GROUPS
+            groups = {  # only the groups some adapter of the step targets: apply_lora skips the others
+                g: LoRAGroupMeta(*(h2d(rows, torch.int32, dev) for rows in b.lora_groups[g]))
+                for g in LORA_GROUPS
+                if g in b.lora_targeted
             }
             lora = LoRAMeta(
                 page_table=h2d(padded_table(b.lora_pages), torch.int32, dev),
@@ -404,6 +407,7 @@ class HostBatch:
     lora_scales: list[float] = field(default_factory=list)
     lora_groups: dict[str, tuple[list, list, list, list]] = field(default_factory=dict)  # a_off, b_off, ra, rb
     max_rank: int = 1
+    lora_targeted: set[str] = field(default_factory=set)  # LoRA groups some adapter of the step targets
 
 
 def h2d(values, dtype: torch.dtype, device: str) -> torch.Tensor:

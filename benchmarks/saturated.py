@@ -284,6 +284,7 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
     setup_s = time.perf_counter() - t0
     n_max = max(args.adapters)
     alias_adapters(engine, srcs, {f"a{i}": f"src-r{RANKS[i % 4]}" for i in range(n_max)})
+    engine.freeze_heap()  # as a serving group does once its startup is done
     a = engine.args
     n_params = sum(w.numel() for k, w in engine.executor.model.w.items() if k not in ("embed",))
     weight_bytes = n_params * 2

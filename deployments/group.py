@@ -195,6 +195,7 @@ class SLoRAGroup:
                 "group %s: warmup (every kernel variant and CUDA graph) took %.1f s", name, self.engine.warmup_s
             )
         self.engine.add_adapters(adapters or {})
+        self.engine.freeze_heap()  # this process serves this engine until it ends
         self._adapter_table = self._adapters_now()
         # metrics carry the model name clients use (the ingress's), so both exports label alike
         self.metrics = GroupMetrics(name, served_model_name or self.engine.model_name, ray_export=ray_metrics)

@@ -388,11 +388,13 @@ class AdapterLayout:
         return rows
 
     @cached_property
-    def slot_rows(self) -> tuple[dict[str, tuple[list[int], list[int], list[int], list[int]]], int]:
-        """group_rows of every LoRA group and the largest rank of B^T, computed once (the layout is complete
-        once packed): what each step that holds the adapter copies into its LoRA metadata."""
+    def slot_rows(self) -> tuple[dict[str, tuple[list[int], list[int], list[int], list[int]]], int, frozenset[str]]:
+        """group_rows of every LoRA group, the largest rank of B^T and the groups the adapter targets,
+        computed once (the layout is complete once packed): what each step that holds the adapter copies
+        into its LoRA metadata. B^T's rank is the full one on every TP rank, so all ranks agree on them."""
         rows = {g: self.group_rows(g) for g in LORA_GROUPS}
-        return rows, max(max(r[3]) for r in rows.values())
+        targeted = frozenset(g for g, r in rows.items() if max(r[3]) > 0)
+        return rows, max(max(r[3]) for r in rows.values()), targeted
 
 
 @dataclass

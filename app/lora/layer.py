@@ -34,7 +34,7 @@ def apply_lora(
     """x: [T, K] input of the group; y: [T, sum(out_sizes)] its base output on this rank (in place).
     `out_sizes`: each target's output columns within y as this rank's LoRA B shard sees them."""
     meta = ctx.lora
-    if meta is None:
+    if meta is None or group not in meta.groups:  # no LoRA in the step, or none of its adapters targets it
         return
     g = meta.groups[group]
     pool = ctx.pool[layer]

@@ -52,6 +52,7 @@ class LoRAGroupMeta:
 
 @dataclass
 class LoRAMeta:
+    # groups: the LoRA groups (app/lora/layer.py) some adapter of the step targets (a CUDA graph: all)
     page_table: torch.Tensor  # [S_a, max_pages] int32: pool pages of each adapter slot
     scales: torch.Tensor  # [S_a] float32: alpha / r (or alpha / sqrt(r) for rsLoRA)
     seg_indptr: torch.Tensor  # [S+1] int32: token segments (one per sequence)
