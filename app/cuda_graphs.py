@@ -19,7 +19,7 @@ import torch
 from app.lora.adapter import module_shapes
 from app.lora.layer import LORA_GROUPS
 from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta, padded_table
-from app.runner import h2d
+from app.runner import h2d_many
 
 
 def decode_buckets(max_num_seqs: int) -> list[int]:
@@ -130,28 +130,26 @@ class DecodeGraphs:
         if bs not in self.graphs:
             self.graphs[bs] = self._capture(bs)
         g, logits = self.graphs[bs]
-        dev = self.r.device
-
-        def put(dst: torch.Tensor, values, dtype=torch.int32):
-            dst.copy_(h2d(values, dtype, dev).view(dst.shape), non_blocking=True)
-
-        put(self.input_ids[:n], b.input_ids, torch.long)
-        if fill is not None:
-            self.input_ids.index_copy_(0, *fill)
-        put(self.positions[:n], b.positions, torch.long)
-        put(self.slots[:n], b.slots, torch.int64)
-        put(self.seq_lens[:n], b.seq_lens)
-        self.kv_table[:n].copy_(h2d(padded_table(b.kv_pages, self.kv_width), torch.int32, dev), non_blocking=True)
-        put(self.seg_slot[:n], b.seg_slot)
-        if n < bs:
-            self._fill_padding(n, bs)
+        i32 = torch.int32
+        parts = [
+            (b.input_ids, torch.long), (b.positions, torch.long), (b.slots, torch.int64), (b.seq_lens, i32),
+            (padded_table(b.kv_pages, self.kv_width), i32), (b.seg_slot, i32),
+        ]  # fmt: skip
+        dsts = [self.input_ids[:n], self.positions[:n], self.slots[:n], self.seq_lens[:n], self.kv_table[:n],
+                self.seg_slot[:n]]  # fmt: skip
         if b.lora_pages:
             S = len(b.lora_pages)
-            lt = padded_table(b.lora_pages, self.lora_width)
-            self.lora_table[:S].copy_(h2d(lt, torch.int32, dev), non_blocking=True)
-            put(self.scales[:S], b.lora_scales, torch.float32)
+            parts += [(padded_table(b.lora_pages, self.lora_width), i32), (b.lora_scales, torch.float32)]
+            dsts += [self.lora_table[:S], self.scales[:S]]
             for name, meta in self.groups.items():
-                for dst, rows in zip((meta.a_offsets, meta.b_offsets, meta.ranks_a, meta.ranks_b), b.lora_groups[name]):
-                    put(dst[:S], rows)
+                for rows, dst in zip(b.lora_groups[name], (meta.a_offsets, meta.b_offsets, meta.ranks_a, meta.ranks_b)):
+                    parts.append((rows, i32))
+                    dsts.append(dst[:S])
+        for dst, src in zip(dsts, h2d_many(parts, self.r.device)):  # one host-to-device copy
+            dst.copy_(src.view(dst.shape), non_blocking=True)
+        if fill is not None:
+            self.input_ids.index_copy_(0, *fill)
+        if n < bs:
+            self._fill_padding(n, bs)
         g.replay()
         return logits[:n]

@@ -175,7 +175,7 @@ class ModelRunner:
             if graph is not None:
                 logits = graph.replay(batch, fill)
             else:
-                ctx, input_ids, positions = self._device_batch(batch)
+                ctx, input_ids, positions, sample_rows = self._device_batch(batch)
                 if fill is not None:
                     input_ids.index_copy_(0, *fill)
                 hidden = self.model(input_ids, positions, ctx)
@@ -184,7 +184,7 @@ class ModelRunner:
                 self._prompt_logprobs(out, batch, hidden, result)
                 if not batch.sample_rows:
                     return StepHandle(result)
-                logits = self.model.logits(hidden.index_select(0, h2d(batch.sample_rows, torch.long, self.device)))
+                logits = self.model.logits(hidden.index_select(0, sample_rows))
             if self.tp.rank != 0:
                 return StepHandle(result)
             sampled = [s for s in out.seqs if s.sample]
@@ -210,8 +210,9 @@ class ModelRunner:
         if last is None:
             raise ValueError("a sequence takes the last step's token, but the last step left none on the device")
         tokens, where = last
-        src = h2d([where[s.request_id] for s in out.seqs if s.from_last_step], torch.long, self.device)
-        return h2d(rows, torch.long, self.device), tokens.index_select(0, src)
+        src = [where[s.request_id] for s in out.seqs if s.from_last_step]
+        rows_d, src_d = h2d_many([(rows, torch.long), (src, torch.long)], self.device)
+        return rows_d, tokens.index_select(0, src_d)
 
     def _sample_on_device(self, sampled, logits, gens, banned, result: ModelOutput) -> StepHandle:
         """Samples without waiting for the device; keeps the tokens for the next step's placeholders and
@@ -235,9 +236,9 @@ class ModelRunner:
         self._load_adapters(out)
         batch = self._host_batch(out)
         with torch.inference_mode():
-            ctx, input_ids, positions = self._device_batch(batch)
+            ctx, input_ids, positions, sample_rows = self._device_batch(batch)
             hidden = self.model(input_ids, positions, ctx)
-            return self.model.logits(hidden[batch.sample_rows])
+            return self.model.logits(hidden.index_select(0, sample_rows))
 
     def _grammar_bitmask(self, sampled: list[ScheduledSeq]) -> tuple[torch.Tensor, list[int]] | None:
         """The constrained sequences' allowed next tokens (app/structured.py): a bitmask filled on the host
@@ -352,42 +353,44 @@ class ModelRunner:
         return b
 
     def _device_batch(self, b: HostBatch):
-        dev = self.device
-        q_indptr = h2d(b.q_indptr, torch.int32, dev)
+        """(ForwardContext, input ids, positions, sample rows) on the device, in one host-to-device copy."""
+        i32 = torch.int32
+        groups = [g for g in LORA_GROUPS if g in b.lora_targeted] if b.lora_pages else []
+        parts = [
+            (b.q_indptr, i32), (b.seq_lens, i32), (padded_table(b.kv_pages), i32), (b.slots, torch.int64),
+            (b.input_ids, torch.long), (b.positions, torch.long), (b.sample_rows, torch.long),
+        ]  # fmt: skip
+        if b.lora_pages:
+            parts += [(padded_table(b.lora_pages), i32), (b.lora_scales, torch.float32), (b.seg_slot, i32)]
+            parts += [(rows, i32) for g in groups for rows in b.lora_groups[g]]
+        q_indptr, seq_lens, kv_table, slots, input_ids, positions, sample_rows, *rest = h2d_many(parts, self.device)
         attn = AttentionMeta(
             q_indptr=q_indptr,
-            seq_lens=h2d(b.seq_lens, torch.int32, dev),
-            kv_page_table=h2d(padded_table(b.kv_pages), torch.int32, dev),
-            slot_mapping=h2d(b.slots, torch.int64, dev),
+            seq_lens=seq_lens,
+            kv_page_table=kv_table,
+            slot_mapping=slots,
             max_q_len=b.max_q_len,
             num_decode=b.num_decode,
         )
         lora = None
         if b.lora_pages:
-            groups = {  # only the groups some adapter of the step targets: apply_lora skips the others
-                g: LoRAGroupMeta(*(h2d(rows, torch.int32, dev) for rows in b.lora_groups[g]))
-                for g in LORA_GROUPS
-                if g in b.lora_targeted
-            }
+            page_table, scales, seg_slot, *group_rows = rest
             lora = LoRAMeta(
-                page_table=h2d(padded_table(b.lora_pages), torch.int32, dev),
-                scales=h2d(b.lora_scales, torch.float32, dev),
+                page_table=page_table,
+                scales=scales,
                 seg_indptr=q_indptr,
-                seg_slot=h2d(b.seg_slot, torch.int32, dev),
+                seg_slot=seg_slot,
                 max_seg_len=b.max_q_len,
                 max_rank=b.max_rank,
-                groups=groups,
+                # only the groups some adapter of the step targets: apply_lora skips the others
+                groups={g: LoRAGroupMeta(*group_rows[4 * i : 4 * i + 4]) for i, g in enumerate(groups)},
             )
             lora.plan = self.backend.lora_plan(q_indptr, lora.seg_slot, len(b.lora_pages), len(b.input_ids),
                                                b.max_q_len)  # fmt: skip
         ctx = ForwardContext(
             attn=attn, lora=lora, pool=self.pool, page_size=self.page_size, backend=self.backend, tp=self.tp
         )
-        return (
-            ctx,
-            h2d(b.input_ids, torch.long, dev),
-            h2d(b.positions, torch.long, dev),
-        )
+        return ctx, input_ids, positions, sample_rows
 
 
 @dataclass
@@ -418,6 +421,30 @@ def h2d(values, dtype: torch.dtype, device: str) -> torch.Tensor:
     if torch.device(device).type == "cpu":
         return t
     return t.pin_memory().to(device, non_blocking=True)
+
+
+_NP_DTYPES = {torch.int32: np.int32, torch.int64: np.int64, torch.float32: np.float32}
+
+
+def h2d_many(parts: list[tuple[object, torch.dtype]], device: str) -> list[torch.Tensor]:
+    """Each (values, dtype) of `parts` (lists, nested lists of equal lengths or numpy arrays; int32, int64
+    or float32) as a tensor of that dtype and shape on `device`, all in one host-to-device copy: one pinned
+    buffer, each part at a 16-byte aligned offset (what Triton's pointer specialization expects), the
+    results views of one device buffer. A step's metadata is tens of small arrays; pinning and copying each
+    cost ~80 us of host time on an H200 host (benchmarks/results/issue13/run2), this one copy a few."""
+    arrays = [np.ascontiguousarray(np.asarray(v, dtype=_NP_DTYPES[dt])) for v, dt in parts]
+    if torch.device(device).type == "cpu":
+        return [torch.from_numpy(a) for a in arrays]
+    offsets, total = [], 0
+    for a in arrays:
+        offsets.append(total)
+        total += -(-a.nbytes // 16) * 16
+    host = torch.empty(max(total, 16), dtype=torch.uint8, pin_memory=True)
+    view = host.numpy()
+    for a, o in zip(arrays, offsets):
+        view[o : o + a.nbytes] = a.reshape(-1).view(np.uint8)
+    dev = host.to(device, non_blocking=True)
+    return [dev[o : o + a.nbytes].view(dt).view(a.shape) for a, o, (_, dt) in zip(arrays, offsets, parts)]
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:
