@@ -107,6 +107,22 @@ def test_expired_early_abort_drops_only_requests_past_their_deadline():
     assert not sim.reqs["long"].finished
 
 
+def test_early_abort_keeps_a_request_whose_first_token_is_pending():
+    """Under async scheduling a request preempted after the step that samples its first token was launched
+    waits with that token pending (num_pending 1, no output yet): it has its first token and must not be
+    dropped, while a request without one, past the same deadline, is."""
+    sim = Sim(seqs=1, early_abort_ttft_slo_s=1.0)
+    sim.add("long", out=30)
+    sim.step()
+    for rid in ("pending", "late"):
+        sim.add(rid, at=0.1)
+    sim.reqs["pending"].num_pending = 1
+    sim.t = 1.2
+    sim.step()
+    assert sim.reqs["late"].finished and sim.reqs["late"].finish_reason == "abort"
+    assert not sim.reqs["pending"].finished and sim.sch.num_early_aborts == 1
+
+
 def overload(policy: dict, n=60, gap=0.1, out=5):
     """n requests, one every `gap` s, each holding the only seat for 1 + `out` steps of 0.1 s (gap 0.1: arrivals
     six times as fast as service)."""
