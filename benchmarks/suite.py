@@ -554,7 +554,8 @@ def suite_http(a, out: dict) -> None:
     trace = trace_for(a, n, rate)
     engine = engine_for(a, "S2", n)
     local = replay(engine, trace, a.slo_s, drain_s=4 * a.slo_s)
-    out.update(adapters=n, rate=rate, stream_interval_s=a.stream_interval_s, in_process=local)
+    out.update(adapters=n, rate=rate, stream_interval_s=a.stream_interval_s, ingress_replicas=a.ingress_replicas,
+               in_process=local)  # fmt: skip
     log(f"in-process: {local['req_s']:.2f} req/s, TTFT p50 {ms(local['ttft_p50_s'])} p99 {ms(local['ttft_p99_s'])}")
     model_dir, cfg = engine.cfg.model, engine.cfg
     srcs = {name: engine.adapters[name].path for name in (f"a{i}" for i in range(min(n, 8)))}
@@ -586,6 +587,7 @@ def suite_http(a, out: dict) -> None:
         max_lora_rank=cfg.lora.max_lora_rank,
         engine={"load_format": "dummy", "warmup": cfg.warmup},
         group={"stream_interval_s": a.stream_interval_s},
+        num_ingress_replicas=a.ingress_replicas,
         **({"group_num_cpus": 0.5} if a.smoke else {}),
     )
     serve.run(build_app(build), name="sloray-suite", route_prefix="/", blocking=False)
@@ -838,6 +840,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=None, help="4096 (--smoke 64)")
     ap.add_argument("--gpu-memory-fraction", type=float, default=0.85)
     ap.add_argument("--http-port", type=int, default=8000)
+    ap.add_argument("--ingress-replicas", type=int, default=1, help="http: ingress replicas of the Serve app")
     ap.add_argument("--stream-interval-s", type=float, default=0.0,
                     help="http: the group's stream_interval_s (0: one chunk per engine step, the default)")  # fmt: skip
     ap.add_argument("--commit", default=None, help="the commit to name in the results (default: git's HEAD)")
