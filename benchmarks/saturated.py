@@ -56,11 +56,16 @@ RANKS = (64, 32, 16, 8)
 
 
 def commit() -> str:
+    """git's HEAD, with "-dirty" when the tree differs from it (a copy sent to another machine may carry a
+    stale .git: pass --commit there); "unknown" without git."""
     try:
         root = Path(__file__).resolve().parents[1]
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
+        return (
+            subprocess.run(
+                ["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=root, capture_output=True, text=True
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 

@@ -131,7 +131,9 @@ def main() -> None:
     )
     adapters = {n: str(demo / "adapters" / n) for n in DEMO_ADAPTERS}
     reqs = workload(a.requests, a.max_tokens)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True, text=True
+    ).stdout.strip()
     res = {
         "commit": commit,
         "requests": a.requests,
