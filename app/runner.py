@@ -128,7 +128,7 @@ class ModelRunner:
 
     def _fill(self, name: str, pages: list[int]) -> None:
         data = self.adapters[name].data
-        idx = h2d(pages, torch.long, self.device)
+        (idx,) = h2d_many([(pages, torch.long)], self.device)
         src = data.view(self.args.num_layers, len(pages), self.page_elems).to(self.device, non_blocking=True)
         self.pool.index_copy_(1, idx, src)
         self.adapter_pages[name] = pages
@@ -413,16 +413,6 @@ class HostBatch:
     lora_targeted: set[str] = field(default_factory=set)  # LoRA groups some adapter of the step targets
 
 
-def h2d(values, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """values (a list or a numpy array) as a `dtype` tensor on `device`. To a GPU through pinned memory,
-    queued on the current stream without waiting for it: `torch.tensor(values, device="cuda")` waits for
-    the stream (a synchronous copy), which would drain the queue that asynchronous scheduling keeps full."""
-    t = torch.from_numpy(values).to(dtype) if isinstance(values, np.ndarray) else torch.tensor(values, dtype=dtype)
-    if torch.device(device).type == "cpu":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 _NP_DTYPES = {torch.int32: np.int32, torch.int64: np.int64, torch.float32: np.float32}
 
 
@@ -430,8 +420,10 @@ def h2d_many(parts: list[tuple[object, torch.dtype]], device: str) -> list[torch
     """Each (values, dtype) of `parts` (lists, nested lists of equal lengths or numpy arrays; int32, int64
     or float32) as a tensor of that dtype and shape on `device`, all in one host-to-device copy: one pinned
     buffer, each part at a 16-byte aligned offset (what Triton's pointer specialization expects), the
-    results views of one device buffer. A step's metadata is tens of small arrays; pinning and copying each
-    cost ~80 us of host time on an H200 host (benchmarks/results/issue13/run2), this one copy a few."""
+    results views of one device buffer. Queued on the current stream without waiting for it
+    (`torch.tensor(values, device="cuda")` would wait, draining the queue asynchronous scheduling keeps
+    full). A step's metadata is tens of small arrays; pinning and copying each cost ~80 us of host time on
+    an H200 host (benchmarks/results/issue13/run2), this one copy a few."""
     arrays = [np.ascontiguousarray(np.asarray(v, dtype=_NP_DTYPES[dt])) for v, dt in parts]
     if torch.device(device).type == "cpu":
         return [torch.from_numpy(a) for a in arrays]

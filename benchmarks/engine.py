@@ -30,6 +30,7 @@ from app.config import EngineConfig  # noqa: E402
 from app.demo import write_peft_adapter  # noqa: E402
 from app.engine import AdapterInfo, Engine  # noqa: E402
 from app.request import SamplingParams  # noqa: E402
+from benchmarks.load import percentile  # noqa: E402
 from benchmarks.trace import synthetic_trace  # noqa: E402
 
 SHAPES = {
@@ -352,7 +353,6 @@ def bench_trace(args, model_dir: Path, adapter_src: dict[str, str]) -> dict:
     e2e = [done[r] - rid_arrival[r] for r in done]
     out_tokens = sum(params[r]["output_len"] for r in done)
     slo = args.slo_s
-    pct = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731
     return {
         "adapters": args.trace_adapters,
         "alpha": args.alpha,
@@ -365,9 +365,9 @@ def bench_trace(args, model_dir: Path, adapter_src: dict[str, str]) -> dict:
         "req_s": len(done) / elapsed,
         "out_tok_s": out_tokens / elapsed,
         "ttft_mean_s": statistics.mean(ttft),
-        "ttft_p50_s": pct(ttft, 0.5),
-        "ttft_p90_s": pct(ttft, 0.9),
-        "ttft_p99_s": pct(ttft, 0.99),
+        "ttft_p50_s": percentile(ttft, 0.5),
+        "ttft_p90_s": percentile(ttft, 0.9),
+        "ttft_p99_s": percentile(ttft, 0.99),
         "e2e_mean_s": statistics.mean(e2e),
         "slo_s": slo,
         "slo_attainment": sum(t <= slo for t in ttft) / len(ttft),

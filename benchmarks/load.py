@@ -22,6 +22,28 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
+def latency_figures(ttft: list[float], tpot: list[float], e2e: list[float], slo: float, n: int) -> dict:
+    """The latency figures every replay reports (None where there are no values): TTFT mean and
+    percentiles, mean time per output token and end to end, and over the `n` requests of the trace the SLO
+    attainment (first token within `slo`) and the user satisfaction (1 - (ttft / slo)^2; requests without
+    a first token count 0)."""
+
+    def pct(q: float) -> float | None:
+        return percentile(ttft, q) if ttft else None
+
+    return {
+        "ttft_mean_s": statistics.mean(ttft) if ttft else None,
+        "ttft_p50_s": pct(0.5),
+        "ttft_p90_s": pct(0.9),
+        "ttft_p99_s": pct(0.99),
+        "tpot_mean_s": statistics.mean(tpot) if tpot else None,
+        "e2e_mean_s": statistics.mean(e2e) if e2e else None,
+        "slo_s": slo,
+        "slo_attainment": sum(t <= slo for t in ttft) / n if n else None,
+        "user_satisfaction": sum(max(0.0, 1 - (t / slo) ** 2) for t in ttft) / n if n else None,
+    }
+
+
 async def send(
     client, url: str, r: dict, model: str, t0: float, headers: dict, rng: random.Random, vocab: int = 500
 ) -> dict:
@@ -68,7 +90,6 @@ def summarize(results: list[dict], trace: list[dict], elapsed: float, slo: float
     tpot = [(r["last"] - r["first"]) / (n_out[id(r)] - 1) for r in ok if r["chunks"] > 1 and n_out[id(r)] > 1]
     chunk_gap = [(r["last"] - r["first"]) / (r["chunks"] - 1) for r in ok if r["chunks"] > 1]
     out_tokens = sum(t["output_len"] for t, r in zip(trace, results) if r in ok)
-    sat = [max(0.0, 1 - (t / slo) ** 2) for t in ttft] + [0.0] * (len(results) - len(ok))
     return {
         "requests": len(results),
         "ok": len(ok),
@@ -77,17 +98,9 @@ def summarize(results: list[dict], trace: list[dict], elapsed: float, slo: float
         "elapsed_s": elapsed,
         "req_s": len(ok) / elapsed,
         "out_tok_s": out_tokens / elapsed,
-        "ttft_mean_s": statistics.mean(ttft) if ttft else None,
-        "ttft_p50_s": percentile(ttft, 0.5),
-        "ttft_p90_s": percentile(ttft, 0.9),
-        "ttft_p99_s": percentile(ttft, 0.99),
-        "tpot_mean_s": statistics.mean(tpot) if tpot else None,
         "chunk_interval_mean_s": statistics.mean(chunk_gap) if chunk_gap else None,
         "chunks_per_request_mean": statistics.mean(r["chunks"] for r in ok) if ok else None,
-        "e2e_mean_s": statistics.mean(e2e) if e2e else None,
-        "slo_s": slo,
-        "slo_attainment": sum(t <= slo for t in ttft) / len(results) if results else None,
-        "user_satisfaction": statistics.mean(sat) if sat else None,
+        **latency_figures(ttft, tpot, e2e, slo, len(results)),
     }
 
 

@@ -43,6 +43,7 @@ from app.demo import write_peft_adapter  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.request import SamplingParams  # noqa: E402
 from benchmarks.engine import alias_adapters, write_model_config  # noqa: E402
+from benchmarks.load import percentile  # noqa: E402
 
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ALL_LINEAR = QKVO + ["gate_proj", "up_proj", "down_proj"]
@@ -123,7 +124,7 @@ def host_top(host, n: int = 15) -> list[dict]:
 
 
 class GcTimer:
-    """Wall time the garbage collector takes while it is installed (gc.callbacks), by generation."""
+    """Wall time the garbage collector takes while this is in gc.callbacks, and collections by generation."""
 
     def __init__(self):
         self.ms = 0.0
@@ -136,13 +137,6 @@ class GcTimer:
         else:
             self.ms += (time.perf_counter() - self._t) * 1e3
             self.by_gen[info["generation"]] += 1
-
-    def __enter__(self):
-        gc.callbacks.append(self)
-        return self
-
-    def __exit__(self, *exc):
-        gc.callbacks.remove(self)
 
 
 def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict:
@@ -158,7 +152,8 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict
         engine.add_request([rng.randrange(3, vocab) for _ in range(i)], p, adapter=None if a is None else f"a{a}")
     batch, kinds, prof, distinct = [], {"decode": 0, "with_prefill": 0}, None, []
     n = 0
-    gc_timer = GcTimer().__enter__()
+    gc_timer = GcTimer()
+    gc.callbacks.append(gc_timer)
     while engine.has_unfinished():
         running = len(engine.scheduler.running) + min(len(engine.scheduler.waiting), 1)
         if profile and n == PROFILE_STEPS[0] and torch.cuda.is_available():
@@ -182,7 +177,7 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict
         kinds["with_prefill" if engine.last_step_tokens > running else "decode"] += 1
     sync()
     elapsed = time.perf_counter() - t0
-    gc_timer.__exit__()
+    gc.callbacks.remove(gc_timer)
     out_tokens = sum(o for _, o, _ in reqs)
     return {
         "elapsed_s": elapsed,
@@ -227,10 +222,10 @@ def run_online(engine: Engine, n_adapters: int, rate: float, duration: float, vo
         for o in outs:
             first.setdefault(o.request_id, t)
     elapsed = time.perf_counter() - start
-    ttft = sorted(first[r] - arrival[r] for r in arrival)
-    pct = lambda q: ttft[min(len(ttft) - 1, int(q * len(ttft)))]  # noqa: E731
+    ttft = [first[r] - arrival[r] for r in arrival]
     return {"adapters": n_adapters, "rate": rate, "duration_s": duration, "requests": len(trace),
-            "req_s": len(trace) / elapsed, "ttft_p50_s": pct(0.5), "ttft_p90_s": pct(0.9), "ttft_p99_s": pct(0.99),
+            "req_s": len(trace) / elapsed, "ttft_p50_s": percentile(ttft, 0.5), "ttft_p90_s": percentile(ttft, 0.9),
+            "ttft_p99_s": percentile(ttft, 0.99),
             "slo_attainment_6s": sum(t <= 6.0 for t in ttft) / len(ttft)}  # fmt: skip
 
 

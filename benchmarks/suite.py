@@ -54,7 +54,7 @@ from app.demo import write_peft_adapter  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.request import SamplingParams  # noqa: E402
 from benchmarks.engine import alias_adapters, write_model_config  # noqa: E402
-from benchmarks.load import percentile  # noqa: E402
+from benchmarks.load import latency_figures  # noqa: E402
 from benchmarks.saturated import ALL_LINEAR, QKVO, commit  # noqa: E402
 from benchmarks.trace import synthetic_trace  # noqa: E402
 
@@ -131,11 +131,6 @@ def burst_trace(a, n: int, count: int, seed: int = 2) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------
 # replay and metrics
 # ----------------------------------------------------------------------------------------------------
-def pct(xs: list[float], q: float) -> float | None:
-    """benchmarks/load.py's percentile, None (JSON null) for no values."""
-    return percentile(xs, q) if xs else None
-
-
 def replay(engine: Engine, trace: list[dict], slo: float, *, stop_on_fail: bool = False, drain_s: float = 30.0,
            first_tokens_only: bool = False, seed: int = 0) -> dict:  # fmt: skip
     """Replays `trace` in real time in this process: each request is added at its arrival (with that arrival
@@ -253,7 +248,6 @@ def summarize(recs: list[dict], n_trace: int, elapsed: float, slo: float) -> dic
     ttft = [r["first"] - r["arrival"] for r in recs if r["first"] is not None]
     tpot = [(r["end"] - r["first"]) / (r["out"] - 1) for r in ok if r["out"] > 1]
     e2e = [r["end"] - r["arrival"] for r in ok]
-    sat = [max(0.0, 1 - (t / slo) ** 2) for t in ttft]
     return {
         "requests": n_trace,
         "completed": len(ok),
@@ -261,15 +255,7 @@ def summarize(recs: list[dict], n_trace: int, elapsed: float, slo: float) -> dic
         "elapsed_s": elapsed,
         "req_s": len(ok) / elapsed if elapsed else 0.0,
         "out_tok_s": sum(r["out"] for r in ok) / elapsed if elapsed else 0.0,
-        "ttft_mean_s": statistics.mean(ttft) if ttft else None,
-        "ttft_p50_s": pct(ttft, 0.5),
-        "ttft_p90_s": pct(ttft, 0.9),
-        "ttft_p99_s": pct(ttft, 0.99),
-        "tpot_mean_s": statistics.mean(tpot) if tpot else None,
-        "e2e_mean_s": statistics.mean(e2e) if e2e else None,
-        "slo_s": slo,
-        "slo_attainment": sum(t <= slo for t in ttft) / n_trace if n_trace else None,
-        "user_satisfaction": sum(sat) / n_trace if n_trace else None,
+        **latency_figures(ttft, tpot, e2e, slo, n_trace),
     }
 
 
