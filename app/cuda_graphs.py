@@ -2,10 +2,12 @@
 not dominate small batches. Under tensor parallelism every rank captures and replays the same graphs (the
 same batches reach every rank), NCCL collectives included.
 
-One graph per batch-size bucket (1, 2, 4, ..., up to max_num_seqs), captured the first time a bucket is
-needed. Every per-step input lives in a static buffer that the graph reads: token ids, positions, KV slot
-mapping, KV page table (width: max_model_len / page_size), and the LoRA metadata (adapter page tables,
-offsets, ranks, scales for up to max_loras_per_batch adapters; the shrink output has max_lora_rank
+One graph per batch-size bucket (1, 2, 4, ..., up to max_num_seqs) and kind, captured the first time it is
+needed: with LoRA (every group's kernels, for steps that hold an adapter) and without (steps of the base
+model alone run no LoRA kernel: in a 32-layer graph those are 256 launches that do nothing). Every per-step
+input lives in a static buffer that the graph reads: token ids, positions, KV slot mapping, KV page table
+(width: max_model_len / page_size), and the LoRA metadata (adapter page tables, offsets, ranks, scales for up
+to max_loras_per_batch adapters; the shrink output has max_lora_rank
 columns). A step copies its batch into the buffers (padding rows: no KV write, no adapter, a 1-token
 context) and replays; the tokens that asynchronous scheduling leaves on the device (`fill`) are copied into
 the token buffer there. Batches that do not fit (prefill, more sequences, a longer context or a larger
@@ -57,7 +59,7 @@ class DecodeGraphs:
         self.groups = {
             g: LoRAGroupMeta(*(torch.zeros(M, len(t), **i32) for _ in range(4))) for g, t in LORA_GROUPS.items()
         }
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # (bucket, LoRA)
         self.mempool = None
 
     def runnable(self, b) -> DecodeGraphs | None:
@@ -73,11 +75,11 @@ class DecodeGraphs:
     def _forward(self, bs: int, ctx: ForwardContext) -> torch.Tensor:
         """The captured work: the decode plan (recomputed from seg_slot at every replay), the model, logits."""
         r, lora = self.r, ctx.lora
-        assert lora is not None  # a captured step always carries LoRA metadata (`_ctx`)
-        lora.plan = r.backend.lora_plan(lora.seg_indptr, lora.seg_slot, self.max_loras, bs, 1)
+        if lora is not None:
+            lora.plan = r.backend.lora_plan(lora.seg_indptr, lora.seg_slot, self.max_loras, bs, 1)
         return r.model.logits(r.model(self.input_ids[:bs], self.positions[:bs], ctx))
 
-    def _ctx(self, bs: int) -> ForwardContext:
+    def _ctx(self, bs: int, with_lora: bool) -> ForwardContext:
         r = self.r
         q_indptr = self.q_indptr[: bs + 1]
         attn = AttentionMeta(
@@ -96,11 +98,13 @@ class DecodeGraphs:
             max_rank=self.max_rank,
             groups=self.groups,
         )
-        return ForwardContext(attn=attn, lora=lora, pool=r.pool, page_size=r.page_size, backend=r.backend, tp=r.tp)
+        return ForwardContext(
+            attn=attn, lora=lora if with_lora else None, pool=r.pool, page_size=r.page_size, backend=r.backend, tp=r.tp
+        )
 
-    def _capture(self, bs: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, bs: int, with_lora: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         self._fill_padding(0, self.buckets[-1])
-        ctx = self._ctx(bs)
+        ctx = self._ctx(bs, with_lora)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):  # warm-up: Triton compiles and autotunes outside the capture
@@ -127,9 +131,10 @@ class DecodeGraphs:
         `fill`: (rows, token ids) on the device that replace those rows' placeholder input ids."""
         n = len(b.seq_lens)
         bs = _bucket(n, self.buckets)
-        if bs not in self.graphs:
-            self.graphs[bs] = self._capture(bs)
-        g, logits = self.graphs[bs]
+        key = (bs, bool(b.lora_pages))
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(*key)
+        g, logits = self.graphs[key]
         i32 = torch.int32
         parts = [
             (b.input_ids, torch.long), (b.positions, torch.long), (b.slots, torch.int64), (b.seq_lens, i32),

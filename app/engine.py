@@ -534,7 +534,8 @@ class Engine:
         first requests for seconds. Registers temporary all-zero adapters of `warmup_ranks` (at most
         max_lora_rank), prefills prompts of `warmup_prompt_lens` tokens with each of them and without (one
         length and one rank per step), then runs one batch of every CUDA-graph batch size (1-token
-        prompts, 2 tokens each: a prefill and a decode step of that batch size). Greedy, so no random
+        prompts, 2 tokens each: a prefill and a decode step of that batch size), with adapters and without
+        (the two kinds of decode graph). Greedy, so no random
         state is used; the adapters are removed at the end. Needs an idle engine and leaves it
         idle: no requests, no pages held, the step and pool counters as they were (cached adapters may
         have been evicted). Returns the seconds it took (also in `warmup_s`)."""
@@ -580,9 +581,10 @@ class Engine:
             choices: list[str | None] = [*adapters] or [None]
             waves = [[(n, a), (n, None)] for n in lens for a in choices]
             adapter = adapters[0] if adapters else None
-            waves += [
-                [(1, (adapter, None)[i % 2]) for i in range(b)] for b in decode_buckets(self.scheduler.max_num_seqs)
-            ]
+            buckets = decode_buckets(self.scheduler.max_num_seqs)
+            # every decode graph of both kinds: steps with an adapter, and steps of the base model alone
+            waves += [[(1, (adapter, None)[i % 2]) for i in range(b)] for b in buckets]
+            waves += [[(1, None)] * b for b in buckets] if adapter else []
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
             vocab = self.args.vocab_size
             for k, wave in enumerate(waves):

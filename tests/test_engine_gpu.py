@@ -96,6 +96,25 @@ def test_cuda_graphs_equal_eager(setup):
     assert len(llm.engine.executor.graphs.graphs) >= 3  # several buckets were captured and replayed
 
 
+def test_cuda_graphs_of_the_base_model_alone_launch_no_lora_kernel(setup):
+    """A decode step without adapters replays the graph without LoRA kernels and gives the eager tokens."""
+    model, adapters, reqs = setup
+    base = [(r[0], None) for r in reqs]
+    outs = [generate(model, adapters, base, n=6, dtype="float32", kernel_backend="triton", cuda_graphs=g)
+            for g in (False, True)]  # fmt: skip
+    assert outs[0] == outs[1]
+    llm = LLM(model=str(model), device="cuda", dtype="float32", kernel_backend="triton", warmup="off")
+    llm.generate([r[0] for r in base], sampling_params=SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+    graphs = llm.engine.executor.graphs
+    assert graphs.graphs and all(not lora for _, lora in graphs.graphs)
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+    with prof:
+        llm.generate([[5, 6, 7]] * 3, sampling_params=SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+        torch.cuda.synchronize()
+    names = {e.name for e in prof.events()}
+    assert names and not any("lora" in n for n in names), sorted(n for n in names if "lora" in n)
+
+
 def test_warmup_captures_every_graph_and_changes_nothing(setup):
     """warmup (auto: on with CUDA) compiles the kernels and captures every decode-graph bucket before the
     first request, leaves the engine idle with no pages held, and the greedy tokens are an engine
@@ -105,7 +124,8 @@ def test_warmup_captures_every_graph_and_changes_nothing(setup):
     llm = LLM(model=str(model), adapters=adapters, device="cuda", **cfg)
     e = llm.engine
     graphs = e.executor.graphs
-    assert e.warmup_s is not None and sorted(graphs.graphs) == graphs.buckets == [1, 2, 4, 8, 16]
+    assert graphs.buckets == [1, 2, 4, 8, 16]  # each bucket with LoRA and for steps of the base model alone
+    assert e.warmup_s is not None and sorted(graphs.graphs) == [(b, lora) for b in graphs.buckets for lora in (0, 1)]
     s = e.pool_stats()
     assert e.is_idle_clean() and not e.requests and (s.kv, s.adapter, s.free, s.loads) == (0, 0, s.total, 0)
     assert e.steps == 0 and "sloray/warmup" not in e.executor.adapters
