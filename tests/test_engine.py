@@ -186,8 +186,9 @@ def test_warmup_runs_every_request_despite_an_slo(demo):
     assert finished and all(
         rid.startswith(WARMUP_PREFIX) and reason == "length" and n == 2 for rid, reason, n in finished
     )
-    # 6 prompt lengths x 3 adapter ranks x (adapter, base), then the decode buckets
-    assert len(finished) == 2 * len(e.cfg.warmup_prompt_lens) * len(e.cfg.warmup_ranks) + 1 + 2 + 4 + 8
+    # 6 prompt lengths x 3 adapter ranks x (adapter, base), then the decode buckets twice (the graphs with
+    # LoRA, then those of the base model alone)
+    assert len(finished) == 2 * len(e.cfg.warmup_prompt_lens) * len(e.cfg.warmup_ranks) + 2 * (1 + 2 + 4 + 8)
     assert {1, 2, 4, 8} <= set(batches)
     assert e.scheduler is live and live.cfg.early_abort_ttft_slo_s == 1e-6 and live.num_early_aborts == 0
 
