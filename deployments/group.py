@@ -189,13 +189,24 @@ class SLoRAGroup:
             from deployments.tp import TPExecutor
 
             executor = TPExecutor(cfg, tensor_parallel_size)
+        started, t0 = time.time(), time.perf_counter()
         self.engine = Engine(cfg, executor=executor)
+        engine_s = time.perf_counter() - t0
         if self.engine.warmup_s is not None:
             logger.info(
                 "group %s: warmup (every kernel variant and CUDA graph) took %.1f s", name, self.engine.warmup_s
             )
+        t0 = time.perf_counter()
         self.engine.add_adapters(adapters or {})
         self.engine.freeze_heap()  # this process serves this engine until it ends
+        # when the group started (wall clock) and how long each part took: in stats() for startup benchmarks
+        self.startup = {
+            "started": started,
+            "model_s": engine_s - (self.engine.warmup_s or 0.0),
+            "warmup_s": self.engine.warmup_s or 0.0,
+            "adapters_s": time.perf_counter() - t0,
+            "num_adapters": len(adapters or {}),
+        }
         self._adapter_table = self._adapters_now()
         # metrics carry the model name clients use (the ingress's), so both exports label alike
         self.metrics = GroupMetrics(name, served_model_name or self.engine.model_name, ray_export=ray_metrics)
@@ -519,6 +530,7 @@ class SLoRAGroup:
         )
         s["name"] = self.name
         s["model"] = self.engine.model_name
+        s["startup"] = self.startup
         s["tensor_parallel_size"] = self.tensor_parallel_size
         s["ranks"] = getattr(self.engine.executor, "ranks", [])  # tensor parallelism: the rank actors
         s["gauges"] = self._gauges(s)
