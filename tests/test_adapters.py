@@ -192,6 +192,23 @@ def test_shape_and_target_mismatch_refused(llm, model, tmp_path):
     save_file(t, str(d / "adapter_model.safetensors"))
     refused(llm, d, "NaN")
 
+    # the finiteness check sums each target first: an Inf in a later layer is found and named; large finite
+    # values whose sum overflows are not refused
+    d = good(tmp_path, model, name="inf")
+    t = load_file(str(d / "adapter_model.safetensors"))
+    key = next(k for k in t if ".layers.1." in k and "lora_B" in k)
+    t[key][0, 0] = float("-inf")
+    save_file(t, str(d / "adapter_model.safetensors"))
+    refused(llm, d, "layer 1 ", "NaN or Inf")
+    d = good(tmp_path, model, name="huge")
+    t = load_file(str(d / "adapter_model.safetensors"))
+    for k in t:
+        if "lora_A" in k:
+            t[k][:, :2] = 3e38
+    save_file(t, str(d / "adapter_model.safetensors"))
+    llm.add_adapter("huge", str(d))
+    llm.remove_adapter("huge")
+
 
 def test_missing_files_refused(llm, tmp_path):
     refused(llm, tmp_path / "nope", "not a directory")

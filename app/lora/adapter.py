@@ -307,20 +307,29 @@ def load_peft_adapter(
                     f"the base model and config (expected ({lr}, {fin}) / ({fout}, {lr}))",
                     st_file,
                 )
-            if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-                refuse(f"layer {layer} {module}: weights contain NaN or Inf", st_file)
-            blocks[layer] = (a.float(), b.float() * (lora_scale(lr, la) / scale))
-        mr = max(a.shape[0] for a, _ in blocks.values())
+            blocks[layer] = (a, b, lora_scale(lr, la) / scale)
+        mr = max(a.shape[0] for a, _, _ in blocks.values())
         A = torch.zeros(args.num_layers, mr, fin)
         B = torch.zeros(args.num_layers, fout, mr)
-        for layer, (a, b) in blocks.items():
+        for layer, (a, b, k) in blocks.items():
             A[layer, : a.shape[0]] = a
             B[layer, :, : a.shape[0]] = b
+            if k != 1.0:
+                B[layer, :, : a.shape[0]] *= k
+        if not (_all_finite(A) and _all_finite(B)):  # one pass per target; then find the layer
+            layer = next(i for i, (a, b, _) in sorted(blocks.items()) if not (_all_finite(a) and _all_finite(b)))
+            refuse(f"layer {layer} {module}: weights contain NaN or Inf", st_file)
         targets[module] = (A, B)
     rank = max(A.shape[1] for A, _ in targets.values())
     if rank > max_rank:
         refuse(f"rank {rank} is above the configured maximum max_lora_rank={max_rank}")
     return LoRAWeights(name=name, path=str(d), rank=rank, alpha=float(alpha), scale=scale, targets=targets)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or Inf in `t`. A NaN or Inf makes the sum non-finite, so a finite sum (one reduction, no
+    boolean copy) proves it; a non-finite sum (or a finite overflow) is settled element by element."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def _peft_module_key(tensor_key: str) -> str:
@@ -453,11 +462,16 @@ def pack_adapter(
         b_off = _align(a_off + a[0].numel())
         off = _align(b_off + bt[0].numel())
         layout.targets[module] = TargetLayout(rank_a=a.shape[1], rank_b=bt.shape[1], a_off=a_off, b_off=b_off)
-        pieces += [(a_off, a.reshape(a.shape[0], -1)), (b_off, bt.reshape(bt.shape[0], -1))]
+        pieces += [(a_off, a), (b_off, bt)]
     layout.elems = off
     layout.num_pages = max(1, -(-off // page_elems))
     L = pieces[0][1].shape[0]
-    data = torch.zeros(L, layout.num_pages * page_elems, dtype=dtype, pin_memory=pin)
-    for start, t in pieces:
-        data[:, start : start + t.shape[1]] = t.to(dtype)
+    data = torch.empty(L, layout.num_pages * page_elems, dtype=dtype, pin_memory=pin)
+    end = 0
+    for start, t in pieces:  # strided copies with the dtype conversion: no intermediate copy of a transposed B
+        data[:, end:start].zero_()
+        n = t[0].numel()
+        data[:, start : start + n].view(t.shape).copy_(t)
+        end = start + n
+    data[:, end:].zero_()
     return PackedAdapter(layout=layout, data=data, scale=w.scale, rank=w.rank)
