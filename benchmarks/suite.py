@@ -526,22 +526,16 @@ def suite_admission(a, out: dict) -> None:
 def suite_http(a, out: dict) -> None:
     """In-process replay first (then the engine is freed), then the Serve app over HTTP with the same engine
     settings, adapters as directories (files linked to the few weight sets), the same trace."""
-    import asyncio
     import os
-
-    from ray import serve
-
-    from benchmarks.load import replay as http_replay
-    from deployments.builder import BuildArgs, build_app
 
     n = a.adapters[0] if a.adapters else (3 if a.smoke else 100)
     rate = a.rate or (4.0 if a.smoke else 8.0)
-    log = Progress(a, 2)
+    variants = http_variants(a)
+    log = Progress(a, 1 + len(variants))
     trace = trace_for(a, n, rate)
     engine = engine_for(a, "S2", n)
     local = replay(engine, trace, a.slo_s, drain_s=4 * a.slo_s)
-    out.update(adapters=n, rate=rate, stream_interval_s=a.stream_interval_s, ingress_replicas=a.ingress_replicas,
-               in_process=local)  # fmt: skip
+    out.update(adapters=n, rate=rate, in_process=local)
     log(f"in-process: {local['req_s']:.2f} req/s, TTFT p50 {ms(local['ttft_p50_s'])} p99 {ms(local['ttft_p99_s'])}")
     model_dir, cfg = engine.cfg.model, engine.cfg
     srcs = {name: engine.adapters[name].path for name in (f"a{i}" for i in range(min(n, 8)))}
@@ -556,7 +550,41 @@ def suite_http(a, out: dict) -> None:
             src = Path(srcs[f"a{i % len(srcs)}"])
             for f in ("adapter_config.json", "adapter_model.safetensors"):
                 os.symlink(src / f, d / f)
+    for replicas, interval in variants:
+        run = serve_replay(a, trace, model_dir, cfg, adir, replicas, interval)
+        both = run["http"].get("ttft_p50_s") is not None and local["ttft_p50_s"] is not None
+        run.update(
+            http_over_in_process_req_s=run["http"]["req_s"] / local["req_s"] if local["req_s"] else None,
+            ttft_p50_delta_s=run["http"]["ttft_p50_s"] - local["ttft_p50_s"] if both else None,
+        )
+        out.setdefault("http_variants", []).append(run)
+        log(f"HTTP ({replicas} ingress, stream interval {interval} s): {run['http']['req_s']:.2f} req/s, TTFT p50 "
+            f"{ms(run['http']['ttft_p50_s'])} p99 {ms(run['http']['ttft_p99_s'])} (Serve up in "
+            f"{run['serve_startup_s']:.0f} s)")  # fmt: skip
+    first = out["http_variants"][0]  # the headline figures: the first variant (the defaults unless told)
+    out.update({k: first[k] for k in ("http", "serve_startup_s", "http_over_in_process_req_s", "ttft_p50_delta_s")})
+
+
+def http_variants(a) -> list[tuple[int, float]]:
+    """(ingress replicas, stream interval) pairs: the two lists zipped, a list of one repeated."""
+    reps, ivs = list(a.ingress_replicas), list(a.stream_interval_s)
+    n = max(len(reps), len(ivs))
+    if {len(reps), len(ivs)} - {1, n}:
+        raise SystemExit("--ingress-replicas and --stream-interval-s: lists of one length, or one value")
+    return list(zip(reps * n if len(reps) == 1 else reps, ivs * n if len(ivs) == 1 else ivs, strict=True))
+
+
+def serve_replay(a, trace, model_dir: str, cfg, adir: Path, replicas: int, interval: float) -> dict:
+    """Starts the Serve app (`replicas` ingress replicas, the group's stream_interval_s `interval`) with the
+    engine settings of `cfg` and the adapter directories of `adir`, replays `trace` over HTTP, shuts it down."""
+    import asyncio
+
+    import httpx
     import ray
+    from ray import serve
+
+    from benchmarks.load import replay as http_replay
+    from deployments.builder import BuildArgs, build_app
 
     t0 = time.perf_counter()
     if not ray.is_initialized():
@@ -572,13 +600,11 @@ def suite_http(a, out: dict) -> None:
         gpu_memory_fraction=a.gpu_memory_fraction,
         max_lora_rank=cfg.lora.max_lora_rank,
         engine={"load_format": "dummy", "warmup": cfg.warmup},
-        group={"stream_interval_s": a.stream_interval_s},
-        num_ingress_replicas=a.ingress_replicas,
+        group={"stream_interval_s": interval},
+        num_ingress_replicas=replicas,
         **({"group_num_cpus": 0.5} if a.smoke else {}),
     )
     serve.run(build_app(build), name="sloray-suite", route_prefix="/", blocking=False)
-    import httpx
-
     url = f"http://127.0.0.1:{a.http_port}"
     for _ in range(600):
         try:
@@ -593,15 +619,7 @@ def suite_http(a, out: dict) -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
-    both = remote.get("ttft_p50_s") is not None and local["ttft_p50_s"] is not None
-    out.update(
-        http=remote,
-        serve_startup_s=startup,
-        http_over_in_process_req_s=remote["req_s"] / local["req_s"] if local["req_s"] else None,
-        ttft_p50_delta_s=remote["ttft_p50_s"] - local["ttft_p50_s"] if both else None,
-    )
-    log(f"HTTP: {remote['req_s']:.2f} req/s, TTFT p50 {ms(remote['ttft_p50_s'])} p99 {ms(remote['ttft_p99_s'])} "
-        f"(Serve up in {startup:.0f} s)")  # fmt: skip
+    return {"ingress_replicas": replicas, "stream_interval_s": interval, "http": remote, "serve_startup_s": startup}
 
 
 SUITES = {"s-lora-table": suite_table, "ablations": suite_ablations, "admission": suite_admission, "http": suite_http}
@@ -761,20 +779,28 @@ def report_admission(res: dict, out: Path) -> list[str]:
 
 def report_http(res: dict, out: Path) -> list[str]:
     lines = [f"n = {res['adapters']} adapter directories, {res['rate']} req/s, the same trace; Serve up in "
-             f"{res['serve_startup_s']:.0f} s.", "", "| path | req/s | out tok/s | TTFT p50 | TTFT p99 | attainment |",
+             f"{res['serve_startup_s']:.0f} s (the first HTTP run).", "", "| path | req/s | out tok/s | TTFT p50 | TTFT p99 | attainment |",
              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for name, r in (("in-process", res["in_process"]), ("HTTP (Ray Serve)", res["http"])):
+    variants = res.get("http_variants") or [res]
+    paths = [("in-process", res["in_process"])] + [
+        (f"HTTP, {v.get('ingress_replicas', 1)} ingress, interval {v.get('stream_interval_s', 0)} s", v["http"])
+        for v in variants
+    ]
+    for name, r in paths:
         lines.append(f"| {name} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | {ms(r['ttft_p50_s'])} | "
                      f"{ms(r['ttft_p99_s'])} | {pc(r['slo_attainment'])} |")  # fmt: skip
-    lines += ["", f"HTTP / in-process throughput: {pc(res['http_over_in_process_req_s'])}; TTFT p50 difference: "
-              f"{ms(res['ttft_p50_delta_s'])}."]  # fmt: skip
+    lines.append("")
+    for v in variants:
+        lines.append(f"- HTTP ({v.get('ingress_replicas', 1)} ingress, interval {v.get('stream_interval_s', 0)} s) / "
+                     f"in-process throughput: {pc(v['http_over_in_process_req_s'])}; TTFT p50 difference: "
+                     f"{ms(v['ttft_p50_delta_s'])}.")  # fmt: skip
     plt = plt_or_none()
     if plt:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        paths = [("in-process", res["in_process"]), ("HTTP", res["http"])]
+        fig, ax = plt.subplots(figsize=(5 + len(variants), 3.5))
         for i, q in enumerate(("ttft_p50_s", "ttft_p90_s", "ttft_p99_s")):
-            ax.bar([x + 0.25 * i for x in range(2)], [(r.get(q) or 0) * 1e3 for _, r in paths], 0.25, label=q[5:8])
-        ax.set_xticks([0.25, 1.25], [p for p, _ in paths])
+            ax.bar([x + 0.25 * i for x in range(len(paths))], [(r.get(q) or 0) * 1e3 for _, r in paths], 0.25,
+                   label=q[5:8])  # fmt: skip
+        ax.set_xticks([x + 0.25 for x in range(len(paths))], [p.replace(", ", "\n") for p, _ in paths], fontsize=7)
         ax.set_ylabel("TTFT (ms)")
         ax.legend(fontsize=7)
         ax.set_title(f"Serving path, {res['gpu']}", fontsize=9)
@@ -826,8 +852,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=None, help="4096 (--smoke 64)")
     ap.add_argument("--gpu-memory-fraction", type=float, default=0.85)
     ap.add_argument("--http-port", type=int, default=8000)
-    ap.add_argument("--ingress-replicas", type=int, default=1, help="http: ingress replicas of the Serve app")
-    ap.add_argument("--stream-interval-s", type=float, default=0.0,
+    ap.add_argument("--ingress-replicas", type=int, nargs="+", default=[1],
+                    help="http: ingress replicas of the Serve app (several: one HTTP run each, zipped with the next)")  # fmt: skip
+    ap.add_argument("--stream-interval-s", type=float, nargs="+", default=[0.0],
                     help="http: the group's stream_interval_s (0: one chunk per engine step, the default)")  # fmt: skip
     ap.add_argument("--commit", default=None, help="the commit to name in the results (default: git's HEAD)")
     ap.add_argument("--report-only", action="store_true",

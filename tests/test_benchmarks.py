@@ -224,7 +224,10 @@ def test_suite_admission_smoke(tmp_path):
 
 def test_suite_http_smoke(tmp_path):
     """Starts Ray and Serve: run under the shared Ray lock (flock /tmp/sloray-ray.lock)."""
-    res = run_suite(tmp_path, "http", "--http-port", "8131")
-    assert res["http"]["ok"] == res["http"]["requests"] == res["in_process"]["requests"] > 0
-    assert res["http_over_in_process_req_s"] > 0 and res["ttft_p50_delta_s"] is not None
+    res = run_suite(tmp_path, "http", "--http-port", "8131", "--stream-interval-s", "0", "0.05")
+    assert [(v["ingress_replicas"], v["stream_interval_s"]) for v in res["http_variants"]] == [(1, 0.0), (1, 0.05)]
+    for v in res["http_variants"]:
+        assert v["http"]["ok"] == v["http"]["requests"] == res["in_process"]["requests"] > 0
+        assert v["http_over_in_process_req_s"] > 0 and v["ttft_p50_delta_s"] is not None
+    assert res["http"] == res["http_variants"][0]["http"]
     assert (tmp_path / "out" / "http.png").exists()
