@@ -57,6 +57,7 @@ from benchmarks.engine import alias_adapters, write_model_config  # noqa: E402
 from benchmarks.load import latency_figures  # noqa: E402
 from benchmarks.saturated import ALL_LINEAR, QKVO, commit  # noqa: E402
 from benchmarks.trace import synthetic_trace  # noqa: E402
+from deployments.config import GroupSettings  # noqa: E402
 
 SETTINGS = {  # name: (model shape, LoRA targets, ranks cycled over the adapters)
     "S1": ("llama2-7b", QKVO, (8,)),
@@ -854,8 +855,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--http-port", type=int, default=8000)
     ap.add_argument("--ingress-replicas", type=int, nargs="+", default=[1],
                     help="http: ingress replicas of the Serve app (several: one HTTP run each, zipped with the next)")  # fmt: skip
-    ap.add_argument("--stream-interval-s", type=float, nargs="+", default=[0.0],
-                    help="http: the group's stream_interval_s (0: one chunk per engine step, the default)")  # fmt: skip
+    ap.add_argument("--stream-interval-s", type=float, nargs="+", default=[GroupSettings().stream_interval_s],
+                    help="http: the group's stream_interval_s (default: the app's; 0: one chunk per engine step)")  # fmt: skip
     ap.add_argument("--commit", default=None, help="the commit to name in the results (default: git's HEAD)")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite NAME.md and the plots from an existing DIR/NAME.json (e.g. where matplotlib is)")  # fmt: skip

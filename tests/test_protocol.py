@@ -266,7 +266,7 @@ def test_build_args_service_defaults():
     from deployments.builder import BuildArgs
 
     a = BuildArgs()
-    assert a.group.stream_interval_s == 0.0  # one chunk per engine step
+    assert a.group.stream_interval_s == 0.05  # as Ray Serve LLM's stream_batching_interval_ms
     assert a.ingress.access_log_exclude == ["/health", "/metrics"]
     assert a.ingress.request_start_header == "X-Request-Start"
     assert BuildArgs(access_log_exclude="").ingress.access_log_exclude is None

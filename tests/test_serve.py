@@ -8,8 +8,8 @@ Two applications are started once for the module (in parallel, `serve.run_many`)
   * "strict" at /strict: one group with an impossible TTFT SLO (every request is refused with 429, after
     tokenizing), up to 1024 prompts per request;
   * "tp2" at /tp2: one group of tensor_parallel_size=2 (deployments/tp.py: two rank actors over gloo);
-  * "coalesced" at /coalesced: one group that coalesces a stream's tokens (stream_interval_s=0.05; the
-    others stream one item per engine step, the default 0);
+  * "coalesced" at /coalesced: one group with the default stream_interval_s (0.05 s: a stream's tokens are
+    coalesced; the others stream one item per engine step, stream_interval_s 0);
   * "fuzz" at /fuzz: one group with keys and a 64-token context (so that any generated request is cheap),
     the target of schemathesis;
   * "gated" at /gated, for one test only: a group held in its constructor (tests/gated_group.py) until the test
@@ -107,11 +107,13 @@ def service(demo, roots):
             "max_body_bytes": BODY_LIMIT,
             "max_choices_per_request": 16,
             "max_request_tokens": 8192,
+            "stream_interval_s": 0,
         }
     )
     strict = build_app(
-        {"num_groups": 1, "admission_ttft_slo_s": "1e-6", "group_num_cpus": 0.25, "max_choices_per_request": "1024"}
-    )
+        {"num_groups": 1, "admission_ttft_slo_s": "1e-6", "group_num_cpus": 0.25, "max_choices_per_request": "1024",
+         "stream_interval_s": 0}
+    )  # fmt: skip
     tp2 = build_app(
         {
             "model": str(demo / "model"),
@@ -121,9 +123,7 @@ def service(demo, roots):
             "tensor_parallel_size": "2",
         }
     )  # ranks: 1 CPU each
-    coalesced = build_app(
-        {"num_groups": 1, "group_num_cpus": 0.25, "device": "cpu", "dtype": "float32", "stream_interval_s": "0.05"}
-    )
+    coalesced = build_app({"num_groups": 1, "group_num_cpus": 0.25, "device": "cpu", "dtype": "float32"})
     fuzz = build_app(
         {
             "group_num_cpus": 0.25,
@@ -822,10 +822,10 @@ def test_version(http):
     assert r.status_code == 200 and r.json() == {"version": importlib.metadata.version("sloray")}
 
 
-def test_stream_sends_one_chunk_per_step_by_default(http):
-    """stream_interval_s defaults to 0: each engine step's token goes out in its own SSE chunk as soon as the
-    step ends, so the chunks' arrival times are the tokens' times (what guidellm and other token-latency
-    tools read); the coalescing app (0.05 s) sends several tokens per chunk."""
+def test_stream_sends_one_chunk_per_step_at_0_and_coalesces_by_default(http):
+    """With stream_interval_s 0 (the main app) each engine step's token goes out in its own SSE chunk as soon
+    as the step ends, so the chunks' arrival times are the tokens' times (what guidellm and other
+    token-latency tools read); the app with the default (0.05 s) sends several tokens per chunk."""
 
     def chunks(prefix: str) -> tuple[list[int], list[float]]:
         body = {
