@@ -114,7 +114,9 @@ class DecodeGraphs:
         if self.mempool is None:
             self.mempool = torch.cuda.graph_pool_handle()
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self.mempool):
+        # thread_local: the server's other threads (adapters packed into pinned memory, pinned later) may
+        # call CUDA APIs that a global-mode capture would refuse while this one runs
+        with torch.cuda.graph(g, pool=self.mempool, capture_error_mode="thread_local"):
             logits = self._forward(bs, ctx)
         return g, logits
 

@@ -470,11 +470,16 @@ class TPExecutor:
         adapter's page count (the same on every rank)."""
         return self.add_packed(name, self.pack_adapter(weights))
 
-    def pack_adapter(self, weights: LoRAWeights) -> list:
-        """One packed shard per rank, put in the object store (any thread): their ObjectRefs."""
+    def pack_adapter(self, weights: LoRAWeights, pin: bool = True) -> list:
+        """One packed shard per rank, put in the object store (any thread): their ObjectRefs. `pin` changes
+        nothing here: each rank actor copies its shard into pinned memory when it fetches it."""
         return [
             ray.put(pack_adapter(weights, self.page_elems, self.dtype, r, self.tp_size)) for r in range(self.tp_size)
         ]
+
+    def pin_adapters(self) -> int:
+        """Nothing to pin later: the rank actors pin each shard as they fetch it (`add_packed`). Returns 0."""
+        return 0
 
     def add_packed(self, name: str, refs: list) -> int:
         """Each actor fetches its own shard (`pack_adapter`'s refs); returns the page count."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 
 import pytest
 import torch
@@ -72,6 +73,31 @@ def test_bfloat16_close_to_float32(setup):
     agree = sum(a == b for a, b in zip(f32, b16)) / len(reqs)
     agree_ref = sum(a == b for a, b in zip(b16_ref, b16)) / len(reqs)
     assert agree >= 0.8 and agree_ref >= 0.8, (agree, agree_ref)
+
+
+def test_adapters_pageable_at_start_then_pinned_beside_the_steps(setup):
+    """add_adapters(pin=False) (a server's start) leaves the host copies pageable; pin_adapters, run in
+    another thread while requests run, moves them to pinned memory; the tokens are those of adapters pinned
+    at once, before, during and after."""
+    model, adapters, reqs = setup
+    ref = generate(model, adapters, reqs, dtype="float32", kernel_backend="triton")
+    llm = LLM(model=str(model), device="cuda", dtype="float32", kernel_backend="triton")
+    llm.engine.add_adapters(adapters, pin=False)
+    shards = llm.engine.executor.adapters
+    assert set(shards) == set(adapters) and not any(p.data.is_pinned() for p in shards.values())
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    pinned: list[int] = []
+    t = threading.Thread(target=lambda: pinned.append(llm.engine.pin_adapters()))
+    t.start()
+    during = llm.generate([r[0] for r in reqs], adapters=[r[1] for r in reqs], sampling_params=params)
+    t.join()
+    assert pinned == [len(adapters)] and all(p.data.is_pinned() for p in shards.values())
+    assert llm.engine.pin_adapters() == 0
+    for name in adapters:  # the next requests fill their pages from the pinned copies
+        if llm.engine.pool.is_resident(name):
+            llm.engine.pool.evict(name)
+    after = llm.generate([r[0] for r in reqs], adapters=[r[1] for r in reqs], sampling_params=params)
+    assert [o.token_ids for o in during] == ref == [o.token_ids for o in after]
 
 
 def test_cuda_graphs_equal_eager(setup):
