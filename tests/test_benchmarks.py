@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -224,10 +226,25 @@ def test_suite_admission_smoke(tmp_path):
 
 def test_suite_http_smoke(tmp_path):
     """Starts Ray and Serve: run under the shared Ray lock (flock /tmp/sloray-ray.lock)."""
-    res = run_suite(tmp_path, "http", "--http-port", "8131", "--stream-interval-s", "0", "0.05")
-    assert [(v["ingress_replicas"], v["stream_interval_s"]) for v in res["http_variants"]] == [(1, 0.0), (1, 0.05)]
-    for v in res["http_variants"]:
-        assert v["http"]["ok"] == v["http"]["requests"] == res["in_process"]["requests"] > 0
-        assert v["http_over_in_process_req_s"] > 0 and v["ttft_p50_delta_s"] is not None
+    res = run_suite(tmp_path, "http", "--http-port", "8131", "--stream-interval-s", "0")
+    assert [(v["ingress_replicas"], v["stream_interval_s"]) for v in res["http_variants"]] == [(1, 0.0)]
+    assert res["http"]["ok"] == res["http"]["requests"] == res["in_process"]["requests"] > 0
+    assert res["http_over_in_process_req_s"] > 0 and res["ttft_p50_delta_s"] is not None
     assert res["http"] == res["http_variants"][0]["http"]
     assert (tmp_path / "out" / "http.png").exists()
+
+
+def test_http_variants_zip_the_two_lists():
+    """--ingress-replicas and --stream-interval-s: zipped, a list of one repeated, other lengths refused."""
+    from types import SimpleNamespace
+
+    from benchmarks.suite import http_variants
+
+    def v(reps, ivs):
+        return http_variants(SimpleNamespace(ingress_replicas=reps, stream_interval_s=ivs))
+
+    assert v([1, 1, 2], [0.0, 0.05, 0.05]) == [(1, 0.0), (1, 0.05), (2, 0.05)]
+    assert v([2], [0.0, 0.05]) == [(2, 0.0), (2, 0.05)]
+    assert v([1, 2], [0.05]) == [(1, 0.05), (2, 0.05)]
+    with pytest.raises(SystemExit):
+        v([1, 2], [0.0, 0.05, 0.1])

@@ -169,7 +169,7 @@ def test_adapter_load_does_not_stall_running_streams(tmp_path):
         write_tokenizer(model),
         hidden_size=512,
         intermediate_size=1024,
-        num_hidden_layers=8,
+        num_hidden_layers=16,
         num_attention_heads=8,
         num_key_value_heads=8,
     )
@@ -179,7 +179,7 @@ def test_adapter_load_does_not_stall_running_streams(tmp_path):
         512,
         512.0,
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    )  # 142 MB
+    )  # 285 MB (the load must take long enough to see the stream go on beside it)
     cfg = {
         "model": str(model),
         "device": "cpu",
