@@ -14,7 +14,6 @@ Per step: (1) copy newly admitted adapters into their pool pages, (2) build atte
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import random
 import threading
@@ -26,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from app.config import EngineConfig
-from app.lora.adapter import LoRAWeights, PackedAdapter, pack_adapter
+from app.lora.adapter import LoRAWeights, PackedAdapter, pack_adapter, pinned_copy
 from app.lora.layer import LORA_GROUPS
 from app.model.context import AttentionMeta, ForwardContext, LoRAGroupMeta, LoRAMeta, ParallelState, padded_table
 from app.model.llama import LlamaForCausalLM, ModelArgs
@@ -143,11 +142,10 @@ class ModelRunner:
             todo = [(n, p) for n, p in self.adapters.items() if not p.data.is_pinned()]
         done = 0
         for name, packed in todo:
-            pinned = torch.empty(packed.data.shape, dtype=packed.data.dtype, pin_memory=True)
-            pinned.copy_(packed.data)
+            pinned = pinned_copy(packed)
             with self._adapters_lock:
                 if self.adapters.get(name) is packed:
-                    self.adapters[name] = dataclasses.replace(packed, data=pinned)
+                    self.adapters[name] = pinned
                     done += 1
         return done
 

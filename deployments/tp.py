@@ -26,7 +26,6 @@ broadcast + waiting for the reply, against the time tp-rank 0 spent in `execute`
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import threading
@@ -44,7 +43,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from app.config import EngineConfig
 from app.engine import EngineDeadError
-from app.lora.adapter import LoRAWeights, PackedAdapter, pack_adapter
+from app.lora.adapter import LoRAWeights, PackedAdapter, pack_adapter, pinned_copy
 from app.request import ModelOutput
 from app.sampling import (
     logprob_words,
@@ -278,9 +277,7 @@ class RankActor:
         self._set_device()
         packed: PackedAdapter = ray.get(shard_ref[0])
         if self.device == "cuda":  # page fills copy from pinned memory (async, side stream)
-            pinned = torch.empty(packed.data.shape, dtype=packed.data.dtype, pin_memory=True)
-            pinned.copy_(packed.data)
-            packed = dataclasses.replace(packed, data=pinned)
+            packed = pinned_copy(packed)
         assert self.runner is not None, "setup() first"
         self.runner.add_packed(name, packed)
         return packed.layout.num_pages

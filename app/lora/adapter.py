@@ -26,7 +26,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import NoReturn
@@ -414,6 +414,13 @@ class PackedAdapter:
     data: torch.Tensor  # [L, num_pages * page_elems], the pool's dtype (pinned on CUDA hosts)
     scale: float
     rank: int
+
+
+def pinned_copy(packed: PackedAdapter) -> PackedAdapter:
+    """The same shard with its data copied into pinned host memory (page fills from it are asynchronous)."""
+    pinned = torch.empty(packed.data.shape, dtype=packed.data.dtype, pin_memory=True)
+    pinned.copy_(packed.data)
+    return replace(packed, data=pinned)
 
 
 def shard_target(module: str, A: torch.Tensor, B: torch.Tensor, tp_rank: int, tp_size: int):
