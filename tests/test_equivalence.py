@@ -138,10 +138,13 @@ def test_triton_mixed_steps_equal_peft(setup):
             return inner.execute(out)
 
     inner, e.executor = e.executor, Recording()
+    # 11 requests of 4 tokens each (greedy: the first tokens of the expected ones): the interpreter's time
+    # goes by steps, and the prompts' chunks already mix with the first requests' decode tokens
+    sub = [(ids, a, 4) for ids, a, _ in reqs[:11]]
     outs = llm.generate(
-        [ids for ids, _, _ in reqs[:14]],
-        adapters=[a for _, a, _ in reqs[:14]],
-        sampling_params=[SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for _, _, m in reqs[:14]],
+        [ids for ids, _, _ in sub],
+        adapters=[a for _, a, _ in sub],
+        sampling_params=[SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for _, _, m in sub],
     )
-    check(outs, reqs[:14], expected[:14])
+    check(outs, sub, [x[:4] for x in expected[:11]])
     assert any(max(lens) > 16 and 1 in lens for lens in steps), "no step mixed a multi-tile chunk with decodes"

@@ -2,7 +2,8 @@
 tensor_parallel_size=2 behind one ingress; while clients keep sending requests, one rank process of group 0
 is killed (SIGKILL). At most the requests running on group 0 fail, each with a 503 OpenAI error object and
 Retry-After within 5 s; every other request is served (by group 1, or retried there); group 0 reports itself
-unhealthy at once, Serve replaces it, and it takes traffic again."""
+unhealthy at once, Serve replaces it, and it takes traffic again. Before that, both groups' greedy answers
+equal the offline engine's (TP=2 behind Serve against TP=1)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app import LLM, SamplingParams
 from app.demo import build_demo
 
 ray = pytest.importorskip("ray")
@@ -23,13 +25,23 @@ serve = pytest.importorskip("ray.serve")
 PORT = 8433
 BASE = f"http://127.0.0.1:{PORT}"
 CLIENTS = 6
+PROMPTS = [
+    ("Hello, world!", "demo-r4-attn"),
+    ("The quick brown fox", "demo-r16-all"),
+    ("Serving thousands of", None),
+    ("def main():", "demo-r32-rslora"),
+]
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def demo(tmp_path_factory):
+    return build_demo(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def service(demo):
     from deployments.builder import build_app
 
-    demo = build_demo(tmp_path_factory.mktemp("demo"))
     repo = str(Path(__file__).resolve().parents[1])
     os.environ["PYTHONPATH"] = repo + os.pathsep + os.environ.get("PYTHONPATH", "")
     ray.init(num_cpus=8, include_dashboard=False)
@@ -55,6 +67,23 @@ def service(tmp_path_factory):
 
 def stats(group: str) -> dict:
     return serve.get_deployment_handle(group, app_name="faults").stats.remote().result(timeout_s=30)
+
+
+def test_tensor_parallel_groups_equal_offline(service, demo):
+    """Each TP=2 group (two rank actors over gloo) answers the offline TP=1 engine's greedy text, for the
+    base model and adapters of several targets and ranks."""
+    llm = LLM(str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32")
+    for group in ("SLoRAGroup-0", "SLoRAGroup-1"):
+        assert stats(group)["tensor_parallel_size"] == 2
+    with httpx.Client(base_url=BASE, timeout=60) as c:
+        for _ in range(2):  # the ingress spreads the requests over both groups
+            for prompt, adapter in PROMPTS:
+                body = {"model": adapter or "sloray-demo", "prompt": prompt, "max_tokens": 12, "temperature": 0}
+                r = c.post("/v1/completions", json=body)
+                assert r.status_code == 200, r.text
+                want = llm.generate([prompt], SamplingParams(max_tokens=12, temperature=0.0), adapters=[adapter])[0]
+                assert r.json()["choices"][0]["text"] == want.text, (prompt, adapter)
+    assert all(stats(g)["steps"] > 0 for g in ("SLoRAGroup-0", "SLoRAGroup-1"))
 
 
 def test_killed_rank_fails_only_its_requests_and_the_group_comes_back(service):
