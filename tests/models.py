@@ -10,6 +10,13 @@ import torch
 from app.demo import write_model, write_tokenizer
 from app.request import SamplingParams
 
+# (prompt, adapter) pairs of the embedded demo (app/demo.py) that the Serve tests send and compare offline
+DEMO_PROMPTS = [
+    ("Hello, world!", "demo-r4-attn"),
+    ("The quick brown fox", "demo-r16-all"),
+    ("Serving thousands of", None),
+    ("def main():", "demo-r32-rslora"),
+]
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # name -> (rank, alpha, targets, use_rslora): ranks {1, 4, 8, 16, 64}, different target sets
 ADAPTERS = {

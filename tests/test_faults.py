@@ -18,6 +18,7 @@ import pytest
 
 from app import LLM, SamplingParams
 from app.demo import build_demo
+from tests.models import DEMO_PROMPTS
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -25,12 +26,6 @@ serve = pytest.importorskip("ray.serve")
 PORT = 8433
 BASE = f"http://127.0.0.1:{PORT}"
 CLIENTS = 6
-PROMPTS = [
-    ("Hello, world!", "demo-r4-attn"),
-    ("The quick brown fox", "demo-r16-all"),
-    ("Serving thousands of", None),
-    ("def main():", "demo-r32-rslora"),
-]
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +70,17 @@ def test_tensor_parallel_groups_equal_offline(service, demo):
     llm = LLM(str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32")
     for group in ("SLoRAGroup-0", "SLoRAGroup-1"):
         assert stats(group)["tensor_parallel_size"] == 2
+    want = {
+        (p, a): llm.generate([p], SamplingParams(max_tokens=12, temperature=0.0), adapters=[a])[0].text
+        for p, a in DEMO_PROMPTS
+    }
     with httpx.Client(base_url=BASE, timeout=60) as c:
         for _ in range(2):  # the ingress spreads the requests over both groups
-            for prompt, adapter in PROMPTS:
+            for prompt, adapter in DEMO_PROMPTS:
                 body = {"model": adapter or "sloray-demo", "prompt": prompt, "max_tokens": 12, "temperature": 0}
                 r = c.post("/v1/completions", json=body)
                 assert r.status_code == 200, r.text
-                want = llm.generate([prompt], SamplingParams(max_tokens=12, temperature=0.0), adapters=[adapter])[0]
-                assert r.json()["choices"][0]["text"] == want.text, (prompt, adapter)
+                assert r.json()["choices"][0]["text"] == want[prompt, adapter], (prompt, adapter)
     assert all(stats(g)["steps"] > 0 for g in ("SLoRAGroup-0", "SLoRAGroup-1"))
 
 

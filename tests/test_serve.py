@@ -37,6 +37,7 @@ from app import LLM, SamplingParams
 from app.demo import build_demo, write_peft_adapter
 from app.tokenizer import Tokenizer
 from deployments.routing import rendezvous_order
+from tests.models import DEMO_PROMPTS
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -49,12 +50,6 @@ METRICS_KEY = "sk-sloray-metrics"
 BODY_LIMIT = 1 << 20
 MODEL = "sloray-demo"
 GROUPS = ["SLoRAGroup-0", "SLoRAGroup-1"]
-PROMPTS = [
-    ("Hello, world!", "demo-r4-attn"),
-    ("The quick brown fox", "demo-r16-all"),
-    ("Serving thousands of", None),
-    ("def main():", "demo-r32-rslora"),
-]
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +166,7 @@ def greedy(llm, prompt, adapter, max_tokens=12, **kw):
 
 # ---- generation equals the offline engine -------------------------------------------------------
 def test_completions_equal_offline(client, llm):
-    for prompt, adapter in PROMPTS:
+    for prompt, adapter in DEMO_PROMPTS:
         r = client.completions.create(model=adapter or MODEL, prompt=prompt, max_tokens=12, temperature=0)
         ref = greedy(llm, prompt, adapter)
         assert r.choices[0].text == ref.text, (prompt, adapter)
@@ -507,7 +502,7 @@ def test_sampling_values_that_killed_a_group_get_400_and_the_group_serves_on(htt
         for _ in range(len(GROUPS)):  # both groups
             r = http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3, **tiny})
             assert r.status_code == 200, r.text
-    prompt, adapter = PROMPTS[0]
+    prompt, adapter = DEMO_PROMPTS[0]
     ref = greedy(llm, prompt, adapter)
     got = client.completions.create(model=adapter, prompt=prompt, max_tokens=12, temperature=0)
     assert got.choices[0].text == ref.text
