@@ -130,14 +130,6 @@ class EngineConfig(BaseModel):
     cuda_graphs: bool = Field(
         True, description="replay captured CUDA graphs for decode-only steps (Triton backend, one GPU)"
     )
-    eager_token_multiple: int | None = Field(
-        None,
-        ge=1,
-        description="a step run without a CUDA graph (one with a prefill chunk) is padded to a multiple of this many "
-        "tokens, and its sampled rows to a multiple of it, so that its matmul shapes repeat: cuBLAS chooses a kernel "
-        "the first time it sees a shape, which on an H200 costs milliseconds of host time; the warm-up primes every "
-        "padded shape up to max_num_batched_tokens and max_num_seqs. None = 64 on CUDA, 1 (no padding) on the CPU",
-    )
     warmup: Literal["auto", "on", "off"] = Field(
         "auto",
         description="run every kernel variant and capture every CUDA graph once at start (Engine.warmup), "
@@ -188,8 +180,7 @@ class EngineConfig(BaseModel):
         """This config with its unset sizes (None) filled for the device it runs on (`device`, default
         `resolved_device()`): max_num_seqs 256 and max_num_batched_tokens 4096 on CUDA (an H200 keeps 256
         7B-model sequences and a 4096-token prefill chunk busy without queueing decodes behind it), 64 and
-        2048 on the CPU; max_loras_per_batch = max_num_seqs; eager_token_multiple 64 on CUDA, 1 on the CPU. Engine,
-        ModelRunner and the TP group apply it."""
+        2048 on the CPU; max_loras_per_batch = max_num_seqs. Engine, ModelRunner and the TP group apply it."""
         gpu = (device or self.resolved_device()) == "cuda"
         sch, lora = self.scheduler, self.lora
         seqs = sch.max_num_seqs or (256 if gpu else 64)
@@ -202,7 +193,6 @@ class EngineConfig(BaseModel):
                     }
                 ),
                 "lora": lora.model_copy(update={"max_loras_per_batch": lora.max_loras_per_batch or seqs}),
-                "eager_token_multiple": self.eager_token_multiple or (64 if gpu else 1),
             }
         )
 

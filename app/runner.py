@@ -15,10 +15,8 @@ Per step: (1) copy newly admitted adapters into their pool pages, (2) build atte
 from __future__ import annotations
 
 import gc
-import logging
 import random
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,7 +38,6 @@ from kernels import get_backend
 if TYPE_CHECKING:
     from app.structured import Constraints
 
-logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PROMPT_LOGPROB_ROWS = 256  # prompt positions whose [rows, vocab] logits are computed at once
 
@@ -84,12 +81,6 @@ class ModelRunner:
         self._prefetch_event: torch.cuda.Event | None = None
         # the last launched step's sampled tokens (on the device) and each request's row in them
         self._last_tokens: tuple[torch.Tensor, dict[str, int]] | None = None
-        self.token_multiple = cfg.eager_token_multiple or 1  # the padding of eager steps (_device_batch)
-        if self.device == "cuda" and (cfg.warmup == "on" or cfg.warmup == "auto"):
-            m, budget, seqs = self.token_multiple, cfg.scheduler.max_num_batched_tokens or 0, cfg.scheduler.max_num_seqs
-            t0 = time.perf_counter()
-            self.model.prime_matmuls(range(m, budget + m, m), range(m, (seqs or 0) + m, m))
-            logger.info("matmul shapes of %d token counts primed in %.2f s", budget // m, time.perf_counter() - t0)
         self.graphs = None
         if cfg.cuda_graphs and self.device == "cuda" and self.backend.name == "triton":
             from app.cuda_graphs import DecodeGraphs
@@ -216,7 +207,7 @@ class ModelRunner:
                 self._prompt_logprobs(out, batch, hidden, result)
                 if not batch.sample_rows:
                     return StepHandle(result)
-                logits = self.model.logits(hidden.index_select(0, sample_rows))[: len(batch.sample_rows)]
+                logits = self.model.logits(hidden.index_select(0, sample_rows))
             if self.tp.rank != 0:
                 return StepHandle(result)
             sampled = [s for s in out.seqs if s.sample]
@@ -270,7 +261,7 @@ class ModelRunner:
         with torch.inference_mode():
             ctx, input_ids, positions, sample_rows = self._device_batch(batch)
             hidden = self.model(input_ids, positions, ctx)
-            return self.model.logits(hidden.index_select(0, sample_rows))[: len(batch.sample_rows)]
+            return self.model.logits(hidden.index_select(0, sample_rows))
 
     def _grammar_bitmask(self, sampled: list[ScheduledSeq]) -> tuple[torch.Tensor, list[int]] | None:
         """The constrained sequences' allowed next tokens (app/structured.py): a bitmask filled on the host
@@ -385,18 +376,12 @@ class ModelRunner:
         return b
 
     def _device_batch(self, b: HostBatch):
-        """(ForwardContext, input ids, positions, sample rows) on the device, in one host-to-device copy. The
-        tokens are padded to a multiple of `token_multiple` (rows after q_indptr[-1]: token 0 at position 0,
-        no KV slot, in no sequence or LoRA segment: attention and LoRA never read or write them, their hidden
-        states are garbage nothing reads), and the sample rows likewise (repeats of row 0; callers keep the
-        first len(b.sample_rows) logits), so that the step's matmul shapes are among the primed ones."""
+        """(ForwardContext, input ids, positions, sample rows) on the device, in one host-to-device copy."""
         i32 = torch.int32
         groups = [g for g in LORA_GROUPS if g in b.lora_targeted] if b.lora_pages else []
-        pad = -len(b.input_ids) % self.token_multiple
-        rows = b.sample_rows + [0] * (-len(b.sample_rows) % self.token_multiple)
         parts = [
-            (b.q_indptr, i32), (b.seq_lens, i32), (padded_table(b.kv_pages), i32), (b.slots + [-1] * pad, torch.int64),
-            (b.input_ids + [0] * pad, torch.long), (b.positions + [0] * pad, torch.long), (rows, torch.long),
+            (b.q_indptr, i32), (b.seq_lens, i32), (padded_table(b.kv_pages), i32), (b.slots, torch.int64),
+            (b.input_ids, torch.long), (b.positions, torch.long), (b.sample_rows, torch.long),
         ]  # fmt: skip
         if b.lora_pages:
             parts += [(padded_table(b.lora_pages), i32), (b.lora_scales, torch.float32), (b.seg_slot, i32)]
@@ -423,7 +408,7 @@ class ModelRunner:
                 # only the groups some adapter of the step targets: apply_lora skips the others
                 groups={g: LoRAGroupMeta(*group_rows[4 * i : 4 * i + 4]) for i, g in enumerate(groups)},
             )
-            lora.plan = self.backend.lora_plan(q_indptr, lora.seg_slot, len(b.lora_pages), len(b.input_ids) + pad,
+            lora.plan = self.backend.lora_plan(q_indptr, lora.seg_slot, len(b.lora_pages), len(b.input_ids),
                                                b.max_q_len)  # fmt: skip
         ctx = ForwardContext(
             attn=attn, lora=lora, pool=self.pool, page_size=self.page_size, backend=self.backend, tp=self.tp

@@ -103,12 +103,9 @@ def test_tiny_pool_preempts_and_evicts(setup):
 
 
 def test_chunked_prefill_equals_peft(setup):
-    """A token budget smaller than the prompts: prefill runs in chunks over already-cached context; each step
-    padded to a multiple of 24 tokens and its sampled rows likewise (what CUDA does with 64)."""
+    """A token budget smaller than the prompts: prefill runs in chunks over already-cached context."""
     kind, model, adapters, reqs, expected, ref = setup
-    llm, outs = run(
-        model, adapters, reqs[:9], scheduler={"max_num_batched_tokens": 16, "max_num_seqs": 4}, eager_token_multiple=24
-    )
+    llm, outs = run(model, adapters, reqs[:9], scheduler={"max_num_batched_tokens": 16, "max_num_seqs": 4})
     check(outs, reqs[:9], expected[:9])
 
 
@@ -116,8 +113,7 @@ def test_triton_mixed_steps_equal_peft(setup):
     """The Triton kernels (interpreted on the CPU) in the engine on a loaded server's steps: a token budget
     of 48 cuts prompts into chunks that share steps with other requests' decode tokens, and the mixed
     regime's tiles are 16 tokens, so a chunk spans several tiles of its adapter next to decode tiles of
-    others (ranks 1..64, attention and MLP targets), in steps padded to multiples of 32 tokens (rows in no
-    segment); greedy tokens equal transformers + PEFT's."""
+    others (ranks 1..64, attention and MLP targets); greedy tokens equal transformers + PEFT's."""
     kind, model, adapters, reqs, expected, ref = setup
     if kind != "gqa":
         pytest.skip("the interpreter is slow: the GQA model (attention and MLP targets) covers the kernels")
@@ -129,7 +125,6 @@ def test_triton_mixed_steps_equal_peft(setup):
         kernel_backend="triton",
         scheduler={"max_num_batched_tokens": 48, "max_num_seqs": 12},
         lora={"kernels": {"mixed": {"tile_m": 16, "shrink_r": 32, "expand_n": 64}}},
-        eager_token_multiple=32,
     )
     e = llm.engine
     steps: list[list[int]] = []  # tokens of each sequence in each step

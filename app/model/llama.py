@@ -267,21 +267,5 @@ class LlamaForCausalLM(torch.nn.Module):
         bias = self.w.get(f"{i}.{name}_b")
         return y if bias is None else y + bias
 
-    @torch.inference_mode()
-    def prime_matmuls(self, token_counts, row_counts) -> None:
-        """Runs each matmul shape of a forward pass once for every count of `token_counts` (every layer's
-        shapes are layer 0's) and the lm_head for every count of `row_counts`: cuBLAS chooses a kernel the
-        first time it sees a shape, which costs milliseconds of host time on an H200
-        (benchmarks/results/session-2026-12-03), and a step must not pay that while serving."""
-        w, H = self.w, self.args.hidden_size
-        for t in token_counts:
-            x = torch.zeros(t, H, dtype=self.dtype, device=self.device)
-            F.linear(x, w["0.qkv"], w.get("0.qkv_b"))
-            F.linear(x, w["0.gate_up"], w.get("0.gate_up_b"))
-            F.linear(torch.zeros(t, self.q_size, dtype=self.dtype, device=self.device), w["0.o"])
-            F.linear(torch.zeros(t, self.inter, dtype=self.dtype, device=self.device), w["0.down"])
-        for n in row_counts:
-            self.logits(torch.zeros(n, H, dtype=self.dtype, device=self.device))
-
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.w["lm_head"]).float()
