@@ -1042,7 +1042,7 @@ def test_ray_metrics_export_has_the_same_series(http, client):
 
 
 # ---- schemathesis: generated requests from the app's own OpenAPI schema ---------------------------
-FUZZ_EXAMPLES = int(os.environ.get("SLORAY_FUZZ_EXAMPLES", "10"))  # per API operation and phase
+FUZZ_EXAMPLES = int(os.environ.get("SLORAY_FUZZ_EXAMPLES", "6"))  # per API operation and phase
 
 
 @pytest.fixture(scope="module")
