@@ -97,13 +97,16 @@ def engine_for(a, setting: str, n_max: int) -> Engine:
     t0 = time.perf_counter()
     engine = Engine(cfg)
     alias_adapters(engine, srcs, {f"a{i}": f"src-r{ranks[i % len(ranks)]}" for i in range(n_max)})
+    engine.freeze_heap()  # as a serving group does once its startup is done (`free` unfreezes)
     print(f"  engine {setting} ({shape}, {engine.args.num_layers} layers, {engine.pool.num_pages} pages, "
           f"{n_max} adapters) ready in {time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip
     return engine
 
 
 def free() -> None:
-    """Returns the memory of objects dropped by the caller (an engine: set its variable to None first)."""
+    """Returns the memory of objects dropped by the caller (an engine: set its variable to None first); what
+    `Engine.freeze_heap` froze is unfrozen first, so that a dropped engine is collected."""
+    gc.unfreeze()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
