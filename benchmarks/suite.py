@@ -219,14 +219,14 @@ def replay(engine: Engine, trace: list[dict], slo: float, *, stop_on_fail: bool 
             kv_pages.append(st.kv)
             adapter_pages.append(st.adapter)
     elapsed = time.monotonic() - start
-    while engine.has_unfinished():  # aborted requests leave at the next step; a launched step is read then
-        engine.step()
-    sync()
-    res = summarize(list(recs.values()), len(trace), elapsed, slo)
     counters = {k: v - c0[k] for k, v in dict(
         steps=engine.steps, loads=pool.loads, hits=pool.hits, evictions=pool.evictions,
         prefetches=sch.num_prefetches, load_wait_steps=sch.num_load_wait_steps, preemptions=sch.num_preemptions,
         early_aborts=sch.num_early_aborts, cluster_steps=sch.num_cluster_steps).items()}  # fmt: skip
+    while engine.has_unfinished():  # cut requests leave at the next step, a launched step is read then (uncounted)
+        engine.step()
+    sync()
+    res = summarize(list(recs.values()), len(trace), elapsed, slo)
     lookups = counters["loads"] + counters["hits"]
     res.update(
         counters,

@@ -23,7 +23,7 @@ from kernels import get_backend  # noqa: E402
 
 
 def host_us(fn, n: int) -> float:
-    """Median-free mean host microseconds per call of fn(i), i < n, behind ~1 s of GPU sleep."""
+    """Mean host microseconds per call of fn(i), i < n, behind ~1 s of GPU sleep."""
     torch.cuda.synchronize()
     torch.cuda._sleep(2_000_000_000)
     t = time.perf_counter()
