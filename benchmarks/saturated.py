@@ -139,7 +139,10 @@ class GcTimer:
             self.by_gen[info["generation"]] += 1
 
 
-def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict:
+def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=PROFILE_STEPS) -> dict:
+    """One burst of `reqs`, stepped to the end. `step_s_by_kind`: the wall time of the `engine.step()` calls
+    that launched a decode-only step / a step with a prefill chunk (with asynchronous scheduling a call also
+    waits for the step before it). `profile`: GPU kernels and host functions over the steps in `window`."""
     rng = random.Random(seed)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for name in list(engine.pool.resident_adapters()):  # every run starts with no adapter on the GPU
@@ -151,21 +154,24 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict
         p = SamplingParams(max_tokens=o, temperature=0.0, ignore_eos=True, detokenize=False)
         engine.add_request([rng.randrange(3, vocab) for _ in range(i)], p, adapter=None if a is None else f"a{a}")
     batch, kinds, prof, distinct = [], {"decode": 0, "with_prefill": 0}, None, []
+    kind_s = {"decode": 0.0, "with_prefill": 0.0}
     n = 0
     gc_timer = GcTimer()
     gc.callbacks.append(gc_timer)
     while engine.has_unfinished():
         running = len(engine.scheduler.running) + min(len(engine.scheduler.waiting), 1)
-        if profile and n == PROFILE_STEPS[0] and torch.cuda.is_available():
+        if profile and n == window[0] and torch.cuda.is_available():
             sync()
             prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
             prof.__enter__()
             host = cProfile.Profile()
             host.enable()
             tw = time.perf_counter()
+        ts = time.perf_counter()
         engine.step()
+        ts = time.perf_counter() - ts
         n += 1
-        if prof is not None and n == PROFILE_STEPS[1]:
+        if prof is not None and n == window[1]:
             sync()
             host.disable()
             wall = time.perf_counter() - tw
@@ -174,7 +180,9 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict
             prof["host_top"] = host_top(host)
         batch.append(len(engine.scheduler.running))
         distinct.append(engine.last_step_adapters)
-        kinds["with_prefill" if engine.last_step_tokens > running else "decode"] += 1
+        kind = "with_prefill" if engine.last_step_tokens > running else "decode"
+        kinds[kind] += 1
+        kind_s[kind] += ts
     sync()
     elapsed = time.perf_counter() - t0
     gc.callbacks.remove(gc_timer)
@@ -187,6 +195,7 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool) -> dict
         "mean_batch": sum(batch) / max(1, len(batch)),
         "mean_distinct_adapters": sum(distinct) / max(1, len(distinct)),
         "steps_by_kind": kinds,
+        "step_s_by_kind": {k: round(v, 3) for k, v in kind_s.items()},
         "adapter_loads": engine.pool.loads - loads0,
         "preemptions": engine.scheduler.num_preemptions,
         "gc_ms": round(gc_timer.ms, 1),
@@ -278,6 +287,7 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         pool={"gpu_memory_fraction": 0.85, "page_size": 16},
         scheduler={"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens},
         **({"warmup": "on"} if device == "cuda" else {}),
+        **({} if args.mixed_graph_max_tokens is None else {"mixed_graph_max_tokens": args.mixed_graph_max_tokens}),
     )
     t0 = time.perf_counter()
     engine = Engine(cfg)
@@ -306,7 +316,8 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         if mode == modes[0]:  # an untimed round per n first: compiles, graphs, allocator, this n's adapters
             run_once(engine, workload(min(64, args.requests), n, args.seed + 1, hi=args.max_len), a.vocab_size, 1,
                      False)  # fmt: skip
-        row = {"adapters": n, "async_scheduling": mode, **run_once(engine, reqs, a.vocab_size, args.seed, args.profile)}
+        row = {"adapters": n, "async_scheduling": mode,
+               **run_once(engine, reqs, a.vocab_size, args.seed, args.profile, tuple(args.profile_steps))}  # fmt: skip
         fl = floor_s(a, reqs, n_params, weight_bytes, args.max_num_seqs, bw, rate)
         # with adapters, each decode step also reads the LoRA weights of its distinct adapters once
         lora_bytes = row["mean_distinct_adapters"] * adapter_bytes
@@ -316,7 +327,7 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         runs.append(row)
         print(f"{name} n={n} async={mode}: {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
               f"mean batch {row['mean_batch']:.0f}, loads {row['adapter_loads']}, gc {row['gc_ms']:.0f} ms "
-              f"{row['gc_collections_by_generation']}, "
+              f"{row['gc_collections_by_generation']}, step s by kind {row['step_s_by_kind']}, "
               f"{row['floor_share']:.0%} of the floor ({fl['floor_s']:.1f} s) {row['profile'] or ''}", flush=True)  # fmt: skip
     online = []
     for mode in modes if args.online else []:
@@ -368,7 +379,11 @@ def write_report(res: dict, out: Path) -> None:
                       f"{o['slo_attainment_6s']:.0%}."]  # fmt: skip
     profiles = [(s["setting"], r, r["profile"]) for s in res["settings"] for r in s["runs"] if r["profile"]]
     if profiles:
-        lines += ["", f"## Steps {PROFILE_STEPS[0]}-{PROFILE_STEPS[1]} of each run: GPU time by kernel kind (ms)", ""]
+        lines += [
+            "",
+            f"## Steps {res['profile_steps'][0]}-{res['profile_steps'][1]} of each run: GPU time by kernel kind (ms)",
+            "",
+        ]
         for setting, r, p in profiles:
             lines.append(
                 f"- {setting}, n={r['adapters']}, async {'on' if r.get('async_scheduling') else 'off'}: wall {p['wall_ms']:.0f} ms, GPU busy {p['gpu_busy_share']:.0%}; "
@@ -414,6 +429,8 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=4096)
     ap.add_argument("--layers", type=int, default=None, help="fewer layers than the shape (quick runs)")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--mixed-graph-max-tokens", type=int, default=None, help="EngineConfig's (default: its default)")
+    ap.add_argument("--profile-steps", nargs=2, type=int, default=list(PROFILE_STEPS), help="the profiled steps")
     ap.add_argument(
         "--online",
         type=float,
@@ -445,7 +462,8 @@ def main() -> None:
         gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})",
         commit=args.commit or commit(), torch=torch.__version__, requests=args.requests, max_len=args.max_len,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, settings=[],
+        copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, profile_steps=args.profile_steps,
+        mixed_graph_max_tokens=args.mixed_graph_max_tokens, settings=[],
     )  # fmt: skip
     for name in args.settings:
         res["settings"].append(bench_setting(name, args, args.work, bw, rate))

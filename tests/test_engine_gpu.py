@@ -156,9 +156,11 @@ def test_warmup_captures_every_graph_and_changes_nothing(setup):
     graphs = e.executor.graphs
     assert graphs.buckets == [1, 2, 4, 8, 16]  # each bucket with LoRA and for steps of the base model alone
     assert e.warmup_s is not None and sorted(graphs.graphs) == [(b, lora) for b in graphs.buckets for lora in (0, 1)]
-    mixed = e.executor.mixed_graphs  # the piecewise graphs of steps with a prefill chunk, as long as the context
-    want = [(t, lora) for t in mixed.buckets if t <= e.max_model_len - 2 for lora in (0, 1)]
-    assert mixed.buckets[-1] == 2048 and want and sorted(mixed.graphs) == want
+    # the piecewise graphs of steps with a prefill chunk: every bucket up to the context (the warm-up prefills
+    # of warmup_prompt_lens, two prompts per step, may add a larger one)
+    mixed = e.executor.mixed_graphs
+    want = {(t, lora) for t in mixed.buckets if t <= e.max_model_len - 2 for lora in (False, True)}
+    assert mixed.buckets[-1] == 2048 and want and want <= set(mixed.graphs)
     s = e.pool_stats()
     assert e.is_idle_clean() and not e.requests and (s.kv, s.adapter, s.free, s.loads) == (0, 0, s.total, 0)
     assert e.steps == 0 and "sloray/warmup" not in e.executor.adapters
