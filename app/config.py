@@ -128,15 +128,7 @@ class EngineConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     kernel_backend: Literal["auto", "torch", "triton"] = "auto"
     cuda_graphs: bool = Field(
-        True,
-        description="replay captured CUDA graphs (Triton backend, on CUDA): of decode-only steps, and "
-        "piecewise (all but attention) of steps with a prefill chunk of up to mixed_graph_max_tokens tokens",
-    )
-    mixed_graph_max_tokens: int = Field(
-        2048,
-        ge=0,
-        description="largest step with a prefill chunk replayed as piecewise CUDA graphs (capped at "
-        "max_num_batched_tokens; padded to buckets of 32 / 64 / 128 tokens); larger steps run eagerly; 0 = none",
+        True, description="replay captured CUDA graphs for decode-only steps (Triton backend, one GPU)"
     )
     warmup: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -203,11 +195,6 @@ class EngineConfig(BaseModel):
                 "lora": lora.model_copy(update={"max_loras_per_batch": lora.max_loras_per_batch or seqs}),
             }
         )
-
-    def mixed_graph_tokens(self) -> int:
-        """The largest piecewise-graph bucket (app/cuda_graphs.py): mixed_graph_max_tokens capped at
-        max_num_batched_tokens (of a config with its device defaults); 0 without CUDA graphs."""
-        return min(self.mixed_graph_max_tokens, self.scheduler.max_num_batched_tokens or 0) if self.cuda_graphs else 0
 
     def resolved_async_scheduling(self, device: str | None = None) -> bool:
         """`async_scheduling`, with None resolved for the device the engine runs on (on for CUDA)."""

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from app.config import EngineConfig
-from app.cuda_graphs import decode_buckets, mixed_buckets
+from app.cuda_graphs import decode_buckets
 from app.lora.adapter import AdapterError, LoRAWeights, check_adapter_name, load_peft_adapter, module_shapes
 from app.model.llama import ModelArgs
 from app.pool import PagePool, PoolStats
@@ -128,7 +128,7 @@ class Engine:
     def __init__(self, cfg: EngineConfig, executor=None):
         device = getattr(executor, "device", None) or cfg.resolved_device()
         cfg = cfg.with_device_defaults(device)
-        self.cfg, self.device = cfg, device
+        self.cfg = cfg
         self.args = ModelArgs.from_dir(cfg.model)
         self.tokenizer = Tokenizer(cfg.tokenizer or cfg.model)
         if executor is None:
@@ -547,8 +547,7 @@ class Engine:
         max_lora_rank), prefills prompts of `warmup_prompt_lens` tokens with each of them and without (one
         length and one rank per step), then runs one batch of every CUDA-graph batch size (1-token
         prompts, 2 tokens each: a prefill and a decode step of that batch size), with adapters and without
-        (the two kinds of decode graph), and on CUDA one prompt of each piecewise-graph bucket's length
-        with an adapter and without (app/cuda_graphs.py, `mixed_buckets`). Greedy, so no random
+        (the two kinds of decode graph). Greedy, so no random
         state is used; the adapters are removed at the end. Needs an idle engine and leaves it
         idle: no requests, no pages held, the step and pool counters as they were (cached adapters may
         have been evicted). Returns the seconds it took (also in `warmup_s`)."""
@@ -598,10 +597,6 @@ class Engine:
             # every decode graph of both kinds: steps with an adapter, and steps of the base model alone
             waves += [[(1, (adapter, None)[i % 2]) for i in range(b)] for b in buckets]
             waves += [[(1, None)] * b for b in buckets] if adapter else []
-            # every piecewise graph of steps with a prefill chunk (both kinds): one prompt of each bucket's length
-            mixed = self.cfg.mixed_graph_tokens() if self._graphs_on() else 0
-            waves += [[(n, a)] for n in mixed_buckets(mixed) if n <= self.max_model_len - max_tokens
-                      for a in dict.fromkeys([adapter, None])]  # fmt: skip
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
             vocab = self.args.vocab_size
             for k, wave in enumerate(waves):
@@ -623,17 +618,12 @@ class Engine:
             self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits = counters
         self.warmup_s = time.perf_counter() - t0
         logger.info(
-            "warmup: %d prefill lengths, decode batch sizes %s, piecewise-graph token counts %s, %.2f s",
+            "warmup: %d prefill lengths, decode batch sizes %s, %.2f s",
             len(lens),
             decode_buckets(self.scheduler.max_num_seqs),
-            mixed_buckets(self.cfg.mixed_graph_tokens() if self._graphs_on() else 0),
             self.warmup_s,
         )
         return self.warmup_s
-
-    def _graphs_on(self) -> bool:
-        """Whether the executor replays CUDA graphs (app/runner.py: on CUDA, with the Triton kernels)."""
-        return self.cfg.cuda_graphs and self.device == "cuda" and self.cfg.kernel_backend != "torch"
 
     POLICY_FIELDS = {
         "scheduler": {"early_abort_ttft_slo_s", "early_abort", "queue_order"},

@@ -81,13 +81,11 @@ class ModelRunner:
         self._prefetch_event: torch.cuda.Event | None = None
         # the last launched step's sampled tokens (on the device) and each request's row in them
         self._last_tokens: tuple[torch.Tensor, dict[str, int]] | None = None
-        self.graphs = self.mixed_graphs = None
+        self.graphs = None
         if cfg.cuda_graphs and self.device == "cuda" and self.backend.name == "triton":
-            from app.cuda_graphs import DecodeGraphs, MixedGraphs
+            from app.cuda_graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(self)
-            if cfg.mixed_graph_max_tokens:
-                self.mixed_graphs = MixedGraphs(self, cfg.mixed_graph_tokens())
 
     def _size_pool(self) -> int:
         """Pages in this rank's pool. Under tensor parallelism every rank must hold the same page ids,
@@ -200,14 +198,10 @@ class ModelRunner:
             if graph is not None:
                 logits = graph.replay(batch, fill)
             else:
-                mixed = self.mixed_graphs.runnable(batch) if self.mixed_graphs else None
-                if mixed is not None:
-                    hidden, sample_rows = mixed.replay(batch, fill)
-                else:
-                    ctx, input_ids, positions, sample_rows = self._device_batch(batch)
-                    if fill is not None:
-                        input_ids.index_copy_(0, *fill)
-                    hidden = self.model(input_ids, positions, ctx)
+                ctx, input_ids, positions, sample_rows = self._device_batch(batch)
+                if fill is not None:
+                    input_ids.index_copy_(0, *fill)
+                hidden = self.model(input_ids, positions, ctx)
                 if self.tp.rank != 0:
                     return StepHandle(result)
                 self._prompt_logprobs(out, batch, hidden, result)

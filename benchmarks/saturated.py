@@ -287,7 +287,6 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         pool={"gpu_memory_fraction": 0.85, "page_size": 16},
         scheduler={"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens},
         **({"warmup": "on"} if device == "cuda" else {}),
-        **({} if args.mixed_graph_max_tokens is None else {"mixed_graph_max_tokens": args.mixed_graph_max_tokens}),
     )
     t0 = time.perf_counter()
     engine = Engine(cfg)
@@ -429,7 +428,6 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=4096)
     ap.add_argument("--layers", type=int, default=None, help="fewer layers than the shape (quick runs)")
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--mixed-graph-max-tokens", type=int, default=None, help="EngineConfig's (default: its default)")
     ap.add_argument("--profile-steps", nargs=2, type=int, default=list(PROFILE_STEPS), help="the profiled steps")
     ap.add_argument(
         "--online",
@@ -462,8 +460,7 @@ def main() -> None:
         gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})",
         commit=args.commit or commit(), torch=torch.__version__, requests=args.requests, max_len=args.max_len,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, profile_steps=args.profile_steps,
-        mixed_graph_max_tokens=args.mixed_graph_max_tokens, settings=[],
+        copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, profile_steps=args.profile_steps, settings=[],
     )  # fmt: skip
     for name in args.settings:
         res["settings"].append(bench_setting(name, args, args.work, bw, rate))

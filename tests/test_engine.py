@@ -215,30 +215,3 @@ def test_warmup_with_few_seqs_short_context_and_a_tight_pool(demo, caplog):
     assert "warmup without a rank-8 adapter" in caplog.text
     _assert_clean(tiny.engine)
     assert [o.token_ids for o in tiny.generate(prompts, greedy(5))] == want
-
-
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_piecewise_graph_path_equals_eager(demo, backend):
-    """The piecewise-graph path of steps with a prefill chunk (app/cuda_graphs.py MixedGraphs: static
-    buffers, tokens padded to a bucket, empty padding segments, attention between the pieces) gives the
-    eager path's greedy tokens, with adapters and without. On the CPU the pieces run eagerly from the same
-    buffers (record=False); tests/test_engine_gpu.py replays them as CUDA graphs."""
-    from app.cuda_graphs import MixedGraphs
-
-    eng = LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32",
-              kernel_backend=backend)  # fmt: skip
-    prompts = [[3, 4, 5, 6, 7, 8, 9, 10, 11] * 4, [12], [13, 14, 15, 16, 17], [18, 19] * 50]
-    names = ["demo-r64-all", None, "demo-r8-mlp", "demo-r1-qv"]
-
-    def run():
-        lora = [o.token_ids for o in eng.generate(prompts[:3], greedy(4), names[:3])]
-        mixed = [o.token_ids for o in eng.generate(prompts, greedy(3), names)]  # 155 tokens: past the buckets
-        base = [o.token_ids for o in eng.generate(prompts[:3], greedy(3))]
-        return lora, mixed, base
-
-    want = run()
-    runner = eng.engine.executor
-    runner.mixed_graphs = graphs = MixedGraphs(runner, 96, record=False)
-    assert run() == want
-    assert sorted(graphs.graphs) == [(32, False), (32, True), (64, False), (64, True)]
-    assert eng.engine.is_idle_clean()

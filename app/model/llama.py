@@ -229,56 +229,34 @@ class LlamaForCausalLM(torch.nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        h = self.embed(input_ids)  # the residual stream, updated in place by add_rms_norm
-        cos, sin = self.rope_cos_sin(positions)
-        x = ctx.backend.rms_norm(h, self.w["0.in_norm"], self.args.rms_norm_eps)
-        for i in range(self.args.num_layers):
-            q = self.pre_attention(i, x, cos, sin, ctx)
-            o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-            self.attention(i, q, o, ctx)
-            x = self.post_attention(i, h, o, ctx)
-        return x
-
-    # The forward pass in pieces, so that everything but attention can be captured in CUDA graphs
-    # (app/cuda_graphs.py): embed / rope_cos_sin, then per layer pre_attention -> attention -> post_attention.
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(input_ids, self.w["embed"])
-
-    def rope_cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, w, be = self.args, self.w, ctx.backend
+        D, eps = a.head_dim, a.rms_norm_eps
         freqs = positions.float()[:, None] * self.inv_freq[None]
-        return freqs.cos(), freqs.sin()
-
-    def pre_attention(
-        self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: ForwardContext
-    ) -> torch.Tensor:
-        """Layer i up to attention: q/k/v (+ LoRA), RoPE, K and V appended to the pool at
-        `ctx.attn.slot_mapping` (-1: not written). Returns q [T, heads, head_dim]."""
-        w, be, D = self.w, ctx.backend, self.args.head_dim
-        qkv = F.linear(x, w[f"{i}.qkv"], w.get(f"{i}.qkv_b"))
-        apply_lora(ctx, i, "qkv", x, qkv, [self.q_size, self.kv_size, self.kv_size])
-        be.rope(qkv, cos, sin, self.heads, self.kv_heads, D)  # q and k, in place
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], -1)
-        be.kv_append(ctx.pool[i], ctx.page_size, k.view(-1, self.kv_heads, D), v.view(-1, self.kv_heads, D),
-                     ctx.attn.slot_mapping)  # fmt: skip
-        return q.view(-1, self.heads, D)
-
-    def attention(self, i: int, q: torch.Tensor, o: torch.Tensor, ctx: ForwardContext) -> None:
-        """Layer i's paged attention of q [T, heads, head_dim] over the pool into o (same shape)."""
+        cos, sin = freqs.cos(), freqs.sin()
+        h = F.embedding(input_ids, w["embed"])  # the residual stream, updated in place by add_rms_norm
+        x = be.rms_norm(h, w["0.in_norm"], eps)
         attn = ctx.attn
-        ctx.backend.paged_attention(
-            q, ctx.pool[i], ctx.page_size, self.kv_heads, attn.kv_page_table, attn.seq_lens, attn.q_indptr,
-            self.args.head_dim**-0.5, o, max_q_len=attn.max_q_len, num_decode=attn.num_decode,
-        )  # fmt: skip
-
-    def post_attention(self, i: int, h: torch.Tensor, o: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        """Layer i after attention: o (+ LoRA) into the residual stream h (in place), the MLP (+ LoRA),
-        and the next layer's input norm (the final norm after the last layer). Returns that normed x."""
-        w, be, eps = self.w, ctx.backend, self.args.rms_norm_eps
-        x = be.add_rms_norm(h, self._row_parallel(ctx, i, "o", o.view(-1, self.q_size)), w[f"{i}.post_norm"], eps)
-        gu = F.linear(x, w[f"{i}.gate_up"], w.get(f"{i}.gate_up_b"))
-        apply_lora(ctx, i, "gate_up", x, gu, [self.inter, self.inter])
-        nxt = w[f"{i + 1}.in_norm"] if i + 1 < self.args.num_layers else w["norm"]
-        return be.add_rms_norm(h, self._row_parallel(ctx, i, "down", be.silu_mul(gu)), nxt, eps)
+        for i in range(a.num_layers):
+            qkv = F.linear(x, w[f"{i}.qkv"], w.get(f"{i}.qkv_b"))
+            apply_lora(ctx, i, "qkv", x, qkv, [self.q_size, self.kv_size, self.kv_size])
+            be.rope(qkv, cos, sin, self.heads, self.kv_heads, D)  # q and k, in place
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], -1)
+            q = q.view(-1, self.heads, D)
+            k = k.view(-1, self.kv_heads, D)
+            v = v.view(-1, self.kv_heads, D)
+            pool = ctx.pool[i]
+            be.kv_append(pool, ctx.page_size, k, v, attn.slot_mapping)
+            o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            be.paged_attention(
+                q, pool, ctx.page_size, self.kv_heads, attn.kv_page_table, attn.seq_lens, attn.q_indptr, D**-0.5, o,
+                max_q_len=attn.max_q_len, num_decode=attn.num_decode,
+            )  # fmt: skip
+            x = be.add_rms_norm(h, self._row_parallel(ctx, i, "o", o.view(-1, self.q_size)), w[f"{i}.post_norm"], eps)
+            gu = F.linear(x, w[f"{i}.gate_up"], w.get(f"{i}.gate_up_b"))
+            apply_lora(ctx, i, "gate_up", x, gu, [self.inter, self.inter])
+            nxt = w[f"{i + 1}.in_norm"] if i + 1 < a.num_layers else w["norm"]
+            x = be.add_rms_norm(h, self._row_parallel(ctx, i, "down", be.silu_mul(gu)), nxt, eps)
+        return x
 
     def _row_parallel(self, ctx: ForwardContext, i: int, name: str, x: torch.Tensor) -> torch.Tensor:
         """o / down: this rank's partial x @ W^T plus its LoRA partial, summed over the TP group by one
