@@ -14,8 +14,9 @@ Suites (NAME):
                 unified pool / a static KV-adapter split; and the LoRA kernels (one Llama-2-7B layer, per step):
                 ours vs the torch reference vs padded bmm (benchmarks/kernels.py's bench_lora_steps).
   admission     the paper's early-abort experiment: SLO attainment and user satisfaction vs cv in {1, 2, 4, 8}
-                for FCFS, LCFS and early abort, at 1.5x the saturated capacity (--rate-share): a backlog that
-                grows past the SLO within the trace, where the policies differ (at 0.8x all met it).
+                for FCFS, LCFS and early abort, at the maximum sustainable rate of FCFS at cv 1 (the rate
+                search below; x --rate-share, 1): bursts (cv > 1) then overload it, where the policies differ
+                (at 0.8x the saturated capacity every policy met the SLO at every cv).
   http          the same trace through the Ray Serve app over HTTP (benchmarks/load.py's client) and in-process,
                 one after the other on the same GPU: the serving path's cost.
 
@@ -24,8 +25,10 @@ PNG plots (matplotlib), and prints a line per run. --quick is the reduced versio
 device command (fewer settings and n, a 3-point rate search, shorter traces); --smoke runs the same code on a
 tiny random model on the CPU in seconds (the CPU test suite runs it).
 
-How the rate search works: a burst (all requests at once) gives the saturated capacity C; then a bisection on
-[0, 1.25 C] replays the trace at each rate for --duration seconds and keeps the highest rate whose SLO
+How the rate search works: a burst (all requests at once) gives the saturated capacity C; then the trace is
+replayed for --duration seconds at C, at 2C, 4C, ... while every rate passes (up to 8C: a burst's tail of
+small batches makes C understate what a steady trace sustains; until 2026-12-03 the search stopped at 1.25 C,
+and every rate it tried passed), then by bisection once one failed, keeping the highest rate whose SLO
 attainment is >= 90%. A replay stops early once more than 10% of the trace has certainly missed the SLO.
 Model weights are random (`load_format=dummy`); adapter names share a few weight sets in host memory (one per
 rank), while on the GPU every name gets its own pages and its own load.
@@ -267,18 +270,21 @@ def summarize(recs: list[dict], n_trace: int, elapsed: float, slo: float) -> dic
     }
 
 
+MAX_RATE_FACTOR = 8.0  # the rate search's ceiling, in saturated capacities
+
+
 def capacity(a, engine: Engine, n: int) -> dict:
     """Saturated throughput: a burst of --burst requests submitted at once."""
     return replay(engine, burst_trace(a, n, a.burst), slo=math.inf, drain_s=1e9)
 
 
 def rate_search(a, engine: Engine, n: int, cap: float, log, points: list) -> dict:
-    """Bisection on [0, 1.25 cap] for the highest rate with SLO attainment >= TARGET_ATTAINMENT (module
-    docstring), --points replays (appended to `points` as they run); returns the best passing run (None if
-    none passed) and every point."""
-    lo, hi, best = 0.0, 1.25 * cap, None
+    """The highest rate with SLO attainment >= TARGET_ATTAINMENT (module docstring) in --points replays
+    (appended to `points` as they run): the first at the saturated capacity `cap`, then doubling while every
+    rate passes (a burst's capacity understates what a steady trace sustains; at most MAX_RATE_FACTOR x cap),
+    bisecting once one failed. Returns the best passing run (None if none passed) and every point."""
+    lo, hi, best, rate = 0.0, None, None, cap
     for _ in range(a.points):
-        rate = (lo + hi) / 2
         r = replay(engine, trace_for(a, n, rate), a.slo_s, stop_on_fail=True, drain_s=2 * a.slo_s,
                    first_tokens_only=True)  # fmt: skip
         r["rate"] = rate
@@ -290,6 +296,7 @@ def rate_search(a, engine: Engine, n: int, cap: float, log, points: list) -> dic
             lo, best = rate, r
         else:
             hi = rate
+        rate = min(2 * rate, MAX_RATE_FACTOR * cap) if hi is None else (lo + hi) / 2
     return {"max_rate": best["rate"] if best else None, "at_max": best, "points": points}
 
 
@@ -513,11 +520,14 @@ def suite_admission(a, out: dict) -> None:
     n = a.adapters[0] if a.adapters else (3 if a.smoke else 1000)
     cvs = a.cvs or [1.0, 2.0, 4.0, 8.0]
     engine = engine_for(a, "S2", n)
-    log = Progress(a, 1 + len(cvs) * len(ADMISSION))
+    log = Progress(a, 1 + (0 if a.rate else a.points) + len(cvs) * len(ADMISSION))
     cap = capacity(a, engine, n)
-    # above the capacity: FCFS's queue grows past the SLO, which early abort and LCFS handle differently
-    rate = a.rate or (a.rate_share or 1.5) * cap["req_s"]
-    out.update(adapters=n, rate=rate, saturated=cap, runs=[])
+    search, rate = None, a.rate
+    if not rate:  # the highest rate FCFS sustains at cv 1: bursts of a larger cv overload it
+        engine.set_policies(scheduler=ADMISSION["FCFS"])
+        search = rate_search(a, engine, n, cap["req_s"], log, [])
+        rate = (a.rate_share or 1.0) * (search["max_rate"] or min(p["rate"] for p in search["points"]))
+    out.update(adapters=n, rate=rate, saturated=cap, rate_search=search, runs=[])
     log(f"n={n}: saturated {cap['req_s']:.2f} req/s; admission runs at {rate:.2f} req/s")
     for cv in cvs:
         trace = trace_for(a, n, rate, cv=cv)
@@ -848,8 +858,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--slo-s", type=float, default=None, help="TTFT SLO (6 s; --smoke 0.5 s)")
     ap.add_argument("--rate", type=float, default=None, help="ablations/admission/http: this rate (req/s)")
     ap.add_argument("--rate-share", type=float, default=None,
-                    help="else this share of the saturated capacity (ablations and http 0.8; admission 1.5: a "
-                    "backlog that grows, so that the policies differ)")  # fmt: skip
+                    help="else this share of the saturated capacity (ablations, http: 0.8) or of FCFS's maximum "
+                    "sustainable rate (admission: 1)")  # fmt: skip
     ap.add_argument("--alphas", nargs="+", type=float, default=None, help="ablations: adapter popularity (1 0.3)")
     ap.add_argument("--cvs", nargs="+", type=float, default=None, help="admission: arrival cv (1 2 4 8)")
     ap.add_argument("--cluster-min-adapters", type=int, default=32, help="ablations: clustering threshold")
