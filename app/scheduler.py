@@ -29,8 +29,9 @@ Admission policies (SchedulerConfig / LoRAConfig; `_admission_order`, `_early_ab
   * early abort (`early_abort_ttft_slo_s`): a queued request without a token that can no longer meet its first-token
     deadline (arrival + early_abort_ttft_slo_s) is finished with reason "abort" before it takes GPU time. `expired`:
     its deadline has passed. `predicted` (S-LoRA's early abort): its wait, predicted as its position in the
-    order over the admission rate measured in saturated steps (from a schedule that left requests waiting to
-    the next one that did too) of the last early_abort_ttft_slo_s seconds, would pass it; and while the
+    order past the seats free now (those are taken at once) over the admission rate measured in saturated
+    steps (from a schedule that left requests waiting to the next one that did too) of the last
+    early_abort_ttft_slo_s seconds, would pass it; and while the
     arrival rate of that window exceeds the admission rate,
     the newest requests go first (the oldest would miss their deadline anyway);
   * adapter clustering (`cluster_min_adapters`): once the batch holds that many distinct adapters, waiting
@@ -365,12 +366,13 @@ class Scheduler:
         assert slo is not None  # called only with an early-abort deadline
         service = self.rates(now)[1]
         ahead = 0  # requests that will be admitted before the one looked at
+        free = max(0, self.max_num_seqs - len(self.running))  # seats the first `free` of them take at once
         dropped = []
         for req in self._queue_order(self._newest_first(now)):
             if req.output_token_ids or req.num_pending:  # it has its first token (a pending one, when async)
                 ahead += 1
                 continue
-            wait = ahead / service if service else 0.0
+            wait = max(0, ahead - free) / service if service else 0.0
             if now - req.arrival_time + wait > slo:
                 dropped.append(req)
             else:

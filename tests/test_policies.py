@@ -161,6 +161,22 @@ def test_predicted_early_abort_keeps_fcfs_and_drops_nothing_under_light_load():
     assert all(r.finish_reason == "length" for r in sim.reqs.values())
 
 
+def test_predicted_early_abort_counts_the_free_seats():
+    """Requests that the seats free now take at once wait for nothing, whatever the admission rate: the
+    predicted wait counts only the requests past the free seats. Four requests of 5-20 tokens fill the 4
+    seats and 3 more of 20 queue behind them, so the rate is measured on long requests (~1.25/s); a burst of 4
+    short ones then arrives with 2 seats free. FCFS serves every request within the SLO; before, the predicted
+    early abort dropped one of the burst (its wait predicted as 3 positions / 1.25/s)."""
+    arrivals = [(0.0, f"a{i}", None, 5 * (i + 1)) for i in range(4)] + [(0.1, f"w{i}", None, 20) for i in range(3)]
+    arrivals += [(2.55, f"burst{i}", None, 2) for i in range(4)]
+    fcfs = Sim(seqs=4)
+    fcfs.run(arrivals)
+    assert attainment(fcfs, 2.0) == 1.0
+    sim = Sim(seqs=4, early_abort_ttft_slo_s=2.0, early_abort="predicted")
+    sim.run(arrivals)
+    assert sim.sch.num_early_aborts == 0 and attainment(sim, 2.0) == 1.0
+
+
 def test_rates_are_measured_over_the_slo_window():
     sim2 = Sim(seqs=1, early_abort_ttft_slo_s=2.0, early_abort="predicted")
     sim2.run([(round(i * 0.1, 6), f"r{i:03d}", None, 5) for i in range(40)], until=3.0)
