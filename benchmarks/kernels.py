@@ -184,12 +184,14 @@ def matmul_flops(device: torch.device, dtype) -> float:
 @dataclass
 class StepCase:
     """One step's LoRA work on one layer: `decode` one-token segments and prefill segments of
-    `prefill` tokens each, over `n_adapters` adapters (ranks cycling over the rank choices)."""
+    `prefill` tokens each, over `n_adapters` adapters (ranks cycling over the rank choices), on the LoRA
+    groups `groups` (None: all four, the seven targets)."""
 
     name: str
     decode: int
     prefill: list[int]
     n_adapters: int
+    groups: tuple[str, ...] | None = None
 
 
 FULL_CASES = [
@@ -198,11 +200,16 @@ FULL_CASES = [
     StepCase("prefill 16 x 128, 16 adapters", 0, [128] * 16, 16),
     StepCase("mixed 254 decode + 2 x 1024 prefill, 64 adapters", 254, [1024, 1024], 64),
     StepCase("mixed 64 decode + 4 x 512 prefill, 32 adapters", 64, [512] * 4, 32),
+    # a loaded S2 step of the saturated benchmark (~250 sequences, ~125 distinct adapters, q/k/v/o), where
+    # session-2026-12-03-noon's profile measured the LoRA kernels at ~4x their bytes, twice the cases above
+    StepCase("decode 250 req, 125 adapters, q/k/v/o", 250, [], 125, ("qkv", "o")),
+    StepCase("mixed 250 decode + 1 x 300 prefill, 125 adapters, q/k/v/o", 250, [300], 125, ("qkv", "o")),
 ]
 SMOKE_CASES = [
     StepCase("decode 6 req, 3 adapters", 6, [], 3),
     StepCase("prefill 2 x 20, 2 adapters", 0, [20, 20], 2),
     StepCase("mixed 5 decode + 2 x 33 prefill, 3 adapters", 5, [33, 33], 3),
+    StepCase("decode 6 req, 3 adapters, q/k/v/o", 6, [], 3, ("qkv", "o")),
 ]
 
 # Launch configurations tried by --sweep (overrides of the regime's LoRATileConfig); the defaults of
@@ -269,7 +276,7 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
     r_max = max(rank_choices)
     rows, sweep_rows = [], []
     for case in cases:
-        groups = llama_groups(hidden, inter)
+        groups = [g for g in llama_groups(hidden, inter) if case.groups is None or g.name in case.groups]
         n_ad = case.n_adapters
         ranks = [rank_choices[i % len(rank_choices)] for i in range(n_ad)]  # ranks cycling over the choices
         pool, page_table, totals = build_adapters(groups, ranks, page_elems, dtype, device, gen)

@@ -796,7 +796,8 @@ def test_benchmark_smoke(tmp_path):
     assert (tmp_path / "kernels.json").exists() and (tmp_path / "kernels.md").exists()
     res = json.loads((tmp_path / "kernels.json").read_text())
     steps = res["lora_steps"]["steps"]  # decode, prefill and mixed steps ran and agree with the reference
-    assert [r["decode"] > 0 for r in steps] == [True, False, True] and "lora_steps_error" not in res
+    assert [r["decode"] > 0 for r in steps] == [True, False, True, True] and "lora_steps_error" not in res
+    assert steps[3]["adapter_mb"] < steps[0]["adapter_mb"]  # the q/k/v/o case reads the attention groups only
     for r in steps:
         assert r["max_abs_delta"] > 0 and r["max_abs_err"] <= 1e-4 * max(1.0, r["max_abs_delta"])
     assert "parts_sum_ms" in steps[2] and res["attention"]
