@@ -2,11 +2,9 @@
 not dominate small batches. Under tensor parallelism every rank captures and replays the same graphs (the
 same batches reach every rank), NCCL collectives included.
 
-One graph per batch-size bucket (1, 2, 4, ..., up to max_num_seqs) and set of LoRA groups (app/lora/layer.py)
-that the step's adapters target, captured the first time it is needed: a graph runs the LoRA kernels of its
-groups only (steps of the base model alone run none; a step whose adapters all target q/k/v/o skips the MLP
-groups' launches, which would do nothing: 128 launches in a 32-layer graph). Engine.warmup captures the
-graphs of every group (its adapters target all modules) and of none; other sets on first use. Every per-step
+One graph per batch-size bucket (1, 2, 4, ..., up to max_num_seqs) and kind, captured the first time it is
+needed: with LoRA (every group's kernels, for steps that hold an adapter) and without (steps of the base
+model alone run no LoRA kernel: in a 32-layer graph those are 256 launches that do nothing). Every per-step
 input lives in a static buffer that the graph reads: token ids, positions, KV slot mapping, KV page table
 (width: max_model_len / page_size), and the LoRA metadata (adapter page tables, offsets, ranks, scales for up
 to max_loras_per_batch adapters; the shrink output has max_lora_rank
@@ -61,8 +59,7 @@ class DecodeGraphs:
         self.groups = {
             g: LoRAGroupMeta(*(torch.zeros(M, len(t), **i32) for _ in range(4))) for g, t in LORA_GROUPS.items()
         }
-        # (bucket, the LoRA groups it runs) -> (graph, its logits)
-        self.graphs: dict[tuple[int, tuple[str, ...]], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # (bucket, LoRA)
         self.mempool = None
 
     def runnable(self, b) -> DecodeGraphs | None:
@@ -82,7 +79,7 @@ class DecodeGraphs:
             lora.plan = r.backend.lora_plan(lora.seg_indptr, lora.seg_slot, self.max_loras, bs, 1)
         return r.model.logits(r.model(self.input_ids[:bs], self.positions[:bs], ctx))
 
-    def _ctx(self, bs: int, groups: tuple[str, ...]) -> ForwardContext:
+    def _ctx(self, bs: int, with_lora: bool) -> ForwardContext:
         r = self.r
         q_indptr = self.q_indptr[: bs + 1]
         attn = AttentionMeta(
@@ -99,15 +96,15 @@ class DecodeGraphs:
             seg_slot=self.seg_slot[:bs],
             max_seg_len=1,
             max_rank=self.max_rank,
-            groups={g: self.groups[g] for g in groups},
+            groups=self.groups,
         )
         return ForwardContext(
-            attn=attn, lora=lora if groups else None, pool=r.pool, page_size=r.page_size, backend=r.backend, tp=r.tp
+            attn=attn, lora=lora if with_lora else None, pool=r.pool, page_size=r.page_size, backend=r.backend, tp=r.tp
         )
 
-    def _capture(self, bs: int, groups: tuple[str, ...]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, bs: int, with_lora: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         self._fill_padding(0, self.buckets[-1])
-        ctx = self._ctx(bs, groups)
+        ctx = self._ctx(bs, with_lora)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):  # warm-up: Triton compiles and autotunes outside the capture
@@ -136,7 +133,7 @@ class DecodeGraphs:
         `fill`: (rows, token ids) on the device that replace those rows' placeholder input ids."""
         n = len(b.seq_lens)
         bs = _bucket(n, self.buckets)
-        key = (bs, tuple(g for g in LORA_GROUPS if g in b.lora_targeted) if b.lora_pages else ())
+        key = (bs, bool(b.lora_pages))
         if key not in self.graphs:
             self.graphs[key] = self._capture(*key)
         g, logits = self.graphs[key]
