@@ -93,8 +93,7 @@ def workload(
 ) -> list[tuple[int, int, int | None]]:
     """(input length, output length, adapter index or None) per request. The lengths depend on the seed alone,
     so that every n (the base model's n = 0 included) runs the same requests and the ratios measure LoRA's
-    cost only; the adapters are drawn from a stream of their own. (Until 3502164 one stream drew both, and
-    each n ran other lengths: base, n = 1 and n = 1000 took 702, 753 and 742 steps.)"""
+    cost only; the adapters are drawn from a stream of their own."""
     rng, pick = random.Random(seed), random.Random(f"adapters-{seed}")
     lengths = [(rng.randrange(lo, hi), rng.randrange(lo, hi)) for _ in range(n_requests)]
     return [(i, o, pick.randrange(n_adapters) if n_adapters else None) for i, o in lengths]

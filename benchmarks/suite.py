@@ -27,9 +27,9 @@ tiny random model on the CPU in seconds (the CPU test suite runs it).
 
 How the rate search works: a burst (all requests at once) gives the saturated capacity C; then the trace is
 replayed for --duration seconds at C, at 2C, 4C, ... while every rate passes (up to 8C: a burst's tail of
-small batches makes C understate what a steady trace sustains; until 2026-12-03 the search stopped at 1.25 C,
-and every rate it tried passed), then by bisection once one failed, keeping the highest rate whose SLO
-attainment is >= 90%. A replay stops early once more than 10% of the trace has certainly missed the SLO.
+small batches makes C understate what a steady trace sustains), then by bisection once one failed, keeping
+the highest rate whose SLO attainment is >= 90%. A replay stops early once more than 10% of the trace has
+certainly missed the SLO.
 Model weights are random (`load_format=dummy`); adapter names share a few weight sets in host memory (one per
 rank), while on the GPU every name gets its own pages and its own load.
 """
