@@ -2,9 +2,11 @@
 not dominate small batches. Under tensor parallelism every rank captures and replays the same graphs (the
 same batches reach every rank), NCCL collectives included.
 
-One graph per batch-size bucket (1, 2, 4, ..., up to max_num_seqs) and kind, captured the first time it is
-needed: with LoRA (every group's kernels, for steps that hold an adapter) and without (steps of the base
-model alone run no LoRA kernel: in a 32-layer graph those are 256 launches that do nothing). Every per-step
+One graph per batch-size bucket (1, 2, 4, ..., up to max_num_seqs) and set of LoRA groups (app/lora/layer.py)
+that the step's adapters target, captured the first time it is needed: a graph runs the LoRA kernels of its
+groups only (steps of the base model alone run none; a step whose adapters all target q/k/v/o skips the MLP
+groups' launches, which would do nothing: 128 launches in a 32-layer graph). Engine.warmup captures the
+graphs of every group (its adapters target all modules) and of none; other sets on first use. Every per-step
 input lives in a static buffer that the graph reads: token ids, positions, KV slot mapping, KV page table
 (width: max_model_len / page_size), and the LoRA metadata (adapter page tables, offsets, ranks, scales for up
 to max_loras_per_batch adapters; the shrink output has max_lora_rank
@@ -59,7 +61,8 @@ class DecodeGraphs:
         self.groups = {
             g: LoRAGroupMeta(*(torch.zeros(M, len(t), **i32) for _ in range(4))) for g, t in LORA_GROUPS.items()
         }
-        self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # (bucket, LoRA)
+        # (bucket, the LoRA groups it runs) -> (graph, its logits)
+        self.graphs: dict[tuple[int, tuple[str, ...]], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.mempool = None
 
     def runnable(self, b) -> DecodeGraphs | None:
@@ -79,7 +82,7 @@ class DecodeGraphs:
             lora.plan = r.backend.lora_plan(lora.seg_indptr, lora.seg_slot, self.max_loras, bs, 1)
         return r.model.logits(r.model(self.input_ids[:bs], self.positions[:bs], ctx))
 
-    def _ctx(self, bs: int, with_lora: bool) -> ForwardContext:
+    def _ctx(self, bs: int, groups: tuple[str, ...]) -> ForwardContext:
         r = self.r
         q_indptr = self.q_indptr[: bs + 1]
         attn = AttentionMeta(
@@ -96,15 +99,15 @@ class DecodeGraphs:
             seg_slot=self.seg_slot[:bs],
             max_seg_len=1,
             max_rank=self.max_rank,
-            groups=self.groups,
+            groups={g: self.groups[g] for g in groups},
         )
         return ForwardContext(
-            attn=attn, lora=lora if with_lora else None, pool=r.pool, page_size=r.page_size, backend=r.backend, tp=r.tp
+            attn=attn, lora=lora if groups else None, pool=r.pool, page_size=r.page_size, backend=r.backend, tp=r.tp
         )
 
-    def _capture(self, bs: int, with_lora: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, bs: int, groups: tuple[str, ...]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         self._fill_padding(0, self.buckets[-1])
-        ctx = self._ctx(bs, with_lora)
+        ctx = self._ctx(bs, groups)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):  # warm-up: Triton compiles and autotunes outside the capture
@@ -133,7 +136,7 @@ class DecodeGraphs:
         `fill`: (rows, token ids) on the device that replace those rows' placeholder input ids."""
         n = len(b.seq_lens)
         bs = _bucket(n, self.buckets)
-        key = (bs, bool(b.lora_pages))
+        key = (bs, tuple(g for g in LORA_GROUPS if g in b.lora_targeted) if b.lora_pages else ())
         if key not in self.graphs:
             self.graphs[key] = self._capture(*key)
         g, logits = self.graphs[key]

@@ -312,8 +312,9 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
     for n, mode in [(n, m) for n in args.adapters for m in modes]:
         engine.async_scheduling = mode  # the engine is idle between runs
         reqs = workload(args.requests, n, args.seed, hi=args.max_len)
-        if mode == modes[0]:  # an untimed round per n first: compiles, graphs, allocator, this n's adapters
-            run_once(engine, workload(min(64, args.requests), n, args.seed + 1, hi=args.max_len), a.vocab_size, 1,
+        # an untimed round per n first (every decode bucket): compiles, graphs, allocator, this n's adapters
+        if mode == modes[0]:
+            run_once(engine, workload(min(args.max_num_seqs, args.requests), n, args.seed + 1, hi=args.max_len), a.vocab_size, 1,
                      False)  # fmt: skip
         row = {"adapters": n, "async_scheduling": mode,
                **run_once(engine, reqs, a.vocab_size, args.seed, args.profile, tuple(args.profile_steps))}  # fmt: skip

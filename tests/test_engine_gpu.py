@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from app import LLM, SamplingParams
+from app.lora.layer import LORA_GROUPS
 from tests.models import ADAPTERS, HFReference, make_model, make_peft_adapters
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -141,6 +142,26 @@ def test_cuda_graphs_of_the_base_model_alone_launch_no_lora_kernel(setup):
     assert names and not any("lora" in n for n in names), sorted(n for n in names if "lora" in n)
 
 
+def test_cuda_graphs_run_only_the_targeted_lora_groups(setup):
+    """A decode step whose adapters target attention only replays a graph without the MLP groups' LoRA
+    kernels (and one with only the MLP's, the other way), with the eager path's tokens."""
+    model, adapters, reqs = setup
+    for names, groups in (
+        (["a-r1-q", "a-r8-attn", None], ("qkv", "o")),
+        (["a-r16-mlp", "a-r4-down"], ("gate_up", "down")),
+    ):
+        sub = [(ids, names[i % len(names)]) for i, (ids, _) in enumerate(reqs)]
+        outs, keys = [], None
+        for g in (False, True):
+            llm = LLM(model=str(model), adapters=adapters, device="cuda", dtype="float32", kernel_backend="triton",
+                      cuda_graphs=g, warmup="off")  # fmt: skip
+            p = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+            outs.append([o.token_ids for o in llm.generate([r[0] for r in sub], p, [r[1] for r in sub])])
+            keys = llm.engine.executor.graphs.graphs if g else keys
+        assert outs[0] == outs[1]
+        assert keys and {k[1] for k in keys} <= {groups, ()} and any(k[1] == groups for k in keys), sorted(keys)
+
+
 def test_warmup_captures_every_graph_and_changes_nothing(setup):
     """warmup (auto: on with CUDA) compiles the kernels and captures every decode-graph bucket before the
     first request, leaves the engine idle with no pages held, and the greedy tokens are an engine
@@ -151,7 +172,8 @@ def test_warmup_captures_every_graph_and_changes_nothing(setup):
     e = llm.engine
     graphs = e.executor.graphs
     assert graphs.buckets == [1, 2, 4, 8, 16]  # each bucket with LoRA and for steps of the base model alone
-    assert e.warmup_s is not None and sorted(graphs.graphs) == [(b, lora) for b in graphs.buckets for lora in (0, 1)]
+    every = tuple(LORA_GROUPS)  # the warm-up adapters target every module
+    assert e.warmup_s is not None and sorted(graphs.graphs) == [(b, g) for b in graphs.buckets for g in ((), every)]
     s = e.pool_stats()
     assert e.is_idle_clean() and not e.requests and (s.kv, s.adapter, s.free, s.loads) == (0, 0, s.total, 0)
     assert e.steps == 0 and "sloray/warmup" not in e.executor.adapters
