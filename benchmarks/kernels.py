@@ -219,8 +219,19 @@ SWEEP = {
         {},
         dict(shrink_r=64, shrink_k=128),
         dict(shrink_split=1),
+        dict(shrink_split=4),
+        dict(shrink_r=16),
+        dict(shrink_k=512),
+        dict(shrink_stages=2),
+        dict(shrink_stages=4),
         dict(expand_r=32, expand_n=128),
+        dict(expand_r=32),
+        dict(expand_r=64),
+        dict(expand_n=128),
+        dict(expand_n=512),
         dict(expand_n=512, expand_warps=8),
+        dict(expand_stages=3),
+        dict(shrink_warps=2, expand_warps=2),
     ],
     "mixed": [
         {},
@@ -271,6 +282,8 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
     else:
         hidden, inter, page_elems, rank_choices, cases = 4096, 11008, 2 * 16 * 32 * 128, [8, 16, 32, 64], FULL_CASES
     cases = getattr(args, "cases", None) or cases  # a caller's subset (benchmarks/suite.py)
+    if getattr(args, "case", None):
+        cases = [c for c in cases if any(sub in c.name for sub in args.case)]
     flops_rate = matmul_flops(device, dtype)
     elem = torch.finfo(dtype).bits // 8
     r_max = max(rank_choices)
@@ -736,6 +749,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sweep", action="store_true", help="also time the LoRA launch configurations of SWEEP")
     ap.add_argument("--lora-only", action="store_true", help="skip the attention sections")
+    ap.add_argument("--case", action="append", help="only the LoRA cases whose name holds this (repeatable)")
     ap.add_argument("--attention-only", action="store_true", help="only the mixed-step attention section")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
