@@ -149,13 +149,12 @@ class ModelRunner:
                     done += 1
         return done
 
-    def _stage(self, name: str, pages: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(page ids, the adapter's pages) in fresh device buffers, copied from host memory on the current
-        stream: nothing else reads those buffers, so the copy needs to wait for no other work."""
+    def _fill(self, name: str, pages: list[int]) -> None:
         data = self.adapters[name].data
         (idx,) = h2d_many([(pages, torch.long)], self.device)
         src = data.view(self.args.num_layers, len(pages), self.page_elems).to(self.device, non_blocking=True)
-        return idx, src
+        self.pool.index_copy_(1, idx, src)
+        self.adapter_pages[name] = pages
 
     def alive(self) -> bool:
         """An in-process runner is alive as long as its process is (a failed step raises from `execute`)."""
@@ -308,43 +307,25 @@ class ModelRunner:
             result.prompt_logprobs[s.request_id] = lps
 
     def _load_adapters(self, out: SchedulerOutput) -> None:
-        """Copies the step's adapter loads into their pages. On CUDA the host-to-device copies (the slow,
-        PCIe part) go on the copy stream into fresh buffers without waiting for the compute stream, so under
-        asynchronous scheduling they overlap the step still running; the scatter into the pool then waits
-        for the compute stream's queued work, which may still read those pages (an evicted adapter, a
-        finished request's KV): on the compute stream for the adapters this step uses, on the copy stream
-        for prefetched ones (for queued requests), which the next step waits for."""
-        if self.copy_stream is None:
-            for name, pages in out.adapter_loads:
-                self.pool.index_copy_(1, *self._stage(name, pages))
-                self.adapter_pages[name] = pages
-            return
-        compute = torch.cuda.current_stream()
-        if self._prefetch_event is not None:
-            compute.wait_event(self._prefetch_event)
+        """Adapters this step uses are copied on the compute stream; prefetched ones (for queued
+        requests) on a side stream that the next step waits for, so their copy overlaps this step."""
+        if self.copy_stream is not None and self._prefetch_event is not None:
+            torch.cuda.current_stream().wait_event(self._prefetch_event)
             self._prefetch_event = None
-        if not out.adapter_loads:
-            return
-        with torch.cuda.stream(self.copy_stream):
-            staged = [(name, pages, *self._stage(name, pages)) for name, pages in out.adapter_loads]
         prefetch = set(out.prefetch)
-        now = [s for s in staged if s[0] not in prefetch]
-        later = [s for s in staged if s[0] in prefetch]
-        if now:
-            compute.wait_stream(self.copy_stream)
-            for name, pages, idx, src in now:
-                idx.record_stream(compute)
-                src.record_stream(compute)
-                self.pool.index_copy_(1, idx, src)
-                self.adapter_pages[name] = pages
-        if later:
-            self.copy_stream.wait_stream(compute)
-            with torch.cuda.stream(self.copy_stream):
-                for name, pages, idx, src in later:
-                    self.pool.index_copy_(1, idx, src)
-                    self.adapter_pages[name] = pages
-                self._prefetch_event = torch.cuda.Event()
-                self._prefetch_event.record()
+        if prefetch and self.copy_stream is not None:
+            # pages given to a prefetched adapter may have been read by work still queued on the
+            # compute stream (an evicted adapter of the last step): copy only after that work
+            self.copy_stream.wait_stream(torch.cuda.current_stream())
+        for name, pages in out.adapter_loads:
+            if name in prefetch and self.copy_stream is not None:
+                with torch.cuda.stream(self.copy_stream):
+                    self._fill(name, pages)
+            else:
+                self._fill(name, pages)
+        if prefetch and self.copy_stream is not None:
+            self._prefetch_event = torch.cuda.Event()
+            self._prefetch_event.record(self.copy_stream)
 
     def _generator(self, rid: str, seed: int | None) -> torch.Generator:
         g = self.generators.get(rid)

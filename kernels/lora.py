@@ -44,8 +44,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import triton
 
-from kernels.host import cdiv, next_power_of_2
 from kernels.lora_kernels import lora_expand_kernel, lora_shrink_kernel
 from kernels.lora_plan import LoRAPlan, lora_plan
 from kernels.lora_ref import MAX_G, check_lora_args, check_out_offsets, check_scales
@@ -139,7 +139,7 @@ def _check_triton_lora(
 
 
 def _npow2(n: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, next_power_of_2(max(int(n), 1))))
+    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
 
 def _fit_page(block: int, page_elems: int) -> int:
@@ -217,10 +217,10 @@ def lora_shrink(
     page_table, a_offsets, ranks = page_table.contiguous(), a_offsets.contiguous(), ranks.contiguous()
     block_r = _npow2(R, 16, c.shrink_r)
     block_k = _fit_page(c.shrink_k, P)
-    n_split = min(c.shrink_split, cdiv(K, block_k)) if out.dtype == torch.float32 else 1
+    n_split = min(c.shrink_split, triton.cdiv(K, block_k)) if out.dtype == torch.float32 else 1
     if n_split > 1:
         out.zero_()
-    lora_shrink_kernel[(plan.max_tiles, G, cdiv(R, block_r) * n_split)](
+    lora_shrink_kernel[(plan.max_tiles, G, triton.cdiv(R, block_r) * n_split)](
         x, pool, page_table, a_offsets, ranks, plan.data, out,
         plan.num_tokens, K, R, G, col_mult,
         x.stride(0), x.stride(1), page_table.stride(0), out.stride(0), out.stride(1), out.stride(2),
@@ -275,7 +275,7 @@ def lora_expand(
     plan = _step_plan(plan, seg_indptr, seg_slot, page_table.shape[0], T, c)
     page_table, b_offsets, ranks = page_table.contiguous(), b_offsets.contiguous(), ranks.contiguous()
     block_n = _fit_page(_npow2(n_max, 16, c.expand_n), P)
-    lora_expand_kernel[(plan.max_tiles, G, cdiv(n_max, block_n))](
+    lora_expand_kernel[(plan.max_tiles, G, triton.cdiv(n_max, block_n))](
         y, v, pool, page_table, b_offsets, ranks, scales.contiguous(), plan.data,
         plan.num_tokens, G, *offs,
         y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0),

@@ -26,8 +26,6 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.host import cdiv, next_power_of_2
-
 PLAN_ROWS = 7
 
 
@@ -114,7 +112,7 @@ def _plan_tiles_kernel(indptr_ptr, plan_ptr, n_seg, T, n_tiles, TILE_M: tl.const
 
 
 def _npow2(n: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, next_power_of_2(max(int(n), 1))))
+    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
 
 def lora_plan(seg_indptr: torch.Tensor, seg_slot: torch.Tensor, n_slots: int, num_tokens: int, tile_m: int) -> LoRAPlan:
@@ -131,7 +129,7 @@ def lora_plan(seg_indptr: torch.Tensor, seg_slot: torch.Tensor, n_slots: int, nu
         return plan
     seg_indptr, seg_slot = seg_indptr.contiguous(), seg_slot.contiguous()
     block = 32
-    _plan_positions_kernel[(cdiv(n_seg, block),)](
+    _plan_positions_kernel[(triton.cdiv(n_seg, block),)](
         seg_indptr, seg_slot, data, n_seg, int(n_slots), T,
         BLOCK=block, BLOCK_J=_npow2(n_seg, 32, 256), BLOCK_T=64, num_warps=4,
     )  # fmt: skip
