@@ -32,8 +32,9 @@ Admission policies (SchedulerConfig / LoRAConfig; `_admission_order`, `_early_ab
     order past the seats free now (those are taken at once) over the admission rate measured in saturated
     steps (from a schedule that left requests waiting to the next one that did too) of the last
     early_abort_ttft_slo_s seconds, would pass it; and while the
-    arrival rate of that window exceeds the admission rate,
-    the newest requests go first (the oldest would miss their deadline anyway);
+    arrival rate of that window exceeds the admission rate and the queue past the free seats is longer than
+    one deadline's admissions, the newest requests go first (the oldest would miss their deadline anyway;
+    a shorter burst FCFS drains in time keeps its order);
   * adapter clustering (`cluster_min_adapters`): once the batch holds that many distinct adapters, waiting
     requests whose adapter is in it (or that need none) go before the others, except that a request that
     has waited `cluster_max_wait_s` keeps its place (aging: nothing starves).
@@ -318,10 +319,17 @@ class Scheduler:
         return arrival, service
 
     def _newest_first(self, now: float) -> bool:
+        """Predicted early abort: newest first while overloaded, that is while requests arrive faster than
+        they are admitted and the queue past the free seats is longer than what is admitted within one
+        deadline (then FCFS would make every request miss; a short burst that FCFS drains in time keeps
+        its order). Otherwise the configured queue order."""
         if self._predicting:
             arrival, service = self.rates(now)
+            slo = self.cfg.early_abort_ttft_slo_s
+            assert slo is not None  # _predicting
             if arrival is not None and service is not None:
-                return arrival > service
+                backlog = len(self.waiting) - max(0, self.max_num_seqs - len(self.running))
+                return arrival > service and backlog > service * slo
         return self.cfg.queue_order == "lcfs"
 
     def _queue_order(self, newest_first: bool) -> list[Request]:
