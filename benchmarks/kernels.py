@@ -245,6 +245,11 @@ SWEEP = {
 }
 
 
+def holder_plan(plan_fn):
+    """The LoRAPlan that a `layer_fn` plan builder last built."""
+    return plan_fn.built["p"]
+
+
 def _variant_config(regime: str, over: dict):
     import dataclasses
 
@@ -274,7 +279,7 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
     (S-LoRA's ablation: gather every request's A / B^T, padded to the max rank, then torch.bmm). A mixed
     step is also timed as its prefill part and its decode part alone. --sweep: the launch configurations
     of SWEEP too."""
-    from kernels.lora import lora_apply, plan_for_step
+    from kernels.lora import lora_apply, lora_expand, lora_shrink, plan_for_step
     from kernels.lora_ref import lora_apply_ref
 
     if args.smoke:
@@ -312,6 +317,7 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
                                plan=holder["p"], **kw)  # fmt: skip
 
             plan()
+            plan.built = holder  # the plan object, for the per-launch timings (--parts)
             return plan, layer
 
         indptr, slots = indptr_c.to(device), slots_c.to(device)
@@ -349,6 +355,29 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
                    ref_ms=t_ref, max_abs_err=err, max_abs_delta=delta)  # fmt: skip
         best = t_graph if t_graph is not None else t_eager
         row["over_bound"] = best / bound
+        if getattr(args, "parts", False):  # each launch alone: which kernel is far from its bytes
+            launches = []
+            for g in groups:
+                G = len(g.n_out)
+                a_bytes = sum(ranks[s_] * g.K * G for s_ in used) * elem + T * g.K * elem
+                b_bytes = sum(ranks[s_] * sum(g.n_out) for s_ in used) * elem + 2 * T * sum(g.n_out) * elem
+                kw = dict(max_seg_len=max_len, aligned=True, plan=holder_plan(plan))
+
+                def shrink(g=g, kw=kw):
+                    lora_shrink(xs[g.name], pool, page_table, g.a_off, g.ranks, indptr, slots, vs[g.name], **kw)
+
+                def expand(g=g, kw=kw):
+                    lora_expand(ys[g.name], vs[g.name], pool, page_table, g.b_off, g.ranks, scales, indptr, slots,
+                                g.out_offsets, **kw)  # fmt: skip
+
+                for kind, fn, nbytes in (("shrink", shrink, a_bytes), ("expand", expand, b_bytes)):
+                    t = graph_ms(fn, device) or bench_ms(fn, device)
+                    launches.append(dict(group=g.name, kernel=kind, ms=t, bound_ms=nbytes / bw * 1e3,
+                                         over_bound=t / (nbytes / bw * 1e3)))  # fmt: skip
+                    print(f"  {g.name} {kind}: {t:.4f} ms, bound {nbytes / bw * 1e3:.4f} ms", flush=True)
+            for k in ys:
+                ys[k].copy_(y0[k])
+            row["launches"] = launches
         if case.decode and case.prefill:  # the mixed step against its parts run alone
             parts = {}
             for part, sel in (("prefill", [n > 1 for n in lens]), ("decode", [n == 1 for n in lens])):
@@ -687,6 +716,21 @@ def write_markdown(res: dict, path: Path) -> None:
             f"{r['over_bound']:.2f}x | {r['eager_ms']:.3f} | {r['plan_ms']:.3f} | {parts} | "
             f"{_f(r.get('bmm_graph_ms'))} | {r['ref_ms']:.2f} | {r['max_abs_err']:.1e} / {r['max_abs_delta']:.1e} |"
         )
+    with_parts = [r for r in res.get("lora_steps", {}).get("steps", []) if r.get("launches")]
+    if with_parts:
+        lines += [
+            "",
+            "### Each launch alone (--parts): bound = its adapter rows + activations / copy bandwidth",
+            "",
+            "| step | group | kernel | ms (CUDA graph) | bound ms | / bound |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for r in with_parts:
+            for x in r["launches"]:
+                lines.append(
+                    f"| {r['case']} | {x['group']} | {x['kernel']} | {_f(x['ms'])} | {x['bound_ms']:.4f} | "
+                    f"{_x(x['over_bound'])} |"
+                )
     if res.get("lora_steps", {}).get("sweep"):
         lines += [
             "",
@@ -750,6 +794,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="also time the LoRA launch configurations of SWEEP")
     ap.add_argument("--lora-only", action="store_true", help="skip the attention sections")
     ap.add_argument("--case", action="append", help="only the LoRA cases whose name holds this (repeatable)")
+    ap.add_argument("--parts", action="store_true", help="also time each LoRA launch (group, shrink/expand) alone")
     ap.add_argument("--attention-only", action="store_true", help="only the mixed-step attention section")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
