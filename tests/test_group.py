@@ -236,3 +236,33 @@ def test_adapter_refusals_are_answers_not_exceptions(demo, tmp_path):
     assert bad["status"] == 400 and "adapter_config.json is missing" in bad["error"]
     assert outside["status"] == 400 and "allowed_adapter_roots" in outside["error"]
     assert ok == {"path": str(demo / "adapters" / ADAPTER)}
+
+
+def test_early_abort_before_start_is_a_429_item_and_no_stream_hangs(demo):
+    """A request the scheduler's early abort drops before it runs ends its stream with a 429 error item and
+    `retry_after_s` (the ingress answers 429 + Retry-After); the other streams in the group go on and end."""
+    cfg = {
+        "model": str(demo / "model"),
+        "device": "cpu",
+        "dtype": "float32",
+        "scheduler": {"max_num_seqs": 1, "early_abort_ttft_slo_s": 0.05},
+    }
+    g = SLoRAGroup("g", cfg, adapters={ADAPTER: str(demo / "adapters" / ADAPTER)}, ray_metrics=False)
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+
+    async def run():
+        async def one(rid):
+            return [item async for item in g.generate(rid, [1, 5, 9, 13], params, ADAPTER)]
+
+        # one seat: the first request holds it for 40 steps, longer than the others' 0.05 s deadline
+        return await asyncio.wait_for(asyncio.gather(*(one(f"r{i}") for i in range(4))), timeout=60)
+
+    streams = asyncio.run(run())
+    first = streams[0][1:]
+    assert first[-1].finish_reason == "length" and len(first[-1].token_ids) == 40
+    dropped = [s for s in streams[1:] if isinstance(s[-1], dict)]
+    assert dropped, [s[-1] for s in streams[1:]]
+    for s in dropped:
+        assert s[0] == {"accepted": True}
+        assert s[-1]["status"] == 429 and s[-1]["retry_after_s"] == 1 and "early abort" in s[-1]["error"]
+    assert g.engine.is_idle_clean()
