@@ -54,12 +54,15 @@ def gather_virtual(pool: torch.Tensor, pages: torch.Tensor, offset: int, rows: i
     return pool.reshape(-1)[phys].view(rows, cols)
 
 
-def _segments(seg_indptr: torch.Tensor, seg_slot: torch.Tensor):
+def _slot_tokens(seg_indptr: torch.Tensor, seg_slot: torch.Tensor, device) -> dict[int, torch.Tensor]:
+    """{slot: the indices of its tokens} over the segments with a LoRA (each adapter's weights are then
+    gathered once per call, not once per segment)."""
     bounds = seg_indptr.tolist()
-    slots = seg_slot.tolist()
-    for i, s in enumerate(slots):
+    spans: dict[int, list[range]] = {}
+    for i, s in enumerate(seg_slot.tolist()):
         if s >= 0 and bounds[i + 1] > bounds[i]:
-            yield bounds[i], bounds[i + 1], s
+            spans.setdefault(s, []).append(range(bounds[i], bounds[i + 1]))
+    return {s: torch.tensor([t for r in rs for t in r], dtype=torch.long, device=device) for s, rs in spans.items()}
 
 
 def lora_shrink_ref(
@@ -88,14 +91,15 @@ def lora_shrink_ref(
     out.zero_()
     offs = a_offsets.tolist()
     rks = ranks.tolist()
-    for lo, hi, s in _segments(seg_indptr, seg_slot):
+    for s, tok in _slot_tokens(seg_indptr, seg_slot, x.device).items():
+        xs = x[tok].float()
         for g in range(G):
             r = rks[s][g]
             if r == 0:
                 continue
             a = gather_virtual(pool, page_table[s], offs[s][g], r, K)
             c0 = col_mult * r
-            out[lo:hi, g, c0 : c0 + r] = (x[lo:hi].float() @ a.float().t()).to(out.dtype)
+            out[tok, g, c0 : c0 + r] = (xs @ a.float().t()).to(out.dtype)
     return out
 
 
@@ -124,16 +128,16 @@ def lora_expand_ref(
     offs = b_offsets.tolist()
     rks = ranks.tolist()
     scl = scales.tolist()
-    for lo, hi, s in _segments(seg_indptr, seg_slot):
+    for s, tok in _slot_tokens(seg_indptr, seg_slot, y.device).items():
         for g in range(G):
             r = rks[s][g]
             if r == 0:
                 continue
             n = out_offsets[g + 1] - out_offsets[g]
             bt = gather_virtual(pool, page_table[s], offs[s][g], r, n)
-            delta = (v[lo:hi, g, :r].float() @ bt.float()) * scl[s]
+            delta = (v[tok, g, :r].float() @ bt.float()) * scl[s]
             cols = slice(out_offsets[g], out_offsets[g + 1])
-            y[lo:hi, cols] = (y[lo:hi, cols].float() + delta).to(y.dtype)
+            y[tok, cols] = (y[tok, cols].float() + delta).to(y.dtype)
     return y
 
 
