@@ -245,11 +245,6 @@ SWEEP = {
 }
 
 
-def holder_plan(plan_fn):
-    """The LoRAPlan that a `layer_fn` plan builder last built."""
-    return plan_fn.built["p"]
-
-
 def _variant_config(regime: str, over: dict):
     import dataclasses
 
@@ -303,7 +298,7 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
         vs = {g.name: torch.empty(T, len(g.n_out), r_max, device=device, dtype=torch.float32) for g in groups}
 
         def layer_fn(indptr, slots, n_tokens, max_len, config=None, ys=ys, xs=xs, vs=vs):
-            """(plan builder, one layer's LoRA with that plan) for these segments."""
+            """(plan builder, one layer's LoRA with that plan, {"p": the plan last built}) for these segments."""
             kw = {} if config is None else {"config": config}
             holder = {}
 
@@ -317,12 +312,11 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
                                plan=holder["p"], **kw)  # fmt: skip
 
             plan()
-            plan.built = holder  # the plan object, for the per-launch timings (--parts)
-            return plan, layer
+            return plan, layer, holder  # holder["p"]: the plan last built
 
         indptr, slots = indptr_c.to(device), slots_c.to(device)
         max_len = max(lens)
-        plan, layer = layer_fn(indptr, slots, T, max_len)
+        plan, layer, built = layer_fn(indptr, slots, T, max_len)
 
         def ref(ys=ys):
             for g in groups:
@@ -361,7 +355,7 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
                 G = len(g.n_out)
                 a_bytes = sum(ranks[s_] * g.K * G for s_ in used) * elem + T * g.K * elem
                 b_bytes = sum(ranks[s_] * sum(g.n_out) for s_ in used) * elem + 2 * T * sum(g.n_out) * elem
-                kw = dict(max_seg_len=max_len, aligned=True, plan=holder_plan(plan))
+                kw = dict(max_seg_len=max_len, aligned=True, plan=built["p"])
 
                 def shrink(g=g, kw=kw):
                     lora_shrink(xs[g.name], pool, page_table, g.a_off, g.ranks, indptr, slots, vs[g.name], **kw)
@@ -389,7 +383,7 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
                 px = {g.name: xs[g.name][:pT].clone() for g in groups}
                 py = {g.name: ys[g.name][:pT].clone() for g in groups}
                 pv = {g.name: vs[g.name][:pT] for g in groups}
-                _, p_layer = layer_fn(p_ind.to(device), p_slots.to(device), pT, max(p_lens), ys=py, xs=px, vs=pv)
+                _, p_layer, _ = layer_fn(p_ind.to(device), p_slots.to(device), pT, max(p_lens), ys=py, xs=px, vs=pv)
                 parts[part] = graph_ms(p_layer, device) or bench_ms(p_layer, device)
             row.update(prefill_part_ms=parts["prefill"], decode_part_ms=parts["decode"],
                        parts_sum_ms=parts["prefill"] + parts["decode"])  # fmt: skip
@@ -427,7 +421,7 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
             for over in SWEEP[regime]:
                 cfg = _variant_config(regime, over)
                 try:
-                    v_plan, v_layer = layer_fn(indptr, slots, T, max_len, config=cfg)
+                    v_plan, v_layer, _ = layer_fn(indptr, slots, T, max_len, config=cfg)
                     for k in ys:
                         ys[k].copy_(y0[k])
                     v_layer()
