@@ -29,12 +29,12 @@ Admission policies (SchedulerConfig / LoRAConfig; `_admission_order`, `_early_ab
   * early abort (`early_abort_ttft_slo_s`): a queued request without a token that can no longer meet its first-token
     deadline (arrival + early_abort_ttft_slo_s) is finished with reason "abort" before it takes GPU time. `expired`:
     its deadline has passed. `predicted` (S-LoRA's early abort): its wait, predicted as its position in the
-    order past the seats free now (those are taken at once) over the admission rate measured in saturated
-    steps (from a schedule that left requests waiting to the next one that did too) of the last
-    early_abort_ttft_slo_s seconds, would pass it; and while the
+    order past the seats free now (those are taken at once) over PREDICTED_RATE_MARGIN times the admission
+    rate measured in saturated steps (from a schedule that left requests waiting to the next one that did
+    too) of the last early_abort_ttft_slo_s seconds, would pass it; and while the
     arrival rate of that window exceeds the admission rate and the queue past the free seats is longer than
-    one deadline's admissions, the newest requests go first (the oldest would miss their deadline anyway;
-    a shorter burst FCFS drains in time keeps its order);
+    one deadline's admissions (at that margin), the newest requests go first (the oldest would miss their
+    deadline anyway; a shorter burst FCFS drains in time keeps its order);
   * adapter clustering (`cluster_min_adapters`): once the batch holds that many distinct adapters, waiting
     requests whose adapter is in it (or that need none) go before the others, except that a request that
     has waited `cluster_max_wait_s` keeps its place (aging: nothing starves).
@@ -52,6 +52,13 @@ from dataclasses import dataclass, field
 from app.config import LoRAConfig, SchedulerConfig
 from app.pool import PagePool
 from app.request import ModelOutput, Request, RequestStatus, SamplingParams
+
+# The predicted early abort plans with this multiple of the admission rate it measured: the rate comes from
+# the saturated steps of one deadline's window (few admissions, a noisy figure) and a dropped request cannot
+# be taken back, while one admitted that then misses its deadline costs only its seat. With the fake-clock
+# scheduler on gamma traces (benchmarks/results/session-2026-12-03-pm/early_abort_sim) 1.5 attained more
+# than 1 in every (rate, cv) cell tried.
+PREDICTED_RATE_MARGIN = 1.5
 
 
 @dataclass
@@ -329,7 +336,7 @@ class Scheduler:
             assert slo is not None  # _predicting
             if arrival is not None and service is not None:
                 backlog = len(self.waiting) - max(0, self.max_num_seqs - len(self.running))
-                return arrival > service and backlog > service * slo
+                return arrival > service and backlog > PREDICTED_RATE_MARGIN * service * slo
         return self.cfg.queue_order == "lcfs"
 
     def _queue_order(self, newest_first: bool) -> list[Request]:
@@ -373,6 +380,7 @@ class Scheduler:
         slo = self.cfg.early_abort_ttft_slo_s
         assert slo is not None  # called only with an early-abort deadline
         service = self.rates(now)[1]
+        service = service * PREDICTED_RATE_MARGIN if service else None
         ahead = 0  # requests that will be admitted before the one looked at
         free = max(0, self.max_num_seqs - len(self.running))  # seats the first `free` of them take at once
         dropped = []
