@@ -64,9 +64,6 @@ class LoRATileConfig:
     shrink_split: int  # K ranges per shrink tile when v is float32 (atomic adds); 1 = no split
     expand_r: int  # rank rows of B^T per expand loop iteration
     expand_n: int  # output columns per expand program
-    # with a float32 v, split K into at least enough ranges that none is longer than this many elements
-    # (0: no such floor), so that a long K (the down projection's 11008-14336) is not one serial loop
-    shrink_split_k: int = 0
     shrink_warps: int = 4
     shrink_stages: int = 3
     expand_warps: int = 4
@@ -82,12 +79,12 @@ class LoRAKernelConfig:
 
     decode: LoRATileConfig = field(
         default_factory=lambda: LoRATileConfig(
-            tile_m=16, shrink_r=32, shrink_k=256, shrink_split=2, shrink_split_k=2048, expand_r=16, expand_n=256
+            tile_m=16, shrink_r=32, shrink_k=256, shrink_split=2, expand_r=16, expand_n=256
         )
     )
     mixed: LoRATileConfig = field(
         default_factory=lambda: LoRATileConfig(
-            tile_m=16, shrink_r=64, shrink_k=128, shrink_split=1, shrink_split_k=4096, expand_r=16, expand_n=256
+            tile_m=16, shrink_r=64, shrink_k=128, shrink_split=1, expand_r=16, expand_n=256
         )
     )
 
@@ -199,9 +196,8 @@ def lora_shrink(
     max_seg_len: a host bound on the segment lengths that picks the regime (None: mixed). aligned=True
     promises every a_offsets entry is a multiple of 64 (app/lora/adapter.py packs them so); with K and
     page_elems multiples of 64 (checked here) the loads are then vectorised. plan: the step's
-    `plan_for_step(...)`, shared by its calls (built here when absent). A float32 `out` lets the kernel
-    split K over programs that add atomically (shrink_split ranges, more where K is longer than
-    shrink_split_k ranges of it; the wrapper zeroes `out` first)."""
+    `plan_for_step(...)`, shared by its calls (built here when absent). A float32 `out` lets the decode
+    regime split K over programs that add atomically (the wrapper zeroes `out` first)."""
     if x.dim() != 2:
         raise ValueError(f"x must be [T, K], got {tuple(x.shape)}")
     _check_triton_lora("lora_shrink", x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, {"out": out})
@@ -221,8 +217,7 @@ def lora_shrink(
     page_table, a_offsets, ranks = page_table.contiguous(), a_offsets.contiguous(), ranks.contiguous()
     block_r = _npow2(R, 16, c.shrink_r)
     block_k = _fit_page(c.shrink_k, P)
-    split = max(c.shrink_split, triton.cdiv(K, c.shrink_split_k) if c.shrink_split_k else 1)
-    n_split = min(split, triton.cdiv(K, block_k)) if out.dtype == torch.float32 else 1
+    n_split = min(c.shrink_split, triton.cdiv(K, block_k)) if out.dtype == torch.float32 else 1
     if n_split > 1:
         out.zero_()
     lora_shrink_kernel[(plan.max_tiles, G, triton.cdiv(R, block_r) * n_split)](

@@ -248,28 +248,6 @@ def test_lora_mixed_steps(popularity, dtype, aligned):
     )
 
 
-def test_lora_mixed_step_splits_a_long_k():
-    """shrink_split_k: a K longer than that many elements is split over programs that add atomically, in
-    the mixed regime too (K = 512 in four ranges of 128 here, where shrink_split alone would not split)."""
-    mixed = kl.LoRATileConfig(
-        tile_m=16, shrink_r=32, shrink_k=64, shrink_split=1, shrink_split_k=128, expand_r=16, expand_n=64
-    )
-    run_lora_case(
-        seg_lens=[1] * 9 + [40, 17] + [1] * 5,
-        n_slots=5,
-        popularity="uniform",
-        max_rank=40,
-        K=512,
-        n_out=[128, 64],
-        page_elems=320,
-        dtype=torch.float32,
-        seed=29,
-        aligned=True,
-        v_dtype=torch.float32,
-        config=kl.LoRAKernelConfig(mixed=mixed),
-    )
-
-
 def test_lora_default_mixed_tiles_and_rank_256():
     """The default mixed regime (64-token tiles) with ranks up to 256 (several rank blocks in shrink and
     several expand passes), long and short segments, as the engine runs it (float32 v, aligned)."""
