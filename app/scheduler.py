@@ -325,17 +325,21 @@ class Scheduler:
         service = admitted / busy if busy > 0 and admitted > 0 else None
         return arrival, service
 
-    def _newest_first(self, now: float) -> bool:
+    @property
+    def _free_seats(self) -> int:
+        return max(0, self.max_num_seqs - len(self.running))
+
+    def _newest_first(self, now: float, rates: tuple[float | None, float | None] | None = None) -> bool:
         """Predicted early abort: newest first while overloaded, that is while requests arrive faster than
         they are admitted and the queue past the free seats is longer than what is admitted within one
         deadline (then FCFS would make every request miss; a short burst that FCFS drains in time keeps
-        its order). Otherwise the configured queue order."""
+        its order). Otherwise the configured queue order. `rates`: `self.rates(now)` when the caller has it."""
         if self._predicting:
-            arrival, service = self.rates(now)
+            arrival, service = rates or self.rates(now)
             slo = self.cfg.early_abort_ttft_slo_s
             assert slo is not None  # _predicting
             if arrival is not None and service is not None:
-                backlog = len(self.waiting) - max(0, self.max_num_seqs - len(self.running))
+                backlog = len(self.waiting) - self._free_seats
                 return arrival > service and backlog > PREDICTED_RATE_MARGIN * service * slo
         return self.cfg.queue_order == "lcfs"
 
@@ -379,12 +383,12 @@ class Scheduler:
         module docstring), so that the capacity goes to requests that still can."""
         slo = self.cfg.early_abort_ttft_slo_s
         assert slo is not None  # called only with an early-abort deadline
-        service = self.rates(now)[1]
-        service = service * PREDICTED_RATE_MARGIN if service else None
+        rates = self.rates(now)
+        service = rates[1] * PREDICTED_RATE_MARGIN if rates[1] else None
         ahead = 0  # requests that will be admitted before the one looked at
-        free = max(0, self.max_num_seqs - len(self.running))  # seats the first `free` of them take at once
+        free = self._free_seats  # seats the first `free` of them take at once
         dropped = []
-        for req in self._queue_order(self._newest_first(now)):
+        for req in self._queue_order(self._newest_first(now, rates)):
             if req.output_token_ids or req.num_pending:  # it has its first token (a pending one, when async)
                 ahead += 1
                 continue
