@@ -88,11 +88,6 @@ class LoRAConfig(BaseModel):
         True,
         description="copy adapters of queued requests into free pages ahead of admission, overlapping the running step",
     )
-    overlap_shrink: bool = Field(
-        True,
-        description="on CUDA, run each LoRA shrink on a side stream beside its layer's base matmul (both read "
-        "only the layer's input); off: in order",
-    )
     cluster_min_adapters: int | None = Field(
         None,
         ge=1,

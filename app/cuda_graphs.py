@@ -61,8 +61,8 @@ class DecodeGraphs:
         self.groups = {
             g: LoRAGroupMeta(*(torch.zeros(M, len(t), **i32) for _ in range(4))) for g, t in LORA_GROUPS.items()
         }
-        # (bucket, the LoRA groups it runs, shrinks on the side stream) -> (graph, its logits)
-        self.graphs: dict[tuple[int, tuple[str, ...], bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # (bucket, the LoRA groups it runs) -> (graph, its logits)
+        self.graphs: dict[tuple[int, tuple[str, ...]], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.mempool = None
 
     def runnable(self, b) -> DecodeGraphs | None:
@@ -82,7 +82,7 @@ class DecodeGraphs:
             lora.plan = r.backend.lora_plan(lora.seg_indptr, lora.seg_slot, self.max_loras, bs, 1)
         return r.model.logits(r.model(self.input_ids[:bs], self.positions[:bs], ctx))
 
-    def _ctx(self, bs: int, groups: tuple[str, ...], overlap: bool) -> ForwardContext:
+    def _ctx(self, bs: int, groups: tuple[str, ...]) -> ForwardContext:
         r = self.r
         q_indptr = self.q_indptr[: bs + 1]
         attn = AttentionMeta(
@@ -102,13 +102,12 @@ class DecodeGraphs:
             groups={g: self.groups[g] for g in groups},
         )
         return ForwardContext(
-            attn=attn, lora=lora if groups else None, pool=r.pool, page_size=r.page_size, backend=r.backend, tp=r.tp,
-            lora_stream=r.lora_stream if overlap else None,
-        )  # fmt: skip
+            attn=attn, lora=lora if groups else None, pool=r.pool, page_size=r.page_size, backend=r.backend, tp=r.tp
+        )
 
-    def _capture(self, bs: int, groups: tuple[str, ...], overlap: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, bs: int, groups: tuple[str, ...]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         self._fill_padding(0, self.buckets[-1])
-        ctx = self._ctx(bs, groups, overlap)
+        ctx = self._ctx(bs, groups)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):  # warm-up: Triton compiles and autotunes outside the capture
@@ -137,8 +136,7 @@ class DecodeGraphs:
         `fill`: (rows, token ids) on the device that replace those rows' placeholder input ids."""
         n = len(b.seq_lens)
         bs = _bucket(n, self.buckets)
-        groups = tuple(g for g in LORA_GROUPS if g in b.lora_targeted) if b.lora_pages else ()
-        key = (bs, groups, bool(groups) and self.r.overlap_shrink)
+        key = (bs, tuple(g for g in LORA_GROUPS if g in b.lora_targeted) if b.lora_pages else ())
         if key not in self.graphs:
             self.graphs[key] = self._capture(*key)
         g, logits = self.graphs[key]

@@ -78,9 +78,6 @@ class ModelRunner:
         self.constraints: Constraints | None = None  # made for the first constrained request
         self._seed_rng = random.Random(cfg.seed)
         self.copy_stream = torch.cuda.Stream() if self.device == "cuda" else None
-        # each LoRA shrink beside its base matmul (app/lora/layer.py); the benchmarks flip it between runs
-        self.overlap_shrink = cfg.lora.overlap_shrink
-        self.lora_stream = torch.cuda.Stream() if self.device == "cuda" else None
         self._prefetch_event: torch.cuda.Event | None = None
         # the last launched step's sampled tokens (on the device) and each request's row in them
         self._last_tokens: tuple[torch.Tensor, dict[str, int]] | None = None
@@ -89,10 +86,6 @@ class ModelRunner:
             from app.cuda_graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(self)
-
-    def shrink_stream(self) -> torch.cuda.Stream | None:
-        """The stream the LoRA shrinks of a step run on: None (in order) unless overlap_shrink on CUDA."""
-        return self.lora_stream if self.overlap_shrink else None
 
     def _size_pool(self) -> int:
         """Pages in this rank's pool. Under tensor parallelism every rank must hold the same page ids,
@@ -412,15 +405,14 @@ class ModelRunner:
                 seg_slot=seg_slot,
                 max_seg_len=b.max_q_len,
                 max_rank=b.max_rank,
-                # only the groups some adapter of the step targets: lora_begin skips the others
+                # only the groups some adapter of the step targets: apply_lora skips the others
                 groups={g: LoRAGroupMeta(*group_rows[4 * i : 4 * i + 4]) for i, g in enumerate(groups)},
             )
             lora.plan = self.backend.lora_plan(q_indptr, lora.seg_slot, len(b.lora_pages), len(b.input_ids),
                                                b.max_q_len)  # fmt: skip
         ctx = ForwardContext(
-            attn=attn, lora=lora, pool=self.pool, page_size=self.page_size, backend=self.backend, tp=self.tp,
-            lora_stream=self.shrink_stream(),
-        )  # fmt: skip
+            attn=attn, lora=lora, pool=self.pool, page_size=self.page_size, backend=self.backend, tp=self.tp
+        )
         return ctx, input_ids, positions, sample_rows
 
 

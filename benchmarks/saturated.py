@@ -4,7 +4,6 @@ with the base model alone and with n adapters, all in one run on one GPU (offlin
     python benchmarks/saturated.py --out DIR [--settings llama2-7b-qkvo llama3-8b-all] [--adapters 0 1 100 1000]
     python benchmarks/saturated.py --smoke --out DIR          # tiny model on the CPU (the code path only)
     python benchmarks/saturated.py --out DIR --async-scheduling off on   # each run in both step loops
-    python benchmarks/saturated.py --out DIR --overlap-shrink off on     # LoRA shrinks in order / beside the base
 
 Per setting (a model shape and the LoRA targets; random bf16 weights made on the GPU, `load_format=dummy`):
 `--requests` requests are submitted at once, input and output lengths U[8, 512) (ignore EOS), adapters drawn
@@ -310,17 +309,14 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
     )
     runs = []
     modes = [m == "on" for m in args.async_scheduling] if args.async_scheduling else [engine.async_scheduling]
-    overlaps = [m == "on" for m in args.overlap_shrink] if args.overlap_shrink else [engine.executor.overlap_shrink]
-    for n, mode, overlap in [(n, m, o) for n in args.adapters for m in modes for o in overlaps]:
+    for n, mode in [(n, m) for n in args.adapters for m in modes]:
         engine.async_scheduling = mode  # the engine is idle between runs
-        engine.executor.overlap_shrink = overlap
         reqs = workload(args.requests, n, args.seed, hi=args.max_len)
-        # an untimed round per n first (every decode bucket): compiles, graphs, allocator, this n's adapters;
-        # with both shrink orders, per order too (each has its own decode graphs)
-        if mode == modes[0] and (overlap == overlaps[0] or n > 0):
+        # an untimed round per n first (every decode bucket): compiles, graphs, allocator, this n's adapters
+        if mode == modes[0]:
             run_once(engine, workload(min(args.max_num_seqs, args.requests), n, args.seed + 1, hi=args.max_len), a.vocab_size, 1,
                      False)  # fmt: skip
-        row = {"adapters": n, "async_scheduling": mode, "overlap_shrink": overlap,
+        row = {"adapters": n, "async_scheduling": mode,
                **run_once(engine, reqs, a.vocab_size, args.seed, args.profile, tuple(args.profile_steps))}  # fmt: skip
         fl = floor_s(a, reqs, n_params, weight_bytes, args.max_num_seqs, bw, rate)
         # with adapters, each decode step also reads the LoRA weights of its distinct adapters once
@@ -329,7 +325,7 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         fl["floor_s"] += fl["lora_s"]
         row.update(fl, floor_share=fl["floor_s"] / row["elapsed_s"])
         runs.append(row)
-        print(f"{name} n={n} async={mode} overlap={overlap}: {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
+        print(f"{name} n={n} async={mode}: {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
               f"mean batch {row['mean_batch']:.0f}, loads {row['adapter_loads']}, gc {row['gc_ms']:.0f} ms "
               f"{row['gc_collections_by_generation']}, step s by kind {row['step_s_by_kind']}, "
               f"{row['floor_share']:.0%} of the floor ({fl['floor_s']:.1f} s) {row['profile'] or ''}", flush=True)  # fmt: skip
@@ -341,8 +337,7 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         online.append({"async_scheduling": mode, **o})
         print(f"{name} online {args.online} req/s, n={n_on}, async={mode}: {o}", flush=True)
     for r in runs:
-        base = next((b for b in runs if b["adapters"] == 0 and b["async_scheduling"] == r["async_scheduling"]
-                     and b["overlap_shrink"] == r["overlap_shrink"]), None)  # fmt: skip
+        base = next((b for b in runs if b["adapters"] == 0 and b["async_scheduling"] == r["async_scheduling"]), None)
         r["share_of_base"] = None if base is None else r["req_s"] / base["req_s"]
     del engine
     if device == "cuda":
@@ -362,17 +357,16 @@ def write_report(res: dict, out: Path) -> None:
         f"{res['matmul_tflops']:.0f} TFLOP/s (both measured in this run). Adapter names share four weight sets in "
         "host memory; each name has its own pages and loads on the GPU.",
         "",
-        "| setting | adapters | async | shrink overlap | req/s | out tok/s | % of base | steps (decode / with prefill) "
-        "| mean batch (distinct adapters) | adapter loads | floor s | % of floor |",
-        "|---|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| setting | adapters | async | req/s | out tok/s | % of base | steps (decode / with prefill) | mean batch "
+        "(distinct adapters) | adapter loads | floor s | % of floor |",
+        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for s in res["settings"]:
         for r in s["runs"]:
             share = "-" if r["share_of_base"] is None else f"{r['share_of_base']:.0%}"
             k = r["steps_by_kind"]
             lines.append(
-                f"| {s['setting']} | {r['adapters']} | {'on' if r.get('async_scheduling') else 'off'} | "
-                f"{'on' if r.get('overlap_shrink') else 'off'} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | {share} | "
+                f"| {s['setting']} | {r['adapters']} | {'on' if r.get('async_scheduling') else 'off'} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | {share} | "
                 f"{r['steps']} ({k['decode']} / {k['with_prefill']}) | {r['mean_batch']:.0f} "
                 f"({r.get('mean_distinct_adapters', 0):.0f}) | {r['adapter_loads']} | "
                 f"{r['floor_s']:.1f} | {r['floor_share']:.0%} |"
@@ -392,8 +386,7 @@ def write_report(res: dict, out: Path) -> None:
         ]
         for setting, r, p in profiles:
             lines.append(
-                f"- {setting}, n={r['adapters']}, async {'on' if r.get('async_scheduling') else 'off'}, shrink overlap "
-                f"{'on' if r.get('overlap_shrink') else 'off'}: wall {p['wall_ms']:.0f} ms, GPU busy {p['gpu_busy_share']:.0%}; "
+                f"- {setting}, n={r['adapters']}, async {'on' if r.get('async_scheduling') else 'off'}: wall {p['wall_ms']:.0f} ms, GPU busy {p['gpu_busy_share']:.0%}; "
                 + ", ".join(f"{k} {v:.1f}" for k, v in p["kinds_ms"].items())
             )
     (out / "saturated.md").write_text("\n".join(lines) + "\n")
@@ -406,11 +399,9 @@ def write_report(res: dict, out: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in res["settings"]:
-        for mode in sorted({(r.get("async_scheduling"), r.get("overlap_shrink")) for r in s["runs"]}, key=str):
-            runs = [r for r in s["runs"] if (r.get("async_scheduling"), r.get("overlap_shrink")) == mode]
-            label = s["setting"] + "".join(
-                f" {what} {'on' if m else 'off'}" for what, m in zip(("async", "overlap"), mode) if m is not None
-            )
+        for mode in sorted({r.get("async_scheduling") for r in s["runs"]}, key=str):
+            runs = [r for r in s["runs"] if r.get("async_scheduling") == mode]
+            label = s["setting"] + ("" if mode is None else f" async {'on' if mode else 'off'}")
             xs = [max(r["adapters"], 0.5) for r in runs if r["adapters"] > 0]
             ys = [r["req_s"] for r in runs if r["adapters"] > 0]
             (line,) = ax.plot(xs, ys, "o-", label=label)
@@ -445,11 +436,6 @@ def main() -> None:
         default=None,
         help="also an online run at this rate (req/s) with the largest n of --adapters",
     )
-    ap.add_argument(
-        "--overlap-shrink", nargs="+", choices=["off", "on"], default=None,
-        help="each run with the LoRA shrinks in order and / or beside the base matmuls (EngineConfig.lora."
-        "overlap_shrink), on one engine: the before / after in one command",
-    )  # fmt: skip
     ap.add_argument("--online-duration", type=float, default=60.0)
     ap.add_argument(
         "--online-adapters", type=int, default=None, help="adapters of the online run (<= max of --adapters)"

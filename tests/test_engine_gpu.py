@@ -123,24 +123,6 @@ def test_cuda_graphs_equal_eager(setup):
     assert len(llm.engine.executor.graphs.graphs) >= 3  # several buckets were captured and replayed
 
 
-def test_shrink_beside_the_base_matmul_changes_no_token(setup):
-    """LoRA shrinks on the side stream beside their base matmuls (EngineConfig.lora.overlap_shrink, the
-    default) give the in-order tokens, eager (prefill) and in the decode graphs, and the graphs of both
-    orders are kept apart."""
-    model, adapters, reqs = setup
-    params = [SamplingParams(max_tokens=3 + i % 9, temperature=0, ignore_eos=True) for i in range(len(reqs))]
-    res, keys = [], []
-    for overlap in (False, True):
-        llm = LLM(model=str(model), adapters=adapters, device="cuda", dtype="float32", kernel_backend="triton",
-                  lora={"overlap_shrink": overlap}, scheduler={"max_num_seqs": 32}, warmup="off")  # fmt: skip
-        assert (llm.engine.executor.shrink_stream() is not None) == overlap
-        outs = llm.generate([r[0] for r in reqs], adapters=[r[1] for r in reqs], sampling_params=params)
-        res.append([o.token_ids for o in outs])
-        keys.append({k[2] for k in llm.engine.executor.graphs.graphs if k[1]})
-    assert res[0] == res[1]
-    assert keys == [{False}, {True}]
-
-
 def test_cuda_graphs_of_the_base_model_alone_launch_no_lora_kernel(setup):
     """A decode step without adapters replays the graph without LoRA kernels and gives the eager tokens."""
     model, adapters, reqs = setup
@@ -151,7 +133,7 @@ def test_cuda_graphs_of_the_base_model_alone_launch_no_lora_kernel(setup):
     llm = LLM(model=str(model), device="cuda", dtype="float32", kernel_backend="triton", warmup="off")
     llm.generate([r[0] for r in base], sampling_params=SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
     graphs = llm.engine.executor.graphs
-    assert graphs.graphs and all(not key[1] for key in graphs.graphs)
+    assert graphs.graphs and all(not lora for _, lora in graphs.graphs)
     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
     with prof:
         llm.generate([[5, 6, 7]] * 3, sampling_params=SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
@@ -191,9 +173,7 @@ def test_warmup_captures_every_graph_and_changes_nothing(setup):
     graphs = e.executor.graphs
     assert graphs.buckets == [1, 2, 4, 8, 16]  # each bucket with LoRA and for steps of the base model alone
     every = tuple(LORA_GROUPS)  # the warm-up adapters target every module
-    # keys: (bucket, LoRA groups, shrinks beside the base matmuls: EngineConfig.lora.overlap_shrink's default)
-    assert e.warmup_s is not None
-    assert sorted(graphs.graphs) == [(b, g, bool(g)) for b in graphs.buckets for g in ((), every)]
+    assert e.warmup_s is not None and sorted(graphs.graphs) == [(b, g) for b in graphs.buckets for g in ((), every)]
     s = e.pool_stats()
     assert e.is_idle_clean() and not e.requests and (s.kv, s.adapter, s.free, s.loads) == (0, 0, s.total, 0)
     assert e.steps == 0 and "sloray/warmup" not in e.executor.adapters

@@ -71,8 +71,6 @@ class ForwardContext:
     page_size: int
     backend: KernelBackend
     tp: ParallelState
-    # a CUDA stream on which each LoRA shrink runs beside its base matmul (app/lora/layer.py); None: in order
-    lora_stream: torch.cuda.Stream | None = None
 
 
 def padded_table(rows: list[list[int]], width: int | None = None) -> np.ndarray:

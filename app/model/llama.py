@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from app.lora.layer import lora_begin, lora_end
+from app.lora.layer import apply_lora
 from app.model.context import ForwardContext, ParallelState
 
 SUPPORTED_ARCHS = {"llama", "mistral", "qwen2"}
@@ -237,9 +237,8 @@ class LlamaForCausalLM(torch.nn.Module):
         x = be.rms_norm(h, w["0.in_norm"], eps)
         attn = ctx.attn
         for i in range(a.num_layers):
-            lora = lora_begin(ctx, i, "qkv", x)  # the shrink, beside the base matmul on a side stream
             qkv = F.linear(x, w[f"{i}.qkv"], w.get(f"{i}.qkv_b"))
-            lora_end(ctx, lora, qkv, [self.q_size, self.kv_size, self.kv_size])
+            apply_lora(ctx, i, "qkv", x, qkv, [self.q_size, self.kv_size, self.kv_size])
             be.rope(qkv, cos, sin, self.heads, self.kv_heads, D)  # q and k, in place
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], -1)
             q = q.view(-1, self.heads, D)
@@ -253,9 +252,8 @@ class LlamaForCausalLM(torch.nn.Module):
                 max_q_len=attn.max_q_len, num_decode=attn.num_decode,
             )  # fmt: skip
             x = be.add_rms_norm(h, self._row_parallel(ctx, i, "o", o.view(-1, self.q_size)), w[f"{i}.post_norm"], eps)
-            lora = lora_begin(ctx, i, "gate_up", x)
             gu = F.linear(x, w[f"{i}.gate_up"], w.get(f"{i}.gate_up_b"))
-            lora_end(ctx, lora, gu, [self.inter, self.inter])
+            apply_lora(ctx, i, "gate_up", x, gu, [self.inter, self.inter])
             nxt = w[f"{i + 1}.in_norm"] if i + 1 < a.num_layers else w["norm"]
             x = be.add_rms_norm(h, self._row_parallel(ctx, i, "down", be.silu_mul(gu)), nxt, eps)
         return x
@@ -263,9 +261,8 @@ class LlamaForCausalLM(torch.nn.Module):
     def _row_parallel(self, ctx: ForwardContext, i: int, name: str, x: torch.Tensor) -> torch.Tensor:
         """o / down: this rank's partial x @ W^T plus its LoRA partial, summed over the TP group by one
         all-reduce, then the bias (added once, after the reduction)."""
-        lora = lora_begin(ctx, i, name, x)
         y = F.linear(x, self.w[f"{i}.{name}"])
-        lora_end(ctx, lora, y, [self.args.hidden_size])
+        apply_lora(ctx, i, name, x, y, [self.args.hidden_size])
         self.tp.all_reduce(y)
         bias = self.w.get(f"{i}.{name}_b")
         return y if bias is None else y + bias
