@@ -148,6 +148,8 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=
     for name in list(engine.pool.resident_adapters()):  # every run starts with no adapter on the GPU
         engine.pool.evict(name)
     loads0, steps0 = engine.pool.loads, engine.steps
+    sch = engine.scheduler
+    prefetch0, wait0 = sch.num_prefetches, sch.num_load_wait_steps
     sync()
     t0 = time.perf_counter()
     for i, o, a in reqs:
@@ -155,6 +157,7 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=
         engine.add_request([rng.randrange(3, vocab) for _ in range(i)], p, adapter=None if a is None else f"a{a}")
     batch, kinds, prof, distinct = [], {"decode": 0, "with_prefill": 0}, None, []
     kind_s = {"decode": 0.0, "with_prefill": 0.0}
+    step_s: list[tuple[float, int, str]] = []
     n = 0
     gc_timer = GcTimer()
     gc.callbacks.append(gc_timer)
@@ -183,6 +186,7 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=
         kind = "with_prefill" if engine.last_step_tokens > running else "decode"
         kinds[kind] += 1
         kind_s[kind] += ts
+        step_s.append((ts, n, kind))
     sync()
     elapsed = time.perf_counter() - t0
     gc.callbacks.remove(gc_timer)
@@ -198,6 +202,10 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=
         "step_s_by_kind": {k: round(v, 3) for k, v in kind_s.items()},
         "adapter_loads": engine.pool.loads - loads0,
         "preemptions": engine.scheduler.num_preemptions,
+        "prefetches": sch.num_prefetches - prefetch0,
+        "load_wait_steps": sch.num_load_wait_steps - wait0,  # steps that copied an adapter they admitted
+        # the longest engine.step() calls: (1-based step, kind, ms), a stall shows here
+        "slowest_steps": [(i, k, round(t * 1e3, 1)) for t, i, k in sorted(step_s, reverse=True)[:6]],
         "gc_ms": round(gc_timer.ms, 1),
         "gc_collections_by_generation": gc_timer.by_gen,
         "profile": prof if isinstance(prof, dict) else None,
@@ -326,7 +334,8 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         row.update(fl, floor_share=fl["floor_s"] / row["elapsed_s"])
         runs.append(row)
         print(f"{name} n={n} async={mode}: {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
-              f"mean batch {row['mean_batch']:.0f}, loads {row['adapter_loads']}, gc {row['gc_ms']:.0f} ms "
+              f"mean batch {row['mean_batch']:.0f}, loads {row['adapter_loads']} (prefetched {row['prefetches']}, "
+              f"{row['load_wait_steps']} steps waited), slowest steps {row['slowest_steps']}, gc {row['gc_ms']:.0f} ms "
               f"{row['gc_collections_by_generation']}, step s by kind {row['step_s_by_kind']}, "
               f"{row['floor_share']:.0%} of the floor ({fl['floor_s']:.1f} s) {row['profile'] or ''}", flush=True)  # fmt: skip
     online = []
@@ -340,6 +349,8 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         base = next((b for b in runs if b["adapters"] == 0 and b["async_scheduling"] == r["async_scheduling"]), None)
         r["share_of_base"] = None if base is None else r["req_s"] / base["req_s"]
     del engine
+    gc.unfreeze()  # what freeze_heap froze (this engine included) can be collected again: the next setting's
+    gc.collect()  # engine gets the memory (without this, a second setting ran with a starved pool)
     if device == "cuda":
         torch.cuda.empty_cache()
     return {"setting": name, "shape": shape, "targets": targets, "layers": a.num_layers, "setup_s": setup_s,
