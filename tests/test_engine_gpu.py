@@ -66,6 +66,23 @@ def test_triton_tiny_pool_float32(setup):
     assert small == ref
 
 
+def test_prefetched_copies_ordered_by_use_and_eviction(setup):
+    """Adapters prefetched on the copy stream (a step waits only for the copies of adapters it reads or
+    evicts) give the tokens of an engine without prefetch, in a pool small enough that prefetched and
+    cached adapters are evicted while requests queue."""
+    model, adapters, reqs = setup
+    cfg = dict(dtype="float32", kernel_backend="triton", pool={"page_size": 16, "num_pages": 100},
+               scheduler={"max_num_seqs": 4, "max_num_batched_tokens": 64})  # fmt: skip
+    ref = generate(model, adapters, reqs, lora={"prefetch": False}, **cfg)
+    llm = LLM(model=str(model), adapters=adapters, device="cuda", **cfg)
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    outs = llm.generate([r[0] for r in reqs], adapters=[r[1] for r in reqs], sampling_params=params)
+    assert [o.token_ids for o in outs] == ref
+    e = llm.engine
+    assert e.scheduler.num_prefetches > 0 and e.pool.evictions > 0, (e.scheduler.num_prefetches, e.pool.evictions)
+    assert e.is_idle_clean()
+
+
 def test_bfloat16_close_to_float32(setup):
     model, adapters, reqs = setup
     f32 = generate(model, adapters, reqs, n=1, dtype="float32", kernel_backend="triton")
