@@ -375,7 +375,7 @@ class Engine:
         if self.inflight is not None and (not self.async_scheduling or self.inflight.needs_host_tokens):
             outputs += self._read_inflight()
         out = self.scheduler.schedule()
-        if self.async_scheduling and out.is_empty:
+        if self.async_scheduling and not (out.seqs or out.adapter_loads or out.finished_ids or out.preempted_ids):
             outputs += self._read_inflight()  # nothing to launch: every running request awaits its result
         else:
             requests = {s.request_id: self.requests[s.request_id] for s in out.seqs}

@@ -59,7 +59,6 @@ class PagePool:
     _unpinned: int = 0  # pages of resident adapters with no pins (the evictable cache)
     _kv_total: int = 0  # pages held as KV
     _adapter_total: int = 0  # pages held by resident adapters
-    _evicted: list[str] = field(init=False, default_factory=list)  # since the last take_evicted()
 
     def __post_init__(self):
         self._free = list(range(self.num_pages - 1, -1, -1))
@@ -183,12 +182,6 @@ class PagePool:
         self._adapter_total -= len(r.pages)
         self._free.extend(reversed(r.pages))
         self.evictions += 1
-        self._evicted.append(name)
-
-    def take_evicted(self) -> list[str]:
-        """The adapters evicted since the last call, in order (their pages may now be given to anything)."""
-        names, self._evicted = self._evicted, []
-        return names
 
     def resident_adapters(self) -> list[str]:
         return list(self._adapters)

@@ -78,8 +78,7 @@ class ModelRunner:
         self.constraints: Constraints | None = None  # made for the first constrained request
         self._seed_rng = random.Random(cfg.seed)
         self.copy_stream = torch.cuda.Stream() if self.device == "cuda" else None
-        # prefetched adapters whose copy (on copy_stream) the compute stream has not waited for yet
-        self._copies: dict[str, torch.cuda.Event] = {}
+        self._prefetch_event: torch.cuda.Event | None = None
         # the last launched step's sampled tokens (on the device) and each request's row in them
         self._last_tokens: tuple[torch.Tensor, dict[str, int]] | None = None
         self.graphs = None
@@ -308,30 +307,25 @@ class ModelRunner:
             result.prompt_logprobs[s.request_id] = lps
 
     def _load_adapters(self, out: SchedulerOutput) -> None:
-        """Adapters this step admits a request with are copied on the compute stream; prefetched ones (for
-        queued requests) on the copy stream, each with an event. The compute stream waits for a prefetched
-        adapter's event only when a step first reads it, or when it is evicted (its pages may then be written
-        by anything): a step never waits for the copies of adapters it does not use."""
-        if self.copy_stream is not None and self._copies:
-            compute = torch.cuda.current_stream()
-            for name in set(out.evicted).union(s.adapter for s in out.seqs if s.adapter):
-                ev = self._copies.pop(name, None)
-                if ev is not None:
-                    compute.wait_event(ev)
+        """Adapters this step uses are copied on the compute stream; prefetched ones (for queued
+        requests) on a side stream that the next step waits for, so their copy overlaps this step."""
+        if self.copy_stream is not None and self._prefetch_event is not None:
+            torch.cuda.current_stream().wait_event(self._prefetch_event)
+            self._prefetch_event = None
         prefetch = set(out.prefetch)
         if prefetch and self.copy_stream is not None:
             # pages given to a prefetched adapter may have been read by work still queued on the
-            # compute stream (an evicted adapter of the last step, a finished request's KV): copy after it
+            # compute stream (an evicted adapter of the last step): copy only after that work
             self.copy_stream.wait_stream(torch.cuda.current_stream())
         for name, pages in out.adapter_loads:
             if name in prefetch and self.copy_stream is not None:
                 with torch.cuda.stream(self.copy_stream):
                     self._fill(name, pages)
-                    ev = torch.cuda.Event()
-                    ev.record(self.copy_stream)
-                self._copies[name] = ev
             else:
                 self._fill(name, pages)
+        if prefetch and self.copy_stream is not None:
+            self._prefetch_event = torch.cuda.Event()
+            self._prefetch_event.record(self.copy_stream)
 
     def _generator(self, rid: str, seed: int | None) -> torch.Generator:
         g = self.generators.get(rid)

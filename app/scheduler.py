@@ -89,18 +89,11 @@ class SchedulerOutput:
     adapter_loads: list[tuple[str, list[int]]] = field(default_factory=list)  # fill these pages first
     finished_ids: list[str] = field(default_factory=list)  # drop per-request state
     prefetch: list[str] = field(default_factory=list)  # loads for queued requests: may overlap the step
-    # adapters evicted since the last output: the runner writes none of their pages before their copies end
-    evicted: list[str] = field(default_factory=list)
     preempted_ids: list[str] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
         return sum(len(s.token_ids) for s in self.seqs)
-
-    @property
-    def is_empty(self) -> bool:
-        """Nothing for the runner: no sequence, load, eviction or request state to drop."""
-        return not (self.seqs or self.adapter_loads or self.finished_ids or self.preempted_ids or self.evicted)
 
 
 class Scheduler:
@@ -257,7 +250,6 @@ class Scheduler:
             if seq.sample and len(req.output_token_ids) + req.num_pending - 1 < req.params.min_tokens:
                 seq.banned_ids = req.stop_ids_banned
             out.seqs.append(seq)
-        out.evicted = self.pool.take_evicted()
         return out
 
     # ---- admission (waiting queue) -----------------------------------------------------------------

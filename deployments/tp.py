@@ -395,7 +395,7 @@ class TPExecutor:
         ch = self._ch
         if ch is None or not self.alive():
             raise EngineDeadError("the tensor-parallel group is not running") from self._failed
-        if out.is_empty:
+        if not (out.seqs or out.adapter_loads or out.finished_ids or out.preempted_ids):
             return ModelOutput()
         t0 = time.perf_counter()
         try:

@@ -66,12 +66,18 @@ def test_triton_tiny_pool_float32(setup):
     assert small == ref
 
 
-def test_prefetched_copies_ordered_by_use_and_eviction(setup):
-    """Adapters prefetched on the copy stream (a step waits only for the copies of adapters it reads or
-    evicts) give the tokens of an engine without prefetch, in a pool small enough that prefetched and
-    cached adapters are evicted while requests queue."""
+def test_prefetch_under_evictions_changes_no_token(setup):
+    """Adapters prefetched on the copy stream for queued requests give the tokens of an engine without
+    prefetch, in a pool too small for every adapter at once: prefetched and cached adapters are evicted
+    while requests queue, and their pages reused."""
     model, adapters, reqs = setup
-    cfg = dict(dtype="float32", kernel_backend="triton", pool={"page_size": 16, "num_pages": 100},
+    probe = LLM(model=str(model), adapters=adapters, device="cuda", dtype="float32", warmup="off")
+    sizes = [probe.engine.adapters[name].num_pages for name in adapters]
+    del probe
+    # room for the largest adapter, a sequence's KV (<= 7 pages) and half the others: less than all at once
+    pages = max(sizes) + 8 + (sum(sizes) - max(sizes) - 8) // 2
+    assert pages < sum(sizes), sizes
+    cfg = dict(dtype="float32", kernel_backend="triton", pool={"page_size": 16, "num_pages": pages},
                scheduler={"max_num_seqs": 4, "max_num_batched_tokens": 64})  # fmt: skip
     ref = generate(model, adapters, reqs, lora={"prefetch": False}, **cfg)
     llm = LLM(model=str(model), adapters=adapters, device="cuda", **cfg)

@@ -46,28 +46,6 @@ def test_pool_lru_and_pins():
     pool.check()
 
 
-def test_evictions_reach_the_next_scheduler_output(demo):
-    """Every eviction (an LRU victim while scheduling, or one made between steps) is named once, in the next
-    SchedulerOutput, so that the runner orders the reuse of its pages after a pending copy into them."""
-    pool = PagePool(num_pages=6, page_size=4)
-    assert pool.load_adapter("a", 3) and pool.load_adapter("b", 3)
-    assert pool.take_evicted() == []
-    assert pool.load_adapter("c", 3) is not None  # evicts a (LRU)
-    pool.evict("b")
-    assert pool.take_evicted() == ["a", "b"] and pool.take_evicted() == []
-
-    llm = LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32")
-    e = llm.engine
-    e.add_request([5, 6], greedy(2), adapter="demo-r1-qv")
-    while e.has_unfinished():
-        e.step()
-    assert e.pool.is_resident("demo-r1-qv")
-    e.pool.evict("demo-r1-qv")  # between steps
-    out = e.scheduler.schedule()
-    assert out.evicted == ["demo-r1-qv"] and not out.is_empty
-    assert e.scheduler.schedule().evicted == []
-
-
 def test_pool_invariants_under_random_operations():
     """Random loads, pins, KV growth and frees: pages are never leaked or shared, pinned adapters are
     never evicted, and the running evictable count equals the brute-force sum."""
