@@ -139,10 +139,22 @@ class GcTimer:
             self.by_gen[info["generation"]] += 1
 
 
+def gpu_by_kind(events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]]) -> dict[str, float]:
+    """Seconds between each (kind, start, end) pair of recorded events, summed per kind (after a sync)."""
+    out: dict[str, float] = {}
+    for kind, a, b in events:
+        out[kind] = out.get(kind, 0.0) + a.elapsed_time(b) / 1e3
+    return {k: round(v, 3) for k, v in out.items()}
+
+
 def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=PROFILE_STEPS) -> dict:
     """One burst of `reqs`, stepped to the end. `step_s_by_kind`: the wall time of the `engine.step()` calls
     that launched a decode-only step / a step with a prefill chunk (with asynchronous scheduling a call also
-    waits for the step before it). `profile`: GPU kernels and host functions over the steps in `window`."""
+    waits for the step before it, so a slow step shows in the next call's kind too). `gpu_s_by_kind` (CUDA): per
+    kind, the GPU time between events recorded on the compute stream before and after each call, i.e. from
+    the moment the device reached the call's first launch to its last (the work of the step it launched, and
+    the device idle inside it); their sum against `elapsed_s` is the device idle between steps. `profile`: GPU
+    kernels and host functions over the steps in `window`."""
     rng = random.Random(seed)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for name in list(engine.pool.resident_adapters()):  # every run starts with no adapter on the GPU
@@ -158,6 +170,8 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=
     batch, kinds, prof, distinct = [], {"decode": 0, "with_prefill": 0}, None, []
     kind_s = {"decode": 0.0, "with_prefill": 0.0}
     step_s: list[tuple[float, int, str]] = []
+    events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+    cuda = torch.cuda.is_available()
     n = 0
     gc_timer = GcTimer()
     gc.callbacks.append(gc_timer)
@@ -171,7 +185,13 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=
             host.enable()
             tw = time.perf_counter()
         ts = time.perf_counter()
+        if cuda:
+            ev0 = torch.cuda.Event(enable_timing=True)
+            ev0.record()
         engine.step()
+        if cuda:
+            ev1 = torch.cuda.Event(enable_timing=True)
+            ev1.record()
         ts = time.perf_counter() - ts
         n += 1
         if prof is not None and n == window[1]:
@@ -187,6 +207,8 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=
         kinds[kind] += 1
         kind_s[kind] += ts
         step_s.append((ts, n, kind))
+        if cuda:
+            events.append((kind, ev0, ev1))
     sync()
     elapsed = time.perf_counter() - t0
     gc.callbacks.remove(gc_timer)
@@ -200,6 +222,7 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=
         "mean_distinct_adapters": sum(distinct) / max(1, len(distinct)),
         "steps_by_kind": kinds,
         "step_s_by_kind": {k: round(v, 3) for k, v in kind_s.items()},
+        "gpu_s_by_kind": gpu_by_kind(events) if cuda else None,
         "adapter_loads": engine.pool.loads - loads0,
         "preemptions": engine.scheduler.num_preemptions,
         "prefetches": sch.num_prefetches - prefetch0,
@@ -336,7 +359,8 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         print(f"{name} n={n} async={mode}: {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
               f"mean batch {row['mean_batch']:.0f}, loads {row['adapter_loads']} (prefetched {row['prefetches']}, "
               f"{row['load_wait_steps']} steps waited), slowest steps {row['slowest_steps']}, gc {row['gc_ms']:.0f} ms "
-              f"{row['gc_collections_by_generation']}, step s by kind {row['step_s_by_kind']}, "
+              f"{row['gc_collections_by_generation']}, step s by kind {row['step_s_by_kind']} "
+              f"(GPU {row['gpu_s_by_kind']}), "
               f"{row['floor_share']:.0%} of the floor ({fl['floor_s']:.1f} s) {row['profile'] or ''}", flush=True)  # fmt: skip
     online = []
     for mode in modes if args.online else []:
