@@ -317,6 +317,7 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         load_format="dummy",
         pool={"gpu_memory_fraction": 0.85, "page_size": 16},
         scheduler={"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens},
+        lora={"kernels": json.loads(args.lora_kernels)},
         **({"warmup": "on"} if device == "cuda" else {}),
     )
     t0 = time.perf_counter()
@@ -384,6 +385,7 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
 def write_report(res: dict, out: Path) -> None:
     lines = [
         f"# Saturated S2 throughput: {res['gpu']} (commit {res['commit']})",
+        *(["", f"LoRA kernel overrides: `{json.dumps(res['lora_kernels'])}`"] if res.get("lora_kernels") else []),
         "",
         f"{res['requests']} requests submitted at once, input and output U[8, {res['max_len']}), "
         f"ranks {{64, 32, 16, 8}}, adapters uniform over n; max_num_seqs {res['max_num_seqs']}, "
@@ -482,6 +484,11 @@ def main() -> None:
         default=None,
         help="step loops to run each run with, in this order (default: the engine's default, on for CUDA)",
     )
+    ap.add_argument(
+        "--lora-kernels", default="{}",
+        help='EngineConfig.lora.kernels overrides as JSON, e.g. \'{"decode": {"expand_n_iters": 4}}\' (an A/B of a '
+        "launch configuration: one process each)",
+    )  # fmt: skip
     ap.add_argument("--commit", default=None, help="the commit to name in the results (default: git's HEAD)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny model, few requests (the CPU)")
@@ -496,7 +503,8 @@ def main() -> None:
         gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})",
         commit=args.commit or commit(), torch=torch.__version__, requests=args.requests, max_len=args.max_len,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, profile_steps=args.profile_steps, settings=[],
+        copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, profile_steps=args.profile_steps,
+        lora_kernels=json.loads(args.lora_kernels), settings=[],
     )  # fmt: skip
     for name in args.settings:
         res["settings"].append(bench_setting(name, args, args.work, bw, rate))
