@@ -11,7 +11,7 @@ compile-time view, not a timing (benchmarks/kernels.py times them). --all-kernel
 configuration of kernels/ (the plan, paged attention, KV append, LoRA over small pages), so a kernel that
 would not compile for the GPU shows here (tests/test_benchmarks.py runs it).
 
-usage: python benchmarks/kernel_compile.py [--arch 90] [--out DIR] [--all-kernels]
+usage: python benchmarks/kernel_compile.py [--arch 90] [--out DIR] [--all-kernels] [--lora-kernels JSON]
 """
 
 from __future__ import annotations
@@ -202,11 +202,18 @@ def main() -> None:
         action="store_true",
         help="also every other launch configuration (LoRA over small pages, attention, KV append)",
     )
+    ap.add_argument(
+        "--lora-kernels", default="{}",
+        help='EngineConfig.lora.kernels overrides as JSON (e.g. \'{"decode": {"expand_n_iters": 4}}\')',
+    )  # fmt: skip
     args = ap.parse_args()
+    from app.config import LoRAKernelOverrides
+
+    config = LoRAKernelOverrides(**json.loads(args.lora_kernels)).config()
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("unset TRITON_INTERPRET: this compiles the GPU launch configuration")
     rows, seen = [], {}
-    runs = [(step, lambda step=step: lora_layer({step: STEPS[step]}, kl.DEFAULT_CONFIG)) for step in STEPS]
+    runs = [(step, lambda step=step: lora_layer({step: STEPS[step]}, config)) for step in STEPS]
     for step, run in runs + ([("other", other_paths)] if args.all_kernels else []):
         with captured() as launches:
             run()
@@ -226,13 +233,13 @@ def main() -> None:
             )
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        res = dict(triton=triton.__version__, arch=args.arch, config=str(kl.DEFAULT_CONFIG), rows=rows)
+        res = dict(triton=triton.__version__, arch=args.arch, config=str(config), rows=rows)
         (args.out / "kernel_compile.json").write_text(json.dumps(res, indent=1, default=str))
         lines = [
             f"# Triton kernels as compiled for sm_{args.arch} (Triton {triton.__version__}, no GPU)",
             "",
             "One Llama-2-7B layer's LoRA through lora_apply (decode: 256 tokens; mixed: 254 decode tokens + "
-            "2 x 1024-token chunks) with the default LoRAKernelConfig, each launch compiled with the launcher's "
+            f"2 x 1024-token chunks) with LoRAKernelConfig overrides {args.lora_kernels}, each launch compiled with the launcher's "
             "argument specialization; registers per thread and spill stores from ptxas; async = global loads "
             "the software pipeliner made asynchronous. Not a timing.",
             "",
