@@ -296,6 +296,9 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
     for case in cases:
         groups = [g for g in llama_groups(hidden, inter) if case.groups is None or g.name in case.groups]
         n_ad = case.n_adapters
+        # the plan's slot count bounds its tiles (the kernels' grid): the engine's decode graphs pass
+        # max_loras_per_batch (default max_num_seqs), whatever the step holds (--plan-slots)
+        plan_slots = max(n_ad, getattr(args, "plan_slots", None) or 0)
         ranks = [rank_choices[i % len(rank_choices)] for i in range(n_ad)]  # ranks cycling over the choices
         pool, page_table, totals = build_adapters(groups, ranks, page_elems, dtype, device, gen)
         scales = (torch.rand(n_ad, generator=gen) + 0.5).to(device)
@@ -308,7 +311,7 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
             holder = {}
 
             def plan():
-                holder["p"] = plan_for_step(indptr, slots, n_ad, n_tokens, max_len, **kw)
+                holder["p"] = plan_for_step(indptr, slots, plan_slots, n_tokens, max_len, **kw)
 
             def layer():
                 for g in groups:
@@ -441,7 +444,8 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
         pool = groups = xs = ys = vs = None  # frees the tensors (closures above hold the same cells)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return {"steps": rows, "sweep": sweep_rows, "mm_tflops": flops_rate / 1e12}
+    plan_slots = getattr(args, "plan_slots", None)
+    return {"steps": rows, "sweep": sweep_rows, "mm_tflops": flops_rate / 1e12, "plan_slots": plan_slots}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -701,7 +705,13 @@ def write_markdown(res: dict, path: Path) -> None:
         f"Ranks cycling over {{8, 16, 32, 64}}; one plan per step (built once for all layers: plan ms), "
         f"lora_apply per group with float32 v, as the engine calls them. bound = max(bytes / copy bandwidth, "
         f"FLOPs / torch.mm rate ({res.get('lora_steps', {}).get('mm_tflops', 0):.0f} TFLOP/s in this run)). Every "
-        "output checked against the torch reference (max abs error vs the size of the LoRA's change).",
+        "output checked against the torch reference (max abs error vs the size of the LoRA's change)."
+        + (
+            f" Plans built for {res['lora_steps']['plan_slots']} adapter slots (--plan-slots: the grid of the "
+            "engine's decode graphs)."
+            if res.get("lora_steps", {}).get("plan_slots")
+            else ""
+        ),
         "",
         "| step | tokens | adapters | bound ms | ours ms (CUDA graph) | ours / bound | eager ms | plan ms | "
         "parts alone (prefill + decode) ms | padded bmm ms (graph) | torch ref ms | max err / delta |",
@@ -794,6 +804,11 @@ def main() -> None:
     ap.add_argument("--lora-only", action="store_true", help="skip the attention sections")
     ap.add_argument("--case", action="append", help="only the LoRA cases whose name holds this (repeatable)")
     ap.add_argument("--parts", action="store_true", help="also time each LoRA launch (group, shrink/expand) alone")
+    ap.add_argument(
+        "--plan-slots", type=int, default=None,
+        help="build each step's plan for this many adapter slots (at least the case's adapters), as the engine's "
+        "decode CUDA graphs do with max_loras_per_batch: their grids launch programs for that many tiles",
+    )  # fmt: skip
     ap.add_argument("--attention-only", action="store_true", help="only the mixed-step attention section")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

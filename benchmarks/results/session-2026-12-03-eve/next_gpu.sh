@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepared for the next GPU session (one ~9-minute device command; copy to .device/ and run with the commit):
-# the GPU tests of expand_n_iters, the decode kernel sweep with each launch alone, then saturated Llama-2-7B
+# the GPU tests of expand_n_iters, the decode kernel sweep with each launch alone, the same step with the
+# plan of the engine's decode graphs (256 adapter slots: programs for 256 tiles), then saturated Llama-2-7B
 # q/k/v/o A/B interleaved: A = the defaults, B = decode expand_n_iters 4 (change B to the sweep's best), each with
 # GPU time per step kind (gpu_s_by_kind).
 cd "$(dirname "$0")/.."
@@ -11,6 +12,9 @@ timeout 150 python -m pytest -q -m gpu -x tests/test_kernels_gpu.py -k "expand_b
 tail -2 $OUT/tests.log
 timeout 120 python benchmarks/kernels.py --lora-only --sweep --parts --case "decode 250 req, 125 adapters" --out $OUT/kernels > $OUT/kernels.log 2>&1; echo kernels rc=$?
 grep -E "expand_n_iters|\{\} " $OUT/kernels/kernels.md | head -12
+# the same step with its plan built for 256 adapter slots, as the engine's decode graphs build it: the dead programs' cost
+timeout 90 python benchmarks/kernels.py --lora-only --parts --case "decode 250 req, 125 adapters" --plan-slots 256 --out $OUT/kernels256 > $OUT/kernels256.log 2>&1; echo kernels256 rc=$?
+grep -E "^\| decode 250" $OUT/kernels/kernels.md $OUT/kernels256/kernels.md | cut -c1-200 | head -12
 for i in 1 2; do
   for v in A B; do
     LEFT=$(( 570 - ($(date +%s) - T0) ))
