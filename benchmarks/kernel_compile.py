@@ -204,7 +204,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--lora-kernels", default="{}",
-        help='EngineConfig.lora.kernels overrides as JSON (e.g. \'{"decode": {"expand_n_iters": 4}}\')',
+        help='EngineConfig.lora.kernels overrides as JSON (e.g. \'{"decode": {"expand_n": 128}}\')',
     )  # fmt: skip
     args = ap.parse_args()
     from app.config import LoRAKernelOverrides

@@ -232,10 +232,6 @@ SWEEP = {
         dict(expand_n=512, expand_warps=8),
         dict(expand_stages=3),
         dict(shrink_warps=2, expand_warps=2),
-        dict(expand_n_iters=2),
-        dict(expand_n_iters=4),
-        dict(expand_n_iters=8),
-        dict(expand_n=128, expand_n_iters=8),
     ],
     "mixed": [
         {},
@@ -245,7 +241,6 @@ SWEEP = {
         dict(expand_n=512, expand_warps=8),
         dict(shrink_warps=8, expand_warps=8),
         dict(shrink_stages=4, expand_stages=3),
-        dict(expand_n_iters=4),
     ],
 }
 

@@ -486,7 +486,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--lora-kernels", default="{}",
-        help='EngineConfig.lora.kernels overrides as JSON, e.g. \'{"decode": {"expand_n_iters": 4}}\' (an A/B of a '
+        help='EngineConfig.lora.kernels overrides as JSON, e.g. \'{"decode": {"expand_n": 128}}\' (an A/B of a '
         "launch configuration: one process each)",
     )  # fmt: skip
     ap.add_argument("--commit", default=None, help="the commit to name in the results (default: git's HEAD)")

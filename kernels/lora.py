@@ -63,8 +63,7 @@ class LoRATileConfig:
     shrink_k: int  # elements of K per shrink loop iteration
     shrink_split: int  # K ranges per shrink tile when v is float32 (atomic adds); 1 = no split
     expand_r: int  # rank rows of B^T per expand loop iteration
-    expand_n: int  # output columns per expand block
-    expand_n_iters: int = 1  # expand blocks per program (its lookups paid once for all of them)
+    expand_n: int  # output columns per expand program
     shrink_warps: int = 4
     shrink_stages: int = 3
     expand_warps: int = 4
@@ -276,12 +275,11 @@ def lora_expand(
     plan = _step_plan(plan, seg_indptr, seg_slot, page_table.shape[0], T, c)
     page_table, b_offsets, ranks = page_table.contiguous(), b_offsets.contiguous(), ranks.contiguous()
     block_n = _fit_page(_npow2(n_max, 16, c.expand_n), P)
-    n_iters = max(1, min(c.expand_n_iters, triton.cdiv(n_max, block_n)))
-    lora_expand_kernel[(plan.max_tiles, G, triton.cdiv(n_max, block_n * n_iters))](
+    lora_expand_kernel[(plan.max_tiles, G, triton.cdiv(n_max, block_n))](
         y, v, pool, page_table, b_offsets, ranks, scales.contiguous(), plan.data,
         plan.num_tokens, G, *offs,
         y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0),
-        PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=_npow2(R, 16, c.expand_r), BLOCK_N=block_n, N_ITERS=n_iters,
+        PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=_npow2(R, 16, c.expand_r), BLOCK_N=block_n,
         ALIGNED=aligned and P % 64 == 0 and widths_aligned, INPUT_PRECISION=_input_precision(pool.dtype),
         num_warps=c.expand_warps, num_stages=c.expand_stages,
     )  # fmt: skip

@@ -147,13 +147,11 @@ def lora_expand_kernel(
     T, G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
     stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    N_ITERS: tl.constexpr, ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Expand, program (tile of the plan, g, run of N_ITERS blocks of BLOCK_N output columns): the tile's
-    <= BLOCK_M tokens of one slot; per block, loops over that adapter's rank in BLOCK_R rows of B^T
-    [BLOCK_R, BLOCK_N], read once per tile; y[tok, n_lo + n] += scale * acc. The lookups (plan, slot, rank,
-    offset, scale) are paid once per program for its N_ITERS blocks. The y read is issued before the B^T
-    reads (its latency overlaps)."""
+    """Expand, program (tile of the plan, g, block of BLOCK_N output columns): the tile's <= BLOCK_M tokens
+    of one slot; loops over that adapter's rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N], read once per
+    tile; y[tok, n_lo + n] += scale * acc. The y read is issued before the B^T reads (its latency overlaps)."""
     g = tl.program_id(1)
     pid_n = tl.program_id(2)
     slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
@@ -163,26 +161,24 @@ def lora_expand_kernel(
         return
     n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
     n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
-    if pid_n * BLOCK_N * N_ITERS >= n_g:
+    if pid_n * BLOCK_N >= n_g:
         return
     b_off = tl.load(off_ptr + s * G + g)
     scale = tl.load(scale_ptr + s).to(tl.float32)
     pt_row = pt_ptr + s.to(tl.int64) * stride_pt
-    for it in range(N_ITERS):
-        n0 = (pid_n * N_ITERS + it) * BLOCK_N
-        n = n0 + tl.arange(0, BLOCK_N)
-        nmask = n < n_g
-        yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
-        ym = mm[:, None] & nmask[None, :]
-        yv = tl.load(yp, mask=ym, other=0.0)
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for j0 in range(0, r, BLOCK_R):
-            j = j0 + tl.arange(0, BLOCK_R)
-            jm = j < r
-            vv = tl.load(v_ptr + g * stride_vg + tok[:, None] * stride_vt + j[None, :] * stride_vr,
-                         mask=mm[:, None] & jm[None, :], other=0.0)  # fmt: skip
-            b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + n0, jm,
-                                    tl.minimum(n_g - n0, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)  # fmt: skip
-            bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
-            acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
-        tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = n < n_g
+    yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
+    ym = mm[:, None] & nmask[None, :]
+    yv = tl.load(yp, mask=ym, other=0.0)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for j0 in range(0, r, BLOCK_R):
+        j = j0 + tl.arange(0, BLOCK_R)
+        jm = j < r
+        vv = tl.load(v_ptr + g * stride_vg + tok[:, None] * stride_vt + j[None, :] * stride_vr,
+                     mask=mm[:, None] & jm[None, :], other=0.0)  # fmt: skip
+        b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
+                                tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)  # fmt: skip
+        bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
+        acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
+    tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)

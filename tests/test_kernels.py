@@ -402,31 +402,6 @@ def test_lora_plan_equals_reference(tile_m):
         assert sorted(seen) == lora_tokens(indptr, slots, T).nonzero().flatten().tolist()
 
 
-@pytest.mark.parametrize("n_iters", [2, 3, 8])
-@pytest.mark.parametrize("aligned", [False, True])
-def test_lora_expand_blocks_per_program(n_iters, aligned):
-    """An expand program covering several column blocks (expand_n_iters) gives the reference, with the last
-    program's run past the widest target (masked blocks) and targets of different widths, decode and mixed."""
-    for lens, regime in (([1] * 24, "decode"), ([1] * 6 + [40, 9], "mixed")):
-        tile = kl.LoRATileConfig(
-            tile_m=16, shrink_r=32, shrink_k=64, shrink_split=1, expand_r=16, expand_n=64, expand_n_iters=n_iters
-        )
-        run_lora_case(
-            seg_lens=lens,
-            n_slots=5,
-            popularity="uniform",
-            max_rank=24,
-            K=128,
-            n_out=[320, 64, 192],
-            page_elems=256,
-            dtype=torch.float32,
-            seed=3 + n_iters,
-            aligned=aligned,
-            v_dtype=torch.float32,
-            config=kl.LoRAKernelConfig(**{regime: tile}),
-        )
-
-
 def test_lora_regimes_and_configs():
     c = kl.DEFAULT_CONFIG
     assert c.for_step(1) is c.decode and c.for_step(2) is c.mixed and c.for_step(None) is c.mixed

@@ -7,8 +7,6 @@ Run on the GPU machine: python -m pytest tests/test_kernels_gpu.py -q -m gpu
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from test_kernels import make_adapters, make_batch, make_kv_cache, random_ranks
@@ -49,23 +47,6 @@ def test_lora_cuda(dtype, kind, popularity):
     """Llama-2-7B q/k/v shapes, 64 adapters of ranks up to 256 (several rank blocks, several expand
     passes): decode steps, prefill steps and a mixed step (prefill chunks of many tiles and decode tokens
     of many adapters), each through one plan as the engine passes it; small pages: rows straddle pages."""
-    check_lora_cuda(dtype, kind, popularity, kl.DEFAULT_CONFIG)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("kind", ["decode_aligned", "mixed_aligned"])
-@pytest.mark.parametrize("n_iters", [2, 4])
-def test_lora_cuda_expand_blocks_per_program(dtype, kind, n_iters):
-    """As test_lora_cuda, with every expand program covering n_iters column blocks (expand_n_iters)."""
-    c = kl.DEFAULT_CONFIG
-    config = kl.LoRAKernelConfig(
-        decode=dataclasses.replace(c.decode, expand_n_iters=n_iters),
-        mixed=dataclasses.replace(c.mixed, expand_n_iters=n_iters),
-    )
-    check_lora_cuda(dtype, kind, "zipf", config)
-
-
-def check_lora_cuda(dtype, kind, popularity, config):
     seg_lens = {"prefill": [128, 1, 300, 17, 64], "mixed_aligned": [1] * 60 + [700, 1, 1, 33, 129] + [1] * 40}.get(
         kind, [1] * 96
     )
@@ -77,8 +58,8 @@ def check_lora_cuda(dtype, kind, popularity, config):
     )  # fmt: skip
     T, G, R = x.shape[0], len(n_out), 256
     msl = max(seg_lens)
-    plan = kl.plan_for_step(indptr, slots, pt.shape[0], T, msl, config)
-    fast = dict(aligned=aligned, plan=plan, config=config)
+    plan = kl.plan_for_step(indptr, slots, pt.shape[0], T, msl)
+    fast = dict(aligned=aligned, plan=plan)
     lora_rows = torch.zeros(T, dtype=torch.bool)
     for i, s_ in enumerate(slots.tolist()):
         lora_rows[int(indptr[i]) : int(indptr[i + 1])] = s_ >= 0

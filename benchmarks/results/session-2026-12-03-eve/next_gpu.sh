@@ -7,6 +7,8 @@
 cd "$(dirname "$0")/.."
 C=$1
 T0=$(date +%s)
+# expand_n_iters is not on main (not measured end to end): this session's patch adds it to the copy here
+git apply benchmarks/results/session-2026-12-03-eve/patches/expand_n_iters.patch || { echo "patch does not apply"; exit 1; }
 nvidia-smi --query-gpu=name --format=csv,noheader; date
 timeout 150 python -m pytest -q -m gpu -x tests/test_kernels_gpu.py -k "expand_blocks" > $OUT/tests.log 2>&1; echo tests rc=$?
 tail -2 $OUT/tests.log
