@@ -168,7 +168,6 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=
         p = SamplingParams(max_tokens=o, temperature=0.0, ignore_eos=True, detokenize=False)
         engine.add_request([rng.randrange(3, vocab) for _ in range(i)], p, adapter=None if a is None else f"a{a}")
     batch, kinds, prof, distinct = [], {"decode": 0, "with_prefill": 0}, None, []
-    kind_s = {"decode": 0.0, "with_prefill": 0.0}
     step_s: list[tuple[float, int, str]] = []
     events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
     cuda = torch.cuda.is_available()
@@ -205,7 +204,6 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=
         distinct.append(engine.last_step_adapters)
         kind = "with_prefill" if engine.last_step_tokens > running else "decode"
         kinds[kind] += 1
-        kind_s[kind] += ts
         step_s.append((ts, n, kind))
         if cuda:
             events.append((kind, ev0, ev1))
@@ -221,7 +219,7 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=
         "mean_batch": sum(batch) / max(1, len(batch)),
         "mean_distinct_adapters": sum(distinct) / max(1, len(distinct)),
         "steps_by_kind": kinds,
-        "step_s_by_kind": {k: round(v, 3) for k, v in kind_s.items()},
+        "step_s_by_kind": {k: round(sum(t for t, _, kd in step_s if kd == k), 3) for k in kinds},
         "gpu_s_by_kind": gpu_by_kind(events) if cuda else None,
         "adapter_loads": engine.pool.loads - loads0,
         "preemptions": engine.scheduler.num_preemptions,
