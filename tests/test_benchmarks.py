@@ -181,7 +181,12 @@ def test_suite_s_lora_table_smoke(tmp_path):
     for r in s["rows"]:
         assert r["saturated"]["completed"] == r["saturated"]["requests"] == 12 and r["saturated"]["req_s"] > 0
         assert len(r["points"]) == 2 and all(p["rate"] > 0 and "slo_attainment" in p for p in r["points"])
-        passed = [p["rate"] for p in r["points"] if not p["stopped"] and (p["slo_attainment"] or 0) >= 0.9]
+        assert all(p["kept_up"] is not None and p["kept_up"] >= 0 for p in r["points"])
+        passed = [
+            p["rate"]
+            for p in r["points"]
+            if not p["stopped"] and (p["slo_attainment"] or 0) >= 0.9 and p["kept_up"] >= 0.9
+        ]
         assert r["max_rate"] == (max(passed) if passed else None)
     assert s["rows"][0]["share_of_base_saturated"] == 1.0
     p = s["peft"]
@@ -248,3 +253,16 @@ def test_http_variants_zip_the_two_lists():
     assert v([1, 2], [0.05]) == [(1, 0.05), (2, 0.05)]
     with pytest.raises(SystemExit):
         v([1, 2], [0.0, 0.05, 0.1])
+
+
+def test_kept_up_is_late_tokens_over_offered():
+    """The rate search's keeping-up figure: second-half output tokens per second over the offered rate."""
+    from benchmarks.suite import kept_up, passes
+
+    trace = [{"arrival_s": t, "output_len": 100} for t in (0.0, 5.0, 10.0)]  # 300 tokens over 10 s: 30 tok/s
+    assert kept_up(150, trace) == 1.0  # 150 tokens in the last 5 s: 30 tok/s
+    assert kept_up(75, trace) == 0.5
+    assert kept_up(10, [{"arrival_s": 0.0, "output_len": 5}]) is None  # a burst: no arrival window
+    point = {"stopped": None, "slo_attainment": 1.0, "kept_up": 0.95}
+    assert passes(point) and not passes({**point, "kept_up": 0.7}) and not passes({**point, "slo_attainment": 0.8})
+    assert not passes({**point, "stopped": "SLO already missed"}) and passes({**point, "kept_up": None})
