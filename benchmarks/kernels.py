@@ -119,10 +119,13 @@ def llama_groups(hidden: int, inter: int) -> list[Group]:
     ]
 
 
-def build_adapters(groups: list[Group], adapter_ranks: list[int], page_elems: int, dtype, device, gen):
+def build_adapters(
+    groups: list[Group], adapter_ranks: list[int], page_elems: int, dtype, device, gen, pool_pages: int = 0
+):
     """Lays each adapter's A and B^T of every target of every group into its virtual buffer, over pages
-    drawn at random from one pool. Returns pool [num_pages, page_elems], page_table [S, max_pages],
-    per-adapter element counts."""
+    drawn at random from one pool of max(pool_pages, the pages they need + 1) pages (a large pool spreads
+    them as the engine's layer slice of the unified pool does). Returns pool [num_pages, page_elems],
+    page_table [S, max_pages], per-adapter element counts."""
     S = len(adapter_ranks)
     totals, layouts = [], []
     for r in adapter_ranks:
@@ -140,14 +143,14 @@ def build_adapters(groups: list[Group], adapter_ranks: list[int], page_elems: in
         layouts.append(lay)
         totals.append(cur)
     n_pages = [math.ceil(t / page_elems) for t in totals]
-    total_pages = sum(n_pages) + 1
+    total_pages = max(sum(n_pages) + 1, pool_pages)
     perm = torch.randperm(total_pages, generator=gen)
     page_table = torch.zeros(S, max(n_pages), dtype=torch.int32)
     used = 0
     for s, n in enumerate(n_pages):
         page_table[s, :n] = perm[used : used + n].to(torch.int32)
         used += n
-    pool = (torch.randn(total_pages, page_elems, device=device) * 0.02).to(dtype)
+    pool = torch.empty(total_pages, page_elems, device=device, dtype=dtype).normal_(0, 0.02, generator=None)
     page_table = page_table.to(device)
     for gi, grp in enumerate(groups):
         G = len(grp.n_out)
@@ -295,7 +298,8 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
         # max_loras_per_batch (default max_num_seqs), whatever the step holds (--plan-slots)
         plan_slots = max(n_ad, getattr(args, "plan_slots", None) or 0)
         ranks = [rank_choices[i % len(rank_choices)] for i in range(n_ad)]  # ranks cycling over the choices
-        pool, page_table, totals = build_adapters(groups, ranks, page_elems, dtype, device, gen)
+        pool_pages = int((getattr(args, "pool_gb", None) or 0) * 1e9) // (page_elems * torch.finfo(dtype).bits // 8)
+        pool, page_table, totals = build_adapters(groups, ranks, page_elems, dtype, device, gen, pool_pages)
         scales = (torch.rand(n_ad, generator=gen) + 0.5).to(device)
         lens, slots_c, indptr_c, T, xs, ys = _step_inputs(case, groups, n_ad, device, dtype, gen)
         vs = {g.name: torch.empty(T, len(g.n_out), r_max, device=device, dtype=torch.float32) for g in groups}
@@ -440,7 +444,8 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     plan_slots = getattr(args, "plan_slots", None)
-    return {"steps": rows, "sweep": sweep_rows, "mm_tflops": flops_rate / 1e12, "plan_slots": plan_slots}
+    return {"steps": rows, "sweep": sweep_rows, "mm_tflops": flops_rate / 1e12, "plan_slots": plan_slots,
+            "pool_gb": getattr(args, "pool_gb", None)}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -706,6 +711,11 @@ def write_markdown(res: dict, path: Path) -> None:
             "engine's decode graphs)."
             if res.get("lora_steps", {}).get("plan_slots")
             else ""
+        )
+        + (
+            f" Adapter pages spread at random over a {res['lora_steps']['pool_gb']} GB pool (--pool-gb)."
+            if res.get("lora_steps", {}).get("pool_gb")
+            else ""
         ),
         "",
         "| step | tokens | adapters | bound ms | ours ms (CUDA graph) | ours / bound | eager ms | plan ms | "
@@ -803,6 +813,11 @@ def main() -> None:
         "--plan-slots", type=int, default=None,
         help="build each step's plan for this many adapter slots (at least the case's adapters), as the engine's "
         "decode CUDA graphs do with max_loras_per_batch: their grids launch programs for that many tiles",
+    )  # fmt: skip
+    ap.add_argument(
+        "--pool-gb", type=float, default=None,
+        help="spread the adapters' pages at random over a pool of this size (one layer's slice of the engine's "
+        "unified pool: GPU memory for the pool / layers), not just the pages they fill",
     )  # fmt: skip
     ap.add_argument("--attention-only", action="store_true", help="only the mixed-step attention section")
     args = ap.parse_args()
