@@ -29,6 +29,7 @@ import json
 import platform
 import pstats
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -210,6 +211,13 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=
     sync()
     elapsed = time.perf_counter() - t0
     gc.callbacks.remove(gc_timer)
+    if isinstance(prof, dict):  # what the profiled steps held (the window's batch and distinct adapters)
+        lo, hi = window
+        prof["window"] = {
+            "mean_batch": round(statistics.mean(batch[lo:hi]), 1),
+            "mean_distinct_adapters": round(statistics.mean(distinct[lo:hi]), 1),
+            "steps_by_kind": {k: sum(1 for _, i, kd in step_s[lo:hi] if kd == k) for k in kinds},
+        }
     out_tokens = sum(o for _, o, _ in reqs)
     return {
         "elapsed_s": elapsed,
@@ -423,6 +431,12 @@ def write_report(res: dict, out: Path) -> None:
             lines.append(
                 f"- {setting}, n={r['adapters']}, async {'on' if r.get('async_scheduling') else 'off'}: wall {p['wall_ms']:.0f} ms, GPU busy {p['gpu_busy_share']:.0%}; "
                 + ", ".join(f"{k} {v:.1f}" for k, v in p["kinds_ms"].items())
+                + (
+                    f"; the window: mean batch {w['mean_batch']}, {w['mean_distinct_adapters']} distinct adapters, "
+                    f"steps {w['steps_by_kind']}"
+                    if (w := p.get("window"))
+                    else ""
+                )
             )
     (out / "saturated.md").write_text("\n".join(lines) + "\n")
     try:
