@@ -688,8 +688,9 @@ def report_table(res: dict, out: Path) -> list[str]:
              f"kept up with (>= {KEEP_UP:.0%} of the offered output tokens per second in the second half of the "
              "trace; of the rates tried); out tok/s there: output tokens per second while requests arrived.", "",
              "| setting | n | saturated req/s | max sustainable rate (req/s) | out tok/s there | "
-             "% of base (max rate) | % of base (saturated) | TTFT p50 / p99 there | attainment there |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]  # fmt: skip
+             "% of base (max rate) | % of base (saturated) | TTFT p50 / p99 there | attainment there | "
+             "kept up there | rates tried (kept up) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]  # fmt: skip
     for s in res["settings"]:
         for r in s["rows"]:
             m = r["at_max"] or {}
@@ -697,7 +698,9 @@ def report_table(res: dict, out: Path) -> list[str]:
                 f"| {s['setting']} | {r['adapters'] or 'base'} | {r['saturated']['req_s']:.2f} | {f2(r['max_rate'])} | "
                 f"{f2(m.get('out_tok_s_window'))} | {pc(r.get('share_of_base_max_rate'))} | "
                 f"{pc(r.get('share_of_base_saturated'))} | {ms(m.get('ttft_p50_s'))} / {ms(m.get('ttft_p99_s'))} | "
-                f"{pc(m.get('slo_attainment'))} |"
+                f"{pc(m.get('slo_attainment'))} | {pc(m.get('kept_up'))} | "
+                + ", ".join(f"{p['rate']:.1f} ({pc(p.get('kept_up'))})" for p in r.get("points", []))
+                + " |"
             )
     lines += ["", "Headline (maximum sustainable throughput; the issue's goals in brackets):", ""]
     for s in res["settings"]:
