@@ -22,6 +22,43 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """Prometheus's histogram_quantile over cumulative (upper bound, count) buckets (+Inf last): the q-th
+    quantile by linear interpolation inside its bucket (the last finite bound if it falls in +Inf)."""
+    buckets = sorted(buckets)
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return None
+    rank, lo, below = q * total, 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if le == float("inf"):
+                return lo
+            return lo + (le - lo) * (rank - below) / (count - below) if count > below else le
+        lo, below = le, count
+    return lo
+
+
+def server_ttft(metrics_text: str, name: str = "sloray_time_to_first_token_seconds") -> dict:
+    """The groups' own TTFT (arrival at a group to its first token) from a Prometheus exposition of the
+    service's /metrics, summed over the groups: p50 / p90 / p99 (histogram_quantile) and the count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    cum: dict[float, float] = {}
+    for fam in text_string_to_metric_families(metrics_text):
+        if fam.name != name:
+            continue
+        for smp in fam.samples:
+            if smp.name == name + "_bucket":
+                le = float(smp.labels["le"])
+                cum[le] = cum.get(le, 0.0) + smp.value
+    buckets = list(cum.items())
+    return {
+        "count": max(cum.values(), default=0.0),
+        **{f"p{int(q * 100)}_s": histogram_quantile(buckets, q) for q in (0.5, 0.9, 0.99)},
+    }
+
+
 def latency_figures(ttft: list[float], tpot: list[float], e2e: list[float], slo: float, n: int) -> dict:
     """The latency figures every replay reports (None where there are no values): TTFT mean and
     percentiles, mean time per output token and end to end, and over the `n` requests of the trace the SLO

@@ -236,6 +236,10 @@ def test_suite_http_smoke(tmp_path):
     assert res["http"]["ok"] == res["http"]["requests"] == res["in_process"]["requests"] > 0
     assert res["http_over_in_process_req_s"] > 0 and res["ttft_p50_delta_s"] is not None
     assert res["http"] == res["http_variants"][0]["http"]
+    # the groups' own TTFT, read from the service's /metrics: every request counted, below the client's
+    st = res["http"]["server_ttft"]
+    assert st["count"] == res["http"]["ok"] and 0 < st["p50_s"] <= st["p99_s"], st
+    assert st["p50_s"] <= res["http"]["ttft_p99_s"]
     assert (tmp_path / "out" / "http.png").exists()
 
 
@@ -253,6 +257,24 @@ def test_http_variants_zip_the_two_lists():
     assert v([1, 2], [0.05]) == [(1, 0.05), (2, 0.05)]
     with pytest.raises(SystemExit):
         v([1, 2], [0.0, 0.05, 0.1])
+
+
+def test_histogram_quantile_and_server_ttft():
+    """histogram_quantile interpolates inside the bucket as Prometheus does; server_ttft reads the groups'
+    TTFT histogram from a real exposition (prometheus_client's), summed over the groups."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from benchmarks.load import histogram_quantile, server_ttft
+
+    b = [(0.01, 0), (0.02, 5), (0.04, 10), (float("inf"), 10)]
+    assert histogram_quantile(b, 0.5) == 0.02 and abs(histogram_quantile(b, 0.75) - 0.03) < 1e-12
+    assert histogram_quantile([(float("inf"), 0)], 0.5) is None
+    reg = CollectorRegistry()
+    h = Histogram("sloray_time_to_first_token_seconds", "ttft", ["group"], buckets=(0.01, 0.02, 0.04), registry=reg)
+    for g, v in (("g0", 0.015), ("g0", 0.015), ("g1", 0.03), ("g1", 0.03)):
+        h.labels(group=g).observe(v)
+    st = server_ttft(generate_latest(reg).decode())
+    assert st["count"] == 4 and st["p50_s"] == 0.02 and 0.02 < st["p99_s"] <= 0.04
 
 
 def test_kept_up_is_late_tokens_over_offered():
