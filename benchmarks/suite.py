@@ -723,15 +723,18 @@ def report_table(res: dict, out: Path) -> list[str]:
     plt = plt_or_none()
     if plt:
         fig, ax = plt.subplots(figsize=(6, 4))
+        plotted = False
         for s in res["settings"]:
             rows = [r for r in s["rows"] if r["adapters"] and r["max_rate"]]
+            plotted = plotted or bool(rows)
             (line,) = ax.plot([r["adapters"] for r in rows], [r["max_rate"] for r in rows], "o-",
                               label=s["setting"])  # fmt: skip
             base = next((r for r in s["rows"] if r["adapters"] == 0 and r["max_rate"]), None)
             if base:
                 ax.axhline(base["max_rate"], ls="--", color=line.get_color(), alpha=0.6,
                            label=f"{s['setting']} base only")  # fmt: skip
-        ax.set_xscale("log")
+        if plotted:  # no n > 0 passed any rate: nothing on the adapters' axis to log-scale
+            ax.set_xscale("log")
         save_plot(fig, ax, out / "s-lora-table_throughput.png", "adapters (n)", "max sustainable throughput (req/s)",
                   f"Throughput vs adapters, {res['gpu']}", legend_size=7)  # fmt: skip
         fig, ax = plt.subplots(figsize=(6, 4))
