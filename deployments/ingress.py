@@ -229,6 +229,9 @@ class _Choice:
     released: bool = False  # counted back out of the router's local in-flight
     admitted_at: float = 0.0  # monotonic time of the admission decision
     model_ttft_s: float = 0.0  # the router's model prediction for it (calibrated by the first token)
+    expected_ttft_s: float = 0.0  # ... and the calibrated one (Decision.expected_ttft_s)
+    ahead: int = 0  # Decision.ahead: requests on its group waiting for their first token when it was admitted
+    awaiting_first: bool = False  # counted in the router's `starting` until its first token or its end
     finish_reason: str | None = None
     parts: list[str] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)  # output tokens with logprobs (when requested) ...
@@ -525,8 +528,12 @@ class OpenAIIngress:
                     group=group,
                     admitted_at=time.monotonic(),
                     model_ttft_s=decision.model_ttft_s,
+                    expected_ttft_s=decision.expected_ttft_s,
+                    ahead=decision.ahead,
+                    awaiting_first=True,
                 )
                 self.router.sent(group, len(ids))
+                self.router.begin_start(group)
                 c.gen = self.streams[group].generate.remote(f"{base}-{c.index}", ids, p, adapter)
                 choices.append(c)
         try:
@@ -553,6 +560,12 @@ class OpenAIIngress:
             if not c.released:
                 c.released = True
                 self.router.done(c.group, c.prompt_len)
+            self._end_start(c)
+
+    def _end_start(self, c: _Choice) -> None:
+        if c.awaiting_first:
+            c.awaiting_first = False
+            self.router.end_start(c.group)
 
     async def _collect(self, choices: list[_Choice]) -> None:
         async def one(c: _Choice):
@@ -581,7 +594,9 @@ class OpenAIIngress:
                 status, out.get("error", "engine error"), headers={"Retry-After": str(retry)} if retry else None
             )
         if c.num_tokens == 0 and out.delta_token_ids:
-            self.router.observe_ttft(c.group, c.model_ttft_s, time.monotonic() - c.admitted_at)
+            actual = time.monotonic() - c.admitted_at
+            self.router.observe_ttft(c.group, c.model_ttft_s, actual, expected_s=c.expected_ttft_s, ahead=c.ahead)
+            self._end_start(c)
         c.num_tokens += len(out.delta_token_ids)
         if out.delta_logprobs is not None:
             c.ids += out.delta_token_ids

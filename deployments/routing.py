@@ -19,6 +19,14 @@ output tokens, each waiting request takes the earliest free slot and holds it fo
 (`GroupState.slot_heap`), in steps of g's measured step time.
 A request whose prediction exceeds `admission_ttft_slo_s` is refused at once (429 + Retry-After) instead of being
 queued to miss its deadline.
+
+The model sees the engine, not the path between the ingress and it (Ray calls, the group's event loop, the
+stream back), which under a flood is where the time goes. Two corrections learn it from the first tokens
+that come back (`Router.calibrated`, `Router.path_delay_s`): a calibration of actual over predicted TTFT,
+and a per-request cost of the serving path: how much later a first token comes for each request of this
+ingress that was admitted to the same group before it and still waits for its own first token. The second
+is known the moment a flood starts (the count of those requests), so once a flood has taught the cost, the
+next one is refused from the request whose place in that line would miss the SLO.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ DEFAULT_STEP_S = 0.02
 DEFAULT_PREFILL_TPS = 2000.0
 CALIBRATION_MIN = 5  # admitted requests' first tokens seen before their TTFTs correct the predictions
 CALIBRATION_TTL_S = 5.0  # a calibration with no new first token for this long is dropped (see calibrated)
+PATH_FIT_DECAY = 0.99  # weight of an older first token in the serving path's per-request cost (path_delay_s)
 MAX_REQUEST_START_AGE_S = 600.0  # an X-Request-Start older than this is a clock problem (request_start_age_s)
 
 
@@ -103,6 +112,8 @@ class Decision:
     predicted_ttft_s: float  # what the request will see: time already spent + the calibrated prediction
     retry_after_s: int = 0
     model_ttft_s: float = 0.0  # predict_ttft's own figure (what calibration learns to correct)
+    expected_ttft_s: float = 0.0  # the calibrated model's figure, without the serving path's line ahead
+    ahead: int = 0  # this ingress's requests on the group still waiting for their first token (path_delay_s)
 
 
 class Router:
@@ -125,6 +136,9 @@ class Router:
         self.clock = clock
         self._calibration = {n: LinearFit(decay=0.9) for n in self.names}  # actual TTFT over predicted
         self._observed_at = dict.fromkeys(self.names, 0.0)  # clock() of each calibration's last observation
+        # Serving path: extra TTFT (over the calibrated model) against the requests ahead of it (path_delay_s).
+        self._path_fit = {n: LinearFit(decay=PATH_FIT_DECAY) for n in self.names}
+        self.starting = dict.fromkeys(self.names, 0)  # admitted here, first token not seen yet
         # Requests / prompt tokens this ingress sent to a group since its last poll.
         self.pending_reqs = dict.fromkeys(self.names, 0)
         self.pending_tokens = dict.fromkeys(self.names, 0)
@@ -150,6 +164,14 @@ class Router:
         a poll in between already dropped them)."""
         self.pending_reqs[name] = max(0, self.pending_reqs[name] - n)
         self.pending_tokens[name] = max(0, self.pending_tokens[name] - prompt_tokens * n)
+
+    def begin_start(self, name: str, n: int = 1) -> None:
+        """`n` requests admitted to `name` by this ingress now wait for their first token."""
+        self.starting[name] += n
+
+    def end_start(self, name: str, n: int = 1) -> None:
+        """`n` of them got their first token, or ended without one (each request ends its start once)."""
+        self.starting[name] = max(0, self.starting[name] - n)
 
     def load(self, name: str) -> int:
         s = self.states[name]
@@ -218,20 +240,44 @@ class Router:
 
     def admit(self, name: str, prompt_tokens: int, elapsed_s: float = 0.0) -> Decision:
         """Admitted when `elapsed_s` (time the request already spent in this service) + the calibrated
-        prediction stays within the SLO."""
+        prediction + the serving path's delay for the requests ahead of it stays within the SLO."""
         raw = self.predict_ttft(name, prompt_tokens)
-        t = elapsed_s + self.calibrated(name, raw)
+        expected = self.calibrated(name, raw)
+        ahead = self.starting[name]
+        t = elapsed_s + expected + self.path_delay_s(name, ahead)
+        d = Decision(True, t, model_ttft_s=raw, expected_ttft_s=expected, ahead=ahead)
         if self.admission_ttft_slo_s is None or t <= self.admission_ttft_slo_s:
-            return Decision(True, t, model_ttft_s=raw)
+            return d
         wait = t - self.admission_ttft_slo_s if math.isfinite(t) else self.admission_ttft_slo_s
-        return Decision(False, t, retry_after_s=max(1, math.ceil(wait)), model_ttft_s=raw)
+        d.admitted, d.retry_after_s = False, max(1, math.ceil(wait))
+        return d
 
     # ---- calibration -----------------------------------------------------------------------------
-    def observe_ttft(self, name: str, model_ttft_s: float, actual_s: float) -> None:
-        """An admitted request's first token came `actual_s` after its admission, predicted `model_ttft_s`."""
+    def observe_ttft(
+        self, name: str, model_ttft_s: float, actual_s: float, expected_s: float | None = None, ahead: int = 0
+    ) -> None:
+        """An admitted request's first token came `actual_s` after its admission, predicted `model_ttft_s`
+        by the model and `expected_s` by the calibrated model (its Decision's figures), with `ahead`
+        requests of this ingress waiting for their first token on the group when it was admitted."""
         if math.isfinite(model_ttft_s):
             self._calibration[name].observe(model_ttft_s, actual_s)
             self._observed_at[name] = self.clock()
+        if expected_s is not None and math.isfinite(expected_s):
+            self._path_fit[name].observe(ahead, actual_s - expected_s)
+
+    def path_delay_s(self, name: str, ahead: int) -> float:
+        """The serving path's share of a new request's TTFT on `name`: `ahead` (this ingress's requests there
+        still waiting for their first token) x the per-request cost learnt from first tokens (the slope of
+        their TTFT beyond the calibrated model over the count ahead of them at admission; 0 before
+        CALIBRATION_MIN first tokens or while the count has not varied by at least one request). A cost,
+        not a correction of a state, so it has no TTL: with nothing ahead it adds nothing, and it cannot
+        keep refusing an idle group."""
+        fit = self._path_fit[name]
+        params = fit.params(min_var=1.0)
+        if fit.n < CALIBRATION_MIN or params is None or ahead <= 0:
+            return 0.0
+        intercept, slope = params
+        return max(0.0, intercept + max(0.0, slope) * ahead)
 
     def calibrated(self, name: str, model_ttft_s: float) -> float:
         """The prediction corrected by what this group's recent requests really got (a linear fit of actual
