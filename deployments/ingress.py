@@ -231,7 +231,7 @@ class _Choice:
     model_ttft_s: float = 0.0  # the router's model prediction for it (calibrated by the first token)
     expected_ttft_s: float = 0.0  # ... and the calibrated one (Decision.expected_ttft_s)
     ahead: int = 0  # Decision.ahead: requests on its group waiting for their first token when it was admitted
-    awaiting_first: bool = False  # counted in the router's `starting` until its first token or its end
+    start_key: int | None = None  # its Router.open_start key until its first token or its end
     finish_reason: str | None = None
     parts: list[str] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)  # output tokens with logprobs (when requested) ...
@@ -530,10 +530,9 @@ class OpenAIIngress:
                     model_ttft_s=decision.model_ttft_s,
                     expected_ttft_s=decision.expected_ttft_s,
                     ahead=decision.ahead,
-                    awaiting_first=True,
+                    start_key=self.router.open_start(group),
                 )
                 self.router.sent(group, len(ids))
-                self.router.begin_start(group)
                 c.gen = self.streams[group].generate.remote(f"{base}-{c.index}", ids, p, adapter)
                 choices.append(c)
         try:
@@ -563,9 +562,9 @@ class OpenAIIngress:
             self._end_start(c)
 
     def _end_start(self, c: _Choice) -> None:
-        if c.awaiting_first:
-            c.awaiting_first = False
-            self.router.end_start(c.group)
+        if c.start_key is not None:
+            self.router.close_start(c.group, c.start_key)
+            c.start_key = None
 
     async def _collect(self, choices: list[_Choice]) -> None:
         async def one(c: _Choice):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -45,6 +46,9 @@ DEFAULT_PREFILL_TPS = 2000.0
 CALIBRATION_MIN = 5  # admitted requests' first tokens seen before their TTFTs correct the predictions
 CALIBRATION_TTL_S = 5.0  # a calibration with no new first token for this long is dropped (see calibrated)
 PATH_FIT_DECAY = 0.99  # weight of an older first token in the serving path's per-request cost (path_delay_s)
+# A request still counted as waiting for its first token after this long is dropped from the count: one whose
+# end the ingress never saw (a stream whose client left before it began) must not weigh on admission forever.
+START_EXPIRY_S = 60.0
 MAX_REQUEST_START_AGE_S = 600.0  # an X-Request-Start older than this is a clock problem (request_start_age_s)
 
 
@@ -138,7 +142,9 @@ class Router:
         self._observed_at = dict.fromkeys(self.names, 0.0)  # clock() of each calibration's last observation
         # Serving path: extra TTFT (over the calibrated model) against the requests ahead of it (path_delay_s).
         self._path_fit = {n: LinearFit(decay=PATH_FIT_DECAY) for n in self.names}
-        self.starting = dict.fromkeys(self.names, 0)  # admitted here, first token not seen yet
+        # Per group, this ingress's requests admitted there whose first token has not come: key -> clock().
+        self._starts: dict[str, dict[int, float]] = {n: {} for n in self.names}
+        self._start_keys = itertools.count()
         # Requests / prompt tokens this ingress sent to a group since its last poll.
         self.pending_reqs = dict.fromkeys(self.names, 0)
         self.pending_tokens = dict.fromkeys(self.names, 0)
@@ -165,13 +171,27 @@ class Router:
         self.pending_reqs[name] = max(0, self.pending_reqs[name] - n)
         self.pending_tokens[name] = max(0, self.pending_tokens[name] - prompt_tokens * n)
 
-    def begin_start(self, name: str, n: int = 1) -> None:
-        """`n` requests admitted to `name` by this ingress now wait for their first token."""
-        self.starting[name] += n
+    def open_start(self, name: str) -> int:
+        """A request admitted to `name` by this ingress now waits for its first token; returns its key."""
+        key = next(self._start_keys)
+        self._starts[name][key] = self.clock()
+        return key
 
-    def end_start(self, name: str, n: int = 1) -> None:
-        """`n` of them got their first token, or ended without one (each request ends its start once)."""
-        self.starting[name] = max(0, self.starting[name] - n)
+    def close_start(self, name: str, key: int) -> None:
+        """The request of `key` got its first token, or ended without one (closing twice is harmless)."""
+        self._starts[name].pop(key, None)
+
+    def ahead(self, name: str) -> int:
+        """This ingress's requests on `name` waiting for their first token (opened less than
+        START_EXPIRY_S ago)."""
+        starts = self._starts[name]  # in the order they were opened, so the expired ones come first
+        old = self.clock() - START_EXPIRY_S
+        while starts:
+            key, t = next(iter(starts.items()))
+            if t >= old:
+                break
+            del starts[key]
+        return len(starts)
 
     def load(self, name: str) -> int:
         s = self.states[name]
@@ -243,7 +263,7 @@ class Router:
         prediction + the serving path's delay for the requests ahead of it stays within the SLO."""
         raw = self.predict_ttft(name, prompt_tokens)
         expected = self.calibrated(name, raw)
-        ahead = self.starting[name]
+        ahead = self.ahead(name)
         t = elapsed_s + expected + self.path_delay_s(name, ahead)
         d = Decision(True, t, model_ttft_s=raw, expected_ttft_s=expected, ahead=ahead)
         if self.admission_ttft_slo_s is None or t <= self.admission_ttft_slo_s:

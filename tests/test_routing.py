@@ -8,7 +8,14 @@ from collections import Counter
 
 import pytest
 
-from deployments.routing import MAX_REQUEST_START_AGE_S, GroupState, Router, rendezvous_order, request_start_age_s
+from deployments.routing import (
+    MAX_REQUEST_START_AGE_S,
+    START_EXPIRY_S,
+    GroupState,
+    Router,
+    rendezvous_order,
+    request_start_age_s,
+)
 
 GROUPS = [f"g{i}" for i in range(4)]
 
@@ -320,18 +327,18 @@ def flood_through_a_serving_path(
     """`n` requests arriving evenly over one second from `start` at an idle, fast group behind a serving path
     (the Ray calls and event loops in front of the engine, which the model does not see) that takes
     `latency` seconds, then hands out first tokens one at a time, `cost` seconds each. Drives `router` on
-    the fake clock `now` as the ingress does (admit, begin_start, observe_ttft, end_start). Returns the
+    the fake clock `now` as the ingress does (admit, open_start, observe_ttft, close_start). Returns the
     admitted requests' TTFTs, None for each refused one."""
     idle = GroupState(name="a", step_time_s=0.01, prefill_tps=1e6, max_num_seqs=1024)
-    events = []  # (first token time, admission time, decision) of admitted requests, in first-token order
+    events = []  # (first token time, admission time, decision, start key) of the admitted, in first-token order
     free_at, out = start, []
 
     def deliver(until: float) -> None:
         while events and events[0][0] <= until:
-            t, t0, d = events.pop(0)
+            t, t0, d, key = events.pop(0)
             now[0] = t
             router.observe_ttft("a", d.model_ttft_s, t - t0, expected_s=d.expected_ttft_s, ahead=d.ahead)
-            router.end_start("a")
+            router.close_start("a", key)
 
     for i in range(n):
         t = start + i / n
@@ -342,9 +349,9 @@ def flood_through_a_serving_path(
         if not d.admitted:
             out.append(None)
             continue
-        router.begin_start("a")
+        key = router.open_start("a")
         free_at = max(free_at, t + latency) + cost
-        events.append((free_at, t, d))
+        events.append((free_at, t, d, key))
         out.append(free_at - t)
     deliver(math.inf)
     return out
@@ -373,17 +380,24 @@ def test_the_serving_paths_line_is_learnt_and_a_later_flood_meets_the_slo():
     # an idle moment later nothing is ahead: a request is admitted at once (no correction that lingers)
     now[0] = 100.0
     router.update(GroupState(name="a", step_time_s=0.01, prefill_tps=1e6, max_num_seqs=1024))
-    assert router.starting["a"] == 0 and router.admit("a", 16).admitted
+    assert router.ahead("a") == 0 and router.admit("a", 16).admitted
 
 
-def test_starting_counts_each_request_until_its_first_token_or_its_end():
-    r = Router(["a", "b"], admission_ttft_slo_s=1.0)
-    r.begin_start("a", 3)
-    r.begin_start("b")
+def test_requests_count_ahead_until_their_first_token_their_end_or_expiry():
+    now = [0.0]
+    r = Router(["a", "b"], admission_ttft_slo_s=1.0, clock=lambda: now[0])
+    keys = [r.open_start("a") for _ in range(3)]
+    kb = r.open_start("b")
     r.update(GroupState(name="a"))  # a poll does not reset it: the group does not know this ingress's line
-    assert r.starting == {"a": 3, "b": 1}
+    assert (r.ahead("a"), r.ahead("b")) == (3, 1)
     assert r.admit("a", 8).ahead == 3 and r.admit("b", 8).ahead == 1
-    r.end_start("a", 2)
-    r.end_start("b", 5)
-    assert r.starting == {"a": 1, "b": 0}
+    r.close_start("a", keys[0])
+    r.close_start("a", keys[0])  # closing twice (first token, then the end) counts once
+    r.close_start("b", kb)
+    assert (r.ahead("a"), r.ahead("b")) == (2, 0)
     assert r.path_delay_s("a", 10) == 0.0  # nothing learnt yet
+    now[0] = 30.0
+    r.open_start("a")
+    assert r.ahead("a") == 3
+    now[0] = START_EXPIRY_S + 1.0  # the two never closed (a client that left before its stream began) expire
+    assert r.ahead("a") == 1
