@@ -228,9 +228,7 @@ class _Choice:
     num_tokens: int = 0
     released: bool = False  # counted back out of the router's local in-flight
     admitted_at: float = 0.0  # monotonic time of the admission decision
-    model_ttft_s: float = 0.0  # the router's model prediction for it (calibrated by the first token)
-    expected_ttft_s: float = 0.0  # ... and the calibrated one (Decision.expected_ttft_s)
-    ahead: int = 0  # Decision.ahead: requests on its group waiting for their first token when it was admitted
+    decision: Decision | None = None  # its admission's predictions (calibrated by the first token)
     start_key: int | None = None  # its Router.open_start key until its first token or its end
     finish_reason: str | None = None
     parts: list[str] = field(default_factory=list)
@@ -527,9 +525,7 @@ class OpenAIIngress:
                     prompt_len=len(ids),
                     group=group,
                     admitted_at=time.monotonic(),
-                    model_ttft_s=decision.model_ttft_s,
-                    expected_ttft_s=decision.expected_ttft_s,
-                    ahead=decision.ahead,
+                    decision=decision,
                     start_key=self.router.open_start(group),
                 )
                 self.router.sent(group, len(ids))
@@ -593,8 +589,9 @@ class OpenAIIngress:
                 status, out.get("error", "engine error"), headers={"Retry-After": str(retry)} if retry else None
             )
         if c.num_tokens == 0 and out.delta_token_ids:
-            actual = time.monotonic() - c.admitted_at
-            self.router.observe_ttft(c.group, c.model_ttft_s, actual, expected_s=c.expected_ttft_s, ahead=c.ahead)
+            d, actual = c.decision, time.monotonic() - c.admitted_at
+            if d is not None:
+                self.router.observe_ttft(c.group, d.model_ttft_s, actual, expected_s=d.expected_ttft_s, ahead=d.ahead)
             self._end_start(c)
         c.num_tokens += len(out.delta_token_ids)
         if out.delta_logprobs is not None:

@@ -23,10 +23,10 @@ queued to miss its deadline.
 The model sees the engine, not the path between the ingress and it (Ray calls, the group's event loop, the
 stream back), which under a flood is where the time goes. Two corrections learn it from the first tokens
 that come back (`Router.calibrated`, `Router.path_delay_s`): a calibration of actual over predicted TTFT,
-and a per-request cost of the serving path: how much later a first token comes for each request of this
-ingress that was admitted to the same group before it and still waits for its own first token. The second
-is known the moment a flood starts (the count of those requests), so once a flood has taught the cost, the
-next one is refused from the request whose place in that line would miss the SLO.
+and the serving path's latency plus its per-request cost: how much later a first token comes for each
+request of this ingress that was admitted to the same group before it and still waits for its own first
+token. The count is known the moment a flood starts, so once a flood has taught the path, the next one is
+refused from the request whose place in that line would miss the SLO.
 """
 
 from __future__ import annotations
@@ -286,12 +286,12 @@ class Router:
             self._path_fit[name].observe(ahead, actual_s - expected_s)
 
     def path_delay_s(self, name: str, ahead: int) -> float:
-        """The serving path's share of a new request's TTFT on `name`: `ahead` (this ingress's requests there
-        still waiting for their first token) x the per-request cost learnt from first tokens (the slope of
-        their TTFT beyond the calibrated model over the count ahead of them at admission; 0 before
-        CALIBRATION_MIN first tokens or while the count has not varied by at least one request). A cost,
-        not a correction of a state, so it has no TTL: with nothing ahead it adds nothing, and it cannot
-        keep refusing an idle group."""
+        """The serving path's share of a new request's TTFT on `name` with `ahead` of this ingress's requests
+        there still waiting for their first token: the path's latency + `ahead` x its per-request cost, the
+        intercept and slope of first tokens' TTFT beyond the calibrated model over the count ahead of them
+        at admission. 0 with nothing ahead or before CALIBRATION_MIN first tokens; the slope is 0 while the
+        count has not varied by at least one request. No TTL, unlike the calibration: with nothing ahead it
+        adds nothing, so it cannot keep refusing an idle group."""
         fit = self._path_fit[name]
         params = fit.params(min_var=1.0)
         if fit.n < CALIBRATION_MIN or params is None or ahead <= 0:
