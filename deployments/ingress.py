@@ -165,6 +165,10 @@ def _done(result: object) -> TypeGuard[dict]:
 UNAVAILABLE_RETRY_AFTER_S = 1  # Retry-After of a 503: another group (or this one, replaced) takes it
 STARTING_RETRY_AFTER_S = 5  # Retry-After of a 503 while every group is still starting (warming up)
 READY_WAIT_S = 1.0  # a request that comes before any group has answered waits this long for one
+# A request body up to this size is tokenized on the event loop (a few ms at most), larger ones in a worker
+# thread (a long prompt must not stall the loop): the thread hop costs two event-loop turns, which under a
+# flood of small requests queue behind everything else the loop does.
+INLINE_TOKENIZE_BYTES = 16384
 
 
 class QuietRoutes(logging.Filter):
@@ -423,9 +427,12 @@ class OpenAIIngress:
                     param,
                 )
 
-    async def _tokenize(self, body, encoded: Iterable[list[int]], default_max: int | None) -> list[list[int]]:
+    async def _tokenize(
+        self, body, encoded: Iterable[list[int]], default_max: int | None, request: Request
+    ) -> list[list[int]]:
         """Runs `encoded` (a generator that tokenizes one prompt per item) in a worker thread, so that the
-        event loop goes on serving while a long prompt is encoded. Each prompt is checked against the
+        event loop goes on serving while a long prompt is encoded, or inline when the request's body is
+        at most INLINE_TOKENIZE_BYTES (by its Content-Length). Each prompt is checked against the
         context as soon as it is encoded, and the running total (prompt tokens + max_tokens of every
         choice) against `max_request_tokens`: a request stops costing at its first prompt over a limit."""
 
@@ -443,6 +450,9 @@ class OpenAIIngress:
                 prompts.append(ids)
             return prompts
 
+        size = request.headers.get("content-length", "")
+        if size.isdigit() and int(size) <= INLINE_TOKENIZE_BYTES:
+            return run()
         return await asyncio.to_thread(run)
 
     def _max_tokens(self, requested: int | None, prompt_len: int, default: int | None) -> int:
@@ -660,7 +670,7 @@ class OpenAIIngress:
         texts = body.prompts()
         self._check_prompt_sizes(len(texts), body.n, [len(t) for t in texts if isinstance(t, str)], "prompt")
         encoded = (self.tokenizer.encode(t) if isinstance(t, str) else list(t) for t in texts)
-        prompts = await self._tokenize(body, encoded, default_max=16)
+        prompts = await self._tokenize(body, encoded, default_max=16, request=request)
         choices = await self._start(body, prompts, adapter, default_max=16, received=received)
         rid, model, created = random_id("cmpl"), body.model, int(time.time())
         decode = self.tokenizer.decode
@@ -757,7 +767,7 @@ class OpenAIIngress:
                 raise APIError(400, f"chat template failed: {e}", "messages") from None
             yield ids
 
-        prompts = await self._tokenize(body, encoded(), default_max=None)
+        prompts = await self._tokenize(body, encoded(), default_max=None, request=request)
         choices = await self._start(body, prompts, adapter, default_max=None, received=received)
         rid, model, created = random_id("chatcmpl"), body.model, int(time.time())
         decode = self.tokenizer.decode
