@@ -4,9 +4,13 @@
 In:  `generate(request_id, prompt_token_ids, params, adapter)` (a streaming method: call it through
      `handle.options(stream=True)`), `abort`, `add_adapter` / `remove_adapter` (a refusal is a returned
      `{"error", "status"}`), `list_adapters`, `stats`.
-Out: a stream of items: first `{"accepted": True}` (or `{"error", "status"}` when the engine refuses the
-     request), then `RequestOutput`s whose `delta_text` / `delta_token_ids` are new since the previous
-     item; the last one (`finished=True`) also carries the cumulative `text` and `token_ids`.
+Out: a stream of items: `RequestOutput`s whose `delta_text` / `delta_token_ids` are new since the previous
+     item; the last one (`finished=True`) also carries the cumulative `text` and `token_ids`. An error is an
+     item `{"error", "status"}` (and `retry_after_s` for an early abort) that ends the stream. The first item
+     comes with the request's first tokens, or is the error that ended it before any: when the engine refuses
+     the request (400 / 404), drops it before it ran (early abort: 429), or fails before its first token
+     (503: nothing ran, the caller may send it elsewhere). So a caller that has the first item knows whether
+     the request started, without a separate acknowledgement (one Serve item fewer per request).
 
 Coalescing: every Serve streaming item costs CPU in this replica and in the ingress (~0.3 ms), so a stream
 does not send one item per engine step. Its first tokens (until the client has text to show) and its
@@ -450,7 +454,7 @@ class SLoRAGroup:
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, adapter: str | None = None
     ) -> AsyncIterator[dict | RequestOutput]:
-        """Streams `{"accepted": True}` then RequestOutput deltas, coalesced (see the module docstring)."""
+        """Streams RequestOutput deltas, coalesced, or an error item (see the module docstring)."""
         st = _Stream(self.stream_interval_s, text=params.detokenize)
         self._streams[request_id] = st
         done = False
@@ -471,7 +475,6 @@ class SLoRAGroup:
                 return
             self.metrics.inc("prompt_tokens", len(prompt_token_ids))
             self.metrics.adapter_request(adapter, len(prompt_token_ids))
-            yield {"accepted": True}
             while True:
                 out = await st.get()
                 yield out

@@ -7,10 +7,12 @@ Out: OpenAI responses / SSE streams, error objects, `/v1/models[/{id}]`, vLLM's 
 Per request: the guard (deployments/guard.py, in front of the FastAPI app: the key of the route's role
 (401 / 403) and the body size (413), both before the body is read) -> parse and validate (400) -> resolve
 `model` to the base model or an adapter (404) -> request limits (prompts x n, prompt length before
-tokenizing, total tokens: 400) -> tokenize in a worker thread (chat template for chat; the event loop
-keeps serving other requests and /health) -> choose a group (adapter clustering,
+tokenizing, total tokens: 400) -> tokenize (bodies over 16 KB in a worker thread: the event loop keeps
+serving other requests and /health; chat template for chat) -> choose a group (adapter clustering,
 deployments/routing.py) -> admission control (429 + Retry-After when the predicted time to first token
-misses `admission_ttft_slo_s`) -> stream from the group (`generate`, through `.options(stream=True)`).
+misses `admission_ttft_slo_s`) -> stream from the group (`generate`, through `.options(stream=True)`). The
+response starts once every choice has its first item from the group: its first tokens, or the error that
+ended it before any (a refusal, an early abort: 429, a group that died: another group is tried).
 A background task polls every group's `stats()` a few times a second; routing, admission, `/v1/models`
 and `/metrics` read that shared state, so every ingress replica sees the whole service.
 
@@ -194,6 +196,14 @@ def _unavailable(message: str) -> APIError:
     return APIError(503, message, headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
 
 
+def _item_error(item: dict) -> APIError:
+    """The client's error for a group's error item that is not a 503 (a refusal, a failed request, or an early
+    abort before the request ran: 429 with its `retry_after_s` as Retry-After)."""
+    retry = item.get("retry_after_s")
+    headers = {"Retry-After": str(retry)} if retry else None
+    return APIError(item.get("status", 500), item.get("error", "engine error"), headers=headers)
+
+
 def _cause(e: BaseException) -> BaseException:
     """The user exception behind a Ray task error (Ray re-raises it as a subclass carrying `.cause`)."""
     return getattr(e, "cause", None) or e
@@ -228,6 +238,7 @@ class _Choice:
     prompt_len: int
     group: str
     gen: Any = None  # DeploymentResponseGenerator
+    first: Any = None  # the group's first item (its first tokens), taken by _launch, not yet absorbed
     text: str = ""
     num_tokens: int = 0
     released: bool = False  # counted back out of the router's local in-flight
@@ -487,7 +498,9 @@ class OpenAIIngress:
     async def _start(
         self, body, prompts: list[list[int]], adapter: str | None, default_max: int | None, received: float
     ):
-        """Routes, admits and starts every choice (len(prompts) x n); returns them once each is accepted."""
+        """Routes, admits and starts every choice (len(prompts) x n); returns them once each has its first
+        tokens (the group's first item), so that a request refused or dropped before it ran gets its own
+        status (400, 404, 429 + Retry-After), and one whose group died before it started goes to another."""
         n = body.n
         params = []
         for ids in prompts:
@@ -524,8 +537,9 @@ class OpenAIIngress:
     async def _launch(
         self, group: str, prompts: list[list[int]], params, adapter: str | None, decision: Decision
     ) -> list["_Choice"]:
-        """Starts every choice on `group` and waits until each is accepted. Raises _GroupDown when the group
-        is dead or unreachable (no choice runs then), APIError when it refuses the request."""
+        """Starts every choice on `group` and waits for each one's first item (kept in `_Choice.first`).
+        Raises _GroupDown when the group is dead or unreachable before every choice has started (nothing
+        reached the client; the other choices are cancelled), APIError when it refuses or drops the request."""
         base = random_id("req")
         choices = []
         for i, ids in enumerate(prompts):
@@ -549,12 +563,14 @@ class OpenAIIngress:
         except BaseException:
             self._cancel(choices)
             raise
+        for c, first in zip(choices, firsts):
+            c.first = first
         for first in firsts:
-            if "error" in first:
+            if not isinstance(first, RequestOutput):  # an error item: this choice did not start
                 self._cancel(choices)
-                if first["status"] == 503:
-                    raise _GroupDown(first["error"])
-                raise APIError(first["status"], first["error"])
+                if first.get("status") == 503:
+                    raise _GroupDown(first.get("error", "group unavailable"))
+                raise _item_error(first)
         return choices
 
     def _cancel(self, choices: list[_Choice]) -> None:
@@ -575,6 +591,9 @@ class OpenAIIngress:
     async def _collect(self, choices: list[_Choice]) -> None:
         async def one(c: _Choice):
             try:
+                first, c.first = c.first, None
+                if first is not None:
+                    self._absorb(c, first)
                 async for out in c.gen:
                     self._absorb(c, out)
             except APIError:
@@ -591,13 +610,9 @@ class OpenAIIngress:
         """Applies one streamed item to a choice; returns its new text. The first tokens' arrival calibrates
         admission control (Router.observe_ttft)."""
         if not isinstance(out, RequestOutput):
-            status = out.get("status", 500)
-            if status == 503:
+            if out.get("status", 500) == 503:
                 raise _unavailable(out.get("error", "group unavailable"))
-            retry = out.get("retry_after_s")  # an early abort before the request started (deployments/group.py)
-            raise APIError(
-                status, out.get("error", "engine error"), headers={"Retry-After": str(retry)} if retry else None
-            )
+            raise _item_error(out)
         if c.num_tokens == 0 and out.delta_token_ids:
             d, actual = c.decision, time.monotonic() - c.admitted_at
             if d is not None:
@@ -621,6 +636,9 @@ class OpenAIIngress:
 
         async def pump(c: _Choice):
             try:
+                first, c.first = c.first, None
+                if first is not None:
+                    await q.put((c, first))
                 async for out in c.gen:
                     await q.put((c, out))
             except BaseException as e:  # noqa: BLE001 - forwarded to the client as an error event

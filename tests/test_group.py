@@ -45,7 +45,7 @@ def stream(g: SLoRAGroup, rid: str, ids: list[int], params: SamplingParams) -> l
 
 
 def joined(items) -> tuple[list[int], str, str | None, list[int], str]:
-    outs = [o for _, o in items[1:]]
+    outs = [o for _, o in items]
     return (
         sum((o.delta_token_ids for o in outs), []),
         "".join(o.delta_text for o in outs),
@@ -70,21 +70,20 @@ def test_coalesced_stream_equals_every_step_stream(demo, stop):
         runs[interval] = stream(group(demo, interval), f"r-{interval}", ids, params)  # a group per loop
     every, short, long = runs[0.0], runs[0.05], runs[30.0]
     for items in runs.values():
-        assert items[0][1] == {"accepted": True}
-        assert all(isinstance(o, RequestOutput) and o.delta_token_ids for _, o in items[1:])
-        assert items[-1][1].finished and not any(o.finished for _, o in items[1:-1])
+        assert all(isinstance(o, RequestOutput) and o.delta_token_ids for _, o in items)  # tokens from the first
+        assert items[-1][1].finished and not any(o.finished for _, o in items[:-1])
         tokens, text, reason, all_tokens, all_text = joined(items)
         assert tokens == all_tokens and text == all_text
         assert joined(items) == joined(every)
     assert joined(every)[2] == ("stop" if stop else "length")
     n_tokens = len(joined(every)[0])
     # interval 0: an item per step, unless the consumer falls behind the engine thread (then steps merge)
-    assert 2 <= len(every) - 1 <= n_tokens
-    assert 2 <= len(short) - 1 < n_tokens
-    # 30 s: accepted, the first token (one per step until there is text to show), the end; none waited
-    held = next(i for i, (_, o) in enumerate(every[1:]) if o.delta_text)  # outputs whose text was held
-    assert 3 <= len(long) <= 3 + held and long[-1][0] < 15
-    assert long[-2][1].delta_text or len(long) == 3
+    assert 2 <= len(every) <= n_tokens
+    assert 2 <= len(short) < n_tokens
+    # 30 s: the first token (one per step until there is text to show), the end; none waited
+    held = next(i for i, (_, o) in enumerate(every) if o.delta_text)  # outputs whose text was held
+    assert 2 <= len(long) <= 2 + held and long[-1][0] < 15
+    assert long[-2][1].delta_text or len(long) == 2
 
 
 def test_stream_unit_semantics():
@@ -239,8 +238,9 @@ def test_adapter_refusals_are_answers_not_exceptions(demo, tmp_path):
 
 
 def test_early_abort_before_start_is_a_429_item_and_no_stream_hangs(demo):
-    """A request the scheduler's early abort drops before it runs ends its stream with a 429 error item and
-    `retry_after_s` (the ingress answers 429 + Retry-After); the other streams in the group go on and end."""
+    """A request the scheduler's early abort drops before it runs gets one item, a 429 error with
+    `retry_after_s` (the ingress answers 429 + Retry-After, streamed or not); the other streams in the group go
+    on and end."""
     cfg = {
         "model": str(demo / "model"),
         "device": "cpu",
@@ -258,11 +258,11 @@ def test_early_abort_before_start_is_a_429_item_and_no_stream_hangs(demo):
         return await asyncio.wait_for(asyncio.gather(*(one(f"r{i}") for i in range(4))), timeout=60)
 
     streams = asyncio.run(run())
-    first = streams[0][1:]
+    first = streams[0]
     assert first[-1].finish_reason == "length" and len(first[-1].token_ids) == 40
     dropped = [s for s in streams[1:] if isinstance(s[-1], dict)]
     assert dropped, [s[-1] for s in streams[1:]]
     for s in dropped:
-        assert s[0] == {"accepted": True}
+        assert len(s) == 1  # nothing before the error: the caller learns it from the first item
         assert s[-1]["status"] == 429 and s[-1]["retry_after_s"] == 1 and "early abort" in s[-1]["error"]
     assert g.engine.is_idle_clean()

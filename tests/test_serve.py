@@ -353,8 +353,8 @@ def test_group_stream_coalesces_tokens_without_changing_them(service, llm):
     for app_name, rid in (("fuzz", "coalesce-0"), ("main", "coalesce-1")):
         h = serve.get_deployment_handle("SLoRAGroup-0", app_name=app_name).options(stream=True)
         items = list(h.generate.remote(rid, ids, params, "demo-r16-all"))
-        assert items[0] == {"accepted": True} and all(isinstance(o, RequestOutput) for o in items[1:])
-        outs = items[1:]
+        assert all(isinstance(o, RequestOutput) for o in items)  # the first item is the first tokens
+        outs = items
         assert outs[-1].finished and not any(o.finished for o in outs[:-1])
         assert all(o.delta_token_ids for o in outs)
         runs[app_name] = outs
@@ -522,6 +522,50 @@ def test_429_when_slo_cannot_be_met(service):
     assert s["metrics"]["counters"]["prompt_tokens"] == 0  # nothing was queued
     m = httpx.get(f"{BASE}/strict/metrics").text
     assert 'sloray_requests_rejected_total{group="SLoRAGroup-0",model_name="sloray-demo"}' in m
+
+
+def test_an_early_abort_before_start_is_a_429_streamed_or_not(service):
+    """A request the engine's early abort drops before it ran answers HTTP 429 + Retry-After with an OpenAI
+    error object, streamed or not (the ingress starts a response only once the group's first item, the
+    request's first tokens, has come); the request holding the engine's only seat is served."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray.serve.api import RunTarget
+
+    from deployments.builder import build_app
+
+    app = build_app(
+        {"device": "cpu", "dtype": "float32", "group_num_cpus": 0.25, "stream_interval_s": 0,
+         "engine": {"scheduler": {"max_num_seqs": 1, "early_abort_ttft_slo_s": 0.3}}}
+    )  # fmt: skip
+    serve.run_many([RunTarget(app, name="abort", route_prefix="/abort")])
+    url = f"{BASE}/abort/v1/completions"
+    try:
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{BASE}/abort/health", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "the group never became ready"
+            time.sleep(0.2)
+        body = {"model": MODEL, "prompt": "Hi", "max_tokens": 4}
+
+        def streamed():
+            with httpx.stream("POST", url, json={**body, "stream": True}, timeout=60) as r:
+                return r.status_code, r.headers.get("retry-after"), r.read()
+
+        with ThreadPoolExecutor(3) as ex:
+            long = ex.submit(httpx.post, url, json={**body, "max_tokens": 1000, "ignore_eos": True}, timeout=120)
+            time.sleep(1.0)  # it holds the only seat for its 1000 steps
+            late = [f.result() for f in [ex.submit(streamed), ex.submit(streamed)]]
+            r = httpx.post(url, json=body, timeout=60)
+            late.append((r.status_code, r.headers.get("retry-after"), r.content))
+            first = long.result()
+        assert first.status_code == 200 and first.json()["usage"]["completion_tokens"] == 1000
+        for status, retry, content in late:
+            assert status == 429, content
+            assert int(retry) >= 1
+            e = json.loads(content)["error"]
+            assert e["code"] == 429 and "early abort" in e["message"]
+    finally:
+        serve.delete("abort")
 
 
 # ---- adapters ----------------------------------------------------------------------------------
