@@ -11,8 +11,8 @@ tokenizing, total tokens: 400) -> tokenize (bodies over 16 KB in a worker thread
 serving other requests and /health; chat template for chat) -> choose a group (adapter clustering,
 deployments/routing.py) -> admission control (429 + Retry-After when the predicted time to first token
 misses `admission_ttft_slo_s`) -> stream from the group (`generate`, through `.options(stream=True)`). The
-response starts once every choice has its first item from the group: its first tokens, or the error that
-ended it before any (a refusal, an early abort: 429, a group that died: another group is tried).
+response starts once a choice has its first tokens; when the group's first answer is an error instead (a
+refusal, an early abort: 429 + Retry-After, a group that died: another group is tried), that is the answer.
 A background task polls every group's `stats()` a few times a second; routing, admission, `/v1/models`
 and `/metrics` read that shared state, so every ingress replica sees the whole service.
 
@@ -204,6 +204,12 @@ def _item_error(item: dict) -> APIError:
     return APIError(item.get("status", 500), item.get("error", "engine error"), headers=headers)
 
 
+def _retrieved(f: asyncio.Future) -> None:
+    """Marks a future's exception as seen (a choice's first item that nobody awaits after a cancel)."""
+    if not f.cancelled():
+        f.exception()
+
+
 def _cause(e: BaseException) -> BaseException:
     """The user exception behind a Ray task error (Ray re-raises it as a subclass carrying `.cause`)."""
     return getattr(e, "cause", None) or e
@@ -238,7 +244,7 @@ class _Choice:
     prompt_len: int
     group: str
     gen: Any = None  # DeploymentResponseGenerator
-    first: Any = None  # the group's first item (its first tokens), taken by _launch, not yet absorbed
+    first: "asyncio.Future | None" = None  # the group's first item, awaited by _launch, not yet absorbed
     text: str = ""
     num_tokens: int = 0
     released: bool = False  # counted back out of the router's local in-flight
@@ -498,9 +504,9 @@ class OpenAIIngress:
     async def _start(
         self, body, prompts: list[list[int]], adapter: str | None, default_max: int | None, received: float
     ):
-        """Routes, admits and starts every choice (len(prompts) x n); returns them once each has its first
-        tokens (the group's first item), so that a request refused or dropped before it ran gets its own
-        status (400, 404, 429 + Retry-After), and one whose group died before it started goes to another."""
+        """Routes, admits and starts every choice (len(prompts) x n); returns them once the request has started
+        (a choice has its first tokens: `_launch`), so that a request refused or dropped before it ran gets its
+        own status (400, 404, 429 + Retry-After), and one whose group died before it started goes to another."""
         n = body.n
         params = []
         for ids in prompts:
@@ -537,9 +543,10 @@ class OpenAIIngress:
     async def _launch(
         self, group: str, prompts: list[list[int]], params, adapter: str | None, decision: Decision
     ) -> list["_Choice"]:
-        """Starts every choice on `group` and waits for each one's first item (kept in `_Choice.first`).
-        Raises _GroupDown when the group is dead or unreachable before every choice has started (nothing
-        reached the client; the other choices are cancelled), APIError when it refuses or drops the request."""
+        """Starts every choice on `group` (each one's first item is awaited in `_Choice.first`) and returns
+        once one choice has its first tokens. Raises, cancelling every choice, when the first items to come
+        are errors: _GroupDown when the group is dead or unreachable (nothing ran: the caller tries another),
+        APIError when it refuses or drops the request (400, 404, early abort: 429 + Retry-After)."""
         base = random_id("req")
         choices = []
         for i, ids in enumerate(prompts):
@@ -555,27 +562,35 @@ class OpenAIIngress:
                 self.router.sent(group, len(ids))
                 c.gen = self.streams[group].generate.remote(f"{base}-{c.index}", ids, p, adapter)
                 choices.append(c)
+        firsts = []
+        for c in choices:
+            c.first = f = asyncio.ensure_future(c.gen.__anext__())
+            f.add_done_callback(_retrieved)
+            firsts.append(f)
+        # The request has started once one choice has its first tokens; the other choices' first items are
+        # read by _collect / _stream (a choice that waits for a seat does not hold back the others' tokens).
         try:
-            firsts = await asyncio.gather(*(c.gen.__anext__() for c in choices))
+            done, _ = await asyncio.wait(firsts, return_when=asyncio.FIRST_COMPLETED)
+            items = [f.result() for f in done]
         except Exception as e:  # noqa: BLE001 - the replica is gone or unreachable
             self._cancel(choices)
             raise _GroupDown(repr(_cause(e))) from None
         except BaseException:
             self._cancel(choices)
             raise
-        for c, first in zip(choices, firsts):
-            c.first = first
-        for first in firsts:
-            if not isinstance(first, RequestOutput):  # an error item: this choice did not start
-                self._cancel(choices)
-                if first.get("status") == 503:
-                    raise _GroupDown(first.get("error", "group unavailable"))
-                raise _item_error(first)
-        return choices
+        if any(isinstance(i, RequestOutput) for i in items):
+            return choices
+        first = items[0]  # an error item before any tokens: the request did not start
+        self._cancel(choices)
+        if first.get("status") == 503:
+            raise _GroupDown(first.get("error", "group unavailable"))
+        raise _item_error(first)
 
     def _cancel(self, choices: list[_Choice]) -> None:
         """Stops the choices' streams (the group aborts unfinished requests) and releases them."""
         for c in choices:
+            if c.first is not None:
+                c.first.cancel()
             if c.gen is not None and c.finish_reason is None:
                 c.gen.cancel()
             if not c.released:
@@ -593,7 +608,7 @@ class OpenAIIngress:
             try:
                 first, c.first = c.first, None
                 if first is not None:
-                    self._absorb(c, first)
+                    self._absorb(c, await first)
                 async for out in c.gen:
                     self._absorb(c, out)
             except APIError:
@@ -638,7 +653,7 @@ class OpenAIIngress:
             try:
                 first, c.first = c.first, None
                 if first is not None:
-                    await q.put((c, first))
+                    await q.put((c, await first))
                 async for out in c.gen:
                     await q.put((c, out))
             except BaseException as e:  # noqa: BLE001 - forwarded to the client as an error event

@@ -527,7 +527,8 @@ def test_429_when_slo_cannot_be_met(service):
 def test_an_early_abort_before_start_is_a_429_streamed_or_not(service):
     """A request the engine's early abort drops before it ran answers HTTP 429 + Retry-After with an OpenAI
     error object, streamed or not (the ingress starts a response only once the group's first item, the
-    request's first tokens, has come); the request holding the engine's only seat is served."""
+    request's first tokens, has come); the request holding the engine's only seat is served. A request whose
+    first choice has started streams it while another choice waits."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ray.serve.api import RunTarget
@@ -564,6 +565,15 @@ def test_an_early_abort_before_start_is_a_429_streamed_or_not(service):
             assert int(retry) >= 1
             e = json.loads(content)["error"]
             assert e["code"] == 429 and "early abort" in e["message"]
+        # n = 2 on the one seat: the response starts with the tokens of the choice that got the seat (the other,
+        # waiting, does not hold them back); the waiting one is then dropped: its error event ends the stream
+        more = {**body, "n": 2, "max_tokens": 1000, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", url, json=more, timeout=60) as r:
+            assert r.status_code == 200
+            events = [json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: {")]
+        err = next(i for i, ev in enumerate(events) if "error" in ev)
+        assert err > 0 and len({ch["index"] for ev in events[:err] for ch in ev["choices"]}) == 1
+        assert events[err]["error"]["code"] == 429 and err == len(events) - 1
     finally:
         serve.delete("abort")
 
