@@ -892,10 +892,11 @@ def test_stream_sends_one_chunk_per_step_at_0_and_coalesces_by_default(http):
     # evenly apart (one per step), not in bursts: a batched stream's median gap is ~0 beside its mean
     assert sorted(gaps)[len(gaps) // 2] >= 0.2 * sum(gaps) / len(gaps), gaps
     coalesced, ctimes = chunks("/fuzz")
-    # at most one chunk per 0.05 s: the chunks after the first are that far apart (the median, as the client
-    # can read two chunks at once), so steps faster than that share a chunk (the tokens of slower ones cannot)
-    cgaps = sorted(b - a for a, b in itertools.pairwise(ctimes[1:]))
-    assert cgaps[len(cgaps) // 2] >= 0.04 and len(coalesced) < len(sizes), (coalesced, sizes, cgaps)
+    # at most one chunk per 0.05 s (besides the first tokens and the end, which go out at once), so steps faster
+    # than that share a chunk: counted over the whole stream's span, as single gaps seen by the client move with
+    # the load of a 2-core machine (a chunk read late makes the next gap short: 32 / 38 / 58 ms in one CI run)
+    span = ctimes[-1] - ctimes[0]
+    assert len(coalesced) <= 3 + span / 0.05 and len(coalesced) < len(sizes), (coalesced, sizes, span)
 
 
 def _ingress_log_lines(app: str) -> list[str]:
