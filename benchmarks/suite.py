@@ -659,6 +659,14 @@ def serve_replay(a, trace, model_dir: str, cfg, adir: Path, replicas: int, inter
             pass
         time.sleep(1)
     startup = time.perf_counter() - t0
+    # the replay starts once the group has pinned its adapters' host copies (a background thread after it is
+    # up): the in-process replay's adapters are in host memory from the start, so this compares like with like
+    group = serve.get_deployment_handle("SLoRAGroup-0", app_name="sloray-suite")
+    for _ in range(600):
+        pinned_s = group.stats.remote().result(timeout_s=30)["startup"].get("adapters_pinned_s")
+        if pinned_s is not None:
+            break
+        time.sleep(0.5)
     try:
         remote = asyncio.run(http_replay(url, trace, "a", a.slo_s, None, 600.0, vocab=min(500, 512)))
         # the groups' own TTFT over the same requests (their histogram, as /metrics exposes it after the
@@ -668,7 +676,8 @@ def serve_replay(a, trace, model_dir: str, cfg, adir: Path, replicas: int, inter
     finally:
         serve.shutdown()
         ray.shutdown()
-    return {"ingress_replicas": replicas, "stream_interval_s": interval, "http": remote, "serve_startup_s": startup}
+    return {"ingress_replicas": replicas, "stream_interval_s": interval, "http": remote, "serve_startup_s": startup,
+            "adapters_pinned_s": pinned_s}  # fmt: skip
 
 
 SUITES = {"s-lora-table": suite_table, "ablations": suite_ablations, "admission": suite_admission, "http": suite_http}

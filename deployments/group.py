@@ -212,6 +212,9 @@ class SLoRAGroup:
             "warmup_s": self.engine.warmup_s or 0.0,
             "adapters_s": time.perf_counter() - t0,
             "num_adapters": len(adapters or {}),
+            # seconds the background pinning of their host copies took, once it is over (0.0: nothing to
+            # pin, or it failed); None while it runs, when page fills may still copy from pageable memory
+            "adapters_pinned_s": None if adapters else 0.0,
         }
         self._adapter_table = self._adapters_now()
         # metrics carry the model name clients use (the ingress's), so both exports label alike
@@ -238,7 +241,9 @@ class SLoRAGroup:
             n = self.engine.pin_adapters()
         except Exception as e:  # noqa: BLE001 - pinned memory is an optimisation
             logger.warning("group %s: pinning the adapters' host copies failed, they stay pageable: %r", self.name, e)
+            self.startup["adapters_pinned_s"] = 0.0
             return
+        self.startup["adapters_pinned_s"] = time.perf_counter() - t0
         if n:
             logger.info("group %s: %d adapters' host copies pinned in %.1f s", self.name, n, time.perf_counter() - t0)
 
