@@ -243,9 +243,9 @@ class SLoRAGroup:
             logger.warning("group %s: pinning the adapters' host copies failed, they stay pageable: %r", self.name, e)
             self.startup["adapters_pinned_s"] = 0.0
             return
-        self.startup["adapters_pinned_s"] = time.perf_counter() - t0
+        self.startup["adapters_pinned_s"] = dt = time.perf_counter() - t0
         if n:
-            logger.info("group %s: %d adapters' host copies pinned in %.1f s", self.name, n, time.perf_counter() - t0)
+            logger.info("group %s: %d adapters' host copies pinned in %.1f s", self.name, n, dt)
 
     # ---- the step loop ---------------------------------------------------------------------------
     def _ensure_loop(self) -> None:

@@ -210,6 +210,15 @@ def _retrieved(f: asyncio.Future) -> None:
         f.exception()
 
 
+async def _items(c: "_Choice"):
+    """A choice's items from its group: the first one (awaited since `_launch`), then the rest of its stream."""
+    first, c.first = c.first, None
+    if first is not None:
+        yield await first
+    async for out in c.gen:
+        yield out
+
+
 def _cause(e: BaseException) -> BaseException:
     """The user exception behind a Ray task error (Ray re-raises it as a subclass carrying `.cause`)."""
     return getattr(e, "cause", None) or e
@@ -606,10 +615,7 @@ class OpenAIIngress:
     async def _collect(self, choices: list[_Choice]) -> None:
         async def one(c: _Choice):
             try:
-                first, c.first = c.first, None
-                if first is not None:
-                    self._absorb(c, await first)
-                async for out in c.gen:
+                async for out in _items(c):
                     self._absorb(c, out)
             except APIError:
                 raise
@@ -651,10 +657,7 @@ class OpenAIIngress:
 
         async def pump(c: _Choice):
             try:
-                first, c.first = c.first, None
-                if first is not None:
-                    await q.put((c, await first))
-                async for out in c.gen:
+                async for out in _items(c):
                     await q.put((c, out))
             except BaseException as e:  # noqa: BLE001 - forwarded to the client as an error event
                 await q.put((c, e))
