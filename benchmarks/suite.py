@@ -175,6 +175,7 @@ def replay(engine: Engine, trace: list[dict], slo: float, *, stop_on_fail: bool 
     window_tokens = window_done = 0  # output tokens and completed requests while requests arrive
     late_tokens = 0  # output tokens in the second half of the arrival window (keeping up, after the ramp)
     answered = 0  # requests with a first token or finished without one
+    step_wall = step_cpu = 0.0  # engine.step() seconds: wall, this thread's CPU (as a group's stats report them)
     sync()
     start = time.monotonic()
     while pending or engine.has_unfinished():
@@ -205,7 +206,9 @@ def replay(engine: Engine, trace: list[dict], slo: float, *, stop_on_fail: bool 
             if pending:
                 time.sleep(max(0.0, min(0.005, start + pending[0]["arrival_s"] - time.monotonic())))
             continue
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
         outs = engine.step()
+        step_wall, step_cpu = step_wall + time.perf_counter() - wall0, step_cpu + time.thread_time() - cpu0
         t = time.monotonic()
         in_window = t - start <= last_arrival
         for o in outs:
@@ -249,6 +252,8 @@ def replay(engine: Engine, trace: list[dict], slo: float, *, stop_on_fail: bool 
         loads_per_s=counters["loads"] / elapsed if elapsed else None,
         load_wait_step_share=counters["load_wait_steps"] / counters["steps"] if counters["steps"] else None,
         distinct_adapters_per_step=statistics.mean(distinct) if distinct else 0.0,
+        step_wall_mean_s=step_wall / counters["steps"] if counters["steps"] else None,
+        step_cpu_mean_s=step_cpu / counters["steps"] if counters["steps"] else None,
         batch_mean=statistics.mean(batch) if batch else 0.0,
         pool_pages=pool.num_pages,
         kv_pages_peak=max(kv_pages, default=0),
@@ -327,6 +332,10 @@ def rate_search(a, engine: Engine, n: int, cap: float, log, points: list) -> dic
 
 def ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1e3:.0f} ms"
+
+
+def ms1(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:.1f} ms"
 
 
 def pc(x: float | None) -> str:
@@ -668,7 +677,15 @@ def serve_replay(a, trace, model_dir: str, cfg, adir: Path, replicas: int, inter
             break
         time.sleep(0.5)
     try:
+        before = group.stats.remote().result(timeout_s=30)["engine_steps"]
         remote = asyncio.run(http_replay(url, trace, "a", a.slo_s, None, 600.0, vocab=min(500, 512)))
+        after = group.stats.remote().result(timeout_s=30)["engine_steps"]
+        steps = after["steps"] - before["steps"]
+        remote.update(  # the group's engine.step() over the replay, as the in-process replay reports its own
+            steps=steps,
+            step_wall_mean_s=(after["wall_s"] - before["wall_s"]) / steps if steps else None,
+            step_cpu_mean_s=(after["cpu_s"] - before["cpu_s"]) / steps if steps else None,
+        )
         # the groups' own TTFT over the same requests (their histogram, as /metrics exposes it after the
         # ingress's next stats poll): what of the client's TTFT the groups account for
         time.sleep(3 * IngressSettings().stats_poll_interval_s)
@@ -846,9 +863,11 @@ def report_http(res: dict, out: Path) -> list[str]:
     lines = [f"n = {res['adapters']} adapter directories, {res['rate']} req/s, the same trace; Serve up in "
              f"{res['serve_startup_s']:.0f} s (the first HTTP run). Group TTFT: the groups' own (arrival at a "
              "group to its first token; their Prometheus histogram, interpolated); the rest of the client's is the "
-             "serving path (proxy, ingress, the hops to the group and back).", "",
-             "| path | req/s | out tok/s | TTFT p50 | TTFT p99 | attainment | group TTFT p50 / p99 |",
-             "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+             "serving path (proxy, ingress, the hops to the group and back). Steps: engine.step() calls over the replay; "
+             "their mean wall time and the stepping thread's CPU time in them (in the group: its engine thread).", "",
+             "| path | req/s | out tok/s | TTFT p50 | TTFT p99 | attainment | group TTFT p50 / p99 | TPOT mean | "
+             "steps | step wall / CPU (mean) |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]  # fmt: skip
     variants = res.get("http_variants") or [res]
     paths = [("in-process", res["in_process"])] + [
         (f"HTTP, {v.get('ingress_replicas', 1)} ingress, interval {v.get('stream_interval_s', 0)} s", v["http"])
@@ -858,7 +877,8 @@ def report_http(res: dict, out: Path) -> list[str]:
         st = r.get("server_ttft") or {}
         group = f"{ms(st.get('p50_s'))} / {ms(st.get('p99_s'))}" if st else ""
         lines.append(f"| {name} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | {ms(r['ttft_p50_s'])} | "
-                     f"{ms(r['ttft_p99_s'])} | {pc(r['slo_attainment'])} | {group} |")  # fmt: skip
+                     f"{ms(r['ttft_p99_s'])} | {pc(r['slo_attainment'])} | {group} | {ms1(r.get('tpot_mean_s'))} | "
+                     f"{r.get('steps', '-')} | {ms1(r.get('step_wall_mean_s'))} / {ms1(r.get('step_cpu_mean_s'))} |")  # fmt: skip
     lines.append("")
     for v in variants:
         lines.append(f"- HTTP ({v.get('ingress_replicas', 1)} ingress, interval {v.get('stream_interval_s', 0)} s) / "

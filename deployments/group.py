@@ -229,6 +229,8 @@ class SLoRAGroup:
         self._step_time: float | None = None
         self._prefill_tps: float | None = None
         self._step_cost = LinearFit()  # step seconds over tokens computed in the step
+        # (steps, wall seconds, engine-thread CPU seconds) of engine.step() calls, replaced as one tuple per step
+        self._step_totals = (0, 0.0, 0.0)
         self._snapshot = self._take_snapshot()
         if adapters:
             threading.Thread(target=self._pin_adapters, name="adapter-pin", daemon=True).start()
@@ -318,7 +320,10 @@ class SLoRAGroup:
         outputs: list[RequestOutput] = []
         adapters = None
         if self.engine.has_unfinished():
+            w0, c0 = time.perf_counter(), time.thread_time()
             outputs = self.engine.step()
+            n, wall, cpu = self._step_totals
+            self._step_totals = (n + 1, wall + time.perf_counter() - w0, cpu + time.thread_time() - c0)
             adapters = self.engine.last_step_adapters
             self._snapshot = self._take_snapshot()
             dt = time.perf_counter() - t0
@@ -555,6 +560,10 @@ class SLoRAGroup:
         s["name"] = self.name
         s["model"] = self.engine.model_name
         s["startup"] = self.startup
+        n, wall, cpu = self._step_totals
+        # engine.step() totals since start: wall time, and the engine thread's CPU time in it (their ratio
+        # below 1: the step waited, on the device or for the GIL held by this replica's other threads)
+        s["engine_steps"] = {"steps": n, "wall_s": wall, "cpu_s": cpu}
         s["tensor_parallel_size"] = self.tensor_parallel_size
         s["ranks"] = getattr(self.engine.executor, "ranks", [])  # tensor parallelism: the rank actors
         s["gauges"] = self._gauges(s)
