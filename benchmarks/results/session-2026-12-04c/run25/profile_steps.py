@@ -11,10 +11,14 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
+
 import benchmarks.suite as S
 
-a = SimpleNamespace(smoke=False, work=Path("/tmp/sloray-suite"), layers=None, device="cuda", gpu_memory_fraction=0.85,
-                    max_num_seqs=256, max_num_batched_tokens=4096, max_len=512, duration=15.0, slo_s=6.0)
+cuda = torch.cuda.is_available()  # without a GPU: the suite's smoke shape, to check this script runs
+a = SimpleNamespace(smoke=not cuda, work=Path("/tmp/sloray-suite"), layers=None, device="cuda" if cuda else "cpu",
+                    gpu_memory_fraction=0.85, max_num_seqs=256 if cuda else 8, max_num_batched_tokens=4096 if cuda else 64,
+                    max_len=512, duration=15.0 if cuda else 1.5, slo_s=6.0)
 a.work.mkdir(parents=True, exist_ok=True)
 trace = S.trace_for(a, 100, 8.0)
 engine = S.engine_for(a, "S2", 100)
