@@ -864,7 +864,8 @@ def report_http(res: dict, out: Path) -> list[str]:
              f"{res['serve_startup_s']:.0f} s (the first HTTP run). Group TTFT: the groups' own (arrival at a "
              "group to its first token; their Prometheus histogram, interpolated); the rest of the client's is the "
              "serving path (proxy, ingress, the hops to the group and back). Steps: engine.step() calls over the replay; "
-             "their mean wall time and the stepping thread's CPU time in them (in the group: its engine thread).", "",
+             "their mean wall time and the stepping thread's CPU time in them (in the group: its engine thread; a device "
+             "sync's spin counts as CPU, so wall minus CPU is time the thread was not running, e.g. waiting for the GIL).", "",
              "| path | req/s | out tok/s | TTFT p50 | TTFT p99 | attainment | group TTFT p50 / p99 | TPOT mean | "
              "steps | step wall / CPU (mean) |",
              "|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]  # fmt: skip

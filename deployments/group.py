@@ -561,8 +561,9 @@ class SLoRAGroup:
         s["model"] = self.engine.model_name
         s["startup"] = self.startup
         n, wall, cpu = self._step_totals
-        # engine.step() totals since start: wall time, and the engine thread's CPU time in it (their ratio
-        # below 1: the step waited, on the device or for the GIL held by this replica's other threads)
+        # engine.step() totals since start: wall time, and the engine thread's CPU time in it. A device sync
+        # spins (CPU time); wall minus CPU is time the thread was not running: waiting for the GIL that this
+        # replica's other threads (streams, Serve) hold, or descheduled by the OS
         s["engine_steps"] = {"steps": n, "wall_s": wall, "cpu_s": cpu}
         s["tensor_parallel_size"] = self.tensor_parallel_size
         s["ranks"] = getattr(self.engine.executor, "ranks", [])  # tensor parallelism: the rank actors

@@ -16,19 +16,34 @@ import torch
 import benchmarks.suite as S
 
 cuda = torch.cuda.is_available()  # without a GPU: the suite's smoke shape, to check this script runs
-a = SimpleNamespace(smoke=not cuda, work=Path("/tmp/sloray-suite"), layers=None, device="cuda" if cuda else "cpu",
-                    gpu_memory_fraction=0.85, max_num_seqs=256 if cuda else 8, max_num_batched_tokens=4096 if cuda else 64,
-                    max_len=512, duration=15.0 if cuda else 1.5, slo_s=6.0)
+a = SimpleNamespace(
+    smoke=not cuda,
+    work=Path("/tmp/sloray-suite"),
+    layers=None,
+    device="cuda" if cuda else "cpu",
+    gpu_memory_fraction=0.85,
+    max_num_seqs=256 if cuda else 8,
+    max_num_batched_tokens=4096 if cuda else 64,
+    max_len=512,
+    duration=15.0 if cuda else 1.5,
+    slo_s=6.0,
+)
 a.work.mkdir(parents=True, exist_ok=True)
 trace = S.trace_for(a, 100, 8.0)
 engine = S.engine_for(a, "S2", 100)
 r0 = S.replay(engine, trace, 6.0, drain_s=24)
-print("unprofiled:", {k: r0[k] for k in ("req_s", "ttft_p50_s", "tpot_mean_s", "steps", "step_wall_mean_s", "step_cpu_mean_s")})
+print(
+    "unprofiled:",
+    {k: r0[k] for k in ("req_s", "ttft_p50_s", "tpot_mean_s", "steps", "step_wall_mean_s", "step_cpu_mean_s")},
+)
 pr = cProfile.Profile()
 pr.enable()
 r1 = S.replay(engine, trace, 6.0, drain_s=24)
 pr.disable()
-print("profiled:", {k: r1[k] for k in ("req_s", "ttft_p50_s", "tpot_mean_s", "steps", "step_wall_mean_s", "step_cpu_mean_s")})
+print(
+    "profiled:",
+    {k: r1[k] for k in ("req_s", "ttft_p50_s", "tpot_mean_s", "steps", "step_wall_mean_s", "step_cpu_mean_s")},
+)
 out = io.StringIO()
 st = pstats.Stats(pr, stream=out)
 st.sort_stats("tottime").print_stats(45)
