@@ -95,6 +95,7 @@ class IngressConfig(IngressSettings):
     tokenizer_path: str
     max_model_len: int = Field(description="the engine's (EngineConfig.max_model_len of the model)")
     allowed_adapter_roots: list[str] = Field(default_factory=list, description="the engine's lora roots")
+    ingress_replicas: int = Field(1, ge=1, description="replicas of this ingress (BuildArgs.num_ingress_replicas)")
 
 
 class APIError(Exception):
@@ -283,7 +284,10 @@ class OpenAIIngress:
         self.groups = {h.deployment_name: h for h in groups}
         self.streams = {n: h.options(stream=True) for n, h in self.groups.items()}
         self.router = Router(
-            list(self.groups), eps=self.cfg.routing_eps, admission_ttft_slo_s=self.cfg.admission_ttft_slo_s
+            list(self.groups),
+            eps=self.cfg.routing_eps,
+            admission_ttft_slo_s=self.cfg.admission_ttft_slo_s,
+            peers=self.cfg.ingress_replicas,
         )
         self.tokenizer = Tokenizer(self.cfg.tokenizer_path)
         self.snapshots: dict[str, dict | None] = dict.fromkeys(self.groups)

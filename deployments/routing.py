@@ -1,7 +1,8 @@
 """Routing and admission control of the ingress: pure logic over the TP groups' reported state (no Ray).
 
 In:  `GroupState` of every group (polled from `group.stats()` a few times a second) plus this ingress's
-     own requests sent since the last poll of each group; a request's adapter and prompt length.
+     own requests sent since the last poll of each group (as many assumed from each other ingress replica);
+     a request's adapter and prompt length.
 Out: the group a request goes to (`Router.choose`), and whether it is admitted (`Router.admit`: the
      predicted time to first token against the SLO, and a `Retry-After` when it is not).
 
@@ -129,7 +130,12 @@ class Router:
         eps: float = 0.25,
         admission_ttft_slo_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        peers: int = 1,
     ):
+        """`peers`: the ingress replicas routing to these groups, this one included. A poll shows what all of
+        them sent before it; between polls this router sees only its own requests and assumes each peer sent
+        as many (a load balancer spreads requests evenly), so a flood split over replicas is not admitted
+        once per replica."""
         if not group_names:
             raise ValueError("at least one group is needed")
         self.names = list(group_names)
@@ -138,6 +144,7 @@ class Router:
         self.states = {n: GroupState(name=n) for n in self.names}
         self._heaps: dict[str, list[int]] = {}  # GroupState.slot_heap() of the last poll, per group
         self.clock = clock
+        self.peers = max(1, peers)
         self._calibration = {n: LinearFit(decay=0.9) for n in self.names}  # actual TTFT over predicted
         self._observed_at = dict.fromkeys(self.names, 0.0)  # clock() of each calibration's last observation
         # Serving path: extra TTFT (over the calibrated model) against the requests ahead of it (path_delay_s).
@@ -227,16 +234,17 @@ class Router:
     def predict_ttft(self, name: str, prompt_tokens: int) -> float:
         """max(wait for a free slot, prefill queued ahead) + this prompt's prefill + one step, where the slot
         wait simulates the group's FCFS queue: running requests free their slots after their remaining
-        tokens, waiting ones (and the requests sent since the last poll, at the mean output length of the
-        queue) take slots in order and hold them for their output length. A step while every slot is busy
-        costs the larger of the recent mean step time and the fitted cost of a full decode batch
+        tokens, waiting ones (and the requests sent since the last poll, this router's times `peers`, at the
+        mean output length of the queue) take slots in order and hold them for their output length. A step
+        while every slot is busy costs the larger of the recent mean step time and the fitted cost of a full
+        decode batch
         (`step_cost`); prefill costs the fitted time per token. Before the group has measured a step, a
         request that would have to wait for a slot gets an infinite prediction: its wait is unknown."""
         s = self.states[name]
         heap = self._heaps.get(name)
         if heap is None:
             heap = self._heaps[name] = s.slot_heap()
-        pending = self.pending_reqs[name]
+        pending = self.pending_reqs[name] * self.peers
         if pending:
             lengths = [out for _, out in s.waiting_lengths] + list(s.running_remaining)
             mean_out = max(1, round(sum(lengths) / len(lengths))) if lengths else 1
@@ -255,7 +263,7 @@ class Router:
             step = DEFAULT_STEP_S
             if heap[0] > 0:
                 return math.inf
-        ahead = s.queued_prefill_tokens + self.pending_tokens[name]
+        ahead = s.queued_prefill_tokens + self.pending_tokens[name] * self.peers
         return max(heap[0] * step, ahead / rate) + prompt_tokens / rate + step
 
     def admit(self, name: str, prompt_tokens: int, elapsed_s: float = 0.0) -> Decision:

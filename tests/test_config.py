@@ -111,7 +111,14 @@ def test_every_setting_has_one_name_and_one_default():
     assert not set(BuildArgs.model_fields) & set(FLAT_KEYS)
     # what the ingress takes from elsewhere, filled by build_app (ingress_config), not settings of its own
     derived = set(IngressConfig.model_fields) - set(IngressSettings.model_fields)
-    assert derived == {"served_model_name", "model_path", "tokenizer_path", "max_model_len", "allowed_adapter_roots"}
+    assert derived == {
+        "served_model_name",
+        "model_path",
+        "tokenizer_path",
+        "max_model_len",
+        "allowed_adapter_roots",
+        "ingress_replicas",
+    }
     cfg, _, _ = resolve(BuildArgs())
     assert cfg.lora.max_lora_rank == LoRAConfig().max_lora_rank
     assert cfg.pool.gpu_memory_fraction == PoolConfig().gpu_memory_fraction
