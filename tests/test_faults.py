@@ -3,7 +3,8 @@ tensor_parallel_size=2 behind one ingress; while clients keep sending requests, 
 is killed (SIGKILL). At most the requests running on group 0 fail, each with a 503 OpenAI error object and
 Retry-After within 5 s; every other request is served (by group 1, or retried there); group 0 reports itself
 unhealthy at once, Serve replaces it, and it takes traffic again; a request routed to group 0 after it died
-is retried on group 1, so every request sent after the kill is served. Before that, both groups' greedy answers
+is retried on group 1, so every request sent after the kill is served, and so is a long prompt that group 0
+had accepted and was still prefilling (no first token yet) when it died. Before that, both groups' greedy answers
 equal the offline engine's (TP=2 behind Serve against TP=1)."""
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import httpx
 import pytest
 
 from app import LLM, SamplingParams
-from app.demo import build_demo
+from app.demo import DEMO_ADAPTERS, build_demo
+from deployments.routing import rendezvous_order
 from tests.models import DEMO_PROMPTS
 
 ray = pytest.importorskip("ray")
@@ -52,7 +54,8 @@ def service(demo):
             "num_groups": 2,
             "tensor_parallel_size": 2,
             "stats_poll_interval_s": 0.1,
-            "engine": {"warmup": "off"},
+            # small prefill chunks: a long prompt takes many steps before its first token (the retry test)
+            "engine": {"warmup": "off", "scheduler": {"max_num_batched_tokens": 32}},
         }
     )
     serve.run(app, name="faults", route_prefix="/")
@@ -104,7 +107,28 @@ def test_killed_rank_fails_only_its_requests_and_the_group_comes_back(service):
         t.start()
     try:
         time.sleep(4)
-        before = stats("SLoRAGroup-0")
+        # a request that group 0 has accepted but is still prefilling when its rank dies (no first token yet)
+        # must be sent to group 1 and answered, not failed: a long prompt of an adapter routed to group 0
+        g0, g1 = stats("SLoRAGroup-0"), stats("SLoRAGroup-1")
+        adapter = next(
+            a for a in sorted(DEMO_ADAPTERS)
+            if rendezvous_order(a, ["SLoRAGroup-0", "SLoRAGroup-1"])[0] == "SLoRAGroup-0"
+            and (a in g0["resident_adapters"] or a not in g1["resident_adapters"])
+        )  # fmt: skip
+        long_result: dict = {}
+
+        def long_request():
+            body = {"model": adapter, "prompt": [3 + i % 400 for i in range(1000)], "max_tokens": 4, "temperature": 0}
+            with httpx.Client(base_url=BASE, timeout=120) as c:
+                r = c.post("/v1/completions", json=body)
+            long_result.update(status=r.status_code, body=r.json())
+
+        long_thread = threading.Thread(target=long_request, daemon=True)
+        long_thread.start()
+        t_sent = time.monotonic()
+        while (before := stats("SLoRAGroup-0"))["queue"]["queued_prefill_tokens"] < 300:
+            assert time.monotonic() - t_sent < 20, "the long prompt did not reach group 0"
+            time.sleep(0.02)
         assert before["healthy"] and len(before["ranks"]) == 2
         kill_at = time.monotonic()
         os.kill(before["ranks"][1]["pid"], signal.SIGKILL)
@@ -142,6 +166,9 @@ def test_killed_rank_fails_only_its_requests_and_the_group_comes_back(service):
         for t in threads:
             t.join(timeout=130)
 
+    long_thread.join(timeout=130)
+    assert long_result.get("status") == 200, long_result  # retried on group 1 after group 0 died mid-prefill
+    assert long_result["body"]["usage"]["completion_tokens"] == 4
     failed = [e for e in log if e[2] != 200]
     ok_after = [e for e in log if e[2] == 200 and e[0] > kill_at]
     waits = [e[1] - max(e[0], kill_at) for e in failed]
