@@ -135,6 +135,16 @@ def test_full_batch_waits_for_the_slots_that_free_first_and_retry_after_grows():
     assert r.admit("a", 0).retry_after_s == 10  # ceil(10.1 - 0.5)
 
 
+def sim_state(running: dict[int, int], waiting: list[int], arrivals: list[tuple[float, int]], slots: int,
+              step: float) -> GroupState:  # fmt: skip
+    """What a poll of a simulated group reports: its running requests' tokens left, its FCFS queue."""
+    return GroupState(
+        name="a", running=len(running), waiting=len(waiting), max_num_seqs=slots, step_time_s=step,
+        prefill_tps=1e9, running_remaining=tuple(running.values()),
+        waiting_lengths=tuple((1, arrivals[w][1]) for w in waiting),
+    )  # fmt: skip
+
+
 def simulate_fcfs(arrivals: list[tuple[float, int]], slots: int, step: float, router: Router):
     """A group as the engine runs it, on a fake clock: steps of `step` seconds; at a step's start the waiting
     requests take free slots in FCFS order; every running request makes one token per step (the first at the
@@ -148,12 +158,7 @@ def simulate_fcfs(arrivals: list[tuple[float, int]], slots: int, step: float, ro
     i, t = 0, 0.0
     while i < len(arrivals) or running or waiting:
         while i < len(arrivals) and arrivals[i][0] <= t:  # arrivals during the last step, seen now
-            state = GroupState(
-                name="a", running=len(running), waiting=len(waiting), max_num_seqs=slots, step_time_s=step,
-                prefill_tps=1e9, running_remaining=tuple(running.values()),
-                waiting_lengths=tuple((1, arrivals[w][1]) for w in waiting),
-            )  # fmt: skip
-            router.update(state)
+            router.update(sim_state(running, waiting, arrivals, slots, step))
             predicted[i] = router.predict_ttft("a", 1) + (t - arrivals[i][0])
             waiting.append(i)
             i += 1
@@ -224,11 +229,7 @@ def flood_through_replicas(routers: list[Router], arrivals: list[tuple[float, in
     i, t, next_poll = 0, 0.0, 0.0
 
     def poll():
-        state = GroupState(
-            name="a", running=len(running), waiting=len(waiting), max_num_seqs=slots, step_time_s=step,
-            prefill_tps=1e9, running_remaining=tuple(running.values()),
-            waiting_lengths=tuple((1, arrivals[w][1]) for w in waiting),
-        )  # fmt: skip
+        state = sim_state(running, waiting, arrivals, slots, step)
         for r in routers:
             r.update(state)
 
