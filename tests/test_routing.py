@@ -145,6 +145,23 @@ def sim_state(running: dict[int, int], waiting: list[int], arrivals: list[tuple[
     )  # fmt: skip
 
 
+def sim_step(running: dict[int, int], waiting: list[int], arrivals: list[tuple[float, int]], slots: int,
+             first_token: dict[int, float], end: float) -> float:  # fmt: skip
+    """One step of a simulated group, ending at `end` (returned): the waiting requests take free slots in FCFS
+    order (a request's first token comes at the end of its admission step: prefill fits one step); every
+    running request makes one token; a request frees its slot after its last token."""
+    while waiting and len(running) < slots:
+        running[waiting.pop(0)] = -1
+    for rid in list(running):
+        if running[rid] == -1:
+            first_token[rid] = end
+            running[rid] = arrivals[rid][1]
+        running[rid] -= 1
+        if running[rid] <= 0:
+            del running[rid]
+    return end
+
+
 def simulate_fcfs(arrivals: list[tuple[float, int]], slots: int, step: float, router: Router):
     """A group as the engine runs it, on a fake clock: steps of `step` seconds; at a step's start the waiting
     requests take free slots in FCFS order; every running request makes one token per step (the first at the
@@ -162,16 +179,7 @@ def simulate_fcfs(arrivals: list[tuple[float, int]], slots: int, step: float, ro
             predicted[i] = router.predict_ttft("a", 1) + (t - arrivals[i][0])
             waiting.append(i)
             i += 1
-        while waiting and len(running) < slots:
-            running[waiting.pop(0)] = -1  # admitted: its first token comes at the end of this step
-        t += step
-        for rid in list(running):
-            if running[rid] == -1:
-                first_token[rid] = t
-                running[rid] = arrivals[rid][1]
-            running[rid] -= 1
-            if running[rid] <= 0:
-                del running[rid]
+        t = sim_step(running, waiting, arrivals, slots, first_token, t + step)
         if not running and not waiting and i < len(arrivals):
             t = max(t, arrivals[i][0])
     return [(predicted[k], first_token[k] - arrivals[k][0]) for k in range(len(arrivals))]
@@ -244,16 +252,7 @@ def flood_through_replicas(routers: list[Router], arrivals: list[tuple[float, in
                 waiting.append(i)
                 admitted.append(i)
             i += 1
-        while waiting and len(running) < slots:
-            running[waiting.pop(0)] = -1
-        t += step
-        for rid in list(running):
-            if running[rid] == -1:
-                first[rid] = t
-                running[rid] = arrivals[rid][1]
-            running[rid] -= 1
-            if running[rid] <= 0:
-                del running[rid]
+        t = sim_step(running, waiting, arrivals, slots, first, t + step)
     return [first[k] - arrivals[k][0] for k in admitted]
 
 
