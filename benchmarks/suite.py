@@ -283,6 +283,7 @@ def summarize(recs: list[dict], n_trace: int, elapsed: float, slo: float) -> dic
 
 
 MAX_RATE_FACTOR = 8.0  # the rate search's ceiling, in saturated capacities
+RATE_STEP = 1.25  # the rate search's factor between points until a pass and a failure bracket the maximum
 
 
 def capacity(a, engine: Engine, n: int) -> dict:
@@ -309,10 +310,11 @@ def passes(r: dict) -> bool:
 
 def rate_search(a, engine: Engine, n: int, cap: float, log, points: list) -> dict:
     """The highest passing rate (`passes`: SLO attainment and keeping up, module docstring) in --points replays
-    (appended to `points` as they run): the first at the saturated capacity `cap`, then doubling while every
-    rate passes (a burst's capacity understates what a steady trace sustains; at most MAX_RATE_FACTOR x cap),
-    bisecting once one failed. Returns the best passing run (None if none passed) and every point."""
-    lo, hi, best, rate = 0.0, None, None, cap
+    (appended to `points` as they run): the first at the saturated capacity `cap`, then up by RATE_STEP while
+    every rate passes (a burst's capacity can understate what a steady trace sustains; at most MAX_RATE_FACTOR
+    x cap) or down by it while every rate fails, then bisecting between the highest pass and the lowest
+    failure. Returns the best passing run (None if none passed) and every point."""
+    lo, hi, best, rate = None, None, None, cap
     for _ in range(a.points):
         r = replay(engine, trace_for(a, n, rate), a.slo_s, stop_on_fail=True, drain_s=2 * a.slo_s,
                    first_tokens_only=True)  # fmt: skip
@@ -326,7 +328,12 @@ def rate_search(a, engine: Engine, n: int, cap: float, log, points: list) -> dic
             lo, best = rate, r
         else:
             hi = rate
-        rate = min(2 * rate, MAX_RATE_FACTOR * cap) if hi is None else (lo + hi) / 2
+        if hi is None:
+            rate = min(rate * RATE_STEP, MAX_RATE_FACTOR * cap)
+        elif lo is None:
+            rate = rate / RATE_STEP
+        else:
+            rate = (lo + hi) / 2
     return {"max_rate": best["rate"] if best else None, "at_max": best, "points": points}
 
 

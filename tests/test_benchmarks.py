@@ -309,3 +309,29 @@ def test_table_report_when_no_adapter_row_passes(tmp_path):
     md = (tmp_path / "s-lora-table.md").read_text()
     assert "| S2 | 1000 | 19.76 | - |" in md
     assert (tmp_path / "s-lora-table_throughput.png").exists() and (tmp_path / "s-lora-table_latency.png").exists()
+
+
+@pytest.mark.parametrize(("sustainable", "want_rates"), [
+    (26.0, [20.0, 25.0, 31.25, 28.125, 26.5625]),  # above the burst's capacity: up, then bisect
+    (17.0, [20.0, 16.0, 18.0, 17.0, 17.5]),  # below it: down until one passes, then bisect
+    (1.0, [20.0, 16.0, 12.8, 10.24, 8.192]),  # far below: the points run out, none passes
+])  # fmt: skip
+def test_rate_search_steps_from_the_capacity_then_bisects(monkeypatch, sustainable, want_rates):
+    """The search's points on a fake replay that passes exactly up to `sustainable` req/s: from the saturated
+    capacity (20) up or down by RATE_STEP until a pass and a failure bracket the maximum, then bisecting."""
+    from types import SimpleNamespace
+
+    import benchmarks.suite as suite
+
+    def fake_replay(engine, trace, slo, **kw):
+        ok = trace[0]["rate"] <= sustainable
+        return {"requests": 1, "slo_attainment": 1.0 if ok else 0.5, "kept_up": 1.0, "stopped": None,
+                "out_tok_s_window": 1.0, "ttft_p50_s": 0.1, "ttft_p99_s": 0.2}  # fmt: skip
+
+    monkeypatch.setattr(suite, "replay", fake_replay)
+    monkeypatch.setattr(suite, "trace_for", lambda a, n, rate: [{"rate": rate}])
+    a = SimpleNamespace(points=5, slo_s=6.0)
+    res = suite.rate_search(a, None, 100, 20.0, lambda text: None, [])
+    assert [p["rate"] for p in res["points"]] == pytest.approx(want_rates)
+    passed = [r for r in want_rates if r <= sustainable]
+    assert res["max_rate"] == (pytest.approx(max(passed)) if passed else None)
