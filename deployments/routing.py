@@ -237,9 +237,8 @@ class Router:
         tokens, waiting ones (and the requests sent since the last poll, this router's times `peers`, at the
         mean output length of the queue) take slots in order and hold them for their output length. A step
         while every slot is busy costs the larger of the recent mean step time and the fitted cost of a full
-        decode batch
-        (`step_cost`); prefill costs the fitted time per token. Before the group has measured a step, a
-        request that would have to wait for a slot gets an infinite prediction: its wait is unknown."""
+        decode batch (`step_cost`); prefill costs the fitted time per token. Before the group has measured a
+        step, a request that would have to wait for a slot gets an infinite prediction: its wait is unknown."""
         s = self.states[name]
         heap = self._heaps.get(name)
         if heap is None:
