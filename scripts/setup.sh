@@ -16,5 +16,5 @@ fi
 step "installing sloray, its test dependencies and the pinned linters (ray[serve], transformers, peft, triton, ruff, mypy, ...; minutes on a fresh machine) ..."
 $PY -m pip install -q -e ".[test,lint]"
 step "checking the imports ..."
-$PY -c "import torch, ray, transformers; print(f'torch {torch.__version__}, ray {ray.__version__}, transformers {transformers.__version__}, cuda {torch.cuda.is_available()}')"
+$PY -c "import torch, ray, transformers, app, kernels, deployments; transformers.AutoConfig.for_model('llama'); print(f'torch {torch.__version__}, ray {ray.__version__}, transformers {transformers.__version__}, cuda {torch.cuda.is_available()}')"
 step "done: 'serve run serve_config.yaml' serves the demo, 'bash scripts/test.sh' runs the CPU tests"
