@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -552,14 +553,34 @@ def test_an_early_abort_before_start_is_a_429_streamed_or_not(service):
             with httpx.stream("POST", url, json={**body, "stream": True}, timeout=60) as r:
                 return r.status_code, r.headers.get("retry-after"), r.read()
 
-        with ThreadPoolExecutor(3) as ex:
-            long = ex.submit(httpx.post, url, json={**body, "max_tokens": 1000, "ignore_eos": True}, timeout=120)
-            time.sleep(1.0)  # it holds the only seat for its 1000 steps
-            late = [f.result() for f in [ex.submit(streamed), ex.submit(streamed)]]
+        started = threading.Event()
+
+        def long() -> tuple[int, int]:  # holds the only seat for its 1000 steps; `started` at its first tokens
+            req = {
+                **body,
+                "max_tokens": 1000,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            with httpx.stream("POST", url, json=req, timeout=120) as r:
+                events = []
+                for ln in r.iter_lines():
+                    if ln.startswith("data: {"):
+                        events.append(json.loads(ln[6:]))
+                        started.set()
+            return r.status_code, events[-1]["usage"]["completion_tokens"]
+
+        def plain():
             r = httpx.post(url, json=body, timeout=60)
-            late.append((r.status_code, r.headers.get("retry-after"), r.content))
-            first = long.result()
-        assert first.status_code == 200 and first.json()["usage"]["completion_tokens"] == 1000
+            return r.status_code, r.headers.get("retry-after"), r.content
+
+        with ThreadPoolExecutor(4) as ex:
+            first = ex.submit(long)
+            assert started.wait(60), "the long request never started"
+            # sent at once while it runs (1000 steps: over a second even on a fast CPU)
+            late = [f.result() for f in [ex.submit(streamed), ex.submit(streamed), ex.submit(plain)]]
+            assert first.result() == (200, 1000)
         for status, retry, content in late:
             assert status == 429, content
             assert int(retry) >= 1
