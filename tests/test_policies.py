@@ -327,16 +327,22 @@ def test_group_streams_an_early_abort_before_start_as_a_429_with_retry_after():
 
     demo = build_demo()
     cfg = {"model": str(demo / "model"), "device": "cpu", "dtype": "float32"}
-    cfg["scheduler"] = {"max_num_seqs": 1, "early_abort_ttft_slo_s": 0.2}
+    cfg["scheduler"] = {"max_num_seqs": 1, "early_abort_ttft_slo_s": 0.1}
     g = SLoRAGroup("g", cfg, ray_metrics=False, settings={"stream_interval_s": 0.0})
-    params = SamplingParams(max_tokens=300, temperature=0.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=1000, temperature=0.0, ignore_eos=True)
 
     async def run():
+        started = asyncio.Event()
+
         async def one(rid):
-            return [item async for item in g.generate(rid, [5, 6, 7], params)]
+            items = []
+            async for item in g.generate(rid, [5, 6, 7], params):
+                items.append(item)
+                started.set()
+            return items
 
         first = asyncio.ensure_future(one("long"))
-        await asyncio.sleep(0.05)  # "long" holds the only seat for 300 steps
+        await started.wait()  # "long" holds the only seat for its 1000 steps (over 0.1 s even on a fast CPU)
         return await asyncio.gather(first, one("dropped"))
 
     long, dropped = asyncio.run(run())
