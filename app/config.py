@@ -88,11 +88,6 @@ class LoRAConfig(BaseModel):
         True,
         description="copy adapters of queued requests into free pages ahead of admission, overlapping the running step",
     )
-    defer_loads: bool = Field(
-        False,
-        description="a request whose adapter is not resident is admitted one step later when the step has other "
-        "work: its adapter is copied on the side stream, overlapping the step, not before it on the compute stream",
-    )
     cluster_min_adapters: int | None = Field(
         None,
         ge=1,

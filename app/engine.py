@@ -629,7 +629,6 @@ class Engine:
         "scheduler": {"early_abort_ttft_slo_s", "early_abort", "queue_order"},
         "lora": {
             "prefetch",
-            "defer_loads",
             "cluster_min_adapters",
             "cluster_max_wait_s",
             "keep_idle_adapters",

@@ -35,10 +35,6 @@ Admission policies (SchedulerConfig / LoRAConfig; `_admission_order`, `_early_ab
     arrival rate of that window exceeds the admission rate and the queue past the free seats is longer than
     one deadline's admissions (at that margin), the newest requests go first (the oldest would miss their
     deadline anyway; a shorter burst FCFS drains in time keeps its order);
-  * deferred loads (`defer_loads`): a request whose adapter is not resident, met while other requests run, is
-    passed over for one step while its adapter is copied on the side stream beside that step (as a prefetch),
-    instead of before the step on the compute stream; requests of the same adapter wait with it, the others
-    behind it go on. Once only: if its adapter is gone again by the next step, it is loaded inline;
   * adapter clustering (`cluster_min_adapters`): once the batch holds that many distinct adapters, waiting
     requests whose adapter is in it (or that need none) go before the others, except that a request that
     has waited `cluster_max_wait_s` keeps its place (aging: nothing starves).
@@ -125,8 +121,6 @@ class Scheduler:
         self.num_early_aborts = 0
         self.early_aborted: list[Request] = []  # drained by the engine, which reports them
         self.num_load_wait_steps = 0  # steps that copied the adapter of a request they admitted (no prefetch)
-        self.num_deferred_loads = 0  # admissions put off by a step while their adapter was copied (defer_loads)
-        self._deferred: set[str] = set()  # requests put off so (once each: the next time they load inline)
         self.num_cluster_steps = 0  # steps whose admission order was clustered by adapter
         # predicted early abort: arrival times, and (time, admitted, step seconds) of saturated steps, within
         # the last early_abort_ttft_slo_s seconds
@@ -172,7 +166,6 @@ class Scheduler:
             self._release(req)
         elif req.status == RequestStatus.WAITING and req in self.waiting:  # preempted with a token pending
             self.waiting.remove(req)
-        self._deferred.discard(req.request_id)
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
         req.finish_time = self.clock()
@@ -267,36 +260,24 @@ class Scheduler:
             self._early_abort(now)
         adapters = {r.adapter for r in self.running if r.adapter}
         admitted, loads = 0, len(out.adapter_loads)
-        deferred: set[str] = set()  # adapters copied on the side stream this step (defer_loads)
         for req in self._admission_order(now, adapters):
             if budget <= 0 or len(self.running) >= self.max_num_seqs:
                 break
             name = req.adapter
-            if name in deferred:  # its adapter is being copied beside this step: not readable in it
-                continue
             if name and name not in adapters and len(adapters) >= self.max_loras_per_batch:
                 break
             if name:
-                pages = self.pool.load_adapter(name, self.adapter_pages(name), keep=deferred)
+                pages = self.pool.load_adapter(name, self.adapter_pages(name))
                 if pages is None:
                     break
-                if pages and self.lora_cfg.defer_loads and self.running and req.request_id not in self._deferred:
-                    out.adapter_loads.append((name, pages))  # copied beside this step; admitted at the next
-                    out.prefetch.append(name)
-                    self.num_prefetches += 1
-                    self.num_deferred_loads += 1
-                    self._deferred.add(req.request_id)
-                    deferred.add(name)
-                    continue
                 if pages:
                     out.adapter_loads.append((name, pages))
                 self.pool.pin(name)
             n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if not self.pool.grow_kv(req.request_id, req.num_computed_tokens + n, keep=deferred):
+            if not self.pool.grow_kv(req.request_id, req.num_computed_tokens + n):
                 if name:
                     self.pool.unpin(name)  # stays cached (its pages are filled this step anyway)
                 break
-            self._deferred.discard(req.request_id)
             self._take_waiting(req)
             req.status = RequestStatus.RUNNING
             if req.first_scheduled_time is None:
@@ -372,15 +353,12 @@ class Scheduler:
     def _admission_order(self, now: float, adapters: set[str]) -> Iterator[Request]:
         """The waiting requests in the order admission tries them. `adapters` (the batch's, grown by the
         caller as requests are admitted) is read when clustering starts. The caller may take each yielded
-        request out of the queue before asking for the next, or leave it there (it is then passed over)."""
+        request out of the queue before asking for the next."""
         newest_first = self._newest_first(now)
         k_min = self.lora_cfg.cluster_min_adapters
-        if not newest_first and k_min is None:  # FCFS: the head, again after each admission; past one left there
-            i = 0  # requests passed over at the head (their adapter being copied beside the step: defer_loads)
-            while i < len(self.waiting):
-                req = self.waiting[i]
-                yield req
-                i += i < len(self.waiting) and self.waiting[i] is req
+        if not newest_first and k_min is None:  # FCFS: the head, again after each admission
+            while self.waiting:
+                yield self.waiting[0]
             return
         order = self._queue_order(newest_first)
         for i, req in enumerate(order):

@@ -162,8 +162,8 @@ def replay(engine: Engine, trace: list[dict], slo: float, *, stop_on_fail: bool 
             pool.evict(name)
     c0 = dict(steps=engine.steps, loads=pool.loads, hits=pool.hits, evictions=pool.evictions,
               prefetches=sch.num_prefetches, load_wait_steps=sch.num_load_wait_steps,
-              deferred_loads=sch.num_deferred_loads, preemptions=sch.num_preemptions,
-              early_aborts=sch.num_early_aborts, cluster_steps=sch.num_cluster_steps)  # fmt: skip
+              preemptions=sch.num_preemptions, early_aborts=sch.num_early_aborts,
+              cluster_steps=sch.num_cluster_steps)  # fmt: skip
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     recs: dict[str, dict] = {}
@@ -234,8 +234,7 @@ def replay(engine: Engine, trace: list[dict], slo: float, *, stop_on_fail: bool 
     elapsed = time.monotonic() - start
     counters = {k: v - c0[k] for k, v in dict(
         steps=engine.steps, loads=pool.loads, hits=pool.hits, evictions=pool.evictions,
-        prefetches=sch.num_prefetches, load_wait_steps=sch.num_load_wait_steps,
-        deferred_loads=sch.num_deferred_loads, preemptions=sch.num_preemptions,
+        prefetches=sch.num_prefetches, load_wait_steps=sch.num_load_wait_steps, preemptions=sch.num_preemptions,
         early_aborts=sch.num_early_aborts, cluster_steps=sch.num_cluster_steps).items()}  # fmt: skip
     while engine.has_unfinished():  # cut requests leave at the next step, a launched step is read then (uncounted)
         engine.step()
@@ -484,12 +483,11 @@ def suite_table(a, out: dict) -> None:
         free()
 
 
-DEFAULT_LORA_POLICIES = {"prefetch": True, "defer_loads": False, "cluster_min_adapters": None,
-                         "keep_idle_adapters": True, "static_adapter_pages": None}  # fmt: skip
+DEFAULT_LORA_POLICIES = {"prefetch": True, "cluster_min_adapters": None, "keep_idle_adapters": True,
+                         "static_adapter_pages": None}  # fmt: skip
 ABLATIONS = {  # name: LoRAConfig policies changed from DEFAULT_LORA_POLICIES
     "default": {},
     "no prefetch": {"prefetch": False},
-    "defer loads": {"defer_loads": True},
     "clustering": {"cluster_min_adapters": "--cluster-min-adapters"},
     "free idle adapters": {"keep_idle_adapters": False},
     "static split": {"static_adapter_pages": "--static-adapter-share"},

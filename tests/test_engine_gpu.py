@@ -67,9 +67,9 @@ def test_triton_tiny_pool_float32(setup):
 
 
 def test_prefetch_under_evictions_changes_no_token(setup):
-    """Adapters prefetched on the copy stream for queued requests (and, with defer_loads, for requests put off
-    by a step) give the tokens of an engine without prefetch, in a pool too small for every adapter at once:
-    prefetched and cached adapters are evicted while requests queue, and their pages reused."""
+    """Adapters prefetched on the copy stream for queued requests give the tokens of an engine without
+    prefetch, in a pool too small for every adapter at once: prefetched and cached adapters are evicted
+    while requests queue, and their pages reused."""
     model, adapters, reqs = setup
     probe = LLM(model=str(model), adapters=adapters, device="cuda", dtype="float32", warmup="off")
     sizes = [probe.engine.adapters[name].num_pages for name in adapters]
@@ -87,11 +87,6 @@ def test_prefetch_under_evictions_changes_no_token(setup):
     e = llm.engine
     assert e.scheduler.num_prefetches > 0 and e.pool.evictions > 0, (e.scheduler.num_prefetches, e.pool.evictions)
     assert e.is_idle_clean()
-    # deferred loads: the copies of admitted requests' adapters go beside a step too; the same tokens
-    deferred = LLM(model=str(model), adapters=adapters, device="cuda", lora={"defer_loads": True}, **cfg)
-    outs = deferred.generate([r[0] for r in reqs], adapters=[r[1] for r in reqs], sampling_params=params)
-    assert [o.token_ids for o in outs] == ref
-    assert deferred.engine.scheduler.num_deferred_loads > 0 and deferred.engine.is_idle_clean()
 
 
 def test_bfloat16_close_to_float32(setup):

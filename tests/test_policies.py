@@ -317,25 +317,6 @@ def test_prefetch_spares_steps_waiting_on_a_load():
     assert waits == {True: 1, False: 4}
 
 
-def test_deferred_loads_admit_a_step_later_with_the_copy_beside_the_step():
-    sim = Sim(seqs=5, defer_loads=True)
-    sim.add("r0", "a", out=6)
-    out = sim.step()  # nothing else runs: a's copy goes before the step, r0 is admitted at once
-    assert sim.admitted == ["r0"] and out.adapter_loads and not out.prefetch and sim.sch.num_deferred_loads == 0
-    for rid, adapter in (("r1", "b"), ("r2", "b"), ("r3", "a"), ("r4", "c")):
-        sim.add(rid, adapter, out=3)
-    out = sim.step()
-    # b and c are copied beside the step (prefetches), their requests wait for the next; r3 (a resident) goes now
-    assert out.prefetch == ["b", "c"] and [name for name, _ in out.adapter_loads] == ["b", "c"]
-    assert sim.admitted == ["r0", "r3"] and sim.sch.num_deferred_loads == 2
-    sim.pool.evict("c")  # gone again before its request ran: r4 is not put off twice, it loads inline
-    out = sim.step()
-    assert sim.admitted == ["r0", "r3", "r1", "r2", "r4"]
-    assert [name for name, _ in out.adapter_loads] == ["c"] and not out.prefetch
-    sim.run()
-    assert not sim.sch.has_unfinished() and sim.sch.num_deferred_loads == 2
-
-
 # ---- early abort as a replica streams it (deployments/group.py, no Ray cluster) --------------------------
 def test_group_streams_an_early_abort_before_start_as_a_429_with_retry_after():
     import asyncio

@@ -72,28 +72,3 @@ def test_token_slice_matches_all_token_ids():
     for start in range(8):
         for n in range(8):
             assert r.token_slice(start, n) == r.all_token_ids[start : start + n]
-
-
-def test_deferred_loads_give_the_same_tokens(demo):
-    """With defer_loads, requests arriving while others run are admitted a step after their adapter's copy
-    (tests/test_policies.py has the order); their greedy tokens are those of the engine that copies inline."""
-    outs = {}
-    for defer in (False, True):
-        llm = LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32",
-                  lora={"defer_loads": defer})  # fmt: skip
-        e = llm.engine
-        got: dict[str, list[int]] = {}
-
-        def step(e=e, got=got):
-            for o in e.step():
-                got.setdefault(o.request_id, []).extend(o.delta_token_ids)
-
-        ids = [e.add_request([5, 6, 7], greedy(8), adapter="demo-r1-qv")]
-        step()
-        ids += [e.add_request([5 + i, 9], greedy(6), adapter=name) for i, name in enumerate(sorted(DEMO_ADAPTERS))]
-        while e.has_unfinished():
-            step()
-        outs[defer] = [got[i] for i in ids]
-        assert e.scheduler.num_deferred_loads == (len(DEMO_ADAPTERS) - 1 if defer else 0)
-        assert e.is_idle_clean()
-    assert outs[True] == outs[False]
