@@ -47,6 +47,10 @@ DEFAULT_PREFILL_TPS = 2000.0
 CALIBRATION_MIN = 5  # admitted requests' first tokens seen before their TTFTs correct the predictions
 CALIBRATION_TTL_S = 5.0  # a calibration with no new first token for this long is dropped (see calibrated)
 PATH_FIT_DECAY = 0.99  # weight of an older first token in the serving path's per-request cost (path_delay_s)
+# The path's delay is taken at its 90th percentile (mean + 1.28 sd of the fit's residuals, as if normal): the SLO
+# is met at p90, and the path's time per request ahead varies within and between floods (run 31 of
+# session-2026-12-04d: the mean fit added 0.35-0.42 s where requests got 0.49-0.55 s).
+PATH_Z = 1.28
 # A request still counted as waiting for its first token after this long is dropped from the count: one whose
 # end the ingress never saw (a stream whose client left before it began) must not weigh on admission forever.
 START_EXPIRY_S = 60.0
@@ -296,7 +300,8 @@ class Router:
         """The serving path's share of a new request's TTFT on `name` with `ahead` of this ingress's requests
         there still waiting for their first token: the path's latency + `ahead` x its per-request cost, the
         intercept and slope of first tokens' TTFT beyond the calibrated model over the count ahead of them
-        at admission. 0 with nothing ahead or before CALIBRATION_MIN first tokens; the slope is 0 while the
+        at admission, plus PATH_Z residual standard deviations (its 90th percentile, the SLO's). 0 with nothing
+        ahead or before CALIBRATION_MIN first tokens; the slope is 0 while the
         count has not varied by at least one request. No TTL, unlike the calibration: with nothing ahead it
         adds nothing, so it cannot keep refusing an idle group."""
         fit = self._path_fit[name]
@@ -304,7 +309,7 @@ class Router:
         if fit.n < CALIBRATION_MIN or params is None or ahead <= 0:
             return 0.0
         intercept, slope = params
-        return max(0.0, intercept + max(0.0, slope) * ahead)
+        return max(0.0, intercept + max(0.0, slope) * ahead + PATH_Z * fit.residual_std(min_var=1.0))
 
     def calibrated(self, name: str, model_ttft_s: float) -> float:
         """The prediction corrected by what this group's recent requests really got (a linear fit of actual
@@ -358,7 +363,7 @@ class LinearFit:
 
     def __init__(self, decay: float = 0.95):
         self.decay = decay
-        self.w = self.sx = self.sy = self.sxx = self.sxy = 0.0
+        self.w = self.sx = self.sy = self.sxx = self.sxy = self.syy = 0.0
         self.n = 0
 
     def observe(self, x: float, y: float) -> None:
@@ -368,7 +373,18 @@ class LinearFit:
         self.sy = d * self.sy + y
         self.sxx = d * self.sxx + x * x
         self.sxy = d * self.sxy + x * y
+        self.syy = d * self.syy + y * y
         self.n += 1
+
+    def residual_std(self, min_var: float = 1.0) -> float:
+        """The weighted standard deviation of y around the fitted line (`params` with the same `min_var`);
+        0 before the first observation."""
+        p = self.params(min_var)
+        if p is None:
+            return 0.0
+        mx, my = self.sx / self.w, self.sy / self.w
+        var_x, var_y = self.sxx / self.w - mx * mx, self.syy / self.w - my * my
+        return math.sqrt(max(0.0, var_y - p[1] ** 2 * var_x))
 
     def params(self, min_var: float = 1.0) -> tuple[float, float] | None:
         """(intercept, slope), or None before the first observation; slope 0 when var(x) <= min_var."""

@@ -449,6 +449,33 @@ def test_the_serving_paths_line_is_learnt_and_a_later_flood_meets_the_slo():
     assert router.ahead("a") == 0 and router.admit("a", 16).admitted
 
 
+def test_a_path_that_varies_between_floods_is_taken_at_its_90th_percentile(monkeypatch):
+    """Run 31 of session-2026-12-04d: the serving path's time per request ahead differs from flood to flood (and
+    within one), so a path term at the mean of what was learnt admits the slower floods past the SLO. Floods
+    alternate between a path of 13 and 7 ms per first token: taken at the fit's mean (PATH_Z = 0), every slow
+    flood's admitted p90 misses the 1 s SLO; at the 90th percentile (the default), every flood meets it and the
+    fast ones still admit more than the slow ones."""
+    import deployments.routing as routing
+
+    default_z = routing.PATH_Z
+
+    def floods(z: float) -> list[tuple[float, int, float]]:
+        monkeypatch.setattr(routing, "PATH_Z", z)
+        now = [0.0]
+        router = Router(["a"], admission_ttft_slo_s=1.0, clock=lambda: now[0])
+        res = []
+        for k in range(8):
+            cost = 0.013 if k % 2 == 0 else 0.007
+            ttfts = sorted(t for t in flood_through_a_serving_path(router, now, 30.0 * k, 295, cost, 0.3) if t)
+            res.append((cost, len(ttfts), ttfts[int(0.9 * (len(ttfts) - 1))]))
+        return res[2:]  # after the first two floods taught the path
+
+    assert all(p90 > 1.1 for cost, _, p90 in floods(0.0) if cost == 0.013)
+    res = floods(default_z)
+    assert all(p90 <= 1.0 for _, _, p90 in res)
+    assert min(n for cost, n, _ in res if cost == 0.007) > max(n for cost, n, _ in res if cost == 0.013) >= 50
+
+
 def test_requests_count_ahead_until_their_first_token_their_end_or_expiry():
     now = [0.0]
     r = Router(["a", "b"], admission_ttft_slo_s=1.0, clock=lambda: now[0])
@@ -467,3 +494,17 @@ def test_requests_count_ahead_until_their_first_token_their_end_or_expiry():
     assert r.ahead("a") == 3
     now[0] = START_EXPIRY_S + 1.0  # the two never closed (a client that left before its stream began) expire
     assert r.ahead("a") == 1
+
+
+def test_linear_fit_residual_std():
+    from deployments.routing import LinearFit
+
+    f = LinearFit(decay=1.0)
+    assert f.residual_std() == 0.0
+    for x in range(10):
+        f.observe(x, 1 + 2 * x)
+    assert f.residual_std() == pytest.approx(0.0, abs=1e-6)
+    g = LinearFit(decay=1.0)
+    for x in range(10):
+        g.observe(x, 1 + 2 * x + (0.5 if x % 2 else -0.5))
+    assert g.params() == pytest.approx((1.0, 2.0), abs=0.2) and g.residual_std() == pytest.approx(0.5, abs=0.05)
