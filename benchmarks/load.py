@@ -150,7 +150,12 @@ async def replay(
     timeout: float,
     model: str | None = None,
     vocab: int = 500,
+    per_request: bool = False,
 ) -> dict:
+    """Replays `trace` (arrival offsets, lengths, adapters) as streamed completions, each sent at its arrival;
+    returns `summarize`'s figures, and with `per_request` also `per_request`: for each request in trace order,
+    when it was sent (s from the start), its status, TTFT, end-to-end time, chunks and error (None where not
+    applicable), to see which requests of a flood missed and when they arrived."""
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -162,7 +167,20 @@ async def replay(
             *(send(client, url, r, model or f"{prefix}{r['adapter']}", t0, headers, rng, vocab) for r in trace)
         )
         elapsed = time.perf_counter() - t0
-    return summarize(list(results), trace, elapsed, slo)
+    res = summarize(list(results), trace, elapsed, slo)
+    if per_request:
+        res["per_request"] = [
+            {
+                "sent_s": r["sent"] - t0,
+                "status": r["status"],
+                "ttft_s": r["first"] - r["sent"] if r["first"] is not None else None,
+                "e2e_s": r["end"] - r["sent"] if r["status"] == 200 and "error" not in r else None,
+                "chunks": r["chunks"],
+                "error": r.get("error"),
+            }
+            for r in results
+        ]
+    return res
 
 
 def main():
@@ -176,11 +194,14 @@ def main():
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--per-request", action="store_true", help="also each request's send time, status and latencies")
     a = ap.parse_args()
     with open(a.trace) as f:
         trace = [json.loads(line) for line in f if line.strip()]
-    res = asyncio.run(replay(a.url, trace, a.adapter_prefix, a.slo_s, a.api_key, a.timeout, a.model, a.vocab))
-    print(json.dumps(res, indent=1))
+    res = asyncio.run(
+        replay(a.url, trace, a.adapter_prefix, a.slo_s, a.api_key, a.timeout, a.model, a.vocab, a.per_request)
+    )
+    print(json.dumps({k: v for k, v in res.items() if k != "per_request"}, indent=1))
     if a.out:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)

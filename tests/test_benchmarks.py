@@ -279,6 +279,58 @@ def test_histogram_quantile_and_server_ttft():
     assert st["count"] == 4 and st["p50_s"] == 0.02 and 0.02 < st["p99_s"] <= 0.04
 
 
+def test_load_replay_records_each_request():
+    """benchmarks/load.py against a real HTTP server (uvicorn, Starlette) that streams three chunks, or answers
+    429 for one model: with per_request, each request's send time, status, TTFT and chunks come back in trace
+    order."""
+    import asyncio
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    from benchmarks.load import replay
+
+    async def completions(req):
+        body = await req.json()
+        if body["model"] == "a1":
+            return JSONResponse({"error": {"message": "overloaded", "code": 429}}, status_code=429)
+
+        async def events():
+            for i in range(3):
+                await asyncio.sleep(0.02)
+                yield f'data: {{"choices": [{{"text": "t{i}"}}]}}\n\n'
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/completions", completions, methods=["POST"])])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        trace = [{"arrival_s": 0.1 * i, "adapter": i % 2, "input_len": 4, "output_len": 3} for i in range(4)]
+        res = asyncio.run(replay(f"http://127.0.0.1:{port}", trace, "a", 1.0, None, 30.0, per_request=True))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert (res["ok"], res["rejected_429"], res["errors"]) == (2, 2, 0), res["per_request"]
+    recs = res["per_request"]
+    assert [r["status"] for r in recs] == [200, 429, 200, 429]
+    assert [r["chunks"] for r in recs] == [3, 0, 3, 0] and recs[1]["ttft_s"] is None
+    assert all(0.02 <= r["ttft_s"] < 1.0 and r["e2e_s"] >= r["ttft_s"] for r in recs[::2])
+    assert [round(r["sent_s"], 1) for r in recs] == [0.0, 0.1, 0.2, 0.3]
+
+
 def test_kept_up_is_late_tokens_over_offered():
     """The rate search's keeping-up figure: second-half output tokens per second over the offered rate."""
     from benchmarks.suite import kept_up, passes
