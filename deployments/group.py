@@ -33,6 +33,7 @@ the generator's `finally` queues an abort, so the request's KV pages are freed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import math
@@ -385,11 +386,14 @@ class SLoRAGroup:
         if adapters is not None:
             m.inc("engine_steps")
             m.observe("distinct_adapters_per_batch", adapters)
+        # token counters once per step (per adapter), not per output: each is a Ray metric call (a flood's
+        # CPU profile, session-2026-12-04d: Ray metric calls cost the event loop as much as the dispatch)
+        tokens: collections.Counter[str | None] = collections.Counter()
         for out in outputs:
             rid = out.request_id
             n_new = len(out.delta_token_ids)
-            m.inc("generation_tokens", n_new)
-            m.adapter_tokens(out.adapter, n_new)
+            if n_new:
+                tokens[out.adapter] += n_new
             last = self._last_token_time.get(rid)
             if last is not None and n_new:
                 m.observe("inter_token_latency_seconds", (now - last) / n_new)
@@ -412,6 +416,10 @@ class SLoRAGroup:
             st = self._streams.get(rid)
             if st is not None:
                 st.put(self._stream_item(out))
+        if tokens:
+            m.inc("generation_tokens", sum(tokens.values()))
+            for adapter, n in tokens.items():
+                m.adapter_tokens(adapter, n)
         s = self._snapshot
         m.set_counter("adapter_loads", s["pool"]["loads"])
         m.set_counter("adapter_hits", s["pool"]["hits"])

@@ -266,3 +266,23 @@ def test_early_abort_before_start_is_a_429_item_and_no_stream_hangs(demo):
         assert len(s) == 1  # nothing before the error: the caller learns it from the first item
         assert s[-1]["status"] == 429 and s[-1]["retry_after_s"] == 1 and "early abort" in s[-1]["error"]
     assert g.engine.is_idle_clean()
+
+
+def test_token_counters_add_up_per_adapter(demo):
+    """The group counts generated tokens once per step (per adapter), not per output: the totals still equal
+    the tokens its streams delivered, overall and per adapter label."""
+    g = group(demo, 0.0)
+    params = SamplingParams(max_tokens=7, temperature=0.0, ignore_eos=True)
+
+    async def run():
+        async def one(rid, adapter):
+            return [o async for o in g.generate(rid, [5, 9, 14], params, adapter)]
+
+        return await asyncio.gather(one("x", ADAPTER), one("y", None), one("z", ADAPTER))
+
+    streams = asyncio.run(run())
+    got = [sum(len(o.delta_token_ids) for o in s) for s in streams]
+    assert got == [7, 7, 7]
+    assert g.metrics.counters["generation_tokens"] == 21
+    assert g.metrics.adapters[ADAPTER]["adapter_generation_tokens"] == 14
+    assert g.metrics.adapters[g.metrics.model]["adapter_generation_tokens"] == 7  # the base model's label
