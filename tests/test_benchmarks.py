@@ -279,6 +279,35 @@ def test_histogram_quantile_and_server_ttft():
     assert st["count"] == 4 and st["p50_s"] == 0.02 and 0.02 < st["p99_s"] <= 0.04
 
 
+def test_flood_runs_each_variant_on_its_own_server(tmp_path):
+    """benchmarks/flood.py on the repository's serve_config.yaml (the demo on the CPU): two variants of its args,
+    each on a server of its own (the first shut down and gone before the second starts: run 34 of
+    session-2026-12-04d lost a variant to a server still answering), one small flood each; every request
+    answered (200 or 429), each request recorded, the report written. Starts Ray and Serve (the Ray lock)."""
+    from benchmarks.flood import main
+
+    out = tmp_path / "flood"
+    main(["--config", str(ROOT / "serve_config.yaml"), "--floods", "1", "--requests", "12", "--slo-s", "2",
+          "--num-cpus", "8", "--port", "8132", "--out", str(out),
+          "--variant", "one", "num_ingress_replicas=1",
+          "--variant", "seats", "num_ingress_replicas=1", "max_num_seqs=2",
+          "engine.scheduler.max_num_batched_tokens=64"])  # fmt: skip
+    res = json.loads((out / "flood.json").read_text())
+    assert [v["name"] for v in res["variants"]] == ["one", "seats"]
+    seats = res["variants"][1]["args"]
+    assert (
+        seats["max_num_seqs"] == 2
+        and seats["engine"] == {"scheduler": {"max_num_batched_tokens": 64}}
+        and seats["admission_ttft_slo_s"] == 2
+    )
+    for v in res["variants"]:
+        (f,) = v["floods"]
+        assert f["errors"] == 0 and f["ok"] + f["rejected_429"] == f["requests"] == 12 and f["ok"] > 0
+        assert len(f["per_request"]) == 12 and 0 <= f["within_slo_share"] <= f["ok"] / 12
+    md = (out / "flood.md").read_text()
+    assert "| one | 1 | " in md and "| seats | " in md
+
+
 def test_load_replay_records_each_request():
     """benchmarks/load.py against a real HTTP server (uvicorn, Starlette) that streams three chunks, or answers
     429 for one model: with per_request, each request's send time, status, TTFT and chunks come back in trace
