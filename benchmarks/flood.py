@@ -6,11 +6,12 @@ admission control's SLO set, one server per variant of the config, every variant
 
 Each variant starts the config's first application in this process (Ray, Serve on `--port`) with `args` changed by
 its KEY=VALUE pairs (dotted keys reach nested fields, e.g. `engine.scheduler.max_num_batched_tokens=512`; values
-are read as YAML, as in the config file: quote on / off, `engine.warmup="off"`, else they read as booleans) and `admission_ttft_slo_s` set to `--slo-s`, waits until it answers, then sends `--floods`
-floods, `--gap-s` apart: `--requests` streamed completions arriving evenly over `--burst-s` (prompt and output
-lengths uniform in `--input-range` / `--output-range`, EOS ignored) to the base model, through
-benchmarks/load.py's client with per-request records. It then shuts the server down and waits until the port
-no longer answers before the next variant. Without --variant: one, the config as it is.
+are read as YAML, as in the config file: quote on / off, `engine.warmup="off"`, else they read as booleans) and
+`admission_ttft_slo_s` set to `--slo-s`, waits until it answers, then sends `--floods` floods, `--gap-s` apart:
+`--requests` streamed completions arriving evenly over `--burst-s` (prompt and output lengths uniform in
+`--input-range` / `--output-range`, EOS ignored) to the base model, through benchmarks/load.py's client with
+per-request records. It then shuts the server down and waits until the port no longer answers before the next
+variant. Without --variant: one, the config as it is.
 
 Writes DIR/flood.json (per variant and flood: load.py's figures of the admitted requests and each request's
 record) and DIR/flood.md: per flood admitted, refused (429), errors, the admitted requests' TTFT p50 / p90 and
@@ -27,7 +28,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -35,6 +35,8 @@ import httpx
 import yaml
 
 from benchmarks.load import replay
+from benchmarks.saturated import commit
+from benchmarks.suite import f2, ms, pc
 
 
 def set_dotted(args: dict, key: str, value) -> None:
@@ -108,22 +110,15 @@ def run_variant(a, name: str, args: dict, trace: list[dict]) -> dict:
             if k:
                 time.sleep(a.gap_s)
             r = asyncio.run(replay(url, trace, "", a.slo_s, a.api_key, a.timeout_s, model, a.vocab, per_request=True))
-            r["within_slo_share"] = sum(
-                1 for x in r["per_request"] if x["status"] == 200 and x["ttft_s"] is not None and x["ttft_s"] <= a.slo_s
-            ) / len(trace)
             floods.append(r)
             print(f"[flood] {name} {k + 1}/{a.floods}: admitted {r['ok']}, 429 {r['rejected_429']}, errors "
-                  f"{r['errors']}, admitted TTFT p90 {fmt(r['ttft_p90_s'])} s, within the SLO "
-                  f"{r['within_slo_share']:.0%}", flush=True)  # fmt: skip
+                  f"{r['errors']}, admitted TTFT p90 {f2(r['ttft_p90_s'])} s, within the SLO "
+                  f"{pc(r['slo_attainment'])}", flush=True)  # fmt: skip
     finally:
         serve.shutdown()
         ray.shutdown()
     wait_until(lambda: not answers(url), 60, f"variant {name}'s server still answers after its shutdown")
     return {"name": name, "args": args, "startup_s": startup_s, "floods": floods}
-
-
-def fmt(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def median_of(floods: list[dict], key: str) -> float | None:
@@ -137,36 +132,28 @@ def report(res: dict) -> str:
         f"# Flood: {res['requests']} streamed completions over {res['burst_s']} s, admission SLO {slo} s",
         "",
         f"{res['gpu']}, commit {res['commit']}, config `{res['config']}`. Admitted: answered 200 (their TTFT "
-        "figures); within SLO: share of the whole flood answered with a first token within the SLO.",
+        "figures); within SLO: share of the whole flood answered with a first token within the SLO (load.py's "
+        "SLO attainment).",
         "",
-        "| variant | flood | admitted | 429 | errors | admitted TTFT p50 (s) | p90 (s) | TPOT (ms) | within SLO |",
+        "| variant | flood | admitted | 429 | errors | admitted TTFT p50 (s) | p90 (s) | TPOT | within SLO |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v in res["variants"]:
         for k, f in enumerate(v["floods"]):
-            tpot = None if f["tpot_mean_s"] is None else f["tpot_mean_s"] * 1e3
             lines.append(
-                f"| {v['name']} | {k + 1} | {f['ok']} | {f['rejected_429']} | {f['errors']} | {fmt(f['ttft_p50_s'])} "
-                f"| {fmt(f['ttft_p90_s'])} | {fmt(tpot, 0)} | {f['within_slo_share']:.0%} |"
+                f"| {v['name']} | {k + 1} | {f['ok']} | {f['rejected_429']} | {f['errors']} | {f2(f['ttft_p50_s'])} "
+                f"| {f2(f['ttft_p90_s'])} | {ms(f['tpot_mean_s'])} | {pc(f['slo_attainment'])} |"
             )
     lines += ["", "| variant | median admitted | median p90 (s) | floods with p90 <= SLO | median within SLO |",
               "|---|---:|---:|---:|---:|"]  # fmt: skip
     for v in res["variants"]:
         fl = v["floods"]
         met = sum(1 for f in fl if f["ttft_p90_s"] is not None and f["ttft_p90_s"] <= slo)
-        share = median_of(fl, "within_slo_share")
         lines.append(
-            f"| {v['name']} | {fmt(median_of(fl, 'ok'), 0)} | {fmt(median_of(fl, 'ttft_p90_s'))} | {met} / {len(fl)} "
-            f"| {'-' if share is None else f'{share:.0%}'} |"
+            f"| {v['name']} | {median_of(fl, 'ok')} | {f2(median_of(fl, 'ttft_p90_s'))} | {met} / {len(fl)} "
+            f"| {pc(median_of(fl, 'slo_attainment'))} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,12 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     base = yaml.safe_load(a.config.read_text())["applications"][0].get("args", {})
     variants = [(v[0], v[1:]) for v in a.variant] if a.variant else [("config", [])]
     trace = flood_trace(a)
-    try:
-        import torch
+    import torch
 
-        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    except ImportError:
-        gpu = "CPU"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     a.out.mkdir(parents=True, exist_ok=True)
     res = {"config": str(a.config), "commit": a.commit or commit(), "gpu": gpu, "slo_s": a.slo_s,
            "requests": a.requests, "burst_s": a.burst_s, "floods": a.floods, "variants": []}  # fmt: skip

@@ -303,7 +303,7 @@ def test_flood_runs_each_variant_on_its_own_server(tmp_path):
     for v in res["variants"]:
         (f,) = v["floods"]
         assert f["errors"] == 0 and f["ok"] + f["rejected_429"] == f["requests"] == 12 and f["ok"] > 0
-        assert len(f["per_request"]) == 12 and 0 <= f["within_slo_share"] <= f["ok"] / 12
+        assert len(f["per_request"]) == 12 and 0 <= f["slo_attainment"] <= f["ok"] / 12
     md = (out / "flood.md").read_text()
     assert "| one | 1 | " in md and "| seats | " in md
 
