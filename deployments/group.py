@@ -1,22 +1,26 @@
 """The TP-group deployment: one Serve replica owning one `Engine` (in-process for one device, or over a
 `TPExecutor` of N rank actors for tensor parallelism) and its single step loop.
 
-In:  `generate(request_id, prompt_token_ids, params, adapter)` (a streaming method: call it through
-     `handle.options(stream=True)`), `abort`, `add_adapter` / `remove_adapter` (a refusal is a returned
-     `{"error", "status"}`), `list_adapters`, `stats`.
-Out: a stream of items: `RequestOutput`s whose `delta_text` / `delta_token_ids` are new since the previous
-     item; the last one (`finished=True`) also carries the cumulative `text` and `token_ids`. An error is an
-     item `{"error", "status"}` (and `retry_after_s` for an early abort) that ends the stream. The first item
-     comes with the request's first tokens, or is the error that ended it before any: when the engine refuses
-     the request (400 / 404), drops it before it ran (early abort: 429), or fails before its first token
-     (503: nothing ran, the caller may send it elsewhere). So a caller that has the first item knows whether
-     the request started, without a separate acknowledgement (one Serve item fewer per request).
+In:  `subscribe(subscriber)` (a streaming method: call it through `handle.options(stream=True)`) and
+     `start(subscriber, [(request_id, prompt_token_ids, params)], adapter)`: an ingress replica keeps one
+     subscription per group and starts every request on it; `abort([request_id])`; `generate(request_id,
+     prompt_token_ids, params, adapter)`, one request's own stream (for a caller of one request);
+     `add_adapter` / `remove_adapter` (a refusal is a returned `{"error", "status"}`), `list_adapters`, `stats`.
+Out: per request, a sequence of items: `RequestOutput`s whose `delta_text` / `delta_token_ids` are new since
+     the previous item; the last one (`finished=True`) also carries the cumulative `text` and `token_ids`. An
+     error is an item `{"error", "status"}` (and `retry_after_s` for an early abort) that ends the sequence.
+     The first item comes with the request's first tokens, or is the error that ended it before any: when the
+     engine refuses the request (400 / 404), drops it before it ran (early abort: 429), or fails before its
+     first token (503: nothing ran, the caller may send it elsewhere). So a caller that has the first item
+     knows whether the request started, without a separate acknowledgement. `generate` yields a request's
+     items; `subscribe` yields batches {request_id: item} of its requests' items (`start` returns a request's
+     refusal instead: its only item).
 
-Coalescing: every Serve streaming item costs CPU in this replica and in the ingress (~0.3 ms), so a stream
-does not send one item per engine step. Its first tokens (until the client has text to show) and its
-last output go out at once; in between, a stream sends what has accumulated at most every
-`stream_interval_s` (one merged item; 0 = every step, merging only the steps that finished while the
-consumer was still busy with an earlier item).
+Multiplexing and coalescing: every Serve streaming item costs CPU in this replica and in the caller (~0.3 ms),
+so the group sends neither one stream per request nor one item per engine step. A subscriber's outputs go out
+as one batch (`_Outbox`): at once when a request has its first tokens (until the client has text to show),
+its last output or an error; in between at most every `stream_interval_s` (0 = every step, merging only the
+steps that finished while the consumer was still busy with an earlier batch).
 
 Concurrency: the engine is not thread-safe. One engine thread owns it: everything that touches it (new
 requests, aborts, adapter registrations) is queued as a command by the event loop and applied by that thread
@@ -25,9 +29,9 @@ between two steps (an adapter is read, validated and packed before, in another t
 back while there is work and hands each step's
 outputs (and command results) to the event loop with `call_soon_threadsafe`, without waiting: streaming
 overlaps the next step. After each step the thread also takes a `stats()` snapshot, so the event loop
-never reads engine state while a step runs. When a stream's consumer goes away (client disconnect: Serve
-cancels the call),
-the generator's `finally` queues an abort, so the request's KV pages are freed.
+never reads engine state while a step runs. When a consumer goes away (a client disconnect: the ingress calls `abort`;
+a cancelled `generate` or `subscribe` stream: its `finally`), the group aborts its requests, so their KV
+pages are freed.
 """
 
 from __future__ import annotations
@@ -112,51 +116,77 @@ def _merge(a: RequestOutput, b: RequestOutput) -> RequestOutput:
     )
 
 
-class _Stream:
-    """One request's outputs on their way from the step loop (`put`, event loop) to its `generate` (`get`).
+def _last(item: RequestOutput | dict) -> bool:
+    """A stream's last item: a finished output or an error dict."""
+    return not isinstance(item, RequestOutput) or item.finished
 
-    Outputs are merged as they arrive. `get` returns the pending output when it is due: at once until the
-    client has something to show (an output with text; with tokens when the request does not detokenize,
-    as text can be held back by a stop string or a partial character), and for a finished output or an
-    error dict (an error replaces tokens still pending; nothing follows a finished output or an error);
-    otherwise once `interval` seconds have passed since the last item went out. `ready` wakes the
-    consumer when an output arrives in an empty stream (it then sleeps until that output is due) or when
-    the pending output becomes due, so a stream costs a couple of wake-ups per item it sends, not one per
-    engine step."""
 
-    def __init__(self, interval: float, text: bool = True):
+class _Outbox:
+    """One subscriber's outputs on their way from the step loop (`put`, event loop) to its stream (`get`):
+    an ingress replica's multiplexed stream (every request it started on this group), or one request's
+    `generate` stream.
+
+    Each request's outputs are merged as they arrive. `get` returns every pending output at once, as one
+    batch {request_id: item}, when one of them is urgent (a request that has not yet sent the client
+    something to show: an output with text, or with tokens when the request does not detokenize, as text
+    can be held back by a stop string or a partial character; a finished output; an error dict, which
+    replaces tokens still pending; nothing follows a last item) or once `interval` seconds have passed since
+    the last batch. So a busy subscriber gets about one item per step or per interval, whatever the number
+    of its requests: a Serve stream item costs ~0.3 ms of CPU in the sending and the receiving replica
+    (session-2026-12-04d ray_stream_cost), one per request per step was most of the group's CPU."""
+
+    def __init__(self, interval: float):
         self.interval = interval
-        self.text = text
-        self.pending: RequestOutput | dict | None = None
-        self.due = float("-inf")  # a pending output may go out from this time on
-        self.started = False  # an output the client can show went out
+        self.requests: dict[str, bool] = {}  # open requests -> do they detokenize (what "started" means)
+        self.pending: dict[str, RequestOutput | dict] = {}
+        self.started: set[str] = set()  # requests that sent the client something to show
+        self.urgent = False
+        self.due = float("-inf")  # non-urgent outputs may go out from this time on
         self.ready = asyncio.Event()
 
-    @staticmethod
-    def _last(item: RequestOutput | dict) -> bool:
-        return not isinstance(item, RequestOutput) or item.finished
+    def open(self, request_id: str, text: bool = True) -> None:
+        self.requests[request_id] = text
 
-    def put(self, item: RequestOutput | dict) -> None:
-        p = self.pending
-        if p is not None and self._last(p):
+    def close(self, request_id: str) -> None:
+        """Forgets a request and whatever it had pending (it was aborted: its consumer is gone)."""
+        self.requests.pop(request_id, None)
+        self.pending.pop(request_id, None)
+        self.started.discard(request_id)
+
+    def put(self, request_id: str, item: RequestOutput | dict) -> None:
+        if request_id not in self.requests:
             return
-        self.pending = _merge(p, item) if isinstance(p, RequestOutput) and isinstance(item, RequestOutput) else item
-        if p is None or self._last(item) or time.monotonic() >= self.due:
+        p = self.pending.get(request_id)
+        if p is not None and _last(p):
+            return
+        merged = _merge(p, item) if isinstance(p, RequestOutput) and isinstance(item, RequestOutput) else item
+        self.pending[request_id] = merged
+        if _last(merged) or request_id not in self.started:
+            self.urgent = True
+            self.ready.set()
+        elif time.monotonic() >= self.due:
             self.ready.set()
 
-    async def get(self) -> RequestOutput | dict:
+    def _shows(self, request_id: str, item: RequestOutput | dict) -> bool:
+        return isinstance(item, RequestOutput) and bool(
+            item.delta_text if self.requests.get(request_id, True) else item.delta_token_ids
+        )
+
+    async def get(self) -> dict[str, RequestOutput | dict]:
         while True:
-            p, now = self.pending, time.monotonic()
-            if p is not None and (self._last(p) or now >= self.due):
-                self.pending = None
-                if self.started or (
-                    isinstance(p, RequestOutput) and (p.delta_text if self.text else p.delta_token_ids)
-                ):
-                    self.started = True
-                    self.due = now + self.interval
-                return p
+            now = time.monotonic()
+            if self.pending and (self.urgent or now >= self.due):
+                batch, self.pending, self.urgent = self.pending, {}, False
+                for rid, item in batch.items():
+                    if _last(item):
+                        self.requests.pop(rid, None)
+                        self.started.discard(rid)
+                    elif self._shows(rid, item):
+                        self.started.add(rid)
+                self.due = now + self.interval
+                return batch
             self.ready.clear()
-            if p is None:
+            if not self.pending:
                 await self.ready.wait()
             else:
                 try:
@@ -221,7 +251,8 @@ class SLoRAGroup:
         # metrics carry the model name clients use (the ingress's), so both exports label alike
         self.metrics = GroupMetrics(name, served_model_name or self.engine.model_name, ray_export=ray_metrics)
         self._cmds: deque[_Cmd] = deque()  # appended by the event loop, taken by the engine thread
-        self._streams: dict[str, _Stream] = {}
+        self._boxes: dict[str, _Outbox] = {}  # subscriber id -> its outbox
+        self._routes: dict[str, _Outbox] = {}  # request id -> the outbox its outputs go to
         self._last_token_time: dict[str, float] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -295,8 +326,9 @@ class SLoRAGroup:
             logger.error("group %s: the engine failed, the group is unhealthy until replaced: %r", self.name, e)
         self._failed = e
         err = GroupUnavailable(f"group {self.name} failed: {e!r}")
-        for st in self._streams.values():
-            st.put(self._unavailable_item(err))
+        for rid, box in self._routes.items():
+            box.put(rid, self._unavailable_item(err))
+        self._routes.clear()
         for c in [*cmds, *self._cmds]:
             if c.fut is not None and not c.fut.done():
                 c.fut.set_exception(err)
@@ -413,9 +445,12 @@ class SLoRAGroup:
                     m.observe("e2e_request_latency_seconds", (t.get("finish_time") or now) - arrival)
             else:  # only the last output carries the cumulative fields; the prompt goes back with it
                 out = dataclasses.replace(out, prompt_token_ids=[])
-            st = self._streams.get(rid)
-            if st is not None:
-                st.put(self._stream_item(out))
+            box = self._routes.get(rid)
+            if box is not None:
+                item = self._stream_item(out)
+                box.put(rid, item)
+                if _last(item):
+                    del self._routes[rid]
         if tokens:
             m.inc("generation_tokens", sum(tokens.values()))
             for adapter, n in tokens.items():
@@ -469,46 +504,123 @@ class SLoRAGroup:
             raise GroupUnavailable(f"group {self.name} failed: {self._failed!r}")
 
     # ---- requests --------------------------------------------------------------------------------
+    async def subscribe(self, subscriber: str) -> AsyncIterator[dict[str, RequestOutput | dict]]:
+        """A multiplexed stream (call through `handle.options(stream=True)`): batches {request_id: item} of
+        the outputs of every request `start`ed with this `subscriber` id (each request's items as `generate`
+        yields them; see `_Outbox` for when a batch goes out). The first batch is empty: the subscription is
+        open, `start` may be called. One per ingress replica and group, instead of a Serve stream per request.
+        When the stream ends (the subscriber cancelled it or went away), its unfinished requests are aborted."""
+        box = _Outbox(self.stream_interval_s)
+        self._open_box(subscriber, box)
+        try:
+            yield {}
+            while True:
+                yield await box.get()
+        finally:
+            self._close_box(subscriber, box)
+
+    async def start(
+        self, subscriber: str, requests: list[tuple[str, list[int], SamplingParams]], adapter: str | None = None
+    ) -> list[dict | None]:
+        """Starts `requests` ((request_id, prompt_token_ids, params), one adapter) whose outputs go to
+        `subscriber`'s stream (`subscribe`). Returns, per request, None (added: its items follow on the
+        stream) or the error item that ends it before it ran: 404 unknown adapter, 400 refused, 503 (the
+        group is dead, or `subscriber` has no open stream here, e.g. on a replica that replaced the one it
+        subscribed to: nothing ran, the caller may send it elsewhere and subscribe again)."""
+        box = self._boxes.get(subscriber)
+        if box is None:
+            err = {"error": f"group {self.name}: no subscription {subscriber!r}", "status": 503, "unsubscribed": True}
+            return [err] * len(requests)
+        return await self._start_on(box, requests, adapter)
+
+    async def _start_on(
+        self, box: _Outbox, requests: list[tuple[str, list[int], SamplingParams]], adapter: str | None
+    ) -> list[dict | None]:
+        try:
+            self._check_alive()
+        except GroupUnavailable as e:
+            return [self._unavailable_item(e)] * len(requests)
+        loop = asyncio.get_running_loop()
+        futs = []
+        for rid, ids, params in requests:
+            box.open(rid, params.detokenize)
+            self._routes[rid] = box
+            fut = loop.create_future()
+            self._submit(_Cmd(AddRequest(ids, params, adapter, rid, time.monotonic()), fut))
+            futs.append(fut)
+        results: list[dict | None] = []
+        for (rid, ids, _), r in zip(requests, await asyncio.gather(*futs, return_exceptions=True)):
+            err = self._refusal(r) if isinstance(r, BaseException) else None
+            if err is None:
+                self.metrics.inc("prompt_tokens", len(ids))
+                self.metrics.adapter_request(adapter, len(ids))
+            else:
+                if self._routes.get(rid) is box:
+                    del self._routes[rid]
+                box.close(rid)
+            results.append(err)
+        return results
+
+    def _refusal(self, e: BaseException) -> dict:
+        """The error item for an AddRequest that raised (the request is not in the engine)."""
+        if isinstance(e, KeyError):
+            return {"error": str(e.args[0]) if e.args else str(e), "status": 404}
+        if isinstance(e, ValueError):
+            return {"error": str(e), "status": 400}
+        if isinstance(e, GroupUnavailable):
+            return self._unavailable_item(e)
+        logger.error("group %s: adding a request failed: %r", self.name, e)
+        return {"error": f"the request could not be added: {e!r}", "status": 500}
+
+    def _open_box(self, subscriber: str, box: _Outbox) -> None:
+        old = self._boxes.get(subscriber)
+        self._boxes[subscriber] = box
+        if old is not None:
+            self._close_box(subscriber, old)
+
+    def _close_box(self, subscriber: str, box: _Outbox) -> None:
+        """The subscriber is gone: abort its unfinished requests (their KV pages are freed)."""
+        if self._boxes.get(subscriber) is box:
+            del self._boxes[subscriber]
+        for rid in list(box.requests):
+            self._abort(rid, box)
+
+    def _abort(self, request_id: str, box: _Outbox | None = None) -> None:
+        """Aborts a request its consumer no longer reads (nothing if it already ended)."""
+        box = box or self._routes.get(request_id)
+        if box is None or request_id not in box.requests:
+            return
+        box.close(request_id)
+        if self._routes.get(request_id) is box:
+            del self._routes[request_id]
+        self._last_token_time.pop(request_id, None)
+        self.metrics.inc("requests_aborted")
+        if self._failed is None:
+            self._submit(_Cmd(AbortRequest(request_id)))
+
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, adapter: str | None = None
     ) -> AsyncIterator[dict | RequestOutput]:
-        """Streams RequestOutput deltas, coalesced, or an error item (see the module docstring)."""
-        st = _Stream(self.stream_interval_s, text=params.detokenize)
-        self._streams[request_id] = st
-        done = False
+        """One request's own stream (see the module docstring): what `subscribe` carries for it, unbatched.
+        For callers of one request at a time (tests, a Python client); the ingress multiplexes."""
+        box = _Outbox(self.stream_interval_s)
         try:
-            try:
-                await self._call(AddRequest(prompt_token_ids, params, adapter, request_id, time.monotonic()))
-            except KeyError as e:
-                done = True
-                yield {"error": str(e.args[0]) if e.args else str(e), "status": 404}
+            [err] = await self._start_on(box, [(request_id, prompt_token_ids, params)], adapter)
+            if err is not None:
+                yield err
                 return
-            except ValueError as e:
-                done = True
-                yield {"error": str(e), "status": 400}
-                return
-            except GroupUnavailable as e:
-                done = True
-                yield self._unavailable_item(e)
-                return
-            self.metrics.inc("prompt_tokens", len(prompt_token_ids))
-            self.metrics.adapter_request(adapter, len(prompt_token_ids))
             while True:
-                out = await st.get()
+                out = (await box.get())[request_id]
                 yield out
-                if _Stream._last(out):
-                    done = True
+                if _last(out):
                     return
         finally:
-            self._streams.pop(request_id, None)
-            self._last_token_time.pop(request_id, None)
-            if not done:  # the consumer went away (disconnect, cancellation): free the request's pages
-                self.metrics.inc("requests_aborted")
-                if self._failed is None:
-                    self._submit(_Cmd(AbortRequest(request_id)))
+            self._abort(request_id, box)
 
-    async def abort(self, request_id: str) -> None:
-        self._submit(_Cmd(AbortRequest(request_id)))
+    async def abort(self, request_ids: list[str]) -> None:
+        """The consumers of these `start`ed requests went away (a client disconnected): abort them."""
+        for rid in request_ids:
+            self._abort(rid)
 
     async def note_rejected(self, n: int = 1) -> None:
         """Admission control in an ingress refused `n` requests meant for this group (a counter)."""
@@ -567,6 +679,7 @@ class SLoRAGroup:
         )
         s["name"] = self.name
         s["model"] = self.engine.model_name
+        s["subscriptions"] = len(self._boxes)  # open multiplexed streams (one per ingress replica in use)
         s["startup"] = self.startup
         n, wall, cpu = self._step_totals
         # engine.step() totals since start: wall time, and the engine thread's CPU time in it. A device sync

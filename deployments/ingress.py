@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import TypeGuard
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -83,6 +83,7 @@ from deployments.protocol import (
     vllm_prompt_logprobs,
 )
 from deployments.routing import Decision, GroupState, Router, request_start_age_s
+from deployments.subscription import RequestStream, Subscription
 
 logger = logging.getLogger("ray.serve")
 
@@ -253,7 +254,7 @@ class _Choice:
     index: int
     prompt_len: int
     group: str
-    gen: Any = None  # DeploymentResponseGenerator
+    gen: RequestStream  # the group's items for this choice
     first: "asyncio.Future | None" = None  # the group's first item, awaited by _launch, not yet absorbed
     text: str = ""
     num_tokens: int = 0
@@ -282,7 +283,7 @@ class OpenAIIngress:
     def __init__(self, groups: list[DeploymentHandle], config: IngressConfig | dict):
         self.cfg = config if isinstance(config, IngressConfig) else IngressConfig(**config)
         self.groups = {h.deployment_name: h for h in groups}
-        self.streams = {n: h.options(stream=True) for n, h in self.groups.items()}
+        self.subscriptions: dict[str, Subscription] = {}  # one multiplexed stream per group, opened on demand
         self.router = Router(
             list(self.groups),
             eps=self.cfg.routing_eps,
@@ -560,21 +561,29 @@ class OpenAIIngress:
         once one choice has its first tokens. Raises, cancelling every choice, when the first items to come
         are errors: _GroupDown when the group is dead or unreachable (nothing ran: the caller tries another),
         APIError when it refuses or drops the request (400, 404, early abort: 429 + Retry-After)."""
+        try:
+            sub = await self._subscription(group)
+        except Exception as e:  # noqa: BLE001 - the group cannot be reached: nothing ran
+            raise _GroupDown(repr(_cause(e))) from None
         base = random_id("req")
-        choices = []
+        choices, requests = [], []
         for i, ids in enumerate(prompts):
             for j, p in enumerate(params[i]):
+                index = i * len(params[i]) + j
+                rid = f"{base}-{index}"
                 c = _Choice(
-                    index=i * len(params[i]) + j,
+                    index=index,
                     prompt_len=len(ids),
                     group=group,
+                    gen=sub.stream(rid),
                     admitted_at=time.monotonic(),
                     decision=decision,
                     start_key=self.router.open_start(group),
                 )
                 self.router.sent(group, len(ids))
-                c.gen = self.streams[group].generate.remote(f"{base}-{c.index}", ids, p, adapter)
+                requests.append((rid, ids, p))
                 choices.append(c)
+        sub.start(requests, adapter)
         firsts = []
         for c in choices:
             c.first = f = asyncio.ensure_future(c.gen.__anext__())
@@ -594,17 +603,26 @@ class OpenAIIngress:
         if any(isinstance(i, RequestOutput) for i in items):
             return choices
         first = items[0]  # an error item before any tokens: the request did not start
+        assert isinstance(first, dict)
         self._cancel(choices)
         if first.get("status") == 503:
             raise _GroupDown(first.get("error", "group unavailable"))
         raise _item_error(first)
+
+    async def _subscription(self, group: str) -> Subscription:
+        """This replica's open subscription to `group` (a new one when there is none, or it was lost)."""
+        sub = self.subscriptions.get(group)
+        if sub is None or sub.closed:
+            sub = self.subscriptions[group] = Subscription(self.groups[group])
+        await sub.wait_open(self.cfg.stats_poll_timeout_s)
+        return sub
 
     def _cancel(self, choices: list[_Choice]) -> None:
         """Stops the choices' streams (the group aborts unfinished requests) and releases them."""
         for c in choices:
             if c.first is not None:
                 c.first.cancel()
-            if c.gen is not None and c.finish_reason is None:
+            if c.finish_reason is None:
                 c.gen.cancel()
             if not c.released:
                 c.released = True
@@ -1031,6 +1049,8 @@ class OpenAIIngress:
     def __del__(self):
         if self._poller is not None:
             self._poller.cancel()
+        for sub in self.subscriptions.values():
+            sub.close()
 
 
 IngressDeployment = serve.deployment(name="OpenAIIngress", max_ongoing_requests=1024)(OpenAIIngress)

@@ -13,7 +13,7 @@ import pytest
 from app import SamplingParams
 from app.demo import build_demo
 from app.request import RequestOutput
-from deployments.group import SLoRAGroup, _Stream
+from deployments.group import SLoRAGroup, _Outbox
 
 ADAPTER = "demo-r16-all"
 
@@ -86,13 +86,26 @@ def test_coalesced_stream_equals_every_step_stream(demo, stop):
     assert long[-2][1].delta_text or len(long) == 2
 
 
-def test_stream_unit_semantics():
-    """_Stream alone: the first tokens at once; later ones merged and held until the interval since the
-    last item has passed; a finished output at once; an error replaces pending tokens; nothing follows a
-    finished output or an error."""
+def test_outbox_unit_semantics_for_one_request():
+    """An _Outbox of one request (what `generate` streams): the first tokens at once; later ones merged and
+    held until the interval since the last item has passed; a finished output at once; an error replaces
+    pending tokens; nothing follows a finished output or an error."""
 
     def out(i: int, finished: bool = False) -> RequestOutput:
         return RequestOutput("r", None, None, [1], [], "", [i], f"<{i}>", finished, "length" if finished else None)
+
+    class _Stream:  # the outbox seen through one request's items
+        def __init__(self, interval: float, text: bool = True):
+            self.box = _Outbox(interval)
+            self.box.open("r", text)
+
+        def put(self, item):
+            self.box.put("r", item)
+
+        async def get(self):
+            batch = await self.box.get()
+            assert list(batch) == ["r"]
+            return batch["r"]
 
     async def run():
         s = _Stream(0.3)
@@ -151,6 +164,47 @@ def test_stream_unit_semantics():
         assert (await z.get()).delta_token_ids == [1, 2]
         z.put(out(3))
         assert (await z.get()).delta_token_ids == [3]
+
+    asyncio.run(run())
+
+
+def test_outbox_batches_a_subscribers_requests():
+    """Several requests in one outbox (an ingress replica's subscription): one batch carries every pending
+    output; a request's first tokens or its end send the batch at once, the others' tokens ride along;
+    otherwise a batch waits for the interval; a closed (aborted) request and unknown ids send nothing."""
+
+    def out(rid: str, i: int, finished: bool = False) -> RequestOutput:
+        return RequestOutput(rid, None, None, [1], [], "", [i], f"<{i}>", finished, "length" if finished else None)
+
+    async def run():
+        box = _Outbox(0.3)
+        for rid in ("a", "b", "c"):
+            box.open(rid)
+        box.put("a", out("a", 1))
+        box.put("b", out("b", 1))
+        t0 = time.monotonic()
+        first = await box.get()
+        assert set(first) == {"a", "b"} and time.monotonic() - t0 < 0.1
+        box.put("a", out("a", 2))
+        box.put("a", out("a", 3))
+        box.put("nobody", out("nobody", 1))  # not opened here: dropped
+        box.put("c", out("c", 1))  # c's first tokens: urgent, a's merged tokens go with them
+        batch = await box.get()
+        assert set(batch) == {"a", "c"} and batch["a"].delta_token_ids == [2, 3] and time.monotonic() - t0 < 0.1
+        box.put("a", out("a", 4))
+        box.put("b", out("b", 2))
+        t1 = time.monotonic()
+        batch = await box.get()  # nothing urgent: the interval since the last batch
+        assert set(batch) == {"a", "b"} and 0.25 < time.monotonic() - t1 < 2
+        box.put("b", out("b", 3, finished=True))
+        box.close("a")  # aborted: its pending output and later ones are dropped
+        box.put("a", out("a", 5))
+        batch = await box.get()
+        assert list(batch) == ["b"] and batch["b"].finished
+        assert box.requests == {"c": True}  # b ended, a closed
+        box.put("c", {"error": "engine failure", "status": 500})
+        assert await box.get() == {"c": {"error": "engine failure", "status": 500}}
+        assert box.requests == {} and not box.pending
 
     asyncio.run(run())
 
