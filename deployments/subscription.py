@@ -10,6 +10,11 @@ One `Subscription` is one `subscribe` call: a single Serve stream over which the
 on each side: one per request per step was most of the group's CPU under load; session-2026-12-04d
 ray_stream_cost). A background task reads the batches and hands each item to its request's stream.
 
+The subscription's stream, the starts and the aborts are called outside any request's context: Serve
+cancels the calls an HTTP request made when that request is cancelled, and one client's disconnect must not
+end the stream that every request of this replica on that group shares (nor cut a start short: a request's
+abort is sent once its start has returned, so that it cannot overtake it).
+
 Failure: when the subscription's stream ends (the group's replica died or was replaced, or it could not be
 reached), every open request stream raises that error: the caller treats it as the group failing under the
 request (before its first item: nothing ran, it may go elsewhere). The subscription is then `closed`; the
@@ -21,6 +26,7 @@ request for `idle_close_s`) closes itself, so that a group's replica can shut do
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Any
 
@@ -89,9 +95,13 @@ class Subscription:
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[None] = loop.create_future()
         self._calls: set[asyncio.Task] = set()  # start calls in flight
+        self._starting: dict[str, asyncio.Task] = {}  # request id -> its start call, until it returns
         self._idle: asyncio.TimerHandle | None = None
         self._gen: Any = None  # the DeploymentResponseGenerator
-        self._task = loop.create_task(self._read())
+        # The stream is this replica's, not the request's that happens to open it: Serve cancels the calls an
+        # HTTP request made when that request is cancelled (a client disconnect), so it is made, like every
+        # abort, from an empty context (no Serve request context: no parent request).
+        self._task = loop.create_task(self._read(), context=contextvars.Context())
 
     async def wait_open(self, timeout_s: float) -> None:
         """Returns once the group has opened the stream; raises (and closes this subscription) when it does
@@ -115,15 +125,20 @@ class Subscription:
     def start(self, requests: list[tuple[str, list[int], SamplingParams]], adapter: str | None) -> None:
         """Asks the group to run `requests` (each with its `stream` made before); their items, or the
         refusals `start` answers, arrive in their streams."""
-        task = asyncio.ensure_future(self._start(requests, adapter))
+        task = asyncio.get_running_loop().create_task(self._start(requests, adapter), context=contextvars.Context())
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
+        for rid, _, _ in requests:
+            self._starting[rid] = task
 
     async def _start(self, requests: list[tuple[str, list[int], SamplingParams]], adapter: str | None) -> None:
         try:
             refusals = await self.handle.start.remote(self.id, requests, adapter)
         except Exception as e:  # noqa: BLE001 - the group is unreachable: the requests' streams raise it
             refusals = [e] * len(requests)
+        finally:
+            for rid, _, _ in requests:
+                self._starting.pop(rid, None)
         for (rid, _, _), err in zip(requests, refusals):
             st = self.streams.get(rid)
             if err is not None and st is not None:
@@ -138,8 +153,13 @@ class Subscription:
             self._idle = asyncio.get_running_loop().call_later(self.idle_close_s, self._close_if_idle)
 
     def abort(self, request_id: str) -> None:
-        if not self.closed:
-            self.handle.abort.remote([request_id])
+        """Asks the group to abort the request, once its start call has returned (an abort that overtook its
+        start would find nothing to abort, and the request would run to its end unread)."""
+        task = self._starting.get(request_id)
+        if task is not None:
+            task.add_done_callback(lambda _: self.abort(request_id))
+        elif not self.closed:
+            contextvars.Context().run(self.handle.abort.remote, [request_id])
 
     def _close_if_idle(self) -> None:
         self._idle = None
@@ -181,6 +201,7 @@ class Subscription:
             raise
         except Exception as e:  # noqa: BLE001 - the group's replica died or cannot be reached
             error = e
-            logger.warning("subscription %s to a group ended: %r", self.id, e)
+            if not self.closed:  # not closed on purpose (idle, or a replaced replica)
+                logger.warning("subscription %s to a group ended: %r", self.id, e)
         finally:
             self.close(error)

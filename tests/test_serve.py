@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -754,6 +755,55 @@ def test_disconnect_aborts_and_frees_pages(http, stream):
             break
         time.sleep(0.2)
     assert aborted >= 1 and idle, stats
+
+
+def test_a_disconnect_ends_only_its_own_request_not_the_shared_stream(service):
+    """Every request of an ingress replica on a group shares one stream from it (deployments/subscription.py),
+    opened by whichever request needed it first. Serve cancels the calls an HTTP request made when that request
+    is cancelled (a client that disconnects while waiting for a whole completion): the stream must not be one
+    of them. Here the opener (after the subscriptions closed for idleness) disconnects while a dozen requests
+    of the same adapter stream beside it on both ingress replicas; every one of them ends normally."""
+    time.sleep(3)  # longer than an idle subscription lives (IDLE_CLOSE_S): the next request opens it again
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": "demo-r16-all", "prompt": "Hello", "ignore_eos": True}
+    started = threading.Barrier(13)
+    results: list[list[str]] = []
+
+    def other() -> None:
+        lines = []
+        try:
+            with httpx.stream("POST", f"{BASE}/v1/completions", json=dict(body, max_tokens=300, stream=True),
+                              headers=headers, timeout=120) as r:  # fmt: skip
+                it = (ln for ln in r.iter_lines() if ln.startswith("data: "))
+                lines.append(next(it))
+                started.wait(60)
+                lines += list(it)
+        finally:
+            results.append(lines)
+
+    # the opener: a whole (not streamed) completion, on a raw socket that the test closes when it wants
+    payload = json.dumps(dict(body, max_tokens=1000)).encode()
+    opener = socket.create_connection(("127.0.0.1", PORT))
+    opener.sendall(
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    deadline = time.time() + 30
+    while not any(group_stats(g)["queue"]["running"] for g in GROUPS):  # it runs: its stream is open
+        assert time.time() < deadline
+        time.sleep(0.05)
+    threads = [threading.Thread(target=other) for _ in range(12)]
+    for t in threads:
+        t.start()
+    started.wait(60)  # every other request streams: now the opener goes away
+    opener.close()
+    for t in threads:
+        t.join(120)
+    assert len(results) == 12
+    for lines in results:
+        assert lines[-1] == "data: [DONE]" and not any('"error"' in ln for ln in lines), lines[-3:]
+        assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == "length"
 
 
 METRICS = {"Authorization": f"Bearer {METRICS_KEY}"}

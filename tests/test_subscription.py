@@ -69,14 +69,21 @@ class _Stream:
 class LocalHandle:
     """`handle.method.remote(...)` and `handle.options(stream=True).method.remote(...)` over `group`."""
 
-    def __init__(self, group: SLoRAGroup, stream: bool = False, stream_group: SLoRAGroup | None = None):
+    def __init__(
+        self,
+        group: SLoRAGroup,
+        stream: bool = False,
+        stream_group: SLoRAGroup | None = None,
+        start_delay_s: float = 0.0,
+    ):
         self.group, self.stream = group, stream
         self.stream_group = stream_group or group  # streams go to another replica: one that was replaced
+        self.start_delay_s = start_delay_s  # a start call slower to arrive than a later abort call
         self.streams: list[_Stream] = []  # every stream opened, for the test to fail one
         self.calls: list[str] = []
 
     def options(self, stream: bool = False) -> LocalHandle:
-        h = LocalHandle(self.stream_group if stream else self.group, stream)
+        h = LocalHandle(self.stream_group if stream else self.group, stream, start_delay_s=self.start_delay_s)
         h.streams, h.calls = self.streams, self.calls
         return h
 
@@ -92,6 +99,13 @@ class LocalHandle:
                     s = _Stream(method(*args))
                     handle.streams.append(s)
                     return s
+                if name == "start" and handle.start_delay_s:
+
+                    async def late():
+                        await asyncio.sleep(handle.start_delay_s)
+                        return await method(*args)
+
+                    return asyncio.ensure_future(late())
                 return asyncio.ensure_future(method(*args))
 
         return _Method
@@ -208,3 +222,22 @@ def test_cancel_refusals_and_idle_close_leave_nothing_in_the_group(demo):
     assert unsubscribed[0]["status"] == 503 and unsubscribed[0]["unsubscribed"] and stale_closed
     assert g.metrics.counters["requests_aborted"] == 1
     assert g.engine.is_idle_clean()
+
+
+def test_an_abort_never_overtakes_its_start(demo):
+    """A request cancelled before its start call reached the group (a client gone at once): the abort is sent
+    after the start returned, so the group aborts the request instead of running it to its end unread."""
+    g = group(demo)
+
+    async def run():
+        sub = Subscription(LocalHandle(g, start_delay_s=0.3))
+        await sub.wait_open(5)
+        st = sub.stream("gone")
+        sub.start([("gone", [5, 9, 14], SamplingParams(max_tokens=500, ignore_eos=True))], None)
+        st.cancel()
+        await asyncio.sleep(0.6)
+        return await g.stats()
+
+    s = asyncio.run(run())
+    assert g.metrics.counters["requests_aborted"] == 1
+    assert s["queue"]["running"] == 0 and s["queue"]["waiting"] == 0
