@@ -228,3 +228,53 @@ def test_h2d_many_one_copy_aligned_views():
         want = torch.as_tensor(np.asarray(values), dtype=dtype)
         assert t.device.type == "cuda" and t.dtype == dtype and t.data_ptr() % 16 == 0
         assert torch.equal(t.cpu(), want)
+
+
+def test_no_kernel_compiles_after_warmup(tmp_path):
+    """Warm-up compiles every Triton kernel variant that serving needs: a flood-like mix afterwards (the demo
+    as `serve_config.yaml` runs it: 64 seats, prompts of 1-600 tokens arriving a few per step while others
+    decode, with and without adapters of every demo rank, greedy and sampled) makes Triton build nothing
+    more and captures no CUDA graph. A build mid-serving stalls the whole step, seconds on a fresh machine's
+    empty cache: the first flood after a fresh start had TTFT p90 1.5 s where later floods had 0.8-1.0 s
+    (session-2026-12-04e)."""
+    import triton
+
+    from app.demo import build_demo
+
+    demo = build_demo(tmp_path / "demo")
+    llm = LLM(
+        str(demo / "model"),
+        adapters=str(demo / "adapters"),
+        device="cuda",
+        scheduler={"max_num_seqs": 64},
+        lora={"max_lora_rank": 64},
+    )
+    e = llm.engine
+    assert e.warmup_s is not None
+    names = [None, *sorted(e.adapters)]
+    graphs = set(e.executor.graphs.graphs)  # the decode CUDA graphs captured by warm-up
+    built: list[str] = []
+
+    def hook(*, repr, **_):  # called when a kernel variant is not in memory: Triton builds or loads it
+        built.append(repr)
+        return None
+
+    old, triton.knobs.runtime.jit_cache_hook = triton.knobs.runtime.jit_cache_hook, hook
+    try:
+        rng = random.Random(0)
+        vocab = e.args.vocab_size
+        for i in range(240):
+            n = rng.choice([1, 2, 5, 8, 13, 16, 17, 31, 40, 64, 100, 250, 600])
+            params = SamplingParams(
+                max_tokens=rng.randint(1, 64), temperature=rng.choice([0.0, 1.0]), ignore_eos=True, seed=i
+            )
+            e.add_request([rng.randrange(3, vocab) for _ in range(n)], params, names[i % len(names)], f"r{i}")
+            if rng.random() < 0.4:  # a few arrivals per step: prefill chunks beside decoding requests
+                e.step()
+        while e.has_unfinished():
+            e.step()
+    finally:
+        triton.knobs.runtime.jit_cache_hook = old
+    assert e.is_idle_clean()
+    assert not built, f"{len(built)} kernel variant(s) built after warm-up:\n" + "\n".join(sorted(set(built)))
+    assert set(e.executor.graphs.graphs) == graphs  # and no graph captured mid-serving
