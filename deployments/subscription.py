@@ -182,7 +182,11 @@ class Subscription:
         self.streams.clear()
         if self._gen is not None:
             self._gen.cancel()
-        if self._task is not asyncio.current_task():
+        try:
+            current = asyncio.current_task()
+        except RuntimeError:  # no running loop: a replica's destructor
+            current = None
+        if self._task is not current:
             self._task.cancel()
 
     async def _read(self) -> None:
