@@ -610,12 +610,15 @@ class OpenAIIngress:
         raise _item_error(first)
 
     async def _subscription(self, group: str) -> Subscription:
-        """This replica's open subscription to `group` (a new one when there is none, or it was lost)."""
-        sub = self.subscriptions.get(group)
-        if sub is None or sub.closed:
-            sub = self.subscriptions[group] = Subscription(self.groups[group])
-        await sub.wait_open(self.cfg.stats_poll_timeout_s)
-        return sub
+        """This replica's open subscription to `group` (a new one when there is none, or it was lost); raises
+        when the group does not open one in time."""
+        while True:
+            sub = self.subscriptions.get(group)
+            if sub is None or sub.closed:
+                sub = self.subscriptions[group] = Subscription(self.groups[group])
+            await sub.wait_open(self.cfg.stats_poll_timeout_s)
+            if not sub.closed:  # else it closed (idle) while this waited for it to open: take a new one
+                return sub
 
     def _cancel(self, choices: list[_Choice]) -> None:
         """Stops the choices' streams (the group aborts unfinished requests) and releases them."""

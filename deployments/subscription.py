@@ -105,7 +105,10 @@ class Subscription:
 
     async def wait_open(self, timeout_s: float) -> None:
         """Returns once the group has opened the stream; raises (and closes this subscription) when it does
-        not within `timeout_s` or the stream failed."""
+        not within `timeout_s` or the stream failed. An open subscription returns without yielding to the
+        event loop (so nothing, such as its idle timer, closes it before the caller uses it)."""
+        if self.opened.done() and not self.closed:
+            return
         try:
             await asyncio.wait_for(asyncio.shield(self.opened), timeout_s)
         except TimeoutError:

@@ -241,3 +241,24 @@ def test_an_abort_never_overtakes_its_start(demo):
     s = asyncio.run(run())
     assert g.metrics.counters["requests_aborted"] == 1
     assert s["queue"]["running"] == 0 and s["queue"]["waiting"] == 0
+
+
+def test_an_open_idle_subscription_is_used_before_its_idle_timer_can_close_it(demo):
+    """A subscription whose last request just ended has its idle close due at once (idle_close_s 0): the next
+    request's `wait_open` returns without yielding to the event loop, so the subscription is still open when the
+    request's stream is made on it, and the request is served."""
+    g = group(demo)
+
+    async def run():
+        sub = Subscription(LocalHandle(g), idle_close_s=0.0)
+        await sub.wait_open(5)
+        first = sub.stream("first")
+        sub.start([("first", [5, 9, 14], SamplingParams(max_tokens=3, temperature=0.0))], None)
+        await items(first)  # its last item read: the idle close is scheduled, due now
+        await sub.wait_open(5)
+        second = sub.stream("second")
+        sub.start([("second", [5, 9, 14], SamplingParams(max_tokens=3, temperature=0.0))], None)
+        return await items(second)
+
+    second = asyncio.run(run())
+    assert second[-1].finished and len(second[-1].token_ids) == 3
