@@ -1053,7 +1053,10 @@ class OpenAIIngress:
         if self._poller is not None:
             self._poller.cancel()
         for sub in self.subscriptions.values():
-            sub.close()
+            try:
+                sub.close()
+            except RuntimeError:  # the event loop is already closed: nothing is left to tell
+                pass
 
 
 IngressDeployment = serve.deployment(name="OpenAIIngress", max_ongoing_requests=1024)(OpenAIIngress)
