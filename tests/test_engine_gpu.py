@@ -234,9 +234,9 @@ def test_no_kernel_compiles_after_warmup(tmp_path):
     """Warm-up compiles every Triton kernel variant that serving needs: a flood-like mix afterwards (the demo
     as `serve_config.yaml` runs it: 64 seats, prompts of 1-600 tokens arriving a few per step while others
     decode, with and without adapters of every demo rank, greedy and sampled) makes Triton build nothing
-    more and captures no CUDA graph. A build mid-serving stalls the whole step, seconds on a fresh machine's
-    empty cache: the first flood after a fresh start had TTFT p90 1.5 s where later floods had 0.8-1.0 s
-    (session-2026-12-04e)."""
+    more and captures no CUDA graph of the kinds warm-up captures. A build mid-serving stalls the whole step,
+    seconds on a fresh machine's empty cache: the first flood after a fresh start had TTFT p90 1.5 s where
+    later floods had 0.8-1.0 s (session-2026-12-04e)."""
     import triton
 
     from app.demo import build_demo
@@ -277,4 +277,8 @@ def test_no_kernel_compiles_after_warmup(tmp_path):
         triton.knobs.runtime.jit_cache_hook = old
     assert e.is_idle_clean()
     assert not built, f"{len(built)} kernel variant(s) built after warm-up:\n" + "\n".join(sorted(set(built)))
-    assert set(e.executor.graphs.graphs) == graphs  # and no graph captured mid-serving
+    # and no graph of the kinds warm-up captures (the base model alone, every LoRA group) captured mid-serving;
+    # a graph for a subset of the groups (the demo's q/v-only or MLP-only adapters) is captured on first use,
+    # by design (app/cuda_graphs.py)
+    every = tuple(LORA_GROUPS)
+    assert all(g not in ((), every) for _, g in set(e.executor.graphs.graphs) - graphs)
