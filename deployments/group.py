@@ -57,6 +57,7 @@ from app.request import RequestOutput, SamplingParams
 from deployments.config import GroupSettings
 from deployments.metrics import GroupMetrics
 from deployments.routing import LinearFit
+from deployments.subscription import is_last
 
 logger = logging.getLogger("ray.serve")
 
@@ -116,11 +117,6 @@ def _merge(a: RequestOutput, b: RequestOutput) -> RequestOutput:
     )
 
 
-def _last(item: RequestOutput | dict) -> bool:
-    """A stream's last item: a finished output or an error dict."""
-    return not isinstance(item, RequestOutput) or item.finished
-
-
 class _Outbox:
     """One subscriber's outputs on their way from the step loop (`put`, event loop) to its stream (`get`):
     an ingress replica's multiplexed stream (every request it started on this group), or one request's
@@ -157,11 +153,11 @@ class _Outbox:
         if request_id not in self.requests:
             return
         p = self.pending.get(request_id)
-        if p is not None and _last(p):
+        if p is not None and is_last(p):
             return
         merged = _merge(p, item) if isinstance(p, RequestOutput) and isinstance(item, RequestOutput) else item
         self.pending[request_id] = merged
-        if _last(merged) or request_id not in self.started:
+        if is_last(merged) or request_id not in self.started:
             self.urgent = True
             self.ready.set()
         elif time.monotonic() >= self.due:
@@ -178,7 +174,7 @@ class _Outbox:
             if self.pending and (self.urgent or now >= self.due):
                 batch, self.pending, self.urgent = self.pending, {}, False
                 for rid, item in batch.items():
-                    if _last(item):
+                    if is_last(item):
                         self.requests.pop(rid, None)
                         self.started.discard(rid)
                     elif self._shows(rid, item):
@@ -449,7 +445,7 @@ class SLoRAGroup:
             if box is not None:
                 item = self._stream_item(out)
                 box.put(rid, item)
-                if _last(item):
+                if is_last(item):
                     del self._routes[rid]
         if tokens:
             m.inc("generation_tokens", sum(tokens.values()))
@@ -612,7 +608,7 @@ class SLoRAGroup:
             while True:
                 out = (await box.get())[request_id]
                 yield out
-                if _last(out):
+                if is_last(out):
                     return
         finally:
             self._abort(request_id, box)

@@ -45,6 +45,7 @@ class SubscriptionLost(ConnectionError):
 
 
 def is_last(item: RequestOutput | dict) -> bool:
+    """A request's last item (the group's contract, deployments/group.py): a finished output or an error dict."""
     return not isinstance(item, RequestOutput) or item.finished
 
 
@@ -94,8 +95,7 @@ class Subscription:
         self.closed = False
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[None] = loop.create_future()
-        self._calls: set[asyncio.Task] = set()  # start calls in flight
-        self._starting: dict[str, asyncio.Task] = {}  # request id -> its start call, until it returns
+        self._starting: dict[str, asyncio.Task] = {}  # request id -> its start call in flight
         self._idle: asyncio.TimerHandle | None = None
         self._gen: Any = None  # the DeploymentResponseGenerator
         # The stream is this replica's, not the request's that happens to open it: Serve cancels the calls an
@@ -129,9 +129,7 @@ class Subscription:
         """Asks the group to run `requests` (each with its `stream` made before); their items, or the
         refusals `start` answers, arrive in their streams."""
         task = asyncio.get_running_loop().create_task(self._start(requests, adapter), context=contextvars.Context())
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
-        for rid, _, _ in requests:
+        for rid, _, _ in requests:  # also keeps the task referenced until its call returned
             self._starting[rid] = task
 
     async def _start(self, requests: list[tuple[str, list[int], SamplingParams]], adapter: str | None) -> None:
@@ -166,7 +164,7 @@ class Subscription:
 
     def _close_if_idle(self) -> None:
         self._idle = None
-        if not self.streams and not self._calls:
+        if not self.streams and not self._starting:
             self.close()
 
     def close(self, error: BaseException | None = None) -> None:

@@ -12,28 +12,10 @@ import asyncio
 import pytest
 
 from app import SamplingParams
-from app.demo import build_demo
 from app.request import RequestOutput
 from deployments.group import SLoRAGroup
 from deployments.subscription import Subscription, SubscriptionLost
-
-ADAPTER = "demo-r16-all"
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return build_demo()
-
-
-def group(demo, interval: float = 0.0) -> SLoRAGroup:
-    cfg = {"model": str(demo / "model"), "device": "cpu", "dtype": "float32"}
-    return SLoRAGroup(
-        "g",
-        cfg,
-        adapters={ADAPTER: str(demo / "adapters" / ADAPTER)},
-        settings={"stream_interval_s": interval},
-        ray_metrics=False,
-    )
+from tests.test_group import ADAPTER, group
 
 
 class _Stream:
@@ -123,7 +105,7 @@ def joined(outs: list) -> tuple[list[int], str, str | None]:
 def test_many_requests_over_one_subscription_equal_their_own_streams(demo):
     """Eight requests of different lengths and adapters over one subscription: each gets the tokens, text and
     finish reason of its own `generate` stream; the group sent one Serve stream (not eight)."""
-    g = group(demo)
+    g = group(demo, 0.0)
     prompts = [[5, 9, 14, 3 + i] for i in range(8)]
     params = [SamplingParams(max_tokens=4 + 3 * i, temperature=0.0, ignore_eos=True) for i in range(8)]
     adapters = [ADAPTER if i % 2 else None for i in range(8)]
@@ -152,7 +134,7 @@ def test_many_requests_over_one_subscription_equal_their_own_streams(demo):
 def test_a_lost_subscription_fails_its_open_requests_and_a_new_one_serves(demo):
     """The subscription's stream raises (the group's replica died): every request open on it raises at once,
     the subscription is closed; a new subscription serves the next request."""
-    g = group(demo)
+    g = group(demo, 0.0)
     long = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
 
     async def run():
@@ -188,7 +170,7 @@ def test_cancel_refusals_and_idle_close_leave_nothing_in_the_group(demo):
     (unknown adapter: 404, an invalid prompt: 400) ends only its own stream; a start for a subscription the
     group does not know is a 503 that closes the subscription; an idle subscription closes itself and the
     group forgets it."""
-    g = group(demo)
+    g = group(demo, 0.0)
     params = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
 
     async def run():
@@ -207,7 +189,7 @@ def test_cancel_refusals_and_idle_close_leave_nothing_in_the_group(demo):
         await asyncio.sleep(0.5)  # idle for longer than idle_close_s
         idle_closed, subscriptions = sub.closed, (await g.stats())["subscriptions"]
         # a subscription opened on a replica that was replaced since: the new one does not know it
-        stale = Subscription(LocalHandle(g, stream_group=group(demo)))
+        stale = Subscription(LocalHandle(g, stream_group=group(demo, 0.0)))
         await stale.wait_open(5)
         s = stale.stream("x")
         stale.start([("x", [5, 9, 14], params)], None)
@@ -227,7 +209,7 @@ def test_cancel_refusals_and_idle_close_leave_nothing_in_the_group(demo):
 def test_an_abort_never_overtakes_its_start(demo):
     """A request cancelled before its start call reached the group (a client gone at once): the abort is sent
     after the start returned, so the group aborts the request instead of running it to its end unread."""
-    g = group(demo)
+    g = group(demo, 0.0)
 
     async def run():
         sub = Subscription(LocalHandle(g, start_delay_s=0.3))
@@ -247,7 +229,7 @@ def test_an_open_idle_subscription_is_used_before_its_idle_timer_can_close_it(de
     """A subscription whose last request just ended has its idle close due at once (idle_close_s 0): the next
     request's `wait_open` returns without yielding to the event loop, so the subscription is still open when the
     request's stream is made on it, and the request is served."""
-    g = group(demo)
+    g = group(demo, 0.0)
 
     async def run():
         sub = Subscription(LocalHandle(g), idle_close_s=0.0)

@@ -1,13 +1,15 @@
 """Summarizes group.raw (py-spy record -p GROUP_PID -d 14 -r 200 -f raw --threads, during two floods of 90
 streamed completions on the CPU demo, `serve run serve_config.yaml` on the 2-core dev machine): active samples
-per thread, and the functions of our replica's event loop thread (inclusive samples)."""
+per thread, and the functions of our replica's event loop thread (inclusive samples). Another profile: pass its
+path (session-2026-12-04e/cpu_ab/profile/group.raw)."""
 
 import collections
+import sys
 from pathlib import Path
 
 per_thread: collections.Counter = collections.Counter()
 loop: collections.Counter = collections.Counter()
-for ln in Path(__file__).with_name("group.raw").read_text().splitlines():
+for ln in (Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("group.raw")).read_text().splitlines():
     stack, _, n = ln.rpartition(" ")
     frames = stack.split(";")
     per_thread[frames[0]] += int(n)
