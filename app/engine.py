@@ -545,9 +545,10 @@ class Engine:
         compiles a variant and a graph is captured the first time a step needs it, which would stall the
         first requests for seconds. Registers temporary all-zero adapters of `warmup_ranks` (at most
         max_lora_rank), prefills prompts of `warmup_prompt_lens` tokens with each of them and without (one
-        length and one rank per step), then runs one batch of every CUDA-graph batch size (1-token
-        prompts, 2 tokens each: a prefill and a decode step of that batch size), with adapters and without
-        (the two kinds of decode graph). Greedy, so no random
+        length and one rank per step), then the same prompts as mixed steps (one request decodes while
+        another, with or without an adapter, prefills), then runs one batch of every CUDA-graph batch size
+        (1-token prompts, 2 tokens each: a prefill and a decode step of that batch size), with adapters and
+        without (the two kinds of decode graph). Greedy, so no random
         state is used; the adapters are removed at the end. Needs an idle engine and leaves it
         idle: no requests, no pages held, the step and pool counters as they were (cached adapters may
         have been evicted). Returns the seconds it took (also in `warmup_s`)."""
@@ -588,24 +589,37 @@ class Engine:
                 except AdapterError as e:  # a pool too small for it: warm up without it
                     logger.warning("warmup without a rank-%d adapter: %s", r, e)
             max_tokens = min(2, self.max_model_len - 1)
-            lens = sorted({min(n, self.max_model_len - max_tokens) for n in self.cfg.warmup_prompt_lens})
+            # a mixed wave's first part decodes for a few steps while its second part arrives and prefills
+            long_tokens = min(4, self.max_model_len - 1)
+            lens = sorted({min(n, self.max_model_len - long_tokens) for n in self.cfg.warmup_prompt_lens})
             # one adapter rank per prefill step (the batch's largest rank picks the kernel variant)
             choices: list[str | None] = [*adapters] or [None]
-            waves = [[(n, a), (n, None)] for n in lens for a in choices]
+            waves: list[tuple[list, list]] = [([(n, a), (n, None)], []) for n in lens for a in choices]
+            # mixed steps (decoding requests beside a prefill: what a loaded server runs most), in both orders of
+            # adapter and base model: attention's decode and prefill parts in one step, LoRA plans over both
+            waves += [([(n, a)], [(n, None)]) for n in lens for a in choices]
+            waves += [([(n, None)], [(n, a)]) for n in lens for a in adapters]
             adapter = adapters[0] if adapters else None
             buckets = decode_buckets(self.scheduler.max_num_seqs)
             # every decode graph of both kinds: steps with an adapter, and steps of the base model alone
-            waves += [[(1, (adapter, None)[i % 2]) for i in range(b)] for b in buckets]
-            waves += [[(1, None)] * b for b in buckets] if adapter else []
-            params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
+            waves += [([(1, (adapter, None)[i % 2]) for i in range(b)], []) for b in buckets]
+            waves += [([(1, None)] * b, []) for b in buckets] if adapter else []
+            short, long = (
+                SamplingParams(max_tokens=t, temperature=0.0, ignore_eos=True, detokenize=False)
+                for t in (max_tokens, long_tokens)
+            )
             vocab = self.args.vocab_size
-            for k, wave in enumerate(waves):
-                for i, (n, a) in enumerate(wave):
-                    prompt = [(7 * i + j) % vocab for j in range(n)]
-                    try:
-                        self.add_request(prompt, params, a, request_id=f"{WARMUP_PREFIX}/{k}/{i}")
-                    except ValueError as e:  # larger than the whole pool: skip it
-                        logger.debug("warmup request skipped: %s", e)
+            for k, (first, late) in enumerate(waves):
+                for part, reqs in enumerate((first, late)):
+                    if part and self.has_unfinished():
+                        self.step()  # the first part's prefill; it decodes while the second part prefills
+                    for i, (n, a) in enumerate(reqs):
+                        prompt = [(7 * i + j) % vocab for j in range(n)]
+                        params = long if late and not part else short
+                        try:
+                            self.add_request(prompt, params, a, request_id=f"{WARMUP_PREFIX}/{k}/{part}/{i}")
+                        except ValueError as e:  # larger than the whole pool: skip it
+                            logger.debug("warmup request skipped: %s", e)
                 while self.has_unfinished():
                     self.step()
         finally:

@@ -133,8 +133,10 @@ def lora_plan(seg_indptr: torch.Tensor, seg_slot: torch.Tensor, n_slots: int, nu
         seg_indptr, seg_slot, data, n_seg, int(n_slots), T,
         BLOCK=block, BLOCK_J=_npow2(n_seg, 32, 256), BLOCK_T=64, num_warps=4,
     )  # fmt: skip
+    # two block sizes only (decode-sized steps, and the rest in blocks of 1024): a block per power of two of T
+    # made Triton build a variant mid-serving for whatever T warm-up had not met (session-2026-12-04f)
     _plan_tiles_kernel[(1,)](
-        seg_indptr, data, n_seg, T, plan.max_tiles, TILE_M=tile_m, BLOCK=_npow2(T, 32, 1024), num_warps=4
+        seg_indptr, data, n_seg, T, plan.max_tiles, TILE_M=tile_m, BLOCK=64 if T <= 64 else 1024, num_warps=4
     )
     return plan
 

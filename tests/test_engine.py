@@ -164,32 +164,35 @@ def test_warmup_leaves_the_engine_clean_and_outputs_unchanged(demo, llm):
 def test_warmup_runs_every_request_despite_an_slo(demo):
     """Early abort (early_abort_ttft_slo_s) is off for the warm-up requests, which go through a scheduler of
     their own: every one runs to its length, one wave per prompt length and one per decode batch size; the
-    live scheduler, its config and its counters are never touched."""
+    live scheduler, its config and its counters are never touched; its mixed waves run decode beside prefill."""
     e = LLM(
         model=str(demo / "model"),
         device="cpu",
         dtype="float32",
         scheduler={"early_abort_ttft_slo_s": 1e-6, "max_num_seqs": 8},
     ).engine
-    finished, batches, step = [], [], e.step
+    finished, batches, mixed, step = [], [], [], e.step
     live = e.scheduler
 
     def spy():
         assert live.cfg.early_abort_ttft_slo_s == 1e-6 and not live.running  # the live scheduler is not touched
         batches.append(len(e.scheduler.running))
+        sch = e.scheduler  # a mixed step: a request decodes while one waits for its prefill
+        mixed.append(any(r.num_computed_tokens >= len(r.prompt_token_ids) for r in sch.running) and bool(sch.waiting))
         outs = step()
         finished.extend((o.request_id, o.finish_reason, len(o.token_ids)) for o in outs if o.finished)
         return outs
 
     e.step = spy
     e.warmup()
-    assert finished and all(
-        rid.startswith(WARMUP_PREFIX) and reason == "length" and n == 2 for rid, reason, n in finished
-    )
-    # 6 prompt lengths x 3 adapter ranks x (adapter, base), then the decode buckets twice (the graphs with
-    # LoRA, then those of the base model alone)
-    assert len(finished) == 2 * len(e.cfg.warmup_prompt_lens) * len(e.cfg.warmup_ranks) + 2 * (1 + 2 + 4 + 8)
+    assert finished and all(rid.startswith(WARMUP_PREFIX) and reason == "length" for rid, reason, _ in finished)
+    # 6 prompt lengths x 3 adapter ranks x (adapter, base), then the same as mixed waves in both orders (the
+    # first part's request decodes 4 tokens while the second part's prefills), then the decode buckets twice
+    # (the graphs with LoRA, then those of the base model alone)
+    waves = len(e.cfg.warmup_prompt_lens) * len(e.cfg.warmup_ranks)
+    assert sorted(n for *_, n in finished) == [2] * (2 * waves + 2 * waves + 2 * (1 + 2 + 4 + 8)) + [4] * 2 * waves
     assert {1, 2, 4, 8} <= set(batches)
+    assert sum(mixed) == 2 * waves
     assert e.scheduler is live and live.cfg.early_abort_ttft_slo_s == 1e-6 and live.num_early_aborts == 0
 
 

@@ -230,6 +230,18 @@ def test_h2d_many_one_copy_aligned_views():
         assert torch.equal(t.cpu(), want)
 
 
+def variant_diff(name: str, late: dict, warm: list[dict]) -> str:
+    """A kernel variant built after warm-up, as what differs from the nearest variant warm-up built (Triton's
+    specialization data: signature, constexprs, argument attributes such as 16-byte alignment)."""
+    if not warm:
+        return f"{name}: no variant of it in warm-up; {json.dumps(late)[:1500]}"
+
+    def diff(w: dict) -> dict:
+        return {k: (w.get(k), v) for k, v in late.items() if w.get(k) != v}
+
+    return f"{name}: (warm-up, serving) where they differ: {json.dumps(min(map(diff, warm), key=len))[:1500]}"
+
+
 def test_no_kernel_compiles_after_warmup(tmp_path):
     """Warm-up compiles every Triton kernel variant that serving needs: a flood-like mix afterwards (the demo
     as `serve_config.yaml` runs it: 64 seats, prompts of 1-600 tokens arriving a few per step while others
@@ -242,25 +254,28 @@ def test_no_kernel_compiles_after_warmup(tmp_path):
     from app.demo import build_demo
 
     demo = build_demo(tmp_path / "demo")
-    llm = LLM(
-        str(demo / "model"),
-        adapters=str(demo / "adapters"),
-        device="cuda",
-        scheduler={"max_num_seqs": 64},
-        lora={"max_lora_rank": 64},
-    )
-    e = llm.engine
-    assert e.warmup_s is not None
-    names = [None, *sorted(e.adapters)]
-    graphs = set(e.executor.graphs.graphs)  # the decode CUDA graphs captured by warm-up
-    built: list[str] = []
+    builds: dict[str, list[tuple[str, dict]]] = {"warm-up": [], "serving": []}
+    phase = "warm-up"
 
-    def hook(*, repr, **_):  # called when a kernel variant is not in memory: Triton builds or loads it
-        built.append(repr)
+    def hook(*, repr, compile, **_):  # a kernel variant not in memory: Triton builds or loads it
+        data = compile.get("specialization_data")
+        builds[phase].append((repr.partition("[")[0], json.loads(data) if data else {"repr": repr}))
         return None
 
     old, triton.knobs.runtime.jit_cache_hook = triton.knobs.runtime.jit_cache_hook, hook
     try:
+        llm = LLM(
+            str(demo / "model"),
+            adapters=str(demo / "adapters"),
+            device="cuda",
+            scheduler={"max_num_seqs": 64},
+            lora={"max_lora_rank": 64},
+        )
+        e = llm.engine
+        assert e.warmup_s is not None
+        names = [None, *sorted(e.adapters)]
+        graphs = set(e.executor.graphs.graphs)  # the decode CUDA graphs captured by warm-up
+        phase = "serving"
         rng = random.Random(0)
         vocab = e.args.vocab_size
         for i in range(240):
@@ -276,7 +291,9 @@ def test_no_kernel_compiles_after_warmup(tmp_path):
     finally:
         triton.knobs.runtime.jit_cache_hook = old
     assert e.is_idle_clean()
-    assert not built, f"{len(built)} kernel variant(s) built after warm-up:\n" + "\n".join(sorted(set(built)))
+    assert not builds["serving"], f"{len(builds['serving'])} kernel variant(s) built after warm-up:\n" + "\n".join(
+        variant_diff(name, data, [d for n, d in builds["warm-up"] if n == name]) for name, data in builds["serving"]
+    )
     # and no graph of the kinds warm-up captures (the base model alone, every LoRA group) captured mid-serving;
     # a graph for a subset of the groups (the demo's q/v-only or MLP-only adapters) is captured on first use,
     # by design (app/cuda_graphs.py)
