@@ -311,8 +311,9 @@ def test_flood_runs_each_variant_on_its_own_server(tmp_path):
 def test_load_replay_records_each_request():
     """benchmarks/load.py against a real HTTP server (uvicorn, Starlette) that streams three chunks, or answers
     429 for one model: with per_request, each request's send time, status, TTFT and chunks come back in trace
-    order."""
+    order; the client's heap is frozen out of the collector while it replays, and unfrozen after."""
     import asyncio
+    import gc
     import socket
     import threading
     import time
@@ -324,8 +325,11 @@ def test_load_replay_records_each_request():
 
     from benchmarks.load import replay
 
+    frozen = []
+
     async def completions(req):
         body = await req.json()
+        frozen.append(gc.get_freeze_count())  # this server runs in the client's process
         if body["model"] == "a1":
             return JSONResponse({"error": {"message": "overloaded", "code": 429}}, status_code=429)
 
@@ -344,6 +348,7 @@ def test_load_replay_records_each_request():
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    before = gc.get_freeze_count()
     try:
         while not server.started:
             time.sleep(0.01)
@@ -358,6 +363,7 @@ def test_load_replay_records_each_request():
     assert [r["chunks"] for r in recs] == [3, 0, 3, 0] and recs[1]["ttft_s"] is None
     assert all(0.02 <= r["ttft_s"] < 1.0 and r["e2e_s"] >= r["ttft_s"] for r in recs[::2])
     assert [round(r["sent_s"], 1) for r in recs] == [0.0, 0.1, 0.2, 0.3]
+    assert len(frozen) == 4 and min(frozen) > before and gc.get_freeze_count() == before
 
 
 def test_kept_up_is_late_tokens_over_offered():
