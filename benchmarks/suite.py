@@ -224,6 +224,7 @@ def replay(engine: Engine, trace: list[dict], slo: float, *, stop_on_fail: bool 
                 answered += 1
             if o.finished:
                 x["end"], x["reason"] = t, o.finish_reason
+                x["scheduled"] = o.metrics.get("first_scheduled_time")
                 answered += x["first"] is None
         distinct.append(engine.last_step_adapters)
         batch.append(len(sch.running))
@@ -240,6 +241,8 @@ def replay(engine: Engine, trace: list[dict], slo: float, *, stop_on_fail: bool 
         engine.step()
     sync()
     res = summarize(list(recs.values()), len(trace), elapsed, slo)
+    # arrival to first scheduled (the engine's request_queue_time, as a group's histogram reports it)
+    queue = [x["scheduled"] - x["arrival"] for x in recs.values() if x.get("scheduled") is not None]
     lookups = counters["loads"] + counters["hits"]
     res.update(
         counters,
@@ -252,6 +255,7 @@ def replay(engine: Engine, trace: list[dict], slo: float, *, stop_on_fail: bool 
         loads_per_s=counters["loads"] / elapsed if elapsed else None,
         load_wait_step_share=counters["load_wait_steps"] / counters["steps"] if counters["steps"] else None,
         distinct_adapters_per_step=statistics.mean(distinct) if distinct else 0.0,
+        queue_p50_s=statistics.median(queue) if queue else None,
         step_wall_mean_s=step_wall / counters["steps"] if counters["steps"] else None,
         step_cpu_mean_s=step_cpu / counters["steps"] if counters["steps"] else None,
         batch_mean=statistics.mean(batch) if batch else 0.0,
@@ -696,7 +700,9 @@ def serve_replay(a, trace, model_dir: str, cfg, adir: Path, replicas: int, inter
         # the groups' own TTFT over the same requests (their histogram, as /metrics exposes it after the
         # ingress's next stats poll): what of the client's TTFT the groups account for
         time.sleep(3 * IngressSettings().stats_poll_interval_s)
-        remote["server_ttft"] = server_ttft(httpx.get(f"{url}/metrics", timeout=30).text)
+        text = httpx.get(f"{url}/metrics", timeout=30).text
+        remote["server_ttft"] = server_ttft(text)
+        remote["server_queue"] = server_ttft(text, "sloray_request_queue_time_seconds")  # arrival to scheduled
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -870,12 +876,13 @@ def report_http(res: dict, out: Path) -> list[str]:
     lines = [f"n = {res['adapters']} adapter directories, {res['rate']} req/s, the same trace; Serve up in "
              f"{res['serve_startup_s']:.0f} s (the first HTTP run). Group TTFT: the groups' own (arrival at a "
              "group to its first token; their Prometheus histogram, interpolated); the rest of the client's is the "
-             "serving path (proxy, ingress, the hops to the group and back). Steps: engine.step() calls over the replay; "
+             "serving path (proxy, ingress, the hops to the group and back). Queue: arrival at the engine to its "
+             "first step (in-process: the median; HTTP: the groups' histogram). Steps: engine.step() calls over the replay; "
              "their mean wall time and the stepping thread's CPU time in them (in the group: its engine thread; a device "
              "sync's spin counts as CPU, so wall minus CPU is time the thread was not running, e.g. waiting for the GIL).", "",
-             "| path | req/s | out tok/s | TTFT p50 | TTFT p99 | attainment | group TTFT p50 / p99 | TPOT mean | "
-             "steps | step wall / CPU (mean) |",
-             "|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]  # fmt: skip
+             "| path | req/s | out tok/s | TTFT p50 | TTFT p99 | attainment | group TTFT p50 / p99 | queue p50 | "
+             "TPOT mean | steps | step wall / CPU (mean) |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"]  # fmt: skip
     variants = res.get("http_variants") or [res]
     paths = [("in-process", res["in_process"])] + [
         (f"HTTP, {v.get('ingress_replicas', 1)} ingress, interval {v.get('stream_interval_s', 0)} s", v["http"])
@@ -884,8 +891,10 @@ def report_http(res: dict, out: Path) -> list[str]:
     for name, r in paths:
         st = r.get("server_ttft") or {}
         group = f"{ms(st.get('p50_s'))} / {ms(st.get('p99_s'))}" if st else ""
+        queue = (r.get("server_queue") or {}).get("p50_s", r.get("queue_p50_s"))
         lines.append(f"| {name} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | {ms(r['ttft_p50_s'])} | "
-                     f"{ms(r['ttft_p99_s'])} | {pc(r['slo_attainment'])} | {group} | {ms1(r.get('tpot_mean_s'))} | "
+                     f"{ms(r['ttft_p99_s'])} | {pc(r['slo_attainment'])} | {group} | {ms1(queue)} | "
+                     f"{ms1(r.get('tpot_mean_s'))} | "
                      f"{r.get('steps', '-')} | {ms1(r.get('step_wall_mean_s'))} / {ms1(r.get('step_cpu_mean_s'))} |")  # fmt: skip
     lines.append("")
     for v in variants:

@@ -240,6 +240,10 @@ def test_suite_http_smoke(tmp_path):
     st = res["http"]["server_ttft"]
     assert st["count"] == res["http"]["ok"] and 0 < st["p50_s"] <= st["p99_s"], st
     assert st["p50_s"] <= res["http"]["ttft_p99_s"]
+    # and the time from arrival to the first step: the groups' histogram, and the in-process replay's median
+    sq, queue = res["http"]["server_queue"], res["in_process"]["queue_p50_s"]
+    assert sq["count"] == st["count"] and 0 <= sq["p50_s"] <= st["p50_s"]
+    assert 0 <= queue <= res["in_process"]["ttft_p50_s"]
     for r in (res["in_process"], res["http"]):  # engine.step() over the replay: counted, CPU within wall
         assert r["steps"] > 0 and 0 < r["step_cpu_mean_s"] <= r["step_wall_mean_s"] * 1.05, r
     assert (tmp_path / "out" / "http.png").exists()
