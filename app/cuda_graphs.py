@@ -6,7 +6,9 @@ One graph per batch-size bucket (1, 2, 4, ..., up to max_num_seqs) and set of Lo
 that the step's adapters target, captured the first time it is needed: a graph runs the LoRA kernels of its
 groups only (steps of the base model alone run none; a step whose adapters all target q/k/v/o skips the MLP
 groups' launches, which would do nothing: 128 launches in a 32-layer graph). Engine.warmup captures the
-graphs of every group (its adapters target all modules) and of none; other sets on first use. Every per-step
+graphs of every group (its adapters target all modules) and of none, Engine.warmup_adapter_graphs those of
+the groups of each adapter registered at startup; other sets (adapters loaded later, a step mixing adapters
+of different sets) on first use. Every per-step
 input lives in a static buffer that the graph reads: token ids, positions, KV slot mapping, KV page table
 (width: max_model_len / page_size), and the LoRA metadata (adapter page tables, offsets, ranks, scales for up
 to max_loras_per_batch adapters; the shrink output has max_lora_rank

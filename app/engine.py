@@ -26,7 +26,9 @@ adapter; thread-safe, it reads no state that steps change, so a server runs it b
 `add_adapter` is both at once.
 
 `warmup()` (at the end of `__init__` on CUDA, `EngineConfig.warmup`) runs every kernel variant and
-captures every decode CUDA graph before the first request, so that no request waits for a Triton compile.
+captures every decode CUDA graph before the first request, so that no request waits for a Triton compile;
+`warmup_adapter_graphs()` (a server, once its startup adapters are registered) the decode graphs of their
+LoRA groups.
 `freeze_heap()` (a server, once its startup is done) takes what startup made out of the garbage collector's
 full passes.
 """
@@ -48,6 +50,7 @@ import torch
 from app.config import EngineConfig
 from app.cuda_graphs import decode_buckets
 from app.lora.adapter import AdapterError, LoRAWeights, check_adapter_name, load_peft_adapter, module_shapes
+from app.lora.layer import LORA_GROUPS, targeted_groups
 from app.model.llama import ModelArgs
 from app.pool import PagePool, PoolStats
 from app.request import ModelOutput, Request, RequestOutput, SamplingParams
@@ -56,6 +59,8 @@ from app.scheduler import Scheduler, SchedulerOutput
 from app.tokenizer import IncrementalDetokenizer, Tokenizer
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from app.structured import Grammars
 
 logger = logging.getLogger(__name__)
@@ -82,6 +87,7 @@ class PreparedAdapter:
     rank: int
     scale: float
     packed: Any  # what the executor's add_packed takes (ModelRunner: a PackedAdapter)
+    groups: tuple[str, ...] = ()  # the LoRA groups it targets (app/lora/layer.py targeted_groups)
 
 
 @dataclass
@@ -106,6 +112,7 @@ class AdapterInfo:
     rank: int
     scale: float
     num_pages: int
+    groups: tuple[str, ...] = ()  # the LoRA groups it targets (its steps' decode graphs run those)
 
 
 @dataclass
@@ -162,6 +169,7 @@ class Engine:
         self.last_step_tokens = 0  # tokens computed by the last step (prefill chunks + decodes)
         self.last_step_adapters = 0
         self.warmup_s: float | None = None
+        self._warm_graph_sets: set[tuple[str, ...]] = set()  # LoRA group sets whose decode graphs warm-up ran
         if cfg.warmup == "on" or (cfg.warmup == "auto" and device == "cuda"):
             self.warmup()
 
@@ -206,7 +214,8 @@ class Engine:
         docstring); in pinned host memory unless `pin` is False. Raises AdapterError."""
         self._check_new_name(name)
         w = load_peft_adapter(name, path, self.args, self.cfg.lora.max_lora_rank, roots, timeout_s)
-        return PreparedAdapter(w.name, w.path, w.rank, w.scale, self.executor.pack_adapter(w, pin=pin))
+        packed = self.executor.pack_adapter(w, pin=pin)
+        return PreparedAdapter(w.name, w.path, w.rank, w.scale, packed, targeted_groups(w.targets))
 
     def pin_adapters(self) -> int:
         """Pins the host copies of the registered adapters that `add_adapters(pin=False)` left pageable (any
@@ -225,7 +234,7 @@ class Engine:
         if num_pages > room:
             self.executor.remove_adapter(p.name)
             raise AdapterError(f"adapter {p.name!r} needs {num_pages} pool pages, the pool has {room} for adapters")
-        info = AdapterInfo(name=p.name, path=p.path, rank=p.rank, scale=p.scale, num_pages=num_pages)
+        info = AdapterInfo(name=p.name, path=p.path, rank=p.rank, scale=p.scale, num_pages=num_pages, groups=p.groups)
         self.adapters[p.name] = info
         return info
 
@@ -238,7 +247,8 @@ class Engine:
 
     def _register(self, w: LoRAWeights) -> AdapterInfo:
         """Registers weights made in memory (warm-up adapters; their names are not user names)."""
-        return self._add_packed(PreparedAdapter(w.name, w.path, w.rank, w.scale, self.executor.pack_adapter(w)))
+        packed = self.executor.pack_adapter(w)
+        return self._add_packed(PreparedAdapter(w.name, w.path, w.rank, w.scale, packed, targeted_groups(w.targets)))
 
     def remove_adapter(self, name: str) -> None:
         if name not in self.adapters:
@@ -548,17 +558,84 @@ class Engine:
         length and one rank per step), then the same prompts as mixed steps (one request decodes while
         another, with or without an adapter, prefills), then runs one batch of every CUDA-graph batch size
         (1-token prompts, 2 tokens each: a prefill and a decode step of that batch size), with adapters and
-        without (the two kinds of decode graph). Greedy, so no random
-        state is used; the adapters are removed at the end. Needs an idle engine and leaves it
-        idle: no requests, no pages held, the step and pool counters as they were (cached adapters may
-        have been evicted). Returns the seconds it took (also in `warmup_s`)."""
+        without (the two kinds of decode graph), then `warmup_adapter_graphs` for the adapters registered by
+        then. Greedy, so no random state is used; the adapters are removed at the end. Needs an idle engine
+        and leaves it idle: no requests, no pages held, the step and pool counters as they were (cached
+        adapters may have been evicted). Returns the seconds it took (also in `warmup_s`)."""
+        t0 = time.perf_counter()
+        max_tokens = min(2, self.max_model_len - 1)
+        # a mixed wave's first part decodes for a few steps while its second part arrives and prefills
+        long_tokens = min(4, self.max_model_len - 1)
+        lens = sorted({min(n, self.max_model_len - long_tokens) for n in self.cfg.warmup_prompt_lens})
+        buckets = decode_buckets(self.scheduler.max_num_seqs)
+
+        def waves(adapters: list[str]) -> list[tuple[list, list]]:
+            # one adapter rank per prefill step (the batch's largest rank picks the kernel variant)
+            choices: list[str | None] = [*adapters] or [None]
+            w: list[tuple[list, list]] = [([(n, a), (n, None)], []) for n in lens for a in choices]
+            # mixed steps (decoding requests beside a prefill: what a loaded server runs most), in both orders
+            # of adapter and base model: attention's decode and prefill parts in one step, LoRA plans over both
+            w += [([(n, a)], [(n, None)]) for n in lens for a in choices]
+            w += [([(n, None)], [(n, a)]) for n in lens for a in adapters]
+            adapter = adapters[0] if adapters else None
+            # every decode graph of both kinds: steps with an adapter, and steps of the base model alone
+            w += [([(1, (adapter, None)[i % 2]) for i in range(b)], []) for b in buckets]
+            w += [([(1, None)] * b, []) for b in buckets] if adapter else []
+            return w
+
+        ranks = sorted({min(r, self.cfg.lora.max_lora_rank) for r in self.cfg.warmup_ranks})
+        registered = self._warm([(r, None) for r in ranks], waves, (max_tokens, long_tokens))
+        self._warm_graph_sets |= {(), tuple(LORA_GROUPS)} if registered else {()}
+        self.warmup_s = time.perf_counter() - t0
+        self.warmup_s += self.warmup_adapter_graphs()
+        logger.info("warmup: %d prefill lengths, decode batch sizes %s, %.2f s", len(lens), buckets, self.warmup_s)
+        return self.warmup_s
+
+    def warmup_adapter_graphs(self) -> float:
+        """Captures, before serving, the decode CUDA graphs of every set of LoRA groups (app/lora/layer.py) that
+        a registered adapter targets and warm-up has not run yet: a graph runs only its groups' LoRA kernels,
+        and warm-up's own adapters target every module (a q/v adapter, PEFT's default for Llama, targets the
+        q/k/v group alone; S-LoRA's q/k/v/o adapters the q/k/v and o groups). One batch of every graph batch
+        size with a temporary all-zero adapter of that set (rank min(warmup_ranks)). A server calls it once
+        its startup adapters are registered; the sets of adapters loaded later, and a step's mix of several
+        sets, are captured the first time a step needs them. Nothing (0.0) when warm-up is off (`warmup_s`
+        None) or every set is warm; otherwise needs an idle engine, leaves it as `warmup` does, and returns
+        the seconds it took."""
+        sets = sorted({info.groups for info in self.adapters.values()} - self._warm_graph_sets - {()})
+        if self.warmup_s is None or not sets:
+            return 0.0
+        t0 = time.perf_counter()
+        buckets = decode_buckets(self.scheduler.max_num_seqs)
+        rank = min(min(r, self.cfg.lora.max_lora_rank) for r in self.cfg.warmup_ranks)
+
+        def waves(adapters: list[str]) -> list[tuple[list, list]]:
+            return [([(1, a)] * b, []) for a in adapters for b in buckets]
+
+        modules = [tuple(m for g in groups for m in LORA_GROUPS[g]) for groups in sets]
+        self._warm([(rank, m) for m in modules], waves, (min(2, self.max_model_len - 1),) * 2)
+        self._warm_graph_sets |= set(sets)
+        dt = time.perf_counter() - t0
+        logger.info("warmup: decode graphs of the LoRA groups %s, %.2f s", sets, dt)
+        return dt
+
+    def _warm(
+        self,
+        specs: list[tuple[int, tuple[str, ...] | None]],
+        waves: Callable[[list[str]], list[tuple[list, list]]],
+        max_tokens: tuple[int, int],
+    ) -> list[str]:
+        """Warm-up's runner: registers a temporary all-zero adapter per (rank, target modules or None for every
+        module) of `specs`, then runs the waves that `waves(their names)` returns: each (first, late) lists of
+        (prompt length, adapter or None) requests, greedy; the first part is added, stepped once, then the late
+        part (so that the first part's requests, which then generate max_tokens[1] tokens instead of
+        max_tokens[0], decode beside its prefill); each wave runs to its end. Through a scheduler of its own
+        (the live one's config, queues and counters untouched), on the same pool, without early abort; the
+        requests and adapters are removed and the step and pool counters restored at the end. Returns the names
+        of the adapters it could register (a pool too small for one: warm-up goes on without it)."""
         if self.has_unfinished():
             raise RuntimeError("warmup needs an idle engine (no requests)")
-        t0 = time.perf_counter()
         pool, live = self.pool, self.scheduler
         counters = (self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits)
-        # the warm-up requests go through a scheduler of their own (the live one's config, queues and
-        # counters stay untouched), on the same pool, without early abort (they must all run)
         self.scheduler = Scheduler(
             live.cfg.model_copy(update={"early_abort_ttft_slo_s": None}),
             live.lora_cfg,
@@ -570,46 +647,23 @@ class Engine:
         try:
             L = self.args.num_layers
             zero = torch.zeros(())  # broadcast views: no host memory until packing
-            for r in sorted({min(r, self.cfg.lora.max_lora_rank) for r in self.cfg.warmup_ranks}):
-                name = f"{WARMUP_PREFIX}-r{r}"
-                w = LoRAWeights(
-                    name=name,
-                    path=WARMUP_PREFIX,
-                    rank=r,
-                    alpha=float(r),
-                    scale=1.0,
-                    targets={
-                        m: (zero.expand(L, r, i), zero.expand(L, o, r))
-                        for m, (i, o) in module_shapes(self.args).items()
-                    },
-                )
+            shapes = module_shapes(self.args)
+            for k, (r, modules) in enumerate(specs):
+                name = f"{WARMUP_PREFIX}-r{r}" if modules is None else f"{WARMUP_PREFIX}-r{r}-{k}"
+                targets = {m: (zero.expand(L, r, i), zero.expand(L, o, r)) for m, (i, o) in shapes.items()}
+                if modules is not None:
+                    targets = {m: t for m, t in targets.items() if m in modules}
+                w = LoRAWeights(name=name, path=WARMUP_PREFIX, rank=r, alpha=float(r), scale=1.0, targets=targets)
                 try:
                     self._register(w)
                     adapters.append(name)
                 except AdapterError as e:  # a pool too small for it: warm up without it
                     logger.warning("warmup without a rank-%d adapter: %s", r, e)
-            max_tokens = min(2, self.max_model_len - 1)
-            # a mixed wave's first part decodes for a few steps while its second part arrives and prefills
-            long_tokens = min(4, self.max_model_len - 1)
-            lens = sorted({min(n, self.max_model_len - long_tokens) for n in self.cfg.warmup_prompt_lens})
-            # one adapter rank per prefill step (the batch's largest rank picks the kernel variant)
-            choices: list[str | None] = [*adapters] or [None]
-            waves: list[tuple[list, list]] = [([(n, a), (n, None)], []) for n in lens for a in choices]
-            # mixed steps (decoding requests beside a prefill: what a loaded server runs most), in both orders of
-            # adapter and base model: attention's decode and prefill parts in one step, LoRA plans over both
-            waves += [([(n, a)], [(n, None)]) for n in lens for a in choices]
-            waves += [([(n, None)], [(n, a)]) for n in lens for a in adapters]
-            adapter = adapters[0] if adapters else None
-            buckets = decode_buckets(self.scheduler.max_num_seqs)
-            # every decode graph of both kinds: steps with an adapter, and steps of the base model alone
-            waves += [([(1, (adapter, None)[i % 2]) for i in range(b)], []) for b in buckets]
-            waves += [([(1, None)] * b, []) for b in buckets] if adapter else []
             short, long = (
-                SamplingParams(max_tokens=t, temperature=0.0, ignore_eos=True, detokenize=False)
-                for t in (max_tokens, long_tokens)
+                SamplingParams(max_tokens=t, temperature=0.0, ignore_eos=True, detokenize=False) for t in max_tokens
             )
             vocab = self.args.vocab_size
-            for k, (first, late) in enumerate(waves):
+            for k, (first, late) in enumerate(waves(adapters)):
                 for part, reqs in enumerate((first, late)):
                     if part and self.has_unfinished():
                         self.step()  # the first part's prefill; it decodes while the second part prefills
@@ -630,14 +684,7 @@ class Engine:
                     self.remove_adapter(name)
             self.scheduler = live
             self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits = counters
-        self.warmup_s = time.perf_counter() - t0
-        logger.info(
-            "warmup: %d prefill lengths, decode batch sizes %s, %.2f s",
-            len(lens),
-            decode_buckets(self.scheduler.max_num_seqs),
-            self.warmup_s,
-        )
-        return self.warmup_s
+        return adapters
 
     POLICY_FIELDS = {
         "scheduler": {"early_abort_ttft_slo_s", "early_abort", "queue_order"},

@@ -40,6 +40,7 @@ class LLM:
     def __init__(self, model: str, adapters: str | dict[str, str] | None = None, **config):
         self.engine = Engine(EngineConfig(model=str(model), **config))
         self.engine.add_adapters(adapter_dirs(adapters))
+        self.engine.warmup_adapter_graphs()  # the decode graphs of these adapters' LoRA groups (with warm-up on)
 
     def add_adapter(self, name: str, path: str) -> None:
         self.engine.add_adapter(name, path)

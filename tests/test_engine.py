@@ -161,6 +161,38 @@ def test_warmup_leaves_the_engine_clean_and_outputs_unchanged(demo, llm):
         e.warmup()
 
 
+def test_warmup_runs_the_decode_graphs_of_the_adapters_lora_groups(demo):
+    """A decode graph runs the LoRA groups of its step's adapters only, and warm-up's own adapters target every
+    module: `warmup_adapter_graphs` runs one decode batch of every graph batch size with a temporary adapter
+    of each group set that a registered adapter targets (the demo's q/v, q/k/v/o, MLP and q/v/down adapters;
+    its all-module ones are warm already), then nothing more; the engine is left clean. With warm-up off
+    (the CPU's default) it does nothing."""
+    from app.cuda_graphs import decode_buckets
+    from app.lora.layer import LORA_GROUPS
+
+    cold = LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32")
+    assert cold.engine.warmup_s is None and cold.engine.warmup_adapter_graphs() == 0.0
+    e = LLM(model=str(demo / "model"), device="cpu", dtype="float32", warmup="on", scheduler={"max_num_seqs": 6}).engine
+    e.add_adapters({name: str(demo / "adapters" / name) for name in DEMO_ADAPTERS})
+    sets = {e.adapters[name].groups for name in DEMO_ADAPTERS}
+    assert sets == {("qkv",), ("qkv", "o"), ("gate_up", "down"), ("qkv", "down"), tuple(LORA_GROUPS)}
+    decodes, step = [], e.step
+
+    def spy():
+        running = e.scheduler.running
+        if running and all(r.num_computed_tokens >= len(r.prompt_token_ids) for r in running):
+            decodes.append(({e.adapters[r.adapter].groups for r in running}, len(running)))
+        return step()
+
+    e.step = spy
+    assert e.warmup_adapter_graphs() > 0
+    seen = {(groups.pop(), n) for groups, n in decodes if len(groups) == 1}
+    assert seen == {(g, b) for g in sets - {tuple(LORA_GROUPS)} for b in decode_buckets(6)}
+    _assert_clean(e)
+    decodes.clear()
+    assert e.warmup_adapter_graphs() == 0.0 and not decodes  # every set is warm
+
+
 def test_warmup_runs_every_request_despite_an_slo(demo):
     """Early abort (early_abort_ttft_slo_s) is off for the warm-up requests, which go through a scheduler of
     their own: every one runs to its length, one wave per prompt length and one per decode batch size; the

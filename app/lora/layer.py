@@ -13,6 +13,8 @@ all-reduce costs about as much as the base one, measured in benchmarks/results/t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from app.model.context import ForwardContext
@@ -26,6 +28,13 @@ LORA_GROUPS: dict[str, tuple[str, ...]] = {
     "down": ("down_proj",),
 }
 ROW_PARALLEL_GROUPS = {"o", "down"}
+
+
+def targeted_groups(modules: Iterable[str]) -> tuple[str, ...]:
+    """The LoRA groups (in LORA_GROUPS order) of which an adapter targeting `modules` holds some module: what
+    a step's LoRA kernels and its decode graph run for it."""
+    mods = set(modules)
+    return tuple(g for g, ms in LORA_GROUPS.items() if mods.intersection(ms))
 
 
 def apply_lora(
