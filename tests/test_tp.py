@@ -43,6 +43,7 @@ def tp_engine(ray_cpu, setup):
     # CUDA only) runs here through the rank actors: the tests below check nothing was left behind
     cfg = config(model, pool={"page_size": 4, "cpu_pool_bytes": 8 << 20}, warmup="on")
     engine = make_engine(cfg, adapters, AT_START, tp=2)
+    assert engine.warmup_adapter_graphs() > 0  # as a group does at start: the startup adapters' LoRA group sets
     yield engine
     engine.executor.shutdown()
 
