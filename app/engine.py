@@ -606,7 +606,7 @@ class Engine:
             return 0.0
         t0 = time.perf_counter()
         buckets = decode_buckets(self.scheduler.max_num_seqs)
-        rank = min(min(r, self.cfg.lora.max_lora_rank) for r in self.cfg.warmup_ranks)
+        rank = min((self.cfg.lora.max_lora_rank, *self.cfg.warmup_ranks))
 
         def waves(adapters: list[str]) -> list[tuple[list, list]]:
             return [([(1, a)] * b, []) for a in adapters for b in buckets]
