@@ -612,11 +612,17 @@ class Engine:
             return [([(1, a)] * b, []) for a in adapters for b in buckets]
 
         modules = [tuple(m for g in groups for m in LORA_GROUPS[g]) for groups in sets]
-        self._warm([(rank, m) for m in modules], waves, (min(2, self.max_model_len - 1),) * 2)
-        self._warm_graph_sets |= set(sets)
+        registered = self._warm([(rank, m) for m in modules], waves, (min(2, self.max_model_len - 1),) * 2)
+        # a set whose adapter did not fit in the pool stays cold (captured on first use)
+        self._warm_graph_sets |= {groups for k, groups in enumerate(sets) if self._warm_name(rank, k) in registered}
         dt = time.perf_counter() - t0
         logger.info("warmup: decode graphs of the LoRA groups %s, %.2f s", sets, dt)
         return dt
+
+    @staticmethod
+    def _warm_name(rank: int, k: int | None) -> str:
+        """The name of warm-up's adapter of `rank` targeting every module (k None) or spec k's modules."""
+        return f"{WARMUP_PREFIX}-r{rank}" if k is None else f"{WARMUP_PREFIX}-r{rank}-{k}"
 
     def _warm(
         self,
@@ -649,7 +655,7 @@ class Engine:
             zero = torch.zeros(())  # broadcast views: no host memory until packing
             shapes = module_shapes(self.args)
             for k, (r, modules) in enumerate(specs):
-                name = f"{WARMUP_PREFIX}-r{r}" if modules is None else f"{WARMUP_PREFIX}-r{r}-{k}"
+                name = self._warm_name(r, None if modules is None else k)
                 targets = {m: (zero.expand(L, r, i), zero.expand(L, o, r)) for m, (i, o) in shapes.items()}
                 if modules is not None:
                     targets = {m: t for m, t in targets.items() if m in modules}
