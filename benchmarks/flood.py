@@ -6,7 +6,9 @@ admission control's SLO set, one server per variant of the config, every variant
 
 Each variant starts the config's first application in this process (Ray, Serve on `--port`) with `args` changed by
 its KEY=VALUE pairs (dotted keys reach nested fields, e.g. `engine.scheduler.max_num_batched_tokens=512`; values
-are read as YAML, as in the config file: quote on / off, `engine.warmup="off"`, else they read as booleans) and
+are read as YAML, as in the config file: quote on / off, `engine.warmup="off"`, else they read as booleans;
+`env.NAME=VALUE` sets an environment variable of the variant's Ray processes instead, for Ray's own switches such
+as env.RAY_SERVE_THROUGHPUT_OPTIMIZED=1) and
 `admission_ttft_slo_s` set to `--slo-s`, waits until it answers, then sends `--floods` floods, `--gap-s` apart:
 `--requests` streamed completions arriving evenly over `--burst-s` (prompt and output lengths uniform in
 `--input-range` / `--output-range`, EOS ignored) to the base model, through benchmarks/load.py's client with
@@ -48,15 +50,20 @@ def set_dotted(args: dict, key: str, value) -> None:
     d[last] = value
 
 
-def variant_args(base: dict, pairs: list[str], slo_s: float) -> dict:
-    args = copy.deepcopy(base)
+def variant_args(base: dict, pairs: list[str], slo_s: float) -> tuple[dict, dict[str, str]]:
+    """The app's args with the variant's KEY=VALUE pairs applied, and the environment of its Ray processes:
+    pairs `env.NAME=VALUE` (Ray's own switches, e.g. env.RAY_SERVE_THROUGHPUT_OPTIMIZED=1) go there."""
+    args, env = copy.deepcopy(base), {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise SystemExit(f"--variant: {pair!r} is not KEY=VALUE")
-        set_dotted(args, key, yaml.safe_load(value))
+        if key.startswith("env."):
+            env[key[4:]] = value
+        else:
+            set_dotted(args, key, yaml.safe_load(value))
     args["admission_ttft_slo_s"] = slo_s
-    return args
+    return args, env
 
 
 def flood_trace(a) -> list[dict]:
@@ -82,7 +89,7 @@ def answers(url: str) -> bool:
         return False
 
 
-def run_variant(a, name: str, args: dict, trace: list[dict]) -> dict:
+def run_variant(a, name: str, args: dict, trace: list[dict], env: dict[str, str] | None = None) -> dict:
     import ray
     from ray import serve
 
@@ -95,7 +102,8 @@ def run_variant(a, name: str, args: dict, trace: list[dict]) -> dict:
     # the workers import deployments/ from this checkout, as `serve run` from the repository root would
     repo = str(Path(__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=a.num_cpus, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    env_vars = {**(env or {}), "PYTHONPATH": path}
+    ray.init(num_cpus=a.num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": a.port})
         serve.run(build_app(copy.deepcopy(args)), name="flood", route_prefix="/", blocking=False)
@@ -118,7 +126,7 @@ def run_variant(a, name: str, args: dict, trace: list[dict]) -> dict:
         serve.shutdown()
         ray.shutdown()
     wait_until(lambda: not answers(url), 60, f"variant {name}'s server still answers after its shutdown")
-    return {"name": name, "args": args, "startup_s": startup_s, "floods": floods}
+    return {"name": name, "args": args, "env": env or {}, "startup_s": startup_s, "floods": floods}
 
 
 def median_of(floods: list[dict], key: str) -> float | None:
@@ -138,6 +146,11 @@ def report(res: dict) -> str:
         "| variant | flood | admitted | 429 | errors | admitted TTFT p50 (s) | p90 (s) | TPOT | within SLO |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    envs = [
+        f"{v['name']}: " + ", ".join(f"{k}={x}" for k, x in v["env"].items()) for v in res["variants"] if v.get("env")
+    ]
+    if envs:  # Ray's own switches that a variant set
+        lines[4:4] = [f"Environment of the Ray processes: {'; '.join(envs)}.", ""]
     for v in res["variants"]:
         for k, f in enumerate(v["floods"]):
             lines.append(
@@ -188,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     res = {"config": str(a.config), "commit": a.commit or commit(), "gpu": gpu, "slo_s": a.slo_s,
            "requests": a.requests, "burst_s": a.burst_s, "floods": a.floods, "variants": []}  # fmt: skip
     for name, pairs in variants:
-        res["variants"].append(run_variant(a, name, variant_args(base, pairs, a.slo_s), trace))
+        args, env = variant_args(base, pairs, a.slo_s)
+        res["variants"].append(run_variant(a, name, args, trace, env))
         (a.out / "flood.json").write_text(json.dumps(res, indent=1))
     md = report(res)
     (a.out / "flood.md").write_text(md)

@@ -653,7 +653,8 @@ def serve_replay(a, trace, model_dir: str, cfg, adir: Path, replicas: int, inter
 
     t0 = time.perf_counter()
     if not ray.is_initialized():
-        ray.init(num_cpus=4 if a.smoke else None, include_dashboard=False)
+        env = dict(kv.split("=", 1) for kv in a.serve_env)  # Ray's own switches, for the app's processes
+        ray.init(num_cpus=4 if a.smoke else None, include_dashboard=False, runtime_env={"env_vars": env})
     serve.start(http_options={"host": "127.0.0.1", "port": a.http_port})
     build = BuildArgs(
         model=model_dir,
@@ -873,7 +874,9 @@ def report_admission(res: dict, out: Path) -> list[str]:
 
 
 def report_http(res: dict, out: Path) -> list[str]:
-    lines = [f"n = {res['adapters']} adapter directories, {res['rate']} req/s, the same trace; Serve up in "
+    env = res.get("settings_used", {}).get("serve_env")
+    lines = [f"Serve's Ray processes ran with {', '.join(env)}.", ""] if env else []
+    lines += [f"n = {res['adapters']} adapter directories, {res['rate']} req/s, the same trace; Serve up in "
              f"{res['serve_startup_s']:.0f} s (the first HTTP run). Group TTFT: the groups' own (arrival at a "
              "group to its first token; their Prometheus histogram, interpolated); the rest of the client's is the "
              "serving path (proxy, ingress, the hops to the group and back). Queue: arrival at the engine to its "
@@ -965,10 +968,15 @@ def main(argv: list[str] | None = None) -> None:
                     help="http: ingress replicas of the Serve app (several: one HTTP run each, zipped with the next)")  # fmt: skip
     ap.add_argument("--stream-interval-s", type=float, nargs="+", default=[GroupSettings().stream_interval_s],
                     help="http: the group's stream_interval_s (default: the app's; 0: one chunk per engine step)")  # fmt: skip
+    ap.add_argument("--serve-env", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="http: environment variables of the Serve app's Ray processes (Ray's own switches, e.g. "
+                    "RAY_SERVE_THROUGHPUT_OPTIMIZED=1)")  # fmt: skip
     ap.add_argument("--commit", default=None, help="the commit to name in the results (default: git's HEAD)")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite NAME.md and the plots from an existing DIR/NAME.json (e.g. where matplotlib is)")  # fmt: skip
     a = ap.parse_args(argv)
+    if any("=" not in kv for kv in a.serve_env):
+        raise SystemExit("--serve-env takes NAME=VALUE pairs")
     if a.report_only:
         write_report(a.suite, json.loads((a.out / f"{a.suite}.json").read_text()), a.out)
         print((a.out / f"{a.suite}.md").read_text())

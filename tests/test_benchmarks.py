@@ -312,6 +312,22 @@ def test_flood_runs_each_variant_on_its_own_server(tmp_path):
     assert "| one | 1 | " in md and "| seats | " in md
 
 
+def test_flood_variant_pairs_set_args_and_ray_env():
+    """A flood variant's KEY=VALUE pairs change the app's args (dotted keys, YAML values); env.NAME=VALUE pairs
+    go to the environment of its Ray processes instead (Ray's own switches), as strings."""
+    from benchmarks.flood import variant_args
+
+    base = {"engine": {"scheduler": {"max_num_seqs": 64}}, "num_ingress_replicas": 2}
+    args, env = variant_args(
+        base, ["engine.scheduler.max_num_seqs=32", "env.RAY_SERVE_THROUGHPUT_OPTIMIZED=1", "engine.warmup=off"], 1.0
+    )
+    assert args == {"engine": {"scheduler": {"max_num_seqs": 32}, "warmup": False}, "num_ingress_replicas": 2,
+                    "admission_ttft_slo_s": 1.0}  # fmt: skip
+    assert env == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"} and base["engine"]["scheduler"]["max_num_seqs"] == 64
+    with pytest.raises(SystemExit):
+        variant_args(base, ["env.X"], 1.0)
+
+
 def test_load_replay_records_each_request():
     """benchmarks/load.py against a real HTTP server (uvicorn, Starlette) that streams three chunks, or answers
     429 for one model: with per_request, each request's send time, status, TTFT and chunks come back in trace
