@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 2026-12-04 (f): a GPU A/B of Ray Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1:
 # direct ingress without the Python proxy, gRPC between replicas), not run yet. Copy it to .device/ and run
-# `bash .device/next_gpu_serve_mode.sh COMMIT` (8b-or-later: flood's env.NAME=VALUE variant pairs and the http
+# `bash .device/next_gpu_serve_mode.sh COMMIT` (41c2270 or later: flood's env.NAME=VALUE variant pairs and the http
 # suite's --serve-env): (1) the shipped flood, default then throughput-optimized, four floods each; (2) the http
 # suite at 8 req/s with the mode (compare with the default run of next_gpu.sh). Under the mode 20 Serve and fault
 # tests fail on the CPU, 18 of them test-side (handles used outside an event loop): a measurement, not an adoption.
