@@ -585,7 +585,7 @@ class Engine:
 
         ranks = sorted({min(r, self.cfg.lora.max_lora_rank) for r in self.cfg.warmup_ranks})
         registered = self._warm([(r, None) for r in ranks], waves, (max_tokens, long_tokens))
-        self._warm_graph_sets |= {(), tuple(LORA_GROUPS)} if registered else {()}
+        self._warm_graph_sets |= {(), tuple(LORA_GROUPS)} if any(registered) else {()}
         self.warmup_s = time.perf_counter() - t0
         self.warmup_s += self.warmup_adapter_graphs()
         logger.info("warmup: %d prefill lengths, decode batch sizes %s, %.2f s", len(lens), buckets, self.warmup_s)
@@ -614,30 +614,26 @@ class Engine:
         modules = [tuple(m for g in groups for m in LORA_GROUPS[g]) for groups in sets]
         registered = self._warm([(rank, m) for m in modules], waves, (min(2, self.max_model_len - 1),) * 2)
         # a set whose adapter did not fit in the pool stays cold (captured on first use)
-        self._warm_graph_sets |= {groups for k, groups in enumerate(sets) if self._warm_name(rank, k) in registered}
+        self._warm_graph_sets |= {groups for groups, name in zip(sets, registered, strict=True) if name}
         dt = time.perf_counter() - t0
         logger.info("warmup: decode graphs of the LoRA groups %s, %.2f s", sets, dt)
         return dt
-
-    @staticmethod
-    def _warm_name(rank: int, k: int | None) -> str:
-        """The name of warm-up's adapter of `rank` targeting every module (k None) or spec k's modules."""
-        return f"{WARMUP_PREFIX}-r{rank}" if k is None else f"{WARMUP_PREFIX}-r{rank}-{k}"
 
     def _warm(
         self,
         specs: list[tuple[int, tuple[str, ...] | None]],
         waves: Callable[[list[str]], list[tuple[list, list]]],
         max_tokens: tuple[int, int],
-    ) -> list[str]:
+    ) -> list[str | None]:
         """Warm-up's runner: registers a temporary all-zero adapter per (rank, target modules or None for every
         module) of `specs`, then runs the waves that `waves(their names)` returns: each (first, late) lists of
         (prompt length, adapter or None) requests, greedy; the first part is added, stepped once, then the late
         part (so that the first part's requests, which then generate max_tokens[1] tokens instead of
         max_tokens[0], decode beside its prefill); each wave runs to its end. Through a scheduler of its own
         (the live one's config, queues and counters untouched), on the same pool, without early abort; the
-        requests and adapters are removed and the step and pool counters restored at the end. Returns the names
-        of the adapters it could register (a pool too small for one: warm-up goes on without it)."""
+        requests and adapters are removed and the step and pool counters restored at the end. Returns, per spec,
+        the name of its adapter, or None where it could not be registered (a pool too small for it: warm-up
+        goes on without it)."""
         if self.has_unfinished():
             raise RuntimeError("warmup needs an idle engine (no requests)")
         pool, live = self.pool, self.scheduler
@@ -649,22 +645,24 @@ class Engine:
             live.adapter_pages,
             clock=live.clock,
         )
-        adapters: list[str] = []
+        names: list[str | None] = []
         try:
             L = self.args.num_layers
             zero = torch.zeros(())  # broadcast views: no host memory until packing
             shapes = module_shapes(self.args)
             for k, (r, modules) in enumerate(specs):
-                name = self._warm_name(r, None if modules is None else k)
+                name = f"{WARMUP_PREFIX}-r{r}" if modules is None else f"{WARMUP_PREFIX}-r{r}-{k}"
                 targets = {m: (zero.expand(L, r, i), zero.expand(L, o, r)) for m, (i, o) in shapes.items()}
                 if modules is not None:
                     targets = {m: t for m, t in targets.items() if m in modules}
                 w = LoRAWeights(name=name, path=WARMUP_PREFIX, rank=r, alpha=float(r), scale=1.0, targets=targets)
                 try:
                     self._register(w)
-                    adapters.append(name)
                 except AdapterError as e:  # a pool too small for it: warm up without it
                     logger.warning("warmup without a rank-%d adapter: %s", r, e)
+                    name = None
+                names.append(name)
+            adapters = [n for n in names if n is not None]
             short, long = (
                 SamplingParams(max_tokens=t, temperature=0.0, ignore_eos=True, detokenize=False) for t in max_tokens
             )
@@ -685,12 +683,12 @@ class Engine:
         finally:
             for rid in [rid for rid in self.requests if rid.startswith(WARMUP_PREFIX)]:
                 self.abort(rid)
-            for name in adapters:
+            for name in names:
                 if name in self.adapters:
                     self.remove_adapter(name)
             self.scheduler = live
             self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits = counters
-        return adapters
+        return names
 
     POLICY_FIELDS = {
         "scheduler": {"early_abort_ttft_slo_s", "early_abort", "queue_order"},
