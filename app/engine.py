@@ -658,10 +658,10 @@ class Engine:
                 w = LoRAWeights(name=name, path=WARMUP_PREFIX, rank=r, alpha=float(r), scale=1.0, targets=targets)
                 try:
                     self._register(w)
+                    names.append(name)
                 except AdapterError as e:  # a pool too small for it: warm up without it
                     logger.warning("warmup without a rank-%d adapter: %s", r, e)
-                    name = None
-                names.append(name)
+                    names.append(None)
             adapters = [n for n in names if n is not None]
             short, long = (
                 SamplingParams(max_tokens=t, temperature=0.0, ignore_eos=True, detokenize=False) for t in max_tokens
@@ -683,9 +683,9 @@ class Engine:
         finally:
             for rid in [rid for rid in self.requests if rid.startswith(WARMUP_PREFIX)]:
                 self.abort(rid)
-            for name in names:
-                if name in self.adapters:
-                    self.remove_adapter(name)
+            for registered in [n for n in names if n is not None]:
+                if registered in self.adapters:
+                    self.remove_adapter(registered)
             self.scheduler = live
             self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits = counters
         return names
