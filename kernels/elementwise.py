@@ -7,6 +7,8 @@ references below are what the model computed before: several kernels and float32
     rope(qkv, cos, sin, n_q, n_k, D)   in place on the first (n_q + n_k) heads of each row of the fused
                                  projection qkv [T, >= (n_q + n_k) D]: with x1, x2 the halves of a head,
                                  (x1, x2) <- (x1 c - x2 s, x2 c + x1 s) in float32 (c, s = cos[t], sin[t]: [T, D/2])
+    rope(..., q_norm=wq, k_norm=wk, eps=eps)   Qwen3's per-head norms first: each q head <- rms_norm(head,
+                                 wq, eps), each k head <- rms_norm(head, wk, eps) (wq, wk: [D]), then the rotation
 
 Every op computes in float32 and rounds where the reference rounds, so the Triton and torch backends agree
 to the last bit up to the order of a sum (the norm's mean) and fused multiply-adds.
@@ -51,8 +53,10 @@ def _silu_mul_kernel(gu_ptr, out_ptr, I, stride_gu, stride_o, BLOCK: tl.constexp
 
 
 @triton.jit
-def _rope_kernel(qkv_ptr, cos_ptr, sin_ptr, stride_t, stride_c, HALF: tl.constexpr, BLOCK: tl.constexpr):
-    """Program (t, head): rotates one head of row t in place."""
+def _rope_kernel(qkv_ptr, cos_ptr, sin_ptr, wq_ptr, wk_ptr, n_q, stride_t, stride_c, eps,
+                 HALF: tl.constexpr, BLOCK: tl.constexpr, NORM: tl.constexpr):  # fmt: skip
+    """Program (t, head): rotates one head of row t in place; NORM: RMS-normalises it first (the q heads
+    with wq, the k heads with wk), rounded to qkv's dtype as rms_norm rounds."""
     t = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     j = tl.arange(0, BLOCK)
@@ -63,6 +67,12 @@ def _rope_kernel(qkv_ptr, cos_ptr, sin_ptr, stride_t, stride_c, HALF: tl.constex
     c = tl.load(cos_ptr + t * stride_c + j, mask=m, other=0.0)
     s = tl.load(sin_ptr + t * stride_c + j, mask=m, other=0.0)
     a, b = x1.to(tl.float32), x2.to(tl.float32)
+    if NORM:
+        rstd = 1.0 / tl.sqrt((tl.sum(a * a, axis=0) + tl.sum(b * b, axis=0)) / (2 * HALF) + eps)
+        w_ptr = tl.where(head < n_q, wq_ptr, wk_ptr)
+        a = (a * rstd).to(x1.dtype).to(tl.float32) * tl.load(w_ptr + j, mask=m, other=0.0).to(tl.float32)
+        b = (b * rstd).to(x1.dtype).to(tl.float32) * tl.load(w_ptr + HALF + j, mask=m, other=0.0).to(tl.float32)
+        a, b = a.to(x1.dtype).to(tl.float32), b.to(x1.dtype).to(tl.float32)
     tl.store(base + j, (a * c - b * s).to(x1.dtype), mask=m)
     tl.store(base + HALF + j, (b * c + a * s).to(x1.dtype), mask=m)
 
@@ -112,17 +122,40 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_q: int, n_k: int, head_dim: int) -> None:
+def _check_rope(qkv, cos, sin, n_q, n_k, head_dim, q_norm, k_norm) -> None:
     _rows(qkv, "qkv")
     if cos.shape != sin.shape or cos.shape != (qkv.shape[0], head_dim // 2) or cos.dtype != torch.float32:
         raise ValueError(f"cos and sin must be float32 [T, {head_dim // 2}], got {tuple(cos.shape)} {cos.dtype}")
     if qkv.shape[1] < (n_q + n_k) * head_dim:
         raise ValueError(f"qkv has {qkv.shape[1]} columns, fewer than {(n_q + n_k) * head_dim}")
+    if (q_norm is None) != (k_norm is None):
+        raise ValueError("q_norm and k_norm come together (both or neither)")
+    for what, w in (("q_norm", q_norm), ("k_norm", k_norm)):
+        if w is not None and (w.shape != (head_dim,) or w.device != qkv.device):
+            raise ValueError(f"{what} must be [{head_dim}] on {qkv.device}, got {tuple(w.shape)} on {w.device}")
+
+
+def rope(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    n_q: int,
+    n_k: int,
+    head_dim: int,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> None:
+    _check_rope(qkv, cos, sin, n_q, n_k, head_dim, q_norm, k_norm)
     T = qkv.shape[0]
     if T:
         cos, sin = cos.contiguous(), sin.contiguous()
-        _rope_kernel[(T, n_q + n_k)](qkv, cos, sin, qkv.stride(0), cos.stride(0), HALF=head_dim // 2,
-                                     BLOCK=triton.next_power_of_2(head_dim // 2), num_warps=1)  # fmt: skip
+        norm = q_norm is not None
+        wq = q_norm.contiguous() if q_norm is not None else cos
+        wk = k_norm.contiguous() if k_norm is not None else cos
+        _rope_kernel[(T, n_q + n_k)](qkv, cos, sin, wq, wk, n_q, qkv.stride(0), cos.stride(0), eps,
+                                     HALF=head_dim // 2, BLOCK=triton.next_power_of_2(head_dim // 2), NORM=norm,
+                                     num_warps=1)  # fmt: skip
 
 
 # ---- torch references -----------------------------------------------------------------------------
@@ -143,9 +176,23 @@ def silu_mul_ref(gu: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.silu(g) * u
 
 
-def rope_ref(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_q: int, n_k: int, head_dim: int) -> None:
+def rope_ref(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    n_q: int,
+    n_k: int,
+    head_dim: int,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> None:
+    _check_rope(qkv, cos, sin, n_q, n_k, head_dim, q_norm, k_norm)
     T = qkv.shape[0]
     x = qkv[:, : (n_q + n_k) * head_dim].view(T, n_q + n_k, head_dim)
+    if q_norm is not None and k_norm is not None:
+        x[:, :n_q] = rms_norm_ref(x[:, :n_q], q_norm, eps)
+        x[:, n_q:] = rms_norm_ref(x[:, n_q:], k_norm, eps)
     x1, x2 = x.float().chunk(2, dim=-1)
     c, s = cos[:, None], sin[:, None]
     x.copy_(torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], -1).to(qkv.dtype))

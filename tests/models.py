@@ -33,7 +33,8 @@ ADAPTERS = {
 
 def make_model(root: Path, kind: str) -> Path:
     """kind: 'gqa' (4 heads, 2 KV heads, Llama-3 rope scaling), 'mha' (4/4, sharded safetensors with an
-    index), 'qwen2' (q/k/v bias, tied embeddings, GQA), 'mistral' (GQA, sliding window config)."""
+    index), 'qwen2' (q/k/v bias, tied embeddings, GQA), 'mistral' (GQA, sliding window config), 'qwen3' (q/k
+    head norms, head_dim 32 with hidden 64 and 4 heads, tied embeddings, GQA)."""
     d = root / f"model-{kind}"
     if (d / "config.json").exists():
         return d
@@ -91,6 +92,29 @@ def make_model(root: Path, kind: str) -> Path:
             head_dim=32,
         )
         MistralForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
+    elif kind == "qwen3":
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        torch.manual_seed(5)
+        cfg = Qwen3Config(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,  # not hidden / heads, as Qwen3's own checkpoints
+            max_position_embeddings=512,
+            initializer_range=0.1,
+            eos_token_id=1,
+            tie_word_embeddings=True,
+        )
+        model = Qwen3ForCausalLM(cfg)
+        with torch.no_grad():  # norms of random weights (HF initialises them to 1), so the test sees them
+            for layer in model.model.layers:
+                layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+                layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+        model.save_pretrained(str(d), safe_serialization=True)
     else:
         raise ValueError(kind)
     return d

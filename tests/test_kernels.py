@@ -845,3 +845,36 @@ def test_silu_mul_and_rope_equal_reference(dtype):
     torch.testing.assert_close(qkv, want, **tol)
     assert torch.equal(qkv[:, (n_q + n_k) * D :], want[:, (n_q + n_k) * D :])
     assert not torch.equal(qkv[:, :D], torch.zeros_like(qkv[:, :D]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rope_with_qk_norm_equals_reference(dtype):
+    """Qwen3's per-head q/k RMS norms fused into rope: the q heads take wq, the k heads wk, V untouched;
+    the reference is rms_norm_ref per head then rope_ref, as transformers' Qwen3 attention computes."""
+    from kernels.elementwise import rms_norm_ref, rope, rope_ref
+
+    gen = torch.Generator().manual_seed(2)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-3, rtol=2e-3)
+    T, n_q, n_k, D = 7, 4, 2, 32
+    qkv = (torch.randn(T, (n_q + 2 * n_k) * D, generator=gen) * 3).to(dtype)
+    wq = (torch.rand(D, generator=gen) + 0.5).to(dtype)
+    wk = (torch.rand(D, generator=gen) * 2).to(dtype)
+    pos = torch.randint(0, 4000, (T,), generator=gen).float()
+    freqs = pos[:, None] * (1.0 / 10000 ** (torch.arange(0, D, 2).float() / D))[None]
+    got, want = qkv.clone(), qkv.clone()
+    rope(got, freqs.cos(), freqs.sin(), n_q, n_k, D, q_norm=wq, k_norm=wk, eps=1e-6)
+    rope_ref(want, freqs.cos(), freqs.sin(), n_q, n_k, D, q_norm=wq, k_norm=wk, eps=1e-6)
+    torch.testing.assert_close(got, want, **tol)
+    assert torch.equal(got[:, (n_q + n_k) * D :], qkv[:, (n_q + n_k) * D :])
+    # the reference itself: a head's norm before the rotation (rotation keeps a head's length)
+    heads = want[:, : (n_q + n_k) * D].float().view(T, n_q + n_k, D)
+    normed = torch.cat(
+        [
+            rms_norm_ref(qkv[:, : n_q * D].view(T, n_q, D), wq, 1e-6),
+            rms_norm_ref(qkv[:, n_q * D : (n_q + n_k) * D].view(T, n_k, D), wk, 1e-6),
+        ],
+        1,
+    ).float()
+    torch.testing.assert_close(heads.norm(dim=-1), normed.norm(dim=-1), atol=1e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="both or neither"):
+        rope(got, freqs.cos(), freqs.sin(), n_q, n_k, D, q_norm=wq)

@@ -1,4 +1,4 @@
-"""Llama-family decoder (Llama 2/3, Mistral, Qwen2) over the paged pool, tensor-parallel aware.
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3) over the paged pool, tensor-parallel aware.
 
 In:  a Hugging Face model directory (config.json, safetensors single or sharded).
      forward(input_ids [T], positions [T], ctx: ForwardContext) with all sequences' tokens flattened.
@@ -23,7 +23,7 @@ from safetensors import safe_open
 from app.lora.layer import apply_lora
 from app.model.context import ForwardContext, ParallelState
 
-SUPPORTED_ARCHS = {"llama", "mistral", "qwen2"}
+SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "qwen3"}
 
 
 @dataclass
@@ -47,6 +47,7 @@ class ModelArgs:
     torch_dtype: str | None
     eos_token_id: list[int]
     sliding_window: int | None = None
+    qk_norm: bool = False  # Qwen3: an RMS norm over each q and k head (weights [head_dim]) before RoPE
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelArgs:
@@ -89,6 +90,7 @@ class ModelArgs:
             torch_dtype=c.get("torch_dtype") or c.get("dtype"),
             eos_token_id=eos,
             sliding_window=c.get("sliding_window") if c.get("use_sliding_window", mt == "mistral") else None,
+            qk_norm=mt == "qwen3",
         )
 
     @property
@@ -185,6 +187,9 @@ class LlamaForCausalLM(torch.nn.Module):
             w[f"{i}.in_norm"] = get(p + "input_layernorm.weight")
             w[f"{i}.post_norm"] = get(p + "post_attention_layernorm.weight")
             w[f"{i}.qkv"] = torch.cat([col(p + f"self_attn.{m}_proj.weight") for m in "qkv"])
+            if a.qk_norm:  # per head: the same weights on every rank
+                w[f"{i}.q_norm"] = get(p + "self_attn.q_norm.weight")
+                w[f"{i}.k_norm"] = get(p + "self_attn.k_norm.weight")
             if a.qkv_bias:
                 w[f"{i}.qkv_b"] = torch.cat([col(p + f"self_attn.{m}_proj.bias") for m in "qkv"])
             w[f"{i}.o"] = row(p + "self_attn.o_proj.weight")
@@ -215,6 +220,8 @@ class LlamaForCausalLM(torch.nn.Module):
         for i in range(a.num_layers):
             w[f"{i}.in_norm"], w[f"{i}.post_norm"] = ones(H), ones(H)
             w[f"{i}.qkv"] = rnd(qkv, H)
+            if a.qk_norm:
+                w[f"{i}.q_norm"], w[f"{i}.k_norm"] = ones(a.head_dim), ones(a.head_dim)
             w[f"{i}.o"] = rnd(H, self.q_size)
             w[f"{i}.gate_up"] = rnd(2 * self.inter, H)
             w[f"{i}.down"] = rnd(H, self.inter)
@@ -239,7 +246,8 @@ class LlamaForCausalLM(torch.nn.Module):
         for i in range(a.num_layers):
             qkv = F.linear(x, w[f"{i}.qkv"], w.get(f"{i}.qkv_b"))
             apply_lora(ctx, i, "qkv", x, qkv, [self.q_size, self.kv_size, self.kv_size])
-            be.rope(qkv, cos, sin, self.heads, self.kv_heads, D)  # q and k, in place
+            # q and k in place: Qwen3's head norms (after the LoRA delta, as PEFT's q_proj output), then RoPE
+            be.rope(qkv, cos, sin, self.heads, self.kv_heads, D, w.get(f"{i}.q_norm"), w.get(f"{i}.k_norm"), eps)
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], -1)
             q = q.view(-1, self.heads, D)
             k = k.view(-1, self.kv_heads, D)
