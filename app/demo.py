@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-DEFAULT_DIR = Path.home() / ".cache" / "sloray" / "demo-v2"  # v2: the chat template shows tools
+# v2: the chat template shows tools; v3: it takes Qwen3's `enable_thinking` (a chat_template_kwargs variable)
+DEFAULT_DIR = Path.home() / ".cache" / "sloray" / "demo-v3"
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Serving thousands of concurrent LoRA adapters on one GPU with unified paging.",
@@ -35,7 +36,8 @@ DEMO_ADAPTERS = {
     "demo-r64-all": (64, 32.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], False),
 }
 # `<|role|>content` lines; with `tools`, a Hermes-style tool section (the model calls a tool with
-# <tool_call>{"name": ..., "arguments": {...}}</tool_call>; results come back in <tool_response> blocks).
+# <tool_call>{"name": ..., "arguments": {...}}</tool_call>; results come back in <tool_response> blocks);
+# `enable_thinking: false` opens the answer with an empty <think></think> block, as Qwen3's template does.
 # Jinja drops a newline right after a block tag in HF's templates (trim_blocks): those are {{ '\n' }}.
 CHAT_TEMPLATE = (
     "{% if tools %}<|system|>"
@@ -54,7 +56,9 @@ CHAT_TEMPLATE = (
     "{% elif m['role'] == 'tool' %}<|tool|><tool_response>\n{{ m['content'] }}\n</tool_response>\n"
     "{% else %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    "{% if add_generation_prompt %}<|assistant|>"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+    "{% endif %}"
 )
 
 

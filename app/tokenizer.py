@@ -3,6 +3,7 @@ detokenization of a growing list of output tokens."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,21 @@ class Tokenizer:
         tools: list[dict] | None = None,
         add_generation_prompt: bool = True,
         add_special_tokens: bool = False,
+        template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         """Token ids of a chat, with the tokenizer's template (which receives `tools`, when given) or a plain
         `role: content` fallback (which shows no tools). `add_special_tokens`: the tokenizer's own special
-        tokens on top of those the template writes (vLLM's /tokenize option; the fallback always has them)."""
+        tokens on top of those the template writes (vLLM's /tokenize option; the fallback always has them).
+        `template_kwargs`: extra variables of the template (vLLM's `chat_template_kwargs`, e.g. Qwen3's
+        `enable_thinking`; the fallback has none); a name that is an argument of transformers'
+        `apply_chat_template` raises ValueError."""
         if self.chat_template:
+            extra = dict(template_kwargs or {})
+            taken = set(extra) & (set(inspect.signature(self.hf.apply_chat_template).parameters) | {"messages"})
+            if taken:
+                raise ValueError(f"template variables {sorted(taken)} are arguments of apply_chat_template")
             kw: dict[str, Any] = {
+                **extra,
                 "tools": list(tools) if tools else None,
                 "add_generation_prompt": add_generation_prompt,
             }

@@ -817,13 +817,13 @@ class OpenAIIngress:
                 "for tool calls: use tool_choice 'required' or a named function (the output is then forced)",
                 "tool_choice",
             )
-        messages = body.chat()
+        messages, template_kwargs = body.chat(), body.chat_template_kwargs
         chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
         self._check_prompt_sizes(1, body.n, [chars], "messages")
 
         def encoded():
             try:
-                ids = self.tokenizer.apply_chat_template(messages, tools=tools)
+                ids = self.tokenizer.apply_chat_template(messages, tools=tools, template_kwargs=template_kwargs)
             except Exception as e:  # noqa: BLE001 - a template error is the request's fault
                 raise APIError(400, f"chat template failed: {e}", "messages") from None
             yield ids
@@ -958,7 +958,9 @@ class OpenAIIngress:
 
             def run() -> list[int]:
                 try:
-                    return tok.apply_chat_template(messages, tools, body.add_generation_prompt, body.add_special_tokens)
+                    return tok.apply_chat_template(
+                        messages, tools, body.add_generation_prompt, body.add_special_tokens, body.chat_template_kwargs
+                    )
                 except Exception as e:  # noqa: BLE001 - a template error is the request's fault
                     raise APIError(400, f"chat template failed: {e}", "messages") from None
 

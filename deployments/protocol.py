@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 import uuid
 from typing import Any, Literal, cast
@@ -105,7 +106,6 @@ CHAT_UNSUPPORTED: dict[str, tuple] = {
     "add_generation_prompt": (True,),
     "documents": (None,),
     "chat_template": (None,),
-    "chat_template_kwargs": (None, {}),
     "mm_processor_kwargs": (None,),
     "functions": (None,),
     "function_call": (None,),
@@ -393,14 +393,46 @@ class NamedToolChoice(BaseModel):
     function: FunctionName
 
 
+# names a chat template's extra variables may not take: the arguments of transformers' apply_chat_template
+# and what the template gets from the request itself (app/tokenizer.py refuses them too)
+RESERVED_TEMPLATE_KWARGS = frozenset({
+    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
+    "return_assistant_tokens_mask", "tokenizer_kwargs", "sanitize_control_tokens",
+})  # fmt: skip
+MAX_TEMPLATE_KWARGS = 64
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def check_template_kwargs(kw: dict[str, Any] | None) -> dict[str, Any] | None:
+    """vLLM's `chat_template_kwargs`: extra variables of the chat template (Qwen3's `enable_thinking`,
+    Llama 3.1's `date_string`, ...). Names are identifiers, at most MAX_TEMPLATE_KWARGS of them, none of
+    RESERVED_TEMPLATE_KWARGS (a 400 naming the field)."""
+    if not kw:
+        return None
+    if len(kw) > MAX_TEMPLATE_KWARGS:
+        raise UnsupportedField("chat_template_kwargs", f"has {len(kw)} entries, more than {MAX_TEMPLATE_KWARGS}")
+    for name in kw:
+        if not _IDENTIFIER.fullmatch(name):
+            raise UnsupportedField("chat_template_kwargs", f"has {name[:80]!r}, not a template variable name")
+        if name in RESERVED_TEMPLATE_KWARGS:
+            raise UnsupportedField(
+                "chat_template_kwargs", f"cannot set {name!r}: it is set by the request or the server"
+            )
+    return kw
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
+    chat_template_kwargs: dict[str, Any] | None = None
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+
+    _template_kwargs = field_validator("chat_template_kwargs")(check_template_kwargs)
 
     @model_validator(mode="before")
     @classmethod
@@ -585,6 +617,9 @@ class TokenizeChatRequest(BaseModel):
     add_generation_prompt: bool = True
     add_special_tokens: bool = False
     return_token_strs: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    _template_kwargs = field_validator("chat_template_kwargs")(check_template_kwargs)
 
     @model_validator(mode="before")
     @classmethod

@@ -455,7 +455,7 @@ def test_request_limits(http):
     assert http.post("/v1/completions", json={"model": MODEL, "prompt": ["hi"] * 4, "n": 4, "max_tokens": 1}).is_success
 
 
-def test_key_checked_before_the_body_is_read():
+def test_key_checked_before_the_body_is_read(service):
     """A wrong key gets 401 at once, before a huge (and invalid) body is read, parsed or size-checked."""
     body = b"{not json" + b"x" * (30 << 20)
     for headers in ({}, {"Authorization": "Bearer wrong"}):
@@ -465,7 +465,7 @@ def test_key_checked_before_the_body_is_read():
         assert time.monotonic() - t0 < 3.0
 
 
-def test_health_answers_while_prompts_are_tokenized():
+def test_health_answers_while_prompts_are_tokenized(service):
     """Tokenizing is off the event loop: /health answers at once while a request of 1000 long prompts is
     being tokenized (seconds), after which the SLO app refuses it (429)."""
     import concurrent.futures
@@ -914,6 +914,38 @@ def test_tokenize_and_detokenize(http, client, llm):
     assert "maximum context length" in e["message"]
     for path in ("/tokenize", "/detokenize"):
         assert httpx.post(f"{BASE}{path}", json={"prompt": "x", "tokens": [1]}).status_code == 401
+
+
+def test_chat_template_kwargs(http, client, llm):
+    """vLLM's chat_template_kwargs reach the template (the demo's takes Qwen3's `enable_thinking`): the chat
+    route and /tokenize send the same tokens as the offline template with those variables; a name that is an
+    argument of the template call, or not a name, is a 400 naming the field; a variable the template does not
+    read changes nothing."""
+    tok = Tokenizer(llm.engine.cfg.model)
+    messages = [{"role": "user", "content": "Hello, world!"}]
+    off = {"enable_thinking": False}
+    want = tok.apply_chat_template(messages, template_kwargs=off)
+    assert tok.decode(want).endswith("<think>\n\n</think>\n\n") and len(want) > len(tok.apply_chat_template(messages))
+    r = http.post("/tokenize", json={"model": MODEL, "messages": messages, "chat_template_kwargs": off}).json()
+    assert r["tokens"] == want
+    kw = dict(model="demo-r4-attn", messages=messages, max_tokens=4, temperature=0)
+    got = client.chat.completions.create(**kw, extra_body={"chat_template_kwargs": off})
+    assert got.usage.prompt_tokens == len(want)
+    assert got.choices[0].message.content == greedy(llm, want, "demo-r4-attn", 4).text
+    same = client.chat.completions.create(**kw, extra_body={"chat_template_kwargs": {"unused_var": [1, {"a": 2}]}})
+    plain = client.chat.completions.create(**kw)
+    assert same.usage.prompt_tokens == plain.usage.prompt_tokens and same.choices[0].message == plain.choices[0].message
+    for bad in (
+        {"tokenize": False},
+        {"add_generation_prompt": False},
+        {"not a name": 1},
+        {f"k{i}": 1 for i in range(65)},
+    ):
+        for route, body in (("/v1/chat/completions", {"max_tokens": 1}), ("/tokenize", {})):
+            e = _err(
+                http.post(route, json={"model": MODEL, "messages": messages, "chat_template_kwargs": bad, **body}), 400
+            )
+            assert e["param"] == "chat_template_kwargs", e
 
 
 def test_version(http):
