@@ -56,7 +56,7 @@ def _flat_keys() -> dict[str, tuple[str, ...]]:
 FLAT_KEYS = _flat_keys()
 # Values that `serve run ... k=v` passes as text: comma-separated or JSON lists, and "none" for None.
 _LIST_KEYS = {"api_keys", "admin_api_keys", "metrics_api_keys", "allowed_adapter_roots", "access_log_exclude"}
-_NONE_KEYS = {"admission_ttft_slo_s", "tokenizer", "request_start_header"}
+_NONE_KEYS = {"admission_ttft_slo_s", "tokenizer", "request_start_header", "reasoning_parser"}
 
 
 def _from_cli(key: str, v: Any) -> Any:

@@ -6,6 +6,8 @@ nests: every setting is declared once, here or there, with its default and its d
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -50,6 +52,11 @@ class IngressSettings(BaseModel):
     access_log_exclude: list[str] | None = Field(
         default_factory=lambda: ["/health", "/metrics"],
         description="ingress routes without an access log line (probes and scrapes); none (or []) logs every route",
+    )
+    reasoning_parser: Literal["qwen3", "deepseek_r1"] | None = Field(
+        None,
+        description="chat answers' <think>...</think> part returned as the message's `reasoning` (and "
+        "`reasoning_content`) apart from its content, as vLLM's --reasoning-parser (app/reasoning.py)",
     )
     routing_eps: float = Field(0.25, ge=0, description="bounded load: a group may take (1+eps) x the mean")
     stats_poll_interval_s: float = Field(0.25, gt=0, description="how often the ingress polls each group's stats")

@@ -47,6 +47,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.lora.adapter import AdapterError, confine_path
+from app.reasoning import ReasoningSplitter, split_reasoning
 from app.request import RequestOutput
 from app.tokenizer import Tokenizer
 from app.tools import StreamingToolParser, ToolCall, forced_calls, function_names, parse_tool_calls, tool_format
@@ -835,29 +836,44 @@ class OpenAIIngress:
         usage = self._usage_for(prompts, body.n)
         names = function_names(tools or [])
         forced = mode not in ("none", "auto")
+        # reasoning apart from the content (app/reasoning.py), unless the output is constrained from its first
+        # token (a grammar or a forced call: the whole answer is the constrained content)
+        rp = self.cfg.reasoning_parser if body.structured() is None else None
+        tail = decode(prompts[0][-16:]) if rp else ""
 
         def final(c: _Choice, text: str) -> tuple[str | None, list[ToolCall], str | None]:
-            """(content, tool calls, finish reason) of a finished choice's text (as vLLM: "tool_calls"
-            when the model called tools, except for a named function, whose call is forced)."""
+            """(content, tool calls, finish reason) of a finished choice's text, its reasoning split off
+            already (as vLLM: "tool_calls" when the model called tools, except for a named function,
+            whose call is forced)."""
             if mode == "none":
-                return text, [], c.finish_reason
+                return (text or None) if rp else text, [], c.finish_reason
             content, calls = (None, forced_calls(text, mode)) if forced else parse_tool_calls(text, fmt, names)
             if not calls:
-                return text, [], c.finish_reason
+                return (text or None) if rp else text, [], c.finish_reason
             named = isinstance(mode, dict)
             return content, calls, "tool_calls" if c.finish_reason == "stop" and not named else c.finish_reason
 
         if body.stream:
             parsers = {c.index: StreamingToolParser(fmt, forced) for c in choices} if mode != "none" else {}
+            splitters = {c.index: ReasoningSplitter(rp, tail) for c in choices} if rp else {}
 
             def chunk(c: _Choice, delta: str | None):
                 if delta is None:
-                    d = DeltaMessage(role="assistant", content="")
-                elif c.index not in parsers:
-                    d = DeltaMessage(content=delta)
+                    return self._chat_chunk(rid, created, model, c, DeltaMessage(role="assistant", content=""),
+                                            None, body, decode)  # fmt: skip
+                thought = ""
+                if c.index in splitters:  # the reasoning part of the delta goes out beside its content
+                    thought, delta = splitters[c.index].feed(delta)
+                    if c.finish_reason is not None:
+                        r, rest = splitters[c.index].flush()
+                        thought, delta = thought + r, delta + rest
+                if c.index not in parsers:
+                    d = DeltaMessage(content=delta or (None if rp else delta))
+                    reason = c.finish_reason
                 else:
                     parser = parsers[c.index]
                     d = DeltaMessage(content=parser.feed(delta) or None)
+                    reason = c.finish_reason
                     if c.finish_reason is not None:
                         _, calls, reason = final(c, parser.text)
                         if calls:
@@ -865,10 +881,12 @@ class OpenAIIngress:
                         else:
                             d.content = (d.content or "") + parser.rest() or None
                             parser.sent = len(parser.text)
-                        return self._chat_chunk(rid, created, model, c, d, reason, body, decode)
-                    if d.content is None and not body.logprobs:
-                        return None  # held back (maybe a tool call): nothing to send yet
-                return self._chat_chunk(rid, created, model, c, d, c.finish_reason, body, decode)
+                if thought:
+                    d.reasoning = d.reasoning_content = thought
+                quiet = d.content is None and not d.tool_calls and not thought
+                if quiet and reason is None and not body.logprobs and (rp or c.index in parsers):
+                    return None  # held back (maybe a tool call or a tag): nothing to send yet
+                return self._chat_chunk(rid, created, model, c, d, reason, body, decode)
 
             def usage_chunk():
                 return ChatCompletionChunk(
@@ -883,11 +901,17 @@ class OpenAIIngress:
         plps = choices[0].prompt_lps
         out = []
         for c in choices:
-            content, calls, reason = final(c, c.text)
+            thought, text = split_reasoning(rp, c.text, tail) if rp else (None, c.text)
+            content, calls, reason = final(c, text or "")
             out.append(
                 ChatChoice(
                     index=c.index,
-                    message=ChatMessageOut(content=content, tool_calls=[x.openai() for x in calls] or None),
+                    message=ChatMessageOut(
+                        content=content,
+                        tool_calls=[x.openai() for x in calls] or None,
+                        reasoning=thought,
+                        reasoning_content=thought,
+                    ),
                     finish_reason=reason,
                     logprobs=chat_logprobs(c.ids, c.lps, decode) if body.logprobs else None,
                 )

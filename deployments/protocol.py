@@ -536,10 +536,21 @@ class CompletionResponse(BaseModel):
     usage: UsageInfo | None = None
 
 
+def _absent_if_none(v: Any) -> bool:
+    return v is None
+
+
+# an answer's reasoning (app/reasoning.py; only with the ingress's reasoning_parser): vLLM's `reasoning` and
+# its older name `reasoning_content` (SGLang's, LiteLLM's), each left out of the JSON when there is none
+_REASONING = Field(None, exclude_if=_absent_if_none)
+
+
 class ChatMessageOut(BaseModel):
     role: str = "assistant"
     content: str | None = ""
     tool_calls: list[dict] | None = None
+    reasoning: str | None = _REASONING
+    reasoning_content: str | None = _REASONING
 
 
 class ChatChoice(BaseModel):
@@ -563,6 +574,8 @@ class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
     tool_calls: list[dict] | None = None
+    reasoning: str | None = _REASONING
+    reasoning_content: str | None = _REASONING
 
 
 class ChatChunkChoice(BaseModel):

@@ -9,8 +9,8 @@ Applications started once for the module (in parallel, `serve.run_many`) on the 
     tokenizing), up to 1024 prompts per request;
   * "fuzz" at /fuzz: one group with keys, a 64-token context (so that any generated request is cheap) and
     the default stream_interval_s (0.05 s: a stream's tokens are coalesced; the other apps stream one item
-    per engine step, stream_interval_s 0): the target of schemathesis (the last tests of the module) and of
-    the coalescing tests;
+    per engine step, stream_interval_s 0), and the deepseek_r1 reasoning parser: the target of schemathesis
+    (the last tests of the module), of the coalescing tests and of the reasoning test;
   * "gated" at /gated, for one test only: a group held in its constructor (tests/gated_group.py) until the test
     lets it warm up, to see the 503 + Retry-After answers of a service that is starting.
 Groups of tensor_parallel_size 2 behind Serve are tests/test_faults.py's. The metrics tests scrape the
@@ -121,6 +121,7 @@ def service(demo, roots):
             "admin_api_keys": ADMIN_KEY,
             "max_choices_per_request": 8,
             "max_request_tokens": 1024,
+            "reasoning_parser": "deepseek_r1",
         }
     )
     serve.run_many(
@@ -946,6 +947,32 @@ def test_chat_template_kwargs(http, client, llm):
                 http.post(route, json={"model": MODEL, "messages": messages, "chat_template_kwargs": bad, **body}), 400
             )
             assert e["param"] == "chat_template_kwargs", e
+
+
+def test_reasoning_parser_over_http(llm):
+    """The deepseek_r1 parser of /fuzz: an answer without `</think>` is all reasoning (the random demo never
+    closes the block), as `reasoning` and `reasoning_content`, content null; streamed, the reasoning deltas
+    add up to it and no content is sent; a constrained answer (guided_choice) is content, not parsed. The
+    split itself, for every parser, is tests/test_reasoning.py's."""
+    tok = Tokenizer(llm.engine.cfg.model)
+    c = openai.OpenAI(base_url=f"{BASE}/fuzz/v1", api_key=KEY, max_retries=0, timeout=60)
+    messages = [{"role": "user", "content": "Why?"}]
+    kw = dict(model="demo-r4-attn", messages=messages, max_tokens=8, temperature=0, extra_body={"ignore_eos": True})
+    want = greedy(llm, tok.apply_chat_template(messages), "demo-r4-attn", 8, ignore_eos=True).text.lstrip("\n")
+    assert want  # something to split
+    m = c.chat.completions.create(**kw).choices[0].message
+    assert m.content is None and m.reasoning == m.reasoning_content == want, m
+    chunks = [ch for ch in c.chat.completions.create(**kw, stream=True) if ch.choices]
+    deltas = [ch.choices[0].delta for ch in chunks]
+    assert "".join(getattr(d, "reasoning", None) or "" for d in deltas) == want
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == want
+    assert not any(d.content for d in deltas) and chunks[-1].choices[0].finish_reason == "length"
+    kw["extra_body"] = {"guided_choice": ["yes", "no"]}
+    m = c.chat.completions.create(**kw).choices[0].message
+    assert m.content in ("yes", "no") and getattr(m, "reasoning", None) is None
+    plain = openai.OpenAI(base_url=f"{BASE}/v1", api_key=KEY, max_retries=0, timeout=60)
+    m = plain.chat.completions.create(**(kw | {"extra_body": {"ignore_eos": True}})).choices[0].message
+    assert "reasoning" not in m.model_dump(exclude_none=True) and m.content  # no parser on the main app
 
 
 def test_version(http):
