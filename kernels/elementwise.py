@@ -9,6 +9,8 @@ references below are what the model computed before: several kernels and float32
                                  (x1, x2) <- (x1 c - x2 s, x2 c + x1 s) in float32 (c, s = cos[t], sin[t]: [T, D/2])
     rope(..., q_norm=wq, k_norm=wk, eps=eps)   Qwen3's per-head norms first: each q head <- rms_norm(head,
                                  wq, eps), each k head <- rms_norm(head, wk, eps) (wq, wk: [D]), then the rotation
+    rope(..., rotary_dim=R)      partial rotary (Phi-4-mini's 0.75): only the first R dims of each head rotate,
+                                 halves of R (cos, sin: [T, R/2]); the other D - R dims are left as they are
 
 Every op computes in float32 and rounds where the reference rounds, so the Triton and torch backends agree
 to the last bit up to the order of a sum (the norm's mean) and fused multiply-adds.
@@ -54,14 +56,15 @@ def _silu_mul_kernel(gu_ptr, out_ptr, I, stride_gu, stride_o, BLOCK: tl.constexp
 
 @triton.jit
 def _rope_kernel(qkv_ptr, cos_ptr, sin_ptr, wq_ptr, wk_ptr, n_q, stride_t, stride_c, eps,
-                 HALF: tl.constexpr, BLOCK: tl.constexpr, NORM: tl.constexpr):  # fmt: skip
-    """Program (t, head): rotates one head of row t in place; NORM: RMS-normalises it first (the q heads
-    with wq, the k heads with wk), rounded to qkv's dtype as rms_norm rounds."""
+                 HEAD: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr, NORM: tl.constexpr):  # fmt: skip
+    """Program (t, head): rotates the first 2 * HALF dims of one head (HEAD dims) of row t in place; NORM
+    (2 * HALF == HEAD): RMS-normalises the head first (the q heads with wq, the k heads with wk), rounded to
+    qkv's dtype as rms_norm rounds."""
     t = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     j = tl.arange(0, BLOCK)
     m = j < HALF
-    base = qkv_ptr + t * stride_t + head * (2 * HALF)
+    base = qkv_ptr + t * stride_t + head * HEAD
     x1 = tl.load(base + j, mask=m, other=0.0)
     x2 = tl.load(base + HALF + j, mask=m, other=0.0)
     c = tl.load(cos_ptr + t * stride_c + j, mask=m, other=0.0)
@@ -122,10 +125,16 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _check_rope(qkv, cos, sin, n_q, n_k, head_dim, q_norm, k_norm) -> None:
+def _check_rope(qkv, cos, sin, n_q, n_k, head_dim, q_norm, k_norm, rotary_dim) -> int:
+    """The rotated dims (rotary_dim, or head_dim for None), after checking the arguments."""
     _rows(qkv, "qkv")
-    if cos.shape != sin.shape or cos.shape != (qkv.shape[0], head_dim // 2) or cos.dtype != torch.float32:
-        raise ValueError(f"cos and sin must be float32 [T, {head_dim // 2}], got {tuple(cos.shape)} {cos.dtype}")
+    rot = head_dim if rotary_dim is None else rotary_dim
+    if rot % 2 or not 0 < rot <= head_dim:
+        raise ValueError(f"rotary_dim must be even and in (0, {head_dim}], got {rot}")
+    if cos.shape != sin.shape or cos.shape != (qkv.shape[0], rot // 2) or cos.dtype != torch.float32:
+        raise ValueError(f"cos and sin must be float32 [T, {rot // 2}], got {tuple(cos.shape)} {cos.dtype}")
+    if q_norm is not None and rot != head_dim:
+        raise ValueError("q/k head norms with a partial rotary are not supported")
     if qkv.shape[1] < (n_q + n_k) * head_dim:
         raise ValueError(f"qkv has {qkv.shape[1]} columns, fewer than {(n_q + n_k) * head_dim}")
     if (q_norm is None) != (k_norm is None):
@@ -133,6 +142,7 @@ def _check_rope(qkv, cos, sin, n_q, n_k, head_dim, q_norm, k_norm) -> None:
     for what, w in (("q_norm", q_norm), ("k_norm", k_norm)):
         if w is not None and (w.shape != (head_dim,) or w.device != qkv.device):
             raise ValueError(f"{what} must be [{head_dim}] on {qkv.device}, got {tuple(w.shape)} on {w.device}")
+    return rot
 
 
 def rope(
@@ -145,8 +155,9 @@ def rope(
     q_norm: torch.Tensor | None = None,
     k_norm: torch.Tensor | None = None,
     eps: float = 1e-6,
+    rotary_dim: int | None = None,
 ) -> None:
-    _check_rope(qkv, cos, sin, n_q, n_k, head_dim, q_norm, k_norm)
+    rot = _check_rope(qkv, cos, sin, n_q, n_k, head_dim, q_norm, k_norm, rotary_dim)
     T = qkv.shape[0]
     if T:
         cos, sin = cos.contiguous(), sin.contiguous()
@@ -154,8 +165,8 @@ def rope(
         wq = q_norm.contiguous() if q_norm is not None else cos
         wk = k_norm.contiguous() if k_norm is not None else cos
         _rope_kernel[(T, n_q + n_k)](qkv, cos, sin, wq, wk, n_q, qkv.stride(0), cos.stride(0), eps,
-                                     HALF=head_dim // 2, BLOCK=triton.next_power_of_2(head_dim // 2), NORM=norm,
-                                     num_warps=1)  # fmt: skip
+                                     HEAD=head_dim, HALF=rot // 2, BLOCK=triton.next_power_of_2(rot // 2),
+                                     NORM=norm, num_warps=1)  # fmt: skip
 
 
 # ---- torch references -----------------------------------------------------------------------------
@@ -186,13 +197,14 @@ def rope_ref(
     q_norm: torch.Tensor | None = None,
     k_norm: torch.Tensor | None = None,
     eps: float = 1e-6,
+    rotary_dim: int | None = None,
 ) -> None:
-    _check_rope(qkv, cos, sin, n_q, n_k, head_dim, q_norm, k_norm)
+    rot = _check_rope(qkv, cos, sin, n_q, n_k, head_dim, q_norm, k_norm, rotary_dim)
     T = qkv.shape[0]
     x = qkv[:, : (n_q + n_k) * head_dim].view(T, n_q + n_k, head_dim)
     if q_norm is not None and k_norm is not None:
         x[:, :n_q] = rms_norm_ref(x[:, :n_q], q_norm, eps)
         x[:, n_q:] = rms_norm_ref(x[:, n_q:], k_norm, eps)
-    x1, x2 = x.float().chunk(2, dim=-1)
+    x1, x2 = x[..., :rot].float().chunk(2, dim=-1)
     c, s = cos[:, None], sin[:, None]
-    x.copy_(torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], -1).to(qkv.dtype))
+    x[..., :rot] = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], -1).to(qkv.dtype)

@@ -34,7 +34,8 @@ ADAPTERS = {
 def make_model(root: Path, kind: str) -> Path:
     """kind: 'gqa' (4 heads, 2 KV heads, Llama-3 rope scaling), 'mha' (4/4, sharded safetensors with an
     index), 'qwen2' (q/k/v bias, tied embeddings, GQA), 'mistral' (GQA, sliding window config), 'qwen3' (q/k
-    head norms, head_dim 32 with hidden 64 and 4 heads, tied embeddings, GQA)."""
+    head norms, head_dim 32 with hidden 64 and 4 heads, tied embeddings, GQA), 'phi3' (fused qkv_proj and
+    gate_up_proj, LongRoPE short factors with their attention factor, partial rotary 0.5, GQA, tied embeddings)."""
     d = root / f"model-{kind}"
     if (d / "config.json").exists():
         return d
@@ -115,9 +116,53 @@ def make_model(root: Path, kind: str) -> Path:
                 layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
                 layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
         model.save_pretrained(str(d), safe_serialization=True)
+    elif kind == "phi3":
+        from transformers import Phi3Config, Phi3ForCausalLM
+
+        torch.manual_seed(6)
+        half = 8  # rotated dims / 2: 16 of each head's 32 (partial_rotary_factor 0.5, as Phi-4-mini's 0.75)
+        cfg = Phi3Config(
+            vocab_size=vocab,
+            hidden_size=128,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            original_max_position_embeddings=256,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "short_factor": [1.0 + 0.25 * i for i in range(half)],
+                "long_factor": [4.0 + i for i in range(half)],
+                "original_max_position_embeddings": 256,
+            },
+            initializer_range=0.1,
+            eos_token_id=1,
+            pad_token_id=0,
+            bos_token_id=2,
+            tie_word_embeddings=True,
+            sliding_window=None,
+        )
+        Phi3ForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
     else:
         raise ValueError(kind)
     return d
+
+
+# a fused model's (Phi-3's) PEFT module names for the per-projection targets of the specs
+FUSED_NAMES = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj",
+               "up_proj": "gate_up_proj"}  # fmt: skip
+
+
+def peft_targets(model_dir: Path, targets: list[str]) -> list[str]:
+    """`targets` as the model's modules are named (q/k/v -> qkv_proj, gate/up -> gate_up_proj for Phi-3)."""
+    import json
+
+    if json.loads((model_dir / "config.json").read_text()).get("model_type") != "phi3":
+        return targets
+    return sorted({FUSED_NAMES.get(t, t) for t in targets})
 
 
 def make_peft_adapters(root: Path, model_dir: Path, specs: dict = ADAPTERS) -> dict[str, Path]:
@@ -137,7 +182,7 @@ def make_peft_adapters(root: Path, model_dir: Path, specs: dict = ADAPTERS) -> d
         cfg = LoraConfig(
             r=r,
             lora_alpha=alpha,
-            target_modules=targets,
+            target_modules=peft_targets(model_dir, targets),
             use_rslora=rs,
             init_lora_weights=False,
             lora_dropout=0.0,

@@ -210,6 +210,29 @@ def test_shape_and_target_mismatch_refused(llm, model, tmp_path):
     llm.remove_adapter("huge")
 
 
+def test_fused_and_split_targets_match_their_model(llm, model, tmp_path):
+    """A Phi-3 adapter (qkv_proj, gate_up_proj) on a model with q/k/v and gate/up projections is refused,
+    and the other way round, each naming the model's own targets; on its model a fused adapter's parts
+    share A and split B's rows."""
+    phi3 = make_model(tmp_path, "phi3")
+    fused = make_peft_adapters(tmp_path, phi3, {"f": (4, 8.0, ["q_proj", "k_proj", "v_proj", "up_proj"], False)})["f"]
+    msg = refused(llm, fused, "supported targets: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj")
+    assert "targets 'qkv_proj'" in msg or "targets 'gate_up_proj'" in msg, msg
+    split = good(tmp_path, model)
+    args = ModelArgs.from_dir(phi3)
+    with pytest.raises(AdapterError, match="targets 'q_proj'; supported targets: qkv_proj, gate_up_proj"):
+        load_peft_adapter("s", split, args, 32)
+    w = load_peft_adapter("f", fused, args, 32)
+    assert set(w.targets) == {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}  # up_proj: all of gate_up
+    t = load_file(str(fused / "adapter_model.safetensors"))
+    b = next(v for k, v in t.items() if "layers.0.self_attn.qkv_proj.lora_B" in k)
+    a = next(v for k, v in t.items() if "layers.0.self_attn.qkv_proj.lora_A" in k)
+    q, kv = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
+    for part, rows in (("q_proj", b[:q]), ("k_proj", b[q : q + kv]), ("v_proj", b[q + kv :])):
+        A, B = w.targets[part]
+        assert torch.equal(A[0], a) and torch.equal(B[0], rows)
+
+
 def test_missing_files_refused(llm, tmp_path):
     refused(llm, tmp_path / "nope", "not a directory")
     (tmp_path / "empty").mkdir()

@@ -13,7 +13,7 @@ from app import LLM, SamplingParams
 from tests.models import ADAPTERS, HFReference, make_model, make_peft_adapters
 
 
-@pytest.fixture(scope="module", params=["gqa", "mha", "qwen2", "mistral", "qwen3"])
+@pytest.fixture(scope="module", params=["gqa", "mha", "qwen2", "mistral", "qwen3", "phi3"])
 def setup(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("eq")
     model = make_model(root, request.param)

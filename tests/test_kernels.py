@@ -848,6 +848,34 @@ def test_silu_mul_and_rope_equal_reference(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_partial_rope_equals_reference(dtype):
+    """Partial rotary (Phi-4-mini): only the first rotary_dim dims of each q and k head rotate (halves of
+    rotary_dim), the rest of each head and the V heads stay as they were."""
+    from kernels.elementwise import rope, rope_ref
+
+    gen = torch.Generator().manual_seed(3)
+    tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float32 else dict(atol=1e-3, rtol=1e-3)
+    T, n_q, n_k, D, R = 9, 4, 2, 32, 24
+    qkv = torch.randn(T, (n_q + 2 * n_k) * D, generator=gen).to(dtype)
+    pos = torch.randint(0, 4000, (T,), generator=gen).float()
+    freqs = pos[:, None] * (1.0 / 10000 ** (torch.arange(0, R, 2).float() / R))[None]
+    got, want = qkv.clone(), qkv.clone()
+    rope(got, freqs.cos(), freqs.sin(), n_q, n_k, D, rotary_dim=R)
+    rope_ref(want, freqs.cos(), freqs.sin(), n_q, n_k, D, rotary_dim=R)
+    torch.testing.assert_close(got, want, **tol)
+    heads = got.view(T, n_q + 2 * n_k, D)
+    assert torch.equal(heads[:, :, R:], qkv.view(T, n_q + 2 * n_k, D)[:, :, R:])  # pass-through dims
+    assert torch.equal(heads[:, n_q + n_k :], qkv.view(T, n_q + 2 * n_k, D)[:, n_q + n_k :])  # V
+    assert not torch.equal(heads[:, :, :R], qkv.view(T, n_q + 2 * n_k, D)[:, :, :R])
+    full = qkv.clone()  # the rotation of the first R dims is the one a head of R dims gets
+    small = qkv.view(T, n_q + 2 * n_k, D)[:, : n_q + n_k, :R].reshape(T, -1).contiguous()
+    rope_ref(small, freqs.cos(), freqs.sin(), n_q, n_k, R)
+    torch.testing.assert_close(heads[:, : n_q + n_k, :R].reshape(T, -1), small, **tol)
+    with pytest.raises(ValueError, match="rotary_dim"):
+        rope(full, freqs.cos(), freqs.sin(), n_q, n_k, D, rotary_dim=D + 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_rope_with_qk_norm_equals_reference(dtype):
     """Qwen3's per-head q/k RMS norms fused into rope: the q heads take wq, the k heads wk, V untouched;
     the reference is rms_norm_ref per head then rope_ref, as transformers' Qwen3 attention computes."""

@@ -252,3 +252,12 @@ def test_elementwise_cuda_bf16():
         rope(qkv, f.cos(), f.sin(), 32, 8, 128)
         rope_ref(want, f.cos(), f.sin(), 32, 8, 128)
         torch.testing.assert_close(qkv, want, atol=2e-2, rtol=2e-2)
+        wq, wk = (torch.rand(128, device=DEV, generator=gen) + 0.5).to(bf), torch.rand(128, device=DEV).to(bf)
+        want = qkv.clone()  # Qwen3's q/k head norms fused into the rotation
+        rope(qkv, f.cos(), f.sin(), 32, 8, 128, q_norm=wq, k_norm=wk, eps=1e-6)
+        rope_ref(want, f.cos(), f.sin(), 32, 8, 128, q_norm=wq, k_norm=wk, eps=1e-6)
+        torch.testing.assert_close(qkv, want, atol=3e-2, rtol=2e-2)
+        want = qkv.clone()  # partial rotary, Phi-4-mini's: 96 of 128 dims
+        rope(qkv, f[:, :48].cos(), f[:, :48].sin(), 32, 8, 128, rotary_dim=96)
+        rope_ref(want, f[:, :48].cos(), f[:, :48].sin(), 32, 8, 128, rotary_dim=96)
+        torch.testing.assert_close(qkv, want, atol=2e-2, rtol=2e-2)

@@ -38,6 +38,9 @@ from safetensors import safe_open
 from app.lora.layer import LORA_GROUPS
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# a fused model's (Phi-3's) modules: one LoRA over the fused output is the parts' LoRAs with the same A and
+# B's rows split (x @ A^T @ B^T = [x @ A^T @ B_q^T, x @ A^T @ B_k^T, ...]), as the pool holds them
+FUSED_TARGETS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 COLUMN_PARALLEL = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}
 # Config keys whose LoRA is not x @ A^T @ B^T * scale on q/k/v/o/gate/up/down (refused when set).
 _UNSUPPORTED = (
@@ -130,6 +133,16 @@ def module_shapes(args) -> dict[str, tuple[int, int]]:
         "up_proj": (H, I),
         "down_proj": (I, H),
     }
+
+
+def checkpoint_modules(args) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of every LoRA target as the base model's checkpoint (and PEFT) names it:
+    `module_shapes`, or for a fused model (ModelArgs.fused_proj) qkv_proj, o_proj, gate_up_proj, down_proj."""
+    shapes = module_shapes(args)
+    if not getattr(args, "fused_proj", False):
+        return shapes
+    out = {f: (shapes[parts[0]][0], sum(shapes[p][1] for p in parts)) for f, parts in FUSED_TARGETS.items()}
+    return {**out, "o_proj": shapes["o_proj"], "down_proj": shapes["down_proj"]}
 
 
 def max_adapter_bytes(args, max_rank: int) -> int:
@@ -232,7 +245,7 @@ def load_peft_adapter(
     def lora_scale(rank: int, a: float) -> float:
         return a / math.sqrt(rank) if rslora else a / rank
 
-    shapes = module_shapes(args)
+    shapes = checkpoint_modules(args)
     found: dict[str, dict[int, dict[str, tuple[str, torch.Tensor]]]] = {}  # module -> layer -> A/B
     try:
         with safe_open(str(st_file), framework="pt") as f:
@@ -252,9 +265,7 @@ def load_peft_adapter(
                     )
                 layer, module, ab = int(m.group(1)), m.group(2), m.group(3)
                 if module not in shapes:
-                    refuse(
-                        f"tensor {key!r} targets {module!r}; supported targets: {', '.join(TARGET_MODULES)}", st_file
-                    )
+                    refuse(f"tensor {key!r} targets {module!r}; supported targets: {', '.join(shapes)}", st_file)
                 if layer >= args.num_layers:
                     refuse(f"tensor {key!r} is for layer {layer} but the base model has {args.num_layers}", st_file)
                 found.setdefault(module, {}).setdefault(layer, {})[ab] = (key, f.get_tensor(key))
@@ -276,7 +287,7 @@ def load_peft_adapter(
     except ValueError as e:
         refuse(str(e))
     targets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for module in TARGET_MODULES:
+    for module in shapes:
         if module not in found:
             continue
         fin, fout = shapes[module]
@@ -319,7 +330,12 @@ def load_peft_adapter(
         if not (_all_finite(A) and _all_finite(B)):  # one pass per target; then find the layer
             layer = next(i for i, (a, b, _) in sorted(blocks.items()) if not (_all_finite(a) and _all_finite(b)))
             refuse(f"layer {layer} {module}: weights contain NaN or Inf", st_file)
-        targets[module] = (A, B)
+        if module in FUSED_TARGETS:
+            parts = FUSED_TARGETS[module]
+            rows = B.split([module_shapes(args)[p][1] for p in parts], dim=1)
+            targets.update({p: (A, b.contiguous()) for p, b in zip(parts, rows)})
+        else:
+            targets[module] = (A, B)
     rank = max(A.shape[1] for A, _ in targets.values())
     if rank > max_rank:
         refuse(f"rank {rank} is above the configured maximum max_lora_rank={max_rank}")

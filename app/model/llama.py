@@ -1,4 +1,4 @@
-"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3) over the paged pool, tensor-parallel aware.
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3, Phi-3) over the paged pool, tensor-parallel aware.
 
 In:  a Hugging Face model directory (config.json, safetensors single or sharded).
      forward(input_ids [T], positions [T], ctx: ForwardContext) with all sequences' tokens flattened.
@@ -23,7 +23,7 @@ from safetensors import safe_open
 from app.lora.layer import apply_lora
 from app.model.context import ForwardContext, ParallelState
 
-SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "qwen3"}
+SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "phi3"}
 
 
 @dataclass
@@ -48,6 +48,9 @@ class ModelArgs:
     eos_token_id: list[int]
     sliding_window: int | None = None
     qk_norm: bool = False  # Qwen3: an RMS norm over each q and k head (weights [head_dim]) before RoPE
+    rotary_dim: int = 0  # the leading dims of each head that RoPE rotates (partial_rotary_factor); 0: all
+    fused_proj: bool = False  # Phi-3: checkpoint and adapters hold qkv_proj and gate_up_proj (fused)
+    rope_max_len: int | None = None  # LongRoPE: served up to original_max_position_embeddings (short factors)
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelArgs:
@@ -66,7 +69,18 @@ class ModelArgs:
         heads = c["num_attention_heads"]
         rope_cfg = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
         theta = rope_cfg.pop("rope_theta", c.get("rope_theta", 10000.0))
-        rope = None if rope_cfg.get("rope_type", rope_cfg.get("type", "default")) == "default" else rope_cfg
+        partial = float(rope_cfg.pop("partial_rotary_factor", None) or c.get("partial_rotary_factor") or 1.0)
+        kind = rope_cfg.get("rope_type", rope_cfg.get("type", "default"))
+        rope = None if kind == "default" else rope_cfg
+        rope_max_len = None
+        if kind == "longrope":  # its short factors hold up to the pretraining length (long ones: not served)
+            original = rope_cfg.get("original_max_position_embeddings") or c.get("original_max_position_embeddings")
+            if not original:
+                raise ValueError("longrope scaling needs original_max_position_embeddings")
+            rope = {**rope_cfg, "original_max_position_embeddings": original,
+                    "max_position_embeddings": c.get("max_position_embeddings", 4096)}  # fmt: skip
+            rope_max_len = int(original)
+        head_dim = c.get("head_dim") or c["hidden_size"] // heads
         eos = c.get("eos_token_id")
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         attn_bias = bool(c.get("attention_bias", False))
@@ -78,7 +92,7 @@ class ModelArgs:
             num_layers=c["num_hidden_layers"],
             num_heads=heads,
             num_kv_heads=c.get("num_key_value_heads") or heads,
-            head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+            head_dim=head_dim,
             rms_norm_eps=c.get("rms_norm_eps", 1e-6),
             rope_theta=float(theta),
             rope_scaling=rope,
@@ -89,15 +103,26 @@ class ModelArgs:
             mlp_bias=bool(c.get("mlp_bias", False)),
             torch_dtype=c.get("torch_dtype") or c.get("dtype"),
             eos_token_id=eos,
-            sliding_window=c.get("sliding_window") if c.get("use_sliding_window", mt == "mistral") else None,
+            sliding_window=(
+                c.get("sliding_window") if c.get("use_sliding_window", mt in ("mistral", "phi3")) else None
+            ),
             qk_norm=mt == "qwen3",
+            rotary_dim=int(head_dim * partial) if partial != 1.0 else 0,
+            fused_proj=mt == "phi3",
+            rope_max_len=rope_max_len,
         )
 
     @property
     def max_len(self) -> int:
         """Longest context served exactly: a sliding-window model is served up to its window (where its
-        attention equals full attention)."""
-        return min(self.max_position_embeddings, self.sliding_window or self.max_position_embeddings)
+        attention equals full attention), a LongRoPE one up to its pretraining length (its short factors)."""
+        limits = [self.max_position_embeddings, self.sliding_window, self.rope_max_len]
+        return min(x for x in limits if x)
+
+    @property
+    def rope_dim(self) -> int:
+        """Dims of each head that RoPE rotates."""
+        return self.rotary_dim or self.head_dim
 
     def max_model_len(self, requested: int | None = None) -> int:
         """The context limit (prompt + output tokens) served for this model: `requested`
@@ -107,8 +132,9 @@ class ModelArgs:
 
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
-    """Inverse frequencies, with linear or Llama-3 scaling when the config asks for it."""
-    d = args.head_dim
+    """Inverse frequencies of the rotated dims, with linear, Llama-3 or LongRoPE (short factors) scaling when
+    the config asks for it."""
+    d = args.rope_dim
     inv = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
     rs = args.rope_scaling
     if rs is None:
@@ -116,6 +142,11 @@ def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
     kind = rs.get("rope_type", rs.get("type"))
     if kind == "linear":
         return (inv / rs["factor"]).float()
+    if kind == "longrope":
+        short = torch.tensor(rs["short_factor"], dtype=torch.float64)
+        if short.shape != inv.shape:
+            raise ValueError(f"longrope short_factor has {short.numel()} values, the rotated dims need {inv.numel()}")
+        return (inv / short).float()
     if kind == "llama3":
         factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
         old = rs["original_max_position_embeddings"]
@@ -125,7 +156,19 @@ def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = (wavelen >= old / hi) & (wavelen <= old / lo)
         return torch.where(medium, smoothed, scaled).float()
-    raise ValueError(f"rope scaling {kind!r} is not supported (default, linear, llama3)")
+    raise ValueError(f"rope scaling {kind!r} is not supported (default, linear, llama3, longrope)")
+
+
+def rope_attention_factor(args: ModelArgs) -> float:
+    """The factor on cos and sin (LongRoPE's attention factor; 1 otherwise), as transformers computes it."""
+    rs = args.rope_scaling
+    if rs is None or rs.get("rope_type", rs.get("type")) != "longrope":
+        return 1.0
+    if rs.get("attention_factor") is not None:
+        return float(rs["attention_factor"])
+    original = rs["original_max_position_embeddings"]
+    factor = rs.get("factor") or rs["max_position_embeddings"] / original
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
 
 
 class LlamaForCausalLM(torch.nn.Module):
@@ -139,6 +182,7 @@ class LlamaForCausalLM(torch.nn.Module):
         self.q_size = self.heads * args.head_dim
         self.kv_size = self.kv_heads * args.head_dim
         self.inv_freq = rope_inv_freq(args).to(device)
+        self.rope_scale = rope_attention_factor(args)
         self.w: dict[str, torch.Tensor] = {}
 
     # ---- weights -------------------------------------------------------------------------------
@@ -167,10 +211,12 @@ class LlamaForCausalLM(torch.nn.Module):
                 raise KeyError(f"weight {name} not found in {path}")
             return handles[key_file[name]].get_tensor(name)
 
-        def col(name: str) -> torch.Tensor:  # split the output rows
-            t = get(name)
+        def shard_rows(t: torch.Tensor) -> torch.Tensor:  # this rank's part of the output rows
             n = t.shape[0] // self.tp.world_size
             return t[self.tp.rank * n : (self.tp.rank + 1) * n]
+
+        def col(name: str) -> torch.Tensor:  # split the output rows
+            return shard_rows(get(name))
 
         def row(name: str) -> torch.Tensor:  # split the input columns
             t = get(name)
@@ -186,7 +232,12 @@ class LlamaForCausalLM(torch.nn.Module):
             p = f"model.layers.{i}."
             w[f"{i}.in_norm"] = get(p + "input_layernorm.weight")
             w[f"{i}.post_norm"] = get(p + "post_attention_layernorm.weight")
-            w[f"{i}.qkv"] = torch.cat([col(p + f"self_attn.{m}_proj.weight") for m in "qkv"])
+            if a.fused_proj:  # [q; k; v] rows in one tensor: each part split over the TP ranks by itself
+                qkv_w = get(p + "self_attn.qkv_proj.weight")
+                qs, ks = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+                w[f"{i}.qkv"] = torch.cat([shard_rows(t) for t in qkv_w.split([qs, ks, ks])])
+            else:
+                w[f"{i}.qkv"] = torch.cat([col(p + f"self_attn.{m}_proj.weight") for m in "qkv"])
             if a.qk_norm:  # per head: the same weights on every rank
                 w[f"{i}.q_norm"] = get(p + "self_attn.q_norm.weight")
                 w[f"{i}.k_norm"] = get(p + "self_attn.k_norm.weight")
@@ -195,7 +246,11 @@ class LlamaForCausalLM(torch.nn.Module):
             w[f"{i}.o"] = row(p + "self_attn.o_proj.weight")
             if a.o_bias:  # added once, after the all-reduce
                 w[f"{i}.o_b"] = get(p + "self_attn.o_proj.bias")
-            w[f"{i}.gate_up"] = torch.cat([col(p + "mlp.gate_proj.weight"), col(p + "mlp.up_proj.weight")])
+            if a.fused_proj:  # [gate; up]
+                gate_up = get(p + "mlp.gate_up_proj.weight")
+                w[f"{i}.gate_up"] = torch.cat([shard_rows(t) for t in gate_up.chunk(2)])
+            else:
+                w[f"{i}.gate_up"] = torch.cat([col(p + "mlp.gate_proj.weight"), col(p + "mlp.up_proj.weight")])
             w[f"{i}.down"] = row(p + "mlp.down_proj.weight")
             if a.mlp_bias:
                 w[f"{i}.gate_up_b"] = torch.cat([col(p + "mlp.gate_proj.bias"), col(p + "mlp.up_proj.bias")])
@@ -240,6 +295,8 @@ class LlamaForCausalLM(torch.nn.Module):
         D, eps = a.head_dim, a.rms_norm_eps
         freqs = positions.float()[:, None] * self.inv_freq[None]
         cos, sin = freqs.cos(), freqs.sin()
+        if self.rope_scale != 1.0:
+            cos, sin = cos * self.rope_scale, sin * self.rope_scale
         h = F.embedding(input_ids, w["embed"])  # the residual stream, updated in place by add_rms_norm
         x = be.rms_norm(h, w["0.in_norm"], eps)
         attn = ctx.attn
@@ -247,7 +304,10 @@ class LlamaForCausalLM(torch.nn.Module):
             qkv = F.linear(x, w[f"{i}.qkv"], w.get(f"{i}.qkv_b"))
             apply_lora(ctx, i, "qkv", x, qkv, [self.q_size, self.kv_size, self.kv_size])
             # q and k in place: Qwen3's head norms (after the LoRA delta, as PEFT's q_proj output), then RoPE
-            be.rope(qkv, cos, sin, self.heads, self.kv_heads, D, w.get(f"{i}.q_norm"), w.get(f"{i}.k_norm"), eps)
+            be.rope(
+                qkv, cos, sin, self.heads, self.kv_heads, D, w.get(f"{i}.q_norm"), w.get(f"{i}.k_norm"), eps,
+                rotary_dim=a.rope_dim,
+            )  # fmt: skip
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], -1)
             q = q.view(-1, self.heads, D)
             k = k.view(-1, self.kv_heads, D)
