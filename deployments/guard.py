@@ -7,8 +7,9 @@ Out: a 401 / 403 / 413 OpenAI error object, sent without reading the body; or th
      with its body read in (never more than `max_body_bytes`) and replayed to the app as one message.
 
 Roles (`ROUTE_ROLES`; a key is sent as `Authorization: Bearer <key>`):
-  inference  /v1/completions, /v1/chat/completions, /v1/models,  an `api_keys` or `admin_api_keys` key
-             /v1/models/{id}, /tokenize, /detokenize, /version
+  inference  /v1/completions, /v1/chat/completions,             an `api_keys` or `admin_api_keys` key
+             /v1/responses, /v1/models, /v1/models/{id}, /tokenize,
+             /detokenize, /version
   admin      /v1/load_lora_adapter, /v1/unload_lora_adapter       an `admin_api_keys` key
   metrics    /metrics                                             a `metrics_api_keys` or admin key
   public     /health and every other path (the app answers them: 404 / 405 for unknown ones)
@@ -35,6 +36,7 @@ Role = Literal["inference", "admin", "metrics", "public"]
 ROUTE_ROLES: dict[str, Role] = {
     "/v1/completions": "inference",
     "/v1/chat/completions": "inference",
+    "/v1/responses": "inference",
     "/v1/models": "inference",
     "/tokenize": "inference",
     "/detokenize": "inference",

@@ -41,7 +41,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import Field
+from pydantic import Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -75,6 +75,7 @@ from deployments.protocol import (
     TokenizeCompletionRequest,
     TokenizeResponse,
     UnloadLoRAAdapterRequest,
+    UnsupportedField,
     UsageInfo,
     VersionResponse,
     chat_logprobs,
@@ -83,6 +84,7 @@ from deployments.protocol import (
     random_id,
     vllm_prompt_logprobs,
 )
+from deployments.responses import ResponseEvents, ResponseShell, ResponsesRequest, chat_body, response_object
 from deployments.routing import Decision, GroupState, Router, request_start_age_s
 from deployments.subscription import RequestStream, Subscription
 
@@ -951,6 +953,40 @@ class OpenAIIngress:
             return ModelCard(id=model_id, root=self.cfg.model_path, max_model_len=self.cfg.max_model_len)
         base = self.cfg.served_model_name
         return ModelCard(id=model_id, root=adapter["path"], parent=base, max_model_len=self.cfg.max_model_len)
+
+    @api.post("/v1/responses")
+    async def responses(self, body: ResponsesRequest, request: Request):
+        """OpenAI's Responses API over the chat route (deployments/responses.py): the same model, adapter,
+        template, tools, structured output and reasoning split; nothing is stored."""
+        try:
+            chat = ChatCompletionRequest(**chat_body(body))
+        except UnsupportedField as e:
+            raise APIError(400, str(e), e.param) from None
+        except ValidationError as e:
+            raise RequestValidationError(e.errors()) from None
+        shell = ResponseShell(body)
+        answer = await self.chat_completions(chat, request)
+        if not isinstance(answer, StreamingResponse):
+            return response_object(shell, answer.model_dump())
+        events, lines = ResponseEvents(shell), answer.body_iterator
+
+        async def stream():
+            try:
+                yield events.start()
+                async for line in lines:
+                    payload = (line if isinstance(line, str) else bytes(line).decode()).removeprefix("data: ").strip()
+                    if payload == "[DONE]":
+                        yield events.end()
+                        return
+                    chunk = json.loads(payload)
+                    if out := events.feed(chunk):
+                        yield out
+                    if "error" in chunk:
+                        return
+            finally:
+                await lines.aclose()  # type: ignore[attr-defined]  # the chat stream's generator: frees its requests
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
 
     @api.get("/v1/models")
     async def models(self):

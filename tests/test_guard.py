@@ -136,6 +136,19 @@ def test_route_roles_of_the_vllm_routes():
     assert policy.check(route_role("/tokenize"), "Bearer k") is None
 
 
+def test_every_route_of_the_app_has_its_role():
+    """A route added to the ingress is public unless ROUTE_ROLES names it: only the documented public paths
+    (health, FastAPI's schema and docs) may be; every other route needs a key once keys are configured."""
+    pytest.importorskip("ray")
+    from deployments.guard import route_role
+    from deployments.ingress import api
+
+    public = {"/health"}  # besides FastAPI's own /openapi.json and /docs, which the schema does not list
+    paths = {p.replace("{model_id}", "x") for p in api.openapi()["paths"]}
+    assert {"/v1/responses", "/v1/chat/completions", "/health"} <= paths
+    assert {p for p in paths if route_role(p) == "public"} <= public
+
+
 def test_quiet_routes_drop_only_the_access_lines_of_their_routes():
     import logging
 

@@ -506,3 +506,102 @@ def test_langchain_bind_tools_and_structured_output(service):
     assert isinstance(out, Answer)
     out = llm.with_structured_output(Answer, method="function_calling", strict=True).invoke("Is the sky blue?")
     assert isinstance(out, Answer)
+
+
+# ---- the Responses API ------------------------------------------------------------------------------
+def _events(client, **kw) -> list:
+    return list(client.responses.create(stream=True, **kw))
+
+
+def test_responses_text_equals_chat_streamed_or_not(client):
+    """`client.responses.create` answers what the chat route answers for the same messages (instructions as
+    the system message; a list input with an earlier turn's call and its output as the chat's assistant and
+    tool messages): the same text and token counts; streamed, the deltas add up to it, the events are in
+    the documented order with increasing sequence numbers, and the last one carries the whole Response."""
+    inputs = [
+        ("Hello there", None, [{"role": "user", "content": "Hello there"}]),
+        (
+            [
+                {"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+                {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+                {"type": "function_call_output", "call_id": "call_1", "output": "18C, clear"},
+                {"type": "reasoning", "id": "rs_1", "summary": []},  # dropped: templates show no earlier reasoning
+            ],
+            "You are terse.",
+            [
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "18C, clear"},
+            ],
+        ),
+    ]  # fmt: skip
+    for inp, instructions, messages in inputs:
+        kw = dict(model="demo-r4-attn", input=inp, max_output_tokens=12, temperature=0)
+        if instructions:
+            kw["instructions"] = instructions
+        chat = client.chat.completions.create(model="demo-r4-attn", messages=messages, max_tokens=12, temperature=0)
+        r = client.responses.create(**kw)
+        assert r.object == "response" and r.id.startswith("resp_") and r.model == "demo-r4-attn"
+        assert r.output_text == chat.choices[0].message.content
+        assert r.usage.input_tokens == chat.usage.prompt_tokens and r.usage.output_tokens == 12
+        assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+        (msg,) = r.output
+        assert msg.type == "message" and msg.role == "assistant" and msg.content[0].type == "output_text"
+        events = _events(client, **kw)
+        types = [e.type for e in events]
+        assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                             "response.content_part.added"]  # fmt: skip
+        assert types[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                              "response.incomplete"]  # fmt: skip
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == r.output_text
+        last = events[-1].response
+        assert last.output_text == r.output_text and last.usage.output_tokens == 12 and last.status == "incomplete"
+
+
+def test_responses_tools_and_json_schema(client):
+    """Function tools (tool_choice required: the random model is forced to a call) come back as
+    function_call items, streamed or not; text.format json_schema constrains the output text."""
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        **{k: WEATHER["function"][k] for k in ("description", "parameters")},
+    }
+    kw = dict(model=MODEL, input=ASK, tools=[tool], tool_choice={"type": "function", "name": "get_weather"},
+              max_output_tokens=150, temperature=0)  # fmt: skip
+    r = client.responses.create(**kw)
+    (call,) = [o for o in r.output if o.type == "function_call"]
+    assert call.name == "get_weather" and call.call_id and set(json.loads(call.arguments)) == {"city", "unit"}
+    assert r.status == "completed" and r.tools[0].name == "get_weather"
+    events = _events(client, **kw)
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert len(done) == 1 and json.loads(done[0].arguments) == json.loads(call.arguments)
+    assert events[-1].type == "response.completed" and events[-1].response.output[-1].type == "function_call"
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}  # fmt: skip
+    fmt = {"type": "json_schema", "name": "v", "schema": schema, "strict": True}
+    r = client.responses.create(
+        model="demo-r4-attn", input="Is it ok?", max_output_tokens=40, temperature=0, text={"format": fmt}
+    )
+    assert isinstance(json.loads(r.output_text)["ok"], bool) and r.status == "completed"
+
+
+def test_responses_refusals(client):
+    """What is not implemented is a 400 naming the field; an unknown model a 404, as on the chat route."""
+    base = dict(model=MODEL, input="x", max_output_tokens=2)
+    for extra, param in (
+        (dict(previous_response_id="resp_1"), "previous_response_id"),
+        (dict(background=True), "background"),
+        (dict(tools=[{"type": "web_search"}]), "tools"),
+        (dict(input=[{"type": "image_generation_call", "id": "x"}]), "input"),
+        (dict(input=[{"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png"}]}]), "input"),
+        (dict(text={"format": {"type": "grammar"}}), "text"),
+    ):
+        r = httpx.post(BASE + "/v1/responses", json=base | extra, timeout=60)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == param, r.text
+    r = httpx.post(BASE + "/v1/responses", json=base | {"model": "nope"}, timeout=60)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model"
