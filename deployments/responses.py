@@ -134,6 +134,8 @@ def _tools(req: ResponsesRequest) -> tuple[list[dict] | None, Any]:
 
 def _response_format(req: ResponsesRequest) -> dict | None:
     fmt = (req.text or {}).get("format")
+    if fmt is not None and not isinstance(fmt, dict):
+        raise UnsupportedField("text", "format must be an object")
     if fmt is None or fmt.get("type") == "text":
         return None
     if fmt.get("type") == "json_object":
@@ -189,6 +191,7 @@ class ResponseShell:
 
     def __init__(self, req: ResponsesRequest):
         self.id, self.created = _id("resp"), int(time.time())
+        fmt = (req.text or {}).get("format")
         self.fields = {
             "instructions": req.instructions,
             "max_output_tokens": req.max_output_tokens,
@@ -199,7 +202,7 @@ class ResponseShell:
             "reasoning": None,
             "store": False,
             "temperature": 1.0 if req.temperature is None else req.temperature,
-            "text": {"format": (req.text or {}).get("format") or {"type": "text"}},
+            "text": {"format": fmt if isinstance(fmt, dict) else {"type": "text"}},
             "tool_choice": req.tool_choice or "auto",
             "tools": req.tools or [],
             "top_p": 1.0 if req.top_p is None else req.top_p,
