@@ -6,7 +6,7 @@
     lora_plan                  (the step's tokens grouped by adapter into tiles, kernels/lora_plan.py; None
                                 for torch): lora_plan(seg_indptr, seg_slot, n_slots, num_tokens, max_seg_len)
     paged_attention, kv_append (kernels/attention.py)
-    rms_norm, add_rms_norm, silu_mul, rope   (kernels/elementwise.py: a Llama layer's elementwise work)
+    rms_norm, add_rms_norm, silu_mul, gelu_mul, rope   (kernels/elementwise.py: a layer's elementwise work)
 The Triton backend carries its LoRA launch configuration (`kernels.lora.LoRAKernelConfig`), bound into its
 LoRA functions: chosen once, never changed behind the engine's back.
 """
@@ -34,6 +34,7 @@ class KernelBackend:
     add_rms_norm: Callable
     silu_mul: Callable
     rope: Callable
+    gelu_mul: Callable
     lora_plan: Callable = _no_plan
     lora_config: Any = None  # kernels.lora.LoRAKernelConfig of the Triton backend
 
@@ -43,7 +44,7 @@ def get_backend(name: str, lora_config: Any = None) -> KernelBackend:
     with `lora_config` (a kernels.lora.LoRAKernelConfig; default: its defaults)."""
     if name == "torch":
         from kernels.attention import kv_append_ref, paged_attention_ref
-        from kernels.elementwise import add_rms_norm_ref, rms_norm_ref, rope_ref, silu_mul_ref
+        from kernels.elementwise import add_rms_norm_ref, gelu_mul_ref, rms_norm_ref, rope_ref, silu_mul_ref
         from kernels.lora_ref import lora_apply_ref, lora_expand_ref, lora_shrink_ref
 
         return KernelBackend(
@@ -57,6 +58,7 @@ def get_backend(name: str, lora_config: Any = None) -> KernelBackend:
             add_rms_norm_ref,
             silu_mul_ref,
             rope_ref,
+            gelu_mul_ref,
         )
     if name == "triton":
         from kernels.triton_backend import triton_backend

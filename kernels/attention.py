@@ -37,6 +37,7 @@ import triton.language as tl
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 DECODE_PARTITION = 512  # keys per program when decode splits a sequence (flash-decoding); multiple of 64
 _LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(_LOG2E)  # the same, inside kernels
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -66,6 +67,8 @@ def _attend(
     d,
     dmask,
     sm_scale_log2,
+    window,
+    softcap,
     MASKED: tl.constexpr,
     CAUSAL: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
@@ -73,12 +76,15 @@ def _attend(
     D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    WINDOWED: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     """Flash attention (online softmax, log2 domain) of the query rows q over the keys [start, end) of one
     sequence's pages, KV head kvh, continuing the running state (acc = unnormalised output, row max m_i,
     row sum l_i), which it returns. MASKED: keys past `end` (and, with CAUSAL, keys after a query's
-    absolute position `pos`) are masked; without it the caller guarantees [start, end) is whole blocks of
-    keys every query sees, and the masks are not computed."""
+    absolute position `pos`; with WINDOWED too, keys at or before pos - window) are masked; without it the
+    caller guarantees [start, end) is whole blocks of keys every query sees, and the masks are not computed.
+    SOFTCAP: scores s (natural scale) become softcap * tanh(s / softcap) before the softmax (Gemma 2)."""
     for n0 in range(start, end, BLOCK_N):
         kpos = n0 + tl.arange(0, BLOCK_N)
         if MASKED:
@@ -89,11 +95,16 @@ def _attend(
             rows = _kv_rows(pt_row, kpos, kpos >= 0, kvh, PAGE_SIZE, HKV, D)
             kt = tl.load(pool_ptr + rows[None, :] + d[:, None], mask=dmask[:, None], other=0.0)
         qk = tl.dot(q.to(kt.dtype), kt, input_precision=INPUT_PRECISION) * sm_scale_log2
+        if SOFTCAP:  # tanh(z) = 1 - 2 / (exp(2z) + 1), in the natural domain, back to log2
+            z = qk / (LOG2E * softcap)
+            qk = softcap * LOG2E * (1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0))
         if MASKED:
             if CAUSAL:  # noqa: SIM108 - a constexpr `if` statement, pruned when Triton compiles
                 visible = (kpos[None, :] <= pos[:, None]) & kmask[None, :]
             else:
                 visible = kmask[None, :]
+            if WINDOWED:
+                visible = visible & (kpos[None, :] > pos[:, None] - window)
             qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         alpha = tl.exp2(m_i - m_new)
@@ -121,6 +132,8 @@ def _paged_attn_prefill_kernel(
     q_indptr_ptr,
     out_ptr,
     sm_scale_log2,
+    window,
+    softcap,
     seq_offset,
     stride_qt,
     stride_qh,
@@ -137,9 +150,11 @@ def _paged_attn_prefill_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    WINDOWED: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     """Program (sequence seq_offset + program_id(0), tile of its query tokens, query head): causal flash
-    attention over its pages."""
+    attention over its pages (WINDOWED: over the last `window` positions of each query)."""
     s = tl.program_id(0) + seq_offset
     mt = tl.program_id(1)
     h = tl.program_id(2)
@@ -167,14 +182,21 @@ def _paged_attn_prefill_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc, m_i, l_i = _attend(
-        q, acc, m_i, l_i, pool_ptr, pt_row, 0, full, pos, kvh, d, dmask, sm_scale_log2,
-        False, True, PAGE_SIZE, HKV, D, BLOCK_N, INPUT_PRECISION,
-    )  # fmt: skip
-    acc, m_i, l_i = _attend(
-        q, acc, m_i, l_i, pool_ptr, pt_row, full, end, pos, kvh, d, dmask, sm_scale_log2,
-        True, True, PAGE_SIZE, HKV, D, BLOCK_N, INPUT_PRECISION,
-    )  # fmt: skip
+    if WINDOWED:  # masked from the first block any query of the tile sees
+        lo = tl.maximum(L - q_len + mt * BLOCK_M - window + 1, 0) // BLOCK_N * BLOCK_N
+        acc, m_i, l_i = _attend(
+            q, acc, m_i, l_i, pool_ptr, pt_row, lo, end, pos, kvh, d, dmask, sm_scale_log2, window, softcap,
+            True, True, PAGE_SIZE, HKV, D, BLOCK_N, INPUT_PRECISION, True, SOFTCAP,
+        )  # fmt: skip
+    else:
+        acc, m_i, l_i = _attend(
+            q, acc, m_i, l_i, pool_ptr, pt_row, 0, full, pos, kvh, d, dmask, sm_scale_log2, window, softcap,
+            False, True, PAGE_SIZE, HKV, D, BLOCK_N, INPUT_PRECISION, False, SOFTCAP,
+        )  # fmt: skip
+        acc, m_i, l_i = _attend(
+            q, acc, m_i, l_i, pool_ptr, pt_row, full, end, pos, kvh, d, dmask, sm_scale_log2, window, softcap,
+            True, True, PAGE_SIZE, HKV, D, BLOCK_N, INPUT_PRECISION, False, SOFTCAP,
+        )  # fmt: skip
     acc = acc / l_i[:, None]
     tl.store(
         out_ptr + tok[:, None] * stride_ot + h * stride_oh + d[None, :] * stride_od,
@@ -194,6 +216,8 @@ def _paged_attn_decode_kernel(
     part_o_ptr,
     part_ml_ptr,
     sm_scale_log2,
+    window,
+    softcap,
     part_len,
     max_parts,
     stride_qt,
@@ -212,10 +236,13 @@ def _paged_attn_decode_kernel(
     BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    WINDOWED: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     """Program (sequence, KV head, partition of keys): the GROUP query heads sharing the KV head read each
     K/V row once (tl.dot with the heads as M). With SPLIT, partial results go to part_o / part_ml and
-    _paged_attn_reduce_kernel merges them (flash-decoding)."""
+    _paged_attn_reduce_kernel merges them (flash-decoding). WINDOWED: only the last `window` keys; a
+    partition before them writes an empty state (row sum 0), which the merge weighs 0."""
     s = tl.program_id(0)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
@@ -227,6 +254,8 @@ def _paged_attn_decode_kernel(
     if start >= L:
         return
     end = tl.minimum(L, start + part_len)
+    if WINDOWED:
+        start = tl.maximum(start, L - window)
     hi = tl.arange(0, BLOCK_H)
     hmask = hi < GROUP
     h = kvh * GROUP + hi
@@ -243,9 +272,11 @@ def _paged_attn_decode_kernel(
     m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc, m_i, l_i = _attend(
-        q, acc, m_i, l_i, pool_ptr, pt_row, start, end, hi, kvh, d, dmask, sm_scale_log2,
-        True, False, PAGE_SIZE, HKV, D, BLOCK_N, INPUT_PRECISION,
+        q, acc, m_i, l_i, pool_ptr, pt_row, start, end, hi, kvh, d, dmask, sm_scale_log2, window, softcap,
+        True, False, PAGE_SIZE, HKV, D, BLOCK_N, INPUT_PRECISION, False, SOFTCAP,
     )  # fmt: skip
+    if WINDOWED:
+        l_i = tl.maximum(l_i, 1e-30)  # an empty partition: acc 0, weight 0 in the merge
     acc = acc / l_i[:, None]
     if SPLIT:
         # part_o: [S, Hq, max_parts, D] fp32; part_ml: [S, Hq, max_parts, 2] fp32 (max, sum; log2 domain)
@@ -424,12 +455,15 @@ def paged_attention(
     max_q_len: int | None = None,
     num_decode: int = 0,
     prefill_launch: PrefillLaunch | None = None,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Triton `paged_attention_ref`. max_q_len (host int; None: the token count): 1 runs the decode kernel
     (split-K when few programs would run) on every sequence, more the causal prefill kernel, which also
     serves cached context and one-token rows. num_decode: the leading sequences that have one query token
     each (a mixed step's decode rows, ordered first); they go to the decode kernel, which reads each K/V
-    row once per KV head, and only the rest to the prefill kernel."""
+    row once per KV head, and only the rest to the prefill kernel. window / softcap: as the reference."""
+    _check_window_softcap(window, softcap)
     if q.dim() != 3 or out.shape != q.shape:
         raise ValueError("q and out must be [T, Hq, D]")
     T, Hq, D = q.shape
@@ -466,9 +500,10 @@ def paged_attention(
     sm_scale_log2 = float(scale) * _LOG2E
     strides = (q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2), table.stride(0))
     consts = dict(
-        PAGE_SIZE=page_size, HKV=num_kv_heads, GROUP=group, D=D, BLOCK_D=triton.next_power_of_2(D), INPUT_PRECISION=ip
-    )
-    args = (q, pool, sm_scale_log2, out, strides, consts)
+        PAGE_SIZE=page_size, HKV=num_kv_heads, GROUP=group, D=D, BLOCK_D=triton.next_power_of_2(D), INPUT_PRECISION=ip,
+        WINDOWED=window > 0, SOFTCAP=softcap > 0,
+    )  # fmt: skip
+    args = (q, pool, (sm_scale_log2, int(window), float(softcap)), out, strides, consts)
     max_len = T if max_q_len is None else min(int(max_q_len), T)
     # whole tensors and a range of sequences, never slices: a sliced pointer loses its 16-byte alignment
     # and would make Triton compile (mid-serving) another variant of the kernel
@@ -482,7 +517,7 @@ def paged_attention(
     return out
 
 
-def _decode(q, pool, sm_scale_log2, out, strides, consts, table, seq_lens, q_indptr, S: int) -> None:
+def _decode(q, pool, scores, out, strides, consts, table, seq_lens, q_indptr, S: int) -> None:
     """The decode kernel on sequences [0, S) (one query token each)."""
     Hkv, D, dev = consts["HKV"], consts["D"], pool.device
     block_n = 64 if not _INTERPRET else 256
@@ -505,7 +540,7 @@ def _decode(q, pool, sm_scale_log2, out, strides, consts, table, seq_lens, q_ind
         out,
         part_o,
         part_ml,
-        sm_scale_log2,
+        *scores,
         part_len,
         max_parts,
         *strides,
@@ -534,7 +569,7 @@ def _decode(q, pool, sm_scale_log2, out, strides, consts, table, seq_lens, q_ind
         )
 
 
-def _prefill(q, pool, sm_scale_log2, out, strides, consts, table, seq_lens, q_indptr, lo, hi, max_len, launch):
+def _prefill(q, pool, scores, out, strides, consts, table, seq_lens, q_indptr, lo, hi, max_len, launch):
     """The prefill kernel on sequences [lo, hi)."""
     if launch is None and _INTERPRET:  # fewer, larger blocks: the interpreter's cost is per block operation
         launch = PrefillLaunch(block_m=16 if max_len <= 16 else 32, block_n=128)
@@ -548,7 +583,7 @@ def _prefill(q, pool, sm_scale_log2, out, strides, consts, table, seq_lens, q_in
         seq_lens,
         q_indptr,
         out,
-        sm_scale_log2,
+        *scores,
         lo,
         *strides,
         BLOCK_M=launch.block_m,
@@ -557,6 +592,13 @@ def _prefill(q, pool, sm_scale_log2, out, strides, consts, table, seq_lens, q_in
         num_stages=launch.num_stages,
         **consts,
     )
+
+
+def _check_window_softcap(window: int, softcap: float) -> None:
+    if int(window) != window or window < 0:
+        raise ValueError(f"window must be an integer >= 0 (0: none), got {window!r}")
+    if not softcap >= 0:
+        raise ValueError(f"softcap must be >= 0 (0: none), got {softcap!r}")
 
 
 def kv_view(pool: torch.Tensor, page_size: int, num_kv_heads: int) -> torch.Tensor:
@@ -595,9 +637,14 @@ def paged_attention_ref(
     max_q_len: int | None = None,
     num_decode: int = 0,
     prefill_launch: PrefillLaunch | None = None,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """q, out: [T, Hq, D]; kv_page_table: [S, max_pages]; seq_lens: [S]; q_indptr: [S+1]. max_q_len,
-    num_decode and prefill_launch pick the Triton kernels; the result does not depend on them."""
+    num_decode and prefill_launch pick the Triton kernels; the result does not depend on them. window > 0:
+    a query at position p sees the keys at positions > p - window only (sliding window, as transformers
+    masks it); softcap > 0: scores s become softcap * tanh(s / softcap) before the softmax (Gemma 2)."""
+    _check_window_softcap(window, softcap)
     if q.dim() != 3 or out.shape != q.shape:
         raise ValueError("q and out must be [T, Hq, D]")
     T, Hq, D = q.shape
@@ -620,8 +667,12 @@ def paged_attention_ref(
         vv = vv.repeat_interleave(group, dim=1)
         qs = q[lo:hi].float()  # [n_q, Hq, D]
         scores = torch.einsum("qhd,khd->hqk", qs, k) * scale
+        if softcap > 0:
+            scores = softcap * torch.tanh(scores / softcap)
         pos = torch.arange(L - n_q, L, device=q.device)[:, None]
         mask = torch.arange(L, device=q.device)[None, :] > pos  # [n_q, L]
+        if window > 0:
+            mask |= torch.arange(L, device=q.device)[None, :] <= pos - window
         scores.masked_fill_(mask[None], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         out[lo:hi] = torch.einsum("hqk,khd->qhd", probs, vv).to(out.dtype)

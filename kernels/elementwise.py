@@ -4,6 +4,7 @@ references below are what the model computed before: several kernels and float32
     rms_norm(x, w, eps)          -> (x * rsqrt(mean_k x[:, k]^2 + eps)).to(x.dtype) * w      (x: [T, H])
     add_rms_norm(h, y, w, eps)   h += y (in place, rounded to h's dtype), then rms_norm(h, w, eps)
     silu_mul(gu)                 -> silu(gu[:, :I]).to(dtype) * gu[:, I:]                   (gu: [T, 2I])
+    gelu_mul(gu)                 -> gelu_tanh(gu[:, :I]).to(dtype) * gu[:, I:]   (Gemma's gelu_pytorch_tanh)
     rope(qkv, cos, sin, n_q, n_k, D)   in place on the first (n_q + n_k) heads of each row of the fused
                                  projection qkv [T, >= (n_q + n_k) D]: with x1, x2 the halves of a head,
                                  (x1, x2) <- (x1 c - x2 s, x2 c + x1 s) in float32 (c, s = cos[t], sin[t]: [T, D/2])
@@ -44,13 +45,19 @@ def _rms_norm_kernel(x_ptr, y_ptr, w_ptr, out_ptr, h_out_ptr, H, stride_x, strid
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, I, stride_gu, stride_o, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gu_ptr, out_ptr, I, stride_gu, stride_o, BLOCK: tl.constexpr, GELU: tl.constexpr):
+    """GELU: gelu_tanh(g) = g / 2 (1 + tanh(c (g + 0.044715 g^3))), tanh(z) = 1 - 2 / (exp(2z) + 1)."""
     t = tl.program_id(0).to(tl.int64)
     n = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = n < I
     g = tl.load(gu_ptr + t * stride_gu + n, mask=m, other=0.0).to(tl.float32)
     u = tl.load(gu_ptr + t * stride_gu + I + n, mask=m, other=0.0).to(tl.float32)
-    s = (g / (1.0 + tl.exp(-g))).to(out_ptr.dtype.element_ty).to(tl.float32)
+    if GELU:
+        z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+        s = 0.5 * g * (2.0 - 2.0 / (tl.exp(2.0 * z) + 1.0))
+    else:
+        s = g / (1.0 + tl.exp(-g))
+    s = s.to(out_ptr.dtype.element_ty).to(tl.float32)
     tl.store(out_ptr + t * stride_o + n, (s * u).to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -114,15 +121,24 @@ def add_rms_norm(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, eps: float) 
     return out
 
 
-def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+def _act_mul(gu: torch.Tensor, gelu: bool) -> torch.Tensor:
     _rows(gu, "gu")
     T, I2 = gu.shape
     inter = I2 // 2
     out = torch.empty(T, inter, dtype=gu.dtype, device=gu.device)
     if T:
         block = min(1024, triton.next_power_of_2(inter))
-        _silu_mul_kernel[(T, triton.cdiv(inter, block))](gu, out, inter, gu.stride(0), out.stride(0), BLOCK=block)
+        _silu_mul_kernel[(T, triton.cdiv(inter, block))](gu, out, inter, gu.stride(0), out.stride(0), BLOCK=block,
+                                                         GELU=gelu)  # fmt: skip
     return out
+
+
+def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+    return _act_mul(gu, False)
+
+
+def gelu_mul(gu: torch.Tensor) -> torch.Tensor:
+    return _act_mul(gu, True)
 
 
 def _check_rope(qkv, cos, sin, n_q, n_k, head_dim, q_norm, k_norm, rotary_dim) -> int:
@@ -185,6 +201,11 @@ def add_rms_norm_ref(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, eps: flo
 def silu_mul_ref(gu: torch.Tensor) -> torch.Tensor:
     g, u = gu.chunk(2, dim=-1)
     return torch.nn.functional.silu(g) * u
+
+
+def gelu_mul_ref(gu: torch.Tensor) -> torch.Tensor:
+    g, u = gu.chunk(2, dim=-1)
+    return torch.nn.functional.gelu(g, approximate="tanh") * u
 
 
 def rope_ref(

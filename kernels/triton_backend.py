@@ -8,7 +8,7 @@ from functools import partial
 
 from kernels import KernelBackend
 from kernels.attention import kv_append, paged_attention
-from kernels.elementwise import add_rms_norm, rms_norm, rope, silu_mul
+from kernels.elementwise import add_rms_norm, gelu_mul, rms_norm, rope, silu_mul
 from kernels.lora import DEFAULT_CONFIG, LoRAKernelConfig, lora_apply, lora_expand, lora_shrink, plan_for_step
 
 
@@ -25,6 +25,7 @@ def triton_backend(lora_config: LoRAKernelConfig | None = None) -> KernelBackend
         add_rms_norm,
         silu_mul,
         rope,
+        gelu_mul,
         partial(plan_for_step, config=c),
         c,
     )

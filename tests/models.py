@@ -35,7 +35,9 @@ def make_model(root: Path, kind: str) -> Path:
     """kind: 'gqa' (4 heads, 2 KV heads, Llama-3 rope scaling), 'mha' (4/4, sharded safetensors with an
     index), 'qwen2' (q/k/v bias, tied embeddings, GQA), 'mistral' (GQA, sliding window config), 'qwen3' (q/k
     head norms, head_dim 32 with hidden 64 and 4 heads, tied embeddings, GQA), 'phi3' (fused qkv_proj and
-    gate_up_proj, LongRoPE short factors with their attention factor, partial rotary 0.5, GQA, tied embeddings)."""
+    gate_up_proj, LongRoPE short factors with their attention factor, partial rotary 0.5, GQA, tied embeddings),
+    'gemma2' / 'gemma3' (sandwich norms x (1 + w), gated GELU, sliding-window layers of 12 tokens beside full
+    ones, Gemma 2's soft caps, Gemma 3's q/k norms and per-layer RoPE)."""
     d = root / f"model-{kind}"
     if (d / "config.json").exists():
         return d
@@ -146,6 +148,41 @@ def make_model(root: Path, kind: str) -> Path:
             sliding_window=None,
         )
         Phi3ForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
+    elif kind in ("gemma2", "gemma3"):
+        from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
+
+        torch.manual_seed(7)
+        common = dict(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            max_position_embeddings=512,
+            sliding_window=12,  # shorter than most test prompts: the sliding layers' masks cut
+            initializer_range=0.1,
+            eos_token_id=1,
+            pad_token_id=0,
+            bos_token_id=2,
+        )
+        if kind == "gemma2":  # sliding and full layers alternate; soft-capped scores and logits
+            cfg = Gemma2Config(**common, num_hidden_layers=2, query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
+                               final_logit_softcapping=3.0)  # fmt: skip
+            model = Gemma2ForCausalLM(cfg)
+        else:  # q/k norms, a local RoPE base on the sliding layers, linear scaling on the full ones
+            cfg = Gemma3TextConfig(
+                **common, num_hidden_layers=3, query_pre_attn_scalar=32,
+                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
+                                 "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}},
+            )  # fmt: skip
+            model = Gemma3ForCausalLM(cfg)
+        with torch.no_grad():  # Gemma's norms scale by 1 + w and start at w = 0: random w, so the test sees them
+            for n, t in model.named_parameters():
+                if "norm" in n:
+                    t.uniform_(-0.5, 0.5)
+        model.save_pretrained(str(d), safe_serialization=True)
     else:
         raise ValueError(kind)
     return d
@@ -218,6 +255,16 @@ class HFReference:
                 return self._loop(x, max_tokens)
         self.model.set_adapter(adapter)
         return self._loop(x, max_tokens)
+
+    @torch.no_grad()
+    def logprobs(self, ids: list[int], adapter: str | None) -> torch.Tensor:
+        """log_softmax of the logits at every position of `ids` (float32 [len(ids), vocab])."""
+        x = torch.tensor([ids])
+        if adapter is None:
+            with self.model.disable_adapter():
+                return torch.log_softmax(self.model(input_ids=x).logits[0].float(), -1)
+        self.model.set_adapter(adapter)
+        return torch.log_softmax(self.model(input_ids=x).logits[0].float(), -1)
 
     def _loop(self, x: torch.Tensor, n: int) -> list[int]:
         out = []

@@ -17,11 +17,11 @@ from tests.models import ADAPTERS, HFReference, make_model, make_peft_adapters
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-@pytest.fixture(scope="module", params=["gqa", "mha", "qwen3", "phi3"])
+@pytest.fixture(scope="module", params=["gqa", "mha", "qwen3", "phi3", "gemma2"])
 def setup(request, tmp_path_factory):
     """gqa: the k/v LoRA outputs are 32 wide (generic decode kernels for q/k/v); mha: all 64 wide (the
     aligned fast path for the q/k/v group too); qwen3: q/k head norms fused into RoPE, head_dim 32; phi3:
-    fused checkpoint and adapters, partial rotary, LongRoPE."""
+    fused checkpoint and adapters, partial rotary, LongRoPE; gemma2: sliding windows and soft caps."""
     root = tmp_path_factory.mktemp("gpu")
     model = make_model(root, request.param)
     adapters = make_peft_adapters(root, model)

@@ -13,7 +13,7 @@ from app import LLM, SamplingParams
 from tests.models import ADAPTERS, HFReference, make_model, make_peft_adapters
 
 
-@pytest.fixture(scope="module", params=["gqa", "mha", "qwen2", "mistral", "qwen3", "phi3"])
+@pytest.fixture(scope="module", params=["gqa", "mha", "qwen2", "mistral", "qwen3", "phi3", "gemma2", "gemma3"])
 def setup(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("eq")
     model = make_model(root, request.param)
@@ -56,6 +56,19 @@ def test_batched_equals_peft(setup):
     assert stats.kv == 0 and stats.adapter_pinned == 0
     assert stats.adapter == sum(llm.engine.adapters[n].num_pages for n in llm.engine.pool.resident_adapters())
     llm.engine.pool.check()
+
+
+def test_logprobs_equal_peft(setup):
+    """The returned logprobs are transformers + PEFT's log_softmax (Gemma 2's soft-capped logits included,
+    which greedy tokens cannot show: the cap keeps the argmax)."""
+    kind, model, adapters, reqs, expected, ref = setup
+    llm = LLM(model=str(model), adapters={k: str(v) for k, v in adapters.items()}, device="cpu", dtype="float32")
+    for ids, adapter, _ in reqs[:4]:
+        (out,) = llm.generate([ids], SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True, logprobs=2),
+                              adapters=[adapter])  # fmt: skip
+        want = ref.logprobs(ids + out.token_ids[:-1], adapter)[len(ids) - 1 :]
+        for t, (tok, lp) in enumerate(zip(out.token_ids, out.logprobs)):
+            assert abs(lp.logprob - float(want[t, tok])) < 1e-4, (kind, adapter, t, lp.logprob, float(want[t, tok]))
 
 
 def test_tiny_pool_preempts_and_evicts(setup):
@@ -115,10 +128,10 @@ def test_triton_mixed_steps_equal_peft(setup):
     regime's tiles are 16 tokens, so a chunk spans several tiles of its adapter next to decode tiles of
     others (ranks 1..64, attention and MLP targets); greedy tokens equal transformers + PEFT's."""
     kind, model, adapters, reqs, expected, ref = setup
-    if kind not in ("gqa", "qwen3"):
+    if kind not in ("gqa", "qwen3", "gemma2"):
         pytest.skip(
-            "the interpreter is slow: the GQA model (attention and MLP targets) covers the kernels, "
-            "qwen3 its q/k head norms fused into RoPE"
+            "the interpreter is slow: the GQA model (attention and MLP targets) covers the kernels, qwen3 its "
+            "q/k head norms fused into RoPE, gemma2 sliding windows, soft-capped scores and the gated GELU"
         )
     llm = LLM(
         model=str(model),

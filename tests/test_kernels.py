@@ -614,8 +614,9 @@ def make_kv_cache(seq_lens: list[int], page_size: int, Hkv: int, D: int, dtype, 
 
 
 def run_attention_case(
-    *, seq_lens, q_lens, page_size, Hq, Hkv, D, dtype, seed, max_q_len="auto", num_decode=0, prefill_launch=None
-):
+    *, seq_lens, q_lens, page_size, Hq, Hkv, D, dtype, seed, max_q_len="auto", num_decode=0, prefill_launch=None,
+    window=0, softcap=0.0,
+):  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
     pool, table = make_kv_cache(seq_lens, page_size, Hkv, D, dtype, gen)
     q_indptr = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
@@ -631,11 +632,14 @@ def run_attention_case(
     scale = D**-0.5
     paged_attention(
         q, pool, page_size, Hkv, table, seq, q_indptr, scale, out,
-        max_q_len=mql, num_decode=num_decode, prefill_launch=prefill_launch,
+        max_q_len=mql, num_decode=num_decode, prefill_launch=prefill_launch, window=window, softcap=softcap,
     )  # fmt: skip
-    paged_attention_ref(q, pool, page_size, Hkv, table, seq, q_indptr, scale, want, max_q_len=mql)
+    paged_attention_ref(
+        q, pool, page_size, Hkv, table, seq, q_indptr, scale, want, max_q_len=mql, window=window, softcap=softcap
+    )
     assert not out.isnan().any()
     torch.testing.assert_close(out, want, **TOL[dtype])
+    return out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -693,6 +697,31 @@ def test_attention_mixed_step_decode_prefix(dtype, launch):
         seq_lens=seq_lens, q_lens=q_lens, page_size=8, Hq=4, Hkv=2, D=16, dtype=dtype, seed=5,
         num_decode=3, prefill_launch=launch,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("window,softcap", [(7, 0.0), (32, 0.0), (0, 2.0), (20, 1.5), (1, 0.0)])
+def test_attention_sliding_window_and_softcap(dtype, window, softcap):
+    """Gemma's sliding-window layers (a query sees the keys after its position minus the window) and
+    logit soft-capping, in every kernel: decode rows (split over partitions, some partitions wholly before
+    the window), prefill chunks over cached context longer and shorter than the window, one-token rows of
+    the prefill kernel; the result differs from full attention where the window cuts."""
+    from kernels import attention
+
+    old = attention.DECODE_PARTITION
+    attention.DECODE_PARTITION = 64  # 300 keys: five partitions, the first ones before a short window
+    try:
+        case = dict(seq_lens=[300, 5, 77, 140, 300, 60, 9, 260], q_lens=[1, 1, 1, 140, 40, 60, 9, 1], page_size=8,
+                    Hq=4, Hkv=2, D=16, dtype=dtype, seed=6, num_decode=3)  # fmt: skip
+        got = run_attention_case(**case, window=window, softcap=softcap)
+        run_attention_case(**{**case, "max_q_len": 1, "seq_lens": case["seq_lens"][:3], "q_lens": [1] * 3},
+                           window=window, softcap=softcap)  # fmt: skip  # a decode-only step
+        full = run_attention_case(**case)
+        assert not torch.allclose(got, full, **TOL[dtype])
+    finally:
+        attention.DECODE_PARTITION = old
+    with pytest.raises(ValueError, match="window"):
+        run_attention_case(**case, window=-1)
 
 
 def test_attention_num_decode_out_of_range():
@@ -845,6 +874,18 @@ def test_silu_mul_and_rope_equal_reference(dtype):
     torch.testing.assert_close(qkv, want, **tol)
     assert torch.equal(qkv[:, (n_q + n_k) * D :], want[:, (n_q + n_k) * D :])
     assert not torch.equal(qkv[:, :D], torch.zeros_like(qkv[:, :D]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gelu_mul_equals_reference(dtype):
+    """Gemma's gated GELU (tanh approximation), large and small inputs included (tanh's saturation)."""
+    from kernels.elementwise import gelu_mul, gelu_mul_ref
+
+    gen = torch.Generator().manual_seed(4)
+    gu = (torch.randn(9, 2 * 80, generator=gen) * 6).to(dtype)
+    gu[0, :4] = torch.tensor([40.0, -40.0, 0.0, 1e-4])
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(gelu_mul(gu), gelu_mul_ref(gu), **tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

@@ -100,6 +100,27 @@ def test_attention_decode_cuda(dtype, Hq, Hkv, D, batch, partition, monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("window,softcap", [(0, 0.0), (512, 0.0), (4096, 50.0)])
+def test_attention_windowed_softcapped_cuda(dtype, window, softcap, monkeypatch):
+    """Gemma's sliding windows (512: Gemma 3 1B's; 4096: Gemma 2's, with its score soft-cap) on a mixed step:
+    split decode rows (partitions wholly before the window), prefill over cached context past the window."""
+    monkeypatch.setattr(attention, "DECODE_PARTITION", 256)
+    gen = torch.Generator().manual_seed(window + 1)
+    seq_lens, q_lens = [3000, 9, 6000, 700, 1300, 1], [1, 1, 1, 700, 200, 1]
+    pool, table = make_kv_cache(seq_lens, 16, 4, 256, torch.float32, gen)
+    q = torch.randn(sum(q_lens), 8, 256, generator=gen)
+    pool, table, q = _cuda(pool.to(dtype), table, q.to(dtype))
+    seq = torch.tensor(seq_lens, dtype=torch.int32, device=DEV)
+    ind = torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32, device=DEV)
+    out = torch.full_like(q, float("nan"))
+    want = out.clone()
+    kw = dict(window=window, softcap=softcap)
+    paged_attention(q, pool, 16, 4, table, seq, ind, 256**-0.5, out, max_q_len=700, num_decode=3, **kw)
+    paged_attention_ref(q, pool, 16, 4, table, seq, ind, 256**-0.5, want, **kw)
+    torch.testing.assert_close(out, want, **(TOL[dtype] if dtype != torch.float32 else dict(atol=1e-3, rtol=1e-3)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("Hq,Hkv,D", [(32, 8, 128), (8, 8, 64)])
 def test_attention_prefill_cuda(dtype, Hq, Hkv, D):
     gen = torch.Generator().manual_seed(D)
@@ -225,6 +246,8 @@ def test_elementwise_cuda_bf16():
     from kernels.elementwise import (
         add_rms_norm,
         add_rms_norm_ref,
+        gelu_mul,
+        gelu_mul_ref,
         rms_norm,
         rms_norm_ref,
         rope,
@@ -245,6 +268,7 @@ def test_elementwise_cuda_bf16():
         assert torch.equal(h, h2)
         gu = torch.randn(T, 2 * 14336, device=DEV, generator=gen).to(bf)
         torch.testing.assert_close(silu_mul(gu), silu_mul_ref(gu), atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(gelu_mul(gu), gelu_mul_ref(gu), atol=2e-2, rtol=2e-2)
         qkv = torch.randn(T, 6144, device=DEV, generator=gen).to(bf)  # 32 q heads, 8 k, 8 v of 128
         pos = torch.randint(0, 8000, (T,), device=DEV, generator=gen).float()
         f = pos[:, None] * (1.0 / 500000 ** (torch.arange(0, 128, 2, device=DEV).float() / 128))[None]

@@ -79,7 +79,8 @@ def test_tp2_equals_tp1_and_peft(setup, tp_engine):
     # structured output: only tp-rank 0 samples, with its grammar matchers; the same tokens as TP=1
     from app.structured import StructuredOutputs
 
-    so = StructuredOutputs(regex=r"[a-c]\d")  # with EOS 3 tokens at most: within every request's max_tokens
+    so = StructuredOutputs(regex=r"[a-c][0-9]")  # ASCII: with EOS 3 tokens at most, within max_tokens (a Unicode
+    # digit, which \d allows, can take several byte tokens)
     two, one = (generate(e, reqs[:4], outputs=True, structured=so) for e in (tp_engine, tp1))
     assert [o.token_ids for o in two] == [o.token_ids for o in one]
     assert all(re.fullmatch(so.regex, o.text) and o.finish_reason == "stop" for o in two), [o.text for o in two]

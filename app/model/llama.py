@@ -1,4 +1,4 @@
-"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3, Phi-3) over the paged pool, tensor-parallel aware.
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2/3) over the paged pool, TP aware.
 
 In:  a Hugging Face model directory (config.json, safetensors single or sharded).
      forward(input_ids [T], positions [T], ctx: ForwardContext) with all sequences' tokens flattened.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,8 @@ from safetensors import safe_open
 from app.lora.layer import apply_lora
 from app.model.context import ForwardContext, ParallelState
 
-SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "phi3"}
+SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text"}
+GEMMA = ("gemma2", "gemma3_text")
 
 
 @dataclass
@@ -51,6 +52,15 @@ class ModelArgs:
     rotary_dim: int = 0  # the leading dims of each head that RoPE rotates (partial_rotary_factor); 0: all
     fused_proj: bool = False  # Phi-3: checkpoint and adapters hold qkv_proj and gate_up_proj (fused)
     rope_max_len: int | None = None  # LongRoPE: served up to original_max_position_embeddings (short factors)
+    # Gemma 2 / 3: norms x (1 + w) around attention and MLP (sandwich), embeddings x sqrt(hidden), gated GELU,
+    # per-layer sliding windows (0: full attention), Gemma 3's local RoPE base on those layers, query scale
+    # query_pre_attn_scalar^-0.5, Gemma 2's soft-capped attention scores and logits (0: none)
+    gemma: bool = False
+    layer_windows: tuple[int, ...] = ()
+    local_rope_theta: float | None = None
+    attn_scale: float | None = None
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelArgs:
@@ -64,10 +74,20 @@ class ModelArgs:
         mt = c.get("model_type", "llama")
         if mt not in SUPPORTED_ARCHS:
             raise ValueError(f"model_type {mt!r} is not supported (supported: {sorted(SUPPORTED_ARCHS)})")
-        if c.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act {c.get('hidden_act')!r} is not supported (silu only)")
+        gemma = mt in GEMMA
+        act = (c.get("hidden_activation") or c.get("hidden_act") or "gelu_pytorch_tanh") if gemma else c.get(
+            "hidden_act", "silu")  # fmt: skip
+        if act != ("gelu_pytorch_tanh" if gemma else "silu"):
+            raise ValueError(f"hidden_act {act!r} is not supported (silu; gelu_pytorch_tanh for Gemma)")
         heads = c["num_attention_heads"]
         rope_cfg = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
+        local_theta = c.get("rope_local_base_freq") if mt == "gemma3_text" else None
+        if "full_attention" in rope_cfg or "sliding_attention" in rope_cfg:  # per layer type (Gemma 3)
+            local = dict(rope_cfg.get("sliding_attention") or {})
+            if local.get("rope_type", "default") != "default":
+                raise ValueError(f"rope scaling {local.get('rope_type')!r} of the sliding layers is not supported")
+            local_theta = local.get("rope_theta", local_theta)
+            rope_cfg = dict(rope_cfg.get("full_attention") or {})
         theta = rope_cfg.pop("rope_theta", c.get("rope_theta", 10000.0))
         partial = float(rope_cfg.pop("partial_rotary_factor", None) or c.get("partial_rotary_factor") or 1.0)
         kind = rope_cfg.get("rope_type", rope_cfg.get("type", "default"))
@@ -81,6 +101,11 @@ class ModelArgs:
                     "max_position_embeddings": c.get("max_position_embeddings", 4096)}  # fmt: skip
             rope_max_len = int(original)
         head_dim = c.get("head_dim") or c["hidden_size"] // heads
+        types = c.get("layer_types") or [
+            "sliding_attention" if gemma and (i + 1) % (2 if mt == "gemma2" else c.get("sliding_window_pattern", 6))
+            else "full_attention" for i in range(c["num_hidden_layers"])
+        ]  # fmt: skip
+        windows = tuple(int(c.get("sliding_window") or 0) if t == "sliding_attention" else 0 for t in types)
         eos = c.get("eos_token_id")
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         attn_bias = bool(c.get("attention_bias", False))
@@ -106,7 +131,13 @@ class ModelArgs:
             sliding_window=(
                 c.get("sliding_window") if c.get("use_sliding_window", mt in ("mistral", "phi3")) else None
             ),
-            qk_norm=mt == "qwen3",
+            gemma=gemma,
+            layer_windows=windows if gemma else (),
+            local_rope_theta=float(local_theta or 10000.0) if mt == "gemma3_text" else None,
+            attn_scale=float(c.get("query_pre_attn_scalar") or head_dim) ** -0.5 if gemma else None,
+            attn_softcap=float(c.get("attn_logit_softcapping") or 0.0) if gemma else 0.0,
+            final_softcap=float(c.get("final_logit_softcapping") or 0.0) if gemma else 0.0,
+            qk_norm=mt in ("qwen3", "gemma3_text"),
             rotary_dim=int(head_dim * partial) if partial != 1.0 else 0,
             fused_proj=mt == "phi3",
             rope_max_len=rope_max_len,
@@ -183,6 +214,13 @@ class LlamaForCausalLM(torch.nn.Module):
         self.kv_size = self.kv_heads * args.head_dim
         self.inv_freq = rope_inv_freq(args).to(device)
         self.rope_scale = rope_attention_factor(args)
+        local = args.local_rope_theta
+        self.local_inv_freq = (
+            None if local is None else rope_inv_freq(replace(args, rope_theta=local, rope_scaling=None))
+        )
+        self.windows = list(args.layer_windows) or [0] * args.num_layers
+        # Gemma's embedding factor, made here: no tensor is made while a CUDA graph captures the forward
+        self.embed_scale = torch.tensor(args.hidden_size**0.5, dtype=dtype, device=device)
         self.w: dict[str, torch.Tensor] = {}
 
     # ---- weights -------------------------------------------------------------------------------
@@ -224,14 +262,24 @@ class LlamaForCausalLM(torch.nn.Module):
             return t[:, self.tp.rank * n : (self.tp.rank + 1) * n]
 
         a = self.args
-        w = {"embed": get("model.embed_tokens.weight"), "norm": get("model.norm.weight")}
+
+        def norm(name: str) -> torch.Tensor:  # Gemma's norms scale by 1 + w (in float32 there)
+            t = get(name)
+            return t.float() + 1.0 if a.gemma else t
+
+        w = {"embed": get("model.embed_tokens.weight"), "norm": norm("model.norm.weight")}
         w["lm_head"] = (
             w["embed"] if a.tie_word_embeddings or "lm_head.weight" not in key_file else get("lm_head.weight")
         )
         for i in range(a.num_layers):
             p = f"model.layers.{i}."
-            w[f"{i}.in_norm"] = get(p + "input_layernorm.weight")
-            w[f"{i}.post_norm"] = get(p + "post_attention_layernorm.weight")
+            w[f"{i}.in_norm"] = norm(p + "input_layernorm.weight")
+            if a.gemma:  # sandwich: attention's and the MLP's outputs are normalised before the residual add
+                w[f"{i}.attn_out_norm"] = norm(p + "post_attention_layernorm.weight")
+                w[f"{i}.post_norm"] = norm(p + "pre_feedforward_layernorm.weight")
+                w[f"{i}.mlp_out_norm"] = norm(p + "post_feedforward_layernorm.weight")
+            else:
+                w[f"{i}.post_norm"] = get(p + "post_attention_layernorm.weight")
             if a.fused_proj:  # [q; k; v] rows in one tensor: each part split over the TP ranks by itself
                 qkv_w = get(p + "self_attn.qkv_proj.weight")
                 qs, ks = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
@@ -239,8 +287,8 @@ class LlamaForCausalLM(torch.nn.Module):
             else:
                 w[f"{i}.qkv"] = torch.cat([col(p + f"self_attn.{m}_proj.weight") for m in "qkv"])
             if a.qk_norm:  # per head: the same weights on every rank
-                w[f"{i}.q_norm"] = get(p + "self_attn.q_norm.weight")
-                w[f"{i}.k_norm"] = get(p + "self_attn.k_norm.weight")
+                w[f"{i}.q_norm"] = norm(p + "self_attn.q_norm.weight")
+                w[f"{i}.k_norm"] = norm(p + "self_attn.k_norm.weight")
             if a.qkv_bias:
                 w[f"{i}.qkv_b"] = torch.cat([col(p + f"self_attn.{m}_proj.bias") for m in "qkv"])
             w[f"{i}.o"] = row(p + "self_attn.o_proj.weight")
@@ -274,6 +322,8 @@ class LlamaForCausalLM(torch.nn.Module):
         qkv = self.q_size + 2 * self.kv_size
         for i in range(a.num_layers):
             w[f"{i}.in_norm"], w[f"{i}.post_norm"] = ones(H), ones(H)
+            if a.gemma:
+                w[f"{i}.attn_out_norm"], w[f"{i}.mlp_out_norm"] = ones(H), ones(H)
             w[f"{i}.qkv"] = rnd(qkv, H)
             if a.qk_norm:
                 w[f"{i}.q_norm"], w[f"{i}.k_norm"] = ones(a.head_dim), ones(a.head_dim)
@@ -297,15 +347,22 @@ class LlamaForCausalLM(torch.nn.Module):
         cos, sin = freqs.cos(), freqs.sin()
         if self.rope_scale != 1.0:
             cos, sin = cos * self.rope_scale, sin * self.rope_scale
+        rot = {False: (cos, sin)}  # by "is a sliding layer with its own RoPE base" (Gemma 3)
+        if self.local_inv_freq is not None:
+            lf = positions.float()[:, None] * self.local_inv_freq[None]
+            rot[True] = (lf.cos(), lf.sin())
         h = F.embedding(input_ids, w["embed"])  # the residual stream, updated in place by add_rms_norm
+        if a.gemma:  # x sqrt(hidden), the factor rounded to the weights' dtype first, as transformers does
+            h = h * self.embed_scale
         x = be.rms_norm(h, w["0.in_norm"], eps)
         attn = ctx.attn
         for i in range(a.num_layers):
             qkv = F.linear(x, w[f"{i}.qkv"], w.get(f"{i}.qkv_b"))
             apply_lora(ctx, i, "qkv", x, qkv, [self.q_size, self.kv_size, self.kv_size])
             # q and k in place: Qwen3's head norms (after the LoRA delta, as PEFT's q_proj output), then RoPE
+            c, s = rot[self.windows[i] > 0 and self.local_inv_freq is not None]
             be.rope(
-                qkv, cos, sin, self.heads, self.kv_heads, D, w.get(f"{i}.q_norm"), w.get(f"{i}.k_norm"), eps,
+                qkv, c, s, self.heads, self.kv_heads, D, w.get(f"{i}.q_norm"), w.get(f"{i}.k_norm"), eps,
                 rotary_dim=a.rope_dim,
             )  # fmt: skip
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], -1)
@@ -316,14 +373,21 @@ class LlamaForCausalLM(torch.nn.Module):
             be.kv_append(pool, ctx.page_size, k, v, attn.slot_mapping)
             o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
             be.paged_attention(
-                q, pool, ctx.page_size, self.kv_heads, attn.kv_page_table, attn.seq_lens, attn.q_indptr, D**-0.5, o,
-                max_q_len=attn.max_q_len, num_decode=attn.num_decode,
+                q, pool, ctx.page_size, self.kv_heads, attn.kv_page_table, attn.seq_lens, attn.q_indptr,
+                a.attn_scale or D**-0.5, o, max_q_len=attn.max_q_len, num_decode=attn.num_decode,
+                window=self.windows[i], softcap=a.attn_softcap,
             )  # fmt: skip
-            x = be.add_rms_norm(h, self._row_parallel(ctx, i, "o", o.view(-1, self.q_size)), w[f"{i}.post_norm"], eps)
+            y = self._row_parallel(ctx, i, "o", o.view(-1, self.q_size))
+            if a.gemma:
+                y = be.rms_norm(y, w[f"{i}.attn_out_norm"], eps)
+            x = be.add_rms_norm(h, y, w[f"{i}.post_norm"], eps)
             gu = F.linear(x, w[f"{i}.gate_up"], w.get(f"{i}.gate_up_b"))
             apply_lora(ctx, i, "gate_up", x, gu, [self.inter, self.inter])
             nxt = w[f"{i + 1}.in_norm"] if i + 1 < a.num_layers else w["norm"]
-            x = be.add_rms_norm(h, self._row_parallel(ctx, i, "down", be.silu_mul(gu)), nxt, eps)
+            y = self._row_parallel(ctx, i, "down", be.gelu_mul(gu) if a.gemma else be.silu_mul(gu))
+            if a.gemma:
+                y = be.rms_norm(y, w[f"{i}.mlp_out_norm"], eps)
+            x = be.add_rms_norm(h, y, nxt, eps)
         return x
 
     def _row_parallel(self, ctx: ForwardContext, i: int, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -336,4 +400,6 @@ class LlamaForCausalLM(torch.nn.Module):
         return y if bias is None else y + bias
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.w["lm_head"]).float()
+        out = F.linear(hidden, self.w["lm_head"]).float()
+        cap = self.args.final_softcap
+        return cap * torch.tanh(out / cap) if cap else out  # Gemma 2's soft-capped logits

@@ -13,7 +13,7 @@ T0=$(date +%s)
 nvidia-smi --query-gpu=name --format=csv,noheader; date; echo "commit $C"
 export TRITON_CACHE_DIR=/tmp/tc_test
 timeout 260 python -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels_gpu.py tests/test_engine_gpu.py \
-  -k "elementwise or qwen3 or phi3 or no_kernel_compiles or warmup_captures" > $OUT/test.log 2>&1
+  -k "elementwise or windowed or qwen3 or phi3 or gemma2 or no_kernel_compiles or warmup_captures" > $OUT/test.log 2>&1
 echo "test rc=$?"; grep -E "passed|failed|FAILED|Error|built after|differ|no variant" $OUT/test.log | cut -c1-600 | head -20; date
 git show d7c3e29:kernels/lora_plan.py > /tmp/lora_plan_before.py
 cp kernels/lora_plan.py /tmp/lora_plan_main.py
