@@ -89,7 +89,7 @@ def make_model(root: Path, kind: str) -> Path:
             num_attention_heads=4,
             num_key_value_heads=1,
             max_position_embeddings=512,
-            sliding_window=128,
+            sliding_window=16,  # shorter than most test prompts: the window masks cut
             initializer_range=0.1,
             eos_token_id=1,
             head_dim=32,

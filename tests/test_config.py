@@ -144,13 +144,17 @@ def test_serve_configs_are_valid(path):
                 assert node == value or str(node) == str(value), (key, node, value)
 
 
-def test_sliding_window_limit_reaches_the_ingress(demo, tmp_path):
-    """A sliding-window model is served up to its window: the ingress's context limit is the engine's, so
-    it refuses the prompts the engine would (it used max_position_embeddings)."""
+def test_served_context_limit_reaches_the_ingress(demo, tmp_path):
+    """A model served below its max_position_embeddings (LongRoPE: up to its pretraining length) has the same
+    context limit in the ingress as in the engine, so the ingress refuses the prompts the engine would (it
+    used max_position_embeddings)."""
     model = tmp_path / "model"
     shutil.copytree(demo / "model", model)
     c = json.loads((model / "config.json").read_text())
-    c.update(max_position_embeddings=4096, sliding_window=48, use_sliding_window=True)
+    half = c.get("head_dim", c["hidden_size"] // c["num_attention_heads"]) // 2
+    longrope = {"rope_type": "longrope", "short_factor": [1.0] * half, "long_factor": [2.0] * half,
+                "original_max_position_embeddings": 48}  # fmt: skip
+    c.update(max_position_embeddings=4096, rope_parameters={"rope_theta": 10000.0, **longrope})
     (model / "config.json").write_text(json.dumps(c))
     args = BuildArgs(model=str(model), adapter_dir=str(demo / "adapters"), device="cpu", dtype="float32")
     cfg, _, served = resolve(args)

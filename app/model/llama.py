@@ -47,7 +47,6 @@ class ModelArgs:
     mlp_bias: bool
     torch_dtype: str | None
     eos_token_id: list[int]
-    sliding_window: int | None = None
     qk_norm: bool = False  # Qwen3: an RMS norm over each q and k head (weights [head_dim]) before RoPE
     rotary_dim: int = 0  # the leading dims of each head that RoPE rotates (partial_rotary_factor); 0: all
     fused_proj: bool = False  # Phi-3: checkpoint and adapters hold qkv_proj and gate_up_proj (fused)
@@ -101,11 +100,7 @@ class ModelArgs:
                     "max_position_embeddings": c.get("max_position_embeddings", 4096)}  # fmt: skip
             rope_max_len = int(original)
         head_dim = c.get("head_dim") or c["hidden_size"] // heads
-        types = c.get("layer_types") or [
-            "sliding_attention" if gemma and (i + 1) % (2 if mt == "gemma2" else c.get("sliding_window_pattern", 6))
-            else "full_attention" for i in range(c["num_hidden_layers"])
-        ]  # fmt: skip
-        windows = tuple(int(c.get("sliding_window") or 0) if t == "sliding_attention" else 0 for t in types)
+        windows = _layer_windows(c, mt)
         eos = c.get("eos_token_id")
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         attn_bias = bool(c.get("attention_bias", False))
@@ -128,11 +123,8 @@ class ModelArgs:
             mlp_bias=bool(c.get("mlp_bias", False)),
             torch_dtype=c.get("torch_dtype") or c.get("dtype"),
             eos_token_id=eos,
-            sliding_window=(
-                c.get("sliding_window") if c.get("use_sliding_window", mt in ("mistral", "phi3")) else None
-            ),
             gemma=gemma,
-            layer_windows=windows if gemma else (),
+            layer_windows=windows,
             local_rope_theta=float(local_theta or 10000.0) if mt == "gemma3_text" else None,
             attn_scale=float(c.get("query_pre_attn_scalar") or head_dim) ** -0.5 if gemma else None,
             attn_softcap=float(c.get("attn_logit_softcapping") or 0.0) if gemma else 0.0,
@@ -145,10 +137,9 @@ class ModelArgs:
 
     @property
     def max_len(self) -> int:
-        """Longest context served exactly: a sliding-window model is served up to its window (where its
-        attention equals full attention), a LongRoPE one up to its pretraining length (its short factors)."""
-        limits = [self.max_position_embeddings, self.sliding_window, self.rope_max_len]
-        return min(x for x in limits if x)
+        """Longest context served exactly: max_position_embeddings, or a LongRoPE model's pretraining length
+        (its short factors). Sliding windows are the attention kernels' (`layer_windows`), at any length."""
+        return min(x for x in (self.max_position_embeddings, self.rope_max_len) if x)
 
     @property
     def rope_dim(self) -> int:
@@ -160,6 +151,31 @@ class ModelArgs:
         (`scheduler.max_model_len`; None = no request) capped at `max_len`. The engine, the CUDA graphs
         and the ingress all take it from here."""
         return min(requested or self.max_len, self.max_len)
+
+
+def _layer_windows(c: dict, mt: str) -> tuple[int, ...]:
+    """Each layer's sliding window (0: full attention), as transformers reads the config: `layer_types`
+    with `sliding_window`; without layer_types, Gemma 2 alternates (sliding first), Gemma 3 has one full
+    layer in `sliding_window_pattern` (6), Mistral and Phi-3 slide on every layer when `sliding_window` is
+    set, Qwen2 / Qwen3 from layer `max_window_layers` on when `use_sliding_window` is; Llama never slides."""
+    n, w = c["num_hidden_layers"], int(c.get("sliding_window") or 0)
+    if mt == "llama" or not w or (mt in ("qwen2", "qwen3") and not c.get("use_sliding_window")):
+        return (0,) * n
+    types = c.get("layer_types")
+    if not types:
+        if mt == "gemma2":
+            types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n)]
+        elif mt == "gemma3_text":
+            k = c.get("sliding_window_pattern", 6)
+            types = ["sliding_attention" if (i + 1) % k else "full_attention" for i in range(n)]
+        elif mt in ("qwen2", "qwen3"):
+            m = c.get("max_window_layers", 28)
+            types = ["sliding_attention" if i >= m else "full_attention" for i in range(n)]
+        else:
+            types = ["sliding_attention"] * n
+    if len(types) != n:
+        raise ValueError(f"layer_types has {len(types)} entries for {n} layers")
+    return tuple(w if t == "sliding_attention" else 0 for t in types)
 
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
