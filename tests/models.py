@@ -37,7 +37,8 @@ def make_model(root: Path, kind: str) -> Path:
     head norms, head_dim 32 with hidden 64 and 4 heads, tied embeddings, GQA), 'phi3' (fused qkv_proj and
     gate_up_proj, LongRoPE short factors with their attention factor, partial rotary 0.5, GQA, tied embeddings),
     'gemma2' / 'gemma3' (sandwich norms x (1 + w), gated GELU, sliding-window layers of 12 tokens beside full
-    ones, Gemma 2's soft caps, Gemma 3's q/k norms and per-layer RoPE)."""
+    ones, Gemma 2's soft caps, Gemma 3's q/k norms and per-layer RoPE), 'gemma3-mm' (that Gemma 3 inside an
+    image-text checkpoint with a tiny vision tower, as Gemma 3 4B and larger are)."""
     d = root / f"model-{kind}"
     if (d / "config.json").exists():
         return d
@@ -148,7 +149,7 @@ def make_model(root: Path, kind: str) -> Path:
             sliding_window=None,
         )
         Phi3ForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
-    elif kind in ("gemma2", "gemma3"):
+    elif kind in ("gemma2", "gemma3", "gemma3-mm"):
         from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
 
         torch.manual_seed(7)
@@ -178,6 +179,15 @@ def make_model(root: Path, kind: str) -> Path:
                                  "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}},
             )  # fmt: skip
             model = Gemma3ForCausalLM(cfg)
+            if kind == "gemma3-mm":  # Gemma 3 4B and larger: an image-text checkpoint around the text model
+                from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+                vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, image_size=16, patch_size=8)  # fmt: skip
+                mm = Gemma3Config(text_config=cfg.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4,
+                                  image_token_index=vocab - 1, boi_token_index=vocab - 3, eoi_token_index=vocab - 2,
+                                  eos_token_id=1, tie_word_embeddings=True)  # fmt: skip
+                model = Gemma3ForConditionalGeneration(mm)
         with torch.no_grad():  # Gemma's norms scale by 1 + w and start at w = 0: random w, so the test sees them
             for n, t in model.named_parameters():
                 if "norm" in n:

@@ -4,22 +4,24 @@ pool so small that requests are preempted and adapters evicted and reloaded."""
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
 
 from app import LLM, SamplingParams
+from app.model.llama import ModelArgs
 from tests.models import ADAPTERS, HFReference, make_model, make_peft_adapters
 
 
-@pytest.fixture(scope="module", params=["gqa", "mha", "qwen2", "mistral", "qwen3", "phi3", "gemma2", "gemma3"])
+@pytest.fixture(
+    scope="module", params=["gqa", "mha", "qwen2", "mistral", "qwen3", "phi3", "gemma2", "gemma3", "gemma3-mm"]
+)
 def setup(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("eq")
     model = make_model(root, request.param)
     adapters = make_peft_adapters(root, model)
     ref = HFReference(model, adapters)
-    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    vocab = ModelArgs.from_dir(model).vocab_size
     rng = random.Random(7)
     names = list(ADAPTERS) + [None]
     reqs = []

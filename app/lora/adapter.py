@@ -57,6 +57,7 @@ _UNSUPPORTED = (
     ("kasa_config", "KaSA"),
     ("monteclora_config", "MonteCLoRA"),
 )
+OTHER_TOWERS = ("vision_tower.", "multi_modal_projector.", "audio_tower.")  # of image-text checkpoints
 _KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 # An adapter's name is an OpenAI `model` id, a log field and a metric label: ASCII letters, digits and
 # . _ : - (not first), at most 128 characters, no "..".
@@ -249,7 +250,10 @@ def load_peft_adapter(
     found: dict[str, dict[int, dict[str, tuple[str, torch.Tensor]]]] = {}  # module -> layer -> A/B
     try:
         with safe_open(str(st_file), framework="pt") as f:
-            keys = f.keys()
+            # an image-text model's adapter may also adapt its other towers (PEFT matches q_proj there too):
+            # text prompts never run them, so their tensors are not read
+            towers = OTHER_TOWERS if getattr(args, "multimodal", False) else ()
+            keys = [k for k in f.keys() if not any(t in k for t in towers)]  # noqa: SIM118
             if len(keys) > 2 * len(TARGET_MODULES) * args.num_layers:
                 refuse(f"{len(keys)} tensors: more than a LoRA A and B for every target of every layer", st_file)
             for key in keys:

@@ -23,7 +23,9 @@ from safetensors import safe_open
 from app.lora.layer import apply_lora
 from app.model.context import ForwardContext, ParallelState
 
-SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text"}
+SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "gemma3"}
+# image-text models served for text: their language model's config and weights (other towers are not read)
+MULTIMODAL = {"gemma3": "gemma3_text"}
 GEMMA = ("gemma2", "gemma3_text")
 
 
@@ -60,6 +62,7 @@ class ModelArgs:
     attn_scale: float | None = None
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
+    multimodal: bool = False  # an image-text checkpoint (its language model's weights under language_model.)
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelArgs:
@@ -73,6 +76,11 @@ class ModelArgs:
         mt = c.get("model_type", "llama")
         if mt not in SUPPORTED_ARCHS:
             raise ValueError(f"model_type {mt!r} is not supported (supported: {sorted(SUPPORTED_ARCHS)})")
+        if mt in MULTIMODAL:  # the text model inside (Gemma 3 4B and larger): served for text prompts
+            top = {k: c[k] for k in ("eos_token_id", "tie_word_embeddings", "torch_dtype", "dtype") if k in c}
+            return replace(cls.from_hf({"model_type": MULTIMODAL[mt], **top, **c["text_config"]}), multimodal=True)
+        if c.get("use_bidirectional_attention"):
+            raise ValueError("use_bidirectional_attention (an embedding model's) is not supported")
         gemma = mt in GEMMA
         act = (c.get("hidden_activation") or c.get("hidden_act") or "gelu_pytorch_tanh") if gemma else c.get(
             "hidden_act", "silu")  # fmt: skip
@@ -283,12 +291,14 @@ class LlamaForCausalLM(torch.nn.Module):
             t = get(name)
             return t.float() + 1.0 if a.gemma else t
 
-        w = {"embed": get("model.embed_tokens.weight"), "norm": norm("model.norm.weight")}
-        w["lm_head"] = (
-            w["embed"] if a.tie_word_embeddings or "lm_head.weight" not in key_file else get("lm_head.weight")
-        )
+        # the language model's weights: model.* (a text checkpoint) or, in an image-text one, under language_model
+        pre = next((x for x in ("model.", "language_model.model.", "model.language_model.")
+                    if x + "embed_tokens.weight" in key_file), "model.")  # fmt: skip
+        w = {"embed": get(pre + "embed_tokens.weight"), "norm": norm(pre + "norm.weight")}
+        head = next((x for x in ("lm_head.weight", "language_model.lm_head.weight") if x in key_file), None)
+        w["lm_head"] = w["embed"] if a.tie_word_embeddings or head is None else get(head)
         for i in range(a.num_layers):
-            p = f"model.layers.{i}."
+            p = f"{pre}layers.{i}."
             w[f"{i}.in_norm"] = norm(p + "input_layernorm.weight")
             if a.gemma:  # sandwich: attention's and the MLP's outputs are normalised before the residual add
                 w[f"{i}.attn_out_norm"] = norm(p + "post_attention_layernorm.weight")
