@@ -38,7 +38,8 @@ def make_model(root: Path, kind: str) -> Path:
     gate_up_proj, LongRoPE short factors with their attention factor, partial rotary 0.5, GQA, tied embeddings),
     'gemma2' / 'gemma3' (sandwich norms x (1 + w), gated GELU, sliding-window layers of 12 tokens beside full
     ones, Gemma 2's soft caps, Gemma 3's q/k norms and per-layer RoPE), 'gemma3-mm' (that Gemma 3 inside an
-    image-text checkpoint with a tiny vision tower, as Gemma 3 4B and larger are)."""
+    image-text checkpoint with a tiny vision tower, as Gemma 3 4B and larger are), 'granite' (Granite 3's
+    embedding, residual and attention multipliers and logits scaling)."""
     d = root / f"model-{kind}"
     if (d / "config.json").exists():
         return d
@@ -149,6 +150,17 @@ def make_model(root: Path, kind: str) -> Path:
             sliding_window=None,
         )
         Phi3ForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
+    elif kind == "granite":
+        from transformers import GraniteConfig, GraniteForCausalLM
+
+        torch.manual_seed(8)
+        cfg = GraniteConfig(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1, eos_token_id=1,
+            tie_word_embeddings=True, embedding_multiplier=6.0, residual_multiplier=0.3, attention_multiplier=0.09,
+            logits_scaling=4.0,
+        )  # fmt: skip
+        GraniteForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
     elif kind in ("gemma2", "gemma3", "gemma3-mm"):
         from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
 

@@ -1,4 +1,4 @@
-"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2/3) over the paged pool, TP aware.
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2/3, Phi-3, Gemma 2/3, Granite 3) over the paged pool, TP aware.
 
 In:  a Hugging Face model directory (config.json, safetensors single or sharded).
      forward(input_ids [T], positions [T], ctx: ForwardContext) with all sequences' tokens flattened.
@@ -23,7 +23,7 @@ from safetensors import safe_open
 from app.lora.layer import apply_lora
 from app.model.context import ForwardContext, ParallelState
 
-SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "gemma3"}
+SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "gemma3", "granite"}
 # image-text models served for text: their language model's config and weights (other towers are not read)
 MULTIMODAL = {"gemma3": "gemma3_text"}
 GEMMA = ("gemma2", "gemma3_text")
@@ -63,6 +63,11 @@ class ModelArgs:
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
     multimodal: bool = False  # an image-text checkpoint (its language model's weights under language_model.)
+    # Granite 3: embeddings x embedding_multiplier, attention and MLP outputs x residual_multiplier before the
+    # residual add, query scale attention_multiplier, logits / logits_scaling (1: none)
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    logits_scaling: float = 1.0
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelArgs:
@@ -134,7 +139,16 @@ class ModelArgs:
             gemma=gemma,
             layer_windows=windows,
             local_rope_theta=float(local_theta or 10000.0) if mt == "gemma3_text" else None,
-            attn_scale=float(c.get("query_pre_attn_scalar") or head_dim) ** -0.5 if gemma else None,
+            attn_scale=(
+                float(c.get("query_pre_attn_scalar") or head_dim) ** -0.5
+                if gemma
+                else float(c["attention_multiplier"])
+                if mt == "granite"
+                else None
+            ),  # fmt: skip
+            embedding_multiplier=float(c.get("embedding_multiplier", 1.0)) if mt == "granite" else 1.0,
+            residual_multiplier=float(c.get("residual_multiplier", 1.0)) if mt == "granite" else 1.0,
+            logits_scaling=float(c.get("logits_scaling", 1.0)) if mt == "granite" else 1.0,
             attn_softcap=float(c.get("attn_logit_softcapping") or 0.0) if gemma else 0.0,
             final_softcap=float(c.get("final_logit_softcapping") or 0.0) if gemma else 0.0,
             qk_norm=mt in ("qwen3", "gemma3_text"),
@@ -380,6 +394,9 @@ class LlamaForCausalLM(torch.nn.Module):
         h = F.embedding(input_ids, w["embed"])  # the residual stream, updated in place by add_rms_norm
         if a.gemma:  # x sqrt(hidden), the factor rounded to the weights' dtype first, as transformers does
             h = h * self.embed_scale
+        elif a.embedding_multiplier != 1.0:
+            h = h * a.embedding_multiplier
+        rm = a.residual_multiplier
         x = be.rms_norm(h, w["0.in_norm"], eps)
         attn = ctx.attn
         for i in range(a.num_layers):
@@ -406,14 +423,14 @@ class LlamaForCausalLM(torch.nn.Module):
             y = self._row_parallel(ctx, i, "o", o.view(-1, self.q_size))
             if a.gemma:
                 y = be.rms_norm(y, w[f"{i}.attn_out_norm"], eps)
-            x = be.add_rms_norm(h, y, w[f"{i}.post_norm"], eps)
+            x = be.add_rms_norm(h, y if rm == 1.0 else y * rm, w[f"{i}.post_norm"], eps)
             gu = F.linear(x, w[f"{i}.gate_up"], w.get(f"{i}.gate_up_b"))
             apply_lora(ctx, i, "gate_up", x, gu, [self.inter, self.inter])
             nxt = w[f"{i + 1}.in_norm"] if i + 1 < a.num_layers else w["norm"]
             y = self._row_parallel(ctx, i, "down", be.gelu_mul(gu) if a.gemma else be.silu_mul(gu))
             if a.gemma:
                 y = be.rms_norm(y, w[f"{i}.mlp_out_norm"], eps)
-            x = be.add_rms_norm(h, y, nxt, eps)
+            x = be.add_rms_norm(h, y if rm == 1.0 else y * rm, nxt, eps)
         return x
 
     def _row_parallel(self, ctx: ForwardContext, i: int, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -426,6 +443,7 @@ class LlamaForCausalLM(torch.nn.Module):
         return y if bias is None else y + bias
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        out = F.linear(hidden, self.w["lm_head"]).float()
+        out = F.linear(hidden, self.w["lm_head"])
+        out = (out if self.args.logits_scaling == 1.0 else out / self.args.logits_scaling).float()  # Granite's
         cap = self.args.final_softcap
         return cap * torch.tanh(out / cap) if cap else out  # Gemma 2's soft-capped logits
