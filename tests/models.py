@@ -39,7 +39,8 @@ def make_model(root: Path, kind: str) -> Path:
     'gemma2' / 'gemma3' (sandwich norms x (1 + w), gated GELU, sliding-window layers of 12 tokens beside full
     ones, Gemma 2's soft caps, Gemma 3's q/k norms and per-layer RoPE), 'gemma3-mm' (that Gemma 3 inside an
     image-text checkpoint with a tiny vision tower, as Gemma 3 4B and larger are), 'granite' (Granite 3's
-    embedding, residual and attention multipliers and logits scaling)."""
+    embedding, residual and attention multipliers and logits scaling), 'smollm3' (every second layer without
+    RoPE)."""
     d = root / f"model-{kind}"
     if (d / "config.json").exists():
         return d
@@ -150,6 +151,16 @@ def make_model(root: Path, kind: str) -> Path:
             sliding_window=None,
         )
         Phi3ForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
+    elif kind == "smollm3":
+        from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+        torch.manual_seed(9)
+        cfg = SmolLM3Config(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1, eos_token_id=1,
+            pad_token_id=0, bos_token_id=2, no_rope_layer_interval=2, tie_word_embeddings=True,
+        )  # fmt: skip
+        SmolLM3ForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
     elif kind == "granite":
         from transformers import GraniteConfig, GraniteForCausalLM
 

@@ -1,4 +1,4 @@
-"""Llama-family decoder (Llama 2/3, Mistral, Qwen2/3, Phi-3, Gemma 2/3, Granite 3) over the paged pool, TP aware.
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2/3, Phi-3, Gemma 2/3, Granite 3, SmolLM3) over the paged pool.
 
 In:  a Hugging Face model directory (config.json, safetensors single or sharded).
      forward(input_ids [T], positions [T], ctx: ForwardContext) with all sequences' tokens flattened.
@@ -23,7 +23,18 @@ from safetensors import safe_open
 from app.lora.layer import apply_lora
 from app.model.context import ForwardContext, ParallelState
 
-SUPPORTED_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "gemma3", "granite"}
+SUPPORTED_ARCHS = {
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma2",
+    "gemma3_text",
+    "gemma3",
+    "granite",
+    "smollm3",
+}
 # image-text models served for text: their language model's config and weights (other towers are not read)
 MULTIMODAL = {"gemma3": "gemma3_text"}
 GEMMA = ("gemma2", "gemma3_text")
@@ -66,6 +77,7 @@ class ModelArgs:
     # Granite 3: embeddings x embedding_multiplier, attention and MLP outputs x residual_multiplier before the
     # residual add, query scale attention_multiplier, logits / logits_scaling (1: none)
     embedding_multiplier: float = 1.0
+    rope_layers: tuple[bool, ...] = ()  # SmolLM3: False for a layer without positions (NoPE); (): every layer
     residual_multiplier: float = 1.0
     logits_scaling: float = 1.0
 
@@ -149,6 +161,7 @@ class ModelArgs:
             embedding_multiplier=float(c.get("embedding_multiplier", 1.0)) if mt == "granite" else 1.0,
             residual_multiplier=float(c.get("residual_multiplier", 1.0)) if mt == "granite" else 1.0,
             logits_scaling=float(c.get("logits_scaling", 1.0)) if mt == "granite" else 1.0,
+            rope_layers=_rope_layers(c) if mt == "smollm3" else (),
             attn_softcap=float(c.get("attn_logit_softcapping") or 0.0) if gemma else 0.0,
             final_softcap=float(c.get("final_logit_softcapping") or 0.0) if gemma else 0.0,
             qk_norm=mt in ("qwen3", "gemma3_text"),
@@ -181,7 +194,7 @@ def _layer_windows(c: dict, mt: str) -> tuple[int, ...]:
     layer in `sliding_window_pattern` (6), Mistral and Phi-3 slide on every layer when `sliding_window` is
     set, Qwen2 / Qwen3 from layer `max_window_layers` on when `use_sliding_window` is; Llama never slides."""
     n, w = c["num_hidden_layers"], int(c.get("sliding_window") or 0)
-    if mt == "llama" or not w or (mt in ("qwen2", "qwen3") and not c.get("use_sliding_window")):
+    if mt == "llama" or not w or (mt in ("qwen2", "qwen3", "smollm3") and not c.get("use_sliding_window")):
         return (0,) * n
     types = c.get("layer_types")
     if not types:
@@ -190,6 +203,8 @@ def _layer_windows(c: dict, mt: str) -> tuple[int, ...]:
         elif mt == "gemma3_text":
             k = c.get("sliding_window_pattern", 6)
             types = ["sliding_attention" if (i + 1) % k else "full_attention" for i in range(n)]
+        elif mt == "smollm3":  # the NoPE layers slide
+            types = ["full_attention" if r else "sliding_attention" for r in _rope_layers(c)]
         elif mt in ("qwen2", "qwen3"):
             m = c.get("max_window_layers", 28)
             types = ["sliding_attention" if i >= m else "full_attention" for i in range(n)]
@@ -198,6 +213,16 @@ def _layer_windows(c: dict, mt: str) -> tuple[int, ...]:
     if len(types) != n:
         raise ValueError(f"layer_types has {len(types)} entries for {n} layers")
     return tuple(w if t == "sliding_attention" else 0 for t in types)
+
+
+def _rope_layers(c: dict) -> tuple[bool, ...]:
+    """SmolLM3's layers with RoPE: `no_rope_layers` (1: RoPE), by default all but every
+    `no_rope_layer_interval`-th (4)."""
+    n = c["num_hidden_layers"]
+    flags = c.get("no_rope_layers") or [int((i + 1) % c.get("no_rope_layer_interval", 4) != 0) for i in range(n)]
+    if len(flags) != n:
+        raise ValueError(f"no_rope_layers has {len(flags)} entries for {n} layers")
+    return tuple(bool(f) for f in flags)
 
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
@@ -403,11 +428,12 @@ class LlamaForCausalLM(torch.nn.Module):
             qkv = F.linear(x, w[f"{i}.qkv"], w.get(f"{i}.qkv_b"))
             apply_lora(ctx, i, "qkv", x, qkv, [self.q_size, self.kv_size, self.kv_size])
             # q and k in place: Qwen3's head norms (after the LoRA delta, as PEFT's q_proj output), then RoPE
-            c, s = rot[self.windows[i] > 0 and self.local_inv_freq is not None]
-            be.rope(
-                qkv, c, s, self.heads, self.kv_heads, D, w.get(f"{i}.q_norm"), w.get(f"{i}.k_norm"), eps,
-                rotary_dim=a.rope_dim,
-            )  # fmt: skip
+            if not a.rope_layers or a.rope_layers[i]:  # a NoPE layer (SmolLM3) uses q and k as they are
+                c, s = rot[self.windows[i] > 0 and self.local_inv_freq is not None]
+                be.rope(
+                    qkv, c, s, self.heads, self.kv_heads, D, w.get(f"{i}.q_norm"), w.get(f"{i}.k_norm"), eps,
+                    rotary_dim=a.rope_dim,
+                )  # fmt: skip
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], -1)
             q = q.view(-1, self.heads, D)
             k = k.view(-1, self.kv_heads, D)
