@@ -30,13 +30,15 @@ class TokenLogprobs:
 
 @dataclass
 class SamplingParams:
-    """As in vLLM. temperature 0 = greedy; top_k <= 0 and top_p = 1 disable those filters.
+    """As in vLLM. temperature 0 = greedy; top_k <= 0, top_p = 1 and min_p = 0 disable those filters (min_p:
+    tokens less likely than min_p times the most likely one, after temperature, are dropped before top-k).
     max_tokens 0: the prompt is only prefilled (for its `prompt_logprobs`); no token is generated."""
 
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
+    min_p: float = 0.0
     seed: int | None = None
     stop: list[str] | str | None = None
     stop_token_ids: list[int] = field(default_factory=list)
@@ -115,6 +117,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int):
             raise ValueError(f"top_k must be an integer, got {self.top_k!r}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.seed is not None and not (isinstance(self.seed, int) and SEED_MIN <= self.seed <= SEED_MAX):
             raise ValueError(f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}] (64 bits), got {self.seed!r}")
         if self.stop and not self.detokenize:

@@ -1,11 +1,12 @@
-"""Token sampling: penalties and logit bias, banned tokens (min_tokens), then greedy, temperature, top-k,
-top-p, each request with its own torch.Generator so that a seeded request gives the same tokens whatever
+"""Token sampling: penalties and logit bias, banned tokens (min_tokens), then greedy, temperature, min-p,
+top-k, top-p, each request with its own torch.Generator so that a seeded request gives the same tokens whatever
 else is in the batch. Log-probabilities (of sampled tokens and of prompt tokens) are those of the raw
 model distribution, as vLLM's default; they travel over the tensor-parallel reply as int64 words."""
 
 from __future__ import annotations
 
 import logging
+import math
 import struct
 
 import torch
@@ -206,9 +207,12 @@ def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
 
 
 def _probs(row: torch.Tensor, p: SamplingParams) -> torch.Tensor:
-    """The distribution a request with temperature > 0 samples from: temperature, then top-k, then top-p."""
+    """The distribution a request with temperature > 0 samples from: temperature, then min-p, top-k, top-p
+    (vLLM's order)."""
     # the largest logit becomes 0 before the division, so no temperature overflows it (others go to -inf)
     row = (row - row.max()) / p.temperature
+    if p.min_p > 0:  # prob / max prob = exp(row) with the largest row 0: drop the rows below log(min_p)
+        row = row.masked_fill(row < math.log(p.min_p), float("-inf"))
     if 0 < p.top_k < row.shape[-1]:
         kth = torch.topk(row, p.top_k).values[-1]
         row = row.masked_fill(row < kth, float("-inf"))

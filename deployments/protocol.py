@@ -74,7 +74,6 @@ class UnsupportedField(ValueError):
 # name -> the values that mean "off" (accepted: the output is what the request asks for)
 VLLM_UNSUPPORTED: dict[str, tuple] = {
     "use_beam_search": (False,),
-    "min_p": (0, 0.0),
     "length_penalty": (1, 1.0),
     "include_stop_str_in_output": (False,),
     "skip_special_tokens": (True,),
@@ -169,6 +168,7 @@ class _SamplingFields(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = -1
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
     n: int = Field(1, ge=1, le=64)
     seed: int | None = None
     stop: str | list[str] | None = None
@@ -222,6 +222,7 @@ class _SamplingFields(BaseModel):
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
+            min_p=self.min_p,
             seed=seed,
             stop=self.stop,
             stop_token_ids=list(self.stop_token_ids or []),

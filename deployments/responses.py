@@ -36,7 +36,7 @@ RESPONSES_UNSUPPORTED: dict[str, tuple] = {
     "top_logprobs": (None, 0),
 }
 # the chat route's vLLM extras passed through as they are
-CHAT_EXTRAS = ("top_k", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "repetition_penalty",
+CHAT_EXTRAS = ("top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "repetition_penalty",
                "presence_penalty", "frequency_penalty", "logit_bias", "chat_template_kwargs")  # fmt: skip
 
 

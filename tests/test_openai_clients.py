@@ -157,7 +157,7 @@ def test_prompt_logprobs_field_and_min_tokens(client, llm):
 
 def test_unimplemented_vllm_fields_are_refused(service):
     for route, body, field in (
-        ("/v1/completions", {"prompt": "x", "min_p": 0.1}, "min_p"),
+        ("/v1/completions", {"prompt": "x", "bad_words": ["x"]}, "bad_words"),
         ("/v1/completions", {"prompt": "x", "use_beam_search": True}, "use_beam_search"),
         ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_tokens"),
         (

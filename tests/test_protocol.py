@@ -70,7 +70,7 @@ def test_completion_request_maps_to_sampling_params():
         {"logprobs": 21},
         {"prompt_logprobs": 21},
         {"min_tokens": -1},
-        {"min_p": 0.1},
+        {"min_p": 1.5},
         {"use_beam_search": True},
         {"bad_words": ["x"]},
         {"add_special_tokens": False},
@@ -104,7 +104,6 @@ def test_echo_prompt_logprobs_min_tokens_and_vllm_fields():
     msgs = [{"role": "user", "content": "x"}]
     ChatCompletionRequest(model="m", messages=msgs, add_generation_prompt=True, echo=False, **neutral)
     for req, bad in (
-        (CompletionRequest, {"min_p": 0.05}),
         (CompletionRequest, {"truncate_prompt_tokens": 8}),
         (CompletionRequest, {"suffix": "end"}),
         (CompletionRequest, {"best_of": 3}),

@@ -33,7 +33,7 @@ extreme_ints = st.one_of(
 @st.composite
 def params_kwargs(draw) -> dict:
     kw = {}
-    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+    for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
         if draw(st.booleans()):
             kw[name] = draw(extreme_floats)
     if draw(st.booleans()):
@@ -86,6 +86,23 @@ def test_finding_values_that_are_accepted_sample(kw):
     if "top_p" in kw:
         assert tokens == logits.argmax(-1).tolist()
     assert all(0 <= t < VOCAB for t in tokens)
+
+
+def test_min_p_keeps_the_tokens_at_least_min_p_of_the_most_likely():
+    """vLLM's min_p after temperature: a token stays when its probability (at that temperature) is at least
+    min_p times the most likely one's; top-k and top-p then act on what stays."""
+    from app.sampling import _probs
+
+    logits = torch.log(torch.tensor([0.40, 0.25, 0.19, 0.10, 0.06]))
+    for min_p, temp, keep in ((0.5, 1.0, [0, 1]), (0.45, 1.0, [0, 1, 2]), (0.5, 2.0, [0, 1, 2, 3]),
+                              (1.0, 1.0, [0]), (0.0, 1.0, [0, 1, 2, 3, 4])):  # fmt: skip
+        probs = _probs(logits, SamplingParams(temperature=temp, min_p=min_p))
+        assert torch.nonzero(probs).flatten().tolist() == keep, (min_p, temp, probs)
+        torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
+    probs = _probs(logits, SamplingParams(min_p=0.2, top_k=2))
+    assert torch.nonzero(probs).flatten().tolist() == [0, 1]
+    with pytest.raises(ValueError, match="min_p"):
+        SamplingParams(min_p=1.5)
 
 
 def test_a_row_that_cannot_be_sampled_fails_alone():

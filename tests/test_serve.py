@@ -398,7 +398,7 @@ def test_errors(http, client):
         {"presence_penalty": 3},
         {"repetition_penalty": 0},
         {"logprobs": 21},
-        {"min_p": 0.5},
+        {"min_p": -0.5},
     ):
         _err(http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2, **bad}), 400)
     e = _err(
