@@ -496,7 +496,8 @@ class Engine:
             start = max(0, req.emitted_chars - max(len(s) for s in p.stop))
             hits = [(i, s) for s in p.stop if (i := req.text.find(s, start)) >= 0]
             if hits:
-                req.text = req.text[: min(hits)[0]]
+                i, hit = min(hits)
+                req.text = req.text[: i + len(hit) if p.include_stop_str_in_output else i]
                 return "stop"
         if len(req.output_token_ids) >= p.max_tokens or req.num_tokens >= self.max_model_len:
             return "length"

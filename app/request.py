@@ -41,6 +41,7 @@ class SamplingParams:
     min_p: float = 0.0
     seed: int | None = None
     stop: list[str] | str | None = None
+    include_stop_str_in_output: bool = False  # the stop string that ended the output stays in its text
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     detokenize: bool = True  # False: token ids only (no text, no stop strings), as in vLLM

@@ -75,7 +75,6 @@ class UnsupportedField(ValueError):
 VLLM_UNSUPPORTED: dict[str, tuple] = {
     "use_beam_search": (False,),
     "length_penalty": (1, 1.0),
-    "include_stop_str_in_output": (False,),
     "skip_special_tokens": (True,),
     "spaces_between_special_tokens": (True,),
     "truncate_prompt_tokens": (None,),
@@ -172,6 +171,7 @@ class _SamplingFields(BaseModel):
     n: int = Field(1, ge=1, le=64)
     seed: int | None = None
     stop: str | list[str] | None = None
+    include_stop_str_in_output: bool = False
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -225,6 +225,7 @@ class _SamplingFields(BaseModel):
             min_p=self.min_p,
             seed=seed,
             stop=self.stop,
+            include_stop_str_in_output=self.include_stop_str_in_output,
             stop_token_ids=list(self.stop_token_ids or []),
             ignore_eos=self.ignore_eos,
             presence_penalty=self.presence_penalty,

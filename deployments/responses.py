@@ -36,8 +36,9 @@ RESPONSES_UNSUPPORTED: dict[str, tuple] = {
     "top_logprobs": (None, 0),
 }
 # the chat route's vLLM extras passed through as they are
-CHAT_EXTRAS = ("top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "repetition_penalty",
-               "presence_penalty", "frequency_penalty", "logit_bias", "chat_template_kwargs")  # fmt: skip
+CHAT_EXTRAS = ("top_k", "min_p", "seed", "stop", "include_stop_str_in_output", "stop_token_ids", "ignore_eos",
+               "min_tokens", "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias",
+               "chat_template_kwargs")  # fmt: skip
 
 
 def _id(prefix: str) -> str:

@@ -33,6 +33,8 @@ def test_stop_strings_and_stop_tokens(llm):
     out = llm.generate(["The quick brown"], sampling_params=greedy(16, stop=[stop]))[0]
     assert out.finish_reason == "stop"
     assert out.text == full.text[: full.text.find(stop)]
+    kept = llm.generate(["The quick brown"], sampling_params=greedy(16, stop=[stop], include_stop_str_in_output=True))
+    assert kept[0].finish_reason == "stop" and kept[0].text == full.text[: full.text.find(stop) + len(stop)]
     tok = full.token_ids[4]
     out = llm.generate(["The quick brown"], sampling_params=greedy(16, stop_token_ids=[tok]))[0]
     assert out.finish_reason == "stop" and out.token_ids == full.token_ids[: full.token_ids.index(tok) + 1]

@@ -74,7 +74,7 @@ def test_completion_request_maps_to_sampling_params():
         {"use_beam_search": True},
         {"bad_words": ["x"]},
         {"add_special_tokens": False},
-        {"include_stop_str_in_output": True},
+        {"spaces_between_special_tokens": False},
         {"prompt": []},
         {"stream_options": {"include_usage": True}},
         {"presence_penalty": 2.5},
