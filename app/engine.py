@@ -49,7 +49,14 @@ import torch
 
 from app.config import EngineConfig
 from app.cuda_graphs import decode_buckets
-from app.lora.adapter import AdapterError, LoRAWeights, check_adapter_name, load_peft_adapter, module_shapes
+from app.lora.adapter import (
+    AdapterError,
+    AdapterExists,
+    LoRAWeights,
+    check_adapter_name,
+    load_peft_adapter,
+    module_shapes,
+)
 from app.lora.layer import LORA_GROUPS, targeted_groups
 from app.model.llama import ModelArgs
 from app.pool import PagePool, PoolStats
@@ -243,7 +250,7 @@ class Engine:
         if name == self.model_name:
             raise AdapterError(f"invalid adapter name {name!r}: it is the base model's name")
         if name in self.adapters:
-            raise AdapterError(f"adapter {name!r} is already loaded")
+            raise AdapterExists(f"adapter {name!r} is already loaded")
 
     def _register(self, w: LoRAWeights) -> AdapterInfo:
         """Registers weights made in memory (warm-up adapters; their names are not user names)."""

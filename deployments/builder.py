@@ -56,7 +56,13 @@ def _flat_keys() -> dict[str, tuple[str, ...]]:
 FLAT_KEYS = _flat_keys()
 # Values that `serve run ... k=v` passes as text: comma-separated or JSON lists, and "none" for None.
 _LIST_KEYS = {"api_keys", "admin_api_keys", "metrics_api_keys", "allowed_adapter_roots", "access_log_exclude"}
-_NONE_KEYS = {"admission_ttft_slo_s", "tokenizer", "request_start_header", "reasoning_parser"}
+_NONE_KEYS = {
+    "admission_ttft_slo_s",
+    "tokenizer",
+    "request_start_header",
+    "reasoning_parser",
+    "dynamic_lora_loading_path",
+}
 
 
 def _from_cli(key: str, v: Any) -> Any:
@@ -164,7 +170,8 @@ def resolve(args: BuildArgs) -> tuple[EngineConfig, dict[str, str], str]:
     roots = lora.get("allowed_adapter_roots")
     if roots is None:
         roots = [adapter_dir] if adapter_dir else []
-    lora["allowed_adapter_roots"] = [str(Path(r)) for r in roots]
+    dynamic = args.ingress.dynamic_lora_loading_path
+    lora["allowed_adapter_roots"] = [str(Path(r)) for r in [*roots, *([dynamic] if dynamic else [])]]
     cfg = EngineConfig(**{**args.engine, "lora": lora, "model": model})
     return cfg, adapter_dirs(adapter_dir), served
 

@@ -53,6 +53,12 @@ class IngressSettings(BaseModel):
         default_factory=lambda: ["/health", "/metrics"],
         description="ingress routes without an access log line (probes and scrapes); none (or []) logs every route",
     )
+    dynamic_lora_loading_path: str | None = Field(
+        None,
+        description="a directory of adapter directories loaded on demand (Ray Serve LLM's setting of that "
+        "name): a request naming an adapter that is not loaded but has a directory of that name there loads it "
+        "on every group first, once however many requests ask at the same time; also an allowed adapter root",
+    )
     reasoning_parser: Literal["qwen3", "deepseek_r1"] | None = Field(
         None,
         description="chat answers' <think>...</think> part returned as the message's `reasoning` (and "

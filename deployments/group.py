@@ -52,7 +52,7 @@ from ray import serve
 
 from app.config import EngineConfig
 from app.engine import Engine, EngineDeadError, PreparedAdapter
-from app.lora.adapter import AdapterError
+from app.lora.adapter import AdapterError, AdapterExists
 from app.request import RequestOutput, SamplingParams
 from deployments.config import GroupSettings
 from deployments.metrics import GroupMetrics
@@ -629,7 +629,8 @@ class SLoRAGroup:
     # A refusal is an answer ({"error", "status"}), not an exception: Serve logs a traceback for every
     # exception a replica method raises, and a user's bad adapter or unknown name is not a failure here.
     async def add_adapter(self, name: str, path: str, confined: bool = True) -> dict:
-        """The adapter's info, or {"error", "status": 400} when it is refused (nothing changed).
+        """The adapter's info, or {"error", "status": 400, "exists"} when it is refused (nothing changed;
+        "exists": a registered adapter has that name).
         `confined`: every file read must resolve under the allowed adapter roots (a run-time load; False
         only to put back an adapter this group had registered before)."""
         self._check_alive()  # a failed group reads nothing
@@ -640,8 +641,8 @@ class SLoRAGroup:
             # while the step loop runs; the loop then only registers the packed adapter between two steps.
             prepared = await asyncio.to_thread(self.engine.prepare_adapter, name, path, roots, lora.load_timeout_s)
             return await self._call(RegisterAdapter(prepared))
-        except AdapterError as e:
-            return {"error": str(e), "status": 400}
+        except AdapterError as e:  # "exists": the name is registered already (another ingress replica's load)
+            return {"error": str(e), "status": 400, "exists": isinstance(e, AdapterExists)}
 
     async def remove_adapter(self, name: str) -> dict:
         """{"path": the removed adapter's path}, or {"error", "status"}: 404 not loaded, 400 in use."""

@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeGuard
 
 from fastapi import FastAPI, Request
@@ -46,7 +47,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.lora.adapter import AdapterError, confine_path
+from app.lora.adapter import AdapterError, check_adapter_name, confine_path
 from app.reasoning import ReasoningSplitter, split_reasoning
 from app.request import RequestOutput
 from app.tokenizer import Tokenizer
@@ -295,6 +296,7 @@ class OpenAIIngress:
         )
         self.tokenizer = Tokenizer(self.cfg.tokenizer_path)
         self.snapshots: dict[str, dict | None] = dict.fromkeys(self.groups)
+        self._loading: dict[str, asyncio.Future] = {}  # on-demand adapter loads in flight, by name
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(ServiceCollector(lambda: self.snapshots, self.cfg.served_model_name))
         self.answered: set[str] = set()  # groups that have answered a stats poll (the others are starting)
@@ -435,12 +437,36 @@ class OpenAIIngress:
             for name in (model, short):
                 if name in adapters:
                     return name, adapters[name]
+        if self.cfg.dynamic_lora_loading_path:
+            name = short or model
+            entry = await self._load_on_demand(name)
+            if entry is not None:
+                return name, entry
         raise APIError(
             404,
             f"the model {model!r} does not exist (neither the base model {base!r}, nor a loaded adapter, "
             f"nor '{base}:<adapter>')",
             "model",
         )
+
+    async def _load_on_demand(self, name: str) -> dict | None:
+        """Ray Serve LLM's dynamic LoRA loading: the registry entry of adapter `name` once loaded from
+        `dynamic_lora_loading_path/name`, or None when there is no such adapter directory (a 404 then). One
+        load per name however many requests wait for it; a bad adapter is the requests' 400 (param model)."""
+        try:
+            check_adapter_name(name)
+        except AdapterError:
+            return None
+        path = Path(self.cfg.dynamic_lora_loading_path or "") / name
+        if not (path / "adapter_config.json").is_file():
+            return None
+        load = self._loading.get(name)
+        if load is None:
+            load = self._loading[name] = asyncio.ensure_future(self._load_everywhere(name, str(path), "model", True))
+            load.add_done_callback(lambda _: self._loading.pop(name, None))
+        await asyncio.shield(load)  # a waiting request that goes away does not cancel the others' load
+        logger.info("adapter %r loaded on demand from %s", name, path)
+        return (await self._adapters(fresh=True)).get(name)
 
     def _check_prompt_sizes(self, num_prompts: int, n: int, text_chars: list[int], param: str) -> None:
         """Cheap limits, before any tokenizing: prompts x n, and texts too long for the context whatever
@@ -1048,23 +1074,33 @@ class OpenAIIngress:
         name = body.lora_name
         if name == self.cfg.served_model_name:
             raise APIError(400, f"{name!r} is the base model's name", "lora_name")
+        await self._load_everywhere(name, body.lora_path, "lora_path")
+        return Response(f"Success: LoRA adapter '{name}' added successfully.", media_type="text/plain")
+
+    async def _load_everywhere(self, name: str, lora_path: str, param: str, exist_ok: bool = False) -> None:
+        """Registers adapter `name` from `lora_path` (under the allowed roots) on every group, all or nothing;
+        an APIError naming `param` when it cannot. `exist_ok`: a group that has the name registered already
+        (another ingress replica loaded it meanwhile) counts as loaded."""
         try:
-            path = confine_path(body.lora_path, self.cfg.allowed_adapter_roots)
+            path = confine_path(lora_path, self.cfg.allowed_adapter_roots)
         except AdapterError as e:
-            raise APIError(400, str(e), "lora_path") from None
+            raise APIError(400, str(e), param) from None
         results = await asyncio.gather(
             *(h.add_adapter.remote(name, str(path)) for h in self.groups.values()), return_exceptions=True
         )
-        failed = [_cause(r) if isinstance(r, BaseException) else r for r in results if not _done(r)]
+
+        def loaded(r: object) -> bool:
+            return _done(r) or (exist_ok and isinstance(r, dict) and bool(r.get("exists")))
+
+        failed = [_cause(r) if isinstance(r, BaseException) else r for r in results if not loaded(r)]
         if failed:
             ok = [g for g, r in zip(self.groups, results) if _done(r)]
             await asyncio.gather(*(self.groups[g].remove_adapter.remote(name) for g in ok), return_exceptions=True)
             err = failed[0]
             if isinstance(err, dict):  # refused by the group
-                raise APIError(err["status"], err["error"], "lora_path")
+                raise APIError(err["status"], err["error"], param)
             status = 400 if isinstance(err, (AdapterError, ValueError)) else 500
-            raise APIError(status, str(err) if status == 400 else f"loading {name!r} failed: {err!r}", "lora_path")
-        return Response(f"Success: LoRA adapter '{name}' added successfully.", media_type="text/plain")
+            raise APIError(status, str(err) if status == 400 else f"loading {name!r} failed: {err!r}", param)
 
     @api.post("/v1/unload_lora_adapter")
     async def unload_lora_adapter(self, body: UnloadLoRAAdapterRequest):

@@ -76,6 +76,10 @@ def roots(tmp_path_factory, demo):
     (root / "file-link").mkdir()
     shutil.copy(outside / "a" / "adapter_config.json", root / "file-link")
     os.symlink(outside / "a" / "adapter_model.safetensors", root / "file-link" / "adapter_model.safetensors")
+    lazy = root / "on-demand"  # the main app's dynamic_lora_loading_path
+    for name in ("lazy-one", "lazy-two"):
+        shutil.copytree(demo / "adapters" / "demo-r8-mlp", lazy / name)
+    shutil.copytree(pickled, lazy / "lazy-bad")  # a pickle file only: refused
     return root
 
 
@@ -97,6 +101,7 @@ def service(demo, roots):
             "admin_api_keys": ADMIN_KEY,
             "metrics_api_keys": METRICS_KEY,
             "allowed_adapter_roots": str(roots),
+            "dynamic_lora_loading_path": str(roots / "on-demand"),
             "group_num_cpus": 0.5,
             "device": "cpu",
             "dtype": "float32",
@@ -630,6 +635,29 @@ def test_load_use_unload(admin, http, client, llm, roots):
     assert not any("loaded-r8" in s for s in _adapters_everywhere())
     _err(http.post("/v1/completions", json={"model": "loaded-r8", "prompt": "x", "max_tokens": 2}), 404)
     _err(admin.post("/v1/unload_lora_adapter", json={"lora_name": "loaded-r8"}), 404)
+
+
+def test_adapters_loaded_on_demand(http, client, llm, roots):
+    """dynamic_lora_loading_path (Ray Serve LLM's): a request naming an adapter that is not loaded but has a
+    directory there loads it on every group first, then is served (base_model:adapter too); many first
+    requests at once load it once; a bad adapter there is the request's 400, a missing one a 404."""
+    import concurrent.futures
+
+    assert "lazy-one" not in {m.id for m in client.models.list().data}
+    out = client.completions.create(model="lazy-one", prompt="Hello, world!", max_tokens=10, temperature=0)
+    assert out.choices[0].text == greedy(llm, "Hello, world!", "demo-r8-mlp", 10).text  # the same weights
+    assert all("lazy-one" in s for s in _adapters_everywhere())
+    assert "lazy-one" in {m.id for m in client.models.list().data}
+    body = {"model": f"{MODEL}:lazy-two", "prompt": "Hi", "max_tokens": 3, "temperature": 0}
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:  # over both ingress replicas: each may load it
+        futures = [pool.submit(http.post, "/v1/completions", json=body) for _ in range(6)]
+        codes = [f.result().status_code for f in futures]
+    assert codes == [200] * 6 and all("lazy-two" in s for s in _adapters_everywhere())
+    e = _err(http.post("/v1/completions", json={"model": "lazy-bad", "prompt": "x", "max_tokens": 2}), 400)
+    assert e["param"] == "model" and "pickle" in e["message"]
+    assert not any("lazy-bad" in s for s in _adapters_everywhere())
+    for missing in ("lazy-none", "..", "on-demand/lazy-one"):
+        _err(http.post("/v1/completions", json={"model": missing, "prompt": "x", "max_tokens": 2}), 404)
 
 
 def test_keys_by_role(roots):

@@ -74,6 +74,10 @@ class AdapterError(ValueError):
     """An adapter that cannot be served; the message names the file and the reason."""
 
 
+class AdapterExists(AdapterError):
+    """An adapter of that name is registered already."""
+
+
 def check_adapter_name(name: str) -> str:
     """Returns `name`, or raises AdapterError when it is not a valid adapter name (ADAPTER_NAME)."""
     if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name) or ".." in name:
