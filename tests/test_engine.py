@@ -51,6 +51,25 @@ def test_eos_stops_unless_ignored(llm):
     e.eos_token_ids = {eos}
 
 
+def test_generation_config_eos_ids_stop(llm, demo, tmp_path):
+    """generation_config.json's eos_token_id (a list, as chat models' turn-end tokens) stops generation too,
+    as in vLLM; config.json's and the tokenizer's stay."""
+    import json
+    import shutil
+
+    from app import LLM
+
+    second = llm.generate([[9, 9]], sampling_params=greedy(3))[0].token_ids[1]
+    model = tmp_path / "model"
+    shutil.copytree(demo / "model", model)
+    gen = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": [gen["eos_token_id"], second]}))
+    other = LLM(str(model), device="cpu", dtype="float32", warmup="off")
+    assert other.engine.eos_token_ids == {llm.engine.tokenizer.eos_token_id, second}
+    out = other.generate([[9, 9]], sampling_params=SamplingParams(max_tokens=3, temperature=0))[0]
+    assert out.finish_reason == "stop" and len(out.token_ids) == 2
+
+
 def test_streaming_deltas_add_up(llm):
     e = llm.engine
     rid = e.add_request("Hello, world", greedy(12), adapter="demo-r16-all")

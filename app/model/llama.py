@@ -83,10 +83,19 @@ class ModelArgs:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelArgs:
+        """The model's config.json; the end-of-sequence ids also from generation_config.json when there is one
+        (chat models end a turn with a token of their own there: Phi-3's <|end|>, Gemma 2's <end_of_turn>),
+        as vLLM stops at them."""
         f = Path(path) / "config.json"
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: model must be a Hugging Face model directory")
-        return cls.from_hf(json.loads(f.read_text()))
+        args = cls.from_hf(json.loads(f.read_text()))
+        gen = Path(path) / "generation_config.json"
+        if gen.is_file():
+            eos = json.loads(gen.read_text()).get("eos_token_id")
+            more = [eos] if isinstance(eos, int) else [t for t in eos or [] if isinstance(t, int)]
+            args = replace(args, eos_token_id=list(dict.fromkeys([*args.eos_token_id, *more])))
+        return args
 
     @classmethod
     def from_hf(cls, c: dict) -> ModelArgs:
