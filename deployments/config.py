@@ -59,6 +59,12 @@ class IngressSettings(BaseModel):
         "name): a request naming an adapter that is not loaded but has a directory of that name there loads it "
         "on every group first, once however many requests ask at the same time; also an allowed adapter root",
     )
+    generation_config: Literal["auto", "vllm"] = Field(
+        "auto",
+        description="auto: a request's unset temperature, top_p, top_k, min_p and repetition_penalty take the "
+        "model's generation_config.json values (vLLM's default, --generation-config auto); vllm: the API's own "
+        "defaults (temperature 1, no filters)",
+    )
     reasoning_parser: Literal["qwen3", "deepseek_r1"] | None = Field(
         None,
         description="chat answers' <think>...</think> part returned as the message's `reasoning` (and "

@@ -82,6 +82,7 @@ from deployments.protocol import (
     chat_logprobs,
     completion_logprobs,
     error_body,
+    generation_defaults,
     random_id,
     vllm_prompt_logprobs,
 )
@@ -297,6 +298,10 @@ class OpenAIIngress:
         self.tokenizer = Tokenizer(self.cfg.tokenizer_path)
         self.snapshots: dict[str, dict | None] = dict.fromkeys(self.groups)
         self._loading: dict[str, asyncio.Future] = {}  # on-demand adapter loads in flight, by name
+        # a request's unset sampling fields: the model's generation config (IngressSettings.generation_config)
+        self.sampling_defaults = (
+            generation_defaults(self.cfg.model_path) if self.cfg.generation_config == "auto" else {}
+        )
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(ServiceCollector(lambda: self.snapshots, self.cfg.served_model_name))
         self.answered: set[str] = set()  # groups that have answered a stats poll (the others are starting)
@@ -557,7 +562,7 @@ class OpenAIIngress:
                 raise APIError(400, "the prompt is empty", "prompt")
             max_tokens = self._max_tokens(body.max_tokens, len(ids), default_max)
             try:
-                params.append([body.to_sampling_params(max_tokens, j) for j in range(n)])
+                params.append([body.to_sampling_params(max_tokens, j, self.sampling_defaults) for j in range(n)])
             except ValueError as e:
                 raise APIError(400, str(e), getattr(e, "param", None)) from None
         await self._require_group()

@@ -17,6 +17,7 @@ import json
 import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -156,6 +157,20 @@ def response_format_constraint(rf: dict) -> StructuredOutputs | None:
     raise UnsupportedField("response_format", f"type {kind!r} is not supported (text, json_object, json_schema)")
 
 
+# sampling fields a model's generation_config.json may give defaults for (vLLM's --generation-config auto)
+SAMPLING_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def generation_defaults(model_dir: str) -> dict[str, float | int]:
+    """The SAMPLING_DEFAULTS values of the model's generation_config.json (none without the file), as vLLM
+    reads them (do_sample is not read there either)."""
+    f = Path(model_dir) / "generation_config.json"
+    if not f.is_file():
+        return {}
+    g = json.loads(f.read_text())
+    return {k: g[k] for k in SAMPLING_DEFAULTS if isinstance(g.get(k), (int, float)) and not isinstance(g[k], bool)}
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -214,15 +229,15 @@ class _SamplingFields(BaseModel):
         self.structured()  # a bad or conflicting constraint is a 400 naming its field
         return self
 
-    def to_sampling_params(self, max_tokens: int, index: int = 0) -> SamplingParams:
-        """The engine's parameters for choice `index` (seeded choices get distinct seeds)."""
+    def to_sampling_params(self, max_tokens: int, index: int = 0, defaults: dict | None = None) -> SamplingParams:
+        """The engine's parameters for choice `index` (seeded choices get distinct seeds). `defaults`: values
+        for the SAMPLING_DEFAULTS fields the request did not set (the model's generation config)."""
         seed = None if self.seed is None else self.seed + index
+        given = {k: getattr(self, k) for k in SAMPLING_DEFAULTS}
+        given.update({k: v for k, v in (defaults or {}).items() if k in given and k not in self.model_fields_set})
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            min_p=self.min_p,
+            **given,
             seed=seed,
             stop=self.stop,
             include_stop_str_in_output=self.include_stop_str_in_output,
@@ -230,7 +245,6 @@ class _SamplingFields(BaseModel):
             ignore_eos=self.ignore_eos,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
-            repetition_penalty=self.repetition_penalty,
             logit_bias=self.logit_bias,  # type: ignore[arg-type]  # SamplingParams makes the JSON keys ints
             logprobs=self.num_logprobs(),
             prompt_logprobs=self.num_prompt_logprobs(),

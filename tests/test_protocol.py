@@ -271,3 +271,35 @@ def test_build_args_service_defaults():
     assert BuildArgs(access_log_exclude="").ingress.access_log_exclude is None
     assert BuildArgs(access_log_exclude="/health").ingress.access_log_exclude == ["/health"]
     assert BuildArgs(request_start_header="none").ingress.request_start_header is None
+
+
+def test_generation_config_defaults_fill_only_unset_fields(tmp_path):
+    """vLLM's --generation-config auto: the model's generation_config.json gives the sampling fields a request
+    leaves unset; what the request sets (its own value, even the API's default) wins; other keys are not read."""
+    from deployments.protocol import generation_defaults
+
+    assert generation_defaults(str(tmp_path)) == {}  # no file: the API's defaults
+    (tmp_path / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "do_sample": True,
+                "temperature": 0.6,
+                "top_p": 0.95,
+                "top_k": 20,
+                "repetition_penalty": 1.05,
+                "eos_token_id": [1, 2],
+                "max_new_tokens": 99,
+                "min_p": False,
+            }
+        )  # fmt: skip
+    )
+    d = generation_defaults(str(tmp_path))
+    assert d == {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "repetition_penalty": 1.05}
+    sp = CompletionRequest(model="m", prompt="x").to_sampling_params(4, defaults=d)
+    assert (sp.temperature, sp.top_p, sp.top_k, sp.repetition_penalty, sp.min_p) == (0.6, 0.95, 20, 1.05, 0.0)
+    sp = CompletionRequest(model="m", prompt="x", temperature=1.0, top_k=-1).to_sampling_params(4, defaults=d)
+    assert (sp.temperature, sp.top_p, sp.top_k) == (1.0, 0.95, -1)
+    msgs = [{"role": "user", "content": "x"}]
+    sp = ChatCompletionRequest(model="m", messages=msgs, temperature=0).to_sampling_params(4, defaults=d)
+    assert sp.temperature == 0 and sp.top_k == 20
+    assert CompletionRequest(model="m", prompt="x").to_sampling_params(4).temperature == 1.0  # generation_config vllm
