@@ -426,13 +426,14 @@ class OpenAIIngress:
         return RequestGuard(self.app, policy, self.cfg.max_body_bytes)  # type: ignore[attr-defined]  # @serve.ingress
 
     # ---- helpers ---------------------------------------------------------------------------------
-    async def _resolve_model(self, model: str | None) -> str | None:
+    async def _resolve_model(self, model: str | None, load: bool = False) -> str | None:
         """None for the base model (also when `model` is None), else the adapter's name, for an adapter's
         name or Ray Serve LLM's `base_model:adapter`; 404 for an unknown model."""
-        return (await self._find_model(model))[0]
+        return (await self._find_model(model, load))[0]
 
-    async def _find_model(self, model: str | None) -> tuple[str | None, dict | None]:
-        """(adapter name, its registry entry) as `_resolve_model`; (None, None) for the base model."""
+    async def _find_model(self, model: str | None, load: bool = False) -> tuple[str | None, dict | None]:
+        """(adapter name, its registry entry) as `_resolve_model`; (None, None) for the base model. `load`
+        (the generation routes): an adapter of dynamic_lora_loading_path that is not loaded yet is loaded."""
         base = self.cfg.served_model_name
         if model is None or model == base:
             return None, None
@@ -442,7 +443,7 @@ class OpenAIIngress:
             for name in (model, short):
                 if name in adapters:
                     return name, adapters[name]
-        if self.cfg.dynamic_lora_loading_path:
+        if load and self.cfg.dynamic_lora_loading_path:
             name = short or model
             entry = await self._load_on_demand(name)
             if entry is not None:
@@ -761,7 +762,7 @@ class OpenAIIngress:
     async def completions(self, body: CompletionRequest, request: Request):
         received = self._received(request)
         await self._require_group()
-        adapter = await self._resolve_model(body.model)
+        adapter = await self._resolve_model(body.model, load=True)
         texts = body.prompts()
         self._check_prompt_sizes(len(texts), body.n, [len(t) for t in texts if isinstance(t, str)], "prompt")
         encoded = (self.tokenizer.encode(t) if isinstance(t, str) else list(t) for t in texts)
@@ -841,7 +842,7 @@ class OpenAIIngress:
         the output in the template's format, "required" and a named function force it by grammar."""
         received = self._received(request)
         await self._require_group()
-        adapter = await self._resolve_model(body.model)
+        adapter = await self._resolve_model(body.model, load=True)
         mode, tools = body.tool_mode(), body.tool_dicts()
         fmt = tool_format(self.tokenizer.chat_template)
         if mode == "auto" and fmt is None:

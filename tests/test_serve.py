@@ -644,6 +644,7 @@ def test_adapters_loaded_on_demand(http, client, llm, roots):
     import concurrent.futures
 
     assert "lazy-one" not in {m.id for m in client.models.list().data}
+    _err(http.get("/v1/models/lazy-one"), 404)  # reading a card (or tokenizing) loads nothing
     out = client.completions.create(model="lazy-one", prompt="Hello, world!", max_tokens=10, temperature=0)
     assert out.choices[0].text == greedy(llm, "Hello, world!", "demo-r8-mlp", 10).text  # the same weights
     assert all("lazy-one" in s for s in _adapters_everywhere())
