@@ -23,12 +23,12 @@ def llm(demo):
     return LLM(model=str(demo / "model"), adapters=str(demo / "adapters"), device="cpu", dtype="float32")
 
 
-@pytest.fixture(scope="module", params=["gqa", "mha", "phi3", "gemma3"])
+@pytest.fixture(scope="module", params=["gqa", "mha", "phi3", "gemma3", "olmo2"])
 def tp_case(request, tmp_path_factory):
     """The tensor-parallel tests' case (tests/test_tp.py on the CPU, tests/test_tp_gpu.py on GPUs): a tiny
     model with grouped-query or multi-head attention, Phi-3's (fused qkv_proj / gate_up_proj weights and
     adapters, each part split over the ranks by itself) or Gemma 3's (q/k head norms replicated on every
-    rank, sliding-window layers),
+    rank, sliding-window layers) or OLMo 2's (q / k norms over all heads: a sum over the ranks),
     and the PEFT adapters of tests/tp_common.py SPECS,
     as (model dir, {adapter name: dir})."""
     from tests.models import make_model, make_peft_adapters

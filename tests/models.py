@@ -40,7 +40,7 @@ def make_model(root: Path, kind: str) -> Path:
     ones, Gemma 2's soft caps, Gemma 3's q/k norms and per-layer RoPE), 'gemma3-mm' (that Gemma 3 inside an
     image-text checkpoint with a tiny vision tower, as Gemma 3 4B and larger are), 'granite' (Granite 3's
     embedding, residual and attention multipliers and logits scaling), 'smollm3' (every second layer without
-    RoPE)."""
+    RoPE), 'olmo2' (norms after attention and the MLP only, q / k norms over all heads)."""
     d = root / f"model-{kind}"
     if (d / "config.json").exists():
         return d
@@ -161,6 +161,21 @@ def make_model(root: Path, kind: str) -> Path:
             pad_token_id=0, bos_token_id=2, no_rope_layer_interval=2, tie_word_embeddings=True,
         )  # fmt: skip
         SmolLM3ForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
+    elif kind == "olmo2":
+        from transformers import Olmo2Config, Olmo2ForCausalLM
+
+        torch.manual_seed(10)
+        cfg = Olmo2Config(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1, eos_token_id=1,
+            pad_token_id=0, bos_token_id=2,
+        )  # fmt: skip
+        model = Olmo2ForCausalLM(cfg)
+        with torch.no_grad():  # random norm weights (they start at 1), so the test sees them
+            for n, t in model.named_parameters():
+                if "norm" in n:
+                    t.uniform_(0.5, 1.5)
+        model.save_pretrained(str(d), safe_serialization=True)
     elif kind == "granite":
         from transformers import GraniteConfig, GraniteForCausalLM
 

@@ -15,7 +15,20 @@ from tests.models import ADAPTERS, HFReference, make_model, make_peft_adapters
 
 @pytest.fixture(
     scope="module",
-    params=["gqa", "mha", "qwen2", "mistral", "qwen3", "phi3", "gemma2", "gemma3", "gemma3-mm", "granite", "smollm3"],
+    params=[
+        "gqa",
+        "mha",
+        "qwen2",
+        "mistral",
+        "qwen3",
+        "phi3",
+        "gemma2",
+        "gemma3",
+        "gemma3-mm",
+        "granite",
+        "smollm3",
+        "olmo2",
+    ],
 )
 def setup(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("eq")

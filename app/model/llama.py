@@ -1,4 +1,4 @@
-"""Llama-family decoder (Llama 2/3, Mistral, Qwen2/3, Phi-3, Gemma 2/3, Granite 3, SmolLM3) over the paged pool.
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2/3, Phi-3, Gemma 2/3, Granite 3, SmolLM3, OLMo 2) over a paged pool.
 
 In:  a Hugging Face model directory (config.json, safetensors single or sharded).
      forward(input_ids [T], positions [T], ctx: ForwardContext) with all sequences' tokens flattened.
@@ -34,6 +34,7 @@ SUPPORTED_ARCHS = {
     "gemma3",
     "granite",
     "smollm3",
+    "olmo2",
 }
 # image-text models served for text: their language model's config and weights (other towers are not read)
 MULTIMODAL = {"gemma3": "gemma3_text"}
@@ -78,6 +79,9 @@ class ModelArgs:
     # residual add, query scale attention_multiplier, logits / logits_scaling (1: none)
     embedding_multiplier: float = 1.0
     rope_layers: tuple[bool, ...] = ()  # SmolLM3: False for a layer without positions (NoPE); (): every layer
+    # OLMo 2: no norm before attention or the MLP, one after each (before the residual add), and q / k
+    # normalised over their whole projection (all heads: a sum over the TP ranks)
+    olmo: bool = False
     residual_multiplier: float = 1.0
     logits_scaling: float = 1.0
 
@@ -171,6 +175,7 @@ class ModelArgs:
             residual_multiplier=float(c.get("residual_multiplier", 1.0)) if mt == "granite" else 1.0,
             logits_scaling=float(c.get("logits_scaling", 1.0)) if mt == "granite" else 1.0,
             rope_layers=_rope_layers(c) if mt == "smollm3" else (),
+            olmo=mt == "olmo2",
             attn_softcap=float(c.get("attn_logit_softcapping") or 0.0) if gemma else 0.0,
             final_softcap=float(c.get("final_logit_softcapping") or 0.0) if gemma else 0.0,
             qk_norm=mt in ("qwen3", "gemma3_text"),
@@ -347,8 +352,16 @@ class LlamaForCausalLM(torch.nn.Module):
         w["lm_head"] = w["embed"] if a.tie_word_embeddings or head is None else get(head)
         for i in range(a.num_layers):
             p = f"{pre}layers.{i}."
-            w[f"{i}.in_norm"] = norm(p + "input_layernorm.weight")
-            if a.gemma:  # sandwich: attention's and the MLP's outputs are normalised before the residual add
+            if a.olmo:  # post-norms only; q / k norms over the whole projection, this rank's part of each
+                w[f"{i}.attn_out_norm"] = get(p + "post_attention_layernorm.weight")
+                w[f"{i}.mlp_out_norm"] = get(p + "post_feedforward_layernorm.weight")
+                w[f"{i}.q_norm_all"] = col(p + "self_attn.q_norm.weight")
+                w[f"{i}.k_norm_all"] = col(p + "self_attn.k_norm.weight")
+            else:
+                w[f"{i}.in_norm"] = norm(p + "input_layernorm.weight")
+            if a.olmo:
+                pass  # its norms are above
+            elif a.gemma:  # sandwich: attention's and the MLP's outputs are normalised before the residual add
                 w[f"{i}.attn_out_norm"] = norm(p + "post_attention_layernorm.weight")
                 w[f"{i}.post_norm"] = norm(p + "pre_feedforward_layernorm.weight")
                 w[f"{i}.mlp_out_norm"] = norm(p + "post_feedforward_layernorm.weight")
@@ -396,8 +409,10 @@ class LlamaForCausalLM(torch.nn.Module):
         qkv = self.q_size + 2 * self.kv_size
         for i in range(a.num_layers):
             w[f"{i}.in_norm"], w[f"{i}.post_norm"] = ones(H), ones(H)
-            if a.gemma:
+            if a.gemma or a.olmo:
                 w[f"{i}.attn_out_norm"], w[f"{i}.mlp_out_norm"] = ones(H), ones(H)
+            if a.olmo:
+                w[f"{i}.q_norm_all"], w[f"{i}.k_norm_all"] = ones(self.q_size), ones(self.kv_size)
             w[f"{i}.qkv"] = rnd(qkv, H)
             if a.qk_norm:
                 w[f"{i}.q_norm"], w[f"{i}.k_norm"] = ones(a.head_dim), ones(a.head_dim)
@@ -431,11 +446,13 @@ class LlamaForCausalLM(torch.nn.Module):
         elif a.embedding_multiplier != 1.0:
             h = h * a.embedding_multiplier
         rm = a.residual_multiplier
-        x = be.rms_norm(h, w["0.in_norm"], eps)
+        x = h if a.olmo else be.rms_norm(h, w["0.in_norm"], eps)
         attn = ctx.attn
         for i in range(a.num_layers):
             qkv = F.linear(x, w[f"{i}.qkv"], w.get(f"{i}.qkv_b"))
             apply_lora(ctx, i, "qkv", x, qkv, [self.q_size, self.kv_size, self.kv_size])
+            if a.olmo:
+                self._whole_qk_norm(i, qkv)
             # q and k in place: Qwen3's head norms (after the LoRA delta, as PEFT's q_proj output), then RoPE
             if not a.rope_layers or a.rope_layers[i]:  # a NoPE layer (SmolLM3) uses q and k as they are
                 c, s = rot[self.windows[i] > 0 and self.local_inv_freq is not None]
@@ -456,17 +473,35 @@ class LlamaForCausalLM(torch.nn.Module):
                 window=self.windows[i], softcap=a.attn_softcap,
             )  # fmt: skip
             y = self._row_parallel(ctx, i, "o", o.view(-1, self.q_size))
-            if a.gemma:
+            if a.gemma or a.olmo:
                 y = be.rms_norm(y, w[f"{i}.attn_out_norm"], eps)
-            x = be.add_rms_norm(h, y if rm == 1.0 else y * rm, w[f"{i}.post_norm"], eps)
+            if a.olmo:  # noqa: SIM108 - the MLP reads the residual stream itself
+                x = h.add_(y)
+            else:
+                x = be.add_rms_norm(h, y if rm == 1.0 else y * rm, w[f"{i}.post_norm"], eps)
             gu = F.linear(x, w[f"{i}.gate_up"], w.get(f"{i}.gate_up_b"))
             apply_lora(ctx, i, "gate_up", x, gu, [self.inter, self.inter])
-            nxt = w[f"{i + 1}.in_norm"] if i + 1 < a.num_layers else w["norm"]
             y = self._row_parallel(ctx, i, "down", be.gelu_mul(gu) if a.gemma else be.silu_mul(gu))
-            if a.gemma:
+            if a.gemma or a.olmo:
                 y = be.rms_norm(y, w[f"{i}.mlp_out_norm"], eps)
-            x = be.add_rms_norm(h, y if rm == 1.0 else y * rm, nxt, eps)
+            if a.olmo:  # the next attention reads the residual stream itself; the last layer's is normalised
+                x = h.add_(y) if i + 1 < a.num_layers else be.add_rms_norm(h, y, w["norm"], eps)
+            else:
+                nxt = w[f"{i + 1}.in_norm"] if i + 1 < a.num_layers else w["norm"]
+                x = be.add_rms_norm(h, y if rm == 1.0 else y * rm, nxt, eps)
         return x
+
+    def _whole_qk_norm(self, i: int, qkv: torch.Tensor) -> None:
+        """OLMo 2's q and k norms, in place: each over its whole projection (all heads), its sum of squares
+        summed over the TP ranks, in float32 as transformers' Olmo2RMSNorm."""
+        a, w = self.args, self.w
+        q, k = qkv[:, : self.q_size].float(), qkv[:, self.q_size : self.q_size + self.kv_size].float()
+        ss = torch.stack([q.pow(2).sum(-1), k.pow(2).sum(-1)], -1)
+        self.tp.all_reduce(ss)
+        rq = torch.rsqrt(ss[:, :1] / (a.num_heads * a.head_dim) + a.rms_norm_eps)
+        rk = torch.rsqrt(ss[:, 1:] / (a.num_kv_heads * a.head_dim) + a.rms_norm_eps)
+        qkv[:, : self.q_size] = (w[f"{i}.q_norm_all"] * (q * rq)).to(qkv.dtype)
+        qkv[:, self.q_size : self.q_size + self.kv_size] = (w[f"{i}.k_norm_all"] * (k * rk)).to(qkv.dtype)
 
     def _row_parallel(self, ctx: ForwardContext, i: int, name: str, x: torch.Tensor) -> torch.Tensor:
         """o / down: this rank's partial x @ W^T plus its LoRA partial, summed over the TP group by one
