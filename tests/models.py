@@ -34,7 +34,7 @@ ADAPTERS = {
 def make_model(root: Path, kind: str) -> Path:
     """kind: 'gqa' (4 heads, 2 KV heads, Llama-3 rope scaling), 'mha' (4/4, sharded safetensors with an
     index), 'qwen2' (q/k/v bias, tied embeddings, GQA), 'mistral' (GQA, sliding window config), 'qwen3' (q/k
-    head norms, head_dim 32 with hidden 64 and 4 heads, tied embeddings, GQA), 'phi3' (fused qkv_proj and
+    head norms, head_dim 32 with hidden 64 and 4 heads, YaRN, tied embeddings, GQA), 'phi3' (fused qkv_proj and
     gate_up_proj, LongRoPE short factors with their attention factor, partial rotary 0.5, GQA, tied embeddings),
     'gemma2' / 'gemma3' (sandwich norms x (1 + w), gated GELU, sliding-window layers of 12 tokens beside full
     ones, Gemma 2's soft caps, Gemma 3's q/k norms and per-layer RoPE), 'gemma3-mm' (that Gemma 3 inside an
@@ -111,6 +111,13 @@ def make_model(root: Path, kind: str) -> Path:
             num_key_value_heads=2,
             head_dim=32,  # not hidden / heads, as Qwen3's own checkpoints
             max_position_embeddings=512,
+            # YaRN, as Qwen3's long-context settings (a short pretraining length: the ramp cuts inside the dims)
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 128,
+                "rope_theta": 10000.0,
+            },  # fmt: skip
             initializer_range=0.1,
             eos_token_id=1,
             tie_word_embeddings=True,

@@ -130,13 +130,14 @@ class ModelArgs:
         kind = rope_cfg.get("rope_type", rope_cfg.get("type", "default"))
         rope = None if kind == "default" else rope_cfg
         rope_max_len = None
-        if kind == "longrope":  # its short factors hold up to the pretraining length (long ones: not served)
+        if kind in ("longrope", "yarn"):
             original = rope_cfg.get("original_max_position_embeddings") or c.get("original_max_position_embeddings")
             if not original:
-                raise ValueError("longrope scaling needs original_max_position_embeddings")
+                raise ValueError(f"{kind} scaling needs original_max_position_embeddings")
             rope = {**rope_cfg, "original_max_position_embeddings": original,
                     "max_position_embeddings": c.get("max_position_embeddings", 4096)}  # fmt: skip
-            rope_max_len = int(original)
+            if kind == "longrope":  # its short factors hold up to the pretraining length (long ones: not served)
+                rope_max_len = int(original)
         head_dim = c.get("head_dim") or c["hidden_size"] // heads
         windows = _layer_windows(c, mt)
         eos = c.get("eos_token_id")
@@ -240,8 +241,8 @@ def _rope_layers(c: dict) -> tuple[bool, ...]:
 
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
-    """Inverse frequencies of the rotated dims, with linear, Llama-3 or LongRoPE (short factors) scaling when
-    the config asks for it."""
+    """Inverse frequencies of the rotated dims, with linear, Llama-3, LongRoPE (short factors) or YaRN scaling
+    when the config asks for it."""
     d = args.rope_dim
     inv = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
     rs = args.rope_scaling
@@ -264,16 +265,53 @@ def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = (wavelen >= old / hi) & (wavelen <= old / lo)
         return torch.where(medium, smoothed, scaled).float()
-    raise ValueError(f"rope scaling {kind!r} is not supported (default, linear, llama3, longrope)")
+    if kind == "yarn":
+        return _yarn_inv_freq(args.rope_theta, d, rs)
+    raise ValueError(f"rope scaling {kind!r} is not supported (default, linear, llama3, longrope, yarn)")
+
+
+def _yarn_factor(rs: dict) -> float:
+    return rs.get("factor") or rs["max_position_embeddings"] / rs["original_max_position_embeddings"]
+
+
+def _yarn_inv_freq(base: float, d: int, rs: dict) -> torch.Tensor:
+    """YaRN (Qwen's and DeepSeek's long contexts): per frequency, a blend of the extrapolated and the
+    interpolated (/ factor) inverse frequency by a linear ramp between the correction dims of beta_fast and
+    beta_slow rotations over the pretraining length; in float32, as transformers computes it."""
+    factor, original = _yarn_factor(rs), rs["original_max_position_embeddings"]
+    fast, slow = rs.get("beta_fast") or 32, rs.get("beta_slow") or 1
+
+    def dim_of(rotations: float) -> float:
+        return (d * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    lo, hi = dim_of(fast), dim_of(slow)
+    if rs.get("truncate", True):
+        lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, d - 1)
+    if lo == hi:
+        hi += 0.001
+    pos = base ** (torch.arange(0, d, 2).to(dtype=torch.float) / d)
+    extra = 1 - torch.clamp((torch.arange(d // 2, dtype=torch.float32) - lo) / (hi - lo), 0, 1)
+    return (1.0 / (factor * pos)) * (1 - extra) + (1.0 / pos) * extra
 
 
 def rope_attention_factor(args: ModelArgs) -> float:
-    """The factor on cos and sin (LongRoPE's attention factor; 1 otherwise), as transformers computes it."""
+    """The factor on cos and sin (LongRoPE's and YaRN's attention factor; 1 otherwise), as transformers
+    computes it."""
     rs = args.rope_scaling
-    if rs is None or rs.get("rope_type", rs.get("type")) != "longrope":
+    kind = None if rs is None else rs.get("rope_type", rs.get("type"))
+    if rs is None or kind not in ("longrope", "yarn"):
         return 1.0
     if rs.get("attention_factor") is not None:
         return float(rs["attention_factor"])
+    if kind == "yarn":
+
+        def mscale(scale: float, m: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        f = _yarn_factor(rs)
+        m, m_all = rs.get("mscale"), rs.get("mscale_all_dim")
+        return float(mscale(f, m) / mscale(f, m_all)) if m and m_all else mscale(f)
     original = rs["original_max_position_embeddings"]
     factor = rs.get("factor") or rs["max_position_embeddings"] / original
     return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
