@@ -40,7 +40,8 @@ def make_model(root: Path, kind: str) -> Path:
     ones, Gemma 2's soft caps, Gemma 3's q/k norms and per-layer RoPE), 'gemma3-mm' (that Gemma 3 inside an
     image-text checkpoint with a tiny vision tower, as Gemma 3 4B and larger are), 'granite' (Granite 3's
     embedding, residual and attention multipliers and logits scaling), 'smollm3' (every second layer without
-    RoPE), 'olmo2' (norms after attention and the MLP only, q / k norms over all heads)."""
+    RoPE), 'olmo2' (norms after attention and the MLP only, q / k norms over all heads), 'olmo3' (that, with 12-token
+    sliding layers beside a full one with YaRN)."""
     d = root / f"model-{kind}"
     if (d / "config.json").exists():
         return d
@@ -168,16 +169,24 @@ def make_model(root: Path, kind: str) -> Path:
             pad_token_id=0, bos_token_id=2, no_rope_layer_interval=2, tie_word_embeddings=True,
         )  # fmt: skip
         SmolLM3ForCausalLM(cfg).save_pretrained(str(d), safe_serialization=True)
-    elif kind == "olmo2":
-        from transformers import Olmo2Config, Olmo2ForCausalLM
+    elif kind in ("olmo2", "olmo3"):
+        from transformers import Olmo2Config, Olmo2ForCausalLM, Olmo3Config, Olmo3ForCausalLM
 
         torch.manual_seed(10)
-        cfg = Olmo2Config(
-            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        common = dict(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1, eos_token_id=1,
             pad_token_id=0, bos_token_id=2,
         )  # fmt: skip
-        model = Olmo2ForCausalLM(cfg)
+        if kind == "olmo2":
+            model = Olmo2ForCausalLM(Olmo2Config(**common, num_hidden_layers=2))
+        else:  # three sliding layers of 12 tokens to one full layer with YaRN
+            model = Olmo3ForCausalLM(Olmo3Config(
+                **common, num_hidden_layers=4, sliding_window=12,
+                rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                 "full_attention": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                                    "original_max_position_embeddings": 128}},
+            ))  # fmt: skip
         with torch.no_grad():  # random norm weights (they start at 1), so the test sees them
             for n, t in model.named_parameters():
                 if "norm" in n:

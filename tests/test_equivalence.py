@@ -28,6 +28,7 @@ from tests.models import ADAPTERS, HFReference, make_model, make_peft_adapters
         "granite",
         "smollm3",
         "olmo2",
+        "olmo3",
     ],
 )
 def setup(request, tmp_path_factory):

@@ -1,4 +1,4 @@
-"""Llama-family decoder (Llama 2/3, Mistral, Qwen2/3, Phi-3, Gemma 2/3, Granite 3, SmolLM3, OLMo 2) over a paged pool.
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2/3, Phi-3, Gemma 2/3, Granite 3, SmolLM3, OLMo 2/3) over a paged pool.
 
 In:  a Hugging Face model directory (config.json, safetensors single or sharded).
      forward(input_ids [T], positions [T], ctx: ForwardContext) with all sequences' tokens flattened.
@@ -35,6 +35,7 @@ SUPPORTED_ARCHS = {
     "granite",
     "smollm3",
     "olmo2",
+    "olmo3",
 }
 # image-text models served for text: their language model's config and weights (other towers are not read)
 MULTIMODAL = {"gemma3": "gemma3_text"}
@@ -119,7 +120,8 @@ class ModelArgs:
         heads = c["num_attention_heads"]
         rope_cfg = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
         local_theta = c.get("rope_local_base_freq") if mt == "gemma3_text" else None
-        if "full_attention" in rope_cfg or "sliding_attention" in rope_cfg:  # per layer type (Gemma 3)
+        per_type = "full_attention" in rope_cfg or "sliding_attention" in rope_cfg
+        if per_type:  # per layer type (Gemma 3, OLMo 3): the sliding layers' own base, unscaled
             local = dict(rope_cfg.get("sliding_attention") or {})
             if local.get("rope_type", "default") != "default":
                 raise ValueError(f"rope scaling {local.get('rope_type')!r} of the sliding layers is not supported")
@@ -164,7 +166,7 @@ class ModelArgs:
             eos_token_id=eos,
             gemma=gemma,
             layer_windows=windows,
-            local_rope_theta=float(local_theta or 10000.0) if mt == "gemma3_text" else None,
+            local_rope_theta=float(local_theta or 10000.0) if per_type or mt == "gemma3_text" else None,
             attn_scale=(
                 float(c.get("query_pre_attn_scalar") or head_dim) ** -0.5
                 if gemma
@@ -176,7 +178,7 @@ class ModelArgs:
             residual_multiplier=float(c.get("residual_multiplier", 1.0)) if mt == "granite" else 1.0,
             logits_scaling=float(c.get("logits_scaling", 1.0)) if mt == "granite" else 1.0,
             rope_layers=_rope_layers(c) if mt == "smollm3" else (),
-            olmo=mt == "olmo2",
+            olmo=mt in ("olmo2", "olmo3"),
             attn_softcap=float(c.get("attn_logit_softcapping") or 0.0) if gemma else 0.0,
             final_softcap=float(c.get("final_logit_softcapping") or 0.0) if gemma else 0.0,
             qk_norm=mt in ("qwen3", "gemma3_text"),
@@ -218,6 +220,8 @@ def _layer_windows(c: dict, mt: str) -> tuple[int, ...]:
         elif mt == "gemma3_text":
             k = c.get("sliding_window_pattern", 6)
             types = ["sliding_attention" if (i + 1) % k else "full_attention" for i in range(n)]
+        elif mt == "olmo3":
+            types = ["sliding_attention" if (i + 1) % 4 else "full_attention" for i in range(n)]
         elif mt == "smollm3":  # the NoPE layers slide
             types = ["full_attention" if r else "sliding_attention" for r in _rope_layers(c)]
         elif mt in ("qwen2", "qwen3"):
