@@ -6,6 +6,10 @@ Formats (chosen from the chat template's text, `tool_format`):
                  (Hermes, Qwen 2 / 2.5 / 3 templates)
   "llama3_json": the whole output is {"name": ..., "parameters": {...}} (several separated by ";"),
                  optionally after <|python_tag|> (Llama 3.1 / 3.2 / 3.3 templates)
+  "mistral":     the whole output is [TOOL_CALLS] then a JSON array of {"name": ..., "arguments": {...}}
+                 (Mistral v0.3 templates) or name[ARGS]{...} per call (newer Mistral tokenizers); the
+                 [TOOL_CALLS] control token is dropped by detokenizing, so an output that is such an array
+                 (or name[ARGS]{...}) by itself is one too
 
 tool_choice (OpenAI): "none" (tools are not shown to the model), "auto" (the output is parsed: tool calls if
 it holds any, else content), "required" (the output is forced, by grammar, to a JSON array of
@@ -24,6 +28,7 @@ from app.structured import StructuredOutputs
 
 HERMES_START, HERMES_END = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
+MISTRAL_CALLS, MISTRAL_ARGS = "[TOOL_CALLS]", "[ARGS]"
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
@@ -47,6 +52,8 @@ def tool_format(chat_template: str | None) -> str | None:
         return None
     if HERMES_START in chat_template:
         return "hermes"
+    if MISTRAL_CALLS in chat_template or "[AVAILABLE_TOOLS]" in chat_template:
+        return "mistral"
     if '"parameters"' in chat_template or "python_tag" in chat_template:
         return "llama3_json"
     return None
@@ -112,6 +119,10 @@ def parse_tool_calls(text: str, fmt: str | None, names: list[str]) -> tuple[str 
                 content, last = content + text[last:a], b
             content = (content + text[last:]).strip()
             return content or None, calls
+    elif fmt == "mistral":
+        calls = _mistral_calls(text, names)
+        if calls:
+            return None, calls
     elif fmt == "llama3_json":
         body = text.strip().removeprefix(PYTHON_TAG).strip()
         if body.startswith("{"):
@@ -120,6 +131,34 @@ def parse_tool_calls(text: str, fmt: str | None, names: list[str]) -> tuple[str 
             if json_calls and len(json_calls) == len(parsed):
                 return None, json_calls
     return text, []
+
+
+def _mistral_calls(text: str, names: list[str]) -> list[ToolCall]:
+    """The calls of a whole Mistral tool-call output, or [] (then it is content)."""
+    body = text.strip().removeprefix(MISTRAL_CALLS).strip()
+    if body.startswith("["):
+        try:
+            items = json.loads(body)
+        except ValueError:
+            return []
+        parsed = [_call(json.dumps(x), "arguments", names) for x in items] if isinstance(items, list) else []
+        calls = [c for c in parsed if c is not None]
+        return calls if calls and len(calls) == len(parsed) else []
+    out = []
+    for part in body.split(MISTRAL_CALLS):  # name[ARGS]{...}, once per call
+        name, sep, args = part.strip().partition(MISTRAL_ARGS)
+        call = _call(json.dumps({"name": name.strip(), "arguments": _json_or_none(args)}), "arguments", names)
+        if not sep or call is None:
+            return []
+        out.append(call)
+    return out
+
+
+def _json_or_none(s: str):
+    try:
+        return json.loads(s)
+    except ValueError:
+        return None
 
 
 def _call(s: str, key: str, names: list[str]) -> ToolCall | None:
@@ -153,7 +192,8 @@ def _split_json_objects(s: str) -> list[str]:
 class StreamingToolParser:
     """Splits a streamed output into content to send now and a tool-call part to hold until the end:
     "hermes" sends text up to a (possible start of a) <tool_call> and holds the rest; "llama3_json" holds
-    an output that starts with { or <|python_tag|>, else sends it as content; forced outputs hold it all."""
+    an output that starts with { or <|python_tag|>, "mistral" one that starts with [ or [TOOL_CALLS] or is
+    a name followed by [ARGS], else sends it as content; forced outputs hold it all."""
 
     def __init__(self, fmt: str | None, forced: bool):
         self.fmt, self.forced = fmt, forced
@@ -166,14 +206,22 @@ class StreamingToolParser:
         self.text += delta
         if self.holding or self.fmt is None:
             return "" if self.holding else self._send(len(self.text))
-        if self.fmt == "llama3_json":
+        if self.fmt in ("llama3_json", "mistral"):
             head = self.text.lstrip()
+            tag, opens = (PYTHON_TAG, ("{", PYTHON_TAG)) if self.fmt == "llama3_json" else (MISTRAL_CALLS, ("[",))
             if self.sent == 0:
-                if PYTHON_TAG.startswith(head):  # nothing yet, or maybe the start of <|python_tag|>
+                if tag.startswith(head):  # nothing yet, or maybe the start of the format's tag
                     return ""
-                if head.startswith(("{", PYTHON_TAG)):
+                if head.startswith((*opens, tag)) or (self.fmt == "mistral" and MISTRAL_ARGS in head):
                     self.holding = True
                     return ""
+                name, bracket, rest = head.partition("[")
+                if (
+                    self.fmt == "mistral"
+                    and re.fullmatch(r"[A-Za-z_][\w.-]*", name)
+                    and MISTRAL_ARGS.startswith(bracket + rest)
+                ):
+                    return ""  # maybe a function name before [ARGS]: wait for the next characters
             return self._send(len(self.text))
         i = self.text.find(HERMES_START, self.sent)
         if i >= 0:

@@ -69,6 +69,29 @@ def test_parse_llama3_json():
         assert parse_tool_calls(bad, "llama3_json", NAMES) == (bad, [])
 
 
+MISTRAL_TEMPLATE = (  # the tool part of Mistral v0.3's template
+    "{%- if tools %}[AVAILABLE_TOOLS] {{ tools | tojson }}[/AVAILABLE_TOOLS]{%- endif %}"
+    "{%- for m in messages %}[INST] {{ m['content'] }}[/INST]{%- endfor %}"
+)
+
+
+def test_parse_mistral():
+    """[TOOL_CALLS] [...] (v0.3), name[ARGS]{...} (newer tokenizers), and both without the control token,
+    which detokenizing drops; anything else is content."""
+    assert tool_format(MISTRAL_TEMPLATE) == "mistral"
+    arr = '[{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_time", "arguments": {}}]'
+    for text in ("[TOOL_CALLS] " + arr, arr, " " + arr):
+        content, calls = parse_tool_calls(text, "mistral", NAMES)
+        assert content is None and [c.name for c in calls] == ["get_weather", "get_time"]
+        assert json.loads(calls[0].arguments) == {"city": "Oslo"}
+    for text in ('[TOOL_CALLS]get_weather[ARGS]{"city": "Rome"}[TOOL_CALLS]get_time[ARGS]{}',
+                 'get_weather[ARGS]{"city": "Rome"}'):  # fmt: skip
+        content, calls = parse_tool_calls(text, "mistral", NAMES)
+        assert content is None and calls[0].name == "get_weather" and json.loads(calls[0].arguments) == {"city": "Rome"}
+    for bad in ("Hello there", '[{"name": "rm_rf", "arguments": {}}]', "[1, 2]", "nope[ARGS]{}", "[TOOL_CALLS] [{"):
+        assert parse_tool_calls(bad, "mistral", NAMES) == (bad, [])
+
+
 CALL = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
 
 
@@ -80,6 +103,10 @@ CALL = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
         ("llama3_json", ' {"name": "get_time", "parameters": {}}', ""),
         ("llama3_json", "<|python_tag|>{}", ""),
         ("llama3_json", "  plain words", "  plain words"),
+        ("mistral", ' [{"name": "get_time", "arguments": {}}]', ""),
+        ("mistral", 'get_time[ARGS]{"x": 1}', ""),
+        ("mistral", "[TOOL_CALLS] [", ""),
+        ("mistral", "Plain words [1]", "Plain words [1]"),
     ],
 )
 def test_streaming_parser_holds_only_tool_calls(fmt, text, sent):
