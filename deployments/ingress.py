@@ -711,8 +711,15 @@ class OpenAIIngress:
             c.text = out.text
         return out.delta_text
 
-    async def _stream(self, choices: list[_Choice], chunk, usage_chunk):
-        """Merges the choices' streams into SSE lines; `chunk(choice, delta_text)` makes one event."""
+    async def _stream(self, choices: list[_Choice], chunk, usage_chunk, running_usage=None):
+        """Merges the choices' streams into SSE lines; `chunk(choice, delta_text)` makes one event;
+        `running_usage()`: the usage so far, put in every chunk (vLLM's continuous_usage_stats)."""
+
+        def line(event: dict) -> str:
+            if running_usage is not None:
+                event["usage"] = running_usage()
+            return f"data: {json.dumps(event)}\n\n"
+
         q: asyncio.Queue = asyncio.Queue()
 
         async def pump(c: _Choice):
@@ -730,7 +737,7 @@ class OpenAIIngress:
             for c in choices:
                 first = chunk(c, None)
                 if first is not None:
-                    yield f"data: {json.dumps(first)}\n\n"
+                    yield line(first)
             while open_:
                 c, out = await q.get()
                 if out is None:
@@ -747,7 +754,7 @@ class OpenAIIngress:
                 if delta or out.finished:
                     event = chunk(c, delta)
                     if event is not None:  # None: nothing to send yet (a held-back tool call)
-                        yield f"data: {json.dumps(event)}\n\n"
+                        yield line(event)
             else:
                 if usage_chunk is not None:
                     yield f"data: {json.dumps(usage_chunk())}\n\n"
@@ -815,7 +822,12 @@ class OpenAIIngress:
                 return CompletionResponse(id=rid, created=created, model=model, choices=[], usage=u).model_dump()
 
             return StreamingResponse(
-                self._stream(choices, chunk, usage_chunk if body.include_usage else None),
+                self._stream(
+                    choices,
+                    chunk,
+                    usage_chunk if body.include_usage else None,
+                    (lambda: usage(choices).model_dump()) if body.continuous_usage else None,
+                ),
                 media_type="text/event-stream",
             )
         await self._collect(choices)
@@ -928,7 +940,12 @@ class OpenAIIngress:
                 ).model_dump()
 
             return StreamingResponse(
-                self._stream(choices, chunk, usage_chunk if body.include_usage else None),
+                self._stream(
+                    choices,
+                    chunk,
+                    usage_chunk if body.include_usage else None,
+                    (lambda: usage(choices).model_dump()) if body.continuous_usage else None,
+                ),
                 media_type="text/event-stream",
             )
         await self._collect(choices)
