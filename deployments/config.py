@@ -65,6 +65,13 @@ class IngressSettings(BaseModel):
         "model's generation_config.json values (vLLM's default, --generation-config auto); vllm: the API's own "
         "defaults (temperature 1, no filters)",
     )
+    max_dynamic_adapters: int | None = Field(
+        None,
+        ge=1,
+        description="at most this many adapters loaded on demand (dynamic_lora_loading_path) by one ingress "
+        "replica: before it loads another, it unloads the least recently requested one that no running request "
+        "uses (Ray Serve LLM's max_num_adapters_per_replica); None: no limit",
+    )
     reasoning_parser: Literal["qwen3", "deepseek_r1"] | None = Field(
         None,
         description="chat answers' <think>...</think> part returned as the message's `reasoning` (and "

@@ -29,6 +29,7 @@ replica's logger.
 # No `from __future__ import annotations` here: FastAPI must see the route annotations as classes
 # (with postponed annotations Serve's ingress wrapper loses them).
 import asyncio
+import collections
 import importlib.metadata
 import json
 import logging
@@ -298,6 +299,8 @@ class OpenAIIngress:
         self.tokenizer = Tokenizer(self.cfg.tokenizer_path)
         self.snapshots: dict[str, dict | None] = dict.fromkeys(self.groups)
         self._loading: dict[str, asyncio.Future] = {}  # on-demand adapter loads in flight, by name
+        # adapters this replica loaded on demand, least recently requested first (max_dynamic_adapters)
+        self._dynamic: collections.OrderedDict[str, None] = collections.OrderedDict()
         # a request's unset sampling fields: the model's generation config (IngressSettings.generation_config)
         self.sampling_defaults = (
             generation_defaults(self.cfg.model_path) if self.cfg.generation_config == "auto" else {}
@@ -442,6 +445,8 @@ class OpenAIIngress:
             adapters = await self._adapters(fresh=fresh)
             for name in (model, short):
                 if name in adapters:
+                    if load and name in self._dynamic:
+                        self._dynamic.move_to_end(name)
                     return name, adapters[name]
         if load and self.cfg.dynamic_lora_loading_path:
             name = short or model
@@ -468,11 +473,34 @@ class OpenAIIngress:
             return None
         load = self._loading.get(name)
         if load is None:
-            load = self._loading[name] = asyncio.ensure_future(self._load_everywhere(name, str(path), "model", True))
+            load = self._loading[name] = asyncio.ensure_future(self._make_room_and_load(name, str(path)))
             load.add_done_callback(lambda _: self._loading.pop(name, None))
         await asyncio.shield(load)  # a waiting request that goes away does not cancel the others' load
-        logger.info("adapter %r loaded on demand from %s", name, path)
         return (await self._adapters(fresh=True)).get(name)
+
+    async def _make_room_and_load(self, name: str, path: str) -> None:
+        """Loads `name` on demand after unloading, while this replica holds max_dynamic_adapters of them, the
+        least recently requested one that no running request uses (none: loaded beyond the limit, logged)."""
+        cap = self.cfg.max_dynamic_adapters
+        while cap is not None and len(self._dynamic) >= cap:
+            for old in list(self._dynamic):
+                try:
+                    await self._unload_everywhere(old, "model")
+                except APIError as e:
+                    if e.status == 404:  # unloaded by someone else meanwhile
+                        del self._dynamic[old]
+                        break
+                    continue  # in use: the next least recently requested
+                del self._dynamic[old]
+                logger.info("adapter %r unloaded to make room for %r (max_dynamic_adapters=%d)", old, name, cap)
+                break
+            else:
+                logger.warning("max_dynamic_adapters=%d: every adapter loaded on demand is in use; %r is loaded "
+                               "beyond the limit", cap, name)  # fmt: skip
+                break
+        await self._load_everywhere(name, path, "model", True)
+        self._dynamic[name] = None
+        logger.info("adapter %r loaded on demand from %s", name, path)
 
     def _check_prompt_sizes(self, num_prompts: int, n: int, text_chars: list[int], param: str) -> None:
         """Cheap limits, before any tokenizing: prompts x n, and texts too long for the context whatever
@@ -1128,11 +1156,18 @@ class OpenAIIngress:
     @api.post("/v1/unload_lora_adapter")
     async def unload_lora_adapter(self, body: UnloadLoRAAdapterRequest):
         name = body.lora_name
+        await self._unload_everywhere(name, "lora_name")
+        self._dynamic.pop(name, None)
+        return Response(f"Success: LoRA adapter '{name}' removed successfully.", media_type="text/plain")
+
+    async def _unload_everywhere(self, name: str, param: str) -> None:
+        """Unregisters adapter `name` on every group, all or nothing; an APIError naming `param` when it
+        cannot (404: loaded nowhere; the group's refusal, e.g. in use)."""
         results = await asyncio.gather(
             *(h.remove_adapter.remote(name) for h in self.groups.values()), return_exceptions=True
         )
         if all(isinstance(r, dict) and r.get("status") == 404 for r in results):
-            raise APIError(404, f"the adapter {name!r} is not loaded", "lora_name")
+            raise APIError(404, f"the adapter {name!r} is not loaded", param)
         failed = [r for r in results if not _done(r) and not (isinstance(r, dict) and r.get("status") == 404)]
         if failed:  # all or nothing: put it back on the groups that had already dropped it
             removed = [(g, r["path"]) for g, r in zip(self.groups, results) if _done(r)]
@@ -1142,9 +1177,8 @@ class OpenAIIngress:
             )
             e = failed[0]
             if isinstance(e, dict):  # refused by the group (in use)
-                raise APIError(e["status"], e["error"], "lora_name")
-            raise APIError(500, f"unloading {name!r} failed: {_cause(e)!r}", "lora_name")
-        return Response(f"Success: LoRA adapter '{name}' removed successfully.", media_type="text/plain")
+                raise APIError(e["status"], e["error"], param)
+            raise APIError(500, f"unloading {name!r} failed: {_cause(e)!r}", param)
 
     @api.get("/health")
     async def health(self):

@@ -127,6 +127,8 @@ def service(demo, roots):
             "max_choices_per_request": 8,
             "max_request_tokens": 1024,
             "reasoning_parser": "deepseek_r1",
+            "dynamic_lora_loading_path": str(roots / "on-demand"),
+            "max_dynamic_adapters": 1,
         }
     )
     serve.run_many(
@@ -659,6 +661,21 @@ def test_adapters_loaded_on_demand(http, client, llm, roots):
     assert not any("lazy-bad" in s for s in _adapters_everywhere())
     for missing in ("lazy-none", "..", "on-demand/lazy-one"):
         _err(http.post("/v1/completions", json={"model": missing, "prompt": "x", "max_tokens": 2}), 404)
+
+
+def test_on_demand_adapters_beyond_the_limit_unload_the_least_recent(service):
+    """/fuzz keeps max_dynamic_adapters=1: loading a second adapter on demand unloads the first (a running
+    request would keep it: the unload is the groups' own, refused in use, as
+    test_unload_of_an_adapter_in_use_changes_nothing shows; the new one is then loaded beyond the limit)."""
+    c = openai.OpenAI(base_url=f"{BASE}/fuzz/v1", api_key=KEY, max_retries=0, timeout=60)
+
+    def loaded() -> set[str]:
+        return set(group_stats("SLoRAGroup-0", app="fuzz")["adapters"]) & {"lazy-one", "lazy-two"}
+
+    kw = dict(prompt="Hi", max_tokens=2, temperature=0)
+    for name in ("lazy-one", "lazy-two", "lazy-two", "lazy-one"):
+        assert c.completions.create(model=name, **kw).choices[0].finish_reason == "length"
+        assert loaded() == {name}
 
 
 def test_keys_by_role(roots):
