@@ -148,14 +148,16 @@ def gpu_by_kind(events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]]) ->
     return {k: round(v, 3) for k, v in out.items()}
 
 
-def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=PROFILE_STEPS) -> dict:
+def run_once(
+    engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=PROFILE_STEPS, host_profile: bool = True
+) -> dict:
     """One burst of `reqs`, stepped to the end. `step_s_by_kind`: the wall time of the `engine.step()` calls
     that launched a decode-only step / a step with a prefill chunk (with asynchronous scheduling a call also
     waits for the step before it, so a slow step shows in the next call's kind too). `gpu_s_by_kind` (CUDA): per
     kind, the GPU time between events recorded on the compute stream before and after each call, i.e. from
     the moment the device reached the call's first launch to its last (the work of the step it launched, and
     the device idle inside it); their sum against `elapsed_s` is the device idle between steps. `profile`: GPU
-    kernels and host functions over the steps in `window`."""
+    kernels and (with `host_profile`, cProfile, which slows the host) host functions over the steps in `window`."""
     rng = random.Random(seed)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for name in list(engine.pool.resident_adapters()):  # every run starts with no adapter on the GPU
@@ -181,8 +183,9 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=
             sync()
             prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
             prof.__enter__()
-            host = cProfile.Profile()
-            host.enable()
+            host = cProfile.Profile() if host_profile else None
+            if host is not None:
+                host.enable()
             tw = time.perf_counter()
         ts = time.perf_counter()
         if cuda:
@@ -196,11 +199,12 @@ def run_once(engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=
         n += 1
         if prof is not None and n == window[1]:
             sync()
-            host.disable()
+            if host is not None:
+                host.disable()
             wall = time.perf_counter() - tw
             prof.__exit__(None, None, None)
             prof = kernel_breakdown(prof, wall)
-            prof["host_top"] = host_top(host)
+            prof["host_top"] = host_top(host) if host is not None else None
         batch.append(len(engine.scheduler.running))
         distinct.append(engine.last_step_adapters)
         kind = "with_prefill" if engine.last_step_tokens > running else "decode"
@@ -355,7 +359,8 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
             run_once(engine, workload(min(args.max_num_seqs, args.requests), n, args.seed + 1, hi=args.max_len), a.vocab_size, 1,
                      False)  # fmt: skip
         row = {"adapters": n, "async_scheduling": mode,
-               **run_once(engine, reqs, a.vocab_size, args.seed, args.profile, tuple(args.profile_steps))}  # fmt: skip
+               **run_once(engine, reqs, a.vocab_size, args.seed, args.profile, tuple(args.profile_steps),
+                            args.profile_host)}  # fmt: skip
         fl = floor_s(a, reqs, n_params, weight_bytes, args.max_num_seqs, bw, rate)
         # with adapters, each decode step also reads the LoRA weights of its distinct adapters once
         lora_bytes = row["mean_distinct_adapters"] * adapter_bytes
@@ -478,6 +483,12 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=4096)
     ap.add_argument("--layers", type=int, default=None, help="fewer layers than the shape (quick runs)")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument(
+        "--profile-host",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--profile also runs cProfile on the host (it slows the host: the GPU busy share reads lower)",
+    )
     ap.add_argument("--profile-steps", nargs=2, type=int, default=list(PROFILE_STEPS), help="the profiled steps")
     ap.add_argument(
         "--online",
