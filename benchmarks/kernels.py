@@ -207,6 +207,11 @@ FULL_CASES = [
     # session-2026-12-03-noon's profile measured the LoRA kernels at ~4x their bytes, twice the cases above
     StepCase("decode 250 req, 125 adapters, q/k/v/o", 250, [], 125, ("qkv", "o")),
     StepCase("mixed 250 decode + 1 x 300 prefill, 125 adapters, q/k/v/o", 250, [300], 125, ("qkv", "o")),
+    # the saturated run's fullest decode steps (session-2026-12-05 run 43: 255 sequences, 230 adapters), and the
+    # small batches of a lightly loaded server (the http suite's ~24), where each launch is near its floor
+    StepCase("decode 255 req, 230 adapters, q/k/v/o", 255, [], 230, ("qkv", "o")),
+    StepCase("decode 64 req, 64 adapters, q/k/v/o", 64, [], 64, ("qkv", "o")),
+    StepCase("decode 24 req, 24 adapters, q/k/v/o", 24, [], 24, ("qkv", "o")),
 ]
 SMOKE_CASES = [
     StepCase("decode 6 req, 3 adapters", 6, [], 3),
@@ -223,6 +228,8 @@ SWEEP = {
         dict(shrink_r=64, shrink_k=128),
         dict(shrink_split=1),
         dict(shrink_split=4),
+        dict(shrink_split=8),
+        dict(shrink_split=8, shrink_k=128),
         dict(shrink_r=16),
         dict(shrink_k=512),
         dict(shrink_stages=2),
