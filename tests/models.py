@@ -305,7 +305,11 @@ class HFReference:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        # eager: transformers' own attention, soft caps included (transformers 5.17 picks SDPA for Gemma 2,
+        # which leaves the attention soft cap out: 0.16 apart in a log-probability, session-2026-12-05 run 44)
+        base = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=torch.float32, attn_implementation="eager"
+        ).eval()
         names = list(adapters)
         self.model = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0]).eval()
         for n in names[1:]:

@@ -44,25 +44,12 @@ def generate(model, adapters, reqs, n=10, **cfg):
 
 
 def test_triton_equals_torch_and_peft_float32(setup):
-    """Triton equals the torch backend token for token; both equal transformers + PEFT's greedy tokens up to
-    ties: where they first differ, transformers' own log-probabilities of the two tokens are within 1e-4 (on
-    the GPU a near tie can go either way between two float32 summation orders; gemma2's soft caps of 5 and 3
-    squash the tiny model's logits into near ties: one of 36 requests in run 42, session-2026-12-04g)."""
     model, adapters, reqs = setup
     tri = generate(model, adapters, reqs, dtype="float32", kernel_backend="triton")
     ref = generate(model, adapters, reqs, dtype="float32", kernel_backend="torch")
     assert tri == ref
     hf = HFReference(model, {k: v for k, v in adapters.items()})
-    ties = 0
-    for (ids, a), got in zip(reqs, tri):
-        want = hf.greedy(ids, a, 10)
-        if got == want:
-            continue
-        t = next(i for i, (x, y) in enumerate(zip(got, want)) if x != y)
-        lp = hf.logprobs(ids + want[:t], a)[-1]
-        assert abs(float(lp[got[t]]) - float(lp[want[t]])) < 1e-4, (a, t, got, want)
-        ties += 1
-    assert ties <= len(reqs) // 10, f"{ties} requests differ from transformers + PEFT (at near ties)"
+    assert tri == [hf.greedy(ids, a, 10) for ids, a in reqs]
 
 
 def test_triton_tiny_pool_float32(setup):
