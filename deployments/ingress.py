@@ -526,13 +526,15 @@ class OpenAIIngress:
     ) -> list[list[int]]:
         """Runs `encoded` (a generator that tokenizes one prompt per item) in a worker thread, so that the
         event loop goes on serving while a long prompt is encoded, or inline when the request's body is
-        at most INLINE_TOKENIZE_BYTES (by its Content-Length). Each prompt is checked against the
-        context as soon as it is encoded, and the running total (prompt tokens + max_tokens of every
-        choice) against `max_request_tokens`: a request stops costing at its first prompt over a limit."""
+        at most INLINE_TOKENIZE_BYTES (by its Content-Length). Each prompt is cut to the request's
+        `truncate_prompt_tokens` and checked against the context as soon as it is encoded, and the running
+        total (prompt tokens + max_tokens of every choice) against `max_request_tokens`: a request stops
+        costing at its first prompt over a limit."""
 
         def run() -> list[list[int]]:
             prompts, total = [], 0
-            for ids in encoded:
+            for whole in encoded:
+                ids = body.truncated(whole, self.cfg.max_model_len)
                 total += body.n * (len(ids) + self._max_tokens(body.max_tokens, len(ids), default_max))
                 if total > self.cfg.max_request_tokens:
                     raise APIError(
@@ -807,8 +809,12 @@ class OpenAIIngress:
         decode = self.tokenizer.decode
         usage = self._usage_for(prompts, body.n)
         n = body.n
-        # echo: the prompt as given (token-id prompts decoded) before each choice's text
-        echo = [(p if isinstance(p, str) else decode(ids)) if body.echo else "" for p, ids in zip(texts, prompts)]
+        # echo: the prompt as given (token-id prompts, or prompts truncate_prompt_tokens may cut, decoded) before
+        # each choice's text
+        given = body.truncate_prompt_tokens is None
+        echo = [
+            (p if isinstance(p, str) and given else decode(ids)) if body.echo else "" for p, ids in zip(texts, prompts)
+        ]
 
         def logprobs(c: _Choice, ids: list[int], lps: list, offset: int = 0, with_prompt: bool = False):
             if body.logprobs is None:

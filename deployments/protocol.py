@@ -78,7 +78,6 @@ VLLM_UNSUPPORTED: dict[str, tuple] = {
     "length_penalty": (1, 1.0),
     "skip_special_tokens": (True,),
     "spaces_between_special_tokens": (True,),
-    "truncate_prompt_tokens": (None,),
     "allowed_token_ids": (None,),
     "bad_words": (None, []),
     "logits_processors": (None,),
@@ -196,6 +195,8 @@ class _SamplingFields(BaseModel):
     logit_bias: dict[str, float] | None = None
     min_tokens: int = Field(0, ge=0)
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    # vLLM's: keep the prompt's last k tokens (-1: the model's maximum context length), after tokenizing
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
     # structured output: OpenAI's response_format, vLLM's structured_outputs and its older guided_* fields
     response_format: dict | None = None
     structured_outputs: dict | None = None
@@ -213,6 +214,22 @@ class _SamplingFields(BaseModel):
     def _vllm_unsupported(cls, data):
         refuse_unsupported(data, VLLM_UNSUPPORTED)
         return data
+
+    @field_validator("truncate_prompt_tokens")
+    @classmethod
+    def _truncate_not_zero(cls, v):
+        if v == 0:
+            raise ValueError("truncate_prompt_tokens must be -1 (the maximum context length) or at least 1")
+        return v
+
+    def truncated(self, ids: list[int], max_model_len: int) -> list[int]:
+        """The prompt's token ids as the model sees them: the last `truncate_prompt_tokens` of them (-1: the
+        last max_model_len), or all when unset."""
+        k = self.truncate_prompt_tokens
+        if k is None:
+            return ids
+        k = max_model_len if k == -1 else k
+        return ids[-k:] if len(ids) > k else ids
 
     @field_validator("stop")
     @classmethod

@@ -104,7 +104,7 @@ def test_echo_prompt_logprobs_min_tokens_and_vllm_fields():
     msgs = [{"role": "user", "content": "x"}]
     ChatCompletionRequest(model="m", messages=msgs, add_generation_prompt=True, echo=False, **neutral)
     for req, bad in (
-        (CompletionRequest, {"truncate_prompt_tokens": 8}),
+        (CompletionRequest, {"spaces_between_special_tokens": False}),
         (CompletionRequest, {"suffix": "end"}),
         (CompletionRequest, {"best_of": 3}),
         (ChatCompletionRequest, {"continue_final_message": True}),
@@ -117,6 +117,18 @@ def test_echo_prompt_logprobs_min_tokens_and_vllm_fields():
         (err,) = e.value.errors()
         assert isinstance(err["ctx"]["error"], UnsupportedField) and err["ctx"]["error"].param in bad
         assert err["ctx"]["error"].param in err["msg"]
+
+
+def test_truncate_prompt_tokens():
+    """vLLM's truncate_prompt_tokens: the last k tokens of the prompt, -1 the last max_model_len; 0 is refused."""
+    r = CompletionRequest(model="m", prompt="x", truncate_prompt_tokens=3)
+    assert r.truncated([1, 2, 3, 4, 5], 100) == [3, 4, 5]
+    assert r.truncated([1, 2], 100) == [1, 2]
+    assert CompletionRequest(model="m", prompt="x", truncate_prompt_tokens=-1).truncated([1, 2, 3, 4], 2) == [3, 4]
+    assert CompletionRequest(model="m", prompt="x").truncated([1, 2, 3, 4], 2) == [1, 2, 3, 4]
+    for bad in (0, -2):
+        with pytest.raises(ValidationError):
+            CompletionRequest(model="m", prompt="x", truncate_prompt_tokens=bad)
 
 
 def test_chat_request():

@@ -203,6 +203,23 @@ def test_token_id_prompts_and_batches(client, llm):
     assert [c.text for c in r.choices] == [greedy(llm, p, None, 5).text for p in ("Hello, world!", "def main():")]
 
 
+def test_truncate_prompt_tokens(client, http, llm):
+    """vLLM's truncate_prompt_tokens: the model sees (and echo shows, and usage counts) the prompt's last k
+    tokens; 0 is a 400."""
+    tok = Tokenizer(llm.engine.cfg.model)
+    ids = tok.encode("The quick brown fox jumps over the lazy dog")
+    for prompt in (ids, "The quick brown fox jumps over the lazy dog"):
+        r = client.completions.create(
+            model="demo-r8-mlp", prompt=prompt, max_tokens=6, temperature=0, echo=True,
+            extra_body={"truncate_prompt_tokens": 4},
+        )  # fmt: skip
+        ref = greedy(llm, ids[-4:], "demo-r8-mlp", 6)
+        assert r.usage.prompt_tokens == 4
+        assert r.choices[0].text == tok.decode(ids[-4:]) + ref.text
+    r = http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "truncate_prompt_tokens": 0})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "truncate_prompt_tokens"
+
+
 def test_streaming_completion_equals_offline(client, llm, http):
     ref = greedy(llm, "The quick brown fox", "demo-r64-all", 16, ignore_eos=True)
     chunks = list(
