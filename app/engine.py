@@ -317,7 +317,7 @@ class Engine:
             req.arrival_time = arrival_time
         self.scheduler.add(req)
         self.requests[rid] = req
-        self.detok[rid] = IncrementalDetokenizer(self.tokenizer)
+        self.detok[rid] = IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens)
         return rid
 
     def grammars(self):
@@ -489,15 +489,19 @@ class Engine:
         if not req.output_token_ids:  # max_tokens 0: the prompt is done
             return "length"
         tok = req.output_token_ids[-1]
+        # EOS and stop tokens were masked before min_tokens; stop strings do not count yet
+        counts = len(req.output_token_ids) >= p.min_tokens
+        eos = (not p.ignore_eos or p.structured is not None) and tok in self.eos_token_ids
+        ends_on_token = counts and (eos or tok in p.stop_token_ids)
         if p.detokenize:
             d = self.detok[req.request_id]
-            d.add(req.output_token_ids)
+            # as vLLM: the EOS or stop token that ends the output adds no text, unless include_stop_str_in_output
+            drop_last = ends_on_token and not p.include_stop_str_in_output
+            d.add(req.output_token_ids[:-1] if drop_last else req.output_token_ids)
             req.text = d.text
-        if len(req.output_token_ids) < p.min_tokens:
-            return None  # EOS and stop tokens were masked; stop strings do not count yet
-        if (not p.ignore_eos or p.structured is not None) and tok in self.eos_token_ids:
-            return "stop"
-        if tok in p.stop_token_ids:
+        if not counts:
+            return None
+        if ends_on_token:
             return "stop"
         if p.stop:
             start = max(0, req.emitted_chars - max(len(s) for s in p.stop))

@@ -45,6 +45,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     detokenize: bool = True  # False: token ids only (no text, no stop strings), as in vLLM
+    skip_special_tokens: bool = True  # False: special tokens' text stays in the output text, as in vLLM
     # Penalties and biases on the logits, before temperature / top-k / top-p (greedy too), as vLLM:
     # repetition (HF / CTRL: a logit of a token seen in the prompt or output is divided by it if positive,
     # else multiplied), then frequency (minus it times the token's count in the output) and presence

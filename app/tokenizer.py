@@ -26,8 +26,8 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=True)
 
-    def decode(self, ids: list[int]) -> str:
-        text = self.hf.decode(ids, skip_special_tokens=True)
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        text = self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
         assert isinstance(text, str)  # one sequence of ids decodes to one string
         return text
 
@@ -76,16 +76,17 @@ class IncrementalDetokenizer:
     so that the cost per token stays constant, and hold back text that ends in an incomplete UTF-8
     sequence until the next token completes it."""
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
         self.tok = tokenizer
+        self.skip_special_tokens = skip_special_tokens
         self.text = ""
         self.prefix = 0  # window start: one token of context before the unread ones
         self.read = 0  # tokens already turned into text
 
     def add(self, ids: list[int]) -> str:
         """`ids`: all output tokens so far. Returns the text they add."""
-        prefix_text = self.tok.decode(ids[self.prefix : self.read])
-        new_text = self.tok.decode(ids[self.prefix :])
+        prefix_text = self.tok.decode(ids[self.prefix : self.read], self.skip_special_tokens)
+        new_text = self.tok.decode(ids[self.prefix :], self.skip_special_tokens)
         if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
             return ""
         delta = new_text[len(prefix_text) :]

@@ -76,7 +76,6 @@ class UnsupportedField(ValueError):
 VLLM_UNSUPPORTED: dict[str, tuple] = {
     "use_beam_search": (False,),
     "length_penalty": (1, 1.0),
-    "skip_special_tokens": (True,),
     "spaces_between_special_tokens": (True,),
     "allowed_token_ids": (None,),
     "bad_words": (None, []),
@@ -197,6 +196,7 @@ class _SamplingFields(BaseModel):
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     # vLLM's: keep the prompt's last k tokens (-1: the model's maximum context length), after tokenizing
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    skip_special_tokens: bool = True  # vLLM's: False keeps special tokens' text in the output
     # structured output: OpenAI's response_format, vLLM's structured_outputs and its older guided_* fields
     response_format: dict | None = None
     structured_outputs: dict | None = None
@@ -259,6 +259,7 @@ class _SamplingFields(BaseModel):
             seed=seed,
             stop=self.stop,
             include_stop_str_in_output=self.include_stop_str_in_output,
+            skip_special_tokens=self.skip_special_tokens,
             stop_token_ids=list(self.stop_token_ids or []),
             ignore_eos=self.ignore_eos,
             presence_penalty=self.presence_penalty,

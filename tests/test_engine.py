@@ -37,7 +37,39 @@ def test_stop_strings_and_stop_tokens(llm):
     assert kept[0].finish_reason == "stop" and kept[0].text == full.text[: full.text.find(stop) + len(stop)]
     tok = full.token_ids[4]
     out = llm.generate(["The quick brown"], sampling_params=greedy(16, stop_token_ids=[tok]))[0]
-    assert out.finish_reason == "stop" and out.token_ids == full.token_ids[: full.token_ids.index(tok) + 1]
+    cut = full.token_ids.index(tok)
+    assert out.finish_reason == "stop" and out.token_ids == full.token_ids[: cut + 1]
+    # as vLLM: the stop token's text is not in the output unless include_stop_str_in_output (a stop token where
+    # both texts are whole characters: the detokenizer holds back a partial UTF-8 sequence)
+    decode = llm.engine.tokenizer.decode
+    ids = full.token_ids
+    cut = next(
+        c for c in range(1, len(ids))
+        if c == ids.index(ids[c]) and "\ufffd" not in decode(ids[: c + 1]) and decode(ids[:c]) != decode(ids[: c + 1])
+    )  # fmt: skip
+    for keep in (False, True):
+        p = greedy(16, stop_token_ids=[ids[cut]], include_stop_str_in_output=keep)
+        out = llm.generate(["The quick brown"], sampling_params=p)[0]
+        assert out.finish_reason == "stop" and out.token_ids == ids[: cut + 1]
+        assert out.text == decode(ids[: cut + keep]).rstrip("\ufffd")
+
+
+def test_skip_special_tokens(llm):
+    """vLLM's skip_special_tokens: special tokens add no text by default, their own text when False; the EOS
+    that ends an output adds none either way unless include_stop_str_in_output."""
+    tok = llm.engine.tokenizer
+    bos, eos = tok.hf.bos_token_id, tok.eos_token_id
+    assert bos is not None and eos is not None and bos != eos
+    forced = dict(logit_bias={bos: 100.0})  # every token is BOS (special)
+    skipped = llm.generate(["Hello"], sampling_params=greedy(3, **forced))[0]
+    shown = llm.generate(["Hello"], sampling_params=greedy(3, skip_special_tokens=False, **forced))[0]
+    assert skipped.token_ids == shown.token_ids == [bos] * 3
+    assert skipped.text == "" and shown.text == tok.hf.bos_token * 3
+    ends = dict(max_tokens=3, temperature=0.0, logit_bias={eos: 100.0}, skip_special_tokens=False)
+    out = llm.generate(["Hello"], sampling_params=SamplingParams(**ends))[0]
+    assert out.token_ids == [eos] and out.finish_reason == "stop" and out.text == ""
+    out = llm.generate(["Hello"], sampling_params=SamplingParams(include_stop_str_in_output=True, **ends))[0]
+    assert out.text == tok.hf.eos_token
 
 
 def test_eos_stops_unless_ignored(llm):

@@ -110,7 +110,7 @@ def test_echo_prompt_logprobs_min_tokens_and_vllm_fields():
         (ChatCompletionRequest, {"continue_final_message": True}),
         (ChatCompletionRequest, {"functions": [{"name": "f"}]}),
         (ChatCompletionRequest, {"prompt_logprobs": 1, "stream": True}),
-        (ChatCompletionRequest, {"skip_special_tokens": False}),
+        (ChatCompletionRequest, {"allowed_token_ids": [1, 2]}),
     ):
         with pytest.raises(ValidationError) as e:
             req(model="m", prompt="x", messages=msgs, **bad)
@@ -129,6 +129,13 @@ def test_truncate_prompt_tokens():
     for bad in (0, -2):
         with pytest.raises(ValidationError):
             CompletionRequest(model="m", prompt="x", truncate_prompt_tokens=bad)
+
+
+def test_skip_special_tokens_reaches_the_engine():
+    assert CompletionRequest(model="m", prompt="x").to_sampling_params(3).skip_special_tokens is True
+    msgs = [{"role": "user", "content": "x"}]
+    r = ChatCompletionRequest(model="m", messages=msgs, skip_special_tokens=False)
+    assert r.to_sampling_params(3).skip_special_tokens is False
 
 
 def test_chat_request():
