@@ -298,6 +298,10 @@ class OpenAIIngress:
         )
         self.tokenizer = Tokenizer(self.cfg.tokenizer_path)
         self.snapshots: dict[str, dict | None] = dict.fromkeys(self.groups)
+        # adapter loads and unloads this replica has made; a group's snapshot lists adapters as of the count
+        # when its poll was sent (`_snapshot_edits`), and is not trusted for adapters after a later edit
+        self._adapter_edits = 0
+        self._snapshot_edits: dict[str, int] = {}
         self._loading: dict[str, asyncio.Future] = {}  # on-demand adapter loads in flight, by name
         # adapters this replica loaded on demand, least recently requested first (max_dynamic_adapters)
         self._dynamic: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -364,6 +368,7 @@ class OpenAIIngress:
         await asyncio.gather(*(self._poll_group(n, h) for n, h in self.groups.items() if n in self.answered))
 
     async def _poll_group(self, name: str, h: DeploymentHandle) -> None:
+        edits = self._adapter_edits
         try:
             s = await asyncio.wait_for(self._await(h.stats.remote()), self.cfg.stats_poll_timeout_s)
         except Exception as e:  # noqa: BLE001 - an unreachable group is marked down, not fatal
@@ -375,6 +380,7 @@ class OpenAIIngress:
             self.router.mark_unhealthy(name)
             return
         self.snapshots[name] = s
+        self._snapshot_edits[name] = edits
         self.router.update(GroupState.from_stats(s))
         if name not in self.answered:
             self.answered.add(name)
@@ -399,11 +405,12 @@ class OpenAIIngress:
         return await resp
 
     async def _adapters(self, fresh: bool = False) -> dict[str, dict]:
-        """Registered adapters: from the last poll, or asked from a serving group (after a miss, or for
-        listings); 503 at once while no group serves."""
+        """Registered adapters: from the last poll (unless this replica loaded or unloaded an adapter since
+        that poll was sent: an adapter it unloaded on demand must not look loaded), or asked from a serving
+        group (after a miss, or for listings); 503 at once while no group serves."""
         if not fresh:
-            for s in self.snapshots.values():
-                if s:
+            for name, s in self.snapshots.items():
+                if s and self._snapshot_edits.get(name) == self._adapter_edits:
                     return s["adapters"]
         await self._require_group()
         errors = []
@@ -1142,22 +1149,26 @@ class OpenAIIngress:
             path = confine_path(lora_path, self.cfg.allowed_adapter_roots)
         except AdapterError as e:
             raise APIError(400, str(e), param) from None
-        results = await asyncio.gather(
-            *(h.add_adapter.remote(name, str(path)) for h in self.groups.values()), return_exceptions=True
-        )
+        self._adapter_edits += 1
+        try:
+            results = await asyncio.gather(
+                *(h.add_adapter.remote(name, str(path)) for h in self.groups.values()), return_exceptions=True
+            )
 
-        def loaded(r: object) -> bool:
-            return _done(r) or (exist_ok and isinstance(r, dict) and bool(r.get("exists")))
+            def loaded(r: object) -> bool:
+                return _done(r) or (exist_ok and isinstance(r, dict) and bool(r.get("exists")))
 
-        failed = [_cause(r) if isinstance(r, BaseException) else r for r in results if not loaded(r)]
-        if failed:
-            ok = [g for g, r in zip(self.groups, results) if _done(r)]
-            await asyncio.gather(*(self.groups[g].remove_adapter.remote(name) for g in ok), return_exceptions=True)
-            err = failed[0]
-            if isinstance(err, dict):  # refused by the group
-                raise APIError(err["status"], err["error"], param)
-            status = 400 if isinstance(err, (AdapterError, ValueError)) else 500
-            raise APIError(status, str(err) if status == 400 else f"loading {name!r} failed: {err!r}", param)
+            failed = [_cause(r) if isinstance(r, BaseException) else r for r in results if not loaded(r)]
+            if failed:
+                ok = [g for g, r in zip(self.groups, results) if _done(r)]
+                await asyncio.gather(*(self.groups[g].remove_adapter.remote(name) for g in ok), return_exceptions=True)
+                err = failed[0]
+                if isinstance(err, dict):  # refused by the group
+                    raise APIError(err["status"], err["error"], param)
+                status = 400 if isinstance(err, (AdapterError, ValueError)) else 500
+                raise APIError(status, str(err) if status == 400 else f"loading {name!r} failed: {err!r}", param)
+        finally:  # a poll sent while the groups changed may show either state
+            self._adapter_edits += 1
 
     @api.post("/v1/unload_lora_adapter")
     async def unload_lora_adapter(self, body: UnloadLoRAAdapterRequest):
@@ -1169,22 +1180,26 @@ class OpenAIIngress:
     async def _unload_everywhere(self, name: str, param: str) -> None:
         """Unregisters adapter `name` on every group, all or nothing; an APIError naming `param` when it
         cannot (404: loaded nowhere; the group's refusal, e.g. in use)."""
-        results = await asyncio.gather(
-            *(h.remove_adapter.remote(name) for h in self.groups.values()), return_exceptions=True
-        )
-        if all(isinstance(r, dict) and r.get("status") == 404 for r in results):
-            raise APIError(404, f"the adapter {name!r} is not loaded", param)
-        failed = [r for r in results if not _done(r) and not (isinstance(r, dict) and r.get("status") == 404)]
-        if failed:  # all or nothing: put it back on the groups that had already dropped it
-            removed = [(g, r["path"]) for g, r in zip(self.groups, results) if _done(r)]
-            await asyncio.gather(
-                *(self.groups[g].add_adapter.remote(name, path, confined=False) for g, path in removed),
-                return_exceptions=True,
+        self._adapter_edits += 1
+        try:
+            results = await asyncio.gather(
+                *(h.remove_adapter.remote(name) for h in self.groups.values()), return_exceptions=True
             )
-            e = failed[0]
-            if isinstance(e, dict):  # refused by the group (in use)
-                raise APIError(e["status"], e["error"], param)
-            raise APIError(500, f"unloading {name!r} failed: {_cause(e)!r}", param)
+            if all(isinstance(r, dict) and r.get("status") == 404 for r in results):
+                raise APIError(404, f"the adapter {name!r} is not loaded", param)
+            failed = [r for r in results if not _done(r) and not (isinstance(r, dict) and r.get("status") == 404)]
+            if failed:  # all or nothing: put it back on the groups that had already dropped it
+                removed = [(g, r["path"]) for g, r in zip(self.groups, results) if _done(r)]
+                await asyncio.gather(
+                    *(self.groups[g].add_adapter.remote(name, path, confined=False) for g, path in removed),
+                    return_exceptions=True,
+                )
+                e = failed[0]
+                if isinstance(e, dict):  # refused by the group (in use)
+                    raise APIError(e["status"], e["error"], param)
+                raise APIError(500, f"unloading {name!r} failed: {_cause(e)!r}", param)
+        finally:  # a poll sent while the groups changed may show either state
+            self._adapter_edits += 1
 
     @api.get("/health")
     async def health(self):
