@@ -808,7 +808,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path, help="directory for kernels.json and kernels.md")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU under TRITON_INTERPRET=1)")
-    ap.add_argument("--batch", type=int, default=256, help="decode requests for the LoRA benchmark")
     ap.add_argument("--attn-batch", type=int, default=32, help="sequences for the attention benchmark")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--seed", type=int, default=0)
