@@ -60,7 +60,7 @@ from app.lora.adapter import (
 from app.lora.layer import LORA_GROUPS, targeted_groups
 from app.model.llama import ModelArgs
 from app.pool import PagePool, PoolStats
-from app.request import ModelOutput, Request, RequestOutput, SamplingParams
+from app.request import ModelOutput, Request, RequestOutput, SamplingParams, truncated_prompt
 from app.sampling import FAILED
 from app.scheduler import Scheduler, SchedulerOutput
 from app.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -291,6 +291,9 @@ class Engine:
             bad = [t for t in ids if not 0 <= t < self.args.vocab_size]
             if bad:
                 raise ValueError(f"token ids {bad[:5]} are outside the vocabulary (size {self.args.vocab_size})")
+        if params.truncate_prompt_tokens is not None:
+            cut = truncated_prompt(ids, params.truncate_prompt_tokens, self.max_model_len)
+            ids, text = cut, (text if cut is ids else self.tokenizer.decode(cut))
         if not ids:
             raise ValueError("the prompt is empty")
         if params.structured is not None:

@@ -18,6 +18,15 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 100.0
 REPETITION_PENALTY_RANGE = (0.01, 100.0)
 
 
+def truncated_prompt(ids: list[int], keep: int | None, max_model_len: int) -> list[int]:
+    """vLLM's truncate_prompt_tokens: the last `keep` token ids of a prompt (-1: the last max_model_len; None:
+    all of them)."""
+    if keep is None:
+        return ids
+    keep = max_model_len if keep == -1 else keep
+    return ids[-keep:] if len(ids) > keep else ids
+
+
 @dataclass
 class TokenLogprobs:
     """One token's log-probability and the `logprobs` most likely tokens there (id, logprob), best first.
@@ -46,6 +55,7 @@ class SamplingParams:
     ignore_eos: bool = False
     detokenize: bool = True  # False: token ids only (no text, no stop strings), as in vLLM
     skip_special_tokens: bool = True  # False: special tokens' text stays in the output text, as in vLLM
+    truncate_prompt_tokens: int | None = None  # the prompt's last k tokens (-1: max_model_len), as vLLM
     # Penalties and biases on the logits, before temperature / top-k / top-p (greedy too), as vLLM:
     # repetition (HF / CTRL: a logit of a token seen in the prompt or output is divided by it if positive,
     # else multiplied), then frequency (minus it times the token's count in the output) and presence
@@ -83,11 +93,14 @@ class SamplingParams:
         self._validate_extensions()
 
     def _validate_extensions(self) -> None:
-        """prompt_logprobs and min_tokens."""
+        """prompt_logprobs, truncate_prompt_tokens and min_tokens."""
         if self.prompt_logprobs is not None and not (
             isinstance(self.prompt_logprobs, int) and 0 <= self.prompt_logprobs <= MAX_LOGPROBS
         ):
             raise ValueError(f"prompt_logprobs must be an integer in [0, {MAX_LOGPROBS}], got {self.prompt_logprobs!r}")
+        k = self.truncate_prompt_tokens
+        if k is not None and not (isinstance(k, int) and (k == -1 or k >= 1)):
+            raise ValueError(f"truncate_prompt_tokens must be -1 (the maximum context length) or >= 1, got {k!r}")
         if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
             raise ValueError(
                 f"min_tokens must be an integer in [0, max_tokens={self.max_tokens}], got {self.min_tokens!r}"

@@ -23,7 +23,7 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.lora.adapter import MAX_PATH_CHARS, check_adapter_name, check_adapter_path
-from app.request import MAX_LOGPROBS, SamplingParams, TokenLogprobs
+from app.request import MAX_LOGPROBS, SamplingParams, TokenLogprobs, truncated_prompt
 from app.structured import StructuredOutputs
 from app.tools import forced_constraint
 
@@ -225,11 +225,7 @@ class _SamplingFields(BaseModel):
     def truncated(self, ids: list[int], max_model_len: int) -> list[int]:
         """The prompt's token ids as the model sees them: the last `truncate_prompt_tokens` of them (-1: the
         last max_model_len), or all when unset."""
-        k = self.truncate_prompt_tokens
-        if k is None:
-            return ids
-        k = max_model_len if k == -1 else k
-        return ids[-k:] if len(ids) > k else ids
+        return truncated_prompt(ids, self.truncate_prompt_tokens, max_model_len)
 
     @field_validator("stop")
     @classmethod

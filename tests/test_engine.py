@@ -54,6 +54,20 @@ def test_stop_strings_and_stop_tokens(llm):
         assert out.text == decode(ids[: cut + keep]).rstrip("\ufffd")
 
 
+def test_truncate_prompt_tokens(llm):
+    """vLLM's truncate_prompt_tokens offline: the model sees the prompt's last k tokens (-1: max_model_len)."""
+    ids = llm.engine.tokenizer.encode("The quick brown fox jumps over the lazy dog")
+    want = llm.generate([ids[-4:]], sampling_params=greedy(6))[0]
+    for prompt in (ids, "The quick brown fox jumps over the lazy dog"):
+        got = llm.generate([prompt], sampling_params=greedy(6, truncate_prompt_tokens=4))[0]
+        assert got.prompt_token_ids == ids[-4:] and got.token_ids == want.token_ids
+    whole = llm.generate([ids], sampling_params=greedy(6, truncate_prompt_tokens=-1))[0]
+    assert whole.prompt_token_ids == ids  # shorter than max_model_len: nothing cut
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="truncate_prompt_tokens"):
+            greedy(6, truncate_prompt_tokens=bad)
+
+
 def test_skip_special_tokens(llm):
     """vLLM's skip_special_tokens: special tokens add no text by default, their own text when False; the EOS
     that ends an output adds none either way unless include_stop_str_in_output."""
