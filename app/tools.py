@@ -141,31 +141,33 @@ def _mistral_calls(text: str, names: list[str]) -> list[ToolCall]:
             items = json.loads(body)
         except ValueError:
             return []
-        parsed = [_call(json.dumps(x), "arguments", names) for x in items] if isinstance(items, list) else []
+        parsed = [_call_obj(x, "arguments", names) for x in items] if isinstance(items, list) else []
         calls = [c for c in parsed if c is not None]
         return calls if calls and len(calls) == len(parsed) else []
     out = []
     for part in body.split(MISTRAL_CALLS):  # name[ARGS]{...}, once per call
         name, sep, args = part.strip().partition(MISTRAL_ARGS)
-        call = _call(json.dumps({"name": name.strip(), "arguments": _json_or_none(args)}), "arguments", names)
+        call = _call_obj({"name": name.strip(), "arguments": json_or(args, None)}, "arguments", names)
         if not sep or call is None:
             return []
         out.append(call)
     return out
 
 
-def _json_or_none(s: str):
+def json_or(s: str, default):
+    """The JSON value of `s`, or `default` when `s` is not JSON."""
     try:
         return json.loads(s)
     except ValueError:
-        return None
+        return default
 
 
 def _call(s: str, key: str, names: list[str]) -> ToolCall | None:
-    try:
-        obj = json.loads(s)
-    except ValueError:
-        return None
+    return _call_obj(json_or(s, None), key, names)
+
+
+def _call_obj(obj, key: str, names: list[str]) -> ToolCall | None:
+    """A parsed {"name": ..., key: {...}} of a tool in `names` as a ToolCall, else None."""
     if not isinstance(obj, dict) or obj.get("name") not in names:
         return None
     args = obj.get(key, obj.get("arguments" if key == "parameters" else "parameters", {}))

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from app.lora.adapter import MAX_PATH_CHARS, check_adapter_name, check_adapter_path
 from app.request import MAX_LOGPROBS, SamplingParams, TokenLogprobs, truncated_prompt
 from app.structured import StructuredOutputs
-from app.tools import forced_constraint
+from app.tools import forced_constraint, json_or
 
 
 def random_id(prefix: str) -> str:
@@ -388,7 +388,10 @@ class ChatMessage(BaseModel):
                 {
                     "id": c.id,
                     "type": c.type,
-                    "function": {"name": c.function.name, "arguments": _json_or_text(c.function.arguments)},
+                    "function": {
+                        "name": c.function.name,
+                        "arguments": json_or(c.function.arguments, c.function.arguments),
+                    },
                 }
                 for c in self.tool_calls
             ]
@@ -397,13 +400,6 @@ class ChatMessage(BaseModel):
         if self.name is not None:
             d["name"] = self.name
         return d
-
-
-def _json_or_text(s: str):
-    try:
-        return json.loads(s)
-    except ValueError:
-        return s
 
 
 class FunctionDef(BaseModel):
