@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import torch
 import triton
 
-from kernels.lora_kernels import lora_apply_kernel, lora_expand_kernel, lora_shrink_kernel
+from kernels.lora_kernels import lora_expand_kernel, lora_shrink_kernel
 from kernels.lora_plan import LoRAPlan, lora_plan
 from kernels.lora_ref import MAX_G, check_lora_args, check_out_offsets, check_scales
 
@@ -68,9 +68,6 @@ class LoRATileConfig:
     shrink_stages: int = 3
     expand_warps: int = 4
     expand_stages: int = 2
-    # lora_apply in one launch (shrink programs, then expand programs that wait per tile for their v;
-    # kernels/lora_kernels.py `lora_apply_kernel`), with the shrink's warps and stages and no K split
-    one_launch: bool = False
 
 
 @dataclass(frozen=True)
@@ -309,16 +306,9 @@ def lora_apply(
     config: LoRAKernelConfig = DEFAULT_CONFIG,
 ) -> torch.Tensor:
     """Triton `lora_apply_ref`: y[:, out_offsets[g]:out_offsets[g+1]] += scale * (x @ A_g^T) @ B_g^T, as
-    `lora_shrink` into v (float32 [T, G, R], scratch) then `lora_expand` (one ranks tensor for both), in two
-    launches, or in one when the regime's `one_launch` is set."""
+    `lora_shrink` into v (float32 [T, G, R], scratch) then `lora_expand` (one ranks tensor for both)."""
     if plan is None and x.shape[0] and seg_slot.shape[0]:
         plan = plan_for_step(seg_indptr, seg_slot, page_table.shape[0], x.shape[0], max_seg_len, config)
-    c = config.for_step(max_seg_len)
-    if c.one_launch:
-        return _lora_apply_one_launch(
-            y, x, v, pool, page_table, a_offsets, b_offsets, ranks, scales, seg_indptr, seg_slot, out_offsets, c,
-            aligned, plan,
-        )  # fmt: skip
     lora_shrink(
         x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot, v,
         max_seg_len=max_seg_len, aligned=aligned, plan=plan, config=config,
@@ -327,50 +317,3 @@ def lora_apply(
         y, v, pool, page_table, b_offsets, ranks, scales, seg_indptr, seg_slot, out_offsets,
         max_seg_len=max_seg_len, aligned=aligned, plan=plan, config=config,
     )  # fmt: skip
-
-
-def _lora_apply_one_launch(
-    y, x, v, pool, page_table, a_offsets, b_offsets, ranks, scales, seg_indptr, seg_slot, out_offsets,
-    c: LoRATileConfig, aligned: bool, plan: LoRAPlan | None,
-) -> torch.Tensor:  # fmt: skip
-    """`lora_apply` as one `lora_apply_kernel` launch (the arguments checked as the two wrappers check them)."""
-    if x.dim() != 2 or y.dim() != 2 or v.dim() != 3:
-        raise ValueError(f"x [T, K], y [T, N] and v [T, G, R] expected, got {tuple(x.shape)}, {tuple(y.shape)}, "
-                         f"{tuple(v.shape)}")  # fmt: skip
-    _check_triton_lora("lora_apply", x, pool, page_table, a_offsets, ranks, seg_indptr, seg_slot,
-                       {"y": y, "v": v, "b_offsets": b_offsets, "scales": scales})  # fmt: skip
-    T, K = x.shape
-    G = a_offsets.shape[1]
-    if b_offsets.dtype not in _INT_DTYPES:
-        raise ValueError(f"lora_apply: b_offsets must be int32 or int64, got {b_offsets.dtype}")
-    if b_offsets.shape != a_offsets.shape:
-        raise ValueError(f"b_offsets {tuple(b_offsets.shape)} and a_offsets {tuple(a_offsets.shape)} differ")
-    if v.shape[0] != T or v.shape[1] != G or y.shape[0] != T:
-        raise ValueError(f"v must be [T={T}, G={G}, R] and y [T={T}, N], got {tuple(v.shape)}, {tuple(y.shape)}")
-    for what, t in (("y", y), ("v", v)):
-        if t.dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"{what} dtype {t.dtype} is not a float type")
-    out_offsets = check_out_offsets(out_offsets, G, y)
-    check_scales(scales, page_table)
-    offs, n_max, widths_aligned = targets_geometry(out_offsets)
-    R, P = v.shape[2], pool.shape[1]
-    if T == 0 or R == 0 or n_max == 0 or seg_slot.shape[0] == 0:
-        return y
-    plan = _step_plan(plan, seg_indptr, seg_slot, page_table.shape[0], T, c)
-    page_table, a_offsets, b_offsets, ranks = (t.contiguous() for t in (page_table, a_offsets, b_offsets, ranks))
-    block_r = _npow2(R, 16, c.shrink_r)
-    block_k = _fit_page(c.shrink_k, P)
-    block_n = _fit_page(_npow2(n_max, 16, c.expand_n), P)
-    n_rb, n_nb = triton.cdiv(R, block_r), triton.cdiv(n_max, block_n)
-    n_tiles = plan.max_tiles
-    lora_apply_kernel[(n_tiles * G * (n_rb + n_nb),)](
-        x, y, v, pool, page_table, a_offsets, b_offsets, ranks, scales.contiguous(), plan.data, plan.sync,
-        plan.num_tokens, K, R, G, n_tiles, n_rb, n_nb, *offs,
-        x.stride(0), x.stride(1), y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2),
-        page_table.stride(0),
-        PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=block_r, BLOCK_K=block_k, BLOCK_RE=_npow2(R, 16, c.expand_r),
-        BLOCK_N=block_n, ALIGNED_A=aligned and K % 64 == 0 and P % 64 == 0,
-        ALIGNED_B=aligned and P % 64 == 0 and widths_aligned, ROW_IN_TWO_PAGES=K <= P,
-        INPUT_PRECISION=_input_precision(pool.dtype), num_warps=c.shrink_warps, num_stages=c.shrink_stages,
-    )  # fmt: skip
-    return y

@@ -94,44 +94,6 @@ def _shrink_acc(
     return acc
 
 
-@triton.jit
-def _shrink_program(
-    x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, out_ptr, slot, tok, mm, g, pid_r, ks, n_split,
-    K, R, G, col_mult, stride_xt, stride_xk, stride_pt, stride_ot, stride_og, stride_or,
-    PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-    ALIGNED: tl.constexpr, SPLIT_ATOMIC: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
-):  # fmt: skip
-    """One shrink program of a live tile (slot >= 0): columns [pid_r * BLOCK_R, + BLOCK_R) of v, K range ks of
-    n_split (`lora_shrink_kernel`)."""
-    cols = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cmask = cols < R
-    out_cols = out_ptr + g * stride_og + cols * stride_or
-    r = tl.load(rank_ptr + slot * G + g)
-    a_off = tl.load(off_ptr + slot * G + g)
-    pt_row = pt_ptr + slot.to(tl.int64) * stride_pt
-    c0 = col_mult * r
-    j = cols - c0  # row of A behind each output column
-    jmask = (j >= 0) & (j < r)
-    live = (r > 0) & (pid_r * BLOCK_R < c0 + r) & (pid_r * BLOCK_R + BLOCK_R > c0)
-    k_per = tl.cdiv(tl.cdiv(K, BLOCK_K), n_split) * BLOCK_K
-    k_lo = ks * k_per
-    k_end = tl.where(live, tl.minimum(K, k_lo + k_per), k_lo)  # blocks outside [c0, c0 + r): zeros
-    if SPLIT_ATOMIC:
-        if live:  # out is zero elsewhere already
-            acc = _shrink_acc(x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt,
-                              stride_xk, PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES,
-                              INPUT_PRECISION)  # fmt: skip
-            tl.atomic_add(out_cols[None, :] + tok[:, None] * stride_ot, acc, mask=mm[:, None] & cmask[None, :],
-                          sem="relaxed")  # fmt: skip
-    else:
-        acc = _shrink_acc(x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt,
-                          stride_xk, PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES,
-                          INPUT_PRECISION)  # fmt: skip
-        tl.store(out_cols[None, :] + tok[:, None] * stride_ot, acc.to(out_ptr.dtype.element_ty),
-                 mask=mm[:, None] & cmask[None, :])  # fmt: skip
-
-
 @triton.jit(do_not_specialize=["T", "R", "col_mult", "stride_pt", "stride_ot", "stride_og"])
 def lora_shrink_kernel(
     x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, plan_ptr, out_ptr,
@@ -147,54 +109,36 @@ def lora_shrink_kernel(
     and A^T [BLOCK_K, BLOCK_R]. Columns outside [c0, c0 + r) of the tile's tokens get zeros.
     Split-K (n_split > 1, SPLIT_ATOMIC): each program sums one K range and atomically adds it into `out`,
     which the wrapper zeroed (float32); otherwise every program stores its columns, zeros included."""
-    slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
-    if slot >= 0:
-        _shrink_program(x_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, out_ptr, slot, tok, mm, tl.program_id(1),
-                        tl.program_id(2) // n_split, tl.program_id(2) % n_split, n_split, K, R, G, col_mult,
-                        stride_xt, stride_xk, stride_pt, stride_ot, stride_og, stride_or, PAGE_ELEMS, BLOCK_M,
-                        BLOCK_R, BLOCK_K, ALIGNED, SPLIT_ATOMIC, ROW_IN_TWO_PAGES, INPUT_PRECISION)  # fmt: skip
-
-
-@triton.jit
-def _expand_program(
-    y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, slot, tok, mm, g, pid_n, G,
-    o0, o1, o2, o3, o4, o5, o6, o7, o8,
-    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt, sync_ptr, n_shrink,
-    PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr, WAIT: tl.constexpr,
-):  # fmt: skip
-    """One expand program of a live tile (slot >= 0): output columns [pid_n * BLOCK_N, + BLOCK_N) of target
-    g (`lora_expand_kernel`). WAIT (`lora_apply_kernel`): v is read only once the counter at sync_ptr reached
-    n_shrink (the tile's shrink programs of g have stored their columns); the y and first B^T reads are
-    issued before the wait."""
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    pid_r = tl.program_id(2) // n_split
+    ks = tl.program_id(2) % n_split
+    slot, tok, mm = _plan_tile(plan_ptr, T, pid, BLOCK_M)
+    if slot < 0:
+        return
+    cols = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cmask = cols < R
+    out_cols = out_ptr + g * stride_og + cols * stride_or
     r = tl.load(rank_ptr + slot * G + g)
-    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
-    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
-    live = (r > 0) & (pid_n * BLOCK_N < n_g)
-    b_off = tl.load(off_ptr + slot * G + g)
-    scale = tl.load(scale_ptr + slot).to(tl.float32)
+    a_off = tl.load(off_ptr + slot * G + g)
     pt_row = pt_ptr + slot.to(tl.int64) * stride_pt
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = n < tl.where(live, n_g, 0)
-    yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
-    ym = mm[:, None] & nmask[None, :]
-    yv = tl.load(yp, mask=ym, other=0.0)
-    if WAIT:
-        c = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
-        while c < n_shrink:
-            c = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for j0 in range(0, tl.where(live, r, 0), BLOCK_R):
-        j = j0 + tl.arange(0, BLOCK_R)
-        jm = j < r
-        vv = tl.load(v_ptr + g * stride_vg + tok[:, None] * stride_vt + j[None, :] * stride_vr,
-                     mask=mm[:, None] & jm[None, :], other=0.0, cache_modifier=".cg")  # fmt: skip
-        b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
-                                tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)  # fmt: skip
-        bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
-        acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
-    if live:
-        tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
+    c0 = col_mult * r
+    j = cols - c0  # row of A behind each output column
+    jmask = (j >= 0) & (j < r)
+    live = (r > 0) & (pid_r * BLOCK_R < c0 + r) & (pid_r * BLOCK_R + BLOCK_R > c0)
+    if SPLIT_ATOMIC and not live:
+        return  # out is zero there already
+    k_per = tl.cdiv(tl.cdiv(K, BLOCK_K), n_split) * BLOCK_K
+    k_lo = ks * k_per
+    k_end = tl.where(live, tl.minimum(K, k_lo + k_per), k_lo)  # blocks outside [c0, c0 + r): zeros
+    acc = _shrink_acc(x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
+                      PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES, INPUT_PRECISION)  # fmt: skip
+    if SPLIT_ATOMIC:
+        tl.atomic_add(out_cols[None, :] + tok[:, None] * stride_ot, acc, mask=mm[:, None] & cmask[None, :],
+                      sem="relaxed")  # fmt: skip
+    else:
+        tl.store(out_cols[None, :] + tok[:, None] * stride_ot, acc.to(out_ptr.dtype.element_ty),
+                 mask=mm[:, None] & cmask[None, :])  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["T", "stride_vt", "stride_vg", "stride_pt"])
@@ -208,55 +152,33 @@ def lora_expand_kernel(
     """Expand, program (tile of the plan, g, block of BLOCK_N output columns): the tile's <= BLOCK_M tokens
     of one slot; loops over that adapter's rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N], read once per
     tile; y[tok, n_lo + n] += scale * acc. The y read is issued before the B^T reads (its latency overlaps)."""
+    g = tl.program_id(1)
+    pid_n = tl.program_id(2)
     slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
-    if slot >= 0:
-        _expand_program(y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, slot, tok, mm,
-                        tl.program_id(1), tl.program_id(2), G, o0, o1, o2, o3, o4, o5, o6, o7, o8, stride_yt,
-                        stride_yn, stride_vt, stride_vg, stride_vr, stride_pt, plan_ptr, 0, PAGE_ELEMS, BLOCK_M,
-                        BLOCK_R, BLOCK_N, ALIGNED, INPUT_PRECISION, False)  # fmt: skip
-
-
-@triton.jit(do_not_specialize=["T", "R", "stride_pt", "stride_ot", "stride_og", "stride_vt", "stride_vg"])
-def lora_apply_kernel(
-    x_ptr, y_ptr, v_ptr, pool_ptr, pt_ptr, a_off_ptr, b_off_ptr, rank_ptr, scale_ptr, plan_ptr, sync_ptr,
-    T, K, R, G, n_tiles, n_rb, n_nb, o0, o1, o2, o3, o4, o5, o6, o7, o8,
-    stride_xt, stride_xk, stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
-    PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_RE: tl.constexpr, BLOCK_N: tl.constexpr, ALIGNED_A: tl.constexpr, ALIGNED_B: tl.constexpr,
-    ROW_IN_TWO_PAGES: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-):  # fmt: skip
-    """Shrink then expand in one launch (`lora_apply` with no collective between them), over a 1-D grid:
-    programs [0, n_tiles G n_rb) are `lora_shrink_kernel`'s (tile, g, block of v columns; no K split) in tile
-    order, the rest `lora_expand_kernel`'s (tile, g, block of output columns). An expand program reads v once
-    the shrink programs of its (tile, g) have counted themselves done in sync_ptr[0 .. n_tiles G) (release /
-    acquire). Programs start in grid order, so every shrink program runs before any expand program waits: no
-    wait can block a shrink. The last expand program of a (tile, g) (its count in sync_ptr[n_tiles G ..])
-    zeroes both counters: they are zero again for the next launch. An expand program's y and B^T reads
-    overlap the shrink programs still running, and no launch boundary drains the GPU between the two."""
-    pid = tl.program_id(0)
-    n_shrink = n_tiles * G * n_rb
-    if pid < n_shrink:
-        tile = pid // (G * n_rb)
-        g = (pid // n_rb) % G
-        slot, tok, mm = _plan_tile(plan_ptr, T, tile, BLOCK_M)
-        if slot >= 0:
-            _shrink_program(x_ptr, pool_ptr, pt_ptr, a_off_ptr, rank_ptr, v_ptr, slot, tok, mm, g, pid % n_rb, 0, 1,
-                            K, R, G, 0, stride_xt, stride_xk, stride_pt, stride_vt, stride_vg, stride_vr, PAGE_ELEMS,
-                            BLOCK_M, BLOCK_R, BLOCK_K, ALIGNED_A, False, ROW_IN_TWO_PAGES, INPUT_PRECISION)  # fmt: skip
-            tl.debug_barrier()  # every thread's v stores precede the release
-            tl.atomic_add(sync_ptr + tile * G + g, 1, sem="release", scope="gpu")
-    else:
-        e = pid - n_shrink
-        tile = e // (G * n_nb)
-        g = (e // n_nb) % G
-        slot, tok, mm = _plan_tile(plan_ptr, T, tile, BLOCK_M)
-        if slot >= 0:
-            cnt = sync_ptr + tile * G + g
-            _expand_program(y_ptr, v_ptr, pool_ptr, pt_ptr, b_off_ptr, rank_ptr, scale_ptr, slot, tok, mm, g,
-                            e % n_nb, G, o0, o1, o2, o3, o4, o5, o6, o7, o8, stride_yt, stride_yn, stride_vt,
-                            stride_vg, stride_vr, stride_pt, cnt, n_rb, PAGE_ELEMS, BLOCK_M, BLOCK_RE, BLOCK_N,
-                            ALIGNED_B, INPUT_PRECISION, True)  # fmt: skip
-            done = cnt + n_tiles * G
-            if tl.atomic_add(done, 1, sem="relaxed", scope="gpu") == n_nb - 1:  # the (tile, g)'s last reader
-                tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")
-                tl.atomic_xchg(done, 0, sem="relaxed", scope="gpu")
+    s = tl.maximum(slot, 0)
+    r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
+    if r == 0:
+        return
+    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
+    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
+    if pid_n * BLOCK_N >= n_g:
+        return
+    b_off = tl.load(off_ptr + s * G + g)
+    scale = tl.load(scale_ptr + s).to(tl.float32)
+    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = n < n_g
+    yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
+    ym = mm[:, None] & nmask[None, :]
+    yv = tl.load(yp, mask=ym, other=0.0)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for j0 in range(0, r, BLOCK_R):
+        j = j0 + tl.arange(0, BLOCK_R)
+        jm = j < r
+        vv = tl.load(v_ptr + g * stride_vg + tok[:, None] * stride_vt + j[None, :] * stride_vr,
+                     mask=mm[:, None] & jm[None, :], other=0.0)  # fmt: skip
+        b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
+                                tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)  # fmt: skip
+        bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
+        acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
+    tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)

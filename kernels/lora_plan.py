@@ -16,8 +16,6 @@ Out: `LoRAPlan`: `data`, int32 [PLAN_ROWS, T]. Sorted positions p in [0, T) list
        data[6, i]  the end of tile i's slot run (the tile is [data[4, i], min(data[4, i] + M, data[6, i])))
      Positions past the tokens the segments cover are unspecified; kernels launch `max_tiles` programs
      (a static bound on the tiles: each of the <= n_slots runs adds at most one partial tile).
-     `sync`, int32 [2, max_tiles * MAX_G], zeros: the counters by which the one-launch `lora_apply` kernel's
-     expand programs wait for its shrink programs; every launch leaves them zero again.
 """
 
 from __future__ import annotations
@@ -28,8 +26,6 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.lora_ref import MAX_G
-
 PLAN_ROWS = 7
 
 
@@ -39,7 +35,6 @@ class LoRAPlan:
     num_tokens: int  # T: the row stride of `data`
     tile_m: int  # M: tokens per tile
     max_tiles: int  # grid bound of the tiled kernels
-    sync: torch.Tensor  # int32 [2, max_tiles * MAX_G], zero between launches (kernels/lora_kernels.py)
 
     @property
     def device(self) -> torch.device:
@@ -128,9 +123,7 @@ def lora_plan(seg_indptr: torch.Tensor, seg_slot: torch.Tensor, n_slots: int, nu
         raise ValueError(f"tile_m must be a power of two, got {tile_m}")
     n_seg, T = seg_slot.shape[0], int(num_tokens)
     data = torch.empty(PLAN_ROWS, max(T, 1), dtype=torch.int32, device=seg_slot.device)
-    n_tiles = max_tiles(T, n_slots, tile_m)
-    sync = torch.zeros(2, max(n_tiles, 1) * MAX_G, dtype=torch.int32, device=seg_slot.device)
-    plan = LoRAPlan(data=data, num_tokens=max(T, 1), tile_m=tile_m, max_tiles=n_tiles, sync=sync)
+    plan = LoRAPlan(data=data, num_tokens=max(T, 1), tile_m=tile_m, max_tiles=max_tiles(T, n_slots, tile_m))
     if n_seg == 0 or T == 0:
         data[4:6] = -1
         return plan

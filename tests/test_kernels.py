@@ -22,9 +22,9 @@ import torch
 import kernels.lora as kl
 from kernels import get_backend
 from kernels.attention import PrefillLaunch, kv_append, kv_append_ref, paged_attention, paged_attention_ref
-from kernels.lora import lora_apply, lora_expand, lora_shrink
+from kernels.lora import lora_expand, lora_shrink
 from kernels.lora_plan import PLAN_ROWS, lora_plan, lora_plan_ref, max_tiles
-from kernels.lora_ref import lora_apply_ref, lora_expand_ref, lora_shrink_ref
+from kernels.lora_ref import lora_expand_ref, lora_shrink_ref
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=2e-2, rtol=2e-2)}
@@ -467,48 +467,6 @@ def test_lora_page_sizes(page_elems):
         dtype=torch.float32,
         seed=page_elems + 1,
     )
-
-
-@pytest.mark.parametrize(
-    "regime,seg_lens,max_rank,page_elems,dtype",
-    [
-        ("decode", [1] * 30, 64, 200, torch.float32),
-        ("decode", [1] * 9, 8, 4096, torch.float16),
-        ("mixed", [1] * 10 + [70, 33, 16, 17] + [1] * 6, 40, 192, torch.float32),
-        ("mixed", [1, 130, 1, 1, 64, 5, 1], 256, 1000, torch.float16),
-    ],
-)
-def test_lora_apply_one_launch(regime, seg_lens, max_rank, page_elems, dtype):
-    """`one_launch` (shrink and expand programs in one grid, expand waiting per tile on counters): equals
-    lora_apply_ref (two tiles of one adapter, several rank and column blocks, rows straddling pages, GQA-like
-    unequal widths, tokens without a LoRA untouched), twice with one plan: the counters are zero after each
-    launch, so the second launch waits for its own shrinks."""
-    gen = torch.Generator().manual_seed(len(seg_lens) + max_rank)
-    seg_lens = [seg_lens[i] for i in torch.randperm(len(seg_lens), generator=gen).tolist()]
-    n_out = [128, 64, 64]
-    K, n_slots = 128, 9
-    ranks = random_ranks(n_slots, len(n_out), max_rank, gen)
-    pool, page_table, a_off, b_off = make_adapters(ranks, K, n_out, page_elems, dtype, gen, align=64)
-    indptr, slots = make_batch(seg_lens, n_slots, "uniform", gen)
-    T = int(indptr[-1])
-    tiles = kl.LoRATileConfig(tile_m=16, shrink_r=32, shrink_k=64, shrink_split=1, expand_r=16, expand_n=64,
-                              one_launch=True)  # fmt: skip
-    config = kl.LoRAKernelConfig(**{regime: tiles})
-    msl = max(seg_lens)
-    plan = kl.plan_for_step(indptr, slots, n_slots, T, msl, config)
-    scales = torch.rand(n_slots, generator=gen) + 0.5
-    out_offsets = [0, 128, 192, 256]
-    R = int(ranks.max())
-    for launch in range(2):
-        x = torch.randn(T, K, generator=gen).to(dtype)
-        y = torch.randn(T, 256, generator=gen).to(dtype)
-        want = y.clone()
-        v = torch.full((T, 3, R), float("nan"), dtype=torch.float32)
-        lora_apply(y, x, v, pool, page_table, a_off, b_off, ranks, scales, indptr, slots, out_offsets, msl,
-                   aligned=True, plan=plan, config=config)  # fmt: skip
-        lora_apply_ref(want, x, v.clone(), pool, page_table, a_off, b_off, ranks, scales, indptr, slots, out_offsets)
-        torch.testing.assert_close(y, want, **TOL[dtype])
-        assert not plan.sync.any(), f"launch {launch} left its counters set"
 
 
 def test_lora_rank_256_and_wide_v():

@@ -7,8 +7,6 @@ Run on the GPU machine: python -m pytest tests/test_kernels_gpu.py -q -m gpu
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from test_kernels import make_adapters, make_batch, make_kv_cache, random_ranks
@@ -16,8 +14,8 @@ from test_kernels import make_adapters, make_batch, make_kv_cache, random_ranks
 import kernels.lora as kl
 from kernels import attention
 from kernels.attention import kv_append, kv_append_ref, paged_attention, paged_attention_ref
-from kernels.lora import lora_apply, lora_expand, lora_shrink
-from kernels.lora_ref import lora_apply_ref, lora_expand_ref, lora_shrink_ref
+from kernels.lora import lora_expand, lora_shrink
+from kernels.lora_ref import lora_expand_ref, lora_shrink_ref
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -79,61 +77,6 @@ def test_lora_cuda(dtype, kind, popularity):
         lora_expand(y, want, pool, pt, b_off, ranks, scales, indptr, slots, offs, max_seg_len=msl, **fast)
         lora_expand_ref(want_y, want, pool, pt, b_off, ranks, scales, indptr, slots, offs)
         torch.testing.assert_close(y, want_y, **TOL[dtype])
-
-
-@pytest.mark.parametrize("kind", ["decode", "mixed"])
-def test_lora_apply_one_launch_cuda(kind):
-    """The one-launch lora_apply (expand programs wait per tile for the shrink programs' v) on Llama-2-7B q/k/v
-    shapes in bf16: 255 decode tokens over ~200 adapters, or decode tokens around long prefill chunks; v is
-    NaN before every launch, so an expand that read v before its shrink stored it fails. Eager launches, then
-    a CUDA graph (plan built inside it) replayed with new inputs: every result equals lora_apply_ref."""
-    seg_lens = [1] * 255 if kind == "decode" else [1] * 120 + [700, 33, 129] + [1] * 100
-    n_out = [4096, 4096, 4096]
-    pool, pt, a_off, b_off, ranks, indptr, slots, x = lora_inputs(
-        seg_lens, 256, "distinct", 64, 4096, n_out, 131072, torch.bfloat16, seed=5, align=64
-    )
-    T, msl = x.shape[0], max(seg_lens)
-    tiles = dataclasses.replace(kl.DEFAULT_CONFIG.for_step(msl), one_launch=True)
-    config = kl.LoRAKernelConfig(decode=tiles, mixed=tiles)
-    scales = torch.rand(pt.shape[0], device=DEV) + 0.5
-    offs = [0, 4096, 8192, 12288]
-    y = torch.empty(T, 12288, device=DEV, dtype=torch.bfloat16)
-    v = torch.empty(T, 3, 64, device=DEV, dtype=torch.float32)
-
-    def step():
-        v.fill_(float("nan"))
-        plan = kl.plan_for_step(indptr, slots, pt.shape[0], T, msl, config)
-        lora_apply(y, x, v, pool, pt, a_off, b_off, ranks, scales, indptr, slots, offs, msl, aligned=True, plan=plan,
-                   config=config)  # fmt: skip
-
-    def check():
-        want = y0.clone()
-        lora_apply_ref(want, x, torch.empty_like(v), pool, pt, a_off, b_off, ranks, scales, indptr, slots, offs)
-        torch.testing.assert_close(y, want, **TOL[torch.bfloat16])
-
-    for seed in range(6):
-        gen = torch.Generator().manual_seed(seed)
-        x.copy_(torch.randn(T, 4096, generator=gen))
-        y.copy_(torch.randn(T, 12288, generator=gen))
-        y0 = y.clone()
-        step()
-        check()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    for seed in range(10, 16):
-        gen = torch.Generator().manual_seed(seed)
-        x.copy_(torch.randn(T, 4096, generator=gen))
-        y.copy_(torch.randn(T, 12288, generator=gen))
-        y0 = y.clone()
-        graph.replay()
-        torch.cuda.synchronize()
-        check()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
