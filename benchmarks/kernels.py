@@ -242,8 +242,6 @@ SWEEP = {
         dict(expand_n=512, expand_warps=8),
         dict(expand_stages=3),
         dict(shrink_warps=2, expand_warps=2),
-        dict(weights_evict="evict_first"),
-        dict(weights_evict="evict_first", shrink_split=1),
     ],
     "mixed": [
         {},
@@ -253,7 +251,6 @@ SWEEP = {
         dict(expand_n=512, expand_warps=8),
         dict(shrink_warps=8, expand_warps=8),
         dict(shrink_stages=4, expand_stages=3),
-        dict(weights_evict="evict_first"),
     ],
 }
 

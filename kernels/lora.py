@@ -68,9 +68,6 @@ class LoRATileConfig:
     shrink_stages: int = 3
     expand_warps: int = 4
     expand_stages: int = 2
-    # eviction policy of the adapter-weight loads ("" = the default; "evict_first": weights are read once per
-    # step, so the L2 keeps x, y, v and the page tables instead)
-    weights_evict: str = ""
 
 
 @dataclass(frozen=True)
@@ -230,8 +227,7 @@ def lora_shrink(
         n_split,
         PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=block_r, BLOCK_K=block_k,
         ALIGNED=aligned and K % 64 == 0 and P % 64 == 0, SPLIT_ATOMIC=n_split > 1, ROW_IN_TWO_PAGES=K <= P,
-        INPUT_PRECISION=_input_precision(pool.dtype), EVICT=c.weights_evict, num_warps=c.shrink_warps,
-        num_stages=c.shrink_stages,
+        INPUT_PRECISION=_input_precision(pool.dtype), num_warps=c.shrink_warps, num_stages=c.shrink_stages,
     )  # fmt: skip
     return out
 
@@ -285,7 +281,7 @@ def lora_expand(
         y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0),
         PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=_npow2(R, 16, c.expand_r), BLOCK_N=block_n,
         ALIGNED=aligned and P % 64 == 0 and widths_aligned, INPUT_PRECISION=_input_precision(pool.dtype),
-        EVICT=c.weights_evict, num_warps=c.expand_warps, num_stages=c.expand_stages,
+        num_warps=c.expand_warps, num_stages=c.expand_stages,
     )  # fmt: skip
     return y
 

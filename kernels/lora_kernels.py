@@ -65,7 +65,7 @@ def _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8):
 def _shrink_acc(
     x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-    ALIGNED: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr, INPUT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
+    ALIGNED: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """sum over k in [k_lo, k_end) of x[tok, k] * A[j, k] (A row j at virtual a_off + j * K; rows outside
     jmask are zero): the [BLOCK_M, BLOCK_R] float32 block of a shrink tile."""
@@ -89,8 +89,7 @@ def _shrink_acc(
         else:
             a_offs = _chunk_offsets(pt_row, o_row + k0, jmask, tl.minimum(K - k0, BLOCK_K), BLOCK_K, PAGE_ELEMS,
                                     ALIGNED)  # fmt: skip
-        # A [BLOCK_R, BLOCK_K]
-        a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0, eviction_policy=EVICT)
+        a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0)  # A [BLOCK_R, BLOCK_K]
         acc = tl.dot(xv, tl.trans(a), acc, input_precision=INPUT_PRECISION)
     return acc
 
@@ -103,7 +102,7 @@ def lora_shrink_kernel(
     n_split,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ALIGNED: tl.constexpr, SPLIT_ATOMIC: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Shrink, program (tile of the plan, g, block of out columns x K split): the tile's <= BLOCK_M tokens
     of one slot times that adapter's A rows, read once; tl.dot of the gathered x tile [BLOCK_M, BLOCK_K]
@@ -133,8 +132,7 @@ def lora_shrink_kernel(
     k_lo = ks * k_per
     k_end = tl.where(live, tl.minimum(K, k_lo + k_per), k_lo)  # blocks outside [c0, c0 + r): zeros
     acc = _shrink_acc(x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
-                      PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES, INPUT_PRECISION,
-                      EVICT)  # fmt: skip
+                      PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES, INPUT_PRECISION)  # fmt: skip
     if SPLIT_ATOMIC:
         tl.atomic_add(out_cols[None, :] + tok[:, None] * stride_ot, acc, mask=mm[:, None] & cmask[None, :],
                       sem="relaxed")  # fmt: skip
@@ -149,7 +147,7 @@ def lora_expand_kernel(
     T, G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
     stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
+    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Expand, program (tile of the plan, g, block of BLOCK_N output columns): the tile's <= BLOCK_M tokens
     of one slot; loops over that adapter's rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N], read once per
@@ -181,6 +179,6 @@ def lora_expand_kernel(
                      mask=mm[:, None] & jm[None, :], other=0.0)  # fmt: skip
         b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
                                 tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)  # fmt: skip
-        bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0, eviction_policy=EVICT)
+        bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
         acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
     tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
