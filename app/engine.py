@@ -35,6 +35,7 @@ full passes.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import logging
@@ -298,9 +299,7 @@ class Engine:
             raise ValueError("the prompt is empty")
         if params.structured is not None:
             self.grammars().compile(params.structured)  # ValueError for a bad schema / regex / grammar
-        bad = [t for t in params.logit_bias or {} if t >= self.args.vocab_size]
-        if bad:
-            raise ValueError(f"logit_bias token ids {bad[:5]} are outside the vocabulary (size {self.args.vocab_size})")
+        params = self._with_token_restrictions(params)
         if len(ids) + params.max_tokens > self.max_model_len:
             raise ValueError(
                 f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
@@ -322,6 +321,29 @@ class Engine:
         self.requests[rid] = req
         self.detok[rid] = IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens)
         return rid
+
+    def _with_token_restrictions(self, params: SamplingParams) -> SamplingParams:
+        """params with its bad_words tokenized into bad_words_ids (a copy: the caller's object is left as it
+        is), after checking that every token id it names is in the vocabulary (ValueError)."""
+        named = {
+            "logit_bias": list(params.logit_bias or {}),
+            "allowed_token_ids": params.allowed_token_ids or [],
+            "bad_words_ids": [t for w in params.bad_words_ids or [] for t in w],
+        }
+        for what, ids in named.items():
+            bad = [t for t in ids if t >= self.args.vocab_size]
+            if bad:
+                raise ValueError(f"{what} token ids {bad[:5]} are outside the vocabulary (size {self.args.vocab_size})")
+        if not params.bad_words:
+            return params
+        seqs = list(params.bad_words_ids or [])
+        for word in params.bad_words:
+            # as vLLM: the word as it starts a text, and after a space when that is a token sequence of the
+            # same length with another first token (a word inside a text)
+            alone = self.tokenizer.encode(word.lstrip(), add_special_tokens=False)
+            spaced = self.tokenizer.encode(" " + word.lstrip(), add_special_tokens=False)
+            seqs += [alone] + ([spaced] if len(spaced) == len(alone) and spaced[0] != alone[0] else [])
+        return dataclasses.replace(params, bad_words_ids=[s for s in seqs if s])
 
     def grammars(self):
         """Compiled grammars of structured-output requests (app/structured.py), made on first use."""

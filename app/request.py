@@ -73,6 +73,14 @@ class SamplingParams:
     # No EOS (unless ignore_eos) and no stop_token_ids are sampled, and stop strings are not checked,
     # before the output has min_tokens tokens (vLLM's min_tokens).
     min_tokens: int = 0
+    # vLLM's allowed_token_ids: only these token ids are ever sampled (None: any).
+    allowed_token_ids: list[int] | None = None
+    # vLLM's bad_words: a word is never generated. The engine tokenizes each (as it starts the text and, when
+    # that gives as many tokens and another first one, after a space) into bad_words_ids; a token sequence
+    # there has its last token masked whenever the output ends with the rest of it (a one-token word always).
+    # The output alone is matched, not the prompt, as vLLM.
+    bad_words: list[str] | None = None
+    bad_words_ids: list[list[int]] | None = None
     # The output constrained to a JSON schema / JSON object / regex / choice / grammar (app/structured.py):
     # a token bitmask applied in the sampler; EOS (allowed once the grammar is complete) ends it, even
     # with ignore_eos.
@@ -105,6 +113,17 @@ class SamplingParams:
             raise ValueError(
                 f"min_tokens must be an integer in [0, max_tokens={self.max_tokens}], got {self.min_tokens!r}"
             )
+        a = self.allowed_token_ids
+        if a is not None and not (isinstance(a, list) and a and _token_ids(a)):
+            raise ValueError(f"allowed_token_ids must be a non-empty list of token ids >= 0, got {a!r}")
+        w = self.bad_words
+        if w is not None and not (isinstance(w, list) and all(isinstance(x, str) and x.strip() for x in w)):
+            raise ValueError(f"bad_words must be a list of words (non-blank strings), got {w!r}")
+        seqs = self.bad_words_ids
+        if seqs is not None and not (
+            isinstance(seqs, list) and all(isinstance(q, list) and q and _token_ids(q) for q in seqs)
+        ):
+            raise ValueError(f"bad_words_ids must be a list of non-empty token id lists, got {seqs!r}")
 
     @property
     def needs_history(self) -> bool:
@@ -113,12 +132,15 @@ class SamplingParams:
 
     @property
     def penalized(self) -> bool:
-        """Whether sampling needs the request's tokens so far (penalties) or changes logits (bias)."""
+        """Whether sampling needs the request's tokens so far (penalties, bad words) or changes logits (bias,
+        allowed tokens)."""
         return (
             self.presence_penalty != 0
             or self.frequency_penalty != 0
             or self.repetition_penalty != 1
             or bool(self.logit_bias)
+            or self.allowed_token_ids is not None
+            or bool(self.bad_words_ids)
         )
 
     def validate(self) -> None:
@@ -149,6 +171,10 @@ class SamplingParams:
         for tok, bias in (self.logit_bias or {}).items():
             if tok < 0 or not -100.0 <= bias <= 100.0:
                 raise ValueError(f"logit_bias {tok}: {bias} needs a token id >= 0 and a bias in [-100, 100]")
+
+
+def _token_ids(xs: list) -> bool:
+    return all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in xs)
 
 
 class RequestStatus(enum.Enum):

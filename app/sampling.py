@@ -1,7 +1,7 @@
-"""Token sampling: penalties and logit bias, banned tokens (min_tokens), then greedy, temperature, min-p,
-top-k, top-p, each request with its own torch.Generator so that a seeded request gives the same tokens whatever
-else is in the batch. Log-probabilities (of sampled tokens and of prompt tokens) are those of the raw
-model distribution, as vLLM's default; they travel over the tensor-parallel reply as int64 words."""
+"""Token sampling: penalties, logit bias, bad words and allowed tokens, banned tokens (min_tokens), then greedy,
+temperature, min-p, top-k, top-p, each request with its own torch.Generator so that a seeded request gives the
+same tokens whatever else is in the batch. Log-probabilities (of sampled tokens and of prompt tokens) are those
+of the raw model distribution, as vLLM's default; they travel over the tensor-parallel reply as int64 words."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ FAILED = -1  # the token of a request whose sampling raised; the engine fails th
 
 def apply_penalties(row: torch.Tensor, p: SamplingParams, tokens: list[int], prompt_len: int) -> torch.Tensor:
     """One request's logits [vocab] after its penalties and bias (see SamplingParams), as vLLM:
-    repetition over prompt + output tokens, frequency / presence over output tokens, then logit_bias."""
+    repetition over prompt + output tokens, frequency / presence over output tokens, logit_bias, then the
+    bad words' tokens the output leads to and the tokens outside allowed_token_ids set to -inf."""
     row = row.clone()
     if p.repetition_penalty != 1 and tokens:
         ids = torch.tensor(sorted(set(tokens)), dtype=torch.long, device=row.device)
@@ -36,6 +37,13 @@ def apply_penalties(row: torch.Tensor, p: SamplingParams, tokens: list[int], pro
     if p.logit_bias:
         ids = torch.tensor(list(p.logit_bias), dtype=torch.long, device=row.device)
         row[ids] += torch.tensor(list(p.logit_bias.values()), dtype=row.dtype, device=row.device)
+    banned = [w[-1] for w in p.bad_words_ids or [] if len(w) - 1 <= len(out) and out[len(out) - len(w) + 1 :] == w[:-1]]
+    if banned:
+        row[torch.tensor(banned, dtype=torch.long, device=row.device)] = float("-inf")
+    if p.allowed_token_ids is not None:
+        keep = torch.zeros(row.shape[-1], dtype=torch.bool, device=row.device)
+        keep[torch.tensor(p.allowed_token_ids, dtype=torch.long, device=row.device)] = True
+        row = row.masked_fill(~keep, float("-inf"))
     return row
 
 

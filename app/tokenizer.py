@@ -23,8 +23,8 @@ class Tokenizer:
         it can be refused without tokenizing it (twice the bound: normalizers may merge a few characters)."""
         return text_chars > 2 * max_tokens * self.max_chars_per_token
 
-    def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=True)
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=add_special_tokens)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         text = self.hf.decode(ids, skip_special_tokens=skip_special_tokens)

@@ -77,8 +77,6 @@ VLLM_UNSUPPORTED: dict[str, tuple] = {
     "use_beam_search": (False,),
     "length_penalty": (1, 1.0),
     "spaces_between_special_tokens": (True,),
-    "allowed_token_ids": (None,),
-    "bad_words": (None, []),
     "logits_processors": (None,),
     "return_tokens_as_token_ids": (False,),
     "priority": (0,),
@@ -193,6 +191,8 @@ class _SamplingFields(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0.0)
     logit_bias: dict[str, float] | None = None
     min_tokens: int = Field(0, ge=0)
+    allowed_token_ids: list[int] | None = None  # vLLM's: only these tokens are sampled
+    bad_words: list[str] | None = None  # vLLM's: words never generated
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     # vLLM's: keep the prompt's last k tokens (-1: the model's maximum context length), after tokenizing
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
@@ -264,6 +264,8 @@ class _SamplingFields(BaseModel):
             logprobs=self.num_logprobs(),
             prompt_logprobs=self.num_prompt_logprobs(),
             min_tokens=self.min_tokens,
+            allowed_token_ids=self.allowed_token_ids,
+            bad_words=self.bad_words,
             structured=self.structured(),
         )
 

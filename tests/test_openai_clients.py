@@ -153,11 +153,17 @@ def test_prompt_logprobs_field_and_min_tokens(client, llm):
     assert client.completions.create(**kw).usage.completion_tokens == 1
     r = client.completions.create(**kw, extra_body={"min_tokens": 4})
     assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "stop"
+    # vLLM's allowed_token_ids: EOS alone allowed ends the output at once; an id outside the vocabulary is a 400
+    kw = dict(model=MODEL, prompt="Hello", max_tokens=10, temperature=0)
+    r = client.completions.create(**kw, extra_body={"allowed_token_ids": [eos]})
+    assert r.usage.completion_tokens == 1 and r.choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
+        client.completions.create(**kw, extra_body={"allowed_token_ids": [10**7]})
 
 
 def test_unimplemented_vllm_fields_are_refused(service):
     for route, body, field in (
-        ("/v1/completions", {"prompt": "x", "bad_words": ["x"]}, "bad_words"),
+        ("/v1/completions", {"prompt": "x", "priority": 1}, "priority"),
         ("/v1/completions", {"prompt": "x", "use_beam_search": True}, "use_beam_search"),
         ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_tokens"),
         (

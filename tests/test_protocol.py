@@ -72,7 +72,8 @@ def test_completion_request_maps_to_sampling_params():
         {"min_tokens": -1},
         {"min_p": 1.5},
         {"use_beam_search": True},
-        {"bad_words": ["x"]},
+        {"bad_words": "x"},
+        {"allowed_token_ids": [1.5]},
         {"add_special_tokens": False},
         {"spaces_between_special_tokens": False},
         {"prompt": []},
@@ -99,6 +100,11 @@ def test_echo_prompt_logprobs_min_tokens_and_vllm_fields():
     sp = CompletionRequest(model="m", prompt="x", prompt_logprobs=0, logprobs=2, echo=True).to_sampling_params(3)
     assert sp.prompt_logprobs == 0 and sp.logprobs == 2
     assert CompletionRequest(model="m", prompt="x", min_tokens=3).to_sampling_params(5).min_tokens == 3
+    sp = CompletionRequest(model="m", prompt="x", allowed_token_ids=[4, 2], bad_words=["no"]).to_sampling_params(5)
+    assert (sp.allowed_token_ids, sp.bad_words, sp.penalized) == ([4, 2], ["no"], True)
+    for bad in (dict(allowed_token_ids=[]), dict(allowed_token_ids=[-3]), dict(bad_words=[""])):
+        with pytest.raises(ValueError):  # a 400 naming the reason, when the engine's parameters are made
+            CompletionRequest(model="m", prompt="x", **bad).to_sampling_params(5)
     neutral = dict(min_p=0.0, use_beam_search=False, skip_special_tokens=True, length_penalty=1.0, bad_words=[])
     CompletionRequest(model="m", prompt="x", add_special_tokens=True, guided_json=None, **neutral)
     msgs = [{"role": "user", "content": "x"}]
@@ -110,7 +116,7 @@ def test_echo_prompt_logprobs_min_tokens_and_vllm_fields():
         (ChatCompletionRequest, {"continue_final_message": True}),
         (ChatCompletionRequest, {"functions": [{"name": "f"}]}),
         (ChatCompletionRequest, {"prompt_logprobs": 1, "stream": True}),
-        (ChatCompletionRequest, {"allowed_token_ids": [1, 2]}),
+        (ChatCompletionRequest, {"priority": 1}),
     ):
         with pytest.raises(ValidationError) as e:
             req(model="m", prompt="x", messages=msgs, **bad)

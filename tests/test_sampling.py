@@ -156,8 +156,8 @@ def test_topk1_and_tiny_topp_are_greedy(llm):
 
 def _hf_penalized_greedy(ref, ids: list[int], adapter: str | None, n: int, p: SamplingParams) -> list[int]:
     """transformers + PEFT greedy decoding with the penalties applied outside the engine: HF's own
-    RepetitionPenaltyLogitsProcessor over prompt + output, then frequency / presence over the output and
-    the logit bias, written out here (no KV cache: short sequences)."""
+    RepetitionPenaltyLogitsProcessor over prompt + output, then frequency / presence over the output, the
+    logit bias, bad words and allowed tokens, written out here (no KV cache: short sequences)."""
     import contextlib
 
     import torch
@@ -174,6 +174,11 @@ def _hf_penalized_greedy(ref, ids: list[int], adapter: str | None, n: int, p: Sa
                 logits[t] -= p.frequency_penalty * out.count(t) + p.presence_penalty
             for t, b in (p.logit_bias or {}).items():
                 logits[t] += b
+            for w in p.bad_words_ids or []:  # a word's last token, after the rest of it ends the output
+                if len(w) == 1 or out[-(len(w) - 1) :] == w[:-1]:
+                    logits[w[-1]] = float("-inf")
+            if p.allowed_token_ids is not None:
+                logits[[t for t in range(logits.shape[-1]) if t not in p.allowed_token_ids]] = float("-inf")
             out.append(int(logits.argmax()))
             seq.append(out[-1])
     return out
@@ -226,6 +231,55 @@ def test_penalties_and_logit_bias_equal_hf(demo, llm, monkeypatch):
     assert any(checked), "no penalized request was sampled after a preemption"
     with pytest.raises(ValueError, match="logit_bias"):
         llm.generate([[1, 2]], greedy(2, logit_bias={10**6: 1.0}))
+
+
+def test_allowed_tokens_and_bad_words_equal_hf(demo, llm):
+    """vLLM's allowed_token_ids and bad_words (greedy, float32) give transformers + PEFT's tokens with the same
+    restrictions written out: only allowed tokens; a bad word's last token never right after the rest of it
+    (two-token words taken from the unrestricted outputs, so that they matter), a one-token word never; beside
+    unrestricted requests in one batch, which keep their tokens. bad_words given as text reach the sampler as
+    the word's tokens, alone and after a space; token ids outside the vocabulary are refused."""
+    from tests.models import HFReference
+
+    names = ["demo-r4-attn", None, "demo-r8-mlp"]
+    ref = HFReference(demo / "model", {n: demo / "adapters" / n for n in names if n})
+    prompts = [[5, 9, 11, 5, 9, 40, 3], [8, 2, 33, 2], [61, 7, 7, 19, 4, 4, 30]]
+    plain = [o.token_ids for o in llm.generate(prompts, greedy(10), names)]
+    allowed = [t for t in range(64) if t not in {out[0] for out in plain}]  # no unrestricted output's first token
+    reqs = []
+    for ids, a, out in zip(prompts, names, plain):
+        reqs.append((ids, a, greedy(10, allowed_token_ids=allowed)))
+        reqs.append((ids, a, greedy(10, bad_words_ids=[out[2:4], [out[6]]])))
+    want = [_hf_penalized_greedy(ref, ids, a, 10, p) for ids, a, p in reqs]
+    assert all(w != plain[i // 2] for i, w in enumerate(want)), "every restriction should change its output"
+    outs = llm.generate(
+        [r[0] for r in reqs] + prompts, [r[2] for r in reqs] + [greedy(10)] * 3, [r[1] for r in reqs] + names
+    )
+    assert [o.token_ids for o in outs[: len(reqs)]] == want
+    assert [o.token_ids for o in outs[len(reqs) :]] == plain
+    for o in outs[0 : len(reqs) : 2]:
+        assert set(o.token_ids) <= set(allowed)
+
+    tok = llm.engine.tokenizer
+    word = tok.decode(plain[1][2:4]).strip() or "hello"
+    p = greedy(10, bad_words=[word])
+    rid = llm.engine.add_request(prompts[1], p)
+    seqs = llm.engine.requests[rid].params.bad_words_ids
+    llm.engine.abort(rid)
+    alone, spaced = tok.encode(word, add_special_tokens=False), tok.encode(" " + word, add_special_tokens=False)
+    assert seqs[0] == alone and (seqs[1:] == [spaced]) == (len(spaced) == len(alone) and spaced[0] != alone[0])
+    assert p.bad_words_ids is None, "the caller's params are left as they are"
+    for kw in (dict(allowed_token_ids=[10**6]), dict(bad_words_ids=[[1, 10**6]])):
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            llm.generate([[1, 2]], greedy(2, **kw))
+    for kw in (
+        dict(allowed_token_ids=[]),
+        dict(allowed_token_ids=[-1]),
+        dict(bad_words=[" "]),
+        dict(bad_words_ids=[[]]),
+    ):
+        with pytest.raises(ValueError):
+            greedy(2, **kw)
 
 
 def test_apply_penalties_matches_hf_processors():
