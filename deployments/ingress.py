@@ -85,6 +85,7 @@ from deployments.protocol import (
     error_body,
     generation_defaults,
     random_id,
+    token_namer,
     vllm_prompt_logprobs,
 )
 from deployments.responses import ResponseEvents, ResponseShell, ResponsesRequest, chat_body, response_object
@@ -823,20 +824,22 @@ class OpenAIIngress:
             (p if isinstance(p, str) and given else decode(ids)) if body.echo else "" for p, ids in zip(texts, prompts)
         ]
 
+        name = token_namer(decode, body.return_tokens_as_token_ids)
+
         def logprobs(c: _Choice, ids: list[int], lps: list, offset: int = 0, with_prompt: bool = False):
             if body.logprobs is None:
                 return None
             if not with_prompt:
-                return completion_logprobs(ids, lps, decode, offset)
+                return completion_logprobs(ids, lps, name, offset)
             prompt = prompts[c.index // n]
             plps = c.prompt_lps or [None] * len(prompt)
-            return completion_logprobs(prompt + ids, plps + lps, decode, offset, prompt_len=len(prompt))
+            return completion_logprobs(prompt + ids, plps + lps, name, offset, prompt_len=len(prompt))
 
         def prompt_logprobs(c: _Choice):
             """vLLM's field, when asked for by name (echo's logprobs alone go into `logprobs`)."""
             if body.prompt_logprobs is None or c.prompt_lps is None:
                 return None
-            return vllm_prompt_logprobs(prompts[c.index // n], c.prompt_lps, decode)
+            return vllm_prompt_logprobs(prompts[c.index // n], c.prompt_lps, name)
 
         if body.stream:
 
@@ -920,6 +923,7 @@ class OpenAIIngress:
         choices = await self._start(body, prompts, adapter, default_max=None, received=received)
         rid, model, created = random_id("chatcmpl"), body.model, int(time.time())
         decode = self.tokenizer.decode
+        name = token_namer(decode, body.return_tokens_as_token_ids)  # tokens in logprobs
         usage = self._usage_for(prompts, body.n)
         names = function_names(tools or [])
         forced = mode not in ("none", "auto")
@@ -947,7 +951,7 @@ class OpenAIIngress:
             def chunk(c: _Choice, delta: str | None):
                 if delta is None:
                     return self._chat_chunk(rid, created, model, c, DeltaMessage(role="assistant", content=""),
-                                            None, body, decode)  # fmt: skip
+                                            None, body, name)  # fmt: skip
                 thought = ""
                 if c.index in splitters:  # the reasoning part of the delta goes out beside its content
                     thought, delta = splitters[c.index].feed(delta)
@@ -973,7 +977,7 @@ class OpenAIIngress:
                 quiet = d.content is None and not d.tool_calls and not thought
                 if quiet and reason is None and not body.logprobs and (rp or c.index in parsers):
                     return None  # held back (maybe a tool call or a tag): nothing to send yet
-                return self._chat_chunk(rid, created, model, c, d, reason, body, decode)
+                return self._chat_chunk(rid, created, model, c, d, reason, body, name)
 
             def usage_chunk():
                 return ChatCompletionChunk(
@@ -1005,7 +1009,7 @@ class OpenAIIngress:
                         reasoning_content=thought,
                     ),
                     finish_reason=reason,
-                    logprobs=chat_logprobs(c.ids, c.lps, decode) if body.logprobs else None,
+                    logprobs=chat_logprobs(c.ids, c.lps, name) if body.logprobs else None,
                 )
             )
         return ChatCompletionResponse(
@@ -1013,13 +1017,13 @@ class OpenAIIngress:
             created=created,
             model=model,
             usage=usage(choices),
-            prompt_logprobs=None if plps is None else vllm_prompt_logprobs(prompts[0], plps, decode),
+            prompt_logprobs=None if plps is None else vllm_prompt_logprobs(prompts[0], plps, name),
             choices=out,
         )
 
     @staticmethod
-    def _chat_chunk(rid, created, model, c: _Choice, d: DeltaMessage, reason, body, decode) -> dict:
-        lp = chat_logprobs(*c.take_logprobs()[:2], decode) if body.logprobs and d.role is None else None
+    def _chat_chunk(rid, created, model, c: _Choice, d: DeltaMessage, reason, body, name) -> dict:
+        lp = chat_logprobs(*c.take_logprobs()[:2], name) if body.logprobs and d.role is None else None
         return ChatCompletionChunk(
             id=rid,
             created=created,

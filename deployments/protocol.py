@@ -78,7 +78,6 @@ VLLM_UNSUPPORTED: dict[str, tuple] = {
     "length_penalty": (1, 1.0),
     "spaces_between_special_tokens": (True,),
     "logits_processors": (None,),
-    "return_tokens_as_token_ids": (False,),
     "priority": (0,),
     "prompt_embeds": (None,),
     "kv_transfer_params": (None,),
@@ -192,6 +191,7 @@ class _SamplingFields(BaseModel):
     logit_bias: dict[str, float] | None = None
     min_tokens: int = Field(0, ge=0)
     allowed_token_ids: list[int] | None = None  # vLLM's: only these tokens are sampled
+    return_tokens_as_token_ids: bool = False  # vLLM's: logprobs name tokens "token_id:N", not by their text
     bad_words: list[str] | None = None  # vLLM's: words never generated
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     # vLLM's: keep the prompt's last k tokens (-1: the model's maximum context length), after tokenizing
@@ -703,6 +703,12 @@ class VersionResponse(BaseModel):
 
 # ---- logprobs in the OpenAI formats ------------------------------------------------------------------
 MIN_LOGPROB = -9999.0  # -inf is not JSON: vLLM and OpenAI send this instead
+
+
+def token_namer(decode, as_ids: bool):
+    """How logprobs name tokens: `decode` (their text), or vLLM's "token_id:N" with return_tokens_as_token_ids
+    (a token whose text alone is not valid UTF-8, such as one byte of a character, is then still told apart)."""
+    return (lambda ids: "".join(f"token_id:{t}" for t in ids)) if as_ids else decode
 
 
 def completion_logprobs(

@@ -129,8 +129,9 @@ def test_echo_logprobs_equal_offline(client, llm, adapter):
 
 
 def test_prompt_logprobs_field_and_min_tokens(client, llm):
-    """vLLM's prompt_logprobs (completions and chat: {token id: {logprob, rank, decoded_token}}), and
-    min_tokens (a bias makes EOS the greedy choice: min_tokens holds it off)."""
+    """vLLM's prompt_logprobs (completions and chat: {token id: {logprob, rank, decoded_token}}), min_tokens
+    (a bias makes EOS the greedy choice: min_tokens holds it off), allowed_token_ids and
+    return_tokens_as_token_ids."""
     ref = offline(llm, "Hello, world!", "demo-r8-mlp", max_tokens=2, prompt_logprobs=3)
     r = client.completions.create(
         model="demo-r8-mlp", prompt="Hello, world!", max_tokens=2, temperature=0, extra_body={"prompt_logprobs": 3}
@@ -159,6 +160,22 @@ def test_prompt_logprobs_field_and_min_tokens(client, llm):
     assert r.usage.completion_tokens == 1 and r.choices[0].finish_reason == "stop"
     with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
         client.completions.create(**kw, extra_body={"allowed_token_ids": [10**7]})
+    # vLLM's return_tokens_as_token_ids: logprobs name each token "token_id:N" (completions and chat)
+    ref = offline(llm, "Hello, world!", "demo-r8-mlp", max_tokens=3)
+    r = client.completions.create(
+        model="demo-r8-mlp", prompt="Hello, world!", max_tokens=3, temperature=0, logprobs=2,
+        extra_body={"return_tokens_as_token_ids": True},
+    )  # fmt: skip
+    lp = r.choices[0].logprobs
+    assert lp.tokens == [f"token_id:{t}" for t in ref.token_ids] and r.choices[0].text == ref.text
+    assert all(len(d) >= 2 and all(k.startswith("token_id:") for k in d) for d in lp.top_logprobs)
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2, logprobs=True, top_logprobs=1,
+        extra_body={"return_tokens_as_token_ids": True},
+    )  # fmt: skip
+    content = chat.choices[0].logprobs.content
+    assert content and all(e.token.startswith("token_id:") and e.top_logprobs[0].token.startswith("token_id:")
+                           for e in content)  # fmt: skip
 
 
 def test_unimplemented_vllm_fields_are_refused(service):

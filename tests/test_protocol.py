@@ -100,6 +100,12 @@ def test_echo_prompt_logprobs_min_tokens_and_vllm_fields():
     sp = CompletionRequest(model="m", prompt="x", prompt_logprobs=0, logprobs=2, echo=True).to_sampling_params(3)
     assert sp.prompt_logprobs == 0 and sp.logprobs == 2
     assert CompletionRequest(model="m", prompt="x", min_tokens=3).to_sampling_params(5).min_tokens == 3
+    from app.request import TokenLogprobs
+    from deployments.protocol import completion_logprobs, token_namer
+
+    assert token_namer(None, True)([17]) == "token_id:17" and token_namer(str, False) is str
+    lp = completion_logprobs([5, 9], [TokenLogprobs(-0.5, [(5, -0.5), (2, -1.0)])] * 2, token_namer(None, True))
+    assert lp["tokens"] == ["token_id:5", "token_id:9"] and list(lp["top_logprobs"][0]) == ["token_id:5", "token_id:2"]
     sp = CompletionRequest(model="m", prompt="x", allowed_token_ids=[4, 2], bad_words=["no"]).to_sampling_params(5)
     assert (sp.allowed_token_ids, sp.bad_words, sp.penalized) == ([4, 2], ["no"], True)
     for bad in (dict(allowed_token_ids=[]), dict(allowed_token_ids=[-3]), dict(bad_words=[""])):
