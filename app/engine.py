@@ -324,7 +324,8 @@ class Engine:
 
     def _with_token_restrictions(self, params: SamplingParams) -> SamplingParams:
         """params with its bad_words tokenized into bad_words_ids (a copy: the caller's object is left as it
-        is), after checking that every token id it names is in the vocabulary (ValueError)."""
+        is; the ingress does this before a request reaches the group, off the engine thread), after checking
+        that every token id it names is in the vocabulary (ValueError)."""
         named = {
             "logit_bias": list(params.logit_bias or {}),
             "allowed_token_ids": params.allowed_token_ids or [],
@@ -336,14 +337,8 @@ class Engine:
                 raise ValueError(f"{what} token ids {bad[:5]} are outside the vocabulary (size {self.args.vocab_size})")
         if not params.bad_words:
             return params
-        seqs = list(params.bad_words_ids or [])
-        for word in params.bad_words:
-            # as vLLM: the word as it starts a text, and after a space when that is a token sequence of the
-            # same length with another first token (a word inside a text)
-            alone = self.tokenizer.encode(word.lstrip(), add_special_tokens=False)
-            spaced = self.tokenizer.encode(" " + word.lstrip(), add_special_tokens=False)
-            seqs += [alone] + ([spaced] if len(spaced) == len(alone) and spaced[0] != alone[0] else [])
-        return dataclasses.replace(params, bad_words_ids=[s for s in seqs if s])
+        seqs = (params.bad_words_ids or []) + self.tokenizer.word_token_ids(params.bad_words)
+        return dataclasses.replace(params, bad_words=None, bad_words_ids=seqs)
 
     def grammars(self):
         """Compiled grammars of structured-output requests (app/structured.py), made on first use."""

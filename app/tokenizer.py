@@ -26,6 +26,16 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.hf.encode(text, add_special_tokens=add_special_tokens)
 
+    def word_token_ids(self, words: list[str]) -> list[list[int]]:
+        """vLLM's bad_words as token sequences: each word's tokens as it starts a text, and after a space
+        when that gives as many tokens with another first one (the word inside a text)."""
+        seqs = []
+        for word in words:
+            alone = self.encode(word.lstrip(), add_special_tokens=False)
+            spaced = self.encode(" " + word.lstrip(), add_special_tokens=False)
+            seqs += [alone] + ([spaced] if len(spaced) == len(alone) and spaced[0] != alone[0] else [])
+        return [s for s in seqs if s]
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         text = self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
         assert isinstance(text, str)  # one sequence of ids decodes to one string

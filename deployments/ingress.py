@@ -35,7 +35,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeGuard
 
@@ -596,14 +596,20 @@ class OpenAIIngress:
         own status (400, 404, 429 + Retry-After), and one whose group died before it started goes to another."""
         n = body.n
         params = []
+        # bad_words tokenized here, once for every choice, not on the group's engine thread
+        words = body.bad_words
+        bad_words_ids = await asyncio.to_thread(self.tokenizer.word_token_ids, words) if words else None
         for ids in prompts:
             if not ids:
                 raise APIError(400, "the prompt is empty", "prompt")
             max_tokens = self._max_tokens(body.max_tokens, len(ids), default_max)
             try:
-                params.append([body.to_sampling_params(max_tokens, j, self.sampling_defaults) for j in range(n)])
+                choice = [body.to_sampling_params(max_tokens, j, self.sampling_defaults) for j in range(n)]
             except ValueError as e:
                 raise APIError(400, str(e), getattr(e, "param", None)) from None
+            if bad_words_ids is not None:
+                choice = [replace(p, bad_words=None, bad_words_ids=bad_words_ids) for p in choice]
+            params.append(choice)
         await self._require_group()
         tried: set[str] = set()
         while True:

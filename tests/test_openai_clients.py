@@ -130,7 +130,7 @@ def test_echo_logprobs_equal_offline(client, llm, adapter):
 
 def test_prompt_logprobs_field_and_min_tokens(client, llm):
     """vLLM's prompt_logprobs (completions and chat: {token id: {logprob, rank, decoded_token}}), min_tokens
-    (a bias makes EOS the greedy choice: min_tokens holds it off), allowed_token_ids and
+    (a bias makes EOS the greedy choice: min_tokens holds it off), allowed_token_ids, bad_words and
     return_tokens_as_token_ids."""
     ref = offline(llm, "Hello, world!", "demo-r8-mlp", max_tokens=2, prompt_logprobs=3)
     r = client.completions.create(
@@ -173,6 +173,21 @@ def test_prompt_logprobs_field_and_min_tokens(client, llm):
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2, logprobs=True, top_logprobs=1,
         extra_body={"return_tokens_as_token_ids": True},
     )  # fmt: skip
+    # vLLM's bad_words (tokenized by the ingress): a word the greedy output holds is not generated
+    tok, prompt = llm.engine.tokenizer, "Hello, world!"
+    plain = offline(llm, prompt, "demo-r8-mlp", max_tokens=8).token_ids
+
+    def holds(ids, seq):
+        return any(ids[i : i + len(seq)] == seq for i in range(len(ids) - len(seq) + 1))
+
+    spans = (tok.decode(plain[i : i + k]).strip() for k in (2, 1) for i in range(len(plain) - k + 1))
+    word = next(w for w in spans if w and any(holds(plain, q) for q in tok.word_token_ids([w])))
+    r = client.completions.create(
+        model="demo-r8-mlp", prompt=prompt, max_tokens=8, temperature=0, logprobs=0,
+        extra_body={"bad_words": [word], "return_tokens_as_token_ids": True},
+    )  # fmt: skip
+    ids = [int(t.removeprefix("token_id:")) for t in r.choices[0].logprobs.tokens]
+    assert ids and ids != plain[: len(ids)] and not any(holds(ids, q) for q in tok.word_token_ids([word]))
     content = chat.choices[0].logprobs.content
     assert content and all(e.token.startswith("token_id:") and e.top_logprobs[0].token.startswith("token_id:")
                            for e in content)  # fmt: skip
