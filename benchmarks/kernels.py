@@ -251,6 +251,7 @@ SWEEP = {
         dict(expand_n=512, expand_warps=8),
         dict(shrink_warps=8, expand_warps=8),
         dict(shrink_stages=4, expand_stages=3),
+        dict(expand_n=128),
     ],
 }
 
