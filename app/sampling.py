@@ -198,7 +198,10 @@ def _sample_row(
         assert seen is not None  # the runner passes (history, prompt_len) for every penalized request
         row = apply_penalties(row, p, *seen)
     if p.temperature == 0:
-        return int(row.argmax())
+        best, token = row.max(-1)
+        if best.item() == float("-inf"):  # allowed_token_ids, bad words, min_tokens and a grammar left nothing
+            raise ValueError("no token is left to sample: every one is masked")
+        return int(token)
     probs = _probs(row, p)
     # a non-finite row (the model's own logits) must not reach multinomial: on CUDA that is a device assert
     if not bool(torch.isfinite(probs).all()):

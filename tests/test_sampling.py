@@ -116,6 +116,14 @@ def test_a_row_that_cannot_be_sampled_fails_alone():
     clean[1] = 0
     ref, _ = sample(clean, params, [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2), None])
     assert tokens[0] == ref[0] and tokens[2] == ref[2] and lps[0] is not None
+    # restrictions that leave no token (allowed_token_ids all banned by min_tokens): that request fails, greedy
+    # or not; the other one is sampled
+    for temperature in (0.0, 1.0):
+        masked = [SamplingParams(temperature=temperature, allowed_token_ids=[3]), SamplingParams(temperature=0)]
+        tokens, _ = sample(
+            logits[[0, 2]], masked, [torch.Generator().manual_seed(0), None], [([1], 1), None], [[3], []]
+        )
+        assert tokens == [FAILED, ref[2]]
 
 
 # ---- in the engine (the demo model; fixtures in conftest.py) ----------------------------------------
