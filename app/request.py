@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,9 @@ MAX_LOGPROBS = 20  # most likely alternatives per token that a request may ask f
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 100.0
 REPETITION_PENALTY_RANGE = (0.01, 100.0)
+# bad words a request may give (as words, or as token sequences of at most MAX_BAD_WORD_TOKENS): enough for any
+# word list, small enough that building a request's word index stays a millisecond's work for the engine
+MAX_BAD_WORDS, MAX_BAD_WORD_TOKENS = 2048, 64
 
 
 def truncated_prompt(ids: list[int], keep: int | None, max_model_len: int) -> list[int]:
@@ -115,15 +119,37 @@ class SamplingParams:
             )
         a = self.allowed_token_ids
         if a is not None and not (isinstance(a, list) and a and _token_ids(a)):
-            raise ValueError(f"allowed_token_ids must be a non-empty list of token ids >= 0, got {a!r}")
+            raise ValueError(f"allowed_token_ids must be a non-empty list of token ids >= 0, got {str(a)[:200]}")
         w = self.bad_words
         if w is not None and not (isinstance(w, list) and all(isinstance(x, str) and x.strip() for x in w)):
-            raise ValueError(f"bad_words must be a list of words (non-blank strings), got {w!r}")
+            raise ValueError(f"bad_words must be a list of words (non-blank strings), got {str(w)[:200]}")
         seqs = self.bad_words_ids
         if seqs is not None and not (
-            isinstance(seqs, list) and all(isinstance(q, list) and q and _token_ids(q) for q in seqs)
+            isinstance(seqs, list) and all(isinstance(q, list) and _token_ids(q) for q in seqs)
         ):
-            raise ValueError(f"bad_words_ids must be a list of non-empty token id lists, got {seqs!r}")
+            raise ValueError(f"bad_words_ids must be a list of token id lists, got {str(seqs)[:200]}")
+        lens = [len(q) for q in seqs or []]
+        if lens and not 0 < min(lens) <= max(lens) <= MAX_BAD_WORD_TOKENS:
+            n = 0 if min(lens) == 0 else max(lens)
+            raise ValueError(f"bad_words: a word must be 1 to {MAX_BAD_WORD_TOKENS} tokens long, one is {n}")
+        if w is not None and len(w) > MAX_BAD_WORDS:
+            raise ValueError(f"bad_words: at most {MAX_BAD_WORDS} words, got {len(w)}")
+        if seqs is not None and len(seqs) > 2 * MAX_BAD_WORDS:  # a word gives up to two token sequences
+            raise ValueError(f"bad_words_ids: at most {2 * MAX_BAD_WORDS} token sequences, got {len(seqs)}")
+
+    @functools.cached_property
+    def bad_words_index(self) -> tuple[list[int], dict[tuple[int, ...], list[int]], int]:
+        """bad_words_ids for the sampler, built once: (the one-token words, {the rest of a longer word: its last
+        tokens}, the longest such rest), so that a step looks up the output's last 1..longest tokens instead of
+        comparing every word."""
+        single: list[int] = []
+        ends: dict[tuple[int, ...], list[int]] = {}
+        for q in self.bad_words_ids or []:
+            if len(q) == 1:
+                single.append(q[0])
+            else:
+                ends.setdefault(tuple(q[:-1]), []).append(q[-1])
+        return single, ends, max((len(k) for k in ends), default=0)
 
     @property
     def needs_history(self) -> bool:

@@ -37,7 +37,10 @@ def apply_penalties(row: torch.Tensor, p: SamplingParams, tokens: list[int], pro
     if p.logit_bias:
         ids = torch.tensor(list(p.logit_bias), dtype=torch.long, device=row.device)
         row[ids] += torch.tensor(list(p.logit_bias.values()), dtype=row.dtype, device=row.device)
-    banned = [w[-1] for w in p.bad_words_ids or [] if len(w) - 1 <= len(out) and out[len(out) - len(w) + 1 :] == w[:-1]]
+    banned: list[int] = []
+    if p.bad_words_ids:
+        single, ends, longest = p.bad_words_index
+        banned = single + [t for k in range(1, min(longest, len(out)) + 1) for t in ends.get(tuple(out[-k:]), ())]
     if banned:
         row[torch.tensor(banned, dtype=torch.long, device=row.device)] = float("-inf")
     if p.allowed_token_ids is not None:

@@ -605,10 +605,10 @@ class OpenAIIngress:
             max_tokens = self._max_tokens(body.max_tokens, len(ids), default_max)
             try:
                 choice = [body.to_sampling_params(max_tokens, j, self.sampling_defaults) for j in range(n)]
+                if bad_words_ids is not None:
+                    choice = [replace(p, bad_words=None, bad_words_ids=bad_words_ids) for p in choice]
             except ValueError as e:
                 raise APIError(400, str(e), getattr(e, "param", None)) from None
-            if bad_words_ids is not None:
-                choice = [replace(p, bad_words=None, bad_words_ids=bad_words_ids) for p in choice]
             params.append(choice)
         await self._require_group()
         tried: set[str] = set()

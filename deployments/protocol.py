@@ -23,7 +23,7 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.lora.adapter import MAX_PATH_CHARS, check_adapter_name, check_adapter_path
-from app.request import MAX_LOGPROBS, SamplingParams, TokenLogprobs, truncated_prompt
+from app.request import MAX_BAD_WORDS, MAX_LOGPROBS, SamplingParams, TokenLogprobs, truncated_prompt
 from app.structured import StructuredOutputs
 from app.tools import forced_constraint, json_or
 
@@ -192,7 +192,7 @@ class _SamplingFields(BaseModel):
     min_tokens: int = Field(0, ge=0)
     allowed_token_ids: list[int] | None = None  # vLLM's: only these tokens are sampled
     return_tokens_as_token_ids: bool = False  # vLLM's: logprobs name tokens "token_id:N", not by their text
-    bad_words: list[str] | None = None  # vLLM's: words never generated
+    bad_words: list[str] | None = Field(None, max_length=MAX_BAD_WORDS)  # vLLM's: words never generated
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     # vLLM's: keep the prompt's last k tokens (-1: the model's maximum context length), after tokenizing
     truncate_prompt_tokens: int | None = Field(None, ge=-1)

@@ -73,6 +73,7 @@ def test_completion_request_maps_to_sampling_params():
         {"min_p": 1.5},
         {"use_beam_search": True},
         {"bad_words": "x"},
+        {"bad_words": ["w"] * 2049},
         {"allowed_token_ids": [1.5]},
         {"add_special_tokens": False},
         {"spaces_between_special_tokens": False},

@@ -290,6 +290,32 @@ def test_allowed_tokens_and_bad_words_equal_hf(demo, llm):
             greedy(2, **kw)
 
 
+def test_bad_words_index_equals_the_rule():
+    """The sampler's bad-word lookup (the output's last tokens against an index built once per request) bans
+    exactly the last tokens of the words whose rest ends the output (one-token words always), on random words and
+    outputs over a small vocabulary, where words overlap and share prefixes; too many words or too long ones are
+    refused."""
+    import random
+
+    from app.request import MAX_BAD_WORD_TOKENS, MAX_BAD_WORDS
+    from app.sampling import apply_penalties
+
+    rng = random.Random(0)
+    for _ in range(300):
+        words = [[rng.randrange(6) for _ in range(rng.randint(1, 4))] for _ in range(rng.randint(1, 6))]
+        prompt, out = [rng.randrange(6) for _ in range(3)], [rng.randrange(6) for _ in range(rng.randint(0, 8))]
+        row = apply_penalties(torch.zeros(6), SamplingParams(bad_words_ids=words), prompt + out, len(prompt))
+        want = {w[-1] for w in words if len(w) - 1 <= len(out) and out[len(out) - len(w) + 1 :] == w[:-1]}
+        assert {t for t in range(6) if row[t] == float("-inf")} == want, (words, out)
+    for bad in (
+        dict(bad_words=["w"] * (MAX_BAD_WORDS + 1)),
+        dict(bad_words_ids=[[1]] * (2 * MAX_BAD_WORDS + 1)),
+        dict(bad_words_ids=[[1] * (MAX_BAD_WORD_TOKENS + 1)]),
+    ):
+        with pytest.raises(ValueError, match="bad_words"):
+            SamplingParams(**bad)
+
+
 def test_apply_penalties_matches_hf_processors():
     """The penalty arithmetic on random logits of both signs against transformers' repetition-penalty
     processor (prompt + output) and the OpenAI definition of frequency / presence (output counts)."""
