@@ -100,42 +100,57 @@ class SamplingParams:
             try:
                 self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
             except (TypeError, ValueError, AttributeError):
-                raise ValueError(f"logit_bias must map token ids to numbers, got {self.logit_bias!r}") from None
+                raise ParamError(
+                    "logit_bias", f"logit_bias must map token ids to numbers, got {self.logit_bias!r}"
+                ) from None
         self.validate()
         self._validate_extensions()
 
     def _validate_extensions(self) -> None:
-        """prompt_logprobs, truncate_prompt_tokens and min_tokens."""
+        """prompt_logprobs, truncate_prompt_tokens, min_tokens, allowed_token_ids and the bad words."""
         if self.prompt_logprobs is not None and not (
             isinstance(self.prompt_logprobs, int) and 0 <= self.prompt_logprobs <= MAX_LOGPROBS
         ):
-            raise ValueError(f"prompt_logprobs must be an integer in [0, {MAX_LOGPROBS}], got {self.prompt_logprobs!r}")
+            raise ParamError(
+                "prompt_logprobs",
+                f"prompt_logprobs must be an integer in [0, {MAX_LOGPROBS}], got {self.prompt_logprobs!r}",
+            )
         k = self.truncate_prompt_tokens
         if k is not None and not (isinstance(k, int) and (k == -1 or k >= 1)):
-            raise ValueError(f"truncate_prompt_tokens must be -1 (the maximum context length) or >= 1, got {k!r}")
+            raise ParamError(
+                "truncate_prompt_tokens",
+                f"truncate_prompt_tokens must be -1 (the maximum context length) or >= 1, got {k!r}",
+            )
         if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
-            raise ValueError(
-                f"min_tokens must be an integer in [0, max_tokens={self.max_tokens}], got {self.min_tokens!r}"
+            raise ParamError(
+                "min_tokens",
+                f"min_tokens must be an integer in [0, max_tokens={self.max_tokens}], got {self.min_tokens!r}",
             )
         a = self.allowed_token_ids
         if a is not None and not (isinstance(a, list) and a and _token_ids(a)):
-            raise ValueError(f"allowed_token_ids must be a non-empty list of token ids >= 0, got {str(a)[:200]}")
+            raise ParamError(
+                "allowed_token_ids", f"allowed_token_ids must be a non-empty list of token ids >= 0, got {str(a)[:200]}"
+            )
         w = self.bad_words
         if w is not None and not (isinstance(w, list) and all(isinstance(x, str) and x.strip() for x in w)):
-            raise ValueError(f"bad_words must be a list of words (non-blank strings), got {str(w)[:200]}")
+            raise ParamError("bad_words", f"bad_words must be a list of words (non-blank strings), got {str(w)[:200]}")
         seqs = self.bad_words_ids
         if seqs is not None and not (
             isinstance(seqs, list) and all(isinstance(q, list) and _token_ids(q) for q in seqs)
         ):
-            raise ValueError(f"bad_words_ids must be a list of token id lists, got {str(seqs)[:200]}")
+            raise ParamError("bad_words_ids", f"bad_words_ids must be a list of token id lists, got {str(seqs)[:200]}")
         lens = [len(q) for q in seqs or []]
         if lens and not 0 < min(lens) <= max(lens) <= MAX_BAD_WORD_TOKENS:
             n = 0 if min(lens) == 0 else max(lens)
-            raise ValueError(f"bad_words: a word must be 1 to {MAX_BAD_WORD_TOKENS} tokens long, one is {n}")
+            raise ParamError(
+                "bad_words", f"bad_words: a word must be 1 to {MAX_BAD_WORD_TOKENS} tokens long, one is {n}"
+            )
         if w is not None and len(w) > MAX_BAD_WORDS:
-            raise ValueError(f"bad_words: at most {MAX_BAD_WORDS} words, got {len(w)}")
+            raise ParamError("bad_words", f"bad_words: at most {MAX_BAD_WORDS} words, got {len(w)}")
         if seqs is not None and len(seqs) > 2 * MAX_BAD_WORDS:  # a word gives up to two token sequences
-            raise ValueError(f"bad_words_ids: at most {2 * MAX_BAD_WORDS} token sequences, got {len(seqs)}")
+            raise ParamError(
+                "bad_words_ids", f"bad_words_ids: at most {2 * MAX_BAD_WORDS} token sequences, got {len(seqs)}"
+            )
 
     @functools.cached_property
     def bad_words_index(self) -> tuple[list[int], dict[tuple[int, ...], list[int]], int]:
@@ -173,30 +188,45 @@ class SamplingParams:
         """Raises ValueError for a value the sampler cannot honour. Everything accepted here samples without
         error (tests/test_sampling.py drives the sampler with extreme values of every field)."""
         if not isinstance(self.max_tokens, int) or self.max_tokens < 0:
-            raise ValueError(f"max_tokens must be a non-negative integer, got {self.max_tokens!r}")
+            raise ParamError("max_tokens", f"max_tokens must be a non-negative integer, got {self.max_tokens!r}")
         if not (math.isfinite(self.temperature) and 0 <= self.temperature <= MAX_TEMPERATURE):
-            raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE}], got {self.temperature}")
+            raise ParamError("temperature", f"temperature must be in [0, {MAX_TEMPERATURE}], got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ParamError("top_p", f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int):
-            raise ValueError(f"top_k must be an integer, got {self.top_k!r}")
+            raise ParamError("top_k", f"top_k must be an integer, got {self.top_k!r}")
         if not 0 <= self.min_p <= 1:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+            raise ParamError("min_p", f"min_p must be in [0, 1], got {self.min_p}")
         if self.seed is not None and not (isinstance(self.seed, int) and SEED_MIN <= self.seed <= SEED_MAX):
-            raise ValueError(f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}] (64 bits), got {self.seed!r}")
+            raise ParamError(
+                "seed", f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}] (64 bits), got {self.seed!r}"
+            )
         if self.stop and not self.detokenize:
-            raise ValueError("stop strings need detokenize=True")
+            raise ParamError("stop", "stop strings need detokenize=True")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
-                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+                raise ParamError(name, f"{name} must be in [-2, 2], got {getattr(self, name)}")
         lo, hi = REPETITION_PENALTY_RANGE
         if not lo <= self.repetition_penalty <= hi:
-            raise ValueError(f"repetition_penalty must be in [{lo}, {hi}], got {self.repetition_penalty}")
+            raise ParamError(
+                "repetition_penalty", f"repetition_penalty must be in [{lo}, {hi}], got {self.repetition_penalty}"
+            )
         if self.logprobs is not None and not (isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_LOGPROBS):
-            raise ValueError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
+            raise ParamError("logprobs", f"logprobs must be an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
         for tok, bias in (self.logit_bias or {}).items():
             if tok < 0 or not -100.0 <= bias <= 100.0:
-                raise ValueError(f"logit_bias {tok}: {bias} needs a token id >= 0 and a bias in [-100, 100]")
+                raise ParamError(
+                    "logit_bias", f"logit_bias {tok}: {bias} needs a token id >= 0 and a bias in [-100, 100]"
+                )
+
+
+class ParamError(ValueError):
+    """A SamplingParams value the sampler cannot honour; `param` names the field (over HTTP: a 400 whose `param`
+    it is, as OpenAI's errors)."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
 
 
 def _token_ids(xs: list) -> bool:

@@ -189,8 +189,9 @@ def test_prompt_logprobs_field_and_min_tokens(client, llm):
     ids = [int(t.removeprefix("token_id:")) for t in r.choices[0].logprobs.tokens]
     assert ids and ids != plain[: len(ids)] and not any(holds(ids, q) for q in tok.word_token_ids([word]))
     for words in ([" ".join("abcdefghij" * 20)], ["w"] * 2049):  # a word of > 64 tokens; too many words
-        with pytest.raises(openai.BadRequestError, match="bad_words"):
+        with pytest.raises(openai.BadRequestError, match="bad_words") as e:
             client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, extra_body={"bad_words": words})
+        assert e.value.param == "bad_words"
     content = chat.choices[0].logprobs.content
     assert content and all(e.token.startswith("token_id:") and e.top_logprobs[0].token.startswith("token_id:")
                            for e in content)  # fmt: skip

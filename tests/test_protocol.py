@@ -110,8 +110,9 @@ def test_echo_prompt_logprobs_min_tokens_and_vllm_fields():
     sp = CompletionRequest(model="m", prompt="x", allowed_token_ids=[4, 2], bad_words=["no"]).to_sampling_params(5)
     assert (sp.allowed_token_ids, sp.bad_words, sp.penalized) == ([4, 2], ["no"], True)
     for bad in (dict(allowed_token_ids=[]), dict(allowed_token_ids=[-3]), dict(bad_words=[""])):
-        with pytest.raises(ValueError):  # a 400 naming the reason, when the engine's parameters are made
+        with pytest.raises(ValueError) as e:  # a 400 naming the field, when the engine's parameters are made
             CompletionRequest(model="m", prompt="x", **bad).to_sampling_params(5)
+        assert e.value.param == next(iter(bad))
     neutral = dict(min_p=0.0, use_beam_search=False, skip_special_tokens=True, length_penalty=1.0, bad_words=[])
     CompletionRequest(model="m", prompt="x", add_special_tokens=True, guided_json=None, **neutral)
     msgs = [{"role": "user", "content": "x"}]
