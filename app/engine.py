@@ -289,9 +289,7 @@ class Engine:
             ids, text = self.tokenizer.encode(prompt), prompt
         else:
             ids, text = [int(t) for t in prompt], None
-            bad = [t for t in ids if not 0 <= t < self.args.vocab_size]
-            if bad:
-                raise ValueError(f"token ids {bad[:5]} are outside the vocabulary (size {self.args.vocab_size})")
+            self._check_in_vocabulary("token ids", ids)
         if params.truncate_prompt_tokens is not None:
             cut = truncated_prompt(ids, params.truncate_prompt_tokens, self.max_model_len)
             ids, text = cut, (text if cut is ids else self.tokenizer.decode(cut))
@@ -322,19 +320,18 @@ class Engine:
         self.detok[rid] = IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens)
         return rid
 
+    def _check_in_vocabulary(self, what: str, ids: list[int]) -> None:
+        bad = [t for t in ids if not 0 <= t < self.args.vocab_size]
+        if bad:
+            raise ValueError(f"{what} {bad[:5]} are outside the vocabulary (size {self.args.vocab_size})")
+
     def _with_token_restrictions(self, params: SamplingParams) -> SamplingParams:
         """params with its bad_words tokenized into bad_words_ids (a copy: the caller's object is left as it
         is; the ingress does this before a request reaches the group, off the engine thread), after checking
         that every token id it names is in the vocabulary (ValueError)."""
-        named = {
-            "logit_bias": list(params.logit_bias or {}),
-            "allowed_token_ids": params.allowed_token_ids or [],
-            "bad_words_ids": [t for w in params.bad_words_ids or [] for t in w],
-        }
-        for what, ids in named.items():
-            bad = [t for t in ids if t >= self.args.vocab_size]
-            if bad:
-                raise ValueError(f"{what} token ids {bad[:5]} are outside the vocabulary (size {self.args.vocab_size})")
+        self._check_in_vocabulary("logit_bias token ids", list(params.logit_bias or {}))
+        self._check_in_vocabulary("allowed_token_ids token ids", params.allowed_token_ids or [])
+        self._check_in_vocabulary("bad_words_ids token ids", [t for w in params.bad_words_ids or [] for t in w])
         if not params.bad_words:
             return params
         seqs = (params.bad_words_ids or []) + self.tokenizer.word_token_ids(params.bad_words)

@@ -202,9 +202,10 @@ def _sample_row(
         row = apply_penalties(row, p, *seen)
     if p.temperature == 0:
         best, token = row.max(-1)
-        if best.item() == float("-inf"):  # allowed_token_ids, bad words, min_tokens and a grammar left nothing
+        best_v, token_v = torch.stack((best, token.to(best.dtype))).tolist()  # one read back to the host
+        if best_v == float("-inf"):  # allowed_token_ids, bad words, min_tokens and a grammar left nothing
             raise ValueError("no token is left to sample: every one is masked")
-        return int(token)
+        return int(token_v)
     probs = _probs(row, p)
     # a non-finite row (the model's own logits) must not reach multinomial: on CUDA that is a device assert
     if not bool(torch.isfinite(probs).all()):
