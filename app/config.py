@@ -20,6 +20,12 @@ class PoolConfig(BaseModel):
         0.85, gt=0, le=1.0, description="share of free GPU memory given to the pool (CUDA)"
     )
     cpu_pool_bytes: int = Field(256 << 20, description="pool size when running on the CPU and num_pages is None")
+    enable_prefix_caching: bool = Field(
+        True,
+        description="automatic prefix caching (vLLM's): full KV pages stay cached after their request, keyed by "
+        "adapter and token ids, and a request with the same adapter and leading tokens reuses them instead of "
+        "prefilling them; idle cached pages are evicted first when pages are needed",
+    )
 
 
 class SchedulerConfig(BaseModel):

@@ -133,6 +133,8 @@ class EngineStats:
     steps: int
     num_preemptions: int
     num_prefetches: int
+    prefix_queried_tokens: int  # prefix caching: prompt tokens of admissions that looked the cache up
+    prefix_hit_tokens: int  # ... and the tokens found there
     num_early_aborts: int
     running_adapters: list[str]  # the distinct adapters of the running requests, sorted
     waiting_adapters: list[str]  # ... and of the queued ones
@@ -152,7 +154,10 @@ class Engine:
             executor = ModelRunner(cfg)
         self.executor = executor
         self.pool = PagePool(
-            num_pages=executor.num_pages, page_size=executor.page_size, adapter_limit=cfg.lora.static_adapter_pages
+            num_pages=executor.num_pages,
+            page_size=executor.page_size,
+            adapter_limit=cfg.lora.static_adapter_pages,
+            prefix_caching=cfg.pool.enable_prefix_caching,
         )
         self.adapters: dict[str, AdapterInfo] = {}
         self.scheduler = Scheduler(cfg.scheduler, cfg.lora, self.pool, lambda n: self.adapters[n].num_pages)
@@ -266,6 +271,7 @@ class Engine:
             raise AdapterError(f"adapter {name!r} is in use by {len(busy)} request(s)")
         if self.pool.is_resident(name):
             self.pool.evict(name)
+        self.pool.drop_prefixes(name)  # K/V computed with these weights: a new adapter of this name differs
         self.executor.remove_adapter(name)
         del self.adapters[name]
 
@@ -387,6 +393,8 @@ class Engine:
             steps=self.steps,
             num_preemptions=sch.num_preemptions,
             num_prefetches=sch.num_prefetches,
+            prefix_queried_tokens=sch.prefix_queried_tokens,
+            prefix_hit_tokens=sch.prefix_hit_tokens,
             num_early_aborts=sch.num_early_aborts,
             running_adapters=sorted({r.adapter for r in sch.running if r.adapter}),
             waiting_adapters=sorted({r.adapter for r in sch.waiting if r.adapter}),
@@ -489,6 +497,7 @@ class Engine:
         failed = [r for s in out.seqs if not (r := requests[s.request_id]).finished]
         for req in failed:
             self._fail(req, message)
+        self.pool.drop_prefixes(everything=True)  # pages written before the failure may be half-written
         for name, _ in out.adapter_loads:
             if self.pool.is_resident(name) and not self.pool.is_pinned(name):
                 self.pool.evict(name)
@@ -561,6 +570,7 @@ class Engine:
                 "first_token_time": req.first_token_time,
                 "finish_time": req.finish_time,
                 "num_preemptions": req.num_preemptions,
+                "num_cached_tokens": req.num_cached_tokens,
             },
             logprobs=list(req.output_logprobs) if want_lps and done else None,
             delta_logprobs=delta_lps,
@@ -660,13 +670,15 @@ class Engine:
         part (so that the first part's requests, which then generate max_tokens[1] tokens instead of
         max_tokens[0], decode beside its prefill); each wave runs to its end. Through a scheduler of its own
         (the live one's config, queues and counters untouched), on the same pool, without early abort; the
-        requests and adapters are removed and the step and pool counters restored at the end. Returns, per spec,
+        requests and adapters are removed and the step and pool counters restored at the end (prefix caching
+        is off meanwhile: the warm-up prompts neither match the cache nor stay in it). Returns, per spec,
         the name of its adapter, or None where it could not be registered (a pool too small for it: warm-up
         goes on without it)."""
         if self.has_unfinished():
             raise RuntimeError("warmup needs an idle engine (no requests)")
         pool, live = self.pool, self.scheduler
         counters = (self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits)
+        caching, pool.prefix_caching = pool.prefix_caching, False  # warm-up prompts neither match nor stay
         self.scheduler = Scheduler(
             live.cfg.model_copy(update={"early_abort_ttft_slo_s": None}),
             live.lora_cfg,
@@ -717,6 +729,7 @@ class Engine:
                     self.remove_adapter(registered)
             self.scheduler = live
             self.steps, self.last_step_adapters, pool.loads, pool.evictions, pool.hits = counters
+            pool.prefix_caching = caching
         return names
 
     POLICY_FIELDS = {
@@ -744,7 +757,10 @@ class Engine:
         sch = type(self.cfg.scheduler).model_validate({**self.cfg.scheduler.model_dump(), **(scheduler or {})})
         lo = type(self.cfg.lora).model_validate({**self.cfg.lora.model_dump(), **(lora or {})})
         pool = PagePool(
-            num_pages=self.pool.num_pages, page_size=self.pool.page_size, adapter_limit=lo.static_adapter_pages
+            num_pages=self.pool.num_pages,
+            page_size=self.pool.page_size,
+            adapter_limit=lo.static_adapter_pages,
+            prefix_caching=self.pool.prefix_caching,
         )
         self.cfg = self.cfg.model_copy(update={"scheduler": sch, "lora": lo})
         self.pool = pool
@@ -753,7 +769,12 @@ class Engine:
     def pool_stats(self):
         return self.pool.stats()
 
+    def reset_prefix_cache(self) -> int:
+        """Forgets every cached prefix block (vLLM's reset_prefix_cache): idle pages are freed, held ones stay
+        with their requests. Returns the blocks dropped."""
+        return self.pool.drop_prefixes(everything=True)
+
     def is_idle_clean(self) -> bool:
-        """True when no request holds pages: only cached adapters remain (used by tests)."""
+        """True when no request holds pages: only cached adapters and prefix blocks remain (used by tests)."""
         s = self.pool.stats()
         return s.kv == 0 and s.adapter_pinned == 0 and not self.has_unfinished()

@@ -16,13 +16,29 @@ Invariants:
 `adapter_limit` (an ablation, LoRAConfig.static_adapter_pages) turns this into a static split instead:
 adapters hold at most `adapter_limit` pages (evicting their own LRU cache to stay within it) and KV at most
 the rest, so KV never evicts an adapter.
+
+Prefix caching (`prefix_caching`, PoolConfig.enable_prefix_caching): a full KV page whose tokens are known
+may be registered under its *block key*, `(parent, tokens)`: `parent` is the registration id of the block
+before it (block 0: the root `(ROOT, adapter)`, since an adapter changes every layer's K/V), `tokens` the
+page's `page_size` token ids, compared exactly (no hash collisions). A later request with the same adapter
+and the same leading blocks attaches those pages (`match_prefix`, `attach_prefix`) instead of computing
+them; a KV page is then held by several requests (a reference count) and is never written again (only full
+pages are registered, and a request writes only past its attached prefix). When the last holder frees a
+registered page it stays in the cache, unheld: evictable like an unpinned adapter, idle KV pages first
+(LRU, each block after the block before it), so `free + evictable` stays the one admission budget.
+Registration ids are never reused, so a block whose parent was evicted can no longer be reached (it ages
+out). `drop_prefixes` unregisters an adapter's blocks (it was unloaded: a new adapter of that name must not
+match them) or all of them (a failed step may have left pages half-written).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+
+ROOT = "sloray-prefix-root"  # the first element of every chain's root key (adapter names are never this)
 
 
 @dataclass
@@ -42,6 +58,7 @@ class PoolStats:
     loads: int = 0
     evictions: int = 0
     hits: int = 0
+    kv_cached: int = 0  # registered prefix pages no request holds (evictable; counted in neither free nor kv)
 
 
 @dataclass
@@ -49,15 +66,24 @@ class PagePool:
     num_pages: int
     page_size: int
     adapter_limit: int | None = None  # static split: pages adapters may hold (None: unified)
+    prefix_caching: bool = False
     _free: list[int] = field(init=False)
     _kv: dict[str, list[int]] = field(init=False, default_factory=dict)
+    _refs: dict[int, int] = field(init=False, default_factory=dict)  # held KV page -> requests holding it
+    # prefix cache: block key -> page, registered page -> (key, registration id, adapter), unheld registered
+    # pages (LRU first), request -> (blocks of its pages looked at for registration, parent of the next one)
+    _blocks: dict[tuple, int] = field(init=False, default_factory=dict)
+    _entries: dict[int, tuple[tuple, int, str | None]] = field(init=False, default_factory=dict)
+    _idle: OrderedDict[int, None] = field(init=False, default_factory=OrderedDict)
+    _chains: dict[str, tuple[int, object]] = field(init=False, default_factory=dict)
+    _next_reg: int = 0
     _kv_tokens: dict[str, int] = field(init=False, default_factory=dict)
     _adapters: OrderedDict[str, ResidentAdapter] = field(init=False, default_factory=OrderedDict)
     loads: int = 0
     evictions: int = 0
     hits: int = 0
     _unpinned: int = 0  # pages of resident adapters with no pins (the evictable cache)
-    _kv_total: int = 0  # pages held as KV
+    _kv_total: int = 0  # pages held as KV (by requests, or idle in the prefix cache)
     _adapter_total: int = 0  # pages held by resident adapters
 
     def __post_init__(self):
@@ -75,18 +101,26 @@ class PagePool:
     def num_free(self) -> int:
         return len(self._free)
 
+    @property
+    def num_cached_kv(self) -> int:
+        """Idle prefix-cache pages: KV no request holds, kept for later matches, evicted first."""
+        return len(self._idle)
+
     def evictable(self, keep: AbstractSet[str] = frozenset()) -> int:
         """Pages of unpinned resident adapters not in `keep` (O(len(keep)): a running count)."""
         kept = sum(len(r.pages) for n in keep if (r := self._adapters.get(n)) is not None and r.pins == 0)
         return self._unpinned - kept
 
     def available(self, keep: AbstractSet[str] = frozenset()) -> int:
-        """Pages that an allocation may take: free ones plus those of unpinned cached adapters."""
-        return self.num_free + self.evictable(keep)
+        """Pages that an allocation may take: free ones, idle prefix-cache pages and those of unpinned
+        cached adapters."""
+        return self.num_free + len(self._idle) + self.evictable(keep)
 
     def _take(self, n: int, keep: AbstractSet[str] = frozenset()) -> list[int] | None:
         if n > len(self._free) and n > self.available(keep):
             return None
+        while len(self._free) < n and self._idle:
+            self._evict_block(next(iter(self._idle)))
         while len(self._free) < n:
             victim = next(name for name, r in self._adapters.items() if r.pins == 0 and name not in keep)
             self.evict(victim)
@@ -100,12 +134,16 @@ class PagePool:
     def grow_kv(self, req_id: str, num_tokens: int, keep: AbstractSet[str] = frozenset()) -> bool:
         """Makes room for `num_tokens` cached tokens of a request; False (and nothing taken) if it can't."""
         need = self.kv_pages_needed(req_id, num_tokens)
-        if self._kv_total + need > self.kv_limit:
+        if self._kv_total - len(self._idle) + need > self.kv_limit:
             return False
+        while self._kv_total + need > self.kv_limit:  # a static split: idle prefix pages make room first
+            self._evict_block(next(iter(self._idle)))
         pages = self._take(need, keep) if need else []
         if pages is None:
             return False
         self._kv.setdefault(req_id, []).extend(pages)
+        for p in pages:
+            self._refs[p] = 1
         self._kv_total += len(pages)
         self._kv_tokens[req_id] = max(num_tokens, self._kv_tokens.get(req_id, 0))
         return True
@@ -114,10 +152,104 @@ class PagePool:
         return self._kv.get(req_id, [])
 
     def free_kv(self, req_id: str) -> None:
+        """Releases a request's KV pages: a page no other request holds goes back to the free list, or,
+        when it is a registered prefix block, stays cached (idle, evictable; deeper blocks evicted first)."""
         pages = self._kv.pop(req_id, [])
-        self._kv_total -= len(pages)
-        self._free.extend(reversed(pages))
         self._kv_tokens.pop(req_id, None)
+        self._chains.pop(req_id, None)
+        for p in reversed(pages):
+            left = self._refs[p] - 1
+            if left:
+                self._refs[p] = left
+                continue
+            del self._refs[p]
+            if p in self._entries:
+                self._idle[p] = None
+            else:
+                self._kv_total -= 1
+                self._free.append(p)
+
+    # ---- prefix cache ----------------------------------------------------------------------------
+    def match_prefix(self, adapter: str | None, blocks: Iterable[tuple[int, ...]]) -> list[int]:
+        """The registered pages of the longest run of leading `blocks` (each page_size token ids) cached for
+        `adapter` (None: the base model); [] without prefix caching. Changes nothing."""
+        if not self.prefix_caching:
+            return []
+        pages: list[int] = []
+        parent: object = (ROOT, adapter)
+        for tokens in blocks:
+            page = self._blocks.get((parent, tokens))
+            if page is None:
+                break
+            pages.append(page)
+            parent = self._entries[page][1]
+        return pages
+
+    def attach_prefix(self, req_id: str, adapter: str | None, pages: list[int]) -> None:
+        """Gives a request that holds no KV yet the cached pages `match_prefix` found (its first
+        len(pages) * page_size tokens' K/V), held until `free_kv`."""
+        if req_id in self._kv:
+            raise RuntimeError(f"request {req_id!r} already holds KV pages")
+        if not pages:
+            return
+        for p in pages:
+            if p not in self._entries:
+                raise RuntimeError(f"page {p} is not a cached prefix block")
+            self._idle.pop(p, None)
+            self._refs[p] = self._refs.get(p, 0) + 1
+        self._kv[req_id] = list(pages)
+        self._kv_tokens[req_id] = len(pages) * self.page_size
+        self._chains[req_id] = (len(pages), self._entries[pages[-1]][1])
+
+    def registered_blocks(self, req_id: str) -> int:
+        """Leading blocks of the request's pages already looked at by `register_blocks` (or attached)."""
+        chain = self._chains.get(req_id)
+        return chain[0] if chain else 0
+
+    def register_blocks(self, req_id: str, adapter: str | None, blocks: list[tuple[int, ...]]) -> None:
+        """Registers the request's next full pages (from block `registered_blocks(req_id)` on) under the
+        keys of `blocks`, their token ids: their K/V must be computed, or queued on the device ahead of
+        every step that may read them. A block already cached under that key (another request computed
+        it) keeps its page, and this request's copy stays private. No-op without prefix caching."""
+        if not self.prefix_caching or not blocks:
+            return
+        pages = self._kv[req_id]
+        done, parent = self._chains.get(req_id, (0, (ROOT, adapter)))
+        if done + len(blocks) > len(pages):
+            raise RuntimeError(f"request {req_id!r} has {len(pages)} pages, not {done + len(blocks)} blocks")
+        for tokens in blocks:
+            if len(tokens) != self.page_size:
+                raise ValueError(f"a block has {len(tokens)} tokens, not page_size {self.page_size}")
+            key = (parent, tokens)
+            page = self._blocks.get(key)
+            if page is None:  # pages[done] is private: attached pages all lie before `done`
+                page = pages[done]
+                self._next_reg += 1
+                self._blocks[key] = page
+                self._entries[page] = (key, self._next_reg, adapter)
+            parent = self._entries[page][1]
+            done += 1
+        self._chains[req_id] = (done, parent)
+
+    def _evict_block(self, page: int) -> None:
+        """Frees an idle registered page (its blocks after it can no longer be matched)."""
+        del self._idle[page]
+        key = self._entries.pop(page)[0]
+        del self._blocks[key]
+        self._kv_total -= 1
+        self._free.append(page)
+
+    def drop_prefixes(self, adapter: str | None = None, *, everything: bool = False) -> int:
+        """Unregisters the cached blocks of `adapter` (None: the base model's), or all of them with
+        `everything`; idle ones are freed, held ones stay with their requests as private pages. Returns
+        how many blocks were dropped."""
+        gone = [p for p, (_, _, a) in self._entries.items() if everything or a == adapter]
+        for p in gone:
+            if p in self._idle:
+                self._evict_block(p)
+            else:
+                del self._blocks[self._entries.pop(p)[0]]
+        return len(gone)
 
     # ---- adapters --------------------------------------------------------------------------------
     def is_resident(self, name: str) -> bool:
@@ -188,8 +320,8 @@ class PagePool:
 
     # ---- reporting -------------------------------------------------------------------------------
     def stats(self) -> PoolStats:
-        kv = sum(len(p) for p in self._kv.values())
-        slots = kv * self.page_size
+        kv = len(self._refs)
+        slots = sum(len(p) for p in self._kv.values()) * self.page_size
         used = sum(self._kv_tokens.values())
         adapter = sum(len(r.pages) for r in self._adapters.values())
         pinned = sum(len(r.pages) for r in self._adapters.values() if r.pins)
@@ -203,20 +335,28 @@ class PagePool:
             loads=self.loads,
             evictions=self.evictions,
             hits=self.hits,
+            kv_cached=len(self._idle),
         )
 
     def check(self) -> None:
-        """Asserts the invariants (used by tests): every page owned exactly once."""
-        owners = list(self._free)
-        for p in self._kv.values():
-            owners += p
+        """Asserts the invariants (used by tests): every page owned exactly once (a KV page may be held by
+        several requests: its reference count), registered pages are held or idle."""
+        owners = list(self._free) + list(self._refs) + list(self._idle)
         for r in self._adapters.values():
             owners += r.pages
         if sorted(owners) != list(range(self.num_pages)):
             raise AssertionError("pool pages are leaked or owned twice")
+        held: dict[int, int] = {}
+        for pages in self._kv.values():
+            for p in pages:
+                held[p] = held.get(p, 0) + 1
+        if held != self._refs or any(p not in self._entries for p in self._idle):
+            raise AssertionError("KV reference counts are off, or an idle page is not a registered block")
+        if {k: p for p, (k, _, _) in self._entries.items()} != self._blocks:
+            raise AssertionError("the prefix cache's keys and pages disagree")
         if self._unpinned != sum(len(r.pages) for r in self._adapters.values() if r.pins == 0):
             raise AssertionError("the count of evictable adapter pages is off")
-        if self._kv_total != sum(map(len, self._kv.values())) or self._adapter_total != sum(
+        if self._kv_total != len(self._refs) + len(self._idle) or self._adapter_total != sum(
             len(r.pages) for r in self._adapters.values()
         ):
             raise AssertionError("the counts of KV / adapter pages are off")

@@ -184,6 +184,10 @@ class ModelRunner:
                 if s.from_last_step:
                     raise ValueError(f"request {s.request_id}: its history needs the last step's token on the host")
                 h = self.history.setdefault(s.request_id, [])
+                if len(h) < s.start_pos:  # it starts after cached prefix pages: the scheduler sent the rest
+                    if len(s.history_ids) != s.start_pos:
+                        raise ValueError(f"request {s.request_id}: {s.start_pos} earlier tokens are not known")
+                    h[:] = s.history_ids
                 del h[s.start_pos :]  # a recomputed request feeds its tokens again from 0
                 h += s.token_ids
         self._load_adapters(out)

@@ -24,6 +24,13 @@ admitted request is preempted by recompute: its pages are freed, its adapter unp
 the front of the queue with its generated tokens kept, to be prefilled again later (same output for greedy
 and seeded sampling). A request that could never fit alone is refused when added, so preemption always makes progress.
 
+Prefix caching (app/pool.py, on with PoolConfig.enable_prefix_caching): when a request is admitted with no
+K/V computed (new, or preempted), it attaches the cached pages of its longest run of leading full pages
+(same adapter, same token ids), at most up to its last token (which must be computed to sample), and starts
+its prefill after them; a request that wants prompt logprobs computes them all. A full page is registered
+once the step that computed it has returned its results (`update`), so a failed step's pages never are,
+and every step that reads a registered page was launched after the one that wrote it.
+
 Admission policies (SchedulerConfig / LoRAConfig; `_admission_order`, `_early_abort`):
   * queue order: preempted requests first, then FCFS (oldest first) or LCFS (newest first);
   * early abort (`early_abort_ttft_slo_s`): a queued request without a token that can no longer meet its first-token
@@ -81,6 +88,9 @@ class ScheduledSeq:
     # token_ids is [placeholder]: the runner feeds the token it sampled for this request in the last step
     # it launched (asynchronous scheduling; see the module docstring)
     from_last_step: bool = False
+    # the tokens before start_pos, in the first step of a request that starts after cached prefix pages and
+    # whose sampling needs its tokens so far (SamplingParams.needs_history); empty otherwise
+    history_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -122,11 +132,15 @@ class Scheduler:
         self.early_aborted: list[Request] = []  # drained by the engine, which reports them
         self.num_load_wait_steps = 0  # steps that copied the adapter of a request they admitted (no prefetch)
         self.num_cluster_steps = 0  # steps whose admission order was clustered by adapter
+        # prefix caching: prompt tokens of the admissions that looked the cache up, and tokens found there
+        self.prefix_queried_tokens = 0
+        self.prefix_hit_tokens = 0
         # predicted early abort: arrival times, and (time, admitted, step seconds) of saturated steps, within
         # the last early_abort_ttft_slo_s seconds
         self._arrivals: deque[float] = deque()
         self._service: deque[tuple[float, int, float]] = deque()
         self._last_schedule: float | None = None  # the last schedule, if it left requests waiting
+        self._attached: set[str] = set()  # requests admitted in this schedule after cached prefix pages
 
     # ---- queue -----------------------------------------------------------------------------------
     def pages_to_fit(self, req: Request) -> int:
@@ -182,7 +196,7 @@ class Scheduler:
         self.running.remove(req)
         self._release(req)
         req.status = RequestStatus.WAITING
-        req.num_computed_tokens = 0
+        req.num_computed_tokens = req.num_kv_confirmed = 0
         req.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(req)
@@ -193,6 +207,7 @@ class Scheduler:
         self._finished_ids = []
         budget = self.max_num_batched_tokens
         chosen: list[tuple[Request, int]] = []
+        self._attached.clear()
 
         i = 0
         while i < len(self.running) and budget > 0:
@@ -237,6 +252,8 @@ class Scheduler:
                 prompt_len=len(req.prompt_token_ids),
                 from_last_step=placeholder,
             )
+            if self._attached and req.request_id in self._attached and start and req.params.needs_history:
+                seq.history_ids = req.token_slice(0, start)
             req.num_computed_tokens = start + n
             if seq.sample and req.params.max_tokens > 0:
                 req.num_pending += 1
@@ -273,11 +290,22 @@ class Scheduler:
                 if pages:
                     out.adapter_loads.append((name, pages))
                 self.pool.pin(name)
+            hit = self._attach_prefix(req)
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             if not self.pool.grow_kv(req.request_id, req.num_computed_tokens + n):
+                if hit:
+                    self.pool.free_kv(req.request_id)  # the pages go back to the cache
+                    req.num_computed_tokens = req.num_kv_confirmed = 0
                 if name:
                     self.pool.unpin(name)  # stays cached (its pages are filled this step anyway)
                 break
+            if hit:
+                self._attached.add(req.request_id)
+            if hit is not None:
+                self.prefix_queried_tokens += req.num_tokens
+                self.prefix_hit_tokens += hit
+                if req.first_scheduled_time is None:
+                    req.num_cached_tokens = hit
             self._take_waiting(req)
             req.status = RequestStatus.RUNNING
             if req.first_scheduled_time is None:
@@ -294,6 +322,32 @@ class Scheduler:
             if self.waiting and self._last_schedule is not None:
                 self._service.append((now, admitted, now - self._last_schedule))
             self._last_schedule = now if self.waiting else None
+
+    def _attach_prefix(self, req: Request) -> int | None:
+        """Prefix caching at admission (module docstring): attaches the request's cached leading pages and
+        counts them as computed. Returns the tokens found, or None where the cache was not looked up."""
+        if (
+            not self.pool.prefix_caching
+            or req.num_computed_tokens
+            or req.params.prompt_logprobs is not None
+            or self.pool.kv_pages(req.request_id)
+        ):
+            return None
+        ps = self.pool.page_size
+        blocks = (tuple(req.token_slice(i * ps, ps)) for i in range((req.num_tokens - 1) // ps))
+        pages = self.pool.match_prefix(req.adapter, blocks)
+        self.pool.attach_prefix(req.request_id, req.adapter, pages)
+        req.num_computed_tokens = req.num_kv_confirmed = len(pages) * ps
+        return req.num_computed_tokens
+
+    def _register_blocks(self, req: Request) -> None:
+        """Registers the request's full pages whose K/V a returned step computed (module docstring)."""
+        ps = self.pool.page_size
+        have = self.pool.registered_blocks(req.request_id)
+        full = min(req.num_kv_confirmed, req.num_tokens) // ps
+        if full > have:
+            blocks = [tuple(req.token_slice(i * ps, ps)) for i in range(have, full)]
+            self.pool.register_blocks(req.request_id, req.adapter, blocks)
 
     def _take_waiting(self, req: Request) -> None:
         if self.waiting[0] is req:
@@ -407,16 +461,16 @@ class Scheduler:
             self.num_early_aborts += 1
 
     def _prefetch(self, out: SchedulerOutput) -> None:
-        """Loads the adapters of the next queued requests into pages that are free now (never evicting,
-        keeping a page per running request for its growth), so that their copy overlaps this step and they
-        are resident when the requests are admitted."""
+        """Loads the adapters of the next queued requests into pages that are free now or idle in the
+        prefix cache (never evicting an adapter; keeping a page per running request for its growth), so that
+        their copy overlaps this step and they are resident when the requests are admitted."""
         reserve = len(self.running)
         for req in list(itertools.islice(self.waiting, self.max_loras_per_batch)):
             name = req.adapter
             if not name or self.pool.is_resident(name):
                 continue
             n = self.adapter_pages(name)
-            if self.pool.num_free < n + reserve:
+            if self.pool.num_free + self.pool.num_cached_kv < n + reserve:  # idle prefix pages give way
                 break
             pages = self.pool.load_adapter(name, n)
             if pages is None:  # free pages, but a static split's adapter share is full
@@ -434,12 +488,19 @@ class Scheduler:
         no token then (its prompt is done)."""
         it = iter(zip(result.tokens, result.logprobs or [None] * len(result.tokens)))
         got = []
+        caching, ps = self.pool.prefix_caching, self.pool.page_size
         for s in out.seqs:
             maybe = requests.get(s.request_id)
             tok, lp = next(it) if s.sample else (None, None)
             if maybe is None or maybe.finished:
                 continue
             req = maybe
+            if req.status == RequestStatus.RUNNING:  # not preempted since: its K/V of this step is in place
+                end = s.start_pos + len(s.token_ids)
+                if end > req.num_kv_confirmed:
+                    req.num_kv_confirmed = end
+                    if caching and end // ps > s.start_pos // ps:
+                        self._register_blocks(req)
             if s.prompt_lp_targets:
                 req.prompt_logprobs += result.prompt_logprobs[s.request_id]
             if s.sample:

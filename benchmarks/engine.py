@@ -274,7 +274,7 @@ def bench_fixed(args, model_dir: Path, adapter_src: dict[str, str]) -> dict:
         device="cuda",
         dtype="bfloat16",
         kernel_backend=args.backend,
-        pool={"num_pages": args.pool_pages, "page_size": 16},
+        pool={"num_pages": args.pool_pages, "page_size": 16, "enable_prefix_caching": False},
         scheduler={"max_num_seqs": 256, "max_num_batched_tokens": 8192},
     )
     engine = Engine(cfg)
@@ -312,7 +312,7 @@ def bench_trace(args, model_dir: Path, adapter_src: dict[str, str]) -> dict:
         device="cuda",
         dtype="bfloat16",
         kernel_backend=args.backend,
-        pool={"gpu_memory_fraction": 0.8, "page_size": 16},
+        pool={"gpu_memory_fraction": 0.8, "page_size": 16, "enable_prefix_caching": False},
         scheduler={"max_num_seqs": 256, "max_num_batched_tokens": 4096},
     )
     engine = Engine(cfg)

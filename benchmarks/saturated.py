@@ -325,7 +325,8 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         device=device,
         dtype="bfloat16" if device == "cuda" else "float32",
         load_format="dummy",
-        pool={"gpu_memory_fraction": 0.85, "page_size": 16},
+        # off: the same requests replay for every variant (S-LoRA's workload shares no prefixes)
+        pool={"gpu_memory_fraction": 0.85, "page_size": 16, "enable_prefix_caching": False},
         scheduler={"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens},
         lora={"kernels": json.loads(args.lora_kernels)},
         **({"warmup": "on"} if device == "cuda" else {}),

@@ -152,6 +152,7 @@ def main() -> None:
         kernel_backend="torch" if args.smoke else "triton",
         load_format="dummy",
         scheduler={"max_num_seqs": args.requests, "max_num_batched_tokens": 8192},
+        pool={"enable_prefix_caching": False},
     )
     engine = Engine(cfg)
     names = {f"r16-{i}": "src" for i in range(args.distinct)}

@@ -97,7 +97,8 @@ def engine_for(a, setting: str, n_max: int) -> Engine:
         device=a.device,
         dtype="bfloat16" if cuda else "float32",
         load_format="dummy",
-        pool={"gpu_memory_fraction": a.gpu_memory_fraction, "page_size": 16},
+        # off: every rate point replays the same trace's prompts (S-LoRA's workload shares no prefixes)
+        pool={"gpu_memory_fraction": a.gpu_memory_fraction, "page_size": 16, "enable_prefix_caching": False},
         scheduler={"max_num_seqs": a.max_num_seqs, "max_num_batched_tokens": a.max_num_batched_tokens},
         lora={"max_lora_rank": max(ranks)},
         warmup="on" if cuda else "off",
@@ -665,7 +666,7 @@ def serve_replay(a, trace, model_dir: str, cfg, adir: Path, replicas: int, inter
         max_num_batched_tokens=cfg.scheduler.max_num_batched_tokens,
         gpu_memory_fraction=a.gpu_memory_fraction,
         max_lora_rank=cfg.lora.max_lora_rank,
-        engine={"load_format": "dummy", "warmup": cfg.warmup},
+        engine={"load_format": "dummy", "warmup": cfg.warmup, "pool": {"enable_prefix_caching": False}},
         group={"stream_interval_s": interval},
         num_ingress_replicas=replicas,
         **({"group_num_cpus": 0.5} if a.smoke else {}),

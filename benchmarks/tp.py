@@ -72,7 +72,7 @@ def bench_engine(args, model_dir: Path, adapter_paths: list[str]) -> dict:
         model=str(model_dir),
         device=dev,
         dtype=dtype,
-        pool={"num_pages": args.pool_pages},
+        pool={"num_pages": args.pool_pages, "enable_prefix_caching": False},
         scheduler={"max_num_seqs": 256, "max_num_batched_tokens": 8192},
     )
     rng = random.Random(0)

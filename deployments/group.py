@@ -402,6 +402,8 @@ class SLoRAGroup:
             "steps": s.steps,
             "num_preemptions": s.num_preemptions,
             "num_prefetches": s.num_prefetches,
+            "prefix_queried_tokens": s.prefix_queried_tokens,
+            "prefix_hit_tokens": s.prefix_hit_tokens,
             "lora": {  # vllm:lora_requests_info
                 "running": s.running_adapters,
                 "waiting": s.waiting_adapters,
@@ -460,6 +462,8 @@ class SLoRAGroup:
         m.set_counter("adapter_evictions", s["pool"]["evictions"])
         m.set_counter("adapter_prefetches", s["num_prefetches"])
         m.set_counter("preemptions", s["num_preemptions"])
+        m.set_counter("prefix_cache_queries", s["prefix_queried_tokens"])
+        m.set_counter("prefix_cache_hits", s["prefix_hit_tokens"])
         m.set_gauges(self._gauges(s), s["pool"])
 
     def _stream_item(self, out: RequestOutput) -> RequestOutput | dict:

@@ -73,6 +73,7 @@ from deployments.protocol import (
     LoadLoRAAdapterRequest,
     ModelCard,
     ModelList,
+    PromptTokensDetails,
     TokenizeChatRequest,
     TokenizeCompletionRequest,
     TokenizeResponse,
@@ -265,6 +266,7 @@ class _Choice:
     first: "asyncio.Future | None" = None  # the group's first item, awaited by _launch, not yet absorbed
     text: str = ""
     num_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens its group found in the prefix cache
     released: bool = False  # counted back out of the router's local in-flight
     admitted_at: float = 0.0  # monotonic time of the admission decision
     decision: Decision | None = None  # its admission's predictions (calibrated by the first token)
@@ -744,6 +746,7 @@ class OpenAIIngress:
                 self.router.observe_ttft(c.group, d.model_ttft_s, actual, expected_s=d.expected_ttft_s, ahead=d.ahead)
             self._end_start(c)
         c.num_tokens += len(out.delta_token_ids)
+        c.cached_tokens = int(out.metrics.get("num_cached_tokens") or c.cached_tokens)
         if out.delta_logprobs is not None:
             c.ids += out.delta_token_ids
             c.lps += out.delta_logprobs
@@ -1039,12 +1042,19 @@ class OpenAIIngress:
 
     @staticmethod
     def _usage_for(prompts: list[list[int]], n: int):
-        """OpenAI counts each prompt once, whatever n; completion tokens over all choices."""
+        """OpenAI counts each prompt once, whatever n (its cached tokens those of its first choice);
+        completion tokens over all choices."""
         prompt_tokens = sum(len(p) for p in prompts)
 
         def usage(choices: list[_Choice]) -> UsageInfo:
             done = sum(c.num_tokens for c in choices)
-            return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=done, total_tokens=prompt_tokens + done)
+            cached = sum(c.cached_tokens for c in choices if c.index % n == 0)
+            return UsageInfo(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=done,
+                total_tokens=prompt_tokens + done,
+                prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+            )
 
         return usage
 

@@ -93,6 +93,8 @@ COUNTERS = {
     "adapter_evictions": "Adapters evicted from the pool.",
     "adapter_prefetches": "Adapters copied into free pages ahead of their requests' admission (prefetch).",
     "preemptions": "Running requests preempted (recomputed later) because the pool ran out of pages.",
+    "prefix_cache_queries": "Prompt tokens of admitted requests that looked up the prefix cache.",
+    "prefix_cache_hits": "Of those, tokens found in the prefix cache (their KV was not computed again).",
     "engine_steps": "Engine steps.",
 }
 FINISH_REASONS = ("stop", "length", "abort")  # vLLM's finished_reason values, exported from zero at the ingress
@@ -116,6 +118,8 @@ VLLM_COUNTERS = {
     "prompt_tokens": "prompt_tokens",
     "generation_tokens": "generation_tokens",
     "num_preemptions": "preemptions",
+    "prefix_cache_queries": "prefix_cache_queries",
+    "prefix_cache_hits": "prefix_cache_hits",
 }
 GAUGES = {
     "num_requests_running": "Requests in the running batch.",
@@ -225,8 +229,11 @@ class GroupMetrics:
         }
 
 
-POOL_KINDS = ("kv", "adapter", "adapter_pinned", "free")
-HELP_POOL = "Pool pages by kind (kv, adapter, adapter_pinned, free)."
+POOL_KINDS = ("kv", "adapter", "adapter_pinned", "free", "kv_cached")
+HELP_POOL = (
+    "Pool pages by kind (kv: held by requests, adapter, adapter_pinned, free, kv_cached: idle prefix-cache pages, "
+    "evicted first when pages are needed)."
+)
 HELP_FRAGMENTATION = "Share of allocated KV slots holding no token."
 HELP_KV_USAGE = "Share of the pool's pages holding KV cache (0 to 1; the pool also holds adapter weights)."
 HELP_UP = "1 if the group answered the last stats poll."

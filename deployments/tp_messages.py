@@ -121,6 +121,7 @@ class StepDecoder:
                 prompt_lp_start=s.prompt_lp_start,
                 prompt_lp_targets=s.prompt_lp_targets,
                 banned_ids=s.banned_ids,
+                history_ids=[],  # sent in a request's first step only
             )
             self.known[s.request_id] = seq
             seqs.append(seq)

@@ -115,8 +115,9 @@ def test_tiny_pool_preempts_and_evicts(setup):
     )
     check(outs, extra, [ref.greedy(ids, a, m) for ids, a, m in extra])
     assert llm.engine.scheduler.num_preemptions > 0, "the pool was meant to be too small to avoid preemption"
+    assert llm.engine.scheduler.prefix_hit_tokens > 0, "a recomputed request finds its own cached pages"
     s = llm.engine.pool.stats()
-    assert s.kv == 0 and s.adapter_pinned == 0 and s.free + s.adapter == pages
+    assert s.kv == 0 and s.adapter_pinned == 0 and s.free + s.adapter + s.kv_cached == pages
     llm.engine.pool.check()
     # (b) eviction: the largest adapter plus a few requests' KV; every adapter is used, so they evict
     # each other and come back
@@ -128,7 +129,7 @@ def test_tiny_pool_preempts_and_evicts(setup):
     pool = llm.engine.pool
     assert pool.evictions > 0 and pool.loads > len(adapters), "adapters were meant to be evicted and reloaded"
     s = pool.stats()
-    assert s.kv == 0 and s.adapter_pinned == 0 and s.free + s.adapter == pages
+    assert s.kv == 0 and s.adapter_pinned == 0 and s.free + s.adapter + s.kv_cached == pages
     pool.check()
 
 

@@ -17,7 +17,15 @@ def _snapshot(m: GroupMetrics, name: str = "g0") -> dict:
         "name": name,
         "metrics": m.snapshot(),
         "gauges": gauges | {"registered_adapters": 3},
-        "pool": {"total": 200, "kv": 50, "adapter": 10, "adapter_pinned": 2, "free": 140, "kv_fragmentation": 0.1},
+        "pool": {
+            "total": 200,
+            "kv": 50,
+            "adapter": 10,
+            "adapter_pinned": 2,
+            "free": 130,
+            "kv_cached": 10,
+            "kv_fragmentation": 0.1,
+        },
         "lora": {"running": ["a1", "a2"], "waiting": ["a3"], "max_lora": 8},
         "time": 1234.5,
     }
@@ -51,6 +59,8 @@ def test_collector_renders_sloray_and_vllm_series():
     m.inc("requests_aborted")
     m.observe("inter_token_latency_seconds", 0.012)
     m.adapter_request("a1", 4)
+    m.set_counter("prefix_cache_queries", 300)
+    m.set_counter("prefix_cache_hits", 128)
     registry = CollectorRegistry()
     registry.register(ServiceCollector(lambda: {"g0": _snapshot(m), "g1": None}, "served"))
     fams = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
@@ -76,6 +86,12 @@ def test_collector_renders_sloray_and_vllm_series():
     assert info.labels["waiting_lora_adapters"] == "a3" and info.labels["max_lora"] == "8"
     assert info.labels["model_name"] == "served"
     assert values("sloray_adapter_requests", "sloray_adapter_requests_total", "adapter") == {"a1": 1.0}
+    assert values("sloray_pool_pages", "sloray_pool_pages", "kind") == {
+        "kv": 50, "adapter": 10, "adapter_pinned": 2, "free": 130, "kv_cached": 10
+    }  # fmt: skip
+    for name, want in (("prefix_cache_queries", 300), ("prefix_cache_hits", 128)):
+        assert values(f"vllm:{name}", f"vllm:{name}_total", "group") == {"g0": want}
+        assert values(f"sloray_{name}", f"sloray_{name}_total", "group") == {"g0": want}
     for name in (
         "vllm:num_requests_running",
         "vllm:num_requests_waiting",

@@ -647,3 +647,20 @@ def test_responses_refusals(client):
         assert r.json()["error"]["param"] == param, r.text
     r = httpx.post(BASE + "/v1/responses", json=base | {"model": "nope"}, timeout=60)
     assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+
+
+def test_usage_reports_prompt_tokens_from_the_prefix_cache(client):
+    """A prompt sent again finds its full KV pages in the prefix cache (on by default): OpenAI's
+    usage.prompt_tokens_details.cached_tokens says how many of its tokens, as the Responses API's
+    input_tokens_details.cached_tokens; the text is the same."""
+    prompt = "Prefix caching keeps the pages of a prompt it has seen, " * 6
+    first = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0)
+    again = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached < again.usage.prompt_tokens and again.choices[0].text == first.choices[0].text
+    words = "Tell me about the pages of the pool, " * 6
+    one = client.responses.create(model=MODEL, input=words, max_output_tokens=3, temperature=0)
+    two = client.responses.create(model=MODEL, input=words, max_output_tokens=3, temperature=0)
+    assert one.usage.input_tokens_details.cached_tokens == 0
+    assert 0 < two.usage.input_tokens_details.cached_tokens < two.usage.input_tokens
