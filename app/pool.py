@@ -74,6 +74,7 @@ class PagePool:
     # pages (LRU first), request -> (blocks of its pages looked at for registration, parent of the next one)
     _blocks: dict[tuple, int] = field(init=False, default_factory=dict)
     _entries: dict[int, tuple[tuple, int, str | None]] = field(init=False, default_factory=dict)
+    _by_adapter: dict[str | None, set[int]] = field(init=False, default_factory=dict)  # registered pages
     _idle: OrderedDict[int, None] = field(init=False, default_factory=OrderedDict)
     _chains: dict[str, tuple[int, object]] = field(init=False, default_factory=dict)
     _next_reg: int = 0
@@ -227,6 +228,7 @@ class PagePool:
                 self._next_reg += 1
                 self._blocks[key] = page
                 self._entries[page] = (key, self._next_reg, adapter)
+                self._by_adapter.setdefault(adapter, set()).add(page)
             parent = self._entries[page][1]
             done += 1
         self._chains[req_id] = (done, parent)
@@ -234,21 +236,28 @@ class PagePool:
     def _evict_block(self, page: int) -> None:
         """Frees an idle registered page (its blocks after it can no longer be matched)."""
         del self._idle[page]
-        key = self._entries.pop(page)[0]
-        del self._blocks[key]
+        self._unregister(page)
         self._kv_total -= 1
         self._free.append(page)
+
+    def _unregister(self, page: int) -> None:
+        key, _, adapter = self._entries.pop(page)
+        del self._blocks[key]
+        pages = self._by_adapter[adapter]
+        pages.discard(page)
+        if not pages:
+            del self._by_adapter[adapter]
 
     def drop_prefixes(self, adapter: str | None = None, *, everything: bool = False) -> int:
         """Unregisters the cached blocks of `adapter` (None: the base model's), or all of them with
         `everything`; idle ones are freed, held ones stay with their requests as private pages. Returns
         how many blocks were dropped."""
-        gone = [p for p, (_, _, a) in self._entries.items() if everything or a == adapter]
+        gone = list(self._entries) if everything else list(self._by_adapter.get(adapter, ()))
         for p in gone:
             if p in self._idle:
                 self._evict_block(p)
             else:
-                del self._blocks[self._entries.pop(p)[0]]
+                self._unregister(p)
         return len(gone)
 
     # ---- adapters --------------------------------------------------------------------------------
@@ -354,6 +363,11 @@ class PagePool:
             raise AssertionError("KV reference counts are off, or an idle page is not a registered block")
         if {k: p for p, (k, _, _) in self._entries.items()} != self._blocks:
             raise AssertionError("the prefix cache's keys and pages disagree")
+        by_adapter: dict[str | None, set[int]] = {}
+        for p, (_, _, a) in self._entries.items():
+            by_adapter.setdefault(a, set()).add(p)
+        if by_adapter != self._by_adapter:
+            raise AssertionError("the prefix cache's index by adapter is off")
         if self._unpinned != sum(len(r.pages) for r in self._adapters.values() if r.pins == 0):
             raise AssertionError("the count of evictable adapter pages is off")
         if self._kv_total != len(self._refs) + len(self._idle) or self._adapter_total != sum(

@@ -17,6 +17,11 @@ measured in the run, and prefill costs its FLOPs at the measured bf16 matmul rat
 torch.profiler breakdown of GPU time by kernel kind over a window of steps of each run. --async-scheduling
 off on: every run (and the online one) twice on the same engine, with the synchronous step loop and with
 asynchronous scheduling (EngineConfig.async_scheduling), so that the before / after is one command.
+--system-prompt L puts a system prompt of L tokens of its own (fixed per adapter, and for the base model)
+before every request's input, as tenants' applications do; --prefix-caching off on runs each run with prefix
+caching off and on (PoolConfig.enable_prefix_caching; the cache emptied before each run, so a run's hits are
+its own and its untimed round's: the system prompts once seen). Without them, S2 as the paper (no shared
+prefixes, caching off). The floor counts every input token's prefill FLOPs, cached or not.
 Writes saturated.json, saturated.md and saturated.png (throughput vs adapters) into --out.
 """
 
@@ -148,28 +153,38 @@ def gpu_by_kind(events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]]) ->
     return {k: round(v, 3) for k, v in out.items()}
 
 
+def system_prompt(adapter: int | None, length: int, vocab: int) -> list[int]:
+    """The fixed system prompt of an adapter's requests (None: the base model's), `length` tokens."""
+    rng = random.Random(f"system-{adapter}")
+    return [rng.randrange(3, vocab) for _ in range(length)]
+
+
 def run_once(
-    engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=PROFILE_STEPS, host_profile: bool = True
-) -> dict:
+    engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=PROFILE_STEPS, host_profile: bool = True,
+    system_len: int = 0,
+) -> dict:  # fmt: skip
     """One burst of `reqs`, stepped to the end. `step_s_by_kind`: the wall time of the `engine.step()` calls
     that launched a decode-only step / a step with a prefill chunk (with asynchronous scheduling a call also
     waits for the step before it, so a slow step shows in the next call's kind too). `gpu_s_by_kind` (CUDA): per
     kind, the GPU time between events recorded on the compute stream before and after each call, i.e. from
     the moment the device reached the call's first launch to its last (the work of the step it launched, and
     the device idle inside it); their sum against `elapsed_s` is the device idle between steps. `profile`: GPU
-    kernels and (with `host_profile`, cProfile, which slows the host) host functions over the steps in `window`."""
+    kernels and (with `host_profile`, cProfile, which slows the host) host functions over the steps in `window`.
+    `system_len`: each request's input follows its adapter's system prompt of that many tokens."""
     rng = random.Random(seed)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for name in list(engine.pool.resident_adapters()):  # every run starts with no adapter on the GPU
         engine.pool.evict(name)
     loads0, steps0 = engine.pool.loads, engine.steps
     sch = engine.scheduler
-    prefetch0, wait0 = sch.num_prefetches, sch.num_load_wait_steps
+    prefetch0, wait0, hits0 = sch.num_prefetches, sch.num_load_wait_steps, sch.prefix_hit_tokens
+    systems = {a: system_prompt(a, system_len, vocab) for a in {a for _, _, a in reqs}} if system_len else {}
     sync()
     t0 = time.perf_counter()
     for i, o, a in reqs:
         p = SamplingParams(max_tokens=o, temperature=0.0, ignore_eos=True, detokenize=False)
-        engine.add_request([rng.randrange(3, vocab) for _ in range(i)], p, adapter=None if a is None else f"a{a}")
+        prompt = systems.get(a, []) + [rng.randrange(3, vocab) for _ in range(i)]
+        engine.add_request(prompt, p, adapter=None if a is None else f"a{a}")
     batch, kinds, prof, distinct = [], {"decode": 0, "with_prefill": 0}, None, []
     step_s: list[tuple[float, int, str]] = []
     events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
@@ -237,6 +252,7 @@ def run_once(
         "preemptions": engine.scheduler.num_preemptions,
         "prefetches": sch.num_prefetches - prefetch0,
         "load_wait_steps": sch.num_load_wait_steps - wait0,  # steps that copied an adapter they admitted
+        "prefix_hit_tokens": sch.prefix_hit_tokens - hits0,
         # the longest engine.step() calls: (1-based step, kind, ms), a stall shows here
         "slowest_steps": [(i, k, round(t * 1e3, 1)) for t, i, k in sorted(step_s, reverse=True)[:6]],
         "gc_ms": round(gc_timer.ms, 1),
@@ -352,16 +368,20 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
     )
     runs = []
     modes = [m == "on" for m in args.async_scheduling] if args.async_scheduling else [engine.async_scheduling]
-    for n, mode in [(n, m) for n in args.adapters for m in modes]:
+    caching = [m == "on" for m in args.prefix_caching] if args.prefix_caching else [False]
+    for n, mode, pc in [(n, m, c) for n in args.adapters for m in modes for c in caching]:
         engine.async_scheduling = mode  # the engine is idle between runs
+        engine.reset_prefix_cache()
+        engine.pool.prefix_caching = pc
         reqs = workload(args.requests, n, args.seed, hi=args.max_len)
-        # an untimed round per n first (every decode bucket): compiles, graphs, allocator, this n's adapters
-        if mode == modes[0]:
+        # an untimed round first (every decode bucket): compiles, graphs, allocator, this n's adapters (and,
+        # with prefix caching, the system prompts of this round's adapters)
+        if (mode, pc) == (modes[0], caching[0]) or pc:
             run_once(engine, workload(min(args.max_num_seqs, args.requests), n, args.seed + 1, hi=args.max_len), a.vocab_size, 1,
-                     False)  # fmt: skip
-        row = {"adapters": n, "async_scheduling": mode,
+                     False, system_len=args.system_prompt)  # fmt: skip
+        row = {"adapters": n, "async_scheduling": mode, "prefix_caching": pc,
                **run_once(engine, reqs, a.vocab_size, args.seed, args.profile, tuple(args.profile_steps),
-                            args.profile_host)}  # fmt: skip
+                            args.profile_host, system_len=args.system_prompt)}  # fmt: skip
         fl = floor_s(a, reqs, n_params, weight_bytes, args.max_num_seqs, bw, rate)
         # with adapters, each decode step also reads the LoRA weights of its distinct adapters once
         lora_bytes = row["mean_distinct_adapters"] * adapter_bytes
@@ -369,7 +389,7 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         fl["floor_s"] += fl["lora_s"]
         row.update(fl, floor_share=fl["floor_s"] / row["elapsed_s"])
         runs.append(row)
-        print(f"{name} n={n} async={mode}: {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
+        print(f"{name} n={n} async={mode} prefix_caching={pc} (hits {row['prefix_hit_tokens']} tokens): {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
               f"mean batch {row['mean_batch']:.0f}, loads {row['adapter_loads']} (prefetched {row['prefetches']}, "
               f"{row['load_wait_steps']} steps waited), slowest steps {row['slowest_steps']}, gc {row['gc_ms']:.0f} ms "
               f"{row['gc_collections_by_generation']}, step s by kind {row['step_s_by_kind']} "
@@ -383,7 +403,8 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         online.append({"async_scheduling": mode, **o})
         print(f"{name} online {args.online} req/s, n={n_on}, async={mode}: {o}", flush=True)
     for r in runs:
-        base = next((b for b in runs if b["adapters"] == 0 and b["async_scheduling"] == r["async_scheduling"]), None)
+        base = next((b for b in runs if b["adapters"] == 0 and b["async_scheduling"] == r["async_scheduling"]
+                     and b["prefix_caching"] == r["prefix_caching"]), None)  # fmt: skip
         r["share_of_base"] = None if base is None else r["req_s"] / base["req_s"]
     del engine
     gc.unfreeze()  # what freeze_heap froze (this engine included) can be collected again: the next setting's
@@ -406,16 +427,23 @@ def write_report(res: dict, out: Path) -> None:
         f"{res['matmul_tflops']:.0f} TFLOP/s (both measured in this run). Adapter names share four weight sets in "
         "host memory; each name has its own pages and loads on the GPU.",
         "",
-        "| setting | adapters | async | req/s | out tok/s | % of base | steps (decode / with prefill) | mean batch "
-        "(distinct adapters) | adapter loads | floor s | % of floor |",
-        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        *(
+            [f"Every input follows its adapter's system prompt of {res['system_prompt']} tokens.", ""]
+            if res.get("system_prompt")
+            else []
+        ),  # fmt: skip
+        "| setting | adapters | async | prefix caching (hit tokens) | req/s | out tok/s | % of base | steps (decode / "
+        "with prefill) | mean batch (distinct adapters) | adapter loads | floor s | % of floor |",
+        "|---|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for s in res["settings"]:
         for r in s["runs"]:
             share = "-" if r["share_of_base"] is None else f"{r['share_of_base']:.0%}"
             k = r["steps_by_kind"]
             lines.append(
-                f"| {s['setting']} | {r['adapters']} | {'on' if r.get('async_scheduling') else 'off'} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | {share} | "
+                f"| {s['setting']} | {r['adapters']} | {'on' if r.get('async_scheduling') else 'off'} | "
+                f"{'on' if r.get('prefix_caching') else 'off'} ({r.get('prefix_hit_tokens', 0)}) | "
+                f"{r['req_s']:.2f} | {r['out_tok_s']:.0f} | {share} | "
                 f"{r['steps']} ({k['decode']} / {k['with_prefill']}) | {r['mean_batch']:.0f} "
                 f"({r.get('mean_distinct_adapters', 0):.0f}) | {r['adapter_loads']} | "
                 f"{r['floor_s']:.1f} | {r['floor_share']:.0%} |"
@@ -454,9 +482,10 @@ def write_report(res: dict, out: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in res["settings"]:
-        for mode in sorted({r.get("async_scheduling") for r in s["runs"]}, key=str):
-            runs = [r for r in s["runs"] if r.get("async_scheduling") == mode]
+        for mode, pc in sorted({(r.get("async_scheduling"), r.get("prefix_caching")) for r in s["runs"]}, key=str):
+            runs = [r for r in s["runs"] if (r.get("async_scheduling"), r.get("prefix_caching")) == (mode, pc)]
             label = s["setting"] + ("" if mode is None else f" async {'on' if mode else 'off'}")
+            label += " prefix caching" if pc else ""
             xs = [max(r["adapters"], 0.5) for r in runs if r["adapters"] > 0]
             ys = [r["req_s"] for r in runs if r["adapters"] > 0]
             (line,) = ax.plot(xs, ys, "o-", label=label)
@@ -513,6 +542,13 @@ def main() -> None:
         help='EngineConfig.lora.kernels overrides as JSON, e.g. \'{"decode": {"expand_n": 128}}\' (an A/B of a '
         "launch configuration: one process each)",
     )  # fmt: skip
+    ap.add_argument(
+        "--system-prompt", type=int, default=0, help="tokens of a fixed system prompt per adapter before each input"
+    )
+    ap.add_argument(
+        "--prefix-caching", nargs="+", choices=["off", "on"], default=None,
+        help="prefix caching modes to run each run with, in this order (default: off, as S-LoRA)",
+    )  # fmt: skip
     ap.add_argument("--commit", default=None, help="the commit to name in the results (default: git's HEAD)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny model, few requests (the CPU)")
@@ -528,7 +564,7 @@ def main() -> None:
         commit=args.commit or commit(), torch=torch.__version__, requests=args.requests, max_len=args.max_len,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, profile_steps=args.profile_steps,
-        lora_kernels=json.loads(args.lora_kernels), settings=[],
+        lora_kernels=json.loads(args.lora_kernels), system_prompt=args.system_prompt, settings=[],
     )  # fmt: skip
     for name in args.settings:
         res["settings"].append(bench_setting(name, args, args.work, bw, rate))

@@ -132,6 +132,23 @@ def test_saturated_benchmark_smoke(tmp_path):
     assert (tmp_path / "saturated.md").exists()
 
 
+def test_saturated_benchmark_system_prompts_with_and_without_prefix_caching(tmp_path):
+    """--system-prompt L --prefix-caching off on: each run twice; with caching every request finds its
+    adapter's system prompt (its full pages) cached, without it none does."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "saturated.py"), "--smoke", "--out", str(tmp_path),
+           "--system-prompt", "40", "--prefix-caching", "off", "on"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads((tmp_path / "saturated.json").read_text())["settings"][0]["runs"]
+    assert [(r["adapters"], r["prefix_caching"]) for r in runs] == [(n, c) for n in (0, 1, 3) for c in (False, True)]
+    page = 16
+    for r in runs:  # 12 requests, each after a 40-token system prompt: 2 full pages of it
+        assert r["prefix_hit_tokens"] == (12 * (40 // page * page) if r["prefix_caching"] else 0), r
+        assert r["share_of_base"] is not None
+    assert "prefix caching" in (tmp_path / "saturated.md").read_text()
+
+
 def test_grammar_libs_smoke(tmp_path):
     """The grammar-library comparison runs (demo tokenizer, 10 walks); llguidance's walks are all valid."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))

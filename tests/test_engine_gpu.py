@@ -90,6 +90,34 @@ def test_prefetch_under_evictions_changes_no_token(setup):
     assert e.is_idle_clean()
 
 
+def test_prefix_cached_requests_equal_uncached_float32(setup):
+    """Prefix caching on the GPU (Triton kernels, CUDA graphs, asynchronous scheduling): a second wave whose
+    requests share their adapter's cached system prompt, repeat a first-wave prompt (one token left to
+    compute: a one-token row of a new request in a decode step) or continue a first-wave conversation gives
+    the tokens of the torch backend without caching."""
+    model, adapters, _ = setup
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    rng = random.Random(8)
+    names = [*adapters, None]
+    system = {a: [rng.randrange(3, vocab) for _ in range(48)] for a in names}
+    wave1 = [(system[a] + [rng.randrange(3, vocab) for _ in range(rng.randint(1, 20))], a) for a in names]
+    wave2 = [(system[a] + [rng.randrange(3, vocab) for _ in range(rng.randint(1, 20))], a) for a in names]
+    wave2 += [(system[a] + [7] * 16 + [9], a) for a in names[:3]]  # 65 tokens: after wave 1's copy, 1 to compute
+    wave1 += [(system[a] + [7] * 16 + [9], a) for a in names[:3]]
+    want = [generate(model, adapters, w, dtype="float32", kernel_backend="torch",
+                     pool={"enable_prefix_caching": False}) for w in (wave1, wave2)]  # fmt: skip
+    llm = LLM(model=str(model), adapters=adapters, device="cuda", dtype="float32", kernel_backend="triton")
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    got = []
+    for w in (wave1, wave2):
+        outs = llm.generate([r[0] for r in w], adapters=[r[1] for r in w], sampling_params=params)
+        got.append([o.token_ids for o in outs])
+    cached = [o.metrics["num_cached_tokens"] for o in outs]
+    assert got == want
+    assert all(c >= 48 for c in cached) and cached[-1] == 64, cached
+    assert llm.engine.is_idle_clean()
+
+
 def test_bfloat16_close_to_float32(setup):
     model, adapters, reqs = setup
     f32 = generate(model, adapters, reqs, n=1, dtype="float32", kernel_backend="triton")

@@ -87,6 +87,9 @@ def test_tp2_equals_tp1_and_peft(setup, tp_engine):
     assert tp_engine.executor.num_pages == tp1.executor.num_pages * 2  # half the KV heads per rank
     assert tp_engine.is_idle_clean()
     tp_engine.pool.check()
+    # the requests above ran more than once: later runs reused cached prefix pages (the structured ones too,
+    # whose grammars read the tokens before their start, sent across the step diff), with TP=1's tokens
+    assert tp_engine.scheduler.prefix_hit_tokens > 0 and tp1.scheduler.prefix_hit_tokens > 0
     c = tp_engine.executor.control
     assert c.steps > 0 and c.execute_s > 0 and c.broadcast_s > 0
     s = c.summary()
