@@ -50,10 +50,12 @@ class SchedulerConfig(BaseModel):
         "predicted = the paper's early abort: also drop those whose wait predicted from the measured admission "
         "rate misses the deadline, and serve the newest first while requests arrive faster than they are admitted",
     )
-    queue_order: Literal["fcfs", "lcfs"] = Field(
+    queue_order: Literal["fcfs", "lcfs", "priority"] = Field(
         "fcfs",
-        description="order in which waiting requests are admitted: first come first served, or last come "
-        "first served (preempted requests always go first)",
+        description="order in which waiting requests are admitted: first come first served, last come first "
+        "served (preempted requests go first in both), or priority (vLLM's scheduling policy: lowest "
+        "SamplingParams.priority first, then oldest, preempted requests among them; a running request that needs "
+        "a page preempts those of lowest priority first)",
     )
 
 

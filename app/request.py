@@ -89,6 +89,9 @@ class SamplingParams:
     # a token bitmask applied in the sampler; EOS (allowed once the grammar is complete) ends it, even
     # with ignore_eos.
     structured: StructuredOutputs | None = None
+    # vLLM's request priority: with SchedulerConfig.queue_order "priority", waiting requests are admitted lowest
+    # value first (then oldest first) and a request is preempted before any of higher priority; 0 otherwise.
+    priority: int = 0
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -203,6 +206,8 @@ class SamplingParams:
             )
         if self.stop and not self.detokenize:
             raise ParamError("stop", "stop strings need detokenize=True")
+        if not (isinstance(self.priority, int) and SEED_MIN <= self.priority <= SEED_MAX):
+            raise ParamError("priority", f"priority must be a 64-bit integer, got {self.priority!r}")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ParamError(name, f"{name} must be in [-2, 2], got {getattr(self, name)}")

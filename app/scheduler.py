@@ -32,7 +32,10 @@ once the step that computed it has returned its results (`update`), so a failed 
 and every step that reads a registered page was launched after the one that wrote it.
 
 Admission policies (SchedulerConfig / LoRAConfig; `_admission_order`, `_early_abort`):
-  * queue order: preempted requests first, then FCFS (oldest first) or LCFS (newest first);
+  * queue order: preempted requests first, then FCFS (oldest first) or LCFS (newest first); or priority
+    (vLLM's): lowest `SamplingParams.priority` first, then oldest (a preempted request keeps its arrival time);
+    the running batch is then kept in that order, so the request preempted for pages is one of lowest priority,
+    and the predicted early abort never switches to newest first;
   * early abort (`early_abort_ttft_slo_s`): a queued request without a token that can no longer meet its first-token
     deadline (arrival + early_abort_ttft_slo_s) is finished with reason "abort" before it takes GPU time. `expired`:
     its deadline has passed. `predicted` (S-LoRA's early abort): its wait, predicted as its position in the
@@ -50,6 +53,8 @@ Admission policies (SchedulerConfig / LoRAConfig; `_admission_order`, `_early_ab
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import itertools
 import time
 from collections import deque
@@ -66,6 +71,10 @@ from app.request import ModelOutput, Request, RequestStatus, SamplingParams
 # scheduler on gamma traces (benchmarks/results/session-2026-12-03-pm/early_abort_sim) 1.5 attained more
 # than 1 in every (rate, cv) cell tried.
 PREDICTED_RATE_MARGIN = 1.5
+
+
+def _priority_key(req: Request) -> tuple[int, float]:
+    return req.params.priority, req.arrival_time
 
 
 @dataclass
@@ -311,7 +320,10 @@ class Scheduler:
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = now
                 admitted += 1
-            self.running.append(req)
+            if self.cfg.queue_order == "priority":
+                bisect.insort(self.running, req, key=_priority_key)
+            else:
+                self.running.append(req)
             if name:
                 adapters.add(name)
             chosen.append((req, n))
@@ -388,6 +400,8 @@ class Scheduler:
         they are admitted and the queue past the free seats is longer than what is admitted within one
         deadline (then FCFS would make every request miss; a short burst that FCFS drains in time keeps
         its order). Otherwise the configured queue order. `rates`: `self.rates(now)` when the caller has it."""
+        if self.cfg.queue_order == "priority":
+            return False
         if self._predicting:
             arrival, service = rates or self.rates(now)
             slo = self.cfg.early_abort_ttft_slo_s
@@ -399,7 +413,9 @@ class Scheduler:
 
     def _queue_order(self, newest_first: bool) -> list[Request]:
         """The waiting queue with the preempted requests (at its front) first, then the others oldest or
-        newest first."""
+        newest first; by priority, then arrival, with queue_order "priority"."""
+        if self.cfg.queue_order == "priority":
+            return sorted(self.waiting, key=_priority_key)
         queue = list(self.waiting)
         resumed = sum(1 for _ in itertools.takewhile(lambda r: r.num_preemptions > 0, queue))
         return queue[:resumed] + queue[resumed:][::-1] if newest_first else queue
@@ -410,7 +426,8 @@ class Scheduler:
         request out of the queue before asking for the next."""
         newest_first = self._newest_first(now)
         k_min = self.lora_cfg.cluster_min_adapters
-        if not newest_first and k_min is None:  # FCFS: the head, again after each admission
+        if not newest_first and k_min is None and self.cfg.queue_order != "priority":
+            # FCFS: the head, again after each admission
             while self.waiting:
                 yield self.waiting[0]
             return
@@ -465,7 +482,13 @@ class Scheduler:
         prefix cache (never evicting an adapter; keeping a page per running request for its growth), so that
         their copy overlaps this step and they are resident when the requests are admitted."""
         reserve = len(self.running)
-        for req in list(itertools.islice(self.waiting, self.max_loras_per_batch)):
+        k = self.max_loras_per_batch
+        ahead = (
+            heapq.nsmallest(k, self.waiting, key=_priority_key)
+            if self.cfg.queue_order == "priority"
+            else list(itertools.islice(self.waiting, k))
+        )
+        for req in ahead:
             name = req.adapter
             if not name or self.pool.is_resident(name):
                 continue

@@ -232,4 +232,5 @@ def ingress_config(args: BuildArgs, cfg: EngineConfig, served: str) -> IngressCo
         max_model_len=ModelArgs.from_dir(cfg.model).max_model_len(cfg.scheduler.max_model_len),
         allowed_adapter_roots=cfg.lora.allowed_adapter_roots,
         ingress_replicas=args.num_ingress_replicas,
+        priority_scheduling=cfg.scheduler.queue_order == "priority",
     )

@@ -105,6 +105,7 @@ class IngressConfig(IngressSettings):
     max_model_len: int = Field(description="the engine's (EngineConfig.max_model_len of the model)")
     allowed_adapter_roots: list[str] = Field(default_factory=list, description="the engine's lora roots")
     ingress_replicas: int = Field(1, ge=1, description="replicas of this ingress (BuildArgs.num_ingress_replicas)")
+    priority_scheduling: bool = Field(False, description="the engine's queue_order is priority (requests' priority)")
 
 
 class APIError(Exception):
@@ -598,6 +599,9 @@ class OpenAIIngress:
         own status (400, 404, 429 + Retry-After), and one whose group died before it started goes to another."""
         n = body.n
         params = []
+        if body.priority and not self.cfg.priority_scheduling:  # vLLM's answer to the same request
+            raise APIError(400, f"got priority {body.priority}, but priority scheduling is not enabled "
+                           "(engine: {scheduler: {queue_order: priority}})", "priority")  # fmt: skip
         # bad_words tokenized here, once for every choice, not on the group's engine thread
         words = body.bad_words
         bad_words_ids = await asyncio.to_thread(self.tokenizer.word_token_ids, words) if words else None

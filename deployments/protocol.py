@@ -78,7 +78,6 @@ VLLM_UNSUPPORTED: dict[str, tuple] = {
     "length_penalty": (1, 1.0),
     "spaces_between_special_tokens": (True,),
     "logits_processors": (None,),
-    "priority": (0,),
     "prompt_embeds": (None,),
     "kv_transfer_params": (None,),
     "vllm_xargs": (None,),
@@ -197,6 +196,8 @@ class _SamplingFields(BaseModel):
     # vLLM's: keep the prompt's last k tokens (-1: the model's maximum context length), after tokenizing
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     skip_special_tokens: bool = True  # vLLM's: False keeps special tokens' text in the output
+    # vLLM's: lower first, when the engine's queue_order is "priority" (otherwise only 0 is accepted)
+    priority: int = Field(0, ge=-(2**63), lt=2**63)
     # structured output: OpenAI's response_format, vLLM's structured_outputs and its older guided_* fields
     response_format: dict | None = None
     structured_outputs: dict | None = None
@@ -267,6 +268,7 @@ class _SamplingFields(BaseModel):
             allowed_token_ids=self.allowed_token_ids,
             bad_words=self.bad_words,
             structured=self.structured(),
+            priority=self.priority,
         )
 
     def structured(self) -> StructuredOutputs | None:

@@ -39,7 +39,7 @@ def demo():
 @pytest.fixture(scope="module")
 def service(demo, tmp_path_factory):
     """The demo at / and, at /llama3, the demo's base model under the name "model-llama3" with a chat
-    template that asks for Llama-3 JSON tool calls."""
+    template that asks for Llama-3 JSON tool calls, scheduled by priority (vLLM's scheduling policy)."""
     from ray.serve.api import RunTarget
 
     from deployments.builder import build_app
@@ -59,7 +59,9 @@ def service(demo, tmp_path_factory):
         [
             RunTarget(build_app(args), name="clients", route_prefix="/"),
             RunTarget(
-                build_app(args | {"model": str(llama3), "group_num_cpus": 0.25}), name="llama3", route_prefix="/llama3"
+                build_app(args | {"model": str(llama3), "group_num_cpus": 0.25, "queue_order": "priority"}),
+                name="llama3",
+                route_prefix="/llama3",
             ),
         ]
     )
@@ -664,3 +666,23 @@ def test_usage_reports_prompt_tokens_from_the_prefix_cache(client):
     two = client.responses.create(model=MODEL, input=words, max_output_tokens=3, temperature=0)
     assert one.usage.input_tokens_details.cached_tokens == 0
     assert 0 < two.usage.input_tokens_details.cached_tokens < two.usage.input_tokens
+
+
+def test_priority_with_and_without_priority_scheduling(service, client, llm):
+    """vLLM's `priority`: served where the engine schedules by priority (the /llama3 app), with the tokens it
+    gives without one; a 400 naming the field where it does not (the demo at /), as vLLM answers."""
+    prio = openai.OpenAI(base_url=f"{BASE}/llama3/v1", api_key="none", max_retries=0, timeout=120)
+    prompt = "Priority scheduling admits"
+    plain = prio.completions.create(model="model-llama3", prompt=prompt, max_tokens=5, temperature=0)
+    for p in (-3, 7):
+        r = prio.completions.create(model="model-llama3", prompt=prompt, max_tokens=5, temperature=0,
+                                    extra_body={"priority": p})  # fmt: skip
+        assert r.choices[0].text == plain.choices[0].text
+    chat = prio.responses.create(model="model-llama3", input="Hi", max_output_tokens=2, extra_body={"priority": 2})
+    assert chat.usage.output_tokens >= 1  # accepted and run (its status: incomplete at max_output_tokens)
+    with pytest.raises(openai.BadRequestError, match="priority scheduling is not enabled") as e:
+        client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, extra_body={"priority": 1})
+    assert e.value.param == "priority"
+    with pytest.raises(openai.BadRequestError) as e:
+        prio.completions.create(model="model-llama3", prompt=prompt, max_tokens=2, extra_body={"priority": 2**63})
+    assert e.value.status_code == 400

@@ -388,3 +388,30 @@ def test_engine_set_policies_switches_an_idle_engine_only():
         e.step()
     e.set_policies(scheduler={"queue_order": "fcfs"})
     assert e.is_idle_clean()
+
+
+# ---- priority (vLLM's scheduling policy) ----------------------------------------------------------
+def test_priority_admits_lowest_value_first_then_oldest():
+    sim = Sim(seqs=1, queue_order="priority")
+    for rid, prio, at in (("r0", 5, 0.0), ("r1", 0, 1.0), ("r2", 0, 2.0), ("r3", -1, 3.0)):
+        sim.add(rid, at=at).params.priority = prio
+    sim.run()
+    assert sim.admitted == ["r3", "r1", "r2", "r0"]
+    fcfs = Sim(seqs=1)  # the same requests without the policy: arrival order, priority ignored
+    for rid, prio, at in (("r0", 5, 0.0), ("r1", 0, 1.0), ("r2", 0, 2.0), ("r3", -1, 3.0)):
+        fcfs.add(rid, at=at).params.priority = prio
+    fcfs.run()
+    assert fcfs.admitted == ["r0", "r1", "r2", "r3"]
+
+
+def test_priority_preempts_the_lowest_priority_request_for_pages():
+    """Three requests that fit their prompts but not their outputs (4 pages, 3 each at the end): the one of
+    lowest priority is preempted, whatever the order they came in; FCFS preempts the last admitted."""
+    for order, victim in (("priority", "lo"), ("fcfs", "mid")):
+        sim = Sim(seqs=3, pages=4, queue_order=order)
+        for rid, prio, at in (("hi", 0, 0.0), ("lo", 9, 1.0), ("mid", 5, 2.0)):
+            sim.add(rid, out=8, at=at).params.priority = prio
+        sim.run()
+        preempted = {rid for rid, r in sim.reqs.items() if r.num_preemptions}
+        assert victim in preempted and "hi" not in preempted, (order, preempted)
+        assert all(len(r.output_token_ids) == 8 for r in sim.reqs.values())

@@ -124,7 +124,6 @@ def test_echo_prompt_logprobs_min_tokens_and_vllm_fields():
         (ChatCompletionRequest, {"continue_final_message": True}),
         (ChatCompletionRequest, {"functions": [{"name": "f"}]}),
         (ChatCompletionRequest, {"prompt_logprobs": 1, "stream": True}),
-        (ChatCompletionRequest, {"priority": 1}),
     ):
         with pytest.raises(ValidationError) as e:
             req(model="m", prompt="x", messages=msgs, **bad)
