@@ -686,3 +686,24 @@ def test_priority_with_and_without_priority_scheduling(service, client, llm):
     with pytest.raises(openai.BadRequestError) as e:
         prio.completions.create(model="model-llama3", prompt=prompt, max_tokens=2, extra_body={"priority": 2**63})
     assert e.value.status_code == 400
+
+
+def test_litellm_openai_and_hosted_vllm_providers(service, llm, monkeypatch):
+    """LiteLLM (a proxy / SDK many users put in front of vLLM) through its `openai/` and `hosted_vllm/`
+    providers: chat (the offline engine's greedy tokens), streamed chat, text completion, and a 404 mapped to
+    its NotFoundError."""
+    litellm = pytest.importorskip("litellm")
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch of its price list (no internet here)
+    prompt = "The quick brown fox"
+    (want,) = llm.generate([prompt], SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True), ["demo-r16-all"])
+    for provider in ("openai", "hosted_vllm"):
+        kw = {"api_base": f"{BASE}/v1", "api_key": "none", "temperature": 0, "max_tokens": 6}
+        t = litellm.text_completion(model=f"{provider}/demo-r16-all", prompt=prompt, ignore_eos=True, **kw)
+        assert t.choices[0].text == want.text and t.usage.completion_tokens == 6
+        msgs = [{"role": "user", "content": "Hello"}]
+        chat = litellm.completion(model=f"{provider}/demo-r4-attn", messages=msgs, **kw)
+        chunks = litellm.completion(model=f"{provider}/demo-r4-attn", messages=msgs, stream=True, **kw)
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert streamed == (chat.choices[0].message.content or "")
+        with pytest.raises(litellm.NotFoundError, match="does not exist"):
+            litellm.completion(model=f"{provider}/no-such-adapter", messages=msgs, **kw)
