@@ -118,6 +118,7 @@ def test_every_setting_has_one_name_and_one_default():
         "max_model_len",
         "allowed_adapter_roots",
         "ingress_replicas",
+        "priority_scheduling",
     }
     cfg, _, _ = resolve(BuildArgs())
     assert cfg.lora.max_lora_rank == LoRAConfig().max_lora_rank
