@@ -94,7 +94,12 @@ class RemoveAdapter:
     name: str
 
 
-Command = AddRequest | AbortRequest | RegisterAdapter | RemoveAdapter
+@dataclass(frozen=True)
+class ResetPrefixCache:
+    pass
+
+
+Command = AddRequest | AbortRequest | RegisterAdapter | RemoveAdapter | ResetPrefixCache
 
 
 @dataclass
@@ -384,6 +389,8 @@ class SLoRAGroup:
             e.remove_adapter(cmd.name)
             self._adapter_table = self._adapters_now()
             return path
+        if isinstance(cmd, ResetPrefixCache):
+            return e.reset_prefix_cache()
         raise TypeError(f"not a command: {cmd!r}")
 
     def _adapters_now(self) -> dict[str, dict]:
@@ -656,6 +663,11 @@ class SLoRAGroup:
             return {"error": str(e.args[0]) if e.args else f"adapter {name!r} is not loaded", "status": 404}
         except AdapterError as e:
             return {"error": str(e), "status": 400}
+
+    async def reset_prefix_cache(self) -> int:
+        """Forgets the engine's cached prefix blocks between two steps (Engine.reset_prefix_cache); returns
+        how many."""
+        return await self._call(ResetPrefixCache())
 
     async def list_adapters(self) -> dict[str, dict]:
         return dict(self._snapshot["adapters"])

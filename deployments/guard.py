@@ -10,7 +10,8 @@ Roles (`ROUTE_ROLES`; a key is sent as `Authorization: Bearer <key>`):
   inference  /v1/completions, /v1/chat/completions,             an `api_keys` or `admin_api_keys` key
              /v1/responses, /v1/models, /v1/models/{id}, /tokenize,
              /detokenize, /version
-  admin      /v1/load_lora_adapter, /v1/unload_lora_adapter       an `admin_api_keys` key
+  admin      /v1/load_lora_adapter, /v1/unload_lora_adapter,      an `admin_api_keys` key
+             /reset_prefix_cache
   metrics    /metrics                                             a `metrics_api_keys` or admin key
   public     /health and every other path (the app answers them: 404 / 405 for unknown ones)
 With no key configured at all every route is open (the local demo; bind it to 127.0.0.1). Once any key is
@@ -43,6 +44,7 @@ ROUTE_ROLES: dict[str, Role] = {
     "/version": "inference",
     "/v1/load_lora_adapter": "admin",
     "/v1/unload_lora_adapter": "admin",
+    "/reset_prefix_cache": "admin",
     "/metrics": "metrics",
 }
 

@@ -1201,6 +1201,18 @@ class OpenAIIngress:
         self._dynamic.pop(name, None)
         return Response(f"Success: LoRA adapter '{name}' removed successfully.", media_type="text/plain")
 
+    @api.post("/reset_prefix_cache")
+    async def reset_prefix_cache(self):
+        """vLLM's and SGLang's (/flush_cache) reset: every group forgets its cached prefix pages (requests
+        running keep theirs), e.g. between two benchmark runs. 200 when every group did, else 503."""
+        results = await asyncio.gather(
+            *(h.reset_prefix_cache.remote() for h in self.groups.values()), return_exceptions=True
+        )
+        failed = [f"{g}: {_cause(r)!r}" for g, r in zip(self.groups, results) if isinstance(r, BaseException)]
+        if failed:
+            raise _unavailable(f"the prefix cache was not reset on every group ({'; '.join(failed)})")
+        return Response(status_code=200)
+
     async def _unload_everywhere(self, name: str, param: str) -> None:
         """Unregisters adapter `name` on every group, all or nothing; an APIError naming `param` when it
         cannot (404: loaded nowhere; the group's refusal, e.g. in use)."""

@@ -661,6 +661,10 @@ def test_usage_reports_prompt_tokens_from_the_prefix_cache(client):
     assert first.usage.prompt_tokens_details.cached_tokens == 0
     cached = again.usage.prompt_tokens_details.cached_tokens
     assert 0 < cached < again.usage.prompt_tokens and again.choices[0].text == first.choices[0].text
+    # vLLM's POST /reset_prefix_cache (an admin route): the next request computes its whole prompt again
+    assert httpx.post(f"{BASE}/reset_prefix_cache", timeout=60).status_code == 200
+    fresh = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0)
+    assert fresh.usage.prompt_tokens_details.cached_tokens == 0 and fresh.choices[0].text == first.choices[0].text
     words = "Tell me about the pages of the pool, " * 6
     one = client.responses.create(model=MODEL, input=words, max_output_tokens=3, temperature=0)
     two = client.responses.create(model=MODEL, input=words, max_output_tokens=3, temperature=0)
