@@ -117,7 +117,9 @@ def run_variant(a, name: str, args: dict, trace: list[dict], env: dict[str, str]
         for k in range(a.floods):
             if k:
                 time.sleep(a.gap_s)
-            r = asyncio.run(replay(url, trace, "", a.slo_s, a.api_key, a.timeout_s, model, a.vocab, per_request=True))
+            # prompts of their own per flood (seed k): a repeat of the last one's would find them in the prefix cache
+            r = asyncio.run(replay(url, trace, "", a.slo_s, a.api_key, a.timeout_s, model, a.vocab, per_request=True,
+                                   seed=k))  # fmt: skip
             floods.append(r)
             print(f"[flood] {name} {k + 1}/{a.floods}: admitted {r['ok']}, 429 {r['rejected_429']}, errors "
                   f"{r['errors']}, admitted TTFT p90 {f2(r['ttft_p90_s'])} s, within the SLO "

@@ -167,16 +167,19 @@ async def replay(
     model: str | None = None,
     vocab: int = 500,
     per_request: bool = False,
+    seed: int = 0,
 ) -> dict:
     """Replays `trace` (arrival offsets, lengths, adapters) as streamed completions, each sent at its arrival;
     returns `summarize`'s figures, and with `per_request` also `per_request`: for each request in trace order,
     when it was sent (s from the start), its status, TTFT, end-to-end time, chunks and error (None where not
     applicable), to see which requests of a flood missed and when they arrived. Runs with this process's
-    heap frozen (`frozen_heap`), so that the client's own collector pauses are not timed."""
+    heap frozen (`frozen_heap`), so that the client's own collector pauses are not timed. The prompts' token
+    ids come from `seed`: a replay with the same seed sends the same prompts (which a server's prefix cache
+    then finds)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    rng = random.Random(0)
+    rng = random.Random(seed)
     limits = httpx.Limits(max_connections=4096, max_keepalive_connections=1024)
     with frozen_heap():
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
