@@ -346,3 +346,25 @@ def test_random_shared_prefix_workloads_equal_an_engine_without_caching(demo, tr
     assert done and all(plain[k] == cached[k] for k in done), [
         (k, plain[k], cached[k]) for k in done if plain[k] != cached[k]
     ]
+
+
+def test_prefix_cached_requests_on_the_triton_kernels(setup):
+    """The Triton kernels (interpreted on the CPU) with asynchronous scheduling: requests that attach cached
+    pages of other requests (a shared system prompt; a repeat with one token left, a one-token row of a new
+    request beside decodes) give the torch backend's tokens without caching. (The same on the GPU, CUDA
+    graphs included: tests/test_engine_gpu.py -k prefix_cached.)"""
+    _, model, adapters, ref, vocab = setup
+    rng = random.Random(12)
+    names = [*adapters, None]
+    system = {a: [rng.randrange(3, vocab) for _ in range(20)] for a in names}
+    wave1 = [(system[a] + [rng.randrange(3, vocab) for _ in range(rng.randint(1, 6))], a, 4) for a in names]
+    wave2 = [(system[a] + [rng.randrange(3, vocab) for _ in range(rng.randint(1, 6))], a, 4) for a in names]
+    wave1.append((system[names[0]] + [7, 9, 9, 5, 3], names[0], 4))
+    wave2.append((system[names[0]] + [7, 9, 9, 5, 3], names[0], 4))  # 25 tokens: 24 cached, 1 to compute
+    plain = make_llm(model, adapters, pool={"page_size": 4, "enable_prefix_caching": False})
+    tri = make_llm(model, adapters, pool={"page_size": 4}, kernel_backend="triton", async_scheduling=True)
+    for wave in (wave1, wave2):
+        outs = generate(tri, wave)
+        assert [o.token_ids for o in outs] == [o.token_ids for o in generate(plain, wave)]
+    cached = [o.metrics["num_cached_tokens"] for o in outs]
+    assert all(c >= 20 for c in cached) and cached[-1] == 24, cached
