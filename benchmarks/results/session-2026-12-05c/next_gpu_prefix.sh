@@ -11,7 +11,7 @@
 cd "$(dirname "$0")/../../.."
 T0=$(date +%s)
 nvidia-smi --query-gpu=name --format=csv,noheader; date; echo "commit $1"
-timeout -s TERM 180 python -m pytest -m gpu -q -x tests/test_engine_gpu.py -k "prefix_cached and (gqa or phi3)" > $OUT/gpu_test.log 2>&1
+timeout -s TERM 240 python -m pytest -m gpu -q -x tests/test_engine_gpu.py -k "prefix_cached and (gqa or phi3)" > $OUT/gpu_test.log 2>&1
 echo "gpu test rc=$?"; tail -3 $OUT/gpu_test.log
 LEFT=$(( 570 - ($(date +%s) - T0) ))
 timeout -s TERM $LEFT python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters 0 1000 --system-prompt 1024 \
