@@ -497,7 +497,8 @@ class Engine:
         failed = [r for s in out.seqs if not (r := requests[s.request_id]).finished]
         for req in failed:
             self._fail(req, message)
-        self.pool.drop_prefixes(everything=True)  # pages written before the failure may be half-written
+        # registered pages come from steps that returned, but a failed step may leave the device's memory in doubt
+        self.pool.drop_prefixes(everything=True)
         for name, _ in out.adapter_loads:
             if self.pool.is_resident(name) and not self.pool.is_pinned(name):
                 self.pool.evict(name)

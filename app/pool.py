@@ -84,7 +84,6 @@ class PagePool:
     evictions: int = 0
     hits: int = 0
     _unpinned: int = 0  # pages of resident adapters with no pins (the evictable cache)
-    _kv_total: int = 0  # pages held as KV (by requests, or idle in the prefix cache)
     _adapter_total: int = 0  # pages held by resident adapters
 
     def __post_init__(self):
@@ -101,6 +100,11 @@ class PagePool:
     @property
     def num_free(self) -> int:
         return len(self._free)
+
+    @property
+    def _kv_total(self) -> int:
+        """Pages held as KV: by requests, or idle in the prefix cache."""
+        return len(self._refs) + len(self._idle)
 
     @property
     def num_cached_kv(self) -> int:
@@ -135,17 +139,19 @@ class PagePool:
     def grow_kv(self, req_id: str, num_tokens: int, keep: AbstractSet[str] = frozenset()) -> bool:
         """Makes room for `num_tokens` cached tokens of a request; False (and nothing taken) if it can't."""
         need = self.kv_pages_needed(req_id, num_tokens)
-        if self._kv_total - len(self._idle) + need > self.kv_limit:
+        if not need:  # most decode steps: the last page has room
+            self._kv_tokens[req_id] = max(num_tokens, self._kv_tokens.get(req_id, 0))
+            return True
+        if len(self._refs) + need > self.kv_limit:
             return False
         while self._kv_total + need > self.kv_limit:  # a static split: idle prefix pages make room first
             self._evict_block(next(iter(self._idle)))
-        pages = self._take(need, keep) if need else []
+        pages = self._take(need, keep)
         if pages is None:
             return False
         self._kv.setdefault(req_id, []).extend(pages)
         for p in pages:
             self._refs[p] = 1
-        self._kv_total += len(pages)
         self._kv_tokens[req_id] = max(num_tokens, self._kv_tokens.get(req_id, 0))
         return True
 
@@ -167,7 +173,6 @@ class PagePool:
             if p in self._entries:
                 self._idle[p] = None
             else:
-                self._kv_total -= 1
                 self._free.append(p)
 
     # ---- prefix cache ----------------------------------------------------------------------------
@@ -237,7 +242,6 @@ class PagePool:
         """Frees an idle registered page (its blocks after it can no longer be matched)."""
         del self._idle[page]
         self._unregister(page)
-        self._kv_total -= 1
         self._free.append(page)
 
     def _unregister(self, page: int) -> None:
@@ -370,9 +374,7 @@ class PagePool:
             raise AssertionError("the prefix cache's index by adapter is off")
         if self._unpinned != sum(len(r.pages) for r in self._adapters.values() if r.pins == 0):
             raise AssertionError("the count of evictable adapter pages is off")
-        if self._kv_total != len(self._refs) + len(self._idle) or self._adapter_total != sum(
-            len(r.pages) for r in self._adapters.values()
-        ):
+        if self._adapter_total != sum(len(r.pages) for r in self._adapters.values()):
             raise AssertionError("the counts of KV / adapter pages are off")
         if self.adapter_limit is not None and (
             self._kv_total > self.kv_limit or self._adapter_total > self.adapter_limit

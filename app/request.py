@@ -254,7 +254,7 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0  # tokens whose K/V are in the pool or computed by a launched step
-    num_kv_confirmed: int = 0  # of those, tokens computed by steps that returned their results
+    num_kv_confirmed: int = 0  # of those, computed by steps that returned their results (with prefix caching)
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache when first admitted
     # output tokens sampled by launched steps whose results the engine has not read yet (asynchronous
     # scheduling: at most 1; always 0 between synchronous steps)

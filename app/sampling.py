@@ -202,7 +202,7 @@ def _sample_row(
         row = apply_penalties(row, p, *seen)
     if p.temperature == 0:
         best, token = row.max(-1)
-        best_v, token_v = torch.stack((best, token.to(best.dtype))).tolist()  # one read back to the host
+        best_v, token_v = torch.stack((best.double(), token.double())).tolist()  # one read back to the host
         if best_v == float("-inf"):  # allowed_token_ids, bad words, min_tokens and a grammar left nothing
             raise ValueError("no token is left to sample: every one is masked")
         return int(token_v)

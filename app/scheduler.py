@@ -149,7 +149,6 @@ class Scheduler:
         self._arrivals: deque[float] = deque()
         self._service: deque[tuple[float, int, float]] = deque()
         self._last_schedule: float | None = None  # the last schedule, if it left requests waiting
-        self._attached: set[str] = set()  # requests admitted in this schedule after cached prefix pages
 
     # ---- queue -----------------------------------------------------------------------------------
     def pages_to_fit(self, req: Request) -> int:
@@ -216,7 +215,7 @@ class Scheduler:
         self._finished_ids = []
         budget = self.max_num_batched_tokens
         chosen: list[tuple[Request, int]] = []
-        self._attached.clear()
+        attached: set[str] = set()  # requests admitted in this schedule after cached prefix pages
 
         i = 0
         while i < len(self.running) and budget > 0:
@@ -237,7 +236,7 @@ class Scheduler:
                 i += 1
 
         if not out.preempted_ids:
-            self._admit(out, chosen, budget)
+            self._admit(out, chosen, budget, attached)
 
         if self.lora_cfg.prefetch and not out.preempted_ids:
             self._prefetch(out)
@@ -261,7 +260,7 @@ class Scheduler:
                 prompt_len=len(req.prompt_token_ids),
                 from_last_step=placeholder,
             )
-            if self._attached and req.request_id in self._attached and start and req.params.needs_history:
+            if attached and req.request_id in attached and req.params.needs_history:
                 seq.history_ids = req.token_slice(0, start)
             req.num_computed_tokens = start + n
             if seq.sample and req.params.max_tokens > 0:
@@ -279,8 +278,9 @@ class Scheduler:
         return out
 
     # ---- admission (waiting queue) -----------------------------------------------------------------
-    def _admit(self, out: SchedulerOutput, chosen: list[tuple[Request, int]], budget: int) -> None:
-        """Admits waiting requests in the policies' order (module docstring) while the step has room."""
+    def _admit(self, out: SchedulerOutput, chosen: list[tuple[Request, int]], budget: int, attached: set[str]) -> None:
+        """Admits waiting requests in the policies' order (module docstring) while the step has room; adds to
+        `attached` those that start after cached prefix pages."""
         now = self.clock()
         if self.cfg.early_abort_ttft_slo_s is not None:
             self._early_abort(now)
@@ -309,7 +309,7 @@ class Scheduler:
                     self.pool.unpin(name)  # stays cached (its pages are filled this step anyway)
                 break
             if hit:
-                self._attached.add(req.request_id)
+                attached.add(req.request_id)
             if hit is not None:
                 self.prefix_queried_tokens += req.num_tokens
                 self.prefix_hit_tokens += hit
@@ -518,11 +518,11 @@ class Scheduler:
             if maybe is None or maybe.finished:
                 continue
             req = maybe
-            if req.status == RequestStatus.RUNNING:  # not preempted since: its K/V of this step is in place
+            if caching and req.status == RequestStatus.RUNNING:  # not preempted since: this step's K/V is there
                 end = s.start_pos + len(s.token_ids)
                 if end > req.num_kv_confirmed:
                     req.num_kv_confirmed = end
-                    if caching and end // ps > s.start_pos // ps:
+                    if end // ps > s.start_pos // ps:
                         self._register_blocks(req)
             if s.prompt_lp_targets:
                 req.prompt_logprobs += result.prompt_logprobs[s.request_id]
