@@ -76,9 +76,10 @@ def captured():
             setattr(m, n, fn)
 
 
-def lora_layer(steps: dict[str, tuple[int, list[int]]], config) -> None:
+def lora_layer(steps: dict[str, tuple[int, list[int]]], config, v_width: int = 256) -> None:
     """One Llama-2-7B layer's LoRA through lora_apply, as the engine calls it (64 adapters of ranks cycling
-    over {8, 16, 32, 64}, aligned, float32 v of width 256, one plan per step), for each step
+    over {8, 16, 32, 64}, aligned, float32 v of width v_width (the engine: the step's largest rank), one
+    plan per step), for each step
     {name: (decode tokens, prefill chunk lengths)}."""
     gen = torch.Generator().manual_seed(0)
     groups = llama_groups(4096, 11008)
@@ -95,7 +96,7 @@ def lora_layer(steps: dict[str, tuple[int, list[int]]], config) -> None:
         for g in groups:
             x = torch.zeros(T, g.K, dtype=torch.bfloat16)
             y = torch.zeros(T, sum(g.n_out), dtype=torch.bfloat16)
-            v = torch.zeros(T, len(g.n_out), 256)
+            v = torch.zeros(T, len(g.n_out), v_width)
             kl.lora_apply(y, x, v, pool, page_table, g.a_off, g.b_off, g.ranks, scales, indptr, slots,
                           g.out_offsets, max_seg_len=max(lens), aligned=True, plan=plan, config=config)  # fmt: skip
 
@@ -206,6 +207,7 @@ def main() -> None:
         "--lora-kernels", default="{}",
         help='EngineConfig.lora.kernels overrides as JSON (e.g. \'{"decode": {"expand_n": 128}}\')',
     )  # fmt: skip
+    ap.add_argument("--v-width", type=int, default=256, help="v's rank width (the engine: the step's largest rank)")
     args = ap.parse_args()
     from app.config import LoRAKernelOverrides
 
@@ -213,7 +215,7 @@ def main() -> None:
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("unset TRITON_INTERPRET: this compiles the GPU launch configuration")
     rows, seen = [], {}
-    runs = [(step, lambda step=step: lora_layer({step: STEPS[step]}, config)) for step in STEPS]
+    runs = [(step, lambda step=step: lora_layer({step: STEPS[step]}, config, args.v_width)) for step in STEPS]
     for step, run in runs + ([("other", other_paths)] if args.all_kernels else []):
         with captured() as launches:
             run()

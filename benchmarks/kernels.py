@@ -212,6 +212,8 @@ FULL_CASES = [
     StepCase("decode 255 req, 230 adapters, q/k/v/o", 255, [], 230, ("qkv", "o")),
     StepCase("decode 64 req, 64 adapters, q/k/v/o", 64, [], 64, ("qkv", "o")),
     StepCase("decode 24 req, 24 adapters, q/k/v/o", 24, [], 24, ("qkv", "o")),
+    # one adapter (the saturated n = 1 setting): 16-token tiles, where tl.dot's tiles are full
+    StepCase("decode 255 req, 1 adapter, q/k/v/o", 255, [], 1, ("qkv", "o")),
 ]
 SMOKE_CASES = [
     StepCase("decode 6 req, 3 adapters", 6, [], 3),
@@ -242,6 +244,10 @@ SWEEP = {
         dict(expand_n=512, expand_warps=8),
         dict(expand_stages=3),
         dict(shrink_warps=2, expand_warps=2),
+        dict(expand_rows=True, expand_n=64),
+        dict(expand_rows=True, expand_n=128),
+        dict(expand_rows=True, expand_n=128, expand_warps=8),
+        dict(expand_rows=True, expand_n=64, expand_warps=2),
     ],
     "mixed": [
         {},
@@ -252,6 +258,8 @@ SWEEP = {
         dict(shrink_warps=8, expand_warps=8),
         dict(shrink_stages=4, expand_stages=3),
         dict(expand_n=128),
+        dict(expand_rows=True, expand_n=64),
+        dict(expand_rows=True, expand_n=128, expand_warps=8),
     ],
 }
 

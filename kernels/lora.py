@@ -46,11 +46,13 @@ from dataclasses import dataclass, field
 import torch
 import triton
 
-from kernels.lora_kernels import lora_expand_kernel, lora_shrink_kernel
+from kernels.lora_kernels import lora_expand_kernel, lora_expand_rows_kernel, lora_shrink_kernel
 from kernels.lora_plan import LoRAPlan, lora_plan
 from kernels.lora_ref import MAX_G, check_lora_args, check_out_offsets, check_scales
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+ROWS_MAX_RANK = 256  # the largest rank (v's R, padded to a power of two) the CUDA-core expand holds
+_ROWS_MAX_ELEMS = 16384  # B^T elements one CUDA-core expand program holds (BLOCK_R x BLOCK_N)
 _INT_DTYPES = (torch.int32, torch.int64)
 
 
@@ -68,6 +70,10 @@ class LoRATileConfig:
     shrink_stages: int = 3
     expand_warps: int = 4
     expand_stages: int = 2
+    # expand on CUDA cores (`lora_expand_rows_kernel`): each program holds its adapter's B^T block for the
+    # whole rank and takes its tile's tokens one by one, no 16-row tl.dot padding; used when the ranks fit
+    # (R <= ROWS_MAX_RANK), else the tl.dot expand
+    expand_rows: bool = False
 
 
 @dataclass(frozen=True)
@@ -275,6 +281,18 @@ def lora_expand(
     plan = _step_plan(plan, seg_indptr, seg_slot, page_table.shape[0], T, c)
     page_table, b_offsets, ranks = page_table.contiguous(), b_offsets.contiguous(), ranks.contiguous()
     block_n = _fit_page(_npow2(n_max, 16, c.expand_n), P)
+    block_r_all = _npow2(R, 16, ROWS_MAX_RANK)
+    if c.expand_rows and R <= ROWS_MAX_RANK:
+        block_n = max(16, min(block_n, _ROWS_MAX_ELEMS // block_r_all))
+        lora_expand_rows_kernel[(plan.max_tiles, G, triton.cdiv(n_max, block_n))](
+            y, v, pool, page_table, b_offsets, ranks, scales.contiguous(), plan.data,
+            plan.num_tokens, G, *offs,
+            y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0),
+            PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=block_r_all, BLOCK_N=block_n,
+            ALIGNED=aligned and P % 64 == 0 and widths_aligned and block_n % 64 == 0,
+            num_warps=c.expand_warps, num_stages=c.expand_stages,
+        )  # fmt: skip
+        return y
     lora_expand_kernel[(plan.max_tiles, G, triton.cdiv(n_max, block_n))](
         y, v, pool, page_table, b_offsets, ranks, scales.contiguous(), plan.data,
         plan.num_tokens, G, *offs,

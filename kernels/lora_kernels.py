@@ -182,3 +182,50 @@ def lora_expand_kernel(
         bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
         acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
     tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
+
+
+@triton.jit(do_not_specialize=["T", "stride_vt", "stride_vg", "stride_pt"])
+def lora_expand_rows_kernel(
+    y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
+    T, G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
+    PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):  # fmt: skip
+    """Expand without tensor cores, for tiles of one or a few tokens (decode): program (tile of the plan, g,
+    block of BLOCK_N output columns) loads its adapter's whole B^T block [r <= BLOCK_R, BLOCK_N] once, then
+    for each token of the tile in turn y[tok, n_lo + n] += scale * sum_j v[tok, g, j] * B^T[j, n].
+    Unlike `lora_expand_kernel`, a one-token tile is not padded to a BLOCK_M-row tl.dot operand: a program
+    holds the B^T block and one token's row, so more programs fit on an SM. BLOCK_R must cover every rank
+    (the wrapper picks it from v's R)."""
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    ps = tl.maximum(tl.load(plan_ptr + 4 * T + pid), 0)
+    slot = tl.load(plan_ptr + 5 * T + pid)
+    re = tl.where(slot >= 0, tl.load(plan_ptr + 6 * T + pid), 0)
+    s = tl.maximum(slot, 0)
+    r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
+    if r == 0:
+        return
+    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
+    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
+    if pid_n * BLOCK_N >= n_g:
+        return
+    b_off = tl.load(off_ptr + s * G + g)
+    scale = tl.load(scale_ptr + s).to(tl.float32)
+    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = n < n_g
+    j = tl.arange(0, BLOCK_R)
+    jm = j < r
+    b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
+                            tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)  # fmt: skip
+    bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0).to(tl.float32)
+    for p in range(ps, tl.minimum(ps + BLOCK_M, re)):
+        tok = tl.load(plan_ptr + p).to(tl.int64)
+        vv = tl.load(v_ptr + g * stride_vg + tok * stride_vt + j * stride_vr, mask=jm, other=0.0).to(tl.float32)
+        yp = y_ptr + tok * stride_yt + (n_lo + n) * stride_yn
+        yv = tl.load(yp, mask=nmask, other=0.0).to(tl.float32)
+        acc = tl.sum(vv[:, None] * bt, axis=0)
+        tl.store(yp, (yv + acc * scale).to(y_ptr.dtype.element_ty), mask=nmask)

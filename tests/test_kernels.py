@@ -375,6 +375,41 @@ def test_lora_unaligned_shapes():
     )
 
 
+ROWS = kl.LoRAKernelConfig(
+    decode=dataclasses.replace(kl.DEFAULT_CONFIG.decode, expand_rows=True),
+    mixed=dataclasses.replace(kl.DEFAULT_CONFIG.mixed, expand_rows=True, tile_m=16, expand_n=64),
+)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["identical_fp16", "uniform_fp32", "zipf_straddle", "rank256", "col_mult", "page64", "mixed_tiles", "wide_v"],
+)
+def test_lora_expand_rows(case):
+    """The CUDA-core expand (`expand_rows`): tiles of one token and of several (identical popularity: 16-token
+    tiles taken token by token), rows of B^T straddling pages, ranks up to 256 (64-column blocks), the TP
+    column layout, per-element page reads, a mixed step of multi-tile prefill segments, v wider than the
+    ranks with y a column slice; against the references, float32 v as the engine passes it."""
+    kw = dict(seg_lens=[1] * 34, n_slots=10, popularity="uniform", max_rank=40, K=128, n_out=[128, 64, 64],
+              page_elems=192, dtype=torch.float32, seed=len(case), aligned=True, v_dtype=torch.float32,
+              config=ROWS)  # fmt: skip
+    if case == "identical_fp16":
+        kw.update(popularity="identical", dtype=torch.float16)
+    elif case == "zipf_straddle":
+        kw.update(popularity="zipf", dtype=torch.float16, page_elems=200, aligned=False)
+    elif case == "rank256":
+        kw.update(seg_lens=[1] * 5, n_slots=3, max_rank=256, n_out=[256, 64], page_elems=1024)
+    elif case == "col_mult":
+        kw.update(col_mult=1)
+    elif case == "page64":
+        kw.update(page_elems=64, K=192, max_rank=9)
+    elif case == "mixed_tiles":
+        kw.update(seg_lens=[1] * 9 + [70, 33] + [1] * 6, n_slots=5, dtype=torch.float16)
+    elif case == "wide_v":
+        kw.update(R=80, y_extra_cols=5)
+    run_lora_case(**kw)
+
+
 @pytest.mark.parametrize("tile_m", [16, 64])
 def test_lora_plan_equals_reference(tile_m):
     gen = torch.Generator().manual_seed(tile_m)
