@@ -140,17 +140,20 @@ def test_chunked_prefill_equals_peft(setup):
     check(outs, reqs[:9], expected[:9])
 
 
-def test_triton_mixed_steps_equal_peft(setup):
+@pytest.mark.parametrize("expand", ["dot", "rows"])
+def test_triton_mixed_steps_equal_peft(setup, expand):
     """The Triton kernels (interpreted on the CPU) in the engine on a loaded server's steps: a token budget
     of 48 cuts prompts into chunks that share steps with other requests' decode tokens, and the mixed
     regime's tiles are 16 tokens, so a chunk spans several tiles of its adapter next to decode tiles of
-    others (ranks 1..64, attention and MLP targets); greedy tokens equal transformers + PEFT's."""
+    others (ranks 1..64, attention and MLP targets); greedy tokens equal transformers + PEFT's.
+    expand="rows": the CUDA-core expand (`expand_rows`) in both regimes."""
     kind, model, adapters, reqs, expected, ref = setup
-    if kind not in ("gqa", "qwen3", "gemma2"):
+    if kind not in ("gqa", "qwen3", "gemma2") or (expand == "rows" and kind != "gqa"):
         pytest.skip(
             "the interpreter is slow: the GQA model (attention and MLP targets) covers the kernels, qwen3 its "
             "q/k head norms fused into RoPE, gemma2 sliding windows, soft-capped scores and the gated GELU"
         )
+    rows = {"expand_rows": True} if expand == "rows" else {}
     llm = LLM(
         model=str(model),
         adapters={k: str(v) for k, v in adapters.items()},
@@ -158,7 +161,7 @@ def test_triton_mixed_steps_equal_peft(setup):
         dtype="float32",
         kernel_backend="triton",
         scheduler={"max_num_batched_tokens": 48, "max_num_seqs": 12},
-        lora={"kernels": {"mixed": {"tile_m": 16, "shrink_r": 32, "expand_n": 64}}},
+        lora={"kernels": {"mixed": {"tile_m": 16, "shrink_r": 32, "expand_n": 64, **rows}, "decode": rows}},
     )
     e = llm.engine
     steps: list[list[int]] = []  # tokens of each sequence in each step
