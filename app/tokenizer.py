@@ -53,13 +53,16 @@ class Tokenizer:
         add_generation_prompt: bool = True,
         add_special_tokens: bool = False,
         template_kwargs: dict[str, Any] | None = None,
+        continue_final_message: bool = False,
     ) -> list[int]:
         """Token ids of a chat, with the tokenizer's template (which receives `tools`, when given) or a plain
         `role: content` fallback (which shows no tools). `add_special_tokens`: the tokenizer's own special
         tokens on top of those the template writes (vLLM's /tokenize option; the fallback always has them).
         `template_kwargs`: extra variables of the template (vLLM's `chat_template_kwargs`, e.g. Qwen3's
         `enable_thinking`; the fallback has none); a name that is an argument of transformers'
-        `apply_chat_template` raises ValueError."""
+        `apply_chat_template` raises ValueError. `continue_final_message`: the chat ends inside its final
+        message, as transformers renders it (the model continues that message; not with
+        add_generation_prompt)."""
         if self.chat_template:
             extra = dict(template_kwargs or {})
             taken = set(extra) & (set(inspect.signature(self.hf.apply_chat_template).parameters) | {"messages"})
@@ -69,6 +72,7 @@ class Tokenizer:
                 **extra,
                 "tools": list(tools) if tools else None,
                 "add_generation_prompt": add_generation_prompt,
+                "continue_final_message": continue_final_message,
             }
             if add_special_tokens:
                 return self.hf.encode(self.hf.apply_chat_template(messages, tokenize=False, **kw))
@@ -78,7 +82,7 @@ class Tokenizer:
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + (
             "assistant:" if add_generation_prompt else ""
         )
-        return self.encode(text)
+        return self.encode(text[:-1] if continue_final_message else text)
 
 
 class IncrementalDetokenizer:

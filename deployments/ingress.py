@@ -927,7 +927,13 @@ class OpenAIIngress:
 
         def encoded():
             try:
-                ids = self.tokenizer.apply_chat_template(messages, tools=tools, template_kwargs=template_kwargs)
+                ids = self.tokenizer.apply_chat_template(
+                    messages,
+                    tools=tools,
+                    add_generation_prompt=body.add_generation_prompt,
+                    template_kwargs=template_kwargs,
+                    continue_final_message=body.continue_final_message,
+                )
             except Exception as e:  # noqa: BLE001 - a template error is the request's fault
                 raise APIError(400, f"chat template failed: {e}", "messages") from None
             yield ids
@@ -1133,8 +1139,9 @@ class OpenAIIngress:
             def run() -> list[int]:
                 try:
                     return tok.apply_chat_template(
-                        messages, tools, body.add_generation_prompt, body.add_special_tokens, body.chat_template_kwargs
-                    )
+                        messages, tools, body.add_generation_prompt, body.add_special_tokens, body.chat_template_kwargs,
+                        body.continue_final_message,
+                    )  # fmt: skip
                 except Exception as e:  # noqa: BLE001 - a template error is the request's fault
                     raise APIError(400, f"chat template failed: {e}", "messages") from None
 

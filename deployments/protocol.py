@@ -95,8 +95,6 @@ COMPLETION_UNSUPPORTED: dict[str, tuple] = {"add_special_tokens": (None, True)}
 CHAT_UNSUPPORTED: dict[str, tuple] = {
     "add_special_tokens": (None, False),
     "echo": (False,),
-    "continue_final_message": (False,),
-    "add_generation_prompt": (True,),
     "documents": (None,),
     "chat_template": (None,),
     "mm_processor_kwargs": (None,),
@@ -457,9 +455,22 @@ def check_template_kwargs(kw: dict[str, Any] | None) -> dict[str, Any] | None:
     return kw
 
 
+def check_continue_final_message(add_generation_prompt: bool, continue_final_message: bool) -> None:
+    """vLLM's rule: the chat ends either with the template's prompt for a new assistant message, or open, in
+    its final message (which the model continues), not both."""
+    if add_generation_prompt and continue_final_message:
+        raise UnsupportedField(
+            "continue_final_message", "cannot be combined with add_generation_prompt=true (set it to false)"
+        )
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
     chat_template_kwargs: dict[str, Any] | None = None
+    # vLLM's: the template's prompt for the assistant's reply at the end, or (continue_final_message) the final
+    # message left open so that the model continues it (a "prefill" of the reply)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
@@ -480,6 +491,7 @@ class ChatCompletionRequest(_SamplingFields):
 
     @model_validator(mode="after")
     def _unsupported(self):
+        check_continue_final_message(self.add_generation_prompt, self.continue_final_message)
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs to be true")
         if self.stream and self.prompt_logprobs is not None:
@@ -668,6 +680,7 @@ class TokenizeChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(..., min_length=1)
     tools: list[ToolDef] | None = None
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
     add_special_tokens: bool = False
     return_token_strs: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
@@ -677,8 +690,13 @@ class TokenizeChatRequest(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _unsupported(cls, data):
-        refuse_unsupported(data, {"continue_final_message": (False,), "chat_template": (None,)})
+        refuse_unsupported(data, {"chat_template": (None,)})
         return data
+
+    @model_validator(mode="after")
+    def _open_end(self):
+        check_continue_final_message(self.add_generation_prompt, self.continue_final_message)
+        return self
 
     def chat(self) -> list[dict]:
         return [m.template_dict() for m in self.messages]

@@ -218,6 +218,32 @@ def test_unimplemented_vllm_fields_are_refused(service):
     assert httpx.post(BASE + "/v1/completions", json=ok, timeout=60).status_code == 200
 
 
+def test_chat_continue_final_message(client, llm):
+    """vLLM's add_generation_prompt / continue_final_message on chat and /tokenize: the final (assistant)
+    message left open, as transformers renders it, and the model continues it (greedy text equal to the
+    offline engine on those tokens); the closed final message without a generation prompt; both flags -> 400."""
+    msgs = [{"role": "user", "content": "Tell me a story"}, {"role": "assistant", "content": "Once upon a time"}]
+    tok = llm.engine.tokenizer
+    open_end = {"add_generation_prompt": False, "continue_final_message": True}
+    assert tok.hf.apply_chat_template(msgs, tokenize=False, **open_end).endswith("Once upon a time")
+    for flags in (open_end, {"add_generation_prompt": False}):
+        ids = tok.apply_chat_template(msgs, **flags)
+        assert tok.decode(ids, skip_special_tokens=False).endswith(
+            "Once upon a time" if flags.get("continue_final_message") else "Once upon a time\n"
+        )
+        ref = offline(llm, ids, "demo-r4-attn", max_tokens=6, ignore_eos=True)
+        r = client.chat.completions.create(
+            model="demo-r4-attn", messages=msgs, max_tokens=6, temperature=0, extra_body={"ignore_eos": True, **flags}
+        )
+        assert r.choices[0].message.content == ref.text and r.usage.prompt_tokens == len(ids)
+        t = httpx.post(BASE + "/tokenize", json={"model": MODEL, "messages": msgs, **flags}, timeout=60)
+        assert t.status_code == 200 and t.json()["tokens"] == ids
+    both = {"model": MODEL, "messages": msgs, "continue_final_message": True}  # add_generation_prompt defaults true
+    for route in ("/v1/chat/completions", "/tokenize"):
+        r = httpx.post(BASE + route, json=both, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "continue_final_message", r.text
+
+
 # ---- lm-evaluation-harness ----------------------------------------------------------------------
 LL_DOCS = [
     {"context": "The quick brown", "continuation": " fox jumps"},
