@@ -17,6 +17,7 @@ usage: python benchmarks/kernel_compile.py [--arch 90] [--out DIR] [--all-kernel
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -106,8 +107,15 @@ STEPS = {"decode": (256, []), "mixed": (254, [1024, 1024])}
 
 def other_paths() -> None:
     """Every other GPU launch configuration: LoRA over pages smaller than its blocks and unaligned offsets,
-    paged attention (decode one-pass and split, prefill), KV append."""
+    the CUDA-core expand (`expand_rows`, aligned and not), paged attention (decode one-pass and split,
+    prefill), KV append."""
     bf = torch.bfloat16
+    rows = dataclasses.replace(
+        kl.DEFAULT_CONFIG,
+        decode=dataclasses.replace(kl.DEFAULT_CONFIG.decode, expand_rows=True, expand_n=64),
+        mixed=dataclasses.replace(kl.DEFAULT_CONFIG.mixed, expand_rows=True, expand_n=64),
+    )
+    lora_layer(STEPS, rows, 64)
     S, K, R, P = 6, 4096, 64, 100
     pool = torch.zeros(40, P, dtype=bf)
     table = torch.zeros(S, 8, dtype=torch.int32)
@@ -120,9 +128,11 @@ def other_paths() -> None:
         indptr = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
         slots = torch.arange(len(lens), dtype=torch.int32) % S
         x, y, v = torch.zeros(T, K, dtype=bf), torch.zeros(T, 6144, dtype=bf), torch.zeros(T, 3, R)
-        kl.lora_apply(
-            y, x, v, pool, table, offs, offs, ranks, scales, indptr, slots, out_offsets, max_seg_len=max(lens)
-        )  # aligned=False, 100-element pages
+        for config in (kl.DEFAULT_CONFIG, rows):  # aligned=False, 100-element pages
+            kl.lora_apply(
+                y, x, v, pool, table, offs, offs, ranks, scales, indptr, slots, out_offsets,
+                max_seg_len=max(lens), config=config,
+            )  # fmt: skip
     Hq, Hkv, D, page = 32, 8, 128, 16
     kv = torch.zeros(64, 2 * page * Hkv * D, dtype=bf)
     for seqs, q_lens, hkv in (([300] * 8, [1] * 8, Hkv), ([5000], [1], 1), ([700, 33], [200, 33], Hkv)):

@@ -946,6 +946,7 @@ class OpenAIIngress:
         usage = self._usage_for(prompts, body.n)
         names = function_names(tools or [])
         forced = mode not in ("none", "auto")
+        echoed = body.echoed()
         # reasoning apart from the content (app/reasoning.py), unless the output is constrained from its first
         # token (a grammar or a forced call: the whole answer is the constrained content)
         rp = self.cfg.reasoning_parser if body.structured() is None else None
@@ -968,8 +969,8 @@ class OpenAIIngress:
             splitters = {c.index: ReasoningSplitter(rp, tail) for c in choices} if rp else {}
 
             def chunk(c: _Choice, delta: str | None):
-                if delta is None:
-                    return self._chat_chunk(rid, created, model, c, DeltaMessage(role="assistant", content=""),
+                if delta is None:  # the first chunk: the role (and the echoed final message)
+                    return self._chat_chunk(rid, created, model, c, DeltaMessage(role="assistant", content=echoed),
                                             None, body, name)  # fmt: skip
                 thought = ""
                 if c.index in splitters:  # the reasoning part of the delta goes out beside its content
@@ -1018,6 +1019,8 @@ class OpenAIIngress:
         for c in choices:
             thought, text = split_reasoning(rp, c.text, tail) if rp else (None, c.text)
             content, calls, reason = final(c, text or "")
+            if echoed:
+                content = echoed + (content or "")
             out.append(
                 ChatChoice(
                     index=c.index,

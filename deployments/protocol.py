@@ -94,7 +94,6 @@ STRUCTURED_UNSUPPORTED: dict[str, tuple] = {
 COMPLETION_UNSUPPORTED: dict[str, tuple] = {"add_special_tokens": (None, True)}
 CHAT_UNSUPPORTED: dict[str, tuple] = {
     "add_special_tokens": (None, False),
-    "echo": (False,),
     "documents": (None,),
     "chat_template": (None,),
     "mm_processor_kwargs": (None,),
@@ -471,6 +470,7 @@ class ChatCompletionRequest(_SamplingFields):
     # message left open so that the model continues it (a "prefill" of the reply)
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    echo: bool = False  # vLLM's: the reply starts with the final message's content when that is the assistant's
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
@@ -492,6 +492,8 @@ class ChatCompletionRequest(_SamplingFields):
     @model_validator(mode="after")
     def _unsupported(self):
         check_continue_final_message(self.add_generation_prompt, self.continue_final_message)
+        if self.max_tokens == 0 and self.num_prompt_logprobs() is None:
+            raise UnsupportedField("max_tokens", "must be at least 1 (0 only with prompt_logprobs)")
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs to be true")
         if self.stream and self.prompt_logprobs is not None:
@@ -532,6 +534,12 @@ class ChatCompletionRequest(_SamplingFields):
 
     def chat(self) -> list[dict]:
         return [m.template_dict() for m in self.messages]
+
+    def echoed(self) -> str:
+        """What the reply starts with under `echo` (vLLM's): the final message's text when it is the
+        assistant's (as with continue_final_message), else nothing."""
+        last = self.messages[-1]
+        return (last.text() or "") if self.echo and last.role == "assistant" else ""
 
 
 class LoadLoRAAdapterRequest(BaseModel):

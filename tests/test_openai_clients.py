@@ -221,7 +221,8 @@ def test_unimplemented_vllm_fields_are_refused(service):
 def test_chat_continue_final_message(client, llm):
     """vLLM's add_generation_prompt / continue_final_message on chat and /tokenize: the final (assistant)
     message left open, as transformers renders it, and the model continues it (greedy text equal to the
-    offline engine on those tokens); the closed final message without a generation prompt; both flags -> 400."""
+    offline engine on those tokens); the closed final message without a generation prompt; echo; both flags ->
+    400."""
     msgs = [{"role": "user", "content": "Tell me a story"}, {"role": "assistant", "content": "Once upon a time"}]
     tok = llm.engine.tokenizer
     open_end = {"add_generation_prompt": False, "continue_final_message": True}
@@ -238,6 +239,18 @@ def test_chat_continue_final_message(client, llm):
         assert r.choices[0].message.content == ref.text and r.usage.prompt_tokens == len(ids)
         t = httpx.post(BASE + "/tokenize", json={"model": MODEL, "messages": msgs, **flags}, timeout=60)
         assert t.status_code == 200 and t.json()["tokens"] == ids
+        # echo (vLLM's): the reply starts with the final assistant message, streamed or not; a final user
+        # message is not echoed
+        kw = dict(model="demo-r4-attn", max_tokens=6, temperature=0)
+        extra = {"ignore_eos": True, "echo": True, **flags}
+        r = client.chat.completions.create(messages=msgs, extra_body=extra, **kw)
+        whole = "Once upon a time" + ref.text
+        assert r.choices[0].message.content == whole
+        chunks = list(client.chat.completions.create(messages=msgs, extra_body=extra, stream=True, **kw))
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == whole
+    r = client.chat.completions.create(messages=msgs[:1], extra_body={"echo": True, "ignore_eos": True}, **kw)
+    ref = offline(llm, tok.apply_chat_template(msgs[:1]), "demo-r4-attn", max_tokens=6, ignore_eos=True)
+    assert r.choices[0].message.content == ref.text
     both = {"model": MODEL, "messages": msgs, "continue_final_message": True}  # add_generation_prompt defaults true
     for route in ("/v1/chat/completions", "/tokenize"):
         r = httpx.post(BASE + route, json=both, timeout=60)
