@@ -441,7 +441,8 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
         )  # fmt: skip
         if args.sweep:
             regime = "decode" if not case.prefill else "mixed"
-            for over in SWEEP[regime]:
+            match = getattr(args, "sweep_match", None)
+            for over in [o for o in SWEEP[regime] if not o or not match or any(m in str(o) for m in match)]:
                 cfg = _variant_config(regime, over)
                 try:
                     v_plan, v_layer, _ = layer_fn(indptr, slots, T, max_len, config=cfg)
@@ -835,6 +836,10 @@ def main() -> None:
         "unified pool: GPU memory for the pool / layers), not just the pages they fill",
     )  # fmt: skip
     ap.add_argument("--attention-only", action="store_true", help="only the mixed-step attention section")
+    ap.add_argument(
+        "--sweep-match", action="append", default=None,
+        help="with --sweep: only the SWEEP variants whose text contains this (repeatable; the default is kept)",
+    )  # fmt: skip
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
