@@ -5,22 +5,22 @@
 # defaults (prefix caching off, as the benchmark sets it: compare with run 46's 30.92 / 24.73 req/s on the H200 at
 # 2122f25's serving path), B = expand_rows in decode steps (expand_n 64); (3) with the time left, the kernel sweep
 # (defaults and the rows variants only) on the decode and mixed steps. Run from the repository root with the
-# device README's bundle prefix: bash benchmarks/results/session-2026-12-05d/next_gpu_combined.sh COMMIT
+# device README's bundle prefix: bash benchmarks/results/session-2026-12-05d/next_gpu_combined.sh COMMIT [SECONDS]
 cd "$(dirname "$0")/../../.."
-T0=$(date +%s)
+T0=$(date +%s); TOTAL=${2:-585}  # seconds this call may run (the device limit, less a margin)
 nvidia-smi --query-gpu=name --format=csv,noheader; date; echo "commit $1"
 timeout -s TERM 170 python -m pytest -m gpu -q -x -p no:cacheprovider tests/test_engine_gpu.py tests/test_kernels_gpu.py \
   -k "(prefix_cached and gqa) or expand_rows" > $OUT/gpu_test.log 2>&1
 echo "gpu tests rc=$? ($(( $(date +%s) - T0 )) s)"; grep -E "passed|failed|FAILED|Error" $OUT/gpu_test.log | cut -c1-300 | head -12
 for V in A B; do
-  LEFT=$(( 500 - ($(date +%s) - T0) )); [ $LEFT -lt 120 ] && { echo "no time for $V"; break; }
+  LEFT=$(( TOTAL - 85 - ($(date +%s) - T0) )); [ $LEFT -lt 120 ] && { echo "no time for $V"; break; }
   case $V in
     A) timeout -s TERM $LEFT python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters 0 1000 --out $OUT/sat_A --commit "$1 (A: defaults)" > $OUT/sat_A.log 2>&1;;
     B) timeout -s TERM $LEFT python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters 0 1000 --lora-kernels '{"decode": {"expand_rows": true, "expand_n": 64}}' --out $OUT/sat_B --commit "$1 (B: decode expand_rows, expand_n 64)" > $OUT/sat_B.log 2>&1;;
   esac
   echo "sat $V rc=$? ($(( $(date +%s) - T0 )) s)"; grep -ho "n=[0-9]* async=True[^:]*: [0-9.]* req/s\|(GPU {[^}]*})" $OUT/sat_$V.log
 done
-LEFT=$(( 585 - ($(date +%s) - T0) ))
+LEFT=$(( TOTAL - ($(date +%s) - T0) ))
 if [ $LEFT -ge 40 ]; then
   timeout -s TERM $LEFT python benchmarks/kernels.py --lora-only --sweep --sweep-match rows --case "decode 255 req" \
     --case "decode 64 req" --case "mixed 250 decode" --out $OUT/kernels > $OUT/kernels.log 2>&1
