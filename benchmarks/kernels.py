@@ -248,6 +248,7 @@ SWEEP = {
         dict(expand_rows=True, expand_n=128),
         dict(expand_rows=True, expand_n=128, expand_warps=8),
         dict(expand_rows=True, expand_n=64, expand_warps=2),
+        dict(expand_rows=True, expand_n=64, expand_rows_dot_from=17),
     ],
     "mixed": [
         {},

@@ -70,10 +70,12 @@ class LoRATileConfig:
     shrink_stages: int = 3
     expand_warps: int = 4
     expand_stages: int = 2
-    # expand on CUDA cores (`lora_expand_rows_kernel`): each program holds its adapter's B^T block for the
-    # whole rank and takes its tile's tokens one by one, no 16-row tl.dot padding; used when the ranks fit
-    # (R <= ROWS_MAX_RANK), else the tl.dot expand
+    # expand on CUDA cores (`lora_expand_rows_kernel`): a program holds its adapter's B^T block for the whole
+    # rank and takes its tile's tokens one by one, no 16-row tl.dot padding; tiles of at least
+    # expand_rows_dot_from tokens (prefill chunks) still take tl.dot (more than tile_m: never). Used when the
+    # ranks fit (R <= ROWS_MAX_RANK), else the tl.dot expand
     expand_rows: bool = False
+    expand_rows_dot_from: int = 4
 
 
 @dataclass(frozen=True)
@@ -290,7 +292,8 @@ def lora_expand(
             y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0),
             PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=block_r_all, BLOCK_N=block_n,
             ALIGNED=aligned and P % 64 == 0 and widths_aligned and block_n % 64 == 0,
-            num_warps=c.expand_warps, num_stages=c.expand_stages,
+            DOT_FROM=c.expand_rows_dot_from, DOT_R=_npow2(R, 16, c.expand_r),
+            INPUT_PRECISION=_input_precision(pool.dtype), num_warps=c.expand_warps, num_stages=c.expand_stages,
         )  # fmt: skip
         return y
     lora_expand_kernel[(plan.max_tiles, G, triton.cdiv(n_max, block_n))](

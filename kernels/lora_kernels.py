@@ -141,31 +141,17 @@ def lora_shrink_kernel(
                  mask=mm[:, None] & cmask[None, :])  # fmt: skip
 
 
-@triton.jit(do_not_specialize=["T", "stride_vt", "stride_vg", "stride_pt"])
-def lora_expand_kernel(
-    y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
-    T, G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
-    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
+@triton.jit
+def _expand_tile_dot(
+    y_ptr, v_ptr, pool_ptr, pt_row, b_off, scale, tok, mm, g, r, n_lo, n_g, pid_n,
+    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Expand, program (tile of the plan, g, block of BLOCK_N output columns): the tile's <= BLOCK_M tokens
-    of one slot; loops over that adapter's rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N], read once per
-    tile; y[tok, n_lo + n] += scale * acc. The y read is issued before the B^T reads (its latency overlaps)."""
-    g = tl.program_id(1)
-    pid_n = tl.program_id(2)
-    slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
-    s = tl.maximum(slot, 0)
-    r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
-    if r == 0:
-        return
-    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
-    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
-    if pid_n * BLOCK_N >= n_g:
-        return
-    b_off = tl.load(off_ptr + s * G + g)
-    scale = tl.load(scale_ptr + s).to(tl.float32)
-    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
+    """y[tok, n_lo + n] += scale * v[tok, g, :r] @ B^T[:r, n] for the tile's tokens (mask mm) and the
+    pid_n-th block of BLOCK_N columns: the rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N] read once per tile,
+    tl.dot with the [BLOCK_M, BLOCK_R] v tile. The y read is issued before the B^T reads (its latency
+    overlaps)."""
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < n_g
     yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
@@ -185,19 +171,50 @@ def lora_expand_kernel(
 
 
 @triton.jit(do_not_specialize=["T", "stride_vt", "stride_vg", "stride_pt"])
+def lora_expand_kernel(
+    y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
+    T, G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
+    PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Expand, program (tile of the plan, g, block of BLOCK_N output columns): the tile's <= BLOCK_M tokens
+    of one slot; loops over that adapter's rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N], read once per
+    tile; y[tok, n_lo + n] += scale * acc (`_expand_tile_dot`)."""
+    g = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
+    s = tl.maximum(slot, 0)
+    r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
+    if r == 0:
+        return
+    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
+    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
+    if pid_n * BLOCK_N >= n_g:
+        return
+    b_off = tl.load(off_ptr + s * G + g)
+    scale = tl.load(scale_ptr + s).to(tl.float32)
+    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
+    _expand_tile_dot(y_ptr, v_ptr, pool_ptr, pt_row, b_off, scale, tok, mm, g, r, n_lo, n_g, pid_n,
+                     stride_yt, stride_yn, stride_vt, stride_vg, stride_vr,
+                     PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_N, ALIGNED, INPUT_PRECISION)  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["T", "stride_vt", "stride_vg", "stride_pt"])
 def lora_expand_rows_kernel(
     y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
     T, G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
     stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    ALIGNED: tl.constexpr,
+    ALIGNED: tl.constexpr, DOT_FROM: tl.constexpr, DOT_R: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Expand without tensor cores, for tiles of one or a few tokens (decode): program (tile of the plan, g,
-    block of BLOCK_N output columns) loads its adapter's whole B^T block [r <= BLOCK_R, BLOCK_N] once, then
-    for each token of the tile in turn y[tok, n_lo + n] += scale * sum_j v[tok, g, j] * B^T[j, n].
-    Unlike `lora_expand_kernel`, a one-token tile is not padded to a BLOCK_M-row tl.dot operand: a program
-    holds the B^T block and one token's row, so more programs fit on an SM. BLOCK_R must cover every rank
-    (the wrapper picks it from v's R)."""
+    """Expand on CUDA cores for tiles of few tokens (decode tokens): program (tile of the plan, g, block of
+    BLOCK_N output columns). A tile of fewer than DOT_FROM tokens loads its adapter's whole B^T block
+    [r <= BLOCK_R, BLOCK_N] once, then for each of its tokens in turn y[tok, n_lo + n] += scale * sum_j
+    v[tok, g, j] * B^T[j, n]: a one-token tile is not padded to a BLOCK_M-row tl.dot operand, so a program
+    holds little and more programs fit on an SM. A tile of DOT_FROM tokens or more (a prefill chunk's) takes
+    `_expand_tile_dot` (rank in DOT_R-row chunks). BLOCK_R must cover every rank (the wrapper picks it from
+    v's R)."""
     pid = tl.program_id(0)
     g = tl.program_id(1)
     pid_n = tl.program_id(2)
@@ -215,6 +232,15 @@ def lora_expand_rows_kernel(
     b_off = tl.load(off_ptr + s * G + g)
     scale = tl.load(scale_ptr + s).to(tl.float32)
     pt_row = pt_ptr + s.to(tl.int64) * stride_pt
+    pe = tl.minimum(ps + BLOCK_M, re)
+    if pe - ps >= DOT_FROM:
+        m = ps + tl.arange(0, BLOCK_M)
+        mm = m < pe
+        tok_m = tl.load(plan_ptr + m, mask=mm, other=0).to(tl.int64)
+        _expand_tile_dot(y_ptr, v_ptr, pool_ptr, pt_row, b_off, scale, tok_m, mm, g, r, n_lo, n_g, pid_n,
+                         stride_yt, stride_yn, stride_vt, stride_vg, stride_vr,
+                         PAGE_ELEMS, BLOCK_M, DOT_R, BLOCK_N, ALIGNED, INPUT_PRECISION)  # fmt: skip
+        return
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < n_g
     j = tl.arange(0, BLOCK_R)
@@ -222,7 +248,7 @@ def lora_expand_rows_kernel(
     b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
                             tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)  # fmt: skip
     bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0).to(tl.float32)
-    for p in range(ps, tl.minimum(ps + BLOCK_M, re)):
+    for p in range(ps, pe):
         tok = tl.load(plan_ptr + p).to(tl.int64)
         vv = tl.load(v_ptr + g * stride_vg + tok * stride_vt + j * stride_vr, mask=jm, other=0.0).to(tl.float32)
         yp = y_ptr + tok * stride_yt + (n_lo + n) * stride_yn

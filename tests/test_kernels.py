@@ -381,20 +381,35 @@ ROWS = kl.LoRAKernelConfig(
 )
 
 
+def _rows_config(dot_from: int) -> kl.LoRAKernelConfig:
+    return kl.LoRAKernelConfig(
+        decode=dataclasses.replace(ROWS.decode, expand_rows_dot_from=dot_from),
+        mixed=dataclasses.replace(ROWS.mixed, expand_rows_dot_from=dot_from),
+    )
+
+
 @pytest.mark.parametrize(
     "case",
-    ["identical_fp16", "uniform_fp32", "zipf_straddle", "rank256", "col_mult", "page64", "mixed_tiles", "wide_v"],
-)
+    ["identical_fp16", "identical_rows_only", "uniform_fp32", "uniform_dot_only", "zipf_straddle", "rank256",
+     "col_mult", "page64", "mixed_tiles", "mixed_rows_only", "wide_v"],
+)  # fmt: skip
 def test_lora_expand_rows(case):
     """The CUDA-core expand (`expand_rows`): tiles of one token and of several (identical popularity: 16-token
-    tiles taken token by token), rows of B^T straddling pages, ranks up to 256 (64-column blocks), the TP
-    column layout, per-element page reads, a mixed step of multi-tile prefill segments, v wider than the
-    ranks with y a column slice; against the references, float32 v as the engine passes it."""
+    tiles, which take tl.dot from expand_rows_dot_from tokens on, or token by token with it above the tile
+    size; "dot_only": every tile by tl.dot), rows of B^T straddling pages, ranks up to 256 (64-column
+    blocks), the TP column layout, per-element page reads, a mixed step of multi-tile prefill segments, v
+    wider than the ranks with y a column slice; against the references, float32 v as the engine passes it."""
     kw = dict(seg_lens=[1] * 34, n_slots=10, popularity="uniform", max_rank=40, K=128, n_out=[128, 64, 64],
               page_elems=192, dtype=torch.float32, seed=len(case), aligned=True, v_dtype=torch.float32,
               config=ROWS)  # fmt: skip
     if case == "identical_fp16":
         kw.update(popularity="identical", dtype=torch.float16)
+    elif case == "identical_rows_only":
+        kw.update(popularity="identical", config=_rows_config(17))
+    elif case == "uniform_dot_only":
+        kw.update(config=_rows_config(1))
+    elif case == "mixed_rows_only":
+        kw.update(seg_lens=[1] * 9 + [70, 33] + [1] * 6, n_slots=5, config=_rows_config(17))
     elif case == "zipf_straddle":
         kw.update(popularity="zipf", dtype=torch.float16, page_elems=200, aligned=False)
     elif case == "rank256":

@@ -3,7 +3,7 @@
 # ran on a GPU: prefix caching (Triton, CUDA graphs, asynchronous scheduling vs the torch backend without caching,
 # gqa) and the CUDA-core expand (bf16); (2) saturated S2 Llama-2-7B q/k/v/o n = 0 / 1000 at this commit, A =
 # defaults (prefix caching off, as the benchmark sets it: compare with run 46's 30.92 / 24.73 req/s on the H200 at
-# 2122f25's serving path), B = expand_rows in decode steps (expand_n 64); (3) with the time left, the kernel sweep
+# 2122f25's serving path), B = expand_rows in both regimes (expand_n 64); (3) with the time left, the kernel sweep
 # (defaults and the rows variants only) on the decode and mixed steps. Run from the repository root with the
 # device README's bundle prefix: bash benchmarks/results/session-2026-12-05d/next_gpu_combined.sh COMMIT [SECONDS]
 cd "$(dirname "$0")/../../.."
@@ -16,7 +16,7 @@ for V in A B; do
   LEFT=$(( TOTAL - 85 - ($(date +%s) - T0) )); [ $LEFT -lt 120 ] && { echo "no time for $V"; break; }
   case $V in
     A) timeout -s TERM $LEFT python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters 0 1000 --out $OUT/sat_A --commit "$1 (A: defaults)" > $OUT/sat_A.log 2>&1;;
-    B) timeout -s TERM $LEFT python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters 0 1000 --lora-kernels '{"decode": {"expand_rows": true, "expand_n": 64}}' --out $OUT/sat_B --commit "$1 (B: decode expand_rows, expand_n 64)" > $OUT/sat_B.log 2>&1;;
+    B) timeout -s TERM $LEFT python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters 0 1000 --lora-kernels '{"decode": {"expand_rows": true, "expand_n": 64}, "mixed": {"expand_rows": true, "expand_n": 64}}' --out $OUT/sat_B --commit "$1 (B: expand_rows, expand_n 64, both regimes)" > $OUT/sat_B.log 2>&1;;
   esac
   echo "sat $V rc=$? ($(( $(date +%s) - T0 )) s)"; grep -ho "n=[0-9]* async=True[^:]*: [0-9.]* req/s\|(GPU {[^}]*})" $OUT/sat_$V.log
 done
