@@ -107,13 +107,13 @@ STEPS = {"decode": (256, []), "mixed": (254, [1024, 1024])}
 
 def other_paths() -> None:
     """Every other GPU launch configuration: LoRA over pages smaller than its blocks and unaligned offsets,
-    the CUDA-core expand (`expand_rows`, aligned and not), paged attention (decode one-pass and split,
+    the CUDA-core shrink and expand paths (aligned and not), paged attention (decode one-pass and split,
     prefill), KV append."""
     bf = torch.bfloat16
     rows = dataclasses.replace(
         kl.DEFAULT_CONFIG,
-        decode=dataclasses.replace(kl.DEFAULT_CONFIG.decode, expand_rows=True, expand_n=64),
-        mixed=dataclasses.replace(kl.DEFAULT_CONFIG.mixed, expand_rows=True, expand_n=64),
+        decode=dataclasses.replace(kl.DEFAULT_CONFIG.decode, expand_rows=True, expand_n=64, shrink_rows_below=4),
+        mixed=dataclasses.replace(kl.DEFAULT_CONFIG.mixed, expand_rows=True, expand_n=64, shrink_rows_below=4),
     )
     lora_layer(STEPS, rows, 64)
     S, K, R, P = 6, 4096, 64, 100

@@ -76,6 +76,8 @@ class LoRATileConfig:
     # ranks fit (R <= ROWS_MAX_RANK), else the tl.dot expand
     expand_rows: bool = False
     expand_rows_dot_from: int = 4
+    # shrink tiles of fewer tokens than this (0: none) on CUDA cores, token by token (`_shrink_row`)
+    shrink_rows_below: int = 0
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,8 @@ def lora_shrink(
         n_split,
         PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=block_r, BLOCK_K=block_k,
         ALIGNED=aligned and K % 64 == 0 and P % 64 == 0, SPLIT_ATOMIC=n_split > 1, ROW_IN_TWO_PAGES=K <= P,
-        INPUT_PRECISION=_input_precision(pool.dtype), num_warps=c.shrink_warps, num_stages=c.shrink_stages,
+        INPUT_PRECISION=_input_precision(pool.dtype), ROWS_BELOW=c.shrink_rows_below,
+        num_warps=c.shrink_warps, num_stages=c.shrink_stages,
     )  # fmt: skip
     return out
 

@@ -62,35 +62,78 @@ def _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8):
 
 
 @triton.jit
+def _a_rows(pt_row, a_off, j, jmask, K, PAGE_ELEMS: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr):
+    """(virtual offset of each A row j, and with ROW_IN_TWO_PAGES (K <= PAGE_ELEMS: a whole row of A lies in
+    <= 2 pages) its offset in its first page and the pool offsets of its two pages, looked up once)."""
+    o_row = a_off + tl.where(jmask, j, 0) * K
+    if ROW_IN_TWO_PAGES:
+        p_i = o_row // PAGE_ELEMS
+        w0 = o_row % PAGE_ELEMS
+        p_lo = tl.load(pt_row + p_i, mask=jmask, other=0).to(tl.int64) * PAGE_ELEMS
+        p_hi = tl.load(pt_row + p_i + 1, mask=jmask & (w0 + K > PAGE_ELEMS), other=0).to(tl.int64) * PAGE_ELEMS
+    else:
+        w0 = o_row
+        p_lo = tl.zeros_like(o_row).to(tl.int64)
+        p_hi = p_lo
+    return o_row, w0, p_lo, p_hi
+
+
+@triton.jit
+def _a_offsets(
+    pt_row, o_row, w0, p_lo, p_hi, jmask, k0, k, K,
+    PAGE_ELEMS: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr,
+):  # fmt: skip
+    """Pool offsets [rows, BLOCK_K] of A[j, k] for k = k0 + arange(BLOCK_K) (`_a_rows` gave the rows)."""
+    if ROW_IN_TWO_PAGES:
+        w = w0[:, None] + k[None, :]
+        a_offs = tl.where(w < PAGE_ELEMS, p_lo[:, None] + w, p_hi[:, None] + (w - PAGE_ELEMS))
+        if ALIGNED:
+            a_offs = tl.max_contiguous(tl.multiple_of(a_offs, [1, 64]), [1, 64])
+    else:
+        a_offs = _chunk_offsets(pt_row, o_row + k0, jmask, tl.minimum(K - k0, BLOCK_K), BLOCK_K, PAGE_ELEMS, ALIGNED)
+    return a_offs
+
+
+@triton.jit
 def _shrink_acc(
     x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ALIGNED: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """sum over k in [k_lo, k_end) of x[tok, k] * A[j, k] (A row j at virtual a_off + j * K; rows outside
-    jmask are zero): the [BLOCK_M, BLOCK_R] float32 block of a shrink tile."""
-    o_row = a_off + tl.where(jmask, j, 0) * K
-    if ROW_IN_TWO_PAGES:  # K <= PAGE_ELEMS: a whole row of A lies in <= 2 pages, looked up once
-        p_i = o_row // PAGE_ELEMS
-        w0 = o_row % PAGE_ELEMS
-        p_lo = tl.load(pt_row + p_i, mask=jmask, other=0).to(tl.int64) * PAGE_ELEMS
-        p_hi = tl.load(pt_row + p_i + 1, mask=jmask & (w0 + K > PAGE_ELEMS), other=0).to(tl.int64) * PAGE_ELEMS
+    jmask are zero): the [BLOCK_M, BLOCK_R] float32 block of a shrink tile, by tl.dot."""
+    o_row, w0, p_lo, p_hi = _a_rows(pt_row, a_off, j, jmask, K, PAGE_ELEMS, ROW_IN_TWO_PAGES)
     acc = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
     for k0 in range(k_lo, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         kmask = k < K
         xv = tl.load(x_ptr + tok[:, None] * stride_xt + k[None, :] * stride_xk, mask=mm[:, None] & kmask[None, :],
                      other=0.0)  # fmt: skip
-        if ROW_IN_TWO_PAGES:
-            w = w0[:, None] + k[None, :]
-            a_offs = tl.where(w < PAGE_ELEMS, p_lo[:, None] + w, p_hi[:, None] + (w - PAGE_ELEMS))
-            if ALIGNED:
-                a_offs = tl.max_contiguous(tl.multiple_of(a_offs, [1, 64]), [1, 64])
-        else:
-            a_offs = _chunk_offsets(pt_row, o_row + k0, jmask, tl.minimum(K - k0, BLOCK_K), BLOCK_K, PAGE_ELEMS,
-                                    ALIGNED)  # fmt: skip
+        a_offs = _a_offsets(pt_row, o_row, w0, p_lo, p_hi, jmask, k0, k, K, PAGE_ELEMS, BLOCK_K, ALIGNED,
+                            ROW_IN_TWO_PAGES)  # fmt: skip
         a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0)  # A [BLOCK_R, BLOCK_K]
         acc = tl.dot(xv, tl.trans(a), acc, input_precision=INPUT_PRECISION)
+    return acc
+
+
+@triton.jit
+def _shrink_row(
+    x_ptr, pool_ptr, pt_row, a_off, j, jmask, t, k_lo, k_end, K, stride_xt, stride_xk,
+    PAGE_ELEMS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
+    ROW_IN_TWO_PAGES: tl.constexpr,
+):  # fmt: skip
+    """`_shrink_acc` for one token t on CUDA cores (a multiply and a sum, no 16-row tl.dot operand): the
+    [BLOCK_R] float32 sums over k in [k_lo, k_end) of x[t, k] * A[j, k]."""
+    o_row, w0, p_lo, p_hi = _a_rows(pt_row, a_off, j, jmask, K, PAGE_ELEMS, ROW_IN_TWO_PAGES)
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for k0 in range(k_lo, k_end, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        kmask = k < K
+        xv = tl.load(x_ptr + t * stride_xt + k * stride_xk, mask=kmask, other=0.0).to(tl.float32)
+        a_offs = _a_offsets(pt_row, o_row, w0, p_lo, p_hi, jmask, k0, k, K, PAGE_ELEMS, BLOCK_K, ALIGNED,
+                            ROW_IN_TWO_PAGES)  # fmt: skip
+        a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0)
+        acc += tl.sum(a.to(tl.float32) * xv[None, :], axis=1)
     return acc
 
 
@@ -102,13 +145,15 @@ def lora_shrink_kernel(
     n_split,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ALIGNED: tl.constexpr, SPLIT_ATOMIC: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, ROWS_BELOW: tl.constexpr = 0,
 ):  # fmt: skip
     """Shrink, program (tile of the plan, g, block of out columns x K split): the tile's <= BLOCK_M tokens
     of one slot times that adapter's A rows, read once; tl.dot of the gathered x tile [BLOCK_M, BLOCK_K]
     and A^T [BLOCK_K, BLOCK_R]. Columns outside [c0, c0 + r) of the tile's tokens get zeros.
     Split-K (n_split > 1, SPLIT_ATOMIC): each program sums one K range and atomically adds it into `out`,
-    which the wrapper zeroed (float32); otherwise every program stores its columns, zeros included."""
+    which the wrapper zeroed (float32); otherwise every program stores its columns, zeros included.
+    ROWS_BELOW > 0: a tile of fewer tokens takes them one by one on CUDA cores (`_shrink_row`; its A rows are
+    read once per token, from L2 after the first), not padded to a BLOCK_M-row tl.dot operand."""
     pid = tl.program_id(0)
     g = tl.program_id(1)
     pid_r = tl.program_id(2) // n_split
@@ -131,6 +176,18 @@ def lora_shrink_kernel(
     k_per = tl.cdiv(tl.cdiv(K, BLOCK_K), n_split) * BLOCK_K
     k_lo = ks * k_per
     k_end = tl.where(live, tl.minimum(K, k_lo + k_per), k_lo)  # blocks outside [c0, c0 + r): zeros
+    if ROWS_BELOW > 0:
+        cnt = tl.sum(mm.to(tl.int32), axis=0)
+        if cnt < ROWS_BELOW:
+            for i in range(0, cnt):
+                t = tl.sum(tl.where(tl.arange(0, BLOCK_M) == i, tok, 0), axis=0)
+                acc1 = _shrink_row(x_ptr, pool_ptr, pt_row, a_off, j, jmask, t, k_lo, k_end, K, stride_xt, stride_xk,
+                                   PAGE_ELEMS, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES)  # fmt: skip
+                if SPLIT_ATOMIC:
+                    tl.atomic_add(out_cols + t * stride_ot, acc1, mask=cmask, sem="relaxed")
+                else:
+                    tl.store(out_cols + t * stride_ot, acc1.to(out_ptr.dtype.element_ty), mask=cmask)
+            return
     acc = _shrink_acc(x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
                       PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES, INPUT_PRECISION)  # fmt: skip
     if SPLIT_ATOMIC:

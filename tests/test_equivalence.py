@@ -146,14 +146,15 @@ def test_triton_mixed_steps_equal_peft(setup, expand):
     of 48 cuts prompts into chunks that share steps with other requests' decode tokens, and the mixed
     regime's tiles are 16 tokens, so a chunk spans several tiles of its adapter next to decode tiles of
     others (ranks 1..64, attention and MLP targets); greedy tokens equal transformers + PEFT's.
-    expand="rows": the CUDA-core expand (`expand_rows`) in both regimes."""
+    expand="rows": the CUDA-core paths for tiles of few tokens (`expand_rows`, `shrink_rows_below`), both
+    regimes."""
     kind, model, adapters, reqs, expected, ref = setup
     if kind not in ("gqa", "qwen3", "gemma2") or (expand == "rows" and kind != "gqa"):
         pytest.skip(
             "the interpreter is slow: the GQA model (attention and MLP targets) covers the kernels, qwen3 its "
             "q/k head norms fused into RoPE, gemma2 sliding windows, soft-capped scores and the gated GELU"
         )
-    rows = {"expand_rows": True} if expand == "rows" else {}
+    rows = {"expand_rows": True, "shrink_rows_below": 4} if expand == "rows" else {}
     llm = LLM(
         model=str(model),
         adapters={k: str(v) for k, v in adapters.items()},
