@@ -33,7 +33,9 @@ the tokens grouped by adapter slot into tiles of at most M tokens of one adapter
 handles one tile, so an adapter's weights are read once per tile and multiplied with tl.dot; decode,
 prefill and mixed steps run the same kernels. The launch configuration (`LoRAKernelConfig`: M and block
 sizes, per regime) is a frozen value the kernel backend carries: `decode` when every segment is one
-token, `mixed` otherwise.
+token, `mixed` otherwise. Opt-in per regime and not yet measured on a GPU (benchmarks/results/
+session-2026-12-05d): tiles of few tokens on CUDA cores, token by token, instead of padded to a 16-row tl.dot
+operand (`expand_rows`, `shrink_rows_below`); larger tiles keep tl.dot.
 
 `lora_apply` is shrink then expand when no tensor-parallel collective sits between them (TP=1, or the
 row-parallel o/down). No wrapper synchronises with the host.
