@@ -10,7 +10,7 @@
 cd "$(dirname "$0")/../../.."
 T0=$(date +%s); TOTAL=${2:-585}  # seconds this call may run (the device limit, less a margin)
 nvidia-smi --query-gpu=name --format=csv,noheader; date; echo "commit $1"
-timeout -s TERM 170 python -m pytest -m gpu -q -x -p no:cacheprovider tests/test_engine_gpu.py tests/test_kernels_gpu.py \
+timeout -s TERM 170 python -m pytest -m gpu -q -p no:cacheprovider tests/test_engine_gpu.py tests/test_kernels_gpu.py \
   -k "(prefix_cached and gqa) or rows_paths" > $OUT/gpu_test.log 2>&1
 echo "gpu tests rc=$? ($(( $(date +%s) - T0 )) s)"; grep -E "passed|failed|FAILED|Error" $OUT/gpu_test.log | cut -c1-300 | head -12
 for V in A B; do
