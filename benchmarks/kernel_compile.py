@@ -17,7 +17,6 @@ usage: python benchmarks/kernel_compile.py [--arch 90] [--out DIR] [--all-kernel
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -79,9 +78,8 @@ def captured():
 
 def lora_layer(steps: dict[str, tuple[int, list[int]]], config, v_width: int = 256) -> None:
     """One Llama-2-7B layer's LoRA through lora_apply, as the engine calls it (64 adapters of ranks cycling
-    over {8, 16, 32, 64}, aligned, float32 v of width v_width (the engine: the step's largest rank), one
-    plan per step), for each step
-    {name: (decode tokens, prefill chunk lengths)}."""
+    over {8, 16, 32, 64}, aligned, float32 v of width v_width (the engine: the step's largest rank), one plan
+    per step), for each step {name: (decode tokens, prefill chunk lengths)}."""
     gen = torch.Generator().manual_seed(0)
     groups = llama_groups(4096, 11008)
     n_ad = 64
@@ -107,15 +105,8 @@ STEPS = {"decode": (256, []), "mixed": (254, [1024, 1024])}
 
 def other_paths() -> None:
     """Every other GPU launch configuration: LoRA over pages smaller than its blocks and unaligned offsets,
-    the CUDA-core shrink and expand paths (aligned and not), paged attention (decode one-pass and split,
-    prefill), KV append."""
+    paged attention (decode one-pass and split, prefill), KV append."""
     bf = torch.bfloat16
-    rows = dataclasses.replace(
-        kl.DEFAULT_CONFIG,
-        decode=dataclasses.replace(kl.DEFAULT_CONFIG.decode, expand_rows=True, expand_n=64, shrink_rows_below=4),
-        mixed=dataclasses.replace(kl.DEFAULT_CONFIG.mixed, expand_rows=True, expand_n=64, shrink_rows_below=4),
-    )
-    lora_layer(STEPS, rows, 64)
     S, K, R, P = 6, 4096, 64, 100
     pool = torch.zeros(40, P, dtype=bf)
     table = torch.zeros(S, 8, dtype=torch.int32)
@@ -128,11 +119,9 @@ def other_paths() -> None:
         indptr = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
         slots = torch.arange(len(lens), dtype=torch.int32) % S
         x, y, v = torch.zeros(T, K, dtype=bf), torch.zeros(T, 6144, dtype=bf), torch.zeros(T, 3, R)
-        for config in (kl.DEFAULT_CONFIG, rows):  # aligned=False, 100-element pages
-            kl.lora_apply(
-                y, x, v, pool, table, offs, offs, ranks, scales, indptr, slots, out_offsets,
-                max_seg_len=max(lens), config=config,
-            )  # fmt: skip
+        kl.lora_apply(
+            y, x, v, pool, table, offs, offs, ranks, scales, indptr, slots, out_offsets, max_seg_len=max(lens)
+        )  # aligned=False, 100-element pages
     Hq, Hkv, D, page = 32, 8, 128, 16
     kv = torch.zeros(64, 2 * page * Hkv * D, dtype=bf)
     for seqs, q_lens, hkv in (([300] * 8, [1] * 8, Hkv), ([5000], [1], 1), ([700, 33], [200, 33], Hkv)):

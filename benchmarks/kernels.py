@@ -244,15 +244,6 @@ SWEEP = {
         dict(expand_n=512, expand_warps=8),
         dict(expand_stages=3),
         dict(shrink_warps=2, expand_warps=2),
-        dict(expand_rows=True, expand_n=64),
-        dict(expand_rows=True, expand_n=128),
-        dict(expand_rows=True, expand_n=128, expand_warps=8),
-        dict(expand_rows=True, expand_n=64, expand_warps=2),
-        dict(expand_rows=True, expand_n=64, expand_rows_dot_from=17),
-        dict(shrink_rows_below=4),
-        dict(shrink_rows_below=4, shrink_k=128),
-        dict(shrink_rows_below=4, shrink_k=128, shrink_split=4),
-        dict(expand_rows=True, expand_n=64, shrink_rows_below=4, shrink_k=128),
     ],
     "mixed": [
         {},
@@ -263,10 +254,6 @@ SWEEP = {
         dict(shrink_warps=8, expand_warps=8),
         dict(shrink_stages=4, expand_stages=3),
         dict(expand_n=128),
-        dict(expand_rows=True, expand_n=64),
-        dict(expand_rows=True, expand_n=128, expand_warps=8),
-        dict(shrink_rows_below=4, shrink_r=32),
-        dict(expand_rows=True, expand_n=64, shrink_rows_below=4, shrink_r=32),
     ],
 }
 

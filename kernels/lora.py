@@ -33,9 +33,7 @@ the tokens grouped by adapter slot into tiles of at most M tokens of one adapter
 handles one tile, so an adapter's weights are read once per tile and multiplied with tl.dot; decode,
 prefill and mixed steps run the same kernels. The launch configuration (`LoRAKernelConfig`: M and block
 sizes, per regime) is a frozen value the kernel backend carries: `decode` when every segment is one
-token, `mixed` otherwise. Opt-in per regime and not yet measured on a GPU (benchmarks/results/
-session-2026-12-05d): tiles of few tokens on CUDA cores, token by token, instead of padded to a 16-row tl.dot
-operand (`expand_rows`, `shrink_rows_below`); larger tiles keep tl.dot.
+token, `mixed` otherwise.
 
 `lora_apply` is shrink then expand when no tensor-parallel collective sits between them (TP=1, or the
 row-parallel o/down). No wrapper synchronises with the host.
@@ -48,13 +46,11 @@ from dataclasses import dataclass, field
 import torch
 import triton
 
-from kernels.lora_kernels import lora_expand_kernel, lora_expand_rows_kernel, lora_shrink_kernel
+from kernels.lora_kernels import lora_expand_kernel, lora_shrink_kernel
 from kernels.lora_plan import LoRAPlan, lora_plan
 from kernels.lora_ref import MAX_G, check_lora_args, check_out_offsets, check_scales
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-ROWS_MAX_RANK = 256  # the largest rank (v's R, padded to a power of two) the CUDA-core expand holds
-_ROWS_MAX_ELEMS = 16384  # B^T elements one CUDA-core expand program holds (BLOCK_R x BLOCK_N)
 _INT_DTYPES = (torch.int32, torch.int64)
 
 
@@ -72,14 +68,6 @@ class LoRATileConfig:
     shrink_stages: int = 3
     expand_warps: int = 4
     expand_stages: int = 2
-    # expand on CUDA cores (`lora_expand_rows_kernel`): a program holds its adapter's B^T block for the whole
-    # rank and takes its tile's tokens one by one, no 16-row tl.dot padding; tiles of at least
-    # expand_rows_dot_from tokens (prefill chunks) still take tl.dot (more than tile_m: never). Used when the
-    # ranks fit (R <= ROWS_MAX_RANK), else the tl.dot expand
-    expand_rows: bool = False
-    expand_rows_dot_from: int = 4
-    # shrink tiles of fewer tokens than this (0: none) on CUDA cores, token by token (`_shrink_row`)
-    shrink_rows_below: int = 0
 
 
 @dataclass(frozen=True)
@@ -239,8 +227,7 @@ def lora_shrink(
         n_split,
         PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=block_r, BLOCK_K=block_k,
         ALIGNED=aligned and K % 64 == 0 and P % 64 == 0, SPLIT_ATOMIC=n_split > 1, ROW_IN_TWO_PAGES=K <= P,
-        INPUT_PRECISION=_input_precision(pool.dtype), ROWS_BELOW=c.shrink_rows_below,
-        num_warps=c.shrink_warps, num_stages=c.shrink_stages,
+        INPUT_PRECISION=_input_precision(pool.dtype), num_warps=c.shrink_warps, num_stages=c.shrink_stages,
     )  # fmt: skip
     return out
 
@@ -288,19 +275,6 @@ def lora_expand(
     plan = _step_plan(plan, seg_indptr, seg_slot, page_table.shape[0], T, c)
     page_table, b_offsets, ranks = page_table.contiguous(), b_offsets.contiguous(), ranks.contiguous()
     block_n = _fit_page(_npow2(n_max, 16, c.expand_n), P)
-    block_r_all = _npow2(R, 16, ROWS_MAX_RANK)
-    if c.expand_rows and R <= ROWS_MAX_RANK:
-        block_n = max(16, min(block_n, _ROWS_MAX_ELEMS // block_r_all))
-        lora_expand_rows_kernel[(plan.max_tiles, G, triton.cdiv(n_max, block_n))](
-            y, v, pool, page_table, b_offsets, ranks, scales.contiguous(), plan.data,
-            plan.num_tokens, G, *offs,
-            y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0),
-            PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=block_r_all, BLOCK_N=block_n,
-            ALIGNED=aligned and P % 64 == 0 and widths_aligned and block_n % 64 == 0,
-            DOT_FROM=c.expand_rows_dot_from, DOT_R=_npow2(R, 16, c.expand_r),
-            INPUT_PRECISION=_input_precision(pool.dtype), num_warps=c.expand_warps, num_stages=c.expand_stages,
-        )  # fmt: skip
-        return y
     lora_expand_kernel[(plan.max_tiles, G, triton.cdiv(n_max, block_n))](
         y, v, pool, page_table, b_offsets, ranks, scales.contiguous(), plan.data,
         plan.num_tokens, G, *offs,

@@ -62,78 +62,35 @@ def _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8):
 
 
 @triton.jit
-def _a_rows(pt_row, a_off, j, jmask, K, PAGE_ELEMS: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr):
-    """(virtual offset of each A row j, and with ROW_IN_TWO_PAGES (K <= PAGE_ELEMS: a whole row of A lies in
-    <= 2 pages) its offset in its first page and the pool offsets of its two pages, looked up once)."""
-    o_row = a_off + tl.where(jmask, j, 0) * K
-    if ROW_IN_TWO_PAGES:
-        p_i = o_row // PAGE_ELEMS
-        w0 = o_row % PAGE_ELEMS
-        p_lo = tl.load(pt_row + p_i, mask=jmask, other=0).to(tl.int64) * PAGE_ELEMS
-        p_hi = tl.load(pt_row + p_i + 1, mask=jmask & (w0 + K > PAGE_ELEMS), other=0).to(tl.int64) * PAGE_ELEMS
-    else:
-        w0 = o_row
-        p_lo = tl.zeros_like(o_row).to(tl.int64)
-        p_hi = p_lo
-    return o_row, w0, p_lo, p_hi
-
-
-@triton.jit
-def _a_offsets(
-    pt_row, o_row, w0, p_lo, p_hi, jmask, k0, k, K,
-    PAGE_ELEMS: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr,
-):  # fmt: skip
-    """Pool offsets [rows, BLOCK_K] of A[j, k] for k = k0 + arange(BLOCK_K) (`_a_rows` gave the rows)."""
-    if ROW_IN_TWO_PAGES:
-        w = w0[:, None] + k[None, :]
-        a_offs = tl.where(w < PAGE_ELEMS, p_lo[:, None] + w, p_hi[:, None] + (w - PAGE_ELEMS))
-        if ALIGNED:
-            a_offs = tl.max_contiguous(tl.multiple_of(a_offs, [1, 64]), [1, 64])
-    else:
-        a_offs = _chunk_offsets(pt_row, o_row + k0, jmask, tl.minimum(K - k0, BLOCK_K), BLOCK_K, PAGE_ELEMS, ALIGNED)
-    return a_offs
-
-
-@triton.jit
 def _shrink_acc(
     x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ALIGNED: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """sum over k in [k_lo, k_end) of x[tok, k] * A[j, k] (A row j at virtual a_off + j * K; rows outside
-    jmask are zero): the [BLOCK_M, BLOCK_R] float32 block of a shrink tile, by tl.dot."""
-    o_row, w0, p_lo, p_hi = _a_rows(pt_row, a_off, j, jmask, K, PAGE_ELEMS, ROW_IN_TWO_PAGES)
+    jmask are zero): the [BLOCK_M, BLOCK_R] float32 block of a shrink tile."""
+    o_row = a_off + tl.where(jmask, j, 0) * K
+    if ROW_IN_TWO_PAGES:  # K <= PAGE_ELEMS: a whole row of A lies in <= 2 pages, looked up once
+        p_i = o_row // PAGE_ELEMS
+        w0 = o_row % PAGE_ELEMS
+        p_lo = tl.load(pt_row + p_i, mask=jmask, other=0).to(tl.int64) * PAGE_ELEMS
+        p_hi = tl.load(pt_row + p_i + 1, mask=jmask & (w0 + K > PAGE_ELEMS), other=0).to(tl.int64) * PAGE_ELEMS
     acc = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
     for k0 in range(k_lo, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         kmask = k < K
         xv = tl.load(x_ptr + tok[:, None] * stride_xt + k[None, :] * stride_xk, mask=mm[:, None] & kmask[None, :],
                      other=0.0)  # fmt: skip
-        a_offs = _a_offsets(pt_row, o_row, w0, p_lo, p_hi, jmask, k0, k, K, PAGE_ELEMS, BLOCK_K, ALIGNED,
-                            ROW_IN_TWO_PAGES)  # fmt: skip
+        if ROW_IN_TWO_PAGES:
+            w = w0[:, None] + k[None, :]
+            a_offs = tl.where(w < PAGE_ELEMS, p_lo[:, None] + w, p_hi[:, None] + (w - PAGE_ELEMS))
+            if ALIGNED:
+                a_offs = tl.max_contiguous(tl.multiple_of(a_offs, [1, 64]), [1, 64])
+        else:
+            a_offs = _chunk_offsets(pt_row, o_row + k0, jmask, tl.minimum(K - k0, BLOCK_K), BLOCK_K, PAGE_ELEMS,
+                                    ALIGNED)  # fmt: skip
         a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0)  # A [BLOCK_R, BLOCK_K]
         acc = tl.dot(xv, tl.trans(a), acc, input_precision=INPUT_PRECISION)
-    return acc
-
-
-@triton.jit
-def _shrink_row(
-    x_ptr, pool_ptr, pt_row, a_off, j, jmask, t, k_lo, k_end, K, stride_xt, stride_xk,
-    PAGE_ELEMS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr,
-    ROW_IN_TWO_PAGES: tl.constexpr,
-):  # fmt: skip
-    """`_shrink_acc` for one token t on CUDA cores (a multiply and a sum, no 16-row tl.dot operand): the
-    [BLOCK_R] float32 sums over k in [k_lo, k_end) of x[t, k] * A[j, k]."""
-    o_row, w0, p_lo, p_hi = _a_rows(pt_row, a_off, j, jmask, K, PAGE_ELEMS, ROW_IN_TWO_PAGES)
-    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for k0 in range(k_lo, k_end, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        kmask = k < K
-        xv = tl.load(x_ptr + t * stride_xt + k * stride_xk, mask=kmask, other=0.0).to(tl.float32)
-        a_offs = _a_offsets(pt_row, o_row, w0, p_lo, p_hi, jmask, k0, k, K, PAGE_ELEMS, BLOCK_K, ALIGNED,
-                            ROW_IN_TWO_PAGES)  # fmt: skip
-        a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0)
-        acc += tl.sum(a.to(tl.float32) * xv[None, :], axis=1)
     return acc
 
 
@@ -145,15 +102,13 @@ def lora_shrink_kernel(
     n_split,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ALIGNED: tl.constexpr, SPLIT_ATOMIC: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, ROWS_BELOW: tl.constexpr = 0,
+    INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Shrink, program (tile of the plan, g, block of out columns x K split): the tile's <= BLOCK_M tokens
     of one slot times that adapter's A rows, read once; tl.dot of the gathered x tile [BLOCK_M, BLOCK_K]
     and A^T [BLOCK_K, BLOCK_R]. Columns outside [c0, c0 + r) of the tile's tokens get zeros.
     Split-K (n_split > 1, SPLIT_ATOMIC): each program sums one K range and atomically adds it into `out`,
-    which the wrapper zeroed (float32); otherwise every program stores its columns, zeros included.
-    ROWS_BELOW > 0: a tile of fewer tokens takes them one by one on CUDA cores (`_shrink_row`; its A rows are
-    read once per token, from L2 after the first), not padded to a BLOCK_M-row tl.dot operand."""
+    which the wrapper zeroed (float32); otherwise every program stores its columns, zeros included."""
     pid = tl.program_id(0)
     g = tl.program_id(1)
     pid_r = tl.program_id(2) // n_split
@@ -176,18 +131,6 @@ def lora_shrink_kernel(
     k_per = tl.cdiv(tl.cdiv(K, BLOCK_K), n_split) * BLOCK_K
     k_lo = ks * k_per
     k_end = tl.where(live, tl.minimum(K, k_lo + k_per), k_lo)  # blocks outside [c0, c0 + r): zeros
-    if ROWS_BELOW > 0:
-        cnt = tl.sum(mm.to(tl.int32), axis=0)
-        if cnt < ROWS_BELOW:
-            for i in range(0, cnt):
-                t = tl.sum(tl.where(tl.arange(0, BLOCK_M) == i, tok, 0), axis=0)
-                acc1 = _shrink_row(x_ptr, pool_ptr, pt_row, a_off, j, jmask, t, k_lo, k_end, K, stride_xt, stride_xk,
-                                   PAGE_ELEMS, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES)  # fmt: skip
-                if SPLIT_ATOMIC:
-                    tl.atomic_add(out_cols + t * stride_ot, acc1, mask=cmask, sem="relaxed")
-                else:
-                    tl.store(out_cols + t * stride_ot, acc1.to(out_ptr.dtype.element_ty), mask=cmask)
-            return
     acc = _shrink_acc(x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
                       PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES, INPUT_PRECISION)  # fmt: skip
     if SPLIT_ATOMIC:
@@ -198,17 +141,31 @@ def lora_shrink_kernel(
                  mask=mm[:, None] & cmask[None, :])  # fmt: skip
 
 
-@triton.jit
-def _expand_tile_dot(
-    y_ptr, v_ptr, pool_ptr, pt_row, b_off, scale, tok, mm, g, r, n_lo, n_g, pid_n,
-    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr,
+@triton.jit(do_not_specialize=["T", "stride_vt", "stride_vg", "stride_pt"])
+def lora_expand_kernel(
+    y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
+    T, G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """y[tok, n_lo + n] += scale * v[tok, g, :r] @ B^T[:r, n] for the tile's tokens (mask mm) and the
-    pid_n-th block of BLOCK_N columns: the rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N] read once per tile,
-    tl.dot with the [BLOCK_M, BLOCK_R] v tile. The y read is issued before the B^T reads (its latency
-    overlaps)."""
+    """Expand, program (tile of the plan, g, block of BLOCK_N output columns): the tile's <= BLOCK_M tokens
+    of one slot; loops over that adapter's rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N], read once per
+    tile; y[tok, n_lo + n] += scale * acc. The y read is issued before the B^T reads (its latency overlaps)."""
+    g = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
+    s = tl.maximum(slot, 0)
+    r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
+    if r == 0:
+        return
+    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
+    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
+    if pid_n * BLOCK_N >= n_g:
+        return
+    b_off = tl.load(off_ptr + s * G + g)
+    scale = tl.load(scale_ptr + s).to(tl.float32)
+    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < n_g
     yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
@@ -225,90 +182,3 @@ def _expand_tile_dot(
         bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
         acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
     tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
-
-
-@triton.jit(do_not_specialize=["T", "stride_vt", "stride_vg", "stride_pt"])
-def lora_expand_kernel(
-    y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
-    T, G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
-    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
-    PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-):  # fmt: skip
-    """Expand, program (tile of the plan, g, block of BLOCK_N output columns): the tile's <= BLOCK_M tokens
-    of one slot; loops over that adapter's rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N], read once per
-    tile; y[tok, n_lo + n] += scale * acc (`_expand_tile_dot`)."""
-    g = tl.program_id(1)
-    pid_n = tl.program_id(2)
-    slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
-    s = tl.maximum(slot, 0)
-    r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
-    if r == 0:
-        return
-    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
-    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
-    if pid_n * BLOCK_N >= n_g:
-        return
-    b_off = tl.load(off_ptr + s * G + g)
-    scale = tl.load(scale_ptr + s).to(tl.float32)
-    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
-    _expand_tile_dot(y_ptr, v_ptr, pool_ptr, pt_row, b_off, scale, tok, mm, g, r, n_lo, n_g, pid_n,
-                     stride_yt, stride_yn, stride_vt, stride_vg, stride_vr,
-                     PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_N, ALIGNED, INPUT_PRECISION)  # fmt: skip
-
-
-@triton.jit(do_not_specialize=["T", "stride_vt", "stride_vg", "stride_pt"])
-def lora_expand_rows_kernel(
-    y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
-    T, G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
-    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
-    PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    ALIGNED: tl.constexpr, DOT_FROM: tl.constexpr, DOT_R: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-):  # fmt: skip
-    """Expand on CUDA cores for tiles of few tokens (decode tokens): program (tile of the plan, g, block of
-    BLOCK_N output columns). A tile of fewer than DOT_FROM tokens loads its adapter's whole B^T block
-    [r <= BLOCK_R, BLOCK_N] once, then for each of its tokens in turn y[tok, n_lo + n] += scale * sum_j
-    v[tok, g, j] * B^T[j, n]: a one-token tile is not padded to a BLOCK_M-row tl.dot operand, so a program
-    holds little and more programs fit on an SM. A tile of DOT_FROM tokens or more (a prefill chunk's) takes
-    `_expand_tile_dot` (rank in DOT_R-row chunks). BLOCK_R must cover every rank (the wrapper picks it from
-    v's R)."""
-    pid = tl.program_id(0)
-    g = tl.program_id(1)
-    pid_n = tl.program_id(2)
-    ps = tl.maximum(tl.load(plan_ptr + 4 * T + pid), 0)
-    slot = tl.load(plan_ptr + 5 * T + pid)
-    re = tl.where(slot >= 0, tl.load(plan_ptr + 6 * T + pid), 0)
-    s = tl.maximum(slot, 0)
-    r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
-    if r == 0:
-        return
-    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
-    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
-    if pid_n * BLOCK_N >= n_g:
-        return
-    b_off = tl.load(off_ptr + s * G + g)
-    scale = tl.load(scale_ptr + s).to(tl.float32)
-    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
-    pe = tl.minimum(ps + BLOCK_M, re)
-    if pe - ps >= DOT_FROM:
-        m = ps + tl.arange(0, BLOCK_M)
-        mm = m < pe
-        tok_m = tl.load(plan_ptr + m, mask=mm, other=0).to(tl.int64)
-        _expand_tile_dot(y_ptr, v_ptr, pool_ptr, pt_row, b_off, scale, tok_m, mm, g, r, n_lo, n_g, pid_n,
-                         stride_yt, stride_yn, stride_vt, stride_vg, stride_vr,
-                         PAGE_ELEMS, BLOCK_M, DOT_R, BLOCK_N, ALIGNED, INPUT_PRECISION)  # fmt: skip
-        return
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = n < n_g
-    j = tl.arange(0, BLOCK_R)
-    jm = j < r
-    b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
-                            tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)  # fmt: skip
-    bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0).to(tl.float32)
-    for p in range(ps, pe):
-        tok = tl.load(plan_ptr + p).to(tl.int64)
-        vv = tl.load(v_ptr + g * stride_vg + tok * stride_vt + j * stride_vr, mask=jm, other=0.0).to(tl.float32)
-        yp = y_ptr + tok * stride_yt + (n_lo + n) * stride_yn
-        yv = tl.load(yp, mask=nmask, other=0.0).to(tl.float32)
-        acc = tl.sum(vv[:, None] * bt, axis=0)
-        tl.store(yp, (yv + acc * scale).to(y_ptr.dtype.element_ty), mask=nmask)

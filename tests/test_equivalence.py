@@ -140,21 +140,17 @@ def test_chunked_prefill_equals_peft(setup):
     check(outs, reqs[:9], expected[:9])
 
 
-@pytest.mark.parametrize("expand", ["dot", "rows"])
-def test_triton_mixed_steps_equal_peft(setup, expand):
+def test_triton_mixed_steps_equal_peft(setup):
     """The Triton kernels (interpreted on the CPU) in the engine on a loaded server's steps: a token budget
     of 48 cuts prompts into chunks that share steps with other requests' decode tokens, and the mixed
     regime's tiles are 16 tokens, so a chunk spans several tiles of its adapter next to decode tiles of
-    others (ranks 1..64, attention and MLP targets); greedy tokens equal transformers + PEFT's.
-    expand="rows": the CUDA-core paths for tiles of few tokens (`expand_rows`, `shrink_rows_below`), both
-    regimes."""
+    others (ranks 1..64, attention and MLP targets); greedy tokens equal transformers + PEFT's."""
     kind, model, adapters, reqs, expected, ref = setup
-    if kind not in ("gqa", "qwen3", "gemma2") or (expand == "rows" and kind != "gqa"):
+    if kind not in ("gqa", "qwen3", "gemma2"):
         pytest.skip(
             "the interpreter is slow: the GQA model (attention and MLP targets) covers the kernels, qwen3 its "
             "q/k head norms fused into RoPE, gemma2 sliding windows, soft-capped scores and the gated GELU"
         )
-    rows = {"expand_rows": True, "shrink_rows_below": 4} if expand == "rows" else {}
     llm = LLM(
         model=str(model),
         adapters={k: str(v) for k, v in adapters.items()},
@@ -162,7 +158,7 @@ def test_triton_mixed_steps_equal_peft(setup, expand):
         dtype="float32",
         kernel_backend="triton",
         scheduler={"max_num_batched_tokens": 48, "max_num_seqs": 12},
-        lora={"kernels": {"mixed": {"tile_m": 16, "shrink_r": 32, "expand_n": 64, **rows}, "decode": rows}},
+        lora={"kernels": {"mixed": {"tile_m": 16, "shrink_r": 32, "expand_n": 64}}},
     )
     e = llm.engine
     steps: list[list[int]] = []  # tokens of each sequence in each step

@@ -375,61 +375,6 @@ def test_lora_unaligned_shapes():
     )
 
 
-def _rows_config(dot_from: int = 4) -> kl.LoRAKernelConfig:
-    """The CUDA-core paths in both regimes: the expand's (`expand_rows`) and the shrink's, for tiles of fewer
-    than dot_from tokens (17: every tile; 1: none)."""
-    rows = dict(expand_rows=True, expand_rows_dot_from=dot_from, shrink_rows_below=dot_from)
-    return kl.LoRAKernelConfig(
-        decode=dataclasses.replace(kl.DEFAULT_CONFIG.decode, **rows),
-        mixed=dataclasses.replace(kl.DEFAULT_CONFIG.mixed, tile_m=16, expand_n=64, **rows),
-    )
-
-
-ROWS = _rows_config()
-
-
-@pytest.mark.parametrize(
-    "case",
-    ["identical_fp16", "identical_rows_only", "uniform_fp32", "uniform_dot_only", "zipf_straddle", "rank256",
-     "col_mult", "page64", "mixed_tiles", "mixed_rows_only", "wide_v", "v_fp16", "v_fp16_mixed"],
-)  # fmt: skip
-def test_lora_rows_paths(case):
-    """The CUDA-core paths (`expand_rows`, `shrink_rows_below`): tiles of one token and of several (identical
-    popularity: 16-token tiles, which take tl.dot from 4 tokens on, or token by token with the bound above
-    the tile size; "dot_only": every tile by tl.dot), rows of A and B^T straddling pages, ranks up to 256
-    (64-column blocks), the TP column layout, per-element page reads, a mixed step of multi-tile prefill
-    segments, v wider than the ranks with y a column slice; float32 v as the engine passes it (the decode
-    shrink splits K and adds atomically), or v of the weights' dtype (stored); against the references."""
-    kw = dict(seg_lens=[1] * 34, n_slots=10, popularity="uniform", max_rank=40, K=128, n_out=[128, 64, 64],
-              page_elems=192, dtype=torch.float32, seed=len(case), aligned=True, v_dtype=torch.float32,
-              config=ROWS)  # fmt: skip
-    if case == "identical_fp16":
-        kw.update(popularity="identical", dtype=torch.float16)
-    elif case == "identical_rows_only":
-        kw.update(popularity="identical", config=_rows_config(17))
-    elif case == "uniform_dot_only":
-        kw.update(config=_rows_config(1))
-    elif case == "mixed_rows_only":
-        kw.update(seg_lens=[1] * 9 + [70, 33] + [1] * 6, n_slots=5, config=_rows_config(17))
-    elif case == "zipf_straddle":
-        kw.update(popularity="zipf", dtype=torch.float16, page_elems=200, aligned=False)
-    elif case == "rank256":
-        kw.update(seg_lens=[1] * 5, n_slots=3, max_rank=256, n_out=[256, 64], page_elems=1024)
-    elif case == "col_mult":
-        kw.update(col_mult=1)
-    elif case == "page64":
-        kw.update(page_elems=64, K=192, max_rank=9)
-    elif case == "mixed_tiles":
-        kw.update(seg_lens=[1] * 9 + [70, 33] + [1] * 6, n_slots=5, dtype=torch.float16)
-    elif case == "wide_v":
-        kw.update(R=80, y_extra_cols=5)
-    elif case == "v_fp16":
-        kw.update(dtype=torch.float16, v_dtype=torch.float16, popularity="zipf")
-    elif case == "v_fp16_mixed":
-        kw.update(seg_lens=[1] * 9 + [70, 3, 33] + [1] * 6, n_slots=5, dtype=torch.float16, v_dtype=torch.float16)
-    run_lora_case(**kw)
-
-
 @pytest.mark.parametrize("tile_m", [16, 64])
 def test_lora_plan_equals_reference(tile_m):
     gen = torch.Generator().manual_seed(tile_m)

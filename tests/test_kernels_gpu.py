@@ -7,8 +7,6 @@ Run on the GPU machine: python -m pytest tests/test_kernels_gpu.py -q -m gpu
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from test_kernels import make_adapters, make_batch, make_kv_cache, random_ranks
@@ -79,47 +77,6 @@ def test_lora_cuda(dtype, kind, popularity):
         lora_expand(y, want, pool, pt, b_off, ranks, scales, indptr, slots, offs, max_seg_len=msl, **fast)
         lora_expand_ref(want_y, want, pool, pt, b_off, ranks, scales, indptr, slots, offs)
         torch.testing.assert_close(y, want_y, **TOL[dtype])
-
-
-@pytest.mark.parametrize("kind", ["decode_aligned", "decode_aligned_small_pages", "mixed_aligned"])
-@pytest.mark.parametrize("popularity,max_rank", [("distinct", 64), ("identical", 64), ("zipf", 256)])
-def test_lora_rows_paths_cuda(kind, popularity, max_rank):
-    """The CUDA-core shrink and expand paths (`shrink_rows_below`, `expand_rows`, in both regimes) in bfloat16
-    on Llama-2-7B q/k/v shapes: v as wide as the largest rank (64: one 64 x 64 B^T block per program; 256:
-    64-column blocks), one-token tiles (CUDA cores) and 16-token tiles (tl.dot), rows of A and B^T straddling
-    192-element pages, a mixed step of multi-tile prefill segments; float32 v (the decode shrink splits K)."""
-    dtype = torch.bfloat16
-    seg_lens = [1] * 60 + [700, 1, 1, 33, 129] + [1] * 40 if kind == "mixed_aligned" else [1] * 255
-    n_out = [4096, 1024, 1024]
-    pool, pt, a_off, b_off, ranks, indptr, slots, x = lora_inputs(
-        seg_lens, 64, popularity, max_rank, 4096, n_out, 192 if "small_pages" in kind else 131072, dtype,
-        seed=len(kind) + max_rank, align=64,
-    )  # fmt: skip
-    both = dict(expand_rows=True, expand_n=64, shrink_rows_below=4)
-    rows = kl.LoRAKernelConfig(
-        decode=dataclasses.replace(kl.DEFAULT_CONFIG.decode, **both),
-        mixed=dataclasses.replace(kl.DEFAULT_CONFIG.mixed, **both),
-    )
-    T, G, R = x.shape[0], len(n_out), max_rank
-    msl = max(seg_lens)
-    plan = kl.plan_for_step(indptr, slots, pt.shape[0], T, msl, rows)
-    fast = dict(max_seg_len=msl, aligned=True, plan=plan, config=rows)
-    lora_rows = torch.zeros(T, dtype=torch.bool)
-    for i, s_ in enumerate(slots.tolist()):
-        lora_rows[int(indptr[i]) : int(indptr[i + 1])] = s_ >= 0
-    v = torch.full((T, G, R), float("nan"), device=DEV)
-    want = v.clone()
-    lora_shrink(x, pool, pt, a_off, ranks, indptr, slots, v, **fast)
-    lora_shrink_ref(x, pool, pt, a_off, ranks, indptr, slots, want)
-    torch.testing.assert_close(v[lora_rows], want[lora_rows], **TOL[dtype])
-    v = torch.randn(T, G, R, device=DEV)
-    base = torch.randn(T, 6200, device=DEV).to(dtype)
-    y, want_y = base.clone()[:, 10 : 10 + 6144], base.clone()[:, 10 : 10 + 6144]
-    scales = torch.rand(pt.shape[0], device=DEV) + 0.5
-    offs = [0, 4096, 5120, 6144]
-    lora_expand(y, v, pool, pt, b_off, ranks, scales, indptr, slots, offs, **fast)
-    lora_expand_ref(want_y, v, pool, pt, b_off, ranks, scales, indptr, slots, offs)
-    torch.testing.assert_close(y, want_y, **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
