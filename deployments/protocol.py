@@ -236,10 +236,15 @@ class _SamplingFields(BaseModel):
     def _stream_options(self):
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
-        if self.max_tokens == 0 and self.num_prompt_logprobs() is None and not getattr(self, "echo", False):
+        if self.max_tokens == 0 and self.num_prompt_logprobs() is None and not self.echoes_prompt():
             raise UnsupportedField("max_tokens", "must be at least 1 (0 only with echo or prompt_logprobs)")
         self.structured()  # a bad or conflicting constraint is a 400 naming its field
         return self
+
+    def echoes_prompt(self) -> bool:
+        """Whether the answer repeats the prompt (completions' echo), so that max_tokens 0 still asks for
+        something."""
+        return False
 
     def to_sampling_params(self, max_tokens: int, index: int = 0, defaults: dict | None = None) -> SamplingParams:
         """The engine's parameters for choice `index` (seeded choices get distinct seeds). `defaults`: values
@@ -315,6 +320,9 @@ class CompletionRequest(_SamplingFields):
 
     def num_logprobs(self) -> int | None:
         return self.logprobs
+
+    def echoes_prompt(self) -> bool:
+        return self.echo
 
     @model_validator(mode="before")
     @classmethod
@@ -492,8 +500,6 @@ class ChatCompletionRequest(_SamplingFields):
     @model_validator(mode="after")
     def _unsupported(self):
         check_continue_final_message(self.add_generation_prompt, self.continue_final_message)
-        if self.max_tokens == 0 and self.num_prompt_logprobs() is None:
-            raise UnsupportedField("max_tokens", "must be at least 1 (0 only with prompt_logprobs)")
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs to be true")
         if self.stream and self.prompt_logprobs is not None:
