@@ -244,6 +244,15 @@ SWEEP = {
         dict(expand_n=512, expand_warps=8),
         dict(expand_stages=3),
         dict(shrink_warps=2, expand_warps=2),
+        dict(weights_evict="evict_first"),
+        dict(weights_evict="evict_first", shrink_split=1),
+        dict(expand_chunks=2),
+        dict(expand_chunks=4),
+        dict(expand_n=128, expand_chunks=2),
+        dict(expand_n=128, expand_chunks=4),
+        dict(expand_n_major=True),
+        dict(expand_n_major=True, expand_n=128),
+        dict(expand_n_major=True, expand_chunks=2),
     ],
     "mixed": [
         {},
@@ -254,6 +263,9 @@ SWEEP = {
         dict(shrink_warps=8, expand_warps=8),
         dict(shrink_stages=4, expand_stages=3),
         dict(expand_n=128),
+        dict(weights_evict="evict_first"),
+        dict(expand_chunks=2),
+        dict(expand_n_major=True),
     ],
 }
 

@@ -481,6 +481,7 @@ def write_report(res: dict, out: Path) -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
+    log_x = False
     for s in res["settings"]:
         for mode, pc in sorted({(r.get("async_scheduling"), r.get("prefix_caching")) for r in s["runs"]}, key=str):
             runs = [r for r in s["runs"] if (r.get("async_scheduling"), r.get("prefix_caching")) == (mode, pc)]
@@ -488,11 +489,13 @@ def write_report(res: dict, out: Path) -> None:
             label += " prefix caching" if pc else ""
             xs = [max(r["adapters"], 0.5) for r in runs if r["adapters"] > 0]
             ys = [r["req_s"] for r in runs if r["adapters"] > 0]
+            log_x = log_x or bool(xs)
             (line,) = ax.plot(xs, ys, "o-", label=label)
             base = next((r["req_s"] for r in runs if r["adapters"] == 0), None)
             if base:
                 ax.axhline(base, ls="--", color=line.get_color(), alpha=0.6, label=f"{label} base only")
-    ax.set_xscale("log")
+    if log_x:  # a run of the base model alone has no adapter counts to put on a log scale
+        ax.set_xscale("log")
     ax.set_xlabel("adapters (n)")
     ax.set_ylabel("requests / s")
     ax.set_title(f"Saturated S2 throughput, {res['gpu']}")

@@ -65,7 +65,7 @@ def _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8):
 def _shrink_acc(
     x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-    ALIGNED: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    ALIGNED: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr, INPUT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
 ):  # fmt: skip
     """sum over k in [k_lo, k_end) of x[tok, k] * A[j, k] (A row j at virtual a_off + j * K; rows outside
     jmask are zero): the [BLOCK_M, BLOCK_R] float32 block of a shrink tile."""
@@ -89,7 +89,8 @@ def _shrink_acc(
         else:
             a_offs = _chunk_offsets(pt_row, o_row + k0, jmask, tl.minimum(K - k0, BLOCK_K), BLOCK_K, PAGE_ELEMS,
                                     ALIGNED)  # fmt: skip
-        a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0)  # A [BLOCK_R, BLOCK_K]
+        # A [BLOCK_R, BLOCK_K]
+        a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0, eviction_policy=EVICT)
         acc = tl.dot(xv, tl.trans(a), acc, input_precision=INPUT_PRECISION)
     return acc
 
@@ -102,7 +103,7 @@ def lora_shrink_kernel(
     n_split,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ALIGNED: tl.constexpr, SPLIT_ATOMIC: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
 ):  # fmt: skip
     """Shrink, program (tile of the plan, g, block of out columns x K split): the tile's <= BLOCK_M tokens
     of one slot times that adapter's A rows, read once; tl.dot of the gathered x tile [BLOCK_M, BLOCK_K]
@@ -132,7 +133,8 @@ def lora_shrink_kernel(
     k_lo = ks * k_per
     k_end = tl.where(live, tl.minimum(K, k_lo + k_per), k_lo)  # blocks outside [c0, c0 + r): zeros
     acc = _shrink_acc(x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
-                      PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES, INPUT_PRECISION)  # fmt: skip
+                      PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES, INPUT_PRECISION,
+                      EVICT)  # fmt: skip
     if SPLIT_ATOMIC:
         tl.atomic_add(out_cols[None, :] + tok[:, None] * stride_ot, acc, mask=mm[:, None] & cmask[None, :],
                       sem="relaxed")  # fmt: skip
@@ -141,31 +143,15 @@ def lora_shrink_kernel(
                  mask=mm[:, None] & cmask[None, :])  # fmt: skip
 
 
-@triton.jit(do_not_specialize=["T", "stride_vt", "stride_vg", "stride_pt"])
-def lora_expand_kernel(
-    y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
-    T, G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
-    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
+@triton.jit
+def _expand_block(
+    y_ptr, v_ptr, pool_ptr, pt_row, b_off, r, scale, tok, mm, g, pid_n, n_lo, n_g,
+    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
 ):  # fmt: skip
-    """Expand, program (tile of the plan, g, block of BLOCK_N output columns): the tile's <= BLOCK_M tokens
-    of one slot; loops over that adapter's rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N], read once per
-    tile; y[tok, n_lo + n] += scale * acc. The y read is issued before the B^T reads (its latency overlaps)."""
-    g = tl.program_id(1)
-    pid_n = tl.program_id(2)
-    slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
-    s = tl.maximum(slot, 0)
-    r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
-    if r == 0:
-        return
-    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
-    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
-    if pid_n * BLOCK_N >= n_g:
-        return
-    b_off = tl.load(off_ptr + s * G + g)
-    scale = tl.load(scale_ptr + s).to(tl.float32)
-    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
+    """y[tok, n_lo + n] += scale * v[tok, g, :r] @ B^T[:r, n] for the BLOCK_N columns n of block pid_n
+    (columns at or past n_g masked off). The y read is issued before the B^T reads (its latency overlaps)."""
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < n_g
     yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
@@ -179,6 +165,45 @@ def lora_expand_kernel(
                      mask=mm[:, None] & jm[None, :], other=0.0)  # fmt: skip
         b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
                                 tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)  # fmt: skip
-        bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
+        bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0, eviction_policy=EVICT)
         acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
     tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
+
+
+@triton.jit(do_not_specialize=["T", "stride_vt", "stride_vg", "stride_pt"])
+def lora_expand_kernel(
+    y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
+    T, G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
+    PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
+    N_CHUNKS: tl.constexpr, N_MAJOR: tl.constexpr,
+):  # fmt: skip
+    """Expand, program (tile of the plan, g, N_CHUNKS consecutive blocks of BLOCK_N output columns): the
+    tile's <= BLOCK_M tokens of one slot; per block, loops over that adapter's rank in BLOCK_R rows of B^T
+    [BLOCK_R, BLOCK_N], read once per tile; y[tok, n_lo + n] += scale * acc. The lookups of the tile (slot,
+    rank, offset, scale) are made once for the program's blocks. Grid (tiles, G, column programs), or
+    (column programs, G, tiles) with N_MAJOR (an adapter's column blocks launched next to each other)."""
+    g = tl.program_id(1)
+    if N_MAJOR:
+        tile = tl.program_id(2)
+        pid_c = tl.program_id(0)
+    else:
+        tile = tl.program_id(0)
+        pid_c = tl.program_id(2)
+    slot, tok, mm = _plan_tile(plan_ptr, T, tile, BLOCK_M)
+    s = tl.maximum(slot, 0)
+    r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
+    if r == 0:
+        return
+    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
+    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
+    if pid_c * N_CHUNKS * BLOCK_N >= n_g:
+        return
+    b_off = tl.load(off_ptr + s * G + g)
+    scale = tl.load(scale_ptr + s).to(tl.float32)
+    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
+    for c in tl.static_range(N_CHUNKS):
+        _expand_block(y_ptr, v_ptr, pool_ptr, pt_row, b_off, r, scale, tok, mm, g, pid_c * N_CHUNKS + c, n_lo, n_g,
+                      stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_N,
+                      ALIGNED, INPUT_PRECISION, EVICT)  # fmt: skip
