@@ -253,6 +253,10 @@ SWEEP = {
         dict(expand_n_major=True),
         dict(expand_n_major=True, expand_n=128),
         dict(expand_n_major=True, expand_chunks=2),
+        dict(expand_persistent=3),
+        dict(expand_persistent=6),
+        dict(expand_persistent=5, expand_n=128),
+        dict(expand_persistent=10, expand_n=128),
     ],
     "mixed": [
         {},
@@ -266,6 +270,8 @@ SWEEP = {
         dict(weights_evict="evict_first"),
         dict(expand_chunks=2),
         dict(expand_n_major=True),
+        dict(expand_persistent=3),
+        dict(expand_persistent=5, expand_n=128),
     ],
 }
 

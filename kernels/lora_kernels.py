@@ -207,3 +207,64 @@ def lora_expand_kernel(
         _expand_block(y_ptr, v_ptr, pool_ptr, pt_row, b_off, r, scale, tok, mm, g, pid_c * N_CHUNKS + c, n_lo, n_g,
                       stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_N,
                       ALIGNED, INPUT_PRECISION, EVICT)  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["T", "n_tiles", "n_blocks", "stride_vt", "stride_vg", "stride_pt"])
+def lora_expand_persistent_kernel(
+    y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
+    T, G, n_tiles, n_blocks, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
+    PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
+):  # fmt: skip
+    """The expand of `lora_expand_kernel` with a fixed number of programs P, each walking the items (tile,
+    g, block of columns) pid, pid + P, ...: while item i runs, the lookups of the next two are in flight
+    (item i + 2P's plan entries; item i + P's tokens, rank, offset and scale), so an item waits only on its
+    page-table reads and its B^T rows."""
+    pid = tl.program_id(0)
+    P = tl.num_programs(0)
+    per_tile = G * n_blocks
+    n_items = n_tiles * per_tile
+    # item pid + P: plan entries; item pid: plan entries, then its lookups
+    it1 = pid + P
+    slot1 = tl.load(plan_ptr + 5 * T + it1 // per_tile, mask=it1 < n_items, other=-1)
+    ps1 = tl.load(plan_ptr + 4 * T + it1 // per_tile, mask=it1 < n_items, other=0)
+    re1 = tl.load(plan_ptr + 6 * T + it1 // per_tile, mask=(it1 < n_items) & (slot1 >= 0), other=0)
+    slot = tl.load(plan_ptr + 5 * T + pid // per_tile, mask=pid < n_items, other=-1)
+    ps = tl.maximum(tl.load(plan_ptr + 4 * T + pid // per_tile, mask=pid < n_items, other=0), 0)
+    re = tl.load(plan_ptr + 6 * T + pid // per_tile, mask=(pid < n_items) & (slot >= 0), other=0)
+    g = (pid % per_tile) // n_blocks
+    s = tl.maximum(slot, 0)
+    r = tl.load(rank_ptr + s * G + g, mask=slot >= 0, other=0)
+    b_off = tl.load(off_ptr + s * G + g, mask=slot >= 0, other=0)
+    scale = tl.load(scale_ptr + s, mask=slot >= 0, other=0).to(tl.float32)
+    m = ps + tl.arange(0, BLOCK_M)
+    mm = m < re
+    tok = tl.load(plan_ptr + m, mask=mm, other=0).to(tl.int64)
+    for it in range(pid, n_items, P):
+        # item it + 2P: its plan entries
+        it2 = it + 2 * P
+        slot2 = tl.load(plan_ptr + 5 * T + it2 // per_tile, mask=it2 < n_items, other=-1)
+        ps2 = tl.load(plan_ptr + 4 * T + it2 // per_tile, mask=it2 < n_items, other=0)
+        re2 = tl.load(plan_ptr + 6 * T + it2 // per_tile, mask=(it2 < n_items) & (slot2 >= 0), other=0)
+        # item it + P: its tokens, rank, offset and scale
+        g1 = ((it + P) % per_tile) // n_blocks
+        s1 = tl.maximum(slot1, 0)
+        r1 = tl.load(rank_ptr + s1 * G + g1, mask=slot1 >= 0, other=0)
+        b_off1 = tl.load(off_ptr + s1 * G + g1, mask=slot1 >= 0, other=0)
+        scale1 = tl.load(scale_ptr + s1, mask=slot1 >= 0, other=0).to(tl.float32)
+        m1 = tl.maximum(ps1, 0) + tl.arange(0, BLOCK_M)
+        mm1 = m1 < re1
+        tok1 = tl.load(plan_ptr + m1, mask=mm1, other=0).to(tl.int64)
+        # item it
+        g = (it % per_tile) // n_blocks
+        pid_n = it % n_blocks
+        n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
+        n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
+        if (r > 0) & (pid_n * BLOCK_N < n_g):
+            pt_row = pt_ptr + tl.maximum(slot, 0).to(tl.int64) * stride_pt
+            _expand_block(y_ptr, v_ptr, pool_ptr, pt_row, b_off, r, scale, tok, mm, g, pid_n, n_lo, n_g,
+                          stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, PAGE_ELEMS, BLOCK_M, BLOCK_R,
+                          BLOCK_N, ALIGNED, INPUT_PRECISION, EVICT)  # fmt: skip
+        slot, r, b_off, scale, tok, mm = slot1, r1, b_off1, scale1, tok1, mm1
+        slot1, ps1, re1 = slot2, ps2, re2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 2026-12-05e, run 1 (issue 12), at a tree with the experiments applied (evict_first on the adapter-weight
 # loads: session b's weights_evict.patch; expand_chunks: column blocks per expand program, the tile's lookups made
-# once for them; expand_n_major: an adapter's column programs launched next to each other).
+# once for them; expand_n_major: an adapter's column programs launched next to each other; expand_persistent: a
+# fixed number of expand programs per SM, each walking items with the next two items' lookups in flight).
 # (1) the kernel sweep of those variants (decode 64 / 255 requests, the mixed step), (2) Nsight Compute on the
 # decode LoRA launches of the 255-request / 230-adapter step (if the image has ncu), (3) saturated S2 A/B:
 # A = defaults (n = 0, 1000), B = the sweep's best decode variant if >= 3% faster on the 255-request step, else
@@ -10,8 +11,8 @@ cd "$(dirname "$0")/../../.."
 T0=$(date +%s)
 nvidia-smi --query-gpu=name --format=csv,noheader; date; echo "commit $1"
 export TRITON_CACHE_DIR=/tmp/tc
-timeout 170 python benchmarks/kernels.py --lora-only --sweep --parts --case "decode 64 req" --case "decode 255 req" \
-  --case "mixed 250 decode" --sweep-match evict --sweep-match expand_chunks --sweep-match n_major \
+timeout 200 python benchmarks/kernels.py --lora-only --sweep --parts --case "decode 64 req" --case "decode 255 req" \
+  --case "mixed 250 decode" --sweep-match evict --sweep-match expand_chunks --sweep-match n_major --sweep-match persistent \
   --sweep-match "'expand_n': 128" --out /tmp/kernels > $OUT/kernels.log 2>&1
 echo "kernels rc=$?"; grep -E "graph |: [0-9.]+ ms, err" $OUT/kernels.log | cut -c1-200
 
@@ -39,7 +40,7 @@ echo "B = $B"
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 echo "ncu: $NCU"
 if [ -n "$NCU" ]; then
-  timeout 120 $NCU --target-processes all --kernel-name regex:"lora_(shrink|expand)_kernel" --launch-count 4 \
+  timeout 100 $NCU --target-processes all --kernel-name regex:"lora_(shrink|expand)_kernel" --launch-count 4 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section MemoryWorkloadAnalysis --section SchedulerStats \
     python benchmarks/kernels.py --lora-only --case "decode 255 req, 230" --out /tmp/k > $OUT/ncu.txt 2>&1
