@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -61,13 +61,12 @@ class SchedulerConfig(BaseModel):
 
 class LoRAKernelOverrides(BaseModel):
     """Overrides of the Triton LoRA kernels' launch configuration per regime (kernels/lora.py
-    LoRATileConfig fields: tile_m, shrink_r, shrink_k, shrink_split, expand_r, expand_n, *_warps, *_stages,
-    weights_evict),
+    LoRATileConfig fields: tile_m, shrink_r, shrink_k, shrink_split, expand_r, expand_n, *_warps, *_stages),
     e.g. `{"mixed": {"tile_m": 32}}`; unset fields keep kernels/lora.py's defaults."""
 
     model_config = ConfigDict(extra="forbid")
-    decode: dict[str, int | str] = Field(default_factory=dict, description="steps whose segments are all one token")
-    mixed: dict[str, int | str] = Field(default_factory=dict, description="every other step")
+    decode: dict[str, int] = Field(default_factory=dict, description="steps whose segments are all one token")
+    mixed: dict[str, int] = Field(default_factory=dict, description="every other step")
 
     def config(self):
         """The kernels.lora.LoRAKernelConfig these overrides give (ValueError for an unknown field)."""
@@ -75,13 +74,11 @@ class LoRAKernelOverrides(BaseModel):
 
         from kernels.lora import DEFAULT_CONFIG
 
-        decode: dict[str, Any] = dict(self.decode)
-        mixed: dict[str, Any] = dict(self.mixed)
         try:
             return dataclasses.replace(
                 DEFAULT_CONFIG,
-                decode=dataclasses.replace(DEFAULT_CONFIG.decode, **decode),
-                mixed=dataclasses.replace(DEFAULT_CONFIG.mixed, **mixed),
+                decode=dataclasses.replace(DEFAULT_CONFIG.decode, **self.decode),
+                mixed=dataclasses.replace(DEFAULT_CONFIG.mixed, **self.mixed),
             )
         except TypeError as e:
             raise ValueError(f"lora.kernels: {e}") from None

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import torch
 import triton
 
-from kernels.lora_kernels import lora_expand_kernel, lora_expand_persistent_kernel, lora_shrink_kernel
+from kernels.lora_kernels import lora_expand_kernel, lora_shrink_kernel
 from kernels.lora_plan import LoRAPlan, lora_plan
 from kernels.lora_ref import MAX_G, check_lora_args, check_out_offsets, check_scales
 
@@ -68,12 +68,6 @@ class LoRATileConfig:
     shrink_stages: int = 3
     expand_warps: int = 4
     expand_stages: int = 2
-    # eviction policy of the adapter-weight loads ("" = the default; "evict_first": weights are read once per
-    # step, so the L2 keeps x, y, v and the page tables instead)
-    weights_evict: str = ""
-    expand_chunks: int = 1  # blocks of expand_n columns per expand program (the tile's lookups made once for them)
-    expand_n_major: bool = False  # expand grid with an adapter's column programs next to each other
-    expand_persistent: int = 0  # > 0: the persistent expand, with this many programs per SM (0: one per item)
 
 
 @dataclass(frozen=True)
@@ -233,8 +227,7 @@ def lora_shrink(
         n_split,
         PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=block_r, BLOCK_K=block_k,
         ALIGNED=aligned and K % 64 == 0 and P % 64 == 0, SPLIT_ATOMIC=n_split > 1, ROW_IN_TWO_PAGES=K <= P,
-        INPUT_PRECISION=_input_precision(pool.dtype), EVICT=c.weights_evict, num_warps=c.shrink_warps,
-        num_stages=c.shrink_stages,
+        INPUT_PRECISION=_input_precision(pool.dtype), num_warps=c.shrink_warps, num_stages=c.shrink_stages,
     )  # fmt: skip
     return out
 
@@ -282,29 +275,13 @@ def lora_expand(
     plan = _step_plan(plan, seg_indptr, seg_slot, page_table.shape[0], T, c)
     page_table, b_offsets, ranks = page_table.contiguous(), b_offsets.contiguous(), ranks.contiguous()
     block_n = _fit_page(_npow2(n_max, 16, c.expand_n), P)
-    if c.expand_persistent > 0:
-        n_blocks = triton.cdiv(n_max, block_n)
-        n_items = plan.max_tiles * G * n_blocks
-        n_sm = torch.cuda.get_device_properties(y.device).multi_processor_count if y.is_cuda else 4
-        lora_expand_persistent_kernel[(min(n_items, n_sm * c.expand_persistent),)](
-            y, v, pool, page_table, b_offsets, ranks, scales.contiguous(), plan.data,
-            plan.num_tokens, G, plan.max_tiles, n_blocks, *offs,
-            y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0),
-            PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=_npow2(R, 16, c.expand_r), BLOCK_N=block_n,
-            ALIGNED=aligned and P % 64 == 0 and widths_aligned, INPUT_PRECISION=_input_precision(pool.dtype),
-            EVICT=c.weights_evict, num_warps=c.expand_warps, num_stages=c.expand_stages,
-        )  # fmt: skip
-        return y
-    n_prog = triton.cdiv(n_max, block_n * c.expand_chunks)
-    grid = (n_prog, G, plan.max_tiles) if c.expand_n_major else (plan.max_tiles, G, n_prog)
-    lora_expand_kernel[grid](
+    lora_expand_kernel[(plan.max_tiles, G, triton.cdiv(n_max, block_n))](
         y, v, pool, page_table, b_offsets, ranks, scales.contiguous(), plan.data,
         plan.num_tokens, G, *offs,
         y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0),
         PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=_npow2(R, 16, c.expand_r), BLOCK_N=block_n,
         ALIGNED=aligned and P % 64 == 0 and widths_aligned, INPUT_PRECISION=_input_precision(pool.dtype),
-        EVICT=c.weights_evict, N_CHUNKS=c.expand_chunks, N_MAJOR=c.expand_n_major, num_warps=c.expand_warps,
-        num_stages=c.expand_stages,
+        num_warps=c.expand_warps, num_stages=c.expand_stages,
     )  # fmt: skip
     return y
 

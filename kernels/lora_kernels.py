@@ -65,7 +65,7 @@ def _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8):
 def _shrink_acc(
     x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-    ALIGNED: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr, INPUT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
+    ALIGNED: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """sum over k in [k_lo, k_end) of x[tok, k] * A[j, k] (A row j at virtual a_off + j * K; rows outside
     jmask are zero): the [BLOCK_M, BLOCK_R] float32 block of a shrink tile."""
@@ -89,8 +89,7 @@ def _shrink_acc(
         else:
             a_offs = _chunk_offsets(pt_row, o_row + k0, jmask, tl.minimum(K - k0, BLOCK_K), BLOCK_K, PAGE_ELEMS,
                                     ALIGNED)  # fmt: skip
-        # A [BLOCK_R, BLOCK_K]
-        a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0, eviction_policy=EVICT)
+        a = tl.load(pool_ptr + a_offs, mask=jmask[:, None] & kmask[None, :], other=0.0)  # A [BLOCK_R, BLOCK_K]
         acc = tl.dot(xv, tl.trans(a), acc, input_precision=INPUT_PRECISION)
     return acc
 
@@ -103,7 +102,7 @@ def lora_shrink_kernel(
     n_split,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ALIGNED: tl.constexpr, SPLIT_ATOMIC: tl.constexpr, ROW_IN_TWO_PAGES: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Shrink, program (tile of the plan, g, block of out columns x K split): the tile's <= BLOCK_M tokens
     of one slot times that adapter's A rows, read once; tl.dot of the gathered x tile [BLOCK_M, BLOCK_K]
@@ -133,8 +132,7 @@ def lora_shrink_kernel(
     k_lo = ks * k_per
     k_end = tl.where(live, tl.minimum(K, k_lo + k_per), k_lo)  # blocks outside [c0, c0 + r): zeros
     acc = _shrink_acc(x_ptr, pool_ptr, pt_row, a_off, j, jmask, tok, mm, k_lo, k_end, K, stride_xt, stride_xk,
-                      PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES, INPUT_PRECISION,
-                      EVICT)  # fmt: skip
+                      PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_K, ALIGNED, ROW_IN_TWO_PAGES, INPUT_PRECISION)  # fmt: skip
     if SPLIT_ATOMIC:
         tl.atomic_add(out_cols[None, :] + tok[:, None] * stride_ot, acc, mask=mm[:, None] & cmask[None, :],
                       sem="relaxed")  # fmt: skip
@@ -143,15 +141,31 @@ def lora_shrink_kernel(
                  mask=mm[:, None] & cmask[None, :])  # fmt: skip
 
 
-@triton.jit
-def _expand_block(
-    y_ptr, v_ptr, pool_ptr, pt_row, b_off, r, scale, tok, mm, g, pid_n, n_lo, n_g,
-    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr,
+@triton.jit(do_not_specialize=["T", "stride_vt", "stride_vg", "stride_pt"])
+def lora_expand_kernel(
+    y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
+    T, G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
+    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """y[tok, n_lo + n] += scale * v[tok, g, :r] @ B^T[:r, n] for the BLOCK_N columns n of block pid_n
-    (columns at or past n_g masked off). The y read is issued before the B^T reads (its latency overlaps)."""
+    """Expand, program (tile of the plan, g, block of BLOCK_N output columns): the tile's <= BLOCK_M tokens
+    of one slot; loops over that adapter's rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N], read once per
+    tile; y[tok, n_lo + n] += scale * acc. The y read is issued before the B^T reads (its latency overlaps)."""
+    g = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
+    s = tl.maximum(slot, 0)
+    r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
+    if r == 0:
+        return
+    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
+    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
+    if pid_n * BLOCK_N >= n_g:
+        return
+    b_off = tl.load(off_ptr + s * G + g)
+    scale = tl.load(scale_ptr + s).to(tl.float32)
+    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < n_g
     yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
@@ -165,106 +179,6 @@ def _expand_block(
                      mask=mm[:, None] & jm[None, :], other=0.0)  # fmt: skip
         b_offs = _chunk_offsets(pt_row, b_off + tl.where(jm, j, 0) * n_g + pid_n * BLOCK_N, jm,
                                 tl.minimum(n_g - pid_n * BLOCK_N, BLOCK_N), BLOCK_N, PAGE_ELEMS, ALIGNED)  # fmt: skip
-        bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0, eviction_policy=EVICT)
+        bt = tl.load(pool_ptr + b_offs, mask=jm[:, None] & nmask[None, :], other=0.0)
         acc = tl.dot(vv.to(bt.dtype), bt, acc, input_precision=INPUT_PRECISION)
     tl.store(yp, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=ym)
-
-
-@triton.jit(do_not_specialize=["T", "stride_vt", "stride_vg", "stride_pt"])
-def lora_expand_kernel(
-    y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
-    T, G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
-    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
-    PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
-    N_CHUNKS: tl.constexpr, N_MAJOR: tl.constexpr,
-):  # fmt: skip
-    """Expand, program (tile of the plan, g, N_CHUNKS consecutive blocks of BLOCK_N output columns): the
-    tile's <= BLOCK_M tokens of one slot; per block, loops over that adapter's rank in BLOCK_R rows of B^T
-    [BLOCK_R, BLOCK_N], read once per tile; y[tok, n_lo + n] += scale * acc. The lookups of the tile (slot,
-    rank, offset, scale) are made once for the program's blocks. Grid (tiles, G, column programs), or
-    (column programs, G, tiles) with N_MAJOR (an adapter's column blocks launched next to each other)."""
-    g = tl.program_id(1)
-    if N_MAJOR:
-        tile = tl.program_id(2)
-        pid_c = tl.program_id(0)
-    else:
-        tile = tl.program_id(0)
-        pid_c = tl.program_id(2)
-    slot, tok, mm = _plan_tile(plan_ptr, T, tile, BLOCK_M)
-    s = tl.maximum(slot, 0)
-    r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
-    if r == 0:
-        return
-    n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
-    n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
-    if pid_c * N_CHUNKS * BLOCK_N >= n_g:
-        return
-    b_off = tl.load(off_ptr + s * G + g)
-    scale = tl.load(scale_ptr + s).to(tl.float32)
-    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
-    for c in tl.static_range(N_CHUNKS):
-        _expand_block(y_ptr, v_ptr, pool_ptr, pt_row, b_off, r, scale, tok, mm, g, pid_c * N_CHUNKS + c, n_lo, n_g,
-                      stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, PAGE_ELEMS, BLOCK_M, BLOCK_R, BLOCK_N,
-                      ALIGNED, INPUT_PRECISION, EVICT)  # fmt: skip
-
-
-@triton.jit(do_not_specialize=["T", "n_tiles", "n_blocks", "stride_vt", "stride_vg", "stride_pt"])
-def lora_expand_persistent_kernel(
-    y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
-    T, G, n_tiles, n_blocks, o0, o1, o2, o3, o4, o5, o6, o7, o8,
-    stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
-    PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr, EVICT: tl.constexpr,
-):  # fmt: skip
-    """The expand of `lora_expand_kernel` with a fixed number of programs P, each walking the items (tile,
-    g, block of columns) pid, pid + P, ...: while item i runs, the lookups of the next two are in flight
-    (item i + 2P's plan entries; item i + P's tokens, rank, offset and scale), so an item waits only on its
-    page-table reads and its B^T rows."""
-    pid = tl.program_id(0)
-    P = tl.num_programs(0)
-    per_tile = G * n_blocks
-    n_items = n_tiles * per_tile
-    # item pid + P: plan entries; item pid: plan entries, then its lookups
-    it1 = pid + P
-    slot1 = tl.load(plan_ptr + 5 * T + it1 // per_tile, mask=it1 < n_items, other=-1)
-    ps1 = tl.load(plan_ptr + 4 * T + it1 // per_tile, mask=it1 < n_items, other=0)
-    re1 = tl.load(plan_ptr + 6 * T + it1 // per_tile, mask=(it1 < n_items) & (slot1 >= 0), other=0)
-    slot = tl.load(plan_ptr + 5 * T + pid // per_tile, mask=pid < n_items, other=-1)
-    ps = tl.maximum(tl.load(plan_ptr + 4 * T + pid // per_tile, mask=pid < n_items, other=0), 0)
-    re = tl.load(plan_ptr + 6 * T + pid // per_tile, mask=(pid < n_items) & (slot >= 0), other=0)
-    g = (pid % per_tile) // n_blocks
-    s = tl.maximum(slot, 0)
-    r = tl.load(rank_ptr + s * G + g, mask=slot >= 0, other=0)
-    b_off = tl.load(off_ptr + s * G + g, mask=slot >= 0, other=0)
-    scale = tl.load(scale_ptr + s, mask=slot >= 0, other=0).to(tl.float32)
-    m = ps + tl.arange(0, BLOCK_M)
-    mm = m < re
-    tok = tl.load(plan_ptr + m, mask=mm, other=0).to(tl.int64)
-    for it in range(pid, n_items, P):
-        # item it + 2P: its plan entries
-        it2 = it + 2 * P
-        slot2 = tl.load(plan_ptr + 5 * T + it2 // per_tile, mask=it2 < n_items, other=-1)
-        ps2 = tl.load(plan_ptr + 4 * T + it2 // per_tile, mask=it2 < n_items, other=0)
-        re2 = tl.load(plan_ptr + 6 * T + it2 // per_tile, mask=(it2 < n_items) & (slot2 >= 0), other=0)
-        # item it + P: its tokens, rank, offset and scale
-        g1 = ((it + P) % per_tile) // n_blocks
-        s1 = tl.maximum(slot1, 0)
-        r1 = tl.load(rank_ptr + s1 * G + g1, mask=slot1 >= 0, other=0)
-        b_off1 = tl.load(off_ptr + s1 * G + g1, mask=slot1 >= 0, other=0)
-        scale1 = tl.load(scale_ptr + s1, mask=slot1 >= 0, other=0).to(tl.float32)
-        m1 = tl.maximum(ps1, 0) + tl.arange(0, BLOCK_M)
-        mm1 = m1 < re1
-        tok1 = tl.load(plan_ptr + m1, mask=mm1, other=0).to(tl.int64)
-        # item it
-        g = (it % per_tile) // n_blocks
-        pid_n = it % n_blocks
-        n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
-        n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
-        if (r > 0) & (pid_n * BLOCK_N < n_g):
-            pt_row = pt_ptr + tl.maximum(slot, 0).to(tl.int64) * stride_pt
-            _expand_block(y_ptr, v_ptr, pool_ptr, pt_row, b_off, r, scale, tok, mm, g, pid_n, n_lo, n_g,
-                          stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, PAGE_ELEMS, BLOCK_M, BLOCK_R,
-                          BLOCK_N, ALIGNED, INPUT_PRECISION, EVICT)  # fmt: skip
-        slot, r, b_off, scale, tok, mm = slot1, r1, b_off1, scale1, tok1, mm1
-        slot1, ps1, re1 = slot2, ps2, re2

@@ -266,33 +266,6 @@ def test_lora_default_mixed_tiles_and_rank_256():
     )
 
 
-@pytest.mark.parametrize(
-    "over,aligned",
-    [
-        (dict(expand_chunks=2, expand_n=64), True),
-        (dict(expand_chunks=3, expand_n=32), False),
-        (dict(expand_n_major=True, expand_n=64), False),
-        (dict(expand_persistent=1, expand_n=64), True),
-        (dict(expand_persistent=3, expand_n=32), False),
-    ],
-)
-def test_lora_expand_launch_variants(over, aligned):
-    """The expand's launch variants (several column blocks per program, the column-major grid, the persistent
-    expand walking items with the next ones' lookups in flight) equal the reference on a mixed plan (multi-tile
-    prefill segments between decode tokens, rows straddling pages, a target width that is not a multiple of
-    the column block) and on a decode plan of many adapters."""
-    gen = torch.Generator().manual_seed(5)
-    lens = [1] * 20 + [70, 33, 16, 17] + [1] * 12
-    lens = [lens[i] for i in torch.randperm(len(lens), generator=gen).tolist()]
-    base = kl.LoRATileConfig(tile_m=16, shrink_r=32, shrink_k=64, shrink_split=1, expand_r=16, expand_n=64)
-    cfg = kl.LoRAKernelConfig(
-        mixed=dataclasses.replace(base, **over), decode=dataclasses.replace(kl.DEFAULT_CONFIG.decode, **over)
-    )
-    common = dict(popularity="uniform", K=128, n_out=[128, 64, 192], aligned=aligned, v_dtype=torch.float32, config=cfg)
-    run_lora_case(seg_lens=lens, n_slots=9, max_rank=40, page_elems=192, dtype=torch.float32, seed=13, **common)
-    run_lora_case(seg_lens=[1] * 30, n_slots=20, max_rank=64, page_elems=256, dtype=torch.float16, seed=3, **common)
-
-
 @pytest.mark.parametrize("batch", [1, 3, 64, 256])
 def test_lora_decode_batch_sizes(batch):
     run_lora_case(
