@@ -75,11 +75,13 @@ class LoRAKernelConfig:
     """The LoRA kernels' launch configuration: `decode` for steps whose segments are all one token, `mixed`
     for every other step (prefill chunks, with or without decode tokens). Values picked on an H200 with
     `benchmarks/kernels.py --sweep` (benchmarks/results/issue12/); override from EngineConfig.lora.kernels.
-    16-token tiles win in both regimes: the steps are memory-bound, and smaller tiles give more programs."""
+    16-token tiles win in both regimes: the steps are memory-bound, and smaller tiles give more programs.
+    Decode steps expand 128 columns per program (not 256): 2-4% faster per layer on the H200 (run 44) and the
+    H100, 1.1% less decode GPU time in saturated S2 at n = 1000 (benchmarks/results/session-2026-12-05e/)."""
 
     decode: LoRATileConfig = field(
         default_factory=lambda: LoRATileConfig(
-            tile_m=16, shrink_r=32, shrink_k=256, shrink_split=2, expand_r=16, expand_n=256
+            tile_m=16, shrink_r=32, shrink_k=256, shrink_split=2, expand_r=16, expand_n=128
         )
     )
     mixed: LoRATileConfig = field(
