@@ -5,8 +5,10 @@ chunks) with every kernel launch captured instead of run, under each configurati
 default `LoRAKernelConfig`). Each captured launch is compiled for an NVIDIA target (default sm_90, the
 H100 / H200) with the argument specialization Triton's launcher would apply to those arguments (16-divisible
 ints and pointers, ints equal to 1 as constants, `do_not_specialize` honoured), then ptxas reports registers
-and spills. Per launch: registers per thread, spill bytes, shared memory, and how many global loads the
-software pipeliner turned into async copies (0: every loop iteration waits for its own loads). A
+and spills. Per launch: registers per thread, spill bytes, shared memory, how many global loads the
+software pipeliner turned into async copies (0: every loop iteration waits for its own loads), and the
+machine code's size (cuobjdump's SASS): instructions in all and in the largest loop body, a static count
+(per thread, each executed once or once per iteration) that shows what a kernel spends on each byte. A
 compile-time view, not a timing (benchmarks/kernels.py times them). --all-kernels adds every other launch
 configuration of kernels/ (the plan, paged attention, KV append, LoRA over small pages), so a kernel that
 would not compile for the GPU shows here (tests/test_benchmarks.py runs it).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -183,6 +186,7 @@ def compile_launch(fn, params: dict, opts: dict, arch: int) -> dict:
     spill = next((line.strip() for line in info.splitlines() if "spill stores" in line), "")
     spill_bytes = int(spill.split(" bytes spill stores")[0].split(",")[-1]) if spill else None
     ttgir = k.asm["ttgir"]
+    sass = sass_counts(k.asm["cubin"])
     return dict(
         regs=regs,
         spill_store_bytes=spill_bytes,
@@ -190,6 +194,30 @@ def compile_launch(fn, params: dict, opts: dict, arch: int) -> dict:
         async_copies=ttgir.count("async_copy_global_to_local"),
         num_warps=opts.get("num_warps", 4),
         num_stages=opts.get("num_stages", 3),
+        **sass,
+    )
+
+
+def sass_counts(cubin: bytes) -> dict:
+    """Static SASS counts of a kernel: `sass_instructions` in all, `sass_loop_instructions` in the largest
+    loop body (from a backward branch's target to the branch), `hmma` tensor-core instructions."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    text = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
+    os.unlink(f.name)
+    code = [(int(m.group(1), 16), m.group(2).split()) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;/]+);", text)]
+    ops = [(addr, words[1] if words[0].startswith("@") else words[0]) for addr, words in code if words]
+    addrs = [addr for addr, _ in ops]
+    loops = [
+        sum(target <= a <= addr for a in addrs)
+        for (addr, op), (_, words) in zip(ops, code)
+        if op.split(".")[0] == "BRA" and (target := int(words[-1], 16) if words[-1].startswith("0x") else addr) < addr
+    ]
+    return dict(
+        sass_instructions=len(ops),
+        sass_loop_instructions=max(loops, default=0),
+        hmma=sum(op.startswith("HMMA") for _, op in ops),
     )
 
 
@@ -229,7 +257,8 @@ def main() -> None:
             rows.append(row)
             print(
                 f"{step:8s} {name:30s} regs {row['regs']:>3} spills {row['spill_store_bytes']:>5} B "
-                f"smem {row['shared_bytes']:>6} async {row['async_copies']}",
+                f"smem {row['shared_bytes']:>6} async {row['async_copies']} sass {row['sass_instructions']:>5} "
+                f"(loop {row['sass_loop_instructions']:>4}, hmma {row['hmma']:>3})",
                 flush=True,
             )
     if args.out:
@@ -242,15 +271,17 @@ def main() -> None:
             "One Llama-2-7B layer's LoRA through lora_apply (decode: 256 tokens; mixed: 254 decode tokens + "
             f"2 x 1024-token chunks) with LoRAKernelConfig overrides {args.lora_kernels}, each launch compiled with the launcher's "
             "argument specialization; registers per thread and spill stores from ptxas; async = global loads "
-            "the software pipeliner made asynchronous. Not a timing.",
+            "the software pipeliner made asynchronous; SASS instructions (static, per thread) in all and in the "
+            "largest loop body, and the tensor-core ones among them. Not a timing.",
             "",
-            "| step | kernel | regs | spill store B | shared B | async copies | warps | stages |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "| step | kernel | regs | spill store B | shared B | async copies | warps | stages | SASS | loop | HMMA |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
             lines.append(
                 f"| {r['step']} | {r['kernel']} | {r['regs']} | {r['spill_store_bytes']} | "
-                f"{r['shared_bytes']} | {r['async_copies']} | {r['num_warps']} | {r['num_stages']} |"
+                f"{r['shared_bytes']} | {r['async_copies']} | {r['num_warps']} | {r['num_stages']} | "
+                f"{r['sass_instructions']} | {r['sass_loop_instructions']} | {r['hmma']} |"
             )
         (args.out / "kernel_compile.md").write_text("\n".join(lines) + "\n")
 

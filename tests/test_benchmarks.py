@@ -110,6 +110,8 @@ def test_kernel_compile_report(tmp_path):
         (s, k) for s in ("decode", "mixed") for k in ("lora_shrink_kernel", "lora_expand_kernel")
     }
     assert all(r["async_copies"] > 0 and r["spill_store_bytes"] == 0 for r in tiled), tiled
+    # the machine code: every tiled LoRA kernel has a loop (its K or rank loop) with tensor-core instructions
+    assert all(0 < r["sass_loop_instructions"] < r["sass_instructions"] and r["hmma"] > 0 for r in tiled), tiled
 
 
 def test_saturated_benchmark_smoke(tmp_path):
