@@ -171,7 +171,7 @@ def compile_launch(fn, params: dict, opts: dict, arch: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(k.asm["ptx"])
     for exe in ("ptxas", "ptxas-blackwell"):  # the one that reads this Triton's PTX version
-        ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", exe)
+        ptxas = nvidia_tool(exe)
         info = subprocess.run(
             [ptxas, f"-arch=sm_{arch}a" if arch >= 90 else f"-arch=sm_{arch}", "-v", f.name, "-o", os.devnull],
             capture_output=True,
@@ -198,26 +198,33 @@ def compile_launch(fn, params: dict, opts: dict, arch: int) -> dict:
     )
 
 
+def nvidia_tool(name: str) -> str:
+    """Path of a CUDA tool that Triton's wheel ships (ptxas, cuobjdump)."""
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
 def sass_counts(cubin: bytes) -> dict:
     """Static SASS counts of a kernel: `sass_instructions` in all, `sass_loop_instructions` in the largest
     loop body (from a backward branch's target to the branch), `hmma` tensor-core instructions."""
     with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
         f.write(cubin)
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    text = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
+    text = subprocess.run([nvidia_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
     os.unlink(f.name)
-    code = [(int(m.group(1), 16), m.group(2).split()) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;/]+);", text)]
-    ops = [(addr, words[1] if words[0].startswith("@") else words[0]) for addr, words in code if words]
-    addrs = [addr for addr, _ in ops]
+    # one (address, opcode without predicate or modifiers, last operand) per instruction, in address order
+    code = []
+    for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;/]+);", text):
+        words = [w for w in m.group(2).split() if not w.startswith("@")]
+        code.append((int(m.group(1), 16), words[0].split(".")[0], words[-1]))
+    index = {addr: i for i, (addr, _, _) in enumerate(code)}
     loops = [
-        sum(target <= a <= addr for a in addrs)
-        for (addr, op), (_, words) in zip(ops, code)
-        if op.split(".")[0] == "BRA" and (target := int(words[-1], 16) if words[-1].startswith("0x") else addr) < addr
+        i - index[int(last, 16)] + 1
+        for i, (addr, op, last) in enumerate(code)
+        if op == "BRA" and last.startswith("0x") and int(last, 16) < addr and int(last, 16) in index
     ]
     return dict(
-        sass_instructions=len(ops),
+        sass_instructions=len(code),
         sass_loop_instructions=max(loops, default=0),
-        hmma=sum(op.startswith("HMMA") for _, op in ops),
+        hmma=sum(op == "HMMA" for _, op, _ in code),
     )
 
 
