@@ -146,12 +146,14 @@ def test_tp2_small_pool_preempts(ray_cpu, setup):
     check(generate(make_engine(cfg, adapters, names), extra), extra, got, "TP=1 vs TP=2, small pool")
 
 
-def test_rank_error_surfaces(ray_cpu, setup):
+def test_rank_error_surfaces(ray_cpu, tmp_path):
     """An exception in a rank's step (here: an adapter no rank knows) becomes a RuntimeError in the
-    driver instead of a hang; shutdown still cleans up."""
+    driver instead of a hang; shutdown still cleans up. (The executor's error path, the same for every
+    model family: one model.)"""
     from app.scheduler import ScheduledSeq, SchedulerOutput
+    from tests.models import make_model
 
-    model, *_ = setup
+    model = make_model(tmp_path, "gqa")
     ex = TPExecutor(config(model, pool={"page_size": 4, "num_pages": 64}), 2)
     try:
         seq = ScheduledSeq(
