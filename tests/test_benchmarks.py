@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -234,8 +235,20 @@ def test_suite_admission_smoke(tmp_path):
 
 
 def test_suite_http_smoke(tmp_path):
-    """Starts Ray and Serve: run under the shared Ray lock (flock /tmp/sloray-ray.lock)."""
-    res = run_suite(tmp_path, "http", "--http-port", "8131", "--stream-interval-s", "0")
+    """Starts Ray and Serve: run under the shared Ray lock (flock /tmp/sloray-ray.lock). Serve runs in the
+    README's lower-latency mode (Ray's switches: the ingress replica serves HTTP itself, HAProxy in front on
+    the port; the other Serve tests cover Serve's default proxy)."""
+    env = [
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED=1",
+        "RAY_SERVE_ENABLE_HA_PROXY=1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=1",  # the replica's drain at shutdown (30 s by default)
+    ]
+    t0 = time.time()
+    res = run_suite(tmp_path, "http", "--http-port", "8131", "--stream-interval-s", "0", "--serve-env", *env)
+    assert res["settings_used"]["serve_env"] == env
+    # HAProxy, not Serve's proxy, listened on the port: Ray wrote its config (Ray's default location) for it
+    configs = [c for c in Path("/tmp/haproxy-serve").glob("*/haproxy.cfg") if c.stat().st_mtime >= t0]
+    assert any("bind 127.0.0.1:8131" in c.read_text() for c in configs), configs
     assert [(v["ingress_replicas"], v["stream_interval_s"]) for v in res["http_variants"]] == [(1, 0.0)]
     assert res["http"]["ok"] == res["http"]["requests"] == res["in_process"]["requests"] > 0
     assert res["http_over_in_process_req_s"] > 0 and res["ttft_p50_delta_s"] is not None
