@@ -399,7 +399,8 @@ def test_load_replay_records_each_request():
     assert [r["status"] for r in recs] == [200, 429, 200, 429]
     assert [r["chunks"] for r in recs] == [3, 0, 3, 0] and recs[1]["ttft_s"] is None
     assert all(0.02 <= r["ttft_s"] < 1.0 and r["e2e_s"] >= r["ttft_s"] for r in recs[::2])
-    assert [round(r["sent_s"], 1) for r in recs] == [0.0, 0.1, 0.2, 0.3]
+    # each sent at its arrival (not before; late by at most what a loaded 2-core machine delays a wake-up)
+    assert all(t["arrival_s"] - 0.01 <= r["sent_s"] < t["arrival_s"] + 0.5 for t, r in zip(trace, recs)), recs
     assert len(frozen) == 4 and min(frozen) > before and gc.get_freeze_count() == before
 
 
