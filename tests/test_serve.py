@@ -1154,8 +1154,15 @@ def test_503_with_retry_after_while_the_group_warms_up(service, tmp_path):
     serve.run_many([RunTarget(app, name="gated", route_prefix="/gated")], wait_for_applications_running=False)
     try:
         url = f"{BASE}/gated"
-        deadline = time.monotonic() + 60
-        while (r := httpx.get(f"{url}/health", timeout=30)).status_code == 404 and time.monotonic() < deadline:
+
+        def health_status() -> int:
+            try:
+                return httpx.get(f"{url}/health", timeout=30).status_code
+            except httpx.TimeoutException:  # the proxy held it for an ingress replica still starting (a slow machine)
+                return 404
+
+        deadline = time.monotonic() + 120
+        while health_status() == 404 and time.monotonic() < deadline:
             time.sleep(0.2)  # the route appears once the ingress replica runs
         for _ in range(3):
             t0 = time.monotonic()
