@@ -1,10 +1,37 @@
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Ray points this link at each new session's directory (ray.init, `serve run`, `ray start`, in any process).
+RAY_SESSION_LINK = Path(tempfile.gettempdir()) / "ray" / "session_latest"
+_RAY_BEFORE = pytest.StashKey[str | None]()
+
+
+def _ray_session() -> str | None:
+    try:
+        return os.readlink(RAY_SESSION_LINK)
+    except OSError:
+        return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[_RAY_BEFORE] = _ray_session()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item):
+    """A test that starts Ray must carry `@pytest.mark.ray`: scripts/test.sh runs the unmarked tests in parallel
+    and the Ray ones one at a time after them (two Ray sessions on a 2-core machine starve each other's timing).
+    Checked here from Ray's session link, so a new Ray test cannot slip into the parallel run unnoticed."""
+    if item.get_closest_marker("ray") is None and _ray_session() != item.stash.get(_RAY_BEFORE, None):
+        pytest.fail(f"{item.nodeid} started Ray: mark it @pytest.mark.ray (scripts/test.sh runs those serially)")
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.ray
 def test_tp_benchmark_smoke(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [
@@ -234,6 +235,7 @@ def test_suite_admission_smoke(tmp_path):
     assert (tmp_path / "out" / "admission.png").exists()
 
 
+@pytest.mark.ray
 def test_suite_http_smoke(tmp_path):
     """Starts Ray and Serve: run under the shared Ray lock (flock /tmp/sloray-ray.lock). Serve runs in the
     README's lower-latency mode (Ray's switches: the ingress replica serves HTTP itself, HAProxy in front on
@@ -300,6 +302,7 @@ def test_histogram_quantile_and_server_ttft():
     assert st["count"] == 4 and st["p50_s"] == 0.02 and 0.02 < st["p99_s"] <= 0.04
 
 
+@pytest.mark.ray
 def test_flood_runs_each_variant_on_its_own_server(tmp_path):
     """benchmarks/flood.py on the repository's serve_config.yaml (the demo on the CPU): two variants of its args,
     each on a server of its own (the first shut down and gone before the second starts: run 34 of

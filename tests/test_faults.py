@@ -23,6 +23,7 @@ from app.demo import build_demo
 from tests.models import DEMO_PROMPTS
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray  # every test here runs on a Ray session (tests/conftest.py)
 serve = pytest.importorskip("ray.serve")
 
 PORT = 8433

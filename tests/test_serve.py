@@ -42,6 +42,7 @@ from deployments.routing import rendezvous_order
 from tests.models import DEMO_PROMPTS
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray  # every test here runs on a Ray session (tests/conftest.py)
 serve = pytest.importorskip("ray.serve")
 
 PORT = 8431

@@ -12,6 +12,7 @@ import re
 import pytest
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray  # every test here runs on a Ray session (tests/conftest.py)
 
 from app.lora.adapter import AdapterError  # noqa: E402
 from app.request import SamplingParams  # noqa: E402
