@@ -8,6 +8,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One of scripts/test.sh's parallel workers (one per core): one torch thread each, for this process and the
+    # ones its tests start. Two workers of two intra-op threads on two cores ran some tests 15x slower.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # Ray points this link at each new session's directory (ray.init, `serve run`, `ray start`, in any process).
 RAY_SESSION_LINK = Path(tempfile.gettempdir()) / "ray" / "session_latest"
 _RAY_BEFORE = pytest.StashKey[str | None]()
