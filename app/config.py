@@ -57,6 +57,13 @@ class SchedulerConfig(BaseModel):
         "SamplingParams.priority first, then oldest, preempted requests among them; a running request that needs "
         "a page preempts those of lowest priority first)",
     )
+    admission_headroom_pages: int = Field(
+        1,
+        ge=0,
+        description="a waiting request is admitted while a request runs only if, once its adapter and first "
+        "chunk are placed, the pool keeps at least this many allocatable pages per running request (room for "
+        "their growth, so an admission rarely forces a preemption by recompute); 0 = admit whatever fits",
+    )
 
 
 class LoRAKernelOverrides(BaseModel):

@@ -186,6 +186,7 @@ def test_async_equals_sync_and_peft(setup, pool):
     cfg = {"scheduler": {"max_num_batched_tokens": 48}}
     if pool == "tiny":  # room for a few requests' KV next to the adapters: preemption by recompute
         cfg["pool"] = {"page_size": 4, "num_pages": 48}
+        cfg["scheduler"]["admission_headroom_pages"] = 0  # admit whatever fits: the preemption path
     preemptions = compare_sync_async(setup, cfg, 1e-5)
     if pool == "tiny":
         assert preemptions[False] > 0 and preemptions[True] > 0, "the pool was meant to be small enough to preempt"
@@ -255,8 +256,8 @@ def test_a_preempted_request_whose_pending_token_ends_it_leaves_the_queue(setup,
     params = [SamplingParams(max_tokens=rng.randrange(1, 5), temperature=0.0, ignore_eos=True) for _ in range(40)]
     outs, from_queue = {}, []
     for mode in (False, True):
-        llm = make_llm((setup[0], {}, None, None), mode, scheduler={"max_num_batched_tokens": 64},
-                       pool={"page_size": 4, "num_pages": 4})  # fmt: skip
+        llm = make_llm((setup[0], {}, None, None), mode, scheduler={"max_num_batched_tokens": 64,
+                       "admission_headroom_pages": 0}, pool={"page_size": 4, "num_pages": 4})  # fmt: skip
         sch, finish = llm.engine.scheduler, llm.engine.scheduler.finish
 
         def recording(req, reason, finish=finish, mode=mode):

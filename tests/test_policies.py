@@ -404,11 +404,44 @@ def test_priority_admits_lowest_value_first_then_oldest():
     assert fcfs.admitted == ["r0", "r1", "r2", "r3"]
 
 
+def test_admission_keeps_headroom_pages_for_the_running_requests():
+    """admission_headroom_pages: while requests run, a new one is admitted only if the pool keeps that many
+    allocatable pages per running request once its adapter and first chunk are placed. Four pages of 4
+    tokens, three requests of 4 prompt tokens and 4 outputs (2 pages each at the end): with no headroom all
+    three start and one is preempted to let the others grow; with 1 page each the third waits for a finished
+    request and nothing is preempted; either way every request ends with its 4 tokens and the pool clean."""
+    for headroom, first_step, preempted in ((0, ["a", "b", "c"], True), (1, ["a", "b"], False)):
+        sim = Sim(seqs=3, pages=4, admission_headroom_pages=headroom)
+        for rid, at in (("a", 0.0), ("b", 1.0), ("c", 2.0)):
+            sim.add(rid, out=4, at=at)
+        sim.step()
+        assert sim.admitted == first_step, headroom
+        sim.run()
+        assert (sim.sch.num_preemptions > 0) == preempted, (headroom, sim.sch.num_preemptions)
+        assert all(len(r.output_token_ids) == 4 for r in sim.reqs.values())
+        assert sim.pool.num_free == 4
+
+
+def test_admission_headroom_counts_the_adapter_it_pins():
+    """The headroom check counts the pages of a request's adapter unless a running request already pins it.
+    8 pages, 2-page adapters; A runs on adapter x (1 KV page + 2 adapter pages: 5 allocatable left). B on x
+    needs 1 page (x is pinned), leaving 4: admitted with 3 pages of headroom (counting x again would leave 2).
+    C on a new adapter y needs 3 of those 4, leaving 1: held back with 1 page per running request (counting
+    its KV page alone would leave 3)."""
+    for headroom in (1, 3):
+        sim = Sim(seqs=3, pages=8, adapter_pages=2, admission_headroom_pages=headroom)
+        sim.add("A", "x", out=1, at=0.0)
+        sim.add("B", "x", out=1, at=1.0)
+        sim.add("C", "y", out=1, at=2.0)
+        sim.step()
+        assert sim.admitted == ["A", "B"], headroom
+
+
 def test_priority_preempts_the_lowest_priority_request_for_pages():
     """Three requests that fit their prompts but not their outputs (4 pages, 3 each at the end): the one of
     lowest priority is preempted, whatever the order they came in; FCFS preempts the last admitted."""
     for order, victim in (("priority", "lo"), ("fcfs", "mid")):
-        sim = Sim(seqs=3, pages=4, queue_order=order)
+        sim = Sim(seqs=3, pages=4, queue_order=order, admission_headroom_pages=0)  # all three admitted
         for rid, prio, at in (("hi", 0, 0.0), ("lo", 9, 1.0), ("mid", 5, 2.0)):
             sim.add(rid, out=8, at=at).params.priority = prio
         sim.run()

@@ -136,7 +136,8 @@ def test_tp2_small_pool_preempts(ray_cpu, setup):
     sizes = {n: probe.adapters[n].num_pages for n in names}
     probe.executor.shutdown()
     pages = 12 * 5 + sum(sizes.values())  # 17-token prompts: 5 pages of 4 each
-    cfg = config(model, pool={"page_size": 4, "num_pages": pages}, scheduler={"max_num_batched_tokens": 512})
+    cfg = config(model, pool={"page_size": 4, "num_pages": pages},
+                 scheduler={"max_num_batched_tokens": 512, "admission_headroom_pages": 0})  # fmt: skip
     engine = make_engine(cfg, adapters, names, tp=2, control_head_bytes=256)
     try:
         got = generate(engine, extra)
