@@ -734,7 +734,7 @@ class Engine:
         return names
 
     POLICY_FIELDS = {
-        "scheduler": {"early_abort_ttft_slo_s", "early_abort", "queue_order"},
+        "scheduler": {"early_abort_ttft_slo_s", "early_abort", "queue_order", "admission_headroom_pages"},
         "lora": {
             "prefetch",
             "cluster_min_adapters",

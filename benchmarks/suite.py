@@ -11,7 +11,8 @@ Suites (NAME):
                 against our engine on a smaller workload of the same shape that PEFT can finish.
   ablations     n = 1000, alpha in {1, 0.3}, one rate (near the saturated capacity): prefetch on / off,
                 adapter clustering on / off, idle adapters kept in the pool / freed at finish (S-LoRA), the
-                unified pool / a static KV-adapter split; and the LoRA kernels (one Llama-2-7B layer, per step):
+                unified pool / a static KV-adapter split, admission with / without headroom pages for the
+                running requests (SchedulerConfig.admission_headroom_pages 1 / 0); and the LoRA kernels (one Llama-2-7B layer, per step):
                 ours vs the torch reference vs padded bmm (benchmarks/kernels.py's bench_lora_steps).
   admission     the paper's early-abort experiment: SLO attainment and user satisfaction vs cv in {1, 2, 4, 8}
                 for FCFS, LCFS and early abort, at the maximum sustainable rate of FCFS at cv 1 (the rate
@@ -490,12 +491,14 @@ def suite_table(a, out: dict) -> None:
 
 DEFAULT_LORA_POLICIES = {"prefetch": True, "cluster_min_adapters": None, "keep_idle_adapters": True,
                          "static_adapter_pages": None}  # fmt: skip
-ABLATIONS = {  # name: LoRAConfig policies changed from DEFAULT_LORA_POLICIES
+DEFAULT_SCHEDULER_POLICIES = {"admission_headroom_pages": 1}
+ABLATIONS = {  # name: LoRAConfig policies changed from DEFAULT_LORA_POLICIES (SchedulerConfig's under "scheduler")
     "default": {},
     "no prefetch": {"prefetch": False},
     "clustering": {"cluster_min_adapters": "--cluster-min-adapters"},
     "free idle adapters": {"keep_idle_adapters": False},
     "static split": {"static_adapter_pages": "--static-adapter-share"},
+    "no admission headroom": {"scheduler": {"admission_headroom_pages": 0}},
 }
 
 
@@ -514,13 +517,15 @@ def suite_ablations(a, out: dict) -> None:
         trace = trace_for(a, n, rate, alpha=alpha)
         for name, change in ABLATIONS.items():
             flags = {"--cluster-min-adapters": a.cluster_min_adapters, "--static-adapter-share": static}
+            sch = {**DEFAULT_SCHEDULER_POLICIES, **change.get("scheduler", {})}
             pol = {
                 **DEFAULT_LORA_POLICIES,
-                **{k: flags.get(v, v) if isinstance(v, str) else v for k, v in change.items()},
+                **{k: flags.get(v, v) if isinstance(v, str) else v for k, v in change.items() if k != "scheduler"},
             }
-            engine.set_policies(lora=pol)
+            engine.set_policies(scheduler=sch, lora=pol)
             r = replay(engine, trace, a.slo_s, drain_s=max(2 * a.slo_s, a.duration), first_tokens_only=True)
-            r.update(ablation=name, alpha=alpha, policies=pol)
+            used = {k: getattr(engine.cfg.scheduler, k) for k in sch}  # as the engine took them
+            r.update(ablation=name, alpha=alpha, policies={**pol, **used})
             out["runs"].append(r)
             log(f"alpha {alpha} {name}: {f2(r['out_tok_s_window'])} tok/s, TTFT p50 {ms(r['ttft_p50_s'])} p99 "
                 f"{ms(r['ttft_p99_s'])}, load-wait steps {r['load_wait_steps']}/{r['steps']}, distinct/step "
@@ -805,12 +810,12 @@ def report_ablations(res: dict, out: Path) -> list[str]:
     lines = [f"n = {res['adapters']}, {res['rate']:.2f} req/s (saturated: {res['saturated']['req_s']:.2f}); static split: "
              f"{res['static_adapter_pages']} adapter pages; clustering from {res['cluster_min_adapters']} adapters.", "",
              "| alpha | ablation | req/s (arrival window) | out tok/s (window) | TTFT p50 | TTFT p99 | attainment | steps waiting on a load | distinct adapters "
-             "/ step | hit rate | loads / s | evictions |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "/ step | hit rate | loads / s | evictions | preemptions |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in res["runs"]:
         lines.append(
             f"| {r['alpha']} | {r['ablation']} | {f2(r['req_s_window'])} | {f2(r['out_tok_s_window'])} | {ms(r['ttft_p50_s'])} | {ms(r['ttft_p99_s'])} | "
             f"{pc(r['slo_attainment'])} | {r['load_wait_steps']} / {r['steps']} | {r['distinct_adapters_per_step']:.1f} | "
-            f"{pc(r['adapter_hit_rate'])} | {f2(r['loads_per_s'])} | {r['evictions']} |"
+            f"{pc(r['adapter_hit_rate'])} | {f2(r['loads_per_s'])} | {r['evictions']} | {r.get('preemptions', '')} |"
         )
     k = res.get("kernels")
     if k and k.get("rows"):

@@ -206,13 +206,17 @@ def test_suite_s_lora_table_smoke(tmp_path):
 def test_suite_ablations_smoke(tmp_path):
     res = run_suite(tmp_path, "ablations")
     runs = {r["ablation"]: r for r in res["runs"]}
-    assert list(runs) == ["default", "no prefetch", "clustering", "free idle adapters", "static split"]
+    assert list(runs) == ["default", "no prefetch", "clustering", "free idle adapters", "static split",
+                          "no admission headroom"]  # fmt: skip
     assert all(r["requests"] > 0 and r["ttft_p50_s"] is not None for r in runs.values())
     assert runs["no prefetch"]["prefetches"] == 0 and not runs["no prefetch"]["policies"]["prefetch"]
     assert runs["default"]["evictions"] == 0 and runs["free idle adapters"]["evictions"] > 0
     assert runs["free idle adapters"]["loads"] > runs["default"]["loads"]
     assert runs["static split"]["policies"]["static_adapter_pages"] == res["static_adapter_pages"]
     assert runs["clustering"]["policies"]["cluster_min_adapters"] == 2
+    assert runs["no admission headroom"]["policies"]["admission_headroom_pages"] == 0
+    assert all(r["policies"]["admission_headroom_pages"] == 1 for n, r in runs.items() if n != "no admission headroom")
+    assert all(r["preemptions"] >= 0 for r in runs.values())
     (k,) = res["kernels"]["rows"]  # TRITON_INTERPRET=1 (tests/conftest.py): ours vs torch vs padded bmm
     assert k["ours_ms"] > 0 and k["ref_ms"] > 0 and k["bmm_ms"] > 0 and k["max_abs_err"] < 1e-3
     assert (tmp_path / "out" / "ablations.png").exists()
