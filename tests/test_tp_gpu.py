@@ -9,7 +9,11 @@ import pytest
 import ray  # noqa: E402
 import torch
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs >= 2 CUDA GPUs")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.ray,  # starts Ray (tests/conftest.py)
+    pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs >= 2 CUDA GPUs"),
+]
 
 from app.config import EngineConfig  # noqa: E402
 from app.engine import Engine  # noqa: E402
