@@ -21,10 +21,9 @@ below. A waiting request is admitted when its adapter is (or can be made) reside
 fit, the batch has room for one more distinct adapter and `max_num_seqs` is not reached; admission stops at
 the first one that cannot be. While requests run, a new one must also leave `admission_headroom_pages`
 allocatable pages per running request once its adapter and first chunk are placed: room for the running
-requests to grow, so that an admission rarely costs a preemption (saturated S2 on an H100,
-benchmarks/results/session-2026-12-06b/ run 2: 122 and 30 preemptions with 1000 adapters and none, 0 and 0
-with 1 page each, both runs 1.0-1.3% faster). When a running request needs a KV page and none is free, the most
-recently admitted request is preempted by recompute: its pages are freed, its adapter unpinned, and it goes back to
+requests to grow, so that an admission rarely costs a preemption (measured: benchmarks/results/
+session-2026-12-06b/ run 2). When a running request needs a KV page and none is free, the most recently
+admitted request is preempted by recompute: its pages are freed, its adapter unpinned, and it goes back to
 the front of the queue with its generated tokens kept, to be prefilled again later (same output for greedy
 and seeded sampling). A request that could never fit alone is refused when added, so preemption always makes progress.
 

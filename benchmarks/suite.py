@@ -12,8 +12,9 @@ Suites (NAME):
   ablations     n = 1000, alpha in {1, 0.3}, one rate (near the saturated capacity): prefetch on / off,
                 adapter clustering on / off, idle adapters kept in the pool / freed at finish (S-LoRA), the
                 unified pool / a static KV-adapter split, admission with / without headroom pages for the
-                running requests (SchedulerConfig.admission_headroom_pages 1 / 0); and the LoRA kernels (one Llama-2-7B layer, per step):
-                ours vs the torch reference vs padded bmm (benchmarks/kernels.py's bench_lora_steps).
+                running requests (SchedulerConfig.admission_headroom_pages, its default / 0); and the LoRA
+                kernels (one Llama-2-7B layer, per step): ours vs the torch reference vs padded bmm
+                (benchmarks/kernels.py's bench_lora_steps).
   admission     the paper's early-abort experiment: SLO attainment and user satisfaction vs cv in {1, 2, 4, 8}
                 for FCFS, LCFS and early abort, at the maximum sustainable rate of FCFS at cv 1 (the rate
                 search below; x --rate-share, 1): bursts (cv > 1) then overload it, where the policies differ
@@ -57,7 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.config import EngineConfig  # noqa: E402
+from app.config import EngineConfig, SchedulerConfig  # noqa: E402
 from app.demo import write_peft_adapter  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.request import SamplingParams  # noqa: E402
@@ -491,7 +492,9 @@ def suite_table(a, out: dict) -> None:
 
 DEFAULT_LORA_POLICIES = {"prefetch": True, "cluster_min_adapters": None, "keep_idle_adapters": True,
                          "static_adapter_pages": None}  # fmt: skip
-DEFAULT_SCHEDULER_POLICIES = {"admission_headroom_pages": 1}
+DEFAULT_SCHEDULER_POLICIES = {
+    "admission_headroom_pages": SchedulerConfig.model_fields["admission_headroom_pages"].default
+}
 ABLATIONS = {  # name: LoRAConfig policies changed from DEFAULT_LORA_POLICIES (SchedulerConfig's under "scheduler")
     "default": {},
     "no prefetch": {"prefetch": False},
