@@ -343,7 +343,8 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         load_format="dummy",
         # off: the same requests replay for every variant (S-LoRA's workload shares no prefixes)
         pool={"gpu_memory_fraction": 0.85, "page_size": 16, "enable_prefix_caching": False},
-        scheduler={"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens},
+        scheduler={"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
+                   **json.loads(args.scheduler)},
         lora={"kernels": json.loads(args.lora_kernels)},
         **({"warmup": "on"} if device == "cuda" else {}),
     )
@@ -406,19 +407,22 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         base = next((b for b in runs if b["adapters"] == 0 and b["async_scheduling"] == r["async_scheduling"]
                      and b["prefix_caching"] == r["prefix_caching"]), None)  # fmt: skip
         r["share_of_base"] = None if base is None else r["req_s"] / base["req_s"]
+    admission_headroom = engine.scheduler.cfg.admission_headroom_pages
     del engine
     gc.unfreeze()  # what freeze_heap froze (this engine included) can be collected again: the next setting's
     gc.collect()  # engine gets the memory (without this, a second setting ran with a starved pool)
     if device == "cuda":
         torch.cuda.empty_cache()
     return {"setting": name, "shape": shape, "targets": targets, "layers": a.num_layers, "setup_s": setup_s,
-            "params_b": n_params / 1e9, "runs": runs, "online": online}  # fmt: skip
+            "params_b": n_params / 1e9, "admission_headroom_pages": admission_headroom, "runs": runs,
+            "online": online}  # fmt: skip
 
 
 def write_report(res: dict, out: Path) -> None:
     lines = [
         f"# Saturated S2 throughput: {res['gpu']} (commit {res['commit']})",
         *(["", f"LoRA kernel overrides: `{json.dumps(res['lora_kernels'])}`"] if res.get("lora_kernels") else []),
+        *(["", f"Scheduler overrides: `{json.dumps(res['scheduler'])}`"] if res.get("scheduler") else []),
         "",
         f"{res['requests']} requests submitted at once, input and output U[8, {res['max_len']}), "
         f"ranks {{64, 32, 16, 8}}, adapters uniform over n; max_num_seqs {res['max_num_seqs']}, "
@@ -546,6 +550,11 @@ def main() -> None:
         "launch configuration: one process each)",
     )  # fmt: skip
     ap.add_argument(
+        "--scheduler", default="{}",
+        help='EngineConfig.scheduler overrides as JSON, e.g. \'{"admission_headroom_pages": 0}\' (an A/B of a '
+        "scheduling policy: one process each)",
+    )  # fmt: skip
+    ap.add_argument(
         "--system-prompt", type=int, default=0, help="tokens of a fixed system prompt per adapter before each input"
     )
     ap.add_argument(
@@ -567,7 +576,7 @@ def main() -> None:
         commit=args.commit or commit(), torch=torch.__version__, requests=args.requests, max_len=args.max_len,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, profile_steps=args.profile_steps,
-        lora_kernels=json.loads(args.lora_kernels), system_prompt=args.system_prompt, settings=[],
+        lora_kernels=json.loads(args.lora_kernels), scheduler=json.loads(args.scheduler), system_prompt=args.system_prompt, settings=[],
     )  # fmt: skip
     for name in args.settings:
         res["settings"].append(bench_setting(name, args, args.work, bw, rate))

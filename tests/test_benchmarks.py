@@ -123,10 +123,12 @@ def test_saturated_benchmark_smoke(tmp_path):
     (its full pages) cached, without it none does."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, str(ROOT / "benchmarks" / "saturated.py"), "--smoke", "--out", str(tmp_path),
-           "--system-prompt", "40", "--prefix-caching", "off", "on"]  # fmt: skip
+           "--system-prompt", "40", "--prefix-caching", "off", "on",
+           "--scheduler", '{"admission_headroom_pages": 3}']  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "saturated.json").read_text())
+    assert res["settings"][0]["admission_headroom_pages"] == 3  # --scheduler reached the engine's scheduler
     runs = res["settings"][0]["runs"]
     assert [(r["adapters"], r["prefix_caching"]) for r in runs] == [(n, c) for n in (0, 1, 3) for c in (False, True)]
     assert all(r["steps"] > 0 and r["floor_s"] > 0 for r in runs)
