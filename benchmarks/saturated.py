@@ -169,7 +169,8 @@ def run_once(
     kind, the GPU time between events recorded on the compute stream before and after each call, i.e. from
     the moment the device reached the call's first launch to its last (the work of the step it launched, and
     the device idle inside it); their sum against `elapsed_s` is the device idle between steps. `profile`: GPU
-    kernels and (with `host_profile`, cProfile, which slows the host) host functions over the steps in `window`.
+    kernels and (with `host_profile`, cProfile, which slows the host) host functions over the steps in `window`
+    (the profiler's processing of its trace is left out of `elapsed_s`; its cost inside the window is not).
     `system_len`: each request's input follows its adapter's system prompt of that many tokens."""
     rng = random.Random(seed)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
@@ -190,6 +191,7 @@ def run_once(
     events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
     cuda = torch.cuda.is_available()
     n = 0
+    profiler_s = 0.0
     gc_timer = GcTimer()
     gc.callbacks.append(gc_timer)
     while engine.has_unfinished():
@@ -217,9 +219,11 @@ def run_once(
             if host is not None:
                 host.disable()
             wall = time.perf_counter() - tw
+            tp = time.perf_counter()
             prof.__exit__(None, None, None)
             prof = kernel_breakdown(prof, wall)
             prof["host_top"] = host_top(host) if host is not None else None
+            profiler_s += time.perf_counter() - tp  # the trace's processing, left out of elapsed_s
         batch.append(len(engine.scheduler.running))
         distinct.append(engine.last_step_adapters)
         kind = "with_prefill" if engine.last_step_tokens > running else "decode"
@@ -228,7 +232,7 @@ def run_once(
         if cuda:
             events.append((kind, ev0, ev1))
     sync()
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0 - profiler_s
     gc.callbacks.remove(gc_timer)
     if isinstance(prof, dict):  # what the profiled steps held (the window's batch and distinct adapters)
         lo, hi = window
