@@ -347,8 +347,11 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         load_format="dummy",
         # off: the same requests replay for every variant (S-LoRA's workload shares no prefixes)
         pool={"gpu_memory_fraction": 0.85, "page_size": 16, "enable_prefix_caching": False},
-        scheduler={"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
-                   **json.loads(args.scheduler)},
+        scheduler={
+            "max_num_seqs": args.max_num_seqs,
+            "max_num_batched_tokens": args.max_num_batched_tokens,
+            **json.loads(args.scheduler),
+        },
         lora={"kernels": json.loads(args.lora_kernels)},
         **({"warmup": "on"} if device == "cuda" else {}),
     )
