@@ -68,7 +68,8 @@ class SchedulerConfig(BaseModel):
 
 class LoRAKernelOverrides(BaseModel):
     """Overrides of the Triton LoRA kernels' launch configuration per regime (kernels/lora.py
-    LoRATileConfig fields: tile_m, shrink_r, shrink_k, shrink_split, expand_r, expand_n, *_warps, *_stages),
+    LoRATileConfig fields: tile_m, shrink_r, shrink_k, shrink_split, shrink_programs, expand_r, expand_n, *_warps,
+    *_stages),
     e.g. `{"mixed": {"tile_m": 32}}`; unset fields keep kernels/lora.py's defaults."""
 
     model_config = ConfigDict(extra="forbid")

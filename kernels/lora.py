@@ -64,6 +64,9 @@ class LoRATileConfig:
     shrink_split: int  # K ranges per shrink tile when v is float32 (atomic adds); 1 = no split
     expand_r: int  # rank rows of B^T per expand loop iteration
     expand_n: int  # output columns per expand program
+    # with a float32 v, at least this many shrink programs: more K ranges while the grid is smaller (decode
+    # steps of few requests, whose few long K walks are latency-bound); 0 = shrink_split alone
+    shrink_programs: int = 0
     shrink_warps: int = 4
     shrink_stages: int = 3
     expand_warps: int = 4
@@ -77,11 +80,14 @@ class LoRAKernelConfig:
     `benchmarks/kernels.py --sweep` (benchmarks/results/issue12/); override from EngineConfig.lora.kernels.
     16-token tiles win in both regimes: the steps are memory-bound, and smaller tiles give more programs.
     Decode steps expand 128 columns per program (not 256): 2-4% faster per layer on the H200 (run 44) and the
-    H100, 1.1% less decode GPU time in saturated S2 at n = 1000 (benchmarks/results/session-2026-12-05e/)."""
+    H100, 1.1% less decode GPU time in saturated S2 at n = 1000 (benchmarks/results/session-2026-12-05e/).
+    Decode shrinks split K so that the grid has >= 2048 programs (`shrink_programs`): at a batch of ~22 with 8
+    adapters the shrink went from 10.1 to 6.6 us per launch and a 32-request burst from 0.837 to 0.808 s on
+    an H200, saturated S2 at n = 1000 unchanged (25.48 / 25.59 req/s; benchmarks/results/session-2026-12-06c/)."""
 
     decode: LoRATileConfig = field(
         default_factory=lambda: LoRATileConfig(
-            tile_m=16, shrink_r=32, shrink_k=256, shrink_split=2, expand_r=16, expand_n=128
+            tile_m=16, shrink_r=32, shrink_k=256, shrink_split=2, expand_r=16, expand_n=128, shrink_programs=2048
         )
     )
     mixed: LoRATileConfig = field(
@@ -219,7 +225,12 @@ def lora_shrink(
     page_table, a_offsets, ranks = page_table.contiguous(), a_offsets.contiguous(), ranks.contiguous()
     block_r = _npow2(R, 16, c.shrink_r)
     block_k = _fit_page(c.shrink_k, P)
-    n_split = min(c.shrink_split, triton.cdiv(K, block_k)) if out.dtype == torch.float32 else 1
+    n_split = 1
+    if out.dtype == torch.float32:
+        n_k = triton.cdiv(K, block_k)
+        n_split = min(c.shrink_split, n_k)
+        if c.shrink_programs:  # a small grid (few tiles): more K ranges, up to one block of K each
+            n_split = max(n_split, min(n_k, c.shrink_programs // (plan.max_tiles * G * triton.cdiv(R, block_r))))
     if n_split > 1:
         out.zero_()
     lora_shrink_kernel[(plan.max_tiles, G, triton.cdiv(R, block_r) * n_split)](

@@ -359,6 +359,28 @@ def test_lora_decode_aligned_split_k(popularity, dtype, col_mult):
     )
 
 
+@pytest.mark.parametrize("programs", [96, 10**6])
+def test_lora_decode_split_k_by_grid_size(programs):
+    """`shrink_programs`: a small decode grid splits K into more ranges than `shrink_split` (here 6 tiles x 2
+    targets x 2 rank blocks = 24 programs before the split, K = 9 blocks of 64): 96 programs give 4 ranges of
+    3 blocks (the last range empty), 10**6 one block each (9 ranges). Equal to the reference either way."""
+    decode = dataclasses.replace(kl.DEFAULT_CONFIG.decode, shrink_k=64, shrink_split=2, shrink_programs=programs)
+    run_lora_case(
+        seg_lens=[1] * 20,
+        n_slots=6,
+        popularity="zipf",
+        max_rank=40,
+        K=576,
+        n_out=[128, 64],
+        page_elems=320,
+        dtype=torch.float32,
+        seed=5,
+        aligned=True,
+        v_dtype=torch.float32,
+        config=dataclasses.replace(kl.DEFAULT_CONFIG, decode=decode),
+    )
+
+
 def test_lora_unaligned_shapes():
     """aligned=True with K or N_g not a multiple of 64 (or an odd page size) runs without vector hints."""
     run_lora_case(
