@@ -1041,17 +1041,19 @@ def test_reasoning_parser_over_http(llm):
 
 def test_continuous_usage_stats(http):
     """vLLM's stream_options.continuous_usage_stats: every chunk carries the usage so far (completion tokens
-    never decreasing), the last usage chunk the total, on completions and chat."""
+    never decreasing), the last usage chunk the total, on completions and chat. How many content chunks there
+    are depends on timing (a stream that falls behind merges steps: on a loaded 2-core machine all six tokens
+    once came in one chunk), so 16 tokens and at least one content chunk before the closing one."""
     opts = {"stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
     for route, body in (
-        ("/v1/completions", {"prompt": "Hello", "max_tokens": 6}),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6}),
+        ("/v1/completions", {"prompt": "Hello", "max_tokens": 16}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16}),
     ):
         r = http.post(route, json={"model": MODEL, "temperature": 0, "ignore_eos": True, **body, **opts})
         events = [json.loads(x[6:]) for x in r.text.split("\n\n") if x.startswith("data: {")]
         used = [e["usage"]["completion_tokens"] for e in events]
         assert all(e["usage"]["prompt_tokens"] == events[-1]["usage"]["prompt_tokens"] for e in events)
-        assert used == sorted(used) and used[-1] == 6 and len(events) > 2, used
+        assert used == sorted(used) and used[-1] == 16 and len(events) >= 2, used
         assert not events[-1]["choices"]  # the closing usage chunk
 
 
