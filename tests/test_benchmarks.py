@@ -199,6 +199,7 @@ def test_suite_s_lora_table_smoke(tmp_path):
     assert s["rows"][0]["share_of_base_saturated"] == 1.0
     p = s["peft"]
     assert p["peft_one_at_a_time_req_s"] > 0 and p["peft_mixed_req_s"] > 0 and p["ours_req_s"] > 0
+    assert len(p["ours_req_s_runs"]) == 3 and p["ours_req_s"] == sorted(p["ours_req_s_runs"])[1]
     assert {f.name for f in (tmp_path / "out").glob("*.png")} == {
         "s-lora-table_throughput.png",
         "s-lora-table_latency.png",
