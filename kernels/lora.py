@@ -230,7 +230,8 @@ def lora_shrink(
         n_k = triton.cdiv(K, block_k)
         n_split = min(c.shrink_split, n_k)
         if c.shrink_programs:  # a small grid (few tiles): more K ranges, up to one block of K each
-            n_split = max(n_split, min(n_k, c.shrink_programs // (plan.max_tiles * G * triton.cdiv(R, block_r))))
+            unsplit = max(1, plan.max_tiles * G * triton.cdiv(R, block_r))
+            n_split = max(n_split, min(n_k, c.shrink_programs // unsplit))
     if n_split > 1:
         out.zero_()
     lora_shrink_kernel[(plan.max_tiles, G, triton.cdiv(R, block_r) * n_split)](
