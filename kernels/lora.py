@@ -81,9 +81,8 @@ class LoRAKernelConfig:
     16-token tiles win in both regimes: the steps are memory-bound, and smaller tiles give more programs.
     Decode steps expand 128 columns per program (not 256): 2-4% faster per layer on the H200 (run 44) and the
     H100, 1.1% less decode GPU time in saturated S2 at n = 1000 (benchmarks/results/session-2026-12-05e/).
-    Decode shrinks split K so that the grid has >= 2048 programs (`shrink_programs`): at a batch of ~22 with 8
-    adapters the shrink went from 10.1 to 6.6 us per launch and a 32-request burst from 0.837 to 0.808 s on
-    an H200, saturated S2 at n = 1000 unchanged (25.48 / 25.59 req/s; benchmarks/results/session-2026-12-06c/)."""
+    Decode shrinks split K until the grid has `shrink_programs` programs: faster at small batches, the same at
+    full ones (benchmarks/results/session-2026-12-06c/)."""
 
     decode: LoRATileConfig = field(
         default_factory=lambda: LoRATileConfig(
