@@ -350,9 +350,9 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         scheduler={
             "max_num_seqs": args.max_num_seqs,
             "max_num_batched_tokens": args.max_num_batched_tokens,
-            **json.loads(args.scheduler),
+            **args.scheduler,
         },
-        lora={"kernels": json.loads(args.lora_kernels)},
+        lora={"kernels": args.lora_kernels},
         **({"warmup": "on"} if device == "cuda" else {}),
     )
     t0 = time.perf_counter()
@@ -552,12 +552,12 @@ def main() -> None:
         help="step loops to run each run with, in this order (default: the engine's default, on for CUDA)",
     )
     ap.add_argument(
-        "--lora-kernels", default="{}",
+        "--lora-kernels", default="{}", type=json.loads,
         help='EngineConfig.lora.kernels overrides as JSON, e.g. \'{"decode": {"expand_n": 128}}\' (an A/B of a '
         "launch configuration: one process each)",
     )  # fmt: skip
     ap.add_argument(
-        "--scheduler", default="{}",
+        "--scheduler", default="{}", type=json.loads,
         help='EngineConfig.scheduler overrides as JSON, e.g. \'{"admission_headroom_pages": 0}\' (an A/B of a '
         "scheduling policy: one process each)",
     )  # fmt: skip
@@ -583,7 +583,7 @@ def main() -> None:
         commit=args.commit or commit(), torch=torch.__version__, requests=args.requests, max_len=args.max_len,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, profile_steps=args.profile_steps,
-        lora_kernels=json.loads(args.lora_kernels), scheduler=json.loads(args.scheduler), system_prompt=args.system_prompt, settings=[],
+        lora_kernels=args.lora_kernels, scheduler=args.scheduler, system_prompt=args.system_prompt, settings=[],
     )  # fmt: skip
     for name in args.settings:
         res["settings"].append(bench_setting(name, args, args.work, bw, rate))

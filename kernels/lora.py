@@ -224,16 +224,15 @@ def lora_shrink(
     page_table, a_offsets, ranks = page_table.contiguous(), a_offsets.contiguous(), ranks.contiguous()
     block_r = _npow2(R, 16, c.shrink_r)
     block_k = _fit_page(c.shrink_k, P)
+    r_blocks = triton.cdiv(R, block_r)
     n_split = 1
-    if out.dtype == torch.float32:
+    if out.dtype == torch.float32:  # shrink_split K ranges, more while the grid is below shrink_programs
         n_k = triton.cdiv(K, block_k)
-        n_split = min(c.shrink_split, n_k)
-        if c.shrink_programs:  # a small grid (few tiles): more K ranges, up to one block of K each
-            unsplit = max(1, plan.max_tiles * G * triton.cdiv(R, block_r))
-            n_split = max(n_split, min(n_k, c.shrink_programs // unsplit))
+        by_grid = c.shrink_programs // max(1, plan.max_tiles * G * r_blocks)
+        n_split = min(n_k, max(c.shrink_split, by_grid))
     if n_split > 1:
         out.zero_()
-    lora_shrink_kernel[(plan.max_tiles, G, triton.cdiv(R, block_r) * n_split)](
+    lora_shrink_kernel[(plan.max_tiles, G, r_blocks * n_split)](
         x, pool, page_table, a_offsets, ranks, plan.data, out,
         plan.num_tokens, K, R, G, col_mult,
         x.stride(0), x.stride(1), page_table.stride(0), out.stride(0), out.stride(1), out.stride(2),
