@@ -2,20 +2,28 @@
 not dominate small batches. Under tensor parallelism every rank captures and replays the same graphs (the
 same batches reach every rank), NCCL collectives included.
 
-One graph per batch-size bucket (1, 2, 4, ..., up to max_num_seqs) and set of LoRA groups (app/lora/layer.py)
-that the step's adapters target, captured the first time it is needed: a graph runs the LoRA kernels of its
-groups only (steps of the base model alone run none; a step whose adapters all target q/k/v/o skips the MLP
-groups' launches, which would do nothing: 128 launches in a 32-layer graph). Engine.warmup captures the
-graphs of every group (its adapters target all modules) and of none, Engine.warmup_adapter_graphs those of
-the groups of each adapter registered at startup; other sets (adapters loaded later, a step mixing adapters
-of different sets) on first use. Every per-step
-input lives in a static buffer that the graph reads: token ids, positions, KV slot mapping, KV page table
-(width: max_model_len / page_size), and the LoRA metadata (adapter page tables, offsets, ranks, scales for up
-to max_loras_per_batch adapters; the shrink output has max_lora_rank
-columns). A step copies its batch into the buffers (padding rows: no KV write, no adapter, a 1-token
-context) and replays; the tokens that asynchronous scheduling leaves on the device (`fill`) are copied into
-the token buffer there. Batches that do not fit (prefill, more sequences, a longer context or a larger
-adapter than the buffers hold) run eagerly.
+One graph per batch-size bucket (1, 2, 4, ..., up to max_num_seqs), set of LoRA groups (app/lora/layer.py)
+that the step's adapters target, and adapter-slot bound of the step's LoRA plan, captured the first time it
+is needed: a graph runs the LoRA kernels of its groups only (steps of the base model alone run none; a step
+whose adapters all target q/k/v/o skips the MLP groups' launches, which would do nothing: 128 launches in a
+32-layer graph). Engine.warmup captures the graphs of every group (its adapters target all modules) and of
+none, Engine.warmup_adapter_graphs those of the groups of each adapter registered at startup; other sets
+(adapters loaded later, a step mixing adapters of different sets) on first use.
+
+The LoRA kernels launch programs for every tile the plan may hold (kernels/lora_plan.py), a bound that grows
+with the adapter slots the plan is built for. So a bucket and group set has one graph per slot bound of
+`plan_slot_bounds` (16 and 64 below the bucket, and max_loras_per_batch), all captured together, and a step
+replays the smallest that holds its adapters: a 256-token step of one adapter launches programs for 31
+tiles, not 256 (the programs of empty tiles took a third of that step's LoRA time on an H100,
+benchmarks/results/session-2026-12-06d/).
+
+Every per-step input lives in a static buffer that the graph reads: token ids, positions, KV slot mapping,
+KV page table (width: max_model_len / page_size), and the LoRA metadata (adapter page tables, offsets,
+ranks, scales for up to max_loras_per_batch adapters; the shrink output has max_lora_rank columns). A step
+copies its batch into the buffers (padding rows: no KV write, no adapter, a 1-token context) and replays;
+the tokens that asynchronous scheduling leaves on the device (`fill`) are copied into the token buffer
+there. Batches that do not fit (prefill, more sequences, a longer context or a larger adapter than the
+buffers hold) run eagerly.
 """
 
 from __future__ import annotations
@@ -36,6 +44,21 @@ def decode_buckets(max_num_seqs: int) -> list[int]:
 
 def _bucket(n: int, buckets: list[int]) -> int:
     return next(b for b in buckets if b >= n)
+
+
+SLOT_BOUNDS = (16, 64)  # adapter-slot bounds of the decode plans below max_loras_per_batch
+
+
+def plan_slot_bounds(bs: int, max_loras: int) -> list[int]:
+    """The adapter-slot bounds that a decode graph of batch size `bs` is captured for, ascending, the last
+    max_loras: those below both bs and max_loras (a plan for n slots over bs tokens bounds its tiles by
+    min(bs, (bs + n (M - 1)) / M), below bs only while n < bs)."""
+    return [n for n in SLOT_BOUNDS if n < min(bs, max_loras)] + [max_loras]
+
+
+def plan_slot_bound(bs: int, n_adapters: int, max_loras: int) -> int:
+    """The smallest slot bound of `plan_slot_bounds(bs, max_loras)` that holds a step's `n_adapters`."""
+    return next(n for n in plan_slot_bounds(bs, max_loras) if n >= n_adapters)
 
 
 class DecodeGraphs:
@@ -63,8 +86,8 @@ class DecodeGraphs:
         self.groups = {
             g: LoRAGroupMeta(*(torch.zeros(M, len(t), **i32) for _ in range(4))) for g, t in LORA_GROUPS.items()
         }
-        # (bucket, the LoRA groups it runs) -> (graph, its logits)
-        self.graphs: dict[tuple[int, tuple[str, ...]], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # (bucket, the LoRA groups it runs, its plan's slot bound: max_loras without groups) -> (graph, its logits)
+        self.graphs: dict[tuple[int, tuple[str, ...], int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.mempool = None
 
     def runnable(self, b) -> DecodeGraphs | None:
@@ -77,11 +100,12 @@ class DecodeGraphs:
             return None
         return self
 
-    def _forward(self, bs: int, ctx: ForwardContext) -> torch.Tensor:
-        """The captured work: the decode plan (recomputed from seg_slot at every replay), the model, logits."""
+    def _forward(self, bs: int, ctx: ForwardContext, slots: int) -> torch.Tensor:
+        """The captured work: the decode plan for `slots` adapter slots (recomputed from seg_slot at every
+        replay), the model, logits."""
         r, lora = self.r, ctx.lora
         if lora is not None:
-            lora.plan = r.backend.lora_plan(lora.seg_indptr, lora.seg_slot, self.max_loras, bs, 1)
+            lora.plan = r.backend.lora_plan(lora.seg_indptr, lora.seg_slot, slots, bs, 1)
         return r.model.logits(r.model(self.input_ids[:bs], self.positions[:bs], ctx))
 
     def _ctx(self, bs: int, groups: tuple[str, ...]) -> ForwardContext:
@@ -107,14 +131,14 @@ class DecodeGraphs:
             attn=attn, lora=lora if groups else None, pool=r.pool, page_size=r.page_size, backend=r.backend, tp=r.tp
         )
 
-    def _capture(self, bs: int, groups: tuple[str, ...]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, bs: int, groups: tuple[str, ...], slots: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         self._fill_padding(0, self.buckets[-1])
         ctx = self._ctx(bs, groups)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):  # warm-up: Triton compiles and autotunes outside the capture
             for _ in range(2):
-                self._forward(bs, ctx)
+                self._forward(bs, ctx, slots)
         torch.cuda.current_stream().wait_stream(s)
         if self.mempool is None:
             self.mempool = torch.cuda.graph_pool_handle()
@@ -122,7 +146,7 @@ class DecodeGraphs:
         # thread_local: the server's other threads (adapters packed into pinned memory, pinned later) may
         # call CUDA APIs that a global-mode capture would refuse while this one runs
         with torch.cuda.graph(g, pool=self.mempool, capture_error_mode="thread_local"):
-            logits = self._forward(bs, ctx)
+            logits = self._forward(bs, ctx, slots)
         return g, logits
 
     def _fill_padding(self, lo: int, hi: int) -> None:
@@ -138,9 +162,12 @@ class DecodeGraphs:
         `fill`: (rows, token ids) on the device that replace those rows' placeholder input ids."""
         n = len(b.seq_lens)
         bs = _bucket(n, self.buckets)
-        key = (bs, tuple(g for g in LORA_GROUPS if g in b.lora_targeted) if b.lora_pages else ())
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(*key)
+        groups = tuple(g for g in LORA_GROUPS if g in b.lora_targeted) if b.lora_pages else ()
+        M = self.max_loras
+        key = (bs, groups, plan_slot_bound(bs, len(b.lora_pages), M) if groups else M)
+        if key not in self.graphs:  # every slot bound of the bucket and groups at once (warm-up meets one)
+            for slots in plan_slot_bounds(bs, M) if groups else [M]:
+                self.graphs[(bs, groups, slots)] = self._capture(bs, groups, slots)
         g, logits = self.graphs[key]
         i32 = torch.int32
         parts = [

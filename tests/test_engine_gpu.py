@@ -175,6 +175,41 @@ def test_cuda_graphs_equal_eager(setup):
     assert len(llm.engine.executor.graphs.graphs) >= 3  # several buckets were captured and replayed
 
 
+class _Replays(dict):
+    """A DecodeGraphs.graphs that records the keys replayed."""
+
+    def __init__(self):
+        super().__init__()
+        self.used = set()
+
+    def __getitem__(self, key):
+        self.used.add(key)
+        return super().__getitem__(key)
+
+
+def test_cuda_graphs_plan_slot_bounds_equal_eager(setup):
+    """Decode graphs per adapter-slot bound of the LoRA plan (app/cuda_graphs.py): steps of few adapters replay
+    the graph whose plan is built for 16 slots, steps of more than 16 the one for max_loras_per_batch (the test
+    adapters under three names each: 24 adapters), with the eager path's tokens."""
+    model, adapters, reqs = setup
+    many = {f"{name}-{i}": path for i in range(3) for name, path in adapters.items()}
+    names = [*many, None]
+    waves = [[(ids, names[i % 4]) for i, (ids, _) in enumerate(reqs)],  # 4 adapters in a step
+             [(ids, names[i % len(names)]) for i, (ids, _) in enumerate(reqs)]]  # fmt: skip
+    p = [SamplingParams(max_tokens=2 + i % 12, temperature=0, ignore_eos=True) for i in range(len(reqs))]
+    for wave in waves:
+        outs = []
+        for graphs in (False, True):
+            llm = LLM(model=str(model), adapters=many, device="cuda", dtype="float32", kernel_backend="triton",
+                      cuda_graphs=graphs, warmup="off", scheduler={"max_num_seqs": 64})  # fmt: skip
+            if graphs:
+                replays = llm.engine.executor.graphs.graphs = _Replays()
+            outs.append([o.token_ids for o in llm.generate([r[0] for r in wave], p, [r[1] for r in wave])])
+        assert outs[0] == outs[1]
+        bounds = {n for bs, groups, n in replays.used if groups and bs > 16}
+        assert (bounds == {16}) if wave is waves[0] else (64 in bounds), sorted(replays.used)
+
+
 def test_cuda_graphs_of_the_base_model_alone_launch_no_lora_kernel(setup):
     """A decode step without adapters replays the graph without LoRA kernels and gives the eager tokens."""
     model, adapters, reqs = setup
@@ -185,7 +220,7 @@ def test_cuda_graphs_of_the_base_model_alone_launch_no_lora_kernel(setup):
     llm = LLM(model=str(model), device="cuda", dtype="float32", kernel_backend="triton", warmup="off")
     llm.generate([r[0] for r in base], sampling_params=SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
     graphs = llm.engine.executor.graphs
-    assert graphs.graphs and all(not lora for _, lora in graphs.graphs)
+    assert graphs.graphs and all(not groups for _, groups, _ in graphs.graphs)
     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
     with prof:
         llm.generate([[5, 6, 7]] * 3, sampling_params=SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
@@ -228,7 +263,7 @@ def test_warmup_captures_every_graph_and_changes_nothing(setup):
     # on q, q/v, q/k/v/o, the MLP, down, k/o/up, all seven modules: warmup_adapter_graphs)
     kinds = {(), tuple(LORA_GROUPS)} | {info.groups for info in e.adapters.values()}
     assert len(kinds) >= 6 and e.warmup_s is not None
-    assert set(graphs.graphs) == {(b, g) for b in graphs.buckets for g in kinds}
+    assert set(graphs.graphs) == {(b, g, graphs.max_loras) for b in graphs.buckets for g in kinds}  # no bound < 16
     s = e.pool_stats()
     assert e.is_idle_clean() and not e.requests and (s.kv, s.adapter, s.free, s.loads) == (0, 0, s.total, 0)
     assert e.steps == 0 and "sloray/warmup" not in e.executor.adapters
@@ -338,5 +373,5 @@ def test_no_kernel_compiles_after_warmup(tmp_path, kind):
     # adapter: the demo's q/v, MLP, q/k/v/o ... adapters) captured mid-serving; a step mixing adapters of
     # different sets runs their union, captured on first use, by design (app/cuda_graphs.py)
     warm = {(), tuple(LORA_GROUPS)} | {info.groups for info in e.adapters.values()}
-    late = {g for _, g in set(e.executor.graphs.graphs) - graphs}
+    late = {g for _, g, _ in set(e.executor.graphs.graphs) - graphs}
     assert not late & warm, late & warm

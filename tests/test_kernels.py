@@ -123,10 +123,12 @@ def run_lora_case(
     plan=True,
     v_dtype=None,
     config=None,
+    plan_slots=None,
 ):
     """aligned: 64-aligned offsets (as the packer lays them) and the kernels' vectorised loads; plan: pass the
     step's plan (else the wrappers build it); v_dtype: dtype of the shrink output / expand input (float32
-    lets the decode regime split K); config: a LoRAKernelConfig (default: the module's)."""
+    lets the decode regime split K); config: a LoRAKernelConfig (default: the module's); plan_slots: the
+    adapter slots the plan is built for (>= n_slots: a CUDA graph's bound; default n_slots)."""
     gen = torch.Generator().manual_seed(seed)
     G = len(n_out)
     ranks = random_ranks(n_slots, G, max_rank, gen)
@@ -138,7 +140,7 @@ def run_lora_case(
     msl = max(seg_lens, default=0) if max_seg_len == "auto" else max_seg_len
     args = (pool, page_table, a_off, ranks, indptr, slots)
     config = config or kl.DEFAULT_CONFIG
-    step_plan = kl.plan_for_step(indptr, slots, n_slots, T, msl, config) if plan and T else None
+    step_plan = kl.plan_for_step(indptr, slots, plan_slots or n_slots, T, msl, config) if plan and T else None
     fast = dict(aligned=aligned, plan=step_plan, config=config)
 
     v_dtype = v_dtype or dtype
@@ -278,6 +280,28 @@ def test_lora_decode_batch_sizes(batch):
         page_elems=128,
         dtype=torch.float32,
         seed=batch,
+    )
+
+
+@pytest.mark.parametrize("plan_slots", [3, 16, 64])
+def test_lora_decode_plan_slot_bounds(plan_slots):
+    """A decode step of 64 tokens over 3 adapters with plans built for 3, 16 and 64 adapter slots (the decode
+    CUDA graphs' bounds, app/cuda_graphs.py): grids of 6, 19 and 64 tiles' programs, the same outputs, those
+    of the torch reference (float32 v: the shrink splits K further on the smaller grids)."""
+    assert max_tiles(64, plan_slots, kl.DEFAULT_CONFIG.decode.tile_m) == {3: 6, 16: 19, 64: 64}[plan_slots]
+    run_lora_case(
+        seg_lens=[1] * 64,
+        n_slots=3,
+        popularity="uniform",
+        max_rank=64,
+        K=2048,
+        n_out=[128, 64, 64],
+        page_elems=256,
+        dtype=torch.float32,
+        seed=plan_slots,
+        aligned=True,
+        v_dtype=torch.float32,
+        plan_slots=plan_slots,
     )
 
 
