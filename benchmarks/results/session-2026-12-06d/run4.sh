@@ -3,6 +3,7 @@
 # (127b191: every plan built for max_loras_per_batch slots). (1) GPU tests of the change; (2) saturated S2
 # n = 0, 1, 1000 with the change; (3) the 32-request burst over 8 adapters (the PEFT comparison's shape) with
 # it; (4) app/cuda_graphs.py of 127b191: saturated n = 1 and the burst again. One process each.
+# (The device's copy has no history: step (4) failed there, "invalid object name"; run 5 does the A/B.)
 # From the repository root with the device README's bundle prefix: bash benchmarks/results/session-2026-12-06d/run4.sh COMMIT
 cd "$(dirname "$0")/../../.."
 T0=$(date +%s)
