@@ -12,10 +12,11 @@ none, Engine.warmup_adapter_graphs those of the groups of each adapter registere
 
 The LoRA kernels launch programs for every tile the plan may hold (kernels/lora_plan.py), a bound that grows
 with the adapter slots the plan is built for. So a bucket and group set has one graph per slot bound of
-`plan_slot_bounds` (16 and 64 below the bucket, and max_loras_per_batch), all captured together, and a step
+`plan_slot_bounds` (16 below the bucket, and max_loras_per_batch), all captured together, and a step
 replays the smallest that holds its adapters: a 256-token step of one adapter launches programs for 31
 tiles, not 256 (the programs of empty tiles took a third of that step's LoRA time on an H100,
-benchmarks/results/session-2026-12-06d/).
+benchmarks/results/session-2026-12-06d/). Each graph keeps its own logits ([bucket, vocab] float32), so a
+bound costs that much memory per bucket above 16.
 
 Every per-step input lives in a static buffer that the graph reads: token ids, positions, KV slot mapping,
 KV page table (width: max_model_len / page_size), and the LoRA metadata (adapter page tables, offsets,
@@ -46,7 +47,7 @@ def _bucket(n: int, buckets: list[int]) -> int:
     return next(b for b in buckets if b >= n)
 
 
-SLOT_BOUNDS = (16, 64)  # adapter-slot bounds of the decode plans below max_loras_per_batch
+SLOT_BOUNDS = (16,)  # adapter-slot bounds of the decode plans below max_loras_per_batch
 
 
 def plan_slot_bounds(bs: int, max_loras: int) -> list[int]:

@@ -189,8 +189,8 @@ class _Replays(dict):
 
 def test_cuda_graphs_plan_slot_bounds_equal_eager(setup):
     """Decode graphs per adapter-slot bound of the LoRA plan (app/cuda_graphs.py): steps of few adapters replay
-    the graph whose plan is built for 16 slots, steps of more than 16 the one for max_loras_per_batch (the test
-    adapters under three names each: 24 adapters), with the eager path's tokens."""
+    the graph whose plan is built for 16 slots, steps of more than 16 the one for max_loras_per_batch (64 here;
+    the test adapters under three names each: 24 adapters), with the eager path's tokens."""
     model, adapters, reqs = setup
     many = {f"{name}-{i}": path for i in range(3) for name, path in adapters.items()}
     names = [*many, None]

@@ -285,9 +285,9 @@ def test_lora_decode_batch_sizes(batch):
 
 @pytest.mark.parametrize("plan_slots", [3, 16, 64])
 def test_lora_decode_plan_slot_bounds(plan_slots):
-    """A decode step of 64 tokens over 3 adapters with plans built for 3, 16 and 64 adapter slots (the decode
-    CUDA graphs' bounds, app/cuda_graphs.py): grids of 6, 19 and 64 tiles' programs, the same outputs, those
-    of the torch reference (float32 v: the shrink splits K further on the smaller grids)."""
+    """A decode step of 64 tokens over 3 adapters with plans built for 3, 16 and 64 adapter slots (bounds a
+    decode CUDA graph may build its plan for, app/cuda_graphs.py): grids of 6, 19 and 64 tiles' programs, the
+    same outputs, those of the torch reference (float32 v: the shrink splits K further on the smaller grids)."""
     assert max_tiles(64, plan_slots, kl.DEFAULT_CONFIG.decode.tile_m) == {3: 6, 16: 19, 64: 64}[plan_slots]
     run_lora_case(
         seg_lens=[1] * 64,
