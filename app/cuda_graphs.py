@@ -12,11 +12,11 @@ none, Engine.warmup_adapter_graphs those of the groups of each adapter registere
 
 The LoRA kernels launch programs for every tile the plan may hold (kernels/lora_plan.py), a bound that grows
 with the adapter slots the plan is built for. So a bucket and group set has one graph per slot bound of
-`plan_slot_bounds` (16 below the bucket, and max_loras_per_batch), all captured together, and a step
-replays the smallest that holds its adapters: a 256-token step of one adapter launches programs for 31
-tiles, not 256 (the programs of empty tiles took a third of that step's LoRA time on an H100,
-benchmarks/results/session-2026-12-06d/). Each graph keeps its own logits ([bucket, vocab] float32), so a
-bound costs that much memory per bucket above 16.
+`plan_slot_bounds` (EngineConfig.cuda_graph_slot_bounds below the bucket, by default 16, and
+max_loras_per_batch), all captured together, and a step replays the smallest that holds its adapters: a
+256-token step of one adapter launches programs for 31 tiles, not 256 (the programs of empty tiles took a
+third of that step's LoRA time on an H100, benchmarks/results/session-2026-12-06d/). Each graph keeps its
+own logits ([bucket, vocab] float32), so a bound costs that much memory per bucket above it.
 
 Every per-step input lives in a static buffer that the graph reads: token ids, positions, KV slot mapping,
 KV page table (width: max_model_len / page_size), and the LoRA metadata (adapter page tables, offsets,
@@ -47,19 +47,16 @@ def _bucket(n: int, buckets: list[int]) -> int:
     return next(b for b in buckets if b >= n)
 
 
-SLOT_BOUNDS = (16,)  # adapter-slot bounds of the decode plans below max_loras_per_batch
-
-
-def plan_slot_bounds(bs: int, max_loras: int) -> list[int]:
+def plan_slot_bounds(bs: int, max_loras: int, bounds: tuple[int, ...]) -> list[int]:
     """The adapter-slot bounds that a decode graph of batch size `bs` is captured for, ascending, the last
-    max_loras: those below both bs and max_loras (a plan for n slots over bs tokens bounds its tiles by
-    min(bs, (bs + n (M - 1)) / M), below bs only while n < bs)."""
-    return [n for n in SLOT_BOUNDS if n < min(bs, max_loras)] + [max_loras]
+    max_loras: those of `bounds` below both bs and max_loras (a plan for n slots over bs tokens bounds its tiles
+    by min(bs, (bs + n (M - 1)) / M), below bs only while n < bs)."""
+    return sorted({n for n in bounds if n < min(bs, max_loras)}) + [max_loras]
 
 
-def plan_slot_bound(bs: int, n_adapters: int, max_loras: int) -> int:
-    """The smallest slot bound of `plan_slot_bounds(bs, max_loras)` that holds a step's `n_adapters`."""
-    return next(n for n in plan_slot_bounds(bs, max_loras) if n >= n_adapters)
+def plan_slot_bound(bs: int, n_adapters: int, max_loras: int, bounds: tuple[int, ...]) -> int:
+    """The smallest slot bound of `plan_slot_bounds(bs, max_loras, bounds)` that holds a step's `n_adapters`."""
+    return next(n for n in plan_slot_bounds(bs, max_loras, bounds) if n >= n_adapters)
 
 
 class DecodeGraphs:
@@ -70,6 +67,7 @@ class DecodeGraphs:
         max_len = args.max_model_len(cfg.scheduler.max_model_len)
         self.kv_width = -(-max_len // runner.page_size)
         self.max_loras = cfg.lora.max_loras_per_batch
+        self.slot_bounds = cfg.cuda_graph_slot_bounds
         self.max_rank = cfg.lora.max_lora_rank
         per_rank = sum(i + o for i, o in module_shapes(args).values())
         self.lora_width = -(-self.max_rank * per_rank // runner.page_elems)
@@ -164,10 +162,10 @@ class DecodeGraphs:
         n = len(b.seq_lens)
         bs = _bucket(n, self.buckets)
         groups = tuple(g for g in LORA_GROUPS if g in b.lora_targeted) if b.lora_pages else ()
-        M = self.max_loras
-        key = (bs, groups, plan_slot_bound(bs, len(b.lora_pages), M) if groups else M)
+        M, bounds = self.max_loras, self.slot_bounds
+        key = (bs, groups, plan_slot_bound(bs, len(b.lora_pages), M, bounds) if groups else M)
         if key not in self.graphs:  # every slot bound of the bucket and groups at once (warm-up meets one)
-            for slots in plan_slot_bounds(bs, M) if groups else [M]:
+            for slots in plan_slot_bounds(bs, M, bounds) if groups else [M]:
                 self.graphs[(bs, groups, slots)] = self._capture(bs, groups, slots)
         g, logits = self.graphs[key]
         i32 = torch.int32

@@ -229,15 +229,23 @@ def test_warmup_leaves_the_engine_clean_and_outputs_unchanged(demo, llm):
 
 
 def test_decode_graph_plan_slot_bounds():
-    """A decode graph's LoRA plan is built for the smallest slot bound (16, max_loras_per_batch) that holds the
-    step's adapters, among those below the batch bucket (app/cuda_graphs.py); max_loras_per_batch is always
-    one."""
+    """A decode graph's LoRA plan is built for the smallest slot bound (EngineConfig.cuda_graph_slot_bounds, then
+    max_loras_per_batch) that holds the step's adapters, among those below the batch bucket (app/cuda_graphs.py);
+    max_loras_per_batch is always one. The config takes positive counts only."""
+    from app.config import EngineConfig
     from app.cuda_graphs import plan_slot_bound, plan_slot_bounds
 
-    assert plan_slot_bounds(256, 256) == [16, 256] and plan_slot_bounds(32, 64) == [16, 64]
-    assert plan_slot_bounds(16, 256) == [256] and plan_slot_bounds(1, 8) == [8] and plan_slot_bounds(64, 8) == [8]
-    assert [plan_slot_bound(256, n, 256) for n in (0, 1, 16, 17, 256)] == [16, 16, 16, 256, 256]
-    assert [plan_slot_bound(32, n, 64) for n in (1, 16, 17, 32)] == [16, 16, 64, 64]
+    b = EngineConfig(model="m").cuda_graph_slot_bounds
+    assert b == (16,)
+    assert plan_slot_bounds(256, 256, b) == [16, 256] and plan_slot_bounds(32, 64, b) == [16, 64]
+    assert plan_slot_bounds(16, 256, b) == [256] and plan_slot_bounds(1, 8, b) == [8]
+    assert plan_slot_bounds(64, 8, b) == [8]
+    assert [plan_slot_bound(256, n, 256, b) for n in (0, 1, 16, 17, 256)] == [16, 16, 16, 256, 256]
+    assert [plan_slot_bound(32, n, 64, b) for n in (1, 16, 17, 32)] == [16, 16, 64, 64]
+    assert plan_slot_bounds(256, 256, ()) == [256] and plan_slot_bounds(128, 256, (64, 4, 16)) == [4, 16, 64, 256]
+    assert EngineConfig(model="m", cuda_graph_slot_bounds=[64, 4, 64]).cuda_graph_slot_bounds == (4, 64)
+    with pytest.raises(ValueError, match="positive"):
+        EngineConfig(model="m", cuda_graph_slot_bounds=(0,))
 
 
 def test_warmup_runs_the_decode_graphs_of_the_adapters_lora_groups(demo):
