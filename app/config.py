@@ -133,6 +133,12 @@ class LoRAConfig(BaseModel):
     load_timeout_s: float = Field(
         120.0, gt=0, description="time budget to read and validate one adapter loaded at run time"
     )
+    overlap_shrink: bool = Field(
+        False,
+        description="on a GPU, launch each LoRA shrink on a second CUDA stream beside the base matmul of the same "
+        "input (in eager steps and in the decode CUDA graphs), so that the two overlap; the expand follows the "
+        "matmul on the main stream",
+    )
     kernels: LoRAKernelOverrides = Field(default_factory=LoRAKernelOverrides)
 
 

@@ -127,7 +127,13 @@ class DecodeGraphs:
             groups={g: self.groups[g] for g in groups},
         )
         return ForwardContext(
-            attn=attn, lora=lora if groups else None, pool=r.pool, page_size=r.page_size, backend=r.backend, tp=r.tp
+            attn=attn,
+            lora=lora if groups else None,
+            pool=r.pool,
+            page_size=r.page_size,
+            backend=r.backend,
+            tp=r.tp,
+            lora_stream=r.lora_stream,
         )
 
     def _capture(self, bs: int, groups: tuple[str, ...], slots: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

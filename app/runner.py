@@ -78,6 +78,9 @@ class ModelRunner:
         self.constraints: Constraints | None = None  # made for the first constrained request
         self._seed_rng = random.Random(cfg.seed)
         self.copy_stream = torch.cuda.Stream() if self.device == "cuda" else None
+        # high priority: the shrinks' few programs start as soon as the base matmul leaves SMs free
+        overlap = cfg.lora.overlap_shrink and self.device == "cuda"
+        self.lora_stream = torch.cuda.Stream(priority=-1) if overlap else None
         self._prefetch_event: torch.cuda.Event | None = None
         # the last launched step's sampled tokens (on the device) and each request's row in them
         self._last_tokens: tuple[torch.Tensor, dict[str, int]] | None = None
@@ -415,7 +418,13 @@ class ModelRunner:
             lora.plan = self.backend.lora_plan(q_indptr, lora.seg_slot, len(b.lora_pages), len(b.input_ids),
                                                b.max_q_len)  # fmt: skip
         ctx = ForwardContext(
-            attn=attn, lora=lora, pool=self.pool, page_size=self.page_size, backend=self.backend, tp=self.tp
+            attn=attn,
+            lora=lora,
+            pool=self.pool,
+            page_size=self.page_size,
+            backend=self.backend,
+            tp=self.tp,
+            lora_stream=self.lora_stream,
         )
         return ctx, input_ids, positions, sample_rows
 

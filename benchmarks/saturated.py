@@ -352,7 +352,7 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
             "max_num_batched_tokens": args.max_num_batched_tokens,
             **args.scheduler,
         },
-        lora={"kernels": args.lora_kernels},
+        lora={**args.lora, "kernels": args.lora_kernels},
         **({"warmup": "on"} if device == "cuda" else {}),
     )
     t0 = time.perf_counter()
@@ -429,6 +429,7 @@ def write_report(res: dict, out: Path) -> None:
     lines = [
         f"# Saturated S2 throughput: {res['gpu']} (commit {res['commit']})",
         *(["", f"LoRA kernel overrides: `{json.dumps(res['lora_kernels'])}`"] if res.get("lora_kernels") else []),
+        *(["", f"LoRA overrides: `{json.dumps(res['lora'])}`"] if res.get("lora") else []),
         *(["", f"Scheduler overrides: `{json.dumps(res['scheduler'])}`"] if res.get("scheduler") else []),
         "",
         f"{res['requests']} requests submitted at once, input and output U[8, {res['max_len']}), "
@@ -557,6 +558,10 @@ def main() -> None:
         "launch configuration: one process each)",
     )  # fmt: skip
     ap.add_argument(
+        "--lora", default="{}", type=json.loads,
+        help='EngineConfig.lora overrides other than its kernels as JSON, e.g. \'{"overlap_shrink": true}\'',
+    )  # fmt: skip
+    ap.add_argument(
         "--scheduler", default="{}", type=json.loads,
         help='EngineConfig.scheduler overrides as JSON, e.g. \'{"admission_headroom_pages": 0}\' (an A/B of a '
         "scheduling policy: one process each)",
@@ -583,7 +588,7 @@ def main() -> None:
         commit=args.commit or commit(), torch=torch.__version__, requests=args.requests, max_len=args.max_len,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, profile_steps=args.profile_steps,
-        lora_kernels=args.lora_kernels, scheduler=args.scheduler, system_prompt=args.system_prompt, settings=[],
+        lora_kernels=args.lora_kernels, lora=args.lora, scheduler=args.scheduler, system_prompt=args.system_prompt, settings=[],
     )  # fmt: skip
     for name in args.settings:
         res["settings"].append(bench_setting(name, args, args.work, bw, rate))

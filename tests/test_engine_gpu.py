@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -208,6 +209,42 @@ def test_cuda_graphs_plan_slot_bounds_equal_eager(setup):
         assert outs[0] == outs[1]
         bounds = {n for bs, groups, n in replays.used if groups and bs > 16}
         assert (bounds == {16}) if wave is waves[0] else (64 in bounds), sorted(replays.used)
+
+
+def _kernel_streams(trace: Path, name: str) -> set[int]:
+    """The CUDA streams the kernels whose name holds `name` ran on, from a torch.profiler chrome trace."""
+    events = json.loads(trace.read_text())["traceEvents"]
+    return {e["args"]["stream"] for e in events if e.get("cat") == "kernel" and name in e.get("name", "")}
+
+
+def test_lora_shrink_side_stream_equals_one_stream(setup, tmp_path):
+    """LoRAConfig.overlap_shrink: each shrink on a second stream beside its group's base matmul, in eager steps
+    and in the decode graphs, gives the one-stream eager tokens (float32, mixed adapters, several buckets);
+    the shrinks do run on a stream of their own and the expands on the main one."""
+    model, adapters, reqs = setup
+    p = [SamplingParams(max_tokens=2 + i % 12, temperature=0, ignore_eos=True) for i in range(len(reqs))]
+
+    def run(graphs: bool, overlap: bool, profile: bool = False):
+        llm = LLM(model=str(model), adapters=adapters, device="cuda", dtype="float32", kernel_backend="triton",
+                  cuda_graphs=graphs, warmup="off", scheduler={"max_num_seqs": 64},
+                  lora={"overlap_shrink": overlap})  # fmt: skip
+        assert (llm.engine.executor.lora_stream is not None) == overlap
+        if not profile:
+            return [o.token_ids for o in llm.generate([r[0] for r in reqs], p, [r[1] for r in reqs])]
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            llm.generate([r[0] for r in reqs[:6]], p[:6], [r[1] for r in reqs[:6]])
+        prof.export_chrome_trace(str(tmp_path / "trace.json"))
+        return None
+
+    ref = run(graphs=False, overlap=False)
+    assert run(graphs=False, overlap=True) == ref
+    assert run(graphs=True, overlap=True) == ref
+    run(graphs=False, overlap=True, profile=True)
+    shrink, expand = (
+        _kernel_streams(tmp_path / "trace.json", "lora_shrink"),
+        _kernel_streams(tmp_path / "trace.json", "lora_expand"),
+    )
+    assert shrink and expand and not shrink & expand, (shrink, expand)
 
 
 def test_cuda_graphs_of_the_base_model_alone_launch_no_lora_kernel(setup):

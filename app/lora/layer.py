@@ -1,5 +1,7 @@
 """The LoRA step a model layer calls: y += scale * (x @ A^T) @ B^T for every token's adapter, through
-the kernel backend (shrink, then expand), with S-LoRA's tensor-parallel collectives.
+the kernel backend, with S-LoRA's tensor-parallel collectives. Two calls around the group's base matmul:
+`lora_start` launches the shrink v = x @ A^T (on a side stream when configured, overlapping the matmul),
+`lora_finish` adds the expand v @ B^T into the matmul's output.
 
 Column-parallel group (qkv, gate_up): each rank computes its rows of x @ A^T into its columns of v;
 a sum all-reduce of the small v [T, G, r] assembles it (an all-gather by another name); then each rank
@@ -14,10 +16,12 @@ all-reduce costs about as much as the base one, measured in benchmarks/results/t
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 
-from app.model.context import ForwardContext
+from app.model.context import ForwardContext, LoRAMeta
 
 # Targets sharing one input, computed by one shrink/expand launch (and one fused base matmul); adapters
 # are packed in this order (app/lora/adapter.py).
@@ -37,60 +41,71 @@ def targeted_groups(modules: Iterable[str]) -> tuple[str, ...]:
     return tuple(g for g, ms in LORA_GROUPS.items() if mods.intersection(ms))
 
 
-def apply_lora(
-    ctx: ForwardContext, layer: int, group: str, x: torch.Tensor, y: torch.Tensor, out_sizes: list[int]
-) -> None:
-    """x: [T, K] input of the group; y: [T, sum(out_sizes)] its base output on this rank (in place).
-    `out_sizes`: each target's output columns within y as this rank's LoRA B shard sees them."""
+@dataclass
+class PendingLoRA:
+    """A group's shrink, launched before the base matmul: v = x @ A^T (float32 [T, G, R]), on `stream` when
+    the context has a LoRA side stream (then `lora_finish` makes the current stream wait for it)."""
+
+    group: str
+    meta: LoRAMeta  # the step's (ctx.lora)
+    v: torch.Tensor
+    stream: torch.cuda.Stream | None
+
+
+def lora_start(ctx: ForwardContext, layer: int, group: str, x: torch.Tensor) -> PendingLoRA | None:
+    """Launches the shrink of `group` for x [T, K] (the group's input on this rank); None when the step has
+    no LoRA or none of its adapters targets the group. With `ctx.lora_stream` the shrink runs there, beside
+    the base matmul the caller launches next (it reads only x, which the caller keeps alive until
+    `lora_finish`): the two overlap, which hides the shrink's latency at small batches."""
     meta = ctx.lora
-    if meta is None or group not in meta.groups:  # no LoRA in the step, or none of its adapters targets it
-        return
+    if meta is None or group not in meta.groups:
+        return None
     g = meta.groups[group]
-    pool = ctx.pool[layer]
-    tp = ctx.tp
-    row_parallel = group in ROW_PARALLEL_GROUPS
     # v in float32: the decode shrink may split K and add partial sums atomically (kernels/lora.py)
     v = torch.empty(x.shape[0], len(LORA_GROUPS[group]), meta.max_rank, dtype=torch.float32, device=x.device)
-    hints = dict(aligned=True, plan=meta.plan)  # packed offsets are 64-aligned (app/lora/adapter.py)
+    side = ctx.lora_stream
+    if side is not None:
+        side.wait_stream(torch.cuda.current_stream())  # x and v are ready for the side stream
+    with torch.cuda.stream(side) if side is not None else nullcontext():
+        ctx.backend.lora_shrink(
+            x,
+            ctx.pool[layer],
+            meta.page_table,
+            g.a_offsets,
+            g.ranks_a,
+            meta.seg_indptr,
+            meta.seg_slot,
+            v,
+            # a column-parallel group's rank holds rows col_mult * r_n.. of A; a row-parallel one all of them
+            col_mult=0 if group in ROW_PARALLEL_GROUPS else ctx.tp.rank,
+            max_seg_len=meta.max_seg_len,
+            aligned=True,  # packed offsets are 64-aligned (app/lora/adapter.py)
+            plan=meta.plan,
+        )
+    return PendingLoRA(group, meta, v, side)
+
+
+def lora_finish(
+    ctx: ForwardContext, layer: int, pending: PendingLoRA | None, y: torch.Tensor, out_sizes: list[int]
+) -> None:
+    """y [T, sum(out_sizes)] += the group's LoRA delta, in place: y is its base output on this rank;
+    `out_sizes`: each target's output columns within y as this rank's LoRA B shard sees them. Waits for
+    the side stream's shrink first; a column-parallel group at TP > 1 sums v over the ranks (S-LoRA)."""
+    if pending is None:
+        return
+    meta = pending.meta
+    g = meta.groups[pending.group]
+    if pending.stream is not None:
+        torch.cuda.current_stream().wait_stream(pending.stream)
+    if pending.group not in ROW_PARALLEL_GROUPS:
+        ctx.tp.all_reduce(pending.v)  # each rank computed its rank columns of v
     offsets = [0]
     for n in out_sizes:
         offsets.append(offsets[-1] + n)
-    if row_parallel or tp.world_size == 1:  # no collective between shrink and expand (ranks_a == ranks_b)
-        ctx.backend.lora_apply(
-            y,
-            x,
-            v,
-            pool,
-            meta.page_table,
-            g.a_offsets,
-            g.b_offsets,
-            g.ranks_a,
-            meta.scales,
-            meta.seg_indptr,
-            meta.seg_slot,
-            offsets,
-            max_seg_len=meta.max_seg_len,
-            **hints,
-        )
-        return
-    ctx.backend.lora_shrink(
-        x,
-        pool,
-        meta.page_table,
-        g.a_offsets,
-        g.ranks_a,
-        meta.seg_indptr,
-        meta.seg_slot,
-        v,
-        col_mult=tp.rank,
-        max_seg_len=meta.max_seg_len,
-        **hints,
-    )
-    tp.all_reduce(v)
     ctx.backend.lora_expand(
         y,
-        v,
-        pool,
+        pending.v,
+        ctx.pool[layer],
         meta.page_table,
         g.b_offsets,
         g.ranks_b,
@@ -99,5 +114,6 @@ def apply_lora(
         meta.seg_slot,
         offsets,
         max_seg_len=meta.max_seg_len,
-        **hints,
+        aligned=True,
+        plan=meta.plan,
     )

@@ -71,6 +71,8 @@ class ForwardContext:
     page_size: int
     backend: KernelBackend
     tp: ParallelState
+    # a CUDA stream for the LoRA shrinks beside the base matmuls (LoRAConfig.overlap_shrink); None: one stream
+    lora_stream: torch.cuda.Stream | None = None
 
 
 def padded_table(rows: list[list[int]], width: int | None = None) -> np.ndarray:

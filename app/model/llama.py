@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from app.lora.layer import apply_lora
+from app.lora.layer import lora_finish, lora_start
 from app.model.context import ForwardContext, ParallelState
 
 SUPPORTED_ARCHS = {
@@ -491,8 +491,9 @@ class LlamaForCausalLM(torch.nn.Module):
         x = h if a.olmo else be.rms_norm(h, w["0.in_norm"], eps)
         attn = ctx.attn
         for i in range(a.num_layers):
+            lora = lora_start(ctx, i, "qkv", x)  # the shrink first: it may overlap the base matmul
             qkv = F.linear(x, w[f"{i}.qkv"], w.get(f"{i}.qkv_b"))
-            apply_lora(ctx, i, "qkv", x, qkv, [self.q_size, self.kv_size, self.kv_size])
+            lora_finish(ctx, i, lora, qkv, [self.q_size, self.kv_size, self.kv_size])
             if a.olmo:
                 self._whole_qk_norm(i, qkv)
             # q and k in place: Qwen3's head norms (after the LoRA delta, as PEFT's q_proj output), then RoPE
@@ -521,8 +522,9 @@ class LlamaForCausalLM(torch.nn.Module):
                 x = h.add_(y)
             else:
                 x = be.add_rms_norm(h, y if rm == 1.0 else y * rm, w[f"{i}.post_norm"], eps)
+            lora = lora_start(ctx, i, "gate_up", x)
             gu = F.linear(x, w[f"{i}.gate_up"], w.get(f"{i}.gate_up_b"))
-            apply_lora(ctx, i, "gate_up", x, gu, [self.inter, self.inter])
+            lora_finish(ctx, i, lora, gu, [self.inter, self.inter])
             y = self._row_parallel(ctx, i, "down", be.gelu_mul(gu) if a.gemma else be.silu_mul(gu))
             if a.gemma or a.olmo:
                 y = be.rms_norm(y, w[f"{i}.mlp_out_norm"], eps)
@@ -548,8 +550,9 @@ class LlamaForCausalLM(torch.nn.Module):
     def _row_parallel(self, ctx: ForwardContext, i: int, name: str, x: torch.Tensor) -> torch.Tensor:
         """o / down: this rank's partial x @ W^T plus its LoRA partial, summed over the TP group by one
         all-reduce, then the bias (added once, after the reduction)."""
+        lora = lora_start(ctx, i, name, x)
         y = F.linear(x, self.w[f"{i}.{name}"])
-        apply_lora(ctx, i, name, x, y, [self.args.hidden_size])
+        lora_finish(ctx, i, lora, y, [self.args.hidden_size])
         self.tp.all_reduce(y)
         bias = self.w.get(f"{i}.{name}_b")
         return y if bias is None else y + bias
