@@ -78,7 +78,8 @@ class ModelRunner:
         self.constraints: Constraints | None = None  # made for the first constrained request
         self._seed_rng = random.Random(cfg.seed)
         self.copy_stream = torch.cuda.Stream() if self.device == "cuda" else None
-        # high priority: the shrinks' few programs start as soon as the base matmul leaves SMs free
+        # the decode graphs' LoRA shrinks (high priority: their few programs start as soon as the base matmul
+        # leaves SMs free); eager steps run on one stream
         overlap = cfg.lora.overlap_shrink and self.device == "cuda"
         self.lora_stream = torch.cuda.Stream(priority=-1) if overlap else None
         self._prefetch_event: torch.cuda.Event | None = None
@@ -424,7 +425,6 @@ class ModelRunner:
             page_size=self.page_size,
             backend=self.backend,
             tp=self.tp,
-            lora_stream=self.lora_stream,
         )
         return ctx, input_ids, positions, sample_rows
 

@@ -71,7 +71,8 @@ class ForwardContext:
     page_size: int
     backend: KernelBackend
     tp: ParallelState
-    # a CUDA stream for the LoRA shrinks beside the base matmuls (LoRAConfig.overlap_shrink); None: one stream
+    # a CUDA stream for the LoRA shrinks beside the base matmuls (the decode graphs with
+    # LoRAConfig.overlap_shrink); None: one stream
     lora_stream: torch.cuda.Stream | None = None
 
 
