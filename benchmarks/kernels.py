@@ -187,14 +187,15 @@ def matmul_flops(device: torch.device, dtype) -> float:
 @dataclass
 class StepCase:
     """One step's LoRA work on one layer: `decode` one-token segments and prefill segments of
-    `prefill` tokens each, over `n_adapters` adapters (ranks cycling over the rank choices), on the LoRA
-    groups `groups` (None: all four, the seven targets)."""
+    `prefill` tokens each, over `n_adapters` adapters (ranks cycling over the rank choices, or all `rank`), on
+    the LoRA groups `groups` (None: all four, the seven targets)."""
 
     name: str
     decode: int
     prefill: list[int]
     n_adapters: int
     groups: tuple[str, ...] | None = None
+    rank: int | None = None
 
 
 FULL_CASES = [
@@ -214,6 +215,12 @@ FULL_CASES = [
     StepCase("decode 24 req, 24 adapters, q/k/v/o", 24, [], 24, ("qkv", "o")),
     # one adapter (the saturated n = 1 setting): 16-token tiles, where tl.dot's tiles are full
     StepCase("decode 255 req, 1 adapter, q/k/v/o", 255, [], 1, ("qkv", "o")),
+    # the saturated S2 run's steps with prefill (4096 tokens: ~128 decode tokens and chunks), with one adapter
+    # (saturated.py's n = 1 is rank 64) and with n = 1000's ~120 adapters a step
+    StepCase(
+        "mixed 128 decode + 2 x 1984 prefill, 1 adapter of rank 64, q/k/v/o", 128, [1984] * 2, 1, ("qkv", "o"), 64
+    ),
+    StepCase("mixed 128 decode + 2 x 1984 prefill, 120 adapters, q/k/v/o", 128, [1984] * 2, 120, ("qkv", "o")),
 ]
 SMOKE_CASES = [
     StepCase("decode 6 req, 3 adapters", 6, [], 3),
@@ -250,6 +257,9 @@ SWEEP = {
         dict(shrink_r=32, shrink_k=256),
         dict(shrink_split=2),
         dict(tile_m=32),
+        dict(tile_m=64),
+        dict(tile_m=64, expand_n=128),
+        dict(tile_m=128, expand_n=128, expand_warps=8, shrink_warps=8),
         dict(expand_n=512, expand_warps=8),
         dict(shrink_warps=8, expand_warps=8),
         dict(shrink_stages=4, expand_stages=3),
@@ -307,7 +317,7 @@ def bench_lora_steps(args, device, dtype, bw, gen) -> dict:
         # the plan's slot count bounds its tiles (the kernels' grid): the engine's decode graphs pass
         # max_loras_per_batch (default max_num_seqs), whatever the step holds (--plan-slots)
         plan_slots = max(n_ad, getattr(args, "plan_slots", None) or 0)
-        ranks = [rank_choices[i % len(rank_choices)] for i in range(n_ad)]  # ranks cycling over the choices
+        ranks = [case.rank or rank_choices[i % len(rank_choices)] for i in range(n_ad)]  # cycling over the choices
         pool_pages = int((getattr(args, "pool_gb", None) or 0) * 1e9) // (page_elems * torch.finfo(dtype).bits // 8)
         pool, page_table, totals = build_adapters(groups, ranks, page_elems, dtype, device, gen, pool_pages)
         scales = (torch.rand(n_ad, generator=gen) + 0.5).to(device)
