@@ -43,13 +43,12 @@ def targeted_groups(modules: Iterable[str]) -> tuple[str, ...]:
 
 @dataclass
 class PendingLoRA:
-    """A group's shrink, launched before the base matmul: v = x @ A^T (float32 [T, G, R]), on `stream` when
-    the context has a LoRA side stream (then `lora_finish` makes the current stream wait for it)."""
+    """A group's shrink, launched before the base matmul: v = x @ A^T (float32 [T, G, R]), on the context's
+    LoRA side stream when it has one (then `lora_finish` makes the current stream wait for it)."""
 
     group: str
     meta: LoRAMeta  # the step's (ctx.lora)
     v: torch.Tensor
-    stream: torch.cuda.Stream | None
 
 
 def lora_start(ctx: ForwardContext, layer: int, group: str, x: torch.Tensor) -> PendingLoRA | None:
@@ -82,7 +81,7 @@ def lora_start(ctx: ForwardContext, layer: int, group: str, x: torch.Tensor) -> 
             aligned=True,  # packed offsets are 64-aligned (app/lora/adapter.py)
             plan=meta.plan,
         )
-    return PendingLoRA(group, meta, v, side)
+    return PendingLoRA(group, meta, v)
 
 
 def lora_finish(
@@ -95,8 +94,8 @@ def lora_finish(
         return
     meta = pending.meta
     g = meta.groups[pending.group]
-    if pending.stream is not None:
-        torch.cuda.current_stream().wait_stream(pending.stream)
+    if ctx.lora_stream is not None:
+        torch.cuda.current_stream().wait_stream(ctx.lora_stream)
     if pending.group not in ROW_PARALLEL_GROUPS:
         ctx.tp.all_reduce(pending.v)  # each rank computed its rank columns of v
     offsets = [0]
