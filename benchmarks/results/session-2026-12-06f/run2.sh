@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Session 06f run 2. On an H200: issue 12's headline (saturated S2 n = 0, 1, 1000 in one process) and issue 16's
 # PEFT comparison, then GPU tests with the time left. On an H100 (the S2 / PEFT figures exist for this card):
-# the GPU test suite at this commit, part A (tests/test_kernels_gpu.py and tests/test_engine_gpu.py's gqa / mha /
-# model-free tests); part B (qwen3 / phi3 / gemma2) is `run2.sh COMMIT B`.
+# the GPU test suite at this commit, tests/test_kernels_gpu.py, then tests/test_engine_gpu.py's gqa / mha / model-free tests (A),
+# then its qwen3 / phi3 / gemma2 ones (B) while time is left; `run2.sh COMMIT B` runs B alone.
 # bash benchmarks/results/session-2026-12-06f/run2.sh COMMIT [B]
 cd "$(dirname "$0")/../../.."
 T0=$(date +%s)
@@ -29,6 +29,7 @@ for r in d['runs']: print(r['adapters'], round(r['req_s'], 2), r['steps'], r['gp
     tests kernels tests/test_kernels_gpu.py -k "test_lora_cuda or cuda_graph_decode_step" ;;
   *)
     tests kernels tests/test_kernels_gpu.py
-    tests engine_a tests/test_engine_gpu.py -k "not (qwen3 or phi3 or gemma2)" ;;
+    tests engine_a tests/test_engine_gpu.py -k "not (qwen3 or phi3 or gemma2)"
+    tests engine_b tests/test_engine_gpu.py -k "qwen3 or phi3 or gemma2" ;;
 esac
 echo "done at $(( $(date +%s) - T0 )) s"
