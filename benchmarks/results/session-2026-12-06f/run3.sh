@@ -10,5 +10,5 @@ for s in "S1 S4" llama3-8b-all; do
   L=$(( 585 - ($(date +%s) - T0) )); [ $L -lt 150 ] && { echo "no time for $s"; continue; }
   n=$(echo $s | tr -d ' '); timeout -s TERM $L python -m benchmarks.suite s-lora-table --quick --settings $s \
     --adapters 0 1000 --points 2 --duration 10 --no-peft --out /tmp/$n --commit $1 > $OUT/$n.log 2>&1
-  echo "$s rc=$? at $(( $(date +%s) - T0 )) s"; cp /tmp/$n/*.json /tmp/$n/*.md $OUT/ 2>/dev/null; tail -12 $OUT/$n.log
+  echo "$s rc=$? at $(( $(date +%s) - T0 )) s"; for f in /tmp/$n/*.json /tmp/$n/*.md; do [ -f "$f" ] && cp "$f" "$OUT/${n}_$(basename $f)"; done; tail -12 $OUT/$n.log
 done
