@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 06f run 3 (run 2 never started: no machine came). On an H200 first issue 12's headline (saturated S2
 # n = 0, 1, 1000 in one process) and issue 16's PEFT comparison. Then issue 16's s-lora-table on the settings that
-# never ran on a GPU: S1 (Llama-2-7B, rank 8) and S4 (Llama-2-13B, ranks 64 / 32 / 16), then llama3-8b-all, each
+# never ran on a GPU, one process each: S4 (Llama-2-13B, ranks 64 / 32 / 16), S1 (Llama-2-7B, rank 8), llama3-8b-all, each
 # with the base model and n = 1000 and a short rate search (2 replays of 10 s), no PEFT, while time is left.
 # bash benchmarks/results/session-2026-12-06f/run3.sh COMMIT [SECONDS]
 cd "$(dirname "$0")/../../.."
@@ -19,7 +19,7 @@ for r in d['runs']: print(r['adapters'], round(r['req_s'], 2), r['steps'], r['gp
       --duration 10 --burst 64 --out /tmp/peft --commit $1 > $OUT/peft.log 2>&1; echo "peft rc=$?"
     cp /tmp/peft/s-lora-table.json $OUT/peft_s-lora-table.json; grep -E "PEFT" $OUT/peft.log | tail -2 ;;
 esac
-for s in "S1 S4" llama3-8b-all; do
+for s in S4 S1 llama3-8b-all; do
   L=$(left); [ $L -lt 150 ] && { echo "no time for $s"; continue; }
   n=$(echo $s | tr -d ' '); timeout -s TERM $L python -m benchmarks.suite s-lora-table --quick --settings $s \
     --adapters 0 1000 --points 2 --duration 10 --no-peft --out /tmp/$n --commit $1 > $OUT/$n.log 2>&1
