@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -414,14 +415,44 @@ def test_load_replay_records_each_request():
     assert len(frozen) == 4 and min(frozen) > before and gc.get_freeze_count() == before
 
 
-def test_kept_up_is_late_tokens_over_offered():
-    """The rate search's keeping-up figure: second-half output tokens per second over the offered rate."""
-    from benchmarks.suite import kept_up, passes
+def _late_tokens_served(trace: list[dict], step_s: float, slots: int) -> int:
+    """A fake-clock server: a step every `step_s` seconds; at each step the requests that have arrived fill its
+    `slots` in arrival order, and every request in a slot gets one token at the step's end. Returns the tokens
+    that come in the second half of the arrival window."""
+    last, queue, running, late, k = trace[-1]["arrival_s"], deque(trace), [], 0, 0
+    while queue or running:
+        t = k * step_s
+        while queue and queue[0]["arrival_s"] <= t and len(running) < slots:
+            running.append(queue.popleft()["output_len"])
+        k += 1
+        late += len(running) if last / 2 <= k * step_s <= last else 0
+        running = [n - 1 for n in running if n > 1]
+    return late
+
+
+def test_kept_up_is_late_tokens_over_offered_and_the_ramp_ceiling():
+    """The rate search's keeping-up figure: second-half output tokens per second over the trace's offered rate;
+    and its ceiling without a backlog at the run's step time, below 1 when each request's decode is as long as
+    the trace (the ramp reaches into the second half), where a server short of capacity reads near it."""
+    from benchmarks.suite import KEEP_UP, ideal_late_tokens, kept_up, passes, ramp_ceiling
 
     trace = [{"arrival_s": t, "output_len": 100} for t in (0.0, 5.0, 10.0)]  # 300 tokens over 10 s: 30 tok/s
     assert kept_up(150, trace) == 1.0  # 150 tokens in the last 5 s: 30 tok/s
     assert kept_up(75, trace) == 0.5
     assert kept_up(10, [{"arrival_s": 0.0, "output_len": 5}]) is None  # a burst: no arrival window
+    # tokens at a + k * 0.25 s; window [4, 8]: k = 16..32 of the first request, 1..16 of the second, none of the last
+    assert ideal_late_tokens([{"arrival_s": t, "output_len": 100} for t in (0.0, 4.0, 8.0)], 0.25) == 33
+    dense = [{"arrival_s": i / 10, "output_len": 50} for i in range(101)]  # 10 req/s for 10 s
+    assert 0.98 <= ramp_ceiling(dense, 0.01) <= 1.0  # 0.5 s decodes: the ramp is over long before the second half
+    assert ramp_ceiling(trace, None) is None and ramp_ceiling([{"arrival_s": 0.0, "output_len": 5}], 0.1) is None
+
+    long = [{"arrival_s": i / 8, "output_len": 160} for i in range(81)]  # 8 req/s for 10 s, 10 s decodes
+    step = 1 / 16
+    ceiling = ramp_ceiling(long, step)
+    unlimited = kept_up(_late_tokens_served(long, step, slots=len(long)), long)
+    assert ceiling < KEEP_UP and abs(unlimited - ceiling) < 0.01  # no backlog, yet it fails: the ramp
+    short = kept_up(_late_tokens_served(long, step, slots=60), long)  # 80 slots needed: a backlog from 7.5 s
+    assert short < unlimited - 0.05
     point = {"stopped": None, "slo_attainment": 1.0, "kept_up": 0.95}
     assert passes(point) and not passes({**point, "kept_up": 0.7}) and not passes({**point, "slo_attainment": 0.8})
     assert not passes({**point, "stopped": "SLO already missed"}) and passes({**point, "kept_up": None})
