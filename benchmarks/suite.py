@@ -364,7 +364,7 @@ def rate_search(a, engine: Engine, n: int, cap: float, log, points: list) -> dic
         ok = passes(r)
         points.append(r)
         log(f"n={n} rate {rate:.2f}: {r['requests']} requests, attainment {pc(r['slo_attainment'])}, kept up "
-            f"{pc(r['kept_up'])} (ramp ceiling {pc(r['ramp_ceiling'])}), {f2(r['out_tok_s_window'])} tok/s, "
+            f"{pc(r['kept_up'])} (ramp ceiling {pc(r.get('ramp_ceiling'))}), {f2(r['out_tok_s_window'])} tok/s, "
             f"TTFT p50 {ms(r['ttft_p50_s'])} p99 {ms(r['ttft_p99_s'])}{' (' + r['stopped'] + ')' if r['stopped'] else ''}")  # fmt: skip
         if ok:
             lo, best = rate, r

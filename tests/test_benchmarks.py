@@ -191,6 +191,7 @@ def test_suite_s_lora_table_smoke(tmp_path):
         assert r["saturated"]["completed"] == r["saturated"]["requests"] == 12 and r["saturated"]["req_s"] > 0
         assert len(r["points"]) == 2 and all(p["rate"] > 0 and "slo_attainment" in p for p in r["points"])
         assert all(p["kept_up"] is not None and p["kept_up"] >= 0 for p in r["points"])
+        assert all(p["late_step_s"] > 0 and p["ramp_ceiling"] > 0 for p in r["points"])
         passed = [
             p["rate"]
             for p in r["points"]
