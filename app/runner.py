@@ -419,12 +419,7 @@ class ModelRunner:
             lora.plan = self.backend.lora_plan(q_indptr, lora.seg_slot, len(b.lora_pages), len(b.input_ids),
                                                b.max_q_len)  # fmt: skip
         ctx = ForwardContext(
-            attn=attn,
-            lora=lora,
-            pool=self.pool,
-            page_size=self.page_size,
-            backend=self.backend,
-            tp=self.tp,
+            attn=attn, lora=lora, pool=self.pool, page_size=self.page_size, backend=self.backend, tp=self.tp
         )
         return ctx, input_ids, positions, sample_rows
 

@@ -253,6 +253,7 @@ def replay(engine: Engine, trace: list[dict], slo: float, *, stop_on_fail: bool 
         engine.step()
     sync()
     res = summarize(list(recs.values()), len(trace), elapsed, slo)
+    late_step_s = late_step_wall / late_steps if late_steps else None
     # arrival to first scheduled (the engine's request_queue_time, as a group's histogram reports it)
     queue = [x["scheduled"] - x["arrival"] for x in recs.values() if x.get("scheduled") is not None]
     lookups = counters["loads"] + counters["hits"]
@@ -263,8 +264,8 @@ def replay(engine: Engine, trace: list[dict], slo: float, *, stop_on_fail: bool 
         out_tok_s_window=window_tokens / last_arrival if last_arrival else None,
         req_s_window=window_done / last_arrival if last_arrival else None,
         kept_up=kept_up(late_tokens, trace),
-        late_step_s=late_step_wall / late_steps if late_steps else None,
-        ramp_ceiling=ramp_ceiling(trace, late_step_wall / late_steps if late_steps else None),
+        late_step_s=late_step_s,
+        ramp_ceiling=ramp_ceiling(trace, late_step_s),
         adapter_hit_rate=counters["hits"] / lookups if lookups else None,
         loads_per_s=counters["loads"] / elapsed if elapsed else None,
         load_wait_step_share=counters["load_wait_steps"] / counters["steps"] if counters["steps"] else None,
