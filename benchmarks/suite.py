@@ -339,10 +339,9 @@ def ramp_ceiling(trace: list[dict], step_s: float | None) -> float | None:
     """The `kept_up` share of a server without a backlog at `step_s` seconds a step (`ideal_late_tokens`): 1 when
     the trace's requests decode within the window's first half, below when the ramp reaches into the second.
     None for a burst or without a step time."""
-    last = trace[-1]["arrival_s"] if trace else 0.0
-    if last <= 0 or not step_s:
+    if not trace or not step_s:
         return None
-    return ideal_late_tokens(trace, step_s) / (last / 2) / (sum(r["output_len"] for r in trace) / last)
+    return kept_up(ideal_late_tokens(trace, step_s), trace)
 
 
 def passes(r: dict) -> bool:
