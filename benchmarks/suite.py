@@ -355,7 +355,8 @@ def rate_search(a, engine: Engine, n: int, cap: float, log, points: list) -> dic
     (appended to `points` as they run): the first at the saturated capacity `cap`, then up by RATE_STEP while
     every rate passes (a burst's capacity can understate what a steady trace sustains; at most MAX_RATE_FACTOR
     x cap) or down by it while every rate fails, then bisecting between the highest pass and the lowest
-    failure. Returns the best passing run (None if none passed) and every point."""
+    failure. Returns the best passing run (None if none passed), every point, and `bracketed`: whether a rate
+    above the best failed (if not, the best is only a lower bound on the maximum: more --points find it)."""
     lo, hi, best, rate = None, None, None, cap
     for _ in range(a.points):
         r = replay(engine, trace_for(a, n, rate), a.slo_s, stop_on_fail=True, drain_s=2 * a.slo_s,
@@ -376,7 +377,24 @@ def rate_search(a, engine: Engine, n: int, cap: float, log, points: list) -> dic
             rate = rate / RATE_STEP
         else:
             rate = (lo + hi) / 2
-    return {"max_rate": best["rate"] if best else None, "at_max": best, "points": points}
+    return {"max_rate": best["rate"] if best else None, "at_max": best, "points": points,
+            "bracketed": bracketed(best["rate"] if best else None, points)}  # fmt: skip
+
+
+def bracketed(max_rate: float | None, points: list[dict]) -> bool:
+    """Whether a rate tried above `max_rate` failed (`passes`), so that `max_rate` is the search's maximum; if
+    none did, `max_rate` is only a lower bound on it (more --points find it)."""
+    return max_rate is not None and any(p["rate"] > max_rate and not passes(p) for p in points)
+
+
+def share_bound(row: dict, base: dict) -> str:
+    """How `row`'s share of `base`'s maximum rate bounds the true share: "" when both maxima are `bracketed`,
+    ">= " when only base's is (the row's maximum is a lower bound), "<= " when only the row's is, "~ " when
+    neither is (a ratio of two lower bounds)."""
+    if row is base:
+        return ""
+    r, b = bracketed(row["max_rate"], row["points"]), bracketed(base["max_rate"], base["points"])
+    return "" if r and b else ">= " if b else "<= " if r else "~ "
 
 
 def ms(x: float | None) -> str:
@@ -778,17 +796,23 @@ def report_table(res: dict, out: Path) -> list[str]:
              f"kept up with (>= {KEEP_UP:.0%} of the offered output tokens per second in the second half of the "
              "trace; of the rates tried); out tok/s there: output tokens per second while requests arrived. "
              "Rates tried: kept-up share / the share a server without a backlog reaches at the run's step time "
-             "(the ramp's ceiling; below 90% the trace is too short for the setting: a longer --duration).", "",
+             "(the ramp's ceiling; below 90% the trace is too short for the setting: a longer --duration). "
+             ">= x: no rate tried above x failed, so x is a lower bound on the maximum (more --points find it); "
+             "its shares of base are marked >= / <= where one side is such a bound, ~ where both are.", "",
              "| setting | n | saturated req/s | max sustainable rate (req/s) | out tok/s there | "
              "% of base (max rate) | % of base (saturated) | TTFT p50 / p99 there | attainment there | "
              "kept up there | rates tried (kept up / ramp ceiling) |",
              "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]  # fmt: skip
     for s in res["settings"]:
+        base = next((r for r in s["rows"] if r["adapters"] == 0), None)
         for r in s["rows"]:
             m = r["at_max"] or {}
+            low = "" if r["max_rate"] is None or bracketed(r["max_rate"], r["points"]) else ">= "
+            share = r.get("share_of_base_max_rate")
+            share_txt = (share_bound(r, base) if share is not None else "") + pc(share)
             lines.append(
-                f"| {s['setting']} | {r['adapters'] or 'base'} | {r['saturated']['req_s']:.2f} | {f2(r['max_rate'])} | "
-                f"{f2(m.get('out_tok_s_window'))} | {pc(r.get('share_of_base_max_rate'))} | "
+                f"| {s['setting']} | {r['adapters'] or 'base'} | {r['saturated']['req_s']:.2f} | "
+                f"{low}{f2(r['max_rate'])} | {f2(m.get('out_tok_s_window'))} | {share_txt} | "
                 f"{pc(r.get('share_of_base_saturated'))} | {ms(m.get('ttft_p50_s'))} / {ms(m.get('ttft_p99_s'))} | "
                 f"{pc(m.get('slo_attainment'))} | {pc(m.get('kept_up'))} | "
                 + ", ".join(
@@ -799,8 +823,14 @@ def report_table(res: dict, out: Path) -> list[str]:
             )
     lines += ["", "Headline (maximum sustainable throughput; the issue's goals in brackets):", ""]
     for s in res["settings"]:
-        at = {r["adapters"]: r["max_rate"] for r in s["rows"]}
-        ratio = lambda x, y: pc(at[x] / at[y]) if at.get(x) and at.get(y) else "-"  # noqa: E731
+        by_n = {r["adapters"]: r for r in s["rows"]}
+
+        def ratio(x: int, y: int) -> str:
+            rx, ry = by_n.get(x), by_n.get(y)
+            if not (rx and ry and rx["max_rate"] and ry["max_rate"]):
+                return "-"
+            return share_bound(rx, ry) + pc(rx["max_rate"] / ry["max_rate"])
+
         lines.append(f"- {s['setting']}: n = 1000 / base {ratio(1000, 0)} (>= 85%); n = 2000 / n = 100 "
                      f"{ratio(2000, 100)} (>= 95%)")  # fmt: skip
     for s in res["settings"]:

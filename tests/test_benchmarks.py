@@ -502,3 +502,34 @@ def test_rate_search_steps_from_the_capacity_then_bisects(monkeypatch, sustainab
     assert [p["rate"] for p in res["points"]] == pytest.approx(want_rates)
     passed = [r for r in want_rates if r <= sustainable]
     assert res["max_rate"] == (pytest.approx(max(passed)) if passed else None)
+    assert res["bracketed"] == (bool(passed) and max(want_rates) > max(passed))
+
+
+def test_table_report_marks_unbracketed_maxima_as_lower_bounds(tmp_path):
+    """A maximum with no failing rate above it is a lower bound: the table writes it as ">= x" and marks the
+    shares of base it enters (">=" when only the row's maximum is a bound, "<=" when only base's, "~" both)."""
+    from benchmarks.suite import main
+
+    def row(n: int, outcomes: dict[float, bool]) -> dict:
+        points = [{"rate": rate, "stopped": None, "slo_attainment": 1.0 if ok else 0.5, "kept_up": 1.0,
+                   "ramp_ceiling": 1.0, "out_tok_s_window": 100.0, "ttft_p50_s": 0.05, "ttft_p99_s": 0.1}
+                  for rate, ok in outcomes.items()]  # fmt: skip
+        best = max((p for p in points if p["slo_attainment"] == 1.0), key=lambda p: p["rate"])
+        return {"adapters": n, "saturated": {"req_s": 10.0}, "max_rate": best["rate"], "at_max": best,
+                "points": points}  # fmt: skip
+
+    rows = [row(0, {10.0: True, 12.5: False}), row(100, {8.0: True, 10.0: True}), row(1000, {8.0: True, 10.0: False}),
+            row(2000, {6.0: True, 7.5: True})]  # fmt: skip
+    for r in rows:
+        r["share_of_base_max_rate"] = r["max_rate"] / 10.0
+        r["share_of_base_saturated"] = 1.0
+    res = {"suite": "s-lora-table", "gpu": "CPU", "commit": "x", "settings_used": {"smoke": False},
+           "lengths": [8, 512], "slo_s": 6.0, "settings": [{"setting": "S2", "rows": rows}]}  # fmt: skip
+    (tmp_path / "s-lora-table.json").write_text(json.dumps(res))
+    main(["s-lora-table", "--report-only", "--out", str(tmp_path)])
+    md = (tmp_path / "s-lora-table.md").read_text()
+    assert "| S2 | base | 10.00 | 10.00 | 100.00 | 100% |" in md
+    assert "| S2 | 100 | 10.00 | >= 10.00 | 100.00 | >= 100% |" in md
+    assert "| S2 | 1000 | 10.00 | 8.00 | 100.00 | 80% |" in md
+    assert "| S2 | 2000 | 10.00 | >= 7.50 | 100.00 | >= 75% |" in md
+    assert "- S2: n = 1000 / base 80% (>= 85%); n = 2000 / n = 100 ~ 75% (>= 95%)" in md

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Prepared for the next device session (not run). From the repository root, with the device README's bundle prefix:
+#   bash benchmarks/results/session-2026-12-06h/next_gpu.sh COMMIT SETTING [SECONDS]
+# One s-lora-table setting (S1, S2, S4, llama3-8b-all, ...) at base and n = 1000 on 30 s traces with --points 4:
+# from the saturated capacity up by 1.25x until a rate fails, then bisecting, so that the maximum sustainable rate
+# is bracketed (session 06h's --points 2 left every maximum a lower bound). ~500 s on one H100 for S1.
+cd "$(dirname "$0")/../../.."
+T0=$(date +%s); B=${3:-570}
+nvidia-smi --query-gpu=name --format=csv,noheader; date; echo "commit $1 setting $2"
+timeout -s TERM "$B" python -m benchmarks.suite s-lora-table --quick --settings "$2" --adapters 0 1000 --points 4 \
+  --duration 30 --no-peft --out "/tmp/$2" --commit "$1" > "$OUT/$2.log" 2>&1
+echo "$2 rc=$? at $(( $(date +%s) - T0 )) s"
+for f in "/tmp/$2"/*.json "/tmp/$2"/*.md; do [ -f "$f" ] && cp "$f" "$OUT/$2_$(basename "$f")"; done
+grep -E "rate |^\| $2|^- $2" "$OUT/$2.log" | tail -12
