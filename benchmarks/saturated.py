@@ -415,14 +415,15 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
                      and b["prefix_caching"] == r["prefix_caching"]), None)  # fmt: skip
         r["share_of_base"] = None if base is None else r["req_s"] / base["req_s"]
     admission_headroom = engine.scheduler.cfg.admission_headroom_pages
+    pool = {"pages": engine.pool.num_pages, "page_size": engine.pool.page_size}  # benchmarks/schedule_sim.py's --pages
     del engine
     gc.unfreeze()  # what freeze_heap froze (this engine included) can be collected again: the next setting's
     gc.collect()  # engine gets the memory (without this, a second setting ran with a starved pool)
     if device == "cuda":
         torch.cuda.empty_cache()
     return {"setting": name, "shape": shape, "targets": targets, "layers": a.num_layers, "setup_s": setup_s,
-            "params_b": n_params / 1e9, "admission_headroom_pages": admission_headroom, "runs": runs,
-            "online": online}  # fmt: skip
+            "params_b": n_params / 1e9, "admission_headroom_pages": admission_headroom, "pool": pool,
+            "runs": runs, "online": online}  # fmt: skip
 
 
 def write_report(res: dict, out: Path) -> None:

@@ -533,3 +533,19 @@ def test_table_report_marks_unbracketed_maxima_as_lower_bounds(tmp_path):
     assert "| S2 | 1000 | 10.00 | 8.00 | 100.00 | 80% |" in md
     assert "| S2 | 2000 | 10.00 | >= 7.50 | 100.00 | >= 75% |" in md
     assert "- S2: n = 1000 / base 80% (>= 85%); n = 2000 / n = 100 ~ 75% (>= 95%)" in md
+
+
+def test_schedule_sim_counts_the_adapters_pages_against_the_batch():
+    """benchmarks/schedule_sim.py: an adapter's pages are what the engine packs (rank r on q/k/v/o of the
+    Llama-2-7B shape: r / 4 pages of 16 tokens' K and V); with a pool that binds, the adapters' pages leave
+    fewer for K/V, so a run over many adapters takes more steps at a smaller batch than the base model's; with
+    a pool that does not bind, the same steps."""
+    from benchmarks.schedule_sim import adapter_pages, simulate
+
+    assert [adapter_pages("llama2-7b", ["q_proj", "k_proj", "v_proj", "o_proj"], r, 16) for r in (64, 32, 16, 8)] == [
+        16, 8, 4, 2]  # fmt: skip
+    tight = {n: simulate(n, 1200, requests=80) for n in (0, 1000)}
+    assert tight[1000]["steps"] > tight[0]["steps"] and tight[1000]["mean_batch"] < tight[0]["mean_batch"]
+    assert tight[1000]["mean_distinct_adapters"] > 10 and tight[0]["mean_distinct_adapters"] == 0
+    roomy = {n: simulate(n, 20000, requests=80) for n in (0, 1000)}
+    assert roomy[1000]["steps"] == roomy[0]["steps"] and roomy[0]["steps"] < tight[0]["steps"]

@@ -1,0 +1,106 @@
+"""The scheduler and the pool alone on saturated.py's workload: how many steps a saturated run takes, at what
+batch and how many distinct adapters a step, for a pool of a given size, on the CPU in seconds (no model, no GPU).
+
+    python -m benchmarks.schedule_sim --pages 7000 [--shape llama2-7b] [--targets qkvo] [--adapters 0 1 1000]
+
+The workload is saturated.py's (`workload`: --requests requests submitted at once, lengths U[8, 512), adapters
+uniform over n, ranks {64, 32, 16, 8} by adapter index); the scheduler and page pool are the engine's
+(app/scheduler.py, app/pool.py) with saturated.py's sizes (max_num_seqs 256, 4096 tokens a step, page size 16,
+prefix caching off) and its default policies. A fake executor gives each sampled sequence one token a step (the
+engine's synchronous loop; saturated.py's GPU runs use asynchronous scheduling, which can shift an admission
+by a step). An adapter's pages are what the engine packs for it (app/lora/adapter.py's `pack_adapter`, at
+TP = 1). Step time is not modelled: the figures say what admission and the pool's memory make of the workload
+(the step count a GPU run's per-step cost multiplies), not how fast it runs. saturated.json records its run's
+pool size (`settings[].pool.pages`) since session 06h.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.config import LoRAConfig, SchedulerConfig  # noqa: E402
+from app.lora.adapter import LoRAWeights, pack_adapter  # noqa: E402
+from app.pool import PagePool  # noqa: E402
+from app.request import ModelOutput, Request, SamplingParams  # noqa: E402
+from app.scheduler import Scheduler  # noqa: E402
+from benchmarks.engine import SHAPES  # noqa: E402
+from benchmarks.saturated import ALL_LINEAR, QKVO, RANKS, workload  # noqa: E402
+
+TARGETS = {"qkvo": QKVO, "all": ALL_LINEAR}
+
+
+def adapter_pages(shape: str, targets: list[str], rank: int, page_size: int) -> int:
+    """Pool pages of one adapter of `rank` on `targets` of a SHAPES model (TP = 1), as the engine packs it."""
+    c = SHAPES[shape]
+    h, inter, hd = c["hidden_size"], c["intermediate_size"], c["hidden_size"] // c["num_attention_heads"]
+    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
+    io = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, inter),
+          "up_proj": (h, inter), "down_proj": (inter, h)}  # fmt: skip
+    w = LoRAWeights(name="x", path="", rank=rank, alpha=rank, scale=1.0,
+                    targets={t: (torch.zeros(1, rank, io[t][0]), torch.zeros(1, io[t][1], rank)) for t in targets})  # fmt: skip
+    page_elems = 2 * page_size * kv  # a page: K and V of page_size tokens, one layer
+    return pack_adapter(w, page_elems, torch.float32).layout.num_pages
+
+
+def simulate(n: int, pages: int, *, shape: str = "llama2-7b", targets: list[str] = QKVO, requests: int = 400,
+             max_len: int = 512, seed: int = 0, max_num_seqs: int = 256, max_num_batched_tokens: int = 4096,
+             page_size: int = 16) -> dict:  # fmt: skip
+    """One saturated run of `requests` over `n` adapters (0: the base model) with a pool of `pages` pages."""
+    per_rank = {r: adapter_pages(shape, targets, r, page_size) for r in RANKS}
+    pool = PagePool(num_pages=pages, page_size=page_size)
+    sch = Scheduler(
+        SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
+        LoRAConfig(max_loras_per_batch=max_num_seqs),
+        pool,
+        lambda name: per_rank[RANKS[int(name[1:]) % 4]],
+        clock=lambda: 0.0,
+    )
+    reqs = {}
+    for i, (inp, out, a) in enumerate(workload(requests, n, seed, hi=max_len)):
+        p = SamplingParams(max_tokens=out, temperature=0.0, ignore_eos=True, detokenize=False)
+        reqs[f"r{i}"] = Request(f"r{i}", [5] * inp, None if a is None else f"a{a}", p, arrival_time=0.0)
+        sch.add(reqs[f"r{i}"])
+    steps = decode = batch = distinct = 0
+    while sch.has_unfinished():
+        out = sch.schedule()
+        steps += 1
+        batch += len(out.seqs)
+        decode += all(len(s.token_ids) == 1 for s in out.seqs)
+        distinct += len({s.adapter for s in out.seqs if s.adapter})
+        for req in sch.update(out, reqs, ModelOutput(tokens=[7] * sum(s.sample for s in out.seqs))):
+            if len(req.output_token_ids) >= req.params.max_tokens:
+                sch.finish(req, "length")
+    return {"adapters": n, "pages": pages, "steps": steps, "decode_steps": decode, "mean_batch": batch / steps,
+            "mean_distinct_adapters": distinct / steps, "preemptions": sch.num_preemptions,
+            "adapter_pages_by_rank": per_rank}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pages", type=int, nargs="+", required=True, help="pool sizes in pages (one run each)")
+    ap.add_argument("--shape", default="llama2-7b", choices=sorted(SHAPES))
+    ap.add_argument("--targets", default="qkvo", choices=sorted(TARGETS))
+    ap.add_argument("--adapters", type=int, nargs="+", default=[0, 1, 1000])
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    print("| pages | adapters | steps | decode steps | mean batch (distinct adapters) | preemptions | steps / base |")
+    print("|---:|---:|---:|---:|---|---:|---:|")
+    for pages in a.pages:
+        base = None
+        for n in a.adapters:
+            r = simulate(n, pages, shape=a.shape, targets=TARGETS[a.targets], requests=a.requests, seed=a.seed)
+            base = r["steps"] if n == 0 else base
+            ratio = f"{r['steps'] / base:.3f}" if base else "-"
+            print(f"| {pages} | {n} | {r['steps']} | {r['decode_steps']} | {r['mean_batch']:.1f} "
+                  f"({r['mean_distinct_adapters']:.1f}) | {r['preemptions']} | {ratio} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
