@@ -130,6 +130,8 @@ def test_saturated_benchmark_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "saturated.json").read_text())
     assert res["settings"][0]["admission_headroom_pages"] == 3  # --scheduler reached the engine's scheduler
+    pool = res["settings"][0]["pool"]  # what benchmarks/schedule_sim.py's --pages reproduces
+    assert pool["page_size"] == 16 and pool["pages"] >= 2
     runs = res["settings"][0]["runs"]
     assert [(r["adapters"], r["prefix_caching"]) for r in runs] == [(n, c) for n in (0, 1, 3) for c in (False, True)]
     assert all(r["steps"] > 0 and r["floor_s"] > 0 for r in runs)
