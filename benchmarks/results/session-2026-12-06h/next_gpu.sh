@@ -9,16 +9,20 @@
 #        Saturated S2 (n = 0, 1000) on the 7B and 13B shapes; saturated.json now records each engine's pool size,
 #        which checks benchmarks/schedule_sim.py's estimates (~7,000 / ~3,500 pages on an H100).
 #   bash benchmarks/results/session-2026-12-06h/next_gpu.sh COMMIT profile [SECONDS]
-#        Saturated S2 n = 0 and 1000 with --profile: the decode LoRA path's GPU time a step, against the ~4.0 ms
-#        that session 06h inferred from step times and the 2.56 ms of its bytes.
+#        Saturated S2 n = 0 and 1000 with --profile over steps 40-60 (with prefill: eager, ~450 launches a step)
+#        and 300-340 (decode, graphs): the LoRA path's GPU time a step, against the ~4.0 ms (decode) that session
+#        06h inferred from step times and the 2.56 ms of its bytes, and whether steps with prefill starve the GPU.
 cd "$(dirname "$0")/../../.."
 T0=$(date +%s); B=${3:-570}
 nvidia-smi --query-gpu=name --format=csv,noheader; date; echo "commit $1 mode $2"
-if [ "$2" = profile ]; then  # GPU time by kernel kind over steps 300-340 (decode) of S2 n = 0 and 1000 (the LoRA path's share)
-  timeout -s TERM "$B" python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters 0 1000 --profile --profile-steps 300 340 \
-    --out /tmp/prof --commit "$1" > "$OUT/profile.log" 2>&1
-  echo "profile rc=$? at $(( $(date +%s) - T0 )) s"; cp /tmp/prof/saturated.* "$OUT/" 2>/dev/null
-  grep -iE "lora|kernel|gemm|attention|busy" "$OUT/profile.log" | tail -30
+if [ "$2" = profile ]; then  # GPU time by kernel kind of S2 n = 0 and 1000: steps 40-60 (with prefill) and 300-340 (decode)
+  for w in "40 60" "300 340"; do
+    L=$(( B - ($(date +%s) - T0) )); [ "$L" -lt 120 ] && { echo "no time for steps $w"; continue; }
+    timeout -s TERM "$L" python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters 0 1000 --profile \
+      --profile-steps $w --out "/tmp/prof${w% *}" --commit "$1" > "$OUT/profile_${w% *}.log" 2>&1
+    echo "profile steps $w rc=$? at $(( $(date +%s) - T0 )) s"; cp "/tmp/prof${w% *}/saturated.json" "$OUT/profile_${w% *}.json"
+    grep -iE "lora|kernel|gemm|attention|busy" "$OUT/profile_${w% *}.log" | tail -20
+  done
   exit 0
 fi
 if [ "$2" = sat ]; then
