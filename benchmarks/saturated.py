@@ -586,7 +586,7 @@ def main() -> None:
     bw, rate = measure_device("cuda" if torch.cuda.is_available() else "cpu")
     res = dict(
         gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})",
-        commit=args.commit or commit(), torch=torch.__version__, requests=args.requests, max_len=args.max_len,
+        commit=args.commit or commit(), torch=torch.__version__, requests=args.requests, max_len=args.max_len, seed=args.seed,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, profile_steps=args.profile_steps,
         lora_kernels=args.lora_kernels, lora=args.lora, scheduler=args.scheduler, system_prompt=args.system_prompt, settings=[],

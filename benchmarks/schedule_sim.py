@@ -2,6 +2,7 @@
 batch and how many distinct adapters a step, for a pool of a given size, on the CPU in seconds (no model, no GPU).
 
     python -m benchmarks.schedule_sim --pages 7000 [--shape llama2-7b] [--targets qkvo] [--adapters 0 1 1000]
+    python -m benchmarks.schedule_sim --from DIR/saturated.json [--pages N]   # beside a GPU run's counts
 
 The workload is saturated.py's (`workload`: --requests requests submitted at once, lengths U[8, 512), adapters
 uniform over n, ranks {64, 32, 16, 8} by adapter index); the scheduler and page pool are the engine's
@@ -10,13 +11,16 @@ prefix caching off) and its default policies. A fake executor gives each sampled
 engine's synchronous loop; saturated.py's GPU runs use asynchronous scheduling, which can shift an admission
 by a step). An adapter's pages are what the engine packs for it (app/lora/adapter.py's `pack_adapter`, at
 TP = 1). Step time is not modelled: the figures say what admission and the pool's memory make of the workload
-(the step count a GPU run's per-step cost multiplies), not how fast it runs. saturated.json records its run's
-pool size (`settings[].pool.pages`) since session 06h.
+(the step count a GPU run's per-step cost multiplies), not how fast it runs. `--from` simulates each run of a
+saturated.json (its shape, targets, sizes, seed and --scheduler / --lora overrides) at the pool size the run
+recorded (`settings[].pool.pages`, since session 06h; older files need --pages) and prints the run's counts
+beside the simulation's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -50,13 +54,16 @@ def adapter_pages(shape: str, targets: list[str], rank: int, page_size: int) -> 
 
 def simulate(n: int, pages: int, *, shape: str = "llama2-7b", targets: list[str] = QKVO, requests: int = 400,
              max_len: int = 512, seed: int = 0, max_num_seqs: int = 256, max_num_batched_tokens: int = 4096,
-             page_size: int = 16) -> dict:  # fmt: skip
-    """One saturated run of `requests` over `n` adapters (0: the base model) with a pool of `pages` pages."""
+             page_size: int = 16, scheduler: dict | None = None, lora: dict | None = None) -> dict:  # fmt: skip
+    """One saturated run of `requests` over `n` adapters (0: the base model) with a pool of `pages` pages;
+    `scheduler` / `lora`: SchedulerConfig / LoRAConfig fields set as saturated.py's --scheduler / --lora do."""
     per_rank = {r: adapter_pages(shape, targets, r, page_size) for r in RANKS}
     pool = PagePool(num_pages=pages, page_size=page_size)
     sch = Scheduler(
-        SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
-        LoRAConfig(max_loras_per_batch=max_num_seqs),
+        SchedulerConfig(
+            **{"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens, **(scheduler or {})}
+        ),  # fmt: skip
+        LoRAConfig(**{"max_loras_per_batch": max_num_seqs, **(lora or {})}),
         pool,
         lambda name: per_rank[RANKS[int(name[1:]) % 4]],
         clock=lambda: 0.0,
@@ -81,15 +88,48 @@ def simulate(n: int, pages: int, *, shape: str = "llama2-7b", targets: list[str]
             "adapter_pages_by_rank": per_rank}  # fmt: skip
 
 
+def beside_record(path: Path, pages: int | None = None) -> list[str]:
+    """A markdown table: each run of a saturated.json (`--from`) beside its simulation at the run's pool size
+    (or `pages`). Runs with prefix caching on are left out (the simulation has no prompt tokens to match)."""
+    res = json.loads(path.read_text())
+    lines = [f"{res['gpu']}, commit {res['commit']}: measured / simulated", "",
+             "| setting | pages | adapters | steps | decode steps | mean batch | distinct adapters |",
+             "|---|---:|---:|---|---|---|---|"]  # fmt: skip
+    for s in res["settings"]:
+        n_pages = pages or (s.get("pool") or {}).get("pages")
+        if n_pages is None:
+            raise SystemExit(f"{path}: setting {s['setting']} has no recorded pool size: give --pages")
+        for r in s["runs"]:
+            if r.get("prefix_caching") or res.get("system_prompt"):
+                continue
+            sim = simulate(r["adapters"], n_pages, shape=s["shape"], targets=s["targets"], requests=res["requests"],
+                           max_len=res["max_len"], seed=res.get("seed", 0), max_num_seqs=res["max_num_seqs"],
+                           max_num_batched_tokens=res["max_num_batched_tokens"],
+                           page_size=(s.get("pool") or {}).get("page_size", 16), scheduler=res.get("scheduler"),
+                           lora=res.get("lora"))  # fmt: skip
+            lines.append(
+                f"| {s['setting']} | {n_pages} | {r['adapters']} | {r['steps']} / {sim['steps']} | "
+                f"{r['steps_by_kind']['decode']} / {sim['decode_steps']} | {r['mean_batch']:.1f} / "
+                f"{sim['mean_batch']:.1f} | {r['mean_distinct_adapters']:.1f} / {sim['mean_distinct_adapters']:.1f} |"
+            )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pages", type=int, nargs="+", required=True, help="pool sizes in pages (one run each)")
+    ap.add_argument("--pages", type=int, nargs="+", help="pool sizes in pages (one run each; with --from: one)")
+    ap.add_argument("--from", dest="record", type=Path, help="a saturated.json: its runs beside their simulation")
     ap.add_argument("--shape", default="llama2-7b", choices=sorted(SHAPES))
     ap.add_argument("--targets", default="qkvo", choices=sorted(TARGETS))
     ap.add_argument("--adapters", type=int, nargs="+", default=[0, 1, 1000])
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    if a.record:
+        print("\n".join(beside_record(a.record, a.pages[0] if a.pages else None)))
+        return
+    if not a.pages:
+        ap.error("--pages or --from is needed")
     print("| pages | adapters | steps | decode steps | mean batch (distinct adapters) | preemptions | steps / base |")
     print("|---:|---:|---:|---:|---|---:|---:|")
     for pages in a.pages:

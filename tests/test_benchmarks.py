@@ -551,3 +551,27 @@ def test_schedule_sim_counts_the_adapters_pages_against_the_batch():
     assert tight[1000]["mean_distinct_adapters"] > 10 and tight[0]["mean_distinct_adapters"] == 0
     roomy = {n: simulate(n, 20000, requests=80) for n in (0, 1000)}
     assert roomy[1000]["steps"] == roomy[0]["steps"] and roomy[0]["steps"] < tight[0]["steps"]
+
+
+def test_schedule_sim_from_a_saturated_record(tmp_path):
+    """`schedule_sim --from saturated.json` simulates each run at the pool size, shape, sizes and seed the run
+    recorded and writes its counts beside the run's."""
+    from benchmarks.schedule_sim import beside_record, simulate
+
+    runs = [{"adapters": n, "prefix_caching": False, "steps": 100 + n, "steps_by_kind": {"decode": 90},
+             "mean_batch": 10.0, "mean_distinct_adapters": float(n)} for n in (0, 50)]  # fmt: skip
+    rec = {"gpu": "GPU X", "commit": "abc", "requests": 40, "max_len": 256, "seed": 3, "max_num_seqs": 32,
+           "max_num_batched_tokens": 512, "scheduler": {"admission_headroom_pages": 0}, "lora": {}, "system_prompt": 0,
+           "settings": [{"setting": "llama2-7b-qkvo", "shape": "llama2-7b", "targets": ["q_proj", "k_proj", "v_proj",
+                         "o_proj"], "pool": {"pages": 300, "page_size": 16}, "runs": runs}]}  # fmt: skip
+    (tmp_path / "saturated.json").write_text(json.dumps(rec))
+    lines = beside_record(tmp_path / "saturated.json")
+    for r, line in zip(runs, [ln for ln in lines if ln.startswith("| llama2-7b-qkvo")], strict=True):
+        sim = simulate(r["adapters"], 300, requests=40, max_len=256, seed=3, max_num_seqs=32,
+                       max_num_batched_tokens=512, scheduler={"admission_headroom_pages": 0})  # fmt: skip
+        assert line.startswith(f"| llama2-7b-qkvo | 300 | {r['adapters']} | {r['steps']} / {sim['steps']} | 90 / "
+                               f"{sim['decode_steps']} |")  # fmt: skip
+    with pytest.raises(SystemExit, match="give --pages"):
+        del rec["settings"][0]["pool"]
+        (tmp_path / "saturated.json").write_text(json.dumps(rec))
+        beside_record(tmp_path / "saturated.json")
