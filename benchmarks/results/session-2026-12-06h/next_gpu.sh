@@ -33,6 +33,7 @@ if [ "$2" = sat ]; then
 import json; d = json.load(open('$OUT/saturated.json'))
 for s in d['settings']:
     for r in s['runs']: print(s['setting'], s['pool'], r['adapters'], round(r['req_s'], 2), r['steps'], r['steps_by_kind'], round(r['mean_batch'], 1), r['share_of_base'])"
+  python -m benchmarks.schedule_sim --from "$OUT/saturated.json" | tee "$OUT/schedule_sim.md"
   exit 0
 fi
 timeout -s TERM "$B" python -m benchmarks.suite s-lora-table --quick --settings "$2" --adapters 0 1000 --points 4 \
