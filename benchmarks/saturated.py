@@ -416,6 +416,11 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         r["share_of_base"] = None if base is None else r["req_s"] / base["req_s"]
     admission_headroom = engine.scheduler.cfg.admission_headroom_pages
     pool = {"pages": engine.pool.num_pages, "page_size": engine.pool.page_size}  # benchmarks/schedule_sim.py's --pages
+    if device == "cuda":  # how much of the GPU the pool left unused (PoolConfig.gpu_memory_fraction's room)
+        free, total = torch.cuda.mem_get_info()
+        page_bytes = a.num_layers * engine.executor.page_elems * 2
+        pool.update(gib=engine.pool.num_pages * page_bytes / 2**30, peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30,
+                    free_gib_after=free / 2**30, total_gib=total / 2**30)  # fmt: skip
     del engine
     gc.unfreeze()  # what freeze_heap froze (this engine included) can be collected again: the next setting's
     gc.collect()  # engine gets the memory (without this, a second setting ran with a starved pool)
