@@ -364,13 +364,10 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
     a = engine.args
     n_params = sum(w.numel() for k, w in engine.executor.model.w.items() if k not in ("embed",))
     weight_bytes = n_params * 2
-    # bytes of one adapter's weights (all layers, the mean rank of S2), as the pool holds them (bf16)
+    page_bytes = a.num_layers * engine.executor.page_elems * 2  # one pool page, all layers (bf16)
+    # bytes of one adapter's weights (all layers, the mean rank of S2), as the pool holds them
     adapter_bytes = (
-        sum(engine.adapters[f"a{i}"].num_pages for i in range(min(4, n_max)))
-        / max(1, min(4, n_max))
-        * engine.executor.page_elems
-        * a.num_layers
-        * 2
+        sum(engine.adapters[f"a{i}"].num_pages for i in range(min(4, n_max))) / max(1, min(4, n_max)) * page_bytes
         if n_max
         else 0.0
     )
@@ -418,7 +415,6 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
     pool = {"pages": engine.pool.num_pages, "page_size": engine.pool.page_size}  # benchmarks/schedule_sim.py's --pages
     if device == "cuda":  # how much of the GPU the pool left unused (PoolConfig.gpu_memory_fraction's room)
         free, total = torch.cuda.mem_get_info()
-        page_bytes = a.num_layers * engine.executor.page_elems * 2
         pool.update(gib=engine.pool.num_pages * page_bytes / 2**30, peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30,
                     free_gib_after=free / 2**30, total_gib=total / 2**30)  # fmt: skip
     del engine

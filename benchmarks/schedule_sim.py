@@ -29,11 +29,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.config import LoRAConfig, SchedulerConfig  # noqa: E402
-from app.lora.adapter import LoRAWeights, pack_adapter  # noqa: E402
+from app.lora.adapter import LoRAWeights, module_shapes, pack_adapter  # noqa: E402
+from app.model.llama import ModelArgs  # noqa: E402
 from app.pool import PagePool  # noqa: E402
 from app.request import ModelOutput, Request, SamplingParams  # noqa: E402
 from app.scheduler import Scheduler  # noqa: E402
-from benchmarks.engine import SHAPES  # noqa: E402
+from benchmarks.engine import SHAPES, model_config  # noqa: E402
 from benchmarks.saturated import ALL_LINEAR, QKVO, RANKS, workload  # noqa: E402
 
 TARGETS = {"qkvo": QKVO, "all": ALL_LINEAR}
@@ -41,14 +42,11 @@ TARGETS = {"qkvo": QKVO, "all": ALL_LINEAR}
 
 def adapter_pages(shape: str, targets: list[str], rank: int, page_size: int) -> int:
     """Pool pages of one adapter of `rank` on `targets` of a SHAPES model (TP = 1), as the engine packs it."""
-    c = SHAPES[shape]
-    h, inter, hd = c["hidden_size"], c["intermediate_size"], c["hidden_size"] // c["num_attention_heads"]
-    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
-    io = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, inter),
-          "up_proj": (h, inter), "down_proj": (inter, h)}  # fmt: skip
+    args = ModelArgs.from_hf(model_config(shape, None))
+    io = module_shapes(args)
     w = LoRAWeights(name="x", path="", rank=rank, alpha=rank, scale=1.0,
                     targets={t: (torch.zeros(1, rank, io[t][0]), torch.zeros(1, io[t][1], rank)) for t in targets})  # fmt: skip
-    page_elems = 2 * page_size * kv  # a page: K and V of page_size tokens, one layer
+    page_elems = 2 * page_size * args.num_kv_heads * args.head_dim  # a page: K and V of page_size tokens, one layer
     return pack_adapter(w, page_elems, torch.float32).layout.num_pages
 
 
