@@ -28,8 +28,10 @@ device command (fewer settings and n, a 3-point rate search, shorter traces); --
 tiny random model on the CPU in seconds (the CPU test suite runs it).
 
 How the rate search works: a burst (all requests at once) gives the saturated capacity C; then the trace is
-replayed for --duration seconds at C, at 2C, 4C, ... while every rate passes (up to 8C: a burst's tail of
-small batches makes C understate what a steady trace sustains), then by bisection once one failed, keeping
+replayed for --duration seconds at C, 1.25C, 1.56C, ... (RATE_STEP) while every rate passes (up to 8C: a
+burst's tail of small batches makes C understate what a steady trace sustains; S2 on an H100 sustained 1.56C,
+benchmarks/results/session-2026-12-06i/), down by the same step while every rate fails, then by bisection
+once a pass and a failure bracket the maximum, keeping
 the highest rate that passes: SLO attainment >= 90% and the engine keeps up with the trace (in the second
 half of the arrival window it produced >= KEEP_UP (90%) of the output tokens per second the trace offers:
 a rate above what the engine sustains builds a backlog that a short trace's TTFTs do not show yet, since

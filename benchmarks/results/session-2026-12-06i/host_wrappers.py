@@ -44,10 +44,12 @@ cos_sin = torch.randn(8192, 64), torch.randn(8192, 64)
 kv_pool = torch.empty(64, 2, 16, 32, 128, dtype=bf)
 slots = torch.arange(T)
 cases = {
-    "lora_shrink (q/k/v)": lambda: L.lora_shrink(x, pool, pt, offs, ranks, indptr, slot, v, max_seg_len=16,
-                                                 aligned=True, plan=plan),
-    "lora_expand (q/k/v)": lambda: L.lora_expand(y, v, pool, pt, offs, ranks, scales, indptr, slot,
-                                                 [0, K, 2 * K, 3 * K], max_seg_len=16, aligned=True, plan=plan),
+    "lora_shrink (q/k/v)": lambda: L.lora_shrink(
+        x, pool, pt, offs, ranks, indptr, slot, v, max_seg_len=16, aligned=True, plan=plan
+    ),
+    "lora_expand (q/k/v)": lambda: L.lora_expand(
+        y, v, pool, pt, offs, ranks, scales, indptr, slot, [0, K, 2 * K, 3 * K], max_seg_len=16, aligned=True, plan=plan
+    ),
     "lora_plan": lambda: LP.lora_plan(indptr, slot, S, T, 16),
     "rms_norm": lambda: E.rms_norm(x, w, 1e-5),
     "silu_mul": lambda: E.silu_mul(gu),
