@@ -160,7 +160,7 @@ def system_prompt(adapter: int | None, length: int, vocab: int) -> list[int]:
 
 
 def run_once(
-    engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=PROFILE_STEPS, host_profile: bool = True,
+    engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=PROFILE_STEPS, host_profile: bool = False,
     system_len: int = 0,
 ) -> dict:  # fmt: skip
     """One burst of `reqs`, stepped to the end. `step_s_by_kind`: the wall time of the `engine.step()` calls
@@ -533,8 +533,10 @@ def main() -> None:
     ap.add_argument(
         "--profile-host",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="--profile also runs cProfile on the host (it slows the host: the GPU busy share reads lower)",
+        default=False,
+        help="--profile also runs cProfile on the host: the host functions with the most own time, but it slows the "
+        "host enough to starve the GPU (S2 n = 1000 on an H100: 58%% GPU busy with it, 101%% without, "
+        "benchmarks/results/session-2026-12-06i/), so the busy share then says nothing about the engine",
     )
     ap.add_argument("--profile-steps", nargs=2, type=int, default=list(PROFILE_STEPS), help="the profiled steps")
     ap.add_argument(
