@@ -34,8 +34,6 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.launch import cdiv, next_pow2
-
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 DECODE_PARTITION = 512  # keys per program when decode splits a sequence (flash-decoding); multiple of 64
 _LOG2E = 1.4426950408889634
@@ -412,8 +410,8 @@ def kv_append(pool: torch.Tensor, page_size: int, k: torch.Tensor, v: torch.Tens
             raise ValueError(f"kv_append: {what} is on {t.device}, pool on {pool.device}")
     if T == 0:
         return
-    block = min(next_pow2(Hkv * D), 4096 if _INTERPRET else 1024)
-    grid = (T, cdiv(Hkv * D, block))
+    block = min(triton.next_power_of_2(Hkv * D), 4096 if _INTERPRET else 1024)
+    grid = (T, triton.cdiv(Hkv * D, block))
     _kv_append_kernel[grid](
         pool,
         k,
@@ -502,7 +500,7 @@ def paged_attention(
     sm_scale_log2 = float(scale) * _LOG2E
     strides = (q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2), table.stride(0))
     consts = dict(
-        PAGE_SIZE=page_size, HKV=num_kv_heads, GROUP=group, D=D, BLOCK_D=next_pow2(D), INPUT_PRECISION=ip,
+        PAGE_SIZE=page_size, HKV=num_kv_heads, GROUP=group, D=D, BLOCK_D=triton.next_power_of_2(D), INPUT_PRECISION=ip,
         WINDOWED=window > 0, SOFTCAP=softcap > 0,
     )  # fmt: skip
     args = (q, pool, (sm_scale_log2, int(window), float(softcap)), out, strides, consts)
@@ -525,7 +523,7 @@ def _decode(q, pool, scores, out, strides, consts, table, seq_lens, q_indptr, S:
     block_n = 64 if not _INTERPRET else 256
     part_len = max(DECODE_PARTITION // block_n, 1) * block_n
     max_ctx = table.shape[1] * consts["PAGE_SIZE"]
-    max_parts = cdiv(max_ctx, part_len)
+    max_parts = triton.cdiv(max_ctx, part_len)
     split = max_parts > 1 and S * Hkv < 2 * _sm_count(dev) if not _INTERPRET else max_parts > 1
     if split:
         part_o = torch.empty(S, q.shape[1], max_parts, D, device=dev, dtype=torch.float32)
@@ -546,7 +544,7 @@ def _decode(q, pool, scores, out, strides, consts, table, seq_lens, q_indptr, S:
         part_len,
         max_parts,
         *strides,
-        BLOCK_H=max(16, next_pow2(consts["GROUP"])),
+        BLOCK_H=max(16, triton.next_power_of_2(consts["GROUP"])),
         BLOCK_N=block_n,
         SPLIT=split,
         num_warps=4,
@@ -577,7 +575,7 @@ def _prefill(q, pool, scores, out, strides, consts, table, seq_lens, q_indptr, l
         launch = PrefillLaunch(block_m=16 if max_len <= 16 else 32, block_n=128)
     elif launch is None:
         launch = PrefillLaunch(block_m=16 if max_len <= 16 else 64, block_n=64)
-    grid = (hi - lo, cdiv(max_len, launch.block_m), q.shape[1])
+    grid = (hi - lo, triton.cdiv(max_len, launch.block_m), q.shape[1])
     _paged_attn_prefill_kernel[grid](
         q,
         pool,

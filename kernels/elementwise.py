@@ -23,8 +23,6 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.launch import cdiv, next_pow2
-
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, y_ptr, w_ptr, out_ptr, h_out_ptr, H, stride_x, stride_y, stride_o, stride_h, eps,
@@ -103,7 +101,7 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     T, H = x.shape
     out = torch.empty(T, H, dtype=x.dtype, device=x.device)
     if T:
-        block = next_pow2(H)
+        block = triton.next_power_of_2(H)
         _rms_norm_kernel[(T,)](x, x, w, out, out, H, x.stride(0), x.stride(0), out.stride(0), out.stride(0), eps,
                                ADD=False, BLOCK=block, num_warps=_norm_warps(block))  # fmt: skip
     return out
@@ -117,7 +115,7 @@ def add_rms_norm(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor, eps: float) 
     T, H = h.shape
     out = torch.empty(T, H, dtype=h.dtype, device=h.device)
     if T:
-        block = next_pow2(H)
+        block = triton.next_power_of_2(H)
         _rms_norm_kernel[(T,)](h, y, w, out, h, H, h.stride(0), y.stride(0), out.stride(0), h.stride(0), eps,
                                ADD=True, BLOCK=block, num_warps=_norm_warps(block))  # fmt: skip
     return out
@@ -129,8 +127,8 @@ def _act_mul(gu: torch.Tensor, gelu: bool) -> torch.Tensor:
     inter = I2 // 2
     out = torch.empty(T, inter, dtype=gu.dtype, device=gu.device)
     if T:
-        block = min(1024, next_pow2(inter))
-        _silu_mul_kernel[(T, cdiv(inter, block))](gu, out, inter, gu.stride(0), out.stride(0), BLOCK=block,
+        block = min(1024, triton.next_power_of_2(inter))
+        _silu_mul_kernel[(T, triton.cdiv(inter, block))](gu, out, inter, gu.stride(0), out.stride(0), BLOCK=block,
                                                          GELU=gelu)  # fmt: skip
     return out
 
@@ -183,7 +181,7 @@ def rope(
         wq = q_norm.contiguous() if q_norm is not None else cos
         wk = k_norm.contiguous() if k_norm is not None else cos
         _rope_kernel[(T, n_q + n_k)](qkv, cos, sin, wq, wk, n_q, qkv.stride(0), cos.stride(0), eps,
-                                     HEAD=head_dim, HALF=rot // 2, BLOCK=next_pow2(rot // 2),
+                                     HEAD=head_dim, HALF=rot // 2, BLOCK=triton.next_power_of_2(rot // 2),
                                      NORM=norm, num_warps=1)  # fmt: skip
 
 

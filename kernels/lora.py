@@ -44,8 +44,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import triton
 
-from kernels.launch import cdiv, pow2_clamp
 from kernels.lora_kernels import lora_expand_kernel, lora_shrink_kernel
 from kernels.lora_plan import LoRAPlan, lora_plan
 from kernels.lora_ref import MAX_G, check_lora_args, check_out_offsets, check_scales
@@ -145,6 +145,10 @@ def _check_triton_lora(
         raise ValueError(f"{name}: at most {MAX_G} targets per launch, got G={offsets.shape[1]}")
 
 
+def _npow2(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
+
+
 def _fit_page(block: int, page_elems: int) -> int:
     """Shrinks a block to fit in one page (>= 16: tl.dot's minimum; smaller pages read per element), so a
     row chunk touches at most two pages."""
@@ -218,12 +222,12 @@ def lora_shrink(
     c = config.for_step(max_seg_len)
     plan = _step_plan(plan, seg_indptr, seg_slot, page_table.shape[0], T, c)
     page_table, a_offsets, ranks = page_table.contiguous(), a_offsets.contiguous(), ranks.contiguous()
-    block_r = pow2_clamp(R, 16, c.shrink_r)
+    block_r = _npow2(R, 16, c.shrink_r)
     block_k = _fit_page(c.shrink_k, P)
-    r_blocks = cdiv(R, block_r)
+    r_blocks = triton.cdiv(R, block_r)
     n_split = 1
     if out.dtype == torch.float32:  # shrink_split K ranges, more while the grid is below shrink_programs
-        n_k = cdiv(K, block_k)
+        n_k = triton.cdiv(K, block_k)
         by_grid = c.shrink_programs // max(1, plan.max_tiles * G * r_blocks)
         n_split = min(n_k, max(c.shrink_split, by_grid))
     if n_split > 1:
@@ -282,12 +286,12 @@ def lora_expand(
     c = config.for_step(max_seg_len)
     plan = _step_plan(plan, seg_indptr, seg_slot, page_table.shape[0], T, c)
     page_table, b_offsets, ranks = page_table.contiguous(), b_offsets.contiguous(), ranks.contiguous()
-    block_n = _fit_page(pow2_clamp(n_max, 16, c.expand_n), P)
-    lora_expand_kernel[(plan.max_tiles, G, cdiv(n_max, block_n))](
+    block_n = _fit_page(_npow2(n_max, 16, c.expand_n), P)
+    lora_expand_kernel[(plan.max_tiles, G, triton.cdiv(n_max, block_n))](
         y, v, pool, page_table, b_offsets, ranks, scales.contiguous(), plan.data,
         plan.num_tokens, G, *offs,
         y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0),
-        PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=pow2_clamp(R, 16, c.expand_r), BLOCK_N=block_n,
+        PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=_npow2(R, 16, c.expand_r), BLOCK_N=block_n,
         ALIGNED=aligned and P % 64 == 0 and widths_aligned, INPUT_PRECISION=_input_precision(pool.dtype),
         num_warps=c.expand_warps, num_stages=c.expand_stages,
     )  # fmt: skip

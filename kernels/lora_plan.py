@@ -26,8 +26,6 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.launch import cdiv, pow2_clamp
-
 PLAN_ROWS = 7
 
 
@@ -113,6 +111,10 @@ def _plan_tiles_kernel(indptr_ptr, plan_ptr, n_seg, T, n_tiles, TILE_M: tl.const
         tl.store(plan_ptr + 5 * T + k, tl.full([BLOCK], -1, tl.int32), mask=rest)
 
 
+def _npow2(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
+
+
 def lora_plan(seg_indptr: torch.Tensor, seg_slot: torch.Tensor, n_slots: int, num_tokens: int, tile_m: int) -> LoRAPlan:
     """The step's plan (module docstring), computed on seg_slot's device in two launches."""
     if seg_indptr.dim() != 1 or seg_slot.dim() != 1 or seg_indptr.shape[0] != seg_slot.shape[0] + 1:
@@ -127,9 +129,9 @@ def lora_plan(seg_indptr: torch.Tensor, seg_slot: torch.Tensor, n_slots: int, nu
         return plan
     seg_indptr, seg_slot = seg_indptr.contiguous(), seg_slot.contiguous()
     block = 32
-    _plan_positions_kernel[(cdiv(n_seg, block),)](
+    _plan_positions_kernel[(triton.cdiv(n_seg, block),)](
         seg_indptr, seg_slot, data, n_seg, int(n_slots), T,
-        BLOCK=block, BLOCK_J=pow2_clamp(n_seg, 32, 256), BLOCK_T=64, num_warps=4,
+        BLOCK=block, BLOCK_J=_npow2(n_seg, 32, 256), BLOCK_T=64, num_warps=4,
     )  # fmt: skip
     # two block sizes only (decode-sized steps, and the rest in blocks of 1024): a block per power of two of T
     # made Triton build a variant mid-serving for whatever T warm-up had not met (session-2026-12-04f)

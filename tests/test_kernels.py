@@ -448,20 +448,6 @@ def test_lora_plan_equals_reference(tile_m):
         assert sorted(seen) == lora_tokens(indptr, slots, T).nonzero().flatten().tolist()
 
 
-def test_launch_arithmetic_equals_tritons():
-    """The wrappers' host-side grid arithmetic (kernels/launch.py) gives Triton's values."""
-    import triton
-
-    from kernels.launch import cdiv, next_pow2, pow2_clamp
-
-    for n in range(1, 5000):
-        assert next_pow2(n) == triton.next_power_of_2(n), n
-        for d in (1, 2, 3, 16, 64, 100, 1024):
-            assert cdiv(n, d) == triton.cdiv(n, d), (n, d)
-        assert pow2_clamp(n, 16, 256) == max(16, min(256, triton.next_power_of_2(n)))
-    assert next_pow2(0) == 1 and cdiv(0, 7) == 0
-
-
 def test_lora_regimes_and_configs():
     c = kl.DEFAULT_CONFIG
     assert c.for_step(1) is c.decode and c.for_step(2) is c.mixed and c.for_step(None) is c.mixed
