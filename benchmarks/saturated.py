@@ -30,10 +30,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import gzip
 import json
 import platform
 import pstats
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -161,7 +163,7 @@ def system_prompt(adapter: int | None, length: int, vocab: int) -> list[int]:
 
 def run_once(
     engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=PROFILE_STEPS, host_profile: bool = False,
-    system_len: int = 0,
+    system_len: int = 0, trace: Path | None = None,
 ) -> dict:  # fmt: skip
     """One burst of `reqs`, stepped to the end. `step_s_by_kind`: the wall time of the `engine.step()` calls
     that launched a decode-only step / a step with a prefill chunk (with asynchronous scheduling a call also
@@ -171,7 +173,9 @@ def run_once(
     the device idle inside it); their sum against `elapsed_s` is the device idle between steps. `profile`: GPU
     kernels and (with `host_profile`, cProfile, which slows the host) host functions over the steps in `window`
     (the profiler's processing of its trace is left out of `elapsed_s`; its cost inside the window is not).
-    `system_len`: each request's input follows its adapter's system prompt of that many tokens."""
+    `system_len`: each request's input follows its adapter's system prompt of that many tokens. `trace`: with
+    `profile`, the window's kernels also go there as a gzipped Chrome trace (per-kernel start and end on each
+    stream, for the critical path of a step)."""
     rng = random.Random(seed)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for name in list(engine.pool.resident_adapters()):  # every run starts with no adapter on the GPU
@@ -221,6 +225,12 @@ def run_once(
             wall = time.perf_counter() - tw
             tp = time.perf_counter()
             prof.__exit__(None, None, None)
+            if trace is not None:
+                raw = trace.with_suffix("")
+                prof.export_chrome_trace(str(raw))
+                with open(raw, "rb") as f_in, gzip.open(trace, "wb") as f_out:
+                    shutil.copyfileobj(f_in, f_out)
+                raw.unlink()
             prof = kernel_breakdown(prof, wall)
             prof["host_top"] = host_top(host) if host is not None else None
             profiler_s += time.perf_counter() - tp  # the trace's processing, left out of elapsed_s
@@ -386,7 +396,8 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
                      False, system_len=args.system_prompt)  # fmt: skip
         row = {"adapters": n, "async_scheduling": mode, "prefix_caching": pc,
                **run_once(engine, reqs, a.vocab_size, args.seed, args.profile, tuple(args.profile_steps),
-                            args.profile_host, system_len=args.system_prompt)}  # fmt: skip
+                            args.profile_host, system_len=args.system_prompt,
+                            trace=args.profile_trace / f"trace_{name}_n{n}.json.gz" if args.profile_trace else None)}  # fmt: skip
         fl = floor_s(a, reqs, n_params, weight_bytes, args.max_num_seqs, bw, rate)
         # with adapters, each decode step also reads the LoRA weights of its distinct adapters once
         lora_bytes = row["mean_distinct_adapters"] * adapter_bytes
@@ -540,6 +551,12 @@ def main() -> None:
     )
     ap.add_argument("--profile-steps", nargs=2, type=int, default=list(PROFILE_STEPS), help="the profiled steps")
     ap.add_argument(
+        "--profile-trace",
+        type=Path,
+        default=None,
+        help="with --profile, a folder for each run's gzipped Chrome trace of the profiled steps (trace_SETTING_nN.json.gz)",
+    )
+    ap.add_argument(
         "--online",
         type=float,
         default=None,
@@ -586,6 +603,8 @@ def main() -> None:
         args.max_num_seqs, args.max_num_batched_tokens = 8, 64
         args.online, args.online_duration = args.online and 4.0, 3.0
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.profile_trace:
+        args.profile_trace.mkdir(parents=True, exist_ok=True)
     bw, rate = measure_device("cuda" if torch.cuda.is_available() else "cpu")
     res = dict(
         gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})",
