@@ -155,17 +155,18 @@ def lora_expand_kernel(
     g = tl.program_id(1)
     pid_n = tl.program_id(2)
     slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
-    s = tl.maximum(slot, 0)
-    r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
+    if slot < 0:
+        return  # past the plan's last tile: one load of the plan, not the rank's too
+    r = tl.load(rank_ptr + slot * G + g)
     if r == 0:
         return
     n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
     n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
     if pid_n * BLOCK_N >= n_g:
         return
-    b_off = tl.load(off_ptr + s * G + g)
-    scale = tl.load(scale_ptr + s).to(tl.float32)
-    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
+    b_off = tl.load(off_ptr + slot * G + g)
+    scale = tl.load(scale_ptr + slot).to(tl.float32)
+    pt_row = pt_ptr + slot.to(tl.int64) * stride_pt
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < n_g
     yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
