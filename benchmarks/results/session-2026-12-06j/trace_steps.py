@@ -2,7 +2,7 @@
 
     python benchmarks/results/session-2026-12-06j/trace_steps.py TRACE.json.gz [TRACE2.json.gz ...]
 
-Steps are cut at each host-to-device copy (the engine makes one per step); a step is "decode" when it runs no
+Steps are cut after each device-to-host copy (the engine makes one per step, the sampled tokens); a step is "decode" when it runs no
 prefill attention kernel. Per kind of step, per step (medians over the steps of that kind, in microseconds):
 wall (first kernel start to last kernel end), GPU busy (union over streams), the main stream's kernel time, its
 idle gaps split by the kernels on both sides, time two streams ran at once, and each kernel kind's total and
@@ -70,8 +70,9 @@ def exposed(e: dict, others: list[dict]) -> float:
 
 
 def steps(ev: list[dict]) -> list[list[dict]]:
-    cuts = [i for i, e in enumerate(ev) if e["k"] == "memcpy" and "htod" in e["name"].lower()]
-    return [ev[a:b] for a, b in zip(cuts, cuts[1:])]
+    """Each step ends with its one device-to-host copy (the sampled tokens)."""
+    cuts = [i + 1 for i, e in enumerate(ev) if e["k"] == "memcpy" and "dtoh" in e["name"].lower()]
+    return [ev[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
 def analyse(step: list[dict], main: int) -> dict:
@@ -110,12 +111,12 @@ def report(path: str) -> None:
     count: dict[int, int] = defaultdict(int)
     for e in ev:
         count[e["stream"]] += 1
-    main = max(count, key=count.get)
+    main = max(count, key=count.get)  # a CUDA graph's parallel branches show as streams of their own
     rows = {"decode": [], "with_prefill": []}
     for s in steps(ev):
         r = analyse(s, main)
         rows["with_prefill" if r["cnt"].get("attn_prefill") else "decode"].append(r)
-    print(f"# {path}: streams {dict(count)} (main {main})")
+    print(f"# {path}: {len(count)} streams (main {main}: {count[main]} of {len(ev)} kernels)")
     for kd, rs in rows.items():
         if not rs:
             continue
