@@ -6,7 +6,8 @@ Steps are cut after each device-to-host copy (the engine makes one per step, the
 prefill attention kernel. Per kind of step, per step (medians over the steps of that kind, in microseconds):
 wall (first kernel start to last kernel end), GPU busy (union over streams), the main stream's kernel time, its
 idle gaps split by the kernels on both sides, time two streams ran at once, and each kernel kind's total and
-exposed time (the part no other stream's kernel overlapped).
+exposed time (the part no other stream's kernel overlapped); then the decode steps' LoRA and GEMM launches by
+kernel and grid (q/k/v's and o's launches apart), median time each.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def load(path: str) -> list[dict]:
     for e in ev:
         if e.get("ph") != "X" or e.get("cat") not in ("kernel", "gpu_memset", "gpu_memcpy"):
             continue
+        a = e.get("args", {})
         out.append({"name": e["name"], "k": kind(e["name"]), "ts": float(e["ts"]), "end": float(e["ts"]) + float(e["dur"]),
-                    "stream": e.get("args", {}).get("stream", e.get("tid"))})  # fmt: skip
+                    "stream": a.get("stream", e.get("tid")), "grid": tuple(a.get("grid") or ())})  # fmt: skip
     return sorted(out, key=lambda e: e["ts"])
 
 
@@ -116,6 +118,12 @@ def report(path: str) -> None:
     for s in steps(ev):
         r = analyse(s, main)
         rows["with_prefill" if r["cnt"].get("attn_prefill") else "decode"].append(r)
+    launches: dict[tuple, list[float]] = defaultdict(list)
+    for st in steps(ev):
+        if not any(e["k"] == "attn_prefill" for e in st):
+            for e in st:
+                if e["k"] in ("lora_shrink", "lora_expand", "gemm"):
+                    launches[(e["k"], e["name"][:40], e["grid"])].append(e["end"] - e["ts"])
     print(f"# {path}: {len(count)} streams (main {main}: {count[main]} of {len(ev)} kernels)")
     for kd, rs in rows.items():
         if not rs:
@@ -129,6 +137,9 @@ def report(path: str) -> None:
             print(f"    {k:14s} {med(rs, 'tot', k):9.1f} / {med(rs, 'exp', k):9.1f} ({med(rs, 'cnt', k):.0f})")
         gs = sorted({g for r in rs for g in r["gaps"]}, key=lambda g: -med(rs, "gaps", g))[:10]
         print("  main-stream gaps by neighbours: " + ", ".join(f"{g} {med(rs, 'gaps', g):.0f}" for g in gs))
+    print("## decode steps, per launch (kind, kernel, grid): median us (launches)")
+    for (k, name, grid), d in sorted(launches.items(), key=lambda kv: -statistics.median(kv[1]) * len(kv[1])):
+        print(f"    {k:12s} {name:40s} {str(list(grid)):16s} {statistics.median(d):8.1f} ({len(d)})")
 
 
 if __name__ == "__main__":
