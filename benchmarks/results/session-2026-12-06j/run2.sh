@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 06j run 2: the expand's shorter lookup chain (expand_chain.patch) against the kernels without it, in
 # one command on one GPU: LoRA per Llama-2-7B layer in a CUDA graph (decode cases, plans built for 256 slots as
-# the engine's decode graphs at n = 1000, each launch also alone), then saturated S2 at n = 0, 1, 1000.
+# the engine's decode graphs at n = 1000, each launch also alone), B's bf16 GPU tests of the LoRA kernels, then
+# saturated S2 at n = 0, 1, 1000.
 #   bash benchmarks/results/session-2026-12-06j/run2.sh COMMIT
 # COMMIT's tree (with the patch) is B; A is a copy with the patch reversed.
 cd "$(dirname "$0")/../../.."
@@ -24,6 +25,9 @@ sat() {  # sat NAME DIR
 }
 kern A /tmp/A; kern B .
 for d in A B; do echo "== $d"; grep -E "^\| decode" "$OUT/$d/kern/kernels.md" | head -12; done
+timeout -s TERM 120 python -m pytest -q -m gpu tests/test_kernels_gpu.py -k "(lora_cuda and bfloat16) or cuda_graph_decode" \
+  > "$OUT/B/gpu_tests.log" 2>&1
+echo "B GPU tests rc=$? at $(( $(date +%s) - T0 )) s"; tail -2 "$OUT/B/gpu_tests.log"
 sat A /tmp/A "$1 without expand_chain.patch"; sat B . "$1"
 cd "$OUT" && tar -czf run2.tgz A B && rm -rf A B
 echo "done at $(( $(date +%s) - T0 )) s"
