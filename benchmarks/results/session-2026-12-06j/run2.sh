@@ -2,7 +2,7 @@
 # Session 06j run 2: the expand's shorter lookup chain (expand_chain.patch) against the kernels without it, in
 # one command on one GPU: LoRA per Llama-2-7B layer in a CUDA graph (decode cases, plans built for 256 slots as
 # the engine's decode graphs at n = 1000, each launch also alone), B's bf16 GPU tests of the LoRA kernels, then
-# saturated S2 at n = 0, 1, 1000.
+# saturated S2 at n = 0 and 1000.
 #   bash benchmarks/results/session-2026-12-06j/run2.sh COMMIT
 # COMMIT's tree (with the patch) is B; A is a copy with the patch reversed.
 cd "$(dirname "$0")/../../.."
@@ -14,12 +14,12 @@ mkdir -p "$OUT/A" "$OUT/B"
 kern() {  # kern NAME DIR
   (cd "$2" && timeout -s TERM 150 python benchmarks/kernels.py --lora-only --parts --plan-slots 256 \
     --case "decode 255 req, 230 adapters, q/k/v/o" --case "decode 250 req, 125 adapters, q/k/v/o" \
-    --case "decode 255 req, 1 adapter, q/k/v/o" --case "decode 256 req, 64 adapters" --out "$OUT/$1/kern" \
+    --case "decode 255 req, 1 adapter, q/k/v/o" --out "$OUT/$1/kern" \
     > "$OUT/$1/kern.log" 2>&1)
   echo "$1 kernels rc=$? at $(( $(date +%s) - T0 )) s"
 }
 sat() {  # sat NAME DIR
-  (cd "$2" && timeout -s TERM 170 python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters 0 1 1000 \
+  (cd "$2" && timeout -s TERM 130 python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters 0 1000 \
     --out "$OUT/$1/sat" --commit "$3" > "$OUT/$1/sat.log" 2>&1)
   echo "$1 sat rc=$? at $(( $(date +%s) - T0 )) s"; grep -E "req/s" "$OUT/$1/sat.log" | cut -c1-330
 }
