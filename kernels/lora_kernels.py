@@ -153,16 +153,17 @@ def lora_expand_kernel(
     of one slot; loops over that adapter's rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N], read once per
     tile; y[tok, n_lo + n] += scale * acc. Its reads form a chain of four round trips: the plan's tile; the
     tile's tokens and its slot's rank, B offset and scale together; the page table, y and v; B^T (the y read
-    overlaps the B^T reads). A column block past a narrower target (GQA's k, v) returns before any read."""
+    overlaps the B^T reads). A program past the plan's last tile, or on a column block past a narrower target
+(GQA's k, v), returns after the plan's read."""
     g = tl.program_id(1)
     pid_n = tl.program_id(2)
+    slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
+    if slot < 0:
+        return  # past the plan's last tile
     n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
     n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
     if pid_n * BLOCK_N >= n_g:
         return
-    slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
-    if slot < 0:
-        return  # past the plan's last tile
     r = tl.load(rank_ptr + slot * G + g)
     b_off = tl.load(off_ptr + slot * G + g)
     scale = tl.load(scale_ptr + slot).to(tl.float32)
