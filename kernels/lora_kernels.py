@@ -150,11 +150,11 @@ def lora_expand_kernel(
     ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Expand, program (tile of the plan, g, block of BLOCK_N output columns): the tile's <= BLOCK_M tokens
-        of one slot; loops over that adapter's rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N], read once per
-        tile; y[tok, n_lo + n] += scale * acc. Its reads form a chain of four round trips: the plan's tile; the
-        tile's tokens and its slot's rank, B offset and scale together; the page table, y and v; B^T (the y read
-        overlaps the B^T reads). A program past the plan's last tile, or on a column block past a narrower target
-    (GQA's k, v), returns after the plan's read."""
+    of one slot; loops over that adapter's rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N], read once per
+    tile; y[tok, n_lo + n] += scale * acc. Its reads form a chain of four round trips: the plan's tile; the
+    tile's tokens and its slot's rank, B offset and scale together; the page table, y and v; B^T (the y read
+    overlaps the B^T reads). A program past the plan's last tile, or on a column block past a narrower
+    target (GQA's k, v), returns after the plan's read."""
     g = tl.program_id(1)
     pid_n = tl.program_id(2)
     slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
