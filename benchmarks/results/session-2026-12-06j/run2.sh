@@ -2,7 +2,7 @@
 # Session 06j run 2: the expand's shorter lookup chain (expand_chain.patch) against the kernels without it, in
 # one command on one GPU: LoRA per Llama-2-7B layer in a CUDA graph (decode cases, plans built for 256 slots as
 # the engine's decode graphs at n = 1000, each launch also alone), B's bf16 GPU tests of the LoRA kernels, then
-# saturated S2 at n = 0 and 1000. Each stage's files go into $OUT/run2.tar as it ends (the device tool returns
+# saturated S2 at n = 1000. Each stage's files go into $OUT/run2.tar as it ends (the device tool returns
 # a few files only).
 #   bash benchmarks/results/session-2026-12-06j/run2.sh COMMIT
 # COMMIT's tree (with the patch) is B; A is a copy with the patch reversed.
@@ -21,7 +21,7 @@ kern() {  # kern NAME DIR
   echo "$1 kernels rc=$? at $(( $(date +%s) - T0 )) s"; grep -E "^\| decode" "$W/$1/kern/kernels.md" | head -8
 }
 sat() {  # sat NAME DIR COMMIT
-  (cd "$2" && timeout -s TERM 130 python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters 0 1000 \
+  (cd "$2" && timeout -s TERM 130 python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters 1000 \
     --out "$W/$1/sat" --commit "$3" > "$W/$1/sat.log" 2>&1)
   echo "$1 sat rc=$? at $(( $(date +%s) - T0 )) s"; grep -E "req/s" "$W/$1/sat.log" | cut -c1-330
 }
