@@ -151,25 +151,21 @@ def lora_expand_kernel(
 ):  # fmt: skip
     """Expand, program (tile of the plan, g, block of BLOCK_N output columns): the tile's <= BLOCK_M tokens
     of one slot; loops over that adapter's rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N], read once per
-    tile; y[tok, n_lo + n] += scale * acc. Its reads form a chain of four round trips: the plan's tile; the
-    tile's tokens and its slot's rank, B offset and scale together; the page table, y and v; B^T (the y read
-    overlaps the B^T reads). A program past the plan's last tile, or on a column block past a narrower
-    target (GQA's k, v), returns after the plan's read."""
+    tile; y[tok, n_lo + n] += scale * acc. The y read is issued before the B^T reads (its latency overlaps)."""
     g = tl.program_id(1)
     pid_n = tl.program_id(2)
     slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
-    if slot < 0:
-        return  # past the plan's last tile
+    s = tl.maximum(slot, 0)
+    r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
+    if r == 0:
+        return
     n_lo = _pick(g, o0, o1, o2, o3, o4, o5, o6, o7, o8)
     n_g = _pick(g + 1, o0, o1, o2, o3, o4, o5, o6, o7, o8) - n_lo
     if pid_n * BLOCK_N >= n_g:
         return
-    r = tl.load(rank_ptr + slot * G + g)
-    b_off = tl.load(off_ptr + slot * G + g)
-    scale = tl.load(scale_ptr + slot).to(tl.float32)
-    if r == 0:
-        return
-    pt_row = pt_ptr + slot.to(tl.int64) * stride_pt
+    b_off = tl.load(off_ptr + s * G + g)
+    scale = tl.load(scale_ptr + s).to(tl.float32)
+    pt_row = pt_ptr + s.to(tl.int64) * stride_pt
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < n_g
     yp = y_ptr + tok[:, None] * stride_yt + (n_lo + n)[None, :] * stride_yn
