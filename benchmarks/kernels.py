@@ -246,6 +246,11 @@ SWEEP = {
         dict(expand_r=32, expand_n=256),
         dict(expand_r=32),
         dict(expand_r=64),
+        # a whole rank of B^T in one load over fewer columns: no serial rank loop, more programs (06j's traces: the
+        # decode expand at 1.65x its bytes, a fixed 7-12 us a launch)
+        dict(expand_r=64, expand_n=64),
+        dict(expand_r=32, expand_n=64),
+        dict(expand_n=64),
         dict(expand_n=256),
         dict(expand_n=512),
         dict(expand_n=512, expand_warps=8),
