@@ -30,12 +30,10 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import gzip
 import json
 import platform
 import pstats
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -226,11 +224,7 @@ def run_once(
             tp = time.perf_counter()
             prof.__exit__(None, None, None)
             if trace is not None:
-                raw = trace.with_suffix("")
-                prof.export_chrome_trace(str(raw))
-                with open(raw, "rb") as f_in, gzip.open(trace, "wb") as f_out:
-                    shutil.copyfileobj(f_in, f_out)
-                raw.unlink()
+                prof.export_chrome_trace(str(trace))  # gzipped by torch for a .gz path
             prof = kernel_breakdown(prof, wall)
             prof["host_top"] = host_top(host) if host is not None else None
             profiler_s += time.perf_counter() - tp  # the trace's processing, left out of elapsed_s
