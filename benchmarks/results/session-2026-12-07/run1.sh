@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Session 07 run 1: the expand's grid order (LoRATileConfig.expand_tiles_outer: one tile's column blocks adjacent,
+# so that programs running together read whole rows of one adapter's B^T rather than a 256-byte block of each of
+# many adapters) and 06j's prepared whole-rank expand (expand_r 64 / expand_n 64), per layer and end to end.
+#   bash benchmarks/results/session-2026-12-07/run1.sh COMMIT
+# (1) LoRA per Llama-2-7B layer in a CUDA graph, the SWEEP (benchmarks/kernels.py) on the saturated run's decode
+#     and mixed steps, plans for 256 slots as the engine's graphs at n = 1000; (2) saturated S2 (defaults: n = 0,
+#     1, 1000; tiles outer in both regimes: n = 1, 1000; expand_r 64 / expand_n 64 in decode: n = 1000), each in its
+#     own process on the same GPU; (3) the bf16 GPU tests of the LoRA kernels with tiles outer as the default (a
+#     copy of the tree with the default flipped). Files go into $OUT/run1.tar as each stage ends.
+cd "$(dirname "$0")/../../.."
+T0=$(date +%s)
+W=/tmp/run1out
+nvidia-smi --query-gpu=name --format=csv,noheader; date; echo "commit $1"
+keep() { tar -rf "$OUT/run1.tar" -C "$W" . && rm -rf "$W"; mkdir -p "$W"; }
+mkdir -p "$W"
+timeout -s TERM 170 python benchmarks/kernels.py --lora-only --sweep --plan-slots 256 \
+  --case "decode 255 req, 230 adapters, q/k/v/o" --case "decode 255 req, 1 adapter, q/k/v/o" \
+  --case "mixed 250 decode + 1 x 300 prefill, 125 adapters, q/k/v/o" --out "$W/kern" > "$W/kern.log" 2>&1
+echo "kernels rc=$? at $(( $(date +%s) - T0 )) s"; grep -E "expand|\| \{\} " "$W/kern/kernels.md" | head -40; keep
+sat() {  # sat NAME OVERRIDES N...
+  local name=$1 over=$2; shift 2
+  timeout -s TERM $(( 30 + 60 * $# )) python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters "$@" \
+    --lora-kernels "$over" --out "$W/sat_$name" --commit "$C" > "$W/sat_$name.log" 2>&1
+  echo "$name sat rc=$? at $(( $(date +%s) - T0 )) s"; grep -E "req/s" "$W/sat_$name.log" | cut -c1-300; keep
+}
+C=$1
+sat default '{}' 0 1 1000
+sat tiles_outer '{"decode": {"expand_tiles_outer": true}, "mixed": {"expand_tiles_outer": true}}' 1 1000
+sat r64n64 '{"decode": {"expand_r": 64, "expand_n": 64}}' 1000
+rm -rf /tmp/B && cp -r . /tmp/B && sed -i 's/    expand_tiles_outer: bool = False/    expand_tiles_outer: bool = True/' /tmp/B/kernels/lora.py
+grep -c "expand_tiles_outer: bool = True" /tmp/B/kernels/lora.py
+(cd /tmp/B && timeout -s TERM 90 python -m pytest -q -m gpu tests/test_kernels_gpu.py -k "(lora_cuda and bfloat16) or cuda_graph_decode" \
+  > "$W/gpu_tests_tiles_outer.log" 2>&1)
+echo "GPU tests (tiles outer) rc=$? at $(( $(date +%s) - T0 )) s"; tail -2 "$W/gpu_tests_tiles_outer.log"; keep
+echo "done at $(( $(date +%s) - T0 )) s"
