@@ -2,7 +2,8 @@
 # Session 07 run 1: the expand's grid order (LoRATileConfig.expand_tiles_outer: one tile's column blocks adjacent,
 # so that programs running together read whole rows of one adapter's B^T rather than a 256-byte block of each of
 # many adapters) and 06j's prepared whole-rank expand (expand_r 64 / expand_n 64), per layer and end to end.
-#   bash benchmarks/results/session-2026-12-07/run1.sh COMMIT
+#   bash benchmarks/results/session-2026-12-07/run1.sh COMMIT [short]
+# (short: what fits less device time: the sweep on the 230-adapter decode and the mixed case only, no r64n64 run)
 # (1) LoRA per Llama-2-7B layer in a CUDA graph, the SWEEP (benchmarks/kernels.py) on the saturated run's decode
 #     and mixed steps, plans for 256 slots as the engine's graphs at n = 1000; (2) saturated S2 (defaults: n = 0,
 #     1, 1000; tiles outer in both regimes: n = 1, 1000; expand_r 64 / expand_n 64 in decode: n = 1000), each in its
@@ -14,8 +15,9 @@ W=/tmp/run1out
 nvidia-smi --query-gpu=name --format=csv,noheader; date; echo "commit $1"
 keep() { tar -rf "$OUT/run1.tar" -C "$W" . && rm -rf "$W"; mkdir -p "$W"; }
 mkdir -p "$W"
-timeout -s TERM 170 python benchmarks/kernels.py --lora-only --sweep --plan-slots 256 \
-  --case "decode 255 req, 230 adapters, q/k/v/o" --case "decode 255 req, 1 adapter, q/k/v/o" \
+if [ "${2:-}" = short ]; then CASES=(--case "decode 255 req, 230 adapters, q/k/v/o"); KT=110
+else CASES=(--case "decode 255 req, 230 adapters, q/k/v/o" --case "decode 255 req, 1 adapter, q/k/v/o"); KT=170; fi
+timeout -s TERM $KT python benchmarks/kernels.py --lora-only --sweep --plan-slots 256 "${CASES[@]}" \
   --case "mixed 250 decode + 1 x 300 prefill, 125 adapters, q/k/v/o" --out "$W/kern" > "$W/kern.log" 2>&1
 echo "kernels rc=$? at $(( $(date +%s) - T0 )) s"; grep -E "expand|\| \{\} " "$W/kern/kernels.md" | head -40; keep
 sat() {  # sat NAME OVERRIDES N...
@@ -27,7 +29,7 @@ sat() {  # sat NAME OVERRIDES N...
 C=$1
 sat default '{}' 0 1 1000
 sat tiles_outer '{"decode": {"expand_tiles_outer": true}, "mixed": {"expand_tiles_outer": true}}' 1 1000
-sat r64n64 '{"decode": {"expand_r": 64, "expand_n": 64}}' 1000
+[ "${2:-}" = short ] || sat r64n64 '{"decode": {"expand_r": 64, "expand_n": 64}}' 1000
 rm -rf /tmp/B && cp -r . /tmp/B && sed -i 's/    expand_tiles_outer: bool = False/    expand_tiles_outer: bool = True/' /tmp/B/kernels/lora.py
 grep -c "expand_tiles_outer: bool = True" /tmp/B/kernels/lora.py
 (cd /tmp/B && timeout -s TERM 90 python -m pytest -q -m gpu tests/test_kernels_gpu.py -k "(lora_cuda and bfloat16) or cuda_graph_decode" \
