@@ -4,7 +4,7 @@
 # many adapters) and 06j's prepared whole-rank expand (expand_r 64 / expand_n 64), per layer and end to end.
 #   bash benchmarks/results/session-2026-12-07/run1.sh COMMIT [short]
 # (short: what fits less device time: the sweep on the 230-adapter decode and the mixed case only, no r64n64 run)
-# (1) LoRA per Llama-2-7B layer in a CUDA graph, the SWEEP (benchmarks/kernels.py) on the saturated run's decode
+# (1) LoRA per Llama-2-7B layer in a CUDA graph, the SWEEP's expand variants (benchmarks/kernels.py) on the saturated run's decode
 #     and mixed steps, plans for 256 slots as the engine's graphs at n = 1000; (2) saturated S2 (defaults: n = 0,
 #     1, 1000; tiles outer in both regimes: n = 1, 1000; expand_r 64 / expand_n 64 in decode: n = 1000), each in its
 #     own process on the same GPU; (3) the bf16 GPU tests of the LoRA kernels with tiles outer as the default (a
@@ -18,7 +18,7 @@ mkdir -p "$W"
 if [ "${2:-}" = short ]; then CASES=(--case "decode 255 req, 230 adapters, q/k/v/o"); KT=110
 else CASES=(--case "decode 255 req, 230 adapters, q/k/v/o" --case "decode 255 req, 1 adapter, q/k/v/o"); KT=170; fi
 timeout -s TERM $KT python benchmarks/kernels.py --lora-only --sweep --plan-slots 256 "${CASES[@]}" \
-  --case "mixed 250 decode + 1 x 300 prefill, 125 adapters, q/k/v/o" --out "$W/kern" > "$W/kern.log" 2>&1
+  --case "mixed 250 decode + 1 x 300 prefill, 125 adapters, q/k/v/o" --sweep-match expand --out "$W/kern" > "$W/kern.log" 2>&1
 echo "kernels rc=$? at $(( $(date +%s) - T0 )) s"; grep -E "expand|\| \{\} " "$W/kern/kernels.md" | head -40; keep
 sat() {  # sat NAME OVERRIDES N...
   local name=$1 over=$2; shift 2
