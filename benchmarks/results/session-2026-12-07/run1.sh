@@ -19,7 +19,7 @@ if [ "${2:-}" = short ]; then CASES=(--case "decode 255 req, 230 adapters, q/k/v
 else CASES=(--case "decode 255 req, 230 adapters, q/k/v/o" --case "decode 255 req, 1 adapter, q/k/v/o"); KT=170; fi
 timeout -s TERM $KT python benchmarks/kernels.py --lora-only --sweep --plan-slots 256 "${CASES[@]}" \
   --case "mixed 250 decode + 1 x 300 prefill, 125 adapters, q/k/v/o" --sweep-match expand --out "$W/kern" > "$W/kern.log" 2>&1
-echo "kernels rc=$? at $(( $(date +%s) - T0 )) s"; grep -E "expand|\| \{\} " "$W/kern/kernels.md" | head -40; keep
+echo "kernels rc=$? at $(( $(date +%s) - T0 )) s"; grep -E "^(decode|mixed) |^  (decode|mixed) " "$W/kern.log" | cut -c1-200 | head -40; keep
 sat() {  # sat NAME OVERRIDES N...
   local name=$1 over=$2; shift 2
   timeout -s TERM $(( 30 + 60 * $# )) python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters "$@" \
