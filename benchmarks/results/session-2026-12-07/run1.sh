@@ -4,7 +4,7 @@
 # many adapters) and 06j's prepared whole-rank expand (expand_r 64 / expand_n 64), per layer and end to end.
 #   bash benchmarks/results/session-2026-12-07/run1.sh COMMIT [short|min]
 # (short: what fits less device time: the sweep on the 230-adapter decode and the mixed case only, no r64n64 run;
-#  min: the sweep on the 230-adapter decode case, saturated defaults at n = 0, 1000 and tiles outer at n = 1000)
+#  min: saturated at n = 1000 with the defaults and with tiles outer, then the sweep on the 230-adapter decode case)
 # In this order: (2), (1), (3).
 # (1) LoRA per Llama-2-7B layer in a CUDA graph, the SWEEP's expand variants (benchmarks/kernels.py) on the saturated run's decode
 #     and mixed steps, plans for 256 slots as the engine's graphs at n = 1000; (2) saturated S2 (defaults: n = 0,
@@ -31,7 +31,7 @@ sat() {  # sat NAME OVERRIDES N...
 }
 C=$1
 TO='{"decode": {"expand_tiles_outer": true}, "mixed": {"expand_tiles_outer": true}}'
-if [ "$M" = min ]; then sat default '{}' 0 1000; sat tiles_outer "$TO" 1000
+if [ "$M" = min ]; then sat default '{}' 1000; sat tiles_outer "$TO" 1000
 else sat default '{}' 0 1 1000; sat tiles_outer "$TO" 1 1000; fi
 [ "$M" = full ] && sat r64n64 '{"decode": {"expand_r": 64, "expand_n": 64}}' 1000
 timeout -s TERM $KT python benchmarks/kernels.py --lora-only --sweep --plan-slots 256 "${CASES[@]}" --sweep-match expand --out "$W/kern" > "$W/kern.log" 2>&1
