@@ -73,7 +73,8 @@ class LoRATileConfig:
     expand_stages: int = 2
     # expand grid order: False = the tiles vary fastest (programs running together read one column block of
     # many adapters); True = one tile's column blocks are adjacent (programs running together read whole rows of
-    # one adapter's B^T)
+    # one adapter's B^T). An experiment, off: equal outputs under the interpreter, not yet timed on a GPU
+    # (benchmarks/results/session-2026-12-07/run1.sh times it per layer and end to end)
     expand_tiles_outer: bool = False
 
 
