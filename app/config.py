@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -69,12 +69,12 @@ class SchedulerConfig(BaseModel):
 class LoRAKernelOverrides(BaseModel):
     """Overrides of the Triton LoRA kernels' launch configuration per regime (kernels/lora.py
     LoRATileConfig fields: tile_m, shrink_r, shrink_k, shrink_split, shrink_programs, expand_r, expand_n, *_warps,
-    *_stages, expand_tiles_outer),
+    *_stages),
     e.g. `{"mixed": {"tile_m": 32}}`; unset fields keep kernels/lora.py's defaults."""
 
     model_config = ConfigDict(extra="forbid")
-    decode: dict[str, int | bool] = Field(default_factory=dict, description="steps whose segments are all one token")
-    mixed: dict[str, int | bool] = Field(default_factory=dict, description="every other step")
+    decode: dict[str, int] = Field(default_factory=dict, description="steps whose segments are all one token")
+    mixed: dict[str, int] = Field(default_factory=dict, description="every other step")
 
     def config(self):
         """The kernels.lora.LoRAKernelConfig these overrides give (ValueError for an unknown field)."""
@@ -85,8 +85,8 @@ class LoRAKernelOverrides(BaseModel):
         try:
             return dataclasses.replace(
                 DEFAULT_CONFIG,
-                decode=dataclasses.replace(DEFAULT_CONFIG.decode, **cast(dict[str, Any], self.decode)),
-                mixed=dataclasses.replace(DEFAULT_CONFIG.mixed, **cast(dict[str, Any], self.mixed)),
+                decode=dataclasses.replace(DEFAULT_CONFIG.decode, **self.decode),
+                mixed=dataclasses.replace(DEFAULT_CONFIG.mixed, **self.mixed),
             )
         except TypeError as e:
             raise ValueError(f"lora.kernels: {e}") from None

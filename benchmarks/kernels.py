@@ -251,11 +251,6 @@ SWEEP = {
         dict(expand_r=64, expand_n=64),
         dict(expand_r=32, expand_n=64),
         dict(expand_n=64),
-        # one tile's column blocks adjacent in the grid: programs running together read whole rows of one
-        # adapter's B^T instead of one 256-byte column block of each of many adapters (session 07)
-        dict(expand_tiles_outer=True),
-        dict(expand_tiles_outer=True, expand_n=64),
-        dict(expand_tiles_outer=True, expand_r=64, expand_n=64),
         dict(expand_n=256),
         dict(expand_n=512),
         dict(expand_n=512, expand_warps=8),
@@ -274,7 +269,6 @@ SWEEP = {
         dict(shrink_warps=8, expand_warps=8),
         dict(shrink_stages=4, expand_stages=3),
         dict(expand_n=128),
-        dict(expand_tiles_outer=True),
     ],
 }
 

@@ -71,11 +71,6 @@ class LoRATileConfig:
     shrink_stages: int = 3
     expand_warps: int = 4
     expand_stages: int = 2
-    # expand grid order: False = the tiles vary fastest (programs running together read one column block of
-    # many adapters); True = one tile's column blocks are adjacent (programs running together read whole rows of
-    # one adapter's B^T). An experiment, off: equal outputs under the interpreter, not yet timed on a GPU
-    # (benchmarks/results/session-2026-12-07/run1.sh times it per layer and end to end)
-    expand_tiles_outer: bool = False
 
 
 @dataclass(frozen=True)
@@ -292,15 +287,12 @@ def lora_expand(
     plan = _step_plan(plan, seg_indptr, seg_slot, page_table.shape[0], T, c)
     page_table, b_offsets, ranks = page_table.contiguous(), b_offsets.contiguous(), ranks.contiguous()
     block_n = _fit_page(_npow2(n_max, 16, c.expand_n), P)
-    n_blocks = triton.cdiv(n_max, block_n)
-    grid = (n_blocks * plan.max_tiles, G, 1) if c.expand_tiles_outer else (plan.max_tiles, G, n_blocks)
-    lora_expand_kernel[grid](
+    lora_expand_kernel[(plan.max_tiles, G, triton.cdiv(n_max, block_n))](
         y, v, pool, page_table, b_offsets, ranks, scales.contiguous(), plan.data,
-        plan.num_tokens, G, n_blocks, *offs,
+        plan.num_tokens, G, *offs,
         y.stride(0), y.stride(1), v.stride(0), v.stride(1), v.stride(2), page_table.stride(0),
         PAGE_ELEMS=P, BLOCK_M=c.tile_m, BLOCK_R=_npow2(R, 16, c.expand_r), BLOCK_N=block_n,
-        ALIGNED=aligned and P % 64 == 0 and widths_aligned, TILES_OUTER=bool(c.expand_tiles_outer),
-        INPUT_PRECISION=_input_precision(pool.dtype),
+        ALIGNED=aligned and P % 64 == 0 and widths_aligned, INPUT_PRECISION=_input_precision(pool.dtype),
         num_warps=c.expand_warps, num_stages=c.expand_stages,
     )  # fmt: skip
     return y

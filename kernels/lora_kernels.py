@@ -141,27 +141,20 @@ def lora_shrink_kernel(
                  mask=mm[:, None] & cmask[None, :])  # fmt: skip
 
 
-@triton.jit(do_not_specialize=["T", "n_blocks", "stride_vt", "stride_vg", "stride_pt"])
+@triton.jit(do_not_specialize=["T", "stride_vt", "stride_vg", "stride_pt"])
 def lora_expand_kernel(
     y_ptr, v_ptr, pool_ptr, pt_ptr, off_ptr, rank_ptr, scale_ptr, plan_ptr,
-    T, G, n_blocks, o0, o1, o2, o3, o4, o5, o6, o7, o8,
+    T, G, o0, o1, o2, o3, o4, o5, o6, o7, o8,
     stride_yt, stride_yn, stride_vt, stride_vg, stride_vr, stride_pt,
     PAGE_ELEMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    ALIGNED: tl.constexpr, TILES_OUTER: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    ALIGNED: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Expand, program (tile of the plan, g, block of BLOCK_N output columns): the tile's <= BLOCK_M tokens
     of one slot; loops over that adapter's rank in BLOCK_R rows of B^T [BLOCK_R, BLOCK_N], read once per
-    tile; y[tok, n_lo + n] += scale * acc. The y read is issued before the B^T reads (its latency overlaps).
-    Grid: (tiles, G, n_blocks), or with TILES_OUTER (n_blocks * tiles, G) with the column blocks of one tile
-    adjacent, so that programs running together read whole rows of one adapter's B^T."""
+    tile; y[tok, n_lo + n] += scale * acc. The y read is issued before the B^T reads (its latency overlaps)."""
     g = tl.program_id(1)
-    if TILES_OUTER:
-        pid_n = tl.program_id(0) % n_blocks
-        tile = tl.program_id(0) // n_blocks
-    else:
-        pid_n = tl.program_id(2)
-        tile = tl.program_id(0)
-    slot, tok, mm = _plan_tile(plan_ptr, T, tile, BLOCK_M)
+    pid_n = tl.program_id(2)
+    slot, tok, mm = _plan_tile(plan_ptr, T, tl.program_id(0), BLOCK_M)
     s = tl.maximum(slot, 0)
     r = tl.where(slot >= 0, tl.load(rank_ptr + s * G + g), 0)
     if r == 0:

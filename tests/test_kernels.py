@@ -217,26 +217,23 @@ def test_lora_prefill_popularity(popularity, dtype):
 
 
 @pytest.mark.parametrize(
-    "popularity,dtype,aligned,tiles_outer",
+    "popularity,dtype,aligned",
     [
-        ("distinct", torch.float16, True, False),
-        ("uniform", torch.float32, True, True),
-        ("zipf", torch.float16, False, True),
-        ("identical", torch.float32, True, False),
-        ("uniform", torch.float16, False, False),
+        ("distinct", torch.float16, True),
+        ("uniform", torch.float32, True),
+        ("zipf", torch.float16, False),
+        ("identical", torch.float32, True),
+        ("uniform", torch.float16, False),
     ],
 )
-def test_lora_mixed_steps(popularity, dtype, aligned, tiles_outer):
+def test_lora_mixed_steps(popularity, dtype, aligned):
     """A loaded server's step: prefill chunks of several tiles (with the mixed regime's 16-token tiles here:
     a 70-token segment gives 5) between decode tokens of several adapters, one plan for all of it; rows of A
-    and B^T straddle pages (page_elems 192 is not a multiple of K or N_g). tiles_outer: the expand's grid
-    with one tile's column blocks adjacent."""
+    and B^T straddle pages (page_elems 192 is not a multiple of K or N_g)."""
     gen = torch.Generator().manual_seed(len(popularity))
     lens = [1] * 20 + [70, 33, 16, 17] + [1] * 12
     lens = [lens[i] for i in torch.randperm(len(lens), generator=gen).tolist()]
-    mixed = kl.LoRATileConfig(
-        tile_m=16, shrink_r=32, shrink_k=64, shrink_split=1, expand_r=16, expand_n=64, expand_tiles_outer=tiles_outer
-    )
+    mixed = kl.LoRATileConfig(tile_m=16, shrink_r=32, shrink_k=64, shrink_split=1, expand_r=16, expand_n=64)
     run_lora_case(
         seg_lens=lens,
         n_slots=9,
@@ -290,9 +287,7 @@ def test_lora_decode_batch_sizes(batch):
 def test_lora_decode_plan_slot_bounds(plan_slots):
     """A decode step of 64 tokens over 3 adapters with plans built for 3, 16 and 64 adapter slots (bounds a
     decode CUDA graph may build its plan for, app/cuda_graphs.py): grids of 6, 19 and 64 tiles' programs, the
-    same outputs, those of the torch reference (float32 v: the shrink splits K further on the smaller grids).
-    With 16 slots the expand's grid puts one tile's column blocks together (`expand_tiles_outer`)."""
-    decode = dataclasses.replace(kl.DEFAULT_CONFIG.decode, expand_tiles_outer=plan_slots == 16)
+    same outputs, those of the torch reference (float32 v: the shrink splits K further on the smaller grids)."""
     assert max_tiles(64, plan_slots, kl.DEFAULT_CONFIG.decode.tile_m) == {3: 6, 16: 19, 64: 64}[plan_slots]
     run_lora_case(
         seg_lens=[1] * 64,
@@ -307,7 +302,6 @@ def test_lora_decode_plan_slot_bounds(plan_slots):
         aligned=True,
         v_dtype=torch.float32,
         plan_slots=plan_slots,
-        config=kl.LoRAKernelConfig(decode=decode),
     )
 
 
