@@ -5,6 +5,7 @@
 #   bash benchmarks/results/session-2026-12-07/run1.sh COMMIT [short|min]
 # (short: what fits less device time: the sweep on the 230-adapter decode and the mixed case only, no r64n64 run;
 #  min: saturated at n = 1000 with the defaults and with tiles outer, then the sweep on the 230-adapter decode case;
+#  kern: the sweep on the 230-adapter decode case only (~1.5 min, for a nearly spent device budget);
 #  base: min plus the base model alone (n = 0) with the defaults, for the % of base)
 # In this order: (2), (1), (3).
 # (1) LoRA per Llama-2-7B layer in a CUDA graph, the SWEEP's expand variants (benchmarks/kernels.py) on the
@@ -23,7 +24,7 @@ mkdir -p "$W"
 rm -rf /tmp/B && cp -r . /tmp/B && (cd /tmp/B && patch -p1 -s < benchmarks/results/session-2026-12-07/expand_tiles_outer.patch) \
   || { echo "patch failed"; exit 1; }
 M=${2:-full}
-if [ "$M" = min ] || [ "$M" = base ]; then CASES=(--case "decode 255 req, 230 adapters, q/k/v/o"); KT=70
+if [ "$M" = min ] || [ "$M" = base ] || [ "$M" = kern ]; then CASES=(--case "decode 255 req, 230 adapters, q/k/v/o"); KT=70
 elif [ "$M" = short ]; then CASES=(--case "decode 255 req, 230 adapters, q/k/v/o" \
   --case "mixed 250 decode + 1 x 300 prefill, 125 adapters, q/k/v/o"); KT=110
 else CASES=(--case "decode 255 req, 230 adapters, q/k/v/o" --case "decode 255 req, 1 adapter, q/k/v/o" \
@@ -38,10 +39,12 @@ C=$1
 TO='{"decode": {"expand_tiles_outer": true}, "mixed": {"expand_tiles_outer": true}}'
 if [ "$M" = min ]; then sat default . '{}' 1000; sat tiles_outer /tmp/B "$TO" 1000
 elif [ "$M" = base ]; then sat default . '{}' 0 1000; sat tiles_outer /tmp/B "$TO" 1000
+elif [ "$M" = kern ]; then :
 else sat default . '{}' 0 1 1000; sat tiles_outer /tmp/B "$TO" 1 1000; fi
 [ "$M" = full ] && sat r64n64 . '{"decode": {"expand_r": 64, "expand_n": 64}}' 1000
 (cd /tmp/B && timeout -s TERM $KT python benchmarks/kernels.py --lora-only --sweep --plan-slots 256 "${CASES[@]}" --sweep-match expand --out "$W/kern" > "$W/kern.log" 2>&1)
 echo "kernels rc=$? at $(( $(date +%s) - T0 )) s"; grep -E "^(decode|mixed) |^  (decode|mixed) " "$W/kern.log" | cut -c1-200 | head -40; keep
+[ "$M" = kern ] && exit 0
 sed -i 's/    expand_tiles_outer: bool = False/    expand_tiles_outer: bool = True/' /tmp/B/kernels/lora.py
 grep -c "expand_tiles_outer: bool = True" /tmp/B/kernels/lora.py
 (cd /tmp/B && timeout -s TERM 80 python -m pytest -q -m gpu tests/test_kernels_gpu.py -k "(lora_cuda and bfloat16) or cuda_graph_decode" \
