@@ -2,7 +2,7 @@
 # Session 07 run 1: the expand's grid order (expand_tiles_outer.patch: LoRATileConfig.expand_tiles_outer, one tile's
 # column blocks adjacent, so that programs running together read whole rows of one adapter's B^T rather than a
 # 256-byte block of each of many adapters) and 06j's prepared whole-rank expand (expand_r 64 / expand_n 64), per layer and end to end.
-#   bash benchmarks/results/session-2026-12-07/run1.sh COMMIT [short|min]
+#   bash benchmarks/results/session-2026-12-07/run1.sh COMMIT [full|short|base|min|kern]
 # (short: what fits less device time: the sweep on the 230-adapter decode and the mixed case only, no r64n64 run;
 #  min: saturated at n = 1000 with the defaults and with tiles outer, then the sweep on the 230-adapter decode case;
 #  kern: the sweep on the 230-adapter decode case only (~1.5 min, for a nearly spent device budget);
