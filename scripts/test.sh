@@ -13,7 +13,7 @@ if [ $# -gt 0 ]; then
 fi
 rc=0  # both runs, whatever the first gives
 # worksteal: an idle worker takes queued tests from a busy one, so the few 35-45 s interpreter tests do not end
-# the run on one worker while the other waits (one run: 368 s, against 392-395 s in two runs with the default split; 2 cores)
+# the run on one worker while the other waits (2 cores: 358-368 s, against 392-395 s with xdist's default split)
 $PY -m pytest -q --durations=15 -m "not gpu and not ray" --numprocesses auto --maxprocesses 4 --dist worksteal || rc=$?
 $PY -m pytest -q --durations=15 -m "ray and not gpu" || rc=$?
 exit $rc

@@ -3,10 +3,9 @@
 # column blocks adjacent, so that programs running together read whole rows of one adapter's B^T rather than a
 # 256-byte block of each of many adapters) and 06j's prepared whole-rank expand (expand_r 64 / expand_n 64), per layer and end to end.
 #   bash benchmarks/results/session-2026-12-07/run1.sh COMMIT [full|short|base|min|kern]
-# (short: what fits less device time: the sweep on the 230-adapter decode and the mixed case only, no r64n64 run;
-#  min: saturated at n = 1000 with the defaults and with tiles outer, then the sweep on the 230-adapter decode case;
-#  kern: the sweep on the 230-adapter decode case only (~1.5 min, for a nearly spent device budget);
-#  base: min plus the base model alone (n = 0) with the defaults, for the % of base)
+# (full ~9 min of device time; short ~8: the sweep on the 230-adapter decode and the mixed case only, no r64n64 run;
+#  base ~6: saturated at n = 0 and 1000 with the defaults, at 1000 with tiles outer, the sweep on the 230-adapter
+#  decode case, the tests; min ~5: base without n = 0; kern ~1.5: the sweep on the 230-adapter decode case only)
 # In this order: (2), (1), (3).
 # (1) LoRA per Llama-2-7B layer in a CUDA graph, the SWEEP's expand variants (benchmarks/kernels.py) on the
 #     saturated run's decode and mixed steps, plans for 256 slots as the engine's graphs at n = 1000; (2) saturated S2 (defaults: n = 0,
@@ -24,11 +23,14 @@ mkdir -p "$W"
 rm -rf /tmp/B && cp -r . /tmp/B && (cd /tmp/B && patch -p1 -s < benchmarks/results/session-2026-12-07/expand_tiles_outer.patch) \
   || { echo "patch failed"; exit 1; }
 M=${2:-full}
-if [ "$M" = min ] || [ "$M" = base ] || [ "$M" = kern ]; then CASES=(--case "decode 255 req, 230 adapters, q/k/v/o"); KT=70
-elif [ "$M" = short ]; then CASES=(--case "decode 255 req, 230 adapters, q/k/v/o" \
-  --case "mixed 250 decode + 1 x 300 prefill, 125 adapters, q/k/v/o"); KT=110
-else CASES=(--case "decode 255 req, 230 adapters, q/k/v/o" --case "decode 255 req, 1 adapter, q/k/v/o" \
-  --case "mixed 250 decode + 1 x 300 prefill, 125 adapters, q/k/v/o"); KT=170; fi
+D230=(--case "decode 255 req, 230 adapters, q/k/v/o")
+MIX=(--case "mixed 250 decode + 1 x 300 prefill, 125 adapters, q/k/v/o")
+case "$M" in
+  full) CASES=("${D230[@]}" --case "decode 255 req, 1 adapter, q/k/v/o" "${MIX[@]}"); KT=170 ;;
+  short) CASES=("${D230[@]}" "${MIX[@]}"); KT=110 ;;
+  base | min | kern) CASES=("${D230[@]}"); KT=70 ;;
+  *) echo "unknown mode $M"; exit 1 ;;
+esac
 sat() {  # sat NAME DIR OVERRIDES N...
   local name=$1 dir=$2 over=$3; shift 3
   (cd "$dir" && timeout -s TERM $(( 40 + 60 * $# )) python benchmarks/saturated.py --settings llama2-7b-qkvo --adapters "$@" \
@@ -37,10 +39,11 @@ sat() {  # sat NAME DIR OVERRIDES N...
 }
 C=$1
 TO='{"decode": {"expand_tiles_outer": true}, "mixed": {"expand_tiles_outer": true}}'
-if [ "$M" = min ]; then sat default . '{}' 1000; sat tiles_outer /tmp/B "$TO" 1000
-elif [ "$M" = base ]; then sat default . '{}' 0 1000; sat tiles_outer /tmp/B "$TO" 1000
-elif [ "$M" = kern ]; then :
-else sat default . '{}' 0 1 1000; sat tiles_outer /tmp/B "$TO" 1 1000; fi
+case "$M" in
+  full | short) sat default . '{}' 0 1 1000; sat tiles_outer /tmp/B "$TO" 1 1000 ;;
+  base) sat default . '{}' 0 1000; sat tiles_outer /tmp/B "$TO" 1000 ;;
+  min) sat default . '{}' 1000; sat tiles_outer /tmp/B "$TO" 1000 ;;
+esac
 [ "$M" = full ] && sat r64n64 . '{"decode": {"expand_r": 64, "expand_n": 64}}' 1000
 (cd /tmp/B && timeout -s TERM $KT python benchmarks/kernels.py --lora-only --sweep --plan-slots 256 "${CASES[@]}" --sweep-match expand --out "$W/kern" > "$W/kern.log" 2>&1)
 echo "kernels rc=$? at $(( $(date +%s) - T0 )) s"; grep -E "^(decode|mixed) |^  (decode|mixed) " "$W/kern.log" | cut -c1-200 | head -40; keep
