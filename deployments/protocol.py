@@ -382,6 +382,16 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None  # a tool message's call
     name: str | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, v: Any) -> Any:
+        """A part other than text (image_url, input_audio, file) is refused by name, not by the union's errors."""
+        for part in v if isinstance(v, list) else ():
+            if isinstance(part, dict) and part.get("type") != "text":
+                why = f"with a content part of type {part.get('type')!r} are not supported (text only)"
+                raise UnsupportedField("messages", why)
+        return v
+
     def text(self) -> str:
         if self.content is None:
             return ""

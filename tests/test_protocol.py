@@ -335,3 +335,16 @@ def test_generation_config_defaults_fill_only_unset_fields(tmp_path):
     sp = ChatCompletionRequest(model="m", messages=msgs, temperature=0).to_sampling_params(4, defaults=d)
     assert sp.temperature == 0 and sp.top_k == 20
     assert CompletionRequest(model="m", prompt="x").to_sampling_params(4).temperature == 1.0  # generation_config vllm
+
+
+@pytest.mark.parametrize("part", [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}},
+                                  {"type": "input_audio", "input_audio": {"data": "AA", "format": "wav"}}])  # fmt: skip
+def test_chat_content_parts_other_than_text_are_named_in_the_error(part):
+    """An image or audio part gets one error that names its type and the field (a 400 with param "messages"),
+    not the str-or-list union's two errors; text parts beside it do not change that."""
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "look"}, part]}]
+    with pytest.raises(ValidationError) as e:
+        ChatCompletionRequest(model="m", messages=msgs)
+    (err,) = e.value.errors()
+    assert err["loc"] == ("messages", 0, "content") and err["ctx"]["error"].param == "messages"
+    assert f"content part of type {part['type']!r} are not supported (text only)" in err["msg"]
