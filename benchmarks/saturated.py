@@ -77,10 +77,11 @@ def commit() -> str:
         return "unknown"
 
 
-def measure_device(device: str) -> tuple[float, float]:
-    """(copy bandwidth in bytes/s counting read + written, bf16 matmul FLOP/s), measured now."""
+def measure_device(device: str) -> tuple[float, float, float]:
+    """(copy bandwidth in bytes/s counting read + written, bf16 matmul FLOP/s, host-to-device copy bytes/s
+    from pinned memory, as adapter loads copy), measured now."""
     if device != "cuda":
-        return 20e9, 50e9
+        return 20e9, 50e9, 10e9
     from benchmarks.engine import cuda_median_s
 
     n = 1 << 29
@@ -89,9 +90,12 @@ def measure_device(device: str) -> tuple[float, float]:
     bw = 2 * n / cuda_median_s(lambda: dst.copy_(src))
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     rate = 2 * 8192**3 / cuda_median_s(lambda: a @ a)
-    src = dst = a = None  # frees the tensors (the closures above hold the same cells)
+    host = torch.empty(1 << 28, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
+    h2d = (1 << 28) / cuda_median_s(lambda: dev.copy_(host, non_blocking=True))
+    src = dst = a = host = dev = None  # frees the tensors (the closures above hold the same cells)
     torch.cuda.empty_cache()
-    return bw, rate
+    return bw, rate, h2d
 
 
 def workload(
@@ -189,6 +193,7 @@ def run_once(
         prompt = systems.get(a, []) + [rng.randrange(3, vocab) for _ in range(i)]
         engine.add_request(prompt, p, adapter=None if a is None else f"a{a}")
     batch, kinds, prof, distinct = [], {"decode": 0, "with_prefill": 0}, None, []
+    per_step: list[list] = []  # see "steps_trace" below
     step_s: list[tuple[float, int, str]] = []
     events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
     cuda = torch.cuda.is_available()
@@ -207,6 +212,7 @@ def run_once(
                 host.enable()
             tw = time.perf_counter()
         ts = time.perf_counter()
+        loads_before = engine.pool.loads
         if cuda:
             ev0 = torch.cuda.Event(enable_timing=True)
             ev0.record()
@@ -233,6 +239,16 @@ def run_once(
         kind = "with_prefill" if engine.last_step_tokens > running else "decode"
         kinds[kind] += 1
         step_s.append((ts, n, kind))
+        per_step.append(
+            [
+                kind[0],
+                engine.last_step_tokens,
+                batch[-1],
+                distinct[-1],
+                engine.pool.loads - loads_before,
+                round(ts * 1e3, 2),
+            ]
+        )
         if cuda:
             events.append((kind, ev0, ev1))
     sync()
@@ -266,6 +282,13 @@ def run_once(
         "gc_ms": round(gc_timer.ms, 1),
         "gc_collections_by_generation": gc_timer.by_gen,
         "profile": prof if isinstance(prof, dict) else None,
+        # per step: kind ("d" decode only, "w" with a prefill chunk), tokens, running requests after it,
+        # distinct adapters, adapter loads it issued (admitted and prefetched), wall ms of its engine.step()
+        # call, GPU ms (as gpu_s_by_kind; None off CUDA)
+        "steps_trace": [
+            row + [round(a.elapsed_time(b), 2) if cuda else None]
+            for row, (_, a, b) in zip(per_step, events if cuda else [(None, None, None)] * len(per_step))
+        ],
     }
 
 
@@ -334,7 +357,7 @@ def kernel_breakdown(prof, wall_s: float) -> dict:
     }
 
 
-def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
+def bench_setting(name: str, args, work: Path, bw: float, rate: float, h2d: float) -> dict:
     shape, targets = SETTINGS[name]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model_dir = write_model_config(work / shape, shape, args.layers)
@@ -398,6 +421,8 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float) -> dict:
         fl["lora_s"] = fl["weights_s"] * lora_bytes / weight_bytes
         fl["floor_s"] += fl["lora_s"]
         row.update(fl, floor_share=fl["floor_s"] / row["elapsed_s"])
+        # the run's adapter copies at the measured host-to-device rate (not in the floor: they may overlap steps)
+        row["load_copy_s"] = row["adapter_loads"] * adapter_bytes / h2d
         runs.append(row)
         print(f"{name} n={n} async={mode} prefix_caching={pc} (hits {row['prefix_hit_tokens']} tokens): {row['req_s']:.2f} req/s, {row['out_tok_s']:.0f} tok/s, {row['steps']} steps, "
               f"mean batch {row['mean_batch']:.0f}, loads {row['adapter_loads']} (prefetched {row['prefetches']}, "
@@ -599,16 +624,16 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.profile_trace:
         args.profile_trace.mkdir(parents=True, exist_ok=True)
-    bw, rate = measure_device("cuda" if torch.cuda.is_available() else "cpu")
+    bw, rate, h2d = measure_device("cuda" if torch.cuda.is_available() else "cpu")
     res = dict(
         gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})",
         commit=args.commit or commit(), torch=torch.__version__, requests=args.requests, max_len=args.max_len, seed=args.seed,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, profile_steps=args.profile_steps,
+        copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, h2d_gbs=h2d / 1e9, profile_steps=args.profile_steps,
         lora_kernels=args.lora_kernels, lora=args.lora, scheduler=args.scheduler, system_prompt=args.system_prompt, settings=[],
     )  # fmt: skip
     for name in args.settings:
-        res["settings"].append(bench_setting(name, args, args.work, bw, rate))
+        res["settings"].append(bench_setting(name, args, args.work, bw, rate, h2d))
         (args.out / "saturated.json").write_text(json.dumps(res, indent=1))
     write_report(res, args.out)
     print((args.out / "saturated.md").read_text())

@@ -136,6 +136,10 @@ def test_saturated_benchmark_smoke(tmp_path):
     assert [(r["adapters"], r["prefix_caching"]) for r in runs] == [(n, c) for n in (0, 1, 3) for c in (False, True)]
     assert all(r["steps"] > 0 and r["floor_s"] > 0 for r in runs)
     assert [r["adapter_loads"] for r in runs] == [0, 0, 1, 1, 3, 3]
+    for r in runs:  # the per-step trace adds up to the run's totals
+        trace = r["steps_trace"]
+        assert len(trace) == sum(r["steps_by_kind"].values())
+        assert sum(s[4] for s in trace) == r["adapter_loads"] and {s[0] for s in trace} <= {"d", "w"}
     assert runs[0]["share_of_base"] == runs[1]["share_of_base"] == 1.0
     page = 16
     for r in runs:  # 12 requests, each after a 40-token system prompt: 2 full pages of it

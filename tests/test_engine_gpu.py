@@ -90,6 +90,37 @@ def test_prefetch_under_evictions_changes_no_token(setup):
     assert e.is_idle_clean()
 
 
+def test_prefetch_behind_the_steps_changes_no_token(setup, monkeypatch):
+    """The compute stream waits for a prefetched adapter's copy only before a step that reads it or writes its
+    pages (ModelRunner._load_adapters). With every copy on the side stream held back (a ~1 ms device sleep
+    before it), the steps run ahead of the copies, and the tokens still equal an engine without prefetch, in a
+    pool where prefetched adapters are evicted and their pages reused as KV."""
+    model, adapters, reqs = setup
+    probe = LLM(model=str(model), adapters=adapters, device="cuda", dtype="float32", warmup="off")
+    sizes = [probe.engine.adapters[name].num_pages for name in adapters]
+    del probe
+    pages = max(sizes) + 8 + (sum(sizes) - max(sizes) - 8) // 2
+    cfg = dict(dtype="float32", kernel_backend="triton", pool={"page_size": 16, "num_pages": pages},
+               scheduler={"max_num_seqs": 4, "max_num_batched_tokens": 64})  # fmt: skip
+    ref = generate(model, adapters, reqs, lora={"prefetch": False}, **cfg)
+    llm = LLM(model=str(model), adapters=adapters, device="cuda", **cfg)
+    runner = llm.engine.executor
+    fill, delayed = runner.fill_adapter_pages, []
+
+    def slow_fill(name, pages):
+        if torch.cuda.current_stream() == runner.copy_stream:
+            torch.cuda._sleep(2_000_000)  # ~1 ms of device clock cycles
+            delayed.append(name)
+        fill(name, pages)
+
+    monkeypatch.setattr(runner, "fill_adapter_pages", slow_fill)
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    outs = llm.generate([r[0] for r in reqs], adapters=[r[1] for r in reqs], sampling_params=params)
+    assert [o.token_ids for o in outs] == ref
+    assert delayed and llm.engine.pool.evictions > 0, (len(delayed), llm.engine.pool.evictions)
+    assert llm.engine.is_idle_clean()
+
+
 def test_prefix_cached_requests_equal_uncached_float32(setup):
     """Prefix caching on the GPU (Triton kernels, CUDA graphs, asynchronous scheduling): a second wave whose
     requests share their adapter's cached system prompt, repeat a first-wave prompt (one token left to
