@@ -155,10 +155,10 @@ class ModelRunner:
                     done += 1
         return done
 
-    def fill_adapter_pages(self, name: str, pages: list[int]) -> None:
-        """Copies adapter `name`'s host weights into pool `pages`, queued on the current stream."""
+    def fill_adapter_pages(self, name: str, pages: list[int], idx: torch.Tensor) -> None:
+        """Copies adapter `name`'s host weights into pool `pages` (`idx`: the same page ids on the device),
+        queued on the current stream."""
         data = self.adapters[name].data
-        (idx,) = h2d_many([(pages, torch.long)], self.device)
         src = data.view(self.args.num_layers, len(pages), self.page_elems).to(self.device, non_blocking=True)
         self.pool.index_copy_(1, idx, src)
         self.adapter_pages[name] = pages
@@ -328,21 +328,28 @@ class ModelRunner:
         prefetch = set(out.prefetch)
         if self._inflight:
             self._wait_prefetched(out, prefetch)
+        if not out.adapter_loads:
+            return
+        # every load's page ids in one host-to-device copy: a pinned buffer per load would mean a page-locked
+        # allocation per load while copies queue, and each such allocation synchronizes the device (CUDA's
+        # implicit synchronization), so a burst of prefetches held the host until all their copies were done
+        idxs = h2d_many([(pages, torch.long) for _, pages in out.adapter_loads], self.device)
         if prefetch and self.copy_stream is not None:
             # pages given to a prefetched adapter may have been read by work still queued on the
             # compute stream (an evicted adapter of the last step): copy only after that work
             self.copy_stream.wait_stream(torch.cuda.current_stream())
-        for name, pages in out.adapter_loads:
+            idxs[0].record_stream(self.copy_stream)  # one device buffer: the views share it
+        for (name, pages), idx in zip(out.adapter_loads, idxs):
             if name in prefetch and self.copy_stream is not None:
                 with torch.cuda.stream(self.copy_stream):
-                    self.fill_adapter_pages(name, pages)
+                    self.fill_adapter_pages(name, pages, idx)
                     done = torch.cuda.Event()
                     done.record(self.copy_stream)
                 # a name prefetched again (evicted meanwhile) keeps its earlier pages until both copies are done
                 old = self._inflight.pop(name, None)
                 self._inflight[name] = (done, pages if old is None else old[1] + pages)
             else:
-                self.fill_adapter_pages(name, pages)
+                self.fill_adapter_pages(name, pages, idx)
 
     def _wait_prefetched(self, out: SchedulerOutput, prefetch: set[str]) -> None:
         """Makes the compute stream wait for the prefetched copies this step depends on (_load_adapters) and

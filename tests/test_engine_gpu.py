@@ -92,7 +92,7 @@ def test_prefetch_under_evictions_changes_no_token(setup):
 
 def test_prefetch_behind_the_steps_changes_no_token(setup, monkeypatch):
     """The compute stream waits for a prefetched adapter's copy only before a step that reads it or writes its
-    pages (ModelRunner._load_adapters). With every copy on the side stream held back (a ~1 ms device sleep
+    pages (ModelRunner._load_adapters). With every copy on the side stream held back (a ~5 ms device sleep
     before it), the steps run ahead of the copies, and the tokens still equal an engine without prefetch, in a
     pool where prefetched adapters are evicted and their pages reused as KV."""
     model, adapters, reqs = setup
@@ -107,11 +107,11 @@ def test_prefetch_behind_the_steps_changes_no_token(setup, monkeypatch):
     runner = llm.engine.executor
     fill, delayed = runner.fill_adapter_pages, []
 
-    def slow_fill(name, pages):
+    def slow_fill(name, pages, idx):
         if torch.cuda.current_stream() == runner.copy_stream:
-            torch.cuda._sleep(2_000_000)  # ~1 ms of device clock cycles
+            torch.cuda._sleep(10_000_000)  # ~5 ms of device clock cycles
             delayed.append(name)
-        fill(name, pages)
+        fill(name, pages, idx)
 
     monkeypatch.setattr(runner, "fill_adapter_pages", slow_fill)
     params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
