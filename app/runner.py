@@ -331,29 +331,22 @@ class ModelRunner:
         if not out.adapter_loads:
             return
         idxs = h2d_many([(pages, torch.long) for _, pages in out.adapter_loads], self.device)  # one copy for all
-        loads = [(name, pages, idx) for (name, pages), idx in zip(out.adapter_loads, idxs)]
-        if self.copy_stream is None:
-            side = []
-        else:
-            side = [ld for ld in loads if ld[0] in prefetch]
-            loads = [ld for ld in loads if ld[0] not in prefetch]
-        for name, pages, idx in loads:
-            self.fill_adapter_pages(name, pages, idx)
-        if not side or self.copy_stream is None:
-            return
-        # the side stream starts after this step's own fills (so that they do not share the copy engine with
-        # a burst of prefetches), and after every read of pages a prefetched adapter now takes (an evicted
-        # adapter of the last step, still queued on the compute stream)
-        self.copy_stream.wait_stream(torch.cuda.current_stream())
-        idxs[0].record_stream(self.copy_stream)  # one device buffer: the views share it
-        for name, pages, idx in side:
-            with torch.cuda.stream(self.copy_stream):
+        if prefetch and self.copy_stream is not None:
+            # pages given to a prefetched adapter may have been read by work still queued on the
+            # compute stream (an evicted adapter of the last step): copy only after that work
+            self.copy_stream.wait_stream(torch.cuda.current_stream())
+            idxs[0].record_stream(self.copy_stream)  # one device buffer: the views share it
+        for (name, pages), idx in zip(out.adapter_loads, idxs):
+            if name in prefetch and self.copy_stream is not None:
+                with torch.cuda.stream(self.copy_stream):
+                    self.fill_adapter_pages(name, pages, idx)
+                    done = torch.cuda.Event()
+                    done.record(self.copy_stream)
+                # a name prefetched again (evicted meanwhile) keeps its earlier pages until both copies are done
+                old = self._inflight.pop(name, None)
+                self._inflight[name] = (done, pages if old is None else old[1] + pages)
+            else:
                 self.fill_adapter_pages(name, pages, idx)
-                done = torch.cuda.Event()
-                done.record(self.copy_stream)
-            # a name prefetched again (evicted meanwhile) keeps its earlier pages until both copies are done
-            old = self._inflight.pop(name, None)
-            self._inflight[name] = (done, pages if old is None else old[1] + pages)
 
     def _wait_prefetched(self, out: SchedulerOutput, prefetch: set[str]) -> None:
         """Makes the compute stream wait for the prefetched copies this step depends on (_load_adapters) and
