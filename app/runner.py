@@ -82,9 +82,7 @@ class ModelRunner:
         # leaves SMs free); eager steps run on one stream
         overlap = cfg.lora.overlap_shrink and self.device == "cuda"
         self.lora_stream = torch.cuda.Stream(priority=-1) if overlap else None
-        # prefetched adapters whose copy on the side stream may still run, oldest first: (event after the
-        # copy, its pages); see _load_adapters
-        self._inflight: dict[str, tuple[torch.cuda.Event, list[int]]] = {}
+        self._prefetch_event: torch.cuda.Event | None = None
         # the last launched step's sampled tokens (on the device) and each request's row in them
         self._last_tokens: tuple[torch.Tensor, dict[str, int]] | None = None
         self.graphs = None
@@ -155,10 +153,10 @@ class ModelRunner:
                     done += 1
         return done
 
-    def fill_adapter_pages(self, name: str, pages: list[int], idx: torch.Tensor) -> None:
-        """Copies adapter `name`'s host weights into pool `pages` (`idx`: the same page ids on the device),
-        queued on the current stream."""
+    def fill_adapter_pages(self, name: str, pages: list[int]) -> None:
+        """Copies adapter `name`'s host weights into pool `pages`, queued on the current stream."""
         data = self.adapters[name].data
+        (idx,) = h2d_many([(pages, torch.long)], self.device)
         src = data.view(self.args.num_layers, len(pages), self.page_elems).to(self.device, non_blocking=True)
         self.pool.index_copy_(1, idx, src)
         self.adapter_pages[name] = pages
@@ -319,58 +317,24 @@ class ModelRunner:
 
     def _load_adapters(self, out: SchedulerOutput) -> None:
         """Adapters this step uses are copied on the compute stream; prefetched ones (for queued
-        requests) on a side stream, so that their copy overlaps the steps before they are used. The compute
-        stream waits for a prefetched copy only before the first step that reads that adapter or writes any
-        of its pages (one evicted before use gives its pages back to the pool), not for the whole batch
-        prefetched with it: a burst of prefetches (a queue of new requests with cold adapters) is consumed
-        as the copies arrive. The side stream runs its copies in order, so waiting for one waits for all
-        issued before it."""
+        requests) on a side stream that the next step waits for, so their copy overlaps this step."""
+        if self.copy_stream is not None and self._prefetch_event is not None:
+            torch.cuda.current_stream().wait_event(self._prefetch_event)
+            self._prefetch_event = None
         prefetch = set(out.prefetch)
-        if self._inflight:
-            self._wait_prefetched(out, prefetch)
-        if not out.adapter_loads:
-            return
-        idxs = h2d_many([(pages, torch.long) for _, pages in out.adapter_loads], self.device)  # one copy for all
         if prefetch and self.copy_stream is not None:
             # pages given to a prefetched adapter may have been read by work still queued on the
             # compute stream (an evicted adapter of the last step): copy only after that work
             self.copy_stream.wait_stream(torch.cuda.current_stream())
-            idxs[0].record_stream(self.copy_stream)  # one device buffer: the views share it
-        for (name, pages), idx in zip(out.adapter_loads, idxs):
+        for name, pages in out.adapter_loads:
             if name in prefetch and self.copy_stream is not None:
                 with torch.cuda.stream(self.copy_stream):
-                    self.fill_adapter_pages(name, pages, idx)
-                    done = torch.cuda.Event()
-                    done.record(self.copy_stream)
-                # a name prefetched again (evicted meanwhile) keeps its earlier pages until both copies are done
-                old = self._inflight.pop(name, None)
-                self._inflight[name] = (done, pages if old is None else old[1] + pages)
+                    self.fill_adapter_pages(name, pages)
             else:
-                self.fill_adapter_pages(name, pages, idx)
-
-    def _wait_prefetched(self, out: SchedulerOutput, prefetch: set[str]) -> None:
-        """Makes the compute stream wait for the prefetched copies this step depends on (_load_adapters) and
-        forgets those, and those already done."""
-        while self._inflight:
-            oldest = next(iter(self._inflight))
-            if not self._inflight[oldest][0].query():
-                break
-            del self._inflight[oldest]
-        if not self._inflight:
-            return
-        used = {s.adapter for s in out.seqs if s.adapter}
-        written = {p for name, pages in out.adapter_loads if name not in prefetch for p in pages}
-        ps = self.page_size
-        for s in out.seqs:  # the KV pages this step writes
-            written.update(s.kv_pages[s.start_pos // ps : (s.start_pos + len(s.token_ids) - 1) // ps + 1])
-        names = list(self._inflight)
-        last = max(
-            (i for i, n in enumerate(names) if n in used or not written.isdisjoint(self._inflight[n][1])), default=-1
-        )
-        if last >= 0:
-            torch.cuda.current_stream().wait_event(self._inflight[names[last]][0])
-            for n in names[: last + 1]:
-                del self._inflight[n]
+                self.fill_adapter_pages(name, pages)
+        if prefetch and self.copy_stream is not None:
+            self._prefetch_event = torch.cuda.Event()
+            self._prefetch_event.record(self.copy_stream)
 
     def _generator(self, rid: str, seed: int | None) -> torch.Generator:
         g = self.generators.get(rid)

@@ -91,10 +91,10 @@ def test_prefetch_under_evictions_changes_no_token(setup):
 
 
 def test_prefetch_behind_the_steps_changes_no_token(setup, monkeypatch):
-    """The compute stream waits for a prefetched adapter's copy only before a step that reads it or writes its
-    pages (ModelRunner._load_adapters). With every copy on the side stream held back (a ~5 ms device sleep
-    before it), the steps run ahead of the copies, and the tokens still equal an engine without prefetch, in a
-    pool where prefetched adapters are evicted and their pages reused as KV."""
+    """The compute stream waits for the prefetched copies on the side stream (ModelRunner._load_adapters):
+    with every such copy held back (a ~5 ms device sleep before it), the host runs ahead of the copies, and
+    the tokens still equal an engine without prefetch, in a pool where prefetched adapters are evicted and their
+    pages reused as KV. (Without the wait it fails: benchmarks/results/session-2026-12-07d/ runs 3-4.)"""
     model, adapters, reqs = setup
     probe = LLM(model=str(model), adapters=adapters, device="cuda", dtype="float32", warmup="off")
     sizes = [probe.engine.adapters[name].num_pages for name in adapters]
@@ -107,11 +107,11 @@ def test_prefetch_behind_the_steps_changes_no_token(setup, monkeypatch):
     runner = llm.engine.executor
     fill, delayed = runner.fill_adapter_pages, []
 
-    def slow_fill(name, pages, idx):
+    def slow_fill(name, pages):
         if torch.cuda.current_stream() == runner.copy_stream:
             torch.cuda._sleep(10_000_000)  # ~5 ms of device clock cycles
             delayed.append(name)
-        fill(name, pages, idx)
+        fill(name, pages)
 
     monkeypatch.setattr(runner, "fill_adapter_pages", slow_fill)
     params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
