@@ -67,19 +67,24 @@ def test_triton_tiny_pool_float32(setup):
     assert small == ref
 
 
+def evicting_pool(model, adapters) -> dict:
+    """LLM arguments (float32, Triton) with a pool too small for every adapter at once: room for the largest,
+    a sequence's KV (<= 7 pages) and half the others; 4 sequences, 64 tokens a step."""
+    probe = LLM(model=str(model), adapters=adapters, device="cuda", dtype="float32", warmup="off")
+    sizes = [probe.engine.adapters[name].num_pages for name in adapters]
+    del probe
+    pages = max(sizes) + 8 + (sum(sizes) - max(sizes) - 8) // 2
+    assert pages < sum(sizes), sizes
+    return dict(dtype="float32", kernel_backend="triton", pool={"page_size": 16, "num_pages": pages},
+                scheduler={"max_num_seqs": 4, "max_num_batched_tokens": 64})  # fmt: skip
+
+
 def test_prefetch_under_evictions_changes_no_token(setup):
     """Adapters prefetched on the copy stream for queued requests give the tokens of an engine without
     prefetch, in a pool too small for every adapter at once: prefetched and cached adapters are evicted
     while requests queue, and their pages reused."""
     model, adapters, reqs = setup
-    probe = LLM(model=str(model), adapters=adapters, device="cuda", dtype="float32", warmup="off")
-    sizes = [probe.engine.adapters[name].num_pages for name in adapters]
-    del probe
-    # room for the largest adapter, a sequence's KV (<= 7 pages) and half the others: less than all at once
-    pages = max(sizes) + 8 + (sum(sizes) - max(sizes) - 8) // 2
-    assert pages < sum(sizes), sizes
-    cfg = dict(dtype="float32", kernel_backend="triton", pool={"page_size": 16, "num_pages": pages},
-               scheduler={"max_num_seqs": 4, "max_num_batched_tokens": 64})  # fmt: skip
+    cfg = evicting_pool(model, adapters)
     ref = generate(model, adapters, reqs, lora={"prefetch": False}, **cfg)
     llm = LLM(model=str(model), adapters=adapters, device="cuda", **cfg)
     params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
@@ -96,12 +101,7 @@ def test_prefetch_behind_the_steps_changes_no_token(setup, monkeypatch):
     the tokens still equal an engine without prefetch, in a pool where prefetched adapters are evicted and their
     pages reused as KV. (Without the wait it fails: benchmarks/results/session-2026-12-07d/ runs 3-4.)"""
     model, adapters, reqs = setup
-    probe = LLM(model=str(model), adapters=adapters, device="cuda", dtype="float32", warmup="off")
-    sizes = [probe.engine.adapters[name].num_pages for name in adapters]
-    del probe
-    pages = max(sizes) + 8 + (sum(sizes) - max(sizes) - 8) // 2
-    cfg = dict(dtype="float32", kernel_backend="triton", pool={"page_size": 16, "num_pages": pages},
-               scheduler={"max_num_seqs": 4, "max_num_batched_tokens": 64})  # fmt: skip
+    cfg = evicting_pool(model, adapters)
     ref = generate(model, adapters, reqs, lora={"prefetch": False}, **cfg)
     llm = LLM(model=str(model), adapters=adapters, device="cuda", **cfg)
     runner = llm.engine.executor
