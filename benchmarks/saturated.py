@@ -195,7 +195,7 @@ def run_once(
         prompt = systems.get(a, []) + [rng.randrange(3, vocab) for _ in range(i)]
         engine.add_request(prompt, p, adapter=None if a is None else f"a{a}")
     batch, kinds, prof, distinct = [], {"decode": 0, "with_prefill": 0}, None, []
-    per_step: list[list] = []  # see "steps_trace" below
+    tokens, loads = [], []  # per step, for "steps_trace" below
     step_s: list[tuple[float, int, str]] = []
     events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
     cuda = torch.cuda.is_available()
@@ -241,16 +241,8 @@ def run_once(
         kind = "with_prefill" if engine.last_step_tokens > running else "decode"
         kinds[kind] += 1
         step_s.append((ts, n, kind))
-        per_step.append(
-            [
-                kind[0],
-                engine.last_step_tokens,
-                batch[-1],
-                distinct[-1],
-                engine.pool.loads - loads_before,
-                round(ts * 1e3, 2),
-            ]
-        )
+        tokens.append(engine.last_step_tokens)
+        loads.append(engine.pool.loads - loads_before)
         if cuda:
             events.append((kind, ev0, ev1))
     sync()
@@ -288,8 +280,8 @@ def run_once(
         # distinct adapters, adapter loads it issued (admitted and prefetched), wall ms of its engine.step()
         # call, GPU ms (as gpu_s_by_kind; None off CUDA)
         "steps_trace": [
-            row + [round(a.elapsed_time(b), 2) if cuda else None]
-            for row, (_, a, b) in zip(per_step, events if cuda else [(None, None, None)] * len(per_step))
+            [kind[0], tok, b, d, ld, round(t * 1e3, 2), round(e[1].elapsed_time(e[2]), 2) if e else None]
+            for (t, _, kind), tok, b, d, ld, e in zip(step_s, tokens, batch, distinct, loads, events or [None] * n)
         ],
     }
 
