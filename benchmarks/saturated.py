@@ -165,6 +165,15 @@ def system_prompt(adapter: int | None, length: int, vocab: int) -> list[int]:
     return [rng.randrange(3, vocab) for _ in range(length)]
 
 
+def allocator_counts() -> dict[str, int]:
+    """The CUDA caching allocator's counters that mean host waits: retries after a failed cudaMalloc (each
+    frees cached blocks, which synchronizes the device), cudaMalloc and cudaFree calls. Empty off CUDA."""
+    if not torch.cuda.is_available():
+        return {}
+    st = torch.cuda.memory_stats()
+    return {k: int(st.get(k, 0)) for k in ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_ooms")}
+
+
 def run_once(
     engine: Engine, reqs, vocab: int, seed: int, profile: bool, window=PROFILE_STEPS, host_profile: bool = False,
     system_len: int = 0, trace: Path | None = None,
@@ -187,6 +196,7 @@ def run_once(
     loads0, steps0 = engine.pool.loads, engine.steps
     sch = engine.scheduler
     prefetch0, wait0, hits0 = sch.num_prefetches, sch.num_load_wait_steps, sch.prefix_hit_tokens
+    alloc0 = allocator_counts()
     systems = {a: system_prompt(a, system_len, vocab) for a in {a for _, _, a in reqs}} if system_len else {}
     sync()
     t0 = time.perf_counter()
@@ -274,6 +284,9 @@ def run_once(
         # the longest engine.step() calls: (1-based step, kind, ms), a stall shows here
         "slowest_steps": [(i, k, round(t * 1e3, 1)) for t, i, k in sorted(step_s, reverse=True)[:6]],
         "gc_ms": round(gc_timer.ms, 1),
+        # the CUDA caching allocator over the run: retries (a failed cudaMalloc frees the cache, a device sync),
+        # cudaMalloc / cudaFree calls (None off CUDA)
+        "allocator": {k: v - alloc0[k] for k, v in allocator_counts().items()} if alloc0 else None,
         "gc_collections_by_generation": gc_timer.by_gen,
         "profile": prof if isinstance(prof, dict) else None,
         # per step: kind ("d" decode only, "w" with a prefill chunk), tokens, running requests after it,
