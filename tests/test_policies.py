@@ -317,6 +317,19 @@ def test_prefetch_spares_steps_waiting_on_a_load():
     assert waits == {True: 1, False: 4}
 
 
+def test_prefetch_reads_ahead_only_as_far_as_one_step_admits():
+    # one seat, so one request is admitted a step; the queue's 8-token prompts: a budget of 16 tokens a step
+    # prefetches the adapters of the next two queued requests, a budget of 256 those of all five
+    for tokens, resident in ((16, ["a0", "a1", "a2"]), (256, [f"a{i}" for i in range(6)])):
+        sim = Sim(seqs=1, tokens=tokens)
+        for i in range(6):
+            sim.add(f"r{i}", f"a{i}", prompt=8, out=3)
+        sim.step()
+        assert sim.admitted == ["r0"] and sorted(sim.pool.resident_adapters()) == resident, tokens
+        sim.run()  # the rest, as prefetched adapters are admitted and the read-ahead moves on
+        assert sim.pool.loads == 6 and len(sim.admitted) == 6
+
+
 # ---- early abort as a replica streams it (deployments/group.py, no Ray cluster) --------------------------
 def test_group_streams_an_early_abort_before_start_as_a_429_with_retry_after():
     import asyncio
