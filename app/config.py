@@ -102,7 +102,8 @@ class LoRAConfig(BaseModel):
     )
     prefetch: bool = Field(
         True,
-        description="copy adapters of queued requests into free pages ahead of admission, overlapping the running step",
+        description="copy adapters of queued requests into free pages ahead of admission, overlapping the running step "
+        "(as far ahead as the next step can admit: the queued prompts of one step's token budget)",
     )
     cluster_min_adapters: int | None = Field(
         None,
