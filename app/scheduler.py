@@ -498,8 +498,7 @@ class Scheduler:
         only as far as the next step can admit: the queued requests whose prompts fill one step's token
         budget (the first one always). Reading further queued hundreds of copies at once after a burst of
         cold adapters, which held the host in the step that issued them and the next step waiting for all of
-        them, and loaded adapters that were evicted again before use (~4% of a saturated Llama-3-8B
-        all-linear run at 1000 adapters, benchmarks/results/session-2026-12-07e)."""
+        them, and loaded adapters that were evicted again before use (benchmarks/results/session-2026-12-07e)."""
         reserve = len(self.running)
         k = self.max_loras_per_batch
         ahead = (
