@@ -22,7 +22,8 @@ def main() -> None:
     ap.add_argument("--adapter-mb", type=float, default=None)
     ap.add_argument("--tbs", type=float, default=None)
     a = ap.parse_args()
-    runs = {r["adapters"]: r for r in json.load(open(a.file))["settings"][0]["runs"]}
+    with open(a.file) as f:
+        runs = {r["adapters"]: r for r in json.load(f)["settings"][0]["runs"]}
     base = np.array([[x[1], x[2], x[6]] for x in runs[0]["steps_trace"][2:]], float)
     fit = np.c_[np.ones(len(base)), base[:, 0], base[:, 1]]
     coef, *_ = np.linalg.lstsq(fit, base[:, 2], rcond=None)
