@@ -494,18 +494,20 @@ class Scheduler:
     def _prefetch(self, out: SchedulerOutput) -> None:
         """Loads the adapters of the next queued requests into pages that are free now or idle in the
         prefix cache (never evicting an adapter; keeping a page per running request for its growth), so that
-        their copy overlaps this step and they are resident when the requests are admitted. It reads ahead
-        only as far as the next step can admit: the queued requests whose prompts fill one step's token
-        budget (the first one always). Reading further queued hundreds of copies at once after a burst of
-        cold adapters, which held the host in the step that issued them and the next step waiting for all of
-        them, and loaded adapters that were evicted again before use (benchmarks/results/session-2026-12-07e)."""
+        their copy overlaps this step and they are resident when the requests are admitted. It reads the
+        queue in admission order (by priority, oldest or newest first; clustering aside) and only as far as
+        the next step can admit: the queued requests whose prompts fill one step's token budget (the first
+        one always). Reading further queued hundreds of copies at once after a burst of cold adapters, which
+        held the host in the step that issued them and the next step waiting for all of them, and loaded
+        adapters that were evicted again before use (benchmarks/results/session-2026-12-07e)."""
         reserve = len(self.running)
         k = self.max_loras_per_batch
-        ahead = (
-            heapq.nsmallest(k, self.waiting, key=_priority_key)
-            if self.cfg.queue_order == "priority"
-            else list(itertools.islice(self.waiting, k))
-        )
+        if self.cfg.queue_order == "priority":
+            ahead = heapq.nsmallest(k, self.waiting, key=_priority_key)
+        elif self._newest_first(self.clock()):
+            ahead = self._queue_order(newest_first=True)[:k]
+        else:
+            ahead = list(itertools.islice(self.waiting, k))
         tokens = self.max_num_batched_tokens
         for req in ahead:
             if tokens <= 0:

@@ -328,6 +328,15 @@ def test_prefetch_reads_ahead_only_as_far_as_one_step_admits():
         assert sim.admitted == ["r0"] and sorted(sim.pool.resident_adapters()) == resident, tokens
         sim.run()  # the rest, as prefetched adapters are admitted and the read-ahead moves on
         assert sim.pool.loads == 6 and len(sim.admitted) == 6
+    # it reads the queue in admission order: newest first under LCFS
+    sim = Sim(seqs=1, tokens=16, queue_order="lcfs")
+    for i in range(6):
+        sim.add(f"r{i}", f"a{i}", prompt=8, out=3, at=float(i))
+    sim.step()
+    assert sim.admitted == ["r5"] and sorted(sim.pool.resident_adapters()) == ["a3", "a4", "a5"]
+    sim.run()
+    assert sim.admitted == [f"r{i}" for i in range(5, -1, -1)] and sim.pool.loads == 6
+    assert sim.sch.num_load_wait_steps == 1  # only the first admission waited for its adapter's copy
 
 
 # ---- early abort as a replica streams it (deployments/group.py, no Ray cluster) --------------------------
