@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Session 07e run 4: the prefetch in admission order under LCFS (e3197f4). Saturated S2, n = 1000, queue_order
+# Session 07e run 4 (PREPARED, NOT RUN: too little device time was left to start a machine): the prefetch in
+# admission order under LCFS (e3197f4). Saturated S2, n = 1000, queue_order
 # lcfs (400 requests at once, admitted newest first): B = COMMIT, A = COMMIT with admission_order.patch reversed
 # (the read-ahead takes the queue oldest first), each in its own process, B first.
 #   bash benchmarks/results/session-2026-12-07e/run4.sh COMMIT
