@@ -107,6 +107,11 @@ class PagePool:
         return len(self._refs) + len(self._idle)
 
     @property
+    def num_kv_pages(self) -> int:
+        """Pages held as KV by requests (idle prefix-cache pages not counted). O(1)."""
+        return len(self._refs)
+
+    @property
     def num_cached_kv(self) -> int:
         """Idle prefix-cache pages: KV no request holds, kept for later matches, evicted first."""
         return len(self._idle)

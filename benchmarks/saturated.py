@@ -205,7 +205,7 @@ def run_once(
         prompt = systems.get(a, []) + [rng.randrange(3, vocab) for _ in range(i)]
         engine.add_request(prompt, p, adapter=None if a is None else f"a{a}")
     batch, kinds, prof, distinct = [], {"decode": 0, "with_prefill": 0}, None, []
-    tokens, loads = [], []  # per step, for "steps_trace" below
+    tokens, loads, kv = [], [], []  # per step, for "steps_trace" below
     step_s: list[tuple[float, int, str]] = []
     events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
     cuda = torch.cuda.is_available()
@@ -253,6 +253,7 @@ def run_once(
         step_s.append((ts, n, kind))
         tokens.append(engine.last_step_tokens)
         loads.append(engine.pool.loads - loads_before)
+        kv.append(engine.pool.num_kv_pages)
         if cuda:
             events.append((kind, ev0, ev1))
     sync()
@@ -291,10 +292,13 @@ def run_once(
         "profile": prof if isinstance(prof, dict) else None,
         # per step: kind ("d" decode only, "w" with a prefill chunk), tokens, running requests after it,
         # distinct adapters, adapter loads it issued (admitted and prefetched), wall ms of its engine.step()
-        # call, GPU ms (as gpu_s_by_kind; None off CUDA)
+        # call, GPU ms (as gpu_s_by_kind; None off CUDA), KV pages held by requests after it (what the decode
+        # attention of the next steps reads)
         "steps_trace": [
-            [kind[0], tok, b, d, ld, round(t * 1e3, 2), round(e[1].elapsed_time(e[2]), 2) if e else None]
-            for (t, _, kind), tok, b, d, ld, e in zip(step_s, tokens, batch, distinct, loads, events or [None] * n)
+            [kind[0], tok, b, d, ld, round(t * 1e3, 2), round(e[1].elapsed_time(e[2]), 2) if e else None, k]
+            for (t, _, kind), tok, b, d, ld, e, k in zip(
+                step_s, tokens, batch, distinct, loads, events or [None] * n, kv
+            )  # fmt: skip
         ],
     }
 

@@ -140,6 +140,7 @@ def test_saturated_benchmark_smoke(tmp_path):
         trace = r["steps_trace"]
         assert len(trace) == sum(r["steps_by_kind"].values())
         assert sum(s[4] for s in trace) == r["adapter_loads"] and {s[0] for s in trace} <= {"d", "w"}
+        assert all(s[7] >= 0 for s in trace) and max(s[7] for s in trace) > 0 and trace[-1][7] == 0  # KV pages
     assert runs[0]["share_of_base"] == runs[1]["share_of_base"] == 1.0
     page = 16
     for r in runs:  # 12 requests, each after a 40-token system prompt: 2 full pages of it
