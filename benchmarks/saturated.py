@@ -285,10 +285,10 @@ def run_once(
         # the longest engine.step() calls: (1-based step, kind, ms), a stall shows here
         "slowest_steps": [(i, k, round(t * 1e3, 1)) for t, i, k in sorted(step_s, reverse=True)[:6]],
         "gc_ms": round(gc_timer.ms, 1),
+        "gc_collections_by_generation": gc_timer.by_gen,
         # the CUDA caching allocator over the run: retries (a failed cudaMalloc frees the cache, a device sync),
         # cudaMalloc / cudaFree calls (None off CUDA)
         "allocator": {k: v - alloc0[k] for k, v in allocator_counts().items()} if alloc0 else None,
-        "gc_collections_by_generation": gc_timer.by_gen,
         "profile": prof if isinstance(prof, dict) else None,
         # per step: kind ("d" decode only, "w" with a prefill chunk), tokens, running requests after it,
         # distinct adapters, adapter loads it issued (admitted and prefetched), wall ms of its engine.step()
