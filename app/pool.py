@@ -338,7 +338,7 @@ class PagePool:
 
     # ---- reporting -------------------------------------------------------------------------------
     def stats(self) -> PoolStats:
-        kv = len(self._refs)
+        kv = self.num_kv_pages
         slots = sum(len(p) for p in self._kv.values()) * self.page_size
         used = sum(self._kv_tokens.values())
         adapter = sum(len(r.pages) for r in self._adapters.values())

@@ -15,7 +15,8 @@ throughput, and the run's floor: every decode step reads the weights once (at le
 max_num_seqs steps), every decoded token reads its sequence's cached K/V once, both at the copy bandwidth
 measured in the run, and prefill costs its FLOPs at the measured bf16 matmul rate; the run's adapter copies
 at the host-to-device rate measured from pinned memory (`load_copy_s`, apart from the floor: they may overlap
-steps); and a per-step trace (`steps_trace`: kind, tokens, batch, distinct adapters, loads, wall and GPU ms).
+steps); and a per-step trace (`steps_trace`: kind, tokens, batch, distinct adapters, loads, wall and GPU ms,
+KV pages held).
 --profile adds a torch.profiler breakdown of GPU time by kernel kind over a window of steps of each run.
 --async-scheduling off on: every run (and the online one) twice on the same engine, with the synchronous step loop and with
 asynchronous scheduling (EngineConfig.async_scheduling), so that the before / after is one command.
