@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -348,3 +351,21 @@ def test_chat_content_parts_other_than_text_are_named_in_the_error(part):
     (err,) = e.value.errors()
     assert err["loc"] == ("messages", 0, "content") and err["ctx"]["error"].param == "messages"
     assert f"content part of type {part['type']!r} are not supported (text only)" in err["msg"]
+
+
+def test_building_the_app_imports_neither_torch_nor_the_engine():
+    """`serve run` builds the application in a fresh process that imports deployments.builder (and app.config):
+    that imports no torch and no engine module (2.3 s instead of 4.9 s on a 2-core CPU machine; the groups load
+    the engine in their own processes). `from app import LLM` still works (app/__init__.py loads it lazily)."""
+    code = (
+        "import sys, deployments.builder\n"
+        "heavy = [m for m in ('torch', 'app.engine', 'app.runner', 'app.lora.adapter', 'triton') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "import app\n"
+        "from app import LLM, SamplingParams\n"
+        "assert 'torch' in sys.modules and LLM.__module__ == 'app.llm' and SamplingParams.__module__ == 'app.request'\n"
+        "assert app.EngineConfig.__module__ == 'app.config' and not hasattr(app, 'Nothing')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
