@@ -921,7 +921,7 @@ class OpenAIIngress:
                 "for tool calls: use tool_choice 'required' or a named function (the output is then forced)",
                 "tool_choice",
             )
-        messages, template_kwargs = body.chat(), body.chat_template_kwargs
+        messages, template_kwargs = body.chat(), body.template_kwargs()
         chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
         self._check_prompt_sizes(1, body.n, [chars], "messages")
 

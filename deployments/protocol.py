@@ -99,7 +99,6 @@ CHAT_UNSUPPORTED: dict[str, tuple] = {
     "mm_processor_kwargs": (None,),
     "functions": (None,),
     "function_call": (None,),
-    "reasoning_effort": (None,),
     "modalities": (None, ["text"]),
     "audio": (None,),
     "prediction": (None,),
@@ -472,6 +471,22 @@ def check_template_kwargs(kw: dict[str, Any] | None) -> dict[str, Any] | None:
     return kw
 
 
+# vLLM's `reasoning_effort` values (OpenAI's, and DeepSeek's "max")
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+
+
+def reasoning_template_kwargs(kw: dict[str, Any] | None, effort: str | None) -> dict[str, Any] | None:
+    """A chat's template variables with vLLM's `reasoning_effort` folded in: the variable `reasoning_effort`
+    (templates that grade reasoning read it) and, unless `kw` sets it, `enable_thinking` = effort != "none"
+    (templates that switch thinking on or off, Qwen3's). A template that reads neither renders as without."""
+    if effort is None:
+        return kw
+    extra: dict[str, Any] = {"reasoning_effort": effort}
+    if "enable_thinking" not in (kw or {}):
+        extra["enable_thinking"] = effort != "none"
+    return {**(kw or {}), **extra}
+
+
 def check_continue_final_message(add_generation_prompt: bool, continue_final_message: bool) -> None:
     """vLLM's rule: the chat ends either with the template's prompt for a new assistant message, or open, in
     its final message (which the model continues), not both."""
@@ -495,8 +510,14 @@ class ChatCompletionRequest(_SamplingFields):
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    reasoning_effort: ReasoningEffort | None = None
 
     _template_kwargs = field_validator("chat_template_kwargs")(check_template_kwargs)
+
+    def template_kwargs(self) -> dict[str, Any] | None:
+        """The chat template's extra variables: chat_template_kwargs and reasoning_effort
+        (`reasoning_template_kwargs`)."""
+        return reasoning_template_kwargs(self.chat_template_kwargs, self.reasoning_effort)
 
     @model_validator(mode="before")
     @classmethod

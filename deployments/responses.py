@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployments.protocol import UnsupportedField, refuse_unsupported
+from deployments.protocol import ReasoningEffort, UnsupportedField, refuse_unsupported
 
 # fields of the Responses API this server does not implement (-> 400 unless at their neutral value)
 RESPONSES_UNSUPPORTED: dict[str, tuple] = {
@@ -45,6 +45,15 @@ def _id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
+class ReasoningOptions(BaseModel):
+    """The Responses API's `reasoning`: its effort becomes the chat's vLLM `reasoning_effort` (the chat
+    template's variables, deployments/protocol.py `reasoning_template_kwargs`); no summaries are made, so
+    `summary` is accepted and has no effect."""
+
+    model_config = ConfigDict(extra="ignore")
+    effort: ReasoningEffort | None = None
+
+
 class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
@@ -61,6 +70,7 @@ class ResponsesRequest(BaseModel):
     metadata: dict[str, str] | None = None
     store: bool | None = None
     user: str | None = None
+    reasoning: ReasoningOptions | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -155,7 +165,8 @@ def chat_body(req: ResponsesRequest) -> dict:
         body["stream_options"] = {"include_usage": True}
     for k, v in (("max_tokens", req.max_output_tokens), ("temperature", req.temperature), ("top_p", req.top_p),
                  ("tools", tools), ("tool_choice", choice), ("parallel_tool_calls", req.parallel_tool_calls),
-                 ("response_format", _response_format(req)), ("user", req.user)):  # fmt: skip
+                 ("response_format", _response_format(req)), ("user", req.user),
+                 ("reasoning_effort", req.reasoning.effort if req.reasoning else None)):  # fmt: skip
         if v is not None:
             body[k] = v
     extra = req.model_extra or {}
@@ -202,7 +213,7 @@ class ResponseShell:
             "model": req.model,
             "parallel_tool_calls": req.parallel_tool_calls is not False,
             "previous_response_id": None,
-            "reasoning": None,
+            "reasoning": {"effort": req.reasoning.effort, "summary": None} if req.reasoning else None,
             "store": False,
             "temperature": 1.0 if req.temperature is None else req.temperature,
             "text": {"format": fmt if isinstance(fmt, dict) else {"type": "text"}},

@@ -369,3 +369,54 @@ def test_building_the_app_imports_neither_torch_nor_the_engine():
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_reasoning_effort_becomes_template_variables(demo):
+    """vLLM's `reasoning_effort` (and the Responses API's `reasoning.effort`): the chat template gets it as the
+    variable `reasoning_effort` and, unless chat_template_kwargs sets it, `enable_thinking` = effort != "none";
+    the top-level field wins over a `reasoning_effort` in chat_template_kwargs (vLLM's merge); other values are a
+    400 (a validation error naming the field). Rendered: the demo's Qwen3-style template closes the thinking
+    block for "none" and renders any other effort as without; a template that reads the effort shows it."""
+    from app.tokenizer import Tokenizer
+    from deployments.responses import ResponseShell, ResponsesRequest, chat_body
+
+    msgs = [{"role": "user", "content": "x"}]
+
+    def kwargs(**kw):
+        return ChatCompletionRequest(model="m", messages=msgs, **kw).template_kwargs()
+
+    assert kwargs() is None and kwargs(chat_template_kwargs={"a": 1}) == {"a": 1}
+    assert kwargs(reasoning_effort="low") == {"reasoning_effort": "low", "enable_thinking": True}
+    assert kwargs(reasoning_effort="none") == {"reasoning_effort": "none", "enable_thinking": False}
+    assert kwargs(reasoning_effort="none", chat_template_kwargs={"enable_thinking": True}) == {
+        "reasoning_effort": "none",
+        "enable_thinking": True,
+    }
+    assert kwargs(reasoning_effort="max", chat_template_kwargs={"reasoning_effort": "low"})["reasoning_effort"] == "max"
+    for bad in ("huge", "", 1):
+        with pytest.raises(ValidationError, match="reasoning_effort"):
+            ChatCompletionRequest(model="m", messages=msgs, reasoning_effort=bad)
+    # the Responses API: reasoning.effort -> the chat's reasoning_effort, echoed in the Response object
+    req = ResponsesRequest(model="m", input="x", reasoning={"effort": "minimal", "summary": "auto"})
+    body = chat_body(req)
+    assert body["reasoning_effort"] == "minimal" and ChatCompletionRequest(**body).template_kwargs() == {
+        "reasoning_effort": "minimal",
+        "enable_thinking": True,
+    }
+    assert ResponseShell(req).fields["reasoning"] == {"effort": "minimal", "summary": None}
+    assert "reasoning_effort" not in chat_body(ResponsesRequest(model="m", input="x", reasoning={"summary": "auto"}))
+    with pytest.raises(ValidationError, match="effort"):
+        ResponsesRequest(model="m", input="x", reasoning={"effort": "huge"})
+    # rendered by the tokenizer's template
+    tok = Tokenizer(str(demo / "model"))
+    closed = tok.apply_chat_template(msgs, template_kwargs={"enable_thinking": False})
+    assert tok.apply_chat_template(msgs, template_kwargs=kwargs(reasoning_effort="none")) == closed
+    assert tok.apply_chat_template(msgs, template_kwargs=kwargs(reasoning_effort="high")) == tok.apply_chat_template(
+        msgs
+    )
+    assert closed != tok.apply_chat_template(msgs)
+    tok.hf.chat_template = (
+        "{{ messages[0]['content'] }}{% if reasoning_effort is defined %}|{{ reasoning_effort }}{% endif %}"
+    )
+    assert tok.decode(tok.apply_chat_template(msgs, template_kwargs=kwargs(reasoning_effort="xhigh"))) == "x|xhigh"
+    assert tok.decode(tok.apply_chat_template(msgs, template_kwargs=kwargs())) == "x"

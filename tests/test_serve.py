@@ -983,9 +983,10 @@ def test_tokenize_and_detokenize(http, client, llm):
 
 def test_chat_template_kwargs(http, client, llm):
     """vLLM's chat_template_kwargs reach the template (the demo's takes Qwen3's `enable_thinking`): the chat
-    route and /tokenize send the same tokens as the offline template with those variables; a name that is an
-    argument of the template call, or not a name, is a 400 naming the field; a variable the template does not
-    read changes nothing."""
+    route and /tokenize send the same tokens as the offline template with those variables; so does
+    reasoning_effort (chat, and the Responses API's reasoning.effort), an unknown effort a 400 naming it; a name
+    that is an argument of the template call, or not a name, is a 400 naming the field; a variable the
+    template does not read changes nothing."""
     tok = Tokenizer(llm.engine.cfg.model)
     messages = [{"role": "user", "content": "Hello, world!"}]
     off = {"enable_thinking": False}
@@ -997,6 +998,18 @@ def test_chat_template_kwargs(http, client, llm):
     got = client.chat.completions.create(**kw, extra_body={"chat_template_kwargs": off})
     assert got.usage.prompt_tokens == len(want)
     assert got.choices[0].message.content == greedy(llm, want, "demo-r4-attn", 4).text
+    # vLLM's reasoning_effort (the openai SDK's own argument; the Responses API's reasoning.effort): "none" is
+    # enable_thinking false for the template, any other effort renders as without one
+    assert client.chat.completions.create(**kw, reasoning_effort="none").usage.prompt_tokens == len(want)
+    high = client.chat.completions.create(**kw, reasoning_effort="high")
+    assert high.usage.prompt_tokens == len(tok.apply_chat_template(messages))
+    resp = client.responses.create(model="demo-r4-attn", input="Hello, world!", max_output_tokens=4, temperature=0,
+                                   reasoning={"effort": "none"})  # fmt: skip
+    assert resp.usage.input_tokens == len(want) and resp.reasoning.effort == "none"
+    e = _err(
+        http.post("/v1/chat/completions", json={"model": MODEL, "messages": messages, "reasoning_effort": "x"}), 400
+    )
+    assert e["param"] == "reasoning_effort", e
     same = client.chat.completions.create(**kw, extra_body={"chat_template_kwargs": {"unused_var": [1, {"a": 2}]}})
     plain = client.chat.completions.create(**kw)
     assert same.usage.prompt_tokens == plain.usage.prompt_tokens and same.choices[0].message == plain.choices[0].message
