@@ -19,13 +19,14 @@ the rest, so KV never evicts an adapter.
 
 Prefix caching (`prefix_caching`, PoolConfig.enable_prefix_caching): a full KV page whose tokens are known
 may be registered under its *block key*, `(parent, tokens)`: `parent` is the registration id of the block
-before it (block 0: the root `(ROOT, adapter)`, since an adapter changes every layer's K/V), `tokens` the
-page's `page_size` token ids, compared exactly (no hash collisions). A later request with the same adapter
-and the same leading blocks attaches those pages (`match_prefix`, `attach_prefix`) instead of computing
-them; a KV page is then held by several requests (a reference count) and is never written again (only full
-pages are registered, and a request writes only past its attached prefix). When the last holder frees a
-registered page it stays in the cache, unheld: evictable like an unpinned adapter, idle KV pages first
-(LRU, each block after the block before it), so `free + evictable` stays the one admission budget.
+before it (block 0: the root `(ROOT, adapter)`, since an adapter changes every layer's K/V, or
+`(ROOT, adapter, salt)` for a request's `cache_salt`), `tokens` the page's `page_size` token ids, compared
+exactly (no hash collisions). A later request with the same adapter, salt and leading blocks attaches those
+pages (`match_prefix`, `attach_prefix`) instead of computing them; a KV page is then held by several
+requests (a reference count) and is never written again (only full pages are registered, and a request
+writes only past its attached prefix). When the last holder frees a registered page it stays in the cache,
+unheld: evictable like an unpinned adapter, idle KV pages first (LRU, each block after the block before it),
+so `free + evictable` stays the one admission budget.
 Registration ids are never reused, so a block whose parent was evicted can no longer be reached (it ages
 out). `drop_prefixes` unregisters an adapter's blocks (it was unloaded: a new adapter of that name must not
 match them) or all of them (a failed step may have left pages half-written).
@@ -39,6 +40,11 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 ROOT = "sloray-prefix-root"  # the first element of every chain's root key (adapter names are never this)
+
+
+def _root(adapter: str | None, salt: str | None) -> tuple:
+    """The key block 0 of a chain hangs from: per adapter, and per cache_salt when there is one."""
+    return (ROOT, adapter) if salt is None else (ROOT, adapter, salt)
 
 
 @dataclass
@@ -181,13 +187,16 @@ class PagePool:
                 self._free.append(p)
 
     # ---- prefix cache ----------------------------------------------------------------------------
-    def match_prefix(self, adapter: str | None, blocks: Iterable[tuple[int, ...]]) -> list[int]:
+    def match_prefix(
+        self, adapter: str | None, blocks: Iterable[tuple[int, ...]], salt: str | None = None
+    ) -> list[int]:
         """The registered pages of the longest run of leading `blocks` (each page_size token ids) cached for
-        `adapter` (None: the base model); [] without prefix caching. Changes nothing."""
+        `adapter` (None: the base model) under `salt` (a request's cache_salt; None: unsalted); [] without
+        prefix caching. Changes nothing."""
         if not self.prefix_caching:
             return []
         pages: list[int] = []
-        parent: object = (ROOT, adapter)
+        parent: object = _root(adapter, salt)
         for tokens in blocks:
             page = self._blocks.get((parent, tokens))
             if page is None:
@@ -217,15 +226,18 @@ class PagePool:
         chain = self._chains.get(req_id)
         return chain[0] if chain else 0
 
-    def register_blocks(self, req_id: str, adapter: str | None, blocks: list[tuple[int, ...]]) -> None:
+    def register_blocks(
+        self, req_id: str, adapter: str | None, blocks: list[tuple[int, ...]], salt: str | None = None
+    ) -> None:
         """Registers the request's next full pages (from block `registered_blocks(req_id)` on) under the
         keys of `blocks`, their token ids: their K/V must be computed, or queued on the device ahead of
         every step that may read them. A block already cached under that key (another request computed
-        it) keeps its page, and this request's copy stays private. No-op without prefix caching."""
+        it) keeps its page, and this request's copy stays private. `salt`: as in `match_prefix`. No-op
+        without prefix caching."""
         if not self.prefix_caching or not blocks:
             return
         pages = self._kv[req_id]
-        done, parent = self._chains.get(req_id, (0, (ROOT, adapter)))
+        done, parent = self._chains.get(req_id, (0, _root(adapter, salt)))
         if done + len(blocks) > len(pages):
             raise RuntimeError(f"request {req_id!r} has {len(pages)} pages, not {done + len(blocks)} blocks")
         for tokens in blocks:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from app.structured import StructuredOutputs
 
 MAX_LOGPROBS = 20  # most likely alternatives per token that a request may ask for (OpenAI's limit)
+MAX_CACHE_SALT = 1024  # characters of a cache_salt
 # Bounds of the sampling values (SamplingParams.validate): seeds are what torch.Generator takes (64 bits);
 # a positive temperature below MIN_TEMPERATURE is raised to it (as vLLM does), so that logits / temperature
 # stays finite; the repetition penalty divides or multiplies logits, so it is kept within two decades of 1.
@@ -92,6 +93,9 @@ class SamplingParams:
     # vLLM's request priority: with SchedulerConfig.queue_order "priority", waiting requests are admitted lowest
     # value first (then oldest first) and a request is preempted before any of higher priority; 0 otherwise.
     priority: int = 0
+    # vLLM's cache_salt: a request reuses cached prefix pages (and its pages are reused) only among requests of
+    # the same salt (and adapter), so tenants given different salts cannot time each other's prompts.
+    cache_salt: str | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -133,6 +137,11 @@ class SamplingParams:
         if a is not None and not (isinstance(a, list) and a and _token_ids(a)):
             raise ParamError(
                 "allowed_token_ids", f"allowed_token_ids must be a non-empty list of token ids >= 0, got {str(a)[:200]}"
+            )
+        c = self.cache_salt
+        if c is not None and not (isinstance(c, str) and 0 < len(c) <= MAX_CACHE_SALT):
+            raise ParamError(
+                "cache_salt", f"cache_salt must be a non-empty string of at most {MAX_CACHE_SALT} characters"
             )
         w = self.bad_words
         if w is not None and not (isinstance(w, list) and all(isinstance(x, str) and x.strip() for x in w)):

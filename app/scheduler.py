@@ -361,7 +361,7 @@ class Scheduler:
             return None
         ps = self.pool.page_size
         blocks = (tuple(req.token_slice(i * ps, ps)) for i in range((req.num_tokens - 1) // ps))
-        pages = self.pool.match_prefix(req.adapter, blocks)
+        pages = self.pool.match_prefix(req.adapter, blocks, req.params.cache_salt)
         self.pool.attach_prefix(req.request_id, req.adapter, pages)
         req.num_computed_tokens = req.num_kv_confirmed = len(pages) * ps
         return req.num_computed_tokens
@@ -373,7 +373,7 @@ class Scheduler:
         full = min(req.num_kv_confirmed, req.num_tokens) // ps
         if full > have:
             blocks = [tuple(req.token_slice(i * ps, ps)) for i in range(have, full)]
-            self.pool.register_blocks(req.request_id, req.adapter, blocks)
+            self.pool.register_blocks(req.request_id, req.adapter, blocks, req.params.cache_salt)
 
     def _take_waiting(self, req: Request) -> None:
         if self.waiting[0] is req:

@@ -82,6 +82,8 @@ VLLM_UNSUPPORTED: dict[str, tuple] = {
     "kv_transfer_params": (None,),
     "vllm_xargs": (None,),
     "guided_whitespace_pattern": (None,),
+    "thinking_token_budget": (None,),
+    "return_token_ids": (None, False),
 }
 # vLLM's structured_outputs keys that are not implemented (-> 400 unless neutral); json / regex / choice /
 # grammar / json_object are, and disable_any_whitespace is accepted (JSON is always compact here)
@@ -103,6 +105,7 @@ CHAT_UNSUPPORTED: dict[str, tuple] = {
     "audio": (None,),
     "prediction": (None,),
     "web_search_options": (None,),
+    "include_reasoning": (True,),
 }
 
 
@@ -194,6 +197,7 @@ class _SamplingFields(BaseModel):
     skip_special_tokens: bool = True  # vLLM's: False keeps special tokens' text in the output
     # vLLM's: lower first, when the engine's queue_order is "priority" (otherwise only 0 is accepted)
     priority: int = Field(0, ge=-(2**63), lt=2**63)
+    cache_salt: str | None = None  # vLLM's: prefix-cache pages are shared only among requests of one salt
     # structured output: OpenAI's response_format, vLLM's structured_outputs and its older guided_* fields
     response_format: dict | None = None
     structured_outputs: dict | None = None
@@ -270,6 +274,7 @@ class _SamplingFields(BaseModel):
             bad_words=self.bad_words,
             structured=self.structured(),
             priority=self.priority,
+            cache_salt=self.cache_salt,
         )
 
     def structured(self) -> StructuredOutputs | None:

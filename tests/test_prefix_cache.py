@@ -251,6 +251,31 @@ def test_reloaded_adapter_does_not_match_the_old_one(setup):
     check(ref2, [(ids, name, 5)], [out])
 
 
+def test_cache_salt_separates_the_cached_prefixes(setup):
+    """vLLM's cache_salt: requests share cached prefix pages only with requests of the same salt (and
+    adapter); unsalted requests share among themselves; the tokens are the same either way. In the pool:
+    a salted chain is not found unsalted or under another salt."""
+    _, model, adapters, ref, vocab = setup
+    name = next(iter(adapters))
+    ids = list(range(3, 40))
+    llm = make_llm(model, adapters, pool={"page_size": 4})
+    runs = [(None, 0), ("tenant-a", 0), ("tenant-a", 36), ("tenant-b", 0), (None, 36)]
+    outs = []
+    for salt, cached in runs:  # one at a time: each finds what the ones before it left
+        (out,) = generate(llm, [(ids, name, 3)], cache_salt=salt)
+        assert out.metrics["num_cached_tokens"] == cached, (salt, out.metrics)
+        outs.append(out)
+    check(ref, [(ids, name, 3)] * len(outs), outs)
+    with pytest.raises(ValueError, match="cache_salt"):
+        SamplingParams(cache_salt="")
+    pool = PagePool(num_pages=4, page_size=4, prefix_caching=True)
+    assert pool.grow_kv("r", 8)
+    pool.register_blocks("r", "a", blocks(list(range(8)), 4), salt="s")
+    assert pool.match_prefix("a", blocks(list(range(8)), 4), salt="s") == pool.kv_pages("r")
+    assert pool.match_prefix("a", blocks(list(range(8)), 4)) == []
+    assert pool.match_prefix("a", blocks(list(range(8)), 4), salt="t") == []
+
+
 def test_disabled_prefix_caching_matches_nothing(setup):
     _, model, adapters, ref, vocab = setup
     ids = list(range(3, 40))

@@ -420,3 +420,24 @@ def test_reasoning_effort_becomes_template_variables(demo):
     )
     assert tok.decode(tok.apply_chat_template(msgs, template_kwargs=kwargs(reasoning_effort="xhigh"))) == "x|xhigh"
     assert tok.decode(tok.apply_chat_template(msgs, template_kwargs=kwargs())) == "x"
+
+
+def test_cache_salt_maps_and_unimplemented_vllm_fields_are_refused():
+    """cache_salt reaches SamplingParams (an empty one is a 400 naming it); vLLM fields that would change the
+    answer and are not implemented (thinking_token_budget, return_token_ids, chat's include_reasoning false)
+    are refused at other than their neutral values, rather than ignored."""
+    from app.request import ParamError
+
+    msgs = [{"role": "user", "content": "x"}]
+    assert CompletionRequest(model="m", prompt="x", cache_salt="t1").to_sampling_params(3).cache_salt == "t1"
+    assert ChatCompletionRequest(model="m", messages=msgs).to_sampling_params(3).cache_salt is None
+    with pytest.raises(ParamError) as e:
+        CompletionRequest(model="m", prompt="x", cache_salt="").to_sampling_params(3)
+    assert e.value.param == "cache_salt"
+    for bad in ({"thinking_token_budget": 10}, {"return_token_ids": True}, {"include_reasoning": False}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            ChatCompletionRequest(model="m", messages=msgs, **bad)
+    for neutral in ({"thinking_token_budget": None}, {"return_token_ids": False}, {"include_reasoning": True}):
+        ChatCompletionRequest(model="m", messages=msgs, **neutral)
+    with pytest.raises(ValidationError, match="thinking_token_budget"):
+        CompletionRequest(model="m", prompt="x", thinking_token_budget=5)
