@@ -38,7 +38,7 @@ RESPONSES_UNSUPPORTED: dict[str, tuple] = {
 # the chat route's vLLM extras passed through as they are
 CHAT_EXTRAS = ("top_k", "min_p", "seed", "stop", "include_stop_str_in_output", "stop_token_ids", "ignore_eos",
                "min_tokens", "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias",
-               "allowed_token_ids", "bad_words", "chat_template_kwargs", "priority")  # fmt: skip
+               "allowed_token_ids", "bad_words", "chat_template_kwargs", "priority", "cache_salt")  # fmt: skip
 
 
 def _id(prefix: str) -> str:

@@ -431,6 +431,9 @@ def test_cache_salt_maps_and_unimplemented_vllm_fields_are_refused():
     msgs = [{"role": "user", "content": "x"}]
     assert CompletionRequest(model="m", prompt="x", cache_salt="t1").to_sampling_params(3).cache_salt == "t1"
     assert ChatCompletionRequest(model="m", messages=msgs).to_sampling_params(3).cache_salt is None
+    from deployments.responses import ResponsesRequest, chat_body
+
+    assert chat_body(ResponsesRequest(model="m", input="x", cache_salt="t2"))["cache_salt"] == "t2"
     with pytest.raises(ParamError) as e:
         CompletionRequest(model="m", prompt="x", cache_salt="").to_sampling_params(3)
     assert e.value.param == "cache_salt"
