@@ -978,6 +978,8 @@ class OpenAIIngress:
                     if c.finish_reason is not None:
                         r, rest = splitters[c.index].flush()
                         thought, delta = thought + r, delta + rest
+                    if not body.include_reasoning:
+                        thought = ""
                 if c.index not in parsers:
                     d = DeltaMessage(content=delta or (None if rp else delta))
                     reason = c.finish_reason
@@ -1018,6 +1020,7 @@ class OpenAIIngress:
         out = []
         for c in choices:
             thought, text = split_reasoning(rp, c.text, tail) if rp else (None, c.text)
+            thought = thought if body.include_reasoning else None
             content, calls, reason = final(c, text or "")
             if echoed:
                 content = echoed + (content or "")

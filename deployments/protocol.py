@@ -105,7 +105,6 @@ CHAT_UNSUPPORTED: dict[str, tuple] = {
     "audio": (None,),
     "prediction": (None,),
     "web_search_options": (None,),
-    "include_reasoning": (True,),
 }
 
 
@@ -516,6 +515,9 @@ class ChatCompletionRequest(_SamplingFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: ReasoningEffort | None = None
+    # vLLM's: false leaves the reasoning the ingress's reasoning parser splits off out of the answer (the
+    # content stays the part after it); no effect without a parser
+    include_reasoning: bool = True
 
     _template_kwargs = field_validator("chat_template_kwargs")(check_template_kwargs)
 

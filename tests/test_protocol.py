@@ -424,8 +424,8 @@ def test_reasoning_effort_becomes_template_variables(demo):
 
 def test_cache_salt_maps_and_unimplemented_vllm_fields_are_refused():
     """cache_salt reaches SamplingParams (an empty one is a 400 naming it); vLLM fields that would change the
-    answer and are not implemented (thinking_token_budget, return_token_ids, chat's include_reasoning false)
-    are refused at other than their neutral values, rather than ignored."""
+    answer and are not implemented (thinking_token_budget, return_token_ids) are refused at other than their
+    neutral values, rather than ignored."""
     from app.request import ParamError
 
     msgs = [{"role": "user", "content": "x"}]
@@ -437,10 +437,10 @@ def test_cache_salt_maps_and_unimplemented_vllm_fields_are_refused():
     with pytest.raises(ParamError) as e:
         CompletionRequest(model="m", prompt="x", cache_salt="").to_sampling_params(3)
     assert e.value.param == "cache_salt"
-    for bad in ({"thinking_token_budget": 10}, {"return_token_ids": True}, {"include_reasoning": False}):
+    for bad in ({"thinking_token_budget": 10}, {"return_token_ids": True}):
         with pytest.raises(ValidationError, match=next(iter(bad))):
             ChatCompletionRequest(model="m", messages=msgs, **bad)
-    for neutral in ({"thinking_token_budget": None}, {"return_token_ids": False}, {"include_reasoning": True}):
+    for neutral in ({"thinking_token_budget": None}, {"return_token_ids": False}):
         ChatCompletionRequest(model="m", messages=msgs, **neutral)
     with pytest.raises(ValidationError, match="thinking_token_budget"):
         CompletionRequest(model="m", prompt="x", thinking_token_budget=5)

@@ -1029,8 +1029,8 @@ def test_chat_template_kwargs(http, client, llm):
 def test_reasoning_parser_over_http(llm):
     """The deepseek_r1 parser of /fuzz: an answer without `</think>` is all reasoning (the random demo never
     closes the block), as `reasoning` and `reasoning_content`, content null; streamed, the reasoning deltas
-    add up to it and no content is sent; a constrained answer (guided_choice) is content, not parsed. The
-    split itself, for every parser, is tests/test_reasoning.py's."""
+    add up to it and no content is sent; with include_reasoning false neither is sent; a constrained answer
+    (guided_choice) is content, not parsed. The split itself, for every parser, is tests/test_reasoning.py's."""
     tok = Tokenizer(llm.engine.cfg.model)
     c = openai.OpenAI(base_url=f"{BASE}/fuzz/v1", api_key=KEY, max_retries=0, timeout=60)
     messages = [{"role": "user", "content": "Why?"}]
@@ -1044,6 +1044,12 @@ def test_reasoning_parser_over_http(llm):
     assert "".join(getattr(d, "reasoning", None) or "" for d in deltas) == want
     assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == want
     assert not any(d.content for d in deltas) and chunks[-1].choices[0].finish_reason == "length"
+    # vLLM's include_reasoning false: the reasoning is split off and left out, streamed or not
+    off = kw | {"extra_body": {"ignore_eos": True, "include_reasoning": False}}
+    m = c.chat.completions.create(**off).choices[0].message
+    assert m.content is None and "reasoning" not in m.model_dump(exclude_none=True), m
+    deltas = [ch.choices[0].delta for ch in c.chat.completions.create(**off, stream=True) if ch.choices]
+    assert not any(getattr(d, "reasoning", None) or getattr(d, "reasoning_content", None) or d.content for d in deltas)
     kw["extra_body"] = {"guided_choice": ["yes", "no"]}
     m = c.chat.completions.create(**kw).choices[0].message
     assert m.content in ("yes", "no") and getattr(m, "reasoning", None) is None
