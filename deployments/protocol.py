@@ -479,18 +479,6 @@ def check_template_kwargs(kw: dict[str, Any] | None) -> dict[str, Any] | None:
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
-def reasoning_template_kwargs(kw: dict[str, Any] | None, effort: str | None) -> dict[str, Any] | None:
-    """A chat's template variables with vLLM's `reasoning_effort` folded in: the variable `reasoning_effort`
-    (templates that grade reasoning read it) and, unless `kw` sets it, `enable_thinking` = effort != "none"
-    (templates that switch thinking on or off, Qwen3's). A template that reads neither renders as without."""
-    if effort is None:
-        return kw
-    extra: dict[str, Any] = {"reasoning_effort": effort}
-    if "enable_thinking" not in (kw or {}):
-        extra["enable_thinking"] = effort != "none"
-    return {**(kw or {}), **extra}
-
-
 def check_continue_final_message(add_generation_prompt: bool, continue_final_message: bool) -> None:
     """vLLM's rule: the chat ends either with the template's prompt for a new assistant message, or open, in
     its final message (which the model continues), not both."""
@@ -522,9 +510,14 @@ class ChatCompletionRequest(_SamplingFields):
     _template_kwargs = field_validator("chat_template_kwargs")(check_template_kwargs)
 
     def template_kwargs(self) -> dict[str, Any] | None:
-        """The chat template's extra variables: chat_template_kwargs and reasoning_effort
-        (`reasoning_template_kwargs`)."""
-        return reasoning_template_kwargs(self.chat_template_kwargs, self.reasoning_effort)
+        """The chat template's extra variables: chat_template_kwargs with vLLM's `reasoning_effort` folded in,
+        as the variable `reasoning_effort` (templates that grade reasoning read it) and, unless
+        chat_template_kwargs sets it, `enable_thinking` = effort != "none" (templates that switch thinking on
+        or off, Qwen3's). A template that reads neither renders as without."""
+        kw, effort = self.chat_template_kwargs or {}, self.reasoning_effort
+        if effort is None:
+            return self.chat_template_kwargs
+        return {**kw, "reasoning_effort": effort, "enable_thinking": kw.get("enable_thinking", effort != "none")}
 
     @model_validator(mode="before")
     @classmethod

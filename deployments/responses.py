@@ -47,7 +47,7 @@ def _id(prefix: str) -> str:
 
 class ReasoningOptions(BaseModel):
     """The Responses API's `reasoning`: its effort becomes the chat's vLLM `reasoning_effort` (the chat
-    template's variables, deployments/protocol.py `reasoning_template_kwargs`); no summaries are made, so
+    template's variables, deployments/protocol.py `ChatCompletionRequest.template_kwargs`); no summaries are made, so
     `summary` is accepted and has no effect."""
 
     model_config = ConfigDict(extra="ignore")

@@ -4,7 +4,8 @@
 # Drops what serving does not import (Ray Data, Tune, Train, Ray LLM, Workflows, virtualenv and distlib, the py-spy
 # binary) and the symbol tables of Ray's native binaries (strip; their dynamic symbols stay).
 #   bash ../shared/device/make-ray-bundle.sh .device && bash scripts/slim-ray-bundle.sh .device/raysite.tar.xz
-# Checked with Python 3.12 on the CPU machine: ray.init (with the dashboard) and a Serve app answering HTTP.
+# Checked with Python 3.12 on the CPU machine (ray.init with the dashboard, a Serve app answering HTTP) and on an
+# H100 device machine (benchmarks/results/session-2026-12-07g/run1: the http suite, Serve's proxy and HAProxy).
 set -euo pipefail
 bundle=$(realpath "$1")
 work=$(mktemp -d)
