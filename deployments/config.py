@@ -78,7 +78,16 @@ class IngressSettings(BaseModel):
         "`reasoning_content`) apart from its content, as vLLM's --reasoning-parser (app/reasoning.py)",
     )
     routing_eps: float = Field(0.25, ge=0, description="bounded load: a group may take (1+eps) x the mean")
-    stats_poll_interval_s: float = Field(0.25, gt=0, description="how often the ingress polls each group's stats")
+    stats_poll_interval_s: float = Field(
+        0.25, gt=0, description="how often the ingress polls a group's stats while the group has work"
+    )
+    stats_idle_poll_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="how often it polls a group that is idle: its last stats showed no request running or "
+        "waiting and this replica has sent it none since (a poll costs the group ~5 ms of CPU in Serve's "
+        "request path); a request sent there brings back the fast polls within stats_poll_interval_s",
+    )
     stats_poll_timeout_s: float = Field(5.0, gt=0, description="a group that does not answer a poll in time is down")
 
 

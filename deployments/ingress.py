@@ -33,6 +33,7 @@ import collections
 import importlib.metadata
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -356,12 +357,26 @@ class OpenAIIngress:
             )
         raise _unavailable(f"no healthy group: {sorted(self.groups)}")
 
+    def _poll_due(self, name: str, since_s: float) -> bool:
+        """Whether `name` is polled now, `since_s` after its last poll: every stats_poll_interval_s while it has
+        work (its last stats or this replica's requests sent since), while it is starting, down or its last poll
+        failed, and while this replica's adapter edits are newer than its last stats; else (idle) every
+        stats_idle_poll_interval_s."""
+        if self.snapshots[name] is None or self._snapshot_edits.get(name) != self._adapter_edits:
+            return True
+        return not self.router.idle(name) or since_s >= self.cfg.stats_idle_poll_interval_s
+
     async def _poll_loop(self) -> None:
-        """One polling loop per group, so that a group that hangs (being replaced) delays no other's state."""
+        """One polling loop per group, so that a group that hangs (being replaced) delays no other's state;
+        each wakes every stats_poll_interval_s and polls when `_poll_due`."""
 
         async def loop(name: str, h: DeploymentHandle):
+            last = -math.inf
             while True:
-                await self._poll_group(name, h)
+                now = time.monotonic()
+                if self._poll_due(name, now - last):
+                    last = now
+                    await self._poll_group(name, h)
                 await asyncio.sleep(self.cfg.stats_poll_interval_s)
 
         await asyncio.gather(*(loop(n, h) for n, h in self.groups.items()))

@@ -208,6 +208,11 @@ class Router:
         s = self.states[name]
         return s.waiting + s.running + self.pending_reqs[name]
 
+    def idle(self, name: str) -> bool:
+        """Healthy, with no request running or waiting at its last poll and none sent by this ingress since
+        (the ingress polls an idle group less often)."""
+        return self.states[name].healthy and self.load(name) == 0
+
     # ---- routing ---------------------------------------------------------------------------------
     def candidates(self, adapter: str | None, exclude: AbstractSet[str] = frozenset()) -> list[str]:
         """Preference order for an adapter: groups holding it resident (in hash order), then the rest of

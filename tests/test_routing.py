@@ -94,6 +94,26 @@ def test_poll_resets_local_increments():
     assert r.load("a") == 2 and r.pending_tokens["a"] == 0
 
 
+def test_a_group_is_idle_without_work_polled_or_sent():
+    """The ingress polls an idle group less often: idle = healthy, nothing running or waiting at the last poll,
+    nothing sent since."""
+    r = Router(["a", "b"])
+    assert r.idle("a") and r.idle("b")
+    r.sent("a", 10)  # sent since the last poll: busy until a poll shows it finished
+    assert not r.idle("a") and r.idle("b")
+    r.update(GroupState(name="a", running=1))
+    assert not r.idle("a")
+    r.done("a", 10)
+    assert not r.idle("a")  # the last poll still shows it running
+    r.update(GroupState(name="a"))
+    assert r.idle("a")
+    r.update(GroupState(name="b", waiting=1))
+    assert not r.idle("b")
+    r.update(GroupState(name="b"))
+    r.mark_unhealthy("b")  # a group that is down is polled at the fast rate, to see it come back
+    assert not r.idle("b")
+
+
 def test_one_request_in_flight_does_not_move_an_adapter():
     r = Router(["a", "b"])
     first = r.choose("x")
