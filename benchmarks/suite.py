@@ -361,14 +361,9 @@ def rate_search(a, engine: Engine, n: int, cap: float, log, points: list) -> dic
     above the best failed (if not, the best is only a lower bound on the maximum: more --points find it)."""
     lo, hi, best, rate = None, None, None, cap
     for _ in range(a.points):
-        r = replay(engine, trace_for(a, n, rate), a.slo_s, stop_on_fail=True, drain_s=2 * a.slo_s,
-                   first_tokens_only=True)  # fmt: skip
-        r["rate"] = rate
+        r = rate_point(a, engine, n, rate, log)
         ok = passes(r)
         points.append(r)
-        log(f"n={n} rate {rate:.2f}: {r['requests']} requests, attainment {pc(r['slo_attainment'])}, kept up "
-            f"{pc(r['kept_up'])} (ramp ceiling {pc(r.get('ramp_ceiling'))}), {f2(r['out_tok_s_window'])} tok/s, "
-            f"TTFT p50 {ms(r['ttft_p50_s'])} p99 {ms(r['ttft_p99_s'])}{' (' + r['stopped'] + ')' if r['stopped'] else ''}")  # fmt: skip
         if ok:
             lo, best = rate, r
         else:
@@ -381,6 +376,26 @@ def rate_search(a, engine: Engine, n: int, cap: float, log, points: list) -> dic
             rate = (lo + hi) / 2
     return {"max_rate": best["rate"] if best else None, "at_max": best, "points": points,
             "bracketed": bracketed(best["rate"] if best else None, points)}  # fmt: skip
+
+
+def rate_point(a, engine: Engine, n: int, rate: float, log) -> dict:
+    """One replay of the trace at `rate` (the same arrivals and lengths for every n at that rate), logged."""
+    r = replay(engine, trace_for(a, n, rate), a.slo_s, stop_on_fail=True, drain_s=2 * a.slo_s, first_tokens_only=True)
+    r["rate"] = rate
+    log(f"n={n} rate {rate:.2f}: {r['requests']} requests, attainment {pc(r['slo_attainment'])}, kept up "
+        f"{pc(r['kept_up'])} (ramp ceiling {pc(r.get('ramp_ceiling'))}), {f2(r['out_tok_s_window'])} tok/s, "
+        f"TTFT p50 {ms(r['ttft_p50_s'])} p99 {ms(r['ttft_p99_s'])}{' (' + r['stopped'] + ')' if r['stopped'] else ''}")  # fmt: skip
+    return r
+
+
+def fixed_rate(a, engine: Engine, n: int, log, points: list) -> dict:
+    """--rate: one replay at that rate instead of the search; the same trace for every n (a paired check: does
+    n keep up where another n does). Its row's maximum is the rate when it passes, as a lower bound (nothing
+    above was tried), else None."""
+    r = rate_point(a, engine, n, a.rate, log)
+    points.append(r)
+    ok = passes(r)
+    return {"max_rate": a.rate if ok else None, "at_max": r if ok else None, "points": points, "bracketed": False}
 
 
 def bracketed(max_rate: float | None, points: list[dict]) -> bool:
@@ -504,7 +519,7 @@ def peft_baseline(a, setting: str, work_reqs: list[dict], n_adapters: int) -> di
 def suite_table(a, out: dict) -> None:
     settings = a.settings or (["S2"] if a.quick or a.smoke else list(SETTINGS))
     ns = a.adapters or ([0, 3] if a.smoke else [0, 100, 1000, 2000] if a.quick else [0, 1, 100, 1000, 2000])
-    log = Progress(a, len(settings) * len(ns) * (1 + a.points) + (0 if a.no_peft else 2))
+    log = Progress(a, len(settings) * len(ns) * (1 + (1 if a.rate else a.points)) + (0 if a.no_peft else 2))
     out["settings"] = []
     for s in settings:
         engine = engine_for(a, s, max(ns))
@@ -517,7 +532,10 @@ def suite_table(a, out: dict) -> None:
             row = {"adapters": n, "saturated": cap, "max_rate": None, "at_max": None, "points": []}
             rows.append(row)
             log(f"{s} n={n}: saturated {cap['req_s']:.2f} req/s ({cap['out_tok_s']:.0f} tok/s)")
-            row.update(rate_search(a, engine, n, cap["req_s"], log, row["points"]))
+            if a.rate:
+                row.update(fixed_rate(a, engine, n, log, row["points"]))
+            else:
+                row.update(rate_search(a, engine, n, cap["req_s"], log, row["points"]))
             base = next((r for r in rows if r["adapters"] == 0), None)
             for r in rows:
                 both = base is not None and r["max_rate"] and base["max_rate"]
@@ -835,6 +853,14 @@ def report_table(res: dict, out: Path) -> list[str]:
 
         lines.append(f"- {s['setting']}: n = 1000 / base {ratio(1000, 0)} (>= 85%); n = 2000 / n = 100 "
                      f"{ratio(2000, 100)} (>= 95%)")  # fmt: skip
+        rate = res["settings_used"].get("rate")
+        if rate:  # --rate: one replay per n on the same trace instead of the search
+            lines.append(f"- {s['setting']} at {rate:.2f} req/s (--rate: one replay per n, the same trace): " + "; ".join(
+                f"n = {r['adapters'] or 'base'} {'passes' if r['max_rate'] else 'fails'} (kept up "
+                f"{pc(r['points'][0].get('kept_up'))} / ramp ceiling {pc(r['points'][0].get('ramp_ceiling'))}, "
+                f"attainment {pc(r['points'][0].get('slo_attainment'))}, TTFT p99 {ms(r['points'][0].get('ttft_p99_s'))})"
+                for r in s["rows"]
+            ))  # fmt: skip
     for s in res["settings"]:
         p = s.get("peft")
         if p and "ours_over_best_peft" in p:
@@ -1030,7 +1056,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--burst", type=int, default=None, help="requests of the saturated run (400; --quick 160)")
     ap.add_argument("--max-len", type=int, default=512, help="input and output lengths U[8, max_len)")
     ap.add_argument("--slo-s", type=float, default=None, help="TTFT SLO (6 s; --smoke 0.5 s)")
-    ap.add_argument("--rate", type=float, default=None, help="ablations/admission/http: this rate (req/s)")
+    ap.add_argument("--rate", type=float, default=None,
+                    help="ablations/admission/http: this rate (req/s); s-lora-table: every n replayed once at this "
+                    "rate on the same trace (pass or fail) instead of the rate search")  # fmt: skip
     ap.add_argument("--rate-share", type=float, default=None,
                     help="else this share of the saturated capacity (ablations, http: 0.8) or of FCFS's maximum "
                     "sustainable rate (admission: 1)")  # fmt: skip

@@ -215,6 +215,24 @@ def test_suite_s_lora_table_smoke(tmp_path):
     }
 
 
+def test_suite_s_lora_table_at_a_fixed_rate(tmp_path):
+    """--rate: every n replayed once at that rate on the same trace (arrivals and lengths), no search; a row's
+    maximum is the rate when that replay passes (a lower bound), else none; the headline says which n passed."""
+    res = run_suite(tmp_path, "s-lora-table", "--rate", "3", "--no-peft")
+    (s,) = res["settings"]
+    assert [r["adapters"] for r in s["rows"]] == [0, 3] and "peft" not in s
+    traces = []
+    for r in s["rows"]:
+        (p,) = r["points"]
+        assert p["rate"] == 3 and p["kept_up"] is not None
+        ok = not p["stopped"] and (p["slo_attainment"] or 0) >= 0.9 and p["kept_up"] >= 0.9
+        assert r["max_rate"] == (3 if ok else None) and r["bracketed"] is False
+        traces.append((p["requests"], p["ramp_ceiling"] is not None))
+    assert traces[0] == traces[1]  # the same trace for both n
+    md = (tmp_path / "out" / "s-lora-table.md").read_text()
+    assert "S2 at 3.00 req/s (--rate: one replay per n, the same trace): n = base " in md and "; n = 3 " in md
+
+
 def test_suite_ablations_smoke(tmp_path):
     res = run_suite(tmp_path, "ablations")
     runs = {r["ablation"]: r for r in res["runs"]}
