@@ -267,6 +267,7 @@ class SLoRAGroup:
         self._step_cost = LinearFit()  # step seconds over tokens computed in the step
         # (steps, wall seconds, engine-thread CPU seconds) of engine.step() calls, replaced as one tuple per step
         self._step_totals = (0, 0.0, 0.0)
+        self._stats_calls = 0  # stats() answered: the ingresses' polls (they poll an idle group less often)
         self._snapshot = self._take_snapshot()
         if adapters:
             threading.Thread(target=self._pin_adapters, name="adapter-pin", daemon=True).start()
@@ -675,6 +676,7 @@ class SLoRAGroup:
     # ---- state -----------------------------------------------------------------------------------
     async def stats(self) -> dict:
         """Queue, pool, adapters and metrics of this group (plain data, polled by every ingress)."""
+        self._stats_calls += 1
         s = dict(self._snapshot)
         try:
             self._check_alive()
@@ -697,6 +699,7 @@ class SLoRAGroup:
         s["model"] = self.engine.model_name
         s["subscriptions"] = len(self._boxes)  # open multiplexed streams (one per ingress replica in use)
         s["startup"] = self.startup
+        s["stats_calls"] = self._stats_calls
         n, wall, cpu = self._step_totals
         # engine.step() totals since start: wall time, and the engine thread's CPU time in it. A device sync
         # spins (CPU time); wall minus CPU is time the thread was not running: waiting for the GIL that this

@@ -913,6 +913,19 @@ def test_metrics_after_traffic(http):
     assert len(totals) == 1 and totals.pop() >= 10, totals
 
 
+def test_idle_groups_are_polled_slowly(client):
+    """Each ingress replica polls a group with work every stats_poll_interval_s (0.1 s here) and an idle one
+    every stats_idle_poll_interval_s (2 s): over 4 idle seconds the main app's 2 replicas poll a group ~4-6
+    times, not ~80; a request brings back the fast polls until a poll shows the group idle again."""
+    client.completions.create(model="demo-r4-attn", prompt="Hello", max_tokens=2, temperature=0)
+    time.sleep(1.0)  # the replicas' polls after the request show the group idle
+    for g in GROUPS:
+        c0 = group_stats(g)["stats_calls"]
+        time.sleep(4.0)
+        polls = group_stats(g)["stats_calls"] - c0 - 1  # less this test's own call
+        assert 2 <= polls <= 12, (g, polls)
+
+
 # ---- what vLLM and Ray Serve LLM clients call besides generation -----------------------------------
 def test_model_by_id_and_the_base_model_adapter_form(client, http, llm, demo):
     """GET /v1/models/{id} for the base model, an adapter and Ray Serve LLM's `base_model:adapter`; 404 (an
