@@ -43,6 +43,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -251,7 +252,9 @@ class SLoRAGroup:
             # pin, or it failed); None while it runs, when page fills may still copy from pageable memory
             "adapters_pinned_s": None if adapters else 0.0,
         }
-        self._adapter_table = self._adapters_now()
+        # the table's version: this replica's own prefix (a replacement replica starts anew) and a count
+        self._adapters_epoch, self._adapters_count = uuid.uuid4().hex[:12], 0
+        self._rebuild_adapter_table()
         # metrics carry the model name clients use (the ingress's), so both exports label alike
         self.metrics = GroupMetrics(name, served_model_name or self.engine.model_name, ray_export=ray_metrics)
         self._cmds: deque[_Cmd] = deque()  # appended by the event loop, taken by the engine thread
@@ -383,21 +386,26 @@ class SLoRAGroup:
             return e.abort(cmd.request_id)
         if isinstance(cmd, RegisterAdapter):
             info = e.register_adapter(cmd.prepared)
-            self._adapter_table = self._adapters_now()
+            self._rebuild_adapter_table()
             return {"name": info.name, "path": info.path, "rank": info.rank, "num_pages": info.num_pages}
         if isinstance(cmd, RemoveAdapter):
             path = e.adapters[cmd.name].path if cmd.name in e.adapters else None
             e.remove_adapter(cmd.name)
-            self._adapter_table = self._adapters_now()
+            self._rebuild_adapter_table()
             return path
         if isinstance(cmd, ResetPrefixCache):
             return e.reset_prefix_cache()
         raise TypeError(f"not a command: {cmd!r}")
 
-    def _adapters_now(self) -> dict[str, dict]:
+    def _rebuild_adapter_table(self) -> None:
         """The registered adapters' table, rebuilt only when one is added or removed (a new dict each
-        time, never mutated: snapshots share it), so a step's snapshot costs nothing per adapter."""
-        return {n: {"path": a.path, "rank": a.rank, "num_pages": a.num_pages} for n, a in self.engine.adapters.items()}
+        time, never mutated: snapshots share it), so a step's snapshot costs nothing per adapter; and its
+        version (`stats(adapters_version=...)` leaves an unchanged table out)."""
+        self._adapter_table = {
+            n: {"path": a.path, "rank": a.rank, "num_pages": a.num_pages} for n, a in self.engine.adapters.items()
+        }
+        self._adapters_count += 1
+        self._adapters_version = f"{self._adapters_epoch}-{self._adapters_count}"
 
     def _take_snapshot(self) -> dict:
         """Engine figures read in the thread that owns the engine (between steps)."""
@@ -407,6 +415,7 @@ class SLoRAGroup:
             "pool": dataclasses.asdict(s.pool),
             "resident_adapters": s.resident_adapters,
             "adapters": self._adapter_table,
+            "adapters_version": self._adapters_version,
             "steps": s.steps,
             "num_preemptions": s.num_preemptions,
             "num_prefetches": s.num_prefetches,
@@ -674,8 +683,10 @@ class SLoRAGroup:
         return dict(self._snapshot["adapters"])
 
     # ---- state -----------------------------------------------------------------------------------
-    async def stats(self) -> dict:
-        """Queue, pool, adapters and metrics of this group (plain data, polled by every ingress)."""
+    async def stats(self, adapters_version: str | None = None) -> dict:
+        """Queue, pool, adapters and metrics of this group (plain data, polled by every ingress). With the
+        `adapters_version` of the caller's last answer, the adapter table is left out while it has not changed
+        since (with thousands of adapters it is most of the answer: 2000 made it 127 kB)."""
         self._stats_calls += 1
         s = dict(self._snapshot)
         try:
@@ -710,6 +721,8 @@ class SLoRAGroup:
         s["gauges"] = self._gauges(s)
         s["metrics"] = self.metrics.snapshot()
         self.metrics.keep_alive()
+        if adapters_version is not None and adapters_version == s["adapters_version"]:
+            del s["adapters"]
         return s
 
     async def check_health(self) -> None:

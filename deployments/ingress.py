@@ -388,8 +388,12 @@ class OpenAIIngress:
 
     async def _poll_group(self, name: str, h: DeploymentHandle) -> None:
         edits = self._adapter_edits
+        prev = self.snapshots[name]  # its adapter table is reused when the group's has not changed since
+        known = prev["adapters_version"] if prev else None
         try:
-            s = await asyncio.wait_for(self._await(h.stats.remote()), self.cfg.stats_poll_timeout_s)
+            s = await asyncio.wait_for(
+                self._await(h.stats.remote(adapters_version=known)), self.cfg.stats_poll_timeout_s
+            )
         except Exception as e:  # noqa: BLE001 - an unreachable group is marked down, not fatal
             if name in self.answered:
                 logger.warning("group %s did not answer stats(): %r", name, e)
@@ -398,6 +402,8 @@ class OpenAIIngress:
             self.snapshots[name] = None
             self.router.mark_unhealthy(name)
             return
+        if "adapters" not in s and prev is not None:  # left out: unchanged since `prev`
+            s["adapters"] = prev["adapters"]
         self.snapshots[name] = s
         self._snapshot_edits[name] = edits
         self.router.update(GroupState.from_stats(s))

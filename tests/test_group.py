@@ -294,6 +294,26 @@ def test_adapter_refusals_are_answers_not_exceptions(demo, tmp_path):
     assert ok == {"path": str(demo / "adapters" / ADAPTER)}
 
 
+def test_stats_leave_out_an_unchanged_adapter_table(demo):
+    """stats(adapters_version=v) leaves the adapter table out while it is still version v (the ingress polls
+    with its last answer's version and keeps that table); a removal gives a new version and the table."""
+    g = group(demo, 0.0)
+
+    async def run():
+        full = await g.stats()
+        same = await g.stats(adapters_version=full["adapters_version"])
+        other = await g.stats(adapters_version="another-replica-1")
+        await g.remove_adapter(ADAPTER)
+        after = await g.stats(adapters_version=full["adapters_version"])
+        return full, same, other, after
+
+    full, same, other, after = asyncio.run(run())
+    assert ADAPTER in full["adapters"] and "adapters" not in same and same["queue"] == full["queue"]
+    assert other["adapters"] == full["adapters"]
+    assert after["adapters_version"] != full["adapters_version"]
+    assert set(after["adapters"]) == set(full["adapters"]) - {ADAPTER}
+
+
 def test_early_abort_before_start_is_a_429_item_and_no_stream_hangs(demo):
     """A request the scheduler's early abort drops before it runs gets one item, a 429 error with
     `retry_after_s` (the ingress answers 429 + Retry-After, streamed or not); the other streams in the group go
