@@ -855,12 +855,8 @@ def report_table(res: dict, out: Path) -> list[str]:
                      f"{ratio(2000, 100)} (>= 95%)")  # fmt: skip
         rate = res["settings_used"].get("rate")
         if rate:  # --rate: one replay per n on the same trace instead of the search
-            lines.append(f"- {s['setting']} at {rate:.2f} req/s (--rate: one replay per n, the same trace): " + "; ".join(
-                f"n = {r['adapters'] or 'base'} {'passes' if r['max_rate'] else 'fails'} (kept up "
-                f"{pc(r['points'][0].get('kept_up'))} / ramp ceiling {pc(r['points'][0].get('ramp_ceiling'))}, "
-                f"attainment {pc(r['points'][0].get('slo_attainment'))}, TTFT p99 {ms(r['points'][0].get('ttft_p99_s'))})"
-                for r in s["rows"]
-            ))  # fmt: skip
+            lines.append(f"- {s['setting']} at {rate:.2f} req/s (--rate: one replay per n, the same trace): "
+                         + "; ".join(fixed_rate_result(r) for r in s["rows"]))  # fmt: skip
     for s in res["settings"]:
         p = s.get("peft")
         if p and "ours_over_best_peft" in p:
@@ -897,6 +893,14 @@ def report_table(res: dict, out: Path) -> list[str]:
         save_plot(fig, ax, out / "s-lora-table_latency.png", "offered rate (req/s)", "TTFT p99 (s)",
                   f"Latency vs rate, {res['gpu']}", legend_size=6)  # fmt: skip
     return lines
+
+
+def fixed_rate_result(r: dict) -> str:
+    """A --rate row's one replay, for the headline."""
+    p = r["points"][0]
+    return (f"n = {r['adapters'] or 'base'} {'passes' if r['max_rate'] else 'fails'} (kept up {pc(p.get('kept_up'))} "
+            f"/ ramp ceiling {pc(p.get('ramp_ceiling'))}, attainment {pc(p.get('slo_attainment'))}, TTFT p99 "
+            f"{ms(p.get('ttft_p99_s'))})")  # fmt: skip
 
 
 def save_plot(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend_size: int) -> None:
