@@ -385,7 +385,7 @@ def bench_setting(name: str, args, work: Path, bw: float, rate: float, h2d: floa
         dtype="bfloat16" if device == "cuda" else "float32",
         load_format="dummy",
         # off: the same requests replay for every variant (S-LoRA's workload shares no prefixes)
-        pool={"gpu_memory_fraction": 0.85, "page_size": 16, "enable_prefix_caching": False},
+        pool={"gpu_memory_fraction": 0.85, "page_size": 16, "enable_prefix_caching": False, **args.pool},
         scheduler={
             "max_num_seqs": args.max_num_seqs,
             "max_num_batched_tokens": args.max_num_batched_tokens,
@@ -475,6 +475,7 @@ def write_report(res: dict, out: Path) -> None:
         *(["", f"LoRA kernel overrides: `{json.dumps(res['lora_kernels'])}`"] if res.get("lora_kernels") else []),
         *(["", f"LoRA overrides: `{json.dumps(res['lora'])}`"] if res.get("lora") else []),
         *(["", f"Scheduler overrides: `{json.dumps(res['scheduler'])}`"] if res.get("scheduler") else []),
+        *(["", f"Pool overrides: `{json.dumps(res['pool'])}`"] if res.get("pool") else []),
         "",
         f"{res['requests']} requests submitted at once, input and output U[8, {res['max_len']}), "
         f"ranks {{64, 32, 16, 8}}, adapters uniform over n; max_num_seqs {res['max_num_seqs']}, "
@@ -619,6 +620,11 @@ def main() -> None:
         "scheduling policy: one process each)",
     )  # fmt: skip
     ap.add_argument(
+        "--pool", default="{}", type=json.loads,
+        help='EngineConfig.pool overrides as JSON, e.g. \'{"gpu_memory_fraction": 0.9}\' (the pool\'s size: one process '
+        "each)",
+    )  # fmt: skip
+    ap.add_argument(
         "--system-prompt", type=int, default=0, help="tokens of a fixed system prompt per adapter before each input"
     )
     ap.add_argument(
@@ -642,7 +648,7 @@ def main() -> None:
         commit=args.commit or commit(), torch=torch.__version__, requests=args.requests, max_len=args.max_len, seed=args.seed,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         copy_bandwidth_gbs=bw / 1e9, matmul_tflops=rate / 1e12, h2d_gbs=h2d / 1e9, profile_steps=args.profile_steps,
-        lora_kernels=args.lora_kernels, lora=args.lora, scheduler=args.scheduler, system_prompt=args.system_prompt, settings=[],
+        lora_kernels=args.lora_kernels, lora=args.lora, scheduler=args.scheduler, pool=args.pool, system_prompt=args.system_prompt, settings=[],
     )  # fmt: skip
     for name in args.settings:
         res["settings"].append(bench_setting(name, args, args.work, bw, rate, h2d))

@@ -121,17 +121,17 @@ def test_saturated_benchmark_smoke(tmp_path):
     """benchmarks/saturated.py (the LoRA / engine end-to-end benchmark) runs its tiny setting on the CPU: the
     base model and n adapters, with the floor and the share of the base run; with --system-prompt L
     --prefix-caching off on each run twice, and with caching every request finds its adapter's system prompt
-    (its full pages) cached, without it none does."""
+    (its full pages) cached, without it none does; --scheduler and --pool reach the engine."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, str(ROOT / "benchmarks" / "saturated.py"), "--smoke", "--out", str(tmp_path),
            "--system-prompt", "40", "--prefix-caching", "off", "on",
-           "--scheduler", '{"admission_headroom_pages": 3}']  # fmt: skip
+           "--scheduler", '{"admission_headroom_pages": 3}', "--pool", '{"num_pages": 3000}']  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "saturated.json").read_text())
     assert res["settings"][0]["admission_headroom_pages"] == 3  # --scheduler reached the engine's scheduler
     pool = res["settings"][0]["pool"]  # what benchmarks/schedule_sim.py's --pages reproduces
-    assert pool["page_size"] == 16 and pool["pages"] >= 2
+    assert pool["page_size"] == 16 and pool["pages"] == 3000 and res["pool"] == {"num_pages": 3000}
     runs = res["settings"][0]["runs"]
     assert [(r["adapters"], r["prefix_caching"]) for r in runs] == [(n, c) for n in (0, 1, 3) for c in (False, True)]
     assert all(r["steps"] > 0 and r["floor_s"] > 0 for r in runs)
