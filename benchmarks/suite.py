@@ -8,7 +8,9 @@ Suites (NAME):
                 6 s, keeping up with the trace) found by a rate search on S-LoRA's synthetic trace (alpha 1, cv 1, lengths U[8, 512)),
                 and the throughput at it; the base model alone (n = 0) in the same run; and Hugging Face PEFT
                 both ways (one adapter at a time with `set_adapter`, and mixed batches with `adapter_names=`)
-                against our engine on a smaller workload of the same shape that PEFT can finish.
+                against our engine on a smaller workload of the same shape that PEFT can finish. --rate R: every
+                n replayed once at R instead of the search; --paired-share S: the first n gets the search, every
+                later n one replay at S x its maximum (does n = 2000 sustain 95% of n = 100's maximum).
   ablations     n = 1000, alpha in {1, 0.3}, one rate (near the saturated capacity): prefetch on / off,
                 adapter clustering on / off, idle adapters kept in the pool / freed at finish (S-LoRA), the
                 unified pool / a static KV-adapter split, admission with / without headroom pages for the
@@ -388,14 +390,14 @@ def rate_point(a, engine: Engine, n: int, rate: float, log) -> dict:
     return r
 
 
-def fixed_rate(a, engine: Engine, n: int, log, points: list) -> dict:
-    """--rate: one replay at that rate instead of the search; the same trace for every n (a paired check: does
-    n keep up where another n does). Its row's maximum is the rate when it passes, as a lower bound (nothing
-    above was tried), else None."""
-    r = rate_point(a, engine, n, a.rate, log)
+def fixed_rate(a, engine: Engine, n: int, rate: float, log, points: list) -> dict:
+    """One replay at `rate` instead of the search (--rate: the same trace for every n, a paired check: does n
+    keep up where another n does; --paired-share: a share of the first n's maximum). Its row's maximum is the
+    rate when it passes, as a lower bound (nothing above was tried), else None."""
+    r = rate_point(a, engine, n, rate, log)
     points.append(r)
     ok = passes(r)
-    return {"max_rate": a.rate if ok else None, "at_max": r if ok else None, "points": points, "bracketed": False}
+    return {"max_rate": rate if ok else None, "at_max": r if ok else None, "points": points, "bracketed": False}
 
 
 def bracketed(max_rate: float | None, points: list[dict]) -> bool:
@@ -519,7 +521,9 @@ def peft_baseline(a, setting: str, work_reqs: list[dict], n_adapters: int) -> di
 def suite_table(a, out: dict) -> None:
     settings = a.settings or (["S2"] if a.quick or a.smoke else list(SETTINGS))
     ns = a.adapters or ([0, 3] if a.smoke else [0, 100, 1000, 2000] if a.quick else [0, 1, 100, 1000, 2000])
-    log = Progress(a, len(settings) * len(ns) * (1 + (1 if a.rate else a.points)) + (0 if a.no_peft else 2))
+    later = 1 if a.rate or a.paired_share else a.points  # replays of each n after the first
+    log = Progress(a, len(settings) * (len(ns) + (1 if a.rate else a.points) + (len(ns) - 1) * later)
+                   + (0 if a.no_peft else 2))  # fmt: skip
     out["settings"] = []
     for s in settings:
         engine = engine_for(a, s, max(ns))
@@ -532,9 +536,13 @@ def suite_table(a, out: dict) -> None:
             row = {"adapters": n, "saturated": cap, "max_rate": None, "at_max": None, "points": []}
             rows.append(row)
             log(f"{s} n={n}: saturated {cap['req_s']:.2f} req/s ({cap['out_tok_s']:.0f} tok/s)")
+            first = rows[0]
             if a.rate:
-                row.update(fixed_rate(a, engine, n, log, row["points"]))
-            else:
+                row.update(fixed_rate(a, engine, n, a.rate, log, row["points"]))
+            elif a.paired_share and first is not row and first["max_rate"]:
+                row["paired"] = {"adapters": first["adapters"], "share": a.paired_share}
+                row.update(fixed_rate(a, engine, n, a.paired_share * first["max_rate"], log, row["points"]))
+            else:  # the first n, or a later one when the first found no passing rate to pair with
                 row.update(rate_search(a, engine, n, cap["req_s"], log, row["points"]))
             base = next((r for r in rows if r["adapters"] == 0), None)
             for r in rows:
@@ -857,6 +865,14 @@ def report_table(res: dict, out: Path) -> list[str]:
         if rate:  # --rate: one replay per n on the same trace instead of the search
             lines.append(f"- {s['setting']} at {rate:.2f} req/s (--rate: one replay per n, the same trace): "
                          + "; ".join(fixed_rate_result(r) for r in s["rows"]))  # fmt: skip
+        for r in s["rows"]:  # --paired-share: one replay at a share of the first n's maximum
+            if r.get("paired"):
+                p, first = r["paired"], s["rows"][0]
+                verdict = "sustains" if r["max_rate"] else "does not sustain"
+                of = f"n = {first['adapters']}'s" if first["adapters"] else "the base's"
+                lines.append(f"- {s['setting']}: n = {r['adapters']} {verdict} {pc(p['share'])} of {of} maximum "
+                             f"({first['max_rate']:.2f} req/s) at {r['points'][0]['rate']:.2f} req/s (--paired-share): "
+                             f"{fixed_rate_result(r)}")  # fmt: skip
     for s in res["settings"]:
         p = s.get("peft")
         if p and "ours_over_best_peft" in p:
@@ -1063,6 +1079,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rate", type=float, default=None,
                     help="ablations/admission/http: this rate (req/s); s-lora-table: every n replayed once at this "
                     "rate on the same trace (pass or fail) instead of the rate search")  # fmt: skip
+    ap.add_argument("--paired-share", type=float, default=None,
+                    help="s-lora-table: the first n of --adapters gets the rate search, every later n one replay "
+                    "at this share of its maximum (e.g. --adapters 100 2000 --paired-share 0.95: does n = 2000 "
+                    "sustain 95%% of n = 100's maximum sustainable rate)")  # fmt: skip
     ap.add_argument("--rate-share", type=float, default=None,
                     help="else this share of the saturated capacity (ablations, http: 0.8) or of FCFS's maximum "
                     "sustainable rate (admission: 1)")  # fmt: skip
@@ -1092,6 +1112,8 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if any("=" not in kv for kv in a.serve_env):
         raise SystemExit("--serve-env takes NAME=VALUE pairs")
+    if a.paired_share is not None and (a.rate is not None or a.paired_share <= 0):
+        raise SystemExit("--paired-share takes a positive share and no --rate (each replaces the later n's search)")
     if a.report_only:
         write_report(a.suite, json.loads((a.out / f"{a.suite}.json").read_text()), a.out)
         print((a.out / f"{a.suite}.md").read_text())

@@ -233,6 +233,25 @@ def test_suite_s_lora_table_at_a_fixed_rate(tmp_path):
     assert "S2 at 3.00 req/s (--rate: one replay per n, the same trace): n = base " in md and "; n = 3 " in md
 
 
+def test_suite_s_lora_table_paired_share(tmp_path):
+    """--paired-share: the first n gets the rate search, a later n one replay at that share of the first's
+    maximum (its row's maximum is that rate if it passes), and the headline says whether it sustains it; when
+    the first n found no passing rate, a later n gets its own search."""
+    res = run_suite(tmp_path, "s-lora-table", "--paired-share", "0.9", "--points", "3", "--no-peft")
+    first, later = res["settings"][0]["rows"]
+    assert [first["adapters"], later["adapters"]] == [0, 3] and len(first["points"]) == 3
+    md = (tmp_path / "out" / "s-lora-table.md").read_text()
+    if first["max_rate"]:
+        (p,) = later["points"]
+        assert later["paired"] == {"adapters": 0, "share": 0.9} and p["rate"] == pytest.approx(0.9 * first["max_rate"])
+        ok = not p["stopped"] and (p["slo_attainment"] or 0) >= 0.9 and p["kept_up"] >= 0.9
+        assert later["max_rate"] == (p["rate"] if ok else None) and later["bracketed"] is False
+        verdict = "sustains" if ok else "does not sustain"
+        assert f"n = 3 {verdict} 90% of the base's maximum ({first['max_rate']:.2f} req/s)" in md
+    else:
+        assert "paired" not in later and len(later["points"]) == 3 and "--paired-share" not in md
+
+
 def test_suite_ablations_smoke(tmp_path):
     res = run_suite(tmp_path, "ablations")
     runs = {r["ablation"]: r for r in res["runs"]}
