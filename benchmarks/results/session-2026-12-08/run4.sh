@@ -2,8 +2,8 @@
 # Session 08 run 4: the pool's share of free GPU memory (PoolConfig.gpu_memory_fraction, default 0.85) on an 80 GB
 # card. On an H100, saturated S2 leaves ~8 GiB of the GPU unused (peak reserved 69.8 of 79.2 GiB, 07f/07h) while
 # benchmarks/schedule_sim.py finds the workload memory-bound at the 6,909 pages 0.85 gives: base 768 steps, n = 1000
-# 832; at 0.9 (~7,490 pages) 701 and 807. A/B, one process each: A 0.85, B 0.9 (S2 n = 0, 1000), then Llama-3-8B
-# all-linear (vocabulary 128k, the larger logits buffers) at 0.9, n = 0 and 1000: does it run, with what peak.
+# 832; at 0.92 (~7,480 pages) 701 and 807. A/B, one process each: A 0.85, B 0.92 (S2 n = 0, 1000), then Llama-3-8B
+# all-linear (vocabulary 128k, the larger logits buffers) at 0.92, n = 0 and 1000: does it run, with what peak.
 #   bash benchmarks/results/session-2026-12-08/run4.sh COMMIT     (engine only: carry .whl, or .device with the bundle's prefix)
 cd "$(dirname "$0")/../../.."
 T0=$(date +%s)
@@ -11,7 +11,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader; date; echo "commit $1"
 python -c "import pydantic" 2>/dev/null || python -m pip install -q --no-index --find-links .whl pydantic
 export PYTHONPATH=.:$PYTHONPATH PYTHONUNBUFFERED=1
 W=/tmp/run4out; mkdir -p "$W"
-for V in A:0.85:llama2-7b-qkvo B:0.9:llama2-7b-qkvo C:0.9:llama3-8b-all; do
+for V in A:0.85:llama2-7b-qkvo B:0.92:llama2-7b-qkvo C:0.92:llama3-8b-all; do
   IFS=: read -r N F S <<< "$V"
   LEFT=$(( 585 - ($(date +%s) - T0) )); [ $LEFT -lt 120 ] && { echo "no time for $N"; break; }
   timeout -s TERM $LEFT python benchmarks/saturated.py --settings "$S" --adapters 0 1000 \
