@@ -4,14 +4,24 @@ arrivals of cv 1, 4, 8 at 14 to 30 req/s for 60 s, six seeds, TTFT deadline 1 s.
 paper's user satisfaction (1 - (ttft / SLO)^2 within the SLO, else 0; aborted: 0) per policy.
 Run from the repository root: python benchmarks/results/session-2026-12-08/early_abort_overload/sim_eval.py"""
 
-import random
+import importlib.util
 import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
+ROOT = Path(__file__).resolve().parents[4]
+sys.path.insert(0, str(ROOT))
 
 from tests.test_policies import Sim  # noqa: E402
+
+# the gamma-arrival trace of session 03-pm's simulation (same requests for the same seed, rate and cv), loaded by
+# path: a results folder is not a package
+_spec = importlib.util.spec_from_file_location(
+    "early_abort_sim_03pm", ROOT / "benchmarks/results/session-2026-12-03-pm/early_abort_sim/sim_eval.py"
+)
+_sim03 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_sim03)
+trace = _sim03.trace
 
 POLICIES = {
     "FCFS": {},
@@ -19,15 +29,6 @@ POLICIES = {
     "expired": {"early_abort_ttft_slo_s": 1.0, "early_abort": "expired"},
     "predicted": {"early_abort_ttft_slo_s": 1.0, "early_abort": "predicted"},
 }
-
-
-def trace(seed, rate, cv, dur, out_lo=2, out_hi=40):
-    rng = random.Random(seed)
-    t, arr, shape = 0.0, [], 1.0 / (cv * cv)
-    while t < dur:
-        t += rng.gammavariate(shape, 1.0 / (rate * shape))
-        arr.append((round(t, 4), f"r{len(arr):04d}", None, rng.randrange(out_lo, out_hi)))
-    return arr
 
 
 def scores(sim: Sim, slo: float) -> tuple[float, float]:
